@@ -1,0 +1,283 @@
+//! `run(config, control)`: starts the workers and owns the start-up and shutdown order.
+//!
+//! Start: take the root's lock, load registry.yaml (refusing one that does not parse),
+//! bring the store in line with it after a crash, bind the socket, start watching, then
+//! reconcile the inbox. Shutdown (on [`Control::Shutdown`]): stop watching, let the
+//! registrar roll back the copies under way and commit what finished, stop serving,
+//! remove the socket. The library installs no signal handlers; the binary maps signals
+//! to [`Control`] messages and tests send them directly.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ingest::{Registrar, Shared};
+use crate::registry::{Catalog, persist};
+use crate::server::{self, Context};
+use crate::shutdown;
+use crate::status::StatusBoard;
+use crate::store;
+use crate::watcher::{self, Overflow, Settler, SettlerMsg};
+
+/// The lock file, in the root, held for the daemon's whole life.
+pub const LOCK_FILE: &str = ".modelreg.lock";
+
+/// What the binary (or a test) tells a running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop cleanly (SIGTERM, SIGINT).
+    Shutdown,
+    /// Re-read the settings (SIGHUP).
+    Reload,
+}
+
+/// Called after a successful reload with the new settings (the binary adjusts logging).
+pub type OnReload = Box<dyn Fn(&Config) + Send + Sync>;
+
+/// Holds the root's lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct RootLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl RootLock {
+    /// Takes the lock of `root`, or says which process holds it.
+    pub fn acquire(root: &Path) -> Result<RootLock> {
+        let path = root.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open lock file", &path, e))?;
+        if file.try_lock().is_err() {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(Error::AlreadyRunning {
+                root: root.to_path_buf(),
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.to_string()
+                },
+            });
+        }
+        let write = |f: &mut File| -> std::io::Result<()> {
+            f.set_len(0)?;
+            f.rewind()?;
+            writeln!(f, "{}", std::process::id())?;
+            f.sync_all()
+        };
+        write(&mut file).map_err(|e| Error::io("write lock file", &path, e))?;
+        Ok(RootLock { _file: file, path })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Loads the catalog for start-up: creates an empty registry.yaml when there is none,
+/// refuses one that does not parse (path, line, column; the file is left untouched).
+pub fn load_catalog(config: &Config) -> Result<Catalog> {
+    let removed = persist::remove_stale_temporaries(&config.registry)?;
+    if removed > 0 {
+        tracing::info!("removed {removed} temporary file(s) left by an interrupted registry write");
+    }
+    match persist::load(&config.registry)? {
+        Some(c) => Ok(c),
+        None => {
+            let c = Catalog::default();
+            persist::write_atomic(&config.registry, persist::to_yaml(&c)?.as_bytes())?;
+            tracing::info!(registry = %config.registry.display(), "created an empty registry");
+            Ok(c)
+        }
+    }
+}
+
+/// Runs the daemon until a [`Control::Shutdown`] arrives (or `control` closes).
+pub async fn run(
+    config: Config,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    on_reload: Option<OnReload>,
+) -> Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.root).map_err(|e| Error::io("create root", &config.root, e))?;
+    let _lock = RootLock::acquire(&config.root)?;
+    for dir in [&config.inbox, &config.store] {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
+    }
+    let catalog = load_catalog(&config)?;
+    let recovery = store::recover(&config.store, &catalog)?;
+    for v in &recovery.rolled_forward {
+        tracing::warn!("finished publishing {v}, interrupted by a crash");
+    }
+    for p in &recovery.removed {
+        tracing::info!("removed unregistered staging folder {p}, left by a crash");
+    }
+    let listener = server::bind(&config.socket)?;
+    tracing::info!(
+        root = %config.root.display(),
+        config = %config.source,
+        models = catalog.models.len(),
+        versions = catalog.version_count(),
+        socket = %config.socket.display(),
+        "modelreg started"
+    );
+
+    let config = Arc::new(config);
+    let board = Arc::new(StatusBoard::default());
+    let shared = Arc::new(Shared::new(catalog.clone()));
+    let (trigger, stop) = shutdown::channel();
+    let (reg_tx, reg_rx) = mpsc::unbounded_channel();
+    let (settler_tx, settler_rx) = mpsc::unbounded_channel();
+    let (fs_tx, fs_rx) = mpsc::channel(watcher::EVENT_QUEUE);
+    let overflow = Arc::new(Overflow::default());
+
+    // Watch before the first scan, so nothing written in between is missed.
+    let fs_watcher = match watcher::watch(&config.inbox, fs_tx, overflow.clone()) {
+        Ok(w) => {
+            board.set_watch("inotify".into());
+            w
+        }
+        Err(e) => {
+            return Err(Error::Other(format!(
+                "cannot watch {}: {e} (if the limit of inotify watches is reached, raise fs.inotify.max_user_watches)",
+                config.inbox.display()
+            )));
+        }
+    };
+
+    let registrar = Registrar::new(
+        config.clone(),
+        catalog,
+        shared.clone(),
+        board.clone(),
+        settler_tx.clone(),
+        reg_tx.clone(),
+    );
+    let registrar_task = tokio::spawn(registrar.run(reg_rx, stop.clone()));
+
+    let mut settler = Settler::new(
+        config.inbox.clone(),
+        config.settle,
+        config.follow_symlinks,
+        board.clone(),
+        reg_tx,
+    );
+    settler.rescan(false);
+    let settler_task = tokio::spawn(settler.run(
+        fs_rx,
+        settler_rx,
+        overflow,
+        config.reconcile_interval,
+        stop.clone(),
+    ));
+
+    let ctx = Arc::new(Context {
+        shared,
+        config: RwLock::new(config.clone()),
+        board: board.clone(),
+        settler: settler_tx.clone(),
+        started,
+    });
+    let server_task = tokio::spawn(server::serve(listener, ctx.clone(), stop.clone()));
+
+    while let Some(c) = control.recv().await {
+        match c {
+            Control::Shutdown => break,
+            Control::Reload => reload(&ctx, &settler_tx, on_reload.as_ref()),
+        }
+    }
+
+    tracing::info!("shutting down");
+    drop(fs_watcher);
+    trigger.trigger();
+    let _ = settler_task.await;
+    let _ = registrar_task.await;
+    let _ = server_task.await;
+    let socket = ctx.config().socket.clone();
+    if let Err(e) = std::fs::remove_file(&socket)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("remove {}: {e}", socket.display());
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the settings from where they came from. Settings that need a restart are
+/// kept as they were, and the log and `status` say so.
+fn reload(
+    ctx: &Context,
+    settler: &mpsc::UnboundedSender<SettlerMsg>,
+    on_reload: Option<&OnReload>,
+) {
+    let old = ctx.config();
+    let explicit = match &old.source {
+        crate::config::ConfigSource::File(p) => Some(p.as_path()),
+        crate::config::ConfigSource::Embedded => None,
+    };
+    let new = match Config::load(&old.root, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.board
+                .error(format!("reload failed, keeping the current settings: {e}"));
+            return;
+        }
+    };
+    let mut needs_restart = Vec::new();
+    let mut merged = new.clone();
+    for (key, changed) in [
+        ("inbox", old.inbox != new.inbox),
+        ("store", old.store != new.store),
+        ("registry", old.registry != new.registry),
+        ("socket", old.socket != new.socket),
+        (
+            "follow_symlinks",
+            old.follow_symlinks != new.follow_symlinks,
+        ),
+        (
+            "reconcile_interval",
+            old.reconcile_interval != new.reconcile_interval,
+        ),
+    ] {
+        if changed {
+            needs_restart.push(key);
+        }
+    }
+    merged.inbox = old.inbox.clone();
+    merged.store = old.store.clone();
+    merged.registry = old.registry.clone();
+    merged.socket = old.socket.clone();
+    merged.follow_symlinks = old.follow_symlinks;
+    merged.reconcile_interval = old.reconcile_interval;
+    let _ = settler.send(SettlerMsg::SetSettle(merged.settle));
+    if let Some(f) = on_reload {
+        f(&merged);
+    }
+    let source = merged.source.to_string();
+    *ctx.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(merged);
+    if needs_restart.is_empty() {
+        ctx.board.clear_problem("reload");
+        tracing::info!(config = %source, "settings reloaded");
+    } else {
+        ctx.board.set_problem(
+            "reload",
+            &format!(
+                "settings reloaded, but {} only take(s) effect after a restart",
+                needs_restart.join(", ")
+            ),
+        );
+    }
+}

@@ -1,0 +1,695 @@
+//! The registrar: the one task that owns the catalog and every change to it.
+//!
+//! For each settled group it decides, from the catalog's fingerprints, what changed; the
+//! copying and hashing run as a job on the blocking pool (a few at once). Finished jobs
+//! are applied in batches: one registry.yaml write covers every version that finished
+//! while the previous write was under way (group commit). Only after that write are the
+//! staging folders renamed into place and the new snapshot published to readers, so a
+//! version is never visible before it is durable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::inbox::{self, Look};
+use crate::registry::{
+    Catalog, Kind, MetricsChange, Model, SidecarRef, SourceRecord, StoredFile, Version, persist,
+};
+use crate::shutdown::Shutdown;
+use crate::sidecar::{self, MAX_SIDECAR_BYTES, Sidecar};
+use crate::status::{StatusBoard, now_rfc3339};
+use crate::store::{self, Staged};
+use crate::watcher::{Outcome, SettlerMsg};
+
+/// How many copy jobs run at once.
+const JOBS: usize = 4;
+
+/// A group whose entries have all been quiet for the settle period.
+#[derive(Debug)]
+pub struct Settled {
+    /// The model name.
+    pub name: String,
+    /// Artifact entries (files or folders) as they were when found quiet.
+    pub artifacts: Vec<(String, Look)>,
+    /// The sidecar entry, if present.
+    pub sidecar: Option<(String, Look)>,
+    /// Entries of the group that no longer exist.
+    pub gone: Vec<String>,
+}
+
+/// Messages to the registrar.
+#[derive(Debug)]
+pub enum RegistrarMsg {
+    /// A group to register.
+    Settled(Settled),
+    /// Every top-level entry of the inbox after a rescan: sources not among them are
+    /// forgotten.
+    Present(BTreeSet<String>),
+    /// A copy job finished.
+    JobDone { name: String, result: JobResult },
+}
+
+/// The snapshot readers query. Replaced whole after each durable catalog write.
+#[derive(Debug, Default)]
+pub struct Shared {
+    catalog: RwLock<Arc<Catalog>>,
+}
+
+impl Shared {
+    /// A new holder of `catalog`.
+    pub fn new(catalog: Catalog) -> Self {
+        Shared {
+            catalog: RwLock::new(Arc::new(catalog)),
+        }
+    }
+
+    /// The current catalog; cheap (an `Arc` clone), never blocks on a write.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, c: Arc<Catalog>) {
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+}
+
+/// The content of a known version, for "identical bytes make no new version".
+#[derive(Debug, Clone)]
+struct Known {
+    number: u32,
+    files: Vec<(String, String)>,
+}
+
+fn known(store_dir: &str, v: &Version) -> Known {
+    let prefix = format!("{store_dir}/v{}/", v.number);
+    Known {
+        number: v.number,
+        files: v
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.path.strip_prefix(&prefix).unwrap_or(&f.path).to_string(),
+                    f.sha256.clone(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A copy job: everything it needs, owned, so it can run on the blocking pool.
+#[derive(Debug)]
+struct Job {
+    name: String,
+    next: u32,
+    store: PathBuf,
+    root: PathBuf,
+    inbox: PathBuf,
+    follow_symlinks: bool,
+    artifacts: Vec<(String, Look)>,
+    sidecar: Option<(String, Look)>,
+    latest: Option<Known>,
+    latest_sidecar: Option<String>,
+    /// For each artifact entry, the version its content was last time.
+    same_source: BTreeMap<String, Known>,
+}
+
+/// A version staged by a job, to be named by the catalog.
+#[derive(Debug)]
+pub struct NewVersion {
+    entry: String,
+    number: u32,
+    kind: Kind,
+    fingerprint: String,
+    staged: Staged,
+}
+
+/// A sidecar read by a job.
+#[derive(Debug)]
+pub struct SidecarRead {
+    entry: String,
+    fingerprint: String,
+    sha256: String,
+    parsed: Sidecar,
+    /// Whether its content is new, i.e. not the one already applied to the latest version.
+    fresh: bool,
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub enum JobResult {
+    /// Versions to add and entries whose content is already registered.
+    Done {
+        new: Vec<NewVersion>,
+        unchanged: Vec<(String, String, u32)>,
+        sidecar: Option<SidecarRead>,
+    },
+    /// The sidecar is invalid: the artifact waits. (path, message)
+    Blocked(String, String),
+    /// A file changed while being copied; nothing was kept.
+    Changed,
+    /// An error; nothing was kept. Retried with backoff.
+    Failed(String),
+    /// Shutdown interrupted it; nothing was kept.
+    Cancelled,
+}
+
+/// Owns the catalog; see the module docs.
+pub struct Registrar {
+    config: Arc<Config>,
+    catalog: Catalog,
+    shared: Arc<Shared>,
+    board: Arc<StatusBoard>,
+    to_settler: mpsc::UnboundedSender<SettlerMsg>,
+    self_tx: mpsc::UnboundedSender<RegistrarMsg>,
+    jobs: Arc<Semaphore>,
+    cancel: Arc<AtomicBool>,
+    in_flight: usize,
+    /// Changes applied to `catalog` but not yet written.
+    batch: Batch,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    dirty: bool,
+    staged: Vec<Staged>,
+    outcomes: Vec<(String, Outcome)>,
+    registered: Vec<String>,
+}
+
+impl Registrar {
+    /// A registrar for `catalog`, publishing to `shared`.
+    pub fn new(
+        config: Arc<Config>,
+        catalog: Catalog,
+        shared: Arc<Shared>,
+        board: Arc<StatusBoard>,
+        to_settler: mpsc::UnboundedSender<SettlerMsg>,
+        self_tx: mpsc::UnboundedSender<RegistrarMsg>,
+    ) -> Self {
+        Registrar {
+            config,
+            catalog,
+            shared,
+            board,
+            to_settler,
+            self_tx,
+            jobs: Arc::new(Semaphore::new(JOBS)),
+            cancel: Arc::new(AtomicBool::new(false)),
+            in_flight: 0,
+            batch: Batch::default(),
+        }
+    }
+
+    /// Runs until shutdown: then cancels the copies under way (they roll back), commits
+    /// what finished, and returns.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RegistrarMsg>, shutdown: Shutdown) {
+        let mut stopping = false;
+        loop {
+            if stopping && self.in_flight == 0 {
+                break;
+            }
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.wait(), if !stopping => {
+                    stopping = true;
+                    self.cancel.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                m = rx.recv() => m,
+            };
+            let Some(msg) = msg else { break };
+            self.handle(msg, stopping);
+            // Group commit: take everything already waiting before writing once.
+            while let Ok(m) = rx.try_recv() {
+                self.handle(m, stopping);
+            }
+            self.commit().await;
+        }
+        self.commit().await;
+    }
+
+    fn handle(&mut self, msg: RegistrarMsg, stopping: bool) {
+        match msg {
+            RegistrarMsg::Settled(s) if stopping => {
+                self.batch
+                    .outcomes
+                    .push((s.name, Outcome::Failed("shutting down".into())));
+            }
+            RegistrarMsg::Settled(s) => self.plan(s),
+            RegistrarMsg::Present(present) => {
+                let before = self.catalog.sources.len();
+                self.catalog
+                    .sources
+                    .retain(|entry, _| present.contains(entry));
+                if self.catalog.sources.len() != before {
+                    self.batch.dirty = true;
+                }
+            }
+            RegistrarMsg::JobDone { name, result } => {
+                self.in_flight -= 1;
+                self.apply(name, result);
+            }
+        }
+    }
+
+    /// Decides what a settled group needs; starts a copy job when anything changed.
+    fn plan(&mut self, s: Settled) {
+        for entry in &s.gone {
+            if self.catalog.sources.remove(entry).is_some() {
+                self.batch.dirty = true;
+            }
+        }
+        let model = self.catalog.models.get(&s.name).cloned();
+        let unchanged = |entry: &str, look: &Look| {
+            self.catalog.sources.get(entry).is_some_and(|r| {
+                Some(&r.fingerprint) == look.fingerprint().as_ref()
+                    && r.model == s.name
+                    && (r.version.is_none()
+                        || model
+                            .as_ref()
+                            .is_some_and(|m| r.version.and_then(|n| m.find(n)).is_some()))
+            })
+        };
+        let artifacts: Vec<(String, Look)> = s
+            .artifacts
+            .into_iter()
+            .filter(|(e, l)| !unchanged(e, l))
+            .collect();
+        let sidecar_changed = s.sidecar.as_ref().is_some_and(|(e, l)| !unchanged(e, l));
+        if artifacts.is_empty() && !sidecar_changed {
+            self.batch.outcomes.push((s.name, Outcome::Done));
+            return;
+        }
+        let store_dir = self
+            .config
+            .relative(&self.config.store.join(&s.name))
+            .into_owned();
+        let latest = model.as_ref().and_then(|m| m.latest());
+        let same_source = artifacts
+            .iter()
+            .filter_map(|(entry, _)| {
+                let r = self.catalog.sources.get(entry)?;
+                let v = model.as_ref()?.find(r.version?)?;
+                Some((entry.clone(), known(&store_dir, v)))
+            })
+            .collect();
+        let job = Job {
+            name: s.name.clone(),
+            next: model.as_ref().map_or(0, |m| m.highest) + 1,
+            store: self.config.store.clone(),
+            root: self.config.root.clone(),
+            inbox: self.config.inbox.clone(),
+            follow_symlinks: self.config.follow_symlinks,
+            artifacts,
+            sidecar: s.sidecar,
+            latest: latest.map(|v| known(&store_dir, v)),
+            latest_sidecar: latest.and_then(|v| v.sidecar.as_ref().map(|r| r.sha256.clone())),
+            same_source,
+        };
+        self.in_flight += 1;
+        let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
+        tokio::spawn(async move {
+            let name = job.name.clone();
+            let _permit = sem.acquire_owned().await;
+            let result = tokio::task::spawn_blocking(move || run_job(job, &cancel))
+                .await
+                .unwrap_or_else(|e| JobResult::Failed(format!("copy job panicked: {e}")));
+            let _ = tx.send(RegistrarMsg::JobDone { name, result });
+        });
+    }
+
+    /// Applies a finished job to the catalog (not yet written).
+    fn apply(&mut self, name: String, result: JobResult) {
+        let outcome = match result {
+            JobResult::Done {
+                new,
+                unchanged,
+                sidecar,
+            } => {
+                self.apply_done(&name, new, unchanged, sidecar);
+                Outcome::Done
+            }
+            JobResult::Blocked(path, message) => {
+                self.board.set_problem(
+                    &path,
+                    &format!("{message} (its artifact waits until this is fixed)"),
+                );
+                Outcome::Blocked(message)
+            }
+            JobResult::Changed => Outcome::Changed,
+            JobResult::Failed(e) => {
+                self.board
+                    .error(format!("registering {name}: {e}; will retry"));
+                Outcome::Failed(e)
+            }
+            JobResult::Cancelled => Outcome::Failed("cancelled".into()),
+        };
+        self.batch.outcomes.push((name, outcome));
+    }
+
+    fn apply_done(
+        &mut self,
+        name: &str,
+        new: Vec<NewVersion>,
+        unchanged: Vec<(String, String, u32)>,
+        sidecar: Option<SidecarRead>,
+    ) {
+        let cfg = self.config.clone();
+        let now = now_rfc3339();
+        let rel = |p: &Path| cfg.relative(p).into_owned();
+        let sidecar_ref = sidecar.as_ref().map(|s| SidecarRef {
+            path: rel(&cfg.inbox.join(&s.entry)),
+            sha256: s.sha256.clone(),
+        });
+        let model = Arc::make_mut(
+            self.catalog
+                .models
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(Model::default())),
+        );
+        let added = !new.is_empty();
+        for nv in new {
+            let fresh = sidecar.as_ref().filter(|s| s.fresh);
+            if sidecar.is_some() && fresh.is_none() {
+                tracing::info!(
+                    model = name,
+                    "sidecar unchanged since the previous version: v{} gets no metrics from it",
+                    nv.number
+                );
+            }
+            let version = Version {
+                number: nv.number,
+                kind: nv.kind,
+                files: nv
+                    .staged
+                    .files
+                    .iter()
+                    .map(|f| StoredFile {
+                        path: rel(&nv.staged.final_dir.join(&f.rel)),
+                        sha256: f.sha256.clone(),
+                        size: f.size,
+                    })
+                    .collect(),
+                source: rel(&cfg.inbox.join(&nv.entry)),
+                registered_at: now.clone(),
+                metrics: fresh.map(|s| s.parsed.metrics.clone()).unwrap_or_default(),
+                metadata: fresh.map(|s| s.parsed.metadata.clone()).unwrap_or_default(),
+                sidecar: fresh.and(sidecar_ref.clone()),
+                metrics_history: vec![],
+            };
+            tracing::info!(model = name, version = format!("v{}", nv.number), source = %version.source, "registered");
+            model.push(version);
+            self.catalog.sources.insert(
+                nv.entry,
+                SourceRecord {
+                    fingerprint: nv.fingerprint,
+                    model: name.to_string(),
+                    version: Some(nv.number),
+                    sha256: None,
+                },
+            );
+            self.batch.staged.push(nv.staged);
+            self.batch.registered.push(format!("{name}/v{}", nv.number));
+        }
+        for (entry, fingerprint, number) in unchanged {
+            tracing::info!(
+                model = name,
+                entry,
+                "content identical to v{number}; no new version"
+            );
+            self.catalog.sources.insert(
+                entry,
+                SourceRecord {
+                    fingerprint,
+                    model: name.to_string(),
+                    version: Some(number),
+                    sha256: None,
+                },
+            );
+        }
+        if let Some(s) = sidecar {
+            let shown = cfg.inbox.join(&s.entry).display().to_string();
+            self.board.clear_problem(&shown);
+            if s.fresh && !added {
+                if let Some(latest) = model.versions.last_mut() {
+                    latest.metrics_history.push(MetricsChange {
+                        replaced_at: now.clone(),
+                        metrics: std::mem::take(&mut latest.metrics),
+                    });
+                    latest.metrics = s.parsed.metrics.clone();
+                    latest.metadata = s.parsed.metadata.clone();
+                    latest.sidecar = sidecar_ref.clone();
+                    tracing::info!(
+                        model = name,
+                        version = format!("v{}", latest.number),
+                        "metrics updated from {shown}"
+                    );
+                }
+            }
+            self.catalog.sources.insert(
+                s.entry,
+                SourceRecord {
+                    fingerprint: s.fingerprint,
+                    model: name.to_string(),
+                    version: None,
+                    sha256: Some(s.sha256),
+                },
+            );
+        }
+        if model.versions.is_empty() {
+            // A sidecar with no artifact yet: nothing to keep under models.
+            self.catalog.models.remove(name);
+        }
+        self.batch.dirty = true;
+    }
+
+    /// Writes the catalog if anything changed, then publishes staged versions and the new
+    /// snapshot, then tells the settler how each group ended.
+    async fn commit(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        let mut outcomes = batch.outcomes;
+        if batch.dirty {
+            let snapshot = Arc::new(self.catalog.clone());
+            let path = self.config.registry.clone();
+            let snap = snapshot.clone();
+            let staged = batch.staged;
+            let written = tokio::task::spawn_blocking(move || -> (Result<()>, Vec<Staged>) {
+                let r = persist::to_yaml(&snap)
+                    .and_then(|text| persist::write_atomic(&path, text.as_bytes()));
+                if r.is_ok() {
+                    for s in &staged {
+                        if let Err(e) = store::publish(s) {
+                            // The catalog names it: start-up recovery finishes the rename.
+                            tracing::error!("{e}");
+                        }
+                    }
+                }
+                (r, staged)
+            })
+            .await;
+            match written {
+                Ok((Ok(()), _)) => {
+                    self.shared.publish(snapshot);
+                    self.board.count_registered(batch.registered.len() as u64);
+                }
+                Ok((Err(e), staged)) => self.roll_back(e.to_string(), staged, &mut outcomes),
+                Err(e) => self.roll_back(
+                    format!("catalog writer panicked: {e}"),
+                    Vec::new(),
+                    &mut outcomes,
+                ),
+            }
+        }
+        for (name, outcome) in outcomes {
+            let _ = self.to_settler.send(SettlerMsg::Done { name, outcome });
+        }
+    }
+
+    fn roll_back(
+        &mut self,
+        error: String,
+        staged: Vec<Staged>,
+        outcomes: &mut [(String, Outcome)],
+    ) {
+        self.board.error(format!(
+            "writing {}: {error}; nothing of this batch was registered, will retry",
+            self.config.registry.display()
+        ));
+        self.catalog = (*self.shared.catalog()).clone();
+        for s in staged {
+            let _ = store::discard(&s.dir);
+        }
+        for (_, o) in outcomes.iter_mut() {
+            if *o == Outcome::Done {
+                *o = Outcome::Failed(error.clone());
+            }
+        }
+    }
+}
+
+/// Runs a copy job on the blocking pool; see [`Job`].
+fn run_job(job: Job, cancel: &AtomicBool) -> JobResult {
+    let mut staged_so_far: Vec<Staged> = Vec::new();
+    let result = run_job_inner(&job, cancel, &mut staged_so_far);
+    if !matches!(result, JobResult::Done { .. }) {
+        for s in staged_so_far {
+            let _ = store::discard(&s.dir);
+        }
+    }
+    result
+}
+
+fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -> JobResult {
+    let relative = |p: &Path| {
+        p.strip_prefix(&job.root)
+            .map(|r| r.display().to_string())
+            .unwrap_or_else(|_| p.display().to_string())
+    };
+    let sidecar = match &job.sidecar {
+        None => None,
+        Some((entry, look)) => match read_sidecar(job, entry, look, &relative) {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => return JobResult::Changed,
+            Err(r) => return r,
+        },
+    };
+    let mut newest = job.latest.clone();
+    let mut next = job.next;
+    let mut new = Vec::new();
+    let mut unchanged = Vec::new();
+    for (entry, look) in &job.artifacts {
+        let Look::Files { folder, files } = look else {
+            continue;
+        };
+        let fingerprint = look.fingerprint().unwrap_or_default();
+        // Re-check before and after copying: a file that changed in between is retried,
+        // never half-registered (as Syncthing does).
+        if inbox::look(&job.inbox, entry, job.follow_symlinks)
+            .fingerprint()
+            .as_ref()
+            != Some(&fingerprint)
+        {
+            return JobResult::Changed;
+        }
+        let sources: Vec<(PathBuf, String)> = files
+            .iter()
+            .map(|f| (f.src.clone(), f.rel.clone()))
+            .collect();
+        let staged = match store::stage(&job.store, &job.name, next, &sources, cancel) {
+            Ok(s) => s,
+            Err(Error::Cancelled) => return JobResult::Cancelled,
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
+                return JobResult::Changed;
+            }
+            Err(e) => return JobResult::Failed(e.to_string()),
+        };
+        let content: Vec<(String, String)> = staged
+            .files
+            .iter()
+            .map(|f| (f.rel.clone(), f.sha256.clone()))
+            .collect();
+        if inbox::look(&job.inbox, entry, job.follow_symlinks)
+            .fingerprint()
+            .as_ref()
+            != Some(&fingerprint)
+        {
+            let _ = store::discard(&staged.dir);
+            return JobResult::Changed;
+        }
+        let same = newest
+            .iter()
+            .chain(job.same_source.get(entry))
+            .find(|k| k.files == content)
+            .map(|k| k.number);
+        if let Some(number) = same {
+            let _ = store::discard(&staged.dir);
+            unchanged.push((entry.clone(), fingerprint, number));
+            continue;
+        }
+        newest = Some(Known {
+            number: next,
+            files: content,
+        });
+        staged_out.push(staged);
+        new.push((
+            entry.clone(),
+            next,
+            if *folder { Kind::Folder } else { Kind::File },
+            fingerprint,
+        ));
+        next += 1;
+    }
+    let new = new
+        .into_iter()
+        .zip(staged_out.drain(..))
+        .map(|((entry, number, kind, fingerprint), staged)| NewVersion {
+            entry,
+            number,
+            kind,
+            fingerprint,
+            staged,
+        })
+        .collect();
+    JobResult::Done {
+        new,
+        unchanged,
+        sidecar,
+    }
+}
+
+fn read_sidecar(
+    job: &Job,
+    entry: &str,
+    look: &Look,
+    relative: &dyn Fn(&Path) -> String,
+) -> Result<Option<SidecarRead>, JobResult> {
+    let Look::Files { files, .. } = look else {
+        return Ok(None);
+    };
+    let Some(f) = files.first() else {
+        return Ok(None);
+    };
+    let shown = f.src.display().to_string();
+    if f.stat.size > MAX_SIDECAR_BYTES {
+        return Err(JobResult::Blocked(
+            shown,
+            format!(
+                "{}: larger than {MAX_SIDECAR_BYTES} bytes; a sidecar holds metrics",
+                relative(&f.src)
+            ),
+        ));
+    }
+    let bytes = match std::fs::read(&f.src) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(JobResult::Failed(format!("read {shown}: {e}"))),
+    };
+    let fingerprint = look.fingerprint().unwrap_or_default();
+    if inbox::look(&job.inbox, entry, job.follow_symlinks)
+        .fingerprint()
+        .as_ref()
+        != Some(&fingerprint)
+    {
+        return Ok(None);
+    }
+    let parsed = sidecar::parse(&relative(&f.src), &bytes)
+        .map_err(|e| JobResult::Blocked(shown.clone(), e.to_string()))?;
+    let sha256 = store::sha256_hex(&bytes);
+    let fresh = job.latest_sidecar.as_deref() != Some(sha256.as_str());
+    Ok(Some(SidecarRead {
+        entry: entry.to_string(),
+        fingerprint,
+        sha256,
+        parsed,
+        fresh,
+    }))
+}

@@ -1,0 +1,36 @@
+//! modelreg: a model registry daemon. Files dropped into the inbox become immutable,
+//! numbered versions in the store; `registry.yaml` holds the catalog; a Unix socket
+//! answers queries.
+//!
+//! The crate, by module (dependencies point down this list, never up):
+//! - [`daemon`]   `run(config, control)`: start-up order, workers, shutdown order.
+//! - [`server`]   the control socket: accept loop, per-connection reader, one dispatch.
+//! - [`client`]   a blocking client of the socket, for the CLI and tests.
+//! - [`watcher`]  notify events -> settled groups; overflow -> rescan.
+//! - [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
+//! - [`inbox`]    what an inbox entry is now: files, sizes, mtimes, inodes, symlink policy.
+//! - [`store`]    copy + SHA-256 in one pass into staging, publish, crash recovery.
+//! - [`registry`] the catalog and its queries; `registry::persist` is registry.yaml.
+//! - [`sidecar`]  `<name>.metrics.yaml` parsing.
+//! - [`protocol`] request and answer types shared by server and client.
+//! - [`config`]   settings: embedded default, file, validation.
+//! - [`names`]    model names from file names; what is temporary; what is unsafe.
+//! - [`status`]   the board of problems and recent errors shown by `status`.
+//! - [`shutdown`] a cloneable shutdown signal.
+//! - [`error`]    error types that carry path, position and cause.
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod inbox;
+pub mod ingest;
+pub mod names;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod shutdown;
+pub mod sidecar;
+pub mod status;
+pub mod store;
+pub mod watcher;

@@ -1,0 +1,497 @@
+//! The `modelreg` binary: parses arguments, sets up logging and signals for `serve`, and
+//! calls into the library. Every other subcommand is a client of the daemon's socket.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use modelreg::client::{Client, ClientError};
+use modelreg::config::{Config, Direction};
+use modelreg::daemon::{self, Control};
+use modelreg::protocol::{ModelSummary, Request, StatusInfo, VersionInfo};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+/// modelreg: drop model files into pretrained_models/ and get immutable, numbered,
+/// queryable versions under models/.
+#[derive(Parser, Debug)]
+#[command(name = "modelreg", version, about, long_about = None)]
+struct Cli {
+    /// The registry root; every relative path in the settings is resolved against it.
+    #[arg(long, global = true, default_value = ".", env = "MODELREG_ROOT")]
+    root: PathBuf,
+    /// The settings file (default: <root>/config/modelreg.yaml if present, else the
+    /// embedded default).
+    #[arg(long, global = true, env = "MODELREG_CONFIG")]
+    config: Option<PathBuf>,
+    /// The daemon's socket, for client commands (default: from the settings).
+    #[arg(long, global = true, env = "MODELREG_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: watch the inbox, register versions, answer on the socket.
+    Serve,
+    /// List every model with its latest version.
+    List {
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every version of a model.
+    Versions {
+        /// The model name.
+        name: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one version: vN, latest (default) or best.
+    Get {
+        /// The model name.
+        name: String,
+        /// vN, latest or best.
+        #[arg(default_value = "latest")]
+        selector: String,
+        /// For best: the metric to compare (default: from the settings).
+        #[arg(long)]
+        metric: Option<String>,
+        /// For best: lower is better.
+        #[arg(long, conflicts_with = "max")]
+        min: bool,
+        /// For best: higher is better.
+        #[arg(long)]
+        max: bool,
+        /// Print only the absolute path of the stored file (or folder), for scripts.
+        #[arg(long, conflicts_with = "json")]
+        path: bool,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's state: counts, what is waiting in the inbox, problems, errors.
+    Status {
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code when the daemon answered with an error or something failed.
+const EXIT_ERROR: u8 = 1;
+/// Exit code when no daemon listens on the socket.
+const EXIT_NOT_RUNNING: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve => serve(&cli.root, cli.config.as_deref()),
+        ref cmd => client_command(&cli, cmd),
+    }
+}
+
+fn serve(root: &Path, config_path: Option<&Path>) -> ExitCode {
+    let config = match Config::load(root, config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("modelreg: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let reload_filter = init_logging(&config);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Err(e) = forward_signals(tx) {
+        eprintln!("modelreg: cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("modelreg: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let on_reload: daemon::OnReload = Box::new(move |c: &Config| reload_filter(c));
+    match runtime.block_on(daemon::run(config, rx, Some(on_reload))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("modelreg: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Logs to stderr: colours only on a terminal; without timestamps under systemd, whose
+/// journal adds its own. RUST_LOG, when set, wins over the settings' `log_level`.
+fn init_logging(config: &Config) -> impl Fn(&Config) + Send + Sync + 'static {
+    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    let filter = move |level: &str| {
+        from_env
+            .as_deref()
+            .and_then(|s| EnvFilter::try_new(s).ok())
+            .unwrap_or_else(|| EnvFilter::new(level))
+    };
+    let (filter_layer, handle) = tracing_subscriber::reload::Layer::new(filter(&config.log_level));
+    let ansi = std::io::stderr().is_terminal();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter_layer);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        registry.with(fmt.without_time()).init();
+    } else {
+        registry.with(fmt).init();
+    }
+    move |c: &Config| {
+        let _ = handle.reload(filter(&c.log_level));
+    }
+}
+
+/// SIGTERM and SIGINT stop the daemon, SIGHUP reloads; a plain thread turns them into
+/// messages, so the library itself installs no handlers.
+fn forward_signals(tx: tokio::sync::mpsc::UnboundedSender<Control>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let c = if sig == SIGHUP {
+                    Control::Reload
+                } else {
+                    Control::Shutdown
+                };
+                if sig != SIGHUP {
+                    tracing::info!(
+                        "received {}",
+                        if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
+                    );
+                }
+                if tx.send(c).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
+    if let Some(s) = &cli.socket {
+        return Ok(s.clone());
+    }
+    Config::load(&cli.root, cli.config.as_deref())
+        .map(|c| c.socket)
+        .map_err(|e| e.to_string())
+}
+
+fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
+    let socket = match socket_path(cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("modelreg: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = Client::connect(&socket).and_then(|mut c| run_client(&mut c, cmd));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ClientError::NotRunning { .. }) => {
+            eprintln!("modelreg: {e}");
+            ExitCode::from(EXIT_NOT_RUNNING)
+        }
+        Err(e) => {
+            eprintln!("modelreg: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
+    let decode = |v: serde_json::Value| -> Result<_, ClientError> { Ok(v) };
+    match cmd {
+        Command::Serve => unreachable!("handled in main"),
+        Command::List { json } => {
+            let v = decode(c.call(&Request::List)?)?;
+            if *json {
+                print_json(&v);
+            } else {
+                let models: Vec<ModelSummary> = field(&v, "models")?;
+                print_list(&models);
+            }
+        }
+        Command::Versions { name, json } => {
+            let v = c.call(&Request::Versions { name: name.clone() })?;
+            if *json {
+                print_json(&v);
+            } else {
+                let vs: Vec<VersionInfo> = field(&v, "versions")?;
+                print_versions(&vs);
+            }
+        }
+        Command::Get {
+            name,
+            selector,
+            metric,
+            min,
+            max,
+            path,
+            json,
+        } => {
+            let mode = if *min {
+                Some(Direction::Min)
+            } else if *max {
+                Some(Direction::Max)
+            } else {
+                None
+            };
+            let v = c.call(&Request::Get {
+                name: name.clone(),
+                selector: Some(selector.clone()),
+                metric: metric.clone(),
+                mode,
+            })?;
+            if *json {
+                print_json(&v);
+            } else {
+                let info: VersionInfo = serde_json::from_value(v.clone())
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if *path {
+                    println!("{}", info.path);
+                } else {
+                    print_version(&info, v.get("best_by"));
+                }
+            }
+        }
+        Command::Status { json } => {
+            let v = c.call(&Request::Status)?;
+            if *json {
+                print_json(&v);
+            } else {
+                let s: StatusInfo =
+                    serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                print_status(&s);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn field<T: serde::de::DeserializeOwned>(
+    v: &serde_json::Value,
+    key: &str,
+) -> Result<T, ClientError> {
+    serde_json::from_value(v.get(key).cloned().unwrap_or_default())
+        .map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Prints rows as left-aligned columns separated by two spaces.
+fn table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+fn print_list(models: &[ModelSummary]) {
+    if models.is_empty() {
+        println!("no models yet: drop a file into the inbox (pretrained_models/)");
+        return;
+    }
+    let mut rows = vec![vec![
+        "MODEL".into(),
+        "LATEST".into(),
+        "VERSIONS".into(),
+        "REGISTERED".into(),
+        "PATH".into(),
+    ]];
+    for m in models {
+        rows.push(vec![
+            m.name.clone(),
+            m.latest.clone(),
+            m.versions.to_string(),
+            m.registered_at.clone(),
+            m.path.clone(),
+        ]);
+    }
+    table(&rows);
+}
+
+fn metrics_text(v: &VersionInfo) -> String {
+    let s: Vec<String> = v.metrics.iter().map(|(k, x)| format!("{k}={x}")).collect();
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.join(" ")
+    }
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+fn print_versions(vs: &[VersionInfo]) {
+    let mut rows = vec![vec![
+        "VERSION".into(),
+        "REGISTERED".into(),
+        "SIZE".into(),
+        "METRICS".into(),
+        "PATH".into(),
+    ]];
+    for v in vs {
+        rows.push(vec![
+            v.version.clone(),
+            v.registered_at.clone(),
+            human_size(v.size),
+            metrics_text(v),
+            v.path.clone(),
+        ]);
+    }
+    table(&rows);
+}
+
+fn print_version(v: &VersionInfo, best_by: Option<&serde_json::Value>) {
+    println!("{} {}", v.name, v.version);
+    let mut rows = vec![
+        vec!["  path:".to_string(), v.path.clone()],
+        vec!["  registered:".into(), v.registered_at.clone()],
+        vec!["  source:".into(), v.source.clone()],
+        vec!["  size:".into(), human_size(v.size)],
+        vec!["  metrics:".into(), metrics_text(v)],
+    ];
+    if let Some(at) = &v.metrics_updated_at {
+        rows.push(vec!["  metrics updated:".into(), at.clone()]);
+    }
+    if !v.metadata.is_empty() {
+        let md: Vec<String> = v
+            .metadata
+            .iter()
+            .map(|(k, x)| {
+                format!(
+                    "{k}={}",
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                )
+            })
+            .collect();
+        rows.push(vec!["  metadata:".into(), md.join(" ")]);
+    }
+    if let Some(b) = best_by {
+        rows.push(vec![
+            "  best by:".into(),
+            format!(
+                "{} ({})",
+                b["metric"].as_str().unwrap_or("?"),
+                b["mode"].as_str().unwrap_or("?")
+            ),
+        ]);
+    }
+    for f in &v.files {
+        rows.push(vec![
+            "  sha256:".into(),
+            format!("{}  {}", f.sha256, f.path),
+        ]);
+    }
+    table(&rows);
+}
+
+fn print_status(s: &StatusInfo) {
+    println!(
+        "modelreg {} (pid {}), up {:.0}s",
+        s.version, s.pid, s.uptime_secs
+    );
+    let mut rows = vec![
+        vec!["root:".to_string(), s.root.clone()],
+        vec!["config:".into(), s.config.clone()],
+        vec![
+            "inbox:".into(),
+            format!(
+                "{} (watched by {}, settle {}s)",
+                s.inbox, s.watch, s.settle_secs
+            ),
+        ],
+        vec![
+            "catalog:".into(),
+            format!(
+                "{} models, {} versions ({} registered since start)",
+                s.models, s.versions, s.registered_since_start
+            ),
+        ],
+    ];
+    if s.waiting.is_empty() {
+        rows.push(vec!["waiting:".into(), "nothing".into()]);
+    }
+    table(&rows);
+    if !s.waiting.is_empty() {
+        println!("waiting:");
+        for w in &s.waiting {
+            let reason = w
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            println!(
+                "  {} [{}] {} for {:.1}s{reason}",
+                w.name,
+                w.entries.join(", "),
+                w.state,
+                w.since_secs
+            );
+        }
+    }
+    if s.problems.is_empty() {
+        println!("problems: none");
+    } else {
+        println!("problems:");
+        for p in &s.problems {
+            println!("  {} (since {})", p.message, p.since);
+        }
+    }
+    if !s.recent_errors.is_empty() {
+        println!("recent errors:");
+        for e in &s.recent_errors {
+            println!("  {} {}", e.at, e.message);
+        }
+    }
+}

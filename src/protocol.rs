@@ -1,0 +1,382 @@
+//! The control socket's protocol, shared by the server and the client: one JSON object
+//! per line each way. See docs/protocol.md for every request with an example.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Direction;
+use crate::registry::{Kind, Metadata};
+
+/// The longest request line accepted, newline included. Longer ones get a `too_large`
+/// answer and the connection is closed (the rest of the line cannot be resynchronised).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A request, tagged by `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Liveness check.
+    Ping,
+    /// Every model with its latest version and version count.
+    List,
+    /// Every version of one model.
+    Versions {
+        /// The model.
+        name: String,
+    },
+    /// One version: `vN`, `latest` (default) or `best`.
+    Get {
+        /// The model.
+        name: String,
+        /// `vN`, `latest` or `best`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        selector: Option<String>,
+        /// For `best`: the metric (default: the model's configured metric, else the global one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metric: Option<String>,
+        /// For `best`: `max` or `min` (default: from the configuration).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<Direction>,
+    },
+    /// Uptime, counts, what is waiting to settle, problems and recent errors.
+    Status,
+}
+
+impl Request {
+    /// The `op` name, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::List => "list",
+            Request::Versions { .. } => "versions",
+            Request::Get { .. } => "get",
+            Request::Status => "status",
+        }
+    }
+}
+
+/// Machine-readable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, a missing or wrong field.
+    BadRequest,
+    /// `op` names no request.
+    UnknownOp,
+    /// The line is longer than [`MAX_REQUEST_BYTES`].
+    TooLarge,
+    /// A model name that cannot exist (`/`, `..`, control characters, ...).
+    InvalidName,
+    /// A selector that is neither `vN`, `latest` nor `best`.
+    InvalidSelector,
+    /// No such model.
+    ModelNotFound,
+    /// No such version.
+    VersionNotFound,
+    /// `best` found no version with the metric.
+    NoMetric,
+    /// The catalog names a stored file that is gone.
+    FileMissing,
+    /// The daemon is at its connection limit.
+    Busy,
+    /// The request line did not arrive in time.
+    Timeout,
+    /// A bug or an I/O failure in the daemon.
+    Internal,
+}
+
+/// An error answer's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// A sentence for people, naming what was asked.
+    pub message: String,
+}
+
+/// One answer line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The request's `id`, echoed when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<serde_json::Value>,
+    /// The answer, when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// The error, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    /// A success answer.
+    pub fn ok(result: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            id: None,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    /// An error answer.
+    pub fn err(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            id: None,
+            result: None,
+            error: Some(ErrorBody {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// Serialises the answer as one line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).unwrap_or_else(|_| {
+            br#"{"ok":false,"error":{"code":"internal","message":"unserialisable answer"}}"#
+                .to_vec()
+        });
+        v.push(b'\n');
+        v
+    }
+}
+
+/// Parses one request line (without its newline). Returns the request and its `id`, or
+/// the error answer to send (with the `id` when one could be read).
+pub fn parse_request(line: &[u8]) -> Result<(Request, Option<serde_json::Value>), Response> {
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+        Response::err(
+            ErrorCode::BadRequest,
+            format!("request is not valid JSON: {e}"),
+        )
+    })?;
+    let serde_json::Value::Object(mut obj) = value else {
+        return Err(Response::err(
+            ErrorCode::BadRequest,
+            "request must be a JSON object such as {\"op\":\"list\"}",
+        ));
+    };
+    let id = obj.remove("id");
+    let with_id = |mut r: Response| {
+        r.id = id.clone();
+        r
+    };
+    match obj.get("op") {
+        Some(serde_json::Value::String(op)) if !OPS.contains(&op.as_str()) => {
+            return Err(with_id(Response::err(
+                ErrorCode::UnknownOp,
+                format!("unknown op {op:?}; known: {}", OPS.join(", ")),
+            )));
+        }
+        Some(serde_json::Value::String(_)) => {}
+        _ => {
+            return Err(with_id(Response::err(
+                ErrorCode::BadRequest,
+                "request needs a string field \"op\"",
+            )));
+        }
+    }
+    serde_json::from_value::<Request>(serde_json::Value::Object(obj))
+        .map(|r| (r, id.clone()))
+        .map_err(|e| {
+            with_id(Response::err(
+                ErrorCode::BadRequest,
+                format!("bad request: {e}"),
+            ))
+        })
+}
+
+/// Every `op` the daemon answers.
+pub const OPS: &[&str] = &["ping", "list", "versions", "get", "status"];
+
+/// A stored file in an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Absolute path.
+    pub path: String,
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// One version in an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The model.
+    pub name: String,
+    /// `vN`.
+    pub version: String,
+    /// N.
+    pub number: u32,
+    /// File or folder.
+    pub kind: Kind,
+    /// Absolute path to open: the file of a single-file version, the folder otherwise.
+    pub path: String,
+    /// Absolute path of the version folder.
+    pub dir: String,
+    /// Every stored file.
+    pub files: Vec<FileInfo>,
+    /// Total bytes.
+    pub size: u64,
+    /// The inbox entry it came from, relative to the root.
+    pub source: String,
+    /// When it was registered.
+    pub registered_at: String,
+    /// Metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Free metadata.
+    pub metadata: Metadata,
+    /// When the metrics were last changed by a sidecar edit, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_updated_at: Option<String>,
+}
+
+/// One model in a `list` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    /// The model.
+    pub name: String,
+    /// `vN` of the latest version.
+    pub latest: String,
+    /// How many versions it has.
+    pub versions: usize,
+    /// When the latest version was registered.
+    pub registered_at: String,
+    /// Absolute path of the latest version.
+    pub path: String,
+}
+
+/// How `best` was decided, returned with a `get ... best` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BestBasis {
+    /// The metric compared.
+    pub metric: String,
+    /// Its direction.
+    pub mode: Direction,
+}
+
+/// Something waiting in the inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The model name.
+    pub name: String,
+    /// Its inbox entries.
+    pub entries: Vec<String>,
+    /// settling, writing, registering, blocked or retrying.
+    pub state: String,
+    /// Seconds since it was first seen changing.
+    pub since_secs: f64,
+    /// Why it waits, when blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A problem that lasts until its cause is fixed (an invalid sidecar, a refused name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The path concerned.
+    pub path: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// Since when.
+    pub since: String,
+}
+
+/// A past error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentError {
+    /// When.
+    pub at: String,
+    /// What.
+    pub message: String,
+}
+
+/// The `status` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// The daemon's version.
+    pub version: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_secs: f64,
+    /// The registry root.
+    pub root: String,
+    /// The config source.
+    pub config: String,
+    /// The inbox.
+    pub inbox: String,
+    /// How the inbox is watched (inotify, or poll and why).
+    pub watch: String,
+    /// The settle period in seconds.
+    pub settle_secs: f64,
+    /// Number of models.
+    pub models: usize,
+    /// Number of versions.
+    pub versions: usize,
+    /// Versions registered since start.
+    pub registered_since_start: u64,
+    /// What waits in the inbox.
+    pub waiting: Vec<Waiting>,
+    /// Current problems.
+    pub problems: Vec<Problem>,
+    /// The last errors, newest last.
+    pub recent_errors: Vec<RecentError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_get_with_id() {
+        let (r, id) =
+            parse_request(br#"{"op":"get","name":"m","selector":"best","mode":"min","id":7}"#)
+                .unwrap();
+        assert_eq!(id, Some(serde_json::json!(7)));
+        assert_eq!(
+            r,
+            Request::Get {
+                name: "m".into(),
+                selector: Some("best".into()),
+                metric: None,
+                mode: Some(Direction::Min)
+            }
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let code = |line: &[u8]| parse_request(line).unwrap_err().error.unwrap().code;
+        assert_eq!(code(b"nope"), ErrorCode::BadRequest);
+        assert_eq!(code(b"[1]"), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"name":"x"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"op":"fly"}"#), ErrorCode::UnknownOp);
+        assert_eq!(code(br#"{"op":"versions"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"op":"list","extra":1}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(br#"{"op":"get","name":"m","mode":"up"}"#),
+            ErrorCode::BadRequest
+        );
+        let r = parse_request(br#"{"op":"fly","id":"a"}"#).unwrap_err();
+        assert_eq!(r.id, Some(serde_json::json!("a")));
+    }
+
+    #[test]
+    fn ops_list_matches_enum() {
+        for op in OPS {
+            let line = format!(r#"{{"op":"{op}","name":"m"}}"#);
+            let plain = format!(r#"{{"op":"{op}"}}"#);
+            assert!(
+                parse_request(line.as_bytes()).is_ok() || parse_request(plain.as_bytes()).is_ok(),
+                "{op}"
+            );
+        }
+    }
+}

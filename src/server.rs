@@ -1,0 +1,427 @@
+//! The control socket: an accept loop, one task per connection reading request lines,
+//! and one `match` that dispatches each request to its handler. Every failure is an
+//! answer (`{"ok":false,...}`); nothing a client sends stops the daemon.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{Config, Direction};
+use crate::ingest::Shared;
+use crate::names;
+use crate::protocol::{
+    BestBasis, ErrorCode, FileInfo, MAX_REQUEST_BYTES, ModelSummary, Request, Response, StatusInfo,
+    VersionInfo, parse_request,
+};
+use crate::registry::{Catalog, Kind, Model, Version, parse_version_number};
+use crate::shutdown::Shutdown;
+use crate::status::StatusBoard;
+use crate::watcher::SettlerMsg;
+
+/// Connections served at once; more are answered `busy` and closed.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a connection may take to send a request line (or stay idle between them).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What handlers need.
+pub struct Context {
+    /// The published catalog.
+    pub shared: Arc<Shared>,
+    /// The current settings (replaced on SIGHUP).
+    pub config: RwLock<Arc<Config>>,
+    /// Problems and errors.
+    pub board: Arc<StatusBoard>,
+    /// The settler, asked what is waiting.
+    pub settler: mpsc::UnboundedSender<SettlerMsg>,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+impl Context {
+    /// The current settings.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Accepts connections until `shutdown`.
+pub async fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: Shutdown) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.wait() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE and the like: wait a little rather than spin.
+                    tracing::warn!("accept on the control socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut s = stream;
+                let r = Response::err(
+                    ErrorCode::Busy,
+                    format!("too many connections (limit {MAX_CONNECTIONS}); try again"),
+                );
+                let _ = s.write_all(&r.to_line()).await;
+            });
+            continue;
+        };
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            handle_connection(stream, &ctx, &shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdown) {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1);
+        let read = tokio::select! {
+            _ = shutdown.wait() => return,
+            r = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)) => r,
+        };
+        let n = match read {
+            Err(_) => {
+                if !line.is_empty() {
+                    let r = Response::err(
+                        ErrorCode::Timeout,
+                        format!(
+                            "no complete request line within {}s",
+                            REQUEST_TIMEOUT.as_secs()
+                        ),
+                    );
+                    let _ = w.write_all(&r.to_line()).await;
+                }
+                return;
+            }
+            Ok(Err(_)) | Ok(Ok(0)) => return,
+            Ok(Ok(n)) => n,
+        };
+        let complete = line.last() == Some(&b'\n');
+        if !complete && n > MAX_REQUEST_BYTES {
+            let r = Response::err(
+                ErrorCode::TooLarge,
+                format!("request longer than {MAX_REQUEST_BYTES} bytes; connection closed"),
+            );
+            let _ = w.write_all(&r.to_line()).await;
+            return;
+        }
+        let body = trim_line(&line);
+        if body.is_empty() {
+            if complete {
+                continue;
+            }
+            return;
+        }
+        let response = match parse_request(body) {
+            Ok((req, id)) => {
+                let mut r = dispatch(req, ctx).await;
+                r.id = id;
+                r
+            }
+            Err(r) => r,
+        };
+        if w.write_all(&response.to_line()).await.is_err() {
+            return;
+        }
+        if !complete {
+            // The client closed its side after a last line without a newline.
+            return;
+        }
+    }
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\n' | b'\r' | b' ' | b'\t') {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+/// Answers one request.
+pub async fn dispatch(req: Request, ctx: &Context) -> Response {
+    match req {
+        Request::Ping => {
+            Response::ok(serde_json::json!({"pong": true, "version": env!("CARGO_PKG_VERSION")}))
+        }
+        Request::List => list(ctx),
+        Request::Versions { name } => versions(ctx, &name),
+        Request::Get {
+            name,
+            selector,
+            metric,
+            mode,
+        } => get(ctx, &name, selector.as_deref(), metric.as_deref(), mode),
+        Request::Status => status(ctx).await,
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Response {
+    match serde_json::to_value(v) {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(ErrorCode::Internal, format!("cannot serialise answer: {e}")),
+    }
+}
+
+fn find_model<'a>(catalog: &'a Catalog, name: &str) -> Result<&'a Model, Response> {
+    if let Err(reason) = names::check_name(name) {
+        return Err(Response::err(
+            ErrorCode::InvalidName,
+            format!("invalid model name {name:?}: it {reason}"),
+        ));
+    }
+    catalog.models.get(name).map(|m| m.as_ref()).ok_or_else(|| {
+        Response::err(
+            ErrorCode::ModelNotFound,
+            format!("no model named {name:?} (`modelreg list` shows the models)"),
+        )
+    })
+}
+
+fn list(ctx: &Context) -> Response {
+    let catalog = ctx.shared.catalog();
+    let cfg = ctx.config();
+    let models: Vec<ModelSummary> = catalog
+        .models
+        .iter()
+        .filter_map(|(name, m)| {
+            let v = m.latest()?;
+            Some(ModelSummary {
+                name: name.clone(),
+                latest: format!("v{}", v.number),
+                versions: m.versions.len(),
+                registered_at: v.registered_at.clone(),
+                path: primary_path(&cfg, name, v),
+            })
+        })
+        .collect();
+    to_json(&serde_json::json!({ "models": models }))
+}
+
+fn versions(ctx: &Context, name: &str) -> Response {
+    let catalog = ctx.shared.catalog();
+    let cfg = ctx.config();
+    match find_model(&catalog, name) {
+        Ok(m) => {
+            let vs: Vec<VersionInfo> = m
+                .versions
+                .iter()
+                .map(|v| version_info(&cfg, name, v))
+                .collect();
+            to_json(&serde_json::json!({ "name": name, "versions": vs }))
+        }
+        Err(r) => r,
+    }
+}
+
+fn get(
+    ctx: &Context,
+    name: &str,
+    selector: Option<&str>,
+    metric: Option<&str>,
+    mode: Option<Direction>,
+) -> Response {
+    let catalog = ctx.shared.catalog();
+    let cfg = ctx.config();
+    let model = match find_model(&catalog, name) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let selector = selector.unwrap_or("latest");
+    let mut basis = None;
+    let version = match selector {
+        "latest" => model.latest(),
+        "best" => {
+            let metric = metric
+                .unwrap_or_else(|| cfg.best.metric_for(name))
+                .to_string();
+            let mode = mode.unwrap_or_else(|| cfg.best.direction_of(&metric));
+            let v = model.best(&metric, mode);
+            if v.is_none() {
+                return Response::err(
+                    ErrorCode::NoMetric,
+                    format!(
+                        "no version of {name:?} has metric {metric:?} ({} version(s) checked)",
+                        model.versions.len()
+                    ),
+                );
+            }
+            basis = Some(BestBasis { metric, mode });
+            v
+        }
+        s => match parse_version_number(s) {
+            Some(n) => match model.find(n) {
+                Some(v) => Some(v),
+                None => {
+                    return Response::err(
+                        ErrorCode::VersionNotFound,
+                        format!(
+                            "{name:?} has no version v{n} (it has v1..v{})",
+                            model.highest
+                        ),
+                    );
+                }
+            },
+            None => {
+                return Response::err(
+                    ErrorCode::InvalidSelector,
+                    format!("selector {s:?} is not vN, latest or best"),
+                );
+            }
+        },
+    };
+    let Some(v) = version else {
+        return Response::err(
+            ErrorCode::VersionNotFound,
+            format!("{name:?} has no versions"),
+        );
+    };
+    // Never hand out a dead path: check the stored files are still there.
+    for f in &v.files {
+        let p = cfg.root.join(&f.path);
+        if std::fs::symlink_metadata(&p).is_err() {
+            return Response::err(
+                ErrorCode::FileMissing,
+                format!(
+                    "{name} v{}: stored file {} is missing (run `modelreg status`)",
+                    v.number,
+                    p.display()
+                ),
+            );
+        }
+    }
+    let info = version_info(&cfg, name, v);
+    let mut value = match serde_json::to_value(&info) {
+        Ok(v) => v,
+        Err(e) => return Response::err(ErrorCode::Internal, e.to_string()),
+    };
+    if let (Some(b), Some(obj)) = (basis, value.as_object_mut()) {
+        obj.insert(
+            "best_by".into(),
+            serde_json::to_value(b).unwrap_or_default(),
+        );
+    }
+    Response::ok(value)
+}
+
+fn abs(cfg: &Config, rel: &str) -> String {
+    cfg.root.join(rel).display().to_string()
+}
+
+fn version_dir(cfg: &Config, name: &str, v: &Version) -> String {
+    crate::store::version_dir(&cfg.store, name, v.number)
+        .display()
+        .to_string()
+}
+
+fn primary_path(cfg: &Config, name: &str, v: &Version) -> String {
+    match (v.kind, v.files.as_slice()) {
+        (Kind::File, [only]) => abs(cfg, &only.path),
+        _ => version_dir(cfg, name, v),
+    }
+}
+
+/// The answer form of a version: absolute paths, sizes, metrics.
+pub fn version_info(cfg: &Config, name: &str, v: &Version) -> VersionInfo {
+    VersionInfo {
+        name: name.to_string(),
+        version: format!("v{}", v.number),
+        number: v.number,
+        kind: v.kind,
+        path: primary_path(cfg, name, v),
+        dir: version_dir(cfg, name, v),
+        files: v
+            .files
+            .iter()
+            .map(|f| FileInfo {
+                path: abs(cfg, &f.path),
+                sha256: f.sha256.clone(),
+                size: f.size,
+            })
+            .collect(),
+        size: v.files.iter().map(|f| f.size).sum(),
+        source: v.source.clone(),
+        registered_at: v.registered_at.clone(),
+        metrics: v.metrics.clone(),
+        metadata: v.metadata.clone(),
+        metrics_updated_at: v.metrics_history.last().map(|c| c.replaced_at.clone()),
+    }
+}
+
+async fn status(ctx: &Context) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let waiting = if ctx.settler.send(SettlerMsg::Status(tx)).is_ok() {
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let catalog = ctx.shared.catalog();
+    let cfg = ctx.config();
+    let (problems, recent_errors, registered, watch) = ctx.board.snapshot();
+    to_json(&StatusInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_secs: ctx.started.elapsed().as_secs_f64(),
+        root: cfg.root.display().to_string(),
+        config: cfg.source.to_string(),
+        inbox: cfg.inbox.display().to_string(),
+        watch,
+        settle_secs: cfg.settle.as_secs_f64(),
+        models: catalog.models.len(),
+        versions: catalog.version_count(),
+        registered_since_start: registered,
+        waiting,
+        problems,
+        recent_errors,
+    })
+}
+
+/// Binds the control socket with owner-only permissions. A socket file left by a daemon
+/// that died is replaced; one that answers means another daemon is serving.
+pub fn bind(path: &Path) -> crate::error::Result<UnixListener> {
+    use crate::error::Error;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Other(format!(
+                "another daemon is answering on {}",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| Error::io("remove stale socket", path, e))?;
+        tracing::info!(socket = %path.display(), "removed a stale socket left by an earlier daemon");
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create socket folder", dir, e))?;
+    }
+    // The socket file takes its mode from the umask at bind time; narrow it for this one
+    // call so the socket is never, even briefly, open to others. Nothing else creates
+    // files at this point of start-up.
+    // SAFETY: umask only swaps the process's file mode mask.
+    let old = unsafe { libc::umask(0o177) };
+    let r = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    r.map_err(|e| Error::io("bind control socket", path, e))
+}

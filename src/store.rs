@@ -1,0 +1,455 @@
+//! The immutable store: `models/<name>/v<N>/...`. Copies (never moves) source files,
+//! hashing them with SHA-256 in the same pass, into a hidden staging folder
+//! `.pending-v<N>-<random>`; files are fsynced and made read-only, the folder and its
+//! parent fsynced. Only after the catalog names the version is the staging folder renamed
+//! to `v<N>` ([`publish`]); a crash in between is rolled forward by [`recover`], which
+//! also deletes staging folders the catalog never named. Knows nothing of YAML or sockets.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::registry::Catalog;
+use crate::registry::persist::sync_dir;
+
+/// The chunk size of the copy pipeline.
+const CHUNK: usize = 1 << 20;
+/// Files at least this big are copied by a reader/hasher thread feeding a writer thread.
+const PIPELINE_THRESHOLD: u64 = 4 * CHUNK as u64;
+/// Prefix of staging folders.
+const PENDING_PREFIX: &str = ".pending-v";
+
+/// The folder of version `n` of `name`.
+pub fn version_dir(store: &Path, name: &str, n: u32) -> PathBuf {
+    store.join(name).join(format!("v{n}"))
+}
+
+/// One file copied into a staging folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedFile {
+    /// Path relative to the version folder.
+    pub rel: String,
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// Bytes copied.
+    pub size: u64,
+}
+
+/// A staged, durable, not yet published version.
+#[derive(Debug)]
+pub struct Staged {
+    /// The hidden staging folder.
+    pub dir: PathBuf,
+    /// Where [`publish`] will rename it.
+    pub final_dir: PathBuf,
+    /// Its files, in the order given.
+    pub files: Vec<StagedFile>,
+}
+
+/// Copies `files` (source path, path relative to the version folder) into a new staging
+/// folder for version `n` of `name`, hashing while copying. `cancel` aborts between chunks;
+/// on any error or cancellation nothing is left behind.
+pub fn stage(
+    store: &Path,
+    name: &str,
+    n: u32,
+    files: &[(PathBuf, String)],
+    cancel: &AtomicBool,
+) -> Result<Staged> {
+    let model_dir = store.join(name);
+    ensure_dir(store, &model_dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{PENDING_PREFIX}{n}-"))
+        .tempdir_in(&model_dir)
+        .map_err(|e| Error::io("create staging folder in", &model_dir, e))?;
+    let mut staged = Vec::with_capacity(files.len());
+    let mut made_dirs: Vec<PathBuf> = Vec::new();
+    for (src, rel) in files {
+        let dst = dir.path().join(rel);
+        if let Some(parent) = dst.parent()
+            && parent != dir.path()
+            && !parent.exists()
+        {
+            fs::create_dir_all(parent).map_err(|e| Error::io("create folder", parent, e))?;
+            let mut p = parent.to_path_buf();
+            while p != dir.path() {
+                made_dirs.push(p.clone());
+                if !p.pop() {
+                    break;
+                }
+            }
+        }
+        let (sha256, size) = copy_and_hash(src, &dst, cancel)?;
+        staged.push(StagedFile {
+            rel: rel.clone(),
+            sha256,
+            size,
+        });
+    }
+    // Deepest first, so that each folder is synced after the entries in it.
+    made_dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    made_dirs.dedup();
+    for d in &made_dirs {
+        sync_dir(d)?;
+    }
+    sync_dir(dir.path())?;
+    sync_dir(&model_dir)?;
+    Ok(Staged {
+        dir: dir.keep(),
+        final_dir: version_dir(store, name, n),
+        files: staged,
+    })
+}
+
+/// Renames a staged version into place. No fsync is needed for correctness: the catalog
+/// already names the version, and [`recover`] redoes a rename a crash lost.
+pub fn publish(staged: &Staged) -> Result<()> {
+    fs::rename(&staged.dir, &staged.final_dir)
+        .map_err(|e| Error::io("rename into place", &staged.final_dir, e))
+}
+
+/// Removes a staged version that will not be published.
+pub fn discard(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove staging folder", dir, e)),
+    }
+}
+
+/// Creates `dir` (one level under `store`, or the store itself) when missing, and makes
+/// the new entry durable.
+fn ensure_dir(store: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if !store.is_dir() {
+        fs::create_dir_all(store).map_err(|e| Error::io("create store", store, e))?;
+        if let Some(parent) = store.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(store),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("create folder", dir, e)),
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// SHA-256 of a byte slice, as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Copies `src` to the new file `dst`, returning its SHA-256 and size. The source is read
+/// once: for large files a reader thread hashes each chunk and hands it to this thread,
+/// which writes it, so reading, hashing and writing overlap. `dst` is fsynced and made
+/// read-only.
+pub fn copy_and_hash(src: &Path, dst: &Path, cancel: &AtomicBool) -> Result<(String, u64)> {
+    let mut input = File::open(src).map_err(|e| Error::io("open", src, e))?;
+    let len = input
+        .metadata()
+        .map_err(|e| Error::io("stat", src, e))?
+        .len();
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(dst)
+        .map_err(|e| Error::io("create", dst, e))?;
+    let (digest, size) = if len >= PIPELINE_THRESHOLD {
+        copy_pipelined(&mut input, src, &mut out, dst, cancel)?
+    } else {
+        copy_inline(&mut input, src, &mut out, dst, cancel)?
+    };
+    out.sync_all().map_err(|e| Error::io("fsync", dst, e))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o444))
+        .map_err(|e| Error::io("make read-only", dst, e))?;
+    Ok((digest, size))
+}
+
+fn cancelled(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(Error::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+fn copy_inline(
+    input: &mut File,
+    src: &Path,
+    out: &mut File,
+    dst: &Path,
+    cancel: &AtomicBool,
+) -> Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        cancelled(cancel)?;
+        let n = read_full(input, &mut buf).map_err(|e| Error::io("read", src, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", dst, e))?;
+        size += n as u64;
+    }
+    Ok((hex(&hasher.finalize()), size))
+}
+
+fn copy_pipelined(
+    input: &mut File,
+    src: &Path,
+    out: &mut File,
+    dst: &Path,
+    cancel: &AtomicBool,
+) -> Result<(String, u64)> {
+    // Full chunks flow reader -> writer; empty buffers flow back, so at most
+    // `DEPTH + 1` chunks exist at once and nothing is allocated per chunk.
+    const DEPTH: usize = 4;
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(DEPTH);
+    let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(DEPTH + 1);
+    for _ in 0..=DEPTH {
+        let _ = free_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> Result<(String, u64)> {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            while let Ok(mut buf) = free_rx.recv() {
+                cancelled(cancel)?;
+                let n = read_full(input, &mut buf).map_err(|e| Error::io("read", src, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+                if full_tx.send((buf, n)).is_err() {
+                    // The writer failed; its error is the one reported.
+                    break;
+                }
+            }
+            Ok((hex(&hasher.finalize()), size))
+        });
+        let mut write_err = None;
+        for (buf, n) in full_rx.iter() {
+            if let Err(e) = out.write_all(&buf[..n]) {
+                write_err = Some(Error::io("write", dst, e));
+                break;
+            }
+            let _ = free_tx.send(buf);
+        }
+        drop(full_rx);
+        drop(free_tx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Other("copy reader thread panicked".into())));
+        match write_err {
+            Some(e) => Err(e),
+            None => read,
+        }
+    })
+}
+
+/// Reads until `buf` is full or the end of the file.
+fn read_full(r: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// SHA-256 and size of a file, for verification.
+pub fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = read_full(&mut f, &mut buf).map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex(&hasher.finalize()), size))
+}
+
+/// What [`recover`] did at start-up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Versions the catalog named whose rename a crash lost, now in place.
+    pub rolled_forward: Vec<String>,
+    /// Staging folders of versions the catalog never named, deleted.
+    pub removed: Vec<String>,
+}
+
+/// Brings the store in line with the catalog after a crash: finishes renames of versions
+/// the catalog names, deletes staging folders it does not. Never touches `v<N>` folders.
+pub fn recover(store: &Path, catalog: &Catalog) -> Result<Recovery> {
+    let mut report = Recovery::default();
+    let models = match fs::read_dir(store) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(Error::io("list", store, e)),
+    };
+    for model in models.flatten() {
+        let model_dir = model.path();
+        if !model_dir.is_dir() {
+            continue;
+        }
+        let name = model.file_name().to_string_lossy().into_owned();
+        let entries = fs::read_dir(&model_dir).map_err(|e| Error::io("list", &model_dir, e))?;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = file_name.strip_prefix(PENDING_PREFIX) else {
+                continue;
+            };
+            let n: Option<u32> = rest.split('-').next().and_then(|d| d.parse().ok());
+            let final_dir = n.map(|n| version_dir(store, &name, n));
+            let named = n.is_some_and(|n| {
+                catalog
+                    .models
+                    .get(&name)
+                    .is_some_and(|m| m.find(n).is_some())
+            });
+            match final_dir {
+                Some(fd) if named && !fd.exists() => {
+                    fs::rename(entry.path(), &fd)
+                        .map_err(|e| Error::io("rename into place", &fd, e))?;
+                    sync_dir(&model_dir)?;
+                    report
+                        .rolled_forward
+                        .push(format!("{name}/v{}", n.unwrap_or(0)));
+                }
+                _ => {
+                    discard(&entry.path())?;
+                    report.removed.push(format!("{name}/{file_name}"));
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn hex_and_sha() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn stage_publish_and_hash_both_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src_small = tmp.path().join("small.pt");
+        let src_big = tmp.path().join("big.bin");
+        fs::write(&src_small, b"hello").unwrap();
+        let big: Vec<u8> = (0..(PIPELINE_THRESHOLD as usize + 12345))
+            .map(|i| (i * 7) as u8)
+            .collect();
+        fs::write(&src_big, &big).unwrap();
+        let store = tmp.path().join("models");
+        let no = AtomicBool::new(false);
+        let staged = stage(
+            &store,
+            "m",
+            1,
+            &[
+                (src_small.clone(), "small.pt".into()),
+                (src_big.clone(), "sub/big.bin".into()),
+            ],
+            &no,
+        )
+        .unwrap();
+        assert_eq!(staged.files[0].sha256, sha256_hex(b"hello"));
+        assert_eq!(staged.files[1].sha256, sha256_hex(&big));
+        assert_eq!(staged.files[1].size, big.len() as u64);
+        publish(&staged).unwrap();
+        let stored = store.join("m/v1/sub/big.bin");
+        assert_eq!(fs::read(&stored).unwrap(), big);
+        assert_eq!(
+            fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        // The source is untouched.
+        assert_eq!(fs::read(&src_small).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn cancel_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("a.pt");
+        fs::write(&src, vec![1u8; PIPELINE_THRESHOLD as usize * 2]).unwrap();
+        let store = tmp.path().join("models");
+        let yes = AtomicBool::new(true);
+        let err = stage(&store, "a", 1, &[(src, "a.pt".into())], &yes).unwrap_err();
+        assert!(matches!(err, Error::Cancelled));
+        assert_eq!(fs::read_dir(store.join("a")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn recover_rolls_forward_named_and_removes_unnamed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("models");
+        fs::create_dir_all(store.join("m/.pending-v2-abc")).unwrap();
+        fs::write(store.join("m/.pending-v2-abc/m.pt"), b"x").unwrap();
+        fs::create_dir_all(store.join("m/.pending-v3-def")).unwrap();
+        fs::create_dir_all(store.join("m/v1")).unwrap();
+        let mut model = crate::registry::Model::default();
+        for n in [1, 2] {
+            model.push(crate::registry::Version {
+                number: n,
+                kind: Default::default(),
+                files: vec![],
+                source: String::new(),
+                registered_at: String::new(),
+                metrics: Default::default(),
+                metadata: Default::default(),
+                sidecar: None,
+                metrics_history: vec![],
+            });
+        }
+        let mut c = Catalog::default();
+        c.models.insert("m".into(), Arc::new(model));
+        let r = recover(&store, &c).unwrap();
+        assert_eq!(r.rolled_forward, vec!["m/v2".to_string()]);
+        assert_eq!(r.removed, vec!["m/.pending-v3-def".to_string()]);
+        assert!(store.join("m/v2/m.pt").exists());
+        assert!(store.join("m/v1").exists());
+    }
+}

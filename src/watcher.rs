@@ -1,0 +1,590 @@
+//! From notify events to "this model's inbox entries are complete" messages.
+//!
+//! The notify callback only forwards events into a bounded channel with `try_send`; when
+//! the channel is full (or the kernel queue overflowed and notify says `need_rescan`) a
+//! flag is raised and the whole inbox is rescanned, so a dropped event costs a rescan,
+//! never a missed file. Rescans compare with the catalog's fingerprints, so unchanged
+//! files make no new version.
+//!
+//! The [`Settler`] groups entries by model name (`resnet18.pt` and
+//! `resnet18.metrics.yaml` together) and hands a group to the registrar once every file in
+//! it has been quiet for the settle period: no events, no write left open (a
+//! close-after-write or rename-into-place seen for every write), and the same size, mtime
+//! and inode at the end of the period as at its start.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::inbox::{self, FileStat, Look};
+use crate::ingest::Settled;
+use crate::names::SIDECAR_SUFFIX;
+use crate::protocol::Waiting;
+use crate::status::StatusBoard;
+
+/// Capacity of the channel from the notify thread. Past it, events are dropped and a
+/// rescan is scheduled instead.
+pub const EVENT_QUEUE: usize = 16 * 1024;
+
+/// Raised by the notify thread when it had to drop events.
+#[derive(Debug, Default)]
+pub struct Overflow {
+    raised: AtomicBool,
+    wake: Notify,
+}
+
+impl Overflow {
+    fn raise(&self) {
+        if !self.raised.swap(true, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// What the notify thread forwards.
+pub type FsEvent = Result<notify::Event, String>;
+
+/// Starts watching `inbox` recursively with inotify. Events go to `tx`; when `tx` is full
+/// the overflow flag is raised. Returns the watcher (dropping it stops watching).
+pub fn watch(
+    inbox: &Path,
+    tx: mpsc::Sender<FsEvent>,
+    overflow: Arc<Overflow>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let handler = move |res: notify::Result<notify::Event>| {
+        let msg = res.map_err(|e| e.to_string());
+        // Full channel: drop the event and ask for a rescan, which finds whatever this
+        // event was about. Blocking here would stall notify's thread and overflow the
+        // kernel queue instead.
+        if tx.try_send(msg).is_err() {
+            overflow.raise();
+        }
+    };
+    let mut w = notify::recommended_watcher(handler)?;
+    w.watch(inbox, RecursiveMode::Recursive)?;
+    Ok(w)
+}
+
+/// How a group's registration ended, reported by the registrar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Registered, or nothing to do.
+    Done,
+    /// A file changed while it was being copied: settle again.
+    Changed,
+    /// It cannot go on until its inputs change (an invalid sidecar).
+    Blocked(String),
+    /// An I/O error; retried with backoff.
+    Failed(String),
+}
+
+/// Messages to the settler other than file events.
+#[derive(Debug)]
+pub enum SettlerMsg {
+    /// The registrar finished a group.
+    Done { name: String, outcome: Outcome },
+    /// Report what is waiting.
+    Status(oneshot::Sender<Vec<Waiting>>),
+    /// A new settle period (SIGHUP).
+    SetSettle(Duration),
+    /// Rescan the whole inbox (periodic reconciliation).
+    Rescan(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Settling,
+    InFlight,
+    Blocked(String),
+    Retry(u32),
+}
+
+#[derive(Debug)]
+struct Group {
+    entries: BTreeSet<String>,
+    since: Instant,
+    deadline: Instant,
+    queued: bool,
+    /// The state of every file, by path relative to the inbox, as last seen.
+    observed: BTreeMap<String, FileStat>,
+    /// Files written to and not yet closed (by path relative to the inbox).
+    writing: BTreeSet<String>,
+    state: State,
+    /// Events arrived while the group was with the registrar.
+    again: bool,
+    failures: u32,
+}
+
+/// Tracks inbox entries until they are complete; see the module docs.
+pub struct Settler {
+    inbox: PathBuf,
+    settle: Duration,
+    follow_symlinks: bool,
+    groups: HashMap<String, Group>,
+    /// Due times, at most one per group; a popped entry whose group moved its deadline
+    /// later is pushed again.
+    queue: BTreeSet<(Instant, String)>,
+    /// The group of each entry seen, so that a deleted folder is still found.
+    entry_group: HashMap<String, String>,
+    board: Arc<StatusBoard>,
+    to_registrar: mpsc::UnboundedSender<crate::ingest::RegistrarMsg>,
+}
+
+impl Settler {
+    /// A settler for `inbox` that hands complete groups to the registrar.
+    pub fn new(
+        inbox: PathBuf,
+        settle: Duration,
+        follow_symlinks: bool,
+        board: Arc<StatusBoard>,
+        to_registrar: mpsc::UnboundedSender<crate::ingest::RegistrarMsg>,
+    ) -> Self {
+        Settler {
+            inbox,
+            settle,
+            follow_symlinks,
+            groups: HashMap::new(),
+            queue: BTreeSet::new(),
+            entry_group: HashMap::new(),
+            board,
+            to_registrar,
+        }
+    }
+
+    /// Runs until `shutdown` resolves: file events, control messages, due groups, overflow
+    /// rescans and periodic reconciliation.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<FsEvent>,
+        mut ctl: mpsc::UnboundedReceiver<SettlerMsg>,
+        overflow: Arc<Overflow>,
+        reconcile_every: Duration,
+        shutdown: crate::shutdown::Shutdown,
+    ) {
+        let mut reconcile =
+            tokio::time::interval_at(Instant::now() + reconcile_every, reconcile_every);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = self.queue.first().map(|(t, _)| *t);
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => break,
+                Some(msg) = ctl.recv() => self.on_ctl(msg),
+                _ = overflow.wake.notified() => {
+                    if overflow.raised.swap(false, Ordering::SeqCst) {
+                        self.board.error("event queue overflowed; rescanning the inbox".into());
+                        self.rescan(true);
+                    }
+                }
+                Some(ev) = events.recv() => {
+                    self.on_fs(ev);
+                    // Drain what is already queued before looking at deadlines.
+                    for _ in 0..4096 {
+                        match events.try_recv() {
+                            Ok(ev) => self.on_fs(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until_opt(next) => self.check_due(),
+                _ = reconcile.tick() => self.rescan(false),
+            }
+        }
+    }
+
+    fn on_ctl(&mut self, msg: SettlerMsg) {
+        match msg {
+            SettlerMsg::Done { name, outcome } => self.on_done(name, outcome),
+            SettlerMsg::Status(reply) => {
+                let _ = reply.send(self.waiting());
+            }
+            SettlerMsg::SetSettle(d) => self.settle = d,
+            SettlerMsg::Rescan(why) => {
+                tracing::info!("rescanning the inbox ({why})");
+                self.rescan(false);
+            }
+        }
+    }
+
+    /// Handles one notify event.
+    pub fn on_fs(&mut self, ev: FsEvent) {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.board.error(format!(
+                    "watching {}: {e}; rescanning",
+                    self.inbox.display()
+                ));
+                self.rescan(true);
+                return;
+            }
+        };
+        if ev.need_rescan() {
+            tracing::warn!("the kernel dropped inotify events; rescanning the inbox");
+            self.rescan(true);
+            return;
+        }
+        let now = Instant::now();
+        for (i, path) in ev.paths.iter().enumerate() {
+            // Our own reads of a file (open, close-without-write) are not activity.
+            let writing = match ev.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(false),
+                EventKind::Access(_) => continue,
+                EventKind::Modify(ModifyKind::Data(_)) => Some(true),
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(false),
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if i == 1 => Some(false),
+                _ => None,
+            };
+            self.touch_path(path, writing, now);
+        }
+    }
+
+    fn touch_path(&mut self, path: &Path, writing: Option<bool>, now: Instant) {
+        let Ok(rel) = path.strip_prefix(&self.inbox) else {
+            return;
+        };
+        let Some(rel) = rel.to_str() else {
+            self.board.set_problem(
+                &path.display().to_string(),
+                "file name is not valid UTF-8; it is not registered",
+            );
+            return;
+        };
+        let Some(entry) = rel.split('/').next().filter(|e| !e.is_empty()) else {
+            return;
+        };
+        let entry = entry.to_string();
+        let Some(name) = self.group_name(&entry) else {
+            return;
+        };
+        let g = self.group_mut(&name, &entry, now);
+        match writing {
+            Some(true) => {
+                g.writing.insert(rel.to_string());
+            }
+            Some(false) => {
+                g.writing.remove(rel);
+            }
+            None => {}
+        }
+        // Keep the observed state current, so a file whose events stop is settled one
+        // period after its last event. A path that is a folder (new or renamed in) is
+        // walked: files created in it before its watch existed produce no events.
+        let full = self.inbox.join(rel);
+        let inbox = self.inbox.clone();
+        let follow = self.follow_symlinks;
+        let g = self.groups.get_mut(&name).expect("group just made");
+        match std::fs::metadata(&full) {
+            Ok(m) if m.is_file() => {
+                g.observed.insert(rel.to_string(), FileStat::of(&m));
+            }
+            Ok(m) if m.is_dir() => {
+                let look = inbox::look(&inbox, &entry, follow);
+                g.observed
+                    .retain(|k, _| k != &entry && !k.starts_with(&format!("{entry}/")));
+                g.observed.extend(look.stats(&entry));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let prefix = format!("{rel}/");
+                g.observed
+                    .retain(|k, _| k != rel && !k.starts_with(&prefix));
+                g.writing.retain(|k| k != rel && !k.starts_with(&prefix));
+            }
+        }
+        self.schedule(&name, now + self.settle);
+    }
+
+    /// The group an entry belongs to, remembered so that a deleted entry is still found;
+    /// `None` for ignored names. A refused name becomes a problem in `status`.
+    fn group_name(&mut self, entry: &str) -> Option<String> {
+        if let Some(n) = self.entry_group.get(entry) {
+            return Some(n.clone());
+        }
+        match inbox::group_of(&self.inbox, entry) {
+            Ok(Some(name)) => {
+                self.entry_group.insert(entry.to_string(), name.clone());
+                Some(name)
+            }
+            Ok(None) => None,
+            Err(reason) => {
+                let p = self.inbox.join(entry);
+                if p.symlink_metadata().is_ok() {
+                    self.board.set_problem(
+                        &p.display().to_string(),
+                        &format!("not registered: {reason}"),
+                    );
+                } else {
+                    self.board.clear_problem(&p.display().to_string());
+                }
+                None
+            }
+        }
+    }
+
+    fn group_mut(&mut self, name: &str, entry: &str, now: Instant) -> &mut Group {
+        let settle = self.settle;
+        let g = self
+            .groups
+            .entry(name.to_string())
+            .or_insert_with(|| Group {
+                entries: BTreeSet::new(),
+                since: now,
+                deadline: now + settle,
+                queued: false,
+                observed: BTreeMap::new(),
+                writing: BTreeSet::new(),
+                state: State::Settling,
+                again: false,
+                failures: 0,
+            });
+        g.entries.insert(entry.to_string());
+        g
+    }
+
+    /// Moves the group's deadline to `at` (or marks it for another round when in flight).
+    fn schedule(&mut self, name: &str, at: Instant) {
+        let Some(g) = self.groups.get_mut(name) else {
+            return;
+        };
+        match g.state {
+            State::InFlight => {
+                g.again = true;
+                return;
+            }
+            State::Blocked(_) | State::Retry(_) => g.state = State::Settling,
+            State::Settling => {}
+        }
+        g.deadline = at;
+        if !g.queued {
+            g.queued = true;
+            self.queue.insert((at, name.to_string()));
+        }
+    }
+
+    /// Looks at every group whose deadline has passed.
+    pub fn check_due(&mut self) {
+        let now = Instant::now();
+        while let Some((t, name)) = self.queue.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.queue.pop_first();
+            let Some(g) = self.groups.get_mut(&name) else {
+                continue;
+            };
+            g.queued = false;
+            if g.state == State::InFlight {
+                continue;
+            }
+            if g.deadline > now {
+                g.queued = true;
+                self.queue.insert((g.deadline, name));
+                continue;
+            }
+            self.check_group(&name, now);
+        }
+    }
+
+    fn check_group(&mut self, name: &str, now: Instant) {
+        let settle = self.settle;
+        let inbox = self.inbox.clone();
+        let follow = self.follow_symlinks;
+        let Some(g) = self.groups.get_mut(name) else {
+            return;
+        };
+        let mut current = BTreeMap::new();
+        let mut looks = Vec::new();
+        let mut gone = Vec::new();
+        let mut incomplete = None;
+        for entry in &g.entries {
+            let look = inbox::look(&inbox, entry, follow);
+            let shown = inbox.join(entry).display().to_string();
+            match &look {
+                Look::Gone => {
+                    gone.push(entry.clone());
+                    self.board.clear_problem(&shown);
+                    continue;
+                }
+                Look::Ignored => continue,
+                Look::Refused(reason) => {
+                    self.board
+                        .set_problem(&shown, &format!("not registered: {reason}"));
+                    continue;
+                }
+                Look::Incomplete(reason) => incomplete = Some(reason.clone()),
+                Look::Files { .. } => self.board.clear_problem(&shown),
+            }
+            current.extend(look.stats(entry));
+            looks.push((entry.clone(), look));
+        }
+        for e in &gone {
+            g.entries.remove(e);
+            self.entry_group.remove(e);
+        }
+        let quiet = current == g.observed && g.writing.is_empty() && incomplete.is_none();
+        if !quiet {
+            // Something changed without an event, a write is still open, or a folder
+            // holds temporaries: start another quiet period from what is there now.
+            g.observed = current;
+            g.deadline = now + settle;
+            g.queued = true;
+            self.queue.insert((g.deadline, name.to_string()));
+            return;
+        }
+        let mut settled = Settled {
+            name: name.to_string(),
+            artifacts: Vec::new(),
+            sidecar: None,
+            gone,
+        };
+        let sidecar_entry = format!("{name}{SIDECAR_SUFFIX}");
+        for (entry, look) in looks {
+            if let Look::Files { folder, files } = look {
+                if entry == sidecar_entry && !folder {
+                    settled.sidecar = Some((entry, Look::Files { folder, files }));
+                } else {
+                    settled
+                        .artifacts
+                        .push((entry, Look::Files { folder, files }));
+                }
+            }
+        }
+        g.state = State::InFlight;
+        g.again = false;
+        if self
+            .to_registrar
+            .send(crate::ingest::RegistrarMsg::Settled(settled))
+            .is_err()
+        {
+            // The registrar is gone: the daemon is shutting down.
+            g.state = State::Settling;
+        }
+    }
+
+    fn on_done(&mut self, name: String, outcome: Outcome) {
+        let now = Instant::now();
+        let settle = self.settle;
+        let Some(g) = self.groups.get_mut(&name) else {
+            return;
+        };
+        let again = std::mem::take(&mut g.again);
+        match outcome {
+            Outcome::Done => {
+                g.failures = 0;
+                if again {
+                    g.state = State::Settling;
+                    self.schedule(&name, now + settle);
+                } else {
+                    // Forgotten until its next event; the catalog's fingerprints say
+                    // what was registered.
+                    let g = self.groups.remove(&name).expect("group present");
+                    for e in g.entries {
+                        self.entry_group.remove(&e);
+                    }
+                }
+            }
+            Outcome::Changed => {
+                g.state = State::Settling;
+                self.schedule(&name, now + settle);
+            }
+            Outcome::Blocked(reason) => {
+                g.state = State::Blocked(reason);
+                if again {
+                    self.schedule(&name, now + settle);
+                }
+            }
+            Outcome::Failed(_) => {
+                g.failures += 1;
+                let backoff =
+                    Duration::from_secs(1 << g.failures.min(6)).min(Duration::from_secs(60));
+                g.state = State::Retry(g.failures);
+                g.deadline = now + backoff.max(settle);
+                if !g.queued {
+                    g.queued = true;
+                    self.queue.insert((g.deadline, name));
+                }
+            }
+        }
+    }
+
+    /// Looks at every entry of the inbox and puts each group through a quiet period; the
+    /// registrar then skips whatever its fingerprint shows unchanged. With `lost`
+    /// (events were dropped), open-write marks are cleared too: their close may be lost.
+    pub fn rescan(&mut self, lost: bool) {
+        let now = Instant::now();
+        let entries = match inbox::list(&self.inbox) {
+            Ok(e) => e,
+            Err(e) => {
+                self.board
+                    .error(format!("cannot list inbox {}: {e}", self.inbox.display()));
+                return;
+            }
+        };
+        if lost {
+            for g in self.groups.values_mut() {
+                g.writing.clear();
+            }
+        }
+        let present: BTreeSet<String> = entries.iter().cloned().collect();
+        for entry in entries {
+            let Some(name) = self.group_name(&entry) else {
+                continue;
+            };
+            let look = inbox::look(&self.inbox, &entry, self.follow_symlinks);
+            let g = self.group_mut(&name, &entry, now);
+            if g.state != State::InFlight {
+                g.observed
+                    .retain(|k, _| k != &entry && !k.starts_with(&format!("{entry}/")));
+                g.observed.extend(look.stats(&entry));
+            }
+            if !g.queued || g.state != State::Settling {
+                self.schedule(&name, now + self.settle);
+            }
+        }
+        let _ = self
+            .to_registrar
+            .send(crate::ingest::RegistrarMsg::Present(present));
+    }
+
+    /// What is waiting, for `status`.
+    pub fn waiting(&self) -> Vec<Waiting> {
+        let now = Instant::now();
+        let mut out: Vec<Waiting> = self
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let (state, reason) = match &g.state {
+                    State::Settling if !g.writing.is_empty() => ("writing", None),
+                    State::Settling => ("settling", None),
+                    State::InFlight => ("registering", None),
+                    State::Blocked(r) => ("blocked", Some(r.clone())),
+                    State::Retry(n) => ("retrying", Some(format!("attempt {n} failed"))),
+                };
+                Waiting {
+                    name: name.clone(),
+                    entries: g.entries.iter().cloned().collect(),
+                    state: state.to_string(),
+                    since_secs: now.duration_since(g.since).as_secs_f64(),
+                    reason,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
