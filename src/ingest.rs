@@ -439,8 +439,11 @@ impl Registrar {
         if let Some(s) = sidecar {
             let shown = cfg.inbox.join(&s.entry).display().to_string();
             self.board.clear_problem(&shown);
-            if s.fresh && !added {
-                if let Some(latest) = model.versions.last_mut() {
+            if s.fresh
+                && !added
+                && let Some(latest) = model.versions.last_mut()
+            {
+                {
                     latest.metrics_history.push(MetricsChange {
                         replaced_at: now.clone(),
                         metrics: std::mem::take(&mut latest.metrics),
@@ -559,7 +562,7 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
         Some((entry, look)) => match read_sidecar(job, entry, look, &relative) {
             Ok(Some(s)) => Some(s),
             Ok(None) => return JobResult::Changed,
-            Err(r) => return r,
+            Err(r) => return *r,
         },
     };
     let mut newest = job.latest.clone();
@@ -651,7 +654,7 @@ fn read_sidecar(
     entry: &str,
     look: &Look,
     relative: &dyn Fn(&Path) -> String,
-) -> Result<Option<SidecarRead>, JobResult> {
+) -> Result<Option<SidecarRead>, Box<JobResult>> {
     let Look::Files { files, .. } = look else {
         return Ok(None);
     };
@@ -660,18 +663,18 @@ fn read_sidecar(
     };
     let shown = f.src.display().to_string();
     if f.stat.size > MAX_SIDECAR_BYTES {
-        return Err(JobResult::Blocked(
+        return Err(Box::new(JobResult::Blocked(
             shown,
             format!(
                 "{}: larger than {MAX_SIDECAR_BYTES} bytes; a sidecar holds metrics",
                 relative(&f.src)
             ),
-        ));
+        )));
     }
     let bytes = match std::fs::read(&f.src) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(JobResult::Failed(format!("read {shown}: {e}"))),
+        Err(e) => return Err(Box::new(JobResult::Failed(format!("read {shown}: {e}")))),
     };
     let fingerprint = look.fingerprint().unwrap_or_default();
     if inbox::look(&job.inbox, entry, job.follow_symlinks)
@@ -682,7 +685,7 @@ fn read_sidecar(
         return Ok(None);
     }
     let parsed = sidecar::parse(&relative(&f.src), &bytes)
-        .map_err(|e| JobResult::Blocked(shown.clone(), e.to_string()))?;
+        .map_err(|e| Box::new(JobResult::Blocked(shown.clone(), e.to_string())))?;
     let sha256 = store::sha256_hex(&bytes);
     let fresh = job.latest_sidecar.as_deref() != Some(sha256.as_str());
     Ok(Some(SidecarRead {

@@ -224,7 +224,7 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
     match cmd {
         Command::Serve => unreachable!("handled in main"),
         Command::List { json } => {
-            let v = decode(c.call(&Request::List)?)?;
+            let v = decode(c.call(&Request::List {})?)?;
             if *json {
                 print_json(&v);
             } else {
@@ -276,7 +276,7 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             }
         }
         Command::Status { json } => {
-            let v = c.call(&Request::Status)?;
+            let v = c.call(&Request::Status {})?;
             if *json {
                 print_json(&v);
             } else {

@@ -17,9 +17,9 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Liveness check.
-    Ping,
+    Ping {},
     /// Every model with its latest version and version count.
-    List,
+    List {},
     /// Every version of one model.
     Versions {
         /// The model.
@@ -40,18 +40,18 @@ pub enum Request {
         mode: Option<Direction>,
     },
     /// Uptime, counts, what is waiting to settle, problems and recent errors.
-    Status,
+    Status {},
 }
 
 impl Request {
     /// The `op` name, for logs.
     pub fn op(&self) -> &'static str {
         match self {
-            Request::Ping => "ping",
-            Request::List => "list",
+            Request::Ping {} => "ping",
+            Request::List {} => "list",
             Request::Versions { .. } => "versions",
             Request::Get { .. } => "get",
-            Request::Status => "status",
+            Request::Status {} => "status",
         }
     }
 }

@@ -160,10 +160,10 @@ fn trim_line(line: &[u8]) -> &[u8] {
 /// Answers one request.
 pub async fn dispatch(req: Request, ctx: &Context) -> Response {
     match req {
-        Request::Ping => {
+        Request::Ping {} => {
             Response::ok(serde_json::json!({"pong": true, "version": env!("CARGO_PKG_VERSION")}))
         }
-        Request::List => list(ctx),
+        Request::List {} => list(ctx),
         Request::Versions { name } => versions(ctx, &name),
         Request::Get {
             name,
@@ -171,7 +171,7 @@ pub async fn dispatch(req: Request, ctx: &Context) -> Response {
             metric,
             mode,
         } => get(ctx, &name, selector.as_deref(), metric.as_deref(), mode),
-        Request::Status => status(ctx).await,
+        Request::Status {} => status(ctx).await,
     }
 }
 
