@@ -52,7 +52,7 @@ impl StatusBoard {
                 since: now_rfc3339(),
             },
         );
-        push_recent(&mut g.recent, format!("{path}: {message}"));
+        push_recent(&mut g.recent, message.to_string());
     }
 
     /// Clears the problem with `path`, if any.

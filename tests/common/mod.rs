@@ -1,0 +1,293 @@
+//! Test helpers: a real `modelreg serve` in a temporary root, its socket, and polling
+//! with deadlines (never bare sleeps to wait for the daemon).
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use modelreg::client::{Client, ClientError};
+use modelreg::protocol::{Request, StatusInfo, VersionInfo};
+use modelreg::registry::Catalog;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_modelreg");
+
+/// A daemon running in a temporary root; killed on drop, its log printed if the test failed.
+pub struct TestDaemon {
+    pub root: tempfile::TempDir,
+    child: Option<Child>,
+    config: String,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with `config` (YAML, written to config/modelreg.yaml).
+    pub fn start(config: &str) -> TestDaemon {
+        let root = tempfile::Builder::new()
+            .prefix("mr")
+            .tempdir()
+            .expect("tempdir");
+        let mut d = TestDaemon {
+            root,
+            child: None,
+            config: config.to_string(),
+        };
+        d.write_config(config);
+        d.spawn();
+        d
+    }
+
+    /// Starts with a short settle period, for tests that do not test settling itself.
+    pub fn quick() -> TestDaemon {
+        TestDaemon::start("settle: 300ms\n")
+    }
+
+    pub fn write_config(&mut self, config: &str) {
+        let dir = self.root.path().join("config");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("modelreg.yaml"), config).unwrap();
+        self.config = config.to_string();
+    }
+
+    /// Starts the daemon process (again) in the same root and waits for its socket.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--root")
+            .arg(self.root.path())
+            .env("RUST_LOG", "modelreg=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn modelreg");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("daemon.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn inbox(&self) -> PathBuf {
+        self.root.path().join("pretrained_models")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root.path().join("modelreg.sock")
+    }
+
+    pub fn registry_path(&self) -> PathBuf {
+        self.root.path().join("registry.yaml")
+    }
+
+    /// Waits until the socket answers a ping, or panics after 15 s.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(mut c) = Client::connect(&self.socket())
+                && c.call(&Request::Ping {}).is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("daemon exited early with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not answer within 15 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket()).expect("connect")
+    }
+
+    pub fn call(&self, req: &Request) -> Result<serde_json::Value, ClientError> {
+        self.client().call(req)
+    }
+
+    pub fn get(&self, name: &str, selector: &str) -> Result<VersionInfo, ClientError> {
+        self.client().call_as(&Request::Get {
+            name: name.into(),
+            selector: Some(selector.into()),
+            metric: None,
+            mode: None,
+        })
+    }
+
+    pub fn versions(&self, name: &str) -> Vec<VersionInfo> {
+        match self.call(&Request::Versions { name: name.into() }) {
+            Ok(v) => serde_json::from_value(v["versions"].clone()).unwrap(),
+            Err(e) if e.code() == Some(modelreg::protocol::ErrorCode::ModelNotFound) => vec![],
+            Err(e) => panic!("versions {name}: {e}"),
+        }
+    }
+
+    pub fn status(&self) -> StatusInfo {
+        self.client().call_as(&Request::Status {}).expect("status")
+    }
+
+    /// Waits until `name` has at least `n` versions; returns them.
+    pub fn wait_versions(&self, name: &str, n: usize) -> Vec<VersionInfo> {
+        let mut last = vec![];
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{name} to have {n} version(s)"),
+            || {
+                last = self.versions(name);
+                last.len() >= n
+            },
+        );
+        last
+    }
+
+    /// Waits until registry.yaml records `entry` of the inbox with its current
+    /// fingerprint: the daemon has looked at it as it is now, whatever it decided.
+    pub fn wait_seen(&self, entry: &str) {
+        let expected = modelreg::inbox::look(&self.inbox(), entry, false)
+            .fingerprint()
+            .expect("entry exists");
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{entry} to be looked at"),
+            || {
+                self.catalog()
+                    .sources
+                    .get(entry)
+                    .is_some_and(|r| r.fingerprint == expected)
+            },
+        );
+    }
+
+    /// The catalog as registry.yaml says now.
+    pub fn catalog(&self) -> Catalog {
+        modelreg::registry::persist::load(&self.registry_path())
+            .expect("registry.yaml parses")
+            .expect("exists")
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// SIGTERM and wait for the exit status (panics after 30 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon did not stop within 30 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no questions asked.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this daemon's socket.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run modelreg")
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- daemon log ({}) ----\n{}",
+                self.log_path().display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes a file the way most tools do: in place, then closed.
+pub fn write(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// Writes a file into `dir` under a temporary name and renames it into place (what
+/// rsync, and modelreg's Python client, do).
+pub fn write_renamed(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.Xy12Zq"));
+    write(&tmp, bytes);
+    std::fs::rename(tmp, dir.join(name)).unwrap();
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A sidecar with the given metrics.
+pub fn sidecar(metrics: &[(&str, f64)]) -> String {
+    let mut s = String::from("metrics:\n");
+    for (k, v) in metrics {
+        s.push_str(&format!("  {k}: {v}\n"));
+    }
+    s
+}
