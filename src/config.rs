@@ -31,6 +31,8 @@ struct RawConfig {
     socket: Option<String>,
     settle: Option<String>,
     reconcile_interval: Option<String>,
+    watch: Option<String>,
+    poll_interval: Option<String>,
     follow_symlinks: Option<bool>,
     default_metric: Option<String>,
     model_metrics: Option<BTreeMap<String, String>>,
@@ -49,6 +51,8 @@ impl RawConfig {
             socket: self.socket.or(base.socket),
             settle: self.settle.or(base.settle),
             reconcile_interval: self.reconcile_interval.or(base.reconcile_interval),
+            watch: self.watch.or(base.watch),
+            poll_interval: self.poll_interval.or(base.poll_interval),
             follow_symlinks: self.follow_symlinks.or(base.follow_symlinks),
             default_metric: self.default_metric.or(base.default_metric),
             model_metrics: self.model_metrics.or(base.model_metrics),
@@ -148,6 +152,17 @@ impl BestPolicy {
     }
 }
 
+/// How the inbox is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// inotify, or polling on network filesystems and when inotify fails.
+    Auto,
+    /// inotify only; failing to set it up stops the daemon.
+    Inotify,
+    /// Polling only.
+    Poll,
+}
+
 /// The validated settings. Paths are absolute.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -167,6 +182,10 @@ pub struct Config {
     pub settle: Duration,
     /// How often the whole inbox is re-scanned to catch what the kernel never reported.
     pub reconcile_interval: Duration,
+    /// How the inbox is watched.
+    pub watch: WatchMode,
+    /// The poll watcher's interval.
+    pub poll_interval: Duration,
     /// Whether symbolic links that lead out of the inbox are followed.
     pub follow_symlinks: bool,
     /// How `best` is decided.
@@ -318,6 +337,23 @@ fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Result<Config>
         Duration::from_secs(1),
         Duration::from_secs(7 * 24 * 3600),
     )?;
+    let watch = match need("watch", raw.watch)?.as_str() {
+        "auto" => WatchMode::Auto,
+        "inotify" => WatchMode::Inotify,
+        "poll" => WatchMode::Poll,
+        other => {
+            return Err(bad(
+                "watch",
+                format!("`{other}` is not auto, inotify or poll"),
+            ));
+        }
+    };
+    let poll_interval = duration(
+        "poll_interval",
+        raw.poll_interval,
+        Duration::from_millis(50),
+        Duration::from_secs(3600),
+    )?;
     let default_metric = need("default_metric", raw.default_metric)?;
     if default_metric.trim().is_empty() {
         return Err(bad("default_metric", "must not be empty".into()));
@@ -338,6 +374,8 @@ fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Result<Config>
         socket,
         settle,
         reconcile_interval,
+        watch,
+        poll_interval,
         follow_symlinks: raw
             .follow_symlinks
             .ok_or_else(|| Error::Other("embedded default lacks `follow_symlinks`".into()))?,
@@ -375,6 +413,8 @@ mod tests {
             socket,
             settle,
             reconcile_interval,
+            watch,
+            poll_interval,
             follow_symlinks,
             default_metric,
             model_metrics,
@@ -384,6 +424,7 @@ mod tests {
         } = raw;
         assert!(inbox.is_some() && store.is_some() && registry.is_some() && socket.is_some());
         assert!(settle.is_some() && reconcile_interval.is_some() && follow_symlinks.is_some());
+        assert!(watch.is_some() && poll_interval.is_some());
         assert!(default_metric.is_some() && model_metrics.is_some());
         assert!(minimize.is_some() && maximize.is_some() && log_level.is_some());
     }

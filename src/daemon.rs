@@ -145,18 +145,16 @@ pub async fn run(
     let overflow = Arc::new(Overflow::default());
 
     // Watch before the first scan, so nothing written in between is missed.
-    let fs_watcher = match watcher::watch(&config.inbox, fs_tx, overflow.clone()) {
-        Ok(w) => {
-            board.set_watch("inotify".into());
-            w
-        }
-        Err(e) => {
-            return Err(Error::Other(format!(
-                "cannot watch {}: {e} (if the limit of inotify watches is reached, raise fs.inotify.max_user_watches)",
-                config.inbox.display()
-            )));
-        }
-    };
+    let fs_watcher = watcher::start(
+        &config.inbox,
+        config.watch,
+        config.poll_interval,
+        fs_tx,
+        overflow.clone(),
+    )
+    .map_err(Error::Other)?;
+    board.set_watch(fs_watcher.description.clone());
+    tracing::info!(inbox = %config.inbox.display(), "watching with {}", fs_watcher.description);
 
     let registrar = Registrar::new(
         config.clone(),
@@ -175,6 +173,7 @@ pub async fn run(
         board.clone(),
         reg_tx,
     );
+    settler.track_writes(fs_watcher.reports_close);
     settler.rescan(false);
     let settler_task = tokio::spawn(settler.run(
         fs_rx,
@@ -262,6 +261,8 @@ fn reload(
     merged.socket = old.socket.clone();
     merged.follow_symlinks = old.follow_symlinks;
     merged.reconcile_interval = old.reconcile_interval;
+    merged.watch = old.watch;
+    merged.poll_interval = old.poll_interval;
     let _ = settler.send(SettlerMsg::SetSettle(merged.settle));
     if let Some(f) = on_reload {
         f(&merged);

@@ -23,6 +23,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::config::WatchMode;
 use crate::inbox::{self, FileStat, Look};
 use crate::ingest::Settled;
 use crate::names::SIDECAR_SUFFIX;
@@ -51,25 +52,122 @@ impl Overflow {
 /// What the notify thread forwards.
 pub type FsEvent = Result<notify::Event, String>;
 
-/// Starts watching `inbox` recursively with inotify. Events go to `tx`; when `tx` is full
-/// the overflow flag is raised. Returns the watcher (dropping it stops watching).
-pub fn watch(
+/// A running watcher; dropping it stops watching.
+pub struct Watching {
+    _watcher: Box<dyn Watcher + Send>,
+    /// How the inbox is watched, for `status`.
+    pub description: String,
+    /// Whether close-after-write events are reported (inotify), so that an open write
+    /// can hold an entry back. The poll watcher sees only sizes and mtimes.
+    pub reports_close: bool,
+}
+
+/// Starts watching `inbox` recursively: with inotify, or by polling when the settings
+/// say so, when the inbox is on a network filesystem (inotify sees no changes made by
+/// other machines) or, in `auto` mode, when inotify cannot be set up (too many watches).
+/// Events go to `tx`; when `tx` is full the overflow flag is raised.
+pub fn start(
     inbox: &Path,
+    mode: WatchMode,
+    poll_interval: Duration,
     tx: mpsc::Sender<FsEvent>,
     overflow: Arc<Overflow>,
-) -> notify::Result<notify::RecommendedWatcher> {
-    let handler = move |res: notify::Result<notify::Event>| {
+) -> Result<Watching, String> {
+    let handler = Forward { tx, overflow };
+    let poll = |handler: Forward, why: String| -> Result<Watching, String> {
+        let cfg = notify::Config::default().with_poll_interval(poll_interval);
+        let mut w = notify::PollWatcher::new(handler, cfg).map_err(|e| e.to_string())?;
+        w.watch(inbox, RecursiveMode::Recursive)
+            .map_err(|e| format!("cannot poll {}: {e}", inbox.display()))?;
+        Ok(Watching {
+            _watcher: Box::new(w),
+            description: format!(
+                "poll every {} ({why})",
+                humantime::format_duration(poll_interval)
+            ),
+            reports_close: false,
+        })
+    };
+    if mode == WatchMode::Poll {
+        return poll(handler, "watch: poll".into());
+    }
+    if mode == WatchMode::Auto
+        && let Some(fs) = network_filesystem(inbox)
+    {
+        tracing::warn!(inbox = %inbox.display(), "the inbox is on {fs}, where inotify misses changes made elsewhere; polling instead");
+        return poll(handler, format!("the inbox is on {fs}"));
+    }
+    match try_inotify(inbox, handler.clone()) {
+        Ok(w) => Ok(Watching {
+            _watcher: Box::new(w),
+            description: "inotify".into(),
+            reports_close: true,
+        }),
+        Err(e) if mode == WatchMode::Auto => {
+            let why = format!(
+                "inotify failed: {e}; raise fs.inotify.max_user_watches / max_user_instances to use it"
+            );
+            tracing::warn!(inbox = %inbox.display(), "{why}; polling instead");
+            poll(handler, why)
+        }
+        Err(e) => Err(format!(
+            "cannot watch {} with inotify: {e} (raise fs.inotify.max_user_watches, or set watch: auto or poll)",
+            inbox.display()
+        )),
+    }
+}
+/// The notify callback: forwards events into the bounded channel.
+#[derive(Clone)]
+struct Forward {
+    tx: mpsc::Sender<FsEvent>,
+    overflow: Arc<Overflow>,
+}
+
+impl notify::EventHandler for Forward {
+    fn handle_event(&mut self, res: notify::Result<notify::Event>) {
         let msg = res.map_err(|e| e.to_string());
         // Full channel: drop the event and ask for a rescan, which finds whatever this
         // event was about. Blocking here would stall notify's thread and overflow the
         // kernel queue instead.
-        if tx.try_send(msg).is_err() {
-            overflow.raise();
+        if self.tx.try_send(msg).is_err() {
+            self.overflow.raise();
         }
-    };
-    let mut w = notify::recommended_watcher(handler)?;
+    }
+}
+
+fn try_inotify(inbox: &Path, handler: Forward) -> notify::Result<notify::RecommendedWatcher> {
+    let mut w = notify::RecommendedWatcher::new(handler, notify::Config::default())?;
     w.watch(inbox, RecursiveMode::Recursive)?;
     Ok(w)
+}
+
+/// The name of the network filesystem `path` is on, if it is on one (by statfs magic).
+pub fn network_filesystem(path: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    filesystem_name(st.f_type as i64)
+}
+
+/// Network and remote filesystems on which inotify does not see other machines' changes.
+fn filesystem_name(magic: i64) -> Option<&'static str> {
+    Some(match magic as u32 {
+        0x6969 => "NFS",
+        0x517B => "SMB",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x00C3_6400 => "CephFS",
+        0x5346_414F => "AFS",
+        0x0102_1997 => "9P",
+        0x6573_5546 => "a FUSE filesystem",
+        0x0BD0_0BD0 => "Lustre",
+        0x4750_4653 => "GPFS",
+        _ => return None,
+    })
 }
 
 /// How a group's registration ended, reported by the registrar.
@@ -127,6 +225,8 @@ pub struct Settler {
     inbox: PathBuf,
     settle: Duration,
     follow_symlinks: bool,
+    /// Whether open writes are tracked (only the inotify watcher reports closes).
+    track_writes: bool,
     groups: HashMap<String, Group>,
     /// Due times, at most one per group; a popped entry whose group moved its deadline
     /// later is pushed again.
@@ -150,12 +250,19 @@ impl Settler {
             inbox,
             settle,
             follow_symlinks,
+            track_writes: true,
             groups: HashMap::new(),
             queue: BTreeSet::new(),
             entry_group: HashMap::new(),
             board,
             to_registrar,
         }
+    }
+
+    /// Whether the watcher reports close-after-write, so that open writes hold entries
+    /// back (true by default; false for the poll watcher).
+    pub fn track_writes(&mut self, yes: bool) {
+        self.track_writes = yes;
     }
 
     /// Runs until `shutdown` resolves: file events, control messages, due groups, overflow
@@ -226,8 +333,11 @@ impl Settler {
                 return;
             }
         };
+        tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
         if ev.need_rescan() {
-            tracing::warn!("the kernel dropped inotify events; rescanning the inbox");
+            self.board.error(
+                "the kernel dropped inotify events (queue overflow); rescanning the inbox".into(),
+            );
             self.rescan(true);
             return;
         }
@@ -264,8 +374,9 @@ impl Settler {
         let Some(name) = self.group_name(&entry) else {
             return;
         };
+        let track = self.track_writes;
         let g = self.group_mut(&name, &entry, now);
-        match writing {
+        match writing.filter(|_| track) {
             Some(true) => {
                 g.writing.insert(rel.to_string());
             }
@@ -586,5 +697,19 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_filesystems_by_magic() {
+        assert_eq!(filesystem_name(0x6969), Some("NFS"));
+        assert_eq!(filesystem_name(0xFF53_4D42u32 as i64), Some("CIFS"));
+        assert_eq!(filesystem_name(0xEF53), None, "ext4 is local");
+        assert_eq!(filesystem_name(0x0102_1994), None, "tmpfs is local");
+        assert_eq!(network_filesystem(Path::new("/")), None);
     }
 }
