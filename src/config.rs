@@ -29,6 +29,7 @@ struct RawConfig {
     store: Option<String>,
     registry: Option<String>,
     socket: Option<String>,
+    socket_group: Option<String>,
     settle: Option<String>,
     reconcile_interval: Option<String>,
     watch: Option<String>,
@@ -49,6 +50,7 @@ impl RawConfig {
             store: self.store.or(base.store),
             registry: self.registry.or(base.registry),
             socket: self.socket.or(base.socket),
+            socket_group: self.socket_group.or(base.socket_group),
             settle: self.settle.or(base.settle),
             reconcile_interval: self.reconcile_interval.or(base.reconcile_interval),
             watch: self.watch.or(base.watch),
@@ -178,6 +180,8 @@ pub struct Config {
     pub registry: PathBuf,
     /// The control socket.
     pub socket: PathBuf,
+    /// A group given read-write access to the socket (mode 0660); none: owner only.
+    pub socket_group: Option<String>,
     /// Quiet period before an artifact counts as complete.
     pub settle: Duration,
     /// How often the whole inbox is re-scanned to catch what the kernel never reported.
@@ -372,6 +376,8 @@ fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Result<Config>
         store,
         registry,
         socket,
+        socket_group: Some(need("socket_group", raw.socket_group)?.trim().to_string())
+            .filter(|g| !g.is_empty()),
         settle,
         reconcile_interval,
         watch,
@@ -411,6 +417,7 @@ mod tests {
             store,
             registry,
             socket,
+            socket_group,
             settle,
             reconcile_interval,
             watch,
@@ -423,6 +430,7 @@ mod tests {
             log_level,
         } = raw;
         assert!(inbox.is_some() && store.is_some() && registry.is_some() && socket.is_some());
+        assert!(socket_group.is_some());
         assert!(settle.is_some() && reconcile_interval.is_some() && follow_symlinks.is_some());
         assert!(watch.is_some() && poll_interval.is_some());
         assert!(default_metric.is_some() && model_metrics.is_some());

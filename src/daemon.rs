@@ -125,7 +125,7 @@ pub async fn run(
     for p in &recovery.removed {
         tracing::info!("removed unregistered staging folder {p}, left by a crash");
     }
-    let listener = server::bind(&config.socket)?;
+    let listener = server::bind(&config.socket, config.socket_group.as_deref())?;
     tracing::info!(
         root = %config.root.display(),
         config = %config.source,
@@ -137,6 +137,11 @@ pub async fn run(
 
     let config = Arc::new(config);
     let board = Arc::new(StatusBoard::default());
+    // A catalog that names files that are gone still starts (everything else is
+    // served); each missing file is a problem in `status` until `verify` is run.
+    for p in crate::verify::missing_files(&config.root, &catalog) {
+        board.set_problem(&p.path, &format!("{}; run `modelreg verify`", p.detail));
+    }
     let shared = Arc::new(Shared::new(catalog.clone()));
     let (trigger, stop) = shutdown::channel();
     let (reg_tx, reg_rx) = mpsc::unbounded_channel();
@@ -242,6 +247,7 @@ fn reload(
         ("store", old.store != new.store),
         ("registry", old.registry != new.registry),
         ("socket", old.socket != new.socket),
+        ("socket_group", old.socket_group != new.socket_group),
         (
             "follow_symlinks",
             old.follow_symlinks != new.follow_symlinks,
@@ -259,6 +265,7 @@ fn reload(
     merged.store = old.store.clone();
     merged.registry = old.registry.clone();
     merged.socket = old.socket.clone();
+    merged.socket_group = old.socket_group.clone();
     merged.follow_symlinks = old.follow_symlinks;
     merged.reconcile_interval = old.reconcile_interval;
     merged.watch = old.watch;

@@ -15,6 +15,7 @@
 //! - [`protocol`] request and answer types shared by server and client.
 //! - [`config`]   settings: embedded default, file, validation.
 //! - [`names`]    model names from file names; what is temporary; what is unsafe.
+//! - [`verify`]   re-hash the store against the catalog.
 //! - [`status`]   the board of problems and recent errors shown by `status`.
 //! - [`shutdown`] a cloneable shutdown signal.
 //! - [`error`]    error types that carry path, position and cause.
@@ -33,4 +34,5 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod status;
 pub mod store;
+pub mod verify;
 pub mod watcher;

@@ -10,6 +10,7 @@ use modelreg::client::{Client, ClientError};
 use modelreg::config::{Config, Direction};
 use modelreg::daemon::{self, Control};
 use modelreg::protocol::{ModelSummary, Request, StatusInfo, VersionInfo};
+use modelreg::verify::VerifyReport;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -73,6 +74,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-hash every stored file and report missing, modified or extra files; exit
+    /// non-zero when anything is wrong. Nothing is repaired.
+    Verify {
+        /// Only this model.
+        name: Option<String>,
+        /// Read the root directly instead of asking the daemon (the daemon must be stopped).
+        #[arg(long)]
+        offline: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the daemon's state: counts, what is waiting in the inbox, problems, errors.
     Status {
         /// Print the daemon's JSON answer.
@@ -90,6 +103,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => serve(&cli.root, cli.config.as_deref()),
+        Command::Verify {
+            ref name,
+            offline: true,
+            json,
+        } => verify_offline(&cli, name.as_deref(), json),
         ref cmd => client_command(&cli, cmd),
     }
 }
@@ -275,6 +293,18 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 }
             }
         }
+        Command::Verify { name, json, .. } => {
+            let v = c.call(&Request::Verify { name: name.clone() })?;
+            let report: VerifyReport =
+                serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if !print_report(&report, *json) {
+                // Exit non-zero; the report above says what is wrong.
+                return Err(ClientError::Remote(modelreg::protocol::ErrorBody {
+                    code: modelreg::protocol::ErrorCode::Internal,
+                    message: format!("verify found {} problem(s)", report.problems.len()),
+                }));
+            }
+        }
         Command::Status { json } => {
             let v = c.call(&Request::Status {})?;
             if *json {
@@ -287,6 +317,72 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// `verify --offline`: straight from the root, holding the root's lock so that no
+/// daemon starts meanwhile.
+fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitCode {
+    let run = || -> Result<VerifyReport, String> {
+        let config = Config::load(&cli.root, cli.config.as_deref()).map_err(|e| e.to_string())?;
+        let _lock = match daemon::RootLock::acquire(&config.root) {
+            Ok(l) => l,
+            Err(modelreg::error::Error::AlreadyRunning { pid, .. }) => {
+                return Err(format!(
+                    "a daemon is running on this root (pid {pid}); run `modelreg verify` without --offline"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let catalog = modelreg::registry::persist::load(&config.registry)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{} does not exist", config.registry.display()))?;
+        if let Some(n) = name
+            && !catalog.models.contains_key(n)
+        {
+            return Err(format!("no model named {n:?}"));
+        }
+        Ok(modelreg::verify::verify(
+            &config.root,
+            &config.store,
+            &catalog,
+            name,
+        ))
+    };
+    match run() {
+        Ok(report) if print_report(&report, json) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(EXIT_ERROR),
+        Err(e) => {
+            eprintln!("modelreg: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Prints a verification report; true when it is clean.
+fn print_report(r: &VerifyReport, json: bool) -> bool {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+    } else {
+        println!(
+            "verified {} version(s), {} file(s), {}",
+            r.versions,
+            r.files,
+            human_size(r.bytes)
+        );
+        for p in &r.problems {
+            let kind = serde_json::to_value(p.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_uppercase))
+                .unwrap_or_default();
+            println!("{kind:<10}  {}  ({})", p.path, p.detail);
+        }
+        if r.problems.is_empty() {
+            println!("all stored files match the catalog");
+        } else {
+            println!("{} problem(s)", r.problems.len());
+        }
+    }
+    r.problems.is_empty()
 }
 
 fn field<T: serde::de::DeserializeOwned>(

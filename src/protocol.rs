@@ -41,6 +41,12 @@ pub enum Request {
     },
     /// Uptime, counts, what is waiting to settle, problems and recent errors.
     Status {},
+    /// Re-hash every stored file (of one model, or all) and report what differs.
+    Verify {
+        /// Only this model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
 }
 
 impl Request {
@@ -52,7 +58,14 @@ impl Request {
             Request::Versions { .. } => "versions",
             Request::Get { .. } => "get",
             Request::Status {} => "status",
+            Request::Verify { .. } => "verify",
         }
+    }
+
+    /// Whether the request changes the registry, so that the peer's uid is checked
+    /// (SO_PEERCRED). None does yet; aliases and removal will.
+    pub fn is_mutating(&self) -> bool {
+        false
     }
 }
 
@@ -82,6 +95,8 @@ pub enum ErrorCode {
     Busy,
     /// The request line did not arrive in time.
     Timeout,
+    /// The peer's uid may not make this change.
+    PermissionDenied,
     /// A bug or an I/O failure in the daemon.
     Internal,
 }
@@ -192,7 +207,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Option<serde_json::Value>)
 }
 
 /// Every `op` the daemon answers.
-pub const OPS: &[&str] = &["ping", "list", "versions", "get", "status"];
+pub const OPS: &[&str] = &["ping", "list", "versions", "get", "status", "verify"];
 
 /// A stored file in an answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,6 +88,9 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: Shutdown
 }
 
 async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdown) {
+    // Who is asking, from the kernel (SO_PEERCRED): changes are allowed only to the
+    // daemon's own user and root.
+    let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let mut line = Vec::with_capacity(256);
@@ -133,7 +136,18 @@ async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdow
         }
         let response = match parse_request(body) {
             Ok((req, id)) => {
-                let mut r = dispatch(req, ctx).await;
+                let mut r = if req.is_mutating() && !may_change(peer_uid) {
+                    Response::err(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "{} changes the registry; only uid {} (the daemon's user) or root may",
+                            req.op(),
+                            own_uid()
+                        ),
+                    )
+                } else {
+                    dispatch(req, ctx).await
+                };
                 r.id = id;
                 r
             }
@@ -147,6 +161,16 @@ async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdow
             return;
         }
     }
+}
+
+fn own_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether a peer may change the registry: the daemon's own user, or root.
+pub fn may_change(peer_uid: Option<u32>) -> bool {
+    peer_uid.is_some_and(|u| u == 0 || u == own_uid())
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -172,6 +196,7 @@ pub async fn dispatch(req: Request, ctx: &Context) -> Response {
             mode,
         } => get(ctx, &name, selector.as_deref(), metric.as_deref(), mode),
         Request::Status {} => status(ctx).await,
+        Request::Verify { name } => verify(ctx, name).await,
     }
 }
 
@@ -323,6 +348,24 @@ fn get(
     Response::ok(value)
 }
 
+async fn verify(ctx: &Context, name: Option<String>) -> Response {
+    let catalog = ctx.shared.catalog();
+    if let Some(n) = &name
+        && let Err(r) = find_model(&catalog, n)
+    {
+        return r;
+    }
+    let cfg = ctx.config();
+    let report = tokio::task::spawn_blocking(move || {
+        crate::verify::verify(&cfg.root, &cfg.store, &catalog, name.as_deref())
+    })
+    .await;
+    match report {
+        Ok(r) => to_json(&r),
+        Err(e) => Response::err(ErrorCode::Internal, format!("verify failed: {e}")),
+    }
+}
+
 fn abs(cfg: &Config, rel: &str) -> String {
     cfg.root.join(rel).display().to_string()
 }
@@ -399,9 +442,10 @@ async fn status(ctx: &Context) -> Response {
     })
 }
 
-/// Binds the control socket with owner-only permissions. A socket file left by a daemon
-/// that died is replaced; one that answers means another daemon is serving.
-pub fn bind(path: &Path) -> crate::error::Result<UnixListener> {
+/// Binds the control socket with owner-only permissions (owner and `group` when one is
+/// named). A socket file left by a daemon that died is replaced; one that answers means
+/// another daemon is serving.
+pub fn bind(path: &Path, group: Option<&str>) -> crate::error::Result<UnixListener> {
     use crate::error::Error;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -423,5 +467,30 @@ pub fn bind(path: &Path) -> crate::error::Result<UnixListener> {
     let old = unsafe { libc::umask(0o177) };
     let r = UnixListener::bind(path);
     unsafe { libc::umask(old) };
-    r.map_err(|e| Error::io("bind control socket", path, e))
+    let listener = r.map_err(|e| Error::io("bind control socket", path, e))?;
+    if let Some(group) = group {
+        let gid = group_id(group)
+            .ok_or_else(|| Error::Other(format!("socket_group: no group named {group:?}")))?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| Error::io("chown control socket", path, e))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| Error::io("chmod control socket", path, e))?;
+    }
+    Ok(listener)
+}
+
+/// The gid of a group name (or a numeric gid).
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getgrnam_r writes only into grp/buf.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }

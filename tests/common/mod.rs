@@ -25,6 +25,13 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Starts a daemon with `config` (YAML, written to config/modelreg.yaml).
     pub fn start(config: &str) -> TestDaemon {
+        let mut d = TestDaemon::new(config);
+        d.spawn();
+        d
+    }
+
+    /// Prepares a root with `config` without starting the daemon.
+    pub fn new(config: &str) -> TestDaemon {
         let root = tempfile::Builder::new()
             .prefix("mr")
             .tempdir()
@@ -35,7 +42,6 @@ impl TestDaemon {
             config: config.to_string(),
         };
         d.write_config(config);
-        d.spawn();
         d
     }
 
@@ -79,6 +85,12 @@ impl TestDaemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn pid(&self) -> u32 {

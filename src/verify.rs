@@ -1,0 +1,200 @@
+//! `verify`: re-hash every stored file and compare with the catalog. Reports files that
+//! are missing or modified, and files or folders in the store the catalog does not name.
+//! It only reads: a tampered file is reported, never "repaired".
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::Catalog;
+use crate::store;
+
+/// What kind of problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A file the catalog names is gone.
+    Missing,
+    /// A stored file's size or SHA-256 differs from the catalog.
+    Modified,
+    /// A file or folder in the store that the catalog does not name.
+    Extra,
+    /// A stored file could not be read.
+    Unreadable,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyProblem {
+    /// What is wrong.
+    pub kind: ProblemKind,
+    /// The absolute path concerned.
+    pub path: String,
+    /// Details: the model and version, the expected and found hashes.
+    pub detail: String,
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Versions checked.
+    pub versions: usize,
+    /// Files re-hashed.
+    pub files: usize,
+    /// Bytes re-hashed.
+    pub bytes: u64,
+    /// Everything that is not as the catalog says.
+    pub problems: Vec<VerifyProblem>,
+}
+
+/// Only checks that the files exist with the recorded size (cheap; used at start-up).
+pub fn missing_files(root: &Path, catalog: &Catalog) -> Vec<VerifyProblem> {
+    let mut out = Vec::new();
+    for (name, m) in &catalog.models {
+        for v in &m.versions {
+            for f in &v.files {
+                let p = root.join(&f.path);
+                if fs::symlink_metadata(&p).is_err() {
+                    out.push(VerifyProblem {
+                        kind: ProblemKind::Missing,
+                        path: p.display().to_string(),
+                        detail: format!("{name} v{}: stored file is missing", v.number),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Verifies every version of `only` (or of every model): re-hashes each stored file and
+/// looks for extra files and folders under the store.
+pub fn verify(
+    root: &Path,
+    store_dir: &Path,
+    catalog: &Catalog,
+    only: Option<&str>,
+) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    let mut expected: BTreeSet<std::path::PathBuf> = BTreeSet::new();
+    for (name, m) in &catalog.models {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        for v in &m.versions {
+            report.versions += 1;
+            expected.insert(store::version_dir(store_dir, name, v.number));
+            for f in &v.files {
+                let p = root.join(&f.path);
+                expected.insert(p.clone());
+                let shown = p.display().to_string();
+                let what = format!("{name} v{}", v.number);
+                match fs::symlink_metadata(&p) {
+                    Err(_) => {
+                        report.problems.push(VerifyProblem {
+                            kind: ProblemKind::Missing,
+                            path: shown,
+                            detail: format!("{what}: stored file is missing"),
+                        });
+                        continue;
+                    }
+                    Ok(meta) if !meta.is_file() => {
+                        report.problems.push(VerifyProblem {
+                            kind: ProblemKind::Modified,
+                            path: shown,
+                            detail: format!("{what}: not a regular file any more"),
+                        });
+                        continue;
+                    }
+                    Ok(_) => {}
+                }
+                match store::hash_file(&p) {
+                    Ok((sha, size)) => {
+                        report.files += 1;
+                        report.bytes += size;
+                        if sha != f.sha256 || size != f.size {
+                            report.problems.push(VerifyProblem {
+                                kind: ProblemKind::Modified,
+                                path: shown,
+                                detail: format!(
+                                    "{what}: expected sha256 {} ({} bytes), found {sha} ({size} bytes)",
+                                    f.sha256, f.size
+                                ),
+                            });
+                        }
+                    }
+                    Err(e) => report.problems.push(VerifyProblem {
+                        kind: ProblemKind::Unreadable,
+                        path: shown,
+                        detail: format!("{what}: {e}"),
+                    }),
+                }
+            }
+        }
+    }
+    // Extra files: anything under the verified models' folders the catalog does not name.
+    let models: Vec<String> = match only {
+        Some(n) => vec![n.to_string()],
+        None => {
+            let mut v: Vec<String> = fs::read_dir(store_dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        }
+    };
+    for name in models {
+        let dir = store_dir.join(&name);
+        if !dir.is_dir() {
+            if only.is_none() {
+                report.problems.push(VerifyProblem {
+                    kind: ProblemKind::Extra,
+                    path: dir.display().to_string(),
+                    detail: "not a folder of the store".into(),
+                });
+            }
+            continue;
+        }
+        if !catalog.models.contains_key(&name) {
+            report.problems.push(VerifyProblem {
+                kind: ProblemKind::Extra,
+                path: dir.display().to_string(),
+                detail: format!("model folder {name} is not in the catalog"),
+            });
+            continue;
+        }
+        extra_under(&dir, &expected, &mut report.problems);
+    }
+    report
+}
+
+fn extra_under(dir: &Path, expected: &BTreeSet<std::path::PathBuf>, out: &mut Vec<VerifyProblem>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = rd.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir && (expected.contains(&p) || expected.iter().any(|x| x.starts_with(&p))) {
+            extra_under(&p, expected, out);
+        } else if !expected.contains(&p) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let detail = if name.starts_with(".pending-v") {
+                "staging folder of an unfinished registration (removed or finished at the daemon's next start)".to_string()
+            } else {
+                "not named by the catalog".to_string()
+            };
+            out.push(VerifyProblem {
+                kind: ProblemKind::Extra,
+                path: p.display().to_string(),
+                detail,
+            });
+        }
+    }
+}
