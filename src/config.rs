@@ -40,6 +40,7 @@ struct RawConfig {
     minimize: Option<Vec<String>>,
     maximize: Option<Vec<String>>,
     log_level: Option<String>,
+    log_format: Option<String>,
 }
 
 impl RawConfig {
@@ -61,6 +62,7 @@ impl RawConfig {
             minimize: self.minimize.or(base.minimize),
             maximize: self.maximize.or(base.maximize),
             log_level: self.log_level.or(base.log_level),
+            log_format: self.log_format.or(base.log_format),
         }
     }
 }
@@ -196,6 +198,8 @@ pub struct Config {
     pub best: BestPolicy,
     /// The log filter used when RUST_LOG is not set.
     pub log_level: String,
+    /// Log lines as JSON objects instead of text.
+    pub log_json: bool,
 }
 
 impl Config {
@@ -392,6 +396,11 @@ fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Result<Config>
             maximize: raw.maximize.unwrap_or_default(),
         },
         log_level,
+        log_json: match need("log_format", raw.log_format)?.as_str() {
+            "text" => false,
+            "json" => true,
+            other => return Err(bad("log_format", format!("`{other}` is not text or json"))),
+        },
     })
 }
 
@@ -428,6 +437,7 @@ mod tests {
             minimize,
             maximize,
             log_level,
+            log_format,
         } = raw;
         assert!(inbox.is_some() && store.is_some() && registry.is_some() && socket.is_some());
         assert!(socket_group.is_some());
@@ -435,6 +445,7 @@ mod tests {
         assert!(watch.is_some() && poll_interval.is_some());
         assert!(default_metric.is_some() && model_metrics.is_some());
         assert!(minimize.is_some() && maximize.is_some() && log_level.is_some());
+        assert!(log_format.is_some());
     }
 
     #[test]

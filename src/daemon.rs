@@ -125,13 +125,30 @@ pub async fn run(
     for p in &recovery.removed {
         tracing::info!("removed unregistered staging folder {p}, left by a crash");
     }
-    let listener = server::bind(&config.socket, config.socket_group.as_deref())?;
+    // Socket activation: systemd may hand us the listening socket; otherwise bind it.
+    let (listener, inherited) = match crate::systemd::inherited_listener()? {
+        Some(l) => {
+            let l = tokio::net::UnixListener::from_std(l)
+                .map_err(|e| Error::Other(format!("inherited socket: {e}")))?;
+            (l, true)
+        }
+        None => (
+            server::bind(&config.socket, config.socket_group.as_deref())?,
+            false,
+        ),
+    };
+    let listen_path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        .unwrap_or_else(|| config.socket.clone());
     tracing::info!(
         root = %config.root.display(),
         config = %config.source,
         models = catalog.models.len(),
         versions = catalog.version_count(),
-        socket = %config.socket.display(),
+        socket = %listen_path.display(),
+        inherited,
         "modelreg started"
     );
 
@@ -197,27 +214,133 @@ pub async fn run(
     });
     let server_task = tokio::spawn(server::serve(listener, ctx.clone(), stop.clone()));
 
+    // Ready means a query is answered: ask our own socket before saying so. The first
+    // reconciliation (the inbox scan) is already done above.
+    let answered = tokio::task::spawn_blocking(move || self_query(&listen_path)).await;
+    match answered {
+        Ok(Ok(())) => crate::systemd::ready(&status_line(&ctx)),
+        Ok(Err(e)) => {
+            return Err(Error::Other(format!(
+                "the control socket does not answer: {e}"
+            )));
+        }
+        Err(e) => return Err(Error::Other(format!("readiness check failed: {e}"))),
+    }
+    if crate::systemd::under_systemd() {
+        tokio::spawn(report_status(ctx.clone(), stop.clone()));
+    }
+    if let Some(period) = crate::systemd::watchdog_interval() {
+        tokio::spawn(feed_watchdog(period, settler_tx.clone(), stop.clone()));
+    }
+
     while let Some(c) = control.recv().await {
         match c {
             Control::Shutdown => break,
-            Control::Reload => reload(&ctx, &settler_tx, on_reload.as_ref()),
+            Control::Reload => {
+                crate::systemd::reloading();
+                reload(&ctx, &settler_tx, on_reload.as_ref());
+                crate::systemd::ready(&status_line(&ctx));
+            }
         }
     }
 
+    crate::systemd::stopping();
     tracing::info!("shutting down");
     drop(fs_watcher);
     trigger.trigger();
     let _ = settler_task.await;
     let _ = registrar_task.await;
     let _ = server_task.await;
+    // An inherited socket belongs to systemd, which keeps it for the next start.
     let socket = ctx.config().socket.clone();
-    if let Err(e) = std::fs::remove_file(&socket)
+    if !inherited
+        && let Err(e) = std::fs::remove_file(&socket)
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!("remove {}: {e}", socket.display());
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to our own socket and pings, retrying briefly (the accept loop may not have
+/// been polled yet).
+fn self_query(path: &Path) -> std::result::Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = crate::client::Client::connect(path)
+            .and_then(|mut c| c.call(&crate::protocol::Request::Ping {}));
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+/// The one-line summary sent to systemd as STATUS=.
+fn status_line(ctx: &Context) -> String {
+    let c = ctx.shared.catalog();
+    let (problems, _, registered, watch) = ctx.board.snapshot();
+    let mut line = format!(
+        "{} models, {} versions, {registered} registered since start; watching with {watch}; ",
+        c.models.len(),
+        c.version_count()
+    );
+    match problems.first() {
+        None => line.push_str("no problems"),
+        Some(p) => line.push_str(&format!(
+            "{} problem(s), e.g. {}",
+            problems.len(),
+            p.message
+        )),
+    }
+    line
+}
+
+/// Sends STATUS= when counts or problems change (never on a timer).
+async fn report_status(ctx: Arc<Context>, stop: shutdown::Shutdown) {
+    let mut last = String::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = ctx.board.changed() => {}
+        }
+        // Let a burst of changes settle into one line.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let line = status_line(&ctx);
+        if line != last {
+            crate::systemd::status(&line);
+            last = line;
+        }
+    }
+}
+
+/// Pings the watchdog at half its period, but only while the settler's loop answers: a
+/// daemon whose event loop is stuck is restarted by systemd.
+async fn feed_watchdog(
+    period: std::time::Duration,
+    settler: mpsc::UnboundedSender<SettlerMsg>,
+    stop: shutdown::Shutdown,
+) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = tick.tick() => {}
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if settler.send(SettlerMsg::Status(tx)).is_err() {
+            break;
+        }
+        match tokio::time::timeout(period / 2, rx).await {
+            Ok(Ok(_)) => crate::systemd::watchdog(),
+            _ => tracing::warn!(
+                "the settler did not answer within {:?}; not feeding the watchdog",
+                period / 2
+            ),
+        }
+    }
 }
 
 /// Re-reads the settings from where they came from. Settings that need a restart are
@@ -270,6 +393,7 @@ fn reload(
     merged.reconcile_interval = old.reconcile_interval;
     merged.watch = old.watch;
     merged.poll_interval = old.poll_interval;
+    merged.log_json = old.log_json;
     let _ = settler.send(SettlerMsg::SetSettle(merged.settle));
     if let Some(f) = on_reload {
         f(&merged);

@@ -16,6 +16,7 @@
 //! - [`config`]   settings: embedded default, file, validation.
 //! - [`names`]    model names from file names; what is temporary; what is unsafe.
 //! - [`verify`]   re-hash the store against the catalog.
+//! - [`systemd`]  sd_notify readiness, status and watchdog; socket activation.
 //! - [`status`]   the board of problems and recent errors shown by `status`.
 //! - [`shutdown`] a cloneable shutdown signal.
 //! - [`error`]    error types that carry path, position and cause.
@@ -34,5 +35,6 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod verify;
 pub mod watcher;

@@ -164,7 +164,16 @@ fn init_logging(config: &Config) -> impl Fn(&Config) + Send + Sync + 'static {
         .with_ansi(ansi)
         .with_target(false);
     let registry = tracing_subscriber::registry().with(filter_layer);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if config.log_json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
         registry.with(fmt.without_time()).init();
     } else {
         registry.with(fmt).init();

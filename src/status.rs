@@ -14,6 +14,7 @@ const RECENT: usize = 20;
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     inner: Mutex<Inner>,
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +37,11 @@ impl StatusBoard {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Resolves after the next change of problems, errors or counters.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     /// Records a lasting problem with `path` (replacing an older one for the same path)
     /// and logs it once.
     pub fn set_problem(&self, path: &str, message: &str) {
@@ -53,6 +59,8 @@ impl StatusBoard {
             },
         );
         push_recent(&mut g.recent, message.to_string());
+        drop(g);
+        self.changed.notify_one();
     }
 
     /// Clears the problem with `path`, if any.
@@ -60,6 +68,8 @@ impl StatusBoard {
         let mut g = self.lock();
         if g.problems.remove(path).is_some() {
             tracing::info!(path, "problem resolved");
+            drop(g);
+            self.changed.notify_one();
         }
     }
 
@@ -73,11 +83,13 @@ impl StatusBoard {
     pub fn error(&self, message: String) {
         tracing::error!("{message}");
         push_recent(&mut self.lock().recent, message);
+        self.changed.notify_one();
     }
 
     /// Counts a registered version.
     pub fn count_registered(&self, n: u64) {
         self.lock().registered += n;
+        self.changed.notify_one();
     }
 
     /// Sets how the inbox is watched.

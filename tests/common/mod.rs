@@ -59,6 +59,12 @@ impl TestDaemon {
 
     /// Starts the daemon process (again) in the same root and waits for its socket.
     pub fn spawn(&mut self) {
+        self.spawn_with(&[], true);
+    }
+
+    /// Starts the daemon with extra environment variables; waits for its socket when
+    /// `wait` is true.
+    pub fn spawn_with(&mut self, env: &[(&str, String)], wait: bool) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -70,13 +76,22 @@ impl TestDaemon {
             .arg("--root")
             .arg(self.root.path())
             .env("RUST_LOG", "modelreg=debug,info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn modelreg");
         self.child = Some(child);
-        self.wait_ready();
+        if wait {
+            self.wait_ready();
+        }
+    }
+
+    /// Adopts a daemon process started by the test itself.
+    pub fn adopt(&mut self, child: Child) {
+        assert!(self.child.is_none(), "already running");
+        self.child = Some(child);
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -210,6 +225,11 @@ impl TestDaemon {
     /// SIGTERM and wait for the exit status (panics after 30 s).
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
+        self.stop_wait()
+    }
+
+    /// Waits for the daemon to exit (after a signal sent by the test).
+    pub fn stop_wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
