@@ -3,7 +3,7 @@
 //! systemd (no `NOTIFY_SOCKET`, no `WATCHDOG_USEC`, no `LISTEN_FDS`), so the daemon
 //! costs nothing extra when run by hand.
 
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -63,8 +63,29 @@ pub fn inherited_listener() -> Result<Option<std::os::unix::net::UnixListener>> 
     listener
         .local_addr()
         .map_err(|e| Error::Other(format!("inherited fd {fd} is not a Unix socket: {e}")))?;
+    if !is_listening(listener.as_raw_fd()) {
+        return Err(Error::Other(format!(
+            "inherited fd {fd} (LISTEN_FDS) is not a listening stream socket; check the .socket unit"
+        )));
+    }
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::Other(format!("inherited fd {fd}: {e}")))?;
     Ok(Some(listener))
+}
+
+fn is_listening(fd: i32) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid out-parameters of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && v != 0
 }

@@ -150,7 +150,13 @@ fn issue5_inherited_listener() {
     // SAFETY: dup2 is async-signal-safe; fd 3 is where LISTEN_FDS says the socket is.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself would keep FD_CLOEXEC and lose the socket at exec.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

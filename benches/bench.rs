@@ -1,0 +1,731 @@
+//! `cargo bench`: the performance goals of modelreg, measured on the real release binary
+//! in scratch roots, each against a baseline measured in the same run (the machines are
+//! shared and noisy, so ratios are what count). Prints one table.
+//!
+//! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
+//! `cargo bench -- ingest burst` runs only the named scenarios
+//! (ingest, burst, scale, queries, cli, startup, idle).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modelreg::client::Client;
+use modelreg::protocol::Request;
+use modelreg::registry::{Catalog, Kind, Model, StoredFile, Version, persist};
+
+const BIN: &str = env!("CARGO_BIN_EXE_modelreg");
+
+struct Row {
+    scenario: String,
+    measure: String,
+    value: String,
+    baseline: String,
+    ratio: String,
+    goal: String,
+    met: Option<bool>,
+}
+
+struct Table(Vec<Row>);
+
+impl Table {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        scenario: &str,
+        measure: &str,
+        value: String,
+        baseline: String,
+        ratio: String,
+        goal: &str,
+        met: Option<bool>,
+    ) {
+        let r = Row {
+            scenario: scenario.into(),
+            measure: measure.into(),
+            value,
+            baseline,
+            ratio,
+            goal: goal.into(),
+            met,
+        };
+        eprintln!(
+            "  {} | {} | {} | {} | {} | {} | {}",
+            r.scenario,
+            r.measure,
+            r.value,
+            r.baseline,
+            r.ratio,
+            r.goal,
+            met_text(r.met)
+        );
+        self.0.push(r);
+    }
+
+    fn print(&self) {
+        println!("\n| scenario | measure | modelreg | baseline | ratio | goal | met |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in &self.0 {
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.scenario,
+                r.measure,
+                r.value,
+                r.baseline,
+                r.ratio,
+                r.goal,
+                met_text(r.met)
+            );
+        }
+    }
+}
+
+fn met_text(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "-",
+    }
+}
+
+/// A daemon in a scratch root.
+struct Daemon {
+    root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn new(scratch: &Path, name: &str, config: &str) -> Daemon {
+        let root = scratch.join(name);
+        if root.exists() {
+            make_writable(&root);
+            fs::remove_dir_all(&root).unwrap();
+        }
+        fs::create_dir_all(root.join("config")).unwrap();
+        fs::create_dir_all(root.join("pretrained_models")).unwrap();
+        fs::write(root.join("config/modelreg.yaml"), config).unwrap();
+        Daemon { root, child: None }
+    }
+
+    /// Starts the daemon; returns the time until its socket answered.
+    fn start(&mut self) -> Duration {
+        let log = fs::File::create(self.root.join("daemon.log")).unwrap();
+        let t = Instant::now();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--root")
+            .arg(&self.root)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        loop {
+            if let Ok(mut c) = Client::connect(&self.socket())
+                && c.call(&Request::Ping {}).is_ok()
+            {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.root.join("modelreg.sock")
+    }
+
+    fn inbox(&self) -> PathBuf {
+        self.root.join("pretrained_models")
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.socket()).unwrap()
+    }
+
+    fn versions_total(&self, c: &mut Client) -> usize {
+        let s = c.call(&Request::Status {}).unwrap();
+        s["versions"].as_u64().unwrap() as usize
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        make_writable(&self.root);
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn make_writable(dir: &Path) {
+    let _ = Command::new("chmod").arg("-R").arg("u+w").arg(dir).status();
+}
+
+fn fill(seed: u64, buf: &mut [u8]) {
+    let mut x = seed | 1;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+fn write_big(path: &Path, bytes: u64, seed: u64) {
+    let mut f = fs::File::create(path).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut left = bytes;
+    let mut s = seed;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        fill(s, &mut buf[..n]);
+        s = s.wrapping_add(0x9E37_79B9);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.sync_all().unwrap();
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn wait_versions(d: &Daemon, c: &mut Client, n: usize, poll: Duration) -> Instant {
+    loop {
+        if d.versions_total(c) >= n {
+            return Instant::now();
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// 1. One large artifact: from complete (hard-linked into the inbox, so it appears whole
+/// at once) to queryable, settle period excluded, against `cp` + `sync` of the same file.
+fn ingest(t: &mut Table, scratch: &Path, quick: bool) {
+    let size: u64 = if quick { 128 << 20 } else { 1 << 30 };
+    let settle = Duration::from_millis(50);
+    let mut d = Daemon::new(scratch, "ingest", "settle: 50ms\n");
+    d.start();
+    let src_dir = d.root.join("src");
+    fs::create_dir_all(&src_dir).unwrap();
+    let src = src_dir.join("big.bin");
+    write_big(&src, size, 42);
+    let mut c = d.client();
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        // Baseline: a durable copy.
+        let dst = src_dir.join("copy.bin");
+        let t0 = Instant::now();
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("cp {} {} && sync", src.display(), dst.display()))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        base.push(t0.elapsed().as_secs_f64());
+        fs::remove_file(&dst).unwrap();
+        // modelreg.
+        let before = d.versions_total(&mut c);
+        fs::hard_link(&src, d.inbox().join(format!("big{i}.bin"))).unwrap();
+        let t0 = Instant::now();
+        let t1 = wait_versions(&d, &mut c, before + 1, Duration::from_millis(2));
+        ours.push((t1 - t0).saturating_sub(settle).as_secs_f64());
+    }
+    let (m, b) = (median(&mut ours), median(&mut base));
+    let gb = size as f64 / 1e9;
+    t.add(
+        "ingest 1 large file",
+        &format!("{} MiB, complete -> queryable (s)", size >> 20),
+        format!("{m:.3} s ({:.2} GB/s)", gb / m),
+        format!("cp+sync {b:.3} s ({:.2} GB/s)", gb / b),
+        format!("{:.2}x", m / b),
+        "<= 1.25x",
+        Some(m / b <= 1.25),
+    );
+    d.stop();
+}
+
+/// 2. A burst of small files dropped at once (renamed in from a staging folder on the
+/// same filesystem), settle excluded; baseline: the same files copied and fsynced one by
+/// one in-process.
+fn burst(t: &mut Table, scratch: &Path, quick: bool) -> Daemon {
+    let n = if quick { 1000 } else { 10_000 };
+    let settle = Duration::from_millis(200);
+    let mut d = Daemon::new(scratch, "burst", "settle: 200ms\n");
+    d.start();
+    let stage = d.root.join("stage");
+    let base_dir = d.root.join("base");
+    fs::create_dir_all(&stage).unwrap();
+    fs::create_dir_all(&base_dir).unwrap();
+    let mut buf = [0u8; 1024];
+    for i in 0..n {
+        fill(i as u64 + 7, &mut buf);
+        fs::write(stage.join(format!("m{i:05}.pt")), buf).unwrap();
+    }
+    // Baseline: durable copies, one after another.
+    let t0 = Instant::now();
+    for i in 0..n {
+        let name = format!("m{i:05}.pt");
+        fs::copy(stage.join(&name), base_dir.join(&name)).unwrap();
+        fs::File::open(base_dir.join(&name))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+    }
+    fs::File::open(&base_dir).unwrap().sync_all().unwrap();
+    let base_rate = n as f64 / t0.elapsed().as_secs_f64();
+
+    let mut c = d.client();
+    for i in 0..n {
+        let name = format!("m{i:05}.pt");
+        fs::rename(stage.join(&name), d.inbox().join(&name)).unwrap();
+    }
+    let t0 = Instant::now();
+    let t1 = wait_versions(&d, &mut c, n, Duration::from_millis(10));
+    let secs = (t1 - t0).saturating_sub(settle).as_secs_f64();
+    let rate = n as f64 / secs;
+    t.add(
+        "burst of small files",
+        &format!("{n} x 1 KiB, versions/s (durable)"),
+        format!("{rate:.0}/s ({secs:.2} s)"),
+        format!("copy+fsync each {base_rate:.0}/s"),
+        format!("{:.2}x", rate / base_rate),
+        ">= 1000/s",
+        Some(rate >= 1000.0),
+    );
+    d
+}
+
+/// Writes a registry of `models` x `per_model` versions, with their (tiny) stored files.
+fn synthetic_registry(root: &Path, models: usize, per_model: u32) {
+    let mut c = Catalog::default();
+    let mut buf = [0u8; 8];
+    for m in 0..models {
+        let name = format!("model{m:05}");
+        let mut model = Model::default();
+        for v in 1..=per_model {
+            let dir = root.join("models").join(&name).join(format!("v{v}"));
+            fs::create_dir_all(&dir).unwrap();
+            fill((m * 100 + v as usize) as u64, &mut buf);
+            fs::write(dir.join(format!("{name}.pt")), buf).unwrap();
+            model.push(Version {
+                number: v,
+                kind: Kind::File,
+                files: vec![StoredFile {
+                    path: format!("models/{name}/v{v}/{name}.pt"),
+                    sha256: modelreg::store::sha256_hex(&buf),
+                    size: 8,
+                }],
+                source: format!("pretrained_models/{name}.pt"),
+                registered_at: "2026-11-26T00:00:00Z".into(),
+                metrics: [
+                    (
+                        "accuracy".to_string(),
+                        ((m * 7 + v as usize * 13) % 100) as f64 / 100.0,
+                    ),
+                    ("loss".to_string(), v as f64 / 10.0),
+                ]
+                .into(),
+                metadata: [(
+                    "dataset".to_string(),
+                    serde_json::Value::String("imagenet-1k".into()),
+                )]
+                .into_iter()
+                .collect(),
+                sidecar: None,
+                metrics_history: vec![],
+            });
+        }
+        c.models.insert(name, Arc::new(model));
+    }
+    let text = persist::to_yaml(&c).unwrap();
+    persist::write_atomic(&root.join("registry.yaml"), text.as_bytes()).unwrap();
+}
+
+fn drop_files(d: &Daemon, prefix: &str, n: usize) {
+    let stage = d.root.join("stage");
+    fs::create_dir_all(&stage).unwrap();
+    let mut buf = [0u8; 1024];
+    for i in 0..n {
+        fill(i as u64 + 99, &mut buf);
+        fs::write(stage.join(format!("{prefix}{i:04}.pt")), buf).unwrap();
+    }
+    for i in 0..n {
+        let name = format!("{prefix}{i:04}.pt");
+        fs::rename(stage.join(&name), d.inbox().join(&name)).unwrap();
+    }
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; after ") " the first field is 3.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// 3, 4, 5, 6: a registry of 100,000 versions (10,000 models x 10).
+fn scale(t: &mut Table, scratch: &Path, quick: bool, which: &dyn Fn(&str) -> bool) {
+    let (models, per) = if quick { (1000, 10) } else { (10_000, 10) };
+    let total = models * per as usize;
+    let burst_n = if quick { 200 } else { 1000 };
+    let settle = Duration::from_millis(200);
+
+    // The same burst into an empty registry, for the scale ratio.
+    let mut empty_secs = 0.0;
+    if which("scale") {
+        let mut e = Daemon::new(scratch, "scale-empty", "settle: 200ms\n");
+        e.start();
+        let mut c = e.client();
+        drop_files(&e, "new", burst_n);
+        let t0 = Instant::now();
+        let t1 = wait_versions(&e, &mut c, burst_n, Duration::from_millis(5));
+        empty_secs = (t1 - t0).saturating_sub(settle).as_secs_f64();
+        e.stop();
+    }
+
+    let mut d = Daemon::new(scratch, "scale", "settle: 200ms\n");
+    let t0 = Instant::now();
+    synthetic_registry(&d.root, models, per);
+    eprintln!(
+        "  (made a {total}-version registry in {:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 6. Start-up: socket answering, memory; baseline: parsing registry.yaml in-process.
+    let startup = d.start();
+    let (rss, hwm) = rss_kib(d.pid());
+    let t0 = Instant::now();
+    let parsed = persist::load(&d.root.join("registry.yaml"))
+        .unwrap()
+        .unwrap();
+    let parse = t0.elapsed().as_secs_f64();
+    assert_eq!(parsed.version_count(), total);
+    drop(parsed);
+    if which("startup") {
+        t.add(
+            "start-up",
+            &format!("{total} versions: socket answering"),
+            format!("{:.3} s", startup.as_secs_f64()),
+            format!("parse registry.yaml {parse:.3} s"),
+            format!("{:.2}x", startup.as_secs_f64() / parse),
+            "<= 1.5 s",
+            Some(startup.as_secs_f64() <= 1.5),
+        );
+        t.add(
+            "start-up",
+            &format!("{total} versions: resident memory"),
+            format!(
+                "{:.0} MB (peak {:.0} MB)",
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0
+            ),
+            "-".into(),
+            "-".into(),
+            "<= 150 MB",
+            Some(rss <= 150 * 1024),
+        );
+    }
+
+    if which("queries") {
+        queries(t, &d, models, total);
+    }
+    if which("cli") {
+        cli(t, &d, models);
+    }
+
+    if which("scale") {
+        let mut c = d.client();
+        drop_files(&d, "new", burst_n);
+        let t0 = Instant::now();
+        let t1 = wait_versions(&d, &mut c, total + burst_n, Duration::from_millis(5));
+        let full_secs = (t1 - t0).saturating_sub(settle).as_secs_f64();
+        t.add(
+            "scale",
+            &format!("{burst_n}-file burst into {total} versions"),
+            format!("{full_secs:.2} s"),
+            format!("into empty {empty_secs:.2} s"),
+            format!("{:.2}x", full_secs / empty_secs),
+            "<= 3x",
+            Some(full_secs / empty_secs <= 3.0),
+        );
+    }
+    d.stop();
+}
+
+fn queries(t: &mut Table, d: &Daemon, models: usize, total: usize) {
+    let mut c = d.client();
+    let n = 20_000;
+    let mut seed = 12345u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut time = |c: &mut Client, req: &Request, count: usize| -> Vec<f64> {
+        let line = serde_json::to_string(req).unwrap();
+        (0..count)
+            .map(|_| {
+                let t0 = Instant::now();
+                let a = c.raw(&line).unwrap();
+                let e = t0.elapsed().as_secs_f64() * 1e6;
+                assert!(a.starts_with("{\"ok\":true"), "{a}");
+                e
+            })
+            .collect()
+    };
+    let mut ping = time(&mut c, &Request::Ping {}, n);
+    let ping50 = median(&mut ping);
+    let cases: Vec<(&str, Box<dyn FnMut() -> Request>, usize, bool)> = vec![
+        (
+            "get latest",
+            Box::new(|| Request::Get {
+                name: format!("model{:05}", next() as usize % models),
+                selector: Some("latest".into()),
+                metric: None,
+                mode: None,
+            }),
+            n,
+            true,
+        ),
+        (
+            "get best (accuracy)",
+            Box::new(move || Request::Get {
+                name: format!("model{:05}", (next() >> 3) as usize % models),
+                selector: Some("best".into()),
+                metric: None,
+                mode: None,
+            }),
+            n,
+            true,
+        ),
+        (
+            "versions",
+            Box::new(move || Request::Versions {
+                name: format!("model{:05}", (next() >> 5) as usize % models),
+            }),
+            n,
+            false,
+        ),
+        ("list", Box::new(|| Request::List {}), 50, false),
+    ];
+    for (label, mut make, count, is_get) in cases {
+        let mut lat: Vec<f64> = (0..count)
+            .map(|_| {
+                let req = make();
+                let line = serde_json::to_string(&req).unwrap();
+                let t0 = Instant::now();
+                let a = c.raw(&line).unwrap();
+                let e = t0.elapsed().as_secs_f64() * 1e6;
+                assert!(a.starts_with("{\"ok\":true"), "{a}");
+                e
+            })
+            .collect();
+        let p50 = median(&mut lat);
+        let p99 = pct(&mut lat, 0.99);
+        let goal = if is_get {
+            "p50 <= 100 us, p99 <= 1 ms"
+        } else {
+            "-"
+        };
+        t.add(
+            "queries",
+            &format!("{label} at {total} versions"),
+            format!("p50 {p50:.0} us, p99 {p99:.0} us"),
+            format!("ping p50 {ping50:.0} us"),
+            format!("{:.2}x", p50 / ping50),
+            goal,
+            is_get.then_some(p50 <= 100.0 && p99 <= 1000.0),
+        );
+    }
+    // Throughput: 16 clients, each asking `get latest` as fast as it can for 3 s.
+    let socket = d.socket();
+    let stop_at = Instant::now() + Duration::from_secs(3);
+    let handles: Vec<_> = (0..16)
+        .map(|k| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket).unwrap();
+                let mut done = 0u64;
+                let mut i = k * 997;
+                while Instant::now() < stop_at {
+                    let line = format!("{{\"op\":\"get\",\"name\":\"model{:05}\"}}", i % models);
+                    let a = c.raw(&line).unwrap();
+                    assert!(a.starts_with("{\"ok\":true"));
+                    done += 1;
+                    i += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    let total_done: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let rate = total_done as f64 / t0.elapsed().as_secs_f64().max(3.0);
+    t.add(
+        "queries",
+        "get latest, 16 concurrent clients",
+        format!("{rate:.0} req/s"),
+        format!("1 client ~{:.0} req/s", 1e6 / ping50),
+        "-".into(),
+        ">= 20000 req/s",
+        Some(rate >= 20_000.0),
+    );
+}
+
+fn cli(t: &mut Table, d: &Daemon, models: usize) {
+    let n = 200;
+    let run = |args: &[String]| -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                let t0 = Instant::now();
+                let out = Command::new(args[0].as_str())
+                    .args(&args[1..])
+                    .output()
+                    .unwrap();
+                let e = t0.elapsed().as_secs_f64() * 1e3;
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                e
+            })
+            .collect()
+    };
+    let name = format!("model{:05}", models / 2);
+    let mut ours = run(&[
+        BIN.into(),
+        "--socket".into(),
+        d.socket().display().to_string(),
+        "get".into(),
+        name,
+        "best".into(),
+        "--path".into(),
+    ]);
+    let mut base = run(&["/bin/true".into()]);
+    let (m, p99, b) = (median(&mut ours), pct(&mut ours, 0.99), median(&mut base));
+    t.add(
+        "CLI",
+        "`modelreg get NAME best --path`, whole process",
+        format!("median {m:.2} ms, p99 {p99:.2} ms"),
+        format!("/bin/true {b:.2} ms"),
+        format!("{:.2}x", m / b),
+        "median <= 5 ms",
+        Some(m <= 5.0),
+    );
+}
+
+/// 7b. Idle: no CPU over 10 s with the burst's files still in the inbox.
+fn idle(t: &mut Table, d: &Daemon, quick: bool) {
+    let secs = if quick { 3 } else { 10 };
+    // Let the last registrations and the catalog write finish.
+    std::thread::sleep(Duration::from_secs(2));
+    let files = fs::read_dir(d.inbox()).unwrap().count();
+    let before = cpu_ticks(d.pid());
+    std::thread::sleep(Duration::from_secs(secs));
+    let used = cpu_ticks(d.pid()) - before;
+    t.add(
+        "idle",
+        &format!("CPU over {secs} s, {files} files in the inbox"),
+        format!("{used} ticks ({} ms)", used * 10),
+        "-".into(),
+        "-".into(),
+        "0",
+        Some(used == 0),
+    );
+}
+
+fn main() {
+    let quick = std::env::var_os("MODELREG_BENCH_QUICK").is_some();
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let which = |s: &str| names.is_empty() || names.iter().any(|n| n == s);
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench");
+    fs::create_dir_all(&scratch).unwrap();
+    let uname = Command::new("uname")
+        .arg("-sr")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let fs_type = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&scratch)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "modelreg bench: {cpus} CPUs, {uname}, scratch {} ({fs_type}){}",
+        scratch.display(),
+        if quick { ", QUICK" } else { "" }
+    );
+    let mut t = Table(Vec::new());
+    if which("ingest") {
+        ingest(&mut t, &scratch, quick);
+    }
+    if which("burst") || which("idle") {
+        let d = burst(&mut t, &scratch, quick);
+        if which("idle") {
+            idle(&mut t, &d, quick);
+        }
+    }
+    if ["scale", "queries", "cli", "startup"]
+        .iter()
+        .any(|s| which(s))
+    {
+        scale(&mut t, &scratch, quick, &which);
+    }
+    println!(
+        "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",
+        if quick { " (quick: sizes / 10)" } else { "" }
+    );
+    t.print();
+}
