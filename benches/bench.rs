@@ -498,17 +498,11 @@ fn scale(t: &mut Table, scratch: &Path, quick: bool, which: &dyn Fn(&str) -> boo
 fn queries(t: &mut Table, d: &Daemon, models: usize, total: usize) {
     let mut c = d.client();
     let n = 20_000;
-    let mut seed = 12345u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let mut time = |c: &mut Client, req: &Request, count: usize| -> Vec<f64> {
-        let line = serde_json::to_string(req).unwrap();
-        (0..count)
-            .map(|_| {
+    // Spread requests over the models with a fixed-step walk (a prime stride).
+    let pick = move |i: usize| format!("model{:05}", (i * 7919) % models);
+    let mut time = |lines: &mut dyn Iterator<Item = String>| -> Vec<f64> {
+        lines
+            .map(|line| {
                 let t0 = Instant::now();
                 let a = c.raw(&line).unwrap();
                 let e = t0.elapsed().as_secs_f64() * 1e6;
@@ -517,13 +511,15 @@ fn queries(t: &mut Table, d: &Daemon, models: usize, total: usize) {
             })
             .collect()
     };
-    let mut ping = time(&mut c, &Request::Ping {}, n);
+    let line = |r: Request| serde_json::to_string(&r).unwrap();
+    let mut ping = time(&mut (0..n).map(|_| line(Request::Ping {})));
     let ping50 = median(&mut ping);
-    let cases: Vec<(&str, Box<dyn FnMut() -> Request>, usize, bool)> = vec![
+    type Make = Box<dyn Fn(usize) -> Request>;
+    let cases: Vec<(&str, Make, usize, bool)> = vec![
         (
             "get latest",
-            Box::new(|| Request::Get {
-                name: format!("model{:05}", next() as usize % models),
+            Box::new(move |i| Request::Get {
+                name: pick(i),
                 selector: Some("latest".into()),
                 metric: None,
                 mode: None,
@@ -533,8 +529,8 @@ fn queries(t: &mut Table, d: &Daemon, models: usize, total: usize) {
         ),
         (
             "get best (accuracy)",
-            Box::new(move || Request::Get {
-                name: format!("model{:05}", (next() >> 3) as usize % models),
+            Box::new(move |i| Request::Get {
+                name: pick(i + 1),
                 selector: Some("best".into()),
                 metric: None,
                 mode: None,
@@ -544,26 +540,14 @@ fn queries(t: &mut Table, d: &Daemon, models: usize, total: usize) {
         ),
         (
             "versions",
-            Box::new(move || Request::Versions {
-                name: format!("model{:05}", (next() >> 5) as usize % models),
-            }),
+            Box::new(move |i| Request::Versions { name: pick(i + 2) }),
             n,
             false,
         ),
-        ("list", Box::new(|| Request::List {}), 50, false),
+        ("list", Box::new(|_| Request::List {}), 50, false),
     ];
-    for (label, mut make, count, is_get) in cases {
-        let mut lat: Vec<f64> = (0..count)
-            .map(|_| {
-                let req = make();
-                let line = serde_json::to_string(&req).unwrap();
-                let t0 = Instant::now();
-                let a = c.raw(&line).unwrap();
-                let e = t0.elapsed().as_secs_f64() * 1e6;
-                assert!(a.starts_with("{\"ok\":true"), "{a}");
-                e
-            })
-            .collect();
+    for (label, make, count, is_get) in cases {
+        let mut lat = time(&mut (0..count).map(|i| line(make(i))));
         let p50 = median(&mut lat);
         let p99 = pct(&mut lat, 0.99);
         let goal = if is_get {
