@@ -228,7 +228,7 @@ fn wait_versions(d: &Daemon, c: &mut Client, n: usize, poll: Duration) -> Instan
     }
 }
 
-/// 1. One large artifact: from complete (hard-linked into the inbox, so it appears whole
+/// Scenario 1, one large artifact: from complete (hard-linked into the inbox, so it appears whole
 /// at once) to queryable, settle period excluded, against `cp` + `sync` of the same file.
 fn ingest(t: &mut Table, scratch: &Path, quick: bool) {
     let size: u64 = if quick { 128 << 20 } else { 1 << 30 };
@@ -274,7 +274,7 @@ fn ingest(t: &mut Table, scratch: &Path, quick: bool) {
     d.stop();
 }
 
-/// 2. A burst of small files dropped at once (renamed in from a staging folder on the
+/// Scenario 2, a burst of small files dropped at once (renamed in from a staging folder on the
 /// same filesystem), settle excluded; baseline: the same files copied and fsynced one by
 /// one in-process.
 fn burst(t: &mut Table, scratch: &Path, quick: bool) -> Daemon {
@@ -406,7 +406,7 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
-/// 3, 4, 5, 6: a registry of 100,000 versions (10,000 models x 10).
+/// Scenarios 3 to 6 on a registry of 100,000 versions (10,000 models x 10).
 fn scale(t: &mut Table, scratch: &Path, quick: bool, which: &dyn Fn(&str) -> bool) {
     let (models, per) = if quick { (1000, 10) } else { (10_000, 10) };
     let total = models * per as usize;
@@ -643,7 +643,7 @@ fn cli(t: &mut Table, d: &Daemon, models: usize) {
     );
 }
 
-/// 7b. Idle: no CPU over 10 s with the burst's files still in the inbox.
+/// Scenario 7, idle: no CPU over 10 s with the burst's files still in the inbox.
 fn idle(t: &mut Table, d: &Daemon, quick: bool) {
     let secs = if quick { 3 } else { 10 };
     // Let the last registrations and the catalog write finish.
