@@ -27,7 +27,7 @@ use crate::store::{self, Staged};
 use crate::watcher::{Outcome, SettlerMsg};
 
 /// How many copy jobs run at once.
-const JOBS: usize = 4;
+const JOBS: usize = 16;
 
 /// A group whose entries have all been quiet for the settle period.
 #[derive(Debug)]
