@@ -58,6 +58,7 @@ pub enum RegistrarMsg {
 #[derive(Debug, Default)]
 pub struct Shared {
     catalog: RwLock<Arc<Catalog>>,
+    published: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -65,6 +66,7 @@ impl Shared {
     pub fn new(catalog: Catalog) -> Self {
         Shared {
             catalog: RwLock::new(Arc::new(catalog)),
+            published: tokio::sync::Notify::new(),
         }
     }
 
@@ -78,6 +80,13 @@ impl Shared {
 
     fn publish(&self, c: Arc<Catalog>) {
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = c;
+        self.published.notify_waiters();
+    }
+
+    /// Resolves at the next publication of the catalog. Create the future before checking
+    /// the catalog, so that a publication in between is not missed.
+    pub fn published(&self) -> tokio::sync::futures::Notified<'_> {
+        self.published.notified()
     }
 }
 
@@ -118,6 +127,8 @@ struct Job {
     sidecar: Option<(String, Look)>,
     latest: Option<Known>,
     latest_sidecar: Option<String>,
+    /// The sidecar's fingerprint when it was last looked at.
+    sidecar_seen: Option<String>,
     /// For each artifact entry, the version its content was last time.
     same_source: BTreeMap<String, Known>,
 }
@@ -302,6 +313,11 @@ impl Registrar {
                 Some((entry.clone(), known(&store_dir, v)))
             })
             .collect();
+        let sidecar_seen = s
+            .sidecar
+            .as_ref()
+            .and_then(|(e, _)| self.catalog.sources.get(e))
+            .map(|r| r.fingerprint.clone());
         let job = Job {
             name: s.name.clone(),
             next: model.as_ref().map_or(0, |m| m.highest) + 1,
@@ -313,6 +329,7 @@ impl Registrar {
             sidecar: s.sidecar,
             latest: latest.map(|v| known(&store_dir, v)),
             latest_sidecar: latest.and_then(|v| v.sidecar.as_ref().map(|r| r.sha256.clone())),
+            sidecar_seen,
             same_source,
         };
         self.in_flight += 1;
@@ -444,12 +461,14 @@ impl Registrar {
                 && let Some(latest) = model.versions.last_mut()
             {
                 {
-                    latest.metrics_history.push(MetricsChange {
-                        replaced_at: now.clone(),
-                        metrics: std::mem::take(&mut latest.metrics),
-                    });
-                    latest.metrics = s.parsed.metrics.clone();
-                    latest.metadata = s.parsed.metadata.clone();
+                    if latest.metrics != s.parsed.metrics || latest.metadata != s.parsed.metadata {
+                        latest.metrics_history.push(MetricsChange {
+                            replaced_at: now.clone(),
+                            metrics: std::mem::take(&mut latest.metrics),
+                        });
+                        latest.metrics = s.parsed.metrics.clone();
+                        latest.metadata = s.parsed.metadata.clone();
+                    }
                     latest.sidecar = sidecar_ref.clone();
                     tracing::info!(
                         model = name,
@@ -687,7 +706,12 @@ fn read_sidecar(
     let parsed = sidecar::parse(&relative(&f.src), &bytes)
         .map_err(|e| Box::new(JobResult::Blocked(shown.clone(), e.to_string())))?;
     let sha256 = store::sha256_hex(&bytes);
-    let fresh = job.latest_sidecar.as_deref() != Some(sha256.as_str());
+    // Stale: the content already applied to the latest version, in a file nobody has
+    // written since. Written again, even with the same content, it is meant for the
+    // artifact that comes with it.
+    let stale = job.latest_sidecar.as_deref() == Some(sha256.as_str())
+        && job.sidecar_seen.as_ref() == Some(&fingerprint);
+    let fresh = !stale;
     Ok(Some(SidecarRead {
         entry: entry.to_string(),
         fingerprint,

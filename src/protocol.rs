@@ -41,6 +41,17 @@ pub enum Request {
     },
     /// Uptime, counts, what is waiting to settle, problems and recent errors.
     Status {},
+    /// Wait until the inbox entry `entry` of model `name`, as it is on disk now, has been
+    /// registered (or found identical to a registered version); answers that version.
+    Wait {
+        /// The model.
+        name: String,
+        /// The entry's name in the inbox (`resnet18.pt`, or a folder's name).
+        entry: String,
+        /// How long to wait, in milliseconds (default 60000, at most 3600000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
     /// Re-hash every stored file (of one model, or all) and report what differs.
     Verify {
         /// Only this model.
@@ -58,6 +69,7 @@ impl Request {
             Request::Versions { .. } => "versions",
             Request::Get { .. } => "get",
             Request::Status {} => "status",
+            Request::Wait { .. } => "wait",
             Request::Verify { .. } => "verify",
         }
     }
@@ -95,6 +107,11 @@ pub enum ErrorCode {
     Busy,
     /// The request line did not arrive in time.
     Timeout,
+    /// `wait`: no such entry in the inbox.
+    EntryNotFound,
+    /// `wait`: the entry cannot be registered until something is fixed (an invalid sidecar,
+    /// a refused name); the message says what.
+    Blocked,
     /// The peer's uid may not make this change.
     PermissionDenied,
     /// A bug or an I/O failure in the daemon.
@@ -207,7 +224,9 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Option<serde_json::Value>)
 }
 
 /// Every `op` the daemon answers.
-pub const OPS: &[&str] = &["ping", "list", "versions", "get", "status", "verify"];
+pub const OPS: &[&str] = &[
+    "ping", "list", "versions", "get", "status", "wait", "verify",
+];
 
 /// A stored file in an answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -386,10 +405,13 @@ mod tests {
     #[test]
     fn ops_list_matches_enum() {
         for op in OPS {
-            let line = format!(r#"{{"op":"{op}","name":"m"}}"#);
-            let plain = format!(r#"{{"op":"{op}"}}"#);
+            let forms = [
+                format!(r#"{{"op":"{op}"}}"#),
+                format!(r#"{{"op":"{op}","name":"m"}}"#),
+                format!(r#"{{"op":"{op}","name":"m","entry":"m.pt"}}"#),
+            ];
             assert!(
-                parse_request(line.as_bytes()).is_ok() || parse_request(plain.as_bytes()).is_ok(),
+                forms.iter().any(|l| parse_request(l.as_bytes()).is_ok()),
                 "{op}"
             );
         }

@@ -196,6 +196,11 @@ pub async fn dispatch(req: Request, ctx: &Context) -> Response {
             mode,
         } => get(ctx, &name, selector.as_deref(), metric.as_deref(), mode),
         Request::Status {} => status(ctx).await,
+        Request::Wait {
+            name,
+            entry,
+            timeout_ms,
+        } => wait(ctx, &name, &entry, timeout_ms).await,
         Request::Verify { name } => verify(ctx, name).await,
     }
 }
@@ -346,6 +351,90 @@ fn get(
         );
     }
     Response::ok(value)
+}
+
+/// The longest `wait` allowed.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+async fn wait(ctx: &Context, name: &str, entry: &str, timeout_ms: Option<u64>) -> Response {
+    if let Err(reason) = names::check_name(name) {
+        return Response::err(
+            ErrorCode::InvalidName,
+            format!("invalid model name {name:?}: it {reason}"),
+        );
+    }
+    if let Err(reason) = names::check_name(entry) {
+        return Response::err(
+            ErrorCode::InvalidName,
+            format!("invalid inbox entry {entry:?}: it {reason}"),
+        );
+    }
+    let cfg = ctx.config();
+    let path = cfg.inbox.join(entry);
+    let Some(fingerprint) =
+        crate::inbox::look(&cfg.inbox, entry, cfg.follow_symlinks).fingerprint()
+    else {
+        return Response::err(
+            ErrorCode::EntryNotFound,
+            format!("{} is not an artifact in the inbox", path.display()),
+        );
+    };
+    let timeout = timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(60))
+        .min(MAX_WAIT);
+    let deadline = Instant::now() + timeout;
+    let highest_before = ctx
+        .shared
+        .catalog()
+        .models
+        .get(name)
+        .map_or(0, |m| m.highest);
+    let sidecar = cfg
+        .inbox
+        .join(format!("{name}{}", names::SIDECAR_SUFFIX))
+        .display()
+        .to_string();
+    let shown = path.display().to_string();
+    loop {
+        let published = ctx.shared.published();
+        let catalog = ctx.shared.catalog();
+        if let Some(rec) = catalog
+            .sources
+            .get(entry)
+            .filter(|r| r.fingerprint == fingerprint && r.model == name)
+            && let Some(v) = rec.version.and_then(|n| catalog.models.get(name)?.find(n))
+        {
+            let info = version_info(&cfg, name, v);
+            return to_json(
+                &serde_json::json!({ "version": info, "created": v.number > highest_before }),
+            );
+        }
+        let (problems, ..) = ctx.board.snapshot();
+        if let Some(p) = problems
+            .iter()
+            .find(|p| p.path == sidecar || p.path == shown)
+        {
+            return Response::err(ErrorCode::Blocked, p.message.clone());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Response::err(
+                ErrorCode::Timeout,
+                format!(
+                    "{shown} was not registered within {} ms (see `modelreg status`)",
+                    timeout.as_millis()
+                ),
+            );
+        }
+        // Woken by each publication; the short tick notices problems (which publish
+        // nothing) and the deadline.
+        let tick = (deadline - now).min(Duration::from_millis(100));
+        tokio::select! {
+            _ = published => {}
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
 }
 
 async fn verify(ctx: &Context, name: Option<String>) -> Response {

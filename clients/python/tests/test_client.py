@@ -1,0 +1,190 @@
+"""Tests of the Python client against a real modelreg daemon in a temporary root.
+
+The daemon binary is $MODELREG_BIN (cargo test sets it), else target/debug/modelreg.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent.parent
+sys.path.insert(0, str(HERE.parent))
+
+import modelreg  # noqa: E402
+from modelreg import (  # noqa: E402
+    DaemonNotRunning,
+    ModelNotFound,
+    ModelRegistry,
+    ModelRegistryError,
+    NoMetric,
+    RegistrationBlocked,
+    RegistrationTimeout,
+    VersionNotFound,
+)
+
+BIN = os.environ.get("MODELREG_BIN", str(REPO / "target" / "debug" / "modelreg"))
+
+
+class Daemon:
+    def __init__(self, settle: str = "300ms") -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="mrpy")
+        self.root = Path(self.tmp.name)
+        (self.root / "config").mkdir()
+        (self.root / "config" / "modelreg.yaml").write_text(f"settle: {settle}\n")
+        self.log = open(self.root / "daemon.log", "wb")
+        self.proc = subprocess.Popen([BIN, "serve", "--root", str(self.root)], stderr=self.log, stdout=subprocess.DEVNULL)
+        self.socket = self.root / "modelreg.sock"
+        deadline = time.time() + 15
+        while True:
+            try:
+                ModelRegistry(socket=self.socket).list()
+                return
+            except DaemonNotRunning:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("daemon did not start: " + (self.root / "daemon.log").read_text())
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        self.log.close()
+        subprocess.run(["chmod", "-R", "u+w", str(self.root)], check=False)
+        self.tmp.cleanup()
+
+
+def weights(path: Path, seed: int, size: int = 10_000) -> Path:
+    path.write_bytes(hashlib.sha256(str(seed).encode()).digest() * (size // 32))
+    return path
+
+
+class ClientTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.d = Daemon()
+        self.reg = ModelRegistry(socket=self.d.socket)
+        self.work = Path(tempfile.mkdtemp(prefix="mrpywork"))
+
+    def tearDown(self) -> None:
+        self.d.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def test_register_get_list_versions(self) -> None:
+        r1 = self.reg.register("resnet18", weights(self.work / "a.pt", 1), metrics={"accuracy": 0.71}, dataset="imagenet-1k", tags=["baseline"], lr=0.1)
+        self.assertEqual(r1["version"], "v1")
+        self.assertTrue(r1["created"])
+        self.assertEqual(Path(r1["path"]).read_bytes(), (self.work / "a.pt").read_bytes())
+        self.assertEqual(r1["metadata"]["dataset"], "imagenet-1k")
+        self.assertEqual(r1["metadata"]["tags"], ["baseline"])
+        self.assertEqual(r1["metadata"]["lr"], 0.1)
+        self.assertTrue(r1["path"].endswith("models/resnet18/v1/resnet18.pt"))
+        r2 = self.reg.register("resnet18", weights(self.work / "b.pt", 2), metrics={"accuracy": 0.69})
+        self.assertEqual(r2["version"], "v2")
+        self.assertEqual(self.reg.get("resnet18")["version"], "v2")
+        self.assertEqual(self.reg.get("resnet18", "latest")["version"], "v2")
+        self.assertEqual(self.reg.get("resnet18", "best")["version"], "v1")
+        self.assertEqual(self.reg.get("resnet18", "best", metric="accuracy", mode="min")["version"], "v2")
+        self.assertEqual(self.reg.get("resnet18", "v1")["path"], r1["path"])
+        self.assertEqual([v["version"] for v in self.reg.versions("resnet18")], ["v1", "v2"])
+        models = self.reg.list()
+        self.assertEqual([(m["name"], m["latest"], m["versions"]) for m in models], [("resnet18", "v2", 2)])
+        self.assertEqual(self.reg.status()["versions"], 2)
+
+    def test_identical_bytes_return_the_existing_version(self) -> None:
+        path = weights(self.work / "m.pt", 5)
+        first = self.reg.register("m", path)
+        again = self.reg.register("m", path)
+        self.assertEqual(again["version"], first["version"])
+        self.assertFalse(again["created"])
+        self.assertEqual(len(self.reg.versions("m")), 1)
+
+    def test_same_metrics_for_new_weights_are_kept(self) -> None:
+        self.reg.register("s", weights(self.work / "1.pt", 1), metrics={"accuracy": 0.5})
+        r2 = self.reg.register("s", weights(self.work / "2.pt", 2), metrics={"accuracy": 0.5})
+        self.assertEqual(r2["metrics"], {"accuracy": 0.5})
+
+    def test_folder(self) -> None:
+        folder = self.work / "bert"
+        (folder / "sub").mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        weights(folder / "sub" / "model.safetensors", 9)
+        r = self.reg.register("bert-base", folder, metrics={"f1": 0.9})
+        self.assertEqual(r["kind"], "folder")
+        self.assertEqual(len(r["files"]), 2)
+        self.assertEqual(r["path"], r["dir"])
+
+    def test_errors(self) -> None:
+        self.reg.register("e", weights(self.work / "e.pt", 1), metrics={"accuracy": 0.5})
+        with self.assertRaises(ModelNotFound) as c:
+            self.reg.get("nope")
+        self.assertIn("nope", str(c.exception))
+        self.assertEqual(c.exception.code, "model_not_found")
+        with self.assertRaises(VersionNotFound):
+            self.reg.get("e", "v7")
+        with self.assertRaises(NoMetric) as c:
+            self.reg.get("e", "best", metric="f1")
+        self.assertIn("f1", str(c.exception))
+        with self.assertRaises(ModelNotFound):
+            self.reg.versions("nope")
+        with self.assertRaises(ModelRegistryError):
+            self.reg.get("../etc")
+        with self.assertRaises(ValueError):
+            self.reg.get("e", "best", mode="up")
+        with self.assertRaises(FileNotFoundError):
+            self.reg.register("x", self.work / "missing.pt")
+        with self.assertRaises(ValueError):
+            self.reg.register("bad.name", weights(self.work / "b.pt", 1))
+        with self.assertRaises(TypeError):
+            self.reg.register("x", weights(self.work / "x.pt", 1), metrics={"accuracy": "high"})
+        with self.assertRaises(ValueError):
+            self.reg.register("x", weights(self.work / "x.pt", 1), metrics={"accuracy": float("nan")})
+
+    def test_daemon_not_running(self) -> None:
+        with self.assertRaises(DaemonNotRunning) as c:
+            ModelRegistry(socket=self.work / "none.sock").list()
+        self.assertIn("modelreg serve", str(c.exception))
+        os.environ["MODELREG_SOCKET"] = str(self.d.socket)
+        try:
+            self.assertEqual(ModelRegistry().list(), [])
+        finally:
+            del os.environ["MODELREG_SOCKET"]
+        self.assertEqual(ModelRegistry(root=self.d.root).list(), [])
+
+    def test_blocked_by_invalid_sidecar(self) -> None:
+        inbox = Path(self.reg.status()["inbox"])
+        (inbox / "blk.metrics.yaml").write_text("metrics:\n  accuracy: high\n")
+        with self.assertRaises(RegistrationBlocked) as c:
+            self.reg.register("blk", weights(self.work / "blk.pt", 1), timeout=30)
+        self.assertIn("blk.metrics.yaml:2", str(c.exception))
+
+    def test_timeout(self) -> None:
+        with self.assertRaises(RegistrationTimeout):
+            self.reg.register("slow", weights(self.work / "slow.pt", 1), timeout=0.05)
+
+
+class ExampleTest(unittest.TestCase):
+    def test_example_runs(self) -> None:
+        d = Daemon()
+        try:
+            env = dict(os.environ, MODELREG_SOCKET=str(d.socket))
+            out = subprocess.run([sys.executable, str(REPO / "example.py")], env=env, capture_output=True, text=True, timeout=120)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            self.assertIn("resnet18 latest: v2  accuracy=0.69", out.stdout)
+            self.assertIn("resnet18 best:   v1  accuracy=0.71", out.stdout)
+            self.assertIn("resnet18 v1 is intact after v2: True", out.stdout)
+            self.assertIn("chest_xray_densenet", out.stdout)
+            print(out.stdout)
+        finally:
+            d.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
