@@ -94,7 +94,15 @@ pub fn load_catalog(config: &Config) -> Result<Catalog> {
     if removed > 0 {
         tracing::info!("removed {removed} temporary file(s) left by an interrupted registry write");
     }
-    match persist::load(&config.registry)? {
+    let loaded = persist::load_with_cache(&config.registry)?;
+    // The parser's buffers are freed by now; give that memory back to the system rather
+    // than keep it resident for the daemon's whole life.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    match loaded {
         Some(c) => Ok(c),
         None => {
             let c = Catalog::default();
@@ -117,8 +125,11 @@ pub async fn run(
     for dir in [&config.inbox, &config.store] {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
     }
+    let t0 = std::time::Instant::now();
     let catalog = load_catalog(&config)?;
+    let loaded = t0.elapsed();
     let recovery = store::recover(&config.store, &catalog)?;
+    let recovered = t0.elapsed() - loaded;
     for v in &recovery.rolled_forward {
         tracing::warn!("finished publishing {v}, interrupted by a crash");
     }
@@ -154,10 +165,17 @@ pub async fn run(
 
     let config = Arc::new(config);
     let board = Arc::new(StatusBoard::default());
-    // A catalog that names files that are gone still starts (everything else is
-    // served); each missing file is a problem in `status` until `verify` is run.
-    for p in crate::verify::missing_files(&config.root, &catalog) {
-        board.set_problem(&p.path, &format!("{}; run `modelreg verify`", p.detail));
+    tracing::info!(?loaded, ?recovered, "catalog loaded, store recovered");
+    // A catalog that names files that are gone still starts (everything else is served);
+    // each missing file becomes a problem in `status`. Checked in the background: with
+    // many versions it takes a while, and `get` checks the files it answers with anyway.
+    {
+        let (board, root, catalog) = (board.clone(), config.root.clone(), catalog.clone());
+        tokio::task::spawn_blocking(move || {
+            for p in crate::verify::missing_files(&root, &catalog) {
+                board.set_problem(&p.path, &format!("{}; run `modelreg verify`", p.detail));
+            }
+        });
     }
     let shared = Arc::new(Shared::new(catalog.clone()));
     let (trigger, stop) = shutdown::channel();
@@ -251,6 +269,15 @@ pub async fn run(
     let _ = settler_task.await;
     let _ = registrar_task.await;
     let _ = server_task.await;
+    // Leave a start-up cache of the final catalog for the next start.
+    let registry = ctx.config().registry.clone();
+    let last = ctx.shared.catalog();
+    let t = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || persist::write_cache(&registry, &last)).await {
+        Ok(Ok(())) => tracing::debug!(took = ?t.elapsed(), "start-up cache written"),
+        Ok(Err(e)) => tracing::warn!("start-up cache not written: {e}"),
+        Err(e) => tracing::warn!("start-up cache not written: {e}"),
+    }
     // An inherited socket belongs to systemd, which keeps it for the next start.
     let socket = ctx.config().socket.clone();
     if !inherited

@@ -1,7 +1,7 @@
 //! The immutable store: `models/<name>/v<N>/...`. Copies (never moves) source files,
-//! hashing them with SHA-256 in the same pass, into a hidden staging folder
-//! `.pending-v<N>-<random>`; files are fsynced and made read-only, the folder and its
-//! parent fsynced. Only after the catalog names the version is the staging folder renamed
+//! hashing them with SHA-256 in the same pass, into a staging folder
+//! `models/.staging/v<N>.<random>.<name>`; files are fsynced and made read-only, the
+//! folder and `.staging` fsynced. Only after the catalog names the version is the staging folder renamed
 //! to `v<N>` ([`publish`]); a crash in between is rolled forward by [`recover`], which
 //! also deletes staging folders the catalog never named. Knows nothing of YAML or sockets.
 
@@ -22,8 +22,9 @@ use crate::registry::persist::sync_dir;
 const CHUNK: usize = 1 << 20;
 /// Files at least this big are copied by a reader/hasher thread feeding a writer thread.
 const PIPELINE_THRESHOLD: u64 = 4 * CHUNK as u64;
-/// Prefix of staging folders.
-const PENDING_PREFIX: &str = ".pending-v";
+/// The folder under the store where versions are staged (one folder, so that start-up
+/// recovery reads a single directory however many models there are).
+pub const STAGING: &str = ".staging";
 
 /// The folder of version `n` of `name`.
 pub fn version_dir(store: &Path, name: &str, n: u32) -> PathBuf {
@@ -62,12 +63,15 @@ pub fn stage(
     files: &[(PathBuf, String)],
     cancel: &AtomicBool,
 ) -> Result<Staged> {
-    let model_dir = store.join(name);
-    ensure_dir(store, &model_dir)?;
+    let staging = store.join(STAGING);
+    ensure_dir(store, &staging)?;
+    // v<N>.<random>.<name>: the name last, since it may itself hold dots.
     let dir = tempfile::Builder::new()
-        .prefix(&format!("{PENDING_PREFIX}{n}-"))
-        .tempdir_in(&model_dir)
-        .map_err(|e| Error::io("create staging folder in", &model_dir, e))?;
+        .prefix(&format!("v{n}."))
+        .suffix(&format!(".{name}"))
+        .rand_bytes(8)
+        .tempdir_in(&staging)
+        .map_err(|e| Error::io("create staging folder in", &staging, e))?;
     let mut staged = Vec::with_capacity(files.len());
     let mut made_dirs: Vec<PathBuf> = Vec::new();
     for (src, rel) in files {
@@ -99,7 +103,7 @@ pub fn stage(
         sync_dir(d)?;
     }
     sync_dir(dir.path())?;
-    sync_dir(&model_dir)?;
+    sync_dir(&staging)?;
     Ok(Staged {
         dir: dir.keep(),
         final_dir: version_dir(store, name, n),
@@ -107,9 +111,13 @@ pub fn stage(
     })
 }
 
-/// Renames a staged version into place. No fsync is needed for correctness: the catalog
-/// already names the version, and [`recover`] redoes a rename a crash lost.
+/// Renames a staged version into place (creating the model's folder the first time). No
+/// fsync is needed for correctness: the catalog already names the version, and
+/// [`recover`] redoes a rename a crash lost.
 pub fn publish(staged: &Staged) -> Result<()> {
+    if let Some(model_dir) = staged.final_dir.parent() {
+        fs::create_dir_all(model_dir).map_err(|e| Error::io("create folder", model_dir, e))?;
+    }
     fs::rename(&staged.dir, &staged.final_dir)
         .map_err(|e| Error::io("rename into place", &staged.final_dir, e))
 }
@@ -457,48 +465,47 @@ pub struct Recovery {
 /// the catalog names, deletes staging folders it does not. Never touches `v<N>` folders.
 pub fn recover(store: &Path, catalog: &Catalog) -> Result<Recovery> {
     let mut report = Recovery::default();
-    let models = match fs::read_dir(store) {
+    let staging = store.join(STAGING);
+    let entries = match fs::read_dir(&staging) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
-        Err(e) => return Err(Error::io("list", store, e)),
+        Err(e) => return Err(Error::io("list", &staging, e)),
     };
-    for model in models.flatten() {
-        let model_dir = model.path();
-        if !model_dir.is_dir() {
-            continue;
-        }
-        let name = model.file_name().to_string_lossy().into_owned();
-        let entries = fs::read_dir(&model_dir).map_err(|e| Error::io("list", &model_dir, e))?;
-        for entry in entries.flatten() {
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = file_name.strip_prefix(PENDING_PREFIX) else {
-                continue;
-            };
-            let n: Option<u32> = rest.split('-').next().and_then(|d| d.parse().ok());
-            let final_dir = n.map(|n| version_dir(store, &name, n));
-            let named = n.is_some_and(|n| {
-                catalog
-                    .models
-                    .get(&name)
-                    .is_some_and(|m| m.find(n).is_some())
-            });
-            match final_dir {
-                Some(fd) if named && !fd.exists() => {
-                    fs::rename(entry.path(), &fd)
-                        .map_err(|e| Error::io("rename into place", &fd, e))?;
-                    sync_dir(&model_dir)?;
-                    report
-                        .rolled_forward
-                        .push(format!("{name}/v{}", n.unwrap_or(0)));
-                }
-                _ => {
-                    discard(&entry.path())?;
-                    report.removed.push(format!("{name}/{file_name}"));
-                }
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let parsed = parse_staging_name(&file_name);
+        let named = parsed.and_then(|(n, name)| {
+            let m = catalog.models.get(name)?;
+            m.find(n).map(|_| (n, name))
+        });
+        match named.map(|(n, name)| (n, name, version_dir(store, name, n))) {
+            Some((n, name, fd)) if !fd.exists() => {
+                let model_dir = store.join(name);
+                fs::create_dir_all(&model_dir)
+                    .map_err(|e| Error::io("create folder", &model_dir, e))?;
+                fs::rename(entry.path(), &fd)
+                    .map_err(|e| Error::io("rename into place", &fd, e))?;
+                sync_dir(&model_dir)?;
+                report.rolled_forward.push(format!("{name}/v{n}"));
+            }
+            _ => {
+                discard(&entry.path())?;
+                report.removed.push(format!("{STAGING}/{file_name}"));
             }
         }
     }
+    if !report.rolled_forward.is_empty() || !report.removed.is_empty() {
+        sync_dir(&staging)?;
+    }
     Ok(report)
+}
+
+/// `v<N>.<random>.<name>` -> (N, name).
+fn parse_staging_name(s: &str) -> Option<(u32, &str)> {
+    let rest = s.strip_prefix('v')?;
+    let (n, rest) = rest.split_once('.')?;
+    let (_random, name) = rest.split_once('.')?;
+    Some((n.parse().ok()?, name))
 }
 
 #[cfg(test)]
@@ -579,17 +586,18 @@ mod tests {
         let yes = AtomicBool::new(true);
         let err = stage(&store, "a", 1, &[(src, "a.pt".into())], &yes).unwrap_err();
         assert!(matches!(err, Error::Cancelled));
-        assert_eq!(fs::read_dir(store.join("a")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(store.join(STAGING)).unwrap().count(), 0);
     }
 
     #[test]
     fn recover_rolls_forward_named_and_removes_unnamed() {
         let tmp = tempfile::tempdir().unwrap();
         let store = tmp.path().join("models");
-        fs::create_dir_all(store.join("m/.pending-v2-abc")).unwrap();
-        fs::write(store.join("m/.pending-v2-abc/m.pt"), b"x").unwrap();
-        fs::create_dir_all(store.join("m/.pending-v3-def")).unwrap();
-        fs::create_dir_all(store.join("m/v1")).unwrap();
+        let staging = store.join(STAGING);
+        fs::create_dir_all(staging.join("v2.abcdefgh.m.v2")).unwrap();
+        fs::write(staging.join("v2.abcdefgh.m.v2/m.pt"), b"x").unwrap();
+        fs::create_dir_all(staging.join("v3.ijklmnop.m.v2")).unwrap();
+        fs::create_dir_all(store.join("m.v2/v1")).unwrap();
         let mut model = crate::registry::Model::default();
         for n in [1, 2] {
             model.push(crate::registry::Version {
@@ -605,11 +613,15 @@ mod tests {
             });
         }
         let mut c = Catalog::default();
-        c.models.insert("m".into(), Arc::new(model));
+        c.models.insert("m.v2".into(), Arc::new(model));
         let r = recover(&store, &c).unwrap();
-        assert_eq!(r.rolled_forward, vec!["m/v2".to_string()]);
-        assert_eq!(r.removed, vec!["m/.pending-v3-def".to_string()]);
-        assert!(store.join("m/v2/m.pt").exists());
-        assert!(store.join("m/v1").exists());
+        assert_eq!(r.rolled_forward, vec!["m.v2/v2".to_string()]);
+        assert_eq!(r.removed, vec![".staging/v3.ijklmnop.m.v2".to_string()]);
+        assert!(store.join("m.v2/v2/m.pt").exists());
+        assert!(store.join("m.v2/v1").exists());
+        assert_eq!(
+            parse_staging_name("v12.Ab3dEf9h.Llama-3.1-8B"),
+            Some((12, "Llama-3.1-8B"))
+        );
     }
 }

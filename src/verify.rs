@@ -150,6 +150,22 @@ pub fn verify(
         }
     };
     for name in models {
+        if name == store::STAGING {
+            // Staging folders of registrations not finished (removed or completed at the
+            // daemon's next start; under a running daemon, a copy in progress).
+            for e in fs::read_dir(store_dir.join(&name))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                report.problems.push(VerifyProblem {
+                    kind: ProblemKind::Extra,
+                    path: e.path().display().to_string(),
+                    detail: "staging folder of an unfinished registration".into(),
+                });
+            }
+            continue;
+        }
         let dir = store_dir.join(&name);
         if !dir.is_dir() {
             if only.is_none() {
@@ -184,16 +200,10 @@ fn extra_under(dir: &Path, expected: &BTreeSet<std::path::PathBuf>, out: &mut Ve
         if is_dir && (expected.contains(&p) || expected.iter().any(|x| x.starts_with(&p))) {
             extra_under(&p, expected, out);
         } else if !expected.contains(&p) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let detail = if name.starts_with(".pending-v") {
-                "staging folder of an unfinished registration (removed or finished at the daemon's next start)".to_string()
-            } else {
-                "not named by the catalog".to_string()
-            };
             out.push(VerifyProblem {
                 kind: ProblemKind::Extra,
                 path: p.display().to_string(),
-                detail,
+                detail: "not named by the catalog".into(),
             });
         }
     }

@@ -152,13 +152,16 @@ fn issue4_missing_version_files() {
     std::fs::set_permissions(&v[0].path, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     d.spawn();
-    let s = d.status();
-    assert!(
-        s.problems
-            .iter()
-            .any(|p| p.path == v[0].path && p.message.contains("missing")),
-        "{:?}",
-        s.problems
+    // Checked in the background after start-up.
+    wait_until(
+        Duration::from_secs(10),
+        "the missing file in status",
+        || {
+            d.status()
+                .problems
+                .iter()
+                .any(|p| p.path == v[0].path && p.message.contains("missing"))
+        },
     );
     assert_eq!(
         d.get("n", "v1").unwrap().version,

@@ -121,7 +121,14 @@ impl<'de> Deserialize<'de> for VersionMap {
 
 /// Serialises the catalog as registry.yaml text.
 pub fn to_yaml(c: &Catalog) -> Result<String> {
-    let repr = FileReprRef {
+    let repr = repr_ref(c);
+    let body = serde_yaml::to_string(&repr)
+        .map_err(|e| Error::Other(format!("cannot serialise the registry: {e}")))?;
+    Ok(format!("{HEADER}{body}"))
+}
+
+fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
+    FileReprRef {
         format: FORMAT,
         models: c
             .models
@@ -137,16 +144,17 @@ pub fn to_yaml(c: &Catalog) -> Result<String> {
             })
             .collect(),
         sources: &c.sources,
-    };
-    let body = serde_yaml::to_string(&repr)
-        .map_err(|e| Error::Other(format!("cannot serialise the registry: {e}")))?;
-    Ok(format!("{HEADER}{body}"))
+    }
 }
 
 /// Parses registry.yaml text. `shown` names the file in errors.
 pub fn from_yaml(shown: &str, text: &str) -> std::result::Result<Catalog, ParseError> {
     let repr: FileRepr =
         serde_yaml::from_str(text).map_err(|e| ParseError::from_yaml(shown, &e))?;
+    into_catalog(shown, repr)
+}
+
+fn into_catalog(shown: &str, repr: FileRepr) -> std::result::Result<Catalog, ParseError> {
     if repr.format != FORMAT {
         return Err(ParseError::at(
             shown,
@@ -183,6 +191,73 @@ pub fn from_yaml(shown: &str, text: &str) -> std::result::Result<Catalog, ParseE
         models,
         sources: repr.sources,
     })
+}
+
+/// The start-up cache beside registry.yaml: the same catalog as JSON (much faster to
+/// parse than YAML), valid only for the registry.yaml whose SHA-256 it records. Written
+/// at clean shutdown; registry.yaml stays the only source of truth.
+pub fn cache_path(registry: &Path) -> std::path::PathBuf {
+    let name = registry
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    registry.with_file_name(format!(".{name}.cache.json"))
+}
+
+#[derive(Serialize)]
+struct CacheOut<'a> {
+    registry_sha256: &'a str,
+    #[serde(flatten)]
+    catalog: FileReprRef<'a>,
+}
+
+#[derive(Deserialize)]
+struct CacheIn {
+    registry_sha256: String,
+    #[serde(flatten)]
+    catalog: FileRepr,
+}
+
+/// Writes the start-up cache for the registry.yaml now on disk, which must hold `c`.
+pub fn write_cache(registry: &Path, c: &Catalog) -> Result<()> {
+    let bytes = std::fs::read(registry).map_err(|e| Error::io("read registry", registry, e))?;
+    let sha = crate::store::sha256_hex(&bytes);
+    drop(bytes);
+    let out = CacheOut {
+        registry_sha256: &sha,
+        catalog: repr_ref(c),
+    };
+    let json = serde_json::to_vec(&out)
+        .map_err(|e| Error::Other(format!("cannot serialise the cache: {e}")))?;
+    write_atomic(&cache_path(registry), &json)
+}
+
+/// Loads the catalog: from the start-up cache when it matches registry.yaml byte for
+/// byte, else by parsing registry.yaml. `Ok(None)` when registry.yaml does not exist.
+pub fn load_with_cache(registry: &Path) -> Result<Option<Catalog>> {
+    let bytes = match std::fs::read(registry) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read registry", registry, e)),
+    };
+    let shown = registry.display().to_string();
+    let sha = crate::store::sha256_hex(&bytes);
+    if let Ok(cached) = std::fs::read(cache_path(registry)) {
+        match serde_json::from_slice::<CacheIn>(&cached) {
+            Ok(c) if c.registry_sha256 == sha => {
+                if let Ok(catalog) = into_catalog(&shown, c.catalog) {
+                    return Ok(Some(catalog));
+                }
+            }
+            Ok(_) => tracing::info!(
+                "the start-up cache is older than registry.yaml; reading registry.yaml"
+            ),
+            Err(e) => tracing::warn!("ignoring an unreadable start-up cache: {e}"),
+        }
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| ParseError::at(shown.clone(), None, format!("not valid UTF-8 ({e})")))?;
+    Ok(Some(from_yaml(&shown, &text)?))
 }
 
 /// Loads registry.yaml; `Ok(None)` when it does not exist. A file that does not parse is
@@ -298,6 +373,32 @@ mod tests {
         assert_eq!(back.models["m"].highest, 10);
         assert_eq!(back.models["m"].versions[2].number, 10);
         assert_eq!(*back.models["m"], *c.models["m"]);
+    }
+
+    #[test]
+    fn cache_used_only_when_it_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("registry.yaml");
+        let mut m = Model::default();
+        m.push(version(1));
+        let mut c = Catalog::default();
+        c.models.insert("m".into(), Arc::new(m));
+        write_atomic(&reg, to_yaml(&c).unwrap().as_bytes()).unwrap();
+        write_cache(&reg, &c).unwrap();
+        assert_eq!(
+            *load_with_cache(&reg).unwrap().unwrap().models["m"],
+            *c.models["m"]
+        );
+        // registry.yaml edited by hand: the cache no longer matches and is ignored.
+        let edited = std::fs::read_to_string(&reg)
+            .unwrap()
+            .replace("accuracy: 0.71", "accuracy: 0.5");
+        std::fs::write(&reg, edited).unwrap();
+        let loaded = load_with_cache(&reg).unwrap().unwrap();
+        assert_eq!(loaded.models["m"].versions[0].metrics["accuracy"], 0.5);
+        // A corrupt cache is ignored too.
+        std::fs::write(cache_path(&reg), b"{not json").unwrap();
+        assert!(load_with_cache(&reg).unwrap().is_some());
     }
 
     #[test]
