@@ -154,6 +154,24 @@ pub struct SidecarRead {
     fresh: bool,
 }
 
+impl SidecarRead {
+    fn metrics(&self) -> crate::registry::Metrics {
+        self.parsed
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    fn metadata(&self) -> crate::registry::Metadata {
+        self.parsed
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 /// What a job produced.
 #[derive(Debug)]
 pub enum JobResult {
@@ -418,8 +436,8 @@ impl Registrar {
                     .collect(),
                 source: rel(&cfg.inbox.join(&nv.entry)),
                 registered_at: now.clone(),
-                metrics: fresh.map(|s| s.parsed.metrics.clone()).unwrap_or_default(),
-                metadata: fresh.map(|s| s.parsed.metadata.clone()).unwrap_or_default(),
+                metrics: fresh.map(|s| s.metrics()).unwrap_or_default(),
+                metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
                 sidecar: fresh.and(sidecar_ref.clone()),
                 metrics_history: vec![],
             };
@@ -461,13 +479,14 @@ impl Registrar {
                 && let Some(latest) = model.versions.last_mut()
             {
                 {
-                    if latest.metrics != s.parsed.metrics || latest.metadata != s.parsed.metadata {
+                    let (metrics, metadata) = (s.metrics(), s.metadata());
+                    if latest.metrics != metrics || latest.metadata != metadata {
                         latest.metrics_history.push(MetricsChange {
                             replaced_at: now.clone(),
                             metrics: std::mem::take(&mut latest.metrics),
                         });
-                        latest.metrics = s.parsed.metrics.clone();
-                        latest.metadata = s.parsed.metadata.clone();
+                        latest.metrics = metrics;
+                        latest.metadata = metadata;
                     }
                     latest.sidecar = sidecar_ref.clone();
                     tracing::info!(

@@ -1,8 +1,6 @@
 //! The control socket's protocol, shared by the server and the client: one JSON object
 //! per line each way. See docs/protocol.md for every request with an example.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::Direction;
@@ -263,7 +261,7 @@ pub struct VersionInfo {
     /// When it was registered.
     pub registered_at: String,
     /// Metrics.
-    pub metrics: BTreeMap<String, f64>,
+    pub metrics: crate::registry::Metrics,
     /// Free metadata.
     pub metadata: Metadata,
     /// When the metrics were last changed by a sidecar edit, if ever.

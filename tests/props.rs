@@ -122,7 +122,7 @@ fn version(n: u32) -> impl Strategy<Value = Version> {
             }],
             source: "pretrained_models/m.pt".into(),
             registered_at: "2026-11-26T00:00:00Z".into(),
-            metrics,
+            metrics: metrics.into_iter().collect(),
             metadata: [("notes".to_string(), serde_json::Value::String(note))]
                 .into_iter()
                 .collect(),

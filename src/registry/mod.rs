@@ -2,6 +2,7 @@
 //! Pure data and queries (latest, best, a numbered version); [`persist`] reads and
 //! writes it as `registry.yaml`. Only the registrar mutates it (see `daemon`).
 
+pub mod compact;
 pub mod persist;
 
 use std::collections::BTreeMap;
@@ -12,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::Direction;
 
 /// Free-form metadata (dataset, params, tags, notes, ...).
-pub type Metadata = serde_json::Map<String, serde_json::Value>;
+pub type Metadata = compact::SortedMap<serde_json::Value>;
+/// Numeric metrics by name.
+pub type Metrics = compact::SortedMap<f64>;
 
 /// Every model and every source the daemon has registered.
 #[derive(Debug, Clone, Default)]
@@ -67,10 +70,10 @@ pub struct Version {
     /// When it was registered (RFC 3339, UTC).
     pub registered_at: String,
     /// Numeric metrics from the sidecar.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metrics: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Metrics::is_empty")]
+    pub metrics: Metrics,
     /// Free metadata from the sidecar.
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
     /// The sidecar whose content is applied, by hash: a sidecar with this content is
     /// stale for any newer artifact.
@@ -111,7 +114,7 @@ pub struct MetricsChange {
     pub replaced_at: String,
     /// The metrics as they were before.
     #[serde(default)]
-    pub metrics: BTreeMap<String, f64>,
+    pub metrics: Metrics,
 }
 
 /// What the daemon last saw of one inbox entry.

@@ -103,6 +103,7 @@ impl<'de> Deserialize<'de> for VersionMap {
                         })?;
                     let mut v: Version = a.next_value()?;
                     v.number = n;
+                    v.files.shrink_to_fit();
                     out.push(v);
                 }
                 out.sort_by_key(|v| v.number);
@@ -204,17 +205,17 @@ pub fn cache_path(registry: &Path) -> std::path::PathBuf {
     registry.with_file_name(format!(".{name}.cache.json"))
 }
 
+// The catalog is nested, not flattened: serde buffers a flattened struct whole before
+// deserialising it, which at 100,000 versions costs more than it saves.
 #[derive(Serialize)]
 struct CacheOut<'a> {
     registry_sha256: &'a str,
-    #[serde(flatten)]
     catalog: FileReprRef<'a>,
 }
 
 #[derive(Deserialize)]
 struct CacheIn {
     registry_sha256: String,
-    #[serde(flatten)]
     catalog: FileRepr,
 }
 
@@ -349,7 +350,7 @@ mod tests {
             }],
             source: "pretrained_models/m.pt".into(),
             registered_at: "2026-11-26T02:27:08Z".into(),
-            metrics: [("accuracy".to_string(), 0.71)].into(),
+            metrics: [("accuracy".to_string(), 0.71)].into_iter().collect(),
             metadata: Default::default(),
             sidecar: None,
             metrics_history: vec![],
