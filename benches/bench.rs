@@ -368,6 +368,8 @@ fn synthetic_registry(root: &Path, models: usize, per_model: u32) {
                 .collect(),
                 sidecar: None,
                 metrics_history: vec![],
+                deprecated: None,
+                removed: None,
             });
         }
         c.models.insert(name, Arc::new(model));

@@ -39,6 +39,7 @@ struct RawConfig {
     model_metrics: Option<BTreeMap<String, String>>,
     minimize: Option<Vec<String>>,
     maximize: Option<Vec<String>>,
+    retention: Option<BTreeMap<String, u32>>,
     log_level: Option<String>,
     log_format: Option<String>,
 }
@@ -61,6 +62,7 @@ impl RawConfig {
             model_metrics: self.model_metrics.or(base.model_metrics),
             minimize: self.minimize.or(base.minimize),
             maximize: self.maximize.or(base.maximize),
+            retention: self.retention.or(base.retention),
             log_level: self.log_level.or(base.log_level),
             log_format: self.log_format.or(base.log_format),
         }
@@ -196,6 +198,8 @@ pub struct Config {
     pub follow_symlinks: bool,
     /// How `best` is decided.
     pub best: BestPolicy,
+    /// `gc`: newest versions kept per model ("*": any other model).
+    pub retention: BTreeMap<String, u32>,
     /// The log filter used when RUST_LOG is not set.
     pub log_level: String,
     /// Log lines as JSON objects instead of text.
@@ -395,6 +399,13 @@ fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Result<Config>
             minimize: raw.minimize.unwrap_or_default(),
             maximize: raw.maximize.unwrap_or_default(),
         },
+        retention: {
+            let r = raw.retention.unwrap_or_default();
+            if let Some((m, _)) = r.iter().find(|(_, n)| **n == 0) {
+                return Err(bad("retention", format!("{m}: keep at least 1 version")));
+            }
+            r
+        },
         log_level,
         log_json: match need("log_format", raw.log_format)?.as_str() {
             "text" => false,
@@ -436,6 +447,7 @@ mod tests {
             model_metrics,
             minimize,
             maximize,
+            retention,
             log_level,
             log_format,
         } = raw;
@@ -445,7 +457,7 @@ mod tests {
         assert!(watch.is_some() && poll_interval.is_some());
         assert!(default_metric.is_some() && model_metrics.is_some());
         assert!(minimize.is_some() && maximize.is_some() && log_level.is_some());
-        assert!(log_format.is_some());
+        assert!(log_format.is_some() && retention.is_some());
     }
 
     #[test]

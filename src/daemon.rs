@@ -165,6 +165,16 @@ pub async fn run(
 
     let config = Arc::new(config);
     let board = Arc::new(StatusBoard::default());
+    // A removal whose tombstone was written but whose files a crash kept: finish it.
+    for (name, m) in &catalog.models {
+        for v in m.versions.iter().filter(|v| v.removed.is_some()) {
+            let dir = store::version_dir(&config.store, name, v.number);
+            if dir.exists() {
+                store::discard(&dir)?;
+                tracing::info!("finished removing {name} v{}", v.number);
+            }
+        }
+    }
     tracing::info!(?loaded, ?recovered, "catalog loaded, store recovered");
     // A catalog that names files that are gone still starts (everything else is served);
     // each missing file becomes a problem in `status`. Checked in the background: with
@@ -196,6 +206,9 @@ pub async fn run(
     board.set_watch(fs_watcher.description.clone());
     tracing::info!(inbox = %config.inbox.display(), "watching with {}", fs_watcher.description);
 
+    let reg_tx_ctx = reg_tx.clone();
+    // Links (latest, best, aliases) are brought in line at start: settings may have changed.
+    let _ = reg_tx.send(crate::ingest::RegistrarMsg::RefreshLinks);
     let registrar = Registrar::new(
         config.clone(),
         catalog,
@@ -228,6 +241,7 @@ pub async fn run(
         config: RwLock::new(config.clone()),
         board: board.clone(),
         settler: settler_tx.clone(),
+        registrar: reg_tx_ctx,
         started,
     });
     let server_task = tokio::spawn(server::serve(listener, ctx.clone(), stop.clone()));
@@ -257,6 +271,10 @@ pub async fn run(
             Control::Reload => {
                 crate::systemd::reloading();
                 reload(&ctx, &settler_tx, on_reload.as_ref());
+                // `best` may follow another metric now.
+                let _ = ctx
+                    .registrar
+                    .send(crate::ingest::RegistrarMsg::RefreshLinks);
                 crate::systemd::ready(&status_line(&ctx));
             }
         }

@@ -18,7 +18,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::inbox::{self, Look};
 use crate::registry::{
-    Catalog, Kind, MetricsChange, Model, SidecarRef, SourceRecord, StoredFile, Version, persist,
+    AliasMove, Catalog, Kind, Mark, MetricsChange, Model, SidecarRef, SourceRecord, StoredFile,
+    Version, persist,
 };
 use crate::shutdown::Shutdown;
 use crate::sidecar::{self, MAX_SIDECAR_BYTES, Sidecar};
@@ -52,7 +53,49 @@ pub enum RegistrarMsg {
     Present(BTreeSet<String>),
     /// A copy job finished.
     JobDone { name: String, result: JobResult },
+    /// A change asked for on the socket; answered once it is durable.
+    Change {
+        change: Change,
+        uid: Option<u32>,
+        reply: tokio::sync::oneshot::Sender<ChangeResult>,
+    },
+    /// Bring every model's latest/best/alias links in line (start-up, reload).
+    RefreshLinks,
 }
+
+/// A change to the registry asked for by a client.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Point `alias` at version `version`.
+    AliasSet {
+        name: String,
+        alias: String,
+        version: u32,
+    },
+    /// Remove `alias`.
+    AliasRemove { name: String, alias: String },
+    /// Move `alias` back to where it pointed before its last move.
+    Rollback { name: String, alias: String },
+    /// Hide a version from latest and best.
+    Deprecate {
+        name: String,
+        version: u32,
+        reason: Option<String>,
+    },
+    /// Delete a version's files, keeping a tombstone.
+    Remove {
+        name: String,
+        version: u32,
+        reason: Option<String>,
+        force: bool,
+    },
+    /// Apply the retention policy (of one model, or all).
+    Gc { name: Option<String>, dry_run: bool },
+}
+
+/// The answer to a change: a JSON result, or an error code and message.
+pub type ChangeResult =
+    std::result::Result<serde_json::Value, (crate::protocol::ErrorCode, String)>;
 
 /// The snapshot readers query. Replaced whole after each durable catalog write.
 #[derive(Debug, Default)]
@@ -212,6 +255,12 @@ struct Batch {
     staged: Vec<Staged>,
     outcomes: Vec<(String, Outcome)>,
     registered: Vec<String>,
+    /// Models whose latest, best or aliases may have moved.
+    touched: BTreeSet<String>,
+    /// Version folders to delete once the catalog no longer needs them.
+    deletions: Vec<PathBuf>,
+    replies: Vec<(tokio::sync::oneshot::Sender<ChangeResult>, ChangeResult)>,
+    refresh_all: bool,
 }
 
 impl Registrar {
@@ -287,6 +336,11 @@ impl Registrar {
                 self.in_flight -= 1;
                 self.apply(name, result);
             }
+            RegistrarMsg::Change { change, uid, reply } => {
+                let result = self.change(change, uid);
+                self.batch.replies.push((reply, result));
+            }
+            RegistrarMsg::RefreshLinks => self.batch.refresh_all = true,
         }
     }
 
@@ -322,7 +376,7 @@ impl Registrar {
             .config
             .relative(&self.config.store.join(&s.name))
             .into_owned();
-        let latest = model.as_ref().and_then(|m| m.latest());
+        let latest = model.as_ref().and_then(|m| m.newest());
         let same_source = artifacts
             .iter()
             .filter_map(|(entry, _)| {
@@ -440,6 +494,8 @@ impl Registrar {
                 metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
                 sidecar: fresh.and(sidecar_ref.clone()),
                 metrics_history: vec![],
+                deprecated: None,
+                removed: None,
             };
             tracing::info!(model = name, version = format!("v{}", nv.number), source = %version.source, "registered");
             model.push(version);
@@ -454,6 +510,7 @@ impl Registrar {
             );
             self.batch.staged.push(nv.staged);
             self.batch.registered.push(format!("{name}/v{}", nv.number));
+            self.batch.touched.insert(name.to_string());
         }
         for (entry, fingerprint, number) in unchanged {
             tracing::info!(
@@ -476,9 +533,14 @@ impl Registrar {
             self.board.clear_problem(&shown);
             if s.fresh
                 && !added
-                && let Some(latest) = model.versions.last_mut()
+                && let Some(latest) = model
+                    .versions
+                    .iter_mut()
+                    .rev()
+                    .find(|v| v.removed.is_none())
             {
                 {
+                    self.batch.touched.insert(name.to_string());
                     let (metrics, metadata) = (s.metrics(), s.metadata());
                     if latest.metrics != metrics || latest.metadata != metadata {
                         latest.metrics_history.push(MetricsChange {
@@ -518,19 +580,53 @@ impl Registrar {
     async fn commit(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         let mut outcomes = batch.outcomes;
-        if batch.dirty {
+        let mut replies = batch.replies;
+        if batch.dirty || batch.refresh_all {
             let snapshot = Arc::new(self.catalog.clone());
             let path = self.config.registry.clone();
             let snap = snapshot.clone();
             let staged = batch.staged;
+            let deletions = batch.deletions;
+            let store_dir = self.config.store.clone();
+            let best = self.config.best.clone();
+            let links: Vec<String> = if batch.refresh_all {
+                snapshot.models.keys().cloned().collect()
+            } else {
+                batch.touched.into_iter().collect()
+            };
+            let dirty = batch.dirty;
             let written = tokio::task::spawn_blocking(move || -> (Result<()>, Vec<Staged>) {
-                let r = persist::to_yaml(&snap)
-                    .and_then(|text| persist::write_atomic(&path, text.as_bytes()));
+                let t0 = std::time::Instant::now();
+                let r = if dirty {
+                    persist::to_yaml(&snap)
+                        .and_then(|text| persist::write_atomic(&path, text.as_bytes()))
+                } else {
+                    Ok(())
+                };
+                tracing::debug!(took = ?t0.elapsed(), versions = staged.len(), "catalog written");
                 if r.is_ok() {
                     for s in &staged {
                         if let Err(e) = store::publish(s) {
                             // The catalog names it: start-up recovery finishes the rename.
                             tracing::error!("{e}");
+                        }
+                    }
+                    // Files of removed versions go only now that the tombstone is durable;
+                    // start-up finishes a deletion a crash interrupted.
+                    for d in &deletions {
+                        if let Err(e) = store::discard(d) {
+                            tracing::error!("{e}");
+                        }
+                    }
+                    for name in &links {
+                        if let Some(m) = snap.models.get(name)
+                            && let Err(e) = store::refresh_links(
+                                &store_dir,
+                                name,
+                                &link_targets(m, name, &best),
+                            )
+                        {
+                            tracing::warn!("links of {name}: {e}");
                         }
                     }
                 }
@@ -542,16 +638,22 @@ impl Registrar {
                     self.shared.publish(snapshot);
                     self.board.count_registered(batch.registered.len() as u64);
                 }
-                Ok((Err(e), staged)) => self.roll_back(e.to_string(), staged, &mut outcomes),
+                Ok((Err(e), staged)) => {
+                    self.roll_back(e.to_string(), staged, &mut outcomes, &mut replies)
+                }
                 Err(e) => self.roll_back(
                     format!("catalog writer panicked: {e}"),
                     Vec::new(),
                     &mut outcomes,
+                    &mut replies,
                 ),
             }
         }
         for (name, outcome) in outcomes {
             let _ = self.to_settler.send(SettlerMsg::Done { name, outcome });
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
         }
     }
 
@@ -560,6 +662,7 @@ impl Registrar {
         error: String,
         staged: Vec<Staged>,
         outcomes: &mut [(String, Outcome)],
+        replies: &mut [(tokio::sync::oneshot::Sender<ChangeResult>, ChangeResult)],
     ) {
         self.board.error(format!(
             "writing {}: {error}; nothing of this batch was registered, will retry",
@@ -574,7 +677,329 @@ impl Registrar {
                 *o = Outcome::Failed(error.clone());
             }
         }
+        for (_, r) in replies.iter_mut() {
+            if r.is_ok() {
+                *r = Err((
+                    crate::protocol::ErrorCode::Internal,
+                    format!("not saved: {error}"),
+                ));
+            }
+        }
     }
+}
+
+/// Where a model's links point: latest, best (by the configured metric) and its aliases.
+pub fn link_targets(
+    m: &Model,
+    name: &str,
+    best: &crate::config::BestPolicy,
+) -> Vec<(String, Option<u32>)> {
+    let metric = best.metric_for(name);
+    let mut out = vec![
+        ("latest".to_string(), m.latest().map(|v| v.number)),
+        (
+            "best".to_string(),
+            m.best(metric, best.direction_of(metric)).map(|v| v.number),
+        ),
+    ];
+    out.extend(m.aliases.iter().map(|(a, n)| (a.clone(), Some(*n))));
+    out
+}
+
+type ChangeError = (crate::protocol::ErrorCode, String);
+
+fn model_not_found(name: &str) -> ChangeError {
+    (
+        crate::protocol::ErrorCode::ModelNotFound,
+        format!("no model named {name:?}"),
+    )
+}
+
+fn stored_version(m: &Model, name: &str, n: u32) -> std::result::Result<(), ChangeError> {
+    use crate::protocol::ErrorCode;
+    match m.find(n) {
+        None => Err((
+            ErrorCode::VersionNotFound,
+            format!("{name:?} has no version v{n}"),
+        )),
+        Some(v) if v.removed.is_some() => Err((
+            ErrorCode::VersionRemoved,
+            format!("{name} v{n} was removed"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+impl Registrar {
+    /// Applies a client's change to the catalog (written with the next commit).
+    fn change(&mut self, change: Change, uid: Option<u32>) -> ChangeResult {
+        use crate::protocol::ErrorCode;
+        let now = now_rfc3339();
+        let name = match &change {
+            Change::AliasSet { name, .. }
+            | Change::AliasRemove { name, .. }
+            | Change::Rollback { name, .. }
+            | Change::Deprecate { name, .. }
+            | Change::Remove { name, .. } => name.clone(),
+            Change::Gc { name, dry_run } => return self.gc(name.as_deref(), *dry_run, uid),
+        };
+        let model = self
+            .catalog
+            .models
+            .get_mut(&name)
+            .ok_or_else(|| model_not_found(&name))?;
+        let m = Arc::make_mut(model);
+        let result = match change {
+            Change::AliasSet { alias, version, .. } => {
+                crate::registry::check_alias(&alias).map_err(|r| {
+                    (
+                        ErrorCode::InvalidName,
+                        format!("invalid alias {alias:?}: {r}"),
+                    )
+                })?;
+                stored_version(m, &name, version)?;
+                let from = m.aliases.insert(alias.clone(), version);
+                m.alias_history.push(AliasMove {
+                    alias: alias.clone(),
+                    from,
+                    to: Some(version),
+                    at: now,
+                    uid,
+                    by: "set".into(),
+                });
+                let was = from.map(|f| format!(" (was v{f})")).unwrap_or_default();
+                self.board
+                    .event(format!("{name}: alias {alias} -> v{version}{was}"));
+                serde_json::json!({"name": name, "alias": alias, "version": format!("v{version}"), "from": from.map(|f| format!("v{f}"))})
+            }
+            Change::AliasRemove { alias, .. } => {
+                let from = m.aliases.remove(&alias).ok_or_else(|| {
+                    (
+                        ErrorCode::AliasNotFound,
+                        format!("{name:?} has no alias {alias:?}"),
+                    )
+                })?;
+                m.alias_history.push(AliasMove {
+                    alias: alias.clone(),
+                    from: Some(from),
+                    to: None,
+                    at: now,
+                    uid,
+                    by: "remove".into(),
+                });
+                self.board
+                    .event(format!("{name}: alias {alias} removed (was v{from})"));
+                serde_json::json!({"name": name, "alias": alias, "removed": format!("v{from}")})
+            }
+            Change::Rollback { alias, .. } => {
+                let current = *m.aliases.get(&alias).ok_or_else(|| {
+                    (
+                        ErrorCode::AliasNotFound,
+                        format!("{name:?} has no alias {alias:?}"),
+                    )
+                })?;
+                // The move that brought it here says where it was before.
+                let previous = m
+                    .alias_history
+                    .iter()
+                    .rev()
+                    .find(|h| h.alias == alias && h.to == Some(current))
+                    .and_then(|h| h.from)
+                    .ok_or_else(|| {
+                        (
+                            ErrorCode::NothingToRollBack,
+                            format!("alias {alias} of {name} has no earlier position"),
+                        )
+                    })?;
+                stored_version(m, &name, previous)?;
+                m.aliases.insert(alias.clone(), previous);
+                m.alias_history.push(AliasMove {
+                    alias: alias.clone(),
+                    from: Some(current),
+                    to: Some(previous),
+                    at: now,
+                    uid,
+                    by: "rollback".into(),
+                });
+                self.board.event(format!(
+                    "{name}: alias {alias} rolled back v{current} -> v{previous}"
+                ));
+                serde_json::json!({"name": name, "alias": alias, "version": format!("v{previous}"), "from": format!("v{current}")})
+            }
+            Change::Deprecate {
+                version, reason, ..
+            } => {
+                stored_version(m, &name, version)?;
+                let v = m
+                    .versions
+                    .iter_mut()
+                    .find(|v| v.number == version)
+                    .expect("checked");
+                v.deprecated = Some(Mark {
+                    at: now,
+                    reason: reason.clone(),
+                    uid,
+                });
+                self.board.event(format!(
+                    "{name} v{version} deprecated{}",
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                ));
+                serde_json::json!({"name": name, "version": format!("v{version}"), "deprecated": true})
+            }
+            Change::Remove {
+                version,
+                reason,
+                force,
+                ..
+            } => {
+                let (moved, dir) = remove_version(
+                    m,
+                    &self.config.store,
+                    &name,
+                    version,
+                    reason,
+                    force,
+                    uid,
+                    &now,
+                    "rm",
+                )?;
+                self.batch.deletions.push(dir);
+                self.board.event(format!(
+                    "{name} v{version} removed{}",
+                    if moved.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; aliases dropped: {}", moved.join(", "))
+                    }
+                ));
+                serde_json::json!({"name": name, "version": format!("v{version}"), "removed": true, "aliases_dropped": moved})
+            }
+            Change::Gc { .. } => unreachable!("handled above"),
+        };
+        self.batch.touched.insert(name);
+        self.batch.dirty = true;
+        Ok(result)
+    }
+
+    /// Retention: per model, keep the newest `keep_last` stored versions, the best one and
+    /// every aliased one; remove the rest (or, with `dry_run`, say what would go).
+    fn gc(&mut self, only: Option<&str>, dry_run: bool, uid: Option<u32>) -> ChangeResult {
+        let now = now_rfc3339();
+        let mut report = Vec::new();
+        let mut freed = 0u64;
+        let names: Vec<String> = match only {
+            Some(n) if !self.catalog.models.contains_key(n) => return Err(model_not_found(n)),
+            Some(n) => vec![n.to_string()],
+            None => self.catalog.models.keys().cloned().collect(),
+        };
+        for name in names {
+            let Some(keep) = self
+                .config
+                .retention
+                .get(&name)
+                .or_else(|| self.config.retention.get("*"))
+                .copied()
+            else {
+                continue;
+            };
+            let m = &self.catalog.models[&name];
+            let metric = self.config.best.metric_for(&name);
+            let best = m
+                .best(metric, self.config.best.direction_of(metric))
+                .map(|v| v.number);
+            let stored: Vec<&Version> = m.stored().collect();
+            let cut = stored.len().saturating_sub(keep as usize);
+            let doomed: Vec<(u32, u64)> = stored[..cut]
+                .iter()
+                .filter(|v| Some(v.number) != best && !m.aliases.values().any(|n| *n == v.number))
+                .map(|v| (v.number, v.files.iter().map(|f| f.size).sum()))
+                .collect();
+            for (n, size) in &doomed {
+                freed += size;
+                report.push(
+                    serde_json::json!({"name": name, "version": format!("v{n}"), "size": size}),
+                );
+            }
+            if !dry_run && !doomed.is_empty() {
+                let m = Arc::make_mut(self.catalog.models.get_mut(&name).expect("present"));
+                for (n, _) in &doomed {
+                    let reason = Some(format!("gc: keep_last {keep}"));
+                    let (_, dir) = remove_version(
+                        m,
+                        &self.config.store,
+                        &name,
+                        *n,
+                        reason,
+                        false,
+                        uid,
+                        &now,
+                        "gc",
+                    )?;
+                    self.batch.deletions.push(dir);
+                }
+                self.board
+                    .event(format!("gc removed {} version(s) of {name}", doomed.len()));
+                self.batch.touched.insert(name.clone());
+                self.batch.dirty = true;
+            }
+        }
+        Ok(serde_json::json!({"dry_run": dry_run, "versions": report, "bytes": freed}))
+    }
+}
+
+/// Turns version `n` into a tombstone; returns the aliases dropped (with `force`) and the
+/// folder to delete after the commit. An aliased version is refused without `force`.
+#[allow(clippy::too_many_arguments)]
+fn remove_version(
+    m: &mut Model,
+    store_dir: &Path,
+    name: &str,
+    n: u32,
+    reason: Option<String>,
+    force: bool,
+    uid: Option<u32>,
+    now: &str,
+    by: &str,
+) -> std::result::Result<(Vec<String>, PathBuf), ChangeError> {
+    use crate::protocol::ErrorCode;
+    stored_version(m, name, n)?;
+    let aliased: Vec<String> = m
+        .aliases
+        .iter()
+        .filter(|(_, v)| **v == n)
+        .map(|(a, _)| a.clone())
+        .collect();
+    if !aliased.is_empty() && !force {
+        return Err((
+            ErrorCode::Aliased,
+            format!(
+                "{name} v{n} is what {} point(s) to; move the alias first, or use --force to drop it",
+                aliased.join(", ")
+            ),
+        ));
+    }
+    for a in &aliased {
+        m.aliases.remove(a);
+        m.alias_history.push(AliasMove {
+            alias: a.clone(),
+            from: Some(n),
+            to: None,
+            at: now.to_string(),
+            uid,
+            by: format!("{by} --force"),
+        });
+    }
+    let v = m
+        .versions
+        .iter_mut()
+        .find(|v| v.number == n)
+        .expect("checked");
+    v.removed = Some(Mark {
+        at: now.to_string(),
+        reason,
+        uid,
+    });
+    Ok((aliased, store::version_dir(store_dir, name, n)))
 }
 
 /// Runs a copy job on the blocking pool; see [`Job`].

@@ -74,6 +74,61 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Point an alias (production, staging, ...) at a version, or remove one.
+    Alias {
+        #[command(subcommand)]
+        cmd: AliasCmd,
+    },
+    /// Show a model's aliases and every move they made (who, when, from, to).
+    History {
+        /// The model name.
+        name: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move an alias back to where it pointed before its last move.
+    Rollback {
+        /// The model name.
+        name: String,
+        /// The alias, e.g. production.
+        alias: String,
+    },
+    /// Hide a version from latest and best; it stays stored and reachable by vN.
+    Deprecate {
+        /// The model name.
+        name: String,
+        /// vN.
+        version: String,
+        /// Why (kept in registry.yaml).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Delete a version's files, leaving a tombstone (its number is never reused).
+    Rm {
+        /// The model name.
+        name: String,
+        /// vN.
+        version: String,
+        /// Why (kept in the tombstone).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Also drop the aliases that point to it (refused otherwise).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply the retention policy (`retention` in the settings): keep the newest N, the
+    /// best and every aliased version of each model; remove the rest.
+    Gc {
+        /// Only this model.
+        name: Option<String>,
+        /// Only list what would be removed and how much it would free.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-hash every stored file and report missing, modified or extra files; exit
     /// non-zero when anything is wrong. Nothing is repaired.
     Verify {
@@ -91,6 +146,26 @@ enum Command {
         /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AliasCmd {
+    /// Point ALIAS of NAME at VERSION (vN); the move is kept in the history.
+    Set {
+        /// The model name.
+        name: String,
+        /// The alias (not latest, best or vN).
+        alias: String,
+        /// vN.
+        version: String,
+    },
+    /// Remove ALIAS of NAME.
+    Rm {
+        /// The model name.
+        name: String,
+        /// The alias.
+        alias: String,
     },
 }
 
@@ -300,6 +375,123 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 } else {
                     print_version(&info, v.get("best_by"));
                 }
+            }
+        }
+        Command::Alias {
+            cmd:
+                AliasCmd::Set {
+                    name,
+                    alias,
+                    version,
+                },
+        } => {
+            let v = c.call(&Request::AliasSet {
+                name: name.clone(),
+                alias: alias.clone(),
+                version: version.clone(),
+            })?;
+            let was = v["from"]
+                .as_str()
+                .map(|f| format!(" (was {f})"))
+                .unwrap_or_default();
+            println!(
+                "{name}: {alias} -> {}{was}",
+                v["version"].as_str().unwrap_or("?")
+            );
+        }
+        Command::Alias {
+            cmd: AliasCmd::Rm { name, alias },
+        } => {
+            let v = c.call(&Request::AliasRemove {
+                name: name.clone(),
+                alias: alias.clone(),
+            })?;
+            println!(
+                "{name}: alias {alias} removed (was {})",
+                v["removed"].as_str().unwrap_or("?")
+            );
+        }
+        Command::History { name, json } => {
+            let v = c.call(&Request::History { name: name.clone() })?;
+            if *json {
+                print_json(&v);
+            } else {
+                print_history(&v);
+            }
+        }
+        Command::Rollback { name, alias } => {
+            let v = c.call(&Request::Rollback {
+                name: name.clone(),
+                alias: alias.clone(),
+            })?;
+            println!(
+                "{name}: {alias} rolled back {} -> {}",
+                v["from"].as_str().unwrap_or("?"),
+                v["version"].as_str().unwrap_or("?")
+            );
+        }
+        Command::Deprecate {
+            name,
+            version,
+            reason,
+        } => {
+            c.call(&Request::Deprecate {
+                name: name.clone(),
+                version: version.clone(),
+                reason: reason.clone(),
+            })?;
+            println!("{name} {version} deprecated: hidden from latest and best, still stored");
+        }
+        Command::Rm {
+            name,
+            version,
+            reason,
+            force,
+        } => {
+            let v = c.call(&Request::Rm {
+                name: name.clone(),
+                version: version.clone(),
+                reason: reason.clone(),
+                force: *force,
+            })?;
+            let dropped: Vec<&str> = v["aliases_dropped"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            print!("{name} {version} removed (its number is never reused)");
+            if !dropped.is_empty() {
+                print!("; aliases dropped: {}", dropped.join(", "));
+            }
+            println!();
+        }
+        Command::Gc {
+            name,
+            dry_run,
+            json,
+        } => {
+            let v = c.call(&Request::Gc {
+                name: name.clone(),
+                dry_run: *dry_run,
+            })?;
+            if *json {
+                print_json(&v);
+            } else {
+                let list = v["versions"].as_array().cloned().unwrap_or_default();
+                let verb = if *dry_run { "would remove" } else { "removed" };
+                for x in &list {
+                    println!(
+                        "{verb} {} {} ({})",
+                        x["name"].as_str().unwrap_or("?"),
+                        x["version"].as_str().unwrap_or("?"),
+                        human_size(x["size"].as_u64().unwrap_or(0))
+                    );
+                }
+                let freed = human_size(v["bytes"].as_u64().unwrap_or(0));
+                println!(
+                    "{} version(s), {} {freed}",
+                    list.len(),
+                    if *dry_run { "would free" } else { "freed" }
+                );
             }
         }
         Command::Verify { name, json, .. } => {
@@ -541,6 +733,47 @@ fn print_version(v: &VersionInfo, best_by: Option<&serde_json::Value>) {
     table(&rows);
 }
 
+fn print_history(v: &serde_json::Value) {
+    let aliases = v["aliases"].as_object().cloned().unwrap_or_default();
+    if aliases.is_empty() {
+        println!("no aliases");
+    } else {
+        for (a, n) in &aliases {
+            println!("{a} -> {}", n.as_str().unwrap_or("?"));
+        }
+    }
+    let mut rows = vec![vec![
+        "WHEN".to_string(),
+        "ALIAS".into(),
+        "FROM".into(),
+        "TO".into(),
+        "BY".into(),
+        "UID".into(),
+    ]];
+    let ver = |x: &serde_json::Value| {
+        x.as_u64()
+            .map(|n| format!("v{n}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for h in v["history"].as_array().cloned().unwrap_or_default() {
+        rows.push(vec![
+            h["at"].as_str().unwrap_or("").to_string(),
+            h["alias"].as_str().unwrap_or("").to_string(),
+            ver(&h["from"]),
+            ver(&h["to"]),
+            h["by"].as_str().unwrap_or("").to_string(),
+            h["uid"]
+                .as_u64()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    if rows.len() > 1 {
+        println!();
+        table(&rows);
+    }
+}
+
 fn print_status(s: &StatusInfo) {
     println!(
         "modelreg {} (pid {}), up {:.0}s",
@@ -591,6 +824,12 @@ fn print_status(s: &StatusInfo) {
         println!("problems:");
         for p in &s.problems {
             println!("  {} (since {})", p.message, p.since);
+        }
+    }
+    if !s.recent_changes.is_empty() {
+        println!("recent changes:");
+        for e in &s.recent_changes {
+            println!("  {} {}", e.at, e.message);
         }
     }
     if !s.recent_errors.is_empty() {

@@ -50,6 +50,66 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
     },
+    /// Point an alias (production, staging, ...) at a version.
+    AliasSet {
+        /// The model.
+        name: String,
+        /// The alias.
+        alias: String,
+        /// `vN`.
+        version: String,
+    },
+    /// Remove an alias.
+    AliasRemove {
+        /// The model.
+        name: String,
+        /// The alias.
+        alias: String,
+    },
+    /// Every move of every alias of a model.
+    History {
+        /// The model.
+        name: String,
+    },
+    /// Move an alias back to where it pointed before its last move.
+    Rollback {
+        /// The model.
+        name: String,
+        /// The alias.
+        alias: String,
+    },
+    /// Hide a version from latest and best (it stays stored and reachable by vN).
+    Deprecate {
+        /// The model.
+        name: String,
+        /// `vN`.
+        version: String,
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Delete a version's files, leaving a tombstone (the number is never reused).
+    Rm {
+        /// The model.
+        name: String,
+        /// `vN`.
+        version: String,
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Also drop the aliases pointing to it.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Apply the retention policy (one model, or all); `dry_run` only lists.
+    Gc {
+        /// Only this model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// List what would be removed, remove nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// Re-hash every stored file (of one model, or all) and report what differs.
     Verify {
         /// Only this model.
@@ -68,14 +128,29 @@ impl Request {
             Request::Get { .. } => "get",
             Request::Status {} => "status",
             Request::Wait { .. } => "wait",
+            Request::AliasSet { .. } => "alias_set",
+            Request::AliasRemove { .. } => "alias_remove",
+            Request::History { .. } => "history",
+            Request::Rollback { .. } => "rollback",
+            Request::Deprecate { .. } => "deprecate",
+            Request::Rm { .. } => "rm",
+            Request::Gc { .. } => "gc",
             Request::Verify { .. } => "verify",
         }
     }
 
     /// Whether the request changes the registry, so that the peer's uid is checked
-    /// (SO_PEERCRED). None does yet; aliases and removal will.
+    /// (SO_PEERCRED).
     pub fn is_mutating(&self) -> bool {
-        false
+        match self {
+            Request::AliasSet { .. }
+            | Request::AliasRemove { .. }
+            | Request::Rollback { .. }
+            | Request::Deprecate { .. }
+            | Request::Rm { .. } => true,
+            Request::Gc { dry_run, .. } => !dry_run,
+            _ => false,
+        }
     }
 }
 
@@ -110,6 +185,14 @@ pub enum ErrorCode {
     /// `wait`: the entry cannot be registered until something is fixed (an invalid sidecar,
     /// a refused name); the message says what.
     Blocked,
+    /// The version was removed (its tombstone says when and why).
+    VersionRemoved,
+    /// No such alias.
+    AliasNotFound,
+    /// `rollback`: the alias has no earlier position.
+    NothingToRollBack,
+    /// `rm`: an alias points to the version (use force).
+    Aliased,
     /// The peer's uid may not make this change.
     PermissionDenied,
     /// A bug or an I/O failure in the daemon.
@@ -223,7 +306,20 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Option<serde_json::Value>)
 
 /// Every `op` the daemon answers.
 pub const OPS: &[&str] = &[
-    "ping", "list", "versions", "get", "status", "wait", "verify",
+    "ping",
+    "list",
+    "versions",
+    "get",
+    "status",
+    "wait",
+    "alias_set",
+    "alias_remove",
+    "history",
+    "rollback",
+    "deprecate",
+    "rm",
+    "gc",
+    "verify",
 ];
 
 /// A stored file in an answer.
@@ -267,6 +363,19 @@ pub struct VersionInfo {
     /// When the metrics were last changed by a sidecar edit, if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_updated_at: Option<String>,
+    /// live, deprecated or removed.
+    #[serde(default = "live")]
+    pub state: String,
+    /// Aliases pointing to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Why it was deprecated or removed, when and by whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<crate::registry::Mark>,
+}
+
+fn live() -> String {
+    "live".into()
 }
 
 /// One model in a `list` answer.
@@ -360,6 +469,9 @@ pub struct StatusInfo {
     pub problems: Vec<Problem>,
     /// The last errors, newest last.
     pub recent_errors: Vec<RecentError>,
+    /// The last changes made through the socket (aliases, removals), newest last.
+    #[serde(default)]
+    pub recent_changes: Vec<RecentError>,
 }
 
 #[cfg(test)]
@@ -407,6 +519,9 @@ mod tests {
                 format!(r#"{{"op":"{op}"}}"#),
                 format!(r#"{{"op":"{op}","name":"m"}}"#),
                 format!(r#"{{"op":"{op}","name":"m","entry":"m.pt"}}"#),
+                format!(r#"{{"op":"{op}","name":"m","alias":"a"}}"#),
+                format!(r#"{{"op":"{op}","name":"m","alias":"a","version":"v1"}}"#),
+                format!(r#"{{"op":"{op}","name":"m","version":"v1"}}"#),
             ];
             assert!(
                 forms.iter().any(|l| parse_request(l.as_bytes()).is_ok()),

@@ -38,6 +38,8 @@ pub struct Context {
     pub board: Arc<StatusBoard>,
     /// The settler, asked what is waiting.
     pub settler: mpsc::UnboundedSender<SettlerMsg>,
+    /// The registrar, which makes every change.
+    pub registrar: mpsc::UnboundedSender<crate::ingest::RegistrarMsg>,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -146,7 +148,7 @@ async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdow
                         ),
                     )
                 } else {
-                    dispatch(req, ctx).await
+                    dispatch(req, ctx, peer_uid).await
                 };
                 r.id = id;
                 r
@@ -181,8 +183,10 @@ fn trim_line(line: &[u8]) -> &[u8] {
     &line[..end]
 }
 
-/// Answers one request.
-pub async fn dispatch(req: Request, ctx: &Context) -> Response {
+/// Answers one request; `peer_uid` is recorded with the changes it makes.
+pub async fn dispatch(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Response {
+    use crate::ingest::Change;
+    let change = |c: Change| send_change(ctx, c, peer_uid);
     match req {
         Request::Ping {} => {
             Response::ok(serde_json::json!({"pong": true, "version": env!("CARGO_PKG_VERSION")}))
@@ -201,7 +205,127 @@ pub async fn dispatch(req: Request, ctx: &Context) -> Response {
             entry,
             timeout_ms,
         } => wait(ctx, &name, &entry, timeout_ms).await,
+        Request::History { name } => history(ctx, &name),
+        Request::AliasSet {
+            name,
+            alias,
+            version,
+        } => match version_number(&version) {
+            Ok(v) => {
+                change(Change::AliasSet {
+                    name,
+                    alias,
+                    version: v,
+                })
+                .await
+            }
+            Err(r) => r,
+        },
+        Request::AliasRemove { name, alias } => change(Change::AliasRemove { name, alias }).await,
+        Request::Rollback { name, alias } => change(Change::Rollback { name, alias }).await,
+        Request::Deprecate {
+            name,
+            version,
+            reason,
+        } => match version_number(&version) {
+            Ok(v) => {
+                change(Change::Deprecate {
+                    name,
+                    version: v,
+                    reason,
+                })
+                .await
+            }
+            Err(r) => r,
+        },
+        Request::Rm {
+            name,
+            version,
+            reason,
+            force,
+        } => match version_number(&version) {
+            Ok(v) => {
+                change(Change::Remove {
+                    name,
+                    version: v,
+                    reason,
+                    force,
+                })
+                .await
+            }
+            Err(r) => r,
+        },
+        Request::Gc { name, dry_run } => change(Change::Gc { name, dry_run }).await,
         Request::Verify { name } => verify(ctx, name).await,
+    }
+}
+
+fn version_number(s: &str) -> Result<u32, Response> {
+    parse_version_number(s)
+        .filter(|_| s.starts_with('v'))
+        .ok_or_else(|| {
+            Response::err(
+                ErrorCode::InvalidSelector,
+                format!("{s:?} is not a version such as v3"),
+            )
+        })
+}
+
+/// Hands a change to the registrar and waits until it is durable.
+async fn send_change(ctx: &Context, change: crate::ingest::Change, uid: Option<u32>) -> Response {
+    use crate::ingest::Change;
+    let name = match &change {
+        Change::AliasSet { name, .. }
+        | Change::AliasRemove { name, .. }
+        | Change::Rollback { name, .. }
+        | Change::Deprecate { name, .. }
+        | Change::Remove { name, .. } => Some(name.as_str()),
+        Change::Gc { name, .. } => name.as_deref(),
+    };
+    if let Some(n) = name
+        && let Err(reason) = names::check_name(n)
+    {
+        return Response::err(
+            ErrorCode::InvalidName,
+            format!("invalid model name {n:?}: it {reason}"),
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    if ctx
+        .registrar
+        .send(crate::ingest::RegistrarMsg::Change {
+            change,
+            uid,
+            reply: tx,
+        })
+        .is_err()
+    {
+        return Response::err(ErrorCode::Internal, "the daemon is shutting down");
+    }
+    match tokio::time::timeout(Duration::from_secs(120), rx).await {
+        Ok(Ok(Ok(v))) => Response::ok(v),
+        Ok(Ok(Err((code, message)))) => Response::err(code, message),
+        _ => Response::err(
+            ErrorCode::Internal,
+            "the change was not confirmed (the daemon is shutting down?)",
+        ),
+    }
+}
+
+fn history(ctx: &Context, name: &str) -> Response {
+    let catalog = ctx.shared.catalog();
+    match find_model(&catalog, name) {
+        Ok(m) => {
+            let aliases: std::collections::BTreeMap<&String, String> = m
+                .aliases
+                .iter()
+                .map(|(a, n)| (a, format!("v{n}")))
+                .collect();
+            to_json(
+                &serde_json::json!({ "name": name, "aliases": aliases, "history": m.alias_history }),
+            )
+        }
+        Err(r) => r,
     }
 }
 
@@ -238,7 +362,7 @@ fn list(ctx: &Context) -> Response {
             Some(ModelSummary {
                 name: name.clone(),
                 latest: format!("v{}", v.number),
-                versions: m.versions.len(),
+                versions: m.stored().count(),
                 registered_at: v.registered_at.clone(),
                 path: primary_path(&cfg, name, v),
             })
@@ -298,8 +422,43 @@ fn get(
             basis = Some(BestBasis { metric, mode });
             v
         }
-        s => match parse_version_number(s) {
-            Some(n) => match model.find(n) {
+        s => {
+            let n = match parse_version_number(s).filter(|_| s.starts_with('v')) {
+                Some(n) => n,
+                None => match model.aliases.get(s) {
+                    Some(n) => *n,
+                    None if crate::registry::check_alias(s).is_ok() => {
+                        let known: Vec<&String> = model.aliases.keys().collect();
+                        return Response::err(
+                            ErrorCode::AliasNotFound,
+                            format!(
+                                "{name:?} has no alias {s:?} (aliases: {known:?}; or use vN, latest, best)"
+                            ),
+                        );
+                    }
+                    None => {
+                        return Response::err(
+                            ErrorCode::InvalidSelector,
+                            format!("selector {s:?} is not vN, latest, best or an alias"),
+                        );
+                    }
+                },
+            };
+            match model.find(n) {
+                Some(v) if v.removed.is_some() => {
+                    let m = v.removed.as_ref().expect("checked");
+                    return Response::err(
+                        ErrorCode::VersionRemoved,
+                        format!(
+                            "{name} v{n} was removed at {}{}",
+                            m.at,
+                            m.reason
+                                .as_deref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
                 Some(v) => Some(v),
                 None => {
                     return Response::err(
@@ -310,14 +469,8 @@ fn get(
                         ),
                     );
                 }
-            },
-            None => {
-                return Response::err(
-                    ErrorCode::InvalidSelector,
-                    format!("selector {s:?} is not vN, latest or best"),
-                );
             }
-        },
+        }
     };
     let Some(v) = version else {
         return Response::err(
@@ -339,7 +492,7 @@ fn get(
             );
         }
     }
-    let info = version_info(&cfg, name, v);
+    let info = version_info_in(&cfg, name, v, model);
     let mut value = match serde_json::to_value(&info) {
         Ok(v) => v,
         Err(e) => return Response::err(ErrorCode::Internal, e.to_string()),
@@ -472,9 +625,29 @@ fn primary_path(cfg: &Config, name: &str, v: &Version) -> String {
     }
 }
 
+/// The answer form of a version, with its state and the aliases pointing to it.
+pub fn version_info_in(cfg: &Config, name: &str, v: &Version, m: &Model) -> VersionInfo {
+    let mut info = version_info(cfg, name, v);
+    info.aliases = m
+        .aliases
+        .iter()
+        .filter(|(_, n)| **n == v.number)
+        .map(|(a, _)| a.clone())
+        .collect();
+    info
+}
+
 /// The answer form of a version: absolute paths, sizes, metrics.
 pub fn version_info(cfg: &Config, name: &str, v: &Version) -> VersionInfo {
+    let (state, mark) = match (&v.removed, &v.deprecated) {
+        (Some(m), _) => ("removed", Some(m.clone())),
+        (None, Some(m)) => ("deprecated", Some(m.clone())),
+        (None, None) => ("live", None),
+    };
     VersionInfo {
+        state: state.to_string(),
+        aliases: Vec::new(),
+        mark,
         name: name.to_string(),
         version: format!("v{}", v.number),
         number: v.number,
@@ -528,6 +701,7 @@ async fn status(ctx: &Context) -> Response {
         waiting,
         problems,
         recent_errors,
+        recent_changes: ctx.board.events(),
     })
 }
 

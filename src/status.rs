@@ -21,6 +21,7 @@ pub struct StatusBoard {
 struct Inner {
     problems: BTreeMap<String, Problem>,
     recent: VecDeque<RecentError>,
+    events: VecDeque<RecentError>,
     registered: u64,
     watch: String,
 }
@@ -84,6 +85,18 @@ impl StatusBoard {
         tracing::error!("{message}");
         push_recent(&mut self.lock().recent, message);
         self.changed.notify_one();
+    }
+
+    /// Records a change made through the socket (alias moves, removals, ...).
+    pub fn event(&self, message: String) {
+        tracing::info!("{message}");
+        push_recent(&mut self.lock().events, message);
+        self.changed.notify_one();
+    }
+
+    /// The last changes, oldest first.
+    pub fn events(&self) -> Vec<RecentError> {
+        self.lock().events.iter().cloned().collect()
     }
 
     /// Counts a registered version.

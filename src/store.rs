@@ -435,6 +435,50 @@ fn read_full(r: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// Makes `<store>/<name>/<link>` a symlink to `v<N>` for each `(link, Some(N))`, and
+/// removes links given as `(link, None)` and any other symlink in the model's folder
+/// (aliases since removed). Each link is replaced atomically: a new symlink under a
+/// temporary name, renamed over the old one, so a reader never finds it missing.
+pub fn refresh_links(store: &Path, name: &str, links: &[(String, Option<u32>)]) -> Result<()> {
+    let dir = store.join(name);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for (link, target) in links {
+        let path = dir.join(link);
+        match target {
+            Some(n) => {
+                let want = PathBuf::from(format!("v{n}"));
+                if fs::read_link(&path).ok().as_ref() == Some(&want) {
+                    continue;
+                }
+                let tmp = dir.join(format!(".{link}.{}.tmp", std::process::id()));
+                let _ = fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(&want, &tmp)
+                    .map_err(|e| Error::io("create symlink", &tmp, e))?;
+                fs::rename(&tmp, &path).map_err(|e| Error::io("replace symlink", &path, e))?;
+            }
+            None => {
+                if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                    fs::remove_file(&path).map_err(|e| Error::io("remove symlink", &path, e))?;
+                }
+            }
+        }
+    }
+    let keep: std::collections::BTreeSet<&str> = links.iter().map(|(l, _)| l.as_str()).collect();
+    for e in fs::read_dir(&dir)
+        .map_err(|e| Error::io("list", &dir, e))?
+        .flatten()
+    {
+        let fname = e.file_name();
+        let fname = fname.to_string_lossy();
+        if e.file_type().is_ok_and(|t| t.is_symlink()) && !keep.contains(fname.as_ref()) {
+            fs::remove_file(e.path()).map_err(|err| Error::io("remove symlink", e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
 /// SHA-256 and size of a file, for verification.
 pub fn hash_file(path: &Path) -> Result<(String, u64)> {
     let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
@@ -610,6 +654,8 @@ mod tests {
                 metadata: Default::default(),
                 sidecar: None,
                 metrics_history: vec![],
+                deprecated: None,
+                removed: None,
             });
         }
         let mut c = Catalog::default();

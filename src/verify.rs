@@ -53,7 +53,7 @@ pub struct VerifyReport {
 pub fn missing_files(root: &Path, catalog: &Catalog) -> Vec<VerifyProblem> {
     let mut out = Vec::new();
     for (name, m) in &catalog.models {
-        for v in &m.versions {
+        for v in m.stored() {
             for f in &v.files {
                 let p = root.join(&f.path);
                 if fs::symlink_metadata(&p).is_err() {
@@ -83,7 +83,7 @@ pub fn verify(
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        for v in &m.versions {
+        for v in m.stored() {
             report.versions += 1;
             expected.insert(store::version_dir(store_dir, name, v.number));
             for f in &v.files {
@@ -184,6 +184,15 @@ pub fn verify(
                 detail: format!("model folder {name} is not in the catalog"),
             });
             continue;
+        }
+        // latest, best and aliases are symlinks the daemon keeps beside the versions.
+        let m = &catalog.models[&name];
+        for link in ["latest", "best"]
+            .into_iter()
+            .map(String::from)
+            .chain(m.aliases.keys().cloned())
+        {
+            expected.insert(dir.join(link));
         }
         extra_under(&dir, &expected, &mut report.problems);
     }

@@ -522,4 +522,18 @@ fn issue2_readme_walkthrough_verbatim() {
     );
     assert!(stdout.contains("chest_xray_densenet"), "{stdout}");
     assert_eq!(d.versions("resnet18").len(), 2);
+    // Promotion and rollback.
+    assert!(
+        stdout.contains("resnet18: production rolled back v2 -> v1"),
+        "{stdout}"
+    );
+    assert_eq!(d.get("resnet18", "production").unwrap().version, "v1");
+    assert!(
+        stdout.contains("production -> v1") && stdout.contains("rollback"),
+        "history: {stdout}"
+    );
+    assert!(
+        stdout.contains("production -> v1") && stdout.contains("latest -> v2"),
+        "ls -l shows the links: {stdout}"
+    );
 }

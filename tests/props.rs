@@ -128,6 +128,8 @@ fn version(n: u32) -> impl Strategy<Value = Version> {
                 .collect(),
             sidecar: None,
             metrics_history: vec![],
+            deprecated: None,
+            removed: None,
         })
 }
 

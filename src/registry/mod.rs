@@ -32,8 +32,47 @@ pub struct Catalog {
 pub struct Model {
     /// The highest version number ever given; the next one is this + 1.
     pub highest: u32,
-    /// Versions in ascending number.
+    /// Versions in ascending number, tombstones of removed ones included.
     pub versions: Vec<Version>,
+    /// Named pointers (production, staging, ...) to version numbers.
+    pub aliases: BTreeMap<String, u32>,
+    /// Every move of every alias, oldest first.
+    pub alias_history: Vec<AliasMove>,
+}
+
+/// One move of an alias: set, moved, rolled back or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasMove {
+    /// The alias.
+    pub alias: String,
+    /// Where it pointed before (none: it did not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u32>,
+    /// Where it points after (none: removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
+    /// When.
+    pub at: String,
+    /// The uid of the client that asked (SO_PEERCRED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// set, rollback, remove, or the operation that moved it (rm --force).
+    pub by: String,
+}
+
+/// When, why and by whom a version was deprecated or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mark {
+    /// When.
+    pub at: String,
+    /// Why, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The uid of the client that asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 /// Whether a version holds one file or a folder of files.
@@ -82,6 +121,13 @@ pub struct Version {
     /// Earlier metrics replaced by later sidecar edits, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics_history: Vec<MetricsChange>,
+    /// Hidden from latest and best, but kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated: Option<Mark>,
+    /// Its files are deleted; this entry stays as a tombstone, so the number is never
+    /// given again and `get` can say when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Mark>,
 }
 
 /// One stored file of a version.
@@ -141,9 +187,20 @@ impl Catalog {
 }
 
 impl Model {
-    /// The newest version.
+    /// The newest version that is neither deprecated nor removed.
     pub fn latest(&self) -> Option<&Version> {
-        self.versions.last()
+        self.versions.iter().rev().find(|v| v.is_live())
+    }
+
+    /// The newest version whose files exist (deprecated ones included): what new bytes are
+    /// compared with, and what a sidecar edit updates.
+    pub fn newest(&self) -> Option<&Version> {
+        self.versions.iter().rev().find(|v| v.removed.is_none())
+    }
+
+    /// Versions whose files exist.
+    pub fn stored(&self) -> impl Iterator<Item = &Version> {
+        self.versions.iter().filter(|v| v.removed.is_none())
     }
 
     /// Version `n`.
@@ -158,7 +215,7 @@ impl Model {
     /// metric are skipped and a tie goes to the newer version.
     pub fn best(&self, metric: &str, direction: Direction) -> Option<&Version> {
         let mut best: Option<(&Version, f64)> = None;
-        for v in &self.versions {
+        for v in self.versions.iter().filter(|v| v.is_live()) {
             let Some(&x) = v.metrics.get(metric) else {
                 continue;
             };
@@ -186,6 +243,11 @@ impl Model {
 }
 
 impl Version {
+    /// Neither deprecated nor removed.
+    pub fn is_live(&self) -> bool {
+        self.deprecated.is_none() && self.removed.is_none()
+    }
+
     /// Whether this version holds exactly the same files as `files`: (path relative to
     /// the version folder, sha256) pairs in the stored order. `dir` is the version
     /// folder as it appears in the stored paths, without a trailing `/`.
@@ -199,6 +261,18 @@ impl Version {
                         == Some(name.as_str())
             })
     }
+}
+
+/// Whether `alias` can name an alias: a safe name that is not `latest`, `best` or `vN`.
+pub fn check_alias(alias: &str) -> Result<(), String> {
+    crate::names::check_name(alias)?;
+    if alias == "latest" || alias == "best" {
+        return Err(format!("{alias:?} is reserved"));
+    }
+    if alias.starts_with('v') && alias[1..].bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{alias:?} looks like a version number"));
+    }
+    Ok(())
 }
 
 /// Parses a selector of the form `vN` (or a bare `N`) into N.
@@ -225,6 +299,8 @@ mod tests {
             metadata: Default::default(),
             sidecar: None,
             metrics_history: vec![],
+            deprecated: None,
+            removed: None,
         }
     }
 
@@ -259,6 +335,31 @@ mod tests {
         assert_eq!(m.find(2).unwrap().number, 2);
         assert!(m.find(3).is_none());
         assert_eq!(m.highest, 5);
+    }
+
+    #[test]
+    fn deprecated_and_removed_are_skipped_by_latest_and_best() {
+        let mut m = model(vec![
+            v(1, &[("accuracy", 0.9)]),
+            v(2, &[("accuracy", 0.5)]),
+            v(3, &[("accuracy", 0.4)]),
+        ]);
+        let mark = Mark {
+            at: "t".into(),
+            reason: None,
+            uid: None,
+        };
+        m.versions[0].deprecated = Some(mark.clone());
+        m.versions[2].removed = Some(mark);
+        assert_eq!(m.latest().unwrap().number, 2);
+        assert_eq!(m.newest().unwrap().number, 2);
+        assert_eq!(m.best("accuracy", Direction::Max).unwrap().number, 2);
+        assert!(check_alias("production").is_ok());
+        assert!(
+            check_alias("latest").is_err()
+                && check_alias("v3").is_err()
+                && check_alias("../x").is_err()
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Catalog, Model, SourceRecord, Version};
+use super::{AliasMove, Catalog, Model, SourceRecord, Version};
 use crate::error::{Error, ParseError, Result};
 
 /// The registry.yaml format this build writes and reads.
@@ -49,6 +49,10 @@ struct ModelRepr {
     highest_version: u32,
     #[serde(default)]
     versions: VersionMap,
+    #[serde(default)]
+    aliases: BTreeMap<String, u32>,
+    #[serde(default)]
+    alias_history: Vec<AliasMove>,
 }
 
 /// The same shape, borrowed, for writing without copying the catalog.
@@ -64,6 +68,10 @@ struct ModelReprRef<'a> {
     highest_version: u32,
     #[serde(serialize_with = "versions_as_map")]
     versions: &'a [Version],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    aliases: &'a BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "<[AliasMove]>::is_empty")]
+    alias_history: &'a [AliasMove],
 }
 
 /// Versions as a map `v1: ..., v2: ...` in numeric order (a plain map would sort v10
@@ -140,6 +148,8 @@ fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
                     ModelReprRef {
                         highest_version: m.highest,
                         versions: &m.versions,
+                        aliases: &m.aliases,
+                        alias_history: &m.alias_history,
                     },
                 )
             })
@@ -180,11 +190,24 @@ fn into_catalog(shown: &str, repr: FileRepr) -> std::result::Result<Catalog, Par
                 ),
             ));
         }
+        if let Some((alias, n)) = m.aliases.iter().find(|(_, n)| {
+            !versions
+                .iter()
+                .any(|v| v.number == **n && v.removed.is_none())
+        }) {
+            return Err(ParseError::at(
+                shown,
+                None,
+                format!("model {name}: alias {alias} points to v{n}, which is not stored"),
+            ));
+        }
         models.insert(
             name,
             Arc::new(Model {
                 highest: m.highest_version,
                 versions,
+                aliases: m.aliases,
+                alias_history: m.alias_history,
             }),
         );
     }
@@ -354,6 +377,8 @@ mod tests {
             metadata: Default::default(),
             sidecar: None,
             metrics_history: vec![],
+            deprecated: None,
+            removed: None,
         }
     }
 
