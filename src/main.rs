@@ -201,8 +201,11 @@ fn serve(root: &Path, config_path: Option<&Path>) -> ExitCode {
         eprintln!("modelreg: cannot install signal handlers: {e}");
         return ExitCode::from(EXIT_ERROR);
     }
+    // Idle blocking threads park instead of exiting after tokio's default 10 s, so an
+    // idle daemon does not wake up at all.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .build()
     {
         Ok(r) => r,
