@@ -384,7 +384,9 @@ fn issue2_best_rules_and_errors() {
     for (sel, code) in [
         ("v9", ErrorCode::VersionNotFound),
         ("v0", ErrorCode::InvalidSelector),
-        ("newest", ErrorCode::InvalidSelector),
+        // A name that could be an alias, but is not one of this model's.
+        ("newest", ErrorCode::AliasNotFound),
+        ("../v1", ErrorCode::InvalidSelector),
     ] {
         assert_eq!(d.get("b", sel).unwrap_err().code(), Some(code), "{sel}");
     }
