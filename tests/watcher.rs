@@ -378,9 +378,11 @@ fn issue3_unsafe_names() {
     });
     write(&d.inbox().join("fine.pt"), b"z");
     d.wait_versions("fine", 1);
+    // Model folders only (the store also holds its `.staging` folder).
     let stored: Vec<_> = std::fs::read_dir(d.root.path().join("models"))
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
         .collect();
     assert_eq!(stored, ["fine"]);
 }
