@@ -52,16 +52,8 @@ impl Table {
             goal: goal.into(),
             met,
         };
-        eprintln!(
-            "  {} | {} | {} | {} | {} | {} | {}",
-            r.scenario,
-            r.measure,
-            r.value,
-            r.baseline,
-            r.ratio,
-            r.goal,
-            met_text(r.met)
-        );
+        // Progress as it goes, on stderr; the table at the end on stdout.
+        eprintln!("  {}", r.line());
         self.0.push(r);
     }
 
@@ -69,17 +61,24 @@ impl Table {
         println!("\n| scenario | measure | modelreg | baseline | ratio | goal | met |");
         println!("|---|---|---|---|---|---|---|");
         for r in &self.0 {
-            println!(
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                r.scenario,
-                r.measure,
-                r.value,
-                r.baseline,
-                r.ratio,
-                r.goal,
-                met_text(r.met)
-            );
+            println!("{}", r.line());
         }
+    }
+}
+
+impl Row {
+    /// The row as a Markdown table line.
+    fn line(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            self.scenario,
+            self.measure,
+            self.value,
+            self.baseline,
+            self.ratio,
+            self.goal,
+            met_text(self.met)
+        )
     }
 }
 
