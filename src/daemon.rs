@@ -170,8 +170,14 @@ pub async fn run(
         for v in m.versions.iter().filter(|v| v.removed.is_some()) {
             let dir = store::version_dir(&config.store, name, v.number);
             if dir.exists() {
-                store::discard(&dir)?;
-                tracing::info!("finished removing {name} v{}", v.number);
+                // One folder that cannot be removed must not stop the daemon.
+                match store::discard(&dir) {
+                    Ok(()) => tracing::info!("finished removing {name} v{}", v.number),
+                    Err(e) => board.set_problem(
+                        &dir.display().to_string(),
+                        &format!("{name} v{} was removed but its files remain: {e}", v.number),
+                    ),
+                }
             }
         }
     }

@@ -373,3 +373,39 @@ fn issue8_changes_need_the_daemons_uid() {
     assert!(out.status.success(), "reading is allowed: {}", text(&out));
     assert!(d.get("u", "production").is_err(), "nothing changed");
 }
+
+/// A crash after an `rm` was written to registry.yaml but before the files were deleted:
+/// the next start deletes exactly the tombstoned version's files, nothing else.
+#[test]
+fn issue8_interrupted_rm_is_finished_at_start() {
+    let mut d = TestDaemon::quick();
+    register(&d, "t", &[0.1, 0.2]);
+    register(&d, "keep", &[0.3]);
+    assert!(d.stop().success());
+    // What registry.yaml holds when a crash hits between the tombstone and the deletion.
+    let reg = d.registry_path();
+    let mut c = modelreg::registry::persist::load(&reg).unwrap().unwrap();
+    let m = std::sync::Arc::make_mut(c.models.get_mut("t").unwrap());
+    m.versions[0].removed = Some(modelreg::registry::Mark {
+        at: "2026-11-26T00:00:00Z".into(),
+        reason: None,
+        uid: None,
+    });
+    modelreg::registry::persist::write_atomic(
+        &reg,
+        modelreg::registry::persist::to_yaml(&c).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let v1 = d.root.path().join("models/t/v1");
+    assert!(v1.exists());
+    d.spawn();
+    assert!(!v1.exists(), "the interrupted removal is finished");
+    assert!(d.root.path().join("models/t/v2/t.pt").exists());
+    assert!(d.root.path().join("models/keep/v1/keep.pt").exists());
+    assert_eq!(
+        d.get("t", "v1").unwrap_err().code(),
+        Some(ErrorCode::VersionRemoved)
+    );
+    let out = d.cli(&["verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
