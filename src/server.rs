@@ -734,8 +734,23 @@ pub fn bind(path: &Path, group: Option<&str>) -> crate::error::Result<UnixListen
     if let Some(group) = group {
         let gid = group_id(group)
             .ok_or_else(|| Error::Other(format!("socket_group: no group named {group:?}")))?;
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| Error::io("chown control socket", path, e))?;
+        // A new file takes the process's group: under systemd (Group= in the unit) the
+        // socket already has it, and a chown there would be refused anyway
+        // (SystemCallFilter=~@privileged answers EPERM). Only chown when it changes something.
+        use std::os::unix::fs::MetadataExt;
+        let have = std::fs::symlink_metadata(path)
+            .map_err(|e| Error::io("stat control socket", path, e))?
+            .gid();
+        if have != gid {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+                Error::Other(format!(
+                    "socket_group {group}: cannot give the control socket {} to group {group} \
+                     (gid {gid}): {e}. Run the daemon with {group} as its group (Group={group} \
+                     in the systemd unit), or leave socket_group unset",
+                    path.display()
+                ))
+            })?;
+        }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
             .map_err(|e| Error::io("chmod control socket", path, e))?;
