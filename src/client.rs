@@ -16,6 +16,18 @@ pub enum ClientError {
         "no modelreg daemon is listening on {path} ({reason}).\nStart one with `modelreg serve --root <root>` (or `systemctl start modelreg`), or point --socket / $MODELREG_SOCKET at the right socket."
     )]
     NotRunning { path: PathBuf, reason: String },
+    /// A daemon may well be listening, but this user may not connect (EACCES).
+    #[error(
+        "permission denied on {path}: you are not in group {group} (or run as {owner}).\nAsk for `usermod -aG {group} $USER` and log in again, or run the command as {owner}."
+    )]
+    PermissionDenied {
+        path: PathBuf,
+        /// The group that may connect (the socket's, or its folder's when the socket
+        /// itself cannot be looked at).
+        group: String,
+        /// The socket's owner.
+        owner: String,
+    },
     /// The connection broke mid-way.
     #[error("talking to {path}: {source}")]
     Io {
@@ -51,9 +63,14 @@ pub struct Client {
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|e| ClientError::NotRunning {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+        let stream = UnixStream::connect(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return permission_denied(path);
+            }
+            ClientError::NotRunning {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
         })?;
         let io = |e| ClientError::Io {
             path: path.to_path_buf(),
@@ -119,5 +136,55 @@ impl Client {
     ) -> Result<T, ClientError> {
         let v = self.call(req)?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+/// Names who may connect to `path`: the socket's group and owner, or those of the first
+/// folder above it that can be looked at (a folder without search permission is what
+/// refused us then).
+fn permission_denied(path: &Path) -> ClientError {
+    use std::os::unix::fs::MetadataExt;
+    let meta = path
+        .ancestors()
+        .find_map(|p| std::fs::symlink_metadata(p).ok());
+    let (uid, gid) = meta.map(|m| (m.uid(), m.gid())).unwrap_or((0, 0));
+    ClientError::PermissionDenied {
+        path: path.to_path_buf(),
+        group: group_name(gid),
+        owner: user_name(uid),
+    }
+}
+
+/// A group's name, or its number when it has none.
+fn group_name(gid: u32) -> String {
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getgrgid_r writes only into grp/buf.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc == 0 && !out.is_null() {
+        // SAFETY: gr_name points into buf, NUL-terminated, while buf lives.
+        unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        gid.to_string()
+    }
+}
+
+/// A user's name, or its number when it has none.
+fn user_name(uid: u32) -> String {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getpwuid_r writes only into pwd/buf.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc == 0 && !out.is_null() {
+        // SAFETY: pw_name points into buf, NUL-terminated, while buf lives.
+        unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        uid.to_string()
     }
 }

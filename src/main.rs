@@ -173,6 +173,8 @@ enum AliasCmd {
 const EXIT_ERROR: u8 = 1;
 /// Exit code when no daemon listens on the socket.
 const EXIT_NOT_RUNNING: u8 = 3;
+/// Exit code when the socket refused this user (EACCES): a daemon may well be running.
+const EXIT_PERMISSION_DENIED: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -312,6 +314,10 @@ fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
         Err(e @ ClientError::NotRunning { .. }) => {
             eprintln!("modelreg: {e}");
             ExitCode::from(EXIT_NOT_RUNNING)
+        }
+        Err(e @ ClientError::PermissionDenied { .. }) => {
+            eprintln!("modelreg: {e}");
+            ExitCode::from(EXIT_PERMISSION_DENIED)
         }
         Err(e) => {
             eprintln!("modelreg: {e}");
