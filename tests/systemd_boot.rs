@@ -111,7 +111,7 @@ impl Machine {
         .arg(&script)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(script.with_extension("log")).unwrap());
         // SAFETY: prctl only sets this process's parent-death signal. If the test process
         // dies without running Drop, unshare gets SIGKILL and --kill-child takes PID 1.
         unsafe {
@@ -130,7 +130,11 @@ impl Machine {
         let deadline = Instant::now() + Duration::from_secs(20);
         while m.pid == 0 {
             m.pid = child_of(parent).unwrap_or(0);
-            assert!(Instant::now() < deadline, "unshare started no PID 1");
+            assert!(
+                Instant::now() < deadline,
+                "unshare started no PID 1: {}",
+                std::fs::read_to_string(script.with_extension("log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         // Until systemd answers, nsenter may land in a half-built namespace: wait for its
@@ -474,6 +478,7 @@ fn documented_install_serves_the_group_under_real_systemd() {
     let t0 = Instant::now();
     m.ok("systemctl stop modelreg");
     let took = t0.elapsed();
+    println!("[install] systemctl stop took {took:?}");
     let timeout = m.show("modelreg", "TimeoutStopUSec");
     assert!(
         took < Duration::from_secs(60),
@@ -491,6 +496,7 @@ fn documented_install_serves_the_group_under_real_systemd() {
     let frozen = m.show("modelreg", "MainPID");
     let restarts: u32 = m.show("modelreg", "NRestarts").parse().unwrap();
     m.ok(&format!("kill -STOP {frozen}"));
+    let t0 = Instant::now();
     m.wait(Duration::from_secs(90), "a restart by the watchdog", || {
         let pid = m.show("modelreg", "MainPID");
         m.show("modelreg", "ActiveState") == "active"
@@ -499,6 +505,15 @@ fn documented_install_serves_the_group_under_real_systemd() {
             && m.show("modelreg", "NRestarts").parse::<u32>().unwrap() > restarts
     });
     let sys = m.ok("journalctl -u modelreg -o cat --no-pager");
+    println!(
+        "[install] frozen pid {frozen}: restarted as pid {} after {:?}; systemd said:\n{}",
+        m.show("modelreg", "MainPID"),
+        t0.elapsed(),
+        sys.lines()
+            .filter(|l| l.contains("atchdog") || l.contains("SIGABRT") || l.contains("restart"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(sys.contains("Watchdog timeout"), "{sys}");
     m.ok(&as_user("alice", &format!("{cli} get alice_net v1")));
     m.ok("rm -r /run/systemd/system/modelreg.service.d && systemctl daemon-reload");
@@ -570,7 +585,7 @@ fn debian_package_installs_and_starts_the_service() {
     );
     m.ok("getent passwd modelreg && getent group modelreg");
     assert_eq!(
-        m.ok(&format!("dpkg-query -W -f='${{Version}}' modelreg")),
+        m.ok("dpkg-query -W -f='${Version}' modelreg"),
         format!("{version}-1")
     );
     let conffiles = m.ok("dpkg-query -W -f='${Conffiles}' modelreg");
