@@ -372,6 +372,7 @@ fn documented_install_serves_the_group_under_real_systemd() {
         "{err}"
     );
     assert!(!err.contains("no modelreg daemon"), "{err}");
+    println!("[install] bob (not in the group), exit 4: {err}");
 
     // A member drops a model; it is registered.
     m.ok(&as_user(
@@ -448,6 +449,7 @@ fn documented_install_serves_the_group_under_real_systemd() {
         "0",
         "reload is not a restart"
     );
+    keep_status(&m, "after-reload");
 
     // The journal: the daemon's own lines are there, plain, and clean.
     m.wait(
