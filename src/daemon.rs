@@ -123,7 +123,15 @@ pub async fn run(
     std::fs::create_dir_all(&config.root).map_err(|e| Error::io("create root", &config.root, e))?;
     let _lock = RootLock::acquire(&config.root)?;
     for dir in [&config.inbox, &config.store] {
+        // An inbox that is a symbolic link is left alone here; the layout check decides.
+        if std::fs::symlink_metadata(dir).is_ok() {
+            continue;
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
+        if dir == &config.store {
+            // Whatever the umask: nobody but the daemon's user writes the store.
+            store::set_folder_mode(dir)?;
+        }
     }
     let t0 = std::time::Instant::now();
     let catalog = load_catalog(&config)?;
@@ -165,6 +173,12 @@ pub async fn run(
 
     let config = Arc::new(config);
     let board = Arc::new(StatusBoard::default());
+    // The root, inbox and store as they are now: replaced or deleted ones are noticed
+    // from here on (see `layout`).
+    let layout = Arc::new(crate::layout::Layout::pin(&config));
+    if let Some(why) = layout.refused_at_start() {
+        board.set_serious_problem(&config.inbox.display().to_string(), why);
+    }
     // A removal whose tombstone was written but whose files a crash kept: finish it.
     for (name, m) in &catalog.models {
         for v in m.versions.iter().filter(|v| v.removed.is_some()) {
@@ -200,22 +214,30 @@ pub async fn run(
     let (fs_tx, fs_rx) = mpsc::channel(watcher::EVENT_QUEUE);
     let overflow = Arc::new(Overflow::default());
 
-    // Watch before the first scan, so nothing written in between is missed.
-    let fs_watcher = watcher::start(
-        &config.inbox,
-        config.watch,
-        config.poll_interval,
-        fs_tx,
-        overflow.clone(),
-    )
-    .map_err(Error::Other)?;
-    board.set_watch(fs_watcher.description.clone());
-    tracing::info!(inbox = %config.inbox.display(), "watching with {}", fs_watcher.description);
+    // Watch before the first scan, so nothing written in between is missed. A refused
+    // inbox is not watched at all: what it leads to is not ours to look at.
+    let fs_watcher = if layout.refused_at_start().is_some() {
+        board.set_watch("nothing (the inbox was refused; see problems)".into());
+        drop(fs_tx);
+        None
+    } else {
+        let w = watcher::start(
+            &config.inbox,
+            config.watch,
+            config.poll_interval,
+            fs_tx,
+            overflow.clone(),
+        )
+        .map_err(Error::Other)?;
+        board.set_watch(w.description.clone());
+        tracing::info!(inbox = %config.inbox.display(), "watching with {}", w.description);
+        Some(w)
+    };
 
     let reg_tx_ctx = reg_tx.clone();
     // Links (latest, best, aliases) are brought in line at start: settings may have changed.
     let _ = reg_tx.send(crate::ingest::RegistrarMsg::RefreshLinks);
-    let registrar = Registrar::new(
+    let mut registrar = Registrar::new(
         config.clone(),
         catalog,
         shared.clone(),
@@ -223,6 +245,7 @@ pub async fn run(
         settler_tx.clone(),
         reg_tx.clone(),
     );
+    registrar.set_layout(layout.clone());
     let registrar_task = tokio::spawn(registrar.run(reg_rx, stop.clone()));
 
     let mut settler = Settler::new(
@@ -232,7 +255,8 @@ pub async fn run(
         board.clone(),
         reg_tx,
     );
-    settler.track_writes(fs_watcher.reports_close);
+    settler.track_writes(fs_watcher.as_ref().is_none_or(|w| w.reports_close));
+    settler.set_layout(layout);
     settler.rescan(false);
     let settler_task = tokio::spawn(settler.run(
         fs_rx,

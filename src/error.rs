@@ -32,6 +32,10 @@ pub enum Error {
     /// The operation was abandoned because the daemon is shutting down.
     #[error("cancelled: the daemon is shutting down")]
     Cancelled,
+    /// A source file is not the one that was checked any more (replaced, written, or its
+    /// path now leads elsewhere): nothing was kept, and it is looked at again.
+    #[error("{0}")]
+    SourceChanged(String),
     /// Anything else that must stop the daemon, with its reason.
     #[error("{0}")]
     Other(String),

@@ -61,6 +61,8 @@ pub enum RegistrarMsg {
     },
     /// Bring every model's latest/best/alias links in line (start-up, reload).
     RefreshLinks,
+    /// registry.yaml may have been deleted while running: write it again if so.
+    CheckRegistry,
 }
 
 /// A change to the registry asked for by a client.
@@ -174,6 +176,8 @@ struct Job {
     sidecar_seen: Option<String>,
     /// For each artifact entry, the version its content was last time.
     same_source: BTreeMap<String, Known>,
+    /// The folders pinned at start: the inbox is opened through it.
+    layout: Option<Arc<crate::layout::Layout>>,
 }
 
 /// A version staged by a job, to be named by the catalog.
@@ -247,6 +251,8 @@ pub struct Registrar {
     in_flight: usize,
     /// Changes applied to `catalog` but not yet written.
     batch: Batch,
+    /// The folders pinned at start; see [`Registrar::set_layout`].
+    layout: Option<Arc<crate::layout::Layout>>,
 }
 
 #[derive(Debug, Default)]
@@ -284,7 +290,13 @@ impl Registrar {
             cancel: Arc::new(AtomicBool::new(false)),
             in_flight: 0,
             batch: Batch::default(),
+            layout: None,
         }
+    }
+
+    /// Copies only from the inbox and into the store pinned in `layout` at start.
+    pub fn set_layout(&mut self, layout: Arc<crate::layout::Layout>) {
+        self.layout = Some(layout);
     }
 
     /// Runs until shutdown: then cancels the copies under way (they roll back), commits
@@ -341,6 +353,13 @@ impl Registrar {
                 self.batch.replies.push((reply, result));
             }
             RegistrarMsg::RefreshLinks => self.batch.refresh_all = true,
+            RegistrarMsg::CheckRegistry => {
+                if std::fs::symlink_metadata(&self.config.registry).is_err() {
+                    // Deleted while running: the catalog in memory is whole; write it.
+                    tracing::error!(registry = %self.config.registry.display(), "registry.yaml is missing; writing it again from memory");
+                    self.batch.dirty = true;
+                }
+            }
         }
     }
 
@@ -348,6 +367,19 @@ impl Registrar {
     fn plan(&mut self, s: Settled) {
         for entry in &s.gone {
             if self.catalog.sources.remove(entry).is_some() {
+                self.batch.dirty = true;
+            }
+        }
+        // Sources recorded before ctime was part of fingerprints: when the legacy form
+        // still matches, take the new form, so an upgrade does not copy and hash every
+        // registered file again (identical bytes would make no new version anyway).
+        for (entry, look) in s.artifacts.iter().chain(s.sidecar.iter()) {
+            if let Some(r) = self.catalog.sources.get_mut(entry)
+                && inbox::is_legacy_fingerprint(&r.fingerprint)
+                && look.matches(&r.fingerprint)
+                && let Some(now) = look.fingerprint()
+            {
+                r.fingerprint = now;
                 self.batch.dirty = true;
             }
         }
@@ -403,6 +435,7 @@ impl Registrar {
             latest_sidecar: latest.and_then(|v| v.sidecar.as_ref().map(|r| r.sha256.clone())),
             sidecar_seen,
             same_source,
+            layout: self.layout.clone(),
         };
         self.in_flight += 1;
         let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
@@ -1032,10 +1065,38 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
     let mut next = job.next;
     let mut new = Vec::new();
     let mut unchanged = Vec::new();
+    // The inbox folder the files are opened beneath, checked to be the one pinned at
+    // start; and the store must be the one pinned too.
+    let inbox_dir = match &job.layout {
+        Some(layout) => {
+            if let Err(why) = layout.store() {
+                return JobResult::Failed(why);
+            }
+            match layout.open_inbox() {
+                Ok(d) => d,
+                Err(why) => {
+                    tracing::warn!(model = %job.name, "{why}");
+                    return JobResult::Changed;
+                }
+            }
+        }
+        None => match inbox::open_dir(&job.inbox) {
+            Ok(d) => d,
+            Err(e) => return JobResult::Failed(format!("open {}: {e}", job.inbox.display())),
+        },
+    };
     for (entry, look) in &job.artifacts {
         let Look::Files { folder, files } = look else {
             continue;
         };
+        // What the entry is decides its model name (a file `rw.pt` is model `rw`, a
+        // folder `rw.pt` is model `rw.pt`): re-read here, at registration time, from what
+        // was looked at, so an entry that changed kind is never registered under the
+        // name of its old kind. The settler regroups it.
+        match crate::names::classify(std::ffi::OsStr::new(entry), *folder) {
+            crate::names::Entry::Artifact { name } if name == job.name => {}
+            _ => return JobResult::Changed,
+        }
         let fingerprint = look.fingerprint().unwrap_or_default();
         // Re-check before and after copying: a file that changed in between is retried,
         // never half-registered (as Syncthing does).
@@ -1046,13 +1107,34 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
         {
             return JobResult::Changed;
         }
-        let sources: Vec<(PathBuf, String)> = files
-            .iter()
-            .map(|f| (f.src.clone(), f.rel.clone()))
-            .collect();
-        let staged = match store::stage(&job.store, &job.name, next, &sources, cancel) {
+        let rels: Vec<String> = files.iter().map(|f| f.rel.clone()).collect();
+        // Each file is opened once, checked through its handle against what settled,
+        // copied and hashed from that handle, and checked again through it afterwards.
+        let mut open = |i: usize| -> Result<store::OpenSource> {
+            let f = &files[i];
+            match inbox::open_checked(&inbox_dir, &job.inbox, f, job.follow_symlinks) {
+                Ok(o) => Ok(store::OpenSource {
+                    file: o.file,
+                    shown: f.src.clone(),
+                    mode: o.mode,
+                }),
+                Err(inbox::OpenError::Changed(why)) => Err(Error::SourceChanged(why)),
+                Err(inbox::OpenError::Io(e)) => Err(Error::io("open", &f.src, e)),
+            }
+        };
+        let mut check = |i: usize, file: &std::fs::File| -> Result<()> {
+            let f = &files[i];
+            inbox::unchanged_through(file, &f.src, &f.stat).map_err(Error::SourceChanged)
+        };
+        let staged = match store::stage_opened(
+            &job.store, &job.name, next, &rels, &mut open, &mut check, cancel,
+        ) {
             Ok(s) => s,
             Err(Error::Cancelled) => return JobResult::Cancelled,
+            Err(Error::SourceChanged(why)) => {
+                tracing::info!(model = %job.name, "{why}; looking at it again");
+                return JobResult::Changed;
+            }
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
                 return JobResult::Changed;
             }

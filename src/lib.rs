@@ -9,6 +9,8 @@
 //! - [`watcher`]  notify events -> settled groups; overflow -> rescan.
 //! - [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
 //! - [`inbox`]    what an inbox entry is now: files, sizes, mtimes, inodes, symlink policy.
+//! - [`layout`]   the root, inbox, store and registry.yaml pinned at start; replaced or
+//!                deleted ones noticed.
 //! - [`store`]    copy + SHA-256 in one pass into staging, publish, crash recovery.
 //! - [`registry`] the catalog and its queries; `registry::persist` is registry.yaml.
 //! - [`sidecar`]  `<name>.metrics.yaml` parsing.
@@ -27,6 +29,7 @@ pub mod daemon;
 pub mod error;
 pub mod inbox;
 pub mod ingest;
+pub mod layout;
 pub mod names;
 pub mod protocol;
 pub mod registry;

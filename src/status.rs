@@ -64,6 +64,27 @@ impl StatusBoard {
         self.changed.notify_one();
     }
 
+    /// Like [`StatusBoard::set_problem`], logged as an ERROR: for what an operator must
+    /// act on (a deleted store, a replaced inbox).
+    pub fn set_serious_problem(&self, path: &str, message: &str) {
+        let mut g = self.lock();
+        if g.problems.get(path).is_some_and(|p| p.message == message) {
+            return;
+        }
+        tracing::error!(path, "{message}");
+        g.problems.insert(
+            path.to_string(),
+            Problem {
+                path: path.to_string(),
+                message: message.to_string(),
+                since: now_rfc3339(),
+            },
+        );
+        push_recent(&mut g.recent, message.to_string());
+        drop(g);
+        self.changed.notify_one();
+    }
+
     /// Clears the problem with `path`, if any.
     pub fn clear_problem(&self, path: &str) {
         let mut g = self.lock();

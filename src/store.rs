@@ -63,6 +63,68 @@ pub fn stage(
     files: &[(PathBuf, String)],
     cancel: &AtomicBool,
 ) -> Result<Staged> {
+    let rels: Vec<String> = files.iter().map(|(_, r)| r.clone()).collect();
+    let mut open = |i: usize| -> Result<OpenSource> {
+        let src = &files[i].0;
+        let file = File::open(src).map_err(|e| Error::io("open", src, e))?;
+        let mode = file
+            .metadata()
+            .map_err(|e| Error::io("stat", src, e))?
+            .permissions()
+            .mode();
+        Ok(OpenSource {
+            file,
+            shown: src.clone(),
+            mode,
+        })
+    };
+    stage_opened(store, name, n, &rels, &mut open, &mut |_, _| Ok(()), cancel)
+}
+
+/// A source file opened by the caller of [`stage_opened`].
+#[derive(Debug)]
+pub struct OpenSource {
+    /// The handle every byte is read through.
+    pub file: File,
+    /// Its path, for messages.
+    pub shown: PathBuf,
+    /// Its permission bits: the stored file is never more readable than this (see
+    /// [`stored_mode`]).
+    pub mode: u32,
+}
+
+/// The mode of a stored copy of a file whose mode is `source`: read-only, readable by
+/// whom the source was readable (its class bits `& 0o444`) and by the daemon's own user,
+/// who owns the copy and must read it back to verify it. Never writable by anyone.
+pub fn stored_mode(source: u32) -> u32 {
+    (source & 0o444) | 0o400
+}
+
+/// The mode of every folder the store creates, set explicitly whatever the umask: never
+/// group- or world-writable, so that nobody but the daemon's user adds, removes or renames
+/// anything in it. Files in it keep their own, possibly narrower, mode.
+pub const FOLDER_MODE: u32 = 0o755;
+
+/// Sets [`FOLDER_MODE`] on a folder the store created.
+pub fn set_folder_mode(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(FOLDER_MODE))
+        .map_err(|e| Error::io("set the mode of", dir, e))
+}
+
+/// Like [`stage`], but each source is opened by `open(i)` just before it is copied (so a
+/// folder of many files holds one descriptor at a time, and the check made at the open
+/// is as late as possible), every byte is read through that handle, and `check(i, &file)`
+/// runs after the copy through the same handle (was it written meanwhile?). An error from
+/// either, like any other, leaves nothing behind.
+pub fn stage_opened(
+    store: &Path,
+    name: &str,
+    n: u32,
+    rels: &[String],
+    open: &mut dyn FnMut(usize) -> Result<OpenSource>,
+    check: &mut dyn FnMut(usize, &File) -> Result<()>,
+    cancel: &AtomicBool,
+) -> Result<Staged> {
     let staging = store.join(STAGING);
     ensure_dir(store, &staging)?;
     // v<N>.<random>.<name>: the name last, since it may itself hold dots.
@@ -72,9 +134,10 @@ pub fn stage(
         .rand_bytes(8)
         .tempdir_in(&staging)
         .map_err(|e| Error::io("create staging folder in", &staging, e))?;
-    let mut staged = Vec::with_capacity(files.len());
+    set_folder_mode(dir.path())?;
+    let mut staged = Vec::with_capacity(rels.len());
     let mut made_dirs: Vec<PathBuf> = Vec::new();
-    for (src, rel) in files {
+    for (i, rel) in rels.iter().enumerate() {
         let dst = dir.path().join(rel);
         if let Some(parent) = dst.parent()
             && parent != dir.path()
@@ -89,7 +152,10 @@ pub fn stage(
                 }
             }
         }
-        let (sha256, size) = copy_and_hash(src, &dst, cancel)?;
+        let mut source = open(i)?;
+        let (sha256, size) =
+            copy_and_hash_from(&mut source.file, &source.shown, &dst, source.mode, cancel)?;
+        check(i, &source.file)?;
         staged.push(StagedFile {
             rel: rel.clone(),
             sha256,
@@ -100,6 +166,7 @@ pub fn stage(
     made_dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     made_dirs.dedup();
     for d in &made_dirs {
+        set_folder_mode(d)?;
         sync_dir(d)?;
     }
     sync_dir(dir.path())?;
@@ -115,8 +182,11 @@ pub fn stage(
 /// fsync is needed for correctness: the catalog already names the version, and
 /// [`recover`] redoes a rename a crash lost.
 pub fn publish(staged: &Staged) -> Result<()> {
-    if let Some(model_dir) = staged.final_dir.parent() {
+    if let Some(model_dir) = staged.final_dir.parent()
+        && !model_dir.is_dir()
+    {
         fs::create_dir_all(model_dir).map_err(|e| Error::io("create folder", model_dir, e))?;
+        set_folder_mode(model_dir)?;
     }
     fs::rename(&staged.dir, &staged.final_dir)
         .map_err(|e| Error::io("rename into place", &staged.final_dir, e))
@@ -139,12 +209,16 @@ fn ensure_dir(store: &Path, dir: &Path) -> Result<()> {
     }
     if !store.is_dir() {
         fs::create_dir_all(store).map_err(|e| Error::io("create store", store, e))?;
+        set_folder_mode(store)?;
         if let Some(parent) = store.parent() {
             sync_dir(parent)?;
         }
     }
     match fs::create_dir(dir) {
-        Ok(()) => sync_dir(store),
+        Ok(()) => {
+            set_folder_mode(dir)?;
+            sync_dir(store)
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io("create folder", dir, e)),
     }
@@ -169,9 +243,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Copies `src` to the new file `dst`, returning its SHA-256 and size. The source is read
 /// once: for large files a reader thread hashes each chunk and hands it to this thread,
 /// which writes it, so reading, hashing and writing overlap. `dst` is fsynced and made
-/// read-only.
+/// read-only ([`stored_mode`] of the source's mode).
 pub fn copy_and_hash(src: &Path, dst: &Path, cancel: &AtomicBool) -> Result<(String, u64)> {
     let mut input = File::open(src).map_err(|e| Error::io("open", src, e))?;
+    let mode = input
+        .metadata()
+        .map_err(|e| Error::io("stat", src, e))?
+        .permissions()
+        .mode();
+    copy_and_hash_from(&mut input, src, dst, mode, cancel)
+}
+
+/// [`copy_and_hash`] from an open handle (`src` only names it in messages); the copy
+/// gets [`stored_mode`] of `mode`.
+pub fn copy_and_hash_from(
+    input: &mut File,
+    src: &Path,
+    dst: &Path,
+    mode: u32,
+    cancel: &AtomicBool,
+) -> Result<(String, u64)> {
     let len = input
         .metadata()
         .map_err(|e| Error::io("stat", src, e))?
@@ -181,24 +272,26 @@ pub fn copy_and_hash(src: &Path, dst: &Path, cancel: &AtomicBool) -> Result<(Str
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(dst)
         .map_err(|e| Error::io("create", dst, e))?;
     let t0 = std::time::Instant::now();
     let (digest, size) = if len >= PIPELINE_THRESHOLD {
-        match copy_in_kernel(&input, &out, dst, cancel) {
+        match copy_in_kernel(input, &out, dst, cancel) {
             Ok(r) => r,
-            Err(KernelCopy::Unsupported) => copy_pipelined(&mut input, src, &mut out, dst, cancel)?,
+            Err(KernelCopy::Unsupported) => copy_pipelined(input, src, &mut out, dst, cancel)?,
             Err(KernelCopy::Failed(e)) => return Err(e),
         }
     } else {
-        copy_inline(&mut input, src, &mut out, dst, cancel)?
+        copy_inline(input, src, &mut out, dst, cancel)?
     };
     let copied = t0.elapsed();
+    // Through the handle, and never wider than the source: a hard link to a private
+    // file stays private in the store. Before the fsync, so the mode is durable too.
+    out.set_permissions(fs::Permissions::from_mode(stored_mode(mode)))
+        .map_err(|e| Error::io("make read-only", dst, e))?;
     out.sync_all().map_err(|e| Error::io("fsync", dst, e))?;
     tracing::debug!(bytes = size, ?copied, fsync = ?(t0.elapsed() - copied), "copied {}", dst.display());
-    fs::set_permissions(dst, fs::Permissions::from_mode(0o444))
-        .map_err(|e| Error::io("make read-only", dst, e))?;
     Ok((digest, size))
 }
 

@@ -235,7 +235,16 @@ pub struct Settler {
     entry_group: HashMap<String, String>,
     board: Arc<StatusBoard>,
     to_registrar: mpsc::UnboundedSender<crate::ingest::RegistrarMsg>,
+    /// The folders pinned at start; `None` checks nothing (unit tests).
+    layout: Option<Arc<crate::layout::Layout>>,
+    /// Whether the inbox was the pinned one at the last check.
+    inbox_was_ok: bool,
+    /// When events last checked the layout (they check at most every [`EVENT_CHECK`]).
+    last_event_check: Option<Instant>,
 }
+
+/// How often a stream of events re-checks that the inbox is still the pinned folder.
+const EVENT_CHECK: Duration = Duration::from_millis(50);
 
 impl Settler {
     /// A settler for `inbox` that hands complete groups to the registrar.
@@ -256,7 +265,39 @@ impl Settler {
             entry_group: HashMap::new(),
             board,
             to_registrar,
+            layout: None,
+            inbox_was_ok: true,
+            last_event_check: None,
         }
+    }
+
+    /// Checks the inbox (and the rest of the layout) against `layout`, pinned at start,
+    /// before each use: events, rescans, settled groups and `status`.
+    pub fn set_layout(&mut self, layout: Arc<crate::layout::Layout>) {
+        self.inbox_was_ok = layout.refused_at_start().is_none();
+        self.layout = Some(layout);
+    }
+
+    /// Checks the layout: returns whether the inbox may be used. A missing registry.yaml
+    /// is handed to the registrar (which writes it again); an inbox that comes back is
+    /// rescanned.
+    fn inbox_usable(&mut self) -> bool {
+        let Some(layout) = self.layout.clone() else {
+            return true;
+        };
+        let health = layout.check(&self.board);
+        if health.registry_missing {
+            let _ = self
+                .to_registrar
+                .send(crate::ingest::RegistrarMsg::CheckRegistry);
+        }
+        let back = health.inbox_ok && !self.inbox_was_ok;
+        self.inbox_was_ok = health.inbox_ok;
+        if back {
+            tracing::info!(inbox = %self.inbox.display(), "the inbox is the original folder again; rescanning");
+            self.rescan_listing(false);
+        }
+        health.inbox_ok
     }
 
     /// Whether the watcher reports close-after-write, so that open writes hold entries
@@ -310,6 +351,9 @@ impl Settler {
         match msg {
             SettlerMsg::Done { name, outcome } => self.on_done(name, outcome),
             SettlerMsg::Status(reply) => {
+                // `status` says what is true now: a deleted store or replaced inbox shows
+                // up even before an event or a rescan.
+                self.inbox_usable();
                 let _ = reply.send(self.waiting());
             }
             SettlerMsg::SetSettle(d) => self.settle = d,
@@ -334,6 +378,19 @@ impl Settler {
             }
         };
         tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
+        let now = Instant::now();
+        if self
+            .last_event_check
+            .is_none_or(|t| now.duration_since(t) >= EVENT_CHECK)
+            || !self.inbox_was_ok
+        {
+            self.last_event_check = Some(now);
+            if !self.inbox_usable() {
+                // Events of a moved inbox arrive under the old path, which now leads
+                // elsewhere: nothing is looked at until the original is back.
+                return;
+            }
+        }
         if ev.need_rescan() {
             self.board.error(
                 "the kernel dropped inotify events (queue overflow); rescanning the inbox".into(),
@@ -341,7 +398,6 @@ impl Settler {
             self.rescan(true);
             return;
         }
-        let now = Instant::now();
         for (i, path) in ev.paths.iter().enumerate() {
             // Our own reads of a file (open, close-without-write) are not activity.
             let writing = match ev.kind {
@@ -505,6 +561,15 @@ impl Settler {
     }
 
     fn check_group(&mut self, name: &str, now: Instant) {
+        if !self.inbox_usable() {
+            if let Some(g) = self.groups.get_mut(name) {
+                // Waits, visibly, until the inbox is back (which rescans everything).
+                g.state =
+                    State::Blocked("the inbox was replaced or is missing; see problems".into());
+            }
+            return;
+        }
+        self.regroup(name, now);
         let settle = self.settle;
         let inbox = self.inbox.clone();
         let follow = self.follow_symlinks;
@@ -580,6 +645,48 @@ impl Settler {
         }
     }
 
+    /// Moves entries of group `name` whose kind changed (a file replaced by a folder of
+    /// the same name, or the reverse) to the group their kind gives now: the model name
+    /// of a file is not that of a folder, and what decides is what the entry is now.
+    fn regroup(&mut self, name: &str, now: Instant) {
+        let Some(g) = self.groups.get(name) else {
+            return;
+        };
+        let mut moves = Vec::new();
+        for entry in &g.entries {
+            let Ok(m) = std::fs::metadata(self.inbox.join(entry)) else {
+                continue;
+            };
+            if let crate::names::Entry::Artifact { name: now_name }
+            | crate::names::Entry::Sidecar { name: now_name } =
+                crate::names::classify(std::ffi::OsStr::new(entry), m.is_dir())
+                && now_name != name
+            {
+                moves.push((entry.clone(), now_name));
+            }
+        }
+        for (entry, to) in moves {
+            tracing::info!(
+                entry,
+                from = name,
+                to,
+                "the entry changed kind; it now belongs to model {to}"
+            );
+            if let Some(g) = self.groups.get_mut(name) {
+                g.entries.remove(&entry);
+                g.observed
+                    .retain(|k, _| k != &entry && !k.starts_with(&format!("{entry}/")));
+                g.writing
+                    .retain(|k| k != &entry && !k.starts_with(&format!("{entry}/")));
+            }
+            self.entry_group.insert(entry.clone(), to.clone());
+            let look = inbox::look(&self.inbox, &entry, self.follow_symlinks);
+            let g = self.group_mut(&to, &entry, now);
+            g.observed.extend(look.stats(&entry));
+            self.schedule(&to, now + self.settle);
+        }
+    }
+
     fn on_done(&mut self, name: String, outcome: Outcome) {
         let now = Instant::now();
         let settle = self.settle;
@@ -630,6 +737,17 @@ impl Settler {
     /// registrar then skips whatever its fingerprint shows unchanged. With `lost`
     /// (events were dropped), open-write marks are cleared too: their close may be lost.
     pub fn rescan(&mut self, lost: bool) {
+        let was_ok = self.inbox_was_ok;
+        // A replaced inbox is not listed: its entries are not ours, and listing them
+        // would make the registrar forget every source it knows.
+        if !self.inbox_usable() || !was_ok {
+            // (When it just came back, `inbox_usable` has rescanned already.)
+            return;
+        }
+        self.rescan_listing(lost);
+    }
+
+    fn rescan_listing(&mut self, lost: bool) {
         let now = Instant::now();
         let entries = match inbox::list(&self.inbox) {
             Ok(e) => e,
