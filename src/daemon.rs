@@ -201,7 +201,14 @@ pub async fn run(
     // many versions it takes a while, and `get` checks the files it answers with anyway.
     {
         let (board, root, catalog) = (board.clone(), config.root.clone(), catalog.clone());
+        let store_dir = config.store.clone();
         tokio::task::spawn_blocking(move || {
+            // A store made by an older version under a loose umask: nobody but the
+            // daemon's user may add, remove or rename anything in it.
+            let n = store::tighten_modes(&store_dir);
+            if n > 0 {
+                tracing::warn!(store = %store_dir.display(), "removed write permission for group and others from {n} folder(s) or file(s) of the store");
+            }
             for p in crate::verify::missing_files(&root, &catalog) {
                 board.set_problem(&p.path, &format!("{}; run `modelreg verify`", p.detail));
             }

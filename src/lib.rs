@@ -9,8 +9,7 @@
 //! - [`watcher`]  notify events -> settled groups; overflow -> rescan.
 //! - [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
 //! - [`inbox`]    what an inbox entry is now: files, sizes, mtimes, inodes, symlink policy.
-//! - [`layout`]   the root, inbox, store and registry.yaml pinned at start; replaced or
-//!                deleted ones noticed.
+//! - [`layout`]   root, inbox, store, registry.yaml pinned at start; losses noticed.
 //! - [`store`]    copy + SHA-256 in one pass into staging, publish, crash recovery.
 //! - [`registry`] the catalog and its queries; `registry::persist` is registry.yaml.
 //! - [`sidecar`]  `<name>.metrics.yaml` parsing.

@@ -224,6 +224,46 @@ fn ensure_dir(store: &Path, dir: &Path) -> Result<()> {
     }
 }
 
+/// Removes group and world write from every folder of the store, and any write bit from
+/// its files (a store made by an older version under a loose umask); returns how many
+/// were changed. Symlinks are left alone (their mode means nothing).
+pub fn tighten_modes(store: &Path) -> usize {
+    let mut changed = 0;
+    let mut dirs = vec![store.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(meta) = fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.is_dir()
+            && mode & 0o022 != 0
+            && fs::set_permissions(&dir, fs::Permissions::from_mode(mode & !0o022)).is_ok()
+        {
+            changed += 1;
+        }
+        let Ok(rd) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file()
+                && let Ok(m) = e.metadata()
+                && m.permissions().mode() & 0o222 != 0
+                && fs::set_permissions(
+                    e.path(),
+                    fs::Permissions::from_mode(m.permissions().mode() & 0o7555),
+                )
+                .is_ok()
+            {
+                changed += 1;
+            }
+        }
+    }
+    changed
+}
+
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -694,6 +734,35 @@ mod tests {
         );
         // The source is untouched.
         assert_eq!(fs::read(&src_small).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn copies_are_never_more_readable_than_the_source_and_loose_stores_are_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("private.pt");
+        fs::write(&src, b"p").unwrap();
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o600)).unwrap();
+        let store = tmp.path().join("models");
+        let no = AtomicBool::new(false);
+        let staged = stage(&store, "p", 1, &[(src, "sub/p.pt".into())], &no).unwrap();
+        publish(&staged).unwrap();
+        let mode = |p: &str| fs::metadata(store.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("p/v1/sub/p.pt"), 0o400);
+        for d in ["", ".staging", "p", "p/v1", "p/v1/sub"] {
+            assert_eq!(mode(d), FOLDER_MODE, "{d:?}");
+        }
+        assert_eq!(stored_mode(0o640), 0o440);
+        assert_eq!(stored_mode(0o044), 0o444);
+        fs::set_permissions(store.join("p"), fs::Permissions::from_mode(0o775)).unwrap();
+        fs::set_permissions(
+            store.join("p/v1/sub/p.pt"),
+            fs::Permissions::from_mode(0o664),
+        )
+        .unwrap();
+        assert_eq!(tighten_modes(&store), 2);
+        assert_eq!(mode("p"), 0o755);
+        assert_eq!(mode("p/v1/sub/p.pt"), 0o444);
+        assert_eq!(tighten_modes(&store), 0);
     }
 
     #[test]

@@ -494,3 +494,53 @@ fn store_inbox_or_registry_deleted_while_running_is_reported() {
         d.status().recent_errors
     );
 }
+
+/// Sources recorded before ctime was part of the fingerprint (the legacy form) make no
+/// new version after an upgrade: a legacy record that still matches is taken over in the
+/// new form without copying; one that does not match is copied and hashed, and identical
+/// bytes make no new version.
+#[test]
+fn fingerprints_from_before_ctime_make_no_new_version_after_upgrade() {
+    let mut d = TestDaemon::quick();
+    write(&d.inbox().join("a.pt"), b"a");
+    write(&d.inbox().join("b.pt"), b"b");
+    std::fs::create_dir(d.inbox().join("f")).unwrap();
+    write(&d.inbox().join("f/w.bin"), b"w");
+    for m in ["a", "b", "f"] {
+        d.wait_versions(m, 1);
+    }
+    d.wait_seen("f");
+    d.stop();
+    // Rewrite the records as the previous version wrote them: a and f in the legacy
+    // form of what is there; b in a legacy form that no longer matches (as after a
+    // `touch`): it is hashed again.
+    let mut c = d.catalog();
+    for entry in ["a.pt", "f"] {
+        let look = modelreg::inbox::look(&d.inbox(), entry, false);
+        c.sources.get_mut(entry).unwrap().fingerprint = look.legacy_fingerprint().unwrap();
+    }
+    c.sources.get_mut("b.pt").unwrap().fingerprint = "1:1:1".into();
+    let path = d.registry_path();
+    modelreg::registry::persist::write_atomic(
+        &path,
+        modelreg::registry::persist::to_yaml(&c).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let registered_before = d.log().matches("registered model").count();
+    d.spawn();
+    d.wait_seen("a.pt");
+    d.wait_seen("b.pt");
+    d.wait_seen("f");
+    for m in ["a", "b", "f"] {
+        assert_eq!(d.versions(m).len(), 1, "{m}: no new version");
+    }
+    assert_eq!(
+        d.log().matches("registered model").count(),
+        registered_before,
+        "nothing registered after the upgrade"
+    );
+    assert!(
+        d.log().contains("content identical to v1"),
+        "b was hashed again"
+    );
+}
