@@ -575,6 +575,67 @@ mod tests {
         assert!(matches!(look(&inbox, "in.pt", false), Look::Files { .. }));
     }
 
+    fn first_file(inbox: &Path, entry: &str) -> EntryFile {
+        match look(inbox, entry, false) {
+            Look::Files { files, .. } => files.into_iter().next_back().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_checked_reads_only_what_was_looked_at() {
+        let t = tempfile::tempdir().unwrap();
+        let inbox = t.path().join("inbox");
+        fs::create_dir_all(inbox.join("f")).unwrap();
+        let outside = t.path().join("secret");
+        fs::write(&outside, b"secret").unwrap();
+        fs::write(inbox.join("a.pt"), b"a").unwrap();
+        fs::write(inbox.join("in.bin"), b"inside").unwrap();
+        std::os::unix::fs::symlink("../in.bin", inbox.join("f/z.bin")).unwrap();
+        let dir = open_dir(&inbox).unwrap();
+        let open = |f: &EntryFile| open_checked(&dir, &inbox, f, false);
+
+        // A plain file, and a link that stays inside: opened, its target's bytes.
+        let a = first_file(&inbox, "a.pt");
+        assert!(open(&a).is_ok());
+        let z = first_file(&inbox, "f");
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut open(&z).unwrap().file, &mut got).unwrap();
+        assert_eq!(got, "inside");
+
+        // The link flipped out of the inbox after the look: refused.
+        fs::remove_file(inbox.join("f/z.bin")).unwrap();
+        std::os::unix::fs::symlink(&outside, inbox.join("f/z.bin")).unwrap();
+        assert!(matches!(open(&z), Err(OpenError::Changed(r)) if r.contains("outside")));
+        // Flipped to another file inside: a different inode, refused.
+        fs::write(inbox.join("other.bin"), b"other").unwrap();
+        fs::remove_file(inbox.join("f/z.bin")).unwrap();
+        std::os::unix::fs::symlink("../other.bin", inbox.join("f/z.bin")).unwrap();
+        assert!(matches!(open(&z), Err(OpenError::Changed(_))));
+
+        // The folder swapped for a link to outside: nothing beneath it is opened.
+        let mut w = first_file(&inbox, "a.pt");
+        fs::create_dir(inbox.join("g")).unwrap();
+        fs::write(inbox.join("g/w.bin"), b"w").unwrap();
+        w.src = inbox.join("g/w.bin");
+        w.stat = FileStat::of(&fs::metadata(&w.src).unwrap());
+        fs::rename(inbox.join("g"), t.path().join("g-moved")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("g-moved"), inbox.join("g")).unwrap();
+        assert!(matches!(open(&w), Err(OpenError::Changed(_))));
+
+        // Rewritten in place with the mtime put back: the ctime gives it away.
+        let before = fs::metadata(inbox.join("a.pt")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(inbox.join("a.pt"), b"b").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(inbox.join("a.pt"))
+            .unwrap()
+            .set_modified(before.modified().unwrap())
+            .unwrap();
+        assert!(matches!(open(&a), Err(OpenError::Changed(_))));
+    }
+
     #[test]
     fn fingerprint_changes_with_content() {
         let t = tempfile::tempdir().unwrap();
