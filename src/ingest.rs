@@ -240,6 +240,9 @@ pub enum JobResult {
 
 /// Owns the catalog; see the module docs.
 pub struct Registrar {
+    /// The published settings; `config` is their value read when the current message
+    /// began, so every decision (gc's retention, `best`, paths) uses the settings of now.
+    settings: tokio::sync::watch::Receiver<Arc<Config>>,
     config: Arc<Config>,
     catalog: Catalog,
     shared: Arc<Shared>,
@@ -272,14 +275,17 @@ struct Batch {
 impl Registrar {
     /// A registrar for `catalog`, publishing to `shared`.
     pub fn new(
-        config: Arc<Config>,
+        settings: Arc<crate::config::Settings>,
         catalog: Catalog,
         shared: Arc<Shared>,
         board: Arc<StatusBoard>,
         to_settler: mpsc::UnboundedSender<SettlerMsg>,
         self_tx: mpsc::UnboundedSender<RegistrarMsg>,
     ) -> Self {
+        let mut settings = settings.subscribe();
+        let config = settings.borrow_and_update().clone();
         Registrar {
+            settings,
             config,
             catalog,
             shared,
@@ -303,6 +309,7 @@ impl Registrar {
     /// what finished, and returns.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RegistrarMsg>, shutdown: Shutdown) {
         let mut stopping = false;
+        let mut live = true;
         loop {
             if stopping && self.in_flight == 0 {
                 break;
@@ -312,6 +319,17 @@ impl Registrar {
                 _ = shutdown.wait(), if !stopping => {
                     stopping = true;
                     self.cancel.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                r = self.settings.changed(), if live => {
+                    match r {
+                        Ok(()) => {
+                            self.settings_changed();
+                            self.commit().await;
+                        }
+                        // The daemon is ending: the settings stay as they are.
+                        Err(_) => live = false,
+                    }
                     continue;
                 }
                 m = rx.recv() => m,
@@ -325,6 +343,16 @@ impl Registrar {
             self.commit().await;
         }
         self.commit().await;
+    }
+
+    /// Takes the newly published settings; when what `best` means changed, every model's
+    /// links are brought in line at the next commit.
+    fn settings_changed(&mut self) {
+        let new = self.settings.borrow_and_update().clone();
+        if new.best != self.config.best {
+            self.batch.refresh_all = true;
+        }
+        self.config = new;
     }
 
     fn handle(&mut self, msg: RegistrarMsg, stopping: bool) {

@@ -3,15 +3,16 @@
 //! answer (`{"ok":false,...}`); nothing a client sends stops the daemon.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::{Config, Direction};
+use crate::config::{Config, Direction, Settings};
 use crate::ingest::Shared;
 use crate::names;
 use crate::protocol::{
@@ -23,17 +24,33 @@ use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
 use crate::watcher::SettlerMsg;
 
-/// Connections served at once; more are answered `busy` and closed.
-pub const MAX_CONNECTIONS: usize = 256;
-/// How long a connection may take to send a request line (or stay idle between them).
+/// Open connections at most (lowered at start to fit the open-files limit). Past it, the
+/// connection that has been idle, half-sent or unread the longest is closed (and told
+/// why when it can be) to admit the new one; only when every connection is in the middle
+/// of a request is the new one answered `busy`.
+pub const MAX_CONNECTIONS: usize = 8192;
+/// File descriptors kept for everything but connections (store, inbox, copy jobs, log).
+const RESERVED_FDS: u64 = 256;
+/// How long a connection may take to finish a request line it has begun.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may stay idle (no request under way) before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an answer may wait for the client to read anything of it; then the
+/// connection is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The kernel send buffer of each connection: how much of its answers a client may leave
+/// unread. The daemon reads a connection's next request only once the previous answer is
+/// handed over, so a client that never reads holds at most this plus one answer.
+pub const SEND_BUFFER: usize = 64 * 1024;
+/// Size of each connection's read buffer (longer requests still work, in steps).
+const READ_BUFFER: usize = 1024;
 
 /// What handlers need.
 pub struct Context {
     /// The published catalog.
     pub shared: Arc<Shared>,
-    /// The current settings (replaced on SIGHUP).
-    pub config: RwLock<Arc<Config>>,
+    /// The published settings (replaced on SIGHUP).
+    pub settings: Arc<Settings>,
     /// Problems and errors.
     pub board: Arc<StatusBoard>,
     /// The settler, asked what is waiting.
@@ -47,16 +64,148 @@ pub struct Context {
 impl Context {
     /// The current settings.
     pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.settings.current()
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (so that thousands of clients can be
+/// connected at once) and returns the connection limit that leaves room for the rest.
+pub fn connection_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write `lim`.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            } else {
+                tracing::warn!(
+                    "cannot raise the open-files limit from {} to {}: {}",
+                    lim.rlim_cur,
+                    lim.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        lim.rlim_cur
+    };
+    let room = soft.saturating_sub(RESERVED_FDS).max(soft / 2).max(16);
+    usize::try_from(room)
+        .unwrap_or(MAX_CONNECTIONS)
+        .min(MAX_CONNECTIONS)
+}
+
+/// What a connection is doing, for choosing which one to close when the limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request.
+    Idle,
+    /// A request line begun and not finished.
+    Reading,
+    /// A `wait` request under way (it may last long).
+    Waiting,
+    /// Answering a request.
+    Working,
+    /// Handing an answer to a client that has not read it yet.
+    Writing,
+}
+
+#[derive(Debug)]
+struct Slot {
+    phase: Phase,
+    since: Instant,
+    close: Arc<Notify>,
+}
+
+/// The open connections.
+#[derive(Debug)]
+struct Connections {
+    limit: usize,
+    open: Mutex<(u64, HashMap<u64, Slot>)>,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Slot>)> {
+        // Plain inserts and removals: a poisoned lock is still consistent.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a connection, closing the longest-stalled one if at the limit; `None` when
+    /// every connection is busy answering.
+    fn admit(self: &Arc<Self>) -> Option<Conn> {
+        let mut g = self.lock();
+        if g.1.len() >= self.limit {
+            let victim = g
+                .1
+                .iter()
+                .filter(|(_, s)| s.phase != Phase::Working)
+                .min_by_key(|(_, s)| s.since)
+                .map(|(id, _)| *id)?;
+            if let Some(s) = g.1.remove(&victim) {
+                s.close.notify_one();
+            }
+        }
+        g.0 += 1;
+        let id = g.0;
+        let close = Arc::new(Notify::new());
+        g.1.insert(
+            id,
+            Slot {
+                phase: Phase::Idle,
+                since: Instant::now(),
+                close: close.clone(),
+            },
+        );
+        Some(Conn {
+            id,
+            close,
+            table: self.clone(),
+        })
+    }
+}
+
+/// A connection's place in [`Connections`]; freed when dropped.
+struct Conn {
+    id: u64,
+    close: Arc<Notify>,
+    table: Arc<Connections>,
+}
+
+impl Conn {
+    fn set(&self, phase: Phase) {
+        if let Some(s) = self.table.lock().1.get_mut(&self.id) {
+            s.phase = phase;
+            s.since = Instant::now();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.table.lock().1.remove(&self.id);
     }
 }
 
 /// Accepts connections until `shutdown`.
 pub async fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: Shutdown) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limit = connection_limit();
+    tracing::info!(
+        "serving up to {limit} connections; idle ones close after {}s",
+        IDLE_TIMEOUT.as_secs()
+    );
+    let table = Arc::new(Connections {
+        limit,
+        open: Mutex::new((0, HashMap::new())),
+    });
     loop {
         let stream = tokio::select! {
             _ = shutdown.wait() => break,
@@ -70,51 +219,150 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: Shutdown
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        set_send_buffer(&stream);
+        let Some(conn) = table.admit() else {
             tokio::spawn(async move {
-                let mut s = stream;
+                let (_, mut w) = stream.into_split();
                 let r = Response::err(
                     ErrorCode::Busy,
-                    format!("too many connections (limit {MAX_CONNECTIONS}); try again"),
+                    format!("all {limit} connections are answering requests; try again"),
                 );
-                let _ = s.write_all(&r.to_line()).await;
+                let _ = write_answer(&mut w, &r.to_line(), None).await;
             });
             continue;
         };
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tokio::spawn(async move {
-            handle_connection(stream, &ctx, &shutdown).await;
-            drop(permit);
+            handle_connection(stream, &ctx, &shutdown, &conn).await;
         });
     }
 }
 
-async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdown) {
+/// Caps the kernel's buffer of unread answers of one connection ([`SEND_BUFFER`]).
+fn set_send_buffer(stream: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let size = SEND_BUFFER as libc::c_int;
+    // SAFETY: setsockopt reads `size` for the duration of the call; the fd is open.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Why an answer could not be handed over.
+enum WriteFailed {
+    /// The client read nothing for [`WRITE_TIMEOUT`].
+    Unread,
+    /// The connection was closed to admit another.
+    Evicted,
+    /// The client is gone.
+    Gone,
+}
+
+/// Writes `bytes`, giving up when the client reads nothing for [`WRITE_TIMEOUT`] (the
+/// timeout restarts at every step, so a large answer to a slow reader still arrives).
+async fn write_answer(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    bytes: &[u8],
+    close: Option<&Notify>,
+) -> Result<(), WriteFailed> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let step = tokio::time::timeout(WRITE_TIMEOUT, w.write(&bytes[done..]));
+        let r = match close {
+            Some(c) => tokio::select! {
+                _ = c.notified() => return Err(WriteFailed::Evicted),
+                r = step => r,
+            },
+            None => step.await,
+        };
+        match r {
+            Err(_) => return Err(WriteFailed::Unread),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(WriteFailed::Gone),
+            Ok(Ok(n)) => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// Tells the client why its connection is being closed (if it reads), then returns.
+async fn close_with(w: &mut tokio::net::unix::OwnedWriteHalf, code: ErrorCode, message: String) {
+    let r = Response::err(code, message);
+    // A short bound: a client that does not read is not owed the reason.
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&r.to_line())).await;
+}
+
+async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdown, conn: &Conn) {
     // Who is asking, from the kernel (SO_PEERCRED): changes are allowed only to the
     // daemon's own user and root.
     let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let (r, mut w) = stream.into_split();
-    let mut reader = BufReader::new(r);
-    let mut line = Vec::with_capacity(256);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, r);
+    let mut line = Vec::new();
+    let evicted = || {
+        format!(
+            "connection closed to admit another: the daemon is at its limit of {} connections and this one was the longest idle",
+            conn.table.limit
+        )
+    };
     loop {
+        // Idle until the first byte of the next request (or one already buffered).
+        conn.set(Phase::Idle);
+        let first = tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = conn.close.notified() => {
+                close_with(&mut w, ErrorCode::Busy, evicted()).await;
+                return;
+            }
+            r = tokio::time::timeout(IDLE_TIMEOUT, async { reader.fill_buf().await.map(|b| b.is_empty()) }) => r,
+        };
+        match first {
+            Err(_) => {
+                close_with(
+                    &mut w,
+                    ErrorCode::Timeout,
+                    format!(
+                        "connection idle for {}s; closed (connect again to continue)",
+                        IDLE_TIMEOUT.as_secs()
+                    ),
+                )
+                .await;
+                return;
+            }
+            Ok(Err(_)) | Ok(Ok(true)) => return,
+            Ok(Ok(false)) => {}
+        }
+        conn.set(Phase::Reading);
+        // A long request line once should not keep its buffer for the connection's life.
+        if line.capacity() > READ_BUFFER {
+            line = Vec::new();
+        }
         line.clear();
         let mut limited = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1);
         let read = tokio::select! {
             _ = shutdown.wait() => return,
+            _ = conn.close.notified() => {
+                close_with(&mut w, ErrorCode::Busy, evicted()).await;
+                return;
+            }
             r = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)) => r,
         };
         let n = match read {
             Err(_) => {
-                if !line.is_empty() {
-                    let r = Response::err(
-                        ErrorCode::Timeout,
-                        format!(
-                            "no complete request line within {}s",
-                            REQUEST_TIMEOUT.as_secs()
-                        ),
-                    );
-                    let _ = w.write_all(&r.to_line()).await;
-                }
+                close_with(
+                    &mut w,
+                    ErrorCode::Timeout,
+                    format!(
+                        "no complete request line within {}s",
+                        REQUEST_TIMEOUT.as_secs()
+                    ),
+                )
+                .await;
                 return;
             }
             Ok(Err(_)) | Ok(Ok(0)) => return,
@@ -122,11 +370,12 @@ async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdow
         };
         let complete = line.last() == Some(&b'\n');
         if !complete && n > MAX_REQUEST_BYTES {
-            let r = Response::err(
+            close_with(
+                &mut w,
                 ErrorCode::TooLarge,
                 format!("request longer than {MAX_REQUEST_BYTES} bytes; connection closed"),
-            );
-            let _ = w.write_all(&r.to_line()).await;
+            )
+            .await;
             return;
         }
         let body = trim_line(&line);
@@ -147,7 +396,16 @@ async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdow
                             own_uid()
                         ),
                     )
+                } else if matches!(req, Request::Wait { .. }) {
+                    // A `wait` may last long and changes nothing: it may be closed to
+                    // admit another connection.
+                    conn.set(Phase::Waiting);
+                    tokio::select! {
+                        r = dispatch(req, ctx, peer_uid) => r,
+                        _ = conn.close.notified() => Response::err(ErrorCode::Busy, evicted()),
+                    }
                 } else {
+                    conn.set(Phase::Working);
                     dispatch(req, ctx, peer_uid).await
                 };
                 r.id = id;
@@ -155,13 +413,27 @@ async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdow
             }
             Err(r) => r,
         };
-        if w.write_all(&response.to_line()).await.is_err() {
-            return;
+        conn.set(Phase::Writing);
+        // The next request is read only once this answer is handed over: a client that
+        // does not read its answers stops being read, and is closed after WRITE_TIMEOUT.
+        match write_answer(&mut w, &response.to_line(), Some(&conn.close)).await {
+            Ok(()) => {}
+            Err(WriteFailed::Unread) => {
+                tracing::debug!(
+                    "closed a connection whose answer was unread for {}s",
+                    WRITE_TIMEOUT.as_secs()
+                );
+                return;
+            }
+            Err(WriteFailed::Evicted | WriteFailed::Gone) => return,
         }
         if !complete {
             // The client closed its side after a last line without a newline.
             return;
         }
+        // One request per turn: a client with many requests queued lets every other
+        // connection be answered in between.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -198,7 +470,22 @@ pub async fn dispatch(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Res
             selector,
             metric,
             mode,
-        } => get(ctx, &name, selector.as_deref(), metric.as_deref(), mode),
+        } => {
+            // `get` checks the stored files exist: file-system work, off the async threads.
+            let (catalog, cfg) = (ctx.shared.catalog(), ctx.config());
+            tokio::task::spawn_blocking(move || {
+                get(
+                    &catalog,
+                    &cfg,
+                    &name,
+                    selector.as_deref(),
+                    metric.as_deref(),
+                    mode,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Response::err(ErrorCode::Internal, format!("get failed: {e}")))
+        }
         Request::Status {} => status(ctx).await,
         Request::Wait {
             name,
@@ -388,15 +675,14 @@ fn versions(ctx: &Context, name: &str) -> Response {
 }
 
 fn get(
-    ctx: &Context,
+    catalog: &Catalog,
+    cfg: &Config,
     name: &str,
     selector: Option<&str>,
     metric: Option<&str>,
     mode: Option<Direction>,
 ) -> Response {
-    let catalog = ctx.shared.catalog();
-    let cfg = ctx.config();
-    let model = match find_model(&catalog, name) {
+    let model = match find_model(catalog, name) {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -492,7 +778,7 @@ fn get(
             );
         }
     }
-    let info = version_info_in(&cfg, name, v, model);
+    let info = version_info_in(cfg, name, v, model);
     let mut value = match serde_json::to_value(&info) {
         Ok(v) => v,
         Err(e) => return Response::err(ErrorCode::Internal, e.to_string()),
@@ -524,9 +810,13 @@ async fn wait(ctx: &Context, name: &str, entry: &str, timeout_ms: Option<u64>) -
     }
     let cfg = ctx.config();
     let path = cfg.inbox.join(entry);
-    let Some(fingerprint) =
-        crate::inbox::look(&cfg.inbox, entry, cfg.follow_symlinks).fingerprint()
-    else {
+    // Looking at a folder walks it (100k files take a while): off the async threads.
+    let looked = {
+        let (inbox, entry, follow) = (cfg.inbox.clone(), entry.to_string(), cfg.follow_symlinks);
+        tokio::task::spawn_blocking(move || crate::inbox::look(&inbox, &entry, follow).fingerprint())
+            .await
+    };
+    let Ok(Some(fingerprint)) = looked else {
         return Response::err(
             ErrorCode::EntryNotFound,
             format!("{} is not an artifact in the inbox", path.display()),
