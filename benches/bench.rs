@@ -4,7 +4,7 @@
 //!
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
-//! (ingest, burst, scale, queries, cli, startup, idle).
+//! (ingest, burst, scale, queries, cli, startup, idle, connections).
 
 use std::fs;
 use std::io::Write;
@@ -687,6 +687,72 @@ fn idle(t: &mut Table, d: &Daemon, quick: bool) {
     );
 }
 
+/// Scenario 8, connections: a new client's `ping` and `list` while 2,000 idle and 300
+/// never-reading connections (each flooding `list` requests) are open.
+fn connections(t: &mut Table, scratch: &Path, quick: bool) {
+    use std::os::unix::net::UnixStream;
+    let (idle_n, hogs_n) = if quick { (200, 30) } else { (2000, 300) };
+    // This process holds every one of those sockets.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let mut d = Daemon::new(scratch, "connections", "settle: 200ms\n");
+    d.start();
+    drop_files(&d, "conn", 5);
+    let mut c = d.client();
+    let t0 = Instant::now();
+    while d.versions_total(&mut c) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "5 versions");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let time = |d: &Daemon| -> f64 {
+        let t0 = Instant::now();
+        let mut c = d.client();
+        c.call(&Request::Ping {}).unwrap();
+        c.call(&Request::List {}).unwrap();
+        t0.elapsed().as_secs_f64() * 1e3
+    };
+    let mut alone: Vec<f64> = (0..20).map(|_| time(&d)).collect();
+    let idle: Vec<UnixStream> = (0..idle_n)
+        .map(|_| UnixStream::connect(d.socket()).unwrap())
+        .collect();
+    let flood = b"{\"op\":\"list\"}\n".repeat(20_000);
+    let hogs: Vec<UnixStream> = (0..hogs_n)
+        .map(|_| {
+            let mut s = UnixStream::connect(d.socket()).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let mut off = 0;
+            while off < flood.len() {
+                match s.write(&flood[off..]) {
+                    Ok(n) => off += n,
+                    Err(_) => break,
+                }
+            }
+            s
+        })
+        .collect();
+    let mut loaded: Vec<f64> = (0..20).map(|_| time(&d)).collect();
+    let worst = loaded.iter().cloned().fold(0.0, f64::max);
+    let (a, l) = (median(&mut alone), median(&mut loaded));
+    t.add(
+        "connections",
+        &format!("ping+list, new client, {idle_n} idle + {hogs_n} never-reading open"),
+        format!("{l:.1} ms (worst {worst:.1})"),
+        format!("{a:.2} ms alone"),
+        format!("{:.0}x", l / a.max(1e-3)),
+        "<= 100 ms",
+        Some(worst <= 100.0),
+    );
+    drop((idle, hogs));
+    d.stop();
+}
+
 fn main() {
     let quick = std::env::var_os("MODELREG_BENCH_QUICK").is_some();
     let names: Vec<String> = std::env::args()
@@ -730,6 +796,9 @@ fn main() {
         .any(|s| which(s))
     {
         scale(&mut t, &scratch, quick, &which);
+    }
+    if which("connections") {
+        connections(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",

@@ -655,6 +655,26 @@ mod tests {
     }
 
     #[test]
+    fn reload_keeps_start_up_settings_and_names_them() {
+        let old = Config::from_yaml(Path::new("/r"), "", ConfigSource::Embedded).unwrap();
+        let new = Config::from_yaml(
+            Path::new("/r"),
+            "watch: poll\nsocket: /run/m.sock\nsettle: 5s\nretention: {\"*\": 2}\ndefault_metric: loss\n",
+            ConfigSource::Embedded,
+        )
+        .unwrap();
+        let (running, restart) = old.reloaded(new);
+        assert_eq!(restart, ["socket", "watch"]);
+        assert_eq!(running.watch, old.watch);
+        assert_eq!(running.socket, old.socket);
+        assert_eq!(running.settle, Duration::from_secs(5));
+        assert_eq!(running.retention.get("*"), Some(&2));
+        assert_eq!(running.best.default_metric, "loss");
+        let (_, restart) = old.reloaded(old.clone());
+        assert!(restart.is_empty());
+    }
+
+    #[test]
     fn model_default_metric() {
         let c = Config::from_yaml(
             Path::new("/r"),

@@ -2,8 +2,8 @@
 //! and one `match` that dispatches each request to its handler. Every failure is an
 //! answer (`{"ok":false,...}`); nothing a client sends stops the daemon.
 
-use std::path::Path;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,12 +144,11 @@ impl Connections {
     fn admit(self: &Arc<Self>) -> Option<Conn> {
         let mut g = self.lock();
         if g.1.len() >= self.limit {
-            let victim = g
-                .1
-                .iter()
-                .filter(|(_, s)| s.phase != Phase::Working)
-                .min_by_key(|(_, s)| s.since)
-                .map(|(id, _)| *id)?;
+            let victim =
+                g.1.iter()
+                    .filter(|(_, s)| s.phase != Phase::Working)
+                    .min_by_key(|(_, s)| s.since)
+                    .map(|(id, _)| *id)?;
             if let Some(s) = g.1.remove(&victim) {
                 s.close.notify_one();
             }
@@ -813,8 +812,10 @@ async fn wait(ctx: &Context, name: &str, entry: &str, timeout_ms: Option<u64>) -
     // Looking at a folder walks it (100k files take a while): off the async threads.
     let looked = {
         let (inbox, entry, follow) = (cfg.inbox.clone(), entry.to_string(), cfg.follow_symlinks);
-        tokio::task::spawn_blocking(move || crate::inbox::look(&inbox, &entry, follow).fingerprint())
-            .await
+        tokio::task::spawn_blocking(move || {
+            crate::inbox::look(&inbox, &entry, follow).fingerprint()
+        })
+        .await
     };
     let Ok(Some(fingerprint)) = looked else {
         return Response::err(

@@ -117,7 +117,10 @@ fn client_is_answered_while_thousands_idle_and_hundreds_never_read() {
         rss_during
     );
     // A liveness bound, not a performance goal (benches/bench.rs `connections` measures).
-    assert!(busy < Duration::from_secs(5), "answered only after {busy:?}");
+    assert!(
+        busy < Duration::from_secs(5),
+        "answered only after {busy:?}"
+    );
     // Connections cost little: 2300 of them (and their unsent answers) stay within 64 MiB.
     assert!(
         rss_during < rss_before + 64 * 1024,
@@ -196,5 +199,9 @@ fn at_the_connection_limit_the_longest_idle_connection_makes_room_and_is_told_wh
     assert!(line.contains("\"code\":\"busy\""), "{line}");
     assert!(line.contains("longest idle"), "{line}");
     drop(others);
-    assert!(d.log().contains("serving up to 150 connections"), "{}", d.log());
+    assert!(
+        d.log().contains("serving up to 150 connections"),
+        "{}",
+        d.log()
+    );
 }
