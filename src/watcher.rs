@@ -356,11 +356,31 @@ impl Settler {
                 self.inbox_usable();
                 let _ = reply.send(self.waiting());
             }
-            SettlerMsg::SetSettle(d) => self.settle = d,
+            SettlerMsg::SetSettle(d) => self.set_settle(d),
             SettlerMsg::Rescan(why) => {
                 tracing::info!("rescanning the inbox ({why})");
                 self.rescan(false);
             }
+        }
+    }
+
+    /// Takes a new settle period. A shorter one also applies to entries already settling:
+    /// their deadlines move earlier by the difference (a longer one applies from their
+    /// next change on).
+    fn set_settle(&mut self, settle: Duration) {
+        let old = std::mem::replace(&mut self.settle, settle);
+        let Some(sooner) = old.checked_sub(settle).filter(|d| !d.is_zero()) else {
+            return;
+        };
+        for (at, name) in std::mem::take(&mut self.queue) {
+            let at = match self.groups.get_mut(&name) {
+                Some(g) if g.state == State::Settling => {
+                    g.deadline = g.deadline.checked_sub(sooner).unwrap_or(g.deadline);
+                    at.min(g.deadline)
+                }
+                _ => at,
+            };
+            self.queue.insert((at, name));
         }
     }
 

@@ -113,14 +113,20 @@ fn default_metric_and_model_metrics_changed_by_sighup_move_best_and_its_symlink(
 }
 
 #[test]
-fn settle_changed_by_sighup_applies_to_the_next_entry() {
+fn settle_changed_by_sighup_applies_to_entries_already_waiting() {
     let mut d = TestDaemon::start("settle: 1h\n");
     assert_eq!(d.status().settle_secs, 3600.0);
+    write(&d.inbox().join("slow.pt"), b"would wait an hour");
+    wait_until(Duration::from_secs(10), "slow.pt to be settling", || {
+        d.status().waiting.iter().any(|w| w.name == "slow")
+    });
     reload(&mut d, "settle: 300ms\n");
     wait_until(Duration::from_secs(10), "settle 300ms in status", || {
         d.status().settle_secs == 0.3
     });
-    write(&d.inbox().join("quick.pt"), b"settles in 300 ms now");
+    // The entry already waiting follows the new period, and so does the next one.
+    d.wait_versions("slow", 1);
+    write(&d.inbox().join("quick.pt"), b"settles in 300 ms");
     d.wait_versions("quick", 1);
 }
 
