@@ -108,10 +108,10 @@ fn issue5_sighup_reloads() {
     d.write_config("settle: 1500ms\ninbox: elsewhere\n");
     d.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(10), "the restart notice", || {
-        d.status().problems.iter().any(|p| {
-            p.message
-                .contains("inbox only take(s) effect after a restart")
-        })
+        d.status()
+            .problems
+            .iter()
+            .any(|p| p.message.contains("inbox needs a restart"))
     });
     assert_eq!(
         d.status().inbox,
