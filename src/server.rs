@@ -270,7 +270,12 @@ async fn write_answer(
     bytes: &[u8],
     close: Option<&Notify>,
 ) -> Result<(), WriteFailed> {
-    let mut done = 0;
+    // Most answers fit the socket's buffer at once: no timer needed then.
+    let mut done = match w.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return Err(WriteFailed::Gone),
+    };
     while done < bytes.len() {
         let step = tokio::time::timeout(WRITE_TIMEOUT, w.write(&bytes[done..]));
         let r = match close {
@@ -430,9 +435,11 @@ async fn handle_connection(stream: UnixStream, ctx: &Context, shutdown: &Shutdow
             // The client closed its side after a last line without a newline.
             return;
         }
-        // One request per turn: a client with many requests queued lets every other
-        // connection be answered in between.
-        tokio::task::yield_now().await;
+        // One request per turn: a client with more requests already queued lets every
+        // other connection be answered in between.
+        if !reader.buffer().is_empty() {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -470,20 +477,30 @@ pub async fn dispatch(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Res
             metric,
             mode,
         } => {
-            // `get` checks the stored files exist: file-system work, off the async threads.
             let (catalog, cfg) = (ctx.shared.catalog(), ctx.config());
-            tokio::task::spawn_blocking(move || {
+            let args = (name, selector, metric, mode);
+            let run = move |blocking: bool| {
+                let (name, selector, metric, mode) = &args;
                 get(
                     &catalog,
                     &cfg,
-                    &name,
+                    name,
                     selector.as_deref(),
                     metric.as_deref(),
-                    mode,
+                    *mode,
+                    blocking,
                 )
-            })
-            .await
-            .unwrap_or_else(|e| Response::err(ErrorCode::Internal, format!("get failed: {e}")))
+            };
+            match run(false) {
+                Some(r) => r,
+                // A version of many files: checking them is file-system work for the
+                // blocking pool.
+                None => tokio::task::spawn_blocking(move || run(true))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| Response::err(ErrorCode::Internal, "get failed")),
+            }
         }
         Request::Status {} => status(ctx).await,
         Request::Wait {
@@ -673,6 +690,13 @@ fn versions(ctx: &Context, name: &str) -> Response {
     }
 }
 
+/// Versions with at most this many files have them checked on the async thread: a few
+/// `lstat`s of the local store cost less than a hand-off to the blocking pool (which
+/// doubled `get`'s latency); more are checked on the blocking pool.
+const INLINE_FILE_CHECKS: usize = 8;
+
+/// Answers `get`; `None` when the version has more files than [`INLINE_FILE_CHECKS`] and
+/// this is not `blocking` (the blocking pool): call again there.
 fn get(
     catalog: &Catalog,
     cfg: &Config,
@@ -680,6 +704,27 @@ fn get(
     selector: Option<&str>,
     metric: Option<&str>,
     mode: Option<Direction>,
+    blocking: bool,
+) -> Option<Response> {
+    let mut deferred = false;
+    let r = get_inner(
+        catalog,
+        cfg,
+        (name, selector, metric, mode),
+        blocking,
+        &mut deferred,
+    );
+    (!deferred).then_some(r)
+}
+
+/// [`get`]'s body; sets `deferred` (and answers nothing useful) when the files must be
+/// checked on the blocking pool.
+fn get_inner(
+    catalog: &Catalog,
+    cfg: &Config,
+    (name, selector, metric, mode): (&str, Option<&str>, Option<&str>, Option<Direction>),
+    blocking: bool,
+    deferred: &mut bool,
 ) -> Response {
     let model = match find_model(catalog, name) {
         Ok(m) => m,
@@ -763,6 +808,10 @@ fn get(
             format!("{name:?} has no versions"),
         );
     };
+    if !blocking && v.files.len() > INLINE_FILE_CHECKS {
+        *deferred = true;
+        return Response::err(ErrorCode::Internal, "checked on the blocking pool");
+    }
     // Never hand out a dead path: check the stored files are still there.
     for f in &v.files {
         let p = cfg.root.join(&f.path);

@@ -205,3 +205,33 @@ fn at_the_connection_limit_the_longest_idle_connection_makes_room_and_is_told_wh
         d.log()
     );
 }
+
+#[test]
+fn get_and_wait_on_a_folder_of_many_files_answer_from_the_blocking_pool() {
+    let d = TestDaemon::quick();
+    let stage = d.root.path().join("stage");
+    std::fs::create_dir_all(stage.join("many")).unwrap();
+    for i in 0..20 {
+        write(
+            &stage.join("many").join(format!("part-{i:02}.bin")),
+            &bytes(i, 100),
+        );
+    }
+    std::fs::rename(stage.join("many"), d.inbox().join("many")).unwrap();
+    let answer = d
+        .client()
+        .call(&Request::Wait {
+            name: "many".into(),
+            entry: "many".into(),
+            timeout_ms: Some(30_000),
+        })
+        .expect("wait answered");
+    assert_eq!(answer["version"]["version"], "v1");
+    let v = d.get("many", "latest").expect("get answered");
+    assert_eq!(v.files.len(), 20);
+    assert!(
+        v.files
+            .iter()
+            .all(|f| std::path::Path::new(&f.path).exists())
+    );
+}
