@@ -317,7 +317,7 @@ pub async fn run(
             Control::Shutdown => break,
             Control::Reload => {
                 crate::systemd::reloading();
-                reload(&ctx, on_reload.as_ref());
+                reload(&ctx, on_reload.as_ref()).await;
                 crate::systemd::ready(&status_line(&ctx));
             }
         }
@@ -353,8 +353,8 @@ pub async fn run(
 
 /// Runs `task` on a thread of its own (a single-threaded runtime). The settler's every
 /// step looks at the file system, and a rescan walks whole folders: on the shared runtime
-/// that would hold up the threads answering the socket (a folder of 100k files took a
-/// `ping` from 0.1 ms to half a second).
+/// that would hold up the threads answering the socket (walking a folder of 100k files
+/// there, as `wait` did, took `ping` from 0.1 ms to half a second).
 fn on_own_thread<F>(name: &str, task: F) -> std::io::Result<tokio::task::JoinHandle<()>>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -457,19 +457,20 @@ async fn feed_watchdog(
 /// Re-reads the settings from where they came from and publishes them: every task reads
 /// the new values at its next use. Start-up settings keep their running value
 /// ([`Config::reloaded`]), and the log and `status` say which changed and need a restart.
-fn reload(ctx: &Context, on_reload: Option<&OnReload>) {
+async fn reload(ctx: &Context, on_reload: Option<&OnReload>) {
     let old = ctx.config();
     let explicit = match &old.source {
-        crate::config::ConfigSource::File(p) => Some(p.as_path()),
+        crate::config::ConfigSource::File(p) => Some(p.clone()),
         crate::config::ConfigSource::Embedded => None,
     };
-    let new = match Config::load(&old.root, explicit) {
-        Ok(c) => c,
-        Err(e) => {
-            ctx.board
-                .error(format!("reload failed, keeping the current settings: {e}"));
-            return;
-        }
+    // Reading and parsing a file: off the async threads.
+    let root = old.root.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || Config::load(&root, explicit.as_deref())).await;
+    let new = match loaded.map_err(|e| e.to_string()) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return reload_failed(ctx, e.to_string()),
+        Err(e) => return reload_failed(ctx, e),
     };
     let (running, needs_restart) = old.reloaded(new);
     if let Some(f) = on_reload {
@@ -490,6 +491,12 @@ fn reload(ctx: &Context, on_reload: Option<&OnReload>) {
             ),
         );
     }
+}
+
+fn reload_failed(ctx: &Context, why: String) {
+    ctx.board.error(format!(
+        "reload failed, keeping the current settings: {why}"
+    ));
 }
 
 /// Hands the published settle period to the settler, which keeps its own copy.
