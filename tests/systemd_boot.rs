@@ -538,7 +538,13 @@ fn documented_install_serves_the_group_under_real_systemd() {
         "alice",
         "/usr/local/bin/modelreg --socket /run/modelreg.sock get alice_net v1",
     ));
-    assert_eq!(m.show("modelreg.service", "ActiveState"), "active");
+    // The first connection can be answered before the daemon's own readiness ping has
+    // reached systemd (READY=1): wait for "active" rather than asserting it at once.
+    m.wait(
+        Duration::from_secs(30),
+        "the socket-activated service active",
+        || m.show("modelreg.service", "ActiveState") == "active",
+    );
     m.fails(&format!("test -e {SOCK}"));
     keep_status(&m, "socket-activated");
 }
