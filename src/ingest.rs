@@ -1222,6 +1222,16 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
     }
 }
 
+/// Reads at most `cap` bytes of `path` through one open handle: `Ok(None)` when there
+/// is more.
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    f.take(cap + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= cap).then_some(bytes))
+}
+
 fn read_sidecar(
     job: &Job,
     entry: &str,
@@ -1235,17 +1245,23 @@ fn read_sidecar(
         return Ok(None);
     };
     let shown = f.src.display().to_string();
-    if f.stat.size > MAX_SIDECAR_BYTES {
-        return Err(Box::new(JobResult::Blocked(
-            shown,
+    let too_large = || {
+        Box::new(JobResult::Blocked(
+            shown.clone(),
             format!(
                 "{}: larger than {MAX_SIDECAR_BYTES} bytes; a sidecar holds metrics",
                 relative(&f.src)
             ),
-        )));
+        ))
+    };
+    if f.stat.size > MAX_SIDECAR_BYTES {
+        return Err(too_large());
     }
-    let bytes = match std::fs::read(&f.src) {
-        Ok(b) => b,
+    // Read through the one open handle and never more than the cap + 1 bytes: the file
+    // may have grown (or been replaced by a huge sparse file) since it was looked at.
+    let bytes = match read_capped(&f.src, MAX_SIDECAR_BYTES) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(too_large()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Box::new(JobResult::Failed(format!("read {shown}: {e}")))),
     };

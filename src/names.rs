@@ -6,6 +6,20 @@ use std::ffi::OsStr;
 /// The ending that marks a metrics sidecar: `<name>.metrics.yaml`.
 pub const SIDECAR_SUFFIX: &str = ".metrics.yaml";
 
+/// Both sidecar endings: `<name>.metrics.yaml` and `<name>.metrics.json`, same meaning.
+pub const SIDECAR_SUFFIXES: &[&str] = &[SIDECAR_SUFFIX, ".metrics.json"];
+
+/// Compound archive extensions that count as one extension when a file is named
+/// (`bert.tar.gz` is model `bert`, not `bert.tar`). Compared in lower case.
+pub const ARCHIVE_EXTENSIONS: &[&str] = &[
+    ".tar.gz",
+    ".tar.xz",
+    ".tar.bz2",
+    ".tar.zst",
+    ".tar.lz4",
+    ".tar.lzma",
+];
+
 /// Name endings written by downloaders, editors and copy tools while a file is incomplete.
 pub const TEMPORARY_SUFFIXES: &[&str] = &[
     "~",
@@ -29,7 +43,7 @@ pub const MAX_NAME_BYTES: usize = 255;
 pub enum Entry {
     /// A file or folder that becomes a version of `name`.
     Artifact { name: String },
-    /// `<name>.metrics.yaml`.
+    /// `<name>.metrics.yaml` or `<name>.metrics.json`.
     Sidecar { name: String },
     /// Hidden or temporary: never looked at.
     Ignored,
@@ -45,9 +59,29 @@ pub fn is_temporary(file_name: &str) -> bool {
             .any(|s| file_name.len() > s.len() && file_name.ends_with(s))
 }
 
-/// Classifies a top-level inbox entry by its file name. A file's model name is its file
-/// name up to the first dot (`resnet18.pt` -> `resnet18`); a folder keeps its whole name
-/// (`Llama-3.1-8B/` -> `Llama-3.1-8B`).
+/// The model name a file's name gives: the name without its final extension, where a
+/// compound archive extension (`.tar.gz`, ...) counts as one (`Qwen2.5-0.5B.Q4_K_M.gguf`
+/// -> `Qwen2.5-0.5B.Q4_K_M`, `bert.tar.gz` -> `bert`, `model` -> `model`). Not yet
+/// checked or normalised: see [`model_name`].
+pub fn file_stem(file_name: &str) -> &str {
+    let lower = file_name.to_ascii_lowercase();
+    if let Some(ext) = ARCHIVE_EXTENSIONS
+        .iter()
+        .find(|e| lower.len() > e.len() && lower.ends_with(*e))
+    {
+        return &file_name[..file_name.len() - ext.len()];
+    }
+    match file_name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => file_name,
+    }
+}
+
+/// Classifies a top-level inbox entry by its file name. A file's model name is its name
+/// without the final extension ([`file_stem`]); a folder keeps its whole name
+/// (`Llama-3.1-8B/` -> `Llama-3.1-8B`); a sidecar `<model name>.metrics.yaml` (or
+/// `.metrics.json`) pairs with the model of that name. Names are normalised to Unicode
+/// NFC, so that an NFD spelling (as macOS writes) is the same model.
 pub fn classify(file_name: &OsStr, is_dir: bool) -> Entry {
     let Some(s) = file_name.to_str() else {
         return Entry::Refused {
@@ -57,32 +91,47 @@ pub fn classify(file_name: &OsStr, is_dir: bool) -> Entry {
     if is_temporary(s) {
         return Entry::Ignored;
     }
-    if !is_dir && let Some(name) = s.strip_suffix(SIDECAR_SUFFIX) {
-        return match check_name(name) {
-            Ok(()) => Entry::Sidecar {
-                name: name.to_string(),
+    if !is_dir && let Some(name) = SIDECAR_SUFFIXES.iter().find_map(|x| s.strip_suffix(x)) {
+        return match model_name(name) {
+            Ok(name) => Entry::Sidecar { name },
+            Err(reason) => Entry::Refused {
+                reason: format!("sidecar {s:?} names model {name:?}, which {reason}"),
             },
-            Err(reason) => Entry::Refused { reason },
         };
     }
-    let name = if is_dir {
-        s
-    } else {
-        s.split('.').next().unwrap_or(s)
-    };
-    match check_name(name) {
-        Ok(()) => Entry::Artifact {
-            name: name.to_string(),
-        },
+    let name = if is_dir { s } else { file_stem(s) };
+    match model_name(name) {
+        Ok(name) => Entry::Artifact { name },
         Err(reason) => Entry::Refused {
             reason: format!("{s:?} gives model name {name:?}, which {reason}"),
         },
     }
 }
 
-/// Checks that `name` can safely be a folder under the store and an argument on a
-/// command line: not empty, at most 255 bytes, no `/`, `\`, control characters, no
-/// leading `.` or `-`, no leading or trailing whitespace. Returns the reason when not.
+/// A name as it enters from outside (a file name, a request): normalised to Unicode NFC
+/// and checked with [`check_name`]. Returns the name to use, or the reason it is refused.
+pub fn model_name(raw: &str) -> Result<String, String> {
+    let nfc = to_nfc(raw);
+    check_name(&nfc)?;
+    Ok(nfc)
+}
+
+/// `s` in Unicode Normalization Form C.
+pub fn to_nfc(s: &str) -> String {
+    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+    match is_nfc_quick(s.chars()) {
+        IsNormalized::Yes => s.to_string(),
+        _ => s.nfc().collect(),
+    }
+}
+
+/// The one rule for a model or alias name, wherever it comes from (inbox, request,
+/// registry.yaml, the start-up cache). It must be safe as a folder under the store and
+/// as an argument on a command line, and show as what it is: not empty, at most
+/// [`MAX_NAME_BYTES`] bytes, no leading `.` or `-`, no leading or trailing whitespace,
+/// and the characters [`check_component`] allows. Names are compared in NFC: one not in
+/// NFC is refused here (those from outside go through [`model_name`] first). Returns the
+/// reason when not.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("is empty".into());
@@ -99,13 +148,111 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.trim() != name {
         return Err("starts or ends with whitespace".into());
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| c.is_control() || *c == '/' || *c == '\\')
-    {
-        return Err(format!("contains {c:?}"));
+    check_chars(name)?;
+    if !unicode_normalization::is_nfc(name) {
+        return Err("is not in Unicode NFC form".into());
     }
     Ok(())
+}
+
+/// The rule for one component of a file's path inside a version (`config.json`,
+/// `.gitattributes`, `onnx`): not empty, not `.` or `..`, at most 255 bytes, and no
+/// `/`, `\`, control, bidi or zero-width characters.
+pub fn check_component(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("is {name:?}"));
+    }
+    if name.len() > 255 {
+        return Err("is longer than 255 bytes".into());
+    }
+    check_chars(name)
+}
+
+/// A relative path inside a version (`onnx/model.onnx`): each component passes
+/// [`check_component`]; never absolute, never `..`.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err("is absolute".into());
+    }
+    for c in path.split('/') {
+        check_component(c).map_err(|r| format!("has a component {c:?} that {r}"))?;
+    }
+    Ok(())
+}
+
+/// Characters no name may hold: `/`, `\`, control characters (line breaks included),
+/// bidi controls (which make a name display in another order, `evil\u{202e}txt.pt`), and
+/// zero-width or invisible characters (two names that look the same).
+fn check_chars(name: &str) -> Result<(), String> {
+    for c in name.chars() {
+        if c.is_control() || c == '/' || c == '\\' || c == '\u{2028}' || c == '\u{2029}' {
+            return Err(format!("contains {c:?}"));
+        }
+        if is_bidi_control(c) {
+            return Err(format!(
+                "contains the bidi control U+{:04X}, which makes a name display as something else",
+                c as u32
+            ));
+        }
+        if is_invisible(c) {
+            return Err(format!(
+                "contains the zero-width (invisible) character U+{:04X}, so two different names would look the same",
+                c as u32
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Unicode bidirectional formatting characters (UAX #9): embeddings, overrides,
+/// isolates and marks.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Zero-width and otherwise invisible characters: zero-width space, non-joiner and
+/// joiner, word joiner and invisible operators, the byte-order mark, soft hyphen,
+/// Mongolian vowel separator, combining grapheme joiner.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+    )
+}
+
+/// Serde helper: a model name read from registry.yaml or the start-up cache, checked
+/// with [`check_name`]; a bad one is an error at its position, never a path.
+pub fn de_model_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    check_name(&s).map_err(|r| serde::de::Error::custom(format!("model name {s:?} {r}")))?;
+    Ok(s)
+}
+
+/// A model name as a map key in registry.yaml or the start-up cache, checked on reading.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ModelName(pub String);
+
+impl<'de> serde::Deserialize<'de> for ModelName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_model_name(d).map(ModelName)
+    }
+}
+
+/// An inbox entry's name as a key of `sources:` in registry.yaml, checked on reading
+/// ([`check_component`]: the daemon joins it to the inbox's path).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryName(pub String);
+
+impl<'de> serde::Deserialize<'de> for EntryName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        check_component(&s)
+            .map_err(|r| serde::de::Error::custom(format!("inbox entry name {s:?} {r}")))?;
+        Ok(EntryName(s))
+    }
 }
 
 #[cfg(test)]
@@ -120,12 +267,54 @@ mod tests {
     }
 
     #[test]
-    fn name_is_up_to_first_dot() {
+    fn name_is_all_but_the_final_extension() {
         assert_eq!(c("resnet18.pt"), art("resnet18"));
-        assert_eq!(c("resnet18.best.pth"), art("resnet18"));
+        assert_eq!(c("resnet18.best.pth"), art("resnet18.best"));
+        assert_eq!(
+            c("Qwen2.5-0.5B-Instruct.Q4_K_M.gguf"),
+            art("Qwen2.5-0.5B-Instruct.Q4_K_M")
+        );
+        assert_eq!(
+            c("mistral-7b-v0.1.Q4_K_M.gguf"),
+            art("mistral-7b-v0.1.Q4_K_M")
+        );
+        assert_eq!(c("bert.tar.gz"), art("bert"));
+        assert_eq!(c("bert.v2.TAR.ZST"), art("bert.v2"));
+        assert_eq!(c("x.tar"), art("x"));
         assert_eq!(c("model"), art("model"));
+        assert_eq!(c("model."), art("model"));
         assert_eq!(c("chest_xray_densenet.pth"), art("chest_xray_densenet"));
         assert_eq!(c("모델.pt"), art("모델"));
+    }
+
+    #[test]
+    fn nfc_bidi_and_zero_width() {
+        // NFD (as macOS writes) and NFC are one name.
+        assert_eq!(c("cafe\u{301}.pt"), art("caf\u{e9}"));
+        assert!(check_name("cafe\u{301}").unwrap_err().contains("NFC"));
+        assert_eq!(model_name("cafe\u{301}").unwrap(), "caf\u{e9}");
+        for bad in ["evil\u{202e}txt", "a\u{2066}b", "x\u{200f}"] {
+            assert!(model_name(bad).unwrap_err().contains("bidi"), "{bad:?}");
+        }
+        for bad in ["zero\u{200b}width", "a\u{feff}", "a\u{2060}b", "a\u{ad}b"] {
+            assert!(
+                model_name(bad).unwrap_err().contains("zero-width"),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(c("evil\u{202e}txt.pt"), Entry::Refused { .. }));
+    }
+
+    #[test]
+    fn components_and_relative_paths() {
+        assert!(check_component(".gitattributes").is_ok());
+        assert!(check_component("-x").is_ok());
+        assert!(check_component("..").is_err());
+        assert!(check_component("").is_err());
+        assert!(check_relative_path("onnx/model.onnx").is_ok());
+        assert!(check_relative_path("../x").is_err());
+        assert!(check_relative_path("a//b").is_err());
+        assert!(check_relative_path("/etc/passwd").is_err());
     }
 
     #[test]
@@ -146,6 +335,12 @@ mod tests {
         );
         assert_eq!(
             c("bert.v2.metrics.yaml"),
+            Entry::Sidecar {
+                name: "bert.v2".into()
+            }
+        );
+        assert_eq!(
+            c("bert.v2.metrics.json"),
             Entry::Sidecar {
                 name: "bert.v2".into()
             }

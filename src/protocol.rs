@@ -139,6 +139,40 @@ impl Request {
         }
     }
 
+    /// The request with its model names and aliases in Unicode NFC,
+    /// so that every spelling of one visible name finds the same model (the names are
+    /// checked where they are used).
+    pub fn normalized(mut self) -> Request {
+        use crate::names::to_nfc;
+        match &mut self {
+            Request::Ping {} | Request::List {} | Request::Status {} => {}
+            Request::Get { name, selector, .. } => {
+                *name = to_nfc(name);
+                if let Some(s) = selector {
+                    *s = to_nfc(s);
+                }
+            }
+            Request::Versions { name }
+            | Request::History { name }
+            | Request::Deprecate { name, .. }
+            | Request::Rm { name, .. } => *name = to_nfc(name),
+            // The entry is a file name in the inbox, used as it is on disk.
+            Request::Wait { name, .. } => *name = to_nfc(name),
+            Request::AliasSet { name, alias, .. }
+            | Request::AliasRemove { name, alias }
+            | Request::Rollback { name, alias } => {
+                *name = to_nfc(name);
+                *alias = to_nfc(alias);
+            }
+            Request::Gc { name, .. } | Request::Verify { name } => {
+                if let Some(n) = name {
+                    *n = to_nfc(n);
+                }
+            }
+        }
+        self
+    }
+
     /// Whether the request changes the registry, so that the peer's uid is checked
     /// (SO_PEERCRED).
     pub fn is_mutating(&self) -> bool {
@@ -262,7 +296,7 @@ impl Response {
 /// Parses one request line (without its newline). Returns the request and its `id`, or
 /// the error answer to send (with the `id` when one could be read).
 pub fn parse_request(line: &[u8]) -> Result<(Request, Option<serde_json::Value>), Response> {
-    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+    let value = parse_unique(line).map_err(|e| {
         Response::err(
             ErrorCode::BadRequest,
             format!("request is not valid JSON: {e}"),
@@ -295,13 +329,82 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Option<serde_json::Value>)
         }
     }
     serde_json::from_value::<Request>(serde_json::Value::Object(obj))
-        .map(|r| (r, id.clone()))
+        .map(|r| (r.normalized(), id.clone()))
         .map_err(|e| {
             with_id(Response::err(
                 ErrorCode::BadRequest,
                 format!("bad request: {e}"),
             ))
         })
+}
+
+/// Parses JSON text into a value, refusing a key given twice in one object (which a
+/// plain parse would resolve silently by keeping the last).
+fn parse_unique(line: &[u8]) -> serde_json::Result<serde_json::Value> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    struct Unique;
+
+    impl<'de> DeserializeSeed<'de> for Unique {
+        type Value = serde_json::Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Unique {
+        type Value = serde_json::Value;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E: Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_string<E: Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = a.next_element_seed(Unique)? {
+                out.push(v);
+            }
+            Ok(serde_json::Value::Array(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some(k) = a.next_key::<String>()? {
+                if out.contains_key(&k) {
+                    return Err(A::Error::custom(format!(
+                        "duplicate key {k:?}; each field may be given once"
+                    )));
+                }
+                let v = a.next_value_seed(Unique)?;
+                out.insert(k, v);
+            }
+            Ok(serde_json::Value::Object(out))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let v = Unique.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
 }
 
 /// Every `op` the daemon answers.

@@ -850,7 +850,7 @@ async fn wait(ctx: &Context, name: &str, entry: &str, timeout_ms: Option<u64>) -
             format!("invalid model name {name:?}: it {reason}"),
         );
     }
-    if let Err(reason) = names::check_name(entry) {
+    if let Err(reason) = names::check_component(entry) {
         return Response::err(
             ErrorCode::InvalidName,
             format!("invalid inbox entry {entry:?}: it {reason}"),

@@ -26,7 +26,6 @@ use tokio::time::Instant;
 use crate::config::WatchMode;
 use crate::inbox::{self, FileStat, Look};
 use crate::ingest::Settled;
-use crate::names::SIDECAR_SUFFIX;
 use crate::protocol::Waiting;
 use crate::status::StatusBoard;
 
@@ -641,10 +640,15 @@ impl Settler {
             sidecar: None,
             gone,
         };
-        let sidecar_entry = format!("{name}{SIDECAR_SUFFIX}");
         for (entry, look) in looks {
             if let Look::Files { folder, files } = look {
-                if entry == sidecar_entry && !folder {
+                // `<name>.metrics.yaml` or `.metrics.json`, in whatever Unicode form.
+                let is_sidecar = !folder
+                    && matches!(
+                        crate::names::classify(std::ffi::OsStr::new(&entry), false),
+                        crate::names::Entry::Sidecar { .. }
+                    );
+                if is_sidecar {
                     settled.sidecar = Some((entry, Look::Files { folder, files }));
                 } else {
                     settled

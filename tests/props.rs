@@ -101,7 +101,7 @@ proptest! {
     }
 }
 
-fn version(n: u32) -> impl Strategy<Value = Version> {
+fn version(name: String, n: u32) -> impl Strategy<Value = Version> {
     (
         prop::collection::btree_map(
             "[a-z_]{1,10}",
@@ -116,7 +116,7 @@ fn version(n: u32) -> impl Strategy<Value = Version> {
             number: n,
             kind: if folder { Kind::Folder } else { Kind::File },
             files: vec![StoredFile {
-                path: format!("models/m/v{n}/m.pt"),
+                path: format!("models/{name}/v{n}/m.pt"),
                 sha256: "0".repeat(64),
                 size,
             }],
@@ -133,10 +133,10 @@ fn version(n: u32) -> impl Strategy<Value = Version> {
         })
 }
 
-fn catalog() -> impl Strategy<Value = Catalog> {
-    let model = (1u32..6).prop_flat_map(|count| {
+fn model(name: String) -> impl Strategy<Value = Model> {
+    (1u32..6).prop_flat_map(move |count| {
         (0..count)
-            .map(|i| version(i + 1))
+            .map(|i| version(name.clone(), i + 1))
             .collect::<Vec<_>>()
             .prop_map(|vs| {
                 let mut m = Model::default();
@@ -145,16 +145,27 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                 }
                 m
             })
+    })
+}
+
+fn catalog() -> impl Strategy<Value = Catalog> {
+    let names = prop::collection::btree_set("[A-Za-z0-9_가-힣][A-Za-z0-9_\\-\\.가-힣]{0,11}", 0..4);
+    let models = names.prop_flat_map(|names| {
+        names
+            .into_iter()
+            .map(|n| model(n.clone()).prop_map(move |m| (n.clone(), Arc::new(m))))
+            .collect::<Vec<_>>()
     });
     (
-        prop::collection::btree_map("[A-Za-z0-9_\\-\\.가-힣]{1,12}", model, 0..4),
-        prop::collection::btree_map("\\PC{1,12}", "[0-9:]{1,20}", 0..4),
+        models,
+        prop::collection::btree_map(
+            "[A-Za-z0-9_\\- 가-힣][A-Za-z0-9_\\-\\. 가-힣]{0,11}",
+            "[0-9:]{1,20}",
+            0..4,
+        ),
     )
         .prop_map(|(models, sources)| Catalog {
-            models: models
-                .into_iter()
-                .map(|(k, m)| (k, Arc::new(m)))
-                .collect::<BTreeMap<_, _>>(),
+            models: models.into_iter().collect::<BTreeMap<_, _>>(),
             sources: sources
                 .into_iter()
                 .map(|(k, fp)| {
@@ -170,4 +181,149 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                 })
                 .collect(),
         })
+}
+
+/// Any YAML value, nested up to 40 levels (beyond the sidecar limit), with the numbers
+/// YAML can write (NaN and infinities included) and any text.
+fn yaml_value() -> impl Strategy<Value = serde_yaml::Value> {
+    use serde_yaml::Value as Y;
+    let leaf = prop_oneof![
+        Just(Y::Null),
+        any::<bool>().prop_map(Y::Bool),
+        any::<i64>().prop_map(|i| Y::Number(i.into())),
+        any::<u64>().prop_map(|i| Y::Number(i.into())),
+        any::<f64>().prop_map(|f| Y::Number(f.into())),
+        prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-0.0)]
+            .prop_map(|f| Y::Number(f.into())),
+        any::<String>().prop_map(Y::String),
+        "[ -~]{0,12}".prop_map(Y::String),
+    ];
+    leaf.prop_recursive(40, 400, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Y::Sequence),
+            prop::collection::vec((sidecar_key(), inner), 0..4).prop_map(|kv| {
+                Y::Mapping(kv.into_iter().map(|(k, v)| (Y::String(k), v)).collect())
+            }),
+        ]
+    })
+}
+
+fn sidecar_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("metrics".to_string()),
+        Just("metadata".to_string()),
+        Just("params".to_string()),
+        Just("tags".to_string()),
+        Just("dataset".to_string()),
+        Just("accuracy".to_string()),
+        "[a-z_]{1,8}",
+        any::<String>(),
+    ]
+}
+
+/// A sidecar as a training script would write it: a map at the top, in YAML or JSON.
+fn sidecar_text() -> impl Strategy<Value = (String, String)> {
+    (
+        prop::collection::vec((sidecar_key(), yaml_value()), 0..5),
+        any::<bool>(),
+    )
+        .prop_filter_map("JSON cannot hold NaN", |(kv, json)| {
+            let top = serde_yaml::Value::Mapping(
+                kv.into_iter()
+                    .map(|(k, v)| (serde_yaml::Value::String(k), v))
+                    .collect(),
+            );
+            if json {
+                let v: serde_json::Value = serde_yaml::from_value(top).ok()?;
+                Some((
+                    "s.metrics.json".to_string(),
+                    serde_json::to_string(&v).ok()?,
+                ))
+            } else {
+                Some((
+                    "s.metrics.yaml".to_string(),
+                    serde_yaml::to_string(&top).ok()?,
+                ))
+            }
+        })
+}
+
+/// A name as an uploader might spell it: dotted, Unicode in either form, with bidi
+/// controls, zero-width characters or path tricks.
+fn raw_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9_\\-\\. ]{1,20}",
+        "\\PC{1,20}",
+        any::<String>(),
+        Just("cafe\u{301}".to_string()),
+        Just("a\u{202e}b".to_string()),
+        Just("../../x".to_string()),
+    ]
+}
+
+/// What a registered version holding this sidecar would be.
+fn version_with(name: &str, s: &modelreg::sidecar::Sidecar) -> Version {
+    Version {
+        number: 1,
+        kind: Kind::File,
+        files: vec![StoredFile {
+            path: format!("models/{name}/v1/{name}.pt"),
+            sha256: "0".repeat(64),
+            size: 1,
+        }],
+        source: format!("pretrained_models/{name}.pt"),
+        registered_at: "2026-11-26T00:00:00Z".into(),
+        metrics: s.metrics.clone().into_iter().collect(),
+        metadata: s.metadata.clone().into_iter().collect(),
+        sidecar: None,
+        metrics_history: vec![],
+        deprecated: None,
+        removed: None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Whatever the daemon accepts (a sidecar, a name) it writes to registry.yaml and
+    /// the start-up cache and loads again, unchanged, with and without the cache.
+    #[test]
+    fn accepted_sidecars_and_names_load_again((shown, text) in sidecar_text(), raw in raw_name()) {
+        let Ok(name) = modelreg::names::model_name(&raw) else {
+            return Ok(());
+        };
+        let Ok(parsed) = modelreg::sidecar::parse(&shown, text.as_bytes()) else {
+            return Ok(());
+        };
+        let mut m = Model::default();
+        m.push(version_with(&name, &parsed));
+        let mut c = Catalog::default();
+        c.models.insert(name.clone(), Arc::new(m));
+        c.sources.insert(format!("{name}.pt"), SourceRecord {
+            fingerprint: "1:2:3".into(),
+            model: name.clone(),
+            version: Some(1),
+            sha256: None,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("registry.yaml");
+        let yaml = persist::to_yaml(&c).unwrap();
+        persist::write_atomic(&reg, yaml.as_bytes()).unwrap();
+        persist::write_cache(&reg, &c).unwrap();
+        let from_cache = persist::load_with_cache(&reg).unwrap().unwrap();
+        std::fs::remove_file(persist::cache_path(&reg)).unwrap();
+        let from_yaml = persist::load_with_cache(&reg).unwrap().unwrap();
+        for back in [from_cache, from_yaml] {
+            prop_assert_eq!(&back.sources, &c.sources);
+            prop_assert_eq!(&*back.models[&name], &*c.models[&name]);
+        }
+    }
+
+    /// Refusals of sidecars name the file (and a line where there is one).
+    #[test]
+    fn refused_sidecars_say_where((shown, text) in sidecar_text()) {
+        if let Err(e) = modelreg::sidecar::parse(&shown, text.as_bytes()) {
+            prop_assert!(e.to_string().starts_with(&shown), "{}", e);
+        }
+    }
 }

@@ -45,6 +45,7 @@ pub struct Model {
 #[serde(deny_unknown_fields)]
 pub struct AliasMove {
     /// The alias.
+    #[serde(deserialize_with = "de_alias")]
     pub alias: String,
     /// Where it pointed before (none: it did not exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +171,7 @@ pub struct SourceRecord {
     /// Size, mtime and inode (for a folder: a digest of those of every file).
     pub fingerprint: String,
     /// The model it belongs to.
+    #[serde(deserialize_with = "crate::names::de_model_name")]
     pub model: String,
     /// For an artifact: the version its content is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +275,30 @@ pub fn check_alias(alias: &str) -> Result<(), String> {
         return Err(format!("{alias:?} looks like a version number"));
     }
     Ok(())
+}
+
+/// Serde helper: an alias read from registry.yaml or the start-up cache, checked with
+/// [`check_alias`]; a bad one is an error at its position.
+pub fn de_alias<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check_alias(&s).map_err(|r| serde::de::Error::custom(format!("alias {s:?}: {r}")))?;
+    Ok(s)
+}
+
+/// The deepest a version's metadata may nest, its own map counting as 1: what a sidecar
+/// can give (see [`crate::sidecar::MAX_DEPTH`]). registry.yaml holds it 6 levels down.
+pub const MAX_METADATA_DEPTH: usize = crate::sidecar::MAX_DEPTH;
+
+/// How deep `m` nests: 1 for a map of scalars, one more per level of maps and lists.
+pub fn metadata_depth(m: &Metadata) -> usize {
+    fn depth(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    1 + m.iter().map(|(_, v)| depth(v)).max().unwrap_or(0)
 }
 
 /// Parses a selector of the form `vN` (or a bare `N`) into N.

@@ -26,6 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{AliasMove, Catalog, Model, SourceRecord, Version};
 use crate::error::{Error, ParseError, Result};
+use crate::names::{EntryName, ModelName};
 
 /// The registry.yaml format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -38,9 +39,9 @@ const HEADER: &str =
 struct FileRepr {
     format: u32,
     #[serde(default)]
-    models: BTreeMap<String, ModelRepr>,
+    models: BTreeMap<ModelName, ModelRepr>,
     #[serde(default)]
-    sources: BTreeMap<String, SourceRecord>,
+    sources: BTreeMap<EntryName, SourceRecord>,
 }
 
 #[derive(Deserialize)]
@@ -50,9 +51,20 @@ struct ModelRepr {
     #[serde(default)]
     versions: VersionMap,
     #[serde(default)]
-    aliases: BTreeMap<String, u32>,
+    aliases: BTreeMap<AliasName, u32>,
     #[serde(default)]
     alias_history: Vec<AliasMove>,
+}
+
+/// An alias as a key in registry.yaml or the cache, checked on reading
+/// ([`super::check_alias`]).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct AliasName(String);
+
+impl<'de> Deserialize<'de> for AliasName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        super::de_alias(d).map(AliasName)
+    }
 }
 
 /// The same shape, borrowed, for writing without copying the catalog.
@@ -130,10 +142,30 @@ impl<'de> Deserialize<'de> for VersionMap {
 
 /// Serialises the catalog as registry.yaml text.
 pub fn to_yaml(c: &Catalog) -> Result<String> {
+    check_writable(c)?;
     let repr = repr_ref(c);
     let body = serde_yaml::to_string(&repr)
         .map_err(|e| Error::Other(format!("cannot serialise the registry: {e}")))?;
     Ok(format!("{HEADER}{body}"))
+}
+
+/// The catalog writer's guard: never write what cannot be read back. Metadata nested
+/// deeper than a sidecar may nest would push registry.yaml towards the parsers'
+/// recursion limits; such a catalog is refused (the change that made it rolls back).
+fn check_writable(c: &Catalog) -> Result<()> {
+    for (name, m) in &c.models {
+        for v in &m.versions {
+            let depth = super::metadata_depth(&v.metadata);
+            if depth > super::MAX_METADATA_DEPTH {
+                return Err(Error::Other(format!(
+                    "{name} v{}: metadata nested {depth} levels deep (at most {} are written)",
+                    v.number,
+                    super::MAX_METADATA_DEPTH
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
@@ -162,10 +194,64 @@ fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
 pub fn from_yaml(shown: &str, text: &str) -> std::result::Result<Catalog, ParseError> {
     let repr: FileRepr =
         serde_yaml::from_str(text).map_err(|e| ParseError::from_yaml(shown, &e))?;
-    into_catalog(shown, repr)
+    into_catalog(shown, Some(text), repr)
 }
 
-fn into_catalog(shown: &str, repr: FileRepr) -> std::result::Result<Catalog, ParseError> {
+/// The 1-based line of `text` where `needle` first appears, for errors found after
+/// parsing.
+fn line_of(text: Option<&str>, needle: &str) -> Option<usize> {
+    let at = text?.find(needle)?;
+    Some(text?[..at].matches('\n').count() + 1)
+}
+
+/// Checks the paths a version names, loaded from disk: each stored file must lie in the
+/// version's own folder (`.../<model>/v<N>/<relative path>`, no `..` anywhere), and the
+/// source and sidecar paths must not climb out with `..`. Returns the bad path and why.
+fn check_version_paths(name: &str, v: &Version) -> std::result::Result<(), (String, String)> {
+    let vdir = format!("v{}", v.number);
+    for f in &v.files {
+        let comps: Vec<&str> = f.path.split('/').collect();
+        let at = comps
+            .windows(2)
+            .rposition(|w| w[0] == name && w[1] == vdir)
+            .filter(|i| i + 2 < comps.len());
+        let Some(at) = at else {
+            return Err((
+                f.path.clone(),
+                format!(
+                    "stored file of {name} v{} is not inside .../{name}/{vdir}/",
+                    v.number
+                ),
+            ));
+        };
+        if let Err(r) = crate::names::check_relative_path(&comps[at + 2..].join("/")) {
+            return Err((f.path.clone(), format!("stored file path {r}")));
+        }
+        check_plain_path(&f.path).map_err(|r| (f.path.clone(), r))?;
+    }
+    check_plain_path(&v.source).map_err(|r| (v.source.clone(), r))?;
+    if let Some(s) = &v.sidecar {
+        check_plain_path(&s.path).map_err(|r| (s.path.clone(), r))?;
+    }
+    Ok(())
+}
+
+/// A path (absolute, or relative to the root) without `.`, `..` or empty components.
+fn check_plain_path(p: &str) -> std::result::Result<(), String> {
+    let rel = p.strip_prefix('/').unwrap_or(p);
+    for c in rel.split('/') {
+        if c.is_empty() || c == "." || c == ".." || c.contains('\0') {
+            return Err(format!("path {p:?} has a component {c:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn into_catalog(
+    shown: &str,
+    text: Option<&str>,
+    repr: FileRepr,
+) -> std::result::Result<Catalog, ParseError> {
     if repr.format != FORMAT {
         return Err(ParseError::at(
             shown,
@@ -177,8 +263,18 @@ fn into_catalog(shown: &str, repr: FileRepr) -> std::result::Result<Catalog, Par
         ));
     }
     let mut models = BTreeMap::new();
-    for (name, m) in repr.models {
+    for (ModelName(name), m) in repr.models {
         let versions = m.versions.0;
+        for v in &versions {
+            if let Err((path, reason)) = check_version_paths(&name, v) {
+                return Err(ParseError::at(shown, line_of(text, &path), reason));
+            }
+        }
+        let aliases: BTreeMap<String, u32> = m
+            .aliases
+            .into_iter()
+            .map(|(AliasName(a), n)| (a, n))
+            .collect();
         let top = versions.last().map_or(0, |v| v.number);
         if top > m.highest_version {
             return Err(ParseError::at(
@@ -190,7 +286,7 @@ fn into_catalog(shown: &str, repr: FileRepr) -> std::result::Result<Catalog, Par
                 ),
             ));
         }
-        if let Some((alias, n)) = m.aliases.iter().find(|(_, n)| {
+        if let Some((alias, n)) = aliases.iter().find(|(_, n)| {
             !versions
                 .iter()
                 .any(|v| v.number == **n && v.removed.is_none())
@@ -206,14 +302,18 @@ fn into_catalog(shown: &str, repr: FileRepr) -> std::result::Result<Catalog, Par
             Arc::new(Model {
                 highest: m.highest_version,
                 versions,
-                aliases: m.aliases,
+                aliases,
                 alias_history: m.alias_history,
             }),
         );
     }
     Ok(Catalog {
         models,
-        sources: repr.sources,
+        sources: repr
+            .sources
+            .into_iter()
+            .map(|(EntryName(e), r)| (e, r))
+            .collect(),
     })
 }
 
@@ -268,11 +368,10 @@ pub fn load_with_cache(registry: &Path) -> Result<Option<Catalog>> {
     let sha = crate::store::sha256_hex(&bytes);
     if let Ok(cached) = std::fs::read(cache_path(registry)) {
         match serde_json::from_slice::<CacheIn>(&cached) {
-            Ok(c) if c.registry_sha256 == sha => {
-                if let Ok(catalog) = into_catalog(&shown, c.catalog) {
-                    return Ok(Some(catalog));
-                }
-            }
+            Ok(c) if c.registry_sha256 == sha => match into_catalog(&shown, None, c.catalog) {
+                Ok(catalog) => return Ok(Some(catalog)),
+                Err(e) => tracing::warn!("ignoring the start-up cache: {e}"),
+            },
             Ok(_) => tracing::info!(
                 "the start-up cache is older than registry.yaml; reading registry.yaml"
             ),
