@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import socket as _socket
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -161,11 +162,10 @@ class ModelRegistry:
         src = Path(model_path)
         if not src.exists():
             raise FileNotFoundError(f"model_path {src} does not exist")
-        if not name or "/" in name or name.startswith((".", "-")) or "." in name and not src.is_dir():
-            raise ValueError(
-                f"invalid model name {name!r}: no '/', no leading '.' or '-', and for a file no '.' "
-                "(the daemon names a file by what precedes its first dot)"
-            )
+        name = unicodedata.normalize("NFC", name)
+        bad = _name_problem(name)
+        if bad:
+            raise ValueError(f"invalid model name {name!r}: it {bad}")
         for k, v in (metrics or {}).items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"metric {k!r} must be a number, not {type(v).__name__}")
@@ -179,7 +179,13 @@ class ModelRegistry:
             tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
             shutil.copytree(src, tmp)
         else:
-            entry = name + "".join(src.suffixes)
+            # The daemon names a file by its name without the final extension (a compound
+            # archive extension such as .tar.gz counts as one): keep the source's, so
+            # that a dotted name such as "Qwen2.5-0.5B" survives whole.
+            ext = next((e for e in _ARCHIVE_EXTENSIONS if src.name.lower().endswith(e)), src.suffix)
+            if not ext and "." in name:
+                ext = ".bin"
+            entry = name + ext
             tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
             shutil.copyfile(src, tmp)
         try:
@@ -234,6 +240,36 @@ class ModelRegistry:
         err = answer.get("error") or {}
         code = err.get("code", "error")
         raise _BY_CODE.get(code, ModelRegistryError)(err.get("message", "unknown error"), code)
+
+
+_ARCHIVE_EXTENSIONS = (".tar.gz", ".tar.xz", ".tar.bz2", ".tar.zst", ".tar.lz4", ".tar.lzma")
+
+# Characters the daemon refuses in a name (bidi controls and zero-width characters make
+# a name display as something else); the daemon's src/names.rs holds the same rule.
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_INVISIBLE = set("\u00ad\u034f\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff")
+
+
+def _name_problem(name: str) -> Optional[str]:
+    """Why the daemon would refuse `name` as a model name (None when it would not)."""
+    if not name:
+        return "is empty"
+    if len(name.encode()) > 255:
+        return "is longer than 255 bytes"
+    if name.startswith("."):
+        return "starts with a dot"
+    if name.startswith("-"):
+        return "starts with '-'"
+    if name.strip() != name:
+        return "starts or ends with whitespace"
+    for c in name:
+        if c in "/\\" or unicodedata.category(c) == "Cc" or c in "\u2028\u2029":
+            return f"contains {c!r}"
+        if c in _BIDI:
+            return f"contains the bidi control U+{ord(c):04X}"
+        if c in _INVISIBLE:
+            return f"contains the zero-width (invisible) character U+{ord(c):04X}"
+    return None
 
 
 def _sidecar(metrics: Dict[str, float], metadata: Dict[str, Any]) -> str:

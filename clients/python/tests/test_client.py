@@ -111,6 +111,19 @@ class ClientTest(unittest.TestCase):
         r2 = self.reg.register("s", weights(self.work / "2.pt", 2), metrics={"accuracy": 0.5})
         self.assertEqual(r2["metrics"], {"accuracy": 0.5})
 
+    def test_dotted_names(self) -> None:
+        # Dots are normal in model names: the daemon drops only a file's final extension.
+        r = self.reg.register("Qwen2.5-0.5B-Instruct.Q4_K_M", weights(self.work / "q.gguf", 1), metrics={"accuracy": 0.6})
+        self.assertEqual(r["name"], "Qwen2.5-0.5B-Instruct.Q4_K_M")
+        self.assertEqual(r["metrics"], {"accuracy": 0.6})
+        r = self.reg.register("Qwen2.5-0.5B", weights(self.work / "weights", 2))
+        self.assertEqual(r["name"], "Qwen2.5-0.5B")
+        r = self.reg.register("t5.v1.1", weights(self.work / "t5.tar.gz", 3))
+        self.assertEqual(r["name"], "t5.v1.1")
+        self.assertEqual(sorted(m["name"] for m in self.reg.list()), ["Qwen2.5-0.5B", "Qwen2.5-0.5B-Instruct.Q4_K_M", "t5.v1.1"])
+        with self.assertRaises(ValueError):
+            self.reg.register("evil\u202etxt", weights(self.work / "x.pt", 4))
+
     def test_folder(self) -> None:
         folder = self.work / "bert"
         (folder / "sub").mkdir(parents=True)
@@ -141,7 +154,7 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(FileNotFoundError):
             self.reg.register("x", self.work / "missing.pt")
         with self.assertRaises(ValueError):
-            self.reg.register("bad.name", weights(self.work / "b.pt", 1))
+            self.reg.register(".hidden", weights(self.work / "b.pt", 1))
         with self.assertRaises(TypeError):
             self.reg.register("x", weights(self.work / "x.pt", 1), metrics={"accuracy": "high"})
         with self.assertRaises(ValueError):
