@@ -51,6 +51,13 @@ pub enum Entry {
     Refused { reason: String },
 }
 
+/// True for a sidecar's file name (`<name>.metrics.yaml` or `<name>.metrics.json`).
+pub fn is_sidecar(file_name: &str) -> bool {
+    SIDECAR_SUFFIXES
+        .iter()
+        .any(|x| file_name.len() > x.len() && file_name.ends_with(x))
+}
+
 /// True for names that are hidden or that writers use while a file is incomplete.
 pub fn is_temporary(file_name: &str) -> bool {
     file_name.starts_with('.')

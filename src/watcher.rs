@@ -599,6 +599,7 @@ impl Settler {
         let mut looks = Vec::new();
         let mut gone = Vec::new();
         let mut incomplete = None;
+        let mut sidecar: Option<&String> = None;
         for entry in &g.entries {
             let look = inbox::look(&inbox, entry, follow);
             let shown = inbox.join(entry).display().to_string();
@@ -615,6 +616,20 @@ impl Settler {
                     continue;
                 }
                 Look::Incomplete(reason) => incomplete = Some(reason.clone()),
+                // `x.metrics.yaml` and `x.metrics.json` both: which holds the metrics is
+                // ambiguous, so the artifact waits until one is removed.
+                Look::Files { folder: false, .. } if crate::names::is_sidecar(entry) => {
+                    if let Some(first) = sidecar {
+                        let reason = format!(
+                            "both {first} and {entry} are sidecars of {name}; remove one (its artifact waits)"
+                        );
+                        self.board.set_problem(&shown, &reason);
+                        incomplete = Some(reason);
+                    } else {
+                        sidecar = Some(entry);
+                        self.board.clear_problem(&shown);
+                    }
+                }
                 Look::Files { .. } => self.board.clear_problem(&shown),
             }
             current.extend(look.stats(entry));
@@ -643,12 +658,7 @@ impl Settler {
         for (entry, look) in looks {
             if let Look::Files { folder, files } = look {
                 // `<name>.metrics.yaml` or `.metrics.json`, in whatever Unicode form.
-                let is_sidecar = !folder
-                    && matches!(
-                        crate::names::classify(std::ffi::OsStr::new(&entry), false),
-                        crate::names::Entry::Sidecar { .. }
-                    );
-                if is_sidecar {
+                if !folder && crate::names::is_sidecar(&entry) {
                     settled.sidecar = Some((entry, Look::Files { folder, files }));
                 } else {
                     settled

@@ -157,3 +157,27 @@ fn flat_yaml_and_json_sidecars_give_metrics_that_best_uses() {
     let s = d.call(&Request::Status {}).unwrap().to_string();
     assert!(s.contains("under `metadata:`"), "{s}");
 }
+
+#[test]
+fn a_yaml_and_a_json_sidecar_for_one_model_make_it_wait() {
+    let d = TestDaemon::quick();
+    write_renamed(&d.inbox(), "twin.metrics.yaml", b"accuracy: 0.5\n");
+    write_renamed(&d.inbox(), "twin.metrics.json", br#"{"accuracy": 0.9}"#);
+    write_renamed(&d.inbox(), "twin.pt", &bytes(1, 100));
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "the ambiguity to be reported",
+        || {
+            d.call(&Request::Status {})
+                .unwrap()
+                .to_string()
+                .contains("remove one")
+        },
+    );
+    assert!(d.versions("twin").is_empty(), "the artifact waits");
+    std::fs::remove_file(d.inbox().join("twin.metrics.json")).unwrap();
+    let v = d.wait_versions("twin", 1);
+    assert_eq!(v[0].metrics["accuracy"], 0.5);
+    let problems = d.call(&Request::Status {}).unwrap()["problems"].to_string();
+    assert!(!problems.contains("remove one"), "{problems}");
+}
