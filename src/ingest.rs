@@ -1081,14 +1081,6 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
             .map(|r| r.display().to_string())
             .unwrap_or_else(|_| p.display().to_string())
     };
-    let sidecar = match &job.sidecar {
-        None => None,
-        Some((entry, look)) => match read_sidecar(job, entry, look, &relative) {
-            Ok(Some(s)) => Some(s),
-            Ok(None) => return JobResult::Changed,
-            Err(r) => return *r,
-        },
-    };
     let mut newest = job.latest.clone();
     let mut next = job.next;
     let mut new = Vec::new();
@@ -1111,6 +1103,14 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
         None => match inbox::open_dir(&job.inbox) {
             Ok(d) => d,
             Err(e) => return JobResult::Failed(format!("open {}: {e}", job.inbox.display())),
+        },
+    };
+    let sidecar = match &job.sidecar {
+        None => None,
+        Some((entry, look)) => match read_sidecar(job, &inbox_dir, entry, look, &relative) {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => return JobResult::Changed,
+            Err(r) => return *r,
         },
     };
     for (entry, look) in &job.artifacts {
@@ -1222,11 +1222,9 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
     }
 }
 
-/// Reads at most `cap` bytes of `path` through one open handle: `Ok(None)` when there
-/// is more.
-fn read_capped(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+/// Reads at most `cap` bytes from `f`: `Ok(None)` when there is more.
+fn read_capped(f: &std::fs::File, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let f = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     f.take(cap + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= cap).then_some(bytes))
@@ -1234,6 +1232,7 @@ fn read_capped(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
 
 fn read_sidecar(
     job: &Job,
+    inbox_dir: &std::fs::File,
     entry: &str,
     look: &Look,
     relative: &dyn Fn(&Path) -> String,
@@ -1257,12 +1256,22 @@ fn read_sidecar(
     if f.stat.size > MAX_SIDECAR_BYTES {
         return Err(too_large());
     }
-    // Read through the one open handle and never more than the cap + 1 bytes: the file
-    // may have grown (or been replaced by a huge sparse file) since it was looked at.
-    let bytes = match read_capped(&f.src, MAX_SIDECAR_BYTES) {
+    // Opened as artifacts are (no link followed out of the inbox, the handle checked
+    // against what was looked at), then read through that one handle and never more
+    // than the cap + 1 bytes: the file may grow (to a huge sparse file) once it is open.
+    let file = match inbox::open_checked(inbox_dir, &job.inbox, f, job.follow_symlinks) {
+        Ok(o) => o.file,
+        Err(inbox::OpenError::Changed(_)) => return Ok(None),
+        Err(inbox::OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(inbox::OpenError::Io(e)) => {
+            return Err(Box::new(JobResult::Failed(format!("open {shown}: {e}"))));
+        }
+    };
+    let bytes = match read_capped(&file, MAX_SIDECAR_BYTES) {
         Ok(Some(b)) => b,
         Ok(None) => return Err(too_large()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Box::new(JobResult::Failed(format!("read {shown}: {e}")))),
     };
     let fingerprint = look.fingerprint().unwrap_or_default();
