@@ -156,7 +156,7 @@ fn permission_denied(path: &Path) -> ClientError {
 }
 
 /// A group's name, or its number when it has none.
-fn group_name(gid: u32) -> String {
+pub(crate) fn group_name(gid: u32) -> String {
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
@@ -173,7 +173,7 @@ fn group_name(gid: u32) -> String {
 }
 
 /// A user's name, or its number when it has none.
-fn user_name(uid: u32) -> String {
+pub(crate) fn user_name(uid: u32) -> String {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::passwd = std::ptr::null_mut();

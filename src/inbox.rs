@@ -186,12 +186,23 @@ pub fn look(inbox: &Path, name: &str, follow_symlinks: bool) -> Look {
         if let Err(r) = walk(inbox, &path, "", 0, follow_symlinks, &mut files) {
             return r;
         }
+        // `mkdir x` comes before the files are copied in, possibly later than the settle
+        // period: a folder without a file is a writer not started yet, never a version.
+        if files.is_empty() {
+            return Look::Incomplete(format!(
+                "{}: empty folder: waiting for files",
+                path.display()
+            ));
+        }
         files.sort_by(|a, b| a.rel.cmp(&b.rel));
         Look::Files {
             folder: true,
             files,
         }
     } else if meta.is_file() {
+        if let Err(reason) = readable(&path, &meta) {
+            return Look::Refused(reason);
+        }
         Look::Files {
             folder: false,
             files: vec![EntryFile {
@@ -241,6 +252,12 @@ fn walk(
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Look::Gone),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let why = fs::metadata(dir)
+                .map(|m| not_allowed(dir, &m, "list"))
+                .unwrap_or_else(|_| format!("cannot list {}: {e}", dir.display()));
+            return Err(Look::Refused(why));
+        }
         Err(e) => return Err(Look::Refused(format!("cannot list {}: {e}", dir.display()))),
     };
     for entry in rd {
@@ -288,14 +305,79 @@ fn walk(
         if meta.is_dir() {
             walk(inbox, &path, &rel, depth + 1, follow, out)?;
         } else if meta.is_file() {
+            readable(&path, &meta).map_err(Look::Refused)?;
             out.push(EntryFile {
                 src: path,
                 rel,
                 stat: FileStat::of(&meta),
             });
+        } else {
+            // A pipe, socket or device cannot be copied as bytes; skipping it silently
+            // would register a version that lacks what the uploader meant to send.
+            return Err(Look::Refused(format!(
+                "{} is a {}, not a regular file or folder; remove it from the folder",
+                path.display(),
+                special_kind(&meta)
+            )));
         }
     }
     Ok(())
+}
+
+/// What a file that is neither regular nor a folder is, in words.
+fn special_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "named pipe (FIFO)"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// Whether the daemon's own user may read `path` (access(2) with the effective ids, so
+/// without opening it: an open would itself be an inotify event). A file it cannot read
+/// would otherwise fail every copy, retried for ever; it is a problem to fix instead.
+fn readable(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::R_OK, libc::AT_EACCESS) };
+    if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EACCES) {
+        // Any other failure (it vanished) is found by the next look or the copy.
+        return Ok(());
+    }
+    Err(not_allowed(path, meta, "read"))
+}
+
+/// Why the daemon may not `verb` (read, list) `path`, and what the uploader can do.
+fn not_allowed(path: &Path, meta: &fs::Metadata, verb: &str) -> String {
+    use crate::client::{group_name, user_name};
+    // SAFETY: geteuid/getegid cannot fail.
+    let (me, my_group) = unsafe { (user_name(libc::geteuid()), group_name(libc::getegid())) };
+    let what = if meta.is_dir() { "folder" } else { "file" };
+    let p = path.display();
+    let fix = if meta.is_dir() {
+        format!("chgrp -R {my_group} {p} && chmod -R g+rX {p}")
+    } else {
+        format!("chgrp {my_group} {p} && chmod g+r {p}")
+    };
+    format!(
+        "cannot {verb} {what} {p} (owner {}, group {}, mode {:04o}): the daemon runs as user \
+         {me}, group {my_group}, and may not {verb} it; make it readable by group {my_group}: \
+         {fix}; or copy it in with cp (which gives it the inbox's group) instead of mv",
+        user_name(meta.uid()),
+        group_name(meta.gid()),
+        meta.mode() & 0o7777
+    )
 }
 
 /// Temporary names inside an artifact folder that mean a writer is still at work:

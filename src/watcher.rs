@@ -53,7 +53,7 @@ pub type FsEvent = Result<notify::Event, String>;
 
 /// A running watcher; dropping it stops watching.
 pub struct Watching {
-    _watcher: Box<dyn Watcher + Send>,
+    _watcher: Box<dyn std::any::Any + Send>,
     /// How the inbox is watched, for `status`.
     pub description: String,
     /// Whether close-after-write events are reported (inotify), so that an open write
@@ -72,9 +72,17 @@ pub fn start(
     tx: mpsc::Sender<FsEvent>,
     overflow: Arc<Overflow>,
 ) -> Result<Watching, String> {
-    let handler = Forward { tx, overflow };
+    let handler = Forward {
+        tx,
+        overflow,
+        new_folders: None,
+    };
     let poll = |handler: Forward, why: String| -> Result<Watching, String> {
-        let cfg = notify::Config::default().with_poll_interval(poll_interval);
+        // Never follow links: a link to /usr would have the poller walk and stat all of
+        // it every interval. Links inside the inbox are judged by `inbox::look`.
+        let cfg = notify::Config::default()
+            .with_poll_interval(poll_interval)
+            .with_follow_symlinks(false);
         let mut w = notify::PollWatcher::new(handler, cfg).map_err(|e| e.to_string())?;
         w.watch(inbox, RecursiveMode::Recursive)
             .map_err(|e| format!("cannot poll {}: {e}", inbox.display()))?;
@@ -103,27 +111,62 @@ pub fn start(
             reports_close: true,
         }),
         Err(e) if mode == WatchMode::Auto => {
-            let why = format!(
-                "inotify failed: {e}; raise fs.inotify.max_user_watches / max_user_instances to use it"
-            );
+            let why = if is_limit(&e) {
+                format!(
+                    "inotify failed: {e}; raise fs.inotify.max_user_watches / max_user_instances to use it"
+                )
+            } else {
+                format!("inotify failed: {e}")
+            };
             tracing::warn!(inbox = %inbox.display(), "{why}; polling instead");
             poll(handler, why)
         }
-        Err(e) => Err(format!(
+        Err(e) if is_limit(&e) => Err(format!(
             "cannot watch {} with inotify: {e} (raise fs.inotify.max_user_watches, or set watch: auto or poll)",
+            inbox.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot watch {} with inotify: {e} (or set watch: poll)",
             inbox.display()
         )),
     }
 }
+
+/// Whether an inotify error is a per-user limit (watches, instances, open files), the
+/// only case where raising the sysctls helps.
+fn is_limit(e: &notify::Error) -> bool {
+    match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => true,
+        notify::ErrorKind::Io(io) => matches!(
+            io.raw_os_error(),
+            Some(libc::ENOSPC | libc::EMFILE | libc::ENFILE)
+        ),
+        _ => false,
+    }
+}
+
 /// The notify callback: forwards events into the bounded channel.
 #[derive(Clone)]
 struct Forward {
     tx: mpsc::Sender<FsEvent>,
     overflow: Arc<Overflow>,
+    /// With inotify: where folders created in or moved into the inbox are sent, to be
+    /// watched (see [`try_inotify`]).
+    new_folders: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
 impl notify::EventHandler for Forward {
     fn handle_event(&mut self, res: notify::Result<notify::Event>) {
+        if let (Some(folders), Ok(ev)) = (&self.new_folders, &res) {
+            let arrived = matches!(
+                ev.kind,
+                EventKind::Create(notify::event::CreateKind::Folder)
+                    | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            );
+            if arrived && let Some(p) = ev.paths.last() {
+                let _ = folders.send(p.clone());
+            }
+        }
         let msg = res.map_err(|e| e.to_string());
         // Full channel: drop the event and ask for a rescan, which finds whatever this
         // event was about. Blocking here would stall notify's thread and overflow the
@@ -134,10 +177,97 @@ impl notify::EventHandler for Forward {
     }
 }
 
-fn try_inotify(inbox: &Path, handler: Forward) -> notify::Result<notify::RecommendedWatcher> {
-    let mut w = notify::RecommendedWatcher::new(handler, notify::Config::default())?;
-    w.watch(inbox, RecursiveMode::Recursive)?;
+/// Watches the inbox and every folder under it with inotify, one non-recursive watch per
+/// folder, added by us rather than by notify's recursive mode: notify's recursive set-up
+/// gives up at the first folder it cannot watch, so one unreadable folder (`mkdir -m 700`
+/// by another user) would switch the whole inbox to polling. Here a folder that cannot be
+/// watched is skipped (logged; `inbox::look` makes it a `status` problem for its entry),
+/// and only the inbox itself or a per-user limit fails the set-up. Links are never
+/// followed (`symlink_metadata`, `file_type` of directory entries): a link to /etc must
+/// not put watches outside the inbox. Folders that appear later (created, or moved in
+/// with everything under them) are reported by the inbox's or their parent's watch and
+/// added by a small thread; what was written into them before their watch existed is
+/// found when their entry is looked at, as with notify's own recursive mode.
+fn try_inotify(inbox: &Path, mut handler: Forward) -> notify::Result<Arc<FolderWatches>> {
+    let (folders_tx, folders_rx) = std::sync::mpsc::channel::<PathBuf>();
+    handler.new_folders = Some(folders_tx);
+    let overflow = handler.overflow.clone();
+    let cfg = notify::Config::default().with_follow_symlinks(false);
+    let w = Arc::new(FolderWatches {
+        watcher: std::sync::Mutex::new(notify::RecommendedWatcher::new(handler, cfg)?),
+    });
+    w.add(inbox, true)?;
+    // The thread holds only a weak reference: dropping `Watching` drops the watcher, whose
+    // handler holds the sender, which ends the thread.
+    let weak = Arc::downgrade(&w);
+    std::thread::Builder::new()
+        .name("inbox-folders".into())
+        .spawn(move || {
+            while let Ok(dir) = folders_rx.recv() {
+                let Some(w) = weak.upgrade() else { break };
+                if let Err(e) = w.add(&dir, false) {
+                    // A limit: new folders go unwatched. A rescan still finds their files.
+                    tracing::error!(folder = %dir.display(), "cannot watch a new folder: {e}; raise fs.inotify.max_user_watches");
+                    overflow.raise();
+                }
+            }
+        })
+        .map_err(notify::Error::io)?;
     Ok(w)
+}
+
+/// The inotify watcher with its own per-folder watches; see [`try_inotify`].
+struct FolderWatches {
+    watcher: std::sync::Mutex<notify::RecommendedWatcher>,
+}
+
+impl FolderWatches {
+    /// Watches `dir` and every real folder under it. An error on `dir` itself fails when
+    /// `strict`; below it, only a per-user limit fails (nothing more can be added).
+    fn add(&self, dir: &Path, strict: bool) -> notify::Result<()> {
+        let mut stack = vec![(dir.to_path_buf(), 0usize)];
+        while let Some((d, depth)) = stack.pop() {
+            let top = depth == 0;
+            // The inbox itself as configured (its path may hold a link the operator
+            // chose); everything under it without following links.
+            let meta = if top && strict {
+                std::fs::metadata(&d)
+            } else {
+                std::fs::symlink_metadata(&d)
+            };
+            match meta {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => continue,
+                Err(e) if top && strict => return Err(notify::Error::io(e).add_path(d)),
+                Err(_) => continue,
+            }
+            let added = self
+                .watcher
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .watch(&d, RecursiveMode::NonRecursive);
+            if let Err(e) = added {
+                if is_limit(&e) || (top && strict) {
+                    return Err(e);
+                }
+                tracing::warn!(folder = %d.display(), "not watching this folder: {e}");
+                continue;
+            }
+            // Deeper than any entry may be (inbox::look refuses those) is not watched.
+            if depth > 40 {
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in rd.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((entry.path(), depth + 1));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The name of the network filesystem `path` is on, if it is on one (by statfs magic).
