@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const SOCK: &str = "/run/modelreg/modelreg.sock";
 const ROOT: &str = "/var/lib/modelreg";
+/// A file the unit's user must not be able to create in /dev/shm (the host's).
+const SHM_PROBE: &str = "/dev/shm/modelreg-sandbox-probe";
 
 /// Mounts the private layers, masks the units that would touch shared state, then
 /// becomes systemd. `set -e`: if any mount fails, systemd is never started.
@@ -437,9 +439,13 @@ fn documented_install_serves_the_group_under_real_systemd() {
         "/var/log/probe".to_string(),
         format!("{REPO}/target/probe"),
         "/root/probe".to_string(),
+        // The namespace shares the host's /dev, so without the unit's InaccessiblePaths
+        // this would write into the machine's real /dev/shm: removed below either way.
+        SHM_PROBE.to_string(),
     ] {
         m.fails(&in_unit(&format!("touch {outside}")));
     }
+    let _ = std::fs::remove_file(SHM_PROBE);
 
     // Reload: a changed setting shows in `status`.
     let status_json = || m.ok(&as_user("alice", &format!("{cli} status --json")));
