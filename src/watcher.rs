@@ -158,14 +158,27 @@ struct Forward {
 impl notify::EventHandler for Forward {
     fn handle_event(&mut self, res: notify::Result<notify::Event>) {
         if let (Some(folders), Ok(ev)) = (&self.new_folders, &res) {
+            // Created, moved in, or (metadata) perhaps made readable after a failed watch.
             let arrived = matches!(
                 ev.kind,
                 EventKind::Create(notify::event::CreateKind::Folder)
-                    | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                    | EventKind::Modify(
+                        ModifyKind::Name(RenameMode::To | RenameMode::Both)
+                            | ModifyKind::Metadata(_)
+                    )
             );
             if arrived && let Some(p) = ev.paths.last() {
                 let _ = folders.send(p.clone());
             }
+        }
+        // A folder the daemon may not list: `inbox::look` reports it as a problem of its
+        // entry, with its owner and mode; the poll watcher would repeat this every interval.
+        if let Err(e) = &res
+            && let notify::ErrorKind::Io(io) = &e.kind
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            tracing::debug!("watcher: {e}");
+            return;
         }
         let msg = res.map_err(|e| e.to_string());
         // Full channel: drop the event and ask for a rescan, which finds whatever this

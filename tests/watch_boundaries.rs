@@ -192,6 +192,41 @@ fn unreadable_folder_is_a_problem_and_inotify_stays() {
     write(&d.inbox().join("ok.bin"), b"readable");
     d.wait_versions("ok", 1);
     assert!(!d.log().contains("max_user_watches"), "{}", d.log());
+    // Made readable: registered, and from then on watched like any folder.
+    std::os::unix::fs::chown(&x, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.wait_versions("x", 1);
+    write(&x.join("w.bin"), b"new weights");
+    d.wait_versions("x", 2);
+}
+
+/// With `watch: poll`, a folder the daemon cannot read is a problem, not an error
+/// logged at every poll.
+#[test]
+fn unreadable_folder_under_poll_is_one_problem() {
+    if !can_switch_user("unreadable_folder_under_poll_is_one_problem") {
+        return;
+    }
+    let mut d = TestDaemon::new(
+        "settle: 300ms
+watch: poll
+poll_interval: 200ms
+",
+    );
+    std::fs::create_dir_all(d.inbox()).unwrap();
+    let x = d.inbox().join("x");
+    std::fs::create_dir(&x).unwrap();
+    give_to_nobody(&d);
+    chown_root(&x, 0o700);
+    spawn_as_nobody(&mut d);
+    wait_problem(&d, "pretrained_models/x");
+    write(&d.inbox().join("ok.bin"), b"after some polls");
+    d.wait_versions("ok", 1);
+    let errors = d.status().recent_errors;
+    assert!(
+        errors.iter().all(|e| !e.message.contains("watching")),
+        "{errors:?}"
+    );
 }
 
 /// A file the daemon cannot read (`mv` kept the uploader's group and a 027 umask) is a
