@@ -432,6 +432,15 @@ fn documented_install_serves_the_group_under_real_systemd() {
     m.ok(&in_unit(&format!(
         "touch {ROOT}/.probe && rm {ROOT}/.probe"
     )));
+    // The namespace shares the host's /dev: a sandbox that let the probe through would
+    // leave it in the machine's real /dev/shm, so it is removed on every exit path.
+    struct RemoveOnDrop(&'static str);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _shm_probe = RemoveOnDrop(SHM_PROBE);
     for outside in [
         "/etc/modelreg/probe".to_string(),
         "/usr/local/bin/probe".to_string(),
@@ -439,13 +448,10 @@ fn documented_install_serves_the_group_under_real_systemd() {
         "/var/log/probe".to_string(),
         format!("{REPO}/target/probe"),
         "/root/probe".to_string(),
-        // The namespace shares the host's /dev, so without the unit's InaccessiblePaths
-        // this would write into the machine's real /dev/shm: removed below either way.
         SHM_PROBE.to_string(),
     ] {
         m.fails(&in_unit(&format!("touch {outside}")));
     }
-    let _ = std::fs::remove_file(SHM_PROBE);
 
     // Reload: a changed setting shows in `status`.
     let status_json = || m.ok(&as_user("alice", &format!("{cli} status --json")));
