@@ -8,9 +8,18 @@
 //!
 //! The [`Settler`] groups entries by model name (`resnet18.pt` and
 //! `resnet18.metrics.yaml` together) and hands a group to the registrar once every file in
-//! it has been quiet for the settle period: no events, no write left open (a
-//! close-after-write or rename-into-place seen for every write), and the same size, mtime
-//! and inode at the end of the period as at its start.
+//! it has been quiet for the settle period: no events, no write left open, and the same
+//! size, mtime and inode at the end of the period as at its start.
+//!
+//! Liveness: every entry ends registered, refused with a reason, or visibly waiting with
+//! a reason and since when. No state is held by a mark that only an event can clear. A
+//! write mark (a data write seen, its close-after-write not yet) is only ever set on a
+//! file, never on a folder path (tar's events on the folder it sets the times of), and
+//! once the file has been quiet for a settle period the file system is asked whether a
+//! writer still has it open (a read lease is refused while anyone has it open for
+//! writing, see fcntl(2) F_SETLEASE). When the kernel cannot tell (the file belongs to
+//! another user and the daemon has no CAP_LEASE, or the filesystem has no leases), the
+//! mark expires once the file's stat has not changed for [`stale_write_bound`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -343,7 +352,7 @@ enum State {
     Settling,
     InFlight,
     Blocked(String),
-    Retry(u32),
+    Retry(u32, String),
 }
 
 #[derive(Debug)]
@@ -354,8 +363,11 @@ struct Group {
     queued: bool,
     /// The state of every file, by path relative to the inbox, as last seen.
     observed: BTreeMap<String, FileStat>,
-    /// Files written to and not yet closed (by path relative to the inbox).
-    writing: BTreeSet<String>,
+    /// Files written to and not yet closed (by path relative to the inbox), with the time
+    /// of the last data write seen.
+    writing: BTreeMap<String, Instant>,
+    /// Why the last look found the group incomplete (a folder holding temporaries).
+    incomplete: Option<String>,
     state: State,
     /// Events arrived while the group was with the registrar.
     again: bool,
@@ -593,28 +605,33 @@ impl Settler {
             return;
         };
         let track = self.track_writes;
-        let g = self.group_mut(&name, &entry, now);
-        match writing.filter(|_| track) {
-            Some(true) => {
-                g.writing.insert(rel.to_string());
-            }
-            Some(false) => {
-                g.writing.remove(rel);
-            }
-            None => {}
-        }
         // Keep the observed state current, so a file whose events stop is settled one
         // period after its last event. A path that is a folder (new or renamed in) is
         // walked: files created in it before its watch existed produce no events.
         let full = self.inbox.join(rel);
+        let meta = std::fs::metadata(&full);
+        let g = self.group_mut(&name, &entry, now);
+        // Only a file can be open for writing: tar reports data writes on the path of a
+        // folder whose times it sets, and no close ever follows.
+        let is_file = meta.as_ref().is_ok_and(|m| m.is_file());
+        match writing.filter(|_| track) {
+            Some(true) if is_file => {
+                g.writing.insert(rel.to_string(), now);
+            }
+            Some(_) => {
+                g.writing.remove(rel);
+            }
+            None => {}
+        }
         let inbox = self.inbox.clone();
         let follow = self.follow_symlinks;
         let g = self.groups.get_mut(&name).expect("group just made");
-        match std::fs::metadata(&full) {
+        match meta {
             Ok(m) if m.is_file() => {
                 g.observed.insert(rel.to_string(), FileStat::of(&m));
             }
             Ok(m) if m.is_dir() => {
+                g.writing.remove(rel);
                 let look = inbox::look(&inbox, &entry, follow);
                 g.observed
                     .retain(|k, _| k != &entry && !k.starts_with(&format!("{entry}/")));
@@ -625,7 +642,8 @@ impl Settler {
                 let prefix = format!("{rel}/");
                 g.observed
                     .retain(|k, _| k != rel && !k.starts_with(&prefix));
-                g.writing.retain(|k| k != rel && !k.starts_with(&prefix));
+                g.writing
+                    .retain(|k, _| k != rel && !k.starts_with(&prefix));
             }
         }
         self.schedule(&name, now + self.settle);
@@ -669,7 +687,8 @@ impl Settler {
                 deadline: now + settle,
                 queued: false,
                 observed: BTreeMap::new(),
-                writing: BTreeSet::new(),
+                writing: BTreeMap::new(),
+                incomplete: None,
                 state: State::Settling,
                 again: false,
                 failures: 0,
@@ -688,7 +707,7 @@ impl Settler {
                 g.again = true;
                 return;
             }
-            State::Blocked(_) | State::Retry(_) => g.state = State::Settling,
+            State::Blocked(_) | State::Retry(..) => g.state = State::Settling,
             State::Settling => {}
         }
         g.deadline = at;
@@ -782,7 +801,26 @@ impl Settler {
             g.entries.remove(e);
             self.entry_group.remove(e);
         }
-        let quiet = current == g.observed && g.writing.is_empty() && incomplete.is_none();
+        let unchanged = current == g.observed;
+        if unchanged && !g.writing.is_empty() {
+            // Quiet for a whole period with a write still marked: ask the file system
+            // whether a writer really still has it open; the close may have been lost.
+            let bound = stale_write_bound(settle);
+            g.writing.retain(|rel, last| {
+                let full = inbox.join(rel);
+                let keep = keep_write_mark(&full, now.duration_since(*last), bound);
+                if !keep {
+                    tracing::debug!(
+                        path = %full.display(),
+                        "write mark cleared: no writer has it open, or it has not changed for {}",
+                        humantime::format_duration(bound)
+                    );
+                }
+                keep
+            });
+        }
+        g.incomplete = incomplete.clone();
+        let quiet = unchanged && g.writing.is_empty() && incomplete.is_none();
         if !quiet {
             // Something changed without an event, a write is still open, or a folder
             // holds temporaries: start another quiet period from what is there now.
@@ -896,11 +934,11 @@ impl Settler {
                     self.schedule(&name, now + settle);
                 }
             }
-            Outcome::Failed(_) => {
+            Outcome::Failed(e) => {
                 g.failures += 1;
                 let backoff =
                     Duration::from_secs(1 << g.failures.min(6)).min(Duration::from_secs(60));
-                g.state = State::Retry(g.failures);
+                g.state = State::Retry(g.failures, e);
                 g.deadline = now + backoff.max(settle);
                 if !g.queued {
                     g.queued = true;
@@ -968,12 +1006,35 @@ impl Settler {
             .iter()
             .map(|(name, g)| {
                 let (state, reason) = match &g.state {
-                    State::Settling if !g.writing.is_empty() => ("writing", None),
-                    State::Settling => ("settling", None),
-                    State::InFlight => ("registering", None),
-                    State::Blocked(r) => ("blocked", Some(r.clone())),
-                    State::Retry(n) => ("retrying", Some(format!("attempt {n} failed"))),
+                    State::Settling if !g.writing.is_empty() => {
+                        let (path, last) = g
+                            .writing
+                            .iter()
+                            .max_by_key(|(_, t)| **t)
+                            .expect("not empty");
+                        (
+                            "writing",
+                            format!(
+                                "{path} is open for writing (last written {:.0} s ago)",
+                                now.duration_since(*last).as_secs_f64()
+                            ),
+                        )
+                    }
+                    State::Settling => (
+                        "settling",
+                        match &g.incomplete {
+                            Some(r) => format!("incomplete: {r}"),
+                            None => format!(
+                                "registered after {} without changes",
+                                humantime::format_duration(self.settle)
+                            ),
+                        },
+                    ),
+                    State::InFlight => ("registering", "copying and hashing".to_string()),
+                    State::Blocked(r) => ("blocked", r.clone()),
+                    State::Retry(n, e) => ("retrying", format!("attempt {n} failed: {e}")),
                 };
+                let reason = Some(reason);
                 Waiting {
                     name: name.clone(),
                     entries: g.entries.iter().cloned().collect(),
@@ -985,6 +1046,57 @@ impl Settler {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+}
+
+/// How long a write mark lasts on a file whose stat does not change when the kernel
+/// cannot say whether a writer still has it open: ten settle periods, at least a minute.
+pub fn stale_write_bound(settle: Duration) -> Duration {
+    (settle * 10).max(Duration::from_secs(60))
+}
+
+/// Whether a writer has `path` open, as the kernel tells it: `Some(true)` when a read
+/// lease is refused with EAGAIN (someone has it open for writing), `Some(false)` when it
+/// is granted (and released at once), `None` when leases cannot be taken here (the
+/// file belongs to another user, the filesystem has none, or it is gone).
+pub fn open_for_writing(path: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    // SAFETY: plain fcntl calls on an fd we own.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    if r == 0 {
+        // SAFETY: as above; releasing before the fd closes keeps writers from waiting.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+        return Some(false);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Some(true),
+        _ => None,
+    }
+}
+
+/// Whether a write mark on `path`, last written `age` ago and quiet for a settle period,
+/// stays: yes while a writer has it open; when the kernel cannot tell, until `bound`.
+fn keep_write_mark(path: &Path, age: Duration, bound: Duration) -> bool {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    decide_write_mark(open_for_writing(path), age, bound)
+}
+
+/// The rule of [`keep_write_mark`], apart from the file system.
+fn decide_write_mark(open: Option<bool>, age: Duration, bound: Duration) -> bool {
+    match open {
+        Some(open) => open,
+        None => age < bound,
     }
 }
 
@@ -1006,5 +1118,179 @@ mod tests {
         assert_eq!(filesystem_name(0xEF53), None, "ext4 is local");
         assert_eq!(filesystem_name(0x0102_1994), None, "tmpfs is local");
         assert_eq!(network_filesystem(Path::new("/")), None);
+    }
+
+    use crate::ingest::RegistrarMsg;
+    use notify::event::{CreateKind, DataChange, MetadataKind};
+
+    fn settler(inbox: &Path) -> (Settler, mpsc::UnboundedReceiver<RegistrarMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let board = Arc::new(StatusBoard::default());
+        // A zero settle period: every group is due at once, so the state machine is
+        // driven by `check_due` calls alone.
+        let s = Settler::new(inbox.to_path_buf(), Duration::ZERO, false, board, tx);
+        (s, rx)
+    }
+
+    fn ev(s: &mut Settler, kind: EventKind, p: &Path) {
+        s.on_fs(Ok(notify::Event::new(kind).add_path(p.to_path_buf())));
+    }
+
+    fn handed_over(rx: &mut mpsc::UnboundedReceiver<RegistrarMsg>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let RegistrarMsg::Settled(s) = m {
+                out.push(s.name);
+            }
+        }
+        out
+    }
+
+    fn state_of(s: &Settler, name: &str) -> Option<(String, String)> {
+        s.waiting()
+            .into_iter()
+            .find(|w| w.name == name)
+            .map(|w| (w.state, w.reason.unwrap_or_default()))
+    }
+
+    const DATA: EventKind = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+    const CLOSED: EventKind = EventKind::Access(AccessKind::Close(AccessMode::Write));
+
+    /// tar's pattern: the folder is created, files are written (some before the folder's
+    /// watch exists, so without events), then data writes are reported on the folder's
+    /// own path as tar sets its times. The folder path never holds a write mark.
+    #[test]
+    fn data_events_on_a_folder_path_are_no_open_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("bert-tiny");
+        std::fs::create_dir(&dir).unwrap();
+        for f in ["model.safetensors", "config.json", "vocab.txt"] {
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+        let (mut s, mut rx) = settler(tmp.path());
+        ev(&mut s, EventKind::Create(CreateKind::Folder), &dir);
+        ev(&mut s, DATA, &dir.join("model.safetensors"));
+        ev(&mut s, CLOSED, &dir.join("model.safetensors"));
+        ev(&mut s, DATA, &dir);
+        ev(&mut s, DATA, &dir);
+        ev(
+            &mut s,
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            &dir,
+        );
+        assert_ne!(state_of(&s, "bert-tiny").unwrap().0, "writing");
+        s.check_due();
+        assert_eq!(handed_over(&mut rx), vec!["bert-tiny".to_string()]);
+        assert_eq!(state_of(&s, "bert-tiny").unwrap().0, "registering");
+        s.on_done("bert-tiny".into(), Outcome::Done);
+        assert!(s.waiting().is_empty(), "forgotten once registered");
+    }
+
+    /// A data write whose close-after-write was lost (dropped events): once the file has
+    /// been quiet for a period, the kernel says nobody has it open, and the mark goes.
+    #[test]
+    fn a_write_mark_whose_close_was_lost_is_cleared_from_the_file_system() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("lost.pt");
+        std::fs::write(&f, b"all of it").unwrap();
+        let (mut s, mut rx) = settler(tmp.path());
+        ev(&mut s, DATA, &f);
+        assert_eq!(state_of(&s, "lost").unwrap().0, "writing");
+        s.check_due();
+        assert_eq!(handed_over(&mut rx), vec!["lost".to_string()]);
+    }
+
+    /// A writer that still has the file open keeps it "writing", with the path and how
+    /// long ago it was last written as the reason; when it closes (no event needed), the
+    /// next look hands it over.
+    #[test]
+    fn an_open_writer_holds_the_entry_and_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("slow.pt");
+        let mut f = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"half").unwrap();
+        let (mut s, mut rx) = settler(tmp.path());
+        ev(&mut s, DATA, &path);
+        s.check_due();
+        if open_for_writing(&path).is_none() {
+            eprintln!("no leases here; the time bound applies instead");
+            return;
+        }
+        assert!(handed_over(&mut rx).is_empty(), "held while open");
+        let (state, reason) = state_of(&s, "slow").unwrap();
+        assert_eq!(state, "writing");
+        assert!(reason.contains("slow.pt is open for writing"), "{reason}");
+        drop(f);
+        s.check_due();
+        assert_eq!(handed_over(&mut rx), vec!["slow".to_string()]);
+    }
+
+    #[test]
+    fn write_mark_rule() {
+        let bound = stale_write_bound(Duration::from_secs(1));
+        assert_eq!(bound, Duration::from_secs(60), "at least a minute");
+        assert_eq!(
+            stale_write_bound(Duration::from_secs(30)),
+            Duration::from_secs(300)
+        );
+        let young = Duration::from_secs(5);
+        let old = Duration::from_secs(61);
+        // The kernel's answer wins whatever the age.
+        assert!(decide_write_mark(Some(true), old, bound));
+        assert!(!decide_write_mark(Some(false), young, bound));
+        // Without it, the mark expires once the file has not changed for the bound.
+        assert!(decide_write_mark(None, young, bound));
+        assert!(!decide_write_mark(None, old, bound));
+    }
+
+    /// Blocked and retrying groups say why, and a rescan looks at them again: no state
+    /// waits for an event that may never come.
+    #[test]
+    fn blocked_and_retrying_say_why_and_rescan_looks_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a.pt"), b"a").unwrap();
+        std::fs::write(tmp.path().join("b.pt"), b"b").unwrap();
+        let (mut s, mut rx) = settler(tmp.path());
+        s.rescan(false);
+        s.check_due();
+        let mut got = handed_over(&mut rx);
+        got.sort();
+        assert_eq!(got, vec!["a".to_string(), "b".to_string()]);
+        s.on_done("a".into(), Outcome::Blocked("a.metrics.yaml: bad".into()));
+        s.on_done("b".into(), Outcome::Failed("disk full".into()));
+        assert_eq!(
+            state_of(&s, "a").unwrap(),
+            ("blocked".into(), "a.metrics.yaml: bad".into())
+        );
+        assert_eq!(
+            state_of(&s, "b").unwrap(),
+            ("retrying".into(), "attempt 1 failed: disk full".into())
+        );
+        s.rescan(false);
+        assert_eq!(state_of(&s, "a").unwrap().0, "settling");
+        s.check_due();
+        assert!(handed_over(&mut rx).contains(&"a".to_string()));
+    }
+
+    /// A folder holding a temporary waits, saying so; once the temporary is gone it is
+    /// handed over without any event.
+    #[test]
+    fn an_incomplete_folder_says_why_and_is_looked_at_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("w.bin"), b"w").unwrap();
+        std::fs::write(dir.join("x.bin.part"), b"x").unwrap();
+        let (mut s, mut rx) = settler(tmp.path());
+        ev(&mut s, EventKind::Create(CreateKind::Folder), &dir);
+        s.check_due();
+        assert!(handed_over(&mut rx).is_empty());
+        let (state, reason) = state_of(&s, "m").unwrap();
+        assert_eq!(state, "settling");
+        assert!(reason.starts_with("incomplete"), "{reason}");
+        std::fs::remove_file(dir.join("x.bin.part")).unwrap();
+        s.check_due();
+        s.check_due();
+        assert_eq!(handed_over(&mut rx), vec!["m".to_string()]);
     }
 }
