@@ -1,6 +1,6 @@
 //! `run(config, control)`: starts the workers and owns the start-up and shutdown order.
 //!
-//! Start: take the root's lock, load registry.yaml (refusing one that does not parse),
+//! Start: take the root's lock (an flock on the root folder itself), load registry.yaml (refusing one that does not parse),
 //! bring the store in line with it after a crash, bind the socket, start watching, then
 //! reconcile the inbox. Shutdown (on [`Control::Shutdown`]): stop watching, let the
 //! registrar roll back the copies under way and commit what finished, stop serving,
@@ -8,7 +8,7 @@
 //! to [`Control`] messages and tests send them directly.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,9 +41,15 @@ pub enum Control {
 pub type OnReload = Box<dyn Fn(&Config) + Send + Sync>;
 
 /// Holds the root's lock; released when dropped (or when the process dies).
+///
+/// The lock is an flock on the root folder itself, which a group member cannot delete or
+/// replace (it would have to remove the whole root). The lock file beside it only tells
+/// a second daemon which pid holds the root: deleting it (or the socket) no longer lets a
+/// second daemon start on the same root.
 #[derive(Debug)]
 pub struct RootLock {
-    _file: File,
+    _dir: File,
+    _file: Option<File>,
     path: PathBuf,
 }
 
@@ -51,34 +57,47 @@ impl RootLock {
     /// Takes the lock of `root`, or says which process holds it.
     pub fn acquire(root: &Path) -> Result<RootLock> {
         let path = root.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("open lock file", &path, e))?;
-        if file.try_lock().is_err() {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
+        let dir = File::open(root).map_err(|e| Error::io("open root folder", root, e))?;
+        if let Err(e) = dir.try_lock() {
+            if let std::fs::TryLockError::Error(e) = e {
+                return Err(Error::io("lock root folder", root, e));
+            }
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
             let pid = pid.trim();
             return Err(Error::AlreadyRunning {
                 root: root.to_path_buf(),
                 pid: if pid.is_empty() {
-                    "unknown".into()
+                    format!("unknown: {} is missing", path.display())
                 } else {
                     pid.to_string()
                 },
             });
         }
-        let write = |f: &mut File| -> std::io::Result<()> {
-            f.set_len(0)?;
-            f.rewind()?;
+        // The pid, for the message above. A lock file that cannot be written (deleted and
+        // replaced by someone else's) does not matter: the folder holds the lock.
+        let write = || -> std::io::Result<File> {
+            let _ = std::fs::remove_file(&path);
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
             writeln!(f, "{}", std::process::id())?;
-            f.sync_all()
+            f.sync_all()?;
+            Ok(f)
         };
-        write(&mut file).map_err(|e| Error::io("write lock file", &path, e))?;
-        Ok(RootLock { _file: file, path })
+        let file = match write() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("write lock file {}: {e}", path.display());
+                None
+            }
+        };
+        Ok(RootLock {
+            _dir: dir,
+            _file: file,
+            path,
+        })
     }
 
     /// The lock file's path.
@@ -106,11 +125,40 @@ pub fn load_catalog(config: &Config) -> Result<Catalog> {
         Some(c) => Ok(c),
         None => {
             let c = Catalog::default();
+            // No registry.yaml but versions in the store: the catalog was lost, not new.
+            let lost = store::audit(&config.store, &c);
+            if !lost.is_empty() {
+                return Err(lost_versions(config, &lost, "does not exist"));
+            }
             persist::write_atomic(&config.registry, persist::to_yaml(&c)?.as_bytes())?;
             tracing::info!(registry = %config.registry.display(), "created an empty registry");
             Ok(c)
         }
     }
+}
+
+/// The refusal to start over a catalog that lost versions the store still holds.
+fn lost_versions(config: &Config, lost: &[String], what: &str) -> Error {
+    let shown: Vec<&str> = lost.iter().take(5).map(String::as_str).collect();
+    let more = if lost.len() > shown.len() {
+        format!(" and {} more", lost.len() - shown.len())
+    } else {
+        String::new()
+    };
+    let msg = format!(
+        "{} {what}, but the store {} holds {} version(s) it does not name ({}{more}): the \
+         catalog lost versions (deleted, or restored from an older copy). Not starting, so \
+         that no version number is given twice and nothing stored is overwritten. Run \
+         `modelreg recover --root {}` to add them back from the store's manifests (what \
+         cannot be rebuilt is listed), or move them out of the store.",
+        config.registry.display(),
+        config.store.display(),
+        lost.len(),
+        shown.join(", "),
+        config.root.display()
+    );
+    tracing::error!("{msg}");
+    Error::Other(msg)
 }
 
 /// Runs the daemon until a [`Control::Shutdown`] arrives (or `control` closes).
@@ -143,6 +191,10 @@ pub async fn run(
     }
     for p in &recovery.removed {
         tracing::info!("removed unregistered staging folder {p}, left by a crash");
+    }
+    let lost = store::audit(&config.store, &catalog);
+    if !lost.is_empty() {
+        return Err(lost_versions(&config, &lost, "exists"));
     }
     // Socket activation: systemd may hand us the listening socket; otherwise bind it.
     let (listener, inherited) = match crate::systemd::inherited_listener()? {
@@ -186,7 +238,7 @@ pub async fn run(
             let dir = store::version_dir(&config.store, name, v.number);
             if dir.exists() {
                 // One folder that cannot be removed must not stop the daemon.
-                match store::discard(&dir) {
+                match store::retire(&config.store, name, v.number) {
                     Ok(()) => tracing::info!("finished removing {name} v{}", v.number),
                     Err(e) => board.set_problem(
                         &dir.display().to_string(),

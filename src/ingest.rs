@@ -185,6 +185,8 @@ struct Job {
 pub struct NewVersion {
     entry: String,
     number: u32,
+    /// When it was staged: the time its manifest records.
+    registered_at: String,
     kind: Kind,
     fingerprint: String,
     staged: Staged,
@@ -266,8 +268,8 @@ struct Batch {
     registered: Vec<String>,
     /// Models whose latest, best or aliases may have moved.
     touched: BTreeSet<String>,
-    /// Version folders to delete once the catalog no longer needs them.
-    deletions: Vec<PathBuf>,
+    /// Versions (name, number) to delete once the catalog no longer needs them.
+    deletions: Vec<(String, u32)>,
     replies: Vec<(tokio::sync::oneshot::Sender<ChangeResult>, ChangeResult)>,
     refresh_all: bool,
 }
@@ -550,7 +552,7 @@ impl Registrar {
                     })
                     .collect(),
                 source: rel(&cfg.inbox.join(&nv.entry)),
-                registered_at: now.clone(),
+                registered_at: nv.registered_at.clone(),
                 metrics: fresh.map(|s| s.metrics()).unwrap_or_default(),
                 metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
                 sidecar: fresh.and(sidecar_ref.clone()),
@@ -650,6 +652,7 @@ impl Registrar {
             let deletions = batch.deletions;
             let store_dir = self.config.store.clone();
             let best = self.config.best.clone();
+            let board = self.board.clone();
             let links: Vec<String> = if batch.refresh_all {
                 snapshot.models.keys().cloned().collect()
             } else {
@@ -674,20 +677,30 @@ impl Registrar {
                     }
                     // Files of removed versions go only now that the tombstone is durable;
                     // start-up finishes a deletion a crash interrupted.
-                    for d in &deletions {
-                        if let Err(e) = store::discard(d) {
+                    for (name, n) in &deletions {
+                        if let Err(e) = store::retire(&store_dir, name, *n) {
                             tracing::error!("{e}");
                         }
                     }
+                    // Each link on its own: one that cannot be made (a name too long,
+                    // a full disk) is a problem in `status`, and the others still move.
                     for name in &links {
-                        if let Some(m) = snap.models.get(name)
-                            && let Err(e) = store::refresh_links(
-                                &store_dir,
-                                name,
-                                &link_targets(m, name, &best),
-                            )
-                        {
-                            tracing::warn!("links of {name}: {e}");
+                        let Some(m) = snap.models.get(name) else {
+                            continue;
+                        };
+                        let targets = link_targets(m, name, &best);
+                        for (path, err) in store::refresh_links(&store_dir, name, &targets) {
+                            let shown = path.display().to_string();
+                            match err {
+                                None => board.clear_problem(&shown),
+                                Some(e) => {
+                                    tracing::error!("link of {name}: {e}");
+                                    board.set_problem(
+                                        &shown,
+                                        &format!("{name}: link not updated: {e}"),
+                                    );
+                                }
+                            }
                         }
                     }
                 }
@@ -915,7 +928,6 @@ impl Registrar {
             } => {
                 let (moved, dir) = remove_version(
                     m,
-                    &self.config.store,
                     &name,
                     version,
                     reason,
@@ -987,7 +999,6 @@ impl Registrar {
                     let reason = Some(format!("gc: keep_last {keep}"));
                     let (_, dir) = remove_version(
                         m,
-                        &self.config.store,
                         &name,
                         *n,
                         reason,
@@ -1013,7 +1024,6 @@ impl Registrar {
 #[allow(clippy::too_many_arguments)]
 fn remove_version(
     m: &mut Model,
-    store_dir: &Path,
     name: &str,
     n: u32,
     reason: Option<String>,
@@ -1021,7 +1031,7 @@ fn remove_version(
     uid: Option<u32>,
     now: &str,
     by: &str,
-) -> std::result::Result<(Vec<String>, PathBuf), ChangeError> {
+) -> std::result::Result<(Vec<String>, (String, u32)), ChangeError> {
     use crate::protocol::ErrorCode;
     stored_version(m, name, n)?;
     let aliased: Vec<String> = m
@@ -1060,7 +1070,7 @@ fn remove_version(
         reason,
         uid,
     });
-    Ok((aliased, store::version_dir(store_dir, name, n)))
+    Ok((aliased, (name.to_string(), n)))
 }
 
 /// Runs a copy job on the blocking pool; see [`Job`].
@@ -1082,7 +1092,18 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
             .unwrap_or_else(|_| p.display().to_string())
     };
     let mut newest = job.latest.clone();
-    let mut next = job.next;
+    // Above every number the catalog and the store (folders and tombstones) hold: a
+    // catalog that lost versions must never make a number be given twice.
+    let in_store = store::highest_in_store(&job.store, &job.name);
+    if in_store >= job.next {
+        tracing::error!(
+            model = job.name,
+            "the store holds v{in_store}, which the catalog does not know; numbering continues above it"
+        );
+    }
+    let mut next = job.next.max(in_store + 1);
+    let registered_at = crate::status::now_rfc3339();
+    let fresh = sidecar.as_ref().filter(|s| s.fresh);
     let mut new = Vec::new();
     let mut unchanged = Vec::new();
     // The inbox folder the files are opened beneath, checked to be the one pinned at
@@ -1191,6 +1212,21 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
             unchanged.push((entry.clone(), fingerprint, number));
             continue;
         }
+        let manifest = store::Manifest {
+            format: store::MANIFEST_FORMAT,
+            name: job.name.clone(),
+            version: next,
+            kind: if *folder { Kind::Folder } else { Kind::File },
+            registered_at: registered_at.clone(),
+            source: relative(&job.inbox.join(entry)),
+            files: staged.files.clone(),
+            metrics: fresh.map(|s| s.metrics()).unwrap_or_default(),
+            metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
+        };
+        if let Err(e) = store::write_manifest(&staged.dir, &manifest) {
+            let _ = store::discard(&staged.dir);
+            return JobResult::Failed(e.to_string());
+        }
         newest = Some(Known {
             number: next,
             files: content,
@@ -1210,6 +1246,7 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
         .map(|((entry, number, kind, fingerprint), staged)| NewVersion {
             entry,
             number,
+            registered_at: registered_at.clone(),
             kind,
             fingerprint,
             staged,

@@ -35,8 +35,12 @@ pub const TEMPORARY_SUFFIXES: &[&str] = &[
     ".lock",
 ];
 
-/// The longest model name, in bytes (a file name on ext4 holds 255).
-pub const MAX_NAME_BYTES: usize = 255;
+/// The longest model or alias name, in bytes. A file name holds at most 255 bytes
+/// (NAME_MAX), and every name derived from a model or alias name must fit too: the
+/// staging folder `v<N>.<8 random>.<name>` adds up to 21 bytes, a symlink's temporary
+/// `.<alias>.<pid>.tmp` up to 13, a sidecar `<name>.metrics.yaml` 13. 200 leaves room
+/// for all of them.
+pub const MAX_NAME_BYTES: usize = 200;
 
 /// What an entry at the top of the inbox is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,8 +382,14 @@ mod tests {
         assert!(matches!(c(".pt"), Entry::Ignored));
         assert!(matches!(c("a\u{7}b.pt"), Entry::Refused { .. }));
         assert!(matches!(c(" a.pt"), Entry::Refused { .. }));
-        assert!(check_name(&"x".repeat(256)).is_err());
-        assert!(check_name(&"x".repeat(255)).is_ok());
+        assert!(check_name(&"x".repeat(MAX_NAME_BYTES + 1)).is_err());
+        assert!(check_name(&"x".repeat(MAX_NAME_BYTES)).is_ok());
+        // Every derived name fits NAME_MAX: staging, symlink temporary, sidecar.
+        let longest_staging = format!("v{}.{}.", u32::MAX, "r".repeat(8)).len();
+        let longest_link_tmp = format!(".{}.tmp", 4_194_304).len() + 1;
+        for extra in [longest_staging, longest_link_tmp, SIDECAR_SUFFIX.len()] {
+            assert!(MAX_NAME_BYTES + extra <= 255, "{extra}");
+        }
         assert!(check_name("..").is_err());
         assert!(check_name("a/b").is_err());
         assert!(check_name("a\\b").is_err());

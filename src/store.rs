@@ -4,6 +4,14 @@
 //! folder and `.staging` fsynced. Only after the catalog names the version is the staging folder renamed
 //! to `v<N>` ([`publish`]); a crash in between is rolled forward by [`recover`], which
 //! also deletes staging folders the catalog never named. Knows nothing of YAML or sockets.
+//!
+//! The store describes itself: each version folder carries a [`Manifest`]
+//! (`.modelreg-version.json`: name, number, per-file SHA-256 and size, time, metrics),
+//! written and fsynced in the staging folder before the catalog names the version. A
+//! removed version leaves its manifest in `<name>/.removed/v<N>.json`. So version numbers
+//! can be allocated above everything the store holds ([`highest_in_store`]), a catalog
+//! that lost versions is noticed ([`audit`]) and rebuilt ([`rebuild`]), and publishing
+//! never replaces an existing `v<N>` ([`publish`] renames with RENAME_NOREPLACE).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -32,7 +40,8 @@ pub fn version_dir(store: &Path, name: &str, n: u32) -> PathBuf {
 }
 
 /// One file copied into a staging folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StagedFile {
     /// Path relative to the version folder.
     pub rel: String,
@@ -180,7 +189,7 @@ pub fn stage_opened(
 
 /// Renames a staged version into place (creating the model's folder the first time). No
 /// fsync is needed for correctness: the catalog already names the version, and
-/// [`recover`] redoes a rename a crash lost.
+/// [`recover`] redoes a rename a crash lost. An existing `v<N>` is never replaced.
 pub fn publish(staged: &Staged) -> Result<()> {
     if let Some(model_dir) = staged.final_dir.parent()
         && !model_dir.is_dir()
@@ -188,8 +197,368 @@ pub fn publish(staged: &Staged) -> Result<()> {
         fs::create_dir_all(model_dir).map_err(|e| Error::io("create folder", model_dir, e))?;
         set_folder_mode(model_dir)?;
     }
-    fs::rename(&staged.dir, &staged.final_dir)
-        .map_err(|e| Error::io("rename into place", &staged.final_dir, e))
+    rename_noreplace(&staged.dir, &staged.final_dir)
+}
+
+/// `rename(from, to)` that fails instead of replacing an existing `to` (even an empty
+/// folder, which a plain rename would silently replace).
+fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (Ok(a), Ok(b)) = (c(from), c(to)) else {
+        return Err(Error::Other(format!("{}: NUL in path", to.display())));
+    };
+    // SAFETY: two valid NUL-terminated paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        return Err(Error::Other(format!(
+            "{} already exists in the store; it is never overwritten (staged copy kept at {})",
+            to.display(),
+            from.display()
+        )));
+    }
+    Err(Error::io("rename into place", to, e))
+}
+
+/// The manifest in every version folder.
+pub const MANIFEST: &str = ".modelreg-version.json";
+/// The folder, in a model's folder, keeping the manifests of removed versions.
+pub const TOMBSTONES: &str = ".removed";
+/// The manifest format this build writes.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// What a version folder says about itself; see the module docs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: u32,
+    /// The model name.
+    pub name: String,
+    /// N in `v<N>`.
+    pub version: u32,
+    /// File or folder.
+    #[serde(default)]
+    pub kind: crate::registry::Kind,
+    /// When it was registered (RFC 3339, UTC).
+    pub registered_at: String,
+    /// The inbox entry it was copied from, relative to the root.
+    #[serde(default)]
+    pub source: String,
+    /// Its files: path relative to the version folder, SHA-256, size.
+    pub files: Vec<StagedFile>,
+    /// Metrics from the sidecar when it was registered (later edits are in the catalog).
+    #[serde(default)]
+    pub metrics: crate::registry::Metrics,
+    /// Metadata from the sidecar when it was registered.
+    #[serde(default)]
+    pub metadata: crate::registry::Metadata,
+}
+
+/// Writes `m` as the manifest of the (staging) folder `dir`: fsynced, read-only, and the
+/// folder fsynced, so it is durable before the catalog names the version.
+pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Other(e.to_string()))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)
+        .map_err(|e| Error::io("create", &path, e))?;
+    f.write_all(&text)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("write", &path, e))?;
+    sync_dir(dir)
+}
+
+/// The manifest at `path`: `Ok(None)` when there is none.
+pub fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Other(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// `v<N>` -> N.
+fn version_number(s: &str) -> Option<u32> {
+    let d = s.strip_prefix('v')?;
+    if d.is_empty() || d.starts_with('0') || !d.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    d.parse().ok()
+}
+
+/// Version numbers present in the store for `name`: `v<N>` folders (and anything else
+/// so named) and tombstones of removed versions, `(number, removed)`, ascending.
+pub fn numbers_in_store(store: &Path, name: &str) -> Vec<(u32, bool)> {
+    let dir = store.join(name);
+    let mut out = Vec::new();
+    let names = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for f in names(&dir) {
+        if let Some(n) = version_number(&f) {
+            out.push((n, false));
+        }
+    }
+    for f in names(&dir.join(TOMBSTONES)) {
+        if let Some(n) = f.strip_suffix(".json").and_then(version_number) {
+            out.push((n, true));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The highest version number the store holds for `name` (0 when none): new numbers
+/// are allocated above it as well as above the catalog's.
+pub fn highest_in_store(store: &Path, name: &str) -> u32 {
+    numbers_in_store(store, name)
+        .last()
+        .map_or(0, |(n, _)| *n)
+}
+
+/// Deletes version `n` of `name`, keeping its manifest (or a minimal one) as a tombstone
+/// in `<name>/.removed/v<N>.json`, so its number is never given again even if the catalog
+/// is lost.
+pub fn retire(store: &Path, name: &str, n: u32) -> Result<()> {
+    let dir = version_dir(store, name, n);
+    let graves = store.join(name).join(TOMBSTONES);
+    let grave = graves.join(format!("v{n}.json"));
+    if dir.exists() && !grave.exists() {
+        fs::create_dir_all(&graves).map_err(|e| Error::io("create folder", &graves, e))?;
+        let manifest = dir.join(MANIFEST);
+        match fs::rename(&manifest, &grave) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Stored before manifests existed: the number is what matters.
+                let m = Manifest {
+                    format: MANIFEST_FORMAT,
+                    name: name.to_string(),
+                    version: n,
+                    kind: Default::default(),
+                    registered_at: String::new(),
+                    source: String::new(),
+                    files: vec![],
+                    metrics: Default::default(),
+                    metadata: Default::default(),
+                };
+                let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
+                fs::write(&grave, text).map_err(|e| Error::io("write", &grave, e))?;
+            }
+            Err(e) => return Err(Error::io("keep tombstone", &grave, e)),
+        }
+        sync_dir(&graves)?;
+    }
+    discard(&dir)
+}
+
+/// Versions the store holds that the catalog does not know: `name/v<N>` folders it does
+/// not name, and tombstones above its highest number. Any of these means the catalog
+/// lost versions (deleted, restored from an old copy): starting would reuse numbers.
+pub fn audit(store: &Path, catalog: &Catalog) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut models: Vec<String> = fs::read_dir(store)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    models.sort();
+    for name in models {
+        let m = catalog.models.get(&name);
+        for (n, removed) in numbers_in_store(store, &name) {
+            let known = m.is_some_and(|m| {
+                if removed {
+                    n <= m.highest
+                } else {
+                    m.find(n).is_some()
+                }
+            });
+            if !known {
+                out.push(if removed {
+                    format!("{name}/v{n} (removed)")
+                } else {
+                    format!("{name}/v{n}")
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What [`rebuild`] did.
+#[derive(Debug, Default)]
+pub struct Rebuilt {
+    /// Versions added from their manifests.
+    pub from_manifest: Vec<String>,
+    /// Versions without a manifest (stored before manifests existed): files hashed;
+    /// source, time, metrics and metadata unknown.
+    pub hashed: Vec<String>,
+    /// Tombstones added (removed versions), so their numbers stay taken.
+    pub tombstones: Vec<String>,
+    /// Folders that could not be read, left out (and untouched).
+    pub unreadable: Vec<String>,
+}
+
+/// Adds to `catalog` every version the store holds that it lacks, from the manifests (or,
+/// without one, by hashing the folder). `rel` turns a stored path into the catalog's form.
+/// Nothing in the store is changed.
+pub fn rebuild(store: &Path, catalog: &mut Catalog, rel: &dyn Fn(&Path) -> String) -> Rebuilt {
+    let mut report = Rebuilt::default();
+    let lost: Vec<String> = audit(store, catalog);
+    for item in lost {
+        let removed = item.ends_with(" (removed)");
+        let key = item.trim_end_matches(" (removed)");
+        let Some((name, v)) = key.rsplit_once('/') else {
+            continue;
+        };
+        let Some(n) = version_number(v) else { continue };
+        let dir = version_dir(store, name, n);
+        let manifest_path = if removed {
+            store.join(name).join(TOMBSTONES).join(format!("v{n}.json"))
+        } else {
+            dir.join(MANIFEST)
+        };
+        let manifest = match read_manifest(&manifest_path) {
+            Ok(m) => m,
+            Err(e) => {
+                report.unreadable.push(format!("{key}: {e}"));
+                continue;
+            }
+        };
+        let mut version = match manifest {
+            Some(m) => crate::registry::Version {
+                number: n,
+                kind: m.kind,
+                files: m
+                    .files
+                    .iter()
+                    .map(|f| crate::registry::StoredFile {
+                        path: rel(&dir.join(&f.rel)),
+                        sha256: f.sha256.clone(),
+                        size: f.size,
+                    })
+                    .collect(),
+                source: m.source,
+                registered_at: m.registered_at,
+                metrics: m.metrics,
+                metadata: m.metadata,
+                sidecar: None,
+                metrics_history: vec![],
+                deprecated: None,
+                removed: None,
+            },
+            None if removed => continue,
+            None => match hash_folder(&dir, rel) {
+                Ok(v) => {
+                    report.hashed.push(key.to_string());
+                    crate::registry::Version { number: n, ..v }
+                }
+                Err(e) => {
+                    report.unreadable.push(format!("{key}: {e}"));
+                    continue;
+                }
+            },
+        };
+        if removed {
+            version.removed = Some(crate::registry::Mark {
+                at: "unknown".into(),
+                reason: Some("removed before registry.yaml was rebuilt".into()),
+                uid: None,
+            });
+            report.tombstones.push(key.to_string());
+        } else if !report.hashed.iter().any(|h| h == key) {
+            report.from_manifest.push(key.to_string());
+        }
+        let model = std::sync::Arc::make_mut(catalog.models.entry(name.to_string()).or_default());
+        if model.find(n).is_none() {
+            model.versions.push(version);
+            model.versions.sort_by_key(|v| v.number);
+        }
+        model.highest = model.highest.max(n);
+    }
+    report
+}
+
+/// A version record for a folder without a manifest: every file (hidden ones aside)
+/// hashed; a single file at the top makes a file version.
+fn hash_folder(dir: &Path, rel: &dyn Fn(&Path) -> String) -> Result<crate::registry::Version> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>, dirs: &mut usize) -> Result<()> {
+        let mut entries: Vec<_> = fs::read_dir(d)
+            .map_err(|e| Error::io("list", d, e))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let t = e.file_type().map_err(|err| Error::io("stat", e.path(), err))?;
+            if t.is_dir() {
+                *dirs += 1;
+                walk(&e.path(), out, dirs)?;
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    let mut dirs = 0;
+    walk(dir, &mut files, &mut dirs)?;
+    let mut stored = Vec::new();
+    for f in &files {
+        let (sha256, size) = hash_file(f)?;
+        stored.push(crate::registry::StoredFile {
+            path: rel(f),
+            sha256,
+            size,
+        });
+    }
+    let mtime = fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default();
+    Ok(crate::registry::Version {
+        number: 0,
+        kind: if files.len() == 1 && dirs == 0 {
+            crate::registry::Kind::File
+        } else {
+            crate::registry::Kind::Folder
+        },
+        files: stored,
+        source: "unknown (rebuilt from the store)".into(),
+        registered_at: mtime,
+        metrics: Default::default(),
+        metadata: Default::default(),
+        sidecar: None,
+        metrics_history: vec![],
+        deprecated: None,
+        removed: None,
+    })
 }
 
 /// Removes a staged version that will not be published.
@@ -571,45 +940,65 @@ fn read_full(r: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// Makes `<store>/<name>/<link>` a symlink to `v<N>` for each `(link, Some(N))`, and
 /// removes links given as `(link, None)` and any other symlink in the model's folder
 /// (aliases since removed). Each link is replaced atomically: a new symlink under a
-/// temporary name, renamed over the old one, so a reader never finds it missing.
-pub fn refresh_links(store: &Path, name: &str, links: &[(String, Option<u32>)]) -> Result<()> {
+/// temporary name, renamed over the old one, so a reader never finds it missing. One
+/// link that cannot be updated does not stop the others: returns every link path looked
+/// at with its error, if any.
+pub fn refresh_links(
+    store: &Path,
+    name: &str,
+    links: &[(String, Option<u32>)],
+) -> Vec<(PathBuf, Option<Error>)> {
     let dir = store.join(name);
+    let mut out = Vec::new();
     if !dir.is_dir() {
-        return Ok(());
+        return out;
     }
     for (link, target) in links {
         let path = dir.join(link);
-        match target {
-            Some(n) => {
-                let want = PathBuf::from(format!("v{n}"));
-                if fs::read_link(&path).ok().as_ref() == Some(&want) {
-                    continue;
+        let r = (|| -> Result<()> {
+            match target {
+                Some(n) => {
+                    let want = PathBuf::from(format!("v{n}"));
+                    if fs::read_link(&path).ok().as_ref() == Some(&want) {
+                        return Ok(());
+                    }
+                    let tmp = dir.join(format!(".{link}.{}.tmp", std::process::id()));
+                    let _ = fs::remove_file(&tmp);
+                    std::os::unix::fs::symlink(&want, &tmp)
+                        .map_err(|e| Error::io("create symlink", &tmp, e))?;
+                    fs::rename(&tmp, &path).map_err(|e| {
+                        let _ = fs::remove_file(&tmp);
+                        Error::io("replace symlink", &path, e)
+                    })
                 }
-                let tmp = dir.join(format!(".{link}.{}.tmp", std::process::id()));
-                let _ = fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(&want, &tmp)
-                    .map_err(|e| Error::io("create symlink", &tmp, e))?;
-                fs::rename(&tmp, &path).map_err(|e| Error::io("replace symlink", &path, e))?;
-            }
-            None => {
-                if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-                    fs::remove_file(&path).map_err(|e| Error::io("remove symlink", &path, e))?;
+                None => {
+                    if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                        fs::remove_file(&path)
+                            .map_err(|e| Error::io("remove symlink", &path, e))?;
+                    }
+                    Ok(())
                 }
             }
-        }
+        })();
+        out.push((path, r.err()));
     }
     let keep: std::collections::BTreeSet<&str> = links.iter().map(|(l, _)| l.as_str()).collect();
-    for e in fs::read_dir(&dir)
-        .map_err(|e| Error::io("list", &dir, e))?
-        .flatten()
-    {
-        let fname = e.file_name();
-        let fname = fname.to_string_lossy();
-        if e.file_type().is_ok_and(|t| t.is_symlink()) && !keep.contains(fname.as_ref()) {
-            fs::remove_file(e.path()).map_err(|err| Error::io("remove symlink", e.path(), err))?;
+    match fs::read_dir(&dir) {
+        Err(e) => out.push((dir.clone(), Some(Error::io("list", &dir, e)))),
+        Ok(rd) => {
+            for e in rd.flatten() {
+                let fname = e.file_name();
+                let fname = fname.to_string_lossy();
+                if e.file_type().is_ok_and(|t| t.is_symlink()) && !keep.contains(fname.as_ref())
+                {
+                    let r = fs::remove_file(e.path())
+                        .map_err(|err| Error::io("remove symlink", e.path(), err));
+                    out.push((e.path(), r.err()));
+                }
+            }
         }
     }
-    Ok(())
+    out
 }
 
 /// SHA-256 and size of a file, for verification.
@@ -660,8 +1049,7 @@ pub fn recover(store: &Path, catalog: &Catalog) -> Result<Recovery> {
                 let model_dir = store.join(name);
                 fs::create_dir_all(&model_dir)
                     .map_err(|e| Error::io("create folder", &model_dir, e))?;
-                fs::rename(entry.path(), &fd)
-                    .map_err(|e| Error::io("rename into place", &fd, e))?;
+                rename_noreplace(&entry.path(), &fd)?;
                 sync_dir(&model_dir)?;
                 report.rolled_forward.push(format!("{name}/v{n}"));
             }

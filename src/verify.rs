@@ -86,6 +86,8 @@ pub fn verify(
         for v in m.stored() {
             report.versions += 1;
             expected.insert(store::version_dir(store_dir, name, v.number));
+            // The version's own manifest (absent for versions stored before manifests).
+            expected.insert(store::version_dir(store_dir, name, v.number).join(store::MANIFEST));
             for f in &v.files {
                 let p = root.join(&f.path);
                 expected.insert(p.clone());
@@ -193,6 +195,12 @@ pub fn verify(
             .chain(m.aliases.keys().cloned())
         {
             expected.insert(dir.join(link));
+        }
+        // Manifests of removed versions, kept so their numbers stay taken.
+        let graves = dir.join(store::TOMBSTONES);
+        expected.insert(graves.clone());
+        for e in fs::read_dir(&graves).into_iter().flatten().flatten() {
+            expected.insert(e.path());
         }
         extra_under(&dir, &expected, &mut report.problems);
     }
