@@ -720,11 +720,16 @@ impl Settler {
     /// Looks at every group whose deadline has passed.
     pub fn check_due(&mut self) {
         let now = Instant::now();
-        while let Some((t, name)) = self.queue.first().cloned() {
-            if t > now {
+        // Take what is due first: a group looked at and rescheduled is not looked at again
+        // in the same round, even when its new deadline is already past (settle 0).
+        let mut due = Vec::new();
+        while let Some((t, _)) = self.queue.first() {
+            if *t > now {
                 break;
             }
-            self.queue.pop_first();
+            due.push(self.queue.pop_first().expect("not empty"));
+        }
+        for (_, name) in due {
             let Some(g) = self.groups.get_mut(&name) else {
                 continue;
             };
