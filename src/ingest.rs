@@ -926,16 +926,8 @@ impl Registrar {
                 force,
                 ..
             } => {
-                let (moved, dir) = remove_version(
-                    m,
-                    &name,
-                    version,
-                    reason,
-                    force,
-                    uid,
-                    &now,
-                    "rm",
-                )?;
+                let (moved, dir) =
+                    remove_version(m, &name, version, reason, force, uid, &now, "rm")?;
                 self.batch.deletions.push(dir);
                 self.board.event(format!(
                     "{name} v{version} removed{}",
@@ -997,16 +989,7 @@ impl Registrar {
                 let m = Arc::make_mut(self.catalog.models.get_mut(&name).expect("present"));
                 for (n, _) in &doomed {
                     let reason = Some(format!("gc: keep_last {keep}"));
-                    let (_, dir) = remove_version(
-                        m,
-                        &name,
-                        *n,
-                        reason,
-                        false,
-                        uid,
-                        &now,
-                        "gc",
-                    )?;
+                    let (_, dir) = remove_version(m, &name, *n, reason, false, uid, &now, "gc")?;
                     self.batch.deletions.push(dir);
                 }
                 self.board

@@ -333,9 +333,7 @@ pub fn numbers_in_store(store: &Path, name: &str) -> Vec<(u32, bool)> {
 /// The highest version number the store holds for `name` (0 when none): new numbers
 /// are allocated above it as well as above the catalog's.
 pub fn highest_in_store(store: &Path, name: &str) -> u32 {
-    numbers_in_store(store, name)
-        .last()
-        .map_or(0, |(n, _)| *n)
+    numbers_in_store(store, name).last().map_or(0, |(n, _)| *n)
 }
 
 /// Deletes version `n` of `name`, keeping its manifest (or a minimal one) as a tombstone
@@ -363,7 +361,8 @@ pub fn retire(store: &Path, name: &str, n: u32) -> Result<()> {
                     metrics: Default::default(),
                     metadata: Default::default(),
                 };
-                let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
+                let text =
+                    serde_json::to_vec_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
                 fs::write(&grave, text).map_err(|e| Error::io("write", &grave, e))?;
             }
             Err(e) => return Err(Error::io("keep tombstone", &grave, e)),
@@ -516,7 +515,9 @@ fn hash_folder(dir: &Path, rel: &dyn Fn(&Path) -> String) -> Result<crate::regis
             if e.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let t = e.file_type().map_err(|err| Error::io("stat", e.path(), err))?;
+            let t = e
+                .file_type()
+                .map_err(|err| Error::io("stat", e.path(), err))?;
             if t.is_dir() {
                 *dirs += 1;
                 walk(&e.path(), out, dirs)?;
@@ -989,8 +990,7 @@ pub fn refresh_links(
             for e in rd.flatten() {
                 let fname = e.file_name();
                 let fname = fname.to_string_lossy();
-                if e.file_type().is_ok_and(|t| t.is_symlink()) && !keep.contains(fname.as_ref())
-                {
+                if e.file_type().is_ok_and(|t| t.is_symlink()) && !keep.contains(fname.as_ref()) {
                     let r = fs::remove_file(e.path())
                         .map_err(|err| Error::io("remove symlink", e.path(), err));
                     out.push((e.path(), r.err()));
@@ -1181,6 +1181,67 @@ mod tests {
         let err = stage(&store, "a", 1, &[(src, "a.pt".into())], &yes).unwrap_err();
         assert!(matches!(err, Error::Cancelled));
         assert_eq!(fs::read_dir(store.join(STAGING)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn manifests_tombstones_audit_and_rebuild() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("models");
+        let src = tmp.path().join("m.pt");
+        let no = AtomicBool::new(false);
+        let stage_v = |n: u32, bytes: &[u8]| {
+            fs::write(&src, bytes).unwrap();
+            let s = stage(&store, "m", n, &[(src.clone(), "m.pt".into())], &no).unwrap();
+            let m = Manifest {
+                format: MANIFEST_FORMAT,
+                name: "m".into(),
+                version: n,
+                kind: Default::default(),
+                registered_at: "2026-01-01T00:00:00Z".into(),
+                source: "pretrained_models/m.pt".into(),
+                files: s.files.clone(),
+                metrics: [("accuracy".to_string(), 0.5)].into(),
+                metadata: Default::default(),
+            };
+            write_manifest(&s.dir, &m).unwrap();
+            s
+        };
+        publish(&stage_v(1, b"one")).unwrap();
+        publish(&stage_v(2, b"two")).unwrap();
+        // An existing v2 is never replaced, not even by a rename.
+        let again = stage_v(2, b"other");
+        let e = publish(&again).unwrap_err().to_string();
+        assert!(e.contains("never overwritten"), "{e}");
+        assert_eq!(fs::read(store.join("m/v2/m.pt")).unwrap(), b"two");
+        discard(&again.dir).unwrap();
+        publish(&stage_v(3, b"three")).unwrap();
+        retire(&store, "m", 3).unwrap();
+        assert!(!store.join("m/v3").exists());
+        assert_eq!(highest_in_store(&store, "m"), 3, "the tombstone counts");
+        // A catalog that knows none of it: everything is reported, then rebuilt.
+        let mut c = Catalog::default();
+        assert_eq!(audit(&store, &c), vec!["m/v1", "m/v2", "m/v3 (removed)"]);
+        let rel = |p: &Path| p.strip_prefix(tmp.path()).unwrap().display().to_string();
+        let r = rebuild(&store, &mut c, &rel);
+        assert_eq!(r.from_manifest, vec!["m/v1", "m/v2"]);
+        assert_eq!(r.tombstones, vec!["m/v3"]);
+        let m = &c.models["m"];
+        assert_eq!(m.highest, 3);
+        assert_eq!(m.versions.len(), 3);
+        assert_eq!(m.versions[1].files[0].path, "models/m/v2/m.pt");
+        assert_eq!(m.versions[1].files[0].sha256, sha256_hex(b"two"));
+        assert_eq!(m.versions[1].metrics.get("accuracy"), Some(&0.5));
+        assert!(m.versions[2].removed.is_some());
+        assert!(audit(&store, &c).is_empty());
+        // A version stored before manifests existed is rebuilt by hashing its files.
+        fs::remove_file(store.join("m/v1").join(MANIFEST)).unwrap();
+        let mut c = Catalog::default();
+        let r = rebuild(&store, &mut c, &rel);
+        assert_eq!(r.hashed, vec!["m/v1"]);
+        assert_eq!(
+            c.models["m"].versions[0].files[0].sha256,
+            sha256_hex(b"one")
+        );
     }
 
     #[test]

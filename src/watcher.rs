@@ -642,8 +642,7 @@ impl Settler {
                 let prefix = format!("{rel}/");
                 g.observed
                     .retain(|k, _| k != rel && !k.starts_with(&prefix));
-                g.writing
-                    .retain(|k, _| k != rel && !k.starts_with(&prefix));
+                g.writing.retain(|k, _| k != rel && !k.starts_with(&prefix));
             }
         }
         self.schedule(&name, now + self.settle);

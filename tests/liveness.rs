@@ -140,7 +140,11 @@ fn writer_tar_into_an_existing_folder() {
         .args(["model.safetensors", "config.json", "vocab.txt"]));
     let target = d.inbox().join("bert-base");
     std::fs::create_dir(&target).unwrap();
-    run(Command::new("tar").arg("-C").arg(&target).arg("-xf").arg(&tarball));
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&target)
+        .arg("-xf")
+        .arg(&tarball));
     assert_exactly_one(&d, "bert-base", "bert-base", &files);
 }
 
@@ -155,7 +159,11 @@ fn writer_unzip() {
         .arg("-qr")
         .arg(&zip)
         .arg("zipped"));
-    run(Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(d.inbox()));
+    run(Command::new("unzip")
+        .arg("-q")
+        .arg(&zip)
+        .arg("-d")
+        .arg(d.inbox()));
     assert_exactly_one(&d, "zipped", "zipped", &files);
 }
 
@@ -176,7 +184,11 @@ fn writer_rsync_a_file_and_folder() {
     let single = d.root.path().join("work/single.pt");
     let data = bytes(345, 700_000);
     std::fs::write(&single, &data).unwrap();
-    run(Command::new("rsync").arg("-a").arg(&src).arg(&single).arg(d.inbox()));
+    run(Command::new("rsync")
+        .arg("-a")
+        .arg(&src)
+        .arg(&single)
+        .arg(d.inbox()));
     assert_exactly_one(&d, "synced", "synced", &files);
     assert_exactly_one(&d, "single", "single.pt", &[("single.pt", data)]);
 }
@@ -309,7 +321,11 @@ fn a_lost_registry_never_reuses_version_numbers() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(said.contains("recovered m/v2 from its manifest"), "{said}");
     assert!(said.contains("lost"), "{said}");
     d.spawn();
@@ -320,7 +336,11 @@ fn a_lost_registry_never_reuses_version_numbers() {
     write(&d.inbox().join("m.pt"), &c);
     let vs = d.wait_versions("m", 3);
     assert_eq!(vs[2].number, 3);
-    assert_eq!(std::fs::read(&vs[2].path).unwrap(), c, "v3 holds the new bytes");
+    assert_eq!(
+        std::fs::read(&vs[2].path).unwrap(),
+        c,
+        "v3 holds the new bytes"
+    );
     assert_eq!(vs[2].files[0].sha256, modelreg::store::sha256_hex(&c));
     assert_eq!(std::fs::read(&vs[0].path).unwrap(), a, "v1 untouched");
     let out = d.cli(&["verify"]);
@@ -405,7 +425,9 @@ fn long_names_are_refused_and_a_failed_link_stops_no_other() {
     set("prod", "v1").unwrap();
     // `latest` becomes a folder with a file in it: it cannot be replaced by a symlink.
     let latest = d.root.path().join("models/k/latest");
-    wait_until(Duration::from_secs(10), "latest link", || latest.is_symlink());
+    wait_until(Duration::from_secs(10), "latest link", || {
+        latest.is_symlink()
+    });
     std::fs::remove_file(&latest).unwrap();
     std::fs::create_dir(&latest).unwrap();
     std::fs::write(latest.join("x"), b"x").unwrap();

@@ -20,7 +20,10 @@ fn entry_content(inbox: &Path, entry: &str) -> Vec<(String, String)> {
     if p.is_dir() {
         for e in std::fs::read_dir(&p).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            out.push((name, modelreg::store::sha256_hex(&std::fs::read(e.path()).unwrap())));
+            out.push((
+                name,
+                modelreg::store::sha256_hex(&std::fs::read(e.path()).unwrap()),
+            ));
         }
     } else {
         out.push((
@@ -163,7 +166,10 @@ fn soak_mixed_writers_renames_deletes_and_kills() {
             .iter()
             .filter(|v| version_content(v) == want)
             .count();
-        assert_eq!(matching, 1, "{entry}: its final bytes registered exactly once");
+        assert_eq!(
+            matching, 1,
+            "{entry}: its final bytes registered exactly once"
+        );
     }
     let drained = drain.elapsed();
     let out = d.cli(&["verify"]);
