@@ -516,7 +516,7 @@ pub struct Waiting {
     pub state: String,
     /// Seconds since it was first seen changing.
     pub since_secs: f64,
-    /// Why it waits, when blocked.
+    /// Why it waits (every state: the open file, the temporary, the sidecar error, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
