@@ -1066,6 +1066,14 @@ pub fn stale_write_bound(settle: Duration) -> Duration {
 pub fn open_for_writing(path: &Path) -> Option<bool> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
+    // A writer opening the file in the instant the lease is held makes the kernel send
+    // the holder SIGIO, whose default action ends the process. The daemon uses no SIGIO
+    // otherwise (tokio polls with epoll), so it is ignored, once.
+    static IGNORE_SIGIO: std::sync::Once = std::sync::Once::new();
+    // SAFETY: setting a signal's disposition to SIG_IGN; no handler runs.
+    IGNORE_SIGIO.call_once(|| unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+    });
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -1220,6 +1228,9 @@ mod tests {
             eprintln!("no leases here; the time bound applies instead");
             return;
         }
+        // A lease broken by a writer's open sends SIGIO: it must not end the daemon.
+        // SAFETY: raising a signal whose disposition the probe set to SIG_IGN.
+        unsafe { libc::raise(libc::SIGIO) };
         assert!(handed_over(&mut rx).is_empty(), "held while open");
         let (state, reason) = state_of(&s, "slow").unwrap();
         assert_eq!(state, "writing");
