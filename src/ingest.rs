@@ -229,6 +229,9 @@ pub enum JobResult {
         new: Vec<NewVersion>,
         unchanged: Vec<(String, String, u32)>,
         sidecar: Option<SidecarRead>,
+        /// The highest number the store holds when it is above the catalog's: versions
+        /// the catalog does not know (numbering went above them).
+        store_ahead: Option<u32>,
     },
     /// The sidecar is invalid: the artifact waits. (path, message)
     Blocked(String, String),
@@ -486,7 +489,17 @@ impl Registrar {
                 new,
                 unchanged,
                 sidecar,
+                store_ahead,
             } => {
+                if let Some(n) = store_ahead {
+                    let dir = self.config.store.join(&name);
+                    self.board.set_problem(
+                        &dir.display().to_string(),
+                        &format!(
+                            "the store holds {name} v{n}, which registry.yaml does not name; new versions are numbered above it and nothing stored is overwritten (see `modelreg verify`, `modelreg recover`)"
+                        ),
+                    );
+                }
                 self.apply_done(&name, new, unchanged, sidecar);
                 Outcome::Done
             }
@@ -1239,6 +1252,7 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
         new,
         unchanged,
         sidecar,
+        store_ahead: (in_store >= job.next).then_some(in_store),
     }
 }
 

@@ -447,3 +447,31 @@ fn long_names_are_refused_and_a_failed_link_stops_no_other() {
         s.problems
     );
 }
+
+/// A version folder the catalog does not know, appearing while the daemon runs: the next
+/// number goes above it, it is never touched, and `status` shows the problem.
+#[test]
+fn a_store_folder_the_catalog_does_not_know_is_never_overwritten() {
+    let d = TestDaemon::quick();
+    write(&d.inbox().join("u.pt"), &bytes(430, 100));
+    d.wait_versions("u", 1);
+    let stray = d.root.path().join("models/u/v5");
+    std::fs::create_dir(&stray).unwrap();
+    std::fs::write(stray.join("u.pt"), b"someone else's").unwrap();
+    write(&d.inbox().join("u.pt"), &bytes(431, 100));
+    let vs = d.wait_versions("u", 2);
+    assert_eq!(vs[1].number, 6, "{vs:?}");
+    assert_eq!(std::fs::read(&vs[1].path).unwrap(), bytes(431, 100));
+    assert_eq!(
+        std::fs::read(stray.join("u.pt")).unwrap(),
+        b"someone else's"
+    );
+    let s = d.status();
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.message.contains("u v5") && p.message.contains("does not name")),
+        "{:?}",
+        s.problems
+    );
+}
