@@ -267,19 +267,26 @@ pub struct Manifest {
 }
 
 /// Writes `m` as the manifest of the (staging) folder `dir`: fsynced, read-only, and the
-/// folder fsynced, so it is durable before the catalog names the version.
+/// folder fsynced, so it is durable before the catalog names the version. It is readable
+/// by no one the stored files are not readable by (the read bits they all share).
 pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     let path = dir.join(MANIFEST);
     let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Other(e.to_string()))?;
+    let mode = m.files.iter().fold(0o444, |acc, f| {
+        fs::metadata(dir.join(&f.rel)).map_or(0o400, |md| md.permissions().mode()) & acc
+    }) | 0o400;
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o444)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io("create", &path, e))?;
     f.write_all(&text)
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io("write", &path, e))?;
+    // Set explicitly: the umask does not decide who may read it.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("make read-only", &path, e))?;
     sync_dir(dir)
 }
 
@@ -344,7 +351,10 @@ pub fn retire(store: &Path, name: &str, n: u32) -> Result<()> {
     let graves = store.join(name).join(TOMBSTONES);
     let grave = graves.join(format!("v{n}.json"));
     if dir.exists() && !grave.exists() {
-        fs::create_dir_all(&graves).map_err(|e| Error::io("create folder", &graves, e))?;
+        if !graves.is_dir() {
+            fs::create_dir_all(&graves).map_err(|e| Error::io("create folder", &graves, e))?;
+            set_folder_mode(&graves)?;
+        }
         let manifest = dir.join(MANIFEST);
         match fs::rename(&manifest, &grave) {
             Ok(()) => {}
@@ -364,6 +374,8 @@ pub fn retire(store: &Path, name: &str, n: u32) -> Result<()> {
                 let text =
                     serde_json::to_vec_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
                 fs::write(&grave, text).map_err(|e| Error::io("write", &grave, e))?;
+                fs::set_permissions(&grave, fs::Permissions::from_mode(0o400))
+                    .map_err(|e| Error::io("make read-only", &grave, e))?;
             }
             Err(e) => return Err(Error::io("keep tombstone", &grave, e)),
         }

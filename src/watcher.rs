@@ -896,7 +896,7 @@ impl Settler {
                 g.observed
                     .retain(|k, _| k != &entry && !k.starts_with(&format!("{entry}/")));
                 g.writing
-                    .retain(|k| k != &entry && !k.starts_with(&format!("{entry}/")));
+                    .retain(|k, _| k != &entry && !k.starts_with(&format!("{entry}/")));
             }
             self.entry_group.insert(entry.clone(), to.clone());
             let look = inbox::look(&self.inbox, &entry, self.follow_symlinks);
