@@ -1099,7 +1099,6 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
     }
     let mut next = job.next.max(in_store + 1);
     let registered_at = crate::status::now_rfc3339();
-    let fresh = sidecar.as_ref().filter(|s| s.fresh);
     let mut new = Vec::new();
     let mut unchanged = Vec::new();
     // The inbox folder the files are opened beneath, checked to be the one pinned at
@@ -1130,6 +1129,7 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
             Err(r) => return *r,
         },
     };
+    let fresh = sidecar.as_ref().filter(|s| s.fresh);
     for (entry, look) in &job.artifacts {
         let Look::Files { folder, files } = look else {
             continue;
