@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -190,6 +190,8 @@ pub struct NewVersion {
     kind: Kind,
     fingerprint: String,
     staged: Staged,
+    /// How long copying and hashing it took.
+    copy_secs: f64,
 }
 
 /// A sidecar read by a job.
@@ -472,12 +474,36 @@ impl Registrar {
         };
         self.in_flight += 1;
         let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
+        let board = self.board.clone();
         tokio::spawn(async move {
             let name = job.name.clone();
             let _permit = sem.acquire_owned().await;
-            let result = tokio::task::spawn_blocking(move || run_job(job, &cancel))
+            // What `status` shows while it copies: the settled sizes of its files, and
+            // a counter the copy adds to per chunk. Removed when the job ends.
+            let (count, total) = job.artifacts.iter().fold((0, 0), |(n, b), (_, look)| {
+                let Look::Files { files, .. } = look else {
+                    return (n, b);
+                };
+                (
+                    n + files.len(),
+                    b + files.iter().map(|f| f.stat.size).sum::<u64>(),
+                )
+            });
+            let copying = board.start_copy(&name, total);
+            if count > 0 {
+                tracing::info!(
+                    model = %name,
+                    files = count,
+                    bytes = total,
+                    "registering {name}: {} in {count} file(s)",
+                    crate::status::human_bytes(total)
+                );
+            }
+            let done = copying.progress.clone();
+            let result = tokio::task::spawn_blocking(move || run_job(job, &cancel, &done.done))
                 .await
                 .unwrap_or_else(|e| JobResult::Failed(format!("copy job panicked: {e}")));
+            drop(copying);
             let _ = tx.send(RegistrarMsg::JobDone { name, result });
         });
     }
@@ -573,7 +599,20 @@ impl Registrar {
                 deprecated: None,
                 removed: None,
             };
-            tracing::info!(model = name, version = format!("v{}", nv.number), source = %version.source, "registered");
+            let size: u64 = version.files.iter().map(|f| f.size).sum();
+            let rate = size as f64 / nv.copy_secs.max(1e-3);
+            tracing::info!(
+                model = name,
+                version = format!("v{}", nv.number),
+                source = %version.source,
+                bytes = size,
+                secs = format!("{:.2}", nv.copy_secs),
+                "registered {name} v{}: {} in {:.1}s ({}/s)",
+                nv.number,
+                crate::status::human_bytes(size),
+                nv.copy_secs,
+                crate::status::human_bytes(rate as u64)
+            );
             model.push(version);
             self.catalog.sources.insert(
                 nv.entry,
@@ -1070,9 +1109,10 @@ fn remove_version(
 }
 
 /// Runs a copy job on the blocking pool; see [`Job`].
-fn run_job(job: Job, cancel: &AtomicBool) -> JobResult {
+/// `done` counts the bytes copied, for `status`.
+fn run_job(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> JobResult {
     let mut staged_so_far: Vec<Staged> = Vec::new();
-    let result = run_job_inner(&job, cancel, &mut staged_so_far);
+    let result = run_job_inner(&job, cancel, done, &mut staged_so_far);
     if !matches!(result, JobResult::Done { .. }) {
         for s in staged_so_far {
             let _ = store::discard(&s.dir);
@@ -1081,7 +1121,12 @@ fn run_job(job: Job, cancel: &AtomicBool) -> JobResult {
     result
 }
 
-fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -> JobResult {
+fn run_job_inner(
+    job: &Job,
+    cancel: &AtomicBool,
+    done: &AtomicU64,
+    staged_out: &mut Vec<Staged>,
+) -> JobResult {
     let relative = |p: &Path| {
         p.strip_prefix(&job.root)
             .map(|r| r.display().to_string())
@@ -1171,8 +1216,9 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
             let f = &files[i];
             inbox::unchanged_through(file, &f.src, &f.stat).map_err(Error::SourceChanged)
         };
+        let t0 = std::time::Instant::now();
         let staged = match store::stage_opened(
-            &job.store, &job.name, next, &rels, &mut open, &mut check, cancel,
+            &job.store, &job.name, next, &rels, &mut open, &mut check, cancel, done,
         ) {
             Ok(s) => s,
             Err(Error::Cancelled) => return JobResult::Cancelled,
@@ -1233,20 +1279,24 @@ fn run_job_inner(job: &Job, cancel: &AtomicBool, staged_out: &mut Vec<Staged>) -
             next,
             if *folder { Kind::Folder } else { Kind::File },
             fingerprint,
+            t0.elapsed().as_secs_f64(),
         ));
         next += 1;
     }
     let new = new
         .into_iter()
         .zip(staged_out.drain(..))
-        .map(|((entry, number, kind, fingerprint), staged)| NewVersion {
-            entry,
-            number,
-            registered_at: registered_at.clone(),
-            kind,
-            fingerprint,
-            staged,
-        })
+        .map(
+            |((entry, number, kind, fingerprint, copy_secs), staged)| NewVersion {
+                entry,
+                number,
+                registered_at: registered_at.clone(),
+                kind,
+                fingerprint,
+                staged,
+                copy_secs,
+            },
+        )
         .collect();
     JobResult::Done {
         new,

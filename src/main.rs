@@ -895,8 +895,28 @@ fn print_status(s: &StatusInfo) {
                 .as_deref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default();
+            // While copying: "412.0 MiB / 1.0 GiB (40%), 205.3 MiB/s, ETA 3s".
+            let progress = match (w.bytes_done, w.bytes_total) {
+                (Some(done), Some(total)) => {
+                    let pct = if total == 0 { 100 } else { done * 100 / total };
+                    let rate = w
+                        .rate_bytes_per_sec
+                        .map(|r| format!(", {}/s", human_size(r as u64)))
+                        .unwrap_or_default();
+                    let eta = w
+                        .eta_secs
+                        .map(|e| format!(", ETA {:.0}s", e.ceil()))
+                        .unwrap_or_default();
+                    format!(
+                        ": {} / {} ({pct}%){rate}{eta}",
+                        human_size(done),
+                        human_size(total)
+                    )
+                }
+                _ => String::new(),
+            };
             println!(
-                "  {} [{}] {} for {:.1}s{reason}",
+                "  {} [{}] {} for {:.1}s{progress}{reason}",
                 w.name,
                 w.entries.join(", "),
                 w.state,

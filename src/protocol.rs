@@ -506,7 +506,7 @@ pub struct BestBasis {
 }
 
 /// Something waiting in the inbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Waiting {
     /// The model name.
     pub name: String,
@@ -519,6 +519,18 @@ pub struct Waiting {
     /// Why it waits (every state: the open file, the temporary, the sidecar error, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// While registering: bytes copied so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<u64>,
+    /// While registering: bytes to copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// While registering: bytes per second so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bytes_per_sec: Option<f64>,
+    /// While registering: seconds left at that rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<f64>,
 }
 
 /// A problem that lasts until its cause is fixed (an invalid sidecar, a refused name).

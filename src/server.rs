@@ -1023,6 +1023,15 @@ async fn status(ctx: &Context) -> Response {
     } else {
         Vec::new()
     };
+    let mut waiting = waiting;
+    for w in &mut waiting {
+        if let Some(p) = ctx.board.copy_progress(&w.name) {
+            w.bytes_done = Some(p.done);
+            w.bytes_total = Some(p.total);
+            w.rate_bytes_per_sec = p.rate();
+            w.eta_secs = p.eta_secs();
+        }
+    }
     let catalog = ctx.shared.catalog();
     let cfg = ctx.config();
     let (problems, recent_errors, registered, watch) = ctx.board.snapshot();

@@ -2,8 +2,10 @@
 //! until fixed (keyed by path), the last errors, and counters. A plain mutex: it is held
 //! only to copy or insert a few strings, never across an `.await`.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::protocol::{Problem, RecentError};
 
@@ -15,6 +17,64 @@ const RECENT: usize = 20;
 pub struct StatusBoard {
     inner: Mutex<Inner>,
     changed: tokio::sync::Notify,
+    /// The copy jobs under way, by model name. Its own lock, taken only to add, remove or
+    /// list entries; the copy itself only adds to each job's counter.
+    copying: Mutex<HashMap<String, Arc<JobProgress>>>,
+}
+
+/// How far one copy job has got: `done` is added to by the copy once per chunk.
+#[derive(Debug)]
+pub struct JobProgress {
+    /// Bytes copied so far.
+    pub done: AtomicU64,
+    /// Bytes to copy (the sizes of the settled files).
+    pub total: u64,
+    started: Instant,
+}
+
+/// A copy job's progress as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProgressNow {
+    /// Bytes copied so far.
+    pub done: u64,
+    /// Bytes to copy.
+    pub total: u64,
+    /// Seconds since the copy began.
+    pub secs: f64,
+}
+
+impl ProgressNow {
+    /// Bytes per second so far (None before anything was copied).
+    pub fn rate(&self) -> Option<f64> {
+        (self.done > 0 && self.secs > 0.0).then(|| self.done as f64 / self.secs)
+    }
+
+    /// Seconds left at the rate so far.
+    pub fn eta_secs(&self) -> Option<f64> {
+        self.rate()
+            .map(|r| self.total.saturating_sub(self.done) as f64 / r)
+    }
+}
+
+/// Removes its job from [`StatusBoard`]'s list of copies when dropped, however the job
+/// ends (done, failed, panicked).
+#[derive(Debug)]
+pub struct CopyingGuard {
+    board: Arc<StatusBoard>,
+    name: String,
+    /// The job's counter, to pass to the copy.
+    pub progress: Arc<JobProgress>,
+}
+
+impl Drop for CopyingGuard {
+    fn drop(&mut self) {
+        let mut g = self.board.copying.lock().unwrap_or_else(|p| p.into_inner());
+        if g.get(&self.name)
+            .is_some_and(|p| Arc::ptr_eq(p, &self.progress))
+        {
+            g.remove(&self.name);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +191,35 @@ impl StatusBoard {
         self.lock().watch = how;
     }
 
+    /// Registers a copy job for `name` of `total` bytes, until the guard is dropped.
+    pub fn start_copy(self: &Arc<Self>, name: &str, total: u64) -> CopyingGuard {
+        let progress = Arc::new(JobProgress {
+            done: AtomicU64::new(0),
+            total,
+            started: Instant::now(),
+        });
+        self.copying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), progress.clone());
+        CopyingGuard {
+            board: self.clone(),
+            name: name.to_string(),
+            progress,
+        }
+    }
+
+    /// How far the copy job for `name` has got, if one is under way.
+    pub fn copy_progress(&self, name: &str) -> Option<ProgressNow> {
+        let g = self.copying.lock().unwrap_or_else(|p| p.into_inner());
+        let p = g.get(name)?;
+        Some(ProgressNow {
+            done: p.done.load(Ordering::Relaxed),
+            total: p.total,
+            secs: p.started.elapsed().as_secs_f64(),
+        })
+    }
+
     /// A copy of what `status` shows from the board.
     pub fn snapshot(&self) -> (Vec<Problem>, Vec<RecentError>, u64, String) {
         let g = self.lock();
@@ -140,6 +229,22 @@ impl StatusBoard {
             g.registered,
             g.watch.clone(),
         )
+    }
+}
+
+/// `n` bytes in binary units with one decimal ("1.0 GiB"), for logs and tables.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 

@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
@@ -87,7 +87,17 @@ pub fn stage(
             mode,
         })
     };
-    stage_opened(store, name, n, &rels, &mut open, &mut |_, _| Ok(()), cancel)
+    let done = AtomicU64::new(0);
+    stage_opened(
+        store,
+        name,
+        n,
+        &rels,
+        &mut open,
+        &mut |_, _| Ok(()),
+        cancel,
+        &done,
+    )
 }
 
 /// A source file opened by the caller of [`stage_opened`].
@@ -124,7 +134,9 @@ pub fn set_folder_mode(dir: &Path) -> Result<()> {
 /// folder of many files holds one descriptor at a time, and the check made at the open
 /// is as late as possible), every byte is read through that handle, and `check(i, &file)`
 /// runs after the copy through the same handle (was it written meanwhile?). An error from
-/// either, like any other, leaves nothing behind.
+/// either, like any other, leaves nothing behind. `done` counts the bytes copied so far
+/// (for `status`), added to once per chunk.
+#[allow(clippy::too_many_arguments)]
 pub fn stage_opened(
     store: &Path,
     name: &str,
@@ -133,6 +145,7 @@ pub fn stage_opened(
     open: &mut dyn FnMut(usize) -> Result<OpenSource>,
     check: &mut dyn FnMut(usize, &File) -> Result<()>,
     cancel: &AtomicBool,
+    done: &AtomicU64,
 ) -> Result<Staged> {
     let staging = store.join(STAGING);
     ensure_dir(store, &staging)?;
@@ -162,8 +175,14 @@ pub fn stage_opened(
             }
         }
         let mut source = open(i)?;
-        let (sha256, size) =
-            copy_and_hash_from(&mut source.file, &source.shown, &dst, source.mode, cancel)?;
+        let (sha256, size) = copy_and_hash_from(
+            &mut source.file,
+            &source.shown,
+            &dst,
+            source.mode,
+            cancel,
+            done,
+        )?;
         check(i, &source.file)?;
         staged.push(StagedFile {
             rel: rel.clone(),
@@ -673,17 +692,19 @@ pub fn copy_and_hash(src: &Path, dst: &Path, cancel: &AtomicBool) -> Result<(Str
         .map_err(|e| Error::io("stat", src, e))?
         .permissions()
         .mode();
-    copy_and_hash_from(&mut input, src, dst, mode, cancel)
+    copy_and_hash_from(&mut input, src, dst, mode, cancel, &AtomicU64::new(0))
 }
 
 /// [`copy_and_hash`] from an open handle (`src` only names it in messages); the copy
-/// gets [`stored_mode`] of `mode`.
+/// gets [`stored_mode`] of `mode`. `done` grows by each chunk written (a relaxed add, no
+/// system call), so `status` can show the progress of a long copy.
 pub fn copy_and_hash_from(
     input: &mut File,
     src: &Path,
     dst: &Path,
     mode: u32,
     cancel: &AtomicBool,
+    done: &AtomicU64,
 ) -> Result<(String, u64)> {
     let len = input
         .metadata()
@@ -699,13 +720,15 @@ pub fn copy_and_hash_from(
         .map_err(|e| Error::io("create", dst, e))?;
     let t0 = std::time::Instant::now();
     let (digest, size) = if len >= PIPELINE_THRESHOLD {
-        match copy_in_kernel(input, &out, dst, cancel) {
+        match copy_in_kernel(input, &out, dst, cancel, done) {
             Ok(r) => r,
-            Err(KernelCopy::Unsupported) => copy_pipelined(input, src, &mut out, dst, cancel)?,
+            Err(KernelCopy::Unsupported) => {
+                copy_pipelined(input, src, &mut out, dst, cancel, done)?
+            }
             Err(KernelCopy::Failed(e)) => return Err(e),
         }
     } else {
-        copy_inline(input, src, &mut out, dst, cancel)?
+        copy_inline(input, src, &mut out, dst, cancel, done)?
     };
     let copied = t0.elapsed();
     // Through the handle, and never wider than the source: a hard link to a private
@@ -731,6 +754,7 @@ fn copy_inline(
     out: &mut File,
     dst: &Path,
     cancel: &AtomicBool,
+    done: &AtomicU64,
 ) -> Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
@@ -745,6 +769,7 @@ fn copy_inline(
         out.write_all(&buf[..n])
             .map_err(|e| Error::io("write", dst, e))?;
         size += n as u64;
+        done.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok((hex(&hasher.finalize()), size))
 }
@@ -755,6 +780,7 @@ fn copy_pipelined(
     out: &mut File,
     dst: &Path,
     cancel: &AtomicBool,
+    done: &AtomicU64,
 ) -> Result<(String, u64)> {
     use std::sync::Arc;
     // Three stages on three threads: a reader fills 1 MiB buffers and hands each to the
@@ -809,6 +835,7 @@ fn copy_pipelined(
                 break;
             }
             written += n as u64;
+            done.fetch_add(n as u64, Ordering::Relaxed);
             recycle(buf, &free_tx);
             // Start writeback of what is written so far, without waiting for it, so the
             // fsync at the end has little left to do.
@@ -848,6 +875,7 @@ fn copy_in_kernel(
     out: &File,
     dst: &Path,
     cancel: &AtomicBool,
+    done: &AtomicU64,
 ) -> std::result::Result<(String, u64), KernelCopy> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
@@ -903,6 +931,7 @@ fn copy_in_kernel(
                 break Ok(());
             }
             copied += n as u64;
+            done.fetch_add(n as u64, Ordering::Relaxed);
             let _ = done_tx.send(copied);
             if copied - flushed >= WRITEBACK_STEP {
                 start_writeback(out, flushed, copied - flushed);
@@ -1177,8 +1206,15 @@ mod tests {
         let dst = tmp.path().join("d");
         let mut input = File::open(&src).unwrap();
         let mut out = File::create(&dst).unwrap();
-        let (sha, size) =
-            copy_pipelined(&mut input, &src, &mut out, &dst, &AtomicBool::new(false)).unwrap();
+        let (sha, size) = copy_pipelined(
+            &mut input,
+            &src,
+            &mut out,
+            &dst,
+            &AtomicBool::new(false),
+            &AtomicU64::new(0),
+        )
+        .unwrap();
         assert_eq!((sha, size), (sha256_hex(&data), data.len() as u64));
         assert_eq!(fs::read(&dst).unwrap(), data);
     }

@@ -1045,6 +1045,7 @@ impl Settler {
                     state: state.to_string(),
                     since_secs: now.duration_since(g.since).as_secs_f64(),
                     reason,
+                    ..Waiting::default()
                 }
             })
             .collect();
