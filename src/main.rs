@@ -898,7 +898,7 @@ fn print_status(s: &StatusInfo) {
             // While copying: "412.0 MiB / 1.0 GiB (40%), 205.3 MiB/s, ETA 3s".
             let progress = match (w.bytes_done, w.bytes_total) {
                 (Some(done), Some(total)) => {
-                    let pct = if total == 0 { 100 } else { done * 100 / total };
+                    let pct = (done * 100).checked_div(total).unwrap_or(100);
                     let rate = w
                         .rate_bytes_per_sec
                         .map(|r| format!(", {}/s", human_size(r as u64)))

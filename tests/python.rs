@@ -1,6 +1,7 @@
 //! Issue 7: the Python client's own tests (unittest, against a real daemon they start),
 //! and the README's Python snippet, verbatim, from a fresh venv after
-//! `pip install ./clients/python`. Part of `cargo test` so that one command runs all.
+//! `pip install ./clients/python`, in the root the README's walkthrough leaves. Part of
+//! `cargo test` so that one command runs all.
 
 mod common;
 
@@ -66,8 +67,34 @@ fn issue7_readme_python_snippet_in_a_fresh_venv() {
         assert!(st.success(), "pip install ./clients/python");
     }
 
-    let d = TestDaemon::quick();
-    write(&d.root.path().join("resnet18.pt"), &bytes(71, 50_000));
+    // Where the README says to run it: the root of the daemon, after the walkthrough
+    // (pasted verbatim, on the default settings, as tests/foundation.rs does).
+    let d = TestDaemon::start("");
+    std::fs::remove_file(d.root.path().join("config/modelreg.yaml")).unwrap();
+    let walkthrough = readme
+        .split("<!-- walkthrough -->")
+        .nth(1)
+        .and_then(|s| s.split("<!-- /walkthrough -->").next())
+        .expect("README has a walkthrough block")
+        .trim()
+        .trim_start_matches("```sh")
+        .trim_end_matches("```");
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let walked = Command::new("bash")
+        .arg("-euc")
+        .arg(walkthrough)
+        .current_dir(d.root.path())
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(
+        walked.status.success(),
+        "walkthrough: {}",
+        String::from_utf8_lossy(&walked.stderr)
+    );
+    assert_eq!(d.versions("resnet18").len(), 2);
+
     let out = Command::new(venv.path().join("bin/python"))
         .arg("-c")
         .arg(snippet)
@@ -81,12 +108,20 @@ fn issue7_readme_python_snippet_in_a_fresh_venv() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stored = d.root.path().join("models/resnet18/v1/resnet18.pt");
+    // v3, with accuracy 0.73: also the best now.
+    let stored = d.root.path().join("models/resnet18/v3/resnet18.pt");
     assert!(
-        stdout.contains(&format!("v1 {}", stored.display())),
+        stdout.contains(&format!("v3 {}\n{}\n", stored.display(), stored.display())),
         "{stdout}"
     );
-    assert!(stdout.contains("['resnet18']"), "{stdout}");
-    assert_eq!(std::fs::read(&stored).unwrap(), bytes(71, 50_000));
-    assert_eq!(d.get("resnet18", "v1").unwrap().metrics["accuracy"], 0.71);
+    assert!(
+        stdout.contains("['chest_xray_densenet', 'resnet18']"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        std::fs::read(d.root.path().join("out/resnet18.pt")).unwrap()
+    );
+    assert_eq!(d.get("resnet18", "v3").unwrap().metrics["accuracy"], 0.73);
+    assert_eq!(d.get("resnet18", "best").unwrap().version, "v3");
 }
