@@ -55,6 +55,14 @@ fn status_shows_the_bytes_copied_growing_to_the_total_during_a_large_registratio
         }
         assert!(Instant::now() < deadline, "big was never registered");
     }
+    let mut distinct: Vec<(u64, usize)> = Vec::new();
+    for s in &samples {
+        match distinct.last_mut() {
+            Some((d, n)) if *d == s.0 => *n += 1,
+            _ => distinct.push((s.0, 1)),
+        }
+    }
+    eprintln!("bytes_done seen (value, times): {distinct:?}");
     assert!(
         !samples.is_empty(),
         "status never showed the copy's progress"
