@@ -87,6 +87,18 @@ impl Client {
         })
     }
 
+    /// How long to wait for an answer (60 s after `connect`); `wait` requests need
+    /// longer.
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| ClientError::Io {
+                path: self.path.clone(),
+                source: e,
+            })
+    }
+
     /// Sends a raw line (a newline is added) and returns the raw answer line.
     pub fn raw(&mut self, line: &str) -> Result<String, ClientError> {
         let io = |e| ClientError::Io {
@@ -173,7 +185,7 @@ pub(crate) fn group_name(gid: u32) -> String {
 }
 
 /// A user's name, or its number when it has none.
-pub(crate) fn user_name(uid: u32) -> String {
+pub fn user_name(uid: u32) -> String {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::passwd = std::ptr::null_mut();

@@ -834,10 +834,20 @@ pub fn link_targets(
 
 type ChangeError = (crate::protocol::ErrorCode, String);
 
-fn model_not_found(name: &str) -> ChangeError {
+fn model_not_found(name: &str, catalog: &Catalog) -> ChangeError {
+    let hint = crate::suggest::hint(name, catalog.models.keys().map(String::as_str));
     (
         crate::protocol::ErrorCode::ModelNotFound,
-        format!("no model named {name:?}"),
+        format!("no model named {name:?}{hint} (`modelreg list` shows the models)"),
+    )
+}
+
+fn alias_not_found(name: &str, alias: &str, m: &Model) -> ChangeError {
+    let hint = crate::suggest::hint(alias, m.aliases.keys().map(String::as_str));
+    let known: Vec<&String> = m.aliases.keys().collect();
+    (
+        crate::protocol::ErrorCode::AliasNotFound,
+        format!("{name:?} has no alias {alias:?}{hint} (aliases: {known:?})"),
     )
 }
 
@@ -869,11 +879,10 @@ impl Registrar {
             | Change::Remove { name, .. } => name.clone(),
             Change::Gc { name, dry_run } => return self.gc(name.as_deref(), *dry_run, uid),
         };
-        let model = self
-            .catalog
-            .models
-            .get_mut(&name)
-            .ok_or_else(|| model_not_found(&name))?;
+        if !self.catalog.models.contains_key(&name) {
+            return Err(model_not_found(&name, &self.catalog));
+        }
+        let model = self.catalog.models.get_mut(&name).expect("checked");
         let m = Arc::make_mut(model);
         let result = match change {
             Change::AliasSet { alias, version, .. } => {
@@ -899,12 +908,10 @@ impl Registrar {
                 serde_json::json!({"name": name, "alias": alias, "version": format!("v{version}"), "from": from.map(|f| format!("v{f}"))})
             }
             Change::AliasRemove { alias, .. } => {
-                let from = m.aliases.remove(&alias).ok_or_else(|| {
-                    (
-                        ErrorCode::AliasNotFound,
-                        format!("{name:?} has no alias {alias:?}"),
-                    )
-                })?;
+                if !m.aliases.contains_key(&alias) {
+                    return Err(alias_not_found(&name, &alias, m));
+                }
+                let from = m.aliases.remove(&alias).expect("checked");
                 m.alias_history.push(AliasMove {
                     alias: alias.clone(),
                     from: Some(from),
@@ -918,12 +925,10 @@ impl Registrar {
                 serde_json::json!({"name": name, "alias": alias, "removed": format!("v{from}")})
             }
             Change::Rollback { alias, .. } => {
-                let current = *m.aliases.get(&alias).ok_or_else(|| {
-                    (
-                        ErrorCode::AliasNotFound,
-                        format!("{name:?} has no alias {alias:?}"),
-                    )
-                })?;
+                let current = *m
+                    .aliases
+                    .get(&alias)
+                    .ok_or_else(|| alias_not_found(&name, &alias, m))?;
                 // The move that brought it here says where it was before.
                 let previous = m
                     .alias_history
@@ -1005,7 +1010,9 @@ impl Registrar {
         let mut report = Vec::new();
         let mut freed = 0u64;
         let names: Vec<String> = match only {
-            Some(n) if !self.catalog.models.contains_key(n) => return Err(model_not_found(n)),
+            Some(n) if !self.catalog.models.contains_key(n) => {
+                return Err(model_not_found(n, &self.catalog));
+            }
             Some(n) => vec![n.to_string()],
             None => self.catalog.models.keys().cloned().collect(),
         };

@@ -19,6 +19,7 @@
 //! - [`verify`]   re-hash the store against the catalog.
 //! - [`systemd`]  sd_notify readiness, status and watchdog; socket activation.
 //! - [`status`]   the board of problems and recent errors shown by `status`.
+//! - [`suggest`]  "did you mean": edit distance for mistyped names in error messages.
 //! - [`shutdown`] a cloneable shutdown signal.
 //! - [`error`]    error types that carry path, position and cause.
 
@@ -37,6 +38,7 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod status;
 pub mod store;
+pub mod suggest;
 pub mod systemd;
 pub mod verify;
 pub mod watcher;

@@ -647,9 +647,10 @@ fn find_model<'a>(catalog: &'a Catalog, name: &str) -> Result<&'a Model, Respons
         ));
     }
     catalog.models.get(name).map(|m| m.as_ref()).ok_or_else(|| {
+        let hint = crate::suggest::hint(name, catalog.models.keys().map(String::as_str));
         Response::err(
             ErrorCode::ModelNotFound,
-            format!("no model named {name:?} (`modelreg list` shows the models)"),
+            format!("no model named {name:?}{hint} (`modelreg list` shows the models)"),
         )
     })
 }
@@ -688,6 +689,36 @@ fn versions(ctx: &Context, name: &str) -> Response {
         }
         Err(r) => r,
     }
+}
+
+/// The hint for a mistyped selector: the closest of `latest`, `best` and the aliases.
+fn selector_hint(s: &str, model: &Model) -> String {
+    let words = ["latest", "best"]
+        .into_iter()
+        .chain(model.aliases.keys().map(String::as_str));
+    crate::suggest::hint(s, words)
+}
+
+/// The `no_metric` message: which metric was missing, the closest one that exists, and
+/// every metric the model's versions have, so the user can pick one.
+fn no_metric(name: &str, metric: &str, model: &Model) -> String {
+    let known: std::collections::BTreeSet<&str> = model
+        .versions
+        .iter()
+        .filter(|v| v.is_live())
+        .flat_map(|v| v.metrics.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    let hint = crate::suggest::hint(metric, known.iter().copied());
+    let listed = if known.is_empty() {
+        "no version has any metric".to_string()
+    } else {
+        let names: Vec<&str> = known.into_iter().collect();
+        format!("metrics: {}", names.join(", "))
+    };
+    format!(
+        "no version of {name:?} has metric {metric:?}{hint} ({} version(s) checked; {listed})",
+        model.versions.len()
+    )
 }
 
 /// Versions with at most this many files have them checked on the async thread: a few
@@ -741,13 +772,7 @@ fn get_inner(
             let mode = mode.unwrap_or_else(|| cfg.best.direction_of(&metric));
             let v = model.best(&metric, mode);
             if v.is_none() {
-                return Response::err(
-                    ErrorCode::NoMetric,
-                    format!(
-                        "no version of {name:?} has metric {metric:?} ({} version(s) checked)",
-                        model.versions.len()
-                    ),
-                );
+                return Response::err(ErrorCode::NoMetric, no_metric(name, &metric, model));
             }
             basis = Some(BestBasis { metric, mode });
             v
@@ -759,17 +784,19 @@ fn get_inner(
                     Some(n) => *n,
                     None if crate::registry::check_alias(s).is_ok() => {
                         let known: Vec<&String> = model.aliases.keys().collect();
+                        let hint = selector_hint(s, model);
                         return Response::err(
                             ErrorCode::AliasNotFound,
                             format!(
-                                "{name:?} has no alias {s:?} (aliases: {known:?}; or use vN, latest, best)"
+                                "{name:?} has no alias {s:?}{hint} (aliases: {known:?}; or use vN, latest, best)"
                             ),
                         );
                     }
                     None => {
+                        let hint = selector_hint(s, model);
                         return Response::err(
                             ErrorCode::InvalidSelector,
-                            format!("selector {s:?} is not vN, latest, best or an alias"),
+                            format!("selector {s:?} is not vN, latest, best or an alias{hint}"),
                         );
                     }
                 },

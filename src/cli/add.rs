@@ -1,0 +1,283 @@
+//! `modelreg add FILE|FOLDER`: register from anywhere. The hand-over is the Python
+//! client's: the metrics sidecar is written first (under a hidden name, renamed into
+//! place), then the artifact is copied into the inbox under a hidden temporary name and
+//! renamed into place, so the daemon never sees a half-written file; with `--wait` a
+//! `wait` request answers once that exact entry is registered.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use modelreg::client::{Client, ClientError};
+use modelreg::names;
+use modelreg::protocol::{ErrorBody, ErrorCode, Request, StatusInfo};
+use serde_json::{Map, Value};
+
+/// What `modelreg add` was asked to do.
+pub(super) struct AddArgs<'a> {
+    /// The file or folder to register.
+    pub path: &'a Path,
+    /// The model name, when given with --name.
+    pub name: Option<&'a str>,
+    /// `key=number` strings from --metric.
+    pub metrics: &'a [String],
+    /// `key=value` strings from --meta.
+    pub meta: &'a [String],
+    /// With --wait: how long to wait for the version.
+    pub wait: Option<Duration>,
+}
+
+/// A refusal of the command's own input. It is shaped as the daemon's `bad_request` so
+/// that it is printed and exits like every other error.
+fn refuse(message: String) -> ClientError {
+    ClientError::Remote(ErrorBody {
+        code: ErrorCode::BadRequest,
+        message,
+    })
+}
+
+/// Splits `key=value`, refusing a missing `=` or an empty key.
+fn key_value<'s>(flag: &str, s: &'s str) -> Result<(&'s str, &'s str), ClientError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v)),
+        _ => Err(refuse(format!(
+            "{flag} {s:?}: expected key=value, e.g. {flag} accuracy=0.71"
+        ))),
+    }
+}
+
+/// The metrics from `--metric k=v`: finite numbers only, as `best` compares them.
+fn parse_metrics(args: &[String]) -> Result<Map<String, Value>, ClientError> {
+    let mut out = Map::new();
+    for s in args {
+        let (k, v) = key_value("--metric", s)?;
+        let x: f64 = v.trim().parse().map_err(|_| {
+            refuse(format!(
+                "--metric {s:?}: {v:?} is not a number (metrics are numbers that `best` compares; use --meta {k}={v} for other values)"
+            ))
+        })?;
+        if !x.is_finite() {
+            return Err(refuse(format!(
+                "--metric {s:?}: {v:?} is not a finite number"
+            )));
+        }
+        out.insert(k.to_string(), Value::from(x));
+    }
+    Ok(out)
+}
+
+/// The name of the entry in the inbox: a folder is named after the model; a file keeps
+/// its extension (the daemon names a file by its name without the final extension, a
+/// compound archive extension such as `.tar.gz` counting as one), so that a dotted name
+/// such as `Qwen2.5-0.5B` survives whole. Same rule as the Python client.
+fn entry_name(name: &str, src: &Path, is_dir: bool) -> String {
+    if is_dir {
+        return name.to_string();
+    }
+    let file = src
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lower = file.to_ascii_lowercase();
+    let ext = names::ARCHIVE_EXTENSIONS
+        .iter()
+        .find(|e| lower.len() > e.len() && lower.ends_with(*e))
+        .map(|e| file[file.len() - e.len()..].to_string())
+        .or_else(|| match file.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => Some(format!(".{ext}")),
+            _ => None,
+        });
+    match ext {
+        Some(ext) => format!("{name}{ext}"),
+        // Without an extension a dotted name would lose its last part.
+        None if name.contains('.') => format!("{name}.bin"),
+        None => name.to_string(),
+    }
+}
+
+/// A hidden name in the inbox for `entry` while it is written: the daemon ignores
+/// names that start with a dot.
+fn hidden(inbox: &Path, entry: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    inbox.join(format!(".{entry}.{}-{nanos:08x}.tmp", std::process::id()))
+}
+
+/// Copies a folder recursively (following links, as `cp -rL` would).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if std::fs::metadata(&src)?.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `tmp` with `write`, then renames it to `dst`; removes `tmp` on any failure.
+fn place(
+    tmp: &Path,
+    dst: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), ClientError> {
+    let result = write(tmp).and_then(|()| std::fs::rename(tmp, dst));
+    if let Err(e) = result {
+        if tmp.is_dir() {
+            let _ = std::fs::remove_dir_all(tmp);
+        } else {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return Err(refuse(format!("cannot place {}: {e}", dst.display())));
+    }
+    Ok(())
+}
+
+/// Hands the artifact over and, with `--wait`, waits for its version. Returns the
+/// `wait` answer, or `{name, entry, path}` of the hand-over without `--wait`.
+pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Value, ClientError> {
+    let meta =
+        std::fs::metadata(a.path).map_err(|e| refuse(format!("{}: {e}", a.path.display())))?;
+    let is_dir = meta.is_dir();
+    if !is_dir && !meta.is_file() {
+        return Err(refuse(format!(
+            "{}: not a regular file or folder",
+            a.path.display()
+        )));
+    }
+    let raw_name = match a.name {
+        Some(n) => n.to_string(),
+        None => {
+            let file = a
+                .path
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            if is_dir {
+                file
+            } else {
+                names::file_stem(&file).to_string()
+            }
+        }
+    };
+    let name = names::model_name(&raw_name).map_err(|r| {
+        refuse(format!(
+            "invalid model name {raw_name:?}: it {r} (give one with --name)"
+        ))
+    })?;
+    let metrics = parse_metrics(a.metrics)?;
+    let mut metadata = Map::new();
+    for s in a.meta {
+        let (k, v) = key_value("--meta", s)?;
+        metadata.insert(k.to_string(), Value::from(v));
+    }
+
+    let status: StatusInfo = c.call_as(&Request::Status {})?;
+    let inbox = PathBuf::from(&status.inbox);
+    if !inbox.is_dir() {
+        return Err(refuse(format!(
+            "the daemon's inbox {} is not a folder here (is the daemon on another machine?)",
+            inbox.display()
+        )));
+    }
+    if !metrics.is_empty() || !metadata.is_empty() {
+        let mut doc = Map::new();
+        doc.insert("metrics".into(), Value::Object(metrics));
+        if !metadata.is_empty() {
+            doc.insert("metadata".into(), Value::Object(metadata));
+        }
+        // JSON is valid YAML: the Python client writes the same.
+        let text = serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default() + "\n";
+        let sidecar = format!("{name}{}", names::SIDECAR_SUFFIX);
+        place(&hidden(&inbox, &sidecar), &inbox.join(&sidecar), |t| {
+            std::fs::write(t, text)
+        })?;
+    }
+    let entry = entry_name(&name, a.path, is_dir);
+    let dst = inbox.join(&entry);
+    place(&hidden(&inbox, &entry), &dst, |t| {
+        if is_dir {
+            copy_tree(a.path, t)
+        } else {
+            std::fs::copy(a.path, t).map(|_| ())
+        }
+    })?;
+    let Some(timeout) = a.wait else {
+        return Ok(serde_json::json!({
+            "name": name,
+            "entry": entry,
+            "path": dst.display().to_string(),
+        }));
+    };
+    // The daemon answers `wait` within its own timeout; leave it a margin to say so.
+    c.set_read_timeout(timeout + Duration::from_secs(10))?;
+    c.call(&Request::Wait {
+        name,
+        entry,
+        timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+    })
+}
+
+/// Prints what `add` did: the version, or where it was handed over.
+pub(super) fn print_added(v: &Value) {
+    let Some(version) = v.get("version") else {
+        outln!(
+            "handed over as {}; it becomes a version of {} once it settles (`modelreg status` shows it)",
+            v["path"].as_str().unwrap_or("?"),
+            v["name"].as_str().unwrap_or("?")
+        );
+        return;
+    };
+    let (name, number) = (
+        version["name"].as_str().unwrap_or("?"),
+        version["version"].as_str().unwrap_or("?"),
+    );
+    if v["created"].as_bool() == Some(true) {
+        outln!(
+            "{name} {number}  {}",
+            version["path"].as_str().unwrap_or("?")
+        );
+    } else {
+        outln!(
+            "{name} {number}  {} (identical to the newest version: no new version)",
+            version["path"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_keeps_the_extension_so_dotted_names_survive() {
+        let p = Path::new;
+        assert_eq!(
+            entry_name("resnet18", p("/x/resnet18.pt"), false),
+            "resnet18.pt"
+        );
+        assert_eq!(
+            entry_name("Qwen2.5", p("/x/model.gguf"), false),
+            "Qwen2.5.gguf"
+        );
+        assert_eq!(entry_name("bert", p("/x/b.tar.gz"), false), "bert.tar.gz");
+        assert_eq!(entry_name("m", p("/x/model"), false), "m");
+        assert_eq!(entry_name("m.v2", p("/x/model"), false), "m.v2.bin");
+        assert_eq!(entry_name("Llama-3.1", p("/x/llama"), true), "Llama-3.1");
+    }
+
+    #[test]
+    fn metrics_must_be_finite_numbers() {
+        let m = parse_metrics(&["acc=0.7".into(), "loss = 3".into()]).unwrap();
+        assert_eq!(m["acc"], 0.7);
+        for bad in ["acc=high", "acc", "=1", "acc=inf", "acc=NaN"] {
+            let e = parse_metrics(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains("--metric"), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `modelreg recover`: rebuild registry.yaml from the store while no daemon runs.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use modelreg::config::Config;
+use modelreg::daemon;
+
+use crate::{Cli, EXIT_ERROR};
+
+/// `recover`: adds back to registry.yaml every version the store holds and it lacks,
+/// holding the root's lock so that no daemon runs meanwhile. The previous registry.yaml,
+/// if any, is kept as registry.yaml.before-recover.
+pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
+    use modelreg::registry::persist;
+    let run = || -> Result<bool, String> {
+        let config = Config::load(&cli.root, cli.config.as_deref()).map_err(|e| e.to_string())?;
+        let _lock = match daemon::RootLock::acquire(&config.root) {
+            Ok(l) => l,
+            Err(modelreg::error::Error::AlreadyRunning { pid, .. }) => {
+                return Err(format!(
+                    "a daemon is running on this root (pid {pid}); stop it before `recover`"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let existing = persist::load(&config.registry).map_err(|e| {
+            format!("{e}; fix registry.yaml or move it aside, then run `modelreg recover` again")
+        })?;
+        let existed = existing.is_some();
+        let mut catalog = existing.unwrap_or_default();
+        let rel = |p: &Path| config.relative(p).into_owned();
+        let report = modelreg::store::rebuild(&config.store, &mut catalog, &rel);
+        for v in &report.from_manifest {
+            outln!("recovered {v} from its manifest");
+        }
+        for v in &report.hashed {
+            outln!(
+                "recovered {v} by hashing its files (stored before manifests existed): its source, registration time, metrics and metadata are lost"
+            );
+        }
+        for v in &report.tombstones {
+            outln!("recovered the tombstone of removed {v}: its number stays taken");
+        }
+        for v in &report.unreadable {
+            eprintln!("modelreg: not recovered (left untouched in the store): {v}");
+        }
+        let added = report.from_manifest.len() + report.hashed.len() + report.tombstones.len();
+        if added == 0 {
+            outln!(
+                "{} names every version the store holds; nothing to recover",
+                config.registry.display()
+            );
+            return Ok(report.unreadable.is_empty());
+        }
+        if existed {
+            let backup = config.registry.with_extension("yaml.before-recover");
+            std::fs::copy(&config.registry, &backup)
+                .map_err(|e| format!("keep a copy of {}: {e}", config.registry.display()))?;
+            outln!("the previous registry is kept as {}", backup.display());
+        }
+        let text = persist::to_yaml(&catalog).map_err(|e| e.to_string())?;
+        persist::write_atomic(&config.registry, text.as_bytes()).map_err(|e| e.to_string())?;
+        outln!(
+            "wrote {} with {added} recovered version(s)",
+            config.registry.display()
+        );
+        outln!(
+            "lost (the store does not hold them): aliases and their history, deprecations, metric edits made after registration, and the inbox fingerprints (the inbox is looked at again at start; an entry identical to its model's newest version makes no new version)"
+        );
+        Ok(report.unreadable.is_empty())
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_ERROR),
+        Err(e) => {
+            eprintln!("modelreg: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Tables and reports printed by the client commands.
+
+use modelreg::protocol::{ModelSummary, StatusInfo, VersionInfo};
+use modelreg::verify::VerifyReport;
+
+/// Prints a verification report; true when it is clean.
+pub(super) fn print_report(r: &VerifyReport, json: bool) -> bool {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+    } else {
+        outln!(
+            "verified {} version(s), {} file(s), {}",
+            r.versions,
+            r.files,
+            human_size(r.bytes)
+        );
+        for p in &r.problems {
+            let kind = serde_json::to_value(p.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_uppercase))
+                .unwrap_or_default();
+            outln!("{kind:<10}  {}  ({})", p.path, p.detail);
+        }
+        if r.problems.is_empty() {
+            outln!("all stored files match the catalog");
+        } else {
+            outln!("{} problem(s)", r.problems.len());
+        }
+    }
+    r.problems.is_empty()
+}
+
+/// Prints rows as left-aligned columns separated by two spaces.
+pub(super) fn table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        outln!("{}", line.trim_end());
+    }
+}
+
+pub(super) fn print_list(models: &[ModelSummary]) {
+    if models.is_empty() {
+        outln!("no models yet: drop a file into the inbox (pretrained_models/)");
+        return;
+    }
+    let mut rows = vec![vec![
+        "MODEL".into(),
+        "LATEST".into(),
+        "VERSIONS".into(),
+        "REGISTERED".into(),
+        "PATH".into(),
+    ]];
+    for m in models {
+        rows.push(vec![
+            m.name.clone(),
+            m.latest.clone(),
+            m.versions.to_string(),
+            m.registered_at.clone(),
+            m.path.clone(),
+        ]);
+    }
+    table(&rows);
+}
+
+pub(super) fn metrics_text(v: &VersionInfo) -> String {
+    let s: Vec<String> = v.metrics.iter().map(|(k, x)| format!("{k}={x}")).collect();
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.join(" ")
+    }
+}
+
+pub(super) fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+/// A version's state for a table: `live`, `deprecated` or `removed`, with the aliases
+/// pointing to it (`live production,staging`).
+fn state_text(v: &VersionInfo) -> String {
+    if v.aliases.is_empty() {
+        v.state.clone()
+    } else {
+        format!("{} {}", v.state, v.aliases.join(","))
+    }
+}
+
+/// Every version, its state marked: a deprecated one is hidden from latest and best, a
+/// removed one has no files any more, so its path is not shown as if it could be opened.
+pub(super) fn print_versions(vs: &[VersionInfo]) {
+    let mut rows = vec![vec![
+        "VERSION".into(),
+        "STATE".into(),
+        "REGISTERED".into(),
+        "SIZE".into(),
+        "METRICS".into(),
+        "PATH".into(),
+    ]];
+    for v in vs {
+        let path = if v.state == "removed" {
+            let when = v.mark.as_ref().map(|m| m.at.as_str()).unwrap_or("?");
+            format!("- (files deleted {when})")
+        } else {
+            v.path.clone()
+        };
+        rows.push(vec![
+            v.version.clone(),
+            state_text(v),
+            v.registered_at.clone(),
+            human_size(v.size),
+            metrics_text(v),
+            path,
+        ]);
+    }
+    table(&rows);
+}
+
+pub(super) fn print_version(v: &VersionInfo, best_by: Option<&serde_json::Value>) {
+    outln!("{} {}", v.name, v.version);
+    let mut rows = vec![
+        vec!["  path:".to_string(), v.path.clone()],
+        vec!["  registered:".into(), v.registered_at.clone()],
+        vec!["  source:".into(), v.source.clone()],
+        vec!["  size:".into(), human_size(v.size)],
+        vec!["  metrics:".into(), metrics_text(v)],
+    ];
+    if v.state != "live" || !v.aliases.is_empty() {
+        let why = v
+            .mark
+            .as_ref()
+            .map(|m| {
+                let reason = m
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                format!(" (since {}{reason})", m.at)
+            })
+            .unwrap_or_default();
+        rows.push(vec!["  state:".into(), format!("{}{why}", state_text(v))]);
+    }
+    if let Some(at) = &v.metrics_updated_at {
+        rows.push(vec!["  metrics updated:".into(), at.clone()]);
+    }
+    if !v.metadata.is_empty() {
+        let md: Vec<String> = v
+            .metadata
+            .iter()
+            .map(|(k, x)| {
+                format!(
+                    "{k}={}",
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                )
+            })
+            .collect();
+        rows.push(vec!["  metadata:".into(), md.join(" ")]);
+    }
+    if let Some(b) = best_by {
+        rows.push(vec![
+            "  best by:".into(),
+            format!(
+                "{} ({})",
+                b["metric"].as_str().unwrap_or("?"),
+                b["mode"].as_str().unwrap_or("?")
+            ),
+        ]);
+    }
+    for f in &v.files {
+        rows.push(vec![
+            "  sha256:".into(),
+            format!("{}  {}", f.sha256, f.path),
+        ]);
+    }
+    table(&rows);
+}
+
+pub(super) fn print_history(v: &serde_json::Value) {
+    let aliases = v["aliases"].as_object().cloned().unwrap_or_default();
+    if aliases.is_empty() {
+        outln!("no aliases");
+    } else {
+        for (a, n) in &aliases {
+            outln!("{a} -> {}", n.as_str().unwrap_or("?"));
+        }
+    }
+    // `by` in the answer is the action (set, rollback, remove, ...); who did it is the
+    // uid, shown as the user's name.
+    let mut rows = vec![vec![
+        "WHEN".to_string(),
+        "ALIAS".into(),
+        "ACTION".into(),
+        "FROM".into(),
+        "TO".into(),
+        "USER".into(),
+    ]];
+    let ver = |x: &serde_json::Value| {
+        x.as_u64()
+            .map(|n| format!("v{n}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for h in v["history"].as_array().cloned().unwrap_or_default() {
+        rows.push(vec![
+            h["at"].as_str().unwrap_or("").to_string(),
+            h["alias"].as_str().unwrap_or("").to_string(),
+            h["by"].as_str().unwrap_or("").to_string(),
+            ver(&h["from"]),
+            ver(&h["to"]),
+            h["uid"]
+                .as_u64()
+                .and_then(|u| u32::try_from(u).ok())
+                .map(modelreg::client::user_name)
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    if rows.len() > 1 {
+        outln!();
+        table(&rows);
+    }
+}
+
+pub(super) fn print_status(s: &StatusInfo) {
+    outln!(
+        "modelreg {} (pid {}), up {:.0}s",
+        s.version,
+        s.pid,
+        s.uptime_secs
+    );
+    let mut rows = vec![
+        vec!["root:".to_string(), s.root.clone()],
+        vec!["config:".into(), s.config.clone()],
+        vec![
+            "inbox:".into(),
+            format!(
+                "{} (watched by {}, settle {}s)",
+                s.inbox, s.watch, s.settle_secs
+            ),
+        ],
+        vec![
+            "catalog:".into(),
+            format!(
+                "{} models, {} versions ({} registered since start)",
+                s.models, s.versions, s.registered_since_start
+            ),
+        ],
+    ];
+    if s.waiting.is_empty() {
+        rows.push(vec!["waiting:".into(), "nothing".into()]);
+    }
+    table(&rows);
+    if !s.waiting.is_empty() {
+        outln!("waiting:");
+        for w in &s.waiting {
+            let reason = w
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            // While copying: "412.0 MiB / 1.0 GiB (40%), 205.3 MiB/s, ETA 3s".
+            let progress = match (w.bytes_done, w.bytes_total) {
+                (Some(done), Some(total)) => {
+                    let pct = (done * 100).checked_div(total).unwrap_or(100);
+                    let rate = w
+                        .rate_bytes_per_sec
+                        .map(|r| format!(", {}/s", human_size(r as u64)))
+                        .unwrap_or_default();
+                    let eta = w
+                        .eta_secs
+                        .map(|e| format!(", ETA {:.0}s", e.ceil()))
+                        .unwrap_or_default();
+                    format!(
+                        ": {} / {} ({pct}%){rate}{eta}",
+                        human_size(done),
+                        human_size(total)
+                    )
+                }
+                _ => String::new(),
+            };
+            outln!(
+                "  {} [{}] {} for {:.1}s{progress}{reason}",
+                w.name,
+                w.entries.join(", "),
+                w.state,
+                w.since_secs
+            );
+        }
+    }
+    if s.problems.is_empty() {
+        outln!("problems: none");
+    } else {
+        outln!("problems:");
+        for p in &s.problems {
+            outln!("  {} (since {})", p.message, p.since);
+        }
+    }
+    if !s.recent_changes.is_empty() {
+        outln!("recent changes:");
+        for e in &s.recent_changes {
+            outln!("  {} {}", e.at, e.message);
+        }
+    }
+    if !s.recent_errors.is_empty() {
+        outln!("recent errors:");
+        for e in &s.recent_errors {
+            outln!("  {} {}", e.at, e.message);
+        }
+    }
+}
