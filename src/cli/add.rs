@@ -119,13 +119,46 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Renames `tmp` to `dst`. A folder already at `dst` (the inbox keeps what was handed
+/// over before) cannot be renamed over, so the two are swapped in one step
+/// (`RENAME_EXCHANGE`: the daemon never sees the name missing or half there) and the old
+/// one, now under the hidden name, is deleted.
+fn rename_into_place(tmp: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if !std::fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir()) {
+        return std::fs::rename(tmp, dst);
+    }
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (from, to) = (c(tmp)?, c(dst)?);
+    // SAFETY: both are valid NUL-terminated paths for the duration of the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The new folder is in place: a failure to delete the old copy (now hidden, so
+    // ignored by the daemon) does not undo the hand-over.
+    let _ = std::fs::remove_dir_all(tmp);
+    Ok(())
+}
+
 /// Writes `tmp` with `write`, then renames it to `dst`; removes `tmp` on any failure.
 fn place(
     tmp: &Path,
     dst: &Path,
     write: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), ClientError> {
-    let result = write(tmp).and_then(|()| std::fs::rename(tmp, dst));
+    let result = write(tmp).and_then(|()| rename_into_place(tmp, dst));
     if let Err(e) = result {
         if tmp.is_dir() {
             let _ = std::fs::remove_dir_all(tmp);
