@@ -17,9 +17,7 @@ pub enum ClientError {
     )]
     NotRunning { path: PathBuf, reason: String },
     /// A daemon may well be listening, but this user may not connect (EACCES).
-    #[error(
-        "permission denied on {path}: you are not in group {group} (or run as {owner}).\nAsk for `usermod -aG {group} $USER` and log in again, or run the command as {owner}."
-    )]
+    #[error("{}", permission_message(path, group, owner, *owner_only))]
     PermissionDenied {
         path: PathBuf,
         /// The group that may connect (the socket's, or its folder's when the socket
@@ -27,6 +25,9 @@ pub enum ClientError {
         group: String,
         /// The socket's owner.
         owner: String,
+        /// The socket is owner-only (mode 0600, no `socket_group`): being in its group
+        /// would not help, only its owner may connect.
+        owner_only: bool,
     },
     /// The connection broke mid-way.
     #[error("talking to {path}: {source}")]
@@ -41,6 +42,24 @@ pub enum ClientError {
     /// The daemon answered with an error.
     #[error("{}", .0.message)]
     Remote(ErrorBody),
+}
+
+/// The text of [`ClientError::PermissionDenied`].
+fn permission_message(path: &Path, group: &str, owner: &str, owner_only: bool) -> String {
+    let path = path.display();
+    if owner_only {
+        format!(
+            "permission denied on {path}: the socket is owner-only (mode 0600, no \
+             socket_group set), so only {owner} may connect.\nRun the command as {owner}, \
+             or set `socket_group:` in the daemon's settings to let a group connect."
+        )
+    } else {
+        format!(
+            "permission denied on {path}: you are not in group {group} (or run as \
+             {owner}).\nAsk for `usermod -aG {group} $USER` and log in again, or run the \
+             command as {owner}."
+        )
+    }
 }
 
 impl ClientError {
@@ -159,11 +178,17 @@ fn permission_denied(path: &Path) -> ClientError {
     let meta = path
         .ancestors()
         .find_map(|p| std::fs::symlink_metadata(p).ok());
-    let (uid, gid) = meta.map(|m| (m.uid(), m.gid())).unwrap_or((0, 0));
+    let (uid, gid, mode) = meta
+        .map(|m| (m.uid(), m.gid(), m.mode()))
+        .unwrap_or((0, 0, 0));
+    // The socket itself was looked at (not a folder above it) and nobody but its owner
+    // may connect: say so, rather than "you are not in group X".
+    let owner_only = std::fs::symlink_metadata(path).is_ok() && mode & 0o077 == 0;
     ClientError::PermissionDenied {
         path: path.to_path_buf(),
         group: group_name(gid),
         owner: user_name(uid),
+        owner_only,
     }
 }
 
