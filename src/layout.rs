@@ -9,8 +9,10 @@
 //! registry.yaml is written again from memory. Each finding is a problem in `status` and
 //! an ERROR in the log when it appears, and is cleared when it is fixed.
 //!
-//! At start, an inbox that is a symbolic link leading out of the root is not followed: the
-//! daemon serves what it has, registers nothing, and says why.
+//! At start, an inbox that is a symbolic link leading out of the root is not followed, and
+//! an inbox that resolves to the root or the store, inside the store, or around the root,
+//! the store or registry.yaml (compared by device and inode along the resolved path) is
+//! refused: the daemon serves what it has, registers nothing, and says why.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -74,7 +76,7 @@ impl Layout {
             root: config.root.clone(),
             root_pin: pin(&config.root),
             inbox: config.inbox.clone(),
-            inbox_pin: pin_inbox(&config.root, &config.inbox),
+            inbox_pin: pin_inbox(config),
             store: config.store.clone(),
             store_pin: pin(&config.store),
             registry: config.registry.clone(),
@@ -218,7 +220,8 @@ impl Layout {
 
 /// Pins the inbox at start; an inbox that is a symbolic link leading out of the root is
 /// refused (an uploader who can write the root could have put it there).
-fn pin_inbox(root: &Path, inbox: &Path) -> Result<Pin, String> {
+fn pin_inbox(config: &Config) -> Result<Pin, String> {
+    let (root, inbox) = (config.root.as_path(), config.inbox.as_path());
     let shown = inbox.display();
     let l = fs::symlink_metadata(inbox)
         .map_err(|e| format!("the inbox {shown} cannot be looked at: {e}"))?;
@@ -241,7 +244,57 @@ fn pin_inbox(root: &Path, inbox: &Path) -> Result<Pin, String> {
     if !m.is_dir() {
         return Err(format!("the inbox {shown} is not a folder"));
     }
-    Ok(Pin::of(&m))
+    let pin = Pin::of(&m);
+    overlap(config, pin)?;
+    Ok(pin)
+}
+
+/// Refuses an inbox that is, holds, or lies inside the root, the store or the folder of
+/// registry.yaml, judged by the folders' identities (device, inode) along the resolved
+/// paths: a configured path can look separate while a link (`ln -s . pretrained_models`)
+/// makes the daemon register its own catalog and store, again and again.
+fn overlap(config: &Config, inbox: Pin) -> Result<(), String> {
+    // The pins of a folder and of every folder above it, after resolving links.
+    let chain = |p: &Path| -> Vec<(Pin, PathBuf)> {
+        let Ok(real) = fs::canonicalize(p) else {
+            return Vec::new();
+        };
+        real.ancestors()
+            .filter_map(|a| fs::metadata(a).ok().map(|m| (Pin::of(&m), a.to_path_buf())))
+            .collect()
+    };
+    let inbox_chain = chain(&config.inbox);
+    let resolved = inbox_chain
+        .first()
+        .map_or_else(|| config.inbox.clone(), |(_, p)| p.clone());
+    let refuse = |what: String| {
+        Err(format!(
+            "the inbox {} (resolved: {}) {what}: the daemon would register its own files. \
+             Nothing is registered from it; make the inbox a folder of its own, outside the \
+             store and not holding the root, and restart",
+            config.inbox.display(),
+            resolved.display()
+        ))
+    };
+    let pin_of = |p: &Path| fs::metadata(p).ok().map(|m| Pin::of(&m));
+    if pin_of(&config.root) == Some(inbox) {
+        return refuse(format!("is the root {}", config.root.display()));
+    }
+    if let Some(store) = pin_of(&config.store)
+        && inbox_chain.iter().any(|(p, _)| *p == store)
+    {
+        return refuse(format!("is the store {} or inside it", config.store.display()));
+    }
+    for (what, path) in [
+        ("root", &config.root),
+        ("store", &config.store),
+        ("registry.yaml", &config.registry),
+    ] {
+        if chain(path).iter().any(|(p, _)| *p == inbox) {
+            return refuse(format!("holds the {what} {}", path.display()));
+        }
+    }
+    Ok(())
 }
 
 /// What is at `path` now, in words.
@@ -307,5 +360,31 @@ mod tests {
         fs::create_dir(t.path().join("real")).unwrap();
         std::os::unix::fs::symlink(t.path().join("real"), &c.inbox).unwrap();
         assert!(Layout::pin(&c).refused_at_start().is_none());
+    }
+
+    #[test]
+    fn inbox_resolving_to_the_root_or_the_store_is_refused_at_start() {
+        let t = tempfile::tempdir().unwrap();
+        let c = config(t.path());
+        fs::create_dir_all(c.store.join("m")).unwrap();
+        fs::write(&c.registry, "").unwrap();
+        for (target, why) in [
+            (t.path().to_path_buf(), "is the root"),
+            (PathBuf::from("."), "is the root"),
+            (c.store.clone(), "is the store"),
+            (c.store.join("m"), "is the store"),
+            (t.path().parent().unwrap().to_path_buf(), "holds the root"),
+        ] {
+            let _ = fs::remove_file(&c.inbox);
+            std::os::unix::fs::symlink(&target, &c.inbox).unwrap();
+            let l = Layout::pin(&c);
+            let got = l.refused_at_start().map(str::to_string);
+            // A link to the root's parent leads out of the root: refused either way.
+            let got = got.unwrap_or_else(|| panic!("{target:?} not refused"));
+            assert!(
+                got.contains(why) || got.contains("outside the root"),
+                "{target:?}: {got}"
+            );
+        }
     }
 }
