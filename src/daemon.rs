@@ -370,6 +370,11 @@ pub async fn run(
             if n > 0 {
                 tracing::warn!(store = %store_dir.display(), "removed write permission for group and others from {n} folder(s) or file(s) of the store");
             }
+            // Never followed (see `store::check_no_link`), but shown: nothing stored
+            // there can be served, removed or added to.
+            for (p, why) in store::linked_folders(&store_dir) {
+                board.set_problem(&p.display().to_string(), &why);
+            }
             for p in crate::verify::missing_files(&root, &catalog) {
                 board.set_problem(&p.path, &format!("{}; run `modelreg verify`", p.detail));
             }

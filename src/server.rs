@@ -839,9 +839,16 @@ fn get_inner(
         *deferred = true;
         return Response::err(ErrorCode::Internal, "checked on the blocking pool");
     }
-    // Never hand out a dead path: check the stored files are still there.
+    // Never hand out a dead path: check the stored files are still there, and never
+    // one that leads through a link out of the store.
     for f in &v.files {
         let p = cfg.root.join(&f.path);
+        if let Err(e) = crate::store::check_no_link(&cfg.store, &p) {
+            return Response::err(
+                ErrorCode::FileMissing,
+                format!("{name} v{}: not answered: {e}", v.number),
+            );
+        }
         if std::fs::symlink_metadata(&p).is_err() {
             return Response::err(
                 ErrorCode::FileMissing,

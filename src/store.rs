@@ -39,6 +39,70 @@ pub fn version_dir(store: &Path, name: &str, n: u32) -> PathBuf {
     store.join(name).join(format!("v{n}"))
 }
 
+/// Fails when `path`, beneath `store`, leads through a symbolic link: every component
+/// after the store's own path is looked at without following links (a missing one ends
+/// the check: absence is the caller's business). Nothing in the store is ever read,
+/// written or deleted through a link: a model folder `models/<name>` that is a link to
+/// /tmp/victim would otherwise have start-up delete /tmp/victim/v1. The daemon's own
+/// links (latest, best, aliases) are never on such a path: they are only ever replaced.
+pub fn check_no_link(store: &Path, path: &Path) -> Result<()> {
+    let Ok(rel) = path.strip_prefix(store) else {
+        return Ok(());
+    };
+    let mut p = store.to_path_buf();
+    for c in rel.components() {
+        p.push(c);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return Err(Error::Other(linked(&p))),
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Why a link in the store is refused.
+fn linked(p: &Path) -> String {
+    let to = fs::read_link(p)
+        .map(|t| format!(" (to {})", t.display()))
+        .unwrap_or_default();
+    format!(
+        "{} is a symbolic link{to}; the store never follows links: nothing is read, written \
+         or deleted through it. Put the real folder there, or remove the link",
+        p.display()
+    )
+}
+
+/// Links in the store where a folder belongs: a model folder, `v<N>`, `.removed` or
+/// `.staging` that is a symbolic link (each a problem for `status`), as messages.
+pub fn linked_folders(store: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let entries = |d: &Path| -> Vec<(PathBuf, String, fs::FileType)> {
+        fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let t = e.file_type().ok()?;
+                Some((e.path(), e.file_name().to_string_lossy().into_owned(), t))
+            })
+            .collect()
+    };
+    for (path, _, t) in entries(store) {
+        if t.is_symlink() {
+            out.push((path.clone(), linked(&path)));
+        } else if t.is_dir() {
+            for (p, name, t) in entries(&path) {
+                if t.is_symlink() && (name == TOMBSTONES || version_number(&name).is_some()) {
+                    out.push((p.clone(), linked(&p)));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// One file copied into a staging folder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +212,7 @@ pub fn stage_opened(
     done: &AtomicU64,
 ) -> Result<Staged> {
     let staging = store.join(STAGING);
+    check_no_link(store, &staging)?;
     ensure_dir(store, &staging)?;
     // v<N>.<random>.<name>: the name last, since it may itself hold dots.
     let dir = tempfile::Builder::new()
@@ -210,6 +275,11 @@ pub fn stage_opened(
 /// fsync is needed for correctness: the catalog already names the version, and
 /// [`recover`] redoes a rename a crash lost. An existing `v<N>` is never replaced.
 pub fn publish(staged: &Staged) -> Result<()> {
+    if let Some(model_dir) = staged.final_dir.parent()
+        && fs::symlink_metadata(model_dir).is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return Err(Error::Other(linked(model_dir)));
+    }
     if let Some(model_dir) = staged.final_dir.parent()
         && !model_dir.is_dir()
     {
@@ -369,6 +439,8 @@ pub fn retire(store: &Path, name: &str, n: u32) -> Result<()> {
     let dir = version_dir(store, name, n);
     let graves = store.join(name).join(TOMBSTONES);
     let grave = graves.join(format!("v{n}.json"));
+    check_no_link(store, &dir)?;
+    check_no_link(store, &graves)?;
     if dir.exists() && !grave.exists() {
         if !graves.is_dir() {
             fs::create_dir_all(&graves).map_err(|e| Error::io("create folder", &graves, e))?;
@@ -992,6 +1064,10 @@ pub fn refresh_links(
 ) -> Vec<(PathBuf, Option<Error>)> {
     let dir = store.join(name);
     let mut out = Vec::new();
+    if let Err(e) = check_no_link(store, &dir) {
+        out.push((dir, Some(e)));
+        return out;
+    }
     if !dir.is_dir() {
         return out;
     }
@@ -1073,6 +1149,11 @@ pub struct Recovery {
 pub fn recover(store: &Path, catalog: &Catalog) -> Result<Recovery> {
     let mut report = Recovery::default();
     let staging = store.join(STAGING);
+    if let Err(e) = check_no_link(store, &staging) {
+        // Left alone; `status` shows it (see [`linked_folders`]).
+        tracing::error!("{e}");
+        return Ok(report);
+    }
     let entries = match fs::read_dir(&staging) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
@@ -1086,6 +1167,12 @@ pub fn recover(store: &Path, catalog: &Catalog) -> Result<Recovery> {
             m.find(n).map(|_| (n, name))
         });
         match named.map(|(n, name)| (n, name, version_dir(store, name, n))) {
+            Some((_, _, fd)) if check_no_link(store, &fd).is_err() => {
+                tracing::error!(
+                    "{}; the staged copy is kept",
+                    check_no_link(store, &fd).err().map(|e| e.to_string()).unwrap_or_default()
+                );
+            }
             Some((n, name, fd)) if !fd.exists() => {
                 let model_dir = store.join(name);
                 fs::create_dir_all(&model_dir)
