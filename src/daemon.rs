@@ -211,7 +211,9 @@ fn lock_holder(file: &File) -> Option<u32> {
 /// The user a process runs as, when it can be seen.
 fn process_uid(pid: u32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
 }
 
 /// Loads the catalog for start-up: creates an empty registry.yaml when there is none,

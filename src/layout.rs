@@ -283,7 +283,10 @@ fn overlap(config: &Config, inbox: Pin) -> Result<(), String> {
     if let Some(store) = pin_of(&config.store)
         && inbox_chain.iter().any(|(p, _)| *p == store)
     {
-        return refuse(format!("is the store {} or inside it", config.store.display()));
+        return refuse(format!(
+            "is the store {} or inside it",
+            config.store.display()
+        ));
     }
     for (what, path) in [
         ("root", &config.root),

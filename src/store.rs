@@ -1170,7 +1170,10 @@ pub fn recover(store: &Path, catalog: &Catalog) -> Result<Recovery> {
             Some((_, _, fd)) if check_no_link(store, &fd).is_err() => {
                 tracing::error!(
                     "{}; the staged copy is kept",
-                    check_no_link(store, &fd).err().map(|e| e.to_string()).unwrap_or_default()
+                    check_no_link(store, &fd)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
                 );
             }
             Some((n, name, fd)) if !fd.exists() => {
