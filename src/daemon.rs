@@ -58,6 +58,9 @@ pub type OnReload = Box<dyn Fn(&Config) + Send + Sync>;
 pub struct RootLock {
     _file: File,
     _dir: File,
+    /// The store's and the registry's folders when they are elsewhere (see
+    /// [`RootLock::guard_folders`]).
+    extra: Vec<File>,
     path: PathBuf,
 }
 
@@ -123,6 +126,7 @@ impl RootLock {
         Ok(RootLock {
             _file: file,
             _dir: dir,
+            extra: Vec::new(),
             path,
         })
     }
@@ -130,6 +134,48 @@ impl RootLock {
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Also locks `dirs` (the store, the registry's folder) when they are not the root:
+    /// a config with absolute paths can point a daemon of another root at this root's
+    /// store or catalog, and the root's lock alone would not see it. Each folder is
+    /// flocked; one already locked by a process of the daemon's own user is another
+    /// daemon using it, and refuses the start. A lock held by anyone else is only
+    /// logged (a group member could hold any folder they can open, as for the root).
+    pub fn guard_folders(&mut self, dirs: &[&Path]) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let mut seen: Vec<(u64, u64)> = id(&self._dir).into_iter().collect();
+        for dir in dirs {
+            let Ok(f) = File::open(dir) else { continue };
+            let Some(key) = id(&f) else { continue };
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            match f.try_lock() {
+                Ok(()) => self.extra.push(f),
+                Err(std::fs::TryLockError::WouldBlock) => match lock_holder(&f) {
+                    Some(pid) if process_uid(pid) == Some(me) => {
+                        return Err(Error::AlreadyRunning {
+                            root: dir.to_path_buf(),
+                            pid: format!("{pid}, using this folder"),
+                        });
+                    }
+                    holder => tracing::warn!(
+                        "the folder {} is locked by {}, not a modelreg daemon of this user; ignored",
+                        dir.display(),
+                        holder.map_or("an unknown process".into(), |p| format!("pid {p}"))
+                    ),
+                },
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("lock", dir, e));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -279,7 +325,7 @@ pub async fn run(
 ) -> Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.root).map_err(|e| Error::io("create root", &config.root, e))?;
-    let _lock = RootLock::acquire(&config.root)?;
+    let mut lock = RootLock::acquire(&config.root)?;
     for dir in [&config.inbox, &config.store] {
         // An inbox that is a symbolic link is left alone here; the layout check decides.
         if std::fs::symlink_metadata(dir).is_ok() {
@@ -291,6 +337,8 @@ pub async fn run(
             store::set_folder_mode(dir)?;
         }
     }
+    let registry_dir = config.registry.parent().unwrap_or(&config.root);
+    lock.guard_folders(&[&config.store, registry_dir])?;
     let t0 = std::time::Instant::now();
     let catalog = load_catalog(&config)?;
     let loaded = t0.elapsed();

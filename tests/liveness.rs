@@ -396,6 +396,37 @@ fn a_second_daemon_is_refused_even_without_lock_file_and_socket() {
     assert!(err.contains("already running"), "{err}");
 }
 
+/// A daemon of another root whose config points at this root's store (absolute paths) is
+/// refused too: the store's folder is locked, not only the root. (Found by a tester:
+/// both daemons logged "registered dup v1" into one store.)
+#[test]
+fn a_second_daemon_sharing_the_store_through_its_config_is_refused() {
+    let d = TestDaemon::quick();
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("config")).unwrap();
+    std::fs::write(
+        other.path().join("config/modelreg.yaml"),
+        format!(
+            "store: {}\nregistry: {}\n",
+            d.root.path().join("models").display(),
+            d.root.path().join("registry.yaml").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(BIN)
+        .arg("serve")
+        .arg("--root")
+        .arg(other.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("already running"), "{err}");
+    assert!(err.contains("models"), "names the shared folder: {err}");
+}
+
 /// Model and alias names past the maximum are refused with a reason, never retried
 /// forever; a link that cannot be updated is a problem in `status` and the other links
 /// still move.
