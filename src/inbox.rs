@@ -287,6 +287,14 @@ fn walk(
         if name.starts_with('.') {
             continue;
         }
+        // The name rule registry.yaml is read with: a file stored under a name it would
+        // refuse (a line break, a bidi control) would stop the next start.
+        if let Err(reason) = names::check_component(name) {
+            return Err(Look::Refused(format!(
+                "{} holds a file or folder named {name:?}, which {reason}; rename it",
+                dir.display()
+            )));
+        }
         let lmeta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -110,6 +110,13 @@ pub fn classify(file_name: &OsStr, is_dir: bool) -> Entry {
             },
         };
     }
+    // A file keeps its whole name in the version folder and in `sources:`: the part
+    // after the model name must pass the same rule the catalog is read with.
+    if !is_dir && let Err(reason) = check_component(s) {
+        return Entry::Refused {
+            reason: format!("{s:?} {reason}"),
+        };
+    }
     let name = if is_dir { s } else { file_stem(s) };
     match model_name(name) {
         Ok(name) => Entry::Artifact { name },
@@ -226,11 +233,31 @@ fn is_bidi_control(c: char) -> bool {
 
 /// Zero-width and otherwise invisible characters: zero-width space, non-joiner and
 /// joiner, word joiner and invisible operators, the byte-order mark, soft hyphen,
-/// Mongolian vowel separator, combining grapheme joiner.
+/// Mongolian vowel separator and variation selectors, combining grapheme joiner,
+/// variation selectors, tag characters, musical formatting controls, the Hangul fillers
+/// (U+115F, U+1160, U+3164, U+FFA0) and Khmer inherent vowels, which display as nothing
+/// or as a blank, and the blank Braille pattern U+2800 (Unicode's Default_Ignorable
+/// characters, plus the blanks that are not whitespace).
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200D}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{206A}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 
@@ -314,6 +341,22 @@ mod tests {
             );
         }
         assert!(matches!(c("evil\u{202e}txt.pt"), Entry::Refused { .. }));
+        // Hangul fillers and the blank Braille pattern display as nothing or a blank.
+        for bad in [
+            "\u{3164}",
+            "a\u{115f}",
+            "a\u{1160}b",
+            "\u{ffa0}x",
+            "a\u{2800}",
+        ] {
+            assert!(
+                model_name(bad).unwrap_err().contains("invisible"),
+                "{bad:?}"
+            );
+        }
+        // A file's extension is held to the rule too: it is stored under its whole name.
+        assert!(matches!(c("ext.p\tt"), Entry::Refused { .. }));
+        assert!(matches!(c("ext.p\u{202e}t"), Entry::Refused { .. }));
     }
 
     #[test]

@@ -327,3 +327,130 @@ proptest! {
         }
     }
 }
+
+/// One file or folder name as an uploader might give it inside a folder: plain, any
+/// Unicode, or one of the characters registry.yaml refuses (line breaks, tabs, DEL,
+/// NEL, bidi controls, zero-width characters, fillers), hidden, or a temporary's.
+fn raw_component() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9_\\-\\. ]{1,12}",
+        "\\PC{1,12}",
+        any::<String>(),
+        prop::sample::select(vec![
+            "a\nb",
+            "a\tb",
+            "a\u{7f}b",
+            "a\u{85}b",
+            "a\u{8}b",
+            "a\u{202e}b",
+            "a\u{200b}b",
+            "a\u{3164}",
+            "x.p\tt",
+            ".hidden",
+            "-x",
+            "cafe\u{301}",
+            "a\rb",
+            "a\u{2028}b",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+/// What a version registered from `files` (relative paths inside the version) of inbox
+/// entry `entry` would be.
+fn version_of(name: &str, entry: &str, folder: bool, rels: &[String]) -> Version {
+    Version {
+        number: 1,
+        kind: if folder { Kind::Folder } else { Kind::File },
+        files: rels
+            .iter()
+            .map(|rel| StoredFile {
+                path: format!("models/{name}/v1/{rel}"),
+                sha256: "0".repeat(64),
+                size: 1,
+            })
+            .collect(),
+        source: format!("pretrained_models/{entry}"),
+        registered_at: "2026-11-26T00:00:00Z".into(),
+        metrics: Default::default(),
+        metadata: Default::default(),
+        sidecar: None,
+        metrics_history: vec![],
+        deprecated: None,
+        removed: None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Whatever the inbox walk accepts as an artifact (a file, or a folder with files
+    /// and subfolders under any names) is written to registry.yaml and the start-up
+    /// cache and loads again after a restart, under the names it was stored with.
+    #[test]
+    fn accepted_files_and_folders_load_again(
+        entry in raw_component(),
+        folder in any::<bool>(),
+        rels in prop::collection::vec(prop::collection::vec(raw_component(), 1..3), 1..4),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("in");
+        std::fs::create_dir(&inbox).unwrap();
+        // Names the file system will not hold ('/', NUL) are not a question here.
+        let top = inbox.join(&entry);
+        if entry.contains(['/', '\0']) || top.parent() != Some(inbox.as_path()) {
+            return Ok(());
+        }
+        if folder {
+            if std::fs::create_dir(&top).is_err() {
+                return Ok(());
+            }
+            for comps in &rels {
+                if comps.iter().any(|c| c.is_empty() || c.contains(['/', '\0']) || c == "." || c == "..") {
+                    return Ok(());
+                }
+                let p = comps.iter().fold(top.clone(), |p, c| p.join(c));
+                if std::fs::create_dir_all(p.parent().unwrap()).is_err()
+                    || std::fs::write(&p, b"x").is_err()
+                {
+                    return Ok(());
+                }
+            }
+        } else if std::fs::write(&top, b"x").is_err() {
+            return Ok(());
+        }
+        let modelreg::inbox::Look::Files { folder: is_folder, files } =
+            modelreg::inbox::look(&inbox, &entry, false)
+        else {
+            return Ok(());
+        };
+        let modelreg::names::Entry::Artifact { name } =
+            modelreg::names::classify(std::ffi::OsStr::new(&entry), is_folder)
+        else {
+            return Ok(());
+        };
+        let rels: Vec<String> = files.iter().map(|f| f.rel.clone()).collect();
+        let mut m = Model::default();
+        m.push(version_of(&name, &entry, is_folder, &rels));
+        let mut c = Catalog::default();
+        c.models.insert(name.clone(), Arc::new(m));
+        c.sources.insert(entry.clone(), SourceRecord {
+            fingerprint: "1:2:3".into(),
+            model: name.clone(),
+            version: Some(1),
+            sha256: None,
+        });
+        let reg = dir.path().join("registry.yaml");
+        let yaml = persist::to_yaml(&c).unwrap();
+        persist::write_atomic(&reg, yaml.as_bytes()).unwrap();
+        persist::write_cache(&reg, &c).unwrap();
+        let from_cache = persist::load_with_cache(&reg).unwrap().unwrap();
+        std::fs::remove_file(persist::cache_path(&reg)).unwrap();
+        let from_yaml = persist::load_with_cache(&reg);
+        prop_assert!(from_yaml.is_ok(), "{:?} {:?}: {:?}", entry, rels, from_yaml.err());
+        for back in [from_cache, from_yaml.unwrap().unwrap()] {
+            prop_assert_eq!(&back.sources, &c.sources);
+            prop_assert_eq!(&*back.models[&name], &*c.models[&name]);
+        }
+    }
+}
