@@ -766,6 +766,7 @@ impl Settler {
         let mut gone = Vec::new();
         let mut incomplete = None;
         let mut sidecar: Option<&String> = None;
+        let mut blocked = None;
         for entry in &g.entries {
             let look = inbox::look(&inbox, entry, follow);
             let shown = inbox.join(entry).display().to_string();
@@ -776,6 +777,17 @@ impl Settler {
                     continue;
                 }
                 Look::Ignored => continue,
+                // A sidecar that cannot be read (a FIFO, a link out of the inbox, no read
+                // permission) holds the artifact back, as an invalid one does: registered
+                // now, the version would have no metrics.
+                Look::Refused(reason) if crate::names::is_sidecar(entry) => {
+                    let why = format!(
+                        "sidecar not used: {reason} (its artifact waits until this is fixed)"
+                    );
+                    self.board.set_problem(&shown, &why);
+                    blocked = Some(why);
+                    continue;
+                }
                 Look::Refused(reason) => {
                     self.board
                         .set_problem(&shown, &format!("not registered: {reason}"));
@@ -804,6 +816,12 @@ impl Settler {
         for e in &gone {
             g.entries.remove(e);
             self.entry_group.remove(e);
+        }
+        if let Some(why) = blocked {
+            // Waits, shown as blocked, until an event or a rescan brings it back.
+            g.observed = current;
+            g.state = State::Blocked(why);
+            return;
         }
         let unchanged = current == g.observed;
         if unchanged && !g.writing.is_empty() {
