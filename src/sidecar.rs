@@ -90,11 +90,17 @@ pub fn parse(shown: &str, bytes: &[u8]) -> Result<Sidecar, ParseError> {
             "the file is empty; write at least `metrics: {}`",
         ));
     }
-    prescan(text).map_err(|(line, reason)| ParseError::at(shown, Some(line), reason))?;
+    prescan(text).map_err(|(line, column, reason)| ParseError {
+        path: shown.to_string(),
+        line: Some(line),
+        column: Some(column),
+        reason,
+    })?;
     let budget = Budget::default();
     let seed = NodeSeed {
         depth: 1,
         budget: &budget,
+        yaml_text: (!is_json(shown)).then_some(text),
     };
     let top = if is_json(shown) {
         let mut de = serde_json::Deserializer::from_str(text);
@@ -235,18 +241,35 @@ fn from_json(shown: &str, e: &serde_json::Error) -> ParseError {
     }
 }
 
+/// The pre-scan's error: it cannot tell text from nesting, and says so.
+fn too_deep_prescan() -> String {
+    format!(
+        "nested deeper than {MAX_DEPTH} levels: more than {MAX_PRESCAN_DEPTH} `[`, `{{` or `- ` \
+         are open at once here (those in strings and comments count too)"
+    )
+}
+
 /// The error for nesting beyond [`MAX_DEPTH`].
 fn too_deep() -> String {
     format!("nested deeper than {MAX_DEPTH} levels; a sidecar holds metrics and a little metadata")
 }
 
-/// A linear pass over the text that refuses nesting deeper than [`MAX_DEPTH`] before any
-/// parser sees it: YAML flow collections (`[`, `{`) and block indicators (`- - -`) on one
-/// line. It errs only towards counting too deep: every `[` and `{` is counted, even
-/// inside strings and comments (which may be misjudged), while a `]` or `}` inside what
-/// looks like a string or a comment closes only what that string opened. The exact depth
-/// is checked again while parsing. Returns the 1-based line and the reason.
-fn prescan(text: &str) -> Result<(), (usize, String)> {
+/// How deep the pre-scan lets nesting go, as it counts it. Above [`MAX_DEPTH`] because
+/// it counts brackets inside strings, comments and block scalars too (`notes: "[[["` is
+/// text); the exact limit is [`MAX_DEPTH`], checked while parsing with line and column.
+/// The parser's time at this depth was measured no worse than at [`MAX_DEPTH`] for a
+/// whole [`MAX_SIDECAR_BYTES`] sidecar; it is the depth in the thousands that it is slow at.
+pub const MAX_PRESCAN_DEPTH: usize = 4 * MAX_DEPTH;
+
+/// A linear pass over the text that refuses deep nesting before any parser sees it: YAML
+/// flow collections (`[`, `{`) and block indicators (`- - -`) on one line, beyond
+/// [`MAX_PRESCAN_DEPTH`]. It errs only towards counting too deep: every `[` and `{` is
+/// counted, even inside strings and comments (which a scan this simple may misjudge, and
+/// an attacker could make it misjudge), while a `]` or `}` inside what looks like a
+/// string or a comment closes only what that string opened. So harmless brackets in text
+/// are allowed up to that bound, and the real depth is checked exactly while parsing.
+/// Returns the 1-based line and column (in characters) and the reason.
+fn prescan(text: &str) -> Result<(), (usize, usize, String)> {
     #[derive(PartialEq)]
     enum In {
         Plain,
@@ -260,6 +283,11 @@ fn prescan(text: &str) -> Result<(), (usize, String)> {
     // Depth when the current string or comment began: closers inside it stop there.
     let mut floor = 0usize;
     let mut line = 1usize;
+    let mut line_begins = 0usize;
+    let too_deep_at = |line: usize, line_begins: usize, i: usize| {
+        let column = text[line_begins..i].chars().count() + 1;
+        (line, column, too_deep_prescan())
+    };
     // Where a node (and so a quoted scalar or a comment) may begin: a superset of YAML's
     // rule, so that no real string is missed.
     let mut node_start = true;
@@ -271,6 +299,7 @@ fn prescan(text: &str) -> Result<(), (usize, String)> {
         let next = b.get(i + 1).copied();
         if c == b'\n' {
             line += 1;
+            line_begins = i + 1;
             line_start = true;
             indicators = 0;
             node_start = true;
@@ -283,8 +312,8 @@ fn prescan(text: &str) -> Result<(), (usize, String)> {
         match c {
             b'[' | b'{' => {
                 depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err((line, too_deep()));
+                if depth > MAX_PRESCAN_DEPTH {
+                    return Err(too_deep_at(line, line_begins, i));
                 }
             }
             b']' | b'}' => {
@@ -318,8 +347,8 @@ fn prescan(text: &str) -> Result<(), (usize, String)> {
                 if line_start && matches!(c, b'-' | b'?' | b':') && blank_next {
                     // `- - - x`: each indicator opens one more level on the same line.
                     indicators += 1;
-                    if indicators > MAX_DEPTH {
-                        return Err((line, too_deep()));
+                    if indicators > MAX_PRESCAN_DEPTH {
+                        return Err(too_deep_at(line, line_begins, i));
                     }
                 } else if !matches!(c, b' ' | b'\t' | b'\r') {
                     line_start = false;
@@ -402,6 +431,9 @@ impl Budget {
 struct NodeSeed<'a> {
     depth: usize,
     budget: &'a Budget,
+    /// The whole YAML text (None for JSON): a string borrowed from it shows by the byte
+    /// before it whether it was written plain or quoted.
+    yaml_text: Option<&'a str>,
 }
 
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
@@ -445,6 +477,18 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
         Ok(Value::String(v.to_string()))
     }
 
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Value, E> {
+        // serde_yaml hands a plain scalar that looks like a number but does not fit a
+        // float (`1e999`) over as text; YAML means a number, so it is an error here, as
+        // `.inf` is. Quoted (`"1e999"`), it is text.
+        if is_plain(self.yaml_text, v) && overflowing_number(v) {
+            return Err(E::custom(format!(
+                "{v} is not a finite number (it is beyond the largest float); quote it if it is text"
+            )));
+        }
+        self.visit_str(v)
+    }
+
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
         self.budget.string(&v)?;
         Ok(Value::String(v))
@@ -470,7 +514,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
         }
         let inner = NodeSeed {
             depth: self.depth + 1,
-            budget: self.budget,
+            ..self
         };
         let mut out = Vec::new();
         while let Some(v) = a.next_element_seed(inner)? {
@@ -486,13 +530,18 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
         }
         let inner = NodeSeed {
             depth: self.depth + 1,
-            budget: self.budget,
+            ..self
         };
         let mut out = Map::new();
+        // What each plain key means to YAML (`~` and `null` are both null): two keys
+        // with one meaning are a duplicate, though spelled differently.
+        let meanings = std::cell::RefCell::new(std::collections::BTreeSet::new());
         loop {
             let key = a.next_key_seed(KeySeed {
                 seen: &out,
                 budget: self.budget,
+                yaml_text: self.yaml_text,
+                meanings: &meanings,
             })?;
             let Some(key) = key else { break };
             let v = a.next_value_seed(inner)?;
@@ -507,6 +556,8 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
 struct KeySeed<'a> {
     seen: &'a Map<String, Value>,
     budget: &'a Budget,
+    yaml_text: Option<&'a str>,
+    meanings: &'a std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
@@ -533,6 +584,18 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         Ok(v.to_string())
     }
 
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<String, E> {
+        if is_plain(self.yaml_text, v)
+            && let Some(meaning) = plain_key_meaning(v)
+            && !self.meanings.borrow_mut().insert(meaning.to_string())
+        {
+            return Err(E::custom(format!(
+                "duplicate key `{v}`: YAML reads it as {meaning}, as another key of this map; each key may appear once in a map"
+            )));
+        }
+        self.visit_str(v)
+    }
+
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
         self.visit_str(&v.to_string())
     }
@@ -543,6 +606,50 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
         self.visit_str(&v.to_string())
+    }
+}
+
+/// Whether `v`, a string the YAML parser borrowed from `text`, was written as a plain
+/// scalar: its bytes lie in `text` and are not preceded by a quote. (A quoted scalar is
+/// borrowed from just inside its quotes; one with escapes or folded lines is not
+/// borrowed at all, and is not plain either way.) Always false for JSON (`text` None).
+fn is_plain(text: Option<&str>, v: &str) -> bool {
+    let Some(text) = text else { return false };
+    let (start, at) = (text.as_ptr() as usize, v.as_ptr() as usize);
+    if at < start || at + v.len() > start + text.len() {
+        return false;
+    }
+    let offset = at - start;
+    offset == 0 || !matches!(text.as_bytes()[offset - 1], b'"' | b'\'')
+}
+
+/// Whether a plain scalar is written as a decimal number (YAML 1.2's core schema:
+/// `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?`) whose value is beyond f64.
+fn overflowing_number(v: &str) -> bool {
+    let body = v.strip_prefix(['-', '+']).unwrap_or(v);
+    let (mantissa, exponent) = match body.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (body, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => {
+            (digits(int) && (frac.is_empty() || digits(frac))) || (int.is_empty() && digits(frac))
+        }
+        None => digits(mantissa),
+    };
+    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e)));
+    mantissa_ok && exponent_ok && body.parse::<f64>().is_ok_and(f64::is_infinite)
+}
+
+/// What a plain map key means to YAML when that is not the text itself: null
+/// (`~`, `null`, `Null`, `NULL`) or a boolean (`true`, `True`, `TRUE`, ...).
+fn plain_key_meaning(v: &str) -> Option<&'static str> {
+    match v {
+        "~" | "null" | "Null" | "NULL" => Some("null"),
+        "true" | "True" | "TRUE" => Some("true"),
+        "false" | "False" | "FALSE" => Some("false"),
+        _ => None,
     }
 }
 
@@ -689,6 +796,57 @@ mod tests {
             assert!(e.reason.contains("not a finite number"), "{text}: {e}");
             assert!(e.line.is_some(), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn overflowing_numbers_and_keys_with_one_meaning() {
+        for text in [
+            "accuracy: 1e999\n",
+            "metadata: {x: [-1E+400]}\n",
+            "m: .5e999\n",
+        ] {
+            let e = parse("x", text.as_bytes()).unwrap_err();
+            assert!(e.reason.contains("not a finite number"), "{text}: {e}");
+            assert!(e.line.is_some(), "{text}: {e}");
+        }
+        // Quoted, or not a number at all, it is text.
+        let s = parse("x", b"notes: '1e999'\nrun: \"2e999\"\nid: 1e999x\n").unwrap();
+        assert_eq!(s.metadata["notes"], "1e999");
+        assert_eq!(s.metadata["run"], "2e999");
+        assert_eq!(s.metadata["id"], "1e999x");
+        assert!(parse("x.metrics.json", b"{\"a\": \"1e999\"}").is_ok());
+        for text in [
+            "metadata: {~: 1, null: 2}\n",
+            "metadata: {True: 1, true: 2}\n",
+        ] {
+            let e = parse("x", text.as_bytes()).unwrap_err();
+            assert!(e.reason.contains("duplicate"), "{text}: {e}");
+        }
+        // A quoted "null" is text, not null.
+        assert!(parse("x", b"metadata: {~: 1, 'null': 2}\n").is_ok());
+    }
+
+    #[test]
+    fn prescan_allows_brackets_in_text_and_says_where() {
+        let b = "[".repeat(MAX_DEPTH + 20);
+        for text in [
+            format!("notes: \"{b}\"\n"),
+            format!("# {b}\nnotes: x\n"),
+            format!("notes: |\n  {b}\n"),
+            format!("notes: x#{b}\n"),
+        ] {
+            assert!(parse("x", text.as_bytes()).is_ok(), "{text}");
+        }
+        let e = parse(
+            "x",
+            format!("a: 1\nnotes: \"{}\"\n", "[".repeat(200)).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.column),
+            (Some(2), Some(9 + MAX_PRESCAN_DEPTH)),
+            "{e}"
+        );
     }
 
     fn nested(depth: usize) -> String {
