@@ -16,6 +16,7 @@
 //! - [`protocol`] request and answer types shared by server and client.
 //! - [`config`]   settings: embedded default, file, validation.
 //! - [`names`]    model names from file names; what is temporary; what is unsafe.
+//! - [`display`]  text from outside shown on a terminal: controls escaped, never obeyed.
 //! - [`verify`]   re-hash the store against the catalog.
 //! - [`systemd`]  sd_notify readiness, status and watchdog; socket activation.
 //! - [`status`]   the board of problems and recent errors shown by `status`.
@@ -26,6 +27,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod display;
 pub mod error;
 pub mod inbox;
 pub mod ingest;

@@ -227,7 +227,7 @@ fn check_chars(name: &str) -> Result<(), String> {
 
 /// Unicode bidirectional formatting characters (UAX #9): embeddings, overrides,
 /// isolates and marks.
-fn is_bidi_control(c: char) -> bool {
+pub(crate) fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 

@@ -302,3 +302,32 @@ fn brackets_in_strings_comments_and_block_scalars_are_harmless_text() {
         assert_eq!(d.versions(name).len(), 1, "{name}");
     }
 }
+
+#[test]
+fn the_cli_shows_escape_sequences_and_line_breaks_from_a_sidecar_instead_of_obeying_them() {
+    let d = TestDaemon::quick();
+    write_renamed(
+        &d.inbox(),
+        "spoof.metrics.yaml",
+        b"metrics: {accuracy: 0.5}\ndataset: \"\\e[31mred\\e[0m\"\nmetadata:\n  \"a\\nb\": \"x\\u202ey\"\n",
+    );
+    write_renamed(&d.inbox(), "spoof.pt", &bytes(1, 10));
+    let v = d.wait_versions("spoof", 1);
+    // Stored as written: only the display escapes.
+    assert_eq!(v[0].metadata["dataset"], "\u{1b}[31mred\u{1b}[0m");
+    for args in [&["get", "spoof"][..], &["versions", "spoof"], &["list"]] {
+        let out = d.cli(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{args:?}: {text:?}"
+        );
+        if args[0] == "get" {
+            assert!(text.contains("dataset=\\u{1b}[31mred"), "{text}");
+            // The metadata line is one line: `a\nb` does not break it.
+            let line = text.lines().find(|l| l.contains("metadata:")).unwrap();
+            assert!(line.contains("a\\nb=x\\u{202e}y"), "{text}");
+        }
+    }
+}

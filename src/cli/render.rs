@@ -1,5 +1,6 @@
 //! Tables and reports printed by the client commands.
 
+use modelreg::display::escape_for_terminal as esc;
 use modelreg::protocol::{ModelSummary, StatusInfo, VersionInfo};
 use modelreg::verify::VerifyReport;
 
@@ -32,6 +33,11 @@ pub(super) fn print_report(r: &VerifyReport, json: bool) -> bool {
 
 /// Prints rows as left-aligned columns separated by two spaces.
 pub(super) fn table(rows: &[Vec<String>]) {
+    // Cells hold names, paths and metadata from uploaders: shown, never obeyed.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| esc(c).into_owned()).collect())
+        .collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {
@@ -144,7 +150,7 @@ pub(super) fn print_versions(vs: &[VersionInfo]) {
 }
 
 pub(super) fn print_version(v: &VersionInfo, best_by: Option<&serde_json::Value>) {
-    outln!("{} {}", v.name, v.version);
+    outln!("{} {}", esc(&v.name), v.version);
     let mut rows = vec![
         vec!["  path:".to_string(), v.path.clone()],
         vec!["  registered:".into(), v.registered_at.clone()],
@@ -210,7 +216,7 @@ pub(super) fn print_history(v: &serde_json::Value) {
         outln!("no aliases");
     } else {
         for (a, n) in &aliases {
-            outln!("{a} -> {}", n.as_str().unwrap_or("?"));
+            outln!("{} -> {}", esc(a), n.as_str().unwrap_or("?"));
         }
     }
     // `by` in the answer is the action (set, rollback, remove, ...); who did it is the
@@ -306,11 +312,12 @@ pub(super) fn print_status(s: &StatusInfo) {
                 _ => String::new(),
             };
             outln!(
-                "  {} [{}] {} for {:.1}s{progress}{reason}",
-                w.name,
-                w.entries.join(", "),
+                "  {} [{}] {} for {:.1}s{progress}{}",
+                esc(&w.name),
+                esc(&w.entries.join(", ")),
                 w.state,
-                w.since_secs
+                w.since_secs,
+                esc(&reason)
             );
         }
     }
@@ -319,19 +326,19 @@ pub(super) fn print_status(s: &StatusInfo) {
     } else {
         outln!("problems:");
         for p in &s.problems {
-            outln!("  {} (since {})", p.message, p.since);
+            outln!("  {} (since {})", esc(&p.message), p.since);
         }
     }
     if !s.recent_changes.is_empty() {
         outln!("recent changes:");
         for e in &s.recent_changes {
-            outln!("  {} {}", e.at, e.message);
+            outln!("  {} {}", e.at, esc(&e.message));
         }
     }
     if !s.recent_errors.is_empty() {
         outln!("recent errors:");
         for e in &s.recent_errors {
-            outln!("  {} {}", e.at, e.message);
+            outln!("  {} {}", e.at, esc(&e.message));
         }
     }
 }
