@@ -114,7 +114,7 @@ pub fn classify(file_name: &OsStr, is_dir: bool) -> Entry {
     // after the model name must pass the same rule the catalog is read with.
     if !is_dir && let Err(reason) = check_component(s) {
         return Entry::Refused {
-            reason: format!("{s:?} {reason}"),
+            reason: format!("{s:?} {reason}; rename it"),
         };
     }
     let name = if is_dir { s } else { file_stem(s) };
@@ -217,7 +217,7 @@ fn check_chars(name: &str) -> Result<(), String> {
         }
         if is_invisible(c) {
             return Err(format!(
-                "contains the zero-width (invisible) character U+{:04X}, so two different names would look the same",
+                "contains the zero-width, invisible or blank character U+{:04X}, so two different names would look the same",
                 c as u32
             ));
         }
