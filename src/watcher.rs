@@ -22,6 +22,7 @@
 //! mark expires once the file's stat has not changed for [`stale_write_bound`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -395,7 +396,30 @@ pub struct Settler {
     inbox_was_ok: bool,
     /// When events last checked the layout (they check at most every [`EVENT_CHECK`]).
     last_event_check: Option<Instant>,
+    /// Handed-over file entries with more than one hard link, by entry: they can change
+    /// through a name outside the inbox, which makes no event here, so their stat is
+    /// looked at again on a timer (see [`Linked`]).
+    linked: BTreeMap<String, Linked>,
 }
+
+/// A hard-linked file entry looked at again without events. The first look is one
+/// settle period (at least a second) after hand-over; each unchanged look doubles the
+/// wait, up to [`LINKED_MAX_EVERY`]; after [`LINKED_FOR`] without a change it is left to
+/// the periodic reconciliation. So a writer appending through the other name every few
+/// seconds, or a minute later, is seen at once, and the cost is bounded: a handful of
+/// stats per linked entry per hour.
+#[derive(Debug)]
+struct Linked {
+    stat: FileStat,
+    next: Instant,
+    every: Duration,
+    until: Instant,
+}
+
+/// The longest wait between two looks at a hard-linked entry.
+const LINKED_MAX_EVERY: Duration = Duration::from_secs(60);
+/// How long a hard-linked entry is looked at after its last change.
+const LINKED_FOR: Duration = Duration::from_secs(3600);
 
 /// How often a stream of events re-checks that the inbox is still the pinned folder.
 const EVENT_CHECK: Duration = Duration::from_millis(50);
@@ -422,6 +446,7 @@ impl Settler {
             layout: None,
             inbox_was_ok: true,
             last_event_check: None,
+            linked: BTreeMap::new(),
         }
     }
 
@@ -475,6 +500,7 @@ impl Settler {
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = self.queue.first().map(|(t, _)| *t);
+            let next_linked = self.linked.values().map(|l| l.next).min();
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
@@ -496,6 +522,7 @@ impl Settler {
                     }
                 }
                 _ = sleep_until_opt(next) => self.check_due(),
+                _ = sleep_until_opt(next_linked) => self.check_linked(),
                 _ = reconcile.tick() => self.rescan(false),
             }
         }
@@ -841,6 +868,18 @@ impl Settler {
                 keep
             });
         }
+        if unchanged && g.writing.is_empty() && incomplete.is_none() {
+            // About to hand over: ask the kernel about every file, not only those whose
+            // writes were seen. A file hard-linked in from outside is written through
+            // its other name, which makes no event here; a read lease is still refused
+            // while anyone has the inode open for writing (where the probe can tell).
+            for rel in current.keys() {
+                if open_for_writing(&inbox.join(rel)) == Some(true) {
+                    tracing::debug!(path = rel, "held: a writer still has it open");
+                    g.writing.insert(rel.clone(), now);
+                }
+            }
+        }
         g.incomplete = incomplete.clone();
         let quiet = unchanged && g.writing.is_empty() && incomplete.is_none();
         if !quiet {
@@ -870,6 +909,28 @@ impl Settler {
                 }
             }
         }
+        for (entry, look) in settled.artifacts.iter().chain(settled.sidecar.iter()) {
+            if let Look::Files { folder: false, .. } = look {
+                let full = inbox.join(entry);
+                match std::fs::metadata(&full) {
+                    Ok(m) if m.is_file() && m.nlink() > 1 => {
+                        let every = settle.max(Duration::from_secs(1));
+                        self.linked.insert(
+                            entry.clone(),
+                            Linked {
+                                stat: FileStat::of(&m),
+                                next: now + every,
+                                every,
+                                until: now + LINKED_FOR,
+                            },
+                        );
+                    }
+                    _ => {
+                        self.linked.remove(entry);
+                    }
+                }
+            }
+        }
         g.state = State::InFlight;
         g.again = false;
         if self
@@ -879,6 +940,42 @@ impl Settler {
         {
             // The registrar is gone: the daemon is shutting down.
             g.state = State::Settling;
+        }
+    }
+
+    /// Looks again at the hard-linked entries that are due (see [`Linked`]): a changed one
+    /// settles again as if an event had come.
+    fn check_linked(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .linked
+            .iter()
+            .filter(|(_, l)| l.next <= now)
+            .map(|(e, _)| e.clone())
+            .collect();
+        for entry in due {
+            let full = self.inbox.join(&entry);
+            let m = match std::fs::metadata(&full) {
+                Ok(m) if m.is_file() && m.nlink() > 1 => m,
+                _ => {
+                    // Gone, or its last other name was removed: events tell the rest.
+                    self.linked.remove(&entry);
+                    continue;
+                }
+            };
+            let l = self.linked.get_mut(&entry).expect("due entry");
+            if FileStat::of(&m) != l.stat {
+                tracing::debug!(path = %full.display(), "a hard-linked entry changed without an event");
+                self.linked.remove(&entry);
+                self.touch_path(&full, None, now);
+                continue;
+            }
+            if now >= l.until {
+                self.linked.remove(&entry);
+                continue;
+            }
+            l.every = (l.every * 2).min(LINKED_MAX_EVERY);
+            l.next = now + l.every;
         }
     }
 

@@ -1,0 +1,67 @@
+//! Liveness at the edges: files written through a hard link from outside the inbox,
+//! empty files, `wait` on an entry deleted while waiting, entries of a deleted inbox.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+
+/// A writer holds `/outside/ckpt.pt` open, writes a chunk, hard-links it into the inbox
+/// and keeps writing through its own name (no event in the inbox). The checkpoint must
+/// be registered once, with its final bytes, not at its first chunk.
+#[test]
+fn a_hard_linked_file_still_written_outside_is_registered_with_its_final_bytes() {
+    let d = TestDaemon::quick();
+    let outside = d.root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let src = outside.join("ckpt.pt");
+    let data = bytes(1200, 4 * 256 * 1024);
+    let mut f = std::fs::File::create(&src).unwrap();
+    let chunks: Vec<&[u8]> = data.chunks(256 * 1024).collect();
+    f.write_all(chunks[0]).unwrap();
+    f.flush().unwrap();
+    std::fs::hard_link(&src, d.inbox().join("ckpt.pt")).unwrap();
+    for c in &chunks[1..] {
+        // Longer than the settle period (300 ms) between chunks.
+        std::thread::sleep(Duration::from_millis(900));
+        f.write_all(c).unwrap();
+        f.flush().unwrap();
+    }
+    drop(f);
+    let vs = d.wait_versions("ckpt", 1);
+    d.wait_seen("ckpt.pt");
+    let now = d.versions("ckpt");
+    assert_eq!(now.len(), 1, "one version, with the final bytes: {now:?}");
+    assert_eq!(vs[0].size, data.len() as u64, "{:?}", vs[0]);
+}
+
+/// The same through a writer that opens, appends and closes each chunk: between chunks
+/// no writer has it open, so only a later look at its stat can see the change. The
+/// final bytes must become a version.
+#[test]
+fn a_hard_linked_file_appended_outside_gets_a_version_with_its_final_bytes() {
+    let d = TestDaemon::quick();
+    let outside = d.root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let src = outside.join("ckpt.pt");
+    let data = bytes(1300, 3 * 256 * 1024);
+    let chunks: Vec<&[u8]> = data.chunks(256 * 1024).collect();
+    std::fs::write(&src, chunks[0]).unwrap();
+    std::fs::hard_link(&src, d.inbox().join("ckpt.pt")).unwrap();
+    d.wait_versions("ckpt", 1);
+    for c in &chunks[1..] {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&src).unwrap();
+        f.write_all(c).unwrap();
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "a version with the final bytes",
+        || {
+            d.versions("ckpt")
+                .iter()
+                .any(|v| v.size == data.len() as u64)
+        },
+    );
+}
