@@ -1131,13 +1131,34 @@ impl Settler {
                             .iter()
                             .max_by_key(|(_, t)| **t)
                             .expect("not empty");
-                        (
-                            "writing",
-                            format!(
+                        let age = now.duration_since(*last);
+                        let full = self.inbox.join(path);
+                        // Say only what the kernel told: where the lease probe cannot
+                        // ask (another user's file, no CAP_LEASE), an open writer is a
+                        // guess, held only until the stale-write bound.
+                        let reason = match open_for_writing(&full) {
+                            Some(true) => format!(
                                 "{path} is open for writing (last written {:.0} s ago)",
-                                now.duration_since(*last).as_secs_f64()
+                                age.as_secs_f64()
                             ),
-                        )
+                            Some(false) => format!(
+                                "{path} was written {:.0} s ago; no writer has it open now",
+                                age.as_secs_f64()
+                            ),
+                            None => {
+                                let owner = std::fs::metadata(&full)
+                                    .map(|m| m.uid().to_string())
+                                    .unwrap_or_else(|_| "unknown".into());
+                                let left = stale_write_bound(self.settle).saturating_sub(age)
+                                    + self.settle;
+                                format!(
+                                    "cannot tell whether a writer still has {path} open (owner uid {owner}, last written {:.0} s ago); registered in about {:.0} s unless it changes",
+                                    age.as_secs_f64(),
+                                    left.as_secs_f64()
+                                )
+                            }
+                        };
+                        ("writing", reason)
                     }
                     State::Settling => (
                         "settling",
