@@ -835,6 +835,15 @@ impl Settler {
                         self.board.clear_problem(&shown);
                     }
                 }
+                // An empty file is a `touch` or a writer that has not begun: like an
+                // empty folder it waits for its bytes and is never an empty version.
+                Look::Files {
+                    folder: false,
+                    files,
+                } if files.iter().all(|f| f.stat.size == 0) => {
+                    self.board.clear_problem(&shown);
+                    incomplete = Some(format!("empty file {entry}: waiting for its bytes"));
+                }
                 Look::Files { .. } => self.board.clear_problem(&shown),
             }
             current.extend(look.stats(entry));
@@ -1163,6 +1172,7 @@ impl Settler {
                     State::Settling => (
                         "settling",
                         match &g.incomplete {
+                            Some(r) if r.starts_with("empty file") => r.clone(),
                             Some(r) => format!("incomplete: {r}"),
                             None => format!(
                                 "registered after {} without changes",

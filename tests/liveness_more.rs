@@ -151,3 +151,35 @@ fn status_says_it_cannot_tell_when_the_lease_probe_cannot_ask() {
     assert!(!reason.contains("is open for writing"), "{reason}");
     drop(f);
 }
+
+/// `touch empty.pt` is not a version: like an empty folder it waits, visibly, for its
+/// bytes; once written it is registered with them.
+#[test]
+fn an_empty_file_waits_for_its_bytes() {
+    let d = TestDaemon::quick();
+    let path = d.inbox().join("empty.pt");
+    std::fs::File::create(&path).unwrap();
+    let mut reason = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        "empty to wait with a reason",
+        || {
+            let st = d.status();
+            reason = st
+                .waiting
+                .iter()
+                .find(|w| w.name == "empty")
+                .and_then(|w| w.reason.clone())
+                .unwrap_or_default();
+            reason.contains("empty file") && reason.contains("waiting for its bytes")
+        },
+    );
+    eprintln!("status reason: {reason}");
+    // Several settle periods later it still is not a version.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(d.versions("empty").is_empty(), "{:?}", d.versions("empty"));
+    let data = bytes(1500, 5_000);
+    write(&path, &data);
+    let vs = d.wait_versions("empty", 1);
+    assert_eq!(vs[0].size, data.len() as u64);
+}
