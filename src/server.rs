@@ -937,6 +937,15 @@ async fn wait(ctx: &Context, name: &str, entry: &str, timeout_ms: Option<u64>) -
                 &serde_json::json!({ "version": info, "created": v.number > highest_before }),
             );
         }
+        // Deleted while waiting: it will never be registered, so say so now rather than
+        // at the deadline. (Checked after the catalog: an entry registered and then
+        // removed has its answer above.)
+        if path.symlink_metadata().is_err() {
+            return Response::err(
+                ErrorCode::EntryNotFound,
+                format!("{shown} was removed from the inbox before it was registered"),
+            );
+        }
         let (problems, ..) = ctx.board.snapshot();
         if let Some(p) = problems
             .iter()

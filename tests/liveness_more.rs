@@ -183,3 +183,35 @@ fn an_empty_file_waits_for_its_bytes() {
     let vs = d.wait_versions("empty", 1);
     assert_eq!(vs[0].size, data.len() as u64);
 }
+
+/// A `wait` on an entry deleted while it waits answers `entry_not_found` at once, not
+/// `timeout` at its deadline.
+#[test]
+fn wait_on_an_entry_deleted_while_waiting_says_it_is_gone() {
+    let d = TestDaemon::quick();
+    let path = d.inbox().join("doomed.pt");
+    // Held open by its writer, so it stays waiting.
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&bytes(1600, 10_000)).unwrap();
+    let mut client = d.client();
+    let waiter = std::thread::spawn(move || {
+        client.call(&modelreg::protocol::Request::Wait {
+            name: "doomed".into(),
+            entry: "doomed.pt".into(),
+            timeout_ms: Some(20_000),
+        })
+    });
+    wait_until(Duration::from_secs(10), "doomed to be waiting", || {
+        d.status().waiting.iter().any(|w| w.name == "doomed")
+    });
+    std::fs::remove_file(&path).unwrap();
+    drop(f);
+    let answer = waiter.join().unwrap();
+    eprintln!("wait answered: {answer:?}");
+    let err = answer.expect_err("no version for a deleted entry");
+    assert_eq!(
+        err.code(),
+        Some(modelreg::protocol::ErrorCode::EntryNotFound),
+        "{err}"
+    );
+}
