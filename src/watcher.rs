@@ -534,7 +534,9 @@ impl Settler {
             SettlerMsg::Status(reply) => {
                 // `status` says what is true now: a deleted store or replaced inbox shows
                 // up even before an event or a rescan.
-                self.inbox_usable();
+                if !self.inbox_usable() {
+                    self.forget_vanished();
+                }
                 let _ = reply.send(self.waiting());
             }
             SettlerMsg::SetSettle(d) => self.set_settle(d),
@@ -779,6 +781,7 @@ impl Settler {
                 g.state =
                     State::Blocked("the inbox was replaced or is missing; see problems".into());
             }
+            self.forget_vanished();
             return;
         }
         self.regroup(name, now);
@@ -949,6 +952,33 @@ impl Settler {
         {
             // The registrar is gone: the daemon is shutting down.
             g.state = State::Settling;
+        }
+    }
+
+    /// While the inbox is unusable (deleted, replaced): forgets waiting groups none of
+    /// whose entries exists any more, so that `status` does not list vanished entries as
+    /// blocked. Nothing is lost: an inbox that comes back is rescanned whole.
+    fn forget_vanished(&mut self) {
+        let inbox = self.inbox.clone();
+        let gone: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| {
+                g.state != State::InFlight
+                    && g.entries
+                        .iter()
+                        .all(|e| inbox.join(e).symlink_metadata().is_err())
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if let Some(g) = self.groups.remove(&name) {
+                tracing::info!(model = name, "forgotten: its inbox entries are gone");
+                for e in g.entries {
+                    self.entry_group.remove(&e);
+                    self.linked.remove(&e);
+                }
+            }
         }
     }
 

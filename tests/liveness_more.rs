@@ -215,3 +215,32 @@ fn wait_on_an_entry_deleted_while_waiting_says_it_is_gone() {
         "{err}"
     );
 }
+
+/// After the inbox is deleted, `status` does not keep listing its vanished entries as
+/// blocked; the missing inbox itself is the problem shown.
+#[test]
+fn entries_of_a_deleted_inbox_are_not_listed_as_waiting() {
+    let d = TestDaemon::quick();
+    let path = d.inbox().join("vanish.pt");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&bytes(1700, 10_000)).unwrap();
+    wait_until(Duration::from_secs(10), "vanish to be waiting", || {
+        d.status().waiting.iter().any(|w| w.name == "vanish")
+    });
+    drop(f);
+    std::fs::remove_dir_all(d.inbox()).unwrap();
+    let mut last = Vec::new();
+    wait_until(Duration::from_secs(10), "vanish to be forgotten", || {
+        last = d.status().waiting;
+        !last.iter().any(|w| w.name == "vanish")
+    });
+    eprintln!("waiting after the inbox was deleted: {last:?}");
+    let st = d.status();
+    assert!(
+        st.problems
+            .iter()
+            .any(|p| p.path == d.inbox().display().to_string()),
+        "the missing inbox is shown: {:?}",
+        st.problems
+    );
+}
