@@ -885,8 +885,15 @@ impl Settler {
             // writes were seen. A file hard-linked in from outside is written through
             // its other name, which makes no event here; a read lease is still refused
             // while anyone has the inode open for writing (where the probe can tell).
+            // Only where events cannot tell (a file with another name, or no inotify):
+            // the probe's own open and close are inotify events, and probing every
+            // file of a rescan of a big inbox would overflow the queue into another
+            // rescan, for ever.
+            let track = self.track_writes;
             for rel in current.keys() {
-                if open_for_writing(&inbox.join(rel)) == Some(true) {
+                let full = inbox.join(rel);
+                let linked = std::fs::metadata(&full).is_ok_and(|m| m.nlink() > 1);
+                if (linked || !track) && open_for_writing(&full) == Some(true) {
                     tracing::debug!(path = rel, "held: a writer still has it open");
                     g.writing.insert(rel.clone(), now);
                 }
