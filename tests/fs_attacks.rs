@@ -9,7 +9,7 @@ mod common;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -237,24 +237,12 @@ fn inbox_replaced_by_a_symlink_registers_nothing_from_it() {
 
 /// Starts a daemon under `umask`.
 fn start_with_umask(d: &mut TestDaemon, umask: &str) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(d.log_path())
-        .unwrap();
-    let child = Command::new("sh")
-        .arg("-c")
+    let mut c = Command::new("sh");
+    c.arg("-c")
         .arg(format!("umask {umask}; exec \"$0\" serve --root \"$1\""))
         .arg(BIN)
-        .arg(d.root.path())
-        .env("RUST_LOG", "modelreg=debug,info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    d.adopt(child);
-    d.wait_ready();
+        .arg(d.root.path());
+    d.spawn_via(c);
 }
 
 /// A hard link to a 0600 file is stored 0400, never 0444; a 0640 file 0440; and no

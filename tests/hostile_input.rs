@@ -11,37 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The problems `status` lists, as text, one per line.
-fn problems(d: &TestDaemon) -> String {
-    let v = d.call(&modelreg::protocol::Request::Status {}).unwrap();
-    v["problems"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| format!("{} {}\n", p["path"], p["message"]))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits for a problem mentioning `needle`; returns that problem's line.
-fn wait_problem(d: &TestDaemon, needle: &str) -> String {
-    let mut last = String::new();
-    wait_until(
-        Duration::from_secs(30),
-        &format!("a problem mentioning {needle:?}"),
-        || {
-            last = problems(d)
-                .lines()
-                .find(|l| l.contains(needle))
-                .unwrap_or_default()
-                .to_string();
-            !last.is_empty()
-        },
-    );
-    last
-}
-
 /// A sidecar whose metadata nests `depth` lists, in flow style.
 fn nested_lists(depth: usize) -> String {
     format!(
@@ -83,7 +52,7 @@ fn metadata_nested_too_deep_is_refused_and_the_daemon_restarts() {
         nested_lists(126).as_bytes(),
     );
     write_renamed(&d.inbox(), "deep.pt", &bytes(2, 100));
-    let p = wait_problem(&d, "deep.metrics.yaml:2");
+    let p = d.wait_problem_text("deep.metrics.yaml:2");
     assert!(p.contains("deeper than"), "{p}");
     assert!(d.versions("deep").is_empty(), "the artifact waits");
     assert!(d.get("good", "latest").is_ok());
@@ -91,7 +60,7 @@ fn metadata_nested_too_deep_is_refused_and_the_daemon_restarts() {
     d.stop();
     d.spawn();
     assert!(d.get("good", "latest").is_ok());
-    wait_problem(&d, "deep.metrics.yaml:2");
+    d.wait_problem_text("deep.metrics.yaml:2");
     d.catalog();
     // A sidecar nested as deep as the limit allows is registered and reads back after a
     // restart, through registry.yaml and through the start-up cache.
@@ -128,7 +97,7 @@ fn very_deep_nesting_is_refused_quickly_and_sigterm_is_honoured() {
     write_renamed(&d.inbox(), "dashes.metrics.yaml", block_seq.as_bytes());
     write_renamed(&d.inbox(), "dashes.pt", &bytes(3, 10));
     for f in ["lists", "maps", "dashes"] {
-        let p = wait_problem(&d, &format!("{f}.metrics.yaml:"));
+        let p = d.wait_problem_text(&format!("{f}.metrics.yaml:"));
         assert!(p.contains("deeper than"), "{p}");
     }
     assert!(d.get("lists", "latest").is_err());
@@ -238,7 +207,7 @@ fn sidecar_grown_while_it_is_read_is_read_no_further_than_the_cap() {
         let rss = peak_rss_kib(d.pid());
         assert!(rss < 100 * 1024, "round {round}: daemon peak RSS {rss} KiB");
     }
-    wait_problem(&d, "larger than");
+    d.wait_problem_text("larger than");
     write(&side, text.as_bytes());
     let v = d.wait_versions("big", 1);
     assert_eq!(v[0].metrics["accuracy"], 0.5);
@@ -304,7 +273,7 @@ fn duplicate_keys_in_a_sidecar_are_refused_with_their_line() {
         b"metrics:\n  accuracy: 0.5\n  accuracy: 0.9\n",
     );
     write_renamed(&d.inbox(), "dup.pt", &bytes(1, 10));
-    let p = wait_problem(&d, "dup.metrics.yaml:3");
+    let p = d.wait_problem_text("dup.metrics.yaml:3");
     assert!(p.contains("duplicate"), "{p}");
     write_renamed(
         &d.inbox(),
@@ -312,7 +281,7 @@ fn duplicate_keys_in_a_sidecar_are_refused_with_their_line() {
         b"metrics: {a: 1}\nmetadata:\n  k: 1\n  k: 2\n",
     );
     write_renamed(&d.inbox(), "dup2.pt", &bytes(2, 10));
-    let p = wait_problem(&d, "dup2.metrics.yaml:4");
+    let p = d.wait_problem_text("dup2.metrics.yaml:4");
     assert!(p.contains("duplicate"), "{p}");
     assert!(d.versions("dup").is_empty() && d.versions("dup2").is_empty());
 }
@@ -354,9 +323,9 @@ fn non_finite_numbers_anywhere_in_a_sidecar_are_refused() {
         write_renamed(&d.inbox(), &format!("{name}.metrics.yaml"), text.as_bytes());
         write_renamed(&d.inbox(), &format!("{name}.pt"), &bytes(i as u64, 10));
     }
-    let p = wait_problem(&d, "nan.metrics.yaml:3");
+    let p = d.wait_problem_text("nan.metrics.yaml:3");
     assert!(p.contains("finite"), "{p}");
-    let p = wait_problem(&d, "inf.metrics.yaml:3");
+    let p = d.wait_problem_text("inf.metrics.yaml:3");
     assert!(p.contains("finite"), "{p}");
     assert!(d.versions("nan").is_empty() && d.versions("inf").is_empty());
 }

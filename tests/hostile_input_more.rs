@@ -11,37 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The problems `status` lists, as text, one per line.
-fn problems(d: &TestDaemon) -> String {
-    let v = d.call(&modelreg::protocol::Request::Status {}).unwrap();
-    v["problems"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| format!("{} {}\n", p["path"], p["message"]))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits for a problem mentioning `needle`; returns that problem's line.
-fn wait_problem(d: &TestDaemon, needle: &str) -> String {
-    let mut last = String::new();
-    wait_until(
-        Duration::from_secs(30),
-        &format!("a problem mentioning {needle:?}"),
-        || {
-            last = problems(d)
-                .lines()
-                .find(|l| l.contains(needle))
-                .unwrap_or_default()
-                .to_string();
-            !last.is_empty()
-        },
-    );
-    last
-}
-
 /// Builds a folder under a hidden name beside the inbox and moves it in whole, as an
 /// uploader's `mv` would: `files` are (relative path, bytes).
 fn drop_folder(inbox: &Path, name: &str, files: &[(&str, &[u8])]) {
@@ -104,13 +73,13 @@ fn a_folder_holding_a_file_name_the_catalog_would_refuse_is_not_registered() {
     );
     d.wait_versions("good", 1);
     for (name, _) in bad {
-        let p = wait_problem(&d, &format!("pretrained_models/{name}\""));
+        let p = d.wait_problem_text(&format!("pretrained_models/{name}\""));
         assert!(
             p.contains("holds a file or folder named") && p.contains("rename it"),
             "{name}: {p}"
         );
     }
-    let p = wait_problem(&d, "ext.p\\\\tt");
+    let p = d.wait_problem_text("ext.p\\\\tt");
     assert!(p.contains("contains"), "{p}");
     for (name, _) in bad {
         assert!(d.versions(name).is_empty(), "{name} was registered");
@@ -141,9 +110,9 @@ fn an_artifact_waits_while_its_sidecar_cannot_be_read() {
     // A plain model beside them shows the settler has been through.
     write_renamed(&d.inbox(), "plain.pt", &bytes(3, 10));
     d.wait_versions("plain", 1);
-    let p = wait_problem(&d, "ff.metrics.yaml");
+    let p = d.wait_problem_text("ff.metrics.yaml");
     assert!(p.contains("its artifact waits"), "{p}");
-    let p = wait_problem(&d, "w.metrics.yaml");
+    let p = d.wait_problem_text("w.metrics.yaml");
     assert!(
         p.contains("outside the inbox") && p.contains("its artifact waits"),
         "{p}"
@@ -190,7 +159,7 @@ fn names_that_display_as_nothing_are_refused() {
     write_renamed(&d.inbox(), "seen.pt", &bytes(9, 10));
     d.wait_versions("seen", 1);
     for name in names {
-        let p = wait_problem(&d, &format!("pretrained_models/{name}"));
+        let p = d.wait_problem_text(&format!("pretrained_models/{name}"));
         assert!(p.contains("invisible"), "{name:?}: {p}");
     }
     let list = d.call(&modelreg::protocol::Request::List {}).unwrap();
@@ -216,9 +185,9 @@ fn a_number_too_large_for_a_float_is_an_error_not_text() {
         write_renamed(&d.inbox(), &format!("{name}.metrics.yaml"), text.as_bytes());
         write_renamed(&d.inbox(), &format!("{name}.pt"), &bytes(i as u64, 10));
     }
-    let p = wait_problem(&d, "big.metrics.yaml:1");
+    let p = d.wait_problem_text("big.metrics.yaml:1");
     assert!(p.contains("1e999") && p.contains("finite"), "{p}");
-    let p = wait_problem(&d, "bigmeta.metrics.yaml:3");
+    let p = d.wait_problem_text("bigmeta.metrics.yaml:3");
     assert!(p.contains("finite"), "{p}");
     // Quoted, it is text, as YAML says.
     write_renamed(
@@ -248,9 +217,9 @@ fn keys_that_yaml_reads_as_the_same_value_are_duplicates() {
         write_renamed(&d.inbox(), &format!("{name}.metrics.yaml"), text.as_bytes());
         write_renamed(&d.inbox(), &format!("{name}.pt"), &bytes(i as u64, 10));
     }
-    let p = wait_problem(&d, "nulls.metrics.yaml:2");
+    let p = d.wait_problem_text("nulls.metrics.yaml:2");
     assert!(p.contains("duplicate"), "{p}");
-    let p = wait_problem(&d, "bools.metrics.yaml:4");
+    let p = d.wait_problem_text("bools.metrics.yaml:4");
     assert!(p.contains("duplicate"), "{p}");
     assert!(d.versions("nulls").is_empty() && d.versions("bools").is_empty());
 }
@@ -295,7 +264,7 @@ fn brackets_in_strings_comments_and_block_scalars_are_harmless_text() {
         .as_bytes(),
     );
     write_renamed(&d.inbox(), "deep.pt", &bytes(9, 10));
-    let p = wait_problem(&d, "deep.metrics.yaml:2:");
+    let p = d.wait_problem_text("deep.metrics.yaml:2:");
     assert!(p.contains("deeper than"), "{p}");
     restart_and_verify(&mut d);
     for (name, _) in &texts {

@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -67,52 +66,6 @@ fn a_hard_linked_file_appended_outside_gets_a_version_with_its_final_bytes() {
     );
 }
 
-/// Whether this test can run a daemon as another user; prints why it is skipped if not.
-fn can_switch_user(test: &str) -> bool {
-    let has_setpriv = Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let ok = unsafe { libc::geteuid() } == 0 && has_setpriv;
-    if !ok {
-        eprintln!("SKIPPED {test}: needs root and setpriv to run the daemon as another user");
-    }
-    ok
-}
-
-/// Gives the root to nobody and starts the daemon as nobody (no CAP_LEASE).
-fn spawn_as_nobody(d: &mut TestDaemon) {
-    let st = Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(d.root.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(d.log_path())
-        .unwrap();
-    let child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "serve",
-            "--root",
-        ])
-        .arg(d.root.path())
-        .env("RUST_LOG", "modelreg=debug,info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    d.adopt(child);
-    d.wait_ready();
-}
-
 /// A daemon that cannot ask the kernel about another user's file (not its owner, no
 /// CAP_LEASE) does not claim the file is open: it says it cannot tell, whose it is, and
 /// when it will be registered unless it changes.
@@ -122,7 +75,8 @@ fn status_says_it_cannot_tell_when_the_lease_probe_cannot_ask() {
         return;
     }
     let mut d = TestDaemon::new("settle: 300ms\n");
-    spawn_as_nobody(&mut d);
+    d.give_to_nobody();
+    d.spawn_as_nobody();
     let path = d.inbox().join("x.pt");
     let mut f = std::fs::File::create(&path).unwrap();
     f.write_all(&bytes(1400, 10_000)).unwrap();

@@ -7,10 +7,9 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, TestDaemon, wait_until, write};
+use common::{TestDaemon, can_switch_user, wait_until, write};
 
 /// How many inotify watches the process `pid` holds (from /proc/PID/fdinfo).
 fn inotify_watches(pid: u32) -> usize {
@@ -56,56 +55,6 @@ fn outside_tree() -> tempfile::TempDir {
     }
     std::os::unix::fs::symlink("/nonexistent-modelreg-target", out.path().join("gone")).unwrap();
     out
-}
-
-/// Whether this test can run a daemon as another user; prints why it is skipped if not.
-fn can_switch_user(test: &str) -> bool {
-    let has_setpriv = Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let ok = unsafe { libc::geteuid() } == 0 && has_setpriv;
-    if !ok {
-        eprintln!("SKIPPED {test}: needs root and setpriv to run the daemon as another user");
-    }
-    ok
-}
-
-/// Gives the root to nobody (uid and gid 65534).
-fn give_to_nobody(d: &TestDaemon) {
-    let st = Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(d.root.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-/// Starts the daemon as nobody.
-fn spawn_as_nobody(d: &mut TestDaemon) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(d.log_path())
-        .unwrap();
-    let child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "serve",
-            "--root",
-        ])
-        .arg(d.root.path())
-        .env("RUST_LOG", "modelreg=debug,info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    d.adopt(child);
-    d.wait_ready();
 }
 
 fn chown_root(path: &Path, mode: u32) {
@@ -180,9 +129,9 @@ fn unreadable_folder_is_a_problem_and_inotify_stays() {
     let x = d.inbox().join("x");
     std::fs::create_dir(&x).unwrap();
     write(&x.join("w.bin"), b"hidden");
-    give_to_nobody(&d);
+    d.give_to_nobody();
     chown_root(&x, 0o700);
-    spawn_as_nobody(&mut d);
+    d.spawn_as_nobody();
     let msg = wait_problem(&d, "pretrained_models/x");
     for part in ["owner root", "mode 0700", "chgrp -R nogroup", "cp"] {
         assert!(msg.contains(part), "{part:?} missing from: {msg}");
@@ -216,9 +165,9 @@ poll_interval: 200ms
     std::fs::create_dir_all(d.inbox()).unwrap();
     let x = d.inbox().join("x");
     std::fs::create_dir(&x).unwrap();
-    give_to_nobody(&d);
+    d.give_to_nobody();
     chown_root(&x, 0o700);
-    spawn_as_nobody(&mut d);
+    d.spawn_as_nobody();
     wait_problem(&d, "pretrained_models/x");
     write(&d.inbox().join("ok.bin"), b"after some polls");
     d.wait_versions("ok", 1);
@@ -239,8 +188,8 @@ fn unreadable_file_is_a_problem_until_made_readable() {
     }
     let mut d = TestDaemon::new("settle: 300ms\n");
     std::fs::create_dir_all(d.inbox()).unwrap();
-    give_to_nobody(&d);
-    spawn_as_nobody(&mut d);
+    d.give_to_nobody();
+    d.spawn_as_nobody();
     let staged = d.root.path().join("staged.bin");
     write(&staged, b"secret-ish weights");
     chown_root(&staged, 0o640);

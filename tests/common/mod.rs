@@ -94,6 +94,83 @@ impl TestDaemon {
         self.child = Some(child);
     }
 
+    /// Starts the daemon through `launcher` (e.g. `setpriv ...` or `sh -c 'umask ..'`),
+    /// which must end by running `BIN serve --root ROOT` with the arguments it was given;
+    /// its log goes to the daemon's log; waits for the socket.
+    pub fn spawn_via(&mut self, mut launcher: Command) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = launcher
+            .env("RUST_LOG", "modelreg=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.adopt(child);
+        self.wait_ready();
+    }
+
+    /// Starts the daemon as nobody (uid and gid 65534, no supplementary groups).
+    pub fn spawn_as_nobody(&mut self) {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "serve",
+            "--root",
+        ])
+        .arg(self.root.path());
+        self.spawn_via(c);
+    }
+
+    /// Gives the whole root to nobody (uid and gid 65534).
+    pub fn give_to_nobody(&self) {
+        let st = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(self.root.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// The problems `status` lists, as text, one per line.
+    pub fn problems_text(&self) -> String {
+        let v = self.call(&Request::Status {}).unwrap();
+        v["problems"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| format!("{} {}\n", p["path"], p["message"]))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits for a problem mentioning `needle`; returns that problem's line.
+    pub fn wait_problem_text(&self, needle: &str) -> String {
+        let mut last = String::new();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("a problem mentioning {needle:?}"),
+            || {
+                last = self
+                    .problems_text()
+                    .lines()
+                    .find(|l| l.contains(needle))
+                    .unwrap_or_default()
+                    .to_string();
+                !last.is_empty()
+            },
+        );
+        last
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.root.path().join("daemon.log")
     }
@@ -322,4 +399,18 @@ pub fn sidecar(metrics: &[(&str, f64)]) -> String {
         s.push_str(&format!("  {k}: {v}\n"));
     }
     s
+}
+
+/// Whether this test can run a daemon as another user; prints why it is skipped if not.
+pub fn can_switch_user(test: &str) -> bool {
+    let has_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    // SAFETY: geteuid cannot fail.
+    let ok = unsafe { libc::geteuid() } == 0 && has_setpriv;
+    if !ok {
+        eprintln!("SKIPPED {test}: needs root and setpriv to run the daemon as another user");
+    }
+    ok
 }
