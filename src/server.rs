@@ -683,7 +683,7 @@ fn versions(ctx: &Context, name: &str) -> Response {
             let vs: Vec<VersionInfo> = m
                 .versions
                 .iter()
-                .map(|v| version_info(&cfg, name, v))
+                .map(|v| version_info_in(&cfg, name, v, m))
                 .collect();
             to_json(&serde_json::json!({ "name": name, "versions": vs }))
         }
@@ -930,9 +930,10 @@ async fn wait(ctx: &Context, name: &str, entry: &str, timeout_ms: Option<u64>) -
             .sources
             .get(entry)
             .filter(|r| r.fingerprint == fingerprint && r.model == name)
-            && let Some(v) = rec.version.and_then(|n| catalog.models.get(name)?.find(n))
+            && let Some(m) = catalog.models.get(name)
+            && let Some(v) = rec.version.and_then(|n| m.find(n))
         {
-            let info = version_info(&cfg, name, v);
+            let info = version_info_in(&cfg, name, v, m);
             return to_json(
                 &serde_json::json!({ "version": info, "created": v.number > highest_before }),
             );

@@ -1,0 +1,67 @@
+//! The command line as a new user meets it: aliases in `versions` and in the answer of a
+//! waited registration, models whose versions are all deprecated or removed, same-target
+//! alias moves.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and asserts success; returns stdout.
+fn ok(d: &TestDaemon, args: &[&str]) -> String {
+    let o = d.cli(args);
+    assert!(
+        o.status.success(),
+        "modelreg {args:?} failed ({}):\n{}{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Runs and asserts failure; returns stderr.
+fn fails(d: &TestDaemon, args: &[&str]) -> String {
+    let o = d.cli(args);
+    assert!(
+        !o.status.success(),
+        "modelreg {args:?} succeeded:\n{}",
+        stdout(&o)
+    );
+    stderr(&o)
+}
+
+#[test]
+fn versions_and_a_waited_registration_show_the_aliases_of_a_version() {
+    let d = TestDaemon::quick();
+    write_renamed(&d.inbox(), "resnet.pt", &bytes(1, 1000));
+    d.wait_versions("resnet", 1);
+    ok(&d, &["alias", "set", "resnet", "prod", "v1"]);
+
+    let table = ok(&d, &["versions", "resnet"]);
+    assert!(table.contains("prod"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["versions", "resnet", "--json"])).unwrap();
+    assert_eq!(json["versions"][0]["aliases"], serde_json::json!(["prod"]));
+
+    // The same bytes handed over again answer with the existing v1 and its alias.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("resnet.pt");
+    std::fs::write(&file, bytes(1, 1000)).unwrap();
+    let out = ok(&d, &["add", file.to_str().unwrap(), "--wait", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json["version"]["aliases"],
+        serde_json::json!(["prod"]),
+        "{out}"
+    );
+}
