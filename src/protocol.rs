@@ -494,6 +494,10 @@ pub struct ModelSummary {
     pub registered_at: String,
     /// Absolute path of the latest version.
     pub path: String,
+    /// Set when no version is live (`-` as latest): their states, e.g. `no live version:
+    /// v1 deprecated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// How `best` was decided, returned with a `get ... best` answer.

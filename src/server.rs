@@ -658,17 +658,29 @@ fn find_model<'a>(catalog: &'a Catalog, name: &str) -> Result<&'a Model, Respons
 fn list(ctx: &Context) -> Response {
     let catalog = ctx.shared.catalog();
     let cfg = ctx.config();
+    // Every model is listed, also one whose versions are all deprecated or removed: a
+    // missing row made such a model look unregistered.
     let models: Vec<ModelSummary> = catalog
         .models
         .iter()
         .filter_map(|(name, m)| {
-            let v = m.latest()?;
+            let shown = m.latest().or_else(|| m.newest()).or(m.versions.last())?;
+            let live = m.latest().is_some();
             Some(ModelSummary {
                 name: name.clone(),
-                latest: format!("v{}", v.number),
+                latest: if live {
+                    format!("v{}", shown.number)
+                } else {
+                    "-".to_string()
+                },
                 versions: m.stored().count(),
-                registered_at: v.registered_at.clone(),
-                path: primary_path(&cfg, name, v),
+                registered_at: shown.registered_at.clone(),
+                path: if shown.removed.is_none() {
+                    primary_path(&cfg, name, shown)
+                } else {
+                    "-".to_string()
+                },
+                note: (!live).then(|| format!("no live version: {}", version_states(m))),
             })
         })
         .collect();
@@ -697,6 +709,37 @@ fn selector_hint(s: &str, model: &Model) -> String {
         .into_iter()
         .chain(model.aliases.keys().map(String::as_str));
     crate::suggest::hint(s, words)
+}
+
+/// The states of a model without a live version, newest first (`v2 removed, v1
+/// deprecated`), at most a few: what `list` and the errors of `get`/`best` show.
+fn version_states(m: &Model) -> String {
+    let states: Vec<String> = m
+        .versions
+        .iter()
+        .rev()
+        .take(4)
+        .map(|v| {
+            let state = if v.removed.is_some() {
+                "removed"
+            } else {
+                "deprecated"
+            };
+            format!("v{} {state}", v.number)
+        })
+        .collect();
+    let more = if m.versions.len() > 4 { ", ..." } else { "" };
+    format!("{}{more}", states.join(", "))
+}
+
+/// The error for `latest`/`best` of a model none of whose versions is live: says which
+/// states they are in and how to reach one anyway, instead of "has no versions".
+fn no_live_version(name: &str, m: &Model) -> String {
+    let hint = match m.newest() {
+        Some(v) => format!(" (use get {name} v{})", v.number),
+        None => String::new(),
+    };
+    format!("{name:?} has no live version: {}{hint}", version_states(m))
 }
 
 /// The `no_metric` message: which metric was missing, the closest one that exists, and
@@ -771,6 +814,9 @@ fn get_inner(
                 .to_string();
             let mode = mode.unwrap_or_else(|| cfg.best.direction_of(&metric));
             let v = model.best(&metric, mode);
+            if model.latest().is_none() {
+                return Response::err(ErrorCode::NoMetric, no_live_version(name, model));
+            }
             if v.is_none() {
                 return Response::err(ErrorCode::NoMetric, no_metric(name, &metric, model));
             }
@@ -830,10 +876,7 @@ fn get_inner(
         }
     };
     let Some(v) = version else {
-        return Response::err(
-            ErrorCode::VersionNotFound,
-            format!("{name:?} has no versions"),
-        );
+        return Response::err(ErrorCode::VersionNotFound, no_live_version(name, model));
     };
     if !blocking && v.files.len() > INLINE_FILE_CHECKS {
         *deferred = true;

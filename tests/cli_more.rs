@@ -65,3 +65,32 @@ fn versions_and_a_waited_registration_show_the_aliases_of_a_version() {
         "{out}"
     );
 }
+
+#[test]
+fn a_model_whose_versions_are_all_deprecated_is_listed_and_its_errors_say_why() {
+    let d = TestDaemon::quick();
+    write_renamed(
+        &d.inbox(),
+        "mobilenet.metrics.yaml",
+        sidecar(&[("loss", 0.3)]).as_bytes(),
+    );
+    write_renamed(&d.inbox(), "mobilenet.pt", &bytes(2, 1000));
+    d.wait_versions("mobilenet", 1);
+    ok(&d, &["deprecate", "mobilenet", "v1"]);
+
+    let list = ok(&d, &["list"]);
+    assert!(list.contains("mobilenet"), "{list}");
+    assert!(list.contains("v1 deprecated"), "{list}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&d, &["list", "--json"])).unwrap();
+    assert_eq!(json["models"][0]["name"], "mobilenet");
+
+    let err = fails(&d, &["get", "mobilenet"]);
+    assert!(err.contains("v1 deprecated"), "{err}");
+    assert!(err.contains("use get mobilenet v1"), "{err}");
+    assert!(!err.contains("has no versions"), "{err}");
+    let err = fails(&d, &["get", "mobilenet", "best", "--metric", "loss"]);
+    assert!(err.contains("v1 deprecated"), "{err}");
+    assert!(!err.contains("no version has any metric"), "{err}");
+    // Still reachable by number.
+    ok(&d, &["get", "mobilenet", "v1"]);
+}

@@ -76,7 +76,10 @@ pub(super) fn print_list(models: &[ModelSummary]) {
     for m in models {
         rows.push(vec![
             m.name.clone(),
-            m.latest.clone(),
+            match &m.note {
+                Some(n) => format!("{} ({n})", m.latest),
+                None => m.latest.clone(),
+            },
             m.versions.to_string(),
             m.registered_at.clone(),
             m.path.clone(),
