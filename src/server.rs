@@ -463,6 +463,44 @@ fn trim_line(line: &[u8]) -> &[u8] {
 
 /// Answers one request; `peer_uid` is recorded with the changes it makes.
 pub async fn dispatch(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Response {
+    let asked = match &req {
+        Request::Versions { name } | Request::Get { name, .. } | Request::History { name } => {
+            Some(name.clone())
+        }
+        _ => None,
+    };
+    let mut r = dispatch_op(req, ctx, peer_uid).await;
+    // A model that is only waiting or blocked in the inbox is not in the catalog yet:
+    // say so, or "no model named" sends the user looking for a typo.
+    if let (Some(name), Some(e)) = (asked, r.error.as_mut())
+        && e.code == ErrorCode::ModelNotFound
+        && let Some(w) = waiting_list(ctx).await.into_iter().find(|w| w.name == name)
+    {
+        let why = w.reason.map(|r| format!(": {r}")).unwrap_or_default();
+        e.message = format!(
+            "{}; the inbox has {name:?} {}{why} (see `modelreg status`)",
+            e.message, w.state
+        );
+    }
+    r
+}
+
+/// What the settler has waiting in the inbox (empty when it does not answer within a
+/// second: this only adds detail to answers).
+async fn waiting_list(ctx: &Context) -> Vec<crate::protocol::Waiting> {
+    let (tx, rx) = oneshot::channel();
+    if ctx.settler.send(SettlerMsg::Status(tx)).is_err() {
+        return Vec::new();
+    }
+    tokio::time::timeout(Duration::from_secs(1), rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
+/// [`dispatch`] without the inbox detail for a missing model.
+async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Response {
     use crate::ingest::Change;
     let change = |c: Change| send_change(ctx, c, peer_uid);
     match req {

@@ -94,3 +94,22 @@ fn a_model_whose_versions_are_all_deprecated_is_listed_and_its_errors_say_why() 
     // Still reachable by number.
     ok(&d, &["get", "mobilenet", "v1"]);
 }
+
+#[test]
+fn a_model_blocked_in_the_inbox_is_named_as_blocked_not_missing() {
+    let d = TestDaemon::quick();
+    write_renamed(&d.inbox(), "arr.metrics.json", b"[1, 2]\n");
+    write_renamed(&d.inbox(), "arr.pt", &bytes(3, 1000));
+    wait_until(std::time::Duration::from_secs(30), "arr blocked", || {
+        d.status()
+            .waiting
+            .iter()
+            .any(|w| w.name == "arr" && w.state == "blocked")
+    });
+    let err = fails(&d, &["versions", "arr"]);
+    assert!(err.contains("no model named \"arr\""), "{err}");
+    assert!(err.contains("blocked"), "{err}");
+    assert!(err.contains("arr.metrics.json"), "{err}");
+    let err = fails(&d, &["get", "arr"]);
+    assert!(err.contains("blocked"), "{err}");
+}
