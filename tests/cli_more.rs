@@ -113,3 +113,62 @@ fn a_model_blocked_in_the_inbox_is_named_as_blocked_not_missing() {
     let err = fails(&d, &["get", "arr"]);
     assert!(err.contains("blocked"), "{err}");
 }
+
+/// The hidden hand-over copies `add` leaves in the inbox (`.NAME.PID-RANDOM.tmp`).
+fn hidden_tmps(inbox: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(inbox)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+        .collect()
+}
+
+#[test]
+fn an_interrupted_add_removes_its_hidden_copy_from_the_inbox() {
+    use std::process::{Command, Stdio};
+    let d = TestDaemon::quick();
+    // A folder holding a FIFO: the copy blocks on it (no writer), as a long copy would
+    // be in progress, with the hidden copy already in the inbox.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let folder = elsewhere.path().join("slow");
+    std::fs::create_dir(&folder).unwrap();
+    let fifo = std::ffi::CString::new(folder.join("pipe").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let mut child = Command::new(BIN)
+            .args(["--socket", d.socket().to_str().unwrap()])
+            .args(["add", folder.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(std::time::Duration::from_secs(30), "hidden copy", || {
+            !hidden_tmps(&d.inbox()).is_empty()
+        });
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        assert!(
+            hidden_tmps(&d.inbox()).is_empty(),
+            "{:?}",
+            hidden_tmps(&d.inbox())
+        );
+    }
+}
+
+#[test]
+fn add_refuses_a_repeated_metric_or_meta_key() {
+    let d = TestDaemon::quick();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("m.pt");
+    std::fs::write(&file, bytes(4, 100)).unwrap();
+    let f = file.to_str().unwrap();
+    let err = fails(
+        &d,
+        &["add", f, "--metric", "acc=0.1", "--metric", "acc=0.9"],
+    );
+    assert!(err.contains("\"acc\" is given twice"), "{err}");
+    let err = fails(&d, &["add", f, "--meta", "ds=a", "--meta", "ds=b"]);
+    assert!(err.contains("\"ds\" is given twice"), "{err}");
+    assert!(hidden_tmps(&d.inbox()).is_empty());
+}

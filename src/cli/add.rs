@@ -55,6 +55,10 @@ fn parse_metrics(args: &[String]) -> Result<Map<String, Value>, ClientError> {
                 "--metric {s:?}: {v:?} is not a number (metrics are numbers that `best` compares; use --meta {k}={v} for other values)"
             ))
         })?;
+        if out.contains_key(k) {
+            // The last one silently winning hides a typo or a script's double flag.
+            return Err(refuse(format!("--metric {k:?} is given twice")));
+        }
         if !x.is_finite() {
             return Err(refuse(format!(
                 "--metric {s:?}: {v:?} is not a finite number"
@@ -158,16 +162,42 @@ fn place(
     dst: &Path,
     write: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), ClientError> {
+    // Interrupted (Ctrl-C, SIGTERM) while copying, the hidden copy would stay in the
+    // inbox forever, ignored by the daemon: remove it, then exit as the signal would.
+    let guard = interrupt_cleanup(tmp);
     let result = write(tmp).and_then(|()| rename_into_place(tmp, dst));
+    if let Some(h) = guard {
+        h.close();
+    }
     if let Err(e) = result {
-        if tmp.is_dir() {
-            let _ = std::fs::remove_dir_all(tmp);
-        } else {
-            let _ = std::fs::remove_file(tmp);
-        }
+        remove_tmp(tmp);
         return Err(refuse(format!("cannot place {}: {e}", dst.display())));
     }
     Ok(())
+}
+
+fn remove_tmp(tmp: &Path) {
+    if tmp.is_dir() {
+        let _ = std::fs::remove_dir_all(tmp);
+    } else {
+        let _ = std::fs::remove_file(tmp);
+    }
+}
+
+/// Watches for SIGINT/SIGTERM while `tmp` is written: on one, removes `tmp` and exits
+/// with 128 + the signal. `None` when the signals cannot be watched (the copy goes on).
+fn interrupt_cleanup(tmp: &Path) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).ok()?;
+    let handle = signals.handle();
+    let tmp = tmp.to_path_buf();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            remove_tmp(&tmp);
+            std::process::exit(128 + sig);
+        }
+    });
+    Some(handle)
 }
 
 /// Hands the artifact over and, with `--wait`, waits for its version. Returns the
@@ -207,6 +237,9 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Value, ClientError> {
     let mut metadata = Map::new();
     for s in a.meta {
         let (k, v) = key_value("--meta", s)?;
+        if metadata.contains_key(k) {
+            return Err(refuse(format!("--meta {k:?} is given twice")));
+        }
         metadata.insert(k.to_string(), Value::from(v));
     }
 
