@@ -102,6 +102,15 @@ pub fn classify(file_name: &OsStr, is_dir: bool) -> Entry {
     if is_temporary(s) {
         return Entry::Ignored;
     }
+    // `.metrics.yml` looks like a sidecar to its writer but would register as a model
+    // named `<name>.metrics`: refuse it and say the one spelling that pairs.
+    if !is_dir && let Some(name) = s.strip_suffix(".metrics.yml") {
+        return Entry::Refused {
+            reason: format!(
+                "{s:?} is not a sidecar: rename it to {name}.metrics.yaml (or write {name}.metrics.json)"
+            ),
+        };
+    }
     if !is_dir && let Some(name) = SIDECAR_SUFFIXES.iter().find_map(|x| s.strip_suffix(x)) {
         return match model_name(name) {
             Ok(name) => Entry::Sidecar { name },

@@ -172,3 +172,21 @@ fn add_refuses_a_repeated_metric_or_meta_key() {
     assert!(err.contains("\"ds\" is given twice"), "{err}");
     assert!(hidden_tmps(&d.inbox()).is_empty());
 }
+
+#[test]
+fn a_metrics_yml_file_is_refused_with_the_spelling_that_pairs() {
+    let d = TestDaemon::quick();
+    write_renamed(
+        &d.inbox(),
+        "yml.metrics.yml",
+        sidecar(&[("accuracy", 0.5)]).as_bytes(),
+    );
+    wait_until(std::time::Duration::from_secs(30), "the refusal", || {
+        d.status()
+            .problems
+            .iter()
+            .any(|p| p.message.contains("yml.metrics.yaml"))
+    });
+    let list = ok(&d, &["list"]);
+    assert!(!list.contains("yml.metrics"), "{list}");
+}
