@@ -893,6 +893,13 @@ impl Registrar {
                     )
                 })?;
                 stored_version(m, &name, version)?;
+                if m.aliases.get(&alias) == Some(&version) {
+                    // Already there: no `v1 -> v1` history entry, which `rollback` would
+                    // then "undo" by doing nothing.
+                    return Ok(
+                        serde_json::json!({"name": name, "alias": alias, "version": format!("v{version}"), "from": format!("v{version}"), "unchanged": true}),
+                    );
+                }
                 let from = m.aliases.insert(alias.clone(), version);
                 m.alias_history.push(AliasMove {
                     alias: alias.clone(),
@@ -934,7 +941,7 @@ impl Registrar {
                     .alias_history
                     .iter()
                     .rev()
-                    .find(|h| h.alias == alias && h.to == Some(current))
+                    .find(|h| h.alias == alias && h.to == Some(current) && h.from != h.to)
                     .and_then(|h| h.from)
                     .ok_or_else(|| {
                         (

@@ -190,3 +190,22 @@ fn a_metrics_yml_file_is_refused_with_the_spelling_that_pairs() {
     let list = ok(&d, &["list"]);
     assert!(!list.contains("yml.metrics"), "{list}");
 }
+
+#[test]
+fn setting_an_alias_to_where_it_points_is_a_no_op_that_rollback_skips() {
+    let d = TestDaemon::quick();
+    for i in 0..2 {
+        write_renamed(&d.inbox(), "vit.pt", &bytes(10 + i, 1000));
+        d.wait_versions("vit", i as usize + 1);
+    }
+    ok(&d, &["alias", "set", "vit", "prod", "v1"]);
+    ok(&d, &["alias", "set", "vit", "prod", "v2"]);
+    let out = ok(&d, &["alias", "set", "vit", "prod", "v2"]);
+    assert!(out.contains("unchanged"), "{out}");
+    let history: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["history", "vit", "--json"])).unwrap();
+    assert_eq!(history["history"].as_array().unwrap().len(), 2, "{history}");
+    let out = ok(&d, &["rollback", "vit", "prod"]);
+    assert!(out.contains("v1"), "{out}");
+    assert_eq!(d.get("vit", "prod").unwrap().number, 1);
+}

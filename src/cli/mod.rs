@@ -184,10 +184,14 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 print_json(&v);
                 return Ok(());
             }
-            let was = v["from"]
-                .as_str()
-                .map(|f| format!(" (was {f})"))
-                .unwrap_or_default();
+            let was = if v["unchanged"] == true {
+                " (unchanged)".to_string()
+            } else {
+                v["from"]
+                    .as_str()
+                    .map(|f| format!(" (was {f})"))
+                    .unwrap_or_default()
+            };
             outln!(
                 "{name}: {alias} -> {}{was}",
                 v["version"].as_str().unwrap_or("?")
