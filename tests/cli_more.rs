@@ -209,3 +209,17 @@ fn setting_an_alias_to_where_it_points_is_a_no_op_that_rollback_skips() {
     assert!(out.contains("v1"), "{out}");
     assert_eq!(d.get("vit", "prod").unwrap().number, 1);
 }
+
+#[test]
+fn the_readme_python_snippets_output_folder_is_ignored_by_git() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(std::path::Path::new(repo).join("README.md")).unwrap();
+    // The snippet writes its stand-in weights to out/ in the daemon's root, which is the
+    // repository's root when following the README from a clone.
+    assert!(readme.contains("\"out/resnet18.pt\""), "README changed");
+    let o = std::process::Command::new("git")
+        .args(["-C", repo, "check-ignore", "-q", "out/resnet18.pt"])
+        .status()
+        .expect("git");
+    assert!(o.success(), "out/ is not ignored by .gitignore");
+}
