@@ -400,6 +400,28 @@ pub struct Settler {
     /// through a name outside the inbox, which makes no event here, so their stat is
     /// looked at again on a timer (see [`Linked`]).
     linked: BTreeMap<String, Linked>,
+    /// Stale hand-over temporaries reported as problems (cleared once gone).
+    stale_tmps: BTreeSet<String>,
+}
+
+/// How long a hand-over temporary whose writer is gone may stay unwritten before
+/// `status` reports it.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// Whether `entry` is a hand-over temporary: `.NAME.PID-RANDOM.tmp` (`modelreg add`,
+/// giving its writer's pid) or `.NAME.RANDOM.tmp` (the Python client, no pid); `None` for
+/// any other name.
+fn handover_writer(entry: &str) -> Option<Option<i32>> {
+    let inner = entry.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (_, tail) = inner.rsplit_once('.')?;
+    let hex = |r: &str| !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit());
+    match tail.split_once('-') {
+        Some((pid, random)) if hex(random) && pid.chars().all(|c| c.is_ascii_digit()) => {
+            Some(Some(pid.parse().ok()?))
+        }
+        None if tail.len() == 8 && hex(tail) => Some(None),
+        _ => None,
+    }
 }
 
 /// A hard-linked file entry looked at again without events. The first look is one
@@ -447,6 +469,7 @@ impl Settler {
             inbox_was_ok: true,
             last_event_check: None,
             linked: BTreeMap::new(),
+            stale_tmps: BTreeSet::new(),
         }
     }
 
@@ -1142,6 +1165,7 @@ impl Settler {
                 g.writing.clear();
             }
         }
+        self.report_stale_temporaries(&entries);
         let present: BTreeSet<String> = entries.iter().cloned().collect();
         for entry in entries {
             let Some(name) = self.group_name(&entry) else {
@@ -1161,6 +1185,47 @@ impl Settler {
         let _ = self
             .to_registrar
             .send(crate::ingest::RegistrarMsg::Present(present));
+    }
+
+    /// Reports the hidden hand-over temporaries of `modelreg add` and the Python client
+    /// (`.NAME.PID-RANDOM.tmp`) left by a writer that died: not written for
+    /// [`STALE_TMP_AGE`] and their process gone. They are ignored as entries, so without
+    /// this a killed copy of hundreds of MB stayed in the inbox unseen.
+    fn report_stale_temporaries(&mut self, entries: &[String]) {
+        let mut now_stale = BTreeSet::new();
+        for e in entries {
+            let Some(pid) = handover_writer(e) else {
+                continue;
+            };
+            let path = self.inbox.join(e);
+            let age = std::fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            let Some(age) = age.filter(|a| *a >= STALE_TMP_AGE) else {
+                continue;
+            };
+            // SAFETY: signal 0 only checks that the process exists.
+            if pid.is_some_and(|p| p > 0 && unsafe { libc::kill(p, 0) } == 0) {
+                continue;
+            }
+            let gone = pid
+                .map(|p| format!("process {p} is gone, "))
+                .unwrap_or_default();
+            let shown = path.display().to_string();
+            self.board.set_problem(
+                &shown,
+                &format!(
+                    "stale hand-over temporary of an interrupted `modelreg add` or Python register ({gone}last written {:.1} h ago): delete it",
+                    age.as_secs_f64() / 3600.0
+                ),
+            );
+            now_stale.insert(shown);
+        }
+        for gone in self.stale_tmps.difference(&now_stale) {
+            self.board.clear_problem(gone);
+        }
+        self.stale_tmps = now_stale;
     }
 
     /// What is waiting, for `status`.

@@ -223,3 +223,44 @@ fn the_readme_python_snippets_output_folder_is_ignored_by_git() {
         .expect("git");
     assert!(o.success(), "out/ is not ignored by .gitignore");
 }
+
+#[test]
+fn status_reports_a_stale_hidden_handover_copy_of_a_dead_writer() {
+    let mut d = TestDaemon::new("settle: 300ms\n");
+    let inbox = d.inbox();
+    std::fs::create_dir_all(&inbox).unwrap();
+    // A pid that no longer runs: a child that has exited and been reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale_add = format!(".m.pt.{dead}-0a1b2c3d.tmp");
+    let stale_py = ".p.pt.0123abcd.tmp";
+    let fresh = format!(".n.pt.{dead}-00ff00ff.tmp");
+    for n in [stale_add.as_str(), stale_py, fresh.as_str()] {
+        std::fs::write(inbox.join(n), b"partial").unwrap();
+    }
+    for n in [stale_add.as_str(), stale_py] {
+        let ok = std::process::Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(inbox.join(n))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    d.spawn();
+    let status = ok(&d, &["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let problems = s["problems"].as_array().unwrap();
+    let about = |n: &str| {
+        problems.iter().any(|p| {
+            p["path"].as_str().unwrap().ends_with(n)
+                && p["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("stale hand-over temporary")
+        })
+    };
+    assert!(about(&stale_add), "{status}");
+    assert!(about(stale_py), "{status}");
+    assert!(!about(&fresh), "{status}");
+}
