@@ -106,32 +106,25 @@ impl StatusBoard {
     /// Records a lasting problem with `path` (replacing an older one for the same path)
     /// and logs it once.
     pub fn set_problem(&self, path: &str, message: &str) {
-        let mut g = self.lock();
-        if g.problems.get(path).is_some_and(|p| p.message == message) {
-            return;
-        }
-        tracing::warn!(path, "{message}");
-        g.problems.insert(
-            path.to_string(),
-            Problem {
-                path: path.to_string(),
-                message: message.to_string(),
-                since: now_rfc3339(),
-            },
-        );
-        push_recent(&mut g.recent, message.to_string());
-        drop(g);
-        self.changed.notify_one();
+        self.record_problem(path, message, false);
     }
 
     /// Like [`StatusBoard::set_problem`], logged as an ERROR: for what an operator must
     /// act on (a deleted store, a replaced inbox).
     pub fn set_serious_problem(&self, path: &str, message: &str) {
+        self.record_problem(path, message, true);
+    }
+
+    fn record_problem(&self, path: &str, message: &str, serious: bool) {
         let mut g = self.lock();
         if g.problems.get(path).is_some_and(|p| p.message == message) {
             return;
         }
-        tracing::error!(path, "{message}");
+        if serious {
+            tracing::error!(path, "{message}");
+        } else {
+            tracing::warn!(path, "{message}");
+        }
         g.problems.insert(
             path.to_string(),
             Problem {
