@@ -1,0 +1,339 @@
+//! Applying finished jobs to the catalog and the group commit that makes them durable.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::copy::{JobResult, NewVersion, SidecarRead};
+use super::{ChangeResult, Registrar};
+use crate::error::Result;
+use crate::registry::{
+    MetricsChange, Model, SidecarRef, SourceRecord, StoredFile, Version, persist,
+};
+use crate::status::now_rfc3339;
+use crate::store::{self, Staged};
+use crate::watcher::{Outcome, SettlerMsg};
+
+impl Registrar {
+    /// Applies a finished job to the catalog (not yet written).
+    pub(super) fn apply(&mut self, name: String, result: JobResult) {
+        let outcome = match result {
+            JobResult::Done {
+                new,
+                unchanged,
+                sidecar,
+                store_ahead,
+            } => {
+                if let Some(n) = store_ahead {
+                    let dir = self.config.store.join(&name);
+                    self.board.set_problem(
+                        &dir.display().to_string(),
+                        &format!(
+                            "the store holds {name} v{n}, which registry.yaml does not name; new versions are numbered above it and nothing stored is overwritten (see `modelreg verify`, `modelreg recover`)"
+                        ),
+                    );
+                }
+                self.apply_done(&name, new, unchanged, sidecar);
+                Outcome::Done
+            }
+            JobResult::Blocked(path, message) => {
+                self.board.set_problem(
+                    &path,
+                    &format!("{message} (its artifact waits until this is fixed)"),
+                );
+                Outcome::Blocked(message)
+            }
+            JobResult::Changed => Outcome::Changed,
+            JobResult::Failed(e) => {
+                self.board
+                    .error(format!("registering {name}: {e}; will retry"));
+                Outcome::Failed(e)
+            }
+            JobResult::Cancelled => Outcome::Failed("cancelled".into()),
+        };
+        self.batch.outcomes.push((name, outcome));
+    }
+
+    fn apply_done(
+        &mut self,
+        name: &str,
+        new: Vec<NewVersion>,
+        unchanged: Vec<(String, String, u32)>,
+        sidecar: Option<SidecarRead>,
+    ) {
+        let cfg = self.config.clone();
+        let now = now_rfc3339();
+        let rel = |p: &Path| cfg.relative(p).into_owned();
+        let sidecar_ref = sidecar.as_ref().map(|s| SidecarRef {
+            path: rel(&cfg.inbox.join(&s.entry)),
+            sha256: s.sha256.clone(),
+        });
+        let model = Arc::make_mut(
+            self.catalog
+                .models
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(Model::default())),
+        );
+        let added = !new.is_empty();
+        for nv in new {
+            let fresh = sidecar.as_ref().filter(|s| s.fresh);
+            if sidecar.is_some() && fresh.is_none() {
+                tracing::info!(
+                    model = name,
+                    "sidecar unchanged since the previous version: v{} gets no metrics from it",
+                    nv.number
+                );
+            }
+            let version = Version {
+                number: nv.number,
+                kind: nv.kind,
+                files: nv
+                    .staged
+                    .files
+                    .iter()
+                    .map(|f| StoredFile {
+                        path: rel(&nv.staged.final_dir.join(&f.rel)),
+                        sha256: f.sha256.clone(),
+                        size: f.size,
+                    })
+                    .collect(),
+                source: rel(&cfg.inbox.join(&nv.entry)),
+                registered_at: nv.registered_at.clone(),
+                metrics: fresh.map(|s| s.metrics()).unwrap_or_default(),
+                metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
+                sidecar: fresh.and(sidecar_ref.clone()),
+                metrics_history: vec![],
+                deprecated: None,
+                removed: None,
+            };
+            let size: u64 = version.files.iter().map(|f| f.size).sum();
+            let rate = size as f64 / nv.copy_secs.max(1e-3);
+            tracing::info!(
+                model = name,
+                version = format!("v{}", nv.number),
+                source = %version.source,
+                bytes = size,
+                secs = format!("{:.2}", nv.copy_secs),
+                "registered {name} v{}: {} in {:.1}s ({}/s)",
+                nv.number,
+                crate::status::human_bytes(size),
+                nv.copy_secs,
+                crate::status::human_bytes(rate as u64)
+            );
+            model.push(version);
+            self.catalog.sources.insert(
+                nv.entry,
+                SourceRecord {
+                    fingerprint: nv.fingerprint,
+                    model: name.to_string(),
+                    version: Some(nv.number),
+                    sha256: None,
+                },
+            );
+            self.batch.staged.push(nv.staged);
+            self.batch.registered.push(format!("{name}/v{}", nv.number));
+            self.batch.touched.insert(name.to_string());
+        }
+        for (entry, fingerprint, number) in unchanged {
+            tracing::info!(
+                model = name,
+                entry,
+                "content identical to v{number}; no new version"
+            );
+            self.catalog.sources.insert(
+                entry,
+                SourceRecord {
+                    fingerprint,
+                    model: name.to_string(),
+                    version: Some(number),
+                    sha256: None,
+                },
+            );
+        }
+        if let Some(s) = sidecar {
+            let shown = cfg.inbox.join(&s.entry).display().to_string();
+            self.board.clear_problem(&shown);
+            if s.fresh
+                && !added
+                && let Some(latest) = model
+                    .versions
+                    .iter_mut()
+                    .rev()
+                    .find(|v| v.removed.is_none())
+            {
+                {
+                    self.batch.touched.insert(name.to_string());
+                    let (metrics, metadata) = (s.metrics(), s.metadata());
+                    if latest.metrics != metrics || latest.metadata != metadata {
+                        latest.metrics_history.push(MetricsChange {
+                            replaced_at: now.clone(),
+                            metrics: std::mem::take(&mut latest.metrics),
+                        });
+                        latest.metrics = metrics;
+                        latest.metadata = metadata;
+                    }
+                    latest.sidecar = sidecar_ref.clone();
+                    tracing::info!(
+                        model = name,
+                        version = format!("v{}", latest.number),
+                        "metrics updated from {shown}"
+                    );
+                }
+            }
+            self.catalog.sources.insert(
+                s.entry,
+                SourceRecord {
+                    fingerprint: s.fingerprint,
+                    model: name.to_string(),
+                    version: None,
+                    sha256: Some(s.sha256),
+                },
+            );
+        }
+        if model.versions.is_empty() {
+            // A sidecar with no artifact yet: nothing to keep under models.
+            self.catalog.models.remove(name);
+        }
+        self.batch.dirty = true;
+    }
+
+    /// Writes the catalog if anything changed, then publishes staged versions and the new
+    /// snapshot, then tells the settler how each group ended.
+    pub(super) async fn commit(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        let mut outcomes = batch.outcomes;
+        let mut replies = batch.replies;
+        if batch.dirty || batch.refresh_all {
+            let snapshot = Arc::new(self.catalog.clone());
+            let path = self.config.registry.clone();
+            let snap = snapshot.clone();
+            let staged = batch.staged;
+            let deletions = batch.deletions;
+            let store_dir = self.config.store.clone();
+            let best = self.config.best.clone();
+            let board = self.board.clone();
+            let links: Vec<String> = if batch.refresh_all {
+                snapshot.models.keys().cloned().collect()
+            } else {
+                batch.touched.into_iter().collect()
+            };
+            let dirty = batch.dirty;
+            let written = tokio::task::spawn_blocking(move || -> (Result<()>, Vec<Staged>) {
+                let t0 = std::time::Instant::now();
+                let r = if dirty {
+                    persist::to_yaml(&snap)
+                        .and_then(|text| persist::write_atomic(&path, text.as_bytes()))
+                } else {
+                    Ok(())
+                };
+                tracing::debug!(took = ?t0.elapsed(), versions = staged.len(), "catalog written");
+                if r.is_ok() {
+                    for s in &staged {
+                        if let Err(e) = store::publish(s) {
+                            // The catalog names it: start-up recovery finishes the rename.
+                            tracing::error!("{e}");
+                        }
+                    }
+                    // Files of removed versions go only now that the tombstone is durable;
+                    // start-up finishes a deletion a crash interrupted.
+                    for (name, n) in &deletions {
+                        if let Err(e) = store::retire(&store_dir, name, *n) {
+                            tracing::error!("{e}");
+                        }
+                    }
+                    // Each link on its own: one that cannot be made (a name too long,
+                    // a full disk) is a problem in `status`, and the others still move.
+                    for name in &links {
+                        let Some(m) = snap.models.get(name) else {
+                            continue;
+                        };
+                        let targets = link_targets(m, name, &best);
+                        for (path, err) in store::refresh_links(&store_dir, name, &targets) {
+                            let shown = path.display().to_string();
+                            match err {
+                                None => board.clear_problem(&shown),
+                                Some(e) => {
+                                    tracing::error!("link of {name}: {e}");
+                                    board.set_problem(
+                                        &shown,
+                                        &format!("{name}: link not updated: {e}"),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+                (r, staged)
+            })
+            .await;
+            match written {
+                Ok((Ok(()), _)) => {
+                    self.shared.publish(snapshot);
+                    self.board.count_registered(batch.registered.len() as u64);
+                }
+                Ok((Err(e), staged)) => {
+                    self.roll_back(e.to_string(), staged, &mut outcomes, &mut replies)
+                }
+                Err(e) => self.roll_back(
+                    format!("catalog writer panicked: {e}"),
+                    Vec::new(),
+                    &mut outcomes,
+                    &mut replies,
+                ),
+            }
+        }
+        for (name, outcome) in outcomes {
+            let _ = self.to_settler.send(SettlerMsg::Done { name, outcome });
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn roll_back(
+        &mut self,
+        error: String,
+        staged: Vec<Staged>,
+        outcomes: &mut [(String, Outcome)],
+        replies: &mut [(tokio::sync::oneshot::Sender<ChangeResult>, ChangeResult)],
+    ) {
+        self.board.error(format!(
+            "writing {}: {error}; nothing of this batch was registered, will retry",
+            self.config.registry.display()
+        ));
+        self.catalog = (*self.shared.catalog()).clone();
+        for s in staged {
+            let _ = store::discard(&s.dir);
+        }
+        for (_, o) in outcomes.iter_mut() {
+            if *o == Outcome::Done {
+                *o = Outcome::Failed(error.clone());
+            }
+        }
+        for (_, r) in replies.iter_mut() {
+            if r.is_ok() {
+                *r = Err((
+                    crate::protocol::ErrorCode::Internal,
+                    format!("not saved: {error}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Where a model's links point: latest, best (by the configured metric) and its aliases.
+pub fn link_targets(
+    m: &Model,
+    name: &str,
+    best: &crate::config::BestPolicy,
+) -> Vec<(String, Option<u32>)> {
+    let metric = best.metric_for(name);
+    let mut out = vec![
+        ("latest".to_string(), m.latest().map(|v| v.number)),
+        (
+            "best".to_string(),
+            m.best(metric, best.direction_of(metric)).map(|v| v.number),
+        ),
+    ];
+    out.extend(m.aliases.iter().map(|(a, n)| (a.clone(), Some(*n))));
+    out
+}
