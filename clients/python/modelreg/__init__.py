@@ -397,7 +397,8 @@ class AliasRemoved(_Record):
 
 @dataclass
 class HistoryEntry(_Record):
-    """One alias move: `by` is the action (``set``, ``rollback``, ...), `uid` who."""
+    """One alias move: `by` is the action (``set``, ``rollback``, ...), `uid` who
+    (`user` is that uid's name on this machine, as ``modelreg history`` shows it)."""
 
     alias: str
     at: str
@@ -406,6 +407,18 @@ class HistoryEntry(_Record):
     uid: Optional[int] = None
     by: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def user(self) -> Optional[str]:
+        """The name of the user who made the move (the uid as text when it has none)."""
+        if self.uid is None:
+            return None
+        try:
+            import pwd
+
+            return pwd.getpwuid(self.uid).pw_name
+        except (ImportError, KeyError):
+            return str(self.uid)
 
 
 @dataclass
@@ -675,6 +688,14 @@ class ModelRegistry:
         Raises RegistrationBlocked (e.g. a metric that is not a number),
         RegistrationTimeout, DaemonNotRunning, FileNotFoundError.
         """
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise TypeError(f"model_path must be a path, not {type(model_path).__name__}")
+        if metrics is not None and not isinstance(metrics, dict):
+            raise TypeError(f"metrics must be a dict of numbers, not {type(metrics).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         src = Path(model_path)
         if not src.exists():
             raise FileNotFoundError(f"model_path {src} does not exist")
@@ -687,13 +708,17 @@ class ModelRegistry:
                 raise TypeError(f"metric {k!r} must be a number, not {type(v).__name__}")
             if not math.isfinite(v):
                 raise ValueError(f"metric {k!r} must be finite, not {v}")
+        for k in metrics or {}:
+            if not isinstance(k, str):
+                raise TypeError(f"metric names must be str, not {type(k).__name__} ({k!r})")
+        # Checked before anything is copied: a value JSON cannot hold, or one that is not
+        # finite, is an error here rather than a blocked registration later.
+        sidecar = _sidecar(metrics or {}, metadata) if metrics is not None or metadata else None
         inbox = Path(self._call({"op": "status"})["inbox"])
-        if metrics is not None or metadata:
-            self._place_text(inbox, f"{name}.metrics.yaml", _sidecar(metrics or {}, metadata))
         if src.is_dir():
             entry = name
             tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
-            shutil.copytree(src, tmp)
+            copy: Any = shutil.copytree
         else:
             # The daemon names a file by its name without the final extension (a compound
             # archive extension such as .tar.gz counts as one): keep the source's, so
@@ -703,10 +728,17 @@ class ModelRegistry:
                 ext = ".bin"
             entry = name + ext
             tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
-            shutil.copyfile(src, tmp)
+            copy = shutil.copyfile
+        # The copy goes to a hidden temporary first; the sidecar is placed only once the
+        # copy is whole, right before the rename, so an interrupted copy (Ctrl-C, a full
+        # disk) leaves neither a temporary nor a sidecar that would otherwise update the
+        # metrics of the model's current version.
         try:
+            copy(src, tmp)
+            if sidecar is not None:
+                self._place_text(inbox, f"{name}.metrics.yaml", sidecar)
             os.replace(tmp, inbox / entry)
-        except OSError:
+        except BaseException:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -758,8 +790,12 @@ class ModelRegistry:
 
     def _place_text(self, inbox: Path, entry: str, text: str) -> None:
         tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, inbox / entry)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, inbox / entry)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -889,8 +925,8 @@ def _name_problem(name: str) -> Optional[str]:
     """Why the daemon would refuse `name` as a model name (None when it would not)."""
     if not name:
         return "is empty"
-    if len(name.encode()) > 255:
-        return "is longer than 255 bytes"
+    if len(name.encode()) > 200:
+        return "is longer than 200 bytes"
     if name.startswith("."):
         return "starts with a dot"
     if name.startswith("-"):
@@ -912,10 +948,20 @@ def _sidecar(metrics: Dict[str, float], metadata: Dict[str, Any]) -> str:
     doc: Dict[str, Any] = {"metrics": {k: float(v) for k, v in metrics.items()}}
     extra: Dict[str, Any] = {}
     for k, v in metadata.items():
-        if k in _SIDECAR_KEYS:
-            doc[k] = v if k != "tags" else [str(t) for t in v]
+        if k == "tags":
+            # One tag given as a string is one tag, not a list of its characters.
+            doc[k] = [v] if isinstance(v, str) else [str(t) for t in v]
+        elif k in _SIDECAR_KEYS:
+            doc[k] = v
         else:
             extra[k] = v
     if extra:
         doc["metadata"] = extra
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    for k, v in metadata.items():
+        try:
+            json.dumps(v, allow_nan=False)
+        except ValueError:
+            raise ValueError(f"metadata {k!r} holds a number that is not finite (NaN or infinity)") from None
+        except TypeError as e:
+            raise TypeError(f"metadata {k!r} cannot be written to a sidecar: {e}") from None
+    return json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"

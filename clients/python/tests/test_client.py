@@ -178,6 +178,49 @@ class ClientTest(unittest.TestCase):
             self.reg.register("blk", weights(self.work / "blk.pt", 1), timeout=30)
         self.assertIn("blk.metrics.yaml:2", str(c.exception))
 
+    def test_bad_arguments_are_refused_before_anything_is_copied(self) -> None:
+        inbox = Path(self.reg.status()["inbox"])
+        before = sorted(os.listdir(inbox))
+        w = weights(self.work / "args.pt", 1)
+        cases = [
+            (TypeError, dict(name=5, model_path=w)),
+            (TypeError, dict(name="args", model_path=5)),
+            (TypeError, dict(name="args", model_path=w, metrics=[("accuracy", 0.5)])),
+            (TypeError, dict(name="args", model_path=w, metrics={"accuracy": "high"})),
+            (TypeError, dict(name="args", model_path=w, metrics={1: 0.5})),
+            (ValueError, dict(name="args", model_path=w, metrics={"accuracy": float("nan")})),
+            (ValueError, dict(name="args", model_path=w, lr=float("inf"))),
+            (TypeError, dict(name="args", model_path=w, params={"s": {1, 2}})),
+            (ValueError, dict(name="args", model_path=w, timeout=0)),
+            (ValueError, dict(name="a" * 201, model_path=w)),
+        ]
+        for exc, kw in cases:
+            with self.subTest(kw=kw), self.assertRaises(exc):
+                self.reg.register(**kw)
+        self.assertEqual(sorted(os.listdir(inbox)), before)
+
+    def test_one_tag_given_as_text_is_one_tag(self) -> None:
+        r = self.reg.register("onetag", weights(self.work / "onetag.pt", 3), tags="baseline", metrics={"accuracy": 0.5})
+        self.assertEqual(r.metadata["tags"], ["baseline"])
+
+    def test_an_interrupted_copy_leaves_nothing_in_the_inbox(self) -> None:
+        # The copy is interrupted (Ctrl-C in the middle of a large file): no hidden
+        # temporary stays behind, and no sidecar either, which would otherwise give the
+        # model's current version the new metrics.
+        r1 = self.reg.register("intr", weights(self.work / "intr1.pt", 1), metrics={"accuracy": 0.5})
+        inbox = Path(self.reg.status()["inbox"])
+        before = sorted(os.listdir(inbox))
+        from unittest import mock
+
+        def interrupted(src, dst, *a, **k):
+            Path(dst).write_bytes(b"half")
+            raise KeyboardInterrupt
+
+        with mock.patch.object(shutil, "copyfile", interrupted), self.assertRaises(KeyboardInterrupt):
+            self.reg.register("intr", weights(self.work / "intr2.pt", 2), metrics={"accuracy": 0.9})
+        self.assertEqual(sorted(os.listdir(inbox)), before)
+        self.assertEqual(self.reg.get("intr").metrics, r1.metrics)
+
     def test_timeout(self) -> None:
         with self.assertRaises(RegistrationTimeout):
             self.reg.register("slow", weights(self.work / "slow.pt", 1), timeout=0.05)

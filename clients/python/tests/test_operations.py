@@ -106,6 +106,9 @@ class OperationsTest(unittest.TestCase):
         self.assertEqual(h.aliases, {"production": "v1"})
         self.assertEqual([(e.alias, e.from_, e.to) for e in h.history], [("production", None, 1), ("production", 1, 2), ("production", 2, 1)])
         self.assertEqual(h.history[-1].by, "rollback")
+        import pwd
+
+        self.assertEqual(h.history[-1].user, pwd.getpwuid(os.getuid()).pw_name)
         self.reg.alias_set("al", "staging", "v2")
         gone = self.reg.alias_remove("al", "staging")
         self.assertIsInstance(gone, AliasRemoved)
