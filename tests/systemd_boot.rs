@@ -85,6 +85,11 @@ macro_rules! skip_unless_possible {
     };
 }
 
+/// How long one command in the machine may take (seconds): nothing may hang the suite.
+const LIMIT: u32 = 300;
+/// How long the docs' `cargo build --release` may take (seconds).
+const BUILD_LIMIT: u32 = 1800;
+
 /// A systemd booted in its own namespaces; killed with everything in it on drop.
 struct Machine {
     unshare: Child,
@@ -171,6 +176,11 @@ impl Machine {
     }
 
     fn run(&self, argv: &[&str]) -> Output {
+        self.run_within(argv, LIMIT)
+    }
+
+    /// Runs `argv` inside the machine, killed after `limit` seconds.
+    fn run_within(&self, argv: &[&str], limit: u32) -> Output {
         // Where the cargo that runs this suite lives, for the docs' `cargo build` line.
         let cargo_dir = Path::new(env!("CARGO"))
             .parent()
@@ -183,7 +193,7 @@ impl Machine {
         Command::new("nsenter")
             .args(["-t", &self.pid.to_string(), "-a", &format!("--wd={REPO}")])
             // Nothing in here may hang the suite.
-            .args(["timeout", "-s", "KILL", "300"])
+            .args(["timeout", "-s", "KILL", &limit.to_string()])
             .args(argv)
             .env("PATH", path)
             .env("SYSTEMD_PAGER", "")
@@ -195,7 +205,12 @@ impl Machine {
 
     /// Runs `script` and returns its stdout; panics with everything useful if it fails.
     fn ok(&self, script: &str) -> String {
-        let out = self.sh(script);
+        self.ok_within(script, LIMIT)
+    }
+
+    /// [`Machine::ok`] with its own time limit (seconds).
+    fn ok_within(&self, script: &str, limit: u32) -> String {
+        let out = self.run_within(&["sh", "-c", script], limit);
         if !out.status.success() {
             panic!(
                 "[{}] `{script}` failed ({}):\nstdout: {}\nstderr: {}\n{}",
@@ -233,7 +248,14 @@ impl Machine {
     fn run_docs_block(&self, name: &str) {
         for line in docs_block(name) {
             println!("[{}] # {line}", self.name);
-            self.ok(&line);
+            // A release build from scratch takes minutes on 2 busy cores (and may first
+            // wait for the other test's `cargo deb`, which builds the same profile).
+            let limit = if line.starts_with("cargo ") {
+                BUILD_LIMIT
+            } else {
+                LIMIT
+            };
+            self.ok_within(&line, limit);
         }
     }
 
