@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::error::{Error, ParseError, Result};
 
 /// The default settings, identical to the repository's `config/modelreg.yaml`.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../config/modelreg.yaml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/modelreg.yaml");
 
 /// Where a config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/modelreg.yaml";
