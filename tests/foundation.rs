@@ -15,7 +15,7 @@ use modelreg::protocol::{ErrorCode, Request};
 /// The README's story: resnet18 0.71 -> v1, retrained 0.69 -> v2, densenet -> v1;
 /// latest is v2, best is v1.
 #[test]
-fn issue2_walkthrough() {
+fn readme_story_registers_versions_latest_and_best() {
     let d = TestDaemon::quick();
     let inbox = d.inbox();
     let v1 = bytes(1, 200_000);
@@ -94,7 +94,7 @@ fn issue2_walkthrough() {
 /// A file written in place in 5 chunks over 2 s becomes exactly one version, of the
 /// final bytes.
 #[test]
-fn issue2_slow_writer_makes_one_version() {
+fn slow_writer_makes_one_version() {
     let d = TestDaemon::start("settle: 1s\n");
     let data = bytes(7, 5 * 64 * 1024);
     let path = d.inbox().join("slow.pt");
@@ -113,7 +113,7 @@ fn issue2_slow_writer_makes_one_version() {
 
 /// Identical bytes written again make no new version; changed bytes make the next one.
 #[test]
-fn issue2_identical_bytes_make_no_version() {
+fn identical_bytes_make_no_new_version() {
     let d = TestDaemon::quick();
     let p = d.inbox().join("m.pt");
     write(&p, b"same bytes");
@@ -131,7 +131,7 @@ fn issue2_identical_bytes_make_no_version() {
 
 /// A file renamed into the inbox is registered; rsync's `.name.XXXXXX` never is.
 #[test]
-fn issue2_rename_into_place_and_temporaries() {
+fn renamed_into_place_registers_and_rsync_temporaries_never() {
     let d = TestDaemon::quick();
     let outside = d.root.path().join("outside.pt");
     write(&outside, b"from elsewhere");
@@ -156,7 +156,7 @@ fn issue2_rename_into_place_and_temporaries() {
 
 /// Stopped daemon, two files added, started again: both registered, nothing renumbered.
 #[test]
-fn issue2_restart_registers_what_arrived_meanwhile() {
+fn restart_registers_what_arrived_meanwhile() {
     let mut d = TestDaemon::quick();
     write(&d.inbox().join("a.pt"), b"a1");
     d.wait_versions("a", 1);
@@ -175,7 +175,7 @@ fn issue2_restart_registers_what_arrived_meanwhile() {
 
 /// SIGTERM: exit 0, socket removed, registry.yaml parses and lists everything.
 #[test]
-fn issue2_sigterm_is_clean() {
+fn sigterm_exits_zero_removes_socket_and_keeps_registry() {
     let mut d = TestDaemon::quick();
     for i in 0..3 {
         write(&d.inbox().join(format!("m{i}.pt")), &bytes(i, 1000));
@@ -193,7 +193,7 @@ fn issue2_sigterm_is_clean() {
 
 /// Malformed and oversized requests get error answers while another client is served.
 #[test]
-fn issue2_bad_requests_get_answers() {
+fn malformed_and_oversized_requests_get_error_answers() {
     let d = TestDaemon::quick();
     let mut good = d.client();
     let mut bad = UnixStream::connect(d.socket()).unwrap();
@@ -243,7 +243,7 @@ fn issue2_bad_requests_get_answers() {
 /// An invalid sidecar is reported by status (file, line, reason); its artifact waits
 /// and is registered, with the metrics, once the sidecar is fixed.
 #[test]
-fn issue2_invalid_sidecar_blocks_until_fixed() {
+fn invalid_sidecar_holds_its_artifact_until_fixed() {
     let d = TestDaemon::quick();
     let side = d.inbox().join("r.metrics.yaml");
     write(&side, b"metrics:\n  accuracy: 0.9\n  loss: high\n");
@@ -298,7 +298,7 @@ fn issue2_invalid_sidecar_blocks_until_fixed() {
 /// A later edit of the sidecar alone updates the latest version's metrics (with the
 /// time recorded) and makes no new version; a stale sidecar lends nothing to a new one.
 #[test]
-fn issue2_sidecar_edit_updates_metrics_and_stale_sidecar_is_not_reused() {
+fn sidecar_edit_updates_metrics_and_stale_sidecar_is_not_reused() {
     let d = TestDaemon::quick();
     let side = d.inbox().join("s.metrics.yaml");
     write(&side, sidecar(&[("accuracy", 0.5)]).as_bytes());
@@ -330,7 +330,7 @@ fn issue2_sidecar_edit_updates_metrics_and_stale_sidecar_is_not_reused() {
 /// `best` follows the rules: direction by metric name or request, ties to the newer,
 /// versions without the metric skipped, a clear error when none has it.
 #[test]
-fn issue2_best_rules_and_errors() {
+fn best_follows_direction_ties_and_missing_metric_rules() {
     let d = TestDaemon::quick();
     let inbox = d.inbox();
     for (i, (acc, loss)) in [(0.8, 0.3), (0.9, 0.5), (0.9, 0.2)].iter().enumerate() {
@@ -398,7 +398,7 @@ fn issue2_best_rules_and_errors() {
 
 /// `get` never hands out a path to a stored file that is gone.
 #[test]
-fn issue2_get_checks_stored_files_exist() {
+fn get_refuses_a_stored_file_that_is_gone() {
     let d = TestDaemon::quick();
     write(&d.inbox().join("g.pt"), b"x");
     let v = d.wait_versions("g", 1);
@@ -410,7 +410,7 @@ fn issue2_get_checks_stored_files_exist() {
 
 /// With no daemon listening, the CLI says so, says how to start one, and exits non-zero.
 #[test]
-fn issue2_cli_without_daemon() {
+fn cli_without_daemon_says_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
         .arg("--root")
@@ -427,7 +427,7 @@ fn issue2_cli_without_daemon() {
 /// A registry.yaml that does not parse: the daemon refuses to start, names line and
 /// column, and leaves the file byte-identical.
 #[test]
-fn issue2_unparsable_registry_refused() {
+fn unparsable_registry_refuses_start_and_is_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry.yaml");
     let text = b"format: 1\nmodels:\n  m: [oops\n";
@@ -450,7 +450,7 @@ fn issue2_unparsable_registry_refused() {
 
 /// Hidden, temporary and unsafe names never become versions; unsafe ones are reported.
 #[test]
-fn issue2_ignored_and_refused_names() {
+fn hidden_temporary_and_unsafe_names_never_become_versions() {
     let d = TestDaemon::quick();
     for n in [
         "x.pt.part",
@@ -483,7 +483,7 @@ fn issue2_ignored_and_refused_names() {
 /// The README's walkthrough, pasted verbatim into a shell at the root of a running
 /// daemon (on the default settings), tells the story it promises.
 #[test]
-fn issue2_readme_walkthrough_verbatim() {
+fn readme_walkthrough_runs_verbatim() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let block = readme

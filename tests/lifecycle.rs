@@ -41,7 +41,7 @@ fn link(d: &TestDaemon, name: &str, l: &str) -> Option<PathBuf> {
 /// Promote v1 to production, then v2, then roll back: production is v1 again, and the
 /// history lists every move with who and when.
 #[test]
-fn issue8_promote_and_rollback() {
+fn promote_then_rollback_restores_previous_version_with_history() {
     let d = TestDaemon::quick();
     let contents = register(&d, "m", &[0.7, 0.8]);
     let out = d.cli(&["alias", "set", "m", "production", "v1"]);
@@ -135,7 +135,7 @@ fn issue8_promote_and_rollback() {
 /// latest, best and alias symlinks always resolve to what the socket answers, including
 /// right after a registration that changes best.
 #[test]
-fn issue8_symlinks_follow_the_catalog() {
+fn symlinks_follow_the_catalog() {
     let d = TestDaemon::quick();
     register(&d, "s", &[0.7]);
     assert_eq!(link(&d, "s", "latest"), Some(PathBuf::from("v1")));
@@ -184,7 +184,7 @@ fn issue8_symlinks_follow_the_catalog() {
 /// rm of an aliased version is refused; with --force the alias is dropped (and said so);
 /// the number is never reused; get says when and why it was removed.
 #[test]
-fn issue8_rm_tombstones_and_numbers() {
+fn rm_leaves_a_tombstone_and_never_reuses_the_number() {
     let d = TestDaemon::quick();
     register(&d, "r", &[0.1, 0.2, 0.3]);
     d.cli(&["alias", "set", "r", "production", "v2"]);
@@ -245,7 +245,7 @@ fn issue8_rm_tombstones_and_numbers() {
 
 /// Deprecated versions are hidden from latest and best, still reachable by number.
 #[test]
-fn issue8_deprecate() {
+fn deprecated_versions_are_hidden_from_latest_and_best() {
     let d = TestDaemon::quick();
     register(&d, "p", &[0.9, 0.5]);
     let out = d.cli(&["deprecate", "p", "v1", "--reason", "eval bug"]);
@@ -269,7 +269,7 @@ fn issue8_deprecate() {
 
 /// gc --dry-run lists exactly what gc then deletes; aliased and best versions survive.
 #[test]
-fn issue8_gc() {
+fn gc_dry_run_lists_what_gc_deletes_and_spares_aliased_and_best() {
     let d = TestDaemon::start("settle: 300ms\nretention: {\"*\": 2}\n");
     register(&d, "g", &[0.99, 0.2, 0.3, 0.4, 0.5, 0.6]);
     d.cli(&["alias", "set", "g", "staging", "v2"]);
@@ -336,7 +336,7 @@ fn issue8_gc() {
 
 /// Changes are refused to other users (SO_PEERCRED); reading is not.
 #[test]
-fn issue8_changes_need_the_daemons_uid() {
+fn changes_need_the_daemons_uid() {
     let d = TestDaemon::quick();
     register(&d, "u", &[0.5]);
     let has_setpriv = std::process::Command::new("setpriv")
@@ -345,7 +345,7 @@ fn issue8_changes_need_the_daemons_uid() {
         .is_ok_and(|o| o.status.success());
     if unsafe { libc::geteuid() } != 0 || !has_setpriv {
         eprintln!(
-            "SKIPPED issue8_changes_need_the_daemons_uid: needs root and setpriv to act as another user"
+            "SKIPPED changes_need_the_daemons_uid: needs root and setpriv to act as another user"
         );
         return;
     }
@@ -377,7 +377,7 @@ fn issue8_changes_need_the_daemons_uid() {
 /// A crash after an `rm` was written to registry.yaml but before the files were deleted:
 /// the next start deletes exactly the tombstoned version's files, nothing else.
 #[test]
-fn issue8_interrupted_rm_is_finished_at_start() {
+fn interrupted_rm_is_finished_at_start() {
     let mut d = TestDaemon::quick();
     register(&d, "t", &[0.1, 0.2]);
     register(&d, "keep", &[0.3]);

@@ -13,7 +13,7 @@ use common::*;
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
-fn issue7_python_client_unittests() {
+fn python_client_unittests_pass() {
     let out = Command::new("python3")
         .args(["-m", "unittest", "discover", "-v", "-s"])
         .arg(Path::new(REPO).join("clients/python/tests"))
@@ -31,7 +31,7 @@ fn issue7_python_client_unittests() {
 }
 
 #[test]
-fn issue7_readme_python_snippet_in_a_fresh_venv() {
+fn readme_python_snippet_runs_in_a_fresh_venv() {
     let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
     let block = readme
         .split("<!-- python -->")

@@ -24,7 +24,7 @@ fn text(out: &std::process::Output) -> String {
 
 /// A second `serve` on the same root exits at once, non-zero, naming the first's pid.
 #[test]
-fn issue4_second_daemon_refused() {
+fn second_daemon_on_the_same_root_is_refused() {
     let d = TestDaemon::quick();
     let t = Instant::now();
     let out = Command::new(BIN)
@@ -52,7 +52,7 @@ fn issue4_second_daemon_refused() {
 
 /// A daemon killed with SIGKILL leaves its socket; the next start replaces it.
 #[test]
-fn issue4_stale_socket_after_sigkill() {
+fn stale_socket_after_sigkill_is_replaced() {
     let mut d = TestDaemon::quick();
     write(&d.inbox().join("a.pt"), b"a");
     d.wait_versions("a", 1);
@@ -65,7 +65,7 @@ fn issue4_stale_socket_after_sigkill() {
 
 /// The socket is owner-only by default, owner+group with `socket_group`.
 #[test]
-fn issue4_socket_permissions() {
+fn socket_is_owner_only_or_group_with_socket_group() {
     let d = TestDaemon::quick();
     let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -79,7 +79,7 @@ fn issue4_socket_permissions() {
 /// A stored file modified by hand: `verify` (through the daemon and offline) names it
 /// and exits non-zero; an extra file is reported too. Nothing is repaired.
 #[test]
-fn issue4_verify_finds_tampering() {
+fn verify_finds_tampering() {
     let mut d = TestDaemon::quick();
     write(&d.inbox().join("t.pt"), &bytes(1, 10_000));
     write(&d.inbox().join("u.pt"), &bytes(2, 10_000));
@@ -141,7 +141,7 @@ fn issue4_verify_finds_tampering() {
 /// A catalog naming a version whose files are gone: the daemon starts, and `status` and
 /// `verify` report it.
 #[test]
-fn issue4_missing_version_files() {
+fn missing_version_files_are_reported_and_daemon_starts() {
     let mut d = TestDaemon::quick();
     write(&d.inbox().join("m.pt"), b"m");
     write(&d.inbox().join("n.pt"), b"n");
@@ -184,7 +184,7 @@ impl Drop for Umount {
 /// backoff, registered once space is freed. Needs root to mount a small tmpfs as the
 /// store; skipped with a printed reason otherwise.
 #[test]
-fn issue4_disk_full_then_freed() {
+fn disk_full_is_retried_until_space_is_freed() {
     let mut d = TestDaemon::new("settle: 200ms\n");
     let store = d.root.path().join("models");
     std::fs::create_dir_all(&store).unwrap();
@@ -193,7 +193,9 @@ fn issue4_disk_full_then_freed() {
         .arg(&store)
         .status();
     if !matches!(mounted, Ok(s) if s.success()) {
-        eprintln!("SKIPPED issue4_disk_full_then_freed: cannot mount a tmpfs (needs root)");
+        eprintln!(
+            "SKIPPED disk_full_is_retried_until_space_is_freed: cannot mount a tmpfs (needs root)"
+        );
         return;
     }
     let _umount = Umount(store.clone());
@@ -249,7 +251,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// 200 concurrent clients, 50 of them stalled mid-line or sending garbage: every
 /// well-formed request is answered correctly and the daemon stays up.
 #[test]
-fn issue4_hostile_clients() {
+fn hostile_clients_do_not_stop_well_formed_requests() {
     let d = TestDaemon::quick();
     write(&d.inbox().join("h.pt"), b"hostile test");
     let expected = d.wait_versions("h", 1)[0].path.clone();
@@ -295,7 +297,7 @@ fn issue4_hostile_clients() {
 /// Traversal in every field that names a model or a version is refused; nothing is
 /// read or written outside the root.
 #[test]
-fn issue4_path_traversal_refused() {
+fn path_traversal_is_refused_in_every_name_field() {
     let d = TestDaemon::quick();
     write(&d.inbox().join("p.pt"), b"p");
     d.wait_versions("p", 1);
@@ -349,7 +351,7 @@ fn issue4_path_traversal_refused() {
 /// catalog) and restarted. Afterwards: verify is clean, every artifact is registered
 /// exactly once, version numbers are dense and unique, nothing is left over.
 #[test]
-fn issue4_fault_injection_sigkill() {
+fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -58,7 +58,7 @@ impl Notify {
 /// READY=1 only once a query is answered; STATUS= lines; WATCHDOG=1 pings when
 /// WATCHDOG_USEC is set; STOPPING=1 on SIGTERM, then exit 0.
 #[test]
-fn issue5_notify_ready_status_watchdog_stopping() {
+fn notify_ready_status_watchdog_and_stopping() {
     let notify = Notify::new();
     let mut d = TestDaemon::new("settle: 300ms\n");
     d.spawn_with(
@@ -97,7 +97,7 @@ fn issue5_notify_ready_status_watchdog_stopping() {
 /// SIGHUP re-reads the settings: a new settle period is in effect (seen in status); a
 /// path change is reported as needing a restart.
 #[test]
-fn issue5_sighup_reloads() {
+fn sighup_reloads_settings_and_reports_restart_needed() {
     let mut d = TestDaemon::start("settle: 300ms\n");
     assert_eq!(d.status().settle_secs, 0.3);
     d.write_config("settle: 1500ms\n");
@@ -134,7 +134,7 @@ fn issue5_sighup_reloads() {
 /// Socket activation: started with an inherited listener (LISTEN_FDS/LISTEN_PID), the
 /// daemon serves on it, binds nothing else, and leaves it in place when it stops.
 #[test]
-fn issue5_inherited_listener() {
+fn inherited_listener_is_served_and_left_in_place() {
     let mut d = TestDaemon::new("settle: 300ms\n");
     let path = d.root.path().join("activated.sock");
     let listener = UnixListener::bind(&path).unwrap();
@@ -193,7 +193,7 @@ fn issue5_inherited_listener() {
 
 /// `log_format: json` writes one JSON object per line.
 #[test]
-fn issue5_json_logs() {
+fn json_log_format_writes_one_object_per_line() {
     let mut d = TestDaemon::start("settle: 300ms\nlog_format: json\n");
     write(&d.inbox().join("j.pt"), b"j");
     d.wait_versions("j", 1);
@@ -211,7 +211,7 @@ fn issue5_json_logs() {
 
 /// Text logs written to a file (not a terminal) carry no ANSI escapes.
 #[test]
-fn issue5_plain_logs_off_terminal() {
+fn text_logs_to_a_file_have_no_ansi_escapes() {
     let mut d = TestDaemon::quick();
     assert!(d.stop().success());
     let log = d.log();

@@ -21,7 +21,7 @@ fn assert_one_version_with(d: &TestDaemon, name: &str, entry: &str, data: &[u8])
 
 /// 10 chunks over 3 s, in place: one version, of the bytes after the last write.
 #[test]
-fn issue3_ten_chunks_over_three_seconds() {
+fn ten_chunks_over_three_seconds_make_one_version() {
     let d = TestDaemon::start("settle: 1s\n");
     let data = bytes(11, 10 * 50_000);
     let mut f = std::fs::File::create(d.inbox().join("chunked.pt")).unwrap();
@@ -36,7 +36,7 @@ fn issue3_ten_chunks_over_three_seconds() {
 /// A writer that keeps its file open and pauses longer than the settle period is not
 /// registered half-way (its close has not been seen); then one version of all of it.
 #[test]
-fn issue3_open_write_paused_longer_than_settle() {
+fn open_write_paused_longer_than_settle_waits_for_close() {
     let d = TestDaemon::start("settle: 300ms\n");
     let data = bytes(12, 200_000);
     let mut f = std::fs::File::create(d.inbox().join("paused.pt")).unwrap();
@@ -62,7 +62,7 @@ fn issue3_open_write_paused_longer_than_settle() {
 /// A writer killed mid-way (its close comes from the kernel) and resumed by another
 /// within the settle period: one version, of the final bytes only.
 #[test]
-fn issue3_killed_writer_then_resumed() {
+fn killed_writer_resumed_by_another_makes_one_version() {
     let d = TestDaemon::start("settle: 2s\n");
     let data = bytes(13, 400_000);
     let part1 = d.root.path().join("part1");
@@ -94,7 +94,7 @@ fn issue3_killed_writer_then_resumed() {
 
 /// rsync writes `.name.XXXXXX` and renames it: one version, its temporary never.
 #[test]
-fn issue3_rsync() {
+fn rsync_copy_registers_once() {
     let d = TestDaemon::start("settle: 500ms\n");
     let src = d.root.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -116,7 +116,7 @@ fn issue3_rsync() {
 
 /// `mv` from outside the inbox gives only a moved-to event: one version.
 #[test]
-fn issue3_mv_from_outside() {
+fn mv_from_outside_registers_once() {
     let d = TestDaemon::quick();
     let data = bytes(15, 300_000);
     let outside = d.root.path().join("trained.pt");
@@ -132,7 +132,7 @@ fn issue3_mv_from_outside() {
 
 /// Temporary names never register; a `.part` renamed to its final name registers once.
 #[test]
-fn issue3_temporaries_and_part_renamed() {
+fn temporaries_never_register_and_renamed_part_registers_once() {
     let d = TestDaemon::quick();
     for n in [
         "dl.pt.part",
@@ -161,7 +161,7 @@ fn issue3_temporaries_and_part_renamed() {
 /// Appending to a registered file (`curl -C -`, `wget -c`): exactly one new version
 /// after it settles again.
 #[test]
-fn issue3_append_makes_one_new_version() {
+fn append_makes_one_new_version() {
     let d = TestDaemon::quick();
     let p = d.inbox().join("grown.pt");
     let data = bytes(17, 90_000);
@@ -201,7 +201,7 @@ fn wait_all_registered(d: &TestDaemon, n: usize, timeout: Duration) {
 
 /// A burst of 5,000 small files: exactly 5,000 versions, none duplicated, none missing.
 #[test]
-fn issue3_burst_of_5000() {
+fn burst_of_5000_files_registers_each_once() {
     let d = TestDaemon::quick();
     for i in 0..5000 {
         write(&d.inbox().join(format!("b{i:05}.pt")), &bytes(i, 64));
@@ -212,7 +212,7 @@ fn issue3_burst_of_5000() {
 /// The daemon stopped (SIGSTOP) while 20,000 files are created: the kernel's event queue
 /// (16,384) overflows; after SIGCONT the rescan registers every file exactly once.
 #[test]
-fn issue3_overflow_while_stopped() {
+fn event_queue_overflow_while_stopped_is_rescanned() {
     let d = TestDaemon::quick();
     d.signal(libc::SIGSTOP);
     for i in 0..20_000 {
@@ -231,7 +231,7 @@ fn issue3_overflow_while_stopped() {
 
 /// `mkdir -p a/b/c` with files written into it at once: one folder artifact, all files.
 #[test]
-fn issue3_new_folder_filled_at_once() {
+fn new_folder_filled_at_once_is_one_artifact() {
     let d = TestDaemon::quick();
     let top = d.inbox().join("bert");
     std::fs::create_dir_all(top.join("b/c")).unwrap();
@@ -273,7 +273,7 @@ fn issue3_new_folder_filled_at_once() {
 /// A sidecar written 1 s before its artifact, and one written 1 s after: each joins the
 /// same version as its artifact (not a later metrics update).
 #[test]
-fn issue3_sidecar_before_and_after_artifact() {
+fn sidecar_before_or_after_artifact_joins_its_version() {
     let d = TestDaemon::start("settle: 2s\n");
     write(
         &d.inbox().join("early.metrics.yaml"),
@@ -302,7 +302,7 @@ fn issue3_sidecar_before_and_after_artifact() {
 /// A symlink leading out of the inbox is not registered and status says why; one
 /// staying inside the inbox is followed.
 #[test]
-fn issue3_symlinks() {
+fn symlink_out_of_inbox_refused_and_inside_followed() {
     let d = TestDaemon::quick();
     let outside = d.root.path().join("secret.pt");
     std::fs::write(&outside, b"outside").unwrap();
@@ -340,7 +340,7 @@ fn issue3_symlinks() {
 /// Deleting the source never touches the stored version; new bytes under the same name
 /// make the next version.
 #[test]
-fn issue3_delete_and_replace_source() {
+fn deleting_source_keeps_version_and_new_bytes_make_next() {
     let d = TestDaemon::quick();
     let p = d.inbox().join("gone.pt");
     write(&p, b"first");
@@ -362,7 +362,7 @@ fn issue3_delete_and_replace_source() {
 /// Names that cannot be model names are refused with a reason in status; nothing is
 /// written outside the store.
 #[test]
-fn issue3_unsafe_names() {
+fn unsafe_names_refused_with_reason_in_status() {
     let d = TestDaemon::quick();
     let ctl = std::ffi::OsStr::from_bytes(b"bad\x01name.pt");
     write(&d.inbox().join(ctl), b"x");
@@ -389,7 +389,7 @@ fn issue3_unsafe_names() {
 
 /// `watch: poll` (for network filesystems): files are still registered, status says so.
 #[test]
-fn issue3_poll_watcher() {
+fn poll_watcher_registers_files() {
     let d = TestDaemon::start("settle: 300ms\nwatch: poll\npoll_interval: 200ms\n");
     assert!(d.status().watch.starts_with("poll"), "{}", d.status().watch);
     write(&d.inbox().join("polled.pt"), b"seen by polling");
