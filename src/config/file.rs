@@ -1,0 +1,335 @@
+//! The settings file as written (every key optional, unknown keys refused), its parsing,
+//! and its validation into a [`Config`] with absolute paths.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{BestPolicy, Config, ConfigSource, WatchMode};
+use crate::error::{Error, ParseError, Result};
+
+/// The longest path a Unix socket address can hold (sun_path is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The settings file as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    inbox: Option<String>,
+    store: Option<String>,
+    registry: Option<String>,
+    socket: Option<String>,
+    socket_group: Option<String>,
+    settle: Option<String>,
+    reconcile_interval: Option<String>,
+    watch: Option<String>,
+    poll_interval: Option<String>,
+    follow_symlinks: Option<bool>,
+    default_metric: Option<String>,
+    model_metrics: Option<BTreeMap<String, String>>,
+    minimize: Option<Vec<String>>,
+    maximize: Option<Vec<String>>,
+    retention: Option<BTreeMap<String, u32>>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+}
+
+impl RawConfig {
+    /// Fills every key missing here from `base`.
+    pub(super) fn or(self, base: RawConfig) -> RawConfig {
+        RawConfig {
+            inbox: self.inbox.or(base.inbox),
+            store: self.store.or(base.store),
+            registry: self.registry.or(base.registry),
+            socket: self.socket.or(base.socket),
+            socket_group: self.socket_group.or(base.socket_group),
+            settle: self.settle.or(base.settle),
+            reconcile_interval: self.reconcile_interval.or(base.reconcile_interval),
+            watch: self.watch.or(base.watch),
+            poll_interval: self.poll_interval.or(base.poll_interval),
+            follow_symlinks: self.follow_symlinks.or(base.follow_symlinks),
+            default_metric: self.default_metric.or(base.default_metric),
+            model_metrics: self.model_metrics.or(base.model_metrics),
+            minimize: self.minimize.or(base.minimize),
+            maximize: self.maximize.or(base.maximize),
+            retention: self.retention.or(base.retention),
+            log_level: self.log_level.or(base.log_level),
+            log_format: self.log_format.or(base.log_format),
+        }
+    }
+}
+
+/// Parses the settings file `text` (`path` names it in errors); empty or comments only:
+/// no keys set.
+pub(super) fn parse_raw(path: &str, text: &str) -> Result<RawConfig> {
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    // An empty document or one holding only comments parses as null: take it as empty.
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| ParseError::from_yaml(path, &e))?;
+    if value.is_null() {
+        return Ok(RawConfig::default());
+    }
+    serde_yaml::from_str(text).map_err(|e| ParseError::from_yaml(path, &e).into())
+}
+
+/// `p` made absolute against the working directory, `.` and `..` resolved lexically.
+pub(super) fn absolute(p: &Path) -> Result<PathBuf> {
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("read working directory", ".", e))?
+            .join(p)
+    };
+    // Normalise `.` and `..` lexically so that paths shown to users read cleanly.
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks every merged key and resolves the paths against `root`: the one place where a
+/// setting is refused, naming the file, the key and why.
+pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Result<Config> {
+    let shown = source.to_string();
+    let bad = |key: &str, reason: String| Error::Config {
+        path: shown.clone(),
+        key: key.to_string(),
+        reason,
+    };
+    // Every key is present after merging with the embedded default, which a unit test
+    // checks; a missing one here is a bug in the embedded file.
+    let need = |key: &str, v: Option<String>| {
+        v.ok_or_else(|| Error::Other(format!("embedded default lacks `{key}`")))
+    };
+    let path_of = |key: &str, v: Option<String>| -> Result<PathBuf> {
+        let v = need(key, v)?;
+        if v.trim().is_empty() {
+            return Err(bad(key, "must not be empty".into()));
+        }
+        absolute(&root.join(v))
+    };
+    let duration = |key: &str, v: Option<String>, min: Duration, max: Duration| {
+        let v = need(key, v)?;
+        let d = humantime::parse_duration(v.trim()).map_err(|e| {
+            bad(
+                key,
+                format!("`{v}` is not a duration ({e}); write e.g. 2s or 500ms"),
+            )
+        })?;
+        if d < min || d > max {
+            return Err(bad(
+                key,
+                format!(
+                    "{v} is out of range ({} to {})",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+        Ok(d)
+    };
+
+    let inbox = path_of("inbox", raw.inbox)?;
+    let store = path_of("store", raw.store)?;
+    let registry = path_of("registry", raw.registry)?;
+    let socket = path_of("socket", raw.socket)?;
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(bad(
+            "socket",
+            format!(
+                "{} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path can hold",
+                socket.display()
+            ),
+        ));
+    }
+    if store.starts_with(&inbox) || inbox.starts_with(&store) {
+        return Err(bad(
+            "store",
+            "the store and the inbox must not contain each other".into(),
+        ));
+    }
+    let settle = duration(
+        "settle",
+        raw.settle,
+        Duration::from_millis(50),
+        Duration::from_secs(3600),
+    )?;
+    let reconcile_interval = duration(
+        "reconcile_interval",
+        raw.reconcile_interval,
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 24 * 3600),
+    )?;
+    let watch = match need("watch", raw.watch)?.as_str() {
+        "auto" => WatchMode::Auto,
+        "inotify" => WatchMode::Inotify,
+        "poll" => WatchMode::Poll,
+        other => {
+            return Err(bad(
+                "watch",
+                format!("`{other}` is not auto, inotify or poll"),
+            ));
+        }
+    };
+    let poll_interval = duration(
+        "poll_interval",
+        raw.poll_interval,
+        Duration::from_millis(50),
+        Duration::from_secs(3600),
+    )?;
+    let default_metric = need("default_metric", raw.default_metric)?;
+    if default_metric.trim().is_empty() {
+        return Err(bad("default_metric", "must not be empty".into()));
+    }
+    let log_level = need("log_level", raw.log_level)?;
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        return Err(bad(
+            "log_level",
+            format!("`{log_level}` is not a log level (error, warn, info, debug, trace)"),
+        ));
+    }
+    Ok(Config {
+        root: root.to_path_buf(),
+        source,
+        inbox,
+        store,
+        registry,
+        socket,
+        socket_group: Some(need("socket_group", raw.socket_group)?.trim().to_string())
+            .filter(|g| !g.is_empty()),
+        settle,
+        reconcile_interval,
+        watch,
+        poll_interval,
+        follow_symlinks: raw
+            .follow_symlinks
+            .ok_or_else(|| Error::Other("embedded default lacks `follow_symlinks`".into()))?,
+        best: BestPolicy {
+            default_metric,
+            model_metrics: raw.model_metrics.unwrap_or_default(),
+            minimize: raw.minimize.unwrap_or_default(),
+            maximize: raw.maximize.unwrap_or_default(),
+        },
+        retention: {
+            let r = raw.retention.unwrap_or_default();
+            if let Some((m, _)) = r.iter().find(|(_, n)| **n == 0) {
+                return Err(bad("retention", format!("{m}: keep at least 1 version")));
+            }
+            r
+        },
+        log_level,
+        log_json: match need("log_format", raw.log_format)?.as_str() {
+            "text" => false,
+            "json" => true,
+            other => return Err(bad("log_format", format!("`{other}` is not text or json"))),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{EMBEDDED_DEFAULT, test_config};
+    use super::*;
+
+    /// Settings for the root `/r` read from the file `/r/c.yaml` holding `text`.
+    fn file_config(text: &str) -> Result<Config> {
+        Config::from_yaml(
+            Path::new("/r"),
+            text,
+            ConfigSource::File("/r/c.yaml".into()),
+        )
+    }
+
+    #[test]
+    fn embedded_default_sets_every_key() {
+        let raw = parse_raw("embedded", EMBEDDED_DEFAULT).unwrap();
+        let RawConfig {
+            inbox,
+            store,
+            registry,
+            socket,
+            socket_group,
+            settle,
+            reconcile_interval,
+            watch,
+            poll_interval,
+            follow_symlinks,
+            default_metric,
+            model_metrics,
+            minimize,
+            maximize,
+            retention,
+            log_level,
+            log_format,
+        } = raw;
+        assert!(inbox.is_some() && store.is_some() && registry.is_some() && socket.is_some());
+        assert!(socket_group.is_some());
+        assert!(settle.is_some() && reconcile_interval.is_some() && follow_symlinks.is_some());
+        assert!(watch.is_some() && poll_interval.is_some());
+        assert!(default_metric.is_some() && model_metrics.is_some());
+        assert!(minimize.is_some() && maximize.is_some() && log_level.is_some());
+        assert!(log_format.is_some() && retention.is_some());
+    }
+
+    #[test]
+    fn defaults_resolve_against_root() {
+        let c = Config::from_yaml(Path::new("/srv/reg"), "", ConfigSource::Embedded).unwrap();
+        assert_eq!(c.inbox, Path::new("/srv/reg/pretrained_models"));
+        assert_eq!(c.store, Path::new("/srv/reg/models"));
+        assert_eq!(c.registry, Path::new("/srv/reg/registry.yaml"));
+        assert_eq!(c.socket, Path::new("/srv/reg/modelreg.sock"));
+        assert_eq!(c.settle, Duration::from_secs(2));
+        assert_eq!(c.best.default_metric, "accuracy");
+    }
+
+    #[test]
+    fn file_overrides_some_keys() {
+        let c = file_config("settle: 300ms\nsocket: /run/modelreg/modelreg.sock\n").unwrap();
+        assert_eq!(c.settle, Duration::from_millis(300));
+        assert_eq!(c.socket, Path::new("/run/modelreg/modelreg.sock"));
+        assert_eq!(c.inbox, Path::new("/r/pretrained_models"));
+    }
+
+    #[test]
+    fn comments_only_file_is_empty() {
+        let c = test_config("# nothing\n");
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let e = file_config("settle: 1s\nsetle: 2s\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("/r/c.yaml:2:"), "{msg}");
+        assert!(msg.contains("unknown field `setle`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_names_key() {
+        let e = file_config("settle: soon\n").unwrap_err();
+        assert!(
+            e.to_string().contains("settle: `soon` is not a duration"),
+            "{e}"
+        );
+        let e = test_config("settle: 1ms\n").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn store_inside_inbox_refused() {
+        let e = test_config("store: pretrained_models/models\n").unwrap_err();
+        assert!(e.to_string().contains("must not contain each other"), "{e}");
+    }
+}
