@@ -1,0 +1,175 @@
+//! Which keys of a parsed sidecar are metrics and which metadata, in either form (a
+//! `metrics:` map or flat top-level numbers), with the refusals that name their line.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::{Sidecar, find_line};
+use crate::error::ParseError;
+
+/// Keys with a meaning of their own at the top of a sidecar.
+const KNOWN_KEYS: &[&str] = &["metrics", "dataset", "params", "tags", "notes", "metadata"];
+
+/// Splits the parsed document into metrics and metadata (both forms).
+pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, ParseError> {
+    let line_of = |key: &str| find_line(text, key);
+    let Value::Object(top) = top else {
+        return Err(ParseError::at(
+            shown,
+            Some(1),
+            "a sidecar is a map such as `accuracy: 0.71` or `metrics: {accuracy: 0.71}`",
+        ));
+    };
+    let mut metrics = BTreeMap::new();
+    let mut metadata = Map::new();
+    let mut loose = Map::new();
+    for (key, value) in top {
+        match key.as_str() {
+            "metrics" => {
+                let Value::Object(m) = value else {
+                    return Err(ParseError::at(
+                        shown,
+                        line_of("metrics"),
+                        "`metrics:` must be a map of names to numbers, such as `metrics: {accuracy: 0.71}`",
+                    ));
+                };
+                for (name, v) in m {
+                    let Some(x) = v.as_f64() else {
+                        return Err(ParseError::at(
+                            shown,
+                            line_of(&name),
+                            format!(
+                                "metric {name:?} is {v}, not a finite number; text and lists go under `metadata:`"
+                            ),
+                        ));
+                    };
+                    if metrics.insert(name.clone(), x).is_some() {
+                        return Err(twice(shown, line_of(&name), &name));
+                    }
+                }
+            }
+            "metadata" => {
+                let Value::Object(m) = value else {
+                    return Err(ParseError::at(
+                        shown,
+                        line_of("metadata"),
+                        "`metadata:` must be a map, such as `metadata: {git_commit: 1a2b3c}`",
+                    ));
+                };
+                metadata = m;
+            }
+            k if KNOWN_KEYS.contains(&k) => {
+                loose.insert(key, value);
+            }
+            _ => match value {
+                Value::Number(n) => {
+                    let x = n.as_f64().expect("finite numbers only");
+                    if metrics.insert(key.clone(), x).is_some() {
+                        return Err(twice(shown, line_of(&key), &key));
+                    }
+                }
+                Value::Object(_) | Value::Array(_) => {
+                    return Err(ParseError::at(
+                        shown,
+                        line_of(&key),
+                        format!(
+                            "unknown key `{key}` holds a {}: top-level numbers are metrics and \
+                             other scalars metadata; put maps and lists under `metadata:` \
+                             (free-form keys go under `metadata:`)",
+                            if value.is_object() { "map" } else { "list" }
+                        ),
+                    ));
+                }
+                scalar => {
+                    loose.insert(key, scalar);
+                }
+            },
+        }
+    }
+    for name in metrics.keys() {
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return Err(ParseError::at(
+                shown,
+                line_of(name),
+                format!("metric name {name:?} is empty or has control characters"),
+            ));
+        }
+    }
+    for (key, v) in loose {
+        if metadata.contains_key(&key) {
+            return Err(ParseError::at(
+                shown,
+                line_of(&key),
+                format!("`{key}` is given both at the top and under `metadata:`; keep one"),
+            ));
+        }
+        if metrics.contains_key(&key) {
+            return Err(ParseError::at(
+                shown,
+                line_of(&key),
+                format!("`{key}` is given both as a metric and as metadata; keep one"),
+            ));
+        }
+        metadata.insert(key, v);
+    }
+    Ok(Sidecar { metrics, metadata })
+}
+
+/// The error for a metric given both flat and under `metrics:`.
+fn twice(shown: &str, line: Option<usize>, name: &str) -> ParseError {
+    ParseError::at(
+        shown,
+        line,
+        format!("metric `{name}` is given both at the top and under `metrics:`; keep one"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    #[test]
+    fn non_numeric_metric_names_line() {
+        let e = parse(
+            "r.metrics.yaml",
+            b"metrics:\n  accuracy: 0.7\n  loss: high\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().starts_with("r.metrics.yaml:3:"), "{e}");
+        assert!(e.reason.contains("finite number"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_hints_metadata() {
+        let e = parse("x", b"metircs: {a: 1}\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+        assert!(e.reason.contains("metadata:"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_metadata_key() {
+        let e = parse("x", b"dataset: a\nmetadata: {dataset: b}\n").unwrap_err();
+        assert!(e.reason.contains("both"), "{e}");
+    }
+
+    #[test]
+    fn flat_form_numbers_are_metrics_other_scalars_metadata() {
+        let s = parse(
+            "m.metrics.yaml",
+            b"accuracy: 0.71\nloss: 0.3\nepochs: 90\ndataset: imagenet\nrun: abc\nok: true\n",
+        )
+        .unwrap();
+        assert_eq!(s.metrics["accuracy"], 0.71);
+        assert_eq!(s.metrics["epochs"], 90.0);
+        assert_eq!(s.metadata["dataset"], "imagenet");
+        assert_eq!(s.metadata["run"], "abc");
+        assert_eq!(s.metadata["ok"], true);
+        // Both forms at once.
+        let s = parse("m", b"metrics: {a: 1}\nb: 2\n").unwrap();
+        assert_eq!(s.metrics.len(), 2);
+        let e = parse("m", b"metrics: {a: 1}\na: 2\n").unwrap_err();
+        assert!(e.reason.contains("both"), "{e}");
+    }
+}
