@@ -1,0 +1,119 @@
+//! What systemd is told: READY=1 once our own socket answers, STATUS= lines when counts or
+//! problems change, watchdog pings while the settler's loop answers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::server::Context;
+use crate::shutdown;
+use crate::watcher::SettlerMsg;
+
+/// Ready means a query is answered: asks our own socket at `path` before telling systemd
+/// so, then starts the STATUS= reports and the watchdog when systemd wants them. The
+/// first reconciliation (the inbox scan) is already done by then.
+pub(super) async fn announce(
+    ctx: &Arc<Context>,
+    path: PathBuf,
+    stop: &shutdown::Shutdown,
+) -> Result<()> {
+    let answered = tokio::task::spawn_blocking(move || self_query(&path)).await;
+    match answered {
+        Ok(Ok(())) => crate::systemd::ready(&status_line(ctx)),
+        Ok(Err(e)) => {
+            return Err(Error::Other(format!(
+                "the control socket does not answer: {e}"
+            )));
+        }
+        Err(e) => return Err(Error::Other(format!("readiness check failed: {e}"))),
+    }
+    if crate::systemd::under_systemd() {
+        tokio::spawn(report_status(ctx.clone(), stop.clone()));
+    }
+    if let Some(period) = crate::systemd::watchdog_interval() {
+        tokio::spawn(feed_watchdog(period, ctx.settler.clone(), stop.clone()));
+    }
+    Ok(())
+}
+
+/// Connects to our own socket and pings, retrying briefly (the accept loop may not have
+/// been polled yet).
+fn self_query(path: &Path) -> std::result::Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = crate::client::Client::connect(path)
+            .and_then(|mut c| c.call(&crate::protocol::Request::Ping {}));
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e.to_string()),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+/// The one-line summary sent to systemd as STATUS=.
+pub(super) fn status_line(ctx: &Context) -> String {
+    let c = ctx.shared.catalog();
+    let (problems, _, registered, watch) = ctx.board.snapshot();
+    let mut line = format!(
+        "{} models, {} versions, {registered} registered since start; watching with {watch}; ",
+        c.models.len(),
+        c.version_count()
+    );
+    match problems.first() {
+        None => line.push_str("no problems"),
+        Some(p) => line.push_str(&format!(
+            "{} problem(s), e.g. {}",
+            problems.len(),
+            p.message
+        )),
+    }
+    line
+}
+
+/// Sends STATUS= when counts or problems change (never on a timer).
+async fn report_status(ctx: Arc<Context>, stop: shutdown::Shutdown) {
+    let mut last = String::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = ctx.board.changed() => {}
+        }
+        // Let a burst of changes settle into one line.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let line = status_line(&ctx);
+        if line != last {
+            crate::systemd::status(&line);
+            last = line;
+        }
+    }
+}
+
+/// Pings the watchdog at half its period, but only while the settler's loop answers: a
+/// daemon whose event loop is stuck is restarted by systemd.
+async fn feed_watchdog(
+    period: std::time::Duration,
+    settler: mpsc::UnboundedSender<SettlerMsg>,
+    stop: shutdown::Shutdown,
+) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = tick.tick() => {}
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if settler.send(SettlerMsg::Status(tx)).is_err() {
+            break;
+        }
+        match tokio::time::timeout(period / 2, rx).await {
+            Ok(Ok(_)) => crate::systemd::watchdog(),
+            _ => tracing::warn!(
+                "the settler did not answer within {:?}; not feeding the watchdog",
+                period / 2
+            ),
+        }
+    }
+}

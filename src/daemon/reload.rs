@@ -1,0 +1,79 @@
+//! SIGHUP: the settings re-read from where they came from and published, start-up
+//! settings kept and reported as needing a restart; the settle period handed to the
+//! settler.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::OnReload;
+use crate::config::Config;
+use crate::server::Context;
+use crate::shutdown;
+use crate::watcher::SettlerMsg;
+
+/// Re-reads the settings from where they came from and publishes them: every task reads
+/// the new values at its next use. Start-up settings keep their running value
+/// ([`Config::reloaded`]), and the log and `status` say which changed and need a restart.
+pub(super) async fn reload(ctx: &Context, on_reload: Option<&OnReload>) {
+    let old = ctx.config();
+    let explicit = match &old.source {
+        crate::config::ConfigSource::File(p) => Some(p.clone()),
+        crate::config::ConfigSource::Embedded => None,
+    };
+    // Reading and parsing a file: off the async threads.
+    let root = old.root.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || Config::load(&root, explicit.as_deref())).await;
+    let new = match loaded.map_err(|e| e.to_string()) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return reload_failed(ctx, e.to_string()),
+        Err(e) => return reload_failed(ctx, e),
+    };
+    let (running, needs_restart) = old.reloaded(new);
+    if let Some(f) = on_reload {
+        f(&running);
+    }
+    let source = running.source.to_string();
+    ctx.settings.publish(running);
+    if needs_restart.is_empty() {
+        ctx.board.clear_problem("reload");
+        tracing::info!(config = %source, "settings reloaded");
+    } else {
+        // A WARN line in the log and a lasting problem in `status` (set_problem does both).
+        ctx.board.set_problem(
+            "reload",
+            &format!(
+                "settings reloaded, but {} needs a restart to change (the running value is kept)",
+                needs_restart.join(", ")
+            ),
+        );
+    }
+}
+
+/// Keeps the running settings, and says why in the log and in `status`.
+fn reload_failed(ctx: &Context, why: String) {
+    ctx.board.error(format!(
+        "reload failed, keeping the current settings: {why}"
+    ));
+}
+
+/// Hands the published settle period to the settler, which keeps its own copy.
+pub(super) async fn follow_settle(
+    mut settings: tokio::sync::watch::Receiver<Arc<Config>>,
+    settler: mpsc::UnboundedSender<SettlerMsg>,
+    stop: shutdown::Shutdown,
+) {
+    let mut settle = settings.borrow_and_update().settle;
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            r = settings.changed() => if r.is_err() { break },
+        }
+        let now = settings.borrow_and_update().settle;
+        if now != settle {
+            settle = now;
+            let _ = settler.send(SettlerMsg::SetSettle(settle));
+        }
+    }
+}

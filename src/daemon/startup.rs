@@ -1,0 +1,214 @@
+//! Start-up before anything is served: the root locked, the catalog loaded and the store
+//! brought in line with it after a crash, the socket bound (or inherited from systemd).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::RootLock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::registry::{Catalog, persist};
+use crate::server;
+use crate::status::StatusBoard;
+use crate::store;
+
+/// Creates the root and takes its lock, creates the inbox and the store when missing, and
+/// locks the store's and the registry's folders too (see [`RootLock::guard_folders`]).
+pub(super) fn lock_root(config: &Config) -> Result<RootLock> {
+    std::fs::create_dir_all(&config.root).map_err(|e| Error::io("create root", &config.root, e))?;
+    let mut lock = RootLock::acquire(&config.root)?;
+    for dir in [&config.inbox, &config.store] {
+        // An inbox that is a symbolic link is left alone here; the layout check decides.
+        if std::fs::symlink_metadata(dir).is_ok() {
+            continue;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
+        if dir == &config.store {
+            // Whatever the umask: nobody but the daemon's user writes the store.
+            store::set_folder_mode(dir)?;
+        }
+    }
+    let registry_dir = config.registry.parent().unwrap_or(&config.root);
+    lock.guard_folders(&[&config.store, registry_dir])?;
+    Ok(lock)
+}
+
+/// How long loading the catalog and recovering the store took, for the log.
+#[derive(Debug)]
+pub(super) struct Timings {
+    pub(super) loaded: Duration,
+    pub(super) recovered: Duration,
+}
+
+/// Loads the catalog and brings the store in line with it: a publication a crash
+/// interrupted is rolled forward and unregistered staging folders are removed. Versions
+/// in the store that the catalog does not name refuse the start.
+pub(super) fn load_and_recover(config: &Config) -> Result<(Catalog, Timings)> {
+    let t0 = Instant::now();
+    let catalog = load_catalog(config)?;
+    let loaded = t0.elapsed();
+    let recovery = store::recover(&config.store, &catalog)?;
+    let recovered = t0.elapsed() - loaded;
+    for v in &recovery.rolled_forward {
+        tracing::warn!("finished publishing {v}, interrupted by a crash");
+    }
+    for p in &recovery.removed {
+        tracing::info!("removed unregistered staging folder {p}, left by a crash");
+    }
+    let lost = store::audit(&config.store, &catalog);
+    if !lost.is_empty() {
+        return Err(lost_versions(config, &lost, "exists"));
+    }
+    Ok((catalog, Timings { loaded, recovered }))
+}
+
+/// The control socket the daemon listens on.
+pub(super) struct Listener {
+    /// The listening socket.
+    pub(super) socket: tokio::net::UnixListener,
+    /// Handed over by systemd (socket activation): it stays in place at shutdown.
+    pub(super) inherited: bool,
+    /// Where it listens: the inherited socket's own path, else the configured one.
+    pub(super) path: PathBuf,
+}
+
+/// Socket activation: systemd may hand us the listening socket; otherwise bind it.
+pub(super) fn listen(config: &Config) -> Result<Listener> {
+    let (socket, inherited) = match crate::systemd::inherited_listener()? {
+        Some(l) => {
+            let l = tokio::net::UnixListener::from_std(l)
+                .map_err(|e| Error::Other(format!("inherited socket: {e}")))?;
+            (l, true)
+        }
+        None => (
+            server::bind(&config.socket, config.socket_group.as_deref())?,
+            false,
+        ),
+    };
+    let path = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        .unwrap_or_else(|| config.socket.clone());
+    Ok(Listener {
+        socket,
+        inherited,
+        path,
+    })
+}
+
+/// The start-up line: root, settings, catalog size and socket.
+pub(super) fn log_started(config: &Config, catalog: &Catalog, listener: &Listener) {
+    tracing::info!(
+        root = %config.root.display(),
+        config = %config.source,
+        models = catalog.models.len(),
+        versions = catalog.version_count(),
+        socket = %listener.path.display(),
+        inherited = listener.inherited,
+        "modelreg started"
+    );
+}
+
+/// A removal whose tombstone was written but whose files a crash kept: finish it.
+pub(super) fn finish_removals(config: &Config, catalog: &Catalog, board: &StatusBoard) {
+    for (name, m) in &catalog.models {
+        for v in m.versions.iter().filter(|v| v.removed.is_some()) {
+            let dir = store::version_dir(&config.store, name, v.number);
+            if dir.exists() {
+                // One folder that cannot be removed must not stop the daemon.
+                match store::retire(&config.store, name, v.number) {
+                    Ok(()) => tracing::info!("finished removing {name} v{}", v.number),
+                    Err(e) => board.set_problem(
+                        &dir.display().to_string(),
+                        &format!("{name} v{} was removed but its files remain: {e}", v.number),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// A catalog that names files that are gone still starts (everything else is served);
+/// each missing file becomes a problem in `status`. Checked in the background: with many
+/// versions it takes a while, and `get` checks the files it answers with anyway.
+pub(super) fn check_store_in_background(
+    config: &Config,
+    catalog: &Catalog,
+    board: &Arc<StatusBoard>,
+) {
+    let (board, root, catalog) = (board.clone(), config.root.clone(), catalog.clone());
+    let store_dir = config.store.clone();
+    tokio::task::spawn_blocking(move || {
+        // A store made by an older version under a loose umask: nobody but the
+        // daemon's user may add, remove or rename anything in it.
+        let n = store::tighten_modes(&store_dir);
+        if n > 0 {
+            tracing::warn!(store = %store_dir.display(), "removed write permission for group and others from {n} folder(s) or file(s) of the store");
+        }
+        // Never followed (see `store::check_no_link`), but shown: nothing stored
+        // there can be served, removed or added to.
+        for (p, why) in store::linked_folders(&store_dir) {
+            board.set_problem(&p.display().to_string(), &why);
+        }
+        for p in crate::verify::missing_files(&root, &catalog) {
+            board.set_problem(&p.path, &format!("{}; run `modelreg verify`", p.detail));
+        }
+    });
+}
+
+/// Loads the catalog for start-up: creates an empty registry.yaml when there is none,
+/// refuses one that does not parse (path, line, column; the file is left untouched).
+pub fn load_catalog(config: &Config) -> Result<Catalog> {
+    let removed = persist::remove_stale_temporaries(&config.registry)?;
+    if removed > 0 {
+        tracing::info!("removed {removed} temporary file(s) left by an interrupted registry write");
+    }
+    let loaded = persist::load_with_cache(&config.registry)?;
+    // The parser's buffers are freed by now; give that memory back to the system rather
+    // than keep it resident for the daemon's whole life.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    match loaded {
+        Some(c) => Ok(c),
+        None => {
+            let c = Catalog::default();
+            // No registry.yaml but versions in the store: the catalog was lost, not new.
+            let lost = store::audit(&config.store, &c);
+            if !lost.is_empty() {
+                return Err(lost_versions(config, &lost, "does not exist"));
+            }
+            persist::write_atomic(&config.registry, persist::to_yaml(&c)?.as_bytes())?;
+            tracing::info!(registry = %config.registry.display(), "created an empty registry");
+            Ok(c)
+        }
+    }
+}
+
+/// The refusal to start over a catalog that lost versions the store still holds.
+fn lost_versions(config: &Config, lost: &[String], what: &str) -> Error {
+    let shown: Vec<&str> = lost.iter().take(5).map(String::as_str).collect();
+    let more = if lost.len() > shown.len() {
+        format!(" and {} more", lost.len() - shown.len())
+    } else {
+        String::new()
+    };
+    let msg = format!(
+        "{} {what}, but the store {} holds {} version(s) it does not name ({}{more}): the \
+         catalog lost versions (deleted, or restored from an older copy). Not starting, so \
+         that no version number is given twice and nothing stored is overwritten. Run \
+         `modelreg recover --root {}` to add them back from the store's manifests (what \
+         cannot be rebuilt is listed), or move them out of the store.",
+        config.registry.display(),
+        config.store.display(),
+        lost.len(),
+        shown.join(", "),
+        config.root.display()
+    );
+    tracing::error!("{msg}");
+    Error::Other(msg)
+}

@@ -1,0 +1,194 @@
+//! The daemon's workers: the inbox watcher, the registrar, the settler (on a thread of its
+//! own) and the server, started together and stopped in order.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::reload::follow_settle;
+use crate::config::{Config, Settings};
+use crate::error::{Error, Result};
+use crate::ingest::{Registrar, Shared};
+use crate::layout::Layout;
+use crate::registry::{Catalog, persist};
+use crate::server::{self, Context};
+use crate::shutdown;
+use crate::status::StatusBoard;
+use crate::watcher::{self, FsEvent, Overflow, Settler, Watching};
+
+/// The running workers, and what stops them.
+pub(super) struct Workers {
+    /// What request handlers, reloads and systemd reports read.
+    pub(super) ctx: Arc<Context>,
+    /// Told to every task at shutdown; a clone lets a side task stop with them.
+    pub(super) stop: shutdown::Shutdown,
+    trigger: shutdown::Trigger,
+    watching: Option<Watching>,
+    settler: JoinHandle<()>,
+    registrar: JoinHandle<()>,
+    server: JoinHandle<()>,
+}
+
+impl Workers {
+    /// Starts watching the inbox, then the registrar, the settler (which scans the inbox
+    /// once before its loop) and the server on `listener`.
+    pub(super) fn start(
+        settings: Arc<Settings>,
+        catalog: Catalog,
+        board: Arc<StatusBoard>,
+        layout: Arc<Layout>,
+        listener: tokio::net::UnixListener,
+        started: Instant,
+    ) -> Result<Workers> {
+        let config = settings.current();
+        let shared = Arc::new(Shared::new(catalog.clone()));
+        let (trigger, stop) = shutdown::channel();
+        let (reg_tx, reg_rx) = mpsc::unbounded_channel();
+        let (settler_tx, settler_rx) = mpsc::unbounded_channel();
+        let (fs_tx, fs_rx) = mpsc::channel(watcher::EVENT_QUEUE);
+        let overflow = Arc::new(Overflow::default());
+
+        // Watch before the first scan, so nothing written in between is missed.
+        let watching = watch_inbox(&config, &layout, &board, fs_tx, overflow.clone())?;
+
+        // Links (latest, best, aliases) are brought in line at start: settings may have
+        // changed.
+        let _ = reg_tx.send(crate::ingest::RegistrarMsg::RefreshLinks);
+        let mut registrar = Registrar::new(
+            settings.clone(),
+            catalog,
+            shared.clone(),
+            board.clone(),
+            settler_tx.clone(),
+            reg_tx.clone(),
+        );
+        registrar.set_layout(layout.clone());
+        let registrar = tokio::spawn(registrar.run(reg_rx, stop.clone()));
+
+        let mut settler = Settler::new(
+            config.inbox.clone(),
+            config.settle,
+            config.follow_symlinks,
+            board.clone(),
+            reg_tx.clone(),
+        );
+        settler.track_writes(watching.as_ref().is_none_or(|w| w.reports_close));
+        settler.set_layout(layout);
+        settler.rescan(false);
+        let settler = on_own_thread(
+            "settler",
+            settler.run(
+                fs_rx,
+                settler_rx,
+                overflow,
+                config.reconcile_interval,
+                stop.clone(),
+            ),
+        )
+        .map_err(|e| Error::Other(format!("cannot start the settler's thread: {e}")))?;
+        tokio::spawn(follow_settle(
+            settings.subscribe(),
+            settler_tx.clone(),
+            stop.clone(),
+        ));
+
+        let ctx = Arc::new(Context {
+            shared,
+            settings,
+            board,
+            settler: settler_tx,
+            registrar: reg_tx,
+            started,
+        });
+        let server = tokio::spawn(server::serve(listener, ctx.clone(), stop.clone()));
+        Ok(Workers {
+            ctx,
+            stop,
+            trigger,
+            watching,
+            settler,
+            registrar,
+            server,
+        })
+    }
+
+    /// Stops watching, tells every task to stop (the registrar rolls back the copies under
+    /// way and commits what finished) and waits for them; then leaves a start-up cache of
+    /// the final catalog and removes the socket unless systemd handed it over.
+    pub(super) async fn stop(self, inherited: bool) {
+        drop(self.watching);
+        self.trigger.trigger();
+        let _ = self.settler.await;
+        let _ = self.registrar.await;
+        let _ = self.server.await;
+        let ctx = self.ctx;
+        // Leave a start-up cache of the final catalog for the next start.
+        let registry = ctx.config().registry.clone();
+        let last = ctx.shared.catalog();
+        let t = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || persist::write_cache(&registry, &last)).await {
+            Ok(Ok(())) => tracing::debug!(took = ?t.elapsed(), "start-up cache written"),
+            Ok(Err(e)) => tracing::warn!("start-up cache not written: {e}"),
+            Err(e) => tracing::warn!("start-up cache not written: {e}"),
+        }
+        // An inherited socket belongs to systemd, which keeps it for the next start.
+        let socket = ctx.config().socket.clone();
+        if !inherited
+            && let Err(e) = std::fs::remove_file(&socket)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("remove {}: {e}", socket.display());
+        }
+    }
+}
+
+/// Starts watching the inbox. A refused inbox is not watched at all: what it leads to is
+/// not ours to look at.
+fn watch_inbox(
+    config: &Config,
+    layout: &Layout,
+    board: &StatusBoard,
+    events: mpsc::Sender<FsEvent>,
+    overflow: Arc<Overflow>,
+) -> Result<Option<Watching>> {
+    if layout.refused_at_start().is_some() {
+        board.set_watch("nothing (the inbox was refused; see problems)".into());
+        return Ok(None);
+    }
+    let w = watcher::start(
+        &config.inbox,
+        config.watch,
+        config.poll_interval,
+        events,
+        overflow,
+    )
+    .map_err(Error::Other)?;
+    board.set_watch(w.description.clone());
+    tracing::info!(inbox = %config.inbox.display(), "watching with {}", w.description);
+    Ok(Some(w))
+}
+
+/// Runs `task` on a thread of its own (a single-threaded runtime). The settler's every
+/// step looks at the file system, and a rescan walks whole folders: on the shared runtime
+/// that would hold up the threads answering the socket (walking a folder of 100k files
+/// there, as `wait` did, took `ping` from 0.1 ms to half a second).
+fn on_own_thread<F>(name: &str, task: F) -> std::io::Result<tokio::task::JoinHandle<()>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            rt.block_on(task);
+            let _ = done.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = finished.await;
+    }))
+}
