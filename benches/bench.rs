@@ -1,6 +1,8 @@
 //! `cargo bench`: the performance goals of modelreg, measured on the real release binary
 //! in scratch roots, each against a baseline measured in the same run (the machines are
-//! shared and noisy, so ratios are what count). Prints one table.
+//! shared and noisy, so ratios are what count). Prints one table. Daemons are started,
+//! waited for and stopped by the test harness (`tests/common`), in scratch roots under
+//! `target/tmp/bench`.
 //!
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
@@ -9,7 +11,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,10 @@ use modelreg::client::Client;
 use modelreg::protocol::Request;
 use modelreg::registry::{Catalog, Kind, Model, StoredFile, Version, persist};
 
-const BIN: &str = env!("CARGO_BIN_EXE_modelreg");
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{BIN, TestDaemon};
 
 struct Row {
     scenario: String,
@@ -90,71 +95,33 @@ fn met_text(m: Option<bool>) -> &'static str {
     }
 }
 
-/// A daemon in a scratch root.
+/// A daemon of the test harness ([`TestDaemon`]) in a scratch root under `scratch`, on
+/// the filesystem the figures are about, logging at `warn` (or `MODELREG_BENCH_LOG`) so
+/// that logging does not weigh on what is measured. `MODELREG_BENCH_KEEP=1` keeps the root.
 struct Daemon {
-    root: PathBuf,
-    child: Option<Child>,
+    d: TestDaemon,
+    scenario: &'static str,
 }
 
 impl Daemon {
-    fn new(scratch: &Path, name: &str, config: &str) -> Daemon {
-        let root = scratch.join(name);
-        if root.exists() {
-            make_writable(&root);
-            fs::remove_dir_all(&root).unwrap();
-        }
-        fs::create_dir_all(root.join("config")).unwrap();
-        fs::create_dir_all(root.join("pretrained_models")).unwrap();
-        fs::write(root.join("config/modelreg.yaml"), config).unwrap();
-        Daemon { root, child: None }
+    fn new(scratch: &Path, scenario: &'static str, config: &str) -> Daemon {
+        let d = TestDaemon::new_in(scratch, config);
+        fs::create_dir_all(d.inbox()).unwrap();
+        Daemon { d, scenario }
     }
 
     /// Starts the daemon; returns the time until its socket answered.
     fn start(&mut self) -> Duration {
-        let log = fs::File::create(self.root.join("daemon.log")).unwrap();
+        let log = std::env::var("MODELREG_BENCH_LOG").unwrap_or_else(|_| "warn".into());
         let t = Instant::now();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--root")
-            .arg(&self.root)
-            .env(
-                "RUST_LOG",
-                std::env::var("MODELREG_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        loop {
-            if let Ok(mut c) = Client::connect(&self.socket())
-                && c.call(&Request::Ping {}).is_ok()
-            {
-                return t.elapsed();
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(120),
-                "daemon did not start"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.d.spawn_with(&[("RUST_LOG", log)], false);
+        self.d
+            .wait_ready_within(Duration::from_secs(120), Duration::from_millis(1));
+        t.elapsed()
     }
 
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.root.join("modelreg.sock")
-    }
-
-    fn inbox(&self) -> PathBuf {
-        self.root.join("pretrained_models")
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.socket()).unwrap()
+    fn root(&self) -> &Path {
+        self.d.root.path()
     }
 
     fn versions_total(&self, c: &mut Client) -> usize {
@@ -163,22 +130,30 @@ impl Daemon {
     }
 
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
+        self.d.stop();
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = TestDaemon;
+    fn deref(&self) -> &TestDaemon {
+        &self.d
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::env::var_os("MODELREG_BENCH_KEEP").is_none() {
-            make_writable(&self.root);
-            let _ = fs::remove_dir_all(&self.root);
+        self.d.kill();
+        if std::env::var_os("MODELREG_BENCH_KEEP").is_some() {
+            self.d.root.disable_cleanup(true);
+            eprintln!(
+                "  (kept the {} root {})",
+                self.scenario,
+                self.root().display()
+            );
+        } else {
+            // The store is read-only; the scratch root is removed when `d` is dropped.
+            make_writable(self.root());
         }
     }
 }
@@ -239,7 +214,7 @@ fn ingest(t: &mut Table, scratch: &Path, quick: bool) {
     let settle = Duration::from_millis(50);
     let mut d = Daemon::new(scratch, "ingest", "settle: 50ms\n");
     d.start();
-    let src_dir = d.root.join("src");
+    let src_dir = d.root().join("src");
     fs::create_dir_all(&src_dir).unwrap();
     let src = src_dir.join("big.bin");
     write_big(&src, size, 42);
@@ -286,8 +261,8 @@ fn burst(t: &mut Table, scratch: &Path, quick: bool) -> Daemon {
     let settle = Duration::from_millis(200);
     let mut d = Daemon::new(scratch, "burst", "settle: 200ms\n");
     d.start();
-    let stage = d.root.join("stage");
-    let base_dir = d.root.join("base");
+    let stage = d.root().join("stage");
+    let base_dir = d.root().join("base");
     fs::create_dir_all(&stage).unwrap();
     fs::create_dir_all(&base_dir).unwrap();
     let mut buf = [0u8; 1024];
@@ -378,7 +353,7 @@ fn synthetic_registry(root: &Path, models: usize, per_model: u32) {
 }
 
 fn drop_files(d: &Daemon, prefix: &str, n: usize) {
-    let stage = d.root.join("stage");
+    let stage = d.root().join("stage");
     fs::create_dir_all(&stage).unwrap();
     let mut buf = [0u8; 1024];
     for i in 0..n {
@@ -434,7 +409,7 @@ fn scale(t: &mut Table, scratch: &Path, quick: bool, which: &dyn Fn(&str) -> boo
 
     let mut d = Daemon::new(scratch, "scale", "settle: 200ms\n");
     let t0 = Instant::now();
-    synthetic_registry(&d.root, models, per);
+    synthetic_registry(d.root(), models, per);
     eprintln!(
         "  (made a {total}-version registry in {:.1} s)",
         t0.elapsed().as_secs_f64()
@@ -449,7 +424,7 @@ fn scale(t: &mut Table, scratch: &Path, quick: bool, which: &dyn Fn(&str) -> boo
     let startup = d.start();
     let (rss, hwm) = rss_kib(d.pid());
     let t0 = Instant::now();
-    let parsed = persist::load(&d.root.join("registry.yaml"))
+    let parsed = persist::load(&d.root().join("registry.yaml"))
         .unwrap()
         .unwrap();
     let parse = t0.elapsed().as_secs_f64();

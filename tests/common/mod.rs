@@ -32,9 +32,15 @@ impl TestDaemon {
 
     /// Prepares a root with `config` without starting the daemon.
     pub fn new(config: &str) -> TestDaemon {
+        TestDaemon::new_in(&std::env::temp_dir(), config)
+    }
+
+    /// Prepares a root with `config` in a new folder under `parent` (the benchmark's
+    /// scratch space is on the filesystem it measures, not /tmp).
+    pub fn new_in(parent: &Path, config: &str) -> TestDaemon {
         let root = tempfile::Builder::new()
             .prefix("mr")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("tempdir");
         let mut d = TestDaemon {
             root,
@@ -203,7 +209,13 @@ impl TestDaemon {
 
     /// Waits until the socket answers a ping, or panics after 15 s.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.wait_ready_within(Duration::from_secs(15), Duration::from_millis(20));
+    }
+
+    /// Waits until the socket answers a ping, asking every `poll`, or panics after
+    /// `timeout` (the benchmark times start-up to the millisecond, on large registries).
+    pub fn wait_ready_within(&mut self, timeout: Duration, poll: Duration) {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Ok(mut c) = Client::connect(&self.socket())
                 && c.call(&Request::Ping {}).is_ok()
@@ -219,10 +231,10 @@ impl TestDaemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "daemon did not answer within 15 s:\n{}",
+                "daemon did not answer within {timeout:?}:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(poll);
         }
     }
 
