@@ -1,8 +1,8 @@
 //! `cargo bench`: the performance goals of modelreg, measured on the real release binary
-//! in scratch roots, each against a baseline measured in the same run (the machines are
-//! shared and noisy, so ratios are what count). Prints one table. Daemons are started,
-//! waited for and stopped by the test harness (`tests/common`), in scratch roots under
-//! `target/tmp/bench`.
+//! in scratch roots under `target/tmp/bench`, each against a baseline measured in the
+//! same run (the machines are shared and noisy, so ratios are what count). Prints one
+//! table. Daemons are started, waited for and stopped by the test harness
+//! (`tests/common`), as in the end-to-end tests.
 //!
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::OnReload;
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::server::Context;
 use crate::shutdown;
 use crate::watcher::SettlerMsg;
@@ -18,8 +18,8 @@ use crate::watcher::SettlerMsg;
 pub(super) async fn reload(ctx: &Context, on_reload: Option<&OnReload>) {
     let old = ctx.config();
     let explicit = match &old.source {
-        crate::config::ConfigSource::File(p) => Some(p.clone()),
-        crate::config::ConfigSource::Embedded => None,
+        ConfigSource::File(p) => Some(p.clone()),
+        ConfigSource::Embedded => None,
     };
     // Reading and parsing a file: off the async threads.
     let root = old.root.clone();
