@@ -1,5 +1,6 @@
-//! How `best` picks its metric and direction: the `default_metric`, `model_metrics`,
-//! `minimize` and `maximize` settings.
+//! How `best` chooses: the default metric, per-model metrics and each metric's direction.
+//!
+//! From the `default_metric`, `model_metrics`, `minimize` and `maximize` settings.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,6 @@
-//! The settings file as written (every key optional, unknown keys refused), its parsing,
-//! and its validation into a [`Config`] with absolute paths.
+//! The settings file: its keys as written, their parsing, and validation into a [`Config`].
+//!
+//! Every key is optional and unknown keys are refused; validation makes paths absolute.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,10 @@
-//! Settings: `config/modelreg.yaml` merged over the embedded default and validated once
-//! into a [`Config`] that the rest of the crate takes as `&Config`.
+//! Settings: `config/modelreg.yaml` over the embedded default, validated once into a [`Config`].
+//!
+//! The rest of the crate takes `&Config` and never re-checks. The embedded default *is*
+//! `config/modelreg.yaml` from the repository, so the shipped file and the built-in
+//! defaults cannot drift apart. The file's format, parsing and validation are in `file`;
+//! how `best` reads its settings in `best`; the published settings every task reads, and
+//! what a reload may change, in `settings`.
 //!
 //! The embedded default *is* `config/modelreg.yaml` from the repository, so the shipped
 //! file and the built-in defaults cannot drift apart. The file's format, parsing and

@@ -1,5 +1,7 @@
-//! Live settings: the published [`Config`] every task reads at the moment of use, and
-//! which settings a reload may change while running and which need a restart.
+//! Live settings: the published [`Config`] every task reads, and what a reload may change.
+//!
+//! Tasks read the settings at the moment of use; start-up settings keep their running
+//! value after a reload and are reported as needing a restart.
 
 use std::sync::Arc;
 

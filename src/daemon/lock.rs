@@ -1,5 +1,4 @@
-//! The root's lock: one daemon per root (and per store and registry folder), naming the
-//! holder of a lock that refuses a start.
+//! The root's lock: one daemon per root, store and registry folder; a refusal names the holder.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -1,5 +1,7 @@
-//! What systemd is told: READY=1 once our own socket answers, STATUS= lines when counts or
-//! problems change, watchdog pings while the settler's loop answers.
+//! What systemd is told: READY=1, STATUS= lines and watchdog pings.
+//!
+//! READY=1 once our own socket answers, STATUS= when counts or problems change, watchdog
+//! pings while the settler's loop answers.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

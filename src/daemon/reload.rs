@@ -1,6 +1,7 @@
-//! SIGHUP: the settings re-read from where they came from and published, start-up
-//! settings kept and reported as needing a restart; the settle period handed to the
-//! settler.
+//! SIGHUP: the settings re-read and published, and what needs a restart reported.
+//!
+//! Start-up settings keep their running value; the settle period is handed to the
+//! settler, which keeps its own copy.
 
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
-//! Start-up before anything is served: the root locked, the catalog loaded and the store
-//! brought in line with it after a crash, the socket bound (or inherited from systemd).
+//! Start-up before serving: root locked, catalog loaded, store recovered, socket bound.
+//!
+//! The store is brought in line with the catalog after a crash; the socket may be
+//! inherited from systemd.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

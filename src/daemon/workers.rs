@@ -1,5 +1,6 @@
-//! The daemon's workers: the inbox watcher, the registrar, the settler (on a thread of its
-//! own) and the server, started together and stopped in order.
+//! The daemon's workers (watcher, registrar, settler, server), started together, stopped in order.
+//!
+//! The settler runs on a thread of its own.
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
-//! Which keys of a parsed sidecar are metrics and which metadata, in either form (a
-//! `metrics:` map or flat top-level numbers), with the refusals that name their line.
+//! A parsed sidecar split into metrics and metadata, in either form, refusals naming the line.
+//!
+//! The forms: a `metrics:` map, or flat top-level numbers.
 
 use std::collections::BTreeMap;
 

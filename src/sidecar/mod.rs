@@ -1,6 +1,6 @@
-//! The metrics sidecar `<name>.metrics.yaml` (or `<name>.metrics.json`, same meaning):
-//! numeric metrics plus free metadata, in either of two forms.
+//! The metrics sidecar `<name>.metrics.yaml` (or `.json`): numeric metrics plus free metadata.
 //!
+//! Either of two forms, nested:
 //! ```yaml
 //! metrics:            # numbers only; used by `best`
 //!   accuracy: 0.71

@@ -1,5 +1,6 @@
-//! A linear pre-scan of a sidecar's text that refuses deep nesting before the YAML parser,
-//! whose time grows faster than linearly with flow nesting, sees it.
+//! A linear pre-scan that refuses deeply nested sidecar text before the YAML parser sees it.
+//!
+//! The parser's time grows faster than linearly with flow nesting.
 
 use super::MAX_DEPTH;
 

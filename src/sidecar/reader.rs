@@ -1,5 +1,7 @@
-//! The bounded reader: parser events into a `serde_json::Value`, refusing deep nesting,
-//! non-finite numbers, duplicate keys, too many values and too much text as it goes.
+//! The bounded reader: sidecar YAML or JSON into a `serde_json::Value`, within the limits.
+//!
+//! It refuses deep nesting, non-finite numbers, duplicate keys, too many values and too
+//! much text as it goes, each at its position.
 
 use std::cell::Cell;
 use std::fmt;
