@@ -1,9 +1,16 @@
 //! The catalog: models, their immutable versions, and the inbox sources they came from.
-//! Pure data and queries (latest, best, a numbered version); [`persist`] reads and
-//! writes it as `registry.yaml`. Only the registrar mutates it (see `daemon`).
+//! Pure data, queries (latest, best, a selector) and change rules, refusing with one
+//! [`RegistryError`]; [`persist`] reads and writes it as `registry.yaml`. Only the registrar mutates it (see `daemon`).
 
+mod changes;
 pub mod compact;
+mod error;
 pub mod persist;
+mod selector;
+
+pub use changes::{Changed, Doomed, Stamp, keep_last};
+pub use error::RegistryError;
+pub use selector::{BestBy, Selector, parse_version};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -314,7 +321,8 @@ pub fn parse_version_number(s: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn v(n: u32, metrics: &[(&str, f64)]) -> Version {
+    /// Version `n` with `metrics` and no files.
+    pub(crate) fn v(n: u32, metrics: &[(&str, f64)]) -> Version {
         Version {
             number: n,
             kind: Kind::File,
@@ -330,7 +338,8 @@ mod tests {
         }
     }
 
-    fn model(vs: Vec<Version>) -> Model {
+    /// A model of `vs`.
+    pub(crate) fn model(vs: Vec<Version>) -> Model {
         let mut m = Model::default();
         for x in vs {
             m.push(x);

@@ -1,0 +1,365 @@
+//! Typed answers: the `result` of every request, built by the server, read by the client.
+
+use serde::{Deserialize, Serialize};
+
+use std::collections::BTreeMap;
+
+use crate::registry::{AliasMove, BestBy, Changed, Kind, Metadata};
+
+/// A stored file in an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Absolute path.
+    pub path: String,
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// One version in an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The model.
+    pub name: String,
+    /// `vN`.
+    pub version: String,
+    /// N.
+    pub number: u32,
+    /// File or folder.
+    pub kind: Kind,
+    /// Absolute path to open: the file of a single-file version, the folder otherwise.
+    pub path: String,
+    /// Absolute path of the version folder.
+    pub dir: String,
+    /// Every stored file.
+    pub files: Vec<FileInfo>,
+    /// Total bytes.
+    pub size: u64,
+    /// The inbox entry it came from, relative to the root.
+    pub source: String,
+    /// When it was registered.
+    pub registered_at: String,
+    /// Metrics.
+    pub metrics: crate::registry::Metrics,
+    /// Free metadata.
+    pub metadata: Metadata,
+    /// When the metrics were last changed by a sidecar edit, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_updated_at: Option<String>,
+    /// live, deprecated or removed.
+    #[serde(default = "live")]
+    pub state: String,
+    /// Aliases pointing to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Why it was deprecated or removed, when and by whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<crate::registry::Mark>,
+    /// For `get ... best`: the metric and direction compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_by: Option<BestBy>,
+}
+
+fn live() -> String {
+    "live".into()
+}
+
+/// One model in a `list` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    /// The model.
+    pub name: String,
+    /// `vN` of the latest version.
+    pub latest: String,
+    /// How many versions it has.
+    pub versions: usize,
+    /// When the latest version was registered.
+    pub registered_at: String,
+    /// Absolute path of the latest version.
+    pub path: String,
+    /// Set when no version is live (`-` as latest): their states, e.g. `no live version:
+    /// v1 deprecated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Something waiting in the inbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The model name.
+    pub name: String,
+    /// Its inbox entries.
+    pub entries: Vec<String>,
+    /// settling, writing, registering, blocked or retrying.
+    pub state: String,
+    /// Seconds since it was first seen changing.
+    pub since_secs: f64,
+    /// Why it waits (every state: the open file, the temporary, the sidecar error, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// While registering: bytes copied so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<u64>,
+    /// While registering: bytes to copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// While registering: bytes per second so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bytes_per_sec: Option<f64>,
+    /// While registering: seconds left at that rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<f64>,
+}
+
+/// A problem that lasts until its cause is fixed (an invalid sidecar, a refused name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The path concerned.
+    pub path: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// Since when.
+    pub since: String,
+}
+
+/// A past error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentError {
+    /// When.
+    pub at: String,
+    /// What.
+    pub message: String,
+}
+
+/// The `status` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// The daemon's version.
+    pub version: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_secs: f64,
+    /// The registry root.
+    pub root: String,
+    /// The config source.
+    pub config: String,
+    /// The inbox.
+    pub inbox: String,
+    /// How the inbox is watched (inotify, or poll and why).
+    pub watch: String,
+    /// The settle period in seconds.
+    pub settle_secs: f64,
+    /// Number of models.
+    pub models: usize,
+    /// Number of versions.
+    pub versions: usize,
+    /// Versions registered since start.
+    pub registered_since_start: u64,
+    /// What waits in the inbox.
+    pub waiting: Vec<Waiting>,
+    /// Current problems.
+    pub problems: Vec<Problem>,
+    /// The last errors, newest last.
+    pub recent_errors: Vec<RecentError>,
+    /// The last changes made through the socket (aliases, removals), newest last.
+    #[serde(default)]
+    pub recent_changes: Vec<RecentError>,
+}
+
+/// The `ping` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// Always true.
+    pub pong: bool,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// The `list` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// Every model, by name.
+    pub models: Vec<ModelSummary>,
+}
+
+/// The `versions` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionList {
+    /// The model.
+    pub name: String,
+    /// Every version, tombstones included, oldest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// The `wait` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waited {
+    /// The version did not exist when the request arrived.
+    pub created: bool,
+    /// The version the entry is.
+    pub version: VersionInfo,
+}
+
+/// The `history` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// The model.
+    pub name: String,
+    /// Where each alias points now (`vN`).
+    pub aliases: BTreeMap<String, String>,
+    /// Every move, oldest first.
+    pub history: Vec<AliasMove>,
+}
+
+/// The `alias_set` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasSet {
+    /// The model.
+    pub name: String,
+    /// The alias.
+    pub alias: String,
+    /// Where it points now (`vN`).
+    pub version: String,
+    /// Where it pointed before (`null`: it did not exist).
+    pub from: Option<String>,
+    /// It already pointed there: nothing changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+}
+
+/// The `alias_remove` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasRemoved {
+    /// The model.
+    pub name: String,
+    /// The alias.
+    pub alias: String,
+    /// Where it pointed (`vN`).
+    pub removed: String,
+}
+
+/// The `rollback` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// The model.
+    pub name: String,
+    /// The alias.
+    pub alias: String,
+    /// Where it points now (`vN`).
+    pub version: String,
+    /// Where it pointed (`vN`).
+    pub from: String,
+}
+
+/// The `deprecate` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deprecated {
+    /// The model.
+    pub name: String,
+    /// The version (`vN`).
+    pub version: String,
+    /// Always true.
+    pub deprecated: bool,
+}
+
+/// The `rm` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// The model.
+    pub name: String,
+    /// The version (`vN`).
+    pub version: String,
+    /// Always true.
+    pub removed: bool,
+    /// The aliases that pointed to it and were dropped (`force`).
+    pub aliases_dropped: Vec<String>,
+}
+
+/// One version in a `gc` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcVersion {
+    /// The model.
+    pub name: String,
+    /// The version (`vN`).
+    pub version: String,
+    /// Its bytes.
+    pub size: u64,
+}
+
+/// The `gc` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Only listed, nothing removed.
+    pub dry_run: bool,
+    /// What was (or would be) removed.
+    pub versions: Vec<GcVersion>,
+    /// The bytes freed (or that would be).
+    pub bytes: u64,
+}
+
+/// The answer to a change the registrar made: the answer of its request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ChangeAnswer {
+    /// `alias_set`.
+    AliasSet(AliasSet),
+    /// `alias_remove`.
+    AliasRemoved(AliasRemoved),
+    /// `rollback`.
+    RolledBack(RolledBack),
+    /// `deprecate`.
+    Deprecated(Deprecated),
+    /// `rm`.
+    Removed(Removed),
+    /// `gc`.
+    Gc(GcReport),
+}
+
+impl ChangeAnswer {
+    /// The answer for what a change rule did to model `name`.
+    pub fn of(name: &str, changed: Changed) -> ChangeAnswer {
+        let name = name.to_string();
+        let v = |n: u32| format!("v{n}");
+        match changed {
+            Changed::AliasSet {
+                alias,
+                to,
+                from,
+                unchanged,
+            } => ChangeAnswer::AliasSet(AliasSet {
+                name,
+                alias,
+                version: v(to),
+                from: from.map(v),
+                unchanged,
+            }),
+            Changed::AliasRemoved { alias, was } => ChangeAnswer::AliasRemoved(AliasRemoved {
+                name,
+                alias,
+                removed: v(was),
+            }),
+            Changed::RolledBack { alias, from, to } => ChangeAnswer::RolledBack(RolledBack {
+                name,
+                alias,
+                version: v(to),
+                from: v(from),
+            }),
+            Changed::Deprecated { version, .. } => ChangeAnswer::Deprecated(Deprecated {
+                name,
+                version: v(version),
+                deprecated: true,
+            }),
+            Changed::Removed {
+                version,
+                aliases_dropped,
+            } => ChangeAnswer::Removed(Removed {
+                name,
+                version: v(version),
+                removed: true,
+                aliases_dropped,
+            }),
+        }
+    }
+}

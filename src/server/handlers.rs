@@ -1,0 +1,273 @@
+//! One handler per request: read the snapshot or hand the change to the registrar, call
+//! the catalog rule, answer its typed result.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::Context;
+use super::answers::{model_summary, version_info_in};
+use super::wait::{status, wait, waiting_list};
+use crate::config::{Config, Direction};
+use crate::ingest::Change;
+use crate::protocol::{ErrorCode, History, ModelList, Pong, Request, Response, VersionList};
+use crate::registry::{Catalog, RegistryError, Version, parse_version};
+
+/// Answers one request; `peer_uid` is recorded with the changes it makes.
+pub async fn dispatch(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Response {
+    let asked = match &req {
+        Request::Versions { name } | Request::Get { name, .. } | Request::History { name } => {
+            Some(name.clone())
+        }
+        _ => None,
+    };
+    let mut r = dispatch_op(req, ctx, peer_uid).await;
+    // A model that is only waiting or blocked in the inbox is not in the catalog yet:
+    // say so, or "no model named" sends the user looking for a typo.
+    if let (Some(name), Some(e)) = (asked, r.error.as_mut())
+        && e.code == ErrorCode::ModelNotFound
+        && let Some(w) = waiting_list(ctx, Duration::from_secs(1))
+            .await
+            .into_iter()
+            .find(|w| w.name == name)
+    {
+        let why = w.reason.map(|r| format!(": {r}")).unwrap_or_default();
+        e.message = format!(
+            "{}; the inbox has {name:?} {}{why} (see `modelreg status`)",
+            e.message, w.state
+        );
+    }
+    r
+}
+
+/// [`dispatch`] without the inbox detail for a missing model.
+async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Response {
+    let change = |c: Result<Change, RegistryError>| async move {
+        match c {
+            Ok(c) => send_change(ctx, c, peer_uid).await,
+            Err(e) => e.into(),
+        }
+    };
+    match req {
+        Request::Ping {} => Response::answer(&Pong {
+            pong: true,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }),
+        Request::List {} => list(ctx),
+        Request::Versions { name } => versions(ctx, &name),
+        Request::Get {
+            name,
+            selector,
+            metric,
+            mode,
+        } => get(ctx, name, selector, metric, mode).await,
+        Request::Status {} => status(ctx).await,
+        Request::Wait {
+            name,
+            entry,
+            timeout_ms,
+        } => wait(ctx, &name, &entry, timeout_ms).await,
+        Request::History { name } => history(ctx, &name),
+        Request::AliasSet {
+            name,
+            alias,
+            version,
+        } => {
+            let c = parse_version(&version).map(|version| Change::AliasSet {
+                name,
+                alias,
+                version,
+            });
+            change(c).await
+        }
+        Request::AliasRemove { name, alias } => {
+            change(Ok(Change::AliasRemove { name, alias })).await
+        }
+        Request::Rollback { name, alias } => change(Ok(Change::Rollback { name, alias })).await,
+        Request::Deprecate {
+            name,
+            version,
+            reason,
+        } => {
+            let c = parse_version(&version).map(|version| Change::Deprecate {
+                name,
+                version,
+                reason,
+            });
+            change(c).await
+        }
+        Request::Rm {
+            name,
+            version,
+            reason,
+            force,
+        } => {
+            let c = parse_version(&version).map(|version| Change::Remove {
+                name,
+                version,
+                reason,
+                force,
+            });
+            change(c).await
+        }
+        Request::Gc { name, dry_run } => change(Ok(Change::Gc { name, dry_run })).await,
+        Request::Verify { name } => verify(ctx, name).await,
+    }
+}
+
+/// Hands a change to the registrar and waits until it is durable.
+async fn send_change(ctx: &Context, change: Change, uid: Option<u32>) -> Response {
+    let name = match &change {
+        Change::AliasSet { name, .. }
+        | Change::AliasRemove { name, .. }
+        | Change::Rollback { name, .. }
+        | Change::Deprecate { name, .. }
+        | Change::Remove { name, .. } => Some(name.as_str()),
+        Change::Gc { name, .. } => name.as_deref(),
+    };
+    if let Some(Err(e)) = name.map(RegistryError::check_model_name) {
+        return e.into();
+    }
+    let (tx, rx) = oneshot::channel();
+    let msg = crate::ingest::RegistrarMsg::Change {
+        change,
+        uid,
+        reply: tx,
+    };
+    if ctx.registrar.send(msg).is_err() {
+        return Response::err(ErrorCode::Internal, "the daemon is shutting down");
+    }
+    match tokio::time::timeout(Duration::from_secs(120), rx).await {
+        Ok(Ok(Ok(answer))) => Response::ok(answer),
+        Ok(Ok(Err((code, message)))) => Response::err(code, message),
+        _ => Response::err(
+            ErrorCode::Internal,
+            "the change was not confirmed (the daemon is shutting down?)",
+        ),
+    }
+}
+
+fn list(ctx: &Context) -> Response {
+    let (catalog, cfg) = (ctx.shared.catalog(), ctx.config());
+    let models = catalog
+        .models
+        .iter()
+        .filter_map(|(name, m)| model_summary(&cfg, name, m))
+        .collect();
+    Response::answer(&ModelList { models })
+}
+
+fn versions(ctx: &Context, name: &str) -> Response {
+    let (catalog, cfg) = (ctx.shared.catalog(), ctx.config());
+    match catalog.model(name) {
+        Ok(m) => Response::answer(&VersionList {
+            name: name.to_string(),
+            versions: m
+                .versions
+                .iter()
+                .map(|v| version_info_in(&cfg, name, v, m))
+                .collect(),
+        }),
+        Err(e) => e.into(),
+    }
+}
+
+fn history(ctx: &Context, name: &str) -> Response {
+    let catalog = ctx.shared.catalog();
+    match catalog.model(name) {
+        Ok(m) => Response::answer(&History {
+            name: name.to_string(),
+            aliases: m
+                .aliases
+                .iter()
+                .map(|(a, n)| (a.clone(), format!("v{n}")))
+                .collect(),
+            history: m.alias_history.clone(),
+        }),
+        Err(e) => e.into(),
+    }
+}
+
+/// Versions with at most this many files have them checked on the async thread: a few
+/// `lstat`s of the local store cost less than a hand-off to the blocking pool (which
+/// doubled `get`'s latency); more are checked on the blocking pool.
+const INLINE_FILE_CHECKS: usize = 8;
+
+async fn get(
+    ctx: &Context,
+    name: String,
+    selector: Option<String>,
+    metric: Option<String>,
+    mode: Option<Direction>,
+) -> Response {
+    let (catalog, cfg) = (ctx.shared.catalog(), ctx.config());
+    let found = catalog.model(&name).and_then(|m| {
+        let best = (&cfg.best, metric.as_deref(), mode);
+        m.select(&name, selector.as_deref(), best)
+            .map(|(v, by)| (v.number, v.files.len(), by))
+    });
+    let (number, files, best_by) = match found {
+        Ok(f) => f,
+        Err(e) => return e.into(),
+    };
+    let answer = move || -> Result<_, RegistryError> {
+        let m = catalog.model(&name)?;
+        let v = m.stored_version(&name, number)?;
+        check_files(&cfg, &name, v)?;
+        let mut info = version_info_in(&cfg, &name, v, m);
+        info.best_by = best_by;
+        Ok(info)
+    };
+    let r = if files > INLINE_FILE_CHECKS {
+        // A version of many files: checking them is file-system work for the blocking pool.
+        match tokio::task::spawn_blocking(answer).await {
+            Ok(r) => r,
+            Err(e) => return Response::err(ErrorCode::Internal, format!("get failed: {e}")),
+        }
+    } else {
+        answer()
+    };
+    match r {
+        Ok(info) => Response::answer(&info),
+        Err(e) => e.into(),
+    }
+}
+
+/// Never hand out a dead path: every stored file of `v` must still be there, and none may
+/// lead through a link out of the store.
+fn check_files(cfg: &Config, name: &str, v: &Version) -> Result<(), RegistryError> {
+    let missing = |detail: String| RegistryError::FileMissing {
+        name: name.to_string(),
+        number: v.number,
+        detail,
+    };
+    for f in &v.files {
+        let p = cfg.root.join(&f.path);
+        if let Err(e) = crate::store::check_no_link(&cfg.store, &p) {
+            return Err(missing(format!("not answered: {e}")));
+        }
+        if std::fs::symlink_metadata(&p).is_err() {
+            return Err(missing(format!(
+                "stored file {} is missing (run `modelreg status`)",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn verify(ctx: &Context, name: Option<String>) -> Response {
+    let catalog: std::sync::Arc<Catalog> = ctx.shared.catalog();
+    if let Some(Err(e)) = name.as_deref().map(|n| catalog.model(n).map(|_| ())) {
+        return e.into();
+    }
+    let cfg = ctx.config();
+    let report = tokio::task::spawn_blocking(move || {
+        crate::verify::verify(&cfg.root, &cfg.store, &catalog, name.as_deref())
+    })
+    .await;
+    match report {
+        Ok(r) => Response::answer(&r),
+        Err(e) => Response::err(ErrorCode::Internal, format!("verify failed: {e}")),
+    }
+}

@@ -1,0 +1,163 @@
+//! The requests that ask the inbox side: `wait` for an entry, and `status`.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::Context;
+use super::answers::version_info_in;
+use crate::names;
+use crate::protocol::{ErrorCode, Response, StatusInfo, Waited, Waiting};
+use crate::registry::RegistryError;
+use crate::watcher::SettlerMsg;
+
+/// What the settler has waiting in the inbox (empty when it does not answer within
+/// `within`: this only adds detail to answers).
+pub(super) async fn waiting_list(ctx: &Context, within: Duration) -> Vec<Waiting> {
+    let (tx, rx) = oneshot::channel();
+    if ctx.settler.send(SettlerMsg::Status(tx)).is_err() {
+        return Vec::new();
+    }
+    tokio::time::timeout(within, rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
+/// The longest `wait` allowed.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Answers `wait`: once `entry`, as it is on disk now, is a version of `name`.
+pub(super) async fn wait(
+    ctx: &Context,
+    name: &str,
+    entry: &str,
+    timeout_ms: Option<u64>,
+) -> Response {
+    if let Err(e) = RegistryError::check_model_name(name) {
+        return e.into();
+    }
+    if let Err(reason) = names::check_component(entry) {
+        return Response::err(
+            ErrorCode::InvalidName,
+            format!("invalid inbox entry {entry:?}: it {reason}"),
+        );
+    }
+    let cfg = ctx.config();
+    let path = cfg.inbox.join(entry);
+    // Looking at a folder walks it (100k files take a while): off the async threads.
+    let looked = {
+        let (inbox, entry, follow) = (cfg.inbox.clone(), entry.to_string(), cfg.follow_symlinks);
+        tokio::task::spawn_blocking(move || {
+            crate::inbox::look(&inbox, &entry, follow).fingerprint()
+        })
+        .await
+    };
+    let Ok(Some(fingerprint)) = looked else {
+        return Response::err(
+            ErrorCode::EntryNotFound,
+            format!("{} is not an artifact in the inbox", path.display()),
+        );
+    };
+    let timeout = timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(60))
+        .min(MAX_WAIT);
+    let deadline = Instant::now() + timeout;
+    let highest_before = ctx
+        .shared
+        .catalog()
+        .models
+        .get(name)
+        .map_or(0, |m| m.highest);
+    let sidecar = cfg
+        .inbox
+        .join(format!("{name}{}", names::SIDECAR_SUFFIX))
+        .display()
+        .to_string();
+    let shown = path.display().to_string();
+    loop {
+        let published = ctx.shared.published();
+        let catalog = ctx.shared.catalog();
+        if let Some(rec) = catalog
+            .sources
+            .get(entry)
+            .filter(|r| r.fingerprint == fingerprint && r.model == name)
+            && let Some(m) = catalog.models.get(name)
+            && let Some(v) = rec.version.and_then(|n| m.find(n))
+        {
+            return Response::answer(&Waited {
+                version: version_info_in(&cfg, name, v, m),
+                created: v.number > highest_before,
+            });
+        }
+        // Deleted while waiting: it will never be registered, so say so now rather than
+        // at the deadline. (Checked after the catalog: an entry registered and then
+        // removed has its answer above.)
+        if path.symlink_metadata().is_err() {
+            return Response::err(
+                ErrorCode::EntryNotFound,
+                format!("{shown} was removed from the inbox before it was registered"),
+            );
+        }
+        let (problems, ..) = ctx.board.snapshot();
+        if let Some(p) = problems
+            .iter()
+            .find(|p| p.path == sidecar || p.path == shown)
+        {
+            return Response::err(ErrorCode::Blocked, p.message.clone());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Response::err(
+                ErrorCode::Timeout,
+                format!(
+                    "{shown} was not registered within {} ms (see `modelreg status`)",
+                    timeout.as_millis()
+                ),
+            );
+        }
+        // Woken by each publication; the short tick notices problems (which publish
+        // nothing) and the deadline.
+        let tick = (deadline - now).min(Duration::from_millis(100));
+        tokio::select! {
+            _ = published => {}
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+/// Answers `status`.
+pub(super) async fn status(ctx: &Context) -> Response {
+    let mut waiting = waiting_list(ctx, Duration::from_secs(5)).await;
+    for w in &mut waiting {
+        if let Some(p) = ctx.board.copy_progress(&w.name) {
+            w.bytes_done = Some(p.done);
+            w.bytes_total = Some(p.total);
+            w.rate_bytes_per_sec = p.rate();
+            w.eta_secs = p.eta_secs();
+        }
+    }
+    let catalog = ctx.shared.catalog();
+    let cfg = ctx.config();
+    let (problems, recent_errors, registered, watch) = ctx.board.snapshot();
+    Response::answer(&StatusInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_secs: ctx.started.elapsed().as_secs_f64(),
+        root: cfg.root.display().to_string(),
+        config: cfg.source.to_string(),
+        inbox: cfg.inbox.display().to_string(),
+        watch,
+        settle_secs: cfg.settle.as_secs_f64(),
+        models: catalog.models.len(),
+        versions: catalog.version_count(),
+        registered_since_start: registered,
+        waiting,
+        problems,
+        recent_errors,
+        recent_changes: ctx.board.events(),
+    })
+}
