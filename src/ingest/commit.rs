@@ -311,10 +311,9 @@ impl Registrar {
         }
         for (_, r) in replies.iter_mut() {
             if r.is_ok() {
-                *r = Err((
-                    crate::protocol::ErrorCode::Internal,
-                    format!("not saved: {error}"),
-                ));
+                *r = Err(crate::registry::RegistryError::NotSaved {
+                    reason: error.clone(),
+                });
             }
         }
     }
@@ -326,12 +325,11 @@ pub fn link_targets(
     name: &str,
     best: &crate::config::BestPolicy,
 ) -> Vec<(String, Option<u32>)> {
-    let metric = best.metric_for(name);
     let mut out = vec![
         ("latest".to_string(), m.latest().map(|v| v.number)),
         (
             "best".to_string(),
-            m.best(metric, best.direction_of(metric)).map(|v| v.number),
+            m.best_by_policy(name, best).map(|v| v.number),
         ),
     ];
     out.extend(m.aliases.iter().map(|(a, n)| (a.clone(), Some(*n))));

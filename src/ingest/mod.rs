@@ -97,9 +97,9 @@ pub enum Change {
     Gc { name: Option<String>, dry_run: bool },
 }
 
-/// The answer to a change: a JSON result, or an error code and message.
+/// The answer to a change: what it did, or why it was refused.
 pub type ChangeResult =
-    std::result::Result<serde_json::Value, (crate::protocol::ErrorCode, String)>;
+    std::result::Result<crate::protocol::ChangeAnswer, crate::registry::RegistryError>;
 
 /// The snapshot readers query. Replaced whole after each durable catalog write.
 #[derive(Debug, Default)]

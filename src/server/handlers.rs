@@ -138,8 +138,8 @@ async fn send_change(ctx: &Context, change: Change, uid: Option<u32>) -> Respons
         return Response::err(ErrorCode::Internal, "the daemon is shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(120), rx).await {
-        Ok(Ok(Ok(answer))) => Response::ok(answer),
-        Ok(Ok(Err((code, message)))) => Response::err(code, message),
+        Ok(Ok(Ok(answer))) => Response::answer(&answer),
+        Ok(Ok(Err(e))) => e.into(),
         _ => Response::err(
             ErrorCode::Internal,
             "the change was not confirmed (the daemon is shutting down?)",
