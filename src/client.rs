@@ -6,7 +6,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::protocol::{ErrorBody, ErrorCode, Request, Response};
+use crate::config::Direction;
+use crate::protocol::{
+    AliasRemoved, AliasSet, Deprecated, ErrorBody, ErrorCode, GcReport, History, ModelList, Pong,
+    Removed, Request, Response, RolledBack, StatusInfo, VersionInfo, VersionList, Waited,
+};
+use crate::verify::VerifyReport;
 
 /// Why a request got no answer, or got an error answer.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +172,144 @@ impl Client {
     ) -> Result<T, ClientError> {
         let v = self.call(req)?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+/// One typed method per request: each sends it and decodes its answer.
+impl Client {
+    /// `ping`.
+    pub fn ping(&mut self) -> Result<Pong, ClientError> {
+        self.call_as(&Request::Ping {})
+    }
+
+    /// `list`: every model.
+    pub fn list(&mut self) -> Result<ModelList, ClientError> {
+        self.call_as(&Request::List {})
+    }
+
+    /// `versions` of a model.
+    pub fn versions(&mut self, name: &str) -> Result<VersionList, ClientError> {
+        self.call_as(&Request::Versions {
+            name: name.to_string(),
+        })
+    }
+
+    /// `get`: the version `selector` names (default `latest`); `metric` and `mode` for
+    /// `best`.
+    pub fn get(
+        &mut self,
+        name: &str,
+        selector: Option<&str>,
+        metric: Option<&str>,
+        mode: Option<Direction>,
+    ) -> Result<VersionInfo, ClientError> {
+        self.call_as(&Request::Get {
+            name: name.to_string(),
+            selector: selector.map(str::to_string),
+            metric: metric.map(str::to_string),
+            mode,
+        })
+    }
+
+    /// `status`.
+    pub fn status(&mut self) -> Result<StatusInfo, ClientError> {
+        self.call_as(&Request::Status {})
+    }
+
+    /// `wait` until inbox entry `entry` is a version of `name`.
+    pub fn wait(
+        &mut self,
+        name: &str,
+        entry: &str,
+        timeout_ms: Option<u64>,
+    ) -> Result<Waited, ClientError> {
+        self.call_as(&Request::Wait {
+            name: name.to_string(),
+            entry: entry.to_string(),
+            timeout_ms,
+        })
+    }
+
+    /// `alias_set`: point `alias` at `version` (`vN`).
+    pub fn alias_set(
+        &mut self,
+        name: &str,
+        alias: &str,
+        version: &str,
+    ) -> Result<AliasSet, ClientError> {
+        self.call_as(&Request::AliasSet {
+            name: name.to_string(),
+            alias: alias.to_string(),
+            version: version.to_string(),
+        })
+    }
+
+    /// `alias_remove`.
+    pub fn alias_remove(&mut self, name: &str, alias: &str) -> Result<AliasRemoved, ClientError> {
+        self.call_as(&Request::AliasRemove {
+            name: name.to_string(),
+            alias: alias.to_string(),
+        })
+    }
+
+    /// `history` of a model's aliases.
+    pub fn history(&mut self, name: &str) -> Result<History, ClientError> {
+        self.call_as(&Request::History {
+            name: name.to_string(),
+        })
+    }
+
+    /// `rollback` an alias.
+    pub fn rollback(&mut self, name: &str, alias: &str) -> Result<RolledBack, ClientError> {
+        self.call_as(&Request::Rollback {
+            name: name.to_string(),
+            alias: alias.to_string(),
+        })
+    }
+
+    /// `deprecate` a version (`vN`).
+    pub fn deprecate(
+        &mut self,
+        name: &str,
+        version: &str,
+        reason: Option<&str>,
+    ) -> Result<Deprecated, ClientError> {
+        self.call_as(&Request::Deprecate {
+            name: name.to_string(),
+            version: version.to_string(),
+            reason: reason.map(str::to_string),
+        })
+    }
+
+    /// `rm` a version (`vN`); `force` drops the aliases pointing to it.
+    pub fn rm(
+        &mut self,
+        name: &str,
+        version: &str,
+        reason: Option<&str>,
+        force: bool,
+    ) -> Result<Removed, ClientError> {
+        self.call_as(&Request::Rm {
+            name: name.to_string(),
+            version: version.to_string(),
+            reason: reason.map(str::to_string),
+            force,
+        })
+    }
+
+    /// `gc` (one model or all); `dry_run` only lists.
+    pub fn gc(&mut self, name: Option<&str>, dry_run: bool) -> Result<GcReport, ClientError> {
+        self.call_as(&Request::Gc {
+            name: name.map(str::to_string),
+            dry_run,
+        })
+    }
+
+    /// `verify` the store (one model or all).
+    pub fn verify(&mut self, name: Option<&str>) -> Result<VerifyReport, ClientError> {
+        self.call_as(&Request::Verify {
+            name: name.map(str::to_string),
+        })
     }
 }
 

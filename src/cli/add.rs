@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use modelreg::client::{Client, ClientError};
 use modelreg::names;
-use modelreg::protocol::{ErrorBody, ErrorCode, Request, StatusInfo};
+use modelreg::protocol::{ErrorBody, ErrorCode, Waited};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// What `modelreg add` was asked to do.
@@ -200,9 +201,25 @@ fn interrupt_cleanup(tmp: &Path) -> Option<signal_hook::iterator::Handle> {
     Some(handle)
 }
 
-/// Hands the artifact over and, with `--wait`, waits for its version. Returns the
-/// `wait` answer, or `{name, entry, path}` of the hand-over without `--wait`.
-pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Value, ClientError> {
+/// What `add` did: handed the artifact over, or (with `--wait`) registered it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(super) enum Added {
+    /// Placed in the inbox; it becomes a version once it settles.
+    HandedOver {
+        /// The model.
+        name: String,
+        /// Its name in the inbox.
+        entry: String,
+        /// Its path in the inbox.
+        path: String,
+    },
+    /// The `wait` answer.
+    Registered(Box<Waited>),
+}
+
+/// Hands the artifact over and, with `--wait`, waits for its version.
+pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     let meta =
         std::fs::metadata(a.path).map_err(|e| refuse(format!("{}: {e}", a.path.display())))?;
     let is_dir = meta.is_dir();
@@ -228,10 +245,12 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Value, ClientError> {
             }
         }
     };
-    let name = names::model_name(&raw_name).map_err(|r| {
-        refuse(format!(
-            "invalid model name {raw_name:?}: it {r} (give one with --name)"
-        ))
+    let name = names::model_name(&raw_name).map_err(|reason| {
+        let e = modelreg::registry::RegistryError::InvalidName {
+            name: raw_name.clone(),
+            reason,
+        };
+        refuse(format!("{e} (give one with --name)"))
     })?;
     let metrics = parse_metrics(a.metrics)?;
     let mut metadata = Map::new();
@@ -243,7 +262,7 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Value, ClientError> {
         metadata.insert(k.to_string(), Value::from(v));
     }
 
-    let status: StatusInfo = c.call_as(&Request::Status {})?;
+    let status = c.status()?;
     let inbox = PathBuf::from(&status.inbox);
     if !inbox.is_dir() {
         return Err(refuse(format!(
@@ -274,45 +293,34 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Value, ClientError> {
         }
     })?;
     let Some(timeout) = a.wait else {
-        return Ok(serde_json::json!({
-            "name": name,
-            "entry": entry,
-            "path": dst.display().to_string(),
-        }));
+        return Ok(Added::HandedOver {
+            name,
+            entry,
+            path: dst.display().to_string(),
+        });
     };
     // The daemon answers `wait` within its own timeout; leave it a margin to say so.
     c.set_read_timeout(timeout + Duration::from_secs(10))?;
-    c.call(&Request::Wait {
-        name,
-        entry,
-        timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-    })
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    c.wait(&name, &entry, Some(timeout_ms))
+        .map(|w| Added::Registered(Box::new(w)))
 }
 
 /// Prints what `add` did: the version, or where it was handed over.
-pub(super) fn print_added(v: &Value) {
-    let Some(version) = v.get("version") else {
-        outln!(
-            "handed over as {}; it becomes a version of {} once it settles (`modelreg status` shows it)",
-            v["path"].as_str().unwrap_or("?"),
-            v["name"].as_str().unwrap_or("?")
-        );
-        return;
-    };
-    let (name, number) = (
-        version["name"].as_str().unwrap_or("?"),
-        version["version"].as_str().unwrap_or("?"),
-    );
-    if v["created"].as_bool() == Some(true) {
-        outln!(
-            "{name} {number}  {}",
-            version["path"].as_str().unwrap_or("?")
-        );
-    } else {
-        outln!(
-            "{name} {number}  {} (identical to the newest version: no new version)",
-            version["path"].as_str().unwrap_or("?")
-        );
+pub(super) fn print_added(a: &Added) {
+    match a {
+        Added::HandedOver { name, path, .. } => outln!(
+            "handed over as {path}; it becomes a version of {name} once it settles (`modelreg status` shows it)"
+        ),
+        Added::Registered(w) => {
+            let v = &w.version;
+            let same = if w.created {
+                ""
+            } else {
+                " (identical to the newest version: no new version)"
+            };
+            outln!("{} {}  {}{same}", v.name, v.version, v.path);
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use modelreg::client::{Client, ClientError};
 use modelreg::config::{Config, Direction};
 use modelreg::daemon;
-use modelreg::protocol::{ModelSummary, Request, StatusInfo, VersionInfo};
 use modelreg::verify::VerifyReport;
 
 use crate::{AliasCmd, Cli, Command, EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_PERMISSION_DENIED};
@@ -83,12 +82,20 @@ pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
 }
 
 /// Prints the daemon's answer as JSON (`--json`).
-fn print_json(v: &serde_json::Value) {
+fn print_json<T: serde::Serialize>(v: &T) {
     outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// Prints `answer` as JSON with `--json`, else with `render`.
+fn show<T: serde::Serialize>(json: bool, answer: &T, render: impl FnOnce(&T)) {
+    if json {
+        print_json(answer);
+    } else {
+        render(answer);
+    }
+}
+
 fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
-    let decode = |v: serde_json::Value| -> Result<_, ClientError> { Ok(v) };
     match cmd {
         Command::Serve | Command::Recover => unreachable!("handled in main"),
         Command::Add {
@@ -107,30 +114,11 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 meta,
                 wait: wait.then_some(std::time::Duration::from_secs(*timeout)),
             };
-            let v = add::add(c, &args)?;
-            if *json {
-                print_json(&v);
-            } else {
-                add::print_added(&v);
-            }
+            show(*json, &add::add(c, &args)?, add::print_added);
         }
-        Command::List { json } => {
-            let v = decode(c.call(&Request::List {})?)?;
-            if *json {
-                print_json(&v);
-            } else {
-                let models: Vec<ModelSummary> = field(&v, "models")?;
-                print_list(&models);
-            }
-        }
+        Command::List { json } => show(*json, &c.list()?, |l| print_list(&l.models)),
         Command::Versions { name, json } => {
-            let v = c.call(&Request::Versions { name: name.clone() })?;
-            if *json {
-                print_json(&v);
-            } else {
-                let vs: Vec<VersionInfo> = field(&v, "versions")?;
-                print_versions(&vs);
-            }
+            show(*json, &c.versions(name)?, |l| print_versions(&l.versions))
         }
         Command::Get {
             name,
@@ -148,23 +136,14 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             } else {
                 None
             };
-            let v = c.call(&Request::Get {
-                name: name.clone(),
-                selector: Some(selector.clone()),
-                metric: metric.clone(),
-                mode,
-            })?;
-            if *json {
-                print_json(&v);
-            } else {
-                let info: VersionInfo = serde_json::from_value(v.clone())
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let info = c.get(name, Some(selector), metric.as_deref(), mode)?;
+            show(*json, &info, |info| {
                 if *path {
                     outln!("{}", info.path);
                 } else {
-                    print_version(&info, v.get("best_by"));
+                    print_version(info);
                 }
-            }
+            });
         }
         Command::Alias {
             cmd:
@@ -174,146 +153,50 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                     version,
                     json,
                 },
-        } => {
-            let v = c.call(&Request::AliasSet {
-                name: name.clone(),
-                alias: alias.clone(),
-                version: version.clone(),
-            })?;
-            if *json {
-                print_json(&v);
-                return Ok(());
-            }
-            let was = if v["unchanged"] == true {
-                " (unchanged)".to_string()
-            } else {
-                v["from"]
-                    .as_str()
-                    .map(|f| format!(" (was {f})"))
-                    .unwrap_or_default()
-            };
-            outln!(
-                "{name}: {alias} -> {}{was}",
-                v["version"].as_str().unwrap_or("?")
-            );
-        }
+        } => show(*json, &c.alias_set(name, alias, version)?, print_alias_set),
         Command::Alias {
             cmd: AliasCmd::Rm { name, alias, json },
-        } => {
-            let v = c.call(&Request::AliasRemove {
-                name: name.clone(),
-                alias: alias.clone(),
-            })?;
-            if *json {
-                print_json(&v);
-                return Ok(());
-            }
-            outln!(
-                "{name}: alias {alias} removed (was {})",
-                v["removed"].as_str().unwrap_or("?")
-            );
-        }
-        Command::History { name, json } => {
-            let v = c.call(&Request::History { name: name.clone() })?;
-            if *json {
-                print_json(&v);
-            } else {
-                print_history(&v);
-            }
-        }
-        Command::Rollback { name, alias, json } => {
-            let v = c.call(&Request::Rollback {
-                name: name.clone(),
-                alias: alias.clone(),
-            })?;
-            if *json {
-                print_json(&v);
-                return Ok(());
-            }
-            outln!(
-                "{name}: {alias} rolled back {} -> {}",
-                v["from"].as_str().unwrap_or("?"),
-                v["version"].as_str().unwrap_or("?")
-            );
-        }
+        } => show(*json, &c.alias_remove(name, alias)?, |r| {
+            outln!("{name}: alias {alias} removed (was {})", r.removed)
+        }),
+        Command::History { name, json } => show(*json, &c.history(name)?, print_history),
+        Command::Rollback { name, alias, json } => show(*json, &c.rollback(name, alias)?, |r| {
+            outln!("{name}: {alias} rolled back {} -> {}", r.from, r.version)
+        }),
         Command::Deprecate {
             name,
             version,
             reason,
             json,
-        } => {
-            let v = c.call(&Request::Deprecate {
-                name: name.clone(),
-                version: version.clone(),
-                reason: reason.clone(),
-            })?;
-            if *json {
-                print_json(&v);
-                return Ok(());
-            }
-            outln!("{name} {version} deprecated: hidden from latest and best, still stored");
-        }
+        } => show(
+            *json,
+            &c.deprecate(name, version, reason.as_deref())?,
+            |_| outln!("{name} {version} deprecated: hidden from latest and best, still stored"),
+        ),
         Command::Rm {
             name,
             version,
             reason,
             force,
             json,
-        } => {
-            let v = c.call(&Request::Rm {
-                name: name.clone(),
-                version: version.clone(),
-                reason: reason.clone(),
-                force: *force,
-            })?;
-            if *json {
-                print_json(&v);
-                return Ok(());
-            }
-            let dropped: Vec<&str> = v["aliases_dropped"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
-                .unwrap_or_default();
-            out!("{name} {version} removed (its number is never reused)");
-            if !dropped.is_empty() {
-                out!("; aliases dropped: {}", dropped.join(", "));
-            }
-            outln!();
-        }
+        } => show(
+            *json,
+            &c.rm(name, version, reason.as_deref(), *force)?,
+            |r| {
+                out!("{name} {version} removed (its number is never reused)");
+                if !r.aliases_dropped.is_empty() {
+                    out!("; aliases dropped: {}", r.aliases_dropped.join(", "));
+                }
+                outln!();
+            },
+        ),
         Command::Gc {
             name,
             dry_run,
             json,
-        } => {
-            let v = c.call(&Request::Gc {
-                name: name.clone(),
-                dry_run: *dry_run,
-            })?;
-            if *json {
-                print_json(&v);
-            } else {
-                let list = v["versions"].as_array().cloned().unwrap_or_default();
-                let verb = if *dry_run { "would remove" } else { "removed" };
-                for x in &list {
-                    outln!(
-                        "{verb} {} {} ({})",
-                        x["name"].as_str().unwrap_or("?"),
-                        x["version"].as_str().unwrap_or("?"),
-                        human_size(x["size"].as_u64().unwrap_or(0))
-                    );
-                }
-                let freed = human_size(v["bytes"].as_u64().unwrap_or(0));
-                outln!(
-                    "{} version(s), {} {freed}",
-                    list.len(),
-                    if *dry_run { "would free" } else { "freed" }
-                );
-            }
-        }
+        } => show(*json, &c.gc(name.as_deref(), *dry_run)?, print_gc),
         Command::Verify { name, json, .. } => {
-            let v = c.call(&Request::Verify { name: name.clone() })?;
-            let report: VerifyReport =
-                serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let report = c.verify(name.as_deref())?;
             if !print_report(&report, *json) {
                 // Exit non-zero; the report above says what is wrong.
                 return Err(ClientError::Remote(modelreg::protocol::ErrorBody {
@@ -322,16 +205,7 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 }));
             }
         }
-        Command::Status { json } => {
-            let v = c.call(&Request::Status {})?;
-            if *json {
-                print_json(&v);
-            } else {
-                let s: StatusInfo =
-                    serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                print_status(&s);
-            }
-        }
+        Command::Status { json } => show(*json, &c.status()?, print_status),
     }
     Ok(())
 }
@@ -353,10 +227,8 @@ pub(crate) fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitC
         let catalog = modelreg::registry::persist::load(&config.registry)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{} does not exist", config.registry.display()))?;
-        if let Some(n) = name
-            && !catalog.models.contains_key(n)
-        {
-            return Err(format!("no model named {n:?}"));
+        if let Some(Err(e)) = name.map(|n| catalog.model(n)) {
+            return Err(e.to_string());
         }
         Ok(modelreg::verify::verify(
             &config.root,
@@ -373,12 +245,4 @@ pub(crate) fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitC
             ExitCode::from(EXIT_ERROR)
         }
     }
-}
-
-fn field<T: serde::de::DeserializeOwned>(
-    v: &serde_json::Value,
-    key: &str,
-) -> Result<T, ClientError> {
-    serde_json::from_value(v.get(key).cloned().unwrap_or_default())
-        .map_err(|e| ClientError::Protocol(e.to_string()))
 }

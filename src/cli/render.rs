@@ -1,7 +1,7 @@
 //! Tables and reports printed by the client commands.
 
 use modelreg::display::escape_for_terminal as esc;
-use modelreg::protocol::{ModelSummary, StatusInfo, VersionInfo};
+use modelreg::protocol::{AliasSet, GcReport, History, ModelSummary, StatusInfo, VersionInfo};
 use modelreg::verify::VerifyReport;
 
 /// Prints a verification report; true when it is clean.
@@ -152,7 +152,7 @@ pub(super) fn print_versions(vs: &[VersionInfo]) {
     table(&rows);
 }
 
-pub(super) fn print_version(v: &VersionInfo, best_by: Option<&serde_json::Value>) {
+pub(super) fn print_version(v: &VersionInfo) {
     outln!("{} {}", esc(&v.name), v.version);
     let mut rows = vec![
         vec!["  path:".to_string(), v.path.clone()],
@@ -194,14 +194,10 @@ pub(super) fn print_version(v: &VersionInfo, best_by: Option<&serde_json::Value>
             .collect();
         rows.push(vec!["  metadata:".into(), md.join(" ")]);
     }
-    if let Some(b) = best_by {
+    if let Some(b) = &v.best_by {
         rows.push(vec![
             "  best by:".into(),
-            format!(
-                "{} ({})",
-                b["metric"].as_str().unwrap_or("?"),
-                b["mode"].as_str().unwrap_or("?")
-            ),
+            format!("{} ({})", b.metric, b.mode.as_str()),
         ]);
     }
     for f in &v.files {
@@ -213,13 +209,12 @@ pub(super) fn print_version(v: &VersionInfo, best_by: Option<&serde_json::Value>
     table(&rows);
 }
 
-pub(super) fn print_history(v: &serde_json::Value) {
-    let aliases = v["aliases"].as_object().cloned().unwrap_or_default();
-    if aliases.is_empty() {
+pub(super) fn print_history(h: &History) {
+    if h.aliases.is_empty() {
         outln!("no aliases");
     } else {
-        for (a, n) in &aliases {
-            outln!("{} -> {}", esc(a), n.as_str().unwrap_or("?"));
+        for (a, n) in &h.aliases {
+            outln!("{} -> {n}", esc(a));
         }
     }
     // `by` in the answer is the action (set, rollback, remove, ...); who did it is the
@@ -232,21 +227,15 @@ pub(super) fn print_history(v: &serde_json::Value) {
         "TO".into(),
         "USER".into(),
     ]];
-    let ver = |x: &serde_json::Value| {
-        x.as_u64()
-            .map(|n| format!("v{n}"))
-            .unwrap_or_else(|| "-".into())
-    };
-    for h in v["history"].as_array().cloned().unwrap_or_default() {
+    let ver = |x: Option<u32>| x.map(|n| format!("v{n}")).unwrap_or_else(|| "-".into());
+    for m in &h.history {
         rows.push(vec![
-            h["at"].as_str().unwrap_or("").to_string(),
-            h["alias"].as_str().unwrap_or("").to_string(),
-            h["by"].as_str().unwrap_or("").to_string(),
-            ver(&h["from"]),
-            ver(&h["to"]),
-            h["uid"]
-                .as_u64()
-                .and_then(|u| u32::try_from(u).ok())
+            m.at.clone(),
+            m.alias.clone(),
+            m.by.clone(),
+            ver(m.from),
+            ver(m.to),
+            m.uid
                 .map(modelreg::client::user_name)
                 .unwrap_or_else(|| "-".into()),
         ]);
@@ -255,6 +244,35 @@ pub(super) fn print_history(v: &serde_json::Value) {
         outln!();
         table(&rows);
     }
+}
+
+/// `NAME: ALIAS -> vN (was vM)`, or `(unchanged)` when it already pointed there.
+pub(super) fn print_alias_set(r: &AliasSet) {
+    let was = match (&r.from, r.unchanged) {
+        (_, true) => " (unchanged)".to_string(),
+        (Some(f), false) => format!(" (was {f})"),
+        (None, false) => String::new(),
+    };
+    outln!("{}: {} -> {}{was}", esc(&r.name), esc(&r.alias), r.version);
+}
+
+/// What gc removed (or would), and the bytes freed.
+pub(super) fn print_gc(r: &GcReport) {
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    for x in &r.versions {
+        outln!(
+            "{verb} {} {} ({})",
+            esc(&x.name),
+            x.version,
+            human_size(x.size)
+        );
+    }
+    outln!(
+        "{} version(s), {} {}",
+        r.versions.len(),
+        if r.dry_run { "would free" } else { "freed" },
+        human_size(r.bytes)
+    );
 }
 
 pub(super) fn print_status(s: &StatusInfo) {
