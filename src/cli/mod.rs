@@ -210,20 +210,24 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// The settings and the root's lock, for a command that works on the root without a
+/// daemon; refused with `instead` when a daemon is running there.
+pub(crate) fn lock_root(cli: &Cli, instead: &str) -> Result<(Config, daemon::RootLock), String> {
+    let config = Config::load(&cli.root, cli.config.as_deref()).map_err(|e| e.to_string())?;
+    match daemon::RootLock::acquire(&config.root) {
+        Ok(lock) => Ok((config, lock)),
+        Err(modelreg::error::Error::AlreadyRunning { pid, .. }) => Err(format!(
+            "a daemon is running on this root (pid {pid}); {instead}"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `verify --offline`: straight from the root, holding the root's lock so that no
 /// daemon starts meanwhile.
 pub(crate) fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitCode {
     let run = || -> Result<VerifyReport, String> {
-        let config = Config::load(&cli.root, cli.config.as_deref()).map_err(|e| e.to_string())?;
-        let _lock = match daemon::RootLock::acquire(&config.root) {
-            Ok(l) => l,
-            Err(modelreg::error::Error::AlreadyRunning { pid, .. }) => {
-                return Err(format!(
-                    "a daemon is running on this root (pid {pid}); run `modelreg verify` without --offline"
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+        let (config, _lock) = lock_root(cli, "run `modelreg verify` without --offline")?;
         let catalog = modelreg::registry::persist::load(&config.registry)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{} does not exist", config.registry.display()))?;

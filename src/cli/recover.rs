@@ -3,9 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use modelreg::config::Config;
-use modelreg::daemon;
-
 use crate::{Cli, EXIT_ERROR};
 
 /// `recover`: adds back to registry.yaml every version the store holds and it lacks,
@@ -14,16 +11,7 @@ use crate::{Cli, EXIT_ERROR};
 pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
     use modelreg::registry::persist;
     let run = || -> Result<bool, String> {
-        let config = Config::load(&cli.root, cli.config.as_deref()).map_err(|e| e.to_string())?;
-        let _lock = match daemon::RootLock::acquire(&config.root) {
-            Ok(l) => l,
-            Err(modelreg::error::Error::AlreadyRunning { pid, .. }) => {
-                return Err(format!(
-                    "a daemon is running on this root (pid {pid}); stop it before `recover`"
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+        let (config, _lock) = super::lock_root(cli, "stop it before `recover`")?;
         let existing = persist::load(&config.registry).map_err(|e| {
             format!("{e}; fix registry.yaml or move it aside, then run `modelreg recover` again")
         })?;

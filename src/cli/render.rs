@@ -2,6 +2,7 @@
 
 use modelreg::display::escape_for_terminal as esc;
 use modelreg::protocol::{AliasSet, GcReport, History, ModelSummary, StatusInfo, VersionInfo};
+use modelreg::status::human_bytes as human_size;
 use modelreg::verify::VerifyReport;
 
 /// Prints a verification report; true when it is clean.
@@ -94,21 +95,6 @@ pub(super) fn metrics_text(v: &VersionInfo) -> String {
         "-".into()
     } else {
         s.join(" ")
-    }
-}
-
-pub(super) fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = n as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u + 1 < UNITS.len() {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{x:.1} {}", UNITS[u])
     }
 }
 
