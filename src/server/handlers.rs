@@ -271,3 +271,121 @@ async fn verify(ctx: &Context, name: Option<String>) -> Response {
         Err(e) => Response::err(ErrorCode::Internal, format!("verify failed: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::ingest::Shared;
+    use crate::registry::{Kind, Model, StoredFile};
+
+    /// A context over `catalog` in a fresh root; the settler and registrar are gone, so
+    /// only what the handlers decide themselves is answered.
+    fn context(catalog: Catalog) -> (tempfile::TempDir, Context) {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = Config::load(root.path(), None).unwrap();
+        let ctx = Context {
+            shared: Arc::new(Shared::new(catalog)),
+            settings: Arc::new(Settings::new(cfg)),
+            board: Arc::default(),
+            settler: tokio::sync::mpsc::unbounded_channel().0,
+            registrar: tokio::sync::mpsc::unbounded_channel().0,
+            started: tokio::time::Instant::now(),
+        };
+        (root, ctx)
+    }
+
+    /// Model `m` with v1, one file `models/m/v1/m.pt` of accuracy 0.7.
+    fn catalog() -> Catalog {
+        let mut m = Model::default();
+        m.push(Version {
+            number: 1,
+            kind: Kind::File,
+            files: vec![StoredFile {
+                path: "models/m/v1/m.pt".into(),
+                sha256: "00".into(),
+                size: 3,
+            }],
+            source: "pretrained_models/m.pt".into(),
+            registered_at: "t".into(),
+            metrics: [("accuracy".to_string(), 0.7)].into_iter().collect(),
+            metadata: Default::default(),
+            sidecar: None,
+            metrics_history: vec![],
+            deprecated: None,
+            removed: None,
+        });
+        let mut c = Catalog::default();
+        c.models.insert("m".into(), Arc::new(m));
+        c
+    }
+
+    fn get(name: &str, selector: &str) -> Request {
+        Request::Get {
+            name: name.into(),
+            selector: Some(selector.into()),
+            metric: None,
+            mode: None,
+        }
+    }
+
+    fn error(r: Response) -> (ErrorCode, String) {
+        let e = r.error.expect("an error answer");
+        (e.code, e.message)
+    }
+
+    #[tokio::test]
+    async fn get_answers_the_version_with_how_best_was_decided() {
+        let (root, ctx) = context(catalog());
+        let dir = root.path().join("models/m/v1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("m.pt"), b"abc").unwrap();
+        let r = dispatch(get("m", "best"), &ctx, None).await;
+        let v = r.result.expect("an answer");
+        assert_eq!(v["version"], "v1");
+        assert_eq!(v["best_by"]["metric"], "accuracy");
+        assert_eq!(v["path"], dir.join("m.pt").display().to_string());
+    }
+
+    #[tokio::test]
+    async fn get_never_hands_out_a_dead_path() {
+        let (root, ctx) = context(catalog());
+        std::fs::create_dir_all(root.path().join("models/m/v1")).unwrap();
+        let (code, message) = error(dispatch(get("m", "v1"), &ctx, None).await);
+        assert_eq!(code, ErrorCode::FileMissing);
+        assert!(message.starts_with("m v1: stored file "), "{message}");
+        assert!(message.ends_with("is missing (run `modelreg status`)"));
+    }
+
+    #[tokio::test]
+    async fn a_mistyped_model_gets_the_close_one() {
+        let (_root, ctx) = context(catalog());
+        let (code, message) = error(dispatch(get("n", "latest"), &ctx, None).await);
+        assert_eq!(code, ErrorCode::ModelNotFound);
+        assert_eq!(
+            message,
+            "no model named \"n\"; did you mean \"m\"? (`modelreg list` shows the models)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_with_a_bad_version_or_name_is_refused_before_the_registrar() {
+        let (_root, ctx) = context(catalog());
+        let rm = |name: &str, version: &str| Request::Rm {
+            name: name.into(),
+            version: version.into(),
+            reason: None,
+            force: false,
+        };
+        let (code, message) = error(dispatch(rm("m", "3"), &ctx, None).await);
+        assert_eq!(code, ErrorCode::InvalidSelector);
+        assert_eq!(message, "\"3\" is not a version such as v3");
+        // The registrar is gone: an answer other than `internal` was decided here.
+        let (code, _) = error(dispatch(rm("../m", "v1"), &ctx, None).await);
+        assert_eq!(code, ErrorCode::InvalidName);
+        let (code, _) = error(dispatch(rm("m", "v1"), &ctx, None).await);
+        assert_eq!(code, ErrorCode::Internal);
+    }
+}
