@@ -2,7 +2,7 @@
 //! and one `match` that dispatches each request to its handler. Every failure is an
 //! answer (`{"ok":false,...}`); nothing a client sends stops the daemon.
 //!
-//! [`socket`] binds the socket file, `connections` is the table of open connections,
+//! `socket` binds the socket file, `connections` is the table of open connections,
 //! `connection` one connection's read/answer loop with its timeouts, `handlers` one
 //! handler per request (thin: the rules are the catalog's), `wait` the requests that ask
 //! the inbox side, `answers` the answer forms of catalog items.
@@ -11,7 +11,7 @@ mod answers;
 mod connection;
 mod connections;
 mod handlers;
-pub mod socket;
+mod socket;
 mod wait;
 
 use std::sync::Arc;
