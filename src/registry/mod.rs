@@ -308,9 +308,10 @@ pub fn metadata_depth(m: &Metadata) -> usize {
     1 + m.iter().map(|(_, v)| depth(v)).max().unwrap_or(0)
 }
 
-/// Parses a selector of the form `vN` (or a bare `N`) into N.
+/// `vN` -> N, N from 1 without leading zeros: the one rule for version numbers (selectors,
+/// change arguments, registry.yaml keys). A bare `N` is no version.
 pub fn parse_version_number(s: &str) -> Option<u32> {
-    let digits = s.strip_prefix('v').unwrap_or(s);
+    let digits = s.strip_prefix('v')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
         return None;
     }
@@ -400,7 +401,8 @@ mod tests {
     #[test]
     fn version_numbers() {
         assert_eq!(parse_version_number("v3"), Some(3));
-        assert_eq!(parse_version_number("12"), Some(12));
+        assert_eq!(parse_version_number("v12"), Some(12));
+        assert_eq!(parse_version_number("12"), None);
         assert_eq!(parse_version_number("v0"), None);
         assert_eq!(parse_version_number("v03"), None);
         assert_eq!(parse_version_number("v"), None);

@@ -38,11 +38,9 @@ impl<'a> Selector<'a> {
 
 /// Reads a version argument: `vN` with N from 1 (no leading zero).
 pub fn parse_version(s: &str) -> Result<u32, RegistryError> {
-    parse_version_number(s)
-        .filter(|_| s.starts_with('v'))
-        .ok_or_else(|| RegistryError::NotAVersion {
-            given: s.to_string(),
-        })
+    parse_version_number(s).ok_or_else(|| RegistryError::NotAVersion {
+        given: s.to_string(),
+    })
 }
 
 /// How `best` was decided: the metric compared and its direction.
