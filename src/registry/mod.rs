@@ -319,7 +319,7 @@ pub fn parse_version_number(s: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Version `n` with `metrics` and no files.

@@ -279,7 +279,8 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::ingest::Shared;
-    use crate::registry::{Kind, Model, StoredFile};
+    use crate::registry::StoredFile;
+    use crate::registry::tests::{model, v};
 
     /// A context over `catalog` in a fresh root; the settler and registrar are gone, so
     /// only what the handlers decide themselves is answered.
@@ -299,26 +300,14 @@ mod tests {
 
     /// Model `m` with v1, one file `models/m/v1/m.pt` of accuracy 0.7.
     fn catalog() -> Catalog {
-        let mut m = Model::default();
-        m.push(Version {
-            number: 1,
-            kind: Kind::File,
-            files: vec![StoredFile {
-                path: "models/m/v1/m.pt".into(),
-                sha256: "00".into(),
-                size: 3,
-            }],
-            source: "pretrained_models/m.pt".into(),
-            registered_at: "t".into(),
-            metrics: [("accuracy".to_string(), 0.7)].into_iter().collect(),
-            metadata: Default::default(),
-            sidecar: None,
-            metrics_history: vec![],
-            deprecated: None,
-            removed: None,
+        let mut v1 = v(1, &[("accuracy", 0.7)]);
+        v1.files.push(StoredFile {
+            path: "models/m/v1/m.pt".into(),
+            sha256: "00".into(),
+            size: 3,
         });
         let mut c = Catalog::default();
-        c.models.insert("m".into(), Arc::new(m));
+        c.models.insert("m".into(), Arc::new(model(vec![v1])));
         c
     }
 
