@@ -12,6 +12,9 @@ use crate::protocol::{
     Removed, Request, Response, RolledBack, StatusInfo, VersionInfo, VersionList, Waited,
 };
 use crate::verify::VerifyReport;
+use crate::users::group_name;
+/// Re-exported for the CLI, which names users in `history`.
+pub use crate::users::user_name;
 
 /// Why a request got no answer, or got an error answer.
 #[derive(Debug, thiserror::Error)]
@@ -332,39 +335,5 @@ fn permission_denied(path: &Path) -> ClientError {
         group: group_name(gid),
         owner: user_name(uid),
         owner_only,
-    }
-}
-
-/// A group's name, or its number when it has none.
-pub(crate) fn group_name(gid: u32) -> String {
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getgrgid_r writes only into grp/buf.
-    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc == 0 && !out.is_null() {
-        // SAFETY: gr_name points into buf, NUL-terminated, while buf lives.
-        unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }
-            .to_string_lossy()
-            .into_owned()
-    } else {
-        gid.to_string()
-    }
-}
-
-/// A user's name, or its number when it has none.
-pub fn user_name(uid: u32) -> String {
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getpwuid_r writes only into pwd/buf.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc == 0 && !out.is_null() {
-        // SAFETY: pw_name points into buf, NUL-terminated, while buf lives.
-        unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned()
-    } else {
-        uid.to_string()
     }
 }

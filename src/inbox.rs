@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::names::{self, Entry};
-use crate::store::sha256_hex;
+use crate::fsutil::sha256_hex;
 
 /// Folders nested deeper than this inside an artifact folder are refused.
 const MAX_DEPTH: usize = 32;
@@ -368,7 +368,7 @@ fn readable(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
 
 /// Why the daemon may not `verb` (read, list) `path`, and what the uploader can do.
 fn not_allowed(path: &Path, meta: &fs::Metadata, verb: &str) -> String {
-    use crate::client::{group_name, user_name};
+    use crate::users::{group_name, user_name};
     // SAFETY: geteuid/getegid cannot fail.
     let (me, my_group) = unsafe { (user_name(libc::geteuid()), group_name(libc::getegid())) };
     let what = if meta.is_dir() { "folder" } else { "file" };

@@ -23,12 +23,15 @@
 //! - [`suggest`]  "did you mean": edit distance for mistyped names in error messages.
 //! - [`shutdown`] a cloneable shutdown signal.
 //! - [`error`]    error types that carry path, position and cause.
+//! - [`fsutil`]   SHA-256 as hex, folder fsync: helpers under store, persist and inbox.
+//! - [`users`]    user and group names from their numbers, for messages.
 
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod display;
 pub mod error;
+pub mod fsutil;
 pub mod inbox;
 pub mod ingest;
 pub mod layout;
@@ -42,5 +45,6 @@ pub mod status;
 pub mod store;
 pub mod suggest;
 pub mod systemd;
+pub mod users;
 pub mod verify;
 pub mod watcher;

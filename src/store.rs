@@ -24,7 +24,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::registry::Catalog;
-use crate::registry::persist::sync_dir;
+use crate::fsutil::{hex, sync_dir};
+/// Re-exported: the tests and the registrar hash small contents with it.
+pub use crate::fsutil::sha256_hex;
 
 /// The chunk size of the copy pipeline.
 const CHUNK: usize = 1 << 20;
@@ -737,22 +739,6 @@ pub fn tighten_modes(store: &Path) -> usize {
     changed
 }
 
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-/// SHA-256 of a byte slice, as hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
 /// Copies `src` to the new file `dst`, returning its SHA-256 and size. The source is read
 /// once: for large files a reader thread hashes each chunk and hands it to this thread,
 /// which writes it, so reading, hashing and writing overlap. `dst` is fsynced and made
@@ -1208,15 +1194,6 @@ fn parse_staging_name(s: &str) -> Option<(u32, &str)> {
 mod tests {
     use super::*;
     use std::sync::Arc;
-
-    #[test]
-    fn hex_and_sha() {
-        assert_eq!(hex(&[0, 15, 255]), "000fff");
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
 
     #[test]
     fn stage_publish_and_hash_both_paths() {

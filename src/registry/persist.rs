@@ -26,6 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{AliasMove, Catalog, Model, SourceRecord, Version};
 use crate::error::{Error, ParseError, Result};
+use crate::fsutil::{sha256_hex, sync_dir};
 use crate::names::{EntryName, ModelName};
 
 /// The registry.yaml format this build writes and reads.
@@ -345,7 +346,7 @@ struct CacheIn {
 /// Writes the start-up cache for the registry.yaml now on disk, which must hold `c`.
 pub fn write_cache(registry: &Path, c: &Catalog) -> Result<()> {
     let bytes = std::fs::read(registry).map_err(|e| Error::io("read registry", registry, e))?;
-    let sha = crate::store::sha256_hex(&bytes);
+    let sha = sha256_hex(&bytes);
     drop(bytes);
     let out = CacheOut {
         registry_sha256: &sha,
@@ -365,7 +366,7 @@ pub fn load_with_cache(registry: &Path) -> Result<Option<Catalog>> {
         Err(e) => return Err(Error::io("read registry", registry, e)),
     };
     let shown = registry.display().to_string();
-    let sha = crate::store::sha256_hex(&bytes);
+    let sha = sha256_hex(&bytes);
     if let Ok(cached) = std::fs::read(cache_path(registry)) {
         match serde_json::from_slice::<CacheIn>(&cached) {
             Ok(c) if c.registry_sha256 == sha => match into_catalog(&shown, None, c.catalog) {
@@ -422,13 +423,6 @@ pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
     tmp.persist(path)
         .map_err(|e| Error::io("rename into place", path, e.error))?;
     sync_dir(dir)
-}
-
-/// fsyncs a folder, so that a rename or a new entry in it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("fsync folder", dir, e))
 }
 
 /// Removes temporaries a crash left beside `path` (`.registry.yaml.*.tmp`).
