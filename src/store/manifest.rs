@@ -1,0 +1,168 @@
+//! Per-version manifests (`.modelreg-version.json`) and tombstones (`<name>/.removed/v<N>.json`).
+//!
+//! The store describes itself: a manifest is written and fsynced in the staging folder
+//! before the catalog names the version; a removed version leaves it as a tombstone, so
+//! its number stays taken even if the catalog is lost ([`highest_in_store`]).
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use super::links::check_no_link;
+use super::{StagedFile, discard, set_folder_mode, version_dir, version_number};
+use crate::error::{Error, Result};
+use crate::fsutil::sync_dir;
+
+/// The manifest in every version folder.
+pub const MANIFEST: &str = ".modelreg-version.json";
+/// The folder, in a model's folder, keeping the manifests of removed versions.
+pub const TOMBSTONES: &str = ".removed";
+/// The manifest format this build writes.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// What a version folder says about itself; see the module docs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: u32,
+    /// The model name.
+    pub name: String,
+    /// N in `v<N>`.
+    pub version: u32,
+    /// File or folder.
+    #[serde(default)]
+    pub kind: crate::registry::Kind,
+    /// When it was registered (RFC 3339, UTC).
+    pub registered_at: String,
+    /// The inbox entry it was copied from, relative to the root.
+    #[serde(default)]
+    pub source: String,
+    /// Its files: path relative to the version folder, SHA-256, size.
+    pub files: Vec<StagedFile>,
+    /// Metrics from the sidecar when it was registered (later edits are in the catalog).
+    #[serde(default)]
+    pub metrics: crate::registry::Metrics,
+    /// Metadata from the sidecar when it was registered.
+    #[serde(default)]
+    pub metadata: crate::registry::Metadata,
+}
+
+impl Manifest {
+    /// A manifest that says only which version it is: all a tombstone needs to keep the
+    /// number taken (and the base of the ones rebuilt by hashing a folder).
+    pub fn minimal(name: &str, version: u32) -> Self {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            name: name.to_string(),
+            version,
+            kind: Default::default(),
+            registered_at: String::new(),
+            source: String::new(),
+            files: vec![],
+            metrics: Default::default(),
+            metadata: Default::default(),
+        }
+    }
+}
+
+/// Writes `m` as the manifest of the (staging) folder `dir`: fsynced, read-only, and the
+/// folder fsynced, so it is durable before the catalog names the version. It is readable
+/// by no one the stored files are not readable by (the read bits they all share).
+pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Other(e.to_string()))?;
+    let mode = m.files.iter().fold(0o444, |acc, f| {
+        fs::metadata(dir.join(&f.rel)).map_or(0o400, |md| md.permissions().mode()) & acc
+    }) | 0o400;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io("create", &path, e))?;
+    f.write_all(&text)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("write", &path, e))?;
+    // Set explicitly: the umask does not decide who may read it.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("make read-only", &path, e))?;
+    sync_dir(dir)
+}
+
+/// The manifest at `path`: `Ok(None)` when there is none.
+pub fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Other(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Version numbers present in the store for `name`: `v<N>` folders (and anything else
+/// so named) and tombstones of removed versions, `(number, removed)`, ascending.
+pub fn numbers_in_store(store: &Path, name: &str) -> Vec<(u32, bool)> {
+    let dir = store.join(name);
+    let mut out = Vec::new();
+    let names = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for f in names(&dir) {
+        if let Some(n) = version_number(&f) {
+            out.push((n, false));
+        }
+    }
+    for f in names(&dir.join(TOMBSTONES)) {
+        if let Some(n) = f.strip_suffix(".json").and_then(version_number) {
+            out.push((n, true));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The highest version number the store holds for `name` (0 when none): new numbers
+/// are allocated above it as well as above the catalog's.
+pub fn highest_in_store(store: &Path, name: &str) -> u32 {
+    numbers_in_store(store, name).last().map_or(0, |(n, _)| *n)
+}
+
+/// Deletes version `n` of `name`, keeping its manifest (or a minimal one) as a tombstone
+/// in `<name>/.removed/v<N>.json`, so its number is never given again even if the catalog
+/// is lost.
+pub fn retire(store: &Path, name: &str, n: u32) -> Result<()> {
+    let dir = version_dir(store, name, n);
+    let graves = store.join(name).join(TOMBSTONES);
+    let grave = graves.join(format!("v{n}.json"));
+    check_no_link(store, &dir)?;
+    check_no_link(store, &graves)?;
+    if dir.exists() && !grave.exists() {
+        if !graves.is_dir() {
+            fs::create_dir_all(&graves).map_err(|e| Error::io("create folder", &graves, e))?;
+            set_folder_mode(&graves)?;
+        }
+        let manifest = dir.join(MANIFEST);
+        match fs::rename(&manifest, &grave) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Stored before manifests existed: the number is what matters.
+                let m = Manifest::minimal(name, n);
+                let text =
+                    serde_json::to_vec_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
+                fs::write(&grave, text).map_err(|e| Error::io("write", &grave, e))?;
+                fs::set_permissions(&grave, fs::Permissions::from_mode(0o400))
+                    .map_err(|e| Error::io("make read-only", &grave, e))?;
+            }
+            Err(e) => return Err(Error::io("keep tombstone", &grave, e)),
+        }
+        sync_dir(&graves)?;
+    }
+    discard(&dir)
+}
