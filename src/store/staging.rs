@@ -53,12 +53,13 @@ pub struct OpenSource {
 }
 
 /// Copies the files `rels` (paths relative to the version folder) into a new staging
-/// folder for version `n` of `name`, hashing while copying. Each source is opened by `open(i)` just before it is copied (so a
-/// folder of many files holds one descriptor at a time, and the check made at the open
-/// is as late as possible), every byte is read through that handle, and `check(i, &file)`
-/// runs after the copy through the same handle (was it written meanwhile?). An error from
-/// either, like any other, leaves nothing behind. `done` counts the bytes copied so far
-/// (for `status`), added to once per chunk.
+/// folder for version `n` of `name`, hashing while copying. Each source is opened by
+/// `open(i)` just before it is copied (so a folder of many files holds one descriptor at
+/// a time, and the check made at the open is as late as possible), every byte is read
+/// through that handle, and `check(i, &file)` runs after the copy through the same handle
+/// (was it written meanwhile?). `cancel` aborts between chunks. An error from either,
+/// like any other, or a cancellation leaves nothing behind. `done` counts the bytes
+/// copied so far (for `status`), added to once per chunk.
 #[allow(clippy::too_many_arguments)]
 pub fn stage_opened(
     store: &Path,
