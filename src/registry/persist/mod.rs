@@ -1,5 +1,8 @@
-//! `registry.yaml`: the catalog as people read and diff it, written atomically
-//! (temporary file, fsync, rename, fsync of the folder) so it is never half-written.
+//! registry.yaml: the catalog as people read and diff it, checked on loading, written atomically.
+//!
+//! Written through a temporary file, fsync, rename and fsync of the folder, so it is
+//! never half-written. By file: `repr` (the serde shapes), `cache` (the start-up cache);
+//! here, loading with its checks (paths, highest numbers, aliases) and writing.
 //!
 //! Format 1:
 //! ```yaml
@@ -14,132 +17,27 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::de::{self, MapAccess, Visitor};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use super::{AliasMove, Catalog, Model, SourceRecord, Version};
+use super::{Catalog, Model, Version};
 use crate::error::{Error, ParseError, Result};
-use crate::fsutil::{sha256_hex, sync_dir};
+use crate::fsutil::sync_dir;
 use crate::names::{EntryName, ModelName};
+
+mod cache;
+mod repr;
+
+pub use cache::{cache_path, load_with_cache, write_cache};
+use repr::{AliasName, FileRepr, repr_ref};
 
 /// The registry.yaml format this build writes and reads.
 pub const FORMAT: u32 = 1;
 
 const HEADER: &str =
     "# modelreg registry: written by the modelreg daemon; do not edit while it runs.\n";
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRepr {
-    format: u32,
-    #[serde(default)]
-    models: BTreeMap<ModelName, ModelRepr>,
-    #[serde(default)]
-    sources: BTreeMap<EntryName, SourceRecord>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelRepr {
-    highest_version: u32,
-    #[serde(default)]
-    versions: VersionMap,
-    #[serde(default)]
-    aliases: BTreeMap<AliasName, u32>,
-    #[serde(default)]
-    alias_history: Vec<AliasMove>,
-}
-
-/// An alias as a key in registry.yaml or the cache, checked on reading
-/// ([`super::check_alias`]).
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct AliasName(String);
-
-impl<'de> Deserialize<'de> for AliasName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        super::de_alias(d).map(AliasName)
-    }
-}
-
-/// The same shape, borrowed, for writing without copying the catalog.
-#[derive(Serialize)]
-struct FileReprRef<'a> {
-    format: u32,
-    models: BTreeMap<&'a str, ModelReprRef<'a>>,
-    sources: &'a BTreeMap<String, SourceRecord>,
-}
-
-#[derive(Serialize)]
-struct ModelReprRef<'a> {
-    highest_version: u32,
-    #[serde(serialize_with = "versions_as_map")]
-    versions: &'a [Version],
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    aliases: &'a BTreeMap<String, u32>,
-    #[serde(skip_serializing_if = "<[AliasMove]>::is_empty")]
-    alias_history: &'a [AliasMove],
-}
-
-/// Versions as a map `v1: ..., v2: ...` in numeric order (a plain map would sort v10
-/// before v2).
-fn versions_as_map<S: Serializer>(vs: &&[Version], s: S) -> std::result::Result<S::Ok, S::Error> {
-    let mut m = s.serialize_map(Some(vs.len()))?;
-    for v in vs.iter() {
-        m.serialize_entry(&format!("v{}", v.number), v)?;
-    }
-    m.end()
-}
-
-/// Versions read from the map form, sorted by number.
-#[derive(Default)]
-struct VersionMap(Vec<Version>);
-
-impl<'de> Deserialize<'de> for VersionMap {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = VersionMap;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of versions v1, v2, ...")
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> std::result::Result<VersionMap, A::Error> {
-                let mut out: Vec<Version> = Vec::new();
-                while let Some(key) = a.next_key::<String>()? {
-                    let n = super::parse_version_number(&key)
-                        .filter(|_| key.starts_with('v'))
-                        .ok_or_else(|| {
-                            de::Error::custom(format!(
-                                "version key `{key}` is not of the form v<N>"
-                            ))
-                        })?;
-                    let mut v: Version = a.next_value()?;
-                    v.number = n;
-                    v.files.shrink_to_fit();
-                    out.push(v);
-                }
-                out.sort_by_key(|v| v.number);
-                if let Some(w) = out.windows(2).find(|w| w[0].number == w[1].number) {
-                    return Err(de::Error::custom(format!(
-                        "version v{} is listed twice",
-                        w[0].number
-                    )));
-                }
-                Ok(VersionMap(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
 
 /// Serialises the catalog as registry.yaml text.
 pub fn to_yaml(c: &Catalog) -> Result<String> {
@@ -167,28 +65,6 @@ fn check_writable(c: &Catalog) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
-    FileReprRef {
-        format: FORMAT,
-        models: c
-            .models
-            .iter()
-            .map(|(name, m)| {
-                (
-                    name.as_str(),
-                    ModelReprRef {
-                        highest_version: m.highest,
-                        versions: &m.versions,
-                        aliases: &m.aliases,
-                        alias_history: &m.alias_history,
-                    },
-                )
-            })
-            .collect(),
-        sources: &c.sources,
-    }
 }
 
 /// Parses registry.yaml text. `shown` names the file in errors.
@@ -317,82 +193,29 @@ fn into_catalog(
             .collect(),
     })
 }
-
-/// The start-up cache beside registry.yaml: the same catalog as JSON (much faster to
-/// parse than YAML), valid only for the registry.yaml whose SHA-256 it records. Written
-/// at clean shutdown; registry.yaml stays the only source of truth.
-pub fn cache_path(registry: &Path) -> std::path::PathBuf {
-    let name = registry
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    registry.with_file_name(format!(".{name}.cache.json"))
-}
-
-// The catalog is nested, not flattened: serde buffers a flattened struct whole before
-// deserialising it, which at 100,000 versions costs more than it saves.
-#[derive(Serialize)]
-struct CacheOut<'a> {
-    registry_sha256: &'a str,
-    catalog: FileReprRef<'a>,
-}
-
-#[derive(Deserialize)]
-struct CacheIn {
-    registry_sha256: String,
-    catalog: FileRepr,
-}
-
-/// Writes the start-up cache for the registry.yaml now on disk, which must hold `c`.
-pub fn write_cache(registry: &Path, c: &Catalog) -> Result<()> {
-    let bytes = std::fs::read(registry).map_err(|e| Error::io("read registry", registry, e))?;
-    let sha = sha256_hex(&bytes);
-    drop(bytes);
-    let out = CacheOut {
-        registry_sha256: &sha,
-        catalog: repr_ref(c),
-    };
-    let json = serde_json::to_vec(&out)
-        .map_err(|e| Error::Other(format!("cannot serialise the cache: {e}")))?;
-    write_atomic(&cache_path(registry), &json)
-}
-
-/// Loads the catalog: from the start-up cache when it matches registry.yaml byte for
-/// byte, else by parsing registry.yaml. `Ok(None)` when registry.yaml does not exist.
-pub fn load_with_cache(registry: &Path) -> Result<Option<Catalog>> {
-    let bytes = match std::fs::read(registry) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read registry", registry, e)),
-    };
-    let shown = registry.display().to_string();
-    let sha = sha256_hex(&bytes);
-    if let Ok(cached) = std::fs::read(cache_path(registry)) {
-        match serde_json::from_slice::<CacheIn>(&cached) {
-            Ok(c) if c.registry_sha256 == sha => match into_catalog(&shown, None, c.catalog) {
-                Ok(catalog) => return Ok(Some(catalog)),
-                Err(e) => tracing::warn!("ignoring the start-up cache: {e}"),
-            },
-            Ok(_) => tracing::info!(
-                "the start-up cache is older than registry.yaml; reading registry.yaml"
-            ),
-            Err(e) => tracing::warn!("ignoring an unreadable start-up cache: {e}"),
-        }
-    }
-    let text = String::from_utf8(bytes)
-        .map_err(|e| ParseError::at(shown.clone(), None, format!("not valid UTF-8 ({e})")))?;
-    Ok(Some(from_yaml(&shown, &text)?))
-}
-
 /// Loads registry.yaml; `Ok(None)` when it does not exist. A file that does not parse is
 /// an error naming path, line and column; the file is left untouched.
 pub fn load(path: &Path) -> Result<Option<Catalog>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read registry", path, e)),
-    };
-    Ok(Some(from_yaml(&path.display().to_string(), &text)?))
+    match read_registry(path)? {
+        Some(bytes) => parse_bytes(&path.display().to_string(), bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The bytes of registry.yaml; `Ok(None)` when it does not exist.
+fn read_registry(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read registry", path, e)),
+    }
+}
+
+/// Parses the bytes of registry.yaml (`shown` names it in errors).
+fn parse_bytes(shown: &str, bytes: Vec<u8>) -> Result<Catalog> {
+    let text = String::from_utf8(bytes)
+        .map_err(|e| ParseError::at(shown, None, format!("not valid UTF-8 ({e})")))?;
+    Ok(from_yaml(shown, &text)?)
 }
 
 /// Writes `text` to `path` atomically and durably: a temporary file beside it (keeping the
@@ -451,38 +274,40 @@ pub fn remove_stale_temporaries(path: &Path) -> Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::registry::{Kind, StoredFile};
 
-    fn version(n: u32) -> Version {
-        Version {
-            number: n,
-            kind: Kind::File,
-            files: vec![StoredFile {
-                path: format!("models/m/v{n}/m.pt"),
-                sha256: "ab".repeat(32),
-                size: 3,
-            }],
-            source: "pretrained_models/m.pt".into(),
-            registered_at: "2026-11-26T02:27:08Z".into(),
-            metrics: [("accuracy".to_string(), 0.71)].into_iter().collect(),
-            metadata: Default::default(),
-            sidecar: None,
-            metrics_history: vec![],
-            deprecated: None,
-            removed: None,
+    /// A catalog of one model `m` with versions `numbers`, each one file.
+    pub(crate) fn catalog_of(numbers: &[u32]) -> Catalog {
+        let mut m = Model::default();
+        for &n in numbers {
+            m.push(Version {
+                number: n,
+                kind: Kind::File,
+                files: vec![StoredFile {
+                    path: format!("models/m/v{n}/m.pt"),
+                    sha256: "ab".repeat(32),
+                    size: 3,
+                }],
+                source: "pretrained_models/m.pt".into(),
+                registered_at: "2026-11-26T02:27:08Z".into(),
+                metrics: [("accuracy".to_string(), 0.71)].into_iter().collect(),
+                metadata: Default::default(),
+                sidecar: None,
+                metrics_history: vec![],
+                deprecated: None,
+                removed: None,
+            });
         }
+        let mut c = Catalog::default();
+        c.models.insert("m".into(), Arc::new(m));
+        c
     }
 
     #[test]
     fn round_trip_keeps_numeric_order() {
-        let mut m = Model::default();
-        for n in [1, 2, 10] {
-            m.push(version(n));
-        }
-        let mut c = Catalog::default();
-        c.models.insert("m".into(), Arc::new(m));
+        let c = catalog_of(&[1, 2, 10]);
         let text = to_yaml(&c).unwrap();
         let v2 = text.find("v2:").unwrap();
         let v10 = text.find("v10:").unwrap();
@@ -492,32 +317,6 @@ mod tests {
         assert_eq!(back.models["m"].highest, 10);
         assert_eq!(back.models["m"].versions[2].number, 10);
         assert_eq!(*back.models["m"], *c.models["m"]);
-    }
-
-    #[test]
-    fn cache_used_only_when_it_matches() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = dir.path().join("registry.yaml");
-        let mut m = Model::default();
-        m.push(version(1));
-        let mut c = Catalog::default();
-        c.models.insert("m".into(), Arc::new(m));
-        write_atomic(&reg, to_yaml(&c).unwrap().as_bytes()).unwrap();
-        write_cache(&reg, &c).unwrap();
-        assert_eq!(
-            *load_with_cache(&reg).unwrap().unwrap().models["m"],
-            *c.models["m"]
-        );
-        // registry.yaml edited by hand: the cache no longer matches and is ignored.
-        let edited = std::fs::read_to_string(&reg)
-            .unwrap()
-            .replace("accuracy: 0.71", "accuracy: 0.5");
-        std::fs::write(&reg, edited).unwrap();
-        let loaded = load_with_cache(&reg).unwrap().unwrap();
-        assert_eq!(loaded.models["m"].versions[0].metrics["accuracy"], 0.5);
-        // A corrupt cache is ignored too.
-        std::fs::write(cache_path(&reg), b"{not json").unwrap();
-        assert!(load_with_cache(&reg).unwrap().is_some());
     }
 
     #[test]

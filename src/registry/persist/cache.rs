@@ -1,0 +1,104 @@
+//! The start-up cache `.registry.yaml.cache.json`: the catalog as JSON, used only while registry.yaml is unchanged.
+//!
+//! JSON parses much faster than YAML; the cache records the SHA-256 of the registry.yaml
+//! it was written from and is ignored (never trusted, never an error) when that does not
+//! match. Written at clean shutdown; registry.yaml stays the only source of truth.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::repr::{FileRepr, FileReprRef, repr_ref};
+use super::{into_catalog, parse_bytes, read_registry, write_atomic};
+use crate::error::{Error, Result};
+use crate::fsutil::sha256_hex;
+use crate::registry::Catalog;
+
+/// Where the start-up cache of `registry` lives: beside it, hidden.
+pub fn cache_path(registry: &Path) -> PathBuf {
+    let name = registry
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    registry.with_file_name(format!(".{name}.cache.json"))
+}
+
+// The catalog is nested, not flattened: serde buffers a flattened struct whole before
+// deserialising it, which at 100,000 versions costs more than it saves.
+#[derive(Serialize)]
+struct CacheOut<'a> {
+    registry_sha256: &'a str,
+    catalog: FileReprRef<'a>,
+}
+
+#[derive(Deserialize)]
+struct CacheIn {
+    registry_sha256: String,
+    catalog: FileRepr,
+}
+
+/// Writes the start-up cache for the registry.yaml now on disk, which must hold `c`.
+pub fn write_cache(registry: &Path, c: &Catalog) -> Result<()> {
+    let bytes = std::fs::read(registry).map_err(|e| Error::io("read registry", registry, e))?;
+    let sha = sha256_hex(&bytes);
+    drop(bytes);
+    let out = CacheOut {
+        registry_sha256: &sha,
+        catalog: repr_ref(c),
+    };
+    let json = serde_json::to_vec(&out)
+        .map_err(|e| Error::Other(format!("cannot serialise the cache: {e}")))?;
+    write_atomic(&cache_path(registry), &json)
+}
+
+/// Loads the catalog: from the start-up cache when it matches registry.yaml byte for
+/// byte, else by parsing registry.yaml. `Ok(None)` when registry.yaml does not exist.
+pub fn load_with_cache(registry: &Path) -> Result<Option<Catalog>> {
+    let Some(bytes) = read_registry(registry)? else {
+        return Ok(None);
+    };
+    let shown = registry.display().to_string();
+    let sha = sha256_hex(&bytes);
+    if let Ok(cached) = std::fs::read(cache_path(registry)) {
+        match serde_json::from_slice::<CacheIn>(&cached) {
+            Ok(c) if c.registry_sha256 == sha => match into_catalog(&shown, None, c.catalog) {
+                Ok(catalog) => return Ok(Some(catalog)),
+                Err(e) => tracing::warn!("ignoring the start-up cache: {e}"),
+            },
+            Ok(_) => tracing::info!(
+                "the start-up cache is older than registry.yaml; reading registry.yaml"
+            ),
+            Err(e) => tracing::warn!("ignoring an unreadable start-up cache: {e}"),
+        }
+    }
+    parse_bytes(&shown, bytes).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::persist::{tests::catalog_of, to_yaml};
+
+    #[test]
+    fn cache_used_only_when_it_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("registry.yaml");
+        let c = catalog_of(&[1]);
+        write_atomic(&reg, to_yaml(&c).unwrap().as_bytes()).unwrap();
+        write_cache(&reg, &c).unwrap();
+        assert_eq!(
+            *load_with_cache(&reg).unwrap().unwrap().models["m"],
+            *c.models["m"]
+        );
+        // registry.yaml edited by hand: the cache no longer matches and is ignored.
+        let edited = std::fs::read_to_string(&reg)
+            .unwrap()
+            .replace("accuracy: 0.71", "accuracy: 0.5");
+        std::fs::write(&reg, edited).unwrap();
+        let loaded = load_with_cache(&reg).unwrap().unwrap();
+        assert_eq!(loaded.models["m"].versions[0].metrics["accuracy"], 0.5);
+        // A corrupt cache is ignored too.
+        std::fs::write(cache_path(&reg), b"{not json").unwrap();
+        assert!(load_with_cache(&reg).unwrap().is_some());
+    }
+}

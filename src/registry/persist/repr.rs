@@ -1,0 +1,146 @@
+//! The serde shapes of registry.yaml (and of the start-up cache): versions as a `v<N>` map, aliases checked on reading.
+//!
+//! Reading goes through owned shapes ([`FileRepr`]) that the parent module then checks
+//! validates; writing borrows the catalog ([`FileReprRef`]) so nothing is copied.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::FORMAT;
+use crate::names::{EntryName, ModelName};
+use crate::registry::{AliasMove, Catalog, SourceRecord, Version};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+/// registry.yaml as read, before it is checked.
+pub(super) struct FileRepr {
+    pub(super) format: u32,
+    #[serde(default)]
+    pub(super) models: BTreeMap<ModelName, ModelRepr>,
+    #[serde(default)]
+    pub(super) sources: BTreeMap<EntryName, SourceRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+/// One model as read.
+pub(super) struct ModelRepr {
+    pub(super) highest_version: u32,
+    #[serde(default)]
+    pub(super) versions: VersionMap,
+    #[serde(default)]
+    pub(super) aliases: BTreeMap<AliasName, u32>,
+    #[serde(default)]
+    pub(super) alias_history: Vec<AliasMove>,
+}
+
+/// An alias as a key in registry.yaml or the cache, checked on reading
+/// ([`crate::registry::check_alias`]).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct AliasName(pub(super) String);
+
+impl<'de> Deserialize<'de> for AliasName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        crate::registry::de_alias(d).map(AliasName)
+    }
+}
+
+/// The same shape, borrowed, for writing without copying the catalog.
+#[derive(Serialize)]
+pub(super) struct FileReprRef<'a> {
+    format: u32,
+    models: BTreeMap<&'a str, ModelReprRef<'a>>,
+    sources: &'a BTreeMap<String, SourceRecord>,
+}
+
+#[derive(Serialize)]
+struct ModelReprRef<'a> {
+    highest_version: u32,
+    #[serde(serialize_with = "versions_as_map")]
+    versions: &'a [Version],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    aliases: &'a BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "<[AliasMove]>::is_empty")]
+    alias_history: &'a [AliasMove],
+}
+
+/// Versions as a map `v1: ..., v2: ...` in numeric order (a plain map would sort v10
+/// before v2).
+fn versions_as_map<S: Serializer>(vs: &&[Version], s: S) -> std::result::Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(Some(vs.len()))?;
+    for v in vs.iter() {
+        m.serialize_entry(&format!("v{}", v.number), v)?;
+    }
+    m.end()
+}
+
+/// Versions read from the map form, sorted by number.
+#[derive(Default)]
+pub(super) struct VersionMap(pub(super) Vec<Version>);
+
+impl<'de> Deserialize<'de> for VersionMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = VersionMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of versions v1, v2, ...")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<VersionMap, A::Error> {
+                let mut out: Vec<Version> = Vec::new();
+                while let Some(key) = a.next_key::<String>()? {
+                    let n = crate::registry::parse_version_number(&key)
+                        .filter(|_| key.starts_with('v'))
+                        .ok_or_else(|| {
+                            de::Error::custom(format!(
+                                "version key `{key}` is not of the form v<N>"
+                            ))
+                        })?;
+                    let mut v: Version = a.next_value()?;
+                    v.number = n;
+                    v.files.shrink_to_fit();
+                    out.push(v);
+                }
+                out.sort_by_key(|v| v.number);
+                if let Some(w) = out.windows(2).find(|w| w[0].number == w[1].number) {
+                    return Err(de::Error::custom(format!(
+                        "version v{} is listed twice",
+                        w[0].number
+                    )));
+                }
+                Ok(VersionMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The catalog in its written shape, borrowed.
+pub(super) fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
+    FileReprRef {
+        format: FORMAT,
+        models: c
+            .models
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.as_str(),
+                    ModelReprRef {
+                        highest_version: m.highest,
+                        versions: &m.versions,
+                        aliases: &m.aliases,
+                        alias_history: &m.alias_history,
+                    },
+                )
+            })
+            .collect(),
+        sources: &c.sources,
+    }
+}
