@@ -325,10 +325,10 @@ pub(crate) fn stage(
 mod tests {
     use super::*;
     use crate::fsutil::sha256_hex;
+    use crate::registry::persist::tests::catalog_of;
     use crate::store::copy::PIPELINE_THRESHOLD;
     use crate::store::{FOLDER_MODE, stored_mode, tighten_modes};
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::Arc;
 
     #[test]
     fn stage_publish_and_hash_both_paths() {
@@ -417,24 +417,7 @@ mod tests {
         fs::write(staging.join("v2.abcdefgh.m.v2/m.pt"), b"x").unwrap();
         fs::create_dir_all(staging.join("v3.ijklmnop.m.v2")).unwrap();
         fs::create_dir_all(store.join("m.v2/v1")).unwrap();
-        let mut model = crate::registry::Model::default();
-        for n in [1, 2] {
-            model.push(crate::registry::Version {
-                number: n,
-                kind: Default::default(),
-                files: vec![],
-                source: String::new(),
-                registered_at: String::new(),
-                metrics: Default::default(),
-                metadata: Default::default(),
-                sidecar: None,
-                metrics_history: vec![],
-                deprecated: None,
-                removed: None,
-            });
-        }
-        let mut c = Catalog::default();
-        c.models.insert("m.v2".into(), Arc::new(model));
+        let c = catalog_of("m.v2", &[1, 2]);
         let r = recover(&store, &c).unwrap();
         assert_eq!(r.rolled_forward, vec!["m.v2/v2".to_string()]);
         assert_eq!(r.removed, vec![".staging/v3.ijklmnop.m.v2".to_string()]);

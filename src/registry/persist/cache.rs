@@ -83,7 +83,7 @@ mod tests {
     fn cache_used_only_when_it_matches() {
         let dir = tempfile::tempdir().unwrap();
         let reg = dir.path().join("registry.yaml");
-        let c = catalog_of(&[1]);
+        let c = catalog_of("m", &[1]);
         write_atomic(&reg, to_yaml(&c).unwrap().as_bytes()).unwrap();
         write_cache(&reg, &c).unwrap();
         assert_eq!(

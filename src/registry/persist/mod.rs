@@ -274,19 +274,19 @@ pub fn remove_stale_temporaries(path: &Path) -> Result<usize> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::registry::{Kind, StoredFile};
 
-    /// A catalog of one model `m` with versions `numbers`, each one file.
-    pub(crate) fn catalog_of(numbers: &[u32]) -> Catalog {
+    /// A catalog of one model `name` with versions `numbers`, each one file.
+    pub(crate) fn catalog_of(name: &str, numbers: &[u32]) -> Catalog {
         let mut m = Model::default();
         for &n in numbers {
             m.push(Version {
                 number: n,
                 kind: Kind::File,
                 files: vec![StoredFile {
-                    path: format!("models/m/v{n}/m.pt"),
+                    path: format!("models/{name}/v{n}/m.pt"),
                     sha256: "ab".repeat(32),
                     size: 3,
                 }],
@@ -301,13 +301,13 @@ pub(super) mod tests {
             });
         }
         let mut c = Catalog::default();
-        c.models.insert("m".into(), Arc::new(m));
+        c.models.insert(name.into(), Arc::new(m));
         c
     }
 
     #[test]
     fn round_trip_keeps_numeric_order() {
-        let c = catalog_of(&[1, 2, 10]);
+        let c = catalog_of("m", &[1, 2, 10]);
         let text = to_yaml(&c).unwrap();
         let v2 = text.find("v2:").unwrap();
         let v10 = text.find("v10:").unwrap();
