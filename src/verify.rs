@@ -1,6 +1,7 @@
-//! `verify`: re-hash every stored file and compare with the catalog. Reports files that
-//! are missing or modified, and files or folders in the store the catalog does not name.
-//! It only reads: a tampered file is reported, never "repaired".
+//! `verify`: re-hash every stored file and compare with the catalog; missing, modified and extra files.
+//!
+//! Reports files that are missing or modified, and files or folders in the store the
+//! catalog does not name. It only reads: a tampered file is reported, never "repaired".
 
 use std::collections::BTreeSet;
 use std::fs;
