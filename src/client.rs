@@ -11,10 +11,10 @@ use crate::protocol::{
     AliasRemoved, AliasSet, Deprecated, ErrorBody, ErrorCode, GcReport, History, ModelList, Pong,
     Removed, Request, Response, RolledBack, StatusInfo, VersionInfo, VersionList, Waited,
 };
-use crate::verify::VerifyReport;
 use crate::users::group_name;
 /// Re-exported for the CLI, which names users in `history`.
 pub use crate::users::user_name;
+use crate::verify::VerifyReport;
 
 /// Why a request got no answer, or got an error answer.
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+// `v<N>` -> N: the registry's one rule for version numbers, also for folder names.
+use crate::registry::parse_version_number as version_number;
 
 mod copy;
 mod links;
@@ -73,15 +75,6 @@ pub const FOLDER_MODE: u32 = 0o755;
 pub fn set_folder_mode(dir: &Path) -> Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(FOLDER_MODE))
         .map_err(|e| Error::io("set the mode of", dir, e))
-}
-
-/// `v<N>` -> N.
-fn version_number(s: &str) -> Option<u32> {
-    let d = s.strip_prefix('v')?;
-    if d.is_empty() || d.starts_with('0') || !d.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    d.parse().ok()
 }
 
 /// Removes group and world write from every folder of the store, and any write bit from

@@ -325,10 +325,11 @@ pub(crate) fn stage(
 mod tests {
     use super::*;
     use crate::fsutil::sha256_hex;
-    use crate::registry::persist::tests::catalog_of;
+    use crate::registry::tests::{model, v};
     use crate::store::copy::PIPELINE_THRESHOLD;
     use crate::store::{FOLDER_MODE, stored_mode, tighten_modes};
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
 
     #[test]
     fn stage_publish_and_hash_both_paths() {
@@ -417,7 +418,9 @@ mod tests {
         fs::write(staging.join("v2.abcdefgh.m.v2/m.pt"), b"x").unwrap();
         fs::create_dir_all(staging.join("v3.ijklmnop.m.v2")).unwrap();
         fs::create_dir_all(store.join("m.v2/v1")).unwrap();
-        let c = catalog_of("m.v2", &[1, 2]);
+        let mut c = Catalog::default();
+        c.models
+            .insert("m.v2".into(), Arc::new(model(vec![v(1, &[]), v(2, &[])])));
         let r = recover(&store, &c).unwrap();
         assert_eq!(r.rolled_forward, vec!["m.v2/v2".to_string()]);
         assert_eq!(r.removed, vec![".staging/v3.ijklmnop.m.v2".to_string()]);

@@ -276,15 +276,14 @@ pub fn remove_stale_temporaries(path: &Path) -> Result<usize> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::registry::{Kind, StoredFile};
+    use crate::registry::StoredFile;
+    use crate::registry::tests::{model, v};
 
     /// A catalog of one model `name` with versions `numbers`, each one file.
     pub(crate) fn catalog_of(name: &str, numbers: &[u32]) -> Catalog {
-        let mut m = Model::default();
-        for &n in numbers {
-            m.push(Version {
-                number: n,
-                kind: Kind::File,
+        let versions = numbers
+            .iter()
+            .map(|&n| Version {
                 files: vec![StoredFile {
                     path: format!("models/{name}/v{n}/m.pt"),
                     sha256: "ab".repeat(32),
@@ -292,16 +291,11 @@ pub(crate) mod tests {
                 }],
                 source: "pretrained_models/m.pt".into(),
                 registered_at: "2026-11-26T02:27:08Z".into(),
-                metrics: [("accuracy".to_string(), 0.71)].into_iter().collect(),
-                metadata: Default::default(),
-                sidecar: None,
-                metrics_history: vec![],
-                deprecated: None,
-                removed: None,
-            });
-        }
+                ..v(n, &[("accuracy", 0.71)])
+            })
+            .collect();
         let mut c = Catalog::default();
-        c.models.insert(name.into(), Arc::new(m));
+        c.models.insert(name.into(), Arc::new(model(versions)));
         c
     }
 

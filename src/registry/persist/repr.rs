@@ -96,13 +96,9 @@ impl<'de> Deserialize<'de> for VersionMap {
             ) -> std::result::Result<VersionMap, A::Error> {
                 let mut out: Vec<Version> = Vec::new();
                 while let Some(key) = a.next_key::<String>()? {
-                    let n = crate::registry::parse_version_number(&key)
-                        .filter(|_| key.starts_with('v'))
-                        .ok_or_else(|| {
-                            de::Error::custom(format!(
-                                "version key `{key}` is not of the form v<N>"
-                            ))
-                        })?;
+                    let n = crate::registry::parse_version_number(&key).ok_or_else(|| {
+                        de::Error::custom(format!("version key `{key}` is not of the form v<N>"))
+                    })?;
                     let mut v: Version = a.next_value()?;
                     v.number = n;
                     v.files.shrink_to_fit();
