@@ -359,7 +359,7 @@ fn read_sidecar(
     }
     let parsed = sidecar::parse(&relative(&f.src), &bytes)
         .map_err(|e| Box::new(JobResult::Blocked(shown.clone(), e.to_string())))?;
-    let sha256 = store::sha256_hex(&bytes);
+    let sha256 = crate::fsutil::sha256_hex(&bytes);
     // Stale: the content already applied to the latest version, in a file nobody has
     // written since. Written again, even with the same content, it is meant for the
     // artifact that comes with it.
