@@ -183,16 +183,20 @@ impl RegistryError {
     }
 
     /// [`RegistryError::AliasNotFound`] for `alias` of `m`. As a selector, `latest` and
-    /// `best` are suggested too.
+    /// `best` are suggested too, and `vN` for a version written in capitals (`V3`): that
+    /// is a legal alias name, so it is looked up as one, but a version was meant.
     pub fn alias_not_found(name: &str, alias: &str, m: &Model, as_selector: bool) -> Self {
         let reserved = if as_selector {
             &["latest", "best"][..]
         } else {
             &[]
         };
-        let words = reserved
-            .iter()
-            .copied()
+        let lower = alias.to_lowercase();
+        let version = (as_selector && super::parse_version_number(&lower).is_some())
+            .then_some(lower.as_str());
+        let words = version
+            .into_iter()
+            .chain(reserved.iter().copied())
             .chain(m.aliases.keys().map(String::as_str));
         RegistryError::AliasNotFound {
             name: name.to_string(),

@@ -299,6 +299,12 @@ mod tests {
             err("latets", None),
             "\"m\" has no alias \"latets\"; did you mean \"latest\"? (aliases: [\"production\"]; or use vN, latest, best)"
         );
+        // `V1` is a legal alias name, looked up as one; the version was meant.
+        assert_eq!(
+            err("V1", None),
+            "\"m\" has no alias \"V1\"; did you mean \"v1\"? (aliases: [\"production\"]; or use vN, latest, best)"
+        );
+        assert_eq!(Selector::parse("V1"), Some(Selector::Alias("V1")));
         assert_eq!(
             err("lat/est", None),
             "selector \"lat/est\" is not vN, latest, best or an alias; did you mean \"latest\"?"
