@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use modelreg::client::{Client, ClientError};
+use modelreg::display::escape_for_terminal as esc;
 use modelreg::names;
 use modelreg::protocol::{ErrorBody, ErrorCode, Waited};
 use serde::Serialize;
@@ -310,7 +311,9 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
 pub(super) fn print_added(a: &Added) {
     match a {
         Added::HandedOver { name, path, .. } => outln!(
-            "handed over as {path}; it becomes a version of {name} once it settles (`modelreg status` shows it)"
+            "handed over as {}; it becomes a version of {} once it settles (`modelreg status` shows it)",
+            esc(path),
+            esc(name)
         ),
         Added::Registered(w) => {
             let v = &w.version;
@@ -319,7 +322,7 @@ pub(super) fn print_added(a: &Added) {
             } else {
                 " (identical to the newest version: no new version)"
             };
-            outln!("{} {}  {}{same}", v.name, v.version, v.path);
+            outln!("{} {}  {}{same}", esc(&v.name), esc(&v.version), esc(&v.path));
         }
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use modelreg::client::{Client, ClientError};
 use modelreg::config::{Config, Direction};
 use modelreg::daemon;
+use modelreg::display::escape_for_terminal as esc;
 use modelreg::verify::VerifyReport;
 
 use crate::{AliasCmd, Cli, Command, EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_PERMISSION_DENIED};
@@ -46,6 +47,24 @@ pub(crate) fn emit(args: std::fmt::Arguments) {
     }
 }
 
+/// Prints `modelreg: MESSAGE` on stderr, each line passed through
+/// [`esc`](modelreg::display::escape_for_terminal): messages quote paths, names and reasons from the daemon or
+/// the file system, which must be shown, never obeyed. The line breaks of a message this
+/// program wrote itself (`NotRunning`'s advice) stay line breaks.
+pub(crate) fn print_error(message: &str) {
+    let lines: Vec<_> = message.split('\n').map(esc).collect();
+    eprintln!("modelreg: {}", lines.join("\n"));
+}
+
+/// Prints a client error; the daemon's own message is escaped whole (a line break in it
+/// came from a quoted value, e.g. a deprecation reason, and could forge a line).
+fn print_client_error(e: &ClientError) {
+    match e {
+        ClientError::Remote(body) => eprintln!("modelreg: {}", esc(&body.message)),
+        other => print_error(&other.to_string()),
+    }
+}
+
 fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
     if let Some(s) = &cli.socket {
         return Ok(s.clone());
@@ -59,24 +78,20 @@ pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
     let socket = match socket_path(cli) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("modelreg: {e}");
+            print_error(&e);
             return ExitCode::from(EXIT_ERROR);
         }
     };
     let result = Client::connect(&socket).and_then(|mut c| run_client(&mut c, cmd));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ ClientError::NotRunning { .. }) => {
-            eprintln!("modelreg: {e}");
-            ExitCode::from(EXIT_NOT_RUNNING)
-        }
-        Err(e @ ClientError::PermissionDenied { .. }) => {
-            eprintln!("modelreg: {e}");
-            ExitCode::from(EXIT_PERMISSION_DENIED)
-        }
         Err(e) => {
-            eprintln!("modelreg: {e}");
-            ExitCode::from(EXIT_ERROR)
+            print_client_error(&e);
+            match e {
+                ClientError::NotRunning { .. } => ExitCode::from(EXIT_NOT_RUNNING),
+                ClientError::PermissionDenied { .. } => ExitCode::from(EXIT_PERMISSION_DENIED),
+                _ => ExitCode::from(EXIT_ERROR),
+            }
         }
     }
 }
@@ -139,7 +154,7 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             let info = c.get(name, Some(selector), metric.as_deref(), mode)?;
             show(*json, &info, |info| {
                 if *path {
-                    outln!("{}", info.path);
+                    outln!("{}", esc(&info.path));
                 } else {
                     print_version(info);
                 }
@@ -157,11 +172,22 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
         Command::Alias {
             cmd: AliasCmd::Rm { name, alias, json },
         } => show(*json, &c.alias_remove(name, alias)?, |r| {
-            outln!("{name}: alias {alias} removed (was {})", r.removed)
+            outln!(
+                "{}: alias {} removed (was {})",
+                esc(name),
+                esc(alias),
+                esc(&r.removed)
+            )
         }),
         Command::History { name, json } => show(*json, &c.history(name)?, print_history),
         Command::Rollback { name, alias, json } => show(*json, &c.rollback(name, alias)?, |r| {
-            outln!("{name}: {alias} rolled back {} -> {}", r.from, r.version)
+            outln!(
+                "{}: {} rolled back {} -> {}",
+                esc(name),
+                esc(alias),
+                esc(&r.from),
+                esc(&r.version)
+            )
         }),
         Command::Deprecate {
             name,
@@ -171,7 +197,13 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
         } => show(
             *json,
             &c.deprecate(name, version, reason.as_deref())?,
-            |_| outln!("{name} {version} deprecated: hidden from latest and best, still stored"),
+            |_| {
+                outln!(
+                    "{} {} deprecated: hidden from latest and best, still stored",
+                    esc(name),
+                    esc(version)
+                )
+            },
         ),
         Command::Rm {
             name,
@@ -183,9 +215,13 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             *json,
             &c.rm(name, version, reason.as_deref(), *force)?,
             |r| {
-                out!("{name} {version} removed (its number is never reused)");
+                out!(
+                    "{} {} removed (its number is never reused)",
+                    esc(name),
+                    esc(version)
+                );
                 if !r.aliases_dropped.is_empty() {
-                    out!("; aliases dropped: {}", r.aliases_dropped.join(", "));
+                    out!("; aliases dropped: {}", esc(&r.aliases_dropped.join(", ")));
                 }
                 outln!();
             },
@@ -245,7 +281,7 @@ pub(crate) fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitC
         Ok(report) if print_report(&report, json) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(EXIT_ERROR),
         Err(e) => {
-            eprintln!("modelreg: {e}");
+            print_error(&e);
             ExitCode::from(EXIT_ERROR)
         }
     }

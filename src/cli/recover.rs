@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use modelreg::display::escape_for_terminal as esc;
+
 use crate::{Cli, EXIT_ERROR};
 
 /// `recover`: adds back to registry.yaml every version the store holds and it lacks,
@@ -20,18 +22,24 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
         let rel = |p: &Path| config.relative(p).into_owned();
         let report = modelreg::store::rebuild(&config.store, &mut catalog, &rel);
         for v in &report.from_manifest {
-            outln!("recovered {v} from its manifest");
+            outln!("recovered {} from its manifest", esc(v));
         }
         for v in &report.hashed {
             outln!(
-                "recovered {v} by hashing its files (stored before manifests existed): its source, registration time, metrics and metadata are lost"
+                "recovered {} by hashing its files (stored before manifests existed): its source, registration time, metrics and metadata are lost",
+                esc(v)
             );
         }
         for v in &report.tombstones {
-            outln!("recovered the tombstone of removed {v}: its number stays taken");
+            outln!(
+                "recovered the tombstone of removed {}: its number stays taken",
+                esc(v)
+            );
         }
         for v in &report.unreadable {
-            eprintln!("modelreg: not recovered (left untouched in the store): {v}");
+            super::print_error(&format!(
+                "not recovered (left untouched in the store): {v}"
+            ));
         }
         let added = report.from_manifest.len() + report.hashed.len() + report.tombstones.len();
         if added == 0 {
@@ -62,7 +70,7 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_ERROR),
         Err(e) => {
-            eprintln!("modelreg: {e}");
+            super::print_error(&e);
             ExitCode::from(EXIT_ERROR)
         }
     }

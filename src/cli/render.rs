@@ -1,6 +1,6 @@
 //! Tables and reports printed by the client commands.
 
-use modelreg::display::escape_for_terminal as esc;
+use modelreg::display::{compact_number, escape_for_terminal as esc, pad, width};
 use modelreg::protocol::{AliasSet, GcReport, History, ModelSummary, StatusInfo, VersionInfo};
 use modelreg::status::human_bytes as human_size;
 use modelreg::verify::VerifyReport;
@@ -21,7 +21,9 @@ pub(super) fn print_report(r: &VerifyReport, json: bool) -> bool {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_uppercase))
                 .unwrap_or_default();
-            outln!("{kind:<10}  {}  ({})", p.path, p.detail);
+            // Paths of files in the store (any name an uploaded folder held) and details
+            // quoting them: shown, never obeyed.
+            outln!("{kind:<10}  {}  ({})", esc(&p.path), esc(&p.detail));
         }
         if r.problems.is_empty() {
             outln!("all stored files match the catalog");
@@ -44,7 +46,7 @@ pub(super) fn table(rows: &[Vec<String>]) {
         .map(|i| {
             rows.iter()
                 .filter_map(|r| r.get(i))
-                .map(|s| s.chars().count())
+                .map(|s| width(s))
                 .max()
                 .unwrap_or(0)
         })
@@ -55,7 +57,9 @@ pub(super) fn table(rows: &[Vec<String>]) {
             if i + 1 == r.len() {
                 line.push_str(cell);
             } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+                // Padded by terminal cells: a CJK name or an emoji takes two.
+                line.push_str(&pad(cell, widths[i]));
+                line.push_str("  ");
             }
         }
         outln!("{}", line.trim_end());
@@ -90,7 +94,11 @@ pub(super) fn print_list(models: &[ModelSummary]) {
 }
 
 pub(super) fn metrics_text(v: &VersionInfo) -> String {
-    let s: Vec<String> = v.metrics.iter().map(|(k, x)| format!("{k}={x}")).collect();
+    let s: Vec<String> = v
+        .metrics
+        .iter()
+        .map(|(k, x)| format!("{k}={}", compact_number(*x)))
+        .collect();
     if s.is_empty() {
         "-".into()
     } else {
@@ -139,7 +147,7 @@ pub(super) fn print_versions(vs: &[VersionInfo]) {
 }
 
 pub(super) fn print_version(v: &VersionInfo) {
-    outln!("{} {}", esc(&v.name), v.version);
+    outln!("{} {}", esc(&v.name), esc(&v.version));
     let mut rows = vec![
         vec!["  path:".to_string(), v.path.clone()],
         vec!["  registered:".into(), v.registered_at.clone()],
@@ -170,12 +178,14 @@ pub(super) fn print_version(v: &VersionInfo) {
             .metadata
             .iter()
             .map(|(k, x)| {
-                format!(
-                    "{k}={}",
-                    x.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| x.to_string())
-                )
+                let shown = match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) if n.is_f64() => {
+                        n.as_f64().map(compact_number).unwrap_or_else(|| n.to_string())
+                    }
+                    other => other.to_string(),
+                };
+                format!("{k}={shown}")
             })
             .collect();
         rows.push(vec!["  metadata:".into(), md.join(" ")]);
@@ -200,7 +210,7 @@ pub(super) fn print_history(h: &History) {
         outln!("no aliases");
     } else {
         for (a, n) in &h.aliases {
-            outln!("{} -> {n}", esc(a));
+            outln!("{} -> {}", esc(a), esc(n));
         }
     }
     // `by` in the answer is the action (set, rollback, remove, ...); who did it is the
@@ -239,7 +249,13 @@ pub(super) fn print_alias_set(r: &AliasSet) {
         (Some(f), false) => format!(" (was {f})"),
         (None, false) => String::new(),
     };
-    outln!("{}: {} -> {}{was}", esc(&r.name), esc(&r.alias), r.version);
+    outln!(
+        "{}: {} -> {}{}",
+        esc(&r.name),
+        esc(&r.alias),
+        esc(&r.version),
+        esc(&was)
+    );
 }
 
 /// What gc removed (or would), and the bytes freed.
@@ -249,7 +265,7 @@ pub(super) fn print_gc(r: &GcReport) {
         outln!(
             "{verb} {} {} ({})",
             esc(&x.name),
-            x.version,
+            esc(&x.version),
             human_size(x.size)
         );
     }
@@ -264,7 +280,7 @@ pub(super) fn print_gc(r: &GcReport) {
 pub(super) fn print_status(s: &StatusInfo) {
     outln!(
         "modelreg {} (pid {}), up {:.0}s",
-        s.version,
+        esc(&s.version),
         s.pid,
         s.uptime_secs
     );
@@ -322,7 +338,7 @@ pub(super) fn print_status(s: &StatusInfo) {
                 "  {} [{}] {} for {:.1}s{progress}{}",
                 esc(&w.name),
                 esc(&w.entries.join(", ")),
-                w.state,
+                esc(&w.state),
                 w.since_secs,
                 esc(&reason)
             );
@@ -333,19 +349,19 @@ pub(super) fn print_status(s: &StatusInfo) {
     } else {
         outln!("problems:");
         for p in &s.problems {
-            outln!("  {} (since {})", esc(&p.message), p.since);
+            outln!("  {} (since {})", esc(&p.message), esc(&p.since));
         }
     }
     if !s.recent_changes.is_empty() {
         outln!("recent changes:");
         for e in &s.recent_changes {
-            outln!("  {} {}", e.at, esc(&e.message));
+            outln!("  {} {}", esc(&e.at), esc(&e.message));
         }
     }
     if !s.recent_errors.is_empty() {
         outln!("recent errors:");
         for e in &s.recent_errors {
-            outln!("  {} {}", e.at, esc(&e.message));
+            outln!("  {} {}", esc(&e.at), esc(&e.message));
         }
     }
 }
