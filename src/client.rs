@@ -114,6 +114,11 @@ impl Client {
         })
     }
 
+    /// The socket this client is connected to (for a second connection alongside).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// How long to wait for an answer (60 s after `connect`); `wait` requests need
     /// longer.
     pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {

@@ -3,14 +3,21 @@
 //! place), then the artifact is copied into the inbox under a hidden temporary name and
 //! renamed into place, so the daemon never sees a half-written file; with `--wait` a
 //! `wait` request answers once that exact entry is registered.
+//!
+//! Before copying, the inbox's file system must have room for the artifact; on a
+//! terminal the size being copied is shown, and with `--wait` a progress bar of the
+//! daemon's copy into the store.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use super::progress;
 
 use modelreg::client::{Client, ClientError};
 use modelreg::display::escape_for_terminal as esc;
 use modelreg::names;
 use modelreg::protocol::{ErrorBody, ErrorCode, Waited};
+use modelreg::status::human_bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -108,6 +115,51 @@ fn hidden(inbox: &Path, entry: &str) -> PathBuf {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     inbox.join(format!(".{entry}.{}-{nanos:08x}.tmp", std::process::id()))
+}
+
+/// The bytes `src` holds: a file's length, or the sum over a folder's files (following
+/// links, as the copy does).
+fn source_size(src: &Path) -> std::io::Result<u64> {
+    let meta = std::fs::metadata(src)?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0u64;
+    for e in std::fs::read_dir(src)? {
+        total = total.saturating_add(source_size(&e?.path())?);
+    }
+    Ok(total)
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`
+/// (statvfs: available blocks times the fragment size).
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs only writes the struct it is given; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Refuses a copy of `size` bytes into `inbox` when its file system has less free: the
+/// copy would fail part-way (ENOSPC) after filling the disk others share.
+fn check_room(src: &Path, size: u64, inbox: &Path) -> Result<(), ClientError> {
+    let free = free_bytes(inbox).map_err(|e| refuse(format!("{}: {e}", inbox.display())))?;
+    if size > free {
+        return Err(refuse(format!(
+            "{} is {} ({size} bytes) but the inbox's file system ({}) has only {} ({free} bytes) free; nothing was copied",
+            src.display(),
+            human_bytes(size),
+            inbox.display(),
+            human_bytes(free)
+        )));
+    }
+    Ok(())
 }
 
 /// Copies a folder recursively (following links, as `cp -rL` would).
@@ -214,6 +266,8 @@ pub(super) enum Added {
         entry: String,
         /// Its path in the inbox.
         path: String,
+        /// The bytes copied.
+        bytes: u64,
     },
     /// The `wait` answer.
     Registered(Box<Waited>),
@@ -271,6 +325,9 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
             inbox.display()
         )));
     }
+    // Before anything is placed: a refused copy leaves no sidecar behind either.
+    let size = source_size(a.path).map_err(|e| refuse(format!("{}: {e}", a.path.display())))?;
+    check_room(a.path, size, &inbox)?;
     if !metrics.is_empty() || !metadata.is_empty() {
         let mut doc = Map::new();
         doc.insert("metrics".into(), Value::Object(metrics));
@@ -286,6 +343,15 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     }
     let entry = entry_name(&name, a.path, is_dir);
     let dst = inbox.join(&entry);
+    let terminal = progress::on_terminal();
+    if terminal {
+        eprintln!(
+            "copying {} ({}) into {}",
+            esc(&a.path.display().to_string()),
+            human_bytes(size),
+            esc(&inbox.display().to_string())
+        );
+    }
     place(&hidden(&inbox, &entry), &dst, |t| {
         if is_dir {
             copy_tree(a.path, t)
@@ -298,13 +364,18 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
             name,
             entry,
             path: dst.display().to_string(),
+            bytes: size,
         });
     };
     // The daemon answers `wait` within its own timeout; leave it a margin to say so.
     c.set_read_timeout(timeout + Duration::from_secs(10))?;
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    c.wait(&name, &entry, Some(timeout_ms))
-        .map(|w| Added::Registered(Box::new(w)))
+    let bar = terminal.then(|| progress::Bar::start(c.path(), &name));
+    let waited = c.wait(&name, &entry, Some(timeout_ms));
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    waited.map(|w| Added::Registered(Box::new(w)))
 }
 
 /// Prints what `add` did: the version, or where it was handed over.
@@ -322,7 +393,12 @@ pub(super) fn print_added(a: &Added) {
             } else {
                 " (identical to the newest version: no new version)"
             };
-            outln!("{} {}  {}{same}", esc(&v.name), esc(&v.version), esc(&v.path));
+            outln!(
+                "{} {}  {}{same}",
+                esc(&v.name),
+                esc(&v.version),
+                esc(&v.path)
+            );
         }
     }
 }

@@ -37,9 +37,7 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             );
         }
         for v in &report.unreadable {
-            super::print_error(&format!(
-                "not recovered (left untouched in the store): {v}"
-            ));
+            super::print_error(&format!("not recovered (left untouched in the store): {v}"));
         }
         let added = report.from_manifest.len() + report.hashed.len() + report.tombstones.len();
         if added == 0 {

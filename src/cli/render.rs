@@ -180,9 +180,10 @@ pub(super) fn print_version(v: &VersionInfo) {
             .map(|(k, x)| {
                 let shown = match x {
                     serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Number(n) if n.is_f64() => {
-                        n.as_f64().map(compact_number).unwrap_or_else(|| n.to_string())
-                    }
+                    serde_json::Value::Number(n) if n.is_f64() => n
+                        .as_f64()
+                        .map(compact_number)
+                        .unwrap_or_else(|| n.to_string()),
                     other => other.to_string(),
                 };
                 format!("{k}={shown}")
