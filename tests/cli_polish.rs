@@ -70,7 +70,7 @@ fn add_draws_a_progress_bar_when_stderr_is_a_terminal() {
     let d = TestDaemon::quick();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bigmodel.pt");
-    // A few hundred MB, so that the daemon's copy and hash span several 200 ms polls.
+    // A few hundred MB, so that the daemon's copy and hash span several 100 ms polls.
     big_file(&file, 7, 400);
     // `script` runs the command on a pseudo-terminal (stdout and stderr both go to it)
     // and copies what it printed to its own stdout; -e passes on the exit status.

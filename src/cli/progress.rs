@@ -13,8 +13,9 @@ use modelreg::display::escape_for_terminal as esc;
 use modelreg::protocol::Waiting;
 use modelreg::status::human_bytes;
 
-/// How often `status` is asked while the bar is shown.
-const POLL: Duration = Duration::from_millis(200);
+/// How often `status` is asked while the bar is shown: often enough that a copy of a
+/// second or two shows several frames; a status request costs the daemon microseconds.
+const POLL: Duration = Duration::from_millis(100);
 /// Cells of the bar itself, between the brackets.
 const BAR_CELLS: usize = 30;
 
