@@ -14,27 +14,6 @@ fn run(d: &TestDaemon, args: &[&str]) -> Output {
     d.cli(args)
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs and asserts success; returns stdout.
-fn ok(d: &TestDaemon, args: &[&str]) -> String {
-    let o = run(d, args);
-    assert!(
-        o.status.success(),
-        "modelreg {args:?} failed ({}):\n{}{}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
 /// Registers `n` versions of `name` by dropping files into the inbox one after another.
 fn register(d: &TestDaemon, name: &str, n: usize, sidecar_text: Option<&str>) {
     let inbox = d.inbox();

@@ -4,41 +4,7 @@
 
 mod common;
 
-use std::process::Output;
-
 use common::*;
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs and asserts success; returns stdout.
-fn ok(d: &TestDaemon, args: &[&str]) -> String {
-    let o = d.cli(args);
-    assert!(
-        o.status.success(),
-        "modelreg {args:?} failed ({}):\n{}{}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
-/// Runs and asserts failure; returns stderr.
-fn fails(d: &TestDaemon, args: &[&str]) -> String {
-    let o = d.cli(args);
-    assert!(
-        !o.status.success(),
-        "modelreg {args:?} succeeded:\n{}",
-        stdout(&o)
-    );
-    stderr(&o)
-}
 
 #[test]
 fn versions_and_a_waited_registration_show_the_aliases_of_a_version() {

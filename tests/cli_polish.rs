@@ -6,41 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs and asserts success; returns stdout.
-fn ok(d: &TestDaemon, args: &[&str]) -> String {
-    let o = d.cli(args);
-    assert!(
-        o.status.success(),
-        "modelreg {args:?} failed ({}):\n{}{}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
-/// Runs and asserts failure; returns stderr.
-fn fails(d: &TestDaemon, args: &[&str]) -> String {
-    let o = d.cli(args);
-    assert!(
-        !o.status.success(),
-        "modelreg {args:?} succeeded:\n{}",
-        stdout(&o)
-    );
-    stderr(&o)
-}
 
 /// A file of `mib` MiB, different for each `seed`, written without holding it in memory.
 fn big_file(path: &Path, seed: u64, mib: usize) {
@@ -55,6 +23,19 @@ fn big_file(path: &Path, seed: u64, mib: usize) {
     f.flush().unwrap();
 }
 
+/// A daemon, and a file `name` of `mib` MiB outside its root (in the returned folder).
+fn daemon_and_big_file(
+    name: &str,
+    seed: u64,
+    mib: usize,
+) -> (TestDaemon, tempfile::TempDir, std::path::PathBuf) {
+    let d = TestDaemon::quick();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    big_file(&file, seed, mib);
+    (d, dir, file)
+}
+
 /// The stored names in the inbox, hidden ones included.
 fn inbox_names(d: &TestDaemon) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(d.inbox())
@@ -67,11 +48,8 @@ fn inbox_names(d: &TestDaemon) -> Vec<String> {
 
 #[test]
 fn add_draws_a_progress_bar_when_stderr_is_a_terminal() {
-    let d = TestDaemon::quick();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bigmodel.pt");
     // A few hundred MB, so that the daemon's copy and hash span several 100 ms polls.
-    big_file(&file, 7, 400);
+    let (d, _dir, file) = daemon_and_big_file("bigmodel.pt", 7, 400);
     // `script` runs the command on a pseudo-terminal (stdout and stderr both go to it)
     // and copies what it printed to its own stdout; -e passes on the exit status.
     let cmd = format!(
@@ -106,10 +84,7 @@ fn add_draws_a_progress_bar_when_stderr_is_a_terminal() {
 
 #[test]
 fn add_in_a_pipe_prints_no_bar_and_nothing_on_stderr() {
-    let d = TestDaemon::quick();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pipedmodel.pt");
-    big_file(&file, 8, 200);
+    let (d, dir, file) = daemon_and_big_file("pipedmodel.pt", 8, 200);
     let o = d.cli(&["add", file.to_str().unwrap(), "--wait", "--timeout", "120"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stderr(&o), "", "a pipe gets no bar and no size line");

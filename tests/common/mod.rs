@@ -426,3 +426,37 @@ pub fn can_switch_user(test: &str) -> bool {
     }
     ok
 }
+
+/// A command's stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs the CLI against `d` and asserts success; returns stdout.
+pub fn ok(d: &TestDaemon, args: &[&str]) -> String {
+    let o = d.cli(args);
+    assert!(
+        o.status.success(),
+        "modelreg {args:?} failed ({}):\n{}{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Runs the CLI against `d` and asserts failure; returns stderr.
+pub fn fails(d: &TestDaemon, args: &[&str]) -> String {
+    let o = d.cli(args);
+    assert!(
+        !o.status.success(),
+        "modelreg {args:?} succeeded:\n{}",
+        stdout(&o)
+    );
+    stderr(&o)
+}
