@@ -25,6 +25,30 @@ pub fn escape_for_terminal(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// JSON text (as serde_json writes it) with the characters [`escape_for_terminal`]
+/// escapes and serde_json leaves raw (C1 controls, DEL, bidi controls, line and paragraph
+/// separators) written as JSON `\uXXXX` escapes: the same value to a JSON reader, safe to
+/// show on a terminal. They can only occur inside JSON strings, where such an escape is
+/// valid.
+pub fn escape_json_for_terminal(json: &str) -> Cow<'_, str> {
+    // C0 controls are escaped by serde_json inside strings; outside them they are the
+    // layout of pretty output (newlines), which must stay.
+    let raw = |c: char| c >= ' ' && needs_escape(c);
+    if !json.chars().any(raw) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if raw(c) {
+            // All of them are in the Basic Multilingual Plane: one \uXXXX each.
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || c == '\u{2028}' || c == '\u{2029}' || crate::names::is_bidi_control(c)
 }
@@ -114,6 +138,19 @@ pub fn compact_number(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_keeps_its_value_but_not_the_controls() {
+        let value = serde_json::json!({"note": "x\u{1b}[2Jy\u{202e}z\u{9b}\u{2028}é"});
+        let text = serde_json::to_string_pretty(&value).unwrap();
+        let shown = escape_json_for_terminal(&text);
+        assert_eq!(
+            shown,
+            "{\n  \"note\": \"x\\u001b[2Jy\\u202ez\\u009b\\u2028é\"\n}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, value);
+    }
 
     #[test]
     fn width_counts_terminal_cells() {

@@ -146,6 +146,11 @@ fn text_from_the_daemon_and_the_file_system_is_shown_escaped() {
     // A metadata string in `get`'s table.
     let out = ok(&d, &["get", "resnet"]);
     assert!(out.contains(&format!("note={shown}")), "{out}");
+    // --json escapes it too (serde_json leaves U+202E raw), and keeps the value.
+    let out = ok(&d, &["get", "resnet", "--json"]);
+    assert!(out.contains(r#""note": "x\u001b[2Jy\u202ez""#), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["metadata"]["note"], evil);
     // A deprecation reason in `get`'s state line.
     ok(&d, &["deprecate", "resnet", "v1", "--reason", evil]);
     let out = ok(&d, &["get", "resnet", "v1"]);
@@ -174,6 +179,7 @@ fn text_from_the_daemon_and_the_file_system_is_shown_escaped() {
         d.cli(&["get", "mobilenet", "v1"]),
         d.cli(&["verify"]),
         d.cli(&["versions", "resnet"]),
+        d.cli(&["get", "resnet", "v1", "--json"]),
     ] {
         let all = format!("{}{}", stdout(&o), stderr(&o));
         assert!(

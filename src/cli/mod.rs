@@ -97,9 +97,11 @@ pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
     }
 }
 
-/// Prints the daemon's answer as JSON (`--json`).
+/// Prints the daemon's answer as JSON (`--json`), with bidi and C1 controls escaped
+/// (serde_json leaves them raw): the same value, shown rather than obeyed.
 fn print_json<T: serde::Serialize>(v: &T) {
-    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    outln!("{}", modelreg::display::escape_json_for_terminal(&text));
 }
 
 /// Prints `answer` as JSON with `--json`, else with `render`.

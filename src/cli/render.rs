@@ -8,7 +8,7 @@ use modelreg::verify::VerifyReport;
 /// Prints a verification report; true when it is clean.
 pub(super) fn print_report(r: &VerifyReport, json: bool) -> bool {
     if json {
-        outln!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        super::print_json(r);
     } else {
         outln!(
             "verified {} version(s), {} file(s), {}",
