@@ -90,7 +90,7 @@ fn hidden_tmps(inbox: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn an_interrupted_add_removes_its_hidden_copy_from_the_inbox() {
+fn an_interrupted_add_leaves_neither_its_hidden_copy_nor_its_sidecar_in_the_inbox() {
     use std::process::{Command, Stdio};
     let d = TestDaemon::quick();
     // A folder holding a FIFO: the copy blocks on it (no writer), as a long copy would
@@ -103,7 +103,7 @@ fn an_interrupted_add_removes_its_hidden_copy_from_the_inbox() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let mut child = Command::new(BIN)
             .args(["--socket", d.socket().to_str().unwrap()])
-            .args(["add", folder.to_str().unwrap()])
+            .args(["add", folder.to_str().unwrap(), "--metric", "accuracy=0.9"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -118,6 +118,12 @@ fn an_interrupted_add_removes_its_hidden_copy_from_the_inbox() {
             hidden_tmps(&d.inbox()).is_empty(),
             "{:?}",
             hidden_tmps(&d.inbox())
+        );
+        // The sidecar is placed only once the copy is whole: left behind, it would give
+        // the model's current version the new metrics.
+        assert!(
+            !d.inbox().join("slow.metrics.yaml").exists(),
+            "an interrupted add left its sidecar"
         );
     }
 }

@@ -1,8 +1,9 @@
 //! `modelreg add FILE|FOLDER`: register from anywhere. The hand-over is the Python
-//! client's: the metrics sidecar is written first (under a hidden name, renamed into
-//! place), then the artifact is copied into the inbox under a hidden temporary name and
-//! renamed into place, so the daemon never sees a half-written file; with `--wait` a
-//! `wait` request answers once that exact entry is registered.
+//! client's: the artifact is copied into the inbox under a hidden temporary name; once
+//! the copy is whole the metrics sidecar is placed (written hidden, renamed), then the
+//! artifact is renamed into place, so the daemon never sees a half-written file and an
+//! interrupted copy leaves no sidecar that would update the current version's metrics;
+//! with `--wait` a `wait` request answers once that exact entry is registered.
 //!
 //! Before copying, the inbox's file system must have room for the artifact; on a
 //! terminal the size being copied is shown, and with `--wait` a progress bar of the
@@ -210,24 +211,29 @@ fn rename_into_place(tmp: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `tmp` with `write`, then renames it to `dst`; removes `tmp` on any failure.
+/// Writes `tmp` with `write`, runs `ready` (which places the sidecar, if any), then
+/// renames `tmp` to `dst`; removes `tmp` on any failure.
 fn place(
     tmp: &Path,
     dst: &Path,
     write: impl FnOnce(&Path) -> std::io::Result<()>,
+    ready: impl FnOnce() -> Result<(), ClientError>,
 ) -> Result<(), ClientError> {
     // Interrupted (Ctrl-C, SIGTERM) while copying, the hidden copy would stay in the
     // inbox forever, ignored by the daemon: remove it, then exit as the signal would.
     let guard = interrupt_cleanup(tmp);
-    let result = write(tmp).and_then(|()| rename_into_place(tmp, dst));
+    let cannot = |e: std::io::Error| refuse(format!("cannot place {}: {e}", dst.display()));
+    let result = write(tmp)
+        .map_err(cannot)
+        .and_then(|()| ready())
+        .and_then(|()| rename_into_place(tmp, dst).map_err(cannot));
     if let Some(h) = guard {
         h.close();
     }
-    if let Err(e) = result {
+    if result.is_err() {
         remove_tmp(tmp);
-        return Err(refuse(format!("cannot place {}: {e}", dst.display())));
     }
-    Ok(())
+    result
 }
 
 fn remove_tmp(tmp: &Path) {
@@ -328,19 +334,25 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     // Before anything is placed: a refused copy leaves no sidecar behind either.
     let size = source_size(a.path).map_err(|e| refuse(format!("{}: {e}", a.path.display())))?;
     check_room(a.path, size, &inbox)?;
-    if !metrics.is_empty() || !metadata.is_empty() {
+    let sidecar_text = (!metrics.is_empty() || !metadata.is_empty()).then(|| {
         let mut doc = Map::new();
         doc.insert("metrics".into(), Value::Object(metrics));
         if !metadata.is_empty() {
             doc.insert("metadata".into(), Value::Object(metadata));
         }
         // JSON is valid YAML: the Python client writes the same.
-        let text = serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default() + "\n";
-        let sidecar = format!("{name}{}", names::SIDECAR_SUFFIX);
-        place(&hidden(&inbox, &sidecar), &inbox.join(&sidecar), |t| {
-            std::fs::write(t, text)
-        })?;
-    }
+        serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default() + "\n"
+    });
+    let sidecar = format!("{name}{}", names::SIDECAR_SUFFIX);
+    let place_sidecar = || match &sidecar_text {
+        None => Ok(()),
+        Some(text) => place(
+            &hidden(&inbox, &sidecar),
+            &inbox.join(&sidecar),
+            |t| std::fs::write(t, text),
+            || Ok(()),
+        ),
+    };
     let entry = entry_name(&name, a.path, is_dir);
     let dst = inbox.join(&entry);
     let terminal = progress::on_terminal();
@@ -352,13 +364,18 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
             esc(&inbox.display().to_string())
         );
     }
-    place(&hidden(&inbox, &entry), &dst, |t| {
-        if is_dir {
-            copy_tree(a.path, t)
-        } else {
-            std::fs::copy(a.path, t).map(|_| ())
-        }
-    })?;
+    place(
+        &hidden(&inbox, &entry),
+        &dst,
+        |t| {
+            if is_dir {
+                copy_tree(a.path, t)
+            } else {
+                std::fs::copy(a.path, t).map(|_| ())
+            }
+        },
+        place_sidecar,
+    )?;
     let Some(timeout) = a.wait else {
         return Ok(Added::HandedOver {
             name,
