@@ -8,6 +8,7 @@
 //! - [`client`]   a blocking client of the socket, for the CLI and tests.
 //! - [`watcher`]  notify events -> settled groups; overflow -> rescan.
 //! - [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
+//! - [`messages`] what the settler, the registrar and the server send each other.
 //! - [`inbox`]    what an inbox entry is now: files, sizes, mtimes, inodes, symlink policy.
 //! - [`layout`]   root, inbox, store, registry.yaml pinned at start; losses noticed.
 //! - [`store`]    copy + SHA-256 in one pass into staging, publish, crash recovery.
@@ -35,6 +36,7 @@ pub mod fsutil;
 pub mod inbox;
 pub mod ingest;
 pub mod layout;
+pub mod messages;
 pub mod names;
 pub mod protocol;
 pub mod registry;

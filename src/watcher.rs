@@ -30,12 +30,12 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::config::WatchMode;
 use crate::inbox::{self, FileStat, Look};
-use crate::ingest::Settled;
+use crate::messages::{Outcome, RegistrarMsg, Settled, SettlerMsg};
 use crate::protocol::Waiting;
 use crate::status::StatusBoard;
 
@@ -322,32 +322,6 @@ fn filesystem_name(magic: i64) -> Option<&'static str> {
     })
 }
 
-/// How a group's registration ended, reported by the registrar.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Registered, or nothing to do.
-    Done,
-    /// A file changed while it was being copied: settle again.
-    Changed,
-    /// It cannot go on until its inputs change (an invalid sidecar).
-    Blocked(String),
-    /// An I/O error; retried with backoff.
-    Failed(String),
-}
-
-/// Messages to the settler other than file events.
-#[derive(Debug)]
-pub enum SettlerMsg {
-    /// The registrar finished a group.
-    Done { name: String, outcome: Outcome },
-    /// Report what is waiting.
-    Status(oneshot::Sender<Vec<Waiting>>),
-    /// A new settle period (SIGHUP).
-    SetSettle(Duration),
-    /// Rescan the whole inbox (periodic reconciliation).
-    Rescan(&'static str),
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Settling,
@@ -375,8 +349,9 @@ struct Group {
     failures: u32,
 }
 
-/// Tracks inbox entries until they are complete; see the module docs.
-pub struct Settler {
+/// Tracks inbox entries until they are complete; see the module docs. `J` is what the
+/// registrar's copy jobs report, carried by the registrar's channel and never looked at here.
+pub struct Settler<J> {
     inbox: PathBuf,
     settle: Duration,
     follow_symlinks: bool,
@@ -389,7 +364,7 @@ pub struct Settler {
     /// The group of each entry seen, so that a deleted folder is still found.
     entry_group: HashMap<String, String>,
     board: Arc<StatusBoard>,
-    to_registrar: mpsc::UnboundedSender<crate::ingest::RegistrarMsg>,
+    to_registrar: mpsc::UnboundedSender<RegistrarMsg<J>>,
     /// The folders pinned at start; `None` checks nothing (unit tests).
     layout: Option<Arc<crate::layout::Layout>>,
     /// Whether the inbox was the pinned one at the last check.
@@ -446,14 +421,14 @@ const LINKED_FOR: Duration = Duration::from_secs(3600);
 /// How often a stream of events re-checks that the inbox is still the pinned folder.
 const EVENT_CHECK: Duration = Duration::from_millis(50);
 
-impl Settler {
+impl<J> Settler<J> {
     /// A settler for `inbox` that hands complete groups to the registrar.
     pub fn new(
         inbox: PathBuf,
         settle: Duration,
         follow_symlinks: bool,
         board: Arc<StatusBoard>,
-        to_registrar: mpsc::UnboundedSender<crate::ingest::RegistrarMsg>,
+        to_registrar: mpsc::UnboundedSender<RegistrarMsg<J>>,
     ) -> Self {
         Settler {
             inbox,
@@ -489,9 +464,7 @@ impl Settler {
         };
         let health = layout.check(&self.board);
         if health.registry_missing {
-            let _ = self
-                .to_registrar
-                .send(crate::ingest::RegistrarMsg::CheckRegistry);
+            let _ = self.to_registrar.send(RegistrarMsg::CheckRegistry);
         }
         let back = health.inbox_ok && !self.inbox_was_ok;
         self.inbox_was_ok = health.inbox_ok;
@@ -977,7 +950,7 @@ impl Settler {
         g.again = false;
         if self
             .to_registrar
-            .send(crate::ingest::RegistrarMsg::Settled(settled))
+            .send(RegistrarMsg::Settled(settled))
             .is_err()
         {
             // The registrar is gone: the daemon is shutting down.
@@ -1182,9 +1155,7 @@ impl Settler {
                 self.schedule(&name, now + self.settle);
             }
         }
-        let _ = self
-            .to_registrar
-            .send(crate::ingest::RegistrarMsg::Present(present));
+        let _ = self.to_registrar.send(RegistrarMsg::Present(present));
     }
 
     /// Reports the hidden hand-over temporaries of `modelreg add` and the Python client
@@ -1381,10 +1352,9 @@ mod tests {
         assert_eq!(network_filesystem(Path::new("/")), None);
     }
 
-    use crate::ingest::RegistrarMsg;
     use notify::event::{CreateKind, DataChange, MetadataKind};
 
-    fn settler(inbox: &Path) -> (Settler, mpsc::UnboundedReceiver<RegistrarMsg>) {
+    fn settler(inbox: &Path) -> (Settler<()>, mpsc::UnboundedReceiver<RegistrarMsg<()>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let board = Arc::new(StatusBoard::default());
         // A zero settle period: every group is due at once, so the state machine is
@@ -1393,11 +1363,11 @@ mod tests {
         (s, rx)
     }
 
-    fn ev(s: &mut Settler, kind: EventKind, p: &Path) {
+    fn ev(s: &mut Settler<()>, kind: EventKind, p: &Path) {
         s.on_fs(Ok(notify::Event::new(kind).add_path(p.to_path_buf())));
     }
 
-    fn handed_over(rx: &mut mpsc::UnboundedReceiver<RegistrarMsg>) -> Vec<String> {
+    fn handed_over(rx: &mut mpsc::UnboundedReceiver<RegistrarMsg<()>>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(m) = rx.try_recv() {
             if let RegistrarMsg::Settled(s) = m {
@@ -1407,7 +1377,7 @@ mod tests {
         out
     }
 
-    fn state_of(s: &Settler, name: &str) -> Option<(String, String)> {
+    fn state_of(s: &Settler<()>, name: &str) -> Option<(String, String)> {
         s.waiting()
             .into_iter()
             .find(|w| w.name == name)

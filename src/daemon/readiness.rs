@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::messages::SettlerMsg;
 use crate::server::Context;
 use crate::shutdown;
-use crate::watcher::SettlerMsg;
 
 /// Ready means a query is answered: asks our own socket at `path` before telling systemd
 /// so, then starts the STATUS= reports and the watchdog when systemd wants them. The

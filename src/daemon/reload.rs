@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 
 use super::OnReload;
 use crate::config::{Config, ConfigSource};
+use crate::messages::SettlerMsg;
 use crate::server::Context;
 use crate::shutdown;
-use crate::watcher::SettlerMsg;
 
 /// Re-reads the settings from where they came from and publishes them: every task reads
 /// the new values at its next use. Start-up settings keep their running value

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use super::{Change, ChangeResult, Registrar};
+use super::Registrar;
+use crate::messages::{Change, ChangeResult};
 use crate::protocol::{ChangeAnswer, GcReport, GcVersion};
 use crate::registry::{Changed, Stamp, keep_last};
 use crate::status::now_rfc3339;

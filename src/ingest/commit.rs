@@ -3,15 +3,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::Registrar;
 use super::copy::{JobResult, NewVersion, SidecarRead};
-use super::{ChangeResult, Registrar};
 use crate::error::Result;
+use crate::messages::{ChangeResult, Outcome, SettlerMsg};
 use crate::registry::{
     MetricsChange, Model, SidecarRef, SourceRecord, StoredFile, Version, persist,
 };
 use crate::status::now_rfc3339;
 use crate::store::{self, Staged};
-use crate::watcher::{Outcome, SettlerMsg};
 
 impl Registrar {
     /// Applies a finished job to the catalog (not yet written).

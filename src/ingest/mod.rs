@@ -14,12 +14,11 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Config;
-use crate::inbox::Look;
+use crate::messages::{ChangeResult, Outcome, SettlerMsg};
 use crate::registry::Catalog;
 use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
 use crate::store::Staged;
-use crate::watcher::{Outcome, SettlerMsg};
 
 mod changes;
 mod commit;
@@ -32,74 +31,8 @@ pub use copy::{JobResult, NewVersion, SidecarRead};
 /// How many copy jobs run at once.
 const JOBS: usize = 16;
 
-/// A group whose entries have all been quiet for the settle period.
-#[derive(Debug)]
-pub struct Settled {
-    /// The model name.
-    pub name: String,
-    /// Artifact entries (files or folders) as they were when found quiet.
-    pub artifacts: Vec<(String, Look)>,
-    /// The sidecar entry, if present.
-    pub sidecar: Option<(String, Look)>,
-    /// Entries of the group that no longer exist.
-    pub gone: Vec<String>,
-}
-
-/// Messages to the registrar.
-#[derive(Debug)]
-pub enum RegistrarMsg {
-    /// A group to register.
-    Settled(Settled),
-    /// Every top-level entry of the inbox after a rescan: sources not among them are
-    /// forgotten.
-    Present(BTreeSet<String>),
-    /// A copy job finished.
-    JobDone { name: String, result: JobResult },
-    /// A change asked for on the socket; answered once it is durable.
-    Change {
-        change: Change,
-        uid: Option<u32>,
-        reply: tokio::sync::oneshot::Sender<ChangeResult>,
-    },
-    /// Bring every model's latest/best/alias links in line (start-up, reload).
-    RefreshLinks,
-    /// registry.yaml may have been deleted while running: write it again if so.
-    CheckRegistry,
-}
-
-/// A change to the registry asked for by a client.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// Point `alias` at version `version`.
-    AliasSet {
-        name: String,
-        alias: String,
-        version: u32,
-    },
-    /// Remove `alias`.
-    AliasRemove { name: String, alias: String },
-    /// Move `alias` back to where it pointed before its last move.
-    Rollback { name: String, alias: String },
-    /// Hide a version from latest and best.
-    Deprecate {
-        name: String,
-        version: u32,
-        reason: Option<String>,
-    },
-    /// Delete a version's files, keeping a tombstone.
-    Remove {
-        name: String,
-        version: u32,
-        reason: Option<String>,
-        force: bool,
-    },
-    /// Apply the retention policy (of one model, or all).
-    Gc { name: Option<String>, dry_run: bool },
-}
-
-/// The answer to a change: what it did, or why it was refused.
-pub type ChangeResult =
-    std::result::Result<crate::protocol::ChangeAnswer, crate::registry::RegistryError>;
+/// Messages to the registrar, whose copy jobs report a [`JobResult`].
+pub type RegistrarMsg = crate::messages::RegistrarMsg<JobResult>;
 
 /// The snapshot readers query. Replaced whole after each durable catalog write.
 #[derive(Debug, Default)]

@@ -1,10 +1,10 @@
 //! Planning: what a settled group needs, from the catalog's fingerprints; starts its copy job.
 
 use super::copy::{Job, JobResult, run_job};
-use super::{Registrar, RegistrarMsg, Settled};
+use super::{Registrar, RegistrarMsg};
 use crate::inbox::{self, Look};
+use crate::messages::{Outcome, Settled};
 use crate::registry::Version;
-use crate::watcher::Outcome;
 
 /// The content of a known version, for "identical bytes make no new version".
 #[derive(Debug, Clone)]

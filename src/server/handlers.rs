@@ -9,7 +9,7 @@ use super::Context;
 use super::answers::{model_summary, version_info_in};
 use super::wait::{status, wait, waiting_list};
 use crate::config::{Config, Direction};
-use crate::ingest::Change;
+use crate::messages::Change;
 use crate::protocol::{ErrorCode, History, ModelList, Pong, Request, Response, VersionList};
 use crate::registry::{Catalog, RegistryError, Version, parse_version};
 

@@ -26,10 +26,10 @@ use connections::Connections;
 
 use crate::config::{Config, Settings};
 use crate::ingest::Shared;
+use crate::messages::SettlerMsg;
 use crate::protocol::{ErrorCode, Response};
 use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
-use crate::watcher::SettlerMsg;
 
 pub use connection::{IDLE_TIMEOUT, REQUEST_TIMEOUT, SEND_BUFFER, WRITE_TIMEOUT, may_change};
 pub use connections::{MAX_CONNECTIONS, connection_limit};

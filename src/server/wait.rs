@@ -7,10 +7,10 @@ use tokio::time::Instant;
 
 use super::Context;
 use super::answers::version_info_in;
+use crate::messages::SettlerMsg;
 use crate::names;
 use crate::protocol::{ErrorCode, Response, StatusInfo, Waited, Waiting};
 use crate::registry::RegistryError;
-use crate::watcher::SettlerMsg;
 
 /// What the settler has waiting in the inbox (empty when it does not answer within
 /// `within`: this only adds detail to answers).

@@ -1,0 +1,113 @@
+//! The messages the settler (watcher), the registrar (ingest) and the server send each other.
+//!
+//! They live below both actors so that neither imports the other: the watcher hands
+//! [`Settled`] groups, [`RegistrarMsg::Present`] listings and registry checks to the
+//! registrar, the registrar answers each group with an [`Outcome`] in a
+//! [`SettlerMsg::Done`], and the server asks both (`status`, client changes).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::inbox::Look;
+use crate::protocol::{ChangeAnswer, Waiting};
+use crate::registry::RegistryError;
+
+/// A group whose entries have all been quiet for the settle period.
+#[derive(Debug)]
+pub struct Settled {
+    /// The model name.
+    pub name: String,
+    /// Artifact entries (files or folders) as they were when found quiet.
+    pub artifacts: Vec<(String, Look)>,
+    /// The sidecar entry, if present.
+    pub sidecar: Option<(String, Look)>,
+    /// Entries of the group that no longer exist.
+    pub gone: Vec<String>,
+}
+
+/// Messages to the registrar.
+///
+/// `J` is what the registrar's own copy jobs report when they finish: only the registrar
+/// reads it, so it is a parameter here and the settler and the server never name it
+/// (the registrar's module fixes it with a type alias).
+#[derive(Debug)]
+pub enum RegistrarMsg<J> {
+    /// A group to register.
+    Settled(Settled),
+    /// Every top-level entry of the inbox after a rescan: sources not among them are
+    /// forgotten.
+    Present(BTreeSet<String>),
+    /// A copy job finished.
+    JobDone { name: String, result: J },
+    /// A change asked for on the socket; answered once it is durable.
+    Change {
+        change: Change,
+        uid: Option<u32>,
+        reply: oneshot::Sender<ChangeResult>,
+    },
+    /// Bring every model's latest/best/alias links in line (start-up, reload).
+    RefreshLinks,
+    /// registry.yaml may have been deleted while running: write it again if so.
+    CheckRegistry,
+}
+
+/// A change to the registry asked for by a client.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Point `alias` at version `version`.
+    AliasSet {
+        name: String,
+        alias: String,
+        version: u32,
+    },
+    /// Remove `alias`.
+    AliasRemove { name: String, alias: String },
+    /// Move `alias` back to where it pointed before its last move.
+    Rollback { name: String, alias: String },
+    /// Hide a version from latest and best.
+    Deprecate {
+        name: String,
+        version: u32,
+        reason: Option<String>,
+    },
+    /// Delete a version's files, keeping a tombstone.
+    Remove {
+        name: String,
+        version: u32,
+        reason: Option<String>,
+        force: bool,
+    },
+    /// Apply the retention policy (of one model, or all).
+    Gc { name: Option<String>, dry_run: bool },
+}
+
+/// The answer to a change: what it did, or why it was refused.
+pub type ChangeResult = std::result::Result<ChangeAnswer, RegistryError>;
+
+/// How a group's registration ended, reported by the registrar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Registered, or nothing to do.
+    Done,
+    /// A file changed while it was being copied: settle again.
+    Changed,
+    /// It cannot go on until its inputs change (an invalid sidecar).
+    Blocked(String),
+    /// An I/O error; retried with backoff.
+    Failed(String),
+}
+
+/// Messages to the settler other than file events.
+#[derive(Debug)]
+pub enum SettlerMsg {
+    /// The registrar finished a group.
+    Done { name: String, outcome: Outcome },
+    /// Report what is waiting.
+    Status(oneshot::Sender<Vec<Waiting>>),
+    /// A new settle period (SIGHUP).
+    SetSettle(Duration),
+    /// Rescan the whole inbox (periodic reconciliation).
+    Rescan(&'static str),
+}
