@@ -1,0 +1,585 @@
+//! One model's inbox entries on their way to the registrar: the settling state machine, apart from the file system.
+//!
+//! What the file system shows comes in as observations (a path's stat after an event,
+//! every file's stat at the end of a quiet period, the lease probe's answers through
+//! [`Probe`]); what to do comes out as decisions ([`Verdict`], [`After`], whether to queue).
+//! The settler does the looking, the queueing and the sending.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::inbox::FileStat;
+use crate::messages::Outcome;
+
+/// Where a group is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum State {
+    /// Waiting for a quiet period.
+    Settling,
+    /// Handed to the registrar; events only ask for another round.
+    InFlight,
+    /// Cannot go on until its inputs change (why).
+    Blocked(String),
+    /// The registrar failed (attempts so far, last error); tried again after a backoff.
+    Retry(u32, String),
+}
+
+/// The entries of one model and what was last seen of them.
+#[derive(Debug)]
+pub(super) struct Group {
+    pub(super) entries: BTreeSet<String>,
+    pub(super) since: Instant,
+    pub(super) deadline: Instant,
+    pub(super) queued: bool,
+    /// The state of every file, by path relative to the inbox, as last seen.
+    pub(super) observed: BTreeMap<String, FileStat>,
+    /// Files written to and not yet closed (by path relative to the inbox), with the time
+    /// of the last data write seen.
+    pub(super) writing: BTreeMap<String, Instant>,
+    /// Why the last look found the group incomplete (a folder holding temporaries).
+    pub(super) incomplete: Option<String>,
+    pub(super) state: State,
+    /// Events arrived while the group was with the registrar.
+    pub(super) again: bool,
+    pub(super) failures: u32,
+}
+
+/// What a path named by an event is now.
+#[derive(Debug)]
+pub(super) enum Seen {
+    /// A file, with its stat.
+    File(FileStat),
+    /// A folder: the stats of every file of its whole entry, keyed from the inbox.
+    Folder(BTreeMap<String, FileStat>),
+    /// Something else (a FIFO, a socket): nothing to record.
+    Other,
+    /// It no longer exists.
+    Gone,
+}
+
+/// What only the file system can answer while a quiet group is looked at.
+pub(super) trait Probe {
+    /// Whether the write mark on `rel`, last written `age` ago and quiet for a whole
+    /// period, stays: a writer still has it open, or the kernel cannot tell and the
+    /// stale-write bound has not passed.
+    fn keep_mark(&mut self, rel: &str, age: Duration) -> bool;
+    /// Whether `rel`, quiet and about to be handed over, is still open for writing where
+    /// events cannot tell (a file with another name, or no close events).
+    fn held_open(&mut self, rel: &str) -> bool;
+}
+
+/// What the end of a quiet period decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Cannot go on (the group is now [`State::Blocked`]); waits for an event or a rescan.
+    Blocked,
+    /// Not quiet: another period, ending at this time (the group is marked queued).
+    Wait(Instant),
+    /// Quiet: hand it to the registrar (the group is now [`State::InFlight`]).
+    HandOver,
+}
+
+/// What the registrar's outcome leaves to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum After {
+    /// Registered and nothing new: forget the group until its next event.
+    Forget,
+    /// Look again at this time (put it in the queue).
+    Queue(Instant),
+    /// Nothing: it waits (blocked) or is already queued.
+    Nothing,
+}
+
+/// Whether `path` (relative to the inbox) is inbox entry `entry` or lies under it.
+pub(super) fn in_entry(path: &str, entry: &str) -> bool {
+    path.strip_prefix(entry)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+impl Group {
+    /// A new group, first seen at `now`, due one settle period later.
+    pub(super) fn new(now: Instant, settle: Duration) -> Self {
+        Group {
+            entries: BTreeSet::new(),
+            since: now,
+            deadline: now + settle,
+            queued: false,
+            observed: BTreeMap::new(),
+            writing: BTreeMap::new(),
+            incomplete: None,
+            state: State::Settling,
+            again: false,
+            failures: 0,
+        }
+    }
+
+    /// Forgets what was seen of `entry` and everything under it (stats and write marks).
+    pub(super) fn forget_entry(&mut self, entry: &str) {
+        self.observed.retain(|k, _| !in_entry(k, entry));
+        self.writing.retain(|k, _| !in_entry(k, entry));
+    }
+
+    /// Replaces what was seen of `entry` with `stats` (write marks are kept).
+    pub(super) fn reobserve(&mut self, entry: &str, stats: BTreeMap<String, FileStat>) {
+        self.observed.retain(|k, _| !in_entry(k, entry));
+        self.observed.extend(stats);
+    }
+
+    /// Takes what an event on `rel` (of inbox entry `entry`) showed. `writing` is
+    /// `Some(true)` for a data write, `Some(false)` for a close-after-write or a rename
+    /// into place, `None` for anything else (and always `None` when closes are not
+    /// reported). A write mark is only set on a file: tar reports data writes on the path
+    /// of a folder whose times it sets, and no close ever follows.
+    pub(super) fn observe(
+        &mut self,
+        entry: &str,
+        rel: &str,
+        writing: Option<bool>,
+        seen: Seen,
+        now: Instant,
+    ) {
+        match writing {
+            Some(true) if matches!(seen, Seen::File(_)) => {
+                self.writing.insert(rel.to_string(), now);
+            }
+            Some(_) => {
+                self.writing.remove(rel);
+            }
+            None => {}
+        }
+        match seen {
+            Seen::File(stat) => {
+                self.observed.insert(rel.to_string(), stat);
+            }
+            Seen::Folder(stats) => {
+                self.writing.remove(rel);
+                self.reobserve(entry, stats);
+            }
+            Seen::Other => {}
+            Seen::Gone => {
+                self.observed.retain(|k, _| !in_entry(k, rel));
+                self.writing.retain(|k, _| !in_entry(k, rel));
+            }
+        }
+    }
+
+    /// Starts (or restarts) the quiet period, to end at `at`; returns whether the group
+    /// must be put in the queue. With the registrar, it only notes that another round is
+    /// needed; blocked or retrying, it settles again.
+    pub(super) fn poke(&mut self, at: Instant) -> bool {
+        match self.state {
+            State::InFlight => {
+                self.again = true;
+                return false;
+            }
+            State::Blocked(_) | State::Retry(..) => self.state = State::Settling,
+            State::Settling => {}
+        }
+        self.deadline = at;
+        if self.queued {
+            false
+        } else {
+            self.queued = true;
+            true
+        }
+    }
+
+    /// Decides at the end of a period, from what the group's files are now (`current`),
+    /// why a look found it unfinished (`incomplete`) or unable to go on (`blocked`). It
+    /// is quiet when nothing changed since the last look, no write is open and nothing
+    /// is incomplete; marks whose close was lost are asked about through `probe`.
+    pub(super) fn decide(
+        &mut self,
+        current: BTreeMap<String, FileStat>,
+        incomplete: Option<String>,
+        blocked: Option<String>,
+        now: Instant,
+        settle: Duration,
+        probe: &mut impl Probe,
+    ) -> Verdict {
+        if let Some(why) = blocked {
+            // Waits, shown as blocked, until an event or a rescan brings it back.
+            self.observed = current;
+            self.state = State::Blocked(why);
+            return Verdict::Blocked;
+        }
+        let unchanged = current == self.observed;
+        if unchanged && !self.writing.is_empty() {
+            // Quiet for a whole period with a write still marked: ask the file system
+            // whether a writer really still has it open; the close may have been lost.
+            self.writing
+                .retain(|rel, last| probe.keep_mark(rel, now.duration_since(*last)));
+        }
+        if unchanged && self.writing.is_empty() && incomplete.is_none() {
+            // About to hand over: ask about every file, not only those whose writes were
+            // seen (a file hard-linked in from outside is written through its other name,
+            // which makes no event here).
+            for rel in current.keys() {
+                if probe.held_open(rel) {
+                    self.writing.insert(rel.clone(), now);
+                }
+            }
+        }
+        self.incomplete = incomplete;
+        let quiet = unchanged && self.writing.is_empty() && self.incomplete.is_none();
+        if !quiet {
+            // Something changed without an event, a write is still open, or a folder
+            // holds temporaries: start another quiet period from what is there now.
+            self.observed = current;
+            self.deadline = now + settle;
+            self.queued = true;
+            return Verdict::Wait(self.deadline);
+        }
+        self.state = State::InFlight;
+        self.again = false;
+        Verdict::HandOver
+    }
+
+    /// Takes the registrar's `outcome`. Failures back off 2, 4, ... 60 s (never less
+    /// than a settle period).
+    pub(super) fn finished(&mut self, outcome: Outcome, now: Instant, settle: Duration) -> After {
+        let again = std::mem::take(&mut self.again);
+        let poke = |g: &mut Group| {
+            if g.poke(now + settle) {
+                After::Queue(g.deadline)
+            } else {
+                After::Nothing
+            }
+        };
+        match outcome {
+            Outcome::Done if !again => {
+                // Forgotten until its next event; the catalog's fingerprints say what was
+                // registered.
+                self.failures = 0;
+                After::Forget
+            }
+            Outcome::Done | Outcome::Changed => {
+                if outcome == Outcome::Done {
+                    self.failures = 0;
+                }
+                self.state = State::Settling;
+                poke(self)
+            }
+            Outcome::Blocked(reason) => {
+                self.state = State::Blocked(reason);
+                if again { poke(self) } else { After::Nothing }
+            }
+            Outcome::Failed(e) => {
+                self.failures += 1;
+                let backoff =
+                    Duration::from_secs(1 << self.failures.min(6)).min(Duration::from_secs(60));
+                self.state = State::Retry(self.failures, e);
+                self.deadline = now + backoff.max(settle);
+                if self.queued {
+                    After::Nothing
+                } else {
+                    self.queued = true;
+                    After::Queue(self.deadline)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTLE: Duration = Duration::from_secs(2);
+
+    fn stat(size: u64, mtime_ns: i128) -> FileStat {
+        FileStat {
+            size,
+            mtime_ns,
+            ino: 7,
+            dev: 1,
+            ctime_ns: mtime_ns,
+        }
+    }
+
+    fn files(list: &[(&str, FileStat)]) -> BTreeMap<String, FileStat> {
+        list.iter().map(|(k, s)| (k.to_string(), *s)).collect()
+    }
+
+    /// Probe answers fixed by the test: which marks stay, which files are held open.
+    #[derive(Default)]
+    struct Kernel {
+        open: BTreeSet<String>,
+        asked: Vec<String>,
+    }
+
+    impl Probe for Kernel {
+        fn keep_mark(&mut self, rel: &str, _age: Duration) -> bool {
+            self.asked.push(rel.to_string());
+            self.open.contains(rel)
+        }
+        fn held_open(&mut self, rel: &str) -> bool {
+            self.open.contains(rel)
+        }
+    }
+
+    fn group_with(entry: &str, now: Instant) -> Group {
+        let mut g = Group::new(now, SETTLE);
+        g.entries.insert(entry.to_string());
+        g
+    }
+
+    #[test]
+    fn a_write_then_a_quiet_period_hands_over() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.observe("m.pt", "m.pt", Some(true), Seen::File(stat(4, 1)), t0);
+        g.observe("m.pt", "m.pt", Some(false), Seen::File(stat(8, 2)), t0);
+        assert!(g.poke(t0 + SETTLE), "a new group goes into the queue");
+        let t1 = t0 + SETTLE;
+        let v = g.decide(
+            files(&[("m.pt", stat(8, 2))]),
+            None,
+            None,
+            t1,
+            SETTLE,
+            &mut Kernel::default(),
+        );
+        assert_eq!(v, Verdict::HandOver);
+        assert_eq!(g.state, State::InFlight);
+    }
+
+    #[test]
+    fn a_change_seen_only_at_the_end_restarts_the_quiet_period() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.observe("m.pt", "m.pt", None, Seen::File(stat(4, 1)), t0);
+        let t1 = t0 + SETTLE;
+        let grown = files(&[("m.pt", stat(9, 3))]);
+        let v = g.decide(
+            grown.clone(),
+            None,
+            None,
+            t1,
+            SETTLE,
+            &mut Kernel::default(),
+        );
+        assert_eq!(v, Verdict::Wait(t1 + SETTLE), "a full period from now");
+        assert_eq!(
+            g.observed, grown,
+            "the next period compares with what is there now"
+        );
+        let v = g.decide(
+            grown,
+            None,
+            None,
+            t1 + SETTLE,
+            SETTLE,
+            &mut Kernel::default(),
+        );
+        assert_eq!(v, Verdict::HandOver);
+    }
+
+    #[test]
+    fn a_new_write_while_queued_moves_the_deadline_without_queueing_twice() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        assert!(g.poke(t0 + SETTLE));
+        let later = t0 + Duration::from_secs(1);
+        assert!(!g.poke(later + SETTLE), "already in the queue");
+        assert_eq!(g.deadline, later + SETTLE);
+    }
+
+    #[test]
+    fn an_open_write_mark_is_cleared_by_its_close() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.observe("m.pt", "m.pt", Some(true), Seen::File(stat(4, 1)), t0);
+        assert!(g.writing.contains_key("m.pt"));
+        g.observe("m.pt", "m.pt", Some(false), Seen::File(stat(4, 1)), t0);
+        assert!(g.writing.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_file_leaves_no_stat_and_no_write_mark() {
+        let t0 = Instant::now();
+        let mut g = group_with("d", t0);
+        g.observe("d", "d/a.bin", Some(true), Seen::File(stat(1, 1)), t0);
+        g.observe("d", "d/a.bin", None, Seen::Gone, t0);
+        assert!(g.writing.is_empty() && g.observed.is_empty());
+    }
+
+    /// tar's pattern: files written in a new folder, then data writes reported on the
+    /// folder's own path as it sets its times, with no close ever following.
+    #[test]
+    fn a_tar_style_folder_settles_without_a_mark_on_the_folder_path() {
+        let t0 = Instant::now();
+        let mut g = group_with("bert", t0);
+        let all = files(&[("bert/config.json", stat(2, 1)), ("bert/w.bin", stat(9, 1))]);
+        g.observe("bert", "bert", None, Seen::Folder(all.clone()), t0);
+        g.observe("bert", "bert/w.bin", Some(true), Seen::File(stat(9, 1)), t0);
+        g.observe(
+            "bert",
+            "bert/w.bin",
+            Some(false),
+            Seen::File(stat(9, 1)),
+            t0,
+        );
+        g.observe("bert", "bert", Some(true), Seen::Folder(all.clone()), t0);
+        g.observe("bert", "bert", Some(true), Seen::Folder(all.clone()), t0);
+        assert!(g.writing.is_empty(), "{:?}", g.writing);
+        let v = g.decide(all, None, None, t0 + SETTLE, SETTLE, &mut Kernel::default());
+        assert_eq!(v, Verdict::HandOver);
+    }
+
+    #[test]
+    fn a_lost_close_is_cleared_when_nobody_has_the_file_open() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.observe("m.pt", "m.pt", Some(true), Seen::File(stat(4, 1)), t0);
+        let mut kernel = Kernel::default();
+        let v = g.decide(
+            files(&[("m.pt", stat(4, 1))]),
+            None,
+            None,
+            t0 + SETTLE,
+            SETTLE,
+            &mut kernel,
+        );
+        assert_eq!(kernel.asked, vec!["m.pt".to_string()]);
+        assert_eq!(v, Verdict::HandOver);
+    }
+
+    #[test]
+    fn a_writer_that_still_has_the_file_open_holds_the_group() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.observe("m.pt", "m.pt", Some(true), Seen::File(stat(4, 1)), t0);
+        let mut kernel = Kernel::default();
+        kernel.open.insert("m.pt".into());
+        let now = files(&[("m.pt", stat(4, 1))]);
+        let v = g.decide(now, None, None, t0 + SETTLE, SETTLE, &mut kernel);
+        assert_eq!(v, Verdict::Wait(t0 + SETTLE + SETTLE));
+        assert!(g.writing.contains_key("m.pt"));
+    }
+
+    #[test]
+    fn a_quiet_file_open_through_another_name_is_held() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.observe("m.pt", "m.pt", None, Seen::File(stat(4, 1)), t0);
+        let mut kernel = Kernel::default();
+        kernel.open.insert("m.pt".into());
+        let now = files(&[("m.pt", stat(4, 1))]);
+        let v = g.decide(now, None, None, t0 + SETTLE, SETTLE, &mut kernel);
+        assert!(matches!(v, Verdict::Wait(_)), "{v:?}");
+        assert_eq!(g.writing.get("m.pt"), Some(&(t0 + SETTLE)));
+    }
+
+    #[test]
+    fn an_incomplete_group_waits_and_says_why() {
+        let t0 = Instant::now();
+        let mut g = group_with("d", t0);
+        let now = files(&[("d/a.bin", stat(1, 1))]);
+        g.observe("d", "d", None, Seen::Folder(now.clone()), t0);
+        let why = Some("d/b.bin.part is a temporary".to_string());
+        let v = g.decide(
+            now,
+            why.clone(),
+            None,
+            t0 + SETTLE,
+            SETTLE,
+            &mut Kernel::default(),
+        );
+        assert!(matches!(v, Verdict::Wait(_)));
+        assert_eq!(g.incomplete, why);
+    }
+
+    #[test]
+    fn a_blocked_group_waits_until_poked_then_settles_again() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        let v = g.decide(
+            BTreeMap::new(),
+            None,
+            Some("sidecar not used".into()),
+            t0,
+            SETTLE,
+            &mut Kernel::default(),
+        );
+        assert_eq!(v, Verdict::Blocked);
+        assert_eq!(g.state, State::Blocked("sidecar not used".into()));
+        assert!(g.poke(t0 + SETTLE));
+        assert_eq!(g.state, State::Settling);
+    }
+
+    #[test]
+    fn events_while_registering_bring_another_round() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.state = State::InFlight;
+        assert!(!g.poke(t0 + SETTLE), "not queued while with the registrar");
+        assert!(g.again);
+        assert_eq!(
+            g.finished(Outcome::Done, t0, SETTLE),
+            After::Queue(t0 + SETTLE)
+        );
+        assert_eq!(g.state, State::Settling);
+    }
+
+    #[test]
+    fn registered_and_nothing_new_is_forgotten() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.state = State::InFlight;
+        assert_eq!(g.finished(Outcome::Done, t0, SETTLE), After::Forget);
+    }
+
+    #[test]
+    fn a_file_changed_during_the_copy_settles_again() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.state = State::InFlight;
+        assert_eq!(
+            g.finished(Outcome::Changed, t0, SETTLE),
+            After::Queue(t0 + SETTLE)
+        );
+        assert_eq!(g.state, State::Settling);
+    }
+
+    #[test]
+    fn failures_back_off_doubling_up_to_a_minute() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            g.state = State::InFlight;
+            g.queued = false;
+            match g.finished(Outcome::Failed("disk full".into()), t0, SETTLE) {
+                After::Queue(at) => waits.push((at - t0).as_secs()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(g.state, State::Retry(8, "disk full".into()));
+    }
+
+    #[test]
+    fn a_blocked_outcome_waits_unless_events_came_meanwhile() {
+        let t0 = Instant::now();
+        let mut g = group_with("m.pt", t0);
+        g.state = State::InFlight;
+        let bad = Outcome::Blocked("m.metrics.yaml: bad".into());
+        assert_eq!(g.finished(bad.clone(), t0, SETTLE), After::Nothing);
+        assert_eq!(g.state, State::Blocked("m.metrics.yaml: bad".into()));
+        g.state = State::InFlight;
+        g.again = true;
+        assert_eq!(g.finished(bad, t0, SETTLE), After::Queue(t0 + SETTLE));
+        assert_eq!(g.state, State::Settling);
+    }
+
+    #[test]
+    fn entry_paths_match_the_entry_and_what_is_under_it_only() {
+        assert!(in_entry("bert", "bert"));
+        assert!(in_entry("bert/w.bin", "bert"));
+        assert!(!in_entry("bert-tiny", "bert"));
+        assert!(!in_entry("bert-tiny/w.bin", "bert"));
+    }
+}

@@ -1,0 +1,85 @@
+//! What `status` says of every group still waiting: its state, why, and since when.
+
+use std::os::unix::fs::MetadataExt;
+
+use tokio::time::Instant;
+
+use super::Settler;
+use super::group::State;
+use super::lease::{open_for_writing, stale_write_bound};
+use crate::protocol::Waiting;
+
+impl<J> Settler<J> {
+    /// What is waiting, for `status`.
+    pub fn waiting(&self) -> Vec<Waiting> {
+        let now = Instant::now();
+        let mut out: Vec<Waiting> = self
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let (state, reason) = match &g.state {
+                    State::Settling if !g.writing.is_empty() => {
+                        let (path, last) = g
+                            .writing
+                            .iter()
+                            .max_by_key(|(_, t)| **t)
+                            .expect("not empty");
+                        let age = now.duration_since(*last);
+                        let full = self.inbox.join(path);
+                        // Say only what the kernel told: where the lease probe cannot
+                        // ask (another user's file, no CAP_LEASE), an open writer is a
+                        // guess, held only until the stale-write bound.
+                        let reason = match open_for_writing(&full) {
+                            Some(true) => format!(
+                                "{path} is open for writing (last written {:.0} s ago)",
+                                age.as_secs_f64()
+                            ),
+                            Some(false) => format!(
+                                "{path} was written {:.0} s ago; no writer has it open now",
+                                age.as_secs_f64()
+                            ),
+                            None => {
+                                let owner = std::fs::metadata(&full)
+                                    .map(|m| m.uid().to_string())
+                                    .unwrap_or_else(|_| "unknown".into());
+                                let left = stale_write_bound(self.settle).saturating_sub(age)
+                                    + self.settle;
+                                format!(
+                                    "cannot tell whether a writer still has {path} open (owner uid {owner}, last written {:.0} s ago); registered in about {:.0} s unless it changes",
+                                    age.as_secs_f64(),
+                                    left.as_secs_f64()
+                                )
+                            }
+                        };
+                        ("writing", reason)
+                    }
+                    State::Settling => (
+                        "settling",
+                        match &g.incomplete {
+                            Some(r) if r.starts_with("empty file") => r.clone(),
+                            Some(r) => format!("incomplete: {r}"),
+                            None => format!(
+                                "registered after {} without changes",
+                                humantime::format_duration(self.settle)
+                            ),
+                        },
+                    ),
+                    State::InFlight => ("registering", "copying and hashing".to_string()),
+                    State::Blocked(r) => ("blocked", r.clone()),
+                    State::Retry(n, e) => ("retrying", format!("attempt {n} failed: {e}")),
+                };
+                let reason = Some(reason);
+                Waiting {
+                    name: name.clone(),
+                    entries: g.entries.iter().cloned().collect(),
+                    state: state.to_string(),
+                    since_secs: now.duration_since(g.since).as_secs_f64(),
+                    reason,
+                    ..Waiting::default()
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
