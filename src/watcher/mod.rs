@@ -19,12 +19,12 @@
 //! writer still has it open (a read lease is refused while anyone has it open for
 //! writing, see fcntl(2) F_SETLEASE). When the kernel cannot tell (the file belongs to
 //! another user and the daemon has no CAP_LEASE, or the filesystem has no leases), the
-//! mark expires once the file's stat has not changed for [`lease::stale_write_bound`].
+//! mark expires once the file's stat has not changed for `lease::stale_write_bound`.
 //!
-//! By file: the backends ([`inotify`], [`poll`]) and the notify callback (here); the
-//! [`Settler`] task ([`settler`]) and its parts: the state machine of one group
-//! ([`group`], pure), the end of a quiet period ([`settle`]), rescans ([`scan`]), the
-//! lease probe ([`lease`]), the hard-link re-check ([`linked`]) and `status` ([`waiting`]).
+//! By file: the backends (`inotify`, `poll`) and the notify callback (here); the
+//! [`Settler`] task (`settler`) and its parts: the state machine of one group (`group`,
+//! pure), the end of a quiet period (`settle`), rescans (`scan`), the lease probe
+//! (`lease`), the hard-link re-check (`linked`) and `status` (`waiting`).
 
 mod group;
 mod inotify;
@@ -143,7 +143,7 @@ pub(super) struct Forward {
     tx: mpsc::Sender<FsEvent>,
     overflow: Arc<Overflow>,
     /// With inotify: where folders created in or moved into the inbox are sent, to be
-    /// watched (see [`inotify::try_inotify`]).
+    /// watched (see `inotify::try_inotify`).
     new_folders: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
