@@ -132,6 +132,16 @@ fn a_tar_style_folder_settles_without_a_mark_on_the_folder_path() {
     assert_eq!(v, Verdict::HandOver);
 }
 
+/// Only a file can be open for writing: a data event on anything else (a FIFO, a
+/// folder) leaves no mark that only a close could clear.
+#[test]
+fn a_data_write_on_something_not_a_file_sets_no_mark() {
+    let (mut g, t0) = file_group();
+    g.observe("p", "p", Some(true), Seen::Other, t0);
+    g.observe("d", "d", Some(true), Seen::Folder(BTreeMap::new()), t0);
+    assert!(g.writing.is_empty(), "{:?}", g.writing);
+}
+
 #[test]
 fn a_lost_close_is_cleared_when_nobody_has_the_file_open() {
     let (mut g, t0) = file_group();
