@@ -1,4 +1,4 @@
-//! The messages the settler (watcher), the registrar (ingest) and the server send each other.
+//! The messages the settler (watcher), the registrar (ingest) and the server exchange.
 //!
 //! They live below both actors so that neither imports the other: the watcher hands
 //! [`Settled`] groups, [`RegistrarMsg::Present`] listings and registry checks to the

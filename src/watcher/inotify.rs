@@ -1,4 +1,4 @@
-//! The inotify backend: one non-recursive watch per inbox folder, new folders added as they appear.
+//! The inotify backend: one watch per inbox folder, new folders added as they appear.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,4 +1,6 @@
-//! The lease probe: whether a writer still has a file open, and how long a write mark lasts when the kernel cannot tell.
+//! The lease probe: whether a writer still has a file open (fcntl F_SETLEASE).
+//!
+//! And how long a write mark lasts when the kernel cannot tell.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,7 @@
-//! The hard-link re-check: handed-over files with another name outside the inbox, stat-checked again on a timer.
+//! The hard-link re-check: handed-over files with another name, stat-checked on a timer.
 //!
-//! Such a file can be written through its other name, which makes no event here.
+//! Such a file can be written through its other name, outside the inbox, which makes no
+//! event here.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

@@ -1,4 +1,6 @@
-//! The poll backend: the inbox stat-walked every interval, for network filesystems and where inotify cannot be set up.
+//! The poll backend: the inbox stat-walked every interval.
+//!
+//! For network filesystems, and where inotify cannot be set up.
 //!
 //! Polling sees only sizes and mtimes, never a close-after-write, so open writes are
 //! judged by the lease probe and the stale-write bound (see [`super::lease`]).

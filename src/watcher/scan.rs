@@ -1,4 +1,6 @@
-//! Rescans: the whole inbox listed and every group put through a quiet period, and stale hand-over temporaries reported.
+//! Rescans: the whole inbox listed, every group put through a quiet period.
+//!
+//! A rescan also reports stale hand-over temporaries.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The end of a quiet period: a due group's entries looked at, decided on and handed to the registrar.
+//! The end of a quiet period: a due group looked at, decided on, handed to the registrar.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! The settler: the task that follows inbox entries from their events to a hand-over to the registrar.
+//! The settler: the task that follows inbox entries from their events to the registrar.
 //!
 //! It owns every [`Group`], the queue of their deadlines and the loop that feeds them
 //! events, control messages and timers; the decisions themselves are the group's

@@ -1,4 +1,4 @@
-//! One model's inbox entries on their way to the registrar: the settling state machine, apart from the file system.
+//! The settling state machine of one model's inbox entries, apart from the file system.
 //!
 //! What the file system shows comes in as observations (a path's stat after an event,
 //! every file's stat at the end of a quiet period, the lease probe's answers through
