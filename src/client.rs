@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Direction;
+use crate::protocol::VerifyReport;
 use crate::protocol::{
     AliasRemoved, AliasSet, Deprecated, ErrorBody, ErrorCode, GcReport, History, ModelList, Pong,
     Removed, Request, Response, RolledBack, StatusInfo, VersionInfo, VersionList, Waited,
@@ -14,7 +15,6 @@ use crate::protocol::{
 use crate::users::group_name;
 /// Re-exported for the CLI, which names users in `history`.
 pub use crate::users::user_name;
-use crate::verify::VerifyReport;
 
 /// Why a request got no answer, or got an error answer.
 #[derive(Debug, thiserror::Error)]

@@ -363,3 +363,44 @@ impl ChangeAnswer {
         }
     }
 }
+
+// `verify`'s report: built by verify (the daemon's and `verify --offline`), read by the
+// client.
+
+/// What kind of problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A file the catalog names is gone.
+    Missing,
+    /// A stored file's size or SHA-256 differs from the catalog.
+    Modified,
+    /// A file or folder in the store that the catalog does not name.
+    Extra,
+    /// A stored file could not be read.
+    Unreadable,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyProblem {
+    /// What is wrong.
+    pub kind: ProblemKind,
+    /// The absolute path concerned.
+    pub path: String,
+    /// Details: the model and version, the expected and found hashes.
+    pub detail: String,
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Versions checked.
+    pub versions: usize,
+    /// Files re-hashed.
+    pub files: usize,
+    /// Bytes re-hashed.
+    pub bytes: u64,
+    /// Everything that is not as the catalog says.
+    pub problems: Vec<VerifyProblem>,
+}
