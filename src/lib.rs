@@ -2,30 +2,31 @@
 //! numbered versions in the store; `registry.yaml` holds the catalog; a Unix socket
 //! answers queries.
 //!
-//! The crate, by module (dependencies point down this list, never up):
-//! - [`daemon`]   `run(config, control)`: start-up order, workers, shutdown order.
-//! - [`server`]   the control socket: accept loop, per-connection reader, one dispatch.
-//! - [`client`]   a blocking client of the socket, for the CLI and tests.
-//! - [`watcher`]  notify events -> settled groups; overflow -> rescan.
-//! - [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
-//! - [`messages`] what the settler, the registrar and the server send each other.
-//! - [`inbox`]    what an inbox entry is now: files, sizes, mtimes, inodes, symlink policy.
-//! - [`layout`]   root, inbox, store, registry.yaml pinned at start; losses noticed.
-//! - [`store`]    copy + SHA-256 in one pass into staging, publish, crash recovery.
-//! - [`registry`] the catalog and its queries; `registry::persist` is registry.yaml.
-//! - [`sidecar`]  `<name>.metrics.yaml` parsing.
-//! - [`protocol`] request and answer types shared by server and client.
-//! - [`config`]   settings: embedded default, file, validation.
-//! - [`names`]    model names from file names; what is temporary; what is unsafe.
-//! - [`display`]  text from outside shown on a terminal: controls escaped, never obeyed.
-//! - [`verify`]   re-hash the store against the catalog.
-//! - [`systemd`]  sd_notify readiness, status and watchdog; socket activation.
-//! - [`status`]   the board of problems and recent errors shown by `status`.
-//! - [`suggest`]  "did you mean": edit distance for mistyped names in error messages.
-//! - [`shutdown`] a cloneable shutdown signal.
-//! - [`error`]    error types that carry path, position and cause.
-//! - [`fsutil`]   SHA-256 as hex, folder fsync: helpers under store, persist and inbox.
-//! - [`users`]    user and group names from their numbers, for messages.
+//! The crate, by module, in layers (a module names only modules of a lower layer;
+//! tests/layers.rs checks it, docs/architecture.md draws it):
+//! - 8 [`daemon`]   `run(config, control)`: start-up order, workers, shutdown order.
+//! - 7 [`server`]   the control socket: connections, one handler per request.
+//! - 6 [`watcher`]  inbox events -> settled groups; overflow -> rescan.
+//! - 6 [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
+//! - 5 [`layout`]   root, inbox, store, registry.yaml pinned at start; losses noticed.
+//! - 4 [`messages`] what the settler, the registrar and the server send each other.
+//! - 4 [`status`]   the board of problems and recent errors shown by `status`.
+//! - 4 [`verify`]   re-hash the store against the catalog.
+//! - 4 [`client`]   a blocking client of the socket with typed answers, for the CLI and tests.
+//! - 3 [`protocol`] requests, typed answers and error codes shared by server and client.
+//! - 3 [`store`]    copy + SHA-256 in one pass into staging, publish, manifests, recovery.
+//! - 3 [`inbox`]    what an inbox entry is now: files, stats, checked opens.
+//! - 2 [`registry`] the catalog, its rules (selectors, changes, errors) and registry.yaml.
+//! - 1 [`config`]   settings: embedded default, file, validation, live settings.
+//! - 1 [`sidecar`]  `<name>.metrics.yaml` / `.json`: bounded reading, metrics and metadata.
+//! - 1 [`display`]  text from outside shown on a terminal: controls escaped, never obeyed.
+//! - 1 [`fsutil`]   SHA-256 as hex, folder fsync.
+//! - 1 [`systemd`]  sd_notify readiness, status and watchdog; socket activation.
+//! - 0 [`names`]    model names from file names; what is temporary; what is unsafe.
+//! - 0 [`users`]    user and group names from their numbers, for messages.
+//! - 0 [`suggest`]  "did you mean": edit distance for mistyped names in error messages.
+//! - 0 [`shutdown`] a cloneable shutdown signal.
+//! - 0 [`error`]    error types that carry path, position and cause.
 
 pub mod client;
 pub mod config;
