@@ -1,15 +1,13 @@
-//! The `modelreg` binary: parses arguments, sets up logging and signals for `serve`, and
-//! calls into the library. Every other subcommand is a client of the daemon's socket.
+//! The `modelreg` binary: parses arguments and dispatches to the daemon or the client.
+//!
+//! `serve` is [`daemon::serve`]; every other subcommand is a client of the daemon's
+//! socket (`cli`), except `verify --offline` and `recover`, which read the root directly.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use modelreg::config::Config;
-use modelreg::daemon::{self, Control};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::prelude::*;
+use modelreg::daemon;
 
 mod cli;
 
@@ -227,7 +225,13 @@ const EXIT_PERMISSION_DENIED: u8 = 4;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve => serve(&cli.root, cli.config.as_deref()),
+        Command::Serve => match daemon::serve(&cli.root, cli.config.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("modelreg: {e}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
         Command::Verify {
             ref name,
             offline: true,
@@ -236,106 +240,4 @@ fn main() -> ExitCode {
         Command::Recover => cli::recover_offline(&cli),
         ref cmd => cli::client_command(&cli, cmd),
     }
-}
-
-fn serve(root: &Path, config_path: Option<&Path>) -> ExitCode {
-    let config = match Config::load(root, config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("modelreg: {e}");
-            return ExitCode::from(EXIT_ERROR);
-        }
-    };
-    let reload_filter = init_logging(&config);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    if let Err(e) = forward_signals(tx) {
-        eprintln!("modelreg: cannot install signal handlers: {e}");
-        return ExitCode::from(EXIT_ERROR);
-    }
-    // Idle blocking threads park instead of exiting after tokio's default 10 s, so an
-    // idle daemon does not wake up at all.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("modelreg: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_ERROR);
-        }
-    };
-    let on_reload: daemon::OnReload = Box::new(move |c: &Config| reload_filter(c));
-    match runtime.block_on(daemon::run(config, rx, Some(on_reload))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("modelreg: {e}");
-            ExitCode::from(EXIT_ERROR)
-        }
-    }
-}
-
-/// Logs to stderr: colours only on a terminal; without timestamps under systemd, whose
-/// journal adds its own. RUST_LOG, when set, wins over the settings' `log_level`.
-fn init_logging(config: &Config) -> impl Fn(&Config) + Send + Sync + 'static {
-    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
-    let filter = move |level: &str| {
-        from_env
-            .as_deref()
-            .and_then(|s| EnvFilter::try_new(s).ok())
-            .unwrap_or_else(|| EnvFilter::new(level))
-    };
-    let (filter_layer, handle) = tracing_subscriber::reload::Layer::new(filter(&config.log_level));
-    let ansi = std::io::stderr().is_terminal();
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false);
-    let registry = tracing_subscriber::registry().with(filter_layer);
-    if config.log_json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr)
-                    .with_target(false),
-            )
-            .init();
-    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
-        registry.with(fmt.without_time()).init();
-    } else {
-        registry.with(fmt).init();
-    }
-    move |c: &Config| {
-        let _ = handle.reload(filter(&c.log_level));
-    }
-}
-
-/// SIGTERM and SIGINT stop the daemon, SIGHUP reloads; a plain thread turns them into
-/// messages, so the library itself installs no handlers.
-fn forward_signals(tx: tokio::sync::mpsc::UnboundedSender<Control>) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                let c = if sig == SIGHUP {
-                    Control::Reload
-                } else {
-                    Control::Shutdown
-                };
-                if sig != SIGHUP {
-                    tracing::info!(
-                        "received {}",
-                        if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
-                    );
-                }
-                if tx.send(c).is_err() {
-                    break;
-                }
-            }
-        })?;
-    Ok(())
 }

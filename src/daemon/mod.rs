@@ -4,13 +4,14 @@
 //! registry.yaml (refusing one that does not parse), bring the store in line with it
 //! after a crash, bind the socket, start watching, then reconcile the inbox. Shutdown (on
 //! [`Control::Shutdown`]): stop watching, let the registrar roll back the copies under
-//! way and commit what finished, stop serving, remove the socket. The library installs
-//! no signal handlers; the binary maps signals to [`Control`] messages and tests send
-//! them directly.
+//! way and commit what finished, stop serving, remove the socket. `run` installs no
+//! signal handlers: [`serve`] (the binary's `modelreg serve`) maps signals to [`Control`]
+//! messages, and tests send them directly.
 
 mod lock;
 mod readiness;
 mod reload;
+mod serve;
 mod startup;
 mod workers;
 
@@ -26,6 +27,7 @@ use crate::server::Context;
 use crate::status::StatusBoard;
 
 pub use lock::{LOCK_FILE, RootLock};
+pub use serve::serve;
 pub use startup::load_catalog;
 
 /// What the binary (or a test) tells a running daemon.
