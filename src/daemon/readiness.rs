@@ -3,13 +3,17 @@
 //! READY=1 once our own socket answers, STATUS= when counts or problems change, watchdog
 //! pings while the settler's loop answers.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::messages::SettlerMsg;
+use crate::protocol::{Request, Response};
 use crate::server::Context;
 use crate::shutdown;
 
@@ -43,15 +47,40 @@ pub(super) async fn announce(
 /// Connects to our own socket and pings, retrying briefly (the accept loop may not have
 /// been polled yet).
 fn self_query(path: &Path) -> std::result::Result<(), String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = crate::client::Client::connect(path)
-            .and_then(|mut c| c.call(&crate::protocol::Request::Ping {}));
-        match r {
-            Ok(_) => return Ok(()),
-            Err(e) if std::time::Instant::now() > deadline => return Err(e.to_string()),
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        match ping(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
+    }
+}
+
+/// One ping as any client sends it: a request line, then one answer line that says `ok`.
+/// Written on the protocol's types with plain std I/O rather than with `crate::client`:
+/// the client is the layer above the server, for the CLI, and the daemon does not
+/// depend on it.
+fn ping(path: &Path) -> std::result::Result<(), String> {
+    let stream = UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(&Request::Ping {}).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    (&stream)
+        .write_all(&line)
+        .map_err(|e| format!("send: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    match serde_json::from_str::<Response>(&answer) {
+        Ok(r) if r.ok => Ok(()),
+        Ok(r) => Err(r
+            .error
+            .map_or_else(|| "an error without a body".into(), |e| e.message)),
+        Err(e) => Err(format!("unreadable answer {answer:?}: {e}")),
     }
 }
 
@@ -84,7 +113,7 @@ async fn report_status(ctx: Arc<Context>, stop: shutdown::Shutdown) {
             _ = ctx.board.changed() => {}
         }
         // Let a burst of changes settle into one line.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let line = status_line(&ctx);
         if line != last {
             crate::systemd::status(&line);
@@ -96,7 +125,7 @@ async fn report_status(ctx: Arc<Context>, stop: shutdown::Shutdown) {
 /// Pings the watchdog at half its period, but only while the settler's loop answers: a
 /// daemon whose event loop is stuck is restarted by systemd.
 async fn feed_watchdog(
-    period: std::time::Duration,
+    period: Duration,
     settler: mpsc::UnboundedSender<SettlerMsg>,
     stop: shutdown::Shutdown,
 ) {
