@@ -74,8 +74,13 @@ impl Registrar {
                 .or_insert_with(|| Arc::new(Model::default())),
         );
         let added = !new.is_empty();
+        // The version the sidecar's metrics went to, if any: its notes are said then.
+        let mut applied_to = None;
         for nv in new {
             let fresh = sidecar.as_ref().filter(|s| s.fresh);
+            if fresh.is_some() {
+                applied_to = Some(nv.number);
+            }
             if sidecar.is_some() && fresh.is_none() {
                 tracing::info!(
                     model = name,
@@ -172,11 +177,17 @@ impl Registrar {
                         latest.metadata = metadata;
                     }
                     latest.sidecar = sidecar_ref.clone();
+                    applied_to = Some(latest.number);
                     tracing::info!(
                         model = name,
                         version = format!("v{}", latest.number),
                         "metrics updated from {shown}"
                     );
+                }
+            }
+            if let Some(n) = applied_to {
+                for note in &s.parsed.notes {
+                    self.board.event(format!("{name} v{n}: {note}"));
                 }
             }
             self.catalog.sources.insert(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::{Sidecar, find_line};
+use super::{Sidecar, find_line, is_json, numbers};
 use crate::error::ParseError;
 
 /// Keys with a meaning of their own at the top of a sidecar.
@@ -25,6 +25,7 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
     let mut metrics = BTreeMap::new();
     let mut metadata = Map::new();
     let mut loose = Map::new();
+    let mut notes = Vec::new();
     for (key, value) in top {
         match key.as_str() {
             "metrics" => {
@@ -36,6 +37,13 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
                     ));
                 };
                 for (name, v) in m {
+                    if let Some(text) = quoted_number(&v) {
+                        return Err(ParseError::at(
+                            shown,
+                            line_of(&name),
+                            numbers::quoted_metric(&name, text),
+                        ));
+                    }
                     let Some(x) = v.as_f64() else {
                         return Err(ParseError::at(
                             shown,
@@ -83,6 +91,13 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
                     ));
                 }
                 scalar => {
+                    // Text by the rule (quoted is text), so metadata; but a training
+                    // script that wrote f"{acc:.4f}" meant a metric: say so once.
+                    if let Some(text) = quoted_number(&scalar) {
+                        let note = numbers::quoted_number_note(&key, text, is_json(shown));
+                        // Shown as `path:line: ...`, the way refusals are.
+                        notes.push(ParseError::at(shown, line_of(&key), note).to_string());
+                    }
                     loose.insert(key, scalar);
                 }
             },
@@ -114,7 +129,19 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
         }
         metadata.insert(key, v);
     }
-    Ok(Sidecar { metrics, metadata })
+    Ok(Sidecar {
+        metrics,
+        metadata,
+        notes,
+    })
+}
+
+/// The text of a string that reads as a finite decimal number (`"0.71"`, `'90'`).
+fn quoted_number(v: &Value) -> Option<&str> {
+    let text = v.as_str()?;
+    numbers::decimal(text)
+        .is_some_and(f64::is_finite)
+        .then_some(text)
 }
 
 /// The error for a metric given both flat and under `metrics:`.
@@ -172,5 +199,27 @@ mod tests {
         assert_eq!(s.metrics.len(), 2);
         let e = parse("m", b"metrics: {a: 1}\na: 2\n").unwrap_err();
         assert!(e.reason.contains("both"), "{e}");
+    }
+
+    #[test]
+    fn quoted_numbers_at_the_top_are_metadata_with_a_note_and_refused_as_metrics() {
+        let s = parse(
+            "m.metrics.yaml",
+            b"loss: 0.3\naccuracy: '0.71'\nrun: abc\nid: '1e999'\n",
+        )
+        .unwrap();
+        assert_eq!(s.metadata["accuracy"], "0.71");
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(
+            s.notes[0].starts_with("m.metrics.yaml:2: `accuracy` is \"0.71\", a quoted number"),
+            "{:?}",
+            s.notes
+        );
+        // Under `metadata:` or a known key, a quoted number is what was meant: no note.
+        let s = parse("m", b"metadata: {v: '1.0'}\nnotes: '3'\n").unwrap();
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        let e = parse("m", b"metrics:\n  a: '1'\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.reason.contains("write `a: 1` without quotes"), "{e}");
     }
 }

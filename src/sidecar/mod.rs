@@ -25,6 +25,7 @@
 //! than linearly with flow nesting, sees it.
 
 mod interpret;
+mod numbers;
 mod prescan;
 mod reader;
 
@@ -65,6 +66,11 @@ pub struct Sidecar {
     /// Free metadata: dataset, params, tags, notes, other top-level scalars and the
     /// `metadata:` map, merged.
     pub metadata: Map<String, Value>,
+    /// What was accepted but may not be what the writer meant (a quoted number at the
+    /// top, kept as text), as `path:line: what to write instead`: to be said once, when
+    /// the sidecar is applied.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// Whether a sidecar's text is YAML or JSON (by its name: `.metrics.json` is JSON).
@@ -106,7 +112,16 @@ pub fn parse(shown: &str, bytes: &[u8]) -> Result<Sidecar, ParseError> {
     let top = if is_json(shown) {
         let mut de = serde_json::Deserializer::from_str(text);
         let v = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
-        v.map_err(|e| from_json(shown, &e))?
+        let v = v.map_err(|e| from_json(shown, text, &e))?;
+        if let Some((line, column, reason)) = numbers::json_big_integer(text) {
+            return Err(ParseError {
+                path: shown.to_string(),
+                line: Some(line),
+                column: Some(column),
+                reason,
+            });
+        }
+        v
     } else {
         seed.deserialize(serde_yaml::Deserializer::from_str(text))
             .map_err(|e| ParseError::from_yaml(shown, &e))?
@@ -114,11 +129,15 @@ pub fn parse(shown: &str, bytes: &[u8]) -> Result<Sidecar, ParseError> {
     interpret::interpret(shown, text, top)
 }
 
-/// A serde_json error as a [`ParseError`], its position in its own fields.
-fn from_json(shown: &str, e: &serde_json::Error) -> ParseError {
+/// A serde_json error as a [`ParseError`], its position in its own fields; stopped at
+/// `NaN` or `Infinity`, it says that JSON has none and what to write instead.
+fn from_json(shown: &str, text: &str, e: &serde_json::Error) -> ParseError {
     let mut reason = e.to_string();
     if let Some(i) = reason.find(" at line ") {
         reason.truncate(i);
+    }
+    if let Some(why) = numbers::json_non_finite_at(text, e.line(), e.column()) {
+        reason = why;
     }
     ParseError {
         path: shown.to_string(),

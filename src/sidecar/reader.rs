@@ -9,7 +9,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::{MAX_DEPTH, MAX_NODES, MAX_STRING_BYTES, MAX_TOTAL_STRING_BYTES};
+use super::{MAX_DEPTH, MAX_NODES, MAX_STRING_BYTES, MAX_TOTAL_STRING_BYTES, numbers};
 
 /// The error for nesting beyond [`MAX_DEPTH`].
 fn too_deep() -> String {
@@ -123,7 +123,17 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
         self.budget.node()?;
         serde_json::Number::from_f64(v)
             .map(Value::Number)
-            .ok_or_else(|| E::custom(format!("{v} is not a finite number")))
+            .ok_or_else(|| E::custom(numbers::non_finite_yaml(v)))
+    }
+
+    // serde_yaml hands over integers beyond 64 bits as 128-bit ones; neither the catalog
+    // nor JSON (which `json_big_integer` checks the same way) keeps them exactly.
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Err(E::custom(numbers::out_of_range(&v.to_string())))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Err(E::custom(numbers::out_of_range(&v.to_string())))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
@@ -135,10 +145,8 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
         // serde_yaml hands a plain scalar that looks like a number but does not fit a
         // float (`1e999`) over as text; YAML means a number, so it is an error here, as
         // `.inf` is. Quoted (`"1e999"`), it is text.
-        if is_plain(self.yaml_text, v) && overflowing_number(v) {
-            return Err(E::custom(format!(
-                "{v} is not a finite number (it is beyond the largest float); quote it if it is text"
-            )));
+        if is_plain(self.yaml_text, v) && numbers::decimal(v).is_some_and(f64::is_infinite) {
+            return Err(E::custom(numbers::beyond_float(v)));
         }
         self.visit_str(v)
     }
@@ -258,25 +266,6 @@ fn is_plain(text: Option<&str>, v: &str) -> bool {
     offset == 0 || !matches!(text.as_bytes()[offset - 1], b'"' | b'\'')
 }
 
-/// Whether a plain scalar is written as a decimal number (YAML 1.2's core schema:
-/// `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?`) whose value is beyond f64.
-fn overflowing_number(v: &str) -> bool {
-    let body = v.strip_prefix(['-', '+']).unwrap_or(v);
-    let (mantissa, exponent) = match body.split_once(['e', 'E']) {
-        Some((m, e)) => (m, Some(e)),
-        None => (body, None),
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let mantissa_ok = match mantissa.split_once('.') {
-        Some((int, frac)) => {
-            (digits(int) && (frac.is_empty() || digits(frac))) || (int.is_empty() && digits(frac))
-        }
-        None => digits(mantissa),
-    };
-    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e)));
-    mantissa_ok && exponent_ok && body.parse::<f64>().is_ok_and(f64::is_infinite)
-}
-
 /// What a plain map key means to YAML when that is not the text itself: null
 /// (`~`, `null`, `Null`, `NULL`) or a boolean (`true`, `True`, `TRUE`, ...).
 fn plain_key_meaning(v: &str) -> Option<&'static str> {
@@ -347,6 +336,33 @@ mod tests {
         }
         // A quoted "null" is text, not null.
         assert!(parse("x", b"metadata: {~: 1, 'null': 2}\n").is_ok());
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_out_of_range_in_yaml_and_json() {
+        for (name, text, line) in [
+            ("x.metrics.yaml", "a: 1\nflos: 1180591620717411303424\n", 2),
+            (
+                "x.metrics.yaml",
+                "metadata: {h: 0x1ffffffffffffffffffff}\n",
+                1,
+            ),
+            (
+                "x.metrics.json",
+                "{\"a\": 1,\n \"flos\": -1180591620717411303424}",
+                2,
+            ),
+        ] {
+            let e = parse(name, text.as_bytes()).unwrap_err();
+            assert!(e.reason.contains("out of range"), "{text}: {e}");
+            assert_eq!(e.line, Some(line), "{text}: {e}");
+        }
+        let s = parse(
+            "x.metrics.json",
+            b"{\"n\": 18446744073709551615, \"m\": -9223372036854775808}",
+        )
+        .unwrap();
+        assert_eq!(s.metrics["n"], 18446744073709551615u64 as f64);
     }
 
     fn nested(depth: usize) -> String {
