@@ -13,6 +13,13 @@ fn status_text(d: &TestDaemon) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Asserts that `text` says every one of `needles`.
+fn says(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} in {text}");
+    }
+}
+
 /// Drops `name.pt` and its sidecar, waits for the problem naming `sidecar:line`, then
 /// writes `fixed` in its place and waits for the version. Returns the problem's text.
 fn refused_then_fixed(
@@ -69,15 +76,16 @@ fn json_nan_and_infinity_say_json_has_none_and_leaving_the_key_out_registers() {
             bad,
             "{\"accuracy\": 0.7, \"loss\": null}",
         );
-        for needle in [
-            word,
-            "not a finite number",
-            "JSON has no NaN or Infinity",
-            "leave the key out",
-            "write null",
-        ] {
-            assert!(p.contains(needle), "{needle:?} in {p}");
-        }
+        says(
+            &p,
+            &[
+                word,
+                "not a finite number",
+                "JSON has no NaN or Infinity",
+                "leave the key out",
+                "write null",
+            ],
+        );
     }
     // What the refusal said to write is accepted: null is metadata, the rest metrics.
     let v = d.get("nan", "best").unwrap();
@@ -98,14 +106,15 @@ fn yaml_nan_and_inf_get_the_same_advice_as_json() {
     ] {
         let sidecar = format!("{name}.metrics.yaml");
         let p = refused_then_fixed(&d, name, &sidecar, bad, "accuracy: 0.7\n");
-        for needle in [
-            word,
-            "not a finite number",
-            "leave the key out",
-            "write null",
-        ] {
-            assert!(p.contains(needle), "{needle:?} in {p}");
-        }
+        says(
+            &p,
+            &[
+                word,
+                "not a finite number",
+                "leave the key out",
+                "write null",
+            ],
+        );
     }
 }
 
@@ -136,14 +145,15 @@ fn integers_beyond_64_bits_say_out_of_range_and_the_float_they_suggest_registers
             "accuracy: 0.7\nflos: 1.1805916207174113e21\n"
         };
         let p = refused_then_fixed(&d, name, sidecar, bad, fixed);
-        for needle in [
-            "out of range",
-            "-9223372036854775808 and 18446744073709551615",
-            "write it as a float",
-            "1.1805916207174113e21",
-        ] {
-            assert!(p.contains(needle), "{needle:?} in {p}");
-        }
+        says(
+            &p,
+            &[
+                "out of range",
+                "-9223372036854775808 and 18446744073709551615",
+                "write it as a float",
+                "1.1805916207174113e21",
+            ],
+        );
         assert!(!p.contains("u128") && !p.contains("i128"), "{p}");
     }
     let v = d.get("yint", "latest").unwrap();
@@ -199,16 +209,17 @@ fn a_quoted_number_at_the_top_stays_metadata_and_status_says_so_once() {
             .to_string()
     };
     let yq = note("q.metrics.yaml:2");
-    for needle in [
-        "q v1",
-        "`accuracy`",
-        "quoted number",
-        "metadata",
-        "`best`",
-        "write `accuracy: 0.71` without quotes",
-    ] {
-        assert!(yq.contains(needle), "{needle:?} in {yq}");
-    }
+    says(
+        &yq,
+        &[
+            "q v1",
+            "`accuracy`",
+            "quoted number",
+            "metadata",
+            "`best`",
+            "write `accuracy: 0.71` without quotes",
+        ],
+    );
     assert!(note("q.metrics.yaml:3").contains("`torch`"), "{text}");
     assert!(
         note("j.metrics.json:2").contains("write `\"accuracy\": 0.71` without quotes"),
