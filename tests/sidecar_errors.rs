@@ -177,7 +177,7 @@ fn a_quoted_number_at_the_top_stays_metadata_and_status_says_so_once() {
     write_renamed(
         &d.inbox(),
         "q.metrics.yaml",
-        b"loss: 0.3\naccuracy: '0.71'\ntorch: '2.1'\n",
+        b"loss: 0.3\naccuracy: '0.71'\ntorch: '2.1'\nval_loss: nan\n",
     );
     write_renamed(&d.inbox(), "q.pt", &bytes(1, 64));
     write_renamed(
@@ -221,6 +221,11 @@ fn a_quoted_number_at_the_top_stays_metadata_and_status_says_so_once() {
         ],
     );
     assert!(note("q.metrics.yaml:3").contains("`torch`"), "{text}");
+    // f"val_loss: {loss}" with a NaN loss: text to YAML (whose NaN is `.nan`), noted alike.
+    says(
+        &note("q.metrics.yaml:4"),
+        &["`val_loss` is \"nan\"", "metadata", "leave the key out"],
+    );
     assert!(
         note("j.metrics.json:2").contains("write `\"accuracy\": 0.71` without quotes"),
         "{text}"

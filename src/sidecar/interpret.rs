@@ -92,11 +92,19 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
                 }
                 scalar => {
                     // Text by the rule (quoted is text), so metadata; but a training
-                    // script that wrote f"{acc:.4f}" meant a metric: say so once.
-                    if let Some(text) = quoted_number(&scalar) {
-                        let note = numbers::quoted_number_note(&key, text, is_json(shown));
-                        // Shown as `path:line: ...`, the way refusals are.
-                        notes.push(ParseError::at(shown, line_of(&key), note).to_string());
+                    // script that wrote f"{acc:.4f}" (or f"loss: {loss}" with a NaN loss)
+                    // meant a metric: say so once.
+                    let note = match scalar.as_str() {
+                        Some(text) if quoted_number(&scalar).is_some() => {
+                            Some(numbers::quoted_number_note(&key, text, is_json(shown)))
+                        }
+                        Some(text) if numbers::non_finite_word(text) => {
+                            Some(numbers::non_finite_text_note(&key, text))
+                        }
+                        _ => None,
+                    };
+                    if let Some(note) = note {
+                        notes.push((line_of(&key), note));
                     }
                     loose.insert(key, scalar);
                 }
@@ -129,6 +137,13 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
         }
         metadata.insert(key, v);
     }
+    // In the file's order (the map is in key order), each shown as `path:line: ...`, the
+    // way refusals are.
+    notes.sort_by_key(|(line, _)| *line);
+    let notes = notes
+        .into_iter()
+        .map(|(line, note)| ParseError::at(shown, line, note).to_string())
+        .collect();
     Ok(Sidecar {
         metrics,
         metadata,
@@ -215,6 +230,11 @@ mod tests {
             "{:?}",
             s.notes
         );
+        // Text that spells a non-finite number is noted too (YAML's NaN is `.nan`).
+        let s = parse("m.metrics.yaml", b"loss: nan\ngain: -Infinity\nrun: nano\n").unwrap();
+        assert_eq!(s.metadata["loss"], "nan");
+        assert_eq!(s.notes.len(), 2, "{:?}", s.notes);
+        assert!(s.notes[0].contains("`loss` is \"nan\""), "{:?}", s.notes);
         // Under `metadata:` or a known key, a quoted number is what was meant: no note.
         let s = parse("m", b"metadata: {v: '1.0'}\nnotes: '3'\n").unwrap();
         assert!(s.notes.is_empty(), "{:?}", s.notes);

@@ -171,6 +171,23 @@ pub(super) fn quoted_number_note(key: &str, text: &str, json: bool) -> String {
     )
 }
 
+/// Whether text spells a number that is not finite (`nan`, `NaN`, `inf`, `-Infinity`):
+/// what `f"loss: {loss}"` writes for a NaN loss, text to YAML (whose NaN is `.nan`).
+pub(super) fn non_finite_word(text: &str) -> bool {
+    let word = text.strip_prefix(['-', '+']).unwrap_or(text);
+    ["nan", "inf", "infinity"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+/// The note for such text at the top: kept as metadata, and no metric could hold it.
+pub(super) fn non_finite_text_note(key: &str, text: &str) -> String {
+    format!(
+        "`{key}` is \"{text}\", text that spells a number that is not finite: kept as \
+         metadata, which `best` does not compare; {NON_FINITE_FIX}"
+    )
+}
+
 /// The refusal of a quoted number under `metrics:`, where only numbers go.
 pub(super) fn quoted_metric(key: &str, text: &str) -> String {
     format!(
