@@ -4,7 +4,7 @@
 //!
 //! The crate, by module, in layers (a module names only modules of a lower layer;
 //! tests/layers.rs checks it, docs/architecture.md draws it):
-//! - 8 [`daemon`]   `run(config, control)`: start-up order, workers, shutdown order.
+//! - 8 [`daemon`]   `serve` (logging, signals) around `run(config, control)`: start-up, shutdown.
 //! - 7 [`server`]   the control socket: connections, one handler per request.
 //! - 6 [`watcher`]  inbox events -> settled groups; overflow -> rescan.
 //! - 6 [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.

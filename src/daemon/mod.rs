@@ -1,4 +1,4 @@
-//! `run(config, control)`: starts the workers and owns the start-up and shutdown order.
+//! The daemon: `run` owns start-up and shutdown order; `serve` wraps it in a process.
 //!
 //! Start: take the root's lock (an flock on an owner-only file in the root), load
 //! registry.yaml (refusing one that does not parse), bring the store in line with it
