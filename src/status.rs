@@ -117,7 +117,14 @@ impl StatusBoard {
 
     fn record_problem(&self, path: &str, message: &str, serious: bool) {
         let mut g = self.lock();
-        if g.problems.get(path).is_some_and(|p| p.message == message) {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        if let Some(p) = g.problems.get_mut(path)
+            && p.message == message
+        {
+            // Recorded again by a later attempt: not logged twice, but now current.
+            p.recorded_ns = now_ns;
             return;
         }
         if serious {
@@ -131,6 +138,7 @@ impl StatusBoard {
                 path: path.to_string(),
                 message: message.to_string(),
                 since: now_rfc3339(),
+                recorded_ns: now_ns,
             },
         );
         push_recent(&mut g.recent, message.to_string());

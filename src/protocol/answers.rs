@@ -121,6 +121,10 @@ pub struct Problem {
     pub message: String,
     /// Since when.
     pub since: String,
+    /// When it was last recorded (nanoseconds since the epoch; not on the wire): a
+    /// `wait` trusts it only when it is newer than the entry it waits for.
+    #[serde(skip)]
+    pub recorded_ns: i128,
 }
 
 /// A past error.

@@ -78,6 +78,18 @@ pub(super) async fn wait(
         .display()
         .to_string();
     let shown = path.display().to_string();
+    // A problem recorded before the entry or its sidecar last changed belongs to an
+    // earlier attempt (a fixed sidecar, a retried `register`): the group settles again
+    // first, and only a problem recorded after that answers this wait.
+    let changed_ns = [path.as_path(), std::path::Path::new(&sidecar)]
+        .iter()
+        .filter_map(|p| p.symlink_metadata().ok())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+        })
+        .max()
+        .unwrap_or(0);
     loop {
         let published = ctx.shared.published();
         let catalog = ctx.shared.catalog();
@@ -105,7 +117,7 @@ pub(super) async fn wait(
         let (problems, ..) = ctx.board.snapshot();
         if let Some(p) = problems
             .iter()
-            .find(|p| p.path == sidecar || p.path == shown)
+            .find(|p| (p.path == sidecar || p.path == shown) && p.recorded_ns > changed_ns)
         {
             return Response::err(ErrorCode::Blocked, p.message.clone());
         }
