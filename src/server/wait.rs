@@ -81,6 +81,13 @@ pub(super) async fn wait(
     // A problem recorded before the entry or its sidecar last changed belongs to an
     // earlier attempt (a fixed sidecar, a retried `register`): the group settles again
     // first, and only a problem recorded after that answers this wait.
+    // The entry's identity now: replaced by another writer's rename, what this wait is
+    // about will never be registered.
+    let identity = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        p.symlink_metadata().ok().map(|m| (m.dev(), m.ino()))
+    };
+    let placed = identity(&path);
     let changed_ns = [path.as_path(), std::path::Path::new(&sidecar)]
         .iter()
         .filter_map(|p| p.symlink_metadata().ok())
@@ -108,11 +115,22 @@ pub(super) async fn wait(
         // Deleted while waiting: it will never be registered, so say so now rather than
         // at the deadline. (Checked after the catalog: an entry registered and then
         // removed has its answer above.)
-        if path.symlink_metadata().is_err() {
-            return Response::err(
-                ErrorCode::EntryNotFound,
-                format!("{shown} was removed from the inbox before it was registered"),
-            );
+        match identity(&path) {
+            None => {
+                return Response::err(
+                    ErrorCode::EntryNotFound,
+                    format!("{shown} was removed from the inbox before it was registered"),
+                );
+            }
+            Some(now) if Some(now) != placed => {
+                return Response::err(
+                    ErrorCode::EntryNotFound,
+                    format!(
+                        "{shown} was replaced by another writer before it was registered; what this wait was for will not be stored"
+                    ),
+                );
+            }
+            Some(_) => {}
         }
         let (problems, ..) = ctx.board.snapshot();
         if let Some(p) = problems
