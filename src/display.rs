@@ -49,6 +49,21 @@ pub fn escape_json_for_terminal(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `path` as text: its bytes read as UTF-8, with each byte that is not part of valid
+/// UTF-8 written as `\xNN` (where `Path::display` shows only U+FFFD, which loses which
+/// file it is). Controls are left for [`escape_for_terminal`].
+pub fn escape_path(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || c == '\u{2028}' || c == '\u{2029}' || crate::names::is_bidi_control(c)
 }
@@ -138,6 +153,7 @@ pub fn compact_number(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn json_keeps_its_value_but_not_the_controls() {
@@ -186,6 +202,13 @@ mod tests {
     #[test]
     fn controls_are_shown_not_obeyed() {
         assert_eq!(escape_for_terminal("plain café"), "plain café");
+        assert_eq!(
+            escape_path(std::path::Path::new(std::ffi::OsStr::from_bytes(
+                b"/in/bad\xff\xfe caf\xc3\xa9.pt"
+            ))),
+            "/in/bad\\xff\\xfe café.pt",
+            "invalid bytes escaped, valid UTF-8 kept"
+        );
         assert!(matches!(escape_for_terminal("x"), Cow::Borrowed(_)));
         assert_eq!(escape_for_terminal("\u{1b}[31mred"), "\\u{1b}[31mred");
         assert_eq!(escape_for_terminal("a\nb\tc\r"), "a\\nb\\tc\\r");

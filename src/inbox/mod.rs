@@ -165,8 +165,9 @@ fn walk(
         let os_name = entry.file_name();
         let Some(name) = os_name.to_str() else {
             return Err(Look::Refused(format!(
-                "{} holds a file name that is not UTF-8: {os_name:?}",
-                dir.display()
+                "{} holds a file name that is not UTF-8: {} (bytes shown as \\xNN); rename it",
+                dir.display(),
+                crate::display::escape_path(&entry.path())
             )));
         };
         let path = entry.path();
@@ -259,17 +260,26 @@ fn looks_in_progress(name: &str) -> bool {
             .iter()
             .any(|s| name.len() > s.len() && name.ends_with(s))
 }
-/// Lists the inbox's top-level entry names (not classified).
-pub fn list(inbox: &Path) -> io::Result<Vec<String>> {
-    let mut out = Vec::new();
+/// The inbox's top-level entries, as [`list`] finds them.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The entry names (not classified), sorted.
+    pub names: Vec<String>,
+    /// The paths of entries whose names are not UTF-8: no model can be named after them.
+    pub not_utf8: Vec<std::path::PathBuf>,
+}
+
+/// Lists the inbox's top-level entries.
+pub fn list(inbox: &Path) -> io::Result<Listing> {
+    let mut out = Listing::default();
     for entry in fs::read_dir(inbox)? {
         let entry = entry?;
         match entry.file_name().into_string() {
-            Ok(s) => out.push(s),
-            Err(os) => out.push(os.to_string_lossy().into_owned()),
+            Ok(s) => out.names.push(s),
+            Err(_) => out.not_utf8.push(entry.path()),
         }
     }
-    out.sort();
+    out.names.sort();
     Ok(out)
 }
 

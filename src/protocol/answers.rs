@@ -93,7 +93,7 @@ pub struct Waiting {
     pub entries: Vec<String>,
     /// settling, writing, registering, blocked or retrying.
     pub state: String,
-    /// Seconds since it was first seen changing.
+    /// Seconds since it entered its current `state` (not since it was first seen).
     pub since_secs: f64,
     /// Why it waits (every state: the open file, the temporary, the sidecar error, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -86,7 +86,7 @@ impl<J> Settler<J> {
             if FileStat::of(&m) != l.stat {
                 tracing::debug!(path = %full.display(), "a hard-linked entry changed without an event");
                 self.linked.remove(&entry);
-                self.touch_path(&full, None, now);
+                self.touch_path(&full, None, false, now);
                 continue;
             }
             if now >= l.until {

@@ -49,7 +49,10 @@ impl<J> Settler<J> {
 
     pub(super) fn rescan_listing(&mut self, lost: bool) {
         let now = Instant::now();
-        let entries = match inbox::list(&self.inbox) {
+        let inbox::Listing {
+            names: entries,
+            not_utf8,
+        } = match inbox::list(&self.inbox) {
             Ok(e) => e,
             Err(e) => {
                 self.board
@@ -59,10 +62,11 @@ impl<J> Settler<J> {
         };
         if lost {
             for g in self.groups.values_mut() {
-                g.writing.clear();
+                g.drop_marks(now);
             }
         }
         self.report_stale_temporaries(&entries);
+        self.report_not_utf8(&not_utf8);
         let present: BTreeSet<String> = entries.iter().cloned().collect();
         for entry in entries {
             let Some(name) = self.group_name(&entry) else {
@@ -74,10 +78,26 @@ impl<J> Settler<J> {
                 g.reobserve(&entry, look.stats(&entry));
             }
             if !g.queued || g.state != State::Settling {
-                self.schedule(&name, now + self.settle);
+                self.schedule(&name, now);
             }
         }
         let _ = self.to_registrar.send(RegistrarMsg::Present(present));
+    }
+
+    /// Reports the entries whose names are not UTF-8 (`found`, as listed now), and clears
+    /// the problems of those gone.
+    fn report_not_utf8(&mut self, found: &[std::path::PathBuf]) {
+        let now: BTreeSet<String> = found
+            .iter()
+            .map(|p| crate::display::escape_path(p))
+            .collect();
+        for gone in self.not_utf8.difference(&now) {
+            self.board.clear_problem(gone);
+        }
+        self.not_utf8.clear();
+        for p in found {
+            self.not_utf8(p);
+        }
     }
 
     /// Reports the hidden hand-over temporaries of `modelreg add` and the Python client

@@ -46,8 +46,10 @@ impl<J> Settler<J> {
         if !self.inbox_usable() {
             if let Some(g) = self.groups.get_mut(name) {
                 // Waits, visibly, until the inbox is back (which rescans everything).
-                g.state =
-                    State::Blocked("the inbox was replaced or is missing; see problems".into());
+                g.set_state(
+                    State::Blocked("the inbox was replaced or is missing; see problems".into()),
+                    now,
+                );
             }
             self.forget_vanished();
             return;
@@ -101,7 +103,7 @@ impl<J> Settler<J> {
             && let Some(g) = self.groups.get_mut(name)
         {
             // The registrar is gone: the daemon is shutting down.
-            g.state = State::Settling;
+            g.set_state(State::Settling, now);
         }
     }
 
@@ -161,14 +163,14 @@ impl<J> Settler<J> {
             );
             if let Some(g) = self.groups.get_mut(name) {
                 g.entries.remove(&entry);
-                g.forget_entry(&entry);
+                g.forget_entry(&entry, now);
             }
             self.entry_group.insert(entry.clone(), to.clone());
             let look = inbox::look(&self.inbox, &entry, self.follow_symlinks);
             self.group_mut(&to, &entry, now)
                 .observed
                 .extend(look.stats(&entry));
-            self.schedule(&to, now + self.settle);
+            self.schedule(&to, now);
         }
     }
 }

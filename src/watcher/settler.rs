@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -53,6 +53,9 @@ pub struct Settler<J> {
     pub(super) linked: BTreeMap<String, Linked>,
     /// Stale hand-over temporaries reported as problems (cleared once gone).
     pub(super) stale_tmps: BTreeSet<String>,
+    /// Entries whose names are not UTF-8, reported as problems (cleared once gone), by
+    /// their shown path.
+    pub(super) not_utf8: BTreeSet<String>,
 }
 
 impl<J> Settler<J> {
@@ -79,6 +82,7 @@ impl<J> Settler<J> {
             last_event_check: None,
             linked: BTreeMap::new(),
             stale_tmps: BTreeSet::new(),
+            not_utf8: BTreeSet::new(),
         }
     }
 
@@ -241,19 +245,33 @@ impl<J> Settler<J> {
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if i == 1 => Some(false),
                 _ => None,
             };
-            self.touch_path(path, writing, now);
+            let created = matches!(
+                ev.kind,
+                EventKind::Create(CreateKind::File | CreateKind::Any)
+            );
+            self.touch_path(path, writing, created, now);
         }
     }
 
-    pub(super) fn touch_path(&mut self, path: &Path, writing: Option<bool>, now: Instant) {
+    /// Takes an event on `path`: `writing` as for [`Group::observe`], `created` when the
+    /// event says the file was just created (a hint for `status`, see [`Group::created`]).
+    pub(super) fn touch_path(
+        &mut self,
+        path: &Path,
+        writing: Option<bool>,
+        created: bool,
+        now: Instant,
+    ) {
         let Ok(rel) = path.strip_prefix(&self.inbox) else {
             return;
         };
         let Some(rel) = rel.to_str() else {
-            self.board.set_problem(
-                &path.display().to_string(),
-                "file name is not valid UTF-8; it is not registered",
-            );
+            // A name deeper in a folder entry: the entry's look refuses the whole folder,
+            // naming it. A top-level name: a problem of its own.
+            match rel.iter().next().and_then(|e| e.to_str()) {
+                Some(entry) => self.touch_path(&self.inbox.join(entry), None, false, now),
+                None => self.not_utf8(path),
+            }
             return;
         };
         let Some(entry) = rel.split('/').next().filter(|e| !e.is_empty()) else {
@@ -275,9 +293,31 @@ impl<J> Settler<J> {
             Err(_) => Seen::Gone,
         };
         let writing = writing.filter(|_| self.track_writes);
-        self.group_mut(&name, &entry, now)
-            .observe(&entry, rel, writing, seen, now);
-        self.schedule(&name, now + self.settle);
+        let created = created && matches!(seen, Seen::File(_));
+        let g = self.group_mut(&name, &entry, now);
+        g.observe(&entry, rel, writing, seen, now);
+        if created {
+            g.saw_created(rel, now);
+        }
+        self.schedule(&name, now);
+    }
+
+    /// Reports an inbox entry whose name is not UTF-8 (it cannot be a model name) as a
+    /// problem naming it with its bytes escaped, or clears that problem once it is gone.
+    pub(super) fn not_utf8(&mut self, path: &Path) {
+        let shown = crate::display::escape_path(path);
+        if path.symlink_metadata().is_ok() {
+            self.board.set_problem(
+                &shown,
+                &format!(
+                    "{shown}: not registered: its name is not valid UTF-8 (bytes shown as \\xNN); rename it"
+                ),
+            );
+            self.not_utf8.insert(shown);
+        } else {
+            self.board.clear_problem(&shown);
+            self.not_utf8.remove(&shown);
+        }
     }
 
     /// The group an entry belongs to, remembered so that a deleted entry is still found;
@@ -317,12 +357,13 @@ impl<J> Settler<J> {
         g
     }
 
-    /// Moves the group's deadline to `at` (or marks it for another round when in flight).
-    pub(super) fn schedule(&mut self, name: &str, at: Instant) {
+    /// Moves the group's deadline to one settle period after `now` (or marks it for
+    /// another round when in flight).
+    pub(super) fn schedule(&mut self, name: &str, now: Instant) {
         if let Some(g) = self.groups.get_mut(name)
-            && g.poke(at)
+            && g.poke(now, self.settle)
         {
-            self.queue.insert((at, name.to_string()));
+            self.queue.insert((g.deadline, name.to_string()));
         }
     }
 

@@ -17,7 +17,28 @@ impl<J> Settler<J> {
             .groups
             .iter()
             .map(|(name, g)| {
+                let mut since = g.entered;
+                // Quiet, but a file seen created has not been closed: `cp` reports its
+                // one data write only when the copy is done; ask whether it is being
+                // written now.
+                let copying = if matches!(g.state, State::Settling) && g.writing.is_empty() {
+                    g.created.iter().find(|(rel, _)| {
+                        open_for_writing(&self.inbox.join(rel.as_str())) == Some(true)
+                    })
+                } else {
+                    None
+                };
                 let (state, reason) = match &g.state {
+                    State::Settling if let Some((path, at)) = copying => {
+                        since = since.max(*at);
+                        let size = std::fs::metadata(self.inbox.join(path))
+                            .map(|m| crate::status::human_bytes(m.len()))
+                            .unwrap_or_else(|_| "?".into());
+                        (
+                            "writing",
+                            format!("{path} is open for writing ({size} so far)"),
+                        )
+                    }
                     State::Settling if !g.writing.is_empty() => {
                         let (path, last) = g
                             .writing
@@ -73,7 +94,7 @@ impl<J> Settler<J> {
                     name: name.clone(),
                     entries: g.entries.iter().cloned().collect(),
                     state: state.to_string(),
-                    since_secs: now.duration_since(g.since).as_secs_f64(),
+                    since_secs: now.duration_since(since).as_secs_f64(),
                     reason,
                     ..Waiting::default()
                 }

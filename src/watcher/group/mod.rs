@@ -30,7 +30,10 @@ pub(super) enum State {
 #[derive(Debug)]
 pub(super) struct Group {
     pub(super) entries: BTreeSet<String>,
-    pub(super) since: Instant,
+    /// When the group entered the state `status` shows: its [`State`] last changed kind,
+    /// or its write marks appeared or all went (writing and settling are both
+    /// [`State::Settling`]).
+    pub(super) entered: Instant,
     pub(super) deadline: Instant,
     pub(super) queued: bool,
     /// The state of every file, by path relative to the inbox, as last seen.
@@ -38,6 +41,11 @@ pub(super) struct Group {
     /// Files written to and not yet closed (by path relative to the inbox), with the time
     /// of the last data write seen.
     pub(super) writing: BTreeMap<String, Instant>,
+    /// Files seen created whose close-after-write has not come yet, with when: only for
+    /// `status`, which asks the lease probe whether a writer still has them open. `cp`
+    /// copies with one copy_file_range, which reports its one data write at the very end,
+    /// so during the copy there is no write mark. Never holds a group back.
+    pub(super) created: BTreeMap<String, Instant>,
     /// Why the last look found the group incomplete (a folder holding temporaries).
     pub(super) incomplete: Option<String>,
     pub(super) state: State,
@@ -103,11 +111,12 @@ impl Group {
     pub(super) fn new(now: Instant, settle: Duration) -> Self {
         Group {
             entries: BTreeSet::new(),
-            since: now,
+            entered: now,
             deadline: now + settle,
             queued: false,
             observed: BTreeMap::new(),
             writing: BTreeMap::new(),
+            created: BTreeMap::new(),
             incomplete: None,
             state: State::Settling,
             again: false,
@@ -115,10 +124,37 @@ impl Group {
         }
     }
 
+    /// Moves to `state`; a change of kind (not of a reason or a count) is a new state for
+    /// `status`, shown as entered `now`.
+    pub(super) fn set_state(&mut self, state: State, now: Instant) {
+        if std::mem::discriminant(&state) != std::mem::discriminant(&self.state) {
+            self.entered = now;
+        }
+        self.state = state;
+    }
+
+    /// After the write marks changed: writing began or ended `now` when the marks
+    /// appeared or all went (`had_marks`: whether there were any before).
+    fn marks_changed(&mut self, had_marks: bool, now: Instant) {
+        if had_marks == self.writing.is_empty() {
+            self.entered = now;
+        }
+    }
+
+    /// Drops every write mark (their closes may have been lost with dropped events).
+    pub(super) fn drop_marks(&mut self, now: Instant) {
+        let had_marks = !self.writing.is_empty();
+        self.writing.clear();
+        self.marks_changed(had_marks, now);
+    }
+
     /// Forgets what was seen of `entry` and everything under it (stats and write marks).
-    pub(super) fn forget_entry(&mut self, entry: &str) {
+    pub(super) fn forget_entry(&mut self, entry: &str, now: Instant) {
+        let had_marks = !self.writing.is_empty();
         self.observed.retain(|k, _| !in_entry(k, entry));
         self.writing.retain(|k, _| !in_entry(k, entry));
+        self.created.retain(|k, _| !in_entry(k, entry));
+        self.marks_changed(had_marks, now);
     }
 
     /// Replaces what was seen of `entry` with `stats` (write marks are kept).
@@ -140,12 +176,14 @@ impl Group {
         seen: Seen,
         now: Instant,
     ) {
+        let had_marks = !self.writing.is_empty();
         match writing {
             Some(true) if matches!(seen, Seen::File(_)) => {
                 self.writing.insert(rel.to_string(), now);
             }
             Some(_) => {
                 self.writing.remove(rel);
+                self.created.remove(rel);
             }
             None => {}
         }
@@ -155,29 +193,37 @@ impl Group {
             }
             Seen::Folder(stats) => {
                 self.writing.remove(rel);
+                self.created.remove(rel);
                 self.reobserve(entry, stats);
             }
             Seen::Other => {}
             Seen::Gone => {
                 self.observed.retain(|k, _| !in_entry(k, rel));
                 self.writing.retain(|k, _| !in_entry(k, rel));
+                self.created.retain(|k, _| !in_entry(k, rel));
             }
         }
+        self.marks_changed(had_marks, now);
     }
 
-    /// Starts (or restarts) the quiet period, to end at `at`; returns whether the group
-    /// must be put in the queue. With the registrar, it only notes that another round is
-    /// needed; blocked or retrying, it settles again.
-    pub(super) fn poke(&mut self, at: Instant) -> bool {
+    /// Notes that file `rel` was created `now` (see [`Group::created`]).
+    pub(super) fn saw_created(&mut self, rel: &str, now: Instant) {
+        self.created.insert(rel.to_string(), now);
+    }
+
+    /// Starts (or restarts) the quiet period, to end one settle period after `now`;
+    /// returns whether the group must be put in the queue. With the registrar, it only
+    /// notes that another round is needed; blocked or retrying, it settles again.
+    pub(super) fn poke(&mut self, now: Instant, settle: Duration) -> bool {
         match self.state {
             State::InFlight => {
                 self.again = true;
                 return false;
             }
-            State::Blocked(_) | State::Retry(..) => self.state = State::Settling,
+            State::Blocked(_) | State::Retry(..) => self.set_state(State::Settling, now),
             State::Settling => {}
         }
-        self.deadline = at;
+        self.deadline = now + settle;
         if self.queued {
             false
         } else {
@@ -202,11 +248,12 @@ impl Group {
         if let Some(why) = blocked {
             // Waits, shown as blocked, until an event or a rescan brings it back.
             self.observed = current;
-            self.state = State::Blocked(why);
+            self.set_state(State::Blocked(why), now);
             return Verdict::Blocked;
         }
         let unchanged = current == self.observed;
-        if unchanged && !self.writing.is_empty() {
+        let had_marks = !self.writing.is_empty();
+        if unchanged && had_marks {
             // Quiet for a whole period with a write still marked: ask the file system
             // whether a writer really still has it open; the close may have been lost.
             self.writing
@@ -222,6 +269,7 @@ impl Group {
                 }
             }
         }
+        self.marks_changed(had_marks, now);
         self.incomplete = incomplete;
         let quiet = unchanged && self.writing.is_empty() && self.incomplete.is_none();
         if !quiet {
@@ -232,7 +280,7 @@ impl Group {
             self.queued = true;
             return Verdict::Wait(self.deadline);
         }
-        self.state = State::InFlight;
+        self.set_state(State::InFlight, now);
         self.again = false;
         Verdict::HandOver
     }
@@ -242,7 +290,7 @@ impl Group {
     pub(super) fn finished(&mut self, outcome: Outcome, now: Instant, settle: Duration) -> After {
         let again = std::mem::take(&mut self.again);
         let poke = |g: &mut Group| {
-            if g.poke(now + settle) {
+            if g.poke(now, settle) {
                 After::Queue(g.deadline)
             } else {
                 After::Nothing
@@ -259,18 +307,18 @@ impl Group {
                 if outcome == Outcome::Done {
                     self.failures = 0;
                 }
-                self.state = State::Settling;
+                self.set_state(State::Settling, now);
                 poke(self)
             }
             Outcome::Blocked(reason) => {
-                self.state = State::Blocked(reason);
+                self.set_state(State::Blocked(reason), now);
                 if again { poke(self) } else { After::Nothing }
             }
             Outcome::Failed(e) => {
                 self.failures += 1;
                 let backoff =
                     Duration::from_secs(1 << self.failures.min(6)).min(Duration::from_secs(60));
-                self.state = State::Retry(self.failures, e);
+                self.set_state(State::Retry(self.failures, e), now);
                 self.deadline = now + backoff.max(settle);
                 if self.queued {
                     After::Nothing

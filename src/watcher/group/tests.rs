@@ -59,7 +59,7 @@ fn a_write_then_a_quiet_period_hands_over() {
     let (mut g, t0) = file_group();
     event(&mut g, Some(true), stat(4, 1), t0);
     event(&mut g, Some(false), stat(8, 2), t0);
-    assert!(g.poke(t0 + SETTLE), "a new group goes into the queue");
+    assert!(g.poke(t0, SETTLE), "a new group goes into the queue");
     let v = end(
         &mut g,
         &[("m.pt", stat(8, 2))],
@@ -86,9 +86,9 @@ fn a_change_seen_only_at_the_end_restarts_the_quiet_period() {
 #[test]
 fn a_new_write_while_queued_moves_the_deadline_without_queueing_twice() {
     let (mut g, t0) = file_group();
-    assert!(g.poke(t0 + SETTLE));
+    assert!(g.poke(t0, SETTLE));
     let later = t0 + Duration::from_secs(1);
-    assert!(!g.poke(later + SETTLE), "already in the queue");
+    assert!(!g.poke(later, SETTLE), "already in the queue");
     assert_eq!(g.deadline, later + SETTLE);
 }
 
@@ -206,7 +206,7 @@ fn a_blocked_group_waits_until_poked_then_settles_again() {
     );
     assert_eq!(v, Verdict::Blocked);
     assert_eq!(g.state, State::Blocked("sidecar not used".into()));
-    assert!(g.poke(t0 + SETTLE));
+    assert!(g.poke(t0, SETTLE));
     assert_eq!(g.state, State::Settling);
 }
 
@@ -214,7 +214,7 @@ fn a_blocked_group_waits_until_poked_then_settles_again() {
 fn events_while_registering_bring_another_round() {
     let (mut g, t0) = file_group();
     g.state = State::InFlight;
-    assert!(!g.poke(t0 + SETTLE), "not queued while with the registrar");
+    assert!(!g.poke(t0, SETTLE), "not queued while with the registrar");
     assert!(g.again);
     let after = g.finished(Outcome::Done, t0, SETTLE);
     assert_eq!(after, After::Queue(t0 + SETTLE));
@@ -268,4 +268,62 @@ fn a_blocked_outcome_waits_unless_events_came_meanwhile() {
 fn entry_paths_match_the_entry_and_what_is_under_it_only() {
     assert!(in_entry("bert", "bert") && in_entry("bert/w.bin", "bert"));
     assert!(!in_entry("bert-tiny", "bert") && !in_entry("bert-tiny/w.bin", "bert"));
+}
+
+#[test]
+fn the_shown_state_is_timed_from_when_it_was_entered_not_from_first_seen() {
+    let (mut g, t0) = file_group();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    event(&mut g, None, stat(1, 1), at(1));
+    assert_eq!(g.entered, t0, "still settling since first seen");
+    event(&mut g, Some(true), stat(4, 2), at(2));
+    assert_eq!(g.entered, at(2), "writing since the first data write");
+    event(&mut g, Some(true), stat(8, 3), at(3));
+    assert_eq!(g.entered, at(2), "more writes are the same state");
+    event(&mut g, Some(false), stat(8, 3), at(4));
+    assert_eq!(g.entered, at(4), "settling since the close");
+    let v = end(
+        &mut g,
+        &[("m.pt", stat(8, 3))],
+        at(6),
+        &mut Kernel::default(),
+    );
+    assert_eq!(v, Verdict::HandOver);
+    assert_eq!(g.entered, at(6), "registering since the hand-over");
+    g.finished(Outcome::Blocked("bad sidecar".into()), at(7), SETTLE);
+    assert_eq!(g.entered, at(7), "blocked since the registrar said so");
+    g.decide(
+        BTreeMap::new(),
+        None,
+        Some("other".into()),
+        at(9),
+        SETTLE,
+        &mut Kernel::default(),
+    );
+    assert_eq!(g.entered, at(7), "another reason is still blocked");
+    assert!(g.poke(at(10), SETTLE));
+    assert_eq!(g.entered, at(10), "settling again once poked");
+}
+
+#[test]
+fn a_created_file_is_only_a_hint_and_its_close_clears_it() {
+    let (mut g, t0) = file_group();
+    event(&mut g, None, stat(0, 1), t0);
+    g.saw_created("m.pt", t0);
+    // `cp`: no data write until the end; the hint never holds the group back.
+    let v = end(
+        &mut g,
+        &[("m.pt", stat(0, 1))],
+        t0 + SETTLE,
+        &mut Kernel::default(),
+    );
+    assert_eq!(v, Verdict::HandOver);
+    let (mut g, t0) = file_group();
+    g.saw_created("m.pt", t0);
+    event(&mut g, Some(true), stat(9, 2), t0);
+    event(&mut g, Some(false), stat(9, 2), t0);
+    assert!(
+        g.created.is_empty(),
+        "closed after writing: no longer a hint"
+    );
 }
