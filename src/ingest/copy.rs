@@ -30,6 +30,9 @@ pub(super) struct Job {
     pub(super) sidecar_seen: Option<String>,
     /// For each artifact entry, the version its content was last time.
     pub(super) same_source: BTreeMap<String, Known>,
+    /// The model's stored files by SHA-256 (absolute paths), which a new version's equal
+    /// files are hard-linked to instead of kept twice.
+    pub(super) stored: BTreeMap<String, PathBuf>,
     /// The folders pinned at start: the inbox is opened through it.
     pub(super) layout: Option<Arc<crate::layout::Layout>>,
 }
@@ -248,6 +251,24 @@ fn run_job_inner(
             let _ = store::discard(&staged.dir);
             unchanged.push((entry.clone(), fingerprint, number));
             continue;
+        }
+        match store::link_duplicates(&job.store, &staged, &job.stored) {
+            Ok(saved) if saved.files > 0 => tracing::info!(
+                model = %job.name,
+                version = next,
+                files = saved.files,
+                bytes_saved = saved.bytes,
+                "{} v{next}: {} of {} file(s) already stored, hard-linked ({} saved)",
+                job.name,
+                saved.files,
+                staged.files.len(),
+                crate::status::human_bytes(saved.bytes)
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = store::discard(&staged.dir);
+                return JobResult::Failed(e.to_string());
+            }
         }
         let manifest = store::Manifest {
             format: store::MANIFEST_FORMAT,

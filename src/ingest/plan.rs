@@ -103,6 +103,12 @@ impl Registrar {
             latest_sidecar: latest.and_then(|v| v.sidecar.as_ref().map(|r| r.sha256.clone())),
             sidecar_seen,
             same_source,
+            stored: model
+                .iter()
+                .flat_map(|m| m.stored())
+                .flat_map(|v| &v.files)
+                .map(|f| (f.sha256.clone(), self.config.root.join(&f.path)))
+                .collect(),
             layout: self.layout.clone(),
         };
         self.in_flight += 1;

@@ -17,7 +17,8 @@
 //!
 //! By file: `staging` (stage, publish, recover), `copy` (one file copied and hashed),
 //! `manifest` (manifests and tombstones), `rebuild` (audit and rebuild from disk),
-//! `links` (never through a link; latest, best and alias links); here, the layout and
+//! `links` (never through a link; latest, best and alias links), `dedup` (a file already
+//! stored for the model is hard-linked, not kept twice); here, the layout and
 //! the modes every folder and file of the store gets.
 
 use std::fs;
@@ -29,12 +30,14 @@ use crate::error::{Error, Result};
 use crate::registry::parse_version_number as version_number;
 
 mod copy;
+mod dedup;
 mod links;
 mod manifest;
 mod rebuild;
 mod staging;
 
 pub use copy::hash_file;
+pub use dedup::{Deduped, link_duplicates};
 pub use links::{check_no_link, linked_folders, refresh_links};
 pub use manifest::{
     MANIFEST, MANIFEST_FORMAT, Manifest, TOMBSTONES, highest_in_store, numbers_in_store,

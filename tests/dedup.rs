@@ -1,0 +1,120 @@
+//! Dedup by content: a new version's files already stored for the model are hard links to
+//! the stored ones, not second copies; `verify` and `rm` stay correct with shared inodes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const FILE: usize = 256 * 1024;
+const FILES: usize = 10;
+
+fn name(i: usize) -> String {
+    format!("shard-{i}.bin")
+}
+
+/// The (device, inode) of every file of version folder `dir` with its bytes on disk
+/// (st_blocks), by file name.
+fn inodes(dir: &Path) -> Vec<(String, (u64, u64), u64)> {
+    (0..FILES)
+        .map(|i| {
+            let m = std::fs::metadata(dir.join(name(i))).unwrap();
+            (name(i), (m.dev(), m.ino()), m.blocks() * 512)
+        })
+        .collect()
+}
+
+#[test]
+fn a_folder_v2_with_nine_of_ten_files_unchanged_stores_only_the_changed_files_bytes() {
+    let d = TestDaemon::quick();
+    // v1: a folder of ten different files, built outside and moved in whole.
+    let build = d.root.path().join("build");
+    std::fs::create_dir(&build).unwrap();
+    for i in 0..FILES {
+        write(&build.join(name(i)), &bytes(i as u64, FILE));
+    }
+    std::fs::rename(&build, d.inbox().join("enc")).unwrap();
+    d.wait_versions("enc", 1);
+    // v2: one file rewritten (renamed into place, as a training script would).
+    let changed = bytes(1000, FILE);
+    write_renamed(&d.inbox().join("enc"), &name(3), &changed);
+    d.wait_versions("enc", 2);
+
+    let store = d.root.path().join("models/enc");
+    let (v1, v2) = (inodes(&store.join("v1")), inodes(&store.join("v2")));
+    for ((file, ino1, _), (_, ino2, _)) in v1.iter().zip(&v2) {
+        if *file == name(3) {
+            assert_ne!(ino1, ino2, "the changed file is a copy of its own");
+        } else {
+            assert_eq!(ino1, ino2, "{file} is shared with v1");
+        }
+    }
+    // What v2 added to the disk: the blocks of inodes v1 does not have.
+    let in_v1: BTreeSet<_> = v1.iter().map(|(_, ino, _)| *ino).collect();
+    let added: u64 = v2
+        .iter()
+        .filter(|(_, ino, _)| !in_v1.contains(ino))
+        .map(|(_, _, blocks)| blocks)
+        .sum();
+    assert!(
+        added as f64 <= 1.1 * FILE as f64,
+        "v2 stored {added} bytes for one changed file of {FILE}"
+    );
+    assert!(
+        d.log()
+            .contains("9 of 10 file(s) already stored, hard-linked"),
+        "the log says what was saved:\n{}",
+        d.log()
+    );
+    ok(&d, &["verify"]);
+
+    // rm of v1 leaves v2 whole, verified, each file with its one remaining name.
+    ok(&d, &["rm", "enc", "v1"]);
+    wait_until(Duration::from_secs(30), "v1's files to be deleted", || {
+        !store.join("v1").exists()
+    });
+    ok(&d, &["verify", "enc"]);
+    for i in 0..FILES {
+        let p = store.join("v2").join(name(i));
+        let expected = if i == 3 {
+            changed.clone()
+        } else {
+            bytes(i as u64, FILE)
+        };
+        assert_eq!(std::fs::read(&p).unwrap(), expected, "{}", p.display());
+        assert_eq!(std::fs::metadata(&p).unwrap().nlink(), 1);
+    }
+}
+
+#[test]
+fn rm_of_the_newer_sharer_leaves_the_older_intact_and_verified() {
+    let d = TestDaemon::quick();
+    write_renamed(&d.inbox(), "tok.bin", &bytes(7, FILE));
+    d.wait_versions("tok", 1);
+    write_renamed(&d.inbox(), "tok.bin", &bytes(8, FILE));
+    d.wait_versions("tok", 2);
+    // Back to v1's bytes: a new version (it differs from the latest), stored once.
+    write_renamed(&d.inbox(), "tok.bin", &bytes(7, FILE));
+    d.wait_versions("tok", 3);
+    let store = d.root.path().join("models/tok");
+    let ino = |v: &str| {
+        std::fs::metadata(store.join(v).join("tok.bin"))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(ino("v1"), ino("v3"), "v3's bytes are v1's: one inode");
+    assert_ne!(ino("v1"), ino("v2"));
+    ok(&d, &["rm", "--force", "tok", "v3"]);
+    wait_until(Duration::from_secs(30), "v3's files to be deleted", || {
+        !store.join("v3").exists()
+    });
+    ok(&d, &["verify", "tok"]);
+    assert_eq!(
+        std::fs::read(store.join("v1/tok.bin")).unwrap(),
+        bytes(7, FILE)
+    );
+}
