@@ -9,10 +9,16 @@ use super::group::State;
 use super::lease::{open_for_writing, stale_write_bound};
 use crate::protocol::Waiting;
 
+/// At most this many files seen created are asked about per group by one `status`...
+const PROBES_PER_GROUP: usize = 8;
+/// ... and this many in all.
+const PROBES_PER_STATUS: usize = 64;
+
 impl<J> Settler<J> {
     /// What is waiting, for `status`.
     pub fn waiting(&self) -> Vec<Waiting> {
         let now = Instant::now();
+        let mut budget = PROBES_PER_STATUS;
         let mut out: Vec<Waiting> = self
             .groups
             .iter()
@@ -21,9 +27,18 @@ impl<J> Settler<J> {
                 // Quiet, but a file seen created has not been closed: `cp` reports its
                 // one data write only when the copy is done; ask whether it is being
                 // written now.
+                // Newest first and within a budget: each probe is an open and a close,
+                // i.e. two inotify events, and a `cp -al` of a big tree leaves thousands
+                // of hints (links are created, never written), which must not overflow
+                // the event queue into a rescan.
                 let copying = if matches!(g.state, State::Settling) && g.writing.is_empty() {
-                    g.created.iter().find(|(rel, _)| {
-                        open_for_writing(&self.inbox.join(rel.as_str())) == Some(true)
+                    let mut hints: Vec<_> = g.created.iter().collect();
+                    hints.sort_by_key(|(_, at)| std::cmp::Reverse(**at));
+                    hints.into_iter().take(PROBES_PER_GROUP).find(|(rel, _)| {
+                        budget > 0 && {
+                            budget -= 1;
+                            open_for_writing(&self.inbox.join(rel.as_str())) == Some(true)
+                        }
                     })
                 } else {
                     None
