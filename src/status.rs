@@ -20,6 +20,9 @@ pub struct StatusBoard {
     /// The copy jobs under way, by model name. Its own lock, taken only to add, remove or
     /// list entries; the copy itself only adds to each job's counter.
     copying: Mutex<HashMap<String, Arc<JobProgress>>>,
+    /// Bytes of new versions' files that were already stored and hard-linked instead of
+    /// copied (dedup), since start.
+    dedup_saved: AtomicU64,
 }
 
 /// How far one copy job has got: `done` is added to by the copy once per chunk.
@@ -185,6 +188,16 @@ impl StatusBoard {
     pub fn count_registered(&self, n: u64) {
         self.lock().registered += n;
         self.changed.notify_one();
+    }
+
+    /// Counts bytes stored once instead of twice by dedup.
+    pub fn count_dedup(&self, bytes: u64) {
+        self.dedup_saved.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes stored once instead of twice by dedup since start.
+    pub fn dedup_saved(&self) -> u64 {
+        self.dedup_saved.load(Ordering::Relaxed)
     }
 
     /// Sets how the inbox is watched.

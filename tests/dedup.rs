@@ -70,6 +70,12 @@ fn a_folder_v2_with_nine_of_ten_files_unchanged_stores_only_the_changed_files_by
         "the log says what was saved:\n{}",
         d.log()
     );
+    assert_eq!(d.status().dedup_saved_bytes, 9 * FILE as u64);
+    let text = ok(&d, &["status"]);
+    assert!(
+        text.contains("2.2 MiB stored once by dedup"),
+        "status says what dedup saved:\n{text}"
+    );
     ok(&d, &["verify"]);
 
     // rm of v1 leaves v2 whole, verified, each file with its one remaining name.

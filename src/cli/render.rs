@@ -298,8 +298,18 @@ pub(super) fn print_status(s: &StatusInfo) {
         vec![
             "catalog:".into(),
             format!(
-                "{} models, {} versions ({} registered since start)",
-                s.models, s.versions, s.registered_since_start
+                "{} models, {} versions ({} registered since start{})",
+                s.models,
+                s.versions,
+                s.registered_since_start,
+                if s.dedup_saved_bytes > 0 {
+                    format!(
+                        ", {} stored once by dedup",
+                        modelreg::status::human_bytes(s.dedup_saved_bytes)
+                    )
+                } else {
+                    String::new()
+                }
             ),
         ],
     ];

@@ -61,6 +61,8 @@ pub struct NewVersion {
     pub(super) staged: Staged,
     /// How long copying and hashing it took.
     pub(super) copy_secs: f64,
+    /// Bytes of its files hard-linked to files already stored (dedup).
+    pub(super) dedup_saved: u64,
 }
 
 /// A sidecar read by a job.
@@ -252,8 +254,15 @@ fn run_job_inner(
             unchanged.push((entry.clone(), fingerprint, number));
             continue;
         }
-        match store::link_duplicates(&job.store, &staged, &job.stored) {
-            Ok(saved) if saved.files > 0 => tracing::info!(
+        let saved = match store::link_duplicates(&job.store, &staged, &job.stored) {
+            Ok(saved) => saved,
+            Err(e) => {
+                let _ = store::discard(&staged.dir);
+                return JobResult::Failed(e.to_string());
+            }
+        };
+        if saved.files > 0 {
+            tracing::info!(
                 model = %job.name,
                 version = next,
                 files = saved.files,
@@ -263,12 +272,7 @@ fn run_job_inner(
                 saved.files,
                 staged.files.len(),
                 crate::status::human_bytes(saved.bytes)
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                let _ = store::discard(&staged.dir);
-                return JobResult::Failed(e.to_string());
-            }
+            );
         }
         let manifest = store::Manifest {
             format: store::MANIFEST_FORMAT,
@@ -296,6 +300,7 @@ fn run_job_inner(
             if *folder { Kind::Folder } else { Kind::File },
             fingerprint,
             t0.elapsed().as_secs_f64(),
+            saved.bytes,
         ));
         next += 1;
     }
@@ -303,7 +308,7 @@ fn run_job_inner(
         .into_iter()
         .zip(staged_out.drain(..))
         .map(
-            |((entry, number, kind, fingerprint, copy_secs), staged)| NewVersion {
+            |((entry, number, kind, fingerprint, copy_secs, dedup_saved), staged)| NewVersion {
                 entry,
                 number,
                 registered_at: registered_at.clone(),
@@ -311,6 +316,7 @@ fn run_job_inner(
                 fingerprint,
                 staged,
                 copy_secs,
+                dedup_saved,
             },
         )
         .collect();

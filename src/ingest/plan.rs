@@ -143,6 +143,9 @@ impl Registrar {
                 .await
                 .unwrap_or_else(|e| JobResult::Failed(format!("copy job panicked: {e}")));
             drop(copying);
+            if let JobResult::Done { new, .. } = &result {
+                board.count_dedup(new.iter().map(|v| v.dedup_saved).sum());
+            }
             let _ = tx.send(RegistrarMsg::JobDone { name, result });
         });
     }

@@ -161,6 +161,10 @@ pub struct StatusInfo {
     pub versions: usize,
     /// Versions registered since start.
     pub registered_since_start: u64,
+    /// Bytes of new versions' files already stored for their model, hard-linked instead
+    /// of stored again (dedup), since start.
+    #[serde(default)]
+    pub dedup_saved_bytes: u64,
     /// What waits in the inbox.
     pub waiting: Vec<Waiting>,
     /// Current problems.

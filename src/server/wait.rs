@@ -185,6 +185,7 @@ pub(super) async fn status(ctx: &Context) -> Response {
         models: catalog.models.len(),
         versions: catalog.version_count(),
         registered_since_start: registered,
+        dedup_saved_bytes: ctx.board.dedup_saved(),
         waiting,
         problems,
         recent_errors,
