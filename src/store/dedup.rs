@@ -127,24 +127,28 @@ mod tests {
         stage(store, "m", n, &list, &AtomicBool::new(false)).unwrap()
     }
 
-    fn stored_map(store: &Path, s: &Staged) -> BTreeMap<String, PathBuf> {
-        s.files
+    /// Publishes `files` as v1 of model `m` in a new store; returns the store (in the
+    /// kept temporary folder) and v1's files by SHA-256.
+    fn published_v1(
+        tmp: &tempfile::TempDir,
+        files: &[(&str, &[u8], u32)],
+    ) -> (PathBuf, BTreeMap<String, PathBuf>) {
+        let store = tmp.path().join("models");
+        let v1 = stage_files(&store, 1, files);
+        let stored = v1
+            .files
             .iter()
             .map(|f| (f.sha256.clone(), store.join("m/v1").join(&f.rel)))
-            .collect()
+            .collect();
+        publish(&v1).unwrap();
+        (store, stored)
     }
 
     #[test]
     fn an_unchanged_file_becomes_a_link_to_the_stored_one_and_a_changed_one_stays_a_copy() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = tmp.path().join("models");
-        let v1 = stage_files(
-            &store,
-            1,
-            &[("a.bin", b"same", 0o644), ("b.bin", b"old", 0o644)],
-        );
-        let stored = stored_map(&store, &v1);
-        publish(&v1).unwrap();
+        let (store, stored) =
+            published_v1(&tmp, &[("a.bin", b"same", 0o644), ("b.bin", b"old", 0o644)]);
         let v2 = stage_files(
             &store,
             2,
@@ -163,10 +167,7 @@ mod tests {
     #[test]
     fn a_stored_file_with_another_mode_is_not_shared() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = tmp.path().join("models");
-        let v1 = stage_files(&store, 1, &[("a.bin", b"same", 0o600)]);
-        let stored = stored_map(&store, &v1);
-        publish(&v1).unwrap();
+        let (store, stored) = published_v1(&tmp, &[("a.bin", b"same", 0o600)]);
         // Readable by all this time: linking would keep it private (or the reverse).
         let v2 = stage_files(&store, 2, &[("a.bin", b"same", 0o644)]);
         let saved = link_duplicates(&store, &v2, &stored).unwrap();
