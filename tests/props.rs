@@ -180,6 +180,7 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                     )
                 })
                 .collect(),
+            journal_seq: 0,
         })
 }
 

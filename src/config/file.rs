@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
     socket_group: Option<String>,
     settle: Option<String>,
     reconcile_interval: Option<String>,
+    registry_write_interval: Option<String>,
     watch: Option<String>,
     poll_interval: Option<String>,
     follow_symlinks: Option<bool>,
@@ -50,6 +51,9 @@ impl RawConfig {
             socket_group: self.socket_group.or(base.socket_group),
             settle: self.settle.or(base.settle),
             reconcile_interval: self.reconcile_interval.or(base.reconcile_interval),
+            registry_write_interval: self
+                .registry_write_interval
+                .or(base.registry_write_interval),
             watch: self.watch.or(base.watch),
             poll_interval: self.poll_interval.or(base.poll_interval),
             follow_symlinks: self.follow_symlinks.or(base.follow_symlinks),
@@ -175,6 +179,12 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
         Duration::from_secs(1),
         Duration::from_secs(7 * 24 * 3600),
     )?;
+    let registry_write_interval = duration(
+        "registry_write_interval",
+        raw.registry_write_interval,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    )?;
     let watch = match need("watch", raw.watch)?.as_str() {
         "auto" => WatchMode::Auto,
         "inotify" => WatchMode::Inotify,
@@ -214,6 +224,7 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
             .filter(|g| !g.is_empty()),
         settle,
         reconcile_interval,
+        registry_write_interval,
         watch,
         poll_interval,
         follow_symlinks: raw

@@ -80,6 +80,9 @@ pub struct Config {
     pub settle: Duration,
     /// How often the whole inbox is re-scanned to catch what the kernel never reported.
     pub reconcile_interval: Duration,
+    /// How long registry.yaml may lag behind the journal while changes are pending: it
+    /// is rewritten at most this often (and at shutdown). Zero: after every commit.
+    pub registry_write_interval: Duration,
     /// How the inbox is watched.
     pub watch: WatchMode,
     /// The poll watcher's interval.

@@ -63,6 +63,7 @@ impl Config {
             socket_group,
             settle,
             reconcile_interval,
+            registry_write_interval,
             watch,
             poll_interval,
             follow_symlinks,
@@ -97,6 +98,7 @@ impl Config {
             best,
             retention,
             log_level,
+            registry_write_interval,
             ..self.clone()
         };
         (running, restart)

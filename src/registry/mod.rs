@@ -4,11 +4,13 @@
 
 mod changes;
 pub mod compact;
+mod delta;
 mod error;
 pub mod persist;
 mod selector;
 
 pub use changes::{Changed, Doomed, Stamp, keep_last};
+pub use delta::{Delta, ModelDelta, ModelState, Touched};
 pub use error::RegistryError;
 pub use selector::{BestBy, Selector, parse_version};
 
@@ -32,6 +34,9 @@ pub struct Catalog {
     /// What was last seen of each inbox entry, by its name in the inbox: lets a restart or
     /// a rescan skip files that have not changed without hashing them again.
     pub sources: BTreeMap<String, SourceRecord>,
+    /// The last journal record this catalog includes ([`Delta::seq`]); registry.yaml
+    /// records it, so that replaying the journal applies each later change exactly once.
+    pub journal_seq: u64,
 }
 
 /// One model name and its versions.

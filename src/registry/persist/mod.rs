@@ -7,6 +7,7 @@
 //! Format 1:
 //! ```yaml
 //! format: 1
+//! journal_seq: 17        # the last registry.journal record included
 //! models:
 //!   resnet18:
 //!     highest_version: 2
@@ -191,6 +192,7 @@ fn into_catalog(
             .into_iter()
             .map(|(EntryName(e), r)| (e, r))
             .collect(),
+        journal_seq: repr.journal_seq,
     })
 }
 /// Loads registry.yaml; `Ok(None)` when it does not exist. A file that does not parse is

@@ -19,6 +19,10 @@ use crate::registry::{AliasMove, Catalog, SourceRecord, Version};
 /// registry.yaml as read, before it is checked.
 pub(super) struct FileRepr {
     pub(super) format: u32,
+    /// The last journal record the file includes (absent in files written before the
+    /// journal: none).
+    #[serde(default)]
+    pub(super) journal_seq: u64,
     #[serde(default)]
     pub(super) models: BTreeMap<ModelName, ModelRepr>,
     #[serde(default)]
@@ -53,6 +57,7 @@ impl<'de> Deserialize<'de> for AliasName {
 #[derive(Serialize)]
 pub(super) struct FileReprRef<'a> {
     format: u32,
+    journal_seq: u64,
     models: BTreeMap<&'a str, ModelReprRef<'a>>,
     sources: &'a BTreeMap<String, SourceRecord>,
 }
@@ -122,6 +127,7 @@ impl<'de> Deserialize<'de> for VersionMap {
 pub(super) fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
     FileReprRef {
         format: FORMAT,
+        journal_seq: c.journal_seq,
         models: c
             .models
             .iter()
