@@ -1,8 +1,9 @@
 //! registry.yaml: the catalog as people read and diff it, checked on loading, written atomically.
 //!
 //! Written through a temporary file, fsync, rename and fsync of the folder, so it is
-//! never half-written. By file: `repr` (the serde shapes), `cache` (the start-up cache);
-//! here, loading with its checks (paths, highest numbers, aliases) and writing.
+//! never half-written. By file: `repr` (the serde shapes), `cache` (the start-up cache),
+//! `journal` (registry.journal, the changes since registry.yaml was written); here,
+//! loading with its checks (paths, highest numbers, aliases) and writing.
 //!
 //! Format 1:
 //! ```yaml
@@ -29,9 +30,11 @@ use crate::fsutil::sync_dir;
 use crate::names::{EntryName, ModelName};
 
 mod cache;
+pub mod journal;
 mod repr;
 
 pub use cache::{cache_path, load_with_cache, write_cache};
+pub use journal::{Journal, journal_path, load_current};
 use repr::{AliasName, FileRepr, repr_ref};
 
 /// The registry.yaml format this build writes and reads.
