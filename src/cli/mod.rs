@@ -267,7 +267,8 @@ pub(crate) fn lock_root(cli: &Cli, instead: &str) -> Result<(Config, daemon::Roo
 pub(crate) fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitCode {
     let run = || -> Result<VerifyReport, String> {
         let (config, _lock) = lock_root(cli, "run `modelreg verify` without --offline")?;
-        let catalog = modelreg::registry::persist::load(&config.registry)
+        // registry.yaml may lag behind the journal beside it: read both.
+        let catalog = modelreg::registry::persist::load_current(&config.registry)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{} does not exist", config.registry.display()))?;
         if let Some(Err(e)) = name.map(|n| catalog.model(n)) {

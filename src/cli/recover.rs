@@ -14,10 +14,11 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
     use modelreg::registry::persist;
     let run = || -> Result<bool, String> {
         let (config, _lock) = super::lock_root(cli, "stop it before `recover`")?;
-        let existing = persist::load(&config.registry).map_err(|e| {
+        // registry.yaml with the journal's later changes: what the daemon last committed.
+        let existing = persist::load_current(&config.registry).map_err(|e| {
             format!("{e}; fix registry.yaml or move it aside, then run `modelreg recover` again")
         })?;
-        let existed = existing.is_some();
+        let existed = config.registry.exists();
         let mut catalog = existing.unwrap_or_default();
         let rel = |p: &Path| config.relative(p).into_owned();
         let report = modelreg::store::rebuild(&config.store, &mut catalog, &rel);

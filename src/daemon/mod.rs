@@ -28,7 +28,7 @@ use crate::status::StatusBoard;
 
 pub use lock::{LOCK_FILE, RootLock};
 pub use serve::serve;
-pub use startup::load_catalog;
+pub use startup::{Loaded, load_catalog};
 
 /// What the binary (or a test) tells a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,8 @@ pub async fn run(
 ) -> Result<()> {
     let started = Instant::now();
     let _lock = startup::lock_root(&config)?;
-    let (catalog, took) = startup::load_and_recover(&config)?;
+    let (loaded, took) = startup::load_and_recover(&config)?;
+    let catalog = loaded.catalog;
     let listener = startup::listen(&config)?;
     startup::log_started(&config, &catalog, &listener);
 
@@ -67,8 +68,15 @@ pub async fn run(
     tracing::info!(loaded = ?took.loaded, recovered = ?took.recovered, "catalog loaded, store recovered");
     startup::check_store_in_background(&config, &catalog, &board);
 
-    let workers =
-        workers::Workers::start(settings, catalog, board, layout, listener.socket, started)?;
+    let journal = (loaded.journal, loaded.written);
+    let workers = workers::Workers::start(
+        settings,
+        (catalog, journal),
+        board,
+        layout,
+        listener.socket,
+        started,
+    )?;
     readiness::announce(&workers.ctx, listener.path, &workers.stop).await?;
     serve_until_shutdown(control, &workers.ctx, on_reload.as_ref()).await;
 

@@ -43,26 +43,44 @@ pub(super) struct Timings {
     pub(super) recovered: Duration,
 }
 
+/// The catalog as last committed, and the journal to continue it in.
+#[derive(Debug)]
+pub struct Loaded {
+    /// registry.yaml (or its start-up cache) with the journal replayed.
+    pub catalog: Catalog,
+    /// The journal, open for appending.
+    pub journal: persist::Journal,
+    /// The last journal record registry.yaml itself includes.
+    pub written: u64,
+}
+
 /// Loads the catalog and brings the store in line with it: a publication a crash
 /// interrupted is rolled forward and unregistered staging folders are removed. Versions
 /// in the store that the catalog does not name refuse the start.
-pub(super) fn load_and_recover(config: &Config) -> Result<(Catalog, Timings)> {
+pub(super) fn load_and_recover(config: &Config) -> Result<(Loaded, Timings)> {
     let t0 = Instant::now();
-    let catalog = load_catalog(config)?;
-    let loaded = t0.elapsed();
-    let recovery = store::recover(&config.store, &catalog)?;
-    let recovered = t0.elapsed() - loaded;
+    let loaded = load_catalog(config)?;
+    let catalog = &loaded.catalog;
+    let took = t0.elapsed();
+    let recovery = store::recover(&config.store, catalog)?;
+    let recovered = t0.elapsed() - took;
     for v in &recovery.rolled_forward {
         tracing::warn!("finished publishing {v}, interrupted by a crash");
     }
     for p in &recovery.removed {
         tracing::info!("removed unregistered staging folder {p}, left by a crash");
     }
-    let lost = store::audit(&config.store, &catalog);
+    let lost = store::audit(&config.store, catalog);
     if !lost.is_empty() {
         return Err(lost_versions(config, &lost, "exists"));
     }
-    Ok((catalog, Timings { loaded, recovered }))
+    Ok((
+        loaded,
+        Timings {
+            loaded: took,
+            recovered,
+        },
+    ))
 }
 
 /// The control socket the daemon listens on.
@@ -160,12 +178,20 @@ pub(super) fn check_store_in_background(
     });
 }
 
-/// Loads the catalog for start-up: creates an empty registry.yaml when there is none,
-/// refuses one that does not parse (path, line, column; the file is left untouched).
-pub fn load_catalog(config: &Config) -> Result<Catalog> {
+/// Loads the catalog for start-up: registry.yaml (or its start-up cache), then the
+/// journal's records after it. Creates an empty registry.yaml when there is neither;
+/// refuses a registry.yaml that does not parse (path, line, column; the file is left
+/// untouched) and a journal damaged before its end (path, offset). A torn last record,
+/// never acknowledged, is dropped with a warning.
+pub fn load_catalog(config: &Config) -> Result<Loaded> {
     let removed = persist::remove_stale_temporaries(&config.registry)?;
     if removed > 0 {
         tracing::info!("removed {removed} temporary file(s) left by an interrupted registry write");
+    }
+    let journal_path = persist::journal_path(&config.registry);
+    let stale = persist::remove_stale_temporaries(&journal_path)?;
+    if stale > 0 {
+        tracing::info!("removed {stale} temporary journal(s) left by an interrupted rotation");
     }
     let loaded = persist::load_with_cache(&config.registry)?;
     // The parser's buffers are freed by now; give that memory back to the system rather
@@ -175,20 +201,41 @@ pub fn load_catalog(config: &Config) -> Result<Catalog> {
     unsafe {
         libc::malloc_trim(0);
     }
-    match loaded {
-        Some(c) => Ok(c),
-        None => {
-            let c = Catalog::default();
-            // No registry.yaml but versions in the store: the catalog was lost, not new.
-            let lost = store::audit(&config.store, &c);
-            if !lost.is_empty() {
-                return Err(lost_versions(config, &lost, "does not exist"));
-            }
-            persist::write_atomic(&config.registry, persist::to_yaml(&c)?.as_bytes())?;
-            tracing::info!(registry = %config.registry.display(), "created an empty registry");
-            Ok(c)
+    let scan = persist::journal::scan(&journal_path)?;
+    let existed = loaded.is_some();
+    let mut catalog = loaded.unwrap_or_default();
+    let written = catalog.journal_seq;
+    if let Some(scan) = &scan {
+        persist::journal::warn_torn(&journal_path, scan);
+        let n = persist::journal::replay(&mut catalog, scan, &journal_path)?;
+        if n > 0 {
+            tracing::info!(journal = %journal_path.display(), "replayed {n} change(s) made after registry.yaml was last written");
         }
     }
+    if !existed {
+        // No registry.yaml but versions in the store: the catalog was lost, not new.
+        let lost = store::audit(&config.store, &catalog);
+        if !lost.is_empty() {
+            return Err(lost_versions(config, &lost, "does not exist"));
+        }
+        persist::write_atomic(&config.registry, persist::to_yaml(&catalog)?.as_bytes())?;
+        if catalog.journal_seq == 0 {
+            tracing::info!(registry = %config.registry.display(), "created an empty registry");
+        } else {
+            tracing::info!(registry = %config.registry.display(), "wrote registry.yaml from the journal");
+        }
+    }
+    let written = if existed {
+        written
+    } else {
+        catalog.journal_seq
+    };
+    let journal = persist::Journal::open(&journal_path, scan, catalog.journal_seq)?;
+    Ok(Loaded {
+        catalog,
+        journal,
+        written,
+    })
 }
 
 /// The refusal to start over a catalog that lost versions the store still holds.

@@ -37,7 +37,7 @@ impl Workers {
     /// once before its loop) and the server on `listener`.
     pub(super) fn start(
         settings: Arc<Settings>,
-        catalog: Catalog,
+        (catalog, (journal, written)): (Catalog, (persist::Journal, u64)),
         board: Arc<StatusBoard>,
         layout: Arc<Layout>,
         listener: tokio::net::UnixListener,
@@ -66,6 +66,7 @@ impl Workers {
             reg_tx.clone(),
         );
         registrar.set_layout(layout.clone());
+        registrar.set_journal(journal, written);
         let registrar = tokio::spawn(registrar.run(reg_rx, stop.clone()));
 
         let mut settler = Settler::new(

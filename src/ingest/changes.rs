@@ -48,6 +48,12 @@ impl Registrar {
             if let Changed::Removed { version, .. } = &changed {
                 self.batch.deletions.push((name.clone(), *version));
             }
+            match &changed {
+                Changed::Removed { version, .. } | Changed::Deprecated { version, .. } => {
+                    self.batch.changed.version(&name, *version)
+                }
+                _ => self.batch.changed.model(&name),
+            }
             self.board.event(event);
             self.batch.touched.insert(name.clone());
             self.batch.dirty = true;
@@ -93,6 +99,7 @@ impl Registrar {
                 let reason = Some(format!("gc: keep_last {keep}"));
                 m.remove(&name, d.number, reason, false, stamp, "gc")?;
                 self.batch.deletions.push((name.clone(), d.number));
+                self.batch.changed.version(&name, d.number);
             }
             self.board
                 .event(format!("gc removed {} version(s) of {name}", doomed.len()));

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use super::Registrar;
 use super::copy::{JobResult, NewVersion, SidecarRead};
+use super::writeback::write_registry;
 use crate::error::Result;
 use crate::messages::{ChangeResult, Outcome, SettlerMsg};
+use crate::registry::persist::Journal;
 use crate::registry::{
-    MetricsChange, Model, SidecarRef, SourceRecord, StoredFile, Version, persist,
+    Catalog, Delta, MetricsChange, Model, SidecarRef, SourceRecord, StoredFile, Touched, Version,
 };
 use crate::status::now_rfc3339;
 use crate::store::{self, Staged};
@@ -125,6 +127,8 @@ impl Registrar {
                 crate::status::human_bytes(rate as u64)
             );
             model.push(version);
+            self.batch.changed.version(name, nv.number);
+            self.batch.changed.source(&nv.entry);
             self.catalog.sources.insert(
                 nv.entry,
                 SourceRecord {
@@ -144,6 +148,7 @@ impl Registrar {
                 entry,
                 "content identical to v{number}; no new version"
             );
+            self.batch.changed.source(&entry);
             self.catalog.sources.insert(
                 entry,
                 SourceRecord {
@@ -167,6 +172,7 @@ impl Registrar {
             {
                 {
                     self.batch.touched.insert(name.to_string());
+                    self.batch.changed.version(name, latest.number);
                     let (metrics, metadata) = (s.metrics(), s.metadata());
                     if latest.metrics != metrics || latest.metadata != metadata {
                         latest.metrics_history.push(MetricsChange {
@@ -190,6 +196,7 @@ impl Registrar {
                     self.board.event(format!("{name} v{n}: {note}"));
                 }
             }
+            self.batch.changed.source(&s.entry);
             self.catalog.sources.insert(
                 s.entry,
                 SourceRecord {
@@ -203,17 +210,25 @@ impl Registrar {
         if model.versions.is_empty() {
             // A sidecar with no artifact yet: nothing to keep under models.
             self.catalog.models.remove(name);
+            self.batch.changed.model(name);
         }
         self.batch.dirty = true;
     }
 
-    /// Writes the catalog if anything changed, then publishes staged versions and the new
-    /// snapshot, then tells the settler how each group ended.
+    /// Makes the batch durable if anything changed (its journal record appended and
+    /// fsynced, or, without a usable journal, registry.yaml written whole), then
+    /// publishes staged versions and the new snapshot, then tells the settler how each
+    /// group ended. registry.yaml itself follows later (see `writeback`).
     pub(super) async fn commit(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         let mut outcomes = batch.outcomes;
         let mut replies = batch.replies;
-        if batch.dirty || batch.refresh_all {
+        let record = if batch.dirty {
+            self.record(&batch.changed)
+        } else {
+            None
+        };
+        if record.is_some() || batch.refresh_all {
             let snapshot = Arc::new(self.catalog.clone());
             let path = self.config.registry.clone();
             let snap = snapshot.clone();
@@ -227,16 +242,15 @@ impl Registrar {
             } else {
                 batch.touched.into_iter().collect()
             };
-            let dirty = batch.dirty;
-            let written = tokio::task::spawn_blocking(move || -> (Result<()>, Vec<Staged>) {
+            let mut journal = self.writeback.journal.take();
+            let whole = self.writeback.failed || journal.is_none();
+            let written = tokio::task::spawn_blocking(move || {
                 let t0 = std::time::Instant::now();
-                let r = if dirty {
-                    persist::to_yaml(&snap)
-                        .and_then(|text| persist::write_atomic(&path, text.as_bytes()))
-                } else {
-                    Ok(())
+                let (r, fresh) = match &record {
+                    None => (Ok(()), true),
+                    Some(d) => durable(d, &path, &snap, journal.as_mut(), whole),
                 };
-                tracing::debug!(took = ?t0.elapsed(), versions = staged.len(), "catalog written");
+                tracing::debug!(took = ?t0.elapsed(), versions = staged.len(), whole, "commit durable");
                 if r.is_ok() {
                     for s in &staged {
                         if let Err(e) = store::publish(s) {
@@ -273,24 +287,42 @@ impl Registrar {
                         }
                     }
                 }
-                (r, staged)
+                (r, fresh, staged, journal)
             })
             .await;
             match written {
-                Ok((Ok(()), _)) => {
-                    self.shared.publish(snapshot);
-                    self.board.count_registered(batch.registered.len() as u64);
+                Ok((r, fresh, staged, journal)) => {
+                    self.writeback.journal = journal;
+                    match r {
+                        Ok(()) => {
+                            if whole && snapshot.journal_seq > self.writeback.written {
+                                self.writeback.written = snapshot.journal_seq;
+                            }
+                            self.writeback.failed = !fresh;
+                            self.shared.publish(snapshot);
+                            self.board.count_registered(batch.registered.len() as u64);
+                        }
+                        Err(e) => {
+                            self.writeback.failed = true;
+                            self.roll_back(e.to_string(), staged, &mut outcomes, &mut replies)
+                        }
+                    }
                 }
-                Ok((Err(e), staged)) => {
-                    self.roll_back(e.to_string(), staged, &mut outcomes, &mut replies)
+                Err(e) => {
+                    self.writeback.failed = true;
+                    self.roll_back(
+                        format!("catalog writer panicked: {e}"),
+                        Vec::new(),
+                        &mut outcomes,
+                        &mut replies,
+                    )
                 }
-                Err(e) => self.roll_back(
-                    format!("catalog writer panicked: {e}"),
-                    Vec::new(),
-                    &mut outcomes,
-                    &mut replies,
-                ),
             }
+            self.writeback.schedule(
+                self.catalog.journal_seq,
+                self.config.registry_write_interval,
+                false,
+            );
         }
         for (name, outcome) in outcomes {
             let _ = self.to_settler.send(SettlerMsg::Done { name, outcome });
@@ -298,6 +330,34 @@ impl Registrar {
         for (reply, result) in replies {
             let _ = reply.send(result);
         }
+    }
+
+    /// The journal record of this batch (numbering it, and the catalog with it), or
+    /// `None` when it changed nothing. Without a usable journal even an empty change gets
+    /// a number, so that the next commit writes registry.yaml and a fresh journal.
+    fn record(&mut self, changed: &Touched) -> Option<Delta> {
+        let before = self.shared.catalog();
+        let d = Delta::between(before.journal_seq + 1, &before, &self.catalog, changed);
+        if d.is_empty() && !self.writeback.failed {
+            return None;
+        }
+        self.catalog.journal_seq = d.seq;
+        // In test builds, every record is checked to reproduce the catalog it stands for:
+        // a change the registrar forgot to note in `changed` would be lost by a crash.
+        #[cfg(debug_assertions)]
+        {
+            let mut replayed = (*before).clone();
+            d.apply(&mut replayed).expect("a journal record applies");
+            assert!(
+                replayed.models == self.catalog.models
+                    && replayed.sources == self.catalog.sources
+                    && replayed.journal_seq == self.catalog.journal_seq,
+                "journal record {} does not reproduce the catalog: {:?}",
+                d.seq,
+                changed
+            );
+        }
+        Some(d)
     }
 
     fn roll_back(
@@ -325,6 +385,39 @@ impl Registrar {
                 *r = Err(crate::registry::RegistryError::NotSaved {
                     reason: error.clone(),
                 });
+            }
+        }
+    }
+}
+
+/// Makes record `d` durable: appended to the journal and fsynced, or, when `whole` (no
+/// usable journal), by writing `snap` to registry.yaml at `path` and starting a fresh
+/// journal after it. The second value says whether the journal is usable afterwards.
+fn durable(
+    d: &Delta,
+    path: &Path,
+    snap: &Catalog,
+    journal: Option<&mut Journal>,
+    whole: bool,
+) -> (Result<()>, bool) {
+    match journal {
+        Some(j) if !whole => {
+            let r = j.append(d);
+            let ok = r.is_ok();
+            (r, ok)
+        }
+        journal => {
+            if let Err(e) = write_registry(path, snap) {
+                return (Err(e), false);
+            }
+            match journal.map(|j| j.rotate(d.seq)) {
+                Some(Err(e)) => {
+                    // registry.yaml holds the change; the journal is retried next commit.
+                    tracing::error!("starting a fresh journal: {e}");
+                    (Ok(()), false)
+                }
+                Some(Ok(())) => (Ok(()), true),
+                None => (Ok(()), false),
             }
         }
     }

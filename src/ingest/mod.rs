@@ -24,6 +24,7 @@ mod changes;
 mod commit;
 mod copy;
 mod plan;
+mod writeback;
 
 pub use commit::link_targets;
 pub use copy::{JobResult, NewVersion, SidecarRead};
@@ -88,6 +89,8 @@ pub struct Registrar {
     batch: Batch,
     /// The folders pinned at start; see [`Registrar::set_layout`].
     layout: Option<Arc<crate::layout::Layout>>,
+    /// The journal and registry.yaml's coalesced rewriting.
+    writeback: writeback::Writeback,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +103,8 @@ struct Batch {
     touched: BTreeSet<String>,
     /// Versions (name, number) to delete once the catalog no longer needs them.
     deletions: Vec<(String, u32)>,
+    /// What the journal record of this batch is built from.
+    changed: crate::registry::Touched,
     replies: Vec<(tokio::sync::oneshot::Sender<ChangeResult>, ChangeResult)>,
     refresh_all: bool,
 }
@@ -129,7 +134,20 @@ impl Registrar {
             in_flight: 0,
             batch: Batch::default(),
             layout: None,
+            writeback: writeback::Writeback::default(),
         }
+    }
+
+    /// Makes commits durable in `journal` (opened at start, after its replay) instead of
+    /// writing registry.yaml whole each time; registry.yaml includes records up to
+    /// `written`. Without a journal every commit writes registry.yaml.
+    pub fn set_journal(&mut self, journal: crate::registry::persist::Journal, written: u64) {
+        self.writeback = writeback::Writeback::new(journal, written);
+        self.writeback.schedule(
+            self.catalog.journal_seq,
+            self.config.registry_write_interval,
+            false,
+        );
     }
 
     /// Copies only from the inbox and into the store pinned in `layout` at start.
@@ -164,6 +182,10 @@ impl Registrar {
                     }
                     continue;
                 }
+                ev = self.writeback.next(), if self.writeback.waiting() => {
+                    self.on_writeback(ev).await;
+                    continue;
+                }
                 m = rx.recv() => m,
             };
             let Some(msg) = msg else { break };
@@ -175,6 +197,7 @@ impl Registrar {
             self.commit().await;
         }
         self.commit().await;
+        self.write_back_at_shutdown().await;
     }
 
     /// Takes the newly published settings; when what `best` means changed, every model's
@@ -196,10 +219,15 @@ impl Registrar {
             }
             RegistrarMsg::Settled(s) => self.plan(s),
             RegistrarMsg::Present(present) => {
+                let changed = &mut self.batch.changed;
                 let before = self.catalog.sources.len();
-                self.catalog
-                    .sources
-                    .retain(|entry, _| present.contains(entry));
+                self.catalog.sources.retain(|entry, _| {
+                    let keep = present.contains(entry);
+                    if !keep {
+                        changed.source(entry);
+                    }
+                    keep
+                });
                 if self.catalog.sources.len() != before {
                     self.batch.dirty = true;
                 }
@@ -213,13 +241,7 @@ impl Registrar {
                 self.batch.replies.push((reply, result));
             }
             RegistrarMsg::RefreshLinks => self.batch.refresh_all = true,
-            RegistrarMsg::CheckRegistry => {
-                if std::fs::symlink_metadata(&self.config.registry).is_err() {
-                    // Deleted while running: the catalog in memory is whole; write it.
-                    tracing::error!(registry = %self.config.registry.display(), "registry.yaml is missing; writing it again from memory");
-                    self.batch.dirty = true;
-                }
-            }
+            RegistrarMsg::CheckRegistry => self.check_files(),
         }
     }
 }

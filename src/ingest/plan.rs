@@ -35,6 +35,7 @@ impl Registrar {
     pub(super) fn plan(&mut self, s: Settled) {
         for entry in &s.gone {
             if self.catalog.sources.remove(entry).is_some() {
+                self.batch.changed.source(entry);
                 self.batch.dirty = true;
             }
         }
@@ -48,6 +49,7 @@ impl Registrar {
                 && let Some(now) = look.fingerprint()
             {
                 r.fingerprint = now;
+                self.batch.changed.source(entry);
                 self.batch.dirty = true;
             }
         }

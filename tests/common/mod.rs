@@ -299,10 +299,11 @@ impl TestDaemon {
         );
     }
 
-    /// The catalog as registry.yaml says now.
+    /// The catalog as the daemon last committed it: registry.yaml with the journal beside
+    /// it replayed (registry.yaml alone may be a few seconds behind).
     pub fn catalog(&self) -> Catalog {
-        modelreg::registry::persist::load(&self.registry_path())
-            .expect("registry.yaml parses")
+        modelreg::registry::persist::load_current(&self.registry_path())
+            .expect("registry.yaml and its journal read")
             .expect("exists")
     }
 

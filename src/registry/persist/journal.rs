@@ -281,8 +281,13 @@ fn open_rw(path: &Path) -> Result<File> {
 /// temporary file, fsync, rename, fsync of the folder.
 fn write_fresh(path: &Path, base: u64, records: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Named like registry.yaml's temporaries, so start-up removes a leftover the same way.
     let mut tmp = tempfile::Builder::new()
-        .prefix(".registry.journal.")
+        .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .permissions(std::fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)

@@ -1,0 +1,248 @@
+//! Keeping registry.yaml in step with the journal: rewritten whole from memory, coalesced, then the journal rotated.
+//!
+//! A commit is durable once its journal record is fsynced (see `commit`); registry.yaml,
+//! the complete catalog people read, is rewritten from the published snapshot at most
+//! every `registry_write_interval` while records are pending, at once when the journal
+//! passes [`JOURNAL_LIMIT`] or registry.yaml (or the journal) went missing, and at
+//! shutdown. The write runs beside the registrar, which keeps committing meanwhile; once
+//! it is durable the journal is cut down to the records the file lacks.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::Registrar;
+use crate::error::Result;
+use crate::registry::{Catalog, persist};
+
+/// A journal larger than this is folded into registry.yaml without waiting for the
+/// interval: it bounds the replay at start (a few hundred ms).
+pub const JOURNAL_LIMIT: u64 = 32 << 20;
+
+/// The journal and the state of registry.yaml's rewriting.
+#[derive(Debug, Default)]
+pub(super) struct Writeback {
+    /// The journal; `None` while a commit appends to it on the blocking pool, or when
+    /// the daemon runs without one (every commit then writes registry.yaml whole).
+    pub(super) journal: Option<persist::Journal>,
+    /// An append failed: the next commit writes registry.yaml whole and starts a fresh
+    /// journal instead of trusting the old file after an I/O error.
+    pub(super) failed: bool,
+    /// The last journal record registry.yaml includes.
+    pub(super) written: u64,
+    /// When to write registry.yaml next, if records are pending.
+    due: Option<Instant>,
+    /// A write under way: the record it includes and how it ended.
+    running: Option<JoinHandle<(u64, Result<()>)>>,
+}
+
+/// What the rewriting waits for.
+pub(super) enum Event {
+    /// Time to write registry.yaml.
+    Due,
+    /// A write ended.
+    Written(u64, Result<()>),
+}
+
+impl Writeback {
+    /// Takes over `journal`, replayed at start into a catalog that registry.yaml includes
+    /// up to record `written`.
+    pub(super) fn new(journal: persist::Journal, written: u64) -> Self {
+        Writeback {
+            journal: Some(journal),
+            written,
+            ..Default::default()
+        }
+    }
+
+    /// Whether there is anything to wait for.
+    pub(super) fn waiting(&self) -> bool {
+        self.running.is_some() || self.due.is_some()
+    }
+
+    /// The next event; pending forever when there is none (guard with [`Self::waiting`]).
+    /// Cancel-safe: a write's handle and the deadline stay until they are taken.
+    pub(super) fn next(&mut self) -> impl Future<Output = Event> + '_ {
+        async move {
+            if let Some(h) = &mut self.running {
+                let r = h.await.unwrap_or_else(|e| {
+                    (
+                        0,
+                        Err(crate::error::Error::Other(format!(
+                            "registry.yaml writer panicked: {e}"
+                        ))),
+                    )
+                });
+                self.running = None;
+                return Event::Written(r.0, r.1);
+            }
+            match self.due {
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    Event::Due
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// After a commit at record `seq`: schedules a write when records are pending and
+    /// none is scheduled, at once when `now` or the journal is past its limit.
+    pub(super) fn schedule(&mut self, seq: u64, interval: std::time::Duration, now: bool) {
+        let big = self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.len() > JOURNAL_LIMIT);
+        if now || big {
+            self.due = Some(Instant::now());
+        } else if seq > self.written && self.due.is_none() && self.running.is_none() {
+            self.due = Some(Instant::now() + interval);
+        }
+    }
+
+    /// Starts writing `snapshot` to `path` on the blocking pool.
+    fn start(&mut self, path: PathBuf, snapshot: Arc<Catalog>) {
+        self.due = None;
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
+            let r = write_registry(&path, &snapshot);
+            tracing::debug!(took = ?t0.elapsed(), seq = snapshot.journal_seq, "registry.yaml written");
+            (snapshot.journal_seq, r)
+        }));
+    }
+}
+
+/// registry.yaml from `c`, atomically, as it has always been written.
+pub(super) fn write_registry(path: &Path, c: &Catalog) -> Result<()> {
+    persist::to_yaml(c).and_then(|text| persist::write_atomic(path, text.as_bytes()))
+}
+
+impl Registrar {
+    /// Acts on a rewriting event: starts a write of the published snapshot, or takes
+    /// the end of one (rotating the journal after success, retrying after failure).
+    pub(super) async fn on_writeback(&mut self, event: Event) {
+        match event {
+            Event::Due => {
+                let snapshot = self.shared.catalog();
+                self.writeback.start(self.config.registry.clone(), snapshot);
+            }
+            Event::Written(seq, Ok(())) => {
+                self.writeback.written = self.writeback.written.max(seq);
+                self.rotate_journal(seq).await;
+                self.writeback.schedule(
+                    self.catalog.journal_seq,
+                    self.config.registry_write_interval,
+                    false,
+                );
+            }
+            Event::Written(_, Err(e)) => {
+                self.board.error(format!(
+                    "writing {}: {e}; every change is safe in the journal; will retry",
+                    self.config.registry.display()
+                ));
+                self.writeback.schedule(
+                    self.catalog.journal_seq,
+                    self.config.registry_write_interval,
+                    false,
+                );
+            }
+        }
+    }
+
+    /// Cuts the journal down to the records after `seq`, which registry.yaml now holds.
+    async fn rotate_journal(&mut self, seq: u64) {
+        let Some(mut j) = self.writeback.journal.take() else {
+            return;
+        };
+        let r = tokio::task::spawn_blocking(move || {
+            let r = j.rotate(seq);
+            (j, r)
+        })
+        .await;
+        match r {
+            Ok((j, r)) => {
+                if let Err(e) = r {
+                    // The old journal stays whole: replay skips what registry.yaml holds.
+                    tracing::warn!("journal not rotated: {e}");
+                }
+                self.writeback.journal = Some(j);
+            }
+            Err(e) => {
+                tracing::error!("journal rotation panicked: {e}");
+                self.writeback.failed = true;
+            }
+        }
+    }
+
+    /// At shutdown, after the last commit: waits for a write under way, then writes
+    /// registry.yaml once more if records are pending, and rotates the journal.
+    pub(super) async fn write_back_at_shutdown(&mut self) {
+        if let Some(h) = self.writeback.running.take()
+            && let Ok((seq, r)) = h.await
+        {
+            match r {
+                Ok(()) => self.writeback.written = self.writeback.written.max(seq),
+                Err(e) => tracing::warn!("writing registry.yaml: {e}"),
+            }
+        }
+        let snapshot = self.shared.catalog();
+        let seq = snapshot.journal_seq;
+        if seq > self.writeback.written || self.writeback.due.is_some() {
+            let path = self.config.registry.clone();
+            match tokio::task::spawn_blocking(move || write_registry(&path, &snapshot)).await {
+                Ok(Ok(())) => self.writeback.written = seq,
+                Ok(Err(e)) => {
+                    self.board.error(format!(
+                        "writing {} at shutdown: {e}; the journal keeps every change for the next start",
+                        self.config.registry.display()
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!("registry.yaml writer panicked: {e}");
+                    return;
+                }
+            }
+        }
+        if self
+            .writeback
+            .journal
+            .as_ref()
+            .is_some_and(|j| !j.is_empty())
+        {
+            self.rotate_journal(seq).await;
+        }
+    }
+
+    /// registry.yaml or the journal deleted or replaced while running: write
+    /// registry.yaml again from memory now (which also starts a fresh journal).
+    pub(super) fn check_files(&mut self) {
+        let registry_gone = std::fs::symlink_metadata(&self.config.registry).is_err();
+        if registry_gone {
+            // Deleted while running: the catalog in memory is whole; write it.
+            tracing::error!(registry = %self.config.registry.display(), "registry.yaml is missing; writing it again from memory");
+        }
+        let journal_moved = self
+            .writeback
+            .journal
+            .as_ref()
+            .is_some_and(|j| !j.in_place());
+        if journal_moved {
+            tracing::error!(
+                "the journal beside registry.yaml was deleted or replaced; writing registry.yaml and a fresh journal"
+            );
+            self.writeback.failed = true;
+            self.batch.dirty = true;
+        }
+        if registry_gone {
+            self.writeback.schedule(
+                self.catalog.journal_seq,
+                self.config.registry_write_interval,
+                true,
+            );
+        }
+    }
+}
