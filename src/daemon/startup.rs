@@ -203,14 +203,10 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
     }
     let scan = persist::journal::scan(&journal_path)?;
     let existed = loaded.is_some();
-    let mut catalog = loaded.unwrap_or_default();
-    let written = catalog.journal_seq;
-    if let Some(scan) = &scan {
-        persist::journal::warn_torn(&journal_path, scan);
-        let n = persist::journal::replay(&mut catalog, scan, &journal_path)?;
-        if n > 0 {
-            tracing::info!(journal = %journal_path.display(), "replayed {n} change(s) made after registry.yaml was last written");
-        }
+    let written = loaded.as_ref().map_or(0, |c| c.journal_seq);
+    let (catalog, n) = persist::journal::continue_from(loaded, scan.as_ref(), &journal_path)?;
+    if n > 0 {
+        tracing::info!(journal = %journal_path.display(), "replayed {n} change(s) made after registry.yaml was last written");
     }
     if !existed {
         // No registry.yaml but versions in the store: the catalog was lost, not new.

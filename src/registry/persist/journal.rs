@@ -214,6 +214,43 @@ pub fn replay(c: &mut Catalog, scan: &Scan, path: &Path) -> Result<usize> {
     Ok(applied)
 }
 
+/// The catalog to start from: `loaded` (registry.yaml; `None` when it does not exist)
+/// with the records of `scan` it lacks, and how many were applied. A journal that
+/// continues a registry.yaml that no longer exists (its base is past 0) cannot be
+/// replayed on nothing: it is set aside with a warning (its records are skipped from now
+/// on), and the store audit decides whether versions were lost.
+pub fn continue_from(
+    loaded: Option<Catalog>,
+    scan: Option<&Scan>,
+    path: &Path,
+) -> Result<(Catalog, usize)> {
+    let Some(scan) = scan else {
+        return Ok((loaded.unwrap_or_default(), 0));
+    };
+    warn_torn(path, scan);
+    match loaded {
+        None if scan.base > 0 => {
+            let last = scan.records.last().map_or(scan.base, |(d, _)| d.seq);
+            tracing::warn!(
+                "{}: registry.yaml, which it continues, does not exist; its records are not applied",
+                path.display()
+            );
+            Ok((
+                Catalog {
+                    journal_seq: last,
+                    ..Default::default()
+                },
+                0,
+            ))
+        }
+        loaded => {
+            let mut c = loaded.unwrap_or_default();
+            let n = replay(&mut c, scan, path)?;
+            Ok((c, n))
+        }
+    }
+}
+
 /// Warns about a torn tail (what a crash during an append leaves).
 pub fn warn_torn(path: &Path, scan: &Scan) {
     if let Some((offset, size, why)) = &scan.torn {
@@ -236,10 +273,7 @@ pub fn load_current(registry: &Path) -> Result<Option<Catalog>> {
     let Some(scan) = scan(&path)? else {
         return Ok(loaded);
     };
-    warn_torn(&path, &scan);
-    let mut c = loaded.unwrap_or_default();
-    replay(&mut c, &scan, &path)?;
-    Ok(Some(c))
+    Ok(Some(continue_from(loaded, Some(&scan), &path)?.0))
 }
 
 /// The journal open for appending, owned by the registrar.
