@@ -207,6 +207,9 @@ impl Registrar {
         if new.best != self.config.best {
             self.batch.refresh_all = true;
         }
+        if new.registry_write_interval < self.config.registry_write_interval {
+            self.writeback.sooner(new.registry_write_interval);
+        }
         self.config = new;
     }
 

@@ -103,6 +103,14 @@ impl Writeback {
         }
     }
 
+    /// A shorter interval (a reload): a scheduled write comes no later than `interval`
+    /// from now.
+    pub(super) fn sooner(&mut self, interval: std::time::Duration) {
+        if let Some(due) = self.due {
+            self.due = Some(due.min(Instant::now() + interval));
+        }
+    }
+
     /// Starts writing `snapshot` to `path` on the blocking pool.
     fn start(&mut self, path: PathBuf, snapshot: Arc<Catalog>) {
         self.due = None;
