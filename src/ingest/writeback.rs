@@ -7,7 +7,6 @@
 //! shutdown. The write runs beside the registrar, which keeps committing meanwhile; once
 //! it is durable the journal is cut down to the records the file lacks.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -65,27 +64,21 @@ impl Writeback {
 
     /// The next event; pending forever when there is none (guard with [`Self::waiting`]).
     /// Cancel-safe: a write's handle and the deadline stay until they are taken.
-    pub(super) fn next(&mut self) -> impl Future<Output = Event> + '_ {
-        async move {
-            if let Some(h) = &mut self.running {
-                let r = h.await.unwrap_or_else(|e| {
-                    (
-                        0,
-                        Err(crate::error::Error::Other(format!(
-                            "registry.yaml writer panicked: {e}"
-                        ))),
-                    )
-                });
-                self.running = None;
-                return Event::Written(r.0, r.1);
+    pub(super) async fn next(&mut self) -> Event {
+        if let Some(h) = &mut self.running {
+            let r = h.await.unwrap_or_else(|e| {
+                let e = crate::error::Error::Other(format!("registry.yaml writer panicked: {e}"));
+                (0, Err(e))
+            });
+            self.running = None;
+            return Event::Written(r.0, r.1);
+        }
+        match self.due {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                Event::Due
             }
-            match self.due {
-                Some(at) => {
-                    tokio::time::sleep_until(at).await;
-                    Event::Due
-                }
-                None => std::future::pending().await,
-            }
+            None => std::future::pending().await,
         }
     }
 
