@@ -244,6 +244,7 @@ impl Registrar {
             };
             let mut journal = self.writeback.journal.take();
             let whole = self.writeback.failed || journal.is_none();
+            let recorded = record.is_some();
             let written = tokio::task::spawn_blocking(move || {
                 let t0 = std::time::Instant::now();
                 let (r, fresh) = match &record {
@@ -295,10 +296,12 @@ impl Registrar {
                     self.writeback.journal = journal;
                     match r {
                         Ok(()) => {
-                            if whole && snapshot.journal_seq > self.writeback.written {
-                                self.writeback.written = snapshot.journal_seq;
+                            if recorded {
+                                if whole {
+                                    self.writeback.written = snapshot.journal_seq;
+                                }
+                                self.writeback.failed = !fresh;
                             }
-                            self.writeback.failed = !fresh;
                             self.shared.publish(snapshot);
                             self.board.count_registered(batch.registered.len() as u64);
                         }
