@@ -251,12 +251,7 @@ fn a_damaged_record_before_intact_ones_refuses_to_start_naming_path_and_offset()
     let second = recs[0].1;
     raw[second as usize + 30] ^= 0x01;
     std::fs::write(&path, &raw).unwrap();
-    let out = Command::new(BIN)
-        .arg("serve")
-        .arg("--root")
-        .arg(d.root.path())
-        .output()
-        .unwrap();
+    let out = d.serve_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "refused: {err}");
     assert!(

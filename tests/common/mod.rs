@@ -342,6 +342,17 @@ impl TestDaemon {
         }
     }
 
+    /// Runs `modelreg serve` on this root in the foreground (when it is expected to
+    /// refuse to start) and returns its output.
+    pub fn serve_output(&self) -> Output {
+        Command::new(BIN)
+            .arg("serve")
+            .arg("--root")
+            .arg(self.root.path())
+            .output()
+            .expect("run modelreg serve")
+    }
+
     /// Runs the CLI against this daemon's socket.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)

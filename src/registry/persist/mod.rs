@@ -224,8 +224,14 @@ fn parse_bytes(shown: &str, bytes: Vec<u8>) -> Result<Catalog> {
 }
 
 /// Writes `text` to `path` atomically and durably: a temporary file beside it (keeping the
-/// existing file's permissions), fsync, rename over, fsync of the folder.
+/// existing file's permissions, 0644 for a new one), fsync, rename over, fsync of the
+/// folder.
 pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
+    write_atomic_as(path, text, 0o644)
+}
+
+/// [`write_atomic`], with `new_mode` for a file that does not exist yet.
+pub fn write_atomic_as(path: &Path, text: &[u8], new_mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -238,7 +244,7 @@ pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("create temporary file in", dir, e))?;
     let mode = match std::fs::metadata(path) {
         Ok(m) => m.permissions().mode() & 0o7777,
-        Err(_) => 0o644,
+        Err(_) => new_mode,
     };
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))

@@ -1,14 +1,12 @@
 //! The journal open for appending: fsynced appends, a torn tail cut, rotation by an atomic replacement.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::Scan;
 use super::frame::{HEADER_LEN, encode, header};
 use crate::error::{Error, Result};
-use crate::fsutil::sync_dir;
 use crate::registry::Delta;
 
 /// The journal open for appending, owned by the registrar.
@@ -46,28 +44,12 @@ fn open_rw(path: &Path) -> Result<File> {
     Ok(f)
 }
 
-/// Writes a journal continuing from `base` holding `records` (encoded), atomically:
-/// temporary file, fsync, rename, fsync of the folder.
+/// Writes a journal continuing from `base` holding `records` (encoded), atomically as
+/// registry.yaml is (its temporaries are removed at start the same way), owner-only.
 fn write_fresh(path: &Path, base: u64, records: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Named like registry.yaml's temporaries, so start-up removes a leftover the same way.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create temporary file in", dir, e))?;
-    tmp.write_all(&header(base))
-        .and_then(|_| tmp.write_all(records))
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("rename into place", path, e.error))?;
-    sync_dir(dir)
+    let mut bytes = header(base);
+    bytes.extend_from_slice(records);
+    super::super::write_atomic_as(path, &bytes, 0o600)
 }
 
 impl Journal {
