@@ -20,19 +20,23 @@ transparently.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
 import math
 import os
+import re
 import select
 import shutil
+import signal
 import socket as _socket
 import sys
 import threading
 import time
 import unicodedata
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -62,6 +66,7 @@ __all__ = [
     # errors
     "ModelRegistryError",
     "DaemonNotRunning",
+    "DaemonTimeout",
     "SocketPermissionError",
     "BadRequest",
     "UnknownOp",
@@ -106,8 +111,14 @@ class ModelRegistryError(Exception):
         self.code = code
 
 
-class DaemonNotRunning(ModelRegistryError):
-    """No daemon listens on the socket."""
+class DaemonNotRunning(ModelRegistryError, ConnectionError):
+    """No daemon listens on the socket, or it went away in the middle of a call (killed,
+    stopped or restarted): a ConnectionError."""
+
+
+class DaemonTimeout(ModelRegistryError, TimeoutError):
+    """The daemon did not answer in time (stopped with SIGSTOP, frozen, or overloaded):
+    a TimeoutError. `register` and `wait` raise RegistrationTimeout instead."""
 
 
 class SocketPermissionError(ModelRegistryError, PermissionError):
@@ -155,7 +166,7 @@ class Busy(ModelRegistryError):
 
 
 class RegistrationTimeout(ModelRegistryError, TimeoutError):
-    """``timeout``: no answer in time (e.g. the daemon did not register the file in time)."""
+    """``timeout``: the daemon did not register the file in time (`register`, `wait`)."""
 
 
 class EntryNotFound(ModelRegistryError, LookupError):
@@ -218,22 +229,53 @@ _BY_CODE = {
 
 class _Record:
     """Dataclass results that also read like the dicts earlier versions returned:
-    ``record["path"]`` and ``record.get("path")``; fields the daemon added after this
-    client was written are kept in ``extra``."""
+    ``record["path"]``, ``record.get("path")``, ``"path" in record``, ``list(record)``,
+    ``dict(record)``, ``keys()``, ``items()``, ``values()``. The keys are the daemon's
+    (``from``, not ``from_``): every field, the properties (``user`` of a history entry)
+    and the fields the daemon added after this client was written, kept in ``extra``."""
 
     extra: Dict[str, Any]
+    # Properties that read like keys as well (names, in order).
+    _PROPERTIES: tuple = ()
+
+    def keys(self) -> List[str]:
+        """The keys, fields first, in their order, then properties, then `extra`'s."""
+        keys = ["from" if f.name == "from_" else f.name for f in dataclasses.fields(self) if f.name != "extra"]  # type: ignore[arg-type]
+        keys += list(self._PROPERTIES)
+        keys += [k for k in self.extra if k not in keys]
+        return keys
 
     def __getitem__(self, key: str) -> Any:
-        key = {"from": "from_"}.get(key, key)
-        if key != "extra" and key in {f.name for f in dataclasses.fields(self)}:  # type: ignore[arg-type]
-            return getattr(self, key)
+        if not isinstance(key, str):
+            raise KeyError(key)
+        attr = {"from": "from_"}.get(key, key)
+        if attr != "extra" and (attr in {f.name for f in dataclasses.fields(self)} or attr in self._PROPERTIES):  # type: ignore[arg-type]
+            return getattr(self, attr)
         return self.extra[key]
 
     def get(self, key: str, default: Any = None) -> Any:
+        """``record[key]``, or `default` when there is no such key."""
         try:
             return self[key]
         except KeyError:
             return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.keys()
+
+    def __iter__(self) -> Any:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def items(self) -> List[Any]:
+        """``(key, value)`` pairs, as a dict's."""
+        return [(k, self[k]) for k in self.keys()]
+
+    def values(self) -> List[Any]:
+        """The values, in the order of `keys`."""
+        return [self[k] for k in self.keys()]
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> Any:
@@ -407,6 +449,7 @@ class HistoryEntry(_Record):
     uid: Optional[int] = None
     by: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+    _PROPERTIES = ("user",)
 
     @property
     def user(self) -> Optional[str]:
@@ -516,11 +559,51 @@ _NESTED = {
 
 
 def _selector(version: Union[str, int]) -> str:
-    """``3`` and ``"3"`` mean ``"v3"``; anything else is passed as is."""
+    """``3`` and ``"3"`` mean ``"v3"``; any other text is passed as is (``"latest"``,
+    ``"best"``, ``"v3"``, an alias). Anything else (True, None, 2.0) is a TypeError rather
+    than an alias named ``"True"``."""
     if isinstance(version, int) and not isinstance(version, bool):
         return f"v{version}"
-    s = str(version)
-    return f"v{s}" if s.isdigit() else s
+    if not isinstance(version, str):
+        raise TypeError(f"version must be a str (latest, best, vN or an alias) or an int, not {type(version).__name__} ({version!r})")
+    return f"v{version}" if version.isdigit() else version
+
+
+def _text(value: Any, what: str) -> str:
+    """`value` if it is a str, else a TypeError naming the argument."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__} ({value!r})")
+    return value
+
+
+def _flag(value: Any, what: str) -> bool:
+    """`value` if it is a bool: ``dry_run="no"`` is a TypeError, not a dry run."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, not {type(value).__name__} ({value!r})")
+    return value
+
+
+# The longest wait the daemon grants in one `wait` request (src/server/wait.rs); a longer
+# one is asked for in turns.
+_MAX_WAIT_SECS = 3600.0
+
+
+def _seconds(value: Any, what: str) -> float:
+    """`value` as a number of seconds: a finite number above 0 (TypeError, ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__} ({value!r})")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what} must be a finite number of seconds above 0, not {value!r}")
+    return v
+
+
+# Every ModelRegistry of this process: a child made by os.fork() drops the connections it
+# inherited (see ModelRegistry._after_fork).
+_INSTANCES: "weakref.WeakSet[ModelRegistry]" = weakref.WeakSet()
 
 
 # -- the client --------------------------------------------------------------------------
@@ -529,27 +612,63 @@ def _selector(version: Union[str, int]) -> str:
 class ModelRegistry:
     """A connection to a modelreg daemon.
 
+    The socket is, first found: `socket`; ``<root>/modelreg.sock``;
+    ``$MODELREG_SOCKET``; ``$MODELREG_ROOT/modelreg.sock``; ``./modelreg.sock`` (the
+    daemon's default; a socket moved elsewhere in the daemon's settings is passed as
+    `socket`). An argument wins over the environment, as on the command line.
+
+    A ModelRegistry may be shared by threads; a process made by ``os.fork()`` (e.g.
+    multiprocessing) opens its own connection on its first call rather than sharing the
+    parent's.
+
     Args:
-        root: the registry root (default: the working directory); used to find the
-            socket when neither `socket` nor ``$MODELREG_SOCKET`` is given.
+        root: the registry root, whose ``modelreg.sock`` is the socket.
         socket: the daemon's socket path.
-        timeout: seconds to wait for an answer to a query.
+        timeout: seconds to wait for an answer to a query (a finite number above 0);
+            DaemonTimeout when it passes.
     """
 
     def __init__(self, root: Optional[PathLike] = None, socket: Optional[PathLike] = None, timeout: float = 30.0) -> None:
-        self.root = Path(root) if root is not None else Path.cwd()
-        env = os.environ.get("MODELREG_SOCKET")
+        env_socket = os.environ.get("MODELREG_SOCKET")
+        env_root = os.environ.get("MODELREG_ROOT")
+        self.root = Path(root) if root is not None else Path(env_root) if env_root else Path.cwd()
         if socket is not None:
             self.socket_path = Path(socket)
-        elif env:
-            self.socket_path = Path(env)
+        elif root is not None:
+            self.socket_path = self.root / "modelreg.sock"
+        elif env_socket:
+            self.socket_path = Path(env_socket)
         else:
             self.socket_path = self.root / "modelreg.sock"
-        self.timeout = timeout
+        self.timeout = _seconds(timeout, "timeout")
         self._sock: Optional[_socket.socket] = None
         self._buf = b""
         self._next_id = 0
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+        _INSTANCES.add(self)
+
+    def _after_fork(self) -> None:
+        """In a child made by os.fork(): forget the parent's connection (closing only this
+        process's copy of it; the parent's stays open) and its lock, which another thread
+        of the parent may have held at the fork. Answers would otherwise interleave: one
+        process reads another's record."""
+        sock, self._sock = self._sock, None
+        self._buf = b""
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Pickled (multiprocessing's spawn): the settings travel, the connection does not.
+        return {"root": self.root, "socket_path": self.socket_path, "timeout": self.timeout}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(root=state["root"], socket=state["socket_path"], timeout=state["timeout"])  # type: ignore[misc]
 
     def close(self) -> None:
         """Closes the connection (the next call opens a new one)."""
@@ -581,7 +700,7 @@ class ModelRegistry:
     def versions(self, name: str) -> List[Version]:
         """Every version of `name`, oldest first (removed and deprecated ones too: see
         `state`). Raises ModelNotFound."""
-        return [Version._from(v) for v in self._call({"op": "versions", "name": name})["versions"]]
+        return [Version._from(v) for v in self._call({"op": "versions", "name": _text(name, "name")})["versions"]]
 
     def get(self, name: str, version: Union[str, int] = "latest", metric: Optional[str] = None, mode: Optional[str] = None) -> Version:
         """One version of `name`: ``"latest"``, ``"best"``, ``"v3"`` (or ``3``) or an alias.
@@ -591,11 +710,11 @@ class ModelRegistry:
         of the stored file (or folder). Raises ModelNotFound, VersionNotFound, NoMetric,
         AliasNotFound, VersionRemoved, FileMissing.
         """
-        req: Dict[str, Any] = {"op": "get", "name": name, "selector": _selector(version)}
+        req: Dict[str, Any] = {"op": "get", "name": _text(name, "name"), "selector": _selector(version)}
         if metric is not None:
-            req["metric"] = metric
+            req["metric"] = _text(metric, "metric")
         if mode is not None:
-            if mode not in ("max", "min"):
+            if not isinstance(mode, str) or mode not in ("max", "min"):
                 raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
             req["mode"] = mode
         return Version._from(self._call(req))
@@ -607,60 +726,71 @@ class ModelRegistry:
 
     def history(self, name: str) -> History:
         """The aliases of `name` and every move of them."""
-        return History._from(self._call({"op": "history", "name": name}))
+        return History._from(self._call({"op": "history", "name": _text(name, "name")}))
 
     def verify(self, name: Optional[str] = None) -> VerifyResult:
         """Re-hashes the stored files (of `name`, or every model) against the catalog;
         repairs nothing. Answers once every file has been hashed."""
         req: Dict[str, Any] = {"op": "verify"}
         if name is not None:
-            req["name"] = name
+            req["name"] = _text(name, "name")
         return VerifyResult._from(self._call(req, read_timeout=max(self.timeout, 3600.0)))
 
     def wait(self, name: str, entry: str, timeout: float = 60.0) -> WaitResult:
         """Waits until the inbox entry `entry` (a file or folder name in the inbox), as it
-        is now, is registered as a version of `name`. Raises EntryNotFound,
-        RegistrationBlocked, RegistrationTimeout."""
-        answer = self._call(
-            {"op": "wait", "name": name, "entry": entry, "timeout_ms": int(timeout * 1000)},
-            read_timeout=timeout + 5,
-        )
-        return WaitResult._from(answer)
+        is now, is registered as a version of `name`. `timeout` is a finite number of
+        seconds above 0 (the daemon grants an hour per request; a longer wait is asked for
+        in turns). Raises EntryNotFound, RegistrationBlocked, RegistrationTimeout."""
+        req = {"op": "wait", "name": _text(name, "name"), "entry": _text(entry, "entry")}
+        deadline = time.monotonic() + _seconds(timeout, "timeout")
+        while True:
+            left = deadline - time.monotonic()
+            turn = max(0.001, min(left, _MAX_WAIT_SECS))
+            try:
+                answer = self._call(
+                    dict(req, timeout_ms=int(turn * 1000)), read_timeout=turn + 5, timeout_error=RegistrationTimeout
+                )
+            except RegistrationTimeout:
+                if turn < left and deadline - time.monotonic() > 0:
+                    continue
+                raise
+            return WaitResult._from(answer)
 
     # -- changes (only the daemon's user or root; others get PermissionDenied) --------
 
     def alias_set(self, name: str, alias: str, version: Union[str, int]) -> AliasMove:
         """Points `alias` of `name` at `version` (``"v2"`` or ``2``)."""
-        return AliasMove._from(self._call({"op": "alias_set", "name": name, "alias": alias, "version": _selector(version)}))
+        req = {"op": "alias_set", "name": _text(name, "name"), "alias": _text(alias, "alias"), "version": _selector(version)}
+        return AliasMove._from(self._call(req))
 
     def alias_remove(self, name: str, alias: str) -> AliasRemoved:
         """Removes `alias` of `name`. Raises AliasNotFound."""
-        return AliasRemoved._from(self._call({"op": "alias_remove", "name": name, "alias": alias}))
+        return AliasRemoved._from(self._call({"op": "alias_remove", "name": _text(name, "name"), "alias": _text(alias, "alias")}))
 
     def rollback(self, name: str, alias: str) -> AliasMove:
         """Moves `alias` back to where it pointed before its last move. Raises NothingToRollBack."""
-        return AliasMove._from(self._call({"op": "rollback", "name": name, "alias": alias}))
+        return AliasMove._from(self._call({"op": "rollback", "name": _text(name, "name"), "alias": _text(alias, "alias")}))
 
     def deprecate(self, name: str, version: Union[str, int], reason: Optional[str] = None) -> Deprecated:
         """Hides `version` from latest and best (still reachable as vN or by an alias)."""
-        req: Dict[str, Any] = {"op": "deprecate", "name": name, "version": _selector(version)}
+        req: Dict[str, Any] = {"op": "deprecate", "name": _text(name, "name"), "version": _selector(version)}
         if reason is not None:
-            req["reason"] = reason
+            req["reason"] = _text(reason, "reason")
         return Deprecated._from(self._call(req))
 
     def rm(self, name: str, version: Union[str, int], reason: Optional[str] = None, force: bool = False) -> Removed:
         """Deletes the files of `version`, keeping a tombstone. An aliased version needs
         ``force=True`` (which drops the aliases), else Aliased is raised."""
-        req: Dict[str, Any] = {"op": "rm", "name": name, "version": _selector(version), "force": bool(force)}
+        req: Dict[str, Any] = {"op": "rm", "name": _text(name, "name"), "version": _selector(version), "force": _flag(force, "force")}
         if reason is not None:
-            req["reason"] = reason
+            req["reason"] = _text(reason, "reason")
         return Removed._from(self._call(req))
 
     def gc(self, name: Optional[str] = None, dry_run: bool = False) -> GcResult:
         """Applies the retention policy (to `name`, or every model); ``dry_run`` only lists."""
-        req: Dict[str, Any] = {"op": "gc", "dry_run": bool(dry_run)}
+        req: Dict[str, Any] = {"op": "gc", "dry_run": _flag(dry_run, "dry_run")}
         if name is not None:
-            req["name"] = name
+            req["name"] = _text(name, "name")
         return GcResult._from(self._call(req))
 
     # -- registering -----------------------------------------------------------------
@@ -788,7 +918,8 @@ class ModelRegistry:
             if shown:
                 sys.stderr.write("\n")
 
-    def _place_text(self, inbox: Path, entry: str, text: str) -> None:
+    def _place_text(self, inbox: Path, entry: str, text: str) -> Path:
+        """Writes `text` to the inbox as `entry` (through a hidden temporary); returns its path."""
         tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             tmp.write_text(text, encoding="utf-8")
@@ -796,6 +927,7 @@ class ModelRegistry:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return inbox / entry
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -836,7 +968,13 @@ class ModelRegistry:
             return True
         return bool(readable) or bool(self._buf)
 
-    def _call(self, request: Dict[str, Any], read_timeout: Optional[float] = None) -> Any:
+    def _call(self, request: Dict[str, Any], read_timeout: Optional[float] = None, timeout_error: Any = None) -> Any:
+        """Sends `request` and returns the result of its answer; an error answer raises
+        its exception class, no answer within the timeout `timeout_error` (DaemonTimeout
+        unless said otherwise)."""
+        if self._pid != os.getpid():
+            # A fork's child without os.register_at_fork (or an instance it missed).
+            self._after_fork()
         with self._lock:
             # A kept connection may have been closed by the daemon since the last call
             # (idle connections are closed after 120 s): then a new one is opened and the
@@ -851,13 +989,15 @@ class ModelRegistry:
                 self._next_id += 1
                 rid = self._next_id
                 try:
-                    answer = self._exchange(dict(request, id=rid), read_timeout)
+                    answer = self._exchange(dict(request, id=rid), read_timeout, timeout_error or DaemonTimeout)
                 except _Retry:
                     self._drop()
                     if attempt == 0 and reused:
                         continue
-                    raise ModelRegistryError(
-                        f"the daemon on {self.socket_path} closed the connection without an answer", "protocol"
+                    raise DaemonNotRunning(
+                        f"the daemon on {self.socket_path} closed the connection without an answer "
+                        "(it was stopped, killed or restarted)",
+                        "not_running",
                     ) from None
                 except BaseException:
                     self._drop()
@@ -877,10 +1017,11 @@ class ModelRegistry:
         code = err.get("code", "error")
         raise _BY_CODE.get(code, ModelRegistryError)(err.get("message", "unknown error"), code)
 
-    def _exchange(self, request: Dict[str, Any], read_timeout: Optional[float]) -> Dict[str, Any]:
+    def _exchange(self, request: Dict[str, Any], read_timeout: Optional[float], timeout_error: Any) -> Dict[str, Any]:
         s = self._sock
         assert s is not None
-        s.settimeout(read_timeout if read_timeout is not None else self.timeout)
+        # Capped: a socket timeout beyond what the C library holds is an OverflowError.
+        s.settimeout(min(read_timeout if read_timeout is not None else self.timeout, 1e7))
         try:
             s.sendall(json.dumps(request).encode() + b"\n")
             while b"\n" not in self._buf:
@@ -889,7 +1030,9 @@ class ModelRegistry:
                     raise _Retry()
                 self._buf += chunk
         except _socket.timeout:
-            raise RegistrationTimeout(f"no answer from {self.socket_path} in time", "timeout") from None
+            raise timeout_error(
+                f"no answer from the daemon on {self.socket_path} in {s.gettimeout():g} s (is it stopped or frozen?)", "timeout"
+            ) from None
         except (BrokenPipeError, ConnectionResetError):
             raise _Retry() from None
         except OSError as e:
@@ -904,6 +1047,119 @@ class _Retry(Exception):
     """The connection ended before the answer came."""
 
 
+def _forget_connections_after_fork() -> None:
+    for reg in list(_INSTANCES):
+        reg._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM arrived while `register` copied into the inbox (see _Handover)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class _Handover:
+    """One hand-over of a file or folder into the inbox: what it placed there is removed
+    again when it is interrupted (Ctrl-C, SIGTERM, a full disk), so that no hidden
+    temporary stays behind, nor a sidecar that would otherwise give the model's current
+    version the new metrics.
+
+    ``with _Handover(tmp) as h:`` copies to `tmp`; ``with h.commit():`` then places the
+    sidecar (``h.placed(path)``) and renames `tmp` into place. Once `tmp` is renamed the
+    hand-over is whole and nothing is removed. In the main thread, SIGTERM (a batch
+    scheduler's) is handled like Ctrl-C during the copy and then delivered again to the
+    previous handler (by default ending the process, as expected); during the commit,
+    Ctrl-C and SIGTERM wait until both renames are done, so that a sidecar is never left
+    without its artifact. The cleanup itself finishes through a second Ctrl-C.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self._placed: List[Path] = []
+        self._main = threading.current_thread() is threading.main_thread()
+        self._old_term: Any = None
+        self._deferring = False
+        self._deferred: List[int] = []
+
+    def placed(self, path: Path) -> None:
+        """`path` was placed in the inbox for this hand-over (the sidecar)."""
+        self._placed.append(path)
+
+    def __enter__(self) -> "_Handover":
+        if self._main:
+            old = signal.getsignal(signal.SIGTERM)
+            # Ignored, or set outside Python (None): left alone.
+            if old is not None and old is not signal.SIG_IGN:
+                self._old_term = old
+                signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._deferring:
+            self._deferred.append(signum)
+            return
+        if signum == signal.SIGTERM:
+            raise _Terminated()
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def commit(self) -> Any:
+        """Ctrl-C and SIGTERM wait (in the main thread) until the block is done."""
+        old_int = None
+        if self._main:
+            old_int = signal.getsignal(signal.SIGINT)
+            if old_int is None or old_int is signal.SIG_IGN:
+                old_int = None
+            else:
+                signal.signal(signal.SIGINT, self._on_signal)
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if old_int is not None:
+                signal.signal(signal.SIGINT, old_int)
+            # Delivered now, to the handlers in place (ours for SIGTERM, the caller's for
+            # SIGINT: by default a KeyboardInterrupt).
+            for signum in self._deferred:
+                signal.raise_signal(signum)
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        terminated = kind is not None and issubclass(kind, _Terminated)
+        try:
+            if kind is not None and (self.tmp.exists() or self.tmp.is_symlink()):
+                pending = [self.tmp] + self._placed
+                while pending:
+                    try:
+                        _remove(pending[-1])
+                        pending.pop()
+                    except KeyboardInterrupt:
+                        continue  # a second Ctrl-C: the cleanup finishes first
+                    except _Terminated:
+                        terminated = True
+        finally:
+            if self._old_term is not None:
+                signal.signal(signal.SIGTERM, self._old_term)
+        if terminated:
+            # As if the handler in place before had got it: by default the process ends
+            # by SIGTERM, as the scheduler that sent it expects.
+            signal.raise_signal(signal.SIGTERM)
+            if kind is None or not issubclass(kind, _Terminated):
+                raise _Terminated()
+
+
 def _human(n: int) -> str:
     v = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -913,55 +1169,274 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+# The daemon's rules for inbox entry names (src/names.rs), so that the client picks a
+# name the daemon reads as meant.
 _ARCHIVE_EXTENSIONS = (".tar.gz", ".tar.xz", ".tar.bz2", ".tar.zst", ".tar.lz4", ".tar.lzma")
+_TEMPORARY_SUFFIXES = ("~", ".tmp", ".temp", ".part", ".partial", ".incomplete", ".crdownload", ".download", ".swp", ".swx", ".lock")
+_SIDECAR_SUFFIXES = (".metrics.yaml", ".metrics.json")
 
-# Characters the daemon refuses in a name (bidi controls and zero-width characters make
-# a name display as something else); the daemon's src/names.rs holds the same rule.
+# Characters the daemon refuses in a name (src/names.rs holds the same rule):
+# bidi controls make a name display as something else; zero-width, invisible and blank
+# characters make two different names look the same.
 _BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-_INVISIBLE = set("\u00ad\u034f\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff")
+_INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+    (0x200B, 0x200D), (0x2060, 0x2064), (0x206A, 0x206F), (0x2800, 0x2800), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+# Unicode's White_Space, which Rust's trim() removes (Python's strip() differs slightly).
+_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _invisible(c: str) -> bool:
+    o = ord(c)
+    return any(lo <= o <= hi for lo, hi in _INVISIBLE_RANGES)
+
+
+def _chars_problem(name: str) -> Optional[str]:
+    """Why the daemon refuses a character of `name` in any name (src/names.rs's check_chars)."""
+    for c in name:
+        if c in "/\\" or unicodedata.category(c) == "Cc" or c in "\u2028\u2029":
+            return f"contains {c!r}"
+        if c in _BIDI:
+            return f"contains the bidi control U+{ord(c):04X}, which makes a name display as something else"
+        if _invisible(c):
+            return f"contains the zero-width, invisible or blank character U+{ord(c):04X}, so two different names would look the same"
+    return None
 
 
 def _name_problem(name: str) -> Optional[str]:
     """Why the daemon would refuse `name` as a model name (None when it would not)."""
     if not name:
         return "is empty"
-    if len(name.encode()) > 200:
+    if len(name.encode("utf-8", "surrogatepass")) > 200:
         return "is longer than 200 bytes"
     if name.startswith("."):
         return "starts with a dot"
     if name.startswith("-"):
         return "starts with '-'"
-    if name.strip() != name:
+    if name.strip(_WHITESPACE) != name:
         return "starts or ends with whitespace"
-    for c in name:
-        if c in "/\\" or unicodedata.category(c) == "Cc" or c in "\u2028\u2029":
-            return f"contains {c!r}"
-        if c in _BIDI:
-            return f"contains the bidi control U+{ord(c):04X}"
-        if c in _INVISIBLE:
-            return f"contains the zero-width (invisible) character U+{ord(c):04X}"
+    bad = _chars_problem(name)
+    if bad:
+        return bad
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    if unicodedata.normalize("NFC", name) != name:
+        return "is not in Unicode NFC form"
     return None
 
 
+def _file_stem(file_name: str) -> str:
+    """The model name the daemon reads from a file's name (src/names.rs's file_stem)."""
+    lower = file_name.lower()
+    ext = next((e for e in _ARCHIVE_EXTENSIONS if len(lower) > len(e) and lower.endswith(e)), None)
+    if ext:
+        return file_name[: -len(ext)]
+    stem, dot, _ = file_name.rpartition(".")
+    return stem if dot and stem else file_name
+
+
+def _file_entry_problem(entry: str, name: str) -> Optional[str]:
+    """Why the daemon would not register the file `entry` as model `name` (None: it would)."""
+    if entry.startswith(".") or any(len(entry) > len(t) and entry.endswith(t) for t in _TEMPORARY_SUFFIXES):
+        return "it would be ignored as a temporary"
+    if entry.endswith(".metrics.yml") or any(len(entry) > len(x) and entry.endswith(x) for x in _SIDECAR_SUFFIXES):
+        return "it would be read as a sidecar"
+    # The hidden temporary `.<entry>.<8 hex>.tmp` must fit a file name (255 bytes) too.
+    if len(entry.encode()) + 14 > 255 or _chars_problem(entry):
+        return "it is not a usable file name"
+    if unicodedata.normalize("NFC", _file_stem(entry)) != name:
+        return f"the daemon would read it as model {_file_stem(entry)!r}"
+    return None
+
+
+def _entry_for(name: str, src: Path) -> str:
+    """The inbox name under which the file `src` registers as exactly the model `name`.
+
+    The daemon names a file by its name without the final extension (a compound archive
+    extension such as .tar.gz counts as one), so the source's extension is kept, which
+    keeps a dotted name such as ``Qwen2.5-0.5B`` whole and the stored file's extension
+    meaningful. When the daemon would read that name otherwise (``model.tar`` + ``.gz``
+    is model ``model``; ``cfg.metrics`` + ``.yaml`` a sidecar; ``x`` + ``.part`` a
+    temporary; an extension with a control character or too long), ``.bin`` is used.
+    A folder keeps `name` itself.
+    """
+    lower = src.name.lower()
+    ext = next((src.name[-len(e) :] for e in _ARCHIVE_EXTENSIONS if len(lower) > len(e) and lower.endswith(e)), src.suffix)
+    for candidate in (name + ext, name + ".bin"):
+        if _file_entry_problem(candidate, name) is None:
+            return candidate
+    raise ValueError(f"model name {name!r} cannot be given to the daemon as a file name")  # pragma: no cover
+
+
+def _folder_problem(name: str) -> Optional[str]:
+    """Why the daemon would not register a folder named `name` (a temporary ending)."""
+    if any(len(name) > len(t) and name.endswith(t) for t in _TEMPORARY_SUFFIXES):
+        return f"the daemon ignores an inbox folder whose name ends like a temporary ({name!r}); register it under another name"
+    return None
+
+
+# The daemon's limits on a sidecar (src/sidecar/mod.rs; README, "Sidecar format"), checked
+# here before anything is copied, so that a value over them is an error naming its key
+# rather than a registration blocked in the inbox.
+_MAX_SIDECAR_BYTES = 1 << 20
+_MAX_DEPTH = 32
+_MAX_VALUES = 20_000
+_MAX_STRING_BYTES = 64 * 1024
+_MAX_TEXT_BYTES = 1 << 20
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+class _Budget:
+    """What the sidecar may still spend, counted as the daemon counts: every value, key
+    and list or map is one value; keys and strings spend text."""
+
+    def __init__(self) -> None:
+        self.values = 0
+        self.text = 0
+
+    def value(self, where: str) -> None:
+        self.values += 1
+        if self.values > _MAX_VALUES:
+            raise ValueError(f"the metrics and metadata hold more than {_MAX_VALUES} values (at {where}); a sidecar holds metrics and a little metadata")
+
+    def string(self, s: str, where: str) -> None:
+        self.value(where)
+        try:
+            n = len(s.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError(f"{where} holds text that is not valid Unicode (a lone surrogate such as from a bytes decode with surrogateescape): {s!r}") from None
+        if n > _MAX_STRING_BYTES:
+            raise ValueError(f"{where} holds a string of {n} bytes; at most {_MAX_STRING_BYTES} are allowed")
+        self.text += n
+        if self.text > _MAX_TEXT_BYTES:
+            raise ValueError(f"the metrics and metadata hold more than {_MAX_TEXT_BYTES} bytes of text in all (at {where})")
+
+
+def _json_key(k: Any, where: str) -> str:
+    """A map key as JSON writes it (str, int, float, bool or None), else a TypeError."""
+    if isinstance(k, str):
+        return k
+    if k is None or isinstance(k, (bool, int, float)):
+        return json.dumps(k)
+    raise TypeError(f"{where} has a key of type {type(k).__name__} ({k!r}); keys are text")
+
+
+def _check_value(v: Any, where: str, depth: int, budget: _Budget) -> None:
+    """Checks one value of the sidecar (at nesting `depth`, the top map being 1) against
+    what JSON holds and the daemon's limits. `where` names it in errors."""
+    if v is None or isinstance(v, bool):
+        budget.value(where)
+    elif isinstance(v, int):
+        budget.value(where)
+        if not _INT_MIN <= v <= _INT_MAX:
+            raise ValueError(
+                f"{where} is an integer beyond 64 bits (the daemon keeps {_INT_MIN}..{_INT_MAX}); pass it as a float or as text"
+            )
+    elif isinstance(v, float):
+        budget.value(where)
+        if not math.isfinite(v):
+            raise ValueError(f"{where} holds a number that is not finite ({v}); leave it out or pass None")
+    elif isinstance(v, str):
+        budget.string(v, where)
+    elif isinstance(v, (dict, list, tuple)):
+        budget.value(where)
+        if depth > _MAX_DEPTH:
+            raise ValueError(f"{where} is nested deeper than {_MAX_DEPTH} levels; a sidecar holds metrics and a little metadata")
+        if isinstance(v, dict):
+            seen = set()
+            for k, x in v.items():
+                key = _json_key(k, where)
+                if key in seen:
+                    raise ValueError(f"{where} has the key {key!r} twice (as JSON writes keys)")
+                seen.add(key)
+                budget.string(key, where)
+                _check_value(x, f"{where}[{k!r}]", depth + 1, budget)
+        else:
+            for i, x in enumerate(v):
+                _check_value(x, f"{where}[{i}]", depth + 1, budget)
+    else:
+        raise TypeError(f"{where} cannot be written to a sidecar: {type(v).__name__} ({v!r}) is not a number, text, bool, None, list or dict")
+
+
+def _metric_values(metrics: Any) -> Dict[str, float]:
+    """`metrics` checked (names are text the daemon takes, values finite numbers) and as floats."""
+    if not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict of numbers, not {type(metrics).__name__}")
+    out: Dict[str, float] = {}
+    for k, v in metrics.items():
+        if not isinstance(k, str):
+            raise TypeError(f"metric names must be str, not {type(k).__name__} ({k!r})")
+        if not k.strip(_WHITESPACE) or any(unicodedata.category(c) == "Cc" for c in k):
+            raise ValueError(f"metric name {k!r} is empty or has control characters")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"metric {k!r} must be a number, not {type(v).__name__}")
+        try:
+            x = float(v)
+        except OverflowError:
+            raise ValueError(f"metric {k!r} is too large for a float ({v:.3e})") from None
+        if not math.isfinite(x):
+            raise ValueError(f"metric {k!r} must be finite, not {v}")
+        out[k] = x
+    return out
+
+
 def _sidecar(metrics: Dict[str, float], metadata: Dict[str, Any]) -> str:
-    """The sidecar as JSON, which is valid YAML and needs no YAML library."""
-    doc: Dict[str, Any] = {"metrics": {k: float(v) for k, v in metrics.items()}}
+    """The sidecar for `register`'s `metrics` and metadata keywords, checked against the
+    daemon's rules and limits (TypeError, ValueError naming the key): a value it would
+    refuse is refused here, before anything is copied. Written as JSON (which is valid
+    YAML and needs no YAML library), with YAML's escapes for characters beyond U+FFFF."""
+    doc: Dict[str, Any] = {"metrics": _metric_values(metrics)}
     extra: Dict[str, Any] = {}
+    given: Dict[str, Any] = {}
     for k, v in metadata.items():
         if k == "tags":
             # One tag given as a string is one tag, not a list of its characters.
-            doc[k] = [v] if isinstance(v, str) else [str(t) for t in v]
+            tags = [v] if isinstance(v, str) else v
+            if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+                raise TypeError(f"tags must be a str or a list of str, not {v!r}")
+            doc[k] = list(tags)
+        elif k in ("dataset", "notes"):
+            doc[k] = _text(v, k)
         elif k in _SIDECAR_KEYS:
             doc[k] = v
+        elif k == "metadata":
+            # metadata={...}: keys of any name, also those register's own arguments take.
+            if not isinstance(v, dict):
+                raise TypeError(f"metadata must be a dict, not {type(v).__name__}")
+            for mk, mv in v.items():
+                given[_json_key(mk, "metadata")] = mv
         else:
             extra[k] = v
+    for k, v in given.items():
+        if k in extra or k in doc:
+            raise ValueError(f"metadata {k!r} is given twice (as a keyword and in metadata=); keep one")
+        extra[k] = v
     if extra:
         doc["metadata"] = extra
-    for k, v in metadata.items():
-        try:
-            json.dumps(v, allow_nan=False)
-        except ValueError:
-            raise ValueError(f"metadata {k!r} holds a number that is not finite (NaN or infinity)") from None
-        except TypeError as e:
-            raise TypeError(f"metadata {k!r} cannot be written to a sidecar: {e}") from None
-    return json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    budget = _Budget()
+    budget.value("the sidecar")  # the top-level map
+    for k, v in doc.items():
+        budget.string(k, k)
+        if k == "metadata":
+            budget.value("metadata")
+            for mk, mv in v.items():
+                budget.string(mk, f"metadata {mk!r}")
+                _check_value(mv, f"metadata {mk!r}", 3, budget)
+        else:
+            _check_value(v, k if k == "metrics" else f"{k!r}", 2, budget)
+    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    # YAML reads JSON's \ud83d\ude00 (a surrogate pair) as two invalid escapes: write the
+    # character as YAML's \U0001f600 instead (a backslash before it would be escaped).
+    text = re.sub(
+        r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})",
+        lambda m: m.group(1) + "\\U%08x" % (0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + (int(m.group(3), 16) - 0xDC00)),
+        text,
+    )
+    size = len(text.encode())
+    if size > _MAX_SIDECAR_BYTES:
+        raise ValueError(f"the metrics and metadata make a sidecar of {size} bytes; at most {_MAX_SIDECAR_BYTES} are allowed")
+    return text
