@@ -30,6 +30,7 @@ import re
 import select
 import shutil
 import signal
+import stat
 import socket as _socket
 import sys
 import threading
@@ -807,73 +808,39 @@ class ModelRegistry:
         """Registers the file (or folder) `model_path` as the next version of `name`.
 
         `metrics` are numbers (``best`` compares them); `metadata` keywords are free:
-        ``dataset``, ``params``, ``tags`` and ``notes`` are kept as such, anything else
-        under ``metadata``. The file is copied into the daemon's inbox under a hidden
-        temporary name and renamed into place (the sidecar first), then this waits until
-        the daemon reports the version. If the bytes are identical to the newest version,
-        no new version is made and that version is returned; the record's ``created``
-        says which. `progress` shows the daemon's copy on stderr (default: when stderr
-        is a terminal).
+        ``dataset`` and ``notes`` (text), ``params`` (anything) and ``tags`` (a str or a
+        list of str) are kept as such, anything else under ``metadata``;
+        ``metadata={...}`` adds keys of any name (also ``timeout`` or ``name``). The file
+        is copied into the daemon's inbox under a hidden temporary name and renamed into
+        place (the sidecar first), then this waits until the daemon reports the version.
+        If the bytes are identical to the newest version, no new version is made and
+        that version is returned; the record's ``created`` says which. `progress` shows
+        the daemon's copy on stderr (default: when stderr is a terminal).
 
-        Raises RegistrationBlocked (e.g. a metric that is not a number),
-        RegistrationTimeout, DaemonNotRunning, FileNotFoundError.
+        Everything is checked before anything is sent or copied, against the daemon's
+        own rules: TypeError for a wrong type, ValueError for a name, metric, metadata
+        value or sidecar limit the daemon would refuse, an empty file, a source that is
+        not a regular file or folder, a timeout that is not a finite number above 0.
+        Ctrl-C or SIGTERM (in the main thread) during the copy leaves nothing in the
+        inbox; SIGTERM is then passed on to the handler in place before.
+
+        Raises RegistrationBlocked, RegistrationTimeout, DaemonNotRunning,
+        FileNotFoundError.
         """
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, not {type(name).__name__}")
-        if not isinstance(model_path, (str, os.PathLike)):
-            raise TypeError(f"model_path must be a path, not {type(model_path).__name__}")
-        if metrics is not None and not isinstance(metrics, dict):
-            raise TypeError(f"metrics must be a dict of numbers, not {type(metrics).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        src = Path(model_path)
-        if not src.exists():
-            raise FileNotFoundError(f"model_path {src} does not exist")
-        name = unicodedata.normalize("NFC", name)
-        bad = _name_problem(name)
-        if bad:
-            raise ValueError(f"invalid model name {name!r}: it {bad}")
-        for k, v in (metrics or {}).items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError(f"metric {k!r} must be a number, not {type(v).__name__}")
-            if not math.isfinite(v):
-                raise ValueError(f"metric {k!r} must be finite, not {v}")
-        for k in metrics or {}:
-            if not isinstance(k, str):
-                raise TypeError(f"metric names must be str, not {type(k).__name__} ({k!r})")
-        # Checked before anything is copied: a value JSON cannot hold, or one that is not
-        # finite, is an error here rather than a blocked registration later.
-        sidecar = _sidecar(metrics or {}, metadata) if metrics is not None or metadata else None
+        name, src, sidecar = _register_args(name, model_path, metrics, timeout, progress, metadata)
         inbox = Path(self._call({"op": "status"})["inbox"])
-        if src.is_dir():
-            entry = name
-            tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
-            copy: Any = shutil.copytree
-        else:
-            # The daemon names a file by its name without the final extension (a compound
-            # archive extension such as .tar.gz counts as one): keep the source's, so
-            # that a dotted name such as "Qwen2.5-0.5B" survives whole.
-            ext = next((e for e in _ARCHIVE_EXTENSIONS if src.name.lower().endswith(e)), src.suffix)
-            if not ext and "." in name:
-                ext = ".bin"
-            entry = name + ext
-            tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
-            copy = shutil.copyfile
+        entry = name if src.is_dir() else _entry_for(name, src)
+        copy: Any = shutil.copytree if src.is_dir() else shutil.copyfile
+        tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
         # The copy goes to a hidden temporary first; the sidecar is placed only once the
-        # copy is whole, right before the rename, so an interrupted copy (Ctrl-C, a full
-        # disk) leaves neither a temporary nor a sidecar that would otherwise update the
-        # metrics of the model's current version.
-        try:
+        # copy is whole, right before the rename; an interrupted hand-over (Ctrl-C,
+        # SIGTERM, a full disk) leaves neither (see _Handover).
+        with _Handover(tmp) as handover:
             copy(src, tmp)
-            if sidecar is not None:
-                self._place_text(inbox, f"{name}.metrics.yaml", sidecar)
-            os.replace(tmp, inbox / entry)
-        except BaseException:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-            raise
+            with handover.commit():
+                if sidecar is not None:
+                    handover.placed(self._place_text(inbox, f"{name}.metrics.yaml", sidecar))
+                os.replace(tmp, inbox / entry)
         if progress is None:
             progress = sys.stderr.isatty()
         stop = threading.Event()
@@ -1279,6 +1246,81 @@ def _folder_problem(name: str) -> Optional[str]:
     return None
 
 
+def _in_progress(name: str) -> bool:
+    """A name inside a folder that tells the daemon a writer is not done (src/inbox's
+    looks_in_progress): rsync's ``.name.XXXXXX`` or a temporary ending."""
+    head, dot, tail = name.rpartition(".")
+    rsync = name.startswith(".") and bool(dot) and bool(head) and len(tail) == 6 and tail.isascii() and tail.isalnum()
+    return rsync or any(len(name) > len(t) and name.endswith(t) for t in _TEMPORARY_SUFFIXES)
+
+
+def _source_problem(name: str, src: Path) -> Optional[str]:
+    """Why the daemon would never register `src` as `name` (None: it would): an empty
+    file (it waits for its bytes), something that is not a regular file or folder (a
+    pipe would never end), a folder with no file, a name inside it the daemon refuses or
+    reads as still being written, a special file inside it."""
+    st = src.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
+            return f"{src} is not a regular file or folder"
+        if st.st_size == 0:
+            return f"{src} is empty (0 bytes); the daemon waits for a file's bytes and never registers an empty one"
+        return None
+    bad = _folder_problem(name)
+    if bad:
+        return bad
+    files = 0
+    # As the daemon walks it: hidden entries are left out (not descended into), and
+    # symbolic links are followed, as the copy follows them.
+    for top, dirs, names in os.walk(src, followlinks=True):
+        for n in sorted(dirs) + sorted(names):
+            where = Path(top) / n
+            if _in_progress(n):
+                return f"{where} looks like a file still being written (a temporary name); the daemon would wait for it: remove or rename it"
+            if n.startswith("."):
+                continue
+            bad = _chars_problem(n) or ("is longer than 255 bytes" if len(n.encode("utf-8", "surrogatepass")) > 255 else None)
+            if bad:
+                return f"{where}: the name {bad}; rename it"
+            if n in names:
+                try:
+                    mode = where.stat().st_mode
+                except OSError as e:
+                    return f"{where}: {e.strerror or e}"
+                if not stat.S_ISREG(mode):
+                    return f"{where} is not a regular file or folder; remove it from the folder"
+                files += 1
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    if files == 0:
+        return f"{src} holds no file (hidden ones are left out); the daemon waits for a folder's files"
+    return None
+
+
+def _register_args(name: Any, model_path: Any, metrics: Any, timeout: Any, progress: Any, metadata: Dict[str, Any]) -> Any:
+    """`register`'s arguments checked, before anything is sent or copied: returns the name
+    (NFC), the source path and the sidecar's text (None when there is none). TypeError for
+    a wrong type, ValueError for a value the daemon would refuse (naming it),
+    FileNotFoundError for a missing source."""
+    name = _text(name, "name")
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"model_path must be a path, not {type(model_path).__name__}")
+    _seconds(timeout, "timeout")
+    if progress is not None:
+        _flag(progress, "progress")
+    name = unicodedata.normalize("NFC", name)
+    bad = _name_problem(name)
+    if bad:
+        raise ValueError(f"invalid model name {name!r}: it {bad}")
+    sidecar = _sidecar({} if metrics is None else metrics, metadata) if metrics is not None or metadata else None
+    src = Path(model_path)
+    if not src.exists():
+        raise FileNotFoundError(f"model_path {src} does not exist")
+    bad = _source_problem(name, src)
+    if bad:
+        raise ValueError(bad)
+    return name, src, sidecar
+
+
 # The daemon's limits on a sidecar (src/sidecar/mod.rs; README, "Sidecar format"), checked
 # here before anything is copied, so that a value over them is an error naming its key
 # rather than a registration blocked in the inbox.
@@ -1377,7 +1419,7 @@ def _metric_values(metrics: Any) -> Dict[str, float]:
         try:
             x = float(v)
         except OverflowError:
-            raise ValueError(f"metric {k!r} is too large for a float ({v:.3e})") from None
+            raise ValueError(f"metric {k!r} is too large for a float (an integer of {len(str(abs(v)))} digits)") from None
         if not math.isfinite(x):
             raise ValueError(f"metric {k!r} must be finite, not {v}")
         out[k] = x
