@@ -124,6 +124,13 @@ class RobustnessTest(unittest.TestCase):
             reg.ping()
             os.kill(d.proc.pid, signal.SIGSTOP)
             try:
+                # The stop takes effect asynchronously: wait until every thread shows it.
+                deadline = time.monotonic() + 10
+                while not all(
+                    (t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for t in Path(f"/proc/{d.proc.pid}/task").iterdir()
+                ):
+                    self.assertLess(time.monotonic(), deadline, "the daemon did not stop")
+                    time.sleep(0.01)
                 with self.assertRaises(DaemonTimeout) as c:
                     reg.ping()
                 self.assertIsInstance(c.exception, TimeoutError)
