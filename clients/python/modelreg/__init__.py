@@ -30,8 +30,8 @@ import re
 import select
 import shutil
 import signal
-import stat
 import socket as _socket
+import stat
 import sys
 import threading
 import time
