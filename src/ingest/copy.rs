@@ -30,9 +30,9 @@ pub(super) struct Job {
     pub(super) sidecar_seen: Option<String>,
     /// For each artifact entry, the version its content was last time.
     pub(super) same_source: BTreeMap<String, Known>,
-    /// The model's stored files by SHA-256 (absolute paths), which a new version's equal
-    /// files are hard-linked to instead of kept twice.
-    pub(super) stored: BTreeMap<String, PathBuf>,
+    /// The model's stored files, which a new version's equal files are hard-linked to
+    /// instead of kept twice (and, when found before copying, only read).
+    pub(super) stored: store::Stored,
     /// The folders pinned at start: the inbox is opened through it.
     pub(super) layout: Option<Arc<crate::layout::Layout>>,
 }
@@ -221,8 +221,16 @@ fn run_job_inner(
             inbox::unchanged_through(file, &f.src, &f.stat).map_err(Error::SourceChanged)
         };
         let t0 = std::time::Instant::now();
-        let staged = match store::stage_opened(
-            &job.store, &job.name, next, &rels, &mut open, &mut check, cancel, done,
+        let staged = match store::stage_reusing(
+            &job.store,
+            &job.name,
+            next,
+            &rels,
+            &mut open,
+            &mut check,
+            cancel,
+            done,
+            &job.stored,
         ) {
             Ok(s) => s,
             Err(Error::Cancelled) => return JobResult::Cancelled,
@@ -255,7 +263,10 @@ fn run_job_inner(
             continue;
         }
         let saved = match store::link_duplicates(&job.store, &staged, &job.stored) {
-            Ok(saved) => saved,
+            Ok(after) => store::Deduped {
+                files: staged.linked.files + after.files,
+                bytes: staged.linked.bytes + after.bytes,
+            },
             Err(e) => {
                 let _ = store::discard(&staged.dir);
                 return JobResult::Failed(e.to_string());

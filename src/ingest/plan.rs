@@ -4,7 +4,8 @@ use super::copy::{Job, JobResult, run_job};
 use super::{Registrar, RegistrarMsg};
 use crate::inbox::{self, Look};
 use crate::messages::{Outcome, Settled};
-use crate::registry::Version;
+use crate::registry::{Model, Version};
+use crate::store;
 
 /// The content of a known version, for "identical bytes make no new version".
 #[derive(Debug, Clone)]
@@ -31,6 +32,18 @@ pub(super) fn known(store_dir: &str, v: &Version) -> Known {
 }
 
 impl Registrar {
+    /// The stored files of `model` a new version may share, `latest`'s by path.
+    fn stored_files(&self, model: Option<&Model>, latest: Option<Known>) -> store::Stored {
+        let mut stored = store::Stored::default();
+        for f in model.iter().flat_map(|m| m.stored()).flat_map(|v| &v.files) {
+            stored.add(&f.sha256, self.config.root.join(&f.path), f.size);
+        }
+        for (rel, sha256) in latest.iter().flat_map(|k| &k.files) {
+            stored.add_latest(rel, sha256);
+        }
+        stored
+    }
+
     /// Decides what a settled group needs; starts a copy job when anything changed.
     pub(super) fn plan(&mut self, s: Settled) {
         for entry in &s.gone {
@@ -105,12 +118,7 @@ impl Registrar {
             latest_sidecar: latest.and_then(|v| v.sidecar.as_ref().map(|r| r.sha256.clone())),
             sidecar_seen,
             same_source,
-            stored: model
-                .iter()
-                .flat_map(|m| m.stored())
-                .flat_map(|v| &v.files)
-                .map(|f| (f.sha256.clone(), self.config.root.join(&f.path)))
-                .collect(),
+            stored: self.stored_files(model.as_deref(), latest.map(|v| known(&store_dir, v))),
             layout: self.layout.clone(),
         };
         self.in_flight += 1;

@@ -85,7 +85,7 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
 
 /// Reads `input` to its end in chunks, hashing each and handing it to `sink`; returns
 /// the SHA-256 and the size read. `cancel` is looked at before each chunk.
-fn hash_stream(
+pub(super) fn hash_stream(
     input: &mut File,
     src: &Path,
     cancel: &AtomicBool,

@@ -18,7 +18,8 @@
 //! By file: `staging` (stage, publish, recover), `copy` (one file copied and hashed),
 //! `manifest` (manifests and tombstones), `rebuild` (audit and rebuild from disk),
 //! `links` (never through a link; latest, best and alias links), `dedup` (a file already
-//! stored for the model is hard-linked, not kept twice); here, the layout and
+//! stored for the model is hard-linked, not kept twice, and when found before copying,
+//! only read); here, the layout and
 //! the modes every folder and file of the store gets.
 
 use std::fs;
@@ -37,18 +38,19 @@ mod rebuild;
 mod staging;
 
 pub use copy::hash_file;
-pub use dedup::{Deduped, link_duplicates};
+pub use dedup::{Deduped, Stored, link_duplicates};
 pub use links::{check_no_link, linked_folders, refresh_links};
 pub use manifest::{
     MANIFEST, MANIFEST_FORMAT, Manifest, TOMBSTONES, highest_in_store, numbers_in_store,
     read_manifest, retire, write_manifest,
 };
 pub use rebuild::{Rebuilt, audit, rebuild};
-#[cfg(test)]
-pub(crate) use staging::stage;
 pub use staging::{
     OpenSource, Recovery, Staged, StagedFile, discard, publish, recover, stage_opened,
+    stage_reusing,
 };
+#[cfg(test)]
+pub(crate) use staging::{stage, stage_sharing};
 
 /// Re-exported: the tests and the registrar hash small contents with it.
 pub use crate::fsutil::sha256_hex;

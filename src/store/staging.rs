@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::copy::copy_and_hash_from;
+use super::dedup::{Deduped, Stored, link_if_stored};
 use super::links::{check_no_link, linked};
 use super::{STAGING, set_folder_mode, version_dir};
 use crate::error::{Error, Result};
@@ -38,6 +39,9 @@ pub struct Staged {
     pub final_dir: PathBuf,
     /// Its files, in the order given.
     pub files: Vec<StagedFile>,
+    /// Those of its files that are hard links to stored files, not copies (read and
+    /// hashed, nothing written; see [`stage_reusing`]).
+    pub linked: Deduped,
 }
 
 /// A source file opened by the caller of [`stage_opened`].
@@ -71,6 +75,35 @@ pub fn stage_opened(
     cancel: &AtomicBool,
     done: &AtomicU64,
 ) -> Result<Staged> {
+    let nothing_stored = Stored::default();
+    stage_reusing(
+        store,
+        name,
+        n,
+        rels,
+        open,
+        check,
+        cancel,
+        done,
+        &nothing_stored,
+    )
+}
+
+/// [`stage_opened`], where a file that turns out to equal one of the model's `stored`
+/// files is read and hashed, not copied, and becomes a hard link to it (see
+/// [`link_if_stored`]); `check` runs after that read too, and `done` counts its bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn stage_reusing(
+    store: &Path,
+    name: &str,
+    n: u32,
+    rels: &[String],
+    open: &mut dyn FnMut(usize) -> Result<OpenSource>,
+    check: &mut dyn FnMut(usize, &File) -> Result<()>,
+    cancel: &AtomicBool,
+    done: &AtomicU64,
+    stored: &Stored,
+) -> Result<Staged> {
     let staging = store.join(STAGING);
     check_no_link(store, &staging)?;
     ensure_dir(store, &staging)?;
@@ -83,6 +116,7 @@ pub fn stage_opened(
         .map_err(|e| Error::io("create staging folder in", &staging, e))?;
     set_folder_mode(dir.path())?;
     let mut staged = Vec::with_capacity(rels.len());
+    let mut linked = Deduped::default();
     let mut made_dirs: Vec<PathBuf> = Vec::new();
     for (i, rel) in rels.iter().enumerate() {
         let dst = dir.path().join(rel);
@@ -100,14 +134,22 @@ pub fn stage_opened(
             }
         }
         let mut source = open(i)?;
-        let (sha256, size) = copy_and_hash_from(
-            &mut source.file,
-            &source.shown,
-            &dst,
-            source.mode,
-            cancel,
-            done,
-        )?;
+        let (sha256, size) =
+            match link_if_stored(store, stored, rel, &mut source, &dst, cancel, done)? {
+                Some(same) => {
+                    linked.files += 1;
+                    linked.bytes += same.1;
+                    same
+                }
+                None => copy_and_hash_from(
+                    &mut source.file,
+                    &source.shown,
+                    &dst,
+                    source.mode,
+                    cancel,
+                    done,
+                )?,
+            };
         check(i, &source.file)?;
         staged.push(StagedFile {
             rel: rel.clone(),
@@ -128,6 +170,7 @@ pub fn stage_opened(
         dir: dir.keep(),
         final_dir: version_dir(store, name, n),
         files: staged,
+        linked,
     })
 }
 
@@ -292,6 +335,22 @@ pub(crate) fn stage(
     files: &[(PathBuf, String)],
     cancel: &AtomicBool,
 ) -> Result<Staged> {
+    let done = AtomicU64::new(0);
+    stage_sharing(store, name, n, files, cancel, &done, &Stored::default())
+}
+
+/// [`stage`], sharing `stored` files as [`stage_reusing`] does and counting the bytes
+/// read in `done`, for tests.
+#[cfg(test)]
+pub(crate) fn stage_sharing(
+    store: &Path,
+    name: &str,
+    n: u32,
+    files: &[(PathBuf, String)],
+    cancel: &AtomicBool,
+    done: &AtomicU64,
+    stored: &Stored,
+) -> Result<Staged> {
     use std::os::unix::fs::PermissionsExt;
     let rels: Vec<String> = files.iter().map(|(_, r)| r.clone()).collect();
     let mut open = |i: usize| -> Result<OpenSource> {
@@ -308,8 +367,7 @@ pub(crate) fn stage(
             mode,
         })
     };
-    let done = AtomicU64::new(0);
-    stage_opened(
+    stage_reusing(
         store,
         name,
         n,
@@ -317,7 +375,8 @@ pub(crate) fn stage(
         &mut open,
         &mut |_, _| Ok(()),
         cancel,
-        &done,
+        done,
+        stored,
     )
 }
 
