@@ -1,5 +1,6 @@
 //! Dedup by content: a new version's files already stored for the model are hard links to
-//! the stored ones, not second copies; `verify` and `rm` stay correct with shared inodes.
+//! the stored ones, not second copies, and are only read, never written again; `verify`
+//! and `rm` stay correct with shared inodes.
 
 mod common;
 
@@ -16,6 +17,20 @@ const FILES: usize = 10;
 fn name(i: usize) -> String {
     format!("shard-{i}.bin")
 }
+
+/// What the daemon (process `pid`) has caused to be written to storage so far:
+/// write_bytes of /proc/<pid>/io.
+fn written(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/<pid>/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("write_bytes in /proc/<pid>/io")
+}
+
+/// What a version writes besides its files' bytes: the manifest, the catalog's commit,
+/// the links and the daemon's debug log lines.
+const SLACK: u64 = 128 * 1024;
 
 /// The (device, inode) of every file of version folder `dir` with its bytes on disk
 /// (st_blocks), by file name.
@@ -41,8 +56,15 @@ fn a_folder_v2_with_nine_of_ten_files_unchanged_stores_only_the_changed_files_by
     d.wait_versions("enc", 1);
     // v2: one file rewritten (renamed into place, as a training script would).
     let changed = bytes(1000, FILE);
+    let before = written(d.pid());
     write_renamed(&d.inbox().join("enc"), &name(3), &changed);
     d.wait_versions("enc", 2);
+    // The nine unchanged files were read to verify them, never written again.
+    let v2_wrote = written(d.pid()) - before;
+    assert!(
+        v2_wrote as f64 <= 1.1 * FILE as f64 + SLACK as f64,
+        "the daemon wrote {v2_wrote} bytes for v2, whose one changed file has {FILE}"
+    );
 
     let store = d.root.path().join("models/enc");
     let (v1, v2) = (inodes(&store.join("v1")), inodes(&store.join("v2")));
@@ -123,4 +145,35 @@ fn rm_of_the_newer_sharer_leaves_the_older_intact_and_verified() {
         std::fs::read(store.join("v1/tok.bin")).unwrap(),
         bytes(7, FILE)
     );
+}
+
+#[test]
+fn a_same_size_file_with_other_bytes_is_copied_not_linked() {
+    let d = TestDaemon::quick();
+    let v1 = bytes(21, FILE);
+    write_renamed(&d.inbox(), "w.bin", &v1);
+    d.wait_versions("w", 1);
+    // Same size, other bytes everywhere (a retrained model of the same shape).
+    let v2 = bytes(22, FILE);
+    write_renamed(&d.inbox(), "w.bin", &v2);
+    d.wait_versions("w", 2);
+    // Same size, same start, middle and end: one byte differs where no sample looks.
+    let mut v3 = v2.clone();
+    v3[100_000] ^= 0x55;
+    write_renamed(&d.inbox(), "w.bin", &v3);
+    d.wait_versions("w", 3);
+    let store = d.root.path().join("models/w");
+    let meta = |v: &str| std::fs::metadata(store.join(v).join("w.bin")).unwrap();
+    for (v, expected) in [("v1", &v1), ("v2", &v2), ("v3", &v3)] {
+        assert_eq!(meta(v).nlink(), 1, "{v} shares no inode");
+        let stored = std::fs::read(store.join(v).join("w.bin")).unwrap();
+        assert!(stored == *expected, "{v} holds its own bytes");
+    }
+    assert!(
+        !d.log().contains("already stored, hard-linked"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.status().dedup_saved_bytes, 0);
+    ok(&d, &["verify", "w"]);
 }
