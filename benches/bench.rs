@@ -6,7 +6,7 @@
 //!
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
-//! (ingest, burst, scale, queries, cli, startup, idle, connections).
+//! (ingest, dedup, burst, scale, queries, cli, startup, idle, connections).
 
 use std::fs;
 use std::io::Write;
@@ -249,6 +249,68 @@ fn ingest(t: &mut Table, scratch: &Path, quick: bool) {
         format!("{:.2}x", m / b),
         "<= 1.25x",
         Some(m / b <= 1.25),
+    );
+    d.stop();
+}
+
+/// Scenario: a folder of ten files registered, then its v2 with one file replaced (renamed
+/// in, as a training script would): what the daemon writes for v2 (write_bytes of
+/// /proc/<pid>/io) against the changed file's size, and v2's time against v1's, settle
+/// excluded. The nine unchanged files are read to verify them, not copied again.
+fn dedup(t: &mut Table, scratch: &Path, quick: bool) {
+    let size: u64 = if quick { 10 << 20 } else { 100 << 20 };
+    let settle = Duration::from_millis(50);
+    let mut d = Daemon::new(scratch, "dedup", "settle: 50ms\n");
+    d.start();
+    let build = d.root().join("build");
+    fs::create_dir_all(&build).unwrap();
+    for i in 0..10 {
+        write_big(&build.join(format!("shard-{i}.bin")), size, 100 + i);
+    }
+    let changed = d.root().join("changed.bin");
+    write_big(&changed, size, 999);
+    let pid = d.pid();
+    let written = || -> u64 {
+        let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    let mut c = d.client();
+    let folder = d.inbox().join("enc");
+    // v1 moved in whole; v2: one file replaced by a rename into the folder.
+    let mut version = |from: &Path, to: &Path, n: usize| -> (f64, u64) {
+        let w0 = written();
+        fs::rename(from, to).unwrap();
+        let t0 = Instant::now();
+        let t1 = wait_versions(&d, &mut c, n, Duration::from_millis(2));
+        (
+            (t1 - t0).saturating_sub(settle).as_secs_f64(),
+            written() - w0,
+        )
+    };
+    let (v1_secs, v1_wrote) = version(&build, &folder, 1);
+    let (v2_secs, v2_wrote) = version(&changed, &folder.join("shard-3.bin"), 2);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let ratio = v2_wrote as f64 / size as f64;
+    t.add(
+        "folder v2, 9 of 10 files unchanged",
+        &format!("10 x {} MiB: bytes written for v2", size >> 20),
+        format!("{:.1} MiB (v1 {:.1} MiB)", mib(v2_wrote), mib(v1_wrote)),
+        format!("changed file {:.0} MiB", mib(size)),
+        format!("{ratio:.3}x"),
+        "<= 1.1x",
+        Some(ratio <= 1.1),
+    );
+    t.add(
+        "folder v2, 9 of 10 files unchanged",
+        "time v2 / v1, complete -> queryable (s)",
+        format!("v2 {v2_secs:.3} s"),
+        format!("v1 {v1_secs:.3} s"),
+        format!("{:.2}x", v2_secs / v1_secs),
+        "-",
+        None,
     );
     d.stop();
 }
@@ -786,6 +848,9 @@ fn main() {
     let mut t = Table(Vec::new());
     if which("ingest") {
         ingest(&mut t, &scratch, quick);
+    }
+    if which("dedup") {
+        dedup(&mut t, &scratch, quick);
     }
     if which("burst") || which("idle") {
         let d = burst(&mut t, &scratch, quick);
