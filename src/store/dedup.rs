@@ -365,6 +365,19 @@ mod tests {
         (store, stored)
     }
 
+    /// A store with `old` published as v1, and `new` staged as v2 sharing v1's files:
+    /// the kept temporary folder, the store, v2 and the bytes counted while staging it.
+    fn v2_after(
+        old: &[(&str, &[u8], u32)],
+        new: &[(&str, &[u8], u32)],
+    ) -> (tempfile::TempDir, PathBuf, Staged, u64) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, stored) = published_v1(&tmp, old);
+        let done = AtomicU64::new(0);
+        let v2 = stage_files(&store, 2, new, &stored, &done).unwrap();
+        (tmp, store, v2, done.load(Ordering::Relaxed))
+    }
+
     fn ino(p: &Path) -> u64 {
         fs::metadata(p).unwrap().ino()
     }
@@ -397,12 +410,12 @@ mod tests {
 
     #[test]
     fn a_stored_file_with_another_mode_is_not_shared() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (store, stored) = published_v1(&tmp, &[("a.bin", b"same", 0o600)]);
         // Readable by all this time: linking would keep it private (or the reverse).
-        let done = AtomicU64::new(0);
-        let v2 = stage_files(&store, 2, &[("a.bin", b"same", 0o644)], &stored, &done).unwrap();
+        let (_tmp, store, v2, _) =
+            v2_after(&[("a.bin", b"same", 0o600)], &[("a.bin", b"same", 0o644)]);
         assert_eq!(v2.linked, Deduped::default());
+        let mut stored = Stored::default();
+        stored.add(&v2.files[0].sha256, store.join("m/v1/a.bin"), 4);
         let saved = link_duplicates(&store, &v2, &stored).unwrap();
         assert_eq!(saved, Deduped::default());
         assert_ne!(ino(&v2.dir.join("a.bin")), ino(&store.join("m/v1/a.bin")));
@@ -424,78 +437,49 @@ mod tests {
 
     #[test]
     fn a_file_found_stored_before_copying_is_read_and_linked_and_a_changed_one_copied() {
-        let tmp = tempfile::tempdir().unwrap();
         let (same, old, new) = (data(3, 300_000), data(5, 300_000), data(7, 300_000));
-        let (store, stored) =
-            published_v1(&tmp, &[("w/a.bin", &same, 0o644), ("w/b.bin", &old, 0o644)]);
-        let done = AtomicU64::new(0);
-        let v2 = stage_files(
-            &store,
-            2,
+        let (_tmp, store, v2, done) = v2_after(
+            &[("w/a.bin", &same, 0o644), ("w/b.bin", &old, 0o644)],
             // b.bin: same size, other bytes.
             &[("w/a.bin", &same, 0o644), ("w/b.bin", &new, 0o644)],
-            &stored,
-            &done,
-        )
-        .unwrap();
-        assert_eq!(
-            v2.linked,
-            Deduped {
-                files: 1,
-                bytes: 300_000
-            }
         );
-        assert_eq!(
-            ino(&v2.dir.join("w/a.bin")),
-            ino(&store.join("m/v1/w/a.bin"))
-        );
-        assert_ne!(
-            ino(&v2.dir.join("w/b.bin")),
-            ino(&store.join("m/v1/w/b.bin"))
-        );
+        let (files, bytes) = (1, 300_000);
+        assert_eq!(v2.linked, Deduped { files, bytes });
+        let v1 = store.join("m/v1");
+        assert_eq!(ino(&v2.dir.join("w/a.bin")), ino(&v1.join("w/a.bin")));
+        assert_ne!(ino(&v2.dir.join("w/b.bin")), ino(&v1.join("w/b.bin")));
         assert_eq!(fs::read(v2.dir.join("w/b.bin")).unwrap(), new);
         assert_eq!(v2.files[0].sha256, crate::fsutil::sha256_hex(&same));
         // Every byte counted once, read or copied: progress ends at the total.
-        assert_eq!(done.load(Ordering::Relaxed), 600_000);
+        assert_eq!(done, 600_000);
     }
 
     #[test]
     fn a_file_that_differs_only_between_the_samples_is_copied_not_linked() {
-        let tmp = tempfile::tempdir().unwrap();
         let old = data(3, 400_000);
         let mut new = old.clone();
         // Between the start and middle samples: only the full hash sees it.
         new[100_000] ^= 1;
-        let (store, stored) = published_v1(&tmp, &[("a.bin", &old, 0o644)]);
-        let done = AtomicU64::new(0);
-        let v2 = stage_files(&store, 2, &[("a.bin", &new, 0o644)], &stored, &done).unwrap();
+        let (_tmp, store, v2, done) =
+            v2_after(&[("a.bin", &old, 0o644)], &[("a.bin", &new, 0o644)]);
         assert_eq!(v2.linked, Deduped::default());
         assert_ne!(ino(&v2.dir.join("a.bin")), ino(&store.join("m/v1/a.bin")));
         assert_eq!(fs::read(v2.dir.join("a.bin")).unwrap(), new);
         assert_eq!(v2.files[0].sha256, crate::fsutil::sha256_hex(&new));
         // Read twice, counted once.
-        assert_eq!(done.load(Ordering::Relaxed), 400_000);
+        assert_eq!(done, 400_000);
     }
 
     #[test]
     fn a_stored_file_at_another_path_is_found_by_its_size() {
-        let tmp = tempfile::tempdir().unwrap();
         let bytes = data(9, 200_000);
-        let (store, stored) = published_v1(&tmp, &[("old-name.bin", &bytes, 0o644)]);
-        let done = AtomicU64::new(0);
-        let v2 = stage_files(
-            &store,
-            2,
+        let (_tmp, store, v2, _) = v2_after(
+            &[("old-name.bin", &bytes, 0o644)],
             &[("sub/new-name.bin", &bytes, 0o644)],
-            &stored,
-            &done,
-        )
-        .unwrap();
-        assert_eq!(v2.linked.files, 1);
-        assert_eq!(
-            ino(&v2.dir.join("sub/new-name.bin")),
-            ino(&store.join("m/v1/old-name.bin"))
         );
+        assert_eq!(v2.linked.files, 1);
+        let new_name = v2.dir.join("sub/new-name.bin");
+        assert_eq!(ino(&new_name), ino(&store.join("m/v1/old-name.bin")));
     }
 
     #[test]
