@@ -47,11 +47,15 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Records a stored file: its SHA-256, absolute path and size. The first path given
-    /// for a content is the one linked to.
+    /// Records a stored file: its SHA-256, absolute path and size. The last path given
+    /// for a content is the one linked to (given oldest first, the newest version's,
+    /// which gc removes last).
     pub fn add(&mut self, sha256: &str, path: PathBuf, size: u64) {
-        if !self.by_sha.contains_key(sha256) {
-            self.by_sha.insert(sha256.to_string(), (path, size));
+        let known = self
+            .by_sha
+            .insert(sha256.to_string(), (path, size))
+            .is_some();
+        if !known {
             self.by_size
                 .entry(size)
                 .or_default()
