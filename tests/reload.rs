@@ -188,3 +188,65 @@ fn watch_changed_by_sighup_is_reported_as_needing_a_restart() {
         restart(&d).is_none()
     });
 }
+
+#[test]
+fn a_log_level_that_is_no_level_is_refused_at_start_and_on_reload() {
+    // tracing would read a bare word as a target with no level: every line, errors
+    // included, would be off. Refused instead, naming the value.
+    let d = TestDaemon::new("log_level: \"bogus!!\"\n");
+    // Bounded: a daemon that accepts the value runs on (silently), and must not hang
+    // the suite.
+    let out = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "20", BIN])
+        .args(["--root", d.root.path().to_str().unwrap(), "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "refused at start, not run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("log_level") && err.contains("bogus!!"),
+        "{err}"
+    );
+
+    let mut d = TestDaemon::start("settle: 300ms\n");
+    reload(&mut d, "settle: 300ms\nlog_level: nosuchlevel\n");
+    wait_until(Duration::from_secs(10), "the refused reload", || {
+        d.log().contains("reload failed")
+    });
+    // Still logging at the old level.
+    write(
+        &d.inbox().join("after.pt"),
+        b"registered after the refused reload",
+    );
+    d.wait_versions("after", 1);
+    wait_until(Duration::from_secs(10), "an INFO line for after", || {
+        d.log()
+            .lines()
+            .any(|l| l.contains("registered") && l.contains("after"))
+    });
+}
+
+#[test]
+fn a_settings_file_broken_after_start_does_not_shut_the_cli_out() {
+    // The reload fails (the daemon keeps its last good settings) and `status` is where
+    // that shows: the CLI, which reads the settings to find the socket, still gets there.
+    let mut d = TestDaemon::start("settle: 300ms\n");
+    reload(&mut d, "settle: 300ms\nretention: [oops\n");
+    wait_until(Duration::from_secs(10), "the refused reload", || {
+        d.log().contains("reload failed")
+    });
+    let out = std::process::Command::new(BIN)
+        .args(["--root", d.root.path().to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("modelreg.yaml"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("reload failed"), "{stdout}");
+}

@@ -70,9 +70,22 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
     if let Some(s) = &cli.socket {
         return Ok(s.clone());
     }
-    Config::load(&cli.root, cli.config.as_deref())
-        .map(|c| c.socket)
-        .map_err(|e| e.to_string())
+    match Config::load(&cli.root, cli.config.as_deref()) {
+        Ok(c) => Ok(c.socket),
+        // A settings file broken after the daemon started (its reload failed, so it
+        // runs on its last good settings) must not shut every client out: `status` is
+        // where that failed reload is shown. Try the default socket, and say so.
+        Err(e) => {
+            let default =
+                Config::from_yaml(&cli.root, "", modelreg::config::ConfigSource::Embedded)
+                    .map_err(|_| e.to_string())?;
+            print_error(&format!(
+                "warning: {e}\ntrying the default socket {} (a running daemon keeps its last good settings; --socket names another)",
+                default.socket.display()
+            ));
+            Ok(default.socket)
+        }
+    }
 }
 
 pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {

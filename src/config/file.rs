@@ -207,10 +207,12 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
         return Err(bad("default_metric", "must not be empty".into()));
     }
     let log_level = need("log_level", raw.log_level)?;
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+    if !is_log_level(&log_level) {
         return Err(bad(
             "log_level",
-            format!("`{log_level}` is not a log level (error, warn, info, debug, trace)"),
+            format!(
+                "`{log_level}` is not a log level (error, warn, info, debug, trace, off, or directives such as `info,modelreg=debug`)"
+            ),
         ));
     }
     Ok(Config {
@@ -252,8 +254,45 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
     })
 }
 
+/// Whether `s` is a level, or comma-separated directives each ending in a level
+/// (`info`, `modelreg=debug`). A bare word that is no level would be read by tracing as a
+/// target with no level, which turns every log line off, errors included.
+fn is_log_level(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let level = |w: &str| LEVELS.contains(&w.trim().to_ascii_lowercase().as_str());
+    !s.trim().is_empty()
+        && s.split(',').all(|d| match d.rsplit_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+            None => level(d),
+        })
+        && tracing_subscriber::EnvFilter::try_new(s).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_log_level_is_a_level_or_directives_ending_in_one() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,modelreg=debug",
+            "modelreg::watcher=trace",
+        ] {
+            assert!(super::is_log_level(ok), "{ok}");
+        }
+        for bad in [
+            "bogus!!",
+            "nosuchlevel",
+            "",
+            "info,bogus",
+            "=debug",
+            "modelreg=loud",
+        ] {
+            assert!(!super::is_log_level(bad), "{bad}");
+        }
+    }
     use super::super::{EMBEDDED_DEFAULT, test_config};
     use super::*;
 
