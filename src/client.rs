@@ -2,6 +2,7 @@
 //! a one-shot CLI call needs no async runtime.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -133,6 +134,11 @@ impl Client {
 
     /// Sends a raw line (a newline is added) and returns the raw answer line.
     pub fn raw(&mut self, line: &str) -> Result<String, ClientError> {
+        self.raw_with(line, None)
+    }
+
+    /// [`raw`](Self::raw), passing the descriptor `fd` with the line (SCM_RIGHTS).
+    pub fn raw_with(&mut self, line: &str, fd: Option<BorrowedFd>) -> Result<String, ClientError> {
         let io = |e| ClientError::Io {
             path: self.path.clone(),
             source: e,
@@ -140,7 +146,11 @@ impl Client {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        self.writer.write_all(&buf).map_err(io)?;
+        let sent = match fd {
+            Some(fd) => send_with_fds(&self.writer, &buf, &[fd]).map_err(io)?,
+            None => 0,
+        };
+        self.writer.write_all(&buf[sent..]).map_err(io)?;
         let mut answer = String::new();
         let n = self
             .reader
@@ -161,16 +171,7 @@ impl Client {
     pub fn call(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
         let line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let answer = self.raw(&line)?;
-        let resp: Response = serde_json::from_str(&answer)
-            .map_err(|e| ClientError::Protocol(format!("{e}: {answer}")))?;
-        if resp.ok {
-            Ok(resp.result.unwrap_or(serde_json::Value::Null))
-        } else {
-            Err(ClientError::Remote(resp.error.unwrap_or(ErrorBody {
-                code: ErrorCode::Internal,
-                message: "error answer without a body".into(),
-            })))
-        }
+        answer_result(&answer)
     }
 
     /// Like [`call`](Self::call), decoding the result into `T`.
@@ -181,6 +182,56 @@ impl Client {
         let v = self.call(req)?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
     }
+}
+
+/// The `result` of a successful answer line, or its error.
+fn answer_result(answer: &str) -> Result<serde_json::Value, ClientError> {
+    let resp: Response = serde_json::from_str(answer)
+        .map_err(|e| ClientError::Protocol(format!("{e}: {answer}")))?;
+    if resp.ok {
+        Ok(resp.result.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(ClientError::Remote(resp.error.unwrap_or(ErrorBody {
+            code: ErrorCode::Internal,
+            message: "error answer without a body".into(),
+        })))
+    }
+}
+
+/// Sends (a first part of) `buf` with the descriptors `fds` attached (SCM_RIGHTS, in
+/// one `sendmsg`); returns the bytes sent (the caller writes the rest).
+pub fn send_with_fds(sock: &UnixStream, buf: &[u8], fds: &[BorrowedFd]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = std::mem::size_of_val(raw.as_slice()) as u32;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; every pointer set below stays valid for the call, and
+    // the one control message written fits the buffer sized by CMSG_SPACE.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !raw.is_empty() {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
+            std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(c).cast(), raw.len());
+        }
+        libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// One typed method per request: each sends it and decodes its answer.
@@ -236,6 +287,30 @@ impl Client {
             entry: entry.to_string(),
             timeout_ms,
         })
+    }
+
+    /// `register`: hands the open, complete `file` over (its descriptor is passed on the
+    /// socket; the daemon copies from it) as the next version of `name`, stored as
+    /// `filename`. Answers once it is a version (or identical to the newest).
+    pub fn register(
+        &mut self,
+        name: &str,
+        filename: &str,
+        file: &std::fs::File,
+        metrics: Option<serde_json::Map<String, serde_json::Value>>,
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Waited, ClientError> {
+        use std::os::fd::AsFd;
+        let req = Request::Register {
+            name: name.to_string(),
+            filename: filename.to_string(),
+            metrics,
+            metadata,
+        };
+        let line = serde_json::to_string(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let answer = self.raw_with(&line, Some(file.as_fd()))?;
+        let v = answer_result(&answer)?;
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// `alias_set`: point `alias` at `version` (`vN`).

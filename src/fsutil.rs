@@ -1,4 +1,4 @@
-//! Small filesystem helpers shared by the store, registry.yaml and the inbox: SHA-256 as hex, folder fsync.
+//! Small filesystem helpers shared by the store, registry.yaml and the inbox: SHA-256 as hex, folder fsync, free space.
 //!
 //! Layer 0: depends on nothing in the crate but [`crate::error`], so that the modules
 //! above it (store, persist, inbox) need not import each other for a helper.
@@ -30,6 +30,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io("fsync folder", dir, e))
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`
+/// (statvfs: available blocks times the fragment size).
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs only writes the struct it is given; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 #[cfg(test)]

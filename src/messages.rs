@@ -47,11 +47,37 @@ pub enum RegistrarMsg<J> {
         uid: Option<u32>,
         reply: oneshot::Sender<ChangeResult>,
     },
+    /// A complete file handed over on the socket (`register`).
+    Handover(Box<Handover>),
     /// Bring every model's latest/best/alias links in line (start-up, reload).
     RefreshLinks,
     /// registry.yaml may have been deleted while running: write it again if so.
     CheckRegistry,
 }
+
+/// A file handed over on the socket (`register`), to become the next version of `name`.
+#[derive(Debug)]
+pub struct Handover {
+    /// The model.
+    pub name: String,
+    /// The stored file's name.
+    pub filename: String,
+    /// The descriptor received (a readable regular file, checked by the server).
+    pub file: std::fs::File,
+    /// Its state when it was received: the file as handed over, which the copy must
+    /// find unchanged after it.
+    pub stat: crate::inbox::FileStat,
+    /// Its permission bits (the stored copy is never more readable).
+    pub mode: u32,
+    /// Metrics and metadata, when the request gave any (checked as a sidecar's).
+    pub sidecar: Option<crate::sidecar::Sidecar>,
+    /// Answered once the version is durable (or with why nothing was kept).
+    pub reply: oneshot::Sender<HandoverResult>,
+}
+
+/// The answer to a hand-over: the version (a [`ChangeAnswer::Registered`], or a refusal
+/// of the commit), or why nothing was kept.
+pub type HandoverResult = Result<ChangeResult, crate::protocol::ErrorBody>;
 
 /// A change to the registry asked for by a client.
 #[derive(Debug, Clone)]

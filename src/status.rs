@@ -223,6 +223,12 @@ impl StatusBoard {
         }
     }
 
+    /// The models with a copy job under way.
+    pub fn copying(&self) -> Vec<String> {
+        let g = self.copying.lock().unwrap_or_else(|p| p.into_inner());
+        g.keys().cloned().collect()
+    }
+
     /// How far the copy job for `name` has got, if one is under way.
     pub fn copy_progress(&self, name: &str) -> Option<ProgressNow> {
         let g = self.copying.lock().unwrap_or_else(|p| p.into_inner());

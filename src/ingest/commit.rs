@@ -51,6 +51,8 @@ impl Registrar {
                 Outcome::Failed(e)
             }
             JobResult::Cancelled => Outcome::Failed("cancelled".into()),
+            // Taken by `handed_over` before `apply`; never an inbox group's result.
+            JobResult::HandedOver(_) => return,
         };
         self.batch.outcomes.push((name, outcome));
     }

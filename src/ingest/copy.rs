@@ -114,6 +114,8 @@ pub enum JobResult {
     Failed(String),
     /// Shutdown interrupted it; nothing was kept.
     Cancelled,
+    /// A hand-over's copy ended (answered on its own, see `handover.rs`).
+    HandedOver(Box<super::handover::Copied>),
 }
 
 /// Runs a copy job on the blocking pool; see [`Job`].

@@ -23,11 +23,13 @@ use crate::store::Staged;
 mod changes;
 mod commit;
 mod copy;
+mod handover;
 mod plan;
 mod writeback;
 
 pub use commit::link_targets;
 pub use copy::{JobResult, NewVersion, SidecarRead};
+pub use handover::Copied;
 
 /// How many copy jobs run at once.
 const JOBS: usize = 16;
@@ -91,6 +93,11 @@ pub struct Registrar {
     layout: Option<Arc<crate::layout::Layout>>,
     /// The journal and registry.yaml's coalesced rewriting.
     writeback: writeback::Writeback,
+    /// Models with a copy job under way: one at a time per model, so that each number
+    /// is given once.
+    busy: BTreeSet<String>,
+    /// What waits for a busy model's job to end, in arrival order.
+    deferred: std::collections::BTreeMap<String, std::collections::VecDeque<RegistrarMsg>>,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +142,8 @@ impl Registrar {
             batch: Batch::default(),
             layout: None,
             writeback: writeback::Writeback::default(),
+            busy: BTreeSet::new(),
+            deferred: Default::default(),
         }
     }
 
@@ -235,10 +244,23 @@ impl Registrar {
                     self.batch.dirty = true;
                 }
             }
+            RegistrarMsg::JobDone {
+                result: JobResult::HandedOver(c),
+                ..
+            } => self.handed_over(*c, stopping),
             RegistrarMsg::JobDone { name, result } => {
                 self.in_flight -= 1;
-                self.apply(name, result);
+                self.busy.remove(&name);
+                self.apply(name.clone(), result);
+                self.run_deferred(&name, stopping);
             }
+            RegistrarMsg::Handover(h) if stopping => {
+                let _ = h.reply.send(Err(crate::protocol::ErrorBody {
+                    code: crate::protocol::ErrorCode::Internal,
+                    message: "the daemon is shutting down; nothing kept".into(),
+                }));
+            }
+            RegistrarMsg::Handover(h) => self.hand_over(*h),
             RegistrarMsg::Change { change, uid, reply } => {
                 let result = self.change(change, uid);
                 self.batch.replies.push((reply, result));

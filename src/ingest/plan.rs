@@ -46,6 +46,10 @@ impl Registrar {
 
     /// Decides what a settled group needs; starts a copy job when anything changed.
     pub(super) fn plan(&mut self, s: Settled) {
+        // A hand-over of this model is being copied: this waits for it (numbers).
+        if self.busy.contains(&s.name) {
+            return self.defer(s.name.clone(), RegistrarMsg::Settled(s));
+        }
         for entry in &s.gone {
             if self.catalog.sources.remove(entry).is_some() {
                 self.batch.changed.source(entry);
@@ -122,6 +126,7 @@ impl Registrar {
             layout: self.layout.clone(),
         };
         self.in_flight += 1;
+        self.busy.insert(s.name.clone());
         let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
         let board = self.board.clone();
         tokio::spawn(async move {

@@ -323,6 +323,13 @@ pub enum ChangeAnswer {
     Removed(Removed),
     /// `gc`.
     Gc(GcReport),
+    /// `register`: the version the file handed over is (the server answers it whole).
+    Registered {
+        /// Its number.
+        number: u32,
+        /// Whether it was made by this request (not identical to the newest version).
+        created: bool,
+    },
 }
 
 impl ChangeAnswer {

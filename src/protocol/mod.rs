@@ -58,6 +58,11 @@ pub enum ErrorCode {
     NothingToRollBack,
     /// `rm`: an alias points to the version (use force).
     Aliased,
+    /// `register`: the descriptor handed over is not a readable regular file (a FIFO, a
+    /// socket, a device, a folder, opened write-only), or reading it failed.
+    UnusableFile,
+    /// `register`: the file changed while it was copied; nothing was kept.
+    SourceChanged,
     /// The peer's uid may not make this change.
     PermissionDenied,
     /// A bug or an I/O failure in the daemon.

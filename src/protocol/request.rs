@@ -45,6 +45,21 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
     },
+    /// Register an already complete file handed over as an open descriptor (SCM_RIGHTS,
+    /// exactly one, sent with this line): the daemon copies from the descriptor, so no
+    /// path permission and no settle wait is involved. Answers like `wait`.
+    Register {
+        /// The model.
+        name: String,
+        /// The stored file's name (`resnet18.pt`).
+        filename: String,
+        /// Numeric metrics, checked as a sidecar's are.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metrics: Option<serde_json::Map<String, serde_json::Value>>,
+        /// Free metadata, checked as a sidecar's is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    },
     /// Point an alias (production, staging, ...) at a version.
     AliasSet {
         /// The model.
@@ -123,6 +138,7 @@ impl Request {
             Request::Get { .. } => "get",
             Request::Status {} => "status",
             Request::Wait { .. } => "wait",
+            Request::Register { .. } => "register",
             Request::AliasSet { .. } => "alias_set",
             Request::AliasRemove { .. } => "alias_remove",
             Request::History { .. } => "history",
@@ -153,6 +169,8 @@ impl Request {
             | Request::Rm { name, .. } => *name = to_nfc(name),
             // The entry is a file name in the inbox, used as it is on disk.
             Request::Wait { name, .. } => *name = to_nfc(name),
+            // The file name is stored as given, like an inbox entry's.
+            Request::Register { name, .. } => *name = to_nfc(name),
             Request::AliasSet { name, alias, .. }
             | Request::AliasRemove { name, alias }
             | Request::Rollback { name, alias } => {
@@ -305,6 +323,7 @@ pub const OPS: &[&str] = &[
     "get",
     "status",
     "wait",
+    "register",
     "alias_set",
     "alias_remove",
     "history",
@@ -359,6 +378,7 @@ mod tests {
                 format!(r#"{{"op":"{op}"}}"#),
                 format!(r#"{{"op":"{op}","name":"m"}}"#),
                 format!(r#"{{"op":"{op}","name":"m","entry":"m.pt"}}"#),
+                format!(r#"{{"op":"{op}","name":"m","filename":"m.pt"}}"#),
                 format!(r#"{{"op":"{op}","name":"m","alias":"a"}}"#),
                 format!(r#"{{"op":"{op}","name":"m","alias":"a","version":"v1"}}"#),
                 format!(r#"{{"op":"{op}","name":"m","version":"v1"}}"#),

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::Context;
 use super::connections::{Conn, Phase};
+use super::fds::FdReader;
 use super::handlers::dispatch;
 use crate::protocol::{ErrorCode, MAX_REQUEST_BYTES, Request, Response, parse_request};
 use crate::shutdown::Shutdown;
@@ -102,7 +103,8 @@ pub(super) async fn handle_connection(
     // daemon's own user and root.
     let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let (r, mut w) = stream.into_split();
-    let mut reader = BufReader::with_capacity(READ_BUFFER, r);
+    // Read with recvmsg: a `register` request comes with a file descriptor.
+    let mut reader = BufReader::with_capacity(READ_BUFFER, FdReader::new(r));
     let mut line = Vec::new();
     let evicted = || {
         format!(
@@ -169,6 +171,11 @@ pub(super) async fn handle_connection(
             Ok(Ok(n)) => n,
         };
         let complete = line.last() == Some(&b'\n');
+        // The descriptors sent with this line (those of an earlier line are closed).
+        let line_end = reader.get_ref().offset() - reader.buffer().len() as u64;
+        let mut fds = reader
+            .get_mut()
+            .take_line(line_end.saturating_sub(n as u64), line_end);
         if !complete && n > MAX_REQUEST_BYTES {
             close_with(
                 &mut w,
@@ -196,6 +203,12 @@ pub(super) async fn handle_connection(
                             own_uid()
                         ),
                     )
+                } else if let Some(refused) = super::register::refuse_fds(&req, &fds) {
+                    refused
+                } else if let Request::Register { .. } = req {
+                    conn.set(Phase::Working);
+                    let fd = fds.fds.pop().expect("checked: one descriptor");
+                    super::register::register(req, fd, ctx, peer_uid).await
                 } else if matches!(req, Request::Wait { .. }) {
                     // A `wait` may last long and changes nothing: it may be closed to
                     // admit another connection.
@@ -213,6 +226,8 @@ pub(super) async fn handle_connection(
             }
             Err(r) => r,
         };
+        // Any descriptor not used is closed here, before the answer.
+        drop(fds);
         conn.set(Phase::Writing);
         // The next request is read only once this answer is handed over: a client that
         // does not read its answers stops being read, and is closed after WRITE_TIMEOUT.

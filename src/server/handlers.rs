@@ -68,6 +68,10 @@ async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Resp
             timeout_ms,
         } => wait(ctx, &name, &entry, timeout_ms).await,
         Request::History { name } => history(ctx, &name),
+        // With its descriptor it is answered by the connection (server::register).
+        Request::Register { .. } => {
+            Response::err(ErrorCode::BadRequest, super::register::NO_DESCRIPTOR)
+        }
         Request::AliasSet {
             name,
             alias,

@@ -5,12 +5,15 @@
 //! `socket` binds the socket file, `connections` is the table of open connections,
 //! `connection` one connection's read/answer loop with its timeouts, `handlers` one
 //! handler per request (thin: the rules are the catalog's), `wait` the requests that ask
-//! the inbox side, `answers` the answer forms of catalog items.
+//! the inbox side, `fds` the reading of descriptors passed with a request and `register`
+//! the hand-over of a file by descriptor, `answers` the answer forms of catalog items.
 
 mod answers;
 mod connection;
 mod connections;
+mod fds;
 mod handlers;
+mod register;
 mod socket;
 mod wait;
 

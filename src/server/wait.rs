@@ -162,6 +162,23 @@ pub(super) async fn wait(
 /// Answers `status`.
 pub(super) async fn status(ctx: &Context) -> Response {
     let mut waiting = waiting_list(ctx, Duration::from_secs(5)).await;
+    // A file handed over by descriptor (`register`) is copied without ever waiting in
+    // the inbox: its copy is shown as a registering entry too.
+    for name in ctx.board.copying() {
+        if !waiting.iter().any(|w| w.name == name) {
+            waiting.push(Waiting {
+                name,
+                entries: Vec::new(),
+                state: "registering".into(),
+                since_secs: 0.0,
+                reason: Some("handed over by descriptor".into()),
+                bytes_done: None,
+                bytes_total: None,
+                rate_bytes_per_sec: None,
+                eta_secs: None,
+            });
+        }
+    }
     for w in &mut waiting {
         if let Some(p) = ctx.board.copy_progress(&w.name) {
             w.bytes_done = Some(p.done);

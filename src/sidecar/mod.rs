@@ -81,6 +81,30 @@ fn is_json(shown: &str) -> bool {
 /// Parses a sidecar's bytes. `shown` names the file in errors; a name ending in `.json`
 /// is parsed as JSON, any other as YAML.
 pub fn parse(shown: &str, bytes: &[u8]) -> Result<Sidecar, ParseError> {
+    parse_as(shown, bytes, is_json(shown))
+}
+
+/// Reads the `metrics` and `metadata` of a `register` request as a JSON sidecar of the
+/// form `{"metrics": {...}, "metadata": {...}}` would be read: the same rules, limits
+/// and wording. `shown` names them in errors.
+pub fn from_request(
+    shown: &str,
+    metrics: Option<&Map<String, Value>>,
+    metadata: Option<&Map<String, Value>>,
+) -> Result<Sidecar, ParseError> {
+    let mut doc = Map::new();
+    doc.insert(
+        "metrics".into(),
+        Value::Object(metrics.cloned().unwrap_or_default()),
+    );
+    if let Some(m) = metadata {
+        doc.insert("metadata".into(), Value::Object(m.clone()));
+    }
+    let text = serde_json::to_vec(&Value::Object(doc)).unwrap_or_default();
+    parse_as(shown, &text, true)
+}
+
+fn parse_as(shown: &str, bytes: &[u8], json: bool) -> Result<Sidecar, ParseError> {
     if bytes.len() as u64 > MAX_SIDECAR_BYTES {
         return Err(ParseError::at(
             shown,
@@ -107,9 +131,9 @@ pub fn parse(shown: &str, bytes: &[u8]) -> Result<Sidecar, ParseError> {
     let seed = reader::NodeSeed {
         depth: 1,
         budget: &budget,
-        yaml_text: (!is_json(shown)).then_some(text),
+        yaml_text: (!json).then_some(text),
     };
-    let top = if is_json(shown) {
+    let top = if json {
         let mut de = serde_json::Deserializer::from_str(text);
         let v = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
         let v = v.map_err(|e| from_json(shown, text, &e))?;
@@ -202,6 +226,18 @@ mod tests {
                 .contains("UTF-8")
         );
         assert!(parse("x", b"- 1\n- 2\n").is_err());
+    }
+
+    #[test]
+    fn request_metrics_follow_the_sidecar_rules() {
+        let m: Map<String, Value> = serde_json::from_str(r#"{"acc": 0.5}"#).unwrap();
+        let md: Map<String, Value> = serde_json::from_str(r#"{"dataset": "d"}"#).unwrap();
+        let s = from_request("register m", Some(&m), Some(&md)).unwrap();
+        assert_eq!(s.metrics["acc"], 0.5);
+        assert_eq!(s.metadata["dataset"], "d");
+        let bad: Map<String, Value> = serde_json::from_str(r#"{"acc": "high"}"#).unwrap();
+        let e = from_request("register m", Some(&bad), None).unwrap_err();
+        assert!(e.reason.contains("not a finite number"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,370 @@
+//! The hand-over of a file by descriptor (`register`): copied, numbered, committed.
+//!
+//! The file is copied and hashed on the blocking pool, and numbered and committed by the
+//! registrar like a version from the inbox.
+//!
+//! No settle wait: the client says the file is complete, and the copy is checked through
+//! the descriptor instead (fstat before and after: size, mtime, ctime, inode; a file
+//! changed meanwhile is refused and nothing is kept). One job per model runs at a time,
+//! inbox jobs included, so version numbers are given once.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use tokio::sync::oneshot;
+
+use super::plan::{Known, known};
+use super::{JobResult, Registrar, RegistrarMsg};
+use crate::error::Error;
+use crate::inbox::FileStat;
+use crate::messages::{ChangeResult, Handover, HandoverResult};
+use crate::protocol::{ChangeAnswer, ErrorBody, ErrorCode};
+use crate::registry::{Kind, MetricsChange, Model, StoredFile, Version};
+use crate::sidecar::Sidecar;
+use crate::store::{self, Staged};
+
+/// A hand-over whose copy ended.
+#[derive(Debug)]
+pub struct Copied {
+    name: String,
+    sidecar: Option<Sidecar>,
+    reply: oneshot::Sender<HandoverResult>,
+    result: Result<Outcome, ErrorBody>,
+}
+
+/// What the copy found.
+#[derive(Debug)]
+enum Outcome {
+    /// Bytes identical to this version: no new version.
+    Same(u32),
+    /// A new version, staged.
+    New {
+        number: u32,
+        staged: Staged,
+        registered_at: String,
+        source: String,
+        copy_secs: f64,
+    },
+}
+
+/// Everything the copy needs, owned, for the blocking pool.
+struct Job {
+    name: String,
+    filename: String,
+    file: File,
+    stat: FileStat,
+    mode: u32,
+    next: u32,
+    store: PathBuf,
+    latest: Option<Known>,
+    sidecar: Option<Sidecar>,
+    layout: Option<Arc<crate::layout::Layout>>,
+}
+
+fn refusal(code: ErrorCode, message: String) -> ErrorBody {
+    ErrorBody { code, message }
+}
+
+impl Registrar {
+    /// Starts the copy of a hand-over (or queues it behind the model's job under way).
+    pub(super) fn hand_over(&mut self, h: Handover) {
+        if self.busy.contains(&h.name) {
+            return self.defer(h.name.clone(), RegistrarMsg::Handover(Box::new(h)));
+        }
+        let model = self.catalog.models.get(&h.name).cloned();
+        let store_dir = self
+            .config
+            .relative(&self.config.store.join(&h.name))
+            .into_owned();
+        let job = Job {
+            name: h.name.clone(),
+            filename: h.filename,
+            file: h.file,
+            stat: h.stat,
+            mode: h.mode,
+            next: model.as_ref().map_or(0, |m| m.highest) + 1,
+            store: self.config.store.clone(),
+            latest: model
+                .as_ref()
+                .and_then(|m| m.newest())
+                .map(|v| known(&store_dir, v)),
+            sidecar: h.sidecar,
+            layout: self.layout.clone(),
+        };
+        let reply = h.reply;
+        self.busy.insert(h.name);
+        self.in_flight += 1;
+        let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
+        let board = self.board.clone();
+        tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let size = job.stat.size;
+            // `status` shows the copy as it shows an inbox job's.
+            let copying = board.start_copy(&job.name, size);
+            let done = copying.progress.clone();
+            let (name, sidecar) = (job.name.clone(), job.sidecar.clone());
+            let result = tokio::task::spawn_blocking(move || copy(job, &cancel, &done.done))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(refusal(
+                        ErrorCode::Internal,
+                        format!("copy of the hand-over panicked: {e}"),
+                    ))
+                });
+            drop(copying);
+            let copied = Copied {
+                name: name.clone(),
+                sidecar,
+                reply,
+                result,
+            };
+            let result = JobResult::HandedOver(Box::new(copied));
+            let _ = tx.send(RegistrarMsg::JobDone { name, result });
+        });
+    }
+
+    /// Takes a finished hand-over into the catalog (answered after the next commit).
+    pub(super) fn handed_over(&mut self, c: Copied, stopping: bool) {
+        self.in_flight -= 1;
+        self.busy.remove(&c.name);
+        match c.result {
+            Err(e) => {
+                let _ = c.reply.send(Err(e));
+            }
+            Ok(Outcome::Same(number)) => {
+                tracing::info!(
+                    model = c.name,
+                    "hand-over identical to v{number}; no new version"
+                );
+                if let Some(s) = &c.sidecar {
+                    self.update_metrics(&c.name, number, s);
+                }
+                self.answer_after_commit(c.reply, number, false);
+            }
+            Ok(Outcome::New {
+                number,
+                staged,
+                registered_at,
+                source,
+                copy_secs,
+            }) => {
+                let cfg = self.config.clone();
+                let files: Vec<StoredFile> = staged
+                    .files
+                    .iter()
+                    .map(|f| StoredFile {
+                        path: cfg.relative(&staged.final_dir.join(&f.rel)).into_owned(),
+                        sha256: f.sha256.clone(),
+                        size: f.size,
+                    })
+                    .collect();
+                let size: u64 = files.iter().map(|f| f.size).sum();
+                tracing::info!(
+                    model = c.name,
+                    version = format!("v{number}"),
+                    bytes = size,
+                    "registered {} v{number} from a hand-over: {} in {copy_secs:.2}s",
+                    c.name,
+                    crate::status::human_bytes(size)
+                );
+                let version = Version {
+                    number,
+                    kind: Kind::File,
+                    files,
+                    source,
+                    registered_at,
+                    metrics: c.sidecar.as_ref().map(metrics).unwrap_or_default(),
+                    metadata: c.sidecar.as_ref().map(metadata).unwrap_or_default(),
+                    sidecar: None,
+                    metrics_history: vec![],
+                    deprecated: None,
+                    removed: None,
+                };
+                let model = Arc::make_mut(
+                    self.catalog
+                        .models
+                        .entry(c.name.clone())
+                        .or_insert_with(|| Arc::new(Model::default())),
+                );
+                model.push(version);
+                self.batch.staged.push(staged);
+                self.batch.registered.push(format!("{}/v{number}", c.name));
+                self.batch.touched.insert(c.name.clone());
+                self.batch.dirty = true;
+                self.answer_after_commit(c.reply, number, true);
+            }
+        }
+        self.run_deferred(&c.name, stopping);
+    }
+
+    /// Keeps `msg` until the job under way for model `name` ends.
+    pub(super) fn defer(&mut self, name: String, msg: RegistrarMsg) {
+        self.deferred.entry(name).or_default().push_back(msg);
+    }
+
+    /// Runs what waited for `name`'s job, until one starts a job of its own.
+    pub(super) fn run_deferred(&mut self, name: &str, stopping: bool) {
+        while !self.busy.contains(name) {
+            let Some(msg) = self.deferred.get_mut(name).and_then(|q| q.pop_front()) else {
+                self.deferred.remove(name);
+                return;
+            };
+            self.handle(msg, stopping);
+        }
+    }
+
+    /// Answers with version `number` once the batch is durable (a failed write answers
+    /// that nothing was saved).
+    fn answer_after_commit(
+        &mut self,
+        reply: oneshot::Sender<HandoverResult>,
+        number: u32,
+        created: bool,
+    ) {
+        // The registrar answers changes through one channel type; a hand-over's rides
+        // it through a forwarding task, so the commit's roll-back covers it too.
+        let (tx, rx) = oneshot::channel::<ChangeResult>();
+        tokio::spawn(async move {
+            if let Ok(r) = rx.await {
+                let _ = reply.send(Ok(r));
+            }
+        });
+        self.batch
+            .replies
+            .push((tx, Ok(ChangeAnswer::Registered { number, created })));
+    }
+
+    /// Identical bytes with metrics given: the version's metrics are replaced (the old
+    /// ones kept in its history), as a sidecar written again does.
+    fn update_metrics(&mut self, name: &str, number: u32, s: &Sidecar) {
+        let Some(m) = self.catalog.models.get_mut(name) else {
+            return;
+        };
+        let (new_metrics, new_metadata) = (metrics(s), metadata(s));
+        let Some(v) = m.find(number) else { return };
+        if v.metrics == new_metrics && v.metadata == new_metadata {
+            return;
+        }
+        let m = Arc::make_mut(m);
+        let Some(v) = m.versions.iter_mut().find(|v| v.number == number) else {
+            return;
+        };
+        v.metrics_history.push(MetricsChange {
+            replaced_at: crate::status::now_rfc3339(),
+            metrics: std::mem::take(&mut v.metrics),
+        });
+        v.metrics = new_metrics;
+        v.metadata = new_metadata;
+        tracing::info!(
+            model = name,
+            "metrics of v{number} updated from a hand-over"
+        );
+        self.batch.touched.insert(name.to_string());
+        self.batch.dirty = true;
+    }
+}
+
+fn metrics(s: &Sidecar) -> crate::registry::Metrics {
+    s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+fn metadata(s: &Sidecar) -> crate::registry::Metadata {
+    s.metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Copies and hashes the descriptor into a staging folder; see the module docs.
+fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, ErrorBody> {
+    let shown = format!("the file handed over as {}", job.filename);
+    let unusable = |why: String| refusal(ErrorCode::UnusableFile, format!("{shown}: {why}"));
+    if let Some(layout) = &job.layout
+        && let Err(why) = layout.store()
+    {
+        return Err(refusal(ErrorCode::Internal, why));
+    }
+    let was = job.stat;
+    let in_store = store::highest_in_store(&job.store, &job.name);
+    let number = job.next.max(in_store + 1);
+    let mut file = Some(job.file);
+    let mut open = |_: usize| -> crate::error::Result<store::OpenSource> {
+        let mut f = file.take().expect("one file");
+        // The description may have been read from: copy from the start.
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("seek", std::path::Path::new(&shown), e))?;
+        Ok(store::OpenSource {
+            file: f,
+            shown: PathBuf::from(&shown),
+            mode: job.mode,
+        })
+    };
+    let changed = || {
+        refusal(
+            ErrorCode::SourceChanged,
+            format!("{shown} changed while copying; nothing kept"),
+        )
+    };
+    let mut check = |_: usize, f: &File| -> crate::error::Result<()> {
+        match f.metadata() {
+            Ok(now) if was.still_describes(&now) => Ok(()),
+            _ => Err(Error::SourceChanged(String::new())),
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let rels = [job.filename.clone()];
+    let staged = match store::stage_opened(
+        &job.store, &job.name, number, &rels, &mut open, &mut check, cancel, done,
+    ) {
+        Ok(s) => s,
+        Err(Error::Cancelled) => {
+            return Err(refusal(
+                ErrorCode::Internal,
+                format!("{shown}: the daemon is shutting down; nothing kept"),
+            ));
+        }
+        Err(Error::SourceChanged(_)) => return Err(changed()),
+        Err(e) => return Err(unusable(e.to_string())),
+    };
+    // Fewer or more bytes than fstat said: written meanwhile (a shared offset moved).
+    if staged.files.iter().map(|f| f.size).sum::<u64>() != was.size {
+        let _ = store::discard(&staged.dir);
+        return Err(changed());
+    }
+    let content: Vec<(String, String)> = staged
+        .files
+        .iter()
+        .map(|f| (f.rel.clone(), f.sha256.clone()))
+        .collect();
+    if let Some(k) = job.latest.as_ref().filter(|k| k.files == content) {
+        let _ = store::discard(&staged.dir);
+        return Ok(Outcome::Same(k.number));
+    }
+    let registered_at = crate::status::now_rfc3339();
+    let source = format!("handover:{}", job.filename);
+    let manifest = store::Manifest {
+        format: store::MANIFEST_FORMAT,
+        name: job.name.clone(),
+        version: number,
+        kind: Kind::File,
+        registered_at: registered_at.clone(),
+        source: source.clone(),
+        files: staged.files.clone(),
+        metrics: job.sidecar.as_ref().map(metrics).unwrap_or_default(),
+        metadata: job.sidecar.as_ref().map(metadata).unwrap_or_default(),
+    };
+    if let Err(e) = store::write_manifest(&staged.dir, &manifest) {
+        let _ = store::discard(&staged.dir);
+        return Err(refusal(ErrorCode::Internal, e.to_string()));
+    }
+    Ok(Outcome::New {
+        number,
+        staged,
+        registered_at,
+        source,
+        copy_secs: t0.elapsed().as_secs_f64(),
+    })
+}
