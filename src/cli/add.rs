@@ -1,4 +1,7 @@
-//! `modelreg add FILE|FOLDER`: register from anywhere. The hand-over is the Python
+//! `modelreg add FILE|FOLDER`: register from anywhere. A file is handed over as an open
+//! descriptor on the socket (`register`: no settle wait, and the daemon needs no
+//! permission on its path); the answer is its version. A folder, or a file when the
+//! daemon is older and does not know `register`, takes the inbox hand-over, the Python
 //! client's: the artifact is copied into the inbox under a hidden temporary name; once
 //! the copy is whole the metrics sidecar is placed (written hidden, renamed), then the
 //! artifact is renamed into place, so the daemon never sees a half-written file and an
@@ -132,25 +135,11 @@ fn source_size(src: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-/// Bytes an unprivileged writer may still use on the file system holding `dir`
-/// (statvfs: available blocks times the fragment size).
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statvfs only writes the struct it is given; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
 /// Refuses a copy of `size` bytes into `inbox` when its file system has less free: the
 /// copy would fail part-way (ENOSPC) after filling the disk others share.
 fn check_room(src: &Path, size: u64, inbox: &Path) -> Result<(), ClientError> {
-    let free = free_bytes(inbox).map_err(|e| refuse(format!("{}: {e}", inbox.display())))?;
+    let free = modelreg::fsutil::free_bytes(inbox)
+        .map_err(|e| refuse(format!("{}: {e}", inbox.display())))?;
     if size > free {
         return Err(refuse(format!(
             "{} is {} ({size} bytes) but the inbox's file system ({}) has only {} ({free} bytes) free; nothing was copied",
@@ -323,6 +312,12 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         metadata.insert(k.to_string(), Value::from(v));
     }
 
+    if !is_dir {
+        match hand_over(c, a, &name, &metrics, &metadata) {
+            Err(e) if e.code() == Some(ErrorCode::UnknownOp) => {} // an older daemon
+            r => return r,
+        }
+    }
     let status = c.status()?;
     let inbox = PathBuf::from(&status.inbox);
     if !inbox.is_dir() {
@@ -393,6 +388,40 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         bar.finish();
     }
     waited.map(|w| Added::Registered(Box::new(w)))
+}
+
+/// Registers a file by handing its open descriptor over on the socket: the daemon copies
+/// from it with no settle wait and answers the version, so the answer is the version
+/// with or without `--wait` (`--wait`'s duration bounds how long it is awaited).
+fn hand_over(
+    c: &mut Client,
+    a: &AddArgs,
+    name: &str,
+    metrics: &Map<String, Value>,
+    metadata: &Map<String, Value>,
+) -> Result<Added, ClientError> {
+    let file =
+        std::fs::File::open(a.path).map_err(|e| refuse(format!("{}: {e}", a.path.display())))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let filename = entry_name(name, a.path, false);
+    // A copy of many GiB takes minutes: without --wait, the answer is awaited as long.
+    let timeout = a.wait.unwrap_or(Duration::from_secs(24 * 3600));
+    c.set_read_timeout(timeout + Duration::from_secs(10))?;
+    let terminal = progress::on_terminal();
+    if terminal {
+        eprintln!(
+            "copying {} ({}) into the store (handed over to the daemon)",
+            esc(&a.path.display().to_string()),
+            human_bytes(size)
+        );
+    }
+    let bar = terminal.then(|| progress::Bar::start(c.path(), name));
+    let given = |m: &Map<String, Value>| (!m.is_empty()).then(|| m.clone());
+    let r = c.register(name, &filename, &file, given(metrics), given(metadata));
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    r.map(|w| Added::Registered(Box::new(w)))
 }
 
 /// Prints what `add` did: the version, or where it was handed over.

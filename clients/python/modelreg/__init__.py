@@ -9,9 +9,12 @@ Every operation of the daemon's protocol (docs/protocol.md) is a method; answers
 dataclasses (which also answer ``record["path"]``, as the dicts of earlier versions did),
 and each error code of the daemon is an exception class.
 
-The daemon does the registering: `register` places the file (and its metrics sidecar) in
-the daemon's inbox the safe way (a hidden temporary name, then a rename) and waits until
-the daemon reports the version, so the file is never seen half-written.
+The daemon does the registering: `register` hands a file over as an open descriptor on
+the socket (the daemon copies from it at once, with no settle wait and no permission on
+the path needed) and gets the version back. A folder, or any file when the daemon is too
+old to know the hand-over, is placed in the daemon's inbox the safe way (a hidden
+temporary name, then a rename; the sidecar with the metrics first) and awaited, so it is
+never seen half-written.
 
 One connection is kept open and reused; the daemon closes a connection idle for 120 s
 (saying so with a ``timeout`` answer), and the next call then connects again
@@ -40,7 +43,7 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 __all__ = [
     "ModelRegistry",
@@ -87,6 +90,8 @@ __all__ = [
     "NothingToRollBack",
     "Aliased",
     "PermissionDenied",
+    "UnusableFile",
+    "SourceChanged",
     "InternalError",
 ]
 
@@ -198,6 +203,14 @@ class PermissionDenied(ModelRegistryError, PermissionError):
     """``permission_denied``: only the daemon's user or root may change the registry."""
 
 
+class UnusableFile(ModelRegistryError):
+    """``unusable_file``: the file handed over is not a readable regular file."""
+
+
+class SourceChanged(ModelRegistryError):
+    """``source_changed``: the file was written while the daemon copied it; nothing was kept."""
+
+
 class InternalError(ModelRegistryError):
     """``internal``: a bug in the daemon."""
 
@@ -221,6 +234,8 @@ _BY_CODE = {
     "nothing_to_roll_back": NothingToRollBack,
     "aliased": Aliased,
     "permission_denied": PermissionDenied,
+    "unusable_file": UnusableFile,
+    "source_changed": SourceChanged,
     "internal": InternalError,
 }
 
@@ -811,8 +826,11 @@ class ModelRegistry:
         ``dataset`` and ``notes`` (text), ``params`` (anything) and ``tags`` (a str or a
         list of str) are kept as such, anything else under ``metadata``;
         ``metadata={...}`` adds keys of any name (also ``timeout`` or ``name``). The file
-        is copied into the daemon's inbox under a hidden temporary name and renamed into
-        place (the sidecar first), then this waits until the daemon reports the version.
+        is handed over as an open descriptor: the daemon copies it at once (no settle wait)
+        and answers its version. A folder (or a file, for a daemon without the descriptor
+        hand-over) is copied into the daemon's inbox under a hidden temporary name and
+        renamed into place (the sidecar first), then this waits until the daemon reports
+        the version.
         If the bytes are identical to the newest version, no new version is made and
         that version is returned; the record's ``created`` says which. `progress` shows
         the daemon's copy on stderr (default: when stderr is a terminal).
@@ -824,10 +842,15 @@ class ModelRegistry:
         Ctrl-C or SIGTERM (in the main thread) during the copy leaves nothing in the
         inbox; SIGTERM is then passed on to the handler in place before.
 
-        Raises RegistrationBlocked, RegistrationTimeout, DaemonNotRunning,
-        FileNotFoundError.
+        Raises RegistrationBlocked, RegistrationTimeout, UnusableFile (not a regular
+        file), SourceChanged (written while the daemon copied it; nothing was kept),
+        DaemonNotRunning, FileNotFoundError.
         """
         name, src, sidecar = _register_args(name, model_path, metrics, timeout, progress, metadata)
+        if not src.is_dir():
+            record = self._hand_over(name, src, sidecar, timeout, progress)
+            if record is not None:
+                return record
         inbox = Path(self._call({"op": "status"})["inbox"])
         entry = name if src.is_dir() else _entry_for(name, src)
         copy: Any = shutil.copytree if src.is_dir() else shutil.copyfile
@@ -841,6 +864,47 @@ class ModelRegistry:
                 if sidecar is not None:
                     handover.placed(self._place_text(inbox, f"{name}.metrics.yaml", sidecar))
                 os.replace(tmp, inbox / entry)
+        with self._progress(name, progress):
+            answer = self.wait(name, entry, timeout=timeout)
+        record = answer.version
+        record.created = answer.created
+        return record
+
+    def _hand_over(self, name: str, src: Path, sidecar: Optional[str], timeout: float, progress: Optional[bool]) -> Optional[Version]:
+        """Registers the file `src` by passing its open descriptor to the daemon
+        (``register``; no settle wait, no permission on the path needed by the daemon).
+        None when the daemon is older and does not know ``register``."""
+        if not hasattr(_socket, "send_fds"):  # Python < 3.9
+            return None
+        req: Dict[str, Any] = {"op": "register", "name": name, "filename": _entry_for(name, src)}
+        if sidecar is not None:
+            # The sidecar's document, as the request's two maps (the daemon reads them
+            # with the sidecar's rules: dataset, params, tags and notes are metadata).
+            doc = json.loads(sidecar)
+            req["metrics"] = doc.pop("metrics", {})
+            extra = doc.pop("metadata", {})
+            extra.update(doc)
+            if extra:
+                req["metadata"] = extra
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            with self._progress(name, progress):
+                answer = self._call(req, read_timeout=timeout, timeout_error=RegistrationTimeout, fds=[fd])
+        except UnknownOp:
+            return None
+        finally:
+            os.close(fd)
+        result = WaitResult._from(answer)
+        record = result.version
+        record.created = result.created
+        return record
+
+    # -- plumbing --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _progress(self, name: str, progress: Optional[bool]) -> Iterator[None]:
+        """Draws the daemon's copy of `name` on stderr while the block runs, when
+        `progress` (default: when stderr is a terminal)."""
         if progress is None:
             progress = sys.stderr.isatty()
         stop = threading.Event()
@@ -849,16 +913,11 @@ class ModelRegistry:
             bar = threading.Thread(target=self._show_progress, args=(name, stop), daemon=True)
             bar.start()
         try:
-            answer = self.wait(name, entry, timeout=timeout)
+            yield
         finally:
             stop.set()
             if bar is not None:
                 bar.join()
-        record = answer.version
-        record.created = answer.created
-        return record
-
-    # -- plumbing --------------------------------------------------------------------
 
     def _show_progress(self, name: str, stop: threading.Event) -> None:
         """Draws the daemon's copy of `name` as a bar on stderr until `stop`."""
@@ -935,7 +994,7 @@ class ModelRegistry:
             return True
         return bool(readable) or bool(self._buf)
 
-    def _call(self, request: Dict[str, Any], read_timeout: Optional[float] = None, timeout_error: Any = None) -> Any:
+    def _call(self, request: Dict[str, Any], read_timeout: Optional[float] = None, timeout_error: Any = None, fds: Optional[List[int]] = None) -> Any:
         """Sends `request` and returns the result of its answer; an error answer raises
         its exception class, no answer within the timeout `timeout_error` (DaemonTimeout
         unless said otherwise)."""
@@ -956,7 +1015,7 @@ class ModelRegistry:
                 self._next_id += 1
                 rid = self._next_id
                 try:
-                    answer = self._exchange(dict(request, id=rid), read_timeout, timeout_error or DaemonTimeout)
+                    answer = self._exchange(dict(request, id=rid), read_timeout, timeout_error or DaemonTimeout, fds)
                 except _Retry:
                     self._drop()
                     if attempt == 0 and reused:
@@ -984,13 +1043,17 @@ class ModelRegistry:
         code = err.get("code", "error")
         raise _BY_CODE.get(code, ModelRegistryError)(err.get("message", "unknown error"), code)
 
-    def _exchange(self, request: Dict[str, Any], read_timeout: Optional[float], timeout_error: Any) -> Dict[str, Any]:
+    def _exchange(self, request: Dict[str, Any], read_timeout: Optional[float], timeout_error: Any, fds: Optional[List[int]] = None) -> Dict[str, Any]:
         s = self._sock
         assert s is not None
         # Capped: a socket timeout beyond what the C library holds is an OverflowError.
         s.settimeout(min(read_timeout if read_timeout is not None else self.timeout, 1e7))
         try:
-            s.sendall(json.dumps(request).encode() + b"\n")
+            data = json.dumps(request).encode() + b"\n"
+            if fds:
+                # The descriptor rides with the first bytes of the request line.
+                data = data[_socket.send_fds(s, [data], fds) :]
+            s.sendall(data)
             while b"\n" not in self._buf:
                 chunk = s.recv(1 << 16)
                 if not chunk:
