@@ -172,10 +172,13 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(ModelRegistry(root=self.d.root).list(), [])
 
     def test_blocked_by_invalid_sidecar(self) -> None:
+        # A folder goes through the inbox, where the invalid sidecar blocks it.
         inbox = Path(self.reg.status()["inbox"])
         (inbox / "blk.metrics.yaml").write_text("metrics:\n  accuracy: high\n")
+        (self.work / "blk").mkdir()
+        weights(self.work / "blk" / "model.pt", 1)
         with self.assertRaises(RegistrationBlocked) as c:
-            self.reg.register("blk", weights(self.work / "blk.pt", 1), timeout=30)
+            self.reg.register("blk", self.work / "blk", timeout=30)
         self.assertIn("blk.metrics.yaml:2", str(c.exception))
 
     def test_bad_arguments_are_refused_before_anything_is_copied(self) -> None:
@@ -204,10 +207,12 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(r.metadata["tags"], ["baseline"])
 
     def test_an_interrupted_copy_leaves_nothing_in_the_inbox(self) -> None:
-        # The copy is interrupted (Ctrl-C in the middle of a large file): no hidden
-        # temporary stays behind, and no sidecar either, which would otherwise give the
-        # model's current version the new metrics.
-        r1 = self.reg.register("intr", weights(self.work / "intr1.pt", 1), metrics={"accuracy": 0.5})
+        # The copy of a folder into the inbox is interrupted (Ctrl-C in the middle of a
+        # large file): no hidden temporary stays behind, and no sidecar either, which
+        # would otherwise give the model's current version the new metrics.
+        (self.work / "intr").mkdir()
+        weights(self.work / "intr" / "model.pt", 1)
+        r1 = self.reg.register("intr", self.work / "intr", metrics={"accuracy": 0.5})
         inbox = Path(self.reg.status()["inbox"])
         before = sorted(os.listdir(inbox))
         from unittest import mock
@@ -217,13 +222,39 @@ class ClientTest(unittest.TestCase):
             raise KeyboardInterrupt
 
         with mock.patch.object(shutil, "copyfile", interrupted), self.assertRaises(KeyboardInterrupt):
-            self.reg.register("intr", weights(self.work / "intr2.pt", 2), metrics={"accuracy": 0.9})
+            self.reg.register("intr", self.work / "intr", metrics={"accuracy": 0.9})
         self.assertEqual(sorted(os.listdir(inbox)), before)
         self.assertEqual(self.reg.get("intr").metrics, r1.metrics)
 
     def test_timeout(self) -> None:
+        # A folder waits out the settle period (300 ms) in the inbox.
+        (self.work / "slow").mkdir()
+        weights(self.work / "slow" / "model.pt", 1)
         with self.assertRaises(RegistrationTimeout):
-            self.reg.register("slow", weights(self.work / "slow.pt", 1), timeout=0.05)
+            self.reg.register("slow", self.work / "slow", timeout=0.05)
+
+    def test_a_file_is_handed_over_by_descriptor_and_an_older_daemon_gets_the_inbox(self) -> None:
+        # No settle wait: a timeout shorter than the settle period is enough.
+        r = self.reg.register("quick", weights(self.work / "quick.pt", 1), metrics={"accuracy": 0.5}, timeout=5)
+        self.assertEqual((r.version, r.created, r.metrics), ("v1", True, {"accuracy": 0.5}))
+        inbox = Path(self.reg.status()["inbox"])
+        self.assertEqual(os.listdir(inbox), [])
+        # A daemon that answers unknown_op to `register`: the inbox hand-over.
+        from unittest import mock
+
+        from modelreg import UnknownOp
+
+        real = ModelRegistry._call
+
+        def older(this, request, *a, **k):
+            if request.get("op") == "register":
+                raise UnknownOp("unknown op \"register\"", "unknown_op")
+            return real(this, request, *a, **k)
+
+        with mock.patch.object(ModelRegistry, "_call", older):
+            r = self.reg.register("quick", weights(self.work / "quick2.pt", 2), timeout=30)
+        self.assertEqual((r.version, r.created), ("v2", True))
+        self.assertEqual(self.reg.get("quick", "v2").source, "pretrained_models/quick.pt")
 
 
 class ExampleTest(unittest.TestCase):
