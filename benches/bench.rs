@@ -6,7 +6,7 @@
 //!
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
-//! (ingest, dedup, burst, scale, queries, cli, startup, idle, connections).
+//! (ingest, dedup, burst, scale, queries, cli, startup, idle, connections, register).
 
 use std::fs;
 use std::io::Write;
@@ -817,6 +817,70 @@ fn connections(t: &mut Table, scratch: &Path, quick: bool) {
     d.stop();
 }
 
+/// Scenario: sequential `register()` calls of the Python client, one small file each,
+/// through the descriptor hand-over against the inbox hand-over (settle 50 ms) in the
+/// same run, as a training loop that registers every checkpoint would make them.
+fn register(t: &mut Table, scratch: &Path, quick: bool) {
+    let n = if quick { 100 } else { 1000 };
+    let mut d = Daemon::new(scratch, "register", "settle: 50ms\n");
+    d.start();
+    let src = d.root().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for i in 0..n {
+        // Odd seeds: `fill` uses `seed | 1`, so each file differs.
+        fill(2 * i as u64 + 1, &mut buf);
+        fs::write(src.join(format!("f{i}.bin")), &buf).unwrap();
+    }
+    // Versions per second of `n` register() calls in one process; `inbox` makes the
+    // client take the inbox hand-over, as it does with a daemon without `register`.
+    let script = r#"
+import os, sys, time
+from modelreg import ModelRegistry
+mode, n, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+r = ModelRegistry()
+if mode == "inbox":
+    r._hand_over = lambda *a, **k: None
+t0 = time.perf_counter()
+for i in range(n):
+    v = r.register("reg" + mode, os.path.join(src, "f%d.bin" % i), metrics={"step": i}, progress=False)
+    assert v.created, v
+print(n / (time.perf_counter() - t0))
+"#;
+    let rate = |mode: &str| -> f64 {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args([mode, &n.to_string()])
+            .arg(&src)
+            .env(
+                "PYTHONPATH",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+            )
+            .env("MODELREG_SOCKET", d.socket())
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let fd = rate("fd");
+    let inbox = rate("inbox");
+    t.add(
+        "register (Python, sequential)",
+        &format!("{n} files of 4 KiB, register() (versions/s)"),
+        format!("fd hand-over {fd:.0}/s"),
+        format!("inbox hand-over {inbox:.1}/s"),
+        format!("{:.1}x", fd / inbox),
+        ">= 300/s",
+        Some(fd >= 300.0),
+    );
+    d.stop();
+}
+
 fn main() {
     let quick = std::env::var_os("MODELREG_BENCH_QUICK").is_some();
     let names: Vec<String> = std::env::args()
@@ -866,6 +930,9 @@ fn main() {
     }
     if which("connections") {
         connections(&mut t, &scratch, quick);
+    }
+    if which("register") {
+        register(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",
