@@ -380,3 +380,24 @@ fn a_copy_under_way_at_shutdown_is_cancelled_and_leaves_nothing() {
     );
     assert_nothing_kept(&d, "big");
 }
+
+#[test]
+fn bytes_stored_under_an_older_version_are_hard_linked_not_copied_again() {
+    use std::os::unix::fs::MetadataExt;
+    let d = TestDaemon::start(NO_SETTLE);
+    let (a, b) = (d.root.path().join("a.pt"), d.root.path().join("b.pt"));
+    write(&a, &bytes(7, 50_000));
+    write(&b, &bytes(8, 50_000));
+    for (src, version) in [(&a, "v1"), (&b, "v2"), (&a, "v3")] {
+        let out = ok(&d, &["add", "--name", "dd", src.to_str().unwrap()]);
+        assert!(out.starts_with(&format!("dd {version}  ")), "{out}");
+    }
+    let ino = |v: &str| {
+        std::fs::metadata(d.root.path().join(format!("models/dd/{v}/dd.pt")))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(ino("v3"), ino("v1"));
+    assert_ne!(ino("v2"), ino("v1"));
+    assert_eq!(d.status().dedup_saved_bytes, 50_000);
+}

@@ -4,9 +4,9 @@
 //! registrar like a version from the inbox.
 //!
 //! No settle wait: the client says the file is complete, and the copy is checked through
-//! the descriptor instead (fstat before and after: size, mtime, ctime, inode; a file
-//! changed meanwhile is refused and nothing is kept). One job per model runs at a time,
-//! inbox jobs included, so version numbers are given once.
+//! the descriptor instead (its size, mtime, ctime and inode as received, and again after
+//! the copy; a file changed meanwhile is refused and nothing is kept). One job per model
+//! runs at a time, inbox jobs included, so version numbers are given once.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -47,6 +47,8 @@ enum Outcome {
         registered_at: String,
         source: String,
         copy_secs: f64,
+        /// Bytes hard-linked to files already stored (dedup).
+        dedup_saved: u64,
     },
 }
 
@@ -60,6 +62,8 @@ struct Job {
     next: u32,
     store: PathBuf,
     latest: Option<Known>,
+    /// SHA-256 -> a stored file of the model, for dedup.
+    stored: std::collections::BTreeMap<String, PathBuf>,
     sidecar: Option<Sidecar>,
     layout: Option<Arc<crate::layout::Layout>>,
 }
@@ -91,6 +95,12 @@ impl Registrar {
                 .as_ref()
                 .and_then(|m| m.newest())
                 .map(|v| known(&store_dir, v)),
+            stored: model
+                .iter()
+                .flat_map(|m| m.stored())
+                .flat_map(|v| &v.files)
+                .map(|f| (f.sha256.clone(), self.config.root.join(&f.path)))
+                .collect(),
             sidecar: h.sidecar,
             layout: self.layout.clone(),
         };
@@ -150,7 +160,9 @@ impl Registrar {
                 registered_at,
                 source,
                 copy_secs,
+                dedup_saved,
             }) => {
+                self.board.count_dedup(dedup_saved);
                 let cfg = self.config.clone();
                 let files: Vec<StoredFile> = staged
                     .files
@@ -343,6 +355,14 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         let _ = store::discard(&staged.dir);
         return Ok(Outcome::Same(k.number));
     }
+    // The same bytes stored under another version become a hard link, as for the inbox.
+    let saved = match store::link_duplicates(&job.store, &staged, &job.stored) {
+        Ok(saved) => saved,
+        Err(e) => {
+            let _ = store::discard(&staged.dir);
+            return Err(refusal(ErrorCode::Internal, e.to_string()));
+        }
+    };
     let registered_at = crate::status::now_rfc3339();
     let source = format!("handover:{}", job.filename);
     let manifest = store::Manifest {
@@ -366,5 +386,6 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         registered_at,
         source,
         copy_secs: t0.elapsed().as_secs_f64(),
+        dedup_saved: saved.bytes,
     })
 }
