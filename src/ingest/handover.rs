@@ -202,6 +202,8 @@ impl Registrar {
                         .or_insert_with(|| Arc::new(Model::default())),
                 );
                 model.push(version);
+                // Noted for the batch's journal record.
+                self.batch.changed.version(&c.name, number);
                 self.batch.staged.push(staged);
                 self.batch.registered.push(format!("{}/v{number}", c.name));
                 self.batch.touched.insert(c.name.clone());
@@ -274,6 +276,7 @@ impl Registrar {
             model = name,
             "metrics of v{number} updated from a hand-over"
         );
+        self.batch.changed.version(name, number);
         self.batch.touched.insert(name.to_string());
         self.batch.dirty = true;
     }
