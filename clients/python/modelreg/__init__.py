@@ -880,12 +880,19 @@ class ModelRegistry:
         if sidecar is not None:
             # The sidecar's document, as the request's two maps (the daemon reads them
             # with the sidecar's rules: dataset, params, tags and notes are metadata).
-            doc = json.loads(sidecar)
+            # Its YAML escapes of characters beyond U+FFFF are undone for JSON.
+            doc = json.loads(
+                re.sub(r"(?<!\\)((?:\\\\)*)\\U([0-9a-f]{8})", lambda m: m.group(1) + chr(int(m.group(2), 16)), sidecar)
+            )
             req["metrics"] = doc.pop("metrics", {})
             extra = doc.pop("metadata", {})
             extra.update(doc)
             if extra:
                 req["metadata"] = extra
+        if len(json.dumps(req).encode()) > _MAX_REQUEST_BYTES - 1024:
+            # Metadata too large for one request line (the sidecar may be larger): the
+            # inbox hand-over carries it.
+            return None
         fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             with self._progress(name, progress):
@@ -1201,6 +1208,9 @@ def _human(n: int) -> str:
 
 # The daemon's rules for inbox entry names (src/names.rs), so that the client picks a
 # name the daemon reads as meant.
+# The daemon's longest request line (src/protocol/mod.rs, MAX_REQUEST_BYTES).
+_MAX_REQUEST_BYTES = 64 * 1024
+
 _ARCHIVE_EXTENSIONS = (".tar.gz", ".tar.xz", ".tar.bz2", ".tar.zst", ".tar.lz4", ".tar.lzma")
 _TEMPORARY_SUFFIXES = ("~", ".tmp", ".temp", ".part", ".partial", ".incomplete", ".crdownload", ".download", ".swp", ".swx", ".lock")
 _SIDECAR_SUFFIXES = (".metrics.yaml", ".metrics.json")

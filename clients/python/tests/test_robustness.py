@@ -39,6 +39,11 @@ def nested(depth: int) -> object:
     return v
 
 
+
+def _older_daemon(*a: object, **k: object) -> None:
+    """`_hand_over` as with a daemon that answers unknown_op: the inbox hand-over is used."""
+    return None
+
 class RobustnessTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
@@ -269,7 +274,8 @@ class RobustnessTest(unittest.TestCase):
                 raise OSError(28, "No space left on device")
             return real(src, dst)
 
-        with mock.patch.object(modelreg.os, "replace", failing), self.assertRaises(OSError):
+        # The inbox hand-over (a file goes by descriptor unless the daemon is older).
+        with mock.patch.object(modelreg.ModelRegistry, "_hand_over", _older_daemon), mock.patch.object(modelreg.os, "replace", failing), self.assertRaises(OSError):
             self.reg.register("orphan", weights(self.work / "orphan2.pt", 2), metrics={"accuracy": 0.9})
         # No sidecar with 0.9 is left (it would go to v1), and no temporary.
         self.assertNotIn("0.9", self.sidecar_text("orphan"))
@@ -286,7 +292,7 @@ class RobustnessTest(unittest.TestCase):
                 signal.raise_signal(signal.SIGINT)  # Ctrl-C right before the artifact's rename
             return real(src, dst)
 
-        with mock.patch.object(modelreg.os, "replace", interrupted), self.assertRaises(KeyboardInterrupt):
+        with mock.patch.object(modelreg.ModelRegistry, "_hand_over", _older_daemon), mock.patch.object(modelreg.os, "replace", interrupted), self.assertRaises(KeyboardInterrupt):
             self.reg.register("between", weights(self.work / "between2.pt", 2), metrics={"accuracy": 0.9})
         # The hand-over was whole: v2 gets the new metrics, v1 keeps its own.
         w = self.reg.wait("between", "between.pt", timeout=30)
@@ -329,6 +335,8 @@ class RobustnessTest(unittest.TestCase):
                 print("copying", flush=True)
                 time.sleep(60)
             modelreg.shutil.copyfile = slow_copy
+            # The inbox hand-over, as with a daemon without `register`.
+            modelreg.ModelRegistry._hand_over = lambda *a, **k: None
             reg = modelreg.ModelRegistry(socket=%r)
             src = Path(%r)
             """
