@@ -62,8 +62,8 @@ struct Job {
     next: u32,
     store: PathBuf,
     latest: Option<Known>,
-    /// SHA-256 -> a stored file of the model, for dedup.
-    stored: std::collections::BTreeMap<String, PathBuf>,
+    /// The model's stored files, for dedup.
+    stored: store::Stored,
     sidecar: Option<Sidecar>,
     layout: Option<Arc<crate::layout::Layout>>,
 }
@@ -83,6 +83,10 @@ impl Registrar {
             .config
             .relative(&self.config.store.join(&h.name))
             .into_owned();
+        let latest = model
+            .as_ref()
+            .and_then(|m| m.newest())
+            .map(|v| known(&store_dir, v));
         let job = Job {
             name: h.name.clone(),
             filename: h.filename,
@@ -91,16 +95,8 @@ impl Registrar {
             mode: h.mode,
             next: model.as_ref().map_or(0, |m| m.highest) + 1,
             store: self.config.store.clone(),
-            latest: model
-                .as_ref()
-                .and_then(|m| m.newest())
-                .map(|v| known(&store_dir, v)),
-            stored: model
-                .iter()
-                .flat_map(|m| m.stored())
-                .flat_map(|v| &v.files)
-                .map(|f| (f.sha256.clone(), self.config.root.join(&f.path)))
-                .collect(),
+            stored: self.stored_files(model.as_deref(), latest.clone()),
+            latest,
             sidecar: h.sidecar,
             layout: self.layout.clone(),
         };

@@ -33,7 +33,11 @@ pub(super) fn known(store_dir: &str, v: &Version) -> Known {
 
 impl Registrar {
     /// The stored files of `model` a new version may share, `latest`'s by path.
-    fn stored_files(&self, model: Option<&Model>, latest: Option<Known>) -> store::Stored {
+    pub(super) fn stored_files(
+        &self,
+        model: Option<&Model>,
+        latest: Option<Known>,
+    ) -> store::Stored {
         let mut stored = store::Stored::default();
         for f in model.iter().flat_map(|m| m.stored()).flat_map(|v| &v.files) {
             stored.add(&f.sha256, self.config.root.join(&f.path), f.size);
