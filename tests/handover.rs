@@ -401,3 +401,38 @@ fn bytes_stored_under_an_older_version_are_hard_linked_not_copied_again() {
     assert_ne!(ino("v2"), ino("v1"));
     assert_eq!(d.status().dedup_saved_bytes, 50_000);
 }
+
+#[test]
+fn metadata_too_large_for_a_request_line_goes_through_the_inbox() {
+    let d = TestDaemon::quick();
+    let src = d.root.path().join("big_meta.pt");
+    write(&src, &bytes(9, 1000));
+    // Two values of 40,000 bytes: within a sidecar's limits, beyond one request line.
+    let (a, b) = (
+        format!("a={}", "n".repeat(40_000)),
+        format!("b={}", "m".repeat(40_000)),
+    );
+    let path = src.to_str().unwrap();
+    let out = ok(
+        &d,
+        &[
+            "add",
+            path,
+            "--meta",
+            &a,
+            "--meta",
+            &b,
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+    );
+    assert!(
+        out.starts_with("big_meta v1  "),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    let v = &d.catalog().models["big_meta"].versions[0];
+    assert_eq!(v.source, "pretrained_models/big_meta.pt");
+    assert_eq!(v.metadata["b"].as_str().unwrap().len(), 40_000);
+}

@@ -312,7 +312,11 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         metadata.insert(k.to_string(), Value::from(v));
     }
 
-    if !is_dir {
+    // Metadata too large for one request line (a sidecar may hold more) goes through
+    // the inbox.
+    let fits = serde_json::to_vec(&(&metrics, &metadata))
+        .is_ok_and(|v| v.len() + 1024 < modelreg::protocol::MAX_REQUEST_BYTES);
+    if !is_dir && fits {
         match hand_over(c, a, &name, &metrics, &metadata) {
             Err(e) if e.code() == Some(ErrorCode::UnknownOp) => {} // an older daemon
             r => return r,
