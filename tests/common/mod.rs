@@ -302,9 +302,20 @@ impl TestDaemon {
     /// The catalog as the daemon last committed it: registry.yaml with the journal beside
     /// it replayed (registry.yaml alone may be a few seconds behind).
     pub fn catalog(&self) -> Catalog {
-        modelreg::registry::persist::load_current(&self.registry_path())
-            .expect("registry.yaml and its journal read")
-            .expect("exists")
+        // Read while the daemon runs, without its lock: registry.yaml may be read just
+        // before the daemon replaces it and starts a fresh journal, and the two then do
+        // not join up. That is this reader's race, not the root's state: read again; a
+        // real gap stays.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match modelreg::registry::persist::load_current(&self.registry_path()) {
+                Ok(catalog) => return catalog.expect("exists"),
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("registry.yaml and its journal read: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 
     /// Sends a signal to the daemon.
