@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::repr::{FileRepr, FileReprRef, repr_ref};
-use super::{into_catalog, parse_bytes, read_registry, write_atomic};
+use super::{into_catalog, load, sha256_of_file, write_atomic};
 use crate::error::{Error, Result};
-use crate::fsutil::sha256_hex;
 use crate::registry::Catalog;
 
 /// Where the start-up cache of `registry` lives: beside it, hidden.
@@ -39,9 +38,8 @@ struct CacheIn {
 
 /// Writes the start-up cache for the registry.yaml now on disk, which must hold `c`.
 pub fn write_cache(registry: &Path, c: &Catalog) -> Result<()> {
-    let bytes = std::fs::read(registry).map_err(|e| Error::io("read registry", registry, e))?;
-    let sha = sha256_hex(&bytes);
-    drop(bytes);
+    let sha = sha256_of_file(registry)?
+        .ok_or_else(|| Error::Other(format!("{} does not exist to cache", registry.display())))?;
     let out = CacheOut {
         registry_sha256: &sha,
         catalog: repr_ref(c),
@@ -54,13 +52,14 @@ pub fn write_cache(registry: &Path, c: &Catalog) -> Result<()> {
 /// Loads the catalog: from the start-up cache when it matches registry.yaml byte for
 /// byte, else by parsing registry.yaml. `Ok(None)` when registry.yaml does not exist.
 pub fn load_with_cache(registry: &Path) -> Result<Option<Catalog>> {
-    let Some(bytes) = read_registry(registry)? else {
+    // Hashed in pieces and the cache read through a reader: neither file is ever whole
+    // in memory beside the catalog built from it.
+    let Some(sha) = sha256_of_file(registry)? else {
         return Ok(None);
     };
     let shown = registry.display().to_string();
-    let sha = sha256_hex(&bytes);
-    if let Ok(cached) = std::fs::read(cache_path(registry)) {
-        match serde_json::from_slice::<CacheIn>(&cached) {
+    if let Ok(f) = std::fs::File::open(cache_path(registry)) {
+        match serde_json::from_reader::<_, CacheIn>(std::io::BufReader::new(f)) {
             Ok(c) if c.registry_sha256 == sha => match into_catalog(&shown, None, c.catalog) {
                 Ok(catalog) => return Ok(Some(catalog)),
                 Err(e) => tracing::warn!("ignoring the start-up cache: {e}"),
@@ -71,7 +70,7 @@ pub fn load_with_cache(registry: &Path) -> Result<Option<Catalog>> {
             Err(e) => tracing::warn!("ignoring an unreadable start-up cache: {e}"),
         }
     }
-    parse_bytes(&shown, bytes).map(Some)
+    load(registry)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use crate::names::{EntryName, ModelName};
 mod cache;
 pub mod journal;
 mod repr;
+mod stream;
 
 pub use cache::{cache_path, load_with_cache, write_cache};
 pub use journal::{Journal, journal_path, load_current};
@@ -200,11 +201,48 @@ fn into_catalog(
 }
 /// Loads registry.yaml; `Ok(None)` when it does not exist. A file that does not parse is
 /// an error naming path, line and column; the file is left untouched.
+///
+/// Read model by model first ([`stream`]), which keeps the peak memory near the
+/// catalog's own size; a file that reader does not take (another shape, or any error)
+/// is parsed whole, which also gives the error its line and column.
 pub fn load(path: &Path) -> Result<Option<Catalog>> {
+    let shown = path.display().to_string();
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            if let Some(c) = stream::read(&shown, std::io::BufReader::new(f)) {
+                return Ok(Some(c));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read registry", path, e)),
+    }
     match read_registry(path)? {
-        Some(bytes) => parse_bytes(&path.display().to_string(), bytes).map(Some),
+        Some(bytes) => parse_bytes(&shown, bytes).map(Some),
         None => Ok(None),
     }
+}
+
+/// The SHA-256 of the file at `path`, read in pieces (never whole in memory); `Ok(None)`
+/// when it does not exist.
+fn sha256_of_file(path: &Path) -> Result<Option<String>> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read registry", path, e)),
+    };
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read registry", path, e)),
+        }
+    }
+    Ok(Some(crate::fsutil::hex(&h.finalize())))
 }
 
 /// The bytes of registry.yaml; `Ok(None)` when it does not exist.
