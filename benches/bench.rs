@@ -6,7 +6,8 @@
 //!
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
-//! (ingest, dedup, burst, scale, queries, cli, startup, idle, connections, register).
+//! (ingest, dedup, burst, scale, queries, cli, startup, startup-memory, idle,
+//! connections, register).
 
 use std::fs;
 use std::io::Write;
@@ -483,7 +484,7 @@ fn scale(t: &mut Table, scratch: &Path, quick: bool, which: &dyn Fn(&str) -> boo
     // First start: registry.yaml parsed. Then a clean stop leaves the start-up cache, and
     // the second start (the usual restart) uses it.
     let cold = d.start();
-    let (cold_rss, _) = rss_kib(d.pid());
+    let (cold_rss, cold_hwm) = rss_kib(d.pid());
     d.stop();
     let startup = d.start();
     let (rss, hwm) = rss_kib(d.pid());
@@ -530,6 +531,30 @@ fn scale(t: &mut Table, scratch: &Path, quick: bool, which: &dyn Fn(&str) -> boo
             "<= 150 MB",
             Some(rss <= 150 * 1024),
         );
+    }
+
+    // Peak (VmHWM) over steady (VmRSS) once the socket answers: what parsing the
+    // registry costs on top of the catalog it builds, cold (registry.yaml) and cached.
+    if which("startup-memory") {
+        let ratio = |hwm: u64, rss: u64| hwm as f64 / rss.max(1) as f64;
+        for (what, hwm, steady) in [
+            ("first start, no cache", cold_hwm, cold_rss),
+            ("restart, cache", hwm, rss),
+        ] {
+            t.add(
+                "startup-memory",
+                &format!("{total} versions: {what}, peak / steady"),
+                format!(
+                    "{:.0} MB / {:.0} MB",
+                    hwm as f64 / 1024.0,
+                    steady as f64 / 1024.0
+                ),
+                "-".into(),
+                format!("{:.2}x", ratio(hwm, steady)),
+                "<= 1.5x",
+                Some(ratio(hwm, steady) <= 1.5),
+            );
+        }
     }
 
     if which("queries") {
@@ -922,7 +947,7 @@ fn main() {
             idle(&mut t, &d, quick);
         }
     }
-    if ["scale", "queries", "cli", "startup"]
+    if ["scale", "queries", "cli", "startup", "startup-memory"]
         .iter()
         .any(|s| which(s))
     {
