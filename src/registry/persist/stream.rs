@@ -45,6 +45,14 @@ impl Split {
         if it.next().is_some() || self.models.contains_key(&name) {
             return None;
         }
+        // A block parsed alone sits one level shallower than in the whole file, so near
+        // serde_yaml's recursion limit the two could disagree: metadata deeper than a
+        // sidecar may nest is left to the whole-file parser.
+        if model.versions.0.iter().any(|v| {
+            crate::registry::metadata_depth(&v.metadata) > crate::registry::MAX_METADATA_DEPTH
+        }) {
+            return None;
+        }
         self.models.insert(name, model);
         Some(())
     }
