@@ -47,6 +47,14 @@ pub(super) async fn wait(
     }
     let cfg = ctx.config();
     let path = cfg.inbox.join(entry);
+    // The entry's identity now: replaced by another writer's rename, what this wait is
+    // about will never be registered.
+    let identity = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        p.symlink_metadata().ok().map(|m| (m.dev(), m.ino()))
+    };
+    // Taken before the look: a replacement between the two is then seen as one.
+    let placed = identity(&path);
     // Looking at a folder walks it (100k files take a while): off the async threads.
     let looked = {
         let (inbox, entry, follow) = (cfg.inbox.clone(), entry.to_string(), cfg.follow_symlinks);
@@ -81,13 +89,6 @@ pub(super) async fn wait(
     // A problem recorded before the entry or its sidecar last changed belongs to an
     // earlier attempt (a fixed sidecar, a retried `register`): the group settles again
     // first, and only a problem recorded after that answers this wait.
-    // The entry's identity now: replaced by another writer's rename, what this wait is
-    // about will never be registered.
-    let identity = |p: &std::path::Path| {
-        use std::os::unix::fs::MetadataExt;
-        p.symlink_metadata().ok().map(|m| (m.dev(), m.ino()))
-    };
-    let placed = identity(&path);
     let changed_ns = [path.as_path(), std::path::Path::new(&sidecar)]
         .iter()
         .filter_map(|p| p.symlink_metadata().ok())
