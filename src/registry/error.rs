@@ -25,7 +25,7 @@ pub enum RegistryError {
         reason: String,
     },
     /// A version argument that is not `vN`.
-    #[error("{given:?} is not a version such as v3")]
+    #[error("{given:?} is not a version such as v3{}", capital_hint(given))]
     NotAVersion {
         /// What was given.
         given: String,
@@ -70,7 +70,7 @@ pub enum RegistryError {
     },
     /// `best` found no live version with the metric.
     #[error(
-        "no version of {name:?} has metric {metric:?}{hint} ({checked} version(s) checked; {listed})"
+        "no version of {name:?} has metric {metric:?}{hint} ({checked} live version(s) checked; {listed})"
     )]
     NoMetric {
         /// The model.
@@ -79,7 +79,7 @@ pub enum RegistryError {
         metric: String,
         /// `; did you mean ...?`, or empty.
         hint: String,
-        /// How many versions the model has.
+        /// How many live versions (neither deprecated nor removed) were compared.
         checked: usize,
         /// `metrics: a, b` of the live versions, or that none has any.
         listed: String,
@@ -205,5 +205,30 @@ impl RegistryError {
             known: m.aliases.keys().cloned().collect(),
             as_selector,
         }
+    }
+}
+/// `; did you mean "v2"?` for `V2` (a version written in capitals), else nothing.
+fn capital_hint(given: &str) -> String {
+    let lower = given.to_ascii_lowercase();
+    if lower != given && super::parse_version_number(&lower).is_some() {
+        format!("; did you mean {lower:?}?")
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_in_capitals_is_refused_with_a_hint_to_the_version() {
+        let e = RegistryError::NotAVersion { given: "V2".into() };
+        assert_eq!(
+            e.to_string(),
+            "\"V2\" is not a version such as v3; did you mean \"v2\"?"
+        );
+        let e = RegistryError::NotAVersion { given: "v0".into() };
+        assert_eq!(e.to_string(), "\"v0\" is not a version such as v3");
     }
 }

@@ -203,7 +203,7 @@ impl Model {
             name: name.to_string(),
             metric: metric.to_string(),
             hint,
-            checked: self.versions.len(),
+            checked: self.versions.iter().filter(|v| v.is_live()).count(),
             listed,
         }
     }
@@ -311,7 +311,7 @@ mod tests {
         );
         assert_eq!(
             err("best", Some("acc")),
-            "no version of \"m\" has metric \"acc\"; did you mean \"accuracy\"? (2 version(s) checked; metrics: accuracy)"
+            "no version of \"m\" has metric \"acc\"; did you mean \"accuracy\"? (1 live version(s) checked; metrics: accuracy)"
         );
     }
 

@@ -162,6 +162,11 @@ fn from_json(shown: &str, text: &str, e: &serde_json::Error) -> ParseError {
     }
     if let Some(why) = numbers::json_non_finite_at(text, e.line(), e.column()) {
         reason = why;
+    } else if reason == "number out of range"
+        && let Some(token) = number_before(text, e.line(), e.column())
+    {
+        // `1e999`: beyond the largest float; the same advice as YAML's.
+        reason = numbers::beyond_float(&token);
     }
     ParseError {
         path: shown.to_string(),
@@ -169,6 +174,18 @@ fn from_json(shown: &str, text: &str, e: &serde_json::Error) -> ParseError {
         column: (e.column() > 0).then_some(e.column()),
         reason,
     }
+}
+
+/// The number that ends at (1-based) `line`:`column` of `text`, where serde_json stopped.
+fn number_before(text: &str, line: usize, column: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let end = l.char_indices().nth(column).map_or(l.len(), |(i, _)| i);
+    let head = &l[..end];
+    let start = head
+        .rfind(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))
+        .map_or(0, |i| i + 1);
+    let token = head[start..].trim();
+    (!token.is_empty()).then(|| token.to_string())
 }
 
 /// The 1-based line where `key:` first appears, for errors found after parsing.
@@ -187,6 +204,15 @@ fn find_line(text: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_number_beyond_the_largest_float_says_what_to_write() {
+        let e = parse("inf.metrics.json", b"{\"accuracy\": 1e999}").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("`1e999` is not a finite number"), "{shown}");
+        assert!(shown.contains("beyond the largest float"), "{shown}");
+        assert!(shown.starts_with("inf.metrics.json:1:"), "{shown}");
+    }
 
     #[test]
     fn full_sidecar() {
