@@ -48,9 +48,15 @@ fn refuse(message: String) -> ClientError {
     })
 }
 
-/// Splits `key=value`, refusing a missing `=` or an empty key.
+/// Splits `key=value`, refusing a missing `=`, an empty key, or a key with control
+/// characters: the daemon refuses such a name in the sidecar (src/sidecar/interpret.rs),
+/// so it is refused here before anything is copied.
 fn key_value<'s>(flag: &str, s: &'s str) -> Result<(&'s str, &'s str), ClientError> {
     match s.split_once('=') {
+        Some((k, _)) if k.chars().any(char::is_control) => Err(refuse(format!(
+            "{flag} {s:?}: the name {:?} has control characters; nothing was copied",
+            k.trim()
+        ))),
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v)),
         _ => Err(refuse(format!(
             "{flag} {s:?}: expected key=value, e.g. {flag} accuracy=0.71"

@@ -1,0 +1,32 @@
+//! What a fresh-clone tester found: `add` refuses what the daemon would block before
+//! copying anything, writes its metrics under the sidecar name already in the inbox and
+//! says when only the metrics changed, two sidecars of one model block it with a problem,
+//! and a store file system that is full is a problem `status` and `wait` report.
+
+mod common;
+
+use common::*;
+
+/// Files in the inbox, hidden ones included, sorted.
+fn inbox_files(d: &TestDaemon) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d.inbox())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn add_refuses_a_metric_or_meta_name_with_control_characters_before_copying() {
+    let d = TestDaemon::quick();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("m.pt");
+    std::fs::write(&file, bytes(4, 100)).unwrap();
+    let f = file.to_str().unwrap();
+    let err = fails(&d, &["add", f, "--metric", "a\x1bb=1"]);
+    assert!(err.contains("control characters"), "{err}");
+    let err = fails(&d, &["add", f, "--meta", "a\nb=x"]);
+    assert!(err.contains("control characters"), "{err}");
+    assert!(inbox_files(&d).is_empty(), "{:?}", inbox_files(&d));
+}
