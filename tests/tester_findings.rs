@@ -30,3 +30,29 @@ fn add_refuses_a_metric_or_meta_name_with_control_characters_before_copying() {
     assert!(err.contains("control characters"), "{err}");
     assert!(inbox_files(&d).is_empty(), "{:?}", inbox_files(&d));
 }
+
+#[test]
+fn a_yaml_and_a_json_sidecar_show_the_model_blocked_with_the_reason_until_one_goes() {
+    let d = TestDaemon::quick();
+    write_renamed(&d.inbox(), "twin.metrics.yaml", b"accuracy: 0.5\n");
+    write_renamed(&d.inbox(), "twin.metrics.json", br#"{"accuracy": 0.9}"#);
+    write_renamed(&d.inbox(), "twin.pt", &bytes(1, 100));
+    let state = || {
+        d.status()
+            .waiting
+            .iter()
+            .find(|w| w.name == "twin")
+            .map(|w| (w.state.clone(), w.reason.clone().unwrap_or_default()))
+    };
+    wait_until(std::time::Duration::from_secs(30), "twin blocked", || {
+        state().is_some_and(|(s, _)| s == "blocked")
+    });
+    let (_, reason) = state().unwrap();
+    assert!(reason.contains("remove one"), "{reason}");
+    assert!(d.problems_text().contains("remove one"));
+    std::fs::remove_file(d.inbox().join("twin.metrics.yaml")).unwrap();
+    let v = d.wait_versions("twin", 1);
+    assert_eq!(v[0].metrics["accuracy"], 0.9);
+    assert!(!d.problems_text().contains("remove one"));
+    assert!(state().is_none());
+}

@@ -230,14 +230,15 @@ fn look_entries(
             }
             Look::Incomplete(reason) => incomplete = Some(reason.clone()),
             // `x.metrics.yaml` and `x.metrics.json` both: which holds the metrics is
-            // ambiguous, so the artifact waits until one is removed.
+            // ambiguous, so the artifact waits, blocked (not settling: nothing will
+            // change by itself), until one is removed; the removal's event looks again.
             Look::Files { folder: false, .. } if crate::names::is_sidecar(entry) => {
                 if let Some(first) = sidecar {
                     let reason = format!(
                         "both {first} and {entry} are sidecars of {name}; remove one (its artifact waits)"
                     );
                     board.set_problem(&shown, &reason);
-                    incomplete = Some(reason);
+                    blocked = Some(reason);
                 } else {
                     sidecar = Some(entry);
                     board.clear_problem(&shown);
