@@ -56,3 +56,55 @@ fn a_yaml_and_a_json_sidecar_show_the_model_blocked_with_the_reason_until_one_go
     assert!(!d.problems_text().contains("remove one"));
     assert!(state().is_none());
 }
+
+#[test]
+fn add_writes_metrics_under_the_json_sidecar_already_there_and_says_they_were_updated() {
+    let d = TestDaemon::quick();
+    write_renamed(&d.inbox(), "js.metrics.json", br#"{"accuracy": 0.5}"#);
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A folder: it goes through the inbox (a file is handed over on the socket).
+    let file = elsewhere.path().join("js");
+    std::fs::create_dir(&file).unwrap();
+    std::fs::write(file.join("w.pt"), bytes(7, 300)).unwrap();
+    let f = file.to_str().unwrap();
+    ok(&d, &["add", f, "--wait", "--timeout", "30"]);
+    assert_eq!(d.versions("js")[0].metrics["accuracy"], 0.5);
+
+    let out = ok(
+        &d,
+        &[
+            "add",
+            f,
+            "--metric",
+            "accuracy=0.9",
+            "--wait",
+            "--timeout",
+            "30",
+        ],
+    );
+    assert!(out.contains("metrics updated"), "{out}");
+    assert!(
+        !d.inbox().join("js.metrics.yaml").exists(),
+        "{:?}",
+        inbox_files(&d)
+    );
+    let v = d.versions("js");
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].metrics["accuracy"], 0.9);
+
+    // The same metrics again: nothing changed, and the answer does not claim it.
+    let out = ok(
+        &d,
+        &[
+            "add",
+            f,
+            "--metric",
+            "accuracy=0.9",
+            "--wait",
+            "--timeout",
+            "30",
+        ],
+    );
+    assert!(out.contains("no new version"), "{out}");
+    assert!(!out.contains("metrics updated"), "{out}");
+}

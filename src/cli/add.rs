@@ -20,7 +20,7 @@ use super::progress;
 use modelreg::client::{Client, ClientError};
 use modelreg::display::escape_for_terminal as esc;
 use modelreg::names;
-use modelreg::protocol::{ErrorBody, ErrorCode, Waited};
+use modelreg::protocol::{ErrorBody, ErrorCode, VersionInfo, Waited};
 use modelreg::status::human_bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -115,6 +115,18 @@ fn entry_name(name: &str, src: &Path, is_dir: bool) -> String {
         None if name.contains('.') => format!("{name}.bin"),
         None => name.to_string(),
     }
+}
+
+/// The sidecar's name in the inbox: under the spelling already there
+/// (`<name>.metrics.json` or `.metrics.yaml`), since both at once would block the model;
+/// `.metrics.yaml` otherwise. The text written is JSON, valid as either. Same rule as the
+/// Python client.
+fn sidecar_name(inbox: &Path, name: &str) -> String {
+    names::SIDECAR_SUFFIXES
+        .iter()
+        .map(|x| format!("{name}{x}"))
+        .find(|f| inbox.join(f).symlink_metadata().is_ok())
+        .unwrap_or_else(|| format!("{name}{}", names::SIDECAR_SUFFIX))
 }
 
 /// A hidden name in the inbox for `entry` while it is written: the daemon ignores
@@ -271,7 +283,14 @@ pub(super) enum Added {
         bytes: u64,
     },
     /// The `wait` answer.
-    Registered(Box<Waited>),
+    Registered {
+        /// The version.
+        #[serde(flatten)]
+        waited: Box<Waited>,
+        /// The bytes were those of an existing version and its metrics or metadata
+        /// changed with this hand-over.
+        metrics_updated: bool,
+    },
 }
 
 /// Hands the artifact over and, with `--wait`, waits for its version.
@@ -348,7 +367,10 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         // JSON is valid YAML: the Python client writes the same.
         serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default() + "\n"
     });
-    let sidecar = format!("{name}{}", names::SIDECAR_SUFFIX);
+    let sidecar = sidecar_name(&inbox, &name);
+    // The newest version before the hand-over: identical bytes with new metrics update
+    // it rather than make a version, which the answer then says.
+    let before = newest_if_metrics(c, &name, sidecar_text.is_some());
     let place_sidecar = || match &sidecar_text {
         None => Ok(()),
         Some(text) => place(
@@ -397,7 +419,29 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     if let Some(bar) = bar {
         bar.finish();
     }
-    waited.map(|w| Added::Registered(Box::new(w)))
+    waited.map(|w| registered(w, before))
+}
+
+/// The newest version of `name` when metrics or metadata are given: identical bytes with
+/// new metrics update it rather than make a version, which the answer then says.
+fn newest_if_metrics(c: &mut Client, name: &str, given: bool) -> Option<VersionInfo> {
+    given.then(|| c.get(name, None, None, None).ok()).flatten()
+}
+
+/// The answer of a registration; `before` is the newest version before it, when metrics
+/// were given.
+fn registered(w: Waited, before: Option<VersionInfo>) -> Added {
+    let metrics_updated = !w.created
+        && before.is_some_and(|b| {
+            b.number == w.version.number
+                && (b.metrics != w.version.metrics
+                    || b.metadata != w.version.metadata
+                    || b.metrics_updated_at != w.version.metrics_updated_at)
+        });
+    Added::Registered {
+        waited: Box::new(w),
+        metrics_updated,
+    }
 }
 
 /// Registers a file by handing its open descriptor over on the socket: the daemon copies
@@ -425,13 +469,14 @@ fn hand_over(
             human_bytes(size)
         );
     }
+    let before = newest_if_metrics(c, name, !metrics.is_empty() || !metadata.is_empty());
     let bar = terminal.then(|| progress::Bar::start(c.path(), name));
     let given = |m: &Map<String, Value>| (!m.is_empty()).then(|| m.clone());
     let r = c.register(name, &filename, &file, given(metrics), given(metadata));
     if let Some(bar) = bar {
         bar.finish();
     }
-    r.map(|w| Added::Registered(Box::new(w)))
+    r.map(|w| registered(w, before))
 }
 
 /// Prints what `add` did: the version, or where it was handed over.
@@ -442,12 +487,17 @@ pub(super) fn print_added(a: &Added) {
             esc(path),
             esc(name)
         ),
-        Added::Registered(w) => {
+        Added::Registered {
+            waited: w,
+            metrics_updated,
+        } => {
             let v = &w.version;
-            let same = if w.created {
-                ""
-            } else {
-                " (identical to the newest version: no new version)"
+            let same = match (w.created, metrics_updated) {
+                (true, _) => "",
+                (false, true) => {
+                    " (identical to the newest version: no new version; metrics updated)"
+                }
+                (false, false) => " (identical to the newest version: no new version)",
             };
             outln!(
                 "{} {}  {}{same}",

@@ -80,17 +80,17 @@ pub(super) async fn wait(
         .models
         .get(name)
         .map_or(0, |m| m.highest);
-    let sidecar = cfg
-        .inbox
-        .join(format!("{name}{}", names::SIDECAR_SUFFIX))
-        .display()
-        .to_string();
+    // Either spelling of the sidecar (`add` writes under the one already there).
+    let sidecars: Vec<String> = names::SIDECAR_SUFFIXES
+        .iter()
+        .map(|x| cfg.inbox.join(format!("{name}{x}")).display().to_string())
+        .collect();
     let shown = path.display().to_string();
     // A problem recorded before the entry or its sidecar last changed belongs to an
     // earlier attempt (a fixed sidecar, a retried `register`): the group settles again
     // first, and only a problem recorded after that answers this wait.
-    let changed_ns = [path.as_path(), std::path::Path::new(&sidecar)]
-        .iter()
+    let changed_ns = std::iter::once(path.as_path())
+        .chain(sidecars.iter().map(std::path::Path::new))
         .filter_map(|p| p.symlink_metadata().ok())
         .map(|m| {
             use std::os::unix::fs::MetadataExt;
@@ -136,7 +136,7 @@ pub(super) async fn wait(
         let (problems, ..) = ctx.board.snapshot();
         if let Some(p) = problems
             .iter()
-            .find(|p| (p.path == sidecar || p.path == shown) && p.recorded_ns > changed_ns)
+            .find(|p| (sidecars.contains(&p.path) || p.path == shown) && p.recorded_ns > changed_ns)
         {
             return Response::err(ErrorCode::Blocked, p.message.clone());
         }

@@ -862,7 +862,13 @@ class ModelRegistry:
             copy(src, tmp)
             with handover.commit():
                 if sidecar is not None:
-                    handover.placed(self._place_text(inbox, f"{name}.metrics.yaml", sidecar))
+                    # Under the spelling already in the inbox (both at once would block
+                    # the model); the text is JSON, valid as either. Same rule as `add`.
+                    sidecar_name = next(
+                        (f"{name}{x}" for x in _SIDECAR_SUFFIXES if os.path.lexists(inbox / f"{name}{x}")),
+                        f"{name}.metrics.yaml",
+                    )
+                    handover.placed(self._place_text(inbox, sidecar_name, sidecar))
                 os.replace(tmp, inbox / entry)
         with self._progress(name, progress):
             answer = self.wait(name, entry, timeout=timeout)

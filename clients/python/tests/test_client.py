@@ -181,6 +181,15 @@ class ClientTest(unittest.TestCase):
             self.reg.register("blk", self.work / "blk", timeout=30)
         self.assertIn("blk.metrics.yaml:2", str(c.exception))
 
+    def test_metrics_go_to_the_json_sidecar_already_in_the_inbox(self) -> None:
+        inbox = Path(self.reg.status()["inbox"])
+        w = weights(self.work / "js.pt", 1)
+        self.reg.register("js", w, metrics={"accuracy": 0.5})
+        os.replace(inbox / "js.metrics.yaml", inbox / "js.metrics.json")
+        v = self.reg.register("js", w, metrics={"accuracy": 0.9}, timeout=30)
+        self.assertFalse((inbox / "js.metrics.yaml").exists())
+        self.assertEqual(v.metrics["accuracy"], 0.9)
+
     def test_bad_arguments_are_refused_before_anything_is_copied(self) -> None:
         inbox = Path(self.reg.status()["inbox"])
         before = sorted(os.listdir(inbox))
