@@ -25,6 +25,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// True for an error text that says the file system is full or the quota is spent
+/// (ENOSPC, EDQUOT): waiting does not fix it, someone must free space.
+pub fn is_out_of_space(error: &str) -> bool {
+    [libc::ENOSPC, libc::EDQUOT]
+        .iter()
+        .any(|n| error.contains(&format!("(os error {n})")))
+}
+
 /// fsyncs a folder, so that a rename or a new entry in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use modelreg::protocol::{ErrorCode, Request};
 
 /// Files in the inbox, hidden ones included, sorted.
 fn inbox_files(d: &TestDaemon) -> Vec<String> {
@@ -107,4 +108,97 @@ fn add_writes_metrics_under_the_json_sidecar_already_there_and_says_they_were_up
     );
     assert!(out.contains("no new version"), "{out}");
     assert!(!out.contains("metrics updated"), "{out}");
+}
+
+/// A tmpfs of `mb` MiB mounted on a new folder, unmounted when dropped; `None` (with the
+/// reason printed) when this process may not mount (not root, no tmpfs).
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(mb: u32, test: &str) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallFs { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "skipping {test}: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipping {test}: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_store_file_system_is_refused_by_add_and_reported_by_status_and_wait() {
+    let Some(fs) = SmallFs::mount(20, "a_full_store_file_system") else {
+        return;
+    };
+    // Declared after the mount: stopped before it is unmounted.
+    let mut d = TestDaemon::new_in(fs.dir.path(), "settle: 300ms\n");
+    d.spawn();
+    d.wait_ready();
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A folder goes through the inbox (a file is handed over on the socket, straight
+    // into the store).
+    let big = elsewhere.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    std::fs::write(big.join("w.bin"), bytes(9, 12 << 20)).unwrap();
+
+    // The inbox alone has room, but the store on the same file system needs a second copy.
+    let err = fails(&d, &["add", big.to_str().unwrap(), "--wait"]);
+    assert!(
+        err.contains("same file system") && err.contains("nothing was copied"),
+        "{err}"
+    );
+    assert!(inbox_files(&d).is_empty(), "{:?}", inbox_files(&d));
+
+    // Handed over anyway (as a writer that does not check would): the copy into the
+    // store fails for want of space, which `status` shows as a problem on the store...
+    write_renamed(&d.inbox(), "big.bin", &bytes(9, 12 << 20));
+    let store = d.status().store.expect("status names the store");
+    let line = d.wait_problem_text("full");
+    assert!(line.contains(&store), "{line}");
+    assert!(line.contains("free"), "{line}");
+    // ... and `wait` answers with rather than waiting out its timeout.
+    let e = d
+        .call(&Request::Wait {
+            name: "big".into(),
+            entry: "big.bin".into(),
+            timeout_ms: Some(120_000),
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Blocked), "{e}");
+    assert!(e.to_string().contains("full"), "{e}");
+
+    // Room again: the next copy succeeds and the problem is gone.
+    std::fs::remove_file(d.inbox().join("big.bin")).unwrap();
+    write_renamed(&d.inbox(), "small.pt", &bytes(3, 1000));
+    d.wait_versions("small", 1);
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "the problem to clear",
+        || !d.problems_text().contains("full"),
+    );
+    d.stop();
 }

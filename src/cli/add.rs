@@ -154,13 +154,37 @@ fn source_size(src: &Path) -> std::io::Result<u64> {
 }
 
 /// Refuses a copy of `size` bytes into `inbox` when its file system has less free: the
-/// copy would fail part-way (ENOSPC) after filling the disk others share.
-fn check_room(src: &Path, size: u64, inbox: &Path) -> Result<(), ClientError> {
+/// copy would fail part-way (ENOSPC) after filling the disk others share. When the
+/// daemon's store (`store`, from `status`) is on the same file system, the daemon's copy
+/// into it needs as much again: both are counted, or the daemon would retry a copy that
+/// cannot fit.
+fn check_room(
+    src: &Path,
+    size: u64,
+    inbox: &Path,
+    store: Option<&Path>,
+) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
     let free = modelreg::fsutil::free_bytes(inbox)
         .map_err(|e| refuse(format!("{}: {e}", inbox.display())))?;
-    if size > free {
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let shared = store.filter(|s| dev(s).is_some() && dev(s) == dev(inbox));
+    let need = if shared.is_some() {
+        size.saturating_mul(2)
+    } else {
+        size
+    };
+    if need > free {
+        let both = match shared {
+            Some(s) => format!(
+                " (the store, {}, is on the same file system: the daemon's copy into it needs as much again, {} in all)",
+                s.display(),
+                human_bytes(need)
+            ),
+            None => String::new(),
+        };
         return Err(refuse(format!(
-            "{} is {} ({size} bytes) but the inbox's file system ({}) has only {} ({free} bytes) free; nothing was copied",
+            "{} is {} ({size} bytes) but the inbox's file system ({}) has only {} ({free} bytes) free; nothing was copied{both}",
             src.display(),
             human_bytes(size),
             inbox.display(),
@@ -357,7 +381,8 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     }
     // Before anything is placed: a refused copy leaves no sidecar behind either.
     let size = source_size(a.path).map_err(|e| refuse(format!("{}: {e}", a.path.display())))?;
-    check_room(a.path, size, &inbox)?;
+    let store = status.store.as_deref().map(Path::new);
+    check_room(a.path, size, &inbox, store)?;
     let sidecar_text = (!metrics.is_empty() || !metadata.is_empty()).then(|| {
         let mut doc = Map::new();
         doc.insert("metrics".into(), Value::Object(metrics));

@@ -34,6 +34,9 @@ impl Registrar {
                         ),
                     );
                 }
+                // A copy went through: a full store (below) is no longer the case.
+                self.board
+                    .clear_problem(&self.config.store.display().to_string());
                 self.apply_done(&name, new, unchanged, sidecar);
                 Outcome::Done
             }
@@ -48,6 +51,20 @@ impl Registrar {
             JobResult::Failed(e) => {
                 self.board
                     .error(format!("registering {name}: {e}; will retry"));
+                if crate::fsutil::is_out_of_space(&e) {
+                    // Retrying does not make room: a lasting problem, named on the store
+                    // so that `status` shows it and `wait` answers with it.
+                    let store = &self.config.store;
+                    let free = crate::fsutil::free_bytes(store)
+                        .map_or_else(|e| format!("unknown: {e}"), crate::status::human_bytes);
+                    self.board.set_problem(
+                        &store.display().to_string(),
+                        &format!(
+                            "the store's file system is full ({free} free in {}): registering {name} failed: {e}; retried until there is room (free space, or `modelreg gc`)",
+                            store.display()
+                        ),
+                    );
+                }
                 Outcome::Failed(e)
             }
             JobResult::Cancelled => Outcome::Failed("cancelled".into()),

@@ -151,6 +151,9 @@ pub struct StatusInfo {
     pub config: String,
     /// The inbox.
     pub inbox: String,
+    /// The store (absent from daemons before it was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// How the inbox is watched (inotify, or poll and why).
     pub watch: String,
     /// The settle period in seconds.

@@ -86,6 +86,9 @@ pub(super) async fn wait(
         .map(|x| cfg.inbox.join(format!("{name}{x}")).display().to_string())
         .collect();
     let shown = path.display().to_string();
+    // A full store (see ingest/commit.rs) is a problem on the store itself: a copy that
+    // fails for it after this entry was placed answers the wait too.
+    let store = cfg.store.display().to_string();
     // A problem recorded before the entry or its sidecar last changed belongs to an
     // earlier attempt (a fixed sidecar, a retried `register`): the group settles again
     // first, and only a problem recorded after that answers this wait.
@@ -134,10 +137,10 @@ pub(super) async fn wait(
             Some(_) => {}
         }
         let (problems, ..) = ctx.board.snapshot();
-        if let Some(p) = problems
-            .iter()
-            .find(|p| (sidecars.contains(&p.path) || p.path == shown) && p.recorded_ns > changed_ns)
-        {
+        if let Some(p) = problems.iter().find(|p| {
+            (sidecars.contains(&p.path) || p.path == shown || p.path == store)
+                && p.recorded_ns > changed_ns
+        }) {
             return Response::err(ErrorCode::Blocked, p.message.clone());
         }
         let now = Instant::now();
@@ -198,6 +201,7 @@ pub(super) async fn status(ctx: &Context) -> Response {
         root: cfg.root.display().to_string(),
         config: cfg.source.to_string(),
         inbox: cfg.inbox.display().to_string(),
+        store: Some(cfg.store.display().to_string()),
         watch,
         settle_secs: cfg.settle.as_secs_f64(),
         models: catalog.models.len(),
