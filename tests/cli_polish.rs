@@ -36,16 +36,6 @@ fn daemon_and_big_file(
     (d, dir, file)
 }
 
-/// The stored names in the inbox, hidden ones included.
-fn inbox_names(d: &TestDaemon) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d.inbox())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn add_draws_a_progress_bar_when_stderr_is_a_terminal() {
     // A few hundred MB, so that the daemon's copy and hash span several 100 ms polls.

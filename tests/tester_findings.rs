@@ -8,16 +8,6 @@ mod common;
 use common::*;
 use modelreg::protocol::{ErrorCode, Request};
 
-/// Files in the inbox, hidden ones included, sorted.
-fn inbox_files(d: &TestDaemon) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d.inbox())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn add_refuses_a_metric_or_meta_name_with_control_characters_before_copying() {
     let d = TestDaemon::quick();
@@ -29,7 +19,7 @@ fn add_refuses_a_metric_or_meta_name_with_control_characters_before_copying() {
     assert!(err.contains("control characters"), "{err}");
     let err = fails(&d, &["add", f, "--meta", "a\nb=x"]);
     assert!(err.contains("control characters"), "{err}");
-    assert!(inbox_files(&d).is_empty(), "{:?}", inbox_files(&d));
+    assert!(inbox_names(&d).is_empty(), "{:?}", inbox_names(&d));
 }
 
 #[test]
@@ -71,41 +61,33 @@ fn add_writes_metrics_under_the_json_sidecar_already_there_and_says_they_were_up
     ok(&d, &["add", f, "--wait", "--timeout", "30"]);
     assert_eq!(d.versions("js")[0].metrics["accuracy"], 0.5);
 
-    let out = ok(
-        &d,
-        &[
-            "add",
-            f,
-            "--metric",
-            "accuracy=0.9",
-            "--wait",
-            "--timeout",
-            "30",
-        ],
-    );
+    let add_with_metric = || {
+        ok(
+            &d,
+            &[
+                "add",
+                f,
+                "--metric",
+                "accuracy=0.9",
+                "--wait",
+                "--timeout",
+                "30",
+            ],
+        )
+    };
+    let out = add_with_metric();
     assert!(out.contains("metrics updated"), "{out}");
     assert!(
         !d.inbox().join("js.metrics.yaml").exists(),
         "{:?}",
-        inbox_files(&d)
+        inbox_names(&d)
     );
     let v = d.versions("js");
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].metrics["accuracy"], 0.9);
 
     // The same metrics again: nothing changed, and the answer does not claim it.
-    let out = ok(
-        &d,
-        &[
-            "add",
-            f,
-            "--metric",
-            "accuracy=0.9",
-            "--wait",
-            "--timeout",
-            "30",
-        ],
-    );
+    let out = add_with_metric();
     assert!(out.contains("no new version"), "{out}");
     assert!(!out.contains("metrics updated"), "{out}");
 }
@@ -171,7 +153,7 @@ fn a_full_store_file_system_is_refused_by_add_and_reported_by_status_and_wait() 
         err.contains("same file system") && err.contains("nothing was copied"),
         "{err}"
     );
-    assert!(inbox_files(&d).is_empty(), "{:?}", inbox_files(&d));
+    assert!(inbox_names(&d).is_empty(), "{:?}", inbox_names(&d));
 
     // Handed over anyway (as a writer that does not check would): the copy into the
     // store fails for want of space, which `status` shows as a problem on the store...

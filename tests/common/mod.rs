@@ -400,6 +400,16 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// The names in the inbox, hidden ones included, sorted.
+pub fn inbox_names(d: &TestDaemon) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d.inbox())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Writes a file the way most tools do: in place, then closed.
 pub fn write(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::File::create(path).unwrap();
