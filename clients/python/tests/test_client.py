@@ -183,9 +183,14 @@ class ClientTest(unittest.TestCase):
 
     def test_metrics_go_to_the_json_sidecar_already_in_the_inbox(self) -> None:
         inbox = Path(self.reg.status()["inbox"])
-        w = weights(self.work / "js.pt", 1)
+        # A folder goes through the inbox (a file is handed over on the socket).
+        w = self.work / "js"
+        w.mkdir()
+        weights(w / "w.pt", 1)
         self.reg.register("js", w, metrics={"accuracy": 0.5})
         os.replace(inbox / "js.metrics.yaml", inbox / "js.metrics.json")
+        # (The registered folder leaves the inbox: a folder cannot be replaced over one.)
+        shutil.rmtree(inbox / "js")
         v = self.reg.register("js", w, metrics={"accuracy": 0.9}, timeout=30)
         self.assertFalse((inbox / "js.metrics.yaml").exists())
         self.assertEqual(v.metrics["accuracy"], 0.9)
