@@ -869,7 +869,7 @@ class ModelRegistry:
                         f"{name}.metrics.yaml",
                     )
                     handover.placed(self._place_text(inbox, sidecar_name, sidecar))
-                os.replace(tmp, inbox / entry)
+                _rename_into_place(tmp, inbox / entry)
         with self._progress(name, progress):
             answer = self.wait(name, entry, timeout=timeout)
         record = answer.version
@@ -1111,6 +1111,28 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def _rename_into_place(tmp: Path, dst: Path) -> None:
+    """Renames `tmp` to `dst`. A folder already at `dst` (the inbox keeps what was handed
+    over before) cannot be renamed over: the two are swapped in one step
+    (renameat2 RENAME_EXCHANGE, as `modelreg add` does) and the old one removed."""
+    if not (tmp.is_dir() and dst.is_dir() and not dst.is_symlink()):
+        os.replace(tmp, dst)
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None or renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(dst), rename_exchange) != 0:
+        # No renameat2 here: move the old folder aside, then rename (a short gap).
+        aside = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.old")
+        os.rename(dst, aside)
+        os.rename(tmp, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
 
 
 class _Handover:

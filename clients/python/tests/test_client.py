@@ -134,6 +134,17 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(len(r["files"]), 2)
         self.assertEqual(r["path"], r["dir"])
 
+    def test_a_folder_registered_again_replaces_the_one_still_in_the_inbox(self) -> None:
+        folder = self.work / "again"
+        folder.mkdir()
+        weights(folder / "w.bin", 21)
+        r1 = self.reg.register("again", folder)
+        weights(folder / "w.bin", 22)
+        r2 = self.reg.register("again", folder)
+        self.assertEqual((r1.version, r2.version), ("v1", "v2"))
+        inbox = Path(self.reg.status()["inbox"])
+        self.assertEqual([n for n in os.listdir(inbox) if "again" in n], ["again"])
+
     def test_errors(self) -> None:
         self.reg.register("e", weights(self.work / "e.pt", 1), metrics={"accuracy": 0.5})
         with self.assertRaises(ModelNotFound) as c:
