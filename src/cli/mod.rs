@@ -26,6 +26,7 @@ macro_rules! outln {
 }
 
 mod add;
+mod place;
 mod progress;
 mod recover;
 mod render;
