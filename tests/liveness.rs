@@ -76,23 +76,6 @@ fn tar_creating_a_folder_is_registered() {
     });
 }
 
-/// The sha256 of every file of version `v`, by path relative to its folder.
-fn content_of(v: &modelreg::protocol::VersionInfo) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = v
-        .files
-        .iter()
-        .map(|f| {
-            let rel = Path::new(&f.path)
-                .strip_prefix(&v.dir)
-                .map(|r| r.display().to_string())
-                .unwrap_or_else(|_| f.path.clone());
-            (rel, f.sha256.clone())
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Same, for files on disk: `(relative path, bytes)`.
 fn content_of_files(files: &[(&str, Vec<u8>)]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = files
@@ -113,7 +96,7 @@ fn assert_exactly_one(d: &TestDaemon, name: &str, entry: &str, files: &[(&str, V
         &format!("{name}: one version with the final bytes"),
         || {
             last = d.versions(name);
-            last.iter().any(|v| content_of(v) == want)
+            last.iter().any(|v| version_content(v) == want)
         },
     );
     d.wait_seen(entry);

@@ -35,22 +35,6 @@ fn entry_content(inbox: &Path, entry: &str) -> Vec<(String, String)> {
     out
 }
 
-fn version_content(v: &modelreg::protocol::VersionInfo) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = v
-        .files
-        .iter()
-        .map(|f| {
-            let rel = Path::new(&f.path)
-                .strip_prefix(&v.dir)
-                .map(|r| r.display().to_string())
-                .unwrap_or_else(|_| f.path.clone());
-            (rel, f.sha256.clone())
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 #[test]
 fn soak_mixed_writers_renames_deletes_and_kills() {
     let secs: u64 = std::env::var("MODELREG_SOAK_SECS")

@@ -493,3 +493,20 @@ pub fn fails(d: &TestDaemon, args: &[&str]) -> String {
     );
     stderr(&o)
 }
+
+/// The sha256 of every file of version `v`, by path relative to its folder, sorted.
+pub fn version_content(v: &modelreg::protocol::VersionInfo) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = v
+        .files
+        .iter()
+        .map(|f| {
+            let rel = std::path::Path::new(&f.path)
+                .strip_prefix(&v.dir)
+                .map(|r| r.display().to_string())
+                .unwrap_or_else(|_| f.path.clone());
+            (rel, f.sha256.clone())
+        })
+        .collect();
+    out.sort();
+    out
+}
