@@ -33,6 +33,8 @@ pub struct JobProgress {
     /// Bytes to copy (the sizes of the settled files).
     pub total: u64,
     started: Instant,
+    /// For a hand-over (`register`), the file's name: it has no inbox entry to show.
+    handed_over: Option<String>,
 }
 
 /// A copy job's progress as `status` shows it.
@@ -207,10 +209,26 @@ impl StatusBoard {
 
     /// Registers a copy job for `name` of `total` bytes, until the guard is dropped.
     pub fn start_copy(self: &Arc<Self>, name: &str, total: u64) -> CopyingGuard {
+        self.start_job(name, total, None)
+    }
+
+    /// Registers the copy of a file handed over as `filename` (`register`), until the
+    /// guard is dropped: `status` shows it by that name, as an inbox entry's copy.
+    pub fn start_handover(self: &Arc<Self>, name: &str, total: u64, filename: &str) -> CopyingGuard {
+        self.start_job(name, total, Some(filename.to_string()))
+    }
+
+    fn start_job(
+        self: &Arc<Self>,
+        name: &str,
+        total: u64,
+        handed_over: Option<String>,
+    ) -> CopyingGuard {
         let progress = Arc::new(JobProgress {
             done: AtomicU64::new(0),
             total,
             started: Instant::now(),
+            handed_over,
         });
         self.copying
             .lock()
@@ -227,6 +245,12 @@ impl StatusBoard {
     pub fn copying(&self) -> Vec<String> {
         let g = self.copying.lock().unwrap_or_else(|p| p.into_inner());
         g.keys().cloned().collect()
+    }
+
+    /// The file name of the hand-over being copied for `name`, if that is the job.
+    pub fn handed_over(&self, name: &str) -> Option<String> {
+        let g = self.copying.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(name)?.handed_over.clone()
     }
 
     /// How far the copy job for `name` has got, if one is under way.

@@ -261,7 +261,12 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         .is_ok_and(|v| v.len() + 1024 < modelreg::protocol::MAX_REQUEST_BYTES);
     if !is_dir && fits {
         match hand_over(c, a, &name, &metrics, &metadata) {
-            Err(e) if e.code() == Some(ErrorCode::UnknownOp) => {} // an older daemon
+            // An older daemon, or one that lets this user register only by the inbox
+            // (which then says, by the file system, whether this user may).
+            Err(e) if matches!(
+                e.code(),
+                Some(ErrorCode::UnknownOp | ErrorCode::PermissionDenied)
+            ) => {}
             r => return r,
         }
     }

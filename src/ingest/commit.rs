@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::messages::{ChangeResult, Outcome, SettlerMsg};
 use crate::registry::persist::Journal;
 use crate::registry::{
-    Catalog, Delta, MetricsChange, Model, SidecarRef, SourceRecord, StoredFile, Touched, Version,
+    Catalog, Delta, Model, SidecarRef, SourceRecord, StoredFile, Touched, Version,
 };
 use crate::status::now_rfc3339;
 use crate::store::{self, Staged};
@@ -192,15 +192,8 @@ impl Registrar {
                 {
                     self.batch.touched.insert(name.to_string());
                     self.batch.changed.version(name, latest.number);
-                    let (metrics, metadata) = (s.metrics(), s.metadata());
-                    if latest.metrics != metrics || latest.metadata != metadata {
-                        latest.metrics_history.push(MetricsChange {
-                            replaced_at: now.clone(),
-                            metrics: std::mem::take(&mut latest.metrics),
-                        });
-                        latest.metrics = metrics;
-                        latest.metadata = metadata;
-                    }
+                    // The same rule as `register` of identical bytes (see there).
+                    latest.update_metrics(s.metrics(), s.metadata(), &now);
                     latest.sidecar = sidecar_ref.clone();
                     applied_to = Some(latest.number);
                     tracing::info!(

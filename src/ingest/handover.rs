@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::inbox::FileStat;
 use crate::messages::{ChangeResult, Handover, HandoverResult};
 use crate::protocol::{ChangeAnswer, ErrorBody, ErrorCode};
-use crate::registry::{Kind, MetricsChange, Model, StoredFile, Version};
+use crate::registry::{Kind, Model, StoredFile, Version};
 use crate::sidecar::Sidecar;
 use crate::store::{self, Staged};
 
@@ -104,12 +104,11 @@ impl Registrar {
         self.busy.insert(h.name);
         self.in_flight += 1;
         let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
-        let board = self.board.clone();
+        // `status` shows the copy as it shows an inbox job's, by the file's name, from
+        // now (also while it waits for a copy slot).
+        let copying = self.board.start_handover(&job.name, job.stat.size, &job.filename);
         tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let size = job.stat.size;
-            // `status` shows the copy as it shows an inbox job's.
-            let copying = board.start_copy(&job.name, size);
             let done = copying.progress.clone();
             let (name, sidecar) = (job.name.clone(), job.sidecar.clone());
             let result = tokio::task::spawn_blocking(move || copy(job, &cancel, &done.done))
@@ -247,27 +246,19 @@ impl Registrar {
             .push((tx, Ok(ChangeAnswer::Registered { number, created })));
     }
 
-    /// Identical bytes with metrics given: the version's metrics are replaced (the old
-    /// ones kept in its history), as a sidecar written again does.
+    /// Identical bytes with metrics or metadata given: applied to that version by the
+    /// rule an edited sidecar follows ([`Version::update_metrics`]).
     fn update_metrics(&mut self, name: &str, number: u32, s: &Sidecar) {
         let Some(m) = self.catalog.models.get_mut(name) else {
             return;
         };
-        let (new_metrics, new_metadata) = (metrics(s), metadata(s));
-        let Some(v) = m.find(number) else { return };
-        if v.metrics == new_metrics && v.metadata == new_metadata {
-            return;
-        }
         let m = Arc::make_mut(m);
         let Some(v) = m.versions.iter_mut().find(|v| v.number == number) else {
             return;
         };
-        v.metrics_history.push(MetricsChange {
-            replaced_at: crate::status::now_rfc3339(),
-            metrics: std::mem::take(&mut v.metrics),
-        });
-        v.metrics = new_metrics;
-        v.metadata = new_metadata;
+        if !v.update_metrics(metrics(s), metadata(s), &crate::status::now_rfc3339()) {
+            return;
+        }
         tracing::info!(
             model = name,
             "metrics of v{number} updated from a hand-over"
@@ -333,8 +324,10 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         Ok(s) => s,
         Err(Error::Cancelled) => {
             return Err(refusal(
-                ErrorCode::Internal,
-                format!("{shown}: the daemon is shutting down; nothing kept"),
+                ErrorCode::ShuttingDown,
+                format!(
+                    "the daemon is stopping: the copy of {shown} was cancelled and nothing of it was kept; register it again once the daemon is back"
+                ),
             ));
         }
         Err(Error::SourceChanged(_)) => return Err(changed()),

@@ -65,6 +65,9 @@ pub enum ErrorCode {
     SourceChanged,
     /// The peer's uid may not make this change.
     PermissionDenied,
+    /// The daemon is stopping (SIGTERM): the request was cancelled and nothing of it was
+    /// kept; send it again once the daemon is back.
+    ShuttingDown,
     /// A bug or an I/O failure in the daemon.
     Internal,
 }

@@ -262,6 +262,31 @@ impl Version {
         self.deprecated.is_none() && self.removed.is_none()
     }
 
+    /// Applies metrics and metadata given again for this version's unchanged bytes (an
+    /// edited sidecar, or `register` of the same bytes; both use this one rule). A part
+    /// given (not empty) replaces the version's; a part left empty keeps what the
+    /// version has, so metadata alone never erases metrics. When anything changes, the
+    /// metrics as they were are kept in `metrics_history` with the time `at`. Returns
+    /// whether anything changed.
+    pub fn update_metrics(&mut self, metrics: Metrics, metadata: Metadata, at: &str) -> bool {
+        let metrics_change = !metrics.is_empty() && metrics != self.metrics;
+        let metadata_change = !metadata.is_empty() && metadata != self.metadata;
+        if !metrics_change && !metadata_change {
+            return false;
+        }
+        self.metrics_history.push(MetricsChange {
+            replaced_at: at.to_string(),
+            metrics: self.metrics.clone(),
+        });
+        if metrics_change {
+            self.metrics = metrics;
+        }
+        if metadata_change {
+            self.metadata = metadata;
+        }
+        true
+    }
+
     /// Whether this version holds exactly the same files as `files`: (path relative to
     /// the version folder, sha256) pairs in the stored order. `dir` is the version
     /// folder as it appears in the stored paths, without a trailing `/`.

@@ -101,7 +101,8 @@ pub(super) async fn handle_connection(
 ) {
     // Who is asking, from the kernel (SO_PEERCRED): changes are allowed only to the
     // daemon's own user and root.
-    let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
+    let peer = super::register::Peer::of(&stream);
+    let peer_uid = peer.uid;
     let (r, mut w) = stream.into_split();
     // Read with recvmsg: a `register` request comes with a file descriptor.
     let mut reader = BufReader::with_capacity(READ_BUFFER, FdReader::new(r));
@@ -203,12 +204,14 @@ pub(super) async fn handle_connection(
                             own_uid()
                         ),
                     )
+                } else if let Some(refused) = super::register::refuse_peer(&req, &peer, ctx) {
+                    refused
                 } else if let Some(refused) = super::register::refuse_fds(&req, &fds) {
                     refused
                 } else if let Request::Register { .. } = req {
                     conn.set(Phase::Working);
                     let fd = fds.fds.pop().expect("checked: one descriptor");
-                    super::register::register(req, fd, ctx, peer_uid).await
+                    super::register::register(req, body, fd, ctx, peer_uid).await
                 } else if matches!(req, Request::Wait { .. }) {
                     // A `wait` may last long and changes nothing: it may be closed to
                     // admit another connection.

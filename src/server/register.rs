@@ -2,7 +2,8 @@
 //! registrar, answered like `wait`.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use tokio::sync::oneshot;
 
@@ -38,6 +39,143 @@ pub(super) fn refuse_fds(req: &Request, fds: &LineFds) -> Option<Response> {
         _ => None,
     }
 }
+
+/// Who is on the other end of a connection, from the kernel (SO_PEERCRED at connect).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Peer {
+    /// Its effective uid.
+    pub uid: Option<u32>,
+    /// Its effective gid.
+    pub gid: Option<u32>,
+    /// The connection's socket, to ask for the peer's supplementary groups when needed
+    /// (valid while the connection is handled).
+    sock: RawFd,
+}
+
+impl Peer {
+    /// The peer of `stream`.
+    pub fn of(stream: &tokio::net::UnixStream) -> Peer {
+        let cred = stream.peer_cred().ok();
+        Peer {
+            uid: cred.map(|c| c.uid()),
+            gid: cred.map(|c| c.gid()),
+            sock: stream.as_raw_fd(),
+        }
+    }
+
+    /// Its supplementary groups as they were at connect (SO_PEERGROUPS); empty when the
+    /// kernel cannot say.
+    fn groups(&self) -> Vec<u32> {
+        peer_groups(self.sock)
+    }
+}
+
+/// SO_PEERGROUPS (Linux 4.13): the asm-generic value, which the libc crate does not
+/// export for every target; the architectures that number it otherwise fall back to the
+/// primary group alone.
+#[cfg(not(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+fn peer_groups(sock: RawFd) -> Vec<u32> {
+    const SO_PEERGROUPS: libc::c_int = 59;
+    let size = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * size) as libc::socklen_t;
+        // SAFETY: the buffer is valid for `len` bytes; the kernel writes at most that.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock,
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / size;
+        if rc == 0 {
+            groups.truncate(n);
+            return groups;
+        }
+        // ERANGE: `len` now says how much is needed.
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && n > groups.len() {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Vec::new();
+    }
+}
+
+#[cfg(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+fn peer_groups(_sock: RawFd) -> Vec<u32> {
+    Vec::new()
+}
+
+/// Whether the user `uid` in groups `gids` may create entries in the folder `dir` (write
+/// and search permission by its mode bits; ACLs are not read).
+fn may_write_dir(uid: u32, gids: &[u32], dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let bits = if uid == m.uid() {
+        m.mode() >> 6
+    } else if gids.contains(&m.gid()) {
+        m.mode() >> 3
+    } else {
+        m.mode()
+    };
+    bits & 0o3 == 0o3
+}
+
+/// The refusal of a `register` by a peer who may neither change the registry (the
+/// daemon's user, root) nor write the inbox; `None` when it may hand a file over. A user
+/// who may drop a file into the inbox gets the same version that way: handing it over
+/// is the same power, no more.
+pub(super) fn refuse_peer(req: &Request, peer: &Peer, ctx: &Context) -> Option<Response> {
+    if !matches!(req, Request::Register { .. }) || super::may_change(peer.uid) {
+        return None;
+    }
+    let inbox = ctx.config().inbox.clone();
+    let may_write = |uid| {
+        let mut gids = peer.groups();
+        gids.extend(peer.gid);
+        may_write_dir(uid, &gids, &inbox)
+    };
+    if peer.uid.is_some_and(may_write) {
+        return None;
+    }
+    let who = match peer.uid {
+        Some(uid) => format!("uid {uid} ({})", crate::users::user_name(uid)),
+        None => "a peer whose uid the kernel did not give".to_string(),
+    };
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    let group = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&inbox)
+            .map(|m| format!(" (group {})", crate::users::group_name(m.gid())))
+            .unwrap_or_default()
+    };
+    Some(Response::err(
+        ErrorCode::PermissionDenied,
+        format!(
+            "register adds versions: only uid {own} (the daemon's user), root, or a user who may write the inbox {}{group} may; {who} may not, so nothing was registered",
+            inbox.display(),
+        ),
+    ))
+}
+
+/// The answer of a hand-over the daemon stopped before taking.
+const STOPPING: &str = "the daemon is stopping: the hand-over was not taken and nothing of it was kept; register again once the daemon is back";
 
 /// The refusal of a `register` without a descriptor.
 pub(super) const NO_DESCRIPTOR: &str = "register needs the file's open descriptor sent with the request line (SCM_RIGHTS; Python: socket.send_fds); none came. To register by path, place the file in the inbox";
@@ -75,9 +213,20 @@ fn usable(file: &File) -> Result<std::fs::Metadata, String> {
     Ok(meta)
 }
 
-/// Answers `register` (the request must be one) for the descriptor `fd`.
+/// The JSON text of a `register` line's `metrics` and `metadata`, as sent.
+#[derive(serde::Deserialize)]
+struct RawMaps<'a> {
+    #[serde(borrow, default)]
+    metrics: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Answers `register` (the request must be one, read from `line`) for the descriptor
+/// `fd`.
 pub(super) async fn register(
     req: Request,
+    line: &[u8],
     fd: OwnedFd,
     ctx: &Context,
     peer_uid: Option<u32>,
@@ -107,7 +256,15 @@ pub(super) async fn register(
     }
     let sidecar = if metrics.is_some() || metadata.is_some() {
         let shown = format!("the metrics of register {name}");
-        match crate::sidecar::from_request(&shown, metrics.as_ref(), metadata.as_ref()) {
+        // Checked as sent, by the sidecar's own parser: a parsed value has already lost
+        // what it would refuse (an integer beyond 64 bits became a float).
+        let raw = match serde_json::from_slice::<RawMaps>(line) {
+            Ok(r) => r,
+            Err(e) => return Response::err(ErrorCode::BadRequest, format!("{shown}: {e}")),
+        };
+        let text = |r: Option<&serde_json::value::RawValue>| r.map(|r| r.get().to_string());
+        let (m, md) = (text(raw.metrics), text(raw.metadata));
+        match crate::sidecar::from_request(&shown, m.as_deref(), md.as_deref()) {
             Ok(s) => Some(s),
             Err(e) => {
                 return Response::err(
@@ -132,6 +289,15 @@ pub(super) async fn register(
     };
     use std::os::unix::fs::MetadataExt;
     let (stat, mode) = (crate::inbox::FileStat::of(&meta), meta.mode() & 0o7777);
+    // As in the inbox, where an empty file waits for its bytes: never an empty version.
+    if stat.size == 0 {
+        return Response::err(
+            ErrorCode::UnusableFile,
+            format!(
+                "the file handed over as {filename} is empty (0 bytes): an empty file never becomes a version; nothing was registered"
+            ),
+        );
+    }
     // A copy that cannot fit would fail part-way after filling the disk others share.
     let store = ctx.config().store.clone();
     if let Ok(free) = crate::fsutil::free_bytes(&store)
@@ -161,19 +327,15 @@ pub(super) async fn register(
         reply: tx,
     }));
     if ctx.registrar.send(msg).is_err() {
-        return Response::err(ErrorCode::Internal, "the daemon is shutting down");
+        return Response::err(ErrorCode::ShuttingDown, STOPPING);
     }
     let number = match rx.await {
         Ok(Ok(Ok(ChangeAnswer::Registered { number, created }))) => (number, created),
         Ok(Ok(Ok(_))) => return Response::err(ErrorCode::Internal, "unexpected answer"),
         Ok(Ok(Err(e))) => return e.into(),
         Ok(Err(body)) => return Response::err(body.code, body.message),
-        Err(_) => {
-            return Response::err(
-                ErrorCode::Internal,
-                "the hand-over was not confirmed (the daemon is shutting down?); nothing kept",
-            );
-        }
+        // The registrar ended without answering: only at shutdown.
+        Err(_) => return Response::err(ErrorCode::ShuttingDown, STOPPING),
     };
     let (catalog, cfg) = (ctx.shared.catalog(), ctx.config());
     let (number, created) = number;

@@ -170,11 +170,14 @@ pub(super) async fn status(ctx: &Context) -> Response {
     // the inbox: its copy is shown as a registering entry too.
     for name in ctx.board.copying() {
         if !waiting.iter().any(|w| w.name == name) {
+            // Named by the file handed over, since when its copy was accepted.
+            let entries = ctx.board.handed_over(&name).into_iter().collect();
+            let since_secs = ctx.board.copy_progress(&name).map_or(0.0, |p| p.secs);
             waiting.push(Waiting {
                 name,
-                entries: Vec::new(),
+                entries,
                 state: "registering".into(),
-                since_secs: 0.0,
+                since_secs,
                 reason: Some("handed over by descriptor".into()),
                 bytes_done: None,
                 bytes_total: None,

@@ -137,6 +137,7 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
         }
         metadata.insert(key, v);
     }
+    check_known_types(shown, &metadata, &line_of)?;
     // In the file's order (the map is in key order), each shown as `path:line: ...`, the
     // way refusals are.
     notes.sort_by_key(|(line, _)| *line);
@@ -149,6 +150,38 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
         metadata,
         notes,
     })
+}
+
+/// The documented types of the known metadata keys, wherever they were given (at the top
+/// or under `metadata:`): `dataset` and `notes` are text, `tags` a list of text (`null`
+/// stands for "not given").
+fn check_known_types(
+    shown: &str,
+    metadata: &Map<String, Value>,
+    line_of: &dyn Fn(&str) -> Option<usize>,
+) -> Result<(), ParseError> {
+    for (key, want) in [("dataset", "text"), ("notes", "text"), ("tags", "tags")] {
+        let ok = match (metadata.get(key), want) {
+            (None | Some(Value::Null), _) => true,
+            (Some(v), "text") => v.is_string(),
+            (Some(Value::Array(items)), _) => items.iter().all(Value::is_string),
+            _ => false,
+        };
+        if !ok {
+            let v = &metadata[key];
+            let what = if want == "text" {
+                format!("`{key}` must be a string, such as `{key}: imagenet-1k`")
+            } else {
+                "`tags` must be a list of strings, such as `tags: [baseline, resnet]`".into()
+            };
+            return Err(ParseError::at(
+                shown,
+                line_of(key),
+                format!("{what}; it is {v} (free-form values go under `metadata:` with another key)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The text of a string that reads as a finite decimal number (`"0.71"`, `'90'`).

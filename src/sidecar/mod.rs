@@ -84,24 +84,23 @@ pub fn parse(shown: &str, bytes: &[u8]) -> Result<Sidecar, ParseError> {
     parse_as(shown, bytes, is_json(shown))
 }
 
-/// Reads the `metrics` and `metadata` of a `register` request as a JSON sidecar of the
-/// form `{"metrics": {...}, "metadata": {...}}` would be read: the same rules, limits
-/// and wording. `shown` names them in errors.
+/// Reads the `metrics` and `metadata` of a `register` request, given as their JSON text
+/// exactly as it came in the request line, as a JSON sidecar of the form
+/// `{"metrics": {...}, "metadata": {...}}` is read: the same parser on the same kind of
+/// text, so the same rules, limits and wording (an integer beyond 64 bits included,
+/// which a parsed value could no longer tell). `shown` names them in errors.
 pub fn from_request(
     shown: &str,
-    metrics: Option<&Map<String, Value>>,
-    metadata: Option<&Map<String, Value>>,
+    metrics: Option<&str>,
+    metadata: Option<&str>,
 ) -> Result<Sidecar, ParseError> {
-    let mut doc = Map::new();
-    doc.insert(
-        "metrics".into(),
-        Value::Object(metrics.cloned().unwrap_or_default()),
-    );
+    let mut text = format!("{{\"metrics\": {}", metrics.unwrap_or("{}"));
     if let Some(m) = metadata {
-        doc.insert("metadata".into(), Value::Object(m.clone()));
+        text.push_str(", \"metadata\": ");
+        text.push_str(m);
     }
-    let text = serde_json::to_vec(&Value::Object(doc)).unwrap_or_default();
-    parse_as(shown, &text, true)
+    text.push('}');
+    parse_as(shown, text.as_bytes(), true)
 }
 
 fn parse_as(shown: &str, bytes: &[u8], json: bool) -> Result<Sidecar, ParseError> {
@@ -256,14 +255,17 @@ mod tests {
 
     #[test]
     fn request_metrics_follow_the_sidecar_rules() {
-        let m: Map<String, Value> = serde_json::from_str(r#"{"acc": 0.5}"#).unwrap();
-        let md: Map<String, Value> = serde_json::from_str(r#"{"dataset": "d"}"#).unwrap();
-        let s = from_request("register m", Some(&m), Some(&md)).unwrap();
+        let s = from_request("register m", Some(r#"{"acc": 0.5}"#), Some(r#"{"dataset": "d"}"#))
+            .unwrap();
         assert_eq!(s.metrics["acc"], 0.5);
         assert_eq!(s.metadata["dataset"], "d");
-        let bad: Map<String, Value> = serde_json::from_str(r#"{"acc": "high"}"#).unwrap();
-        let e = from_request("register m", Some(&bad), None).unwrap_err();
+        let e = from_request("register m", Some(r#"{"acc": "high"}"#), None).unwrap_err();
         assert!(e.reason.contains("not a finite number"), "{e}");
+        let e = from_request("register m", Some(r#"{"x": 18446744073709551616}"#), None)
+            .unwrap_err();
+        assert!(e.reason.contains("out of range"), "{e}");
+        let e = from_request("register m", None, Some(r#"{"tags": "a"}"#)).unwrap_err();
+        assert!(e.reason.contains("list of strings"), "{e}");
     }
 
     #[test]

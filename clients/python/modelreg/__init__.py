@@ -92,6 +92,7 @@ __all__ = [
     "PermissionDenied",
     "UnusableFile",
     "SourceChanged",
+    "DaemonStopping",
     "InternalError",
 ]
 
@@ -211,6 +212,11 @@ class SourceChanged(ModelRegistryError):
     """``source_changed``: the file was written while the daemon copied it; nothing was kept."""
 
 
+class DaemonStopping(ModelRegistryError):
+    """``shutting_down``: the daemon is stopping; the request was cancelled and nothing of
+    it was kept. Send it again once the daemon is back."""
+
+
 class InternalError(ModelRegistryError):
     """``internal``: a bug in the daemon."""
 
@@ -236,6 +242,7 @@ _BY_CODE = {
     "permission_denied": PermissionDenied,
     "unusable_file": UnusableFile,
     "source_changed": SourceChanged,
+    "shutting_down": DaemonStopping,
     "internal": InternalError,
 }
 
@@ -844,6 +851,7 @@ class ModelRegistry:
 
         Raises RegistrationBlocked, RegistrationTimeout, UnusableFile (not a regular
         file), SourceChanged (written while the daemon copied it; nothing was kept),
+        DaemonStopping (the daemon stopped during the copy; nothing was kept),
         DaemonNotRunning, FileNotFoundError.
         """
         name, src, sidecar = _register_args(name, model_path, metrics, timeout, progress, metadata)
@@ -879,7 +887,8 @@ class ModelRegistry:
     def _hand_over(self, name: str, src: Path, sidecar: Optional[str], timeout: float, progress: Optional[bool]) -> Optional[Version]:
         """Registers the file `src` by passing its open descriptor to the daemon
         (``register``; no settle wait, no permission on the path needed by the daemon).
-        None when the daemon is older and does not know ``register``."""
+        None when the daemon is older and does not know ``register``, or refuses it to
+        this user (permission_denied): the inbox hand-over is then tried."""
         if not hasattr(_socket, "send_fds"):  # Python < 3.9
             return None
         req: Dict[str, Any] = {"op": "register", "name": name, "filename": _entry_for(name, src)}
@@ -903,7 +912,9 @@ class ModelRegistry:
         try:
             with self._progress(name, progress):
                 answer = self._call(req, read_timeout=timeout, timeout_error=RegistrationTimeout, fds=[fd])
-        except UnknownOp:
+        except (UnknownOp, PermissionDenied):
+            # An older daemon, or one that lets this user register only by the inbox
+            # (whose permissions then decide, as for any file dropped there).
             return None
         finally:
             os.close(fd)
