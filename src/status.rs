@@ -214,7 +214,12 @@ impl StatusBoard {
 
     /// Registers the copy of a file handed over as `filename` (`register`), until the
     /// guard is dropped: `status` shows it by that name, as an inbox entry's copy.
-    pub fn start_handover(self: &Arc<Self>, name: &str, total: u64, filename: &str) -> CopyingGuard {
+    pub fn start_handover(
+        self: &Arc<Self>,
+        name: &str,
+        total: u64,
+        filename: &str,
+    ) -> CopyingGuard {
         self.start_job(name, total, Some(filename.to_string()))
     }
 

@@ -375,7 +375,7 @@ fn a_copy_under_way_at_shutdown_is_cancelled_and_leaves_nothing() {
     assert!(d.stop().success());
     let e = client.join().unwrap().expect_err("registered at shutdown");
     assert!(
-        e.to_string().contains("shutting down"),
+        e.to_string().contains("the daemon is stopping"),
         "the client is told why: {e}"
     );
     assert_nothing_kept(&d, "big");

@@ -86,7 +86,17 @@ fn register_is_refused_to_a_user_who_may_neither_change_the_registry_nor_write_t
     let d = TestDaemon::start(NO_SETTLE);
     let v1 = d.root.path().join("v1.pt");
     write(&v1, &bytes(1, 3000));
-    ok(&d, &["add", "--name", "m", v1.to_str().unwrap(), "--metric", "acc=0.9"]);
+    ok(
+        &d,
+        &[
+            "add",
+            "--name",
+            "m",
+            v1.to_str().unwrap(),
+            "--metric",
+            "acc=0.9",
+        ],
+    );
     // Everyone reaches the socket; the inbox is writable by group 4242 only.
     let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
     open(d.root.path(), 0o755).unwrap();
@@ -119,11 +129,20 @@ fn register_is_refused_to_a_user_who_may_neither_change_the_registry_nor_write_t
     );
     let versions = d.versions("m");
     assert_eq!(versions.len(), 1);
-    assert_eq!(versions[0].metrics["acc"], 0.9, "latest's metrics untouched");
+    assert_eq!(
+        versions[0].metrics["acc"], 0.9,
+        "latest's metrics untouched"
+    );
 
     // The clients then try the inbox, where the file system refuses them too.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--socket"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--socket",
+        ])
         .arg(d.socket())
         .args(["add", "--name", "m"])
         .arg(&src)
@@ -139,7 +158,11 @@ fn register_is_refused_to_a_user_who_may_neither_change_the_registry_nor_write_t
         "import os\nfrom modelreg import ModelRegistry\ntry:\n    ModelRegistry(socket=os.environ['SOCK']).register('m', os.environ['SRC'], progress=False)\nexcept PermissionError as e:\n    print(type(e).__name__, e)\n",
     );
     let text = stdout(&out);
-    assert!(text.starts_with("PermissionError"), "{text}{}", stderr(&out));
+    assert!(
+        text.starts_with("PermissionError"),
+        "{text}{}",
+        stderr(&out)
+    );
     assert_eq!(d.versions("m").len(), 1);
 
     // A member of the inbox's group may drop the file there: it may hand it over too.
@@ -149,7 +172,13 @@ fn register_is_refused_to_a_user_who_may_neither_change_the_registry_nor_write_t
     assert_eq!(answer["result"]["version"]["version"], "v2", "{answer}");
     // ... but still may not change what is registered.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--groups=4242", BIN, "--socket"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--groups=4242",
+            BIN,
+            "--socket",
+        ])
         .arg(d.socket())
         .args(["alias", "set", "m", "production", "v1"])
         .output()
@@ -164,16 +193,25 @@ fn identical_bytes_with_metadata_only_keep_the_metrics_as_an_edited_sidecar_does
     let src = d.root.path().join("r.pt");
     write(&src, &bytes(3, 2000));
     let path = src.to_str().unwrap();
-    ok(&d, &["add", path, "--metric", "acc=0.9", "--meta", "dataset=a"]);
+    ok(
+        &d,
+        &["add", path, "--metric", "acc=0.9", "--meta", "dataset=a"],
+    );
 
     // By hand-over: the same bytes with metadata only.
     let out = ok(&d, &["add", path, "--meta", "notes=again"]);
     assert!(out.contains("no new version; metrics updated"), "{out}");
     let v = d.get("r", "latest").unwrap();
     assert_eq!(v.version, "v1");
-    assert_eq!(v.metrics["acc"], 0.9, "metadata alone must not erase metrics");
+    assert_eq!(
+        v.metrics["acc"], 0.9,
+        "metadata alone must not erase metrics"
+    );
     assert_eq!(v.metadata["notes"], "again");
-    assert!(!v.metadata.contains_key("dataset"), "metadata given replaces metadata");
+    assert!(
+        !v.metadata.contains_key("dataset"),
+        "metadata given replaces metadata"
+    );
     // New metrics replace the metrics, the old ones kept with the time.
     ok(&d, &["add", path, "--metric", "acc=0.95"]);
     let v = d.get("r", "latest").unwrap();
@@ -273,18 +311,23 @@ fn a_stop_during_the_copy_answers_shutting_down_and_leaves_nothing_after_restart
             .unwrap()
             .register("big", "big.pt", &f, None, None)
     });
-    wait_until(Duration::from_secs(60), "the copy of big.pt under way", || {
-        d.status()
-            .waiting
-            .iter()
-            .any(|w| w.name == "big" && w.bytes_done.unwrap_or(0) > 0)
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the copy of big.pt under way",
+        || {
+            d.status()
+                .waiting
+                .iter()
+                .any(|w| w.name == "big" && w.bytes_done.unwrap_or(0) > 0)
+        },
+    );
     assert!(d.stop().success());
     let e = client.join().unwrap().expect_err("registered at shutdown");
     let code = e.code().map(|c| serde_json::to_value(c).unwrap());
     assert_eq!(code, Some("shutting_down".into()), "{e}");
     assert!(
-        e.to_string().starts_with("the daemon is stopping: the copy of")
+        e.to_string()
+            .starts_with("the daemon is stopping: the copy of")
             && e.to_string().contains("nothing of it was kept"),
         "{e}"
     );
@@ -315,14 +358,18 @@ fn a_handover_being_copied_shows_in_status_by_its_file_name_and_age() {
             .register("huge", "huge.bin", &f, None, None)
     });
     let mut seen = None;
-    wait_until(Duration::from_secs(60), "the copy of huge.bin under way", || {
-        seen = d
-            .status()
-            .waiting
-            .into_iter()
-            .find(|w| w.name == "huge" && w.bytes_done.unwrap_or(0) > 0);
-        seen.is_some()
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the copy of huge.bin under way",
+        || {
+            seen = d
+                .status()
+                .waiting
+                .into_iter()
+                .find(|w| w.name == "huge" && w.bytes_done.unwrap_or(0) > 0);
+            seen.is_some()
+        },
+    );
     let w = seen.unwrap();
     assert_eq!(w.entries, vec!["huge.bin".to_string()], "{w:?}");
     assert_eq!(w.state, "registering");

@@ -263,10 +263,11 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         match hand_over(c, a, &name, &metrics, &metadata) {
             // An older daemon, or one that lets this user register only by the inbox
             // (which then says, by the file system, whether this user may).
-            Err(e) if matches!(
-                e.code(),
-                Some(ErrorCode::UnknownOp | ErrorCode::PermissionDenied)
-            ) => {}
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::UnknownOp | ErrorCode::PermissionDenied)
+                ) => {}
             r => return r,
         }
     }

@@ -106,7 +106,9 @@ impl Registrar {
         let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
         // `status` shows the copy as it shows an inbox job's, by the file's name, from
         // now (also while it waits for a copy slot).
-        let copying = self.board.start_handover(&job.name, job.stat.size, &job.filename);
+        let copying = self
+            .board
+            .start_handover(&job.name, job.stat.size, &job.filename);
         tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             let done = copying.progress.clone();

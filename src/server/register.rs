@@ -101,7 +101,8 @@ fn peer_groups(sock: RawFd) -> Vec<u32> {
             return groups;
         }
         // ERANGE: `len` now says how much is needed.
-        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && n > groups.len() {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && n > groups.len()
+        {
             groups.resize(n, 0);
             continue;
         }

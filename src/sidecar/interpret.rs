@@ -177,7 +177,9 @@ fn check_known_types(
             return Err(ParseError::at(
                 shown,
                 line_of(key),
-                format!("{what}; it is {v} (free-form values go under `metadata:` with another key)"),
+                format!(
+                    "{what}; it is {v} (free-form values go under `metadata:` with another key)"
+                ),
             ));
         }
     }

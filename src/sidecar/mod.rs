@@ -255,14 +255,18 @@ mod tests {
 
     #[test]
     fn request_metrics_follow_the_sidecar_rules() {
-        let s = from_request("register m", Some(r#"{"acc": 0.5}"#), Some(r#"{"dataset": "d"}"#))
-            .unwrap();
+        let s = from_request(
+            "register m",
+            Some(r#"{"acc": 0.5}"#),
+            Some(r#"{"dataset": "d"}"#),
+        )
+        .unwrap();
         assert_eq!(s.metrics["acc"], 0.5);
         assert_eq!(s.metadata["dataset"], "d");
         let e = from_request("register m", Some(r#"{"acc": "high"}"#), None).unwrap_err();
         assert!(e.reason.contains("not a finite number"), "{e}");
-        let e = from_request("register m", Some(r#"{"x": 18446744073709551616}"#), None)
-            .unwrap_err();
+        let e =
+            from_request("register m", Some(r#"{"x": 18446744073709551616}"#), None).unwrap_err();
         assert!(e.reason.contains("out of range"), "{e}");
         let e = from_request("register m", None, Some(r#"{"tags": "a"}"#)).unwrap_err();
         assert!(e.reason.contains("list of strings"), "{e}");
