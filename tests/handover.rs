@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 
@@ -19,30 +17,6 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A settle period no test waits out: a version that appears came by the hand-over.
 const NO_SETTLE: &str = "settle: 1h\n";
-
-/// Sends `line` with the descriptors `fds` attached, and reads the answer line.
-fn send_raw(socket: &Path, line: &str, fds: &[RawFd]) -> serde_json::Value {
-    let s = UnixStream::connect(socket).unwrap();
-    let data = format!("{line}\n");
-    // SAFETY: the descriptors are open for the duration of the call.
-    let fds: Vec<BorrowedFd> = fds
-        .iter()
-        .map(|f| unsafe { BorrowedFd::borrow_raw(*f) })
-        .collect();
-    let n = modelreg::client::send_with_fds(&s, data.as_bytes(), &fds).unwrap();
-    assert_eq!(n, data.len());
-    let mut answer = String::new();
-    BufReader::new(&s).read_line(&mut answer).unwrap();
-    serde_json::from_str(&answer).unwrap()
-}
-
-fn error_of(answer: &serde_json::Value) -> (String, String) {
-    assert_eq!(answer["ok"], false, "{answer}");
-    (
-        answer["error"]["code"].as_str().unwrap().to_string(),
-        answer["error"]["message"].as_str().unwrap().to_string(),
-    )
-}
 
 /// Nothing half-registered: no version folder and no staging folder left.
 fn assert_nothing_kept(d: &TestDaemon, name: &str) {
@@ -344,41 +318,6 @@ fn register_needs_exactly_one_descriptor_and_other_requests_none() {
         .filter(|p| p == &src)
         .collect();
     assert!(fds.is_empty(), "the daemon still holds {fds:?}");
-}
-
-#[test]
-fn a_copy_under_way_at_shutdown_is_cancelled_and_leaves_nothing() {
-    let mut d = TestDaemon::start(NO_SETTLE);
-    // Sparse: no time to write it, and seconds for the daemon to copy and hash.
-    let src = d.root.path().join("big.pt");
-    std::fs::File::create(&src)
-        .unwrap()
-        .set_len(4 << 30)
-        .unwrap();
-    let socket = d.socket();
-    let client = std::thread::spawn(move || {
-        let f = std::fs::File::open(&src).unwrap();
-        modelreg::client::Client::connect(&socket)
-            .unwrap()
-            .register("big", "big.pt", &f, None, None)
-    });
-    wait_until(
-        std::time::Duration::from_secs(60),
-        "the copy of big.pt under way in status",
-        || {
-            d.status()
-                .waiting
-                .iter()
-                .any(|w| w.name == "big" && w.bytes_done.unwrap_or(0) > 0)
-        },
-    );
-    assert!(d.stop().success());
-    let e = client.join().unwrap().expect_err("registered at shutdown");
-    assert!(
-        e.to_string().contains("the daemon is stopping"),
-        "the client is told why: {e}"
-    );
-    assert_nothing_kept(&d, "big");
 }
 
 #[test]

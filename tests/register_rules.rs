@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -20,23 +18,7 @@ const NO_SETTLE: &str = "settle: 1h\n";
 
 /// Sends the `register` line `line` with `file`'s descriptor attached; the answer.
 fn register_raw(d: &TestDaemon, line: &str, file: &std::fs::File) -> serde_json::Value {
-    let s = UnixStream::connect(d.socket()).unwrap();
-    let data = format!("{line}\n");
-    // SAFETY: the file is open for the duration of the call.
-    let fd = unsafe { BorrowedFd::borrow_raw(file.as_raw_fd()) };
-    modelreg::client::send_with_fds(&s, data.as_bytes(), &[fd]).unwrap();
-    let mut answer = String::new();
-    BufReader::new(&s).read_line(&mut answer).unwrap();
-    serde_json::from_str(&answer).unwrap()
-}
-
-/// The code and message of an error answer.
-fn error_of(answer: &serde_json::Value) -> (String, String) {
-    assert_eq!(answer["ok"], false, "{answer}");
-    (
-        answer["error"]["code"].as_str().unwrap().to_string(),
-        answer["error"]["message"].as_str().unwrap().to_string(),
-    )
+    send_raw(&d.socket(), line, &[file.as_raw_fd()])
 }
 
 /// Python as uid/gid 65534 with the supplementary groups `groups` ("" for none): runs
@@ -61,6 +43,59 @@ fn python_as_nobody(d: &TestDaemon, groups: &str, src: &Path, code: &str) -> std
             "PYTHONPATH",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
         )
+        .output()
+        .unwrap()
+}
+
+/// Hands a sparse file of 4 GiB over as `filename` of model `name` on a thread (no time
+/// to write it, seconds for the daemon to copy and hash), and waits until `status` shows
+/// its copy under way: that entry, and the thread answering the `register`.
+fn register_big_in_background(
+    d: &TestDaemon,
+    name: &str,
+    filename: &str,
+) -> (
+    modelreg::protocol::Waiting,
+    std::thread::JoinHandle<Result<modelreg::protocol::Waited, modelreg::client::ClientError>>,
+) {
+    let src = d.root.path().join(filename);
+    std::fs::File::create(&src)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let (socket, model, stored) = (d.socket(), name.to_string(), filename.to_string());
+    let client = std::thread::spawn(move || {
+        let f = std::fs::File::open(&src).unwrap();
+        modelreg::client::Client::connect(&socket)
+            .unwrap()
+            .register(&model, &stored, &f, None, None)
+    });
+    let mut seen = None;
+    wait_until(
+        Duration::from_secs(60),
+        "the copy under way in status",
+        || {
+            seen = d
+                .status()
+                .waiting
+                .into_iter()
+                .find(|w| w.name == name && w.bytes_done.unwrap_or(0) > 0);
+            seen.is_some()
+        },
+    );
+    (seen.unwrap(), client)
+}
+
+/// The CLI as uid/gid 65534 with the supplementary groups `groups` (none when empty).
+fn cli_as_nobody(d: &TestDaemon, groups: &str, args: &[&str]) -> std::process::Output {
+    let groups = match groups {
+        "" => "--clear-groups".to_string(),
+        g => format!("--groups={g}"),
+    };
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", &groups, BIN, "--socket"])
+        .arg(d.socket())
+        .args(args)
         .output()
         .unwrap()
 }
@@ -135,19 +170,7 @@ fn register_is_refused_to_a_user_who_may_neither_change_the_registry_nor_write_t
     );
 
     // The clients then try the inbox, where the file system refuses them too.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--socket",
-        ])
-        .arg(d.socket())
-        .args(["add", "--name", "m"])
-        .arg(&src)
-        .output()
-        .unwrap();
+    let out = cli_as_nobody(&d, "", &["add", "--name", "m", src.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains(d.inbox().to_str().unwrap()), "{err}");
@@ -171,18 +194,7 @@ fn register_is_refused_to_a_user_who_may_neither_change_the_registry_nor_write_t
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(answer["result"]["version"]["version"], "v2", "{answer}");
     // ... but still may not change what is registered.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--groups=4242",
-            BIN,
-            "--socket",
-        ])
-        .arg(d.socket())
-        .args(["alias", "set", "m", "production", "v1"])
-        .output()
-        .unwrap();
+    let out = cli_as_nobody(&d, "4242", &["alias", "set", "m", "production", "v1"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("only uid 0"), "{}", stderr(&out));
 }
@@ -298,29 +310,7 @@ fn register_metrics_and_metadata_get_the_sidecar_checks_on_the_text_as_sent() {
 #[test]
 fn a_stop_during_the_copy_answers_shutting_down_and_leaves_nothing_after_restart() {
     let mut d = TestDaemon::start(NO_SETTLE);
-    // Sparse: no time to write it, and seconds for the daemon to copy and hash.
-    let src = d.root.path().join("big.pt");
-    std::fs::File::create(&src)
-        .unwrap()
-        .set_len(4 << 30)
-        .unwrap();
-    let socket = d.socket();
-    let client = std::thread::spawn(move || {
-        let f = std::fs::File::open(&src).unwrap();
-        modelreg::client::Client::connect(&socket)
-            .unwrap()
-            .register("big", "big.pt", &f, None, None)
-    });
-    wait_until(
-        Duration::from_secs(60),
-        "the copy of big.pt under way",
-        || {
-            d.status()
-                .waiting
-                .iter()
-                .any(|w| w.name == "big" && w.bytes_done.unwrap_or(0) > 0)
-        },
-    );
+    let (_, client) = register_big_in_background(&d, "big", "big.pt");
     assert!(d.stop().success());
     let e = client.join().unwrap().expect_err("registered at shutdown");
     let code = e.code().map(|c| serde_json::to_value(c).unwrap());
@@ -329,7 +319,7 @@ fn a_stop_during_the_copy_answers_shutting_down_and_leaves_nothing_after_restart
         e.to_string()
             .starts_with("the daemon is stopping: the copy of")
             && e.to_string().contains("nothing of it was kept"),
-        "{e}"
+        "the client is told why: {e}"
     );
     d.spawn();
     assert!(!d.catalog().models.contains_key("big"));
@@ -345,32 +335,7 @@ fn a_stop_during_the_copy_answers_shutting_down_and_leaves_nothing_after_restart
 #[test]
 fn a_handover_being_copied_shows_in_status_by_its_file_name_and_age() {
     let d = TestDaemon::start(NO_SETTLE);
-    let src = d.root.path().join("huge.bin");
-    std::fs::File::create(&src)
-        .unwrap()
-        .set_len(4 << 30)
-        .unwrap();
-    let socket = d.socket();
-    let _client = std::thread::spawn(move || {
-        let f = std::fs::File::open(&src).unwrap();
-        modelreg::client::Client::connect(&socket)
-            .unwrap()
-            .register("huge", "huge.bin", &f, None, None)
-    });
-    let mut seen = None;
-    wait_until(
-        Duration::from_secs(60),
-        "the copy of huge.bin under way",
-        || {
-            seen = d
-                .status()
-                .waiting
-                .into_iter()
-                .find(|w| w.name == "huge" && w.bytes_done.unwrap_or(0) > 0);
-            seen.is_some()
-        },
-    );
-    let w = seen.unwrap();
+    let (w, _client) = register_big_in_background(&d, "huge", "huge.bin");
     assert_eq!(w.entries, vec!["huge.bin".to_string()], "{w:?}");
     assert_eq!(w.state, "registering");
     assert!(w.since_secs > 0.0, "since when it was accepted: {w:?}");

@@ -510,3 +510,28 @@ pub fn version_content(v: &modelreg::protocol::VersionInfo) -> Vec<(String, Stri
     out.sort();
     out
 }
+
+/// Sends `line` with the descriptors `fds` attached, and reads the answer line.
+pub fn send_raw(socket: &Path, line: &str, fds: &[std::os::fd::RawFd]) -> serde_json::Value {
+    let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let data = format!("{line}\n");
+    // SAFETY: the descriptors are open for the duration of the call.
+    let fds: Vec<std::os::fd::BorrowedFd> = fds
+        .iter()
+        .map(|f| unsafe { std::os::fd::BorrowedFd::borrow_raw(*f) })
+        .collect();
+    let n = modelreg::client::send_with_fds(&s, data.as_bytes(), &fds).unwrap();
+    assert_eq!(n, data.len());
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap()
+}
+
+/// The code and message of an error answer (`ok` false).
+pub fn error_of(answer: &serde_json::Value) -> (String, String) {
+    assert_eq!(answer["ok"], false, "{answer}");
+    (
+        answer["error"]["code"].as_str().unwrap().to_string(),
+        answer["error"]["message"].as_str().unwrap().to_string(),
+    )
+}
