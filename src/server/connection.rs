@@ -100,7 +100,7 @@ pub(super) async fn handle_connection(
     conn: &Conn,
 ) {
     // Who is asking, from the kernel (SO_PEERCRED): changes are allowed only to the
-    // daemon's own user and root.
+    // daemon's own user and root (`register` also to a user who may write the inbox).
     let peer = super::register::Peer::of(&stream);
     let peer_uid = peer.uid;
     let (r, mut w) = stream.into_split();
