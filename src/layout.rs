@@ -49,7 +49,8 @@ pub struct Health {
     pub inbox_ok: bool,
     /// The store is the one pinned at start: new versions may go into it.
     pub store_ok: bool,
-    /// registry.yaml is missing and must be written again from memory.
+    /// registry.yaml or its journal is missing: registry.yaml must be written again
+    /// from memory (with a fresh journal).
     pub registry_missing: bool,
 }
 
@@ -160,6 +161,19 @@ impl Layout {
         }
     }
 
+    /// Whether the journal beside registry.yaml exists; the reason when not.
+    pub fn journal(&self) -> Result<(), String> {
+        let journal = crate::registry::persist::journal_path(&self.registry);
+        match fs::symlink_metadata(&journal) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+                "{} was deleted while running; registry.yaml is written again from the \
+                 catalog in memory and a fresh journal started",
+                journal.display()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Opens the inbox folder and checks that the handle is the pinned folder, so that
     /// files opened beneath it come from the inbox the daemon started with.
     pub fn open_inbox(&self) -> Result<fs::File, String> {
@@ -186,16 +200,19 @@ impl Layout {
         let inbox = self.inbox();
         let store = self.store();
         let registry = self.registry();
+        let journal = self.journal();
         let health = Health {
             inbox_ok: inbox.is_ok(),
             store_ok: store.is_ok(),
-            registry_missing: registry.is_err(),
+            registry_missing: registry.is_err() || journal.is_err(),
         };
+        let journal_path = crate::registry::persist::journal_path(&self.registry);
         let findings = [
             (&self.root, self.root()),
             (&self.inbox, inbox),
             (&self.store, store),
             (&self.registry, registry),
+            (&journal_path, journal),
         ];
         let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
         for (path, result) in findings {
@@ -328,10 +345,17 @@ mod tests {
         fs::create_dir_all(&c.inbox).unwrap();
         fs::create_dir_all(&c.store).unwrap();
         fs::write(&c.registry, "").unwrap();
+        let journal = crate::registry::persist::journal_path(&c.registry);
+        fs::write(&journal, "").unwrap();
         let l = Layout::pin(&c);
         let board = StatusBoard::default();
         let h = l.check(&board);
         assert!(h.inbox_ok && h.store_ok && !h.registry_missing);
+        // The journal alone gone: registry.yaml is written again too.
+        fs::remove_file(&journal).unwrap();
+        assert!(l.check(&board).registry_missing);
+        fs::write(&journal, "").unwrap();
+        assert!(!l.check(&board).registry_missing);
         let outside = tempfile::tempdir().unwrap();
         fs::rename(&c.inbox, t.path().join("x")).unwrap();
         std::os::unix::fs::symlink(outside.path(), &c.inbox).unwrap();

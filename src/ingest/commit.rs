@@ -259,8 +259,8 @@ impl Registrar {
             let recorded = record.is_some();
             let written = tokio::task::spawn_blocking(move || {
                 let t0 = std::time::Instant::now();
-                let (r, fresh) = match &record {
-                    None => (Ok(()), true),
+                let (r, fresh, whole) = match &record {
+                    None => (Ok(()), true, whole),
                     Some(d) => durable(d, &path, &snap, journal.as_mut(), whole),
                 };
                 tracing::debug!(took = ?t0.elapsed(), versions = staged.len(), whole, "commit durable");
@@ -300,11 +300,11 @@ impl Registrar {
                         }
                     }
                 }
-                (r, fresh, staged, journal)
+                (r, fresh, whole, staged, journal)
             })
             .await;
             match written {
-                Ok((r, fresh, staged, journal)) => {
+                Ok((r, fresh, whole, staged, journal)) => {
                     self.writeback.journal = journal;
                     match r {
                         Ok(()) => {
@@ -313,12 +313,18 @@ impl Registrar {
                                     self.writeback.written = snapshot.journal_seq;
                                 }
                                 self.writeback.failed = !fresh;
+                                self.board.clear_problem(&self.journal_shown());
                             }
                             self.shared.publish(snapshot);
                             self.board.count_registered(batch.registered.len() as u64);
                         }
                         Err(e) => {
                             self.writeback.failed = true;
+                            // Shown until a commit is durable again.
+                            self.board.set_problem(
+                                &self.journal_shown(),
+                                &format!("the last change could not be made durable, and was not kept: {e}; the next change writes registry.yaml whole and starts a fresh journal"),
+                            );
                             self.roll_back(e.to_string(), staged, &mut outcomes, &mut replies)
                         }
                     }
@@ -375,6 +381,13 @@ impl Registrar {
         Some(d)
     }
 
+    /// The journal's path as `status` shows it.
+    fn journal_shown(&self) -> String {
+        crate::registry::persist::journal_path(&self.config.registry)
+            .display()
+            .to_string()
+    }
+
     fn roll_back(
         &mut self,
         error: String,
@@ -383,8 +396,7 @@ impl Registrar {
         replies: &mut [(tokio::sync::oneshot::Sender<ChangeResult>, ChangeResult)],
     ) {
         self.board.error(format!(
-            "writing {}: {error}; nothing of this batch was registered, will retry",
-            self.config.registry.display()
+            "making the change durable: {error}; nothing of this batch was kept, will retry"
         ));
         self.catalog = (*self.shared.catalog()).clone();
         for s in staged {
@@ -407,35 +419,65 @@ impl Registrar {
 
 /// Makes record `d` durable: appended to the journal and fsynced, or, when `whole` (no
 /// usable journal), by writing `snap` to registry.yaml at `path` and starting a fresh
-/// journal after it. The second value says whether the journal is usable afterwards.
+/// journal after it (also when registry.yaml or the journal went missing). The second
+/// value says whether the journal is usable afterwards, the third whether registry.yaml
+/// was written.
 fn durable(
     d: &Delta,
     path: &Path,
     snap: &Catalog,
     journal: Option<&mut Journal>,
     whole: bool,
-) -> (Result<()>, bool) {
+) -> (Result<()>, bool, bool) {
+    // Checked before every append (an fstat and two stats, next to an fsync): a journal
+    // deleted while running would take this acknowledged change into an unlinked file,
+    // and a deleted registry.yaml leaves the journal continuing a file that is gone.
+    // Either way the whole catalog goes to registry.yaml now, with a fresh journal.
+    let whole = whole || journal.as_deref().is_some_and(|j| !files_in_place(path, j));
     match journal {
         Some(j) if !whole => {
             let r = j.append(d);
             let ok = r.is_ok();
-            (r, ok)
+            (r, ok, false)
         }
         journal => {
             if let Err(e) = write_registry(path, snap) {
-                return (Err(e), false);
+                return (Err(e), false, true);
             }
             match journal.map(|j| j.rotate(d.seq)) {
                 Some(Err(e)) => {
                     // registry.yaml holds the change; the journal is retried next commit.
                     tracing::error!("starting a fresh journal: {e}");
-                    (Ok(()), false)
+                    (Ok(()), false, true)
                 }
-                Some(Ok(())) => (Ok(()), true),
-                None => (Ok(()), false),
+                Some(Ok(())) => (Ok(()), true, true),
+                None => (Ok(()), false, true),
             }
         }
     }
+}
+
+/// Whether registry.yaml at `path` exists and the journal's path still leads to the file
+/// `j` appends to; warns, naming the path, when not.
+fn files_in_place(path: &Path, j: &Journal) -> bool {
+    if !j.in_place() {
+        tracing::warn!(
+            journal = %j.path().display(),
+            "{} was deleted or replaced while running: writing {} from memory and starting a fresh journal, so that no acknowledged change stays only in the old file",
+            j.path().display(),
+            path.display()
+        );
+        return false;
+    }
+    if std::fs::symlink_metadata(path).is_err() {
+        tracing::warn!(
+            registry = %path.display(),
+            "{} was deleted while running: writing it from memory before this change is acknowledged, and starting a fresh journal",
+            path.display()
+        );
+        return false;
+    }
+    true
 }
 
 /// Where a model's links point: latest, best (by the configured metric) and its aliases.

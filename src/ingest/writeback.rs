@@ -226,14 +226,18 @@ impl Registrar {
             // Deleted while running: the catalog in memory is whole; write it.
             tracing::error!(registry = %self.config.registry.display(), "registry.yaml is missing; writing it again from memory");
         }
-        let journal_moved = self
+        let moved = self
             .writeback
             .journal
             .as_ref()
-            .is_some_and(|j| !j.in_place());
-        if journal_moved {
-            tracing::error!(
-                "the journal beside registry.yaml was deleted or replaced; writing registry.yaml and a fresh journal"
+            .filter(|j| !j.in_place())
+            .map(|j| j.path().display().to_string());
+        if let Some(journal) = moved {
+            // The next commit (right after this check) writes registry.yaml whole from
+            // memory and starts a fresh journal: what the old file held is not lost.
+            tracing::warn!(
+                %journal,
+                "{journal} was deleted or replaced while running; writing registry.yaml from memory and starting a fresh journal"
             );
             self.writeback.failed = true;
             self.batch.dirty = true;

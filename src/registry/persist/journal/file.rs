@@ -52,6 +52,25 @@ fn write_fresh(path: &Path, base: u64, records: &[u8]) -> Result<()> {
     super::super::write_atomic_as(path, &bytes, 0o600)
 }
 
+/// Copies the bytes from `offset` to the end of the journal, about to be cut off, to
+/// `registry.journal.dropped-at-<offset>` (0600): a record that may have been
+/// acknowledged is not destroyed by the daemon, only set aside for a person to look at.
+fn keep_dropped(path: &Path, file: &File, offset: u64) -> Result<()> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat journal", path, e))?
+        .len();
+    let mut bytes = vec![0u8; len.saturating_sub(offset) as usize];
+    file.read_exact_at(&mut bytes, offset)
+        .map_err(|e| Error::io("read journal", path, e))?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".dropped-at-{offset}"));
+    let aside = PathBuf::from(name);
+    super::super::write_atomic_as(&aside, &bytes, 0o600)?;
+    tracing::warn!(kept = %aside.display(), "the dropped bytes are kept in {}", aside.display());
+    Ok(())
+}
+
 impl Journal {
     /// Opens the journal at `path` for appending after `scan` was replayed into a
     /// catalog that now includes record `seq`: a torn tail is cut off (durably, so the
@@ -72,7 +91,10 @@ impl Journal {
             });
         };
         let file = open_rw(path)?;
-        if scan.torn.is_some() {
+        if let Some(t) = &scan.torn {
+            if !matches!(t.damage, super::Damage::CutShort(_)) {
+                keep_dropped(path, &file, t.offset)?;
+            }
             file.set_len(scan.good_len)
                 .and_then(|_| file.sync_all())
                 .map_err(|e| Error::io("cut the torn tail of", path, e))?;
@@ -146,14 +168,20 @@ impl Journal {
     }
 
     /// Whether the journal's path still leads to the file being appended to (it was not
-    /// deleted or replaced while running).
+    /// deleted or replaced while running): the open file still has a name (nlink) and
+    /// the path's (dev, inode) is the open file's.
     pub fn in_place(&self) -> bool {
         let here = std::fs::symlink_metadata(&self.path).ok();
         let open = self.file.metadata().ok();
         match (here, open) {
-            (Some(a), Some(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            (Some(a), Some(b)) => b.nlink() > 0 && a.dev() == b.dev() && a.ino() == b.ino(),
             _ => false,
         }
+    }
+
+    /// Where the journal lives.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -198,9 +226,9 @@ mod tests {
         f.set_len(full - 5).unwrap();
         let s = scan(&p).unwrap().unwrap();
         assert_eq!(s.records.len(), 2);
-        let (offset, _, why) = s.torn.clone().unwrap();
-        assert_eq!(offset, s.good_len);
-        assert!(why.contains("cut short"), "{why}");
+        let t = s.torn.clone().unwrap();
+        assert_eq!(t.offset, s.good_len);
+        assert!(matches!(&t.damage, super::super::Damage::CutShort(w) if w.contains("cut short")));
         let mut j = Journal::open(&p, Some(s), 2).unwrap();
         j.append(&rec(3, "again")).unwrap();
         let s = scan(&p).unwrap().unwrap();

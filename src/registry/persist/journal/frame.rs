@@ -50,34 +50,110 @@ pub fn encode(d: &Delta) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The record at the start of `buf` and its length in bytes, or why there is none.
-pub fn decode(buf: &[u8]) -> std::result::Result<(Delta, usize), String> {
+/// What is wrong with the bytes where a record should start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// Fewer bytes than the record's head announces: an append cut short (what a crash
+    /// during a write leaves; such a record's fsync never returned).
+    CutShort(String),
+    /// All the announced bytes are there but the checksum (or the payload) is wrong:
+    /// damage after the write, or a crash that left the file's length ahead of its data.
+    /// Which one cannot be told, so it may have been acknowledged.
+    Checksum(String),
+    /// Not a record at all (no marker, an impossible length).
+    NotARecord(String),
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::CutShort(w) | Damage::Checksum(w) | Damage::NotARecord(w) => f.write_str(w),
+        }
+    }
+}
+
+/// The record at the start of `buf` and its length in bytes, or what is wrong there.
+pub fn decode(buf: &[u8]) -> std::result::Result<(Delta, usize), Damage> {
     if buf.len() < RECORD_HEAD {
-        return Err(format!(
-            "{} byte(s), shorter than a record's head",
+        return Err(Damage::CutShort(format!(
+            "cut short: {} byte(s), shorter than a record's head",
             buf.len()
-        ));
+        )));
     }
     if &buf[..4] != MARKER {
-        return Err("no record marker".into());
+        return Err(Damage::NotARecord("no record marker".into()));
     }
     let len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
     if len >= MAX_RECORD {
-        return Err(format!("a length of {len} bytes"));
+        return Err(Damage::NotARecord(format!("a length of {len} bytes")));
     }
     let end = RECORD_HEAD + len;
     if buf.len() < end {
-        return Err(format!(
+        return Err(Damage::CutShort(format!(
             "cut short: {len} byte(s) announced, {} present",
             buf.len() - RECORD_HEAD
-        ));
+        )));
     }
     let payload = &buf[RECORD_HEAD..end];
     if checksum(&[&buf[4..8], payload]) != buf[8..16] {
-        return Err("checksum mismatch".into());
+        return Err(Damage::Checksum("checksum mismatch".into()));
     }
-    let d = serde_json::from_slice(payload).map_err(|e| format!("unreadable record: {e}"))?;
+    let d = serde_json::from_slice(payload)
+        .map_err(|e| Damage::Checksum(format!("unreadable record: {e}")))?;
     Ok((d, end))
+}
+
+/// What a damaged record at the start of `buf` seems to hold, as far as it can be read
+/// (for the warning that says what was dropped): its number and the models it touched
+/// with their versions, or the model names found in the bytes there are.
+pub fn describe_damaged(buf: &[u8]) -> String {
+    let payload = buf.get(RECORD_HEAD..).unwrap_or_default();
+    let len = buf.get(4..8).map_or(0, |b| {
+        u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
+    });
+    if let Ok(d) = serde_json::from_slice::<Delta>(&payload[..len.min(payload.len())]) {
+        let models: Vec<String> = d
+            .models
+            .iter()
+            .map(|m| {
+                let vs: Vec<String> = m
+                    .state
+                    .iter()
+                    .flat_map(|s| &s.versions)
+                    .map(|(n, _)| format!("v{n}"))
+                    .collect();
+                if vs.is_empty() {
+                    m.name.clone()
+                } else {
+                    format!("{} {}", m.name, vs.join(" "))
+                }
+            })
+            .collect();
+        return format!(
+            "record {}: model(s) {}",
+            d.seq,
+            if models.is_empty() {
+                "none (inbox sources only)".into()
+            } else {
+                models.join(", ")
+            }
+        );
+    }
+    // Cut short or damaged JSON: the model names that can still be read.
+    let text = String::from_utf8_lossy(payload);
+    let mut names: Vec<&str> = ["\"name\":\"", "\"model\":\""]
+        .iter()
+        .flat_map(|key| text.match_indices(key))
+        .filter_map(|(i, k)| text[i + k.len()..].split('"').next())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.truncate(5);
+    if names.is_empty() {
+        "unreadable: no model name in it".into()
+    } else {
+        format!("readable in part: model(s) {}", names.join(", "))
+    }
 }
 
 #[cfg(test)]
@@ -91,14 +167,16 @@ mod tests {
         let bytes = encode(&d).unwrap();
         let (back, n) = decode(&bytes).unwrap();
         assert_eq!((back, n), (d, bytes.len()));
+        let short = &bytes[..bytes.len() - 1];
+        assert!(matches!(decode(short), Err(Damage::CutShort(_))));
         assert!(
-            decode(&bytes[..bytes.len() - 1])
-                .unwrap_err()
-                .contains("cut short")
+            describe_damaged(short).contains("model(s) m"),
+            "{}",
+            describe_damaged(short)
         );
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(decode(&flipped).unwrap_err().contains("checksum"));
-        assert!(decode(&bytes[1..]).unwrap_err().contains("marker"));
+        assert!(matches!(decode(&flipped), Err(Damage::Checksum(w)) if w.contains("checksum")));
+        assert!(matches!(decode(&bytes[1..]), Err(Damage::NotARecord(w)) if w.contains("marker")));
     }
 }

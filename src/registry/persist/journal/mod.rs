@@ -10,10 +10,14 @@
 //! checksum of length and payload (the first 8 bytes of their SHA-256), and the payload,
 //! a [`Delta`] as JSON. JSON never holds a raw NUL, so a marker is never inside a payload.
 //!
-//! A record cut short or damaged at the end of the file is what a crash during an append
-//! leaves: it was never acknowledged, and it is dropped with a warning naming its offset.
-//! A damaged record followed by intact ones is not a crash's doing: acknowledged changes
-//! would be lost, so loading refuses, naming the file and the offset.
+//! A last record cut short is what a crash during an append leaves (its fsync never
+//! returned, so it was not acknowledged): it is dropped with a warning naming its offset
+//! and what it held. A last record complete in length whose checksum fails is dropped
+//! too, but said to be what it is: damage after the write (then it may have been
+//! acknowledged) or a crash that left the length ahead of the data; which one cannot be
+//! told, so its bytes are kept beside the journal. A damaged record followed by intact
+//! ones is not a crash's doing: acknowledged changes would be lost, so loading refuses,
+//! naming the file and the offset.
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +28,8 @@ mod file;
 mod frame;
 
 pub use file::Journal;
+pub use frame::{Damage, decode, describe_damaged, encode};
 use frame::{HEADER_LEN, MAGIC, MARKER, checksum};
-pub use frame::{decode, encode};
 
 /// Where the journal of `registry` lives: beside it, `registry.journal` for `registry.yaml`.
 pub fn journal_path(registry: &Path) -> PathBuf {
@@ -41,8 +45,21 @@ pub struct Scan {
     pub records: Vec<(Delta, u64)>,
     /// The bytes up to the end of the last intact record.
     pub good_len: u64,
-    /// A damaged tail that was dropped: its offset, size and why.
-    pub torn: Option<(u64, u64, String)>,
+    /// A damaged last record, dropped.
+    pub torn: Option<Torn>,
+}
+
+/// A damaged last record: where, how big, what is wrong and what it seems to hold.
+#[derive(Debug, Clone)]
+pub struct Torn {
+    /// Its offset in the file.
+    pub offset: u64,
+    /// The bytes from there to the end of the file.
+    pub size: u64,
+    /// Cut short, or complete with a bad checksum, or not a record.
+    pub damage: Damage,
+    /// What it held, as far as it can be read (see [`describe_damaged`]).
+    pub what: String,
 }
 
 /// Reads the journal at `path`; `Ok(None)` when there is none (or it is empty). A damaged
@@ -95,7 +112,12 @@ pub fn scan(path: &Path) -> Result<Option<Scan>> {
                         ),
                     ));
                 }
-                torn = Some((pos as u64, (bytes.len() - pos) as u64, why));
+                torn = Some(Torn {
+                    offset: pos as u64,
+                    size: (bytes.len() - pos) as u64,
+                    what: describe_damaged(&bytes[pos..]),
+                    damage: why,
+                });
                 break;
             }
         }
@@ -177,16 +199,33 @@ pub fn continue_from(
     }
 }
 
-/// Warns about a torn tail (what a crash during an append leaves).
+/// Warns about a damaged last record, saying which kind it is and what was dropped.
 pub fn warn_torn(path: &Path, scan: &Scan) {
-    if let Some((offset, size, why)) = &scan.torn {
-        tracing::warn!(
-            journal = %path.display(),
+    let Some(t) = &scan.torn else { return };
+    let shown = path.display();
+    let (offset, size, what) = (t.offset, t.size, &t.what);
+    match &t.damage {
+        Damage::CutShort(why) => tracing::warn!(
+            journal = %shown,
             offset,
-            "{}: dropped an incomplete record at offset {offset} ({size} byte(s): {why}): \
-             a commit a crash interrupted, never acknowledged",
-            path.display()
-        );
+            "{shown}: dropped the last record at offset {offset} ({size} byte(s), {why}; {what}): \
+             a torn tail, an append cut short by a crash before its fsync returned, so this \
+             change was not acknowledged"
+        ),
+        Damage::Checksum(why) => tracing::warn!(
+            journal = %shown,
+            offset,
+            "{shown}: dropped the last record at offset {offset} ({size} byte(s), complete in \
+             length but {why}; {what}): either damaged on disk after it was written (then it \
+             may have been acknowledged) or left by a crash with the file's length ahead of its \
+             data; which one cannot be told, so its bytes are kept beside the journal"
+        ),
+        Damage::NotARecord(why) => tracing::warn!(
+            journal = %shown,
+            offset,
+            "{shown}: dropped {size} byte(s) at offset {offset} that are not a record ({why}; \
+             {what}); its bytes are kept beside the journal"
+        ),
     }
 }
 
