@@ -1,5 +1,6 @@
 //! The journal beside registry.yaml, end to end on the real binary: SIGKILL at random
-//! points loses nothing acknowledged and keeps a prefix of the changes, a torn tail is
+//! points during 1,000 commits loses nothing acknowledged and keeps a prefix of the
+//! changes, registry.yaml rebuilt after each, a torn tail is
 //! dropped with a warning, damage before intact records refuses the start, and
 //! registry.yaml catches up within its interval and at SIGTERM, byte for byte what a
 //! full write gives.
@@ -8,52 +9,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use common::journal::{Rng, file_catalog, journal_path, records};
 use common::{BIN, TestDaemon, bytes, wait_until, write_renamed};
 use modelreg::registry::persist;
-
-fn journal_path(d: &TestDaemon) -> std::path::PathBuf {
-    persist::journal_path(&d.registry_path())
-}
-
-/// The journal's records as they are on disk now.
-fn records(d: &TestDaemon) -> Vec<(modelreg::registry::Delta, u64)> {
-    persist::journal::scan(&journal_path(d))
-        .unwrap()
-        .map_or_else(Vec::new, |s| s.records)
-}
-
-/// registry.yaml alone, as a person reading it sees it.
-fn file_catalog(d: &TestDaemon) -> modelreg::registry::Catalog {
-    persist::load(&d.registry_path()).unwrap().unwrap()
-}
-
-/// A small xorshift, seeded from the clock and printed, so a failing run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("JOURNAL_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("JOURNAL_SEED={seed}");
-        Rng(seed | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// Where alias `production` of `m` is sent in the i-th change: never where it already
 /// points, so every acknowledged change is one entry of its history.
@@ -61,11 +23,15 @@ fn target(i: usize) -> u32 {
     1 + (i % 3) as u32
 }
 
+/// How many commits the SIGKILL test makes acknowledged, in all, across its kills.
+const COMMITS: usize = 1_000;
+
 #[test]
-fn sigkill_at_random_points_keeps_a_prefix_and_loses_nothing_acknowledged() {
+fn sigkill_at_random_points_during_1000_commits_keeps_a_prefix_and_loses_nothing_acknowledged() {
     let mut rng = Rng::new();
-    // registry.yaml lags by up to a second: most kills land between its rewrites.
-    let mut d = TestDaemon::start("settle: 50ms\nregistry_write_interval: 1s\n");
+    // registry.yaml is rewritten (and the journal rotated) every 100 ms while changes
+    // come: kills land before, during and after appends, rewrites and rotations.
+    let mut d = TestDaemon::start("settle: 50ms\nregistry_write_interval: 100ms\n");
     for n in 1..=3u64 {
         write_renamed(&d.inbox(), "m.pt", &bytes(n, 256));
         d.wait_versions("m", n as usize);
@@ -75,9 +41,10 @@ fn sigkill_at_random_points_keeps_a_prefix_and_loses_nothing_acknowledged() {
     let mut dropped = 0usize;
     let mut acked_files: BTreeMap<String, String> = BTreeMap::new();
     let mut total_acked = 0usize;
-    for round in 0..4 {
+    let mut kills = 0;
+    while total_acked < COMMITS {
         let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(0usize));
+        let acked = Arc::new(AtomicUsize::new(0));
         let start = sent.len();
         let writer = {
             let (stop, acked, socket) = (stop.clone(), acked.clone(), d.socket());
@@ -90,7 +57,7 @@ fn sigkill_at_random_points_keeps_a_prefix_and_loses_nothing_acknowledged() {
                 while !stop.load(Ordering::SeqCst) {
                     asked.push(target(i));
                     match c.alias_set("m", "production", &format!("v{}", target(i))) {
-                        Ok(_) => *acked.lock().unwrap() = asked.len(),
+                        Ok(_) => acked.store(asked.len(), Ordering::SeqCst),
                         // The daemon was killed mid-request: not acknowledged.
                         Err(_) => break,
                     }
@@ -99,30 +66,42 @@ fn sigkill_at_random_points_keeps_a_prefix_and_loses_nothing_acknowledged() {
                 asked
             })
         };
-        // Files dropped while aliases move, until a random moment: the kill lands
-        // before, during or after their copies.
-        let deadline = std::time::Instant::now() + Duration::from_millis(100 + rng.below(900));
-        while std::time::Instant::now() < deadline {
-            let name = format!("f{dropped}");
-            write_renamed(
-                &d.inbox(),
-                &format!("{name}.pt"),
-                &bytes(1000 + dropped as u64, 4096 * (1 + rng.below(64) as usize)),
+        // A random point: after 1 to 150 more acknowledged commits (at most what is
+        // left), plus up to 3 ms, so that the kill lands inside a commit or between two.
+        let goal = (1 + rng.below(150) as usize).min(COMMITS - total_acked);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.load(Ordering::SeqCst) < goal {
+            assert!(
+                Instant::now() < deadline,
+                "no progress: {} acknowledged",
+                acked.load(Ordering::SeqCst)
             );
-            dropped += 1;
-            std::thread::sleep(Duration::from_millis(rng.below(80)));
+            // Files dropped meanwhile: the kill lands before, during or after copies.
+            if rng.below(20) == 0 {
+                let name = format!("f{dropped}");
+                write_renamed(
+                    &d.inbox(),
+                    &format!("{name}.pt"),
+                    &bytes(1000 + dropped as u64, 4096 * (1 + rng.below(64) as usize)),
+                );
+                dropped += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
+        std::thread::sleep(Duration::from_micros(rng.below(3000)));
         // What the socket shows as registered is acknowledged.
         if let Ok(list) = d.client().list() {
             for m in list.models.iter().filter(|m| m.name.starts_with('f')) {
-                let v = d.get(&m.name, "v1").unwrap();
-                acked_files.insert(m.name.clone(), v.files[0].sha256.clone());
+                if let Ok(v) = d.get(&m.name, "v1") {
+                    acked_files.insert(m.name.clone(), v.files[0].sha256.clone());
+                }
             }
         }
         d.kill();
+        kills += 1;
         stop.store(true, Ordering::SeqCst);
         let asked = writer.join().unwrap();
-        let acked = *acked.lock().unwrap();
+        let acked = acked.load(Ordering::SeqCst);
         total_acked += acked;
         sent.extend(asked);
         d.spawn();
@@ -135,11 +114,11 @@ fn sigkill_at_random_points_keeps_a_prefix_and_loses_nothing_acknowledged() {
             .collect();
         assert!(
             history.len() <= sent.len() && history[..] == sent[..history.len()],
-            "round {round}: history {history:?} is not a prefix of {sent:?}"
+            "kill {kills}: history {history:?} is not a prefix of {sent:?}"
         );
         assert!(
             history.len() >= start + acked,
-            "round {round}: {} change(s) acknowledged, {} kept",
+            "kill {kills}: {} change(s) acknowledged, {} kept",
             start + acked,
             history.len()
         );
@@ -150,9 +129,17 @@ fn sigkill_at_random_points_keeps_a_prefix_and_loses_nothing_acknowledged() {
                 .unwrap_or_else(|e| panic!("{name} lost: {e}"));
             assert_eq!(&v.files[0].sha256, sha, "{name}");
         }
+        // registry.yaml is rebuilt from the journal replayed at start, within its
+        // interval: the file alone holds every move kept.
+        wait_until(Duration::from_secs(30), "registry.yaml rebuilt", || {
+            file_catalog(&d)
+                .models
+                .get("m")
+                .is_some_and(|m| m.alias_history.len() >= history.len())
+        });
     }
     eprintln!(
-        "{total_acked} alias change(s) acknowledged over 4 kills, {} file(s) seen registered",
+        "{total_acked} alias change(s) acknowledged over {kills} kills, {} file(s) seen registered",
         acked_files.len()
     );
     // Every dropped file ends as exactly one v1 whose bytes match its hash; m keeps its

@@ -12,6 +12,8 @@ use modelreg::client::{Client, ClientError};
 use modelreg::protocol::{Request, StatusInfo, VersionInfo};
 use modelreg::registry::Catalog;
 
+pub mod journal;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_modelreg");
 

@@ -1,0 +1,53 @@
+//! Helpers for the journal's tests: its path, its records on disk, registry.yaml alone,
+//! and a seeded random source for kill points.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use modelreg::registry::persist;
+
+use super::TestDaemon;
+
+/// registry.journal beside `d`'s registry.yaml.
+pub fn journal_path(d: &TestDaemon) -> std::path::PathBuf {
+    persist::journal_path(&d.registry_path())
+}
+
+/// The journal's records as they are on disk now.
+pub fn records(d: &TestDaemon) -> Vec<(modelreg::registry::Delta, u64)> {
+    persist::journal::scan(&journal_path(d))
+        .unwrap()
+        .map_or_else(Vec::new, |s| s.records)
+}
+
+/// registry.yaml alone, as a person reading it sees it.
+pub fn file_catalog(d: &TestDaemon) -> modelreg::registry::Catalog {
+    persist::load(&d.registry_path()).unwrap().unwrap()
+}
+
+/// A small xorshift, seeded from the clock (or `JOURNAL_SEED`) and printed, so that a
+/// failing run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Rng {
+        let seed = std::env::var("JOURNAL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("JOURNAL_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
