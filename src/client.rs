@@ -388,6 +388,11 @@ impl Client {
         })
     }
 
+    /// `compact`: registry.yaml written now, the journal emptied.
+    pub fn compact(&mut self) -> Result<crate::protocol::Compacted, ClientError> {
+        self.call_as(&Request::Compact {})
+    }
+
     /// `verify` the store (one model or all).
     pub fn verify(&mut self, name: Option<&str>) -> Result<VerifyReport, ClientError> {
         self.call_as(&Request::Verify {

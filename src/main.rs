@@ -165,6 +165,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write registry.yaml now from the daemon's catalog and empty the journal (it is
+    /// otherwise rewritten at most every `registry_write_interval`, and at shutdown)
+    Compact {
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-hash every stored file and report missing, modified or extra files; exit
     /// non-zero when anything is wrong. Nothing is repaired.
     Verify {

@@ -107,6 +107,8 @@ pub enum Change {
     },
     /// Apply the retention policy (of one model, or all).
     Gc { name: Option<String>, dry_run: bool },
+    /// Write registry.yaml now, whole, and start an empty journal.
+    Compact,
 }
 
 /// The answer to a change: what it did, or why it was refused.

@@ -248,6 +248,13 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             dry_run,
             json,
         } => show(*json, &c.gc(name.as_deref(), *dry_run)?, print_gc),
+        Command::Compact { json } => show(*json, &c.compact()?, |r| {
+            outln!(
+                "wrote {} (up to journal record {}); the journal is empty",
+                esc(&r.registry),
+                r.journal_seq
+            )
+        }),
         Command::Verify { name, json, .. } => {
             let report = c.verify(name.as_deref())?;
             if !print_report(&report, *json) {

@@ -12,6 +12,18 @@ use crate::registry::{Changed, Stamp, keep_last};
 use crate::status::now_rfc3339;
 
 impl Registrar {
+    /// `compact`: the next commit (this batch's) writes registry.yaml whole and starts
+    /// an empty journal, whether or not anything else changed.
+    fn compact(&mut self) -> ChangeAnswer {
+        self.batch.compact = true;
+        self.batch.dirty = true;
+        ChangeAnswer::Compacted(crate::protocol::Compacted {
+            registry: self.config.registry.display().to_string(),
+            // The number this batch's record takes (see `commit::record`).
+            journal_seq: self.shared.catalog().journal_seq + 1,
+        })
+    }
+
     /// Applies a client's change to the catalog (written with the next commit).
     pub(super) fn change(&mut self, change: Change, uid: Option<u32>) -> ChangeResult {
         let stamp = Stamp {
@@ -25,6 +37,7 @@ impl Registrar {
             | Change::Deprecate { name, .. }
             | Change::Remove { name, .. } => name.clone(),
             Change::Gc { name, dry_run } => return self.gc(name.as_deref(), *dry_run, &stamp),
+            Change::Compact => return Ok(self.compact()),
         };
         self.catalog.model(&name)?;
         let m = Arc::make_mut(self.catalog.models.get_mut(&name).expect("checked"));
@@ -41,7 +54,7 @@ impl Registrar {
                 force,
                 ..
             } => m.remove(&name, version, reason, force, &stamp, "rm"),
-            Change::Gc { .. } => unreachable!("handled above"),
+            Change::Gc { .. } | Change::Compact => unreachable!("handled above"),
         }?;
         // Setting an alias where it already points changes nothing to write.
         if let Some(event) = changed.event(&name) {

@@ -236,7 +236,7 @@ impl Registrar {
         let mut outcomes = batch.outcomes;
         let mut replies = batch.replies;
         let record = if batch.dirty {
-            self.record(&batch.changed)
+            self.record(&batch.changed, batch.compact)
         } else {
             None
         };
@@ -255,7 +255,7 @@ impl Registrar {
                 batch.touched.into_iter().collect()
             };
             let mut journal = self.writeback.journal.take();
-            let whole = self.writeback.failed || journal.is_none();
+            let whole = self.writeback.failed || journal.is_none() || batch.compact;
             let recorded = record.is_some();
             let written = tokio::task::spawn_blocking(move || {
                 let t0 = std::time::Instant::now();
@@ -355,11 +355,12 @@ impl Registrar {
 
     /// The journal record of this batch (numbering it, and the catalog with it), or
     /// `None` when it changed nothing. Without a usable journal even an empty change gets
-    /// a number, so that the next commit writes registry.yaml and a fresh journal.
-    fn record(&mut self, changed: &Touched) -> Option<Delta> {
+    /// a number, so that the next commit writes registry.yaml and a fresh journal; so
+    /// does a `compact`.
+    fn record(&mut self, changed: &Touched, compact: bool) -> Option<Delta> {
         let before = self.shared.catalog();
         let d = Delta::between(before.journal_seq + 1, &before, &self.catalog, changed);
-        if d.is_empty() && !self.writeback.failed {
+        if d.is_empty() && !self.writeback.failed && !compact {
             return None;
         }
         self.catalog.journal_seq = d.seq;

@@ -114,6 +114,8 @@ struct Batch {
     changed: crate::registry::Touched,
     replies: Vec<(tokio::sync::oneshot::Sender<ChangeResult>, ChangeResult)>,
     refresh_all: bool,
+    /// `compact` asked for registry.yaml to be written whole with this batch.
+    compact: bool,
 }
 
 impl Registrar {

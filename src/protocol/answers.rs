@@ -310,6 +310,15 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
+/// The `compact` answer: registry.yaml was written whole and the journal emptied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compacted {
+    /// registry.yaml's path.
+    pub registry: String,
+    /// The last journal record it includes (its `journal_seq`).
+    pub journal_seq: u64,
+}
+
 /// The answer to a change the registrar made: the answer of its request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -326,6 +335,8 @@ pub enum ChangeAnswer {
     Removed(Removed),
     /// `gc`.
     Gc(GcReport),
+    /// `compact`.
+    Compacted(Compacted),
     /// `register`: the version the file handed over is (the server answers it whole).
     Registered {
         /// Its number.

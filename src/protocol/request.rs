@@ -120,6 +120,9 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Write registry.yaml now from the catalog in memory and empty the journal
+    /// (otherwise it is rewritten at most every `registry_write_interval`).
+    Compact {},
     /// Re-hash every stored file (of one model, or all) and report what differs.
     Verify {
         /// Only this model.
@@ -147,6 +150,7 @@ impl Request {
             Request::Rm { .. } => "rm",
             Request::Gc { .. } => "gc",
             Request::Verify { .. } => "verify",
+            Request::Compact {} => "compact",
         }
     }
 
@@ -156,7 +160,7 @@ impl Request {
     pub fn normalized(mut self) -> Request {
         use crate::names::to_nfc;
         match &mut self {
-            Request::Ping {} | Request::List {} | Request::Status {} => {}
+            Request::Ping {} | Request::List {} | Request::Status {} | Request::Compact {} => {}
             Request::Get { name, selector, .. } => {
                 *name = to_nfc(name);
                 if let Some(s) = selector {
@@ -194,7 +198,8 @@ impl Request {
             | Request::AliasRemove { .. }
             | Request::Rollback { .. }
             | Request::Deprecate { .. }
-            | Request::Rm { .. } => true,
+            | Request::Rm { .. }
+            | Request::Compact {} => true,
             Request::Gc { dry_run, .. } => !dry_run,
             _ => false,
         }
@@ -332,6 +337,7 @@ pub const OPS: &[&str] = &[
     "rm",
     "gc",
     "verify",
+    "compact",
 ];
 #[cfg(test)]
 mod tests {

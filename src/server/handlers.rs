@@ -116,6 +116,7 @@ async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Resp
         }
         Request::Gc { name, dry_run } => change(Ok(Change::Gc { name, dry_run })).await,
         Request::Verify { name } => verify(ctx, name).await,
+        Request::Compact {} => change(Ok(Change::Compact)).await,
     }
 }
 
@@ -128,6 +129,7 @@ async fn send_change(ctx: &Context, change: Change, uid: Option<u32>) -> Respons
         | Change::Deprecate { name, .. }
         | Change::Remove { name, .. } => Some(name.as_str()),
         Change::Gc { name, .. } => name.as_deref(),
+        Change::Compact => None,
     };
     if let Some(Err(e)) = name.map(RegistryError::check_model_name) {
         return e.into();
