@@ -19,6 +19,8 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             format!("{e}; fix registry.yaml or move it aside, then run `modelreg recover` again")
         })?;
         let existed = config.registry.exists();
+        // registry.yaml gone, but found under its second name (the journal's base).
+        let from_base = !existed && existing.is_some();
         let mut catalog = existing.unwrap_or_default();
         let rel = |p: &Path| config.relative(p).into_owned();
         let report = modelreg::store::rebuild(&config.store, &mut catalog, &rel);
@@ -41,7 +43,7 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             super::print_error(&format!("not recovered (left untouched in the store): {v}"));
         }
         let added = report.from_manifest.len() + report.hashed.len() + report.tombstones.len();
-        if added == 0 {
+        if added == 0 && !from_base {
             outln!(
                 "{} names every version the store holds; nothing to recover",
                 config.registry.display()
@@ -56,13 +58,24 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
         }
         let text = persist::to_yaml(&catalog).map_err(|e| e.to_string())?;
         persist::write_atomic(&config.registry, text.as_bytes()).map_err(|e| e.to_string())?;
-        outln!(
-            "wrote {} with {added} recovered version(s)",
-            config.registry.display()
-        );
-        outln!(
-            "lost (the store does not hold them): aliases and their history, deprecations, metric edits made after registration, and the inbox fingerprints (the inbox is looked at again at start; an entry identical to its model's newest version makes no new version)"
-        );
+        if from_base {
+            outln!(
+                "wrote {} from its last copy {} and the journal's later records",
+                config.registry.display(),
+                persist::journal::base_path(&config.registry).display()
+            );
+        }
+        if added > 0 {
+            outln!(
+                "wrote {} with {added} recovered version(s)",
+                config.registry.display()
+            );
+        }
+        if added > 0 && !from_base {
+            outln!(
+                "lost (the store does not hold them): aliases and their history, deprecations, metric edits made after registration, and the inbox fingerprints (the inbox is looked at again at start; an entry identical to its model's newest version makes no new version)"
+            );
+        }
         Ok(report.unreadable.is_empty())
     };
     match run() {

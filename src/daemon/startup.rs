@@ -193,7 +193,7 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
     if stale > 0 {
         tracing::info!("removed {stale} temporary journal(s) left by an interrupted rotation");
     }
-    let loaded = persist::load_with_cache(&config.registry)?;
+    let mut loaded = persist::load_with_cache(&config.registry)?;
     // The parser's buffers are freed by now; give that memory back to the system rather
     // than keep it resident for the daemon's whole life.
     #[cfg(target_env = "gnu")]
@@ -203,6 +203,11 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
     }
     let scan = persist::journal::scan(&journal_path)?;
     let existed = loaded.is_some();
+    if !existed {
+        // Deleted, then the daemon killed before it wrote registry.yaml again: the
+        // catalog the journal continues is still under its second name.
+        loaded = persist::journal::base_joining(&config.registry, scan.as_ref());
+    }
     let written = loaded.as_ref().map_or(0, |c| c.journal_seq);
     let (catalog, n) = persist::journal::continue_from(loaded, scan.as_ref(), &journal_path)?;
     if n > 0 {
@@ -220,6 +225,9 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
         } else {
             tracing::info!(registry = %config.registry.display(), "wrote registry.yaml from the journal");
         }
+    }
+    if let Err(e) = persist::journal::keep_base(&config.registry) {
+        tracing::warn!("registry.yaml's second name not made: {e}");
     }
     let written = if existed {
         written

@@ -116,9 +116,15 @@ impl Writeback {
     }
 }
 
-/// registry.yaml from `c`, atomically, as it has always been written.
+/// registry.yaml from `c`, atomically, as it has always been written; then its second
+/// name (see `persist::journal::keep_base`), before the journal is cut down to follow it.
 pub(super) fn write_registry(path: &Path, c: &Catalog) -> Result<()> {
-    persist::to_yaml(c).and_then(|text| persist::write_atomic(path, text.as_bytes()))
+    persist::to_yaml(c).and_then(|text| persist::write_atomic(path, text.as_bytes()))?;
+    if let Err(e) = persist::journal::keep_base(path) {
+        // Only a deletion of registry.yaml before the next write would miss it.
+        tracing::warn!("registry.yaml's second name not updated: {e}");
+    }
+    Ok(())
 }
 
 impl Registrar {

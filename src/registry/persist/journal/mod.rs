@@ -24,9 +24,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::registry::{Catalog, Delta};
 
+mod base;
 mod file;
 mod frame;
 
+pub use base::{base_joining, base_path, keep_base};
 pub use file::Journal;
 pub use frame::{Damage, decode, describe_damaged, encode};
 use frame::{HEADER_LEN, MAGIC, MARKER, checksum};
@@ -229,13 +231,17 @@ pub fn warn_torn(path: &Path, scan: &Scan) {
     }
 }
 
-/// registry.yaml with the journal beside it replayed: the catalog as the daemon last
-/// committed it. `Ok(None)` when neither exists. Reads only (a torn tail is warned
+/// registry.yaml (or, when it is gone, its second name: see [`base_joining`]) with the
+/// journal beside it replayed: the catalog as the daemon last committed it. `Ok(None)` when neither exists. Reads only (a torn tail is warned
 /// about, not removed): for `verify --offline`, `recover` and tests.
 pub fn load_current(registry: &Path) -> Result<Option<Catalog>> {
-    let loaded = super::load(registry)?;
     let path = journal_path(registry);
-    let Some(scan) = scan(&path)? else {
+    let scan = scan(&path)?;
+    let loaded = match super::load(registry)? {
+        Some(c) => Some(c),
+        None => base_joining(registry, scan.as_ref()),
+    };
+    let Some(scan) = scan else {
         return Ok(loaded);
     };
     Ok(Some(continue_from(loaded, Some(&scan), &path)?.0))

@@ -1,0 +1,71 @@
+//! registry.yaml's second name, `.registry.yaml.base`: what the journal continues, kept when registry.yaml is deleted.
+//!
+//! Each time the daemon writes registry.yaml it gives the new file a second, hidden name
+//! (a hard link: no bytes are copied), before the journal is cut down to the records
+//! after it. Someone deleting registry.yaml removes one name only: when the daemon is
+//! then killed before it writes registry.yaml again, the next start (and `recover`)
+//! finds the catalog the journal continues under the other name, and nothing
+//! acknowledged is lost.
+
+use std::path::{Path, PathBuf};
+
+use super::Scan;
+use crate::error::{Error, Result};
+use crate::registry::Catalog;
+
+/// Where registry.yaml's second name lives: beside it, hidden.
+pub fn base_path(registry: &Path) -> PathBuf {
+    let name = registry
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    registry.with_file_name(format!(".{name}.base"))
+}
+
+/// Gives the registry.yaml now on disk its second name, replacing the previous one (a
+/// link under a temporary name renamed over it, so the second name always leads to a
+/// whole file). The temporary is one `remove_stale_temporaries` removes at start.
+pub fn keep_base(registry: &Path) -> Result<()> {
+    let base = base_path(registry);
+    let mut tmp = base.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(registry, &tmp).map_err(|e| Error::io("link", registry, e))?;
+    std::fs::rename(&tmp, &base).map_err(|e| Error::io("rename to", &base, e))
+}
+
+/// The catalog under registry.yaml's second name, when registry.yaml itself is gone and
+/// the journal (`scan`) continues it; `None` (with a warning saying why) otherwise.
+pub fn base_joining(registry: &Path, scan: Option<&Scan>) -> Option<Catalog> {
+    let base = base_path(registry);
+    let c = match super::super::load(&base) {
+        Ok(Some(c)) => c,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(
+                "{} is missing, and its last copy cannot be read: {e}",
+                registry.display()
+            );
+            return None;
+        }
+    };
+    if let Some(s) = scan.filter(|s| s.base > c.journal_seq) {
+        tracing::warn!(
+            "{} is missing, and its last copy {} (up to record {}) is older than the journal (from record {})",
+            registry.display(),
+            base.display(),
+            c.journal_seq,
+            s.base
+        );
+        return None;
+    }
+    tracing::warn!(
+        registry = %registry.display(),
+        "{} is missing (deleted?): starting from its last copy {} (up to record {}) and the journal's later records",
+        registry.display(),
+        base.display(),
+        c.journal_seq
+    );
+    Some(c)
+}
