@@ -262,7 +262,7 @@ fn writer_mv_of_a_finished_file() {
     assert_exactly_one(&d, "moved", "moved.pt", &[("moved.pt", data)]);
 }
 
-/// registry.yaml deleted while stopped: the daemon refuses to start (instead of giving
+/// registry.yaml (both its names) deleted while stopped: the daemon refuses to start (instead of giving
 /// v1 again and serving the old bytes under the new hash); `recover` rebuilds it from
 /// the store's manifests; the next version is v3, with its own bytes.
 #[test]
@@ -284,6 +284,11 @@ fn a_lost_registry_never_reuses_version_numbers() {
         );
     }
     std::fs::remove_file(d.registry_path()).unwrap();
+    // And its second name, which would otherwise give it back: the catalog is lost.
+    std::fs::remove_file(modelreg::registry::persist::journal::base_path(
+        &d.registry_path(),
+    ))
+    .unwrap();
     let out = Command::new(BIN)
         .arg("serve")
         .arg("--root")
@@ -346,6 +351,10 @@ fn a_removed_number_is_not_given_again_after_recover() {
     });
     d.stop();
     std::fs::remove_file(d.registry_path()).unwrap();
+    std::fs::remove_file(modelreg::registry::persist::journal::base_path(
+        &d.registry_path(),
+    ))
+    .unwrap();
     let out = Command::new(BIN)
         .arg("recover")
         .arg("--root")

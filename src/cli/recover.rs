@@ -20,7 +20,11 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
         })?;
         let existed = config.registry.exists();
         // registry.yaml gone, but found under its second name (the journal's base).
-        let from_base = !existed && existing.is_some();
+        let from_base = !existed && {
+            let journal = persist::journal::scan(&persist::journal_path(&config.registry));
+            persist::journal::base_joining(&config.registry, journal.ok().flatten().as_ref())
+                .is_some()
+        };
         let mut catalog = existing.unwrap_or_default();
         let rel = |p: &Path| config.relative(p).into_owned();
         let report = modelreg::store::rebuild(&config.store, &mut catalog, &rel);
