@@ -122,6 +122,7 @@ fn every_client_command_accepts_json_and_prints_json() {
         vec!["deprecate", "m", "v3", "--reason", "eval bug"],
         vec!["rm", "m", "v2"],
         vec!["gc", "--dry-run"],
+        vec!["compact"],
         vec!["add", file, "--wait"],
     ];
     let covered: BTreeSet<Vec<String>> = cases

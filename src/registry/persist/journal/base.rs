@@ -26,7 +26,19 @@ pub fn base_path(registry: &Path) -> PathBuf {
 /// link under a temporary name renamed over it, so the second name always leads to a
 /// whole file). The temporary is one `remove_stale_temporaries` removes at start.
 pub fn keep_base(registry: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let base = base_path(registry);
+    let same =
+        |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    // Already its second name (nothing written since): rename(2) between two names of
+    // one file does nothing, and would leave the temporary name behind.
+    if let (Ok(r), Ok(b)) = (
+        std::fs::metadata(registry),
+        std::fs::symlink_metadata(&base),
+    ) && same(&r, &b)
+    {
+        return Ok(());
+    }
     let mut tmp = base.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -68,4 +80,38 @@ pub fn base_joining(registry: &Path, scan: Option<&Scan>) -> Option<Catalog> {
         c.journal_seq
     );
     Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::journal_with;
+    use super::super::{journal_path, load_current, scan};
+    use super::*;
+    use crate::registry::persist::{tests::catalog_of, to_yaml, write_atomic};
+
+    #[test]
+    fn the_second_name_follows_each_write_and_stands_in_for_a_deleted_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("registry.yaml");
+        let c = catalog_of("m", &[1]);
+        write_atomic(&reg, to_yaml(&c).unwrap().as_bytes()).unwrap();
+        keep_base(&reg).unwrap();
+        // Twice on the same file: nothing left under the temporary name.
+        keep_base(&reg).unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        journal_with(dir.path(), 2);
+        std::fs::remove_file(&reg).unwrap();
+        let now = load_current(&reg).unwrap().unwrap();
+        assert_eq!((now.models.len(), now.journal_seq), (1, 2));
+        // A copy older than the journal's start is not used.
+        let s = scan(&journal_path(&reg)).unwrap().unwrap();
+        let mut j = super::super::Journal::open(&journal_path(&reg), Some(s), 2).unwrap();
+        j.rotate(2).unwrap();
+        let s = scan(&journal_path(&reg)).unwrap().unwrap();
+        assert!(base_joining(&reg, Some(&s)).is_none());
+    }
 }
