@@ -121,6 +121,10 @@ pub fn describe_damaged(buf: &[u8]) -> String {
                     .iter()
                     .flat_map(|s| &s.versions)
                     .map(|(n, _)| format!("v{n}"))
+                    .chain(m.state.iter().flat_map(|s| &s.history).map(|h| {
+                        let to = h.to.map_or("removed".into(), |n| format!("v{n}"));
+                        format!("alias {} -> {to}", h.alias)
+                    }))
                     .collect();
                 if vs.is_empty() {
                     m.name.clone()
