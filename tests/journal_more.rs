@@ -166,6 +166,15 @@ fn journal_of_moves(d: &mut TestDaemon, n: usize) -> Vec<(modelreg::registry::De
     records(d)
 }
 
+/// The daemon's WARN line about the journal record at `offset`.
+fn warning_at(d: &TestDaemon, offset: u64) -> String {
+    let log = d.log();
+    log.lines()
+        .find(|l| l.contains("WARN") && l.contains(&format!("offset {offset}")))
+        .unwrap_or_else(|| panic!("no warning at offset {offset}: {log}"))
+        .to_string()
+}
+
 // Fresh-clone tester: a damaged last record was reported as "never acknowledged", which
 // is not known when the record is complete and only its checksum fails.
 #[test]
@@ -180,11 +189,7 @@ fn a_damaged_last_record_is_reported_as_cut_short_or_as_failing_its_checksum() {
     raw[end - 10] ^= 0x01;
     std::fs::write(&path, &raw).unwrap();
     d.spawn();
-    let log = d.log();
-    let warn = log
-        .lines()
-        .find(|l| l.contains("WARN") && l.contains(&format!("offset {last_start}")))
-        .unwrap_or_else(|| panic!("no warning: {log}"));
+    let warn = warning_at(&d, last_start);
     assert!(
         warn.contains("complete in length")
             && warn.contains("checksum")
@@ -210,11 +215,7 @@ fn a_damaged_last_record_is_reported_as_cut_short_or_as_failing_its_checksum() {
     f.set_len(full - 7).unwrap();
     drop(f);
     d.spawn();
-    let log = d.log();
-    let warn = log
-        .lines()
-        .find(|l| l.contains("WARN") && l.contains(&format!("offset {last_start}")))
-        .unwrap_or_else(|| panic!("no warning: {log}"));
+    let warn = warning_at(&d, last_start);
     assert!(
         warn.contains("cut short") && warn.contains("torn tail") && warn.contains("model(s) m"),
         "{warn}"
