@@ -5,13 +5,9 @@ use std::sync::Arc;
 
 use super::Registrar;
 use super::copy::{JobResult, NewVersion, SidecarRead};
-use super::writeback::write_registry;
-use crate::error::Result;
+use super::writeback::durable;
 use crate::messages::{ChangeResult, Outcome, SettlerMsg};
-use crate::registry::persist::Journal;
-use crate::registry::{
-    Catalog, Delta, Model, SidecarRef, SourceRecord, StoredFile, Touched, Version,
-};
+use crate::registry::{Delta, Model, SidecarRef, SourceRecord, StoredFile, Touched, Version};
 use crate::status::now_rfc3339;
 use crate::store::{self, Staged};
 
@@ -416,69 +412,6 @@ impl Registrar {
             }
         }
     }
-}
-
-/// Makes record `d` durable: appended to the journal and fsynced, or, when `whole` (no
-/// usable journal), by writing `snap` to registry.yaml at `path` and starting a fresh
-/// journal after it (also when registry.yaml or the journal went missing). The second
-/// value says whether the journal is usable afterwards, the third whether registry.yaml
-/// was written.
-fn durable(
-    d: &Delta,
-    path: &Path,
-    snap: &Catalog,
-    journal: Option<&mut Journal>,
-    whole: bool,
-) -> (Result<()>, bool, bool) {
-    // Checked before every append (an fstat and two stats, next to an fsync): a journal
-    // deleted while running would take this acknowledged change into an unlinked file,
-    // and a deleted registry.yaml leaves the journal continuing a file that is gone.
-    // Either way the whole catalog goes to registry.yaml now, with a fresh journal.
-    let whole = whole || journal.as_deref().is_some_and(|j| !files_in_place(path, j));
-    match journal {
-        Some(j) if !whole => {
-            let r = j.append(d);
-            let ok = r.is_ok();
-            (r, ok, false)
-        }
-        journal => {
-            if let Err(e) = write_registry(path, snap) {
-                return (Err(e), false, true);
-            }
-            match journal.map(|j| j.rotate(d.seq)) {
-                Some(Err(e)) => {
-                    // registry.yaml holds the change; the journal is retried next commit.
-                    tracing::error!("starting a fresh journal: {e}");
-                    (Ok(()), false, true)
-                }
-                Some(Ok(())) => (Ok(()), true, true),
-                None => (Ok(()), false, true),
-            }
-        }
-    }
-}
-
-/// Whether registry.yaml at `path` exists and the journal's path still leads to the file
-/// `j` appends to; warns, naming the path, when not.
-fn files_in_place(path: &Path, j: &Journal) -> bool {
-    if !j.in_place() {
-        tracing::warn!(
-            journal = %j.path().display(),
-            "{} was deleted or replaced while running: writing {} from memory and starting a fresh journal, so that no acknowledged change stays only in the old file",
-            j.path().display(),
-            path.display()
-        );
-        return false;
-    }
-    if std::fs::symlink_metadata(path).is_err() {
-        tracing::warn!(
-            registry = %path.display(),
-            "{} was deleted while running: writing it from memory before this change is acknowledged, and starting a fresh journal",
-            path.display()
-        );
-        return false;
-    }
-    true
 }
 
 /// Where a model's links point: latest, best (by the configured metric) and its aliases.

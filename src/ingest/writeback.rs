@@ -5,7 +5,9 @@
 //! every `registry_write_interval` while records are pending, at once when the journal
 //! passes [`JOURNAL_LIMIT`] or registry.yaml (or the journal) went missing, and at
 //! shutdown. The write runs beside the registrar, which keeps committing meanwhile; once
-//! it is durable the journal is cut down to the records the file lacks.
+//! it is durable the journal is cut down to the records the file lacks. [`durable`]
+//! makes one commit durable: its record appended, or registry.yaml written whole when
+//! the journal is not usable or registry.yaml or the journal went missing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +17,8 @@ use tokio::time::Instant;
 
 use super::Registrar;
 use crate::error::Result;
-use crate::registry::{Catalog, persist};
+use crate::registry::persist::Journal;
+use crate::registry::{Catalog, Delta, persist};
 
 /// A journal larger than this is folded into registry.yaml without waiting for the
 /// interval: it bounds the replay at start (a few hundred ms).
@@ -256,4 +259,67 @@ impl Registrar {
             );
         }
     }
+}
+
+/// Makes record `d` durable: appended to the journal and fsynced, or, when `whole` (no
+/// usable journal), by writing `snap` to registry.yaml at `path` and starting a fresh
+/// journal after it (also when registry.yaml or the journal went missing). The second
+/// value says whether the journal is usable afterwards, the third whether registry.yaml
+/// was written.
+pub(super) fn durable(
+    d: &Delta,
+    path: &Path,
+    snap: &Catalog,
+    journal: Option<&mut Journal>,
+    whole: bool,
+) -> (Result<()>, bool, bool) {
+    // Checked before every append (an fstat and two stats, next to an fsync): a journal
+    // deleted while running would take this acknowledged change into an unlinked file,
+    // and a deleted registry.yaml leaves the journal continuing a file that is gone.
+    // Either way the whole catalog goes to registry.yaml now, with a fresh journal.
+    let whole = whole || journal.as_deref().is_some_and(|j| !files_in_place(path, j));
+    match journal {
+        Some(j) if !whole => {
+            let r = j.append(d);
+            let ok = r.is_ok();
+            (r, ok, false)
+        }
+        journal => {
+            if let Err(e) = write_registry(path, snap) {
+                return (Err(e), false, true);
+            }
+            match journal.map(|j| j.rotate(d.seq)) {
+                Some(Err(e)) => {
+                    // registry.yaml holds the change; the journal is retried next commit.
+                    tracing::error!("starting a fresh journal: {e}");
+                    (Ok(()), false, true)
+                }
+                Some(Ok(())) => (Ok(()), true, true),
+                None => (Ok(()), false, true),
+            }
+        }
+    }
+}
+
+/// Whether registry.yaml at `path` exists and the journal's path still leads to the file
+/// `j` appends to; warns, naming the path, when not.
+fn files_in_place(path: &Path, j: &Journal) -> bool {
+    if !j.in_place() {
+        tracing::warn!(
+            journal = %j.path().display(),
+            "{} was deleted or replaced while running: writing {} from memory and starting a fresh journal, so that no acknowledged change stays only in the old file",
+            j.path().display(),
+            path.display()
+        );
+        return false;
+    }
+    if std::fs::symlink_metadata(path).is_err() {
+        tracing::warn!(
+            registry = %path.display(),
+            "{} was deleted while running: writing it from memory before this change is acknowledged, and starting a fresh journal",
+            path.display()
+        );
+        return false;
+    }
+    true
 }
