@@ -113,6 +113,7 @@ impl Registrar {
             let _permit = sem.acquire_owned().await;
             let done = copying.progress.clone();
             let (name, sidecar) = (job.name.clone(), job.sidecar.clone());
+            let damaged = job.stored.damaged();
             let result = tokio::task::spawn_blocking(move || copy(job, &cancel, &done.done))
                 .await
                 .unwrap_or_else(|e| {
@@ -122,6 +123,10 @@ impl Registrar {
                     ))
                 });
             drop(copying);
+            // Stored files found changed in place (see plan.rs).
+            for (path, why) in damaged.take() {
+                board.set_problem(&path.display().to_string(), &why);
+            }
             let copied = Copied {
                 name: name.clone(),
                 sidecar,

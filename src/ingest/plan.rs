@@ -158,10 +158,16 @@ impl Registrar {
                 );
             }
             let done = copying.progress.clone();
+            let damaged = job.stored.damaged();
             let result = tokio::task::spawn_blocking(move || run_job(job, &cancel, &done.done))
                 .await
                 .unwrap_or_else(|e| JobResult::Failed(format!("copy job panicked: {e}")));
             drop(copying);
+            // Stored files whose bytes were found changed in place: shown until restart
+            // (a WARN in the log too), as `verify` would report them.
+            for (path, why) in damaged.take() {
+                board.set_problem(&path.display().to_string(), &why);
+            }
             if let JobResult::Done { new, .. } = &result {
                 board.count_dedup(new.iter().map(|v| v.dedup_saved).sum());
             }

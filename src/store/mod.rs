@@ -19,7 +19,8 @@
 //! `manifest` (manifests and tombstones), `rebuild` (audit and rebuild from disk),
 //! `links` (never through a link; latest, best and alias links), `dedup` (a file already
 //! stored for the model is hard-linked, not kept twice, and when found before copying,
-//! only read); here, the layout and
+//! only read), `compare` (its bytes compared with the stored file's first; damaged stored
+//! files reported); here, the layout and
 //! the modes every folder and file of the store gets.
 
 use std::fs;
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 // `v<N>` -> N: the registry's one rule for version numbers, also for folder names.
 use crate::registry::parse_version_number as version_number;
 
+mod compare;
 mod copy;
 mod dedup;
 mod links;
@@ -37,6 +39,7 @@ mod manifest;
 mod rebuild;
 mod staging;
 
+pub use compare::Damaged;
 pub use copy::hash_file;
 pub use dedup::{Deduped, Stored, link_duplicates};
 pub use links::{check_no_link, linked_folders, refresh_links};
