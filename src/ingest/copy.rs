@@ -298,7 +298,8 @@ fn run_job_inner(
             metrics: fresh.map(|s| s.metrics()).unwrap_or_default(),
             metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
         };
-        if let Err(e) = store::write_manifest(&staged.dir, &manifest) {
+        // The manifest, then the whole version durable in one round of fsyncs.
+        if let Err(e) = store::seal(&staged, &manifest) {
             let _ = store::discard(&staged.dir);
             return JobResult::Failed(e.to_string());
         }

@@ -375,7 +375,8 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         metrics: job.sidecar.as_ref().map(metrics).unwrap_or_default(),
         metadata: job.sidecar.as_ref().map(metadata).unwrap_or_default(),
     };
-    if let Err(e) = store::write_manifest(&staged.dir, &manifest) {
+    // The manifest, then the whole version durable in one round of fsyncs.
+    if let Err(e) = store::seal(&staged, &manifest) {
         let _ = store::discard(&staged.dir);
         return Err(refusal(ErrorCode::Internal, e.to_string()));
     }

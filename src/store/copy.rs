@@ -25,8 +25,10 @@ pub(super) const PIPELINE_THRESHOLD: u64 = 4 * CHUNK as u64;
 const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Copies from the open handle `input` (`src` only names it in messages) to the new file
-/// `dst`, returning its SHA-256 and size. The copy gets [`stored_mode`] of `mode`, is
-/// fsynced, and is hashed so that the hash is that of the stored bytes. `done` grows by
+/// `dst`, returning its SHA-256 and size. The copy gets [`stored_mode`] of `mode` and is
+/// hashed so that the hash is that of the stored bytes. It is not fsynced here: the
+/// staged version's files are fsynced together by [`super::seal`] (large copies have
+/// had their writeback started as they went). `done` grows by
 /// each chunk written (a relaxed add, no system call), so `status` can show the progress
 /// of a long copy; `cancel` aborts between chunks.
 pub(super) fn copy_and_hash_from(
@@ -67,13 +69,12 @@ pub(super) fn copy_and_hash_from(
     } else {
         copy.inline()?
     };
-    let copied = t0.elapsed();
     // Through the handle, and never wider than the source: a hard link to a private
-    // file stays private in the store. Before the fsync, so the mode is durable too.
+    // file stays private in the store. Before the fsync (in `seal`), so the mode is
+    // durable too.
     out.set_permissions(fs::Permissions::from_mode(stored_mode(mode)))
         .map_err(|e| Error::io("make read-only", dst, e))?;
-    out.sync_all().map_err(|e| Error::io("fsync", dst, e))?;
-    tracing::debug!(bytes = size, ?copied, fsync = ?(t0.elapsed() - copied), "copied {}", dst.display());
+    tracing::debug!(bytes = size, copied = ?t0.elapsed(), "copied {}", dst.display());
     Ok((digest, size))
 }
 

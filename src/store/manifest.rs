@@ -4,10 +4,10 @@
 //! before the catalog names the version; a removed version leaves it as a tombstone, so
 //! its number stays taken even if the catalog is lost ([`highest_in_store`]).
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::links::check_no_link;
 use super::{StagedFile, discard, set_folder_mode, version_dir, version_number};
@@ -70,6 +70,17 @@ impl Manifest {
 /// folder fsynced, so it is durable before the catalog names the version. It is readable
 /// by no one the stored files are not readable by (the read bits they all share).
 pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    let path = create_manifest(dir, m)?;
+    File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("fsync", &path, e))?;
+    sync_dir(dir)
+}
+
+/// Writes `m` as the manifest of `dir`, read-only, without waiting for it to reach the
+/// disk (see [`super::seal`], which fsyncs it with the rest of the staged version);
+/// returns its path.
+pub(super) fn create_manifest(dir: &Path, m: &Manifest) -> Result<PathBuf> {
     let path = dir.join(MANIFEST);
     let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Other(e.to_string()))?;
     let mode = m.files.iter().fold(0o444, |acc, f| {
@@ -82,12 +93,11 @@ pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
         .open(&path)
         .map_err(|e| Error::io("create", &path, e))?;
     f.write_all(&text)
-        .and_then(|_| f.sync_all())
         .map_err(|e| Error::io("write", &path, e))?;
     // Set explicitly: the umask does not decide who may read it.
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("make read-only", &path, e))?;
-    sync_dir(dir)
+    Ok(path)
 }
 
 /// The manifest at `path`: `Ok(None)` when there is none.

@@ -1,8 +1,9 @@
 //! The immutable store `models/<name>/v<N>/...`: staged, hashed copies published by rename, self-describing on disk.
 //!
 //! Copies (never moves) source files, hashing them with SHA-256 in the same pass, into a
-//! staging folder `models/.staging/v<N>.<random>.<name>`; files are fsynced and made
-//! read-only, the folder and `.staging` fsynced. Only after the catalog names the version
+//! staging folder `models/.staging/v<N>.<random>.<name>`, read-only; [`seal`] adds the
+//! manifest and fsyncs the files, the folders and `.staging` in one parallel round. Only
+//! after the catalog names the version
 //! is the staging folder renamed to `v<N>` ([`publish`]); a crash in between is rolled
 //! forward by [`recover`], which also deletes staging folders the catalog never named.
 //! Knows nothing of YAML or sockets.
@@ -15,7 +16,8 @@
 //! that lost versions is noticed ([`audit`]) and rebuilt ([`rebuild`]), and publishing
 //! never replaces an existing `v<N>` ([`publish`] renames with RENAME_NOREPLACE).
 //!
-//! By file: `staging` (stage, publish, recover), `copy` (one file copied and hashed),
+//! By file: `staging` (stage, publish, recover), `seal` (the staged version made durable
+//! in one round of fsyncs), `copy` (one file copied and hashed),
 //! `manifest` (manifests and tombstones), `rebuild` (audit and rebuild from disk),
 //! `links` (never through a link; latest, best and alias links), `dedup` (a file already
 //! stored for the model is hard-linked, not kept twice, and when found before copying,
@@ -37,6 +39,7 @@ mod dedup;
 mod links;
 mod manifest;
 mod rebuild;
+mod seal;
 mod staging;
 
 pub use compare::Damaged;
@@ -48,6 +51,7 @@ pub use manifest::{
     read_manifest, retire, write_manifest,
 };
 pub use rebuild::{Rebuilt, audit, rebuild};
+pub use seal::seal;
 pub use staging::{
     OpenSource, Recovery, Staged, StagedFile, discard, publish, recover, stage_opened,
     stage_reusing,

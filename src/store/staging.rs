@@ -1,7 +1,7 @@
 //! Staging and publishing a version: copy into `.staging/v<N>.<random>.<name>`, rename to `v<N>`, crash recovery.
 //!
-//! A version is copied and fsynced in a hidden staging folder; only after the catalog
-//! names it is the folder renamed into place ([`publish`], never replacing an existing
+//! A version is copied in a hidden staging folder and made durable there (`seal`); only
+//! after the catalog names it is the folder renamed into place ([`publish`], never replacing an existing
 //! `v<N>`). A crash in between is rolled forward at start-up by [`recover`], which also
 //! deletes staging folders the catalog never named.
 
@@ -42,6 +42,9 @@ pub struct Staged {
     /// Those of its files that are hard links to stored files, not copies (read and
     /// hashed, nothing written; see [`stage_reusing`]).
     pub linked: Deduped,
+    /// The copies written and not yet fsynced: made durable, with the manifest and the
+    /// folders, by [`super::seal`] before the catalog may name the version.
+    pub unsynced: Vec<PathBuf>,
 }
 
 /// A source file opened by the caller of [`stage_opened`].
@@ -63,7 +66,8 @@ pub struct OpenSource {
 /// through that handle, and `check(i, &file)` runs after the copy through the same handle
 /// (was it written meanwhile?). `cancel` aborts between chunks. An error from either,
 /// like any other, or a cancellation leaves nothing behind. `done` counts the bytes
-/// copied so far (for `status`), added to once per chunk.
+/// copied so far (for `status`), added to once per chunk. Nothing is fsynced yet: the
+/// caller adds the manifest and makes it all durable at once with [`super::seal`].
 #[allow(clippy::too_many_arguments)]
 pub fn stage_opened(
     store: &Path,
@@ -117,6 +121,7 @@ pub fn stage_reusing(
     set_folder_mode(dir.path())?;
     let mut staged = Vec::with_capacity(rels.len());
     let mut linked = Deduped::default();
+    let mut unsynced = Vec::new();
     let mut made_dirs: Vec<PathBuf> = Vec::new();
     for (i, rel) in rels.iter().enumerate() {
         let dst = dir.path().join(rel);
@@ -141,14 +146,18 @@ pub fn stage_reusing(
                     linked.bytes += same.1;
                     same
                 }
-                None => copy_and_hash_from(
-                    &mut source.file,
-                    &source.shown,
-                    &dst,
-                    source.mode,
-                    cancel,
-                    done,
-                )?,
+                None => {
+                    let copied = copy_and_hash_from(
+                        &mut source.file,
+                        &source.shown,
+                        &dst,
+                        source.mode,
+                        cancel,
+                        done,
+                    )?;
+                    unsynced.push(dst.clone());
+                    copied
+                }
             };
         check(i, &source.file)?;
         staged.push(StagedFile {
@@ -157,20 +166,17 @@ pub fn stage_reusing(
             size,
         });
     }
-    // Deepest first, so that each folder is synced after the entries in it.
-    made_dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    made_dirs.sort();
     made_dirs.dedup();
     for d in &made_dirs {
         set_folder_mode(d)?;
-        sync_dir(d)?;
     }
-    sync_dir(dir.path())?;
-    sync_dir(&staging)?;
     Ok(Staged {
         dir: dir.keep(),
         final_dir: version_dir(store, name, n),
         files: staged,
         linked,
+        unsynced,
     })
 }
 

@@ -20,7 +20,7 @@
 //! file held, not what it holds. One damaged in place is reported in [`Stored::damaged`]
 //! and never linked to.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -33,7 +33,6 @@ use super::links::check_no_link;
 use super::staging::{OpenSource, Staged};
 use super::stored_mode;
 use crate::error::{Error, Result};
-use crate::fsutil::sync_dir;
 
 /// How many stored files of a new file's size are compared with it by samples.
 const MAX_PROBED: usize = 4;
@@ -277,12 +276,11 @@ pub struct Deduped {
 /// to one staged before it with a link to that one, once their bytes are compared and
 /// found equal (a stored file found damaged is reported in [`Stored::damaged`] and the
 /// copy stays). Each replacement is a rename over the copy, so the staged file is whole
-/// at every moment; the changed folders are fsynced before this returns, as the staged
-/// version must be durable before the catalog names it.
+/// at every moment; [`super::seal`] then fsyncs the staging tree's folders with the rest
+/// (the staged version must be durable before the catalog names it).
 pub fn link_duplicates(store: &Path, staged: &Staged, stored: &Stored) -> Result<Deduped> {
     let mut saved = Deduped::default();
     let mut in_this: BTreeMap<&str, PathBuf> = BTreeMap::new();
-    let mut changed_dirs = BTreeSet::new();
     for f in &staged.files {
         let dst = staged.dir.join(&f.rel);
         let from_store = stored.path_of(&f.sha256).filter(|p| {
@@ -305,15 +303,9 @@ pub fn link_duplicates(store: &Path, staged: &Staged, stored: &Stored) -> Result
         if linked {
             saved.files += 1;
             saved.bytes += f.size;
-            if let Some(dir) = dst.parent() {
-                changed_dirs.insert(dir.to_path_buf());
-            }
         } else {
             in_this.entry(&f.sha256).or_insert(dst);
         }
-    }
-    for dir in &changed_dirs {
-        sync_dir(dir)?;
     }
     Ok(saved)
 }
