@@ -904,6 +904,91 @@ print(n / (time.perf_counter() - t0))
         Some(fd >= 300.0),
     );
     d.stop();
+    mlflow_register(t, d.root(), &src, n, fd);
+}
+
+/// The optional MLflow scenario: the same loop in MLflow (SQLite tracking and registry,
+/// artifacts in a local folder), when `python3 -c 'import mlflow'` works: per version a
+/// run, the metric, the file logged as an artifact (copied into MLflow's store) and a
+/// model version created from it. At most 200 of the same files (MLflow is far slower;
+/// the rate is what is compared), after one untimed call. Otherwise a row says it was
+/// skipped. `fd` is modelreg's rate in the same run.
+fn mlflow_register(t: &mut Table, root: &Path, src: &Path, n: usize, fd: f64) {
+    let row = "register: MLflow's loop (optional)";
+    let installed = Command::new("python3")
+        .args(["-c", "import mlflow"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!("  mlflow not installed, skipped");
+        t.add(
+            row,
+            "same loop on SQLite (versions/s)",
+            "-".into(),
+            "mlflow not installed, skipped".into(),
+            "-".into(),
+            "-",
+            None,
+        );
+        return;
+    }
+    let m = n.min(200);
+    let work = root.join("mlflow");
+    fs::create_dir_all(&work).unwrap();
+    let script = r#"
+import logging, os, sys, time, warnings
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+n, src, work = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+import mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri("sqlite:///" + os.path.join(work, "mlflow.db"))
+exp = mlflow.create_experiment("bench", artifact_location="file://" + os.path.join(work, "artifacts"))
+c = MlflowClient()
+c.create_registered_model("reg")
+def one(i):
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_metric("step", i)
+        mlflow.log_artifact(os.path.join(src, "f%d.bin" % i))
+        c.create_model_version("reg", run.info.artifact_uri + "/f%d.bin" % i, run.info.run_id)
+one(0)
+t0 = time.perf_counter()
+for i in range(1, n):
+    one(i)
+print((n - 1) / (time.perf_counter() - t0))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(m.to_string())
+        .arg(src)
+        .arg(&work)
+        .output()
+        .expect("python3");
+    let rate: Option<f64> = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok());
+    let Some(ml) = rate.filter(|_| out.status.success()) else {
+        eprintln!(
+            "  mlflow's loop failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    };
+    t.add(
+        row,
+        &format!(
+            "{} of the same files, run + metric + artifact + model version (versions/s)",
+            m - 1
+        ),
+        format!("modelreg fd hand-over {fd:.0}/s"),
+        format!("MLflow {ml:.1}/s"),
+        format!("{:.1}x", fd / ml),
+        "-",
+        None,
+    );
 }
 
 fn main() {
