@@ -93,7 +93,10 @@ pub(super) fn hash_stream(
     mut sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<(String, u64)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
+    // No bigger than the file (plus one byte, to see its end in one read): a 1 MiB
+    // buffer zeroed and freed per small file is a large part of registering one.
+    let len = input.metadata().map_or(CHUNK as u64, |m| m.len());
+    let mut buf = vec![0u8; (len + 1).clamp(4096, CHUNK as u64) as usize];
     let mut size = 0u64;
     loop {
         cancelled(cancel)?;
