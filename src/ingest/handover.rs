@@ -109,6 +109,7 @@ impl Registrar {
         let copying = self
             .board
             .start_handover(&job.name, job.stat.size, &job.filename);
+        let board = self.board.clone();
         tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             let done = copying.progress.clone();
