@@ -22,6 +22,8 @@ use modelreg::registry::{Catalog, Kind, Model, StoredFile, Version, persist};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "scenarios/register.rs"]
+mod register;
 
 use common::{BIN, TestDaemon};
 
@@ -842,155 +844,6 @@ fn connections(t: &mut Table, scratch: &Path, quick: bool) {
     d.stop();
 }
 
-/// Scenario: sequential `register()` calls of the Python client, one small file each,
-/// through the descriptor hand-over against the inbox hand-over (settle 50 ms) in the
-/// same run, as a training loop that registers every checkpoint would make them.
-fn register(t: &mut Table, scratch: &Path, quick: bool) {
-    let n = if quick { 100 } else { 1000 };
-    let mut d = Daemon::new(scratch, "register", "settle: 50ms\n");
-    d.start();
-    let src = d.root().join("src");
-    fs::create_dir_all(&src).unwrap();
-    let mut buf = vec![0u8; 4096];
-    for i in 0..n {
-        // Odd seeds: `fill` uses `seed | 1`, so each file differs.
-        fill(2 * i as u64 + 1, &mut buf);
-        fs::write(src.join(format!("f{i}.bin")), &buf).unwrap();
-    }
-    // Versions per second of `n` register() calls in one process; `inbox` makes the
-    // client take the inbox hand-over, as it does with a daemon without `register`.
-    let script = r#"
-import os, sys, time
-from modelreg import ModelRegistry
-mode, n, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-r = ModelRegistry()
-if mode == "inbox":
-    r._hand_over = lambda *a, **k: None
-t0 = time.perf_counter()
-for i in range(n):
-    v = r.register("reg" + mode, os.path.join(src, "f%d.bin" % i), metrics={"step": i}, progress=False)
-    assert v.created, v
-print(n / (time.perf_counter() - t0))
-"#;
-    let rate = |mode: &str| -> f64 {
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .args([mode, &n.to_string()])
-            .arg(&src)
-            .env(
-                "PYTHONPATH",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
-            )
-            .env("MODELREG_SOCKET", d.socket())
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    let fd = rate("fd");
-    let inbox = rate("inbox");
-    t.add(
-        "register (Python, sequential)",
-        &format!("{n} files of 4 KiB, register() (versions/s)"),
-        format!("fd hand-over {fd:.0}/s"),
-        format!("inbox hand-over {inbox:.1}/s"),
-        format!("{:.1}x", fd / inbox),
-        ">= 300/s",
-        Some(fd >= 300.0),
-    );
-    d.stop();
-    mlflow_register(t, d.root(), &src, n, fd);
-}
-
-/// The optional MLflow scenario: the same loop in MLflow (SQLite tracking and registry,
-/// artifacts in a local folder), when `python3 -c 'import mlflow'` works: per version a
-/// run, the metric, the file logged as an artifact (copied into MLflow's store) and a
-/// model version created from it. At most 200 of the same files (MLflow is far slower;
-/// the rate is what is compared), after one untimed call. Otherwise a row says it was
-/// skipped. `fd` is modelreg's rate in the same run.
-fn mlflow_register(t: &mut Table, root: &Path, src: &Path, n: usize, fd: f64) {
-    let row = "register: MLflow's loop (optional)";
-    let installed = Command::new("python3")
-        .args(["-c", "import mlflow"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        eprintln!("  mlflow not installed, skipped");
-        t.add(
-            row,
-            "same loop on SQLite (versions/s)",
-            "-".into(),
-            "mlflow not installed, skipped".into(),
-            "-".into(),
-            "-",
-            None,
-        );
-        return;
-    }
-    let m = n.min(200);
-    let work = root.join("mlflow");
-    fs::create_dir_all(&work).unwrap();
-    let script = r#"
-import logging, os, sys, time, warnings
-warnings.filterwarnings("ignore")
-logging.disable(logging.WARNING)
-n, src, work = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-import mlflow
-from mlflow.tracking import MlflowClient
-mlflow.set_tracking_uri("sqlite:///" + os.path.join(work, "mlflow.db"))
-exp = mlflow.create_experiment("bench", artifact_location="file://" + os.path.join(work, "artifacts"))
-c = MlflowClient()
-c.create_registered_model("reg")
-def one(i):
-    with mlflow.start_run(experiment_id=exp) as run:
-        mlflow.log_metric("step", i)
-        mlflow.log_artifact(os.path.join(src, "f%d.bin" % i))
-        c.create_model_version("reg", run.info.artifact_uri + "/f%d.bin" % i, run.info.run_id)
-one(0)
-t0 = time.perf_counter()
-for i in range(1, n):
-    one(i)
-print((n - 1) / (time.perf_counter() - t0))
-"#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(m.to_string())
-        .arg(src)
-        .arg(&work)
-        .output()
-        .expect("python3");
-    let rate: Option<f64> = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .lines()
-        .last()
-        .and_then(|l| l.parse().ok());
-    let Some(ml) = rate.filter(|_| out.status.success()) else {
-        eprintln!(
-            "  mlflow's loop failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    };
-    t.add(
-        row,
-        &format!(
-            "{} of the same files, run + metric + artifact + model version (versions/s)",
-            m - 1
-        ),
-        format!("modelreg fd hand-over {fd:.0}/s"),
-        format!("MLflow {ml:.1}/s"),
-        format!("{:.1}x", fd / ml),
-        "-",
-        None,
-    );
-}
-
 fn main() {
     let quick = std::env::var_os("MODELREG_BENCH_QUICK").is_some();
     let names: Vec<String> = std::env::args()
@@ -1042,7 +895,7 @@ fn main() {
         connections(&mut t, &scratch, quick);
     }
     if which("register") {
-        register(&mut t, &scratch, quick);
+        register::register(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",

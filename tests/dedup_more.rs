@@ -36,15 +36,21 @@ fn ino(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().ino()
 }
 
-/// A daemon holding `tok` v1 (`bytes(7)`) and v2 (`bytes(8)`), with v1's stored file
-/// then damaged in place; returns it and v1's stored file.
-fn daemon_with_v1_damaged() -> (TestDaemon, std::path::PathBuf) {
+/// A daemon holding `tok` v1 (`bytes(7)`) and v2 (`bytes(8)`): v1's bytes again make a
+/// new version, not the latest's.
+fn daemon_with_v1_and_v2() -> TestDaemon {
     let d = TestDaemon::quick();
-    write_renamed(&d.inbox(), "tok.bin", &bytes(7, FILE));
-    d.wait_versions("tok", 1);
-    // v2 in between, so that v1's bytes again are a new version, not the latest's.
-    write_renamed(&d.inbox(), "tok.bin", &bytes(8, FILE));
-    d.wait_versions("tok", 2);
+    for (n, seed) in [(1, 7), (2, 8)] {
+        write_renamed(&d.inbox(), "tok.bin", &bytes(seed, FILE));
+        d.wait_versions("tok", n);
+    }
+    d
+}
+
+/// [`daemon_with_v1_and_v2`], with v1's stored file then damaged in place; returns it
+/// and v1's stored file.
+fn daemon_with_v1_damaged() -> (TestDaemon, std::path::PathBuf) {
+    let d = daemon_with_v1_and_v2();
     let v1 = d.root.path().join("models/tok/v1/tok.bin");
     damage_in_place(&v1, UNSAMPLED);
     (d, v1)
@@ -106,11 +112,7 @@ fn a_handed_over_file_equal_to_a_stored_file_damaged_in_place_gets_its_own_copy(
 
 #[test]
 fn an_undamaged_stored_file_is_still_shared_after_the_comparison() {
-    let d = TestDaemon::quick();
-    write_renamed(&d.inbox(), "tok.bin", &bytes(7, FILE));
-    d.wait_versions("tok", 1);
-    write_renamed(&d.inbox(), "tok.bin", &bytes(8, FILE));
-    d.wait_versions("tok", 2);
+    let d = daemon_with_v1_and_v2();
     write_renamed(&d.inbox(), "tok.bin", &bytes(7, FILE));
     d.wait_versions("tok", 3);
     let store = d.root.path().join("models/tok");
