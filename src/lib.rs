@@ -4,7 +4,8 @@
 //!
 //! The crate, by module, in layers (a module names only modules of a lower layer;
 //! tests/layers.rs checks it, docs/architecture.md draws it):
-//! - 8 [`daemon`]   `serve` (logging, signals) around `run(config, control)`: start-up, shutdown.
+//! - 9 [`daemon`]   `serve` (logging, signals) around `run(config, control)`: start-up, shutdown.
+//! - 8 [`http`]     the HTTP API: the socket's answers as JSON, downloads, over HTTP/1.
 //! - 7 [`server`]   the control socket: connections, one handler per request.
 //! - 6 [`watcher`]  inbox events -> settled groups; overflow -> rescan.
 //! - 6 [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
@@ -34,6 +35,7 @@ pub mod daemon;
 pub mod display;
 pub mod error;
 pub mod fsutil;
+pub mod http;
 pub mod inbox;
 pub mod ingest;
 pub mod layout;

@@ -23,6 +23,8 @@ pub struct StatusBoard {
     /// Bytes of new versions' files that were already stored and hard-linked instead of
     /// copied (dedup), since start.
     dedup_saved: AtomicU64,
+    /// The HTTP API's address (`http://127.0.0.1:8080`), once it listens.
+    http: std::sync::OnceLock<String>,
 }
 
 /// How far one copy job has got: `done` is added to by the copy once per chunk.
@@ -200,6 +202,16 @@ impl StatusBoard {
     /// Bytes stored once instead of twice by dedup since start.
     pub fn dedup_saved(&self) -> u64 {
         self.dedup_saved.load(Ordering::Relaxed)
+    }
+
+    /// Records where the HTTP API listens (set once, at start).
+    pub fn set_http(&self, url: String) {
+        let _ = self.http.set(url);
+    }
+
+    /// Where the HTTP API listens, when it is on.
+    pub fn http(&self) -> Option<String> {
+        self.http.get().cloned()
     }
 
     /// Sets how the inbox is watched.

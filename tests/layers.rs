@@ -30,7 +30,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("watcher", 6),
     ("ingest", 6),
     ("server", 7),
-    ("daemon", 8),
+    // A second door to the server's handlers: it asks them (server::dispatch).
+    ("http", 8),
+    ("daemon", 9),
 ];
 
 /// The text of a source file without its unit tests (they may use anything).

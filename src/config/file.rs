@@ -38,6 +38,7 @@ pub(super) struct RawConfig {
     retention: Option<BTreeMap<String, u32>>,
     log_level: Option<String>,
     log_format: Option<String>,
+    http: Option<super::http::RawHttp>,
 }
 
 impl RawConfig {
@@ -64,6 +65,7 @@ impl RawConfig {
             retention: self.retention.or(base.retention),
             log_level: self.log_level.or(base.log_level),
             log_format: self.log_format.or(base.log_format),
+            http: self.http.or(base.http),
         }
     }
 }
@@ -251,6 +253,7 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
             "json" => true,
             other => return Err(bad("log_format", format!("`{other}` is not text or json"))),
         },
+        http: super::http::validate(&shown, raw.http)?,
     })
 }
 
@@ -313,7 +316,8 @@ mod tests {
             .as_object()
             .unwrap()
             .iter()
-            .filter(|(_, v)| v.is_null())
+            // `http` is off by default: the embedded file only shows it commented out.
+            .filter(|(k, v)| v.is_null() && k.as_str() != "http")
             .map(|(k, _)| k)
             .collect();
         assert!(unset.is_empty(), "the embedded default lacks {unset:?}");

@@ -13,6 +13,7 @@
 
 mod best;
 mod file;
+mod http;
 mod settings;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 pub use best::{BestPolicy, Direction};
+pub use http::HttpConfig;
 pub use settings::Settings;
 
 /// The default settings, identical to the repository's `config/modelreg.yaml`.
@@ -97,6 +99,8 @@ pub struct Config {
     pub log_level: String,
     /// Log lines as JSON objects instead of text.
     pub log_json: bool,
+    /// The HTTP API, when `http.listen` is set (off by default).
+    pub http: Option<HttpConfig>,
 }
 
 impl Config {

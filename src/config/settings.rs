@@ -49,7 +49,8 @@ impl Config {
     /// Start-up settings are those set up once: the paths and the socket (bound, watched,
     /// locked), how the inbox is watched (`watch`, `poll_interval`), the rescan timer
     /// (`reconcile_interval`), `follow_symlinks` (the settler's and the copier's view of
-    /// the inbox) and `log_format` (the log writer). Every other setting is live. The
+    /// the inbox), `log_format` (the log writer) and `http.listen` (bound once; turning
+    /// HTTP on or off also needs a restart). Every other setting is live. The
     /// destructuring below names every field, so a new setting does not compile until it
     /// is placed on one side.
     pub fn reloaded(&self, new: Config) -> (Config, Vec<&'static str>) {
@@ -71,6 +72,7 @@ impl Config {
             retention,
             log_level,
             log_json,
+            http,
         } = new;
         let mut restart = Vec::new();
         let mut keep = |key: &'static str, changed: bool| {
@@ -91,6 +93,11 @@ impl Config {
         );
         keep("follow_symlinks", follow_symlinks != self.follow_symlinks);
         keep("log_format", log_json != self.log_json);
+        // The listener is bound once; its other settings are read per connection.
+        let listen = |h: &Option<super::HttpConfig>| h.as_ref().map(|h| h.listen);
+        let rebind = listen(&http) != listen(&self.http);
+        keep("http.listen", rebind);
+        let http = if rebind { self.http.clone() } else { http };
         // The live settings from `new`; every start-up setting as it runs.
         let running = Config {
             source,
@@ -99,6 +106,7 @@ impl Config {
             retention,
             log_level,
             registry_write_interval,
+            http,
             ..self.clone()
         };
         (running, restart)

@@ -2,7 +2,7 @@
 //!
 //! Start: take the root's lock (an flock on an owner-only file in the root), load
 //! registry.yaml (refusing one that does not parse), bring the store in line with it
-//! after a crash, bind the socket, start watching, then reconcile the inbox. Shutdown (on
+//! after a crash, bind the socket (and the HTTP listener, when on), start watching, then reconcile the inbox. Shutdown (on
 //! [`Control::Shutdown`]): stop watching, let the registrar roll back the copies under
 //! way and commit what finished, stop serving, remove the socket. `run` installs no
 //! signal handlers: [`serve`] (the binary's `modelreg serve`) maps signals to [`Control`]
@@ -53,6 +53,8 @@ pub async fn run(
     let (loaded, took) = startup::load_and_recover(&config)?;
     let catalog = loaded.catalog;
     let listener = startup::listen(&config)?;
+    // Bound before the workers start and readiness is announced, like the socket.
+    let http = crate::http::bind(&config).await?;
     startup::log_started(&config, &catalog, &listener);
 
     let settings = Arc::new(Settings::new(config));
@@ -77,12 +79,24 @@ pub async fn run(
         listener.socket,
         started,
     )?;
+    let http = http.map(|bound| {
+        let state = crate::http::HttpState {
+            ctx: workers.ctx.clone(),
+            stop: workers.stop.clone(),
+        };
+        tokio::spawn(crate::http::serve(bound, state))
+    });
     readiness::announce(&workers.ctx, listener.path, &workers.stop).await?;
     serve_until_shutdown(control, &workers.ctx, on_reload.as_ref()).await;
 
     crate::systemd::stopping();
     tracing::info!("shutting down");
     workers.stop(listener.inherited).await;
+    // Told with the workers; its requests under way had until now, and at most
+    // `http::GRACE`, to finish.
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -156,6 +156,9 @@ pub struct StatusInfo {
     pub store: Option<String>,
     /// How the inbox is watched (inotify, or poll and why).
     pub watch: String,
+    /// Where the HTTP API listens (`http://127.0.0.1:8080`), when `http.listen` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
     /// The settle period in seconds.
     pub settle_secs: f64,
     /// Number of models.

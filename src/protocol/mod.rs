@@ -68,6 +68,10 @@ pub enum ErrorCode {
     /// The daemon is stopping (SIGTERM): the request was cancelled and nothing of it was
     /// kept; send it again once the daemon is back.
     ShuttingDown,
+    /// HTTP: no such route, or no such file in the version.
+    NotFound,
+    /// HTTP: a `Range` that the file cannot satisfy, or more than one range.
+    RangeNotSatisfiable,
     /// A bug or an I/O failure in the daemon.
     Internal,
 }

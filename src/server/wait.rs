@@ -206,6 +206,7 @@ pub(super) async fn status(ctx: &Context) -> Response {
         inbox: cfg.inbox.display().to_string(),
         store: Some(cfg.store.display().to_string()),
         watch,
+        http: ctx.board.http(),
         settle_secs: cfg.settle.as_secs_f64(),
         models: catalog.models.len(),
         versions: catalog.version_count(),

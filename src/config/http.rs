@@ -1,0 +1,120 @@
+//! The `http:` section: the HTTP API's listener, off unless `http.listen` is set.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The longest a client may take to send a request's head, by default.
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `http:` section as written; unknown keys refused.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    listen: Option<String>,
+    header_timeout: Option<String>,
+}
+
+/// The validated HTTP settings. Present only when `http.listen` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// The address the HTTP API listens on (`127.0.0.1:8080`; port 0: any free port,
+    /// shown in the log and in `status`).
+    pub listen: SocketAddr,
+    /// How long a client may take to send a request's line and headers; a slower one
+    /// is answered 408 and closed, so slow senders cannot hold connections open.
+    pub header_timeout: Duration,
+}
+
+/// Validates the `http:` section (`shown` names the settings file in errors).
+pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpConfig>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let bad = |key: &str, reason: String| Error::Config {
+        path: shown.to_string(),
+        key: format!("http.{key}"),
+        reason,
+    };
+    let Some(listen) = raw.listen else {
+        return Err(bad(
+            "listen",
+            "missing: write an address such as 127.0.0.1:8080 (or remove `http:` to keep \
+             the HTTP API off)"
+                .into(),
+        ));
+    };
+    let listen: SocketAddr = listen.trim().parse().map_err(|_| {
+        bad(
+            "listen",
+            format!(
+                "`{listen}` is not an address with a port, such as 127.0.0.1:8080 or [::1]:8080"
+            ),
+        )
+    })?;
+    let header_timeout = match raw.header_timeout {
+        None => DEFAULT_HEADER_TIMEOUT,
+        Some(v) => {
+            let d = humantime::parse_duration(v.trim()).map_err(|e| {
+                bad(
+                    "header_timeout",
+                    format!("`{v}` is not a duration ({e}); write e.g. 10s"),
+                )
+            })?;
+            if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+                return Err(bad(
+                    "header_timeout",
+                    format!("{v} is out of range (100ms to 5m)"),
+                ));
+            }
+            d
+        }
+    };
+    Ok(Some(HttpConfig {
+        listen,
+        header_timeout,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_config;
+    use std::time::Duration;
+
+    #[test]
+    fn http_is_off_unless_listen_is_set() {
+        assert!(test_config("").unwrap().http.is_none());
+        let c = test_config("http: {listen: \"127.0.0.1:0\", header_timeout: 2s}\n").unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(h.header_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_bad_http_section_names_its_key() {
+        let e = test_config("http: {}\n").unwrap_err().to_string();
+        assert!(e.contains("http.listen: missing"), "{e}");
+        let e = test_config("http: {listen: localhost}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http.listen: `localhost` is not an address"),
+            "{e}"
+        );
+        let e = test_config("http: {listen: \"127.0.0.1:1\", header_timeout: 1h}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.header_timeout: 1h is out of range"), "{e}");
+        let e = test_config("http:\n  listen: 127.0.0.1:1\n  port: 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":3:") && e.contains("unknown field `port`"),
+            "{e}"
+        );
+    }
+}

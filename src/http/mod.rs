@@ -1,0 +1,84 @@
+//! The HTTP API: the catalog as JSON and the stored files as downloads, over HTTP/1 on
+//! the daemon's runtime. Off unless `http.listen` is set; see docs/http.md.
+//!
+//! It is a second door to what the control socket serves, not a second source of truth:
+//! every JSON answer is the socket's own answer to the same request (built by
+//! [`server::dispatch`](crate::server::dispatch) from the same published catalog), and
+//! every error carries the socket's code with a fitting HTTP status ([`ApiError`]).
+//!
+//! `listener` binds and accepts (limits on headers, a header read timeout, a connection
+//! cap, graceful shutdown), `api` the JSON routes, `files` the downloads (with `range`
+//! for `Range`/conditional headers, `paths` for the checks on a requested file path,
+//! `tar` for a folder version as one streamed archive, `body` for streamed bodies), and
+//! `error` the one error type. New routes are added to [`router`] from a module of their
+//! own, taking [`HttpState`].
+
+mod api;
+mod error;
+mod files;
+mod listener;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::protocol::ErrorCode;
+use crate::server::Context;
+use crate::shutdown::Shutdown;
+
+pub use error::{ApiError, status_of};
+pub use listener::{Bound, bind, serve};
+
+/// What every route's handler gets: the socket server's context (the published catalog
+/// and settings, the status board, the registrar) and the daemon's shutdown signal.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The same context the control socket's handlers read.
+    pub ctx: Arc<Context>,
+    /// Triggered when the daemon stops: new requests are answered 503.
+    pub stop: Shutdown,
+}
+
+/// Every route, with the answers for unknown routes and methods. A module that adds
+/// routes merges its own `Router<HttpState>` here.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .merge(api::routes())
+        .merge(files::routes())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_stopping,
+        ))
+        .with_state(state)
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {}; the API is under /api/v1/ (see docs/http.md)",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::bad_request(format!("{method} is not served on {}", uri.path()))
+        .with_status(axum::http::StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// Once the daemon is stopping, a request that still arrives (on a connection that was
+/// open) is answered 503 rather than started.
+async fn refuse_while_stopping(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.stop.is_triggered() {
+        return ApiError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
+            .into_response();
+    }
+    next.run(request).await
+}

@@ -1,0 +1,96 @@
+//! A small HTTP/1.1 client on std::net for the HTTP API's tests: whole requests written
+//! as given (so hostile ones can be sent byte for byte), answers read to the end.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use super::TestDaemon;
+
+/// One answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// Header names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The value of header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The error code of a JSON error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {}", self.json()))
+            .to_string()
+    }
+}
+
+/// `host:port` of the daemon's HTTP API, from its `status` (it listens on port 0).
+pub fn address(d: &TestDaemon) -> String {
+    let url = d.status().http.expect("status names the HTTP address");
+    url.trim_start_matches("http://").to_string()
+}
+
+/// Sends `raw` on a new connection and reads the answer until the server closes it.
+pub fn send(addr: &str, raw: &[u8]) -> std::io::Result<Answer> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(raw)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    Ok(parse(&buf))
+}
+
+/// Parses one answer (head and everything after it as the body).
+pub fn parse(buf: &[u8]) -> Answer {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer head in {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: buf[end + 4..].to_vec(),
+    }
+}
+
+/// `METHOD path` with extra header lines, on a connection closed after the answer.
+pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        raw.push_str(&format!("{n}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    send(addr, raw.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// `GET path`.
+pub fn get(addr: &str, path: &str) -> Answer {
+    request(addr, "GET", path, &[])
+}
