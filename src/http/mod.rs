@@ -14,9 +14,13 @@
 //! own, taking [`HttpState`].
 
 mod api;
+mod body;
 mod error;
 mod files;
 mod listener;
+mod paths;
+mod range;
+mod tar;
 
 use std::sync::Arc;
 
@@ -30,7 +34,7 @@ use crate::server::Context;
 use crate::shutdown::Shutdown;
 
 pub use error::{ApiError, status_of};
-pub use listener::{Bound, bind, serve};
+pub use listener::{Bound, MAX_HEAD_BYTES, bind, serve};
 
 /// What every route's handler gets: the socket server's context (the published catalog
 /// and settings, the status board, the registrar) and the daemon's shutdown signal.
@@ -50,10 +54,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(files::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            refuse_while_stopping,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
 
@@ -69,16 +70,28 @@ async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiEr
         .with_status(axum::http::StatusCode::METHOD_NOT_ALLOWED)
 }
 
-/// Once the daemon is stopping, a request that still arrives (on a connection that was
-/// open) is answered 503 rather than started.
-async fn refuse_while_stopping(
-    State(state): State<HttpState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// What every request passes first. Once the daemon is stopping, a request that still
+/// arrives (on a connection that was open) is answered 503 rather than started. A head
+/// larger than [`MAX_HEAD_BYTES`] is answered 431: hyper refuses one that overflows its
+/// read buffer, but a head that arrives in one read can end up in a larger buffer.
+async fn gate(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     if state.stop.is_triggered() {
         return ApiError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
             .into_response();
+    }
+    let head: usize = request.uri().to_string().len()
+        + request
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > MAX_HEAD_BYTES {
+        return ApiError::new(
+            ErrorCode::TooLarge,
+            format!("request headers of {head} bytes; at most {MAX_HEAD_BYTES} are read"),
+        )
+        .with_status(axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        .into_response();
     }
     next.run(request).await
 }
