@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::http::{address, get};
+use common::http::{address, get, send};
 use common::{TestDaemon, sidecar, write_renamed};
 use modelreg::protocol::Request;
 
@@ -151,4 +151,146 @@ fn a_bad_listen_address_stops_the_start_with_the_key_named() {
         err.contains("cannot listen for HTTP on 127.0.0.1:"),
         "{err}"
     );
+}
+
+/// A daemon whose HTTP API cuts off headers after 1 s.
+fn hostile_target() -> (TestDaemon, String) {
+    let d =
+        TestDaemon::start("settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  header_timeout: 1s\n");
+    let addr = address(&d);
+    (d, addr)
+}
+
+fn still_serving(addr: &str) {
+    let a = get(addr, "/api/v1/ping");
+    assert_eq!(a.status, 200, "the daemon no longer answers");
+}
+
+#[test]
+fn oversized_and_overcounted_headers_are_refused_431() {
+    let (_d, addr) = hostile_target();
+    let head = |extra: &str| {
+        format!("GET /api/v1/ping HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
+    };
+    // 100 KB arriving at once: refused by the API with a JSON error.
+    let a = send(
+        &addr,
+        head(&format!("X-Big: {}\r\n", "a".repeat(100_000))).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!((a.status, a.code().as_str()), (431, "too_large"));
+    // 1 MB, and 200 header fields: refused by the HTTP parser before any route.
+    let a = send(
+        &addr,
+        head(&format!("X-Big: {}\r\n", "a".repeat(1_000_000))).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(a.status, 431);
+    let many: String = (0..200).map(|i| format!("X-{i}: y\r\n")).collect();
+    assert_eq!(send(&addr, head(&many).as_bytes()).unwrap().status, 431);
+    still_serving(&addr);
+}
+
+#[test]
+fn slow_headers_are_cut_off_at_the_header_timeout() {
+    use std::io::{Read, Write};
+    let (_d, addr) = hostile_target();
+    // Half a request, then silence; and one header byte every 200 ms (slowloris). Each
+    // is closed once its head has taken longer than header_timeout, whatever trickles in.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .write_all(b"GET /api/v1/ping HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut drip = std::net::TcpStream::connect(&addr).unwrap();
+    drip.write_all(b"GET /api/v1/ping HTTP/1.1\r\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut cut = false;
+    while std::time::Instant::now() < deadline {
+        if drip.write_all(b"X").is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        still_serving(&addr);
+    }
+    assert!(
+        cut,
+        "a header sent one byte at a time kept its connection for 30 s"
+    );
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let r = silent.read_to_end(&mut rest);
+    assert!(r.is_ok(), "the silent connection was not closed: {r:?}");
+    assert!(!rest.starts_with(b"HTTP/1.1 200"), "it was answered");
+    still_serving(&addr);
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_refused_or_ignored_cleanly() {
+    let (_d, addr) = hostile_target();
+    let raw = |r: &[u8]| send(&addr, r).unwrap();
+    // In the request line: the HTTP parser refuses it.
+    let a = raw(
+        b"GET /api/v1/models/\xff\xfe/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(a.status, 400);
+    // Percent-encoded, it is decoded and refused with the API's error.
+    let a =
+        raw(b"GET /api/v1/models/%ff%fe/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((a.status, a.code().as_str()), (400, "bad_request"));
+    let a = raw(b"GET /api/v1/models/m/versions/best?metric=%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((a.status, a.code().as_str()), (400, "bad_request"));
+    // In a header value nobody reads: ignored.
+    let a = raw(
+        b"GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nX-Odd: \xff\xfe\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(a.status, 200);
+    // Not HTTP at all.
+    let a = std::net::TcpStream::connect(&addr).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n")?;
+        let mut v = Vec::new();
+        s.read_to_end(&mut v)?;
+        Ok(v)
+    });
+    assert!(a.is_ok(), "{a:?}");
+    still_serving(&addr);
+}
+
+#[test]
+fn moving_the_listener_on_reload_is_reported_as_needing_a_restart() {
+    let mut d = TestDaemon::start(CONFIG);
+    let addr = address(&d);
+    d.write_config("settle: 200ms\nhttp:\n  listen: 127.0.0.1:1\n  header_timeout: 2s\n");
+    d.signal(libc::SIGHUP);
+    let text = d.wait_problem_text("http.listen");
+    assert!(text.contains("needs a restart"), "{text}");
+    // Still on the address it had.
+    assert_eq!(address(&d), addr);
+    still_serving(&addr);
+    d.write_config(CONFIG);
+    d.signal(libc::SIGHUP);
+    common::wait_until(
+        std::time::Duration::from_secs(10),
+        "the restart problem to clear",
+        || !d.problems_text().contains("http.listen"),
+    );
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn sigterm_closes_the_listener_and_exits_0() {
+    let mut d = TestDaemon::start(CONFIG);
+    let addr = address(&d);
+    // A keep-alive connection open at the time does not hold the daemon up.
+    let idle = std::net::TcpStream::connect(&addr).unwrap();
+    still_serving(&addr);
+    assert_eq!(d.stop().code(), Some(0));
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "still listening"
+    );
+    drop(idle);
 }

@@ -228,3 +228,29 @@ fn traversal_and_unlisted_paths_are_refused_however_encoded() {
     assert_eq!((a.status, a.code().as_str()), (400, "invalid_name"));
     assert_eq!(get(&addr, M).status, 200, "still serving");
 }
+
+#[test]
+fn a_download_that_stalls_does_not_hold_up_shutdown() {
+    use std::io::{Read, Write};
+    let mut d = TestDaemon::start(CONFIG);
+    write_renamed(&d.inbox(), "big.bin", &bytes(9, 16 << 20));
+    d.wait_versions("big", 1);
+    let addr = address(&d);
+    // A client that asks for 16 MiB and reads only the first bytes: the answer cannot be
+    // finished, so the daemon's grace period (5 s) ends it.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /api/v1/models/big/versions/v1/files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 4096];
+    s.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    let t = std::time::Instant::now();
+    assert_eq!(d.stop().code(), Some(0));
+    assert!(
+        d.log().contains("still busy after 5s; closed"),
+        "{}",
+        d.log()
+    );
+    eprintln!("stopped in {:?} with a stalled download", t.elapsed());
+    drop(s);
+}

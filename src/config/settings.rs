@@ -136,4 +136,24 @@ mod tests {
         let (_, restart) = old.reloaded(old.clone());
         assert!(restart.is_empty());
     }
+
+    #[test]
+    fn moving_or_switching_http_needs_a_restart_other_http_keys_do_not() {
+        let on = test_config("http: {listen: \"127.0.0.1:8080\"}\n").unwrap();
+        let off = test_config("").unwrap();
+        let (running, restart) = off.reloaded(on.clone());
+        assert_eq!(restart, ["http.listen"]);
+        assert!(running.http.is_none());
+        let (running, restart) = on.reloaded(off);
+        assert_eq!(restart, ["http.listen"]);
+        assert!(running.http.is_some());
+        let slower =
+            test_config("http: {listen: \"127.0.0.1:8080\", header_timeout: 30s}\n").unwrap();
+        let (running, restart) = on.reloaded(slower);
+        assert!(restart.is_empty());
+        assert_eq!(
+            running.http.unwrap().header_timeout,
+            Duration::from_secs(30)
+        );
+    }
 }

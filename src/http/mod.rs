@@ -93,5 +93,15 @@ async fn gate(State(state): State<HttpState>, request: Request, next: Next) -> R
         .with_status(axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         .into_response();
     }
+    // Query values are decoded leniently (a bad byte becomes U+FFFD): refuse them here,
+    // as the path's are refused, rather than look up a name nobody wrote.
+    if let Some(q) = request.uri().query()
+        && percent_encoding::percent_decode_str(q)
+            .decode_utf8()
+            .is_err()
+    {
+        return ApiError::bad_request("the query string is not UTF-8 once percent-decoded")
+            .into_response();
+    }
     next.run(request).await
 }
