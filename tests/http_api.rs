@@ -294,3 +294,74 @@ fn sigterm_closes_the_listener_and_exits_0() {
     );
     drop(idle);
 }
+
+/// Every operation in docs/openapi.yaml, asked of the real daemon with the parameters'
+/// examples (and with a model that does not exist): each status is one the description
+/// lists, and each JSON answer matches its schema, with no key left undescribed.
+#[test]
+fn the_openapi_description_matches_the_real_answers() {
+    let d = daemon_with_two_versions();
+    let addr = address(&d);
+    // An alias and a deprecated version, so that history and marks have content.
+    d.call(&Request::AliasSet {
+        name: "m".into(),
+        alias: "production".into(),
+        version: "v1".into(),
+    })
+    .unwrap();
+    d.call(&Request::Deprecate {
+        name: "m".into(),
+        version: "v1".into(),
+        reason: Some("superseded".into()),
+    })
+    .unwrap();
+    let spec = common::openapi::Spec::load();
+    let ops = spec.operations();
+    assert!(ops.len() >= 8, "{} operations", ops.len());
+    let mut wrong = Vec::new();
+    for op in &ops {
+        assert_eq!(op.method, "get", "{}: only GET is served so far", op.path);
+        let with = |model: &str| {
+            let mut url = op.path.clone();
+            for p in op.parameters.iter().filter(|p| p["in"] == "path") {
+                let name = p["name"].as_str().unwrap();
+                let value = if name == "name" {
+                    model.to_string()
+                } else {
+                    p["example"]
+                        .as_str()
+                        .expect("a path parameter has an example")
+                        .into()
+                };
+                url = url.replace(&format!("{{{name}}}"), &value);
+            }
+            url
+        };
+        for url in [with("m"), with("no-such-model")] {
+            let a = get(&addr, &url);
+            let Some(documented) = op.responses.get(&a.status.to_string()) else {
+                wrong.push(format!("{url}: status {} is not documented", a.status));
+                continue;
+            };
+            let content = documented["content"].as_object();
+            match content.and_then(|c| c.get("application/json")) {
+                Some(json) => spec.check(&json["schema"], &a.json(), &url, &mut wrong),
+                None => {
+                    let types: Vec<&String> =
+                        content.map(|c| c.keys().collect()).unwrap_or_default();
+                    let sent = a.header("content-type").unwrap_or("").to_string();
+                    if !types.iter().any(|t| **t == sent) {
+                        wrong.push(format!(
+                            "{url}: content-type {sent} is not one of {types:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "docs/openapi.yaml vs the server:\n{}",
+        wrong.join("\n")
+    );
+}
