@@ -7,7 +7,7 @@
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
 //! (ingest, dedup, burst, scale, queries, cli, startup, startup-memory, idle,
-//! connections, register).
+//! connections, register, http).
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +22,8 @@ use modelreg::registry::{Catalog, Kind, Model, StoredFile, Version, persist};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "scenarios/http.rs"]
+mod http_scenario;
 #[path = "scenarios/register.rs"]
 mod register;
 
@@ -158,6 +160,21 @@ impl Drop for Daemon {
             // The store is read-only; the scratch root is removed when `d` is dropped.
             make_writable(self.root());
         }
+    }
+}
+
+/// Raises this process's open-files limit to the hard one (scenarios that hold
+/// thousands of connections).
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit only read and write `lim`.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
 }
 
@@ -784,15 +801,7 @@ fn connections(t: &mut Table, scratch: &Path, quick: bool) {
     use std::os::unix::net::UnixStream;
     let (idle_n, hogs_n) = if quick { (200, 30) } else { (2000, 300) };
     // This process holds every one of those sockets.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
+    raise_nofile();
     let mut d = Daemon::new(scratch, "connections", "settle: 200ms\n");
     d.start();
     drop_files(&d, "conn", 5);
@@ -896,6 +905,9 @@ fn main() {
     }
     if which("register") {
         register::register(&mut t, &scratch, quick);
+    }
+    if which("http") {
+        http_scenario::http(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",

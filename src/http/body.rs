@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
 /// Bytes read from a file at a time (each read is one trip to the blocking pool).
-pub(super) const CHUNK: usize = 256 * 1024;
+pub(super) const CHUNK: usize = 512 * 1024;
 /// Chunks read ahead of the connection.
 const QUEUE: usize = 1;
 
