@@ -24,6 +24,10 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// The most HTTP connections open at once; beyond it a new one is answered 503 `busy`.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections the kernel completes before they are accepted (capped by
+/// net.core.somaxconn): a burst of a thousand clients connecting at once is queued, not
+/// dropped (a dropped SYN costs the client a second).
+const BACKLOG: u32 = 4096;
 /// How long requests under way may take to finish once the daemon stops; connections
 /// still open then are closed.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -46,7 +50,16 @@ pub async fn bind(config: &Config) -> Result<Option<Bound>> {
             config.source
         ))
     };
-    let listener = TcpListener::bind(listen).await.map_err(refused)?;
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(refused)?;
+    // A restart may bind while the last run's connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(refused)?;
+    socket.bind(*listen).map_err(refused)?;
+    let listener = socket.listen(BACKLOG).map_err(refused)?;
     let addr = listener.local_addr().map_err(refused)?;
     Ok(Some(Bound { listener, addr }))
 }
