@@ -365,3 +365,15 @@ fn the_openapi_description_matches_the_real_answers() {
         wrong.join("\n")
     );
 }
+
+#[test]
+fn modelreg_status_shows_where_http_listens() {
+    let d = TestDaemon::start(CONFIG);
+    let addr = address(&d);
+    let out = common::ok(&d, &["status"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("http:") && l.ends_with(&format!("http://{addr}"))),
+        "{out}"
+    );
+}

@@ -313,6 +313,9 @@ pub(super) fn print_status(s: &StatusInfo) {
             ),
         ],
     ];
+    if let Some(url) = &s.http {
+        rows.push(vec!["http:".into(), url.clone()]);
+    }
     if s.waiting.is_empty() {
         rows.push(vec!["waiting:".into(), "nothing".into()]);
     }
