@@ -254,3 +254,40 @@ fn a_download_that_stalls_does_not_hold_up_shutdown() {
     eprintln!("stopped in {:?} with a stalled download", t.elapsed());
     drop(s);
 }
+
+#[test]
+fn a_lost_file_is_file_missing_and_its_siblings_are_still_served() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, addr, _) = daemon();
+    let v = d.get("bert", "v1").unwrap();
+    // Someone deletes one stored file behind the daemon's back.
+    let lost = v
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("config.json"))
+        .unwrap();
+    let dir = std::path::Path::new(&lost.path)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_file(&lost.path).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    let base = "/api/v1/models/bert/versions/v1";
+    for (method, path) in [("GET", "files/config.json"), ("HEAD", "files/config.json")] {
+        let a = request(&addr, method, &format!("{base}/{path}"), &[]);
+        assert_eq!(a.status, 500, "{method} {path}");
+        if method == "GET" {
+            assert_eq!(a.code(), "file_missing");
+            let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
+            assert!(msg.contains("config.json"), "{msg}");
+        }
+    }
+    // The archive is refused whole before its first byte, as `get` refuses the version.
+    let a = get(&addr, &format!("{base}/tar"));
+    assert_eq!((a.status, a.code().as_str()), (500, "file_missing"));
+    // Each download checks the file it serves: the others are intact and served.
+    let a = get(&addr, &format!("{base}/files/sub/deeper/vocab.txt"));
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"a\nb\n"[..]));
+}

@@ -1,13 +1,14 @@
-//! Downloads: every stored file of a version, and a version as one streamed tar.
+//! Downloads of stored files: the version found as the socket's `get` finds it, a file
+//! looked up among its files, served with ETag, Range, 304 and HEAD.
 //!
-//! The version is resolved by the socket's own `get` (selectors, `best`, aliases, the
-//! check that its files exist and lead through no link); a file is then looked up among
-//! that version's files by its path, so only what the catalog lists is ever opened, by
-//! the path the catalog holds, without following a link. Stored files never change, so
-//! the ETag is the file's SHA-256 and Last-Modified the version's registration time.
+//! A file is looked up among the version's files by its path, so only what the catalog
+//! lists is ever opened, by the path the catalog holds, through no link. Stored files
+//! never change, so the ETag is the file's SHA-256 and Last-Modified the version's
+//! registration time.
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,16 +16,16 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::response::Builder;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 
 use super::api::{BestParams, ask, path_error};
-use super::body::{self, Sink};
+use super::body;
 use super::range::{self, Part};
-use super::tar::{self, Entry};
 use super::{ApiError, HttpState, paths};
-use crate::protocol::{ErrorCode, FileInfo, VersionInfo};
+use crate::protocol::{ErrorCode, Request};
 
 /// The download routes.
 pub(super) fn routes() -> Router<HttpState> {
@@ -35,48 +36,108 @@ pub(super) fn routes() -> Router<HttpState> {
         )
         .route(
             "/api/v1/models/{name}/versions/{selector}/tar",
-            get(archive),
+            get(super::archive::archive),
         )
 }
 
-/// The version `name`/`selector` names, as the socket's `get` answers it.
-async fn version(
+/// A version found for a download, from the published catalog: what its answers need.
+pub(super) struct Found {
+    /// The model.
+    pub name: String,
+    /// `vN`.
+    pub version: String,
+    /// When it was registered: Last-Modified of everything in it.
+    pub registered: SystemTime,
+    /// Its files, in the catalog's order.
+    pub files: Vec<StoredFile>,
+}
+
+/// One stored file of a [`Found`] version.
+pub(super) struct StoredFile {
+    /// Its path inside the version folder (`sub/config.json`).
+    pub rel: String,
+    /// Where it is stored (from the catalog, never from the request).
+    pub path: PathBuf,
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// The version `name`/`selector` names, as the socket's `get` resolves it. Only the
+/// files a download opens are checked (the socket's `get` checks every one, which for a
+/// version of many files would make each file's download cost them all); a refusal is
+/// the socket's own answer, word for word.
+pub(super) async fn find(
     s: &HttpState,
     q: Result<Query<BestParams>, QueryRejection>,
     name: String,
     selector: String,
-) -> Result<VersionInfo, ApiError> {
-    let v = ask(s, BestParams::request(q, name, selector)?).await?.0;
-    serde_json::from_value(v).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+) -> Result<Found, ApiError> {
+    let req = BestParams::request(q, name.clone(), selector.clone())?;
+    let Request::Get { metric, mode, .. } = &req else {
+        unreachable!("BestParams::request makes a get");
+    };
+    let (catalog, cfg) = (s.ctx.shared.catalog(), s.ctx.config());
+    let found = catalog.model(&name).and_then(|m| {
+        m.select(
+            &name,
+            Some(&selector),
+            (&cfg.best, metric.as_deref(), *mode),
+        )
+        .map(|(v, _)| v)
+    });
+    let Ok(v) = found else {
+        return Err(match ask(s, req).await {
+            Err(e) => e,
+            // Published in between: the client may ask again.
+            Ok(_) => ApiError::new(ErrorCode::Busy, "the catalog changed meanwhile; ask again"),
+        });
+    };
+    let dir = crate::store::version_dir(&cfg.store, &name, v.number);
+    let files = v
+        .files
+        .iter()
+        .map(|f| {
+            let path = cfg.root.join(&f.path);
+            let rel = path
+                .strip_prefix(&dir)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| f.path.clone());
+            StoredFile {
+                rel,
+                path,
+                sha256: f.sha256.clone(),
+                size: f.size,
+            }
+        })
+        .collect();
+    Ok(Found {
+        registered: humantime::parse_rfc3339_weak(&v.registered_at)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        version: format!("v{}", v.number),
+        name,
+        files,
+    })
 }
 
-/// A stored file's path inside its version folder.
-fn inside<'a>(v: &VersionInfo, f: &'a FileInfo) -> &'a str {
-    f.path
-        .strip_prefix(&v.dir)
-        .and_then(|p| p.strip_prefix('/'))
-        .unwrap_or(&f.path)
-}
-
-/// The version's registration time: Last-Modified of everything in it.
-fn registered(v: &VersionInfo) -> SystemTime {
-    humantime::parse_rfc3339_weak(&v.registered_at).unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-/// Opens a stored file without following a link, and checks it is the regular file of
-/// `size` bytes the catalog names.
-async fn open_stored(f: &FileInfo) -> Result<Arc<File>, ApiError> {
-    let (path, size) = (f.path.clone(), f.size);
+/// Opens a stored file through no link (neither in the store's folders nor the file
+/// itself) and checks it is the regular file of the catalog's size: `file_missing`
+/// otherwise, as the socket answers for a file that is gone.
+pub(super) async fn open_stored(store: &FsPath, f: &StoredFile) -> Result<Arc<File>, ApiError> {
+    let (store, path, size) = (store.to_path_buf(), f.path.clone(), f.size);
     let opened = tokio::task::spawn_blocking(move || -> Result<File, String> {
+        crate::store::check_no_link(&store, &path).map_err(|e| format!("not served: {e}"))?;
+        let shown = path.display();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| format!("open {path}: {e}"))?;
-        let m = file.metadata().map_err(|e| format!("stat {path}: {e}"))?;
+            .map_err(|e| format!("stored file {shown}: {e} (run `modelreg status`)"))?;
+        let m = file.metadata().map_err(|e| format!("stat {shown}: {e}"))?;
         if !m.is_file() || m.len() != size {
             return Err(format!(
-                "{path} is not the stored file of {size} bytes the catalog names (run `modelreg verify`)"
+                "{shown} is not the stored file of {size} bytes the catalog names (run `modelreg verify`)"
             ));
         }
         Ok(file)
@@ -90,26 +151,21 @@ async fn open_stored(f: &FileInfo) -> Result<Arc<File>, ApiError> {
 }
 
 /// The headers every answer about a download carries (200, 206, 304 and HEAD alike).
-fn common_headers(
-    b: axum::http::response::Builder,
-    etag: &str,
-    v: &VersionInfo,
-) -> axum::http::response::Builder {
-    b.header(header::ETAG, etag)
-        .header(
-            header::LAST_MODIFIED,
-            httpdate::fmt_http_date(registered(v)),
-        )
+pub(super) fn common_headers(etag: &str, v: &Found) -> Builder {
+    Response::builder()
+        .header(header::ETAG, etag)
+        .header(header::LAST_MODIFIED, httpdate::fmt_http_date(v.registered))
         .header("x-modelreg-version", &v.version)
 }
 
-fn built(b: axum::http::response::Builder, body: Body) -> Result<Response, ApiError> {
+/// The answer `b` with `body`.
+pub(super) fn built(b: Builder, body: Body) -> Result<Response, ApiError> {
     b.body(body)
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
 }
 
 /// `Content-Disposition` naming the file as saved: its last component, UTF-8 encoded.
-fn disposition(name: &str) -> HeaderValue {
+pub(super) fn disposition(name: &str) -> HeaderValue {
     let base = name.rsplit('/').next().unwrap_or(name);
     const KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'.')
@@ -129,29 +185,42 @@ async fn file(
 ) -> Result<Response, ApiError> {
     let Path((name, selector, path)) = p.map_err(path_error)?;
     let wanted = paths::check(&path)?;
-    let v = version(&s, q, name, selector).await?;
-    let Some(f) = v.files.iter().find(|f| inside(&v, f) == wanted) else {
-        let names: Vec<&str> = v.files.iter().take(10).map(|f| inside(&v, f)).collect();
+    let v = find(&s, q, name, selector).await?;
+    let Some(f) = v.files.iter().find(|f| f.rel == wanted) else {
+        let names: Vec<&str> = v.files.iter().take(10).map(|f| f.rel.as_str()).collect();
+        let more = if v.files.len() > names.len() {
+            ", ..."
+        } else {
+            ""
+        };
         return Err(ApiError::not_found(format!(
-            "no file {wanted:?} in {} {} (it has: {}{})",
+            "no file {wanted:?} in {} {} (it has: {}{more})",
             v.name,
             v.version,
             names.join(", "),
-            if v.files.len() > names.len() {
-                ", ..."
-            } else {
-                ""
-            }
         )));
     };
+    serve_file(&s, &method, &headers, &v, f).await
+}
+
+/// Answers a request for stored file `f` of version `v`: 200, or 206 for one range, 304
+/// when the client has it, 416 for a range it cannot be given; HEAD with the same
+/// headers and no body. Routes that serve stored files under other paths call this.
+pub(super) async fn serve_file(
+    s: &HttpState,
+    method: &Method,
+    headers: &HeaderMap,
+    v: &Found,
+    f: &StoredFile,
+) -> Result<Response, ApiError> {
     let etag = format!("\"{}\"", f.sha256);
-    let modified = httpdate::fmt_http_date(registered(&v));
-    let b = common_headers(Response::builder(), &etag, &v).header(header::ACCEPT_RANGES, "bytes");
-    if range::not_modified(&headers, &etag, registered(&v)) {
+    let modified = httpdate::fmt_http_date(v.registered);
+    let b = common_headers(&etag, v).header(header::ACCEPT_RANGES, "bytes");
+    if range::not_modified(headers, &etag, v.registered) {
         return built(b.status(StatusCode::NOT_MODIFIED), Body::empty());
     }
     let len = f.size;
-    let (status, start, count, b) = match range::part(&headers, len, &etag, &modified) {
+    let (status, start, count, b) = match range::part(headers, len, &etag, &modified) {
         Part::Whole => (StatusCode::OK, 0, len, b),
         Part::Bytes { start, end } => (
             StatusCode::PARTIAL_CONTENT,
@@ -170,16 +239,16 @@ async fn file(
             return Err(e);
         }
     };
+    // Opened (and checked) for HEAD too: HEAD must not promise what GET cannot give.
+    let opened = open_stored(&s.ctx.config().store, f).await?;
     let b = b
         .status(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_DISPOSITION, disposition(wanted))
+        .header(header::CONTENT_DISPOSITION, disposition(&f.rel))
         .header(header::CONTENT_LENGTH, count);
-    // HEAD: the same headers, and the file is not even opened.
     if method == Method::HEAD {
         return built(b, Body::empty());
     }
-    let opened = open_stored(f).await?;
     let (sink, streamed) = body::channel(count);
     tokio::spawn(async move {
         if let Err(e) = body::send_file(&opened, start, count, &sink).await {
@@ -188,114 +257,4 @@ async fn file(
         }
     });
     built(b, Body::new(streamed))
-}
-
-async fn archive(
-    State(s): State<HttpState>,
-    method: Method,
-    headers: HeaderMap,
-    p: Result<Path<(String, String)>, PathRejection>,
-    q: Result<Query<BestParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Path((name, selector)) = p.map_err(path_error)?;
-    let v = version(&s, q, name, selector).await?;
-    let top = format!("{}-{}", v.name, v.version);
-    let entries = entries(&v, &top);
-    let mtime = registered(&v)
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // The archive is a function of the version's files: its ETag, of their hashes.
-    let listing: String = v
-        .files
-        .iter()
-        .map(|f| format!("{} {}\n", f.sha256, inside(&v, f)))
-        .collect();
-    let etag = format!("\"tar-{}\"", crate::fsutil::sha256_hex(listing.as_bytes()));
-    let b = common_headers(Response::builder(), &etag, &v);
-    if range::not_modified(&headers, &etag, registered(&v)) {
-        return built(b.status(StatusCode::NOT_MODIFIED), Body::empty());
-    }
-    let len = tar::archive_len(&entries, mtime);
-    let b = b
-        .header(header::ACCEPT_RANGES, "none")
-        .header(header::CONTENT_TYPE, "application/x-tar")
-        .header(
-            header::CONTENT_DISPOSITION,
-            disposition(&format!("{top}.tar")),
-        )
-        .header(header::CONTENT_LENGTH, len);
-    if method == Method::HEAD {
-        return built(b, Body::empty());
-    }
-    let (sink, streamed) = body::channel(len);
-    tokio::spawn(async move {
-        if let Err(e) = send_archive(&v, &entries, mtime, &sink).await {
-            tracing::warn!(
-                "HTTP archive of {} {} cut short: {}",
-                v.name,
-                v.version,
-                e.body.message
-            );
-            let _ = sink.send(Err(std::io::Error::other(e.body.message))).await;
-        }
-    });
-    built(b, Body::new(streamed))
-}
-
-/// The archive's entries: the folder `top`, then each file after the folders it is in.
-fn entries(v: &VersionInfo, top: &str) -> Vec<Entry> {
-    let mut out = vec![Entry {
-        path: top.to_string(),
-        size: 0,
-        dir: true,
-    }];
-    let mut dirs = std::collections::BTreeSet::new();
-    for f in &v.files {
-        let rel = inside(v, f);
-        let parts: Vec<&str> = rel.split('/').collect();
-        for depth in 1..parts.len() {
-            let d = parts[..depth].join("/");
-            if dirs.insert(d.clone()) {
-                out.push(Entry {
-                    path: format!("{top}/{d}"),
-                    size: 0,
-                    dir: true,
-                });
-            }
-        }
-        out.push(Entry {
-            path: format!("{top}/{rel}"),
-            size: f.size,
-            dir: false,
-        });
-    }
-    out
-}
-
-/// Writes the archive into `sink`: each header, then the file's bytes and padding.
-async fn send_archive(
-    v: &VersionInfo,
-    entries: &[Entry],
-    mtime: u64,
-    sink: &Sink,
-) -> Result<(), ApiError> {
-    let mut files = v.files.iter();
-    for e in entries {
-        if !body::send_bytes(tar::header(e, mtime), sink).await {
-            return Ok(());
-        }
-        if e.dir {
-            continue;
-        }
-        let Some(f) = files.next() else { break };
-        let opened = open_stored(f).await?;
-        let sent = body::send_file(&opened, 0, f.size, sink)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::FileMissing, format!("{}: {e}", f.path)))?;
-        if !sent || !body::send_bytes(vec![0; tar::padding(f.size)], sink).await {
-            return Ok(());
-        }
-    }
-    body::send_bytes(tar::END.to_vec(), sink).await;
-    Ok(())
 }

@@ -9,11 +9,12 @@
 //! `listener` binds and accepts (limits on headers, a header read timeout, a connection
 //! cap, graceful shutdown), `api` the JSON routes, `files` the downloads (with `range`
 //! for `Range`/conditional headers, `paths` for the checks on a requested file path,
-//! `tar` for a folder version as one streamed archive, `body` for streamed bodies), and
-//! `error` the one error type. New routes are added to [`router`] from a module of their
+//! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
+//! headers), and `error` the one error type. New routes are added to [`router`] from a module of their
 //! own, taking [`HttpState`].
 
 mod api;
+mod archive;
 mod body;
 mod error;
 mod files;
