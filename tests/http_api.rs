@@ -377,3 +377,52 @@ fn modelreg_status_shows_where_http_listens() {
         "{out}"
     );
 }
+
+#[test]
+fn connections_beyond_the_limit_are_answered_busy_and_admitted_once_one_closes() {
+    use std::io::{BufRead, BufReader, Write};
+    // A low open-files limit makes the connection limit small enough to reach.
+    let mut d = TestDaemon::new(CONFIG);
+    let mut launcher = std::process::Command::new("prlimit");
+    launcher
+        .args(["--nofile=300:300", common::BIN, "serve", "--root"])
+        .arg(d.root.path());
+    d.spawn_via(launcher);
+    let addr = address(&d);
+    let log = d.log();
+    let limit: usize = log
+        .split("HTTP API on ")
+        .nth(1)
+        .and_then(|l| l.split("(up to ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no limit in the log:\n{log}"));
+    assert!(limit < 300, "limit {limit}");
+    let ping = b"GET /api/v1/ping HTTP/1.1\r\nHost: x\r\n\r\n";
+    let status_of = |r: &mut BufReader<std::net::TcpStream>| {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        line.split(' ').nth(1).unwrap_or("").to_string()
+    };
+    let mut open = Vec::new();
+    for _ in 0..limit {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(ping).unwrap();
+        let mut r = BufReader::new(s);
+        assert_eq!(status_of(&mut r), "200");
+        open.push(r);
+    }
+    let a = get(&addr, "/api/v1/ping");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (503, "busy"),
+        "beyond {limit}"
+    );
+    drop(open.pop());
+    common::wait_until(
+        std::time::Duration::from_secs(10),
+        "a closed connection's place to be given to a new one",
+        || get(&addr, "/api/v1/ping").status == 200,
+    );
+    drop(open);
+}

@@ -107,7 +107,48 @@ pub(super) fn not_modified(headers: &HeaderMap, etag: &str, modified: SystemTime
 
 #[cfg(test)]
 mod tests {
-    use super::{Part, parse};
+    use super::{Part, not_modified, parse};
+    use axum::http::{HeaderMap, HeaderValue};
+    use std::time::{Duration, SystemTime};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(*n, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn if_none_match_wins_over_if_modified_since() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let date = httpdate::fmt_http_date(t);
+        let later = httpdate::fmt_http_date(t + Duration::from_secs(60));
+        let earlier = httpdate::fmt_http_date(t - Duration::from_secs(60));
+        assert!(not_modified(
+            &headers(&[("if-modified-since", &date)]),
+            "\"e\"",
+            t
+        ));
+        assert!(not_modified(
+            &headers(&[("if-modified-since", &later)]),
+            "\"e\"",
+            t
+        ));
+        assert!(!not_modified(
+            &headers(&[("if-modified-since", &earlier)]),
+            "\"e\"",
+            t
+        ));
+        assert!(!not_modified(
+            &headers(&[("if-modified-since", "soon")]),
+            "\"e\"",
+            t
+        ));
+        // An ETag that does not match: modified, whatever the date says.
+        let both = headers(&[("if-none-match", "\"x\""), ("if-modified-since", &later)]);
+        assert!(!not_modified(&both, "\"e\"", t));
+    }
 
     #[test]
     fn one_range_of_bytes_is_served() {
