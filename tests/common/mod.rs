@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod openapi;
+pub mod venv;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
