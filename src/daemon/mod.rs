@@ -84,7 +84,7 @@ pub async fn run(
             ctx: workers.ctx.clone(),
             stop: workers.stop.clone(),
         };
-        tokio::spawn(crate::http::serve(bound, state))
+        crate::http::start(bound, state)
     });
     readiness::announce(&workers.ctx, listener.path, &workers.stop).await?;
     serve_until_shutdown(control, &workers.ctx, on_reload.as_ref()).await;

@@ -64,10 +64,9 @@ pub async fn bind(config: &Config) -> Result<Option<Bound>> {
     Ok(Some(Bound { listener, addr }))
 }
 
-/// Accepts connections until the daemon stops, then lets the requests under way finish
-/// (at most [`GRACE`]) and closes the rest.
-pub async fn serve(bound: Bound, state: HttpState) {
-    let app = router(state.clone());
+/// Starts serving `bound`: its address is in `status` before this returns (so a client
+/// that sees the daemon ready finds it there), then [`serve`] runs as a task.
+pub fn start(bound: Bound, state: HttpState) -> tokio::task::JoinHandle<()> {
     let limit = MAX_CONNECTIONS
         .min(crate::server::connection_limit() / 2)
         .max(16);
@@ -76,6 +75,13 @@ pub async fn serve(bound: Bound, state: HttpState) {
         bound.addr
     );
     state.ctx.board.set_http(format!("http://{}", bound.addr));
+    tokio::spawn(serve(bound, state, limit))
+}
+
+/// Accepts connections (at most `limit` at once) until the daemon stops, then lets the
+/// requests under way finish (at most [`GRACE`]) and closes the rest.
+async fn serve(bound: Bound, state: HttpState, limit: usize) {
+    let app = router(state.clone());
     let slots = Arc::new(Semaphore::new(limit));
     let mut connections = JoinSet::new();
     loop {

@@ -10,8 +10,11 @@
 //! cap, graceful shutdown), `api` the JSON routes, `files` the downloads (with `range`
 //! for `Range`/conditional headers, `paths` for the checks on a requested file path,
 //! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
-//! headers), and `error` the one error type. New routes are added to [`router`] from a module of their
-//! own, taking [`HttpState`].
+//! headers), and `error` the one error type.
+//!
+//! New routes are added to [`router`] from a module of their own, taking [`HttpState`].
+//! A route that serves stored files under another scheme finds the version with
+//! `files::find` and answers with `files::serve_file` (ETag, Range, 304 and HEAD).
 
 mod api;
 mod archive;
@@ -35,7 +38,7 @@ use crate::server::Context;
 use crate::shutdown::Shutdown;
 
 pub use error::{ApiError, status_of};
-pub use listener::{Bound, MAX_HEAD_BYTES, bind, serve};
+pub use listener::{Bound, MAX_HEAD_BYTES, bind, start};
 
 /// What every route's handler gets: the socket server's context (the published catalog
 /// and settings, the status board, the registrar) and the daemon's shutdown signal.
