@@ -10,6 +10,7 @@
 //! - 6 [`watcher`]  inbox events -> settled groups; overflow -> rescan.
 //! - 6 [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
 //! - 5 [`layout`]   root, inbox, store, registry.yaml pinned at start; losses noticed.
+//! - 5 [`hfcache`]  the Hugging Face cache view `<root>/hf`: links into the store, per selector.
 //! - 4 [`messages`] what the settler, the registrar and the server send each other.
 //! - 4 [`status`]   the board of problems and recent errors shown by `status`.
 //! - 4 [`verify`]   re-hash the store against the catalog.
@@ -35,6 +36,7 @@ pub mod daemon;
 pub mod display;
 pub mod error;
 pub mod fsutil;
+pub mod hfcache;
 pub mod http;
 pub mod inbox;
 pub mod ingest;

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("messages", 4),
     ("client", 4),
     ("layout", 5),
+    ("hfcache", 5),
     ("watcher", 6),
     ("ingest", 6),
     ("server", 7),

@@ -39,6 +39,7 @@ pub(super) struct RawConfig {
     log_level: Option<String>,
     log_format: Option<String>,
     http: Option<super::http::RawHttp>,
+    hf_cache: Option<bool>,
 }
 
 impl RawConfig {
@@ -66,6 +67,7 @@ impl RawConfig {
             log_level: self.log_level.or(base.log_level),
             log_format: self.log_format.or(base.log_format),
             http: self.http.or(base.http),
+            hf_cache: self.hf_cache.or(base.hf_cache),
         }
     }
 }
@@ -254,6 +256,9 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
             other => return Err(bad("log_format", format!("`{other}` is not text or json"))),
         },
         http: super::http::validate(&shown, raw.http)?,
+        hf_cache: raw
+            .hf_cache
+            .ok_or_else(|| Error::Other("embedded default lacks `hf_cache`".into()))?,
     })
 }
 

@@ -101,6 +101,9 @@ pub struct Config {
     pub log_json: bool,
     /// The HTTP API, when `http.listen` is set (off by default).
     pub http: Option<HttpConfig>,
+    /// Keep the Hugging Face cache view `<root>/hf` in step with the catalog
+    /// (`hfcache`); off: the view is removed.
+    pub hf_cache: bool,
 }
 
 impl Config {

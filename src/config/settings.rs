@@ -73,6 +73,7 @@ impl Config {
             log_level,
             log_json,
             http,
+            hf_cache,
         } = new;
         let mut restart = Vec::new();
         let mut keep = |key: &'static str, changed: bool| {
@@ -107,6 +108,7 @@ impl Config {
             log_level,
             registry_write_interval,
             http,
+            hf_cache,
             ..self.clone()
         };
         (running, restart)

@@ -245,6 +245,9 @@ impl Registrar {
             let store_dir = self.config.store.clone();
             let best = self.config.best.clone();
             let board = self.board.clone();
+            let (before, hf, hf_on) =
+                (self.shared.catalog(), self.hf.clone(), self.config.hf_cache);
+            let refresh_all = batch.refresh_all;
             let links: Vec<String> = if batch.refresh_all {
                 snapshot.models.keys().cloned().collect()
             } else {
@@ -267,6 +270,8 @@ impl Registrar {
                             tracing::error!("{e}");
                         }
                     }
+                    // Before the files of removed versions go: the view never shows them gone.
+                    hf.after_commit(hf_on, &before, &snap, &links, refresh_all, &best, &board);
                     // Files of removed versions go only now that the tombstone is durable;
                     // start-up finishes a deletion a crash interrupted.
                     for (name, n) in &deletions {

@@ -98,6 +98,8 @@ pub struct Registrar {
     busy: BTreeSet<String>,
     /// What waits for a busy model's job to end, in arrival order.
     deferred: std::collections::BTreeMap<String, std::collections::VecDeque<RegistrarMsg>>,
+    /// The Hugging Face cache view, updated after each commit.
+    hf: Arc<crate::hfcache::View>,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +132,7 @@ impl Registrar {
     ) -> Self {
         let mut settings = settings.subscribe();
         let config = settings.borrow_and_update().clone();
+        let hf = Arc::new(crate::hfcache::View::new(&config));
         Registrar {
             settings,
             config,
@@ -146,6 +149,7 @@ impl Registrar {
             writeback: writeback::Writeback::default(),
             busy: BTreeSet::new(),
             deferred: Default::default(),
+            hf,
         }
     }
 
@@ -212,10 +216,10 @@ impl Registrar {
     }
 
     /// Takes the newly published settings; when what `best` means changed, every model's
-    /// links are brought in line at the next commit.
+    /// links (and the Hugging Face cache view) are brought in line at the next commit.
     fn settings_changed(&mut self) {
         let new = self.settings.borrow_and_update().clone();
-        if new.best != self.config.best {
+        if new.best != self.config.best || new.hf_cache != self.config.hf_cache {
             self.batch.refresh_all = true;
         }
         if new.registry_write_interval < self.config.registry_write_interval {
