@@ -39,9 +39,10 @@ use sha2::{Digest, Sha256};
 use crate::config::BestPolicy;
 use crate::registry::{Model, Version};
 
+mod folder;
 mod sync;
 
-pub use sync::{View, remove_view};
+pub use sync::{Current, View, remove_view};
 
 /// The view's folder beneath the root.
 pub const HF_DIR: &str = "hf";

@@ -1,62 +1,70 @@
-//! Writing the view: what a model's folder holds brought to its [`Plan`], so that a
-//! reader never meets a half-made snapshot or a ref to a missing one.
+//! Keeping the view in step: after each commit, and a catch-up of every model at start.
 //!
-//! Order within a model: blobs, then snapshots (each made under a temporary name and
-//! renamed into place), then refs (a temporary file renamed over the old one), and only
-//! then what is stale: refs, snapshots, blobs. After a commit only what changed between
-//! the previous catalog's plan and the new one is written; at start (and after a reload
-//! that changes `best`), or for a model whose last update failed, the folder is read
-//! back and compared instead, which also repairs what someone changed by hand.
+//! After a commit only what changed between the previous catalog's [`Plan`] and the new
+//! one is written, at once, before the commit is answered: an `alias set` is seen by the
+//! next offline load. A model whose folder cannot be trusted to match its last plan (at
+//! start, after a reload that changes `best` or turns the view on, after a failed
+//! update) is "unsure": its folder is read back and compared instead, which also repairs
+//! what someone changed by hand. Checking every model at start takes a while on a large
+//! registry (writing a fresh view of 20,000 versions took ~30 s here), so it runs on a
+//! thread of its own, one model at a time, and never holds up registrations: a commit
+//! that touches an unsure model checks that model itself.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::folder::{There, apply, make_dir, read_back, remove_any};
 use super::{HF_DIR, Plan, repo_folder};
 use crate::config::{BestPolicy, Config};
 use crate::registry::Catalog;
 use crate::status::StatusBoard;
 
-/// The mode of a ref file: readable by all who can list the view (it names a commit id).
-const REF_MODE: u32 = 0o644;
+/// The published catalog, as the catch-up reads it.
+pub type Current = Arc<dyn Fn() -> Arc<Catalog> + Send + Sync>;
 
-/// The view of one registry root; see the module docs. Owned by the registrar, the only
-/// writer, which calls [`View::after_commit`] after each durable commit.
-#[derive(Debug)]
+/// The view of one registry root; see the module docs. Written only under its lock, by
+/// the registrar's commits ([`View::after_commit`]) and the catch-up thread.
 pub struct View {
     /// `<root>/hf`.
     dir: PathBuf,
     /// The store as the catalog's paths write it (`models`).
     store_shown: String,
-    /// Models whose folder may differ from their last plan (an update failed): their next
-    /// update reads the folder back instead of trusting it.
-    unsure: Mutex<BTreeSet<String>>,
+    board: Arc<StatusBoard>,
+    state: Mutex<State>,
 }
 
-/// What a model's folder holds now, by the same keys as a [`Plan`].
-#[derive(Debug, Default)]
-struct There {
-    /// Blob name -> link target.
-    blobs: BTreeMap<String, String>,
-    /// Snapshot commit -> whether it holds exactly its version's links.
-    snapshots: BTreeMap<String, bool>,
-    /// Ref -> commit id.
-    refs: BTreeMap<String, String>,
-    /// Anything else in blobs/, snapshots/ or refs/ (temporary names a crash left, files
-    /// where links belong): removed.
-    junk: Vec<PathBuf>,
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View").field("dir", &self.dir).finish()
+    }
+}
+
+/// What the lock guards: the view on disk, and what is known of it.
+struct State {
+    /// Models whose folder may differ from their last plan.
+    unsure: BTreeSet<String>,
+    /// `best` as the plans are made now.
+    best: BestPolicy,
+    /// A catch-up thread is running.
+    catching_up: bool,
+    /// Counts the times every model was made unsure: a catch-up under way starts over.
+    generation: u64,
 }
 
 impl View {
-    /// The view of the root of `config`.
-    pub fn new(config: &Config) -> View {
+    /// The view of the root of `config`; problems go to `board`.
+    pub fn new(config: &Config, board: Arc<StatusBoard>) -> View {
         View {
             dir: config.root.join(HF_DIR),
             store_shown: config.relative(&config.store).into_owned(),
-            unsure: Mutex::new(BTreeSet::new()),
+            board,
+            state: Mutex::new(State {
+                unsure: BTreeSet::new(),
+                best: config.best.clone(),
+                catching_up: false,
+                generation: 0,
+            }),
         }
     }
 
@@ -65,113 +73,198 @@ impl View {
         &self.dir
     }
 
-    /// Brings the view in line after a commit from `before` to `after`: the models in
-    /// `names`, or with `all` every model (read back from disk, stale folders removed).
-    /// Disabled (`enabled` false) with `all`: the view is removed. Never fails: each
-    /// model that cannot be updated is a problem in `status` (and a WARN), cleared once
-    /// an update succeeds.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the view in line after a commit from `before` to `after` that touched the
+    /// models in `names`. With `all` (start, a reload), every model becomes unsure and a
+    /// catch-up thread checks them, reading the catalog from `current`. Disabled
+    /// (`enabled` false) with `all`: the view is removed. Never fails: a model that
+    /// cannot be updated is a problem in `status` (and a WARN) until an update succeeds.
     #[allow(clippy::too_many_arguments)]
     pub fn after_commit(
-        &self,
+        self: &Arc<Self>,
         enabled: bool,
         before: &Catalog,
         after: &Catalog,
         names: &[String],
         all: bool,
         best: &BestPolicy,
-        board: &StatusBoard,
+        current: &Current,
     ) {
         let shown = self.dir.display().to_string();
+        let mut state = self.lock();
+        state.best = best.clone();
         if !enabled {
             if all {
-                board.clear_problems_under(&shown);
-                if let Err(e) = remove_view(&self.dir) {
-                    board.set_problem(&shown, &format!("hf_cache is off, but {e}"));
+                state.unsure.clear();
+                self.board.clear_problems_under(&shown);
+                if let Err(e) = super::remove_view(&self.dir) {
+                    self.board
+                        .set_problem(&shown, &format!("hf_cache is off, but {e}"));
                 }
             }
             return;
         }
-        if let Err(e) = self.make_root() {
-            board.set_problem(
-                &shown,
-                &format!("the Hugging Face cache view is not updated: {e}"),
-            );
-            let mut unsure = self.unsure.lock().unwrap_or_else(|p| p.into_inner());
-            unsure.extend(names.iter().cloned());
+        if all {
+            state.unsure = after.models.keys().cloned().collect();
+            state.generation += 1;
+            if !state.catching_up {
+                state.catching_up = true;
+                let (view, current) = (self.clone(), current.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("hfcache".into())
+                    .spawn(move || view.catch_up(&current));
+                if let Err(e) = spawned {
+                    state.catching_up = false;
+                    self.board.error(format!(
+                        "cannot start the Hugging Face cache view's thread: {e}; models are checked as they change"
+                    ));
+                }
+            }
             return;
         }
-        board.clear_problem(&shown);
-        let mut names: Vec<&String> = names.iter().collect();
-        if all {
-            names = after.models.keys().collect();
-            self.remove_stale_models(after, board);
+        if !self.make_root() {
+            state.unsure.extend(names.iter().cloned());
+            return;
         }
         for name in names {
-            let (want, skipped) = Plan::of(
-                &self.store_shown,
-                name,
-                after.models.get(name).map(|m| &**m),
-                best,
-            );
-            let dir = self.dir.join(repo_folder(name));
-            let key = dir.display().to_string();
-            let full = all
-                || self
-                    .unsure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(name.as_str());
-            let there = if full {
-                read_back(&dir, &want)
-            } else {
-                let old = before.models.get(name).map(|m| &**m);
-                There::of(&Plan::of(&self.store_shown, name, old, best).0)
-            };
-            let mut errors = apply(&dir, there, &want, !full);
-            if !skipped.is_empty() {
-                errors.push(format!(
-                    "{name} {} not in the view: stored paths outside {}/{name}/v<N>/",
-                    skipped
-                        .iter()
-                        .map(|n| format!("v{n}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    self.store_shown
-                ));
+            let full = state.unsure.remove(name);
+            let old = (!full).then(|| before.models.get(name).map(|m| &**m));
+            let ok = self.sync_model(name, after, old, &state.best);
+            if !ok {
+                state.unsure.insert(name.clone());
             }
-            match errors.first() {
-                None => board.clear_problem(&key),
-                Some(first) => {
-                    let more = match errors.len() {
-                        1 => String::new(),
-                        n => format!(" (and {} more)", n - 1),
-                    };
-                    board.set_problem(&key, &format!("Hugging Face cache view of {name} not fully updated: {first}{more}; retried at its next change and at start"));
-                    self.unsure
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(name.clone());
+        }
+    }
+
+    /// The catch-up thread: removes folders of models no longer in the catalog, then
+    /// checks each unsure model against the catalog published at that moment.
+    fn catch_up(&self, current: &Current) {
+        let t0 = std::time::Instant::now();
+        let mut checked = 0usize;
+        // What this pass tried (a model that failed stays unsure, and is retried at its
+        // next change or the next start, not in a loop here), and for which generation.
+        let mut tried = BTreeSet::new();
+        let mut generation = None;
+        loop {
+            let mut state = self.lock();
+            let catalog = current();
+            if generation != Some(state.generation) {
+                generation = Some(state.generation);
+                tried.clear();
+                if self.make_root() {
+                    self.remove_stale_models(&catalog);
+                }
+            }
+            // A few models per turn of the lock: a commit waits for at most these.
+            let batch: Vec<String> = state
+                .unsure
+                .iter()
+                .filter(|n| !tried.contains(*n))
+                .take(8)
+                .cloned()
+                .collect();
+            if batch.is_empty() {
+                state.catching_up = false;
+                break;
+            }
+            for name in batch {
+                tried.insert(name.clone());
+                if self.make_root() && self.sync_model(&name, &catalog, None, &state.best) {
+                    state.unsure.remove(&name);
+                    checked += 1;
                 }
             }
         }
+        tracing::info!(
+            models = checked,
+            secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
+            "Hugging Face cache view {} checked",
+            self.dir.display()
+        );
     }
 
-    /// Creates `<root>/hf` when missing; refuses one that is a symbolic link.
-    fn make_root(&self) -> Result<(), String> {
-        match fs::symlink_metadata(&self.dir) {
-            Ok(m) if m.file_type().is_symlink() => Err(format!(
-                "{} is a symbolic link; the view is never written through a link. Remove it: the daemon makes the folder again",
-                self.dir.display()
-            )),
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(format!("{} is not a folder; remove it", self.dir.display())),
-            Err(_) => make_dir(&self.dir),
+    /// Brings the folder of `name` to its plan in `catalog`: from `old`'s plan when its
+    /// folder is known to match it (`Some`), else read back. Returns whether it worked.
+    fn sync_model(
+        &self,
+        name: &str,
+        catalog: &Catalog,
+        old: Option<Option<&crate::registry::Model>>,
+        best: &BestPolicy,
+    ) -> bool {
+        let model = catalog.models.get(name).map(|m| &**m);
+        let (want, skipped) = Plan::of(&self.store_shown, name, model, best);
+        let dir = self.dir.join(repo_folder(name));
+        let key = dir.display().to_string();
+        let mut errors = match old {
+            Some(old) => {
+                let there = There::of(&Plan::of(&self.store_shown, name, old, best).0);
+                apply(&dir, there, &want, true)
+            }
+            None => apply(&dir, read_back(&dir, &want), &want, false),
+        };
+        if !skipped.is_empty() {
+            let listed: Vec<String> = skipped.iter().map(|n| format!("v{n}")).collect();
+            errors.push(format!(
+                "{} not in the view: their stored paths are not under {}/{name}/v<N>/",
+                listed.join(", "),
+                self.store_shown
+            ));
+        }
+        match errors.first() {
+            None => {
+                self.board.clear_problem(&key);
+                true
+            }
+            Some(first) => {
+                let more = match errors.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                };
+                self.board.set_problem(
+                    &key,
+                    &format!(
+                        "the Hugging Face cache view of {name} is not up to date: {first}{more}; retried at its next change and at start"
+                    ),
+                );
+                false
+            }
         }
     }
 
-    /// Removes the folders of models the catalog no longer shows in the view.
-    fn remove_stale_models(&self, after: &Catalog, board: &StatusBoard) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
+    /// Creates `<root>/hf` when missing; refuses one that is a symbolic link. A problem
+    /// in `status` when it cannot be used.
+    fn make_root(&self) -> bool {
+        let shown = self.dir.display().to_string();
+        let r = match std::fs::symlink_metadata(&self.dir) {
+            Ok(m) if m.file_type().is_symlink() => Err(format!(
+                "{shown} is a symbolic link; the view is never written through a link. Remove it: the daemon makes the folder again"
+            )),
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(format!("{shown} is not a folder; remove it")),
+            Err(_) => make_dir(&self.dir),
+        };
+        match r {
+            Ok(()) => {
+                self.board.clear_problem(&shown);
+                true
+            }
+            Err(e) => {
+                self.board.set_problem(
+                    &shown,
+                    &format!("the Hugging Face cache view is not updated: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    /// Removes the folders of models the catalog does not show in the view.
+    fn remove_stale_models(&self, catalog: &Catalog) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for e in entries.flatten() {
@@ -179,12 +272,14 @@ impl View {
             let Some(name) = file_name.to_str().and_then(|f| f.strip_prefix("models--")) else {
                 continue;
             };
-            if !after.models.contains_key(name) || !super::repo_name_ok(name) {
+            if !catalog.models.contains_key(name) || !super::repo_name_ok(name) {
                 let path = e.path();
                 if let Err(err) = remove_any(&path) {
-                    board.set_problem(
+                    self.board.set_problem(
                         &path.display().to_string(),
-                        &format!("stale Hugging Face cache view not removed: {err}"),
+                        &format!(
+                            "a stale folder of the Hugging Face cache view is not removed: {err}"
+                        ),
                     );
                 }
             }
@@ -196,7 +291,7 @@ impl View {
 /// itself when nothing else is left in it. Used when `hf_cache` is off, so that a view
 /// no longer kept in step cannot hand out a version an alias has left.
 pub fn remove_view(dir: &Path) -> Result<(), String> {
-    let entries = match fs::read_dir(dir) {
+    let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("{} cannot be listed: {e}", dir.display())),
@@ -207,367 +302,6 @@ pub fn remove_view(dir: &Path) -> Result<(), String> {
         }
     }
     // Not empty: something the daemon did not make; it stays.
-    let _ = fs::remove_dir(dir);
+    let _ = std::fs::remove_dir(dir);
     Ok(())
-}
-
-impl There {
-    /// What a folder holds when it matches `plan`.
-    fn of(plan: &Plan) -> There {
-        There {
-            blobs: plan
-                .blobs
-                .iter()
-                .map(|(sha, stored)| (sha.clone(), blob_target(stored)))
-                .collect(),
-            snapshots: plan
-                .versions
-                .values()
-                .map(|(c, _)| (c.clone(), true))
-                .collect(),
-            refs: plan
-                .refs
-                .keys()
-                .filter_map(|r| Some((r.clone(), plan.commit_of_ref(r)?.to_string())))
-                .collect(),
-            junk: Vec::new(),
-        }
-    }
-}
-
-/// What the folder `dir` holds, each snapshot compared with its version in `want`.
-fn read_back(dir: &Path, want: &Plan) -> There {
-    let mut there = There::default();
-    let list = |sub: &str| -> Vec<(String, PathBuf, fs::FileType)> {
-        fs::read_dir(dir.join(sub))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                Some((
-                    e.file_name().into_string().ok()?,
-                    e.path(),
-                    e.file_type().ok()?,
-                ))
-            })
-            .collect()
-    };
-    for (name, path, t) in list("blobs") {
-        match fs::read_link(&path) {
-            Ok(to) if t.is_symlink() => {
-                there.blobs.insert(name, to.to_string_lossy().into_owned());
-            }
-            _ => there.junk.push(path),
-        }
-    }
-    let files: BTreeMap<&str, &[super::ViewFile]> = want
-        .versions
-        .values()
-        .map(|(c, f)| (c.as_str(), f.as_slice()))
-        .collect();
-    for (name, path, t) in list("snapshots") {
-        match files.get(name.as_str()) {
-            Some(f) if t.is_dir() => {
-                let ok = snapshot_links(&path) == Some(expected_links(f));
-                there.snapshots.insert(name, ok);
-            }
-            _ => there.junk.push(path),
-        }
-    }
-    for (name, path, t) in list("refs") {
-        match fs::read_to_string(&path) {
-            Ok(commit) if t.is_file() && want.refs.contains_key(&name) => {
-                there.refs.insert(name, commit);
-            }
-            _ => there.junk.push(path),
-        }
-    }
-    there
-}
-
-/// Brings `dir` from `there` to `want`; with `trusting`, a snapshot already in place is
-/// taken as made. Returns the errors met (each step is tried).
-fn apply(dir: &Path, there: There, want: &Plan, trusting: bool) -> Vec<String> {
-    let mut errors = Vec::new();
-    let mut note = |r: Result<(), String>| {
-        if let Err(e) = r {
-            errors.push(e);
-        }
-    };
-    if want.versions.is_empty() {
-        note(remove_any(dir));
-        return errors;
-    }
-    let work = !trusting
-        || want
-            .blobs
-            .iter()
-            .any(|(s, t)| there.blobs.get(s) != Some(&blob_target(t)))
-        || want
-            .versions
-            .values()
-            .any(|(c, _)| !there.snapshots.contains_key(c))
-        || want
-            .refs
-            .keys()
-            .any(|r| there.refs.get(r).map(String::as_str) != want.commit_of_ref(r));
-    if work {
-        for d in [
-            dir.to_path_buf(),
-            dir.join("blobs"),
-            dir.join("snapshots"),
-            dir.join("refs"),
-        ] {
-            note(ensure_dir(&d));
-        }
-    }
-    for (sha, stored) in &want.blobs {
-        let to = blob_target(stored);
-        if there.blobs.get(sha) != Some(&to) {
-            note(put_link(&dir.join("blobs"), sha, &to));
-        }
-    }
-    for (commit, files) in want.versions.values() {
-        match there.snapshots.get(commit) {
-            Some(true) => {}
-            Some(false) => note(make_snapshot(&dir.join("snapshots"), commit, files, true)),
-            None => note(make_snapshot(
-                &dir.join("snapshots"),
-                commit,
-                files,
-                !trusting,
-            )),
-        }
-    }
-    for r in want.refs.keys() {
-        let Some(commit) = want.commit_of_ref(r) else {
-            continue;
-        };
-        if there.refs.get(r).map(String::as_str) != Some(commit) {
-            note(write_ref(&dir.join("refs"), r, commit));
-        }
-    }
-    for r in there.refs.keys().filter(|r| !want.refs.contains_key(*r)) {
-        note(remove_any(&dir.join("refs").join(r)));
-    }
-    let commits: BTreeSet<&str> = want.versions.values().map(|(c, _)| c.as_str()).collect();
-    for c in there
-        .snapshots
-        .keys()
-        .filter(|c| !commits.contains(c.as_str()))
-    {
-        note(remove_any(&dir.join("snapshots").join(c)));
-    }
-    for sha in there.blobs.keys().filter(|s| !want.blobs.contains_key(*s)) {
-        note(remove_any(&dir.join("blobs").join(sha)));
-    }
-    for p in &there.junk {
-        note(remove_any(p));
-    }
-    errors
-}
-
-/// A blob's link to the stored file whose catalog path is `stored`: relative from
-/// `<root>/hf/models--<name>/blobs/` when the path is (the store lies in the root), so
-/// that moving the root keeps it; else the absolute path.
-fn blob_target(stored: &str) -> String {
-    if Path::new(stored).is_absolute() {
-        stored.to_string()
-    } else {
-        format!("../../../{stored}")
-    }
-}
-
-/// A snapshot's link for a file at `rel`: `../` up to the model's folder, then
-/// `blobs/<sha>`, as huggingface_hub makes it.
-fn snapshot_target(rel: &str, sha: &str) -> String {
-    format!("{}blobs/{sha}", "../".repeat(rel.matches('/').count() + 2))
-}
-
-/// Each file of a snapshot and the link it should be.
-fn expected_links(files: &[super::ViewFile]) -> BTreeMap<String, String> {
-    files
-        .iter()
-        .map(|f| (f.rel.clone(), snapshot_target(&f.rel, &f.sha256)))
-        .collect()
-}
-
-/// Each link in the snapshot folder `dir` (paths inside it) and where it points; `None`
-/// when it holds anything but folders and links.
-fn snapshot_links(dir: &Path) -> Option<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![(dir.to_path_buf(), String::new())];
-    while let Some((d, prefix)) = todo.pop() {
-        for e in fs::read_dir(&d).ok()?.flatten() {
-            let name = e.file_name().into_string().ok()?;
-            let rel = format!("{prefix}{name}");
-            let t = e.file_type().ok()?;
-            if t.is_dir() {
-                todo.push((e.path(), format!("{rel}/")));
-            } else if t.is_symlink() {
-                out.insert(
-                    rel,
-                    fs::read_link(e.path()).ok()?.to_string_lossy().into_owned(),
-                );
-            } else {
-                return None;
-            }
-        }
-    }
-    Some(out)
-}
-
-/// Makes `snapshots/<commit>` under a temporary name, then renames it into place; with
-/// `replace`, one already there (found wrong) is swapped out in one step and removed.
-fn make_snapshot(
-    snapshots: &Path,
-    commit: &str,
-    files: &[super::ViewFile],
-    replace: bool,
-) -> Result<(), String> {
-    let tmp = snapshots.join(format!(".tmp.{}.{commit}", std::process::id()));
-    let _ = remove_any(&tmp);
-    make_dir(&tmp)?;
-    let filled = (|| {
-        for f in files {
-            let path = tmp.join(&f.rel);
-            let mut made = tmp.clone();
-            for c in Path::new(&f.rel)
-                .parent()
-                .into_iter()
-                .flat_map(|p| p.components())
-            {
-                made.push(c);
-                if !made.is_dir() {
-                    make_dir(&made)?;
-                }
-            }
-            std::os::unix::fs::symlink(snapshot_target(&f.rel, &f.sha256), &path)
-                .map_err(|e| format!("link {}: {e}", path.display()))?;
-        }
-        Ok(())
-    })();
-    let dest = snapshots.join(commit);
-    let placed = filled.and_then(|()| {
-        if replace && fs::symlink_metadata(&dest).is_ok() {
-            exchange(&tmp, &dest)
-        } else {
-            match fs::rename(&tmp, &dest) {
-                // Already there (made before, trusted): nothing to place.
-                Err(e)
-                    if e.raw_os_error() == Some(libc::ENOTEMPTY)
-                        || e.kind() == std::io::ErrorKind::AlreadyExists =>
-                {
-                    Ok(())
-                }
-                r => r.map_err(|e| format!("rename {} into place: {e}", dest.display())),
-            }
-        }
-    });
-    let _ = remove_any(&tmp);
-    placed
-}
-
-/// Swaps two paths in one step (renameat2 RENAME_EXCHANGE): a reader sees either.
-fn exchange(a: &Path, b: &Path) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| format!("{}: NUL in path", p.display()))
-    };
-    let (a, b) = (c(a)?, c(b)?);
-    // SAFETY: two valid NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "swap {:?} into place: {}",
-            b,
-            std::io::Error::last_os_error()
-        ))
-    }
-}
-
-/// Makes `dir/<name>` a symlink to `to`: a new link under a temporary name renamed over
-/// the old one, so it is never missing.
-fn put_link(dir: &Path, name: &str, to: &str) -> Result<(), String> {
-    let tmp = dir.join(format!(".tmp.{}.{name}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(to, &tmp).map_err(|e| format!("link {}: {e}", tmp.display()))?;
-    let path = dir.join(name);
-    if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-        remove_any(&path)?;
-    }
-    fs::rename(&tmp, &path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("rename {} into place: {e}", path.display())
-    })
-}
-
-/// Writes `refs/<name>` holding `commit` (no newline: huggingface_hub reads it whole):
-/// a temporary file renamed over the old one.
-fn write_ref(refs: &Path, name: &str, commit: &str) -> Result<(), String> {
-    let tmp = refs.join(format!(".tmp.{}.{name}", std::process::id()));
-    let path = refs.join(name);
-    let r = (|| {
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(REF_MODE)
-            .open(&tmp)?;
-        f.write_all(commit.as_bytes())?;
-        // Whatever the umask: as readable as the store's folders.
-        f.set_permissions(fs::Permissions::from_mode(REF_MODE))?;
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&path)?;
-        }
-        fs::rename(&tmp, &path)
-    })();
-    r.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("write {}: {e}", path.display())
-    })
-}
-
-/// Creates `dir` with the store's folder mode (0755 whatever the umask).
-fn make_dir(dir: &Path) -> Result<(), String> {
-    fs::create_dir(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    crate::store::set_folder_mode(dir).map_err(|e| e.to_string())
-}
-
-/// `dir` as a folder: made when missing; a link or file in its place is replaced.
-fn ensure_dir(dir: &Path) -> Result<(), String> {
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => {
-            remove_any(dir)?;
-            make_dir(dir)
-        }
-        Err(_) => make_dir(dir),
-    }
-}
-
-/// Removes `path` whatever it is, never following a link; gone already is fine.
-fn remove_any(path: &Path) -> Result<(), String> {
-    let r = match fs::symlink_metadata(path) {
-        Err(_) => return Ok(()),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-    };
-    match r {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(format!("remove {}: {e}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }

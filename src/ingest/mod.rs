@@ -132,7 +132,7 @@ impl Registrar {
     ) -> Self {
         let mut settings = settings.subscribe();
         let config = settings.borrow_and_update().clone();
-        let hf = Arc::new(crate::hfcache::View::new(&config));
+        let hf = Arc::new(crate::hfcache::View::new(&config, board.clone()));
         Registrar {
             settings,
             config,
