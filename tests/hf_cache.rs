@@ -314,6 +314,16 @@ fn the_view_is_made_again_after_it_is_deleted_and_the_daemon_restarts() {
     let got = hf_load(&d, &[snap("m", "prod"), snap("f", "latest")]);
     assert_is_version(&d, &got[0], "m", "v1");
     assert_is_version(&d, &got[1], "f", "v1");
+
+    // Deleted while running: the next change makes it whole again.
+    std::fs::remove_dir_all(&hf).unwrap();
+    ok(&d, &["alias", "set", "f", "prod", "v1"]);
+    wait_until(Duration::from_secs(60), "the view made again", || {
+        hf.join("models--f/refs/prod").exists() && hf.join("models--m/refs/v1").exists()
+    });
+    let got = hf_load(&d, &[snap("m", "prod"), snap("f", "prod")]);
+    assert_is_version(&d, &got[0], "m", "v1");
+    assert_is_version(&d, &got[1], "f", "v1");
 }
 
 #[test]

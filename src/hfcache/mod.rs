@@ -42,7 +42,7 @@ use crate::registry::{Model, Version};
 mod folder;
 mod sync;
 
-pub use sync::{Current, View, remove_view};
+pub use sync::{View, remove_view};
 
 /// The view's folder beneath the root.
 pub const HF_DIR: &str = "hf";

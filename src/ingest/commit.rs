@@ -248,8 +248,6 @@ impl Registrar {
             let (before, hf, hf_on) =
                 (self.shared.catalog(), self.hf.clone(), self.config.hf_cache);
             let refresh_all = batch.refresh_all;
-            let shared = self.shared.clone();
-            let current: crate::hfcache::Current = Arc::new(move || shared.catalog());
             let links: Vec<String> = if batch.refresh_all {
                 snapshot.models.keys().cloned().collect()
             } else {
@@ -273,7 +271,7 @@ impl Registrar {
                         }
                     }
                     // Before the files of removed versions go: the view never shows them gone.
-                    hf.after_commit(hf_on, &before, &snap, &links, refresh_all, &best, &current);
+                    hf.after_commit(hf_on, &before, &snap, &links, refresh_all, &best);
                     // Files of removed versions go only now that the tombstone is durable;
                     // start-up finishes a deletion a crash interrupted.
                     for (name, n) in &deletions {
