@@ -33,6 +33,32 @@ pub fn is_out_of_space(error: &str) -> bool {
         .any(|n| error.contains(&format!("(os error {n})")))
 }
 
+/// `renameat2(from, to, flags)`: `libc::RENAME_NOREPLACE` (fail rather than replace,
+/// even an empty folder) or `libc::RENAME_EXCHANGE` (swap the two in one step).
+pub fn rename2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (a, b) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// fsyncs a folder, so that a rename or a new entry in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)

@@ -285,31 +285,8 @@ fn make_snapshot(
 
 /// Swaps two paths in one step (renameat2 RENAME_EXCHANGE): a reader sees either.
 fn exchange(a: &Path, b: &Path) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| format!("{}: NUL in path", p.display()))
-    };
-    let (a, b) = (c(a)?, c(b)?);
-    // SAFETY: two valid NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "swap {:?} into place: {}",
-            b,
-            std::io::Error::last_os_error()
-        ))
-    }
+    crate::fsutil::rename2(a, b, libc::RENAME_EXCHANGE)
+        .map_err(|e| format!("swap {} into place: {e}", b.display()))
 }
 
 /// Makes `dir/<name>` a symlink to `to`: a new link under a temporary name renamed over

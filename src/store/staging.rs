@@ -201,25 +201,9 @@ pub fn publish(staged: &Staged) -> Result<()> {
 /// `rename(from, to)` that fails instead of replacing an existing `to` (even an empty
 /// folder, which a plain rename would silently replace).
 fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
-    let (Ok(a), Ok(b)) = (c(from), c(to)) else {
-        return Err(Error::Other(format!("{}: NUL in path", to.display())));
-    };
-    // SAFETY: two valid NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
+    let Err(e) = crate::fsutil::rename2(from, to, libc::RENAME_NOREPLACE) else {
         return Ok(());
-    }
-    let e = io::Error::last_os_error();
+    };
     if e.raw_os_error() == Some(libc::EEXIST) {
         return Err(Error::Other(format!(
             "{} already exists in the store; it is never overwritten (staged copy kept at {})",
