@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::BestPolicy;
+use crate::config::{BestPolicy, Config};
 use crate::registry::{Model, Version};
 
 mod folder;
@@ -113,6 +113,33 @@ pub fn version_commit(store_shown: &str, name: &str, v: &Version) -> Option<Stri
     version_files(store_shown, name, v).map(|files| commit_id(name, v.number, &files))
 }
 
+/// [`version_commit`] with the store as `config` names it: what a server speaking the
+/// Hub's protocol sends as `sha` and `X-Repo-Commit` for this version.
+pub fn commit_of(config: &Config, name: &str, v: &Version) -> Option<String> {
+    version_commit(&config.relative(&config.store), name, v)
+}
+
+/// The revision huggingface_hub asks for when given none.
+pub const DEFAULT_REVISION: &str = "main";
+
+/// The version a Hub revision names in model `m`, as the view's refs have it: `vN` (a
+/// stored version), `latest`, `best` (by the configured metric, as `get NAME best`
+/// without one), an alias, or `main` ([`DEFAULT_REVISION`]: the alias `main` when there
+/// is one, else latest). `None`: no such version (a 40-hex commit id is not looked up
+/// here).
+pub fn revision_number(m: &Model, name: &str, revision: &str, best: &BestPolicy) -> Option<u32> {
+    let n = match revision {
+        "latest" => m.latest()?.number,
+        "best" => m.best_by_policy(name, best)?.number,
+        DEFAULT_REVISION if !m.aliases.contains_key(DEFAULT_REVISION) => m.latest()?.number,
+        r => match crate::registry::parse_version_number(r) {
+            Some(n) => n,
+            None => *m.aliases.get(r)?,
+        },
+    };
+    m.find(n).filter(|v| v.removed.is_none()).map(|v| v.number)
+}
+
 /// One stored file as the view shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ViewFile {
@@ -173,17 +200,15 @@ impl Plan {
             plan.refs.insert(format!("v{}", v.number), v.number);
             plan.versions.insert(v.number, (commit, files));
         }
-        let mut point = |r: &str, n: Option<u32>| {
-            if let Some(n) = n.filter(|n| plan.versions.contains_key(n)) {
+        let named = ["latest", "best", DEFAULT_REVISION]
+            .into_iter()
+            .chain(m.aliases.keys().map(String::as_str));
+        for r in named {
+            if let Some(n) =
+                revision_number(m, name, r, best).filter(|n| plan.versions.contains_key(n))
+            {
                 plan.refs.insert(r.to_string(), n);
             }
-        };
-        let latest = m.latest().map(|v| v.number);
-        point("latest", latest);
-        point("best", m.best_by_policy(name, best).map(|v| v.number));
-        point("main", latest);
-        for (alias, n) in &m.aliases {
-            point(alias, Some(*n));
         }
         (plan, skipped)
     }
@@ -292,6 +317,16 @@ mod tests {
             version_commit("models", "bert", &m.versions[0]).as_deref(),
             p.commit_of_ref("v1")
         );
+        // The one rule for a revision, which a server speaking the Hub's protocol uses too.
+        let rev = |r: &str| revision_number(&m, "bert", r, &policy);
+        assert_eq!(
+            (rev("main"), rev("v2"), rev("best")),
+            (Some(1), Some(2), Some(2))
+        );
+        assert_eq!((rev("v3"), rev("v4"), rev("nope")), (None, None, None));
+        m.aliases.remove("main");
+        let latest = revision_number(&m, "bert", "main", &policy);
+        assert_eq!(latest, Some(2), "no alias main: latest");
         // A name the client refuses has no folder; a path outside its version is skipped.
         assert_eq!(
             Plan::of("models", "a--b", Some(&m), &policy).0,
