@@ -16,40 +16,10 @@ use common::*;
 /// The huggingface_hub release these tests load the view with.
 const HF_HUB: &str = "huggingface_hub==2.4.0";
 
-/// A venv with [`HF_HUB`], made once under target/ and reused (by other runs too): a
-/// lock file keeps two test processes from making it at once.
+/// A venv with [`HF_HUB`] (tests/common/venv.rs), made once per test process.
 fn venv() -> &'static Path {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = base.join(format!("venv-{}", HF_HUB.replace("==", "-")));
-        std::fs::create_dir_all(base).unwrap();
-        let lock = std::fs::File::create(base.join(".venv-hf.lock")).unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid descriptor; the lock ends when `lock` is closed.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        let done = dir.join(".installed");
-        if !done.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-            let st = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&dir)
-                .status()
-                .expect("python3");
-            assert!(st.success(), "python3 -m venv {}", dir.display());
-            let out = Command::new(dir.join("bin/pip"))
-                .args(["install", "-q", "--disable-pip-version-check", HF_HUB])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "pip install {HF_HUB} (needs PyPI): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::fs::write(&done, HF_HUB).unwrap();
-        }
-        dir
-    })
+    VENV.get_or_init(|| common::venv::venv(HF_HUB))
 }
 
 /// One load: `snapshot_download(name, revision)` (`file` none) or
