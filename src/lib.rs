@@ -11,6 +11,7 @@
 //! - 6 [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
 //! - 5 [`layout`]   root, inbox, store, registry.yaml pinned at start; losses noticed.
 //! - 5 [`hfcache`]  the Hugging Face cache view `<root>/hf`: links into the store, per selector.
+//! - 5 [`dashboard`] the web dashboard's pages: HTML and SVG from a catalog snapshot, no I/O.
 //! - 4 [`messages`] what the settler, the registrar and the server send each other.
 //! - 4 [`status`]   the board of problems and recent errors shown by `status`.
 //! - 4 [`verify`]   re-hash the store against the catalog.
@@ -33,6 +34,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod display;
 pub mod error;
 pub mod fsutil;

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("client", 4),
     ("layout", 5),
     ("hfcache", 5),
+    ("dashboard", 5),
     ("watcher", 6),
     ("ingest", 6),
     ("server", 7),
