@@ -43,7 +43,6 @@ pub fn version_page(site: &Site, name: &str, selector: &str) -> Result<String, R
     }
     summary(&mut body, m, v);
     metrics(&mut body, v);
-    metadata(&mut body, v);
     if v.removed.is_some() {
         body.push_str(
             "<h2>Files</h2>\n<p>This version was removed: its files are deleted and only \
@@ -53,6 +52,8 @@ this record is kept, so that its number is never given again.</p>\n",
         files(&mut body, site, name, v);
         commands(&mut body, site, name, v);
     }
+    // Last: free-form metadata can be long.
+    metadata(&mut body, v);
     Ok(page(&title, &crumbs, &body))
 }
 
