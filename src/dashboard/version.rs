@@ -200,9 +200,12 @@ fn commands(body: &mut String, site: &Site, name: &str, v: &Version) {
     let n = v.number;
     let base = site.base_url;
     let mut cmds = vec![
-        ("Command line", format!("modelreg get {} v{n}", shell(name))),
         (
-            "Python",
+            "Command line (on the registry's machine)",
+            format!("modelreg get {} v{n}", shell(name)),
+        ),
+        (
+            "Python (on the registry's machine)",
             format!(
                 "from modelreg import ModelRegistry\n\
 version = ModelRegistry().get({}, \"v{n}\")\nprint(version.path)",
@@ -210,7 +213,7 @@ version = ModelRegistry().get({}, \"v{n}\")\nprint(version.path)",
             ),
         ),
         (
-            "Hugging Face",
+            "Hugging Face (from any machine)",
             format!(
                 "from huggingface_hub import snapshot_download\n\
 path = snapshot_download({}, revision=\"v{n}\", endpoint={})",
@@ -222,7 +225,10 @@ path = snapshot_download({}, revision=\"v{n}\", endpoint={})",
     if let [only] = v.files.as_slice() {
         let rel = path_in_version(site, name, n, only);
         let url = format!("{base}{}", download_href(name, n, &rel));
-        cmds.push(("curl", format!("curl -fLO {}", shell(&url))));
+        cmds.push((
+            "curl (from any machine)",
+            format!("curl -fLO {}", shell(&url)),
+        ));
     }
     body.push_str("<h2>Use it</h2>\n");
     for (i, (label, text)) in cmds.iter().enumerate() {
