@@ -53,9 +53,18 @@ pub fn version_href(name: &str, n: u32) -> String {
 }
 
 /// The download link of a file of version `n`, by its path inside the version folder:
-/// the HTTP API's file route.
+/// the HTTP API's file route (docs/http.md).
 pub fn download_href(name: &str, n: u32, path: &str) -> String {
-    format!("/api/v1/models/{}/v{n}/files/{}", seg(name), segs(path))
+    format!(
+        "/api/v1/models/{}/versions/v{n}/files/{}",
+        seg(name),
+        segs(path)
+    )
+}
+
+/// The link to version `n` as one tar archive of its files.
+pub fn tar_href(name: &str, n: u32) -> String {
+    format!("/api/v1/models/{}/versions/v{n}/tar", seg(name))
 }
 
 /// `<a href="href">text</a>`, both escaped.

@@ -182,7 +182,7 @@ fn a_version_page_shows_files_metadata_and_commands_escaped() {
     assert!(p.contains("<h1>r&amp;d &lt;b&gt;&quot;x&#39; v3</h1>"));
     assert!(p.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(p.contains("{&quot;lr&quot;:0.1,&quot;tag&quot;:&quot;&lt;i&gt;&quot;}"));
-    let href = "/api/v1/models/r%26d%20%3Cb%3E%22x%27/v3/files/m.pt";
+    let href = "/api/v1/models/r%26d%20%3Cb%3E%22x%27/versions/v3/files/m.pt";
     assert!(p.contains(&format!("<a href=\"{href}\">m.pt</a>")));
     assert!(p.contains(&format!("{:064x}", 3)));
     // Commands quote the name for their language, then the page escapes them.
@@ -202,7 +202,8 @@ fn a_folder_version_links_each_file_by_its_path_inside_the_version() {
     let p = version_page(&site(&c, &cfg), NAME, "latest").unwrap();
     assert!(p.contains("<h1>r&amp;d &lt;b&gt;&quot;x&#39; v5</h1>"));
     assert!(p.contains("<code>latest</code> is v5 now"));
-    assert!(p.contains("/v5/files/onnx/model%20a.onnx\">onnx/model a.onnx</a>"));
+    assert!(p.contains("/versions/v5/files/onnx/model%20a.onnx\">onnx/model a.onnx</a>"));
+    assert!(p.contains("<a href=\"/api/v1/models/r%26d%20%3Cb%3E%22x%27/versions/v5/tar\">"));
     assert!(p.contains("a folder, 2 files"));
     // Several files: no single-file curl command.
     assert!(!p.contains("curl -fLO"));

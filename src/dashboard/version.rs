@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::html::{download_href, esc, link, model_href, page, table, version_href};
+use super::html::{download_href, esc, link, model_href, page, table, tar_href, version_href};
 use super::{Site, alias_tags, model, size_html, state_html, version_size};
 use crate::registry::{
     BestBy, Kind, Model, RegistryError, Selector, StoredFile, Version, parse_version,
@@ -177,6 +177,13 @@ fn files(body: &mut String, site: &Site, name: &str, v: &Version) {
         })
         .collect();
     body.push_str(&table("Files", &["File", "Size", "SHA-256"], &rows));
+    if v.kind == Kind::Folder {
+        let _ = writeln!(
+            body,
+            "<p>All of them as one archive: {}.</p>",
+            link(&tar_href(name, v.number), &format!("v{}.tar", v.number))
+        );
+    }
 }
 
 /// `s` as one shell word: as it is when it is plainly safe, else single-quoted.
