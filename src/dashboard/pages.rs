@@ -5,10 +5,14 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use super::chart::{Point, chart};
-use super::html::{esc, link, model_href, page, table, version_href};
+use super::html::{esc, link, model_href, page, seg, table, version_href};
 use super::{Site, alias_tags, model, model_size, size_html, state_html, version_size};
 use crate::display::compact_number;
-use crate::registry::{Model, RegistryError};
+use crate::registry::{Model, RegistryError, Version};
+
+/// The most versions a model's page charts and lists: enough for any chart to read, few
+/// enough for a phone (20,000 versions made a 6 MB page).
+const MAX_VERSIONS: usize = 500;
 
 /// `/`: each model with its latest and best version, aliases, version count and size.
 pub fn models_page(site: &Site) -> String {
@@ -135,10 +139,24 @@ pub fn model_page(site: &Site, name: &str) -> Result<String, RegistryError> {
             aliases
         },
     );
+    // A page a phone can load: the newest versions only; the JSON API lists them all.
+    let window = &m.versions[m.versions.len().saturating_sub(MAX_VERSIONS)..];
+    if window.len() < m.versions.len() {
+        let _ = writeln!(
+            body,
+            "<p>The charts and the table show the newest {} of {} versions; {} lists all.</p>",
+            window.len(),
+            m.versions.len(),
+            link(
+                &format!("/api/v1/models/{}/versions", seg(name)),
+                "the JSON API"
+            ),
+        );
+    }
     // Metrics of the versions whose files exist (deprecated ones too: they were trained
     // and measured; `best` skips them as `get` does).
-    let metrics: BTreeSet<&str> = m
-        .stored()
+    let stored = || window.iter().filter(|v| v.removed.is_none());
+    let metrics: BTreeSet<&str> = stored()
         .flat_map(|v| v.metrics.iter().map(|(k, _)| k.as_str()))
         .collect();
     body.push_str("<h2>Metrics</h2>\n");
@@ -150,8 +168,7 @@ the file in the inbox gives them.</p>\n",
     } else {
         body.push_str("<div class=\"charts\">");
         for (i, metric) in metrics.iter().enumerate() {
-            let points: Vec<Point> = m
-                .stored()
+            let points: Vec<Point> = stored()
                 .filter_map(|v| {
                     let value = *v.metrics.get(metric)?;
                     Some(Point {
@@ -174,7 +191,7 @@ the file in the inbox gives them.</p>\n",
         body.push_str("</div>\n");
     }
     body.push_str("<h2>Versions</h2>\n");
-    body.push_str(&versions_table(name, m, &metrics));
+    body.push_str(&versions_table(name, m, window, &metrics));
     body.push_str("<h2>Alias history</h2>\n");
     body.push_str(&alias_history(m));
     Ok(page(name, &crumbs, &body))
@@ -187,13 +204,12 @@ fn direction_word(d: crate::config::Direction) -> &'static str {
     }
 }
 
-/// Every version, newest first, with a column per metric.
-fn versions_table(name: &str, m: &Model, metrics: &BTreeSet<&str>) -> String {
+/// The versions of `window` (tombstones too), newest first, with a column per metric.
+fn versions_table(name: &str, m: &Model, window: &[Version], metrics: &BTreeSet<&str>) -> String {
     let mut head = vec!["Version", "State", "Registered", "Size", "Files"];
     head.extend(metrics.iter().copied());
     head.push("Aliases");
-    let rows: Vec<String> = m
-        .versions
+    let rows: Vec<String> = window
         .iter()
         .rev()
         .map(|v| {

@@ -242,3 +242,19 @@ fn selectors_resolve_as_get_does_and_a_tombstone_says_it_was_removed() {
         Err(RegistryError::InvalidSelector { .. })
     ));
 }
+
+#[test]
+fn a_model_with_many_versions_shows_the_newest_and_points_to_the_api_for_all() {
+    let (_root, cfg) = config();
+    let mut c = Catalog::default();
+    let vs = (1..=600)
+        .map(|n| v(n, &[("accuracy", f64::from(n))]))
+        .collect();
+    c.models.insert("many".into(), Arc::new(model(vs)));
+    let p = model_page(&site(&c, &cfg), "many").unwrap();
+    assert!(p.contains("the newest 500 of 600 versions"));
+    assert!(p.contains("<a href=\"/api/v1/models/many/versions\">the JSON API</a>"));
+    assert_eq!(p.matches("class=\"pt\"").count(), 500);
+    assert!(p.contains("/many/v600\">v600</a></th>") && p.contains("/many/v101\">v101</a></th>"));
+    assert!(!p.contains("/many/v100\">"));
+}
