@@ -190,7 +190,14 @@ fn a_version_page_shows_files_metadata_and_commands_escaped() {
     assert!(p.contains(
         "ModelRegistry().get(&quot;r&amp;d &lt;b&gt;\\&quot;x&#39;&quot;, &quot;v3&quot;)"
     ));
-    assert!(p.contains("revision=&quot;v3&quot;, endpoint=&quot;http://reg.example:8080&quot;"));
+    // Not a name the Hugging Face client takes: said instead of a command that fails.
+    assert!(p.contains("The Hugging Face client refuses this model name"));
+    assert!(!p.contains("snapshot_download"));
+    let plain = version_page(&site(&c, &cfg), "plain", "v1").unwrap();
+    assert!(plain.contains(
+        "snapshot_download(&quot;plain&quot;, revision=&quot;v1&quot;, \
+endpoint=&quot;http://reg.example:8080&quot;)"
+    ));
     assert!(p.contains(&format!("curl -fLO http://reg.example:8080{href}")));
     assert!(p.contains("<span class=\"tag\">production</span>"));
 }

@@ -198,6 +198,23 @@ fn shell(s: &str) -> String {
     }
 }
 
+/// Whether huggingface_hub takes `name` as a repository id (its `validate_repo_id`):
+/// 1 to 96 word characters, `-` or `.`, starting and ending with a word character,
+/// without `--` or `..`, not ending in `.git`.
+fn hf_repo_id(name: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let (Some(first), Some(last)) = (name.chars().next(), name.chars().last()) else {
+        return false;
+    };
+    name.chars().count() <= 96
+        && name.chars().all(|c| word(c) || c == '-' || c == '.')
+        && word(first)
+        && word(last)
+        && !name.contains("--")
+        && !name.contains("..")
+        && !name.ends_with(".git")
+}
+
 /// `s` as a Python string literal (a JSON string is one).
 fn py(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
@@ -219,7 +236,9 @@ version = ModelRegistry().get({}, \"v{n}\")\nprint(version.path)",
                 py(name)
             ),
         ),
-        (
+    ];
+    if hf_repo_id(name) {
+        cmds.push((
             "Hugging Face (from any machine)",
             format!(
                 "from huggingface_hub import snapshot_download\n\
@@ -227,8 +246,8 @@ path = snapshot_download({}, revision=\"v{n}\", endpoint={})",
                 py(name),
                 py(base)
             ),
-        ),
-    ];
+        ));
+    }
     if let [only] = v.files.as_slice() {
         let rel = path_in_version(site, name, n, only);
         let url = format!("{base}{}", download_href(name, n, &rel));
@@ -238,11 +257,57 @@ path = snapshot_download({}, revision=\"v{n}\", endpoint={})",
         ));
     }
     body.push_str("<h2>Use it</h2>\n");
+    if !hf_repo_id(name) {
+        body.push_str(
+            "<p>The Hugging Face client refuses this model name as a repository id (it takes \
+letters, digits, <code>_</code>, <code>-</code> and <code>.</code>, at most 96), so it cannot \
+fetch this model; the other ways can.</p>\n",
+        );
+    }
     for (i, (label, text)) in cmds.iter().enumerate() {
         let _ = writeln!(
             body,
             "<h3 id=\"cmd-{i}\">{label}</h3>\n<pre aria-labelledby=\"cmd-{i}\" tabindex=\"0\"><code>{}</code></pre>",
             esc(text)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hugging_face_repo_ids_follow_the_client_rule() {
+        for ok in [
+            "resnet18",
+            "Qwen2.5-0.5B-Instruct.Q4_K_M",
+            "bert_base",
+            "modèle",
+        ] {
+            assert!(hf_repo_id(ok), "{ok}");
+        }
+        let long = "a".repeat(97);
+        for bad in [
+            "r&d",
+            "tiny bert",
+            "-x",
+            "x.",
+            "a--b",
+            "a..b",
+            "m.git",
+            "",
+            &long,
+        ] {
+            assert!(!hf_repo_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell("resnet18"), "resnet18");
+        assert_eq!(shell("r&d"), "'r&d'");
+        assert_eq!(shell("it's"), r"'it'\''s'");
+        assert_eq!(py("a\"b"), r#""a\"b""#);
     }
 }
