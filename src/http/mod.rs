@@ -10,7 +10,8 @@
 //! cap, graceful shutdown), `api` the JSON routes, `files` the downloads (with `range`
 //! for `Range`/conditional headers, `paths` for the checks on a requested file path,
 //! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
-//! headers), and `error` the one error type.
+//! headers), `dashboard` the web pages ([`crate::dashboard`]), and `error` the one
+//! error type.
 //!
 //! New routes are added to [`router`] from a module of their own, taking [`HttpState`].
 //! A route that serves stored files under another scheme finds the version with
@@ -19,6 +20,7 @@
 mod api;
 mod archive;
 mod body;
+mod dashboard;
 mod error;
 mod files;
 mod listener;
@@ -56,6 +58,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(files::routes())
+        .merge(dashboard::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))

@@ -1,0 +1,142 @@
+//! The web dashboard's routes: `/`, `/models/{name}` and `/models/{name}/{selector}`,
+//! pages drawn by [`crate::dashboard`] from the published catalog (the snapshot the JSON
+//! routes answer from), errors as HTML pages with the JSON API's statuses.
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::{HttpState, status_of};
+use crate::dashboard::{Site, error_page, model_page, models_page, version_page};
+use crate::protocol::ErrorCode;
+use crate::registry::RegistryError;
+
+/// The dashboard's routes.
+pub(super) fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/", get(models))
+        .route("/models/{name}", get(model))
+        .route("/models/{name}/{selector}", get(version))
+}
+
+/// A page: HTML that may load nothing and run nothing (the page carries the same policy
+/// in a meta tag; the header also covers a browser that saved the page).
+fn html(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // The catalog changes with every registration: never show a stale page.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// An error as a page, with the status the JSON API gives the same error.
+fn error(code: ErrorCode, message: &str) -> Response {
+    let status = status_of(code);
+    let title = status.canonical_reason().unwrap_or("Error");
+    html(status, error_page(title, message))
+}
+
+fn registry_error(e: &RegistryError) -> Response {
+    error(ErrorCode::from(e), &e.to_string())
+}
+
+fn path_error(e: &PathRejection) -> Response {
+    error(
+        ErrorCode::BadRequest,
+        &format!("bad path: {}", e.body_text()),
+    )
+}
+
+/// This server as the browser reached it, for the commands a version's page shows: the
+/// `Host` header when it is a plain `host[:port]`, else the address it listens on.
+fn base_url(s: &HttpState, headers: &HeaderMap) -> String {
+    let plain = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    };
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) if plain(host) => format!("http://{host}"),
+        _ => s
+            .ctx
+            .board
+            .http()
+            .unwrap_or_else(|| "http://localhost".to_string()),
+    }
+}
+
+/// Draws a page from the current snapshot and settings, on the blocking pool: a catalog
+/// of 10,000 models takes tens of milliseconds to draw, which must not hold up the
+/// runtime's other connections.
+async fn draw(
+    s: &HttpState,
+    headers: &HeaderMap,
+    page: impl FnOnce(&Site) -> Result<String, RegistryError> + Send + 'static,
+) -> Response {
+    let (catalog, config) = (s.ctx.shared.catalog(), s.ctx.config());
+    let base = base_url(s, headers);
+    let drawn = tokio::task::spawn_blocking(move || {
+        page(&Site {
+            catalog: &catalog,
+            config: &config,
+            base_url: &base,
+        })
+    })
+    .await;
+    match drawn {
+        Ok(Ok(body)) => html(StatusCode::OK, body),
+        Ok(Err(e)) => registry_error(&e),
+        Err(e) => error(
+            ErrorCode::Internal,
+            &format!("drawing the page failed: {e}"),
+        ),
+    }
+}
+
+async fn models(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    draw(&s, &headers, |site| Ok(models_page(site))).await
+}
+
+async fn model(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+) -> Response {
+    match p {
+        Ok(Path(name)) => draw(&s, &headers, move |site| model_page(site, &name)).await,
+        Err(e) => path_error(&e),
+    }
+}
+
+async fn version(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    match p {
+        Ok(Path((name, selector))) => {
+            draw(&s, &headers, move |site| {
+                version_page(site, &name, &selector)
+            })
+            .await
+        }
+        Err(e) => path_error(&e),
+    }
+}
