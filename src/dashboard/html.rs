@@ -119,7 +119,7 @@ svg text{fill:var(--fg);font-size:14px}svg .lab{fill:var(--muted)}\
 .pt{fill:var(--link)}.dep{fill:var(--bg);stroke:var(--warn);stroke-width:2}.bp{fill:none;stroke:var(--bad);stroke-width:2.5}svg .bt{fill:var(--bad);font-weight:600}\
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem;margin:.5rem 0}\
 dt{font-weight:600}dd{margin:0;overflow-wrap:anywhere}\
-@media (max-width:40rem){dl{grid-template-columns:1fr}dd{margin-bottom:.4rem}h1{font-size:1.35rem}}";
+@media (max-width:40rem){svg text{font-size:18px}dl{grid-template-columns:1fr}dd{margin-bottom:.4rem}h1{font-size:1.35rem}}";
 
 /// One breadcrumb: its link (none for the current page) and its text.
 pub type Crumb = (Option<String>, String);
