@@ -142,6 +142,7 @@ impl Registrar {
                 crate::status::human_bytes(rate as u64)
             );
             model.push(version);
+            self.index.staged(name, nv.number);
             self.batch.changed.version(name, nv.number);
             self.batch.changed.source(&nv.entry);
             self.catalog.sources.insert(
@@ -253,6 +254,16 @@ impl Registrar {
             } else {
                 batch.touched.into_iter().collect()
             };
+            // Whether each model's folder is listed for symlinks no longer wanted.
+            let links: Vec<(String, bool)> = links
+                .into_iter()
+                .map(|name| {
+                    let names = snapshot.models.get(&name).map(|m| link_names(m));
+                    let prune =
+                        batch.refresh_all | self.index.links_made(&name, names.unwrap_or_default());
+                    (name, prune)
+                })
+                .collect();
             let mut journal = self.writeback.journal.take();
             let whole = self.writeback.failed || journal.is_none() || batch.compact;
             let recorded = record.is_some();
@@ -281,12 +292,12 @@ impl Registrar {
                     }
                     // Each link on its own: one that cannot be made (a name too long,
                     // a full disk) is a problem in `status`, and the others still move.
-                    for name in &links {
+                    for (name, prune) in &links {
                         let Some(m) = snap.models.get(name) else {
                             continue;
                         };
                         let targets = link_targets(m, name, &best);
-                        for (path, err) in store::refresh_links(&store_dir, name, &targets) {
+                        for (path, err) in store::refresh_links(&store_dir, name, &targets, *prune) {
                             let shown = path.display().to_string();
                             match err {
                                 None => board.clear_problem(&shown),
@@ -401,6 +412,7 @@ impl Registrar {
             "making the change durable: {error}; nothing of this batch was kept, will retry"
         ));
         self.catalog = (*self.shared.catalog()).clone();
+        self.index.forget();
         for s in staged {
             let _ = store::discard(&s.dir);
         }
@@ -417,6 +429,15 @@ impl Registrar {
             }
         }
     }
+}
+
+/// The names of a model's links: those [`link_targets`] gives.
+fn link_names(m: &Model) -> std::collections::BTreeSet<String> {
+    ["latest", "best"]
+        .into_iter()
+        .map(String::from)
+        .chain(m.aliases.keys().cloned())
+        .collect()
 }
 
 /// Where a model's links point: latest, best (by the configured metric) and its aliases.

@@ -24,6 +24,7 @@ mod changes;
 mod commit;
 mod copy;
 mod handover;
+mod index;
 mod plan;
 mod writeback;
 
@@ -100,6 +101,9 @@ pub struct Registrar {
     deferred: std::collections::BTreeMap<String, std::collections::VecDeque<RegistrarMsg>>,
     /// The Hugging Face cache view, updated after each commit.
     hf: Arc<crate::hfcache::View>,
+    /// Per model, what jobs need and would otherwise rebuild each time (dedup table,
+    /// the store's highest number).
+    index: index::Index,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +154,7 @@ impl Registrar {
             busy: BTreeSet::new(),
             deferred: Default::default(),
             hf,
+            index: index::Index::default(),
         }
     }
 
@@ -269,6 +274,10 @@ impl Registrar {
             RegistrarMsg::Handover(h) => self.hand_over(*h),
             RegistrarMsg::Change { change, uid, reply } => {
                 let result = self.change(change, uid);
+                // A removed version's files may be what a dedup table links to.
+                for (name, _) in &self.batch.deletions {
+                    self.index.removed(name);
+                }
                 self.batch.replies.push((reply, result));
             }
             RegistrarMsg::RefreshLinks => self.batch.refresh_all = true,

@@ -33,19 +33,15 @@ pub(super) fn known(store_dir: &str, v: &Version) -> Known {
 
 impl Registrar {
     /// The stored files of `model` a new version may share, `latest`'s by path.
+    /// Kept up to date per model by [`index::Index`](super::index::Index).
     pub(super) fn stored_files(
-        &self,
+        &mut self,
+        name: &str,
         model: Option<&Model>,
         latest: Option<Known>,
     ) -> store::Stored {
-        let mut stored = store::Stored::default();
-        for f in model.iter().flat_map(|m| m.stored()).flat_map(|v| &v.files) {
-            stored.add(&f.sha256, self.config.root.join(&f.path), f.size);
-        }
-        for (rel, sha256) in latest.iter().flat_map(|k| &k.files) {
-            stored.add_latest(rel, sha256);
-        }
-        stored
+        self.index
+            .stored(name, model, &self.config.root, latest.as_ref())
     }
 
     /// Decides what a settled group needs; starts a copy job when anything changed.
@@ -126,7 +122,12 @@ impl Registrar {
             latest_sidecar: latest.and_then(|v| v.sidecar.as_ref().map(|r| r.sha256.clone())),
             sidecar_seen,
             same_source,
-            stored: self.stored_files(model.as_deref(), latest.map(|v| known(&store_dir, v))),
+            stored: self.stored_files(
+                &s.name,
+                model.as_deref(),
+                latest.map(|v| known(&store_dir, v)),
+            ),
+            in_store: self.index.in_store(&s.name),
             layout: self.layout.clone(),
         };
         self.in_flight += 1;

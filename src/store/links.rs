@@ -75,8 +75,9 @@ pub fn linked_folders(store: &Path) -> Vec<(PathBuf, String)> {
 }
 
 /// Makes `<store>/<name>/<link>` a symlink to `v<N>` for each `(link, Some(N))`, and
-/// removes links given as `(link, None)` and any other symlink in the model's folder
-/// (aliases since removed). Each link is replaced atomically: a new symlink under a
+/// removes links given as `(link, None)` and, with `prune`, any other symlink in the
+/// model's folder (aliases since removed; this lists the folder, so a caller that knows
+/// no link name went away passes `false`). Each link is replaced atomically: a new symlink under a
 /// temporary name, renamed over the old one, so a reader never finds it missing. One
 /// link that cannot be updated does not stop the others: returns every link path looked
 /// at with its error, if any.
@@ -84,6 +85,7 @@ pub fn refresh_links(
     store: &Path,
     name: &str,
     links: &[(String, Option<u32>)],
+    prune: bool,
 ) -> Vec<(PathBuf, Option<Error>)> {
     let dir = store.join(name);
     let mut out = Vec::new();
@@ -122,6 +124,9 @@ pub fn refresh_links(
             }
         })();
         out.push((path, r.err()));
+    }
+    if !prune {
+        return out;
     }
     let keep: std::collections::BTreeSet<&str> = links.iter().map(|(l, _)| l.as_str()).collect();
     match fs::read_dir(&dir) {

@@ -25,6 +25,7 @@ use std::fs::{self, File};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::compare::{Compare, Damaged, Verdict, identity, same_bytes};
@@ -41,12 +42,16 @@ const MAX_PROBED: usize = 4;
 const SAMPLE: u64 = 64 * 1024;
 
 /// The model's stored files a new version may share, as the catalog records them.
+///
+/// The two indexes are shared (`Arc`): the registrar keeps one `Stored` per model up to
+/// date version by version, and a job gets a copy of it ([`Stored::for_job`]) for the
+/// price of two pointers, not of the model's file count.
 #[derive(Debug, Default, Clone)]
 pub struct Stored {
     /// SHA-256 -> (absolute path of one stored file with that content, its size).
-    by_sha: BTreeMap<String, (PathBuf, u64)>,
+    by_sha: Arc<BTreeMap<String, (PathBuf, u64)>>,
     /// Size -> the SHA-256s of stored files of that size.
-    by_size: BTreeMap<u64, Vec<String>>,
+    by_size: Arc<BTreeMap<u64, Vec<String>>>,
     /// The latest version's files: path relative to the version folder -> SHA-256.
     latest: BTreeMap<String, String>,
     /// Stored files whose bytes were found not to be their recorded content.
@@ -58,16 +63,32 @@ impl Stored {
     /// for a content is the one linked to (given oldest first, the newest version's,
     /// which gc removes last).
     pub fn add(&mut self, sha256: &str, path: PathBuf, size: u64) {
-        let known = self
-            .by_sha
+        let known = Arc::make_mut(&mut self.by_sha)
             .insert(sha256.to_string(), (path, size))
             .is_some();
         if !known {
-            self.by_size
+            Arc::make_mut(&mut self.by_size)
                 .entry(size)
                 .or_default()
                 .push(sha256.to_string());
         }
+    }
+
+    /// The same stored files (shared, not copied), without a latest version and with a
+    /// fresh [`Stored::damaged`] handle: what one job starts from.
+    pub fn for_job(&self) -> Stored {
+        Stored {
+            by_sha: self.by_sha.clone(),
+            by_size: self.by_size.clone(),
+            latest: BTreeMap::new(),
+            damaged: Damaged::default(),
+        }
+    }
+
+    /// Whether `self` and `other` record the same stored files and latest version (the
+    /// damaged reports aside).
+    pub fn same_files(&self, other: &Stored) -> bool {
+        self.by_sha == other.by_sha && self.by_size == other.by_size && self.latest == other.latest
     }
 
     /// Records that the latest version's file at `rel` has content `sha256`: a new

@@ -1,0 +1,117 @@
+//! What the registrar keeps per model between jobs: its stored files by content, and the highest number its store folder holds.
+//!
+//! Both used to be rebuilt for every job, from every version of the model (the dedup
+//! table) and from a listing of its store folder (the highest number), so a model's
+//! thousandth version cost more than its first. Here both follow what changed:
+//! - the dedup table of a model is extended with the versions numbered above those it
+//!   holds (numbers only grow, versions are in ascending order, a stored version's files
+//!   never change), and dropped when a version of the model is removed (rm, gc), to be
+//!   rebuilt from the catalog by its next job;
+//! - the store's highest number is learned from the first job's listing of the folder
+//!   (numbers are never reused: tombstones keep removed ones), then raised to each
+//!   number the registrar stages itself, and forgotten when a commit rolls back.
+//!
+//! - the link names last made in each model's folder: its other symlinks (aliases
+//!   removed) are looked for, by listing the folder, only when a name went away.
+//!
+//! So a register loop lists the model's folder once, not once per version, and builds
+//! the table once. Both are only ever a cache of the catalog and the store: forgetting
+//! them is always correct.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use super::plan::Known;
+use crate::registry::Model;
+use crate::store;
+
+/// Per-model memory of the registrar; see the module docs.
+#[derive(Debug, Default)]
+pub(super) struct Index {
+    dedup: HashMap<String, Dedup>,
+    in_store: HashMap<String, u32>,
+    /// The link names last made in each model's folder.
+    links: HashMap<String, BTreeSet<String>>,
+}
+
+/// One model's dedup table and the highest version number it has looked at.
+#[derive(Debug, Default)]
+struct Dedup {
+    upto: u32,
+    stored: store::Stored,
+}
+
+impl Index {
+    /// The stored files of `model` (named `name`) a new version may share, with
+    /// `latest`'s by path; paths are `root`-relative in the catalog. Costs the versions
+    /// added since the last call, not the model's size.
+    pub(super) fn stored(
+        &mut self,
+        name: &str,
+        model: Option<&Model>,
+        root: &Path,
+        latest: Option<&Known>,
+    ) -> store::Stored {
+        let mut out = match model {
+            None => {
+                self.dedup.remove(name);
+                store::Stored::default()
+            }
+            Some(m) => {
+                let d = self.dedup.entry(name.to_string()).or_default();
+                let start = m.versions.partition_point(|v| v.number <= d.upto);
+                for v in m.versions[start..].iter().filter(|v| v.removed.is_none()) {
+                    for f in &v.files {
+                        d.stored.add(&f.sha256, root.join(&f.path), f.size);
+                    }
+                }
+                d.upto = m.versions.last().map_or(d.upto, |v| v.number.max(d.upto));
+                d.stored.for_job()
+            }
+        };
+        for (rel, sha256) in latest.iter().flat_map(|k| &k.files) {
+            out.add_latest(rel, sha256);
+        }
+        out
+    }
+
+    /// A version of `name` was removed: its table is rebuilt by the next job (the table
+    /// names one file per content, which may have been the removed one).
+    pub(super) fn removed(&mut self, name: &str) {
+        self.dedup.remove(name);
+    }
+
+    /// The highest number `name`'s store folder holds, when known without listing it.
+    pub(super) fn in_store(&self, name: &str) -> Option<u32> {
+        self.in_store.get(name).copied()
+    }
+
+    /// Version `number` of `name` was staged: the store now holds it. Only after a
+    /// job that listed the folder or started from a known highest (`number` is above
+    /// both), so the highest stays exact.
+    pub(super) fn staged(&mut self, name: &str, number: u32) {
+        let n = self.in_store.entry(name.to_string()).or_default();
+        *n = (*n).max(number);
+    }
+
+    /// The links `names` are about to be made in `name`'s folder: whether the folder
+    /// must be listed for other symlinks to remove (the first time, or when a name made
+    /// before is not among them: an alias removed).
+    pub(super) fn links_made(&mut self, name: &str, names: BTreeSet<String>) -> bool {
+        let prune = self
+            .links
+            .get(name)
+            .is_none_or(|before| !before.is_subset(&names));
+        self.links.insert(name.to_string(), names);
+        prune
+    }
+
+    /// A commit rolled back: its staged versions are gone, and the catalog is the
+    /// published one again; everything is learned anew.
+    pub(super) fn forget(&mut self) {
+        *self = Index::default();
+    }
+}
+
+#[cfg(test)]
+mod tests;
