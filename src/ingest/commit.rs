@@ -185,6 +185,7 @@ impl Registrar {
                     .iter_mut()
                     .rev()
                     .find(|v| v.removed.is_none())
+                    .map(Arc::make_mut)
             {
                 {
                     self.batch.touched.insert(name.to_string());

@@ -265,7 +265,12 @@ impl Registrar {
             return;
         };
         let m = Arc::make_mut(m);
-        let Some(v) = m.versions.iter_mut().find(|v| v.number == number) else {
+        let Some(v) = m
+            .versions
+            .iter_mut()
+            .find(|v| v.number == number)
+            .map(Arc::make_mut)
+        else {
             return;
         };
         if !v.update_metrics(metrics(s), metadata(s), &crate::status::now_rfc3339()) {

@@ -277,7 +277,7 @@ impl Model {
             .versions
             .binary_search_by_key(&n, |v| v.number)
             .expect("checked by stored_version");
-        &mut self.versions[i]
+        std::sync::Arc::make_mut(&mut self.versions[i])
     }
 
     fn record(&mut self, alias: &str, from: Option<u32>, to: Option<u32>, s: &Stamp, by: &str) {
@@ -454,11 +454,13 @@ mod tests {
     #[test]
     fn gc_keeps_the_newest_the_best_and_the_aliased() {
         let mut m = model((1..=6).map(|n| v(n, &[])).collect());
-        m.versions[0].files.push(crate::registry::StoredFile {
-            path: "x".into(),
-            sha256: String::new(),
-            size: 10,
-        });
+        std::sync::Arc::make_mut(&mut m.versions[0])
+            .files
+            .push(crate::registry::StoredFile {
+                path: "x".into(),
+                sha256: String::new(),
+                size: 10,
+            });
         m.aliases.insert("production".into(), 2);
         m.remove("m", 4, None, false, &stamp(), "rm").unwrap();
         // Stored: 1 2 3 5 6; keep 2 -> 5 6; best 3 and aliased 2 stay.

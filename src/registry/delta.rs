@@ -195,8 +195,8 @@ impl Delta {
                     ..v.clone()
                 };
                 match m.versions.binary_search_by_key(n, |x| x.number) {
-                    Ok(i) => m.versions[i] = v,
-                    Err(i) => m.versions.insert(i, v),
+                    Ok(i) => m.versions[i] = Arc::new(v),
+                    Err(i) => m.versions.insert(i, Arc::new(v)),
                 }
             }
             let top = m.versions.last().map_or(0, |v| v.number);

@@ -44,8 +44,11 @@ pub struct Catalog {
 pub struct Model {
     /// The highest version number ever given; the next one is this + 1.
     pub highest: u32,
-    /// Versions in ascending number, tombstones of removed ones included.
-    pub versions: Vec<Version>,
+    /// Versions in ascending number, tombstones of removed ones included. Each behind
+    /// an `Arc`: the registrar changes a model that the published snapshot shares
+    /// (copy on write), and copying the model then copies pointers, not every version;
+    /// a changed version is copied alone (`Arc::make_mut`).
+    pub versions: Vec<Arc<Version>>,
     /// Named pointers (production, staging, ...) to version numbers.
     pub aliases: BTreeMap<String, u32>,
     /// Every move of every alias, oldest first.
@@ -203,18 +206,29 @@ impl Catalog {
 impl Model {
     /// The newest version that is neither deprecated nor removed.
     pub fn latest(&self) -> Option<&Version> {
-        self.versions.iter().rev().find(|v| v.is_live())
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.is_live())
+            .map(|v| &**v)
     }
 
     /// The newest version whose files exist (deprecated ones included): what new bytes are
     /// compared with, and what a sidecar edit updates.
     pub fn newest(&self) -> Option<&Version> {
-        self.versions.iter().rev().find(|v| v.removed.is_none())
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.removed.is_none())
+            .map(|v| &**v)
     }
 
     /// Versions whose files exist.
     pub fn stored(&self) -> impl Iterator<Item = &Version> {
-        self.versions.iter().filter(|v| v.removed.is_none())
+        self.versions
+            .iter()
+            .filter(|v| v.removed.is_none())
+            .map(|v| &**v)
     }
 
     /// Version `n`.
@@ -222,7 +236,7 @@ impl Model {
         self.versions
             .binary_search_by_key(&n, |v| v.number)
             .ok()
-            .map(|i| &self.versions[i])
+            .map(|i| &*self.versions[i])
     }
 
     /// The version with the best value of `metric` in `direction`; versions without the
@@ -252,7 +266,7 @@ impl Model {
     pub fn push(&mut self, v: Version) {
         debug_assert!(v.number > self.highest);
         self.highest = self.highest.max(v.number);
-        self.versions.push(v);
+        self.versions.push(Arc::new(v));
     }
 }
 
@@ -415,8 +429,8 @@ pub(crate) mod tests {
             reason: None,
             uid: None,
         };
-        m.versions[0].deprecated = Some(mark.clone());
-        m.versions[2].removed = Some(mark);
+        std::sync::Arc::make_mut(&mut m.versions[0]).deprecated = Some(mark.clone());
+        std::sync::Arc::make_mut(&mut m.versions[2]).removed = Some(mark);
         assert_eq!(m.latest().unwrap().number, 2);
         assert_eq!(m.newest().unwrap().number, 2);
         assert_eq!(m.best("accuracy", Direction::Max).unwrap().number, 2);

@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn select_refusals_say_what_exists() {
         let mut m = model(vec![v(1, &[("accuracy", 0.9)]), v(2, &[])]);
-        m.versions[1].removed = Some(mark(Some("leaked test data")));
+        std::sync::Arc::make_mut(&mut m.versions[1]).removed = Some(mark(Some("leaked test data")));
         m.aliases.insert("production".into(), 1);
         let p = policy();
         let err = |s: &str, metric: Option<&str>| {
@@ -318,8 +318,8 @@ mod tests {
     #[test]
     fn a_model_without_live_versions_names_one_that_answers() {
         let mut m = model(vec![v(1, &[("accuracy", 0.9)]), v(2, &[])]);
-        m.versions[0].deprecated = Some(mark(None));
-        m.versions[1].removed = Some(mark(None));
+        std::sync::Arc::make_mut(&mut m.versions[0]).deprecated = Some(mark(None));
+        std::sync::Arc::make_mut(&mut m.versions[1]).removed = Some(mark(None));
         let p = policy();
         for (s, for_best) in [("latest", false), ("best", true)] {
             let e = m.select("m", Some(s), (&p, None, None)).unwrap_err();

@@ -71,7 +71,10 @@ pub(super) fn version_info(cfg: &Config, name: &str, v: &Version) -> VersionInfo
 /// The `list` row of a model: its latest live version, or, when none is live, its newest
 /// one with a note of the states (a missing row made such a model look unregistered).
 pub(super) fn model_summary(cfg: &Config, name: &str, m: &Model) -> Option<ModelSummary> {
-    let shown = m.latest().or_else(|| m.newest()).or(m.versions.last())?;
+    let shown = m
+        .latest()
+        .or_else(|| m.newest())
+        .or(m.versions.last().map(|v| &**v))?;
     let live = m.latest().is_some();
     Some(ModelSummary {
         name: name.to_string(),

@@ -113,7 +113,7 @@ pub fn rebuild(store: &Path, catalog: &mut Catalog, rel: &dyn Fn(&Path) -> Strin
         }
         let model = std::sync::Arc::make_mut(catalog.models.entry(name.to_string()).or_default());
         if model.find(n).is_none() {
-            model.versions.push(version);
+            model.versions.push(std::sync::Arc::new(version));
             model.versions.sort_by_key(|v| v.number);
         }
         model.highest = model.highest.max(n);

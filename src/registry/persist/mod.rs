@@ -183,7 +183,7 @@ fn into_catalog(
             name,
             Arc::new(Model {
                 highest: m.highest_version,
-                versions,
+                versions: versions.into_iter().map(Arc::new).collect(),
                 aliases,
                 alias_history: m.alias_history,
             }),

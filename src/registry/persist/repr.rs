@@ -66,7 +66,7 @@ pub(super) struct FileReprRef<'a> {
 struct ModelReprRef<'a> {
     highest_version: u32,
     #[serde(serialize_with = "versions_as_map")]
-    versions: &'a [Version],
+    versions: &'a [std::sync::Arc<Version>],
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     aliases: &'a BTreeMap<String, u32>,
     #[serde(skip_serializing_if = "<[AliasMove]>::is_empty")]
@@ -75,10 +75,13 @@ struct ModelReprRef<'a> {
 
 /// Versions as a map `v1: ..., v2: ...` in numeric order (a plain map would sort v10
 /// before v2).
-fn versions_as_map<S: Serializer>(vs: &&[Version], s: S) -> std::result::Result<S::Ok, S::Error> {
+fn versions_as_map<S: Serializer>(
+    vs: &&[std::sync::Arc<Version>],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     let mut m = s.serialize_map(Some(vs.len()))?;
     for v in vs.iter() {
-        m.serialize_entry(&format!("v{}", v.number), v)?;
+        m.serialize_entry(&format!("v{}", v.number), &**v)?;
     }
     m.end()
 }
