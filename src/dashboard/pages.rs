@@ -205,7 +205,12 @@ fn direction_word(d: crate::config::Direction) -> &'static str {
 }
 
 /// The versions of `window` (tombstones too), newest first, with a column per metric.
-fn versions_table(name: &str, m: &Model, window: &[Version], metrics: &BTreeSet<&str>) -> String {
+fn versions_table(
+    name: &str,
+    m: &Model,
+    window: &[std::sync::Arc<Version>],
+    metrics: &BTreeSet<&str>,
+) -> String {
     let mut head = vec!["Version", "State", "Registered", "Size", "Files"];
     head.extend(metrics.iter().copied());
     head.push("Aliases");

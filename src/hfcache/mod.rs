@@ -280,7 +280,7 @@ mod tests {
         ]);
         m.aliases.insert("production".into(), 1);
         m.aliases.insert("main".into(), 1);
-        m.versions[2].removed = Some(crate::registry::Mark {
+        std::sync::Arc::make_mut(&mut m.versions[2]).removed = Some(crate::registry::Mark {
             at: "t".into(),
             reason: None,
             uid: None,

@@ -283,7 +283,8 @@ impl Registrar {
                         }
                     }
                     // Before the files of removed versions go: the view never shows them gone.
-                    hf.after_commit(hf_on, &before, &snap, &links, refresh_all, &best);
+                    let names: Vec<String> = links.iter().map(|(n, _)| n.clone()).collect();
+                    hf.after_commit(hf_on, &before, &snap, &names, refresh_all, &best);
                     // Files of removed versions go only now that the tombstone is durable;
                     // start-up finishes a deletion a crash interrupted.
                     for (name, n) in &deletions {
