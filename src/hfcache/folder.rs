@@ -182,6 +182,39 @@ pub(super) fn apply(dir: &Path, there: There, want: &Plan, trusting: bool) -> Ve
     errors
 }
 
+/// Does `step` in `dir`, whose folder matched the plan `step` was worked out from;
+/// `plan` is the plan after it. The same order as [`apply`]: blobs, snapshots, refs,
+/// then what went. Returns the errors met (each step is tried).
+pub(super) fn apply_step(dir: &Path, plan: &Plan, step: &super::step::Step) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut note = |r: Result<(), String>| {
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    };
+    for (sha, stored) in &step.blobs_add {
+        note(put_link(&dir.join("blobs"), sha, &blob_target(stored)));
+    }
+    for n in &step.snapshots_add {
+        if let Some((commit, files)) = plan.versions.get(n) {
+            note(make_snapshot(&dir.join("snapshots"), commit, files, true));
+        }
+    }
+    for (r, commit) in &step.refs_set {
+        note(write_ref(&dir.join("refs"), r, commit));
+    }
+    for r in &step.refs_gone {
+        note(remove_any(&dir.join("refs").join(r)));
+    }
+    for c in &step.snapshots_gone {
+        note(remove_any(&dir.join("snapshots").join(c)));
+    }
+    for sha in &step.blobs_gone {
+        note(remove_any(&dir.join("blobs").join(sha)));
+    }
+    errors
+}
+
 /// A blob's link to the stored file whose catalog path is `stored`: relative from
 /// `<root>/hf/models--<name>/blobs/` when the path is (the store lies in the root), so
 /// that moving the root keeps it; else the absolute path.

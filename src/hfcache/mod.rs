@@ -40,6 +40,7 @@ use crate::config::{BestPolicy, Config};
 use crate::registry::{Model, Version};
 
 mod folder;
+mod step;
 mod sync;
 
 pub use sync::{View, remove_view};
@@ -178,38 +179,16 @@ impl Plan {
             return (plan, skipped);
         };
         for v in m.stored() {
-            let Some(files) = version_files(store_shown, name, v) else {
+            let Some((commit, files)) = step::entry(store_shown, name, v) else {
                 skipped.push(v.number);
                 continue;
             };
-            let commit = commit_id(name, v.number, &files);
-            let files: Vec<ViewFile> = files
-                .iter()
-                .zip(&v.files)
-                .map(|((rel, sha, _), f)| ViewFile {
-                    rel: rel.to_string(),
-                    sha256: sha.to_string(),
-                    stored: f.path.clone(),
-                })
-                .collect();
-            for f in &files {
-                plan.blobs
-                    .entry(f.sha256.clone())
-                    .or_insert_with(|| f.stored.clone());
-            }
             plan.refs.insert(format!("v{}", v.number), v.number);
             plan.versions.insert(v.number, (commit, files));
         }
-        let named = ["latest", "best", DEFAULT_REVISION]
-            .into_iter()
-            .chain(m.aliases.keys().map(String::as_str));
-        for r in named {
-            if let Some(n) =
-                revision_number(m, name, r, best).filter(|n| plan.versions.contains_key(n))
-            {
-                plan.refs.insert(r.to_string(), n);
-            }
-        }
+        plan.blobs = step::blobs_of(&plan.versions);
+        let named = step::named_refs(m, name, best, &plan);
+        plan.refs.extend(named);
         (plan, skipped)
     }
 
@@ -221,11 +200,11 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::registry::{Kind, StoredFile};
 
-    fn version(n: u32, files: &[(&str, &str)]) -> Version {
+    pub(super) fn version(n: u32, files: &[(&str, &str)]) -> Version {
         let mut v = crate::registry::tests::v(n, &[("accuracy", n as f64 / 10.0)]);
         v.kind = Kind::Folder;
         v.files = files

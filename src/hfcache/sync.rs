@@ -12,12 +12,12 @@
 //! catch-up checks against the catalog of the last commit the view followed, never an
 //! older published one, so a change committed meanwhile is not undone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::folder::{There, apply, make_dir, read_back, remove_any};
-use super::{HF_DIR, Plan, repo_folder};
+use super::folder::{There, apply, apply_step, make_dir, read_back, remove_any};
+use super::{HF_DIR, Plan, repo_folder, step};
 use crate::config::{BestPolicy, Config};
 use crate::registry::Catalog;
 use crate::status::StatusBoard;
@@ -52,7 +52,14 @@ struct State {
     /// The catalog of the last commit the view followed: what the catch-up checks
     /// against (not the published one, which may still be the one before it).
     latest: Arc<Catalog>,
+    /// The plan each recently changed model's folder matches: its next commit is worked
+    /// out from it step by step ([`step::advance`]) instead of from two whole plans.
+    /// At most [`PLANS_KEPT`] models (a plan holds every file of every version).
+    plans: HashMap<String, Plan>,
 }
+
+/// How many models' last plans are kept.
+const PLANS_KEPT: usize = 64;
 
 impl View {
     /// The view of the root of `config`; problems go to `board`.
@@ -67,6 +74,7 @@ impl View {
                 catching_up: false,
                 generation: 0,
                 latest: Arc::new(Catalog::default()),
+                plans: HashMap::new(),
             }),
         }
     }
@@ -99,6 +107,9 @@ impl View {
         let mut state = self.lock();
         state.best = best.clone();
         state.latest = after.clone();
+        if !enabled || all {
+            state.plans.clear();
+        }
         if !enabled {
             if all {
                 state.unsure.clear();
@@ -137,9 +148,17 @@ impl View {
         for name in names {
             let full = state.unsure.remove(name);
             let old = (!full).then(|| before.models.get(name).map(|m| &**m));
-            let ok = self.sync_model(name, after, old, &state.best);
-            if !ok {
-                state.unsure.insert(name.clone());
+            let prev = state.plans.remove(name).filter(|_| !full);
+            match self.sync_model(name, after, old, prev, &state.best) {
+                Some(plan) => {
+                    if state.plans.len() >= PLANS_KEPT {
+                        state.plans.clear();
+                    }
+                    state.plans.insert(name.clone(), plan);
+                }
+                None => {
+                    state.unsure.insert(name.clone());
+                }
             }
         }
     }
@@ -177,7 +196,11 @@ impl View {
             }
             for name in batch {
                 tried.insert(name.clone());
-                if self.make_root() && self.sync_model(&name, &catalog, None, &state.best) {
+                if self.make_root()
+                    && self
+                        .sync_model(&name, &catalog, None, None, &state.best)
+                        .is_some()
+                {
                     state.unsure.remove(&name);
                     checked += 1;
                 }
@@ -191,21 +214,30 @@ impl View {
         );
     }
 
-    /// Brings the folder of `name` to its plan in `catalog`: from `old`'s plan when its
-    /// folder is known to match it (`Some`), else read back. Returns whether it worked.
+    /// Brings the folder of `name` to its plan in `catalog`: step by step from `prev`
+    /// (the plan its folder matched) when given, else from `old`'s plan when its folder
+    /// is known to match it (`Some`), else read back. Returns the plan the folder now
+    /// matches, `None` when something failed.
     fn sync_model(
         &self,
         name: &str,
         catalog: &Catalog,
         old: Option<Option<&crate::registry::Model>>,
+        prev: Option<Plan>,
         best: &BestPolicy,
-    ) -> bool {
+    ) -> Option<Plan> {
         let model = catalog.models.get(name).map(|m| &**m);
-        let (want, skipped) = Plan::of(&self.store_shown, name, model, best);
         let dir = self.dir.join(repo_folder(name));
         let key = dir.display().to_string();
         // A folder deleted by hand is made whole again, not only what changed.
         let old = old.filter(|_| dir.is_dir());
+        if let (Some(_), Some(prev)) = (old, prev) {
+            if let Some((want, step)) = step::advance(prev, &self.store_shown, name, model, best) {
+                let errors = apply_step(&dir, &want, &step);
+                return self.report(name, &key, errors).then_some(want);
+            }
+        }
+        let (want, skipped) = Plan::of(&self.store_shown, name, model, best);
         let mut errors = match old {
             Some(old) => {
                 let there = There::of(&Plan::of(&self.store_shown, name, old, best).0);
@@ -221,9 +253,15 @@ impl View {
                 self.store_shown
             ));
         }
+        self.report(name, &key, errors).then_some(want)
+    }
+
+    /// Shows the first of `errors` met updating `name`'s folder (`key`) as a problem in
+    /// `status`, or clears it. Returns whether there were none.
+    fn report(&self, name: &str, key: &str, errors: Vec<String>) -> bool {
         match errors.first() {
             None => {
-                self.board.clear_problem(&key);
+                self.board.clear_problem(key);
                 true
             }
             Some(first) => {
@@ -232,7 +270,7 @@ impl View {
                     n => format!(" (and {} more)", n - 1),
                 };
                 self.board.set_problem(
-                    &key,
+                    key,
                     &format!(
                         "the Hugging Face cache view of {name} is not up to date: {first}{more}; retried at its next change and at start"
                     ),
