@@ -209,7 +209,10 @@ mod tests {
     #[test]
     fn a_new_version_writes_its_blobs_snapshot_and_the_refs_that_moved_only() {
         let m = crate::registry::tests::model(vec![version(1, &[("w.bin", "aa")])]);
-        let add = |m: &mut Model| m.versions.push(version(2, &[("w.bin", "aa"), ("c", "bb")]));
+        let add = |m: &mut Model| {
+            m.versions
+                .push(version(2, &[("w.bin", "aa"), ("c", "bb")]).into())
+        };
         let steps = walk(m, &[&add]);
         let s = &steps[0];
         assert_eq!(s.snapshots_add, [2]);
@@ -238,7 +241,7 @@ mod tests {
             m.aliases.insert("main".into(), 2);
         };
         let remove_v1 = |m: &mut Model| {
-            m.versions[0].removed = Some(crate::registry::Mark {
+            std::sync::Arc::make_mut(&mut m.versions[0]).removed = Some(crate::registry::Mark {
                 at: "t".into(),
                 reason: None,
                 uid: None,

@@ -231,11 +231,11 @@ impl View {
         let key = dir.display().to_string();
         // A folder deleted by hand is made whole again, not only what changed.
         let old = old.filter(|_| dir.is_dir());
-        if let (Some(_), Some(prev)) = (old, prev) {
-            if let Some((want, step)) = step::advance(prev, &self.store_shown, name, model, best) {
-                let errors = apply_step(&dir, &want, &step);
-                return self.report(name, &key, errors).then_some(want);
-            }
+        if let (Some(_), Some(prev)) = (old, prev)
+            && let Some((want, step)) = step::advance(prev, &self.store_shown, name, model, best)
+        {
+            let errors = apply_step(&dir, &want, &step);
+            return self.report(name, &key, errors).then_some(want);
         }
         let (want, skipped) = Plan::of(&self.store_shown, name, model, best);
         let mut errors = match old {
