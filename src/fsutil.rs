@@ -81,6 +81,38 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+/// Whether a writer has the file behind `file` open, as the kernel tells it (fcntl(2)
+/// F_SETLEASE): `Some(true)` when a read lease is refused with EAGAIN (some descriptor has
+/// it open for writing), `Some(false)` when it is granted (and released at once), `None`
+/// when leases cannot be taken here (the file belongs to another user and the caller
+/// lacks CAP_LEASE, the filesystem has none, it is not a regular file). `file` must be
+/// open read-only: a lease is refused on a descriptor open for writing.
+pub fn open_for_writing(file: &std::fs::File) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    // A writer opening the file in the instant the lease is held makes the kernel send
+    // the holder SIGIO, whose default action ends the process. Neither the daemon (tokio
+    // polls with epoll) nor the CLI uses SIGIO otherwise, so it is ignored, once.
+    static IGNORE_SIGIO: std::sync::Once = std::sync::Once::new();
+    // SAFETY: setting a signal's disposition to SIG_IGN; no handler runs.
+    IGNORE_SIGIO.call_once(|| unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+    });
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    // SAFETY: plain fcntl calls on a descriptor the caller keeps open.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    if r == 0 {
+        // SAFETY: as above; releasing before the fd closes keeps writers from waiting.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+        return Some(false);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Some(true),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

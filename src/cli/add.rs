@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::addcheck;
 use super::place::{copy_tree, hidden, place};
 use super::progress;
 
@@ -225,11 +226,17 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     let raw_name = match a.name {
         Some(n) => n.to_string(),
         None => {
+            // Named by the path as given, as the inbox names an entry (a link `ln.pt`
+            // to `real.pt` is model `ln`); resolved only for a path with no last name
+            // of its own (`.`, `..`, `/`).
             let file = a
                 .path
-                .canonicalize()
-                .ok()
-                .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .or_else(|| {
+                    let p = a.path.canonicalize().ok()?;
+                    p.file_name().map(|f| f.to_string_lossy().into_owned())
+                })
                 .unwrap_or_default();
             if is_dir {
                 file
@@ -253,6 +260,19 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
             return Err(refuse(format!("--meta {k:?} is given twice")));
         }
         metadata.insert(k.to_string(), Value::from(v));
+    }
+    let given: Vec<(String, String)> = a
+        .metrics
+        .iter()
+        .filter_map(|s| key_value("--metric", s).ok())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    // Before anything is sent or copied, so that nothing is left blocked in the inbox.
+    addcheck::check_sidecar(&given, &metrics, &metadata)?;
+    if is_dir {
+        addcheck::check_folder_has_file(a.path)?;
+    } else {
+        addcheck::check_not_written(a.path)?;
     }
 
     // Metadata too large for one request line (a sidecar may hold more) goes through

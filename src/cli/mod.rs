@@ -26,6 +26,7 @@ macro_rules! outln {
 }
 
 mod add;
+mod addcheck;
 mod place;
 mod progress;
 mod recover;

@@ -288,6 +288,18 @@ pub(super) async fn register(
             );
         }
     };
+    // A file a writer still has open would be copied as far as it is written, and the
+    // rest lost: refused, as the inbox waits for such a file (the same lease probe).
+    // Where the kernel cannot tell (the daemon neither root nor the file's owner), the
+    // client has asked it already (`modelreg add`, the Python client).
+    if crate::fsutil::open_for_writing(&file) == Some(true) {
+        return Response::err(
+            ErrorCode::SourceChanged,
+            format!(
+                "the file handed over as {filename} is still open for writing by another process; add it once it is closed (nothing was registered)"
+            ),
+        );
+    }
     use std::os::unix::fs::MetadataExt;
     let (stat, mode) = (crate::inbox::FileStat::of(&meta), meta.mode() & 0o7777);
     // As in the inbox, where an empty file waits for its bytes: never an empty version.

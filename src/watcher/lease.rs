@@ -58,35 +58,13 @@ pub(super) fn stale_write_bound(settle: Duration) -> Duration {
 /// is granted (and released at once), `None` when leases cannot be taken here (the
 /// file belongs to another user, the filesystem has none, or it is gone).
 pub(super) fn open_for_writing(path: &Path) -> Option<bool> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    // A writer opening the file in the instant the lease is held makes the kernel send
-    // the holder SIGIO, whose default action ends the process. The daemon uses no SIGIO
-    // otherwise (tokio polls with epoll), so it is ignored, once.
-    static IGNORE_SIGIO: std::sync::Once = std::sync::Once::new();
-    // SAFETY: setting a signal's disposition to SIG_IGN; no handler runs.
-    IGNORE_SIGIO.call_once(|| unsafe {
-        libc::signal(libc::SIGIO, libc::SIG_IGN);
-    });
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
-    // SAFETY: plain fcntl calls on an fd we own.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
-    if r == 0 {
-        // SAFETY: as above; releasing before the fd closes keeps writers from waiting.
-        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
-        return Some(false);
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) => Some(true),
-        _ => None,
-    }
+    crate::fsutil::open_for_writing(&f)
 }
 
 /// Whether a write mark on `path`, last written `age` ago and quiet for a settle period,

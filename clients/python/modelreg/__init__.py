@@ -855,6 +855,11 @@ class ModelRegistry:
         DaemonNotRunning, FileNotFoundError.
         """
         name, src, sidecar = _register_args(name, model_path, metrics, timeout, progress, metadata)
+        if not src.is_dir() and _open_for_writing(src):
+            raise SourceChanged(
+                f"{src} is still open for writing by another process; add it once it is closed (nothing was sent or copied)",
+                "source_changed",
+            )
         if not src.is_dir():
             record = self._hand_over(name, src, sidecar, timeout, progress)
             if record is not None:
@@ -1366,6 +1371,37 @@ def _in_progress(name: str) -> bool:
     return rsync or any(len(name) > len(t) and name.endswith(t) for t in _TEMPORARY_SUFFIXES)
 
 
+def _open_for_writing(src: Path) -> bool:
+    """Whether a writer (this process included) still has the file `src` open, asked of
+    the kernel with a read lease as the daemon's inbox asks (fcntl F_SETLEASE): its copy
+    would be as far as it is written. False when the kernel cannot tell (another user's
+    file: the daemon then asks again on the descriptor it is given)."""
+    import fcntl
+
+    lease = getattr(fcntl, "F_SETLEASE", None)
+    if lease is None:  # pragma: no cover - not Linux
+        return False
+    # A writer opening the file while the lease is held sends this process SIGIO, whose
+    # default ends it; ignored for that instant (only from the main thread).
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, lease, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, lease, fcntl.F_UNLCK)
+        return False
+    except OSError as e:
+        return e.errno == errno.EAGAIN
+    finally:
+        os.close(fd)
+        if old is not None:
+            signal.signal(signal.SIGIO, old)
+
+
 def _source_problem(name: str, src: Path) -> Optional[str]:
     """Why the daemon would never register `src` as `name` (None: it would): an empty
     file (it waits for its bytes), something that is not a regular file or folder (a
@@ -1528,6 +1564,9 @@ def _metric_values(metrics: Any) -> Dict[str, float]:
             raise ValueError(f"metric name {k!r} is empty or has control characters")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"metric {k!r} must be a number, not {type(v).__name__}")
+        if isinstance(v, int) and not _INT_MIN <= v <= _INT_MAX:
+            # As the daemon refuses it in a sidecar: not silently rounded to a float.
+            raise ValueError(f"metric {k!r} is an integer beyond 64 bits (the daemon keeps {_INT_MIN}..{_INT_MAX}); pass it as a float")
         try:
             x = float(v)
         except OverflowError:
