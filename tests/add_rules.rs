@@ -178,3 +178,52 @@ fn add_names_a_link_by_the_path_given_not_its_target() {
     assert!(out.starts_with("ln v1"), "{out}");
     assert!(d.versions("real").is_empty());
 }
+
+/// A daemon holding `tok` v1 (`bytes(7)`) and v2 (`bytes(8)`), both added by hand-over
+/// (256 KiB, more than dedup's three samples); the source file of v1's bytes.
+fn daemon_with_two_versions() -> (TestDaemon, std::path::PathBuf) {
+    let d = TestDaemon::start(NO_SETTLE);
+    let src = d.root.path().join("tok.bin");
+    for seed in [8, 7] {
+        write(&src, &bytes(seed, 256 * 1024));
+        ok(&d, &["add", src.to_str().unwrap()]);
+    }
+    (d, src)
+}
+
+#[test]
+fn a_hand_over_deduplicated_against_a_stored_file_is_logged_like_an_inbox_version() {
+    let (d, src) = daemon_with_two_versions();
+    write(&src, &bytes(8, 256 * 1024));
+    let out = ok(&d, &["add", src.to_str().unwrap()]);
+    assert!(out.starts_with("tok v3"), "{out}");
+    let log = d.log();
+    assert!(
+        log.contains("tok v3: 1 of 1 file(s) already stored, hard-linked (256.0 KiB saved)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_problem_for_a_damaged_stored_file_names_its_model_version_and_file() {
+    use std::os::unix::fs::FileExt;
+    let (d, src) = daemon_with_two_versions();
+    let v1 = d.root.path().join("models/tok/v1/tok.bin");
+    // One byte changed in place past the samples, as a disk fault would (as root).
+    let f = std::fs::OpenOptions::new().write(true).open(&v1).unwrap();
+    f.write_all_at(&[!bytes(8, 256 * 1024)[100_000]], 100_000)
+        .unwrap();
+    drop(f);
+    write(&src, &bytes(8, 256 * 1024));
+    ok(&d, &["add", src.to_str().unwrap()]);
+    let problems = d.status().problems;
+    let p = problems
+        .iter()
+        .find(|p| p.message.contains("damaged"))
+        .unwrap_or_else(|| panic!("{problems:?}"));
+    assert!(
+        p.message.contains("tok v1 tok.bin") && p.message.contains(&v1.display().to_string()),
+        "{}",
+        p.message
+    );
+}

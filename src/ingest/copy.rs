@@ -279,19 +279,7 @@ fn run_job_inner(
                 return JobResult::Failed(e.to_string());
             }
         };
-        if saved.files > 0 {
-            tracing::info!(
-                model = %job.name,
-                version = next,
-                files = saved.files,
-                bytes_saved = saved.bytes,
-                "{} v{next}: {} of {} file(s) already stored, hard-linked ({} saved)",
-                job.name,
-                saved.files,
-                staged.files.len(),
-                crate::status::human_bytes(saved.bytes)
-            );
-        }
+        log_dedup(&job.name, next, &saved, staged.files.len());
         let manifest = store::Manifest {
             format: store::MANIFEST_FORMAT,
             name: job.name.clone(),
@@ -419,4 +407,20 @@ fn read_sidecar(
         parsed,
         fresh,
     }))
+}
+
+/// Logs what dedup saved for `name` v`version` of `total` files (nothing when nothing
+/// was linked): inbox versions and hand-overs alike.
+pub(super) fn log_dedup(name: &str, version: u32, saved: &store::Deduped, total: usize) {
+    if saved.files > 0 {
+        tracing::info!(
+            model = %name,
+            version,
+            files = saved.files,
+            bytes_saved = saved.bytes,
+            "{name} v{version}: {} of {total} file(s) already stored, hard-linked ({} saved)",
+            saved.files,
+            crate::status::human_bytes(saved.bytes)
+        );
+    }
 }
