@@ -308,7 +308,17 @@ impl Client {
             metadata,
         };
         let line = serde_json::to_string(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let answer = self.raw_with(&line, Some(file.as_fd()))?;
+        // Cut off before the answer (the daemon killed or restarted mid-copy), the
+        // version may have been committed or not: the caller is told how to find out.
+        let answer = self
+            .raw_with(&line, Some(file.as_fd()))
+            .map_err(|e| match e {
+                ClientError::Protocol(_) | ClientError::Io { .. } => ClientError::Protocol(format!(
+                    "{}; {name} may or may not have been registered: check with `modelreg versions {name}`",
+                    e.to_string().trim_start_matches("the daemon's answer could not be read: ")
+                )),
+                e => e,
+            })?;
         let v = answer_result(&answer)?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
     }

@@ -227,3 +227,36 @@ fn the_problem_for_a_damaged_stored_file_names_its_model_version_and_file() {
         p.message
     );
 }
+
+#[test]
+fn add_cut_off_by_the_daemon_says_the_version_may_or_may_not_exist() {
+    let mut d = TestDaemon::start(NO_SETTLE);
+    // Sparse: no time to write, seconds for the daemon to copy and hash.
+    let src = d.root.path().join("huge.bin");
+    std::fs::File::create(&src)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let child = Command::new(BIN)
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["add", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "the copy under way in status",
+        || d.status().waiting.iter().any(|w| w.name == "huge"),
+    );
+    d.kill();
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("huge may or may not have been registered")
+            && err.contains("modelreg versions huge"),
+        "{err}"
+    );
+}
