@@ -860,8 +860,17 @@ class ModelRegistry:
                 f"{src} is still open for writing by another process; add it once it is closed (nothing was sent or copied)",
                 "source_changed",
             )
+        refused: Optional[PermissionDenied] = None
         if not src.is_dir():
-            record = self._hand_over(name, src, sidecar, timeout, progress)
+            try:
+                record = self._hand_over(name, src, sidecar, timeout, progress)
+            except UnknownOp:
+                # An older daemon: the inbox hand-over is tried.
+                record = None
+            except PermissionDenied as e:
+                # A daemon that lets this user register only by the inbox (whose
+                # permissions then decide, as for any file dropped there).
+                record, refused = None, e
             if record is not None:
                 return record
         inbox = Path(self._call({"op": "status"})["inbox"])
@@ -871,18 +880,29 @@ class ModelRegistry:
         # The copy goes to a hidden temporary first; the sidecar is placed only once the
         # copy is whole, right before the rename; an interrupted hand-over (Ctrl-C,
         # SIGTERM, a full disk) leaves neither (see _Handover).
-        with _Handover(tmp) as handover:
-            copy(src, tmp)
-            with handover.commit():
-                if sidecar is not None:
-                    # Under the spelling already in the inbox (both at once would block
-                    # the model); the text is JSON, valid as either. Same rule as `add`.
-                    sidecar_name = next(
-                        (f"{name}{x}" for x in _SIDECAR_SUFFIXES if os.path.lexists(inbox / f"{name}{x}")),
-                        f"{name}.metrics.yaml",
-                    )
-                    handover.placed(self._place_text(inbox, sidecar_name, sidecar))
-                _rename_into_place(tmp, inbox / entry)
+        try:
+            with _Handover(tmp) as handover:
+                copy(src, tmp)
+                with handover.commit():
+                    if sidecar is not None:
+                        # Under the spelling already in the inbox (both at once would block
+                        # the model); the text is JSON, valid as either. Same rule as `add`.
+                        sidecar_name = next(
+                            (f"{name}{x}" for x in _SIDECAR_SUFFIXES if os.path.lexists(inbox / f"{name}{x}")),
+                            f"{name}.metrics.yaml",
+                        )
+                        handover.placed(self._place_text(inbox, sidecar_name, sidecar))
+                    _rename_into_place(tmp, inbox / entry)
+        except PermissionError as e:
+            if isinstance(e, ModelRegistryError) or os.access(inbox, os.W_OK | os.X_OK):
+                raise
+            # Not the hidden temporary's name alone: what was tried, and why neither worked.
+            why = f"the daemon refused the hand-over ({refused}) and " if refused is not None else ""
+            raise PermissionDenied(
+                f"{src} was not registered: {why}the inbox {inbox} is not writable by this user; "
+                "register as the daemon's user or root, or as a member of the inbox's group",
+                "permission_denied",
+            ) from e
         with self._progress(name, progress):
             answer = self.wait(name, entry, timeout=timeout)
         record = answer.version
@@ -892,8 +912,8 @@ class ModelRegistry:
     def _hand_over(self, name: str, src: Path, sidecar: Optional[str], timeout: float, progress: Optional[bool]) -> Optional[Version]:
         """Registers the file `src` by passing its open descriptor to the daemon
         (``register``; no settle wait, no permission on the path needed by the daemon).
-        None when the daemon is older and does not know ``register``, or refuses it to
-        this user (permission_denied): the inbox hand-over is then tried."""
+        None when Python cannot pass descriptors. UnknownOp (an older daemon) and
+        PermissionDenied (refused to this user): the caller tries the inbox hand-over."""
         if not hasattr(_socket, "send_fds"):  # Python < 3.9
             return None
         req: Dict[str, Any] = {"op": "register", "name": name, "filename": _entry_for(name, src)}
@@ -917,10 +937,6 @@ class ModelRegistry:
         try:
             with self._progress(name, progress):
                 answer = self._call(req, read_timeout=timeout, timeout_error=RegistrationTimeout, fds=[fd])
-        except (UnknownOp, PermissionDenied):
-            # An older daemon, or one that lets this user register only by the inbox
-            # (whose permissions then decide, as for any file dropped there).
-            return None
         finally:
             os.close(fd)
         result = WaitResult._from(answer)
