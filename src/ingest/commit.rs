@@ -268,11 +268,12 @@ impl Registrar {
             let mut journal = self.writeback.journal.take();
             let whole = self.writeback.failed || journal.is_none() || batch.compact;
             let recorded = record.is_some();
+            let ours = self.writeback.ours.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let t0 = std::time::Instant::now();
                 let (r, fresh, whole) = match &record {
                     None => (Ok(()), true, whole),
-                    Some(d) => durable(d, &path, &snap, journal.as_mut(), whole),
+                    Some(d) => durable(d, &path, &snap, journal.as_mut(), whole, &ours),
                 };
                 tracing::debug!(took = ?t0.elapsed(), versions = staged.len(), whole, "commit durable");
                 if r.is_ok() {

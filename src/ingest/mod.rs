@@ -162,7 +162,7 @@ impl Registrar {
     /// writing registry.yaml whole each time; registry.yaml includes records up to
     /// `written`. Without a journal every commit writes registry.yaml.
     pub fn set_journal(&mut self, journal: crate::registry::persist::Journal, written: u64) {
-        self.writeback = writeback::Writeback::new(journal, written);
+        self.writeback = writeback::Writeback::new(journal, written, &self.config.registry);
         self.writeback.schedule(
             self.catalog.journal_seq,
             self.config.registry_write_interval,

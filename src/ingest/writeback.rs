@@ -9,8 +9,9 @@
 //! makes one commit durable: its record appended, or registry.yaml written whole when
 //! the journal is not usable or registry.yaml or the journal went missing.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -39,6 +40,69 @@ pub(super) struct Writeback {
     due: Option<Instant>,
     /// A write under way: the record it includes and how it ended.
     running: Option<JoinHandle<(u64, Result<()>)>>,
+    /// Which registry.yaml is the daemon's own.
+    pub(super) ours: Ours,
+}
+
+/// The (device, inode) of the registry.yaml this daemon last wrote (or loaded at start),
+/// and of the one a write is about to rename into place: a registry.yaml under the name
+/// that is neither was put there by someone else (an older copy `mv`ed over it), and the
+/// journal no longer continues it. Shared by the commits (which check it before each
+/// append) and the coalesced writes beside them; the lock makes "stat the name, compare"
+/// and "rename, note" exclusive, so a write of the daemon's own is never taken for a
+/// replacement.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Ours(Arc<Mutex<(Option<Id>, Vec<Id>)>>);
+
+/// A file's device and inode.
+type Id = (u64, u64);
+
+impl Ours {
+    /// Knows the registry.yaml now at `path` as the daemon's own (at start).
+    pub(super) fn adopt(path: &Path) -> Self {
+        let id = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Ours(Arc::new(Mutex::new((id, Vec::new()))))
+    }
+
+    /// Whether registry.yaml at `path` is one the daemon wrote (true when nothing is
+    /// known yet, and when it does not exist: that is checked on its own).
+    pub(super) fn holds(&self, path: &Path) -> bool {
+        let ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = ids.0 else { return true };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => {
+                let id = (m.dev(), m.ino());
+                id == current || ids.1.contains(&id)
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// registry.yaml written atomically from `text`, its new inode noted as the daemon's
+    /// own before the rename and as the current one after.
+    fn write(&self, path: &Path, text: &[u8]) -> Result<()> {
+        let mut id = None;
+        let r = persist::write_atomic_noting(path, text, 0o644, &mut |f| {
+            if let Ok(m) = f.metadata() {
+                id = Some((m.dev(), m.ino()));
+                self.0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .1
+                    .push((m.dev(), m.ino()));
+            }
+        });
+        let mut ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = id {
+            if r.is_ok() {
+                ids.0 = Some(id);
+            }
+            ids.1.retain(|x| *x != id);
+        }
+        r
+    }
 }
 
 /// What the rewriting waits for.
@@ -52,10 +116,11 @@ pub(super) enum Event {
 impl Writeback {
     /// Takes over `journal`, replayed at start into a catalog that registry.yaml includes
     /// up to record `written`.
-    pub(super) fn new(journal: persist::Journal, written: u64) -> Self {
+    pub(super) fn new(journal: persist::Journal, written: u64, registry: &Path) -> Self {
         Writeback {
             journal: Some(journal),
             written,
+            ours: Ours::adopt(registry),
             ..Default::default()
         }
     }
@@ -110,9 +175,10 @@ impl Writeback {
     /// Starts writing `snapshot` to `path` on the blocking pool.
     fn start(&mut self, path: PathBuf, snapshot: Arc<Catalog>) {
         self.due = None;
+        let ours = self.ours.clone();
         self.running = Some(tokio::task::spawn_blocking(move || {
             let t0 = std::time::Instant::now();
-            let r = write_registry(&path, &snapshot);
+            let r = write_registry(&path, &snapshot, &ours);
             tracing::debug!(took = ?t0.elapsed(), seq = snapshot.journal_seq, "registry.yaml written");
             (snapshot.journal_seq, r)
         }));
@@ -121,8 +187,8 @@ impl Writeback {
 
 /// registry.yaml from `c`, atomically, as it has always been written; then its second
 /// name (see `persist::journal::keep_base`), before the journal is cut down to follow it.
-pub(super) fn write_registry(path: &Path, c: &Catalog) -> Result<()> {
-    persist::to_yaml(c).and_then(|text| persist::write_atomic(path, text.as_bytes()))?;
+pub(super) fn write_registry(path: &Path, c: &Catalog, ours: &Ours) -> Result<()> {
+    persist::to_yaml(c).and_then(|text| ours.write(path, text.as_bytes()))?;
     if let Err(e) = persist::journal::keep_base(path) {
         // Only a deletion of registry.yaml before the next write would miss it.
         tracing::warn!("registry.yaml's second name not updated: {e}");
@@ -200,9 +266,14 @@ impl Registrar {
         }
         let snapshot = self.shared.catalog();
         let seq = snapshot.journal_seq;
-        if seq > self.writeback.written || self.writeback.due.is_some() {
+        // Replaced behind the daemon's back (an older copy): written again, or the next
+        // start would find registry.yaml behind its journal.
+        let replaced = !self.writeback.ours.holds(&self.config.registry);
+        if seq > self.writeback.written || self.writeback.due.is_some() || replaced {
             let path = self.config.registry.clone();
-            match tokio::task::spawn_blocking(move || write_registry(&path, &snapshot)).await {
+            let ours = self.writeback.ours.clone();
+            match tokio::task::spawn_blocking(move || write_registry(&path, &snapshot, &ours)).await
+            {
                 Ok(Ok(())) => self.writeback.written = seq,
                 Ok(Err(e)) => {
                     self.board.error(format!(
@@ -230,28 +301,31 @@ impl Registrar {
     /// registry.yaml or the journal deleted or replaced while running: write
     /// registry.yaml again from memory now (which also starts a fresh journal).
     pub(super) fn check_files(&mut self) {
+        let shown = self.config.registry.display();
         let registry_gone = std::fs::symlink_metadata(&self.config.registry).is_err();
         if registry_gone {
             // Deleted while running: the catalog in memory is whole; write it.
-            tracing::error!(registry = %self.config.registry.display(), "registry.yaml is missing; writing it again from memory");
+            tracing::error!(registry = %shown, "registry.yaml is missing; writing it again from memory");
         }
-        let moved = self
-            .writeback
-            .journal
-            .as_ref()
-            .filter(|j| !j.in_place())
-            .map(|j| j.path().display().to_string());
-        if let Some(journal) = moved {
+        let replaced = !self.writeback.ours.holds(&self.config.registry);
+        if replaced {
+            tracing::warn!(registry = %shown, "{shown} was replaced while running (not the file the daemon wrote; an older copy?): writing it again from memory");
+        }
+        let moved = self.writeback.journal.as_ref().and_then(|j| {
+            j.displaced()
+                .map(|how| (j.path().display().to_string(), how))
+        });
+        if let Some((journal, how)) = moved {
             // The next commit (right after this check) writes registry.yaml whole from
             // memory and starts a fresh journal: what the old file held is not lost.
             tracing::warn!(
                 %journal,
-                "{journal} was deleted or replaced while running; writing registry.yaml from memory and starting a fresh journal"
+                "{journal} was {how} while running; writing registry.yaml from memory and starting a fresh journal"
             );
             self.writeback.failed = true;
             self.batch.dirty = true;
         }
-        if registry_gone {
+        if registry_gone || replaced {
             self.writeback.schedule(
                 self.catalog.journal_seq,
                 self.config.registry_write_interval,
@@ -272,12 +346,18 @@ pub(super) fn durable(
     snap: &Catalog,
     journal: Option<&mut Journal>,
     whole: bool,
+    ours: &Ours,
 ) -> (Result<()>, bool, bool) {
     // Checked before every append (an fstat and two stats, next to an fsync): a journal
     // deleted while running would take this acknowledged change into an unlinked file,
-    // and a deleted registry.yaml leaves the journal continuing a file that is gone.
-    // Either way the whole catalog goes to registry.yaml now, with a fresh journal.
-    let whole = whole || journal.as_deref().is_some_and(|j| !files_in_place(path, j));
+    // one truncated in place would get it behind a gap where no reader finds it, and a
+    // registry.yaml deleted (or replaced by an older copy) leaves the journal continuing
+    // a file that is gone. Either way the whole catalog goes to registry.yaml now, with
+    // a fresh journal.
+    let whole = whole
+        || journal
+            .as_deref()
+            .is_some_and(|j| !files_in_place(path, j, ours));
     match journal {
         Some(j) if !whole => {
             let r = j.append(d);
@@ -285,7 +365,7 @@ pub(super) fn durable(
             (r, ok, false)
         }
         journal => {
-            if let Err(e) = write_registry(path, snap) {
+            if let Err(e) = write_registry(path, snap, ours) {
                 return (Err(e), false, true);
             }
             match journal.map(|j| j.rotate(d.seq)) {
@@ -301,13 +381,14 @@ pub(super) fn durable(
     }
 }
 
-/// Whether registry.yaml at `path` exists and the journal's path still leads to the file
-/// `j` appends to; warns, naming the path, when not.
-fn files_in_place(path: &Path, j: &Journal) -> bool {
-    if !j.in_place() {
+/// Whether registry.yaml at `path` exists and is the one the daemon wrote, and the
+/// journal's path still leads to the file `j` appends to, as long as the daemon left it;
+/// warns, naming the path, when not.
+fn files_in_place(path: &Path, j: &Journal, ours: &Ours) -> bool {
+    if let Some(how) = j.displaced() {
         tracing::warn!(
             journal = %j.path().display(),
-            "{} was deleted or replaced while running: writing {} from memory and starting a fresh journal, so that no acknowledged change stays only in the old file",
+            "{} was {how} while running: writing {} from memory and starting a fresh journal, so that no acknowledged change stays only in the old file",
             j.path().display(),
             path.display()
         );
@@ -317,6 +398,14 @@ fn files_in_place(path: &Path, j: &Journal) -> bool {
         tracing::warn!(
             registry = %path.display(),
             "{} was deleted while running: writing it from memory before this change is acknowledged, and starting a fresh journal",
+            path.display()
+        );
+        return false;
+    }
+    if !ours.holds(path) {
+        tracing::warn!(
+            registry = %path.display(),
+            "{} was replaced while running (not the file the daemon wrote; an older copy?): writing it from memory before this change is acknowledged, and starting a fresh journal",
             path.display()
         );
         return false;

@@ -270,6 +270,18 @@ pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
 
 /// [`write_atomic`], with `new_mode` for a file that does not exist yet.
 pub fn write_atomic_as(path: &Path, text: &[u8], new_mode: u32) -> Result<()> {
+    write_atomic_noting(path, text, new_mode, &mut |_| {})
+}
+
+/// [`write_atomic_as`], showing `note` the new file (durable, about to be renamed into
+/// place), so that the writer knows which inode is its own (see the registrar's check
+/// that registry.yaml was not replaced behind its back).
+pub fn write_atomic_noting(
+    path: &Path,
+    text: &[u8],
+    new_mode: u32,
+    note: &mut dyn FnMut(&std::fs::File),
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -292,6 +304,7 @@ pub fn write_atomic_as(path: &Path, text: &[u8], new_mode: u32) -> Result<()> {
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io("fsync", tmp.path(), e))?;
+    note(tmp.as_file());
     tmp.persist(path)
         .map_err(|e| Error::io("rename into place", path, e.error))?;
     sync_dir(dir)

