@@ -104,3 +104,62 @@ fn registry_yaml_replaced_by_an_older_copy_while_running_is_written_again_at_onc
     );
 }
 
+// The window the check before each append leaves: registry.yaml replaced by an older
+// copy, then SIGKILL before the daemon noticed. Its second name still holds what the
+// journal continues.
+#[test]
+fn registry_yaml_older_than_the_journal_at_start_starts_from_its_second_name() {
+    let mut d = two_versions();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.client().compact().unwrap();
+    let old = std::fs::read_to_string(d.registry_path()).unwrap();
+    d.client().alias_set("m", "staging", "v2").unwrap();
+    d.client().compact().unwrap();
+    d.client().alias_set("m", "canary", "v1").unwrap();
+    replace_registry(&d, &old);
+    d.kill();
+    d.spawn();
+    assert_eq!(
+        aliases(&d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
+    assert!(warned(&d, &[".registry.yaml.base", "older"]), "{}", d.log());
+    // Written again at start; the older copy is kept for a person to look at.
+    assert_eq!(file_catalog(&d).models["m"].aliases["staging"], 2);
+    assert!(d.root.path().join("registry.yaml.older").exists());
+    // Both names older than the journal: the refusal names the second name too.
+    d.kill();
+    let base = persist::journal::base_path(&d.registry_path());
+    replace_registry(&d, &old);
+    std::fs::copy(d.registry_path(), &base).unwrap();
+    // The start-up cache would stand in for registry.yaml: remove it.
+    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    let out = d.serve_output();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(".registry.yaml.base"), "{err}");
+}
+
+// Fresh-clone tester: registry.journal deleted while the daemon was stopped, after a
+// kill: the acknowledged changes it held were lost at start without a word.
+#[test]
+fn a_journal_deleted_while_stopped_is_warned_about_at_start() {
+    let mut d = two_versions();
+    d.client().compact().unwrap();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.kill();
+    let seq = file_catalog(&d).journal_seq;
+    std::fs::remove_file(journal_path(&d)).unwrap();
+    d.spawn();
+    let shown = journal_path(&d).display().to_string();
+    assert!(
+        warned(&d, &[&shown, "missing", &format!("record {seq}"), "lost"]),
+        "{}",
+        d.log()
+    );
+    // A clean stop leaves an empty journal: its start says nothing of the kind.
+    assert!(d.stop().success());
+    let before = d.log().len();
+    d.spawn();
+    assert!(!d.log()[before..].contains("is missing"), "{}", d.log());
+}

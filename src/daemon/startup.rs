@@ -202,11 +202,30 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
         libc::malloc_trim(0);
     }
     let scan = persist::journal::scan(&journal_path)?;
-    let existed = loaded.is_some();
+    let mut existed = loaded.is_some();
     if !existed {
         // Deleted, then the daemon killed before it wrote registry.yaml again: the
         // catalog the journal continues is still under its second name.
         loaded = persist::journal::base_joining(&config.registry, scan.as_ref());
+    } else if let Some(newer) =
+        persist::journal::base_newer(&config.registry, loaded.as_ref(), scan.as_ref())
+    {
+        // Replaced by an older copy, then the daemon killed before it noticed: the
+        // second name still holds the catalog the journal continues. The older copy is
+        // kept for a person to look at, and registry.yaml written again below.
+        let mut older = config.registry.as_os_str().to_owned();
+        older.push(".older");
+        let older = std::path::PathBuf::from(older);
+        std::fs::rename(&config.registry, &older)
+            .map_err(|e| Error::io("keep the older registry.yaml as", &older, e))?;
+        tracing::warn!(registry = %config.registry.display(), "the older {} is kept as {}", config.registry.display(), older.display());
+        loaded = Some(newer);
+        existed = false;
+    } else if let Some(c) = loaded
+        .as_ref()
+        .filter(|c| scan.is_none() && c.journal_seq > 0)
+    {
+        missing_journal(config, &journal_path, c);
     }
     let written = loaded.as_ref().map_or(0, |c| c.journal_seq);
     let (catalog, n) = persist::journal::continue_from(loaded, scan.as_ref(), &journal_path)?;
@@ -240,6 +259,26 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
         journal,
         written,
     })
+}
+
+/// registry.yaml names journal records (`journal_seq` past 0) but the journal is gone: a
+/// daemon always leaves one (a clean stop an empty one), so it was deleted while the
+/// daemon was stopped (or registry.yaml restored without it). Nothing is missing when
+/// the daemon had stopped cleanly; after a crash, the changes acknowledged after
+/// registry.yaml's last write are. Which one cannot be told, so a WARN says both (versions
+/// the store holds that the catalog does not name refuse the start later, as always).
+fn missing_journal(config: &Config, journal: &std::path::Path, c: &crate::registry::Catalog) {
+    let shown = journal.display();
+    tracing::warn!(
+        journal = %shown,
+        "{shown} is missing, but {} includes changes up to journal record {}, so a journal existed: \
+         if the daemon was stopped cleanly (or registry.yaml restored from a backup), nothing is missing; \
+         if it was killed or crashed, the changes acknowledged after record {} (aliases, deprecations, \
+         metric edits, registrations) are lost: stop the daemon and put the journal back, if you have it",
+        config.registry.display(),
+        c.journal_seq,
+        c.journal_seq
+    );
 }
 
 /// The refusal to start over a catalog that lost versions the store still holds.

@@ -82,6 +82,35 @@ pub fn base_joining(registry: &Path, scan: Option<&Scan>) -> Option<Catalog> {
     Some(c)
 }
 
+/// The catalog under registry.yaml's second name, when registry.yaml (`loaded`) is older
+/// than the journal (`scan` continues from a record it does not include: an older copy
+/// put in its place) and the second name is not: the catalog the journal continues.
+/// Warns, saying which file is used. Reads only.
+pub fn base_newer(
+    registry: &Path,
+    loaded: Option<&Catalog>,
+    scan: Option<&Scan>,
+) -> Option<Catalog> {
+    let (seq, from) = (loaded?.journal_seq, scan?.base);
+    if from <= seq {
+        return None;
+    }
+    let base = base_path(registry);
+    let c = super::super::load(&base)
+        .ok()
+        .flatten()
+        .filter(|c| c.journal_seq >= from)?;
+    tracing::warn!(
+        registry = %registry.display(),
+        "{} (up to journal record {seq}) is older than the journal (from record {from}): replaced by an older copy? \
+         Using its last copy {} (up to record {}) and the journal's later records instead",
+        registry.display(),
+        base.display(),
+        c.journal_seq,
+    );
+    Some(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::journal_with;

@@ -28,7 +28,7 @@ mod base;
 mod file;
 mod frame;
 
-pub use base::{base_joining, base_path, keep_base};
+pub use base::{base_joining, base_newer, base_path, keep_base};
 pub use file::Journal;
 pub use frame::{Damage, decode, describe_damaged, encode};
 use frame::{HEADER_LEN, MAGIC, MARKER, checksum};
@@ -75,10 +75,14 @@ pub fn scan(path: &Path) -> Result<Option<Scan>> {
         Err(e) => return Err(Error::io("read journal", path, e)),
     };
     let shown = path.display();
+    let base = base_path(&path.with_extension("yaml"));
+    let base = base.display();
     let refuse = |offset: u64, why: String| {
         Error::Other(format!(
             "{shown}: offset {offset}: {why}. Not starting: changes that were acknowledged would \
-             be lost. Restore the file, or move it aside to start from registry.yaml alone."
+             be lost. Restore the file, or move it aside to start from registry.yaml alone (or, \
+             when registry.yaml is missing, its last copy {base}): the changes after it are then \
+             lost (`modelreg recover` adds back versions the store holds)."
         ))
     };
     let h = HEADER_LEN as usize;
@@ -137,11 +141,17 @@ pub fn scan(path: &Path) -> Result<Option<Scan>> {
 /// than its journal) or a record that does not fit is an error naming `path`.
 pub fn replay(c: &mut Catalog, scan: &Scan, path: &Path) -> Result<usize> {
     if scan.base > c.journal_seq {
+        let base = base_path(&path.with_extension("yaml"));
         return Err(Error::Other(format!(
-            "{}: it continues from record {}, but registry.yaml includes only up to record {}: \
-             the changes in between are in neither (registry.yaml restored from an older copy?). \
-             Not starting; move the journal aside to start from registry.yaml as it is.",
+            "{}: it continues from record {}, but registry.yaml includes only up to record {}, \
+             and its last copy {} no further: the changes in between are in neither \
+             (registry.yaml restored from an older copy?). Not starting. Restore a registry.yaml \
+             that includes record {} (a backup's, with its journal), or move the journal aside to \
+             start from registry.yaml as it is (the changes after record {} are then lost).",
             path.display(),
+            scan.base,
+            c.journal_seq,
+            base.display(),
             scan.base,
             c.journal_seq
         )));
@@ -238,7 +248,7 @@ pub fn load_current(registry: &Path) -> Result<Option<Catalog>> {
     let path = journal_path(registry);
     let scan = scan(&path)?;
     let loaded = match super::load(registry)? {
-        Some(c) => Some(c),
+        Some(c) => base_newer(registry, Some(&c), scan.as_ref()).or(Some(c)),
         None => base_joining(registry, scan.as_ref()),
     };
     let Some(scan) = scan else {
