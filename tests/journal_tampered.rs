@@ -140,6 +140,36 @@ fn registry_yaml_older_than_the_journal_at_start_starts_from_its_second_name() {
     assert!(err.contains(".registry.yaml.base"), "{err}");
 }
 
+// Fresh-clone tester: `recover` with registry.yaml and its second name both gone rebuilt
+// the versions from the store's manifests but dropped the journal's records (aliases,
+// history) without a word, and set journal_seq past them.
+#[test]
+fn recover_without_registry_yaml_applies_the_journal_records() {
+    let mut d = two_versions();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.client().compact().unwrap();
+    d.client().alias_set("m", "staging", "v2").unwrap();
+    assert!(!records(&d).is_empty(), "staging is only in the journal");
+    d.kill();
+    std::fs::remove_file(d.registry_path()).unwrap();
+    std::fs::remove_file(persist::journal::base_path(&d.registry_path())).unwrap();
+    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    let out = Command::new(BIN)
+        .args(["recover", "--root"])
+        .arg(d.root.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("journal"), "{text}");
+    // Each record carries the model's whole alias state: production comes back too.
+    let c = file_catalog(&d);
+    assert_eq!(c.models["m"].aliases["staging"], 2, "{text}");
+    assert_eq!(c.models["m"].aliases["production"], 1, "{text}");
+    d.spawn();
+    assert_eq!(aliases(&d), pairs(&[("production", 1), ("staging", 2)]));
+}
+
 // Fresh-clone tester: registry.journal deleted while the daemon was stopped, after a
 // kill: the acknowledged changes it held were lost at start without a word.
 #[test]

@@ -241,6 +241,63 @@ pub fn warn_torn(path: &Path, scan: &Scan) {
     }
 }
 
+/// For `recover` when registry.yaml and its second name are both gone: applies every
+/// record of `scan` to `c` (rebuilt from the store's manifests) as far as each fits, and
+/// returns how many applied and what could not be kept. A record carries the touched
+/// model's whole alias state, its changed versions whole and the alias moves it
+/// appended, so the aliases come back; the moves made before the journal's first record
+/// do not (said once per model).
+pub fn salvage(c: &mut Catalog, scan: &Scan) -> (usize, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut short = std::collections::BTreeSet::new();
+    let mut applied = 0;
+    for (d, _) in &scan.records {
+        let mut d = d.clone();
+        for md in &mut d.models {
+            let Some(s) = &mut md.state else { continue };
+            let m = c.models.get(&md.name);
+            let held = m.map_or(0, |m| m.alias_history.len());
+            if s.history_from > held {
+                if short.insert(md.name.clone()) {
+                    notes.push(format!(
+                        "{}: the alias history's first {} move(s), made before the journal's records, are lost",
+                        md.name,
+                        s.history_from - held
+                    ));
+                }
+                s.history_from = held;
+            }
+            let top = m.and_then(|m| m.versions.last()).map_or(0, |v| v.number);
+            s.highest = s.highest.max(top).max(m.map_or(0, |m| m.highest));
+            let stored = |n: u32| {
+                s.versions
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| v)
+                    .or_else(|| m.and_then(|m| m.find(n)))
+                    .is_some_and(|v| v.removed.is_none())
+            };
+            let gone: Vec<(String, u32)> = s
+                .aliases
+                .iter()
+                .filter(|(_, n)| !stored(**n))
+                .map(|(a, n)| (a.clone(), *n))
+                .collect();
+            for (a, n) in gone {
+                s.aliases.remove(&a);
+                notes.push(format!("{}: alias {a} -> v{n} (not in the store)", md.name));
+            }
+        }
+        match d.apply(c) {
+            Ok(()) => applied += 1,
+            Err(why) => notes.push(format!("journal record {}: not applied: {why}", d.seq)),
+        }
+    }
+    let last = scan.records.last().map_or(scan.base, |(d, _)| d.seq);
+    c.journal_seq = c.journal_seq.max(last);
+    (applied, notes)
+}
+
 /// registry.yaml (or, when it is gone, its second name: see [`base_joining`]) with the
 /// journal beside it replayed: the catalog as the daemon last committed it. `Ok(None)` when neither exists. Reads only (a torn tail is warned
 /// about, not removed): for `verify --offline`, `recover` and tests.
