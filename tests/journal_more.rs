@@ -12,29 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::journal::{file_catalog, journal_path, records};
+use common::journal::{aliases, file_catalog, journal_path, records, two_versions};
 use common::{BIN, TestDaemon, bytes, wait_until, write_renamed};
 use modelreg::registry::persist;
-
-/// A daemon whose registry.yaml waits an hour between rewrites (so changes stay in the
-/// journal), with model m at v1 and v2.
-fn two_versions() -> TestDaemon {
-    let d = TestDaemon::start("settle: 50ms\nregistry_write_interval: 1h\n");
-    for n in 1..=2u64 {
-        write_renamed(&d.inbox(), "m.pt", &bytes(n, 128));
-        d.wait_versions("m", n as usize);
-    }
-    d
-}
-
-/// Where each alias of m points, from the catalog the daemon committed.
-fn aliases(d: &TestDaemon) -> Vec<(String, u32)> {
-    d.catalog().models["m"]
-        .aliases
-        .iter()
-        .map(|(a, n)| (a.clone(), *n))
-        .collect()
-}
 
 // Fresh-clone tester: `rm registry.journal` while the daemon ran, then `alias set`
 // (acknowledged), then kill -9: the change had gone into the unlinked file, and the

@@ -9,29 +9,9 @@ mod common;
 
 use std::process::Command;
 
-use common::journal::{file_catalog, journal_path, records};
-use common::{BIN, TestDaemon, bytes, write_renamed};
+use common::journal::{aliases, file_catalog, journal_path, records, two_versions};
+use common::{BIN, TestDaemon};
 use modelreg::registry::persist;
-
-/// A daemon whose registry.yaml waits an hour between rewrites (so changes stay in the
-/// journal), with model m at v1 and v2.
-fn two_versions() -> TestDaemon {
-    let d = TestDaemon::start("settle: 50ms\nregistry_write_interval: 1h\n");
-    for n in 1..=2u64 {
-        write_renamed(&d.inbox(), "m.pt", &bytes(n, 128));
-        d.wait_versions("m", n as usize);
-    }
-    d
-}
-
-/// Where each alias of m points, from the catalog the daemon committed.
-fn aliases(d: &TestDaemon) -> Vec<(String, u32)> {
-    d.catalog().models["m"]
-        .aliases
-        .iter()
-        .map(|(a, n)| (a.clone(), *n))
-        .collect()
-}
 
 fn pairs(p: &[(&str, u32)]) -> Vec<(String, u32)> {
     p.iter().map(|(a, n)| (a.to_string(), *n)).collect()
@@ -42,6 +22,18 @@ fn warned(d: &TestDaemon, needles: &[&str]) -> bool {
     d.log()
         .lines()
         .any(|l| l.contains("WARN") && needles.iter().all(|n| l.contains(n)))
+}
+
+/// Model m with production at v1 (in an older registry.yaml, returned) and then staging
+/// at v2, both written to registry.yaml (so the journal continues the newer one).
+fn with_an_older_copy() -> (TestDaemon, String) {
+    let d = two_versions();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.client().compact().unwrap();
+    let old = std::fs::read_to_string(d.registry_path()).unwrap();
+    d.client().alias_set("m", "staging", "v2").unwrap();
+    d.client().compact().unwrap();
+    (d, old)
 }
 
 /// registry.yaml replaced the way `cp old registry.yaml.new; mv registry.yaml.new
@@ -84,12 +76,7 @@ fn a_journal_truncated_in_place_while_running_loses_no_acknowledged_change() {
 // aside lost acknowledged changes.
 #[test]
 fn registry_yaml_replaced_by_an_older_copy_while_running_is_written_again_at_once() {
-    let mut d = two_versions();
-    d.client().alias_set("m", "production", "v1").unwrap();
-    d.client().compact().unwrap();
-    let old = std::fs::read_to_string(d.registry_path()).unwrap();
-    d.client().alias_set("m", "staging", "v2").unwrap();
-    d.client().compact().unwrap();
+    let (mut d, old) = with_an_older_copy();
     replace_registry(&d, &old);
     d.client().alias_set("m", "canary", "v1").unwrap();
     // Noticed before the change was acknowledged: registry.yaml is whole again.
@@ -109,12 +96,7 @@ fn registry_yaml_replaced_by_an_older_copy_while_running_is_written_again_at_onc
 // journal continues.
 #[test]
 fn registry_yaml_older_than_the_journal_at_start_starts_from_its_second_name() {
-    let mut d = two_versions();
-    d.client().alias_set("m", "production", "v1").unwrap();
-    d.client().compact().unwrap();
-    let old = std::fs::read_to_string(d.registry_path()).unwrap();
-    d.client().alias_set("m", "staging", "v2").unwrap();
-    d.client().compact().unwrap();
+    let (mut d, old) = with_an_older_copy();
     d.client().alias_set("m", "canary", "v1").unwrap();
     replace_registry(&d, &old);
     d.kill();

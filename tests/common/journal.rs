@@ -5,7 +5,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use modelreg::registry::persist;
 
-use super::TestDaemon;
+use super::{TestDaemon, bytes, write_renamed};
+
+/// A daemon whose registry.yaml waits an hour between rewrites (so changes stay in the
+/// journal), with model m at v1 and v2.
+pub fn two_versions() -> TestDaemon {
+    let d = TestDaemon::start("settle: 50ms\nregistry_write_interval: 1h\n");
+    for n in 1..=2u64 {
+        write_renamed(&d.inbox(), "m.pt", &bytes(n, 128));
+        d.wait_versions("m", n as usize);
+    }
+    d
+}
+
+/// Where each alias of m points, from the catalog the daemon committed.
+pub fn aliases(d: &TestDaemon) -> Vec<(String, u32)> {
+    d.catalog().models["m"]
+        .aliases
+        .iter()
+        .map(|(a, n)| (a.clone(), *n))
+        .collect()
+}
 
 /// registry.journal beside `d`'s registry.yaml.
 pub fn journal_path(d: &TestDaemon) -> std::path::PathBuf {
