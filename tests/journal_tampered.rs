@@ -13,6 +13,16 @@ use common::journal::{aliases, file_catalog, journal_path, records, two_versions
 use common::{BIN, TestDaemon};
 use modelreg::registry::persist;
 
+/// Kills `d`, starts it again, and checks that the three aliases set are all there.
+fn all_three_after_sigkill(d: &mut TestDaemon) {
+    d.kill();
+    d.spawn();
+    assert_eq!(
+        aliases(d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
+}
+
 fn pairs(p: &[(&str, u32)]) -> Vec<(String, u32)> {
     p.iter().map(|(a, n)| (a.to_string(), *n)).collect()
 }
@@ -62,12 +72,7 @@ fn a_journal_truncated_in_place_while_running_loses_no_acknowledged_change() {
     let shown = journal_path(&d).display().to_string();
     assert!(warned(&d, &[&shown, "size"]), "{}", d.log());
     d.client().alias_set("m", "canary", "v1").unwrap();
-    d.kill();
-    d.spawn();
-    assert_eq!(
-        aliases(&d),
-        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
-    );
+    all_three_after_sigkill(&mut d);
 }
 
 // Fresh-clone tester: registry.yaml replaced by an older copy while running, then an
@@ -83,12 +88,7 @@ fn registry_yaml_replaced_by_an_older_copy_while_running_is_written_again_at_onc
     let shown = d.registry_path().display().to_string();
     assert!(warned(&d, &[&shown, "replaced"]), "{}", d.log());
     assert_eq!(file_catalog(&d).models["m"].aliases["staging"], 2);
-    d.kill();
-    d.spawn();
-    assert_eq!(
-        aliases(&d),
-        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
-    );
+    all_three_after_sigkill(&mut d);
 }
 
 // The window the check before each append leaves: registry.yaml replaced by an older
@@ -99,12 +99,7 @@ fn registry_yaml_older_than_the_journal_at_start_starts_from_its_second_name() {
     let (mut d, old) = with_an_older_copy();
     d.client().alias_set("m", "canary", "v1").unwrap();
     replace_registry(&d, &old);
-    d.kill();
-    d.spawn();
-    assert_eq!(
-        aliases(&d),
-        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
-    );
+    all_three_after_sigkill(&mut d);
     assert!(warned(&d, &[".registry.yaml.base", "older"]), "{}", d.log());
     // Written again at start; the older copy is kept for a person to look at.
     assert_eq!(file_catalog(&d).models["m"].aliases["staging"], 2);
