@@ -409,6 +409,31 @@ impl Client {
             name: name.map(str::to_string),
         })
     }
+
+    /// `token_create`: a new HTTP API token of `scope` (`read` or `write`); the answer
+    /// holds its secret, which is never shown again.
+    pub fn token_create(
+        &mut self,
+        name: &str,
+        scope: &str,
+    ) -> Result<crate::protocol::TokenCreated, ClientError> {
+        self.call_as(&Request::TokenCreate {
+            name: name.to_string(),
+            scope: scope.to_string(),
+        })
+    }
+
+    /// `token_list`: every token's name, scope and creation time.
+    pub fn token_list(&mut self) -> Result<crate::protocol::TokenList, ClientError> {
+        self.call_as(&Request::TokenList {})
+    }
+
+    /// `token_revoke`: the token is refused by the HTTP API from now on.
+    pub fn token_revoke(&mut self, name: &str) -> Result<crate::protocol::TokenInfo, ClientError> {
+        self.call_as(&Request::TokenRevoke {
+            name: name.to_string(),
+        })
+    }
 }
 
 /// Names who may connect to `path`: the socket's group and owner, or those of the first

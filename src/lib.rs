@@ -19,6 +19,7 @@
 //! - 3 [`protocol`] requests, typed answers and error codes shared by server and client.
 //! - 3 [`store`]    copy + SHA-256 in one pass into staging, publish, manifests, recovery.
 //! - 3 [`inbox`]    what an inbox entry is now: files, stats, checked opens.
+//! - 3 [`tokens`]   HTTP API tokens: kept as SHA-256 hashes in tokens.yaml, checked in constant time.
 //! - 2 [`registry`] the catalog, its rules (selectors, changes, errors) and registry.yaml.
 //! - 1 [`config`]   settings: embedded default, file, validation, live settings.
 //! - 1 [`sidecar`]  `<name>.metrics.yaml` / `.json`: bounded reading, metrics and metadata.
@@ -54,6 +55,7 @@ pub mod status;
 pub mod store;
 pub mod suggest;
 pub mod systemd;
+pub mod tokens;
 pub mod users;
 pub mod verify;
 pub mod watcher;

@@ -76,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         cmd: AliasCmd,
     },
+    /// Create, list or revoke tokens for the HTTP API (docs/http.md, Authentication).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Show a model's aliases and every move they made (who, when, from, to).
     History {
         /// The model name.
@@ -216,6 +221,36 @@ enum AliasCmd {
         name: String,
         /// The alias.
         alias: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Create a token and print it once: only its SHA-256 is kept, so a lost token
+    /// cannot be shown again (revoke it and create another).
+    Create {
+        /// The token's name (letters, digits, '.', '_', '-'), for list and revoke.
+        name: String,
+        /// read: the catalog and downloads; write: also uploads.
+        #[arg(long, value_parser = ["read", "write"])]
+        scope: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tokens: names, scopes and when they were created (never the secrets).
+    List {
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: the HTTP API refuses it from the next request on.
+    Revoke {
+        /// The token's name.
+        name: String,
         /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("protocol", 3),
     ("store", 3),
     ("inbox", 3),
+    ("tokens", 3),
     ("status", 4),
     ("verify", 4),
     ("messages", 4),

@@ -12,7 +12,7 @@ use modelreg::daemon;
 use modelreg::display::escape_for_terminal as esc;
 use modelreg::verify::VerifyReport;
 
-use crate::{AliasCmd, Cli, Command, EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_PERMISSION_DENIED};
+use crate::{AliasCmd, Cli, Command, EXIT_ERROR, TokenCmd, EXIT_NOT_RUNNING, EXIT_PERMISSION_DENIED};
 
 /// `print!` to stdout that ends the process quietly (status 0) when stdout is closed.
 macro_rules! out {
@@ -196,6 +196,31 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 esc(alias),
                 esc(&r.removed)
             )
+        }),
+        Command::Token {
+            cmd: TokenCmd::Create { name, scope, json },
+        } => show(*json, &c.token_create(name, scope)?, |t| {
+            outln!("{}", t.token);
+            eprintln!(
+                "modelreg: token {} ({}) created; it is shown only now: send it as `Authorization: Bearer <token>`",
+                esc(&t.info.name),
+                t.info.scope
+            );
+        }),
+        Command::Token {
+            cmd: TokenCmd::List { json },
+        } => show(*json, &c.token_list()?, |l| {
+            if l.tokens.is_empty() {
+                outln!("no tokens (modelreg token create NAME --scope read|write)");
+            }
+            for t in &l.tokens {
+                outln!("{:<24} {:<6} {}", esc(&t.name), t.scope, t.created);
+            }
+        }),
+        Command::Token {
+            cmd: TokenCmd::Revoke { name, json },
+        } => show(*json, &c.token_revoke(name)?, |t| {
+            outln!("token {} ({}) revoked", esc(&t.name), t.scope)
         }),
         Command::History { name, json } => show(*json, &c.history(name)?, print_history),
         Command::Rollback { name, alias, json } => show(*json, &c.rollback(name, alias)?, |r| {

@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 /// The longest a client may take to send a request's head, by default.
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest upload accepted, by default: 10 GiB.
+pub const DEFAULT_MAX_UPLOAD: u64 = 10 << 30;
+
 /// The `http:` section as written; unknown keys refused.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
@@ -17,6 +20,8 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct RawHttp {
     listen: Option<String>,
     header_timeout: Option<String>,
+    anonymous_read: Option<bool>,
+    max_upload: Option<String>,
 }
 
 /// The validated HTTP settings. Present only when `http.listen` is set.
@@ -28,6 +33,12 @@ pub struct HttpConfig {
     /// How long a client may take to send a request's line and headers; a slower one
     /// is answered 408 and closed, so slow senders cannot hold connections open.
     pub header_timeout: Duration,
+    /// Whether reading (the catalog, downloads) needs no token. Off by default: an API
+    /// reachable from the network shows nothing to a caller without a token.
+    pub anonymous_read: bool,
+    /// The largest upload body accepted, in bytes (a larger one is answered 413 as
+    /// soon as it passes the limit, whatever its Content-Length said).
+    pub max_upload: u64,
 }
 
 /// Validates the `http:` section (`shown` names the settings file in errors).
@@ -74,10 +85,41 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
             d
         }
     };
+    let max_upload = match raw.max_upload {
+        None => DEFAULT_MAX_UPLOAD,
+        Some(v) => parse_size(v.trim()).filter(|n| *n > 0).ok_or_else(|| {
+            bad(
+                "max_upload",
+                format!("`{v}` is not a size; write a number of bytes or e.g. 500MiB, 10GiB"),
+            )
+        })?,
+    };
     Ok(Some(HttpConfig {
         listen,
         header_timeout,
+        anonymous_read: raw.anonymous_read.unwrap_or(false),
+        max_upload,
     }))
+}
+
+/// A size: bytes, or a number with KiB, MiB, GiB, TiB (or KB, MB, GB, TB: powers of 10).
+fn parse_size(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 #[cfg(test)]
@@ -92,6 +134,19 @@ mod tests {
         let h = c.http.unwrap();
         assert_eq!(h.listen.to_string(), "127.0.0.1:0");
         assert_eq!(h.header_timeout, Duration::from_secs(2));
+        assert!(!h.anonymous_read);
+        assert_eq!(h.max_upload, super::DEFAULT_MAX_UPLOAD);
+        let c = test_config(
+            "http: {listen: \"127.0.0.1:0\", anonymous_read: true, max_upload: 5MiB}\n",
+        )
+        .unwrap();
+        let h = c.http.unwrap();
+        assert!(h.anonymous_read);
+        assert_eq!(h.max_upload, 5 << 20);
+        let e = test_config("http: {listen: \"127.0.0.1:0\", max_upload: 5 parsecs}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.max_upload: `5 parsecs` is not a size"), "{e}");
     }
 
     #[test]

@@ -96,7 +96,11 @@ impl Workers {
             stop.clone(),
         ));
 
+        // A tokens file that does not parse stops the start, as registry.yaml does: it
+        // is never overwritten, and no token it holds is silently dropped.
+        let tokens = crate::tokens::Tokens::load(&config.root.join(crate::tokens::TOKENS_FILE))?;
         let ctx = Arc::new(Context {
+            tokens: Arc::new(tokens),
             shared,
             settings,
             board,

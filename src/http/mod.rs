@@ -10,7 +10,8 @@
 //! cap, graceful shutdown), `api` the JSON routes, `files` the downloads (with `range`
 //! for `Range`/conditional headers, `paths` for the checks on a requested file path,
 //! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
-//! headers), `dashboard` the web pages ([`crate::dashboard`]), and `error` the one
+//! headers), `dashboard` the web pages ([`crate::dashboard`]), `auth` the token check
+//! every request passes, `upload` new versions sent over HTTP, and `error` the one
 //! error type.
 //!
 //! New routes are added to [`router`] from a module of their own, taking [`HttpState`].
@@ -19,6 +20,7 @@
 
 mod api;
 mod archive;
+mod auth;
 mod body;
 mod dashboard;
 mod error;
@@ -27,6 +29,7 @@ mod listener;
 mod paths;
 mod range;
 mod tar;
+mod upload;
 
 use std::sync::Arc;
 
@@ -59,8 +62,12 @@ pub fn router(state: HttpState) -> Router {
         .merge(api::routes())
         .merge(files::routes())
         .merge(dashboard::routes())
+        .merge(upload::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        // Inside `gate`: a request is refused for its head or the shutdown before its
+        // token is looked at.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::check))
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }

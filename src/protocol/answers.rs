@@ -216,6 +216,34 @@ pub struct Waited {
     pub version: VersionInfo,
 }
 
+/// One HTTP API token as `token_list` shows it: never its secret or hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its name.
+    pub name: String,
+    /// `read` or `write`.
+    pub scope: String,
+    /// When it was created (RFC 3339, UTC).
+    pub created: String,
+}
+
+/// The `token_create` answer: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// The new token's name, scope and creation time.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The secret to send as `Authorization: Bearer <token>`.
+    pub token: String,
+}
+
+/// The `token_list` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenList {
+    /// Every token, oldest first.
+    pub tokens: Vec<TokenInfo>,
+}
+
 /// The `history` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct History {

@@ -129,6 +129,20 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// Create an HTTP API token: answered once with its secret; only its hash is kept.
+    TokenCreate {
+        /// The token's name (for list and revoke).
+        name: String,
+        /// `read` or `write`.
+        scope: String,
+    },
+    /// Every HTTP API token's name, scope and creation time (never a secret or hash).
+    TokenList {},
+    /// Revoke an HTTP API token: refused by the HTTP API from the next request on.
+    TokenRevoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 impl Request {
@@ -151,6 +165,9 @@ impl Request {
             Request::Gc { .. } => "gc",
             Request::Verify { .. } => "verify",
             Request::Compact {} => "compact",
+            Request::TokenCreate { .. } => "token_create",
+            Request::TokenList {} => "token_list",
+            Request::TokenRevoke { .. } => "token_revoke",
         }
     }
 
@@ -160,7 +177,14 @@ impl Request {
     pub fn normalized(mut self) -> Request {
         use crate::names::to_nfc;
         match &mut self {
-            Request::Ping {} | Request::List {} | Request::Status {} | Request::Compact {} => {}
+            // Token names are ASCII by their own rule (checked where they are used).
+            Request::Ping {}
+            | Request::List {}
+            | Request::Status {}
+            | Request::Compact {}
+            | Request::TokenCreate { .. }
+            | Request::TokenList {}
+            | Request::TokenRevoke { .. } => {}
             Request::Get { name, selector, .. } => {
                 *name = to_nfc(name);
                 if let Some(s) = selector {
@@ -200,6 +224,8 @@ impl Request {
             | Request::Deprecate { .. }
             | Request::Rm { .. }
             | Request::Compact {} => true,
+            // Tokens open the HTTP API: only those who may change the registry make them.
+            Request::TokenCreate { .. } | Request::TokenRevoke { .. } => true,
             Request::Gc { dry_run, .. } => !dry_run,
             _ => false,
         }
@@ -338,6 +364,9 @@ pub const OPS: &[&str] = &[
     "gc",
     "verify",
     "compact",
+    "token_create",
+    "token_list",
+    "token_revoke",
 ];
 #[cfg(test)]
 mod tests {
@@ -388,6 +417,7 @@ mod tests {
                 format!(r#"{{"op":"{op}","name":"m","alias":"a"}}"#),
                 format!(r#"{{"op":"{op}","name":"m","alias":"a","version":"v1"}}"#),
                 format!(r#"{{"op":"{op}","name":"m","version":"v1"}}"#),
+                format!(r#"{{"op":"{op}","name":"m","scope":"read"}}"#),
             ];
             assert!(
                 forms.iter().any(|l| parse_request(l.as_bytes()).is_ok()),

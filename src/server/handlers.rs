@@ -117,6 +117,9 @@ async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Resp
         Request::Gc { name, dry_run } => change(Ok(Change::Gc { name, dry_run })).await,
         Request::Verify { name } => verify(ctx, name).await,
         Request::Compact {} => change(Ok(Change::Compact)).await,
+        Request::TokenCreate { name, scope } => super::tokens::create(ctx, name, &scope).await,
+        Request::TokenList {} => super::tokens::list(ctx),
+        Request::TokenRevoke { name } => super::tokens::revoke(ctx, name).await,
     }
 }
 
@@ -300,6 +303,10 @@ mod tests {
             settler: tokio::sync::mpsc::unbounded_channel().0,
             registrar: tokio::sync::mpsc::unbounded_channel().0,
             started: tokio::time::Instant::now(),
+            tokens: Arc::new(
+                crate::tokens::Tokens::load(&root.path().join(crate::tokens::TOKENS_FILE))
+                    .unwrap(),
+            ),
         };
         (root, ctx)
     }

@@ -6,7 +6,7 @@
 //! `connection` one connection's read/answer loop with its timeouts, `handlers` one
 //! handler per request (thin: the rules are the catalog's), `wait` the requests that ask
 //! the inbox side, `fds` the reading of descriptors passed with a request and `register`
-//! the hand-over of a file by descriptor, `answers` the answer forms of catalog items.
+//! the hand-over of a file by descriptor, `tokens` the HTTP API's tokens, `answers` the answer forms of catalog items.
 
 mod answers;
 mod connection;
@@ -15,6 +15,7 @@ mod fds;
 mod handlers;
 mod register;
 mod socket;
+mod tokens;
 mod wait;
 
 use std::sync::Arc;
@@ -37,6 +38,8 @@ use crate::status::StatusBoard;
 pub use connection::{IDLE_TIMEOUT, REQUEST_TIMEOUT, SEND_BUFFER, WRITE_TIMEOUT, may_change};
 pub use connections::{MAX_CONNECTIONS, connection_limit};
 pub use handlers::dispatch;
+/// The hand-over of a complete file by descriptor, as the socket's `register` does it (the HTTP API's uploads use it too).
+pub use register::register as register_handover;
 pub use socket::bind;
 
 /// What handlers need.
@@ -53,6 +56,8 @@ pub struct Context {
     pub registrar: mpsc::UnboundedSender<crate::ingest::RegistrarMsg>,
     /// When the daemon started.
     pub started: Instant,
+    /// The HTTP API's tokens (`<root>/tokens.yaml`).
+    pub tokens: Arc<crate::tokens::Tokens>,
 }
 
 impl Context {

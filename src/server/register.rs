@@ -225,7 +225,7 @@ struct RawMaps<'a> {
 
 /// Answers `register` (the request must be one, read from `line`) for the descriptor
 /// `fd`.
-pub(super) async fn register(
+pub async fn register(
     req: Request,
     line: &[u8],
     fd: OwnedFd,
