@@ -10,7 +10,7 @@ use std::process::Command;
 use common::http::{Answer, address, get, request, send};
 use common::{TestDaemon, bytes, write_renamed};
 
-const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n";
+const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n";
 
 /// A daemon with `m` v1 (one file of 300 KiB: several chunks) and `bert` v1 (a folder).
 fn daemon() -> (TestDaemon, String, Vec<u8>) {

@@ -145,7 +145,7 @@ pub(super) fn http(t: &mut Table, scratch: &std::path::Path, quick: bool) {
     let mut d = Daemon::new(
         scratch,
         "http",
-        "settle: 50ms\nhttp:\n  listen: 127.0.0.1:0\n",
+        "settle: 50ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n",
     );
     d.start();
     std::fs::write(d.inbox().join("small.pt"), vec![7u8; 4096]).unwrap();

@@ -12,7 +12,9 @@ use modelreg::daemon;
 use modelreg::display::escape_for_terminal as esc;
 use modelreg::verify::VerifyReport;
 
-use crate::{AliasCmd, Cli, Command, EXIT_ERROR, TokenCmd, EXIT_NOT_RUNNING, EXIT_PERMISSION_DENIED};
+use crate::{
+    AliasCmd, Cli, Command, EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_PERMISSION_DENIED, TokenCmd,
+};
 
 /// `print!` to stdout that ends the process quietly (status 0) when stdout is closed.
 macro_rules! out {

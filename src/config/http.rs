@@ -146,7 +146,10 @@ mod tests {
         let e = test_config("http: {listen: \"127.0.0.1:0\", max_upload: 5 parsecs}\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("http.max_upload: `5 parsecs` is not a size"), "{e}");
+        assert!(
+            e.contains("http.max_upload: `5 parsecs` is not a size"),
+            "{e}"
+        );
     }
 
     #[test]

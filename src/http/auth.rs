@@ -60,20 +60,31 @@ fn unauthorized(message: &str, sent: bool) -> Response {
     } else {
         r#"Bearer realm="modelreg""#
     };
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
     r
 }
 
 /// The middleware: lets a request through with its [`Caller`], or answers 401/403.
-pub(super) async fn check(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
+pub(super) async fn check(
+    State(state): State<HttpState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     if OPEN.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let need = needed(request.method());
     let caller = match request.headers().get(header::AUTHORIZATION) {
         None => {
-            let anonymous = state.ctx.config().http.as_ref().is_some_and(|h| h.anonymous_read);
+            let anonymous = state
+                .ctx
+                .config()
+                .http
+                .as_ref()
+                .is_some_and(|h| h.anonymous_read);
             if need == Scope::Read && anonymous {
                 None
             } else {
@@ -82,7 +93,9 @@ pub(super) async fn check(State(state): State<HttpState>, mut request: Request, 
                     Scope::Write => "uploading needs a write token",
                 };
                 return unauthorized(
-                    &format!("{what}: send `Authorization: Bearer <token>` (modelreg token create NAME --scope read|write)"),
+                    &format!(
+                        "{what}: send `Authorization: Bearer <token>` (modelreg token create NAME --scope read|write)"
+                    ),
                     false,
                 );
             }

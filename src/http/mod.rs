@@ -67,7 +67,10 @@ pub fn router(state: HttpState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         // Inside `gate`: a request is refused for its head or the shutdown before its
         // token is looked at.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::check))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::check,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }

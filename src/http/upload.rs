@@ -87,9 +87,7 @@ fn client_sha256(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 fn too_large(max: u64) -> ApiError {
     ApiError::new(
         ErrorCode::TooLarge,
-        format!(
-            "the upload is larger than http.max_upload ({max} bytes); nothing was registered"
-        ),
+        format!("the upload is larger than http.max_upload ({max} bytes); nothing was registered"),
     )
 }
 
@@ -130,8 +128,8 @@ async fn upload(
         return Err(too_large(max));
     }
     // The request line the socket would read: the same parser and the same checks.
-    let mut line = serde_json::json!({"op": "register", "name": name, "filename": filename})
-        .to_string();
+    let mut line =
+        serde_json::json!({"op": "register", "name": name, "filename": filename}).to_string();
     line.pop();
     for (key, raw) in [("metrics", &metrics), ("metadata", &metadata)] {
         if let Some(raw) = raw {
@@ -158,8 +156,9 @@ async fn upload(
     }
     let who = caller.and_then(|c| c.0.0.clone()).unwrap_or_default();
     tracing::info!(model = %name, token = %who, "upload of {filename} received; handing it over");
-    let r = crate::server::register_handover(req, line.as_bytes(), OwnedFd::from(file), &s.ctx, None)
-        .await;
+    let r =
+        crate::server::register_handover(req, line.as_bytes(), OwnedFd::from(file), &s.ctx, None)
+            .await;
     match (r.result, r.error) {
         (_, Some(e)) => Err(e.into()),
         (Some(mut v), None) => {
@@ -189,8 +188,12 @@ async fn receive(
     max: u64,
 ) -> Result<(std::fs::File, String), ApiError> {
     let internal = |what: String| ApiError::new(ErrorCode::Internal, what);
-    let file = tempfile::tempfile_in(root)
-        .map_err(|e| internal(format!("cannot create the upload's file in {}: {e}", root.display())))?;
+    let file = tempfile::tempfile_in(root).map_err(|e| {
+        internal(format!(
+            "cannot create the upload's file in {}: {e}",
+            root.display()
+        ))
+    })?;
     // A stored file is never more readable than its source: an upload is stored as a
     // file a writer with the usual umask (022) would have dropped in the inbox.
     {
@@ -244,7 +247,10 @@ async fn receive(
             };
             ApiError::new(
                 code,
-                format!("cannot write the upload under {}: {e}; nothing was registered", root.display()),
+                format!(
+                    "cannot write the upload under {}: {e}; nothing was registered",
+                    root.display()
+                ),
             )
         })?;
     if total == 0 {

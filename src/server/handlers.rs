@@ -304,8 +304,7 @@ mod tests {
             registrar: tokio::sync::mpsc::unbounded_channel().0,
             started: tokio::time::Instant::now(),
             tokens: Arc::new(
-                crate::tokens::Tokens::load(&root.path().join(crate::tokens::TOKENS_FILE))
-                    .unwrap(),
+                crate::tokens::Tokens::load(&root.path().join(crate::tokens::TOKENS_FILE)).unwrap(),
             ),
         };
         (root, ctx)

@@ -1,0 +1,205 @@
+//! Uploads over HTTP on the real daemon, sent with curl: a file with metrics becomes a
+//! version (201, the same JSON as the API's get, as docs/openapi.yaml describes it),
+//! identical bytes answer the existing version (200), a right and a wrong client
+//! SHA-256, and the size limit (413 while streaming, nothing registered, the daemon
+//! still serving).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::http::address;
+use common::{TestDaemon, bytes, ok};
+
+const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  max_upload: 1MiB\n";
+
+struct Sent {
+    status: u16,
+    body: serde_json::Value,
+}
+
+/// `curl -T file` (PUT, streamed) with the write token and `headers`; `file` "-" sends
+/// stdin from `stdin_bytes` (no Content-Length: chunked).
+fn curl(
+    addr: &str,
+    token: &str,
+    path: &str,
+    file: &Path,
+    headers: &[String],
+    stdin_bytes: Option<&[u8]>,
+) -> Sent {
+    use std::io::Write;
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .args(["-H", "Content-Type: application/octet-stream"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let target = if stdin_bytes.is_some() {
+        "-".into()
+    } else {
+        file.display().to_string()
+    };
+    cmd.args(["-T", &target])
+        .arg(format!("http://{addr}{path}"));
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("curl");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(b) = stdin_bytes {
+        // curl may stop reading once the daemon answers 413: a broken pipe is expected.
+        let _ = stdin.write_all(b);
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').expect("curl's status line");
+    Sent {
+        status: status.trim().parse().unwrap_or(0),
+        body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+fn sha256(b: &[u8]) -> String {
+    modelreg::fsutil::sha256_hex(b)
+}
+
+fn setup(config: &str) -> (TestDaemon, String, String) {
+    let d = TestDaemon::start(config);
+    let token = ok(&d, &["token", "create", "ci", "--scope", "write"])
+        .trim()
+        .to_string();
+    let addr = address(&d);
+    (d, addr, token)
+}
+
+#[test]
+fn an_uploaded_file_becomes_a_version_with_its_metrics() {
+    let (d, addr, token) = setup(CONFIG);
+    let content = bytes(3, 300_000);
+    let file = d.root.path().join("upload-src.pt");
+    std::fs::write(&file, &content).unwrap();
+    let up = "/api/v1/models/resnet18/upload?filename=resnet18.pt";
+    let headers = [
+        format!("X-Content-Sha256: {}", sha256(&content).to_uppercase()),
+        r#"X-Modelreg-Metrics: {"accuracy": 0.91, "loss": 0.3}"#.to_string(),
+        r#"X-Modelreg-Metadata: {"dataset": "imagenet-1k"}"#.to_string(),
+    ];
+    let a = curl(&addr, &token, up, &file, &headers, None);
+    assert_eq!(a.status, 201, "{}", a.body);
+    let v = &a.body;
+    assert_eq!(v["version"], "v1");
+    assert_eq!(v["metrics"]["accuracy"], 0.91);
+    assert_eq!(v["metadata"]["dataset"], "imagenet-1k");
+    assert_eq!(v["files"][0]["sha256"], sha256(&content));
+    // The same JSON as the API's get, and the stored bytes are the sent ones.
+    let got = d.get("resnet18", "latest").unwrap();
+    assert_eq!(serde_json::to_value(&got).unwrap(), *v);
+    assert_eq!(std::fs::read(&got.path).unwrap(), content);
+    assert!(got.path.ends_with("/resnet18.pt"), "{}", got.path);
+    // It matches docs/openapi.yaml's description of the upload's answer.
+    let spec = common::openapi::Spec::load();
+    let op = spec
+        .operations()
+        .into_iter()
+        .find(|o| o.method == "put")
+        .expect("the upload is described");
+    let mut wrong = Vec::new();
+    let schema = &op.responses["201"]["content"]["application/json"]["schema"];
+    spec.check(schema, v, up, &mut wrong);
+    assert!(wrong.is_empty(), "{wrong:?}");
+
+    // The same bytes again, streamed without a length: the existing version, 200.
+    let a = curl(&addr, &token, up, &file, &[], Some(&content));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["version"], "v1");
+    // New bytes: v2.
+    std::fs::write(&file, bytes(4, 1000)).unwrap();
+    let a = curl(&addr, &token, up, &file, &[], None);
+    assert_eq!((a.status, a.body["version"].as_str()), (201, Some("v2")));
+    // No temporary file is left in the root.
+    let names: Vec<_> = std::fs::read_dir(d.root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn a_wrong_sha256_registers_nothing() {
+    let (d, addr, token) = setup(CONFIG);
+    let file = d.root.path().join("m.pt");
+    std::fs::write(&file, bytes(5, 5000)).unwrap();
+    let up = "/api/v1/models/m/upload?filename=m.pt";
+    let wrong = format!("X-Content-Sha256: {}", sha256(b"something else"));
+    let a = curl(&addr, &token, up, &file, &[wrong], None);
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "bad_request");
+    let msg = a.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("nothing was registered"), "{msg}");
+    let a = curl(
+        &addr,
+        &token,
+        up,
+        &file,
+        &["X-Content-Sha256: abc".into()],
+        None,
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    let a = curl(
+        &addr,
+        &token,
+        up,
+        &file,
+        &["X-Modelreg-Metrics: [1]".into()],
+        None,
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    let a = curl(
+        &addr,
+        &token,
+        up,
+        &file,
+        &[r#"X-Modelreg-Metrics: {"acc": "high"}"#.into()],
+        None,
+    );
+    assert_ne!(a.status / 100, 2, "{}", a.body);
+    let a = curl(&addr, &token, "/api/v1/models/m/upload", &file, &[], None);
+    assert_eq!(a.status, 400, "no filename: {}", a.body);
+    assert!(d.get("m", "latest").is_err(), "nothing was registered");
+    // The right hash then registers.
+    let right = format!(
+        "X-Content-Sha256: {}",
+        sha256(&std::fs::read(&file).unwrap())
+    );
+    assert_eq!(curl(&addr, &token, up, &file, &[right], None).status, 201);
+}
+
+#[test]
+fn an_upload_over_the_limit_is_refused_while_streaming() {
+    let (d, addr, token) = setup(CONFIG);
+    let big = bytes(6, (1 << 20) + 1);
+    let file = d.root.path().join("big.pt");
+    std::fs::write(&file, &big).unwrap();
+    let up = "/api/v1/models/big/upload?filename=big.pt";
+    // With a Content-Length over the limit, and streamed without one (chunked), so the
+    // limit is checked on the bytes as they arrive.
+    let a = curl(&addr, &token, up, &file, &[], None);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (413, Some("too_large"))
+    );
+    let a = curl(&addr, &token, up, &file, &[], Some(&big));
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (413, Some("too_large"))
+    );
+    assert!(d.get("big", "latest").is_err(), "nothing was registered");
+    // The daemon still serves, and one byte under the limit is accepted.
+    std::fs::write(&file, &big[..1 << 20]).unwrap();
+    let a = curl(&addr, &token, up, &file, &[], None);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(d.versions("big").len(), 1);
+}
