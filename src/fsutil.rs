@@ -113,6 +113,21 @@ pub fn open_for_writing(file: &std::fs::File) -> Option<bool> {
     }
 }
 
+/// Renames `tmp` to `dst`. A folder already at `dst` (the inbox keeps what was handed
+/// over before) cannot be renamed over, so the two are swapped in one step
+/// (`RENAME_EXCHANGE`: the daemon never sees the name missing or half there) and the old
+/// one, now under the hidden name, is deleted.
+pub fn rename_or_exchange(tmp: &Path, dst: &Path) -> std::io::Result<()> {
+    if !std::fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir()) {
+        return std::fs::rename(tmp, dst);
+    }
+    rename2(tmp, dst, libc::RENAME_EXCHANGE)?;
+    // The new folder is in place: a failure to delete the old copy (now hidden, so
+    // ignored by the daemon) does not undo the hand-over.
+    let _ = std::fs::remove_dir_all(tmp);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! Placing a copy in the inbox: written under a hidden name, renamed into place (a folder
-//! swapped with the one already there), and removed again when interrupted.
+//! swapped with the one already there: `fsutil::rename_or_exchange`), and removed again
+//! when interrupted.
 
 use std::path::{Path, PathBuf};
 
@@ -32,39 +33,6 @@ pub(super) fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Renames `tmp` to `dst`. A folder already at `dst` (the inbox keeps what was handed
-/// over before) cannot be renamed over, so the two are swapped in one step
-/// (`RENAME_EXCHANGE`: the daemon never sees the name missing or half there) and the old
-/// one, now under the hidden name, is deleted.
-pub(super) fn rename_into_place(tmp: &Path, dst: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    if !std::fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir()) {
-        return std::fs::rename(tmp, dst);
-    }
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-    };
-    let (from, to) = (c(tmp)?, c(dst)?);
-    // SAFETY: both are valid NUL-terminated paths for the duration of the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The new folder is in place: a failure to delete the old copy (now hidden, so
-    // ignored by the daemon) does not undo the hand-over.
-    let _ = std::fs::remove_dir_all(tmp);
-    Ok(())
-}
-
 /// Writes `tmp` with `write`, runs `ready` (which places the sidecar, if any), then
 /// renames `tmp` to `dst`; removes `tmp` on any failure.
 pub(super) fn place(
@@ -80,7 +48,7 @@ pub(super) fn place(
     let result = write(tmp)
         .map_err(cannot)
         .and_then(|()| ready())
-        .and_then(|()| rename_into_place(tmp, dst).map_err(cannot));
+        .and_then(|()| modelreg::fsutil::rename_or_exchange(tmp, dst).map_err(cannot));
     if let Some(h) = guard {
         h.close();
     }

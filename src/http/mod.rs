@@ -11,7 +11,8 @@
 //! for `Range`/conditional headers, `paths` for the checks on a requested file path,
 //! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
 //! headers), `dashboard` the web pages ([`crate::dashboard`]), `auth` the token check
-//! every request passes, `upload` new versions sent over HTTP, and `error` the one
+//! every request passes, `upload` new versions sent over HTTP (a folder as a tar:
+//! `upload_folder`, read by `untar`), and `error` the one
 //! error type.
 //!
 //! New routes are added to [`router`] from a module of their own, taking [`HttpState`].
@@ -29,7 +30,9 @@ mod listener;
 mod paths;
 mod range;
 mod tar;
+mod untar;
 mod upload;
+mod upload_folder;
 
 use std::sync::Arc;
 

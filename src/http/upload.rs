@@ -1,8 +1,10 @@
 //! Uploads: `PUT /api/v1/models/{name}/upload?filename=F` streams a file's bytes into a
 //! private temporary file, checks the size limit as they arrive and the client's
 //! SHA-256 once they are all in, and hands the file over to the registrar exactly as
-//! the socket's `register` does (no inbox path, no settle wait). The answer is the
-//! version: 201 when new, 200 when the bytes are those of the model's newest version.
+//! the socket's `register` does (no inbox path, no settle wait). A folder comes as a
+//! tar (`application/x-tar`) and goes through the inbox (`upload_folder`). The answer
+//! is the version: 201 when new, 200 when the bytes are those of the model's newest
+//! version.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -84,6 +86,16 @@ fn client_sha256(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(t))
 }
 
+/// The refusal of bytes whose SHA-256 is not the one the client sent.
+fn check_sha256(want: Option<&str>, got: &str) -> Result<(), ApiError> {
+    match want {
+        Some(want) if want != got => Err(ApiError::bad_request(format!(
+            "the bytes received hash to sha256 {got}, not {want} as {SHA256_HEADER} says; nothing was registered"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn too_large(max: u64) -> ApiError {
     ApiError::new(
         ErrorCode::TooLarge,
@@ -101,19 +113,18 @@ async fn upload(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Path(name) = p.map_err(super::api::path_error)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    match text(&headers, header::CONTENT_TYPE.as_str())? {
-        None | Some("application/octet-stream") => {}
+    // Before any byte is read: a bad name would waste the whole upload.
+    crate::registry::RegistryError::check_model_name(&name)
+        .map_err(|e| ApiError::from(crate::protocol::ErrorBody::from(e)))?;
+    let folder = match text(&headers, header::CONTENT_TYPE.as_str())? {
+        None | Some("application/octet-stream") => false,
+        Some("application/x-tar") => true,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "Content-Type {other:?} is not served: send a file as application/octet-stream"
+                "Content-Type {other:?} is not served: send a file as application/octet-stream or a folder as application/x-tar"
             ))
             .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
-    }
-    let Some(filename) = q.filename else {
-        return Err(ApiError::bad_request(
-            "an upload names its file: ?filename=resnet18.pt (the stored file's name)",
-        ));
     };
     let metrics = json_object(&headers, METRICS_HEADER)?;
     let metadata = json_object(&headers, METADATA_HEADER)?;
@@ -127,6 +138,21 @@ async fn upload(
     if declared.is_some_and(|n: u64| n > max) {
         return Err(too_large(max));
     }
+    if folder {
+        if q.filename.is_some() {
+            return Err(ApiError::bad_request(
+                "a folder (application/x-tar) keeps the model's name: send no ?filename=",
+            ));
+        }
+        let (file, got) = receive(body, &cfg.root, max).await?;
+        check_sha256(want.as_deref(), &got)?;
+        return super::upload_folder::upload_folder(&s, name, metrics, metadata, file).await;
+    }
+    let Some(filename) = q.filename else {
+        return Err(ApiError::bad_request(
+            "an upload names its file: ?filename=resnet18.pt (the stored file's name)",
+        ));
+    };
     // The request line the socket would read: the same parser and the same checks.
     let mut line =
         serde_json::json!({"op": "register", "name": name, "filename": filename}).to_string();
@@ -147,13 +173,7 @@ async fn upload(
         return Err(ApiError::new(ErrorCode::Internal, "not a register request"));
     }
     let (file, got) = receive(body, &cfg.root, max).await?;
-    if let Some(want) = want
-        && want != got
-    {
-        return Err(ApiError::bad_request(format!(
-            "the bytes received hash to sha256 {got}, not {want} as {SHA256_HEADER} says; nothing was registered"
-        )));
-    }
+    check_sha256(want.as_deref(), &got)?;
     let who = caller.and_then(|c| c.0.0.clone()).unwrap_or_default();
     tracing::info!(model = %name, token = %who, "upload of {filename} received; handing it over");
     let r =

@@ -1,0 +1,380 @@
+//! A tar archive read into a new folder, refusing anything that could write outside it
+//! or be more than files and folders: absolute paths, `..`, links (hard and symbolic),
+//! devices, FIFOs, and more than [`MAX_ENTRIES`] entries.
+//!
+//! Reads POSIX ustar and the pax and GNU extensions that GNU tar, bsdtar and Python's
+//! tarfile write (pax `path` and `size` records, GNU long names, base-256 sizes). Files
+//! are created with `create_new` under folders this reader made itself, and no link is
+//! ever created, so no path can lead out of the folder.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The most entries (files and folders) one upload may hold.
+pub const MAX_ENTRIES: usize = 100_000;
+/// The longest path (or pax header) read.
+const MAX_META: u64 = 64 * 1024;
+const BLOCK: usize = 512;
+
+/// What the archive held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// Regular files written.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Why an archive was refused: what, at which entry.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+fn refused<T>(m: impl Into<String>) -> Result<T, Refused> {
+    Err(Refused(m.into()))
+}
+
+fn io_err(what: &str, e: io::Error) -> Refused {
+    Refused(format!("{what}: {e}"))
+}
+
+/// Extracts `tar` into `dest` (which must not exist yet; it is created mode 0755).
+/// On an error, what was written stays for the caller to remove.
+pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
+    DirBuilder::new()
+        .mode(0o755)
+        .create(dest)
+        .map_err(|e| io_err(&format!("cannot create {}", dest.display()), e))?;
+    let mut out = Extracted::default();
+    let (mut long_name, mut pax_path, mut pax_size): (Option<String>, Option<String>, Option<u64>) =
+        (None, None, None);
+    let mut entries = 0usize;
+    loop {
+        let mut h = [0u8; BLOCK];
+        if !read_block(tar, &mut h)? {
+            break; // end of input without the zero blocks: tolerated, as GNU tar does
+        }
+        if h.iter().all(|b| *b == 0) {
+            break;
+        }
+        check_sum(&h)?;
+        let size = match pax_size.take() {
+            Some(s) => s,
+            None => number(&h[124..136])
+                .ok_or_else(|| Refused("a header's size does not parse".into()))?,
+        };
+        let kind = h[156];
+        match kind {
+            b'x' | b'L' | b'g' => {
+                if size > MAX_META {
+                    return refused(format!(
+                        "an extended header of {size} bytes (at most {MAX_META})"
+                    ));
+                }
+                let mut meta = vec![0u8; size as usize];
+                read_exact(tar, &mut meta)?;
+                skip(tar, padding(size))?;
+                match kind {
+                    b'x' => {
+                        for (k, v) in pax_records(&meta)? {
+                            match k.as_str() {
+                                "path" => pax_path = Some(v),
+                                "size" => {
+                                    pax_size = Some(v.parse().map_err(|_| {
+                                        Refused(format!("pax size {v:?} is not a number"))
+                                    })?)
+                                }
+                                "linkpath" => return refused("a pax header names a link"),
+                                _ => {}
+                            }
+                        }
+                    }
+                    b'L' => {
+                        let end = meta.iter().position(|b| *b == 0).unwrap_or(meta.len());
+                        long_name = Some(
+                            String::from_utf8(meta[..end].to_vec())
+                                .map_err(|_| Refused("a long name is not UTF-8".into()))?,
+                        );
+                    }
+                    _ => {} // global pax headers: nothing this reader uses
+                }
+                continue;
+            }
+            _ => {}
+        }
+        entries += 1;
+        if entries > MAX_ENTRIES {
+            return refused(format!("more than {MAX_ENTRIES} entries"));
+        }
+        let raw = match (pax_path.take(), long_name.take()) {
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => ustar_path(&h)?,
+        };
+        let Some(rel) = checked_path(&raw)? else {
+            // `./` itself: the folder, already made.
+            if kind == b'5' {
+                continue;
+            }
+            return refused(format!("entry {raw:?} names the folder itself as a file"));
+        };
+        let target = dest.join(&rel);
+        match kind {
+            b'0' | 0 | b'7' => {
+                let exec = number(&h[100..108]).is_some_and(|m| m & 0o111 != 0);
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(if exec { 0o755 } else { 0o644 })
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)
+                    .map_err(|e| io_err(&format!("entry {raw:?}"), e))?;
+                copy_n(tar, &mut f, size)
+                    .map_err(|e| Refused(format!("entry {raw:?}: {}", e.0)))?;
+                skip(tar, padding(size))?;
+                out.files += 1;
+                out.bytes += size;
+            }
+            b'5' => {
+                match DirBuilder::new().mode(0o755).create(&target) {
+                    Ok(()) => {}
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && target.symlink_metadata().is_ok_and(|m| m.is_dir()) => {}
+                    Err(e) => return Err(io_err(&format!("entry {raw:?}"), e)),
+                }
+                skip(tar, size + padding(size))?;
+            }
+            other => {
+                let what = match other {
+                    b'1' => "a hard link",
+                    b'2' => "a symbolic link",
+                    b'3' | b'4' => "a device",
+                    b'6' => "a FIFO",
+                    b'K' => "a link (GNU long link name)",
+                    _ => "of a type other than file or folder",
+                };
+                return refused(format!(
+                    "entry {raw:?} is {what}: only files and folders are taken"
+                ));
+            }
+        }
+    }
+    if out.files == 0 {
+        return refused("the archive holds no file");
+    }
+    Ok(out)
+}
+
+/// The relative path of an entry (`./` and a trailing `/` dropped), or the refusal of
+/// an absolute one, one with `..`, an empty or unsafe component (names::check_component).
+/// `None`: the archive's root (`.` or `./`).
+fn checked_path(raw: &str) -> Result<Option<PathBuf>, Refused> {
+    if raw.starts_with('/') {
+        return refused(format!("entry {raw:?} is an absolute path"));
+    }
+    let mut out = PathBuf::new();
+    for c in raw.trim_end_matches('/').split('/') {
+        match c {
+            "." => continue,
+            ".." => return refused(format!("entry {raw:?} goes up a folder (..)")),
+            c => crate::names::check_component(c)
+                .map_err(|r| Refused(format!("entry {raw:?} has a component {c:?} that {r}")))?,
+        }
+        out.push(c);
+    }
+    Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+/// The ustar name, with its prefix.
+fn ustar_path(h: &[u8; BLOCK]) -> Result<String, Refused> {
+    let field = |b: &[u8]| {
+        let end = b.iter().position(|x| *x == 0).unwrap_or(b.len());
+        String::from_utf8(b[..end].to_vec())
+            .map_err(|_| Refused("an entry's name is not UTF-8".into()))
+    };
+    let name = field(&h[0..100])?;
+    if &h[257..262] == b"ustar" {
+        let prefix = field(&h[345..500])?;
+        if !prefix.is_empty() {
+            return Ok(format!("{prefix}/{name}"));
+        }
+    }
+    Ok(name)
+}
+
+/// An octal field, or a base-256 one (first byte with its top bit set).
+fn number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut n: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            n = n.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(n);
+    }
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0)
+        .map(|b| *b as char)
+        .collect();
+    let t = text.trim();
+    if t.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(t, 8).ok()
+}
+
+/// The header's checksum: the sum of its bytes with the checksum field as spaces.
+fn check_sum(h: &[u8; BLOCK]) -> Result<(), Refused> {
+    let want =
+        number(&h[148..156]).ok_or_else(|| Refused("a header's checksum does not parse".into()))?;
+    let sum: u64 = h
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(*b)
+            }
+        })
+        .sum();
+    if sum != want {
+        return refused("a header's checksum is wrong: not a tar archive, or a damaged one");
+    }
+    Ok(())
+}
+
+/// The `LEN key=value\n` records of a pax header.
+fn pax_records(mut meta: &[u8]) -> Result<Vec<(String, String)>, Refused> {
+    let bad = || Refused("a pax header does not parse".into());
+    let mut out = Vec::new();
+    while !meta.is_empty() && meta[0] != 0 {
+        let sp = meta.iter().position(|b| *b == b' ').ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&meta[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        if len <= sp + 1 || len > meta.len() {
+            return Err(bad());
+        }
+        let rec = std::str::from_utf8(&meta[sp + 1..len - 1]).map_err(|_| bad())?;
+        let (k, v) = rec.split_once('=').ok_or_else(bad)?;
+        out.push((k.to_string(), v.to_string()));
+        meta = &meta[len..];
+    }
+    Ok(out)
+}
+
+fn padding(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
+}
+
+/// Reads one block; `false` at a clean end of input.
+fn read_block(r: &mut impl Read, buf: &mut [u8; BLOCK]) -> Result<bool, Refused> {
+    let mut got = 0;
+    while got < BLOCK {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return refused("the archive ends inside a header"),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("reading the archive", e)),
+        }
+    }
+    Ok(true)
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8]) -> Result<(), Refused> {
+    r.read_exact(buf)
+        .map_err(|_| Refused("the archive ends inside an entry".into()))
+}
+
+fn skip(r: &mut impl Read, n: u64) -> Result<(), Refused> {
+    let got =
+        io::copy(&mut r.take(n), &mut io::sink()).map_err(|e| io_err("reading the archive", e))?;
+    if got < n {
+        return refused("the archive ends inside an entry");
+    }
+    Ok(())
+}
+
+fn copy_n(r: &mut impl Read, f: &mut File, n: u64) -> Result<(), Refused> {
+    let got = io::copy(&mut r.take(n), f).map_err(|e| io_err("writing", e))?;
+    if got < n {
+        return refused("the archive ends inside a file");
+    }
+    f.flush().map_err(|e| io_err("writing", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One ustar header (and content) as GNU tar writes it.
+    fn entry(name: &str, kind: u8, content: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; BLOCK];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(b"0000644");
+        h[124..135].copy_from_slice(format!("{:011o}", content.len()).as_bytes());
+        h[156] = kind;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut out = h.to_vec();
+        out.extend(content);
+        out.resize(out.len() + padding(content.len() as u64) as usize, 0);
+        out
+    }
+
+    fn run(parts: &[Vec<u8>]) -> (tempfile::TempDir, Result<Extracted, Refused>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tar: Vec<u8> = parts.concat();
+        tar.extend([0u8; 1024]);
+        let r = extract(&mut tar.as_slice(), &dir.path().join("out"));
+        (dir, r)
+    }
+
+    #[test]
+    fn files_and_folders_are_extracted() {
+        let (dir, r) = run(&[
+            entry("./", b'5', b""),
+            entry("./sub/", b'5', b""),
+            entry("./sub/a.txt", b'0', b"hello"),
+            entry("config.json", b'0', b"{}"),
+        ]);
+        assert_eq!(r.unwrap(), Extracted { files: 2, bytes: 7 });
+        assert_eq!(
+            std::fs::read(dir.path().join("out/sub/a.txt")).unwrap(),
+            b"hello"
+        );
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        for (name, kind, why) in [
+            ("../evil", b'0', "goes up"),
+            ("a/../../evil", b'0', "goes up"),
+            ("/etc/evil", b'0', "absolute"),
+            ("link", b'2', "symbolic link"),
+            ("hard", b'1', "hard link"),
+            ("dev", b'3', "device"),
+            ("fifo", b'6', "FIFO"),
+            ("a\\b", b'0', "component"),
+        ] {
+            let (_d, r) = run(&[entry(name, kind, b"x")]);
+            let e = r.unwrap_err().0;
+            assert!(e.contains(why), "{name}: {e}");
+        }
+        let (_d, r) = run(&[entry("a", b'0', b"x"), entry("a", b'0', b"y")]);
+        assert!(r.unwrap_err().0.contains("exists"));
+        let (_d, r) = run(&[entry("only/", b'5', b"")]);
+        assert!(r.unwrap_err().0.contains("no file"));
+        let mut bad = entry("a", b'0', b"x");
+        bad[0] = b'b';
+        let (_d, r) = run(&[bad]);
+        assert!(r.unwrap_err().0.contains("checksum"));
+    }
+}
