@@ -2,7 +2,9 @@
 //! version (201, the same JSON as the API's get, as docs/openapi.yaml describes it),
 //! identical bytes answer the existing version (200), a right and a wrong client
 //! SHA-256, and the size limit (413 while streaming, nothing registered, the daemon
-//! still serving).
+//! still serving); a folder sent as a tar made by the real `tar` becomes a folder
+//! version of the same bytes, and hostile tars (`../`, an absolute path, a symbolic
+//! link) are refused with nothing registered or written outside.
 
 mod common;
 
@@ -29,11 +31,33 @@ fn curl(
     headers: &[String],
     stdin_bytes: Option<&[u8]>,
 ) -> Sent {
+    send_as(
+        "application/octet-stream",
+        addr,
+        token,
+        path,
+        file,
+        headers,
+        stdin_bytes,
+    )
+}
+
+/// [`curl`] with another Content-Type.
+fn send_as(
+    content_type: &str,
+    addr: &str,
+    token: &str,
+    path: &str,
+    file: &Path,
+    headers: &[String],
+    stdin_bytes: Option<&[u8]>,
+) -> Sent {
     use std::io::Write;
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-w", "\n%{http_code}", "-H"])
         .arg(format!("Authorization: Bearer {token}"))
-        .args(["-H", "Content-Type: application/octet-stream"]);
+        .arg("-H")
+        .arg(format!("Content-Type: {content_type}"));
     for h in headers {
         cmd.args(["-H", h]);
     }
@@ -202,4 +226,145 @@ fn an_upload_over_the_limit_is_refused_while_streaming() {
     let a = curl(&addr, &token, up, &file, &[], None);
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(d.versions("big").len(), 1);
+}
+
+/// `tar ARGS` run in `dir`, its archive as bytes.
+fn tar(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("tar")
+        .current_dir(dir)
+        .args(["-cf", "-"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn a_folder_sent_as_a_tar_becomes_a_folder_version() {
+    let (d, addr, token) = setup(CONFIG);
+    let src = d.root.path().join("bert-src");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    std::fs::write(src.join("model.safetensors"), bytes(8, 70_000)).unwrap();
+    std::fs::write(src.join("config.json"), b"{\"layers\": 2}\n").unwrap();
+    std::fs::write(src.join("sub/deeper/vocab.txt"), b"a\nb\n").unwrap();
+    let archive = tar(&src, &["."]);
+    let file = d.root.path().join("bert.tar");
+    std::fs::write(&file, &archive).unwrap();
+    let up = "/api/v1/models/bert/upload";
+    let headers = [
+        format!("X-Content-Sha256: {}", sha256(&archive)),
+        r#"X-Modelreg-Metrics: {"loss": 0.2}"#.to_string(),
+    ];
+    let a = send_as(
+        "application/x-tar",
+        &addr,
+        &token,
+        up,
+        &file,
+        &headers,
+        None,
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["kind"], "folder");
+    assert_eq!(a.body["version"], "v1");
+    assert_eq!(a.body["metrics"]["loss"], 0.2);
+    // The stored files are the folder's, byte for byte.
+    let v = d.get("bert", "v1").unwrap();
+    let mut stored: Vec<(String, Vec<u8>)> = v
+        .files
+        .iter()
+        .map(|f| {
+            let rel = f
+                .path
+                .strip_prefix(&format!("{}/", v.dir))
+                .unwrap()
+                .to_string();
+            (rel, std::fs::read(&f.path).unwrap())
+        })
+        .collect();
+    stored.sort();
+    let want = vec![
+        ("config.json".to_string(), b"{\"layers\": 2}\n".to_vec()),
+        ("model.safetensors".to_string(), bytes(8, 70_000)),
+        ("sub/deeper/vocab.txt".to_string(), b"a\nb\n".to_vec()),
+    ];
+    assert_eq!(stored, want);
+    // The same folder again: the existing version, 200; no hidden copy stays behind.
+    let a = send_as("application/x-tar", &addr, &token, up, &file, &[], None);
+    assert_eq!(
+        (a.status, a.body["version"].as_str()),
+        (200, Some("v1")),
+        "{}",
+        a.body
+    );
+    let hidden: Vec<_> = std::fs::read_dir(d.inbox())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
+
+#[test]
+fn hostile_tars_are_refused_and_write_nothing_outside() {
+    let (d, addr, token) = setup(CONFIG);
+    let work = d.root.path().join("work");
+    std::fs::create_dir_all(work.join("inner")).unwrap();
+    std::fs::write(work.join("outside.txt"), b"x").unwrap();
+    std::fs::write(work.join("inner/ok.txt"), b"y").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", work.join("inner/link")).unwrap();
+    let abs = work.join("outside.txt");
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        // -P keeps what GNU tar would otherwise strip: `../` and a leading `/`.
+        (
+            "dotdot",
+            tar(&work.join("inner"), &["-P", "ok.txt", "../outside.txt"]),
+            "goes up a folder",
+        ),
+        (
+            "absolute",
+            tar(&work, &["-P", abs.to_str().unwrap()]),
+            "absolute path",
+        ),
+        (
+            "symlink",
+            tar(&work.join("inner"), &["ok.txt", "link"]),
+            "symbolic link",
+        ),
+        ("garbage", bytes(9, 4096), "checksum"),
+    ];
+    let file = d.root.path().join("hostile.tar");
+    for (what, archive, why) in cases {
+        std::fs::write(&file, &archive).unwrap();
+        let a = send_as(
+            "application/x-tar",
+            &addr,
+            &token,
+            "/api/v1/models/evil/upload",
+            &file,
+            &[],
+            None,
+        );
+        assert_eq!(a.status, 400, "{what}: {}", a.body);
+        let msg = a.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(why) && msg.contains("nothing was registered"),
+            "{what}: {msg}"
+        );
+    }
+    assert!(d.get("evil", "latest").is_err(), "nothing was registered");
+    // Nothing was left in the inbox, and nothing written beside it.
+    let left: Vec<_> = std::fs::read_dir(d.inbox())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!d.root.path().join("outside.txt").exists());
+    // The daemon still serves.
+    assert_eq!(d.status().models, 0);
 }
