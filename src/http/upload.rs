@@ -32,9 +32,10 @@ pub const METRICS_HEADER: &str = "x-modelreg-metrics";
 /// Free metadata as a JSON object, checked as a sidecar's is.
 pub const METADATA_HEADER: &str = "x-modelreg-metadata";
 
-/// The upload route (`PUT`, and `POST` for clients that only post).
+/// The upload route: `PUT` only (the version is the answer; a second method would be a
+/// second name for the same thing, to document and test twice).
 pub(super) fn routes() -> Router<HttpState> {
-    Router::new().route("/api/v1/models/{name}/upload", put(upload).post(upload))
+    Router::new().route("/api/v1/models/{name}/upload", put(upload))
 }
 
 /// `?filename=`: the stored file's name (`resnet18.pt`), by the inbox's naming rules.
