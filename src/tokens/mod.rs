@@ -13,7 +13,7 @@
 //! the start with path, line and column, like registry.yaml) and never re-read.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -107,7 +107,8 @@ struct Kept {
 #[derive(Debug)]
 pub struct Tokens {
     path: PathBuf,
-    kept: Mutex<Vec<Kept>>,
+    /// Read by every HTTP request, written only by create and revoke.
+    kept: RwLock<Vec<Kept>>,
 }
 
 impl Tokens {
@@ -141,14 +142,21 @@ impl Tokens {
         }
         Ok(Tokens {
             path: path.to_path_buf(),
-            kept: Mutex::new(kept),
+            kept: RwLock::new(kept),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
-        // Every change is made on a copy and swapped in whole: a panic cannot leave the
-        // list half-changed, so a poisoned lock is still usable.
-        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    // Every change is made on a copy and swapped in whole: a panic cannot leave the list
+    // half-changed, so a poisoned lock is still usable.
+    fn read(&self) -> RwLockReadGuard<'_, Vec<Kept>> {
+        self.kept.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held across the file's write and fsync, so that creations and revocations are
+    /// one at a time and a token is usable (or refused) exactly when the file says so;
+    /// requests wait those milliseconds.
+    fn write_lock(&self) -> RwLockWriteGuard<'_, Vec<Kept>> {
+        self.kept.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Creates a token: answers its secret (shown once, never kept) and its entry. The
@@ -156,7 +164,7 @@ impl Tokens {
     /// restart. Blocks on the file's write and fsync.
     pub fn create(&self, name: &str, scope: Scope) -> Result<(String, TokenEntry), TokenError> {
         check_name(name).map_err(|r| TokenError::InvalidName(name.to_string(), r))?;
-        let mut kept = self.lock();
+        let mut kept = self.write_lock();
         if kept.iter().any(|k| k.entry.name == name) {
             return Err(TokenError::Exists(name.to_string()));
         }
@@ -181,7 +189,7 @@ impl Tokens {
     /// Revokes the token `name`: from the file, then from memory (refused from the
     /// next request on). Blocks on the file's write and fsync.
     pub fn revoke(&self, name: &str) -> Result<TokenEntry, TokenError> {
-        let mut kept = self.lock();
+        let mut kept = self.write_lock();
         let Some(i) = kept.iter().position(|k| k.entry.name == name) else {
             return Err(TokenError::NotFound(name.to_string()));
         };
@@ -194,7 +202,7 @@ impl Tokens {
 
     /// Every token's entry, in creation order.
     pub fn list(&self) -> Vec<TokenEntry> {
-        self.lock().iter().map(|k| k.entry.clone()).collect()
+        self.read().iter().map(|k| k.entry.clone()).collect()
     }
 
     /// The name and scope of the token `presented`, if it is a kept one. Its hash is
@@ -202,7 +210,7 @@ impl Tokens {
     /// match, so the time taken says nothing about which bytes matched.
     pub fn check(&self, presented: &str) -> Option<(String, Scope)> {
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let kept = self.lock();
+        let kept = self.read();
         let mut found = None;
         for k in kept.iter() {
             if ct_eq(&k.hash, &hash) {
