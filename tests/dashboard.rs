@@ -14,7 +14,7 @@ use common::http::{address, get};
 use common::{TestDaemon, sidecar, write_renamed};
 use modelreg::protocol::Request;
 
-const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n";
+const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n";
 
 /// A model name with `&` in it, as a file name can have.
 const NAME: &str = "r&d";
