@@ -52,6 +52,8 @@ fn reading_needs_a_valid_token_unless_anonymous_read_is_on() {
         "/api/v1/models",
         "/api/v1/models/m/versions/latest",
         "/no/such/route",
+        "/",
+        "/models/m",
     ] {
         assert_401(&request(&addr, "GET", path, &[]), path);
     }
