@@ -16,34 +16,17 @@ use common::{TestDaemon, bytes, ok};
 
 const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  max_upload: 1MiB\n";
 
+const FILE: &str = "application/octet-stream";
+const TAR: &str = "application/x-tar";
+
 struct Sent {
     status: u16,
     body: serde_json::Value,
 }
 
-/// `curl -T file` (PUT, streamed) with the write token and `headers`; `file` "-" sends
-/// stdin from `stdin_bytes` (no Content-Length: chunked).
+/// `curl -T file` (PUT, streamed) with `content_type`, the write token and `headers`;
+/// with `stdin_bytes`, those are sent from stdin instead (no Content-Length: chunked).
 fn curl(
-    addr: &str,
-    token: &str,
-    path: &str,
-    file: &Path,
-    headers: &[String],
-    stdin_bytes: Option<&[u8]>,
-) -> Sent {
-    send_as(
-        "application/octet-stream",
-        addr,
-        token,
-        path,
-        file,
-        headers,
-        stdin_bytes,
-    )
-}
-
-/// [`curl`] with another Content-Type.
-fn send_as(
     content_type: &str,
     addr: &str,
     token: &str,
@@ -111,7 +94,7 @@ fn an_uploaded_file_becomes_a_version_with_its_metrics() {
         r#"X-Modelreg-Metrics: {"accuracy": 0.91, "loss": 0.3}"#.to_string(),
         r#"X-Modelreg-Metadata: {"dataset": "imagenet-1k"}"#.to_string(),
     ];
-    let a = curl(&addr, &token, up, &file, &headers, None);
+    let a = curl(FILE, &addr, &token, up, &file, &headers, None);
     assert_eq!(a.status, 201, "{}", a.body);
     let v = &a.body;
     assert_eq!(v["version"], "v1");
@@ -136,12 +119,12 @@ fn an_uploaded_file_becomes_a_version_with_its_metrics() {
     assert!(wrong.is_empty(), "{wrong:?}");
 
     // The same bytes again, streamed without a length: the existing version, 200.
-    let a = curl(&addr, &token, up, &file, &[], Some(&content));
+    let a = curl(FILE, &addr, &token, up, &file, &[], Some(&content));
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["version"], "v1");
     // New bytes: v2.
     std::fs::write(&file, bytes(4, 1000)).unwrap();
-    let a = curl(&addr, &token, up, &file, &[], None);
+    let a = curl(FILE, &addr, &token, up, &file, &[], None);
     assert_eq!((a.status, a.body["version"].as_str()), (201, Some("v2")));
     // No temporary file is left in the root.
     let names: Vec<_> = std::fs::read_dir(d.root.path())
@@ -158,7 +141,7 @@ fn a_wrong_sha256_registers_nothing() {
     std::fs::write(&file, bytes(5, 5000)).unwrap();
     let up = "/api/v1/models/m/upload?filename=m.pt";
     let wrong = format!("X-Content-Sha256: {}", sha256(b"something else"));
-    let a = curl(&addr, &token, up, &file, &[wrong], None);
+    let a = curl(FILE, &addr, &token, up, &file, &[wrong], None);
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(a.body["error"]["code"], "bad_request");
     let msg = a.body["error"]["message"].as_str().unwrap();
@@ -170,10 +153,18 @@ fn a_wrong_sha256_registers_nothing() {
         ("X-Modelreg-Metrics: [1]", 400),
         (r#"X-Modelreg-Metrics: {"acc": "high"}"#, 409),
     ] {
-        let a = curl(&addr, &token, up, &file, &[header.into()], None);
+        let a = curl(FILE, &addr, &token, up, &file, &[header.into()], None);
         assert_eq!(a.status, status, "{header}: {}", a.body);
     }
-    let a = curl(&addr, &token, "/api/v1/models/m/upload", &file, &[], None);
+    let a = curl(
+        FILE,
+        &addr,
+        &token,
+        "/api/v1/models/m/upload",
+        &file,
+        &[],
+        None,
+    );
     assert_eq!(a.status, 400, "no filename: {}", a.body);
     assert!(d.get("m", "latest").is_err(), "nothing was registered");
     // The right hash then registers.
@@ -181,7 +172,10 @@ fn a_wrong_sha256_registers_nothing() {
         "X-Content-Sha256: {}",
         sha256(&std::fs::read(&file).unwrap())
     );
-    assert_eq!(curl(&addr, &token, up, &file, &[right], None).status, 201);
+    assert_eq!(
+        curl(FILE, &addr, &token, up, &file, &[right], None).status,
+        201
+    );
 }
 
 #[test]
@@ -193,12 +187,12 @@ fn an_upload_over_the_limit_is_refused_while_streaming() {
     let up = "/api/v1/models/big/upload?filename=big.pt";
     // With a Content-Length over the limit, and streamed without one (chunked), so the
     // limit is checked on the bytes as they arrive.
-    let a = curl(&addr, &token, up, &file, &[], None);
+    let a = curl(FILE, &addr, &token, up, &file, &[], None);
     assert_eq!(
         (a.status, a.body["error"]["code"].as_str()),
         (413, Some("too_large"))
     );
-    let a = curl(&addr, &token, up, &file, &[], Some(&big));
+    let a = curl(FILE, &addr, &token, up, &file, &[], Some(&big));
     assert_eq!(
         (a.status, a.body["error"]["code"].as_str()),
         (413, Some("too_large"))
@@ -206,7 +200,7 @@ fn an_upload_over_the_limit_is_refused_while_streaming() {
     assert!(d.get("big", "latest").is_err(), "nothing was registered");
     // The daemon still serves, and one byte under the limit is accepted.
     std::fs::write(&file, &big[..1 << 20]).unwrap();
-    let a = curl(&addr, &token, up, &file, &[], None);
+    let a = curl(FILE, &addr, &token, up, &file, &[], None);
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(d.versions("big").len(), 1);
 }
@@ -243,15 +237,7 @@ fn a_folder_sent_as_a_tar_becomes_a_folder_version() {
         format!("X-Content-Sha256: {}", sha256(&archive)),
         r#"X-Modelreg-Metrics: {"loss": 0.2}"#.to_string(),
     ];
-    let a = send_as(
-        "application/x-tar",
-        &addr,
-        &token,
-        up,
-        &file,
-        &headers,
-        None,
-    );
+    let a = curl(TAR, &addr, &token, up, &file, &headers, None);
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.body["kind"], "folder");
     assert_eq!(a.body["version"], "v1");
@@ -278,7 +264,7 @@ fn a_folder_sent_as_a_tar_becomes_a_folder_version() {
     ];
     assert_eq!(stored, want);
     // The same folder again: the existing version, 200; no hidden copy stays behind.
-    let a = send_as("application/x-tar", &addr, &token, up, &file, &[], None);
+    let a = curl(TAR, &addr, &token, up, &file, &[], None);
     assert_eq!(
         (a.status, a.body["version"].as_str()),
         (200, Some("v1")),
@@ -324,8 +310,8 @@ fn hostile_tars_are_refused_and_write_nothing_outside() {
     let file = d.root.path().join("hostile.tar");
     for (what, archive, why) in cases {
         std::fs::write(&file, &archive).unwrap();
-        let a = send_as(
-            "application/x-tar",
+        let a = curl(
+            TAR,
             &addr,
             &token,
             "/api/v1/models/evil/upload",
