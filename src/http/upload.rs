@@ -280,5 +280,16 @@ async fn receive(
             "the upload is empty (0 bytes): an empty file never becomes a version; nothing was registered",
         ));
     }
-    Ok((file, hash))
+    // The hand-over refuses a file some descriptor still has open for writing (its lease
+    // probe), as this one is: reopen the unnamed file read-only through /proc (the one
+    // way to name it) and close the writable descriptor.
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let read_only = std::fs::File::open(&proc_path).map_err(|e| {
+        internal(format!(
+            "cannot reopen the upload read-only ({proc_path}): {e}"
+        ))
+    })?;
+    drop(file);
+    Ok((read_only, hash))
 }
