@@ -142,7 +142,6 @@ impl Registrar {
                 crate::status::human_bytes(rate as u64)
             );
             model.push(version);
-            self.index.staged(name, nv.number);
             self.batch.changed.version(name, nv.number);
             self.batch.changed.source(&nv.entry);
             self.catalog.sources.insert(

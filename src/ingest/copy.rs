@@ -33,9 +33,6 @@ pub(super) struct Job {
     /// The model's stored files, which a new version's equal files are hard-linked to
     /// instead of kept twice (and, when found before copying, only read).
     pub(super) stored: store::Stored,
-    /// The highest number the store holds for the model, when the registrar knows it
-    /// (otherwise the job lists the model's folder).
-    pub(super) in_store: Option<u32>,
     /// The folders pinned at start: the inbox is opened through it.
     pub(super) layout: Option<Arc<crate::layout::Layout>>,
 }
@@ -148,9 +145,9 @@ fn run_job_inner(
     let mut newest = job.latest.clone();
     // Above every number the catalog and the store (folders and tombstones) hold: a
     // catalog that lost versions must never make a number be given twice.
-    let in_store = job
-        .in_store
-        .unwrap_or_else(|| store::highest_in_store(&job.store, &job.name));
+    // Listed for every job, not remembered: a folder put into the store by hand while
+    // the daemon runs must push the numbering above it and show as a problem.
+    let in_store = store::highest_in_store(&job.store, &job.name);
     if in_store >= job.next {
         tracing::error!(
             model = job.name,

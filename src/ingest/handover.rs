@@ -64,8 +64,6 @@ struct Job {
     latest: Option<Known>,
     /// The model's stored files, for dedup.
     stored: store::Stored,
-    /// The highest number the store holds for the model, when the registrar knows it.
-    in_store: Option<u32>,
     sidecar: Option<Sidecar>,
     layout: Option<Arc<crate::layout::Layout>>,
 }
@@ -98,7 +96,6 @@ impl Registrar {
             next: model.as_ref().map_or(0, |m| m.highest) + 1,
             store: self.config.store.clone(),
             stored: self.stored_files(&h.name, model.as_deref(), latest.clone()),
-            in_store: self.index.in_store(&h.name),
             latest,
             sidecar: h.sidecar,
             layout: self.layout.clone(),
@@ -169,7 +166,6 @@ impl Registrar {
                 dedup_saved,
             }) => {
                 self.board.count_dedup(dedup_saved);
-                self.index.staged(&c.name, number);
                 let cfg = self.config.clone();
                 let files: Vec<StoredFile> = staged
                     .files
@@ -307,9 +303,7 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         return Err(refusal(ErrorCode::Internal, why));
     }
     let was = job.stat;
-    let in_store = job
-        .in_store
-        .unwrap_or_else(|| store::highest_in_store(&job.store, &job.name));
+    let in_store = store::highest_in_store(&job.store, &job.name);
     let number = job.next.max(in_store + 1);
     let mut file = Some(job.file);
     let mut open = |_: usize| -> crate::error::Result<store::OpenSource> {

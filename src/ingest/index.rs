@@ -1,22 +1,19 @@
-//! What the registrar keeps per model between jobs: its stored files by content, and the highest number its store folder holds.
+//! What the registrar keeps per model between jobs: its stored files by content, and the link names it made.
 //!
-//! Both used to be rebuilt for every job, from every version of the model (the dedup
-//! table) and from a listing of its store folder (the highest number), so a model's
-//! thousandth version cost more than its first. Here both follow what changed:
+//! The dedup table used to be rebuilt for every job from every version of the model, so
+//! a model's thousandth version cost more than its first. Here it follows what changed:
 //! - the dedup table of a model is extended with the versions numbered above those it
 //!   holds (numbers only grow, versions are in ascending order, a stored version's files
 //!   never change), and dropped when a version of the model is removed (rm, gc), to be
 //!   rebuilt from the catalog by its next job;
-//! - the store's highest number is learned from the first job's listing of the folder
-//!   (numbers are never reused: tombstones keep removed ones), then raised to each
-//!   number the registrar stages itself, and forgotten when a commit rolls back.
-//!
+//! - the store's highest number is NOT kept: each job lists the model's folder, so that
+//!   a `v<N>` folder put there by hand while the daemon runs pushes the numbering above
+//!   it and shows as a problem (tests/liveness.rs), at the cost of one listing per job;
 //! - the link names last made in each model's folder: its other symlinks (aliases
 //!   removed) are looked for, by listing the folder, only when a name went away.
 //!
-//! So a register loop lists the model's folder once, not once per version, and builds
-//! the table once. Both are only ever a cache of the catalog and the store: forgetting
-//! them is always correct.
+//! So a register loop builds the table once. Both are only ever a cache of the catalog
+//! and the store: forgetting them is always correct.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -29,7 +26,6 @@ use crate::store;
 #[derive(Debug, Default)]
 pub(super) struct Index {
     dedup: HashMap<String, Dedup>,
-    in_store: HashMap<String, u32>,
     /// The link names last made in each model's folder.
     links: HashMap<String, BTreeSet<String>>,
 }
@@ -79,19 +75,6 @@ impl Index {
     /// names one file per content, which may have been the removed one).
     pub(super) fn removed(&mut self, name: &str) {
         self.dedup.remove(name);
-    }
-
-    /// The highest number `name`'s store folder holds, when known without listing it.
-    pub(super) fn in_store(&self, name: &str) -> Option<u32> {
-        self.in_store.get(name).copied()
-    }
-
-    /// Version `number` of `name` was staged: the store now holds it. Only after a
-    /// job that listed the folder or started from a known highest (`number` is above
-    /// both), so the highest stays exact.
-    pub(super) fn staged(&mut self, name: &str, number: u32) {
-        let n = self.in_store.entry(name.to_string()).or_default();
-        *n = (*n).max(number);
     }
 
     /// The links `names` are about to be made in `name`'s folder: whether the folder

@@ -127,7 +127,6 @@ impl Registrar {
                 model.as_deref(),
                 latest.map(|v| known(&store_dir, v)),
             ),
-            in_store: self.index.in_store(&s.name),
             layout: self.layout.clone(),
         };
         self.in_flight += 1;

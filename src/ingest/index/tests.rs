@@ -113,21 +113,6 @@ fn a_model_gone_leaves_no_table() {
 }
 
 #[test]
-fn the_store_highest_follows_staged_numbers_until_a_roll_back() {
-    let mut index = Index::default();
-    assert_eq!(
-        index.in_store("m"),
-        None,
-        "unknown: the job lists the folder"
-    );
-    index.staged("m", 7);
-    index.staged("m", 5);
-    assert_eq!(index.in_store("m"), Some(7));
-    index.forget();
-    assert_eq!(index.in_store("m"), None);
-}
-
-#[test]
 fn the_folder_is_listed_only_when_a_link_name_went_away() {
     let names = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
     let mut index = Index::default();
