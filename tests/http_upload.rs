@@ -37,7 +37,8 @@ fn curl(
 ) -> Sent {
     use std::io::Write;
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", "-H"])
+    // A request never answered fails the test in two minutes instead of hanging it.
+    cmd.args(["-s", "-m", "120", "-w", "\n%{http_code}", "-H"])
         .arg(format!("Authorization: Bearer {token}"))
         .arg("-H")
         .arg(format!("Content-Type: {content_type}"));
@@ -277,6 +278,46 @@ fn a_folder_sent_as_a_tar_becomes_a_folder_version() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(hidden.is_empty(), "{hidden:?}");
+}
+
+/// Folders of one model uploaded at once: each becomes its own version and each answer
+/// describes the client's own bytes (they used to replace each other in the inbox: one
+/// client was answered 201 with another's content, another was never answered).
+#[test]
+fn folders_of_one_model_uploaded_at_once_each_get_their_own_version() {
+    let (d, addr, token) = setup(CONFIG);
+    let up = "/api/v1/models/race/upload";
+    let files: Vec<(std::path::PathBuf, Vec<u8>)> = (0..3u8)
+        .map(|i| {
+            let src = d.root.path().join(format!("race{i}"));
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::write(src.join("w.bin"), bytes(100 + u64::from(i), 100_000)).unwrap();
+            let file = d.root.path().join(format!("race{i}.tar"));
+            std::fs::write(&file, tar(&src, &["."])).unwrap();
+            (file, bytes(100 + u64::from(i), 100_000))
+        })
+        .collect();
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let running: Vec<_> = files
+            .iter()
+            .map(|(file, _)| s.spawn(|| curl(TAR, &addr, &token, up, file, &[], None)))
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut versions = Vec::new();
+    for ((_, want), a) in files.iter().zip(&answers) {
+        assert_eq!(a.status, 201, "{}", a.body);
+        let v = d.get("race", a.body["version"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            &std::fs::read(&v.files[0].path).unwrap(),
+            want,
+            "{}",
+            a.body
+        );
+        versions.push(v.number);
+    }
+    versions.sort();
+    assert_eq!(versions, [1, 2, 3]);
 }
 
 #[test]

@@ -14,6 +14,13 @@ use super::untar::{self, Extracted};
 use super::{ApiError, HttpState};
 use crate::protocol::{ErrorCode, Request};
 
+/// One folder upload at a time, from placing its folder in the inbox until it is a
+/// version. A folder goes through the inbox under the model's name; two placed at once
+/// replaced each other there, so one client was answered 201 with another's bytes and
+/// another never answered (found by a fresh-clone attack). Folder uploads are rare and
+/// each is answered once registered, so they simply queue here.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long the upload waits for its folder to become a version (settle and copy).
 const WAIT_MS: u64 = 3_600_000;
 
@@ -73,6 +80,7 @@ pub(super) async fn upload_folder(
     } else {
         None
     };
+    let _turn = ONE_AT_A_TIME.lock().await;
     let inbox = s.ctx.config().inbox.clone();
     let (tmp, dst) = (hidden(&inbox, &name), inbox.join(&name));
     let placed = {
