@@ -143,15 +143,21 @@ async fn send_change(ctx: &Context, change: Change, uid: Option<u32>) -> Respons
         uid,
         reply: tx,
     };
+    // The registrar ends only at shutdown: a closed channel means the change was not
+    // made, which the client may retry after the restart (`shutting_down`, not `internal`).
     if ctx.registrar.send(msg).is_err() {
-        return Response::err(ErrorCode::Internal, "the daemon is shutting down");
+        return Response::err(ErrorCode::ShuttingDown, "the daemon is shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(120), rx).await {
         Ok(Ok(Ok(answer))) => Response::answer(&answer),
         Ok(Ok(Err(e))) => e.into(),
-        _ => Response::err(
+        Ok(Err(_)) => Response::err(
+            ErrorCode::ShuttingDown,
+            "the daemon is shutting down; the change was not made",
+        ),
+        Err(_) => Response::err(
             ErrorCode::Internal,
-            "the change was not confirmed (the daemon is shutting down?)",
+            "the change was not confirmed within 120 s (see the daemon's log)",
         ),
     }
 }
@@ -383,10 +389,10 @@ mod tests {
         let (code, message) = error(dispatch(rm("m", "3"), &ctx, None).await);
         assert_eq!(code, ErrorCode::InvalidSelector);
         assert_eq!(message, "\"3\" is not a version such as v3");
-        // The registrar is gone: an answer other than `internal` was decided here.
+        // The registrar is gone: an answer other than `shutting_down` was decided here.
         let (code, _) = error(dispatch(rm("../m", "v1"), &ctx, None).await);
         assert_eq!(code, ErrorCode::InvalidName);
         let (code, _) = error(dispatch(rm("m", "v1"), &ctx, None).await);
-        assert_eq!(code, ErrorCode::Internal);
+        assert_eq!(code, ErrorCode::ShuttingDown);
     }
 }
