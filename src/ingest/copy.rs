@@ -266,17 +266,13 @@ fn run_job_inner(
             unchanged.push((entry.clone(), fingerprint, number));
             continue;
         }
-        let saved = match store::link_duplicates(&job.store, &staged, &job.stored) {
-            Ok(after) => store::Deduped {
-                files: staged.linked.files + after.files,
-                bytes: staged.linked.bytes + after.bytes,
-            },
+        let saved = match dedup(&job.store, &staged, &job.stored, &job.name, next) {
+            Ok(saved) => saved,
             Err(e) => {
                 let _ = store::discard(&staged.dir);
                 return JobResult::Failed(e.to_string());
             }
         };
-        log_dedup(&job.name, next, &saved, staged.files.len());
         let manifest = store::Manifest {
             format: store::MANIFEST_FORMAT,
             name: job.name.clone(),
@@ -406,9 +402,28 @@ fn read_sidecar(
     }))
 }
 
+/// Links the staged files whose bytes another version already stores (inbox versions and
+/// hand-overs alike) and logs and returns what that saved, counting what staging itself
+/// linked.
+pub(super) fn dedup(
+    store_dir: &std::path::Path,
+    staged: &store::Staged,
+    stored: &store::Stored,
+    name: &str,
+    version: u32,
+) -> crate::error::Result<store::Deduped> {
+    let after = store::link_duplicates(store_dir, staged, stored)?;
+    let saved = store::Deduped {
+        files: staged.linked.files + after.files,
+        bytes: staged.linked.bytes + after.bytes,
+    };
+    log_dedup(name, version, &saved, staged.files.len());
+    Ok(saved)
+}
+
 /// Logs what dedup saved for `name` v`version` of `total` files (nothing when nothing
-/// was linked): inbox versions and hand-overs alike.
-pub(super) fn log_dedup(name: &str, version: u32, saved: &store::Deduped, total: usize) {
+/// was linked): the log is where an operator sees dedup at work.
+fn log_dedup(name: &str, version: u32, saved: &store::Deduped, total: usize) {
     if saved.files > 0 {
         tracing::info!(
             model = %name,

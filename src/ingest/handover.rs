@@ -361,18 +361,13 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         return Ok(Outcome::Same(k.number));
     }
     // The same bytes stored under another version become a hard link, as for the inbox.
-    let saved = match store::link_duplicates(&job.store, &staged, &job.stored) {
-        Ok(after) => store::Deduped {
-            files: staged.linked.files + after.files,
-            bytes: staged.linked.bytes + after.bytes,
-        },
+    let saved = match super::copy::dedup(&job.store, &staged, &job.stored, &job.name, number) {
+        Ok(saved) => saved,
         Err(e) => {
             let _ = store::discard(&staged.dir);
             return Err(refusal(ErrorCode::Internal, e.to_string()));
         }
     };
-    // Said as for an inbox version: the log is where an operator sees dedup at work.
-    super::copy::log_dedup(&job.name, number, &saved, staged.files.len());
     let registered_at = crate::status::now_rfc3339();
     let source = format!("handover:{}", job.filename);
     let manifest = store::Manifest {
