@@ -80,11 +80,58 @@ pub(super) fn parse_raw(path: &str, text: &str) -> Result<RawConfig> {
     }
     // An empty document or one holding only comments parses as null: take it as empty.
     let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| ParseError::from_yaml(path, &e))?;
+        serde_yaml::from_str(text).map_err(|e| yaml_error(path, text, &e))?;
     if value.is_null() {
         return Ok(RawConfig::default());
     }
-    serde_yaml::from_str(text).map_err(|e| ParseError::from_yaml(path, &e).into())
+    serde_yaml::from_str(text).map_err(|e| yaml_error(path, text, &e).into())
+}
+
+/// A YAML error with its position; a duplicate key, which serde_yaml places at the start
+/// of its map (1:1 for a top-level key), is placed at the key's second line instead.
+fn yaml_error(path: &str, text: &str, err: &serde_yaml::Error) -> ParseError {
+    let mut e = ParseError::from_yaml(path, err);
+    const DUPLICATE: &str = "duplicate entry with key ";
+    // Nested maps say where first: `http: duplicate entry with key "listen"`.
+    if let Some(i) = e.reason.find(DUPLICATE) {
+        let key = e.reason[i + DUPLICATE.len()..]
+            .trim_matches('"')
+            .to_string();
+        let key = key.as_str();
+        let from = e.line.unwrap_or(1);
+        if let Some(line) = second_line_of_key(text, key, from) {
+            e.line = Some(line);
+            e.column = None;
+        }
+    }
+    e
+}
+
+/// The 1-based line where `key:` appears the second time at the same indentation as its
+/// first appearance at or after line `from`.
+fn second_line_of_key(text: &str, key: &str, from: usize) -> Option<usize> {
+    let mut first_indent = None;
+    for (i, line) in text.lines().enumerate().skip(from.saturating_sub(1)) {
+        let body = line.trim_start();
+        let indent = line.len() - body.len();
+        let body = body.trim_start_matches(['"', '\'']);
+        let Some(rest) = body.strip_prefix(key) else {
+            continue;
+        };
+        if !rest
+            .trim_start_matches(['"', '\''])
+            .trim_start()
+            .starts_with(':')
+        {
+            continue;
+        }
+        match first_indent {
+            None => first_indent = Some(indent),
+            Some(f) if f == indent => return Some(i + 1),
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 /// `p` made absolute against the working directory, `.` and `..` resolved lexically.
@@ -351,6 +398,21 @@ mod tests {
     fn comments_only_file_is_empty() {
         let c = test_config("# nothing\n");
         assert!(c.is_ok());
+    }
+
+    #[test]
+    fn a_duplicate_key_names_its_second_line() {
+        let e = parse_raw(
+            "c.yaml",
+            "# settings\nsettle: 50ms\nlog_level: info\nsettle: 60ms\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.yaml:4: duplicate entry with key \"settle\""
+        );
+        let e = parse_raw("c.yaml", "http:\n  listen: a\n  listen: b\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.yaml:3"), "{e}");
     }
 
     #[test]
