@@ -55,24 +55,54 @@ pub enum RegistrarMsg<J> {
     CheckRegistry,
 }
 
-/// A file handed over on the socket (`register`), to become the next version of `name`.
+/// A file handed over on the socket (`register`), or a folder uploaded over HTTP, to
+/// become the next version of `name`.
 #[derive(Debug)]
 pub struct Handover {
     /// The model.
     pub name: String,
-    /// The stored file's name.
-    pub filename: String,
-    /// The descriptor received (a readable regular file, checked by the server).
-    pub file: std::fs::File,
-    /// Its state when it was received: the file as handed over, which the copy must
-    /// find unchanged after it.
-    pub stat: crate::inbox::FileStat,
-    /// Its permission bits (the stored copy is never more readable).
-    pub mode: u32,
+    /// What is handed over.
+    pub files: HandedFiles,
     /// Metrics and metadata, when the request gave any (checked as a sidecar's).
     pub sidecar: Option<crate::sidecar::Sidecar>,
     /// Answered once the version is durable (or with why nothing was kept).
     pub reply: oneshot::Sender<HandoverResult>,
+}
+
+/// The bytes of a hand-over: one open file, or a folder the daemon extracted itself.
+#[derive(Debug)]
+pub enum HandedFiles {
+    /// One file, by descriptor (`register`, a file upload).
+    File {
+        /// The stored file's name.
+        filename: String,
+        /// The descriptor received (a readable regular file, checked by the server).
+        file: std::fs::File,
+        /// Its state when it was received: the file as handed over, which the copy
+        /// must find unchanged after it.
+        stat: crate::inbox::FileStat,
+        /// Its permission bits (the stored copy is never more readable).
+        mode: u32,
+    },
+    /// A folder extracted by the daemon into `dir`, a private folder no user can write
+    /// (never the inbox, so nothing a user put there is touched); the sender removes it
+    /// once answered.
+    Folder {
+        /// The private folder.
+        dir: std::path::PathBuf,
+        /// Its files, sorted by path: (path inside the folder, state, permission bits).
+        files: Vec<(String, crate::inbox::FileStat, u32)>,
+    },
+}
+
+impl HandedFiles {
+    /// Bytes in all.
+    pub fn size(&self) -> u64 {
+        match self {
+            HandedFiles::File { stat, .. } => stat.size,
+            HandedFiles::Folder { files, .. } => files.iter().map(|f| f.1.size).sum(),
+        }
+    }
 }
 
 /// The answer to a hand-over: the version (a [`ChangeAnswer::Registered`], or a refusal

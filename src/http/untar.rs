@@ -2,6 +2,11 @@
 //! or be more than files and folders: absolute paths, `..`, links (hard and symbolic),
 //! devices, FIFOs, and more than [`MAX_ENTRIES`] entries.
 //!
+//! Folders an archive does not list (`tar -cf x.tar sub/f` holds only the file) are
+//! made as the files need them. Hidden entries (`.gitattributes`, `.cache/`) are left
+//! out by the inbox's rule for a dropped folder, and named in [`Extracted::left_out`];
+//! a temporary name (`x.part`, `x~`) is refused, as the inbox would wait for it forever.
+//!
 //! Reads POSIX ustar and the pax and GNU extensions that GNU tar, bsdtar and Python's
 //! tarfile write (pax `path` and `size` records, GNU long names, base-256 sizes). Files
 //! are created with `create_new` under folders this reader made itself, and no link is
@@ -25,6 +30,11 @@ pub struct Extracted {
     pub files: usize,
     /// Their bytes.
     pub bytes: u64,
+    /// Each file written: its path inside the folder, its state once written and its
+    /// permission bits, sorted by path.
+    pub list: Vec<(String, crate::inbox::FileStat, u32)>,
+    /// Hidden entries not extracted, as the archive named them.
+    pub left_out: Vec<String>,
 }
 
 /// Why an archive was refused: what, at which entry.
@@ -111,6 +121,14 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
             (Some(p), _) | (None, Some(p)) => p,
             (None, None) => ustar_path(&h)?,
         };
+        if let Some(top) = hidden(&raw) {
+            // Named once: `.cache`, not each file below it.
+            if !out.left_out.contains(&top) {
+                out.left_out.push(top);
+            }
+            skip(tar, size + padding(size))?;
+            continue;
+        }
         let Some(rel) = checked_path(&raw)? else {
             // `./` itself: the folder, already made.
             if kind == b'5' {
@@ -121,22 +139,51 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
         let target = dest.join(&rel);
         match kind {
             b'0' | 0 | b'7' => {
+                if let Some(name) = rel.file_name().and_then(|n| n.to_str())
+                    && crate::names::is_temporary(name)
+                {
+                    return refused(format!(
+                        "entry {raw:?} has a temporary name (a download or copy not finished): a dropped folder holding it would never be registered; rename it or leave it out"
+                    ));
+                }
+                // Folders the archive does not list are made as its files need them
+                // (only folders this reader made are below `dest`: no link is followed).
+                if let Some(parent) = target.parent()
+                    && !parent.is_dir()
+                {
+                    DirBuilder::new()
+                        .mode(0o755)
+                        .recursive(true)
+                        .create(parent)
+                        .map_err(|e| io_err(&format!("entry {raw:?}"), e))?;
+                }
                 let exec = number(&h[100..108]).is_some_and(|m| m & 0o111 != 0);
+                let mode = if exec { 0o755 } else { 0o644 };
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(if exec { 0o755 } else { 0o644 })
+                    .mode(mode)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .map_err(|e| io_err(&format!("entry {raw:?}"), e))?;
                 copy_n(tar, &mut f, size)
                     .map_err(|e| Refused(format!("entry {raw:?}: {}", e.0)))?;
                 skip(tar, padding(size))?;
+                let meta = f
+                    .metadata()
+                    .map_err(|e| io_err(&format!("entry {raw:?}"), e))?;
                 out.files += 1;
                 out.bytes += size;
+                let rel = rel.to_str().unwrap_or_default().to_string();
+                out.list
+                    .push((rel, crate::inbox::FileStat::of(&meta), mode));
             }
             b'5' => {
-                match DirBuilder::new().mode(0o755).create(&target) {
+                match DirBuilder::new()
+                    .mode(0o755)
+                    .recursive(true)
+                    .create(&target)
+                {
                     Ok(()) => {}
                     Err(e)
                         if e.kind() == io::ErrorKind::AlreadyExists
@@ -161,9 +208,31 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
         }
     }
     if out.files == 0 {
-        return refused("the archive holds no file");
+        return refused(if out.left_out.is_empty() {
+            "the archive holds no file".to_string()
+        } else {
+            format!(
+                "the archive holds no file but hidden ones ({}), which are never part of a version",
+                out.left_out.join(", ")
+            )
+        });
     }
+    out.list.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The path up to an entry's first hidden component (`.git/x` -> `.git`, `./sub/.cache/y`
+/// -> `sub/.cache`), `.` and `..` aside; `None` when it has none. The inbox leaves such
+/// entries of a dropped folder out of its version.
+fn hidden(raw: &str) -> Option<String> {
+    let parts: Vec<&str> = raw
+        .split('/')
+        .filter(|c| *c != "." && !c.is_empty())
+        .collect();
+    let i = parts
+        .iter()
+        .position(|c| c.starts_with('.') && *c != "..")?;
+    Some(parts[..=i].join("/"))
 }
 
 /// The relative path of an entry (`./` and a trailing `/` dropped), or the refusal of
@@ -345,11 +414,34 @@ mod tests {
             entry("./sub/a.txt", b'0', b"hello"),
             entry("config.json", b'0', b"{}"),
         ]);
-        assert_eq!(r.unwrap(), Extracted { files: 2, bytes: 7 });
+        let x = r.unwrap();
+        assert_eq!((x.files, x.bytes), (2, 7));
+        let rels: Vec<_> = x.list.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(rels, ["config.json", "sub/a.txt"]);
         assert_eq!(
             std::fs::read(dir.path().join("out/sub/a.txt")).unwrap(),
             b"hello"
         );
+    }
+
+    #[test]
+    fn folders_not_listed_are_made_and_hidden_entries_left_out() {
+        let (dir, r) = run(&[
+            entry("a/b/c.bin", b'0', b"abc"),
+            entry("a/.cache/x", b'0', b"x"),
+            entry(".gitattributes", b'0', b"y"),
+            entry("a/d.bin", b'0', b"d"),
+        ]);
+        let x = r.unwrap();
+        assert_eq!((x.files, x.bytes), (2, 4));
+        assert_eq!(x.left_out, ["a/.cache", ".gitattributes"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("out/a/b/c.bin")).unwrap(),
+            b"abc"
+        );
+        assert!(!dir.path().join("out/.gitattributes").exists());
+        let (_d, r) = run(&[entry("a/w.bin.part", b'0', b"x")]);
+        assert!(r.unwrap_err().0.contains("temporary name"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! private temporary file, checks the size limit as they arrive and the client's
 //! SHA-256 once they are all in, and hands the file over to the registrar exactly as
 //! the socket's `register` does (no inbox path, no settle wait). A folder comes as a
-//! tar (`application/x-tar`) and goes through the inbox (`upload_folder`). The answer
+//! tar (`application/x-tar`), extracted privately and handed over by its files
+//! (`upload_folder`). The answer
 //! is the version: 201 when new, 200 when the bytes are those of the model's newest
 //! version.
 
@@ -111,7 +112,7 @@ async fn upload(
     q: Result<Query<UploadParams>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<serde_json::Value>), ApiError> {
     let Path(name) = p.map_err(super::api::path_error)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     // Before any byte is read: a bad name would waste the whole upload.
@@ -127,6 +128,16 @@ async fn upload(
             .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
     };
+    // A compressed body would be stored as sent (the gzip bytes, not the model): refused
+    // rather than decoded, so what is stored is always the bytes the client hashed.
+    if let Some(enc) = text(&headers, header::CONTENT_ENCODING.as_str())?
+        && !enc.trim().eq_ignore_ascii_case("identity")
+    {
+        return Err(ApiError::bad_request(format!(
+            "Content-Encoding {enc:?} is not served: send the bytes as they are (curl: no --compressed; no Content-Encoding header); nothing was registered"
+        ))
+        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
     let metrics = json_object(&headers, METRICS_HEADER)?;
     let metadata = json_object(&headers, METADATA_HEADER)?;
     let want = client_sha256(&headers)?;
@@ -189,7 +200,7 @@ async fn upload(
             } else {
                 StatusCode::OK
             };
-            Ok((status, Json(v["version"].take())))
+            Ok((status, HeaderMap::new(), Json(v["version"].take())))
         }
         (None, None) => Err(ApiError::new(
             ErrorCode::Internal,

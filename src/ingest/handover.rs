@@ -1,7 +1,8 @@
-//! The hand-over of a file by descriptor (`register`): copied, numbered, committed.
+//! The hand-over of a file by descriptor (`register`), or of a folder the daemon
+//! extracted from an upload: copied, numbered, committed.
 //!
-//! The file is copied and hashed on the blocking pool, and numbered and committed by the
-//! registrar like a version from the inbox.
+//! The files are copied and hashed on the blocking pool, and numbered and committed by
+//! the registrar like a version from the inbox.
 //!
 //! No settle wait: the client says the file is complete, and the copy is checked through
 //! the descriptor instead (its size, mtime, ctime and inode as received, and again after
@@ -19,8 +20,7 @@ use tokio::sync::oneshot;
 use super::plan::{Known, known};
 use super::{JobResult, Registrar, RegistrarMsg};
 use crate::error::Error;
-use crate::inbox::FileStat;
-use crate::messages::{ChangeResult, Handover, HandoverResult};
+use crate::messages::{ChangeResult, HandedFiles, Handover, HandoverResult};
 use crate::protocol::{ChangeAnswer, ErrorBody, ErrorCode};
 use crate::registry::{Kind, Model, StoredFile, Version};
 use crate::sidecar::Sidecar;
@@ -43,6 +43,7 @@ enum Outcome {
     /// A new version, staged.
     New {
         number: u32,
+        kind: Kind,
         staged: Staged,
         registered_at: String,
         source: String,
@@ -55,10 +56,7 @@ enum Outcome {
 /// Everything the copy needs, owned, for the blocking pool.
 struct Job {
     name: String,
-    filename: String,
-    file: File,
-    stat: FileStat,
-    mode: u32,
+    files: HandedFiles,
     next: u32,
     store: PathBuf,
     latest: Option<Known>,
@@ -89,10 +87,7 @@ impl Registrar {
             .map(|v| known(&store_dir, v));
         let job = Job {
             name: h.name.clone(),
-            filename: h.filename,
-            file: h.file,
-            stat: h.stat,
-            mode: h.mode,
+            files: h.files,
             next: model.as_ref().map_or(0, |m| m.highest) + 1,
             store: self.config.store.clone(),
             stored: self.stored_files(&h.name, model.as_deref(), latest.clone()),
@@ -106,9 +101,13 @@ impl Registrar {
         let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
         // `status` shows the copy as it shows an inbox job's, by the file's name, from
         // now (also while it waits for a copy slot).
+        let shown = match &job.files {
+            HandedFiles::File { filename, .. } => filename.clone(),
+            HandedFiles::Folder { .. } => format!("{}/ (upload)", job.name),
+        };
         let copying = self
             .board
-            .start_handover(&job.name, job.stat.size, &job.filename);
+            .start_handover(&job.name, job.files.size(), &shown);
         let board = self.board.clone();
         tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
@@ -159,6 +158,7 @@ impl Registrar {
             }
             Ok(Outcome::New {
                 number,
+                kind,
                 staged,
                 registered_at,
                 source,
@@ -187,7 +187,7 @@ impl Registrar {
                 );
                 let version = Version {
                     number,
-                    kind: Kind::File,
+                    kind,
                     files,
                     source,
                     registered_at,
@@ -293,28 +293,69 @@ fn metadata(s: &Sidecar) -> crate::registry::Metadata {
         .collect()
 }
 
-/// Copies and hashes the descriptor into a staging folder; see the module docs.
+/// Copies and hashes the handed-over files into a staging folder; see the module docs.
 fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, ErrorBody> {
-    let shown = format!("the file handed over as {}", job.filename);
+    let (shown, kind, rels, source) = match &job.files {
+        HandedFiles::File { filename, .. } => (
+            format!("the file handed over as {filename}"),
+            Kind::File,
+            vec![filename.clone()],
+            format!("handover:{filename}"),
+        ),
+        HandedFiles::Folder { files, .. } => (
+            format!("the folder uploaded as {}", job.name),
+            Kind::Folder,
+            files.iter().map(|f| f.0.clone()).collect(),
+            format!("upload:{}/", job.name),
+        ),
+    };
     let unusable = |why: String| refusal(ErrorCode::UnusableFile, format!("{shown}: {why}"));
     if let Some(layout) = &job.layout
         && let Err(why) = layout.store()
     {
         return Err(refusal(ErrorCode::Internal, why));
     }
-    let was = job.stat;
+    let total = job.files.size();
     let in_store = store::highest_in_store(&job.store, &job.name);
     let number = job.next.max(in_store + 1);
-    let mut file = Some(job.file);
-    let mut open = |_: usize| -> crate::error::Result<store::OpenSource> {
-        let mut f = file.take().expect("one file");
+    let (mut file, stats) = match job.files {
+        HandedFiles::File {
+            file, stat, mode, ..
+        } => (Some(file), vec![(PathBuf::new(), stat, mode)]),
+        HandedFiles::Folder { dir, files } => (
+            None,
+            files
+                .into_iter()
+                .map(|(rel, stat, mode)| (dir.join(rel), stat, mode))
+                .collect(),
+        ),
+    };
+    let mut open = |i: usize| -> crate::error::Result<store::OpenSource> {
+        let (path, _, mode) = &stats[i];
+        let mut f = match file.take() {
+            Some(f) => f,
+            // A folder's file, in the daemon's private folder: opened without following
+            // a link (none is ever made there).
+            None => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)
+                    .map_err(|e| Error::io("open", path, e))?
+            }
+        };
         // The description may have been read from: copy from the start.
         f.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("seek", std::path::Path::new(&shown), e))?;
         Ok(store::OpenSource {
             file: f,
-            shown: PathBuf::from(&shown),
-            mode: job.mode,
+            shown: if path.as_os_str().is_empty() {
+                PathBuf::from(&shown)
+            } else {
+                path.clone()
+            },
+            mode: *mode,
         })
     };
     let changed = || {
@@ -323,14 +364,13 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
             format!("{shown} changed while copying; nothing kept"),
         )
     };
-    let mut check = |_: usize, f: &File| -> crate::error::Result<()> {
+    let mut check = |i: usize, f: &File| -> crate::error::Result<()> {
         match f.metadata() {
-            Ok(now) if was.still_describes(&now) => Ok(()),
+            Ok(now) if stats[i].1.still_describes(&now) => Ok(()),
             _ => Err(Error::SourceChanged(String::new())),
         }
     };
     let t0 = std::time::Instant::now();
-    let rels = [job.filename.clone()];
     let staged = match store::stage_opened(
         &job.store, &job.name, number, &rels, &mut open, &mut check, cancel, done,
     ) {
@@ -347,7 +387,7 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         Err(e) => return Err(unusable(e.to_string())),
     };
     // Fewer or more bytes than fstat said: written meanwhile (a shared offset moved).
-    if staged.files.iter().map(|f| f.size).sum::<u64>() != was.size {
+    if staged.files.iter().map(|f| f.size).sum::<u64>() != total {
         let _ = store::discard(&staged.dir);
         return Err(changed());
     }
@@ -369,12 +409,11 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         }
     };
     let registered_at = crate::status::now_rfc3339();
-    let source = format!("handover:{}", job.filename);
     let manifest = store::Manifest {
         format: store::MANIFEST_FORMAT,
         name: job.name.clone(),
         version: number,
-        kind: Kind::File,
+        kind,
         registered_at: registered_at.clone(),
         source: source.clone(),
         files: staged.files.clone(),
@@ -388,6 +427,7 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
     }
     Ok(Outcome::New {
         number,
+        kind,
         staged,
         registered_at,
         source,

@@ -11,7 +11,7 @@ use super::Context;
 use super::answers::version_info_in;
 use super::fds::LineFds;
 use crate::ingest::RegistrarMsg;
-use crate::messages::Handover;
+use crate::messages::{HandedFiles, Handover};
 use crate::protocol::{ChangeAnswer, ErrorCode, Request, Response, Waited};
 use crate::registry::RegistryError;
 
@@ -311,31 +311,50 @@ pub async fn register(
             ),
         );
     }
+    tracing::debug!(model = %name, uid = ?peer_uid, "hand-over of {filename}");
+    let files = HandedFiles::File {
+        filename,
+        file,
+        stat,
+        mode,
+    };
+    hand_over(ctx, name, files, sidecar).await
+}
+
+/// Hands `files` over to the registrar as the next version of `name` (checked: a name
+/// the registry takes, readable regular files) and answers like `wait`: the version
+/// once durable, or why nothing was kept.
+pub async fn hand_over(
+    ctx: &Context,
+    name: String,
+    files: HandedFiles,
+    sidecar: Option<crate::sidecar::Sidecar>,
+) -> Response {
     // A copy that cannot fit would fail part-way after filling the disk others share.
     let store = ctx.config().store.clone();
+    let size = files.size();
+    let shown = match &files {
+        HandedFiles::File { filename, .. } => filename.clone(),
+        HandedFiles::Folder { .. } => format!("the folder {name}"),
+    };
     if let Ok(free) = crate::fsutil::free_bytes(&store)
-        && stat.size > free
+        && size > free
     {
         use crate::status::human_bytes;
         return Response::err(
             ErrorCode::TooLarge,
             format!(
-                "{filename} is {} ({} bytes) but the store's file system ({}) has only {} ({free} bytes) free; nothing was copied",
-                human_bytes(stat.size),
-                stat.size,
+                "{shown} is {} ({size} bytes) but the store's file system ({}) has only {} ({free} bytes) free; nothing was copied",
+                human_bytes(size),
                 store.display(),
                 human_bytes(free)
             ),
         );
     }
-    tracing::debug!(model = %name, uid = ?peer_uid, "hand-over of {filename}");
     let (tx, rx) = oneshot::channel();
     let msg = RegistrarMsg::Handover(Box::new(Handover {
         name: name.clone(),
-        filename,
-        file,
-        stat,
-        mode,
+        files,
         sidecar,
         reply: tx,
     }));
