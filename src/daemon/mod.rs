@@ -49,12 +49,13 @@ pub async fn run(
     on_reload: Option<OnReload>,
 ) -> Result<()> {
     let started = Instant::now();
+    // Bound (and its certificate read) before anything is made in the root: a port in
+    // use or a bad certificate stops the start with nothing left behind.
+    let http = crate::http::bind(&config).await?;
     let _lock = startup::lock_root(&config)?;
     let (loaded, took) = startup::load_and_recover(&config)?;
     let catalog = loaded.catalog;
     let listener = startup::listen(&config)?;
-    // Bound before the workers start and readiness is announced, like the socket.
-    let http = crate::http::bind(&config).await?;
     startup::log_started(&config, &catalog, &listener);
 
     let settings = Arc::new(Settings::new(config));
