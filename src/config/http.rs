@@ -1,6 +1,7 @@
 //! The `http:` section: the HTTP API's listener, off unless `http.listen` is set.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -22,6 +23,27 @@ pub(super) struct RawHttp {
     header_timeout: Option<String>,
     anonymous_read: Option<bool>,
     max_upload: Option<String>,
+    tls: Option<RawTls>,
+}
+
+/// `http.tls:` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// `http.tls`: the PEM files HTTPS is served with (read once, at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain (PEM, the server's certificate first), relative to the root
+    /// unless absolute.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1), relative to the root unless
+    /// absolute.
+    pub key: PathBuf,
 }
 
 /// The validated HTTP settings. Present only when `http.listen` is set.
@@ -39,6 +61,8 @@ pub struct HttpConfig {
     /// The largest upload body accepted, in bytes (a larger one is answered 413 as
     /// soon as it passes the limit, whatever its Content-Length said).
     pub max_upload: u64,
+    /// HTTPS instead of HTTP, from these files; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Validates the `http:` section (`shown` names the settings file in errors).
@@ -94,11 +118,30 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
             )
         })?,
     };
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            let path = |v: Option<String>, key: &str| match v.map(|v| v.trim().to_string()) {
+                Some(v) if !v.is_empty() => Ok(PathBuf::from(v)),
+                _ => Err(bad(
+                    &format!("tls.{key}"),
+                    format!(
+                        "missing: write the path of a PEM {key} file (or remove `tls:` for plain HTTP)"
+                    ),
+                )),
+            };
+            Some(TlsFiles {
+                cert: path(t.cert, "cert")?,
+                key: path(t.key, "key")?,
+            })
+        }
+    };
     Ok(Some(HttpConfig {
         listen,
         header_timeout,
         anonymous_read: raw.anonymous_read.unwrap_or(false),
         max_upload,
+        tls,
     }))
 }
 

@@ -98,7 +98,18 @@ impl Config {
         let listen = |h: &Option<super::HttpConfig>| h.as_ref().map(|h| h.listen);
         let rebind = listen(&http) != listen(&self.http);
         keep("http.listen", rebind);
-        let http = if rebind { self.http.clone() } else { http };
+        // The certificate is loaded with the listener, once: a new one needs a restart.
+        let tls = |h: &Option<super::HttpConfig>| h.as_ref().and_then(|h| h.tls.clone());
+        let retls = !rebind && tls(&http) != tls(&self.http);
+        keep("http.tls", retls);
+        let http = if rebind {
+            self.http.clone()
+        } else {
+            http.map(|h| super::HttpConfig {
+                tls: tls(&self.http),
+                ..h
+            })
+        };
         // The live settings from `new`; every start-up setting as it runs.
         let running = Config {
             source,

@@ -1,9 +1,11 @@
 //! Binding the HTTP listener and accepting connections: each served by hyper's HTTP/1
-//! with bounded headers and a header read timeout, at most a fixed number at once, and
+//! (over TLS when `http.tls` is set) with bounded headers and a header read timeout, at
+//! most a fixed number at once and a fixed share of them per client address, and
 //! stopped gracefully (requests under way finish, within [`GRACE`]) at shutdown.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -24,6 +26,10 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// The most HTTP connections open at once; beyond it a new one is answered 503 `busy`.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// The share of the connection limit one client address (an IPv6 /64) may hold: a host
+/// opening connections it never uses (no token needed for that) cannot take every slot.
+/// Loopback is not limited: a reverse proxy on the same machine brings every client.
+pub const PER_CLIENT_SHARE: usize = 8;
 /// Connections the kernel completes before they are accepted (capped by
 /// net.core.somaxconn): a burst of a thousand clients connecting at once is queued, not
 /// dropped (a dropped SYN costs the client a second).
@@ -37,13 +43,21 @@ pub struct Bound {
     listener: TcpListener,
     /// The address bound.
     pub addr: SocketAddr,
+    /// HTTPS: the handshake every connection goes through (`http.tls`).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// Binds `http.listen` when it is set. Failing to bind is fatal at start, like the socket.
+/// Binds `http.listen` when it is set, and reads `http.tls`'s certificate and key.
+/// Failing either is fatal at start, like the socket; it is done before anything is
+/// made in the root, so a refused start leaves nothing behind.
 pub async fn bind(config: &Config) -> Result<Option<Bound>> {
-    let Some(HttpConfig { listen, .. }) = &config.http else {
+    let Some(HttpConfig { listen, tls, .. }) = &config.http else {
         return Ok(None);
     };
+    let tls = tls
+        .as_ref()
+        .map(|t| super::tls::acceptor(config, t))
+        .transpose()?;
     let refused = |e: std::io::Error| {
         Error::Other(format!(
             "cannot listen for HTTP on {listen} (http.listen in {}): {e}",
@@ -61,7 +75,11 @@ pub async fn bind(config: &Config) -> Result<Option<Bound>> {
     socket.bind(*listen).map_err(refused)?;
     let listener = socket.listen(BACKLOG).map_err(refused)?;
     let addr = listener.local_addr().map_err(refused)?;
-    Ok(Some(Bound { listener, addr }))
+    Ok(Some(Bound {
+        listener,
+        addr,
+        tls,
+    }))
 }
 
 /// Starts serving `bound`: its address is in `status` before this returns (so a client
@@ -70,11 +88,16 @@ pub fn start(bound: Bound, state: HttpState) -> tokio::task::JoinHandle<()> {
     let limit = MAX_CONNECTIONS
         .min(crate::server::connection_limit() / 2)
         .max(16);
+    let scheme = if bound.tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "HTTP API on http://{} (up to {limit} connections)",
-        bound.addr
+        "HTTP API on {scheme}://{} (up to {limit} connections, {} per client address)",
+        bound.addr,
+        per_client(limit)
     );
-    state.ctx.board.set_http(format!("http://{}", bound.addr));
+    state
+        .ctx
+        .board
+        .set_http(format!("{scheme}://{}", bound.addr));
     tokio::spawn(serve(bound, state, limit))
 }
 
@@ -83,12 +106,13 @@ pub fn start(bound: Bound, state: HttpState) -> tokio::task::JoinHandle<()> {
 async fn serve(bound: Bound, state: HttpState, limit: usize) {
     let app = router(state.clone());
     let slots = Arc::new(Semaphore::new(limit));
+    let clients = Clients::default();
     let mut connections = JoinSet::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = state.stop.wait() => break,
             r = bound.listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     // EMFILE and the like: wait a little rather than spin.
                     tracing::warn!("accept on the HTTP listener: {e}");
@@ -106,25 +130,32 @@ async fn serve(bound: Bound, state: HttpState, limit: usize) {
             .http
             .as_ref()
             .map_or(Duration::from_secs(10), |h| h.header_timeout);
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            connections.spawn(answer_busy(stream, limit));
+        let Some(client) = clients.enter(peer.ip(), per_client(limit)) else {
+            let why = format!(
+                "{} already holds {} HTTP connections, the most one client address may; close some and try again",
+                peer.ip(),
+                per_client(limit)
+            );
+            refuse(&mut connections, stream, why, bound.tls.is_some());
             continue;
         };
-        let (app, stop) = (app.clone(), state.stop.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let why = format!("all {limit} HTTP connections are in use; try again");
+            refuse(&mut connections, stream, why, bound.tls.is_some());
+            continue;
+        };
+        let (app, stop, tls) = (app.clone(), state.stop.clone(), bound.tls.clone());
         connections.spawn(async move {
-            let conn = builder(header_timeout)
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!("HTTP connection: {e}");
-                },
-                _ = stop.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_one(stream, app, header_timeout, stop).await,
+                Some(acceptor) => {
+                    if let Some(s) = super::tls::handshake(&acceptor, stream, header_timeout).await
+                    {
+                        serve_one(s, app, header_timeout, stop).await;
+                    }
                 }
             }
-            drop(slot);
+            drop((slot, client));
         });
     }
     drop(bound.listener);
@@ -143,6 +174,81 @@ async fn serve(bound: Bound, state: HttpState, limit: usize) {
     }
 }
 
+/// Serves one connection's requests until it closes, or until the daemon stops (then
+/// the request under way finishes).
+async fn serve_one<IO>(
+    io: IO,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: crate::shutdown::Shutdown,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn =
+        builder(header_timeout).serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            tracing::debug!("HTTP connection: {e}");
+        },
+        _ = stop.wait() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The most connections one client address may hold when `limit` are allowed in all.
+fn per_client(limit: usize) -> usize {
+    (limit / PER_CLIENT_SHARE).max(4)
+}
+
+/// Open connections per client address (an IPv6 address counts by its /64, which one
+/// host usually holds whole).
+#[derive(Clone, Default)]
+struct Clients(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection counted for its client address; uncounted when dropped.
+struct Counted(Option<(Clients, IpAddr)>);
+
+impl Clients {
+    /// Counts a connection from `ip`, or `None` when that address holds `max` already.
+    /// Loopback is not counted.
+    fn enter(&self, ip: IpAddr, max: usize) -> Option<Counted> {
+        let ip = match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        };
+        if ip.is_loopback() || ip.to_canonical().is_loopback() {
+            return Some(Counted(None));
+        }
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted(Some((self.clone(), ip))))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some((clients, ip)) = self.0.take() {
+            let mut map = clients.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// HTTP/1 as served: keep-alive, bounded heads, a header read timeout.
 fn builder(header_timeout: Duration) -> http1::Builder {
     let mut b = http1::Builder::new();
@@ -154,14 +260,26 @@ fn builder(header_timeout: Duration) -> http1::Builder {
     b
 }
 
-/// Answers every request of a connection beyond the limit 503 `busy`, then closes it.
-async fn answer_busy(stream: TcpStream, limit: usize) {
-    let service = hyper::service::service_fn(move |_req| async move {
-        let e = super::ApiError::new(
-            crate::protocol::ErrorCode::Busy,
-            format!("all {limit} HTTP connections are in use; try again"),
-        );
-        Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response(e))
+/// A connection beyond a limit: answered 503 (plain HTTP), or closed at once on the
+/// HTTPS port (no handshake is spent on a connection refused anyway).
+fn refuse(connections: &mut JoinSet<()>, stream: TcpStream, why: String, tls: bool) {
+    if tls {
+        tracing::debug!("HTTPS connection closed: {why}");
+        drop(stream);
+    } else {
+        connections.spawn(answer_busy(stream, why));
+    }
+}
+
+/// Answers every request of a connection beyond a limit 503 `busy` saying `why`, then
+/// closes it.
+async fn answer_busy(stream: TcpStream, why: String) {
+    let service = hyper::service::service_fn(move |_req| {
+        let why = why.clone();
+        async move {
+            let e = super::ApiError::new(crate::protocol::ErrorCode::Busy, why);
+            Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response(e))
+        }
     });
     let mut b = builder(Duration::from_secs(2));
     b.keep_alive(false);

@@ -12,7 +12,7 @@
 //! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
 //! headers), `dashboard` the web pages ([`crate::dashboard`]), `auth` the token check
 //! every request passes, `upload` new versions sent over HTTP (a folder as a tar:
-//! `upload_folder`, read by `untar`), and `error` the one
+//! `upload_folder`, read by `untar`), `tls` HTTPS (`http.tls`), and `error` the one
 //! error type.
 //!
 //! New routes are added to [`router`] from a module of their own, taking [`HttpState`].
@@ -30,6 +30,7 @@ mod listener;
 mod paths;
 mod range;
 mod tar;
+mod tls;
 mod untar;
 mod upload;
 mod upload_folder;
