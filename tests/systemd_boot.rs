@@ -1,7 +1,8 @@
 //! The service under a real systemd 252, driven the way an operator drives it, from
 //! docs/operations.md's own lines: install, `enable --now`, queries and drops by a member
-//! of the group, what the group may not touch, reload, stop, the watchdog, socket
-//! activation, the journal, the sandbox; and the Debian package.
+//! of the group, what the group may not touch, reload, the HTTP API under its drop-in,
+//! stop, the watchdog, socket activation, the journal, the sandbox; and the Debian
+//! package.
 //!
 //! systemd boots as PID 1 of new PID, mount, UTS and IPC namespaces. Before it starts,
 //! the boot script mounts overlays (upper layer in a tmpfs) on /etc, /usr and /var, and
@@ -518,6 +519,41 @@ fn documented_install_serves_the_group_under_real_systemd() {
             "a timestamp of its own (the journal adds one): {line}"
         );
     }
+
+    // The HTTP API under the shipped drop-in, installed by docs/operations.md's own
+    // lines: `http.listen` on loopback, a ping answered from inside the machine, and the
+    // unit's exposure with the drop-in still at most 2.0.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    m.ok(&format!(
+        "printf 'http:\\n  listen: 127.0.0.1:{port}\\n' >> /etc/modelreg/config.yaml"
+    ));
+    m.run_docs_block("http");
+    let ping = format!("curl -sf -m 5 http://127.0.0.1:{port}/api/v1/ping");
+    m.wait(Duration::from_secs(30), "the HTTP API answering", || {
+        m.sh(&ping).status.success()
+    });
+    let pong = m.ok(&ping);
+    assert!(pong.contains("\"pong\":true"), "{pong}");
+    println!("[install] HTTP under the drop-in: {pong}");
+    let security = m.ok("systemd-analyze security modelreg --no-pager");
+    let exposure: f64 = security
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for modelreg.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{security}"));
+    println!("[install] exposure with the HTTP drop-in: {exposure}");
+    assert!(exposure <= 2.0, "{security}");
+    // Back to the unit as installed, for what follows.
+    m.ok(
+        "rm /etc/systemd/system/modelreg.service.d/http.conf && sed -i '/^http:/,$d' /etc/modelreg/config.yaml && systemctl daemon-reload && systemctl restart modelreg",
+    );
 
     // Stop: clean and well within TimeoutStopSec.
     let t0 = Instant::now();

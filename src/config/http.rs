@@ -196,6 +196,21 @@ mod tests {
     }
 
     #[test]
+    fn tls_takes_a_cert_and_a_key() {
+        let c = test_config("http: {listen: \"127.0.0.1:0\", tls: {cert: c.pem, key: /k.pem}}\n")
+            .unwrap();
+        let t = c.http.unwrap().tls.unwrap();
+        assert_eq!(
+            (t.cert.to_str(), t.key.to_str()),
+            (Some("c.pem"), Some("/k.pem"))
+        );
+        let e = test_config("http: {listen: \"127.0.0.1:0\", tls: {key: k.pem}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.tls.cert: missing"), "{e}");
+    }
+
+    #[test]
     fn a_bad_http_section_names_its_key() {
         let e = test_config("http: {}\n").unwrap_err().to_string();
         assert!(e.contains("http.listen: missing"), "{e}");

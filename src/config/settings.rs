@@ -168,5 +168,15 @@ mod tests {
             running.http.unwrap().header_timeout,
             Duration::from_secs(30)
         );
+        // A certificate is loaded with the listener: a new one needs a restart, while the
+        // other keys of the same reload apply.
+        let tls = test_config(
+            "http: {listen: \"127.0.0.1:8080\", anonymous_read: true, tls: {cert: c, key: k}}\n",
+        )
+        .unwrap();
+        let (running, restart) = on.reloaded(tls);
+        assert_eq!(restart, ["http.tls"]);
+        let h = running.http.unwrap();
+        assert!(h.tls.is_none() && h.anonymous_read);
     }
 }
