@@ -11,8 +11,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::http::address;
-use common::{TestDaemon, bytes, ok};
+use common::bytes;
+use common::http::with_write_token;
 
 const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  max_upload: 1MiB\n";
 
@@ -74,18 +74,9 @@ fn sha256(b: &[u8]) -> String {
     modelreg::fsutil::sha256_hex(b)
 }
 
-fn setup(config: &str) -> (TestDaemon, String, String) {
-    let d = TestDaemon::start(config);
-    let token = ok(&d, &["token", "create", "ci", "--scope", "write"])
-        .trim()
-        .to_string();
-    let addr = address(&d);
-    (d, addr, token)
-}
-
 #[test]
 fn an_uploaded_file_becomes_a_version_with_its_metrics() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let content = bytes(3, 300_000);
     let file = d.root.path().join("upload-src.pt");
     std::fs::write(&file, &content).unwrap();
@@ -137,7 +128,7 @@ fn an_uploaded_file_becomes_a_version_with_its_metrics() {
 
 #[test]
 fn a_wrong_sha256_registers_nothing() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let file = d.root.path().join("m.pt");
     std::fs::write(&file, bytes(5, 5000)).unwrap();
     let up = "/api/v1/models/m/upload?filename=m.pt";
@@ -181,7 +172,7 @@ fn a_wrong_sha256_registers_nothing() {
 
 #[test]
 fn an_upload_over_the_limit_is_refused_while_streaming() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let big = bytes(6, (1 << 20) + 1);
     let file = d.root.path().join("big.pt");
     std::fs::write(&file, &big).unwrap();
@@ -224,7 +215,7 @@ fn tar(dir: &Path, args: &[&str]) -> Vec<u8> {
 
 #[test]
 fn a_folder_sent_as_a_tar_becomes_a_folder_version() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let src = d.root.path().join("bert-src");
     std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
     std::fs::write(src.join("model.safetensors"), bytes(8, 70_000)).unwrap();
@@ -285,7 +276,7 @@ fn a_folder_sent_as_a_tar_becomes_a_folder_version() {
 /// client was answered 201 with another's content, another was never answered).
 #[test]
 fn folders_of_one_model_uploaded_at_once_each_get_their_own_version() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let up = "/api/v1/models/race/upload";
     let files: Vec<(std::path::PathBuf, Vec<u8>)> = (0..3u8)
         .map(|i| {
@@ -322,7 +313,7 @@ fn folders_of_one_model_uploaded_at_once_each_get_their_own_version() {
 
 #[test]
 fn hostile_tars_are_refused_and_write_nothing_outside() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let work = d.root.path().join("work");
     std::fs::create_dir_all(work.join("inner")).unwrap();
     std::fs::write(work.join("outside.txt"), b"x").unwrap();

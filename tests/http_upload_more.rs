@@ -14,8 +14,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::http::address;
-use common::{BIN, TestDaemon, bytes, ok};
+use common::http::{address, with_write_token};
+use common::{BIN, TestDaemon, bytes};
 
 const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  max_upload: 1MiB\n";
 
@@ -53,15 +53,6 @@ fn put(addr: &str, token: &str, path: &str, file: &Path, headers: &[&str]) -> Se
 }
 
 const TAR: &str = "Content-Type: application/x-tar";
-
-fn setup(config: &str) -> (TestDaemon, String, String) {
-    let d = TestDaemon::start(config);
-    let token = ok(&d, &["token", "create", "ci", "--scope", "write"])
-        .trim()
-        .to_string();
-    let addr = address(&d);
-    (d, addr, token)
-}
 
 /// `tar -cf FILE ARGS` run in `dir`.
 fn tar(dir: &Path, file: &Path, args: &[&str]) {
@@ -102,7 +93,7 @@ fn stored(d: &TestDaemon, name: &str, sel: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn a_folder_upload_leaves_the_users_inbox_alone_and_nothing_behind() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     // A user's unfinished drop of the same name (a file still being downloaded, so the
     // daemon waits for it), a link and a plain file at the names of two more uploads.
     let mine = d.inbox().join("bert");
@@ -171,7 +162,7 @@ fn a_folder_upload_leaves_the_users_inbox_alone_and_nothing_behind() {
 
 #[test]
 fn archives_without_folder_entries_are_taken() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let src = d.root.path().join("src");
     std::fs::create_dir_all(src.join("a/b")).unwrap();
     std::fs::write(src.join("a/b/w.bin"), bytes(2, 3000)).unwrap();
@@ -212,7 +203,7 @@ fn archives_without_folder_entries_are_taken() {
 
 #[test]
 fn hidden_entries_are_left_out_and_named_in_the_answer() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let src = d.root.path().join("hf-src");
     std::fs::create_dir_all(src.join(".cache/huggingface")).unwrap();
     std::fs::write(src.join(".gitattributes"), b"*.bin filter=lfs").unwrap();
@@ -251,7 +242,7 @@ fn hidden_entries_are_left_out_and_named_in_the_answer() {
 
 #[test]
 fn a_compressed_upload_is_refused_with_415() {
-    let (d, addr, token) = setup(CONFIG);
+    let (d, addr, token) = with_write_token(CONFIG);
     let raw = d.root.path().join("w.bin");
     std::fs::write(&raw, bytes(4, 5000)).unwrap();
     let out = Command::new("gzip").arg("-k").arg(&raw).output().unwrap();

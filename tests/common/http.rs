@@ -40,6 +40,16 @@ impl Answer {
     }
 }
 
+/// A daemon started with `config`, its HTTP API's `host:port` and a new write token.
+pub fn with_write_token(config: &str) -> (TestDaemon, String, String) {
+    let d = TestDaemon::start(config);
+    let token = super::ok(&d, &["token", "create", "ci", "--scope", "write"])
+        .trim()
+        .to_string();
+    let addr = address(&d);
+    (d, addr, token)
+}
+
 /// `host:port` of the daemon's HTTP API, from its `status` (it listens on port 0).
 pub fn address(d: &TestDaemon) -> String {
     let url = d.status().http.expect("status names the HTTP address");
