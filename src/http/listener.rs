@@ -215,16 +215,18 @@ impl Clients {
     /// Counts a connection from `ip`, or `None` when that address holds `max` already.
     /// Loopback is not counted.
     fn enter(&self, ip: IpAddr, max: usize) -> Option<Counted> {
-        let ip = match ip.to_canonical() {
+        let ip = ip.to_canonical();
+        // Before the /64 is taken: ::1 masked would be ::.
+        if ip.is_loopback() {
+            return Some(Counted(None));
+        }
+        let ip = match ip {
             IpAddr::V6(v6) => {
                 let s = v6.segments();
                 IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
             v4 => v4,
         };
-        if ip.is_loopback() || ip.to_canonical().is_loopback() {
-            return Some(Counted(None));
-        }
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= max {
@@ -288,4 +290,29 @@ async fn answer_busy(stream: TcpStream, why: String) {
         b.serve_connection(TokioIo::new(stream), service),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_at_most_its_share_and_loopback_is_not_counted() {
+        let clients = Clients::default();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // IPv6 loopback stays loopback (masking it to its /64 would make it `::`).
+        let local: Vec<_> = (0..10).map(|_| clients.enter(ip("::1"), 2)).collect();
+        assert!(local.iter().all(Option::is_some));
+        // One /64 is one client; another address is another.
+        let a = clients.enter(ip("2001:db8::1"), 2).unwrap();
+        let _b = clients.enter(ip("2001:db8::2"), 2).unwrap();
+        assert!(clients.enter(ip("2001:db8::3"), 2).is_none());
+        assert!(clients.enter(ip("2001:db8:0:1::1"), 2).is_some());
+        // An IPv4 client seen through a dual-stack socket is the same client.
+        let _v4 = clients.enter(ip("::ffff:192.0.2.9"), 1).unwrap();
+        assert!(clients.enter(ip("192.0.2.9"), 1).is_none());
+        // A closed connection frees its slot.
+        drop(a);
+        assert!(clients.enter(ip("2001:db8::3"), 2).is_some());
+    }
 }

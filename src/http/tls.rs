@@ -56,7 +56,7 @@ pub fn acceptor(config: &Config, tls: &TlsFiles) -> Result<TlsAcceptor> {
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = ServerConfig::builder_with_provider(provider)
+    let mut server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Other(format!("cannot serve HTTPS: {e}")))?
         .with_no_client_auth()
@@ -71,7 +71,6 @@ pub fn acceptor(config: &Config, tls: &TlsFiles) -> Result<TlsAcceptor> {
                 ),
             )
         })?;
-    let mut server = server;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
