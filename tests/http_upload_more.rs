@@ -10,6 +10,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -93,7 +94,7 @@ fn stored(d: &TestDaemon, name: &str, sel: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn a_folder_upload_leaves_the_users_inbox_alone_and_nothing_behind() {
-    let (d, addr, token) = with_write_token(CONFIG);
+    let (mut d, addr, token) = with_write_token(CONFIG);
     // A user's unfinished drop of the same name (a file still being downloaded, so the
     // daemon waits for it), a link and a plain file at the names of two more uploads.
     let mine = d.inbox().join("bert");
@@ -158,6 +159,14 @@ fn a_folder_upload_leaves_the_users_inbox_alone_and_nothing_behind() {
     // The same folder again is the same version (200).
     let a = put(&addr, &token, "/api/v1/models/bert/upload", &file, &[TAR]);
     assert_eq!((a.status, a.body["version"].as_str()), (200, Some("v1")));
+    // What the uploads recorded reads back: the daemon starts again on it (a folder's
+    // source was written as `upload:bert/`, which the loader refused at the next start).
+    d.stop();
+    d.spawn();
+    let v = d.get("bert", "v1").unwrap();
+    assert_eq!(v.source, "upload:bert");
+    let out = d.cli(&["verify"]);
+    assert!(out.status.success(), "{}", common::stdout(&out));
 }
 
 #[test]
@@ -362,4 +371,107 @@ fn one_client_address_cannot_take_every_connection() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         ping(&mut s).0 == 200
     });
+}
+
+#[test]
+fn a_bad_file_name_is_refused_before_the_body_and_never_written_raw_to_the_log() {
+    let (d, addr, token) = with_write_token(CONFIG);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // A name that would forge a log line, and a body announced but never sent: the
+    // answer must come without it.
+    let forged = "a%0A2026-11-27T17:00:00Z%20ERROR%20forged%1B%5B31m";
+    write!(
+        s,
+        "PUT /api/v1/models/inj/upload?filename={forged} HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: 900000\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).expect("answered before the body was sent");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("invalid_name"), "{text}");
+    let log = d.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-11-27T17:00:00Z ERROR forged")),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "a raw escape in the log");
+}
+
+#[test]
+fn an_upload_cut_by_the_client_leaves_no_private_folder_behind() {
+    let config = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  max_upload: 200MiB\n";
+    let (d, addr, token) = with_write_token(config);
+    let src = d.root.path().join("big-src");
+    std::fs::create_dir(&src).unwrap();
+    // Many files in their own folders: the extraction makes each entry's folder as it
+    // goes, which is how a removed private folder came back.
+    for i in 0..60 {
+        let dir = src.join(format!("d{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("w.bin"), vec![i as u8; 2 << 20]).unwrap();
+    }
+    let file = d.root.path().join("big.tar");
+    tar(&src, &file, &["."]);
+    let body = std::fs::read(&file).unwrap();
+    let staging = d.root.path().join("models/.staging");
+    let uploads = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&staging)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("upload.")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "PUT /api/v1/models/cut/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        // The whole body received: the extraction has begun.
+        common::wait_until(Duration::from_secs(30), "the extraction begun", || {
+            uploads().iter().any(|p| p.join("folder").exists())
+        });
+        // Reset, as a killed client's kernel does: the request is dropped mid-extraction.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a linger value of the size given.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(s);
+        // Every private folder goes once its extraction stops (before, one dropped
+        // while the extraction ran was made again by it and stayed until the next start).
+        common::wait_until(
+            Duration::from_secs(60),
+            "the private folder removed",
+            || uploads().is_empty(),
+        );
+    }
+    assert!(
+        d.cli(&["status"]).status.success(),
+        "the daemon still serves"
+    );
 }

@@ -165,6 +165,9 @@ async fn upload(
             "an upload names its file: ?filename=resnet18.pt (the stored file's name)",
         ));
     };
+    // Refused before the body is received (a bad name would cost a whole body), and
+    // never written raw into the log.
+    crate::server::check_filename(&filename).map_err(ApiError::from)?;
     // The request line the socket would read: the same parser and the same checks.
     let mut line =
         serde_json::json!({"op": "register", "name": name, "filename": filename}).to_string();
@@ -187,7 +190,7 @@ async fn upload(
     let (file, got) = receive(body, &cfg.root, max).await?;
     check_sha256(want.as_deref(), &got)?;
     let who = caller.and_then(|c| c.0.0.clone()).unwrap_or_default();
-    tracing::info!(model = %name, token = %who, "upload of {filename} received; handing it over");
+    tracing::info!(model = %name, token = %who, "upload of {filename:?} received; handing it over");
     let r =
         crate::server::register_handover(req, line.as_bytes(), OwnedFd::from(file), &s.ctx, None)
             .await;

@@ -77,17 +77,19 @@ pub(super) async fn upload_folder(
     };
     let dir = private_dir(&s.ctx.config().store)?;
     let dest = dir.path().join("folder");
-    let extracted = {
+    // The extraction owns the private folder while it runs: a client gone mid-request
+    // drops this future, not the blocking task, and the folder is removed only once the
+    // extraction has stopped writing into it (dropped here, it was made again, 0755).
+    let (dir, extracted) = {
         let dest = dest.clone();
-        tokio::task::spawn_blocking(move || extract(&mut file, &dest))
-            .await
-            .unwrap_or_else(|e| {
-                Err(ApiError::new(
-                    ErrorCode::Internal,
-                    format!("the extraction panicked: {e}"),
-                ))
-            })?
+        tokio::task::spawn_blocking(move || {
+            let extracted = extract(&mut file, &dest);
+            (dir, extracted)
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the extraction panicked: {e}")))?
     };
+    let extracted = extracted?;
     tracing::info!(model = %name, files = extracted.files, bytes = extracted.bytes, "folder upload extracted; handing it over");
     if !extracted.left_out.is_empty() {
         tracing::info!(

@@ -306,7 +306,8 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
             format!("the folder uploaded as {}", job.name),
             Kind::Folder,
             files.iter().map(|f| f.0.clone()).collect(),
-            format!("upload:{}/", job.name),
+            // No trailing slash: the loader reads `source` as a plain path.
+            format!("upload:{}", job.name),
         ),
     };
     let unusable = |why: String| refusal(ErrorCode::UnusableFile, format!("{shown}: {why}"));

@@ -39,7 +39,7 @@ pub use connection::{IDLE_TIMEOUT, REQUEST_TIMEOUT, SEND_BUFFER, WRITE_TIMEOUT, 
 pub use connections::{MAX_CONNECTIONS, connection_limit};
 pub use handlers::dispatch;
 /// The hand-over of a complete file by descriptor, as the socket's `register` does it (the HTTP API's uploads use it too).
-pub use register::{hand_over, register as register_handover};
+pub use register::{check_filename, hand_over, register as register_handover};
 pub use socket::bind;
 
 /// What handlers need.

@@ -223,6 +223,20 @@ struct RawMaps<'a> {
     metadata: Option<&'a serde_json::value::RawValue>,
 }
 
+/// Refuses a hand-over's file name that could not be one file of a version: a path, a
+/// control character, a hidden name. The HTTP upload asks before it receives the body.
+pub fn check_filename(filename: &str) -> Result<(), crate::protocol::ErrorBody> {
+    crate::names::check_component(filename)
+        .and_then(|()| match filename.starts_with('.') {
+            true => Err("starts with a dot".to_string()),
+            false => Ok(()),
+        })
+        .map_err(|reason| crate::protocol::ErrorBody {
+            code: ErrorCode::InvalidName,
+            message: format!("invalid filename {filename:?}: it {reason}"),
+        })
+}
+
 /// Answers `register` (the request must be one, read from `line`) for the descriptor
 /// `fd`.
 pub async fn register(
@@ -244,16 +258,8 @@ pub async fn register(
     if let Err(e) = RegistryError::check_model_name(&name) {
         return e.into();
     }
-    if let Err(reason) =
-        crate::names::check_component(&filename).and_then(|()| match filename.starts_with('.') {
-            true => Err("starts with a dot".to_string()),
-            false => Ok(()),
-        })
-    {
-        return Response::err(
-            ErrorCode::InvalidName,
-            format!("invalid filename {filename:?}: it {reason}"),
-        );
+    if let Err(e) = check_filename(&filename) {
+        return Response::err(e.code, e.message);
     }
     let sidecar = if metrics.is_some() || metadata.is_some() {
         let shown = format!("the metrics of register {name}");
