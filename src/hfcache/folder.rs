@@ -265,55 +265,69 @@ fn snapshot_links(dir: &Path) -> Option<BTreeMap<String, String>> {
     Some(out)
 }
 
-/// Makes `snapshots/<commit>` under a temporary name, then renames it into place; with
-/// `replace`, one already there (found wrong) is swapped out in one step and removed.
+/// Makes `snapshots/<commit>`. A new one is made in place (no temporary folder to
+/// create, rename and free: see [`rewrite_in_place`] on why inodes count). That is safe
+/// because nothing names a snapshot before it is whole: refs are written after
+/// snapshots, and a commit id is only learnt from a ref. One left half made (a crash,
+/// a full disk) holds too few links; the model is then checked again (read back and
+/// compared link by link, [`read_back`]) at its next change or at start, and the
+/// snapshot remade. One already there is kept, or, with `replace` (found wrong or not
+/// trusted), a whole new one is made under a temporary name and swapped in, so that a
+/// reader of a ref naming it never finds it missing.
 fn make_snapshot(
     snapshots: &Path,
     commit: &str,
     files: &[ViewFile],
     replace: bool,
 ) -> Result<(), String> {
+    let dest = snapshots.join(commit);
+    match fs::create_dir(&dest) {
+        Ok(()) => {
+            crate::store::set_folder_mode(&dest).map_err(|e| e.to_string())?;
+            return fill_snapshot(&dest, files);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if !replace {
+                // Made before, trusted: nothing to place.
+                return Ok(());
+            }
+        }
+        Err(e) => return Err(format!("create {}: {e}", dest.display())),
+    }
     let tmp = snapshots.join(format!(".tmp.{}.{commit}", std::process::id()));
     let _ = remove_any(&tmp);
     make_dir(&tmp)?;
-    let filled = (|| {
-        for f in files {
-            let path = tmp.join(&f.rel);
-            let mut made = tmp.clone();
-            for c in Path::new(&f.rel)
-                .parent()
-                .into_iter()
-                .flat_map(|p| p.components())
-            {
-                made.push(c);
-                if !made.is_dir() {
-                    make_dir(&made)?;
-                }
-            }
-            std::os::unix::fs::symlink(snapshot_target(&f.rel, &f.sha256), &path)
-                .map_err(|e| format!("link {}: {e}", path.display()))?;
-        }
-        Ok(())
-    })();
-    let dest = snapshots.join(commit);
-    let placed = filled.and_then(|()| {
-        if replace && fs::symlink_metadata(&dest).is_ok() {
+    let placed = fill_snapshot(&tmp, files).and_then(|()| {
+        if fs::symlink_metadata(&dest).is_ok() {
             exchange(&tmp, &dest)
         } else {
-            match fs::rename(&tmp, &dest) {
-                // Already there (made before, trusted): nothing to place.
-                Err(e)
-                    if e.raw_os_error() == Some(libc::ENOTEMPTY)
-                        || e.kind() == std::io::ErrorKind::AlreadyExists =>
-                {
-                    Ok(())
-                }
-                r => r.map_err(|e| format!("rename {} into place: {e}", dest.display())),
-            }
+            fs::rename(&tmp, &dest)
+                .map_err(|e| format!("rename {} into place: {e}", dest.display()))
         }
     });
     let _ = remove_any(&tmp);
     placed
+}
+
+/// Makes each file's link (and the folders of its path) in the snapshot folder `dir`.
+fn fill_snapshot(dir: &Path, files: &[ViewFile]) -> Result<(), String> {
+    for f in files {
+        let path = dir.join(&f.rel);
+        let mut made = dir.to_path_buf();
+        for c in Path::new(&f.rel)
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+        {
+            made.push(c);
+            if !made.is_dir() {
+                make_dir(&made)?;
+            }
+        }
+        std::os::unix::fs::symlink(snapshot_target(&f.rel, &f.sha256), &path)
+            .map_err(|e| format!("link {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Swaps two paths in one step (renameat2 RENAME_EXCHANGE): a reader sees either.
@@ -322,13 +336,19 @@ fn exchange(a: &Path, b: &Path) -> Result<(), String> {
         .map_err(|e| format!("swap {} into place: {e}", b.display()))
 }
 
-/// Makes `dir/<name>` a symlink to `to`: a new link under a temporary name renamed over
-/// the old one, so it is never missing.
+/// Makes `dir/<name>` a symlink to `to`: made directly when the name is free (a link
+/// appears whole), else a new link under a temporary name renamed over the old one, so
+/// it is never missing.
 fn put_link(dir: &Path, name: &str, to: &str) -> Result<(), String> {
+    let path = dir.join(name);
+    match std::os::unix::fs::symlink(to, &path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("link {}: {e}", path.display())),
+    }
     let tmp = dir.join(format!(".tmp.{}.{name}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(to, &tmp).map_err(|e| format!("link {}: {e}", tmp.display()))?;
-    let path = dir.join(name);
     if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
         remove_any(&path)?;
     }
@@ -338,11 +358,16 @@ fn put_link(dir: &Path, name: &str, to: &str) -> Result<(), String> {
     })
 }
 
-/// Writes `refs/<name>` holding `commit` (no newline: huggingface_hub reads it whole):
-/// a temporary file renamed over the old one.
+/// Writes `refs/<name>` holding `commit` (no newline: huggingface_hub reads it whole).
+/// A ref that is already a file of the same length (a commit id is always 40 hex) is
+/// overwritten in place ([`rewrite_in_place`]); a new one is a temporary file renamed
+/// into place, so that it never appears empty.
 fn write_ref(refs: &Path, name: &str, commit: &str) -> Result<(), String> {
-    let tmp = refs.join(format!(".tmp.{}.{name}", std::process::id()));
     let path = refs.join(name);
+    if rewrite_in_place(&path, commit.as_bytes()) {
+        return Ok(());
+    }
+    let tmp = refs.join(format!(".tmp.{}.{name}", std::process::id()));
     let r = (|| {
         let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()
@@ -362,6 +387,48 @@ fn write_ref(refs: &Path, name: &str, commit: &str) -> Result<(), String> {
         let _ = fs::remove_file(&tmp);
         format!("write {}: {e}", path.display())
     })
+}
+
+/// Overwrites the ref file `path` with `text` in place, with one `pwrite` at offset 0,
+/// when it is a regular file (not a link, one name) of exactly `text`'s length. Returns
+/// whether it did; otherwise the caller writes a new file and renames it over.
+///
+/// Why in place: `latest` and `main` move at every registration. A new file renamed
+/// over the old one creates one inode and frees another per ref per version, and on an
+/// ext4 without a journal (as here) every later inode allocation in the folder's group
+/// walks past each inode freed in the last minutes (`find_inode_bit` ->
+/// `recently_deleted`): a loop of 1,000 `register()` calls spent over half of the
+/// daemon's CPU there, more with each version. In place, a moved ref costs no inode.
+///
+/// What a reader sees: the length never changes, so the file is never empty, short or
+/// missing; `open` + `read` gets the old id or the new one. The one exception is a
+/// `read` that runs during the kernel's copy of these 40 bytes into the page cache
+/// (buffered reads take no lock against writes): it can get a mix of the two ids,
+/// which names no snapshot, and huggingface_hub then fails the load as for an unknown
+/// revision (a retry gets the new id). The window is the length of a 40-byte copy,
+/// once per moved ref; a rename would close it at the cost above. The view is derived
+/// data and says nothing the socket does not: the socket's answers are exact.
+///
+/// A crash: the overwrite stays within one block and never changes the size, so after
+/// a crash the file holds the old id or the new one; either way the start-up check
+/// reads every ref back and rewrites those that differ from the catalog's plan
+/// ([`read_back`], [`apply`]), before the view is trusted again.
+fn rewrite_in_place(path: &Path, text: &[u8]) -> bool {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    // O_NONBLOCK: a FIFO put there by hand must not hang the registrar; O_NOFOLLOW:
+    // never write through a link.
+    let Ok(f) = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    let same = f
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() == text.len() as u64 && m.nlink() == 1);
+    // A short write leaves a mix: the caller's rename then replaces the file whole.
+    same && f.write_all_at(text, 0).is_ok()
 }
 
 /// Creates `dir` with the store's folder mode (0755 whatever the umask).

@@ -1,0 +1,164 @@
+//! The Hugging Face cache view `<root>/hf` as registrations move its refs: a moved ref
+//! is rewritten in place (no inode made and freed per version), never through a link,
+//! and the real `huggingface_hub` (offline) still loads exactly what the socket names.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::*;
+
+/// The huggingface_hub release tests/hf_cache.rs loads the view with.
+const HF_HUB: &str = "huggingface_hub==2.4.0";
+
+fn venv() -> &'static Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| common::venv::venv(HF_HUB))
+}
+
+/// `snapshot_download(name, revision=rev)` offline against the view of `d`, for each
+/// revision: the folder it returned, or the client's error.
+fn hf_snapshots(d: &TestDaemon, name: &str, revs: &[&str]) -> Vec<Result<PathBuf, String>> {
+    let script = r#"
+import json, sys
+from huggingface_hub import snapshot_download
+out = []
+for rev in sys.argv[2:]:
+    try:
+        out.append({"ok": snapshot_download(sys.argv[1], revision=rev)})
+    except Exception as e:
+        out.append({"err": type(e).__name__ + ": " + str(e)})
+print(json.dumps(out))
+"#;
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(venv().join("bin/python"))
+        .arg("-c")
+        .arg(script)
+        .arg(name)
+        .args(revs)
+        .env("HF_HUB_CACHE", d.root.path().join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", home.path())
+        .env_remove("HF_ENDPOINT")
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python: {}", stderr(&out));
+    let v: Vec<serde_json::Value> = serde_json::from_str(stdout(&out).trim()).unwrap();
+    v.into_iter()
+        .map(|r| match r.get("ok").and_then(|p| p.as_str()) {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => Err(r["err"].as_str().unwrap_or_default().to_string()),
+        })
+        .collect()
+}
+
+/// Registers version `n` of `name` (a file `<name>.pt`) with `accuracy`.
+fn register(d: &TestDaemon, name: &str, seed: u64, accuracy: f64, n: usize) {
+    write(
+        &d.inbox().join(format!("{name}.metrics.yaml")),
+        sidecar(&[("accuracy", accuracy)]).as_bytes(),
+    );
+    write(&d.inbox().join(format!("{name}.pt")), &bytes(seed, 3000));
+    d.wait_versions(name, n);
+}
+
+/// The commit id of `name` `selector` as the socket names the version.
+fn commit(d: &TestDaemon, name: &str, selector: &str) -> String {
+    let number = d.get(name, selector).unwrap().number;
+    let catalog = d.catalog();
+    let stored = catalog.models[name].find(number).unwrap();
+    modelreg::hfcache::version_commit("models", name, stored).unwrap()
+}
+
+/// The refs folder of `name`'s view.
+fn refs(d: &TestDaemon, name: &str) -> PathBuf {
+    d.root.path().join(format!("hf/models--{name}/refs"))
+}
+
+/// Names left in the view's folders of `name` that the daemon only uses for a moment.
+fn leftovers(d: &TestDaemon, name: &str) -> Vec<String> {
+    let dir = d.root.path().join(format!("hf/models--{name}"));
+    ["refs", "snapshots", "blobs"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn moved_refs_are_rewritten_in_place_and_loads_follow_them() {
+    let d = TestDaemon::quick();
+    register(&d, "m", 1, 0.5, 1);
+    let inode = |r: &str| {
+        std::fs::symlink_metadata(refs(&d, "m").join(r))
+            .unwrap()
+            .ino()
+    };
+    let before: Vec<u64> = ["latest", "main", "best"].map(inode).to_vec();
+    // v2 moves latest, main and best; v3 moves latest and main, not best.
+    for (n, (accuracy, best)) in [(0.9, "v2"), (0.6, "v2")].into_iter().enumerate() {
+        register(&d, "m", 2 + n as u64, accuracy, n + 2);
+        for (r, sel) in [("latest", "latest"), ("main", "latest"), ("best", best)] {
+            let text = std::fs::read_to_string(refs(&d, "m").join(r)).unwrap();
+            assert_eq!(text, commit(&d, "m", sel), "refs/{r} after v{}", n + 2);
+        }
+        let after: Vec<u64> = ["latest", "main", "best"].map(inode).to_vec();
+        assert_eq!(after, before, "the same files, rewritten in place");
+        assert!(leftovers(&d, "m").is_empty(), "{:?}", leftovers(&d, "m"));
+    }
+    // What huggingface_hub reads from them is what the socket answers.
+    let got = hf_snapshots(&d, "m", &["latest", "main", "best", "v1", "v3"]);
+    for (loaded, sel) in got.iter().zip(["v3", "v3", "v2", "v1", "v3"]) {
+        let path = loaded.as_ref().unwrap_or_else(|e| panic!("{sel}: {e}"));
+        assert!(
+            path.ends_with(format!("snapshots/{}", commit(&d, "m", sel))),
+            "{sel}: {}",
+            path.display()
+        );
+        let v = d.get("m", sel).unwrap();
+        assert_eq!(
+            std::fs::read(path.join("m.pt")).unwrap(),
+            std::fs::read(&v.path).unwrap(),
+            "{sel}"
+        );
+    }
+}
+
+#[test]
+fn a_ref_replaced_by_a_link_or_a_fifo_is_replaced_never_written_through() {
+    let d = TestDaemon::quick();
+    register(&d, "m", 11, 0.5, 1);
+    let outside = d.root.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let (sym_to, hard_to) = (outside.join("a"), outside.join("b"));
+    std::fs::write(&sym_to, "a".repeat(40)).unwrap();
+    std::fs::write(&hard_to, "b".repeat(40)).unwrap();
+    let r = refs(&d, "m");
+    // refs/latest a symbolic link, refs/main a second name of another file, refs/best a
+    // FIFO: each the length of a commit id (the FIFO's 0 aside), as a hand or a tool
+    // might leave them.
+    std::fs::remove_file(r.join("latest")).unwrap();
+    std::os::unix::fs::symlink(&sym_to, r.join("latest")).unwrap();
+    std::fs::remove_file(r.join("main")).unwrap();
+    std::fs::hard_link(&hard_to, r.join("main")).unwrap();
+    std::fs::remove_file(r.join("best")).unwrap();
+    let fifo = std::ffi::CString::new(r.join("best").display().to_string()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // v2 moves all three (a hang here would be the registrar opening the FIFO).
+    register(&d, "m", 12, 0.9, 2);
+    assert_eq!(std::fs::read_to_string(&sym_to).unwrap(), "a".repeat(40));
+    assert_eq!(std::fs::read_to_string(&hard_to).unwrap(), "b".repeat(40));
+    for name in ["latest", "main", "best"] {
+        let m = std::fs::symlink_metadata(r.join(name)).unwrap();
+        assert!(m.is_file() && m.nlink() == 1, "refs/{name}: {m:?}");
+        let text = std::fs::read_to_string(r.join(name)).unwrap();
+        assert_eq!(text, commit(&d, "m", "v2"), "refs/{name}");
+    }
+    assert!(leftovers(&d, "m").is_empty(), "{:?}", leftovers(&d, "m"));
+}
