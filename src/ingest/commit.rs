@@ -20,7 +20,9 @@ impl Registrar {
                 unchanged,
                 sidecar,
                 store_ahead,
+                listed,
             } => {
+                self.index.listed(&name, listed);
                 if let Some(n) = store_ahead {
                     let dir = self.config.store.join(&name);
                     self.board.set_problem(
@@ -275,11 +277,19 @@ impl Registrar {
                     Some(d) => durable(d, &path, &snap, journal.as_mut(), whole, &ours),
                 };
                 tracing::debug!(took = ?t0.elapsed(), versions = staged.len(), whole, "commit durable");
+                // The models each version was published into (one more folder each).
+                let mut published = Vec::new();
                 if r.is_ok() {
                     for s in &staged {
-                        if let Err(e) = store::publish(s) {
+                        match store::publish(s) {
+                            Ok(()) => published.extend(
+                                s.final_dir
+                                    .parent()
+                                    .and_then(|p| p.file_name())
+                                    .map(|n| n.to_string_lossy().into_owned()),
+                            ),
                             // The catalog names it: start-up recovery finishes the rename.
-                            tracing::error!("{e}");
+                            Err(e) => tracing::error!("{e}"),
                         }
                     }
                     // Before the files of removed versions go: the view never shows them gone.
@@ -314,12 +324,15 @@ impl Registrar {
                         }
                     }
                 }
-                (r, fresh, whole, staged, journal)
+                (r, fresh, whole, staged, journal, published)
             })
             .await;
             match written {
-                Ok((r, fresh, whole, staged, journal)) => {
+                Ok((r, fresh, whole, staged, journal, published)) => {
                     self.writeback.journal = journal;
+                    for name in &published {
+                        self.index.published(name);
+                    }
                     match r {
                         Ok(()) => {
                             if recorded {

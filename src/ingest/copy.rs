@@ -33,6 +33,9 @@ pub(super) struct Job {
     /// The model's stored files, which a new version's equal files are hard-linked to
     /// instead of kept twice (and, when found before copying, only read).
     pub(super) stored: store::Stored,
+    /// The last listing of the model's store folder, as it should look now
+    /// ([`store::highest_in_store_since`]).
+    pub(super) listed: Option<store::Listed>,
     /// The folders pinned at start: the inbox is opened through it.
     pub(super) layout: Option<Arc<crate::layout::Layout>>,
 }
@@ -105,6 +108,8 @@ pub enum JobResult {
         /// The highest number the store holds when it is above the catalog's: versions
         /// the catalog does not know (numbering went above them).
         store_ahead: Option<u32>,
+        /// The listing of the model's store folder this job used.
+        listed: Option<store::Listed>,
     },
     /// The sidecar is invalid: the artifact waits. (path, message)
     Blocked(String, String),
@@ -145,9 +150,10 @@ fn run_job_inner(
     let mut newest = job.latest.clone();
     // Above every number the catalog and the store (folders and tombstones) hold: a
     // catalog that lost versions must never make a number be given twice.
-    // Listed for every job, not remembered: a folder put into the store by hand while
-    // the daemon runs must push the numbering above it and show as a problem.
-    let in_store = store::highest_in_store(&job.store, &job.name);
+    // Listed again unless the folder's link count says nothing came or went: a folder
+    // put into the store by hand while the daemon runs must push the numbering above it
+    // and show as a problem.
+    let (in_store, listed) = store::highest_in_store_since(&job.store, &job.name, job.listed);
     if in_store >= job.next {
         tracing::error!(
             model = job.name,
@@ -325,6 +331,7 @@ fn run_job_inner(
         unchanged,
         sidecar,
         store_ahead: (in_store >= job.next).then_some(in_store),
+        listed,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Copied {
     sidecar: Option<Sidecar>,
     reply: oneshot::Sender<HandoverResult>,
     result: Result<Outcome, ErrorBody>,
+    /// The listing of the model's store folder the copy used.
+    listed: Option<store::Listed>,
 }
 
 /// What the copy found.
@@ -62,6 +64,8 @@ struct Job {
     latest: Option<Known>,
     /// The model's stored files, for dedup.
     stored: store::Stored,
+    /// The last listing of the model's store folder, as it should look now.
+    listed: Option<store::Listed>,
     sidecar: Option<Sidecar>,
     layout: Option<Arc<crate::layout::Layout>>,
 }
@@ -91,6 +95,7 @@ impl Registrar {
             next: model.as_ref().map_or(0, |m| m.highest) + 1,
             store: self.config.store.clone(),
             stored: self.stored_files(&h.name, model.as_deref(), latest.clone()),
+            listed: self.index.listing_for_job(&h.name),
             latest,
             sidecar: h.sidecar,
             layout: self.layout.clone(),
@@ -114,14 +119,15 @@ impl Registrar {
             let done = copying.progress.clone();
             let (name, sidecar) = (job.name.clone(), job.sidecar.clone());
             let damaged = job.stored.damaged();
-            let result = tokio::task::spawn_blocking(move || copy(job, &cancel, &done.done))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(refusal(
-                        ErrorCode::Internal,
-                        format!("copy of the hand-over panicked: {e}"),
-                    ))
-                });
+            let (result, listed) = tokio::task::spawn_blocking(move || {
+                let mut listed = None;
+                (copy(job, &cancel, &done.done, &mut listed), listed)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                let why = format!("copy of the hand-over panicked: {e}");
+                (Err(refusal(ErrorCode::Internal, why)), None)
+            });
             drop(copying);
             // Stored files found changed in place (see plan.rs).
             for (path, why) in damaged.take() {
@@ -132,6 +138,7 @@ impl Registrar {
                 sidecar,
                 reply,
                 result,
+                listed,
             };
             let result = JobResult::HandedOver(Box::new(copied));
             let _ = tx.send(RegistrarMsg::JobDone { name, result });
@@ -142,6 +149,7 @@ impl Registrar {
     pub(super) fn handed_over(&mut self, c: Copied, stopping: bool) {
         self.in_flight -= 1;
         self.busy.remove(&c.name);
+        self.index.listed(&c.name, c.listed);
         match c.result {
             Err(e) => {
                 let _ = c.reply.send(Err(e));
@@ -294,7 +302,13 @@ fn metadata(s: &Sidecar) -> crate::registry::Metadata {
 }
 
 /// Copies and hashes the handed-over files into a staging folder; see the module docs.
-fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, ErrorBody> {
+/// `listed`: the listing of the model's store folder used to number it.
+fn copy(
+    job: Job,
+    cancel: &AtomicBool,
+    done: &AtomicU64,
+    listed: &mut Option<store::Listed>,
+) -> Result<Outcome, ErrorBody> {
     let (shown, kind, rels, source) = match &job.files {
         HandedFiles::File { filename, .. } => (
             format!("the file handed over as {filename}"),
@@ -317,7 +331,8 @@ fn copy(job: Job, cancel: &AtomicBool, done: &AtomicU64) -> Result<Outcome, Erro
         return Err(refusal(ErrorCode::Internal, why));
     }
     let total = job.files.size();
-    let in_store = store::highest_in_store(&job.store, &job.name);
+    let (in_store, seen) = store::highest_in_store_since(&job.store, &job.name, job.listed);
+    *listed = seen;
     let number = job.next.max(in_store + 1);
     let (mut file, stats) = match job.files {
         HandedFiles::File {

@@ -6,9 +6,12 @@
 //!   holds (numbers only grow, versions are in ascending order, a stored version's files
 //!   never change), and dropped when a version of the model is removed (rm, gc), to be
 //!   rebuilt from the catalog by its next job;
-//! - the store's highest number is NOT kept: each job lists the model's folder, so that
-//!   a `v<N>` folder put there by hand while the daemon runs pushes the numbering above
-//!   it and shows as a problem (tests/liveness.rs), at the cost of one listing per job;
+//! - the store's highest number is not trusted from memory alone: a `v<N>` folder put
+//!   there by hand while the daemon runs must push the numbering above it and show as a
+//!   problem (tests/liveness.rs). What is kept is the last listing of the model's folder
+//!   with the folder's link count, and the versions published into it since; a job
+//!   lists the folder again only when the count is not what those explain
+//!   ([`store::highest_in_store_since`]);
 //! - the link names last made in each model's folder: its other symlinks (aliases
 //!   removed) are looked for, by listing the folder, only when a name went away.
 //!
@@ -28,6 +31,13 @@ pub(super) struct Index {
     dedup: HashMap<String, Dedup>,
     /// The link names last made in each model's folder.
     links: HashMap<String, BTreeSet<String>>,
+    /// The last listing of each model's store folder, and `published` when it was taken.
+    listings: HashMap<String, (store::Listed, u64)>,
+    /// Versions published into each model's folder by this daemon (renames that
+    /// succeeded): each added one to the folder's link count.
+    published: HashMap<String, u64>,
+    /// `published` of each model whose job is running, as it was when the job started.
+    started: HashMap<String, u64>,
 }
 
 /// One model's dedup table and the highest version number it has looked at.
@@ -75,6 +85,44 @@ impl Index {
     /// names one file per content, which may have been the removed one).
     pub(super) fn removed(&mut self, name: &str) {
         self.dedup.remove(name);
+        // A version folder goes: the link count no longer adds up, also for a job of
+        // the model running now.
+        self.listings.remove(name);
+        self.started.remove(name);
+    }
+
+    /// A job of `name` starts: what its store folder's link count should be if nothing
+    /// but this daemon's publishing changed it since the last listing.
+    pub(super) fn listing_for_job(&mut self, name: &str) -> Option<store::Listed> {
+        let now = self.published.get(name).copied().unwrap_or(0);
+        self.started.insert(name.to_string(), now);
+        let (l, then) = self.listings.get(name)?;
+        Some(store::Listed {
+            nlink: l.nlink + (now - then),
+            highest: l.highest,
+        })
+    }
+
+    /// The job of `name` ended having seen `listed`. Kept only when no version of the
+    /// model was published while it ran (jobs of a model run one at a time, and the
+    /// registrar publishes between them; this only guards the rule): the count taken by
+    /// the job must include exactly the publishes counted so far, or a later expected
+    /// count could be one too high and match a folder put there by hand.
+    pub(super) fn listed(&mut self, name: &str, listed: Option<store::Listed>) {
+        let now = self.published.get(name).copied().unwrap_or(0);
+        match (self.started.remove(name), listed) {
+            (Some(then), Some(l)) if then == now => {
+                self.listings.insert(name.to_string(), (l, now));
+            }
+            _ => {
+                self.listings.remove(name);
+            }
+        }
+    }
+
+    /// A version of `name` was published (renamed into its folder).
+    pub(super) fn published(&mut self, name: &str) {
+        *self.published.entry(name.to_string()).or_default() += 1;
     }
 
     /// The links `names` are about to be made in `name`'s folder: whether the folder

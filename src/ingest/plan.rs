@@ -127,6 +127,7 @@ impl Registrar {
                 model.as_deref(),
                 latest.map(|v| known(&store_dir, v)),
             ),
+            listed: self.index.listing_for_job(&s.name),
             layout: self.layout.clone(),
         };
         self.in_flight += 1;

@@ -144,6 +144,51 @@ pub fn highest_in_store(store: &Path, name: &str) -> u32 {
     numbers_in_store(store, name).last().map_or(0, |(n, _)| *n)
 }
 
+/// What one listing of a model's folder found ([`highest_in_store_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    /// The folder's link count, taken just before the listing: 2 plus its subfolders on
+    /// ext4, xfs and tmpfs.
+    pub nlink: u64,
+    /// The highest number found ([`highest_in_store`]).
+    pub highest: u32,
+}
+
+/// [`highest_in_store`], without listing the folder again when its link count is what
+/// `expected` says (a listing taken earlier, with the daemon's own `v<N>` folders
+/// published since added to its count): no folder came or went since, so the highest
+/// number is the same. Returns the highest number and what to expect next time (`None`
+/// where the count says nothing: no folder yet, or a file system that always reports
+/// 1 for folders, as btrfs does).
+///
+/// Why: a model's folder holds a name per version, and listing it for every new version
+/// (to notice a `v<N>` folder put there by hand while running) cost a tenth of the
+/// daemon's CPU in a loop of 1,000 `register()` calls, more with each version. A folder
+/// put there by hand raises the count, so it is still noticed by the next job. Not
+/// noticed: one folder added and another removed by hand between two jobs (the count
+/// is the same); the next listing (after any other change of the count, or a restart)
+/// finds it, and publishing never replaces an existing `v<N>` meanwhile. Tombstones
+/// (`.removed/`) are only looked at when the folder is listed: the daemon writes them
+/// for numbers the catalog holds.
+pub fn highest_in_store_since(
+    store: &Path,
+    name: &str,
+    expected: Option<Listed>,
+) -> (u32, Option<Listed>) {
+    use std::os::unix::fs::MetadataExt;
+    let nlink = fs::symlink_metadata(store.join(name))
+        .ok()
+        .filter(|m| m.is_dir() && m.nlink() >= 2)
+        .map(|m| m.nlink());
+    if let (Some(now), Some(e)) = (nlink, expected)
+        && now == e.nlink
+    {
+        return (e.highest, Some(e));
+    }
+    let highest = highest_in_store(store, name);
+    (highest, nlink.map(|nlink| Listed { nlink, highest }))
+}
+
 /// Deletes version `n` of `name`, keeping its manifest (or a minimal one) as a tombstone
 /// in `<name>/.removed/v<N>.json`, so its number is never given again even if the catalog
 /// is lost.

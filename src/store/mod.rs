@@ -47,8 +47,8 @@ pub use copy::hash_file;
 pub use dedup::{Deduped, Stored, link_duplicates};
 pub use links::{check_no_link, linked_folders, refresh_links};
 pub use manifest::{
-    MANIFEST, MANIFEST_FORMAT, Manifest, TOMBSTONES, highest_in_store, numbers_in_store,
-    read_manifest, retire, write_manifest,
+    Listed, MANIFEST, MANIFEST_FORMAT, Manifest, TOMBSTONES, highest_in_store,
+    highest_in_store_since, numbers_in_store, read_manifest, retire, write_manifest,
 };
 pub use rebuild::{Rebuilt, audit, rebuild};
 pub use seal::seal;

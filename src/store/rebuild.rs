@@ -269,4 +269,25 @@ mod tests {
             sha256_hex(b"one")
         );
     }
+
+    #[test]
+    fn the_highest_number_is_listed_again_when_a_folder_came_or_went() {
+        use crate::store::{Listed, highest_in_store_since};
+        let l = |nlink, highest| Some(Listed { nlink, highest });
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path();
+        assert_eq!(highest_in_store_since(store, "m", None), (0, None));
+        for v in ["v1", "v2"] {
+            fs::create_dir_all(store.join("m").join(v)).unwrap();
+        }
+        let (h, seen) = highest_in_store_since(store, "m", None);
+        assert_eq!((h, seen), (2, l(4, 2)));
+        // The count unchanged: the listing is not made again (a stale `highest` shows it).
+        let stale = l(4, 9);
+        assert_eq!(highest_in_store_since(store, "m", stale), (9, stale));
+        // A folder put there by hand: listed again.
+        fs::create_dir(store.join("m/v7")).unwrap();
+        let (h, seen) = highest_in_store_since(store, "m", stale);
+        assert_eq!((h, seen), (7, l(5, 7)));
+    }
 }

@@ -135,3 +135,31 @@ fn the_folder_is_listed_only_when_a_link_name_went_away() {
         "after a roll-back"
     );
 }
+
+#[test]
+fn a_listing_is_trusted_only_as_far_as_the_daemon_own_publishing_explains_it() {
+    use crate::store::Listed;
+    let l = |nlink, highest| Some(Listed { nlink, highest });
+    let mut ix = Index::default();
+    assert_eq!(ix.listing_for_job("m"), None, "never listed");
+    ix.listed("m", l(5, 3));
+    // Two versions published since: the folder should have two more subfolders.
+    ix.published("m");
+    ix.published("m");
+    assert_eq!(ix.listing_for_job("m"), l(7, 3));
+    ix.listed("m", l(7, 3));
+    // A version published while a job ran: that job's count may or may not include
+    // it, so it is not kept.
+    assert_eq!(ix.listing_for_job("m"), l(7, 3));
+    ix.published("m");
+    ix.listed("m", l(8, 3));
+    assert_eq!(ix.listing_for_job("m"), None);
+    ix.listed("m", l(8, 3));
+    assert_eq!(ix.listing_for_job("m"), l(8, 3));
+    // A version removed (its folder goes) while a job runs: neither kept.
+    ix.removed("m");
+    ix.listed("m", l(8, 3));
+    assert_eq!(ix.listing_for_job("m"), None);
+    // Another model is its own.
+    assert_eq!(ix.listing_for_job("n"), None);
+}
