@@ -1,6 +1,8 @@
 //! The Hugging Face cache view `<root>/hf` as registrations move its refs: a moved ref
 //! is rewritten in place (no inode made and freed per version), never through a link,
 //! and the real `huggingface_hub` (offline) still loads exactly what the socket names.
+//! Also the other per-version saving of the register path: the model's store folder is
+//! not listed for every version, yet a `v<N>` folder put there by hand is still noticed.
 
 mod common;
 
@@ -161,4 +163,36 @@ fn a_ref_replaced_by_a_link_or_a_fifo_is_replaced_never_written_through() {
         assert_eq!(text, commit(&d, "m", "v2"), "refs/{name}");
     }
     assert!(leftovers(&d, "m").is_empty(), "{:?}", leftovers(&d, "m"));
+}
+
+#[test]
+fn a_store_folder_made_by_hand_between_registrations_is_still_numbered_above() {
+    let d = TestDaemon::quick();
+    // Two versions each way, so that the folder has been listed and the next jobs of
+    // each path trust the listing while the folder's link count adds up.
+    register(&d, "m", 21, 0.5, 1);
+    register(&d, "m", 22, 0.5, 2);
+    let src = d.root.path().join("out/m.pt");
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+    write(&src, &bytes(23, 3000));
+    ok(&d, &["add", src.to_str().unwrap()]);
+    assert_eq!(d.versions("m").len(), 3);
+    // A folder made by hand, then an inbox version and a hand-over.
+    let stray = d.root.path().join("models/m/v9");
+    std::fs::create_dir(&stray).unwrap();
+    std::fs::write(stray.join("m.pt"), b"someone else's").unwrap();
+    register(&d, "m", 24, 0.5, 4);
+    assert_eq!(d.versions("m")[3].number, 10, "{:?}", d.versions("m"));
+    let stray = d.root.path().join("models/m/v12");
+    std::fs::create_dir(&stray).unwrap();
+    write(&src, &bytes(25, 3000));
+    ok(&d, &["add", src.to_str().unwrap()]);
+    let vs = d.versions("m");
+    assert_eq!(vs.len(), 5);
+    assert_eq!(vs[4].number, 13, "{vs:?}");
+    assert_eq!(std::fs::read(&vs[4].path).unwrap(), bytes(25, 3000));
+    assert_eq!(
+        std::fs::read(stray.parent().unwrap().join("v9/m.pt")).unwrap(),
+        b"someone else's"
+    );
 }
