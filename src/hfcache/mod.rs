@@ -161,6 +161,9 @@ pub(crate) struct Plan {
     pub(crate) refs: BTreeMap<String, u32>,
     /// Each blob and the stored file it links to (that of the lowest version holding it).
     pub(crate) blobs: BTreeMap<String, String>,
+    /// The refs other than `v<N>` (latest, best, main, aliases): the few a commit looks
+    /// at again, without going through every version's ref.
+    pub(crate) named: std::collections::BTreeSet<String>,
 }
 
 impl Plan {
@@ -188,6 +191,7 @@ impl Plan {
         }
         plan.blobs = step::blobs_of(&plan.versions);
         let named = step::named_refs(m, name, best, &plan);
+        plan.named = named.keys().cloned().collect();
         plan.refs.extend(named);
         (plan, skipped)
     }

@@ -9,11 +9,11 @@
 //! only new versions, removed ones and the named refs (`latest`, `best`, `main`,
 //! aliases) are looked at.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use super::{DEFAULT_REVISION, Plan, ViewFile, commit_id, repo_name_ok, revision_number};
 use crate::config::BestPolicy;
-use crate::registry::{Model, Version, parse_version_number};
+use crate::registry::{Model, Version};
 
 /// What to write to bring a model's folder from its last plan to the next.
 #[derive(Debug, Default, PartialEq)]
@@ -96,15 +96,27 @@ pub(super) fn advance(
 ) -> Option<(Plan, Step)> {
     let m = model.filter(|_| repo_name_ok(name))?;
     let mut step = Step::default();
-    let stored: HashSet<u32> = m.stored().map(|v| v.number).collect();
-    // Versions gone since (removed): their refs and snapshots go, and the blobs are
-    // worked out again (a shared blob links to the lowest version holding it).
-    let gone: Vec<u32> = plan
-        .versions
-        .keys()
-        .filter(|n| !stored.contains(n))
-        .copied()
-        .collect();
+    // One walk through both, in ascending numbers (a model's versions are kept in
+    // ascending order; out of order, the caller makes the whole plan): the versions
+    // gone since (removed) and the new ones.
+    let (mut gone, mut new) = (Vec::new(), Vec::new());
+    let mut had = plan.versions.keys().copied().peekable();
+    let mut last = 0;
+    for v in m.stored() {
+        if v.number <= last {
+            return None;
+        }
+        last = v.number;
+        while let Some(n) = had.next_if(|n| *n < v.number) {
+            gone.push(n);
+        }
+        if had.next_if_eq(&v.number).is_none() {
+            new.push(v);
+        }
+    }
+    gone.extend(had);
+    // Gone: their refs and snapshots go, and the blobs are worked out again (a shared
+    // blob links to the lowest version holding it).
     for n in &gone {
         if let Some((commit, _)) = plan.versions.remove(n) {
             step.snapshots_gone.push(commit);
@@ -113,10 +125,6 @@ pub(super) fn advance(
         step.refs_gone.push(format!("v{n}"));
     }
     // New versions: only these are hashed.
-    let new: Vec<&Version> = m
-        .stored()
-        .filter(|v| !plan.versions.contains_key(&v.number))
-        .collect();
     for v in new {
         let (commit, files) = entry(store_shown, name, v)?;
         step.snapshots_add.push(v.number);
@@ -154,18 +162,14 @@ pub(super) fn advance(
     }
     // Named refs: those that moved, appeared or went.
     let named = named_refs(m, name, best, &plan);
-    let old_named: Vec<String> = plan
-        .refs
-        .keys()
-        .filter(|r| parse_version_number(r).is_none())
-        .cloned()
-        .collect();
+    let old_named = std::mem::take(&mut plan.named);
     for r in old_named {
         if !named.contains_key(&r) {
             plan.refs.remove(&r);
             step.refs_gone.push(r);
         }
     }
+    plan.named = named.keys().cloned().collect();
     for (r, n) in named {
         if plan.refs.get(&r) != Some(&n) {
             step.refs_set.push((r.clone(), plan.versions[&n].0.clone()));
