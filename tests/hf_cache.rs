@@ -1,5 +1,5 @@
 //! The Hugging Face cache view `<root>/hf`, loaded offline by the real `huggingface_hub`
-//! from PyPI (pinned: [`HF_HUB`]) in a venv this test makes once and reuses:
+//! from PyPI (pinned in tests/common/hf.rs) in a venv made once and reused:
 //! `HF_HUB_CACHE=<root>/hf HF_HUB_OFFLINE=1` and `snapshot_download(NAME, revision=...)`
 //! or `hf_hub_download(...)`, with no server.
 
@@ -7,80 +7,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::hf::{Load, hf_load, register, snap};
 use common::*;
-
-/// The huggingface_hub release these tests load the view with.
-const HF_HUB: &str = "huggingface_hub==2.4.0";
-
-/// A venv with [`HF_HUB`] (tests/common/venv.rs), made once per test process.
-fn venv() -> &'static Path {
-    static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| common::venv::venv(HF_HUB))
-}
-
-/// One load: `snapshot_download(name, revision)` (`file` none) or
-/// `hf_hub_download(name, filename=file, revision)`; `revision` none: the client's default.
-struct Load<'a> {
-    name: &'a str,
-    revision: Option<&'a str>,
-    file: Option<&'a str>,
-}
-
-fn snap<'a>(name: &'a str, revision: &'a str) -> Load<'a> {
-    Load {
-        name,
-        revision: Some(revision),
-        file: None,
-    }
-}
-
-const SCRIPT: &str = r#"
-import json, sys
-from huggingface_hub import snapshot_download, hf_hub_download
-out = []
-for name, rev, file in json.loads(sys.argv[1]):
-    try:
-        if file is None:
-            out.append({"ok": snapshot_download(name, revision=rev)})
-        else:
-            out.append({"ok": hf_hub_download(name, filename=file, revision=rev)})
-    except Exception as e:
-        out.append({"err": type(e).__name__ + ": " + str(e)})
-print(json.dumps(out))
-"#;
-
-/// Runs `loads` offline against the view of `d` in one Python process: each gives the
-/// path returned, or the client's error.
-fn hf_load(d: &TestDaemon, loads: &[Load]) -> Vec<Result<PathBuf, String>> {
-    let home = tempfile::tempdir().unwrap();
-    let args: Vec<serde_json::Value> = loads
-        .iter()
-        .map(|l| serde_json::json!([l.name, l.revision, l.file]))
-        .collect();
-    let out = Command::new(venv().join("bin/python"))
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(serde_json::Value::Array(args).to_string())
-        .env("HF_HUB_CACHE", d.root.path().join("hf"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", home.path())
-        .env_remove("HF_ENDPOINT")
-        .env_remove("HF_TOKEN")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "python: {}", stderr(&out));
-    let v: Vec<serde_json::Value> = serde_json::from_str(stdout(&out).trim()).unwrap();
-    v.into_iter()
-        .map(|r| match r.get("ok").and_then(|p| p.as_str()) {
-            Some(p) => Ok(PathBuf::from(p)),
-            None => Err(r["err"].as_str().unwrap_or_default().to_string()),
-        })
-        .collect()
-}
 
 /// Every file under `dir` (links followed, as a loader opens them) by path, as sha256.
 fn content_of(dir: &Path) -> Vec<(String, String)> {
@@ -118,16 +48,6 @@ fn assert_is_version(d: &TestDaemon, loaded: &Result<PathBuf, String>, name: &st
         "{name} {sel}: {}",
         path.display()
     );
-}
-
-/// Registers a version of `name` (a file `<name>.pt`) with `accuracy`.
-fn register(d: &TestDaemon, name: &str, seed: u64, accuracy: f64, n: usize) {
-    write(
-        &d.inbox().join(format!("{name}.metrics.yaml")),
-        sidecar(&[("accuracy", accuracy)]).as_bytes(),
-    );
-    write(&d.inbox().join(format!("{name}.pt")), &bytes(seed, 3000));
-    d.wait_versions(name, n);
 }
 
 /// Drops a folder version `name` holding `files` (renamed into the inbox whole).

@@ -7,66 +7,10 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
+use common::hf::{hf_load, register, snap};
 use common::*;
-
-/// The huggingface_hub release tests/hf_cache.rs loads the view with.
-const HF_HUB: &str = "huggingface_hub==2.4.0";
-
-fn venv() -> &'static Path {
-    static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| common::venv::venv(HF_HUB))
-}
-
-/// `snapshot_download(name, revision=rev)` offline against the view of `d`, for each
-/// revision: the folder it returned, or the client's error.
-fn hf_snapshots(d: &TestDaemon, name: &str, revs: &[&str]) -> Vec<Result<PathBuf, String>> {
-    let script = r#"
-import json, sys
-from huggingface_hub import snapshot_download
-out = []
-for rev in sys.argv[2:]:
-    try:
-        out.append({"ok": snapshot_download(sys.argv[1], revision=rev)})
-    except Exception as e:
-        out.append({"err": type(e).__name__ + ": " + str(e)})
-print(json.dumps(out))
-"#;
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(venv().join("bin/python"))
-        .arg("-c")
-        .arg(script)
-        .arg(name)
-        .args(revs)
-        .env("HF_HUB_CACHE", d.root.path().join("hf"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", home.path())
-        .env_remove("HF_ENDPOINT")
-        .env_remove("HF_TOKEN")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "python: {}", stderr(&out));
-    let v: Vec<serde_json::Value> = serde_json::from_str(stdout(&out).trim()).unwrap();
-    v.into_iter()
-        .map(|r| match r.get("ok").and_then(|p| p.as_str()) {
-            Some(p) => Ok(PathBuf::from(p)),
-            None => Err(r["err"].as_str().unwrap_or_default().to_string()),
-        })
-        .collect()
-}
-
-/// Registers version `n` of `name` (a file `<name>.pt`) with `accuracy`.
-fn register(d: &TestDaemon, name: &str, seed: u64, accuracy: f64, n: usize) {
-    write(
-        &d.inbox().join(format!("{name}.metrics.yaml")),
-        sidecar(&[("accuracy", accuracy)]).as_bytes(),
-    );
-    write(&d.inbox().join(format!("{name}.pt")), &bytes(seed, 3000));
-    d.wait_versions(name, n);
-}
 
 /// The commit id of `name` `selector` as the socket names the version.
 fn commit(d: &TestDaemon, name: &str, selector: &str) -> String {
@@ -114,7 +58,8 @@ fn moved_refs_are_rewritten_in_place_and_loads_follow_them() {
         assert!(leftovers(&d, "m").is_empty(), "{:?}", leftovers(&d, "m"));
     }
     // What huggingface_hub reads from them is what the socket answers.
-    let got = hf_snapshots(&d, "m", &["latest", "main", "best", "v1", "v3"]);
+    let revs = ["latest", "main", "best", "v1", "v3"];
+    let got = hf_load(&d, &revs.map(|r| snap("m", r)));
     for (loaded, sel) in got.iter().zip(["v3", "v3", "v2", "v1", "v3"]) {
         let path = loaded.as_ref().unwrap_or_else(|e| panic!("{sel}: {e}"));
         assert!(
