@@ -26,6 +26,7 @@
 //! - 1 [`display`]  text from outside shown on a terminal: controls escaped, never obeyed.
 //! - 1 [`fsutil`]   SHA-256 as hex, folder fsync.
 //! - 1 [`systemd`]  sd_notify readiness, status and watchdog; socket activation.
+//! - 0 [`metrics`]  counters and histograms on atomics; the Prometheus text format.
 //! - 0 [`names`]    model names from file names; what is temporary; what is unsafe.
 //! - 0 [`users`]    user and group names from their numbers, for messages.
 //! - 0 [`suggest`]  "did you mean": edit distance for mistyped names in error messages.
@@ -45,6 +46,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod layout;
 pub mod messages;
+pub mod metrics;
 pub mod names;
 pub mod protocol;
 pub mod registry;

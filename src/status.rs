@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::metrics::{Histogram, REGISTRATION_BUCKETS};
 use crate::protocol::{Problem, RecentError};
 
 /// How many past errors `status` shows.
@@ -25,6 +26,27 @@ pub struct StatusBoard {
     dedup_saved: AtomicU64,
     /// The HTTP API's address (`http://127.0.0.1:8080`), once it listens.
     http: std::sync::OnceLock<String>,
+    /// Bytes and durations of the versions registered since start, for `/metrics`.
+    registrations: Registrations,
+}
+
+/// What `/metrics` tells of the versions registered since start (their count is
+/// `status`'s `registered_since_start`).
+#[derive(Debug)]
+pub struct Registrations {
+    /// Bytes of the files of the versions registered (deduplicated ones included).
+    pub bytes: AtomicU64,
+    /// How long each took, from its copy job's start to its commit being durable.
+    pub durations: Histogram,
+}
+
+impl Default for Registrations {
+    fn default() -> Self {
+        Registrations {
+            bytes: AtomicU64::new(0),
+            durations: Histogram::new(REGISTRATION_BUCKETS),
+        }
+    }
 }
 
 /// How far one copy job has got: `done` is added to by the copy once per chunk.
@@ -188,10 +210,21 @@ impl StatusBoard {
         self.lock().events.iter().cloned().collect()
     }
 
-    /// Counts a registered version.
-    pub fn count_registered(&self, n: u64) {
-        self.lock().registered += n;
+    /// Counts the versions a commit made durable: each one's bytes and how long it took.
+    pub fn count_registered(&self, versions: &[(u64, std::time::Duration)]) {
+        for (bytes, took) in versions {
+            self.registrations
+                .bytes
+                .fetch_add(*bytes, Ordering::Relaxed);
+            self.registrations.durations.observe(*took);
+        }
+        self.lock().registered += versions.len() as u64;
         self.changed.notify_one();
+    }
+
+    /// The bytes and durations of the versions registered since start.
+    pub fn registrations(&self) -> &Registrations {
+        &self.registrations
     }
 
     /// Counts bytes stored once instead of twice by dedup.

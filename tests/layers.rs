@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("shutdown", 0),
     ("systemd", 1),
     ("suggest", 0),
+    ("metrics", 0),
     ("fsutil", 1),
     ("display", 1),
     ("config", 1),

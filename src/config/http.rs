@@ -22,6 +22,7 @@ pub(super) struct RawHttp {
     listen: Option<String>,
     header_timeout: Option<String>,
     anonymous_read: Option<bool>,
+    anonymous_metrics: Option<bool>,
     max_upload: Option<String>,
     tls: Option<RawTls>,
 }
@@ -58,6 +59,9 @@ pub struct HttpConfig {
     /// Whether reading (the catalog, downloads) needs no token. Off by default: an API
     /// reachable from the network shows nothing to a caller without a token.
     pub anonymous_read: bool,
+    /// Whether `/metrics` needs no token (for a Prometheus without one). Off by default;
+    /// it tells counts and timings by route template, never a model's name.
+    pub anonymous_metrics: bool,
     /// The largest upload body accepted, in bytes (a larger one is answered 413 as
     /// soon as it passes the limit, whatever its Content-Length said).
     pub max_upload: u64,
@@ -140,6 +144,7 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
         listen,
         header_timeout,
         anonymous_read: raw.anonymous_read.unwrap_or(false),
+        anonymous_metrics: raw.anonymous_metrics.unwrap_or(false),
         max_upload,
         tls,
     }))
@@ -178,6 +183,7 @@ mod tests {
         assert_eq!(h.listen.to_string(), "127.0.0.1:0");
         assert_eq!(h.header_timeout, Duration::from_secs(2));
         assert!(!h.anonymous_read);
+        assert!(!h.anonymous_metrics);
         assert_eq!(h.max_upload, super::DEFAULT_MAX_UPLOAD);
         let c = test_config(
             "http: {listen: \"127.0.0.1:0\", anonymous_read: true, max_upload: 5MiB}\n",

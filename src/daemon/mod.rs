@@ -84,6 +84,7 @@ pub async fn run(
         let state = crate::http::HttpState {
             ctx: workers.ctx.clone(),
             stop: workers.stop.clone(),
+            metrics: Default::default(),
         };
         crate::http::start(bound, state)
     });

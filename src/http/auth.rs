@@ -79,12 +79,10 @@ pub(super) async fn check(
     let need = needed(request.method());
     let caller = match request.headers().get(header::AUTHORIZATION) {
         None => {
-            let anonymous = state
-                .ctx
-                .config()
-                .http
-                .as_ref()
-                .is_some_and(|h| h.anonymous_read);
+            let anonymous = state.ctx.config().http.as_ref().is_some_and(|h| {
+                h.anonymous_read
+                    || (h.anonymous_metrics && request.uri().path() == super::metrics::PATH)
+            });
             if need == Scope::Read && anonymous {
                 None
             } else {

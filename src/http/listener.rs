@@ -136,15 +136,18 @@ async fn serve(bound: Bound, state: HttpState, limit: usize) {
                 peer.ip(),
                 per_client(limit)
             );
+            state.metrics.refused();
             refuse(&mut connections, stream, why, bound.tls.is_some());
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             let why = format!("all {limit} HTTP connections are in use; try again");
+            state.metrics.refused();
             refuse(&mut connections, stream, why, bound.tls.is_some());
             continue;
         };
         let (app, stop, tls) = (app.clone(), state.stop.clone(), bound.tls.clone());
+        let open = state.metrics.connection();
         connections.spawn(async move {
             match tls {
                 None => serve_one(stream, app, header_timeout, stop).await,
@@ -155,7 +158,7 @@ async fn serve(bound: Bound, state: HttpState, limit: usize) {
                     }
                 }
             }
-            drop((slot, client));
+            drop((slot, client, open));
         });
     }
     drop(bound.listener);

@@ -12,8 +12,8 @@
 //! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
 //! headers), `dashboard` the web pages ([`crate::dashboard`]), `auth` the token check
 //! every request passes, `upload` new versions sent over HTTP (a folder as a tar:
-//! `upload_folder`, read by `untar`), `tls` HTTPS (`http.tls`), and `error` the one
-//! error type.
+//! `upload_folder`, read by `untar`), `tls` HTTPS (`http.tls`), `metrics` the
+//! Prometheus exposition and the request timing, and `error` the one error type.
 //!
 //! New routes are added to [`router`] from a module of their own, taking [`HttpState`].
 //! A route that serves stored files under another scheme finds the version with
@@ -27,6 +27,7 @@ mod dashboard;
 mod error;
 mod files;
 mod listener;
+mod metrics;
 mod paths;
 mod range;
 mod tar;
@@ -48,6 +49,7 @@ use crate::shutdown::Shutdown;
 
 pub use error::{ApiError, status_of};
 pub use listener::{Bound, MAX_HEAD_BYTES, bind, start};
+pub use metrics::HttpMetrics;
 
 /// What every route's handler gets: the socket server's context (the published catalog
 /// and settings, the status board, the registrar) and the daemon's shutdown signal.
@@ -57,6 +59,8 @@ pub struct HttpState {
     pub ctx: Arc<Context>,
     /// Triggered when the daemon stops: new requests are answered 503.
     pub stop: Shutdown,
+    /// Requests and connections counted for `/metrics`.
+    pub metrics: Arc<HttpMetrics>,
 }
 
 /// Every route, with the answers for unknown routes and methods. A module that adds
@@ -67,6 +71,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(files::routes())
         .merge(dashboard::routes())
         .merge(upload::routes())
+        .merge(metrics::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Inside `gate`: a request is refused for its head or the shutdown before its
@@ -76,6 +81,11 @@ pub fn router(state: HttpState) -> Router {
             auth::check,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
+        // Outermost: every answer is counted, refusals by the layers above included.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 

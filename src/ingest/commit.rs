@@ -156,7 +156,7 @@ impl Registrar {
                 },
             );
             self.batch.staged.push(nv.staged);
-            self.batch.registered.push(format!("{name}/v{}", nv.number));
+            self.batch.registered.push((size, began(nv.copy_secs)));
             self.batch.touched.insert(name.to_string());
         }
         for (entry, fingerprint, number) in unchanged {
@@ -343,7 +343,10 @@ impl Registrar {
                                 self.board.clear_problem(&self.journal_shown());
                             }
                             self.shared.publish(snapshot);
-                            self.board.count_registered(batch.registered.len() as u64);
+                            let done: Vec<_> = (batch.registered.iter())
+                                .map(|(bytes, began)| (*bytes, began.elapsed()))
+                                .collect();
+                            self.board.count_registered(&done);
                         }
                         Err(e) => {
                             self.writeback.failed = true;
@@ -470,4 +473,12 @@ pub fn link_targets(
     ];
     out.extend(m.aliases.iter().map(|(a, n)| (a.clone(), Some(*n))));
     out
+}
+
+/// When a copy job that took `copy_secs` began: a registration's duration runs from
+/// there to its commit being durable.
+pub(super) fn began(copy_secs: f64) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_sub(std::time::Duration::from_secs_f64(copy_secs.max(0.0)))
+        .unwrap_or(now)
 }

@@ -216,7 +216,9 @@ impl Registrar {
                 // Noted for the batch's journal record.
                 self.batch.changed.version(&c.name, number);
                 self.batch.staged.push(staged);
-                self.batch.registered.push(format!("{}/v{number}", c.name));
+                self.batch
+                    .registered
+                    .push((size, super::commit::began(copy_secs)));
                 self.batch.touched.insert(c.name.clone());
                 self.batch.dirty = true;
                 self.answer_after_commit(c.reply, number, true);

@@ -111,7 +111,9 @@ struct Batch {
     dirty: bool,
     staged: Vec<Staged>,
     outcomes: Vec<(String, Outcome)>,
-    registered: Vec<String>,
+    /// The versions added: their bytes and when their copy job began (for `/metrics`'
+    /// registration durations, which end when the commit is durable).
+    registered: Vec<(u64, std::time::Instant)>,
     /// Models whose latest, best or aliases may have moved.
     touched: BTreeSet<String>,
     /// Versions (name, number) to delete once the catalog no longer needs them.
