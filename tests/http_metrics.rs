@@ -3,7 +3,8 @@
 //! the inbox and by an HTTP upload with their bytes and a consistent registration
 //! histogram, waiting entries and problems as `status` tells them, requests by route
 //! template (hostile and unknown paths and methods folded into bounded labels) with
-//! consistent latency histograms, open connections; who may scrape.
+//! consistent latency histograms, open connections; who may scrape. And the dashboard's
+//! models page, a hundred models a page with links between the pages.
 
 mod common;
 
@@ -387,4 +388,67 @@ fn metrics_need_a_read_token_unless_anonymous_metrics_is_on() {
     // The catalog still needs a token.
     assert_eq!(request(&addr, "GET", "/api/v1/models", &[]).status, 401);
     assert_eq!(request(&addr, "GET", "/", &[]).status, 401);
+}
+
+/// The `href`s of the dashboard's links to other pages of the models page, by `rel`.
+fn page_link(page: &str, rel: &str) -> Option<String> {
+    let at = page.find(&format!("rel=\"{rel}\""))?;
+    let start = page[..at].rfind("href=\"")? + "href=\"".len();
+    Some(page[start..].split('"').next()?.to_string())
+}
+
+#[test]
+fn the_models_page_shows_a_hundred_models_a_page_linked_first_to_last() {
+    let d = TestDaemon::start(&format!("{CLOSED}  anonymous_read: true\n"));
+    let addr = address(&d);
+    let n = 205;
+    for i in 0..n {
+        write_renamed(&d.inbox(), &format!("m{i:03}.pt"), &bytes(i as u64, 16));
+    }
+    wait_until(Duration::from_secs(120), "205 models", || {
+        d.status().versions == n
+    });
+    // From the first page, the `next` links lead through every model once, in order.
+    let mut seen = Vec::new();
+    let mut url = Some("/".to_string());
+    let mut pages = 0;
+    while let Some(u) = url {
+        let a = common::http::get(&addr, &u);
+        assert_eq!(a.status, 200, "{u}");
+        let page = String::from_utf8(a.body).unwrap();
+        pages += 1;
+        assert!(page.contains(&format!("Page {pages} of 3")), "{u}");
+        let rows: Vec<String> = page
+            .split("<th scope=\"row\"><a href=\"/models/")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap().to_string())
+            .collect();
+        assert_eq!(rows.len(), if pages < 3 { 100 } else { 5 }, "{u}");
+        seen.extend(rows);
+        assert_eq!(page_link(&page, "prev").is_some(), pages > 1, "{u}");
+        assert_eq!(
+            page_link(&page, "last").as_deref().is_some(),
+            pages < 3,
+            "{u}"
+        );
+        url = page_link(&page, "next");
+    }
+    assert_eq!(pages, 3);
+    let all: Vec<String> = (0..n).map(|i| format!("m{i:03}")).collect();
+    assert_eq!(seen, all);
+    // A page past the last, and pages that are not numbers: HTML errors with the status.
+    for (q, status) in [
+        ("?page=4", 404),
+        ("?page=0", 400),
+        ("?page=x", 400),
+        ("?page=-1", 400),
+        ("?pg=2", 400),
+    ] {
+        let a = common::http::get(&addr, &format!("/{q}"));
+        assert_eq!(a.status, status, "{q}");
+        assert!(
+            a.header("content-type").unwrap().starts_with("text/html"),
+            "{q}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The web dashboard: pages of HTML drawn from one catalog snapshot, no I/O, no script.
 //!
-//! `http` serves them at `/` ([`models_page`]), `/models/{name}` ([`model_page`]) and
+//! `http` serves them at `/` ([`models_page`], a page of models at a time), `/models/{name}` ([`model_page`]) and
 //! `/models/{name}/{selector}` ([`version_page`]). Each takes a [`Site`]: the snapshot the
 //! socket answers from, the settings (best's policy, where the store is) and the address
 //! the browser used, which the copy-paste commands name. Queries go through the catalog's
@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::registry::{Catalog, Model, RegistryError, Version};
 
 pub use chart::{Point, chart};
-pub use pages::{model_page, models_page};
+pub use pages::{MODELS_PER_PAGE, model_page, model_pages, models_page};
 pub use version::version_page;
 
 /// What a page is drawn from.

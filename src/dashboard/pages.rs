@@ -14,15 +14,30 @@ use crate::registry::{Model, RegistryError, Version};
 /// enough for a phone (20,000 versions made a 6 MB page).
 const MAX_VERSIONS: usize = 500;
 
-/// `/`: each model with its latest and best version, aliases, version count and size.
-pub fn models_page(site: &Site) -> String {
+/// The most models the models page lists at once (`?page=N` for the others): with all
+/// of them on one page, 10,000 models made a 3 MB page.
+pub const MODELS_PER_PAGE: usize = 100;
+
+/// How many pages the models page has for `models` models (at least one).
+pub fn model_pages(models: usize) -> usize {
+    models.div_ceil(MODELS_PER_PAGE).max(1)
+}
+
+/// `/` (`?page=N`, from 1): each model with its latest and best version, aliases, version
+/// count and size, [`MODELS_PER_PAGE`] at a time by name, with links to the other pages.
+/// `None` when `page` is not one of [`model_pages`].
+pub fn models_page(site: &Site, page_no: usize) -> Option<String> {
     let catalog = site.catalog;
+    let pages = model_pages(catalog.models.len());
+    if page_no == 0 || page_no > pages {
+        return None;
+    }
     let crumbs = [(None, "Models".to_string())];
     if catalog.models.is_empty() {
         let body = "<p>No models yet.</p>\n<p>Drop a model file (and its \
 <code>NAME.metrics.yaml</code>) into the inbox, <code>pretrained_models/</code>, or run \
 <code>modelreg add FILE</code>: each new file becomes the next version.</p>\n";
-        return page("Models", &crumbs, body);
+        return Some(page("Models", &crumbs, body));
     }
     let stored: usize = catalog.models.values().map(|m| m.stored().count()).sum();
     let bytes: u64 = catalog.models.values().map(|m| model_size(m)).sum();
@@ -33,11 +48,14 @@ pub fn models_page(site: &Site) -> String {
         if stored == 1 { "" } else { "s" },
         size_html(bytes),
     );
-    let rows: Vec<String> = catalog
-        .models
-        .iter()
+    let first = (page_no - 1) * MODELS_PER_PAGE;
+    let rows: Vec<String> = (catalog.models.iter())
+        .skip(first)
+        .take(MODELS_PER_PAGE)
         .map(|(name, m)| model_row(site, name, m))
         .collect();
+    let pager = pager(page_no, pages, first, rows.len(), catalog.models.len());
+    body.push_str(&pager);
     body.push_str(&table(
         "Models",
         &[
@@ -51,7 +69,53 @@ pub fn models_page(site: &Site) -> String {
         ],
         &rows,
     ));
-    page("Models", &crumbs, &body)
+    body.push_str(&pager);
+    let title = if pages == 1 {
+        "Models".to_string()
+    } else {
+        format!("Models, page {page_no} of {pages}")
+    };
+    Some(page(&title, &crumbs, &body))
+}
+
+/// Links to the first, previous, next and last pages of the models page, and which
+/// models this one shows (nothing when there is one page).
+fn pager(page_no: usize, pages: usize, first: usize, shown: usize, total: usize) -> String {
+    if pages == 1 {
+        return String::new();
+    }
+    let href = |n: usize| {
+        if n == 1 {
+            "/".to_string()
+        } else {
+            format!("/?page={n}")
+        }
+    };
+    let mut parts = Vec::new();
+    if page_no > 1 {
+        parts.push("<a href=\"/\" rel=\"first\">First</a>".to_string());
+        parts.push(format!(
+            "<a href=\"{}\" rel=\"prev\">Previous</a>",
+            href(page_no - 1)
+        ));
+    }
+    parts.push(format!(
+        "<span aria-current=\"page\">Page {page_no} of {pages}</span> \
+<span class=\"muted\">(models {}–{} of {total})</span>",
+        first + 1,
+        first + shown
+    ));
+    if page_no < pages {
+        parts.push(format!(
+            "<a href=\"{}\" rel=\"next\">Next</a>",
+            href(page_no + 1)
+        ));
+        parts.push(format!("<a href=\"{}\" rel=\"last\">Last</a>", href(pages)));
+    }
+    format!(
+        "<nav aria-label=\"Pages\"><p>{}</p></nav>\n",
+        parts.join(" · ")
+    )
 }
 
 fn model_row(site: &Site, name: &str, m: &Model) -> String {

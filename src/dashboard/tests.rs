@@ -103,17 +103,50 @@ fn no_injected_markup(page: &str) {
 fn an_empty_registry_says_how_to_add_a_model() {
     let (_root, cfg) = config();
     let c = Catalog::default();
-    let p = models_page(&site(&c, &cfg));
+    let p = models_page(&site(&c, &cfg), 1).unwrap();
     assert!(p.contains("No models yet."));
     assert!(p.contains("pretrained_models/"));
     assert!(!p.contains("<table"));
 }
 
 #[test]
+fn ten_thousand_models_are_shown_a_hundred_a_page_with_links_between_pages() {
+    let (_root, cfg) = config();
+    let mut c = Catalog::default();
+    for i in 0..10_000 {
+        let name = format!("model-{i:05}");
+        let mut one = v(1, &[("accuracy", 0.5)]);
+        one.files.push(file(&name, 1, "m.pt", 100));
+        c.models.insert(name, Arc::new(model(vec![one])));
+    }
+    let s = site(&c, &cfg);
+    assert_eq!(model_pages(c.models.len()), 100);
+    let first = models_page(&s, 1).unwrap();
+    assert_eq!(first.matches("<th scope=\"row\">").count(), MODELS_PER_PAGE);
+    assert!(
+        first.contains("10000 models"),
+        "the summary counts them all"
+    );
+    assert!(first.contains("Page 1 of 100"));
+    assert!(first.contains("<a href=\"/?page=2\" rel=\"next\">Next</a>"));
+    assert!(first.contains("<a href=\"/?page=100\" rel=\"last\">Last</a>"));
+    assert!(!first.contains("rel=\"prev\""));
+    // All 10,000 rows made a 3 MB page; a hundred make a light one.
+    assert!(first.len() < 100_000, "{} bytes", first.len());
+    let middle = models_page(&s, 2).unwrap();
+    assert!(middle.contains("<a href=\"/\" rel=\"prev\">Previous</a>"));
+    assert!(middle.contains("model-00100") && !middle.contains("model-00099<"));
+    let last = models_page(&s, 100).unwrap();
+    assert!(last.contains("model-09999") && !last.contains("rel=\"next\""));
+    assert!(models_page(&s, 101).is_none());
+    assert!(models_page(&s, 0).is_none());
+}
+
+#[test]
 fn the_models_page_shows_latest_best_aliases_count_and_size() {
     let (_root, cfg) = config();
     let c = catalog();
-    let p = models_page(&site(&c, &cfg));
+    let p = models_page(&site(&c, &cfg), 1).unwrap();
     no_injected_markup(&p);
     assert!(p.contains("2 models, 5 stored versions"));
     // Latest is v5; best by accuracy skips deprecated v2 and removed v4.

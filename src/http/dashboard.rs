@@ -3,14 +3,17 @@
 //! routes answer from), errors as HTML pages with the JSON API's statuses.
 
 use axum::Router;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::Deserialize;
 
 use super::{HttpState, status_of};
-use crate::dashboard::{Site, error_page, model_page, models_page, version_page};
+use crate::dashboard::{
+    MODELS_PER_PAGE, Site, error_page, model_page, model_pages, models_page, version_page,
+};
 use crate::protocol::ErrorCode;
 use crate::registry::RegistryError;
 
@@ -53,8 +56,11 @@ fn error(code: ErrorCode, message: &str) -> Response {
     html(status, error_page(title, message))
 }
 
-fn registry_error(e: &RegistryError) -> Response {
-    error(ErrorCode::from(e), &e.to_string())
+/// Why a page is not drawn: the error code (its status) and the message.
+type Refusal = (ErrorCode, String);
+
+fn refusal(e: RegistryError) -> Refusal {
+    (ErrorCode::from(&e), e.to_string())
 }
 
 fn path_error(e: &PathRejection) -> Response {
@@ -88,7 +94,7 @@ fn base_url(s: &HttpState, headers: &HeaderMap) -> String {
 async fn draw(
     s: &HttpState,
     headers: &HeaderMap,
-    page: impl FnOnce(&Site) -> Result<String, RegistryError> + Send + 'static,
+    page: impl FnOnce(&Site) -> Result<String, Refusal> + Send + 'static,
 ) -> Response {
     let (catalog, config) = (s.ctx.shared.catalog(), s.ctx.config());
     let base = base_url(s, headers);
@@ -102,7 +108,7 @@ async fn draw(
     .await;
     match drawn {
         Ok(Ok(body)) => html(StatusCode::OK, body),
-        Ok(Err(e)) => registry_error(&e),
+        Ok(Err((code, message))) => error(code, &message),
         Err(e) => error(
             ErrorCode::Internal,
             &format!("drawing the page failed: {e}"),
@@ -110,8 +116,45 @@ async fn draw(
     }
 }
 
-async fn models(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    draw(&s, &headers, |site| Ok(models_page(site))).await
+/// `?page=N` of the models page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    page: Option<String>,
+}
+
+async fn models(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let page = match q.map(|Query(q)| q.page) {
+        Ok(None) => 1,
+        Ok(Some(p)) => match p.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return error(
+                    ErrorCode::BadRequest,
+                    &format!("page {p:?} is not a page number (1, 2, ...)"),
+                );
+            }
+        },
+        Err(e) => return error(ErrorCode::BadRequest, &e.body_text()),
+    };
+    draw(&s, &headers, move |site| {
+        models_page(site, page).ok_or_else(|| {
+            let pages = model_pages(site.catalog.models.len());
+            (
+                ErrorCode::NotFound,
+                format!(
+                    "there is no page {page}: {} models make {pages} page{} of {MODELS_PER_PAGE}",
+                    site.catalog.models.len(),
+                    if pages == 1 { "" } else { "s" },
+                ),
+            )
+        })
+    })
+    .await
 }
 
 async fn model(
@@ -120,7 +163,12 @@ async fn model(
     p: Result<Path<String>, PathRejection>,
 ) -> Response {
     match p {
-        Ok(Path(name)) => draw(&s, &headers, move |site| model_page(site, &name)).await,
+        Ok(Path(name)) => {
+            draw(&s, &headers, move |site| {
+                model_page(site, &name).map_err(refusal)
+            })
+            .await
+        }
         Err(e) => path_error(&e),
     }
 }
@@ -133,7 +181,7 @@ async fn version(
     match p {
         Ok(Path((name, selector))) => {
             draw(&s, &headers, move |site| {
-                version_page(site, &name, &selector)
+                version_page(site, &name, &selector).map_err(refusal)
             })
             .await
         }
