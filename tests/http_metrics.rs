@@ -452,3 +452,77 @@ fn the_models_page_shows_a_hundred_models_a_page_linked_first_to_last() {
         );
     }
 }
+
+/// The `http(s)://host` URLs a page names.
+fn urls(page: &str) -> BTreeSet<String> {
+    page.split("http")
+        .skip(1)
+        .filter_map(|r| {
+            let (scheme, rest) = r.split_once("://")?;
+            let host: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(*c))
+                .collect();
+            (scheme.is_empty() || scheme == "s").then(|| format!("http{scheme}://{host}"))
+        })
+        .collect()
+}
+
+#[test]
+fn behind_a_tls_proxy_the_dashboard_names_public_url_and_ignores_forwarded_headers() {
+    let proxied =
+        format!("{CLOSED}  anonymous_read: true\n  public_url: https://models.example.org/\n");
+    let d = TestDaemon::start(&proxied);
+    let addr = address(&d);
+    write_renamed(&d.inbox(), "m.pt", b"weights");
+    d.wait_versions("m", 1);
+    // As nginx forwards by default: the upstream's Host, the scheme in a header.
+    let forwarded = [
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "evil.example"),
+    ];
+    let page = String::from_utf8(request(&addr, "GET", "/models/m/v1", &forwarded).body).unwrap();
+    assert_eq!(
+        urls(&page),
+        BTreeSet::from(["https://models.example.org".to_string()]),
+        "{page}"
+    );
+    drop(d);
+
+    // Without it: the Host the browser sent, with forged forwarding headers ignored.
+    let d = TestDaemon::start(&format!("{CLOSED}  anonymous_read: true\n"));
+    let addr = address(&d);
+    write_renamed(&d.inbox(), "m.pt", b"weights");
+    d.wait_versions("m", 1);
+    let forged = [
+        ("Host", "models.lan:8080"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+    ];
+    let raw = format!(
+        "GET /models/m/v1 HTTP/1.1\r\n{}\r\nConnection: close\r\n\r\n",
+        forged
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    );
+    let page = String::from_utf8(send(&addr, raw.as_bytes()).unwrap().body).unwrap();
+    assert_eq!(
+        urls(&page),
+        BTreeSet::from(["http://models.lan:8080".to_string()]),
+        "{page}"
+    );
+
+    // A public_url that is not a scheme and a host stops the start, the key named.
+    let bad = TestDaemon::new(&format!(
+        "{CLOSED}  public_url: https://models.example.org/modelreg\n"
+    ));
+    let out = bad.serve_output();
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("http.public_url: `https://models.example.org/modelreg`"),
+        "{err}"
+    );
+}

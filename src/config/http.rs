@@ -23,6 +23,7 @@ pub(super) struct RawHttp {
     header_timeout: Option<String>,
     anonymous_read: Option<bool>,
     anonymous_metrics: Option<bool>,
+    public_url: Option<String>,
     max_upload: Option<String>,
     tls: Option<RawTls>,
 }
@@ -62,6 +63,10 @@ pub struct HttpConfig {
     /// Whether `/metrics` needs no token (for a Prometheus without one). Off by default;
     /// it tells counts and timings by route template, never a model's name.
     pub anonymous_metrics: bool,
+    /// The URL other machines reach the API at (`https://models.example.org`, no trailing
+    /// `/`), for the links and commands the dashboard shows: behind a TLS proxy, what
+    /// the daemon sees of a request (plain HTTP, the proxy's `Host`) does not say it.
+    pub public_url: Option<String>,
     /// The largest upload body accepted, in bytes (a larger one is answered 413 as
     /// soon as it passes the limit, whatever its Content-Length said).
     pub max_upload: u64,
@@ -140,14 +145,43 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
             })
         }
     };
+    let public_url = match raw.public_url {
+        None => None,
+        Some(v) => {
+            Some(public_url(v.trim()).map_err(|why| bad("public_url", format!("`{v}` {why}")))?)
+        }
+    };
     Ok(Some(HttpConfig {
         listen,
         header_timeout,
         anonymous_read: raw.anonymous_read.unwrap_or(false),
         anonymous_metrics: raw.anonymous_metrics.unwrap_or(false),
+        public_url,
         max_upload,
         tls,
     }))
+}
+
+/// `http(s)://host[:port]` with at most a trailing `/` (dropped): the dashboard's links
+/// are absolute paths, so a proxy serving the API under a path prefix would break them.
+fn public_url(v: &str) -> std::result::Result<String, &'static str> {
+    let rest = (v.strip_prefix("https://"))
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or("is not an http:// or https:// URL; write e.g. https://models.example.org")?;
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    if host.is_empty() {
+        return Err("names no host; write e.g. https://models.example.org");
+    }
+    // What the dashboard prints into shell commands: nothing a shell or HTML would read.
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return Err(
+            "has a path, query or character other than a host and port; the API is served at the root of its address (https://models.example.org)",
+        );
+    }
+    Ok(v[..v.len() - (rest.len() - host.len())].to_string())
 }
 
 /// A size: bytes, or a number with KiB, MiB, GiB, TiB (or KB, MB, GB, TB: powers of 10).
@@ -184,6 +218,7 @@ mod tests {
         assert_eq!(h.header_timeout, Duration::from_secs(2));
         assert!(!h.anonymous_read);
         assert!(!h.anonymous_metrics);
+        assert_eq!(h.public_url, None);
         assert_eq!(h.max_upload, super::DEFAULT_MAX_UPLOAD);
         let c = test_config(
             "http: {listen: \"127.0.0.1:0\", anonymous_read: true, max_upload: 5MiB}\n",
@@ -238,5 +273,32 @@ mod tests {
             e.contains(":3:") && e.contains("unknown field `port`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn public_url_is_a_scheme_and_host_only() {
+        let url = |v: &str| {
+            test_config(&format!(
+                "http: {{listen: \"127.0.0.1:1\", public_url: \"{v}\"}}\n"
+            ))
+            .map(|c| c.http.unwrap().public_url.unwrap())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            url("https://models.example.org/").unwrap(),
+            "https://models.example.org"
+        );
+        assert_eq!(url("http://[::1]:8080").unwrap(), "http://[::1]:8080");
+        for bad in [
+            "models.example.org",
+            "ftp://x",
+            "https://",
+            "https://x/modelreg",
+            "https://x?a=1",
+            "https://x y",
+        ] {
+            let e = url(bad).unwrap_err();
+            assert!(e.contains("http.public_url: `"), "{bad}: {e}");
+        }
     }
 }

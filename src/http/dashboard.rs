@@ -70,9 +70,21 @@ fn path_error(e: &PathRejection) -> Response {
     )
 }
 
-/// This server as the browser reached it, for the commands a version's page shows: the
-/// `Host` header when it is a plain `host[:port]`, else the address it listens on.
+/// This server as the browser reached it, for the commands a version's page shows:
+/// `http.public_url` when set (behind a TLS proxy, the only way to know the scheme and
+/// the name the clients use), else the `Host` header when it is a plain `host[:port]`,
+/// else the address it listens on. `X-Forwarded-*` headers are not read: any client
+/// that reaches the port could send them (docs/http.md, Behind a proxy).
 fn base_url(s: &HttpState, headers: &HeaderMap) -> String {
+    if let Some(url) = s
+        .ctx
+        .config()
+        .http
+        .as_ref()
+        .and_then(|h| h.public_url.clone())
+    {
+        return url;
+    }
     let plain = |h: &str| {
         !h.is_empty()
             && h.bytes()
