@@ -3,8 +3,9 @@
 //! the inbox and by an HTTP upload with their bytes and a consistent registration
 //! histogram, waiting entries and problems as `status` tells them, requests by route
 //! template (hostile and unknown paths and methods folded into bounded labels) with
-//! consistent latency histograms, open connections; who may scrape. And the dashboard's
-//! models page, a hundred models a page with links between the pages.
+//! consistent latency histograms, open connections; who may scrape. And the dashboard:
+//! the models page a hundred models a page with links between the pages, and the URL
+//! its commands name behind a TLS proxy (`http.public_url`, forwarding headers ignored).
 
 mod common;
 
@@ -212,6 +213,9 @@ fn metrics_count_registrations_and_requests_by_route_as_a_prometheus_parser_read
     );
     write(&d.inbox().join("r.pt"), b"weights");
     d.wait_problem_text("r.metrics.yaml");
+    wait_until(Duration::from_secs(20), "r blocked in status", || {
+        (d.status().waiting.iter()).any(|w| w.name == "r" && w.state == "blocked")
+    });
 
     // Requests: known routes, a 404 on a known route, no token, then hostile and unknown
     // paths (each different) and an unknown method.
@@ -468,50 +472,46 @@ fn urls(page: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn behind_a_tls_proxy_the_dashboard_names_public_url_and_ignores_forwarded_headers() {
-    let proxied =
-        format!("{CLOSED}  anonymous_read: true\n  public_url: https://models.example.org/\n");
-    let d = TestDaemon::start(&proxied);
+/// The URLs the version page of `m` v1 names, on a daemon with `extra` settings, asked
+/// with `headers` (a `Host` among them replaces the client's own).
+fn version_page_urls(extra: &str, headers: &[(&str, &str)]) -> BTreeSet<String> {
+    let d = TestDaemon::start(&format!("{CLOSED}  anonymous_read: true\n{extra}"));
     let addr = address(&d);
     write_renamed(&d.inbox(), "m.pt", b"weights");
     d.wait_versions("m", 1);
+    let mut raw = String::from("GET /models/m/v1 HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| *n == "Host") {
+        raw.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (n, v) in headers {
+        raw.push_str(&format!("{n}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let a = send(&addr, raw.as_bytes()).unwrap();
+    assert_eq!(a.status, 200);
+    urls(&String::from_utf8(a.body).unwrap())
+}
+
+#[test]
+fn behind_a_tls_proxy_the_dashboard_names_public_url_and_ignores_forwarded_headers() {
     // As nginx forwards by default: the upstream's Host, the scheme in a header.
     let forwarded = [
         ("X-Forwarded-Proto", "http"),
         ("X-Forwarded-Host", "evil.example"),
     ];
-    let page = String::from_utf8(request(&addr, "GET", "/models/m/v1", &forwarded).body).unwrap();
     assert_eq!(
-        urls(&page),
-        BTreeSet::from(["https://models.example.org".to_string()]),
-        "{page}"
+        version_page_urls("  public_url: https://models.example.org/\n", &forwarded),
+        BTreeSet::from(["https://models.example.org".to_string()])
     );
-    drop(d);
-
     // Without it: the Host the browser sent, with forged forwarding headers ignored.
-    let d = TestDaemon::start(&format!("{CLOSED}  anonymous_read: true\n"));
-    let addr = address(&d);
-    write_renamed(&d.inbox(), "m.pt", b"weights");
-    d.wait_versions("m", 1);
     let forged = [
         ("Host", "models.lan:8080"),
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "evil.example"),
     ];
-    let raw = format!(
-        "GET /models/m/v1 HTTP/1.1\r\n{}\r\nConnection: close\r\n\r\n",
-        forged
-            .iter()
-            .map(|(n, v)| format!("{n}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\r\n")
-    );
-    let page = String::from_utf8(send(&addr, raw.as_bytes()).unwrap().body).unwrap();
     assert_eq!(
-        urls(&page),
-        BTreeSet::from(["http://models.lan:8080".to_string()]),
-        "{page}"
+        version_page_urls("", &forged),
+        BTreeSet::from(["http://models.lan:8080".to_string()])
     );
 
     // A public_url that is not a scheme and a host stops the start, the key named.
