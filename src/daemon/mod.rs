@@ -61,6 +61,11 @@ pub async fn run(
     let settings = Arc::new(Settings::new(config));
     let config = settings.current();
     let board = Arc::new(StatusBoard::default());
+    // Known before the socket answers: a client that finds the daemon up (a ping) finds
+    // the HTTP address in `status` too, not only once the listener's task has started.
+    if let Some(bound) = &http {
+        board.set_http(format!("http://{}", bound.addr));
+    }
     // The root, inbox and store as they are now: replaced or deleted ones are noticed
     // from here on (see `layout`).
     let layout = Arc::new(Layout::pin(&config));
