@@ -526,3 +526,49 @@ fn behind_a_tls_proxy_the_dashboard_names_public_url_and_ignores_forwarded_heade
         "{err}"
     );
 }
+
+#[test]
+fn over_https_the_dashboard_names_https_urls() {
+    let mut d = TestDaemon::new("");
+    let root = d.root.path().to_path_buf();
+    let made = std::process::Command::new("openssl")
+        .current_dir(&root)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes", "-days", "2", "-keyout", "key.pem", "-out", "cert.pem",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", common::stderr(&made));
+    d.write_config(&format!(
+        "{CLOSED}  anonymous_read: true\n  tls: {{cert: cert.pem, key: key.pem}}\n"
+    ));
+    d.spawn();
+    write_renamed(&d.inbox(), "m.pt", b"weights");
+    d.wait_versions("m", 1);
+    let url = d.status().http.unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "30", "--cacert"])
+        .arg(root.join("cert.pem"))
+        .args(["-H", "Host: models.lan:8443", &format!("{url}/models/m/v1")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        urls(&common::stdout(&out)),
+        BTreeSet::from(["https://models.lan:8443".to_string()])
+    );
+}

@@ -64,7 +64,7 @@ pub async fn run(
     // Known before the socket answers: a client that finds the daemon up (a ping) finds
     // the HTTP address in `status` too, not only once the listener's task has started.
     if let Some(bound) = &http {
-        board.set_http(format!("http://{}", bound.addr));
+        board.set_http(bound.url());
     }
     // The root, inbox and store as they are now: replaced or deleted ones are noticed
     // from here on (see `layout`).

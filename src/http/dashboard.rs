@@ -72,8 +72,8 @@ fn path_error(e: &PathRejection) -> Response {
 
 /// This server as the browser reached it, for the commands a version's page shows:
 /// `http.public_url` when set (behind a TLS proxy, the only way to know the scheme and
-/// the name the clients use), else the `Host` header when it is a plain `host[:port]`,
-/// else the address it listens on. `X-Forwarded-*` headers are not read: any client
+/// the name the clients use), else the `Host` header when it is a plain `host[:port]`
+/// (with `https://` when the listener serves HTTPS), else the address it listens on. `X-Forwarded-*` headers are not read: any client
 /// that reaches the port could send them (docs/http.md, Behind a proxy).
 fn base_url(s: &HttpState, headers: &HeaderMap) -> String {
     if let Some(url) = s
@@ -90,13 +90,15 @@ fn base_url(s: &HttpState, headers: &HeaderMap) -> String {
             && h.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
     };
+    // The scheme this listener serves (https with `http.tls`), as `status` names it.
+    let serving = s.ctx.board.http();
+    let scheme = match &serving {
+        Some(url) if url.starts_with("https://") => "https",
+        _ => "http",
+    };
     match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        Some(host) if plain(host) => format!("http://{host}"),
-        _ => s
-            .ctx
-            .board
-            .http()
-            .unwrap_or_else(|| "http://localhost".to_string()),
+        Some(host) if plain(host) => format!("{scheme}://{host}"),
+        _ => serving.unwrap_or_else(|| "http://localhost".to_string()),
     }
 }
 

@@ -47,6 +47,14 @@ pub struct Bound {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+impl Bound {
+    /// The URL it serves, `http://` or `https://` with the address bound.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
 /// Binds `http.listen` when it is set, and reads `http.tls`'s certificate and key.
 /// Failing either is fatal at start, like the socket; it is done before anything is
 /// made in the root, so a refused start leaves nothing behind.
@@ -88,16 +96,12 @@ pub fn start(bound: Bound, state: HttpState) -> tokio::task::JoinHandle<()> {
     let limit = MAX_CONNECTIONS
         .min(crate::server::connection_limit() / 2)
         .max(16);
-    let scheme = if bound.tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "HTTP API on {scheme}://{} (up to {limit} connections, {} per client address)",
-        bound.addr,
+        "HTTP API on {} (up to {limit} connections, {} per client address)",
+        bound.url(),
         per_client(limit)
     );
-    state
-        .ctx
-        .board
-        .set_http(format!("{scheme}://{}", bound.addr));
+    state.ctx.board.set_http(bound.url());
     tokio::spawn(serve(bound, state, limit))
 }
 

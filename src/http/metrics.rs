@@ -175,7 +175,7 @@ impl HttpMetrics {
         out.single(
             "modelreg_http_connections_refused_total",
             Kind::Counter,
-            "HTTP connections answered 503 busy because every slot was taken.",
+            "HTTP connections refused because every slot was taken or their client address held its share.",
             load(&self.refused),
         );
     }
