@@ -1,7 +1,7 @@
 //! The `modelreg` binary: parses arguments and dispatches to the daemon or the client.
 //!
 //! `serve` is [`daemon::serve`]; every other subcommand is a client of the daemon's
-//! socket (`cli`), except `verify --offline` and `recover`, which read the root directly.
+//! socket, or of its HTTP API with `--url` (`cli`), except `verify --offline` and `recover`, which read the root directly.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,15 @@ struct Cli {
     /// The daemon's socket, for client commands (default: from the settings).
     #[arg(long, global = true, env = "MODELREG_SOCKET")]
     socket: Option<PathBuf>,
+    /// The daemon's HTTP API (http://HOST:PORT), for client commands from another
+    /// machine; wins over --socket. Commands that change or maintain the registry stay on
+    /// its machine.
+    #[arg(long, global = true, env = "MODELREG_URL", value_name = "URL")]
+    url: Option<String>,
+    /// A file holding the API token for --url (default: $MODELREG_TOKEN). Not given on
+    /// the command line, where other users could read it in `ps`.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }

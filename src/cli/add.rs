@@ -94,7 +94,7 @@ fn parse_metrics(args: &[String]) -> Result<Map<String, Value>, ClientError> {
 /// its extension (the daemon names a file by its name without the final extension, a
 /// compound archive extension such as `.tar.gz` counting as one), so that a dotted name
 /// such as `Qwen2.5-0.5B` survives whole. Same rule as the Python client.
-fn entry_name(name: &str, src: &Path, is_dir: bool) -> String {
+pub(super) fn entry_name(name: &str, src: &Path, is_dir: bool) -> String {
     if is_dir {
         return name.to_string();
     }
@@ -275,6 +275,9 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         addcheck::check_not_written(a.path)?;
     }
 
+    if c.url().is_some() {
+        return super::upload::upload(c, a, &name, &metrics, &metadata, is_dir);
+    }
     // Metadata too large for one request line (a sidecar may hold more) goes through
     // the inbox.
     let fits = serde_json::to_vec(&(&metrics, &metadata))
@@ -359,7 +362,11 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     // The daemon answers `wait` within its own timeout; leave it a margin to say so.
     c.set_read_timeout(timeout + Duration::from_secs(10))?;
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    let bar = terminal.then(|| progress::Bar::start(c.path(), &name));
+    let socket = c.socket_path().map(Path::to_path_buf);
+    let bar = terminal
+        .then_some(socket)
+        .flatten()
+        .map(|s| progress::Bar::start(&s, &name));
     let waited = c.wait(&name, &entry, Some(timeout_ms));
     if let Some(bar) = bar {
         bar.finish();
@@ -369,13 +376,13 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
 
 /// The newest version of `name` when metrics or metadata are given: identical bytes with
 /// new metrics update it rather than make a version, which the answer then says.
-fn newest_if_metrics(c: &mut Client, name: &str, given: bool) -> Option<VersionInfo> {
+pub(super) fn newest_if_metrics(c: &mut Client, name: &str, given: bool) -> Option<VersionInfo> {
     given.then(|| c.get(name, None, None, None).ok()).flatten()
 }
 
 /// The answer of a registration; `before` is the newest version before it, when metrics
 /// were given.
-fn registered(w: Waited, before: Option<VersionInfo>) -> Added {
+pub(super) fn registered(w: Waited, before: Option<VersionInfo>) -> Added {
     let metrics_updated = !w.created
         && before.is_some_and(|b| {
             b.number == w.version.number
@@ -415,7 +422,11 @@ fn hand_over(
         );
     }
     let before = newest_if_metrics(c, name, !metrics.is_empty() || !metadata.is_empty());
-    let bar = terminal.then(|| progress::Bar::start(c.path(), name));
+    let socket = c.socket_path().map(Path::to_path_buf);
+    let bar = terminal
+        .then_some(socket)
+        .flatten()
+        .map(|s| progress::Bar::start(&s, name));
     let given = |m: &Map<String, Value>| (!m.is_empty()).then(|| m.clone());
     let r = c.register(name, &filename, &file, given(metrics), given(metadata));
     if let Some(bar) = bar {

@@ -1,5 +1,5 @@
-//! The client commands: each one asks the daemon over its socket (or, for `verify
-//! --offline`, reads the root) and prints a table or, with `--json`, the daemon's answer.
+//! The client commands: each one asks the daemon over its socket, or over its HTTP API
+//! with `--url` (or, for `verify --offline`, reads the root) and prints a table or, with `--json`, the daemon's answer.
 //! Output goes through [`out!`]/[`outln!`], so a closed stdout (`modelreg list | head`)
 //! ends the command quietly with status 0 instead of a panic.
 
@@ -33,6 +33,7 @@ mod place;
 mod progress;
 mod recover;
 mod render;
+mod upload;
 
 pub(crate) use recover::recover_offline;
 
@@ -92,22 +93,49 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
     }
 }
 
-pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
-    let socket = match socket_path(cli) {
-        Ok(s) => s,
-        Err(e) => {
-            print_error(&e);
-            return ExitCode::from(EXIT_ERROR);
+/// The token for `--url`: the first line of `--token-file`, else `$MODELREG_TOKEN`.
+fn token(cli: &Cli) -> Result<Option<String>, ClientError> {
+    if let Some(f) = &cli.token_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| add::refuse(format!("--token-file {}: {e}", f.display())))?;
+        let t = text.lines().next().unwrap_or("").trim();
+        if t.is_empty() {
+            return Err(add::refuse(format!(
+                "--token-file {}: the file holds no token",
+                f.display()
+            )));
         }
+        return Ok(Some(t.to_string()));
+    }
+    Ok(std::env::var("MODELREG_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
+    let client = match &cli.url {
+        Some(url) => token(cli).and_then(|t| Client::connect_http(url, t)),
+        None => match socket_path(cli) {
+            Ok(s) => Client::connect(&s),
+            Err(e) => {
+                print_error(&e);
+                return ExitCode::from(EXIT_ERROR);
+            }
+        },
     };
-    let result = Client::connect(&socket).and_then(|mut c| run_client(&mut c, cmd));
+    let result = client.and_then(|mut c| run_client(&mut c, cmd));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             print_client_error(&e);
             match e {
-                ClientError::NotRunning { .. } => ExitCode::from(EXIT_NOT_RUNNING),
-                ClientError::PermissionDenied { .. } => ExitCode::from(EXIT_PERMISSION_DENIED),
+                ClientError::NotRunning { .. } | ClientError::Unreachable { .. } => {
+                    ExitCode::from(EXIT_NOT_RUNNING)
+                }
+                ClientError::PermissionDenied { .. } | ClientError::Unauthorized { .. } => {
+                    ExitCode::from(EXIT_PERMISSION_DENIED)
+                }
                 _ => ExitCode::from(EXIT_ERROR),
             }
         }

@@ -1,9 +1,11 @@
-//! A blocking client of the control socket, used by the CLI and by tests. Plain std I/O:
-//! a one-shot CLI call needs no async runtime.
+//! A blocking client of the daemon, used by the CLI and by tests: over the control socket
+//! (`socket`), or over the HTTP API from another machine (`http`). Plain std I/O: a
+//! one-shot CLI call needs no async runtime.
 
-use std::io::{BufRead, BufReader, Write};
+mod http;
+mod socket;
+
 use std::os::fd::BorrowedFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,9 +15,9 @@ use crate::protocol::{
     AliasRemoved, AliasSet, Deprecated, ErrorBody, ErrorCode, GcReport, History, ModelList, Pong,
     Removed, Request, Response, RolledBack, StatusInfo, VersionInfo, VersionList, Waited,
 };
-use crate::users::group_name;
 /// Re-exported for the CLI, which names users in `history`.
 pub use crate::users::user_name;
+pub use socket::send_with_fds;
 
 /// Why a request got no answer, or got an error answer.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,42 @@ pub enum ClientError {
     /// The daemon answered with an error.
     #[error("{}", .0.message)]
     Remote(ErrorBody),
+    /// Nothing answers at the HTTP API's address (refused, unknown host, timed out).
+    #[error(
+        "no modelreg HTTP API answers at {url} ({reason}).\nCheck the address (`http.listen` in the daemon's settings; `modelreg status` on its machine shows it) and that this machine can reach that port."
+    )]
+    Unreachable { url: String, reason: String },
+    /// The HTTP API refused the token: none was given (401), it is not one the daemon
+    /// keeps (401), or a read token asked for a write (403).
+    #[error("{}", unauthorized_message(url, message, *token_given))]
+    Unauthorized {
+        url: String,
+        /// The daemon's own message.
+        message: String,
+        /// Whether a token was sent.
+        token_given: bool,
+    },
+    /// `--url` / `$MODELREG_URL` (or the token) cannot be used as given.
+    #[error("--url {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// A request the HTTP API does not serve (it reads the catalog, serves downloads and
+    /// takes uploads; changes and maintenance stay on the daemon's machine).
+    #[error(
+        "`{op}` is not served over HTTP: the API at {url} reads the catalog, serves downloads and takes uploads (docs/http.md).\nRun this command on the daemon's machine, without --url / $MODELREG_URL."
+    )]
+    NotOverHttp { op: String, url: String },
+}
+
+/// The text of [`ClientError::Unauthorized`]: the daemon's reason, and what to do.
+fn unauthorized_message(url: &str, message: &str, token_given: bool) -> String {
+    let advice = if !token_given {
+        "Give a token with --token-file FILE or $MODELREG_TOKEN (`modelreg token create NAME --scope read|write` on the daemon's machine prints one)."
+    } else if message.contains("write token") {
+        "Uploads need a token of scope write (`modelreg token create NAME --scope write` on the daemon's machine)."
+    } else {
+        "The token sent is not one the daemon keeps: check it was copied whole and is not revoked (`modelreg token list` on the daemon's machine)."
+    };
+    format!("{url} refused the request: {message}\n{advice}")
 }
 
 /// The text of [`ClientError::PermissionDenied`].
@@ -81,55 +119,63 @@ impl ClientError {
     }
 }
 
-/// A connection to the daemon.
+/// A connection to the daemon: its socket, or its HTTP API from another machine. Both
+/// answer the same requests with the same typed answers, so the CLI prints them the same
+/// way whichever it talks to.
 pub struct Client {
-    path: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    conn: Conn,
+}
+
+/// The transport under a [`Client`].
+enum Conn {
+    Socket(socket::Socket),
+    Http(http::Http),
 }
 
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                return permission_denied(path);
-            }
-            ClientError::NotRunning {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
-        let io = |e| ClientError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(io)?;
-        let writer = stream.try_clone().map_err(io)?;
         Ok(Client {
-            path: path.to_path_buf(),
-            reader: BufReader::new(stream),
-            writer,
+            conn: Conn::Socket(socket::Socket::connect(path)?),
         })
     }
 
-    /// The socket this client is connected to (for a second connection alongside).
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A client of the HTTP API at `url` (`http://host:port`, optionally with a path
+    /// prefix a reverse proxy serves it under), sending `token` as `Authorization:
+    /// Bearer`. Nothing is sent yet: each request opens its own connection.
+    pub fn connect_http(url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Ok(Client {
+            conn: Conn::Http(http::Http::new(url, token)?),
+        })
+    }
+
+    /// The socket this client is connected to (for a second connection alongside);
+    /// `None` over HTTP.
+    pub fn socket_path(&self) -> Option<&Path> {
+        match &self.conn {
+            Conn::Socket(s) => Some(&s.path),
+            Conn::Http(_) => None,
+        }
+    }
+
+    /// The API's URL when this client talks HTTP.
+    pub fn url(&self) -> Option<&str> {
+        match &self.conn {
+            Conn::Socket(_) => None,
+            Conn::Http(h) => Some(h.url()),
+        }
     }
 
     /// How long to wait for an answer (60 s after `connect`); `wait` requests need
     /// longer.
     pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| ClientError::Io {
-                path: self.path.clone(),
-                source: e,
-            })
+        match &mut self.conn {
+            Conn::Socket(s) => s.set_read_timeout(timeout),
+            Conn::Http(h) => {
+                h.timeout = timeout;
+                Ok(())
+            }
+        }
     }
 
     /// Sends a raw line (a newline is added) and returns the raw answer line.
@@ -137,38 +183,23 @@ impl Client {
         self.raw_with(line, None)
     }
 
-    /// [`raw`](Self::raw), passing the descriptor `fd` with the line (SCM_RIGHTS).
+    /// [`raw`](Self::raw), passing the descriptor `fd` with the line (SCM_RIGHTS). The
+    /// socket's own framing: refused over HTTP.
     pub fn raw_with(&mut self, line: &str, fd: Option<BorrowedFd>) -> Result<String, ClientError> {
-        let io = |e| ClientError::Io {
-            path: self.path.clone(),
-            source: e,
-        };
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-        let sent = match fd {
-            Some(fd) => send_with_fds(&self.writer, &buf, &[fd]).map_err(io)?,
-            None => 0,
-        };
-        self.writer.write_all(&buf[sent..]).map_err(io)?;
-        let mut answer = String::new();
-        let n = self
-            .reader
-            .read_line(&mut answer)
-            .map_err(|e| ClientError::Io {
-                path: self.path.clone(),
-                source: e,
-            })?;
-        if n == 0 {
-            return Err(ClientError::Protocol(
-                "the daemon closed the connection".into(),
-            ));
+        match &mut self.conn {
+            Conn::Socket(s) => s.exchange(line, fd),
+            Conn::Http(h) => Err(ClientError::Protocol(format!(
+                "raw socket lines cannot be sent to the HTTP API at {}",
+                h.url()
+            ))),
         }
-        Ok(answer)
     }
 
     /// Sends a request and returns the `result` of a successful answer.
     pub fn call(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
+        if let Conn::Http(h) = &mut self.conn {
+            return h.call(req);
+        }
         let line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let answer = self.raw(&line)?;
         answer_result(&answer)
@@ -196,42 +227,6 @@ fn answer_result(answer: &str) -> Result<serde_json::Value, ClientError> {
             message: "error answer without a body".into(),
         })))
     }
-}
-
-/// Sends (a first part of) `buf` with the descriptors `fds` attached (SCM_RIGHTS, in
-/// one `sendmsg`); returns the bytes sent (the caller writes the rest).
-pub fn send_with_fds(sock: &UnixStream, buf: &[u8], fds: &[BorrowedFd]) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let payload = std::mem::size_of_val(raw.as_slice()) as u32;
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: msghdr is plain data; every pointer set below stays valid for the call, and
-    // the one control message written fits the buffer sized by CMSG_SPACE.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if !raw.is_empty() {
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = space as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
-            std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(c).cast(), raw.len());
-        }
-        libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 /// One typed method per request: each sends it and decodes its answer.
@@ -301,6 +296,9 @@ impl Client {
         metadata: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Waited, ClientError> {
         use std::os::fd::AsFd;
+        if let Conn::Http(h) = &mut self.conn {
+            return h.upload_file(name, filename, file, metrics, metadata);
+        }
         let req = Request::Register {
             name: name.to_string(),
             filename: filename.to_string(),
@@ -321,6 +319,25 @@ impl Client {
             })?;
         let v = answer_result(&answer)?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Uploads a folder, as a tar of `len` bytes read from `tar`, as the next version of
+    /// `name` (HTTP only: on the socket a folder goes through the inbox).
+    pub fn upload_tar(
+        &mut self,
+        name: &str,
+        tar: &mut dyn std::io::Read,
+        len: u64,
+        metrics: Option<&serde_json::Map<String, serde_json::Value>>,
+        metadata: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Waited, ClientError> {
+        match &mut self.conn {
+            Conn::Http(h) => h.upload(name, None, tar, len, None, metrics, metadata),
+            Conn::Socket(s) => Err(ClientError::Protocol(format!(
+                "a tar upload is for the HTTP API, not the socket {}",
+                s.path.display()
+            ))),
+        }
     }
 
     /// `alias_set`: point `alias` at `version` (`vN`).
@@ -433,27 +450,5 @@ impl Client {
         self.call_as(&Request::TokenRevoke {
             name: name.to_string(),
         })
-    }
-}
-
-/// Names who may connect to `path`: the socket's group and owner, or those of the first
-/// folder above it that can be looked at (a folder without search permission is what
-/// refused us then).
-fn permission_denied(path: &Path) -> ClientError {
-    use std::os::unix::fs::MetadataExt;
-    let meta = path
-        .ancestors()
-        .find_map(|p| std::fs::symlink_metadata(p).ok());
-    let (uid, gid, mode) = meta
-        .map(|m| (m.uid(), m.gid(), m.mode()))
-        .unwrap_or((0, 0, 0));
-    // The socket itself was looked at (not a folder above it) and nobody but its owner
-    // may connect: say so, rather than "you are not in group X".
-    let owner_only = std::fs::symlink_metadata(path).is_ok() && mode & 0o077 == 0;
-    ClientError::PermissionDenied {
-        path: path.to_path_buf(),
-        group: group_name(gid),
-        owner: user_name(uid),
-        owner_only,
     }
 }

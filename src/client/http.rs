@@ -1,0 +1,505 @@
+//! The HTTP API's side of [`Client`](super::Client), for a machine other than the
+//! daemon's: each request on a connection of its own (HTTP/1.1, `Connection: close`; a
+//! CLI command makes one to three), the socket's request mapped to its route
+//! (docs/http.md), and the answer's JSON, or its error body with the socket's code, read
+//! back into the very types the socket gives. Plain `http://` only: TLS is left to a
+//! reverse proxy or a tunnel (docs/operations.md).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::ClientError;
+use crate::protocol::{ErrorBody, Request, VersionInfo, Waited};
+
+/// What a path segment or query value keeps unescaped (RFC 3986's unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// The largest answer head read: the daemon's own limit for a request's head.
+const MAX_HEAD: usize = 64 * 1024;
+/// The largest JSON answer read (a catalog of many thousands of versions fits).
+const MAX_BODY: u64 = 256 * 1024 * 1024;
+/// How long connecting may take before the address is called unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API's address and the token sent with every request.
+pub(super) struct Http {
+    /// The URL as given, without a trailing `/`, for messages.
+    url: String,
+    /// `host:port` (as given: the `Host` header) and where to connect.
+    authority: String,
+    host: String,
+    port: u16,
+    /// A path a reverse proxy serves the API under (`/modelreg`), or empty.
+    prefix: String,
+    token: Option<String>,
+    /// How long to wait for an answer.
+    pub(super) timeout: Duration,
+}
+
+/// One answer: status, headers (names lower-cased) and body.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Http {
+    /// Checks `url` (`http://host[:port][/prefix]`) and `token`; connects to nothing yet.
+    pub(super) fn new(url: &str, token: Option<String>) -> Result<Http, ClientError> {
+        let bad = |reason: &str| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = if let Some(r) = url.strip_prefix("http://") {
+            r
+        } else if url.starts_with("https://") {
+            return Err(bad(
+                "https is not spoken by this client; reach the API over plain http on a trusted network or through a tunnel (`ssh -L 8080:127.0.0.1:8080 host`), see docs/operations.md",
+            ));
+        } else {
+            return Err(bad("expected http://HOST:PORT, e.g. http://gpu-box:8080"));
+        };
+        if rest.contains(['?', '#']) {
+            return Err(bad("a query or fragment has no place in the API's address"));
+        }
+        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.contains('@') {
+            return Err(bad(
+                "credentials in the URL are not sent; give a token with --token-file or $MODELREG_TOKEN",
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| bad("the port is not a number"))?;
+                (h, port)
+            }
+            _ => (authority, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if let Some(t) = &token
+            && (t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(bad(
+                "the token is empty or has characters a header cannot carry (spaces, line breaks, non-ASCII)",
+            ));
+        }
+        Ok(Http {
+            url: url.trim_end_matches('/').to_string(),
+            authority: authority.to_string(),
+            host: host.to_string(),
+            port,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            token,
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// The URL as given.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends `req` to its route and returns the answer's JSON, or its error.
+    pub(super) fn call(&mut self, req: &Request) -> Result<Value, ClientError> {
+        let target = self.route(req)?;
+        let answer = self.send("GET", &target, &[], None)?;
+        self.result(answer)
+    }
+
+    /// The route (path and query) that answers `req`, as docs/http.md lists them.
+    fn route(&self, req: &Request) -> Result<String, ClientError> {
+        let enc = |s: &str| utf8_percent_encode(s, SEGMENT).to_string();
+        let path = match req {
+            Request::Ping {} => "/api/v1/ping".to_string(),
+            Request::Status {} => "/api/v1/status".to_string(),
+            Request::List {} => "/api/v1/models".to_string(),
+            Request::Versions { name } => format!("/api/v1/models/{}/versions", enc(name)),
+            Request::History { name } => format!("/api/v1/models/{}/history", enc(name)),
+            Request::Get {
+                name,
+                selector,
+                metric,
+                mode,
+            } => {
+                let mut q = Vec::new();
+                if let Some(m) = metric {
+                    q.push(format!("metric={}", enc(m)));
+                }
+                if let Some(m) = mode {
+                    q.push(format!("mode={}", m.as_str()));
+                }
+                let query = if q.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", q.join("&"))
+                };
+                format!(
+                    "/api/v1/models/{}/versions/{}{query}",
+                    enc(name),
+                    enc(selector.as_deref().unwrap_or("latest"))
+                )
+            }
+            other => {
+                let op = serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v["op"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "this request".into());
+                return Err(ClientError::NotOverHttp {
+                    op,
+                    url: self.url.clone(),
+                });
+            }
+        };
+        Ok(format!("{}{path}", self.prefix))
+    }
+
+    /// Uploads a file (`filename`: its name in the store) or, without one, a folder as a
+    /// tar of `len` bytes read from `body`, as the next version of `name`. `sha256`, when
+    /// given, is checked by the daemon against the bytes it received before anything is
+    /// handed over.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn upload(
+        &mut self,
+        name: &str,
+        filename: Option<&str>,
+        body: &mut dyn Read,
+        len: u64,
+        sha256: Option<&str>,
+        metrics: Option<&Map<String, Value>>,
+        metadata: Option<&Map<String, Value>>,
+    ) -> Result<Waited, ClientError> {
+        let enc = |s: &str| utf8_percent_encode(s, SEGMENT).to_string();
+        let mut target = format!("{}/api/v1/models/{}/upload", self.prefix, enc(name));
+        if let Some(f) = filename {
+            target.push_str(&format!("?filename={}", enc(f)));
+        }
+        let kind = if filename.is_some() {
+            "application/octet-stream"
+        } else {
+            "application/x-tar"
+        };
+        let mut headers = vec![("Content-Type", kind.to_string())];
+        if let Some(s) = sha256 {
+            headers.push(("X-Content-Sha256", s.to_string()));
+        }
+        let json = |m: &Map<String, Value>| Value::Object(m.clone()).to_string();
+        if let Some(m) = metrics.filter(|m| !m.is_empty()) {
+            headers.push(("X-Modelreg-Metrics", json(m)));
+        }
+        if let Some(m) = metadata.filter(|m| !m.is_empty()) {
+            headers.push(("X-Modelreg-Metadata", json(m)));
+        }
+        // Cut off before the answer, the version may have been made or not.
+        let answer = self
+            .send("PUT", &target, &headers, Some((body, len)))
+            .map_err(|e| match e {
+                ClientError::Protocol(m) => ClientError::Protocol(format!(
+                    "{m}; {name} may or may not have been registered: check with `modelreg versions {name}`"
+                )),
+                e => e,
+            })?;
+        let created = answer.status == 201;
+        let version: VersionInfo = serde_json::from_value(self.result(answer)?)
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", self.url)))?;
+        Ok(Waited { created, version })
+    }
+
+    /// [`upload`](Self::upload) of the open `file`, hashed first.
+    pub(super) fn upload_file(
+        &mut self,
+        name: &str,
+        filename: &str,
+        file: &std::fs::File,
+        metrics: Option<Map<String, Value>>,
+        metadata: Option<Map<String, Value>>,
+    ) -> Result<Waited, ClientError> {
+        let io = |e: std::io::Error| {
+            ClientError::Protocol(format!("reading the file to upload as {filename}: {e}"))
+        };
+        let len = file.metadata().map_err(io)?.len();
+        // Hashed from the descriptor, so what is hashed is what is sent.
+        let (mut hasher, mut from) = (Sha256::new(), ReadAt::new(file));
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = from.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let sha = crate::fsutil::hex(&hasher.finalize());
+        self.upload(
+            name,
+            Some(filename),
+            &mut ReadAt::new(file),
+            len,
+            Some(&sha),
+            metrics.as_ref(),
+            metadata.as_ref(),
+        )
+    }
+
+    /// The JSON of a successful answer, or the error it carries.
+    fn result(&self, a: Answer) -> Result<Value, ClientError> {
+        let body: Option<Value> = serde_json::from_slice(&a.body).ok();
+        if (200..300).contains(&a.status)
+            && let Some(v) = body
+        {
+            return Ok(v);
+        }
+        let error = body
+            .as_ref()
+            .and_then(|b| serde_json::from_value::<ErrorBody>(b["error"].clone()).ok());
+        match (a.status, error) {
+            (401 | 403, e) => Err(ClientError::Unauthorized {
+                url: self.url.clone(),
+                message: e
+                    .map(|e| e.message)
+                    .unwrap_or_else(|| format!("HTTP {}", a.status)),
+                token_given: self.token.is_some(),
+            }),
+            (_, Some(e)) => Err(ClientError::Remote(e)),
+            (status, None) => {
+                let text = String::from_utf8_lossy(&a.body);
+                let snippet: String = text.chars().take(200).collect();
+                Err(ClientError::Protocol(format!(
+                    "{} answered HTTP {status} without a modelreg answer (is it the modelreg API, or a proxy in front of it?): {snippet:?}",
+                    self.url
+                )))
+            }
+        }
+    }
+
+    /// Sends one request on a new connection and reads its whole answer.
+    fn send(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, String)],
+        body: Option<(&mut dyn Read, u64)>,
+    ) -> Result<Answer, ClientError> {
+        let mut stream = self.connect()?;
+        let talk = |e: std::io::Error| {
+            let e = if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                format!("no answer within {} s", self.timeout.as_secs())
+            } else {
+                e.to_string()
+            };
+            ClientError::Protocol(format!("talking to {}: {e}", self.url))
+        };
+        let mut head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: modelreg/{}\r\nAccept: application/json\r\nConnection: close\r\n",
+            self.authority,
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(t) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        let len = body.as_ref().map_or(0, |(_, n)| *n);
+        if body.is_some() || method != "GET" {
+            head.push_str(&format!("Content-Length: {len}\r\n"));
+        }
+        head.push_str("\r\n");
+        let sent = stream.write_all(head.as_bytes()).and_then(|()| match body {
+            Some((r, n)) => {
+                let copied = std::io::copy(&mut r.take(n), &mut stream)?;
+                if copied < n {
+                    return Err(std::io::Error::other(format!(
+                        "the body ended after {copied} of {n} bytes (changed while sent?)"
+                    )));
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        });
+        // The daemon may refuse an upload before reading it all (too large, refused
+        // token) and close: its answer says why, so it is read before the write's error.
+        let answer = read_answer(&stream).map_err(talk);
+        match (sent, answer) {
+            (_, Ok(a)) => Ok(a),
+            (Err(e), Err(_)) => Err(talk(e)),
+            (Ok(()), Err(e)) => Err(e),
+        }
+    }
+
+    /// A connection to the API, with the answer timeout set.
+    fn connect(&self) -> Result<TcpStream, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: self.url.clone(),
+            reason,
+        };
+        let addrs: Vec<_> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| unreachable(format!("cannot resolve {}: {e}", self.host)))?
+            .collect();
+        let mut last = format!("{} resolves to no address", self.host);
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    let io = |e: std::io::Error| unreachable(e.to_string());
+                    s.set_read_timeout(Some(self.timeout)).map_err(io)?;
+                    s.set_write_timeout(Some(self.timeout)).map_err(io)?;
+                    return Ok(s);
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(unreachable(last))
+    }
+}
+
+/// Reads one answer: the status line, the headers, and the body (by `Content-Length`,
+/// chunked, or to the end).
+fn read_answer(stream: &TcpStream) -> std::io::Result<Answer> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    let mut head_bytes = 0;
+    let mut next_line = |r: &mut BufReader<&TcpStream>, line: &mut String| {
+        line.clear();
+        let n = r.by_ref().take(MAX_HEAD as u64).read_line(line)?;
+        head_bytes += n;
+        if n == 0 || head_bytes > MAX_HEAD {
+            return Err(bad("the answer's head ended early or is too large".into()));
+        }
+        Ok(line.trim_end().to_string())
+    };
+    let status_line = next_line(&mut r, &mut line)?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| status_line.starts_with("HTTP/1."))
+        .ok_or_else(|| bad(format!("not an HTTP answer: {status_line:?}")))?;
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        let h = next_line(&mut r, &mut line)?;
+        if h.is_empty() {
+            break;
+        }
+        let Some((n, v)) = h.split_once(':') else {
+            continue;
+        };
+        match n.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = v.trim().parse::<u64>().ok(),
+            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let size_line = next_line(&mut r, &mut line)?;
+            let hex = size_line.split(';').next().unwrap_or("").trim();
+            let size = u64::from_str_radix(hex, 16)
+                .map_err(|_| bad(format!("bad chunk size {size_line:?}")))?;
+            if size == 0 {
+                break;
+            }
+            if body.len() as u64 + size > MAX_BODY {
+                return Err(bad(format!("an answer over {MAX_BODY} bytes")));
+            }
+            let start = body.len();
+            body.resize(start + size as usize, 0);
+            r.read_exact(&mut body[start..])?;
+            next_line(&mut r, &mut line).ok();
+        }
+    } else if let Some(n) = length {
+        if n > MAX_BODY {
+            return Err(bad(format!("an answer of {n} bytes, over {MAX_BODY}")));
+        }
+        body.resize(n as usize, 0);
+        r.read_exact(&mut body)?;
+    } else {
+        r.take(MAX_BODY).read_to_end(&mut body)?;
+    }
+    Ok(Answer { status, body })
+}
+
+/// Reads a file from its start by offset (pread), whatever its descriptor's position.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl<'a> ReadAt<'a> {
+    fn new(file: &'a std::fs::File) -> ReadAt<'a> {
+        ReadAt { file, at: 0 }
+    }
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_read_or_refused_with_a_reason() {
+        let h = Http::new("http://gpu-box:8080/", None).unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.port, h.prefix.as_str()),
+            ("gpu-box", 8080, "")
+        );
+        let h = Http::new("http://[::1]:9000/modelreg/", None).unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.port, h.prefix.as_str()),
+            ("::1", 9000, "/modelreg")
+        );
+        let h = Http::new("http://example.org", None).unwrap();
+        assert_eq!(h.port, 80);
+        for bad in [
+            "https://x:1",
+            "gpu-box:8080",
+            "http://x:port",
+            "http://u:p@x:1",
+            "http://x:1/?q",
+            "http://:1",
+        ] {
+            assert!(Http::new(bad, None).is_err(), "{bad}");
+        }
+        assert!(Http::new("http://x:1", Some("mr_a b".into())).is_err());
+    }
+
+    #[test]
+    fn requests_map_to_their_routes_with_encoded_segments() {
+        let h = Http::new("http://x:1/p", None).unwrap();
+        let get = Request::Get {
+            name: "m".into(),
+            selector: Some("release/v2".into()),
+            metric: Some("top 1".into()),
+            mode: Some(crate::config::Direction::Min),
+        };
+        assert_eq!(
+            h.route(&get).unwrap(),
+            "/p/api/v1/models/m/versions/release%2Fv2?metric=top%201&mode=min"
+        );
+        let e = h.route(&Request::Compact {}).unwrap_err().to_string();
+        assert!(e.contains("`compact` is not served over HTTP"), "{e}");
+    }
+}
