@@ -19,6 +19,13 @@ never seen half-written.
 One connection is kept open and reused; the daemon closes a connection idle for 120 s
 (saying so with a ``timeout`` answer), and the next call then connects again
 transparently.
+
+From another machine, ``ModelRegistry(url="http://gpu-box:8080", token=...)`` (or
+``$MODELREG_URL`` and ``$MODELREG_TOKEN``) talks to the daemon's HTTP API instead
+(docs/http.md): the same queries with the same results and exceptions, `register` as an
+upload, and `download` of a version's files with resume and a SHA-256 check. Changes
+(aliases, deprecate, rm, gc) and `verify` stay on the daemon's machine: over HTTP they
+raise NotServedOverHttp.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import signal
 import socket as _socket
 import stat
 import sys
+import tarfile
+import tempfile
 import threading
 import time
 import unicodedata
@@ -43,7 +52,9 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+from . import _http
 
 __all__ = [
     "ModelRegistry",
@@ -94,6 +105,9 @@ __all__ = [
     "SourceChanged",
     "DaemonStopping",
     "InternalError",
+    "NotServedOverHttp",
+    "ChecksumMismatch",
+    "DownloadInterrupted",
 ]
 
 __version__ = "0.2.0"
@@ -219,6 +233,21 @@ class DaemonStopping(ModelRegistryError):
 
 class InternalError(ModelRegistryError):
     """``internal``: a bug in the daemon."""
+
+
+class NotServedOverHttp(UnknownOp):
+    """A request the HTTP API does not serve (changes, maintenance, `wait`): do it on the
+    daemon's machine, over its socket. An UnknownOp, as an older daemon's answer is."""
+
+
+class ChecksumMismatch(ModelRegistryError):
+    """`download`: the bytes received are not those of the stored file's SHA-256 (or its
+    size); the partial file was removed and nothing was written at the destination."""
+
+
+class DownloadInterrupted(ModelRegistryError, ConnectionError):
+    """`download`: the connection was cut more often than `retries` allows; the partial
+    file is kept and the next `download` resumes it."""
 
 
 _BY_CODE = {
@@ -644,16 +673,34 @@ class ModelRegistry:
     multiprocessing) opens its own connection on its first call rather than sharing the
     parent's.
 
+    With `url` (or ``$MODELREG_URL``, when neither `root` nor `socket` is given) the
+    daemon's HTTP API is asked instead, sending `token` (default ``$MODELREG_TOKEN``).
+
     Args:
         root: the registry root, whose ``modelreg.sock`` is the socket.
         socket: the daemon's socket path.
         timeout: seconds to wait for an answer to a query (a finite number above 0);
             DaemonTimeout when it passes.
+        url: the daemon's HTTP API, ``http://HOST:PORT`` (``https://`` behind a proxy).
+        token: the API token `modelreg token create` printed (read or write scope).
     """
 
-    def __init__(self, root: Optional[PathLike] = None, socket: Optional[PathLike] = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        root: Optional[PathLike] = None,
+        socket: Optional[PathLike] = None,
+        timeout: float = 30.0,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+    ) -> None:
         env_socket = os.environ.get("MODELREG_SOCKET")
         env_root = os.environ.get("MODELREG_ROOT")
+        if url is None and root is None and socket is None:
+            url = os.environ.get("MODELREG_URL") or None
+        if token is None:
+            token = os.environ.get("MODELREG_TOKEN") or None
+        self.url: Optional[str] = None if url is None else _text(url, "url")
+        self._token = None if token is None else _text(token, "token").strip()
         self.root = Path(root) if root is not None else Path(env_root) if env_root else Path.cwd()
         if socket is not None:
             self.socket_path = Path(socket)
@@ -664,6 +711,7 @@ class ModelRegistry:
         else:
             self.socket_path = self.root / "modelreg.sock"
         self.timeout = _seconds(timeout, "timeout")
+        self._http = None if self.url is None else _http.HttpTransport(self.url, self._token, self.timeout)
         self._sock: Optional[_socket.socket] = None
         self._buf = b""
         self._next_id = 0
@@ -688,10 +736,13 @@ class ModelRegistry:
 
     def __getstate__(self) -> Dict[str, Any]:
         # Pickled (multiprocessing's spawn): the settings travel, the connection does not.
-        return {"root": self.root, "socket_path": self.socket_path, "timeout": self.timeout}
+        return {"root": self.root, "socket_path": self.socket_path, "timeout": self.timeout, "url": self.url, "token": self._token}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(root=state["root"], socket=state["socket_path"], timeout=state["timeout"])  # type: ignore[misc]
+        if state.get("url") is not None:
+            self.__init__(timeout=state["timeout"], url=state["url"], token=state.get("token"))  # type: ignore[misc]
+        else:
+            self.__init__(root=state["root"], socket=state["socket_path"], timeout=state["timeout"])  # type: ignore[misc]
 
     def close(self) -> None:
         """Closes the connection (the next call opens a new one)."""
@@ -860,6 +911,8 @@ class ModelRegistry:
                 f"{src} is still open for writing by another process; add it once it is closed (nothing was sent or copied)",
                 "source_changed",
             )
+        if self._http is not None:
+            return self._upload(name, src, sidecar, timeout)
         refused: Optional[PermissionDenied] = None
         if not src.is_dir():
             try:
@@ -909,6 +962,76 @@ class ModelRegistry:
         record.created = answer.created
         return record
 
+    def _upload(self, name: str, src: Path, sidecar: Optional[str], timeout: float) -> Version:
+        """`register` over HTTP: the file (with its SHA-256, checked by the daemon before
+        the hand-over) or the folder as a tar (built in a temporary file first, so that
+        its length is known) is PUT to the upload route; the answer is the version."""
+        assert self._http is not None
+        metrics, extra = _sidecar_maps(sidecar)
+        if src.is_dir():
+            with tempfile.TemporaryFile() as tar:
+                with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
+                    t.add(str(src), arcname=".", filter=_without_hidden)
+                length = tar.tell()
+                tar.seek(0)
+                created, answer = self._http.upload(name, None, tar, length, None, metrics, extra, timeout)
+        else:
+            digest = _http.sha256_of(src)
+            with open(src, "rb") as f:
+                length = os.fstat(f.fileno()).st_size
+                created, answer = self._http.upload(name, _entry_for(name, src), f, length, digest, metrics, extra, timeout)
+        record = Version._from(answer)
+        record.created = created
+        return record
+
+    def download(
+        self,
+        name: str,
+        dest: PathLike,
+        version: Union[str, int] = "latest",
+        metric: Optional[str] = None,
+        mode: Optional[str] = None,
+        retries: int = 3,
+    ) -> Path:
+        """Downloads a version of `name` (``"latest"``, ``"best"``, ``"v3"`` or ``3``, an
+        alias) to `dest` and returns where it is.
+
+        A file version goes to `dest`, or into it when `dest` is a folder; a folder
+        version's files go under the folder `dest` (made if missing), each by its path in
+        the version. Each file gathers in ``<file>.part`` first: a cut connection is
+        resumed (``Range``, up to `retries` times in this call, and by the next call, which
+        picks up the partial file), the whole is checked against the stored SHA-256, and
+        only then renamed into place. A file already there with the right SHA-256 is
+        kept. Over the socket the stored files are copied, checked the same way.
+
+        Raises ChecksumMismatch (the partial removed; call again), DownloadInterrupted
+        (the partial kept; call again to resume), and what `get` raises.
+        """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise TypeError(f"retries must be an int >= 0, not {retries!r}")
+        v = self.get(name, version, metric, mode)
+        dest = Path(dest)
+        files = list(_http.relative_files(v))
+        if v.kind == "file" and len(files) == 1:
+            rel, f = files[0]
+            target = dest / rel if dest.is_dir() else dest
+            targets = [(rel, f, target)]
+            result = target
+        else:
+            targets = [(rel, f, dest / rel) for rel, f in files]
+            result = dest
+        for rel, f, target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_file() and target.stat().st_size == f.size and _http.sha256_of(target) == f.sha256:
+                continue
+            if self._http is not None:
+                # By number: every file comes from the one version `get` answered, even
+                # if `latest` or an alias moves meanwhile.
+                self._http.fetch_file(v.name, v.version, rel, f.sha256, f.size, target, retries)
+            else:
+                _http.copy_local(Path(f.path), target, f.sha256, f.size)
+        return result
+
     def _hand_over(self, name: str, src: Path, sidecar: Optional[str], timeout: float, progress: Optional[bool]) -> Optional[Version]:
         """Registers the file `src` by passing its open descriptor to the daemon
         (``register``; no settle wait, no permission on the path needed by the daemon).
@@ -918,15 +1041,8 @@ class ModelRegistry:
             return None
         req: Dict[str, Any] = {"op": "register", "name": name, "filename": _entry_for(name, src)}
         if sidecar is not None:
-            # The sidecar's document, as the request's two maps (the daemon reads them
-            # with the sidecar's rules: dataset, params, tags and notes are metadata).
-            # Its YAML escapes of characters beyond U+FFFF are undone for JSON.
-            doc = json.loads(
-                re.sub(r"(?<!\\)((?:\\\\)*)\\U([0-9a-f]{8})", lambda m: m.group(1) + chr(int(m.group(2), 16)), sidecar)
-            )
-            req["metrics"] = doc.pop("metrics", {})
-            extra = doc.pop("metadata", {})
-            extra.update(doc)
+            metrics, extra = _sidecar_maps(sidecar)
+            req["metrics"] = metrics
             if extra:
                 req["metadata"] = extra
         if len(json.dumps(req).encode()) > _MAX_REQUEST_BYTES - 1024:
@@ -1043,6 +1159,8 @@ class ModelRegistry:
         """Sends `request` and returns the result of its answer; an error answer raises
         its exception class, no answer within the timeout `timeout_error` (DaemonTimeout
         unless said otherwise)."""
+        if self._http is not None:
+            return self._http.call(request, read_timeout, timeout_error)
         if self._pid != os.getpid():
             # A fork's child without os.register_at_fork (or an instance it missed).
             self._after_fork()
@@ -1591,6 +1709,27 @@ def _metric_values(metrics: Any) -> Dict[str, float]:
             raise ValueError(f"metric {k!r} must be finite, not {v}")
         out[k] = x
     return out
+
+
+def _sidecar_maps(sidecar: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The sidecar's document as the two maps a hand-over or an upload sends: metrics, and
+    the rest (dataset, params, tags and notes are read as metadata by the daemon). Its
+    YAML escapes of characters beyond U+FFFF are undone for JSON."""
+    if sidecar is None:
+        return {}, {}
+    doc = json.loads(re.sub(r"(?<!\\)((?:\\\\)*)\\U([0-9a-f]{8})", lambda m: m.group(1) + chr(int(m.group(2), 16)), sidecar))
+    metrics = doc.pop("metrics", {})
+    extra = doc.pop("metadata", {})
+    extra.update(doc)
+    return metrics, extra
+
+
+def _without_hidden(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+    """Leaves hidden entries out of an uploaded folder's tar, as the inbox leaves them
+    out of a dropped folder's version."""
+    if any(p.startswith(".") and p not in (".", "..") for p in info.name.split("/")):
+        return None
+    return info
 
 
 def _sidecar(metrics: Dict[str, float], metadata: Dict[str, Any]) -> str:

@@ -1,0 +1,332 @@
+"""The HTTP side of ModelRegistry (``ModelRegistry(url=..., token=...)``): the daemon's
+HTTP API (docs/http.md) instead of its socket, with the standard library's http.client.
+
+Every socket request the API serves is sent to its route and answered with the same
+JSON, so the same result classes are built from it; an error body carries the socket's
+code, so the same exception classes are raised. Each request opens its own connection
+(no state to share between threads or a fork's child).
+
+Downloads (`fetch_file`) stream into ``<dest>.part`` beside the destination, resume it
+with ``Range`` (and ``If-Range`` with the file's ETag, its SHA-256, so a partial of other
+bytes is never extended), check the SHA-256 of the whole before the rename into place,
+and remove a partial whose bytes turned out wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import urllib.parse
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+# RFC 3986's unreserved characters stay as they are in a path segment or query value.
+_SAFE = "-._~"
+_CHUNK = 1 << 20
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe=_SAFE)
+
+
+def _errors() -> Any:
+    # The exception classes live in the package itself, which imports this module.
+    import modelreg
+
+    return modelreg
+
+
+class HttpTransport:
+    """The API at `url` (``http://host:port`` or ``https://...``, optionally with a path
+    prefix a proxy serves it under), sending `token` as ``Authorization: Bearer``."""
+
+    def __init__(self, url: str, token: Optional[str], timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must be http://HOST:PORT or https://HOST:PORT, not {url!r}")
+        if parts.username or parts.password:
+            raise ValueError("credentials in the url are not sent; pass token= or set MODELREG_TOKEN")
+        if parts.query or parts.fragment:
+            raise ValueError(f"a query or fragment has no place in the API's url ({url!r})")
+        if token is not None and (not isinstance(token, str) or not token or not all(33 <= ord(c) <= 126 for c in token)):
+            raise ValueError("token must be the printable text `modelreg token create` printed (no spaces or line breaks)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"the port in {url!r} is not a number") from None
+        self.url = url.rstrip("/")
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = port or (443 if self.https else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=ssl.create_default_context())
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def open(
+        self,
+        method: str,
+        path: str,
+        headers: Optional[Dict[str, str]] = None,
+        body: Any = None,
+        timeout: Optional[float] = None,
+        timeout_error: Any = None,
+    ) -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Sends a request and returns the connection and the answer, its body unread
+        (the caller reads and closes). DaemonNotRunning when nothing answers."""
+        m = _errors()
+        timeout = min(timeout if timeout is not None else self.timeout, 1e7)
+        h = {"User-Agent": "modelreg-python", "Accept": "application/json"}
+        if self.token is not None:
+            h["Authorization"] = f"Bearer {self.token}"
+        h.update(headers or {})
+        conn = self._connection(timeout)
+        try:
+            conn.request(method, self.prefix + path, body=body, headers=h)
+            return conn, conn.getresponse()
+        except socket.timeout:
+            conn.close()
+            raise (timeout_error or m.DaemonTimeout)(f"no answer from {self.url} in {timeout:g} s", "timeout") from None
+        except (ConnectionError, OSError, http.client.HTTPException) as e:
+            conn.close()
+            if isinstance(e, (BrokenPipeError, ConnectionResetError)) and body is not None:
+                # The daemon refused an upload before reading it all (size, token): its
+                # answer is not readable any more; say what is known.
+                raise m.DaemonNotRunning(
+                    f"{self.url} closed the connection during the upload ({e}); the upload may be too large "
+                    "(http.max_upload) or refused; nothing was registered unless `versions` shows it",
+                    "not_running",
+                ) from None
+            raise m.DaemonNotRunning(
+                f"no modelreg HTTP API answers at {self.url} ({getattr(e, 'strerror', None) or e}); check the "
+                "address (`http.listen` in the daemon's settings) and that this machine can reach it",
+                "not_running",
+            ) from None
+
+    def error(self, resp: http.client.HTTPResponse, body: bytes) -> Exception:
+        """The exception an error answer stands for: the class of its code."""
+        m = _errors()
+        try:
+            err = json.loads(body)["error"]
+            code, message = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, TypeError):
+            snippet = body[:200].decode("utf-8", "replace")
+            return m.ModelRegistryError(
+                f"{self.url} answered HTTP {resp.status} without a modelreg answer (is it the modelreg API, "
+                f"or a proxy in front of it?): {snippet!r}",
+                "http",
+            )
+        if resp.status in (401, 403):
+            if self.token is None:
+                message += "; pass token= (or set MODELREG_TOKEN) with a token from `modelreg token create`"
+            elif resp.status == 401:
+                message += "; the token sent is not one the daemon keeps (mistyped, or revoked)"
+        return m._BY_CODE.get(code, m.ModelRegistryError)(message, code)
+
+    def json(self, method: str, path: str, headers: Optional[Dict[str, str]] = None, body: Any = None,
+             timeout: Optional[float] = None, timeout_error: Any = None) -> Tuple[int, Any]:
+        """A request whose answer is JSON: its status and value, or its exception."""
+        m = _errors()
+        conn, resp = self.open(method, path, headers, body, timeout, timeout_error)
+        try:
+            data = resp.read()
+        except socket.timeout:
+            raise (timeout_error or m.DaemonTimeout)(f"no answer from {self.url} in time", "timeout") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise m.DaemonNotRunning(f"{self.url} closed the connection mid-answer ({e})", "not_running") from None
+        finally:
+            conn.close()
+        if resp.status >= 300:
+            raise self.error(resp, data)
+        try:
+            return resp.status, json.loads(data)
+        except ValueError:
+            raise self.error(resp, data) from None
+
+    def call(self, request: Dict[str, Any], read_timeout: Optional[float], timeout_error: Any) -> Any:
+        """The socket request `request` sent to its route; returns the `result`."""
+        op = request.get("op")
+        name = _q(request.get("name", ""))
+        if op == "ping":
+            path = "/api/v1/ping"
+        elif op == "status":
+            path = "/api/v1/status"
+        elif op == "list":
+            path = "/api/v1/models"
+        elif op == "versions":
+            path = f"/api/v1/models/{name}/versions"
+        elif op == "history":
+            path = f"/api/v1/models/{name}/history"
+        elif op == "get":
+            path = f"/api/v1/models/{name}/versions/{_q(request.get('selector', 'latest'))}"
+            query = {k: request[k] for k in ("metric", "mode") if k in request}
+            if query:
+                path += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe=_SAFE)
+        else:
+            raise _errors().NotServedOverHttp(
+                f"`{op}` is not served over HTTP: the API at {self.url} reads the catalog, serves downloads "
+                "and takes uploads (docs/http.md); do this on the daemon's machine, over its socket",
+                "unknown_op",
+            )
+        return self.json("GET", path, timeout=read_timeout, timeout_error=timeout_error)[1]
+
+    def upload(self, name: str, filename: Optional[str], body: Any, length: int, sha256: Optional[str],
+               metrics: Optional[Dict[str, Any]], metadata: Optional[Dict[str, Any]], timeout: float) -> Tuple[bool, Any]:
+        """PUTs a file (`filename`) or a folder's tar (no `filename`) as the next version of
+        `name`; returns (created, the version's JSON)."""
+        path = f"/api/v1/models/{_q(name)}/upload"
+        if filename is not None:
+            path += f"?filename={_q(filename)}"
+        headers = {
+            "Content-Type": "application/octet-stream" if filename is not None else "application/x-tar",
+            "Content-Length": str(length),
+        }
+        if sha256 is not None:
+            headers["X-Content-Sha256"] = sha256
+        # ensure_ascii (the default): a header carries ASCII only.
+        if metrics:
+            headers["X-Modelreg-Metrics"] = json.dumps(metrics)
+        if metadata:
+            headers["X-Modelreg-Metadata"] = json.dumps(metadata)
+        status, version = self.json("PUT", path, headers, body, timeout=timeout, timeout_error=_errors().RegistrationTimeout)
+        return status == 201, version
+
+    # -- downloads ---------------------------------------------------------------------
+
+    def fetch_file(self, name: str, version: str, rel: str, sha256: str, size: int, final: Path, retries: int) -> None:
+        """Downloads the file `rel` of `name` `version` to `final` through ``final.part``,
+        resuming a partial left by an earlier call or a cut connection (up to `retries`
+        cuts in this call). ChecksumMismatch (the partial removed) when the bytes are not
+        those of `sha256`; DownloadInterrupted (the partial kept) when cut too often."""
+        m = _errors()
+        path = f"/api/v1/models/{_q(name)}/versions/{_q(version)}/files/" + "/".join(_q(p) for p in rel.split("/"))
+        part = partial_of(final)
+        cuts = 0
+        while True:
+            have = part.stat().st_size if part.exists() else 0
+            if have < size:
+                headers = {"Accept": "*/*"}
+                if have > 0:
+                    # If-Range: the rest is sent only while the file is still the one whose
+                    # start is kept here; else the whole file comes (200) and replaces it.
+                    headers.update({"Range": f"bytes={have}-", "If-Range": f'"{sha256}"'})
+                try:
+                    self._receive(path, headers, part, have)
+                except _Cut as e:
+                    cuts += 1
+                    if cuts <= retries:
+                        continue
+                    raise m.DownloadInterrupted(
+                        f"downloading {rel} of {name} {version} was cut off ({e.reason}) with "
+                        f"{part.stat().st_size if part.exists() else 0} of {size} bytes in {part}; "
+                        "call download() again to resume",
+                        "interrupted",
+                    ) from None
+                continue
+            finish(part, final, sha256, size, f"{self.url} ({name} {version} {rel})")
+            return
+
+    def _receive(self, path: str, headers: Dict[str, str], part: Path, have: int) -> None:
+        """One GET of the file, appended to `part` (or replacing it when the whole file
+        comes back); _Cut when the connection ends early."""
+        try:
+            conn, resp = self.open("GET", path, headers)
+        except _errors().DaemonNotRunning as e:
+            raise _Cut(str(e)) from None
+        try:
+            if resp.status == 416:
+                # The partial is as long as the file or longer: start again.
+                resp.read()
+                part.unlink()
+                return
+            if resp.status not in (200, 206):
+                raise self.error(resp, resp.read())
+            mode = "ab" if resp.status == 206 else "wb"
+            with open(part, mode) as out:
+                while True:
+                    try:
+                        chunk = resp.read(_CHUNK)
+                    except (OSError, http.client.HTTPException) as e:
+                        raise _Cut(str(e) or type(e).__name__) from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            # http.client stops at Content-Length; a body cut short leaves it unread.
+            if resp.length:
+                raise _Cut(f"{resp.length} bytes missing")
+        finally:
+            conn.close()
+
+
+class _Cut(Exception):
+    """A download's connection ended before its last byte."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def partial_of(final: Path) -> Path:
+    """Where the bytes of `final` gather until they are whole and checked."""
+    return final.with_name(final.name + ".part")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def finish(part: Path, final: Path, sha256: str, size: int, what: str) -> None:
+    """Checks the whole `part` against `sha256` and renames it to `final`; a mismatch
+    removes it (its bytes cannot be trusted, nor resumed) and raises ChecksumMismatch."""
+    got_size = part.stat().st_size
+    got = sha256_of(part) if got_size == size else None
+    if got != sha256:
+        part.unlink()
+        why = f"sha256 {got}" if got is not None else f"{got_size} bytes"
+        raise _errors().ChecksumMismatch(
+            f"{what}: the bytes received have {why}, not the stored {'sha256 ' + sha256 if got else str(size) + ' bytes'}; "
+            f"the partial file was removed and {final} not written (call download() again)",
+            "checksum_mismatch",
+        )
+    os.replace(part, final)
+
+
+def copy_local(src: Path, final: Path, sha256: str, size: int) -> None:
+    """The socket's download: the stored file is on this machine; copied through the same
+    partial file and checked the same way."""
+    part = partial_of(final)
+    with open(src, "rb") as i, open(part, "wb") as o:
+        for chunk in iter(lambda: i.read(_CHUNK), b""):
+            o.write(chunk)
+        o.flush()
+        os.fsync(o.fileno())
+    finish(part, final, sha256, size, str(src))
+
+
+def relative_files(v: Any) -> Iterable[Tuple[str, Any]]:
+    """Each file of version `v` with its path inside the version folder, checked to be a
+    plain relative path (an answer naming ``../x`` must not write outside `dest`)."""
+    base = v.dir.rstrip("/") + "/"
+    for f in v.files:
+        rel = f.path[len(base):] if f.path.startswith(base) else os.path.basename(f.path)
+        parts = rel.split("/")
+        if rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
+            raise _errors().ModelRegistryError(f"the answer names a file {f.path!r} that is not inside {v.dir!r}", "bad_answer")
+        yield rel, f
+
