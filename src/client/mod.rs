@@ -4,6 +4,7 @@
 
 mod http;
 mod socket;
+mod wire;
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
