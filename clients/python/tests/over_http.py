@@ -8,47 +8,32 @@ SHA-256 is wrong, and the errors. Run by tests/http_client.rs (cargo test), or b
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import unittest
 from pathlib import Path
 from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent.parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import modelreg  # noqa: E402
+import test_client  # noqa: E402
 from modelreg import ModelRegistry  # noqa: E402
 
-BIN = os.environ.get("MODELREG_BIN", str(REPO / "target" / "debug" / "modelreg"))
+BIN = test_client.BIN
 
 
-class Daemon:
+class Daemon(test_client.Daemon):
     """A daemon in a temporary root with the HTTP API on a free port, and its tokens."""
 
     def __init__(self) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="mrhttp")
-        self.root = Path(self.tmp.name)
-        (self.root / "config").mkdir()
-        (self.root / "config" / "modelreg.yaml").write_text("settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n")
-        self.log = open(self.root / "daemon.log", "wb")
-        self.proc = subprocess.Popen([BIN, "serve", "--root", str(self.root)], stderr=self.log, stdout=subprocess.DEVNULL)
-        self.socket = self.root / "modelreg.sock"
-        deadline = time.time() + 15
-        while True:
-            try:
-                self.url = ModelRegistry(socket=self.socket).status()["http"]
-                break
-            except modelreg.DaemonNotRunning:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("daemon did not start: " + (self.root / "daemon.log").read_text())
-                time.sleep(0.02)
+        super().__init__(settle="200ms", settings="http:\n  listen: 127.0.0.1:0\n")
+        self.url = ModelRegistry(socket=self.socket).status()["http"]
         self.write_token = self.token("writer", "write")
         self.read_token = self.token("reader", "read")
 
@@ -57,13 +42,6 @@ class Daemon:
             [BIN, "--socket", str(self.socket), "token", "create", name, "--scope", scope], check=True, capture_output=True, text=True
         )
         return out.stdout.strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        self.log.close()
-        self.tmp.cleanup()
 
 
 class CuttingProxy:

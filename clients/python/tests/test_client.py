@@ -35,11 +35,11 @@ BIN = os.environ.get("MODELREG_BIN", str(REPO / "target" / "debug" / "modelreg")
 
 
 class Daemon:
-    def __init__(self, settle: str = "300ms") -> None:
+    def __init__(self, settle: str = "300ms", settings: str = "") -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="mrpy")
         self.root = Path(self.tmp.name)
         (self.root / "config").mkdir()
-        (self.root / "config" / "modelreg.yaml").write_text(f"settle: {settle}\n")
+        (self.root / "config" / "modelreg.yaml").write_text(f"settle: {settle}\n{settings}")
         self.log = open(self.root / "daemon.log", "wb")
         self.proc = subprocess.Popen([BIN, "serve", "--root", str(self.root)], stderr=self.log, stdout=subprocess.DEVNULL)
         self.socket = self.root / "modelreg.sock"
