@@ -80,6 +80,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download a version's files here (over --url, or from the daemon's store): each
+    /// file is checked against its SHA-256 before it is put in place, and a cut download
+    /// is resumed by running the command again.
+    Download {
+        /// The model name.
+        name: String,
+        /// vN, latest, best or an alias.
+        #[arg(default_value = "latest")]
+        selector: String,
+        /// Where: a file, or a folder to put it in (default: here; a folder version goes
+        /// to NAME-vN/).
+        #[arg(long, value_name = "PATH")]
+        to: Option<PathBuf>,
+        /// For best: the metric to compare (default: from the settings).
+        #[arg(long)]
+        metric: Option<String>,
+        /// For best: lower is better.
+        #[arg(long, conflicts_with = "max")]
+        min: bool,
+        /// For best: higher is better.
+        #[arg(long)]
+        max: bool,
+        /// How many cut connections this run resumes before giving up (the partial file
+        /// is kept for the next run).
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Point an alias (production, staging, ...) at a version, or remove one.
     Alias {
         #[command(subcommand)]

@@ -279,6 +279,53 @@ fn commands_that_stay_on_the_daemons_machine_are_refused_over_url() {
 }
 
 #[test]
+fn cli_download_over_url_resumes_a_partial_and_refuses_wrong_bytes() {
+    let r = Remote::start();
+    populate(&r);
+    let want = r.d.get("m", "latest").unwrap();
+    let original = std::fs::read(&want.path).unwrap();
+    let out = r.ok(&r.read, &["download", "m"]);
+    assert_eq!(out, "m v2 -> ./m.pt (1 file(s), 4.9 KiB, sha256 checked)\n");
+    let here = r.elsewhere.path();
+    assert_eq!(std::fs::read(here.join("m.pt")).unwrap(), original);
+    // A path ending with `/` is a folder, made if missing.
+    r.ok(&r.read, &["download", "m", "--to", "weights/"]);
+    assert_eq!(std::fs::read(here.join("weights/m.pt")).unwrap(), original);
+    // A partial left by a cut download: only the rest is fetched (Range), so bytes kept
+    // that are not the file's make the whole fail its check; the partial is removed.
+    std::fs::write(here.join("again.pt.part"), vec![0u8; 1000]).unwrap();
+    let e = r.fails(Some(&r.read), &["download", "m", "--to", "again.pt"], 1);
+    assert!(
+        e.contains("the bytes received have sha256") && e.contains("was removed"),
+        "{e}"
+    );
+    assert!(!here.join("again.pt.part").exists() && !here.join("again.pt").exists());
+    // The same partial with the file's own first bytes is completed.
+    std::fs::write(here.join("again.pt.part"), &original[..1000]).unwrap();
+    r.ok(&r.read, &["download", "m", "v2", "--to", "again.pt"]);
+    assert_eq!(std::fs::read(here.join("again.pt")).unwrap(), original);
+    assert!(!here.join("again.pt.part").exists());
+    // A folder version, by alias, into NAME-vN/; and over the socket, from the store.
+    let folder = r.elsewhere.path().join("bert");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    std::fs::write(folder.join("sub/w.bin"), bytes(5, 9000)).unwrap();
+    std::fs::write(folder.join("config.json"), b"{}").unwrap();
+    r.ok(&r.write, &["add", folder.to_str().unwrap()]);
+    ok(&r.d, &["alias", "set", "bert", "production", "v1"]);
+    r.ok(&r.read, &["download", "bert", "production"]);
+    assert_eq!(
+        std::fs::read(here.join("bert-v1/sub/w.bin")).unwrap(),
+        bytes(5, 9000)
+    );
+    let local = here.join("local");
+    ok(&r.d, &["download", "bert", "--to", local.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(local.join("sub/w.bin")).unwrap(),
+        bytes(5, 9000)
+    );
+}
+
+#[test]
 fn python_client_over_http_resumes_downloads_and_checks_them() {
     let out = Command::new("python3")
         .args(["-m", "unittest", "-v", "over_http"])

@@ -192,20 +192,49 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             path,
             json,
         } => {
-            let mode = if *min {
-                Some(Direction::Min)
-            } else if *max {
-                Some(Direction::Max)
-            } else {
-                None
-            };
-            let info = c.get(name, Some(selector), metric.as_deref(), mode)?;
+            let info = c.get(
+                name,
+                Some(selector),
+                metric.as_deref(),
+                direction(*min, *max),
+            )?;
             show(*json, &info, |info| {
                 if *path {
                     outln!("{}", esc(&info.path));
                 } else {
                     print_version(info);
                 }
+            });
+        }
+        Command::Download {
+            name,
+            selector,
+            to,
+            metric,
+            min,
+            max,
+            retries,
+            json,
+        } => {
+            let v = c.get(
+                name,
+                Some(selector),
+                metric.as_deref(),
+                direction(*min, *max),
+            )?;
+            let dest = to.clone().unwrap_or_else(|| match v.kind {
+                modelreg::registry::Kind::File => PathBuf::from("."),
+                _ => PathBuf::from(format!("{}-{}", v.name, v.version)),
+            });
+            show(*json, &c.download(&v, &dest, *retries)?, |d| {
+                outln!(
+                    "{} {} -> {} ({} file(s), {}, sha256 checked)",
+                    esc(&d.name),
+                    esc(&d.version),
+                    esc(&d.path),
+                    d.files.len(),
+                    modelreg::status::human_bytes(v.size)
+                )
             });
         }
         Command::Alias {
@@ -324,6 +353,15 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
         Command::Status { json } => show(*json, &c.status()?, print_status),
     }
     Ok(())
+}
+
+/// `best`'s direction from `--min`/`--max` (neither: the settings').
+fn direction(min: bool, max: bool) -> Option<Direction> {
+    match (min, max) {
+        (true, _) => Some(Direction::Min),
+        (_, true) => Some(Direction::Max),
+        _ => None,
+    }
 }
 
 /// The settings and the root's lock, for a command that works on the root without a

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::ClientError;
-use super::wire::{Answer, ReadAt, read_answer};
+use super::wire::{self, Answer, ReadAt, read_answer};
 use crate::protocol::{ErrorBody, Request, VersionInfo, Waited};
 
 /// What a path segment or query value keeps unescaped (RFC 3986's unreserved).
@@ -221,16 +220,7 @@ impl Http {
         };
         let len = file.metadata().map_err(io)?.len();
         // Hashed from the descriptor, so what is hashed is what is sent.
-        let (mut hasher, mut from) = (Sha256::new(), ReadAt::new(file));
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = from.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let sha = crate::fsutil::hex(&hasher.finalize());
+        let sha = wire::sha256_of(file).map_err(io)?;
         self.upload(
             name,
             Some(filename),
@@ -281,20 +271,42 @@ impl Http {
         headers: &[(&str, String)],
         body: Option<(&mut dyn Read, u64)>,
     ) -> Result<Answer, ClientError> {
-        let mut stream = self.connect()?;
-        let talk = |e: std::io::Error| {
-            let e = if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                format!("no answer within {} s", self.timeout.as_secs())
-            } else {
-                e.to_string()
-            };
-            ClientError::Protocol(format!("talking to {}: {e}", self.url))
+        let (stream, sent) = self.write_request(method, target, headers, body)?;
+        // The daemon may refuse an upload before reading it all (too large, refused
+        // token) and close: its answer says why, so it is read before the write's error.
+        let answer = read_answer(&stream).map_err(|e| self.talk(e));
+        match (sent, answer) {
+            (_, Ok(a)) => Ok(a),
+            (Err(e), Err(_)) => Err(self.talk(e)),
+            (Ok(()), Err(e)) => Err(e),
+        }
+    }
+
+    /// A failure mid-way, said with the URL.
+    fn talk(&self, e: std::io::Error) -> ClientError {
+        let e = if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!("no answer within {} s", self.timeout.as_secs())
+        } else {
+            e.to_string()
         };
+        ClientError::Protocol(format!("talking to {}: {e}", self.url))
+    }
+
+    /// Connects and writes one request (head and body); the write's own outcome is
+    /// returned beside the connection, whose answer may still say more.
+    fn write_request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, String)],
+        body: Option<(&mut dyn Read, u64)>,
+    ) -> Result<(TcpStream, std::io::Result<()>), ClientError> {
+        let mut stream = self.connect()?;
         let mut head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: modelreg/{}\r\nAccept: application/json\r\nConnection: close\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: modelreg/{}\r\nConnection: close\r\n",
             self.authority,
             env!("CARGO_PKG_VERSION")
         );
@@ -321,13 +333,80 @@ impl Http {
             }
             None => Ok(()),
         });
-        // The daemon may refuse an upload before reading it all (too large, refused
-        // token) and close: its answer says why, so it is read before the write's error.
-        let answer = read_answer(&stream).map_err(talk);
-        match (sent, answer) {
-            (_, Ok(a)) => Ok(a),
-            (Err(e), Err(_)) => Err(talk(e)),
-            (Ok(()), Err(e)) => Err(e),
+        Ok((stream, sent))
+    }
+
+    /// Appends the file `rel` of `name` `version` to `part` from its current length
+    /// `have` (`Range`, with `If-Range` naming the file's ETag `"sha256"` so that the
+    /// bytes kept are only ever extended by the same file's), or replaces `part` when the
+    /// daemon sends the whole file. `Ok(Err(reason))` when the connection ended early:
+    /// what came is kept, and a next call resumes from there.
+    pub(super) fn fetch(
+        &self,
+        name: &str,
+        version: &str,
+        rel: &str,
+        sha256: &str,
+        part: &std::path::Path,
+        have: u64,
+    ) -> Result<Result<(), String>, ClientError> {
+        let enc = |s: &str| utf8_percent_encode(s, SEGMENT).to_string();
+        let path: Vec<String> = rel.split('/').map(enc).collect();
+        let target = format!(
+            "{}/api/v1/models/{}/versions/{}/files/{}",
+            self.prefix,
+            enc(name),
+            enc(version),
+            path.join("/")
+        );
+        let range = [
+            ("Range", format!("bytes={have}-")),
+            ("If-Range", format!("\"{sha256}\"")),
+        ];
+        let headers: &[(&str, String)] = if have > 0 { &range } else { &[] };
+        let stream = match self.write_request("GET", &target, headers, None) {
+            Ok((s, Ok(()))) => s,
+            Ok((_, Err(e))) => return Ok(Err(e.to_string())),
+            Err(ClientError::Unreachable { reason, .. }) => return Ok(Err(reason)),
+            Err(e) => return Err(e),
+        };
+        let mut r = std::io::BufReader::new(&stream);
+        let head = match wire::read_head(&mut r) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let io =
+            |e: std::io::Error| ClientError::Protocol(format!("writing {}: {e}", part.display()));
+        let mut out = match head.status {
+            206 => std::fs::OpenOptions::new()
+                .append(true)
+                .open(part)
+                .map_err(io)?,
+            200 => std::fs::File::create(part).map_err(io)?,
+            416 => {
+                // Kept bytes as long as the file or longer: start again.
+                std::fs::remove_file(part).map_err(io)?;
+                return Ok(Ok(()));
+            }
+            status => {
+                let body = wire::read_body(&mut r, &head).map_err(|e| self.talk(e))?;
+                return Err(self
+                    .result(Answer { status, body })
+                    .err()
+                    .unwrap_or_else(|| {
+                        ClientError::Protocol(format!("{}: HTTP {status} for {target}", self.url))
+                    }));
+            }
+        };
+        let want = head.length.ok_or_else(|| {
+            ClientError::Protocol(format!("{}: a download without Content-Length", self.url))
+        })?;
+        let copied = std::io::copy(&mut r.by_ref().take(want), &mut out);
+        out.sync_all().map_err(io)?;
+        match copied {
+            Ok(n) if n == want => Ok(Ok(())),
+            Ok(n) => Ok(Err(format!("{} of {want} bytes came", n))),
+            Err(e) => Ok(Err(e.to_string())),
         }
     }
 

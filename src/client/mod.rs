@@ -2,9 +2,12 @@
 //! (`socket`), or over the HTTP API from another machine (`http`). Plain std I/O: a
 //! one-shot CLI call needs no async runtime.
 
+mod download;
 mod http;
 mod socket;
 mod wire;
+
+pub use download::Downloaded;
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -72,6 +75,10 @@ pub enum ClientError {
     /// `--url` / `$MODELREG_URL` (or the token) cannot be used as given.
     #[error("--url {url}: {reason}")]
     BadUrl { url: String, reason: String },
+    /// A download that could not be finished: cut off too often (the partial file kept),
+    /// or bytes that are not the stored file's (removed).
+    #[error("{0}")]
+    Download(String),
     /// A request the HTTP API does not serve (it reads the catalog, serves downloads and
     /// takes uploads; changes and maintenance stay on the daemon's machine).
     #[error(

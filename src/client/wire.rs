@@ -1,6 +1,6 @@
 //! The HTTP client's reading and writing helpers: one answer read off a connection
-//! (status, then the body by `Content-Length`, chunked, or to the end), and a file read
-//! by offset for an upload.
+//! (status, then the body by `Content-Length`, chunked, or to the end), a file read by
+//! offset for an upload, and a file's SHA-256.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
@@ -16,48 +16,70 @@ pub(super) struct Answer {
     pub(super) body: Vec<u8>,
 }
 
-/// Reads one answer: the status line, the headers, and the body (by `Content-Length`,
-/// chunked, or to the end).
-pub(super) fn read_answer(stream: &TcpStream) -> std::io::Result<Answer> {
-    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let mut r = BufReader::new(stream);
+/// An answer's status line and the headers that say how its body is framed.
+pub(super) struct Head {
+    pub(super) status: u16,
+    /// `Content-Length`.
+    pub(super) length: Option<u64>,
+    /// `Transfer-Encoding: chunked`.
+    pub(super) chunked: bool,
+}
+
+/// One line of a head (or a chunk size), without its line break; an error past
+/// [`MAX_HEAD`] bytes in all (`*read` counts them).
+fn head_line(r: &mut BufReader<&TcpStream>, read: &mut usize) -> std::io::Result<String> {
     let mut line = String::new();
-    let mut head_bytes = 0;
-    let mut next_line = |r: &mut BufReader<&TcpStream>, line: &mut String| {
-        line.clear();
-        let n = r.by_ref().take(MAX_HEAD as u64).read_line(line)?;
-        head_bytes += n;
-        if n == 0 || head_bytes > MAX_HEAD {
-            return Err(bad("the answer's head ended early or is too large".into()));
-        }
-        Ok(line.trim_end().to_string())
-    };
-    let status_line = next_line(&mut r, &mut line)?;
+    let n = r.by_ref().take(MAX_HEAD as u64).read_line(&mut line)?;
+    *read += n;
+    if n == 0 || *read > MAX_HEAD {
+        return Err(bad("the answer's head ended early or is too large".into()));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+fn bad(m: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m)
+}
+
+/// Reads an answer's status line and headers.
+pub(super) fn read_head(r: &mut BufReader<&TcpStream>) -> std::io::Result<Head> {
+    let mut read = 0;
+    let status_line = head_line(r, &mut read)?;
     let status = status_line
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
         .filter(|_| status_line.starts_with("HTTP/1."))
         .ok_or_else(|| bad(format!("not an HTTP answer: {status_line:?}")))?;
-    let (mut length, mut chunked) = (None, false);
+    let mut head = Head {
+        status,
+        length: None,
+        chunked: false,
+    };
     loop {
-        let h = next_line(&mut r, &mut line)?;
+        let h = head_line(r, &mut read)?;
         if h.is_empty() {
-            break;
+            return Ok(head);
         }
         let Some((n, v)) = h.split_once(':') else {
             continue;
         };
         match n.trim().to_ascii_lowercase().as_str() {
-            "content-length" => length = v.trim().parse::<u64>().ok(),
-            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+            "content-length" => head.length = v.trim().parse::<u64>().ok(),
+            "transfer-encoding" => head.chunked = v.to_ascii_lowercase().contains("chunked"),
             _ => {}
         }
     }
+}
+
+/// Reads the body `head` announces (by `Content-Length`, chunked, or to the end), at
+/// most [`MAX_BODY`] bytes.
+pub(super) fn read_body(r: &mut BufReader<&TcpStream>, head: &Head) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
-    if chunked {
+    if head.chunked {
+        let mut read = 0;
         loop {
-            let size_line = next_line(&mut r, &mut line)?;
+            let size_line = head_line(r, &mut read)?;
             let hex = size_line.split(';').next().unwrap_or("").trim();
             let size = u64::from_str_radix(hex, 16)
                 .map_err(|_| bad(format!("bad chunk size {size_line:?}")))?;
@@ -70,9 +92,9 @@ pub(super) fn read_answer(stream: &TcpStream) -> std::io::Result<Answer> {
             let start = body.len();
             body.resize(start + size as usize, 0);
             r.read_exact(&mut body[start..])?;
-            next_line(&mut r, &mut line).ok();
+            head_line(r, &mut read).ok();
         }
-    } else if let Some(n) = length {
+    } else if let Some(n) = head.length {
         if n > MAX_BODY {
             return Err(bad(format!("an answer of {n} bytes, over {MAX_BODY}")));
         }
@@ -81,7 +103,18 @@ pub(super) fn read_answer(stream: &TcpStream) -> std::io::Result<Answer> {
     } else {
         r.take(MAX_BODY).read_to_end(&mut body)?;
     }
-    Ok(Answer { status, body })
+    Ok(body)
+}
+
+/// Reads one whole answer.
+pub(super) fn read_answer(stream: &TcpStream) -> std::io::Result<Answer> {
+    let mut r = BufReader::new(stream);
+    let head = read_head(&mut r)?;
+    let body = read_body(&mut r, &head)?;
+    Ok(Answer {
+        status: head.status,
+        body,
+    })
 }
 
 /// Reads a file from its start by offset (pread), whatever its descriptor's position.
@@ -102,5 +135,19 @@ impl Read for ReadAt<'_> {
         let n = self.file.read_at(buf, self.at)?;
         self.at += n as u64;
         Ok(n)
+    }
+}
+
+/// The SHA-256 of everything `file` holds, as lower-case hex.
+pub(super) fn sha256_of(file: &std::fs::File) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let (mut hasher, mut from) = (Sha256::new(), ReadAt::new(file));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(crate::fsutil::hex(&hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
     }
 }

@@ -996,7 +996,8 @@ class ModelRegistry:
         """Downloads a version of `name` (``"latest"``, ``"best"``, ``"v3"`` or ``3``, an
         alias) to `dest` and returns where it is.
 
-        A file version goes to `dest`, or into it when `dest` is a folder; a folder
+        A file version goes to `dest`, or into it when `dest` is a folder (or ends with
+        ``/``); a folder
         version's files go under the folder `dest` (made if missing), each by its path in
         the version. Each file gathers in ``<file>.part`` first: a cut connection is
         resumed (``Range``, up to `retries` times in this call, and by the next call, which
@@ -1010,11 +1011,13 @@ class ModelRegistry:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise TypeError(f"retries must be an int >= 0, not {retries!r}")
         v = self.get(name, version, metric, mode)
+        # "weights/" names a folder even before it exists (Path() drops the slash).
+        into = str(os.fspath(dest)).endswith("/")
         dest = Path(dest)
         files = list(_http.relative_files(v))
         if v.kind == "file" and len(files) == 1:
             rel, f = files[0]
-            target = dest / rel if dest.is_dir() else dest
+            target = dest / rel if into or dest.is_dir() else dest
             targets = [(rel, f, target)]
             result = target
         else:
