@@ -313,6 +313,19 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_ERROR)
             }
         },
+        // These read the root on this machine: a URL asked for another machine's daemon,
+        // which they cannot reach.
+        Command::Verify { offline: true, .. } | Command::Recover if cli.url.is_some() => {
+            eprintln!(
+                "modelreg: `{}` works on the root on the daemon's machine, not over --url / $MODELREG_URL; run it there (unset MODELREG_URL)",
+                if matches!(cli.command, Command::Recover) {
+                    "recover"
+                } else {
+                    "verify --offline"
+                }
+            );
+            ExitCode::from(EXIT_ERROR)
+        }
         Command::Verify {
             ref name,
             offline: true,

@@ -273,6 +273,23 @@ fn commands_that_stay_on_the_daemons_machine_are_refused_over_url() {
             "{args:?}: {e}"
         );
     }
+    // Those that read the root on this machine say they cannot go over a URL.
+    for (args, what) in [
+        (
+            &["recover"][..],
+            "`recover` works on the root on the daemon's machine",
+        ),
+        (
+            &["verify", "--offline"],
+            "`verify --offline` works on the root",
+        ),
+    ] {
+        let e = r.fails(Some(&r.write), args, 1);
+        assert!(
+            e.contains(what) && e.contains("not over --url"),
+            "{args:?}: {e}"
+        );
+    }
     // Nothing changed.
     assert_eq!(r.d.versions("m").len(), 2);
     assert_eq!(r.d.get("m", "production").unwrap().version, "v1");
