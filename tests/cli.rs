@@ -106,6 +106,7 @@ fn every_client_command_accepts_json_and_prints_json() {
     let file = elsewhere.path().join("m.pt");
     std::fs::write(&file, bytes(99, 500)).unwrap();
     let file = file.to_str().unwrap();
+    let downloads = format!("{}/downloads/", elsewhere.path().display());
 
     // One case per client command, in an order that makes each one succeed.
     let cases: Vec<Vec<&str>> = vec![
@@ -115,6 +116,7 @@ fn every_client_command_accepts_json_and_prints_json() {
         vec!["status"],
         vec!["verify"],
         vec!["history", "m"],
+        vec!["download", "m", "--to", &downloads],
         vec!["alias", "set", "m", "production", "v1"],
         vec!["alias", "set", "m", "production", "v2"],
         vec!["rollback", "m", "production"],
