@@ -64,15 +64,8 @@ enum Command {
         /// vN, latest or best.
         #[arg(default_value = "latest")]
         selector: String,
-        /// For best: the metric to compare (default: from the settings).
-        #[arg(long)]
-        metric: Option<String>,
-        /// For best: lower is better.
-        #[arg(long, conflicts_with = "max")]
-        min: bool,
-        /// For best: higher is better.
-        #[arg(long)]
-        max: bool,
+        #[command(flatten)]
+        best: BestArgs,
         /// Print only the absolute path of the stored file (or folder), for scripts.
         #[arg(long, conflicts_with = "json")]
         path: bool,
@@ -93,15 +86,8 @@ enum Command {
         /// to NAME-vN/).
         #[arg(long, value_name = "PATH")]
         to: Option<PathBuf>,
-        /// For best: the metric to compare (default: from the settings).
-        #[arg(long)]
-        metric: Option<String>,
-        /// For best: lower is better.
-        #[arg(long, conflicts_with = "max")]
-        min: bool,
-        /// For best: higher is better.
-        #[arg(long)]
-        max: bool,
+        #[command(flatten)]
+        best: BestArgs,
         /// How many cut connections this run resumes before giving up (the partial file
         /// is kept for the next run).
         #[arg(long, default_value_t = 3)]
@@ -238,6 +224,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How `best` compares, for `get` and `download`.
+#[derive(clap::Args, Debug)]
+struct BestArgs {
+    /// For best: the metric to compare (default: from the settings).
+    #[arg(long)]
+    metric: Option<String>,
+    /// For best: lower is better.
+    #[arg(long, conflicts_with = "max")]
+    min: bool,
+    /// For best: higher is better.
+    #[arg(long)]
+    max: bool,
+}
+
+impl BestArgs {
+    /// The direction `--min`/`--max` ask for (neither: the settings').
+    fn direction(&self) -> Option<modelreg::config::Direction> {
+        use modelreg::config::Direction;
+        match (self.min, self.max) {
+            (true, _) => Some(Direction::Min),
+            (_, true) => Some(Direction::Max),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

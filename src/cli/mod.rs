@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use modelreg::client::{Client, ClientError};
-use modelreg::config::{Config, Direction};
+use modelreg::config::Config;
 use modelreg::daemon;
 use modelreg::display::escape_for_terminal as esc;
 use modelreg::verify::VerifyReport;
@@ -186,17 +186,15 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
         Command::Get {
             name,
             selector,
-            metric,
-            min,
-            max,
+            best,
             path,
             json,
         } => {
             let info = c.get(
                 name,
                 Some(selector),
-                metric.as_deref(),
-                direction(*min, *max),
+                best.metric.as_deref(),
+                best.direction(),
             )?;
             show(*json, &info, |info| {
                 if *path {
@@ -210,17 +208,15 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             name,
             selector,
             to,
-            metric,
-            min,
-            max,
+            best,
             retries,
             json,
         } => {
             let v = c.get(
                 name,
                 Some(selector),
-                metric.as_deref(),
-                direction(*min, *max),
+                best.metric.as_deref(),
+                best.direction(),
             )?;
             let dest = to.clone().unwrap_or_else(|| match v.kind {
                 modelreg::registry::Kind::File => PathBuf::from("."),
@@ -353,15 +349,6 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
         Command::Status { json } => show(*json, &c.status()?, print_status),
     }
     Ok(())
-}
-
-/// `best`'s direction from `--min`/`--max` (neither: the settings').
-fn direction(min: bool, max: bool) -> Option<Direction> {
-    match (min, max) {
-        (true, _) => Some(Direction::Min),
-        (_, true) => Some(Direction::Max),
-        _ => None,
-    }
 }
 
 /// The settings and the root's lock, for a command that works on the root without a
