@@ -9,6 +9,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::*;
 
@@ -28,7 +29,18 @@ struct Remote {
 impl Remote {
     fn start() -> Remote {
         let d = TestDaemon::start(CONFIG);
-        let url = d.status().http.expect("status names the HTTP address");
+        // The socket answers a moment before the HTTP address is on the status board
+        // (the socket's server starts first, src/daemon/mod.rs): wait for it.
+        let mut url = None;
+        wait_until(
+            Duration::from_secs(10),
+            "the HTTP address in status",
+            || {
+                url = d.status().http;
+                url.is_some()
+            },
+        );
+        let url = url.unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
         let token = |name: &str, scope: &str| {
             let t = ok(&d, &["token", "create", name, "--scope", scope]);
