@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 from pathlib import Path
 from typing import List, Optional
@@ -33,6 +34,12 @@ class Daemon(test_client.Daemon):
 
     def __init__(self) -> None:
         super().__init__(settle="200ms", settings="http:\n  listen: 127.0.0.1:0\n")
+        # The socket answers a moment before the HTTP address is on the status board.
+        deadline = time.monotonic() + 10
+        while ModelRegistry(socket=self.socket).status().get("http") is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon's status names no HTTP address")
+            time.sleep(0.02)
         self.url = ModelRegistry(socket=self.socket).status()["http"]
         self.write_token = self.token("writer", "write")
         self.read_token = self.token("reader", "read")
