@@ -73,9 +73,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Download a version's files here (over --url, or from the daemon's store): each
-    /// file is checked against its SHA-256 before it is put in place, and a cut download
-    /// is resumed by running the command again.
+    /// Download a version's files here, each checked against its SHA-256.
+    ///
+    /// Over --url from the HTTP API, else copied from the daemon's store. Each file
+    /// gathers in FILE.part and is put in place only once its SHA-256 is the stored one; a
+    /// cut download is resumed (Range) by running the command again.
     Download {
         /// The model name.
         name: String,
