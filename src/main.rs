@@ -26,7 +26,7 @@ struct Cli {
     /// The daemon's socket, for client commands (default: from the settings).
     #[arg(long, global = true, env = "MODELREG_SOCKET")]
     socket: Option<PathBuf>,
-    /// The daemon's HTTP API (http://HOST:PORT), for client commands from another
+    /// The daemon's HTTP API (http://HOST:PORT or https://), for client commands from another
     /// machine; wins over --socket. Commands that change or maintain the registry stay on
     /// its machine.
     #[arg(long, global = true, env = "MODELREG_URL", value_name = "URL")]
@@ -35,6 +35,10 @@ struct Cli {
     /// the command line, where other users could read it in `ps`.
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// For an https:// --url: the certificate authority (PEM) that signed the API's
+    /// certificate, e.g. a self-signed one (default: the system's).
+    #[arg(long, global = true, env = "MODELREG_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }

@@ -253,7 +253,7 @@ fn cli_over_an_unreachable_or_bad_url_says_so() {
         "{e}"
     );
     for (url, why) in [
-        ("https://gpu-box:8080", "https is not spoken"),
+        ("ftp://gpu-box:8080", "expected http://HOST:PORT"),
         ("gpu-box:8080", "expected http://HOST:PORT"),
         ("http://gpu-box:port", "the port is not a number"),
     ] {
@@ -261,6 +261,88 @@ fn cli_over_an_unreachable_or_bad_url_says_so() {
         assert_eq!(o.status.code(), Some(1), "{url}");
         assert!(stderr(&o).contains(why), "{url}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn cli_over_https_trusts_the_authority_given_with_cacert() {
+    let mut d = TestDaemon::new("");
+    let tls = d.root.path().join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    // A self-signed certificate for 127.0.0.1, as tests/http_tls.rs makes one.
+    let out = Command::new("openssl")
+        .current_dir(&tls)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.write_config(
+        "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  tls:\n    cert: tls/cert.pem\n    key: tls/key.pem\n",
+    );
+    d.spawn();
+    let mut url = None;
+    wait_until(
+        Duration::from_secs(10),
+        "the HTTPS address in status",
+        || {
+            url = d.status().http;
+            url.is_some()
+        },
+    );
+    let url = url.unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+    write_renamed(&d.inbox(), "m.pt", &bytes(1, 5000));
+    d.wait_versions("m", 1);
+    let token = ok(&d, &["token", "create", "t", "--scope", "read"]);
+    let cert = tls.join("cert.pem");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["--url", &url])
+            .args(extra)
+            .args(["versions", "m"])
+            .env("MODELREG_TOKEN", token.trim())
+            .env_remove("MODELREG_CACERT")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--cacert", cert.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), ok(&d, &["versions", "m"]));
+    // Without it, the self-signed certificate is refused, saying what to give.
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("certificate") && e.contains("--cacert"), "{e}");
+    // The Python client, trusting it through $MODELREG_CACERT.
+    let py = |cacert: Option<&Path>| {
+        let mut c = Command::new("python3");
+        c.current_dir(Path::new(REPO).join("clients/python"))
+            .args([
+                "-c",
+                "import modelreg; print([m.name for m in modelreg.ModelRegistry().list()])",
+            ])
+            .env("MODELREG_URL", &url)
+            .env("MODELREG_TOKEN", token.trim())
+            .env_remove("MODELREG_CACERT");
+        if let Some(f) = cacert {
+            c.env("MODELREG_CACERT", f);
+        }
+        c.output().unwrap()
+    };
+    let o = py(Some(&cert));
+    assert_eq!(stdout(&o), "['m']\n", "{}", stderr(&o));
+    let o = py(None);
+    assert!(stderr(&o).contains("set MODELREG_CACERT"), "{}", stderr(&o));
 }
 
 #[test]

@@ -115,7 +115,7 @@ fn token(cli: &Cli) -> Result<Option<String>, ClientError> {
 
 pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
     let client = match &cli.url {
-        Some(url) => token(cli).and_then(|t| Client::connect_http(url, t)),
+        Some(url) => token(cli).and_then(|t| Client::connect_http(url, t, cli.cacert.as_deref())),
         None => match socket_path(cli) {
             Ok(s) => Client::connect(&s),
             Err(e) => {

@@ -2,18 +2,20 @@
 //! daemon's: each request on a connection of its own (HTTP/1.1, `Connection: close`; a
 //! CLI command makes one to three), the socket's request mapped to its route
 //! (docs/http.md), and the answer's JSON, or its error body with the socket's code, read
-//! back into the very types the socket gives. Plain `http://` only: TLS is left to a
-//! reverse proxy or a tunnel (docs/operations.md).
+//! back into the very types the socket gives. `https://` is spoken with rustls, trusting
+//! the system's certificate authorities or the one file `--cacert` names.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
 
 use super::ClientError;
-use super::wire::{self, Answer, ReadAt, read_answer};
+use super::wire::{self, Answer, ReadAt, Stream, read_answer};
 use crate::protocol::{ErrorBody, Request, VersionInfo, Waited};
 
 /// What a path segment or query value keeps unescaped (RFC 3986's unreserved).
@@ -36,25 +38,33 @@ pub(super) struct Http {
     /// A path a reverse proxy serves the API under (`/modelreg`), or empty.
     prefix: String,
     token: Option<String>,
+    /// For `https://`: whom to trust.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// How long to wait for an answer.
     pub(super) timeout: Duration,
 }
 
 impl Http {
-    /// Checks `url` (`http://host[:port][/prefix]`) and `token`; connects to nothing yet.
-    pub(super) fn new(url: &str, token: Option<String>) -> Result<Http, ClientError> {
+    /// Checks `url` (`http[s]://host[:port][/prefix]`) and `token`, and reads the
+    /// certificate authorities for `https://` (`cacert`, else the system's); connects to
+    /// nothing yet.
+    pub(super) fn new(
+        url: &str,
+        token: Option<String>,
+        cacert: Option<&Path>,
+    ) -> Result<Http, ClientError> {
         let bad = |reason: &str| ClientError::BadUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.starts_with("https://") {
-            return Err(bad(
-                "https is not spoken by this client; reach the API over plain http on a trusted network or through a tunnel (`ssh -L 8080:127.0.0.1:8080 host`), see docs/operations.md",
-            ));
+        let (rest, https) = if let Some(r) = url.strip_prefix("http://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (r, true)
         } else {
-            return Err(bad("expected http://HOST:PORT, e.g. http://gpu-box:8080"));
+            return Err(bad(
+                "expected http://HOST:PORT or https://HOST:PORT, e.g. http://gpu-box:8080",
+            ));
         };
         if rest.contains(['?', '#']) {
             return Err(bad("a query or fragment has no place in the API's address"));
@@ -72,7 +82,7 @@ impl Http {
                     .map_err(|_| bad("the port is not a number"))?;
                 (h, port)
             }
-            _ => (authority, 80),
+            _ => (authority, if https { 443 } else { 80 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -85,7 +95,12 @@ impl Http {
                 "the token is empty or has characters a header cannot carry (spaces, line breaks, non-ASCII)",
             ));
         }
+        let tls = match https {
+            true => Some(super::tls::config(cacert).map_err(|e| bad(&e))?),
+            false => None,
+        };
         Ok(Http {
+            tls,
             url: url.trim_end_matches('/').to_string(),
             authority: authority.to_string(),
             host: host.to_string(),
@@ -271,10 +286,10 @@ impl Http {
         headers: &[(&str, String)],
         body: Option<(&mut dyn Read, u64)>,
     ) -> Result<Answer, ClientError> {
-        let (stream, sent) = self.write_request(method, target, headers, body)?;
+        let (mut stream, sent) = self.write_request(method, target, headers, body)?;
         // The daemon may refuse an upload before reading it all (too large, refused
         // token) and close: its answer says why, so it is read before the write's error.
-        let answer = read_answer(&stream).map_err(|e| self.talk(e));
+        let answer = read_answer(&mut stream).map_err(|e| self.talk(e));
         match (sent, answer) {
             (_, Ok(a)) => Ok(a),
             (Err(e), Err(_)) => Err(self.talk(e)),
@@ -289,6 +304,10 @@ impl Http {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ) {
             format!("no answer within {} s", self.timeout.as_secs())
+        } else if e.to_string().contains("certificate") {
+            format!(
+                "{e} (name the authority that signed the API's certificate with --cacert FILE or $MODELREG_CACERT)"
+            )
         } else {
             e.to_string()
         };
@@ -303,7 +322,7 @@ impl Http {
         target: &str,
         headers: &[(&str, String)],
         body: Option<(&mut dyn Read, u64)>,
-    ) -> Result<(TcpStream, std::io::Result<()>), ClientError> {
+    ) -> Result<(Stream, std::io::Result<()>), ClientError> {
         let mut stream = self.connect()?;
         let mut head = format!(
             "{method} {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: modelreg/{}\r\nConnection: close\r\n",
@@ -364,13 +383,13 @@ impl Http {
             ("If-Range", format!("\"{sha256}\"")),
         ];
         let headers: &[(&str, String)] = if have > 0 { &range } else { &[] };
-        let stream = match self.write_request("GET", &target, headers, None) {
+        let mut stream = match self.write_request("GET", &target, headers, None) {
             Ok((s, Ok(()))) => s,
             Ok((_, Err(e))) => return Ok(Err(e.to_string())),
             Err(ClientError::Unreachable { reason, .. }) => return Ok(Err(reason)),
             Err(e) => return Err(e),
         };
-        let mut r = std::io::BufReader::new(&stream);
+        let mut r = std::io::BufReader::new(&mut stream);
         let head = match wire::read_head(&mut r) {
             Ok(h) => h,
             Err(e) => return Ok(Err(e.to_string())),
@@ -410,8 +429,8 @@ impl Http {
         }
     }
 
-    /// A connection to the API, with the answer timeout set.
-    fn connect(&self) -> Result<TcpStream, ClientError> {
+    /// A connection to the API (TLS for `https://`), with the answer timeout set.
+    fn connect(&self) -> Result<Stream, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             url: self.url.clone(),
             reason,
@@ -427,7 +446,14 @@ impl Http {
                     let io = |e: std::io::Error| unreachable(e.to_string());
                     s.set_read_timeout(Some(self.timeout)).map_err(io)?;
                     s.set_write_timeout(Some(self.timeout)).map_err(io)?;
-                    return Ok(s);
+                    let Some(tls) = &self.tls else {
+                        return Ok(Stream::Plain(s));
+                    };
+                    let name = rustls_pki_types::ServerName::try_from(self.host.clone())
+                        .map_err(|e| unreachable(format!("{}: {e}", self.host)))?;
+                    let conn = rustls::ClientConnection::new(tls.clone(), name)
+                        .map_err(|e| unreachable(e.to_string()))?;
+                    return Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, s))));
                 }
                 Err(e) => last = format!("{addr}: {e}"),
             }
@@ -442,34 +468,34 @@ mod tests {
 
     #[test]
     fn urls_are_read_or_refused_with_a_reason() {
-        let h = Http::new("http://gpu-box:8080/", None).unwrap();
+        let h = Http::new("http://gpu-box:8080/", None, None).unwrap();
         assert_eq!(
             (h.host.as_str(), h.port, h.prefix.as_str()),
             ("gpu-box", 8080, "")
         );
-        let h = Http::new("http://[::1]:9000/modelreg/", None).unwrap();
+        let h = Http::new("http://[::1]:9000/modelreg/", None, None).unwrap();
         assert_eq!(
             (h.host.as_str(), h.port, h.prefix.as_str()),
             ("::1", 9000, "/modelreg")
         );
-        let h = Http::new("http://example.org", None).unwrap();
+        let h = Http::new("http://example.org", None, None).unwrap();
         assert_eq!(h.port, 80);
         for bad in [
-            "https://x:1",
+            "ftp://x:1",
             "gpu-box:8080",
             "http://x:port",
             "http://u:p@x:1",
             "http://x:1/?q",
             "http://:1",
         ] {
-            assert!(Http::new(bad, None).is_err(), "{bad}");
+            assert!(Http::new(bad, None, None).is_err(), "{bad}");
         }
-        assert!(Http::new("http://x:1", Some("mr_a b".into())).is_err());
+        assert!(Http::new("http://x:1", Some("mr_a b".into()), None).is_err());
     }
 
     #[test]
     fn requests_map_to_their_routes_with_encoded_segments() {
-        let h = Http::new("http://x:1/p", None).unwrap();
+        let h = Http::new("http://x:1/p", None, None).unwrap();
         let get = Request::Get {
             name: "m".into(),
             selector: Some("release/v2".into()),

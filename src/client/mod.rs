@@ -5,6 +5,7 @@
 mod download;
 mod http;
 mod socket;
+mod tls;
 mod wire;
 
 pub use download::Downloaded;
@@ -148,12 +149,18 @@ impl Client {
         })
     }
 
-    /// A client of the HTTP API at `url` (`http://host:port`, optionally with a path
-    /// prefix a reverse proxy serves it under), sending `token` as `Authorization:
-    /// Bearer`. Nothing is sent yet: each request opens its own connection.
-    pub fn connect_http(url: &str, token: Option<String>) -> Result<Client, ClientError> {
+    /// A client of the HTTP API at `url` (`http://host:port` or `https://`, optionally
+    /// with a path prefix a reverse proxy serves it under), sending `token` as
+    /// `Authorization: Bearer`; for `https://`, trusting the certificate authorities in
+    /// `cacert` (PEM), else the system's. Nothing is sent yet: each request opens its
+    /// own connection.
+    pub fn connect_http(
+        url: &str,
+        token: Option<String>,
+        cacert: Option<&Path>,
+    ) -> Result<Client, ClientError> {
         Ok(Client {
-            conn: Conn::Http(http::Http::new(url, token)?),
+            conn: Conn::Http(http::Http::new(url, token, cacert)?),
         })
     }
 

@@ -1,14 +1,45 @@
-//! The HTTP client's reading and writing helpers: one answer read off a connection
-//! (status, then the body by `Content-Length`, chunked, or to the end), a file read by
-//! offset for an upload, and a file's SHA-256.
+//! The HTTP client's reading and writing helpers: a connection plain or TLS, one answer
+//! read off it (status, then the body by `Content-Length`, chunked, or to the end), a file
+//! read by offset for an upload, and a file's SHA-256.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
 /// The largest answer head read: the daemon's own limit for a request's head.
 const MAX_HEAD: usize = 64 * 1024;
 /// The largest JSON answer read (a catalog of many thousands of versions fits).
 const MAX_BODY: u64 = 256 * 1024 * 1024;
+
+/// A connection to the API: plain, or TLS (`https://`).
+pub(super) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
 
 /// One answer: its status and body.
 pub(super) struct Answer {
@@ -27,7 +58,7 @@ pub(super) struct Head {
 
 /// One line of a head (or a chunk size), without its line break; an error past
 /// [`MAX_HEAD`] bytes in all (`*read` counts them).
-fn head_line(r: &mut BufReader<&TcpStream>, read: &mut usize) -> std::io::Result<String> {
+fn head_line(r: &mut BufReader<&mut Stream>, read: &mut usize) -> std::io::Result<String> {
     let mut line = String::new();
     let n = r.by_ref().take(MAX_HEAD as u64).read_line(&mut line)?;
     *read += n;
@@ -42,7 +73,7 @@ fn bad(m: String) -> std::io::Error {
 }
 
 /// Reads an answer's status line and headers.
-pub(super) fn read_head(r: &mut BufReader<&TcpStream>) -> std::io::Result<Head> {
+pub(super) fn read_head(r: &mut BufReader<&mut Stream>) -> std::io::Result<Head> {
     let mut read = 0;
     let status_line = head_line(r, &mut read)?;
     let status = status_line
@@ -74,7 +105,7 @@ pub(super) fn read_head(r: &mut BufReader<&TcpStream>) -> std::io::Result<Head> 
 
 /// Reads the body `head` announces (by `Content-Length`, chunked, or to the end), at
 /// most [`MAX_BODY`] bytes.
-pub(super) fn read_body(r: &mut BufReader<&TcpStream>, head: &Head) -> std::io::Result<Vec<u8>> {
+pub(super) fn read_body(r: &mut BufReader<&mut Stream>, head: &Head) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
     if head.chunked {
         let mut read = 0;
@@ -107,7 +138,7 @@ pub(super) fn read_body(r: &mut BufReader<&TcpStream>, head: &Head) -> std::io::
 }
 
 /// Reads one whole answer.
-pub(super) fn read_answer(stream: &TcpStream) -> std::io::Result<Answer> {
+pub(super) fn read_answer(stream: &mut Stream) -> std::io::Result<Answer> {
     let mut r = BufReader::new(stream);
     let head = read_head(&mut r)?;
     let body = read_body(&mut r, &head)?;

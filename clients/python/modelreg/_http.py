@@ -70,7 +70,10 @@ class HttpTransport:
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self.https:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=ssl.create_default_context())
+            # $MODELREG_CACERT: the authority (or the self-signed certificate) to trust,
+            # as the CLI's --cacert.
+            context = ssl.create_default_context(cafile=os.environ.get("MODELREG_CACERT") or None)
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=context)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def open(
@@ -105,6 +108,12 @@ class HttpTransport:
                 raise m.DaemonNotRunning(
                     f"{self.url} closed the connection during the upload ({e}); the upload may be too large "
                     "(http.max_upload) or refused; nothing was registered unless `versions` shows it",
+                    "not_running",
+                ) from None
+            if isinstance(e, ssl.SSLCertVerificationError):
+                raise m.DaemonNotRunning(
+                    f"{self.url}: its certificate is not trusted ({e.verify_message}); set MODELREG_CACERT to "
+                    "the authority (or the self-signed certificate) that signed it",
                     "not_running",
                 ) from None
             raise m.DaemonNotRunning(
