@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::http::make_cert;
 use common::*;
 
 const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n";
@@ -29,18 +30,7 @@ struct Remote {
 impl Remote {
     fn start() -> Remote {
         let d = TestDaemon::start(CONFIG);
-        // The socket answers a moment before the HTTP address is on the status board
-        // (the socket's server starts first, src/daemon/mod.rs): wait for it.
-        let mut url = None;
-        wait_until(
-            Duration::from_secs(10),
-            "the HTTP address in status",
-            || {
-                url = d.status().http;
-                url.is_some()
-            },
-        );
-        let url = url.unwrap();
+        let url = api_url(&d);
         let elsewhere = tempfile::tempdir().unwrap();
         let token = |name: &str, scope: &str| {
             let t = ok(&d, &["token", "create", name, "--scope", scope]);
@@ -107,6 +97,21 @@ impl Remote {
         );
         stderr(&o)
     }
+}
+
+/// The API's URL from `status`. The socket answers a moment before the address is on
+/// the status board (the socket's server starts first, src/daemon/mod.rs): waited for.
+fn api_url(d: &TestDaemon) -> String {
+    let mut url = None;
+    wait_until(
+        Duration::from_secs(10),
+        "the HTTP address in status",
+        || {
+            url = d.status().http;
+            url.is_some()
+        },
+    );
+    url.unwrap()
 }
 
 /// Two versions of `m` (metrics acc), an alias, and a folder model.
@@ -269,37 +274,12 @@ fn cli_over_https_trusts_the_authority_given_with_cacert() {
     let tls = d.root.path().join("tls");
     std::fs::create_dir(&tls).unwrap();
     // A self-signed certificate for 127.0.0.1, as tests/http_tls.rs makes one.
-    let out = Command::new("openssl")
-        .current_dir(&tls)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", stderr(&out));
+    make_cert(&tls);
     d.write_config(
         "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  tls:\n    cert: tls/cert.pem\n    key: tls/key.pem\n",
     );
     d.spawn();
-    let mut url = None;
-    wait_until(
-        Duration::from_secs(10),
-        "the HTTPS address in status",
-        || {
-            url = d.status().http;
-            url.is_some()
-        },
-    );
-    let url = url.unwrap();
+    let url = api_url(&d);
     assert!(url.starts_with("https://"), "{url}");
     write_renamed(&d.inbox(), "m.pt", &bytes(1, 5000));
     d.wait_versions("m", 1);

@@ -6,36 +6,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
+use common::http::make_cert;
 use common::{TestDaemon, ok};
-
-/// A self-signed certificate for 127.0.0.1 and its key (PEM) in `dir`.
-fn make_cert(dir: &Path) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", common::stderr(&out));
-}
 
 /// `curl URL` with `args`: (exit code, stdout).
 fn curl(args: &[&str]) -> (i32, String) {

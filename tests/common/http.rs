@@ -104,3 +104,29 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -
 pub fn get(addr: &str, path: &str) -> Answer {
     request(addr, "GET", path, &[])
 }
+
+/// A self-signed certificate for 127.0.0.1 and its key (PEM) in `dir`.
+pub fn make_cert(dir: &std::path::Path) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", super::stderr(&out));
+}
