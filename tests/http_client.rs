@@ -205,6 +205,8 @@ fn cli_add_over_url_uploads_a_file_and_a_folder() {
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::write(folder.join("config.json"), b"{}").unwrap();
     std::fs::write(deep.join("vocab.txt"), bytes(4, 3000)).unwrap();
+    // Hidden entries are not sent (a link among them would otherwise refuse the tar).
+    std::os::unix::fs::symlink("/etc/passwd", folder.join(".cache-link")).unwrap();
     let out = r.ok(&r.write, &["add", folder.to_str().unwrap(), "--json"]);
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answer["created"], true, "{out}");

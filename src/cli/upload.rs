@@ -122,6 +122,11 @@ fn walk(dir: &Path, prefix: &str, parts: &mut Vec<Part>) -> Result<(), ClientErr
                 path.display()
             )));
         };
+        // Left out of the version by the daemon, as the inbox leaves them out of a
+        // dropped folder: not sent at all.
+        if file_name.starts_with('.') {
+            continue;
+        }
         let name = format!("{prefix}{file_name}");
         if meta.is_dir() {
             parts.push(Part::Bytes(header(&format!("{name}/"), 0, b'5', 0o755)));
