@@ -99,8 +99,8 @@ impl Remote {
     }
 }
 
-/// The API's URL from `status`. The socket answers a moment before the address is on
-/// the status board (the socket's server starts first, src/daemon/mod.rs): waited for.
+/// The API's URL from `status`, waited for (a daemon before main's 01ae4af answered on
+/// its socket a moment before the address was on the status board).
 fn api_url(d: &TestDaemon) -> String {
     let mut url = None;
     wait_until(

@@ -34,7 +34,7 @@ class Daemon(test_client.Daemon):
 
     def __init__(self) -> None:
         super().__init__(settle="200ms", settings="http:\n  listen: 127.0.0.1:0\n")
-        # The socket answers a moment before the HTTP address is on the status board.
+        # Waited for, as tests/http_client.rs does (older daemons named it a moment late).
         deadline = time.monotonic() + 10
         while ModelRegistry(socket=self.socket).status().get("http") is None:
             if time.monotonic() > deadline:
