@@ -229,12 +229,13 @@ fn every_page_loads_in_chromium_with_escaped_text_charts_and_working_links() {
     assert!(dom.contains("&lt;script&gt;document.title="));
     assert!(dom.contains(&v3.files[0].sha256));
     assert!(dom.contains("modelreg get 'r&amp;d' v3"));
-    // `r&d` is no Hugging Face repository id: the page says so; `plain` gets the command.
+    // `r&d` is no Hugging Face repository id: the page says so; `plain` gets the command
+    // (sending no token: reading is anonymous here; tests/http_hub.rs runs it).
     assert!(dom.contains("The Hugging Face client refuses this model name"));
     let plain = browser.dom(&format!("{base}/models/plain/v1"));
     assert!(
         plain.contains(&format!(
-            "snapshot_download(\"plain\", revision=\"v1\", endpoint=\"{base}\")"
+            "snapshot_download(\"plain\", revision=\"v1\",\n    endpoint=\"{base}\", token=False)"
         )),
         "{plain}"
     );

@@ -227,11 +227,17 @@ fn a_version_page_shows_files_metadata_and_commands_escaped() {
     assert!(p.contains("The Hugging Face client refuses this model name"));
     assert!(!p.contains("snapshot_download"));
     let plain = version_page(&site(&c, &cfg), "plain", "v1").unwrap();
+    // No anonymous reading (the default): the token comes from $MODELREG_TOKEN.
     assert!(plain.contains(
-        "snapshot_download(&quot;plain&quot;, revision=&quot;v1&quot;, \
-endpoint=&quot;http://reg.example:8080&quot;)"
+        "import os\nfrom huggingface_hub import snapshot_download\n\
+path = snapshot_download(&quot;plain&quot;, revision=&quot;v1&quot;,\n    \
+endpoint=&quot;http://reg.example:8080&quot;, token=os.environ[&quot;MODELREG_TOKEN&quot;])\n\
+print(path)"
     ));
-    assert!(p.contains(&format!("curl -fLO http://reg.example:8080{href}")));
+    assert!(p.contains(&format!(
+        "curl -fLO -H &quot;Authorization: Bearer $MODELREG_TOKEN&quot; http://reg.example:8080{href}"
+    )));
+    assert!(p.contains("put a read token in <code>MODELREG_TOKEN</code>"));
     assert!(p.contains("<span class=\"tag\">production</span>"));
 }
 
@@ -297,4 +303,19 @@ fn a_model_with_many_versions_shows_the_newest_and_points_to_the_api_for_all() {
     assert_eq!(p.matches("class=\"pt\"").count(), 500);
     assert!(p.contains("/many/v600\">v600</a></th>") && p.contains("/many/v101\">v101</a></th>"));
     assert!(!p.contains("/many/v100\">"));
+}
+
+#[test]
+fn with_anonymous_reading_the_commands_send_no_token() {
+    let root = tempfile::tempdir().unwrap();
+    let yaml = "http:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n";
+    let cfg = Config::from_yaml(root.path(), yaml, crate::config::ConfigSource::Embedded).unwrap();
+    let c = catalog();
+    let p = version_page(&site(&c, &cfg), NAME, "v3").unwrap();
+    assert!(p.contains("curl -fLO http://reg.example:8080/api/v1/models/"));
+    assert!(!p.contains("MODELREG_TOKEN"));
+    let plain = version_page(&site(&c, &cfg), "plain", "v1").unwrap();
+    // token=False: a Hugging Face login the client finds would be refused here.
+    assert!(plain.contains("endpoint=&quot;http://reg.example:8080&quot;, token=False)"));
+    assert!(!plain.contains("import os"));
 }

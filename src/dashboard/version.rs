@@ -198,11 +198,12 @@ fn shell(s: &str) -> String {
     }
 }
 
-/// Whether huggingface_hub takes `name` as a repository id (its `validate_repo_id`):
-/// 1 to 96 word characters, `-` or `.`, starting and ending with a word character,
-/// without `--` or `..`, not ending in `.git`.
+/// Whether huggingface_hub (2.4) takes `name` as a repository id (its
+/// `validate_repo_id`): 1 to 96 ASCII letters, digits, `_`, `-` or `.`, starting and
+/// ending with a letter, digit or `_`, without `--` or `..`, not ending in `.git`. The
+/// same rule as `hfcache::repo_name_ok`, which the Hub routes serve by.
 fn hf_repo_id(name: &str) -> bool {
-    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let (Some(first), Some(last)) = (name.chars().next(), name.chars().last()) else {
         return false;
     };
@@ -237,12 +238,22 @@ version = ModelRegistry().get({}, \"v{n}\")\nprint(version.path)",
             ),
         ),
     ];
+    // From another machine a request needs a token unless anonymous reading is on; the
+    // commands read it from $MODELREG_TOKEN (as `modelreg --url` does), never print one.
+    let anonymous = site.config.http.as_ref().is_some_and(|h| h.anonymous_read);
     if hf_repo_id(name) {
+        // `token=False` when anonymous: huggingface_hub would otherwise send a Hugging
+        // Face login it finds (HF_TOKEN, ~/.cache/huggingface/token), which is refused.
+        let (import, token) = if anonymous {
+            ("", "False")
+        } else {
+            ("import os\n", "os.environ[\"MODELREG_TOKEN\"]")
+        };
         cmds.push((
             "Hugging Face (from any machine)",
             format!(
-                "from huggingface_hub import snapshot_download\n\
-path = snapshot_download({}, revision=\"v{n}\", endpoint={})",
+                "{import}from huggingface_hub import snapshot_download\n\
+path = snapshot_download({}, revision=\"v{n}\",\n    endpoint={}, token={token})\nprint(path)",
                 py(name),
                 py(base)
             ),
@@ -251,16 +262,27 @@ path = snapshot_download({}, revision=\"v{n}\", endpoint={})",
     if let [only] = v.files.as_slice() {
         let rel = path_in_version(site, name, n, only);
         let url = format!("{base}{}", download_href(name, n, &rel));
+        let auth = if anonymous {
+            ""
+        } else {
+            "-H \"Authorization: Bearer $MODELREG_TOKEN\" "
+        };
         cmds.push((
             "curl (from any machine)",
-            format!("curl -fLO {}", shell(&url)),
+            format!("curl -fLO {auth}{}", shell(&url)),
         ));
     }
     body.push_str("<h2>Use it</h2>\n");
+    if !anonymous {
+        body.push_str(
+            "<p>From another machine, put a read token in <code>MODELREG_TOKEN</code> first \
+(<code>modelreg token create NAME --scope read</code> on the registry's machine prints one).</p>\n",
+        );
+    }
     if !hf_repo_id(name) {
         body.push_str(
             "<p>The Hugging Face client refuses this model name as a repository id (it takes \
-letters, digits, <code>_</code>, <code>-</code> and <code>.</code>, at most 96), so it cannot \
+ASCII letters, digits, <code>_</code>, <code>-</code> and <code>.</code>, at most 96), so it cannot \
 fetch this model; the other ways can.</p>\n",
         );
     }
@@ -283,13 +305,13 @@ mod tests {
             "resnet18",
             "Qwen2.5-0.5B-Instruct.Q4_K_M",
             "bert_base",
-            "modèle",
         ] {
             assert!(hf_repo_id(ok), "{ok}");
         }
         let long = "a".repeat(97);
         for bad in [
             "r&d",
+            "modèle",
             "tiny bert",
             "-x",
             "x.",

@@ -86,6 +86,24 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
+/// `message` as a header value: printable ASCII kept, anything else escaped (`\u{e9}`),
+/// at most 1,000 bytes.
+fn header_text(message: &str) -> String {
+    let mut out = String::new();
+    for c in message.chars() {
+        if out.len() >= 1000 {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            ' '..='~' => out.push(c),
+            '\n' | '\t' => out.push(' '),
+            other => out.extend(other.escape_unicode()),
+        }
+    }
+    out
+}
+
 /// The JSON body of an error answer.
 #[derive(serde::Serialize)]
 struct Wrapped<'a> {
@@ -95,11 +113,31 @@ struct Wrapped<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(Wrapped { error: &self.body })).into_response();
+        // The message again as a header: a HEAD answer has no body, and huggingface_hub
+        // shows this header in the exception it raises.
+        if let Ok(v) = HeaderValue::from_str(&header_text(&self.body.message)) {
+            r.headers_mut().insert("x-error-message", v);
+        }
         if let Some(len) = self.range_of
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}"))
         {
             r.headers_mut().insert(header::CONTENT_RANGE, v);
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_carries_its_message_as_a_header_too() {
+        let r = ApiError::not_found("no model \"café\"\nat all").into_response();
+        assert_eq!(
+            r.headers()["x-error-message"],
+            r#"no model "caf\u{e9}" at all"#
+        );
+        assert!(header_text(&"x".repeat(5000)).len() < 1010);
     }
 }

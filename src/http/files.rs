@@ -94,31 +94,39 @@ pub(super) async fn find(
             Ok(_) => ApiError::new(ErrorCode::Busy, "the catalog changed meanwhile; ask again"),
         });
     };
-    let dir = crate::store::version_dir(&cfg.store, &name, v.number);
-    let files = v
-        .files
-        .iter()
-        .map(|f| {
-            let path = cfg.root.join(&f.path);
-            let rel = path
-                .strip_prefix(&dir)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| f.path.clone());
-            StoredFile {
-                rel,
-                path,
-                sha256: f.sha256.clone(),
-                size: f.size,
-            }
-        })
-        .collect();
-    Ok(Found {
-        registered: humantime::parse_rfc3339_weak(&v.registered_at)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
-        version: format!("v{}", v.number),
-        name,
-        files,
-    })
+    Ok(Found::of(&cfg, name, v))
+}
+
+impl Found {
+    /// Version `v` of model `name` as a download serves it: its files with their paths
+    /// inside the version folder, from the catalog (never from a request).
+    pub(super) fn of(cfg: &crate::config::Config, name: String, v: &crate::registry::Version) -> Found {
+        let dir = crate::store::version_dir(&cfg.store, &name, v.number);
+        let files = v
+            .files
+            .iter()
+            .map(|f| {
+                let path = cfg.root.join(&f.path);
+                let rel = path
+                    .strip_prefix(&dir)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| f.path.clone());
+                StoredFile {
+                    rel,
+                    path,
+                    sha256: f.sha256.clone(),
+                    size: f.size,
+                }
+            })
+            .collect();
+        Found {
+            registered: humantime::parse_rfc3339_weak(&v.registered_at)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            version: format!("v{}", v.number),
+            name,
+            files,
+        }
+    }
 }
 
 /// Opens a stored file through no link (neither in the store's folders nor the file

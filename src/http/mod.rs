@@ -13,7 +13,8 @@
 //! headers), `dashboard` the web pages ([`crate::dashboard`]), `auth` the token check
 //! every request passes, `upload` new versions sent over HTTP (a folder as a tar:
 //! `upload_folder`, read by `untar`), `tls` HTTPS (`http.tls`), `metrics` the
-//! Prometheus exposition and the request timing, and `error` the one error type.
+//! Prometheus exposition and the request timing, `hub` the Hugging Face Hub's read
+//! protocol (`hub_tree` its file listing), and `error` the one error type.
 //!
 //! New routes are added to [`router`] from a module of their own, taking [`HttpState`].
 //! A route that serves stored files under another scheme finds the version with
@@ -26,6 +27,8 @@ mod body;
 mod dashboard;
 mod error;
 mod files;
+mod hub;
+mod hub_tree;
 mod listener;
 mod metrics;
 mod paths;
@@ -72,6 +75,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(dashboard::routes())
         .merge(upload::routes())
         .merge(metrics::routes())
+        .merge(hub::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Inside `gate`: a request is refused for its head or the shutdown before its

@@ -518,6 +518,49 @@ pub fn version_content(v: &modelreg::protocol::VersionInfo) -> Vec<(String, Stri
     out
 }
 
+/// Every file under `dir` (links followed, as a loader opens them) by path, as sha256.
+pub fn tree_content(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if std::fs::metadata(&p).unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                let sha = modelreg::fsutil::sha256_hex(&std::fs::read(&p).unwrap());
+                out.push((rel, sha));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Registers a version of `name` (a file `<name>.pt`) with `accuracy`.
+pub fn register(d: &TestDaemon, name: &str, seed: u64, accuracy: f64, n: usize) {
+    write(
+        &d.inbox().join(format!("{name}.metrics.yaml")),
+        sidecar(&[("accuracy", accuracy)]).as_bytes(),
+    );
+    write(&d.inbox().join(format!("{name}.pt")), &bytes(seed, 3000));
+    d.wait_versions(name, n);
+}
+
+/// Drops a folder version `name` holding `files` (renamed into the inbox whole).
+pub fn register_folder(d: &TestDaemon, name: &str, files: &[(&str, Vec<u8>)], n: usize) {
+    let stage = d.root.path().join("stage").join(name);
+    for (rel, b) in files {
+        let p = stage.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        write(&p, b);
+    }
+    let _ = std::fs::remove_dir_all(d.inbox().join(name));
+    std::fs::rename(&stage, d.inbox().join(name)).unwrap();
+    d.wait_versions(name, n);
+}
+
 /// Sends `line` with the descriptors `fds` attached, and reads the answer line.
 pub fn send_raw(socket: &Path, line: &str, fds: &[std::os::fd::RawFd]) -> serde_json::Value {
     let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
