@@ -63,7 +63,12 @@ print(json.dumps(out))
 /// Runs `loads` in one Python process against the daemon, `token` in `HF_TOKEN` (none:
 /// no token at all, the client's home is empty), the downloads cached in `cache`: each
 /// gives the path the client returned, or its exception as `Type: message`.
-fn hf(hub: &Hub, cache: &Path, token: Option<&str>, loads: &[Load]) -> Vec<Result<PathBuf, String>> {
+fn hf(
+    hub: &Hub,
+    cache: &Path,
+    token: Option<&str>,
+    loads: &[Load],
+) -> Vec<Result<PathBuf, String>> {
     let home = tempfile::tempdir().unwrap();
     let args: Vec<serde_json::Value> = loads.iter().map(|l| serde_json::json!(l)).collect();
     let mut cmd = Command::new(common::venv::hf_hub().join("bin/python"));
@@ -107,7 +112,13 @@ fn commit_of(d: &TestDaemon, name: &str, sel: &str) -> String {
 
 /// Asserts that `loaded` is the snapshot of `name` `sel` in `cache`: the folder of its
 /// commit id (the view's), holding exactly that version's files, byte for byte.
-fn assert_is_version(hub: &Hub, cache: &Path, loaded: &Result<PathBuf, String>, name: &str, sel: &str) {
+fn assert_is_version(
+    hub: &Hub,
+    cache: &Path,
+    loaded: &Result<PathBuf, String>,
+    name: &str,
+    sel: &str,
+) {
     let path = loaded
         .as_ref()
         .unwrap_or_else(|e| panic!("{name} {sel}: {e}"));
@@ -226,7 +237,12 @@ fn a_nested_folder_version_fills_the_cache_as_the_offline_view_lays_it_out() {
     // Link for link what the daemon's view holds: a cache filled over HTTP and the view
     // on the registry's machine are interchangeable.
     let commit = commit_of(&hub.d, "bert-tiny", "v1");
-    let view = hub.d.root.path().join("hf/models--bert-tiny/snapshots").join(&commit);
+    let view = hub
+        .d
+        .root
+        .path()
+        .join("hf/models--bert-tiny/snapshots")
+        .join(&commit);
     let snapshot = got[0].as_ref().unwrap();
     assert_eq!(links(snapshot), links(&view));
     assert_eq!(links(snapshot).len(), 3);
@@ -291,7 +307,10 @@ fn without_a_valid_token_the_client_is_refused_unless_anonymous_reading_is_on() 
     for token in [None, Some(wrong.as_str())] {
         for g in hf(&hub, cache.path(), token, &loads) {
             let e = g.expect_err("refused");
-            assert!(e.starts_with("HfHubHTTPError: ") && e.contains("401"), "{e}");
+            assert!(
+                e.starts_with("HfHubHTTPError: ") && e.contains("401"),
+                "{e}"
+            );
             // The daemon's reason reaches the user, for HEAD too (no body there).
             assert!(e.contains("token"), "{e}");
         }
@@ -299,7 +318,11 @@ fn without_a_valid_token_the_client_is_refused_unless_anonymous_reading_is_on() 
     assert!(!cache.path().join("models--enc/snapshots").exists());
     let a = head(&hub, "/enc/resolve/v1/enc.pt", None);
     assert_eq!(a.status, 401);
-    assert!(a.header("x-error-message").unwrap().contains("needs a token"));
+    assert!(
+        a.header("x-error-message")
+            .unwrap()
+            .contains("needs a token")
+    );
 
     // anonymous_read: no token works; a wrong one (a Hugging Face login) is still refused.
     hub.d
@@ -326,15 +349,24 @@ fn an_alias_moved_is_what_the_next_download_gets() {
     ok(d, &["alias", "set", "enc", "production", "v1"]);
     let cache = tempfile::tempdir().unwrap();
     let c = cache.path();
-    let loads = [snap("enc", "production"), file("enc", "production", "enc.pt")];
+    let loads = [
+        snap("enc", "production"),
+        file("enc", "production", "enc.pt"),
+    ];
     let got = hf(&hub, c, Some(&hub.token), &loads);
     assert_is_version(&hub, c, &got[0], "enc", "v1");
-    assert_eq!(std::fs::read(got[1].as_ref().unwrap()).unwrap(), bytes(11, 3000));
+    assert_eq!(
+        std::fs::read(got[1].as_ref().unwrap()).unwrap(),
+        bytes(11, 3000)
+    );
     // Answered once published: the very next download, in the same cache, gets v2.
     ok(d, &["alias", "set", "enc", "production", "v2"]);
     let got = hf(&hub, c, Some(&hub.token), &loads);
     assert_is_version(&hub, c, &got[0], "enc", "v2");
-    assert_eq!(std::fs::read(got[1].as_ref().unwrap()).unwrap(), bytes(12, 3000));
+    assert_eq!(
+        std::fs::read(got[1].as_ref().unwrap()).unwrap(),
+        bytes(12, 3000)
+    );
     let r = std::fs::read_to_string(c.join("models--enc/refs/production")).unwrap();
     assert_eq!(r, commit_of(d, "enc", "v2"));
     // Removed: the revision is gone for the client too.
@@ -360,7 +392,12 @@ fn the_hub_answers_carry_the_headers_the_client_needs() {
     // The revision names the commit; the tree lists the file with its SHA-256.
     let auth = format!("Bearer {}", hub.token);
     let addr = &hub.url["http://".len()..];
-    let info = request(addr, "GET", "/api/models/enc/revision/v1", &[("Authorization", &auth)]);
+    let info = request(
+        addr,
+        "GET",
+        "/api/models/enc/revision/v1",
+        &[("Authorization", &auth)],
+    );
     assert_eq!(info.json()["sha"], commit.as_str());
     assert_eq!(info.json()["siblings"][0]["rfilename"], "enc.pt");
     let tree = request(
@@ -437,5 +474,8 @@ fn the_dashboard_s_hugging_face_and_curl_commands_work_as_printed() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{curl}\n{}", stderr(&out));
-    assert_eq!(std::fs::read(dir.path().join("enc.pt")).unwrap(), bytes(6, 3000));
+    assert_eq!(
+        std::fs::read(dir.path().join("enc.pt")).unwrap(),
+        bytes(6, 3000)
+    );
 }

@@ -301,11 +301,7 @@ mod tests {
 
     #[test]
     fn hugging_face_repo_ids_follow_the_client_rule() {
-        for ok in [
-            "resnet18",
-            "Qwen2.5-0.5B-Instruct.Q4_K_M",
-            "bert_base",
-        ] {
+        for ok in ["resnet18", "Qwen2.5-0.5B-Instruct.Q4_K_M", "bert_base"] {
             assert!(hf_repo_id(ok), "{ok}");
         }
         let long = "a".repeat(97);

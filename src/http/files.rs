@@ -100,7 +100,11 @@ pub(super) async fn find(
 impl Found {
     /// Version `v` of model `name` as a download serves it: its files with their paths
     /// inside the version folder, from the catalog (never from a request).
-    pub(super) fn of(cfg: &crate::config::Config, name: String, v: &crate::registry::Version) -> Found {
+    pub(super) fn of(
+        cfg: &crate::config::Config,
+        name: String,
+        v: &crate::registry::Version,
+    ) -> Found {
         let dir = crate::store::version_dir(&cfg.store, &name, v.number);
         let files = v
             .files

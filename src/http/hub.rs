@@ -46,7 +46,10 @@ pub(super) fn routes() -> Router<HttpState> {
         .route("/api/models/{repo}/{name}", get(namespaced))
         .route("/api/models/{repo}/{name}/revision/{rev}", get(namespaced))
         .route("/api/models/{repo}/{name}/tree/{rev}", get(namespaced))
-        .route("/api/models/{repo}/{name}/tree/{rev}/{*path}", get(namespaced))
+        .route(
+            "/api/models/{repo}/{name}/tree/{rev}/{*path}",
+            get(namespaced),
+        )
         .route("/{repo}/{name}/resolve/{rev}/{*path}", get(namespaced))
 }
 
@@ -297,9 +300,8 @@ async fn resolve(
             &r.commit,
         ));
     };
-    let commit = HeaderValue::from_str(&r.commit).map_err(|e| {
-        HubError::from(ApiError::new(ErrorCode::Internal, e.to_string()))
-    })?;
+    let commit = HeaderValue::from_str(&r.commit)
+        .map_err(|e| HubError::from(ApiError::new(ErrorCode::Internal, e.to_string())))?;
     let mut answer = files::serve_file(&s, &method, &headers, &r.found, f)
         .await
         .map_err(|e| HubError {
@@ -333,7 +335,13 @@ mod tests {
     fn commit_ids_are_40_lower_case_hex() {
         assert!(is_commit(&"a".repeat(40)));
         assert!(is_commit("0123456789abcdef0123456789abcdef01234567"));
-        for not in ["v1", "latest", &"A".repeat(40), &"a".repeat(39), &"a".repeat(64)] {
+        for not in [
+            "v1",
+            "latest",
+            &"A".repeat(40),
+            &"a".repeat(39),
+            &"a".repeat(64),
+        ] {
             assert!(!is_commit(not), "{not}");
         }
     }

@@ -79,10 +79,7 @@ pub(super) fn listing(
         && entries.is_empty()
     {
         return Err(HubError::entry(
-            format!(
-                "no folder {u:?} in {} {}",
-                r.found.name, r.found.version
-            ),
+            format!("no folder {u:?} in {} {}", r.found.name, r.found.version),
             &r.commit,
         ));
     }
@@ -121,7 +118,13 @@ mod tests {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|e| format!("{} {}", e["type"].as_str().unwrap(), e["path"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    e["path"].as_str().unwrap()
+                )
+            })
             .collect()
     }
 
