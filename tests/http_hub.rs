@@ -285,6 +285,15 @@ fn unknown_repository_revision_and_file_raise_the_client_s_exceptions() {
         assert!(e.starts_with(&format!("{kind}:")), "{kind}: {e}");
         assert!(e.contains(text), "{text:?} in {e}");
     }
+    // A removed version is gone for the client too.
+    register(&hub.d, "enc", 7, 0.6, 2);
+    ok(&hub.d, &["rm", "--force", "enc", "v2"]);
+    let got = hf(&hub, cache.path(), Some(&hub.token), &[snap("enc", "v2")]);
+    let e = got[0].as_ref().unwrap_err();
+    assert!(
+        e.starts_with("RevisionNotFoundError") && e.contains("removed"),
+        "{e}"
+    );
     // The daemon still serves, and the one right request after them works.
     let got = hf(&hub, cache.path(), Some(&hub.token), &[snap("enc", "v1")]);
     assert_is_version(&hub, cache.path(), &got[0], "enc", "v1");
@@ -412,6 +421,24 @@ fn the_hub_answers_carry_the_headers_the_client_needs() {
     assert_eq!(entry["size"], 3000);
     assert_eq!(entry["lfs"]["oid"], v.files[0].sha256.as_str());
     assert!(entry.get("xetHash").is_none());
+    // A model named like a route's first part is still served, and so is the page.
+    write(&hub.d.inbox().join("models.bin"), b"named models");
+    hub.d.wait_versions("models", 1);
+    let a = request(
+        addr,
+        "GET",
+        "/models/resolve/v1/models.bin",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"named models"[..]));
+    let a = request(
+        addr,
+        "GET",
+        "/models/models/v1",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(a.status, 200);
+    assert!(String::from_utf8_lossy(&a.body).contains("<!DOCTYPE html>"));
     // A missing file's 404 names the commit, so the client remembers it is missing.
     let a = head(&hub, "/enc/resolve/v1/nope.bin", Some(&hub.token));
     assert_eq!(a.status, 404);
