@@ -1,7 +1,7 @@
-//! The Hugging Face Hub's read protocol: what a stock `huggingface_hub` asks of an
-//! `endpoint=` for `snapshot_download` and `hf_hub_download`, answered from the catalog.
+//! The Hugging Face Hub's read protocol, answered from the catalog.
 //!
-//! A model is a repository named by the model's name alone (no namespace); a revision is
+//! What a stock `huggingface_hub` asks of an `endpoint=` for `snapshot_download` and
+//! `hf_hub_download`. A model is a repository named by the model's name alone (no namespace); a revision is
 //! a selector (`vN`, `latest`, `best`, an alias, `main`: [`hfcache::revision_number`],
 //! the rule the offline cache view's refs follow) or the 40-hex commit id of a version
 //! ([`hfcache::commit_of`]), so a client's `snapshots/<commit>/` is the view's. Served:

@@ -1,6 +1,6 @@
-//! The Hub's tree listing of a revision (`GET /api/models/{repo}/tree/{rev}[/{path}]`):
-//! its files and the folders they lie in, as `list_repo_tree` reads them.
+//! The Hub's tree listing of a revision: its files and the folders they lie in.
 //!
+//! `GET /api/models/{repo}/tree/{rev}[/{path}]`, as `list_repo_tree` reads it.
 //! A file's `oid` is its SHA-256 and its `lfs` the Git LFS description of it (`oid`,
 //! `size`, the size of the pointer file Git would keep): the Hub gives a Git blob id
 //! there, which would mean reading every file; with `lfs` the client checks files by
