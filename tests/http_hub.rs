@@ -439,6 +439,28 @@ fn the_hub_answers_carry_the_headers_the_client_needs() {
     );
     assert_eq!(a.status, 200);
     assert!(String::from_utf8_lossy(&a.body).contains("<!DOCTYPE html>"));
+    // Hostile names are refused, whichever part they are in, and nothing else is served.
+    for (path, status, code) in [
+        ("/enc/resolve/v1/%2e%2e%2f%2e%2e%2fregistry.yaml", 400, None),
+        ("/enc/resolve/v1/..%5Cenc.pt", 400, None),
+        ("/enc/resolve/v1/%252e%252e/enc.pt", 400, None),
+        (
+            "/%2e%2e/resolve/v1/registry.yaml",
+            404,
+            Some("RepoNotFound"),
+        ),
+        ("/enc/resolve/v1%00/enc.pt", 404, Some("RevisionNotFound")),
+        ("/api/models/enc/tree/v1/%2e%2e", 400, None),
+    ] {
+        let a = request(addr, "GET", path, &[("Authorization", &auth)]);
+        assert_eq!(
+            a.status,
+            status,
+            "{path}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(a.header("x-error-code"), code, "{path}");
+    }
     // A missing file's 404 names the commit, so the client remembers it is missing.
     let a = head(&hub, "/enc/resolve/v1/nope.bin", Some(&hub.token));
     assert_eq!(a.status, 404);
