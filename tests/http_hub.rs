@@ -132,25 +132,6 @@ fn assert_is_version(
     assert_eq!(tree_content(path), version_content(&v), "{name} {sel}");
 }
 
-/// Every link under `dir` by path, with where it points.
-fn links(dir: &Path) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                todo.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.push((rel, std::fs::read_link(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn downloads_by_alias_best_number_and_latest_give_the_stored_bytes() {
     let hub = hub(CONFIG);
@@ -244,8 +225,8 @@ fn a_nested_folder_version_fills_the_cache_as_the_offline_view_lays_it_out() {
         .join("hf/models--bert-tiny/snapshots")
         .join(&commit);
     let snapshot = got[0].as_ref().unwrap();
-    assert_eq!(links(snapshot), links(&view));
-    assert_eq!(links(snapshot).len(), 3);
+    assert_eq!(tree_links(snapshot), tree_links(&view));
+    assert_eq!(tree_links(snapshot).len(), 3);
 }
 
 #[test]

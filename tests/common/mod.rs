@@ -538,6 +538,25 @@ pub fn tree_content(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// Every link under `dir` by path, with where it points.
+pub fn tree_links(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read_link(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Registers a version of `name` (a file `<name>.pt`) with `accuracy`.
 pub fn register(d: &TestDaemon, name: &str, seed: u64, accuracy: f64, n: usize) {
     write(
