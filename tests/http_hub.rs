@@ -242,6 +242,7 @@ fn unknown_repository_revision_and_file_raise_the_client_s_exceptions() {
             snap("nope", "v1"),
             file("nope", "v1", "x.pt"),
             snap("org/enc", "v1"),
+            file("org/enc", "v1", "enc.pt"),
             snap("enc", "v9"),
             snap("enc", "production"),
             file("enc", "production", "enc.pt"),
@@ -253,6 +254,7 @@ fn unknown_repository_revision_and_file_raise_the_client_s_exceptions() {
     let expect = [
         ("RepositoryNotFoundError", "no model named \"nope\""),
         ("RepositoryNotFoundError", "nope"),
+        ("RepositoryNotFoundError", "no namespace"),
         ("RepositoryNotFoundError", "no namespace"),
         ("RevisionNotFoundError", "has no version v9"),
         ("RevisionNotFoundError", "has no alias \"production\""),
