@@ -105,9 +105,19 @@ impl Found {
         name: String,
         v: &crate::registry::Version,
     ) -> Found {
+        Found::of_files(cfg, name, v, &v.files)
+    }
+
+    /// [`Found::of`] with only `files` of the version (those a request asks for: a route
+    /// that serves one file of a version of thousands need not map them all).
+    pub(super) fn of_files(
+        cfg: &crate::config::Config,
+        name: String,
+        v: &crate::registry::Version,
+        files: &[crate::registry::StoredFile],
+    ) -> Found {
         let dir = crate::store::version_dir(&cfg.store, &name, v.number);
-        let files = v
-            .files
+        let files = files
             .iter()
             .map(|f| {
                 let path = cfg.root.join(&f.path);

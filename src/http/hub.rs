@@ -18,6 +18,7 @@
 //! (`auth`), applied before any of this. See docs/http.md, Hugging Face Hub.
 
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Json;
 use axum::Router;
@@ -31,8 +32,10 @@ use serde_json::{Value, json};
 use super::api::path_error;
 use super::files::{self, Found};
 use super::{ApiError, HttpState, paths};
+use crate::config::Config;
 use crate::hfcache;
 use crate::protocol::ErrorCode;
+use crate::registry::Version;
 
 /// The Hub routes, with those of a namespaced repository id (`org/name`), which name no
 /// model (a model name has no `/`) and are answered `RepoNotFound` saying so.
@@ -128,14 +131,67 @@ impl IntoResponse for HubError {
 
 /// A revision of a repository, found in the published catalog.
 pub(super) struct Revision {
-    /// The version's files, as the downloads serve them.
-    pub found: Found,
+    /// The settings it was found with (where the store is).
+    cfg: Arc<Config>,
+    /// The model.
+    pub name: String,
+    /// The version.
+    version: Arc<Version>,
     /// Its commit id: the view's `snapshots/<commit>`.
     pub commit: String,
     /// When the model's first version was registered.
     pub created: String,
-    /// When this version was registered.
-    pub registered: String,
+}
+
+impl Revision {
+    /// Every file of the version, as the downloads serve them.
+    pub(super) fn found(&self) -> Found {
+        Found::of(&self.cfg, self.name.clone(), &self.version)
+    }
+
+    /// The version with only its file `rel` (none when it has no such file), found by
+    /// comparing stored paths, without mapping every file: `snapshot_download` asks for
+    /// each file of a version twice (HEAD, GET).
+    fn found_one(&self, rel: &str) -> Found {
+        let v = &self.version;
+        let stored = format!(
+            "{}/{}/v{}/{rel}",
+            self.cfg.relative(&self.cfg.store),
+            self.name,
+            v.number
+        );
+        let at = v.files.iter().position(|f| f.path == stored);
+        let files = at.map_or(&v.files[..0], |i| &v.files[i..=i]);
+        Found::of_files(&self.cfg, self.name.clone(), v, files)
+    }
+}
+
+/// Commit ids computed so far, by model and version number. A version's files never
+/// change and its number is never given again, and the store's path (which the id's
+/// input names) changes only with a restart, so an id holds for the daemon's life.
+/// Without it every request of a `snapshot_download` (a HEAD and a GET per file, each
+/// naming the commit) hashed the version's whole file list again: 19 s of the daemon's
+/// CPU for the 4,000 requests of a 2,000-file version (debug build). One entry per
+/// version asked for, about 100 bytes.
+static COMMITS: LazyLock<Mutex<HashMap<(String, u32), String>>> = LazyLock::new(Default::default);
+
+/// [`hfcache::commit_of`], remembered in [`COMMITS`].
+fn commit_of(cfg: &Config, name: &str, v: &Version) -> Option<String> {
+    let key = (name.to_string(), v.number);
+    let known = COMMITS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned();
+    if known.is_some() {
+        return known;
+    }
+    let commit = hfcache::commit_of(cfg, name, v)?;
+    COMMITS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, commit.clone());
+    Some(commit)
 }
 
 /// Whether `rev` is written as a commit id (40 lower-case hex), as the client tells them.
@@ -161,12 +217,12 @@ fn find(s: &HttpState, repo: &str, rev: &str) -> Result<Revision, HubError> {
             .iter()
             .rev()
             .filter(|v| v.removed.is_none())
-            .find(|v| hfcache::commit_of(&cfg, repo, v).as_deref() == Some(rev))
+            .find(|v| commit_of(&cfg, repo, v).as_deref() == Some(rev))
             .map(|v| v.number)
     } else {
         hfcache::revision_number(m, repo, rev, &cfg.best)
     };
-    let Some(v) = number.and_then(|n| m.find(n)) else {
+    let Some(v) = number.and_then(|n| m.versions.iter().find(|v| v.number == n)) else {
         // The socket's own words for why (no such number, removed, no metric, ...).
         let why = match m.select(repo, Some(rev), (&cfg.best, None, None)) {
             Err(e) if !is_commit(rev) => (ErrorCode::from(&e), e.to_string()),
@@ -177,7 +233,7 @@ fn find(s: &HttpState, repo: &str, rev: &str) -> Result<Revision, HubError> {
         };
         return Err(HubError::revision(why.0, why.1));
     };
-    let commit = hfcache::commit_of(&cfg, repo, v).ok_or_else(|| {
+    let commit = commit_of(&cfg, repo, v).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Internal,
             format!(
@@ -187,14 +243,15 @@ fn find(s: &HttpState, repo: &str, rev: &str) -> Result<Revision, HubError> {
         )
     })?;
     Ok(Revision {
-        found: Found::of(&cfg, repo.to_string(), v),
+        name: repo.to_string(),
+        version: v.clone(),
         commit,
         created: m
             .versions
             .first()
             .map(|f| f.registered_at.clone())
             .unwrap_or_default(),
-        registered: v.registered_at.clone(),
+        cfg,
     })
 }
 
@@ -203,7 +260,7 @@ fn find(s: &HttpState, repo: &str, rev: &str) -> Result<Revision, HubError> {
 /// their size and SHA-256 as Git LFS describes a file, so `verify_repo_checksums` works).
 fn info_json(repo: &str, r: &Revision) -> Value {
     let siblings: Vec<Value> = r
-        .found
+        .found()
         .files
         .iter()
         .map(|f| {
@@ -219,7 +276,7 @@ fn info_json(repo: &str, r: &Revision) -> Value {
         "id": repo,
         "modelId": repo,
         "sha": r.commit,
-        "lastModified": r.registered,
+        "lastModified": r.version.registered_at,
         "createdAt": r.created,
         "private": false,
         "gated": false,
@@ -262,7 +319,7 @@ async fn tree_root(
 ) -> Result<Json<Value>, HubError> {
     let Path((repo, rev)) = p.map_err(path_error)?;
     let r = find(&s, &repo, &rev)?;
-    super::hub_tree::listing(&r, None, recursive(&q)).map(Json)
+    super::hub_tree::listing(&r.found(), &r.commit, None, recursive(&q)).map(Json)
 }
 
 async fn tree_under(
@@ -273,7 +330,7 @@ async fn tree_under(
     let Path((repo, rev, path)) = p.map_err(path_error)?;
     let under = paths::check(&path)?;
     let r = find(&s, &repo, &rev)?;
-    super::hub_tree::listing(&r, Some(under), recursive(&q)).map(Json)
+    super::hub_tree::listing(&r.found(), &r.commit, Some(under), recursive(&q)).map(Json)
 }
 
 /// A file of a revision: the download's own answer (ETag, Content-Length, Range, 304,
@@ -288,13 +345,14 @@ async fn resolve(
     let Path((repo, rev, path)) = p.map_err(path_error)?;
     let r = find(&s, &repo, &rev)?;
     let wanted = paths::check(&path)?;
-    let Some(f) = r.found.files.iter().find(|f| f.rel == wanted) else {
+    let found = r.found_one(wanted);
+    let Some(f) = found.files.first() else {
+        let count = r.version.files.len();
         return Err(HubError::entry(
             format!(
-                "no file {wanted:?} in {repo} {} (it has {} file{}; GET /api/models/{repo}/tree/{} lists them)",
-                r.found.version,
-                r.found.files.len(),
-                if r.found.files.len() == 1 { "" } else { "s" },
+                "no file {wanted:?} in {repo} {} (it has {count} file{}; GET /api/models/{repo}/tree/{} lists them)",
+                found.version,
+                if count == 1 { "" } else { "s" },
                 r.commit
             ),
             &r.commit,
@@ -302,7 +360,7 @@ async fn resolve(
     };
     let commit = HeaderValue::from_str(&r.commit)
         .map_err(|e| HubError::from(ApiError::new(ErrorCode::Internal, e.to_string())))?;
-    let mut answer = files::serve_file(&s, &method, &headers, &r.found, f)
+    let mut answer = files::serve_file(&s, &method, &headers, &found, f)
         .await
         .map_err(|e| HubError {
             commit: Some(r.commit.clone()),

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::hub::{HubError, Revision};
+use super::files::Found;
+use super::hub::HubError;
 
 /// The size of the Git LFS pointer file of a file of `size` bytes:
 /// `version https://git-lfs.github.com/spec/v1\noid sha256:<64 hex>\nsize <size>\n`.
@@ -31,18 +32,19 @@ fn folder_oid(commit: &str, path: &str) -> String {
     crate::fsutil::hex(&h.finalize())[..40].to_string()
 }
 
-/// The entries of revision `r` under folder `under` (the whole version when `None`):
-/// its direct files and folders, or everything beneath it when `recursive`, ordered by
-/// path. A folder that is not in the version is `EntryNotFound`.
+/// The entries of version `v` (at `commit`) under folder `under` (the whole version
+/// when `None`): its direct files and folders, or everything beneath it when
+/// `recursive`, ordered by path. A folder that is not in the version is `EntryNotFound`.
 pub(super) fn listing(
-    r: &Revision,
+    v: &Found,
+    commit: &str,
     under: Option<&str>,
     recursive: bool,
 ) -> Result<Value, HubError> {
     let prefix = under.map(|u| format!("{u}/")).unwrap_or_default();
     // Path -> entry; a BTreeMap orders them and keeps each folder once.
     let mut entries: BTreeMap<String, Value> = BTreeMap::new();
-    for f in &r.found.files {
+    for f in &v.files {
         let Some(rest) = f.rel.strip_prefix(&prefix) else {
             continue;
         };
@@ -55,7 +57,7 @@ pub(super) fn listing(
             at.push_str(folder);
             let path = at.clone();
             entries.entry(path.clone()).or_insert_with(|| {
-                json!({"type": "directory", "oid": folder_oid(&r.commit, &path), "size": 0, "path": path})
+                json!({"type": "directory", "oid": folder_oid(commit, &path), "size": 0, "path": path})
             });
             at.push('/');
             if !recursive && i == 0 {
@@ -79,8 +81,8 @@ pub(super) fn listing(
         && entries.is_empty()
     {
         return Err(HubError::entry(
-            format!("no folder {u:?} in {} {}", r.found.name, r.found.version),
-            &r.commit,
+            format!("no folder {u:?} in {} {}", v.name, v.version),
+            commit,
         ));
     }
     Ok(Value::Array(entries.into_values().collect()))
@@ -89,28 +91,23 @@ pub(super) fn listing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::files::{Found, StoredFile};
+    use crate::http::files::StoredFile;
     use axum::response::IntoResponse;
 
-    fn revision(paths: &[&str]) -> Revision {
-        Revision {
-            found: Found {
-                name: "bert".into(),
-                version: "v1".into(),
-                registered: std::time::SystemTime::UNIX_EPOCH,
-                files: paths
-                    .iter()
-                    .map(|p| StoredFile {
-                        rel: p.to_string(),
-                        path: p.into(),
-                        sha256: "ab".repeat(32),
-                        size: 3,
-                    })
-                    .collect(),
-            },
-            commit: "c".repeat(40),
-            created: String::new(),
-            registered: String::new(),
+    fn version(paths: &[&str]) -> Found {
+        Found {
+            name: "bert".into(),
+            version: "v1".into(),
+            registered: std::time::SystemTime::UNIX_EPOCH,
+            files: paths
+                .iter()
+                .map(|p| StoredFile {
+                    rel: p.to_string(),
+                    path: p.into(),
+                    sha256: "ab".repeat(32),
+                    size: 3,
+                })
+                .collect(),
         }
     }
 
@@ -130,9 +127,11 @@ mod tests {
 
     #[test]
     fn a_listing_has_files_and_folders_at_each_depth() {
-        let r = revision(&["config.json", "onnx/model.onnx", "tok/sub/vocab.txt"]);
+        let v = version(&["config.json", "onnx/model.onnx", "tok/sub/vocab.txt"]);
+        let c = "c".repeat(40);
+        let listing = |under, recursive| listing(&v, &c, under, recursive);
         assert_eq!(
-            paths(&listing(&r, None, true).unwrap()),
+            paths(&listing(None, true).unwrap()),
             [
                 "file config.json",
                 "directory onnx",
@@ -143,21 +142,21 @@ mod tests {
             ]
         );
         assert_eq!(
-            paths(&listing(&r, None, false).unwrap()),
+            paths(&listing(None, false).unwrap()),
             ["file config.json", "directory onnx", "directory tok"]
         );
         assert_eq!(
-            paths(&listing(&r, Some("tok"), false).unwrap()),
+            paths(&listing(Some("tok"), false).unwrap()),
             ["directory tok/sub"]
         );
         assert_eq!(
-            paths(&listing(&r, Some("tok"), true).unwrap()),
+            paths(&listing(Some("tok"), true).unwrap()),
             ["directory tok/sub", "file tok/sub/vocab.txt"]
         );
-        let e = listing(&r, Some("nope"), true).unwrap_err().into_response();
+        let e = listing(Some("nope"), true).unwrap_err().into_response();
         assert_eq!(e.headers()["x-error-code"], "EntryNotFound");
         // A file's name is no folder.
-        assert!(listing(&r, Some("config.json"), true).is_err());
+        assert!(listing(Some("config.json"), true).is_err());
     }
 
     #[test]
