@@ -166,18 +166,20 @@ impl Revision {
     }
 }
 
-/// Commit ids computed so far, by model and version number. A version's files never
-/// change and its number is never given again, and the store's path (which the id's
-/// input names) changes only with a restart, so an id holds for the daemon's life.
-/// Without it every request of a `snapshot_download` (a HEAD and a GET per file, each
-/// naming the commit) hashed the version's whole file list again: 19 s of the daemon's
-/// CPU for the 4,000 requests of a 2,000-file version (debug build). One entry per
-/// version asked for, about 100 bytes.
-static COMMITS: LazyLock<Mutex<HashMap<(String, u32), String>>> = LazyLock::new(Default::default);
+/// Commit ids computed so far, by model, version number and registration time. A
+/// version's files never change and its number is never given again (the time is in the
+/// key all the same, should a hand-edited catalog give one anew), and the store's path
+/// (which the id's input names) changes only with a restart, so an id holds for the
+/// daemon's life. Without it every request of a `snapshot_download` (a HEAD and a GET
+/// per file, each naming the commit) hashed the version's whole file list again: 19 s
+/// of the daemon's CPU for the 4,000 requests of a 2,000-file version (debug build).
+/// One entry per version asked for, about 150 bytes.
+static COMMITS: LazyLock<Mutex<HashMap<(String, u32, String), String>>> =
+    LazyLock::new(Default::default);
 
 /// [`hfcache::commit_of`], remembered in [`COMMITS`].
 fn commit_of(cfg: &Config, name: &str, v: &Version) -> Option<String> {
-    let key = (name.to_string(), v.number);
+    let key = (name.to_string(), v.number, v.registered_at.clone());
     let known = COMMITS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
