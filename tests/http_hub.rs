@@ -330,6 +330,10 @@ fn without_a_valid_token_the_client_is_refused_unless_anonymous_reading_is_on() 
     assert!(got[1].is_ok(), "{:?}", got[1]);
     let a = head(&hub, "/enc/resolve/v1/enc.pt", Some(&wrong));
     assert_eq!(a.status, 401);
+    // What the client already holds it returns when refused (docs/http.md says so).
+    let got = hf(&hub, cache.path(), Some(&wrong), &loads);
+    assert_is_version(&hub, cache.path(), &got[0], "enc", "v1");
+    assert!(got[1].is_ok(), "{:?}", got[1]);
 }
 
 #[test]
