@@ -174,8 +174,10 @@ impl Revision {
 /// per file, each naming the commit) hashed the version's whole file list again: 19 s
 /// of the daemon's CPU for the 4,000 requests of a 2,000-file version (debug build).
 /// One entry per version asked for, about 150 bytes.
-static COMMITS: LazyLock<Mutex<HashMap<(String, u32, String), String>>> =
-    LazyLock::new(Default::default);
+static COMMITS: LazyLock<Mutex<HashMap<VersionKey, String>>> = LazyLock::new(Default::default);
+
+/// A version as [`COMMITS`] knows it: model, number, registration time.
+type VersionKey = (String, u32, String);
 
 /// [`hfcache::commit_of`], remembered in [`COMMITS`].
 fn commit_of(cfg: &Config, name: &str, v: &Version) -> Option<String> {

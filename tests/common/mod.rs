@@ -518,8 +518,9 @@ pub fn version_content(v: &modelreg::protocol::VersionInfo) -> Vec<(String, Stri
     out
 }
 
-/// Every file under `dir` (links followed, as a loader opens them) by path, as sha256.
-pub fn tree_content(dir: &Path) -> Vec<(String, String)> {
+/// Every file under `dir` (folders found through links too, as a loader opens them):
+/// its path relative to `dir`, and `what` of it, sorted by path.
+fn tree_map<T: Ord>(dir: &Path, what: impl Fn(&Path) -> T) -> Vec<(String, T)> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -529,8 +530,7 @@ pub fn tree_content(dir: &Path) -> Vec<(String, String)> {
                 todo.push(p);
             } else {
                 let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                let sha = modelreg::fsutil::sha256_hex(&std::fs::read(&p).unwrap());
-                out.push((rel, sha));
+                out.push((rel, what(&p)));
             }
         }
     }
@@ -538,23 +538,16 @@ pub fn tree_content(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// Every file under `dir` (links followed, as a loader opens them) by path, as sha256.
+pub fn tree_content(dir: &Path) -> Vec<(String, String)> {
+    tree_map(dir, |p| {
+        modelreg::fsutil::sha256_hex(&std::fs::read(p).unwrap())
+    })
+}
+
 /// Every link under `dir` by path, with where it points.
 pub fn tree_links(dir: &Path) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                todo.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.push((rel, std::fs::read_link(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+    tree_map(dir, |p| std::fs::read_link(p).unwrap())
 }
 
 /// Registers a version of `name` (a file `<name>.pt`) with `accuracy`.
