@@ -9,28 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::hf::{Load, hf_load, register, snap};
+use common::hf::{Load, hf_load, register, register_folder, snap};
 use common::*;
-
-/// Every file under `dir` (links followed, as a loader opens them) by path, as sha256.
-fn content_of(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if std::fs::metadata(&p).unwrap().is_dir() {
-                todo.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                let sha = modelreg::fsutil::sha256_hex(&std::fs::read(&p).unwrap());
-                out.push((rel, sha));
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// Asserts that `loaded` holds exactly the files of `name` `selector` as the socket
 /// names them, byte for byte, in the snapshot of that version's commit id.
@@ -39,7 +19,7 @@ fn assert_is_version(d: &TestDaemon, loaded: &Result<PathBuf, String>, name: &st
         .as_ref()
         .unwrap_or_else(|e| panic!("{name} {sel}: {e}"));
     let v = d.get(name, sel).unwrap();
-    assert_eq!(content_of(path), version_content(&v), "{name} {sel}");
+    assert_eq!(tree_content(path), version_content(&v), "{name} {sel}");
     let catalog = d.catalog();
     let stored = catalog.models[name].find(v.number).unwrap();
     let commit = modelreg::hfcache::version_commit("models", name, stored).unwrap();
@@ -48,19 +28,6 @@ fn assert_is_version(d: &TestDaemon, loaded: &Result<PathBuf, String>, name: &st
         "{name} {sel}: {}",
         path.display()
     );
-}
-
-/// Drops a folder version `name` holding `files` (renamed into the inbox whole).
-fn register_folder(d: &TestDaemon, name: &str, files: &[(&str, Vec<u8>)], n: usize) {
-    let stage = d.root.path().join("stage").join(name);
-    for (rel, b) in files {
-        let p = stage.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        write(&p, b);
-    }
-    let _ = std::fs::remove_dir_all(d.inbox().join(name));
-    std::fs::rename(&stage, d.inbox().join(name)).unwrap();
-    d.wait_versions(name, n);
 }
 
 #[test]

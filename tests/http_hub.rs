@@ -1,5 +1,5 @@
 //! The Hugging Face Hub routes over HTTP, asked by the real `huggingface_hub` from PyPI
-//! (pinned in tests/common/venv.rs, the venv tests/hf_cache.rs uses too), unmodified:
+//! (pinned in tests/common/hf.rs, the venv tests/hf_cache.rs uses too), unmodified:
 //! `snapshot_download(NAME, revision=SELECTOR, endpoint=URL)` and `hf_hub_download`, with
 //! the token in `HF_TOKEN`, into a cache of the test's own. The cache they fill has the
 //! layout of the daemon's offline view: the same commit ids, blobs named by SHA-256,
@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::hf::{register, register_folder};
 use common::http::{Answer, address, request};
 use common::*;
 
@@ -71,7 +72,7 @@ fn hf(
 ) -> Vec<Result<PathBuf, String>> {
     let home = tempfile::tempdir().unwrap();
     let args: Vec<serde_json::Value> = loads.iter().map(|l| serde_json::json!(l)).collect();
-    let mut cmd = Command::new(common::venv::hf_hub().join("bin/python"));
+    let mut cmd = Command::new(common::hf::venv().join("bin/python"));
     cmd.arg("-c")
         .arg(SCRIPT)
         .arg(&hub.url)
@@ -486,7 +487,7 @@ fn the_dashboard_s_hugging_face_and_curl_commands_work_as_printed() {
     let python = shown_command(&page, "Hugging Face (from any machine)");
     let cache = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(common::venv::hf_hub().join("bin/python"))
+    let out = Command::new(common::hf::venv().join("bin/python"))
         .arg("-c")
         .arg(&python)
         .env("MODELREG_TOKEN", &hub.token)

@@ -87,3 +87,16 @@ pub fn register(d: &TestDaemon, name: &str, seed: u64, accuracy: f64, n: usize) 
     write(&d.inbox().join(format!("{name}.pt")), &bytes(seed, 3000));
     d.wait_versions(name, n);
 }
+
+/// Drops a folder version `name` holding `files` (renamed into the inbox whole).
+pub fn register_folder(d: &TestDaemon, name: &str, files: &[(&str, Vec<u8>)], n: usize) {
+    let stage = d.root.path().join("stage").join(name);
+    for (rel, b) in files {
+        let p = stage.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        write(&p, b);
+    }
+    let _ = std::fs::remove_dir_all(d.inbox().join(name));
+    std::fs::rename(&stage, d.inbox().join(name)).unwrap();
+    d.wait_versions(name, n);
+}

@@ -3,17 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-
-/// The huggingface_hub release the Hugging Face tests load with, offline from the cache
-/// view (tests/hf_cache.rs) and over HTTP (tests/http_hub.rs): one venv for both.
-pub const HF_HUB: &str = "huggingface_hub==2.4.0";
-
-/// A venv with [`HF_HUB`], made once per test process.
-pub fn hf_hub() -> &'static Path {
-    static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| venv(HF_HUB))
-}
 
 /// A venv holding `requirement` (`name==version`), made once under target/ and reused
 /// (by other runs too): a lock file keeps two test processes from making it at once.
