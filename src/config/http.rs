@@ -165,9 +165,14 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
 /// `http(s)://host[:port]` with at most a trailing `/` (dropped): the dashboard's links
 /// are absolute paths, so a proxy serving the API under a path prefix would break them.
 fn public_url(v: &str) -> std::result::Result<String, &'static str> {
-    let rest = (v.strip_prefix("https://"))
-        .or_else(|| v.strip_prefix("http://"))
-        .ok_or("is not an http:// or https:// URL; write e.g. https://models.example.org")?;
+    const NOT_A_URL: &str =
+        "is not an http:// or https:// URL; write e.g. https://models.example.org";
+    let (scheme, rest) = v.split_once("://").ok_or(NOT_A_URL)?;
+    // Schemes are read in any case (RFC 3986); printed in lower case.
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(NOT_A_URL);
+    }
     let host = rest.strip_suffix('/').unwrap_or(rest);
     if host.is_empty() {
         return Err("names no host; write e.g. https://models.example.org");
@@ -181,7 +186,38 @@ fn public_url(v: &str) -> std::result::Result<String, &'static str> {
             "has a path, query or character other than a host and port; the API is served at the root of its address (https://models.example.org)",
         );
     }
-    Ok(v[..v.len() - (rest.len() - host.len())].to_string())
+    // A host, `[v6]`, then at most one `:port` of 1 to 65535.
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']').ok_or("has a `[` without its `]`")?;
+            if addr.is_empty() || addr.contains('[') || after.contains(']') {
+                return Err("has a malformed [IPv6] host");
+            }
+            match after {
+                "" => ("v6", None),
+                p => (
+                    "v6",
+                    Some(
+                        p.strip_prefix(':')
+                            .ok_or("has text after its [IPv6] host")?,
+                    ),
+                ),
+            }
+        }
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    if name.is_empty() || name.contains(['[', ']']) {
+        return Err("names no plain host; write e.g. https://models.example.org");
+    }
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err("has a port that is not a number from 1 to 65535");
+    }
+    Ok(format!("{scheme}://{host}"))
 }
 
 /// A size: bytes, or a number with KiB, MiB, GiB, TiB (or KB, MB, GB, TB: powers of 10).
@@ -289,7 +325,14 @@ mod tests {
             "https://models.example.org"
         );
         assert_eq!(url("http://[::1]:8080").unwrap(), "http://[::1]:8080");
+        assert_eq!(url("HTTPS://H.org:443").unwrap(), "https://H.org:443");
         for bad in [
+            "https://h:99999",
+            "https://h:0",
+            "https://x:1:2",
+            "https://h:",
+            "https://[::1",
+            "https://[::1]x",
             "models.example.org",
             "ftp://x",
             "https://",

@@ -34,8 +34,9 @@ fn needed(method: &Method) -> Scope {
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case);
-/// `Err` for a header that is present but of another form.
-fn bearer(value: &HeaderValue) -> Result<&str, &'static str> {
+/// `Ok(None)` for another scheme (`Basic` from a proxy's own login: not ours to read, so
+/// the request is as one without a token); `Err` for a header of no known form.
+fn bearer(value: &HeaderValue) -> Result<Option<&str>, &'static str> {
     let v = value
         .to_str()
         .map_err(|_| "the Authorization header is not ASCII")?;
@@ -44,9 +45,9 @@ fn bearer(value: &HeaderValue) -> Result<&str, &'static str> {
         .split_once(' ')
         .ok_or("the Authorization header is not `Bearer <token>`")?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err("only `Authorization: Bearer <token>` is accepted");
+        return Ok(None);
     }
-    Ok(token.trim())
+    Ok(Some(token.trim()))
 }
 
 /// 401 with `WWW-Authenticate: Bearer`, as RFC 6750 asks (`error="invalid_token"` when a
@@ -77,7 +78,12 @@ pub(super) async fn check(
         return next.run(request).await;
     }
     let need = needed(request.method());
-    let caller = match request.headers().get(header::AUTHORIZATION) {
+    let token = match request.headers().get(header::AUTHORIZATION).map(bearer) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(token))) => Some(token),
+        Some(Err(why)) => return unauthorized(why, true),
+    };
+    let caller = match token {
         None => {
             let anonymous = state.ctx.config().http.as_ref().is_some_and(|h| {
                 h.anonymous_read
@@ -92,17 +98,13 @@ pub(super) async fn check(
                 };
                 return unauthorized(
                     &format!(
-                        "{what}: send `Authorization: Bearer <token>` (modelreg token create NAME --scope read|write)"
+                        "{what}: send `Authorization: Bearer <token>` (modelreg token create NAME --scope read|write; another scheme, such as a proxy's Basic login, is not read)"
                     ),
                     false,
                 );
             }
         }
-        Some(value) => {
-            let token = match bearer(value) {
-                Ok(t) => t,
-                Err(why) => return unauthorized(why, true),
-            };
+        Some(token) => {
             let Some((name, scope)) = state.ctx.tokens.check(token) else {
                 return unauthorized(
                     "the token is not valid (mistyped, or revoked); modelreg token list shows the valid ones",
@@ -132,11 +134,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bearer_header_is_read_in_any_case_and_others_refused() {
+    fn a_bearer_header_is_read_in_any_case_and_other_schemes_are_not_ours() {
         let h = |s: &'static str| HeaderValue::from_static(s);
-        assert_eq!(bearer(&h("Bearer mr_abc")), Ok("mr_abc"));
-        assert_eq!(bearer(&h("bearer  mr_abc ")), Ok("mr_abc"));
-        assert!(bearer(&h("Basic dXNlcjpwYXNz")).is_err());
+        assert_eq!(bearer(&h("Bearer mr_abc")), Ok(Some("mr_abc")));
+        assert_eq!(bearer(&h("bearer  mr_abc ")), Ok(Some("mr_abc")));
+        assert_eq!(bearer(&h("Basic dXNlcjpwYXNz")), Ok(None));
         assert!(bearer(&h("mr_abc")).is_err());
     }
 

@@ -163,7 +163,7 @@ pub struct StatusInfo {
     pub settle_secs: f64,
     /// Number of models.
     pub models: usize,
-    /// Number of versions.
+    /// Number of versions, removed ones not counted.
     pub versions: usize,
     /// Versions registered since start.
     pub registered_since_start: u64,

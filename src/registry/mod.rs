@@ -197,9 +197,10 @@ pub struct SourceRecord {
 }
 
 impl Catalog {
-    /// The number of versions over all models.
+    /// The number of versions over all models, removed ones not counted (their tombstones
+    /// stay in the catalog, their files are gone): what `list` sums and `/metrics` says.
     pub fn version_count(&self) -> usize {
-        self.models.values().map(|m| m.versions.len()).sum()
+        self.models.values().map(|m| m.stored().count()).sum()
     }
 }
 
