@@ -11,19 +11,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
+
+use super::routes::SEGMENT;
 use serde_json::{Map, Value};
 
 use super::ClientError;
 use super::wire::{self, Answer, ReadAt, Stream, read_answer};
 use crate::protocol::{ErrorBody, Request, VersionInfo, Waited};
 
-/// What a path segment or query value keeps unescaped (RFC 3986's unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 /// How long connecting may take before the address is called unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,56 +114,20 @@ impl Http {
 
     /// Sends `req` to its route and returns the answer's JSON, or its error.
     pub(super) fn call(&mut self, req: &Request) -> Result<Value, ClientError> {
-        let target = self.route(req)?;
-        let answer = self.send("GET", &target, &[], None)?;
-        self.result(answer)
-    }
-
-    /// The route (path and query) that answers `req`, as docs/http.md lists them.
-    fn route(&self, req: &Request) -> Result<String, ClientError> {
-        let enc = |s: &str| utf8_percent_encode(s, SEGMENT).to_string();
-        let path = match req {
-            Request::Ping {} => "/api/v1/ping".to_string(),
-            Request::Status {} => "/api/v1/status".to_string(),
-            Request::List {} => "/api/v1/models".to_string(),
-            Request::Versions { name } => format!("/api/v1/models/{}/versions", enc(name)),
-            Request::History { name } => format!("/api/v1/models/{}/history", enc(name)),
-            Request::Get {
-                name,
-                selector,
-                metric,
-                mode,
-            } => {
-                let mut q = Vec::new();
-                if let Some(m) = metric {
-                    q.push(format!("metric={}", enc(m)));
-                }
-                if let Some(m) = mode {
-                    q.push(format!("mode={}", m.as_str()));
-                }
-                let query = if q.is_empty() {
-                    String::new()
-                } else {
-                    format!("?{}", q.join("&"))
-                };
-                format!(
-                    "/api/v1/models/{}/versions/{}{query}",
-                    enc(name),
-                    enc(selector.as_deref().unwrap_or("latest"))
-                )
+        let route = super::routes::route(req).ok_or_else(|| ClientError::NotOverHttp {
+            op: req.op().to_string(),
+            url: self.url.clone(),
+        })?;
+        let target = format!("{}{}", self.prefix, route.target);
+        let answer = match &route.body {
+            Some(b) => {
+                let json = [("Content-Type", "application/json".to_string())];
+                let len = b.len() as u64;
+                self.send(route.method, &target, &json, Some((&mut b.as_bytes(), len)))?
             }
-            other => {
-                let op = serde_json::to_value(other)
-                    .ok()
-                    .and_then(|v| v["op"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "this request".into());
-                return Err(ClientError::NotOverHttp {
-                    op,
-                    url: self.url.clone(),
-                });
-            }
+            None => self.send(route.method, &target, &[], None)?,
         };
-        Ok(format!("{}{path}", self.prefix))
+        self.result(answer)
     }
 
     /// Uploads a file (`filename`: its name in the store) or, without one, a folder as a
@@ -491,22 +451,5 @@ mod tests {
             assert!(Http::new(bad, None, None).is_err(), "{bad}");
         }
         assert!(Http::new("http://x:1", Some("mr_a b".into()), None).is_err());
-    }
-
-    #[test]
-    fn requests_map_to_their_routes_with_encoded_segments() {
-        let h = Http::new("http://x:1/p", None, None).unwrap();
-        let get = Request::Get {
-            name: "m".into(),
-            selector: Some("release/v2".into()),
-            metric: Some("top 1".into()),
-            mode: Some(crate::config::Direction::Min),
-        };
-        assert_eq!(
-            h.route(&get).unwrap(),
-            "/p/api/v1/models/m/versions/release%2Fv2?metric=top%201&mode=min"
-        );
-        let e = h.route(&Request::Compact {}).unwrap_err().to_string();
-        assert!(e.contains("`compact` is not served over HTTP"), "{e}");
     }
 }

@@ -4,6 +4,7 @@
 
 mod download;
 mod http;
+mod routes;
 mod socket;
 mod tls;
 mod wire;
@@ -80,10 +81,11 @@ pub enum ClientError {
     /// or bytes that are not the stored file's (removed).
     #[error("{0}")]
     Download(String),
-    /// A request the HTTP API does not serve (it reads the catalog, serves downloads and
-    /// takes uploads; changes and maintenance stay on the daemon's machine).
+    /// A request the HTTP API does not serve (it reads the catalog, serves downloads,
+    /// takes uploads and alias and deprecate changes; removal, gc and maintenance stay on
+    /// the daemon's machine).
     #[error(
-        "`{op}` is not served over HTTP: the API at {url} reads the catalog, serves downloads and takes uploads (docs/http.md).\nRun this command on the daemon's machine, without --url / $MODELREG_URL."
+        "`{op}` is not served over HTTP: the API at {url} reads the catalog, serves downloads and takes uploads, alias changes and deprecations (docs/http.md).\nRun this command on the daemon's machine, without --url / $MODELREG_URL."
     )]
     NotOverHttp { op: String, url: String },
 }
@@ -93,7 +95,7 @@ fn unauthorized_message(url: &str, message: &str, token_given: bool) -> String {
     let advice = if !token_given {
         "Give a token with --token-file FILE or $MODELREG_TOKEN (`modelreg token create NAME --scope read|write` on the daemon's machine prints one)."
     } else if message.contains("write token") {
-        "Uploads need a token of scope write (`modelreg token create NAME --scope write` on the daemon's machine)."
+        "Uploads and changes need a token of scope write (`modelreg token create NAME --scope write` on the daemon's machine)."
     } else {
         "The token sent is not one the daemon keeps: check it was copied whole and is not revoked (`modelreg token list` on the daemon's machine)."
     };

@@ -24,11 +24,16 @@ pub(super) fn routes() -> Router<HttpState> {
 }
 
 /// A JSON answer, or the error of the same request on the socket.
-type Answer = Result<Json<serde_json::Value>, ApiError>;
+pub(super) type Answer = Result<Json<serde_json::Value>, ApiError>;
 
 /// Asks the socket's handler and answers its `result` or its error.
 pub(super) async fn ask(state: &HttpState, req: Request) -> Answer {
-    let r = crate::server::dispatch(req, &state.ctx, None).await;
+    ask_as(state, req, None).await
+}
+
+/// [`ask`] with `uid` recorded with the change the request makes (`changes`).
+pub(super) async fn ask_as(state: &HttpState, req: Request, uid: Option<u32>) -> Answer {
+    let r = crate::server::dispatch(req, &state.ctx, uid).await;
     match (r.result, r.error) {
         (_, Some(e)) => Err(e.into()),
         (Some(v), None) => Ok(Json(v)),

@@ -4,7 +4,8 @@
 //! A token is checked by its SHA-256 against the daemon's kept hashes in constant time
 //! ([`Tokens::check`](crate::tokens::Tokens::check)), on every request: a revoked token
 //! is refused from the request after the revocation, with no restart. Reading is
-//! `GET`/`HEAD`; every other method (uploads) needs a `write` token.
+//! `GET`/`HEAD`; every other method (uploads, alias and deprecate changes) needs a
+//! `write` token.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -94,7 +95,7 @@ pub(super) async fn check(
             } else {
                 let what = match need {
                     Scope::Read => "reading needs a token (http.anonymous_read is off)",
-                    Scope::Write => "uploading needs a write token",
+                    Scope::Write => "uploads and changes need a write token",
                 };
                 return unauthorized(
                     &format!(

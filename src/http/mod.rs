@@ -11,7 +11,8 @@
 //! for `Range`/conditional headers, `paths` for the checks on a requested file path,
 //! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
 //! headers), `dashboard` the web pages ([`crate::dashboard`]), `auth` the token check
-//! every request passes, `upload` new versions sent over HTTP (a folder as a tar:
+//! every request passes, `changes` the alias and deprecate changes a write token makes,
+//! `upload` new versions sent over HTTP (a folder as a tar:
 //! `upload_folder`, read by `untar`), `tls` HTTPS (`http.tls`), `metrics` the
 //! Prometheus exposition and the request timing, `hub` the Hugging Face Hub's read
 //! protocol (`hub_tree` its file listing), and `error` the one error type.
@@ -24,6 +25,7 @@ mod api;
 mod archive;
 mod auth;
 mod body;
+mod changes;
 mod dashboard;
 mod error;
 mod files;
@@ -76,6 +78,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(upload::routes())
         .merge(metrics::routes())
         .merge(hub::routes())
+        .merge(changes::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Inside `gate`: a request is refused for its head or the shutdown before its

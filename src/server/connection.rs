@@ -257,7 +257,8 @@ pub(super) async fn handle_connection(
     }
 }
 
-fn own_uid() -> u32 {
+/// The daemon's own (effective) uid: recorded with the changes made over HTTP.
+pub fn own_uid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }

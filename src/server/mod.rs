@@ -35,7 +35,9 @@ use crate::protocol::{ErrorCode, Response};
 use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
 
-pub use connection::{IDLE_TIMEOUT, REQUEST_TIMEOUT, SEND_BUFFER, WRITE_TIMEOUT, may_change};
+pub use connection::{
+    IDLE_TIMEOUT, REQUEST_TIMEOUT, SEND_BUFFER, WRITE_TIMEOUT, may_change, own_uid,
+};
 pub use connections::{MAX_CONNECTIONS, connection_limit};
 pub use handlers::dispatch;
 /// The hand-over of a complete file by descriptor, as the socket's `register` does it (the HTTP API's uploads use it too).
