@@ -23,9 +23,9 @@ transparently.
 From another machine, ``ModelRegistry(url="http://gpu-box:8080", token=...)`` (or
 ``$MODELREG_URL`` and ``$MODELREG_TOKEN``) talks to the daemon's HTTP API instead
 (docs/http.md): the same queries with the same results and exceptions, `register` as an
-upload, and `download` of a version's files with resume and a SHA-256 check. Changes
-(aliases, deprecate, rm, gc) and `verify` stay on the daemon's machine: over HTTP they
-raise NotServedOverHttp.
+upload, `download` of a version's files with resume and a SHA-256 check, and (with a
+write token) `alias_set`, `alias_remove`, `rollback` and `deprecate`. `rm`, `gc`,
+`verify` and `wait` stay on the daemon's machine: over HTTP they raise NotServedOverHttp.
 """
 
 from __future__ import annotations
@@ -830,7 +830,7 @@ class ModelRegistry:
                 raise
             return WaitResult._from(answer)
 
-    # -- changes (only the daemon's user or root; others get PermissionDenied) --------
+    # -- changes (the daemon's user or root; over HTTP a write token; else PermissionDenied)
 
     def alias_set(self, name: str, alias: str, version: Union[str, int]) -> AliasMove:
         """Points `alias` of `name` at `version` (``"v2"`` or ``2``)."""

@@ -181,13 +181,35 @@ class HttpTransport:
             query = {k: request[k] for k in ("metric", "mode") if k in request}
             if query:
                 path += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe=_SAFE)
+        elif op in ("alias_set", "alias_remove", "rollback", "deprecate"):
+            # Changes (a write token): the socket's handlers answer them, as docs/http.md says.
+            return self._change(op, name, request, read_timeout, timeout_error)
         else:
             raise _errors().NotServedOverHttp(
                 f"`{op}` is not served over HTTP: the API at {self.url} reads the catalog, serves downloads "
-                "and takes uploads (docs/http.md); do this on the daemon's machine, over its socket",
+                "and takes uploads, alias changes and deprecations (docs/http.md); do this on the daemon's "
+                "machine, over its socket",
                 "unknown_op",
             )
         return self.json("GET", path, timeout=read_timeout, timeout_error=timeout_error)[1]
+
+    def _change(self, op: str, name: str, request: Dict[str, Any], read_timeout: Optional[float], timeout_error: Any) -> Any:
+        """An alias or deprecate change sent to its route; returns the `result`."""
+        body: Optional[Dict[str, Any]] = None
+        if op == "deprecate":
+            method, path = "POST", f"/api/v1/models/{name}/versions/{_q(request['version'])}/deprecate"
+            if "reason" in request:
+                body = {"reason": request["reason"]}
+        else:
+            path = f"/api/v1/models/{name}/aliases/{_q(request['alias'])}"
+            method = {"alias_set": "PUT", "alias_remove": "DELETE", "rollback": "POST"}[op]
+            if op == "rollback":
+                path += "/rollback"
+            if op == "alias_set":
+                body = {"version": request["version"]}
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+        return self.json(method, path, headers, data, timeout=read_timeout, timeout_error=timeout_error)[1]
 
     def upload(self, name: str, filename: Optional[str], body: Any, length: int, sha256: Optional[str],
                metrics: Optional[Dict[str, Any]], metadata: Optional[Dict[str, Any]], timeout: float) -> Tuple[bool, Any]:
