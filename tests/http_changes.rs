@@ -150,6 +150,36 @@ fn errors_carry_the_sockets_codes_and_statuses() {
     let t = std::fs::read_to_string(&r.write).unwrap();
     let t = t.trim();
     let base = "/api/v1/models";
+    let spec = common::openapi::Spec::load();
+    let ops = spec.operations();
+    let mut wrong = Vec::new();
+    // Each answer's status is one docs/openapi.yaml lists for its route, and its JSON
+    // matches the schema given there.
+    let mut documented = |method: &str, template: &str, a: &common::http::Answer| {
+        let op = ops
+            .iter()
+            .find(|o| o.method == method.to_ascii_lowercase() && o.path == template)
+            .unwrap_or_else(|| panic!("{method} {template} is not in docs/openapi.yaml"));
+        match op.responses.get(&a.status.to_string()) {
+            Some(r) => spec.check(
+                &r["content"]["application/json"]["schema"],
+                &a.json(),
+                template,
+                &mut wrong,
+            ),
+            None => wrong.push(format!("{method} {template}: {} not documented", a.status)),
+        }
+    };
+    let template = |path: &str| {
+        let t = if path.ends_with("/deprecate") {
+            "{name}/versions/{version}/deprecate"
+        } else if path.ends_with("/rollback") {
+            "{name}/aliases/{alias}/rollback"
+        } else {
+            "{name}/aliases/{alias}"
+        };
+        format!("{base}/{t}")
+    };
     for (method, path, body, status, code) in [
         ("DELETE", "m/aliases/nope", "", 404, "alias_not_found"),
         (
@@ -210,30 +240,34 @@ fn errors_carry_the_sockets_codes_and_statuses() {
             (status, code),
             "{method} {path} {body}"
         );
+        documented(method, &template(path), &a);
     }
     // And the success answers are the socket's `result`s.
-    let a = send_json(
-        &addr,
-        t,
-        "PUT",
-        &format!("{base}/m/aliases/prod"),
-        r#"{"version":"v1"}"#,
-    );
-    assert_eq!(a.status, 200);
+    let mut ask = |method: &str, path: &str, body: &str| {
+        let a = send_json(&addr, t, method, &format!("{base}/{path}"), body);
+        assert_eq!(a.status, 200, "{method} {path}: {}", a.json());
+        documented(method, &template(path), &a);
+        a.json()
+    };
     assert_eq!(
-        a.json(),
+        ask("PUT", "m/aliases/prod", r#"{"version":"v1"}"#),
         serde_json::json!({"name": "m", "alias": "prod", "version": "v1", "from": null})
     );
-    let a = send_json(
-        &addr,
-        t,
-        "POST",
-        &format!("{base}/m/versions/v1/deprecate"),
-        "",
-    );
     assert_eq!(
-        a.json(),
+        ask("PUT", "m/aliases/prod", r#"{"version":"v2"}"#)["from"],
+        "v1"
+    );
+    assert_eq!(ask("POST", "m/aliases/prod/rollback", "")["version"], "v1");
+    assert_eq!(ask("DELETE", "m/aliases/prod", "")["removed"], "v1");
+    assert_eq!(
+        ask("POST", "m/versions/v1/deprecate", ""),
         serde_json::json!({"name": "m", "version": "v1", "deprecated": true})
+    );
+    drop(ask);
+    assert!(
+        wrong.is_empty(),
+        "docs/openapi.yaml vs the server:\n{}",
+        wrong.join("\n")
     );
 }
 

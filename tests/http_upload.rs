@@ -103,7 +103,7 @@ fn an_uploaded_file_becomes_a_version_with_its_metrics() {
     let op = spec
         .operations()
         .into_iter()
-        .find(|o| o.method == "put")
+        .find(|o| o.method == "put" && o.path.ends_with("/upload"))
         .expect("the upload is described");
     let mut wrong = Vec::new();
     let schema = &op.responses["201"]["content"]["application/json"]["schema"];

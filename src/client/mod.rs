@@ -1,6 +1,6 @@
 //! A blocking client of the daemon, used by the CLI and by tests: over the control socket
-//! (`socket`), or over the HTTP API from another machine (`http`). Plain std I/O: a
-//! one-shot CLI call needs no async runtime.
+//! (`socket`), or over the HTTP API from another machine (`http`, each request's route in
+//! `routes`). Plain std I/O: a one-shot CLI call needs no async runtime.
 
 mod download;
 mod http;

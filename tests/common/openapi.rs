@@ -69,6 +69,9 @@ impl Spec {
     /// What is wrong with `value` as a `schema`, each with where (`at`).
     pub fn check(&self, schema: &Value, value: &Value, at: &str, wrong: &mut Vec<String>) {
         let schema = self.resolve(schema);
+        if value.is_null() && schema["nullable"] == true {
+            return;
+        }
         if let Some(t) = schema.get("type").and_then(Value::as_str) {
             let ok = match t {
                 "object" => value.is_object(),
