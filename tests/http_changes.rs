@@ -27,13 +27,7 @@ impl Remote {
         let d = TestDaemon::start(CONFIG);
         two_versions(&d);
         let elsewhere = tempfile::tempdir().unwrap();
-        let token = |name: &str, scope: &str| {
-            let t = ok(&d, &["token", "create", name, "--scope", scope]);
-            let path = elsewhere.path().join(format!("{name}.token"));
-            std::fs::write(&path, t).unwrap();
-            path
-        };
-        let (read, write) = (token("reader", "read"), token("writer", "write"));
+        let (read, write) = common::http::token_files(&d, elsewhere.path());
         Remote {
             d,
             read,
@@ -263,7 +257,6 @@ fn errors_carry_the_sockets_codes_and_statuses() {
         ask("POST", "m/versions/v1/deprecate", ""),
         serde_json::json!({"name": "m", "version": "v1", "deprecated": true})
     );
-    drop(ask);
     assert!(
         wrong.is_empty(),
         "docs/openapi.yaml vs the server:\n{}",

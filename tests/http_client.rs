@@ -32,13 +32,7 @@ impl Remote {
         let d = TestDaemon::start(CONFIG);
         let url = api_url(&d);
         let elsewhere = tempfile::tempdir().unwrap();
-        let token = |name: &str, scope: &str| {
-            let t = ok(&d, &["token", "create", name, "--scope", scope]);
-            let path = elsewhere.path().join(format!("{name}.token"));
-            std::fs::write(&path, t).unwrap();
-            path
-        };
-        let (read, write) = (token("reader", "read"), token("writer", "write"));
+        let (read, write) = common::http::token_files(&d, elsewhere.path());
         Remote {
             d,
             url,

@@ -50,6 +50,21 @@ pub fn with_write_token(config: &str) -> (TestDaemon, String, String) {
     (d, addr, token)
 }
 
+/// Token files `reader.token` (scope read) and `writer.token` (scope write) in `dir`,
+/// made on the daemon's machine as a user would (`modelreg token create`).
+pub fn token_files(
+    d: &TestDaemon,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let token = |name: &str, scope: &str| {
+        let t = super::ok(d, &["token", "create", name, "--scope", scope]);
+        let path = dir.join(format!("{name}.token"));
+        std::fs::write(&path, t).unwrap();
+        path
+    };
+    (token("reader", "read"), token("writer", "write"))
+}
+
 /// `host:port` of the daemon's HTTP API, from its `status` (it listens on port 0).
 pub fn address(d: &TestDaemon) -> String {
     let url = d.status().http.expect("status names the HTTP address");
