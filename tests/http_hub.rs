@@ -324,7 +324,7 @@ fn without_a_valid_token_the_client_is_refused_unless_anonymous_reading_is_on() 
     wait_until(
         std::time::Duration::from_secs(10),
         "anonymous_read applied",
-        || head(&hub, "/enc/resolve/v1/enc.pt", None).status == 200,
+        || head(&hub, "/enc/resolve/v1/enc.pt", None).status != 401,
     );
     let got = hf(&hub, cache.path(), None, &loads);
     assert_is_version(&hub, cache.path(), &got[0], "enc", "v1");
@@ -379,7 +379,12 @@ fn the_hub_answers_carry_the_headers_the_client_needs() {
     register(&hub.d, "enc", 5, 0.5, 1);
     let v = hub.d.get("enc", "v1").unwrap();
     let commit = commit_of(&hub.d, "enc", "v1");
+    // A revision that can move is sent on to its commit, where the file is answered.
     let a = head(&hub, "/enc/resolve/latest/enc.pt", Some(&hub.token));
+    assert_eq!(a.status, 307);
+    let at_commit = format!("/enc/resolve/{commit}/enc.pt");
+    assert_eq!(a.header("location"), Some(at_commit.as_str()));
+    let a = head(&hub, &at_commit, Some(&hub.token));
     assert_eq!(a.status, 200);
     assert_eq!(a.header("x-repo-commit"), Some(commit.as_str()));
     let etag = format!("\"{}\"", v.files[0].sha256);
@@ -415,7 +420,10 @@ fn the_hub_answers_carry_the_headers_the_client_needs() {
     let a = request(
         addr,
         "GET",
-        "/models/resolve/v1/models.bin",
+        &format!(
+            "/models/resolve/{}/models.bin",
+            commit_of(&hub.d, "models", "v1")
+        ),
         &[("Authorization", &auth)],
     );
     assert_eq!((a.status, a.body.as_slice()), (200, &b"named models"[..]));
@@ -514,5 +522,52 @@ fn the_dashboard_s_hugging_face_and_curl_commands_work_as_printed() {
     assert_eq!(
         std::fs::read(dir.path().join("enc.pt")).unwrap(),
         bytes(6, 3000)
+    );
+}
+
+#[test]
+fn a_download_by_alias_reads_one_version_even_if_the_alias_moves_between_its_requests() {
+    let hub = hub(CONFIG);
+    register(&hub.d, "mv", 7, 0.5, 1);
+    register(&hub.d, "mv", 8, 0.6, 2);
+    ok(&hub.d, &["alias", "set", "mv", "production", "v1"]);
+    // hf_hub_download's HEAD, then the alias moves, then its GET: the GET goes where the
+    // HEAD was sent (the client follows the redirect), so it gets v1's bytes, which the
+    // HEAD's ETag names (before, the GET of the alias got v2 under v1's ETag).
+    let a = head(&hub, "/mv/resolve/production/mv.pt", Some(&hub.token));
+    assert_eq!(a.status, 307);
+    let location = a.header("location").unwrap().to_string();
+    ok(&hub.d, &["alias", "set", "mv", "production", "v2"]);
+    let auth = format!("Bearer {}", hub.token);
+    let addr = &hub.url["http://".len()..];
+    let got = request(addr, "GET", &location, &[("Authorization", &auth)]);
+    assert_eq!(got.status, 200);
+    let v1 = hub.d.get("mv", "v1").unwrap();
+    assert_eq!(
+        got.header("etag"),
+        Some(format!("\"{}\"", v1.files[0].sha256).as_str())
+    );
+    assert_eq!(got.body, std::fs::read(&v1.files[0].path).unwrap());
+    // An alias that would read as a commit id is refused (the Hub routes could never
+    // serve it).
+    let out = hub.d.cli(&["alias", "set", "mv", &"ab12".repeat(10), "v1"]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("commit id"),
+        "{}",
+        common::stderr(&out)
+    );
+    // And the real client, by the moved alias, gets v2 whole.
+    let cache = tempfile::tempdir().unwrap();
+    let got = hf(
+        &hub,
+        cache.path(),
+        Some(&hub.token),
+        &[file("mv", "production", "mv.pt")],
+    );
+    let v2 = hub.d.get("mv", "v2").unwrap();
+    assert_eq!(
+        std::fs::read(got[0].as_ref().unwrap()).unwrap(),
+        std::fs::read(&v2.files[0].path).unwrap()
     );
 }

@@ -24,7 +24,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -344,6 +344,7 @@ async fn resolve(
     State(s): State<HttpState>,
     method: Method,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     p: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Response, HubError> {
     let Path((repo, rev, path)) = p.map_err(path_error)?;
@@ -364,6 +365,24 @@ async fn resolve(
     };
     let commit = HeaderValue::from_str(&r.commit)
         .map_err(|e| HubError::from(ApiError::new(ErrorCode::Internal, e.to_string())))?;
+    // A revision that can move (an alias, `latest`, `best`, `vN`) is sent on to the
+    // commit it names now: `hf_hub_download` follows a HEAD's redirect and sends its GET
+    // (and a resumed Range GET) to where it ended, so one download reads one version
+    // even if an alias moves between its requests (it mixed two versions' bytes).
+    if rev != r.commit {
+        let location = at_commit(uri.path(), &r.commit)
+            .and_then(|l| HeaderValue::from_str(&l).ok())
+            .ok_or_else(|| {
+                HubError::from(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("cannot name {} at its commit", uri.path()),
+                ))
+            })?;
+        let mut answer = StatusCode::TEMPORARY_REDIRECT.into_response();
+        answer.headers_mut().insert(header::LOCATION, location);
+        answer.headers_mut().insert("x-repo-commit", commit);
+        return Ok(answer);
+    }
     let mut answer = files::serve_file(&s, &method, &headers, &found, f)
         .await
         .map_err(|e| HubError {
@@ -372,6 +391,15 @@ async fn resolve(
         })?;
     answer.headers_mut().insert("x-repo-commit", commit);
     Ok(answer)
+}
+
+/// `/{repo}/resolve/{rev}/{path}` as sent, with the revision segment replaced by `commit`
+/// (the rest kept byte for byte, encodings included).
+fn at_commit(path: &str, commit: &str) -> Option<String> {
+    const RESOLVE: &str = "/resolve/";
+    let i = path.find(RESOLVE)? + RESOLVE.len();
+    let end = i + path[i..].find('/')?;
+    Some(format!("{}{commit}{}", &path[..i], &path[end..]))
 }
 
 /// A namespaced repository id (`org/name`): no model has one.
@@ -392,6 +420,16 @@ async fn namespaced(p: Result<Path<HashMap<String, String>>, PathRejection>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_moving_revision_is_named_at_its_commit() {
+        let c = "c".repeat(40);
+        assert_eq!(
+            at_commit("/r%2Eb/resolve/production/sub/a%20b.bin", &c).unwrap(),
+            format!("/r%2Eb/resolve/{c}/sub/a%20b.bin")
+        );
+        assert_eq!(at_commit("/r/resolve/v1", &c), None);
+    }
 
     #[test]
     fn commit_ids_are_40_lower_case_hex() {

@@ -77,11 +77,21 @@ async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Resp
             alias,
             version,
         } => {
-            let c = parse_version(&version).map(|version| Change::AliasSet {
-                name,
-                alias,
-                version,
-            });
+            // A new alias of 40 hex characters would read as a Hugging Face commit id
+            // (the Hub routes and the cache view take such a revision as one), so it
+            // could never be asked for there. Refused here, for new aliases only: one
+            // already in registry.yaml still loads.
+            let c = match looks_like_commit(&alias) {
+                true => Err(RegistryError::InvalidAlias {
+                    alias,
+                    reason: "40 hexadecimal characters read as a commit id (Hugging Face revisions); choose another name".into(),
+                }),
+                false => parse_version(&version).map(|version| Change::AliasSet {
+                    name,
+                    alias,
+                    version,
+                }),
+            };
             change(c).await
         }
         Request::AliasRemove { name, alias } => {
@@ -121,6 +131,11 @@ async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Resp
         Request::TokenList {} => super::tokens::list(ctx),
         Request::TokenRevoke { name } => super::tokens::revoke(ctx, name).await,
     }
+}
+
+/// 40 hexadecimal characters: what Hugging Face clients take for a commit id.
+fn looks_like_commit(alias: &str) -> bool {
+    alias.len() == 40 && alias.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Hands a change to the registrar and waits until it is durable.
