@@ -31,10 +31,18 @@ fn the_api_is_served_over_https_and_plain_http_is_told_to_use_it() {
     let tls = d.root.path().join("tls");
     std::fs::create_dir(&tls).unwrap();
     make_cert(&tls);
-    // Paths relative to the root.
+    // Paths relative to the root; a key others may read is served, with a warning.
+    use std::os::unix::fs::PermissionsExt;
+    let key = tls.join("key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     d.write_config(&tls_config("tls/cert.pem", "tls/key.pem"));
     d.spawn();
     let url = d.status().http.expect("status names the API's address");
+    assert!(
+        d.log().contains("may be read by other users (mode 644)"),
+        "{}",
+        d.log()
+    );
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let cacert = tls.join("cert.pem").display().to_string();
     let (rc, body) = curl(&["--cacert", &cacert, &format!("{url}/api/v1/ping")]);

@@ -475,3 +475,46 @@ fn an_upload_cut_by_the_client_leaves_no_private_folder_behind() {
         "the daemon still serves"
     );
 }
+
+#[test]
+fn a_client_that_half_closes_after_its_body_is_answered() {
+    let (d, addr, token) = with_write_token(CONFIG);
+    let body = bytes(9, 4000);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "PUT /api/v1/models/hc/upload?filename=hc.bin HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    // As `nc -N` does: the sending side shut once the body is sent.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer:?}");
+    assert_eq!(d.versions("hc").len(), 1);
+}
+
+#[test]
+fn a_transfer_coding_other_than_chunked_is_refused() {
+    let (d, addr, token) = with_write_token(CONFIG);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // A gzip coding under the chunks: hyper takes the chunks off, not the gzip.
+    write!(
+        s,
+        "PUT /api/v1/models/te/upload?filename=te.bin HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {token}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 501"), "{text}");
+    assert!(text.contains("Transfer-Encoding"), "{text}");
+    assert!(d.get("te", "latest").is_err(), "nothing was registered");
+}

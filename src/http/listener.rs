@@ -258,11 +258,14 @@ impl Drop for Counted {
     }
 }
 
-/// HTTP/1 as served: keep-alive, bounded heads, a header read timeout.
+/// HTTP/1 as served: keep-alive, bounded heads, a header read timeout, and half-closed
+/// connections answered (a client that shuts its sending side once the body is sent, as
+/// `nc -N` does, got no answer and its upload was dropped).
 fn builder(header_timeout: Duration) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .keep_alive(true)
+        .half_close(true)
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);

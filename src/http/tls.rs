@@ -48,6 +48,18 @@ pub fn acceptor(config: &Config, tls: &TlsFiles) -> Result<TlsAcceptor> {
         ));
     }
     let key_pem = read(&key_path, "key")?;
+    // Served anyway (the operator may have reasons), but said: a key others can read is
+    // a certificate others can use.
+    if let Ok(meta) = std::fs::metadata(&key_path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "the TLS key {} (http.tls.key) may be read by other users (mode {mode:o}); chmod 600 it",
+                key_path.display()
+            );
+        }
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         bad(
             &key_path,

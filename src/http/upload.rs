@@ -138,6 +138,18 @@ async fn upload(
         ))
         .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
+    // hyper decodes `chunked` only: another transfer coding (`gzip, chunked`) would be
+    // stored as sent, compressed.
+    if let Some(te) = text(&headers, header::TRANSFER_ENCODING.as_str())?
+        && te
+            .split(',')
+            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Transfer-Encoding {te:?} is not served: only chunked; nothing was registered"
+        ))
+        .with_status(StatusCode::NOT_IMPLEMENTED));
+    }
     let metrics = json_object(&headers, METRICS_HEADER)?;
     let metadata = json_object(&headers, METADATA_HEADER)?;
     let want = client_sha256(&headers)?;
