@@ -5,10 +5,12 @@
 //! after that; over the socket the stored file is copied. The whole is checked against
 //! the stored SHA-256 before it is renamed into place; wrong bytes are removed.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::partial::Partial;
 use super::{Client, ClientError, Conn, wire};
 use crate::protocol::{FileInfo, VersionInfo};
 
@@ -98,64 +100,71 @@ impl Client {
         let failed = |what: &str, p: &Path, e: std::io::Error| {
             ClientError::Download(format!("{what} {}: {e}", p.display()))
         };
-        let sha = |p: &Path| std::fs::File::open(p).and_then(|f| wire::sha256_of(&f));
-        if std::fs::metadata(to).is_ok_and(|m| m.is_file() && m.len() == f.size)
-            && sha(to).is_ok_and(|s| s == f.sha256)
-        {
+        // The file already there is read without following a link at its name (a link
+        // is replaced by the rename, never written through).
+        let kept = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(to)
+            .ok()
+            .filter(|h| h.metadata().is_ok_and(|m| m.is_file() && m.len() == f.size));
+        if kept.is_some_and(|h| wire::sha256_of(&h).is_ok_and(|s| s == f.sha256)) {
             return Ok(());
         }
         if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| failed("creating", dir, e))?;
         }
-        let mut name = to.file_name().unwrap_or_default().to_os_string();
-        name.push(".part");
-        let part = to.with_file_name(name);
+        let mut part = Partial::open(to, &f.sha256)?;
         match &self.conn {
             Conn::Socket(_) => {
-                std::fs::copy(&f.path, &part).map_err(|e| failed("copying to", &part, e))?;
+                part.clear()?;
+                std::fs::File::open(&f.path)
+                    .and_then(|mut src| std::io::copy(&mut src, &mut part.file))
+                    .and_then(|_| part.file.sync_all())
+                    .map_err(|e| failed("copying to", &part.path, e))?;
             }
             Conn::Http(h) => {
                 let mut cuts = 0;
                 loop {
-                    let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+                    let have = part.len()?;
                     if have == f.size {
                         break;
                     }
                     let why = if have > f.size {
-                        std::fs::remove_file(&part).map_err(|e| failed("removing", &part, e))?;
-                        format!("{} held more bytes than the file has", part.display())
+                        part.clear()?;
+                        format!("{} held more bytes than the file has", part.path.display())
                     } else {
-                        match h.fetch(&v.name, &v.version, rel, &f.sha256, &part, have)? {
+                        match h.fetch(&v.name, &v.version, rel, &f.sha256, &mut part, have)? {
                             Ok(()) => continue,
                             Err(why) => why,
                         }
                     };
                     cuts += 1;
                     if cuts > retries {
-                        let kept = std::fs::metadata(&part).map_or(0, |m| m.len());
+                        let kept = part.len().unwrap_or(0);
                         return Err(ClientError::Download(format!(
                             "downloading {rel} of {} {} was cut off ({why}) with {kept} of {} bytes in {}; run the same command again to resume",
                             v.name,
                             v.version,
                             f.size,
-                            part.display()
+                            part.path.display()
                         )));
                     }
                 }
             }
         }
-        let got = sha(&part).map_err(|e| failed("reading", &part, e))?;
+        let got = wire::sha256_of(&part.file).map_err(|e| failed("reading", &part.path, e))?;
         if got != f.sha256 {
-            std::fs::remove_file(&part).map_err(|e| failed("removing", &part, e))?;
+            let shown = part.path.display().to_string();
+            part.remove()?;
             return Err(ClientError::Download(format!(
-                "{rel} of {} {}: the bytes received have sha256 {got}, not the stored {}; {} was removed and {} not written (run the command again)",
+                "{rel} of {} {}: the bytes received have sha256 {got}, not the stored {}; {shown} was removed and {} not written (run the command again)",
                 v.name,
                 v.version,
                 f.sha256,
-                part.display(),
                 to.display()
             )));
         }
-        std::fs::rename(&part, to).map_err(|e| failed("renaming into place", to, e))
+        part.finish(to)
     }
 }

@@ -5,7 +5,7 @@
 //! back into the very types the socket gives. `https://` is spoken with rustls, trusting
 //! the system's certificate authorities or the one file `--cacert` names.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
@@ -326,7 +326,7 @@ impl Http {
         version: &str,
         rel: &str,
         sha256: &str,
-        part: &std::path::Path,
+        part: &mut super::partial::Partial,
         have: u64,
     ) -> Result<Result<(), String>, ClientError> {
         let enc = |s: &str| utf8_percent_encode(s, SEGMENT).to_string();
@@ -354,17 +354,21 @@ impl Http {
             Ok(h) => h,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        let io =
-            |e: std::io::Error| ClientError::Protocol(format!("writing {}: {e}", part.display()));
-        let mut out = match head.status {
-            206 => std::fs::OpenOptions::new()
-                .append(true)
-                .open(part)
-                .map_err(io)?,
-            200 => std::fs::File::create(part).map_err(io)?,
+        let io = |e: std::io::Error| {
+            ClientError::Protocol(format!("writing {}: {e}", part.path.display()))
+        };
+        let out = &mut part.file;
+        // The open partial (no name looked up again): appended to, or emptied for a
+        // whole file.
+        let at = match head.status {
+            206 => SeekFrom::End(0),
+            200 => {
+                out.set_len(0).map_err(io)?;
+                SeekFrom::Start(0)
+            }
             416 => {
                 // Kept bytes as long as the file or longer: start again.
-                std::fs::remove_file(part).map_err(io)?;
+                out.set_len(0).map_err(io)?;
                 return Ok(Ok(()));
             }
             status => {
@@ -377,10 +381,11 @@ impl Http {
                     }));
             }
         };
+        out.seek(at).map_err(io)?;
         let want = head.length.ok_or_else(|| {
             ClientError::Protocol(format!("{}: a download without Content-Length", self.url))
         })?;
-        let copied = std::io::copy(&mut r.by_ref().take(want), &mut out);
+        let copied = std::io::copy(&mut r.by_ref().take(want), out);
         out.sync_all().map_err(io)?;
         match copied {
             Ok(n) if n == want => Ok(Ok(())),

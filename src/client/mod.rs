@@ -4,6 +4,7 @@
 
 mod download;
 mod http;
+mod partial;
 mod routes;
 mod socket;
 mod tls;

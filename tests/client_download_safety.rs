@@ -1,0 +1,191 @@
+//! Downloads (the CLI's `modelreg download` and Python's `ModelRegistry.download`) on a
+//! destination someone else can touch: a `<file>.part` planted as a symbolic link is
+//! refused and its target left as it was, a second download writing the same partial is
+//! refused while the first holds it, and a partial left by a version that `latest` (or
+//! an alias) no longer names starts again instead of joining two versions' bytes.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n";
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A daemon with `m` v1 and v2 (5000 bytes each), its API URL and a read token file in
+/// a folder away from the root.
+struct Remote {
+    d: TestDaemon,
+    url: String,
+    read: PathBuf,
+    here: tempfile::TempDir,
+}
+
+fn start() -> Remote {
+    let d = TestDaemon::start(CONFIG);
+    let url = format!("http://{}", common::http::address(&d));
+    let here = tempfile::tempdir().unwrap();
+    let (read, _) = common::http::token_files(&d, here.path());
+    let inbox = d.inbox();
+    write_renamed(&inbox, "m.pt", &bytes(1, 5000));
+    d.wait_versions("m", 1);
+    write_renamed(&inbox, "m.pt", &bytes(2, 5000));
+    d.wait_versions("m", 2);
+    Remote { d, url, read, here }
+}
+
+impl Remote {
+    /// `modelreg --url … download args…` run in the folder away from the root.
+    fn download(&self, args: &[&str]) -> Output {
+        let mut all = vec![
+            "--url",
+            &self.url,
+            "--token-file",
+            self.read.to_str().unwrap(),
+            "download",
+        ];
+        all.extend_from_slice(args);
+        Command::new(BIN)
+            .current_dir(self.here.path())
+            .env_remove("MODELREG_ROOT")
+            .env_remove("MODELREG_SOCKET")
+            .env_remove("MODELREG_URL")
+            .env_remove("MODELREG_TOKEN")
+            .args(&all)
+            .output()
+            .unwrap()
+    }
+
+    /// Python `code` with `reg`, a ModelRegistry over the URL with the read token, run
+    /// in the folder away from the root.
+    fn python(&self, code: &str) -> Output {
+        let token = std::fs::read_to_string(&self.read).unwrap();
+        let script = format!(
+            "import modelreg\nreg = modelreg.ModelRegistry(url={:?}, token={:?})\n{code}",
+            self.url,
+            token.trim()
+        );
+        Command::new("python3")
+            .current_dir(self.here.path())
+            .env("PYTHONPATH", Path::new(REPO).join("clients/python"))
+            .env_remove("MODELREG_URL")
+            .env_remove("MODELREG_TOKEN")
+            .args(["-c", &script])
+            .output()
+            .expect("python3 is installed")
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.here.path().join(rel)
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+/// A victim file and `dir/m.pt.part` linking to it, as an attacker would plant them.
+fn plant_link(r: &Remote, dir: &str) -> (PathBuf, Vec<u8>) {
+    let victim = r.path(&format!("{dir}-victim.txt"));
+    let before = bytes(9, 3000);
+    std::fs::write(&victim, &before).unwrap();
+    std::fs::create_dir_all(r.path(dir)).unwrap();
+    std::os::unix::fs::symlink(&victim, r.path(&format!("{dir}/m.pt.part"))).unwrap();
+    (victim, before)
+}
+
+#[test]
+fn a_partial_planted_as_a_symlink_is_refused_and_its_target_left_alone() {
+    let r = start();
+    let (victim, before) = plant_link(&r, "d");
+    let o = r.download(&["m", "v1", "--to", "d/"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("symbolic link") && text(&o).contains("m.pt.part"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), before, "the CLI wrote through the link");
+    assert!(!r.path("d/m.pt").exists());
+
+    let (victim, before) = plant_link(&r, "p");
+    let o = r.python("reg.download('m', 'v1', 'p/')");
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("symbolic link"), "{}", text(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), before, "Python wrote through the link");
+
+    // A link at the destination itself is replaced, never written through.
+    let victim = r.path("final-victim.txt");
+    std::fs::write(&victim, b"keep").unwrap();
+    std::os::unix::fs::symlink(&victim, r.path("linked.pt")).unwrap();
+    let o = r.download(&["m", "v1", "--to", "linked.pt"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert!(!std::fs::symlink_metadata(r.path("linked.pt")).unwrap().is_symlink());
+    assert_eq!(std::fs::read(r.path("linked.pt")).unwrap(), bytes(1, 5000));
+}
+
+#[test]
+fn a_partial_another_download_is_writing_is_refused_until_it_is_done() {
+    let r = start();
+    std::fs::create_dir_all(r.path("busy")).unwrap();
+    let held = std::fs::File::create(r.path("busy/m.pt.part")).unwrap();
+    // SAFETY: flock on a descriptor this test owns; it is what a running download holds.
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let o = r.download(&["m", "--to", "busy/"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("another download of") && text(&o).contains("m.pt.part"),
+        "{}",
+        text(&o)
+    );
+    let o = r.python("reg.download('m', dest='busy/')");
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("another download of"), "{}", text(&o));
+    drop(held);
+    let o = r.download(&["m", "--to", "busy/"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(r.path("busy/m.pt")).unwrap(), bytes(2, 5000));
+    assert!(!r.path("busy/m.pt.part").exists());
+}
+
+/// What an interrupted download of v1 leaves: its first 1000 bytes and the SHA-256
+/// they belong to.
+fn interrupted_v1(r: &Remote, dir: &str) {
+    let v1 = r.d.get("m", "v1").unwrap();
+    std::fs::create_dir_all(r.path(dir)).unwrap();
+    std::fs::write(r.path(&format!("{dir}/m.pt.part")), &bytes(1, 5000)[..1000]).unwrap();
+    std::fs::write(
+        r.path(&format!("{dir}/m.pt.part.sha256")),
+        format!("{}\n", v1.files[0].sha256),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_resume_after_latest_moved_starts_again_with_the_new_version() {
+    let r = start();
+    interrupted_v1(&r, "cli");
+    let o = r.download(&["m", "latest", "--to", "cli/"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(r.path("cli/m.pt")).unwrap(), bytes(2, 5000));
+    assert!(!r.path("cli/m.pt.part").exists() && !r.path("cli/m.pt.part.sha256").exists());
+
+    interrupted_v1(&r, "py");
+    let o = r.python("reg.download('m', 'latest', 'py/')");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(r.path("py/m.pt")).unwrap(), bytes(2, 5000));
+    assert!(!r.path("py/m.pt.part").exists() && !r.path("py/m.pt.part.sha256").exists());
+
+    // The partial of the same version is still resumed: only the rest is fetched.
+    interrupted_v1(&r, "same");
+    let o = r.download(&["m", "v1", "--to", "same/"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(r.path("same/m.pt")).unwrap(), bytes(1, 5000));
+}
