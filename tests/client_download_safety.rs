@@ -108,14 +108,22 @@ fn a_partial_planted_as_a_symlink_is_refused_and_its_target_left_alone() {
         "{}",
         text(&o)
     );
-    assert_eq!(std::fs::read(&victim).unwrap(), before, "the CLI wrote through the link");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        before,
+        "the CLI wrote through the link"
+    );
     assert!(!r.path("d/m.pt").exists());
 
     let (victim, before) = plant_link(&r, "p");
     let o = r.python("reg.download('m', 'v1', 'p/')");
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("symbolic link"), "{}", text(&o));
-    assert_eq!(std::fs::read(&victim).unwrap(), before, "Python wrote through the link");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        before,
+        "Python wrote through the link"
+    );
 
     // A link at the destination itself is replaced, never written through.
     let victim = r.path("final-victim.txt");
@@ -124,7 +132,11 @@ fn a_partial_planted_as_a_symlink_is_refused_and_its_target_left_alone() {
     let o = r.download(&["m", "v1", "--to", "linked.pt"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
-    assert!(!std::fs::symlink_metadata(r.path("linked.pt")).unwrap().is_symlink());
+    assert!(
+        !std::fs::symlink_metadata(r.path("linked.pt"))
+            .unwrap()
+            .is_symlink()
+    );
     assert_eq!(std::fs::read(r.path("linked.pt")).unwrap(), bytes(1, 5000));
 }
 
@@ -188,4 +200,33 @@ fn a_resume_after_latest_moved_starts_again_with_the_new_version() {
     let o = r.download(&["m", "v1", "--to", "same/"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(r.path("same/m.pt")).unwrap(), bytes(1, 5000));
+}
+
+#[test]
+fn python_download_takes_name_selector_dest_as_the_cli_does() {
+    let r = start();
+    ok(&r.d, &["alias", "set", "m", "production", "v1"]);
+    // The selector second: the alias's version into the current folder, not a file
+    // named `production` holding latest.
+    let o = r.python("print(reg.download('m', 'production'))");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(stdout(&o).trim(), "m.pt");
+    assert!(!r.path("production").exists());
+    assert_eq!(std::fs::read(r.path("m.pt")).unwrap(), bytes(1, 5000));
+    // dest third, or by keyword; `version=` is still the selector.
+    let o = r.python(
+        "print(reg.download('m', 'v2', 'w/'))\nprint(reg.download('m', dest='k.pt', version='v1'))",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(stdout(&o), "w/m.pt\nk.pt\n");
+    assert_eq!(std::fs::read(r.path("w/m.pt")).unwrap(), bytes(2, 5000));
+    assert_eq!(std::fs::read(r.path("k.pt")).unwrap(), bytes(1, 5000));
+    // The old order, a path where the selector goes, says what the call is.
+    let o = r.python("reg.download('m', 'out/')");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("download(name, selector, dest)"),
+        "{}",
+        text(&o)
+    );
 }

@@ -377,7 +377,14 @@ fn cli_download_over_url_resumes_a_partial_and_refuses_wrong_bytes() {
     assert_eq!(std::fs::read(here.join("weights/m.pt")).unwrap(), original);
     // A partial left by a cut download: only the rest is fetched (Range), so bytes kept
     // that are not the file's make the whole fail its check; the partial is removed.
+    // (`.part.sha256` names the file the partial belongs to; without it the partial
+    // would be started again from 0.)
     std::fs::write(here.join("again.pt.part"), vec![0u8; 1000]).unwrap();
+    std::fs::write(
+        here.join("again.pt.part.sha256"),
+        format!("{}\n", want.files[0].sha256),
+    )
+    .unwrap();
     let e = r.fails(Some(&r.read), &["download", "m", "--to", "again.pt"], 1);
     assert!(
         e.contains("the bytes received have sha256") && e.contains("was removed"),
@@ -386,6 +393,11 @@ fn cli_download_over_url_resumes_a_partial_and_refuses_wrong_bytes() {
     assert!(!here.join("again.pt.part").exists() && !here.join("again.pt").exists());
     // The same partial with the file's own first bytes is completed.
     std::fs::write(here.join("again.pt.part"), &original[..1000]).unwrap();
+    std::fs::write(
+        here.join("again.pt.part.sha256"),
+        format!("{}\n", want.files[0].sha256),
+    )
+    .unwrap();
     r.ok(&r.read, &["download", "m", "v2", "--to", "again.pt"]);
     assert_eq!(std::fs::read(here.join("again.pt")).unwrap(), original);
     assert!(!here.join("again.pt.part").exists());

@@ -987,35 +987,53 @@ class ModelRegistry:
     def download(
         self,
         name: str,
-        dest: PathLike,
-        version: Union[str, int] = "latest",
+        selector: Union[str, int] = "latest",
+        dest: Optional[PathLike] = None,
         metric: Optional[str] = None,
         mode: Optional[str] = None,
         retries: int = 3,
+        version: Union[str, int, None] = None,
     ) -> Path:
-        """Downloads a version of `name` (``"latest"``, ``"best"``, ``"v3"`` or ``3``, an
-        alias) to `dest` and returns where it is.
+        """Downloads the version of `name` that `selector` names (``"latest"``,
+        ``"best"``, ``"v3"`` or ``3``, an alias) to `dest` and returns where it is, as
+        ``modelreg download NAME SELECTOR --to DEST`` does.
 
         A file version goes to `dest`, or into it when `dest` is a folder (or ends with
-        ``/``); a folder
-        version's files go under the folder `dest` (made if missing), each by its path in
-        the version. Each file gathers in ``<file>.part`` first: a cut connection is
-        resumed (``Range``, up to `retries` times in this call, and by the next call, which
-        picks up the partial file), the whole is checked against the stored SHA-256, and
-        only then renamed into place. A file already there with the right SHA-256 is
-        kept. Over the socket the stored files are copied, checked the same way.
+        ``/``; default: the current folder); a folder version's files go under the folder
+        `dest` (made if missing; default: ``NAME-vN``), each by its path in the version.
+        Each file gathers in ``<file>.part`` first (``<file>.part.sha256`` names the file
+        it belongs to): a cut connection is resumed (``Range``, up to `retries` times in
+        this call, and by the next call, which picks up the partial file unless the
+        selector now names other bytes, when it starts again from 0), the whole is checked
+        against the stored SHA-256, and only then renamed into place. A ``.part`` that is
+        a symbolic link or not a regular file is refused, never written through; a
+        ``.part`` another download is writing (it holds a lock on it) raises Busy rather
+        than mixing the two. A file already there with the right SHA-256 is kept. Over
+        the socket the stored files are copied, checked the same way. `version=` is the
+        older keyword for `selector`.
 
         Raises ChecksumMismatch (the partial removed; call again), DownloadInterrupted
-        (the partial kept; call again to resume), and what `get` raises.
+        (the partial kept; call again to resume), Busy, and what `get` raises.
         """
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise TypeError(f"retries must be an int >= 0, not {retries!r}")
-        v = self.get(name, version, metric, mode)
+        if version is not None:
+            selector = version
+        if isinstance(selector, (str, os.PathLike)) and "/" in os.fspath(selector):
+            # The order before issue 17's was download(name, dest): say so, not "no such alias".
+            raise InvalidSelector(
+                f"{os.fspath(selector)!r} is a path, not a version: the call is download(name, selector, dest)",
+                "invalid_selector",
+            )
+        v = self.get(name, selector, metric, mode)
+        files = list(_http.relative_files(v))
+        single = v.kind == "file" and len(files) == 1
+        if dest is None:
+            dest = "./" if single else f"{v.name}-{v.version}"
         # "weights/" names a folder even before it exists (Path() drops the slash).
         into = str(os.fspath(dest)).endswith("/")
         dest = Path(dest)
-        files = list(_http.relative_files(v))
-        if v.kind == "file" and len(files) == 1:
+        if single:
             rel, f = files[0]
             target = dest / rel if into or dest.is_dir() else dest
             targets = [(rel, f, target)]
@@ -1025,7 +1043,7 @@ class ModelRegistry:
             result = dest
         for rel, f, target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_file() and target.stat().st_size == f.size and _http.sha256_of(target) == f.sha256:
+            if _http.already_there(target, f.sha256, f.size):
                 continue
             if self._http is not None:
                 # By number: every file comes from the one version `get` answered, even

@@ -14,12 +14,15 @@ and remove a partial whose bytes turned out wrong.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import http.client
 import json
 import os
 import socket
 import ssl
+import stat
 import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
@@ -241,33 +244,40 @@ class HttpTransport:
         those of `sha256`; DownloadInterrupted (the partial kept) when cut too often."""
         m = _errors()
         path = f"/api/v1/models/{_q(name)}/versions/{_q(version)}/files/" + "/".join(_q(p) for p in rel.split("/"))
-        part = partial_of(final)
-        cuts = 0
-        while True:
-            have = part.stat().st_size if part.exists() else 0
-            if have < size:
-                headers = {"Accept": "*/*"}
-                if have > 0:
-                    # If-Range: the rest is sent only while the file is still the one whose
-                    # start is kept here; else the whole file comes (200) and replaces it.
-                    headers.update({"Range": f"bytes={have}-", "If-Range": f'"{sha256}"'})
-                try:
-                    self._receive(path, headers, part, have)
-                except _Cut as e:
-                    cuts += 1
-                    if cuts <= retries:
-                        continue
-                    raise m.DownloadInterrupted(
-                        f"downloading {rel} of {name} {version} was cut off ({e.reason}) with "
-                        f"{part.stat().st_size if part.exists() else 0} of {size} bytes in {part}; "
-                        "call download() again to resume",
-                        "interrupted",
-                    ) from None
-                continue
-            finish(part, final, sha256, size, f"{self.url} ({name} {version} {rel})")
-            return
+        part = Partial(final, sha256)
+        try:
+            cuts = 0
+            while True:
+                have = part.size()
+                if have > size:
+                    part.clear()
+                    continue
+                if have < size:
+                    headers = {"Accept": "*/*"}
+                    if have > 0:
+                        # If-Range: the rest is sent only while the file is still the one
+                        # whose start is kept here; else the whole file comes (200) and
+                        # replaces it.
+                        headers.update({"Range": f"bytes={have}-", "If-Range": f'"{sha256}"'})
+                    try:
+                        self._receive(path, headers, part, have)
+                    except _Cut as e:
+                        cuts += 1
+                        if cuts <= retries:
+                            continue
+                        raise m.DownloadInterrupted(
+                            f"downloading {rel} of {name} {version} was cut off ({e.reason}) with "
+                            f"{part.size()} of {size} bytes in {part.path}; "
+                            "call download() again to resume",
+                            "interrupted",
+                        ) from None
+                    continue
+                part.finish(size, f"{self.url} ({name} {version} {rel})")
+                return
+        finally:
+            part.close()
 
-    def _receive(self, path: str, headers: Dict[str, str], part: Path, have: int) -> None:
+    def _receive(self, path: str, headers: Dict[str, str], part: "Partial", have: int) -> None:
         """One GET of the file, appended to `part` (or replacing it when the whole file
         comes back); _Cut when the connection ends early."""
         try:
@@ -278,22 +288,23 @@ class HttpTransport:
             if resp.status == 416:
                 # The partial is as long as the file or longer: start again.
                 resp.read()
-                part.unlink()
+                part.clear()
                 return
             if resp.status not in (200, 206):
                 raise self.error(resp, resp.read())
-            mode = "ab" if resp.status == 206 else "wb"
-            with open(part, mode) as out:
-                while True:
-                    try:
-                        chunk = resp.read(_CHUNK)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _Cut(str(e) or type(e).__name__) from None
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            if resp.status == 206:
+                os.lseek(part.fd, 0, os.SEEK_END)
+            else:
+                part.clear()
+            while True:
+                try:
+                    chunk = resp.read(_CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _Cut(str(e) or type(e).__name__) from None
+                if not chunk:
+                    break
+                part.write(chunk)
+            os.fsync(part.fd)
             # http.client stops at Content-Length; a body cut short leaves it unread.
             if resp.length:
                 raise _Cut(f"{resp.length} bytes missing")
@@ -314,6 +325,150 @@ def partial_of(final: Path) -> Path:
     return final.with_name(final.name + ".part")
 
 
+def _open_nofollow(path: Path, create: bool) -> int:
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if create:
+        flags |= os.O_CREAT | os.O_EXCL
+    return os.open(path, flags, 0o644)
+
+
+class Partial:
+    """The open partial ``<final>.part`` of a download, opened so that nothing planted at
+    its name is written through: never through a symbolic link (O_NOFOLLOW), only a
+    regular file with one name, created with O_EXCL, sized by fstat of the descriptor,
+    held under an exclusive flock (a second download to the same place is refused, not
+    interleaved), and tied by ``<final>.part.sha256`` to the SHA-256 its bytes belong
+    to (kept bytes of another file, as when `latest` moved since, are dropped)."""
+
+    def __init__(self, final: Path, sha256: str) -> None:
+        m = _errors()
+        self.final = final
+        self.path = partial_of(final)
+        self.sidecar = final.with_name(final.name + ".part.sha256")
+        self.sha256 = sha256
+        while True:
+            try:
+                try:
+                    fd = _open_nofollow(self.path, False)
+                except FileNotFoundError:
+                    try:
+                        fd = _open_nofollow(self.path, True)
+                    except FileExistsError:
+                        continue
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise m.ModelRegistryError(
+                        f"refusing to write through {self.path}: it is a symbolic link (remove it and call again)",
+                        "unsafe_partial",
+                    ) from None
+                raise
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                os.close(fd)
+                raise m.ModelRegistryError(
+                    f"refusing to write into {self.path}: it is not a regular file with one name "
+                    "(remove it and call again)",
+                    "unsafe_partial",
+                )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise m.Busy(
+                    f"another download of {final} is writing {self.path}; wait for it to finish "
+                    "(or stop it) and call again",
+                    "busy",
+                ) from None
+            # The lock is on the file opened; the download that held it until now may
+            # have renamed it into place: open the name again.
+            try:
+                now = os.lstat(self.path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                break
+            os.close(fd)
+        self.fd = fd
+        if self._recorded() != sha256:
+            os.ftruncate(fd, 0)
+            try:
+                os.unlink(self.sidecar)
+            except FileNotFoundError:
+                pass
+            sfd = _open_nofollow(self.sidecar, True)
+            try:
+                os.write(sfd, f"{sha256}\n".encode())
+            finally:
+                os.close(sfd)
+
+    def _recorded(self) -> Optional[str]:
+        try:
+            sfd = os.open(self.sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(sfd).st_mode):
+                return None
+            return os.read(sfd, 128).decode("ascii", "replace").strip()
+        finally:
+            os.close(sfd)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def clear(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _remove(self) -> None:
+        for p in (self.path, self.sidecar):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def finish(self, size: int, what: str) -> None:
+        """Checks the whole partial against its SHA-256 and renames it to `final` (a link
+        there is replaced, not followed); a mismatch removes it (its bytes cannot be
+        trusted, nor resumed) and raises ChecksumMismatch."""
+        got_size = self.size()
+        got = None
+        if got_size == size:
+            h = hashlib.sha256()
+            offset = 0
+            while True:
+                chunk = os.pread(self.fd, _CHUNK, offset)
+                if not chunk:
+                    break
+                h.update(chunk)
+                offset += len(chunk)
+            got = h.hexdigest()
+        if got != self.sha256:
+            self._remove()
+            why = f"sha256 {got}" if got is not None else f"{got_size} bytes"
+            raise _errors().ChecksumMismatch(
+                f"{what}: the bytes received have {why}, not the stored "
+                f"{'sha256 ' + self.sha256 if got else str(size) + ' bytes'}; "
+                f"the partial file was removed and {self.final} not written (call download() again)",
+                "checksum_mismatch",
+            )
+        os.replace(self.path, self.final)
+        try:
+            os.unlink(self.sidecar)
+        except FileNotFoundError:
+            pass
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -322,32 +477,38 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def finish(part: Path, final: Path, sha256: str, size: int, what: str) -> None:
-    """Checks the whole `part` against `sha256` and renames it to `final`; a mismatch
-    removes it (its bytes cannot be trusted, nor resumed) and raises ChecksumMismatch."""
-    got_size = part.stat().st_size
-    got = sha256_of(part) if got_size == size else None
-    if got != sha256:
-        part.unlink()
-        why = f"sha256 {got}" if got is not None else f"{got_size} bytes"
-        raise _errors().ChecksumMismatch(
-            f"{what}: the bytes received have {why}, not the stored {'sha256 ' + sha256 if got else str(size) + ' bytes'}; "
-            f"the partial file was removed and {final} not written (call download() again)",
-            "checksum_mismatch",
-        )
-    os.replace(part, final)
+def already_there(final: Path, sha256: str, size: int) -> bool:
+    """Whether `final` is a regular file (not a link) with these bytes."""
+    try:
+        fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        h = hashlib.sha256()
+        with os.fdopen(os.dup(fd), "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest() == sha256
+    finally:
+        os.close(fd)
 
 
 def copy_local(src: Path, final: Path, sha256: str, size: int) -> None:
     """The socket's download: the stored file is on this machine; copied through the same
     partial file and checked the same way."""
-    part = partial_of(final)
-    with open(src, "rb") as i, open(part, "wb") as o:
-        for chunk in iter(lambda: i.read(_CHUNK), b""):
-            o.write(chunk)
-        o.flush()
-        os.fsync(o.fileno())
-    finish(part, final, sha256, size, str(src))
+    part = Partial(final, sha256)
+    try:
+        part.clear()
+        with open(src, "rb") as i:
+            for chunk in iter(lambda: i.read(_CHUNK), b""):
+                part.write(chunk)
+        os.fsync(part.fd)
+        part.finish(size, str(src))
+    finally:
+        part.close()
 
 
 def relative_files(v: Any) -> Iterable[Tuple[str, Any]]:

@@ -175,22 +175,22 @@ class OverHttpTest(unittest.TestCase):
     def test_download_of_a_file_and_a_folder_gives_identical_bytes(self) -> None:
         src = weights(self.work / "m.pt", 5, 70_000)
         self.local.register("m", src)
-        got = self.remote.download("m", self.work / "out.pt")
+        got = self.remote.download("m", dest=self.work / "out.pt")
         self.assertEqual(got.read_bytes(), src.read_bytes())
         into = self.work / "into"
         into.mkdir()
-        self.assertEqual(self.remote.download("m", into, version=1), into / "m.pt")
+        self.assertEqual(self.remote.download("m", 1, into), into / "m.pt")
         folder = self.work / "bert"
         (folder / "sub").mkdir(parents=True)
         (folder / "config.json").write_text('{"a": 1}')
         weights(folder / "sub" / "w.bin", 6, 9000)
         self.local.register("bert", folder)
-        out = self.remote.download("bert", self.work / "bert-copy")
+        out = self.remote.download("bert", dest=self.work / "bert-copy")
         self.assertEqual((out / "config.json").read_text(), '{"a": 1}')
         self.assertEqual((out / "sub" / "w.bin").read_bytes(), (folder / "sub" / "w.bin").read_bytes())
         self.assertEqual(sorted(p.name for p in out.rglob("*.part")), [])
         # Over the socket too: the stored files copied and checked the same way.
-        self.assertEqual(self.local.download("bert", self.work / "local-copy", "latest").joinpath("sub/w.bin").read_bytes(),
+        self.assertEqual(self.local.download("bert", "latest", self.work / "local-copy").joinpath("sub/w.bin").read_bytes(),
                          (folder / "sub" / "w.bin").read_bytes())
 
     def test_a_cut_download_is_resumed_by_the_next_call(self) -> None:
@@ -198,7 +198,7 @@ class OverHttpTest(unittest.TestCase):
         dest = self.work / "big.pt"
         cut = self.proxy([20_000])
         with self.assertRaises(modelreg.DownloadInterrupted) as e:
-            cut.download("big", dest, retries=0)
+            cut.download("big", dest=dest, retries=0)
         self.assertIn("call download() again to resume", str(e.exception))
         part = self.work / "big.pt.part"
         kept = part.read_bytes()
@@ -207,7 +207,7 @@ class OverHttpTest(unittest.TestCase):
         self.assertFalse(dest.exists())
         # The next call asks for the rest only, and only while the file is the same one.
         again = self.proxy([])
-        self.assertEqual(again.download("big", dest), dest)
+        self.assertEqual(again.download("big", dest=dest), dest)
         self.assertEqual(dest.read_bytes(), src.read_bytes())
         self.assertFalse(part.exists())
         head = [h for h in self.last_proxy.heads if "/files/" in h][0].lower()
@@ -218,7 +218,7 @@ class OverHttpTest(unittest.TestCase):
         src = self.big_model()
         dest = self.work / "big.pt"
         r = self.proxy([15_000, 30_000, 60_000])
-        self.assertEqual(r.download("big", dest, retries=3), dest)
+        self.assertEqual(r.download("big", dest=dest, retries=3), dest)
         self.assertEqual(dest.read_bytes(), src.read_bytes())
         ranges = [h for h in self.last_proxy.heads if "range: bytes=" in h.lower()]
         self.assertEqual(len(ranges), 3, self.last_proxy.heads)
@@ -227,17 +227,17 @@ class OverHttpTest(unittest.TestCase):
         src = self.big_model()
         dest = self.work / "big.pt"
         with self.assertRaises(modelreg.DownloadInterrupted):
-            self.proxy([50_000]).download("big", dest, retries=0)
+            self.proxy([50_000]).download("big", dest=dest, retries=0)
         part = self.work / "big.pt.part"
         data = bytearray(part.read_bytes())
         data[100] ^= 0xFF
         part.write_bytes(bytes(data))
         with self.assertRaises(modelreg.ChecksumMismatch) as e:
-            self.remote.download("big", dest)
+            self.remote.download("big", dest=dest)
         self.assertIn("sha256", str(e.exception))
         self.assertFalse(part.exists(), "the partial with wrong bytes is removed")
         self.assertFalse(dest.exists(), "nothing is written at the destination")
-        self.assertEqual(self.remote.download("big", dest).read_bytes(), src.read_bytes())
+        self.assertEqual(self.remote.download("big", dest=dest).read_bytes(), src.read_bytes())
 
     def test_errors_are_the_socket_exception_classes(self) -> None:
         self.local.register("m", weights(self.work / "m.pt", 7, 4000))
