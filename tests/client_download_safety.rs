@@ -230,3 +230,69 @@ fn python_download_takes_name_selector_dest_as_the_cli_does() {
         text(&o)
     );
 }
+
+/// A server on a free port that answers every request with an endless JSON body.
+fn endless_server() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 65536];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n[",
+                );
+                let chunk = b"0,".repeat(65536);
+                while c.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn an_endless_answer_or_token_file_is_refused_at_a_limit() {
+    let url = endless_server();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("t");
+    std::fs::write(&token, "mr_x\n").unwrap();
+    let run = |token: &str| {
+        Command::new(BIN)
+            .env_remove("MODELREG_URL")
+            .env_remove("MODELREG_TOKEN")
+            .args(["--url", &url, "--token-file", token, "list"])
+            .output()
+            .unwrap()
+    };
+    let o = run(token.to_str().unwrap());
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("an answer over 67108864 bytes"),
+        "{}",
+        text(&o)
+    );
+    let o = run("/dev/zero");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--token-file /dev/zero: over 4096 bytes"),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new("python3")
+        .env("PYTHONPATH", Path::new(REPO).join("clients/python"))
+        .args([
+            "-c",
+            &format!("import modelreg\nmodelreg.ModelRegistry(url={url:?}, token='mr_x').list()"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("answered more than 67108864 bytes of JSON"),
+        "{}",
+        text(&o)
+    );
+}

@@ -96,8 +96,25 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
 /// The token for `--url`: the first line of `--token-file`, else `$MODELREG_TOKEN`.
 fn token(cli: &Cli) -> Result<Option<String>, ClientError> {
     if let Some(f) = &cli.token_file {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| add::refuse(format!("--token-file {}: {e}", f.display())))?;
+        // A token is ~50 bytes: at most 4 KiB is read (`/dev/zero` or a wrong, huge
+        // file would be read forever).
+        const MAX_TOKEN_FILE: u64 = 4096;
+        let refuse = |e: String| add::refuse(format!("--token-file {}: {e}", f.display()));
+        let mut raw = Vec::new();
+        std::fs::File::open(f)
+            .and_then(|h| {
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(h, MAX_TOKEN_FILE + 1),
+                    &mut raw,
+                )
+            })
+            .map_err(|e| refuse(e.to_string()))?;
+        if raw.len() as u64 > MAX_TOKEN_FILE {
+            return Err(refuse(format!(
+                "over {MAX_TOKEN_FILE} bytes, not a token file (`modelreg token create` prints one line)"
+            )));
+        }
+        let text = String::from_utf8(raw).map_err(|_| refuse("not text".into()))?;
         let t = text.lines().next().unwrap_or("").trim();
         if t.is_empty() {
             return Err(add::refuse(format!(

@@ -7,8 +7,9 @@ use std::net::TcpStream;
 
 /// The largest answer head read: the daemon's own limit for a request's head.
 const MAX_HEAD: usize = 64 * 1024;
-/// The largest JSON answer read (a catalog of many thousands of versions fits).
-const MAX_BODY: u64 = 256 * 1024 * 1024;
+/// The largest JSON answer read: a catalog of 100,000 versions fits (each is well under
+/// 1 KiB of JSON); an endless answer from a hostile server stops here, before parsing.
+const MAX_BODY: u64 = 64 * 1024 * 1024;
 
 /// A connection to the API: plain, or TLS (`https://`).
 pub(super) enum Stream {
@@ -132,7 +133,11 @@ pub(super) fn read_body(r: &mut BufReader<&mut Stream>, head: &Head) -> std::io:
         body.resize(n as usize, 0);
         r.read_exact(&mut body)?;
     } else {
-        r.take(MAX_BODY).read_to_end(&mut body)?;
+        // One byte past the limit tells an answer over it from one that ends there.
+        r.take(MAX_BODY + 1).read_to_end(&mut body)?;
+        if body.len() as u64 > MAX_BODY {
+            return Err(bad(format!("an answer over {MAX_BODY} bytes")));
+        }
     }
     Ok(body)
 }

@@ -30,6 +30,9 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 # RFC 3986's unreserved characters stay as they are in a path segment or query value.
 _SAFE = "-._~"
 _CHUNK = 1 << 20
+# The largest JSON answer read: a catalog of 100,000 versions fits (each well under 1 KiB
+# of JSON); an endless answer from a hostile server stops here, not at MemoryError.
+MAX_ANSWER = 64 << 20
 
 
 def _q(segment: str) -> str:
@@ -151,7 +154,14 @@ class HttpTransport:
         m = _errors()
         conn, resp = self.open(method, path, headers, body, timeout, timeout_error)
         try:
-            data = resp.read()
+            # One byte past the limit tells an answer over it from one that ends there.
+            data = resp.read(MAX_ANSWER + 1)
+            if len(data) > MAX_ANSWER:
+                raise m.ModelRegistryError(
+                    f"{self.url} answered more than {MAX_ANSWER} bytes of JSON (no modelreg answer is that "
+                    "large; is it the modelreg API?); the answer was not read",
+                    "http",
+                )
         except socket.timeout:
             raise (timeout_error or m.DaemonTimeout)(f"no answer from {self.url} in time", "timeout") from None
         except (OSError, http.client.HTTPException) as e:
