@@ -296,3 +296,17 @@ fn an_endless_answer_or_token_file_is_refused_at_a_limit() {
         text(&o)
     );
 }
+
+#[test]
+fn python_upload_refused_mid_body_raises_the_servers_refusal() {
+    let r = start();
+    // Large enough that the daemon answers 403 and closes before the body is all sent
+    // (300 KB did not always reach the broken pipe here).
+    std::fs::write(r.path("big.pt"), bytes(7, 30_000_000)).unwrap();
+    let o = r.python(
+        "try:\n    reg.register('m', 'big.pt')\nexcept modelreg.PermissionDenied as e:\n    print('refused:', e)\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).starts_with("refused:"), "{}", text(&o));
+    assert_eq!(r.d.versions("m").len(), 2);
+}

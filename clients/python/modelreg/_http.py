@@ -107,15 +107,19 @@ class HttpTransport:
             conn.close()
             raise (timeout_error or m.DaemonTimeout)(f"no answer from {self.url} in {timeout:g} s", "timeout") from None
         except (ConnectionError, OSError, http.client.HTTPException) as e:
-            conn.close()
             if isinstance(e, (BrokenPipeError, ConnectionResetError)) and body is not None:
-                # The daemon refused an upload before reading it all (size, token): its
-                # answer is not readable any more; say what is known.
+                # The daemon refused an upload before reading it all (size, token) and
+                # closed: its answer is usually already here, and says why.
+                answer = self._answer_after_refusal(conn)
+                if answer is not None:
+                    return conn, answer
+                conn.close()
                 raise m.DaemonNotRunning(
                     f"{self.url} closed the connection during the upload ({e}); the upload may be too large "
                     "(http.max_upload) or refused; nothing was registered unless `versions` shows it",
                     "not_running",
                 ) from None
+            conn.close()
             if isinstance(e, ssl.SSLCertVerificationError):
                 raise m.DaemonNotRunning(
                     f"{self.url}: its certificate is not trusted ({e.verify_message}); set MODELREG_CACERT to "
@@ -127,6 +131,17 @@ class HttpTransport:
                 "address (`http.listen` in the daemon's settings) and that this machine can reach it",
                 "not_running",
             ) from None
+
+    @staticmethod
+    def _answer_after_refusal(conn: http.client.HTTPConnection) -> Optional[http.client.HTTPResponse]:
+        """The answer a server sent before it stopped reading an upload (a 403 for a read
+        token, a 413 for a file too large), read after the broken pipe; None when none
+        can be read."""
+        try:
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            return None
+        return resp if resp.status >= 300 else None
 
     def error(self, resp: http.client.HTTPResponse, body: bytes) -> Exception:
         """The exception an error answer stands for: the class of its code."""
