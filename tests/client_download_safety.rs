@@ -2,7 +2,10 @@
 //! destination someone else can touch: a `<file>.part` planted as a symbolic link is
 //! refused and its target left as it was, a second download writing the same partial is
 //! refused while the first holds it, and a partial left by a version that `latest` (or
-//! an alias) no longer names starts again instead of joining two versions' bytes.
+//! an alias) no longer names starts again instead of joining two versions' bytes; a
+//! folder under the destination planted as a link is refused. Also the clients' limits on
+//! a hostile server (an endless JSON answer, `--token-file /dev/zero`), Python's
+//! `download(name, selector, dest)` order, and an upload refused mid-body.
 
 mod common;
 
@@ -309,4 +312,28 @@ fn python_upload_refused_mid_body_raises_the_servers_refusal() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(stdout(&o).starts_with("refused:"), "{}", text(&o));
     assert_eq!(r.d.versions("m").len(), 2);
+}
+
+#[test]
+fn a_folder_inside_a_folder_version_planted_as_a_link_is_refused() {
+    let r = start();
+    let folder = r.path("bert");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    std::fs::write(folder.join("sub/w.bin"), bytes(5, 9000)).unwrap();
+    std::fs::write(folder.join("config.json"), b"{}").unwrap();
+    ok(&r.d, &["add", folder.to_str().unwrap()]);
+    r.d.wait_versions("bert", 1);
+    let elsewhere = r.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for dir in ["cli", "py"] {
+        std::fs::create_dir_all(r.path(dir)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, r.path(&format!("{dir}/sub"))).unwrap();
+    }
+    let o = r.download(&["bert", "--to", "cli"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("symbolic link"), "{}", text(&o));
+    let o = r.python("reg.download('bert', 'latest', 'py')");
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("symbolic link"), "{}", text(&o));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }

@@ -68,6 +68,25 @@ impl Client {
         let mut written = Vec::new();
         for (rel, f) in &files {
             let to = target(rel);
+            // A folder inside the version must not be a link planted under `dest`: the
+            // file would land wherever it points.
+            let mut inside = dest.to_path_buf();
+            for part in rel
+                .split('/')
+                .rev()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                inside.push(part);
+                if std::fs::symlink_metadata(&inside).is_ok_and(|m| m.is_symlink()) {
+                    return Err(ClientError::Download(format!(
+                        "refusing to write {rel} through {}: it is a symbolic link (remove it and run again)",
+                        inside.display()
+                    )));
+                }
+            }
             self.download_file(v, rel, f, &to, retries)?;
             written.push(FileInfo {
                 path: to.display().to_string(),

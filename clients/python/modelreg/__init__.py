@@ -1042,6 +1042,16 @@ class ModelRegistry:
             targets = [(rel, f, dest / rel) for rel, f in files]
             result = dest
         for rel, f, target in targets:
+            # A folder inside the version must not be a link planted under `dest`: the
+            # file would land wherever it points.
+            inside = dest
+            for part in rel.split("/")[:-1]:
+                inside = inside / part
+                if inside.is_symlink():
+                    raise ModelRegistryError(
+                        f"refusing to write {rel} through {inside}: it is a symbolic link (remove it and call again)",
+                        "unsafe_partial",
+                    )
             target.parent.mkdir(parents=True, exist_ok=True)
             if _http.already_there(target, f.sha256, f.size):
                 continue
