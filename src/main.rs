@@ -316,6 +316,8 @@ enum TokenCmd {
 
 /// Exit code when the daemon answered with an error or something failed.
 const EXIT_ERROR: u8 = 1;
+/// Exit code for bad usage (as clap's own): here a `--url` that is not a URL.
+const EXIT_USAGE: u8 = 2;
 /// Exit code when no daemon listens on the socket.
 const EXIT_NOT_RUNNING: u8 = 3;
 /// Exit code when the socket refused this user (EACCES): a daemon may well be running.

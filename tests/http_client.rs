@@ -259,7 +259,7 @@ fn cli_over_an_unreachable_or_bad_url_says_so() {
         ("http://gpu-box:port", "the port is not a number"),
     ] {
         let o = r.run(&["--url", url, "list"], &[]);
-        assert_eq!(o.status.code(), Some(1), "{url}");
+        assert_eq!(o.status.code(), Some(2), "{url}: bad usage");
         assert!(stderr(&o).contains(why), "{url}: {}", stderr(&o));
     }
 }

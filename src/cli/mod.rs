@@ -13,7 +13,8 @@ use modelreg::display::escape_for_terminal as esc;
 use modelreg::verify::VerifyReport;
 
 use crate::{
-    AliasCmd, Cli, Command, EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_PERMISSION_DENIED, TokenCmd,
+    AliasCmd, Cli, Command, EXIT_ERROR, EXIT_NOT_RUNNING, EXIT_PERMISSION_DENIED, EXIT_USAGE,
+    TokenCmd,
 };
 
 /// `print!` to stdout that ends the process quietly (status 0) when stdout is closed.
@@ -153,6 +154,7 @@ pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
                 ClientError::PermissionDenied { .. } | ClientError::Unauthorized { .. } => {
                     ExitCode::from(EXIT_PERMISSION_DENIED)
                 }
+                ClientError::BadUrl { .. } => ExitCode::from(EXIT_USAGE),
                 _ => ExitCode::from(EXIT_ERROR),
             }
         }
