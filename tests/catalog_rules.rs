@@ -89,3 +89,19 @@ fn typed_answers_decode_from_every_request() {
     assert_eq!(c.verify(Some("m")).unwrap().problems.len(), 0);
     assert_eq!(c.status().unwrap().models, 1);
 }
+
+#[test]
+fn status_counts_the_versions_list_counts_not_the_removed_ones() {
+    let d = two_versions_one_removed();
+    // The removed version's tombstone stays in the catalog; its files are gone.
+    assert_eq!(d.status().versions, 1);
+    let listed: usize = d
+        .client()
+        .list()
+        .unwrap()
+        .models
+        .iter()
+        .map(|m| m.versions)
+        .sum();
+    assert_eq!(d.status().versions, listed);
+}
