@@ -11,6 +11,15 @@ use crate::error::{Error, Result};
 /// The longest a client may take to send a request's head, by default.
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request body may go without reaching [`DEFAULT_BODY_MIN_RATE`], by
+/// default: a window of this much waiting for the client.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The slowest a request body may arrive, by default, in bytes per second averaged over
+/// each `body_timeout` of waiting: 1 KiB/s (8 kbit/s, below any real link; a trickle of a
+/// byte every few seconds is far below it).
+pub const DEFAULT_BODY_MIN_RATE: u64 = 1024;
+
 /// The largest upload accepted, by default: 10 GiB.
 pub const DEFAULT_MAX_UPLOAD: u64 = 10 << 30;
 
@@ -25,6 +34,8 @@ pub(super) struct RawHttp {
     anonymous_metrics: Option<bool>,
     public_url: Option<String>,
     max_upload: Option<String>,
+    body_timeout: Option<String>,
+    body_min_rate: Option<String>,
     tls: Option<RawTls>,
 }
 
@@ -70,6 +81,13 @@ pub struct HttpConfig {
     /// The largest upload body accepted, in bytes (a larger one is answered 413 as
     /// soon as it passes the limit, whatever its Content-Length said).
     pub max_upload: u64,
+    /// The window a request body is measured over: each `body_timeout` spent waiting for
+    /// the client must bring at least `body_min_rate` bytes a second (and at least one
+    /// byte), or the request is answered 408 and the connection closed, so a client
+    /// trickling a body cannot hold a connection for ever.
+    pub body_timeout: Duration,
+    /// The slowest a request body may arrive, in bytes per second (see `body_timeout`).
+    pub body_min_rate: u64,
     /// HTTPS instead of HTTP, from these files; `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
 }
@@ -127,6 +145,36 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
             )
         })?,
     };
+    let body_timeout = match raw.body_timeout {
+        None => DEFAULT_BODY_TIMEOUT,
+        Some(v) => {
+            let d = humantime::parse_duration(v.trim()).map_err(|e| {
+                bad(
+                    "body_timeout",
+                    format!("`{v}` is not a duration ({e}); write e.g. 60s"),
+                )
+            })?;
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(bad(
+                    "body_timeout",
+                    format!("{v} is out of range (100ms to 1h)"),
+                ));
+            }
+            d
+        }
+    };
+    let body_min_rate = match raw.body_min_rate {
+        None => DEFAULT_BODY_MIN_RATE,
+        Some(v) => {
+            let t = v.trim();
+            parse_size(t.strip_suffix("/s").unwrap_or(t)).ok_or_else(|| {
+                bad(
+                    "body_min_rate",
+                    format!("`{v}` is not a rate; write bytes a second such as 1KiB/s (0: only an idle body is cut)"),
+                )
+            })?
+        }
+    };
     let tls = match raw.tls {
         None => None,
         Some(t) => {
@@ -158,6 +206,8 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
         anonymous_metrics: raw.anonymous_metrics.unwrap_or(false),
         public_url,
         max_upload,
+        body_timeout,
+        body_min_rate,
         tls,
     }))
 }
@@ -256,6 +306,22 @@ mod tests {
         assert!(!h.anonymous_metrics);
         assert_eq!(h.public_url, None);
         assert_eq!(h.max_upload, super::DEFAULT_MAX_UPLOAD);
+        assert_eq!(h.body_timeout, super::DEFAULT_BODY_TIMEOUT);
+        assert_eq!(h.body_min_rate, super::DEFAULT_BODY_MIN_RATE);
+        let c = test_config(
+            "http: {listen: \"127.0.0.1:0\", body_timeout: 2s, body_min_rate: 10KiB/s}\n",
+        )
+        .unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h.body_timeout, Duration::from_secs(2));
+        assert_eq!(h.body_min_rate, 10 << 10);
+        let e = test_config("http: {listen: \"127.0.0.1:0\", body_min_rate: fast}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http.body_min_rate: `fast` is not a rate"),
+            "{e}"
+        );
         let c = test_config(
             "http: {listen: \"127.0.0.1:0\", anonymous_read: true, max_upload: 5MiB}\n",
         )

@@ -23,7 +23,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 pub use best::{BestPolicy, Direction};
-pub use http::{DEFAULT_MAX_UPLOAD, HttpConfig, TlsFiles};
+pub use http::{
+    DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_UPLOAD, HttpConfig, TlsFiles,
+};
 pub use settings::Settings;
 
 /// The default settings, identical to the repository's `config/modelreg.yaml`.

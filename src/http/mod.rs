@@ -15,7 +15,8 @@
 //! `upload` new versions sent over HTTP (a folder as a tar:
 //! `upload_folder`, read by `untar`), `tls` HTTPS (`http.tls`), `metrics` the
 //! Prometheus exposition and the request timing, `hub` the Hugging Face Hub's read
-//! protocol (`hub_tree` its file listing), and `error` the one error type.
+//! protocol (`hub_tree` its file listing), `paced` the minimum pace of request bodies,
+//! and `error` the one error type.
 //!
 //! New routes are added to [`router`] from a module of their own, taking [`HttpState`].
 //! A route that serves stored files under another scheme finds the version with
@@ -33,6 +34,7 @@ mod hub;
 mod hub_tree;
 mod listener;
 mod metrics;
+mod paced;
 mod paths;
 mod range;
 mod tar;
@@ -81,6 +83,11 @@ pub fn router(state: HttpState) -> Router {
         .merge(changes::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        // Innermost: only requests let through reach a body, and a trickled one is cut.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            paced::pace,
+        ))
         // Inside `gate`: a request is refused for its head or the shutdown before its
         // token is looked at.
         .layer(axum::middleware::from_fn_with_state(

