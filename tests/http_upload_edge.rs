@@ -118,3 +118,148 @@ fn a_slow_but_steady_upload_is_taken() {
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].size, data.len() as u64);
 }
+
+/// A self-signed certificate for 127.0.0.1 named `cn`, written as `cert.pem` and
+/// `key.pem` in `dir` (made aside, then renamed into place, as certbot's links move).
+fn make_cert_named(dir: &std::path::Path, cn: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-keyout", "key.new", "-out", "cert.new", "-subj"])
+        .arg(format!("/CN={cn}"))
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    std::fs::rename(dir.join("key.new"), dir.join("key.pem")).unwrap();
+    std::fs::rename(dir.join("cert.new"), dir.join("cert.pem")).unwrap();
+}
+
+/// The SHA-256 fingerprint of a PEM certificate, as `openssl x509 -fingerprint` prints it.
+fn fingerprint(pem: &[u8]) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(pem).unwrap();
+    let out = child.wait_with_output().unwrap();
+    common::stdout(&out).trim().to_string()
+}
+
+/// The fingerprint of the certificate a new TLS handshake with `addr` is served
+/// (`openssl s_client`), or "" when the handshake failed.
+fn served(addr: &str) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", addr])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = common::stdout(&out);
+    match (
+        text.find("-----BEGIN CERTIFICATE-----"),
+        text.find("-----END CERTIFICATE-----"),
+    ) {
+        (Some(a), Some(b)) => fingerprint(&text.as_bytes()[a..b + 25]),
+        _ => String::new(),
+    }
+}
+
+fn tls_config(dir: &str) -> String {
+    format!(
+        "http:\n  listen: 127.0.0.1:0\n  tls:\n    cert: {dir}/cert.pem\n    key: {dir}/key.pem\n"
+    )
+}
+
+/// Waits until new handshakes are served the certificate in `dir`.
+fn wait_served(addr: &str, dir: &std::path::Path) {
+    let want = fingerprint(&std::fs::read(dir.join("cert.pem")).unwrap());
+    let mut last = String::new();
+    common::wait_until(
+        Duration::from_secs(30),
+        "the certificate to be served",
+        || {
+            last = served(addr);
+            last == want
+        },
+    );
+}
+
+#[test]
+fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_is_bad() {
+    let mut d = common::TestDaemon::new("");
+    let live = d.root.path().join("tls");
+    make_cert_named(&live, "first");
+    d.write_config(&tls_config("tls"));
+    d.spawn();
+    let url = d.status().http.expect("status names the API's address");
+    let addr = url.trim_start_matches("https://").to_string();
+    wait_served(&addr, &live);
+    let first = served(&addr);
+
+    // A connection made before the renewal, kept open across it.
+    let mut old = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-ign_eof", "-connect", &addr])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+
+    // Renewed in place (certbot), then SIGHUP: new handshakes get the new certificate.
+    make_cert_named(&live, "renewed");
+    d.signal(libc::SIGHUP);
+    wait_served(&addr, &live);
+    let renewed = served(&addr);
+    assert_ne!(renewed, first);
+    assert!(
+        d.log().contains("HTTPS certificate reloaded"),
+        "{}",
+        d.log()
+    );
+    // The connection made before is still served, with the certificate it was made with.
+    old.stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = old.wait_with_output().unwrap();
+    let text = common::stdout(&out);
+    assert!(text.contains("\"pong\":true"), "{text}");
+
+    // A bad renewal (a key of another certificate): the certificate in use is still
+    // served, and `status` names the file and the reason until a reload succeeds.
+    let other = d.root.path().join("other");
+    make_cert_named(&other, "other");
+    std::fs::copy(other.join("key.pem"), live.join("key.pem")).unwrap();
+    d.signal(libc::SIGHUP);
+    let problem = d.wait_problem_text("not reloaded");
+    assert!(
+        problem.contains("http.tls")
+            && problem.contains(&live.join("key.pem").display().to_string())
+            && problem.contains("does not go with the certificate"),
+        "{problem}"
+    );
+    assert_eq!(served(&addr), renewed);
+    assert!(d.is_running());
+
+    // New paths in the settings are read by the reload itself; the problem clears.
+    let moved = d.root.path().join("tls2");
+    make_cert_named(&moved, "moved");
+    d.write_config(&tls_config("tls2"));
+    d.signal(libc::SIGHUP);
+    wait_served(&addr, &moved);
+    common::wait_until(Duration::from_secs(30), "the problem to clear", || {
+        !d.problems_text().contains("not reloaded")
+    });
+    assert!(
+        !d.problems_text().contains("needs a restart"),
+        "{}",
+        d.problems_text()
+    );
+}

@@ -48,7 +48,7 @@ pub(super) struct RawTls {
     key: Option<String>,
 }
 
-/// `http.tls`: the PEM files HTTPS is served with (read once, at start).
+/// `http.tls`: the PEM files HTTPS is served with (read at start and on each SIGHUP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The certificate chain (PEM, the server's certificate first), relative to the root

@@ -49,8 +49,9 @@ impl Config {
     /// Start-up settings are those set up once: the paths and the socket (bound, watched,
     /// locked), how the inbox is watched (`watch`, `poll_interval`), the rescan timer
     /// (`reconcile_interval`), `follow_symlinks` (the settler's and the copier's view of
-    /// the inbox), `log_format` (the log writer) and `http.listen` (bound once; turning
-    /// HTTP on or off also needs a restart). Every other setting is live. The
+    /// the inbox), `log_format` (the log writer), `http.listen` (bound once; turning
+    /// HTTP on or off also needs a restart) and turning `http.tls` on or off (its files
+    /// are read again on each reload). Every other setting is live. The
     /// destructuring below names every field, so a new setting does not compile until it
     /// is placed on one side.
     pub fn reloaded(&self, new: Config) -> (Config, Vec<&'static str>) {
@@ -98,17 +99,20 @@ impl Config {
         let listen = |h: &Option<super::HttpConfig>| h.as_ref().map(|h| h.listen);
         let rebind = listen(&http) != listen(&self.http);
         keep("http.listen", rebind);
-        // The certificate is loaded with the listener, once: a new one needs a restart.
+        // The certificate is read again on each reload (new paths included), but turning
+        // HTTPS on or off changes what the bound listener speaks: a restart.
         let tls = |h: &Option<super::HttpConfig>| h.as_ref().and_then(|h| h.tls.clone());
-        let retls = !rebind && tls(&http) != tls(&self.http);
+        let retls = !rebind && tls(&http).is_some() != tls(&self.http).is_some();
         keep("http.tls", retls);
         let http = if rebind {
             self.http.clone()
-        } else {
+        } else if retls {
             http.map(|h| super::HttpConfig {
                 tls: tls(&self.http),
                 ..h
             })
+        } else {
+            http
         };
         // The live settings from `new`; every start-up setting as it runs.
         let running = Config {
@@ -168,15 +172,22 @@ mod tests {
             running.http.unwrap().header_timeout,
             Duration::from_secs(30)
         );
-        // A certificate is loaded with the listener: a new one needs a restart, while the
-        // other keys of the same reload apply.
+        // Turning HTTPS on changes what the listener speaks: a restart, while the other
+        // keys of the same reload apply.
         let tls = test_config(
             "http: {listen: \"127.0.0.1:8080\", anonymous_read: true, tls: {cert: c, key: k}}\n",
         )
         .unwrap();
-        let (running, restart) = on.reloaded(tls);
+        let (running, restart) = on.reloaded(tls.clone());
         assert_eq!(restart, ["http.tls"]);
         let h = running.http.unwrap();
         assert!(h.tls.is_none() && h.anonymous_read);
+        // New certificate paths are read by the reload itself: no restart.
+        let moved =
+            test_config("http: {listen: \"127.0.0.1:8080\", tls: {cert: c2, key: k2}}\n").unwrap();
+        let (running, restart) = tls.reloaded(moved);
+        assert!(restart.is_empty(), "{restart:?}");
+        let t = running.http.unwrap().tls.unwrap();
+        assert_eq!(t.cert.to_str(), Some("c2"));
     }
 }

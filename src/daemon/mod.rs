@@ -85,6 +85,8 @@ pub async fn run(
         listener.socket,
         started,
     )?;
+    // Kept for SIGHUP, which reads a renewed certificate into it.
+    let certificate = http.as_ref().and_then(|b| b.certificate());
     let http = http.map(|bound| {
         let state = crate::http::HttpState {
             ctx: workers.ctx.clone(),
@@ -94,7 +96,13 @@ pub async fn run(
         crate::http::start(bound, state)
     });
     readiness::announce(&workers.ctx, listener.path, &workers.stop).await?;
-    serve_until_shutdown(control, &workers.ctx, on_reload.as_ref()).await;
+    serve_until_shutdown(
+        control,
+        &workers.ctx,
+        on_reload.as_ref(),
+        certificate.as_ref(),
+    )
+    .await;
 
     crate::systemd::stopping();
     tracing::info!("shutting down");
@@ -109,11 +117,13 @@ pub async fn run(
 }
 
 /// Answers [`Control`] messages until told to stop: a reload tells systemd it is
-/// reloading, then ready again with a fresh status line.
+/// reloading, re-reads the settings and the HTTPS certificate, then tells systemd it is
+/// ready again with a fresh status line.
 async fn serve_until_shutdown(
     mut control: mpsc::UnboundedReceiver<Control>,
     ctx: &Context,
     on_reload: Option<&OnReload>,
+    certificate: Option<&crate::http::Certificate>,
 ) {
     while let Some(c) = control.recv().await {
         match c {
@@ -121,6 +131,9 @@ async fn serve_until_shutdown(
             Control::Reload => {
                 crate::systemd::reloading();
                 reload::reload(ctx, on_reload).await;
+                if let Some(c) = certificate {
+                    reload::reload_certificate(ctx, c).await;
+                }
                 crate::systemd::ready(&readiness::status_line(ctx));
             }
         }

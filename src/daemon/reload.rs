@@ -1,4 +1,5 @@
-//! SIGHUP: the settings re-read and published, and what needs a restart reported.
+//! SIGHUP: the settings re-read and published, and what needs a restart reported; the
+//! HTTPS certificate read again (certbot renews it in place, then sends SIGHUP).
 //!
 //! Start-up settings keep their running value; the settle period is handed to the
 //! settler, which keeps its own copy.
@@ -57,6 +58,43 @@ fn reload_failed(ctx: &Context, why: String) {
     ctx.board.error(format!(
         "reload failed, keeping the current settings: {why}"
     ));
+}
+
+/// The status problem a certificate that could not be reloaded is shown under.
+const TLS_PROBLEM: &str = "http.tls";
+
+/// Reads the HTTPS certificate and key of the running settings again (also when the
+/// settings file itself could not be read: a renewed certificate does not wait for a
+/// fixed file) and serves them to new connections; connections open keep theirs. A
+/// certificate that cannot be used leaves the one in use, and is a problem in the log
+/// and in `status` (the file, the setting and the reason) until a reload succeeds.
+pub(super) async fn reload_certificate(ctx: &Context, certificate: &crate::http::Certificate) {
+    let config = ctx.config();
+    let Some(tls) = config.http.as_ref().and_then(|h| h.tls.clone()) else {
+        return;
+    };
+    let c = certificate.clone();
+    let read = config.clone();
+    // Reading files and parsing keys: off the async threads.
+    let r = tokio::task::spawn_blocking(move || c.reload(&read))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match r {
+        Ok(()) => {
+            ctx.board.clear_problem(TLS_PROBLEM);
+            tracing::info!(
+                cert = %config.root.join(&tls.cert).display(),
+                "HTTPS certificate reloaded: new connections get it"
+            );
+        }
+        Err(why) => ctx.board.set_problem(
+            TLS_PROBLEM,
+            &format!(
+                "the HTTPS certificate was not reloaded; the one in use is still served: {why}"
+            ),
+        ),
+    }
 }
 
 /// Hands the published settle period to the settler, which keeps its own copy.

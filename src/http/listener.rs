@@ -43,8 +43,8 @@ pub struct Bound {
     listener: TcpListener,
     /// The address bound.
     pub addr: SocketAddr,
-    /// HTTPS: the handshake every connection goes through (`http.tls`).
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTPS: the certificate every connection's handshake is made with (`http.tls`).
+    tls: Option<super::tls::Certificate>,
 }
 
 impl Bound {
@@ -52,6 +52,11 @@ impl Bound {
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// HTTPS: the certificate served, for SIGHUP to replace ([`super::tls::Certificate::reload`]).
+    pub fn certificate(&self) -> Option<super::tls::Certificate> {
+        self.tls.clone()
     }
 }
 
@@ -64,7 +69,7 @@ pub async fn bind(config: &Config) -> Result<Option<Bound>> {
     };
     let tls = tls
         .as_ref()
-        .map(|t| super::tls::acceptor(config, t))
+        .map(|t| super::tls::Certificate::load(config, t))
         .transpose()?;
     let refused = |e: std::io::Error| {
         Error::Other(format!(
@@ -155,7 +160,8 @@ async fn serve(bound: Bound, state: HttpState, limit: usize) {
         connections.spawn(async move {
             match tls {
                 None => serve_one(stream, app, header_timeout, stop).await,
-                Some(acceptor) => {
+                Some(cert) => {
+                    let acceptor = cert.current();
                     if let Some(s) = super::tls::handshake(&acceptor, stream, header_timeout).await
                     {
                         serve_one(s, app, header_timeout, stop).await;

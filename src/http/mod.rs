@@ -57,6 +57,7 @@ use crate::shutdown::Shutdown;
 pub use error::{ApiError, status_of};
 pub use listener::{Bound, MAX_HEAD_BYTES, bind, start};
 pub use metrics::HttpMetrics;
+pub use tls::Certificate;
 
 /// What every route's handler gets: the socket server's context (the published catalog
 /// and settings, the status board, the registrar) and the daemon's shutdown signal.

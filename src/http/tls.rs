@@ -1,11 +1,12 @@
-//! HTTPS for the HTTP API (`http.tls`): the certificate chain and key read once at
-//! start (rustls, ring provider), each accepted connection's handshake, and a plain-HTTP
-//! request sent to the HTTPS port answered with a clear 400 instead of a broken
-//! handshake.
+//! HTTPS for the HTTP API (`http.tls`): the certificate chain and key read at start
+//! (rustls, ring provider) and again on SIGHUP ([`Certificate::reload`]: a renewed
+//! certificate serves new connections, a bad one leaves the one in use), each accepted
+//! connection's handshake, and a plain-HTTP request sent to the HTTPS port answered with
+//! a clear 400 instead of a broken handshake.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -22,9 +23,39 @@ use crate::error::{Error, Result};
 /// The first byte of a TLS handshake record: anything else on the HTTPS port is not TLS.
 const HANDSHAKE: u8 = 0x16;
 
+/// The certificate the listener serves, shared with the daemon's SIGHUP handler, which
+/// replaces it: each connection takes the one current when it is accepted, so a
+/// connection under way keeps the certificate it was made with.
+#[derive(Clone)]
+pub struct Certificate(Arc<RwLock<TlsAcceptor>>);
+
+impl Certificate {
+    /// The certificate read from `tls` at start (fatal when it cannot be).
+    pub(super) fn load(config: &Config, tls: &TlsFiles) -> Result<Certificate> {
+        Ok(Certificate(Arc::new(RwLock::new(acceptor(config, tls)?))))
+    }
+
+    /// The acceptor for a connection accepted now.
+    pub(super) fn current(&self) -> TlsAcceptor {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads `http.tls` of `config` again and serves it to connections accepted from now
+    /// on; on an error (a missing file, a key of another certificate) the certificate in
+    /// use stays, and the error (the file, the setting, the reason) is returned.
+    pub fn reload(&self, config: &Config) -> Result<()> {
+        let Some(tls) = config.http.as_ref().and_then(|h| h.tls.as_ref()) else {
+            return Ok(());
+        };
+        let fresh = acceptor(config, tls)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
 /// The acceptor for `tls` (paths relative to the root), or why it cannot be made: the
 /// file, and what is wrong with it.
-pub fn acceptor(config: &Config, tls: &TlsFiles) -> Result<TlsAcceptor> {
+fn acceptor(config: &Config, tls: &TlsFiles) -> Result<TlsAcceptor> {
     let (cert_path, key_path) = (config.root.join(&tls.cert), config.root.join(&tls.key));
     let bad = |path: &Path, key: &str, why: String| {
         Error::Other(format!(
