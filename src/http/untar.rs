@@ -5,7 +5,8 @@
 //! Folders an archive does not list (`tar -cf x.tar sub/f` holds only the file) are
 //! made as the files need them. Hidden entries (`.gitattributes`, `.cache/`) are left
 //! out by the inbox's rule for a dropped folder, and named in [`Extracted::left_out`];
-//! a temporary name (`x.part`, `x~`) is refused, as the inbox would wait for it forever.
+//! a temporary name (`x.part`, `x~`, a folder `sub.tmp/`) is refused, as the inbox would
+//! wait for it forever.
 //!
 //! Reads POSIX ustar and the pax and GNU extensions that GNU tar, bsdtar and Python's
 //! tarfile write (pax `path` and `size` records, GNU long names, base-256 sizes). Files
@@ -47,6 +48,22 @@ fn refused<T>(m: impl Into<String>) -> Result<T, Refused> {
 
 fn io_err(what: &str, e: io::Error) -> Refused {
     Refused(format!("{what}: {e}"))
+}
+
+/// The compression (or other archive format) the first bytes of a body show, when they
+/// are not a tar's: `gzip` for a `.tar.gz`, and so on. A tar starts with a file name.
+pub fn not_a_tar(head: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (b"\x1f\x8b", "gzip-compressed (a .tar.gz or .tgz)"),
+        (b"\xfd7zXZ\x00", "xz-compressed (a .tar.xz)"),
+        (b"BZh", "bzip2-compressed (a .tar.bz2)"),
+        (b"\x28\xb5\x2f\xfd", "zstd-compressed (a .tar.zst)"),
+        (b"PK\x03\x04", "a zip archive"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(m, _)| head.starts_with(m))
+        .map(|(_, what)| *what)
 }
 
 /// Extracts `tar` into `dest` (which must not exist yet; it is created mode 0755).
@@ -121,7 +138,7 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
             (Some(p), _) | (None, Some(p)) => p,
             (None, None) => ustar_path(&h)?,
         };
-        if let Some(top) = hidden(&raw) {
+        if let Some(top) = hidden(&raw)? {
             // Named once: `.cache`, not each file below it.
             if !out.left_out.contains(&top) {
                 out.left_out.push(top);
@@ -139,13 +156,6 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
         let target = dest.join(&rel);
         match kind {
             b'0' | 0 | b'7' => {
-                if let Some(name) = rel.file_name().and_then(|n| n.to_str())
-                    && crate::names::is_temporary(name)
-                {
-                    return refused(format!(
-                        "entry {raw:?} has a temporary name (a download or copy not finished): a dropped folder holding it would never be registered; rename it or leave it out"
-                    ));
-                }
                 // Folders the archive does not list are made as its files need them
                 // (only folders this reader made are below `dest`: no link is followed).
                 if let Some(parent) = target.parent()
@@ -155,7 +165,7 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
                         .mode(0o755)
                         .recursive(true)
                         .create(parent)
-                        .map_err(|e| io_err(&format!("entry {raw:?}"), e))?;
+                        .map_err(|e| clash(dest, &rel, &raw, false, e))?;
                 }
                 let exec = number(&h[100..108]).is_some_and(|m| m & 0o111 != 0);
                 let mode = if exec { 0o755 } else { 0o644 };
@@ -165,7 +175,7 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
                     .mode(mode)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
-                    .map_err(|e| io_err(&format!("entry {raw:?}"), e))?;
+                    .map_err(|e| clash(dest, &rel, &raw, false, e))?;
                 copy_n(tar, &mut f, size)
                     .map_err(|e| Refused(format!("entry {raw:?}: {}", e.0)))?;
                 skip(tar, padding(size))?;
@@ -188,7 +198,7 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
                     Err(e)
                         if e.kind() == io::ErrorKind::AlreadyExists
                             && target.symlink_metadata().is_ok_and(|m| m.is_dir()) => {}
-                    Err(e) => return Err(io_err(&format!("entry {raw:?}"), e)),
+                    Err(e) => return Err(clash(dest, &rel, &raw, true, e)),
                 }
                 skip(tar, size + padding(size))?;
             }
@@ -221,18 +231,67 @@ pub fn extract(tar: &mut impl Read, dest: &Path) -> Result<Extracted, Refused> {
     Ok(out)
 }
 
+/// The refusal of an entry that could not be created at `rel`: when an earlier entry
+/// took its place (the same path twice, as `tar -r` appends it, or a file where a folder
+/// is needed), a message naming the path; else the I/O error. `folder`: the entry is a
+/// folder.
+fn clash(dest: &Path, rel: &Path, raw: &str, folder: bool, e: io::Error) -> Refused {
+    let taken = matches!(
+        e.raw_os_error(),
+        Some(libc::EEXIST | libc::ENOTDIR | libc::EISDIR)
+    );
+    if !taken {
+        return io_err(&format!("entry {raw:?}"), e);
+    }
+    // The shallowest path already there as a file: a folder was needed there.
+    let mut at = PathBuf::new();
+    for c in rel.components() {
+        at.push(c);
+        let m = dest.join(&at).symlink_metadata();
+        if at != rel && m.as_ref().is_ok_and(|m| !m.is_dir()) {
+            return Refused(format!(
+                "the tar holds {:?} as a file and {:?} below it, as if it were a folder",
+                at.display().to_string(),
+                rel.display().to_string()
+            ));
+        }
+    }
+    let shown = rel.display().to_string();
+    match dest.join(rel).symlink_metadata() {
+        Ok(m) if m.is_dir() != folder => Refused(format!(
+            "the tar holds {shown:?} both as a folder and as a file"
+        )),
+        _ => Refused(format!(
+            "the tar holds {shown:?} twice (an archive appended to, tar -r? make it from the folder once)"
+        )),
+    }
+}
+
 /// The path up to an entry's first hidden component (`.git/x` -> `.git`, `./sub/.cache/y`
 /// -> `sub/.cache`), `.` and `..` aside; `None` when it has none. The inbox leaves such
-/// entries of a dropped folder out of its version.
-fn hidden(raw: &str) -> Option<String> {
+/// entries of a dropped folder out of its version. A component before it (or the hidden
+/// one itself) with a temporary ending (`sub.tmp/x`, `w.bin.part`, `notes~`) is refused,
+/// naming the entry: the inbox, walking a dropped folder the same way, would take it for
+/// a writer not done and wait for ever.
+fn hidden(raw: &str) -> Result<Option<String>, Refused> {
     let parts: Vec<&str> = raw
         .split('/')
         .filter(|c| *c != "." && !c.is_empty())
         .collect();
-    let i = parts
-        .iter()
-        .position(|c| c.starts_with('.') && *c != "..")?;
-    Some(parts[..=i].join("/"))
+    for (i, c) in parts.iter().enumerate() {
+        if crate::names::TEMPORARY_SUFFIXES
+            .iter()
+            .any(|s| c.len() > s.len() && c.ends_with(s))
+        {
+            return refused(format!(
+                "entry {raw:?} has a temporary name ({c:?}: a download or copy not finished): a dropped folder holding it would never be registered; rename it or leave it out"
+            ));
+        }
+        if c.starts_with('.') && *c != ".." {
+            return Ok(Some(parts[..=i].join("/")));
+        }
+    }
+    Ok(None)
 }
 
 /// The relative path of an entry (`./` and a trailing `/` dropped), or the refusal of
@@ -377,96 +436,5 @@ fn copy_n(r: &mut impl Read, f: &mut File, n: u64) -> Result<(), Refused> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One ustar header (and content) as GNU tar writes it.
-    fn entry(name: &str, kind: u8, content: &[u8]) -> Vec<u8> {
-        let mut h = [0u8; BLOCK];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..107].copy_from_slice(b"0000644");
-        h[124..135].copy_from_slice(format!("{:011o}", content.len()).as_bytes());
-        h[156] = kind;
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-        let mut out = h.to_vec();
-        out.extend(content);
-        out.resize(out.len() + padding(content.len() as u64) as usize, 0);
-        out
-    }
-
-    fn run(parts: &[Vec<u8>]) -> (tempfile::TempDir, Result<Extracted, Refused>) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut tar: Vec<u8> = parts.concat();
-        tar.extend([0u8; 1024]);
-        let r = extract(&mut tar.as_slice(), &dir.path().join("out"));
-        (dir, r)
-    }
-
-    #[test]
-    fn files_and_folders_are_extracted() {
-        let (dir, r) = run(&[
-            entry("./", b'5', b""),
-            entry("./sub/", b'5', b""),
-            entry("./sub/a.txt", b'0', b"hello"),
-            entry("config.json", b'0', b"{}"),
-        ]);
-        let x = r.unwrap();
-        assert_eq!((x.files, x.bytes), (2, 7));
-        let rels: Vec<_> = x.list.iter().map(|f| f.0.as_str()).collect();
-        assert_eq!(rels, ["config.json", "sub/a.txt"]);
-        assert_eq!(
-            std::fs::read(dir.path().join("out/sub/a.txt")).unwrap(),
-            b"hello"
-        );
-    }
-
-    #[test]
-    fn folders_not_listed_are_made_and_hidden_entries_left_out() {
-        let (dir, r) = run(&[
-            entry("a/b/c.bin", b'0', b"abc"),
-            entry("a/.cache/x", b'0', b"x"),
-            entry(".gitattributes", b'0', b"y"),
-            entry("a/d.bin", b'0', b"d"),
-        ]);
-        let x = r.unwrap();
-        assert_eq!((x.files, x.bytes), (2, 4));
-        assert_eq!(x.left_out, ["a/.cache", ".gitattributes"]);
-        assert_eq!(
-            std::fs::read(dir.path().join("out/a/b/c.bin")).unwrap(),
-            b"abc"
-        );
-        assert!(!dir.path().join("out/.gitattributes").exists());
-        let (_d, r) = run(&[entry("a/w.bin.part", b'0', b"x")]);
-        assert!(r.unwrap_err().0.contains("temporary name"));
-    }
-
-    #[test]
-    fn hostile_entries_are_refused() {
-        for (name, kind, why) in [
-            ("../evil", b'0', "goes up"),
-            ("a/../../evil", b'0', "goes up"),
-            ("/etc/evil", b'0', "absolute"),
-            ("link", b'2', "symbolic link"),
-            ("hard", b'1', "hard link"),
-            ("dev", b'3', "device"),
-            ("fifo", b'6', "FIFO"),
-            ("a\\b", b'0', "component"),
-        ] {
-            let (_d, r) = run(&[entry(name, kind, b"x")]);
-            let e = r.unwrap_err().0;
-            assert!(e.contains(why), "{name}: {e}");
-        }
-        let (_d, r) = run(&[entry("a", b'0', b"x"), entry("a", b'0', b"y")]);
-        assert!(r.unwrap_err().0.contains("exists"));
-        let (_d, r) = run(&[entry("only/", b'5', b"")]);
-        assert!(r.unwrap_err().0.contains("no file"));
-        let mut bad = entry("a", b'0', b"x");
-        bad[0] = b'b';
-        let (_d, r) = run(&[bad]);
-        assert!(r.unwrap_err().0.contains("checksum"));
-    }
-}
+#[path = "untar_tests.rs"]
+mod tests;

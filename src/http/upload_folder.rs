@@ -151,6 +151,20 @@ fn extract(file: &mut File, dest: &Path) -> Result<Extracted, ApiError> {
         )
     })?;
     let mut reader = std::io::BufReader::with_capacity(512 * 1024, file);
+    // A compressed tar sent as a plain one would be refused for a header that does not
+    // parse, which says nothing of the cause: its first bytes say it.
+    let head = std::io::BufRead::fill_buf(&mut reader).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("cannot read the upload back: {e}"),
+        )
+    })?;
+    if let Some(what) = untar::not_a_tar(head) {
+        return Err(ApiError::bad_request(format!(
+            "the body is {what}, not a tar: send the tar itself (tar -cf, without z/J/j; or decompress it first) as application/x-tar; nothing was registered"
+        ))
+        .with_status(axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
     untar::extract(&mut reader, dest).map_err(|e| {
         ApiError::bad_request(format!(
             "the tar archive is refused: {}; nothing was registered",
