@@ -64,7 +64,15 @@ fn json_object(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
         return Ok(None);
     };
     match serde_json::from_str::<serde_json::Value>(t) {
-        Ok(serde_json::Value::Object(_)) => Ok(Some(t.to_string())),
+        Ok(serde_json::Value::Object(_)) => match duplicate_key(t) {
+            // Named here: the request line it becomes would put a column of that line
+            // in the message, which is nowhere in what the client sent.
+            Some(key) => Err(ApiError::bad_request(format!(
+                "header {} holds the key {key:?} twice; give each key once",
+                shown(name)
+            ))),
+            None => Ok(Some(t.to_string())),
+        },
         Ok(_) => Err(ApiError::bad_request(format!(
             "header {name} must be a JSON object such as {{\"accuracy\": 0.91}}"
         ))),
@@ -72,6 +80,78 @@ fn json_object(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
             "header {name} is not JSON: {e}"
         ))),
     }
+}
+
+/// A header's name as HTTP documents write it (`x-modelreg-metrics` ->
+/// `X-Modelreg-Metrics`).
+fn shown(name: &str) -> String {
+    name.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The first key some object of the JSON `text` holds twice (serde_json keeps the last
+/// one silently), at any depth.
+fn duplicate_key(text: &str) -> Option<String> {
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+    /// Walks any JSON value; the first key seen twice in one object is kept in the cell.
+    #[derive(Clone, Copy)]
+    struct Seed<'a>(&'a RefCell<Option<String>>);
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(self)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    *self.0.borrow_mut() = Some(key);
+                    return Err(de::Error::custom("a duplicate key"));
+                }
+                map.next_value_seed(self)?;
+            }
+            Ok(())
+        }
+    }
+    let found = RefCell::new(None);
+    let _ = Seed(&found).deserialize(&mut serde_json::Deserializer::from_str(text));
+    found.into_inner()
 }
 
 /// The client's SHA-256, lower-cased; `bad_request` when it is not 64 hex digits.
@@ -318,4 +398,22 @@ async fn receive(
     })?;
     drop(file);
     Ok((read_only, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_key_given_twice_is_found_at_any_depth() {
+        use super::duplicate_key as dup;
+        assert_eq!(
+            dup(r#"{"loss": 0.3, "acc": 1, "loss": 0.2}"#),
+            Some("loss".into())
+        );
+        assert_eq!(
+            dup(r#"{"a": {"b": [1, {"c": 1, "c": 2}]}}"#),
+            Some("c".into())
+        );
+        assert_eq!(dup(r#"{"a": {"x": 1}, "b": {"x": 2}}"#), None);
+        assert_eq!(super::shown("x-modelreg-metrics"), "X-Modelreg-Metrics");
+    }
 }
