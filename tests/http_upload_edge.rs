@@ -9,6 +9,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::http::{parse, with_write_token};
@@ -262,4 +264,182 @@ fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_is_bad
         "{}",
         d.problems_text()
     );
+}
+
+/// `curl -T file` (PUT) to `path` with `token` and `headers`: (status, JSON body).
+fn put(
+    addr: &str,
+    token: &str,
+    path: &str,
+    file: &Path,
+    headers: &[&str],
+) -> (u16, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "120", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"));
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .arg("-T")
+        .arg(file)
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("curl");
+    let text = common::stdout(&out);
+    let (body, status) = text.rsplit_once('\n').expect("curl's status line");
+    (
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The error message of an error answer.
+fn message(body: &serde_json::Value) -> String {
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Runs `cmd` in `dir`, which must succeed.
+fn run_in(dir: &Path, cmd: &[&str]) {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", common::stderr(&out));
+}
+
+const TAR: &str = "Content-Type: application/x-tar";
+const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n";
+
+#[test]
+fn a_folder_upload_with_a_temporary_folder_is_refused_as_the_inbox_waits_for_it() {
+    let (d, addr, token) = with_write_token(CONFIG);
+    let work = tempfile::tempdir().unwrap();
+    let folder = work.path().join("bert");
+    std::fs::create_dir_all(folder.join("shards.tmp")).unwrap();
+    std::fs::write(folder.join("config.json"), b"{}").unwrap();
+    std::fs::write(folder.join("shards.tmp/part-1.bin"), b"half").unwrap();
+    run_in(work.path(), &["tar", "-C", "bert", "-cf", "bert.tar", "."]);
+    let (status, body) = put(
+        &addr,
+        &token,
+        "/api/v1/models/bert/upload",
+        &work.path().join("bert.tar"),
+        &[TAR],
+    );
+    assert_eq!(status, 400, "{body}");
+    let msg = message(&body);
+    assert!(
+        msg.contains("\"./shards.tmp/\"") && msg.contains("temporary name"),
+        "{msg}"
+    );
+    assert!(d.versions("bert").is_empty());
+    // The entry is named as the archive names it (tar lists the folder first).
+    // The same folder dropped in the inbox is waited for, never registered: the same rule.
+    run_in(
+        work.path(),
+        &["cp", "-r", "bert", d.inbox().join("bert").to_str().unwrap()],
+    );
+    common::wait_until(Duration::from_secs(30), "the inbox to wait for it", || {
+        let v = d.call(&modelreg::protocol::Request::Status {}).unwrap();
+        v.to_string().contains("shards.tmp is still being written")
+    });
+    assert!(d.versions("bert").is_empty());
+}
+
+#[test]
+fn a_tar_holding_a_path_twice_is_refused_naming_it() {
+    let (d, addr, token) = with_write_token(CONFIG);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("m")).unwrap();
+    std::fs::write(work.path().join("m/weights.bin"), b"first").unwrap();
+    run_in(
+        &work.path().join("m"),
+        &["tar", "-cf", "../m.tar", "weights.bin"],
+    );
+    // Appended again with new bytes, as `tar -r` does.
+    std::fs::write(work.path().join("m/weights.bin"), b"second").unwrap();
+    run_in(
+        &work.path().join("m"),
+        &["tar", "-rf", "../m.tar", "weights.bin"],
+    );
+    let (status, body) = put(
+        &addr,
+        &token,
+        "/api/v1/models/m/upload",
+        &work.path().join("m.tar"),
+        &[TAR],
+    );
+    assert_eq!(status, 400, "{body}");
+    let msg = message(&body);
+    assert!(
+        msg.contains("the tar holds \"weights.bin\" twice")
+            && msg.contains("nothing was registered"),
+        "{msg}"
+    );
+    assert!(!msg.contains("File exists"), "{msg}");
+    assert!(d.versions("m").is_empty());
+}
+
+#[test]
+fn a_gzip_compressed_tar_sent_as_a_tar_is_told_so() {
+    let (d, addr, token) = with_write_token(CONFIG);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("m")).unwrap();
+    // Large enough that the old reader got to a header (a checksum refused), and small.
+    let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(work.path().join("m/weights.bin"), &data).unwrap();
+    run_in(work.path(), &["tar", "-C", "m", "-czf", "m.tar.gz", "."]);
+    let (status, body) = put(
+        &addr,
+        &token,
+        "/api/v1/models/m/upload",
+        &work.path().join("m.tar.gz"),
+        &[TAR],
+    );
+    assert_eq!(status, 415, "{body}");
+    let msg = message(&body);
+    assert!(
+        msg.contains("gzip-compressed") && msg.contains("not a tar"),
+        "{msg}"
+    );
+    assert!(d.versions("m").is_empty());
+}
+
+#[test]
+fn a_metrics_header_with_a_key_twice_names_the_key_and_the_header() {
+    let (d, addr, token) = with_write_token(CONFIG);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("m.bin");
+    std::fs::write(&file, b"weights").unwrap();
+    std::fs::create_dir(work.path().join("f")).unwrap();
+    std::fs::write(work.path().join("f/w.bin"), b"weights").unwrap();
+    run_in(work.path(), &["tar", "-C", "f", "-cf", "f.tar", "."]);
+    let metrics = r#"X-Modelreg-Metrics: {"loss": 0.3, "accuracy": 0.9, "loss": 0.2}"#;
+    for (path, body, headers) in [
+        (
+            "/api/v1/models/m/upload?filename=m.bin",
+            &file,
+            vec![metrics],
+        ),
+        (
+            "/api/v1/models/f/upload",
+            &work.path().join("f.tar"),
+            vec![metrics, TAR],
+        ),
+    ] {
+        let (status, answer) = put(&addr, &token, path, body, &headers);
+        assert_eq!(status, 400, "{path}: {answer}");
+        let msg = message(&answer);
+        assert!(
+            msg.contains("X-Modelreg-Metrics") && msg.contains("\"loss\" twice"),
+            "{path}: {msg}"
+        );
+        assert!(!msg.contains("column"), "{path}: {msg}");
+    }
+    assert!(d.versions("m").is_empty() && d.versions("f").is_empty());
 }
