@@ -80,6 +80,11 @@ pub(super) async fn reload_certificate(ctx: &Context, certificate: &crate::http:
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
+    // The start's wording ("cannot serve HTTPS: ...") is wrong here: HTTPS goes on.
+    let r = r.map_err(|why| match why.strip_prefix("cannot serve HTTPS: ") {
+        Some(rest) => rest.to_string(),
+        None => why,
+    });
     match r {
         Ok(()) => {
             ctx.board.clear_problem(TLS_PROBLEM);
