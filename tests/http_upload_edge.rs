@@ -266,7 +266,8 @@ fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_is_bad
     );
 }
 
-/// `curl -T file` (PUT) to `path` with `token` and `headers`: (status, JSON body).
+/// PUT of `file`'s bytes to `path` with `token` and `headers` (`Name: value` lines), on
+/// a connection closed after the answer: (status, JSON body).
 fn put(
     addr: &str,
     token: &str,
@@ -274,24 +275,40 @@ fn put(
     file: &Path,
     headers: &[&str],
 ) -> (u16, serde_json::Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "120", "-w", "\n%{http_code}", "-H"])
-        .arg(format!("Authorization: Bearer {token}"));
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd
-        .arg("-T")
-        .arg(file)
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .expect("curl");
-    let text = common::stdout(&out);
-    let (body, status) = text.rsplit_once('\n').expect("curl's status line");
-    (
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    let data = std::fs::read(file).unwrap();
+    let mut raw = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\n",
+        data.len()
     )
+    .into_bytes();
+    for h in headers {
+        raw.extend_from_slice(format!("{h}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(&data);
+    let a = common::http::send(addr, &raw).unwrap();
+    (
+        a.status,
+        serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// `dir/NAME.tar` (or `.tar.gz` when `gzip`), made by the real `tar` from a folder
+/// `dir/NAME` holding `files` (paths and contents).
+fn folder_tar(dir: &Path, name: &str, files: &[(&str, &[u8])], gzip: bool) -> std::path::PathBuf {
+    for (rel, data) in files {
+        let path = dir.join(name).join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    let (flags, tar) = if gzip {
+        ("-czf", format!("{name}.tar.gz"))
+    } else {
+        ("-cf", format!("{name}.tar"))
+    };
+    run_in(dir, &["tar", "-C", name, flags, &tar, "."]);
+    dir.join(tar)
 }
 
 /// The error message of an error answer.
@@ -315,34 +332,37 @@ fn run_in(dir: &Path, cmd: &[&str]) {
 const TAR: &str = "Content-Type: application/x-tar";
 const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n";
 
+/// Uploads `tar` as a folder version of `model`: (status, error message).
+fn put_tar(addr: &str, token: &str, model: &str, tar: &Path) -> (u16, String) {
+    let path = format!("/api/v1/models/{model}/upload");
+    let (status, body) = put(addr, token, &path, tar, &[TAR]);
+    (status, message(&body))
+}
+
 #[test]
 fn a_folder_upload_with_a_temporary_folder_is_refused_as_the_inbox_waits_for_it() {
     let (d, addr, token) = with_write_token(CONFIG);
     let work = tempfile::tempdir().unwrap();
-    let folder = work.path().join("bert");
-    std::fs::create_dir_all(folder.join("shards.tmp")).unwrap();
-    std::fs::write(folder.join("config.json"), b"{}").unwrap();
-    std::fs::write(folder.join("shards.tmp/part-1.bin"), b"half").unwrap();
-    run_in(work.path(), &["tar", "-C", "bert", "-cf", "bert.tar", "."]);
-    let (status, body) = put(
-        &addr,
-        &token,
-        "/api/v1/models/bert/upload",
-        &work.path().join("bert.tar"),
-        &[TAR],
-    );
-    assert_eq!(status, 400, "{body}");
-    let msg = message(&body);
+    let files: &[(&str, &[u8])] = &[("config.json", b"{}"), ("shards.tmp/part-1.bin", b"half")];
+    let tar = folder_tar(work.path(), "bert", files, false);
+    let (status, msg) = put_tar(&addr, &token, "bert", &tar);
+    assert_eq!(status, 400, "{msg}");
+    // The entry is named as the archive names it (tar lists the folder first).
     assert!(
         msg.contains("\"./shards.tmp/\"") && msg.contains("temporary name"),
         "{msg}"
     );
     assert!(d.versions("bert").is_empty());
-    // The entry is named as the archive names it (tar lists the folder first).
     // The same folder dropped in the inbox is waited for, never registered: the same rule.
+    let bert = work.path().join("bert");
     run_in(
         work.path(),
-        &["cp", "-r", "bert", d.inbox().join("bert").to_str().unwrap()],
+        &[
+            "cp",
+            "-r",
+            bert.to_str().unwrap(),
+            d.inbox().to_str().unwrap(),
+        ],
     );
     common::wait_until(Duration::from_secs(30), "the inbox to wait for it", || {
         let v = d.call(&modelreg::protocol::Request::Status {}).unwrap();
@@ -355,27 +375,15 @@ fn a_folder_upload_with_a_temporary_folder_is_refused_as_the_inbox_waits_for_it(
 fn a_tar_holding_a_path_twice_is_refused_naming_it() {
     let (d, addr, token) = with_write_token(CONFIG);
     let work = tempfile::tempdir().unwrap();
-    std::fs::create_dir(work.path().join("m")).unwrap();
-    std::fs::write(work.path().join("m/weights.bin"), b"first").unwrap();
-    run_in(
-        &work.path().join("m"),
-        &["tar", "-cf", "../m.tar", "weights.bin"],
-    );
-    // Appended again with new bytes, as `tar -r` does.
-    std::fs::write(work.path().join("m/weights.bin"), b"second").unwrap();
-    run_in(
-        &work.path().join("m"),
-        &["tar", "-rf", "../m.tar", "weights.bin"],
-    );
-    let (status, body) = put(
-        &addr,
-        &token,
-        "/api/v1/models/m/upload",
-        &work.path().join("m.tar"),
-        &[TAR],
-    );
-    assert_eq!(status, 400, "{body}");
-    let msg = message(&body);
+    let m = work.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    // Written, then appended again with new bytes, as `tar -r` does.
+    for (data, flags) in [(&b"first"[..], "-cf"), (&b"second"[..], "-rf")] {
+        std::fs::write(m.join("weights.bin"), data).unwrap();
+        run_in(&m, &["tar", flags, "../m.tar", "weights.bin"]);
+    }
+    let (status, msg) = put_tar(&addr, &token, "m", &work.path().join("m.tar"));
+    assert_eq!(status, 400, "{msg}");
     assert!(
         msg.contains("the tar holds \"weights.bin\" twice")
             && msg.contains("nothing was registered"),
@@ -389,20 +397,11 @@ fn a_tar_holding_a_path_twice_is_refused_naming_it() {
 fn a_gzip_compressed_tar_sent_as_a_tar_is_told_so() {
     let (d, addr, token) = with_write_token(CONFIG);
     let work = tempfile::tempdir().unwrap();
-    std::fs::create_dir(work.path().join("m")).unwrap();
     // Large enough that the old reader got to a header (a checksum refused), and small.
     let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(work.path().join("m/weights.bin"), &data).unwrap();
-    run_in(work.path(), &["tar", "-C", "m", "-czf", "m.tar.gz", "."]);
-    let (status, body) = put(
-        &addr,
-        &token,
-        "/api/v1/models/m/upload",
-        &work.path().join("m.tar.gz"),
-        &[TAR],
-    );
-    assert_eq!(status, 415, "{body}");
-    let msg = message(&body);
+    let tar = folder_tar(work.path(), "m", &[("weights.bin", &data)], true);
+    let (status, msg) = put_tar(&addr, &token, "m", &tar);
+    assert_eq!(status, 415, "{msg}");
     assert!(
         msg.contains("gzip-compressed") && msg.contains("not a tar"),
         "{msg}"
@@ -416,9 +415,7 @@ fn a_metrics_header_with_a_key_twice_names_the_key_and_the_header() {
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("m.bin");
     std::fs::write(&file, b"weights").unwrap();
-    std::fs::create_dir(work.path().join("f")).unwrap();
-    std::fs::write(work.path().join("f/w.bin"), b"weights").unwrap();
-    run_in(work.path(), &["tar", "-C", "f", "-cf", "f.tar", "."]);
+    let tar = folder_tar(work.path(), "f", &[("w.bin", b"weights")], false);
     let metrics = r#"X-Modelreg-Metrics: {"loss": 0.3, "accuracy": 0.9, "loss": 0.2}"#;
     for (path, body, headers) in [
         (
@@ -426,11 +423,7 @@ fn a_metrics_header_with_a_key_twice_names_the_key_and_the_header() {
             &file,
             vec![metrics],
         ),
-        (
-            "/api/v1/models/f/upload",
-            &work.path().join("f.tar"),
-            vec![metrics, TAR],
-        ),
+        ("/api/v1/models/f/upload", &tar, vec![metrics, TAR]),
     ] {
         let (status, answer) = put(&addr, &token, path, body, &headers);
         assert_eq!(status, 400, "{path}: {answer}");

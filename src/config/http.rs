@@ -118,24 +118,29 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
             ),
         )
     })?;
-    let header_timeout = match raw.header_timeout {
-        None => DEFAULT_HEADER_TIMEOUT,
-        Some(v) => {
-            let d = humantime::parse_duration(v.trim()).map_err(|e| {
-                bad(
-                    "header_timeout",
-                    format!("`{v}` is not a duration ({e}); write e.g. 10s"),
-                )
-            })?;
-            if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
-                return Err(bad(
-                    "header_timeout",
-                    format!("{v} is out of range (100ms to 5m)"),
-                ));
-            }
-            d
+    // A duration within bounds, or the default when not set.
+    let timeout = |key: &str, v: Option<String>, default: Duration, max: Duration, range: &str| {
+        let Some(v) = v else {
+            return Ok(default);
+        };
+        let d = humantime::parse_duration(v.trim()).map_err(|e| {
+            bad(
+                key,
+                format!("`{v}` is not a duration ({e}); write e.g. 10s"),
+            )
+        })?;
+        if d < Duration::from_millis(100) || d > max {
+            return Err(bad(key, format!("{v} is out of range ({range})")));
         }
+        Ok(d)
     };
+    let header_timeout = timeout(
+        "header_timeout",
+        raw.header_timeout,
+        DEFAULT_HEADER_TIMEOUT,
+        Duration::from_secs(300),
+        "100ms to 5m",
+    )?;
     let max_upload = match raw.max_upload {
         None => DEFAULT_MAX_UPLOAD,
         Some(v) => parse_size(v.trim()).filter(|n| *n > 0).ok_or_else(|| {
@@ -145,24 +150,13 @@ pub(super) fn validate(shown: &str, raw: Option<RawHttp>) -> Result<Option<HttpC
             )
         })?,
     };
-    let body_timeout = match raw.body_timeout {
-        None => DEFAULT_BODY_TIMEOUT,
-        Some(v) => {
-            let d = humantime::parse_duration(v.trim()).map_err(|e| {
-                bad(
-                    "body_timeout",
-                    format!("`{v}` is not a duration ({e}); write e.g. 60s"),
-                )
-            })?;
-            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-                return Err(bad(
-                    "body_timeout",
-                    format!("{v} is out of range (100ms to 1h)"),
-                ));
-            }
-            d
-        }
-    };
+    let body_timeout = timeout(
+        "body_timeout",
+        raw.body_timeout,
+        DEFAULT_BODY_TIMEOUT,
+        Duration::from_secs(3600),
+        "100ms to 1h",
+    )?;
     let body_min_rate = match raw.body_min_rate {
         None => DEFAULT_BODY_MIN_RATE,
         Some(v) => {
