@@ -19,6 +19,7 @@
 //! - 3 [`protocol`] requests, typed answers and error codes shared by server and client.
 //! - 3 [`store`]    copy + SHA-256 in one pass into staging, publish, manifests, recovery.
 //! - 3 [`inbox`]    what an inbox entry is now: files, stats, checked opens.
+//! - 3 [`events`]   the event log: every change as a numbered event, durable in `<root>/events/`.
 //! - 3 [`tokens`]   HTTP API tokens: kept as SHA-256 hashes in tokens.yaml, checked in constant time.
 //! - 2 [`registry`] the catalog, its rules (selectors, changes, errors) and registry.yaml.
 //! - 1 [`config`]   settings: embedded default, file, validation, live settings.
@@ -39,6 +40,7 @@ pub mod daemon;
 pub mod dashboard;
 pub mod display;
 pub mod error;
+pub mod events;
 pub mod fsutil;
 pub mod hfcache;
 pub mod http;

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("store", 3),
     ("inbox", 3),
     ("tokens", 3),
+    ("events", 3),
     ("status", 4),
     ("verify", 4),
     ("messages", 4),
