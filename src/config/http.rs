@@ -265,7 +265,7 @@ fn public_url(v: &str) -> std::result::Result<String, &'static str> {
 }
 
 /// A size: bytes, or a number with KiB, MiB, GiB, TiB (or KB, MB, GB, TB: powers of 10).
-fn parse_size(s: &str) -> Option<u64> {
+pub(super) fn parse_size(s: &str) -> Option<u64> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().ok()?;

@@ -12,6 +12,7 @@
 //! settings every task reads, and what a reload may change, in `settings`.
 
 mod best;
+mod events;
 mod file;
 mod http;
 mod settings;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 pub use best::{BestPolicy, Direction};
+pub use events::EventsConfig;
 pub use http::{
     DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_UPLOAD, HttpConfig, TlsFiles,
 };
@@ -106,6 +108,8 @@ pub struct Config {
     /// Keep the Hugging Face cache view `<root>/hf` in step with the catalog
     /// (`hfcache`); off: the view is removed.
     pub hf_cache: bool,
+    /// How much of the event log is kept (`events:`).
+    pub events: EventsConfig,
 }
 
 impl Config {

@@ -75,6 +75,7 @@ impl Config {
             log_json,
             http,
             hf_cache,
+            events,
         } = new;
         let mut restart = Vec::new();
         let mut keep = |key: &'static str, changed: bool| {
@@ -124,6 +125,7 @@ impl Config {
             registry_write_interval,
             http,
             hf_cache,
+            events,
             ..self.clone()
         };
         (running, restart)

@@ -54,6 +54,7 @@ pub async fn run(
     let http = crate::http::bind(&config).await?;
     let _lock = startup::lock_root(&config)?;
     let (loaded, took) = startup::load_and_recover(&config)?;
+    let events = startup::open_events(&config, &loaded)?;
     let catalog = loaded.catalog;
     let listener = startup::listen(&config)?;
     startup::log_started(&config, &catalog, &listener);
@@ -80,6 +81,7 @@ pub async fn run(
     let workers = workers::Workers::start(
         settings,
         (catalog, journal),
+        events,
         board,
         layout,
         listener.socket,

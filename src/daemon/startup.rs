@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::RootLock;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::events;
 use crate::registry::{Catalog, persist};
 use crate::server;
 use crate::status::StatusBoard;
@@ -52,6 +53,9 @@ pub struct Loaded {
     pub journal: persist::Journal,
     /// The last journal record registry.yaml itself includes.
     pub written: u64,
+    /// The catalog the journal's records were replayed on, and those records: start-up
+    /// derives again the events of any whose events were not made durable.
+    pub replayed: (Catalog, Vec<crate::registry::Delta>),
 }
 
 /// Loads the catalog and brings the store in line with it: a publication a crash
@@ -81,6 +85,46 @@ pub(super) fn load_and_recover(config: &Config) -> Result<(Loaded, Timings)> {
             recovered,
         },
     ))
+}
+
+/// Opens the event log beside registry.yaml (`events/`), dropping events of records the
+/// catalog does not hold, and appends the events of replayed journal records that have
+/// none (their record was durable, their events not: a crash between the two fsyncs).
+pub(super) fn open_events(config: &Config, loaded: &Loaded) -> Result<Arc<events::Log>> {
+    let dir = config
+        .registry
+        .parent()
+        .unwrap_or(&config.root)
+        .join("events");
+    let retention = events::Retention::of(&config.events);
+    let log = events::Log::open(&dir, &retention, loaded.catalog.journal_seq)?;
+    let (before, records) = &loaded.replayed;
+    if records.iter().any(|d| d.seq == log.last_commit()) {
+        log.forget_last_commit()
+            .map_err(|e| Error::io("cut the event log", &dir, e))?;
+    }
+    let mut c = before.clone();
+    let (mut derived, mut from) = (0, None);
+    for d in records {
+        if d.seq > log.last_commit() {
+            let p = log
+                .write(events::derive(&c, d), &retention)
+                .and_then(|p| p.sync(&dir).map(|()| p))
+                .map_err(|e| Error::io("append to the event log", &dir, e))?;
+            derived += p.events().len();
+            from.get_or_insert(d.seq);
+            log.commit(p);
+        }
+        // Applied once already by the replay: it fits.
+        if let Err(why) = d.apply(&mut c) {
+            tracing::warn!("event log: record {} not replayed for its events: {why}", d.seq);
+            break;
+        }
+    }
+    if let Some(from) = from {
+        tracing::warn!(events = %dir.display(), "derived {derived} event(s) again from journal records {from}..{}, whose events a crash kept from the log", loaded.catalog.journal_seq);
+    }
+    Ok(Arc::new(log))
 }
 
 /// The control socket the daemon listens on.
@@ -228,7 +272,13 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
         missing_journal(config, &journal_path, c);
     }
     let written = loaded.as_ref().map_or(0, |c| c.journal_seq);
+    let replayed_on = loaded.clone().unwrap_or_default();
+    let mut replayed: Vec<crate::registry::Delta> = (scan.iter().flat_map(|s| &s.records))
+        .filter(|(d, _)| d.seq > replayed_on.journal_seq)
+        .map(|(d, _)| d.clone())
+        .collect();
     let (catalog, n) = persist::journal::continue_from(loaded, scan.as_ref(), &journal_path)?;
+    replayed.truncate(n);
     if n > 0 {
         tracing::info!(journal = %journal_path.display(), "replayed {n} change(s) made after registry.yaml was last written");
     }
@@ -258,6 +308,7 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
         catalog,
         journal,
         written,
+        replayed: (replayed_on, replayed),
     })
 }
 

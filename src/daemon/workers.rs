@@ -38,13 +38,14 @@ impl Workers {
     pub(super) fn start(
         settings: Arc<Settings>,
         (catalog, (journal, written)): (Catalog, (persist::Journal, u64)),
+        events: Arc<crate::events::Log>,
         board: Arc<StatusBoard>,
         layout: Arc<Layout>,
         listener: tokio::net::UnixListener,
         started: Instant,
     ) -> Result<Workers> {
         let config = settings.current();
-        let shared = Arc::new(Shared::new(catalog.clone()));
+        let shared = Arc::new(Shared::with_events(catalog.clone(), events));
         let (trigger, stop) = shutdown::channel();
         let (reg_tx, reg_rx) = mpsc::unbounded_channel();
         let (settler_tx, settler_rx) = mpsc::unbounded_channel();

@@ -37,6 +37,14 @@ impl Default for Retention {
 }
 
 impl Retention {
+    /// The retention the settings (`events:`) ask for.
+    pub fn of(c: &crate::config::EventsConfig) -> Retention {
+        Retention {
+            max_age: c.max_age,
+            max_bytes: c.max_bytes,
+        }
+    }
+
     fn segment_bytes(&self) -> u64 {
         (self.max_bytes / 4).clamp(1, MAX_SEGMENT)
     }
@@ -312,6 +320,36 @@ impl Log {
         if let Some(e) = p.events.first() {
             g.next = e.seq;
         }
+    }
+
+    /// Cuts off the events of the last commit in the log, to be derived again from its
+    /// journal record: a crash during their fsync may have kept only some of them (a
+    /// commit's events became visible only once all were durable, so none of those cut
+    /// was seen unless all were, and deriving again gives them the same numbers).
+    pub fn forget_last_commit(&self) -> std::io::Result<()> {
+        let mut g = self.lock();
+        let Some(s) = g.segments.last() else {
+            return Ok(());
+        };
+        let path = s.path.clone();
+        let r = segment::read(&path)?;
+        let last = g.last_commit;
+        let Some(i) = r.events.iter().position(|e| e.commit == last) else {
+            return Ok(());
+        };
+        let len = if i == 0 { 0 } else { r.ends[i - 1] };
+        segment::cut(&path, len)?;
+        let first = r.events[i].seq;
+        g.next = first;
+        g.committed = first - 1;
+        // Every earlier record has its events logged (or made none).
+        g.last_commit = last - 1;
+        g.recent.retain(|e| e.seq < first);
+        if let Some(s) = g.segments.last_mut() {
+            s.bytes = len;
+        }
+        self.last.send_replace(first - 1);
+        Ok(())
     }
 
     /// The seq of the oldest event kept (one past the last when none is kept).

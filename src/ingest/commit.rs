@@ -270,11 +270,15 @@ impl Registrar {
             let whole = self.writeback.failed || journal.is_none() || batch.compact;
             let recorded = record.is_some();
             let ours = self.writeback.ours.clone();
+            let (log, cfg) = (self.shared.events().cloned(), self.config.clone());
             let written = tokio::task::spawn_blocking(move || {
                 let t0 = std::time::Instant::now();
-                let (r, fresh, whole) = match &record {
-                    None => (Ok(()), true, whole),
-                    Some(d) => durable(d, &path, &snap, journal.as_mut(), whole, &ours),
+                let ((r, fresh, whole), events) = match &record {
+                    None => ((Ok(()), true, whole), None),
+                    // The record's events are made durable in the same round (events.rs).
+                    Some(d) => super::events::durable_with(log.as_deref(), &cfg, &before, d, whole, || {
+                        durable(d, &path, &snap, journal.as_mut(), whole, &ours)
+                    }),
                 };
                 tracing::debug!(took = ?t0.elapsed(), versions = staged.len(), whole, "commit durable");
                 // The models each version was published into (one more folder each).
@@ -324,11 +328,11 @@ impl Registrar {
                         }
                     }
                 }
-                (r, fresh, whole, staged, journal, published)
+                (r, fresh, whole, staged, journal, published, events)
             })
             .await;
             match written {
-                Ok((r, fresh, whole, staged, journal, published)) => {
+                Ok((r, fresh, whole, staged, journal, published, events)) => {
                     self.writeback.journal = journal;
                     for name in &published {
                         self.index.published(name);
@@ -343,12 +347,18 @@ impl Registrar {
                                 self.board.clear_problem(&self.journal_shown());
                             }
                             self.shared.publish(snapshot);
+                            if let (Some(log), Some(p)) = (self.shared.events(), events) {
+                                log.commit(p);
+                            }
                             let done: Vec<_> = (batch.registered.iter())
                                 .map(|(bytes, began)| (*bytes, began.elapsed()))
                                 .collect();
                             self.board.count_registered(&done);
                         }
                         Err(e) => {
+                            if let (Some(log), Some(p)) = (self.shared.events(), events) {
+                                log.abandon(p);
+                            }
                             self.writeback.failed = true;
                             // Shown until a commit is durable again.
                             self.board.set_problem(

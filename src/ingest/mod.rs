@@ -23,6 +23,7 @@ use crate::store::Staged;
 mod changes;
 mod commit;
 mod copy;
+mod events;
 mod handover;
 mod index;
 mod plan;
@@ -43,6 +44,8 @@ pub type RegistrarMsg = crate::messages::RegistrarMsg<JobResult>;
 pub struct Shared {
     catalog: RwLock<Arc<Catalog>>,
     published: tokio::sync::Notify,
+    /// The event log the registrar appends each commit's events to (none in unit tests).
+    events: Option<Arc<crate::events::Log>>,
 }
 
 impl Shared {
@@ -51,7 +54,22 @@ impl Shared {
         Shared {
             catalog: RwLock::new(Arc::new(catalog)),
             published: tokio::sync::Notify::new(),
+            events: None,
         }
+    }
+
+    /// A new holder of `catalog` whose commits append their events to `log`.
+    pub fn with_events(catalog: Catalog, log: Arc<crate::events::Log>) -> Self {
+        Shared {
+            events: Some(log),
+            ..Shared::new(catalog)
+        }
+    }
+
+    /// The event log: read it, or subscribe to its last committed seq (see
+    /// [`crate::events`]). `None` only in unit tests.
+    pub fn events(&self) -> Option<&Arc<crate::events::Log>> {
+        self.events.as_ref()
     }
 
     /// The current catalog; cheap (an `Arc` clone), never blocks on a write.
