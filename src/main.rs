@@ -201,6 +201,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the event log: every change to the catalog, numbered (docs/events.md).
+    /// Without --since, the last 20 events; with --follow, then every new one as it is
+    /// committed, until interrupted.
+    Events {
+        /// Keep printing events as they come.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start at this seq (0: the oldest kept); `now`: only events to come.
+        #[arg(long, value_name = "SEQ|now")]
+        since: Option<String>,
+        /// Only this model (a name, or a glob such as 'resnet*'); repeatable.
+        #[arg(long = "model", value_name = "MODEL")]
+        models: Vec<String>,
+        /// Only this kind (registered, metrics_updated, alias_set, alias_moved,
+        /// alias_rolled_back, alias_removed, deprecated, undeprecated, removed, gc);
+        /// repeatable.
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// One JSON object per line (NDJSON), as the daemon sends them.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write registry.yaml now from the daemon's catalog and empty the journal (it is
     /// otherwise rewritten at most every `registry_write_interval`, and at shutdown)
     Compact {

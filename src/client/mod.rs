@@ -3,6 +3,7 @@
 //! `routes`). Plain std I/O: a one-shot CLI call needs no async runtime.
 
 mod download;
+mod events;
 mod http;
 mod partial;
 mod routes;
@@ -11,6 +12,7 @@ mod tls;
 mod wire;
 
 pub use download::Downloaded;
+pub use events::StreamLine;
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};

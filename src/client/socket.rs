@@ -84,6 +84,16 @@ impl Socket {
         }
         Ok(answer)
     }
+
+    /// Reads the next line of a stream (`events`); `None` when the daemon closed it.
+    pub(super) fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).map_err(|e| ClientError::Io {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        Ok((n > 0).then_some(line))
+    }
 }
 
 /// Sends (a first part of) `buf` with the descriptors `fds` attached (SCM_RIGHTS, in

@@ -9,7 +9,7 @@ mod answers;
 mod request;
 
 pub use answers::*;
-pub use request::{OPS, Request, parse_request};
+pub use request::{OPS, Request, Since, parse_request};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,12 @@ pub enum ErrorCode {
     NotFound,
     /// HTTP: a `Range` that the file cannot satisfy, or more than one range.
     RangeNotSatisfiable,
+    /// `events`: the events asked for were compacted away (the error's `first` is the
+    /// oldest kept).
+    Compacted,
+    /// `events`: the subscriber did not read its stream in time and was disconnected;
+    /// it resumes from its last seq.
+    TooSlow,
     /// A bug or an I/O failure in the daemon.
     Internal,
 }

@@ -45,6 +45,31 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
     },
+    /// A stream of the event log (docs/events.md): a first answer line with the
+    /// retained range, then one event per line, a heartbeat line while idle; with
+    /// `follow` it lasts until the client closes, without it it ends after the events
+    /// logged when it was asked. Socket only.
+    Events {
+        /// The first seq wanted (0: the oldest kept), or `"now"`: only events to come.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
+        /// Start with the last this many events of the log (when `since` is not given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<u64>,
+        /// Only these models: names, or globs with `*` and `?` (none: every model).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        models: Vec<String>,
+        /// Only these kinds (`registered`, `alias_set`, ...; none: every kind).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        kinds: Vec<String>,
+        /// Keep the stream open for events to come.
+        #[serde(default)]
+        follow: bool,
+        /// How often a heartbeat line is sent while idle, in milliseconds (default
+        /// 15000, at least 100).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heartbeat_ms: Option<u64>,
+    },
     /// Register an already complete file handed over as an open descriptor (SCM_RIGHTS,
     /// exactly one, sent with this line): the daemon copies from the descriptor, so no
     /// path permission and no settle wait is involved. Answers like `wait`.
@@ -168,6 +193,7 @@ impl Request {
             Request::TokenCreate { .. } => "token_create",
             Request::TokenList {} => "token_list",
             Request::TokenRevoke { .. } => "token_revoke",
+            Request::Events { .. } => "events",
         }
     }
 
@@ -185,6 +211,11 @@ impl Request {
             | Request::TokenCreate { .. }
             | Request::TokenList {}
             | Request::TokenRevoke { .. } => {}
+            Request::Events { models, .. } => {
+                for m in models {
+                    *m = to_nfc(m);
+                }
+            }
             Request::Get { name, selector, .. } => {
                 *name = to_nfc(name);
                 if let Some(s) = selector {
@@ -230,6 +261,16 @@ impl Request {
             _ => false,
         }
     }
+}
+
+/// Where an `events` stream starts: a seq, or `"now"` (any other word is refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Since {
+    /// The first seq wanted (0: the oldest kept).
+    Seq(u64),
+    /// `"now"`.
+    Word(String),
 }
 
 /// Parses one request line (without its newline). Returns the request and its `id`, or
@@ -367,6 +408,7 @@ pub const OPS: &[&str] = &[
     "token_create",
     "token_list",
     "token_revoke",
+    "events",
 ];
 #[cfg(test)]
 mod tests {

@@ -194,6 +194,12 @@ pub(super) async fn handle_connection(
             return;
         }
         let response = match parse_request(body) {
+            Ok((req @ Request::Events { .. }, id)) => {
+                drop(fds);
+                // A stream, not one answer: the connection is the stream's until it ends.
+                super::events::stream(req, id, &mut reader, &mut w, ctx, shutdown, conn).await;
+                return;
+            }
             Ok((req, id)) => {
                 let mut r = if req.is_mutating() && !may_change(peer_uid) {
                     Response::err(

@@ -63,6 +63,10 @@ pub(super) enum Phase {
     Working,
     /// Handing an answer to a client that has not read it yet.
     Writing,
+    /// Streaming the event log (`events`): long-lived by design, never closed to admit
+    /// another connection (a stream whose client stops reading ends on its own, after
+    /// `WRITE_TIMEOUT`).
+    Subscribed,
 }
 
 #[derive(Debug)]
@@ -92,7 +96,7 @@ impl Connections {
         if g.1.len() >= self.limit {
             let victim =
                 g.1.iter()
-                    .filter(|(_, s)| s.phase != Phase::Working)
+                    .filter(|(_, s)| !matches!(s.phase, Phase::Working | Phase::Subscribed))
                     .min_by_key(|(_, s)| s.since)
                     .map(|(id, _)| *id)?;
             if let Some(s) = g.1.remove(&victim) {

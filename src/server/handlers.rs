@@ -130,6 +130,11 @@ async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Resp
         Request::TokenCreate { name, scope } => super::tokens::create(ctx, name, &scope).await,
         Request::TokenList {} => super::tokens::list(ctx),
         Request::TokenRevoke { name } => super::tokens::revoke(ctx, name).await,
+        // A stream: the connection hands it to `events::stream` before dispatch.
+        Request::Events { .. } => Response::err(
+            ErrorCode::BadRequest,
+            "events is a stream: ask for it on the control socket (`modelreg events`)",
+        ),
     }
 }
 
