@@ -434,13 +434,10 @@ fn events(
 ) -> Result<(), ClientError> {
     use modelreg::client::StreamLine;
     use modelreg::protocol::{Request, Since};
-    let since = match since {
-        None => None,
-        Some(s) => Some(match s.parse::<u64>() {
-            Ok(n) => Since::Seq(n),
-            Err(_) => Since::Word(s.to_string()),
-        }),
-    };
+    let since = since.map(|s| match s.parse::<u64>() {
+        Ok(n) => Since::Seq(n),
+        Err(_) => Since::Word(s.to_string()),
+    });
     let req = Request::Events {
         last: since.is_none().then_some(EVENTS_SHOWN),
         since,

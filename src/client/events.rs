@@ -33,7 +33,8 @@ impl Client {
     ) -> Result<serde_json::Value, ClientError> {
         let Conn::Socket(s) = &mut self.conn else {
             return Err(ClientError::Protocol(
-                "events is streamed on the control socket only; run it on the daemon's machine".into(),
+                "events is streamed on the control socket only; run it on the daemon's machine"
+                    .into(),
             ));
         };
         let follow = matches!(req, Request::Events { follow: true, .. });

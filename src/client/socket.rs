@@ -88,10 +88,13 @@ impl Socket {
     /// Reads the next line of a stream (`events`); `None` when the daemon closed it.
     pub(super) fn next_line(&mut self) -> Result<Option<String>, ClientError> {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).map_err(|e| ClientError::Io {
-            path: self.path.clone(),
-            source: e,
-        })?;
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| ClientError::Io {
+                path: self.path.clone(),
+                source: e,
+            })?;
         Ok((n > 0).then_some(line))
     }
 }

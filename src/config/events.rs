@@ -62,7 +62,10 @@ pub(super) fn validate(shown: &str, raw: Option<RawEvents>) -> Result<EventsConf
         None => DEFAULT_MAX_AGE,
         Some(v) => {
             let d = humantime::parse_duration(v.trim()).map_err(|e| {
-                bad("max_age", format!("`{v}` is not a duration ({e}); write e.g. 30d or 12h"))
+                bad(
+                    "max_age",
+                    format!("`{v}` is not a duration ({e}); write e.g. 30d or 12h"),
+                )
             })?;
             if d < Duration::from_secs(60) {
                 return Err(bad("max_age", format!("{v} is shorter than 1m")));
@@ -74,7 +77,10 @@ pub(super) fn validate(shown: &str, raw: Option<RawEvents>) -> Result<EventsConf
         None => DEFAULT_MAX_BYTES,
         Some(v) => {
             let n = super::http::parse_size(v.trim()).ok_or_else(|| {
-                bad("max_bytes", format!("`{v}` is not a size; write a number of bytes or e.g. 256MiB"))
+                bad(
+                    "max_bytes",
+                    format!("`{v}` is not a size; write a number of bytes or e.g. 256MiB"),
+                )
             })?;
             if n < 1024 {
                 return Err(bad("max_bytes", format!("{v} is less than 1KiB")));
@@ -98,7 +104,9 @@ mod tests {
         assert_eq!(c.events.max_bytes, super::DEFAULT_MAX_BYTES);
         let c = test_config("events: {max_bytes: 4KiB}\n").unwrap();
         assert_eq!(c.events.max_bytes, 4096);
-        let e = test_config("events: {max_bytes: lots}\n").unwrap_err().to_string();
+        let e = test_config("events: {max_bytes: lots}\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("events.max_bytes"), "{e}");
     }
 }

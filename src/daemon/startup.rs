@@ -117,7 +117,10 @@ pub(super) fn open_events(config: &Config, loaded: &Loaded) -> Result<Arc<events
         }
         // Applied once already by the replay: it fits.
         if let Err(why) = d.apply(&mut c) {
-            tracing::warn!("event log: record {} not replayed for its events: {why}", d.seq);
+            tracing::warn!(
+                "event log: record {} not replayed for its events: {why}",
+                d.seq
+            );
             break;
         }
     }

@@ -67,7 +67,8 @@ fn version_events(
         None if now.removed.is_none() => push(Kind::Registered, &metrics),
         None => {}
         Some(was) => {
-            if (was.metrics != now.metrics || was.metadata != now.metadata) && now.removed.is_none() {
+            if (was.metrics != now.metrics || was.metadata != now.metadata) && now.removed.is_none()
+            {
                 push(Kind::MetricsUpdated, &metrics);
             }
             match (&was.deprecated, &now.deprecated) {
@@ -79,7 +80,10 @@ fn version_events(
                 _ => {}
             }
             if let (None, Some(m)) = (&was.removed, &now.removed) {
-                let gc = m.reason.as_deref().is_some_and(|r| r.starts_with(GC_REASON));
+                let gc = m
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with(GC_REASON));
                 let kind = if gc { Kind::Gc } else { Kind::Removed };
                 push(kind, &|e| {
                     e.reason = m.reason.clone();
@@ -158,10 +162,18 @@ mod tests {
             let v3 = Arc::make_mut(m(c).versions.last_mut().unwrap());
             v3.update_metrics(v(0, &[("acc", 0.7)]).metrics, Default::default(), "now");
             t.version("m", 3);
-            m(c).deprecate("m", 1, Some("leak".into()), &stamp()).unwrap();
-            t.version("m", 1);
-            m(c).remove("m", 2, Some("gc: keep_last 1".into()), false, &stamp(), "gc")
+            m(c).deprecate("m", 1, Some("leak".into()), &stamp())
                 .unwrap();
+            t.version("m", 1);
+            m(c).remove(
+                "m",
+                2,
+                Some("gc: keep_last 1".into()),
+                false,
+                &stamp(),
+                "gc",
+            )
+            .unwrap();
             t.version("m", 2);
         });
         assert_eq!(

@@ -144,7 +144,11 @@ impl Log {
         // From the newest segment back, until one holds a committed event.
         while let Some((first, path)) = listed.last().cloned() {
             let r = segment::read(&path).map_err(|e| io("read event log", &path, e))?;
-            let keep = r.events.iter().take_while(|e| e.commit <= journal_seq).count();
+            let keep = r
+                .events
+                .iter()
+                .take_while(|e| e.commit <= journal_seq)
+                .count();
             if let Some((at, why)) = &r.damage {
                 tracing::warn!(
                     events = %path.display(),
@@ -205,7 +209,9 @@ impl Log {
             });
         }
         let file = match segments.last() {
-            Some(s) => Some(segment::open_append(&s.path).map_err(|e| io("open event log", &s.path, e))?),
+            Some(s) => {
+                Some(segment::open_append(&s.path).map_err(|e| io("open event log", &s.path, e))?)
+            }
             None => None,
         };
         let mut inner = Inner {
@@ -250,7 +256,10 @@ impl Log {
             e.time = time.clone();
             seq += 1;
         }
-        let full = g.segments.last().is_none_or(|s| s.bytes >= retention.segment_bytes());
+        let full = g
+            .segments
+            .last()
+            .is_none_or(|s| s.bytes >= retention.segment_bytes());
         let fresh = full || g.file.is_none();
         if fresh {
             let first = g.next;
@@ -388,8 +397,11 @@ impl Log {
             if from != 0 && from < first {
                 return Err(ReadError::Compacted { first });
             }
-            let segs: Vec<(u64, PathBuf)> =
-                g.segments.iter().map(|s| (s.first, s.path.clone())).collect();
+            let segs: Vec<(u64, PathBuf)> = g
+                .segments
+                .iter()
+                .map(|s| (s.first, s.path.clone()))
+                .collect();
             (segs, g.committed)
         };
         let start = segments.iter().rposition(|(f, _)| *f <= from).unwrap_or(0);
@@ -399,7 +411,9 @@ impl Log {
                 Ok(r) => r,
                 // Compacted while we read: say so, with what is kept now.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && i == start => {
-                    return Err(ReadError::Compacted { first: self.first() });
+                    return Err(ReadError::Compacted {
+                        first: self.first(),
+                    });
                 }
                 Err(e) => return Err(ReadError::Io(format!("{}: {e}", path.display()))),
             };
@@ -424,11 +438,15 @@ impl Log {
 
 /// The committed events from `from` on held in memory, if they reach back that far.
 fn recent(g: &Inner, from: u64, max: usize) -> Option<Vec<Event>> {
+    // What compaction dropped from disk is not served from memory either: the answer
+    // must not depend on what this process happens to remember.
+    let first = g.segments.first().map_or(g.next, |s| s.first);
+    let from = if from == 0 { first } else { from };
     if from > g.committed {
         return Some(Vec::new());
     }
     let front = g.recent.front()?.seq;
-    if from < front {
+    if from < front || from < first {
         return None;
     }
     let skip = (from - front) as usize;
@@ -442,7 +460,9 @@ fn compact(g: &mut Inner, r: &Retention) {
     while g.segments.len() > 1 {
         let total: u64 = g.segments.iter().map(|s| s.bytes).sum();
         let old = &g.segments[0];
-        let aged = now.duration_since(old.modified).is_ok_and(|a| a > r.max_age);
+        let aged = now
+            .duration_since(old.modified)
+            .is_ok_and(|a| a > r.max_age);
         if !aged && total <= r.max_bytes {
             break;
         }
@@ -471,7 +491,9 @@ mod tests {
     }
 
     fn append(log: &Log, commit: u64, n: usize, r: &Retention) {
-        let p = log.write((0..n).map(|_| ev(commit, "m")).collect(), r).unwrap();
+        let p = log
+            .write((0..n).map(|_| ev(commit, "m")).collect(), r)
+            .unwrap();
         p.sync(log.dir()).unwrap();
         log.commit(p);
     }
@@ -525,7 +547,12 @@ mod tests {
         let p = log.write(vec![ev(2, "m")], &r).unwrap();
         log.abandon(p);
         append(&log, 2, 1, &r);
-        let got: Vec<(u64, u64)> = log.read(0, 9).unwrap().iter().map(|e| (e.seq, e.commit)).collect();
+        let got: Vec<(u64, u64)> = log
+            .read(0, 9)
+            .unwrap()
+            .iter()
+            .map(|e| (e.seq, e.commit))
+            .collect();
         assert_eq!(got, [(1, 1), (2, 2)]);
         drop(log);
         let log = Log::open(&d.path().join("e"), &r, 2).unwrap();
@@ -546,6 +573,10 @@ mod tests {
         }
         assert!(log.first() > 1, "nothing compacted");
         assert_eq!(log.last(), 40);
+        // Still in memory, but compacted away: refused alike.
+        let first = log.first();
+        assert_eq!(log.read(1, 10), Err(ReadError::Compacted { first }));
+        assert_eq!(log.read(0, 1).unwrap()[0].seq, first);
         // Past the memory's reach too: a reopened log reads from disk.
         drop(log);
         let log = Log::open(&dir, &r, 40).unwrap();

@@ -42,7 +42,10 @@ where
     let r = if whole {
         if synced(&pending).is_err() {
             log.abandon(pending);
-            let e = Error::Other(format!("fsync of the event log {} failed", log.dir().display()));
+            let e = Error::Other(format!(
+                "fsync of the event log {} failed",
+                log.dir().display()
+            ));
             return ((Err(e), false, whole), None);
         }
         durable()

@@ -82,10 +82,7 @@ fn plan(req: Request, log: &Log) -> Result<Plan, Response> {
     Ok(Plan {
         from,
         follow,
-        filter: Filter {
-            models,
-            kinds,
-        },
+        filter: Filter { models, kinds },
         heartbeat,
     })
 }
@@ -165,7 +162,8 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
                 let msg = format!(
                     "events from {from} on were compacted away: the oldest kept is {first}; ask again with since {first} (what was before is gone)"
                 );
-                let _ = write_answer(w, &error_line(ErrorCode::Compacted, msg, Some(first)), None).await;
+                let _ = write_answer(w, &error_line(ErrorCode::Compacted, msg, Some(first)), None)
+                    .await;
                 return;
             }
             Err(ReadError::Io(e)) => {
@@ -237,7 +235,7 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
 /// is read and ignored (`false`): a stream takes no further requests.
 async fn client_input<R: AsyncBufRead + Unpin>(reader: &mut R) -> bool {
     match reader.fill_buf().await {
-        Ok(b) if b.is_empty() => true,
+        Ok([]) => true,
         Ok(b) => {
             let n = b.len();
             reader.consume(n);
