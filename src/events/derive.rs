@@ -99,15 +99,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::registry::tests::{model, v};
-    use crate::registry::{Stamp, Touched};
-
-    fn stamp() -> Stamp {
-        Stamp {
-            at: "2026-11-27T10:00:00Z".into(),
-            uid: Some(7),
-        }
-    }
+    use crate::registry::Touched;
+    use crate::registry::tests::{model, stamp, v};
 
     /// The events of `change` made on `before`, as the registrar would commit it.
     fn events(before: &Catalog, change: impl FnOnce(&mut Catalog, &mut Touched)) -> Vec<Event> {

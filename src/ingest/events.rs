@@ -39,7 +39,9 @@ where
             tracing::error!(events = %log.dir().display(), "fsync of the event log (record {}): {e}", d.seq);
         })
     };
-    let r = if whole {
+    let r = if pending.events().is_empty() {
+        durable()
+    } else if whole {
         if synced(&pending).is_err() {
             log.abandon(pending);
             let e = Error::Other(format!(

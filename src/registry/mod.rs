@@ -384,6 +384,14 @@ pub(crate) mod tests {
         }
     }
 
+    /// A stamp for tests: a fixed time, uid 7.
+    pub(crate) fn stamp() -> super::changes::Stamp {
+        super::changes::Stamp {
+            at: "2026-11-27T10:00:00Z".into(),
+            uid: Some(7),
+        }
+    }
+
     /// A model of `vs`.
     pub(crate) fn model(vs: Vec<Version>) -> Model {
         let mut m = Model::default();
