@@ -401,3 +401,31 @@ fn a_stream_sends_heartbeats_while_idle_and_is_not_closed_as_idle() {
         assert_eq!(v["last"], 0, "{l}");
     }
 }
+
+#[test]
+fn a_subscription_is_not_closed_to_admit_others_at_the_connection_limit() {
+    // An open-files limit of 300 leaves the daemon room for 150 connections.
+    let mut d = TestDaemon::new("settle: 300ms\n");
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg("ulimit -n 300 && exec \"$0\" serve --root \"$1\"")
+        .arg(BIN)
+        .arg(d.root.path());
+    d.spawn_via(sh);
+    hand_over(&d, "m", &bytes(1, 100), 0.1);
+    let rx = follow(&d, 0);
+    assert_eq!(take(&rx, 1)[0].kind, Kind::Registered);
+    // 400 idle connections: each past the limit closes the longest idle one, which
+    // the subscription (now the oldest) must not be.
+    let others: Vec<std::os::unix::net::UnixStream> = (0..400)
+        .map(|_| std::os::unix::net::UnixStream::connect(d.socket()).expect("connect"))
+        .collect();
+    d.client().alias_set("m", "p", "v1").unwrap();
+    assert_eq!(take(&rx, 1)[0].kind, Kind::AliasSet);
+    drop(others);
+    assert!(
+        d.log().contains("serving up to 150 connections"),
+        "{}",
+        d.log()
+    );
+}
