@@ -429,3 +429,61 @@ fn a_subscription_is_not_closed_to_admit_others_at_the_connection_limit() {
         d.log()
     );
 }
+
+#[test]
+fn a_subscriber_that_does_not_read_holds_up_nothing_and_is_told_to_resume() {
+    use std::io::{Read, Write};
+    let d = TestDaemon::quick();
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    s.write_all(b"{\"op\":\"events\",\"since\":0,\"follow\":true}\n")
+        .unwrap();
+    // Events of ~20 KB each (500 metrics), far more than the socket buffers hold,
+    // while the subscriber reads nothing: every change is still answered.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.pt");
+    std::fs::write(&p, bytes(1, 100)).unwrap();
+    let mut c = d.client();
+    for round in 0..40 {
+        let metrics: serde_json::Map<String, serde_json::Value> = (0..500)
+            .map(|i| {
+                (
+                    format!("metric_{i:04}"),
+                    serde_json::json!(round * 1000 + i),
+                )
+            })
+            .collect();
+        let f = std::fs::File::open(&p).unwrap();
+        c.register("m", "x.pt", &f, Some(metrics), None)
+            .expect("register");
+    }
+    // Past WRITE_TIMEOUT (10 s) unread, the stream ends with the seq to resume from.
+    std::thread::sleep(Duration::from_secs(12));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let last = all.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["error"]["code"], "too_slow", "{last}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("ask again with since"), "{msg}");
+    // Resuming from there gives the rest.
+    let n: u64 = msg
+        .split("since ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Nothing is skipped: the resume point is at most one past the last whole event.
+    let got = all
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0);
+    assert!(n <= got + 1, "resume at {n}, but only up to {got} arrived");
+    let rest = read_all(&d, n);
+    assert_eq!(rest.last().unwrap().seq, 40);
+}

@@ -55,6 +55,8 @@ pub async fn run(
     let _lock = startup::lock_root(&config)?;
     let (loaded, took) = startup::load_and_recover(&config)?;
     let events = startup::open_events(&config, &loaded)?;
+    // The replayed records were kept for that alone: not for the daemon's life.
+    drop(loaded.replayed);
     let catalog = loaded.catalog;
     let listener = startup::listen(&config)?;
     startup::log_started(&config, &catalog, &listener);

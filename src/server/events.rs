@@ -171,6 +171,9 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
                 return;
             }
         };
+        // Everything before this batch was handed over whole; of the batch, the client
+        // may have got part when a write fails, so it resumes from the batch's start.
+        let sent_before = from;
         let mut out = Vec::new();
         for e in &events {
             if !p.follow && e.seq > until {
@@ -190,7 +193,7 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
                 Ok(()) => {}
                 Err(WriteFailed::Unread) => {
                     let msg = format!(
-                        "the stream was not read for {}s; disconnected (ask again with since {from} to continue)",
+                        "the stream was not read for {}s; disconnected (ask again with since {sent_before} to continue: events before it were sent whole)",
                         super::WRITE_TIMEOUT.as_secs()
                     );
                     tracing::debug!("{msg}");
