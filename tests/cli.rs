@@ -125,6 +125,8 @@ fn every_client_command_accepts_json_and_prints_json() {
         vec!["rm", "m", "v2"],
         vec!["gc", "--dry-run"],
         vec!["compact"],
+        // NDJSON, one line per event: the one alias removal above is one JSON object.
+        vec!["events", "--since", "0", "--kind", "alias_removed"],
         vec!["add", file, "--wait"],
         // (A token named "m", so the case's command words end where the others' do.)
         vec!["token", "create", "m", "--scope", "read"],
