@@ -422,12 +422,10 @@ fn a_subscription_is_not_closed_to_admit_others_at_the_connection_limit() {
         .collect();
     d.client().alias_set("m", "p", "v1").unwrap();
     assert_eq!(take(&rx, 1)[0].kind, Kind::AliasSet);
-    drop(others);
-    assert!(
-        d.log().contains("serving up to 150 connections"),
-        "{}",
-        d.log()
-    );
+    // The limit was the one meant (the flood went past it).
+    let log = d.log();
+    assert!(log.contains("up to 150 connections"), "{log}");
+    assert_eq!(others.len(), 400);
 }
 
 #[test]
