@@ -271,12 +271,5 @@ pub(super) async fn serve_file(
     if method == Method::HEAD {
         return built(b, Body::empty());
     }
-    let (sink, streamed) = body::channel(count);
-    tokio::spawn(async move {
-        if let Err(e) = body::send_file(&opened, start, count, &sink).await {
-            tracing::warn!("HTTP download cut short: {e}");
-            let _ = sink.send(Err(e)).await;
-        }
-    });
-    built(b, Body::new(streamed))
+    built(b, Body::new(body::FileBody::new(opened, start, count)))
 }
