@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::http::{Answer, address, get, request, send};
+use common::http::{Answer, address, extract_tar, get, request, send};
 use common::{TestDaemon, bytes, write_renamed};
 
 const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n";
@@ -152,18 +152,7 @@ fn a_folder_version_is_one_tar_that_extracts_to_the_stored_bytes() {
     let a = get(&addr, "/api/v1/models/bert/versions/latest/tar");
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(a.header("content-type"), Some("application/x-tar"));
-    let out = d.root.path().join("extracted");
-    std::fs::create_dir(&out).unwrap();
-    let archive = d.root.path().join("bert.tar");
-    std::fs::write(&archive, &a.body).unwrap();
-    let tar = Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&out)
-        .output()
-        .expect("run tar");
-    assert!(tar.status.success(), "{}", common::stderr(&tar));
+    let (archive, out) = extract_tar(d.root.path(), "bert", &a.body);
     let v = d.get("bert", "v1").unwrap();
     assert_eq!(v.files.len(), 4);
     for f in &v.files {

@@ -8,9 +8,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 
-use common::http::{address, get, request};
+use common::http::{address, extract_tar, get, request};
 use common::{TestDaemon, bytes, write_renamed};
 
 const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n";
@@ -59,18 +58,7 @@ fn a_file_of_several_chunks_is_its_stored_bytes_whole_by_ranges_and_in_a_tar() {
     // The same bytes as a file of a folder version's tar, read the way `tar` reads it.
     let a = get(&addr, "/api/v1/models/folder/versions/v1/tar");
     assert_eq!(a.status, 200);
-    let archive = d.root.path().join("folder.tar");
-    std::fs::write(&archive, &a.body).unwrap();
-    let out = d.root.path().join("extracted");
-    std::fs::create_dir(&out).unwrap();
-    let tar = Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&out)
-        .output()
-        .expect("run tar");
-    assert!(tar.status.success(), "{}", common::stderr(&tar));
+    let (_, out) = extract_tar(d.root.path(), "folder", &a.body);
     let got = std::fs::read(out.join("folder-v1/weights.bin")).unwrap();
     assert!(got == content, "the tar's file is the stored file");
     assert_eq!(

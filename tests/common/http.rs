@@ -145,3 +145,25 @@ pub fn make_cert(dir: &std::path::Path) {
         .expect("openssl");
     assert!(out.status.success(), "{}", super::stderr(&out));
 }
+
+/// Writes `archive` (a tar's bytes) to `dir/NAME.tar` and extracts it with the real `tar`
+/// into `dir/extracted`; returns the archive's path and that folder.
+pub fn extract_tar(
+    dir: &std::path::Path,
+    name: &str,
+    archive: &[u8],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let out = dir.join("extracted");
+    std::fs::create_dir(&out).unwrap();
+    let path = dir.join(format!("{name}.tar"));
+    std::fs::write(&path, archive).unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&path)
+        .arg("-C")
+        .arg(&out)
+        .output()
+        .expect("run tar");
+    assert!(tar.status.success(), "{}", super::stderr(&tar));
+    (path, out)
+}
