@@ -1,15 +1,15 @@
 //! Downloads of files of many chunks on the real daemon: the bytes are the stored bytes
 //! whole, by ranges that start, end and straddle the server's chunk boundaries (512 KiB),
-//! and in a folder's tar; a file read from the disk rather than the page cache comes out
-//! the same; a stored file that shrinks mid-download cuts the connection short instead
-//! of passing for whole, and the daemon keeps serving.
+//! in a folder's tar, and over HTTPS; a file read from the disk rather than the page
+//! cache comes out the same; a stored file that shrinks mid-download cuts the connection
+//! short instead of passing for whole, and the daemon keeps serving.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 
-use common::http::{address, extract_tar, get, request};
+use common::http::{address, extract_tar, get, make_cert, request};
 use common::{TestDaemon, bytes, write_renamed};
 
 const CONFIG: &str = "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n";
@@ -134,4 +134,49 @@ fn a_stored_file_that_shrinks_mid_download_cuts_the_connection_short() {
     // Still serving.
     let a = get(&addr, "/api/v1/ping");
     assert_eq!(a.status, 200);
+}
+
+#[test]
+fn a_file_of_several_chunks_downloads_the_same_over_https() {
+    let mut d = TestDaemon::new("");
+    let tls = d.root.path().join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    make_cert(&tls);
+    d.write_config(&format!(
+        "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n  tls:\n    cert: {}\n    key: {}\n",
+        tls.join("cert.pem").display(),
+        tls.join("key.pem").display()
+    ));
+    d.spawn();
+    let len = 2 * CHUNK + 777;
+    let content = bytes(24, len);
+    write_renamed(&d.inbox(), "m.bin", &content);
+    d.wait_versions("m", 1);
+    let url = d.status().http.expect("status names the HTTPS address");
+    let file = format!("{url}/api/v1/models/m/versions/v1/files/m.bin");
+    let cacert = tls.join("cert.pem");
+    let got = d.root.path().join("got.bin");
+    let (start, end) = (CHUNK - 3, 2 * CHUNK + 3);
+    for range in [None, Some(format!("{start}-{end}"))] {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sf", "-m", "30", "--cacert"])
+            .arg(&cacert)
+            .arg("-o")
+            .arg(&got)
+            .arg(&file);
+        if let Some(r) = &range {
+            curl.args(["-r", r]);
+        }
+        let out = curl.output().expect("curl");
+        assert!(out.status.success(), "{range:?}: {}", common::stderr(&out));
+        let want = if range.is_some() {
+            &content[start..=end]
+        } else {
+            &content[..]
+        };
+        assert!(
+            std::fs::read(&got).unwrap() == want,
+            "{range:?}: other bytes"
+        );
+    }
 }
