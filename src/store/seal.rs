@@ -9,18 +9,17 @@
 //! catalog does not name, which start-up deletes. So the fsyncs are issued together, on
 //! a few threads, and the filesystem can complete them in one journal commit instead of
 //! one after another (six in a row per version before: ~6 commits, each 0.3–30 ms on a
-//! busy disk).
+//! busy disk). The threads are started once and kept ([`fsync_all`]): started per seal,
+//! their start (and the wait for each to be scheduled and to exit, on a busy machine)
+//! cost more than the fsyncs, and a `register()` loop ran at half the rate.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 
 use super::manifest::{Manifest, create_manifest};
 use super::staging::Staged;
 use crate::error::{Error, Result};
-
-/// At most this many fsyncs wait at once (threads of one seal).
-const MAX_PARALLEL: usize = 8;
 
 /// Writes `manifest` into the staged version and makes the version durable: every copy
 /// staging wrote, the manifest, and every folder of the staging tree and `.staging`,
@@ -48,31 +47,95 @@ pub fn seal(staged: &Staged, manifest: &Manifest) -> Result<()> {
     fsync_all(&paths)
 }
 
-/// fsyncs every path of `paths` (files or folders), several at a time; the first error,
-/// if any, once all have been tried.
-pub(super) fn fsync_all(paths: &[PathBuf]) -> Result<()> {
-    let next = AtomicUsize::new(0);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    let work = || {
+/// At most this many fsyncs wait at once (the caller and the pool's threads, per seal).
+const MAX_PARALLEL: usize = 8;
+
+/// One round of fsyncs, shared by the caller and the pool's threads helping it.
+struct Round {
+    paths: Vec<PathBuf>,
+    /// The next path not yet taken.
+    next: AtomicUsize,
+    /// How many paths are done (fsynced or failed), and the first error.
+    done: Mutex<(usize, Option<Error>)>,
+    all_done: Condvar,
+}
+
+impl Round {
+    /// Takes paths and fsyncs them until none is left.
+    fn work(&self) {
         loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(p) = paths.get(i) else { return };
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(p) = self.paths.get(i) else { return };
             // Any descriptor of the inode will do: fsync is of the file, not of the handle.
             let r = std::fs::File::open(p).and_then(|f| f.sync_all());
+            let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = r {
-                let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
-                slot.get_or_insert(Error::io("fsync", p, e));
+                done.1.get_or_insert(Error::io("fsync", p, e));
+            }
+            done.0 += 1;
+            if done.0 == self.paths.len() {
+                self.all_done.notify_all();
             }
         }
-    };
-    let threads = paths.len().min(MAX_PARALLEL);
-    std::thread::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(work);
+    }
+}
+
+/// The threads that help with rounds: started once, kept for the daemon's life (a
+/// register loop seals hundreds of versions a second, and starting threads for each
+/// cost more than the fsyncs' own CPU). Idle, they wait on the channel.
+fn pool() -> &'static Mutex<mpsc::Sender<Arc<Round>>> {
+    static POOL: OnceLock<Mutex<mpsc::Sender<Arc<Round>>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Arc<Round>>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 1..MAX_PARALLEL {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("fsync-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next round.
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match next {
+                            Ok(round) => round.work(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            // Without helpers the caller does every fsync itself: slower, never wrong.
+            if let Err(e) = spawned {
+                tracing::warn!("starting an fsync thread: {e}");
+            }
         }
-        work();
+        Mutex::new(tx)
+    })
+}
+
+/// fsyncs every path of `paths` (files or folders), several at a time (the caller and up
+/// to `MAX_PARALLEL - 1` of the pool's threads); returns once every one is done, with the
+/// first error, if any.
+pub(super) fn fsync_all(paths: &[PathBuf]) -> Result<()> {
+    let round = Arc::new(Round {
+        paths: paths.to_vec(),
+        next: AtomicUsize::new(0),
+        done: Mutex::new((0, None)),
+        all_done: Condvar::new(),
     });
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    let helpers = paths.len().min(MAX_PARALLEL).saturating_sub(1);
+    if helpers > 0 {
+        let tx = pool().lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..helpers {
+            // A helper that comes late finds nothing left and goes back to waiting.
+            let _ = tx.send(round.clone());
+        }
+    }
+    round.work();
+    // Paths other threads took may still be in their fsync: wait for every one.
+    let mut done = round.done.lock().unwrap_or_else(|p| p.into_inner());
+    while done.0 < paths.len() {
+        done = round.all_done.wait(done).unwrap_or_else(|p| p.into_inner());
+    }
+    match done.1.take() {
         Some(e) => Err(e),
         None => Ok(()),
     }
