@@ -2,7 +2,7 @@
 //! loop it is compared with.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{Daemon, Table, fill};
@@ -12,7 +12,7 @@ use super::{Daemon, Table, fill};
 /// same run, as a training loop that registers every checkpoint would make them.
 pub(super) fn register(t: &mut Table, scratch: &Path, quick: bool) {
     let n = if quick { 100 } else { 1000 };
-    let mut d = Daemon::new(scratch, "register", "settle: 50ms\n");
+    let mut d = Daemon::new(&roots_folder(scratch), "register", "settle: 50ms\n");
     d.start();
     let src = d.root().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -70,6 +70,52 @@ print(n / (time.perf_counter() - t0))
     );
     d.stop();
     mlflow_register(t, d.root(), &src, n, fd);
+}
+
+/// The folder the scenario's roots are made in, `scratch/register`, marked as the top of
+/// a directory hierarchy (`FS_TOPDIR_FL`, `chattr +T`), so that ext4 places each new root
+/// in a block group of its own, as it would a folder made in `/`. Why: on ext4 without
+/// a journal (this machine's `/`) the inode allocator skips every inode freed in the
+/// last 5 s, or in the last 305 s while its inode table block is unwritten, one buffer
+/// lookup each, and otherwise a new root lands in the block groups where the previous
+/// run has just deleted its root (~17,000 inodes) and cargo its build files. There a
+/// new file cost 1–2 ms instead of ~0.1 ms, and runs of the loop (8 new inodes per
+/// version) each right after the previous root was deleted did 116–235/s against
+/// ~450/s with nothing deleted (docs/benchmarks.md). Not a guarantee: the allocator
+/// may still pick a group with fresh deletions (1 run in 8 did 104/s). The registry is
+/// still on this disk, as durable; only the place of its root on the disk changes.
+/// Elsewhere (another file system, no permission) the roots are made there unmarked.
+fn roots_folder(scratch: &Path) -> PathBuf {
+    let dir = scratch.join("register");
+    fs::create_dir_all(&dir).unwrap();
+    if let Err(e) = mark_top_folder(&dir) {
+        eprintln!(
+            "  register: {} not marked as a top folder: {e}",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// Sets `FS_TOPDIR_FL` on the folder `dir` (what `chattr +T` does).
+fn mark_top_folder(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const FS_TOPDIR_FL: libc::c_long = 0x0002_0000;
+    let f = fs::File::open(dir)?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: both ioctls read or write the flags through a pointer to `flags`, which
+    // lives across the calls (the kernel uses its first 4 bytes, an int).
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if flags & FS_TOPDIR_FL == 0 {
+        flags |= FS_TOPDIR_FL;
+        // SAFETY: as above.
+        if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The optional MLflow scenario: the same loop in MLflow (SQLite tracking and registry,
