@@ -200,14 +200,46 @@ async fn serve_one<IO>(
     let conn =
         builder(header_timeout).serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r {
-            tracing::debug!("HTTP connection: {e}");
-        },
-        _ = stop.wait() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    let cut = Cut::default();
+    // The connection's requests are served within its future: they see `cut` there.
+    CONNECTION
+        .scope(cut.clone(), async {
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!("HTTP connection: {e}");
+                },
+                _ = stop.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+                // A stream whose client reads nothing (events): closed, not kept forever.
+                _ = cut.0.notified() => tracing::debug!("HTTP connection closed: its client read nothing"),
+            }
+        })
+        .await;
+}
+
+tokio::task_local! {
+    /// The connection whose requests are being served (set around each connection).
+    static CONNECTION: Cut;
+}
+
+/// A handle that closes the connection a request came on, for a handler whose answer
+/// streams on after it returned (events) and finds the client reads nothing: hyper
+/// stops asking a body for more while the client's window is full, so the body alone
+/// could not end it.
+#[derive(Clone, Default)]
+pub(super) struct Cut(Arc<tokio::sync::Notify>);
+
+impl Cut {
+    /// The connection of the request being handled (`None` outside one).
+    pub(super) fn current() -> Option<Cut> {
+        CONNECTION.try_with(Cut::clone).ok()
+    }
+
+    /// Closes the connection (at once: its answer under way is cut short).
+    pub(super) fn cut(&self) {
+        self.0.notify_one();
     }
 }
 

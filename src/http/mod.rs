@@ -11,7 +11,8 @@
 //! for `Range`/conditional headers, `paths` for the checks on a requested file path,
 //! `body` for streamed bodies), `archive` a version as one streamed tar (`tar` its
 //! headers), `dashboard` the web pages ([`crate::dashboard`]), `auth` the token check
-//! every request passes, `changes` the alias and deprecate changes a write token makes,
+//! every request passes, `changes` the alias and deprecate changes a write token makes, `events`
+//! the event log as Server-Sent Events,
 //! `upload` new versions sent over HTTP (a folder as a tar:
 //! `upload_folder`, read by `untar`), `tls` HTTPS (`http.tls`), `metrics` the
 //! Prometheus exposition and the request timing, `hub` the Hugging Face Hub's read
@@ -29,6 +30,7 @@ mod body;
 mod changes;
 mod dashboard;
 mod error;
+mod events;
 mod files;
 mod hub;
 mod hub_tree;
@@ -82,6 +84,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(metrics::routes())
         .merge(hub::routes())
         .merge(changes::routes())
+        .merge(events::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Innermost: only requests let through reach a body, and a trickled one is cut.

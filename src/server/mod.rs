@@ -6,7 +6,7 @@
 //! `connection` one connection's read/answer loop with its timeouts, `handlers` one
 //! handler per request (thin: the rules are the catalog's), `wait` the requests that ask
 //! the inbox side, `fds` the reading of descriptors passed with a request and `register`
-//! the hand-over of a file by descriptor, `events` the stream of the event log (`events`), `tokens` the HTTP API's tokens, `answers` the answer forms of catalog items.
+//! the hand-over of a file by descriptor, `events` the stream of the event log (`events`), `subscription` its reading (shared with the HTTP API's Server-Sent Events), `tokens` the HTTP API's tokens, `answers` the answer forms of catalog items.
 
 mod answers;
 mod connection;
@@ -16,6 +16,7 @@ mod fds;
 mod handlers;
 mod register;
 mod socket;
+pub mod subscription;
 mod tokens;
 mod wait;
 

@@ -1,0 +1,227 @@
+//! `GET /api/v1/events`: the event log as Server-Sent Events (`text/event-stream`), the
+//! same subscription as the socket's `events` ([`Subscription`]) in another format.
+//!
+//! Each event goes as `id: <seq>`, `event: <kind>`, `data: <the event's JSON>`; a
+//! heartbeat (`: heartbeat`, with an `id:` line saying how far the stream has read, so
+//! a filtered stream's `Last-Event-ID` moves on too) every period while idle; without
+//! `follow`, `event: end` once the events logged when it was asked were sent. A stream
+//! that cannot go on sends `event: error` with `{"code","message"}` (`compacted` with
+//! `first`, the oldest seq kept; `shutting_down` with `resume`) and ends. A client
+//! that reads nothing for [`WRITE_TIMEOUT`] has its connection closed (the reason and
+//! the seq to resume from go to the daemon's log; the client's own `Last-Event-ID` is
+//! that seq minus one).
+//!
+//! A task runs the subscription into a one-chunk channel that the connection drains,
+//! so a slow client holds one chunk and no thread, and the registrar never waits.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::{Body as AxumBody, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body::{Body, Frame};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::listener::Cut;
+use super::{ApiError, HttpState};
+use crate::protocol::{ErrorCode, Request, Since};
+use crate::server::WRITE_TIMEOUT;
+use crate::server::subscription::{Step, Subscription, too_slow_message};
+use crate::shutdown::Shutdown;
+
+/// The route (a read: any token, or none with `http.anonymous_read`).
+pub(super) fn routes() -> Router<HttpState> {
+    Router::new().route("/api/v1/events", get(events))
+}
+
+/// The `events` request of the query string (`since`, `last`, `model`, `kind` — each of
+/// these two repeated or comma-separated —, `follow`, `heartbeat_ms`) and the
+/// `Last-Event-ID` header, which wins over `since`: a reconnecting EventSource sends
+/// the same URL with it.
+fn request(q: &[(String, String)], headers: &HeaderMap) -> Result<Request, ApiError> {
+    let (mut since, mut last, mut models, mut kinds) = (None, None, Vec::new(), Vec::new());
+    let (mut follow, mut heartbeat_ms) = (false, None);
+    let number = |k: &str, v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("{k}={v:?} is not a whole number")))
+    };
+    for (k, v) in q {
+        match k.as_str() {
+            "since" if v == "now" => since = Some(Since::Word(v.clone())),
+            "since" => since = Some(Since::Seq(number(k, v)?)),
+            "last" => last = Some(number(k, v)?),
+            "model" | "models" => models.extend(v.split(',').map(str::to_owned)),
+            "kind" | "kinds" => kinds.extend(v.split(',').map(str::to_owned)),
+            "follow" => {
+                follow = match v.as_str() {
+                    "true" | "1" | "" => true,
+                    "false" | "0" => false,
+                    _ => return Err(ApiError::bad_request(format!("follow={v:?}: say true or false"))),
+                }
+            }
+            "heartbeat_ms" => heartbeat_ms = Some(number(k, v)?),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {k:?}; this route takes since, last, model, kind, follow, heartbeat_ms"
+                )));
+            }
+        }
+    }
+    if let Some(h) = headers.get("last-event-id") {
+        let id = h
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not a seq"))?;
+        since = Some(Since::Seq(id + 1));
+        last = None;
+    }
+    Ok(Request::Events {
+        since,
+        last,
+        models,
+        kinds,
+        follow,
+        heartbeat_ms,
+    })
+}
+
+async fn events(
+    State(s): State<HttpState>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let req = request(&q, &headers)?.normalized();
+    let Some(log) = s.ctx.shared.events().cloned() else {
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            "this daemon keeps no event log",
+        ));
+    };
+    let sub = Subscription::open(req, log).map_err(|r| {
+        r.error.map_or_else(
+            || ApiError::new(ErrorCode::Internal, "no subscription"),
+            ApiError::from,
+        )
+    })?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(produce(sub, tx, s.stop.clone(), Cut::current()));
+    let mut r = AxumBody::new(SseBody(rx)).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx and the like: pass each event on at once rather than buffer the answer.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+/// One event block: `event:` and `data:` (one line of JSON), `id:` when given.
+fn block(id: Option<u64>, event: &str, data: &serde_json::Value) -> String {
+    let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
+    format!("{id}event: {event}\ndata: {data}\n\n")
+}
+
+/// Runs `sub` into `tx` until the stream ends, the client goes, or it reads nothing for
+/// [`WRITE_TIMEOUT`] (then `cut` closes its connection).
+async fn produce(mut sub: Subscription, tx: Sink, stop: Shutdown, cut: Option<Cut>) {
+    let send = |text: String, resume: u64| {
+        let (tx, cut) = (&tx, &cut);
+        async move {
+            match tokio::time::timeout(WRITE_TIMEOUT, tx.send(Ok(Bytes::from(text)))).await {
+                Ok(r) => r.is_ok(),
+                Err(_) => {
+                    let msg = too_slow_message(WRITE_TIMEOUT.as_secs(), resume);
+                    tracing::debug!("HTTP events: {msg}");
+                    if let Some(c) = cut {
+                        c.cut();
+                    }
+                    false
+                }
+            }
+        }
+    };
+    // A comment first: the answer's head and a first byte through any proxy.
+    if !send(format!(": events {}\n\n", sub.head()), sub.next_seq()).await {
+        return;
+    }
+    loop {
+        let gone = async {
+            tx.closed().await;
+            true
+        };
+        let text = match sub.next(&stop, gone).await {
+            Step::Events { events, resume } => {
+                let mut text = String::new();
+                for e in &events {
+                    if let Ok(data) = serde_json::to_value(e) {
+                        text.push_str(&block(Some(e.seq), e.kind.name(), &data));
+                    }
+                }
+                if !send(text, resume).await {
+                    return;
+                }
+                continue;
+            }
+            Step::Heartbeat { .. } => {
+                // Everything before `next_seq` was sent (or filtered out).
+                let id = sub.next_seq().checked_sub(1);
+                let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
+                if !send(format!(": heartbeat\n{id}\n"), sub.next_seq()).await {
+                    return;
+                }
+                continue;
+            }
+            Step::End { last } => block(None, "end", &json!({"last": last})),
+            Step::Compacted { first, message } => {
+                let e = json!({"code": ErrorCode::Compacted, "message": message, "first": first});
+                block(None, "error", &e)
+            }
+            Step::Failed(message) => {
+                block(None, "error", &json!({"code": ErrorCode::Internal, "message": message}))
+            }
+            Step::Stopping { message } => {
+                let e = json!({"code": ErrorCode::ShuttingDown, "message": message, "resume": sub.next_seq()});
+                block(None, "error", &e)
+            }
+            Step::Input(_) | Step::Gone => return,
+        };
+        // The last words; the stream ends (the connection stays, as after any answer).
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tx.send(Ok(Bytes::from(text))),
+        )
+        .await;
+        return;
+    }
+}
+
+/// The producer's end of the channel.
+type Sink = mpsc::Sender<io::Result<Bytes>>;
+
+/// A body of unknown length arriving through a channel; it ends when the producer does.
+struct SseBody(mpsc::Receiver<io::Result<Bytes>>);
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
+    }
+}

@@ -1,0 +1,238 @@
+//! A subscription to the event log, whatever carries it: the socket's `events` (NDJSON,
+//! [`super::events`]) and the HTTP API's Server-Sent Events (`crate::http`) both drive
+//! one [`Subscription`] and only format what it yields.
+//!
+//! The registrar never waits for a subscriber: it only bumps the log's watch. Each
+//! subscription reads the log itself (memory for recent events, else the segments on the
+//! blocking pool), one batch of at most [`BATCH`] events at a time, so a slow reader
+//! costs one batch of memory and falls behind on its own; a reconnect with its last seq
+//! plus one continues where it stopped.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::events::{Event, Filter, Kind, Log, ReadError};
+use crate::protocol::{ErrorCode, Request, Response, Since};
+use crate::shutdown::Shutdown;
+
+/// How often a heartbeat is sent on an idle stream, by default.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// The most events read (and held) at once for one stream.
+const BATCH: usize = 512;
+
+/// What a subscription has for its carrier next.
+#[derive(Debug)]
+pub enum Step {
+    /// Events that pass the filter, in order. `resume`: the seq a client that got only
+    /// part of them (a failed write) continues from; everything before was sent whole.
+    Events {
+        /// The events.
+        events: Vec<Event>,
+        /// Where the batch began.
+        resume: u64,
+    },
+    /// Without `follow`: every event logged when it was asked was sent.
+    End {
+        /// The last seq of the log when it was asked.
+        last: u64,
+    },
+    /// The stream asked for (or fell behind to) events compacted away: it ends.
+    Compacted {
+        /// The oldest seq kept.
+        first: u64,
+        /// What this error says to the client.
+        message: String,
+    },
+    /// The log could not be read: it ends.
+    Failed(String),
+    /// Nothing was sent for the heartbeat period.
+    Heartbeat {
+        /// The last committed seq.
+        last: u64,
+    },
+    /// The daemon is stopping: it ends. `message` says where to continue.
+    Stopping {
+        /// What this error says to the client.
+        message: String,
+    },
+    /// The carrier's input future resolved with this (the socket: its client closed
+    /// its sending side, or sent something).
+    Input(bool),
+    /// The log is gone (the daemon is going away).
+    Gone,
+}
+
+/// One subscription: where it is in the log and what it passes.
+pub struct Subscription {
+    log: Arc<Log>,
+    watch: watch::Receiver<u64>,
+    from: u64,
+    until: u64,
+    follow: bool,
+    filter: Filter,
+    heartbeat: Duration,
+    /// After a step of events: whether the stream is done (without `follow`).
+    after_events: Option<bool>,
+    /// The answer head: `{"first":F,"last":L,"from":S}`.
+    head: serde_json::Value,
+}
+
+impl Subscription {
+    /// The subscription `req` (an `events` request) asks for on `log`, or the error
+    /// answer for a bad request.
+    pub fn open(req: Request, log: Arc<Log>) -> Result<Subscription, Response> {
+        // Subscribed before the log is looked at: no commit from here on is missed.
+        let watch = log.subscribe();
+        let Request::Events {
+            since,
+            last,
+            models,
+            kinds,
+            follow,
+            heartbeat_ms,
+        } = req
+        else {
+            return Err(Response::err(ErrorCode::Internal, "not an events request"));
+        };
+        let bad = |m: String| Response::err(ErrorCode::BadRequest, m);
+        let kinds = kinds
+            .iter()
+            .map(|k| {
+                Kind::parse(k).ok_or_else(|| {
+                    let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                    bad(format!("no event kind {k:?}; kinds are {}", all.join(", ")))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(m) = models.iter().find(|m| m.is_empty()) {
+            return Err(bad(format!("model filter {m:?} is empty")));
+        }
+        let (first, until) = (log.first(), log.last());
+        let next = until + 1;
+        let from = match (since, last) {
+            (Some(_), Some(_)) => return Err(bad("give since or last, not both".into())),
+            (Some(Since::Seq(n)), None) => n,
+            (Some(Since::Word(w)), None) if w == "now" => next,
+            (Some(Since::Word(w)), None) => {
+                return Err(bad(format!("since {w:?} is neither a seq nor \"now\"")));
+            }
+            (None, Some(n)) => next.saturating_sub(n).max(first),
+            (None, None) => next,
+        };
+        let heartbeat = heartbeat_ms.map_or(HEARTBEAT, |ms| Duration::from_millis(ms.max(100)));
+        Ok(Subscription {
+            log,
+            watch,
+            from,
+            until,
+            follow,
+            filter: Filter { models, kinds },
+            heartbeat,
+            after_events: None,
+            head: json!({"first": first, "last": until, "from": from}),
+        })
+    }
+
+    /// The answer head: the oldest seq kept, the last committed, where the stream starts.
+    pub fn head(&self) -> &serde_json::Value {
+        &self.head
+    }
+
+    /// The seq the stream reads next: a client that got every event sent so far
+    /// continues from here.
+    pub fn next_seq(&self) -> u64 {
+        self.from
+    }
+
+    /// The next step of the stream. While idle it waits for a commit, the daemon's
+    /// stop, `input` (the carrier's own wake-up, e.g. the client's side; give
+    /// `std::future::pending()` for none) or the heartbeat period.
+    pub async fn next(&mut self, shutdown: &Shutdown, input: impl Future<Output = bool>) -> Step {
+        let mut input = std::pin::pin!(input);
+        loop {
+            match self.after_events.take() {
+                Some(true) => return Step::End { last: self.until },
+                // More may be waiting: read on without a pause, letting others run.
+                Some(false) => tokio::task::yield_now().await,
+                None => {}
+            }
+            // Marked seen before reading: a commit from here on wakes the wait below.
+            self.watch.borrow_and_update();
+            let events = match batch(&self.log, self.from).await {
+                Ok(v) => v,
+                Err(ReadError::Compacted { first }) => {
+                    let message = format!(
+                        "events from {} on were compacted away: the oldest kept is {first}; ask again with since {first} (what was before is gone)",
+                        self.from
+                    );
+                    return Step::Compacted { first, message };
+                }
+                Err(ReadError::Io(e)) => return Step::Failed(e),
+            };
+            let resume = self.from;
+            let read = events.len();
+            let mut pass = Vec::new();
+            for e in events {
+                if !self.follow && e.seq > self.until {
+                    break;
+                }
+                self.from = e.seq + 1;
+                if self.filter.matches(&e) {
+                    pass.push(e);
+                }
+            }
+            let done = !self.follow && (self.from > self.until || read == 0);
+            if !pass.is_empty() {
+                self.after_events = Some(done);
+                return Step::Events {
+                    events: pass,
+                    resume,
+                };
+            }
+            if done {
+                return Step::End { last: self.until };
+            }
+            if read > 0 {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.wait() => {
+                    let message = format!(
+                        "the daemon is stopping; continue with since {} once it is back",
+                        self.from
+                    );
+                    return Step::Stopping { message };
+                }
+                r = self.watch.changed() => if r.is_err() { return Step::Gone },
+                v = &mut input => return Step::Input(v),
+                _ = tokio::time::sleep(self.heartbeat) => {
+                    return Step::Heartbeat { last: self.log.last() };
+                }
+            }
+        }
+    }
+}
+
+/// The message of a stream closed because its client read nothing for `secs` seconds.
+pub fn too_slow_message(secs: u64, resume: u64) -> String {
+    format!(
+        "the stream was not read for {secs}s; disconnected (ask again with since {resume} to continue: events before it were sent whole)"
+    )
+}
+
+/// Committed events from `from`, at most [`BATCH`]: from memory, else from disk on the
+/// blocking pool.
+async fn batch(log: &Arc<Log>, from: u64) -> Result<Vec<Event>, ReadError> {
+    if let Some(v) = log.read_recent(from, BATCH) {
+        return Ok(v);
+    }
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.read(from, BATCH))
+        .await
+        .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())))
+}
