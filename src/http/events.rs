@@ -127,7 +127,7 @@ async fn events(
 }
 
 /// One event block: `event:` and `data:` (one line of JSON), `id:` when given.
-fn block(id: Option<u64>, event: &str, data: &serde_json::Value) -> String {
+fn block(id: Option<u64>, event: &str, data: &impl std::fmt::Display) -> String {
     let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
     format!("{id}event: {event}\ndata: {data}\n\n")
 }
@@ -164,7 +164,8 @@ async fn produce(mut sub: Subscription, tx: Sink, stop: Shutdown, cut: Option<Cu
             Step::Events { events, resume } => {
                 let mut text = String::new();
                 for e in &events {
-                    if let Ok(data) = serde_json::to_value(e) {
+                    // The event as logged, fields in the documented order.
+                    if let Ok(data) = serde_json::to_string(e) {
                         text.push_str(&block(Some(e.seq), e.kind.name(), &data));
                     }
                 }

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import _http
+from . import _events, _http
 
 __all__ = [
     "ModelRegistry",
@@ -104,6 +104,7 @@ __all__ = [
     "UnusableFile",
     "SourceChanged",
     "DaemonStopping",
+    "EventsCompacted",
     "InternalError",
     "NotServedOverHttp",
     "ChecksumMismatch",
@@ -250,6 +251,16 @@ class DownloadInterrupted(ModelRegistryError, ConnectionError):
     file is kept and the next `download` resumes it."""
 
 
+class EventsCompacted(ModelRegistryError, LookupError):
+    """`events` asked for (or fell behind to) events the daemon's log no longer keeps
+    (compacted away by age or size, docs/events.md). `first` is the oldest seq kept:
+    ``reg.events(since=e.first, ...)`` goes on from there, knowing what was lost."""
+
+    def __init__(self, message: str, code: str = "compacted", first: Optional[int] = None) -> None:
+        super().__init__(message, code)
+        self.first = first
+
+
 _BY_CODE = {
     "bad_request": BadRequest,
     "unknown_op": UnknownOp,
@@ -273,6 +284,7 @@ _BY_CODE = {
     "source_changed": SourceChanged,
     "shutting_down": DaemonStopping,
     "internal": InternalError,
+    "compacted": EventsCompacted,
 }
 
 
@@ -831,6 +843,42 @@ class ModelRegistry:
             return WaitResult._from(answer)
 
     # -- changes (the daemon's user or root; over HTTP a write token; else PermissionDenied)
+
+    def events(
+        self,
+        since: Union[None, int, str] = None,
+        follow: bool = False,
+        models: Union[None, str, List[str]] = None,
+        kinds: Union[None, str, List[str]] = None,
+        heartbeat: Optional[float] = None,
+    ) -> Iterator[Dict[str, Any]]:
+        """The daemon's event log (docs/events.md): a generator of event dicts
+        (``{"seq": 4, "kind": "registered", "model": "resnet18", "version": 2, ...}``), in
+        order, over the socket or, with `url`, the HTTP API's Server-Sent Events; the same
+        on both. Each call opens a connection of its own.
+
+            >>> for e in reg.events(since=0, follow=True, kinds="registered"):
+            ...     evaluate(e["model"], e["version"])
+
+        Args:
+            since: the first seq wanted (0: the oldest kept); ``"now"`` or None: only
+                events to come.
+            follow: keep waiting for new events. Without it the generator ends after the
+                events logged when it was called. With it, a dropped connection, a
+                daemon restart or a stream the daemon closed as too slow is reconnected
+                from the seq after the last event yielded: every event at least once, no
+                gap (a restart may repeat none, a cut in the middle of a batch may).
+            models: model names or globs (``*``, ``?``); an event passes when it matches one.
+            kinds: event kinds (``registered``, ``alias_moved``, ...).
+            heartbeat: seconds between the daemon's heartbeats while idle (default 15);
+                nothing heard for three of them is taken for a dropped connection.
+
+        Raises EventsCompacted (with ``.first``, the oldest seq kept) when the events asked
+        for were compacted away; DaemonNotRunning when no daemon answers at first, or
+        (without `follow`) when the stream is cut. ``gen.close()``, breaking out of the
+        loop, or a KeyboardInterrupt (which goes on up as usual) closes the connection.
+        """
+        return _events.events(self, since, follow, models, kinds, heartbeat)
 
     def alias_set(self, name: str, alias: str, version: Union[str, int]) -> AliasMove:
         """Points `alias` of `name` at `version` (``"v2"`` or ``2``)."""
