@@ -7,7 +7,7 @@
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
 //! (ingest, dedup, burst, scale, queries, cli, startup, startup-memory, idle,
-//! connections, register, http).
+//! connections, register, http, events).
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +22,8 @@ use modelreg::registry::{Catalog, Kind, Model, StoredFile, Version, persist};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "scenarios/events.rs"]
+mod events_scenario;
 #[path = "scenarios/http.rs"]
 mod http_scenario;
 #[path = "scenarios/register.rs"]
@@ -908,6 +910,9 @@ fn main() {
     }
     if which("http") {
         http_scenario::http(&mut t, &scratch, quick);
+    }
+    if which("events") {
+        events_scenario::events(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",

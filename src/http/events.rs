@@ -63,7 +63,11 @@ fn request(q: &[(String, String)], headers: &HeaderMap) -> Result<Request, ApiEr
                 follow = match v.as_str() {
                     "true" | "1" | "" => true,
                     "false" | "0" => false,
-                    _ => return Err(ApiError::bad_request(format!("follow={v:?}: say true or false"))),
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "follow={v:?}: say true or false"
+                        )));
+                    }
                 }
             }
             "heartbeat_ms" => heartbeat_ms = Some(number(k, v)?),
@@ -80,7 +84,7 @@ fn request(q: &[(String, String)], headers: &HeaderMap) -> Result<Request, ApiEr
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not a seq"))?;
-        since = Some(Since::Seq(id + 1));
+        since = Some(Since::Seq(id.saturating_add(1)));
         last = None;
     }
     Ok(Request::Events {
@@ -188,9 +192,11 @@ async fn produce(mut sub: Subscription, tx: Sink, stop: Shutdown, cut: Option<Cu
                 let e = json!({"code": ErrorCode::Compacted, "message": message, "first": first});
                 block(None, "error", &e)
             }
-            Step::Failed(message) => {
-                block(None, "error", &json!({"code": ErrorCode::Internal, "message": message}))
-            }
+            Step::Failed(message) => block(
+                None,
+                "error",
+                &json!({"code": ErrorCode::Internal, "message": message}),
+            ),
             Step::Stopping { message } => {
                 let e = json!({"code": ErrorCode::ShuttingDown, "message": message, "resume": sub.next_seq()});
                 block(None, "error", &e)

@@ -119,7 +119,8 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
             }
             Step::Stopping { message } => {
                 let e = error_line(ErrorCode::ShuttingDown, message, None);
-                let _ = tokio::time::timeout(Duration::from_secs(1), write_answer(w, &e, None)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), write_answer(w, &e, None)).await;
                 return;
             }
             Step::Heartbeat { last } => {
@@ -128,7 +129,10 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
                     "last": last,
                     "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 });
-                if write_answer(w, &line(&beat), Some(&conn.close)).await.is_err() {
+                if write_answer(w, &line(&beat), Some(&conn.close))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
