@@ -1,5 +1,5 @@
 //! A subscription to the event log, whatever carries it: the socket's `events` (NDJSON,
-//! [`super::events`]) and the HTTP API's Server-Sent Events (`crate::http`) both drive
+//! [`super::events`]) and the HTTP API's Server-Sent Events (src/http/events.rs) both drive
 //! one [`Subscription`] and only format what it yields.
 //!
 //! The registrar never waits for a subscriber: it only bumps the log's watch. Each
