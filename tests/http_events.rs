@@ -1,5 +1,6 @@
 //! The event log as Server-Sent Events (`GET /api/v1/events`) on the real binary: read
-//! with curl and raw connections, resumed with `Last-Event-ID`, the compacted-away case,
+//! with curl, raw connections and headless Chromium's EventSource, resumed with
+//! `Last-Event-ID`, the compacted-away case,
 //! tokens, the daemon's stop; and the Python client's `reg.events()` over the socket and
 //! over HTTP (clients/python/tests/over_events.py).
 
@@ -252,4 +253,75 @@ fn python_reads_events_over_the_socket_and_over_http_alike() {
     );
     eprintln!("{text}");
     assert!(out.status.success(), "python events tests failed:\n{text}");
+}
+
+#[test]
+fn a_browsers_event_source_reads_the_stream() {
+    let d = TestDaemon::start(CONFIG);
+    let addr = address(&d);
+    hand_over(&d, "m", &bytes(1, 100));
+    d.client().alias_set("m", "prod", "v1").unwrap();
+    let found = Command::new("sh")
+        .args(["-c", "command -v chromium"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "this test needs Debian's `chromium` (apt-get install chromium; .ci/run does)"
+    );
+    // A page (from a file: cross-origin, hence --disable-web-security) whose
+    // EventSource writes what it hears into the DOM, closing the stream after two
+    // events so that the page goes idle and the DOM is dumped.
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page.html");
+    std::fs::write(
+        &page,
+        format!(
+            r#"<html><body><pre id="out"></pre><script>
+const out = document.getElementById("out");
+const es = new EventSource("http://{addr}/api/v1/events?since=0&follow=true&heartbeat_ms=200");
+let n = 0;
+for (const k of ["registered", "alias_set"]) es.addEventListener(k, (m) => {{
+  out.textContent += m.lastEventId + " " + k + " " + JSON.parse(m.data).model + "|";
+  if (++n == 2) es.close();
+}});
+</script></body></html>"#
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-web-security",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("file://{}", page.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    // A browser that hangs fails the test rather than holding it forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("1 registered m|2 alias_set m|"),
+        "the page heard: {dom}"
+    );
 }
