@@ -1,8 +1,8 @@
 //! The event log as Server-Sent Events (`GET /api/v1/events`) on the real binary: read
 //! with curl, raw connections and headless Chromium's EventSource, resumed with
-//! `Last-Event-ID`, the compacted-away case,
-//! tokens, the daemon's stop; and the Python client's `reg.events()` over the socket and
-//! over HTTP (clients/python/tests/over_events.py).
+//! `Last-Event-ID`, the compacted-away case, tokens, the daemon's stop; and the Python
+//! client's `reg.events()` over the socket and over HTTP
+//! (clients/python/tests/over_events.py).
 
 mod common;
 
