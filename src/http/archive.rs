@@ -61,7 +61,7 @@ pub(super) async fn archive(
     if method == Method::HEAD {
         return built(b, Body::empty());
     }
-    let (sink, streamed) = body::channel(len);
+    let (sink, streamed) = body::channel(Some(len));
     tokio::spawn(async move {
         if let Err(e) = send_archive(&store, &v, &entries, mtime, &sink).await {
             let why = e.body.message;

@@ -40,15 +40,16 @@ const SPARE: usize = 2;
 /// The sending side: what a producer task writes chunks into.
 pub(super) type Sink = mpsc::Sender<io::Result<Bytes>>;
 
-/// A body of exactly `len` bytes arriving through a channel. An error from the producer
-/// ends the connection mid-body, so a client never takes a short file for a whole one.
+/// A body of exactly `len` bytes (or, `None`, of a length not known: it ends when the
+/// producer does) arriving through a channel. An error from the producer ends the
+/// connection mid-body, so a client never takes a short file for a whole one.
 pub(super) struct Streamed {
     rx: mpsc::Receiver<io::Result<Bytes>>,
-    len: u64,
+    len: Option<u64>,
 }
 
-/// A channel for a body of `len` bytes.
-pub(super) fn channel(len: u64) -> (Sink, Streamed) {
+/// A channel for a body of `len` bytes; `None`: of a length not known (a stream).
+pub(super) fn channel(len: Option<u64>) -> (Sink, Streamed) {
     let (tx, rx) = mpsc::channel(QUEUE);
     (tx, Streamed { rx, len })
 }
@@ -67,7 +68,8 @@ impl Body for Streamed {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len)
+        self.len
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 

@@ -11,12 +11,9 @@
 //! the seq to resume from go to the daemon's log; the client's own `Last-Event-ID` is
 //! that seq minus one).
 //!
-//! A task runs the subscription into a one-chunk channel that the connection drains,
-//! so a slow client holds one chunk and no thread, and the registrar never waits.
-
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! A task runs the subscription into a one-chunk channel (`body::channel`) that the
+//! connection drains, so a slow client holds one chunk and no thread, and the registrar
+//! never waits.
 
 use axum::Router;
 use axum::body::{Body as AxumBody, Bytes};
@@ -25,10 +22,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_body::{Body, Frame};
 use serde_json::json;
-use tokio::sync::mpsc;
 
+use super::body::Sink;
 use super::listener::Cut;
 use super::{ApiError, HttpState};
 use crate::protocol::{ErrorCode, Request, Since};
@@ -116,9 +112,10 @@ async fn events(
             ApiError::from,
         )
     })?;
-    let (tx, rx) = mpsc::channel(1);
+    // One chunk queued ahead of the connection: a slow client holds no more.
+    let (tx, rx) = super::body::channel(None);
     tokio::spawn(produce(sub, tx, s.stop.clone(), Cut::current()));
-    let mut r = AxumBody::new(SseBody(rx)).into_response();
+    let mut r = AxumBody::new(rx).into_response();
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -210,25 +207,5 @@ async fn produce(mut sub: Subscription, tx: Sink, stop: Shutdown, cut: Option<Cu
         )
         .await;
         return;
-    }
-}
-
-/// The producer's end of the channel.
-type Sink = mpsc::Sender<io::Result<Bytes>>;
-
-/// A body of unknown length arriving through a channel; it ends when the producer does.
-struct SseBody(mpsc::Receiver<io::Result<Bytes>>);
-
-impl Body for SseBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
     }
 }
