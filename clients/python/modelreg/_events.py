@@ -67,9 +67,14 @@ def events(
     kinds: Union[None, str, List[str]] = None,
     heartbeat: Optional[float] = None,
 ) -> Iterator[Dict[str, Any]]:
-    """The generator behind ``ModelRegistry.events`` (see its docstring)."""
-    m = _errors()
+    """The generator behind ``ModelRegistry.events`` (see its docstring); its arguments
+    are checked at the call, before anything is read."""
     since, models, kinds, heartbeat = _check(since, models, kinds, heartbeat)
+    return _stream(reg, since, follow, models, kinds, heartbeat)
+
+
+def _stream(reg: Any, since: Any, follow: bool, models: List[str], kinds: List[str], heartbeat: Optional[float]) -> Iterator[Dict[str, Any]]:
+    m = _errors()
     # Silence longer than this: the connection is taken for dropped.
     quiet = (heartbeat or _HEARTBEAT) * _MISSED + 1.0
     opened = False

@@ -109,6 +109,8 @@ class EventsBoth:
         self.assertEqual(list(self.reg().events()), [])
         with self.assertRaises(modelreg.BadRequest):
             list(self.reg().events(kinds="nope"))
+        with self.assertRaises(ValueError):
+            self.reg().events(since=-1)
 
     def test_follow_sees_new_events_and_reconnects_across_a_restart_without_a_gap(self) -> None:
         self.register("a")
