@@ -7,6 +7,7 @@
 //! - 9 [`daemon`]   `serve` (logging, signals) around `run(config, control)`: start-up, shutdown.
 //! - 8 [`http`]     the HTTP API: the socket's answers as JSON, downloads, over HTTP/1.
 //! - 7 [`server`]   the control socket: connections, one handler per request.
+//! - 7 [`deliver`]  exec hooks and webhooks: each event delivered at least once, in order, per endpoint.
 //! - 6 [`watcher`]  inbox events -> settled groups; overflow -> rescan.
 //! - 6 [`ingest`]   the registrar: the single owner of the catalog; copy jobs; group commit.
 //! - 5 [`layout`]   root, inbox, store, registry.yaml pinned at start; losses noticed.
@@ -38,6 +39,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dashboard;
+pub mod deliver;
 pub mod display;
 pub mod error;
 pub mod events;

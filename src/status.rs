@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::metrics::{Histogram, REGISTRATION_BUCKETS};
-use crate::protocol::{Problem, RecentError};
+use crate::protocol::{Delivery, Problem, RecentError};
 
 /// How many past errors `status` shows.
 const RECENT: usize = 20;
@@ -113,6 +113,8 @@ struct Inner {
     events: VecDeque<RecentError>,
     registered: u64,
     watch: String,
+    /// The rows of exec hooks and webhooks, by name.
+    deliveries: BTreeMap<String, Delivery>,
 }
 
 /// The current time as RFC 3339 UTC, to the second.
@@ -312,6 +314,21 @@ impl StatusBoard {
             total: p.total,
             secs: p.started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Sets the row of one exec hook or webhook (by its name).
+    pub fn set_delivery(&self, row: Delivery) {
+        self.lock().deliveries.insert(row.name.clone(), row);
+    }
+
+    /// Removes the row of a hook or webhook taken out of the settings.
+    pub fn remove_delivery(&self, name: &str) {
+        self.lock().deliveries.remove(name);
+    }
+
+    /// The rows of the hooks and webhooks, by name.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.lock().deliveries.values().cloned().collect()
     }
 
     /// A copy of what `status` shows from the board.

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("watcher", 6),
     ("ingest", 6),
     ("server", 7),
+    ("deliver", 7),
     // A second door to the server's handlers: it asks them (server::dispatch).
     ("http", 8),
     ("daemon", 9),

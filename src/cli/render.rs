@@ -366,6 +366,34 @@ pub(super) fn print_status(s: &StatusInfo) {
             outln!("  {} (since {})", esc(&p.message), esc(&p.since));
         }
     }
+    if !s.deliveries.is_empty() {
+        // One line per hook/webhook: how far it got, and what fails while it retries.
+        outln!("deliveries:");
+        for d in &s.deliveries {
+            let mut line = format!(
+                "  {} {} ({}): delivered up to {}, {} pending",
+                esc(&d.kind),
+                esc(&d.name),
+                esc(&d.target),
+                d.delivered,
+                d.pending
+            );
+            if d.skipped > 0 {
+                line.push_str(&format!(", {} skipped", d.skipped));
+            }
+            if let Some(since) = &d.retrying_since {
+                line.push_str(&format!(
+                    ", retrying since {} ({} attempts)",
+                    esc(since),
+                    d.attempts
+                ));
+            }
+            if let Some(e) = &d.last_error {
+                line.push_str(&format!("; last error: {}", esc(e)));
+            }
+            outln!("{line}");
+        }
+    }
     if !s.recent_changes.is_empty() {
         outln!("recent changes:");
         for e in &s.recent_changes {

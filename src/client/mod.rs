@@ -13,6 +13,9 @@ mod wire;
 
 pub use download::Downloaded;
 pub use events::StreamLine;
+/// The TLS settings of an `https://` client (also the webhooks'): `tls_config(None)`
+/// trusts the system's certificate authorities.
+pub use tls::config as tls_config;
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@ const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// the system's bundle. A certificate in `cacert` that the API presents itself is
 /// trusted as it is (pinned): a self-signed certificate made with `openssl req -x509`
 /// is marked as an authority, which WebPKI refuses to see serve a site.
-pub(super) fn config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let file = cacert.unwrap_or(Path::new(SYSTEM_CAS));

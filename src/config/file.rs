@@ -41,6 +41,8 @@ pub(super) struct RawConfig {
     http: Option<super::http::RawHttp>,
     hf_cache: Option<bool>,
     events: Option<super::events::RawEvents>,
+    hooks: Option<Vec<super::deliver::RawHook>>,
+    webhooks: Option<Vec<super::deliver::RawWebhook>>,
 }
 
 impl RawConfig {
@@ -73,6 +75,8 @@ impl RawConfig {
                 Some(e) => Some(e.or(base.events)),
                 None => base.events,
             },
+            hooks: self.hooks.or(base.hooks),
+            webhooks: self.webhooks.or(base.webhooks),
         }
     }
 }
@@ -271,6 +275,12 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
             ),
         ));
     }
+    let (hooks, webhooks) = super::deliver::validate(
+        &shown,
+        root,
+        raw.hooks.unwrap_or_default(),
+        raw.webhooks.unwrap_or_default(),
+    )?;
     Ok(Config {
         root: root.to_path_buf(),
         source,
@@ -312,6 +322,8 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
             .hf_cache
             .ok_or_else(|| Error::Other("embedded default lacks `hf_cache`".into()))?,
         events: super::events::validate(&shown, raw.events)?,
+        hooks,
+        webhooks,
     })
 }
 
@@ -374,8 +386,9 @@ mod tests {
             .as_object()
             .unwrap()
             .iter()
-            // `http` is off by default: the embedded file only shows it commented out.
-            .filter(|(k, v)| v.is_null() && k.as_str() != "http")
+            // `http`, `hooks` and `webhooks` are off by default: the embedded file only
+            // shows them commented out.
+            .filter(|(k, v)| v.is_null() && !["http", "hooks", "webhooks"].contains(&k.as_str()))
             .map(|(k, _)| k)
             .collect();
         assert!(unset.is_empty(), "the embedded default lacks {unset:?}");

@@ -12,6 +12,7 @@
 //! settings every task reads, and what a reload may change, in `settings`.
 
 mod best;
+mod deliver;
 mod events;
 mod file;
 mod http;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 pub use best::{BestPolicy, Direction};
+pub use deliver::{EventFilter, HookConfig, Retry, StartAt, WebhookConfig};
 pub use events::EventsConfig;
 pub use http::{
     DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_UPLOAD, HttpConfig, TlsFiles,
@@ -110,6 +112,10 @@ pub struct Config {
     pub hf_cache: bool,
     /// How much of the event log is kept (`events:`).
     pub events: EventsConfig,
+    /// Exec hooks run for events (`hooks:`, docs/events.md).
+    pub hooks: Vec<HookConfig>,
+    /// Webhook endpoints posted events (`webhooks:`, docs/events.md).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Config {

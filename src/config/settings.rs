@@ -76,6 +76,8 @@ impl Config {
             http,
             hf_cache,
             events,
+            hooks,
+            webhooks,
         } = new;
         let mut restart = Vec::new();
         let mut keep = |key: &'static str, changed: bool| {
@@ -126,6 +128,8 @@ impl Config {
             http,
             hf_cache,
             events,
+            hooks,
+            webhooks,
             ..self.clone()
         };
         (running, restart)

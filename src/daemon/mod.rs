@@ -55,6 +55,10 @@ pub async fn run(
     let _lock = startup::lock_root(&config)?;
     let (loaded, took) = startup::load_and_recover(&config)?;
     let events = startup::open_events(&config, &loaded)?;
+    crate::deliver::check(&config)?;
+    // A damaged cursor file stops the start, as registry.yaml does: no endpoint restarts
+    // from a guess.
+    let cursors = crate::deliver::Cursors::load(&startup::cursors_path(&config))?;
     // The replayed records were kept for that alone: not for the daemon's life.
     drop(loaded.replayed);
     let catalog = loaded.catalog;
@@ -80,6 +84,7 @@ pub async fn run(
     startup::check_store_in_background(&config, &catalog, &board);
 
     let journal = (loaded.journal, loaded.written);
+    let delivered_log = events.clone();
     let workers = workers::Workers::start(
         settings,
         (catalog, journal),
@@ -89,6 +94,12 @@ pub async fn run(
         listener.socket,
         started,
     )?;
+    let deliveries = crate::deliver::start(
+        workers.ctx.settings.clone(),
+        delivered_log,
+        workers.ctx.board.clone(),
+        cursors,
+    );
     // Kept for SIGHUP, which reads a renewed certificate into it.
     let certificate = http.as_ref().and_then(|b| b.certificate());
     let http = http.map(|bound| {
@@ -116,6 +127,8 @@ pub async fn run(
     if let Some(h) = http {
         let _ = h.await;
     }
+    // After the registrar's last commit: its events are delivered too, when quick.
+    deliveries.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,7 +28,10 @@ pub(super) async fn reload(ctx: &Context, on_reload: Option<&OnReload>) {
     let loaded =
         tokio::task::spawn_blocking(move || Config::load(&root, explicit.as_deref())).await;
     let new = match loaded.map_err(|e| e.to_string()) {
-        Ok(Ok(c)) => c,
+        Ok(Ok(c)) => match crate::deliver::check(&c) {
+            Ok(()) => c,
+            Err(e) => return reload_failed(ctx, e.to_string()),
+        },
         Ok(Err(e)) => return reload_failed(ctx, e.to_string()),
         Err(e) => return reload_failed(ctx, e),
     };

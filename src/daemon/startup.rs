@@ -87,6 +87,15 @@ pub(super) fn load_and_recover(config: &Config) -> Result<(Loaded, Timings)> {
     ))
 }
 
+/// Where the delivery cursors of hooks and webhooks are kept: beside registry.yaml.
+pub(super) fn cursors_path(config: &Config) -> std::path::PathBuf {
+    config
+        .registry
+        .parent()
+        .unwrap_or(&config.root)
+        .join(crate::deliver::CURSORS_FILE)
+}
+
 /// Opens the event log beside registry.yaml (`events/`), dropping events of records the
 /// catalog does not hold, and appends the events of replayed journal records that have
 /// none (their record was durable, their events not: a crash between the two fsyncs).

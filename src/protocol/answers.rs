@@ -180,6 +180,40 @@ pub struct StatusInfo {
     /// The last changes made through the socket (aliases, removals), newest last.
     #[serde(default)]
     pub recent_changes: Vec<RecentError>,
+    /// Exec hooks and webhooks (`hooks:`, `webhooks:`): how far each has got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<Delivery>,
+}
+
+/// How far one exec hook or webhook has got (a row of `status`, docs/events.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Its name in the settings (its id).
+    pub name: String,
+    /// `hook` or `webhook`.
+    pub kind: String,
+    /// The command's program, or the URL.
+    pub target: String,
+    /// Every event up to this seq has been delivered (or skipped, or did not match).
+    pub delivered: u64,
+    /// Events logged after `delivered` (matching or not).
+    #[serde(default)]
+    pub pending: u64,
+    /// Events skipped since start after their retries ran out.
+    #[serde(default)]
+    pub skipped: u64,
+    /// The last failure, while retrying or after the last skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When that failure happened (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
+    /// While the current event keeps failing: since when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrying_since: Option<String>,
+    /// Attempts made at the current event (0 when none is failing).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// The `ping` answer.

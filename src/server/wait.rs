@@ -197,6 +197,11 @@ pub(super) async fn status(ctx: &Context) -> Response {
     let catalog = ctx.shared.catalog();
     let cfg = ctx.config();
     let (problems, recent_errors, registered, watch) = ctx.board.snapshot();
+    let last = ctx.shared.events().map_or(0, |l| l.last());
+    let mut deliveries = ctx.board.deliveries();
+    for d in &mut deliveries {
+        d.pending = last.saturating_sub(d.delivered);
+    }
     Response::answer(&StatusInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -216,5 +221,6 @@ pub(super) async fn status(ctx: &Context) -> Response {
         problems,
         recent_errors,
         recent_changes: ctx.board.events(),
+        deliveries,
     })
 }

@@ -1,0 +1,231 @@
+//! Exec hooks and webhooks: each event of the log handed to every configured endpoint, at least once, in order.
+//!
+//! One worker task per endpoint (`worker`), reading the event log ([`crate::events::Log`])
+//! at its own pace from its durable cursor (`cursor`, `deliveries.yaml`) and waiting on
+//! [`Log::subscribe`] when it has caught up: the registrar never waits for a delivery,
+//! and a slow or hanging endpoint delays only itself. An exec hook's run is `exec`, a
+//! webhook's POST `webhook`. A reload (SIGHUP) starts, stops and restarts workers for
+//! the entries added, removed and changed; the stop gives each attempt under way
+//! [`worker::GRACE`] and saves the cursors. docs/events.md is the reference.
+
+mod cursor;
+mod exec;
+mod webhook;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+pub use cursor::{CURSORS_FILE, Cursors};
+pub use webhook::{hmac_sha256, signature};
+
+use crate::config::{Config, EventFilter, HookConfig, Retry, Settings, StartAt, WebhookConfig};
+use crate::error::{Error, Result};
+use crate::events::{Kind, Log};
+use crate::shutdown;
+use crate::status::StatusBoard;
+
+/// One configured endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    /// An exec hook.
+    Hook(HookConfig),
+    /// A webhook.
+    Webhook(WebhookConfig),
+}
+
+impl Endpoint {
+    fn name(&self) -> &str {
+        match self {
+            Endpoint::Hook(h) => &h.name,
+            Endpoint::Webhook(w) => &w.name,
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            Endpoint::Hook(_) => "hook",
+            Endpoint::Webhook(_) => "webhook",
+        }
+    }
+    fn target(&self) -> String {
+        match self {
+            Endpoint::Hook(h) => h.argv.join(" "),
+            Endpoint::Webhook(w) => w.url.clone(),
+        }
+    }
+    fn filter(&self) -> &EventFilter {
+        match self {
+            Endpoint::Hook(h) => &h.filter,
+            Endpoint::Webhook(w) => &w.filter,
+        }
+    }
+    fn retry(&self) -> Retry {
+        match self {
+            Endpoint::Hook(h) => h.retry,
+            Endpoint::Webhook(w) => w.retry,
+        }
+    }
+    fn start(&self) -> StartAt {
+        match self {
+            Endpoint::Hook(h) => h.start,
+            Endpoint::Webhook(w) => w.start,
+        }
+    }
+    /// Webhooks spread their retries; a hook runs on this machine alone.
+    fn jitter(&self) -> bool {
+        matches!(self, Endpoint::Webhook(_))
+    }
+}
+
+/// The endpoints the settings ask for, by name.
+fn endpoints(c: &Config) -> BTreeMap<String, Endpoint> {
+    let hooks = c.hooks.iter().cloned().map(Endpoint::Hook);
+    let webhooks = c.webhooks.iter().cloned().map(Endpoint::Webhook);
+    hooks
+        .chain(webhooks)
+        .map(|e| (e.name().to_string(), e))
+        .collect()
+}
+
+/// Checks what the settings cannot: the kind names of `hooks:` and `webhooks:` (the
+/// event kinds live above the settings). Called at start and on reload.
+pub fn check(c: &Config) -> Result<()> {
+    for (section, name, kinds) in c
+        .hooks
+        .iter()
+        .map(|h| ("hooks", &h.name, &h.filter.kinds))
+        .chain(
+            c.webhooks
+                .iter()
+                .map(|w| ("webhooks", &w.name, &w.filter.kinds)),
+        )
+    {
+        if let Some(k) = kinds.iter().find(|k| Kind::parse(k).is_none()) {
+            return Err(Error::Config {
+                path: c.source.to_string(),
+                key: format!("{section}.{name}.kinds"),
+                reason: format!(
+                    "`{k}` is not an event kind (one of: {})",
+                    Kind::ALL.map(|k| k.name()).join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The running deliveries.
+pub struct Deliveries {
+    trigger: shutdown::Trigger,
+    task: JoinHandle<()>,
+}
+
+/// Starts a worker per endpoint of the settings, and follows reloads. `cursors` comes
+/// from [`Cursors::load`] at start (a damaged file stops the start there).
+pub fn start(
+    settings: Arc<Settings>,
+    log: Arc<Log>,
+    board: Arc<StatusBoard>,
+    cursors: Cursors,
+) -> Deliveries {
+    let (trigger, stop) = shutdown::channel();
+    let task = tokio::spawn(supervise(settings, log, board, Arc::new(cursors), stop));
+    Deliveries { trigger, task }
+}
+
+impl Deliveries {
+    /// Stops every worker (each attempt under way gets [`worker::GRACE`]) and saves the
+    /// cursors.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        let _ = self.task.await;
+    }
+}
+
+/// A running worker and what stops it.
+struct Running {
+    endpoint: Endpoint,
+    trigger: shutdown::Trigger,
+    task: JoinHandle<()>,
+}
+
+async fn supervise(
+    settings: Arc<Settings>,
+    log: Arc<Log>,
+    board: Arc<StatusBoard>,
+    cursors: Arc<Cursors>,
+    stop: shutdown::Shutdown,
+) {
+    let saver = tokio::spawn(cursors.clone().run(stop.clone()));
+    let mut published = settings.subscribe();
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // Read once: https webhooks trust the system's certificate authorities.
+    let mut tls: Option<Option<Arc<rustls::ClientConfig>>> = None;
+    loop {
+        let config = published.borrow_and_update().clone();
+        let wanted = endpoints(&config);
+        // Removed or changed: stopped (their cursors stay in deliveries.yaml).
+        let gone: Vec<String> = running
+            .iter()
+            .filter(|(n, r)| wanted.get(*n) != Some(&r.endpoint))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if let Some(r) = running.remove(&name) {
+                r.trigger.trigger();
+                let _ = r.task.await;
+                board.remove_delivery(&name);
+                tracing::info!(endpoint = %name, "delivery stopped (settings changed)");
+            }
+        }
+        for (name, endpoint) in wanted {
+            if running.contains_key(&name) {
+                continue;
+            }
+            let tls = match (&endpoint, &tls) {
+                (Endpoint::Webhook(w), None) if w.url.starts_with("https") => {
+                    let t = crate::client::tls_config(None)
+                        .map_err(|e| tracing::error!("https webhooks: {e}"))
+                        .ok();
+                    tls = Some(t.clone());
+                    t
+                }
+                (_, Some(t)) => t.clone(),
+                _ => None,
+            };
+            let (trigger, wstop) = shutdown::channel();
+            let w = worker::Worker {
+                endpoint: endpoint.clone(),
+                log: log.clone(),
+                board: board.clone(),
+                cursors: cursors.clone(),
+                tls,
+                stop: wstop,
+            };
+            tracing::info!(endpoint = %name, "delivering to {}", endpoint.target());
+            let task = tokio::spawn(w.run());
+            running.insert(
+                name,
+                Running {
+                    endpoint,
+                    trigger,
+                    task,
+                },
+            );
+        }
+        tokio::select! {
+            r = published.changed() => if r.is_err() { break },
+            _ = stop.wait() => break,
+        }
+    }
+    for r in running.values() {
+        r.trigger.trigger();
+    }
+    for (_, r) in running {
+        let _ = r.task.await;
+    }
+    let _ = saver.await;
+    cursors.save_logged().await;
+}

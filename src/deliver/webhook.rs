@@ -1,0 +1,187 @@
+//! One POST of an event to a webhook: signed (HMAC-SHA256 over `"<timestamp>.<body>"`),
+//! over http or https (the system's certificate authorities), within a timeout.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+
+use crate::config::WebhookConfig;
+
+/// Why an attempt failed, and whether it counts against `retries`.
+#[derive(Debug)]
+pub(super) struct Failure {
+    /// What went wrong, for the log and `status`.
+    pub why: String,
+    /// The receiver refused the event (4xx other than 408 and 429): retried `retries`
+    /// times, then skipped. Anything else (no connection, a timeout, 5xx, 408, 429) is
+    /// retried until delivered.
+    pub refused: bool,
+}
+
+fn transient(why: String) -> Failure {
+    Failure {
+        why,
+        refused: false,
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of `msg` under `key`.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&outer.finalize());
+    out
+}
+
+/// The `X-Modelreg-Signature` value for `body` sent at `timestamp` (Unix seconds).
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mut msg = format!("{timestamp}.").into_bytes();
+    msg.extend_from_slice(body);
+    format!("sha256={}", crate::fsutil::hex(&hmac_sha256(secret, &msg)))
+}
+
+/// Posts `body` (event `seq`) to `w.url`, within `w.timeout` for the whole attempt.
+pub(super) async fn post(
+    w: &WebhookConfig,
+    seq: u64,
+    body: &[u8],
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(), Failure> {
+    match tokio::time::timeout(w.timeout, attempt(w, seq, body, tls)).await {
+        Ok(r) => r,
+        Err(_) => Err(transient(format!(
+            "no answer within {}",
+            humantime::format_duration(w.timeout)
+        ))),
+    }
+}
+
+async fn attempt(
+    w: &WebhookConfig,
+    seq: u64,
+    body: &[u8],
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(), Failure> {
+    let uri: hyper::Uri = w
+        .url
+        .parse()
+        .map_err(|e| transient(format!("{}: {e}", w.url)))?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri.host().unwrap_or_default().to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+        .await
+        .map_err(|e| transient(format!("connecting to {host}:{port}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+    let req = hyper::Request::post(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::CONTENT_LENGTH, body.len())
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("modelreg/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("X-Modelreg-Event-Seq", seq)
+        .header("X-Modelreg-Timestamp", timestamp)
+        .header(
+            "X-Modelreg-Signature",
+            signature(&w.secret, timestamp, body),
+        )
+        .header(hyper::header::CONNECTION, "close")
+        .body(Body::from(body.to_vec()))
+        .map_err(|e| transient(format!("building the request: {e}")))?;
+    let status = if https {
+        let Some(tls) = tls else {
+            return Err(transient(
+                "https: the system's certificate authorities could not be read (see the log)"
+                    .into(),
+            ));
+        };
+        let name = rustls_pki_types::ServerName::try_from(bare)
+            .map_err(|e| transient(format!("{host}: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| transient(format!("TLS with {host}:{port}: {e}")))?;
+        send(stream, req).await?
+    } else {
+        send(tcp, req).await?
+    };
+    match status.as_u16() {
+        200..=299 => Ok(()),
+        code @ (408 | 429) => Err(transient(format!("answered {code}"))),
+        code @ 400..=499 => Err(Failure {
+            why: format!("refused: answered {code}"),
+            refused: true,
+        }),
+        code => Err(transient(format!("answered {code}"))),
+    }
+}
+
+/// Sends `req` on `stream` (HTTP/1.1, one request) and returns the answer's status.
+async fn send<S>(stream: S, req: hyper::Request<Body>) -> Result<hyper::StatusCode, Failure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| transient(format!("HTTP: {e}")))?;
+    // The connection is driven beside the request; dropped with it at the end.
+    let driver = tokio::spawn(conn);
+    let r = sender
+        .send_request(req)
+        .await
+        .map(|a| a.status())
+        .map_err(|e| transient(format!("HTTP: {e}")));
+    driver.abort();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            crate::fsutil::hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block is hashed first.
+        assert_eq!(
+            crate::fsutil::hex(&hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        assert_eq!(
+            signature(b"k", 5, b"{}"),
+            format!("sha256={}", crate::fsutil::hex(&hmac_sha256(b"k", b"5.{}")))
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! One endpoint's worker: reads the event log from its cursor at its own pace, delivers
+//! each matching event in seq order with retries, moves the cursor, keeps its status row.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cursor::Cursors;
+use super::{Endpoint, exec, webhook};
+use crate::config::{Retry, StartAt};
+use crate::events::{Event, Filter, Kind, Log, ReadError};
+use crate::protocol::Delivery;
+use crate::shutdown::Shutdown;
+use crate::status::{StatusBoard, now_rfc3339};
+
+/// How many events are read from the log at a time.
+const BATCH: usize = 256;
+/// How long an attempt under way is given to finish when the daemon stops (or the
+/// endpoint is changed by a reload); then it is abandoned (a hook's group killed) and
+/// the event is delivered again at the next start.
+pub(super) const GRACE: Duration = Duration::from_secs(2);
+
+/// What became of one event.
+enum Outcome {
+    Delivered,
+    Skipped,
+    Stopped,
+}
+
+/// One endpoint's worker (see the module docs).
+pub(super) struct Worker {
+    pub(super) endpoint: Endpoint,
+    pub(super) log: Arc<Log>,
+    pub(super) board: Arc<StatusBoard>,
+    pub(super) cursors: Arc<Cursors>,
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(super) stop: Shutdown,
+}
+
+impl Worker {
+    /// Delivers until `stop`.
+    pub(super) async fn run(self) {
+        let name = self.endpoint.name().to_string();
+        let filter = Filter {
+            models: self.endpoint.filter().models.clone(),
+            kinds: (self.endpoint.filter().kinds.iter())
+                .filter_map(|k| Kind::parse(k))
+                .collect(),
+        };
+        let mut next = match self.cursors.get(&name) {
+            Some(c) => c + 1,
+            None => {
+                let from = match self.endpoint.start() {
+                    StartAt::Now => self.log.last() + 1,
+                    StartAt::Seq(0) => self.log.first(),
+                    StartAt::Seq(n) => n,
+                };
+                // Kept at once: a new endpoint's "now" must not move after a restart.
+                self.cursors.set(&name, from.saturating_sub(1));
+                from
+            }
+        };
+        let mut row = Delivery {
+            name: name.clone(),
+            kind: self.endpoint.kind().into(),
+            target: self.endpoint.target(),
+            delivered: next.saturating_sub(1),
+            pending: 0,
+            skipped: 0,
+            last_error: None,
+            last_error_at: None,
+            retrying_since: None,
+            attempts: 0,
+        };
+        self.board.set_delivery(row.clone());
+        let mut last = self.log.subscribe();
+        let problem = format!("deliveries.{name}");
+        while !self.stop.is_triggered() {
+            let batch = match self.read(next).await {
+                Ok(b) => b,
+                Err(ReadError::Compacted { first }) => {
+                    self.board.set_problem(
+                        &problem,
+                        &format!(
+                            "{name}: {} event(s) (seq {next} to {}) were compacted away before they were delivered; delivering from {first}",
+                            first - next,
+                            first - 1
+                        ),
+                    );
+                    next = first;
+                    continue;
+                }
+                Err(ReadError::Io(e)) => {
+                    self.board
+                        .error(format!("{name}: {e}; trying again in 5 s"));
+                    self.pause(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                // Woken by the next commit that makes events (or by the stop).
+                last.borrow_and_update();
+                if self.log.last() >= next {
+                    continue;
+                }
+                tokio::select! {
+                    r = last.changed() => if r.is_err() { break },
+                    _ = self.stop.wait() => break,
+                }
+                continue;
+            }
+            for e in batch {
+                if filter.matches(&e) {
+                    match self.deliver(&e, &mut row).await {
+                        Outcome::Delivered => {}
+                        Outcome::Skipped => row.skipped += 1,
+                        Outcome::Stopped => return,
+                    }
+                }
+                next = e.seq + 1;
+                row.delivered = e.seq;
+                self.cursors.set(&name, e.seq);
+                self.board.set_delivery(row.clone());
+                if self.stop.is_triggered() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Committed events from `next`: from memory when they are there, else from disk
+    /// off the async threads.
+    async fn read(&self, next: u64) -> Result<Vec<Event>, ReadError> {
+        if let Some(b) = self.log.read_recent(next, BATCH) {
+            return Ok(b);
+        }
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.read(next, BATCH))
+            .await
+            .map_err(|e| ReadError::Io(e.to_string()))?
+    }
+
+    /// Sleeps `d`, or less when told to stop.
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.stop.wait() => {}
+        }
+    }
+
+    /// Delivers `e`, retrying per the endpoint's [`Retry`]; keeps `row` up to date.
+    async fn deliver(&self, e: &Event, row: &mut Delivery) -> Outcome {
+        let mut json = serde_json::to_vec(e).unwrap_or_default();
+        json.push(b'\n');
+        let retry = self.endpoint.retry();
+        let (mut tries, mut counted) = (0u32, 0u32);
+        loop {
+            tries += 1;
+            let attempt = self.attempt(e, &json);
+            tokio::pin!(attempt);
+            let r = tokio::select! {
+                r = &mut attempt => r,
+                _ = self.stop.wait() => match tokio::time::timeout(GRACE, &mut attempt).await {
+                    Ok(r) => r,
+                    Err(_) => return Outcome::Stopped,
+                },
+            };
+            let (why, counts) = match r {
+                Ok(()) => {
+                    if row.attempts > 0 {
+                        tracing::info!(endpoint = %row.name, seq = e.seq, "delivered after {tries} attempts");
+                    }
+                    row.attempts = 0;
+                    row.retrying_since = None;
+                    return Outcome::Delivered;
+                }
+                Err(f) => f,
+            };
+            row.attempts = tries;
+            row.last_error = Some(format!("seq {}: {why}", e.seq));
+            row.last_error_at = Some(now_rfc3339());
+            row.retrying_since.get_or_insert_with(now_rfc3339);
+            if counts {
+                counted += 1;
+            }
+            if counts && counted > retry.retries {
+                self.board.error(format!(
+                    "{}: event {} skipped after {tries} attempt(s): {why}",
+                    row.name, e.seq
+                ));
+                row.attempts = 0;
+                row.retrying_since = None;
+                return Outcome::Skipped;
+            }
+            tracing::warn!(endpoint = %row.name, seq = e.seq, "attempt {tries} failed: {why}");
+            self.board.set_delivery(row.clone());
+            self.pause(backoff(&retry, tries, self.endpoint.jitter()))
+                .await;
+            if self.stop.is_triggered() {
+                return Outcome::Stopped;
+            }
+        }
+    }
+
+    /// One attempt: Err carries why and whether it counts against `retries`.
+    async fn attempt(&self, e: &Event, json: &[u8]) -> Result<(), (String, bool)> {
+        match &self.endpoint {
+            Endpoint::Hook(h) => exec::run(h, e, json).await.map_err(|w| (w, true)),
+            Endpoint::Webhook(w) => webhook::post(w, e.seq, json, self.tls.as_ref())
+                .await
+                .map_err(|f| (f.why, f.refused)),
+        }
+    }
+}
+
+/// The wait after failed attempt `n` (1-based): `backoff * 2^(n-1)`, at most
+/// `max_backoff`; with `jitter`, a random point in its upper half, so that endpoints
+/// failing together do not retry in step.
+fn backoff(r: &Retry, n: u32, jitter: bool) -> Duration {
+    let d = r
+        .backoff
+        .saturating_mul(1u32 << (n - 1).min(20))
+        .min(r.max_backoff);
+    if !jitter {
+        return d;
+    }
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom(2) writes at most `seed.len()` bytes into it.
+    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    let f = (u64::from_ne_bytes(seed) % 1000) as f64 / 2000.0;
+    d.mul_f64(0.5 + f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_jitters_in_the_upper_half() {
+        let r = Retry {
+            retries: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+        };
+        let waits: Vec<u128> = (1..=5).map(|n| backoff(&r, n, false).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500]);
+        for _ in 0..100 {
+            let d = backoff(&r, 2, true).as_millis();
+            assert!((100..=200).contains(&d), "{d}");
+        }
+    }
+}
