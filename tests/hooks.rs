@@ -1,0 +1,207 @@
+//! Exec hooks on the real binary: a hook gets each event as JSON on stdin and in its
+//! environment, a failing one is retried, then skipped and shown in `status`, a hung one
+//! is killed with its process group, and none of it holds up a registration.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use modelreg::protocol::Delivery;
+
+/// Registers `name` with bytes from `seed` by handing the file over.
+fn hand_over(d: &TestDaemon, name: &str, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.pt");
+    std::fs::write(&p, bytes(seed, 64)).unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    d.client()
+        .register(name, "x.pt", &f, None, None)
+        .expect("register");
+}
+
+/// A shell script at `path`.
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+}
+
+/// The status row of `name`.
+fn row(d: &TestDaemon, name: &str) -> Delivery {
+    d.status()
+        .deliveries
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no status row for {name}"))
+}
+
+#[test]
+fn an_exec_hook_gets_the_event_on_stdin_and_in_its_environment() {
+    let out = tempfile::tempdir().unwrap();
+    let hook = out.path().join("hook.sh");
+    // Run without a shell: the argv is /bin/sh SCRIPT DIR (the script is the program).
+    script(
+        &hook,
+        "cat > \"$1/$MODELREG_EVENT_SEQ.json\"\nenv | grep '^MODELREG_' | sort > \"$1/$MODELREG_EVENT_SEQ.env\"",
+    );
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nhooks:\n- name: record\n  command: [/bin/sh, {}, {}]\n  kinds: [registered]\n  models: ['res*']\n",
+        hook.display(),
+        out.path().display()
+    ));
+    hand_over(&d, "bert", 1); // filtered out by model
+    hand_over(&d, "resnet18", 2);
+    let json = out.path().join("2.json");
+    wait_until(Duration::from_secs(20), "the hook's run for seq 2", || {
+        out.path().join("2.env").exists() && json.exists()
+    });
+    let event: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(event["seq"], 2);
+    assert_eq!(event["kind"], "registered");
+    assert_eq!(event["model"], "resnet18");
+    assert_eq!(event["version"], 1);
+    let env = std::fs::read_to_string(out.path().join("2.env")).unwrap();
+    for line in [
+        "MODELREG_HOOK=record",
+        "MODELREG_EVENT_SEQ=2",
+        "MODELREG_EVENT_KIND=registered",
+        "MODELREG_EVENT_MODEL=resnet18",
+        "MODELREG_EVENT_VERSION=1",
+    ] {
+        assert!(
+            env.lines().any(|l| l == line),
+            "{line} missing from:\n{env}"
+        );
+    }
+    let inline = env
+        .lines()
+        .find_map(|l| l.strip_prefix("MODELREG_EVENT_JSON="))
+        .expect("MODELREG_EVENT_JSON");
+    let inline: serde_json::Value = serde_json::from_str(inline).unwrap();
+    assert_eq!(inline, event);
+    // The bert event (seq 1) did not match: no run, but the cursor passed it.
+    assert!(!out.path().join("1.json").exists());
+    wait_until(Duration::from_secs(10), "the hook's cursor at 2", || {
+        row(&d, "record").delivered == 2
+    });
+    let r = row(&d, "record");
+    assert_eq!((r.kind.as_str(), r.pending, r.skipped), ("hook", 0, 0));
+}
+
+#[test]
+fn a_failing_hook_is_retried_then_skipped_and_shown_in_status() {
+    let out = tempfile::tempdir().unwrap();
+    let hook = out.path().join("hook.sh");
+    // Fails for seq 1 always; for seq 2 fails twice, then succeeds.
+    script(
+        &hook,
+        "echo x >> \"$1/tries.$MODELREG_EVENT_SEQ\"\necho 'not today' >&2\n[ \"$MODELREG_EVENT_SEQ\" = 2 ] && [ $(wc -l < \"$1/tries.2\") -ge 3 ] && exit 0\nexit 3",
+    );
+    let mut d = TestDaemon::start(&format!(
+        "settle: 300ms\nhooks:\n- name: flaky\n  command: [/bin/sh, {}, {}]\n  retries: 3\n  backoff: 300ms\n  max_backoff: 300ms\n",
+        hook.display(),
+        out.path().display()
+    ));
+    hand_over(&d, "m", 1);
+    // While it retries, status says so with the last error.
+    wait_until(Duration::from_secs(20), "a retrying row", || {
+        row(&d, "flaky").retrying_since.is_some()
+    });
+    let r = row(&d, "flaky");
+    let e = r.last_error.clone().unwrap();
+    assert!(
+        e.contains("seq 1") && e.contains("exited with status 3"),
+        "{e}"
+    );
+    assert_eq!((r.delivered, r.pending), (0, 1));
+    let text = stdout(&d.cli(&["status"]));
+    assert!(
+        text.contains("hook flaky") && text.contains("retrying since"),
+        "{text}"
+    );
+    hand_over(&d, "m", 2);
+    wait_until(
+        Duration::from_secs(30),
+        "seq 1 skipped, seq 2 delivered",
+        || row(&d, "flaky").delivered == 2,
+    );
+    let tries = |seq: u32| {
+        std::fs::read_to_string(out.path().join(format!("tries.{seq}")))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    // 1 + 3 retries for seq 1; seq 2 succeeded at its third attempt, after seq 1.
+    assert_eq!((tries(1), tries(2)), (4, 3));
+    let r = row(&d, "flaky");
+    assert_eq!((r.skipped, r.attempts, r.retrying_since), (1, 0, None));
+    assert!(r.last_error.unwrap().contains("seq 2"));
+    let s = d.status();
+    assert!(
+        s.recent_errors.iter().any(|e| e
+            .message
+            .contains("flaky: event 1 skipped after 4 attempt(s)")),
+        "{:?}",
+        s.recent_errors
+    );
+    let json = stdout(&d.cli(&["status", "--json"]));
+    assert!(json.contains("\"deliveries\""), "{json}");
+    // The stderr of a run is in the daemon's log.
+    assert!(d.log().contains("not today"));
+    // The cursor is kept across a restart: nothing runs again.
+    assert_eq!(d.stop().code(), Some(0));
+    let cursors = std::fs::read_to_string(d.root.path().join("deliveries.yaml")).unwrap();
+    assert!(cursors.lines().any(|l| l == "flaky: 2"), "{cursors}");
+    d.spawn();
+    hand_over(&d, "m", 3);
+    wait_until(Duration::from_secs(30), "seq 3", || {
+        out.path().join("tries.3").exists() && row(&d, "flaky").delivered == 3
+    });
+    assert_eq!((tries(1), tries(2)), (4, 3));
+}
+
+#[test]
+fn a_hook_past_its_timeout_is_killed_with_its_process_group_and_registration_goes_on() {
+    let out = tempfile::tempdir().unwrap();
+    let hook = out.path().join("hook.sh");
+    // A child in the background that outlives the script unless its group is killed.
+    script(
+        &hook,
+        "sleep 600 &\necho $! > \"$1/child.$MODELREG_EVENT_SEQ\"\nwait",
+    );
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nhooks:\n- name: slow\n  command: [/bin/sh, {}, {}]\n  timeout: 500ms\n  retries: 0\n",
+        hook.display(),
+        out.path().display()
+    ));
+    hand_over(&d, "m", 1);
+    let child = out.path().join("child.1");
+    wait_until(Duration::from_secs(20), "the hook's child", || {
+        child.exists()
+    });
+    // Registrations are answered while the hook hangs.
+    for seed in 2..6 {
+        hand_over(&d, "m", seed);
+    }
+    assert_eq!(d.versions("m").len(), 5);
+    wait_until(Duration::from_secs(20), "seq 1 skipped", || {
+        row(&d, "slow").skipped >= 1
+    });
+    let e = row(&d, "slow").last_error.unwrap_or_default();
+    assert!(e.contains("timed out"), "{e}");
+    let pid: i32 = std::fs::read_to_string(&child)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the background child killed",
+        || {
+            // Gone, or a zombie waiting for its reaper.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+        },
+    );
+}
