@@ -1,0 +1,391 @@
+//! Webhooks on the real binary, against a real HTTP receiver in the test (a std
+//! TcpListener thread): signed deliveries, every event at least once and in order across
+//! a receiver that is down and a SIGKILL, and a hanging receiver that delays no other.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use modelreg::protocol::Delivery;
+
+/// One delivery the receiver answered 200.
+#[derive(Debug, Clone)]
+struct Got {
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn seq(&self) -> u64 {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
+        v["seq"].as_u64().unwrap()
+    }
+}
+
+/// A local HTTP receiver: answers 200 and records each request, or (`hang`) reads the
+/// request and never answers.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Got>>>,
+    /// Requests read (answered or not).
+    seen: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Listens on 127.0.0.1:`port` (0: any free port).
+    fn start(port: u16, hang: bool) -> Receiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+        let port = listener.local_addr().unwrap().port();
+        let (got, seen, stop) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(AtomicU32::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (g, s, st) = (got.clone(), seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (g, s, st) = (g.clone(), s.clone(), st.clone());
+                std::thread::spawn(move || serve(conn, hang, &g, &s, &st));
+            }
+        });
+        Receiver {
+            port,
+            got,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        self.got().iter().map(Got::seq).collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one request from `conn`; answers 200 and records it, or hangs until the stop.
+fn serve(
+    mut conn: TcpStream,
+    hang: bool,
+    got: &Mutex<Vec<Got>>,
+    seen: &AtomicU32,
+    stop: &AtomicBool,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut headers = HashMap::new();
+    for line in head.lines().skip(1) {
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    seen.fetch_add(1, Ordering::SeqCst);
+    if hang {
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return;
+    }
+    got.lock().unwrap().push(Got {
+        headers,
+        body: buf[head_end..head_end + len].to_vec(),
+    });
+    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+/// A port nobody listens on now (bound, then let go).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a webhook secret (0600) into `dir` and returns its path.
+fn secret_file(dir: &std::path::Path, secret: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("webhook.secret");
+    std::fs::write(&p, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// A webhook entry for the settings: quick retries (max_backoff 500ms unless `extra`
+/// sets it) and the `extra` keys.
+fn webhook(name: &str, url: &str, secret: &std::path::Path, extra: &str) -> String {
+    let cap = if extra.contains("max_backoff") {
+        ""
+    } else {
+        "  max_backoff: 500ms\n"
+    };
+    format!(
+        "- name: {name}\n  url: {url}\n  secret_file: {}\n  backoff: 100ms\n{cap}{extra}",
+        secret.display()
+    )
+}
+
+fn hand_over(d: &TestDaemon, name: &str, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.pt");
+    std::fs::write(&p, bytes(seed, 64)).unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    d.client()
+        .register(name, "x.pt", &f, None, None)
+        .expect("register");
+}
+
+/// Two versions of `m`, then `n - 2` alias moves: `n` events.
+fn make_events(d: &TestDaemon, n: usize) {
+    hand_over(d, "m", 1);
+    hand_over(d, "m", 2);
+    let mut c = d.client();
+    for i in 0..n - 2 {
+        c.alias_set("m", "prod", if i % 2 == 0 { "v1" } else { "v2" })
+            .expect("alias set");
+    }
+}
+
+fn row(d: &TestDaemon, name: &str) -> Delivery {
+    d.status()
+        .deliveries
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no status row for {name}"))
+}
+
+/// The signature check of docs/events.md, the Python snippet itself (the block that
+/// defines `verify`).
+fn python_verify_snippet() -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
+    doc.split("```python\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap())
+        .find(|b| b.contains("def verify("))
+        .expect("docs/events.md has a python block defining verify()")
+        .to_string()
+}
+
+/// Runs the documented snippet on a delivery: whether `verify` accepts it under `secret`.
+fn python_accepts(g: &Got, secret: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let case = serde_json::json!({
+        "secret": secret,
+        "headers": {
+            "X-Modelreg-Timestamp": g.headers["x-modelreg-timestamp"],
+            "X-Modelreg-Signature": g.headers["x-modelreg-signature"],
+        },
+        "body": modelreg::fsutil::hex(&g.body),
+    });
+    std::fs::write(dir.path().join("case.json"), case.to_string()).unwrap();
+    let program = format!(
+        "{}\nimport json, sys\nc = json.load(open(sys.argv[1]))\nsys.exit(0 if verify(c['secret'].encode(), c['headers'], bytes.fromhex(c['body'])) else 1)\n",
+        python_verify_snippet()
+    );
+    std::fs::write(dir.path().join("check.py"), program).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(dir.path().join("check.py"))
+        .arg(dir.path().join("case.json"))
+        .output()
+        .expect("python3");
+    assert!(out.status.code().is_some(), "{}", stderr(&out));
+    out.status.success()
+}
+
+#[test]
+fn a_receiver_verifies_each_delivery_with_the_documented_signature() {
+    let rx = Receiver::start(0, false);
+    let keys = tempfile::tempdir().unwrap();
+    let secret = secret_file(keys.path(), "s3cr3t");
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nwebhooks:\n{}",
+        webhook("ci", &rx.url(), &secret, "  kinds: [registered]\n")
+    ));
+    hand_over(&d, "m", 1);
+    hand_over(&d, "m", 2);
+    wait_until(Duration::from_secs(20), "two deliveries", || {
+        rx.got().len() >= 2
+    });
+    let got = rx.got();
+    assert_eq!(rx.seqs(), [1, 2]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for g in &got {
+        assert_eq!(g.headers["content-type"], "application/json");
+        assert_eq!(g.headers["x-modelreg-event-seq"], g.seq().to_string());
+        let ts: u64 = g.headers["x-modelreg-timestamp"].parse().unwrap();
+        assert!(ts.abs_diff(now) < 120, "{ts} vs {now}");
+        // HMAC-SHA256 over "<timestamp>.<body>", as docs/events.md says.
+        let mut msg = format!("{ts}.").into_bytes();
+        msg.extend_from_slice(&g.body);
+        let mac = modelreg::deliver::hmac_sha256(b"s3cr3t", &msg);
+        assert_eq!(
+            g.headers["x-modelreg-signature"],
+            format!("sha256={}", modelreg::fsutil::hex(&mac))
+        );
+        let v: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
+        assert_eq!(
+            (v["kind"].as_str(), v["model"].as_str()),
+            (Some("registered"), Some("m"))
+        );
+        assert!(
+            python_accepts(g, "s3cr3t"),
+            "the documented snippet refused a delivery"
+        );
+        assert!(
+            !python_accepts(g, "wrong"),
+            "the documented snippet took a wrong secret"
+        );
+    }
+    assert_eq!(row(&d, "ci").delivered, 2);
+}
+
+#[test]
+fn a_sigkilled_daemon_delivers_every_pending_event_in_order_after_restart() {
+    let port = free_port();
+    let keys = tempfile::tempdir().unwrap();
+    let secret = secret_file(keys.path(), "k");
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let mut d = TestDaemon::start(&format!(
+        "settle: 300ms\nwebhooks:\n{}",
+        webhook("down", &url, &secret, "")
+    ));
+    // The receiver is down: 100 events pile up.
+    make_events(&d, 100);
+    wait_until(Duration::from_secs(20), "a retrying row", || {
+        let r = row(&d, "down");
+        r.retrying_since.is_some() && r.pending == 100
+    });
+    let e = row(&d, "down").last_error.unwrap();
+    assert!(e.contains("seq 1") && e.contains("connecting"), "{e}");
+    d.kill();
+    let rx = Receiver::start(port, false);
+    d.spawn();
+    wait_until(Duration::from_secs(60), "all 100 events delivered", || {
+        rx.got().len() >= 100
+    });
+    let seqs = rx.seqs();
+    // At least once: each seq; in order: never back once a seq was answered.
+    let mut expect = seqs.clone();
+    expect.dedup();
+    assert_eq!(expect, (1..=100).collect::<Vec<u64>>(), "{seqs:?}");
+    wait_until(Duration::from_secs(10), "the row caught up", || {
+        row(&d, "down").delivered == 100
+    });
+    let r = row(&d, "down");
+    assert_eq!((r.pending, r.retrying_since, r.skipped), (0, None, 0));
+}
+
+#[test]
+fn a_receiver_down_for_a_while_then_up_gets_everything() {
+    let port = free_port();
+    let keys = tempfile::tempdir().unwrap();
+    let secret = secret_file(keys.path(), "k");
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nwebhooks:\n{}",
+        webhook("later", &url, &secret, "  max_backoff: 1s\n")
+    ));
+    make_events(&d, 10);
+    // Down for 5 s (the issue says 30 s: the same path with a longer wait), while more
+    // events come.
+    let down = std::time::Instant::now();
+    while down.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut c = d.client();
+    c.alias_set("m", "staging", "v1").unwrap();
+    let rx = Receiver::start(port, false);
+    wait_until(Duration::from_secs(30), "11 events delivered", || {
+        rx.got().len() >= 11
+    });
+    let mut seqs = rx.seqs();
+    seqs.dedup();
+    assert_eq!(seqs, (1..=11).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_hanging_receiver_delays_neither_another_receiver_nor_registration() {
+    let hung = Receiver::start(0, true);
+    let fine = Receiver::start(0, false);
+    let keys = tempfile::tempdir().unwrap();
+    let secret = secret_file(keys.path(), "k");
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nwebhooks:\n{}{}",
+        webhook("hung", &hung.url(), &secret, "  timeout: 1h\n"),
+        webhook("fine", &fine.url(), &secret, "")
+    ));
+    hand_over(&d, "m", 1);
+    wait_until(
+        Duration::from_secs(20),
+        "the hung receiver holding seq 1",
+        || hung.seen.load(Ordering::SeqCst) >= 1,
+    );
+    // Registrations are answered, and the other receiver gets each, while one hangs.
+    for seed in 2..=5 {
+        hand_over(&d, "m", seed);
+    }
+    assert_eq!(d.versions("m").len(), 5);
+    wait_until(
+        Duration::from_secs(20),
+        "five deliveries to the other",
+        || fine.got().len() >= 5,
+    );
+    assert_eq!(fine.seqs(), [1, 2, 3, 4, 5]);
+    let r = row(&d, "hung");
+    assert_eq!((r.delivered, r.pending), (0, 5));
+    assert_eq!(hung.seen.load(Ordering::SeqCst), 1);
+}
