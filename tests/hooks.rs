@@ -205,3 +205,108 @@ fn a_hook_past_its_timeout_is_killed_with_its_process_group_and_registration_goe
         },
     );
 }
+
+#[test]
+fn hooks_added_changed_and_removed_by_a_reload_apply() {
+    let out = tempfile::tempdir().unwrap();
+    let (a, b) = (out.path().join("a"), out.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let hook = out.path().join("hook.sh");
+    script(&hook, "cat > \"$1/$MODELREG_EVENT_SEQ.json\"");
+    let with_hook = |dir: &Path| {
+        format!(
+            "settle: 300ms\nhooks:\n- name: rec\n  command: [/bin/sh, {}, {}]\n",
+            hook.display(),
+            dir.display()
+        )
+    };
+    let mut d = TestDaemon::start("settle: 300ms\n");
+    hand_over(&d, "m", 1);
+    // Added: it starts with the events to come.
+    d.write_config(&with_hook(&a));
+    d.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the new hook's row", || {
+        d.status().deliveries.iter().any(|r| r.name == "rec")
+    });
+    hand_over(&d, "m", 2);
+    wait_until(Duration::from_secs(20), "seq 2 in a", || {
+        a.join("2.json").exists()
+    });
+    assert!(!a.join("1.json").exists(), "a new hook replayed old events");
+    // Changed: restarted with the new settings, from its cursor.
+    d.write_config(&with_hook(&b));
+    d.signal(libc::SIGHUP);
+    let shown = b.display().to_string();
+    wait_until(Duration::from_secs(20), "the changed hook's row", || {
+        row(&d, "rec").target.contains(&shown)
+    });
+    hand_over(&d, "m", 3);
+    wait_until(Duration::from_secs(20), "seq 3 in b", || {
+        b.join("3.json").exists()
+    });
+    assert!(!b.join("2.json").exists() && !a.join("3.json").exists());
+    // A kind that does not exist: the reload is refused, the hook runs on.
+    d.write_config(&format!("{}  kinds: [nope]\n", with_hook(&b)));
+    d.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the refused reload", || {
+        d.status().recent_errors.iter().any(|e| {
+            e.message.contains("reload failed") && e.message.contains("`nope` is not an event kind")
+        })
+    });
+    // Removed: its row goes, and it runs no more.
+    d.write_config("settle: 300ms\n");
+    d.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the row gone", || {
+        d.status().deliveries.is_empty()
+    });
+    hand_over(&d, "m", 4);
+    assert_eq!(d.versions("m").len(), 4);
+    assert!(!b.join("4.json").exists());
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn sigterm_stops_a_hanging_hook_and_its_event_runs_again_at_the_next_start() {
+    let out = tempfile::tempdir().unwrap();
+    let hook = out.path().join("hook.sh");
+    // Hangs until the file `go` exists; records each run.
+    script(
+        &hook,
+        "echo $$ >> \"$1/runs.$MODELREG_EVENT_SEQ\"\n[ -e \"$1/go\" ] || sleep 600",
+    );
+    let mut d = TestDaemon::start(&format!(
+        "settle: 300ms\nhooks:\n- name: slow\n  command: [/bin/sh, {}, {}]\n  timeout: 1h\n",
+        hook.display(),
+        out.path().display()
+    ));
+    hand_over(&d, "m", 1);
+    let runs = out.path().join("runs.1");
+    wait_until(Duration::from_secs(20), "the hook running", || {
+        runs.exists()
+    });
+    hand_over(&d, "m", 2);
+    let started = std::time::Instant::now();
+    assert_eq!(d.stop().code(), Some(0));
+    // The attempt under way had its grace (2 s), then was given up: not the hook's hour.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let pid: i32 = std::fs::read_to_string(&runs)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the hook killed", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    let cursors = std::fs::read_to_string(d.root.path().join("deliveries.yaml")).unwrap();
+    assert!(cursors.lines().any(|l| l == "slow: 0"), "{cursors}");
+    // At least once: seq 1 runs again, then seq 2.
+    std::fs::write(out.path().join("go"), "").unwrap();
+    d.spawn();
+    wait_until(Duration::from_secs(20), "seq 1 and 2 done", || {
+        row(&d, "slow").delivered == 2
+    });
+    let count = std::fs::read_to_string(&runs).unwrap().lines().count();
+    assert_eq!(count, 2);
+    assert!(out.path().join("runs.2").exists());
+}
