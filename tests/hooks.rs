@@ -8,31 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use modelreg::protocol::Delivery;
-
-/// Registers `name` with bytes from `seed` by handing the file over.
-fn hand_over(d: &TestDaemon, name: &str, seed: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("x.pt");
-    std::fs::write(&p, bytes(seed, 64)).unwrap();
-    let f = std::fs::File::open(&p).unwrap();
-    d.client()
-        .register(name, "x.pt", &f, None, None)
-        .expect("register");
-}
 
 /// A shell script at `path`.
 fn script(path: &Path, body: &str) {
     std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-}
-
-/// The status row of `name`.
-fn row(d: &TestDaemon, name: &str) -> Delivery {
-    d.status()
-        .deliveries
-        .into_iter()
-        .find(|r| r.name == name)
-        .unwrap_or_else(|| panic!("no status row for {name}"))
 }
 
 #[test]
@@ -49,8 +28,8 @@ fn an_exec_hook_gets_the_event_on_stdin_and_in_its_environment() {
         hook.display(),
         out.path().display()
     ));
-    hand_over(&d, "bert", 1); // filtered out by model
-    hand_over(&d, "resnet18", 2);
+    register_seeded(&d, "bert", 1); // filtered out by model
+    register_seeded(&d, "resnet18", 2);
     let json = out.path().join("2.json");
     wait_until(Duration::from_secs(20), "the hook's run for seq 2", || {
         out.path().join("2.env").exists() && json.exists()
@@ -83,9 +62,9 @@ fn an_exec_hook_gets_the_event_on_stdin_and_in_its_environment() {
     // The bert event (seq 1) did not match: no run, but the cursor passed it.
     assert!(!out.path().join("1.json").exists());
     wait_until(Duration::from_secs(10), "the hook's cursor at 2", || {
-        row(&d, "record").delivered == 2
+        delivery_row(&d, "record").delivered == 2
     });
-    let r = row(&d, "record");
+    let r = delivery_row(&d, "record");
     assert_eq!((r.kind.as_str(), r.pending, r.skipped), ("hook", 0, 0));
 }
 
@@ -103,12 +82,12 @@ fn a_failing_hook_is_retried_then_skipped_and_shown_in_status() {
         hook.display(),
         out.path().display()
     ));
-    hand_over(&d, "m", 1);
+    register_seeded(&d, "m", 1);
     // While it retries, status says so with the last error.
     wait_until(Duration::from_secs(20), "a retrying row", || {
-        row(&d, "flaky").retrying_since.is_some()
+        delivery_row(&d, "flaky").retrying_since.is_some()
     });
-    let r = row(&d, "flaky");
+    let r = delivery_row(&d, "flaky");
     let e = r.last_error.clone().unwrap();
     assert!(
         e.contains("seq 1") && e.contains("exited with status 3"),
@@ -120,11 +99,11 @@ fn a_failing_hook_is_retried_then_skipped_and_shown_in_status() {
         text.contains("hook flaky") && text.contains("retrying since"),
         "{text}"
     );
-    hand_over(&d, "m", 2);
+    register_seeded(&d, "m", 2);
     wait_until(
         Duration::from_secs(30),
         "seq 1 skipped, seq 2 delivered",
-        || row(&d, "flaky").delivered == 2,
+        || delivery_row(&d, "flaky").delivered == 2,
     );
     let tries = |seq: u32| {
         std::fs::read_to_string(out.path().join(format!("tries.{seq}")))
@@ -134,7 +113,7 @@ fn a_failing_hook_is_retried_then_skipped_and_shown_in_status() {
     };
     // 1 + 3 retries for seq 1; seq 2 succeeded at its third attempt, after seq 1.
     assert_eq!((tries(1), tries(2)), (4, 3));
-    let r = row(&d, "flaky");
+    let r = delivery_row(&d, "flaky");
     assert_eq!((r.skipped, r.attempts, r.retrying_since), (1, 0, None));
     assert!(r.last_error.unwrap().contains("seq 2"));
     let s = d.status();
@@ -154,9 +133,9 @@ fn a_failing_hook_is_retried_then_skipped_and_shown_in_status() {
     let cursors = std::fs::read_to_string(d.root.path().join("deliveries.yaml")).unwrap();
     assert!(cursors.lines().any(|l| l == "flaky: 2"), "{cursors}");
     d.spawn();
-    hand_over(&d, "m", 3);
+    register_seeded(&d, "m", 3);
     wait_until(Duration::from_secs(30), "seq 3", || {
-        out.path().join("tries.3").exists() && row(&d, "flaky").delivered == 3
+        out.path().join("tries.3").exists() && delivery_row(&d, "flaky").delivered == 3
     });
     assert_eq!((tries(1), tries(2)), (4, 3));
 }
@@ -175,20 +154,20 @@ fn a_hook_past_its_timeout_is_killed_with_its_process_group_and_registration_goe
         hook.display(),
         out.path().display()
     ));
-    hand_over(&d, "m", 1);
+    register_seeded(&d, "m", 1);
     let child = out.path().join("child.1");
     wait_until(Duration::from_secs(20), "the hook's child", || {
         child.exists()
     });
     // Registrations are answered while the hook hangs.
     for seed in 2..6 {
-        hand_over(&d, "m", seed);
+        register_seeded(&d, "m", seed);
     }
     assert_eq!(d.versions("m").len(), 5);
     wait_until(Duration::from_secs(20), "seq 1 skipped", || {
-        row(&d, "slow").skipped >= 1
+        delivery_row(&d, "slow").skipped >= 1
     });
-    let e = row(&d, "slow").last_error.unwrap_or_default();
+    let e = delivery_row(&d, "slow").last_error.unwrap_or_default();
     assert!(e.contains("timed out"), "{e}");
     let pid: i32 = std::fs::read_to_string(&child)
         .unwrap()
@@ -222,14 +201,14 @@ fn hooks_added_changed_and_removed_by_a_reload_apply() {
         )
     };
     let mut d = TestDaemon::start("settle: 300ms\n");
-    hand_over(&d, "m", 1);
+    register_seeded(&d, "m", 1);
     // Added: it starts with the events to come.
     d.write_config(&with_hook(&a));
     d.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(20), "the new hook's row", || {
         d.status().deliveries.iter().any(|r| r.name == "rec")
     });
-    hand_over(&d, "m", 2);
+    register_seeded(&d, "m", 2);
     wait_until(Duration::from_secs(20), "seq 2 in a", || {
         a.join("2.json").exists()
     });
@@ -239,9 +218,9 @@ fn hooks_added_changed_and_removed_by_a_reload_apply() {
     d.signal(libc::SIGHUP);
     let shown = b.display().to_string();
     wait_until(Duration::from_secs(20), "the changed hook's row", || {
-        row(&d, "rec").target.contains(&shown)
+        delivery_row(&d, "rec").target.contains(&shown)
     });
-    hand_over(&d, "m", 3);
+    register_seeded(&d, "m", 3);
     wait_until(Duration::from_secs(20), "seq 3 in b", || {
         b.join("3.json").exists()
     });
@@ -260,7 +239,7 @@ fn hooks_added_changed_and_removed_by_a_reload_apply() {
     wait_until(Duration::from_secs(20), "the row gone", || {
         d.status().deliveries.is_empty()
     });
-    hand_over(&d, "m", 4);
+    register_seeded(&d, "m", 4);
     assert_eq!(d.versions("m").len(), 4);
     assert!(!b.join("4.json").exists());
     assert_eq!(d.stop().code(), Some(0));
@@ -280,12 +259,12 @@ fn sigterm_stops_a_hanging_hook_and_its_event_runs_again_at_the_next_start() {
         hook.display(),
         out.path().display()
     ));
-    hand_over(&d, "m", 1);
+    register_seeded(&d, "m", 1);
     let runs = out.path().join("runs.1");
     wait_until(Duration::from_secs(20), "the hook running", || {
         runs.exists()
     });
-    hand_over(&d, "m", 2);
+    register_seeded(&d, "m", 2);
     let started = std::time::Instant::now();
     assert_eq!(d.stop().code(), Some(0));
     // The attempt under way had its grace (2 s), then was given up: not the hook's hour.
@@ -304,7 +283,7 @@ fn sigterm_stops_a_hanging_hook_and_its_event_runs_again_at_the_next_start() {
     std::fs::write(out.path().join("go"), "").unwrap();
     d.spawn();
     wait_until(Duration::from_secs(20), "seq 1 and 2 done", || {
-        row(&d, "slow").delivered == 2
+        delivery_row(&d, "slow").delivered == 2
     });
     let count = std::fs::read_to_string(&runs).unwrap().lines().count();
     assert_eq!(count, 2);

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use modelreg::protocol::Delivery;
 
 /// One delivery the receiver answered 200.
 #[derive(Debug, Clone)]
@@ -175,33 +174,15 @@ fn webhook(name: &str, url: &str, secret: &std::path::Path, extra: &str) -> Stri
     )
 }
 
-fn hand_over(d: &TestDaemon, name: &str, seed: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("x.pt");
-    std::fs::write(&p, bytes(seed, 64)).unwrap();
-    let f = std::fs::File::open(&p).unwrap();
-    d.client()
-        .register(name, "x.pt", &f, None, None)
-        .expect("register");
-}
-
 /// Two versions of `m`, then `n - 2` alias moves: `n` events.
 fn make_events(d: &TestDaemon, n: usize) {
-    hand_over(d, "m", 1);
-    hand_over(d, "m", 2);
+    register_seeded(d, "m", 1);
+    register_seeded(d, "m", 2);
     let mut c = d.client();
     for i in 0..n - 2 {
         c.alias_set("m", "prod", if i % 2 == 0 { "v1" } else { "v2" })
             .expect("alias set");
     }
-}
-
-fn row(d: &TestDaemon, name: &str) -> Delivery {
-    d.status()
-        .deliveries
-        .into_iter()
-        .find(|r| r.name == name)
-        .unwrap_or_else(|| panic!("no status row for {name}"))
 }
 
 /// The signature check of docs/events.md, the Python snippet itself (the block that
@@ -252,8 +233,8 @@ fn a_receiver_verifies_each_delivery_with_the_documented_signature() {
         "settle: 300ms\nwebhooks:\n{}",
         webhook("ci", &rx.url(), &secret, "  kinds: [registered]\n")
     ));
-    hand_over(&d, "m", 1);
-    hand_over(&d, "m", 2);
+    register_seeded(&d, "m", 1);
+    register_seeded(&d, "m", 2);
     wait_until(Duration::from_secs(20), "two deliveries", || {
         rx.got().len() >= 2
     });
@@ -290,7 +271,7 @@ fn a_receiver_verifies_each_delivery_with_the_documented_signature() {
             "the documented snippet took a wrong secret"
         );
     }
-    assert_eq!(row(&d, "ci").delivered, 2);
+    assert_eq!(delivery_row(&d, "ci").delivered, 2);
 }
 
 #[test]
@@ -306,10 +287,10 @@ fn a_sigkilled_daemon_delivers_every_pending_event_in_order_after_restart() {
     // The receiver is down: 100 events pile up.
     make_events(&d, 100);
     wait_until(Duration::from_secs(20), "a retrying row", || {
-        let r = row(&d, "down");
+        let r = delivery_row(&d, "down");
         r.retrying_since.is_some() && r.pending == 100
     });
-    let e = row(&d, "down").last_error.unwrap();
+    let e = delivery_row(&d, "down").last_error.unwrap();
     assert!(e.contains("seq 1") && e.contains("connecting"), "{e}");
     d.kill();
     let rx = Receiver::start(port, false);
@@ -323,9 +304,9 @@ fn a_sigkilled_daemon_delivers_every_pending_event_in_order_after_restart() {
     expect.dedup();
     assert_eq!(expect, (1..=100).collect::<Vec<u64>>(), "{seqs:?}");
     wait_until(Duration::from_secs(10), "the row caught up", || {
-        row(&d, "down").delivered == 100
+        delivery_row(&d, "down").delivered == 100
     });
-    let r = row(&d, "down");
+    let r = delivery_row(&d, "down");
     assert_eq!((r.pending, r.retrying_since, r.skipped), (0, None, 0));
 }
 
@@ -368,7 +349,7 @@ fn a_hanging_receiver_delays_neither_another_receiver_nor_registration() {
         webhook("hung", &hung.url(), &secret, "  timeout: 1h\n"),
         webhook("fine", &fine.url(), &secret, "")
     ));
-    hand_over(&d, "m", 1);
+    register_seeded(&d, "m", 1);
     wait_until(
         Duration::from_secs(20),
         "the hung receiver holding seq 1",
@@ -376,7 +357,7 @@ fn a_hanging_receiver_delays_neither_another_receiver_nor_registration() {
     );
     // Registrations are answered, and the other receiver gets each, while one hangs.
     for seed in 2..=5 {
-        hand_over(&d, "m", seed);
+        register_seeded(&d, "m", seed);
     }
     assert_eq!(d.versions("m").len(), 5);
     wait_until(
@@ -385,7 +366,7 @@ fn a_hanging_receiver_delays_neither_another_receiver_nor_registration() {
         || fine.got().len() >= 5,
     );
     assert_eq!(fine.seqs(), [1, 2, 3, 4, 5]);
-    let r = row(&d, "hung");
+    let r = delivery_row(&d, "hung");
     assert_eq!((r.delivered, r.pending), (0, 5));
     assert_eq!(hung.seen.load(Ordering::SeqCst), 1);
 }

@@ -92,6 +92,20 @@ pub struct EventFilter {
     pub models: Vec<String>,
 }
 
+/// What hooks and webhooks share: which events, how long an attempt, how retried, where
+/// a new one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivering {
+    /// Which events it takes.
+    pub filter: EventFilter,
+    /// How long one run (a hook's process group is then killed) or attempt may take.
+    pub timeout: Duration,
+    /// How failures are tried again (for webhooks `retries` counts refusals only).
+    pub retry: Retry,
+    /// Where it starts without a cursor.
+    pub start: StartAt,
+}
+
 /// A validated exec hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookConfig {
@@ -99,14 +113,8 @@ pub struct HookConfig {
     pub name: String,
     /// The program and its arguments (with `shell`: `/bin/sh -c STRING`).
     pub argv: Vec<String>,
-    /// Which events run it.
-    pub filter: EventFilter,
-    /// How long one run may take before its process group is killed.
-    pub timeout: Duration,
-    /// Retries of a failed run.
-    pub retry: Retry,
-    /// Where it starts without a cursor.
-    pub start: StartAt,
+    /// Its events, timeout and retries.
+    pub on: Delivering,
 }
 
 /// A validated webhook endpoint (its Debug form leaves the secret out).
@@ -118,14 +126,9 @@ pub struct WebhookConfig {
     pub url: String,
     /// The HMAC key (read from `secret_file` at start and on reload).
     pub secret: Vec<u8>,
-    /// Which events are posted.
-    pub filter: EventFilter,
-    /// How long one attempt may take.
-    pub timeout: Duration,
-    /// Retries of a refusal (4xx other than 408, 429); other failures retry until delivered.
-    pub retry: Retry,
-    /// Where it starts without a cursor.
-    pub start: StartAt,
+    /// Its events, timeout and retries (of a refusal: 4xx other than 408, 429; other
+    /// failures are retried until delivered).
+    pub on: Delivering,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -133,10 +136,7 @@ impl std::fmt::Debug for WebhookConfig {
         f.debug_struct("WebhookConfig")
             .field("name", &self.name)
             .field("url", &self.url)
-            .field("filter", &self.filter)
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
-            .field("start", &self.start)
+            .field("on", &self.on)
             .finish_non_exhaustive()
     }
 }
@@ -181,18 +181,21 @@ pub(super) fn validate(
                 ));
             }
         };
+        let on = Raw {
+            kinds: h.kinds,
+            models: h.models,
+            timeout: h.timeout,
+            retries: h.retries,
+            backoff: h.backoff,
+            max_backoff: h.max_backoff,
+            from: h.from,
+        }
+        .validate(Duration::from_secs(30))
+        .map_err(|(k, r)| bad(key(k), r))?;
         out_hooks.push(HookConfig {
-            filter: EventFilter {
-                kinds: h.kinds,
-                models: h.models,
-            },
-            timeout: duration(h.timeout, Duration::from_secs(30))
-                .map_err(|r| bad(key("timeout"), r))?,
-            retry: retry(h.retries, h.backoff, h.max_backoff, 5)
-                .map_err(|(k, r)| bad(key(k), r))?,
-            start: h.from.map_or(StartAt::Now, StartAt::Seq),
             name: h.name,
             argv,
+            on,
         });
     }
     let mut out_webhooks = Vec::new();
@@ -231,19 +234,22 @@ pub(super) fn validate(
                 ));
             }
         };
+        let on = Raw {
+            kinds: w.kinds,
+            models: w.models,
+            timeout: w.timeout,
+            retries: w.retries,
+            backoff: w.backoff,
+            max_backoff: w.max_backoff,
+            from: w.from,
+        }
+        .validate(Duration::from_secs(10))
+        .map_err(|(k, r)| bad(key(k), r))?;
         out_webhooks.push(WebhookConfig {
-            filter: EventFilter {
-                kinds: w.kinds,
-                models: w.models,
-            },
-            timeout: duration(w.timeout, Duration::from_secs(10))
-                .map_err(|r| bad(key("timeout"), r))?,
-            retry: retry(w.retries, w.backoff, w.max_backoff, 5)
-                .map_err(|(k, r)| bad(key(k), r))?,
-            start: w.from.map_or(StartAt::Now, StartAt::Seq),
             name: w.name,
             url: w.url,
             secret,
+            on,
         });
     }
     Ok((out_hooks, out_webhooks))
@@ -281,23 +287,44 @@ fn duration(v: Option<String>, default: Duration) -> std::result::Result<Duratio
     Ok(d)
 }
 
-fn retry(
+/// The keys hooks and webhooks share, as written.
+struct Raw {
+    kinds: Vec<String>,
+    models: Vec<String>,
+    timeout: Option<String>,
     retries: Option<u32>,
     backoff: Option<String>,
     max_backoff: Option<String>,
-    default_retries: u32,
-) -> std::result::Result<Retry, (&'static str, String)> {
-    let backoff = duration(backoff, Duration::from_secs(1)).map_err(|r| ("backoff", r))?;
-    let max_backoff =
-        duration(max_backoff, Duration::from_secs(300)).map_err(|r| ("max_backoff", r))?;
-    if max_backoff < backoff {
-        return Err(("max_backoff", "is shorter than backoff".into()));
+    from: Option<u64>,
+}
+
+impl Raw {
+    /// Validates them (`timeout` defaults to `default_timeout`); an error names its key.
+    fn validate(
+        self,
+        default_timeout: Duration,
+    ) -> std::result::Result<Delivering, (&'static str, String)> {
+        let timeout = duration(self.timeout, default_timeout).map_err(|r| ("timeout", r))?;
+        let backoff = duration(self.backoff, Duration::from_secs(1)).map_err(|r| ("backoff", r))?;
+        let max_backoff =
+            duration(self.max_backoff, Duration::from_secs(300)).map_err(|r| ("max_backoff", r))?;
+        if max_backoff < backoff {
+            return Err(("max_backoff", "is shorter than backoff".into()));
+        }
+        Ok(Delivering {
+            filter: EventFilter {
+                kinds: self.kinds,
+                models: self.models,
+            },
+            timeout,
+            retry: Retry {
+                retries: self.retries.unwrap_or(5),
+                backoff,
+                max_backoff,
+            },
+            start: self.from.map_or(StartAt::Now, StartAt::Seq),
+        })
     }
-    Ok(Retry {
-        retries: retries.unwrap_or(default_retries),
-        backoff,
-        max_backoff,
-    })
 }
 
 /// Reads a webhook secret (trailing newline dropped); a file others may read is refused.
@@ -332,7 +359,7 @@ mod tests {
         assert_eq!(c.hooks.len(), 2);
         assert_eq!(c.hooks[0].argv, ["/bin/echo", "hi"]);
         assert_eq!(c.hooks[1].argv[..2], ["/bin/sh", "-c"]);
-        assert_eq!(c.hooks[1].start, super::StartAt::Seq(0));
+        assert_eq!(c.hooks[1].on.start, super::StartAt::Seq(0));
         let e = test_config("hooks:\n- {name: a, command: 'echo hi'}\n")
             .unwrap_err()
             .to_string();

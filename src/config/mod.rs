@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 pub use best::{BestPolicy, Direction};
-pub use deliver::{EventFilter, HookConfig, Retry, StartAt, WebhookConfig};
+pub use deliver::{Delivering, EventFilter, HookConfig, Retry, StartAt, WebhookConfig};
 pub use events::EventsConfig;
 pub use http::{
     DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_UPLOAD, HttpConfig, TlsFiles,

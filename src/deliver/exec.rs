@@ -98,7 +98,7 @@ pub(super) async fn run(h: &HookConfig, e: &Event, json: &[u8]) -> Result<(), St
     });
     let out = tokio::spawn(capture(stdout));
     let err = tokio::spawn(capture(stderr));
-    let status = match tokio::time::timeout(h.timeout, child.wait()).await {
+    let status = match tokio::time::timeout(h.on.timeout, child.wait()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("waiting for {}: {e}", h.argv[0])),
         Err(_) => {
@@ -106,7 +106,7 @@ pub(super) async fn run(h: &HookConfig, e: &Event, json: &[u8]) -> Result<(), St
             let _ = child.wait().await;
             return Err(format!(
                 "timed out after {} (its process group was killed)",
-                humantime::format_duration(h.timeout)
+                humantime::format_duration(h.on.timeout)
             ));
         }
     };

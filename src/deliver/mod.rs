@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 pub use cursor::{CURSORS_FILE, Cursors};
 pub use webhook::{hmac_sha256, signature};
 
-use crate::config::{Config, EventFilter, HookConfig, Retry, Settings, StartAt, WebhookConfig};
+use crate::config::{Config, Delivering, HookConfig, Settings, WebhookConfig};
 use crate::error::{Error, Result};
 use crate::events::{Kind, Log};
 use crate::shutdown;
@@ -55,22 +55,10 @@ impl Endpoint {
             Endpoint::Webhook(w) => w.url.clone(),
         }
     }
-    fn filter(&self) -> &EventFilter {
+    fn on(&self) -> &Delivering {
         match self {
-            Endpoint::Hook(h) => &h.filter,
-            Endpoint::Webhook(w) => &w.filter,
-        }
-    }
-    fn retry(&self) -> Retry {
-        match self {
-            Endpoint::Hook(h) => h.retry,
-            Endpoint::Webhook(w) => w.retry,
-        }
-    }
-    fn start(&self) -> StartAt {
-        match self {
-            Endpoint::Hook(h) => h.start,
-            Endpoint::Webhook(w) => w.start,
+            Endpoint::Hook(h) => &h.on,
+            Endpoint::Webhook(w) => &w.on,
         }
     }
     /// Webhooks spread their retries; a hook runs on this machine alone.
@@ -95,11 +83,11 @@ pub fn check(c: &Config) -> Result<()> {
     for (section, name, kinds) in c
         .hooks
         .iter()
-        .map(|h| ("hooks", &h.name, &h.filter.kinds))
+        .map(|h| ("hooks", &h.name, &h.on.filter.kinds))
         .chain(
             c.webhooks
                 .iter()
-                .map(|w| ("webhooks", &w.name, &w.filter.kinds)),
+                .map(|w| ("webhooks", &w.name, &w.on.filter.kinds)),
         )
     {
         if let Some(k) = kinds.iter().find(|k| Kind::parse(k).is_none()) {

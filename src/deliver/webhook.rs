@@ -54,18 +54,18 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     format!("sha256={}", crate::fsutil::hex(&hmac_sha256(secret, &msg)))
 }
 
-/// Posts `body` (event `seq`) to `w.url`, within `w.timeout` for the whole attempt.
+/// Posts `body` (event `seq`) to `w.url`, within `w.on.timeout` for the whole attempt.
 pub(super) async fn post(
     w: &WebhookConfig,
     seq: u64,
     body: &[u8],
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(), Failure> {
-    match tokio::time::timeout(w.timeout, attempt(w, seq, body, tls)).await {
+    match tokio::time::timeout(w.on.timeout, attempt(w, seq, body, tls)).await {
         Ok(r) => r,
         Err(_) => Err(transient(format!(
             "no answer within {}",
-            humantime::format_duration(w.timeout)
+            humantime::format_duration(w.on.timeout)
         ))),
     }
 }

@@ -41,15 +41,15 @@ impl Worker {
     pub(super) async fn run(self) {
         let name = self.endpoint.name().to_string();
         let filter = Filter {
-            models: self.endpoint.filter().models.clone(),
-            kinds: (self.endpoint.filter().kinds.iter())
+            models: self.endpoint.on().filter.models.clone(),
+            kinds: (self.endpoint.on().filter.kinds.iter())
                 .filter_map(|k| Kind::parse(k))
                 .collect(),
         };
         let mut next = match self.cursors.get(&name) {
             Some(c) => c + 1,
             None => {
-                let from = match self.endpoint.start() {
+                let from = match self.endpoint.on().start {
                     StartAt::Now => self.log.last() + 1,
                     StartAt::Seq(0) => self.log.first(),
                     StartAt::Seq(n) => n,
@@ -151,7 +151,7 @@ impl Worker {
     async fn deliver(&self, e: &Event, row: &mut Delivery) -> Outcome {
         let mut json = serde_json::to_vec(e).unwrap_or_default();
         json.push(b'\n');
-        let retry = self.endpoint.retry();
+        let retry = self.endpoint.on().retry;
         let (mut tries, mut counted) = (0u32, 0u32);
         loop {
             tries += 1;

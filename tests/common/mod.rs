@@ -574,3 +574,24 @@ pub fn error_of(answer: &serde_json::Value) -> (String, String) {
         answer["error"]["message"].as_str().unwrap().to_string(),
     )
 }
+
+/// Registers a version of `name` holding 64 bytes from `seed`, by handing the file over
+/// on the socket (`register`): one commit, answered once durable.
+pub fn register_seeded(d: &TestDaemon, name: &str, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.pt");
+    std::fs::write(&p, bytes(seed, 64)).unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    d.client()
+        .register(name, "x.pt", &f, None, None)
+        .expect("register");
+}
+
+/// The `status` row of the hook or webhook `name` (panics when there is none).
+pub fn delivery_row(d: &TestDaemon, name: &str) -> modelreg::protocol::Delivery {
+    d.status()
+        .deliveries
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no status row for {name}"))
+}
