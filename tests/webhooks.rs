@@ -370,3 +370,31 @@ fn a_hanging_receiver_delays_neither_another_receiver_nor_registration() {
     assert_eq!((r.delivered, r.pending), (0, 5));
     assert_eq!(hung.seen.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn events_compacted_away_before_delivery_are_named_in_status() {
+    let port = free_port();
+    let keys = tempfile::tempdir().unwrap();
+    let secret = secret_file(keys.path(), "k");
+    let url = format!("http://127.0.0.1:{port}/hook");
+    // A tiny log: segments of 256 bytes, 1 KiB kept, so old events go quickly.
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nevents: {{max_bytes: 1KiB}}\nwebhooks:\n{}",
+        webhook("late", &url, &secret, "")
+    ));
+    make_events(&d, 40);
+    assert_eq!(delivery_row(&d, "late").delivered, 0);
+    let rx = Receiver::start(port, false);
+    wait_until(Duration::from_secs(30), "the row caught up", || {
+        delivery_row(&d, "late").delivered == 40
+    });
+    let problem = d.wait_problem_text("compacted away before they were delivered");
+    assert!(problem.contains("late:"), "{problem}");
+    // Seq 1 was under way (held by the worker) and is delivered; then, past the gap,
+    // from the oldest kept.
+    let seqs = rx.seqs();
+    assert_eq!(seqs[0], 1);
+    assert!(seqs.len() < 40, "{seqs:?}");
+    assert_eq!(*seqs.last().unwrap(), 40);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}

@@ -17,6 +17,16 @@ const ENV_JSON_MAX: usize = 32 << 10;
 /// may hold the pipes open).
 const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The daemon's environment variables from systemd, not passed on to hooks.
+const SYSTEMD_VARS: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
 /// Kills the hook's process group when dropped, unless it exited: on timeout, and when
 /// the daemon stops during a run.
 struct Group(Option<i32>);
@@ -59,6 +69,11 @@ pub(super) fn environment(name: &str, e: &Event) -> Vec<(String, String)> {
 /// within its timeout; else why not.
 pub(super) async fn run(h: &HookConfig, e: &Event, json: &[u8]) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(&h.argv[0]);
+    // systemd's variables are the daemon's: a hook must not notify or take sockets in
+    // its name.
+    for var in SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
     cmd.args(&h.argv[1..])
         .envs(environment(&h.name, e))
         .stdin(Stdio::piped())
