@@ -41,6 +41,30 @@ struct Receiver {
 impl Receiver {
     /// Listens on 127.0.0.1:`port` (0: any free port).
     fn start(port: u16, hang: bool) -> Receiver {
+        Receiver::start_with(port, hang, None)
+    }
+
+    /// Listens for HTTPS with the certificate and key of `common::http::make_cert`
+    /// in `dir`.
+    fn start_tls(dir: &std::path::Path) -> Receiver {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Receiver::start_with(0, false, Some(Arc::new(config)))
+    }
+
+    fn start_with(port: u16, hang: bool, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
         let port = listener.local_addr().unwrap().port();
         let (got, seen, stop) = (
@@ -55,8 +79,14 @@ impl Receiver {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (g, s, st) = (g.clone(), s.clone(), st.clone());
-                std::thread::spawn(move || serve(conn, hang, &g, &s, &st));
+                let (g, s, st, tls) = (g.clone(), s.clone(), st.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    Some(c) => {
+                        let tls = rustls::ServerConnection::new(c).unwrap();
+                        serve(rustls::StreamOwned::new(tls, conn), hang, &g, &s, &st)
+                    }
+                    None => serve(conn, hang, &g, &s, &st),
+                });
             }
         });
         Receiver {
@@ -94,7 +124,7 @@ impl Drop for Receiver {
 
 /// Reads one request from `conn`; answers 200 and records it, or hangs until the stop.
 fn serve(
-    mut conn: TcpStream,
+    mut conn: impl Read + Write,
     hang: bool,
     got: &Mutex<Vec<Got>>,
     seen: &AtomicU32,
@@ -397,4 +427,42 @@ fn events_compacted_away_before_delivery_are_named_in_status() {
     assert!(seqs.len() < 40, "{seqs:?}");
     assert_eq!(*seqs.last().unwrap(), 40);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+#[test]
+fn an_https_receiver_is_reached_with_its_certificate_pinned_and_refused_without() {
+    let certs = tempfile::tempdir().unwrap();
+    common::http::make_cert(certs.path());
+    let rx = Receiver::start_tls(certs.path());
+    let url = format!("https://127.0.0.1:{}/hook", rx.port);
+    let keys = tempfile::tempdir().unwrap();
+    let secret = secret_file(keys.path(), "k");
+    let ca = format!("  ca_file: {}\n", certs.path().join("cert.pem").display());
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nwebhooks:\n{}{}",
+        webhook("pinned", &url, &secret, &ca),
+        webhook("system", &url, &secret, "")
+    ));
+    register_seeded(&d, "m", 1);
+    wait_until(Duration::from_secs(20), "the delivery over https", || {
+        rx.got().len() == 1 && delivery_row(&d, "pinned").delivered == 1
+    });
+    let g = &rx.got()[0];
+    let ts: u64 = g.headers["x-modelreg-timestamp"].parse().unwrap();
+    let mut msg = format!("{ts}.").into_bytes();
+    msg.extend_from_slice(&g.body);
+    assert_eq!(
+        g.headers["x-modelreg-signature"],
+        format!(
+            "sha256={}",
+            modelreg::fsutil::hex(&modelreg::deliver::hmac_sha256(b"k", &msg))
+        )
+    );
+    // The system's authorities do not know a self-signed certificate: retried, shown.
+    wait_until(Duration::from_secs(20), "the refused handshake", || {
+        delivery_row(&d, "system")
+            .last_error
+            .is_some_and(|e| e.contains("TLS"))
+    });
+    assert_eq!(rx.got().len(), 1);
 }

@@ -49,6 +49,7 @@ pub(super) struct RawWebhook {
     url: String,
     secret_file: Option<String>,
     secret: Option<String>,
+    ca_file: Option<String>,
     #[serde(default)]
     kinds: Vec<String>,
     #[serde(default)]
@@ -126,6 +127,10 @@ pub struct WebhookConfig {
     pub url: String,
     /// The HMAC key (read from `secret_file` at start and on reload).
     pub secret: Vec<u8>,
+    /// For `https://`: the certificate authorities (PEM) to trust instead of the
+    /// system's; a certificate in it that the receiver presents is trusted as it is
+    /// (a self-signed one).
+    pub ca_file: Option<PathBuf>,
     /// Its events, timeout and retries (of a refusal: 4xx other than 408, 429; other
     /// failures are retried until delivered).
     pub on: Delivering,
@@ -136,6 +141,7 @@ impl std::fmt::Debug for WebhookConfig {
         f.debug_struct("WebhookConfig")
             .field("name", &self.name)
             .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
             .field("on", &self.on)
             .finish_non_exhaustive()
     }
@@ -234,6 +240,15 @@ pub(super) fn validate(
                 ));
             }
         };
+        let ca_file = match w.ca_file {
+            None => None,
+            Some(f) => {
+                let p = root.join(&f);
+                std::fs::metadata(&p)
+                    .map_err(|e| bad(key("ca_file"), format!("{}: {e}", p.display())))?;
+                Some(p)
+            }
+        };
         let on = Raw {
             kinds: w.kinds,
             models: w.models,
@@ -249,6 +264,7 @@ pub(super) fn validate(
             name: w.name,
             url: w.url,
             secret,
+            ca_file,
             on,
         });
     }

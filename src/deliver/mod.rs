@@ -67,6 +67,12 @@ impl Endpoint {
     }
 }
 
+/// Whether `url` is an https one (the scheme in any case).
+fn is_https(url: &str) -> bool {
+    url.get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https:"))
+}
+
 /// The endpoints the settings ask for, by name.
 fn endpoints(c: &Config) -> BTreeMap<String, Endpoint> {
     let hooks = c.hooks.iter().cloned().map(Endpoint::Hook);
@@ -149,8 +155,8 @@ async fn supervise(
     let saver = tokio::spawn(cursors.clone().run(stop.clone()));
     let mut published = settings.subscribe();
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
-    // Read once: https webhooks trust the system's certificate authorities.
-    let mut tls: Option<Option<Arc<rustls::ClientConfig>>> = None;
+    // Read once, when the first https webhook starts: the system's authorities.
+    let mut system_cas: Option<Option<Arc<rustls::ClientConfig>>> = None;
     loop {
         let config = published.borrow_and_update().clone();
         let wanted = endpoints(&config);
@@ -172,15 +178,19 @@ async fn supervise(
             if running.contains_key(&name) {
                 continue;
             }
-            let tls = match (&endpoint, &tls) {
-                (Endpoint::Webhook(w), None) if w.url.starts_with("https") => {
-                    let t = crate::client::tls_config(None)
-                        .map_err(|e| tracing::error!("https webhooks: {e}"))
-                        .ok();
-                    tls = Some(t.clone());
-                    t
-                }
-                (_, Some(t)) => t.clone(),
+            let tls = match &endpoint {
+                Endpoint::Webhook(w) if is_https(&w.url) => match &w.ca_file {
+                    Some(f) => crate::client::tls_config(Some(f))
+                        .map_err(|e| board.set_problem(&format!("deliveries.{name}"), &e))
+                        .ok(),
+                    None => system_cas
+                        .get_or_insert_with(|| {
+                            crate::client::tls_config(None)
+                                .map_err(|e| tracing::error!("https webhooks: {e}"))
+                                .ok()
+                        })
+                        .clone(),
+                },
                 _ => None,
             };
             let (trigger, wstop) = shutdown::channel();

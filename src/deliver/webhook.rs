@@ -80,7 +80,9 @@ async fn attempt(
         .url
         .parse()
         .map_err(|e| transient(format!("{}: {e}", w.url)))?;
-    let https = uri.scheme_str() == Some("https");
+    let https = uri
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"));
     let host = uri.host().unwrap_or_default().to_string();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let bare = host

@@ -54,8 +54,10 @@ impl Worker {
                     StartAt::Seq(0) => self.log.first(),
                     StartAt::Seq(n) => n,
                 };
-                // Kept at once: a new endpoint's "now" must not move after a restart.
+                // Saved at once, not batched: a crash before the next save would make
+                // "now" move past the events logged meanwhile (they would be lost).
                 self.cursors.set(&name, from.saturating_sub(1));
+                self.cursors.save_logged().await;
                 from
             }
         };
