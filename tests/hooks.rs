@@ -131,7 +131,7 @@ fn a_failing_hook_is_retried_then_skipped_and_shown_in_status() {
     // The cursor is kept across a restart: nothing runs again.
     assert_eq!(d.stop().code(), Some(0));
     let cursors = std::fs::read_to_string(d.root.path().join("deliveries.yaml")).unwrap();
-    assert!(cursors.lines().any(|l| l == "flaky: 2"), "{cursors}");
+    assert!(cursors.lines().any(|l| l == "\"flaky\": 2"), "{cursors}");
     d.spawn();
     register_seeded(&d, "m", 3);
     wait_until(Duration::from_secs(30), "seq 3", || {
@@ -278,7 +278,7 @@ fn sigterm_stops_a_hanging_hook_and_its_event_runs_again_at_the_next_start() {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
     });
     let cursors = std::fs::read_to_string(d.root.path().join("deliveries.yaml")).unwrap();
-    assert!(cursors.lines().any(|l| l == "slow: 0"), "{cursors}");
+    assert!(cursors.lines().any(|l| l == "\"slow\": 0"), "{cursors}");
     // At least once: seq 1 runs again, then seq 2.
     std::fs::write(out.path().join("go"), "").unwrap();
     d.spawn();

@@ -126,7 +126,8 @@ fn write_atomically(path: &Path, map: &BTreeMap<String, u64>) -> std::io::Result
         "# The last event seq each hook and webhook got (docs/events.md). Written by modelreg.\n",
     );
     for (name, seq) in map {
-        text.push_str(&format!("{name}: {seq}\n"));
+        // Quoted: a name such as `123` or `true` would not read back as a string.
+        text.push_str(&format!("\"{name}\": {seq}\n"));
     }
     let mut tmp = tempfile::Builder::new()
         .prefix(".deliveries.yaml.")
@@ -151,9 +152,12 @@ mod tests {
         assert_eq!(c.get("a"), None);
         c.set("a", 7);
         c.set("b.c", 9);
+        c.set("123", 1);
+        c.set("true", 2);
         c.save().unwrap();
         let c = Cursors::load(&p).unwrap();
         assert_eq!((c.get("a"), c.get("b.c")), (Some(7), Some(9)));
+        assert_eq!((c.get("123"), c.get("true")), (Some(1), Some(2)));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

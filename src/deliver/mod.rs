@@ -170,7 +170,11 @@ async fn supervise(
             if let Some(r) = running.remove(&name) {
                 r.trigger.trigger();
                 let _ = r.task.await;
-                board.remove_delivery(&name);
+                // A changed one keeps its row until its new worker replaces it: `status`
+                // never misses it in between.
+                if !wanted.contains_key(&name) {
+                    board.remove_delivery(&name);
+                }
                 tracing::info!(endpoint = %name, "delivery stopped (settings changed)");
             }
         }

@@ -102,6 +102,9 @@ impl Worker {
                 // Woken by the next commit that makes events (or by the stop).
                 last.borrow_and_update();
                 if self.log.last() >= next {
+                    // Committed meanwhile; a short pause keeps a read that keeps coming
+                    // back empty from spinning.
+                    self.pause(Duration::from_millis(10)).await;
                     continue;
                 }
                 tokio::select! {

@@ -587,11 +587,17 @@ pub fn register_seeded(d: &TestDaemon, name: &str, seed: u64) {
         .expect("register");
 }
 
-/// The `status` row of the hook or webhook `name` (panics when there is none).
+/// The `status` row of the hook or webhook `name`, waiting (10 s at most) for its worker
+/// to show it after a start or a reload.
 pub fn delivery_row(d: &TestDaemon, name: &str) -> modelreg::protocol::Delivery {
-    d.status()
-        .deliveries
-        .into_iter()
-        .find(|r| r.name == name)
-        .unwrap_or_else(|| panic!("no status row for {name}"))
+    let mut row = None;
+    wait_until(
+        Duration::from_secs(10),
+        &format!("a status row for {name}"),
+        || {
+            row = d.status().deliveries.into_iter().find(|r| r.name == name);
+            row.is_some()
+        },
+    );
+    row.expect("found")
 }
