@@ -485,3 +485,40 @@ fn a_subscriber_that_does_not_read_holds_up_nothing_and_is_told_to_resume() {
     let rest = read_all(&d, n);
     assert_eq!(rest.last().unwrap().seq, 40);
 }
+
+/// A subscriber far behind on many small events is cut mid-batch, most likely inside
+/// a line: the `too_slow` error still comes as a line of its own, and every line of the
+/// stream is JSON (an NDJSON reader parses each).
+#[test]
+fn a_too_slow_stream_cut_inside_an_event_still_ends_with_a_whole_error_line() {
+    use std::io::{Read, Write};
+    let d = TestDaemon::quick();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.pt");
+    let mut c = d.client();
+    for i in 0..2u64 {
+        std::fs::write(&p, bytes(i, 100)).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        c.register("m", "x.pt", &f, None, None).expect("register");
+    }
+    // ~3,000 events of ~200 bytes: several batches of 512, far more than the socket holds.
+    for i in 0..3000 {
+        let v = if i % 2 == 0 { "v1" } else { "v2" };
+        c.alias_set("m", "production", v).expect("alias set");
+    }
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    s.write_all(b"{\"op\":\"events\",\"since\":0,\"follow\":true}\n")
+        .unwrap();
+    // Past WRITE_TIMEOUT (10 s) unread.
+    std::thread::sleep(Duration::from_secs(12));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    for l in all.lines() {
+        let parsed = serde_json::from_str::<serde_json::Value>(l);
+        assert!(parsed.is_ok(), "a line that is not JSON: {l:.300}");
+    }
+    let last = all.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["error"]["code"], "too_slow", "{last:.300}");
+}

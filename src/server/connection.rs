@@ -46,8 +46,9 @@ pub(super) fn set_send_buffer(stream: &UnixStream) {
 
 /// Why an answer could not be handed over.
 pub(super) enum WriteFailed {
-    /// The client read nothing for [`WRITE_TIMEOUT`].
-    Unread,
+    /// The client read nothing for [`WRITE_TIMEOUT`]; `done` bytes of the answer were
+    /// handed over (a stream finishes the line they cut before it says why it ends).
+    Unread { done: usize },
     /// The connection was closed to admit another.
     Evicted,
     /// The client is gone.
@@ -77,7 +78,7 @@ pub(super) async fn write_answer(
             None => step.await,
         };
         match r {
-            Err(_) => return Err(WriteFailed::Unread),
+            Err(_) => return Err(WriteFailed::Unread { done }),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(WriteFailed::Gone),
             Ok(Ok(n)) => done += n,
         }
@@ -242,7 +243,7 @@ pub(super) async fn handle_connection(
         // does not read its answers stops being read, and is closed after WRITE_TIMEOUT.
         match write_answer(&mut w, &response.to_line(), Some(&conn.close)).await {
             Ok(()) => {}
-            Err(WriteFailed::Unread) => {
+            Err(WriteFailed::Unread { .. }) => {
                 tracing::debug!(
                     "closed a connection whose answer was unread for {}s",
                     WRITE_TIMEOUT.as_secs()

@@ -94,11 +94,21 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
                 }
                 match write_answer(w, &out, Some(&conn.close)).await {
                     Ok(()) => {}
-                    Err(WriteFailed::Unread) => {
+                    Err(WriteFailed::Unread { done }) => {
                         let msg = too_slow_message(super::WRITE_TIMEOUT.as_secs(), resume);
                         tracing::debug!("{msg}");
-                        let _ =
-                            write_answer(w, &error_line(ErrorCode::TooSlow, msg, None), None).await;
+                        // The rest of the event the timeout cut (if any) goes first, so
+                        // that every line stays JSON and the error is a line of its own.
+                        let done = done.min(out.len());
+                        let rest = &out[done..];
+                        let mid_line = done > 0 && out[done - 1] != b'\n';
+                        let cut = match rest.iter().position(|&b| b == b'\n') {
+                            Some(i) if mid_line => i + 1,
+                            _ => 0,
+                        };
+                        let mut last = rest[..cut].to_vec();
+                        last.extend(error_line(ErrorCode::TooSlow, msg, None));
+                        let _ = write_answer(w, &last, None).await;
                         return;
                     }
                     Err(_) => return,
