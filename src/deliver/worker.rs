@@ -91,6 +91,26 @@ impl Worker {
                     next = first;
                     continue;
                 }
+                Err(ReadError::Missing { from, to }) => {
+                    // Lost from the log (a deleted segment, a damaged line): nothing to
+                    // deliver, said where `status` shows it, and delivery goes on after.
+                    self.board.set_problem(
+                        &problem,
+                        &format!("{name}: events {from}..{to} are missing from the event log and were not delivered; delivering from {}", to + 1),
+                    );
+                    next = to + 1;
+                    continue;
+                }
+                Err(ReadError::Ahead { from, last }) => {
+                    // Its cursor is past the log's end (a root restored from an older
+                    // backup): the events numbered from here on are new, so deliver them.
+                    self.board.set_problem(
+                        &problem,
+                        &format!("{name}: delivered up to {} but the event log ends at {last}; delivering from {}", from - 1, last + 1),
+                    );
+                    next = last + 1;
+                    continue;
+                }
                 Err(ReadError::Io(e)) => {
                     self.board
                         .error(format!("{name}: {e}; trying again in 5 s"));

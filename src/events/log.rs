@@ -59,6 +59,23 @@ pub enum ReadError {
         /// The first retained seq.
         first: u64,
     },
+    /// Events `from..=to` are not in the log (a segment deleted, a damaged line
+    /// skipped, a tail lost after a clean stop): the stream resumes at `to + 1`.
+    #[error("events {from}..{to} are missing from the event log (lost or damaged); the next kept is {}", to + 1)]
+    Missing {
+        /// The first missing seq.
+        from: u64,
+        /// The last missing seq.
+        to: u64,
+    },
+    /// The seq asked for is past the next event to come: `last` is the last committed.
+    #[error("there is no event {from} yet: the last is {last}; ask from {} at most (or \"now\")", last + 1)]
+    Ahead {
+        /// The seq asked for.
+        from: u64,
+        /// The last committed seq.
+        last: u64,
+    },
     /// A segment could not be read.
     #[error("reading the event log: {0}")]
     Io(String),
@@ -149,11 +166,23 @@ impl Log {
                 .iter()
                 .take_while(|e| e.commit <= journal_seq)
                 .count();
+            if r.damage.is_some() || !r.skipped.is_empty() {
+                segment::keep_aside(&path);
+            }
+            for (line, at, why) in &r.skipped {
+                tracing::warn!(
+                    events = %path.display(),
+                    "{}: line {line} (offset {at}): {why}; skipped (the events after it are kept; a copy of the file is kept as {})",
+                    path.display(),
+                    segment::damaged_name(&path).display()
+                );
+            }
             if let Some((at, why)) = &r.damage {
                 tracing::warn!(
                     events = %path.display(),
-                    "{}: offset {at}: {why} (a write cut short by a crash); cut off",
-                    path.display()
+                    "{}: offset {at}: {why} after the last intact event (a write cut short by a crash); cut off (a copy of the file is kept as {})",
+                    path.display(),
+                    segment::damaged_name(&path).display()
                 );
             }
             if keep < r.events.len() {
@@ -207,6 +236,21 @@ impl Log {
                 bytes: m.len(),
                 modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             });
+        }
+        // A segment deleted by hand leaves a hole no reader may cross silently: say so now
+        // (readers are told by [`ReadError::Missing`]).
+        for w in segments.windows(2) {
+            let last = segment::last_seq(&w[0].path).ok().flatten();
+            if let Some(last) = last
+                && last + 1 < w[1].first
+            {
+                tracing::warn!(
+                    events = %dir.display(),
+                    "events {}..{} are missing from the event log: no segment holds them (deleted?); readers are told so",
+                    last + 1,
+                    w[1].first - 1
+                );
+            }
         }
         let file = match segments.last() {
             Some(s) => {
@@ -335,16 +379,17 @@ impl Log {
     /// journal record: a crash during their fsync may have kept only some of them (a
     /// commit's events became visible only once all were durable, so none of those cut
     /// was seen unless all were, and deriving again gives them the same numbers).
-    pub fn forget_last_commit(&self) -> std::io::Result<()> {
+    /// Returns how many were cut off.
+    pub fn forget_last_commit(&self) -> std::io::Result<usize> {
         let mut g = self.lock();
         let Some(s) = g.segments.last() else {
-            return Ok(());
+            return Ok(0);
         };
         let path = s.path.clone();
         let r = segment::read(&path)?;
         let last = g.last_commit;
         let Some(i) = r.events.iter().position(|e| e.commit == last) else {
-            return Ok(());
+            return Ok(0);
         };
         let len = if i == 0 { 0 } else { r.ends[i - 1] };
         segment::cut(&path, len)?;
@@ -358,7 +403,40 @@ impl Log {
             s.bytes = len;
         }
         self.last.send_replace(first - 1);
-        Ok(())
+        Ok(r.events.len() - i)
+    }
+
+    /// Drops the segments `retention` no longer keeps (see [`Retention`]): run at start,
+    /// when a segment is begun, on a reload and periodically, so that a quiet registry
+    /// also lets old events go.
+    pub fn compact(&self, retention: &Retention) {
+        compact(&mut self.lock(), retention);
+    }
+
+    /// The seq the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next
+    }
+
+    /// Numbers the next event after `mark`, the highest seq the catalog says was ever
+    /// given (its durable high-water mark), when the log ends before it: the events
+    /// between are lost (a torn tail after a clean stop, `events/` deleted) and their
+    /// numbers are never given again; readers asking for them get
+    /// [`ReadError::Missing`] (or [`ReadError::Compacted`] before the oldest kept).
+    /// Returns the missing range, if any. Start-up only (before the log is shared).
+    pub fn continue_after(&self, mark: u64) -> Option<(u64, u64)> {
+        let missing = {
+            let mut g = self.lock();
+            if mark < g.next {
+                return None;
+            }
+            let missing = (g.next, mark);
+            g.next = mark + 1;
+            g.committed = mark;
+            missing
+        };
+        self.last.send_replace(mark);
+        Some(missing)
     }
 
     /// The seq of the oldest event kept (one past the last when none is kept).
@@ -382,75 +460,6 @@ impl Log {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.last.subscribe()
     }
-
-    /// Committed events with `seq >= from`, oldest first, at most `max`. `from` 0 means
-    /// from the oldest kept. Events before `from` that were compacted away are an error
-    /// ([`ReadError::Compacted`]), never a silent gap. Blocking (it may read segments):
-    /// async callers run it in `spawn_blocking`, or use [`Log::read_recent`] first.
-    pub fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, ReadError> {
-        let (segments, committed) = {
-            let g = self.lock();
-            if let Some(out) = recent(&g, from, max) {
-                return Ok(out);
-            }
-            let first = g.segments.first().map_or(g.next, |s| s.first);
-            if from != 0 && from < first {
-                return Err(ReadError::Compacted { first });
-            }
-            let segs: Vec<(u64, PathBuf)> = g
-                .segments
-                .iter()
-                .map(|s| (s.first, s.path.clone()))
-                .collect();
-            (segs, g.committed)
-        };
-        let start = segments.iter().rposition(|(f, _)| *f <= from).unwrap_or(0);
-        let mut out = Vec::new();
-        for (i, (_, path)) in segments.iter().enumerate().skip(start) {
-            let r = match segment::read(path) {
-                Ok(r) => r,
-                // Compacted while we read: say so, with what is kept now.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && i == start => {
-                    return Err(ReadError::Compacted {
-                        first: self.first(),
-                    });
-                }
-                Err(e) => return Err(ReadError::Io(format!("{}: {e}", path.display()))),
-            };
-            for e in r.events {
-                if e.seq > committed || out.len() >= max {
-                    return Ok(out);
-                }
-                if e.seq >= from {
-                    out.push(e);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Like [`Log::read`], but only from memory: `None` when `from` is older than the
-    /// events held there (then call `read` off the async threads).
-    pub fn read_recent(&self, from: u64, max: usize) -> Option<Vec<Event>> {
-        recent(&self.lock(), from, max)
-    }
-}
-
-/// The committed events from `from` on held in memory, if they reach back that far.
-fn recent(g: &Inner, from: u64, max: usize) -> Option<Vec<Event>> {
-    // What compaction dropped from disk is not served from memory either: the answer
-    // must not depend on what this process happens to remember.
-    let first = g.segments.first().map_or(g.next, |s| s.first);
-    let from = if from == 0 { first } else { from };
-    if from > g.committed {
-        return Some(Vec::new());
-    }
-    let front = g.recent.front()?.seq;
-    if from < front || from < first {
-        return None;
-    }
-    let skip = (from - front) as usize;
-    Some(g.recent.iter().skip(skip).take(max).cloned().collect())
 }
 
 /// Drops whole segments, oldest first and never the current one, while they are older
@@ -460,9 +469,11 @@ fn compact(g: &mut Inner, r: &Retention) {
     while g.segments.len() > 1 {
         let total: u64 = g.segments.iter().map(|s| s.bytes).sum();
         let old = &g.segments[0];
-        let aged = now
-            .duration_since(old.modified)
-            .is_ok_and(|a| a > r.max_age);
+        // The file's own time, if it can be read: it is what an operator sees and sets.
+        let modified = std::fs::metadata(&old.path)
+            .and_then(|m| m.modified())
+            .unwrap_or(old.modified);
+        let aged = now.duration_since(modified).is_ok_and(|a| a > r.max_age);
         if !aged && total <= r.max_bytes {
             break;
         }
@@ -474,10 +485,13 @@ fn compact(g: &mut Inner, r: &Retention) {
                 break;
             }
         }
-        tracing::debug!(events = %old.path.display(), "event log segment dropped ({})", if aged { "age" } else { "size" });
+        tracing::info!(events = %old.path.display(), "event log segment {} dropped (compaction by {})", old.path.display(), if aged { "max_age" } else { "max_bytes" });
         g.segments.remove(0);
     }
 }
+
+#[path = "read.rs"]
+mod read;
 
 #[cfg(test)]
 #[path = "log_tests.rs"]

@@ -1,4 +1,4 @@
-//! One segment file of the event log: its name, reading it back, cutting off a damaged tail.
+//! One segment file of the event log: its name, reading it back (skipping damaged lines), cutting off a torn tail.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub(super) fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// A segment as read: its intact events, where they end, and what follows them.
+/// A segment as read: its intact events, where they end, and what could not be read.
 pub(super) struct Read {
     /// The events, in order.
     pub(super) events: Vec<Event>,
@@ -37,40 +37,84 @@ pub(super) struct Read {
     pub(super) ends: Vec<u64>,
     /// Bytes after the last intact line (a torn write), with the reason; none: clean.
     pub(super) damage: Option<(u64, String)>,
+    /// Damaged lines with intact events after them: (line number from 1, offset,
+    /// reason). Not a torn write: they are skipped, never cut off.
+    pub(super) skipped: Vec<(usize, u64, String)>,
 }
 
-/// Reads `path`. A line that does not parse, or a last line without its newline, ends
-/// what is read: everything from there on is reported as damage (the caller cuts it).
+/// Reads `path`. A line that does not parse (or is out of order) is skipped and noted;
+/// those after the last intact event, and a last line without its newline, are the
+/// damaged tail (`damage`: a write cut short, which the caller may cut off).
 pub(super) fn read(path: &Path) -> std::io::Result<Read> {
     let bytes = std::fs::read(path)?;
     let mut out = Read {
         events: Vec::new(),
         ends: Vec::new(),
         damage: None,
+        skipped: Vec::new(),
     };
-    let mut pos = 0usize;
+    // Bad lines since the last intact event: skipped if an intact one follows.
+    let mut bad: Vec<(usize, u64, String)> = Vec::new();
+    let (mut pos, mut line) = (0usize, 0usize);
     while pos < bytes.len() {
+        line += 1;
         let Some(nl) = bytes[pos..].iter().position(|b| *b == b'\n') else {
-            out.damage = Some((pos as u64, "a last line without its newline".into()));
+            bad.push((line, pos as u64, "a last line without its newline".into()));
             break;
         };
-        match serde_json::from_slice::<Event>(&bytes[pos..pos + nl]) {
+        let at = pos as u64;
+        let text = &bytes[pos..pos + nl];
+        pos += nl + 1;
+        match serde_json::from_slice::<Event>(text) {
             Ok(e) if out.events.last().is_none_or(|l| l.seq < e.seq) => {
-                pos += nl + 1;
+                out.skipped.append(&mut bad);
                 out.events.push(e);
                 out.ends.push(pos as u64);
             }
-            Ok(e) => {
-                out.damage = Some((pos as u64, format!("event {} out of order", e.seq)));
-                break;
-            }
-            Err(err) => {
-                out.damage = Some((pos as u64, format!("a line that is not an event: {err}")));
-                break;
-            }
+            Ok(e) => bad.push((line, at, format!("event {} out of order", e.seq))),
+            Err(err) => bad.push((line, at, format!("a line that is not an event: {err}"))),
         }
     }
+    if let Some((_, at, why)) = bad.into_iter().next() {
+        out.damage = Some((at, why));
+    }
     Ok(out)
+}
+
+/// The seq of the last intact event of `path`, read from its end (its last 64 KiB):
+/// `None` when none is found there.
+pub(super) fn last_seq(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::{Read as _, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let from = len.saturating_sub(64 << 10);
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf
+        .split(|b| *b == b'\n')
+        .rev()
+        .find_map(|l| serde_json::from_slice::<Event>(l).ok())
+        .map(|e| e.seq))
+}
+
+/// Where a damaged segment's copy is kept: `<name>.damaged` beside it (not a segment).
+pub(super) fn damaged_name(path: &Path) -> PathBuf {
+    let mut n = path.as_os_str().to_owned();
+    n.push(".damaged");
+    PathBuf::from(n)
+}
+
+/// Keeps a copy of the damaged segment `path` before anything of it is cut off, so that
+/// nothing is destroyed that was not a torn write (once: an existing copy is the first).
+pub(super) fn keep_aside(path: &Path) {
+    let aside = damaged_name(path);
+    if aside.exists() {
+        return;
+    }
+    if let Err(e) = std::fs::copy(path, &aside) {
+        tracing::warn!(events = %path.display(), "keeping a copy of the damaged segment as {}: {e}", aside.display());
+    }
 }
 
 /// Cuts `path` to `len` bytes and makes that durable.

@@ -82,7 +82,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::UnusableFile | ErrorCode::SourceChanged => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
-        ErrorCode::Compacted => StatusCode::GONE,
+        ErrorCode::Compacted | ErrorCode::Missing => StatusCode::GONE,
         ErrorCode::TooSlow => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::FileMissing | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -189,6 +189,14 @@ async fn produce(mut sub: Subscription, tx: Sink, stop: Shutdown, cut: Option<Cu
                 let e = json!({"code": ErrorCode::Compacted, "message": message, "first": first});
                 block(None, "error", &e)
             }
+            Step::Refused {
+                code,
+                message,
+                first,
+            } => {
+                let e = json!({"code": code, "message": message, "first": first});
+                block(None, "error", &e)
+            }
             Step::Failed(message) => block(
                 None,
                 "error",

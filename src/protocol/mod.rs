@@ -75,6 +75,9 @@ pub enum ErrorCode {
     /// `events`: the events asked for were compacted away (the error's `first` is the
     /// oldest kept).
     Compacted,
+    /// `events`: the events asked for are missing from the log (lost or damaged; the
+    /// error's `first` is the next kept seq to resume from).
+    Missing,
     /// `events`: the subscriber did not read its stream in time and was disconnected;
     /// it resumes from its last seq.
     TooSlow,

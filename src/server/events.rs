@@ -123,6 +123,14 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
                 let _ = write_answer(w, &e, None).await;
                 return;
             }
+            Step::Refused {
+                code,
+                message,
+                first,
+            } => {
+                let _ = write_answer(w, &error_line(code, message, first), None).await;
+                return;
+            }
             Step::Failed(e) => {
                 let _ = write_answer(w, &error_line(ErrorCode::Internal, e, None), None).await;
                 return;

@@ -47,6 +47,16 @@ pub enum Step {
         /// What this error says to the client.
         message: String,
     },
+    /// The stream reached events missing from the log (`missing`, `first`: where to
+    /// resume) or asked past its end (`bad_request`): it ends with this error.
+    Refused {
+        /// The error's code.
+        code: ErrorCode,
+        /// What this error says to the client.
+        message: String,
+        /// The seq to resume from, when there is one.
+        first: Option<u64>,
+    },
     /// The log could not be read: it ends.
     Failed(String),
     /// Nothing was sent for the heartbeat period.
@@ -170,6 +180,23 @@ impl Subscription {
                         self.from
                     );
                     return Step::Compacted { first, message };
+                }
+                Err(e @ ReadError::Missing { to, .. }) => {
+                    let message = format!("{e}; ask again with since {}", to + 1);
+                    let (code, first) = (ErrorCode::Missing, Some(to + 1));
+                    return Step::Refused {
+                        code,
+                        message,
+                        first,
+                    };
+                }
+                Err(e @ ReadError::Ahead { .. }) => {
+                    let (code, message) = (ErrorCode::BadRequest, e.to_string());
+                    return Step::Refused {
+                        code,
+                        message,
+                        first: None,
+                    };
                 }
                 Err(ReadError::Io(e)) => return Step::Failed(e),
             };
