@@ -181,6 +181,7 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                 })
                 .collect(),
             journal_seq: 0,
+            event_seq: 0,
         })
 }
 

@@ -108,16 +108,25 @@ pub(super) fn open_events(config: &Config, loaded: &Loaded) -> Result<Arc<events
     let retention = events::Retention::of(&config.events);
     let log = events::Log::open(&dir, &retention, loaded.catalog.journal_seq)?;
     let (before, records) = &loaded.replayed;
+    let mut forgotten = 0;
     if records.iter().any(|d| d.seq == log.last_commit()) {
-        log.forget_last_commit()
+        forgotten = log
+            .forget_last_commit()
             .map_err(|e| Error::io("cut the event log", &dir, e))?;
     }
     let mut c = before.clone();
     let (mut derived, mut from) = (0, None);
     for d in records {
         if d.seq > log.last_commit() {
+            let made = events::derive(&c, d);
+            // The record says where its events end: numbers before them that the log
+            // lacks are missing, never given again.
+            let first = (d.event_seq + 1).saturating_sub(made.len() as u64);
+            if d.event_seq != 0 && !made.is_empty() && first > 0 {
+                warn_missing(&dir, log.continue_after(first - 1));
+            }
             let p = log
-                .write(events::derive(&c, d), &retention)
+                .write(made, &retention)
                 .and_then(|p| p.sync(&dir).map(|()| p))
                 .map_err(|e| Error::io("append to the event log", &dir, e))?;
             derived += p.events().len();
@@ -133,10 +142,27 @@ pub(super) fn open_events(config: &Config, loaded: &Loaded) -> Result<Arc<events
             break;
         }
     }
-    if let Some(from) = from {
+    // The catalog's mark: events up to it were given; a log that ends before lost them.
+    warn_missing(&dir, log.continue_after(loaded.catalog.event_seq));
+    // The last commit's events are always derived again: only more than were cut off
+    // means events a crash had kept from the log.
+    if let Some(from) = from
+        && derived > forgotten
+    {
         tracing::warn!(events = %dir.display(), "derived {derived} event(s) again from journal records {from}..{}, whose events a crash kept from the log", loaded.catalog.journal_seq);
     }
     Ok(Arc::new(log))
+}
+
+/// Says at start that events `from..=to` are missing from the log (and why that may be).
+fn warn_missing(dir: &std::path::Path, missing: Option<(u64, u64)>) {
+    if let Some((from, to)) = missing {
+        tracing::warn!(
+            events = %dir.display(),
+            "events {from}..{to} are missing from the event log (its tail lost after a clean stop, or the folder deleted or restored without them); numbering goes on at {}, readers asking for them are told so",
+            to + 1
+        );
+    }
 }
 
 /// The control socket the daemon listens on.

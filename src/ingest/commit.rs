@@ -399,11 +399,20 @@ impl Registrar {
     /// does a `compact`.
     fn record(&mut self, changed: &Touched, compact: bool) -> Option<Delta> {
         let before = self.shared.catalog();
-        let d = Delta::between(before.journal_seq + 1, &before, &self.catalog, changed);
+        let mut d = Delta::between(before.journal_seq + 1, &before, &self.catalog, changed);
         if d.is_empty() && !self.writeback.failed && !compact {
             return None;
         }
         self.catalog.journal_seq = d.seq;
+        // The event log's high-water mark travels with the record (and registry.yaml),
+        // so that a seq is never given twice whatever later happens to the log.
+        if let Some(log) = self.shared.events() {
+            let made = crate::events::derive(&before, &d).len() as u64;
+            if made > 0 {
+                d.event_seq = log.next_seq() + made - 1;
+            }
+        }
+        self.catalog.event_seq = self.catalog.event_seq.max(d.event_seq);
         // In test builds, every record is checked to reproduce the catalog it stands for:
         // a change the registrar forgot to note in `changed` would be lost by a crash.
         #[cfg(debug_assertions)]

@@ -34,6 +34,13 @@ where
             return ((Err(e), false, whole), None);
         }
     };
+    // The record carries the mark its events end at (`Registrar::record`).
+    debug_assert!(
+        pending.events().last().is_none_or(|e| e.seq == d.event_seq),
+        "record {} marks event {} but its events end elsewhere",
+        d.seq,
+        d.event_seq
+    );
     let synced = |p: &Pending| {
         p.sync(log.dir()).map_err(|e| {
             tracing::error!(events = %log.dir().display(), "fsync of the event log (record {}): {e}", d.seq);

@@ -27,6 +27,15 @@ pub struct Delta {
     /// The touched inbox sources: the new record, or `None` for one forgotten.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sources: BTreeMap<String, Option<SourceRecord>>,
+    /// The highest event seq given once this commit's events are numbered (the
+    /// catalog's [`Catalog::event_seq`]); 0 (left out): unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub event_seq: u64,
+}
+
+/// Whether `n` is 0 (a field left out of the record).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One touched model: its new state, or `None` when it is no longer in the catalog.
@@ -156,6 +165,8 @@ impl Delta {
             seq,
             models,
             sources,
+            // Set by the registrar once it knows how many events the commit makes.
+            event_seq: 0,
         }
     }
 
@@ -232,6 +243,7 @@ impl Delta {
             }
         }
         c.journal_seq = self.seq;
+        c.event_seq = c.event_seq.max(self.event_seq);
         Ok(())
     }
 }

@@ -37,6 +37,11 @@ pub struct Catalog {
     /// The last journal record this catalog includes ([`Delta::seq`]); registry.yaml
     /// records it, so that replaying the journal applies each later change exactly once.
     pub journal_seq: u64,
+    /// The highest event seq ever given (0: none, or a catalog written before events
+    /// were numbered here): the event log's durable high-water mark, carried by each
+    /// journal record and registry.yaml, so that a seq is never given twice even when
+    /// the log lost its tail or its folder (see [`crate::events::Log::continue_after`]).
+    pub event_seq: u64,
 }
 
 /// One model name and its versions.

@@ -9,6 +9,7 @@
 //! ```yaml
 //! format: 1
 //! journal_seq: 17        # the last registry.journal record included
+//! event_seq: 412         # the highest event seq given (events/); absent: none
 //! models:
 //!   resnet18:
 //!     highest_version: 2
@@ -197,6 +198,7 @@ fn into_catalog(
             .map(|(EntryName(e), r)| (e, r))
             .collect(),
         journal_seq: repr.journal_seq,
+        event_seq: repr.event_seq,
     })
 }
 /// Loads registry.yaml; `Ok(None)` when it does not exist. A file that does not parse is

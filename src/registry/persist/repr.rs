@@ -23,6 +23,9 @@ pub(super) struct FileRepr {
     /// journal: none).
     #[serde(default)]
     pub(super) journal_seq: u64,
+    /// The highest event seq ever given (absent in older files: 0).
+    #[serde(default)]
+    pub(super) event_seq: u64,
     #[serde(default)]
     pub(super) models: BTreeMap<ModelName, ModelRepr>,
     #[serde(default)]
@@ -58,6 +61,8 @@ impl<'de> Deserialize<'de> for AliasName {
 pub(super) struct FileReprRef<'a> {
     format: u32,
     journal_seq: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    event_seq: u64,
     models: BTreeMap<&'a str, ModelReprRef<'a>>,
     sources: &'a BTreeMap<String, SourceRecord>,
 }
@@ -131,6 +136,7 @@ pub(super) fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
     FileReprRef {
         format: FORMAT,
         journal_seq: c.journal_seq,
+        event_seq: c.event_seq,
         models: c
             .models
             .iter()
@@ -148,4 +154,9 @@ pub(super) fn repr_ref(c: &Catalog) -> FileReprRef<'_> {
             .collect(),
         sources: &c.sources,
     }
+}
+
+/// Whether `n` is 0 (a field left out of the file).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
