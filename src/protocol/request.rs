@@ -264,13 +264,29 @@ impl Request {
 }
 
 /// Where an `events` stream starts: a seq, or `"now"` (any other word is refused).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Since {
     /// The first seq wanted (0: the oldest kept).
     Seq(u64),
     /// `"now"`.
     Word(String),
+}
+
+impl<'de> Deserialize<'de> for Since {
+    /// A whole number >= 0 or a string; anything else (`-1`, `1.5`, `true`) is refused
+    /// with a message that says what `since` takes.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(n) if n.as_u64().is_some() => {
+                Ok(Since::Seq(n.as_u64().unwrap_or_default()))
+            }
+            serde_json::Value::String(s) => Ok(Since::Word(s)),
+            other => Err(serde::de::Error::custom(format!(
+                "since must be a whole number >= 0 or \"now\", not {other}"
+            ))),
+        }
+    }
 }
 
 /// Parses one request line (without its newline). Returns the request and its `id`, or
