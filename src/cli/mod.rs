@@ -30,6 +30,7 @@ macro_rules! outln {
 
 mod add;
 mod addcheck;
+mod events;
 mod place;
 mod progress;
 mod recover;
@@ -354,7 +355,7 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             models,
             kinds,
             json,
-        } => events(c, *follow, since.as_deref(), models, kinds, *json)?,
+        } => events::events(c, *follow, since.as_deref(), models, kinds, *json)?,
         Command::Compact { json } => show(*json, &c.compact()?, |r| {
             outln!(
                 "wrote {} (up to journal record {}); the journal is empty",
@@ -417,44 +418,4 @@ pub(crate) fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitC
             ExitCode::from(EXIT_ERROR)
         }
     }
-}
-
-/// How many events `modelreg events` shows without --since.
-const EVENTS_SHOWN: u64 = 20;
-
-/// `modelreg events`: the retained events (from --since, else the last
-/// [`EVENTS_SHOWN`]), then with --follow every new one.
-fn events(
-    c: &mut Client,
-    follow: bool,
-    since: Option<&str>,
-    models: &[String],
-    kinds: &[String],
-    json: bool,
-) -> Result<(), ClientError> {
-    use modelreg::client::StreamLine;
-    use modelreg::protocol::{Request, Since};
-    let since = since.map(|s| match s.parse::<u64>() {
-        Ok(n) => Since::Seq(n),
-        Err(_) => Since::Word(s.to_string()),
-    });
-    let req = Request::Events {
-        last: since.is_none().then_some(EVENTS_SHOWN),
-        since,
-        models: models.to_vec(),
-        kinds: kinds.to_vec(),
-        follow,
-        heartbeat_ms: None,
-    };
-    c.events(&req, |raw, line| {
-        if let StreamLine::Event(e) = line {
-            if json {
-                outln!("{}", modelreg::display::escape_json_for_terminal(raw));
-            } else {
-                outln!("{}", esc(&e.line()));
-            }
-        }
-        true
-    })?;
-    Ok(())
 }
