@@ -142,12 +142,25 @@ async fn serve_until_shutdown(
     on_reload: Option<&OnReload>,
     certificate: Option<&crate::http::Certificate>,
 ) {
-    while let Some(c) = control.recv().await {
+    // A quiet registry begins no segment: its old events go by this clock too.
+    let mut compaction = tokio::time::interval(reload::COMPACT_EVERY);
+    compaction.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let c = tokio::select! {
+            c = control.recv() => c,
+            _ = compaction.tick() => {
+                reload::compact_events(ctx).await;
+                continue;
+            }
+        };
+        let Some(c) = c else { break };
         match c {
             Control::Shutdown => break,
             Control::Reload => {
                 crate::systemd::reloading();
                 reload::reload(ctx, on_reload).await;
+                // New retention values apply now, not at the next segment.
+                reload::compact_events(ctx).await;
                 if let Some(c) = certificate {
                     reload::reload_certificate(ctx, c).await;
                 }

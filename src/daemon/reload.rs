@@ -124,3 +124,18 @@ pub(super) async fn follow_settle(
         }
     }
 }
+
+/// How often the event log's retention is applied besides start, reloads and new
+/// segments (cheap: a look at a few file times and sizes).
+pub(super) const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Drops the event log's segments its retention (`events:`) no longer keeps; each one
+/// dropped is logged (INFO).
+pub(super) async fn compact_events(ctx: &Context) {
+    let Some(log) = ctx.shared.events().cloned() else {
+        return;
+    };
+    let retention = crate::events::Retention::of(&ctx.config().events);
+    // Deleting files: off the async threads.
+    let _ = tokio::task::spawn_blocking(move || log.compact(&retention)).await;
+}
