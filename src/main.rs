@@ -202,7 +202,8 @@ enum Command {
         json: bool,
     },
     /// Show the event log: every change to the catalog, numbered (docs/events.md).
-    /// Without --since, the last 20 events; with --follow, then every new one as it is
+    /// Without --since, the last 20 events (with --model/--kind, the last 20 that match);
+    /// with --follow, then every new one as it is
     /// committed, until interrupted.
     Events {
         /// Keep printing events as they come.

@@ -16,14 +16,18 @@
 //! published or anything is answered; only then does [`Log::commit`] make them
 //! visible. A commit that fails is taken back ([`Log::abandon`]): its events are cut
 //! off and never seen. At start ([`Log::open`]) events of a commit the catalog does not
-//! hold (their record was not durable) are dropped, a torn last line is cut off with a
-//! warning, and the daemon re-derives the events of journal records that have none
-//! ([`derive`] on the replay, see `daemon::startup`).
+//! hold (their record was not durable) are dropped, a torn tail is cut off with a
+//! warning, a damaged line elsewhere is skipped (never cut; the file is kept aside as
+//! `<name>.damaged`), and the daemon re-derives the events of journal records that have
+//! none ([`derive`] on the replay, see `daemon::startup`). The catalog's `event_seq` (each
+//! journal record carries it) is the highest seq ever given: a log that ends before it
+//! lost events, and [`Log::continue_after`] numbers on after it, never reusing a seq.
 //!
 //! # Reading (for subscribers: the socket's `events`, phase 2's hooks, webhooks, SSE)
 //! - [`Log::read`]`(from, max)`: committed events with `seq >= from`, oldest first, at
 //!   most `max`; [`ReadError::Compacted`] (with the first retained seq) when `from` was
-//!   compacted away, so a reader never skips a gap silently.
+//!   compacted away, [`ReadError::Missing`] at a hole in the log (after the events
+//!   before it), [`ReadError::Ahead`] past the end: a reader never skips a gap silently.
 //! - [`Log::first`] / [`Log::last`]: the first retained and the last committed seq.
 //! - [`Log::subscribe`]: a `tokio::sync::watch::Receiver<u64>` of the last committed
 //!   seq; it changes after every commit that made events, so a follower waits on
@@ -133,7 +137,7 @@ pub struct Event {
     /// Where the alias points now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<u32>,
-    /// The operation that moved an alias (`set`, `rollback`, `remove`, `rm --force`, `gc --force`).
+    /// The operation that moved an alias (`set`, `rollback`, `remove`, `rm --force`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     /// The reason given (deprecate, rm, gc).
