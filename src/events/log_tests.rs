@@ -111,3 +111,30 @@ fn compaction_drops_old_segments_and_says_what_is_kept() {
         .sum();
     assert!(total <= 1000 + 250, "{total} bytes kept");
 }
+
+#[test]
+fn a_hole_is_told_from_memory_and_from_disk_and_past_the_end_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("events");
+    let r = Retention::default();
+    let log = Log::open(&dir, &r, 0).unwrap();
+    append(&log, 1, 3, &r);
+    // The catalog's mark says 4 and 5 were given: they are missing, 6 comes next.
+    assert_eq!(log.continue_after(5), Some((4, 5)));
+    append(&log, 2, 1, &r);
+    let check = |log: &Log| {
+        let seqs = |v: Vec<Event>| v.iter().map(|e| e.seq).collect::<Vec<u64>>();
+        assert_eq!(seqs(log.read(0, 10).unwrap()), [1, 2, 3]);
+        assert_eq!(log.read(4, 10), Err(ReadError::Missing { from: 4, to: 5 }));
+        assert_eq!(log.read(5, 10), Err(ReadError::Missing { from: 4, to: 5 }));
+        assert_eq!(seqs(log.read(6, 10).unwrap()), [6]);
+        assert!(log.read(7, 10).unwrap().is_empty());
+        assert_eq!(log.read(8, 10), Err(ReadError::Ahead { from: 8, last: 6 }));
+    };
+    check(&log);
+    drop(log);
+    // The same once reopened (from the segment, not memory); the mark is behind now.
+    let log = Log::open(&dir, &r, 2).unwrap();
+    assert_eq!(log.continue_after(5), None);
+    check(&log);
+}

@@ -40,7 +40,7 @@ pub struct Catalog {
     /// The highest event seq ever given (0: none, or a catalog written before events
     /// were numbered here): the event log's durable high-water mark, carried by each
     /// journal record and registry.yaml, so that a seq is never given twice even when
-    /// the log lost its tail or its folder (see [`crate::events::Log::continue_after`]).
+    /// the log lost its tail or its folder (see the event log's `continue_after`).
     pub event_seq: u64,
 }
 
