@@ -105,6 +105,7 @@ __all__ = [
     "SourceChanged",
     "DaemonStopping",
     "EventsCompacted",
+    "EventsMissing",
     "InternalError",
     "NotServedOverHttp",
     "ChecksumMismatch",
@@ -261,6 +262,16 @@ class EventsCompacted(ModelRegistryError, LookupError):
         self.first = first
 
 
+class EventsMissing(EventsCompacted):
+    """`events` reached a range the daemon's log lost (a deleted segment, a damaged
+    line, a log restored without its newest events; docs/events.md). `first` is the seq
+    after the hole: ``reg.events(since=e.first, ...)`` goes on past it. A subclass of
+    EventsCompacted, so a handler of that catches it too."""
+
+    def __init__(self, message: str, code: str = "missing", first: Optional[int] = None) -> None:
+        super().__init__(message, code, first)
+
+
 _BY_CODE = {
     "bad_request": BadRequest,
     "unknown_op": UnknownOp,
@@ -285,6 +296,7 @@ _BY_CODE = {
     "shutting_down": DaemonStopping,
     "internal": InternalError,
     "compacted": EventsCompacted,
+    "missing": EventsMissing,
 }
 
 

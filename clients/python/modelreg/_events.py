@@ -106,8 +106,8 @@ def _stream(reg: Any, since: Any, follow: bool, models: List[str], kinds: List[s
                         return
                     else:
                         _, code, message, first = item
-                        if code == "compacted":
-                            raise m.EventsCompacted(message, "compacted", first)
+                        if code in ("compacted", "missing"):
+                            raise m._BY_CODE[code](message, code, first)
                         if follow and code in ("shutting_down", "too_slow"):
                             raise _Dropped(message)
                         raise m._BY_CODE.get(code, m.ModelRegistryError)(message, code)
