@@ -289,3 +289,30 @@ fn sigterm_stops_a_hanging_hook_and_its_event_runs_again_at_the_next_start() {
     assert_eq!(count, 2);
     assert!(out.path().join("runs.2").exists());
 }
+
+/// An endpoint without a cursor (new, or its line gone from an edited or restored
+/// deliveries.yaml) starts at the events to come: the log says so, with how many kept
+/// events it will not get, instead of skipping them in silence.
+#[test]
+fn an_endpoint_without_a_cursor_warns_of_the_events_it_will_not_get() {
+    let mut d = TestDaemon::start("settle: 300ms\n");
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        register_seeded(&d, name, i as u64 + 1);
+    }
+    d.stop();
+    d.write_config("settle: 300ms\nhooks:\n- name: late\n  command: [/bin/true]\n");
+    d.spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the warning of a missing cursor",
+        || d.log().contains("late: no delivery cursor"),
+    );
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("late: no delivery cursor"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("starting at seq 4"), "{line}");
+    assert!(line.contains("the 3 event(s) kept before it"), "{line}");
+}

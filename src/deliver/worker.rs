@@ -54,6 +54,14 @@ impl Worker {
                     StartAt::Seq(0) => self.log.first(),
                     StartAt::Seq(n) => n,
                 };
+                // Said, since an edited or restored deliveries.yaml lands here too: the
+                // events before `from` are never delivered to this endpoint.
+                let before = from.saturating_sub(self.log.first());
+                if before > 0 && self.log.last() >= self.log.first() {
+                    tracing::warn!(
+                        "{name}: no delivery cursor in deliveries.yaml (a new endpoint, or the file edited or restored): starting at seq {from}; the {before} event(s) kept before it are not delivered to it (`from: 0` replays them)"
+                    );
+                }
                 // Saved at once, not batched: a crash before the next save would make
                 // "now" move past the events logged meanwhile (they would be lost).
                 self.cursors.set(&name, from.saturating_sub(1));
