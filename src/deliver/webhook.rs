@@ -14,8 +14,8 @@ use crate::config::WebhookConfig;
 pub(super) struct Failure {
     /// What went wrong, for the log and `status`.
     pub why: String,
-    /// The receiver refused the event (4xx other than 408 and 429): retried `retries`
-    /// times, then skipped. Anything else (no connection, a timeout, 5xx, 408, 429) is
+    /// The receiver refused the event (4xx other than 401, 403, 408, 429): retried `retries`
+    /// times, then skipped. Anything else (no connection, a timeout, 5xx, 401, 403, 408, 429) is
     /// retried until delivered.
     pub refused: bool,
 }
@@ -134,7 +134,9 @@ async fn attempt(
     };
     match status.as_u16() {
         200..=299 => Ok(()),
-        code @ (408 | 429) => Err(transient(format!("answered {code}"))),
+        // 401/403: most often a secret or token being rotated on one side first;
+        // skipping would lose every event until both sides agree, so they wait too.
+        code @ (401 | 403 | 408 | 429) => Err(transient(format!("answered {code}"))),
         code @ 400..=499 => Err(Failure {
             why: format!("refused: answered {code}"),
             refused: true,
