@@ -316,3 +316,28 @@ fn an_endpoint_without_a_cursor_warns_of_the_events_it_will_not_get() {
     assert!(line.contains("starting at seq 4"), "{line}");
     assert!(line.contains("the 3 event(s) kept before it"), "{line}");
 }
+
+/// A hook's output is one escaped log line: a line it prints that looks like a log
+/// record (a timestamp, a level) stays inside the hook's record, and NULs are escaped.
+#[test]
+fn a_hooks_output_cannot_forge_log_lines() {
+    let d = TestDaemon::start(
+        "settle: 300ms\nhooks:\n- name: forge\n  command: [printf, 'hello\\n1999-01-01T00:00:00.000000Z ERROR forged\\n\\000end\\n']\n",
+    );
+    register_seeded(&d, "m", 1);
+    wait_until(
+        Duration::from_secs(20),
+        "the hook's output in the log",
+        || d.log().contains("stdout: hello"),
+    );
+    let log = d.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("1999-01-01")),
+        "a forged log line:\n{log}"
+    );
+    let line = (log.lines().find(|l| l.contains("stdout: hello")))
+        .unwrap_or_else(|| panic!("no stdout line in:\n{log}"));
+    assert!(line.contains("hook=forge"), "{line}");
+    assert!(line.contains("hello\\n1999-01-01"), "{line}");
+    assert!(!line.contains('\0'), "{line:?}");
+}

@@ -131,7 +131,11 @@ pub(super) async fn run(h: &HookConfig, e: &Event, json: &[u8]) -> Result<(), St
         if let Ok(Ok(text)) = tokio::time::timeout(OUTPUT_GRACE, task).await
             && !text.trim().is_empty()
         {
-            tracing::info!(hook = %h.name, seq = e.seq, "{stream}: {}", text.trim_end());
+            // One log line, its newlines and control characters escaped: a hook's output
+            // cannot forge log lines (a timestamp and a level of its own) or put raw NULs
+            // into the journal.
+            let shown = crate::display::escape_for_terminal(text.trim_end());
+            tracing::info!(hook = %h.name, seq = e.seq, "{stream}: {shown}");
         }
     }
     if status.success() {
