@@ -7,7 +7,7 @@
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
 //! (ingest, dedup, burst, scale, queries, cli, startup, startup-memory, idle,
-//! connections, register, http, events).
+//! connections, register, http, events, webhooks).
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +28,8 @@ mod events_scenario;
 mod http_scenario;
 #[path = "scenarios/register.rs"]
 mod register;
+#[path = "scenarios/webhooks.rs"]
+mod webhooks_scenario;
 
 use common::{BIN, TestDaemon};
 
@@ -913,6 +915,9 @@ fn main() {
     }
     if which("events") {
         events_scenario::events(&mut t, &scratch, quick);
+    }
+    if which("webhooks") {
+        webhooks_scenario::webhooks(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",

@@ -1,0 +1,222 @@
+//! The webhooks scenario: what one webhook endpoint costs a burst of registrations
+//! (issue 18's bar: a burst of 1,000 registrations with one endpoint is at most 10%
+//! slower than without), and how long the deliveries take to finish.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Daemon, Table, drop_files, median, wait_versions};
+
+/// A local HTTP receiver on loopback: answers every request `200 OK` with an empty
+/// body on a kept-alive connection, and records the `X-Modelreg-Event-Seq` of each.
+struct Receiver {
+    port: u16,
+    seqs: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+        let port = listener.local_addr().unwrap().port();
+        let seqs = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seqs.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || serve(conn, &s));
+            }
+        });
+        Receiver {
+            port,
+            seqs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Requests received, and distinct sequence numbers among them.
+    fn counts(&self) -> (usize, usize) {
+        let s = self.seqs.lock().unwrap();
+        (s.len(), s.iter().collect::<HashSet<_>>().len())
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves requests on one connection until the daemon closes it.
+fn serve(mut conn: TcpStream, seqs: &Mutex<Vec<u64>>) {
+    let _ = conn.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let header = |name: &str| {
+            head.lines().skip(1).find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let len: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let seq = header("x-modelreg-event-seq")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        seqs.lock().unwrap().push(seq);
+        buf.drain(..head_end + len);
+        if conn
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Scenario: `n` 1 KiB files renamed into the inbox at once (the `burst` scenario's
+/// shape: many registrations arriving together, the daemon's own pipeline end to end,
+/// with delivery work running beside it), complete -> all queryable, settle excluded;
+/// a fresh daemon per round, rounds alternating without and with one webhook endpoint
+/// (a receiver in this process), medians. After each round with the webhook, the time
+/// until every event was delivered.
+pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
+    let n = if quick { 100 } else { 1000 };
+    let rounds = 3;
+    let settle = Duration::from_millis(200);
+    let secret = scratch.join("webhooks-bench.secret");
+    let _ = fs::remove_file(&secret);
+    // The daemon refuses a secret file others may read.
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret)
+        .unwrap()
+        .write_all(b"bench-secret\n")
+        .unwrap();
+    let (mut without, mut with, mut deliver, mut after) = (vec![], vec![], vec![], vec![]);
+    let (mut posts, mut distinct) = (0, 0);
+    for round in 0..2 * rounds {
+        let hooked = round % 2 == 1;
+        let rx = hooked.then(Receiver::start);
+        let mut config = "settle: 200ms\n".to_string();
+        if let Some(rx) = &rx {
+            config += &format!(
+                "webhooks:\n  - name: bench\n    url: {}\n    secret_file: {}\n    kinds: [registered]\n",
+                rx.url(),
+                secret.display()
+            );
+        }
+        let mut d = Daemon::new(scratch, "webhooks", &config);
+        d.start();
+        let mut c = d.client();
+        drop_files(&d, "wh", n);
+        let t0 = Instant::now();
+        let t1 = wait_versions(&d, &mut c, n, Duration::from_millis(5));
+        let secs = (t1 - t0).saturating_sub(settle).as_secs_f64();
+        let Some(rx) = rx else {
+            without.push(secs);
+            d.stop();
+            continue;
+        };
+        with.push(secs);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while rx.counts().1 < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} delivered",
+                rx.counts().1
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let t2 = Instant::now();
+        deliver.push((t2 - t0).saturating_sub(settle).as_secs_f64());
+        after.push((t2 - t1).as_secs_f64());
+        let (p, k) = rx.counts();
+        posts += p;
+        distinct += k;
+        d.stop();
+        eprintln!(
+            "  (round {}: registered {secs:.3} s, all delivered {:.3} s later)",
+            round / 2 + 1,
+            (t2 - t1).as_secs_f64()
+        );
+    }
+    let _ = fs::remove_file(&secret);
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let (w, b) = (median(&mut with.clone()), median(&mut without.clone()));
+    t.add(
+        "webhooks",
+        &format!(
+            "{n}-file burst, complete -> queryable, median of {rounds} alternating rounds each"
+        ),
+        format!("1 endpoint {w:.3} s ({} s)", list(&with)),
+        format!("none {b:.3} s ({} s)", list(&without)),
+        format!("{:.2}x", w / b),
+        "<= 1.10x",
+        Some(w / b <= 1.10),
+    );
+    t.add(
+        "webhooks",
+        &format!("{n} events: all delivered, from the burst (after the last registration)"),
+        format!(
+            "{:.3} s ({:.3} s after), median",
+            median(&mut deliver),
+            median(&mut after)
+        ),
+        format!("{posts} POSTs, {distinct} distinct seqs over {rounds} rounds"),
+        "-".into(),
+        "all delivered",
+        Some(distinct == rounds * n),
+    );
+}
