@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Daemon, Table, drop_files, median, wait_versions};
+use super::{Daemon, Table, cpu_ticks, drop_files, median, wait_versions};
 
 /// A local HTTP receiver on loopback: answers every request `200 OK` with an empty
 /// body on a kept-alive connection, and records the `X-Modelreg-Event-Seq` of each.
@@ -141,6 +141,9 @@ pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
         .unwrap();
     let (mut without, mut with, mut deliver, mut after) = (vec![], vec![], vec![], vec![]);
     let (mut posts, mut distinct) = (0, 0);
+    // The daemon's CPU (ticks of 10 ms) until all queryable, and until all delivered:
+    // what the endpoint costs, less swayed than wall time by the other loads.
+    let (mut cpu_without, mut cpu_with, mut cpu_delivered) = (vec![], vec![], vec![]);
     for round in 0..2 * rounds {
         let hooked = round % 2 == 1;
         let rx = hooked.then(Receiver::start);
@@ -155,16 +158,20 @@ pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
         let mut d = Daemon::new(scratch, "webhooks", &config);
         d.start();
         let mut c = d.client();
+        let ticks0 = cpu_ticks(d.pid());
         drop_files(&d, "wh", n);
         let t0 = Instant::now();
         let t1 = wait_versions(&d, &mut c, n, Duration::from_millis(5));
         let secs = (t1 - t0).saturating_sub(settle).as_secs_f64();
+        let ticks = (cpu_ticks(d.pid()) - ticks0) as f64;
         let Some(rx) = rx else {
             without.push(secs);
+            cpu_without.push(ticks);
             d.stop();
             continue;
         };
         with.push(secs);
+        cpu_with.push(ticks);
         let deadline = Instant::now() + Duration::from_secs(300);
         while rx.counts().1 < n {
             assert!(
@@ -175,6 +182,7 @@ pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
             std::thread::sleep(Duration::from_millis(2));
         }
         let t2 = Instant::now();
+        cpu_delivered.push((cpu_ticks(d.pid()) - ticks0) as f64);
         deliver.push((t2 - t0).saturating_sub(settle).as_secs_f64());
         after.push((t2 - t1).as_secs_f64());
         let (p, k) = rx.counts();
@@ -205,6 +213,20 @@ pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
         format!("{:.2}x", w / b),
         "<= 1.10x",
         Some(w / b <= 1.10),
+    );
+    let (cw, cb) = (median(&mut cpu_with), median(&mut cpu_without));
+    t.add(
+        "webhooks",
+        &format!("{n}-file burst: daemon CPU until queryable (until all delivered)"),
+        format!(
+            "1 endpoint {:.2} s ({:.2} s)",
+            cw / 100.0,
+            median(&mut cpu_delivered) / 100.0
+        ),
+        format!("none {:.2} s", cb / 100.0),
+        format!("{:.2}x", cw / cb.max(1.0)),
+        "-",
+        None,
     );
     t.add(
         "webhooks",
