@@ -214,16 +214,18 @@ pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
         "<= 1.10x",
         Some(w / b <= 1.10),
     );
+    let secs_list = |v: &[f64]| list(&v.iter().map(|t| t / 100.0).collect::<Vec<_>>());
+    let (cw_list, cb_list) = (secs_list(&cpu_with), secs_list(&cpu_without));
     let (cw, cb) = (median(&mut cpu_with), median(&mut cpu_without));
     t.add(
         "webhooks",
         &format!("{n}-file burst: daemon CPU until queryable (until all delivered)"),
         format!(
-            "1 endpoint {:.2} s ({:.2} s)",
+            "1 endpoint {:.2} s ({cw_list} s; delivered {:.2} s)",
             cw / 100.0,
             median(&mut cpu_delivered) / 100.0
         ),
-        format!("none {:.2} s", cb / 100.0),
+        format!("none {:.2} s ({cb_list} s)", cb / 100.0),
         format!("{:.2}x", cw / cb.max(1.0)),
         "-",
         None,
