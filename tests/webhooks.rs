@@ -130,34 +130,10 @@ fn serve(
     seen: &AtomicU32,
     stop: &AtomicBool,
 ) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+    let Some((headers, body)) = http::read_request(&mut conn, &mut Vec::new()) else {
+        return;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut headers = HashMap::new();
-    for line in head.lines().skip(1) {
-        if let Some((k, v)) = line.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let headers: HashMap<String, String> = headers.into_iter().collect();
     seen.fetch_add(1, Ordering::SeqCst);
     if hang {
         while !stop.load(Ordering::SeqCst) {
@@ -165,10 +141,7 @@ fn serve(
         }
         return;
     }
-    got.lock().unwrap().push(Got {
-        headers,
-        body: buf[head_end..head_end + len].to_vec(),
-    });
+    got.lock().unwrap().push(Got { headers, body });
     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
 

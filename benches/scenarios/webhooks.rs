@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::common::http::read_request;
 use super::{Daemon, Table, cpu_ticks, drop_files, median, wait_versions};
 
 /// A local HTTP receiver on loopback: answers every request `200 OK` with an empty
@@ -75,40 +76,13 @@ impl Drop for Receiver {
 fn serve(mut conn: TcpStream, seqs: &Mutex<Vec<u64>>) {
     let _ = conn.set_nodelay(true);
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let header = |name: &str| {
-            head.lines().skip(1).find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| v.trim().to_string())
-            })
-        };
-        let len: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let seq = header("x-modelreg-event-seq")
-            .and_then(|v| v.parse().ok())
+    while let Some((headers, _)) = read_request(&mut conn, &mut buf) {
+        let seq = headers
+            .iter()
+            .find(|(k, _)| k == "x-modelreg-event-seq")
+            .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
         seqs.lock().unwrap().push(seq);
-        buf.drain(..head_end + len);
         if conn
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .is_err()

@@ -105,6 +105,46 @@ pub fn parse(buf: &[u8]) -> Answer {
     }
 }
 
+/// A request as a receiver read it: headers (names lower-cased) and body.
+pub type Received = (Vec<(String, String)>, Vec<u8>);
+
+/// Reads one request from `conn` (a receiver's side): its headers (names lower-cased)
+/// and its body (`Content-Length` bytes). `buf` holds bytes read past it (the next
+/// request on a kept-alive connection). `None` when the connection ends first.
+pub fn read_request(conn: &mut impl Read, buf: &mut Vec<u8>) -> Option<Received> {
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    Some((headers, body))
+}
+
 /// `METHOD path` with extra header lines, on a connection closed after the answer.
 pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
