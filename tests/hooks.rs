@@ -242,6 +242,16 @@ fn hooks_added_changed_and_removed_by_a_reload_apply() {
     register_seeded(&d, "m", 4);
     assert_eq!(d.versions("m").len(), 4);
     assert!(!b.join("4.json").exists());
+    // The log tells a change from a removal.
+    let log = d.log();
+    assert!(
+        log.contains("delivery stopped: changed by a reload"),
+        "{log}"
+    );
+    assert!(
+        log.contains("delivery stopped: removed by a reload"),
+        "{log}"
+    );
     assert_eq!(d.stop().code(), Some(0));
 }
 
@@ -269,6 +279,11 @@ fn sigterm_stops_a_hanging_hook_and_its_event_runs_again_at_the_next_start() {
     assert_eq!(d.stop().code(), Some(0));
     // The attempt under way had its grace (2 s), then was given up: not the hook's hour.
     assert!(started.elapsed() < Duration::from_secs(20));
+    let log = d.log();
+    assert!(
+        log.contains("the event is delivered again when delivery resumes"),
+        "{log}"
+    );
     let pid: i32 = std::fs::read_to_string(&runs)
         .unwrap()
         .trim()

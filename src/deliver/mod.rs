@@ -175,7 +175,12 @@ async fn supervise(
                 if !wanted.contains_key(&name) {
                     board.remove_delivery(&name);
                 }
-                tracing::info!(endpoint = %name, "delivery stopped (settings changed)");
+                let why = if wanted.contains_key(&name) {
+                    "changed by a reload: restarted from its cursor"
+                } else {
+                    "removed by a reload (its cursor stays in deliveries.yaml)"
+                };
+                tracing::info!(endpoint = %name, "delivery stopped: {why}");
             }
         }
         for (name, endpoint) in wanted {

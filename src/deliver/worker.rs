@@ -194,7 +194,16 @@ impl Worker {
                 r = &mut attempt => r,
                 _ = self.stop.wait() => match tokio::time::timeout(GRACE, &mut attempt).await {
                     Ok(r) => r,
-                    Err(_) => return Outcome::Stopped,
+                    Err(_) => {
+                        // Dropping the attempt kills a hook's group: say what follows.
+                        tracing::warn!(
+                            endpoint = %row.name,
+                            seq = e.seq,
+                            "stopped with an attempt under way after {}s; the event is delivered again when delivery resumes",
+                            GRACE.as_secs()
+                        );
+                        return Outcome::Stopped;
+                    }
                 },
             };
             let (why, counts) = match r {
