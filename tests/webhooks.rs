@@ -435,7 +435,7 @@ fn an_https_receiver_is_reached_with_its_certificate_pinned_and_refused_without(
     wait_until(Duration::from_secs(20), "the refused handshake", || {
         delivery_row(&d, "system")
             .last_error
-            .is_some_and(|e| e.contains("TLS"))
+            .is_some_and(|e| e.contains("TLS") && e.contains("give the webhook `ca_file:`"))
     });
     assert_eq!(rx.got().len(), 1);
 }

@@ -127,7 +127,16 @@ async fn attempt(
         let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| transient(format!("TLS with {host}:{port}: {e}")))?;
+            .map_err(|e| {
+                // rustls names the certificate problem in its own words
+                // (`CaUsedAsEndEntity`, `UnknownIssuer`): say what usually fixes it.
+                let hint = if e.to_string().contains("certificate") {
+                    " (a self-signed certificate or a private authority: give the webhook `ca_file:`)"
+                } else {
+                    ""
+                };
+                transient(format!("TLS with {host}:{port}: {e}{hint}"))
+            })?;
         send(stream, req).await?
     } else {
         send(tcp, req).await?
