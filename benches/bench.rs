@@ -428,6 +428,9 @@ fn synthetic_registry(root: &Path, models: usize, per_model: u32) {
                 .collect(),
                 sidecar: None,
                 metrics_history: vec![],
+                metric_sources: Default::default(),
+                extracted: Default::default(),
+                provenance: Default::default(),
                 deprecated: None,
                 removed: None,
             });

@@ -128,6 +128,9 @@ fn version(name: String, n: u32) -> impl Strategy<Value = Version> {
                 .collect(),
             sidecar: None,
             metrics_history: vec![],
+            metric_sources: Default::default(),
+            extracted: Default::default(),
+            provenance: Default::default(),
             deprecated: None,
             removed: None,
         })
@@ -279,6 +282,9 @@ fn version_with(name: &str, s: &modelreg::sidecar::Sidecar) -> Version {
         metadata: s.metadata.clone().into_iter().collect(),
         sidecar: None,
         metrics_history: vec![],
+        metric_sources: Default::default(),
+        extracted: Default::default(),
+        provenance: Default::default(),
         deprecated: None,
         removed: None,
     }
@@ -378,6 +384,9 @@ fn version_of(name: &str, entry: &str, folder: bool, rels: &[String]) -> Version
         metadata: Default::default(),
         sidecar: None,
         metrics_history: vec![],
+        metric_sources: Default::default(),
+        extracted: Default::default(),
+        provenance: Default::default(),
         deprecated: None,
         removed: None,
     }

@@ -126,6 +126,9 @@ impl Registrar {
                 metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
                 sidecar: fresh.and(sidecar_ref.clone()),
                 metrics_history: vec![],
+                metric_sources: Default::default(),
+                extracted: Default::default(),
+                provenance: Default::default(),
                 deprecated: None,
                 removed: None,
             };

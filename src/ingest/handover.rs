@@ -203,6 +203,9 @@ impl Registrar {
                     metadata: c.sidecar.as_ref().map(metadata).unwrap_or_default(),
                     sidecar: None,
                     metrics_history: vec![],
+                    metric_sources: Default::default(),
+                    extracted: Default::default(),
+                    provenance: Default::default(),
                     deprecated: None,
                     removed: None,
                 };

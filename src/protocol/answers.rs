@@ -44,6 +44,18 @@ pub struct VersionInfo {
     pub metrics: crate::registry::Metrics,
     /// Free metadata.
     pub metadata: Metadata,
+    /// Where each metric came from when not the sidecar (see the catalog's `Version`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::registry::compact::SortedMap::is_empty"
+    )]
+    pub metric_sources: crate::registry::compact::SortedMap<String>,
+    /// Facts read from the artifact's headers at registration.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub extracted: Metadata,
+    /// Where it came from: user, host, source path and mtime, commit, run id.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub provenance: Metadata,
     /// When the metrics were last changed by a sidecar edit, if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_updated_at: Option<String>,

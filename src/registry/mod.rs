@@ -135,6 +135,18 @@ pub struct Version {
     /// Free metadata from the sidecar.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
+    /// Where each metric came from when not from the sidecar (e.g. `eval_accuracy:
+    /// eval_results.json` for a Trainer folder's results); a sidecar's metrics win.
+    #[serde(default, skip_serializing_if = "compact::SortedMap::is_empty")]
+    pub metric_sources: compact::SortedMap<String>,
+    /// Facts read from the artifact's headers at registration (format, tensors,
+    /// parameters, dtypes, opset, ...), or `unreadable: reason`; never from the weights.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub extracted: Metadata,
+    /// Where the version came from, recorded automatically: the dropping user, host,
+    /// source path and mtime, and a commit or run id when the sidecar or git says so.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub provenance: Metadata,
     /// The sidecar whose content is applied, by hash: a sidecar with this content is
     /// stale for any newer artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -384,6 +396,9 @@ pub(crate) mod tests {
             metadata: Default::default(),
             sidecar: None,
             metrics_history: vec![],
+            metric_sources: Default::default(),
+            extracted: Default::default(),
+            provenance: Default::default(),
             deprecated: None,
             removed: None,
         }

@@ -64,6 +64,9 @@ pub(super) fn version_info(cfg: &Config, name: &str, v: &Version) -> VersionInfo
         registered_at: v.registered_at.clone(),
         metrics: v.metrics.clone(),
         metadata: v.metadata.clone(),
+        metric_sources: v.metric_sources.clone(),
+        extracted: v.extracted.clone(),
+        provenance: v.provenance.clone(),
         metrics_updated_at: v.metrics_history.last().map(|c| c.replaced_at.clone()),
         best_by: None,
     }

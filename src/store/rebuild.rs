@@ -142,6 +142,9 @@ fn version_from(m: Manifest, n: u32, dir: &Path, rel: &dyn Fn(&Path) -> String) 
         metadata: m.metadata,
         sidecar: None,
         metrics_history: vec![],
+        metric_sources: Default::default(),
+        extracted: Default::default(),
+        provenance: Default::default(),
         deprecated: None,
         removed: None,
     }
