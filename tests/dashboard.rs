@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 use common::http::{address, get};
+use common::tools::Browser;
 use common::{TestDaemon, sidecar, write_renamed};
 use modelreg::protocol::Request;
 
@@ -61,85 +61,6 @@ fn daemon() -> TestDaemon {
     })
     .unwrap();
     d
-}
-
-/// Headless Chromium, with a profile of its own in `dir` so that runs in parallel do
-/// not share one.
-struct Browser {
-    profile: PathBuf,
-}
-
-impl Browser {
-    fn new(dir: &Path) -> Browser {
-        let found = Command::new("sh")
-            .args(["-c", "command -v chromium"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "this test needs Debian's `chromium` (apt-get install chromium; .ci/run does)"
-        );
-        let profile = dir.join("chromium-profile");
-        std::fs::create_dir_all(&profile).unwrap();
-        Browser { profile }
-    }
-
-    /// Runs chromium on `url` with `args`; its stdout. Killed after a minute: a browser
-    /// that hangs fails the test rather than holding it forever.
-    fn run(&self, url: &str, args: &[&str]) -> String {
-        let mut child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                "--no-first-run",
-                "--disable-extensions",
-            ])
-            .arg(format!("--user-data-dir={}", self.profile.display()))
-            .args(args)
-            .arg(url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chromium");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("chromium did not finish within 60 s on {url}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "chromium {args:?} {url}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// The DOM after the page loaded, as the browser serialises it.
-    fn dom(&self, url: &str) -> String {
-        self.run(url, &["--dump-dom"])
-    }
-
-    /// A screenshot of `url` in a window of `w` x `h` into `file`.
-    fn screenshot(&self, url: &str, file: &Path, (w, h): (u32, u32)) {
-        self.run(
-            url,
-            &[
-                &format!("--screenshot={}", file.display()),
-                &format!("--window-size={w},{h}"),
-            ],
-        );
-    }
 }
 
 /// Width and height from a PNG's header; panics when `bytes` is no PNG.

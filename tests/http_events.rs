@@ -8,7 +8,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -240,19 +239,7 @@ fn a_stream_ends_with_an_error_event_when_the_daemon_stops_and_does_not_hold_it_
 
 #[test]
 fn python_reads_events_over_the_socket_and_over_http_alike() {
-    let out = Command::new("python3")
-        .args(["-m", "unittest", "-v", "over_events"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/tests"))
-        .env("MODELREG_BIN", BIN)
-        .output()
-        .expect("python3 is installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "python events tests failed:\n{text}");
+    common::tools::python_unittest(&["-v", "over_events"]);
 }
 
 #[test]
@@ -261,18 +248,11 @@ fn a_browsers_event_source_reads_the_stream() {
     let addr = address(&d);
     hand_over(&d, "m", &bytes(1, 100));
     d.client().alias_set("m", "prod", "v1").unwrap();
-    let found = Command::new("sh")
-        .args(["-c", "command -v chromium"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "this test needs Debian's `chromium` (apt-get install chromium; .ci/run does)"
-    );
     // A page (from a file: cross-origin, hence --disable-web-security) whose
     // EventSource writes what it hears into the DOM, closing the stream after two
     // events so that the page goes idle and the DOM is dumped.
     let dir = tempfile::tempdir().unwrap();
+    let browser = common::tools::Browser::new(dir.path());
     let page = dir.path().join("page.html");
     std::fs::write(
         &page,
@@ -289,37 +269,14 @@ for (const k of ["registered", "alias_set"]) es.addEventListener(k, (m) => {{
         ),
     )
     .unwrap();
-    let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
+    let dom = browser.run(
+        &format!("file://{}", page.display()),
+        &[
             "--disable-web-security",
             "--virtual-time-budget=3000",
             "--dump-dom",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
-        .arg(format!("file://{}", page.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    // A browser that hangs fails the test rather than holding it forever.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+        ],
+    );
     assert!(
         dom.contains("1 registered m|2 alias_set m|"),
         "the page heard: {dom}"

@@ -14,19 +14,8 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
 fn python_client_unittests_pass() {
-    let out = Command::new("python3")
-        .args(["-m", "unittest", "discover", "-v", "-s"])
-        .arg(Path::new(REPO).join("clients/python/tests"))
-        .env("MODELREG_BIN", BIN)
-        .output()
-        .expect("python3 is installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "python client tests failed:\n{text}");
+    let tests = Path::new(REPO).join("clients/python/tests");
+    let text = common::tools::python_unittest(&["discover", "-v", "-s", tests.to_str().unwrap()]);
     assert!(text.contains("OK"), "{text}");
 }
 

@@ -6,6 +6,7 @@
 pub mod hf;
 pub mod http;
 pub mod openapi;
+pub mod tools;
 pub mod venv;
 
 use std::io::Write;
