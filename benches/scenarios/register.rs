@@ -12,7 +12,11 @@ use super::{Daemon, Table, fill};
 /// same run, as a training loop that registers every checkpoint would make them.
 pub(super) fn register(t: &mut Table, scratch: &Path, quick: bool) {
     let n = if quick { 100 } else { 1000 };
-    let mut d = Daemon::new(&roots_folder(scratch), "register", "settle: 50ms\n");
+    let mut d = Daemon::new(
+        &roots_folder(scratch, "register"),
+        "register",
+        "settle: 50ms\n",
+    );
     d.start();
     let src = d.root().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -72,7 +76,7 @@ print(n / (time.perf_counter() - t0))
     mlflow_register(t, d.root(), &src, n, fd);
 }
 
-/// The folder the scenario's roots are made in, `scratch/register`, marked as the top of
+/// The folder a scenario's roots are made in, `scratch/<name>`, marked as the top of
 /// a directory hierarchy (`FS_TOPDIR_FL`, `chattr +T`), so that ext4 places each new root
 /// in a block group of its own, as it would a folder made in `/`. Why: on ext4 without
 /// a journal (this machine's `/`) the inode allocator skips every inode freed in the
@@ -85,12 +89,12 @@ print(n / (time.perf_counter() - t0))
 /// may still pick a group with fresh deletions (1 run in 8 did 104/s). The registry is
 /// still on this disk, as durable; only the place of its root on the disk changes.
 /// Elsewhere (another file system, no permission) the roots are made there unmarked.
-fn roots_folder(scratch: &Path) -> PathBuf {
-    let dir = scratch.join("register");
+pub(super) fn roots_folder(scratch: &Path, name: &str) -> PathBuf {
+    let dir = scratch.join(name);
     fs::create_dir_all(&dir).unwrap();
     if let Err(e) = mark_top_folder(&dir) {
         eprintln!(
-            "  register: {} not marked as a top folder: {e}",
+            "  {name}: {} not marked as a top folder: {e}",
             dir.display()
         );
     }
