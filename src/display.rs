@@ -49,6 +49,24 @@ pub fn escape_json_for_terminal(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `argv` as one line a POSIX shell would split back into the same words: a word of
+/// only safe characters as it is, any other in single quotes (a `'` in it as `'\''`),
+/// an empty one as `''`. How a hook's command is shown: joined with bare spaces,
+/// `[echo, "a b"]` and `[echo, a, b]` looked the same.
+pub fn shell_words(argv: &[String]) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    argv.iter()
+        .map(|w| {
+            if !w.is_empty() && w.chars().all(safe) {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `path` as text: its bytes read as UTF-8, with each byte that is not part of valid
 /// UTF-8 written as `\xNN` (where `Path::display` shows only U+FFFD, which loses which
 /// file it is). Controls are left for [`escape_for_terminal`].
@@ -154,6 +172,15 @@ pub fn compact_number(x: f64) -> String {
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn shell_words_quote_what_a_shell_would_split_or_expand() {
+        let w = |v: &[&str]| shell_words(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(w(&["/bin/echo", "hi"]), "/bin/echo hi");
+        assert_eq!(w(&["echo", "a b"]), "echo 'a b'");
+        assert_eq!(w(&["sh", "-c", "echo $X"]), "sh -c 'echo $X'");
+        assert_eq!(w(&["it's", ""]), r"'it'\''s' ''");
+    }
 
     #[test]
     fn json_keeps_its_value_but_not_the_controls() {

@@ -51,7 +51,7 @@ impl Endpoint {
     }
     fn target(&self) -> String {
         match self {
-            Endpoint::Hook(h) => h.argv.join(" "),
+            Endpoint::Hook(h) => crate::display::shell_words(&h.argv),
             Endpoint::Webhook(w) => w.url.clone(),
         }
     }
