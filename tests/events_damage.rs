@@ -281,10 +281,11 @@ fn old_segments_are_dropped_on_a_reload_and_logged() {
     drop(old);
     d.write_config("settle: 300ms\nevents: {max_bytes: 16KiB, max_age: 1h}\n");
     d.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(30), "the old segment dropped", || {
-        !segs[0].exists()
-    });
-    let log = d.log();
-    assert!(log.contains("dropped (compaction by max_age)"), "{log}");
+    // The file goes before its log line is written: wait for both.
+    wait_until(
+        Duration::from_secs(30),
+        "the old segment dropped and logged",
+        || !segs[0].exists() && d.log().contains("dropped (compaction by max_age)"),
+    );
     assert!(segs[1].exists());
 }

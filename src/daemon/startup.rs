@@ -108,17 +108,26 @@ pub(super) fn open_events(config: &Config, loaded: &Loaded) -> Result<Arc<events
     let retention = events::Retention::of(&config.events);
     let log = events::Log::open(&dir, &retention, loaded.catalog.journal_seq)?;
     let (before, records) = &loaded.replayed;
-    let mut forgotten = 0;
+    let (mut forgotten, mut stamped) = (0, None);
     if records.iter().any(|d| d.seq == log.last_commit()) {
-        forgotten = log
+        let cut = log.last_commit();
+        let (n, time) = log
             .forget_last_commit()
             .map_err(|e| Error::io("cut the event log", &dir, e))?;
+        forgotten = n;
+        stamped = time.map(|t| (cut, t));
     }
     let mut c = before.clone();
     let (mut derived, mut from) = (0, None);
     for d in records {
         if d.seq > log.last_commit() {
-            let made = events::derive(&c, d);
+            let mut made = events::derive(&c, d);
+            // The commit whose events were cut off: the same events, with their time.
+            if let Some((_, t)) = stamped.as_ref().filter(|(cut, _)| *cut == d.seq) {
+                for e in &mut made {
+                    e.time = t.clone();
+                }
+            }
             // The record says where its events end: numbers before them that the log
             // lacks are missing, never given again.
             let first = (d.event_seq + 1).saturating_sub(made.len() as u64);

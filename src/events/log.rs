@@ -285,7 +285,8 @@ impl Log {
     }
 
     /// Numbers `events` (one commit's, from [`super::derive`]), stamps them with the
-    /// time and writes them to the current segment (beginning one when it is full,
+    /// time (unless they have one: derived again after a crash, see
+    /// [`Log::forget_last_commit`]) and writes them to the current segment (beginning one when it is full,
     /// dropping old ones per `retention`). Not durable until [`Pending::sync`], not
     /// visible until [`Log::commit`]. Called by the registrar only, one commit at a time.
     pub fn write(&self, mut events: Vec<Event>, retention: &Retention) -> std::io::Result<Pending> {
@@ -297,7 +298,9 @@ impl Log {
         let mut seq = g.next;
         for e in &mut events {
             e.seq = seq;
-            e.time = time.clone();
+            if e.time.is_empty() {
+                e.time = time.clone();
+            }
             seq += 1;
         }
         let full = g
@@ -379,17 +382,19 @@ impl Log {
     /// journal record: a crash during their fsync may have kept only some of them (a
     /// commit's events became visible only once all were durable, so none of those cut
     /// was seen unless all were, and deriving again gives them the same numbers).
-    /// Returns how many were cut off.
-    pub fn forget_last_commit(&self) -> std::io::Result<usize> {
+    /// Returns how many were cut off, and the time they were stamped with: events
+    /// derived again get it back, or a receiver that saw them before the crash would
+    /// get a second body for the same seq.
+    pub fn forget_last_commit(&self) -> std::io::Result<(usize, Option<String>)> {
         let mut g = self.lock();
         let Some(s) = g.segments.last() else {
-            return Ok(0);
+            return Ok((0, None));
         };
         let path = s.path.clone();
         let r = segment::read(&path)?;
         let last = g.last_commit;
         let Some(i) = r.events.iter().position(|e| e.commit == last) else {
-            return Ok(0);
+            return Ok((0, None));
         };
         let len = if i == 0 { 0 } else { r.ends[i - 1] };
         segment::cut(&path, len)?;
@@ -403,7 +408,7 @@ impl Log {
             s.bytes = len;
         }
         self.last.send_replace(first - 1);
-        Ok(r.events.len() - i)
+        Ok((r.events.len() - i, Some(r.events[i].time.clone())))
     }
 
     /// Drops the segments `retention` no longer keeps (see [`Retention`]): run at start,
