@@ -31,8 +31,9 @@ fn an_exec_hook_gets_the_event_on_stdin_and_in_its_environment() {
     register_seeded(&d, "bert", 1); // filtered out by model
     register_seeded(&d, "resnet18", 2);
     let json = out.path().join("2.json");
+    // Its cursor at 2: the run is over (a file that exists may still be being written).
     wait_until(Duration::from_secs(20), "the hook's run for seq 2", || {
-        out.path().join("2.env").exists() && json.exists()
+        delivery_row(&d, "record").delivered == 2
     });
     let event: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -61,9 +62,6 @@ fn an_exec_hook_gets_the_event_on_stdin_and_in_its_environment() {
     assert_eq!(inline, event);
     // The bert event (seq 1) did not match: no run, but the cursor passed it.
     assert!(!out.path().join("1.json").exists());
-    wait_until(Duration::from_secs(10), "the hook's cursor at 2", || {
-        delivery_row(&d, "record").delivered == 2
-    });
     let r = delivery_row(&d, "record");
     assert_eq!((r.kind.as_str(), r.pending, r.skipped), ("hook", 0, 0));
 }
@@ -355,4 +353,39 @@ fn a_hooks_output_cannot_forge_log_lines() {
     assert!(line.contains("hook=forge"), "{line}");
     assert!(line.contains("hello\\n1999-01-01"), "{line}");
     assert!(!line.contains('\0'), "{line:?}");
+}
+
+/// A hook that leaves a background child holding its stdout: what it printed is still
+/// logged, with a note that the pipe stayed open (it was dropped, and each run held up
+/// by a grace of 1 s per stream).
+#[test]
+fn a_hook_that_leaves_a_child_holding_its_output_still_has_its_output_logged() {
+    let out = tempfile::tempdir().unwrap();
+    let hook = out.path().join("fork.sh");
+    script(
+        &hook,
+        "sleep 30 &\necho $! > \"$1/$MODELREG_EVENT_SEQ.child\"\necho \"child of $MODELREG_EVENT_SEQ\"",
+    );
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nhooks:\n- name: fork\n  command: [/bin/sh, {}, {}]\n",
+        hook.display(),
+        out.path().display()
+    ));
+    register_seeded(&d, "m", 1);
+    register_seeded(&d, "m", 2);
+    wait_until(Duration::from_secs(20), "both runs' output logged", || {
+        let log = d.log();
+        log.contains("stdout: child of 1") && log.contains("stdout: child of 2")
+    });
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("stdout: child of 1"))
+        .unwrap();
+    assert!(line.contains("still open"), "{line}");
+    for seq in [1, 2] {
+        let pid = std::fs::read_to_string(out.path().join(format!("{seq}.child"))).unwrap();
+        // SAFETY: kill(2) on the pid the hook wrote: its own `sleep`.
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    }
 }

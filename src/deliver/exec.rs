@@ -14,7 +14,7 @@ const OUTPUT_MAX: usize = 16 << 10;
 /// to a file named by `MODELREG_EVENT_FILE` instead (environments are limited).
 const ENV_JSON_MAX: usize = 32 << 10;
 /// How long the output is still read after the hook exited (a background child of it
-/// may hold the pipes open).
+/// may hold the pipes open), beside the next run: the run is over when the hook exits.
 const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The daemon's environment variables from systemd, not passed on to hooks.
@@ -111,8 +111,7 @@ pub(super) async fn run(h: &HookConfig, e: &Event, json: &[u8]) -> Result<(), St
             let _ = s.write_all(&json).await;
         }
     });
-    let out = tokio::spawn(capture(stdout));
-    let err = tokio::spawn(capture(stderr));
+    let (out, err) = (Captured::start(stdout), Captured::start(stderr));
     let status = match tokio::time::timeout(h.on.timeout, child.wait()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("waiting for {}: {e}", h.argv[0])),
@@ -125,19 +124,25 @@ pub(super) async fn run(h: &HookConfig, e: &Event, json: &[u8]) -> Result<(), St
             ));
         }
     };
-    // It exited: what it left running is its own business.
+    // It exited: what it left running is its own business. Its output is logged once
+    // both pipes close, or after the grace with what came by then (a child it left
+    // running may hold them open): not waited for here, so that the next event's run
+    // does not wait on a process that is not the hook.
     group.0 = None;
-    for (stream, task) in [("stdout", out), ("stderr", err)] {
-        if let Ok(Ok(text)) = tokio::time::timeout(OUTPUT_GRACE, task).await
-            && !text.trim().is_empty()
-        {
-            // One log line, its newlines and control characters escaped: a hook's output
-            // cannot forge log lines (a timestamp and a level of its own) or put raw NULs
-            // into the journal.
-            let shown = crate::display::escape_for_terminal(text.trim_end());
-            tracing::info!(hook = %h.name, seq = e.seq, "{stream}: {shown}");
+    let (name, seq) = (h.name.clone(), e.seq);
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
+        for (stream, c) in [("stdout", out), ("stderr", err)] {
+            let text = c.finish(deadline).await;
+            if !text.trim().is_empty() {
+                // One log line, its newlines and control characters escaped: a hook's
+                // output cannot forge log lines (a timestamp and a level of its own) or
+                // put raw NULs into the journal.
+                let shown = crate::display::escape_for_terminal(text.trim_end());
+                tracing::info!(hook = %name, seq, "{stream}: {shown}");
+            }
         }
-    }
+    });
     if status.success() {
         Ok(())
     } else if let Some(code) = status.code() {
@@ -152,23 +157,52 @@ pub(super) async fn run(h: &HookConfig, e: &Event, json: &[u8]) -> Result<(), St
     }
 }
 
-/// Reads a stream to its end, keeping the first [`OUTPUT_MAX`] bytes.
-async fn capture(stream: Option<impl AsyncRead + Unpin>) -> String {
-    let Some(mut s) = stream else {
-        return String::new();
-    };
-    let (mut kept, mut buf, mut dropped) = (Vec::new(), [0u8; 4096], 0usize);
-    while let Ok(n) = s.read(&mut buf).await {
-        if n == 0 {
-            break;
+/// One output stream of a hook, read to its end by a task of its own, the first
+/// [`OUTPUT_MAX`] bytes kept where they can be taken before the end.
+struct Captured {
+    got: std::sync::Arc<std::sync::Mutex<(Vec<u8>, usize)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Captured {
+    /// Starts reading `stream` (none: nothing to read).
+    fn start(stream: Option<impl AsyncRead + Unpin + Send + 'static>) -> Captured {
+        let got = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), 0)));
+        let into = got.clone();
+        let task = tokio::spawn(async move {
+            let Some(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut g = into.lock().unwrap_or_else(|p| p.into_inner());
+                let room = OUTPUT_MAX.saturating_sub(g.0.len()).min(n);
+                g.0.extend_from_slice(&buf[..room]);
+                g.1 += n - room;
+            }
+        });
+        Captured { got, task }
+    }
+
+    /// What was read when the stream ended, or at `deadline` if it was still open
+    /// then (reading stops: the rest is not the hook's to log).
+    async fn finish(mut self, deadline: tokio::time::Instant) -> String {
+        let open = tokio::time::timeout_at(deadline, &mut self.task)
+            .await
+            .is_err();
+        self.task.abort();
+        let g = self.got.lock().unwrap_or_else(|p| p.into_inner());
+        let mut text = String::from_utf8_lossy(&g.0).into_owned();
+        if g.1 > 0 {
+            text.push_str(&format!("\n[{} more bytes not kept]", g.1));
         }
-        let room = OUTPUT_MAX.saturating_sub(kept.len()).min(n);
-        kept.extend_from_slice(&buf[..room]);
-        dropped += n - room;
+        if open {
+            text.push_str(&format!(
+                "\n[still open {} after the hook exited (a process it started holds it): not read further]",
+                humantime::format_duration(OUTPUT_GRACE)
+            ));
+        }
+        text
     }
-    let mut text = String::from_utf8_lossy(&kept).into_owned();
-    if dropped > 0 {
-        text.push_str(&format!("\n[{dropped} more bytes not kept]"));
-    }
-    text
 }
