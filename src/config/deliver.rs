@@ -208,20 +208,7 @@ pub(super) fn validate(
     for (i, w) in webhooks.into_iter().enumerate() {
         let key = |k: &str| format!("webhooks[{i}].{k}");
         check_name(&w.name, &mut names).map_err(|r| bad(key("name"), r))?;
-        let lower = w.url.to_ascii_lowercase();
-        if !(lower.starts_with("http://") || lower.starts_with("https://"))
-            || w.url
-                .parse::<hyper::Uri>()
-                .ok()
-                .and_then(|u| u.host().map(str::len))
-                .unwrap_or(0)
-                == 0
-        {
-            return Err(bad(
-                key("url"),
-                format!("`{}` is not an http:// or https:// URL", w.url),
-            ));
-        }
+        check_url(&w.url).map_err(|r| bad(key("url"), r))?;
         let secret = match (w.secret_file, w.secret) {
             (Some(f), None) => {
                 read_secret(&root.join(f)).map_err(|r| bad(key("secret_file"), r))?
@@ -365,6 +352,41 @@ fn read_secret(path: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
     Ok(s)
 }
 
+/// Why `url` cannot be a webhook's: not http(s), no host, a port that is no TCP port
+/// (`:99999` was taken as no port and posted to port 80), or a user or password in it
+/// (they went out in the Host header, to the receiver and any proxy, and into `status`
+/// and the log: the receiver authenticates the daemon by the signature instead).
+fn check_url(url: &str) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    let uri = url.parse::<hyper::Uri>().ok();
+    let host = uri.as_ref().and_then(|u| u.host()).unwrap_or("");
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) || host.is_empty() {
+        return Err(format!("`{url}` is not an http:// or https:// URL"));
+    }
+    let authority = uri
+        .as_ref()
+        .and_then(|u| u.authority())
+        .map_or("", |a| a.as_str());
+    if authority.contains('@') {
+        return Err(format!(
+            "`{url}` has a user or password in it: not sent as such, and it would show in status and the log; the receiver checks the signature (docs/events.md)"
+        ));
+    }
+    // What follows the host (after `]` for an IPv6 one): hyper reads a port it cannot
+    // parse as none.
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':')
+        && !matches!(port.parse::<u16>(), Ok(n) if n > 0)
+    {
+        return Err(format!(
+            "`{url}` names port {port}, not a TCP port (1 to 65535)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_config;
@@ -387,6 +409,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn webhook_urls_with_a_bad_port_or_credentials_are_refused() {
+        for (url, why) in [
+            ("http://127.0.0.1:99999/", "port 99999"),
+            ("http://127.0.0.1:0/", "port 0"),
+            ("http://user:pw@127.0.0.1:9/x", "user or password"),
+            ("http://user@127.0.0.1:9/x", "user or password"),
+            ("http:///x", "not an http:// or https:// URL"),
+            ("https://[::1/", "not an http:// or https:// URL"),
+        ] {
+            let e = test_config(&format!(
+                "webhooks:\n- {{name: w, url: '{url}', secret: s}}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("webhooks[0].url") && e.contains(why),
+                "{url}: {e}"
+            );
+        }
+        test_config("webhooks:\n- {name: w, url: 'https://[::1]:8443/a?b=1', secret: s}\n")
+            .unwrap();
     }
 
     #[test]
