@@ -389,3 +389,41 @@ fn a_hook_that_leaves_a_child_holding_its_output_still_has_its_output_logged() {
         unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
     }
 }
+
+/// `from: N` past the log's end starts with the next event, said once: it said "the
+/// 99998 event(s) kept before it" of a log of 3, then "delivered up to 99998 but the
+/// event log ends at 3" as a recent error.
+#[test]
+fn a_start_past_the_logs_end_starts_with_the_next_event() {
+    let out = tempfile::tempdir().unwrap();
+    let mut d = TestDaemon::start("settle: 300ms\n");
+    for seed in 1..=3 {
+        register_seeded(&d, "m", seed);
+    }
+    d.write_config(&format!(
+        "settle: 300ms\nhooks:\n- name: far\n  command: [/bin/sh, -c, 'cat > {}/$MODELREG_EVENT_SEQ.json']\n  shell: false\n  from: 99999\n",
+        out.path().display()
+    ));
+    d.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the hook's row", || {
+        d.status().deliveries.iter().any(|r| r.name == "far")
+    });
+    register_seeded(&d, "m", 4);
+    wait_until(Duration::from_secs(20), "seq 4 delivered", || {
+        out.path().join("4.json").exists()
+    });
+    let log = d.log();
+    assert!(
+        log.contains("`from: 99999` is past the event log's end (the next event is 4)"),
+        "{log}"
+    );
+    assert!(!log.contains("99998"), "{log}");
+    let st = d.status();
+    assert!(
+        st.recent_errors
+            .iter()
+            .all(|e| !e.message.contains("ends at")),
+        "{:?}",
+        st.recent_errors
+    );
+}

@@ -49,9 +49,16 @@ impl Worker {
         let mut next = match self.cursors.get(&name) {
             Some(c) => c + 1,
             None => {
+                let end = self.log.last() + 1;
                 let from = match self.endpoint.on().start {
-                    StartAt::Now => self.log.last() + 1,
+                    StartAt::Now => end,
                     StartAt::Seq(0) => self.log.first(),
+                    StartAt::Seq(n) if n > end => {
+                        tracing::warn!(
+                            "{name}: `from: {n}` is past the event log's end (the next event is {end}): starting with it"
+                        );
+                        end
+                    }
                     StartAt::Seq(n) => n,
                 };
                 // Said, since an edited or restored deliveries.yaml lands here too: the
