@@ -170,9 +170,17 @@ pub(super) fn validate(
             (RawCommand::Argv(_), false) => {
                 return Err(bad(key("command"), "must name a program".into()));
             }
-            (RawCommand::Shell(s), true) => vec!["/bin/sh".into(), "-c".into(), s],
-            (RawCommand::Argv(a), true) if a.len() == 1 => {
+            (RawCommand::Shell(s), true) if !s.trim().is_empty() => {
+                vec!["/bin/sh".into(), "-c".into(), s]
+            }
+            (RawCommand::Argv(a), true) if a.len() == 1 && !a[0].trim().is_empty() => {
                 vec!["/bin/sh".into(), "-c".into(), a[0].clone()]
+            }
+            (RawCommand::Shell(_), true) => {
+                return Err(bad(key("command"), "is empty".into()));
+            }
+            (RawCommand::Argv(a), true) if a.len() == 1 => {
+                return Err(bad(key("command"), "is empty".into()));
             }
             (RawCommand::Argv(_), true) => {
                 return Err(bad(
@@ -314,6 +322,13 @@ impl Raw {
         if max_backoff < backoff {
             return Err(("max_backoff", "is shorter than backoff".into()));
         }
+        if self.models.iter().any(|m| m.is_empty()) {
+            // As the socket's `events` refuses it: it would match no model.
+            return Err((
+                "models",
+                "has an empty pattern, which matches no model".into(),
+            ));
+        }
         Ok(Delivering {
             filter: EventFilter {
                 kinds: self.kinds,
@@ -433,6 +448,26 @@ mod tests {
         }
         test_config("webhooks:\n- {name: w, url: 'https://[::1]:8443/a?b=1', secret: s}\n")
             .unwrap();
+    }
+
+    #[test]
+    fn empty_commands_and_model_patterns_are_refused() {
+        for (yaml, why) in [
+            ("{name: a, command: '', shell: true}", "command: is empty"),
+            (
+                "{name: a, command: ['  '], shell: true}",
+                "command: is empty",
+            ),
+            (
+                "{name: a, command: [/bin/true], models: ['']}",
+                "models: has an empty pattern",
+            ),
+        ] {
+            let e = test_config(&format!("hooks:\n- {yaml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("hooks[0].{why}")), "{yaml}: {e}");
+        }
     }
 
     #[test]
