@@ -73,6 +73,10 @@ pub struct VersionInfo {
     pub best_by: Option<BestBy>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn live() -> String {
     "live".into()
 }
@@ -223,8 +227,9 @@ pub struct Delivery {
     /// While the current event keeps failing: since when (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrying_since: Option<String>,
-    /// Attempts made at the current event (0 when none is failing).
-    #[serde(default)]
+    /// Attempts made at the current event (0, and not on the wire, when none is
+    /// failing).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
 }
 
