@@ -64,12 +64,18 @@ fn version_events(
     };
     let metrics = |e: &mut Event| e.metrics = Some(now.metrics.clone());
     match was {
-        None if now.removed.is_none() => push(Kind::Registered, &metrics),
+        None if now.removed.is_none() => push(Kind::Registered, &|e| {
+            metrics(e);
+            e.metadata = (!now.metadata.is_empty()).then(|| now.metadata.clone());
+        }),
         None => {}
         Some(was) => {
             if (was.metrics != now.metrics || was.metadata != now.metadata) && now.removed.is_none()
             {
-                push(Kind::MetricsUpdated, &metrics);
+                push(Kind::MetricsUpdated, &|e| {
+                    metrics(e);
+                    e.metadata = (was.metadata != now.metadata).then(|| now.metadata.clone());
+                });
             }
             match (&was.deprecated, &now.deprecated) {
                 (None, Some(m)) => push(Kind::Deprecated, &|e| {
@@ -179,6 +185,24 @@ mod tests {
         );
         assert_eq!(es[0].reason.as_deref(), Some("leak"));
         assert_eq!(es[0].uid, Some(7));
+        assert_eq!(es[2].metadata, None, "metrics alone changed");
+    }
+
+    #[test]
+    fn a_metadata_edit_says_the_metadata() {
+        let mut before = catalog();
+        m(&mut before).push(v(3, &[("acc", 0.5)]));
+        let notes: crate::registry::Metadata = [("notes".to_string(), serde_json::json!("x"))]
+            .into_iter()
+            .collect();
+        let es = events(&before, |c, t| {
+            let v3 = Arc::make_mut(m(c).versions.last_mut().unwrap());
+            v3.update_metrics(Default::default(), notes.clone(), "now");
+            t.version("m", 3);
+        });
+        assert_eq!(kinds(&es), [(Kind::MetricsUpdated, Some(3))]);
+        assert_eq!(es[0].metadata.as_ref(), Some(&notes));
+        assert_eq!(es[0].metrics.as_ref().unwrap().get("acc"), Some(&0.5));
     }
 
     #[test]

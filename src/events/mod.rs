@@ -149,6 +149,11 @@ pub struct Event {
     /// The version's metrics (registered, metrics_updated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// The version's metadata (registered: when it has any; metrics_updated: when the
+    /// metadata changed, empty if it was cleared): a sidecar edit of `notes` alone made
+    /// a metrics_updated event that did not say what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<crate::registry::Metadata>,
 }
 
 impl Event {
@@ -168,6 +173,7 @@ impl Event {
             reason: None,
             uid: None,
             metrics: None,
+            metadata: None,
         }
     }
 
