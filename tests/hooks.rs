@@ -427,3 +427,43 @@ fn a_start_past_the_logs_end_starts_with_the_next_event() {
         st.recent_errors
     );
 }
+
+/// The nice value in a /proc/.../stat line (field 19; the name in parentheses may hold
+/// spaces, so counted after its closing parenthesis).
+fn nice_of(stat: &str) -> i32 {
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+/// Deliveries run on a thread of lower CPU priority (a burst of registrations is not
+/// slowed by them on a busy machine), but a hook's process runs at the daemon's own
+/// priority: an unprivileged process could not raise it back.
+#[test]
+fn deliveries_run_at_a_lower_priority_but_hooks_at_the_daemons() {
+    let out = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nhooks:\n- name: nice\n  command: [/bin/sh, -c, 'cat /proc/self/stat > {}/$MODELREG_EVENT_SEQ.stat']\n",
+        out.path().display()
+    ));
+    register_seeded(&d, "m", 1);
+    wait_until(Duration::from_secs(20), "the hook's run", || {
+        delivery_row(&d, "nice").delivered == 1
+    });
+    let daemon = nice_of(&std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap());
+    let hook = nice_of(&std::fs::read_to_string(out.path().join("1.stat")).unwrap());
+    assert_eq!(hook, daemon, "the hook's nice");
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap();
+    let thread = tasks
+        .filter_map(|t| {
+            let t = t.unwrap().path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            (comm.trim() == "deliveries").then(|| std::fs::read_to_string(t.join("stat")).unwrap())
+        })
+        .next()
+        .expect("a thread named deliveries");
+    assert_eq!(
+        nice_of(&thread),
+        (daemon + 10).min(19),
+        "the deliveries thread's nice"
+    );
+}

@@ -99,7 +99,7 @@ pub async fn run(
         delivered_log,
         workers.ctx.board.clone(),
         cursors,
-    );
+    )?;
     // Kept for SIGHUP, which reads a renewed certificate into it.
     let certificate = http.as_ref().and_then(|b| b.certificate());
     let http = http.map(|bound| {

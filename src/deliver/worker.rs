@@ -34,6 +34,8 @@ pub(super) struct Worker {
     pub(super) cursors: Arc<Cursors>,
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
     pub(super) stop: Shutdown,
+    /// The daemon's runtime, where hook processes are started (see [`super::start`]).
+    pub(super) hooks: tokio::runtime::Handle,
 }
 
 impl Worker {
@@ -253,7 +255,19 @@ impl Worker {
     /// One attempt: Err carries why and whether it counts against `retries`.
     async fn attempt(&self, e: &Event, json: &[u8]) -> Result<(), (String, bool)> {
         match &self.endpoint {
-            Endpoint::Hook(h) => exec::run(h, e, json).await.map_err(|w| (w, true)),
+            Endpoint::Hook(h) => {
+                let (h, e, json) = (h.clone(), e.clone(), json.to_vec());
+                // Aborted if this attempt is dropped (a stop): the run's process group
+                // is then killed, as when it ran here.
+                let mut run = AbortOnDrop(
+                    self.hooks
+                        .spawn(async move { exec::run(&h, &e, &json).await }),
+                );
+                match (&mut run.0).await {
+                    Ok(r) => r.map_err(|w| (w, true)),
+                    Err(e) => Err((format!("the hook's run ended: {e}"), true)),
+                }
+            }
             Endpoint::Webhook(w) => webhook::post(w, e.seq, json, self.tls.as_ref())
                 .await
                 .map_err(|f| (f.why, f.refused)),
@@ -277,6 +291,15 @@ fn backoff(r: &Retry, n: u32, jitter: bool) -> Duration {
     unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
     let f = (u64::from_ne_bytes(seed) % 1000) as f64 / 2000.0;
     d.mul_f64(0.5 + f)
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]
