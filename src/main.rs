@@ -77,6 +77,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show one version as a model card: state, aliases, metrics and their source,
+    /// metadata, facts read from the artifact, files and provenance.
+    Show {
+        /// The model name.
+        name: String,
+        /// vN, latest, best or an alias.
+        #[arg(default_value = "latest")]
+        selector: String,
+        #[command(flatten)]
+        best: BestArgs,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two versions: metric deltas (better or worse by each metric's direction),
+    /// metadata and extracted facts, parameter count, files by SHA-256.
+    Diff {
+        /// The model name.
+        name: String,
+        /// The version to compare from: vN, latest, best or an alias.
+        a: String,
+        /// The version to compare to.
+        b: String,
+        #[command(flatten)]
+        best: BestArgs,
+        /// Colour better (green) and worse (red): auto is on a terminal only, and never
+        /// with NO_COLOR set.
+        #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+        color: cli::ColorChoice,
+        /// Print the differences as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Download a version's files here, each checked against its SHA-256.
     ///
     /// Over --url from the HTTP API, else copied from the daemon's store. Each file

@@ -30,13 +30,16 @@ macro_rules! outln {
 
 mod add;
 mod addcheck;
+mod diff;
 mod events;
 mod place;
 mod progress;
 mod recover;
 mod render;
+mod show;
 mod upload;
 
+pub(crate) use diff::ColorChoice;
 pub(crate) use recover::recover_offline;
 
 use render::*;
@@ -222,6 +225,31 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 } else {
                     print_version(info);
                 }
+            });
+        }
+        Command::Show {
+            name,
+            selector,
+            best,
+            json,
+        } => {
+            let (metric, mode) = (best.metric.as_deref(), best.direction());
+            let info = c.get(name, Some(selector), metric, mode)?;
+            show(*json, &info, show::print_card);
+        }
+        Command::Diff {
+            name,
+            a,
+            b,
+            best,
+            color,
+            json,
+        } => {
+            let (metric, mode) = (best.metric.as_deref(), best.direction());
+            let va = c.get(name, Some(a), metric, mode)?;
+            let vb = c.get(name, Some(b), metric, mode)?;
+            show(*json, &diff::diff(&va, &vb), |d| {
+                diff::print_diff(d, color.enabled())
             });
         }
         Command::Download {

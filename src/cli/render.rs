@@ -36,6 +36,13 @@ pub(super) fn print_report(r: &VerifyReport, json: bool) -> bool {
 
 /// Prints rows as left-aligned columns separated by two spaces.
 pub(super) fn table(rows: &[Vec<String>]) {
+    for line in table_lines(rows) {
+        outln!("{line}");
+    }
+}
+
+/// The lines [`table`] prints: each cell escaped, columns padded by terminal cells.
+pub(super) fn table_lines(rows: &[Vec<String>]) -> Vec<String> {
     // Cells hold names, paths and metadata from uploaders: shown, never obeyed.
     let rows: Vec<Vec<String>> = rows
         .iter()
@@ -51,6 +58,7 @@ pub(super) fn table(rows: &[Vec<String>]) {
                 .unwrap_or(0)
         })
         .collect();
+    let mut lines = Vec::with_capacity(rows.len());
     for r in rows {
         let mut line = String::new();
         for (i, cell) in r.iter().enumerate() {
@@ -62,8 +70,9 @@ pub(super) fn table(rows: &[Vec<String>]) {
                 line.push_str("  ");
             }
         }
-        outln!("{}", line.trim_end());
+        lines.push(line.trim_end().to_string());
     }
+    lines
 }
 
 pub(super) fn print_list(models: &[ModelSummary]) {

@@ -71,6 +71,14 @@ pub struct VersionInfo {
     /// For `get ... best`: the metric and direction compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_by: Option<BestBy>,
+    /// For `get`: the direction the daemon's settings give each of the version's metrics
+    /// (`max`: higher is better), so that a client (`modelreg diff`) marks a change
+    /// better or worse as `best` would compare it. Absent from older daemons' answers.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::registry::compact::SortedMap::is_empty"
+    )]
+    pub directions: crate::registry::compact::SortedMap<crate::config::Direction>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -69,6 +69,7 @@ pub(super) fn version_info(cfg: &Config, name: &str, v: &Version) -> VersionInfo
         provenance: v.provenance.clone(),
         metrics_updated_at: v.metrics_history.last().map(|c| c.replaced_at.clone()),
         best_by: None,
+        directions: Default::default(),
     }
 }
 /// The `list` row of a model: its latest live version, or, when none is live, its newest

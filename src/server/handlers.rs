@@ -251,6 +251,10 @@ async fn get(
         check_files(&cfg, &name, v)?;
         let mut info = version_info_in(&cfg, &name, v, m);
         info.best_by = best_by;
+        // Only `get` carries them: a `versions` answer of thousands would repeat them.
+        info.directions = (v.metrics.iter())
+            .map(|(k, _)| (k.clone(), cfg.best.direction_of(k)))
+            .collect();
         Ok(info)
     };
     let r = if files > INLINE_FILE_CHECKS {
