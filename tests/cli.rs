@@ -113,6 +113,8 @@ fn every_client_command_accepts_json_and_prints_json() {
         vec!["list"],
         vec!["versions", "m"],
         vec!["get", "m", "best"],
+        vec!["show", "m", "v1"],
+        vec!["diff", "m", "v1", "v2"],
         vec!["status"],
         vec!["verify"],
         vec!["history", "m"],

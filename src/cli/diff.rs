@@ -295,7 +295,7 @@ pub(super) fn print_diff(d: &Diff, color: bool) {
         .iter()
         .map(|m| {
             let delta = match (m.delta, m.a) {
-                (Some(dx), _) if dx == 0.0 => "0".to_string(),
+                (Some(0.0), _) => "0".to_string(),
                 (Some(dx), Some(a)) if a != 0.0 => {
                     let pct = format!("{:+.2}", dx / a.abs() * 100.0);
                     let pct = pct.trim_end_matches('0').trim_end_matches('.');
