@@ -173,7 +173,7 @@ pub(super) fn value_text(key: &str, x: &Value) -> String {
 
 /// Keys whose integer value is a parameter count, shown humanised.
 pub(super) fn is_count(key: &str) -> bool {
-    matches!(key, "parameters" | "parameter_count" | "params") || key.ends_with(".parameters")
+    matches!(key, "parameters" | "parameter_count" | "params")
 }
 
 /// `1.23M (1,234,567)`; a count under a thousand as it is.
