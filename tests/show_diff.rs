@@ -254,7 +254,7 @@ metadata
   ~ lr      0.01 -> 0.001
 
 extracted
-  parameters    1.23M (1,234,567)  ->  1.3M (1,300,000)  +65,433
+  ~ parameters  1.23M (1,234,567) -> 1.3M (1,300,000) (+65,433)
   ~ dtypes.F16  2 -> 3
   ~ tensors     12 -> 13
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::render::table_lines;
-use super::show::{grouped, humanise_count, relative, short_sha, value_text};
+use super::show::{grouped, relative, short_sha, value_text};
 
 /// When to colour `better` and `worse` (`--color`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -323,25 +323,16 @@ pub(super) fn print_diff(d: &Diff, color: bool) {
     heading("metadata", rows.is_empty());
     print_rows(&rows);
 
-    rows = Vec::new();
-    if let Some(p) = d.parameters.as_ref().filter(|p| p.a != p.b) {
-        let c = |x: Option<u64>| x.map(humanise_count).unwrap_or_else(|| "-".into());
-        let mut r = vec!["  parameters".to_string(), c(p.a), "->".into(), c(p.b)];
-        if let Some(dx) = p.delta {
-            r.push(if dx > 0 {
-                format!("+{}", grouped(dx))
-            } else {
-                grouped(dx)
-            });
+    // The parameter count first, with its change in parameters (`+94,464`).
+    rows = map_rows(&d.extracted);
+    if let Some(i) = rows.iter().position(|r| r[0] == "  ~ parameters") {
+        let mut r = rows.remove(i);
+        if let Some(dx) = d.parameters.as_ref().and_then(|p| p.delta) {
+            let sign = if dx > 0 { "+" } else { "" };
+            r[1] = format!("{} ({sign}{})", r[1], grouped(dx));
         }
-        rows.push(r);
+        rows.insert(0, r);
     }
-    // The parameter count has its own line above.
-    rows.extend(
-        map_rows(&d.extracted)
-            .into_iter()
-            .filter(|r| r[0] != "  ~ parameters"),
-    );
     heading("extracted", rows.is_empty());
     print_rows(&rows);
 
