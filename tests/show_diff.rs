@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -36,28 +38,27 @@ fn drop_bert(d: &TestDaemon, n: usize, sidecar: &str, files: &[(&str, &[u8])]) {
 /// tokenizer.json and drops vocab.txt; accuracy rises, eval_loss rises (worse), bleu is
 /// gone and rouge new; one metadata key is added, one removed and one changed.
 fn two_bert_versions(d: &TestDaemon) {
-    drop_bert(
-        d,
-        1,
+    let config: &[u8] = b"{\"model_type\": \"bert\"}";
+    let (w1, w2) = (bytes(1, 3000), bytes(2, 3500));
+    let v1: &[(&str, &[u8])] = &[
+        ("config.json", config),
+        ("model.safetensors", &w1),
+        ("vocab.txt", b"a\nb\n"),
+    ];
+    let v2: &[(&str, &[u8])] = &[
+        ("config.json", config),
+        ("model.safetensors", &w2),
+        ("tokenizer.json", b"{}"),
+    ];
+    let sidecars = [
         "metrics:\n  accuracy: 0.85\n  eval_loss: 0.6\n  bleu: 30\n\
          dataset: imagenet\nmetadata:\n  lr: 0.01\n  epochs: 10\n",
-        &[
-            ("config.json", b"{\"model_type\": \"bert\"}"),
-            ("model.safetensors", &bytes(1, 3000)),
-            ("vocab.txt", b"a\nb\n"),
-        ],
-    );
-    drop_bert(
-        d,
-        2,
         "metrics:\n  accuracy: 0.9\n  eval_loss: 0.7\n  rouge: 41.5\n\
          dataset: imagenet\nmetadata:\n  lr: 0.001\n  warmup: 100\n",
-        &[
-            ("config.json", b"{\"model_type\": \"bert\"}"),
-            ("model.safetensors", &bytes(2, 3500)),
-            ("tokenizer.json", b"{}"),
-        ],
-    );
+    ];
+    for (n, (sidecar, files)) in sidecars.iter().zip([v1, v2]).enumerate() {
+        drop_bert(d, n + 1, sidecar, files);
+    }
 }
 
 /// Sets a version's extracted facts, provenance and metric sources in registry.yaml
@@ -458,4 +459,38 @@ fn show_and_diff_refuse_a_model_or_version_that_does_not_exist() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
+
+#[test]
+fn show_and_diff_over_the_http_api_print_what_they_print_over_the_socket() {
+    let d = TestDaemon::start("settle: 300ms\nhttp:\n  listen: 127.0.0.1:0\n");
+    drop_file(&d, 1, 1, &[("accuracy", 0.5), ("loss", 0.4)]);
+    drop_file(&d, 2, 2, &[("accuracy", 0.6), ("loss", 0.5)]);
+    let mut url = None;
+    wait_until(
+        Duration::from_secs(10),
+        "the HTTP address in status",
+        || {
+            url = d.status().http;
+            url.is_some()
+        },
+    );
+    let url = url.unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (read, _) = common::http::token_files(&d, elsewhere.path());
+    for args in [&["show", "m", "v2"][..], &["diff", "m", "v1", "v2"]] {
+        let o = std::process::Command::new(BIN)
+            .current_dir(elsewhere.path())
+            .env_remove("MODELREG_SOCKET")
+            .env_remove("MODELREG_ROOT")
+            .args(["--url", &url, "--token-file", read.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?} over --url: {}", stderr(&o));
+        assert_eq!(stdout(&o), ok(&d, args), "{args:?}");
+    }
+    // The directions come with the HTTP answer too: loss rose, which is worse.
+    let text = ok(&d, &["diff", "m", "v1", "v2"]);
+    assert!(text.contains("+0.1 (+25%)  worse"), "{text}");
 }

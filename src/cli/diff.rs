@@ -338,21 +338,11 @@ pub(super) fn print_diff(d: &Diff, color: bool) {
 
     rows = Vec::new();
     let f = &d.files;
-    for x in &f.added {
-        rows.push(file_row(
-            "+",
-            &x.path,
-            human_size(x.size),
-            short_sha(&x.sha256),
-        ));
-    }
-    for x in &f.removed {
-        rows.push(file_row(
-            "-",
-            &x.path,
-            human_size(x.size),
-            short_sha(&x.sha256),
-        ));
+    for (mark, side) in [("+", &f.added), ("-", &f.removed)] {
+        for x in side {
+            let (size, sha) = (human_size(x.size), short_sha(&x.sha256));
+            rows.push(file_row(mark, &x.path, size, sha));
+        }
     }
     for x in &f.changed {
         let size = if x.a.size == x.b.size {
