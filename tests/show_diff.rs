@@ -1,7 +1,8 @@
 //! `modelreg show` (a version's model card) and `modelreg diff` (what changed between two
 //! versions) on versions the real daemon registered from files and sidecars dropped into
-//! its inbox: the exact text (not a terminal, so no colour), colour when forced, the
-//! `--json` shapes, and the errors for a model or version that does not exist.
+//! its inbox: the exact text (not a terminal, so no colour), colour when forced or on a
+//! terminal (unless NO_COLOR), the `--json` shapes, the same text over `--url`, and the
+//! errors for a model or version that does not exist.
 
 mod common;
 
@@ -493,4 +494,36 @@ fn show_and_diff_over_the_http_api_print_what_they_print_over_the_socket() {
     // The directions come with the HTTP answer too: loss rose, which is worse.
     let text = ok(&d, &["diff", "m", "v1", "v2"]);
     assert!(text.contains("+0.1 (+25%)  worse"), "{text}");
+}
+
+/// `modelreg diff` run on a pseudo-terminal by `script` (bsdutils), with `NO_COLOR`
+/// set to `no_color` (None: unset); what it printed there.
+fn diff_on_a_terminal(d: &TestDaemon, no_color: Option<&str>) -> String {
+    let cmd = format!("{BIN} --socket '{}' diff bert v1 v2", d.socket().display());
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        c.env("NO_COLOR", v);
+    }
+    let o = c.output().expect("run script (util-linux / bsdutils)");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn diff_colours_by_itself_on_a_terminal_unless_no_color_is_set() {
+    let d = bert_with_facts();
+    let shown = diff_on_a_terminal(&d, None);
+    assert!(shown.contains("\x1b[32mbetter\x1b[0m"), "{shown:?}");
+    assert!(shown.contains("\x1b[31mworse\x1b[0m"), "{shown:?}");
+    let plain = diff_on_a_terminal(&d, Some("1"));
+    assert!(!plain.contains('\x1b'), "NO_COLOR=1: {plain:?}");
+    assert!(
+        plain.contains("better") && plain.contains("worse"),
+        "{plain:?}"
+    );
+    // An empty NO_COLOR does not count (no-color.org).
+    assert!(diff_on_a_terminal(&d, Some("")).contains("\x1b[32mbetter"));
 }
