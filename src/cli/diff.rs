@@ -91,12 +91,14 @@ struct MapDiff {
     changed: BTreeMap<String, ValueChange>,
 }
 
+/// A key's value in A and in B.
 #[derive(Debug, Serialize)]
 struct ValueChange {
     a: Value,
     b: Value,
 }
 
+/// The parameter count in A and in B, and B's minus A's when both have one.
 #[derive(Debug, Serialize)]
 struct CountChange {
     a: Option<u64>,
@@ -105,6 +107,7 @@ struct CountChange {
     delta: Option<i128>,
 }
 
+/// Files by path inside the version, compared by SHA-256.
 #[derive(Debug, Default, Serialize)]
 struct FilesDiff {
     added: Vec<FileSide>,
@@ -114,6 +117,7 @@ struct FilesDiff {
     unchanged: usize,
 }
 
+/// One file of one version: its path inside the version, hash and size.
 #[derive(Debug, Clone, Serialize)]
 struct FileSide {
     path: String,
@@ -121,6 +125,7 @@ struct FileSide {
     size: u64,
 }
 
+/// A path whose content differs: `a -> b` in `path` when a single file was renamed.
 #[derive(Debug, Serialize)]
 struct FileChange {
     path: String,
