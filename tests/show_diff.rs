@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -467,16 +465,7 @@ fn show_and_diff_over_the_http_api_print_what_they_print_over_the_socket() {
     let d = TestDaemon::start("settle: 300ms\nhttp:\n  listen: 127.0.0.1:0\n");
     drop_file(&d, 1, 1, &[("accuracy", 0.5), ("loss", 0.4)]);
     drop_file(&d, 2, 2, &[("accuracy", 0.6), ("loss", 0.5)]);
-    let mut url = None;
-    wait_until(
-        Duration::from_secs(10),
-        "the HTTP address in status",
-        || {
-            url = d.status().http;
-            url.is_some()
-        },
-    );
-    let url = url.unwrap();
+    let url = format!("http://{}", common::http::address(&d));
     let elsewhere = tempfile::tempdir().unwrap();
     let (read, _) = common::http::token_files(&d, elsewhere.path());
     for args in [&["show", "m", "v2"][..], &["diff", "m", "v1", "v2"]] {
