@@ -243,7 +243,7 @@ enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
         /// Start at this seq (0: the oldest kept); `now`: only events to come.
-        #[arg(long, value_name = "SEQ|now")]
+        #[arg(long, value_name = "SEQ|now", allow_hyphen_values = true)]
         since: Option<String>,
         /// Only this model (a name, or a glob such as 'resnet*'); repeatable.
         #[arg(long = "model", value_name = "MODEL")]

@@ -1,4 +1,5 @@
-//! `modelreg events`: the last events (the last matching ones when filtered), or from a seq, then followed.
+//! `modelreg events`: the last events (the last matching ones when filtered), or from a seq, then followed;
+//! on the socket, or over `--url` as Server-Sent Events.
 
 use modelreg::client::{Client, ClientError};
 use modelreg::display::escape_for_terminal as esc;
@@ -25,10 +26,16 @@ pub(super) fn events(
             outln!("{}", esc(&e.line()));
         }
     };
-    let mut since = since.map(|s| match s.parse::<u64>() {
-        Ok(n) => Since::Seq(n),
-        Err(_) => Since::Word(s.to_string()),
-    });
+    // The daemon's own parser: the CLI refuses what the socket and HTTP refuse, alike.
+    let mut since = since
+        .map(Since::parse)
+        .transpose()
+        .map_err(|message| {
+            ClientError::Remote(modelreg::protocol::ErrorBody {
+                code: modelreg::protocol::ErrorCode::BadRequest,
+                message,
+            })
+        })?;
     let filtered = !models.is_empty() || !kinds.is_empty();
     if since.is_none() && filtered {
         // The last matching ones, not the matching ones among the last: read back from

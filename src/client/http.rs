@@ -315,6 +315,30 @@ impl Http {
         Ok((stream, sent))
     }
 
+    /// Opens the stream at `target` (`GET`, `Accept: text/event-stream`) and hands its
+    /// body to `read` (with whether it is chunked) once the answer is 200; any other
+    /// answer is the error it carries (400, 410 with where to start again, 401, ...).
+    pub(super) fn stream(
+        &self,
+        target: &str,
+        read: &mut dyn FnMut(&mut dyn std::io::BufRead, bool) -> Result<Value, ClientError>,
+    ) -> Result<Value, ClientError> {
+        let target = format!("{}{target}", self.prefix);
+        let accept = [("Accept", "text/event-stream".to_string())];
+        let (mut stream, sent) = self.write_request("GET", &target, &accept, None)?;
+        sent.map_err(|e| self.talk(e))?;
+        let mut r = std::io::BufReader::new(&mut stream);
+        let head = wire::read_head(&mut r).map_err(|e| self.talk(e))?;
+        if head.status != 200 {
+            let body = wire::read_body(&mut r, &head).map_err(|e| self.talk(e))?;
+            let status = head.status;
+            return Err(self.result(Answer { status, body }).err().unwrap_or_else(|| {
+                ClientError::Protocol(format!("{}: HTTP {status} for {target}", self.url))
+            }));
+        }
+        read(&mut r, head.chunked)
+    }
+
     /// Appends the file `rel` of `name` `version` to `part` from its current length
     /// `have` (`Range`, with `If-Range` naming the file's ETag `"sha256"` so that the
     /// bytes kept are only ever extended by the same file's), or replaces `part` when the

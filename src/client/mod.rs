@@ -8,6 +8,7 @@ mod http;
 mod partial;
 mod routes;
 mod socket;
+mod sse;
 mod tls;
 mod wire;
 
@@ -87,6 +88,23 @@ pub enum ClientError {
     /// or bytes that are not the stored file's (removed).
     #[error("{0}")]
     Download(String),
+    /// An `events` stream that ended without its end or an error line: the connection
+    /// closed (the daemon stopped or was killed), or it was cut inside a line (the
+    /// daemon closed a reader too slow to take the rest). `resume` is the seq to
+    /// continue from: the one after the last whole event received (`after`), or where
+    /// the stream began when none came.
+    #[error(
+        "the event stream ended unexpectedly {} ({reason}); continue with --since {resume}",
+        after.map_or_else(|| "before any event".to_string(), |s| format!("after seq {s}"))
+    )]
+    StreamEnded {
+        /// The seq of the last whole event received.
+        after: Option<u64>,
+        /// Where to continue.
+        resume: u64,
+        /// What was seen: closed, cut inside a line, the read's error.
+        reason: String,
+    },
     /// A request the HTTP API does not serve (it reads the catalog, serves downloads,
     /// takes uploads and alias and deprecate changes; removal, gc and maintenance stay on
     /// the daemon's machine).

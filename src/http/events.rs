@@ -45,13 +45,14 @@ fn request(q: &[(String, String)], headers: &HeaderMap) -> Result<Request, ApiEr
     let (mut since, mut last, mut models, mut kinds) = (None, None, Vec::new(), Vec::new());
     let (mut follow, mut heartbeat_ms) = (false, None);
     let number = |k: &str, v: &str| {
-        v.parse::<u64>()
-            .map_err(|_| ApiError::bad_request(format!("{k}={v:?} is not a whole number")))
+        Since::seq(v).ok_or_else(|| {
+            ApiError::bad_request(format!("{k} must be a whole number >= 0, not {v:?}"))
+        })
     };
     for (k, v) in q {
         match k.as_str() {
-            "since" if v == "now" => since = Some(Since::Word(v.clone())),
-            "since" => since = Some(Since::Seq(number(k, v)?)),
+            // The socket's and the CLI's parser: the same answer to the same text.
+            "since" => since = Some(Since::parse(v).map_err(ApiError::bad_request)?),
             "last" => last = Some(number(k, v)?),
             "model" | "models" => models.extend(v.split(',').map(str::to_owned)),
             "kind" | "kinds" => kinds.extend(v.split(',').map(str::to_owned)),
@@ -75,11 +76,13 @@ fn request(q: &[(String, String)], headers: &HeaderMap) -> Result<Request, ApiEr
         }
     }
     if let Some(h) = headers.get("last-event-id") {
-        let id = h
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not a seq"))?;
+        // Plain digits, as `since` (HTTP itself drops the spaces around a header value).
+        let id = h.to_str().ok().and_then(Since::seq).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Last-Event-ID must be a whole number >= 0 (the seq of the last event received), not {:?}",
+                String::from_utf8_lossy(h.as_bytes())
+            ))
+        })?;
         since = Some(Since::Seq(id.saturating_add(1)));
         last = None;
     }
@@ -106,12 +109,17 @@ async fn events(
             "this daemon keeps no event log",
         ));
     };
-    let sub = Subscription::open(req, log).map_err(|r| {
+    let mut sub = Subscription::open(req, log).map_err(|r| {
         r.error.map_or_else(
             || ApiError::new(ErrorCode::Internal, "no subscription"),
             ApiError::from,
         )
     })?;
+    // Refused before the stream begins: a status and a JSON body, which an
+    // `EventSource` does not retry (a 200 that ends, it would, for ever).
+    if let Err(step) = sub.start().await {
+        return Ok(refusal(step));
+    }
     // One chunk queued ahead of the connection: a slow client holds no more.
     let (tx, rx) = super::body::channel(None);
     tokio::spawn(produce(sub, tx, s.stop.clone(), Cut::current()));
@@ -125,6 +133,32 @@ async fn events(
     // nginx and the like: pass each event on at once rather than buffer the answer.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(r)
+}
+
+/// The answer to a subscription that cannot start: `400` (`bad_request`: `since` past
+/// the end), `410 Gone` (`compacted` or `missing`, with `first`: where to start again),
+/// `500` (the log could not be read); the body `{"error":{"code","message","first"}}`.
+fn refusal(step: Step) -> Response {
+    let (code, message, first) = match step {
+        Step::Compacted { first, message } => (ErrorCode::Compacted, message, Some(first)),
+        Step::Refused {
+            code,
+            message,
+            first,
+        } => (code, message, first),
+        Step::Failed(m) => (ErrorCode::Internal, m, None),
+        other => (ErrorCode::Internal, format!("{other:?}"), None),
+    };
+    let status = super::error::status_of(code);
+    let mut error = json!({"code": code, "message": message});
+    if let Some(f) = first {
+        error["first"] = json!(f);
+    }
+    let mut r = (status, axum::Json(json!({ "error": error }))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&message.replace(|c: char| !(' '..='~').contains(&c), " ")) {
+        r.headers_mut().insert("x-error-message", v);
+    }
+    r
 }
 
 /// One event block: `event:` and `data:` (one line of JSON), `id:` when given.
@@ -143,7 +177,7 @@ async fn produce(mut sub: Subscription, tx: Sink, stop: Shutdown, cut: Option<Cu
                 Ok(r) => r.is_ok(),
                 Err(_) => {
                     let msg = too_slow_message(WRITE_TIMEOUT.as_secs(), resume);
-                    tracing::debug!("HTTP events: {msg}");
+                    tracing::info!("HTTP events subscriber closed: {msg}");
                     if let Some(c) = cut {
                         c.cut();
                     }
@@ -194,7 +228,10 @@ async fn produce(mut sub: Subscription, tx: Sink, stop: Shutdown, cut: Option<Cu
                 message,
                 first,
             } => {
-                let e = json!({"code": code, "message": message, "first": first});
+                let mut e = json!({"code": code, "message": message});
+                if let Some(f) = first {
+                    e["first"] = json!(f);
+                }
                 block(None, "error", &e)
             }
             Step::Failed(message) => block(

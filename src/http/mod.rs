@@ -28,6 +28,7 @@ mod archive;
 mod auth;
 mod body;
 mod changes;
+mod cors;
 mod dashboard;
 mod error;
 mod events;
@@ -99,6 +100,11 @@ pub fn router(state: HttpState) -> Router {
             auth::check,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
+        // Outside `auth::check`: its refusals carry the header too, readable by a page.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::allow_anonymous_reads,
+        ))
         // Outermost: every answer is counted, refusals by the layers above included.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

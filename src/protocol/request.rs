@@ -273,6 +273,34 @@ pub enum Since {
     Word(String),
 }
 
+impl Since {
+    /// `since` given as text (the CLI's `--since`, the HTTP query's `since=`, a string
+    /// on the socket): `now`, or a whole number >= 0 in plain digits (no sign, no
+    /// spaces). The one parser of all three paths, so each refuses alike, with
+    /// [`Since::refusal`].
+    pub fn parse(text: &str) -> Result<Since, String> {
+        if text == "now" {
+            return Ok(Since::Word(text.to_string()));
+        }
+        Since::seq(text)
+            .map(Since::Seq)
+            .ok_or_else(|| Since::refusal(&format!("{text:?}")))
+    }
+
+    /// The message refusing `given` (as the client wrote it) as a `since`.
+    pub fn refusal(given: &str) -> String {
+        format!("since must be a whole number >= 0 or \"now\", not {given}")
+    }
+
+    /// A seq written in plain ASCII digits (`u64::from_str` alone would take `+5`).
+    pub fn seq(text: &str) -> Option<u64> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok()
+    }
+}
+
 impl<'de> Deserialize<'de> for Since {
     /// A whole number >= 0 or a string; anything else (`-1`, `1.5`, `true`) is refused
     /// with a message that says what `since` takes.
@@ -282,9 +310,7 @@ impl<'de> Deserialize<'de> for Since {
                 Ok(Since::Seq(n.as_u64().unwrap_or_default()))
             }
             serde_json::Value::String(s) => Ok(Since::Word(s)),
-            other => Err(serde::de::Error::custom(format!(
-                "since must be a whole number >= 0 or \"now\", not {other}"
-            ))),
+            other => Err(serde::de::Error::custom(Since::refusal(&other.to_string()))),
         }
     }
 }

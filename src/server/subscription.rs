@@ -87,6 +87,8 @@ pub struct Subscription {
     heartbeat: Duration,
     /// After a step of events: whether the stream is done (without `follow`).
     after_events: Option<bool>,
+    /// The first batch, read by [`Subscription::start`] before the stream began.
+    first_batch: Option<Vec<Event>>,
     /// The answer head: `{"first":F,"last":L,"from":S}`.
     head: serde_json::Value,
 }
@@ -126,10 +128,11 @@ impl Subscription {
         let from = match (since, last) {
             (Some(_), Some(_)) => return Err(bad("give since or last, not both".into())),
             (Some(Since::Seq(n)), None) => n,
-            (Some(Since::Word(w)), None) if w == "now" => next,
-            (Some(Since::Word(w)), None) => {
-                return Err(bad(format!("since {w:?} is neither a seq nor \"now\"")));
-            }
+            // A string: the same parser as the CLI's --since and the HTTP query's.
+            (Some(Since::Word(w)), None) => match Since::parse(&w).map_err(bad)? {
+                Since::Seq(n) => n,
+                Since::Word(_) => next,
+            },
             (None, Some(n)) => next.saturating_sub(n).max(first),
             (None, None) => next,
         };
@@ -143,8 +146,50 @@ impl Subscription {
             filter: Filter { models, kinds },
             heartbeat,
             after_events: None,
+            first_batch: None,
             head: json!({"first": first, "last": until, "from": from}),
         })
+    }
+
+    /// Reads the first batch before anything is sent, so that a request that cannot
+    /// start (`since` past the end, compacted away, inside a hole the log lost) is
+    /// refused with its error alone (the socket: one error line; HTTP: a status and a
+    /// JSON body an `EventSource` does not retry) rather than a stream that ends at once.
+    /// The error is a [`Step::Compacted`], [`Step::Refused`] or [`Step::Failed`].
+    pub async fn start(&mut self) -> Result<(), Step> {
+        // Marked seen before reading, as in `next`: a commit from here on wakes it.
+        self.watch.borrow_and_update();
+        match batch(&self.log, self.from).await {
+            Ok(v) => {
+                self.first_batch = Some(v);
+                Ok(())
+            }
+            Err(e) => Err(self.refusal(e)),
+        }
+    }
+
+    /// The step that ends the stream on `e`.
+    fn refusal(&self, e: ReadError) -> Step {
+        match e {
+            ReadError::Compacted { first } => {
+                let message = format!(
+                    "events from {} on were compacted away: the oldest kept is {first}; ask again with since {first} (what was before is gone)",
+                    self.from
+                );
+                Step::Compacted { first, message }
+            }
+            e @ ReadError::Missing { to, .. } => Step::Refused {
+                code: ErrorCode::Missing,
+                message: format!("{e}; ask again with since {}", to + 1),
+                first: Some(to + 1),
+            },
+            e @ ReadError::Ahead { .. } => Step::Refused {
+                code: ErrorCode::BadRequest,
+                message: e.to_string(),
+                first: None,
+            },
+            ReadError::Io(e) => Step::Failed(e),
+        }
     }
 
     /// The answer head: the oldest seq kept, the last committed, where the stream starts.
@@ -170,35 +215,18 @@ impl Subscription {
                 Some(false) => tokio::task::yield_now().await,
                 None => {}
             }
-            // Marked seen before reading: a commit from here on wakes the wait below.
-            self.watch.borrow_and_update();
-            let events = match batch(&self.log, self.from).await {
+            let read = match self.first_batch.take() {
+                // Read by `start`, after the watch was marked seen.
+                Some(v) => Ok(v),
+                None => {
+                    // Marked seen before reading: a commit from here on wakes the wait below.
+                    self.watch.borrow_and_update();
+                    batch(&self.log, self.from).await
+                }
+            };
+            let events = match read {
                 Ok(v) => v,
-                Err(ReadError::Compacted { first }) => {
-                    let message = format!(
-                        "events from {} on were compacted away: the oldest kept is {first}; ask again with since {first} (what was before is gone)",
-                        self.from
-                    );
-                    return Step::Compacted { first, message };
-                }
-                Err(e @ ReadError::Missing { to, .. }) => {
-                    let message = format!("{e}; ask again with since {}", to + 1);
-                    let (code, first) = (ErrorCode::Missing, Some(to + 1));
-                    return Step::Refused {
-                        code,
-                        message,
-                        first,
-                    };
-                }
-                Err(e @ ReadError::Ahead { .. }) => {
-                    let (code, message) = (ErrorCode::BadRequest, e.to_string());
-                    return Step::Refused {
-                        code,
-                        message,
-                        first: None,
-                    };
-                }
-                Err(ReadError::Io(e)) => return Step::Failed(e),
+                Err(e) => return self.refusal(e),
             };
             let resume = self.from;
             let read = events.len();

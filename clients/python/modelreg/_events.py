@@ -7,7 +7,9 @@ what it reads into the same items: ``("event", dict)``, ``("beat", seq_or_None)`
 heartbeat; over HTTP it says how far the stream has read, filtered events included),
 ``("end", None)`` and ``("error", code, message, first)``. `follow` streams reconnect
 from the seq after the last one yielded (at least once, no gap) when the connection
-drops, the daemon restarts, or it closed the stream as too slow.
+drops, the daemon restarts, or it closed the stream as too slow; a stream that is not
+followed and ends early (a line cut off, the connection closed) raises
+``DaemonNotRunning`` naming the last seq received and the ``since`` to continue with.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ _BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 _MAX_LINE = 16 << 20
 
 Item = Tuple[Any, ...]
+
+# Why a stream ended inside a line.
+_CUT = "cut off inside a line: the daemon closed a reader too slow to take its stream, or stopped"
 
 
 def _errors() -> Any:
@@ -79,6 +84,8 @@ def _stream(reg: Any, since: Any, follow: bool, models: List[str], kinds: List[s
     quiet = (heartbeat or _HEARTBEAT) * _MISSED + 1.0
     opened = False
     failures = 0
+    # The seq of the last event yielded, for the message of a stream that ends early.
+    last: Optional[int] = None
     while True:
         stream = _SocketStream(reg) if reg._http is None else _SseStream(reg._http)
         try:
@@ -94,6 +101,7 @@ def _stream(reg: Any, since: Any, follow: bool, models: List[str], kinds: List[s
                         if isinstance(seq, int):
                             # A reconnect starts after it: at least once, no gap.
                             since = seq + 1
+                            last = seq
                         yield event
                     elif kind == "beat":
                         if item[1] is not None:
@@ -111,7 +119,7 @@ def _stream(reg: Any, since: Any, follow: bool, models: List[str], kinds: List[s
                         if follow and code in ("shutting_down", "too_slow"):
                             raise _Dropped(message)
                         raise m._BY_CODE.get(code, m.ModelRegistryError)(message, code)
-                raise _Dropped("the connection closed")
+                raise _Dropped("the connection closed without an end: the daemon stopped or was killed")
             except (socket.timeout, TimeoutError):
                 raise _Dropped(f"nothing heard for {quiet:g} s") from None
             except (OSError, ValueError) as e:
@@ -120,7 +128,10 @@ def _stream(reg: Any, since: Any, follow: bool, models: List[str], kinds: List[s
                 raise _Dropped(str(e)) from None
         except _Dropped as e:
             if not follow:
-                raise m.DaemonNotRunning(f"the event stream ended early: {e}", "not_running") from None
+                after = "before any event" if last is None else f"after seq {last}"
+                raise m.DaemonNotRunning(
+                    f"the event stream ended unexpectedly {after} ({e}); continue with since={since}", "not_running"
+                ) from None
         except m.DaemonNotRunning:
             # Not there (yet): a follow that had a stream waits for the daemon to return.
             if not (follow and opened):
@@ -161,6 +172,9 @@ class _SocketStream:
             line = f.readline(_MAX_LINE)
             if not line:
                 return
+            if not line.endswith(b"\n"):
+                # What came of a line cut off is not an event (nor anything else).
+                raise _Dropped(_CUT)
             msg = json.loads(line)
             if head:
                 head = False
@@ -203,7 +217,16 @@ class _SseStream:
         path = "/api/v1/events?" + urllib.parse.urlencode(q)
         self.conn, resp = self.http.open("GET", path, headers={"Accept": "text/event-stream"}, timeout=quiet)
         if resp.status != 200:
-            raise self.http.error(resp, resp.read(1 << 20))
+            body = resp.read(1 << 20)
+            # Refused before the stream began: compacted or missing (410) carry `first`.
+            try:
+                err = json.loads(body)["error"]
+                if err.get("code") in ("compacted", "missing"):
+                    m = _errors()
+                    raise m._BY_CODE[err["code"]](str(err["message"]), err["code"], err.get("first"))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass
+            raise self.http.error(resp, body)
         return self._items(resp)
 
     def _items(self, resp: Any) -> Iterator[Item]:
@@ -212,6 +235,8 @@ class _SseStream:
             raw = resp.readline(_MAX_LINE)
             if not raw:
                 return
+            if not raw.endswith(b"\n"):
+                raise _Dropped(_CUT)
             line = raw.decode("utf-8").rstrip("\r\n")
             if line == "":
                 if data:
