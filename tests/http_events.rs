@@ -161,7 +161,7 @@ fn last_event_id_resumes_after_it_and_filters_apply() {
 }
 
 #[test]
-fn events_compacted_away_are_an_error_event_with_the_first_kept() {
+fn events_compacted_away_are_answered_410_with_the_first_kept() {
     let d = TestDaemon::start(&format!("{CONFIG}events: {{max_bytes: 1KiB}}\n"));
     let addr = address(&d);
     hand_over(&d, "m", &bytes(1, 100));
@@ -171,15 +171,13 @@ fn events_compacted_away_are_an_error_event_with_the_first_kept() {
         c.alias_set("m", "p", if i % 2 == 0 { "v1" } else { "v2" })
             .unwrap();
     }
+    // Before the stream starts: a status an EventSource does not retry, and JSON.
     let a = get(&addr, "/api/v1/events?since=1&follow=true");
-    assert_eq!(a.status, 200);
-    let text = String::from_utf8(a.body).unwrap();
-    let evs = sse_events(&text);
-    assert_eq!(evs.len(), 1, "{text}");
-    assert_eq!(evs[0].1, "error");
-    assert_eq!(evs[0].2["code"], "compacted");
-    let first = evs[0].2["first"].as_u64().unwrap();
-    assert!(first > 1, "{text}");
+    assert_eq!(a.status, 410);
+    let v = a.json();
+    assert_eq!(v["error"]["code"], "compacted");
+    let first = v["error"]["first"].as_u64().unwrap();
+    assert!(first > 1, "{v}");
     // From there on, everything kept.
     let a = get(&addr, &format!("/api/v1/events?since={first}"));
     let evs = sse_events(&String::from_utf8(a.body).unwrap());
