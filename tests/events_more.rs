@@ -98,7 +98,10 @@ fn a_subscriber_paused_past_the_write_timeout_gets_a_whole_last_line_and_where_t
         }
     }
     let last = all.lines().last().unwrap();
-    assert!(last.starts_with(r#"{"ok":false,"error":{"code":"too_slow""#), "{last}");
+    assert!(
+        last.starts_with(r#"{"ok":false,"error":{"code":"too_slow""#),
+        "{last}"
+    );
     let resume = since_in(last);
     assert_eq!(resume, seqs.last().unwrap() + 1, "{last}");
     assert_eq!(seqs, (1..resume).collect::<Vec<_>>());
@@ -111,7 +114,11 @@ fn a_subscriber_paused_past_the_write_timeout_gets_a_whole_last_line_and_where_t
     assert!(err.contains("was not read for 10s"), "{err}");
     let printed: Vec<u64> = out
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(since_in(&err), printed.last().unwrap() + 1, "{err}");
     wait_until(Duration::from_secs(10), "the info line", || {
@@ -138,7 +145,8 @@ fn fake_daemon(path: &std::path::Path) {
             BufReader::new(&conn).read_line(&mut line).unwrap();
             let req: serde_json::Value = serde_json::from_str(&line).unwrap();
             let since = req["since"].as_u64().unwrap_or(1);
-            let mut out = format!(r#"{{"ok":true,"result":{{"first":1,"last":4,"from":{since}}}}}"#);
+            let mut out =
+                format!(r#"{{"ok":true,"result":{{"first":1,"last":4,"from":{since}}}}}"#);
             out.push('\n');
             if since == 1 {
                 for s in 1..=2 {
@@ -204,7 +212,9 @@ print("follow:", [e["seq"] for e in reg.events(since=1, follow=True)])
     let out = stdout(&o);
     assert!(o.status.success(), "{out}{}", stderr(&o));
     assert!(
-        out.contains("error: the event stream ended unexpectedly after seq 2 (cut off inside a line"),
+        out.contains(
+            "error: the event stream ended unexpectedly after seq 2 (cut off inside a line"
+        ),
         "{out}"
     );
     assert!(out.contains("continue with since=3"), "{out}");
@@ -278,7 +288,12 @@ fn the_cli_reads_events_over_url_with_the_sockets_output() {
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         assert_eq!(stdout(&o), ok(&d, args), "{args:?}");
     }
-    assert_eq!(stdout(&over_url(&["events", "--since", "0"])).lines().count(), 42);
+    assert_eq!(
+        stdout(&over_url(&["events", "--since", "0"]))
+            .lines()
+            .count(),
+        42
+    );
     // Refusals read the same.
     let o = over_url(&["events", "--since", "99"]);
     assert_eq!(o.status.code(), Some(1));
@@ -312,7 +327,13 @@ fn sse_refuses_a_start_it_cannot_make_with_a_status_and_a_json_body() {
         assert_eq!(a.header("content-type"), Some("application/json"));
         let v = a.json();
         assert_eq!(v["error"]["code"], "bad_request", "{v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains("the last is 32"), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("the last is 32"),
+            "{v}"
+        );
     }
     let a = get(&addr, "/api/v1/events?since=1&follow=true");
     assert_eq!(a.status, 410);
@@ -351,14 +372,23 @@ fn a_bad_since_gets_one_message_on_the_socket_the_cli_and_http() {
     let want = r#"since must be a whole number >= 0 or "now", not "-1""#;
     let v = send_raw(&d.socket(), r#"{"op":"events","since":"-1"}"#, &[]);
     assert_eq!(error_of(&v), ("bad_request".into(), want.into()));
-    assert_eq!(fails(&d, &["events", "--since", "-1"]).trim(), format!("modelreg: {want}"));
+    assert_eq!(
+        fails(&d, &["events", "--since", "-1"]).trim(),
+        format!("modelreg: {want}")
+    );
     let a = get(&addr, "/api/v1/events?since=-1");
-    assert_eq!((a.status, a.json()["error"]["message"].as_str()), (400, Some(want)));
+    assert_eq!(
+        (a.status, a.json()["error"]["message"].as_str()),
+        (400, Some(want))
+    );
     for bad in ["%205", "+5", "1.5", "later"] {
         let a = get(&addr, &format!("/api/v1/events?since={bad}"));
         assert_eq!(a.status, 400, "{bad}");
         let m = a.json()["error"]["message"].as_str().unwrap().to_string();
-        assert!(m.starts_with(r#"since must be a whole number >= 0 or "now", not"#), "{m}");
+        assert!(
+            m.starts_with(r#"since must be a whole number >= 0 or "now", not"#),
+            "{m}"
+        );
     }
     let a = request(&addr, "GET", "/api/v1/events", &[("Last-Event-ID", "+5")]);
     assert_eq!(a.status, 400);
@@ -375,10 +405,20 @@ fn a_browser_on_another_origin_reads_events_with_anonymous_read() {
     let d = TestDaemon::start(HTTP);
     changes(&d, 1);
     let addr = address(&d);
-    let a = request(&addr, "GET", "/api/v1/models", &[("Origin", "http://elsewhere")]);
+    let a = request(
+        &addr,
+        "GET",
+        "/api/v1/models",
+        &[("Origin", "http://elsewhere")],
+    );
     assert_eq!(a.header("access-control-allow-origin"), Some("*"));
     assert_eq!(a.header("access-control-allow-credentials"), None);
-    let a = request(&addr, "PUT", "/api/v1/models/m/upload", &[("Origin", "http://x")]);
+    let a = request(
+        &addr,
+        "PUT",
+        "/api/v1/models/m/upload",
+        &[("Origin", "http://x")],
+    );
     assert_eq!(a.header("access-control-allow-origin"), None);
     let dir = tempfile::tempdir().unwrap();
     let browser = common::tools::Browser::new(dir.path());

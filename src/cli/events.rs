@@ -27,15 +27,12 @@ pub(super) fn events(
         }
     };
     // The daemon's own parser: the CLI refuses what the socket and HTTP refuse, alike.
-    let mut since = since
-        .map(Since::parse)
-        .transpose()
-        .map_err(|message| {
-            ClientError::Remote(modelreg::protocol::ErrorBody {
-                code: modelreg::protocol::ErrorCode::BadRequest,
-                message,
-            })
-        })?;
+    let mut since = since.map(Since::parse).transpose().map_err(|message| {
+        ClientError::Remote(modelreg::protocol::ErrorBody {
+            code: modelreg::protocol::ErrorCode::BadRequest,
+            message,
+        })
+    })?;
     let filtered = !models.is_empty() || !kinds.is_empty();
     if since.is_none() && filtered {
         // The last matching ones, not the matching ones among the last: read back from

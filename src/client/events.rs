@@ -75,12 +75,10 @@ pub(super) const CLOSED: &str =
 
 /// The error an error line or `event: error` carries.
 pub(super) fn remote(v: &serde_json::Value, raw: &str) -> ClientError {
-    ClientError::Remote(
-        serde_json::from_value(v.clone()).unwrap_or(ErrorBody {
-            code: ErrorCode::Internal,
-            message: raw.trim_end().to_string(),
-        }),
-    )
+    ClientError::Remote(serde_json::from_value(v.clone()).unwrap_or(ErrorBody {
+        code: ErrorCode::Internal,
+        message: raw.trim_end().to_string(),
+    }))
 }
 
 impl Client {

@@ -332,9 +332,12 @@ impl Http {
         if head.status != 200 {
             let body = wire::read_body(&mut r, &head).map_err(|e| self.talk(e))?;
             let status = head.status;
-            return Err(self.result(Answer { status, body }).err().unwrap_or_else(|| {
-                ClientError::Protocol(format!("{}: HTTP {status} for {target}", self.url))
-            }));
+            return Err(self
+                .result(Answer { status, body })
+                .err()
+                .unwrap_or_else(|| {
+                    ClientError::Protocol(format!("{}: HTTP {status} for {target}", self.url))
+                }));
         }
         read(&mut r, head.chunked)
     }

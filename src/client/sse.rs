@@ -123,8 +123,8 @@ fn read(
             }
             continue;
         };
-        let v: serde_json::Value = serde_json::from_str(&d)
-            .map_err(|e| ClientError::Protocol(format!("{e}: {d}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&d).map_err(|e| ClientError::Protocol(format!("{e}: {d}")))?;
         match kind.as_str() {
             "error" => return Err(remote(&v, &d)),
             "end" => {

@@ -155,7 +155,8 @@ fn refusal(step: Step) -> Response {
         error["first"] = json!(f);
     }
     let mut r = (status, axum::Json(json!({ "error": error }))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&message.replace(|c: char| !(' '..='~').contains(&c), " ")) {
+    if let Ok(v) = HeaderValue::from_str(&message.replace(|c: char| !(' '..='~').contains(&c), " "))
+    {
         r.headers_mut().insert("x-error-message", v);
     }
     r
