@@ -422,29 +422,15 @@ fn a_browser_on_another_origin_reads_events_with_anonymous_read() {
     assert_eq!(a.header("access-control-allow-origin"), None);
     let dir = tempfile::tempdir().unwrap();
     let browser = common::tools::Browser::new(dir.path());
-    let page = dir.path().join("page.html");
-    std::fs::write(
-        &page,
-        format!(
-            r#"<html><body><pre id="out"></pre><script>
-const out = document.getElementById("out");
-const es = new EventSource("http://{addr}/api/v1/events?since=0&follow=true&heartbeat_ms=200");
-let n = 0;
-for (const k of ["registered", "alias_set"]) es.addEventListener(k, (m) => {{
-  out.textContent += m.lastEventId + " " + k + "|";
-  if (++n == 3) es.close();
-}});
-es.onerror = () => {{ out.textContent += "error|"; es.close(); }};
-</script></body></html>"#
-        ),
-    )
-    .unwrap();
-    let dom = browser.run(
-        &format!("file://{}", page.display()),
-        &["--virtual-time-budget=3000", "--dump-dom"],
+    let page = common::tools::event_source_page(
+        dir.path(),
+        &format!("http://{addr}/api/v1/events?since=0&follow=true&heartbeat_ms=200"),
+        &["registered", "alias_set"],
+        3,
     );
+    let dom = browser.run(&page, &["--virtual-time-budget=3000", "--dump-dom"]);
     assert!(
-        dom.contains("1 registered|2 registered|3 alias_set|"),
+        dom.contains("1 registered m|2 registered m|3 alias_set m|"),
         "the page heard: {dom}"
     );
     drop(d);

@@ -251,24 +251,14 @@ fn a_browsers_event_source_reads_the_stream() {
     // events so that the page goes idle and the DOM is dumped.
     let dir = tempfile::tempdir().unwrap();
     let browser = common::tools::Browser::new(dir.path());
-    let page = dir.path().join("page.html");
-    std::fs::write(
-        &page,
-        format!(
-            r#"<html><body><pre id="out"></pre><script>
-const out = document.getElementById("out");
-const es = new EventSource("http://{addr}/api/v1/events?since=0&follow=true&heartbeat_ms=200");
-let n = 0;
-for (const k of ["registered", "alias_set"]) es.addEventListener(k, (m) => {{
-  out.textContent += m.lastEventId + " " + k + " " + JSON.parse(m.data).model + "|";
-  if (++n == 2) es.close();
-}});
-</script></body></html>"#
-        ),
-    )
-    .unwrap();
+    let page = common::tools::event_source_page(
+        dir.path(),
+        &format!("http://{addr}/api/v1/events?since=0&follow=true&heartbeat_ms=200"),
+        &["registered", "alias_set"],
+        2,
+    );
     let dom = browser.run(
-        &format!("file://{}", page.display()),
+        &page,
         &[
             "--disable-web-security",
             "--virtual-time-budget=3000",

@@ -139,16 +139,7 @@ async fn events(
 /// the end), `410 Gone` (`compacted` or `missing`, with `first`: where to start again),
 /// `500` (the log could not be read); the body `{"error":{"code","message","first"}}`.
 fn refusal(step: Step) -> Response {
-    let (code, message, first) = match step {
-        Step::Compacted { first, message } => (ErrorCode::Compacted, message, Some(first)),
-        Step::Refused {
-            code,
-            message,
-            first,
-        } => (code, message, first),
-        Step::Failed(m) => (ErrorCode::Internal, m, None),
-        other => (ErrorCode::Internal, format!("{other:?}"), None),
-    };
+    let (code, message, first) = step.into_error();
     let status = super::error::status_of(code);
     let mut error = json!({"code": code, "message": message});
     if let Some(f) = first {

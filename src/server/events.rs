@@ -114,16 +114,7 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
     // Refused before the head (since past the end, compacted away, a hole): the error
     // line alone, as for any other bad request.
     if let Err(step) = sub.start().await {
-        let (code, message, first) = match step {
-            Step::Compacted { first, message } => (ErrorCode::Compacted, message, Some(first)),
-            Step::Refused {
-                code,
-                message,
-                first,
-            } => (code, message, first),
-            Step::Failed(m) => (ErrorCode::Internal, m, None),
-            other => (ErrorCode::Internal, format!("{other:?}"), None),
-        };
+        let (code, message, first) = step.into_error();
         let _ = write_answer(w, &error_line_for(id.as_ref(), code, message, first), None).await;
         return;
     }

@@ -76,6 +76,24 @@ pub enum Step {
     Gone,
 }
 
+impl Step {
+    /// The error a step that ends the stream stands for: its code, message and the seq
+    /// to resume from (for a refusal before the stream starts, from
+    /// [`Subscription::start`]).
+    pub fn into_error(self) -> (ErrorCode, String, Option<u64>) {
+        match self {
+            Step::Compacted { first, message } => (ErrorCode::Compacted, message, Some(first)),
+            Step::Refused {
+                code,
+                message,
+                first,
+            } => (code, message, first),
+            Step::Failed(m) => (ErrorCode::Internal, m, None),
+            other => (ErrorCode::Internal, format!("{other:?}"), None),
+        }
+    }
+}
+
 /// One subscription: where it is in the log and what it passes.
 pub struct Subscription {
     log: Arc<Log>,

@@ -86,6 +86,32 @@ impl Browser {
     }
 }
 
+/// A page in `dir` (opened as a file: URL, another origin than the daemon's) whose
+/// `EventSource` on `url` writes `<id> <kind> <model>|` for each event of `kinds` it
+/// hears, and `error|` on an error, into the DOM, closing the stream after `n` events
+/// (or the error) so that the page goes idle and the DOM can be dumped. Its URL.
+pub fn event_source_page(dir: &Path, url: &str, kinds: &[&str], n: usize) -> String {
+    let page = dir.join("page.html");
+    let kinds = serde_json::to_string(kinds).unwrap();
+    std::fs::write(
+        &page,
+        format!(
+            r#"<html><body><pre id="out"></pre><script>
+const out = document.getElementById("out");
+const es = new EventSource("{url}");
+let n = 0;
+for (const k of {kinds}) es.addEventListener(k, (m) => {{
+  out.textContent += m.lastEventId + " " + k + " " + JSON.parse(m.data).model + "|";
+  if (++n == {n}) es.close();
+}});
+es.onerror = () => {{ out.textContent += "error|"; es.close(); }};
+</script></body></html>"#
+        ),
+    )
+    .unwrap();
+    format!("file://{}", page.display())
+}
+
 /// Runs `python3 -m unittest ARGS` in clients/python/tests with MODELREG_BIN set to
 /// the binary under test; its output (printed too), after asserting it passed.
 pub fn python_unittest(args: &[&str]) -> String {
