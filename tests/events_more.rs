@@ -433,6 +433,25 @@ fn a_browser_on_another_origin_reads_events_with_anonymous_read() {
         dom.contains("1 registered m|2 registered m|3 alias_set m|"),
         "the page heard: {dom}"
     );
+    // A start refused with a status (a since past the end): the EventSource gives up
+    // (readyState 2, CLOSED) rather than reconnecting for ever (it did, every ~3 s,
+    // on the 200 that ended with `event: error`).
+    let page = dir.path().join("refused.html");
+    std::fs::write(
+        &page,
+        format!(
+            r#"<html><body><pre id="out"></pre><script>
+const es = new EventSource("http://{addr}/api/v1/events?since=99999999&follow=true");
+es.onerror = () => {{ document.getElementById("out").textContent += "error " + es.readyState + "|"; }};
+</script></body></html>"#
+        ),
+    )
+    .unwrap();
+    let dom = browser.run(
+        &format!("file://{}", page.display()),
+        &["--virtual-time-budget=8000", "--dump-dom"],
+    );
+    assert!(dom.contains(r#"<pre id="out">error 2|</pre>"#), "{dom}");
     drop(d);
     let d = TestDaemon::start("settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n");
     let addr = address(&d);
