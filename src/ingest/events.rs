@@ -41,14 +41,17 @@ where
         d.seq,
         d.event_seq
     );
-    let synced = |p: &Pending| {
-        p.sync(log.dir()).map_err(|e| {
-            tracing::error!(events = %log.dir().display(), "fsync of the event log (record {}): {e}", d.seq);
+    if pending.events().is_empty() {
+        return (durable(), Some(pending));
+    }
+    let dir = log.dir().to_path_buf();
+    let seq = d.seq;
+    let synced = move |p: &Pending| {
+        p.sync(&dir).map_err(|e| {
+            tracing::error!(events = %dir.display(), "fsync of the event log (record {seq}): {e}");
         })
     };
-    let r = if pending.events().is_empty() {
-        durable()
-    } else if whole {
+    if whole {
         if synced(&pending).is_err() {
             log.abandon(pending);
             let e = Error::Other(format!(
@@ -57,14 +60,14 @@ where
             ));
             return ((Err(e), false, whole), None);
         }
-        durable()
-    } else {
-        std::thread::scope(|s| {
-            let t = s.spawn(|| synced(&pending));
-            let r = durable();
-            let _ = t.join();
-            r
-        })
-    };
-    (r, Some(pending))
+        return (durable(), Some(pending));
+    }
+    // On one of the store's kept fsync threads, beside the journal's: a thread started
+    // per commit cost more than the fsync itself on a busy machine (docs/benchmarks.md).
+    let sync = crate::store::beside(move || {
+        let _ = synced(&pending);
+        pending
+    });
+    let r = durable();
+    (r, Some(sync.wait()))
 }

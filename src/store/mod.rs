@@ -51,7 +51,7 @@ pub use manifest::{
     highest_in_store_since, numbers_in_store, read_manifest, retire, write_manifest,
 };
 pub use rebuild::{Rebuilt, audit, rebuild};
-pub use seal::seal;
+pub use seal::{Beside, beside, seal};
 pub use staging::{
     OpenSource, Recovery, Staged, StagedFile, discard, publish, recover, stage_opened,
     stage_reusing,

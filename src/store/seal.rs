@@ -60,7 +60,13 @@ struct Round {
     all_done: Condvar,
 }
 
-impl Round {
+/// Work the pool's threads take: a round of fsyncs, or one job run beside the caller.
+trait Work: Send + Sync {
+    /// Does what is left of it (nothing when the caller or another thread took it all).
+    fn work(&self);
+}
+
+impl Work for Round {
     /// Takes paths and fsyncs them until none is left.
     fn work(&self) {
         loop {
@@ -83,10 +89,10 @@ impl Round {
 /// The threads that help with rounds: started once, kept for the daemon's life (a
 /// register loop seals hundreds of versions a second, and starting threads for each
 /// cost more than the fsyncs' own CPU). Idle, they wait on the channel.
-fn pool() -> &'static Mutex<mpsc::Sender<Arc<Round>>> {
-    static POOL: OnceLock<Mutex<mpsc::Sender<Arc<Round>>>> = OnceLock::new();
+fn pool() -> &'static Mutex<mpsc::Sender<Arc<dyn Work>>> {
+    static POOL: OnceLock<Mutex<mpsc::Sender<Arc<dyn Work>>>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Arc<Round>>();
+        let (tx, rx) = mpsc::channel::<Arc<dyn Work>>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 1..MAX_PARALLEL {
             let rx = rx.clone();
@@ -126,7 +132,7 @@ pub(super) fn fsync_all(paths: &[PathBuf]) -> Result<()> {
         let tx = pool().lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..helpers {
             // A helper that comes late finds nothing left and goes back to waiting.
-            let _ = tx.send(round.clone());
+            let _ = tx.send(round.clone() as Arc<dyn Work>);
         }
     }
     round.work();
@@ -139,4 +145,67 @@ pub(super) fn fsync_all(paths: &[PathBuf]) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A job handed to the pool by [`beside`]: run by whichever comes first, a pool thread or
+/// the caller's [`Beside::wait`].
+struct Job<T> {
+    /// The job, until someone takes it.
+    run: Mutex<Option<Box<dyn FnOnce() -> T + Send>>>,
+    /// Its result (or its panic, passed on to the caller), once run.
+    result: Mutex<Option<std::thread::Result<T>>>,
+    ran: Condvar,
+}
+
+impl<T: Send> Work for Job<T> {
+    fn work(&self) {
+        let Some(run) = self.run.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        // A panic must not end the pool's thread with the caller waiting for a result.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        self.ran.notify_all();
+    }
+}
+
+/// A job running beside the caller (see [`beside`]).
+pub struct Beside<T> {
+    job: Arc<Job<T>>,
+}
+
+impl<T: Send> Beside<T> {
+    /// The job's result: run here if no pool thread has taken it yet (so the caller never
+    /// waits for a busy machine to schedule a helper that has not started), else waited
+    /// for.
+    pub fn wait(self) -> T {
+        self.job.work();
+        let mut result = self.job.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match result.take() {
+                Some(Ok(r)) => return r,
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                None => {}
+            }
+            result = self.job.ran.wait(result).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Starts `job` (an fsync) on one of the pool's kept threads, to run while the caller
+/// does something else (another fsync); [`Beside::wait`] returns its result. For a commit
+/// that waits for two fsyncs at once: a thread started for it at each commit cost more
+/// than the fsync on a busy machine (see the module docs).
+pub fn beside<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Beside<T> {
+    let job = Arc::new(Job {
+        run: Mutex::new(Some(Box::new(job) as Box<dyn FnOnce() -> T + Send>)),
+        result: Mutex::new(None),
+        ran: Condvar::new(),
+    });
+    // Without a pool thread the caller's `wait` runs it.
+    let _ = pool()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job.clone() as Arc<dyn Work>);
+    Beside { job }
 }
