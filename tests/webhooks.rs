@@ -31,6 +31,8 @@ impl Got {
 /// request and never answers.
 struct Receiver {
     port: u16,
+    /// Connections accepted.
+    conns: Arc<AtomicU32>,
     got: Arc<Mutex<Vec<Got>>>,
     /// Requests read (answered or not).
     seen: Arc<AtomicU32>,
@@ -72,13 +74,15 @@ impl Receiver {
             Arc::new(AtomicU32::new(0)),
             Arc::new(AtomicBool::new(false)),
         );
-        let (g, s, st) = (got.clone(), seen.clone(), stop.clone());
+        let conns = Arc::new(AtomicU32::new(0));
+        let (g, s, st, n) = (got.clone(), seen.clone(), stop.clone(), conns.clone());
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                n.fetch_add(1, Ordering::SeqCst);
                 let (g, s, st, tls) = (g.clone(), s.clone(), st.clone(), tls.clone());
                 std::thread::spawn(move || match tls {
                     Some(c) => {
@@ -91,6 +95,7 @@ impl Receiver {
         });
         Receiver {
             port,
+            conns,
             got,
             seen,
             stop,
@@ -122,7 +127,8 @@ impl Drop for Receiver {
     }
 }
 
-/// Reads one request from `conn`; answers 200 and records it, or hangs until the stop.
+/// Reads requests from `conn` (kept alive) answering each 200 and recording it, or hangs
+/// at the first until the stop.
 fn serve(
     mut conn: impl Read + Write,
     hang: bool,
@@ -130,19 +136,28 @@ fn serve(
     seen: &AtomicU32,
     stop: &AtomicBool,
 ) {
-    let Some((headers, body)) = http::read_request(&mut conn, &mut Vec::new()) else {
-        return;
-    };
-    let headers: HashMap<String, String> = headers.into_iter().collect();
-    seen.fetch_add(1, Ordering::SeqCst);
-    if hang {
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50));
+    let mut buf = Vec::new();
+    while let Some((headers, body)) = http::read_request(&mut conn, &mut buf) {
+        if stop.load(Ordering::SeqCst) && !hang {
+            // Stopped: the kept connection is closed with the request unanswered.
+            return;
         }
-        return;
+        let headers: HashMap<String, String> = headers.into_iter().collect();
+        seen.fetch_add(1, Ordering::SeqCst);
+        if hang {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
+        got.lock().unwrap().push(Got { headers, body });
+        if conn
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
     }
-    got.lock().unwrap().push(Got { headers, body });
-    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
 
 /// A port nobody listens on now (bound, then let go).
@@ -445,4 +460,41 @@ fn an_https_receiver_is_reached_with_its_certificate_pinned_and_refused_without(
             .is_some_and(|e| e.contains("TLS") && e.contains("give the webhook `ca_file:`"))
     });
     assert_eq!(rx.got().len(), 1);
+}
+
+/// A webhook's connection is kept between its events: 20 events over one connection
+/// (one per event before: a TCP connect, and over https a handshake, each time), in
+/// order; and a receiver that closes it gets the next event on a new one.
+#[test]
+fn a_webhooks_connection_is_kept_between_events() {
+    let rx = Receiver::start(0, false);
+    let keys = tempfile::tempdir().unwrap();
+    let secret = secret_file(keys.path(), "k");
+    let d = TestDaemon::start(&format!(
+        "settle: 300ms\nwebhooks:\n{}",
+        webhook("kept", &rx.url(), &secret, "")
+    ));
+    make_events(&d, 20);
+    wait_until(Duration::from_secs(30), "20 events delivered", || {
+        rx.got().len() >= 20
+    });
+    assert_eq!(rx.seqs(), (1..=20).collect::<Vec<u64>>());
+    assert_eq!(
+        rx.conns.load(Ordering::SeqCst),
+        1,
+        "connections for 20 events"
+    );
+    // The receiver goes away; its kept connection is closed at the next request, which
+    // then goes to the new receiver on a new connection.
+    let port = rx.port;
+    drop(rx);
+    let rx = Receiver::start(port, false);
+    d.client().alias_set("m", "staging", "v1").unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "seq 21 on the new receiver",
+        || rx.seqs().contains(&21),
+    );
+    let r = delivery_row(&d, "kept");
+    assert_eq!((r.delivered, r.skipped), (21, 0), "{r:?}");
 }

@@ -267,6 +267,7 @@ async fn supervise(
                 tls,
                 stop: wstop,
                 hooks: hooks.clone(),
+                kept: Default::default(),
             };
             tracing::info!(endpoint = %name, "delivering to {}", endpoint.target());
             let task = tokio::spawn(w.run());

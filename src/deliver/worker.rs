@@ -36,6 +36,8 @@ pub(super) struct Worker {
     pub(super) stop: Shutdown,
     /// The daemon's runtime, where hook processes are started (see [`super::start`]).
     pub(super) hooks: tokio::runtime::Handle,
+    /// A webhook's connection, kept between its events.
+    pub(super) kept: std::sync::Mutex<Option<webhook::Kept>>,
 }
 
 impl Worker {
@@ -268,9 +270,14 @@ impl Worker {
                     Err(e) => Err((format!("the hook's run ended: {e}"), true)),
                 }
             }
-            Endpoint::Webhook(w) => webhook::post(w, e.seq, json, self.tls.as_ref())
-                .await
-                .map_err(|f| (f.why, f.refused)),
+            Endpoint::Webhook(w) => {
+                // Taken for the attempt and put back after: an attempt dropped at a stop
+                // drops its connection with it.
+                let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let r = webhook::post(w, e.seq, json, self.tls.as_ref(), &mut kept).await;
+                *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = kept;
+                r.map_err(|f| (f.why, f.refused))
+            }
         }
     }
 }
