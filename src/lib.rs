@@ -21,6 +21,7 @@
 //! - 3 [`store`]    copy + SHA-256 in one pass into staging, publish, manifests, recovery.
 //! - 3 [`inbox`]    what an inbox entry is now: files, stats, checked opens.
 //! - 3 [`events`]   the event log: every change as a numbered event, durable in `<root>/events/`.
+//! - 3 [`query`]    search: `where` expressions, tags, sort and paging for list and versions.
 //! - 3 [`tokens`]   HTTP API tokens: kept as SHA-256 hashes in tokens.yaml, checked in constant time.
 //! - 2 [`registry`] the catalog, its rules (selectors, changes, errors) and registry.yaml.
 //! - 1 [`config`]   settings: embedded default, file, validation, live settings.
@@ -53,6 +54,7 @@ pub mod messages;
 pub mod metrics;
 pub mod names;
 pub mod protocol;
+pub mod query;
 pub mod registry;
 pub mod server;
 pub mod shutdown;

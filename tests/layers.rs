@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("sidecar", 1),
     ("registry", 2),
     ("protocol", 3),
+    ("query", 3),
     ("store", 3),
     ("inbox", 3),
     ("tokens", 3),

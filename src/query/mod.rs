@@ -1,0 +1,220 @@
+//! The search of `list` and `versions`: a `where` expression, tags, a sort and a page,
+//! compiled once per request and matched against the catalog's versions without
+//! allocating (the grammar and every rule: docs/search.md).
+//!
+//! [`lexer`] splits the text, [`parser`] builds a [`Node`] tree with resolved fields,
+//! [`eval`] matches it against a version, [`order`] sorts and cuts pages.
+
+mod eval;
+mod lexer;
+mod order;
+mod parser;
+
+pub use eval::{Field, Value};
+pub use lexer::CmpOp;
+pub use order::{Hit, Page, Sort};
+pub use parser::{Lit, Node};
+
+use crate::registry::Version;
+
+/// A bad expression: why, and where (a caret under the bad token when displayed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError {
+    /// Why.
+    pub reason: String,
+    /// The expression as given.
+    pub expression: String,
+    /// Where the bad token starts, in characters from 0.
+    pub column: usize,
+    /// How many characters it covers (at least 1).
+    pub width: usize,
+}
+
+impl QueryError {
+    /// An error at the bytes `start..end` of `text`.
+    pub(crate) fn new(text: &str, start: usize, end: usize, reason: String) -> QueryError {
+        let chars = |upto: usize| text.get(..upto).map_or(0, |s| s.chars().count());
+        let column = chars(start);
+        QueryError {
+            reason,
+            expression: text.to_string(),
+            column,
+            width: chars(end).saturating_sub(column).max(1),
+        }
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    /// Three lines: the reason, the expression, a caret under the bad token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Line breaks and tabs inside the expression would misplace the caret: shown as
+        // spaces (they are white space to the lexer too).
+        let shown: String = self
+            .expression
+            .chars()
+            .map(|c| if c.is_whitespace() { ' ' } else { c })
+            .collect();
+        write!(
+            f,
+            "{}\n  {shown}\n  {}{}",
+            self.reason,
+            " ".repeat(self.column),
+            "^".repeat(self.width)
+        )
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+/// A search, compiled: what matches, in which order, which page.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    filter: Option<Node>,
+    sort: Option<Sort>,
+    limit: Option<usize>,
+    cursor: Option<order::CursorData>,
+    plain: bool,
+}
+
+/// What a request asks for, as text (the socket's fields, HTTP's query, the CLI's flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SearchArgs<'a> {
+    /// The `where` expression.
+    pub filter: Option<&'a str>,
+    /// Tags every match must carry (in its metadata's `tags` list).
+    pub tags: &'a [String],
+    /// A field, `-` first for descending.
+    pub sort: Option<&'a str>,
+    /// At most this many items per answer.
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<&'a str>,
+}
+
+impl Search {
+    /// Compiles a request's search; the error is a message for people (with a caret
+    /// under the bad token of an expression).
+    pub fn compile(a: SearchArgs<'_>) -> Result<Search, String> {
+        let mut filter = match a.filter {
+            Some(text) => Some(parser::parse(text).map_err(|e| format!("invalid filter: {e}"))?),
+            None => None,
+        };
+        for tag in a.tags {
+            let has = Node::Contains(
+                Field::resolve("metadata.tags").map_err(|e| e.to_string())?,
+                Lit::Str(tag.clone()),
+            );
+            filter = Some(match filter {
+                Some(f) => Node::And(Box::new(f), Box::new(has)),
+                None => has,
+            });
+        }
+        let sort = match a.sort {
+            Some(text) => {
+                let (desc, name) = match text.strip_prefix('-') {
+                    Some(rest) => (true, rest),
+                    None => (false, text.strip_prefix('+').unwrap_or(text)),
+                };
+                let field = parser::parse_field(name).map_err(|e| format!("invalid sort: {e}"))?;
+                Some(Sort {
+                    field,
+                    desc,
+                    text: text.to_string(),
+                })
+            }
+            None => None,
+        };
+        if a.limit == Some(0) {
+            return Err("limit must be at least 1 (leave it out for every item)".into());
+        }
+        let cursor = match a.cursor {
+            Some(c) => Some(order::CursorData::decode(
+                c,
+                sort.as_ref().map_or("", |s| s.text.as_str()),
+            )?),
+            None => None,
+        };
+        Ok(Search {
+            plain: a.filter.is_none()
+                && a.tags.is_empty()
+                && a.sort.is_none()
+                && a.limit.is_none()
+                && a.cursor.is_none(),
+            filter,
+            sort,
+            limit: a.limit,
+            cursor,
+        })
+    }
+
+    /// Nothing was asked: the answer is the one from before search existed (no `total`).
+    pub fn is_plain(&self) -> bool {
+        self.plain
+    }
+
+    /// Whether a filter or a tag was given.
+    pub fn filters(&self) -> bool {
+        self.filter.is_some()
+    }
+
+    /// Whether version `v` of model `name` matches (everything does without a filter).
+    pub fn matches(&self, name: &str, v: &Version) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| eval::matches(f, name, v))
+    }
+
+    /// The sort value of version `v` of model `name` (missing without a sort).
+    pub fn key<'a>(&self, name: &'a str, v: &'a Version) -> Value<'a> {
+        self.sort
+            .as_ref()
+            .map_or(Value::Missing, |s| s.field.value(name, v))
+    }
+
+    /// Sorts the hits and cuts the page asked for.
+    pub fn page<T>(&self, hits: Vec<Hit<'_, T>>) -> Page<T> {
+        order::page(hits, self.sort.as_ref(), self.cursor.as_ref(), self.limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_shows_the_expression_with_a_caret() {
+        let e = Search::compile(SearchArgs {
+            filter: Some("accuracy >= 0.7 and and"),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "invalid filter: expected a field name such as `accuracy` or `metadata.dataset`, found `and`\n  accuracy >= 0.7 and and\n                      ^^^"
+        );
+    }
+
+    #[test]
+    fn a_caret_counts_characters_not_bytes() {
+        let e = parser::parse("é == 1 ; x").unwrap_err();
+        assert_eq!(e.column, 7);
+        assert!(e.to_string().ends_with("\n         ^"), "{e}");
+    }
+
+    #[test]
+    fn bad_sort_and_limit_are_refused() {
+        let c = |sort: Option<&str>, limit: Option<usize>| {
+            Search::compile(SearchArgs {
+                sort,
+                limit,
+                ..Default::default()
+            })
+        };
+        assert!(c(Some("-"), None).unwrap_err().starts_with("invalid sort"));
+        assert!(c(Some("a b"), None).unwrap_err().contains("one field name"));
+        assert!(c(None, Some(0)).unwrap_err().contains("at least 1"));
+        assert!(c(Some("-accuracy"), Some(3)).is_ok());
+        assert!(c(None, None).unwrap().is_plain());
+        assert!(!c(None, Some(3)).unwrap().is_plain());
+    }
+}
