@@ -679,11 +679,11 @@ fn queries(t: &mut Table, d: &Daemon, models: usize, total: usize) {
         ),
         (
             "versions",
-            Box::new(move |i| Request::Versions { name: pick(i + 2) }),
+            Box::new(move |i| Request::versions(pick(i + 2))),
             n,
             false,
         ),
-        ("list", Box::new(|_| Request::List {}), 50, false),
+        ("list", Box::new(|_| Request::list()), 50, false),
     ];
     for (label, make, count, is_get) in cases {
         let mut lat = time(&mut (0..count).map(|i| line(make(i))));
@@ -822,7 +822,7 @@ fn connections(t: &mut Table, scratch: &Path, quick: bool) {
         let t0 = Instant::now();
         let mut c = d.client();
         c.call(&Request::Ping {}).unwrap();
-        c.call(&Request::List {}).unwrap();
+        c.call(&Request::list()).unwrap();
         t0.elapsed().as_secs_f64() * 1e3
     };
     let mut alone: Vec<f64> = (0..20).map(|_| time(&d)).collect();

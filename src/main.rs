@@ -43,20 +43,47 @@ struct Cli {
     command: Command,
 }
 
+/// The search flags of `list` and `versions` (docs/search.md).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct SearchFlags {
+    /// Only versions matching EXPR, e.g. 'accuracy >= 0.7 and dataset == "imagenet"'
+    /// (==, !=, <, <=, >, >=, in, contains, and, or, not, parentheses).
+    #[arg(long = "where", value_name = "EXPR")]
+    filter: Option<String>,
+    /// Only versions tagged TAG (metadata `tags`); repeat for several, all required.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Order by FIELD (a metric, a metadata key, version, registered_at, size, ...);
+    /// -FIELD for descending. Missing values come last.
+    #[arg(long, value_name = "FIELD", allow_hyphen_values = true)]
+    sort: Option<String>,
+    /// At most N rows; the next page's --cursor is printed on stderr.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Continue after the previous page (its `next_cursor`).
+    #[arg(long, value_name = "CURSOR")]
+    cursor: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: watch the inbox, register versions, answer on the socket.
     Serve,
-    /// List every model with its latest version.
+    /// List every model with its latest version (with --where/--tag: the models with a
+    /// matching version).
     List {
+        #[command(flatten)]
+        search: SearchFlags,
         /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,
     },
-    /// List every version of a model.
+    /// List every version of a model, or those --where/--tag find (docs/search.md).
     Versions {
         /// The model name.
         name: String,
+        #[command(flatten)]
+        search: SearchFlags,
         /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,

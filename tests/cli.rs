@@ -247,9 +247,7 @@ fn mistyped_names_aliases_selectors_and_metrics_get_a_suggestion() {
     }
     // The suggestion is the daemon's, so every client of the socket gets it.
     let e = d
-        .call(&modelreg::protocol::Request::Versions {
-            name: "resnet1".into(),
-        })
+        .call(&modelreg::protocol::Request::versions("resnet1"))
         .unwrap_err();
     assert!(e.to_string().contains("did you mean \"resnet18\"?"), "{e}");
     // A stranger gets no suggestion.

@@ -72,7 +72,7 @@ fn ping_and_list(d: &TestDaemon) -> Duration {
     let mut c = Client::connect(&d.socket()).expect("connect");
     let pong = c.call(&Request::Ping {}).expect("ping answered");
     assert_eq!(pong["pong"], true);
-    let list = c.call(&Request::List {}).expect("list answered");
+    let list = c.call(&Request::list()).expect("list answered");
     assert!(!list["models"].as_array().unwrap().is_empty());
     t.elapsed()
 }
@@ -92,7 +92,7 @@ fn client_is_answered_while_thousands_idle_and_hundreds_never_read() {
         );
     }
     wait_until(Duration::from_secs(30), "5 models", || {
-        d.call(&Request::List {})
+        d.call(&Request::list())
             .is_ok_and(|v| v["models"].as_array().unwrap().len() == 5)
     });
     let quiet = ping_and_list(&d);

@@ -214,7 +214,7 @@ fn malformed_and_oversized_requests_get_error_answers() {
     assert_eq!(v["id"], 9);
 
     // The good client is served in between.
-    assert!(good.call(&Request::List {}).is_ok());
+    assert!(good.call(&Request::list()).is_ok());
 
     // 1 MiB on one line: refused, connection closed.
     let big = vec![b'x'; 1 << 20];

@@ -162,7 +162,7 @@ fn names_that_display_as_nothing_are_refused() {
         let p = d.wait_problem_text(&format!("pretrained_models/{name}"));
         assert!(p.contains("invisible"), "{name:?}: {p}");
     }
-    let list = d.call(&modelreg::protocol::Request::List {}).unwrap();
+    let list = d.call(&modelreg::protocol::Request::list()).unwrap();
     assert_eq!(list["models"].as_array().unwrap().len(), 1, "{list}");
     let e = d.get("\u{3164}", "latest").unwrap_err();
     assert_eq!(

@@ -39,10 +39,10 @@ fn json_routes_answer_what_the_socket_answers() {
         assert_eq!(a.header("content-type"), Some("application/json"));
         assert_eq!(a.json(), d.call(&req).unwrap(), "{path}");
     };
-    same("/api/v1/models", Request::List {});
+    same("/api/v1/models", Request::list());
     same(
         "/api/v1/models/m/versions",
-        Request::Versions { name: "m".into() },
+        Request::versions("m"),
     );
     same(
         "/api/v1/models/m/history",
@@ -109,9 +109,7 @@ fn errors_carry_the_socket_codes_with_http_statuses() {
     }
     // The socket's message, word for word.
     let socket = d
-        .call(&Request::Versions {
-            name: "nope".into(),
-        })
+        .call(&Request::versions("nope"))
         .unwrap_err()
         .to_string();
     let http = get(&addr, "/api/v1/models/nope/versions").json()["error"]["message"]

@@ -170,7 +170,7 @@ fn an_inbox_leading_to_the_root_or_the_store_is_refused_at_start() {
         // of three settle periods: on main, registry.yaml was registered within one.)
         write(&d.root.path().join("m.pt"), b"weights");
         std::thread::sleep(Duration::from_millis(600));
-        let list = d.call(&modelreg::protocol::Request::List {}).unwrap();
+        let list = d.call(&modelreg::protocol::Request::list()).unwrap();
         assert_eq!(list["models"].as_array().map(Vec::len), Some(0), "{list}");
         d.stop();
     }

@@ -66,7 +66,7 @@ fn nfc_and_nfd_spellings_are_one_model() {
     write_renamed(&d.inbox(), &format!("{nfd}.pt"), &bytes(2, 100));
     let v = d.wait_versions(nfc, 2);
     assert_eq!(v.len(), 2);
-    let list = d.call(&Request::List {}).unwrap();
+    let list = d.call(&Request::list()).unwrap();
     assert_eq!(list["models"].as_array().unwrap().len(), 1, "{list}");
     // Asked for in either form, it is the same model.
     assert_eq!(d.get(nfd, "latest").unwrap().number, 2);
@@ -92,7 +92,7 @@ fn names_with_bidi_controls_or_zero_width_characters_are_refused() {
     });
     let s = d.call(&Request::Status {}).unwrap().to_string();
     assert!(s.contains("bidi") && s.contains("zero-width"), "{s}");
-    let list = d.call(&Request::List {}).unwrap();
+    let list = d.call(&Request::list()).unwrap();
     assert!(list["models"].as_array().unwrap().is_empty(), "{list}");
     // And a request naming one is an invalid name, not a lookup.
     let e = d.get("evil\u{202e}txt", "latest").unwrap_err();

@@ -313,7 +313,7 @@ fn path_traversal_is_refused_in_every_name_field() {
         "../../../../tmp",
     ] {
         for req in [
-            Request::Versions { name: name.into() },
+            Request::versions(name),
             Request::Get {
                 name: name.into(),
                 selector: None,

@@ -180,7 +180,7 @@ fn inherited_listener_is_served_and_left_in_place() {
         "the version on the inherited socket",
         || {
             Client::connect(&path)
-                .and_then(|mut c| c.call(&Request::Versions { name: "act".into() }))
+                .and_then(|mut c| c.call(&Request::versions("act")))
                 .is_ok()
         },
     );

@@ -36,6 +36,7 @@ mod place;
 mod progress;
 mod recover;
 mod render;
+mod search;
 mod show;
 mod upload;
 
@@ -136,6 +137,12 @@ fn token(cli: &Cli) -> Result<Option<String>, ClientError> {
 }
 
 pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
+    if let Command::List { search, .. } | Command::Versions { search, .. } = cmd
+        && let Err(e) = search.check()
+    {
+        print_error(&e);
+        return ExitCode::from(EXIT_USAGE);
+    }
     let client = match &cli.url {
         Some(url) => token(cli).and_then(|t| Client::connect_http(url, t, cli.cacert.as_deref())),
         None => match socket_path(cli) {
@@ -202,10 +209,8 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             };
             show(*json, &add::add(c, &args)?, add::print_added);
         }
-        Command::List { json } => show(*json, &c.list()?, |l| print_list(&l.models)),
-        Command::Versions { name, json } => {
-            show(*json, &c.versions(name)?, |l| print_versions(&l.versions))
-        }
+        Command::List { search, json } => search::list(c, search, *json)?,
+        Command::Versions { name, search, json } => search::versions(c, name, search, *json)?,
         Command::Get {
             name,
             selector,

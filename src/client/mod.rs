@@ -279,14 +279,12 @@ impl Client {
 
     /// `list`: every model.
     pub fn list(&mut self) -> Result<ModelList, ClientError> {
-        self.call_as(&Request::List {})
+        self.call_as(&Request::list())
     }
 
     /// `versions` of a model.
     pub fn versions(&mut self, name: &str) -> Result<VersionList, ClientError> {
-        self.call_as(&Request::Versions {
-            name: name.to_string(),
-        })
+        self.call_as(&Request::versions(name))
     }
 
     /// `get`: the version `selector` names (default `latest`); `metric` and `mode` for

@@ -23,6 +23,36 @@ pub(super) struct Route {
     pub body: Option<String>,
 }
 
+/// The query string of a search (`?where=...&tag=a&tag=b&sort=...&limit=...&cursor=...`,
+/// docs/http.md), empty without one.
+fn search_query(
+    filter: &Option<String>,
+    tags: &[String],
+    sort: &Option<String>,
+    limit: &Option<usize>,
+    cursor: &Option<String>,
+) -> String {
+    let enc = |s: &str| utf8_percent_encode(s, SEGMENT).to_string();
+    let mut q: Vec<String> = Vec::new();
+    if let Some(f) = filter {
+        q.push(format!("where={}", enc(f)));
+    }
+    q.extend(tags.iter().map(|t| format!("tag={}", enc(t))));
+    if let Some(s) = sort {
+        q.push(format!("sort={}", enc(s)));
+    }
+    if let Some(l) = limit {
+        q.push(format!("limit={l}"));
+    }
+    if let Some(c) = cursor {
+        q.push(format!("cursor={}", enc(c)));
+    }
+    match q.is_empty() {
+        true => String::new(),
+        false => format!("?{}", q.join("&")),
+    }
+}
+
 /// The route that answers `req`; `None` for a request that stays on the daemon's
 /// machine (rm, gc, compact, verify, wait, tokens) or has a route of its own (uploads).
 pub(super) fn route(req: &Request) -> Option<Route> {
@@ -37,8 +67,28 @@ pub(super) fn route(req: &Request) -> Option<Route> {
     Some(match req {
         Request::Ping {} => get("/api/v1/ping".into()),
         Request::Status {} => get("/api/v1/status".into()),
-        Request::List {} => get("/api/v1/models".into()),
-        Request::Versions { name } => get(format!("/api/v1/models/{}/versions", enc(name))),
+        Request::List {
+            filter,
+            tags,
+            sort,
+            limit,
+            cursor,
+        } => get(format!(
+            "/api/v1/models{}",
+            search_query(filter, tags, sort, limit, cursor)
+        )),
+        Request::Versions {
+            name,
+            filter,
+            tags,
+            sort,
+            limit,
+            cursor,
+        } => get(format!(
+            "/api/v1/models/{}/versions{}",
+            enc(name),
+            search_query(filter, tags, sort, limit, cursor)
+        )),
         Request::History { name } => get(format!("/api/v1/models/{}/history", enc(name))),
         Request::Get {
             name,

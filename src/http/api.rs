@@ -4,10 +4,11 @@
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::search::SearchQuery;
 use super::{ApiError, HttpState};
 use crate::config::Direction;
 use crate::protocol::Request;
@@ -58,13 +59,34 @@ async fn status(State(s): State<HttpState>) -> Answer {
     ask(&s, Request::Status {}).await
 }
 
-async fn models(State(s): State<HttpState>) -> Answer {
-    ask(&s, Request::List {}).await
+async fn models(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Answer {
+    let q = SearchQuery::parse(q.as_deref())?;
+    let req = Request::List {
+        filter: q.filter,
+        tags: q.tags,
+        sort: q.sort,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    ask(&s, req).await
 }
 
-async fn versions(State(s): State<HttpState>, name: Result<Path<String>, PathRejection>) -> Answer {
+async fn versions(
+    State(s): State<HttpState>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Answer {
     let Path(name) = name.map_err(path_error)?;
-    ask(&s, Request::Versions { name }).await
+    let q = SearchQuery::parse(q.as_deref())?;
+    let req = Request::Versions {
+        name,
+        filter: q.filter,
+        tags: q.tags,
+        sort: q.sort,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    ask(&s, req).await
 }
 
 async fn history(State(s): State<HttpState>, name: Result<Path<String>, PathRejection>) -> Answer {

@@ -40,6 +40,7 @@ mod metrics;
 mod paced;
 mod paths;
 mod range;
+mod search;
 mod tar;
 mod tls;
 mod untar;

@@ -89,25 +89,6 @@ fn live() -> String {
     "live".into()
 }
 
-/// One model in a `list` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSummary {
-    /// The model.
-    pub name: String,
-    /// `vN` of the latest version.
-    pub latest: String,
-    /// How many versions it has.
-    pub versions: usize,
-    /// When the latest version was registered.
-    pub registered_at: String,
-    /// Absolute path of the latest version.
-    pub path: String,
-    /// Set when no version is live (`-` as latest): their states, e.g. `no live version:
-    /// v1 deprecated`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
 /// Something waiting in the inbox.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Waiting {
@@ -248,22 +229,6 @@ pub struct Pong {
     pub pong: bool,
     /// The daemon's version.
     pub version: String,
-}
-
-/// The `list` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelList {
-    /// Every model, by name.
-    pub models: Vec<ModelSummary>,
-}
-
-/// The `versions` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VersionList {
-    /// The model.
-    pub name: String,
-    /// Every version, tombstones included, oldest first.
-    pub versions: Vec<VersionInfo>,
 }
 
 /// The `wait` answer.

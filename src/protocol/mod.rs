@@ -6,9 +6,12 @@
 //! here, once).
 
 mod answers;
+mod lists;
 mod request;
+mod unique;
 
 pub use answers::*;
+pub use lists::{ModelList, ModelSummary, VersionList};
 pub use request::{OPS, Request, Since, parse_request};
 
 use serde::{Deserialize, Serialize};

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::unique::parse_unique;
 use super::{ErrorCode, Response};
 use crate::config::Direction;
 
@@ -11,12 +12,44 @@ use crate::config::Direction;
 pub enum Request {
     /// Liveness check.
     Ping {},
-    /// Every model with its latest version and version count.
-    List {},
-    /// Every version of one model.
+    /// Every model with its latest version and version count; with a search, the
+    /// models with a matching version.
+    List {
+        /// Only versions matching this expression (docs/search.md).
+        #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+        /// Only versions whose metadata `tags` hold every one of these.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tags: Vec<String>,
+        /// Order by this field (`-` first: descending); missing values last.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sort: Option<String>,
+        /// At most this many items; the answer's `next_cursor` asks for the next page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// The previous page's `next_cursor`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    /// Every version of one model, or those a search finds.
     Versions {
         /// The model.
         name: String,
+        /// Only versions matching this expression (docs/search.md).
+        #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+        /// Only versions whose metadata `tags` hold every one of these.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tags: Vec<String>,
+        /// Order by this field (`-` first: descending); missing values last.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sort: Option<String>,
+        /// At most this many items; the answer's `next_cursor` asks for the next page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// The previous page's `next_cursor`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
     /// One version: `vN`, `latest` (default) or `best`.
     Get {
@@ -171,11 +204,34 @@ pub enum Request {
 }
 
 impl Request {
+    /// `list` without a search: every model.
+    pub fn list() -> Request {
+        Request::List {
+            filter: None,
+            tags: Vec::new(),
+            sort: None,
+            limit: None,
+            cursor: None,
+        }
+    }
+
+    /// `versions` of `name` without a search: every version.
+    pub fn versions(name: impl Into<String>) -> Request {
+        Request::Versions {
+            name: name.into(),
+            filter: None,
+            tags: Vec::new(),
+            sort: None,
+            limit: None,
+            cursor: None,
+        }
+    }
+
     /// The `op` name, for logs.
     pub fn op(&self) -> &'static str {
         match self {
             Request::Ping {} => "ping",
-            Request::List {} => "list",
+            Request::List { .. } => "list",
             Request::Versions { .. } => "versions",
             Request::Get { .. } => "get",
             Request::Status {} => "status",
@@ -205,7 +261,7 @@ impl Request {
         match &mut self {
             // Token names are ASCII by their own rule (checked where they are used).
             Request::Ping {}
-            | Request::List {}
+            | Request::List { .. }
             | Request::Status {}
             | Request::Compact {}
             | Request::TokenCreate { .. }
@@ -222,7 +278,7 @@ impl Request {
                     *s = to_nfc(s);
                 }
             }
-            Request::Versions { name }
+            Request::Versions { name, .. }
             | Request::History { name }
             | Request::Deprecate { name, .. }
             | Request::Rm { name, .. } => *name = to_nfc(name),
@@ -358,75 +414,6 @@ pub fn parse_request(line: &[u8]) -> Result<(Request, Option<serde_json::Value>)
                 format!("bad request: {e}"),
             ))
         })
-}
-
-/// Parses JSON text into a value, refusing a key given twice in one object (which a
-/// plain parse would resolve silently by keeping the last).
-fn parse_unique(line: &[u8]) -> serde_json::Result<serde_json::Value> {
-    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
-    use std::fmt;
-
-    struct Unique;
-
-    impl<'de> DeserializeSeed<'de> for Unique {
-        type Value = serde_json::Value;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Unique {
-        type Value = serde_json::Value;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a JSON value")
-        }
-        fn visit_bool<E: Error>(self, v: bool) -> Result<Self::Value, E> {
-            Ok(v.into())
-        }
-        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(v.into())
-        }
-        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(v.into())
-        }
-        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
-            Ok(v.into())
-        }
-        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(v.into())
-        }
-        fn visit_string<E: Error>(self, v: String) -> Result<Self::Value, E> {
-            Ok(v.into())
-        }
-        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
-            Ok(serde_json::Value::Null)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(v) = a.next_element_seed(Unique)? {
-                out.push(v);
-            }
-            Ok(serde_json::Value::Array(out))
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-            let mut out = serde_json::Map::new();
-            while let Some(k) = a.next_key::<String>()? {
-                if out.contains_key(&k) {
-                    return Err(A::Error::custom(format!(
-                        "duplicate key {k:?}; each field may be given once"
-                    )));
-                }
-                let v = a.next_value_seed(Unique)?;
-                out.insert(k, v);
-            }
-            Ok(serde_json::Value::Object(out))
-        }
-    }
-
-    let mut de = serde_json::Deserializer::from_slice(line);
-    let v = Unique.deserialize(&mut de)?;
-    de.end()?;
-    Ok(v)
 }
 
 /// Every `op` the daemon answers.

@@ -95,5 +95,7 @@ pub(super) fn model_summary(cfg: &Config, name: &str, m: &Model) -> Option<Model
             "-".to_string()
         },
         note: (!live).then(|| format!("no live version: {}", m.version_states())),
+        matches: None,
+        newest_match: None,
     })
 }

@@ -6,17 +6,18 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::Context;
-use super::answers::{model_summary, version_info_in};
+use super::answers::version_info_in;
 use super::wait::{status, wait, waiting_list};
 use crate::config::{Config, Direction};
 use crate::messages::Change;
-use crate::protocol::{ErrorCode, History, ModelList, Pong, Request, Response, VersionList};
+use crate::protocol::{ErrorCode, History, Pong, Request, Response};
+use crate::query::SearchArgs;
 use crate::registry::{Catalog, RegistryError, Version, parse_version};
 
 /// Answers one request; `peer_uid` is recorded with the changes it makes.
 pub async fn dispatch(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Response {
     let asked = match &req {
-        Request::Versions { name } | Request::Get { name, .. } | Request::History { name } => {
+        Request::Versions { name, .. } | Request::Get { name, .. } | Request::History { name } => {
             Some(name.clone())
         }
         _ => None,
@@ -53,8 +54,40 @@ async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Resp
             pong: true,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }),
-        Request::List {} => list(ctx),
-        Request::Versions { name } => versions(ctx, &name),
+        Request::List {
+            filter,
+            tags,
+            sort,
+            limit,
+            cursor,
+        } => super::search::list(
+            ctx,
+            SearchArgs {
+                filter: filter.as_deref(),
+                tags: &tags,
+                sort: sort.as_deref(),
+                limit,
+                cursor: cursor.as_deref(),
+            },
+        ),
+        Request::Versions {
+            name,
+            filter,
+            tags,
+            sort,
+            limit,
+            cursor,
+        } => super::search::versions(
+            ctx,
+            &name,
+            SearchArgs {
+                filter: filter.as_deref(),
+                tags: &tags,
+                sort: sort.as_deref(),
+                limit,
+                cursor: cursor.as_deref(),
+            },
+        ),
         Request::Get {
             name,
             selector,
@@ -179,31 +212,6 @@ async fn send_change(ctx: &Context, change: Change, uid: Option<u32>) -> Respons
             ErrorCode::Internal,
             "the change was not confirmed within 120 s (see the daemon's log)",
         ),
-    }
-}
-
-fn list(ctx: &Context) -> Response {
-    let (catalog, cfg) = (ctx.shared.catalog(), ctx.config());
-    let models = catalog
-        .models
-        .iter()
-        .filter_map(|(name, m)| model_summary(&cfg, name, m))
-        .collect();
-    Response::answer(&ModelList { models })
-}
-
-fn versions(ctx: &Context, name: &str) -> Response {
-    let (catalog, cfg) = (ctx.shared.catalog(), ctx.config());
-    match catalog.model(name) {
-        Ok(m) => Response::answer(&VersionList {
-            name: name.to_string(),
-            versions: m
-                .versions
-                .iter()
-                .map(|v| version_info_in(&cfg, name, v, m))
-                .collect(),
-        }),
-        Err(e) => e.into(),
     }
 }
 

@@ -15,6 +15,7 @@ mod events;
 mod fds;
 mod handlers;
 mod register;
+mod search;
 mod socket;
 pub mod subscription;
 mod tokens;

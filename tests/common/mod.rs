@@ -264,7 +264,7 @@ impl TestDaemon {
     }
 
     pub fn versions(&self, name: &str) -> Vec<VersionInfo> {
-        match self.call(&Request::Versions { name: name.into() }) {
+        match self.call(&Request::versions(name)) {
             Ok(v) => serde_json::from_value(v["versions"].clone()).unwrap(),
             Err(e) if e.code() == Some(modelreg::protocol::ErrorCode::ModelNotFound) => vec![],
             Err(e) => panic!("versions {name}: {e}"),

@@ -1,0 +1,85 @@
+//! `list` and `versions` with a search (`--where`, `--tag`, `--sort`, `--limit`,
+//! `--cursor`): checked here before anything is asked, so that a mistyped expression is
+//! shown with its caret even without a daemon; then asked as one request per page.
+
+use modelreg::client::{Client, ClientError};
+use modelreg::protocol::{ModelList, Request, VersionList};
+use modelreg::query::{Search, SearchArgs};
+
+use super::render::{print_list, print_versions};
+use super::{print_json, show};
+use crate::SearchFlags;
+
+impl SearchFlags {
+    fn args(&self) -> SearchArgs<'_> {
+        SearchArgs {
+            filter: self.filter.as_deref(),
+            tags: &self.tags,
+            sort: self.sort.as_deref(),
+            limit: self.limit,
+            cursor: self.cursor.as_deref(),
+        }
+    }
+
+    /// The search compiled as the daemon will compile it: its error, if any (an
+    /// expression's with a caret under the bad token).
+    pub(super) fn check(&self) -> Result<(), String> {
+        Search::compile(self.args()).map(|_| ())
+    }
+
+    fn filters(&self) -> bool {
+        self.filter.is_some() || !self.tags.is_empty()
+    }
+}
+
+/// `list`, with the search's flags.
+pub(super) fn list(c: &mut Client, s: &SearchFlags, json: bool) -> Result<(), ClientError> {
+    let l: ModelList = c.call_as(&Request::List {
+        filter: s.filter.clone(),
+        tags: s.tags.clone(),
+        sort: s.sort.clone(),
+        limit: s.limit,
+        cursor: s.cursor.clone(),
+    })?;
+    if json {
+        print_json(&l);
+    } else if l.models.is_empty() && s.filters() {
+        outln!("no model has a version that matches");
+    } else {
+        print_list(&l.models);
+    }
+    more(l.models.len(), l.total, l.next_cursor.as_deref(), json);
+    Ok(())
+}
+
+/// `versions NAME`, with the search's flags.
+pub(super) fn versions(
+    c: &mut Client,
+    name: &str,
+    s: &SearchFlags,
+    json: bool,
+) -> Result<(), ClientError> {
+    let l: VersionList = c.call_as(&Request::Versions {
+        name: name.to_string(),
+        filter: s.filter.clone(),
+        tags: s.tags.clone(),
+        sort: s.sort.clone(),
+        limit: s.limit,
+        cursor: s.cursor.clone(),
+    })?;
+    if l.versions.is_empty() && s.filters() && !json {
+        outln!("no version of {} matches", modelreg::display::escape_for_terminal(name));
+    } else {
+        show(json, &l, |l| print_versions(&l.versions));
+    }
+    more(l.versions.len(), l.total, l.next_cursor.as_deref(), json);
+    Ok(())
+}
+
+/// On stderr (the table stays clean for pipes): how to ask for the next page.
+fn more(shown: usize, total: Option<usize>, next: Option<&str>, json: bool) {
+    if let (Some(cursor), false) = (next, json) {
+        let total = total.map(|t| format!(" of {t}")).unwrap_or_default();
+        eprintln!("modelreg: {shown}{total} shown; the next page: --cursor {cursor}");
+    }
+}
