@@ -63,6 +63,7 @@ __all__ = [
     "Mark",
     "Version",
     "ModelSummary",
+    "Page",
     "WaitResult",
     "Waiting",
     "Problem",
@@ -423,7 +424,40 @@ class ModelSummary(_Record):
     versions: int
     registered_at: str
     path: str
+    matches: Optional[int] = None
+    """With a search: how many of its versions match."""
+    newest_match: Optional[str] = None
+    """With a search: ``vN`` of its newest matching version."""
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class Page(list):  # type: ignore[type-arg]
+    """The answer of `list` and `versions`: a list of its items, as before, that also
+    says how many items matched (`total`, with a search) and, when more follow, the
+    `next_cursor` to pass back as ``cursor=`` for the next page."""
+
+    def __init__(self, items: Any, total: Optional[int] = None, next_cursor: Optional[str] = None) -> None:
+        super().__init__(items)
+        self.total = total
+        self.next_cursor = next_cursor
+
+
+def _search(request: Dict[str, Any], where: Optional[str], tag: Union[str, List[str], None], sort: Optional[str], limit: Optional[int], cursor: Optional[str]) -> Dict[str, Any]:
+    """`request` with the search fields given (docs/search.md), each checked for its type."""
+    if where is not None:
+        request["where"] = _text(where, "where")
+    if tag is not None:
+        tags = [tag] if isinstance(tag, str) else list(tag)
+        request["tags"] = [_text(t, "tag") for t in tags]
+    if sort is not None:
+        request["sort"] = _text(sort, "sort")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+        request["limit"] = limit
+    if cursor is not None:
+        request["cursor"] = _text(cursor, "cursor")
+    return request
 
 
 @dataclass
@@ -791,14 +825,25 @@ class ModelRegistry:
         """Checks that the daemon answers; returns its version."""
         return self._call({"op": "ping"})["version"]
 
-    def list(self) -> List[ModelSummary]:
-        """Every model: name, latest version, number of versions, path of the latest."""
-        return [ModelSummary._from(m) for m in self._call({"op": "list"})["models"]]
+    def list(self, where: Optional[str] = None, tag: Union[str, List[str], None] = None, sort: Optional[str] = None, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page:
+        """Every model: name, latest version, number of versions, path of the latest.
 
-    def versions(self, name: str) -> List[Version]:
+        With `where` (an expression, docs/search.md) or `tag` (one or a list, all
+        required): the models with a matching version (each row's ``matches`` and
+        ``newest_match`` say how many and which). `sort` orders by a field of the row's
+        version (``-`` first: descending); `limit` cuts a page, whose ``next_cursor``
+        is passed back as `cursor` for the next. Raises BadRequest for a bad expression.
+        """
+        answer = self._call(_search({"op": "list"}, where, tag, sort, limit, cursor))
+        return Page([ModelSummary._from(m) for m in answer["models"]], answer.get("total"), answer.get("next_cursor"))
+
+    def versions(self, name: str, where: Optional[str] = None, tag: Union[str, List[str], None] = None, sort: Optional[str] = None, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page:
         """Every version of `name`, oldest first (removed and deprecated ones too: see
-        `state`). Raises ModelNotFound."""
-        return [Version._from(v) for v in self._call({"op": "versions", "name": _text(name, "name")})["versions"]]
+        `state`), or those matching `where` and `tag`, ordered by `sort`, `limit` per
+        page (see `list`). Raises ModelNotFound, BadRequest."""
+        req = _search({"op": "versions", "name": _text(name, "name")}, where, tag, sort, limit, cursor)
+        answer = self._call(req)
+        return Page([Version._from(v) for v in answer["versions"]], answer.get("total"), answer.get("next_cursor"))
 
     def get(self, name: str, version: Union[str, int] = "latest", metric: Optional[str] = None, mode: Optional[str] = None) -> Version:
         """One version of `name`: ``"latest"``, ``"best"``, ``"v3"`` (or ``3``) or an alias.

@@ -198,10 +198,13 @@ class HttpTransport:
             path = "/api/v1/ping"
         elif op == "status":
             path = "/api/v1/status"
-        elif op == "list":
-            path = "/api/v1/models"
-        elif op == "versions":
-            path = f"/api/v1/models/{name}/versions"
+        elif op in ("list", "versions"):
+            path = "/api/v1/models" if op == "list" else f"/api/v1/models/{name}/versions"
+            # The search's fields as the query (docs/http.md); `tag` once per tag.
+            search = [(k, request[k]) for k in ("where", "sort", "limit", "cursor") if k in request]
+            search += [("tag", t) for t in request.get("tags", [])]
+            if search:
+                path += "?" + urllib.parse.urlencode(search, quote_via=urllib.parse.quote, safe=_SAFE)
         elif op == "history":
             path = f"/api/v1/models/{name}/history"
         elif op == "get":
