@@ -7,7 +7,7 @@
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
 //! (ingest, dedup, burst, scale, queries, cli, startup, startup-memory, idle,
-//! connections, register, http, events, webhooks).
+//! connections, register, http, events, webhooks, search).
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +28,8 @@ mod events_scenario;
 mod http_scenario;
 #[path = "scenarios/register.rs"]
 mod register;
+#[path = "scenarios/search.rs"]
+mod search_scenario;
 #[path = "scenarios/webhooks.rs"]
 mod webhooks_scenario;
 
@@ -921,6 +923,9 @@ fn main() {
     }
     if which("webhooks") {
         webhooks_scenario::webhooks(&mut t, &scratch, quick);
+    }
+    if which("search") {
+        search_scenario::search(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",

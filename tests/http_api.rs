@@ -40,10 +40,7 @@ fn json_routes_answer_what_the_socket_answers() {
         assert_eq!(a.json(), d.call(&req).unwrap(), "{path}");
     };
     same("/api/v1/models", Request::list());
-    same(
-        "/api/v1/models/m/versions",
-        Request::versions("m"),
-    );
+    same("/api/v1/models/m/versions", Request::versions("m"));
     same(
         "/api/v1/models/m/history",
         Request::History { name: "m".into() },
@@ -108,10 +105,7 @@ fn errors_carry_the_socket_codes_with_http_statuses() {
         );
     }
     // The socket's message, word for word.
-    let socket = d
-        .call(&Request::versions("nope"))
-        .unwrap_err()
-        .to_string();
+    let socket = d.call(&Request::versions("nope")).unwrap_err().to_string();
     let http = get(&addr, "/api/v1/models/nope/versions").json()["error"]["message"]
         .as_str()
         .unwrap()

@@ -28,20 +28,20 @@ struct Facts {
 
 fn facts(n: u32) -> Facts {
     let mut tags = Vec::new();
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         tags.push("baseline");
     }
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         tags.push("prod");
     }
     Facts {
         // Every 11th version has no accuracy: a missing field makes comparisons false.
-        accuracy: (n % 11 != 0).then(|| f64::from((n * 37) % 100) / 100.0),
+        accuracy: (!n.is_multiple_of(11)).then(|| f64::from((n * 37) % 100) / 100.0),
         dataset: ["imagenet", "coco", "cifar"][(n % 3) as usize],
-        frozen: n % 2 == 0,
+        frozen: n.is_multiple_of(2),
         epochs: n % 50,
         tags,
-        deprecated: n % 13 == 0,
+        deprecated: n.is_multiple_of(13),
     }
 }
 
@@ -86,7 +86,7 @@ fn daemon_with_registry_and(config: &str) -> TestDaemon {
     let d = TestDaemon::new(config);
     let root = d.root.path();
     let mut c = Catalog::default();
-    let mut add = |c: &mut Catalog, name: &str, vs: Vec<Version>| {
+    let add = |c: &mut Catalog, name: &str, vs: Vec<Version>| {
         for v in &vs {
             let p = root.join(&v.files[0].path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -99,11 +99,23 @@ fn daemon_with_registry_and(config: &str) -> TestDaemon {
         };
         c.models.insert(name.to_string(), Arc::new(m));
     };
-    add(&mut c, "big", (1..=N).map(|n| version("big", n, &facts(n))).collect());
+    add(
+        &mut c,
+        "big",
+        (1..=N).map(|n| version("big", n, &facts(n))).collect(),
+    );
     for i in 0..10u32 {
         let mut f = facts(i + 1);
-        f.tags = if i % 3 == 0 && i > 0 { vec!["baseline"] } else { vec![] };
-        add(&mut c, &format!("m{i}"), vec![version(&format!("m{i}"), 1, &f)]);
+        f.tags = if i % 3 == 0 && i > 0 {
+            vec!["baseline"]
+        } else {
+            vec![]
+        };
+        add(
+            &mut c,
+            &format!("m{i}"),
+            vec![version(&format!("m{i}"), 1, &f)],
+        );
     }
     persist::write_atomic(
         &root.join("registry.yaml"),
@@ -140,19 +152,40 @@ fn where_matches_each_operator_and_precedence_over_ten_thousand_versions() {
     type Rule = Box<dyn Fn(&Facts, u32) -> bool>;
     let acc = |f: &Facts, p: fn(f64) -> bool| f.accuracy.is_some_and(p);
     let cases: Vec<(&str, Rule)> = vec![
-        ("accuracy == 0.74", Box::new(move |f, _| acc(f, |a| a == 0.74))),
-        ("accuracy != 0.74", Box::new(move |f, _| acc(f, |a| a != 0.74))),
+        (
+            "accuracy == 0.74",
+            Box::new(move |f, _| acc(f, |a| a == 0.74)),
+        ),
+        (
+            "accuracy != 0.74",
+            Box::new(move |f, _| acc(f, |a| a != 0.74)),
+        ),
         ("accuracy < 0.2", Box::new(move |f, _| acc(f, |a| a < 0.2))),
-        ("accuracy <= 0.2", Box::new(move |f, _| acc(f, |a| a <= 0.2))),
+        (
+            "accuracy <= 0.2",
+            Box::new(move |f, _| acc(f, |a| a <= 0.2)),
+        ),
         ("accuracy > 0.9", Box::new(move |f, _| acc(f, |a| a > 0.9))),
-        ("accuracy >= 0.9", Box::new(move |f, _| acc(f, |a| a >= 0.9))),
+        (
+            "accuracy >= 0.9",
+            Box::new(move |f, _| acc(f, |a| a >= 0.9)),
+        ),
         (r#"dataset == "coco""#, Box::new(|f, _| f.dataset == "coco")),
         (r#"dataset != "coco""#, Box::new(|f, _| f.dataset != "coco")),
         ("frozen == true", Box::new(|f, _| f.frozen)),
         ("epochs < 3", Box::new(|f, _| f.epochs < 3)),
-        (r#"dataset in ["coco", "cifar"]"#, Box::new(|f, _| f.dataset != "imagenet")),
-        (r#"dataset not in ["coco"]"#, Box::new(|f, _| f.dataset != "coco")),
-        (r#"tags contains "prod""#, Box::new(|f, _| f.tags.contains(&"prod"))),
+        (
+            r#"dataset in ["coco", "cifar"]"#,
+            Box::new(|f, _| f.dataset != "imagenet"),
+        ),
+        (
+            r#"dataset not in ["coco"]"#,
+            Box::new(|f, _| f.dataset != "coco"),
+        ),
+        (
+            r#"tags contains "prod""#,
+            Box::new(|f, _| f.tags.contains(&"prod")),
+        ),
         (r#"state == "deprecated""#, Box::new(|f, _| f.deprecated)),
         ("version > 9990", Box::new(|_, n| n > 9990)),
         (r#"version <= "v3""#, Box::new(|_, n| n <= 3)),
@@ -167,9 +200,7 @@ fn where_matches_each_operator_and_precedence_over_ten_thousand_versions() {
         ),
         (
             r#"not accuracy >= 0.5 and dataset == "cifar" or epochs == 7"#,
-            Box::new(move |f, _| {
-                (!acc(f, |a| a >= 0.5) && f.dataset == "cifar") || f.epochs == 7
-            }),
+            Box::new(move |f, _| (!acc(f, |a| a >= 0.5) && f.dataset == "cifar") || f.epochs == 7),
         ),
     ];
     for (expr, rule) in cases {
@@ -177,7 +208,10 @@ fn where_matches_each_operator_and_precedence_over_ten_thousand_versions() {
         let got = found(&d, &search("big", Some(expr), &[], None));
         assert_eq!(numbers(&got.versions), want, "{expr}");
         assert_eq!(got.total, Some(want.len()), "{expr}");
-        assert!(!want.is_empty() && want.len() < N as usize, "{expr} tells something");
+        assert!(
+            !want.is_empty() && want.len() < N as usize,
+            "{expr} tells something"
+        );
     }
 }
 
@@ -187,8 +221,17 @@ fn tags_sort_and_limit_on_the_cli() {
     let out = ok(
         &d,
         &[
-            "versions", "big", "--where", r#"accuracy >= 0.7 and dataset == "imagenet""#, "--tag",
-            "baseline", "--sort", "-accuracy", "--limit", "5", "--json",
+            "versions",
+            "big",
+            "--where",
+            r#"accuracy >= 0.7 and dataset == "imagenet""#,
+            "--tag",
+            "baseline",
+            "--sort",
+            "-accuracy",
+            "--limit",
+            "5",
+            "--json",
         ],
     );
     let got: VersionList = serde_json::from_str(&out).unwrap();
@@ -212,12 +255,21 @@ fn tags_sort_and_limit_on_the_cli() {
 
     // The table, and the next page's cursor on stderr.
     let out = d.cli(&[
-        "versions", "big", "--tag", "baseline", "--tag", "prod", "--sort", "version", "--limit", "2",
+        "versions", "big", "--tag", "baseline", "--tag", "prod", "--sort", "version", "--limit",
+        "2",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows: Vec<String> = stdout(&out).lines().skip(1).map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
+    let rows: Vec<String> = stdout(&out)
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
     assert_eq!(rows, ["v35", "v70"]);
-    assert!(stderr(&out).contains("2 of 285 shown; the next page: --cursor "), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 of 285 shown; the next page: --cursor "),
+        "{}",
+        stderr(&out)
+    );
 
     // `list --tag`: the models with a version so tagged.
     let out = ok(&d, &["list", "--tag", "baseline", "--json"]);
@@ -228,9 +280,15 @@ fn tags_sort_and_limit_on_the_cli() {
     assert_eq!(l.models[0].newest_match.as_deref(), Some("v10000"));
 
     // Missing values last, in either direction.
-    let got = found(&d, &search("big", Some("version <= 22"), &[], Some("accuracy")));
+    let got = found(
+        &d,
+        &search("big", Some("version <= 22"), &[], Some("accuracy")),
+    );
     assert_eq!(&numbers(&got.versions)[20..], [11, 22]);
-    let got = found(&d, &search("big", Some("version <= 22"), &[], Some("-accuracy")));
+    let got = found(
+        &d,
+        &search("big", Some("version <= 22"), &[], Some("-accuracy")),
+    );
     assert_eq!(&numbers(&got.versions)[20..], [11, 22]);
 }
 
@@ -252,10 +310,14 @@ fn all_pages(d: &TestDaemon, mut req: Request, mut between: impl FnMut()) -> Vec
 fn pages_give_every_version_once() {
     let d = daemon_with_registry();
     let mut req = search("big", Some("accuracy >= 0.5"), &[], Some("-accuracy"));
-    let Request::Versions { limit, .. } = &mut req else { unreachable!() };
+    let Request::Versions { limit, .. } = &mut req else {
+        unreachable!()
+    };
     *limit = Some(700);
     let seen = all_pages(&d, req.clone(), || {});
-    let Request::Versions { limit, .. } = &mut req else { unreachable!() };
+    let Request::Versions { limit, .. } = &mut req else {
+        unreachable!()
+    };
     *limit = None;
     let all = numbers(&found(&d, &req).versions);
     assert_eq!(seen, all, "the pages, in order, are the whole answer");
@@ -321,9 +383,17 @@ fn a_syntax_error_shows_a_caret_under_the_bad_token() {
     );
     // A sort that is not a field, a cursor from nowhere, a zero limit.
     let out = d.cli(&["list", "--sort", "a b"]);
-    assert!(stderr(&out).contains("invalid sort: expected the end"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid sort: expected the end"),
+        "{}",
+        stderr(&out)
+    );
     let out = d.cli(&["versions", "big", "--cursor", "nope"]);
-    assert!(stderr(&out).contains("is not one this daemon gave"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not one this daemon gave"),
+        "{}",
+        stderr(&out)
+    );
     let out = d.cli(&["versions", "big", "--limit", "0"]);
     assert!(stderr(&out).contains("at least 1"), "{}", stderr(&out));
 }
@@ -364,16 +434,34 @@ fn http_takes_the_same_search_in_its_query() {
     ));
     assert_eq!(status, 200, "{body}");
     let (status, body) = get("/api/v1/models?tag=baseline&tag=prod&sort=name");
-    assert_eq!((status, body["models"][0]["name"].as_str()), (200, Some("big")), "{body}");
+    assert_eq!(
+        (status, body["models"][0]["name"].as_str()),
+        (200, Some("big")),
+        "{body}"
+    );
     let (status, body) = get("/api/v1/models?where=accuracy%20%3E%3D");
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("\n  accuracy >=\n"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\n  accuracy >=\n"),
+        "{body}"
+    );
     let (status, _) = get("/api/v1/models?colour=red");
     assert_eq!(status, 400);
 
     // The CLI over --url asks the same route.
     let out = d.cli(&[
-        "--url", &url, "versions", "big", "--where", "version > 9998", "--sort", "-version", "--json",
+        "--url",
+        &url,
+        "versions",
+        "big",
+        "--where",
+        "version > 9998",
+        "--sort",
+        "-version",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let l: VersionList = serde_json::from_slice(&out.stdout).unwrap();
@@ -408,7 +496,10 @@ print(json.dumps({"top": [v.number for v in top], "total": top.total, "seen": se
         .arg("-c")
         .arg(script)
         .arg(d.socket())
-        .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"))
+        .env(
+            "PYTHONPATH",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+        )
         .output()
         .expect("python3 is installed");
     assert!(out.status.success(), "{}", stderr(&out));
@@ -426,8 +517,14 @@ print(json.dumps({"top": [v.number for v in top], "total": top.total, "seen": se
     );
     assert_eq!(got["top"], serde_json::json!(numbers(&want.versions)));
     assert_eq!(got["total"], serde_json::json!(want.total));
-    assert_eq!(got["seen"], serde_json::json!((9901..=N).rev().collect::<Vec<_>>()));
+    assert_eq!(
+        got["seen"],
+        serde_json::json!((9901..=N).rev().collect::<Vec<_>>())
+    );
     assert_eq!(got["models"], serde_json::json!(["big"]));
     assert_eq!(got["all"], serde_json::json!(N));
-    assert!(got["err"].as_str().unwrap().contains("\n  accuracy >\n"), "{got}");
+    assert!(
+        got["err"].as_str().unwrap().contains("\n  accuracy >\n"),
+        "{got}"
+    );
 }

@@ -87,8 +87,13 @@ pub(super) fn print_list(models: &[ModelSummary]) {
         "REGISTERED".into(),
         "PATH".into(),
     ]];
+    // A search's rows say how many versions matched and the newest of them.
+    let searched = models.iter().any(|m| m.matches.is_some());
+    if searched {
+        rows[0].insert(3, "MATCHES".into());
+    }
     for m in models {
-        rows.push(vec![
+        let mut row = vec![
             m.name.clone(),
             match &m.note {
                 Some(n) => format!("{} ({n})", m.latest),
@@ -97,7 +102,12 @@ pub(super) fn print_list(models: &[ModelSummary]) {
             m.versions.to_string(),
             m.registered_at.clone(),
             m.path.clone(),
-        ]);
+        ];
+        if searched {
+            let newest = m.newest_match.as_deref().unwrap_or("-");
+            row.insert(3, format!("{} (newest {newest})", m.matches.unwrap_or(0)));
+        }
+        rows.push(row);
     }
     table(&rows);
 }

@@ -68,7 +68,10 @@ pub(super) fn versions(
         cursor: s.cursor.clone(),
     })?;
     if l.versions.is_empty() && s.filters() && !json {
-        outln!("no version of {} matches", modelreg::display::escape_for_terminal(name));
+        outln!(
+            "no version of {} matches",
+            modelreg::display::escape_for_terminal(name)
+        );
     } else {
         show(json, &l, |l| print_versions(&l.versions));
     }

@@ -33,7 +33,9 @@ impl SearchQuery {
                 percent_decode_str(&s.replace('+', " "))
                     .decode_utf8()
                     .map(|c| c.into_owned())
-                    .map_err(|_| ApiError::bad_request(format!("query parameter {k:?} is not UTF-8")))
+                    .map_err(|_| {
+                        ApiError::bad_request(format!("query parameter {k:?} is not UTF-8"))
+                    })
             };
             let (k, v) = (decode(k)?, decode(v)?);
             let once = |slot: &mut Option<String>| match slot {
@@ -57,9 +59,7 @@ impl SearchQuery {
                         ));
                     }
                     q.limit = Some(v.parse().map_err(|_| {
-                        ApiError::bad_request(format!(
-                            "limit {v:?} is not a whole number >= 1"
-                        ))
+                        ApiError::bad_request(format!("limit {v:?} is not a whole number >= 1"))
                     })?);
                 }
                 other => {

@@ -287,7 +287,8 @@ mod tests {
     fn in_and_contains() {
         assert!(is(r#"dataset in ["coco", "imagenet"]"#));
         assert!(is(r#"dataset not in ["coco"]"#));
-        assert!(!is(r#"nope not in ["coco"]"#) == is(r#"nope in ["coco"]"#));
+        // `not in` is `not (.. in ..)`: true for a missing field.
+        assert!(is(r#"nope not in ["coco"]"#) && !is(r#"nope in ["coco"]"#));
         assert!(is(r#"tags contains "baseline""#) && is("tags contains 3"));
         assert!(!is(r#"tags contains "base""#));
         assert!(is(r#"dataset contains "agen""#));
