@@ -451,6 +451,23 @@ fn http_takes_the_same_search_in_its_query() {
     let (status, _) = get("/api/v1/models?colour=red");
     assert_eq!(status, 400);
 
+    // The Python client over the API: the same query parameters, `tag` repeated.
+    let script = r#"
+import json, sys
+import modelreg
+reg = modelreg.ModelRegistry(url=sys.argv[1])
+page = reg.versions("big", where='accuracy >= 0.9 and dataset == "coco"', tag=["baseline"], sort="-accuracy", limit=3)
+rest = reg.versions("big", where='accuracy >= 0.9 and dataset == "coco"', tag=["baseline"], sort="-accuracy", limit=3, cursor=page.next_cursor)
+models = reg.list(tag=["baseline", "prod"], sort="-version")
+print(json.dumps({"page": [v.number for v in page], "total": page.total, "rest": [v.number for v in rest],
+                  "models": [m.name for m in models]}))
+"#;
+    let py = python(script, &url);
+    assert_eq!(py["page"], serde_json::json!(numbers(&want.versions)));
+    assert_eq!(py["total"], serde_json::json!(want.total));
+    assert_eq!(py["rest"].as_array().unwrap().len(), 3);
+    assert_eq!(py["models"], serde_json::json!(["big"]));
+
     // The CLI over --url asks the same route.
     let out = d.cli(&[
         "--url",
@@ -492,18 +509,7 @@ except modelreg.BadRequest as e:
 print(json.dumps({"top": [v.number for v in top], "total": top.total, "seen": seen,
                   "models": [m.name for m in models], "all": len(reg.versions("big")), "err": err}))
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(d.socket())
-        .env(
-            "PYTHONPATH",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
-        )
-        .output()
-        .expect("python3 is installed");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = python(script, &d.socket().display().to_string());
     let want = found(
         &d,
         &Request::Versions {
@@ -527,4 +533,21 @@ print(json.dumps({"top": [v.number for v in top], "total": top.total, "seen": se
         got["err"].as_str().unwrap().contains("\n  accuracy >\n"),
         "{got}"
     );
+}
+
+/// Runs a Python `script` with the repository's client importable and `arg` as its
+/// argument; its stdout as JSON.
+fn python(script: &str, arg: &str) -> serde_json::Value {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(arg)
+        .env(
+            "PYTHONPATH",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+        )
+        .output()
+        .expect("python3 is installed");
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
