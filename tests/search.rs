@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use modelreg::protocol::{ModelList, Request, VersionInfo, VersionList};
+use modelreg::protocol::{ModelList, Request, SearchFields, VersionInfo, VersionList};
 use modelreg::registry::{Catalog, Model, Version, persist};
 
 /// How many versions model `big` has.
@@ -128,14 +128,25 @@ fn daemon_with_registry_and(config: &str) -> TestDaemon {
 }
 
 fn search(name: &str, filter: Option<&str>, tags: &[&str], sort: Option<&str>) -> Request {
-    Request::Versions {
-        name: name.into(),
+    paged(name, filter, tags, sort, None)
+}
+
+/// `versions` of `name` with a search, `limit` items a page.
+fn paged(
+    name: &str,
+    filter: Option<&str>,
+    tags: &[&str],
+    sort: Option<&str>,
+    limit: Option<usize>,
+) -> Request {
+    let s = SearchFields {
         filter: filter.map(str::to_string),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         sort: sort.map(str::to_string),
-        limit: None,
+        limit,
         cursor: None,
-    }
+    };
+    Request::search(Some(name.into()), s)
 }
 
 fn numbers(vs: &[VersionInfo]) -> Vec<u32> {
@@ -309,17 +320,9 @@ fn all_pages(d: &TestDaemon, mut req: Request, mut between: impl FnMut()) -> Vec
 #[test]
 fn pages_give_every_version_once() {
     let d = daemon_with_registry();
-    let mut req = search("big", Some("accuracy >= 0.5"), &[], Some("-accuracy"));
-    let Request::Versions { limit, .. } = &mut req else {
-        unreachable!()
-    };
-    *limit = Some(700);
-    let seen = all_pages(&d, req.clone(), || {});
-    let Request::Versions { limit, .. } = &mut req else {
-        unreachable!()
-    };
-    *limit = None;
-    let all = numbers(&found(&d, &req).versions);
+    let (filter, sort) = (Some("accuracy >= 0.5"), Some("-accuracy"));
+    let seen = all_pages(&d, paged("big", filter, &[], sort, Some(700)), || {});
+    let all = numbers(&found(&d, &search("big", filter, &[], sort)).versions);
     assert_eq!(seen, all, "the pages, in order, are the whole answer");
     assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), seen.len());
 
@@ -337,10 +340,7 @@ fn pages_give_every_version_once_while_versions_register() {
     }
     let before: BTreeSet<u32> = (1..=30).collect();
     for sort in [None, Some("-registered_at")] {
-        let mut req = search("live", None, &[], sort);
-        if let Request::Versions { limit, .. } = &mut req {
-            *limit = Some(4);
-        }
+        let req = paged("live", None, &[], sort, Some(4));
         let mut seed = 1000 + sort.is_some() as u64 * 100;
         let seen = all_pages(&d, req, || {
             // Two new versions between pages: they may or may not fall in a later page,
@@ -415,14 +415,13 @@ fn http_takes_the_same_search_in_its_query() {
     assert_eq!(status, 200, "{body}");
     let want = found(
         &d,
-        &Request::Versions {
-            name: "big".into(),
-            filter: Some(r#"accuracy >= 0.9 and dataset == "coco""#.into()),
-            tags: vec!["baseline".into()],
-            sort: Some("-accuracy".into()),
-            limit: Some(3),
-            cursor: None,
-        },
+        &paged(
+            "big",
+            Some(r#"accuracy >= 0.9 and dataset == "coco""#),
+            &["baseline"],
+            Some("-accuracy"),
+            Some(3),
+        ),
     );
     let got: VersionList = serde_json::from_value(body).unwrap();
     assert_eq!(numbers(&got.versions), numbers(&want.versions));
@@ -512,14 +511,13 @@ print(json.dumps({"top": [v.number for v in top], "total": top.total, "seen": se
     let got = python(script, &d.socket().display().to_string());
     let want = found(
         &d,
-        &Request::Versions {
-            name: "big".into(),
-            filter: Some(r#"accuracy >= 0.7 and dataset == "imagenet""#.into()),
-            tags: vec!["baseline".into()],
-            sort: Some("-accuracy".into()),
-            limit: Some(5),
-            cursor: None,
-        },
+        &paged(
+            "big",
+            Some(r#"accuracy >= 0.7 and dataset == "imagenet""#),
+            &["baseline"],
+            Some("-accuracy"),
+            Some(5),
+        ),
     );
     assert_eq!(got["top"], serde_json::json!(numbers(&want.versions)));
     assert_eq!(got["total"], serde_json::json!(want.total));

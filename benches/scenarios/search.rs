@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modelreg::protocol::Request;
+use modelreg::protocol::{Request, SearchFields};
 use modelreg::query::{Hit, Search, SearchArgs, Value};
 use modelreg::registry::{Catalog, Model, Version, persist};
 
@@ -128,23 +128,14 @@ pub(super) fn search(t: &mut Table, scratch: &Path, quick: bool) {
     for (op, filter, tags, sort, limit) in queries {
         let tags: Vec<String> = tags.iter().map(|s| s.to_string()).collect();
         let (filter, sort) = (filter.map(str::to_string), sort.map(str::to_string));
-        let req = match op {
-            "versions" => Request::Versions {
-                name: "big".into(),
-                filter: filter.clone(),
-                tags: tags.clone(),
-                sort: sort.clone(),
-                limit,
-                cursor: None,
-            },
-            _ => Request::List {
-                filter: filter.clone(),
-                tags: tags.clone(),
-                sort: sort.clone(),
-                limit,
-                cursor: None,
-            },
+        let fields = SearchFields {
+            filter: filter.clone(),
+            tags: tags.clone(),
+            sort: sort.clone(),
+            limit,
+            cursor: None,
         };
+        let req = Request::search((op == "versions").then(|| "big".to_string()), fields);
         let answer = c.call(&req).unwrap();
         let total = answer["total"].as_u64().unwrap_or(0);
         let (median, max) = timed(if quick { 10 } else { 30 }, || {

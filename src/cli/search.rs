@@ -3,7 +3,7 @@
 //! shown with its caret even without a daemon; then asked as one request per page.
 
 use modelreg::client::{Client, ClientError};
-use modelreg::protocol::{ModelList, Request, VersionList};
+use modelreg::protocol::{ModelList, Request, SearchFields, VersionList};
 use modelreg::query::{Search, SearchArgs};
 
 use super::render::{print_list, print_versions};
@@ -27,6 +27,18 @@ impl SearchFlags {
         Search::compile(self.args()).map(|_| ())
     }
 
+    /// The request: `list` without a `name`, `versions` of `name` with one.
+    fn request(&self, name: Option<&str>) -> Request {
+        let s = SearchFields {
+            filter: self.filter.clone(),
+            tags: self.tags.clone(),
+            sort: self.sort.clone(),
+            limit: self.limit,
+            cursor: self.cursor.clone(),
+        };
+        Request::search(name.map(str::to_string), s)
+    }
+
     fn filters(&self) -> bool {
         self.filter.is_some() || !self.tags.is_empty()
     }
@@ -34,13 +46,7 @@ impl SearchFlags {
 
 /// `list`, with the search's flags.
 pub(super) fn list(c: &mut Client, s: &SearchFlags, json: bool) -> Result<(), ClientError> {
-    let l: ModelList = c.call_as(&Request::List {
-        filter: s.filter.clone(),
-        tags: s.tags.clone(),
-        sort: s.sort.clone(),
-        limit: s.limit,
-        cursor: s.cursor.clone(),
-    })?;
+    let l: ModelList = c.call_as(&s.request(None))?;
     if json {
         print_json(&l);
     } else if l.models.is_empty() && s.filters() {
@@ -59,14 +65,7 @@ pub(super) fn versions(
     s: &SearchFlags,
     json: bool,
 ) -> Result<(), ClientError> {
-    let l: VersionList = c.call_as(&Request::Versions {
-        name: name.to_string(),
-        filter: s.filter.clone(),
-        tags: s.tags.clone(),
-        sort: s.sort.clone(),
-        limit: s.limit,
-        cursor: s.cursor.clone(),
-    })?;
+    let l: VersionList = c.call_as(&s.request(Some(name)))?;
     if l.versions.is_empty() && s.filters() && !json {
         outln!(
             "no version of {} matches",

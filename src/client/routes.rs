@@ -3,7 +3,7 @@
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::protocol::Request;
+use crate::protocol::{Request, SearchFields};
 
 /// What a path segment or query value keeps unescaped (RFC 3986's unreserved).
 pub(super) const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -25,26 +25,20 @@ pub(super) struct Route {
 
 /// The query string of a search (`?where=...&tag=a&tag=b&sort=...&limit=...&cursor=...`,
 /// docs/http.md), empty without one.
-fn search_query(
-    filter: &Option<String>,
-    tags: &[String],
-    sort: &Option<String>,
-    limit: &Option<usize>,
-    cursor: &Option<String>,
-) -> String {
+fn search_query(s: &SearchFields) -> String {
     let enc = |s: &str| utf8_percent_encode(s, SEGMENT).to_string();
     let mut q: Vec<String> = Vec::new();
-    if let Some(f) = filter {
+    if let Some(f) = &s.filter {
         q.push(format!("where={}", enc(f)));
     }
-    q.extend(tags.iter().map(|t| format!("tag={}", enc(t))));
-    if let Some(s) = sort {
-        q.push(format!("sort={}", enc(s)));
+    q.extend(s.tags.iter().map(|t| format!("tag={}", enc(t))));
+    if let Some(sort) = &s.sort {
+        q.push(format!("sort={}", enc(sort)));
     }
-    if let Some(l) = limit {
+    if let Some(l) = s.limit {
         q.push(format!("limit={l}"));
     }
-    if let Some(c) = cursor {
+    if let Some(c) = &s.cursor {
         q.push(format!("cursor={}", enc(c)));
     }
     match q.is_empty() {
@@ -67,28 +61,14 @@ pub(super) fn route(req: &Request) -> Option<Route> {
     Some(match req {
         Request::Ping {} => get("/api/v1/ping".into()),
         Request::Status {} => get("/api/v1/status".into()),
-        Request::List {
-            filter,
-            tags,
-            sort,
-            limit,
-            cursor,
-        } => get(format!(
-            "/api/v1/models{}",
-            search_query(filter, tags, sort, limit, cursor)
-        )),
-        Request::Versions {
-            name,
-            filter,
-            tags,
-            sort,
-            limit,
-            cursor,
-        } => get(format!(
-            "/api/v1/models/{}/versions{}",
-            enc(name),
-            search_query(filter, tags, sort, limit, cursor)
-        )),
+        Request::List { .. } | Request::Versions { .. } => {
+            let (name, s) = req.search_fields()?;
+            let path = match name {
+                None => "/api/v1/models".to_string(),
+                Some(n) => format!("/api/v1/models/{}/versions", enc(n)),
+            };
+            get(format!("{path}{}", search_query(&s)))
+        }
         Request::History { name } => get(format!("/api/v1/models/{}/history", enc(name))),
         Request::Get {
             name,

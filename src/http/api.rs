@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, RawQuery, State};
 use axum::routing::get;
 use serde::Deserialize;
 
-use super::search::SearchQuery;
+use super::search::search_query;
 use super::{ApiError, HttpState};
 use crate::config::Direction;
 use crate::protocol::Request;
@@ -60,15 +60,7 @@ async fn status(State(s): State<HttpState>) -> Answer {
 }
 
 async fn models(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Answer {
-    let q = SearchQuery::parse(q.as_deref())?;
-    let req = Request::List {
-        filter: q.filter,
-        tags: q.tags,
-        sort: q.sort,
-        limit: q.limit,
-        cursor: q.cursor,
-    };
-    ask(&s, req).await
+    ask(&s, Request::search(None, search_query(q.as_deref())?)).await
 }
 
 async fn versions(
@@ -77,16 +69,7 @@ async fn versions(
     RawQuery(q): RawQuery,
 ) -> Answer {
     let Path(name) = name.map_err(path_error)?;
-    let q = SearchQuery::parse(q.as_deref())?;
-    let req = Request::Versions {
-        name,
-        filter: q.filter,
-        tags: q.tags,
-        sort: q.sort,
-        limit: q.limit,
-        cursor: q.cursor,
-    };
-    ask(&s, req).await
+    ask(&s, Request::search(Some(name), search_query(q.as_deref())?)).await
 }
 
 async fn history(State(s): State<HttpState>, name: Result<Path<String>, PathRejection>) -> Answer {

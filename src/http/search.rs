@@ -5,72 +5,54 @@
 use percent_encoding::percent_decode_str;
 
 use super::ApiError;
+use crate::protocol::SearchFields;
 
-/// A search as the query string gives it.
-#[derive(Debug, Default, PartialEq)]
-pub(super) struct SearchQuery {
-    /// `where`.
-    pub filter: Option<String>,
-    /// Every `tag`.
-    pub tags: Vec<String>,
-    /// `sort`.
-    pub sort: Option<String>,
-    /// `limit`.
-    pub limit: Option<usize>,
-    /// `cursor`.
-    pub cursor: Option<String>,
-}
-
-impl SearchQuery {
-    /// Reads a raw query string. `tag` may repeat (each one required); every other
-    /// parameter may be given once, and an unknown one is refused, as elsewhere in the API.
-    pub(super) fn parse(raw: Option<&str>) -> Result<SearchQuery, ApiError> {
-        let mut q = SearchQuery::default();
-        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| {
-                // `+` is a space in a form-encoded query (what browsers and most clients send).
-                percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8()
-                    .map(|c| c.into_owned())
-                    .map_err(|_| {
-                        ApiError::bad_request(format!("query parameter {k:?} is not UTF-8"))
-                    })
-            };
-            let (k, v) = (decode(k)?, decode(v)?);
-            let once = |slot: &mut Option<String>| match slot {
-                Some(_) => Err(ApiError::bad_request(format!(
-                    "query parameter {k:?} is given twice; give it once"
-                ))),
-                None => {
-                    *slot = Some(v.clone());
-                    Ok(())
+/// Reads a raw query string. `tag` may repeat (each one required); every other
+/// parameter may be given once, and an unknown one is refused, as elsewhere in the API.
+pub(super) fn search_query(raw: Option<&str>) -> Result<SearchFields, ApiError> {
+    let mut q = SearchFields::default();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            // `+` is a space in a form-encoded query (what browsers and most clients send).
+            percent_decode_str(&s.replace('+', " "))
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ApiError::bad_request(format!("query parameter {k:?} is not UTF-8")))
+        };
+        let (k, v) = (decode(k)?, decode(v)?);
+        let once = |slot: &mut Option<String>| match slot {
+            Some(_) => Err(ApiError::bad_request(format!(
+                "query parameter {k:?} is given twice; give it once"
+            ))),
+            None => {
+                *slot = Some(v.clone());
+                Ok(())
+            }
+        };
+        match k.as_str() {
+            "where" => once(&mut q.filter)?,
+            "sort" => once(&mut q.sort)?,
+            "cursor" => once(&mut q.cursor)?,
+            "tag" => q.tags.push(v),
+            "limit" => {
+                if q.limit.is_some() {
+                    return Err(ApiError::bad_request(
+                        "query parameter \"limit\" is given twice; give it once",
+                    ));
                 }
-            };
-            match k.as_str() {
-                "where" => once(&mut q.filter)?,
-                "sort" => once(&mut q.sort)?,
-                "cursor" => once(&mut q.cursor)?,
-                "tag" => q.tags.push(v),
-                "limit" => {
-                    if q.limit.is_some() {
-                        return Err(ApiError::bad_request(
-                            "query parameter \"limit\" is given twice; give it once",
-                        ));
-                    }
-                    q.limit = Some(v.parse().map_err(|_| {
-                        ApiError::bad_request(format!("limit {v:?} is not a whole number >= 1"))
-                    })?);
-                }
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "unknown query parameter {other:?}; known: where, tag, sort, limit, cursor"
-                    )));
-                }
+                q.limit = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("limit {v:?} is not a whole number >= 1"))
+                })?);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}; known: where, tag, sort, limit, cursor"
+                )));
             }
         }
-        Ok(q)
     }
+    Ok(q)
 }
 
 #[cfg(test)]
@@ -79,13 +61,13 @@ mod tests {
 
     #[test]
     fn reads_every_parameter_and_repeated_tags() {
-        let q = SearchQuery::parse(Some(
+        let q = search_query(Some(
             "where=accuracy%20%3E%3D%200.7+and+x%3D%3D1&tag=a&tag=b%2Cc&sort=-accuracy&limit=5&cursor=7b",
         ))
         .unwrap();
         assert_eq!(
             q,
-            SearchQuery {
+            SearchFields {
                 filter: Some("accuracy >= 0.7 and x==1".into()),
                 tags: vec!["a".into(), "b,c".into()],
                 sort: Some("-accuracy".into()),
@@ -93,12 +75,12 @@ mod tests {
                 cursor: Some("7b".into()),
             }
         );
-        assert_eq!(SearchQuery::parse(None).unwrap(), SearchQuery::default());
+        assert_eq!(search_query(None).unwrap(), SearchFields::default());
     }
 
     #[test]
     fn refuses_unknown_twice_and_bad_limits() {
-        let e = |s: &str| SearchQuery::parse(Some(s)).unwrap_err().body.message;
+        let e = |s: &str| search_query(Some(s)).unwrap_err().body.message;
         assert!(e("colour=red").contains("unknown query parameter"));
         assert!(e("sort=a&sort=b").contains("given twice"));
         assert!(e("limit=1&limit=2").contains("given twice"));

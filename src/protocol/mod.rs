@@ -8,11 +8,13 @@
 mod answers;
 mod lists;
 mod request;
+mod search;
 mod unique;
 
 pub use answers::*;
 pub use lists::{ModelList, ModelSummary, VersionList};
 pub use request::{OPS, Request, Since, parse_request};
+pub use search::SearchFields;
 
 use serde::{Deserialize, Serialize};
 

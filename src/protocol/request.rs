@@ -204,29 +204,6 @@ pub enum Request {
 }
 
 impl Request {
-    /// `list` without a search: every model.
-    pub fn list() -> Request {
-        Request::List {
-            filter: None,
-            tags: Vec::new(),
-            sort: None,
-            limit: None,
-            cursor: None,
-        }
-    }
-
-    /// `versions` of `name` without a search: every version.
-    pub fn versions(name: impl Into<String>) -> Request {
-        Request::Versions {
-            name: name.into(),
-            filter: None,
-            tags: Vec::new(),
-            sort: None,
-            limit: None,
-            cursor: None,
-        }
-    }
-
     /// The `op` name, for logs.
     pub fn op(&self) -> &'static str {
         match self {

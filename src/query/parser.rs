@@ -100,20 +100,25 @@ impl Parser<'_> {
 
     /// or = and { "or" and }
     fn or(&mut self) -> Result<Node, QueryError> {
-        let mut left = self.and()?;
-        while self.peek().tok == Tok::Or {
-            self.bump();
-            left = Node::Or(Box::new(left), Box::new(self.and()?));
-        }
-        Ok(left)
+        self.chain(Tok::Or, Self::and, Node::Or)
     }
 
     /// and = unary { "and" unary }
     fn and(&mut self) -> Result<Node, QueryError> {
-        let mut left = self.unary()?;
-        while self.peek().tok == Tok::And {
+        self.chain(Tok::And, Self::unary, Node::And)
+    }
+
+    /// `next { op next }`, grouped from the left.
+    fn chain(
+        &mut self,
+        op: Tok,
+        next: fn(&mut Self) -> Result<Node, QueryError>,
+        join: fn(Box<Node>, Box<Node>) -> Node,
+    ) -> Result<Node, QueryError> {
+        let mut left = next(self)?;
+        while self.peek().tok == op {
             self.bump();
-            left = Node::And(Box::new(left), Box::new(self.unary()?));
+            left = join(Box::new(left), Box::new(next(self)?));
         }
         Ok(left)
     }

@@ -11,7 +11,6 @@ use super::wait::{status, wait, waiting_list};
 use crate::config::{Config, Direction};
 use crate::messages::Change;
 use crate::protocol::{ErrorCode, History, Pong, Request, Response};
-use crate::query::SearchArgs;
 use crate::registry::{Catalog, RegistryError, Version, parse_version};
 
 /// Answers one request; `peer_uid` is recorded with the changes it makes.
@@ -54,40 +53,9 @@ async fn dispatch_op(req: Request, ctx: &Context, peer_uid: Option<u32>) -> Resp
             pong: true,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }),
-        Request::List {
-            filter,
-            tags,
-            sort,
-            limit,
-            cursor,
-        } => super::search::list(
-            ctx,
-            SearchArgs {
-                filter: filter.as_deref(),
-                tags: &tags,
-                sort: sort.as_deref(),
-                limit,
-                cursor: cursor.as_deref(),
-            },
-        ),
-        Request::Versions {
-            name,
-            filter,
-            tags,
-            sort,
-            limit,
-            cursor,
-        } => super::search::versions(
-            ctx,
-            &name,
-            SearchArgs {
-                filter: filter.as_deref(),
-                tags: &tags,
-                sort: sort.as_deref(),
-                limit,
-                cursor: cursor.as_deref(),
-            },
-        ),
+        search @ (Request::List { .. } | Request::Versions { .. }) => {
+            super::search::answer(ctx, &search)
+        }
         Request::Get {
             name,
             selector,

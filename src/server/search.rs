@@ -4,12 +4,30 @@
 
 use super::Context;
 use super::answers::{model_summary, version_info_in};
-use crate::protocol::{ErrorCode, ModelList, Response, VersionList};
+use crate::protocol::{ErrorCode, ModelList, Request, Response, VersionList};
 use crate::query::{Hit, Search, SearchArgs, Value};
 use crate::registry::{Model, Version};
 
+/// Answers a `list` or `versions` request (anything else is a bug of the caller).
+pub(super) fn answer(ctx: &Context, req: &Request) -> Response {
+    let Some((name, s)) = req.search_fields() else {
+        return Response::err(ErrorCode::Internal, "not a list or versions request");
+    };
+    let args = SearchArgs {
+        filter: s.filter.as_deref(),
+        tags: &s.tags,
+        sort: s.sort.as_deref(),
+        limit: s.limit,
+        cursor: s.cursor.as_deref(),
+    };
+    match name {
+        None => list(ctx, args),
+        Some(name) => versions(ctx, name, args),
+    }
+}
+
 /// `list`: every model, or those with a version matching the search, a page of them.
-pub(super) fn list(ctx: &Context, args: SearchArgs<'_>) -> Response {
+fn list(ctx: &Context, args: SearchArgs<'_>) -> Response {
     let search = match Search::compile(args) {
         Ok(s) => s,
         Err(e) => return Response::err(ErrorCode::BadRequest, e),
@@ -57,7 +75,7 @@ pub(super) fn list(ctx: &Context, args: SearchArgs<'_>) -> Response {
 }
 
 /// `versions`: every version of a model, or those matching the search, a page of them.
-pub(super) fn versions(ctx: &Context, name: &str, args: SearchArgs<'_>) -> Response {
+fn versions(ctx: &Context, name: &str, args: SearchArgs<'_>) -> Response {
     let search = match Search::compile(args) {
         Ok(s) => s,
         Err(e) => return Response::err(ErrorCode::BadRequest, e),
