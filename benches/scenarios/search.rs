@@ -92,6 +92,18 @@ fn timed(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {
     (t[t.len() / 2], t[t.len() - 1])
 }
 
+/// CPU time this thread has used (what the in-process search costs, whatever the
+/// machine's other load makes it wait).
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `t` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -138,12 +150,17 @@ pub(super) fn search(t: &mut Table, scratch: &Path, quick: bool) {
         let req = Request::search((op == "versions").then(|| "big".to_string()), fields);
         let answer = c.call(&req).unwrap();
         let total = answer["total"].as_u64().unwrap_or(0);
-        let (median, max) = timed(if quick { 10 } else { 30 }, || {
+        let runs = if quick { 10 } else { 30 };
+        let ticks = super::cpu_ticks(d.pid());
+        let (median, max) = timed(runs, || {
             c.call(&req).unwrap();
         });
+        // The daemon's CPU time per query (10 ms ticks over every call, warm-ups too).
+        let daemon_cpu = (super::cpu_ticks(d.pid()) - ticks) as f64 * 10.0 / (runs + 2) as f64;
         // In-process: compile, match every version, sort and cut the page (no socket,
         // no answer rows).
-        let (inproc, _) = timed(if quick { 10 } else { 30 }, || {
+        let cpu0 = thread_cpu();
+        let (inproc, _) = timed(runs, || {
             let s = Search::compile(SearchArgs {
                 filter: filter.as_deref(),
                 tags: &tags,
@@ -165,6 +182,7 @@ pub(super) fn search(t: &mut Table, scratch: &Path, quick: bool) {
                 .collect();
             std::hint::black_box(s.page(hits));
         });
+        let inproc_cpu = (thread_cpu() - cpu0).as_secs_f64() * 1000.0 / (runs + 2) as f64;
         let shown = format!(
             "{op} --where '{}'{}{}{}",
             filter.as_deref().unwrap_or(""),
@@ -177,8 +195,12 @@ pub(super) fn search(t: &mut Table, scratch: &Path, quick: bool) {
         t.add(
             "search",
             &format!("{n} versions: {shown} ({total} match), socket"),
-            format!("{} (max {})", ms(median), ms(max)),
-            format!("in-process {}", ms(inproc)),
+            format!(
+                "{} (max {}; daemon CPU {daemon_cpu:.1} ms)",
+                ms(median),
+                ms(max)
+            ),
+            format!("in-process {} (CPU {inproc_cpu:.1} ms)", ms(inproc)),
             format!(
                 "{:.2}x",
                 median.as_secs_f64() / inproc.as_secs_f64().max(1e-9)
