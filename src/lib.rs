@@ -22,6 +22,7 @@
 //! - 3 [`inbox`]    what an inbox entry is now: files, stats, checked opens.
 //! - 3 [`events`]   the event log: every change as a numbered event, durable in `<root>/events/`.
 //! - 3 [`query`]    search: `where` expressions, tags, sort and paging for list and versions.
+//! - 3 [`extract`]  facts read from a version's headers (safetensors, GGUF, ONNX, torch zip, HF folders), provenance.
 //! - 3 [`tokens`]   HTTP API tokens: kept as SHA-256 hashes in tokens.yaml, checked in constant time.
 //! - 2 [`registry`] the catalog, its rules (selectors, changes, errors) and registry.yaml.
 //! - 1 [`config`]   settings: embedded default, file, validation, live settings.
@@ -44,6 +45,7 @@ pub mod deliver;
 pub mod display;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod fsutil;
 pub mod hfcache;
 pub mod http;

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("inbox", 3),
     ("tokens", 3),
     ("events", 3),
+    ("extract", 3),
     ("status", 4),
     ("verify", 4),
     ("messages", 4),

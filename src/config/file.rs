@@ -40,6 +40,7 @@ pub(super) struct RawConfig {
     log_format: Option<String>,
     http: Option<super::http::RawHttp>,
     hf_cache: Option<bool>,
+    extract: Option<bool>,
     events: Option<super::events::RawEvents>,
     hooks: Option<Vec<super::deliver::RawHook>>,
     webhooks: Option<Vec<super::deliver::RawWebhook>>,
@@ -71,6 +72,7 @@ impl RawConfig {
             log_format: self.log_format.or(base.log_format),
             http: self.http.or(base.http),
             hf_cache: self.hf_cache.or(base.hf_cache),
+            extract: self.extract.or(base.extract),
             events: match self.events {
                 Some(e) => Some(e.or(base.events)),
                 None => base.events,
@@ -321,6 +323,9 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
         hf_cache: raw
             .hf_cache
             .ok_or_else(|| Error::Other("embedded default lacks `hf_cache`".into()))?,
+        extract: raw
+            .extract
+            .ok_or_else(|| Error::Other("embedded default lacks `extract`".into()))?,
         events: super::events::validate(&shown, raw.events)?,
         hooks,
         webhooks,

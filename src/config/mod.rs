@@ -110,6 +110,9 @@ pub struct Config {
     /// Keep the Hugging Face cache view `<root>/hf` in step with the catalog
     /// (`hfcache`); off: the view is removed.
     pub hf_cache: bool,
+    /// Read each new version's headers for facts and Trainer metrics (`extract:`,
+    /// docs/extraction.md).
+    pub extract: bool,
     /// How much of the event log is kept (`events:`).
     pub events: EventsConfig,
     /// Exec hooks run for events (`hooks:`, docs/events.md).

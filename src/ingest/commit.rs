@@ -107,6 +107,7 @@ impl Registrar {
                     nv.number
                 );
             }
+            let facts = nv.facts;
             let version = Version {
                 number: nv.number,
                 kind: nv.kind,
@@ -122,13 +123,14 @@ impl Registrar {
                     .collect(),
                 source: rel(&cfg.inbox.join(&nv.entry)),
                 registered_at: nv.registered_at.clone(),
-                metrics: fresh.map(|s| s.metrics()).unwrap_or_default(),
+                // The sidecar's metrics and the Trainer's it does not name (facts.rs).
+                metrics: facts.metrics,
                 metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
                 sidecar: fresh.and(sidecar_ref.clone()),
                 metrics_history: vec![],
-                metric_sources: Default::default(),
-                extracted: Default::default(),
-                provenance: Default::default(),
+                metric_sources: facts.metric_sources,
+                extracted: facts.extracted,
+                provenance: facts.provenance,
                 deprecated: None,
                 removed: None,
             };

@@ -38,6 +38,8 @@ pub(super) struct Job {
     pub(super) listed: Option<store::Listed>,
     /// The folders pinned at start: the inbox is opened through it.
     pub(super) layout: Option<Arc<crate::layout::Layout>>,
+    /// Whether headers are read for facts (`extract:`).
+    pub(super) extract: bool,
 }
 
 impl Job {
@@ -66,6 +68,8 @@ pub struct NewVersion {
     pub(super) copy_secs: f64,
     /// Bytes of its files hard-linked to files already stored (dedup).
     pub(super) dedup_saved: u64,
+    /// Its metrics (the sidecar's and the Trainer's), extracted facts and provenance.
+    pub(super) facts: super::facts::Facts,
 }
 
 /// A sidecar read by a job.
@@ -212,16 +216,24 @@ fn run_job_inner(
             return JobResult::Changed;
         }
         let rels: Vec<String> = files.iter().map(|f| f.rel.clone()).collect();
+        // The owner of the first file, through the handle copied from: who dropped it.
+        let owner = std::cell::Cell::new(None);
         // Each file is opened once, checked through its handle against what settled,
         // copied and hashed from that handle, and checked again through it afterwards.
         let mut open = |i: usize| -> Result<store::OpenSource> {
             let f = &files[i];
             match inbox::open_checked(&inbox_dir, &job.inbox, f, job.follow_symlinks) {
-                Ok(o) => Ok(store::OpenSource {
-                    file: o.file,
-                    shown: f.src.clone(),
-                    mode: o.mode,
-                }),
+                Ok(o) => {
+                    if i == 0 {
+                        use std::os::unix::fs::MetadataExt;
+                        owner.set(o.file.metadata().ok().map(|m| m.uid()));
+                    }
+                    Ok(store::OpenSource {
+                        file: o.file,
+                        shown: f.src.clone(),
+                        mode: o.mode,
+                    })
+                }
                 Err(inbox::OpenError::Changed(why)) => Err(Error::SourceChanged(why)),
                 Err(inbox::OpenError::Io(e)) => Err(Error::io("open", &f.src, e)),
             }
@@ -279,6 +291,22 @@ fn run_job_inner(
                 return JobResult::Failed(e.to_string());
             }
         };
+        let origin = crate::extract::Origin {
+            via: "inbox",
+            source: Some(job.inbox.join(entry).display().to_string()),
+            uid: owner.get(),
+            mtime_ns: files.iter().map(|f| f.stat.mtime_ns).max(),
+            // A folder's own checkout (`.git` is not copied: hidden files never are).
+            git: folder.then(|| job.inbox.join(entry)),
+            walk_up: false,
+        };
+        let facts = super::facts::gather(
+            job.extract,
+            &staged,
+            *folder,
+            origin,
+            fresh.map(|s| (s.metrics(), &s.parsed.metadata)),
+        );
         let manifest = store::Manifest {
             format: store::MANIFEST_FORMAT,
             name: job.name.clone(),
@@ -287,8 +315,11 @@ fn run_job_inner(
             registered_at: registered_at.clone(),
             source: relative(&job.inbox.join(entry)),
             files: staged.files.clone(),
-            metrics: fresh.map(|s| s.metrics()).unwrap_or_default(),
+            metrics: facts.metrics.clone(),
             metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
+            metric_sources: facts.metric_sources.clone(),
+            extracted: facts.extracted.clone(),
+            provenance: facts.provenance.clone(),
         };
         // The manifest, then the whole version durable in one round of fsyncs.
         if let Err(e) = store::seal(&staged, &manifest) {
@@ -307,6 +338,7 @@ fn run_job_inner(
             fingerprint,
             t0.elapsed().as_secs_f64(),
             saved.bytes,
+            facts,
         ));
         next += 1;
     }
@@ -314,7 +346,7 @@ fn run_job_inner(
         .into_iter()
         .zip(staged_out.drain(..))
         .map(
-            |((entry, number, kind, fingerprint, copy_secs, dedup_saved), staged)| NewVersion {
+            |((entry, number, kind, fingerprint, copy_secs, dedup_saved, facts), staged)| NewVersion {
                 entry,
                 number,
                 registered_at: registered_at.clone(),
@@ -323,6 +355,7 @@ fn run_job_inner(
                 staged,
                 copy_secs,
                 dedup_saved,
+                facts,
             },
         )
         .collect();

@@ -52,6 +52,8 @@ enum Outcome {
         copy_secs: f64,
         /// Bytes hard-linked to files already stored (dedup).
         dedup_saved: u64,
+        /// Its metrics, extracted facts and provenance.
+        facts: super::facts::Facts,
     },
 }
 
@@ -68,6 +70,8 @@ struct Job {
     listed: Option<store::Listed>,
     sidecar: Option<Sidecar>,
     layout: Option<Arc<crate::layout::Layout>>,
+    /// Whether headers are read for facts (`extract:`).
+    extract: bool,
 }
 
 fn refusal(code: ErrorCode, message: String) -> ErrorBody {
@@ -99,6 +103,7 @@ impl Registrar {
             latest,
             sidecar: h.sidecar,
             layout: self.layout.clone(),
+            extract: self.config.extract,
         };
         let reply = h.reply;
         self.busy.insert(h.name);
@@ -172,6 +177,7 @@ impl Registrar {
                 source,
                 copy_secs,
                 dedup_saved,
+                facts,
             }) => {
                 self.board.count_dedup(dedup_saved);
                 let cfg = self.config.clone();
@@ -199,13 +205,14 @@ impl Registrar {
                     files,
                     source,
                     registered_at,
-                    metrics: c.sidecar.as_ref().map(metrics).unwrap_or_default(),
+                    // The request's metrics and the Trainer's it does not name (facts.rs).
+                    metrics: facts.metrics,
                     metadata: c.sidecar.as_ref().map(metadata).unwrap_or_default(),
                     sidecar: None,
                     metrics_history: vec![],
-                    metric_sources: Default::default(),
-                    extracted: Default::default(),
-                    provenance: Default::default(),
+                    metric_sources: facts.metric_sources,
+                    extracted: facts.extracted,
+                    provenance: facts.provenance,
                     deprecated: None,
                     removed: None,
                 };
@@ -336,6 +343,7 @@ fn copy(
         return Err(refusal(ErrorCode::Internal, why));
     }
     let total = job.files.size();
+    let origin = origin(&job.files);
     let (in_store, seen) = store::highest_in_store_since(&job.store, &job.name, job.listed);
     *listed = seen;
     let number = job.next.max(in_store + 1);
@@ -430,6 +438,13 @@ fn copy(
         }
     };
     let registered_at = crate::status::now_rfc3339();
+    let facts = super::facts::gather(
+        job.extract,
+        &staged,
+        kind == Kind::Folder,
+        origin,
+        job.sidecar.as_ref().map(|s| (metrics(s), &s.metadata)),
+    );
     let manifest = store::Manifest {
         format: store::MANIFEST_FORMAT,
         name: job.name.clone(),
@@ -438,8 +453,11 @@ fn copy(
         registered_at: registered_at.clone(),
         source: source.clone(),
         files: staged.files.clone(),
-        metrics: job.sidecar.as_ref().map(metrics).unwrap_or_default(),
+        metrics: facts.metrics.clone(),
         metadata: job.sidecar.as_ref().map(metadata).unwrap_or_default(),
+        metric_sources: facts.metric_sources.clone(),
+        extracted: facts.extracted.clone(),
+        provenance: facts.provenance.clone(),
     };
     // The manifest, then the whole version durable in one round of fsyncs.
     if let Err(e) = store::seal(&staged, &manifest) {
@@ -454,5 +472,41 @@ fn copy(
         source,
         copy_secs: t0.elapsed().as_secs_f64(),
         dedup_saved: saved.bytes,
+        facts,
     })
+}
+
+/// Where handed-over files come from: a descriptor's file is named by the path the
+/// kernel knows it by (its owner is who dropped it, and the nearest git checkout above
+/// it, if that user's, gives the commit); an upload by its model name.
+fn origin(files: &HandedFiles) -> crate::extract::Origin {
+    use std::os::unix::fs::MetadataExt;
+    match files {
+        HandedFiles::File { file, stat, .. } => {
+            use std::os::fd::AsRawFd;
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .ok()
+                .filter(|p| p.is_absolute())
+                .map(|p| p.display().to_string())
+                // A file deleted since it was opened has no path to look at.
+                .filter(|p| !p.ends_with(" (deleted)"));
+            crate::extract::Origin {
+                via: "register",
+                git: path
+                    .as_deref()
+                    .and_then(|p| std::path::Path::new(p).parent())
+                    .map(PathBuf::from),
+                walk_up: true,
+                source: path,
+                uid: file.metadata().ok().map(|m| m.uid()),
+                mtime_ns: Some(stat.mtime_ns),
+            }
+        }
+        // The files are the daemon's own copy of the upload: their owner says nothing.
+        HandedFiles::Folder { files, .. } => crate::extract::Origin {
+            via: "upload",
+            mtime_ns: files.iter().map(|f| f.1.mtime_ns).max(),
+            ..Default::default()
+        },
+    }
 }

@@ -24,6 +24,7 @@ mod changes;
 mod commit;
 mod copy;
 mod events;
+mod facts;
 mod handover;
 mod index;
 mod plan;

@@ -129,6 +129,7 @@ impl Registrar {
             ),
             listed: self.index.listing_for_job(&s.name),
             layout: self.layout.clone(),
+            extract: self.config.extract,
         };
         self.in_flight += 1;
         self.busy.insert(s.name.clone());

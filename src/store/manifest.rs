@@ -46,6 +46,19 @@ pub struct Manifest {
     /// Metadata from the sidecar when it was registered.
     #[serde(default)]
     pub metadata: crate::registry::Metadata,
+    /// Where each metric not from the sidecar came from (`Version.metric_sources`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::registry::compact::SortedMap::is_empty"
+    )]
+    pub metric_sources: crate::registry::compact::SortedMap<String>,
+    /// Facts read from the files' headers (`Version.extracted`): kept here so that a
+    /// catalog rebuilt from the store keeps them.
+    #[serde(default, skip_serializing_if = "crate::registry::Metadata::is_empty")]
+    pub extracted: crate::registry::Metadata,
+    /// Where the version came from (`Version.provenance`).
+    #[serde(default, skip_serializing_if = "crate::registry::Metadata::is_empty")]
+    pub provenance: crate::registry::Metadata,
 }
 
 impl Manifest {
@@ -62,6 +75,9 @@ impl Manifest {
             files: vec![],
             metrics: Default::default(),
             metadata: Default::default(),
+            metric_sources: Default::default(),
+            extracted: Default::default(),
+            provenance: Default::default(),
         }
     }
 }

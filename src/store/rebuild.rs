@@ -142,9 +142,9 @@ fn version_from(m: Manifest, n: u32, dir: &Path, rel: &dyn Fn(&Path) -> String) 
         metadata: m.metadata,
         sidecar: None,
         metrics_history: vec![],
-        metric_sources: Default::default(),
-        extracted: Default::default(),
-        provenance: Default::default(),
+        metric_sources: m.metric_sources,
+        extracted: m.extracted,
+        provenance: m.provenance,
         deprecated: None,
         removed: None,
     }

@@ -1,0 +1,315 @@
+//! GGUF: architecture, parameters, file type (quantization), context length and general.* keys, from the header.
+//!
+//! The file is `GGUF`, a version (2 or 3), the tensor and key counts, the key/value
+//! metadata, then the tensor descriptions (name, shape, type, offset); the weights
+//! follow and are never read. Counts are checked against what the file could hold
+//! before anything is read, arrays of numbers are skipped by seeking, and every string
+//! and the values visited in all are bounded: a header claiming 2^40 keys, a string of
+//! 2^50 bytes or a truncated file is unreadable.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::reader::{Parsed, Reader, clip};
+
+/// Keys read; a header claiming more is unreadable (real files have tens to hundreds).
+pub const MAX_KEYS: u64 = 1 << 16;
+/// Tensors described; a header claiming more is unreadable.
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// Values visited in all (a vocabulary of 256k tokens is one value per token).
+const MAX_VALUES: u64 = 1 << 24;
+/// The longest string read (a key, a chat template).
+const MAX_STRING: u64 = 1 << 20;
+/// general.* keys kept, and the length their text values are cut to.
+const MAX_GENERAL: usize = 64;
+const MAX_TEXT: usize = 1024;
+
+struct Walk<'r, 'a> {
+    r: &'r mut Reader<'a>,
+    visited: u64,
+}
+
+impl Walk<'_, '_> {
+    fn string(&mut self, what: &str) -> Parsed<String> {
+        let n = self.r.u64()?;
+        let b = self.r.bytes(n, MAX_STRING, what)?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    }
+
+    fn count(&mut self) -> Parsed<()> {
+        self.visited += 1;
+        if self.visited > MAX_VALUES {
+            return Err(format!("more than {MAX_VALUES} metadata values"));
+        }
+        Ok(())
+    }
+
+    /// A value of type `t`: scalars and strings as JSON, arrays summarised (numbers
+    /// skipped by seeking, strings walked by their lengths only).
+    fn value(&mut self, t: u32, depth: u32) -> Parsed<Value> {
+        self.count()?;
+        let fixed = |t| match t {
+            0 | 1 | 7 => Some(1u64),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        };
+        Ok(match t {
+            8 => Value::String(self.string("a string value")?),
+            9 => {
+                if depth >= 4 {
+                    return Err("arrays nested deeper than 4".into());
+                }
+                let et = self.r.u32()?;
+                let n = self.r.u64()?;
+                if let Some(size) = fixed(et) {
+                    let bytes = n
+                        .checked_mul(size)
+                        .filter(|b| *b <= self.r.left())
+                        .ok_or_else(|| format!("truncated: an array of {n} values does not fit"))?;
+                    self.r.skip(bytes)?;
+                } else {
+                    // Strings or arrays: each at least 8 bytes, so `n` is bounded by the file.
+                    if n > self.r.left() / 8 {
+                        return Err(format!("truncated: an array of {n} values does not fit"));
+                    }
+                    for _ in 0..n {
+                        self.value(et, depth + 1)?;
+                    }
+                }
+                json!(format!("[{n} values]"))
+            }
+            _ => {
+                let size = fixed(t).ok_or_else(|| format!("unknown value type {t}"))?;
+                let mut b = [0u8; 8];
+                self.r.read_exact(&mut b[..size as usize])?;
+                let u = u64::from_le_bytes(b);
+                match t {
+                    0 | 2 | 4 | 10 => json!(u),
+                    1 => json!(b[0] as i8),
+                    3 => json!(i16::from_le_bytes([b[0], b[1]])),
+                    5 => json!(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    11 => json!(u as i64),
+                    6 => json!(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    12 => json!(f64::from_bits(u)),
+                    _ => json!(b[0] != 0),
+                }
+            }
+        })
+    }
+}
+
+/// Reads the facts of a GGUF file; see the module docs.
+pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    if &magic != b"GGUF" {
+        return Err("no GGUF magic".into());
+    }
+    let version = r.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(format!("GGUF version {version} is not read (2 and 3 are)"));
+    }
+    let tensors = r.u64()?;
+    let keys = r.u64()?;
+    // Each key takes at least 12 bytes (length and type), each tensor at least 28.
+    if keys > MAX_KEYS || keys > r.left() / 12 {
+        return Err(format!(
+            "the header claims {keys} keys (at most {MAX_KEYS}, and what the file can hold)"
+        ));
+    }
+    if tensors > MAX_TENSORS || tensors > r.left() / 28 {
+        return Err(format!(
+            "the header claims {tensors} tensors (at most {MAX_TENSORS}, and what the file can hold)"
+        ));
+    }
+    let mut w = Walk { r, visited: 0 };
+    let mut general = Map::new();
+    let mut more_general = 0usize;
+    let mut kv: BTreeMap<String, Value> = BTreeMap::new();
+    for _ in 0..keys {
+        let key = w.string("a key")?;
+        let t = w.r.u32()?;
+        let v = w.value(t, 0)?;
+        if key.starts_with("general.") {
+            if general.len() < MAX_GENERAL {
+                let v = match v {
+                    Value::String(s) => Value::String(clip(&s, MAX_TEXT)),
+                    v => v,
+                };
+                general.insert(clip(&key, 256), v);
+            } else {
+                more_general += 1;
+            }
+        } else if key.ends_with(".context_length") || key.ends_with(".block_count") {
+            kv.insert(key, v);
+        }
+    }
+    let mut params = 0u64;
+    let mut types: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_offset = 0u64;
+    for _ in 0..tensors {
+        w.string("a tensor name")?;
+        let dims = w.r.u32()?;
+        if dims > 8 {
+            return Err(format!("a tensor of {dims} dimensions (at most 8)"));
+        }
+        let mut count = 1u64;
+        for _ in 0..dims {
+            count = count
+                .checked_mul(w.r.u64()?)
+                .ok_or("a tensor's shape overflows 64 bits")?;
+        }
+        let t = w.r.u32()?;
+        last_offset = last_offset.max(w.r.u64()?);
+        params = params
+            .checked_add(count)
+            .ok_or("the parameter count overflows 64 bits")?;
+        *types.entry(tensor_type(t)).or_default() += 1;
+    }
+    let align = general
+        .get("general.alignment")
+        .and_then(Value::as_u64)
+        .filter(|a| *a > 0 && *a <= 1 << 20)
+        .unwrap_or(32);
+    let data = w.r.pos().div_ceil(align) * align;
+    if tensors > 0 && data.saturating_add(last_offset) >= w.r.len() {
+        return Err(format!(
+            "truncated: a tensor's data starts at byte {} but the file is {} bytes",
+            data.saturating_add(last_offset),
+            w.r.len()
+        ));
+    }
+    let mut out = Map::new();
+    out.insert("format".into(), json!("gguf"));
+    out.insert("gguf_version".into(), json!(version));
+    out.insert("tensors".into(), json!(tensors));
+    out.insert("parameters".into(), json!(params));
+    out.insert("tensor_types".into(), json!(types));
+    let arch = general.get("general.architecture").and_then(Value::as_str);
+    if let Some(a) = arch {
+        out.insert("architecture".into(), json!(a));
+        for (k, name) in [("context_length", "context_length"), ("block_count", "layers")] {
+            if let Some(v) = kv.get(&format!("{a}.{k}")) {
+                out.insert(name.into(), v.clone());
+            }
+        }
+    }
+    if let Some(ft) = general.get("general.file_type").and_then(Value::as_u64) {
+        out.insert("file_type".into(), json!(ft));
+        out.insert("quantization".into(), json!(file_type(ft)));
+    }
+    if more_general > 0 {
+        general.insert("…".into(), json!(format!("{more_general} more keys not kept")));
+    }
+    out.insert("general".into(), Value::Object(general));
+    Ok(out)
+}
+
+/// llama.cpp's names of `general.file_type` (llama_ftype).
+fn file_type(t: u64) -> String {
+    const NAMES: &[(u64, &str)] = &[
+        (0, "F32"), (1, "F16"), (2, "Q4_0"), (3, "Q4_1"), (7, "Q8_0"), (8, "Q5_0"),
+        (9, "Q5_1"), (10, "Q2_K"), (11, "Q3_K_S"), (12, "Q3_K_M"), (13, "Q3_K_L"),
+        (14, "Q4_K_S"), (15, "Q4_K_M"), (16, "Q5_K_S"), (17, "Q5_K_M"), (18, "Q6_K"),
+        (19, "IQ2_XXS"), (20, "IQ2_XS"), (21, "Q2_K_S"), (22, "IQ3_XS"), (23, "IQ3_XXS"),
+        (24, "IQ1_S"), (25, "IQ4_NL"), (26, "IQ3_S"), (27, "IQ3_M"), (28, "IQ2_S"),
+        (29, "IQ2_M"), (30, "IQ4_XS"), (31, "IQ1_M"), (32, "BF16"), (36, "TQ1_0"),
+        (37, "TQ2_0"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == t)
+        .map_or_else(|| format!("type {t}"), |(_, s)| s.to_string())
+}
+
+/// ggml's names of tensor types.
+fn tensor_type(t: u32) -> String {
+    const NAMES: [&str; 31] = [
+        "F32", "F16", "Q4_0", "Q4_1", "type 4", "type 5", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
+        "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS",
+        "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64",
+        "IQ1_M", "BF16",
+    ];
+    NAMES
+        .get(t as usize)
+        .map_or_else(|| format!("type {t}"), |s| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &mut Vec<u8>, text: &str) {
+        v.extend_from_slice(&(text.len() as u64).to_le_bytes());
+        v.extend_from_slice(text.as_bytes());
+    }
+
+    /// A small GGUF: two keys, one string array, one F32 tensor of 2x3.
+    fn small() -> Vec<u8> {
+        let mut v = b"GGUF".to_vec();
+        v.extend_from_slice(&3u32.to_le_bytes());
+        v.extend_from_slice(&1u64.to_le_bytes());
+        v.extend_from_slice(&4u64.to_le_bytes());
+        s(&mut v, "general.architecture");
+        v.extend_from_slice(&8u32.to_le_bytes());
+        s(&mut v, "llama");
+        s(&mut v, "llama.context_length");
+        v.extend_from_slice(&4u32.to_le_bytes());
+        v.extend_from_slice(&4096u32.to_le_bytes());
+        s(&mut v, "general.file_type");
+        v.extend_from_slice(&4u32.to_le_bytes());
+        v.extend_from_slice(&15u32.to_le_bytes());
+        s(&mut v, "tokenizer.ggml.tokens");
+        v.extend_from_slice(&9u32.to_le_bytes());
+        v.extend_from_slice(&8u32.to_le_bytes());
+        v.extend_from_slice(&2u64.to_le_bytes());
+        s(&mut v, "a");
+        s(&mut v, "b");
+        s(&mut v, "w");
+        v.extend_from_slice(&2u32.to_le_bytes());
+        v.extend_from_slice(&2u64.to_le_bytes());
+        v.extend_from_slice(&3u64.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.resize(v.len().div_ceil(32) * 32 + 24, 0);
+        v
+    }
+
+    fn parse(bytes: Vec<u8>) -> Parsed<Map<String, Value>> {
+        let len = bytes.len() as u64;
+        let mut c = std::io::Cursor::new(bytes);
+        read(&mut Reader::new(&mut c, len).unwrap())
+    }
+
+    #[test]
+    fn reads_architecture_parameters_and_quantization() {
+        let f = parse(small()).unwrap();
+        assert_eq!(f["architecture"], "llama");
+        assert_eq!(f["context_length"], 4096);
+        assert_eq!(f["parameters"], 6);
+        assert_eq!(f["quantization"], "Q4_K_M");
+        assert_eq!(f["tensor_types"], json!({"F32": 1}));
+        assert_eq!(f["general"]["general.architecture"], "llama");
+    }
+
+    #[test]
+    fn hostile_counts_and_truncation_are_unreadable() {
+        let mut v = small();
+        v[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(parse(v).unwrap_err().contains("claims 1099511627776 keys"));
+        let mut v = small();
+        v[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(parse(v).unwrap_err().contains("tensors"));
+        let full = small();
+        for cut in [3, 30, 60, full.len() - 30] {
+            assert!(parse(full[..cut].to_vec()).is_err(), "cut at {cut}");
+        }
+        let mut v = small();
+        // The first key's length: 2^50 bytes.
+        v[24..32].copy_from_slice(&(1u64 << 50).to_le_bytes());
+        assert!(parse(v).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! A bounded, buffered reader over a file or bytes that knows its length and position.
+//!
+//! Every parser reads through it, so a header that claims more than the file holds is
+//! refused by arithmetic (`truncated: ...`) before anything is allocated, and a skip over
+//! weights (an ONNX initializer, a GGUF array) is a seek, never a read.
+
+use std::io::{Read, Seek, SeekFrom};
+
+/// A parser's result: the reason is what `extracted.unreadable` says.
+pub type Parsed<T> = Result<T, String>;
+
+/// Anything a parser can read: a file, or bytes in unit tests.
+pub trait Source: Read + Seek {}
+impl<T: Read + Seek> Source for T {}
+
+/// The reader; see the module docs.
+pub struct Reader<'a> {
+    src: &'a mut dyn Source,
+    buf: Vec<u8>,
+    /// Next byte to hand out in `buf`.
+    at: usize,
+    /// Bytes of `buf` that are filled.
+    filled: usize,
+    /// The file offset of `buf[0]`.
+    base: u64,
+    len: u64,
+}
+
+/// The buffer: large enough that walking a GGUF vocabulary or an ONNX graph's small
+/// messages costs few system calls, small enough to be nothing beside a copy.
+const BUFFER: usize = 64 * 1024;
+
+impl<'a> Reader<'a> {
+    /// A reader over `src`, `len` bytes long, positioned at its start.
+    pub fn new(src: &'a mut dyn Source, len: u64) -> Parsed<Self> {
+        src.seek(SeekFrom::Start(0)).map_err(|e| format!("seek: {e}"))?;
+        Ok(Reader {
+            src,
+            buf: vec![0; BUFFER],
+            at: 0,
+            filled: 0,
+            base: 0,
+            len,
+        })
+    }
+
+    /// The file's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The offset of the next byte read.
+    pub fn pos(&self) -> u64 {
+        self.base + self.at as u64
+    }
+
+    /// Bytes left after the position.
+    pub fn left(&self) -> u64 {
+        self.len.saturating_sub(self.pos())
+    }
+
+    fn truncated(&self, n: u64) -> String {
+        format!(
+            "truncated: {n} more bytes needed at offset {} but the file is {} bytes",
+            self.pos(),
+            self.len
+        )
+    }
+
+    /// Fills `out` entirely, or says the file is truncated.
+    pub fn read_exact(&mut self, out: &mut [u8]) -> Parsed<()> {
+        if out.len() as u64 > self.left() {
+            return Err(self.truncated(out.len() as u64));
+        }
+        let mut done = 0;
+        while done < out.len() {
+            if self.at == self.filled {
+                self.base += self.filled as u64;
+                self.at = 0;
+                self.filled = 0;
+                let n = self
+                    .src
+                    .read(&mut self.buf)
+                    .map_err(|e| format!("read at offset {}: {e}", self.base))?;
+                if n == 0 {
+                    // Shorter than its length said (it shrank): truncated all the same.
+                    return Err(self.truncated((out.len() - done) as u64));
+                }
+                self.filled = n;
+            }
+            let n = (self.filled - self.at).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.buf[self.at..self.at + n]);
+            self.at += n;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// `n` bytes, refused above `cap` (what is refused is named by `what`).
+    pub fn bytes(&mut self, n: u64, cap: u64, what: &str) -> Parsed<Vec<u8>> {
+        if n > cap {
+            return Err(format!("{what} of {n} bytes is over the {cap}-byte limit"));
+        }
+        if n > self.left() {
+            return Err(self.truncated(n));
+        }
+        let mut v = vec![0; n as usize];
+        self.read_exact(&mut v)?;
+        Ok(v)
+    }
+
+    /// Moves `n` bytes on without reading them (a seek when past the buffer).
+    pub fn skip(&mut self, n: u64) -> Parsed<()> {
+        if n > self.left() {
+            return Err(self.truncated(n));
+        }
+        let in_buf = (self.filled - self.at) as u64;
+        if n <= in_buf {
+            self.at += n as usize;
+            return Ok(());
+        }
+        self.seek_to(self.pos() + n)
+    }
+
+    /// Moves to offset `to` (at most the length).
+    pub fn seek_to(&mut self, to: u64) -> Parsed<()> {
+        if to > self.len {
+            return Err(format!(
+                "truncated: offset {to} is past the end of the {}-byte file",
+                self.len
+            ));
+        }
+        if to >= self.base && to <= self.base + self.filled as u64 {
+            self.at = (to - self.base) as usize;
+            return Ok(());
+        }
+        self.src
+            .seek(SeekFrom::Start(to))
+            .map_err(|e| format!("seek to {to}: {e}"))?;
+        self.base = to;
+        self.at = 0;
+        self.filled = 0;
+        Ok(())
+    }
+
+    /// A little-endian u32.
+    pub fn u32(&mut self) -> Parsed<u32> {
+        let mut b = [0; 4];
+        self.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// A little-endian u64.
+    pub fn u64(&mut self) -> Parsed<u64> {
+        let mut b = [0; 8];
+        self.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), marked when cut: strings
+/// read from headers are kept short in the catalog.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_skips_and_refuses_past_the_end() {
+        let data: Vec<u8> = (0..200u8).collect();
+        let mut c = std::io::Cursor::new(data);
+        let mut r = Reader::new(&mut c, 200).unwrap();
+        assert_eq!(r.u32().unwrap(), u32::from_le_bytes([0, 1, 2, 3]));
+        r.skip(100).unwrap();
+        assert_eq!(r.pos(), 104);
+        assert_eq!(r.bytes(2, 10, "x").unwrap(), vec![104, 105]);
+        assert!(r.bytes(11, 10, "a name").unwrap_err().contains("limit"));
+        assert!(r.skip(1000).unwrap_err().starts_with("truncated"));
+        r.seek_to(198).unwrap();
+        assert!(r.u32().unwrap_err().starts_with("truncated"));
+    }
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary() {
+        assert_eq!(clip("abc", 5), "abc");
+        assert!(clip("ééé", 3).starts_with("é…"));
+    }
+}

@@ -1,0 +1,155 @@
+//! safetensors: tensor count, parameters, dtypes with counts and `__metadata__`, from the header alone.
+//!
+//! The file is an 8-byte little-endian header length, a JSON header of that length
+//! (`{"name": {"dtype", "shape", "data_offsets"}, "__metadata__": {..}}`), then the
+//! weights, which are never read. A header length over [`MAX_HEADER_BYTES`] or past the
+//! end of the file, a tensor whose data would end past the file (a truncated copy), or
+//! a header that is not such JSON is unreadable.
+
+use serde_json::{Map, Value, json};
+
+use super::reader::{Parsed, Reader, clip};
+
+/// The longest header read: the safetensors library's own limit (100 MB).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// `__metadata__` keys kept, and the length each value is cut to.
+const MAX_METADATA_KEYS: usize = 64;
+const MAX_VALUE_BYTES: usize = 1024;
+
+/// Reads the facts of a safetensors file; see the module docs.
+pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
+    let n = r.u64()?;
+    if n > MAX_HEADER_BYTES {
+        return Err(format!(
+            "the header length says {n} bytes, over the {MAX_HEADER_BYTES}-byte limit"
+        ));
+    }
+    if n > r.left() {
+        return Err(format!(
+            "truncated: the header length says {n} bytes but only {} follow",
+            r.left()
+        ));
+    }
+    let header = r.bytes(n, MAX_HEADER_BYTES, "the header")?;
+    let data_len = r.left();
+    facts(&header, data_len)
+}
+
+/// The facts of a header's JSON bytes, the data after it being `data_len` bytes long.
+pub fn facts(header: &[u8], data_len: u64) -> Parsed<Map<String, Value>> {
+    // serde_json refuses nesting deeper than 128 levels: a hostile header cannot recurse.
+    let top: Map<String, Value> =
+        serde_json::from_slice(header).map_err(|e| format!("the header is not a JSON map: {e}"))?;
+    let mut tensors = 0u64;
+    let mut parameters = 0u64;
+    let mut dtypes: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut metadata = Map::new();
+    let mut data_end = 0u64;
+    for (name, v) in &top {
+        if name == "__metadata__" {
+            let Some(m) = v.as_object() else {
+                return Err("`__metadata__` is not a map".into());
+            };
+            for (k, v) in m.iter().take(MAX_METADATA_KEYS) {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                metadata.insert(clip(k, 256), Value::String(clip(&text, MAX_VALUE_BYTES)));
+            }
+            if m.len() > MAX_METADATA_KEYS {
+                metadata.insert(
+                    "…".into(),
+                    json!(format!("{} more keys not kept", m.len() - MAX_METADATA_KEYS)),
+                );
+            }
+            continue;
+        }
+        let bad = |why: &str| format!("tensor {:?}: {why}", clip(name, 128));
+        let t = v.as_object().ok_or_else(|| bad("not a map"))?;
+        let dtype = t
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no dtype"))?;
+        let shape = t
+            .get("shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no shape"))?;
+        let mut count = 1u64;
+        for d in shape {
+            let d = d.as_u64().ok_or_else(|| bad("a dimension is not a count"))?;
+            count = count
+                .checked_mul(d)
+                .ok_or_else(|| bad("its shape overflows 64 bits"))?;
+        }
+        let end = t
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .and_then(|o| o.get(1))
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("no data_offsets"))?;
+        data_end = data_end.max(end);
+        tensors += 1;
+        parameters = parameters
+            .checked_add(count)
+            .ok_or_else(|| "the parameter count overflows 64 bits".to_string())?;
+        *dtypes.entry(clip(dtype, 32)).or_default() += 1;
+    }
+    if data_end > data_len {
+        return Err(format!(
+            "truncated: the tensors' data ends at byte {data_end} of the data but only {data_len} bytes follow the header"
+        ));
+    }
+    let mut out = Map::new();
+    out.insert("format".into(), json!("safetensors"));
+    out.insert("tensors".into(), json!(tensors));
+    out.insert("parameters".into(), json!(parameters));
+    out.insert("dtypes".into(), json!(dtypes));
+    if !metadata.is_empty() {
+        out.insert("metadata".into(), Value::Object(metadata));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(header: &str, data: usize) -> Vec<u8> {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v.resize(v.len() + data, 0);
+        v
+    }
+
+    fn parse(bytes: Vec<u8>) -> Parsed<Map<String, Value>> {
+        let len = bytes.len() as u64;
+        let mut c = std::io::Cursor::new(bytes);
+        read(&mut Reader::new(&mut c, len).unwrap())
+    }
+
+    const HEADER: &str = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b":{"dtype":"F16","shape":[4],"data_offsets":[24,32]},"c":{"dtype":"F32","shape":[],"data_offsets":[32,36]}}"#;
+
+    #[test]
+    fn counts_tensors_parameters_and_dtypes() {
+        let f = parse(file(HEADER, 36)).unwrap();
+        assert_eq!(f["tensors"], 3);
+        assert_eq!(f["parameters"], 6 + 4 + 1);
+        assert_eq!(f["dtypes"], json!({"F32": 2, "F16": 1}));
+        assert_eq!(f["metadata"], json!({"format": "pt"}));
+    }
+
+    #[test]
+    fn hostile_and_truncated_headers_are_unreadable() {
+        let mut huge = (1u64 << 60).to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        assert!(parse(huge).unwrap_err().contains("over the 100000000-byte limit"));
+        let mut short = 1000u64.to_le_bytes().to_vec();
+        short.extend_from_slice(b"{}");
+        assert!(parse(short).unwrap_err().starts_with("truncated"));
+        assert!(parse(file(HEADER, 20)).unwrap_err().starts_with("truncated"));
+        assert!(parse(vec![1, 2, 3]).unwrap_err().starts_with("truncated"));
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse(file(&deep, 0)).unwrap_err().contains("not a JSON map"));
+        let overflow = r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#;
+        assert!(parse(file(overflow, 0)).unwrap_err().contains("overflows"));
+    }
+}
