@@ -191,7 +191,10 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
     let arch = general.get("general.architecture").and_then(Value::as_str);
     if let Some(a) = arch {
         out.insert("architecture".into(), json!(a));
-        for (k, name) in [("context_length", "context_length"), ("block_count", "layers")] {
+        for (k, name) in [
+            ("context_length", "context_length"),
+            ("block_count", "layers"),
+        ] {
             if let Some(v) = kv.get(&format!("{a}.{k}")) {
                 out.insert(name.into(), v.clone());
             }
@@ -202,7 +205,10 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
         out.insert("quantization".into(), json!(file_type(ft)));
     }
     if more_general > 0 {
-        general.insert("…".into(), json!(format!("{more_general} more keys not kept")));
+        general.insert(
+            "…".into(),
+            json!(format!("{more_general} more keys not kept")),
+        );
     }
     out.insert("general".into(), Value::Object(general));
     Ok(out)
@@ -211,12 +217,37 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
 /// llama.cpp's names of `general.file_type` (llama_ftype).
 fn file_type(t: u64) -> String {
     const NAMES: &[(u64, &str)] = &[
-        (0, "F32"), (1, "F16"), (2, "Q4_0"), (3, "Q4_1"), (7, "Q8_0"), (8, "Q5_0"),
-        (9, "Q5_1"), (10, "Q2_K"), (11, "Q3_K_S"), (12, "Q3_K_M"), (13, "Q3_K_L"),
-        (14, "Q4_K_S"), (15, "Q4_K_M"), (16, "Q5_K_S"), (17, "Q5_K_M"), (18, "Q6_K"),
-        (19, "IQ2_XXS"), (20, "IQ2_XS"), (21, "Q2_K_S"), (22, "IQ3_XS"), (23, "IQ3_XXS"),
-        (24, "IQ1_S"), (25, "IQ4_NL"), (26, "IQ3_S"), (27, "IQ3_M"), (28, "IQ2_S"),
-        (29, "IQ2_M"), (30, "IQ4_XS"), (31, "IQ1_M"), (32, "BF16"), (36, "TQ1_0"),
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (7, "Q8_0"),
+        (8, "Q5_0"),
+        (9, "Q5_1"),
+        (10, "Q2_K"),
+        (11, "Q3_K_S"),
+        (12, "Q3_K_M"),
+        (13, "Q3_K_L"),
+        (14, "Q4_K_S"),
+        (15, "Q4_K_M"),
+        (16, "Q5_K_S"),
+        (17, "Q5_K_M"),
+        (18, "Q6_K"),
+        (19, "IQ2_XXS"),
+        (20, "IQ2_XS"),
+        (21, "Q2_K_S"),
+        (22, "IQ3_XS"),
+        (23, "IQ3_XXS"),
+        (24, "IQ1_S"),
+        (25, "IQ4_NL"),
+        (26, "IQ3_S"),
+        (27, "IQ3_M"),
+        (28, "IQ2_S"),
+        (29, "IQ2_M"),
+        (30, "IQ4_XS"),
+        (31, "IQ1_M"),
+        (32, "BF16"),
+        (36, "TQ1_0"),
         (37, "TQ2_0"),
     ];
     NAMES
@@ -228,10 +259,9 @@ fn file_type(t: u64) -> String {
 /// ggml's names of tensor types.
 fn tensor_type(t: u32) -> String {
     const NAMES: [&str; 31] = [
-        "F32", "F16", "Q4_0", "Q4_1", "type 4", "type 5", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-        "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS",
-        "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64",
-        "IQ1_M", "BF16",
+        "F32", "F16", "Q4_0", "Q4_1", "type 4", "type 5", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
     ];
     NAMES
         .get(t as usize)

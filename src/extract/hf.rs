@@ -17,10 +17,17 @@ pub const MAX_JSON_BYTES: u64 = 16 << 20;
 const MAX_METRICS: usize = 256;
 
 /// The Trainer's results files, in the order they are trusted.
-pub const RESULTS: [&str; 3] = ["all_results.json", "eval_results.json", "trainer_state.json"];
+pub const RESULTS: [&str; 3] = [
+    "all_results.json",
+    "eval_results.json",
+    "trainer_state.json",
+];
 
 /// Shard indexes: the safetensors one, then the PyTorch one.
-pub const INDEXES: [&str; 2] = ["model.safetensors.index.json", "pytorch_model.bin.index.json"];
+pub const INDEXES: [&str; 2] = [
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+];
 
 /// `config.json`'s model_type, architectures and torch_dtype (`dtype` in newer files).
 pub fn config(text: &[u8]) -> Result<Map<String, Value>, String> {
@@ -106,15 +113,32 @@ mod tests {
         assert_eq!(c["model_type"], "bert");
         assert_eq!(c["architectures"], json!(["BertModel"]));
         assert_eq!(c["torch_dtype"], "float32");
-        let i = shard_index(br#"{"metadata":{"total_size":10},"weight_map":{"a":"s1","b":"s2","c":"s1"}}"#).unwrap();
+        let i = shard_index(
+            br#"{"metadata":{"total_size":10},"weight_map":{"a":"s1","b":"s2","c":"s1"}}"#,
+        )
+        .unwrap();
         assert_eq!(i["shards"], 2);
         assert_eq!(i["tensors"], 3);
-        let r = results("all_results.json", br#"{"eval_accuracy":0.9,"epoch":3,"name":"x","bad":1e999}"#);
+        let r = results(
+            "all_results.json",
+            br#"{"eval_accuracy":0.9,"epoch":3,"name":"x","bad":1e999}"#,
+        );
         assert!(r.is_err(), "1e999 is not JSON serde reads as finite");
-        let r = results("eval_results.json", br#"{"eval_accuracy":0.9,"epoch":3,"name":"x"}"#).unwrap();
+        let r = results(
+            "eval_results.json",
+            br#"{"eval_accuracy":0.9,"epoch":3,"name":"x"}"#,
+        )
+        .unwrap();
         assert_eq!(r["eval_accuracy"], 0.9);
         assert_eq!(r.len(), 2);
-        let s = results("trainer_state.json", br#"{"best_metric":0.5,"global_step":10}"#).unwrap();
-        assert_eq!(s.into_iter().collect::<Vec<_>>(), vec![("best_metric".into(), 0.5)]);
+        let s = results(
+            "trainer_state.json",
+            br#"{"best_metric":0.5,"global_step":10}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.into_iter().collect::<Vec<_>>(),
+            vec![("best_metric".into(), 0.5)]
+        );
     }
 }

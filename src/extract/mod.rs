@@ -136,7 +136,9 @@ fn inspect_folder(dir: &Path, rels: &[String]) -> Found {
     if skipped > 0 {
         out.insert(
             "files_not_examined".into(),
-            json!(format!("{skipped} weight files beyond the first {MAX_FILES}")),
+            json!(format!(
+                "{skipped} weight files beyond the first {MAX_FILES}"
+            )),
         );
     }
     if let Some(p) = first_problem {
@@ -263,9 +265,16 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
         std::fs::write(d.join("config.json"), r#"{"model_type":"bert"}"#).unwrap();
-        std::fs::write(d.join("all_results.json"), r#"{"eval_accuracy":0.8,"epoch":2}"#).unwrap();
-        std::fs::write(d.join("eval_results.json"), r#"{"eval_accuracy":0.1,"eval_loss":0.3}"#)
-            .unwrap();
+        std::fs::write(
+            d.join("all_results.json"),
+            r#"{"eval_accuracy":0.8,"epoch":2}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("eval_results.json"),
+            r#"{"eval_accuracy":0.1,"eval_loss":0.3}"#,
+        )
+        .unwrap();
         std::fs::write(d.join("trainer_state.json"), r#"{"best_metric":0.7}"#).unwrap();
         std::fs::write(d.join("model.safetensors"), b"\x02\0\0\0\0\0\0\0{}").unwrap();
         let rels: Vec<String> = [
@@ -297,7 +306,11 @@ mod tests {
     fn a_file_of_no_known_format_has_no_facts_and_a_bad_one_is_unreadable() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("notes.txt"), b"hello").unwrap();
-        assert!(inspect(t.path(), &["notes.txt".into()], false).extracted.is_empty());
+        assert!(
+            inspect(t.path(), &["notes.txt".into()], false)
+                .extracted
+                .is_empty()
+        );
         std::fs::write(t.path().join("m.pt"), b"hello").unwrap();
         let f = inspect(t.path(), &["m.pt".into()], false);
         assert!(f.extracted.contains_key("unreadable"));

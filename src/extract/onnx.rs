@@ -43,7 +43,10 @@ impl Walk<'_, '_> {
                 return Ok(v);
             }
         }
-        Err(format!("a varint longer than 10 bytes at offset {}", self.r.pos()))
+        Err(format!(
+            "a varint longer than 10 bytes at offset {}",
+            self.r.pos()
+        ))
     }
 
     /// The next tag before `end`, or `None` at `end`.
@@ -59,7 +62,10 @@ impl Walk<'_, '_> {
                 self.r.pos()
             ));
         }
-        Ok(Some(Tag { field: k >> 3, wire }))
+        Ok(Some(Tag {
+            field: k >> 3,
+            wire,
+        }))
     }
 
     /// The end of a length-delimited field starting here, checked against `end`.
@@ -179,7 +185,11 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
                     })
                 })?;
                 if opsets.len() < MAX_LISTED {
-                    let d = if domain.is_empty() { "ai.onnx".into() } else { domain };
+                    let d = if domain.is_empty() {
+                        "ai.onnx".into()
+                    } else {
+                        domain
+                    };
                     opsets.insert(d, json!(version));
                 }
                 true
@@ -246,14 +256,20 @@ fn read_graph(w: &mut Walk, end: u64) -> Parsed<Map<String, Value>> {
             (5, 2) => {
                 inits += 1;
                 let (n, count) = initializer(w, e)?;
-                params = params.checked_add(count).ok_or("parameters overflow 64 bits")?;
+                params = params
+                    .checked_add(count)
+                    .ok_or("parameters overflow 64 bits")?;
                 if weights.len() < MAX_NAMES {
                     weights.insert(n);
                 }
                 true
             }
             (11, 2) | (12, 2) => {
-                let list = if t.field == 11 { &mut inputs } else { &mut outputs };
+                let list = if t.field == 11 {
+                    &mut inputs
+                } else {
+                    &mut outputs
+                };
                 let v = value_info(w, e)?;
                 list.push(v);
                 true
@@ -402,9 +418,29 @@ fn tensor_type(w: &mut Walk, end: u64, out: &mut Map<String, Value>) -> Parsed<(
 /// ONNX TensorProto.DataType names.
 fn elem_type(t: u64) -> String {
     const NAMES: [&str; 24] = [
-        "undefined", "float32", "uint8", "int8", "uint16", "int16", "int32", "int64", "string",
-        "bool", "float16", "float64", "uint32", "uint64", "complex64", "complex128", "bfloat16",
-        "float8e4m3fn", "float8e4m3fnuz", "float8e5m2", "float8e5m2fnuz", "uint4", "int4",
+        "undefined",
+        "float32",
+        "uint8",
+        "int8",
+        "uint16",
+        "int16",
+        "int32",
+        "int64",
+        "string",
+        "bool",
+        "float16",
+        "float64",
+        "uint32",
+        "uint64",
+        "complex64",
+        "complex128",
+        "bfloat16",
+        "float8e4m3fn",
+        "float8e4m3fnuz",
+        "float8e5m2",
+        "float8e5m2fnuz",
+        "uint4",
+        "int4",
         "float4e2m1",
     ];
     NAMES

@@ -11,7 +11,13 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 /// Sidecar metadata keys that name the commit, in the order they are trusted.
-pub const COMMIT_KEYS: [&str; 5] = ["git_commit", "commit", "git_sha", "commit_sha", "git_revision"];
+pub const COMMIT_KEYS: [&str; 5] = [
+    "git_commit",
+    "commit",
+    "git_sha",
+    "commit_sha",
+    "git_revision",
+];
 /// Sidecar metadata keys that name the run, in the order they are trusted.
 pub const RUN_KEYS: [&str; 4] = ["run_id", "wandb_run_id", "mlflow_run_id", "run"];
 
@@ -217,10 +223,17 @@ mod tests {
         let deep = repo.join("a/b");
         std::fs::create_dir_all(&deep).unwrap();
         let h = git_head(&deep, true, None).unwrap();
-        assert_eq!((h.commit.as_str(), h.branch.as_deref()), (SHA, Some("main")));
+        assert_eq!(
+            (h.commit.as_str(), h.branch.as_deref()),
+            (SHA, Some("main"))
+        );
         assert_eq!(git_head(&deep, false, None), None);
         std::fs::remove_file(git.join("refs/heads/main")).unwrap();
-        std::fs::write(git.join("packed-refs"), format!("# pack\n{SHA} refs/heads/main\n")).unwrap();
+        std::fs::write(
+            git.join("packed-refs"),
+            format!("# pack\n{SHA} refs/heads/main\n"),
+        )
+        .unwrap();
         assert_eq!(git_head(&repo, false, None).unwrap().commit, SHA);
         std::fs::write(git.join("HEAD"), "ref: refs/../../../etc/passwd\n").unwrap();
         assert_eq!(git_head(&repo, false, None), None);

@@ -33,7 +33,8 @@ const BUFFER: usize = 64 * 1024;
 impl<'a> Reader<'a> {
     /// A reader over `src`, `len` bytes long, positioned at its start.
     pub fn new(src: &'a mut dyn Source, len: u64) -> Parsed<Self> {
-        src.seek(SeekFrom::Start(0)).map_err(|e| format!("seek: {e}"))?;
+        src.seek(SeekFrom::Start(0))
+            .map_err(|e| format!("seek: {e}"))?;
         Ok(Reader {
             src,
             buf: vec![0; BUFFER],

@@ -58,7 +58,10 @@ pub fn facts(header: &[u8], data_len: u64) -> Parsed<Map<String, Value>> {
             if m.len() > MAX_METADATA_KEYS {
                 metadata.insert(
                     "…".into(),
-                    json!(format!("{} more keys not kept", m.len() - MAX_METADATA_KEYS)),
+                    json!(format!(
+                        "{} more keys not kept",
+                        m.len() - MAX_METADATA_KEYS
+                    )),
                 );
             }
             continue;
@@ -75,7 +78,9 @@ pub fn facts(header: &[u8], data_len: u64) -> Parsed<Map<String, Value>> {
             .ok_or_else(|| bad("no shape"))?;
         let mut count = 1u64;
         for d in shape {
-            let d = d.as_u64().ok_or_else(|| bad("a dimension is not a count"))?;
+            let d = d
+                .as_u64()
+                .ok_or_else(|| bad("a dimension is not a count"))?;
             count = count
                 .checked_mul(d)
                 .ok_or_else(|| bad("its shape overflows 64 bits"))?;
@@ -141,15 +146,28 @@ mod tests {
     fn hostile_and_truncated_headers_are_unreadable() {
         let mut huge = (1u64 << 60).to_le_bytes().to_vec();
         huge.extend_from_slice(b"{}");
-        assert!(parse(huge).unwrap_err().contains("over the 100000000-byte limit"));
+        assert!(
+            parse(huge)
+                .unwrap_err()
+                .contains("over the 100000000-byte limit")
+        );
         let mut short = 1000u64.to_le_bytes().to_vec();
         short.extend_from_slice(b"{}");
         assert!(parse(short).unwrap_err().starts_with("truncated"));
-        assert!(parse(file(HEADER, 20)).unwrap_err().starts_with("truncated"));
+        assert!(
+            parse(file(HEADER, 20))
+                .unwrap_err()
+                .starts_with("truncated")
+        );
         assert!(parse(vec![1, 2, 3]).unwrap_err().starts_with("truncated"));
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(parse(file(&deep, 0)).unwrap_err().contains("not a JSON map"));
-        let overflow = r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#;
+        assert!(
+            parse(file(&deep, 0))
+                .unwrap_err()
+                .contains("not a JSON map")
+        );
+        let overflow =
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#;
         assert!(parse(file(overflow, 0)).unwrap_err().contains("overflows"));
     }
 }

@@ -27,7 +27,8 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
         .ok_or("truncated: no zip end-of-central-directory record (a cut or damaged zip)")?;
     let eocd = &tail[at..];
     let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as u64;
-    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as u64;
+    let u32_at =
+        |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as u64;
     let mut entries = u16_at(eocd, 10);
     let mut dir_size = u32_at(eocd, 12);
     let mut dir_at = u32_at(eocd, 16);
@@ -88,10 +89,16 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
     let mut out = Map::new();
     match pickle {
         Some(p) => {
-            let archive = p.strip_suffix("data.pkl").unwrap_or_default().trim_end_matches('/');
+            let archive = p
+                .strip_suffix("data.pkl")
+                .unwrap_or_default()
+                .trim_end_matches('/');
             out.insert("format".into(), json!("pytorch_zip"));
             out.insert("archive".into(), json!(clip(archive, 256)));
-            out.insert("pickle".into(), json!(format!("{} (not unpickled)", clip(&p, 256))));
+            out.insert(
+                "pickle".into(),
+                json!(format!("{} (not unpickled)", clip(&p, 256))),
+            );
         }
         None => {
             out.insert("format".into(), json!("zip"));

@@ -346,16 +346,18 @@ fn run_job_inner(
         .into_iter()
         .zip(staged_out.drain(..))
         .map(
-            |((entry, number, kind, fingerprint, copy_secs, dedup_saved, facts), staged)| NewVersion {
-                entry,
-                number,
-                registered_at: registered_at.clone(),
-                kind,
-                fingerprint,
-                staged,
-                copy_secs,
-                dedup_saved,
-                facts,
+            |((entry, number, kind, fingerprint, copy_secs, dedup_saved, facts), staged)| {
+                NewVersion {
+                    entry,
+                    number,
+                    registered_at: registered_at.clone(),
+                    kind,
+                    fingerprint,
+                    staged,
+                    copy_secs,
+                    dedup_saved,
+                    facts,
+                }
             },
         )
         .collect();
