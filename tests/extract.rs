@@ -11,6 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -286,6 +287,18 @@ fn a_trainer_folder_gets_its_metrics_with_their_sources_and_a_sidecar_metric_win
     assert_eq!(m["eval_accuracy"], 0.93, "the sidecar wins: {m}");
     assert!(s.get("eval_accuracy").is_none(), "{s}");
     assert_eq!(s["eval_loss"], "eval_results.json");
+    // An edited sidecar replaces the metrics it names; those read from the files stay.
+    write_renamed(&d.inbox(), "bert.metrics.yaml", b"eval_accuracy: 0.95\n");
+    let mut v = v2;
+    wait_until(Duration::from_secs(30), "the edited sidecar", || {
+        v = d.get("bert", "latest").unwrap();
+        v.metrics.get("eval_accuracy") == Some(&0.95)
+    });
+    assert_eq!(v.metrics.get("eval_loss"), Some(&0.35));
+    assert_eq!(
+        v.metric_sources.get("eval_loss").map(String::as_str),
+        Some("eval_results.json")
+    );
     // registry.yaml says the same once written.
     d.stop();
     let yaml = std::fs::read_to_string(d.registry_path()).unwrap();

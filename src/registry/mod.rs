@@ -299,8 +299,26 @@ impl Version {
     /// given (not empty) replaces the version's; a part left empty keeps what the
     /// version has, so metadata alone never erases metrics. When anything changes, the
     /// metrics as they were are kept in `metrics_history` with the time `at`. Returns
-    /// whether anything changed.
+    /// whether anything changed. Metrics read from the version's files
+    /// (`metric_sources`) stay unless the metrics given name them: the sidecar wins
+    /// where it speaks, as at registration.
     pub fn update_metrics(&mut self, metrics: Metrics, metadata: Metadata, at: &str) -> bool {
+        let mut sources = compact::SortedMap::default();
+        let metrics = if metrics.is_empty() || self.metric_sources.is_empty() {
+            metrics
+        } else {
+            let mut all: std::collections::BTreeMap<String, f64> =
+                metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let mut kept = Vec::new();
+            for (k, from) in self.metric_sources.iter() {
+                if let (false, Some(v)) = (all.contains_key(k), self.metrics.get(k)) {
+                    all.insert(k.clone(), *v);
+                    kept.push((k.clone(), from.clone()));
+                }
+            }
+            sources = kept.into_iter().collect();
+            all.into_iter().collect()
+        };
         let metrics_change = !metrics.is_empty() && metrics != self.metrics;
         let metadata_change = !metadata.is_empty() && metadata != self.metadata;
         if !metrics_change && !metadata_change {
@@ -312,6 +330,7 @@ impl Version {
         });
         if metrics_change {
             self.metrics = metrics;
+            self.metric_sources = sources;
         }
         if metadata_change {
             self.metadata = metadata;
@@ -481,5 +500,22 @@ pub(crate) mod tests {
         assert_eq!(parse_version_number("v"), None);
         assert_eq!(parse_version_number("latest"), None);
         assert_eq!(parse_version_number("v99999999999"), None);
+    }
+
+    #[test]
+    fn a_sidecar_edit_keeps_metrics_read_from_files_unless_it_names_them() {
+        let mut x = v(1, &[("acc", 0.5), ("eval_loss", 0.3), ("epoch", 3.0)]);
+        x.metric_sources = [
+            ("eval_loss".to_string(), "eval_results.json".to_string()),
+            ("epoch".to_string(), "all_results.json".to_string()),
+        ]
+        .into();
+        let given: Metrics = [("acc".to_string(), 0.9), ("epoch".to_string(), 4.0)].into();
+        assert!(x.update_metrics(given, Default::default(), "t"));
+        assert_eq!(x.metrics["acc"], 0.9);
+        assert_eq!(x.metrics["epoch"], 4.0, "the sidecar wins where it speaks");
+        assert_eq!(x.metrics["eval_loss"], 0.3);
+        assert_eq!(x.metric_sources.len(), 1);
+        assert_eq!(x.metric_sources["eval_loss"], "eval_results.json");
     }
 }

@@ -230,6 +230,8 @@ mod tests {
                 source: "pretrained_models/m.pt".into(),
                 files: s.files.clone(),
                 metrics: [("accuracy".to_string(), 0.5)].into(),
+                extracted: [("format".to_string(), serde_json::json!("safetensors"))].into(),
+                provenance: [("user".to_string(), serde_json::json!("ann"))].into(),
                 ..Manifest::minimal("m", n)
             };
             write_manifest(&s.dir, &m).unwrap();
@@ -260,6 +262,9 @@ mod tests {
         assert_eq!(m.versions[1].files[0].path, "models/m/v2/m.pt");
         assert_eq!(m.versions[1].files[0].sha256, sha256_hex(b"two"));
         assert_eq!(m.versions[1].metrics.get("accuracy"), Some(&0.5));
+        // Extracted facts and provenance survive a rebuild (the manifest keeps them).
+        assert_eq!(m.versions[1].extracted["format"], "safetensors");
+        assert_eq!(m.versions[1].provenance["user"], "ann");
         assert!(m.versions[2].removed.is_some());
         assert!(audit(&store, &c).is_empty());
         // A version stored before manifests existed is rebuilt by hashing its files.
