@@ -7,7 +7,7 @@
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
 //! (ingest, dedup, burst, scale, queries, cli, startup, startup-memory, idle,
-//! connections, register, http, events, webhooks, search).
+//! connections, register, http, events, webhooks, search, extract).
 
 use std::fs;
 use std::io::Write;
@@ -24,6 +24,8 @@ use modelreg::registry::{Catalog, Kind, Model, StoredFile, Version, persist};
 mod common;
 #[path = "scenarios/events.rs"]
 mod events_scenario;
+#[path = "scenarios/extract.rs"]
+mod extract_scenario;
 #[path = "scenarios/http.rs"]
 mod http_scenario;
 #[path = "scenarios/register.rs"]
@@ -926,6 +928,9 @@ fn main() {
     }
     if which("search") {
         search_scenario::search(&mut t, &scratch, quick);
+    }
+    if which("extract") {
+        extract_scenario::extract(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",
