@@ -52,8 +52,8 @@ enum Outcome {
         copy_secs: f64,
         /// Bytes hard-linked to files already stored (dedup).
         dedup_saved: u64,
-        /// Its metrics, extracted facts and provenance.
-        facts: super::facts::Facts,
+        /// Its metrics, extracted facts and provenance (boxed: the largest part).
+        facts: Box<super::facts::Facts>,
     },
 }
 
@@ -472,7 +472,7 @@ fn copy(
         source,
         copy_secs: t0.elapsed().as_secs_f64(),
         dedup_saved: saved.bytes,
-        facts,
+        facts: Box::new(facts),
     })
 }
 
