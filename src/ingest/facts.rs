@@ -5,6 +5,7 @@
 //! so a catalog rebuilt from the store keeps them too.
 
 use crate::extract::{self, Origin};
+use crate::messages::HandedFiles;
 use crate::registry::compact::SortedMap;
 use crate::registry::{Metadata, Metrics};
 use crate::store::Staged;
@@ -61,5 +62,44 @@ pub fn gather(
         metric_sources,
         extracted: found.extracted,
         provenance: provenance.into_iter().collect(),
+    }
+}
+
+/// Where handed-over files come from: a descriptor's file is named by the path the
+/// kernel knows it by (its owner is who dropped it, and the nearest git checkout above
+/// it, if that user's, gives the commit); an upload by its model name.
+pub fn handed_origin(files: &HandedFiles) -> Origin {
+    use std::os::unix::fs::MetadataExt;
+    match files {
+        HandedFiles::File { file, stat, .. } => {
+            use std::os::fd::AsRawFd;
+            let linked = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .ok()
+                .filter(|p| p.is_absolute())
+                .map(|p| p.display().to_string());
+            // A file with no name left: deleted since it was opened, or an HTTP upload
+            // (an unnamed file of the daemon's own, whose owner says nothing).
+            let path = linked.filter(|p| !p.ends_with(" (deleted)"));
+            let uid = file.metadata().ok().map(|m| m.uid());
+            // SAFETY: geteuid has no preconditions.
+            let upload = path.is_none() && uid == Some(unsafe { libc::geteuid() });
+            Origin {
+                via: if upload { "upload" } else { "register" },
+                git: path
+                    .as_deref()
+                    .and_then(|p| std::path::Path::new(p).parent())
+                    .map(std::path::PathBuf::from),
+                walk_up: true,
+                source: path,
+                uid: uid.filter(|_| !upload),
+                mtime_ns: Some(stat.mtime_ns),
+            }
+        }
+        // The files are the daemon's own copy of the upload: their owner says nothing.
+        HandedFiles::Folder { files, .. } => Origin {
+            via: "upload",
+            mtime_ns: files.iter().map(|f| f.1.mtime_ns).max(),
+            ..Default::default()
+        },
     }
 }

@@ -343,7 +343,7 @@ fn copy(
         return Err(refusal(ErrorCode::Internal, why));
     }
     let total = job.files.size();
-    let origin = origin(&job.files);
+    let origin = super::facts::handed_origin(&job.files);
     let (in_store, seen) = store::highest_in_store_since(&job.store, &job.name, job.listed);
     *listed = seen;
     let number = job.next.max(in_store + 1);
@@ -474,39 +474,4 @@ fn copy(
         dedup_saved: saved.bytes,
         facts: Box::new(facts),
     })
-}
-
-/// Where handed-over files come from: a descriptor's file is named by the path the
-/// kernel knows it by (its owner is who dropped it, and the nearest git checkout above
-/// it, if that user's, gives the commit); an upload by its model name.
-fn origin(files: &HandedFiles) -> crate::extract::Origin {
-    use std::os::unix::fs::MetadataExt;
-    match files {
-        HandedFiles::File { file, stat, .. } => {
-            use std::os::fd::AsRawFd;
-            let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-                .ok()
-                .filter(|p| p.is_absolute())
-                .map(|p| p.display().to_string())
-                // A file deleted since it was opened has no path to look at.
-                .filter(|p| !p.ends_with(" (deleted)"));
-            crate::extract::Origin {
-                via: "register",
-                git: path
-                    .as_deref()
-                    .and_then(|p| std::path::Path::new(p).parent())
-                    .map(PathBuf::from),
-                walk_up: true,
-                source: path,
-                uid: file.metadata().ok().map(|m| m.uid()),
-                mtime_ns: Some(stat.mtime_ns),
-            }
-        }
-        // The files are the daemon's own copy of the upload: their owner says nothing.
-        HandedFiles::Folder { files, .. } => crate::extract::Origin {
-            via: "upload",
-            mtime_ns: files.iter().map(|f| f.1.mtime_ns).max(),
-            ..Default::default()
-        },
-    }
 }
