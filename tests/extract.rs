@@ -402,3 +402,37 @@ fn extract_false_reads_no_header_but_keeps_provenance() {
     assert!(v.extracted.is_empty(), "{:?}", v.extracted);
     assert_eq!(v.provenance["user"], json!(me()));
 }
+
+#[test]
+fn an_http_upload_gets_its_facts_and_names_no_user() {
+    let (d, addr, token) = common::http::with_write_token(
+        "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  max_upload: 1MiB\n",
+    );
+    let header = br#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header);
+    b.extend_from_slice(&[0; 16]);
+    let file = outside(&d).join("up.safetensors");
+    std::fs::write(&file, b).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-f", "-m", "60", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .args(["-H", "Content-Type: application/octet-stream", "-T"])
+        .arg(&file)
+        .arg(format!(
+            "http://{addr}/api/v1/models/up/upload?filename=up.safetensors"
+        ))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["extracted"]["parameters"], 4, "{answer}");
+    let p = &answer["provenance"];
+    assert_eq!(p["via"], "upload", "{p}");
+    // The stored file is the daemon's own copy of the bytes sent: its owner says nothing.
+    assert!(p.get("user").is_none() && p.get("source").is_none(), "{p}");
+}
