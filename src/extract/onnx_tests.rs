@@ -71,9 +71,7 @@ fn model() -> Vec<u8> {
 }
 
 fn parse(bytes: Vec<u8>) -> Parsed<Map<String, Value>> {
-    let len = bytes.len() as u64;
-    let mut c = std::io::Cursor::new(bytes);
-    read(&mut Reader::new(&mut c, len).unwrap())
+    crate::extract::reader::parse_bytes(read, bytes)
 }
 
 #[test]

@@ -172,6 +172,14 @@ pub fn clip(s: &str, max: usize) -> String {
     format!("{}… ({} bytes)", &s[..end], s.len())
 }
 
+/// Runs the parser `read` over `bytes` as if they were a file: the unit tests' way in.
+#[cfg(test)]
+pub fn parse_bytes<T>(read: fn(&mut Reader) -> Parsed<T>, bytes: Vec<u8>) -> Parsed<T> {
+    let len = bytes.len() as u64;
+    let mut c = std::io::Cursor::new(bytes);
+    read(&mut Reader::new(&mut c, len)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,9 +126,7 @@ mod tests {
     }
 
     fn parse(bytes: Vec<u8>) -> Parsed<Map<String, Value>> {
-        let len = bytes.len() as u64;
-        let mut c = std::io::Cursor::new(bytes);
-        read(&mut Reader::new(&mut c, len).unwrap())
+        crate::extract::reader::parse_bytes(read, bytes)
     }
 
     const HEADER: &str = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b":{"dtype":"F16","shape":[4],"data_offsets":[24,32]},"c":{"dtype":"F32","shape":[],"data_offsets":[32,36]}}"#;
