@@ -79,6 +79,15 @@ fn make_real_files(dir: &Path) -> Option<()> {
     Some(())
 }
 
+/// A safetensors file of `header` and `data` zero bytes, written by hand (where the
+/// library's own files are not what is tested).
+fn safetensors_bytes(header: &[u8], data: usize) -> Vec<u8> {
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header);
+    b.resize(b.len() + data, 0);
+    b
+}
+
 /// A folder outside the inbox, to write in and rename from.
 fn outside(d: &TestDaemon) -> PathBuf {
     let p = d.root.path().join("outside");
@@ -248,9 +257,7 @@ fn a_trainer_folder_gets_its_metrics_with_their_sources_and_a_sidecar_metric_win
         std::fs::rename(src.join("st.safetensors"), &weights).unwrap();
     } else {
         let header = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-        let mut b = (header.len() as u64).to_le_bytes().to_vec();
-        b.extend_from_slice(header);
-        b.extend_from_slice(&[0; 8]);
+        let b = safetensors_bytes(header, 8);
         std::fs::write(&weights, b).unwrap();
     }
     // First without a sidecar: every metric from the Trainer's files.
@@ -367,9 +374,7 @@ fn a_handed_over_file_gets_its_facts_and_the_commit_of_the_checkout_it_lies_in()
     fake_checkout(&repo);
     // A minimal safetensors file (its library is exercised above).
     let header = br#"{"x":{"dtype":"BF16","shape":[3,5],"data_offsets":[0,30]}}"#;
-    let mut b = (header.len() as u64).to_le_bytes().to_vec();
-    b.extend_from_slice(header);
-    b.extend_from_slice(&[0; 30]);
+    let b = safetensors_bytes(header, 30);
     let file = run.join("handed.safetensors");
     std::fs::write(&file, b).unwrap();
     ok(&d, &["add", file.to_str().unwrap()]);
@@ -394,9 +399,7 @@ fn a_handed_over_file_gets_its_facts_and_the_commit_of_the_checkout_it_lies_in()
 fn extract_false_reads_no_header_but_keeps_provenance() {
     let d = TestDaemon::start("settle: 200ms\nextract: false\n");
     let header = br#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-    let mut b = (header.len() as u64).to_le_bytes().to_vec();
-    b.extend_from_slice(header);
-    b.extend_from_slice(&[0; 8]);
+    let b = safetensors_bytes(header, 8);
     write_renamed(&d.inbox(), "off.safetensors", &b);
     let v = latest(&d, "off");
     assert!(v.extracted.is_empty(), "{:?}", v.extracted);
@@ -409,9 +412,7 @@ fn an_http_upload_gets_its_facts_and_names_no_user() {
         "settle: 200ms\nhttp:\n  listen: 127.0.0.1:0\n  max_upload: 1MiB\n",
     );
     let header = br#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
-    let mut b = (header.len() as u64).to_le_bytes().to_vec();
-    b.extend_from_slice(header);
-    b.extend_from_slice(&[0; 16]);
+    let b = safetensors_bytes(header, 16);
     let file = outside(&d).join("up.safetensors");
     std::fs::write(&file, b).unwrap();
     let out = Command::new("curl")
