@@ -405,6 +405,12 @@ class Version(_Record):
     registered_at: str
     metrics: Dict[str, float] = field(default_factory=dict)
     metadata: Dict[str, Any] = field(default_factory=dict)
+    metric_sources: Dict[str, str] = field(default_factory=dict)
+    """For each metric read from a file (a Trainer's results), that file's name."""
+    extracted: Dict[str, Any] = field(default_factory=dict)
+    """Facts read from the headers at registration (docs/extraction.md)."""
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    """Who registered it, from where and when; the commit and run id when known."""
     metrics_updated_at: Optional[str] = None
     state: str = "live"
     aliases: List[str] = field(default_factory=list)

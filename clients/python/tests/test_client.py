@@ -106,6 +106,18 @@ class ClientTest(unittest.TestCase):
         self.assertFalse(again["created"])
         self.assertEqual(len(self.reg.versions("m")), 1)
 
+    def test_register_answers_with_extracted_facts_and_provenance(self) -> None:
+        import json, struct
+        header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+        path = self.work / "tiny.safetensors"
+        path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+        v = self.reg.register("tiny", path)
+        self.assertEqual(v.extracted["format"], "safetensors")
+        self.assertEqual(v.extracted["parameters"], 4)
+        self.assertEqual(v.provenance["via"], "register")
+        self.assertEqual(v.provenance["source"], str(path.resolve()))
+        self.assertEqual(v.metric_sources, {})
+
     def test_same_metrics_for_new_weights_are_kept(self) -> None:
         self.reg.register("s", weights(self.work / "1.pt", 1), metrics={"accuracy": 0.5})
         r2 = self.reg.register("s", weights(self.work / "2.pt", 2), metrics={"accuracy": 0.5})
