@@ -29,13 +29,15 @@ pub(super) fn extract(t: &mut Table, scratch: &Path, quick: bool) {
     on.start();
     off.start();
     let (mut with, mut without) = (Vec::new(), Vec::new());
-    let handle = fs::OpenOptions::new().write(true).open(&file).unwrap();
-    let len = handle.metadata().unwrap().len();
+    let len = fs::metadata(&file).unwrap().len();
     for round in 0..rounds {
+        // Closed again before `add`, which refuses a file still open for writing.
+        let handle = fs::OpenOptions::new().write(true).open(&file).unwrap();
         handle
             .write_all_at(&(round as u64 + 1).to_le_bytes(), len - 8)
             .unwrap();
         handle.sync_all().unwrap();
+        drop(handle);
         let mut order = [(&on, &mut with), (&off, &mut without)];
         if round % 2 == 1 {
             order.reverse();
