@@ -21,6 +21,8 @@ pub(super) fn extract(t: &mut Table, scratch: &Path, quick: bool) {
     let size: u64 = if quick { 100 << 20 } else { 1 << 30 };
     let rounds = if quick { 3 } else { 5 };
     let dir = scratch.join("extract-src");
+    // A run that failed half-way left its source: 1 GiB not to keep twice.
+    let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     let file = dir.join("big.safetensors");
     write_safetensors(&file, size);
@@ -52,12 +54,21 @@ pub(super) fn extract(t: &mut Table, scratch: &Path, quick: bool) {
             );
             times.push(t0.elapsed().as_secs_f64());
         }
+        // The facts really were read (and not by the other daemon).
+        let facts = |d: &Daemon| d.get("big", "latest").unwrap().extracted;
+        assert_eq!(facts(&on)["format"], "safetensors");
+        assert!(facts(&off).is_empty());
+        // Each version removed once timed: the disk holds one copy per daemon at most.
+        for d in [&on, &off] {
+            let out = d.cli(&["rm", "big", &format!("v{}", round + 1)]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
     let (w, wo) = (median(&mut with), median(&mut without));
-    // The facts really were read (and not by the other daemon).
-    let facts = |d: &Daemon| d.get("big", "latest").unwrap().extracted;
-    assert_eq!(facts(&on)["format"], "safetensors");
-    assert!(facts(&off).is_empty());
     let ratio = w / wo;
     t.add(
         "extract (1 GiB safetensors)",
