@@ -68,6 +68,18 @@ pub(super) fn extract(t: &mut Table, scratch: &Path, quick: bool) {
             );
         }
     }
+    // Each round's pair, for the noise a loaded machine adds (the row shows medians).
+    let secs = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    eprintln!(
+        "  extract: with {} s; without {} s",
+        secs(&with),
+        secs(&without)
+    );
     let (w, wo) = (median(&mut with), median(&mut without));
     let ratio = w / wo;
     t.add(
