@@ -208,7 +208,8 @@ fn file_facts(path: &Path, rel: &str) -> Option<Map<String, Value>> {
         ("onnx", onnx::read)
     } else if torch_ext && got >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
         return Some(torchzip::legacy_pickle());
-    } else if torch_ext {
+    } else if torch_ext && ext != "bin" {
+        // `.bin` is anyone's extension (raw arrays, GGML): no format is assumed for it.
         return Some(unreadable_map(
             Some("pytorch"),
             "neither a torch zip archive nor a pickle".into(),

@@ -49,9 +49,10 @@ pub fn gather(
         extract::Found::default()
     };
     if let Some(why) = found.extracted.get("unreadable") {
-        tracing::warn!(
+        // Info, not a warning: the version is fine, and the reason is in `extracted`.
+        tracing::info!(
             source = origin.source.as_deref().unwrap_or_default(),
-            "header not read: {why}; registered without its facts"
+            "header not read: {why}; the version has no facts from it (extracted.unreadable)"
         );
     }
     let (metrics, metric_sources) = extract::merge_metrics(sidecar_metrics, &found);
