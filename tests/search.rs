@@ -549,3 +549,37 @@ fn python(script: &str, arg: &str) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// An expression nested 1,500 levels deep (3 KB, sent without a token over anonymous
+/// HTTP) overflowed the daemon's stack and killed it; now it is refused like any bad
+/// expression, over HTTP and the socket, and the daemon goes on answering.
+#[test]
+fn a_deeply_nested_expression_is_refused_and_the_daemon_goes_on() {
+    let d = daemon_with_registry_and(
+        "settle: 300ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n",
+    );
+    let addr = common::http::address(&d);
+    let deep = format!("{}a == 1{}", "(".repeat(1_500), ")".repeat(1_500));
+    let encoded = deep
+        .replace('(', "%28")
+        .replace(')', "%29")
+        .replace(' ', "%20");
+    let a = common::http::get(&addr, &format!("/api/v1/models?where={encoded}"));
+    assert_eq!(a.status, 400, "{}", a.json());
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested deeper than 64 levels"),
+        "{}",
+        a.json()
+    );
+    let nots = format!("{}a == 1", "not ".repeat(15_000));
+    let e = d
+        .call(&search("big", Some(&nots), &[], None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nested deeper than 64 levels"), "{e}");
+    let l = found(&d, &search("big", Some("version > 9998"), &[], None));
+    assert_eq!(numbers(&l.versions), [9999, 10000]);
+}

@@ -41,6 +41,8 @@ pub(super) fn parse(text: &str) -> Result<Node, QueryError> {
         text,
         toks: &toks,
         at: 0,
+        depth: 0,
+        terms: 0,
     };
     if p.peek().tok == Tok::End {
         return Err(p.unexpected("a comparison such as `accuracy >= 0.7`"));
@@ -60,6 +62,8 @@ pub(super) fn parse_field(text: &str) -> Result<Field, QueryError> {
         text,
         toks: &toks,
         at: 0,
+        depth: 0,
+        terms: 0,
     };
     let f = p.field()?;
     match p.peek().tok {
@@ -68,10 +72,22 @@ pub(super) fn parse_field(text: &str) -> Result<Field, QueryError> {
     }
 }
 
+/// The deepest nesting of `(` and `not` an expression may have: the parser, the
+/// evaluator and the tree's drop recurse once per level, and 1,500 levels (a 3 KB
+/// expression, sent without a token over anonymous HTTP) overflowed the daemon's stack.
+pub(super) const MAX_DEPTH: usize = 64;
+/// The most comparisons an expression may hold: `and`/`or` chains group from the left,
+/// so this bounds the tree's depth along them (`in [...]` takes many values in one).
+pub(super) const MAX_TERMS: usize = 1000;
+
 struct Parser<'t> {
     text: &'t str,
     toks: &'t [Token],
     at: usize,
+    /// `(` and `not` open around the current token.
+    depth: usize,
+    /// Comparisons read so far.
+    terms: usize,
 }
 
 impl Parser<'_> {
@@ -125,10 +141,22 @@ impl Parser<'_> {
 
     /// unary = "not" unary | "(" or ")" | comparison
     fn unary(&mut self) -> Result<Node, QueryError> {
-        match self.peek().tok {
+        if matches!(self.peek().tok, Tok::Not | Tok::Open) {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                let t = self.peek();
+                return Err(QueryError::new(
+                    self.text,
+                    t.start,
+                    t.end,
+                    format!("nested deeper than {MAX_DEPTH} levels of `(` and `not`"),
+                ));
+            }
+        }
+        let node = match self.peek().tok {
             Tok::Not => {
                 self.bump();
-                Ok(Node::Not(Box::new(self.unary()?)))
+                Node::Not(Box::new(self.unary()?))
             }
             Tok::Open => {
                 self.bump();
@@ -137,10 +165,26 @@ impl Parser<'_> {
                     return Err(self.unexpected("`)`"));
                 }
                 self.bump();
-                Ok(inner)
+                inner
             }
-            _ => self.comparison(),
-        }
+            _ => {
+                self.terms += 1;
+                if self.terms > MAX_TERMS {
+                    let t = self.peek();
+                    return Err(QueryError::new(
+                        self.text,
+                        t.start,
+                        t.end,
+                        format!(
+                            "more than {MAX_TERMS} comparisons (`in [...]` takes many values in one)"
+                        ),
+                    ));
+                }
+                return self.comparison();
+            }
+        };
+        self.depth -= 1;
+        Ok(node)
     }
 
     /// comparison = field ( cmp literal | "in" list | "not" "in" list | "contains" literal )
@@ -289,6 +333,23 @@ mod tests {
         assert!(e.reason.contains("`[`"), "{e}");
         let e = parse("metrics. == 1").unwrap_err();
         assert!(e.reason.contains("after `metrics.`"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_and_long_chains_are_refused_not_recursed_into() {
+        let deep = |n: usize| format!("{}a == 1{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse(&deep(MAX_DEPTH)).is_ok());
+        let e = parse(&deep(32_000)).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 64"), "{e}");
+        assert!(parse(&format!("{}a == 1", "not ".repeat(MAX_DEPTH))).is_ok());
+        let e = parse(&format!("{}a == 1", "not ".repeat(20_000)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nested deeper"), "{e}");
+        let chain = |n: usize| vec!["a == 1"; n].join(" and ");
+        assert!(parse(&chain(MAX_TERMS)).is_ok());
+        let e = parse(&chain(5_000)).unwrap_err().to_string();
+        assert!(e.contains("more than 1000 comparisons"), "{e}");
     }
 
     #[test]
