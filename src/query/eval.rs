@@ -46,36 +46,76 @@ pub enum Field {
     Name,
 }
 
-/// A key of a metadata-like map, and the same key split at its dots for nested values
-/// (`extracted.dtypes.F16`): the whole key is tried first, so keys with dots still work.
+/// A key of a metadata-like map, or a dotted path into nested values
+/// (`extracted.dtypes.F16`). Keys may hold dots themselves (`general.name` under
+/// `extracted.general`, `ai.onnx` under `extracted.opsets`, a file name under
+/// `extracted.files`): at each level the longest key that is there is taken first, then
+/// shorter ones, so every such key can be reached by writing it as it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Path {
     whole: String,
-    parts: Vec<String>,
+    /// Where its dots are, ascending.
+    dots: Vec<usize>,
 }
+
+/// The most keys a path may be tried against for one version: a key with dots can be
+/// split in several ways, and a hostile map holding every split must not make one
+/// comparison cost thousands of lookups.
+const PATH_TRIES: u32 = 256;
 
 impl Path {
     fn new(s: &str) -> Path {
         Path {
             whole: s.to_string(),
-            parts: s.split('.').map(str::to_string).collect(),
+            dots: s.match_indices('.').map(|(i, _)| i).collect(),
         }
     }
 
-    /// The value at this key of `map`, or nested under its dotted parts.
+    /// Where a key that starts at `from` may end: the end of the path, then each dot
+    /// after `from`, the latest first.
+    fn ends(&self, from: usize) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.whole.len())
+            .chain(self.dots.iter().rev().copied().filter(move |&d| d > from))
+    }
+
+    /// The value at this path in `map`.
     fn get<'a>(&self, map: &'a Metadata) -> Option<&'a serde_json::Value> {
-        if let Some(v) = lookup(map, &self.whole) {
-            return Some(v);
+        let mut tries = PATH_TRIES;
+        for end in self.ends(0) {
+            let Some(v) = lookup(map, &self.whole[..end]) else {
+                continue;
+            };
+            if end == self.whole.len() {
+                return Some(v);
+            }
+            if let Some(found) = self.under(v, end + 1, &mut tries) {
+                return Some(found);
+            }
         }
-        let (first, rest) = self.parts.split_first()?;
-        if rest.is_empty() {
-            return None;
+        None
+    }
+
+    /// The value at the rest of the path, from `from`, inside `v`.
+    fn under<'a>(
+        &self,
+        v: &'a serde_json::Value,
+        from: usize,
+        tries: &mut u32,
+    ) -> Option<&'a serde_json::Value> {
+        let obj = v.as_object()?;
+        for end in self.ends(from) {
+            *tries = tries.checked_sub(1)?;
+            let Some(x) = obj.get(&self.whole[from..end]) else {
+                continue;
+            };
+            if end == self.whole.len() {
+                return Some(x);
+            }
+            if let Some(found) = self.under(x, end + 1, tries) {
+                return Some(found);
+            }
         }
-        let mut v = lookup(map, first)?;
-        for p in rest {
-            v = v.as_object()?.get(p)?;
-        }
-        Some(v)
+        None
     }
 }
 
@@ -249,7 +289,10 @@ mod tests {
             .unwrap(),
             metric_sources: Default::default(),
             extracted: serde_json::from_value(
-                serde_json::json!({"format": "safetensors", "dtypes": {"F16": 10}}),
+                serde_json::json!({"format": "safetensors", "dtypes": {"F16": 10},
+                    "opsets": {"ai.onnx": 17, "ai": {"onnx": 1}},
+                    "general": {"general.name": "tinyllm"},
+                    "files": {"model.safetensors": {"parameters": 10}}}),
             )
             .unwrap(),
             provenance: serde_json::from_value(serde_json::json!({"user": "ana"})).unwrap(),
@@ -318,6 +361,16 @@ mod tests {
         assert!(is(r#"extracted.format == "safetensors""#));
         assert!(is("extracted.dtypes.F16 == 10") && is("nested.depth == 50"));
         assert!(is(r#"provenance.user == "ana""#));
+    }
+
+    #[test]
+    fn keys_with_dots_inside_nested_objects_are_reached_longest_first() {
+        // An ONNX opset, a GGUF general.* key, a folder's file: keys with dots, below
+        // the top; `diff` prints these paths, and they found nothing.
+        assert!(is("extracted.opsets.ai.onnx == 17"));
+        assert!(is(r#"extracted.general.general.name == "tinyllm""#));
+        assert!(is("extracted.files.model.safetensors.parameters == 10"));
+        assert!(!is("extracted.files.model.parameters == 10"));
     }
 
     #[test]
