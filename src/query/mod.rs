@@ -45,21 +45,30 @@ impl QueryError {
 }
 
 impl std::fmt::Display for QueryError {
-    /// Three lines: the reason, the expression, a caret under the bad token.
+    /// Three lines: the reason, the expression, a caret under the bad token. The
+    /// expression is shown as a terminal shows it safely (controls escaped, see
+    /// [`crate::display`]), and the caret placed by terminal cells: counted in
+    /// characters, it sat columns off after wide characters (`"日本語"`) and under
+    /// another token after an escaped control (`\u{1b}` is six cells).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Line breaks and tabs inside the expression would misplace the caret: shown as
-        // spaces (they are white space to the lexer too).
-        let shown: String = self
-            .expression
-            .chars()
-            .map(|c| if c.is_whitespace() { ' ' } else { c })
-            .collect();
+        // Line breaks and tabs would misplace the caret: shown as spaces (they are
+        // white space to the lexer too).
+        let shown = |chars: &mut dyn Iterator<Item = char>| -> String {
+            let flat: String = chars
+                .map(|c| if c.is_whitespace() { ' ' } else { c })
+                .collect();
+            crate::display::escape_for_terminal(&flat).into_owned()
+        };
+        let mut chars = self.expression.chars();
+        let before = shown(&mut chars.by_ref().take(self.column));
+        let bad = shown(&mut chars.by_ref().take(self.width));
+        let after = shown(&mut chars);
         write!(
             f,
-            "{}\n  {shown}\n  {}{}",
+            "{}\n  {before}{bad}{after}\n  {}{}",
             self.reason,
-            " ".repeat(self.column),
-            "^".repeat(self.width)
+            " ".repeat(crate::display::width(&before)),
+            "^".repeat(crate::display::width(&bad).max(1))
         )
     }
 }
@@ -199,6 +208,21 @@ mod tests {
         let e = parser::parse("é == 1 ; x").unwrap_err();
         assert_eq!(e.column, 7);
         assert!(e.to_string().ends_with("\n         ^"), "{e}");
+    }
+
+    #[test]
+    fn a_caret_counts_terminal_cells_and_escapes() {
+        let e = parser::parse(r#"dataset == "日本語" and x = 1"#).unwrap_err();
+        let lines: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+        let at = crate::display::width(&lines[1][..lines[1].find(" = ").unwrap() + 1]);
+        assert_eq!(lines[2], format!("{}^", " ".repeat(at)), "{e}");
+        let e = parser::parse("`a\u{1b}[2Jb` == 1 ==").unwrap_err();
+        let lines: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+        assert_eq!(lines[1], r"  `a\u{1b}[2Jb` == 1 ==");
+        assert_eq!(
+            lines[2],
+            format!("{}^^", " ".repeat(lines[1].rfind("==").unwrap()))
+        );
     }
 
     #[test]
