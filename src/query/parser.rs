@@ -37,13 +37,7 @@ pub enum Node {
 /// Parses a whole expression.
 pub(super) fn parse(text: &str) -> Result<Node, QueryError> {
     let toks = tokens(text)?;
-    let mut p = Parser {
-        text,
-        toks: &toks,
-        at: 0,
-        depth: 0,
-        terms: 0,
-    };
+    let mut p = Parser::new(text, &toks);
     if p.peek().tok == Tok::End {
         return Err(p.unexpected("a comparison such as `accuracy >= 0.7`"));
     }
@@ -58,13 +52,7 @@ pub(super) fn parse(text: &str) -> Result<Node, QueryError> {
 /// Parses a lone field name (`--sort`'s), as a comparison's left side is parsed.
 pub(super) fn parse_field(text: &str) -> Result<Field, QueryError> {
     let toks = tokens(text)?;
-    let mut p = Parser {
-        text,
-        toks: &toks,
-        at: 0,
-        depth: 0,
-        terms: 0,
-    };
+    let mut p = Parser::new(text, &toks);
     let f = p.field()?;
     match p.peek().tok {
         Tok::End => Ok(f),
@@ -90,7 +78,18 @@ struct Parser<'t> {
     terms: usize,
 }
 
-impl Parser<'_> {
+impl<'t> Parser<'t> {
+    /// A parser at the first of `toks`, the tokens of `text`.
+    fn new(text: &'t str, toks: &'t [Token]) -> Parser<'t> {
+        Parser {
+            text,
+            toks,
+            at: 0,
+            depth: 0,
+            terms: 0,
+        }
+    }
+
     fn peek(&self) -> &Token {
         &self.toks[self.at.min(self.toks.len() - 1)]
     }
