@@ -99,15 +99,17 @@ fn serve(mut conn: TcpStream, seqs: &Mutex<Vec<u64>>) {
 /// a fresh daemon per round, in pairs of one round without and one with a webhook
 /// endpoint (a receiver in this process), the order within a pair alternating (ABBA),
 /// so that a drift of the machine's load weighs on both arms alike. The bar's figure
-/// is the median of the pairs' ratios: the two rounds of a pair run seconds apart and
-/// agree far better than rounds minutes apart (one arm swung 5.9x within one run).
+/// is the ratio of each arm's fastest round (see below); the median of the pairs'
+/// ratios is shown beside it.
 /// The roots are made under a top folder (see `roots_folder`): each round's 1,000
 /// files otherwise land where the previous round has just deleted its own, where ext4
 /// without a journal makes each new file cost up to ten times more. After each round
 /// with the webhook, the time until every event was delivered.
 pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
     let n = if quick { 100 } else { 1000 };
-    let rounds = if quick { 2 } else { 5 };
+    // Nine pairs: with five, one or two pairs disturbed by a neighbour's build moved the
+    // median across the bar (runs of 0.67x to 1.54x on this shared machine).
+    let rounds = if quick { 2 } else { 9 };
     let roots = roots_folder(scratch, "webhooks");
     let settle = Duration::from_millis(200);
     let secret = scratch.join("webhooks-bench.secret");
@@ -201,6 +203,13 @@ pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
         .collect::<Vec<_>>()
         .join("/");
     let r = median(&mut ratios);
+    // The bar's figure: the fastest round of each arm. A neighbour's load only ever adds
+    // time (the daemon's own CPU for the same 1,000 files swung 1 to 6 s between rounds
+    // minutes apart), so each arm's minimum is its cost with the least disturbance; the
+    // median of the pairs' ratios is shown too (it crossed the bar both ways, 0.83x to
+    // 2.41x, in runs an hour apart on this shared machine).
+    let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let (fw, fb) = (fastest(&with), fastest(&without));
     t.add(
         "webhooks",
         &format!(
@@ -209,8 +218,18 @@ pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
         format!("1 endpoint {w:.3} s ({} s)", list(&with)),
         format!("none {b:.3} s ({} s)", list(&without)),
         format!("{r:.2}x"),
+        "-",
+        None,
+    );
+    let fr = fw / fb.max(1e-3);
+    t.add(
+        "webhooks",
+        &format!("{n}-file burst, complete -> queryable: the fastest of {rounds} rounds of each arm"),
+        format!("1 endpoint {fw:.3} s"),
+        format!("none {fb:.3} s"),
+        format!("{fr:.2}x"),
         "<= 1.10x",
-        Some(r <= 1.10),
+        Some(fr <= 1.10),
     );
     let secs_list = |v: &[f64]| list(&v.iter().map(|t| t / 100.0).collect::<Vec<_>>());
     let (cw_list, cb_list) = (secs_list(&cpu_with), secs_list(&cpu_without));
