@@ -224,7 +224,9 @@ pub(super) fn webhooks(t: &mut Table, scratch: &Path, quick: bool) {
     let fr = fw / fb.max(1e-3);
     t.add(
         "webhooks",
-        &format!("{n}-file burst, complete -> queryable: the fastest of {rounds} rounds of each arm"),
+        &format!(
+            "{n}-file burst, complete -> queryable: the fastest of {rounds} rounds of each arm"
+        ),
         format!("1 endpoint {fw:.3} s"),
         format!("none {fb:.3} s"),
         format!("{fr:.2}x"),
