@@ -236,9 +236,14 @@ enum Command {
         /// A metric, `key=number` (repeatable); `best` compares them.
         #[arg(long = "metric", value_name = "K=V")]
         metrics: Vec<String>,
-        /// Metadata, `key=value` (repeatable), kept with the version.
+        /// Metadata, `key=value` (repeatable), kept with the version; a YAML flow
+        /// list or map is read as one (`--meta 'tags=[a, b]'`).
         #[arg(long = "meta", value_name = "K=V")]
         meta: Vec<String>,
+        /// A tag (repeatable), added to the metadata's `tags` list that `--tag`
+        /// searches.
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
         /// Wait until the daemon has registered it and print the version.
         #[arg(long)]
         wait: bool,

@@ -37,6 +37,8 @@ pub(super) struct AddArgs<'a> {
     pub metrics: &'a [String],
     /// `key=value` strings from --meta.
     pub meta: &'a [String],
+    /// Tags from --tag, added to the metadata's `tags` list.
+    pub tags: &'a [String],
     /// With --wait: how long to wait for the version.
     pub wait: Option<Duration>,
 }
@@ -88,6 +90,46 @@ fn parse_metrics(args: &[String]) -> Result<Map<String, Value>, ClientError> {
         out.insert(k.to_string(), Value::from(x));
     }
     Ok(out)
+}
+
+/// A `--meta` value: a YAML flow list or map (`[a, b]`, `{lr: 0.1}`) is that list or
+/// map, as the same text reads in a sidecar, so that `--meta 'tags=[a, b]'` gives the
+/// tags `--tag` searches; anything else (or a bracketed text that is not valid YAML) is
+/// the text as given, as before.
+fn meta_value(v: &str) -> Value {
+    let t = v.trim();
+    if t.starts_with('[') || t.starts_with('{') {
+        if let Ok(parsed) = serde_yaml::from_str::<Value>(t) {
+            return parsed;
+        }
+    }
+    Value::from(v)
+}
+
+/// Adds `--tag`s to the metadata's `tags` list (after those of `--meta tags=[...]`,
+/// each once).
+fn add_tags(metadata: &mut Map<String, Value>, tags: &[String]) -> Result<(), ClientError> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    let list = metadata
+        .entry("tags")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Array(list) = list else {
+        return Err(refuse(
+            "--meta tags=... is not a list: give the tags as --meta 'tags=[a, b]' or --tag (not both forms mixed with a text)".into(),
+        ));
+    };
+    for t in tags {
+        if t.trim().is_empty() {
+            return Err(refuse("--tag \"\": a tag is not empty".into()));
+        }
+        let t = Value::from(t.as_str());
+        if !list.contains(&t) {
+            list.push(t);
+        }
+    }
+    Ok(())
 }
 
 /// The name of the entry in the inbox: a folder is named after the model; a file keeps
@@ -259,8 +301,9 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         if metadata.contains_key(k) {
             return Err(refuse(format!("--meta {k:?} is given twice")));
         }
-        metadata.insert(k.to_string(), Value::from(v));
+        metadata.insert(k.to_string(), meta_value(v));
     }
+    add_tags(&mut metadata, a.tags)?;
     let given: Vec<(String, String)> = a
         .metrics
         .iter()
@@ -484,6 +527,20 @@ mod tests {
         assert_eq!(entry_name("m", p("/x/model"), false), "m");
         assert_eq!(entry_name("m.v2", p("/x/model"), false), "m.v2.bin");
         assert_eq!(entry_name("Llama-3.1", p("/x/llama"), true), "Llama-3.1");
+    }
+
+    #[test]
+    fn meta_reads_flow_lists_and_maps_as_yaml() {
+        assert_eq!(meta_value("[a, b]"), serde_json::json!(["a", "b"]));
+        assert_eq!(meta_value(" {lr: 0.1} "), serde_json::json!({"lr": 0.1}));
+        assert_eq!(meta_value("imagenet"), serde_json::json!("imagenet"));
+        assert_eq!(meta_value("[draft"), serde_json::json!("[draft"));
+        let mut m = Map::new();
+        m.insert("tags".into(), meta_value("[a, b]"));
+        add_tags(&mut m, &["b".into(), "c".into()]).unwrap();
+        assert_eq!(m["tags"], serde_json::json!(["a", "b", "c"]));
+        m.insert("tags".into(), meta_value("a"));
+        assert!(add_tags(&mut m, &["c".into()]).is_err());
     }
 
     #[test]

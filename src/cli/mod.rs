@@ -196,6 +196,7 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             name,
             metrics,
             meta,
+            tags,
             wait,
             timeout,
             json,
@@ -205,6 +206,7 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 name: name.as_deref(),
                 metrics,
                 meta,
+                tags,
                 wait: wait.then_some(std::time::Duration::from_secs(*timeout)),
             };
             show(*json, &add::add(c, &args)?, add::print_added);
