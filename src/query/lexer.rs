@@ -151,6 +151,21 @@ pub(super) fn tokens(text: &str) -> Result<Vec<Token>, QueryError> {
                     }
                 }
             }
+            // Operators of other languages: said what to write instead, not "unexpected
+            // character".
+            '&' | '|' => {
+                let word = if c == '&' { "and" } else { "or" };
+                let twice = text[start + 1..].starts_with(c);
+                let shown = if twice {
+                    format!("{c}{c}")
+                } else {
+                    c.to_string()
+                };
+                return Err(err(
+                    start + shown.len(),
+                    format!("`{shown}` is not an operator; use `{word}`"),
+                ));
+            }
             '"' | '\'' => Tok::Str(string(text, &mut it)?),
             '`' => {
                 it.next();
@@ -190,7 +205,35 @@ pub(super) fn tokens(text: &str) -> Result<Vec<Token>, QueryError> {
                 while let Some((i, c)) = it.next_if(|&(_, c)| ident_char(c)) {
                     end = i + c.len_utf8();
                 }
-                let word = &text[start..end];
+                let mut word = text[start..end].to_string();
+                // `metrics.`odd name``: a back-quoted key after a prefix (or any dotted
+                // name), read as one field name.
+                while word.ends_with('.') && it.peek().is_some_and(|&(_, c)| c == '`') {
+                    let (q, _) = it.next().unwrap_or((end, '`'));
+                    let close = text[q + 1..].find('`').map(|i| q + 1 + i);
+                    let Some(close) = close else {
+                        return Err(QueryError::new(
+                            text,
+                            q,
+                            text.len(),
+                            "unterminated `` ` ``-quoted field name".into(),
+                        ));
+                    };
+                    if close == q + 1 {
+                        return Err(QueryError::new(
+                            text,
+                            q,
+                            close + 1,
+                            format!("empty key after `{word}`"),
+                        ));
+                    }
+                    word.push_str(&text[q + 1..close]);
+                    while it.next_if(|&(i, _)| i <= close).is_some() {}
+                    // Another `.` then a plain or quoted segment continues the name.
+                    while let Some((_, c)) = it.next_if(|&(_, c)| ident_char(c)) {
+                        word.push(c);
+                    }
+                }
                 match word.to_ascii_lowercase().as_str() {
                     "and" => Tok::And,
                     "or" => Tok::Or,
@@ -199,7 +242,7 @@ pub(super) fn tokens(text: &str) -> Result<Vec<Token>, QueryError> {
                     "contains" => Tok::Contains,
                     "true" => Tok::Bool(true),
                     "false" => Tok::Bool(false),
-                    _ => Tok::Ident(word.to_string()),
+                    _ => Tok::Ident(word),
                 }
             }
             other => {
@@ -336,5 +379,37 @@ mod tests {
         assert!(e("a == 1 ; b").reason.contains("unexpected character ';'"));
         assert!(e("a == -inf").reason.contains("not a number"));
         assert_eq!(e("a == 1 ; b").column, 7);
+        assert!(
+            e("a == 1 && b == 2")
+                .reason
+                .contains("`&&` is not an operator; use `and`")
+        );
+        assert!(e("a == 1 || b == 2").reason.contains("use `or`"));
+        assert_eq!(e("a == 1 || b == 2").width, 2);
+        assert!(e("metrics.`odd").reason.contains("unterminated"));
+        assert!(
+            e("metrics.`` == 1")
+                .reason
+                .contains("empty key after `metrics.`")
+        );
+    }
+
+    #[test]
+    fn a_back_quoted_key_follows_a_prefix() {
+        assert_eq!(
+            toks("metrics.`odd name` >= 1 and metadata.`a b`.c == 'x'"),
+            vec![
+                Tok::Ident("metrics.odd name".into()),
+                Tok::Cmp(CmpOp::Ge),
+                Tok::Num(1.0),
+                Tok::And,
+                Tok::Ident("metadata.a b.c".into()),
+                Tok::Cmp(CmpOp::Eq),
+                Tok::Str("x".into()),
+                Tok::End,
+            ]
+        );
+        let t = tokens("metrics.`odd name` == 1").unwrap();
+        assert_eq!((t[0].start, t[0].end), (0, 18));
     }
 }

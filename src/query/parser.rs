@@ -56,7 +56,9 @@ pub(super) fn parse_field(text: &str) -> Result<Field, QueryError> {
     let f = p.field()?;
     match p.peek().tok {
         Tok::End => Ok(f),
-        _ => Err(p.unexpected("the end: --sort takes one field name")),
+        _ => Err(
+            p.unexpected("the end: --sort takes one field name (FIELD, or -FIELD for descending)")
+        ),
     }
 }
 
@@ -224,6 +226,11 @@ impl<'t> Parser<'t> {
                 Field::resolve(&name)
                     .map_err(|reason| QueryError::new(self.text, t.start, t.end, reason))
             }
+            // A value where the field belongs: the field goes first (`0.7 <= accuracy`
+            // said only "expected a field name", which read as if `0.7` were misspelt).
+            Tok::Num(_) | Tok::Str(_) | Tok::Bool(_) => Err(self.unexpected(
+                "a field name: the field comes first and the value after it (`accuracy >= 0.7`)",
+            )),
             _ => Err(self.unexpected("a field name such as `accuracy` or `metadata.dataset`")),
         }
     }
@@ -363,6 +370,25 @@ mod tests {
                 .unwrap_err()
                 .reason
                 .contains("one field name")
+        );
+        assert!(
+            parse_field("accuracy desc")
+                .unwrap_err()
+                .reason
+                .contains("-FIELD for descending")
+        );
+    }
+
+    #[test]
+    fn a_value_on_the_left_says_the_field_comes_first() {
+        let e = parse("0.7 <= accuracy").unwrap_err();
+        assert!(e.reason.contains("the field comes first"), "{e}");
+        assert_eq!((e.column, e.width), (0, 3));
+        let e = parse("a == 1 and \"x\" == dataset").unwrap_err();
+        assert!(e.reason.contains("the field comes first"), "{e}");
+        assert_eq!(
+            parse("metrics.`odd name` == 1").unwrap(),
+            Node::Cmp(Field::Metric("odd name".into()), CmpOp::Eq, Lit::Num(1.0))
         );
     }
 }
