@@ -137,8 +137,13 @@ fn token(cli: &Cli) -> Result<Option<String>, ClientError> {
 }
 
 pub(crate) fn client_command(cli: &Cli, cmd: &Command) -> ExitCode {
-    if let Command::List { search, .. } | Command::Versions { search, .. } = cmd
-        && let Err(e) = search.check()
+    let searched = match cmd {
+        Command::List { search, .. } => Some((search, None)),
+        Command::Versions { search, name, .. } => Some((search, Some(name.as_str()))),
+        _ => None,
+    };
+    if let Some((search, model)) = searched
+        && let Err(e) = search.check(model)
     {
         print_error(&e);
         return ExitCode::from(EXIT_USAGE);

@@ -11,8 +11,9 @@ use super::{print_json, show};
 use crate::SearchFlags;
 
 impl SearchFlags {
-    fn args(&self) -> SearchArgs<'_> {
+    fn args<'a>(&'a self, model: Option<&'a str>) -> SearchArgs<'a> {
         SearchArgs {
+            model,
             filter: self.filter.as_deref(),
             tags: &self.tags,
             sort: self.sort.as_deref(),
@@ -23,8 +24,8 @@ impl SearchFlags {
 
     /// The search compiled as the daemon will compile it: its error, if any (an
     /// expression's with a caret under the bad token).
-    pub(super) fn check(&self) -> Result<(), String> {
-        Search::compile(self.args()).map(|_| ())
+    pub(super) fn check(&self, model: Option<&str>) -> Result<(), String> {
+        Search::compile(self.args(model)).map(|_| ())
     }
 
     /// The request: `list` without a `name`, `versions` of `name` with one.

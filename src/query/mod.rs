@@ -83,6 +83,8 @@ pub struct Search {
     limit: Option<usize>,
     cursor: Option<order::CursorData>,
     plain: bool,
+    /// What a cursor is bound to: the model, filter, tags and sort it was given for.
+    query: String,
 }
 
 /// What a request asks for, as text (the socket's fields, HTTP's query, the CLI's flags).
@@ -98,6 +100,21 @@ pub struct SearchArgs<'a> {
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<&'a str>,
+    /// The model of `versions` (none for `list`): a cursor is bound to it.
+    pub model: Option<&'a str>,
+}
+
+/// A short fingerprint of what a page continues: the model, the filter, the tags (in
+/// any order) and the sort. A cursor carries it so that passing one to another query is
+/// refused rather than silently starting at the wrong place.
+fn fingerprint(a: &SearchArgs<'_>) -> String {
+    use sha2::Digest;
+    let mut tags: Vec<&str> = a.tags.iter().map(String::as_str).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    let text = serde_json::json!([a.model, a.filter, tags, a.sort]).to_string();
+    let d = sha2::Sha256::digest(text.as_bytes());
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 impl Search {
@@ -124,6 +141,15 @@ impl Search {
                     Some(rest) => (true, rest),
                     None => (false, text.strip_prefix('+').unwrap_or(text)),
                 };
+                // `--sort --accuracy` (meaning descending) reaches here as `--accuracy`:
+                // read as an expression it was "`-accuracy` is not a number".
+                if name.starts_with(['-', '+']) {
+                    let field = name.trim_start_matches(['-', '+']);
+                    let field = if field.is_empty() { "accuracy" } else { field };
+                    return Err(format!(
+                        "invalid sort {text:?}: --sort takes FIELD (ascending) or -FIELD (descending), one `-` at most; to sort by {field} descending write --sort=-{field}"
+                    ));
+                }
                 let field = parser::parse_field(name).map_err(|e| format!("invalid sort: {e}"))?;
                 Some(Sort {
                     field,
@@ -136,10 +162,12 @@ impl Search {
         if a.limit == Some(0) {
             return Err("limit must be at least 1 (leave it out for every item)".into());
         }
+        let query = fingerprint(&a);
         let cursor = match a.cursor {
             Some(c) => Some(order::CursorData::decode(
                 c,
                 sort.as_ref().map_or("", |s| s.text.as_str()),
+                &query,
             )?),
             None => None,
         };
@@ -153,6 +181,7 @@ impl Search {
             sort,
             limit: a.limit,
             cursor,
+            query,
         })
     }
 
@@ -182,7 +211,13 @@ impl Search {
 
     /// Sorts the hits and cuts the page asked for.
     pub fn page<T>(&self, hits: Vec<Hit<'_, T>>) -> Page<T> {
-        order::page(hits, self.sort.as_ref(), self.cursor.as_ref(), self.limit)
+        order::page(
+            hits,
+            self.sort.as_ref(),
+            self.cursor.as_ref(),
+            self.limit,
+            &self.query,
+        )
     }
 }
 
@@ -235,8 +270,27 @@ mod tests {
             })
         };
         assert!(c(Some("-"), None).unwrap_err().starts_with("invalid sort"));
+        let e = c(Some("--accuracy"), None).unwrap_err();
+        assert!(e.contains("write --sort=-accuracy"), "{e}");
+        assert!(!e.contains("not a number"), "{e}");
+        assert!(c(Some("+-accuracy"), None).is_err());
         assert!(c(Some("a b"), None).unwrap_err().contains("one field name"));
         assert!(c(None, Some(0)).unwrap_err().contains("at least 1"));
+        let f = |model, filter, tags: &[String], sort| {
+            fingerprint(&SearchArgs {
+                model,
+                filter,
+                tags,
+                sort,
+                ..Default::default()
+            })
+        };
+        let ab = ["a".to_string(), "b".to_string()];
+        let ba = ["b".to_string(), "a".to_string()];
+        assert_eq!(f(Some("m"), None, &ab, None), f(Some("m"), None, &ba, None));
+        assert_ne!(f(Some("m"), None, &ab, None), f(Some("n"), None, &ab, None));
+        assert_ne!(f(None, None, &[], None), f(None, Some("a == 1"), &[], None));
+        assert_ne!(f(None, None, &ab[..1], None), f(None, None, &[], None));
         assert!(c(Some("-accuracy"), Some(3)).is_ok());
         assert!(c(None, None).unwrap().is_plain());
         assert!(!c(None, Some(3)).unwrap().is_plain());

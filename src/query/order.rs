@@ -52,6 +52,10 @@ pub(super) struct CursorData {
     k: serde_json::Value,
     /// The last item's tie-breaker.
     t: serde_json::Value,
+    /// The fingerprint of the query it continues (model, filter, tags, sort); empty in
+    /// a cursor from before it was bound, which is then refused as another query's.
+    #[serde(default)]
+    q: String,
 }
 
 /// Orders two values as `--sort` does: numbers, then strings, then booleans, each in
@@ -108,8 +112,9 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 impl CursorData {
-    /// Reads a cursor given back by a client, for a query sorted by `sort` (`""`: none).
-    pub(super) fn decode(text: &str, sort: &str) -> Result<CursorData, String> {
+    /// Reads a cursor given back by a client, for a query sorted by `sort` (`""`: none)
+    /// whose fingerprint is `query`.
+    pub(super) fn decode(text: &str, sort: &str, query: &str) -> Result<CursorData, String> {
         let c: CursorData = unhex(text)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| {
@@ -129,6 +134,11 @@ impl CursorData {
                 shown(sort)
             ));
         }
+        if c.q != query {
+            return Err(
+                "the cursor continues another query (another model, --where or --tag): ask the next page with the same search it was given for, or leave out the cursor to start from the first page".into(),
+            );
+        }
         Ok(c)
     }
 }
@@ -140,6 +150,7 @@ pub(super) fn page<T>(
     sort: Option<&Sort>,
     cursor: Option<&CursorData>,
     limit: Option<usize>,
+    query: &str,
 ) -> Page<T> {
     let desc = sort.is_some_and(|s| s.desc);
     let cmp = |a: (&Value, &Value), b: (&Value, &Value)| {
@@ -164,6 +175,7 @@ pub(super) fn page<T>(
                 s: sort.map(|s| s.text.clone()).unwrap_or_default(),
                 k: to_json(&last.key),
                 t: to_json(&last.tie),
+                q: query.to_string(),
             };
             Some(hex(serde_json::to_string(&c)
                 .unwrap_or_default()
@@ -205,9 +217,9 @@ mod tests {
     #[test]
     fn missing_values_come_last_in_both_directions() {
         let keys = [Some(0.5), None, Some(0.9), Some(0.1), None, Some(0.9)];
-        let up = page(hits(&keys), Some(&sort("a")), None, None);
+        let up = page(hits(&keys), Some(&sort("a")), None, None, "");
         assert_eq!(up.items, vec![4, 1, 3, 6, 2, 5]);
-        let down = page(hits(&keys), Some(&sort("-a")), None, None);
+        let down = page(hits(&keys), Some(&sort("-a")), None, None, "");
         assert_eq!(down.items, vec![3, 6, 1, 4, 2, 5]);
     }
 
@@ -217,14 +229,14 @@ mod tests {
             .map(|i| (i % 4 != 0).then_some((i % 5) as f64))
             .collect();
         let s = sort("-a");
-        let all = page(hits(&keys), Some(&s), None, None).items;
+        let all = page(hits(&keys), Some(&s), None, None, "q").items;
         let mut seen = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
             let c = cursor
                 .as_deref()
-                .map(|c| CursorData::decode(c, "-a").unwrap());
-            let p = page(hits(&keys), Some(&s), c.as_ref(), Some(5));
+                .map(|c| CursorData::decode(c, "-a", "q").unwrap());
+            let p = page(hits(&keys), Some(&s), c.as_ref(), Some(5), "q");
             assert_eq!(p.total, 23);
             seen.extend(p.items);
             match p.next_cursor {
@@ -238,32 +250,38 @@ mod tests {
     #[test]
     fn a_cursor_is_checked() {
         assert!(
-            CursorData::decode("zz", "")
+            CursorData::decode("zz", "", "")
                 .unwrap_err()
                 .contains("not one this daemon gave")
         );
-        assert!(CursorData::decode("", "").is_err());
+        assert!(CursorData::decode("", "", "").is_err());
         let p = page(
             hits(&[Some(1.0), Some(2.0)]),
             Some(&sort("a")),
             None,
             Some(1),
+            "q",
         );
         let c = p.next_cursor.unwrap();
         assert!(c.bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(
-            CursorData::decode(&c, "-a")
+            CursorData::decode(&c, "-a", "q")
                 .unwrap_err()
                 .contains("same sort")
         );
-        assert!(CursorData::decode(&c, "a").is_ok());
+        assert!(CursorData::decode(&c, "a", "q").is_ok());
+        assert!(
+            CursorData::decode(&c, "a", "other")
+                .unwrap_err()
+                .contains("another query")
+        );
     }
 
     #[test]
     fn no_limit_answers_everything_and_no_cursor() {
-        let p = page(hits(&[Some(1.0), Some(2.0)]), None, None, None);
+        let p = page(hits(&[Some(1.0), Some(2.0)]), None, None, None, "");
         assert_eq!((p.items, p.total, p.next_cursor), (vec![1, 2], 2, None));
-        let p = page(hits(&[Some(1.0), Some(2.0)]), None, None, Some(2));
+        let p = page(hits(&[Some(1.0), Some(2.0)]), None, None, Some(2), "");
         assert_eq!(p.next_cursor, None);
     }
 }

@@ -19,6 +19,7 @@ pub(super) fn answer(ctx: &Context, req: &Request) -> Response {
         sort: s.sort.as_deref(),
         limit: s.limit,
         cursor: s.cursor.as_deref(),
+        model: name,
     };
     match name {
         None => list(ctx, args),
