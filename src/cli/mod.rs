@@ -246,7 +246,14 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
             json,
         } => {
             let (metric, mode) = (best.metric.as_deref(), best.direction());
-            let info = c.get(name, Some(selector), metric, mode)?;
+            let info = match c.get(name, Some(selector), metric, mode) {
+                // `get` refuses a removed version; its card shows what the tombstone
+                // keeps (the `versions` answer holds it whole).
+                Err(e) if e.code() == Some(modelreg::protocol::ErrorCode::VersionRemoved) => {
+                    show::tombstone(c, name, selector).ok_or(e)?
+                }
+                r => r?,
+            };
             show(*json, &info, show::print_card);
         }
         Command::Diff {

@@ -6,8 +6,9 @@
 //! extracted facts and provenance are rendered as any JSON map, so that facts a newer
 //! daemon records show up without a change here.
 
+use modelreg::client::Client;
 use modelreg::display::{compact_number, escape_for_terminal as esc};
-use modelreg::protocol::{FileInfo, VersionInfo};
+use modelreg::protocol::{FileInfo, Request, VersionInfo, VersionList};
 use modelreg::status::human_bytes as human_size;
 use serde_json::Value;
 
@@ -24,12 +25,34 @@ const INLINE_KEYS: usize = 8;
 /// Hex digits of a SHA-256 shown: enough to tell files apart by eye.
 pub(super) const SHORT_SHA: usize = 12;
 
+/// The removed version `selector` (`vN`) of `name` as the catalog keeps its tombstone:
+/// number, registration, files' SHA-256 and sizes, metrics, metadata, provenance and who
+/// removed it; `None` when it cannot be found.
+pub(super) fn tombstone(c: &mut Client, name: &str, selector: &str) -> Option<VersionInfo> {
+    let number: u32 = selector
+        .strip_prefix('v')
+        .unwrap_or(selector)
+        .parse()
+        .ok()?;
+    let list: VersionList = c.call_as(&Request::versions(name)).ok()?;
+    list.versions
+        .into_iter()
+        .find(|v| v.number == number && v.state == "removed")
+}
+
 /// Prints the card of `v`.
 pub(super) fn print_card(v: &VersionInfo) {
     outln!("{} {}", esc(&v.name), esc(&v.version));
+    let removed = v.state == "removed";
     let mut state = v.state.clone();
     if let Some(m) = &v.mark {
         state.push_str(&format!(" since {}", m.at));
+        if let Some(uid) = m.uid {
+            state.push_str(&format!(
+                " by {} (uid {uid})",
+                modelreg::users::user_name(uid)
+            ));
+        }
         if let Some(r) = &m.reason {
             state.push_str(&format!(": {r}"));
         }
@@ -43,7 +66,13 @@ pub(super) fn print_card(v: &VersionInfo) {
         head.push(row("metrics updated", at.clone()));
     }
     head.push(row("source", v.source.clone()));
-    head.push(row("path", v.path.clone()));
+    head.push(row(
+        "path",
+        match removed {
+            true => format!("{} (deleted: the files are gone)", v.path),
+            false => v.path.clone(),
+        },
+    ));
     head.push(row(
         "size",
         format!("{} in {} file(s)", human_size(v.size), v.files.len()),
@@ -82,7 +111,13 @@ pub(super) fn print_card(v: &VersionInfo) {
             ]
         })
         .collect();
-    section("files", files);
+    section(
+        match removed {
+            true => "files (deleted; the tombstone keeps their sizes and SHA-256)",
+            false => "files",
+        },
+        files,
+    );
     section("provenance", map_rows(v.provenance.iter(), 1));
 }
 
