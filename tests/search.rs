@@ -461,7 +461,7 @@ models = reg.list(tag=["baseline", "prod"], sort="-version")
 print(json.dumps({"page": [v.number for v in page], "total": page.total, "rest": [v.number for v in rest],
                   "models": [m.name for m in models]}))
 "#;
-    let py = python(script, &url);
+    let py = python_json(script, &url);
     assert_eq!(py["page"], serde_json::json!(numbers(&want.versions)));
     assert_eq!(py["total"], serde_json::json!(want.total));
     assert_eq!(py["rest"].as_array().unwrap().len(), 3);
@@ -508,7 +508,7 @@ except modelreg.BadRequest as e:
 print(json.dumps({"top": [v.number for v in top], "total": top.total, "seen": seen,
                   "models": [m.name for m in models], "all": len(reg.versions("big")), "err": err}))
 "#;
-    let got = python(script, &d.socket().display().to_string());
+    let got = python_json(script, &d.socket().display().to_string());
     let want = found(
         &d,
         &paged(
@@ -531,23 +531,6 @@ print(json.dumps({"top": [v.number for v in top], "total": top.total, "seen": se
         got["err"].as_str().unwrap().contains("\n  accuracy >\n"),
         "{got}"
     );
-}
-
-/// Runs a Python `script` with the repository's client importable and `arg` as its
-/// argument; its stdout as JSON.
-fn python(script: &str, arg: &str) -> serde_json::Value {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(arg)
-        .env(
-            "PYTHONPATH",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
-        )
-        .output()
-        .expect("python3 is installed");
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// An expression nested 1,500 levels deep (3 KB, sent without a token over anonymous

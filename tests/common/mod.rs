@@ -602,3 +602,20 @@ pub fn delivery_row(d: &TestDaemon, name: &str) -> modelreg::protocol::Delivery 
     );
     row.expect("found")
 }
+
+/// Runs a Python `script` with the repository's client importable and `arg` as its
+/// argument; its stdout as JSON.
+pub fn python_json(script: &str, arg: &str) -> serde_json::Value {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(arg)
+        .env(
+            "PYTHONPATH",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+        )
+        .output()
+        .expect("python3 is installed");
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}

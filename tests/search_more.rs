@@ -1,0 +1,251 @@
+//! Search and CLI findings of a fresh-clone tester, on the real binary: tags given on
+//! `add` (and by Python and HTTP) are found by `--tag`; `--sort --accuracy` and a
+//! back-quoted key after a prefix say what they mean; a paging cursor is bound to its
+//! query on every door; `show` of a removed version shows its tombstone; `add FOLDER`
+//! records the folder it came from.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use modelreg::protocol::{Request, SearchFields, VersionList};
+
+/// Writes `len` bytes from `seed` to `dir/file` and returns the path as text.
+fn file(dir: &Path, file: &str, seed: u64) -> String {
+    let p = dir.join(file);
+    write(&p, &bytes(seed, 256));
+    p.display().to_string()
+}
+
+/// The version numbers `modelreg versions NAME ARGS... --json` lists.
+fn listed(d: &TestDaemon, name: &str, args: &[&str]) -> Vec<u32> {
+    let mut all = vec!["versions", name, "--json"];
+    all.extend_from_slice(args);
+    let l: VersionList = serde_json::from_str(&ok(d, &all)).unwrap();
+    l.versions.iter().map(|v| v.number).collect()
+}
+
+/// `versions NAME` with the search `s`, as a raw socket request line.
+fn versions_line(name: &str, s: SearchFields) -> String {
+    serde_json::to_string(&Request::search(Some(name.into()), s)).unwrap()
+}
+
+const HTTP: &str = "settle: 300ms\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n";
+
+#[test]
+fn tags_given_on_add_python_and_http_are_found_by_tag() {
+    let (d, addr, token) = common::http::with_write_token(HTTP);
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("writer.token");
+    std::fs::write(&tok, &token).unwrap();
+    // v1: a YAML flow list in --meta, as a sidecar would hold it.
+    let f1 = file(dir.path(), "m1.bin", 1);
+    ok(&d, &["add", &f1, "--name", "m", "--meta", "tags=[a, b]"]);
+    // v2: --tag, repeated.
+    let f2 = file(dir.path(), "m2.bin", 2);
+    ok(&d, &["add", &f2, "--name", "m", "--tag", "c", "--tag", "a"]);
+    // v3: the Python client's metadata, v4 its tags keyword.
+    let f3 = file(dir.path(), "m3.bin", 3);
+    let f4 = file(dir.path(), "m4.bin", 4);
+    let script = r#"
+import json, sys
+import modelreg
+sock, f3, f4 = sys.argv[1].split("|")
+reg = modelreg.ModelRegistry(socket=sock)
+a = reg.register("m", f3, metadata={"tags": ["a", "py"]})
+b = reg.register("m", f4, tags=["py"])
+print(json.dumps([a.number, b.number]))
+"#;
+    let arg = format!("{}|{f3}|{f4}", d.socket().display());
+    assert_eq!(python_json(script, &arg), serde_json::json!([3, 4]));
+    // v5: over HTTP (`add --url` uploads).
+    let f5 = file(dir.path(), "m5.bin", 5);
+    let url = format!("http://{addr}");
+    let tok = tok.display().to_string();
+    ok(
+        &d,
+        &[
+            "--url",
+            &url,
+            "--token-file",
+            &tok,
+            "add",
+            &f5,
+            "--name",
+            "m",
+            "--tag",
+            "web",
+            "--meta",
+            "tags=[a]",
+        ],
+    );
+
+    assert_eq!(listed(&d, "m", &["--tag", "a"]), [1, 2, 3, 5]);
+    assert_eq!(listed(&d, "m", &["--tag", "b"]), [1]);
+    assert_eq!(listed(&d, "m", &["--tag", "c", "--tag", "a"]), [2]);
+    assert_eq!(listed(&d, "m", &["--tag", "py"]), [3, 4]);
+    assert_eq!(listed(&d, "m", &["--tag", "web"]), [5]);
+    let v2 = d.get("m", "v2").unwrap();
+    assert_eq!(v2.metadata["tags"], serde_json::json!(["c", "a"]));
+    // A text that is not a YAML flow value stays text; a text `tags` is still refused.
+    let f6 = file(dir.path(), "m6.bin", 6);
+    let e = fails(&d, &["add", &f6, "--name", "m", "--meta", "tags=a"]);
+    assert!(e.contains("must be a list of strings"), "{e}");
+    ok(&d, &["add", &f6, "--name", "m", "--meta", "note=[draft"]);
+    assert_eq!(d.get("m", "v6").unwrap().metadata["note"], "[draft");
+}
+
+#[test]
+fn sort_with_two_dashes_says_how_to_sort_descending() {
+    let d = TestDaemon::quick();
+    register_seeded(&d, "m", 1);
+    let e = fails(&d, &["versions", "m", "--sort", "--accuracy"]);
+    assert!(e.contains("--sort=-accuracy"), "{e}");
+    assert!(!e.contains("not a number"), "{e}");
+    // The daemon says the same to a request that reaches it.
+    let line = versions_line(
+        "m",
+        SearchFields {
+            sort: Some("--accuracy".into()),
+            ..Default::default()
+        },
+    );
+    let (code, msg) = error_of(&send_raw(&d.socket(), &line, &[]));
+    assert_eq!(code, "bad_request");
+    assert!(msg.contains("--sort=-accuracy"), "{msg}");
+    // And the descending sort it meant works.
+    ok(&d, &["versions", "m", "--sort=-accuracy"]);
+}
+
+#[test]
+fn a_back_quoted_key_after_a_prefix_is_searched() {
+    let d = TestDaemon::quick();
+    let dir = tempfile::tempdir().unwrap();
+    let f1 = file(dir.path(), "a.bin", 1);
+    let f2 = file(dir.path(), "b.bin", 2);
+    ok(&d, &["add", &f1, "--name", "m", "--metric", "odd name=1"]);
+    ok(&d, &["add", &f2, "--name", "m", "--metric", "odd name=2"]);
+    assert_eq!(
+        listed(&d, "m", &["--where", "metrics.`odd name` >= 2"]),
+        [2]
+    );
+    assert_eq!(listed(&d, "m", &["--sort", "-metrics.`odd name`"]), [2, 1]);
+    // An unclosed one is refused with the caret under it.
+    let e = fails(&d, &["versions", "m", "--where", "metrics.`odd name == 1"]);
+    assert!(
+        e.contains("unterminated") && e.contains("\n          ^^^^^^^^^^^^^^"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_cursor_from_another_query_is_refused_on_every_door() {
+    let d = TestDaemon::start(HTTP);
+    for n in 0..3 {
+        register_seeded(&d, "m", n);
+        register_seeded(&d, "other", 10 + n);
+    }
+    let first = d.cli(&["versions", "m", "--limit", "1"]);
+    let err = stderr(&first);
+    let cursor = err.rsplit("--cursor ").next().unwrap().trim().to_string();
+    // The same query goes on.
+    assert_eq!(listed(&d, "m", &["--limit", "1", "--cursor", &cursor]), [2]);
+    // Another model, another --where, another --tag: refused, not a wrong page.
+    for args in [
+        vec!["versions", "other", "--limit", "1", "--cursor", &cursor],
+        vec![
+            "versions",
+            "m",
+            "--where",
+            "version > 0",
+            "--cursor",
+            &cursor,
+        ],
+        vec!["versions", "m", "--tag", "x", "--cursor", &cursor],
+        vec!["list", "--limit", "1", "--cursor", &cursor],
+    ] {
+        let e = fails(&d, &args);
+        assert!(e.contains("another query"), "{args:?}: {e}");
+    }
+    // On the socket.
+    let line = versions_line(
+        "other",
+        SearchFields {
+            limit: Some(1),
+            cursor: Some(cursor.clone()),
+            ..Default::default()
+        },
+    );
+    let (code, msg) = error_of(&send_raw(&d.socket(), &line, &[]));
+    assert_eq!(code, "bad_request");
+    assert!(msg.contains("another query"), "{msg}");
+    // Over HTTP.
+    let addr = common::http::address(&d);
+    let a = common::http::get(
+        &addr,
+        &format!("/api/v1/models/other/versions?limit=1&cursor={cursor}"),
+    );
+    assert_eq!(a.status, 400);
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another query")
+    );
+    // In Python.
+    let script = r#"
+import json, sys
+import modelreg
+sock, cursor = sys.argv[1].split("|")
+reg = modelreg.ModelRegistry(socket=sock)
+try:
+    reg.versions("other", limit=1, cursor=cursor)
+    print(json.dumps(None))
+except modelreg.BadRequest as e:
+    print(json.dumps(str(e)))
+"#;
+    let got = python_json(script, &format!("{}|{cursor}", d.socket().display()));
+    assert!(got.as_str().unwrap().contains("another query"), "{got}");
+}
+
+#[test]
+fn show_of_a_removed_version_shows_its_tombstone() {
+    let d = TestDaemon::quick();
+    let dir = tempfile::tempdir().unwrap();
+    let f1 = file(dir.path(), "a.bin", 1);
+    let f2 = file(dir.path(), "b.bin", 2);
+    ok(&d, &["add", &f1, "--name", "m", "--metric", "accuracy=0.5"]);
+    ok(&d, &["add", &f2, "--name", "m"]);
+    let v1 = d.get("m", "v1").unwrap();
+    ok(&d, &["rm", "m", "v1", "--reason", "leaked test data"]);
+    let card = ok(&d, &["show", "m", "v1"]);
+    let user = {
+        use std::os::unix::fs::MetadataExt;
+        modelreg::users::user_name(std::fs::metadata(&f1).unwrap().uid())
+    };
+    for want in [
+        "m v1".to_string(),
+        "removed since ".to_string(),
+        format!("by {user}"),
+        "leaked test data".into(),
+        v1.registered_at.clone(),
+        "the files are gone".into(),
+        v1.files[0].sha256[..12].to_string(),
+        "accuracy  0.5".into(),
+    ] {
+        assert!(card.contains(&want), "{want:?} not in:\n{card}");
+    }
+    assert!(
+        card.lines()
+            .any(|l| l.trim_start().starts_with("source ") && l.ends_with(&f1)),
+        "{card}"
+    );
+    // --json gives the whole tombstone; another version number is still an error.
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["show", "m", "v1", "--json"])).unwrap();
+    assert_eq!(j["files"][0]["sha256"], v1.files[0].sha256);
+    assert_eq!(j["state"], "removed");
+    let e = fails(&d, &["show", "m", "v9"]);
+    assert!(e.contains("v9"), "{e}");
+}
