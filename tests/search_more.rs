@@ -249,3 +249,63 @@ fn show_of_a_removed_version_shows_its_tombstone() {
     let e = fails(&d, &["show", "m", "v9"]);
     assert!(e.contains("v9"), "{e}");
 }
+
+/// A git checkout as files (what the daemon reads; no git process): HEAD on `main` at
+/// `commit`.
+fn fake_checkout(dir: &Path, commit: &str) {
+    std::fs::create_dir_all(dir.join(".git/refs/heads")).unwrap();
+    write(&dir.join(".git/HEAD"), b"ref: refs/heads/main\n");
+    write(
+        &dir.join(".git/refs/heads/main"),
+        format!("{commit}\n").as_bytes(),
+    );
+}
+
+#[test]
+fn add_folder_records_the_original_folder_and_its_commit() {
+    let d = TestDaemon::quick();
+    let work = tempfile::tempdir().unwrap();
+    // A folder inside a checkout (its `.git` is above it, so never copied with it).
+    let repo = work.path().join("repo");
+    let above = "1111111111111111111111111111111111111111";
+    fake_checkout(&repo, above);
+    let run = repo.join("runs/bert");
+    std::fs::create_dir_all(&run).unwrap();
+    write(&run.join("model.safetensors"), &bytes(1, 300));
+    write(&run.join("config.json"), b"{}");
+    ok(&d, &["add", run.to_str().unwrap(), "--wait"]);
+    let v = d.get("bert", "v1").unwrap();
+    let p = &v.provenance;
+    assert_eq!(p["source"], run.display().to_string(), "{p:?}");
+    assert_eq!(p["commit"], above, "{p:?}");
+    assert_eq!(p["repository"], repo.display().to_string(), "{p:?}");
+    assert_eq!(p["via"], "inbox", "{p:?}");
+
+    // A folder with its own checkout, with metrics: the sidecar carries both.
+    let own = work.path().join("gpt");
+    let commit = "2222222222222222222222222222222222222222";
+    fake_checkout(&own, commit);
+    write(&own.join("weights.bin"), &bytes(2, 300));
+    ok(
+        &d,
+        &[
+            "add",
+            own.to_str().unwrap(),
+            "--metric",
+            "accuracy=0.5",
+            "--wait",
+        ],
+    );
+    let v = d.get("gpt", "v1").unwrap();
+    assert_eq!(v.provenance["source"], own.display().to_string());
+    assert_eq!(v.provenance["commit"], commit);
+    assert_eq!(v.metrics["accuracy"], 0.5);
+    assert!(v.metadata.is_empty(), "{:?}", v.metadata);
+
+    // The same folder again: identical bytes, no new version, nothing updated.
+    ok(&d, &["add", own.to_str().unwrap(), "--wait"]);
+    let again = d.get("gpt", "latest").unwrap();
+    assert_eq!(again.number, 1);
+    assert_eq!(again.metrics["accuracy"], 0.5);
+    assert_eq!(again.metrics_updated_at, None);
+}

@@ -178,6 +178,7 @@ pub(super) fn search(t: &mut Table, scratch: &Path, quick: bool) {
                 sort: sort.as_deref(),
                 limit,
                 cursor: None,
+                model: Some("big"),
             })
             .unwrap();
             let m = &catalog.models["big"];

@@ -98,10 +98,10 @@ fn parse_metrics(args: &[String]) -> Result<Map<String, Value>, ClientError> {
 /// the text as given, as before.
 fn meta_value(v: &str) -> Value {
     let t = v.trim();
-    if t.starts_with('[') || t.starts_with('{') {
-        if let Ok(parsed) = serde_yaml::from_str::<Value>(t) {
-            return parsed;
-        }
+    if (t.starts_with('[') || t.starts_with('{'))
+        && let Ok(parsed) = serde_yaml::from_str::<Value>(t)
+    {
+        return parsed;
     }
     Value::from(v)
 }
@@ -349,11 +349,20 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     let size = source_size(a.path).map_err(|e| refuse(format!("{}: {e}", a.path.display())))?;
     let store = status.store.as_deref().map(Path::new);
     check_room(a.path, size, &inbox, store)?;
-    let sidecar_text = (!metrics.is_empty() || !metadata.is_empty()).then(|| {
+    let values = !metrics.is_empty() || !metadata.is_empty();
+    // Where the artifact is now: the daemon records it as the source (not the inbox
+    // copy) and reads its checkout's commit from there when it can.
+    let original = std::path::absolute(a.path).ok();
+    let sidecar_text = (values || original.is_some()).then(|| {
         let mut doc = Map::new();
-        doc.insert("metrics".into(), Value::Object(metrics));
+        if values {
+            doc.insert("metrics".into(), Value::Object(metrics));
+        }
         if !metadata.is_empty() {
             doc.insert("metadata".into(), Value::Object(metadata));
+        }
+        if let Some(p) = original.as_ref().and_then(|p| p.to_str()) {
+            doc.insert("provenance".into(), serde_json::json!({ "source": p }));
         }
         // JSON is valid YAML: the Python client writes the same.
         serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default() + "\n"
@@ -361,7 +370,7 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     let sidecar = sidecar_name(&inbox, &name);
     // The newest version before the hand-over: identical bytes with new metrics update
     // it rather than make a version, which the answer then says.
-    let before = newest_if_metrics(c, &name, sidecar_text.is_some());
+    let before = newest_if_metrics(c, &name, values);
     let place_sidecar = || match &sidecar_text {
         None => Ok(()),
         Some(text) => place(

@@ -35,7 +35,7 @@ impl Registrar {
                 // A copy went through: a full store (below) is no longer the case.
                 self.board
                     .clear_problem(&self.config.store.display().to_string());
-                self.apply_done(&name, new, unchanged, sidecar);
+                self.apply_done(&name, new, unchanged, sidecar.map(|s| *s));
                 Outcome::Done
             }
             JobResult::Blocked(path, message) => {
@@ -184,8 +184,14 @@ impl Registrar {
         if let Some(s) = sidecar {
             let shown = cfg.inbox.join(&s.entry).display().to_string();
             self.board.clear_problem(&shown);
+            // A sidecar that only names where the artifact came from (`provenance:`) has
+            // no metrics or metadata to give an identical version.
+            let gives = !(s.parsed.source.is_some()
+                && s.parsed.metrics.is_empty()
+                && s.parsed.metadata.is_empty());
             if s.fresh
                 && !added
+                && gives
                 && let Some(latest) = model
                     .versions
                     .iter_mut()

@@ -108,7 +108,8 @@ pub enum JobResult {
     Done {
         new: Vec<NewVersion>,
         unchanged: Vec<(String, String, u32)>,
-        sidecar: Option<SidecarRead>,
+        /// Boxed: the largest part, and rare.
+        sidecar: Option<Box<SidecarRead>>,
         /// The highest number the store holds when it is above the catalog's: versions
         /// the catalog does not know (numbering went above them).
         store_ahead: Option<u32>,
@@ -291,15 +292,13 @@ fn run_job_inner(
                 return JobResult::Failed(e.to_string());
             }
         };
-        let origin = crate::extract::Origin {
-            via: "inbox",
-            source: Some(job.inbox.join(entry).display().to_string()),
-            uid: owner.get(),
-            mtime_ns: files.iter().map(|f| f.stat.mtime_ns).max(),
-            // A folder's own checkout (`.git` is not copied: hidden files never are).
-            git: folder.then(|| job.inbox.join(entry)),
-            walk_up: false,
-        };
+        let origin = super::facts::inbox_origin(
+            &job.inbox.join(entry),
+            *folder,
+            sidecar.as_ref().and_then(|s| s.parsed.source.as_deref()),
+            owner.get(),
+            files.iter().map(|f| f.stat.mtime_ns).max(),
+        );
         let facts = super::facts::gather(
             job.extract,
             &staged,
@@ -364,7 +363,7 @@ fn run_job_inner(
     JobResult::Done {
         new,
         unchanged,
-        sidecar,
+        sidecar: sidecar.map(Box::new),
         store_ahead: (in_store >= job.next).then_some(in_store),
         listed,
     }

@@ -104,3 +104,34 @@ pub fn handed_origin(files: &HandedFiles) -> Origin {
         },
     }
 }
+
+/// Where an inbox entry at `path` came from. A client that copied it there
+/// (`modelreg add FOLDER`) names the original in its sidecar (`claimed`): that path is
+/// the source, and its checkout (its own `.git` or the nearest above, if the dropping
+/// user's, as for a handed-over file) gives the commit when the daemon can read it;
+/// otherwise the copy's own `.git` in the inbox does. The `.git` is read in the inbox
+/// before the copy into the store, where hidden files never go.
+pub fn inbox_origin(
+    path: &std::path::Path,
+    folder: bool,
+    claimed: Option<&str>,
+    uid: Option<u32>,
+    mtime_ns: Option<i128>,
+) -> Origin {
+    let claimed = claimed.map(std::path::PathBuf::from);
+    let readable = claimed
+        .as_deref()
+        .filter(|p| extract::provenance::git_head(p, true, uid).is_some());
+    let (git, walk_up) = match readable {
+        Some(p) => (Some(p.to_path_buf()), true),
+        None => (folder.then(|| path.to_path_buf()), false),
+    };
+    Origin {
+        via: "inbox",
+        source: Some(claimed.as_deref().unwrap_or(path).display().to_string()),
+        uid,
+        mtime_ns,
+        git,
+        walk_up,
+    }
+}

@@ -12,6 +12,44 @@ use crate::error::ParseError;
 /// Keys with a meaning of their own at the top of a sidecar.
 const KNOWN_KEYS: &[&str] = &["metrics", "dataset", "params", "tags", "notes", "metadata"];
 
+/// The longest `provenance: {source: ...}` path taken (PATH_MAX).
+const MAX_SOURCE_BYTES: usize = 4096;
+
+/// `provenance: {source: /abs/path}`, written by a client that copied the artifact into
+/// the inbox: the path it was copied from. Anything else under `provenance:` is refused
+/// (the rest of the provenance is the daemon's to record).
+fn source_of(shown: &str, line: Option<usize>, value: Value) -> Result<String, ParseError> {
+    let refuse = |why: &str| {
+        ParseError::at(
+            shown,
+            line,
+            format!(
+                "`provenance:` {why}; it takes only `source`, the absolute path the artifact was copied from, such as `provenance: {{source: /home/me/runs/bert}}`"
+            ),
+        )
+    };
+    let Value::Object(mut m) = value else {
+        return Err(refuse("must be a map"));
+    };
+    let source = m.remove("source");
+    if let Some(k) = m.keys().next() {
+        return Err(refuse(&format!("has the unknown key `{k}`")));
+    }
+    match source {
+        Some(Value::String(s))
+            if s.starts_with('/')
+                && s.len() <= MAX_SOURCE_BYTES
+                && !s.chars().any(char::is_control) =>
+        {
+            Ok(s)
+        }
+        Some(_) => Err(refuse(&format!(
+            "`source` must be an absolute path of at most {MAX_SOURCE_BYTES} bytes without control characters"
+        ))),
+        None => Err(refuse("has no `source`")),
+    }
+}
+
 /// Splits the parsed document into metrics and metadata (both forms).
 pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, ParseError> {
     let line_of = |key: &str| find_line(text, key);
@@ -26,8 +64,10 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
     let mut metadata = Map::new();
     let mut loose = Map::new();
     let mut notes = Vec::new();
+    let mut source = None;
     for (key, value) in top {
         match key.as_str() {
+            "provenance" => source = Some(source_of(shown, line_of("provenance"), value)?),
             "metrics" => {
                 let Value::Object(m) = value else {
                     return Err(ParseError::at(
@@ -149,6 +189,7 @@ pub(super) fn interpret(shown: &str, text: &str, top: Value) -> Result<Sidecar, 
         metrics,
         metadata,
         notes,
+        source,
     })
 }
 
@@ -224,6 +265,23 @@ mod tests {
         let e = parse("x", b"metircs: {a: 1}\n").unwrap_err();
         assert_eq!(e.line, Some(1));
         assert!(e.reason.contains("metadata:"), "{e}");
+    }
+
+    #[test]
+    fn provenance_takes_only_an_absolute_source() {
+        let s = parse("x.json", br#"{"provenance": {"source": "/home/me/bert"}}"#).unwrap();
+        assert_eq!(s.source.as_deref(), Some("/home/me/bert"));
+        assert!(s.metrics.is_empty() && s.metadata.is_empty());
+        for bad in [
+            "provenance: {source: rel/path}\n",
+            "provenance: {source: /a, commit: abc}\n",
+            "provenance: /a\n",
+            "provenance: {}\n",
+        ] {
+            let e = parse("x", bad.as_bytes()).unwrap_err();
+            assert!(e.reason.contains("it takes only `source`"), "{bad}: {e}");
+            assert_eq!(e.line, Some(1), "{bad}");
+        }
     }
 
     #[test]

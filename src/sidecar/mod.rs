@@ -71,6 +71,11 @@ pub struct Sidecar {
     /// the sidecar is applied.
     #[serde(skip)]
     pub notes: Vec<String>,
+    /// `provenance: {source: PATH}`: where the artifact was before a client copied it
+    /// into the inbox (`modelreg add FOLDER`), recorded as its provenance's source
+    /// instead of the inbox path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Whether a sidecar's text is YAML or JSON (by its name: `.metrics.json` is JSON).
