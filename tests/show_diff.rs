@@ -186,10 +186,13 @@ fn show_says_a_deprecated_versions_state_and_leaves_out_empty_sections() {
     ok(&d, &["deprecate", "plain", "v1", "--reason", "eval bug"]);
     let v = d.get("plain", "v1").unwrap();
     let at = v.mark.as_ref().unwrap().at.clone();
+    // Who deprecated it, by the uid the mark keeps.
+    let uid = v.mark.as_ref().unwrap().uid.unwrap();
+    let by = modelreg::users::user_name(uid);
     let text = ok(&d, &["show", "plain", "v1"]);
     let head = format!(
         "plain v1
-  state       deprecated since {at}: eval bug
+  state       deprecated since {at} by {by} (uid {uid}): eval bug
   registered  {}
   source      pretrained_models/plain.bin
   path        {}

@@ -350,9 +350,15 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     let store = status.store.as_deref().map(Path::new);
     check_room(a.path, size, &inbox, store)?;
     let values = !metrics.is_empty() || !metadata.is_empty();
+    let sidecar = sidecar_name(&inbox, &name);
     // Where the artifact is now: the daemon records it as the source (not the inbox
-    // copy) and reads its checkout's commit from there when it can.
-    let original = std::path::absolute(a.path).ok();
+    // copy) and reads its checkout's commit from there when it can. Not when that
+    // would replace a sidecar already waiting in the inbox with nothing but this: its
+    // metrics are the user's.
+    let waiting = inbox.join(&sidecar).symlink_metadata().is_ok();
+    let original = std::path::absolute(a.path)
+        .ok()
+        .filter(|_| values || !waiting);
     let sidecar_text = (values || original.is_some()).then(|| {
         let mut doc = Map::new();
         if values {
@@ -367,7 +373,6 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         // JSON is valid YAML: the Python client writes the same.
         serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default() + "\n"
     });
-    let sidecar = sidecar_name(&inbox, &name);
     // The newest version before the hand-over: identical bytes with new metrics update
     // it rather than make a version, which the answer then says.
     let before = newest_if_metrics(c, &name, values);
