@@ -309,3 +309,52 @@ fn add_folder_records_the_original_folder_and_its_commit() {
     assert_eq!(again.metrics["accuracy"], 0.5);
     assert_eq!(again.metrics_updated_at, None);
 }
+
+#[test]
+fn python_register_of_a_folder_records_the_original_folder_and_its_commit() {
+    let d = TestDaemon::quick();
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let commit = "3333333333333333333333333333333333333333";
+    fake_checkout(&repo, commit);
+    let run = repo.join("runs/vit");
+    std::fs::create_dir_all(&run).unwrap();
+    write(&run.join("model.safetensors"), &bytes(3, 300));
+    let other = work.path().join("plain");
+    std::fs::create_dir_all(&other).unwrap();
+    write(&other.join("weights.bin"), &bytes(4, 300));
+    // A folder goes by the inbox: without metrics, and with metrics and tags.
+    let script = r#"
+import json, sys
+import modelreg
+sock, run, other = sys.argv[1].split("|")
+reg = modelreg.ModelRegistry(socket=sock)
+a = reg.register("vit", run)
+b = reg.register("plain", other, metrics={"accuracy": 0.5}, tags=["t"])
+print(json.dumps([a.number, b.number]))
+"#;
+    let arg = format!(
+        "{}|{}|{}",
+        d.socket().display(),
+        run.display(),
+        other.display()
+    );
+    assert_eq!(python_json(script, &arg), serde_json::json!([1, 1]));
+    let v = d.get("vit", "v1").unwrap();
+    assert_eq!(
+        v.provenance["source"],
+        run.display().to_string(),
+        "{:?}",
+        v.provenance
+    );
+    assert_eq!(v.provenance["commit"], commit, "{:?}", v.provenance);
+    let p = d.get("plain", "v1").unwrap();
+    assert_eq!(
+        p.provenance["source"],
+        other.display().to_string(),
+        "{:?}",
+        p.provenance
+    );
+    assert_eq!(p.metrics["accuracy"], 0.5);
+    assert_eq!(p.metadata["tags"], serde_json::json!(["t"]));
+}

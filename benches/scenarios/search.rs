@@ -122,14 +122,7 @@ pub(super) fn search(t: &mut Table, scratch: &Path, quick: bool) {
     // After start the daemon checks every stored file in the background (100,000 stats
     // here): measured during it, queries share the CPU with it. Wait until the daemon
     // is idle (at most 2 ticks of CPU in half a second), 60 s at most.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let before = super::cpu_ticks(d.pid());
-        std::thread::sleep(Duration::from_millis(500));
-        if super::cpu_ticks(d.pid()) - before <= 2 || Instant::now() > deadline {
-            break;
-        }
-    }
+    super::wait_idle(&d, Duration::from_secs(60));
     let mut c = d.client();
     let queries: [Query; 3] = [
         (

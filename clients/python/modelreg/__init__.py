@@ -1039,6 +1039,7 @@ class ModelRegistry:
                 return record
         inbox = Path(self._call({"op": "status"})["inbox"])
         entry = name if src.is_dir() else _entry_for(name, src)
+        sidecar = _with_origin(sidecar, src, inbox, name)
         copy: Any = shutil.copytree if src.is_dir() else shutil.copyfile
         tmp = inbox / f".{entry}.{uuid.uuid4().hex[:8]}.tmp"
         # The copy goes to a hidden temporary first; the sidecar is placed only once the
@@ -1720,6 +1721,33 @@ def _source_problem(name: str, src: Path) -> Optional[str]:
     return None
 
 
+def _with_origin(sidecar: Optional[str], src: Path, inbox: Path, name: str) -> Optional[str]:
+    """The sidecar for an inbox hand-over of `src`, naming where the artifact is now
+    (``provenance: {source: ...}``): the daemon records that path as the version's source,
+    not the inbox copy's, and reads the commit of its checkout (as ``modelreg add`` does;
+    docs/protocol.md). Without metrics or metadata, a sidecar already waiting in the
+    inbox for `name` is left as it is (the user's own, with its metrics)."""
+    if sidecar is None and any(os.path.lexists(inbox / f"{name}{x}") for x in _SIDECAR_SUFFIXES):
+        return None
+    origin = _yaml_json({"provenance": {"source": os.path.abspath(src)}})
+    if sidecar is None:
+        return origin + "\n"
+    # Both are JSON objects ("{\n  ...\n}"): the source's key joins the sidecar's.
+    return origin[: -len("\n}")] + ",\n" + sidecar[len("{\n") :]
+
+
+def _yaml_json(value: Any) -> str:
+    """`value` as JSON (indented, keys sorted) that YAML reads as the same value."""
+    text = json.dumps(value, indent=2, sort_keys=True, allow_nan=False)
+    # YAML reads JSON's \ud83d\ude00 (a surrogate pair) as two invalid escapes: write the
+    # character as YAML's \U0001f600 instead (a backslash before it would be escaped).
+    return re.sub(
+        r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})",
+        lambda m: m.group(1) + "\\U%08x" % (0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + (int(m.group(3), 16) - 0xDC00)),
+        text,
+    )
+
+
 def _register_args(name: Any, model_path: Any, metrics: Any, timeout: Any, progress: Any, metadata: Dict[str, Any]) -> Any:
     """`register`'s arguments checked, before anything is sent or copied: returns the name
     (NFC), the source path and the sidecar's text (None when there is none). TypeError for
@@ -1918,14 +1946,7 @@ def _sidecar(metrics: Dict[str, float], metadata: Dict[str, Any]) -> str:
                 _check_value(mv, f"metadata {mk!r}", 3, budget)
         else:
             _check_value(v, k if k == "metrics" else f"{k!r}", 2, budget)
-    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    # YAML reads JSON's \ud83d\ude00 (a surrogate pair) as two invalid escapes: write the
-    # character as YAML's \U0001f600 instead (a backslash before it would be escaped).
-    text = re.sub(
-        r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})",
-        lambda m: m.group(1) + "\\U%08x" % (0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + (int(m.group(3), 16) - 0xDC00)),
-        text,
-    )
+    text = _yaml_json(doc) + "\n"
     size = len(text.encode())
     if size > _MAX_SIDECAR_BYTES:
         raise ValueError(f"the metrics and metadata make a sidecar of {size} bytes; at most {_MAX_SIDECAR_BYTES} are allowed")
