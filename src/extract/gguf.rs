@@ -114,25 +114,28 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
     }
     let tensors = r.u64()?;
     let keys = r.u64()?;
-    // Each key takes at least 12 bytes (length and type), each tensor at least 28.
-    if keys > MAX_KEYS || keys > r.left() / 12 {
+    // Only the hard limits are checked up front: a count within them that the file
+    // cannot hold is a cut file, and the walk below says where it ends and what it was
+    // reading (a count alone would blame the header for the cut).
+    if keys > MAX_KEYS {
         return Err(format!(
-            "the header claims {keys} keys (at most {MAX_KEYS}, and what the file can hold)"
+            "the header claims {keys} keys (at most {MAX_KEYS})"
         ));
     }
-    if tensors > MAX_TENSORS || tensors > r.left() / 28 {
+    if tensors > MAX_TENSORS {
         return Err(format!(
-            "the header claims {tensors} tensors (at most {MAX_TENSORS}, and what the file can hold)"
+            "the header claims {tensors} tensors (at most {MAX_TENSORS})"
         ));
     }
     let mut w = Walk { r, visited: 0 };
     let mut general = Map::new();
     let mut more_general = 0usize;
     let mut kv: BTreeMap<String, Value> = BTreeMap::new();
-    for _ in 0..keys {
-        let key = w.string("a key")?;
-        let t = w.r.u32()?;
-        let v = w.value(t, 0)?;
+    for i in 0..keys {
+        let reading = |e: String| format!("{e} (reading key {} of {keys})", i + 1);
+        let key = w.string("a key").map_err(reading)?;
+        let t = w.r.u32().map_err(reading)?;
+        let v = w.value(t, 0).map_err(|e| format!("{e} (reading the value of {key:?})"))?;
         if key.starts_with("general.") {
             if general.len() < MAX_GENERAL {
                 let v = match v {
@@ -149,25 +152,30 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
     }
     let mut params = 0u64;
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
-    let mut last_offset = 0u64;
-    for _ in 0..tensors {
-        w.string("a tensor name")?;
-        let dims = w.r.u32()?;
+    let mut spans = Vec::new();
+    for i in 0..tensors {
+        let reading = |e: String| format!("{e} (reading tensor {} of {tensors})", i + 1);
+        let name = w.string("a tensor name").map_err(reading)?;
+        let name = clip(&name, 128);
+        let dims = w.r.u32().map_err(reading)?;
         if dims > 8 {
-            return Err(format!("a tensor of {dims} dimensions (at most 8)"));
+            return Err(format!("tensor {name:?} has {dims} dimensions (at most 8)"));
         }
-        let mut count = 1u64;
-        for _ in 0..dims {
-            count = count
-                .checked_mul(w.r.u64()?)
-                .ok_or("a tensor's shape overflows 64 bits")?;
+        let mut shape = [1u64; 8];
+        for d in shape.iter_mut().take(dims as usize) {
+            *d = w.r.u64().map_err(reading)?;
         }
-        let t = w.r.u32()?;
-        last_offset = last_offset.max(w.r.u64()?);
+        let t = w.r.u32().map_err(reading)?;
+        let offset = w.r.u64().map_err(reading)?;
+        let count = shape
+            .iter()
+            .try_fold(1u64, |c, d| c.checked_mul(*d))
+            .ok_or_else(|| format!("tensor {name:?}: its shape overflows 64 bits"))?;
         params = params
             .checked_add(count)
             .ok_or("the parameter count overflows 64 bits")?;
         *types.entry(tensor_type(t)).or_default() += 1;
+        spans.push((name, t, shape[0], count, offset));
     }
     let align = general
         .get("general.alignment")
@@ -175,18 +183,21 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
         .filter(|a| *a > 0 && *a <= 1 << 20)
         .unwrap_or(32);
     let data = w.r.pos().div_ceil(align) * align;
-    if tensors > 0 && data.saturating_add(last_offset) >= w.r.len() {
-        return Err(format!(
-            "truncated: a tensor's data starts at byte {} but the file is {} bytes",
-            data.saturating_add(last_offset),
-            w.r.len()
-        ));
-    }
+    let unchecked = check_data(&spans, data, w.r.len())?;
     let mut out = Map::new();
     out.insert("format".into(), json!("gguf"));
     out.insert("gguf_version".into(), json!(version));
     out.insert("tensors".into(), json!(tensors));
-    out.insert("parameters".into(), json!(params));
+    match unchecked {
+        // A tensor of a type whose size is not known: its data could not be checked
+        // against the file, so the parameter count is not claimed.
+        Some(why) => {
+            out.insert("unchecked".into(), json!(why));
+        }
+        None => {
+            out.insert("parameters".into(), json!(params));
+        }
+    }
     out.insert("tensor_types".into(), json!(types));
     let arch = general.get("general.architecture").and_then(Value::as_str);
     if let Some(a) = arch {
@@ -212,6 +223,85 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
     }
     out.insert("general".into(), Value::Object(general));
     Ok(out)
+}
+
+/// Checks that every tensor's data lies within the file and that together they fit in
+/// the data section (`data`: where it starts; `len`: the file's length). Each span is
+/// (name, ggml type, first dimension, elements, offset in the data section). `Ok(Some)`
+/// says why the data could not be checked (a type of unknown size); `Err` that the file
+/// is cut or claims more than it holds.
+fn check_data(spans: &[(String, u32, u64, u64, u64)], data: u64, len: u64) -> Parsed<Option<String>> {
+    let held = len.saturating_sub(data);
+    let mut total = 0u64;
+    for (name, t, first, count, offset) in spans {
+        let Some((block, bytes)) = block_size(*t) else {
+            return Ok(Some(format!(
+                "tensor {name:?} has ggml type {t}, whose size is not known here: the tensors' data is not checked against the file and the parameter count is not given"
+            )));
+        };
+        // Quantized types pack whole blocks along the first dimension.
+        if first % block != 0 {
+            return Err(format!(
+                "tensor {name:?}: its first dimension {first} is not a multiple of its type's block of {block}"
+            ));
+        }
+        let size = (count / block)
+            .checked_mul(bytes)
+            .ok_or_else(|| format!("tensor {name:?}: its data size overflows 64 bits"))?;
+        let end = data
+            .checked_add(*offset)
+            .and_then(|s| s.checked_add(size))
+            .ok_or_else(|| format!("tensor {name:?}: its data end overflows 64 bits"))?;
+        if end > len {
+            return Err(format!(
+                "truncated: tensor {name:?} ends at byte {end}, file has {len} bytes"
+            ));
+        }
+        total = total.saturating_add(size);
+    }
+    // Tensors do not share bytes: together they cannot claim more than the section.
+    if total > held {
+        return Err(format!(
+            "the tensors' data adds up to {total} bytes but the file holds {held} bytes after its header"
+        ));
+    }
+    Ok(None)
+}
+
+/// ggml's (elements per block, bytes per block) of tensor type `t`, as the gguf
+/// package's GGML_QUANT_SIZES has them; `None` for a type not listed (removed ones
+/// such as 4, 5 and 31-33, or one newer than this table).
+fn block_size(t: u32) -> Option<(u64, u64)> {
+    Some(match t {
+        0 | 26 => (1, 4),
+        1 | 25 | 30 => (1, 2),
+        24 => (1, 1),
+        27 | 28 => (1, 8),
+        2 | 20 => (32, 18),
+        3 => (32, 20),
+        6 => (32, 22),
+        7 => (32, 24),
+        8 => (32, 34),
+        9 => (32, 40),
+        39 => (32, 17),
+        40 => (64, 36),
+        41 => (128, 18),
+        10 => (256, 84),
+        11 | 21 => (256, 110),
+        12 => (256, 144),
+        13 => (256, 176),
+        14 => (256, 210),
+        15 => (256, 292),
+        16 | 35 => (256, 66),
+        17 => (256, 74),
+        18 => (256, 98),
+        19 => (256, 50),
+        22 => (256, 82),
+        23 => (256, 136),
+        29 => (256, 56),
+        34 => (256, 54),
+        _ => return None,
+    })
 }
 
 /// llama.cpp's names of `general.file_type` (llama_ftype).
@@ -258,10 +348,12 @@ fn file_type(t: u64) -> String {
 
 /// ggml's names of tensor types.
 fn tensor_type(t: u32) -> String {
-    const NAMES: [&str; 31] = [
+    const NAMES: [&str; 42] = [
         "F32", "F16", "Q4_0", "Q4_1", "type 4", "type 5", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
         "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
-        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "type 31",
+        "type 32", "type 33", "TQ1_0", "TQ2_0", "type 36", "type 37", "type 38", "MXFP4", "NVFP4",
+        "Q1_0",
     ];
     NAMES
         .get(t as usize)
@@ -308,6 +400,14 @@ mod tests {
         v
     }
 
+    /// Where [`small`]'s tensor type (u32) and its dims (two u64) sit: from the end of the
+    /// tensor description, before the 8-byte offset.
+    fn tensor_fields(v: &[u8]) -> (usize, usize) {
+        let name = v.windows(9).position(|w| w == b"\x01\0\0\0\0\0\0\0w").unwrap() + 9;
+        // name, then n_dims (4), dims (16), type (4), offset (8).
+        (name + 4, name + 4 + 16)
+    }
+
     fn parse(bytes: Vec<u8>) -> Parsed<Map<String, Value>> {
         crate::extract::reader::parse_bytes(read, bytes)
     }
@@ -335,9 +435,52 @@ mod tests {
         for cut in [3, 30, 60, full.len() - 30] {
             assert!(parse(full[..cut].to_vec()).is_err(), "cut at {cut}");
         }
+        // A cut header says where it ends and what it was reading, not the count.
+        let e = parse(full[..40].to_vec()).unwrap_err();
+        assert!(e.starts_with("truncated") && e.contains("reading key 1 of 4"), "{e}");
         let mut v = small();
         // The first key's length: 2^50 bytes.
         v[24..32].copy_from_slice(&(1u64 << 50).to_le_bytes());
         assert!(parse(v).is_err());
+    }
+
+    #[test]
+    fn tensor_data_is_checked_against_the_file() {
+        let full = small();
+        // Cut inside the last tensor's data (its start is still within the file).
+        let e = parse(full[..full.len() - 4].to_vec()).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "truncated: tensor \"w\" ends at byte {}, file has {} bytes",
+                full.len(),
+                full.len() - 4
+            )
+        );
+        // A fuzzed dimension: 2^40 x 3 parameters in a file of a few hundred bytes.
+        let (dims, ty) = tensor_fields(&full);
+        let mut v = full.clone();
+        v[dims..dims + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(parse(v).unwrap_err().starts_with("truncated: tensor \"w\""));
+        // Q4_0 packs 32 elements per block: a first dimension of 2 is not whole blocks.
+        let mut v = full.clone();
+        v[ty..ty + 4].copy_from_slice(&2u32.to_le_bytes());
+        assert!(parse(v).unwrap_err().contains("not a multiple"));
+        // A type of unknown size: facts, but no parameter count and a reason.
+        let mut v = full.clone();
+        v[ty..ty + 4].copy_from_slice(&4u32.to_le_bytes());
+        let f = parse(v).unwrap();
+        assert!(f.get("parameters").is_none(), "{f:?}");
+        assert!(f["unchecked"].as_str().unwrap().contains("ggml type 4"));
+    }
+
+    #[test]
+    fn overlapping_tensors_cannot_claim_more_than_the_file_holds() {
+        let spans: Vec<(String, u32, u64, u64, u64)> =
+            (0..4).map(|i| (format!("t{i}"), 0, 4, 4, 0)).collect();
+        // Each tensor's 16 bytes fit in the 32-byte section; the four together do not.
+        let e = check_data(&spans, 32, 64).unwrap_err();
+        assert!(e.contains("adds up to 64 bytes"), "{e}");
+        assert_eq!(check_data(&spans[..2], 32, 64), Ok(None));
     }
 }
