@@ -135,7 +135,9 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
         let reading = |e: String| format!("{e} (reading key {} of {keys})", i + 1);
         let key = w.string("a key").map_err(reading)?;
         let t = w.r.u32().map_err(reading)?;
-        let v = w.value(t, 0).map_err(|e| format!("{e} (reading the value of {key:?})"))?;
+        let v = w
+            .value(t, 0)
+            .map_err(|e| format!("{e} (reading the value of {key:?})"))?;
         if key.starts_with("general.") {
             if general.len() < MAX_GENERAL {
                 let v = match v {
@@ -230,7 +232,11 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
 /// (name, ggml type, first dimension, elements, offset in the data section). `Ok(Some)`
 /// says why the data could not be checked (a type of unknown size); `Err` that the file
 /// is cut or claims more than it holds.
-fn check_data(spans: &[(String, u32, u64, u64, u64)], data: u64, len: u64) -> Parsed<Option<String>> {
+fn check_data(
+    spans: &[(String, u32, u64, u64, u64)],
+    data: u64,
+    len: u64,
+) -> Parsed<Option<String>> {
     let held = len.saturating_sub(data);
     let mut total = 0u64;
     for (name, t, first, count, offset) in spans {
@@ -403,7 +409,11 @@ mod tests {
     /// Where [`small`]'s tensor type (u32) and its dims (two u64) sit: from the end of the
     /// tensor description, before the 8-byte offset.
     fn tensor_fields(v: &[u8]) -> (usize, usize) {
-        let name = v.windows(9).position(|w| w == b"\x01\0\0\0\0\0\0\0w").unwrap() + 9;
+        let name = v
+            .windows(9)
+            .position(|w| w == b"\x01\0\0\0\0\0\0\0w")
+            .unwrap()
+            + 9;
         // name, then n_dims (4), dims (16), type (4), offset (8).
         (name + 4, name + 4 + 16)
     }
@@ -437,7 +447,10 @@ mod tests {
         }
         // A cut header says where it ends and what it was reading, not the count.
         let e = parse(full[..40].to_vec()).unwrap_err();
-        assert!(e.starts_with("truncated") && e.contains("reading key 1 of 4"), "{e}");
+        assert!(
+            e.starts_with("truncated") && e.contains("reading key 1 of 4"),
+            "{e}"
+        );
         let mut v = small();
         // The first key's length: 2^50 bytes.
         v[24..32].copy_from_slice(&(1u64 << 50).to_le_bytes());

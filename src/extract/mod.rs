@@ -15,6 +15,7 @@ pub mod provenance;
 mod reader;
 mod safetensors;
 mod torchzip;
+mod trainer;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -90,21 +91,34 @@ fn inspect_folder(dir: &Path, rels: &[String]) -> Found {
         m.insert("file".into(), json!(index));
         out.insert("shard_index".into(), m.into());
     }
-    for file in hf::RESULTS {
+    let mut left_out = Map::new();
+    for file in trainer::FILES {
         if !top(file) {
             continue;
         }
-        match small_json(&dir.join(file)).and_then(|b| hf::results(file, &b)) {
-            Ok(metrics) => {
-                for (k, v) in metrics {
+        match small_json(&dir.join(file)).and_then(|b| trainer::results(file, &b)) {
+            Ok(r) => {
+                for (k, v) in r.metrics {
                     if !found.metrics.contains_key(&k) {
                         found.sources.insert(k.clone(), file.to_string());
                         found.metrics.insert(k, v);
                     }
                 }
+                for (key, why) in r.left_out {
+                    tracing::warn!(file = %dir.join(file).display(), key, "a Trainer metric left out: {why}");
+                    if left_out.len() < MAX_FILES {
+                        left_out.insert(format!("{file}: {key}"), json!(why));
+                    }
+                }
+                if let Some(f) = r.facts {
+                    out.insert("trainer_state".into(), f.into());
+                }
             }
             Err(e) => problem(file, &e),
         }
+    }
+    if !left_out.is_empty() {
+        out.insert("metrics_left_out".into(), left_out.into());
     }
     let (mut files, mut skipped) = (Map::new(), 0usize);
     let (mut params, mut tensors, mut all_counted) = (0u64, 0u64, true);
@@ -276,7 +290,11 @@ mod tests {
             r#"{"eval_accuracy":0.1,"eval_loss":0.3}"#,
         )
         .unwrap();
-        std::fs::write(d.join("trainer_state.json"), r#"{"best_metric":0.7}"#).unwrap();
+        std::fs::write(
+            d.join("trainer_state.json"),
+            r#"{"best_metric":0.7,"metric_for_best_model":"accuracy"}"#,
+        )
+        .unwrap();
         std::fs::write(d.join("model.safetensors"), b"\x02\0\0\0\0\0\0\0{}").unwrap();
         let rels: Vec<String> = [
             "all_results.json",
@@ -294,7 +312,7 @@ mod tests {
         assert_eq!(f.metrics["eval_accuracy"], 0.8);
         assert_eq!(f.sources["eval_accuracy"], "all_results.json");
         assert_eq!(f.sources["eval_loss"], "eval_results.json");
-        assert_eq!(f.sources["best_metric"], "trainer_state.json");
+        assert_eq!(f.sources["best_eval_accuracy"], "trainer_state.json");
         let side: Metrics = [("eval_accuracy".to_string(), 0.99)].into();
         let (m, s) = merge_metrics(side, &f);
         assert_eq!(m["eval_accuracy"], 0.99);
