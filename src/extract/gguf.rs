@@ -218,6 +218,12 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
         out.insert("quantization".into(), json!(file_type(ft)));
     }
     if more_general > 0 {
+        // The marker takes the last kept key's place: at most MAX_GENERAL entries in
+        // all, as docs/extraction.md says.
+        if let Some(k) = general.keys().next_back().cloned() {
+            general.remove(&k);
+            more_general += 1;
+        }
         general.insert(
             "…".into(),
             json!(format!("{more_general} more keys not kept")),

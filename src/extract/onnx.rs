@@ -72,11 +72,19 @@ impl Walk<'_, '_> {
     fn len_end(&mut self, end: u64) -> Parsed<u64> {
         let n = self.varint()?;
         let at = self.r.pos();
+        let len = self.r.len();
         match at.checked_add(n) {
-            Some(e) if e <= end && e <= self.r.len() => Ok(e),
-            _ => Err(format!(
-                "truncated: a field of {n} bytes at offset {at} runs past its message (ends at {end}) or the file ({} bytes)",
-                self.r.len()
+            Some(e) if e <= end && e <= len => Ok(e),
+            // Past the file: cut (or a lie no file could back); within the file but past
+            // the enclosing message: a broken message, not a cut.
+            Some(e) if e > len && end >= len => Err(format!(
+                "truncated: a field of {n} bytes at offset {at} ends at byte {e}, file has {len} bytes"
+            )),
+            None => Err(format!(
+                "truncated: a field of {n} bytes at offset {at} runs past the {len}-byte file"
+            )),
+            Some(e) => Err(format!(
+                "not an ONNX model: a field of {n} bytes at offset {at} ends at byte {e}, past its message's end at byte {end}"
             )),
         }
     }
@@ -205,7 +213,11 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
         })
     })?;
     if !out.contains_key("ir_version") || graph.is_none() {
-        return Err("not an ONNX model: no ir_version or no graph".into());
+        // Protobuf has no end marker: a file cut between two top-level fields before
+        // the graph looks like a model without one.
+        return Err(
+            "no ir_version or no graph: not an ONNX model, or truncated before its graph".into(),
+        );
     }
     out.insert("format".into(), json!("onnx"));
     out.insert("opsets".into(), Value::Object(opsets));

@@ -97,8 +97,13 @@ fn truncated_or_lying_files_are_unreadable() {
     // no end marker): cut anywhere up to the graph's end.
     let graph_end = m.len() - (2 + 2) - (2 + 12);
     for cut in 1..graph_end {
-        assert!(parse(m[..cut].to_vec()).is_err(), "cut at {cut}");
+        let e = parse(m[..cut].to_vec()).unwrap_err();
+        assert!(e.contains("truncated"), "cut at {cut}: {e}");
     }
+    // Cut inside the graph: where the graph would end, and the file's length.
+    let cut = graph_end - 10;
+    let e = parse(m[..cut].to_vec()).unwrap_err();
+    assert!(e.ends_with(&format!("file has {cut} bytes")), "{e}");
     // A graph claiming 2^60 bytes.
     let mut lie = Vec::new();
     int(&mut lie, 1, 8);

@@ -19,7 +19,9 @@ const MAX_VALUE_BYTES: usize = 1024;
 
 /// Reads the facts of a safetensors file; see the module docs.
 pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
-    let n = r.u64()?;
+    let n = r
+        .u64()
+        .map_err(|e| format!("{e} (reading the header length)"))?;
     if n > MAX_HEADER_BYTES {
         return Err(format!(
             "the header length says {n} bytes, over the {MAX_HEADER_BYTES}-byte limit"
@@ -27,17 +29,18 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
     }
     if n > r.left() {
         return Err(format!(
-            "truncated: the header length says {n} bytes but only {} follow",
-            r.left()
+            "truncated: the header length says {n} bytes but only {} follow it, file has {} bytes",
+            r.left(),
+            r.len()
         ));
     }
     let header = r.bytes(n, MAX_HEADER_BYTES, "the header")?;
-    let data_len = r.left();
-    facts(&header, data_len)
+    facts(&header, r.pos(), r.len())
 }
 
-/// The facts of a header's JSON bytes, the data after it being `data_len` bytes long.
-pub fn facts(header: &[u8], data_len: u64) -> Parsed<Map<String, Value>> {
+/// The facts of a header's JSON bytes, the data after it starting at byte `data_at` of
+/// a file of `len` bytes.
+pub fn facts(header: &[u8], data_at: u64, len: u64) -> Parsed<Map<String, Value>> {
     // serde_json refuses nesting deeper than 128 levels: a hostile header cannot recurse.
     let top: Map<String, Value> =
         serde_json::from_slice(header).map_err(|e| format!("the header is not a JSON map: {e}"))?;
@@ -45,23 +48,28 @@ pub fn facts(header: &[u8], data_len: u64) -> Parsed<Map<String, Value>> {
     let mut parameters = 0u64;
     let mut dtypes: std::collections::BTreeMap<String, u64> = Default::default();
     let mut metadata = Map::new();
-    let mut data_end = 0u64;
+    // The tensor whose data ends last, and where (within the data).
+    let mut last: Option<(String, u64)> = None;
     for (name, v) in &top {
         if name == "__metadata__" {
             let Some(m) = v.as_object() else {
                 return Err("`__metadata__` is not a map".into());
             };
-            for (k, v) in m.iter().take(MAX_METADATA_KEYS) {
+            // The "N more keys" marker takes the last place, so that at most
+            // MAX_METADATA_KEYS entries are kept in all, as docs/extraction.md says.
+            let keep = if m.len() > MAX_METADATA_KEYS {
+                MAX_METADATA_KEYS - 1
+            } else {
+                m.len()
+            };
+            for (k, v) in m.iter().take(keep) {
                 let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
                 metadata.insert(clip(k, 256), Value::String(clip(&text, MAX_VALUE_BYTES)));
             }
-            if m.len() > MAX_METADATA_KEYS {
+            if m.len() > keep {
                 metadata.insert(
                     "…".into(),
-                    json!(format!(
-                        "{} more keys not kept",
-                        m.len() - MAX_METADATA_KEYS
-                    )),
+                    json!(format!("{} more keys not kept", m.len() - keep)),
                 );
             }
             continue;
@@ -91,17 +99,22 @@ pub fn facts(header: &[u8], data_len: u64) -> Parsed<Map<String, Value>> {
             .and_then(|o| o.get(1))
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("no data_offsets"))?;
-        data_end = data_end.max(end);
+        if last.as_ref().is_none_or(|(_, e)| end > *e) {
+            last = Some((clip(name, 128), end));
+        }
         tensors += 1;
         parameters = parameters
             .checked_add(count)
             .ok_or_else(|| "the parameter count overflows 64 bits".to_string())?;
         *dtypes.entry(clip(dtype, 32)).or_default() += 1;
     }
-    if data_end > data_len {
-        return Err(format!(
-            "truncated: the tensors' data ends at byte {data_end} of the data but only {data_len} bytes follow the header"
-        ));
+    if let Some((name, end)) = last {
+        let end = data_at.saturating_add(end);
+        if end > len {
+            return Err(format!(
+                "truncated: tensor {name:?} ends at byte {end}, file has {len} bytes"
+            ));
+        }
     }
     let mut out = Map::new();
     out.insert("format".into(), json!("safetensors"));
@@ -141,6 +154,21 @@ mod tests {
     }
 
     #[test]
+    fn metadata_keeps_at_most_64_entries_marker_included() {
+        let keys: Vec<String> = (0..70).map(|i| format!("\"k{i:02}\":\"v\"")).collect();
+        let h = format!("{{\"__metadata__\":{{{}}}}}", keys.join(","));
+        let f = parse(file(&h, 0)).unwrap();
+        let m = f["metadata"].as_object().unwrap();
+        assert_eq!(m.len(), MAX_METADATA_KEYS);
+        assert_eq!(m["…"], "7 more keys not kept");
+        let exact: Vec<String> = (0..64).map(|i| format!("\"k{i:02}\":\"v\"")).collect();
+        let h = format!("{{\"__metadata__\":{{{}}}}}", exact.join(","));
+        let f = parse(file(&h, 0)).unwrap();
+        assert_eq!(f["metadata"].as_object().unwrap().len(), 64);
+        assert!(f["metadata"].get("…").is_none());
+    }
+
+    #[test]
     fn hostile_and_truncated_headers_are_unreadable() {
         let mut huge = (1u64 << 60).to_le_bytes().to_vec();
         huge.extend_from_slice(b"{}");
@@ -152,12 +180,23 @@ mod tests {
         let mut short = 1000u64.to_le_bytes().to_vec();
         short.extend_from_slice(b"{}");
         assert!(parse(short).unwrap_err().starts_with("truncated"));
-        assert!(
-            parse(file(HEADER, 20))
-                .unwrap_err()
-                .starts_with("truncated")
+        // Cut inside the last tensor's data: the tensor, where it ends, the file's length.
+        let cut = file(HEADER, 35);
+        assert_eq!(
+            parse(cut.clone()).unwrap_err(),
+            format!(
+                "truncated: tensor \"c\" ends at byte {}, file has {} bytes",
+                cut.len() + 1,
+                cut.len()
+            )
         );
-        assert!(parse(vec![1, 2, 3]).unwrap_err().starts_with("truncated"));
+        let e = parse(vec![1, 2, 3]).unwrap_err();
+        assert!(
+            e.starts_with("truncated") && e.ends_with("(reading the header length)"),
+            "{e}"
+        );
+        let e = parse(file(HEADER, 36)[..50].to_vec()).unwrap_err();
+        assert!(e.starts_with("truncated: the header length says"), "{e}");
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(
             parse(file(&deep, 0))
