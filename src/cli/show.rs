@@ -166,10 +166,46 @@ fn map_rows<'a>(
                 rows.push(vec![format!("{indent}{k}"), String::new()]);
                 rows.extend(map_rows(m.iter(), depth + 1));
             }
+            // ONNX graph inputs/outputs: one line each, `X [N, 4] float32`.
+            Value::Array(a) if (k == "inputs" || k == "outputs") && !a.is_empty() => {
+                for (i, io) in a.iter().enumerate() {
+                    let key = if i == 0 {
+                        format!("{indent}{k}")
+                    } else {
+                        String::new()
+                    };
+                    rows.push(vec![key, io_text(io)]);
+                }
+            }
             _ => rows.push(vec![format!("{indent}{k}"), value_text(k, x)]),
         }
     }
     rows
+}
+
+/// An ONNX graph input or output (`{name, type, shape}`) as people write it:
+/// `input [batch, 3, 224, 224] float32`; a scalar has `[]`, an unknown shape or type is
+/// left out. Anything else is shown as JSON.
+fn io_text(io: &Value) -> String {
+    let Some(name) = io.get("name").and_then(Value::as_str) else {
+        return cut(io.to_string());
+    };
+    let mut parts = vec![name.to_string()];
+    if let Some(shape) = io.get("shape").and_then(Value::as_array) {
+        let dims: Vec<String> = shape
+            .iter()
+            .map(|d| match d {
+                Value::String(s) => s.clone(),
+                Value::Null => "?".into(),
+                d => d.to_string(),
+            })
+            .collect();
+        parts.push(format!("[{}]", dims.join(", ")));
+    }
+    if let Some(t) = io.get("type").and_then(Value::as_str) {
+        parts.push(t.to_string());
+    }
+    cut(parts.join(" "))
 }
 
 /// Whether `m` fits on one line: a few keys, every value a scalar.
@@ -279,6 +315,27 @@ mod tests {
         assert!(
             value_text("k", &Value::String(long))
                 .ends_with("(500 characters; --json shows it whole)")
+        );
+    }
+
+    #[test]
+    fn onnx_inputs_and_outputs_read_as_name_shape_type() {
+        let m: serde_json::Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "inputs": [
+                {"name": "input", "type": "float32", "shape": ["batch", 3, 224, 224]},
+                {"name": "mask", "type": "bool", "shape": []}
+            ],
+            "outputs": [{"name": "y"}]
+        }))
+        .unwrap();
+        let text: Vec<String> = map_rows(m.iter(), 1).iter().map(|r| r.join("|")).collect();
+        assert_eq!(
+            text,
+            [
+                "  inputs|input [batch, 3, 224, 224] float32",
+                "|mask [] bool",
+                "  outputs|y"
+            ]
         );
     }
 
