@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod extract;
 pub mod hf;
 pub mod http;
 pub mod openapi;
