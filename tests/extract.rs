@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -150,7 +150,7 @@ fn trainer_folder(dir: &Path, accuracy: f64, weights: &Path) {
     );
     w(
         "trainer_state.json",
-        r#"{"best_metric": 0.35, "best_model_checkpoint": "out/checkpoint-30", "global_step": 30, "log_history": [{"loss": 0.5, "step": 10}]}"#.into(),
+        r#"{"best_metric": 0.35, "best_model_checkpoint": "out/checkpoint-30", "global_step": 30, "log_history": [{"loss": 0.5, "step": 10}, {"eval_loss": 0.35, "step": 30}]}"#.into(),
     );
     std::fs::copy(weights, dir.join("model.safetensors")).unwrap();
 }
@@ -178,8 +178,9 @@ fn a_trainer_folder_gets_its_metrics_with_their_sources_and_a_sidecar_metric_win
     assert_eq!(s["eval_accuracy"], "all_results.json");
     assert_eq!(m["eval_loss"], 0.35);
     assert_eq!(s["eval_loss"], "eval_results.json");
-    assert_eq!(m["best_metric"], 0.35);
-    assert_eq!(s["best_metric"], "trainer_state.json");
+    // Named after the metric it is the best of (the evaluation at the best step).
+    assert_eq!(m["best_eval_loss"], 0.35);
+    assert_eq!(s["best_eval_loss"], "trainer_state.json");
     assert_eq!(s["train_loss"], "all_results.json");
     let e = serde_json::to_value(&v1.extracted).unwrap();
     assert_eq!(e["format"], "huggingface", "{e}");
