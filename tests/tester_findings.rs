@@ -184,3 +184,34 @@ fn a_full_store_file_system_is_refused_by_add_and_reported_by_status_and_wait() 
     );
     d.stop();
 }
+
+#[test]
+fn a_sidecar_saved_again_unchanged_is_logged_as_read_again_not_as_metrics_updated() {
+    let d = TestDaemon::quick();
+    let inbox = d.inbox();
+    write_renamed(&inbox, "m.metrics.yaml", b"accuracy: 0.5\n");
+    write_renamed(&inbox, "m.pt", &bytes(7, 64));
+    d.wait_versions("m", 1);
+    // The same values again (a training script saving its sidecar once more).
+    write_renamed(&inbox, "m.metrics.yaml", b"# saved again\naccuracy: 0.5\n");
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "the sidecar read again",
+        || {
+            d.log()
+                .contains("read again: the same metrics and metadata")
+        },
+    );
+    let log = d.log();
+    assert!(!log.contains("metrics updated from"), "{log}");
+    let v = d.get("m", "v1").unwrap();
+    assert_eq!(v.metrics_updated_at, None, "{v:?}");
+    // A real change is still said as one.
+    write_renamed(&inbox, "m.metrics.yaml", b"accuracy: 0.6\n");
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "the metrics updated",
+        || d.get("m", "v1").unwrap().metrics["accuracy"] == 0.6,
+    );
+    assert!(d.log().contains("metrics updated from"), "{}", d.log());
+}

@@ -203,14 +203,20 @@ impl Registrar {
                     self.batch.touched.insert(name.to_string());
                     self.batch.changed.version(name, latest.number);
                     // The same rule as `register` of identical bytes (see there).
-                    latest.update_metrics(s.metrics(), s.metadata(), &now);
+                    let updated = latest.update_metrics(s.metrics(), s.metadata(), &now);
                     latest.sidecar = sidecar_ref.clone();
                     applied_to = Some(latest.number);
-                    tracing::info!(
-                        model = name,
-                        version = format!("v{}", latest.number),
-                        "metrics updated from {shown}"
-                    );
+                    let version = format!("v{}", latest.number);
+                    if updated {
+                        tracing::info!(model = name, version, "metrics updated from {shown}");
+                    } else {
+                        // Saved again, or edited back: the log says nothing changed.
+                        tracing::info!(
+                            model = name,
+                            version,
+                            "{shown} read again: the same metrics and metadata"
+                        );
+                    }
                 }
             }
             if let Some(n) = applied_to {
