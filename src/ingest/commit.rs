@@ -257,7 +257,7 @@ impl Registrar {
             None
         };
         if record.is_some() || batch.refresh_all {
-            let snapshot = Arc::new(self.catalog.clone());
+            let snapshot = self.next_snapshot(&batch.changed);
             let path = self.config.registry.clone();
             let snap = snapshot.clone();
             let staged = batch.staged;
@@ -363,7 +363,8 @@ impl Registrar {
                                 self.writeback.failed = !fresh;
                                 self.board.clear_problem(&self.journal_shown());
                             }
-                            self.shared.publish(snapshot);
+                            let previous = self.shared.publish(snapshot);
+                            self.keep_spare(previous, batch.changed.clone());
                             if let (Some(log), Some(p)) = (self.shared.events(), events) {
                                 log.commit(p);
                             }

@@ -28,6 +28,7 @@ mod facts;
 mod handover;
 mod index;
 mod plan;
+mod snapshot;
 mod writeback;
 
 pub use commit::link_targets;
@@ -81,9 +82,14 @@ impl Shared {
             .clone()
     }
 
-    fn publish(&self, c: Arc<Catalog>) {
-        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = c;
+    /// Publishes `c`; returns the catalog it replaces.
+    fn publish(&self, c: Arc<Catalog>) -> Arc<Catalog> {
+        let previous = std::mem::replace(
+            &mut *self.catalog.write().unwrap_or_else(|p| p.into_inner()),
+            c,
+        );
         self.published.notify_waiters();
+        previous
     }
 
     /// Resolves at the next publication of the catalog. Create the future before checking
@@ -123,6 +129,8 @@ pub struct Registrar {
     /// Per model, what jobs need and would otherwise rebuild each time (dedup table,
     /// the store's highest number).
     index: index::Index,
+    /// The snapshot published before the current one, reused by the next commit.
+    spare: snapshot::Spare,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +184,7 @@ impl Registrar {
             deferred: Default::default(),
             hf,
             index: index::Index::default(),
+            spare: snapshot::Spare::default(),
         }
     }
 
