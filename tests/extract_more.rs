@@ -215,3 +215,226 @@ fn safetensors_metadata_keeps_at_most_64_entries_and_show_reads_onnx_io_as_shape
     assert_eq!(line("outputs"), "Y [N, 3] float32", "{out}");
     assert!(!out.contains("{\"name\""), "{out}");
 }
+
+/// A GGUF v3 file of no tensors whose one key is `key`, of value type `t`, with nothing
+/// after it (the value cannot be read).
+fn gguf_one_key(key: &[u8], t: u32) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&t.to_le_bytes());
+    b
+}
+
+#[test]
+fn reasons_echo_names_clipped_and_no_extracted_text_is_over_1_kib() {
+    let d = TestDaemon::start("settle: 200ms\n");
+    let src = outside(&d);
+    // A GGUF whose only key is a megabyte of `A`, of an unknown value type.
+    write_renamed(
+        &d.inbox(),
+        "bigkey.gguf",
+        &gguf_one_key(&vec![b'A'; 1_000_000], 999),
+    );
+    // A folder whose config.json is a megabyte string: serde_json's error quotes it.
+    let f = src.join("bigcfg");
+    std::fs::create_dir_all(&f).unwrap();
+    std::fs::write(
+        f.join("config.json"),
+        format!("\"{}\"", "B".repeat(1 << 20)),
+    )
+    .unwrap();
+    std::fs::write(f.join("notes.txt"), "x").unwrap();
+    drop_in(&d, &src, "bigcfg");
+    let e = extracted(&d, "bigkey");
+    let said = e["unreadable"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("unknown value type 999 (reading the value of \"AAAA")
+            && said.contains("… (1000000 bytes)"),
+        "{said:.300}"
+    );
+    assert!(said.len() <= 1024, "{} bytes: {said:.300}", said.len());
+    let e = extracted(&d, "bigcfg");
+    let all = e.to_string();
+    assert!(all.contains("bytes)"), "{all:.300}");
+    fn longest(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::String(s) => s.len(),
+            serde_json::Value::Array(a) => a.iter().map(longest).max().unwrap_or(0),
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| k.len().max(longest(v)))
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+    assert!(longest(&e) <= 1024, "{} bytes: {all:.300}", longest(&e));
+    // The catalog does not grow by the megabytes.
+    let reg = std::fs::read(d.root.path().join("models/registry.yaml")).unwrap_or_default();
+    assert!(reg.len() < 100_000, "registry.yaml has {} bytes", reg.len());
+}
+
+/// Asserts, with the safetensors library, that it refuses every file named in argv[2:]
+/// of the folder argv[1] (a test's files are checked against the library they mimic).
+const LIBRARY_REFUSES: &str = r#"
+import sys, os
+from safetensors import safe_open
+for name in sys.argv[2:]:
+    try:
+        with safe_open(os.path.join(sys.argv[1], name), "np") as f:
+            list(f.keys())
+    except Exception:
+        continue
+    raise SystemExit(f"the library read {name}")
+"#;
+
+#[test]
+fn safetensors_offsets_and_dtypes_are_checked_like_the_library_does() {
+    let d = TestDaemon::start("settle: 200ms\n");
+    let src = outside(&d);
+    let overlapping: Vec<String> = (0..100)
+        .map(|i| {
+            format!("\"t{i:03}\":{{\"dtype\":\"F32\",\"shape\":[1000],\"data_offsets\":[0,4000]}}")
+        })
+        .collect();
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "huge",
+            safetensors_bytes(
+                br#"{"t":{"dtype":"F32","shape":[1000000000000],"data_offsets":[0,4]}}"#,
+                4,
+            ),
+            "tensor \"t\": its data_offsets [0, 4] hold 4 bytes, its shape and dtype need 4000000000000",
+        ),
+        (
+            "overlap",
+            safetensors_bytes(format!("{{{}}}", overlapping.join(",")).as_bytes(), 4000),
+            "tensor \"t001\": its data starts at 0, not at 4000 where the one before ends: it overlaps the one before",
+        ),
+        (
+            "weird",
+            safetensors_bytes(
+                br#"{"t":{"dtype":"WEIRD","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+            ),
+            "tensor \"t\": unknown dtype \"WEIRD\"",
+        ),
+        (
+            "gap",
+            safetensors_bytes(
+                br#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+            ),
+            "tensor \"t\": its data starts at 4, not at 0 where the one before ends: it leaves a gap before it",
+        ),
+        (
+            "tail",
+            safetensors_bytes(
+                br#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                12,
+            ),
+            "the tensors' data ends at 4 but 12 bytes follow the header (8 not covered by any tensor)",
+        ),
+    ];
+    for (name, bytes, _) in &cases {
+        std::fs::write(src.join(format!("{name}.safetensors")), bytes).unwrap();
+    }
+    let names: Vec<String> = cases
+        .iter()
+        .map(|(n, ..)| format!("{n}.safetensors"))
+        .collect();
+    let script = format!("import sys\nsys.argv += {:?}\n{LIBRARY_REFUSES}", names);
+    let have_library = run_python(&script, &src).is_some();
+    for (name, ..) in &cases {
+        drop_in(&d, &src, &format!("{name}.safetensors"));
+    }
+    for (name, _, why) in &cases {
+        let e = extracted(&d, name);
+        let said = e["unreadable"].as_str().unwrap_or_default();
+        assert!(said.starts_with(why), "{name}: {e}");
+        assert!(e.get("parameters").is_none(), "{name}: {e}");
+    }
+    // The library's own files still read, sub-byte dtypes' sizes included.
+    if have_library && make_real_files(&src).is_some() {
+        drop_in(&d, &src, "st.safetensors");
+        assert_eq!(extracted(&d, "st")["parameters"], 6 + 4);
+    }
+}
+
+#[test]
+fn trainer_keys_left_out_are_all_recorded_and_out_of_range_costs_only_its_key() {
+    let d = TestDaemon::start("settle: 300ms\n");
+    let src = outside(&d);
+    let dir = src.join("many");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut all: Vec<String> = (0..300).map(|i| format!("\"m{i:03}\": {i}")).collect();
+    all.push(format!("\"{}\": 1", "k".repeat(200)));
+    all.push("\"\": 2".into());
+    all.push("\"a\\u0001b\": 3".into());
+    all.push("\"eval_loss\": 0.3".into());
+    all.push("\"ok\": 0.25".into());
+    all.push("\"perplexity\": 1e999".into());
+    std::fs::write(
+        dir.join("all_results.json"),
+        format!("{{{}}}", all.join(", ")),
+    )
+    .unwrap();
+    // Python's json writes a diverged loss as NaN: all_results.json gave it already.
+    std::fs::write(dir.join("eval_results.json"), r#"{"eval_loss": NaN}"#).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    drop_in(&d, &src, "many");
+    let v = latest(&d, "many");
+    let m = serde_json::to_value(&v.metrics).unwrap();
+    assert_eq!(m.as_object().unwrap().len(), 256, "{m}");
+    assert_eq!(m["eval_loss"], 0.3, "{m}");
+    assert!(m.get("perplexity").is_none(), "{m}");
+    let e = serde_json::to_value(&v.extracted).unwrap();
+    assert!(e.get("unreadable").is_none(), "{e}");
+    let left = &e["metrics_left_out"];
+    let want = json!({
+        "all_results.json: … over the limit": "46 more metrics over the 256-metric limit of one file",
+        "all_results.json: \"\"": "not a metric name: an empty name",
+        "all_results.json: \"a\\u{1}b\"": "not a metric name: a name with control characters",
+        "all_results.json: perplexity": "1e999 is out of the range of a 64-bit number",
+        "eval_results.json: eval_loss": "NaN is not a finite number; the metric was taken from all_results.json",
+    });
+    for (k, why) in want.as_object().unwrap() {
+        assert_eq!(&left[k], why, "{k}: {left}");
+    }
+    let long = left
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.starts_with("all_results.json: \"kkk"))
+        .unwrap_or_else(|| panic!("{left}"));
+    assert_eq!(
+        long.1,
+        "not a metric name: a name of 200 bytes (at most 128)"
+    );
+    assert!(long.0.len() < 100, "{}", long.0);
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("perplexity")),
+        "{log}"
+    );
+    // With `ok` kept, the file was read: one out-of-range number did not cost it.
+    let small = src.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::write(
+        small.join("all_results.json"),
+        r#"{"ok": 0.25, "perplexity": 1e999}"#,
+    )
+    .unwrap();
+    std::fs::write(small.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    drop_in(&d, &src, "small");
+    let v = latest(&d, "small");
+    assert_eq!(
+        serde_json::to_value(&v.metrics).unwrap(),
+        json!({"ok": 0.25})
+    );
+}

@@ -137,7 +137,7 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
         let t = w.r.u32().map_err(reading)?;
         let v = w
             .value(t, 0)
-            .map_err(|e| format!("{e} (reading the value of {key:?})"))?;
+            .map_err(|e| format!("{e} (reading the value of {:?})", clip(&key, 128)))?;
         if key.starts_with("general.") {
             if general.len() < MAX_GENERAL {
                 let v = match v {

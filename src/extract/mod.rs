@@ -53,7 +53,7 @@ pub fn inspect(dir: &Path, rels: &[String], folder: bool) -> Found {
         };
         let facts = file_facts(&dir.join(rel), rel).unwrap_or_default();
         return Found {
-            extracted: facts.into_iter().collect(),
+            extracted: capped(facts),
             ..Found::default()
         };
     }
@@ -91,7 +91,8 @@ fn inspect_folder(dir: &Path, rels: &[String]) -> Found {
         m.insert("file".into(), json!(index));
         out.insert("shard_index".into(), m.into());
     }
-    let mut left_out = Map::new();
+    // (file, key, why) of each metric left out; bounded per file by the trainer module.
+    let mut left_out: Vec<(&str, String, String)> = Vec::new();
     for file in trainer::FILES {
         if !top(file) {
             continue;
@@ -106,9 +107,7 @@ fn inspect_folder(dir: &Path, rels: &[String]) -> Found {
                 }
                 for (key, why) in r.left_out {
                     tracing::warn!(file = %dir.join(file).display(), key, "a Trainer metric left out: {why}");
-                    if left_out.len() < MAX_FILES {
-                        left_out.insert(format!("{file}: {key}"), json!(why));
-                    }
+                    left_out.push((file, key, why));
                 }
                 if let Some(f) = r.facts {
                     out.insert("trainer_state".into(), f.into());
@@ -118,7 +117,19 @@ fn inspect_folder(dir: &Path, rels: &[String]) -> Found {
         }
     }
     if !left_out.is_empty() {
-        out.insert("metrics_left_out".into(), left_out.into());
+        // A key left out of one file but given by another is a metric all the same:
+        // said so, not reported as lost.
+        let m: Map<String, Value> = left_out
+            .into_iter()
+            .map(|(file, key, why)| {
+                let why = match found.sources.get(&key) {
+                    Some(from) => format!("{why}; the metric was taken from {from}"),
+                    None => why,
+                };
+                (format!("{file}: {key}"), json!(why))
+            })
+            .collect();
+        out.insert("metrics_left_out".into(), m.into());
     }
     let (mut files, mut skipped) = (Map::new(), 0usize);
     let (mut params, mut tensors, mut all_counted) = (0u64, 0u64, true);
@@ -158,8 +169,17 @@ fn inspect_folder(dir: &Path, rels: &[String]) -> Found {
     if let Some(p) = first_problem {
         out.insert("unreadable".into(), json!(p));
     }
-    found.extracted = out.into_iter().collect();
+    found.extracted = capped(out);
     found
+}
+
+/// The facts as kept: every text (a reason, a name, a value) at most
+/// [`reader::MAX_TEXT`] bytes, whatever a parser or a library's error echoed.
+fn capped(facts: Map<String, Value>) -> Metadata {
+    match reader::clip_all(Value::Object(facts)) {
+        Value::Object(m) => m.into_iter().collect(),
+        _ => Metadata::default(),
+    }
 }
 
 /// Whether a folder's file `rel` is a weights file worth a header read, by its name.

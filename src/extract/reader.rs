@@ -6,6 +6,8 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use serde_json::Value;
+
 /// A parser's result: the reason is what `extracted.unreadable` says.
 pub type Parsed<T> = Result<T, String>;
 
@@ -159,17 +161,39 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `s` cut to at most `max` bytes (on a character boundary), marked when cut: strings
-/// read from headers are kept short in the catalog.
+/// The longest text kept anywhere in a version's facts (a value, a key, an
+/// `unreadable` reason): 1 KiB, as docs/extraction.md says.
+pub const MAX_TEXT: usize = 1024;
+
+/// `s` cut on a character boundary and marked with its length (`NNNN… (20000000 bytes)`)
+/// when over `max` bytes, so that the result is at most `max` bytes when `max` leaves
+/// room for the mark (32 bytes or more): names and text read from files are echoed
+/// short in facts and reasons, never whole.
 pub fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max;
+    let mark = format!("… ({} bytes)", s.len());
+    let mut end = max.saturating_sub(mark.len());
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… ({} bytes)", &s[..end], s.len())
+    format!("{}{mark}", &s[..end])
+}
+
+/// Every text in `v` (strings, map keys, at any depth) cut to [`MAX_TEXT`] by [`clip`]:
+/// the one last pass over a version's facts, whatever an extractor echoed.
+pub fn clip_all(v: Value) -> Value {
+    match v {
+        Value::String(s) if s.len() > MAX_TEXT => Value::String(clip(&s, MAX_TEXT)),
+        Value::Array(a) => Value::Array(a.into_iter().map(clip_all).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (clip(&k, MAX_TEXT), clip_all(v)))
+                .collect(),
+        ),
+        v => v,
+    }
 }
 
 /// Runs the parser `read` over `bytes` as if they were a file: the unit tests' way in.
@@ -202,6 +226,18 @@ mod tests {
     #[test]
     fn clip_cuts_on_a_character_boundary() {
         assert_eq!(clip("abc", 5), "abc");
-        assert!(clip("ééé", 3).starts_with("é…"));
+        let long = "é".repeat(100);
+        let c = clip(&long, 40);
+        assert!(
+            c.len() <= 40 && c.starts_with("éé") && c.ends_with("… (200 bytes)"),
+            "{c}"
+        );
+        let huge = clip_all(serde_json::json!({"a": ["x".repeat(5000)], "k".repeat(2000): 1}));
+        let text = huge.to_string();
+        assert!(
+            text.contains("… (5000 bytes)") && text.contains("… (2000 bytes)"),
+            "{text}"
+        );
+        assert!(text.len() < 2 * MAX_TEXT + 20, "{}", text.len());
     }
 }

@@ -38,6 +38,74 @@ pub fn read(r: &mut Reader) -> Parsed<Map<String, Value>> {
     facts(&header, r.pos(), r.len())
 }
 
+/// The dtypes the safetensors library knows, with their sizes in bits (its
+/// `Dtype::bitsize`): any other is refused, as the library refuses it.
+const DTYPES: [(&str, u64); 20] = [
+    ("BOOL", 8),
+    ("F4", 4),
+    ("F6_E2M3", 6),
+    ("F6_E3M2", 6),
+    ("U8", 8),
+    ("I8", 8),
+    ("F8_E5M2", 8),
+    ("F8_E4M3", 8),
+    ("F8_E8M0", 8),
+    ("I16", 16),
+    ("U16", 16),
+    ("F16", 16),
+    ("BF16", 16),
+    ("I32", 32),
+    ("U32", 32),
+    ("F32", 32),
+    ("C64", 64),
+    ("F64", 64),
+    ("I64", 64),
+    ("U64", 64),
+];
+
+/// The size in bits of one element of `dtype`, when the library knows it.
+fn dtype_bits(dtype: &str) -> Option<u64> {
+    DTYPES.iter().find(|(d, _)| *d == dtype).map(|(_, b)| *b)
+}
+
+/// The library's rules for where the tensors' data lies: sorted by their offsets, the
+/// first starts at 0, each starts where the one before ends (no gap, no overlap), and
+/// the last ends at the end of the data section (the file after the header, which
+/// starts at byte `data_at` of a file of `len` bytes). A data section ending early is a
+/// cut file, said as such.
+fn check_spans(mut spans: Vec<(u64, u64, String)>, data_at: u64, len: u64) -> Parsed<()> {
+    let data = len.saturating_sub(data_at);
+    spans.sort();
+    let mut at = 0u64;
+    for (start, end, name) in &spans {
+        if *start != at {
+            let how = if *start < at {
+                "overlaps the one before"
+            } else {
+                "leaves a gap before it"
+            };
+            return Err(format!(
+                "tensor {name:?}: its data starts at {start}, not at {at} where the one before ends: it {how}"
+            ));
+        }
+        at = *end;
+    }
+    if at > data {
+        let name = spans.last().map(|(_, _, n)| n.as_str()).unwrap_or_default();
+        return Err(format!(
+            "truncated: tensor {name:?} ends at byte {}, file has {len} bytes",
+            data_at.saturating_add(at)
+        ));
+    }
+    if at < data {
+        return Err(format!(
+            "the tensors' data ends at {at} but {data} bytes follow the header ({} not covered by any tensor)",
+            data - at
+        ));
+    }
+    Ok(())
+}
+
 /// The facts of a header's JSON bytes, the data after it starting at byte `data_at` of
 /// a file of `len` bytes.
 pub fn facts(header: &[u8], data_at: u64, len: u64) -> Parsed<Map<String, Value>> {
@@ -48,8 +116,8 @@ pub fn facts(header: &[u8], data_at: u64, len: u64) -> Parsed<Map<String, Value>
     let mut parameters = 0u64;
     let mut dtypes: std::collections::BTreeMap<String, u64> = Default::default();
     let mut metadata = Map::new();
-    // The tensor whose data ends last, and where (within the data).
-    let mut last: Option<(String, u64)> = None;
+    // Each tensor's data (start, end, name), to be checked as the library does.
+    let mut spans: Vec<(u64, u64, String)> = Vec::new();
     for (name, v) in &top {
         if name == "__metadata__" {
             let Some(m) = v.as_object() else {
@@ -93,29 +161,41 @@ pub fn facts(header: &[u8], data_at: u64, len: u64) -> Parsed<Map<String, Value>
                 .checked_mul(d)
                 .ok_or_else(|| bad("its shape overflows 64 bits"))?;
         }
-        let end = t
+        let bits = dtype_bits(dtype).ok_or_else(|| {
+            bad(&format!(
+                "unknown dtype {:?} (the safetensors library's are {})",
+                clip(dtype, 32),
+                DTYPES.map(|(d, _)| d).join(", ")
+            ))
+        })?;
+        let offsets = t
             .get("data_offsets")
             .and_then(Value::as_array)
-            .and_then(|o| o.get(1))
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("no data_offsets"))?;
-        if last.as_ref().is_none_or(|(_, e)| end > *e) {
-            last = Some((clip(name, 128), end));
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| bad("no data_offsets (two numbers)"))?;
+        let (Some(start), Some(end)) = (offsets[0].as_u64(), offsets[1].as_u64()) else {
+            return Err(bad("its data_offsets are not two counts"));
+        };
+        // The library's rule: the data holds elements x bits, whole bytes, exactly.
+        let size = count
+            .checked_mul(bits)
+            .filter(|b| b % 8 == 0)
+            .map(|b| b / 8)
+            .ok_or_else(|| bad("its size in bytes overflows 64 bits or is not whole bytes"))?;
+        if end < start || end - start != size {
+            return Err(bad(&format!(
+                "its data_offsets [{start}, {end}] hold {} bytes, its shape and dtype need {size}",
+                end.saturating_sub(start)
+            )));
         }
+        spans.push((start, end, clip(name, 128)));
         tensors += 1;
         parameters = parameters
             .checked_add(count)
             .ok_or_else(|| "the parameter count overflows 64 bits".to_string())?;
-        *dtypes.entry(clip(dtype, 32)).or_default() += 1;
+        *dtypes.entry(dtype.to_string()).or_default() += 1;
     }
-    if let Some((name, end)) = last {
-        let end = data_at.saturating_add(end);
-        if end > len {
-            return Err(format!(
-                "truncated: tensor {name:?} ends at byte {end}, file has {len} bytes"
-            ));
-        }
-    }
+    check_spans(spans, data_at, len)?;
     let mut out = Map::new();
     out.insert("format".into(), json!("safetensors"));
     out.insert("tensors".into(), json!(tensors));

@@ -18,8 +18,17 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-/// Metrics taken from one file.
-const MAX_METRICS: usize = 256;
+/// Metrics taken from one file; those over it are counted in one `metrics_left_out`
+/// entry.
+pub const MAX_METRICS: usize = 256;
+
+/// Keys left out of one file recorded one by one; the rest are counted in one more entry.
+const MAX_LEFT_OUT: usize = 32;
+
+/// The `metrics_left_out` keys of the entries counting metrics over [`MAX_METRICS`]
+/// and left-out keys over [`MAX_LEFT_OUT`].
+pub const OVER: &str = "… over the limit";
+const MORE: &str = "… more left out";
 
 /// The results files, in the order they are trusted.
 pub const FILES: [&str; 3] = [
@@ -67,6 +76,22 @@ pub fn lenient(text: &[u8]) -> Result<Map<String, Value>, String> {
             out.extend_from_slice(format!("\"\\u0000{tok}\"").as_bytes());
             i += tok.len();
             continue;
+        } else if b == b'-' || b.is_ascii_digit() {
+            // A number too large for a 64-bit float (`1e999`), which serde_json refuses
+            // for the whole file, is marked like `Infinity`: it costs only its own key.
+            let n = text[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
+                .count();
+            let tok = std::str::from_utf8(&text[i..i + n]).unwrap_or_default();
+            if tok.parse::<f64>().is_ok_and(f64::is_infinite) {
+                let shown = super::reader::clip(tok, 40);
+                out.extend_from_slice(format!("\"\\u0000{shown}\"").as_bytes());
+            } else {
+                out.extend_from_slice(&text[i..i + n]);
+            }
+            i += n;
+            continue;
         }
         out.push(b);
         i += 1;
@@ -74,9 +99,18 @@ pub fn lenient(text: &[u8]) -> Result<Map<String, Value>, String> {
     serde_json::from_slice(&out).map_err(|e| format!("not a JSON map: {e}"))
 }
 
-/// The token a marker stands for (`NaN`), when `v` is one.
+/// The token a marker stands for (`NaN`, `1e999`), when `v` is one.
 fn non_finite(v: &Value) -> Option<&str> {
     v.as_str()?.strip_prefix(MARK)
+}
+
+/// Why the value written `tok` (a marker's token) is not a metric.
+fn why_not_finite(tok: &str) -> String {
+    if ["NaN", "Infinity", "-Infinity"].contains(&tok) {
+        format!("{tok} is not a finite number")
+    } else {
+        format!("{tok} is out of the range of a 64-bit number")
+    }
 }
 
 /// The sidecar's rule for metric names, and short.
@@ -91,16 +125,55 @@ pub fn results(file: &str, text: &[u8]) -> Result<Results, String> {
         return Ok(best(&v));
     }
     let mut r = Results::default();
-    for (k, x) in v.iter().filter(|(k, _)| good_name(k)) {
-        if r.metrics.len() >= MAX_METRICS {
-            break;
+    let (mut over, mut more_left_out) = (0usize, 0usize);
+    let mut leave_out = |r: &mut Results, key: String, why: String| {
+        if r.left_out.len() < MAX_LEFT_OUT {
+            r.left_out.push((key, why));
+        } else {
+            more_left_out += 1;
         }
-        if let Some(tok) = non_finite(x) {
-            r.left_out
-                .push((k.clone(), format!("{tok} is not a finite number")));
-        } else if let Some(n) = x.as_f64().filter(|n| n.is_finite()) {
-            r.metrics.insert(k.clone(), n);
+    };
+    for (k, x) in &v {
+        let value = match non_finite(x) {
+            Some(tok) => Err(why_not_finite(tok)),
+            None => Ok(x.as_f64().filter(|n| n.is_finite())),
+        };
+        if !good_name(k) {
+            // Named as it is, escaped and short: an empty or control-character key
+            // cannot be a metric name.
+            let why = if k.is_empty() {
+                "an empty name".to_string()
+            } else if k.len() > 128 {
+                format!("a name of {} bytes (at most 128)", k.len())
+            } else {
+                "a name with control characters".to_string()
+            };
+            if !matches!(value, Ok(None)) {
+                let shown = format!("{:?}", super::reader::clip(k, 64));
+                leave_out(&mut r, shown, format!("not a metric name: {why}"));
+            }
+            continue;
         }
+        match value {
+            Err(why) => leave_out(&mut r, k.clone(), why),
+            Ok(Some(_)) if r.metrics.len() >= MAX_METRICS => over += 1,
+            Ok(Some(n)) => {
+                r.metrics.insert(k.clone(), n);
+            }
+            Ok(None) => {}
+        }
+    }
+    if over > 0 {
+        r.left_out.push((
+            OVER.into(),
+            format!("{over} more metrics over the {MAX_METRICS}-metric limit of one file"),
+        ));
+    }
+    if more_left_out > 0 {
+        r.left_out.push((
+            MORE.into(),
+            format!("{more_left_out} more keys left out, over the {MAX_LEFT_OUT} recorded"),
+        ));
     }
     Ok(r)
 }
@@ -127,10 +200,7 @@ fn best(v: &Map<String, Value>) -> Results {
     }
     let value = match (non_finite(x), x.as_f64()) {
         (Some(tok), _) => {
-            r.left_out.push((
-                "best_metric".into(),
-                format!("{tok} is not a finite number"),
-            ));
+            r.left_out.push(("best_metric".into(), why_not_finite(tok)));
             facts.insert("best_metric".into(), json!(tok));
             None
         }
