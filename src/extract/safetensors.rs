@@ -3,8 +3,10 @@
 //! The file is an 8-byte little-endian header length, a JSON header of that length
 //! (`{"name": {"dtype", "shape", "data_offsets"}, "__metadata__": {..}}`), then the
 //! weights, which are never read. A header length over [`MAX_HEADER_BYTES`] or past the
-//! end of the file, a tensor whose data would end past the file (a truncated copy), or
-//! a header that is not such JSON is unreadable.
+//! end of the file, a header that is not such JSON, or tensors that break the library's
+//! own rules (a known dtype; data of exactly elements x dtype size; offsets contiguous
+//! from 0 to the end of the file: [`check_spans`]) are unreadable, so a parameter count
+//! is never one the file cannot hold.
 
 use serde_json::{Map, Value, json};
 
@@ -283,6 +285,16 @@ mod tests {
                 .unwrap_err()
                 .contains("not a JSON map")
         );
+        // Sub-byte dtypes: 3 F4 elements are not whole bytes, 4 are 2 bytes.
+        let f4 = |n: u32, end: u32| {
+            format!(r#"{{"a":{{"dtype":"F4","shape":[{n}],"data_offsets":[0,{end}]}}}}"#)
+        };
+        assert!(
+            parse(file(&f4(3, 2), 2))
+                .unwrap_err()
+                .contains("not whole bytes")
+        );
+        assert_eq!(parse(file(&f4(4, 2), 2)).unwrap()["parameters"], 4);
         let overflow =
             r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#;
         assert!(parse(file(overflow, 0)).unwrap_err().contains("overflows"));

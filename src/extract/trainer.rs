@@ -302,6 +302,24 @@ mod tests {
                 "x: Infinity is not a finite number"
             ]
         );
+        // A number out of a float's range costs its key only; its neighbours stay.
+        let r = results(
+            "all_results.json",
+            br#"{"ok": 0.25, "p": 1e999, "q": -2E+400, "n": -1.5e3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.metrics,
+            [("n".to_string(), -1500.0), ("ok".to_string(), 0.25)].into()
+        );
+        assert_eq!(
+            r.left_out[0].1,
+            "1e999 is out of the range of a 64-bit number"
+        );
+        assert_eq!(
+            r.left_out[1].1,
+            "-2E+400 is out of the range of a 64-bit number"
+        );
         // Escaped quotes inside strings do not confuse the scan.
         let m = lenient(br#"{"a": "say \"NaN\"", "b": NaN}"#).unwrap();
         assert_eq!(m["a"], "say \"NaN\"");
