@@ -311,7 +311,7 @@ fn add_folder_records_the_original_folder_and_its_commit() {
 }
 
 #[test]
-fn python_register_of_a_folder_records_the_original_folder_and_its_commit() {
+fn python_register_of_a_folder_with_metrics_records_the_original_folder_and_its_commit() {
     let d = TestDaemon::quick();
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
@@ -323,13 +323,13 @@ fn python_register_of_a_folder_records_the_original_folder_and_its_commit() {
     let other = work.path().join("plain");
     std::fs::create_dir_all(&other).unwrap();
     write(&other.join("weights.bin"), &bytes(4, 300));
-    // A folder goes by the inbox: without metrics, and with metrics and tags.
+    // A folder goes by the inbox; with metrics, its sidecar names the folder too.
     let script = r#"
 import json, sys
 import modelreg
 sock, run, other = sys.argv[1].split("|")
 reg = modelreg.ModelRegistry(socket=sock)
-a = reg.register("vit", run)
+a = reg.register("vit", run, metrics={"accuracy": 0.7})
 b = reg.register("plain", other, metrics={"accuracy": 0.5}, tags=["t"])
 print(json.dumps([a.number, b.number]))
 "#;

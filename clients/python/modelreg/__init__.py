@@ -1723,15 +1723,15 @@ def _source_problem(name: str, src: Path) -> Optional[str]:
 
 def _with_origin(sidecar: Optional[str], src: Path, inbox: Path, name: str) -> Optional[str]:
     """The sidecar for an inbox hand-over of `src`, naming where the artifact is now
-    (``provenance: {source: ...}``): the daemon records that path as the version's source,
-    not the inbox copy's, and reads the commit of its checkout (as ``modelreg add`` does;
-    docs/protocol.md). Without metrics or metadata, a sidecar already waiting in the
-    inbox for `name` is left as it is (the user's own, with its metrics)."""
-    if sidecar is None and any(os.path.lexists(inbox / f"{name}{x}") for x in _SIDECAR_SUFFIXES):
-        return None
+    (``provenance: {source: ...}``) when a sidecar is written anyway: the daemon records
+    that path as the version's source, not the inbox copy's, and reads the commit of its
+    checkout (docs/protocol.md). Without metrics or metadata no sidecar is written just
+    for this (it would stay in the inbox beside the artifact), and a sidecar of over
+    16 KiB is left as it is (the provenance's three values must not take one at the
+    daemon's limits over them)."""
+    if sidecar is None or len(sidecar) > 16 * 1024:
+        return sidecar
     origin = _yaml_json({"provenance": {"source": os.path.abspath(src)}})
-    if sidecar is None:
-        return origin + "\n"
     # Both are JSON objects ("{\n  ...\n}"): the source's key joins the sidecar's.
     return origin[: -len("\n}")] + ",\n" + sidecar[len("{\n") :]
 
