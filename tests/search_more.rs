@@ -2,11 +2,13 @@
 //! `add` (and by Python and HTTP) are found by `--tag`; `--sort --accuracy` and a
 //! back-quoted key after a prefix say what they mean; a paging cursor is bound to its
 //! query on every door; `show` of a removed version shows its tombstone; `add FOLDER`
-//! records the folder it came from.
+//! records the folder it came from; a metric read from a Trainer folder's files comes
+//! back when an edited sidecar stops naming it.
 
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use modelreg::protocol::{Request, SearchFields, VersionList};
@@ -357,4 +359,84 @@ print(json.dumps([a.number, b.number]))
     );
     assert_eq!(p.metrics["accuracy"], 0.5);
     assert_eq!(p.metadata["tags"], serde_json::json!(["t"]));
+}
+
+/// Waits until `name`'s latest version has metric `k` equal to `x`; returns the version.
+fn wait_metric(d: &TestDaemon, name: &str, k: &str, x: f64) -> modelreg::protocol::VersionInfo {
+    let mut v = None;
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{name} {k} = {x}"),
+        || {
+            v = d.get(name, "latest").ok();
+            v.as_ref().is_some_and(|v| v.metrics.get(k) == Some(&x))
+        },
+    );
+    v.unwrap()
+}
+
+#[test]
+fn a_file_metric_comes_back_when_the_edited_sidecar_stops_naming_it() {
+    let mut d = TestDaemon::start("settle: 300ms\n");
+    let src = common::extract::outside(&d);
+    let dir = src.join("tr12");
+    std::fs::create_dir_all(&dir).unwrap();
+    write(
+        &dir.join("all_results.json"),
+        br#"{"eval_acc":0.5,"eval_loss":0.2}"#,
+    );
+    write(&dir.join("model.bin"), &bytes(12, 256));
+    write_renamed(&d.inbox(), "tr12.metrics.yaml", b"accuracy: 0.9\n");
+    common::extract::drop_in(&d, &src, "tr12");
+    let v = common::extract::latest(&d, "tr12");
+    let from = |v: &modelreg::protocol::VersionInfo, k: &str| v.metric_sources.get(k).cloned();
+    assert_eq!(v.metrics.get("accuracy"), Some(&0.9));
+    assert_eq!(v.metrics.get("eval_loss"), Some(&0.2));
+    assert_eq!(from(&v, "eval_loss").as_deref(), Some("all_results.json"));
+    // The sidecar names eval_loss: its value wins, with no file as its source.
+    write_renamed(
+        &d.inbox(),
+        "tr12.metrics.yaml",
+        b"accuracy: 0.92\neval_loss: 0.05\n",
+    );
+    let v = wait_metric(&d, "tr12", "eval_loss", 0.05);
+    assert_eq!(from(&v, "eval_loss"), None);
+    assert_eq!(from(&v, "eval_acc").as_deref(), Some("all_results.json"));
+    // It stops naming it: the value read from the file is back, with its source.
+    write_renamed(&d.inbox(), "tr12.metrics.yaml", b"accuracy: 0.93\n");
+    let v = wait_metric(&d, "tr12", "accuracy", 0.93);
+    assert_eq!(v.metrics.get("eval_loss"), Some(&0.2), "{:?}", v.metrics);
+    assert_eq!(from(&v, "eval_loss").as_deref(), Some("all_results.json"));
+    assert_eq!(v.metrics.get("eval_acc"), Some(&0.5));
+    // Overridden again, and the daemon restarted in between: what the file said is
+    // kept in registry.yaml, not only in memory.
+    write_renamed(
+        &d.inbox(),
+        "tr12.metrics.yaml",
+        b"accuracy: 0.94\neval_loss: 0.01\n",
+    );
+    wait_metric(&d, "tr12", "eval_loss", 0.01);
+    d.stop();
+    d.spawn();
+    write_renamed(&d.inbox(), "tr12.metrics.yaml", b"accuracy: 0.95\n");
+    let v = wait_metric(&d, "tr12", "accuracy", 0.95);
+    assert_eq!(v.metrics.get("eval_loss"), Some(&0.2), "{:?}", v.metrics);
+    assert_eq!(from(&v, "eval_loss").as_deref(), Some("all_results.json"));
+    assert_eq!(d.versions("tr12").len(), 1);
+    // A sidecar that names a file's metric from the start: the file's value is kept
+    // all the same, and is back once the sidecar stops naming it.
+    let dir = src.join("tr13");
+    std::fs::create_dir_all(&dir).unwrap();
+    write(&dir.join("all_results.json"), br#"{"eval_loss":0.3}"#);
+    write(&dir.join("model.bin"), &bytes(13, 256));
+    write_renamed(&d.inbox(), "tr13.metrics.yaml", b"eval_loss: 0.02\n");
+    common::extract::drop_in(&d, &src, "tr13");
+    assert_eq!(
+        common::extract::latest(&d, "tr13").metrics.get("eval_loss"),
+        Some(&0.02)
+    );
+    write_renamed(&d.inbox(), "tr13.metrics.yaml", b"accuracy: 0.7\n");
+    let v = wait_metric(&d, "tr13", "accuracy", 0.7);
+    assert_eq!(v.metrics.get("eval_loss"), Some(&0.3), "{:?}", v.metrics);
+    assert_eq!(from(&v, "eval_loss").as_deref(), Some("all_results.json"));
 }

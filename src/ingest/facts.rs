@@ -7,6 +7,7 @@
 use crate::extract::{self, Origin};
 use crate::messages::HandedFiles;
 use crate::registry::compact::SortedMap;
+use crate::registry::file_metrics::{self, FileMetrics};
 use crate::registry::{Metadata, Metrics};
 use crate::store::Staged;
 
@@ -55,13 +56,18 @@ pub fn gather(
             "header not read: {why}; the version has no facts from it (extracted.unreadable)"
         );
     }
-    let (metrics, metric_sources) = extract::merge_metrics(sidecar_metrics, &found);
+    // The sidecar wins where it speaks; the file values it overrides are kept, to come
+    // back when an edited sidecar stops naming them (registry::file_metrics).
+    let merged = FileMetrics::found(&found.metrics, &found.sources).merge(&sidecar_metrics);
     let empty = serde_json::Map::new();
     let provenance = extract::provenance(&origin, sidecar_meta.unwrap_or(&empty));
     Facts {
-        metrics,
-        metric_sources,
-        extracted: found.extracted,
+        metrics: merged.metrics,
+        metric_sources: merged.sources,
+        extracted: match merged.overridden {
+            Some(o) => file_metrics::with_overridden(&found.extracted, Some(o)),
+            None => found.extracted,
+        },
         provenance: provenance.into_iter().collect(),
     }
 }

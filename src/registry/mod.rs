@@ -6,6 +6,7 @@ mod changes;
 pub mod compact;
 mod delta;
 mod error;
+pub mod file_metrics;
 pub mod persist;
 mod selector;
 
@@ -297,40 +298,44 @@ impl Version {
     /// Applies metrics and metadata given again for this version's unchanged bytes (an
     /// edited sidecar, or `register` of the same bytes; both use this one rule). A part
     /// given (not empty) replaces the version's; a part left empty keeps what the
-    /// version has, so metadata alone never erases metrics. When anything changes, the
-    /// metrics as they were are kept in `metrics_history` with the time `at`. Returns
-    /// whether anything changed. Metrics read from the version's files
+    /// version has, so metadata alone never erases metrics. When metrics or metadata
+    /// change, the metrics as they were are kept in `metrics_history` with the time `at`.
+    /// Returns whether anything changed. Metrics read from the version's files
     /// (`metric_sources`) stay unless the metrics given name them: the sidecar wins
-    /// where it speaks, as at registration.
+    /// where it speaks, as at registration; one it stops naming comes back with its file
+    /// ([`file_metrics`]).
     pub fn update_metrics(&mut self, metrics: Metrics, metadata: Metadata, at: &str) -> bool {
-        let mut sources = compact::SortedMap::default();
-        let metrics = if metrics.is_empty() || self.metric_sources.is_empty() {
-            metrics
+        // Every metric read from the files, those the sidecar overrode before included
+        // (kept in `extracted`): one the sidecar stops naming comes back.
+        let files = file_metrics::FileMetrics::of(self);
+        let (metrics, sources, extracted) = if metrics.is_empty() || files.is_empty() {
+            (metrics, compact::SortedMap::default(), None)
         } else {
-            let mut all: std::collections::BTreeMap<String, f64> =
-                metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            let mut kept = Vec::new();
-            for (k, from) in self.metric_sources.iter() {
-                if let (false, Some(v)) = (all.contains_key(k), self.metrics.get(k)) {
-                    all.insert(k.clone(), *v);
-                    kept.push((k.clone(), from.clone()));
-                }
-            }
-            sources = kept.into_iter().collect();
-            all.into_iter().collect()
+            let m = files.merge(&metrics);
+            let extracted = file_metrics::with_overridden(&self.extracted, m.overridden);
+            (m.metrics, m.sources, Some(extracted))
         };
         let metrics_change = !metrics.is_empty() && metrics != self.metrics;
         let metadata_change = !metadata.is_empty() && metadata != self.metadata;
-        if !metrics_change && !metadata_change {
+        // The same values, now from the sidecar rather than a file (or back).
+        let sources_change = !metrics.is_empty()
+            && (sources != self.metric_sources
+                || extracted.as_ref().is_some_and(|e| *e != self.extracted));
+        if !metrics_change && !metadata_change && !sources_change {
             return false;
         }
-        self.metrics_history.push(MetricsChange {
-            replaced_at: at.to_string(),
-            metrics: self.metrics.clone(),
-        });
-        if metrics_change {
+        if metrics_change || metadata_change {
+            self.metrics_history.push(MetricsChange {
+                replaced_at: at.to_string(),
+                metrics: self.metrics.clone(),
+            });
+        }
+        if !metrics.is_empty() {
             self.metrics = metrics;
             self.metric_sources = sources;
+        }
+        if let Some(e) = extracted {
+            self.extracted = e;
         }
         if metadata_change {
             self.metadata = metadata;
