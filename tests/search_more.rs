@@ -440,3 +440,111 @@ fn a_file_metric_comes_back_when_the_edited_sidecar_stops_naming_it() {
     assert_eq!(v.metrics.get("eval_loss"), Some(&0.3), "{:?}", v.metrics);
     assert_eq!(from(&v, "eval_loss").as_deref(), Some("all_results.json"));
 }
+
+#[test]
+fn a_field_no_version_has_is_noted_with_the_closest_on_every_door() {
+    let (d, addr, _token) = common::http::with_write_token(HTTP);
+    let dir = tempfile::tempdir().unwrap();
+    let f1 = file(dir.path(), "a.bin", 1);
+    let f2 = file(dir.path(), "b.bin", 2);
+    ok(
+        &d,
+        &["add", &f1, "--name", "resnet", "--metric", "accuracy=0.7"],
+    );
+    ok(
+        &d,
+        &[
+            "add",
+            &f2,
+            "--name",
+            "resnet",
+            "--metric",
+            "accuracy=0.8",
+            "--meta",
+            "lr=0.01",
+        ],
+    );
+    let cli = |args: &[&str]| {
+        let o = d.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        (stdout(&o), stderr(&o))
+    };
+    // A mistyped metric, a wrong prefix: the answer says so, with the closest field,
+    // on stderr; the exit code stays 0 (nothing failed: no version has it).
+    let (out, err) = cli(&["versions", "resnet", "--where", "acuracy > 0.5"]);
+    assert!(out.contains("no version of resnet matches"), "{out}");
+    assert!(
+        err.contains(
+            "note: no version of resnet has a field \"acuracy\"; did you mean \"accuracy\"?"
+        ),
+        "{err}"
+    );
+    let (_, err) = cli(&["versions", "resnet", "--where", "metric.accuracy > 0.5"]);
+    assert!(err.contains("did you mean \"metrics.accuracy\"?"), "{err}");
+    let (out, err) = cli(&["versions", "resnet", "--sort", "-acuracy"]);
+    assert!(out.contains("v1") && out.contains("v2"), "{out}");
+    assert!(err.contains("did you mean \"accuracy\"?"), "{err}");
+    let (_, err) = cli(&["list", "--where", r#"extracted.fromat == "gguf""#]);
+    assert!(
+        err.contains("no version of any model has a field \"extracted.fromat\""),
+        "{err}"
+    );
+    // --meta lr=0.01 is text: a number compared with it matches nothing, and says why.
+    let (out, err) = cli(&["versions", "resnet", "--where", "lr == 0.01"]);
+    assert!(out.contains("no version of resnet matches"), "{out}");
+    assert!(
+        err.contains(r#"lr is text here, not a number; compare it with text: lr == "0.01""#),
+        "{err}"
+    );
+    assert_eq!(listed(&d, "resnet", &["--where", r#"lr == "0.01""#]), [2]);
+    // A field that exists says nothing.
+    let (_, err) = cli(&["versions", "resnet", "--where", "accuracy > 0.5"]);
+    assert!(!err.contains("note:"), "{err}");
+    // On the socket, over HTTP and in Python: the answer's `notes`.
+    let line = versions_line(
+        "resnet",
+        SearchFields {
+            filter: Some("acuracy > 0.5".into()),
+            ..Default::default()
+        },
+    );
+    let a = send_raw(&d.socket(), &line, &[]);
+    assert!(
+        a.to_string().contains("did you mean \\\"accuracy\\\""),
+        "{a}"
+    );
+    let a = common::http::get(
+        &addr,
+        "/api/v1/models/resnet/versions?where=acuracy%20%3E%200.5",
+    )
+    .json();
+    assert!(
+        a["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"accuracy\""),
+        "{a}"
+    );
+    let script = r#"
+import json, sys
+import modelreg
+reg = modelreg.ModelRegistry(socket=sys.argv[1])
+p = reg.versions("resnet", where="acuracy > 0.5")
+q = reg.list(sort="-acuracy")
+print(json.dumps([len(p), p.notes, q.notes, reg.versions("resnet").notes]))
+"#;
+    let got = python_json(script, &d.socket().display().to_string());
+    assert_eq!(got[0], 0);
+    assert!(
+        got[1][0]
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"accuracy\""),
+        "{got}"
+    );
+    assert!(
+        got[2][0].as_str().unwrap().contains("of any model"),
+        "{got}"
+    );
+    assert_eq!(got[3], serde_json::json!([]));
+}

@@ -55,6 +55,7 @@ pub(super) fn list(c: &mut Client, s: &SearchFlags, json: bool) -> Result<(), Cl
     } else {
         print_list(&l.models);
     }
+    say(&l.notes);
     more(l.models.len(), l.total, l.next_cursor.as_deref(), json);
     Ok(())
 }
@@ -75,8 +76,20 @@ pub(super) fn versions(
     } else {
         show(json, &l, |l| print_versions(&l.versions));
     }
+    say(&l.notes);
     more(l.versions.len(), l.total, l.next_cursor.as_deref(), json);
     Ok(())
+}
+
+/// The daemon's notes on the search (a field no version has, a number compared with
+/// text), on stderr: the table stays clean for pipes and the exit code is unchanged.
+fn say(notes: &[String]) {
+    for n in notes {
+        eprintln!(
+            "modelreg: note: {}",
+            modelreg::display::escape_for_terminal(n)
+        );
+    }
 }
 
 /// On stderr (the table stays clean for pipes): how to ask for the next page.

@@ -41,6 +41,10 @@ pub struct ModelList {
     /// When more models follow this page: pass it back as `cursor` for the next one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// What the search should know: a field it names that no version has (with the
+    /// closest that exists), or a number compared with text (docs/search.md "Notes").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The `versions` answer.
@@ -57,4 +61,7 @@ pub struct VersionList {
     /// When more versions follow this page: pass it back as `cursor` for the next one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// What the search should know (as in [`ModelList::notes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }

@@ -162,6 +162,34 @@ impl Field {
         }
     }
 
+    /// The field as it is written (`accuracy`, `metrics.loss`), for a field a version
+    /// may lack; `None` for a built-in one, which every version has.
+    pub(super) fn written(&self) -> Option<String> {
+        match self {
+            Field::Bare(p) => Some(p.whole.clone()),
+            Field::Metric(k) => Some(format!("metrics.{k}")),
+            Field::Metadata(p) => Some(format!("metadata.{}", p.whole)),
+            Field::Extracted(p) => Some(format!("extracted.{}", p.whole)),
+            Field::Provenance(p) => Some(format!("provenance.{}", p.whole)),
+            _ => None,
+        }
+    }
+
+    /// Whether version `v` has this field at all, whatever its value (an object or a
+    /// null included): a built-in field always.
+    pub(super) fn present(&self, v: &Version) -> bool {
+        match self {
+            Field::Bare(p) => {
+                lookup(&v.metrics, &p.whole).is_some() || p.get(&v.metadata).is_some()
+            }
+            Field::Metric(k) => lookup(&v.metrics, k).is_some(),
+            Field::Metadata(p) => p.get(&v.metadata).is_some(),
+            Field::Extracted(p) => p.get(&v.extracted).is_some(),
+            Field::Provenance(p) => p.get(&v.provenance).is_some(),
+            _ => true,
+        }
+    }
+
     /// This field's value in version `v` of model `name`.
     pub fn value<'a>(&self, name: &'a str, v: &'a Version) -> Value<'a> {
         match self {

@@ -3,10 +3,12 @@
 //! allocating (the grammar and every rule: docs/search.md).
 //!
 //! [`lexer`] splits the text, [`parser`] builds a [`Node`] tree with resolved fields,
-//! [`eval`] matches it against a version, [`order`] sorts and cuts pages.
+//! [`eval`] matches it against a version, [`order`] sorts and cuts pages, [`notes`] says
+//! when a field it names is nowhere to be found.
 
 mod eval;
 mod lexer;
+mod notes;
 mod order;
 mod parser;
 
@@ -83,6 +85,8 @@ pub struct Search {
     limit: Option<usize>,
     cursor: Option<order::CursorData>,
     plain: bool,
+    /// The fields the filter and sort name that a version may lack (see [`notes`]).
+    mentions: Vec<notes::Mention>,
     /// What a cursor is bound to: the model, filter, tags and sort it was given for.
     query: String,
 }
@@ -125,6 +129,7 @@ impl Search {
             Some(text) => Some(parser::parse(text).map_err(|e| format!("invalid filter: {e}"))?),
             None => None,
         };
+        let user_filter = filter.clone();
         for tag in a.tags {
             let has = Node::Contains(
                 Field::resolve("metadata.tags").map_err(|e| e.to_string())?,
@@ -171,7 +176,9 @@ impl Search {
             )?),
             None => None,
         };
+        let mentions = notes::mentions(user_filter.as_ref(), sort.as_ref().map(|s| &s.field));
         Ok(Search {
+            mentions,
             plain: a.filter.is_none()
                 && a.tags.is_empty()
                 && a.sort.is_none()
@@ -207,6 +214,21 @@ impl Search {
         self.sort
             .as_ref()
             .map_or(Value::Missing, |s| s.field.value(name, v))
+    }
+
+    /// What the answer should say about fields the filter or sort names that none of
+    /// `versions` (the versions in scope, each with its model's name) has, or that are
+    /// text where a number is asked: a filter that silently matched nothing, or a sort
+    /// that silently kept version order, was a typo more often than not. `scope` names
+    /// the versions in a note (`of resnet`).
+    pub fn notes<'a, I>(&self, scope: &str, versions: I) -> Vec<String>
+    where
+        I: Iterator<Item = (&'a str, &'a Version)> + Clone,
+    {
+        if self.mentions.is_empty() {
+            return Vec::new();
+        }
+        notes::notes(&self.mentions, scope, versions)
     }
 
     /// Sorts the hits and cuts the page asked for.

@@ -55,6 +55,13 @@ fn list(ctx: &Context, args: SearchArgs<'_>) -> Response {
         });
     }
     let page = search.page(hits);
+    let notes = search.notes(
+        "of any model",
+        catalog
+            .models
+            .iter()
+            .flat_map(|(n, m)| m.versions.iter().map(move |v| (n.as_str(), &**v))),
+    );
     let models = page
         .items
         .into_iter()
@@ -72,6 +79,7 @@ fn list(ctx: &Context, args: SearchArgs<'_>) -> Response {
         models,
         total: (!plain).then_some(page.total),
         next_cursor: page.next_cursor,
+        notes,
     })
 }
 
@@ -97,6 +105,8 @@ fn versions(ctx: &Context, name: &str, args: SearchArgs<'_>) -> Response {
         })
         .collect();
     let page = search.page(hits);
+    let scope = format!("of {name}");
+    let notes = search.notes(&scope, m.versions.iter().map(|v| (name, &**v)));
     Response::answer(&VersionList {
         name: name.to_string(),
         versions: page
@@ -106,6 +116,7 @@ fn versions(ctx: &Context, name: &str, args: SearchArgs<'_>) -> Response {
             .collect(),
         total: (!search.is_plain()).then_some(page.total),
         next_cursor: page.next_cursor,
+        notes,
     })
 }
 

@@ -440,12 +440,15 @@ class ModelSummary(_Record):
 class Page(list):  # type: ignore[type-arg]
     """The answer of `list` and `versions`: a list of its items, as before, that also
     says how many items matched (`total`, with a search) and, when more follow, the
-    `next_cursor` to pass back as ``cursor=`` for the next page."""
+    `next_cursor` to pass back as ``cursor=`` for the next page. `notes` says what the
+    search should know: a field it names that no version has (with a "did you mean"),
+    or a number compared with a field that is text (docs/search.md "Notes")."""
 
-    def __init__(self, items: Any, total: Optional[int] = None, next_cursor: Optional[str] = None) -> None:
+    def __init__(self, items: Any, total: Optional[int] = None, next_cursor: Optional[str] = None, notes: Optional[List[str]] = None) -> None:
         super().__init__(items)
         self.total = total
         self.next_cursor = next_cursor
+        self.notes: List[str] = list(notes or [])
 
 
 def _search(request: Dict[str, Any], where: Optional[str], tag: Union[str, List[str], None], sort: Optional[str], limit: Optional[int], cursor: Optional[str]) -> Dict[str, Any]:
@@ -841,7 +844,7 @@ class ModelRegistry:
         is passed back as `cursor` for the next. Raises BadRequest for a bad expression.
         """
         answer = self._call(_search({"op": "list"}, where, tag, sort, limit, cursor))
-        return Page([ModelSummary._from(m) for m in answer["models"]], answer.get("total"), answer.get("next_cursor"))
+        return Page([ModelSummary._from(m) for m in answer["models"]], answer.get("total"), answer.get("next_cursor"), answer.get("notes"))
 
     def versions(self, name: str, where: Optional[str] = None, tag: Union[str, List[str], None] = None, sort: Optional[str] = None, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page:
         """Every version of `name`, oldest first (removed and deprecated ones too: see
@@ -849,7 +852,7 @@ class ModelRegistry:
         page (see `list`). Raises ModelNotFound, BadRequest."""
         req = _search({"op": "versions", "name": _text(name, "name")}, where, tag, sort, limit, cursor)
         answer = self._call(req)
-        return Page([Version._from(v) for v in answer["versions"]], answer.get("total"), answer.get("next_cursor"))
+        return Page([Version._from(v) for v in answer["versions"]], answer.get("total"), answer.get("next_cursor"), answer.get("notes"))
 
     def get(self, name: str, version: Union[str, int] = "latest", metric: Optional[str] = None, mode: Optional[str] = None) -> Version:
         """One version of `name`: ``"latest"``, ``"best"``, ``"v3"`` (or ``3``) or an alias.
