@@ -548,3 +548,34 @@ print(json.dumps([len(p), p.notes, q.notes, reg.versions("resnet").notes]))
     );
     assert_eq!(got[3], serde_json::json!([]));
 }
+
+#[test]
+fn a_bad_sort_is_shown_as_given_and_a_capital_v_is_a_version() {
+    let d = TestDaemon::quick();
+    for seed in 1..=3 {
+        register_seeded(&d, "m", seed);
+    }
+    // The error shows the sort with its `-`, the caret under the bad token.
+    let e = fails(&d, &["versions", "m", "--sort", "-a,b"]);
+    assert!(e.contains("\n  -a,b\n    ^"), "{e}");
+    let e = fails(&d, &["versions", "m", "--sort", "-"]);
+    assert!(e.contains("\n  -\n"), "{e}");
+    // Python is told how Python writes a descending sort.
+    let script = r#"
+import json, sys
+import modelreg
+reg = modelreg.ModelRegistry(socket=sys.argv[1])
+try:
+    reg.versions("m", sort="--accuracy")
+    print(json.dumps(None))
+except modelreg.BadRequest as e:
+    print(json.dumps(str(e)))
+"#;
+    let got = python_json(script, &d.socket().display().to_string());
+    assert!(
+        got.as_str().unwrap().contains(r#"sort="-accuracy""#),
+        "{got}"
+    );
+    // `V2` is read as `v2`, as people type it.
+    assert_eq!(listed(&d, "m", &["--where", r#"version >= "V2""#]), [2, 3]);
+}

@@ -151,13 +151,16 @@ impl Field {
         })
     }
 
-    /// A literal as this field compares it: `"v3"` is 3 for `version`.
+    /// A literal as this field compares it: `"v3"` (or `"V3"`, as people type it) is 3
+    /// for `version`.
     pub(super) fn adapt(&self, lit: Lit) -> Lit {
         match (self, &lit) {
-            (Field::Version, Lit::Str(s)) => match s.strip_prefix('v').map(str::parse::<u32>) {
-                Some(Ok(n)) => Lit::Num(f64::from(n)),
-                _ => lit,
-            },
+            (Field::Version, Lit::Str(s)) => {
+                match s.strip_prefix(['v', 'V']).map(str::parse::<u32>) {
+                    Some(Ok(n)) => Lit::Num(f64::from(n)),
+                    _ => lit,
+                }
+            }
             _ => lit,
         }
     }
@@ -382,7 +385,7 @@ mod tests {
 
     #[test]
     fn builtin_and_prefixed_fields() {
-        assert!(is("version == 7") && is(r#"version > "v6""#));
+        assert!(is("version == 7") && is(r#"version > "v6""#) && is(r#"version >= "V7""#));
         assert!(is(r#"state == "live""#) && is("size == 1000"));
         assert!(is(r#"name == "resnet""#));
         assert!(is(r#"registered_at >= "2026-11-27""#));

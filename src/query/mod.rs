@@ -151,11 +151,18 @@ impl Search {
                 if name.starts_with(['-', '+']) {
                     let field = name.trim_start_matches(['-', '+']);
                     let field = if field.is_empty() { "accuracy" } else { field };
+                    // Every door gets this message: it says how each of them writes it.
                     return Err(format!(
-                        "invalid sort {text:?}: --sort takes FIELD (ascending) or -FIELD (descending), one `-` at most; to sort by {field} descending write --sort=-{field}"
+                        "invalid sort {text:?}: a sort is FIELD (ascending) or -FIELD (descending), one `-` at most; to sort by {field} descending give -{field} (on the command line --sort=-{field}, in Python sort=\"-{field}\")"
                     ));
                 }
-                let field = parser::parse_field(name).map_err(|e| format!("invalid sort: {e}"))?;
+                let field = parser::parse_field(name).map_err(|mut e| {
+                    // Shown as given, its `-` or `+` too, the caret moved past it.
+                    let sign = text.len() - name.len();
+                    e.expression = text.to_string();
+                    e.column += sign;
+                    format!("invalid sort: {e}")
+                })?;
                 Some(Sort {
                     field,
                     desc,
@@ -293,7 +300,10 @@ mod tests {
         };
         assert!(c(Some("-"), None).unwrap_err().starts_with("invalid sort"));
         let e = c(Some("--accuracy"), None).unwrap_err();
-        assert!(e.contains("write --sort=-accuracy"), "{e}");
+        assert!(e.contains("--sort=-accuracy"), "{e}");
+        assert!(e.contains(r#"sort="-accuracy""#), "{e}");
+        let e = c(Some("-a,b"), None).unwrap_err();
+        assert!(e.ends_with("\n  -a,b\n    ^"), "{e}");
         assert!(!e.contains("not a number"), "{e}");
         assert!(c(Some("+-accuracy"), None).is_err());
         assert!(c(Some("a b"), None).unwrap_err().contains("one field name"));
