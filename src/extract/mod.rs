@@ -26,8 +26,7 @@ use serde_json::{Map, Value, json};
 pub use provenance::{Origin, provenance};
 use reader::{Parsed, Reader};
 
-use crate::registry::compact::SortedMap;
-use crate::registry::{Metadata, Metrics};
+use crate::registry::Metadata;
 
 /// Weight files of a folder examined (the rest are listed as not examined).
 pub const MAX_FILES: usize = 64;
@@ -275,22 +274,6 @@ fn looks_like_safetensors(head: &[u8], len: u64) -> bool {
         && &head[8..10] == b"{\""
 }
 
-/// The metrics a version gets: the sidecar's, and those found in its files that the
-/// sidecar does not name (the sidecar wins), with where each found one came from.
-pub fn merge_metrics(sidecar: Metrics, found: &Found) -> (Metrics, SortedMap<String>) {
-    let mut all: BTreeMap<String, f64> = sidecar.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    let mut sources = BTreeMap::new();
-    for (k, v) in &found.metrics {
-        if !all.contains_key(k) {
-            all.insert(k.clone(), *v);
-            if let Some(s) = found.sources.get(k) {
-                sources.insert(k.clone(), s.clone());
-            }
-        }
-    }
-    (all.into_iter().collect(), sources.into_iter().collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,12 +316,7 @@ mod tests {
         assert_eq!(f.sources["eval_accuracy"], "all_results.json");
         assert_eq!(f.sources["eval_loss"], "eval_results.json");
         assert_eq!(f.sources["best_eval_accuracy"], "trainer_state.json");
-        let side: Metrics = [("eval_accuracy".to_string(), 0.99)].into();
-        let (m, s) = merge_metrics(side, &f);
-        assert_eq!(m["eval_accuracy"], 0.99);
-        assert_eq!(m["eval_loss"], 0.3);
-        assert!(!s.contains_key("eval_accuracy"));
-        assert_eq!(s["epoch"], "all_results.json");
+        assert_eq!(f.sources["epoch"], "all_results.json");
     }
 
     #[test]
