@@ -184,15 +184,7 @@ fn into_catalog(
             name,
             Arc::new(Model {
                 highest: m.highest_version,
-                // Collected into a new vector of exactly its length: `collect` over
-                // `into_iter` reuses the parsed `Vec<Version>`'s buffer in place (384
-                // bytes a slot, grown by doubling) for 8-byte pointers, which kept
-                // ~65 MB of dead slots alive at 100,000 versions.
-                versions: {
-                    let mut out = Vec::with_capacity(versions.len());
-                    out.extend(versions.into_iter().map(Arc::new));
-                    out
-                },
+                versions,
                 aliases,
                 alias_history: m.alias_history,
             }),

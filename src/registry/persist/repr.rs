@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -91,9 +92,11 @@ fn versions_as_map<S: Serializer>(
     m.end()
 }
 
-/// Versions read from the map form, sorted by number.
+/// Versions read from the map form, sorted by number. Each is put behind its `Arc` as
+/// it is read: built in place once, not moved from a vector of whole versions (a second
+/// copy of every version at the peak, and holes between what stays once it is freed).
 #[derive(Default)]
-pub(super) struct VersionMap(pub(super) Vec<Version>);
+pub(super) struct VersionMap(pub(super) Vec<Arc<Version>>);
 
 impl<'de> Deserialize<'de> for VersionMap {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -107,7 +110,7 @@ impl<'de> Deserialize<'de> for VersionMap {
                 self,
                 mut a: A,
             ) -> std::result::Result<VersionMap, A::Error> {
-                let mut out: Vec<Version> = Vec::new();
+                let mut out: Vec<Arc<Version>> = Vec::new();
                 while let Some(key) = a.next_key::<String>()? {
                     let n = crate::registry::parse_version_number(&key).ok_or_else(|| {
                         de::Error::custom(format!("version key `{key}` is not of the form v<N>"))
@@ -115,9 +118,11 @@ impl<'de> Deserialize<'de> for VersionMap {
                     let mut v: Version = a.next_value()?;
                     v.number = n;
                     v.files.shrink_to_fit();
-                    out.push(v);
+                    out.push(Arc::new(v));
                 }
                 out.sort_by_key(|v| v.number);
+                // Grown by doubling; the catalog keeps it for the daemon's life.
+                out.shrink_to_fit();
                 if let Some(w) = out.windows(2).find(|w| w[0].number == w[1].number) {
                     return Err(de::Error::custom(format!(
                         "version v{} is listed twice",
