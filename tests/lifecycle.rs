@@ -386,11 +386,12 @@ fn interrupted_rm_is_finished_at_start() {
     let reg = d.registry_path();
     let mut c = modelreg::registry::persist::load(&reg).unwrap().unwrap();
     let m = std::sync::Arc::make_mut(c.models.get_mut("t").unwrap());
-    std::sync::Arc::make_mut(&mut m.versions[0]).removed = Some(modelreg::registry::Mark {
-        at: "2026-11-26T00:00:00Z".into(),
-        reason: None,
-        uid: None,
-    });
+    std::sync::Arc::make_mut(&mut m.versions[0]).removed =
+        Some(Box::new(modelreg::registry::Mark {
+            at: "2026-11-26T00:00:00Z".into(),
+            reason: None,
+            uid: None,
+        }));
     modelreg::registry::persist::write_atomic(
         &reg,
         modelreg::registry::persist::to_yaml(&c).unwrap().as_bytes(),

@@ -31,11 +31,11 @@ fn catalog() -> Catalog {
     v1.files.push(file(NAME, 1, "m.pt", 1000));
     let mut v2 = v(2, &[("accuracy", 0.95)]);
     v2.files.push(file(NAME, 2, "m.pt", 1000));
-    v2.deprecated = Some(Mark {
+    v2.deprecated = Some(Box::new(Mark {
         at: "2026-11-27T10:00:00Z".into(),
         reason: Some("leaked <test> set".into()),
         uid: None,
-    });
+    }));
     let mut v3 = v(3, &[("accuracy", 0.9), ("loss", 0.3)]);
     v3.files.push(file(NAME, 3, "m.pt", 2048));
     v3.metadata = [
@@ -48,11 +48,11 @@ fn catalog() -> Catalog {
     .into();
     v3.registered_at = "2026-11-27T11:00:00Z".into();
     let mut v4 = v(4, &[("accuracy", 0.99)]);
-    v4.removed = Some(Mark {
+    v4.removed = Some(Box::new(Mark {
         at: "2026-11-27T12:00:00Z".into(),
         reason: None,
         uid: Some(0),
-    });
+    }));
     let mut v5 = v(5, &[("accuracy", 0.8), ("loss", f64::NAN)]);
     v5.kind = Kind::Folder;
     v5.files.push(file(NAME, 5, "config.json", 10));

@@ -263,11 +263,12 @@ pub(super) mod tests {
         ]);
         m.aliases.insert("production".into(), 1);
         m.aliases.insert("main".into(), 1);
-        std::sync::Arc::make_mut(&mut m.versions[2]).removed = Some(crate::registry::Mark {
-            at: "t".into(),
-            reason: None,
-            uid: None,
-        });
+        std::sync::Arc::make_mut(&mut m.versions[2]).removed =
+            Some(Box::new(crate::registry::Mark {
+                at: "t".into(),
+                reason: None,
+                uid: None,
+            }));
         let policy = crate::config::Config::from_yaml(
             std::path::Path::new("/r"),
             "",

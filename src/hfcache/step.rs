@@ -245,11 +245,12 @@ mod tests {
             m.aliases.insert("main".into(), 2);
         };
         let remove_v1 = |m: &mut Model| {
-            std::sync::Arc::make_mut(&mut m.versions[0]).removed = Some(crate::registry::Mark {
-                at: "t".into(),
-                reason: None,
-                uid: None,
-            });
+            std::sync::Arc::make_mut(&mut m.versions[0]).removed =
+                Some(Box::new(crate::registry::Mark {
+                    at: "t".into(),
+                    reason: None,
+                    uid: None,
+                }));
         };
         let unalias = |m: &mut Model| {
             m.aliases.clear();

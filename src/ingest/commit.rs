@@ -82,9 +82,11 @@ impl Registrar {
         let cfg = self.config.clone();
         let now = now_rfc3339();
         let rel = |p: &Path| cfg.relative(p).into_owned();
-        let sidecar_ref = sidecar.as_ref().map(|s| SidecarRef {
-            path: rel(&cfg.inbox.join(&s.entry)),
-            sha256: s.sha256.clone(),
+        let sidecar_ref = sidecar.as_ref().map(|s| {
+            Box::new(SidecarRef {
+                path: rel(&cfg.inbox.join(&s.entry)),
+                sha256: s.sha256.clone(),
+            })
         });
         let model = Arc::make_mut(
             self.catalog

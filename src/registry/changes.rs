@@ -208,11 +208,11 @@ impl Model {
     ) -> Result<Changed, RegistryError> {
         self.stored_version(name, n)?;
         let v = self.version_mut(n);
-        v.deprecated = Some(Mark {
+        v.deprecated = Some(Box::new(Mark {
             at: stamp.at.clone(),
             reason: reason.clone(),
             uid: stamp.uid,
-        });
+        }));
         Ok(Changed::Deprecated { version: n, reason })
     }
 
@@ -246,11 +246,11 @@ impl Model {
             self.aliases.remove(a);
             self.record(a, Some(n), None, stamp, &format!("{by} --force"));
         }
-        self.version_mut(n).removed = Some(Mark {
+        self.version_mut(n).removed = Some(Box::new(Mark {
             at: stamp.at.clone(),
             reason,
             uid: stamp.uid,
-        });
+        }));
         Ok(Changed::Removed {
             version: n,
             aliases_dropped: aliased,

@@ -9,13 +9,15 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// String keys in ascending order, each once.
+/// String keys in ascending order, each once. A boxed slice, not a `Vec`: never grown
+/// once built, and 16 bytes inline instead of 24 (a version holds five of these, mostly
+/// empty).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SortedMap<V>(Vec<(String, V)>);
+pub struct SortedMap<V>(Box<[(String, V)]>);
 
 impl<V> Default for SortedMap<V> {
     fn default() -> Self {
-        SortedMap(Vec::new())
+        SortedMap(Box::default())
     }
 }
 
@@ -62,8 +64,7 @@ impl<V> FromIterator<(String, V)> for SortedMap<V> {
                 _ => out.push((k, x)),
             }
         }
-        out.shrink_to_fit();
-        SortedMap(out)
+        SortedMap(out.into_boxed_slice())
     }
 }
 
@@ -83,7 +84,7 @@ impl<V> std::ops::Index<&str> for SortedMap<V> {
 impl<V: Serialize> Serialize for SortedMap<V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        for (k, v) in self.0.iter() {
             m.serialize_entry(k, v)?;
         }
         m.end()

@@ -114,7 +114,9 @@ impl Kind {
     }
 }
 
-/// One immutable version.
+/// One immutable version. What most versions lack (a sidecar, a deprecation, a
+/// removal) is boxed: 8 bytes when absent instead of 48 to 56, at 100,000 versions in
+/// memory. Boxes serialise as what they hold, so registry.yaml and answers are the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Version {
@@ -151,17 +153,17 @@ pub struct Version {
     /// The sidecar whose content is applied, by hash: a sidecar with this content is
     /// stale for any newer artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sidecar: Option<SidecarRef>,
+    pub sidecar: Option<Box<SidecarRef>>,
     /// Earlier metrics replaced by later sidecar edits, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics_history: Vec<MetricsChange>,
     /// Hidden from latest and best, but kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deprecated: Option<Mark>,
+    pub deprecated: Option<Box<Mark>>,
     /// Its files are deleted; this entry stays as a tombstone, so the number is never
     /// given again and `get` can say when and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub removed: Option<Mark>,
+    pub removed: Option<Box<Mark>>,
 }
 
 /// One stored file of a version.
@@ -482,8 +484,8 @@ pub(crate) mod tests {
             reason: None,
             uid: None,
         };
-        std::sync::Arc::make_mut(&mut m.versions[0]).deprecated = Some(mark.clone());
-        std::sync::Arc::make_mut(&mut m.versions[2]).removed = Some(mark);
+        std::sync::Arc::make_mut(&mut m.versions[0]).deprecated = Some(Box::new(mark.clone()));
+        std::sync::Arc::make_mut(&mut m.versions[2]).removed = Some(Box::new(mark));
         assert_eq!(m.latest().unwrap().number, 2);
         assert_eq!(m.newest().unwrap().number, 2);
         assert_eq!(m.best("accuracy", Direction::Max).unwrap().number, 2);

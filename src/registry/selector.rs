@@ -93,7 +93,7 @@ impl Model {
                 Some(mark) => Err(RegistryError::VersionRemoved {
                     name: name.to_string(),
                     number: n,
-                    mark: mark.clone(),
+                    mark: (**mark).clone(),
                 }),
                 None => Ok(v),
             },
@@ -282,7 +282,8 @@ mod tests {
     #[test]
     fn select_refusals_say_what_exists() {
         let mut m = model(vec![v(1, &[("accuracy", 0.9)]), v(2, &[])]);
-        std::sync::Arc::make_mut(&mut m.versions[1]).removed = Some(mark(Some("leaked test data")));
+        std::sync::Arc::make_mut(&mut m.versions[1]).removed =
+            Some(Box::new(mark(Some("leaked test data"))));
         m.aliases.insert("production".into(), 1);
         let p = policy();
         let err = |s: &str, metric: Option<&str>| {
@@ -318,8 +319,8 @@ mod tests {
     #[test]
     fn a_model_without_live_versions_names_one_that_answers() {
         let mut m = model(vec![v(1, &[("accuracy", 0.9)]), v(2, &[])]);
-        std::sync::Arc::make_mut(&mut m.versions[0]).deprecated = Some(mark(None));
-        std::sync::Arc::make_mut(&mut m.versions[1]).removed = Some(mark(None));
+        std::sync::Arc::make_mut(&mut m.versions[0]).deprecated = Some(Box::new(mark(None)));
+        std::sync::Arc::make_mut(&mut m.versions[1]).removed = Some(Box::new(mark(None)));
         let p = policy();
         for (s, for_best) in [("latest", false), ("best", true)] {
             let e = m.select("m", Some(s), (&p, None, None)).unwrap_err();

@@ -36,8 +36,8 @@ pub(super) fn version_info_in(cfg: &Config, name: &str, v: &Version, m: &Model) 
 /// The answer form of a version: absolute paths, sizes, metrics.
 pub(super) fn version_info(cfg: &Config, name: &str, v: &Version) -> VersionInfo {
     let (state, mark) = match (&v.removed, &v.deprecated) {
-        (Some(m), _) => ("removed", Some(m.clone())),
-        (None, Some(m)) => ("deprecated", Some(m.clone())),
+        (Some(m), _) => ("removed", Some((**m).clone())),
+        (None, Some(m)) => ("deprecated", Some((**m).clone())),
         (None, None) => ("live", None),
     };
     VersionInfo {

@@ -102,11 +102,11 @@ pub fn rebuild(store: &Path, catalog: &mut Catalog, rel: &dyn Fn(&Path) -> Strin
         };
         let mut version = version_from(manifest, n, &dir, rel);
         if removed {
-            version.removed = Some(Mark {
+            version.removed = Some(Box::new(Mark {
                 at: "unknown".into(),
                 reason: Some("removed before registry.yaml was rebuilt".into()),
                 uid: None,
-            });
+            }));
             report.tombstones.push(key.to_string());
         } else if !report.hashed.iter().any(|h| h == key) {
             report.from_manifest.push(key.to_string());

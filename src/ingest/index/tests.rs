@@ -72,7 +72,7 @@ proptest! {
                         .filter(|&j| m.versions[j].removed.is_none())
                         .collect();
                     if let Some(&j) = live.get(i % live.len().max(1)) {
-                        std::sync::Arc::make_mut(&mut m.versions[j]).removed = Some(Mark { at: "t".into(), reason: None, uid: None });
+                        std::sync::Arc::make_mut(&mut m.versions[j]).removed = Some(Box::new(Mark { at: "t".into(), reason: None, uid: None }));
                         index.removed("m");
                     }
                 }
