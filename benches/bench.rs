@@ -533,9 +533,17 @@ fn scale(t: &mut Table, scratch: &Path, quick: bool, which: &dyn Fn(&str) -> boo
     // and bursts below measure the daemon as it runs day to day, after it. The first
     // bursts of 2026-11-28 ran beside it (pairs 1.60/3.40/1.59, then 0.95/0.94).
     let t_idle = Instant::now();
+    // CPU quiet alone is not enough: the view's check mostly waits for the disk (a run
+    // of 2026-11-28 looked idle after 93 s and its bursts into 100,000 versions still
+    // took 3.0-4.6 s). `status` says when it is over.
+    let mut c = d.client();
+    while c.status().unwrap().hf_cache_checking.is_some() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let checked = t_idle.elapsed().as_secs_f64();
     wait_idle(&d, Duration::from_secs(600));
     eprintln!(
-        "  (idle after {:.1} s more; resident then {} MB)",
+        "  (the Hugging Face view checked after {checked:.1} s, idle after {:.1} s more; resident then {} MB)",
         t_idle.elapsed().as_secs_f64(),
         rss_kib(d.pid()).0 / 1024
     );

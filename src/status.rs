@@ -115,6 +115,9 @@ struct Inner {
     watch: String,
     /// The rows of exec hooks and webhooks, by name.
     deliveries: BTreeMap<String, Delivery>,
+    /// While the Hugging Face cache view is checked model by model (first start, a
+    /// reload, the view deleted): how many models are still to check.
+    hf_cache_checking: Option<usize>,
 }
 
 /// The current time as RFC 3339 UTC, to the second.
@@ -252,6 +255,17 @@ impl StatusBoard {
     /// Sets how the inbox is watched.
     pub fn set_watch(&self, how: String) {
         self.lock().watch = how;
+    }
+
+    /// Records how many models the Hugging Face cache view still has to check; `None`
+    /// once its check is over.
+    pub fn set_hf_cache_checking(&self, left: Option<usize>) {
+        self.lock().hf_cache_checking = left;
+    }
+
+    /// How many models the Hugging Face cache view still has to check, while it does.
+    pub fn hf_cache_checking(&self) -> Option<usize> {
+        self.lock().hf_cache_checking
     }
 
     /// Registers a copy job for `name` of `total` bytes, until the guard is dropped.

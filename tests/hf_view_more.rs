@@ -8,6 +8,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use common::hf::{hf_load, register, snap};
 use common::*;
@@ -140,4 +141,41 @@ fn a_store_folder_made_by_hand_between_registrations_is_still_numbered_above() {
         std::fs::read(stray.parent().unwrap().join("v9/m.pt")).unwrap(),
         b"someone else's"
     );
+}
+
+/// At start the view is checked model by model in the background: `status` says how many
+/// models are left while it runs (never more than the catalog holds, never growing) and
+/// nothing once the log says the check is over, so an operator (or a benchmark) can tell
+/// when the disk is its own again.
+#[test]
+fn status_shows_the_views_start_up_check_until_it_is_over() {
+    let mut d = TestDaemon::quick();
+    let models = 300;
+    for i in 0..models {
+        std::fs::write(d.inbox().join(format!("m{i:03}.pt")), format!("bytes {i}")).unwrap();
+    }
+    wait_until(Duration::from_secs(120), "300 versions", || {
+        d.status().versions >= models
+    });
+    d.stop();
+    d.spawn();
+    let (mut seen, mut last) = (0, usize::MAX);
+    let mut over = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        match d.status().hf_cache_checking {
+            Some(left) => {
+                assert!(left <= models && left <= last, "{left} after {last}");
+                (seen, last) = (seen + 1, left);
+            }
+            None if d.log().contains("Hugging Face cache view") && d.log().contains("checked") => {
+                over = true;
+                break;
+            }
+            None => {}
+        }
+    }
+    assert!(over, "the view's check never ended:\n{}", d.log());
+    assert_eq!(d.status().hf_cache_checking, None);
+    eprintln!("status showed the check under way {seen} time(s), last {last} model(s) to go");
 }

@@ -335,6 +335,12 @@ pub(super) fn print_status(s: &StatusInfo) {
     if let Some(url) = &s.http {
         rows.push(vec!["http:".into(), url.clone()]);
     }
+    if let Some(left) = s.hf_cache_checking {
+        rows.push(vec![
+            "hf cache:".into(),
+            format!("checking the view, {left} model(s) to go"),
+        ]);
+    }
     if s.waiting.is_empty() {
         rows.push(vec!["waiting:".into(), "nothing".into()]);
     }

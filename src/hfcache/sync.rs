@@ -126,6 +126,7 @@ impl View {
         if all {
             state.unsure = after.models.keys().cloned().collect();
             state.generation += 1;
+            self.board.set_hf_cache_checking(Some(state.unsure.len()));
             if !state.catching_up {
                 state.catching_up = true;
                 let view = self.clone();
@@ -134,6 +135,7 @@ impl View {
                     .spawn(move || view.catch_up());
                 if let Err(e) = spawned {
                     state.catching_up = false;
+                    self.board.set_hf_cache_checking(None);
                     self.board.error(format!(
                         "cannot start the Hugging Face cache view's thread: {e}; models are checked as they change"
                     ));
@@ -192,8 +194,10 @@ impl View {
                 .collect();
             if batch.is_empty() {
                 state.catching_up = false;
+                self.board.set_hf_cache_checking(None);
                 break;
             }
+            self.board.set_hf_cache_checking(Some(state.unsure.len()));
             for name in batch {
                 tried.insert(name.clone());
                 if self.make_root()

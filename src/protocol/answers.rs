@@ -188,6 +188,10 @@ pub struct StatusInfo {
     /// Exec hooks and webhooks (`hooks:`, `webhooks:`): how far each has got.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<Delivery>,
+    /// While the Hugging Face cache view (`<root>/hf`) is checked model by model after a
+    /// start or a reload: the models still to check. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_cache_checking: Option<usize>,
 }
 
 /// How far one exec hook or webhook has got (a row of `status`, docs/events.md).

@@ -222,5 +222,6 @@ pub(super) async fn status(ctx: &Context) -> Response {
         recent_errors,
         recent_changes: ctx.board.events(),
         deliveries,
+        hf_cache_checking: ctx.board.hf_cache_checking(),
     })
 }
