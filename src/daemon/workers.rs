@@ -58,6 +58,11 @@ impl Workers {
         // Links (latest, best, aliases) are brought in line at start: settings may have
         // changed.
         let _ = reg_tx.send(crate::ingest::RegistrarMsg::RefreshLinks);
+        // That first commit checks the Hugging Face view of every model in the background:
+        // `status` says so from the first answer, not only once the registrar got to it.
+        if config.hf_cache {
+            board.set_hf_cache_checking(Some(catalog.models.len()));
+        }
         let mut registrar = Registrar::new(
             settings.clone(),
             catalog,
