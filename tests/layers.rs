@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("tokens", 3),
     ("events", 3),
     ("extract", 3),
+    ("catalogdb", 3),
     ("status", 4),
     ("verify", 4),
     ("messages", 4),

@@ -1,0 +1,270 @@
+//! The shared catalog of team mode in PostgreSQL: versions numbered inside the transaction that records them, a change log every host tails.
+//!
+//! A [`CatalogDb`] is one connection (one host's registrar holds one; a [`listen`]er
+//! holds another). Each operation is one transaction: [`CatalogDb::record_version`]
+//! allocates the version number by raising the model row's `highest` (the row stays
+//! locked until commit, so hosts racing on a model get dense, unique numbers), and every
+//! write appends a row to `changes` with the next change seq and `NOTIFY`s channel
+//! [`CHANNEL`] with it. A host rebuilds its catalog from [`CatalogDb::snapshot`] (one
+//! REPEATABLE READ transaction, consistent with a change seq) and keeps it current with
+//! [`CatalogDb::changes_since`] whenever its listener wakes. The schema is in
+//! `migrations/` and docs/team.md; [`migrate`] applies it on connect.
+//!
+//! Failures: connecting is bounded by [`Options::connect_timeout`], each operation by
+//! [`Options::op_timeout`]; a lost connection is an error naming the server
+//! ([`CatalogDbError::is_connection_lost`]), and the next operation on the same handle
+//! connects again. No TLS yet: a Unix socket or a private network (docs/team.md).
+
+mod error;
+mod listen;
+pub mod migrate;
+mod read;
+mod write;
+
+pub use error::{CatalogDbError, describe};
+pub use listen::{ChangeListener, listen};
+pub use read::{Change, ChangeKind, Snapshot};
+pub use write::Recorded;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// The channel every write `NOTIFY`s, its payload the change seq as decimal text.
+pub const CHANNEL: &str = "modelreg_changes";
+
+/// How long to wait for the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// For a connection to be made (TCP connect, startup, authentication).
+    pub connect_timeout: Duration,
+    /// For one operation's transaction to finish once connected.
+    pub op_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            connect_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A connection to the catalog database (see the module docs). Operations take
+/// `&mut self`: one transaction at a time per connection, as one registrar writes.
+pub struct CatalogDb {
+    target: Target,
+    client: Option<Client>,
+    applied: Vec<i32>,
+}
+
+/// Where to connect and how, parsed once.
+#[derive(Clone)]
+pub(crate) struct Target {
+    config: Config,
+    /// The server as messages name it (host or socket, database, user).
+    pub(crate) server: String,
+    pub(crate) options: Options,
+}
+
+impl Target {
+    /// Parses `url`: `postgres://user@host:port/db`, the key=value form (`host=/run/pg
+    /// dbname=modelreg`), or a URL whose host is a percent-encoded socket folder
+    /// (`postgres://modelreg@%2Frun%2Fpostgresql/modelreg`).
+    pub(crate) fn parse(url: &str, options: Options) -> Result<Target, CatalogDbError> {
+        let mut config = Config::from_str(url).map_err(|e| CatalogDbError::BadUrl {
+            url: redact(url),
+            cause: describe(&e),
+        })?;
+        config.connect_timeout(options.connect_timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("modelreg");
+        }
+        Ok(Target {
+            server: server_name(&config),
+            config,
+            options,
+        })
+    }
+
+    /// Connects (bounded by the connect timeout) and drives the connection on a task.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        CatalogDbError,
+    > {
+        let connect = self.config.connect(NoTls);
+        // The driver's own timeout covers each socket connect; this one covers the whole
+        // startup too (a server that accepts and then says nothing).
+        match tokio::time::timeout(self.options.connect_timeout * 2, connect).await {
+            Ok(Ok(pair)) => Ok(pair),
+            Ok(Err(e)) => Err(CatalogDbError::Connect {
+                server: self.server.clone(),
+                cause: describe(&e),
+            }),
+            Err(_) => Err(CatalogDbError::Connect {
+                server: self.server.clone(),
+                cause: format!("no answer within {:?}", self.options.connect_timeout * 2),
+            }),
+        }
+    }
+}
+
+impl CatalogDb {
+    /// Connects to `url` and brings the schema up to date ([`migrate::migrate`]).
+    pub async fn connect(url: &str, options: Options) -> Result<CatalogDb, CatalogDbError> {
+        let mut db = CatalogDb {
+            target: Target::parse(url, options)?,
+            client: None,
+            applied: Vec::new(),
+        };
+        db.client().await?;
+        Ok(db)
+    }
+
+    /// The server as messages name it.
+    pub fn server(&self) -> &str {
+        &self.target.server
+    }
+
+    /// The migrations this handle applied when it connected (empty: the schema was
+    /// already current).
+    pub fn migrations_applied(&self) -> &[i32] {
+        &self.applied
+    }
+
+    /// The open connection, made again (and the schema checked again) when the last one
+    /// was lost.
+    async fn client(&mut self) -> Result<&mut Client, CatalogDbError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = None;
+            let (mut client, connection) = self.target.connect().await?;
+            let server = self.target.server.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(
+                        "catalog database {server}: connection lost: {}",
+                        describe(&e)
+                    );
+                }
+            });
+            let applied = migrate::migrate(&mut client, &self.target.server).await?;
+            self.applied.extend(applied);
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Runs `op` on the connection within the operation timeout; a timeout drops the
+    /// connection (its state is unknown), so the next operation starts afresh.
+    async fn run<T>(
+        &mut self,
+        step: &str,
+        op: impl AsyncFnOnce(&mut Client, &str) -> Result<T, CatalogDbError>,
+    ) -> Result<T, CatalogDbError> {
+        let after = self.target.options.op_timeout;
+        let server = self.target.server.clone();
+        let client = self.client().await?;
+        match tokio::time::timeout(after, op(client, &server)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.client = None;
+                Err(CatalogDbError::Timeout {
+                    server,
+                    step: step.to_string(),
+                    after,
+                })
+            }
+        }
+    }
+}
+
+/// `socket /run/postgresql/.s.PGSQL.5432, database modelreg, user modelreg`, or
+/// `db1.example:5432, ...`: where the messages say the server is.
+fn server_name(config: &Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(dir) => format!("socket {}/.s.PGSQL.{port}", dir.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432 (no host given)".to_string()
+    } else {
+        hosts.join(" or ")
+    };
+    let user = config.get_user().unwrap_or("(none)");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("{hosts}, database {db}, user {user}")
+}
+
+/// `url` with a password, in either form, replaced by `***`, for a message.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (auth, tail) = rest
+            .split_once('@')
+            .map_or((None, rest), |(a, t)| (Some(a), t));
+        return match auth.and_then(|a| a.split_once(':')) {
+            Some((user, _)) => format!("{scheme}://{user}:***@{tail}"),
+            None => url.to_string(),
+        };
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_are_named_without_passwords() {
+        let t = Target::parse("postgres://reg:secret@db1:6543/cat", Options::default()).unwrap();
+        assert_eq!(t.server, "db1:6543, database cat, user reg");
+        let t = Target::parse("host=/tmp/pg user=postgres dbname=x", Options::default()).unwrap();
+        assert_eq!(
+            t.server,
+            "socket /tmp/pg/.s.PGSQL.5432, database x, user postgres"
+        );
+        let t = Target::parse("postgres://postgres@%2Ftmp%2Fpg/x", Options::default()).unwrap();
+        assert_eq!(
+            t.server,
+            "socket /tmp/pg/.s.PGSQL.5432, database x, user postgres"
+        );
+        assert_eq!(
+            redact("postgres://reg:secret@db1/cat"),
+            "postgres://reg:***@db1/cat"
+        );
+        assert_eq!(redact("host=db1 password=secret"), "host=db1 password=***");
+        let e = Target::parse("postgres://reg:secret@db1:notaport/cat", Options::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            !e.contains("secret") && e.contains("not a valid connection string"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! The write operations: each one transaction that changes the catalog, appends its change (and events) and notifies.
+//!
+//! Lock order, the same in every operation so that two never wait on each other: the
+//! model's row first (which serialises all writes to one model), then `log_head` as the
+//! last statement before commit (which serialises the tails of all writes, so change
+//! seqs commit in order; it is held for one round trip).
+
+use tokio_postgres::{Client, Transaction};
+
+use super::error::{CatalogDbError, sql};
+use super::{CHANNEL, CatalogDb};
+use crate::registry::{Mark, Stamp, Version};
+
+/// What [`CatalogDb::record_version`] committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The version number allocated.
+    pub number: u32,
+    /// The change seq that announces it.
+    pub seq: u64,
+}
+
+impl CatalogDb {
+    /// Records a new version of `model` (created on its first version) registered by
+    /// `host`. The number is allocated inside this transaction: `build` is given it and
+    /// returns the version's record (its stored paths name the number); its `files`
+    /// become rows of `files`. `events` (the daemon's event JSON) are logged with it.
+    pub async fn record_version(
+        &mut self,
+        model: &str,
+        host: &str,
+        events: &[serde_json::Value],
+        build: impl FnOnce(u32) -> Version,
+    ) -> Result<Recorded, CatalogDbError> {
+        self.run("recording a version", async |client: &mut Client, server: &str| {
+            let tx = begin(client, server).await?;
+            // One statement creates the model or raises its highest number; the row stays
+            // locked until commit, so a racing host waits here and then takes the next
+            // number; a rollback gives the number back with everything else.
+            let row = tx
+                .query_one(
+                    "INSERT INTO models AS m (name, highest) VALUES ($1, 1)
+                     ON CONFLICT (name) DO UPDATE SET highest = m.highest + 1
+                     RETURNING highest",
+                    &[&model],
+                )
+                .await
+                .map_err(sql(server, format!("allocating a version number of {model}")))?;
+            let n: i32 = row.get(0);
+            let number = n as u32;
+            let mut version = build(number);
+            version.number = number;
+            let record = serde_json::to_value(&version).expect("a version serialises");
+            tx.execute(
+                "INSERT INTO versions (model, number, host, record) VALUES ($1, $2, $3, $4)",
+                &[&model, &n, &host, &record],
+            )
+            .await
+            .map_err(sql(server, format!("inserting {model} v{number}")))?;
+            for f in &version.files {
+                let size = i64::try_from(f.size).unwrap_or(i64::MAX);
+                tx.execute(
+                    "INSERT INTO files (model, number, path, sha256, size) VALUES ($1, $2, $3, $4, $5)",
+                    &[&model, &n, &f.path, &f.sha256, &size],
+                )
+                .await
+                .map_err(sql(server, format!("inserting file {} of {model} v{number}", f.path)))?;
+            }
+            let seq = log_change(&tx, server, host, "version", model, Some(n), None, events).await?;
+            commit(tx, server).await?;
+            Ok(Recorded { number, seq })
+        })
+        .await
+    }
+
+    /// Points `alias` of `model` at live version `number` (set or moved), recording the
+    /// move in alias_history with `stamp` and `by` (`set`, `rollback`). Returns where it
+    /// pointed before and the change seq. The host's catalog rules refuse no-op and bad
+    /// moves first; this refuses what another host changed meanwhile (a removed version).
+    pub async fn set_alias(
+        &mut self,
+        model: &str,
+        alias: &str,
+        number: u32,
+        host: &str,
+        stamp: &Stamp,
+        by: &str,
+    ) -> Result<(Option<u32>, u64), CatalogDbError> {
+        self.run(
+            "setting an alias",
+            async |client: &mut Client, server: &str| {
+                let tx = begin(client, server).await?;
+                lock_model(&tx, server, model).await?;
+                let n = number as i32;
+                let state: Option<String> = tx
+                    .query_opt(
+                        "SELECT state FROM versions WHERE model = $1 AND number = $2",
+                        &[&model, &n],
+                    )
+                    .await
+                    .map_err(sql(server, format!("reading {model} v{number}")))?
+                    .map(|r| r.get(0));
+                match state.as_deref() {
+                    Some("live") => {}
+                    Some(_) => {
+                        return Err(refused(
+                            server,
+                            format!(
+                                "{model} v{number} is removed: alias {alias} cannot point at it"
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(refused(server, format!("{model} has no version v{number}")));
+                    }
+                }
+                let from: Option<i32> = tx
+                    .query_opt(
+                        "SELECT number FROM aliases WHERE model = $1 AND alias = $2",
+                        &[&model, &alias],
+                    )
+                    .await
+                    .map_err(sql(server, format!("reading alias {alias} of {model}")))?
+                    .map(|r| r.get(0));
+                tx.execute(
+                    "INSERT INTO aliases (model, alias, number) VALUES ($1, $2, $3)
+                 ON CONFLICT (model, alias) DO UPDATE SET number = EXCLUDED.number",
+                    &[&model, &alias, &n],
+                )
+                .await
+                .map_err(sql(server, format!("setting alias {alias} of {model}")))?;
+                history(&tx, server, model, alias, from, Some(n), stamp, by, host).await?;
+                let seq = log_change(
+                    &tx,
+                    server,
+                    host,
+                    "alias_set",
+                    model,
+                    Some(n),
+                    Some(alias),
+                    &[],
+                )
+                .await?;
+                commit(tx, server).await?;
+                Ok((from.map(|f| f as u32), seq))
+            },
+        )
+        .await
+    }
+
+    /// Removes `alias` of `model`, recording the move. Returns where it pointed and the
+    /// change seq.
+    pub async fn remove_alias(
+        &mut self,
+        model: &str,
+        alias: &str,
+        host: &str,
+        stamp: &Stamp,
+    ) -> Result<(u32, u64), CatalogDbError> {
+        self.run(
+            "removing an alias",
+            async |client: &mut Client, server: &str| {
+                let tx = begin(client, server).await?;
+                lock_model(&tx, server, model).await?;
+                let from: i32 = tx
+                    .query_opt(
+                        "DELETE FROM aliases WHERE model = $1 AND alias = $2 RETURNING number",
+                        &[&model, &alias],
+                    )
+                    .await
+                    .map_err(sql(server, format!("removing alias {alias} of {model}")))?
+                    .ok_or_else(|| refused(server, format!("{model} has no alias {alias}")))?
+                    .get(0);
+                history(
+                    &tx,
+                    server,
+                    model,
+                    alias,
+                    Some(from),
+                    None,
+                    stamp,
+                    "remove",
+                    host,
+                )
+                .await?;
+                let seq = log_change(
+                    &tx,
+                    server,
+                    host,
+                    "alias_removed",
+                    model,
+                    Some(from),
+                    Some(alias),
+                    &[],
+                )
+                .await?;
+                commit(tx, server).await?;
+                Ok((from as u32, seq))
+            },
+        )
+        .await
+    }
+
+    /// Removes version `number` of `model`: its record gets `mark` as `removed`, its
+    /// state turns `removed`, its `files` rows go (its blobs may then be collected), a
+    /// tombstone says who, why and when, and aliases still pointing at it are removed
+    /// (history `by: rm --force`, as the local `rm --force` does; the host's rules refuse a
+    /// plain `rm` of an aliased version first). Returns the change seq.
+    pub async fn remove_version(
+        &mut self,
+        model: &str,
+        number: u32,
+        host: &str,
+        mark: &Mark,
+    ) -> Result<u64, CatalogDbError> {
+        self.run("removing a version", async |client: &mut Client, server: &str| {
+            let tx = begin(client, server).await?;
+            lock_model(&tx, server, model).await?;
+            let n = number as i32;
+            let row = tx
+                .query_opt(
+                    "SELECT state, record FROM versions WHERE model = $1 AND number = $2",
+                    &[&model, &n],
+                )
+                .await
+                .map_err(sql(server, format!("reading {model} v{number}")))?
+                .ok_or_else(|| refused(server, format!("{model} has no version v{number}")))?;
+            if row.get::<_, String>(0) != "live" {
+                return Err(refused(server, format!("{model} v{number} is already removed")));
+            }
+            let mut version = super::read::version_of(server, model, number, row.get(1))?;
+            version.removed = Some(Box::new(mark.clone()));
+            let record = serde_json::to_value(&version).expect("a version serialises");
+            tx.execute(
+                "UPDATE versions SET state = 'removed', record = $3 WHERE model = $1 AND number = $2",
+                &[&model, &n, &record],
+            )
+            .await
+            .map_err(sql(server, format!("marking {model} v{number} removed")))?;
+            tx.execute("DELETE FROM files WHERE model = $1 AND number = $2", &[&model, &n])
+                .await
+                .map_err(sql(server, format!("forgetting the files of {model} v{number}")))?;
+            let uid = mark.uid.map(i64::from);
+            tx.execute(
+                "INSERT INTO tombstones (model, number, at, reason, uid, host) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&model, &n, &mark.at, &mark.reason, &uid, &host],
+            )
+            .await
+            .map_err(sql(server, format!("writing the tombstone of {model} v{number}")))?;
+            let gone = tx
+                .query(
+                    "DELETE FROM aliases WHERE model = $1 AND number = $2 RETURNING alias",
+                    &[&model, &n],
+                )
+                .await
+                .map_err(sql(server, format!("removing the aliases of {model} v{number}")))?;
+            let stamp = Stamp { at: mark.at.clone(), uid: mark.uid };
+            for r in gone {
+                let alias: String = r.get(0);
+                history(&tx, server, model, &alias, Some(n), None, &stamp, "rm --force", host).await?;
+            }
+            let seq = log_change(&tx, server, host, "version_removed", model, Some(n), None, &[]).await?;
+            commit(tx, server).await?;
+            Ok(seq)
+        })
+        .await
+    }
+}
+
+/// A READ COMMITTED transaction: each statement sees what committed before it, and the
+/// row locks make the writes serial where they meet.
+async fn begin<'a>(
+    client: &'a mut Client,
+    server: &str,
+) -> Result<Transaction<'a>, CatalogDbError> {
+    client
+        .transaction()
+        .await
+        .map_err(sql(server, "starting a transaction"))
+}
+
+async fn commit(tx: Transaction<'_>, server: &str) -> Result<(), CatalogDbError> {
+    tx.commit().await.map_err(sql(server, "committing"))
+}
+
+/// Locks `model`'s row for this transaction, or refuses an unknown model.
+async fn lock_model(tx: &Transaction<'_>, server: &str, model: &str) -> Result<(), CatalogDbError> {
+    tx.query_opt(
+        "SELECT highest FROM models WHERE name = $1 FOR UPDATE",
+        &[&model],
+    )
+    .await
+    .map_err(sql(server, format!("locking model {model}")))?
+    .map(|_| ())
+    .ok_or_else(|| refused(server, format!("no model named {model}")))
+}
+
+fn refused(server: &str, what: String) -> CatalogDbError {
+    CatalogDbError::Refused {
+        server: server.to_string(),
+        what,
+    }
+}
+
+/// Appends one alias move to alias_history.
+#[allow(clippy::too_many_arguments)]
+async fn history(
+    tx: &Transaction<'_>,
+    server: &str,
+    model: &str,
+    alias: &str,
+    from: Option<i32>,
+    to: Option<i32>,
+    stamp: &Stamp,
+    by: &str,
+    host: &str,
+) -> Result<(), CatalogDbError> {
+    let uid = stamp.uid.map(i64::from);
+    tx.execute(
+        "INSERT INTO alias_history (model, alias, from_number, to_number, at, uid, by, host)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[&model, &alias, &from, &to, &stamp.at, &uid, &by, &host],
+    )
+    .await
+    .map_err(sql(
+        server,
+        format!("recording the move of alias {alias} of {model}"),
+    ))?;
+    Ok(())
+}
+
+/// The last step of every write: takes the next change seq (and event seqs) from
+/// `log_head`, whose row lock is then held until commit, so seqs commit in order;
+/// inserts the change and events; notifies [`CHANNEL`] (delivered at commit).
+#[allow(clippy::too_many_arguments)]
+async fn log_change(
+    tx: &Transaction<'_>,
+    server: &str,
+    host: &str,
+    kind: &str,
+    model: &str,
+    number: Option<i32>,
+    alias: Option<&str>,
+    events: &[serde_json::Value],
+) -> Result<u64, CatalogDbError> {
+    let count = events.len() as i64;
+    // One statement (one round trip while the head is locked): the seqs, the change row,
+    // the notification.
+    let row = tx
+        .query_one(
+            "WITH h AS (
+                 UPDATE log_head SET change_seq = change_seq + 1, event_seq = event_seq + $1
+                 RETURNING change_seq, event_seq
+             ), c AS (
+                 INSERT INTO changes (seq, host, kind, model, number, alias)
+                 SELECT change_seq, $2, $3, $4, $5, $6 FROM h RETURNING seq
+             )
+             SELECT c.seq, h.event_seq FROM c, h, LATERAL (SELECT pg_notify($7, c.seq::text)) n",
+            &[&count, &host, &kind, &model, &number, &alias, &CHANNEL],
+        )
+        .await
+        .map_err(sql(server, format!("logging the change of {model}")))?;
+    let (seq, last_event): (i64, i64) = (row.get(0), row.get(1));
+    for (i, e) in events.iter().enumerate() {
+        let event_seq = last_event - count + 1 + i as i64;
+        tx.execute(
+            "INSERT INTO events (seq, change_seq, event) VALUES ($1, $2, $3)",
+            &[&event_seq, &seq, e],
+        )
+        .await
+        .map_err(sql(server, format!("logging event {event_seq}")))?;
+    }
+    Ok(seq as u64)
+}

@@ -1,0 +1,482 @@
+//! The PostgreSQL catalog of team mode (src/catalogdb/) against a real PostgreSQL 15: a
+//! throwaway cluster per test (tests/common/postgres.rs), connections as separate hosts
+//! would hold them. Figures are printed (run with --nocapture), never asserted on time.
+
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use modelreg::catalogdb::{self, CatalogDb, ChangeKind, Options};
+use modelreg::registry::{Kind, Mark, MetricsChange, SidecarRef, Stamp, StoredFile, Version};
+use postgres::PgCluster;
+
+/// A plain version as `host` would record it: one file whose path names the number.
+fn version(model: &str, n: u32, host: &str) -> Version {
+    Version {
+        number: n,
+        kind: Kind::File,
+        files: vec![StoredFile {
+            path: format!("models/{model}/v{n}/{model}.pt"),
+            sha256: format!("{:064x}", u64::from(n) * 7919),
+            size: 1000 + u64::from(n),
+        }],
+        source: format!("pretrained_models/{model}.pt"),
+        registered_at: "2026-11-28T04:00:00Z".into(),
+        metrics: [("accuracy".to_string(), 0.5 + f64::from(n) / 10_000.0)].into(),
+        metadata: [("host".to_string(), serde_json::json!(host))].into(),
+        metric_sources: Default::default(),
+        extracted: Default::default(),
+        provenance: Default::default(),
+        sidecar: None,
+        metrics_history: vec![],
+        deprecated: None,
+        removed: None,
+    }
+}
+
+fn stamp(at: &str) -> Stamp {
+    Stamp {
+        at: at.into(),
+        uid: Some(1000),
+    }
+}
+
+/// A fresh database `name` on `pg`, migrated; its URL.
+async fn database(pg: &PgCluster, name: &str) -> String {
+    pg.create_database(name);
+    pg.url(name)
+}
+
+/// Records `count` versions of `model` on its own connection; the numbers it got.
+async fn register_many(
+    url: String,
+    model: &'static str,
+    host: &'static str,
+    count: u32,
+) -> Vec<u32> {
+    let mut db = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..count {
+        let r = db
+            .record_version(model, host, &[], |n| version(model, n, host))
+            .await
+            .unwrap();
+        got.push(r.number);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_racing_on_one_model_get_dense_unique_numbers() {
+    let pg = PgCluster::start();
+    let url = database(&pg, "race").await;
+    // Migrated once before timing, so that both runs measure registrations only.
+    CatalogDb::connect(&url, Options::default()).await.unwrap();
+
+    let t = Instant::now();
+    register_many(url.clone(), "solo", "host-a", 300).await;
+    let one = 300.0 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let tasks: Vec<_> = ["host-a", "host-b", "host-c"]
+        .into_iter()
+        .map(|h| tokio::spawn(register_many(url.clone(), "shared", h, 300)))
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        let got = task.await.unwrap();
+        // Each host's own numbers ascend: it waited its turn on the model's row.
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        all.extend(got);
+    }
+    let three = 900.0 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let tasks: Vec<_> = [("m-a", "host-a"), ("m-b", "host-b"), ("m-c", "host-c")]
+        .into_iter()
+        .map(|(m, h)| tokio::spawn(register_many(url.clone(), m, h, 300)))
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let three_models = 900.0 / t.elapsed().as_secs_f64();
+    println!(
+        "record_version: 1 connection {one:.0}/s; 3 connections on one model {three:.0}/s ({:.2}x); \
+         3 connections on 3 models {three_models:.0}/s ({:.2}x)",
+        three / one,
+        three_models / one
+    );
+
+    all.sort_unstable();
+    let unique: BTreeSet<u32> = all.iter().copied().collect();
+    assert_eq!(unique.len(), 900, "a number was given twice");
+    assert_eq!(
+        all,
+        (1..=900).collect::<Vec<_>>(),
+        "numbers are exactly 1..=900"
+    );
+
+    let mut db = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    let snap = db.snapshot().await.unwrap();
+    let shared = &snap.models["shared"];
+    assert_eq!(shared.highest, 900);
+    let numbers: Vec<u32> = shared.versions.iter().map(|v| v.number).collect();
+    assert_eq!(numbers, (1..=900).collect::<Vec<_>>());
+    for v in &shared.versions {
+        // Each record names its own number in its path: built after the number was given.
+        assert_eq!(
+            v.files[0].path,
+            format!("models/shared/v{}/shared.pt", v.number)
+        );
+    }
+
+    let log = db.changes_since(0, 10_000).await.unwrap();
+    assert_eq!(
+        log.len() as u64,
+        snap.seq,
+        "the snapshot is consistent with the whole log"
+    );
+    let seqs: Vec<u64> = log.iter().map(|c| c.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "gapless, in order"
+    );
+    let shared_log: Vec<_> = log.iter().filter(|c| c.model == "shared").collect();
+    assert_eq!(shared_log.len(), 900);
+    // Numbers were given and committed in the order of the log.
+    let logged: Vec<u32> = shared_log.iter().map(|c| c.number.unwrap()).collect();
+    assert_eq!(logged, (1..=900).collect::<Vec<_>>());
+    assert!(shared_log.iter().all(|c| c.kind == ChangeKind::Version));
+    let hosts: BTreeSet<&str> = shared_log.iter().map(|c| c.host.as_str()).collect();
+    assert_eq!(hosts.len(), 3);
+    assert_eq!(
+        pg.psql("race", "SELECT count(*) FROM files WHERE model = 'shared'"),
+        "900"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_when_three_daemons_start_together() {
+    let pg = PgCluster::start();
+    let url = database(&pg, "fresh").await;
+    let (a, b, c) = tokio::join!(
+        CatalogDb::connect(&url, Options::default()),
+        CatalogDb::connect(&url, Options::default()),
+        CatalogDb::connect(&url, Options::default()),
+    );
+    let applied: Vec<i32> = [a.unwrap(), b.unwrap(), c.unwrap()]
+        .iter()
+        .flat_map(|db| db.migrations_applied().to_vec())
+        .collect();
+    let known: Vec<i32> = catalogdb::migrate::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(
+        applied, known,
+        "each migration applied by exactly one of the three"
+    );
+    assert_eq!(
+        pg.psql(
+            "fresh",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
+        ),
+        known
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    // A later start applies nothing.
+    let again = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    assert!(again.migrations_applied().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_with_a_newer_schema_is_refused_with_a_clear_message() {
+    let pg = PgCluster::start();
+    let url = database(&pg, "future").await;
+    CatalogDb::connect(&url, Options::default()).await.unwrap();
+    pg.psql(
+        "future",
+        "INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')",
+    );
+    let err = CatalogDb::connect(&pg.url_encoded("future"), Options::default())
+        .await
+        .err()
+        .expect("a newer schema is refused")
+        .to_string();
+    println!("{err}");
+    assert!(
+        err.contains("schema version 9999, newer than this modelreg knows"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&pg.socket_dir().display().to_string()),
+        "names the server: {err}"
+    );
+    assert!(err.contains("database future"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_move_is_heard_by_a_listener_on_another_connection() {
+    let pg = PgCluster::start();
+    let url = database(&pg, "listen").await;
+    let mut writer = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    for _ in 0..2 {
+        writer
+            .record_version("bert", "host-a", &[], |n| version("bert", n, "host-a"))
+            .await
+            .unwrap();
+    }
+    // Another host: listens first, then reads its snapshot.
+    let mut listener = catalogdb::listen(&url, Options::default()).await.unwrap();
+    let mut reader = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    let snap = reader.snapshot().await.unwrap();
+    assert_eq!(snap.seq, 2);
+
+    let mut latencies = Vec::new();
+    let mut last = snap.seq;
+    for i in 0..20u32 {
+        let to = 1 + i % 2;
+        let t = Instant::now();
+        let (_, seq) = writer
+            .set_alias(
+                "bert",
+                "production",
+                to,
+                "host-a",
+                &stamp("2026-11-28T04:10:00Z"),
+                "set",
+            )
+            .await
+            .unwrap();
+        // A generous deadline so a busy machine cannot fail it; the figure is printed.
+        let heard = tokio::time::timeout(Duration::from_secs(10), listener.next())
+            .await
+            .expect("notified within 10 s")
+            .expect("the listening connection is open");
+        latencies.push(t.elapsed());
+        assert_eq!(heard, seq);
+        let changes = reader.changes_since(last, 100).await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].kind, ChangeKind::AliasSet);
+        assert_eq!(changes[0].alias.as_deref(), Some("production"));
+        assert_eq!(changes[0].number, Some(to));
+        last = changes[0].seq;
+    }
+    latencies.sort();
+    println!(
+        "alias move -> NOTIFY heard: first {:?}, median {:?}, max {:?} (20 moves; from the call to set_alias to the listener's wake-up)",
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    let model = reader.model("bert").await.unwrap().unwrap();
+    assert_eq!(model.aliases["production"], 2);
+    assert_eq!(model.alias_history.len(), 20);
+    assert_eq!(model.alias_history[0].from, None);
+    assert_eq!(model.alias_history[1].from, Some(1));
+
+    let (from, _) = writer
+        .remove_alias(
+            "bert",
+            "production",
+            "host-b",
+            &stamp("2026-11-28T04:11:00Z"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(from, 2);
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let changes = reader.changes_since(last, 100).await.unwrap();
+    assert_eq!(
+        (changes[0].seq, changes[0].kind),
+        (heard, ChangeKind::AliasRemoved)
+    );
+    let err = writer
+        .remove_alias("bert", "production", "host-b", &stamp("t"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bert has no alias production"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_record_and_its_removal_round_trip() {
+    let pg = PgCluster::start();
+    let url = database(&pg, "records").await;
+    let mut db = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    let mut full = version("llama", 1, "host-a");
+    full.kind = Kind::Folder;
+    full.files.push(StoredFile {
+        path: "models/llama/v1/config.json".into(),
+        sha256: "9f2c".repeat(16),
+        size: 0,
+    });
+    full.metrics = [
+        ("accuracy".to_string(), 0.1 + 0.2),
+        ("loss".to_string(), 1e-300),
+        ("steps".to_string(), 12345678901.0),
+    ]
+    .into();
+    full.metadata = [
+        ("dataset".to_string(), serde_json::json!("imagenet-1k")),
+        (
+            "params".to_string(),
+            serde_json::json!({"lr": 3e-4, "layers": [1, 2, {"ü": null}]}),
+        ),
+    ]
+    .into();
+    full.metric_sources = [("loss".to_string(), "eval_results.json".to_string())].into();
+    full.extracted = [("format".to_string(), serde_json::json!("safetensors"))].into();
+    full.provenance = [("user".to_string(), serde_json::json!("ana"))].into();
+    full.sidecar = Some(Box::new(SidecarRef {
+        path: "pretrained_models/llama.metrics.yaml".into(),
+        sha256: "ab".repeat(32),
+    }));
+    full.metrics_history = vec![MetricsChange {
+        replaced_at: "2026-11-28T04:01:00Z".into(),
+        metrics: [("accuracy".to_string(), 0.25)].into(),
+    }];
+    full.deprecated = Some(Box::new(Mark {
+        at: "2026-11-28T04:02:00Z".into(),
+        reason: Some("superseded".into()),
+        uid: Some(0),
+    }));
+    let recorded = db
+        .record_version(
+            "llama",
+            "host-a",
+            &[serde_json::json!({"kind": "registered", "model": "llama"})],
+            |n| {
+                let mut v = full.clone();
+                v.number = n;
+                v
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.number, 1);
+    let snap = db.snapshot().await.unwrap();
+    assert_eq!(
+        *snap.models["llama"].versions[0], full,
+        "written and read back equal"
+    );
+    assert_eq!(
+        pg.psql(
+            "records",
+            "SELECT count(*) FROM events WHERE change_seq = 1"
+        ),
+        "1"
+    );
+
+    db.record_version("llama", "host-b", &[], |n| version("llama", n, "host-b"))
+        .await
+        .unwrap();
+    db.set_alias(
+        "llama",
+        "staging",
+        2,
+        "host-b",
+        &stamp("2026-11-28T04:03:00Z"),
+        "set",
+    )
+    .await
+    .unwrap();
+    let mark = Mark {
+        at: "2026-11-28T04:04:00Z".into(),
+        reason: Some("leaked test data".into()),
+        uid: Some(1000),
+    };
+    db.remove_version("llama", 2, "host-c", &mark)
+        .await
+        .unwrap();
+    let model = db.model("llama").await.unwrap().unwrap();
+    let v2 = model.find(2).unwrap();
+    assert_eq!(v2.removed.as_deref(), Some(&mark));
+    assert!(
+        model.aliases.is_empty(),
+        "the alias on the removed version went with it"
+    );
+    assert_eq!(model.alias_history.last().unwrap().by, "rm --force");
+    assert_eq!(model.highest, 2);
+    assert_eq!(
+        pg.psql("records", "SELECT count(*) FROM files WHERE number = 2"),
+        "0"
+    );
+    assert_eq!(
+        pg.psql(
+            "records",
+            "SELECT host || ' ' || reason FROM tombstones WHERE number = 2"
+        ),
+        "host-c leaked test data"
+    );
+    // The number stays taken: the next version is v3.
+    let next = db
+        .record_version("llama", "host-a", &[], |n| version("llama", n, "host-a"))
+        .await
+        .unwrap();
+    assert_eq!(next.number, 3);
+    let err = db
+        .set_alias("llama", "staging", 2, "host-b", &stamp("t"), "set")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("llama v2 is removed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
+    let mut pg = PgCluster::start();
+    let url = database(&pg, "outage").await;
+    let options = Options {
+        connect_timeout: Duration::from_secs(2),
+        op_timeout: Duration::from_secs(10),
+    };
+    let mut db = CatalogDb::connect(&url, options).await.unwrap();
+    db.record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
+        .await
+        .unwrap();
+    let mut listener = catalogdb::listen(&url, options).await.unwrap();
+
+    pg.stop();
+    let socket = pg.socket_dir().display().to_string();
+    let t = Instant::now();
+    let err = db
+        .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
+        .await
+        .unwrap_err();
+    println!("with the server stopped, after {:?}: {err}", t.elapsed());
+    assert!(err.is_connection_lost(), "{err:?}");
+    assert!(err.to_string().contains(&socket), "names the server: {err}");
+    let t = Instant::now();
+    let err = CatalogDb::connect(&url, options).await.err().unwrap();
+    println!("a new connect, after {:?}: {err}", t.elapsed());
+    assert!(
+        err.to_string()
+            .contains("cannot connect to the catalog database"),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&socket), "{err}");
+    // The listener says its connection is gone: the caller listens again and re-reads
+    // the log from its last seq.
+    let gone = tokio::time::timeout(Duration::from_secs(10), listener.next()).await;
+    assert_eq!(gone.expect("the listener ends within 10 s"), None);
+
+    pg.resume();
+    // The same handle connects again on its next operation; nothing was half-written.
+    let again = db
+        .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
+        .await
+        .unwrap();
+    assert_eq!(again.number, 2, "the failed attempt left no number taken");
+    let mut fresh = CatalogDb::connect(&url, options).await.unwrap();
+    assert_eq!(fresh.changes_since(0, 100).await.unwrap().len(), 2);
+}
