@@ -106,11 +106,13 @@ impl CatalogDbError {
         match self {
             CatalogDbError::Connect { .. } | CatalogDbError::Timeout { .. } => true,
             CatalogDbError::Sql { source, .. } => {
+                // Closed, an I/O error underneath, or SQLSTATE class 08 (connection
+                // exception) or 57P (admin or crash shutdown, cannot connect now).
                 source.is_closed()
-                    || source.as_db_error().is_none() && source.code().is_none()
+                    || std::error::Error::source(source).is_some_and(|c| c.is::<std::io::Error>())
                     || source
                         .code()
-                        .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
+                        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
             }
             _ => false,
         }

@@ -79,6 +79,16 @@ impl Target {
             url: redact(url),
             cause: describe(&e),
         })?;
+        // Said at once rather than left to the handshake ("no TLS implementation
+        // configured"): TLS to the catalog is not built yet (docs/team.md).
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(CatalogDbError::BadUrl {
+                url: redact(url),
+                cause: "sslmode=require: TLS to the catalog database is not supported yet; \
+                        use a Unix socket or a private network (docs/team.md)"
+                    .into(),
+            });
+        }
         config.connect_timeout(options.connect_timeout);
         if config.get_application_name().is_none() {
             config.application_name("modelreg");
