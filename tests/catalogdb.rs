@@ -438,14 +438,40 @@ async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
     let url = database(&pg, "outage").await;
     let options = Options {
         connect_timeout: Duration::from_secs(2),
-        op_timeout: Duration::from_secs(10),
+        op_timeout: Duration::from_secs(3),
     };
     let mut db = CatalogDb::connect(&url, options).await.unwrap();
     db.record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
         .await
         .unwrap();
-    let mut listener = catalogdb::listen(&url, options).await.unwrap();
 
+    // A hung server (frozen): the operation gives up after op_timeout, naming the server.
+    pg.freeze();
+    let t = Instant::now();
+    let err = db
+        .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
+        .await
+        .unwrap_err();
+    println!("with the server frozen, after {:?}: {err}", t.elapsed());
+    pg.thaw();
+    assert!(
+        matches!(err, catalogdb::CatalogDbError::Timeout { .. }),
+        "{err:?}"
+    );
+    assert!(err.is_connection_lost());
+    assert!(
+        err.to_string()
+            .contains(&pg.socket_dir().display().to_string()),
+        "{err}"
+    );
+    // The timed-out transaction never committed: its number is given to the next.
+    let next = db
+        .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
+        .await
+        .unwrap();
+    assert_eq!(next.number, 2);
+
+    let mut listener = catalogdb::listen(&url, options).await.unwrap();
     pg.stop();
     let socket = pg.socket_dir().display().to_string();
     let t = Instant::now();
@@ -476,7 +502,7 @@ async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
         .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
         .await
         .unwrap();
-    assert_eq!(again.number, 2, "the failed attempt left no number taken");
+    assert_eq!(again.number, 3, "the failed attempt left no number taken");
     let mut fresh = CatalogDb::connect(&url, options).await.unwrap();
-    assert_eq!(fresh.changes_since(0, 100).await.unwrap().len(), 2);
+    assert_eq!(fresh.changes_since(0, 100).await.unwrap().len(), 3);
 }

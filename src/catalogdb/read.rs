@@ -99,13 +99,7 @@ impl CatalogDb {
         self.run(
             "reading a snapshot",
             async |client: &mut Client, server: &str| {
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(sql(server, "starting the snapshot transaction"))?;
+                let tx = read_only(client, server, "the snapshot").await?;
                 let seq: i64 = tx
                     .query_one("SELECT change_seq FROM log_head", &[])
                     .await
@@ -130,13 +124,7 @@ impl CatalogDb {
         self.run(
             "reading a model",
             async |client: &mut Client, server: &str| {
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(sql(server, format!("starting to read model {name}")))?;
+                let tx = read_only(client, server, &format!("the read of model {name}")).await?;
                 let mut models = read_models(&tx, server, Some(name)).await?;
                 tx.commit()
                     .await
@@ -146,6 +134,22 @@ impl CatalogDb {
         )
         .await
     }
+}
+
+/// A REPEATABLE READ, read-only transaction: every read in it sees the same committed
+/// state, so what it returns is consistent with one change seq.
+async fn read_only<'a>(
+    client: &'a mut Client,
+    server: &str,
+    what: &str,
+) -> Result<tokio_postgres::Transaction<'a>, CatalogDbError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(sql(server, format!("starting {what}")))
 }
 
 /// Every model (or only `only`) with its versions, aliases and alias history.

@@ -2,7 +2,8 @@
 //!
 //! We run as root and PostgreSQL refuses to, so as root the server runs as user
 //! `postgres` (`setpriv`), owning the temp folder. Waits poll with deadlines; Drop stops
-//! the server (fast shutdown, then SIGKILL of its process group), a panicking test too.
+//! the server (fast shutdown, then SIGKILL), a panicking test too; its backends leave when
+//! the postmaster is gone.
 
 #![allow(dead_code)]
 
@@ -125,8 +126,7 @@ impl PgCluster {
                 panic!("postgres exited ({status}) while starting:\n{}", self.log());
             }
             let ready = Command::new(Path::new(BIN).join("pg_isready"))
-                .arg("-q")
-                .arg("-h")
+                .args(["-q", "-U", "postgres", "-h"])
                 .arg(self.dir.path())
                 .status()
                 .unwrap();
@@ -148,6 +148,10 @@ impl PgCluster {
             return;
         };
         let pid = child.id() as i32;
+        // A frozen server would not act on the SIGINT.
+        for p in children(pid).into_iter().chain([pid]) {
+            unsafe { libc::kill(p, libc::SIGCONT) };
+        }
         unsafe { libc::kill(pid, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(30);
         while child.try_wait().unwrap().is_none() {
@@ -158,8 +162,30 @@ impl PgCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Any backend left behind goes with the group.
+        // Backends lead groups of their own (setsid) and leave when the postmaster is
+        // gone; its own group is killed in case anything else was left.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+
+    /// Freezes the server and its backends (SIGSTOP to the group): a hung server, as a
+    /// client sees one. [`PgCluster::thaw`] resumes them.
+    pub fn freeze(&self) {
+        self.signal_group(libc::SIGSTOP);
+    }
+
+    /// Resumes a frozen server.
+    pub fn thaw(&self) {
+        self.signal_group(libc::SIGCONT);
+    }
+
+    /// Signals the postmaster and every process it started. Not by process group:
+    /// each backend calls setsid() and leads a group of its own.
+    fn signal_group(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        for child in children(pid) {
+            unsafe { libc::kill(child, signal) };
+        }
+        unsafe { libc::kill(pid, signal) };
     }
 
     /// The server's log so far.
@@ -175,6 +201,30 @@ impl Drop for PgCluster {
         }
         self.stop();
     }
+}
+
+/// The processes whose parent is `pid` (from /proc/*/stat).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after its ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            if let Ok(child) = e.file_name().to_string_lossy().parse() {
+                out.push(child);
+            }
+        }
+    }
+    out
 }
 
 fn as_root() -> bool {
