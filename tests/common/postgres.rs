@@ -218,10 +218,10 @@ fn children(pid: i32) -> Vec<i32> {
             .split_whitespace()
             .nth(1)
             .and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            if let Ok(child) = e.file_name().to_string_lossy().parse() {
-                out.push(child);
-            }
+        if ppid == Some(pid)
+            && let Ok(child) = e.file_name().to_string_lossy().parse()
+        {
+            out.push(child);
         }
     }
     out
