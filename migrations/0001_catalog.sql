@@ -97,7 +97,7 @@ CREATE TABLE changes (
     seq    bigint      PRIMARY KEY,
     at     timestamptz NOT NULL DEFAULT now(),
     host   text        NOT NULL,
-    kind   text        NOT NULL CHECK (kind IN ('version', 'alias_set', 'alias_removed', 'version_removed')),
+    kind   text        NOT NULL CHECK (kind IN ('version', 'version_changed', 'version_removed', 'alias_set', 'alias_removed')),
     model  text        NOT NULL,
     number integer,
     alias  text

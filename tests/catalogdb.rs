@@ -43,8 +43,18 @@ fn stamp(at: &str) -> Stamp {
     }
 }
 
+/// Records a plain version of `model` from `host` on `db`.
+async fn record(
+    db: &mut CatalogDb,
+    model: &str,
+    host: &str,
+) -> Result<catalogdb::Recorded, catalogdb::CatalogDbError> {
+    db.record_version(model, host, &[], |n| version(model, n, host))
+        .await
+}
+
 /// A fresh database `name` on `pg`, migrated; its URL.
-async fn database(pg: &PgCluster, name: &str) -> String {
+fn database(pg: &PgCluster, name: &str) -> String {
     pg.create_database(name);
     pg.url(name)
 }
@@ -59,11 +69,7 @@ async fn register_many(
     let mut db = CatalogDb::connect(&url, Options::default()).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..count {
-        let r = db
-            .record_version(model, host, &[], |n| version(model, n, host))
-            .await
-            .unwrap();
-        got.push(r.number);
+        got.push(record(&mut db, model, host).await.unwrap().number);
     }
     got
 }
@@ -71,7 +77,7 @@ async fn register_many(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_racing_on_one_model_get_dense_unique_numbers() {
     let pg = PgCluster::start();
-    let url = database(&pg, "race").await;
+    let url = database(&pg, "race");
     // Migrated once before timing, so that both runs measure registrations only.
     CatalogDb::connect(&url, Options::default()).await.unwrap();
 
@@ -161,7 +167,7 @@ async fn three_hosts_racing_on_one_model_get_dense_unique_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_when_three_daemons_start_together() {
     let pg = PgCluster::start();
-    let url = database(&pg, "fresh").await;
+    let url = database(&pg, "fresh");
     let (a, b, c) = tokio::join!(
         CatalogDb::connect(&url, Options::default()),
         CatalogDb::connect(&url, Options::default()),
@@ -179,17 +185,8 @@ async fn migrations_apply_once_when_three_daemons_start_together() {
         applied, known,
         "each migration applied by exactly one of the three"
     );
-    assert_eq!(
-        pg.psql(
-            "fresh",
-            "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
-        ),
-        known
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let recorded = pg.psql("fresh", "SELECT count(*) FROM schema_migrations");
+    assert_eq!(recorded, known.len().to_string());
     // A later start applies nothing.
     let again = CatalogDb::connect(&url, Options::default()).await.unwrap();
     assert!(again.migrations_applied().is_empty());
@@ -198,7 +195,7 @@ async fn migrations_apply_once_when_three_daemons_start_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_with_a_newer_schema_is_refused_with_a_clear_message() {
     let pg = PgCluster::start();
-    let url = database(&pg, "future").await;
+    let url = database(&pg, "future");
     CatalogDb::connect(&url, Options::default()).await.unwrap();
     pg.psql(
         "future",
@@ -224,13 +221,10 @@ async fn a_database_with_a_newer_schema_is_refused_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alias_move_is_heard_by_a_listener_on_another_connection() {
     let pg = PgCluster::start();
-    let url = database(&pg, "listen").await;
+    let url = database(&pg, "listen");
     let mut writer = CatalogDb::connect(&url, Options::default()).await.unwrap();
     for _ in 0..2 {
-        writer
-            .record_version("bert", "host-a", &[], |n| version("bert", n, "host-a"))
-            .await
-            .unwrap();
+        record(&mut writer, "bert", "host-a").await.unwrap();
     }
     // Another host: listens first, then reads its snapshot.
     let mut listener = catalogdb::listen(&url, Options::default()).await.unwrap();
@@ -311,7 +305,7 @@ async fn an_alias_move_is_heard_by_a_listener_on_another_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_record_and_its_removal_round_trip() {
     let pg = PgCluster::start();
-    let url = database(&pg, "records").await;
+    let url = database(&pg, "records");
     let mut db = CatalogDb::connect(&url, Options::default()).await.unwrap();
     let mut full = version("llama", 1, "host-a");
     full.kind = Kind::Folder;
@@ -377,9 +371,32 @@ async fn a_version_record_and_its_removal_round_trip() {
         "1"
     );
 
-    db.record_version("llama", "host-b", &[], |n| version("llama", n, "host-b"))
+    // A sidecar edit on another host: applied to the stored record under the row lock.
+    let seq = db
+        .update_version("llama", 1, "host-b", &[], |v| {
+            v.update_metrics(
+                [("accuracy".to_string(), 0.75)].into(),
+                Default::default(),
+                "2026-11-28T04:02:30Z",
+            );
+        })
         .await
         .unwrap();
+    let changed = db.model("llama").await.unwrap().unwrap();
+    let v1 = changed.find(1).unwrap();
+    assert_eq!(v1.metrics["accuracy"], 0.75);
+    assert_eq!(v1.metrics_history.len(), 2, "the earlier metrics kept");
+    assert_eq!(v1.files, full.files);
+    let log = db.changes_since(seq - 1, 10).await.unwrap();
+    assert_eq!(log[0].kind, ChangeKind::VersionChanged);
+    let err = db
+        .update_version("llama", 1, "host-b", &[], |v| v.files.clear())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("may not change its files"), "{err}");
+
+    record(&mut db, "llama", "host-b").await.unwrap();
     db.set_alias(
         "llama",
         "staging",
@@ -419,13 +436,16 @@ async fn a_version_record_and_its_removal_round_trip() {
         "host-c leaked test data"
     );
     // The number stays taken: the next version is v3.
-    let next = db
-        .record_version("llama", "host-a", &[], |n| version("llama", n, "host-a"))
-        .await
-        .unwrap();
+    let next = record(&mut db, "llama", "host-a").await.unwrap();
     assert_eq!(next.number, 3);
     let err = db
         .set_alias("llama", "staging", 2, "host-b", &stamp("t"), "set")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("llama v2 is removed"), "{err}");
+    let err = db
+        .remove_version("llama", 2, "host-c", &mark)
         .await
         .unwrap_err()
         .to_string();
@@ -435,23 +455,18 @@ async fn a_version_record_and_its_removal_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
     let mut pg = PgCluster::start();
-    let url = database(&pg, "outage").await;
+    let url = database(&pg, "outage");
     let options = Options {
         connect_timeout: Duration::from_secs(2),
         op_timeout: Duration::from_secs(3),
     };
     let mut db = CatalogDb::connect(&url, options).await.unwrap();
-    db.record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
-        .await
-        .unwrap();
+    record(&mut db, "gpt", "host-a").await.unwrap();
 
     // A hung server (frozen): the operation gives up after op_timeout, naming the server.
     pg.freeze();
     let t = Instant::now();
-    let err = db
-        .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
-        .await
-        .unwrap_err();
+    let err = record(&mut db, "gpt", "host-a").await.unwrap_err();
     println!("with the server frozen, after {:?}: {err}", t.elapsed());
     pg.thaw();
     assert!(
@@ -465,20 +480,14 @@ async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
         "{err}"
     );
     // The timed-out transaction never committed: its number is given to the next.
-    let next = db
-        .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
-        .await
-        .unwrap();
+    let next = record(&mut db, "gpt", "host-a").await.unwrap();
     assert_eq!(next.number, 2);
 
     let mut listener = catalogdb::listen(&url, options).await.unwrap();
     pg.stop();
     let socket = pg.socket_dir().display().to_string();
     let t = Instant::now();
-    let err = db
-        .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
-        .await
-        .unwrap_err();
+    let err = record(&mut db, "gpt", "host-a").await.unwrap_err();
     println!("with the server stopped, after {:?}: {err}", t.elapsed());
     assert!(err.is_connection_lost(), "{err:?}");
     assert!(err.to_string().contains(&socket), "names the server: {err}");
@@ -498,10 +507,7 @@ async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
 
     pg.resume();
     // The same handle connects again on its next operation; nothing was half-written.
-    let again = db
-        .record_version("gpt", "host-a", &[], |n| version("gpt", n, "host-a"))
-        .await
-        .unwrap();
+    let again = record(&mut db, "gpt", "host-a").await.unwrap();
     assert_eq!(again.number, 3, "the failed attempt left no number taken");
     let mut fresh = CatalogDb::connect(&url, options).await.unwrap();
     assert_eq!(fresh.changes_since(0, 100).await.unwrap().len(), 3);

@@ -14,6 +14,8 @@ use crate::registry::{AliasMove, Model, Version};
 pub enum ChangeKind {
     /// A new version (`number`).
     Version,
+    /// Version `number`'s record changed (metrics, deprecation).
+    VersionChanged,
     /// An alias (`alias`) set or moved to `number`.
     AliasSet,
     /// An alias removed (it pointed at `number`).
@@ -75,6 +77,7 @@ impl CatalogDb {
                             "version" => ChangeKind::Version,
                             "alias_set" => ChangeKind::AliasSet,
                             "alias_removed" => ChangeKind::AliasRemoved,
+                            "version_changed" => ChangeKind::VersionChanged,
                             "version_removed" => ChangeKind::VersionRemoved,
                             other => {
                                 return Err(CatalogDbError::Refused {

@@ -201,6 +201,61 @@ impl CatalogDb {
         .await
     }
 
+    /// Changes the record of live version `number` of `model` with `change` (a sidecar
+    /// edit's metrics through `Version::update_metrics`, a deprecation), read and written
+    /// under the model's row lock, so that two hosts' edits apply one after the other,
+    /// each to what the other left. A version's files never change: a `change` that
+    /// touches them (or removes the version) is refused. Returns the change seq.
+    pub async fn update_version(
+        &mut self,
+        model: &str,
+        number: u32,
+        host: &str,
+        events: &[serde_json::Value],
+        change: impl FnOnce(&mut Version),
+    ) -> Result<u64, CatalogDbError> {
+        self.run(
+            "updating a version",
+            async |client: &mut Client, server: &str| {
+                let tx = begin(client, server).await?;
+                let mut version = live_version(&tx, server, model, number).await?;
+                let files = version.files.clone();
+                change(&mut version);
+                if version.files != files || version.removed.is_some() {
+                    return Err(refused(
+                        server,
+                        format!(
+                            "{model} v{number}: an update may not change its files or remove it"
+                        ),
+                    ));
+                }
+                version.number = number;
+                let record = serde_json::to_value(&version).expect("a version serialises");
+                let n = number as i32;
+                tx.execute(
+                    "UPDATE versions SET record = $3 WHERE model = $1 AND number = $2",
+                    &[&model, &n, &record],
+                )
+                .await
+                .map_err(sql(server, format!("updating {model} v{number}")))?;
+                let seq = log_change(
+                    &tx,
+                    server,
+                    host,
+                    "version_changed",
+                    model,
+                    Some(n),
+                    None,
+                    events,
+                )
+                .await?;
+                commit(tx, server).await?;
+                Ok(seq)
+            },
+        )
+        .await
+    }
+
     /// Removes version `number` of `model`: its record gets `mark` as `removed`, its
     /// state turns `removed`, its `files` rows go (its blobs may then be collected), a
     /// tombstone says who, why and when, and aliases still pointing at it are removed
@@ -215,20 +270,8 @@ impl CatalogDb {
     ) -> Result<u64, CatalogDbError> {
         self.run("removing a version", async |client: &mut Client, server: &str| {
             let tx = begin(client, server).await?;
-            lock_model(&tx, server, model).await?;
             let n = number as i32;
-            let row = tx
-                .query_opt(
-                    "SELECT state, record FROM versions WHERE model = $1 AND number = $2",
-                    &[&model, &n],
-                )
-                .await
-                .map_err(sql(server, format!("reading {model} v{number}")))?
-                .ok_or_else(|| refused(server, format!("{model} has no version v{number}")))?;
-            if row.get::<_, String>(0) != "live" {
-                return Err(refused(server, format!("{model} v{number} is already removed")));
-            }
-            let mut version = super::read::version_of(server, model, number, row.get(1))?;
+            let mut version = live_version(&tx, server, model, number).await?;
             version.removed = Some(Box::new(mark.clone()));
             let record = serde_json::to_value(&version).expect("a version serialises");
             tx.execute(
@@ -293,6 +336,29 @@ async fn lock_model(tx: &Transaction<'_>, server: &str, model: &str) -> Result<(
     .map_err(sql(server, format!("locking model {model}")))?
     .map(|_| ())
     .ok_or_else(|| refused(server, format!("no model named {model}")))
+}
+
+/// Locks `model`'s row and reads live version `number`, or refuses a missing or
+/// removed one.
+async fn live_version(
+    tx: &Transaction<'_>,
+    server: &str,
+    model: &str,
+    number: u32,
+) -> Result<Version, CatalogDbError> {
+    lock_model(tx, server, model).await?;
+    let row = tx
+        .query_opt(
+            "SELECT state, record FROM versions WHERE model = $1 AND number = $2",
+            &[&model, &(number as i32)],
+        )
+        .await
+        .map_err(sql(server, format!("reading {model} v{number}")))?
+        .ok_or_else(|| refused(server, format!("{model} has no version v{number}")))?;
+    if row.get::<_, String>(0) != "live" {
+        return Err(refused(server, format!("{model} v{number} is removed")));
+    }
+    super::read::version_of(server, model, number, row.get(1))
 }
 
 fn refused(server: &str, what: String) -> CatalogDbError {
