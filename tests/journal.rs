@@ -263,6 +263,31 @@ fn a_damaged_record_before_intact_ones_refuses_to_start_naming_path_and_offset()
     );
 }
 
+// Fresh-clone tester: one byte flipped in a complete record, and the record after it
+// cut short, was dropped at start as if the two were one torn append ("dropped the last
+// record ... 356 bytes"), losing an acknowledged alias move. A later record begun means
+// the damaged one had been written whole.
+#[test]
+fn a_damaged_record_followed_by_a_torn_one_refuses_to_start() {
+    let d = journal_of_alias_moves(4);
+    let recs = records(&d);
+    let path = journal_path(&d);
+    let mut raw = std::fs::read(&path).unwrap();
+    // The third record's payload damaged, the fourth (last) cut short.
+    let (third, fourth) = (recs[1].1, recs[2].1);
+    raw[third as usize + 30] ^= 0x01;
+    raw.truncate(fourth as usize + 20);
+    std::fs::write(&path, &raw).unwrap();
+    let out = d.serve_output();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {err}");
+    assert!(
+        err.contains(&format!("offset {third}")) && err.contains("followed by a later record"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), raw, "left as it is");
+}
+
 #[test]
 fn registry_yaml_follows_within_its_interval_on_reload_and_at_sigterm() {
     let mut d = TestDaemon::start("settle: 50ms\nregistry_write_interval: 1h\n");

@@ -118,6 +118,19 @@ pub fn scan(path: &Path) -> Result<Option<Scan>> {
                         ),
                     ));
                 }
+                // A later record begun after it, even one cut short: appends follow each
+                // other's fsync, so the damaged one had been written whole and may have
+                // been acknowledged — not a torn append either. (A record's payload is
+                // JSON, which never holds the marker's NUL byte.)
+                if let Some(q) = (pos + 1..bytes.len()).find(|&q| bytes[q..].starts_with(MARKER)) {
+                    return Err(refuse(
+                        pos as u64,
+                        format!(
+                            "damaged record ({why}) followed by a later record (at offset {q}, \
+                             itself cut short): it was written whole before that one began"
+                        ),
+                    ));
+                }
                 torn = Some(Torn {
                     offset: pos as u64,
                     size: (bytes.len() - pos) as u64,
