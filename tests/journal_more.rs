@@ -406,3 +406,79 @@ fn registry_yaml_waits_for_a_pause_in_a_stream_of_commits_but_not_beyond_its_bou
         || seq_on_disk() == last,
     );
 }
+
+/// Fresh-clone tester: `compact` every few ms beside a stream of changes and the coalesced
+/// writes, then SIGKILL: the start was refused ("it continues from record 4189, but
+/// registry.yaml includes only up to record 4176") and the changes in between were in
+/// neither file — an older coalesced write had renamed its registry.yaml over the
+/// compact's after the journal was cut down. On disk, at every moment, registry.yaml must
+/// include every record the journal no longer holds.
+#[test]
+fn compact_beside_coalesced_writes_never_leaves_registry_yaml_behind_its_journal() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let mut d = TestDaemon::start("settle: 50ms\nregistry_write_interval: 20ms\n");
+    // Enough models that a whole write takes a while.
+    for i in 0..300 {
+        std::fs::write(d.inbox().join(format!("k{i:03}.pt")), format!("bytes {i}")).unwrap();
+    }
+    for n in 1..=2u64 {
+        write_renamed(&d.inbox(), "m.pt", &bytes(n, 128));
+        d.wait_versions("m", n as usize);
+    }
+    wait_until(Duration::from_secs(120), "302 versions", || {
+        d.status().versions >= 302
+    });
+    let stop = AtomicBool::new(false);
+    let last_acknowledged = AtomicU32::new(0);
+    let mut violations = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut c = d.client();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let to = 1 + i % 2;
+                c.alias_set("m", "prod", &format!("v{to}")).unwrap();
+                last_acknowledged.store(to, Ordering::Relaxed);
+                i += 1;
+            }
+        });
+        s.spawn(|| {
+            let mut c = d.client();
+            while !stop.load(Ordering::Relaxed) {
+                c.compact().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let t0 = std::time::Instant::now();
+        let mut checks = 0;
+        while t0.elapsed() < Duration::from_secs(6) {
+            // The journal's base first: both only grow while registry.yaml never goes
+            // back, so base then registry.yaml is a fair reading.
+            let Ok(head) = std::fs::read(journal_path(&d)) else {
+                continue;
+            };
+            let Some(base) = head.get(8..16) else {
+                continue;
+            };
+            let base = u64::from_le_bytes(base.try_into().unwrap());
+            let Ok(Some(file)) = persist::load(&d.registry_path()) else {
+                continue;
+            };
+            checks += 1;
+            if base > file.journal_seq {
+                violations.push((base, file.journal_seq));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        eprintln!("{checks} readings, {} behind", violations.len());
+    });
+    assert!(
+        violations.is_empty(),
+        "journal base past registry.yaml: {violations:?}"
+    );
+    // And a crash now loses nothing acknowledged.
+    let want = last_acknowledged.load(Ordering::Relaxed);
+    d.kill();
+    d.spawn();
+    assert_eq!(d.catalog().models["m"].aliases["prod"], want);
+}

@@ -68,8 +68,12 @@ pub(super) struct Writeback {
 /// append) and the coalesced writes beside them; the lock makes "stat the name, compare"
 /// and "rename, note" exclusive, so a write of the daemon's own is never taken for a
 /// replacement.
+///
+/// The second lock orders whole writes: held across each one, it keeps the record the
+/// registry.yaml renamed into place last includes, and an older catalog is never
+/// written over a newer one (see [`write_registry`]).
 #[derive(Debug, Clone, Default)]
-pub(super) struct Ours(Arc<Mutex<(Option<Id>, Vec<Id>)>>);
+pub(super) struct Ours(Arc<Mutex<(Option<Id>, Vec<Id>)>>, Arc<Mutex<u64>>);
 
 /// A file's device and inode.
 type Id = (u64, u64);
@@ -80,7 +84,7 @@ impl Ours {
         let id = std::fs::symlink_metadata(path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
-        Ours(Arc::new(Mutex::new((id, Vec::new()))))
+        Ours(Arc::new(Mutex::new((id, Vec::new()))), Arc::default())
     }
 
     /// Whether registry.yaml at `path` is one the daemon wrote (true when nothing is
@@ -225,8 +229,25 @@ impl Writeback {
 
 /// registry.yaml from `c`, atomically, as it has always been written; then its second
 /// name (see `persist::journal::keep_base`), before the journal is cut down to follow it.
+///
+/// One write at a time, and never an older catalog over a newer one: a coalesced write
+/// of an older snapshot that ended after a commit's whole write (a `compact`, a journal
+/// that failed) used to rename its file last, leaving registry.yaml behind a journal
+/// already cut down past it — a crash then refused the start, and the records in
+/// between were in neither file (fresh-clone tester, 2026-11-28). Such a write is
+/// skipped: the file in place already holds all it would.
 pub(super) fn write_registry(path: &Path, c: &Catalog, ours: &Ours) -> Result<()> {
+    let mut in_place = ours.1.lock().unwrap_or_else(|e| e.into_inner());
+    if c.journal_seq < *in_place {
+        tracing::debug!(
+            seq = c.journal_seq,
+            in_place = *in_place,
+            "registry.yaml not written: a newer one is in place"
+        );
+        return Ok(());
+    }
     persist::to_yaml(c).and_then(|text| ours.write(path, text.as_bytes()))?;
+    *in_place = c.journal_seq;
     if let Err(e) = persist::journal::keep_base(path) {
         // Only a deletion of registry.yaml before the next write would miss it.
         tracing::warn!("registry.yaml's second name not updated: {e}");
