@@ -1,5 +1,8 @@
 //! A throwaway PostgreSQL 15 cluster for a test: initdb in a temp folder, listening only on a Unix socket there, stopped on drop.
 //!
+//! [`PgCluster::start_in`] runs it inside a network namespace of tests/common/netns.rs
+//! instead, listening on TCP at that host's address too, for the other hosts.
+//!
 //! We run as root and PostgreSQL refuses to, so as root the server runs as user
 //! `postgres` (`setpriv`), owning the temp folder. Waits poll with deadlines; Drop stops
 //! the server (fast shutdown, then SIGKILL), a panicking test too; its backends leave when
@@ -7,6 +10,7 @@
 
 #![allow(dead_code)]
 
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,11 +23,45 @@ pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 pub struct PgCluster {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Where it runs and listens on TCP, when started with [`PgCluster::start_in`].
+    netns: Option<(String, Ipv4Addr)>,
 }
 
 impl PgCluster {
     /// initdb, then start; panics with what to install when PostgreSQL 15 is missing.
     pub fn start() -> PgCluster {
+        let mut c = PgCluster::init();
+        c.resume();
+        c
+    }
+
+    /// initdb, then start inside network namespace `ns`, listening on TCP at `addr`
+    /// (port 5432; the namespace has its own ports) and on its Unix socket, accepting the
+    /// hosts of `subnet` (`10.a.b.0/24`) without a password: trust is fine here, since
+    /// only the test's own namespaces are on that subnet. The socket stays reachable from
+    /// the test itself (a path, not an address) for psql.
+    pub fn start_in(ns: &str, addr: Ipv4Addr, subnet: &str) -> PgCluster {
+        let mut c = PgCluster::init();
+        let hba = c.dir.path().join("data/pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).unwrap();
+        text.push_str(&format!(
+            "# The test's private subnet (tests/common/netns.rs)\nhost all all {subnet} trust\n"
+        ));
+        std::fs::write(&hba, text).unwrap();
+        c.netns = Some((ns.to_string(), addr));
+        c.resume();
+        c
+    }
+
+    /// A key=value connection string over TCP for database `db` (from another host of
+    /// the namespace test bed).
+    pub fn tcp_url(&self, db: &str) -> String {
+        let (_, addr) = self.netns.as_ref().expect("started with start_in");
+        format!("host={addr} port=5432 user=postgres dbname={db}")
+    }
+
+    /// A fresh cluster's data folder, not started.
+    fn init() -> PgCluster {
         let initdb = Path::new(BIN).join("initdb");
         assert!(
             initdb.exists(),
@@ -58,9 +96,11 @@ impl PgCluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut c = PgCluster { dir, child: None };
-        c.resume();
-        c
+        PgCluster {
+            dir,
+            child: None,
+            netns: None,
+        }
     }
 
     /// The folder holding the socket (`.s.PGSQL.5432`).
@@ -107,12 +147,25 @@ impl PgCluster {
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let mut cmd = pg_command(&Path::new(BIN).join("postgres"));
+        let postgres = Path::new(BIN).join("postgres");
+        let (mut cmd, listen) = match &self.netns {
+            // `ip netns exec` execs setpriv, which execs postgres: the child is still the
+            // postmaster, so stop() and the process-group kill work the same.
+            Some((ns, addr)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                let argv = pg_command(&postgres);
+                c.arg(argv.get_program()).args(argv.get_args());
+                (c, addr.to_string())
+            }
+            None => (pg_command(&postgres), String::new()),
+        };
         cmd.arg("-D")
             .arg(self.dir.path().join("data"))
             .arg("-k")
             .arg(self.dir.path())
-            .args(["-c", "listen_addresses=", "-c", "max_connections=50"])
+            .args(["-c", &format!("listen_addresses={listen}")])
+            .args(["-c", "max_connections=50"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
