@@ -221,6 +221,37 @@ fn an_alias_moved_on_one_host_is_heard_on_the_others() {
             }
         }
     };
+    // Host 1 moves the alias when told, and says when it started and the change seq.
+    let (go, mut go_rx) = tokio::sync::mpsc::channel::<u32>(1);
+    let (moved_tx, moved) = mpsc::channel::<(Instant, u64)>();
+    let (recorded_tx, recorded) = mpsc::channel::<()>();
+    let url = bed.url.clone();
+    let mover = on_host(&bed.net, "h1", move || async move {
+        let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
+        for i in 0..2 {
+            record(&mut db, "bert", "h1", &format!("h1-{i}"))
+                .await
+                .unwrap();
+        }
+        recorded_tx.send(()).unwrap();
+        let stamp = Stamp {
+            at: "2026-11-28T04:40:00Z".into(),
+            uid: Some(1000),
+        };
+        while let Some(to) = go_rx.recv().await {
+            let t0 = Instant::now();
+            let (_, seq) = db
+                .set_alias("bert", "production", to, "h1", &stamp, "set")
+                .await
+                .unwrap();
+            moved_tx.send((t0, seq)).unwrap();
+        }
+    });
+
+    // The listeners start after the versions, so the first thing they hear is a move.
+    recorded
+        .recv_timeout(Duration::from_secs(30))
+        .expect("versions recorded");
     let mut threads = vec![
         on_host(&bed.net, "h2", listener(bed.url.clone(), "h2")),
         on_host(&bed.net, "h3", listener(bed.url.clone(), "h3")),
@@ -239,31 +270,6 @@ fn an_alias_moved_on_one_host_is_heard_on_the_others() {
             .recv_timeout(Duration::from_secs(30))
             .expect("listeners up");
     }
-
-    // Host 1 moves the alias when told, and says when it started and the change seq.
-    let (go, mut go_rx) = tokio::sync::mpsc::channel::<u32>(1);
-    let (moved_tx, moved) = mpsc::channel::<(Instant, u64)>();
-    let url = bed.url.clone();
-    let mover = on_host(&bed.net, "h1", move || async move {
-        let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
-        for i in 0..2 {
-            record(&mut db, "bert", "h1", &format!("h1-{i}"))
-                .await
-                .unwrap();
-        }
-        let stamp = Stamp {
-            at: "2026-11-28T04:40:00Z".into(),
-            uid: Some(1000),
-        };
-        while let Some(to) = go_rx.recv().await {
-            let t0 = Instant::now();
-            let (_, seq) = db
-                .set_alias("bert", "production", to, "h1", &stamp, "set")
-                .await
-                .unwrap();
-            moved_tx.send((t0, seq)).unwrap();
-        }
-    });
 
     // Every client of the server is on the test's subnet (the psql asking is on the
     // socket, without an address).
@@ -288,7 +294,6 @@ fn an_alias_moved_on_one_host_is_heard_on_the_others() {
             let (who, heard_seq, at) = heard
                 .recv_timeout(Duration::from_secs(10))
                 .expect("heard within 10 s");
-            // A seq of a version recorded before listening cannot come: they were first.
             assert_eq!(heard_seq, seq, "{who}");
             let latency = at - t0;
             if who == "unix" {
