@@ -16,8 +16,8 @@
 //!
 //! Names are `mr<pid>x<counter>-<name>` (namespaces are files in /run/netns). Drop deletes
 //! the namespaces (which deletes their veths and the bridge), a panicking test too; the
-//! leftovers of a killed run (same prefix, pid no longer alive) are deleted by the next
-//! [`Net::new`]. Needs root and iproute2 (`ip`).
+//! leftovers of a killed run (same prefix, pid no longer alive), and the servers still
+//! running in them, are deleted by the next [`Net::new`]. Needs root and iproute2 (`ip`).
 
 #![allow(dead_code)]
 
@@ -230,12 +230,19 @@ fn owner_pid(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Deletes namespaces left by a killed test run (its pid no longer alive).
+/// Deletes namespaces left by a killed test run (its pid no longer alive), and ends the
+/// processes still running in them.
 fn clean_leftovers() {
     for ns in our_namespaces() {
         let pid = owner_pid(&ns).expect("filtered");
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("netns: deleting {ns}, left by a test run that was killed (pid {pid})");
+            // Its servers (a PostgreSQL) outlived the test: they go with the namespace.
+            for p in run(Command::new("ip").args(["netns", "pids", &ns])).split_whitespace() {
+                if let Ok(p) = p.parse::<i32>() {
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
             let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
     }
