@@ -540,3 +540,63 @@ fn a_host_reaches_the_test_hosts_and_not_the_machines_own_services() {
     back.expect("reachable once restored");
     server.join().unwrap();
 }
+
+#[test]
+fn a_host_cut_off_inside_its_transaction_does_not_block_the_others() {
+    let bed = bed();
+    // h1 is cut off (a power cut, a pulled cable) between allocating a number and
+    // committing: its session on the server holds the model's row lock and waits for a
+    // message that never comes.
+    let (holding_tx, holding) = mpsc::channel::<()>();
+    let (cut_tx, cut) = mpsc::channel::<()>();
+    let url = bed.url.clone();
+    let h1 = on_host(&bed.net, "h1", move || async move {
+        let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
+        record(&mut db, "shared", "h1", "h1-0").await.unwrap();
+        db.record_version("shared", "h1", &[], |n| {
+            holding_tx.send(()).unwrap();
+            // Blocks this host's runtime on purpose: nothing more is sent until the cut.
+            cut.recv().unwrap();
+            version("shared", n, "h1", "h1-1")
+        })
+        .await
+    });
+    holding
+        .recv_timeout(Duration::from_secs(30))
+        .expect("h1 holds the row");
+    bed.net.cut("h1");
+    cut_tx.send(()).unwrap();
+
+    let url = bed.url.clone();
+    let t = Instant::now();
+    let (number, failures) = on_host(&bed.net, "h2", move || async move {
+        let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
+        let mut failures = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match record(&mut db, "shared", "h2", "h2-0").await {
+                Ok(n) => return (n, failures),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "h2 blocked for 60 s: {e}");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    println!(
+        "h2 recorded v{number} {:?} after h1 was cut off holding the row lock ({} failed attempts first)",
+        t.elapsed(),
+        failures.len()
+    );
+    for f in &failures {
+        println!("  {f}");
+    }
+    // h1's timed-out attempt was rolled back by the server: its number went to h2.
+    assert_eq!(number, 2);
+    let err = h1.join().unwrap().unwrap_err();
+    println!("h1, cut off: {err}");
+    assert!(err.is_connection_lost(), "{err}");
+    bed.net.restore("h1");
+}
