@@ -90,6 +90,21 @@ impl Target {
             });
         }
         config.connect_timeout(options.connect_timeout);
+        // A host that vanishes inside a transaction (power cut, network cut) leaves its
+        // session idle in it, holding the model's row lock, until the server's TCP
+        // notices (hours): every other host's write to that model would wait that long.
+        // No transaction here idles between statements for anything like the operation
+        // timeout, after which the client has given up on it anyway; so the server ends
+        // such a session then and the lock is released (tests/team_netns.rs).
+        let idle = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            options.op_timeout.as_millis().max(1)
+        );
+        let server_options = match config.get_options() {
+            Some(given) => format!("{given} {idle}"),
+            None => idle,
+        };
+        config.options(server_options);
         if config.get_application_name().is_none() {
             config.application_name("modelreg");
         }
