@@ -46,25 +46,6 @@ fn bed() -> Bed {
     Bed { pg, net, url }
 }
 
-/// Runs `f`'s future on a current-thread runtime on a thread inside host `name`.
-fn on_host<T, Fut>(
-    net: &Net,
-    name: &str,
-    f: impl FnOnce() -> Fut + Send + 'static,
-) -> std::thread::JoinHandle<T>
-where
-    T: Send + 'static,
-    Fut: Future<Output = T>,
-{
-    net.spawn_in(name, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f())
-    })
-}
-
 /// A plain version as `host` records it; `attempt` names the attempt, so that one whose
 /// outcome was unknown can be looked for afterwards. From its stored form (the record
 /// the catalog keeps as jsonb), everything else left at its default.
@@ -124,7 +105,9 @@ fn three_hosts_over_tcp_get_dense_numbers_and_a_gapless_log() {
     // One host alone first (it also migrates), then three together.
     let solo = Arc::new(Barrier::new(1));
     let url = bed.url.clone();
-    let (_, t0, t1) = on_host(&bed.net, "h1", move || burst(url, "solo", "h1", 300, solo))
+    let (_, t0, t1) = bed
+        .net
+        .spawn_async_in("h1", move || burst(url, "solo", "h1", 300, solo))
         .join()
         .unwrap();
     let one = 300.0 / (t1 - t0).as_secs_f64();
@@ -134,7 +117,8 @@ fn three_hosts_over_tcp_get_dense_numbers_and_a_gapless_log() {
         .into_iter()
         .map(|h| {
             let (url, start) = (bed.url.clone(), start.clone());
-            on_host(&bed.net, h, move || burst(url, "shared", h, 300, start))
+            bed.net
+                .spawn_async_in(h, move || burst(url, "shared", h, 300, start))
         })
         .collect();
     let mut all = Vec::new();
@@ -159,16 +143,18 @@ fn three_hosts_over_tcp_get_dense_numbers_and_a_gapless_log() {
     );
 
     let url = bed.url.clone();
-    let (highest, log) = on_host(&bed.net, "h2", move || async move {
-        let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
-        let snap = db.snapshot().await.unwrap();
-        (
-            snap.models["shared"].highest,
-            db.changes_since(0, 10_000).await.unwrap(),
-        )
-    })
-    .join()
-    .unwrap();
+    let (highest, log) = bed
+        .net
+        .spawn_async_in("h2", move || async move {
+            let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
+            let snap = db.snapshot().await.unwrap();
+            (
+                snap.models["shared"].highest,
+                db.changes_since(0, 10_000).await.unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
     assert_eq!(highest, 900);
     let seqs: Vec<u64> = log.iter().map(|c| c.seq).collect();
     assert_eq!(
@@ -216,7 +202,7 @@ fn an_alias_moved_on_one_host_is_heard_on_the_others() {
     let (moved_tx, moved) = mpsc::channel::<(Instant, u64)>();
     let (recorded_tx, recorded) = mpsc::channel::<()>();
     let url = bed.url.clone();
-    let mover = on_host(&bed.net, "h1", move || async move {
+    let mover = bed.net.spawn_async_in("h1", move || async move {
         let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
         for i in 0..2 {
             record(&mut db, "bert", "h1", &format!("h1-{i}"))
@@ -243,18 +229,14 @@ fn an_alias_moved_on_one_host_is_heard_on_the_others() {
         .recv_timeout(Duration::from_secs(30))
         .expect("versions recorded");
     let mut threads = vec![
-        on_host(&bed.net, "h2", listener(bed.url.clone(), "h2")),
-        on_host(&bed.net, "h3", listener(bed.url.clone(), "h3")),
+        bed.net
+            .spawn_async_in("h2", listener(bed.url.clone(), "h2")),
+        bed.net
+            .spawn_async_in("h3", listener(bed.url.clone(), "h3")),
     ];
     // For comparison, a listener in the machine's own namespace on the Unix socket.
     let unix = listener(bed.pg.url("team"), "unix");
-    threads.push(std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(unix())
-    }));
+    threads.push(std::thread::spawn(move || netns::block_on(unix())));
     for _ in 0..3 {
         ready
             .recv_timeout(Duration::from_secs(30))
@@ -373,16 +355,18 @@ fn the_database_host_cut_off_mid_burst_fails_in_time_and_loses_nothing() {
     let done = Arc::new(AtomicU32::new(0));
     // Migrated first, so the cut lands among registrations.
     let url = bed.url.clone();
-    on_host(&bed.net, "h1", move || async move {
-        CatalogDb::connect(&url, OPTIONS).await.unwrap();
-    })
-    .join()
-    .unwrap();
+    bed.net
+        .spawn_async_in("h1", move || async move {
+            CatalogDb::connect(&url, OPTIONS).await.unwrap();
+        })
+        .join()
+        .unwrap();
     let writers: Vec<_> = ["h1", "h2", "h3"]
         .into_iter()
         .map(|h| {
             let (url, done) = (bed.url.clone(), done.clone());
-            on_host(&bed.net, h, move || writer(url, h, EACH, done))
+            bed.net
+                .spawn_async_in(h, move || writer(url, h, EACH, done))
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -540,7 +524,7 @@ fn a_host_cut_off_inside_its_transaction_does_not_block_the_others() {
     let (holding_tx, holding) = mpsc::channel::<()>();
     let (cut_tx, cut) = mpsc::channel::<()>();
     let url = bed.url.clone();
-    let h1 = on_host(&bed.net, "h1", move || async move {
+    let h1 = bed.net.spawn_async_in("h1", move || async move {
         let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
         record(&mut db, "shared", "h1", "h1-0").await.unwrap();
         db.record_version("shared", "h1", &[], |n| {
@@ -559,22 +543,24 @@ fn a_host_cut_off_inside_its_transaction_does_not_block_the_others() {
 
     let url = bed.url.clone();
     let t = Instant::now();
-    let (number, failures) = on_host(&bed.net, "h2", move || async move {
-        let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
-        let mut failures = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match record(&mut db, "shared", "h2", "h2-0").await {
-                Ok(n) => return (n, failures),
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "h2 blocked for 60 s: {e}");
-                    failures.push(e.to_string());
+    let (number, failures) = bed
+        .net
+        .spawn_async_in("h2", move || async move {
+            let mut db = CatalogDb::connect(&url, OPTIONS).await.unwrap();
+            let mut failures = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match record(&mut db, "shared", "h2", "h2-0").await {
+                    Ok(n) => return (n, failures),
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "h2 blocked for 60 s: {e}");
+                        failures.push(e.to_string());
+                    }
                 }
             }
-        }
-    })
-    .join()
-    .unwrap();
+        })
+        .join()
+        .unwrap();
     println!(
         "h2 recorded v{number} {:?} after h1 was cut off holding the row lock ({} failed attempts first)",
         t.elapsed(),

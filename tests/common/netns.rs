@@ -12,7 +12,8 @@
 //! Running things inside a host: [`Net::command`] prefixes `ip netns exec NAME` (servers:
 //! PostgreSQL, later Garage and the daemon); [`Net::spawn_in`] runs a closure on a thread
 //! that entered the namespace with setns(2) (a namespace is per thread, and threads it
-//! starts inherit it), e.g. a current-thread tokio runtime using the catalog layer.
+//! starts inherit it); [`Net::spawn_async_in`] runs a current-thread tokio runtime there,
+//! e.g. for the catalog layer.
 //!
 //! Names are `mr<pid>x<counter>-<name>` (namespaces are files in /run/netns). Drop deletes
 //! the namespaces (which deletes their veths and the bridge), a panicking test too; the
@@ -147,6 +148,21 @@ impl Net {
             .unwrap()
     }
 
+    /// Runs the future `f` makes on a current-thread tokio runtime, on a thread inside
+    /// host `name` (see [`Net::spawn_in`]): its sockets are that host's. `f` makes the
+    /// future on that thread, so the future need not be `Send`.
+    pub fn spawn_async_in<T, Fut>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> Fut + Send + 'static,
+    ) -> std::thread::JoinHandle<T>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = T>,
+    {
+        self.spawn_in(name, move || block_on(f()))
+    }
+
     /// Cuts host `name` off the switch (its port down: no packet in or out, like a pulled
     /// cable; its own address and sockets stay).
     pub fn cut(&self, name: &str) {
@@ -174,6 +190,15 @@ impl Drop for Net {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
+}
+
+/// Runs `f` to completion on a new current-thread tokio runtime on this thread.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// Enters namespace `ns` on the calling thread.
