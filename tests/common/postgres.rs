@@ -216,8 +216,8 @@ impl PgCluster {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Backends lead groups of their own (setsid) and leave when the postmaster is
-        // gone; its own group is killed in case anything else was left.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        // gone. No signal to `-pid` once the postmaster is reaped: its number may name
+        // another process group by then (a pid reused), which SIGKILL would end.
     }
 
     /// Freezes the server and its backends (SIGSTOP to the group): a hung server, as a
