@@ -4,47 +4,104 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use modelreg::display::escape_for_terminal as esc;
+use modelreg::registry::persist::{self, journal};
 
 use crate::{Cli, EXIT_ERROR};
 
 /// `recover`: adds back to registry.yaml every version the store holds and it lacks,
 /// holding the root's lock so that no daemon runs meanwhile. The previous registry.yaml,
 /// if any, is kept as registry.yaml.before-recover.
+///
+/// When the journal does not continue registry.yaml (damaged, or registry.yaml older
+/// than it, or both registry.yaml and its last copy gone), the start refuses and names
+/// this command: the journal is set aside (registry.journal.before-recover), its intact
+/// records applied on what registry.yaml and the store hold, and a fresh journal started;
+/// what could not be applied is listed, record by record.
 pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
-    use modelreg::registry::persist;
     let run = || -> Result<bool, String> {
         let (config, _lock) = super::lock_root(cli, "stop it before `recover`")?;
-        let journal_path = persist::journal_path(&config.registry);
-        let journal = persist::journal::scan(&journal_path)
-            .map_err(|e| format!("{e}\n(then run `modelreg recover` again)"))?;
-        // registry.yaml with the journal's later changes: what the daemon last committed.
-        let existing = persist::load_current(&config.registry).map_err(|e| {
+        let reg = &config.registry;
+        let journal_path = persist::journal_path(reg);
+        let (scan, damaged) = match journal::scan_all(&journal_path).map_err(|e| e.to_string())? {
+            Some((s, d)) => (Some(s), d),
+            None => (None, Vec::new()),
+        };
+        let yaml = persist::load(reg).map_err(|e| {
             format!("{e}; fix registry.yaml or move it aside, then run `modelreg recover` again")
         })?;
-        let existed = config.registry.exists();
-        // registry.yaml gone, but found under its second name (the journal's base).
-        let from_base = !existed
-            && persist::journal::base_joining(&config.registry, journal.as_ref()).is_some();
-        let mut catalog = existing.unwrap_or_default();
+        let existed = yaml.is_some();
+        // registry.yaml gone, or older than the journal: its last copy, when that one is
+        // what the journal continues.
+        let (loaded, from_base) = match yaml {
+            Some(c) => match journal::base_newer(reg, Some(&c), scan.as_ref()) {
+                Some(newer) => (Some(newer), true),
+                None => (Some(c), false),
+            },
+            None => {
+                let b = journal::base_joining(reg, scan.as_ref());
+                let found = b.is_some();
+                (b, found)
+            }
+        };
+        let base_shown = journal::base_path(reg).display().to_string();
+        if from_base {
+            outln!(
+                "started from its last copy {} (up to journal record {}): registry.yaml is gone or older than the journal",
+                esc(&base_shown),
+                loaded.as_ref().map_or(0, |c| c.journal_seq)
+            );
+        }
+        // Whether the journal simply continues that catalog: then it is replayed as the
+        // daemon would, and left in place.
+        let continues = damaged.is_empty()
+            && match (&loaded, &scan) {
+                (_, None) => true,
+                (Some(c), Some(s)) => s.base <= c.journal_seq,
+                (None, Some(s)) => s.base == 0,
+            };
+        let mut catalog = loaded.clone().unwrap_or_default();
+        let mut lost: Vec<String> = Vec::new();
+        if continues && let Some(s) = &scan {
+            journal::replay(&mut catalog, s, &journal_path).map_err(|e| e.to_string())?;
+        }
         let rel = |p: &Path| config.relative(p).into_owned();
         let report = modelreg::store::rebuild(&config.store, &mut catalog, &rel);
-        // Both names of registry.yaml gone: the journal's records were not applied (they
-        // continue a catalog that is not there); applied now on what the store rebuilt,
-        // each carrying its model's whole alias state.
-        let salvaged = match journal.as_ref() {
-            Some(scan) if !existed && !from_base && scan.base > 0 && !scan.records.is_empty() => {
-                let (n, notes) = persist::journal::salvage(&mut catalog, scan);
-                outln!(
-                    "applied {n} of the {} record(s) of {} on what the store holds (aliases, their moves, deprecations, metric edits)",
-                    scan.records.len(),
-                    journal_path.display()
-                );
-                for note in &notes {
-                    outln!("not recovered: {}", esc(note));
+        let salvaged = match scan.as_ref().filter(|_| !continues) {
+            Some(s) => {
+                let yaml_seq = loaded.as_ref().map(|c| c.journal_seq);
+                let first = s.records.first().map(|(d, _)| d.seq);
+                if let (Some(have), Some(first)) = (yaml_seq, first.or(Some(s.base + 1)))
+                    && first > have + 1
+                {
+                    lost.push(format!(
+                        "journal records {}..{} (after registry.yaml's record {have}, before the \
+                         journal's first): in neither file; the versions they registered are \
+                         recovered from the store, their alias moves, deprecations and metric \
+                         edits are lost unless a later record carries the model",
+                        have + 1,
+                        first - 1
+                    ));
                 }
-                n
+                for t in &damaged {
+                    lost.push(format!(
+                        "{} bytes at offset {} of the journal ({}; {}): a version it registered \
+                         is recovered from the store if listed above, any other change it made \
+                         is lost",
+                        t.size, t.offset, t.damage, t.what
+                    ));
+                }
+                let rest = records_after(s, yaml_seq.unwrap_or(0));
+                let (n, notes) = journal::salvage(&mut catalog, &rest);
+                outln!(
+                    "applied {n} of the {} intact record(s) of {} on registry.yaml{} and what the store holds",
+                    rest.records.len(),
+                    journal_path.display(),
+                    if from_base { "'s last copy" } else { "" }
+                );
+                lost.extend(notes);
+                Some(n)
             }
-            _ => 0,
+            None => None,
         };
         for v in &report.from_manifest {
             outln!("recovered {} from its manifest", esc(v));
@@ -65,43 +122,53 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             super::print_error(&format!("not recovered (left untouched in the store): {v}"));
         }
         let added = report.from_manifest.len() + report.hashed.len() + report.tombstones.len();
-        if added == 0 && !from_base && salvaged == 0 {
+        if added == 0 && !from_base && salvaged.is_none() {
             outln!(
                 "{} names every version the store holds; nothing to recover",
-                config.registry.display()
+                reg.display()
             );
             return Ok(report.unreadable.is_empty());
         }
         if existed {
-            let backup = config.registry.with_extension("yaml.before-recover");
-            std::fs::copy(&config.registry, &backup)
-                .map_err(|e| format!("keep a copy of {}: {e}", config.registry.display()))?;
+            let backup = reg.with_extension("yaml.before-recover");
+            std::fs::copy(reg, &backup)
+                .map_err(|e| format!("keep a copy of {}: {e}", reg.display()))?;
             outln!("the previous registry is kept as {}", backup.display());
         }
         let text = persist::to_yaml(&catalog).map_err(|e| e.to_string())?;
-        persist::write_atomic(&config.registry, text.as_bytes()).map_err(|e| e.to_string())?;
-        if from_base {
+        persist::write_atomic(reg, text.as_bytes()).map_err(|e| e.to_string())?;
+        outln!(
+            "wrote {} ({} version(s) recovered from the store)",
+            reg.display(),
+            added
+        );
+        if salvaged.is_some() {
+            // The old journal no longer continues the file just written: set aside for a
+            // person to look at, and a fresh one started after it.
+            let aside = journal_path.with_extension("journal.before-recover");
+            std::fs::rename(&journal_path, &aside)
+                .map_err(|e| format!("set {} aside: {e}", journal_path.display()))?;
+            persist::Journal::open(&journal_path, None, catalog.journal_seq)
+                .map_err(|e| e.to_string())?;
             outln!(
-                "wrote {} from its last copy {} and the journal's later records",
-                config.registry.display(),
-                persist::journal::base_path(&config.registry).display()
+                "the journal is kept as {}; a fresh journal continues from record {}",
+                aside.display(),
+                catalog.journal_seq
             );
         }
-        if added > 0 {
-            outln!(
-                "wrote {} with {added} recovered version(s)",
-                config.registry.display()
+        if let Err(e) = journal::keep_base(reg) {
+            super::print_error(&format!("{base_shown} not updated: {e}"));
+        }
+        if salvaged.is_none() && added > 0 && !from_base {
+            lost.push(
+                "for the versions recovered from the store, what the store does not hold: aliases and their history, deprecations, metric edits made after registration, and the inbox fingerprints (the inbox is looked at again at start; an entry identical to its model's newest version makes no new version)".into(),
             );
         }
-        if added > 0 && !from_base {
-            let what = if salvaged > 0 {
-                "what the journal's records did not carry: alias moves, deprecations and metric edits made before its first record"
-            } else {
-                "aliases and their history, deprecations, metric edits made after registration"
-            };
-            outln!(
-                "lost (the store does not hold them): {what}, and the inbox fingerprints (the inbox is looked at again at start; an entry identical to its model's newest version makes no new version)"
-            );
+        if salvaged.is_some() && lost.is_empty() {
+            outln!("lost: nothing (every journal record applied)");
+        }
+        for l in &lost {
+            outln!("lost: {}", esc(l));
         }
         Ok(report.unreadable.is_empty())
     };
@@ -112,5 +179,20 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             super::print_error(&e);
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+/// The records of `s` after record `after`, as a scan of their own (for `salvage`).
+fn records_after(s: &journal::Scan, after: u64) -> journal::Scan {
+    journal::Scan {
+        base: s.base.max(after),
+        records: s
+            .records
+            .iter()
+            .filter(|(d, _)| d.seq > after)
+            .cloned()
+            .collect(),
+        good_len: s.good_len,
+        torn: None,
     }
 }

@@ -79,6 +79,11 @@ pub async fn run(
     if let Some(why) = layout.refused_at_start() {
         board.set_serious_problem(&config.inbox.display().to_string(), why);
     }
+    // Only a log line otherwise: shown in `status` for this run of the daemon.
+    if let Some((path, what)) = &loaded.dropped {
+        let what = format!("{what} (shown until the daemon is restarted)");
+        board.set_problem(&path.display().to_string(), &what);
+    }
     startup::finish_removals(&config, &catalog, &board);
     tracing::info!(loaded = ?took.loaded, recovered = ?took.recovered, "catalog loaded, store recovered");
     startup::check_store_in_background(&config, &catalog, &board);

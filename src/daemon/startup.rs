@@ -56,6 +56,9 @@ pub struct Loaded {
     /// The catalog the journal's records were replayed on, and those records: start-up
     /// derives again the events of any whose events were not made durable.
     pub replayed: (Catalog, Vec<crate::registry::Delta>),
+    /// A damaged last record of the journal, dropped at this start: the journal's path
+    /// and what was dropped, for `status` (the journal's layer cannot see the board).
+    pub dropped: Option<(PathBuf, String)>,
 }
 
 /// Loads the catalog and brings the store in line with it: a publication a crash
@@ -296,13 +299,13 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
     let mut existed = loaded.is_some();
     if !existed {
         // Deleted, then the daemon killed before it wrote registry.yaml again: the
-        // catalog the journal continues is still under its second name.
+        // catalog the journal continues is still in its last copy.
         loaded = persist::journal::base_joining(&config.registry, scan.as_ref());
     } else if let Some(newer) =
         persist::journal::base_newer(&config.registry, loaded.as_ref(), scan.as_ref())
     {
-        // Replaced by an older copy, then the daemon killed before it noticed: the
-        // second name still holds the catalog the journal continues. The older copy is
+        // Replaced by (or overwritten with) an older copy, then the daemon killed before it noticed: the
+        // last copy still holds the catalog the journal continues. The older copy is
         // kept for a person to look at, and registry.yaml written again below.
         let mut older = config.registry.as_os_str().to_owned();
         older.push(".older");
@@ -343,19 +346,26 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
         }
     }
     if let Err(e) = persist::journal::keep_base(&config.registry) {
-        tracing::warn!("registry.yaml's second name not made: {e}");
+        tracing::warn!("registry.yaml's last copy not made: {e}");
     }
     let written = if existed {
         written
     } else {
         catalog.journal_seq
     };
+    let dropped = (scan.as_ref().and_then(|s| s.torn.as_ref())).map(|t| {
+        (
+            journal_path.clone(),
+            persist::journal::describe_torn(&journal_path, t),
+        )
+    });
     let journal = persist::Journal::open(&journal_path, scan, catalog.journal_seq)?;
     Ok(Loaded {
         catalog,
         journal,
         written,
         replayed: (replayed_on, replayed),
+        dropped,
     })
 }
 

@@ -227,8 +227,8 @@ impl Writeback {
     }
 }
 
-/// registry.yaml from `c`, atomically, as it has always been written; then its second
-/// name (see `persist::journal::keep_base`), before the journal is cut down to follow it.
+/// registry.yaml from `c`, atomically, as it has always been written; then its last
+/// copy (see `persist::journal::keep_base`), before the journal is cut down to follow it.
 ///
 /// One write at a time, and never an older catalog over a newer one: a coalesced write
 /// of an older snapshot that ended after a commit's whole write (a `compact`, a journal
@@ -250,7 +250,7 @@ pub(super) fn write_registry(path: &Path, c: &Catalog, ours: &Ours) -> Result<()
     *in_place = c.journal_seq;
     if let Err(e) = persist::journal::keep_base(path) {
         // Only a deletion of registry.yaml before the next write would miss it.
-        tracing::warn!("registry.yaml's second name not updated: {e}");
+        tracing::warn!("registry.yaml's last copy not updated: {e}");
     }
     Ok(())
 }

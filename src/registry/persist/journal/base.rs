@@ -1,11 +1,12 @@
-//! registry.yaml's second name, `.registry.yaml.base`: what the journal continues, kept when registry.yaml is deleted.
+//! registry.yaml's last copy, `.registry.yaml.base`: what the journal continues, kept when registry.yaml is deleted or overwritten.
 //!
-//! Each time the daemon writes registry.yaml it gives the new file a second, hidden name
-//! (a hard link: no bytes are copied), before the journal is cut down to the records
-//! after it. Someone deleting registry.yaml removes one name only: when the daemon is
-//! then killed before it writes registry.yaml again, the next start (and `recover`)
-//! finds the catalog the journal continues under the other name, and nothing
-//! acknowledged is lost.
+//! Each time the daemon writes registry.yaml it copies the new file to a hidden file
+//! beside it (its own inode, fsynced, renamed into place), before the journal is cut
+//! down to the records after it. Someone deleting registry.yaml, or writing an older copy
+//! into it (`cp old.yaml registry.yaml` writes through the file's inode, so a second
+//! *name* of it would change too), leaves this copy as it was: when the daemon is then
+//! killed before it writes registry.yaml again, the next start (and `recover`) finds the
+//! catalog the journal continues here, and nothing acknowledged is lost.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use super::Scan;
 use crate::error::{Error, Result};
 use crate::registry::Catalog;
 
-/// Where registry.yaml's second name lives: beside it, hidden.
+/// Where registry.yaml's last copy lives: beside it, hidden.
 pub fn base_path(registry: &Path) -> PathBuf {
     let name = registry
         .file_name()
@@ -22,20 +23,23 @@ pub fn base_path(registry: &Path) -> PathBuf {
     registry.with_file_name(format!(".{name}.base"))
 }
 
-/// Gives the registry.yaml now on disk its second name, replacing the previous one (a
-/// link under a temporary name renamed over it, so the second name always leads to a
-/// whole file). The temporary is one `remove_stale_temporaries` removes at start.
+/// Copies the registry.yaml now on disk to its last copy (see the module's comment),
+/// replacing the previous one atomically: copied to a temporary (in the kernel,
+/// `copy_file_range`), given registry.yaml's modification time, fsynced, renamed over it,
+/// the folder fsynced. The temporary is one `remove_stale_temporaries` removes at start.
+///
+/// Nothing is copied when the copy already matches (same size and modification time, a
+/// different inode): a start with nothing written since. A copy that is the same inode
+/// (the hard link older versions made) is always replaced by a file of its own.
 pub fn keep_base(registry: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let base = base_path(registry);
-    let same =
-        |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
-    // Already its second name (nothing written since): rename(2) between two names of
-    // one file does nothing, and would leave the temporary name behind.
-    if let (Ok(r), Ok(b)) = (
-        std::fs::metadata(registry),
-        std::fs::symlink_metadata(&base),
-    ) && same(&r, &b)
+    let r = std::fs::metadata(registry).map_err(|e| Error::io("stat", registry, e))?;
+    if let Ok(b) = std::fs::symlink_metadata(&base)
+        && b.is_file()
+        && (b.dev(), b.ino()) != (r.dev(), r.ino())
+        && b.len() == r.len()
+        && b.modified().ok() == r.modified().ok()
     {
         return Ok(());
     }
@@ -43,11 +47,23 @@ pub fn keep_base(registry: &Path) -> Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
-    std::fs::hard_link(registry, &tmp).map_err(|e| Error::io("link", registry, e))?;
-    std::fs::rename(&tmp, &base).map_err(|e| Error::io("rename to", &base, e))
+    let copied = std::fs::copy(registry, &tmp)
+        .and_then(|_| std::fs::OpenOptions::new().write(true).open(&tmp))
+        .and_then(|f| {
+            if let Ok(t) = r.modified() {
+                f.set_modified(t)?;
+            }
+            f.sync_all()
+        });
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io("copy registry.yaml to", &tmp, e));
+    }
+    std::fs::rename(&tmp, &base).map_err(|e| Error::io("rename to", &base, e))?;
+    crate::fsutil::sync_dir(base.parent().unwrap_or(Path::new(".")))
 }
 
-/// The catalog under registry.yaml's second name, when registry.yaml itself is gone and
+/// The catalog under registry.yaml's last copy, when registry.yaml itself is gone and
 /// the journal (`scan`) continues it; `None` (with a warning saying why) otherwise.
 pub fn base_joining(registry: &Path, scan: Option<&Scan>) -> Option<Catalog> {
     let base = base_path(registry);
@@ -82,9 +98,9 @@ pub fn base_joining(registry: &Path, scan: Option<&Scan>) -> Option<Catalog> {
     Some(c)
 }
 
-/// The catalog under registry.yaml's second name, when registry.yaml (`loaded`) is older
+/// The catalog under registry.yaml's last copy, when registry.yaml (`loaded`) is older
 /// than the journal (`scan` continues from a record it does not include: an older copy
-/// put in its place) and the second name is not: the catalog the journal continues.
+/// put in its place, or written into it) and the last copy is not: the catalog the journal continues.
 /// Warns, saying which file is used. Reads only.
 pub fn base_newer(
     registry: &Path,
@@ -116,10 +132,10 @@ mod tests {
     use super::super::tests::journal_with;
     use super::super::{journal_path, load_current, scan};
     use super::*;
-    use crate::registry::persist::{tests::catalog_of, to_yaml, write_atomic};
+    use crate::registry::persist::{load, tests::catalog_of, to_yaml, write_atomic};
 
     #[test]
-    fn the_second_name_follows_each_write_and_stands_in_for_a_deleted_registry() {
+    fn the_last_copy_follows_each_write_and_stands_in_for_a_deleted_or_overwritten_registry() {
         let dir = tempfile::tempdir().unwrap();
         let reg = dir.path().join("registry.yaml");
         let c = catalog_of("m", &[1]);
@@ -132,6 +148,12 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        // Its own file: writing registry.yaml in place leaves it as it was.
+        std::fs::write(&reg, "format: 1\n").unwrap();
+        assert_eq!(load(&base_path(&reg)).unwrap().unwrap().models.len(), 1);
+        keep_base(&reg).unwrap();
+        write_atomic(&reg, to_yaml(&c).unwrap().as_bytes()).unwrap();
+        keep_base(&reg).unwrap();
         journal_with(dir.path(), 2);
         std::fs::remove_file(&reg).unwrap();
         let now = load_current(&reg).unwrap().unwrap();

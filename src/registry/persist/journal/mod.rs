@@ -27,11 +27,13 @@ use crate::registry::{Catalog, Delta};
 mod base;
 mod file;
 mod frame;
+mod salvage;
 
 pub use base::{base_joining, base_newer, base_path, keep_base};
 pub use file::Journal;
 pub use frame::{Damage, decode, describe_damaged, encode};
 use frame::{HEADER_LEN, MAGIC, MARKER, checksum};
+pub use salvage::{salvage, scan_all};
 
 /// Where the journal of `registry` lives: beside it, `registry.journal` for `registry.yaml`.
 pub fn journal_path(registry: &Path) -> PathBuf {
@@ -75,14 +77,12 @@ pub fn scan(path: &Path) -> Result<Option<Scan>> {
         Err(e) => return Err(Error::io("read journal", path, e)),
     };
     let shown = path.display();
-    let base = base_path(&path.with_extension("yaml"));
-    let base = base.display();
     let refuse = |offset: u64, why: String| {
         Error::Other(format!(
             "{shown}: offset {offset}: {why}. Not starting: changes that were acknowledged would \
-             be lost. Restore the file, or move it aside to start from registry.yaml alone (or, \
-             when registry.yaml is missing, its last copy {base}): the changes after it are then \
-             lost (`modelreg recover` adds back versions the store holds)."
+             be lost. Run `modelreg recover` (with the daemon's --root or --config): it sets the \
+             journal aside, applies every intact record and adds back the versions the store \
+             holds, and lists what is lost. Or restore the journal from a backup."
         ))
     };
     let h = HEADER_LEN as usize;
@@ -158,15 +158,15 @@ pub fn replay(c: &mut Catalog, scan: &Scan, path: &Path) -> Result<usize> {
         return Err(Error::Other(format!(
             "{}: it continues from record {}, but registry.yaml includes only up to record {}, \
              and its last copy {} no further: the changes in between are in neither \
-             (registry.yaml restored from an older copy?). Not starting. Restore a registry.yaml \
-             that includes record {} (a backup's, with its journal), or move the journal aside to \
-             start from registry.yaml as it is (the changes after record {} are then lost).",
+             (registry.yaml restored from an older copy?). Not starting. Run `modelreg recover` \
+             (with the daemon's --root or --config): it keeps registry.yaml, adds back the \
+             versions the store holds, applies the journal's records, and lists what is lost. \
+             Or restore a registry.yaml that includes record {} (a backup's, with its journal).",
             path.display(),
             scan.base,
             c.journal_seq,
             base.display(),
             scan.base,
-            c.journal_seq
         )));
     }
     let mut applied = 0;
@@ -227,91 +227,36 @@ pub fn continue_from(
 /// Warns about a damaged last record, saying which kind it is and what was dropped.
 pub fn warn_torn(path: &Path, scan: &Scan) {
     let Some(t) = &scan.torn else { return };
+    let offset = t.offset;
+    tracing::warn!(journal = %path.display(), offset, "{}", describe_torn(path, t));
+}
+
+/// What dropping the damaged last record `t` of the journal at `path` means, in one
+/// sentence: where, how many bytes, which kind of damage, what it held, and whether it
+/// had been acknowledged. The start-up shows it in `status` too (see the daemon).
+pub fn describe_torn(path: &Path, t: &Torn) -> String {
     let shown = path.display();
     let (offset, size, what) = (t.offset, t.size, &t.what);
     match &t.damage {
-        Damage::CutShort(why) => tracing::warn!(
-            journal = %shown,
-            offset,
+        Damage::CutShort(why) => format!(
             "{shown}: dropped the last record at offset {offset} ({size} byte(s), {why}; {what}): \
              a torn tail, an append cut short by a crash before its fsync returned, so this \
              change was not acknowledged"
         ),
-        Damage::Checksum(why) => tracing::warn!(
-            journal = %shown,
-            offset,
+        Damage::Checksum(why) => format!(
             "{shown}: dropped the last record at offset {offset} ({size} byte(s), complete in \
              length but {why}; {what}): either damaged on disk after it was written (then it \
              may have been acknowledged) or left by a crash with the file's length ahead of its \
              data; which one cannot be told, so its bytes are kept beside the journal"
         ),
-        Damage::NotARecord(why) => tracing::warn!(
-            journal = %shown,
-            offset,
+        Damage::NotARecord(why) => format!(
             "{shown}: dropped {size} byte(s) at offset {offset} that are not a record ({why}; \
              {what}); its bytes are kept beside the journal"
         ),
     }
 }
 
-/// For `recover` when registry.yaml and its second name are both gone: applies every
-/// record of `scan` to `c` (rebuilt from the store's manifests) as far as each fits, and
-/// returns how many applied and what could not be kept. A record carries the touched
-/// model's whole alias state, its changed versions whole and the alias moves it
-/// appended, so the aliases come back; the moves made before the journal's first record
-/// do not (said once per model).
-pub fn salvage(c: &mut Catalog, scan: &Scan) -> (usize, Vec<String>) {
-    let mut notes = Vec::new();
-    let mut short = std::collections::BTreeSet::new();
-    let mut applied = 0;
-    for (d, _) in &scan.records {
-        let mut d = d.clone();
-        for md in &mut d.models {
-            let Some(s) = &mut md.state else { continue };
-            let m = c.models.get(&md.name);
-            let held = m.map_or(0, |m| m.alias_history.len());
-            if s.history_from > held {
-                if short.insert(md.name.clone()) {
-                    notes.push(format!(
-                        "{}: the alias history's first {} move(s), made before the journal's records, are lost",
-                        md.name,
-                        s.history_from - held
-                    ));
-                }
-                s.history_from = held;
-            }
-            let top = m.and_then(|m| m.versions.last()).map_or(0, |v| v.number);
-            s.highest = s.highest.max(top).max(m.map_or(0, |m| m.highest));
-            let stored = |n: u32| {
-                s.versions
-                    .iter()
-                    .find(|(k, _)| *k == n)
-                    .map(|(_, v)| v)
-                    .or_else(|| m.and_then(|m| m.find(n)))
-                    .is_some_and(|v| v.removed.is_none())
-            };
-            let gone: Vec<(String, u32)> = s
-                .aliases
-                .iter()
-                .filter(|(_, n)| !stored(**n))
-                .map(|(a, n)| (a.clone(), *n))
-                .collect();
-            for (a, n) in gone {
-                s.aliases.remove(&a);
-                notes.push(format!("{}: alias {a} -> v{n} (not in the store)", md.name));
-            }
-        }
-        match d.apply(c) {
-            Ok(()) => applied += 1,
-            Err(why) => notes.push(format!("journal record {}: not applied: {why}", d.seq)),
-        }
-    }
-    let last = scan.records.last().map_or(scan.base, |(d, _)| d.seq);
-    c.journal_seq = c.journal_seq.max(last);
-    (applied, notes)
-}
-
-/// registry.yaml (or, when it is gone, its second name: see [`base_joining`]) with the
+/// registry.yaml (or, when it is gone, its last copy: see [`base_joining`]) with the
 /// journal beside it replayed: the catalog as the daemon last committed it. `Ok(None)` when neither exists. Reads only (a torn tail is warned
 /// about, not removed): for `verify --offline`, `recover` and tests.
 pub fn load_current(registry: &Path) -> Result<Option<Catalog>> {

@@ -1,0 +1,152 @@
+//! The journal and the hand-over, end to end on the real binary (a fresh-clone tester's
+//! findings): an older copy written into registry.yaml in place, a journal damaged before
+//! its end mended by `recover`, a dropped torn tail shown in `status`, and the inbox
+//! hand-over leaving no copy behind.
+
+mod common;
+
+use std::process::Command;
+
+use common::journal::{aliases, file_catalog, journal_path, records, two_versions};
+use common::{BIN, TestDaemon};
+use modelreg::registry::persist;
+
+fn pairs(p: &[(&str, u32)]) -> Vec<(String, u32)> {
+    p.iter().map(|(a, n)| (a.to_string(), *n)).collect()
+}
+
+/// `modelreg recover --root ROOT` on `d`'s root: its stdout and stderr.
+fn recover(d: &TestDaemon) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["recover", "--root"])
+        .arg(d.root.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// m at v1 and v2; production at v1 in an older registry.yaml (returned), staging at v2
+/// written to registry.yaml after it, canary at v1 only in the journal.
+fn with_an_older_copy() -> (TestDaemon, String) {
+    let d = two_versions();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.client().compact().unwrap();
+    let old = std::fs::read_to_string(d.registry_path()).unwrap();
+    d.client().alias_set("m", "staging", "v2").unwrap();
+    d.client().compact().unwrap();
+    d.client().alias_set("m", "canary", "v1").unwrap();
+    (d, old)
+}
+
+// `cp old.yaml registry.yaml` (the daemon stopped) writes into registry.yaml's inode:
+// its last copy was a second name of that inode, changed with it, and the start refused
+// ("move the journal aside"), then refused again before naming `recover`.
+#[test]
+fn an_older_copy_written_into_registry_yaml_in_place_loses_nothing() {
+    let (mut d, old) = with_an_older_copy();
+    d.kill();
+    // As cp does: open with O_TRUNC, write.
+    std::fs::write(d.registry_path(), &old).unwrap();
+    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    d.spawn();
+    assert_eq!(
+        aliases(&d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
+    assert_eq!(file_catalog(&d).models["m"].aliases["staging"], 2);
+}
+
+// Both registry.yaml and its last copy older than the journal: the first refusal names
+// `modelreg recover`, which mends it and says what it did and what was lost.
+#[test]
+fn registry_yaml_and_its_copy_older_than_the_journal_are_mended_by_recover() {
+    let (mut d, old) = with_an_older_copy();
+    d.kill();
+    std::fs::write(d.registry_path(), &old).unwrap();
+    std::fs::write(persist::journal::base_path(&d.registry_path()), &old).unwrap();
+    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    let out = d.serve_output();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("modelreg recover"), "{err}");
+    let (ok, text) = recover(&d);
+    assert!(ok, "{text}");
+    assert!(!text.contains("Not starting"), "{text}");
+    // The record in neither file is named; canary's record carries m's aliases.
+    assert!(text.contains("lost: journal records"), "{text}");
+    assert!(text.contains("kept as"), "{text}");
+    d.spawn();
+    assert_eq!(
+        aliases(&d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
+}
+
+// `recover` with a journal damaged before its end printed the daemon's "Not starting"
+// refusal and did nothing; moved aside, its "lost:" line was the same boilerplate
+// whatever was lost.
+#[test]
+fn recover_mends_a_journal_damaged_before_its_end_and_lists_what_was_lost() {
+    let mut d = two_versions();
+    d.client().compact().unwrap();
+    for (a, v) in [("production", "v1"), ("staging", "v2"), ("canary", "v1")] {
+        d.client().alias_set("m", a, v).unwrap();
+    }
+    d.kill();
+    let recs = records(&d);
+    assert_eq!(recs.len(), 3, "three records in the journal");
+    // A byte of the second record's payload flipped: intact records follow.
+    let at = recs[0].1 as usize + 30;
+    let mut bytes = std::fs::read(journal_path(&d)).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(journal_path(&d), &bytes).unwrap();
+    let err = String::from_utf8_lossy(&d.serve_output().stderr).into_owned();
+    assert!(err.contains("modelreg recover"), "{err}");
+    let (ok, text) = recover(&d);
+    assert!(ok, "{text}");
+    assert!(!text.contains("Not starting"), "{text}");
+    assert!(
+        text.contains(&format!("offset {}", recs[0].1)) && text.contains("lost:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("applied 2 of the 2 intact record(s)"),
+        "{text}"
+    );
+    d.spawn();
+    // The third record carries m's whole alias state: nothing of it is lost.
+    assert_eq!(
+        aliases(&d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
+}
+
+// A torn last record dropped at start was a log line only; `status` said "problems: none".
+#[test]
+fn a_dropped_torn_tail_is_a_problem_in_status() {
+    let mut d = two_versions();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.kill();
+    let size = std::fs::metadata(journal_path(&d)).unwrap().len();
+    // An append cut short: the record's head and part of its payload.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(journal_path(&d))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\0REC\x40\0\0\001234567{\"seq\":9").unwrap();
+    drop(f);
+    d.spawn();
+    let line = d.wait_problem_text("registry.journal");
+    assert!(
+        line.contains(&format!("offset {size}")) && line.contains("not acknowledged"),
+        "{line}"
+    );
+    let out = common::ok(&d, &["status"]);
+    assert!(out.contains("dropped the last record"), "{out}");
+    assert!(!out.contains("problems: none"), "{out}");
+}
