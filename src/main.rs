@@ -244,7 +244,9 @@ enum Command {
         /// searches.
         #[arg(long = "tag", value_name = "T")]
         tags: Vec<String>,
-        /// Wait until the daemon has registered it and print the version.
+        /// Give up after --timeout seconds. Without it, `add` waits as long as the daemon's
+        /// copy takes; either way it prints the version (and removes an inbox copy once
+        /// registered).
         #[arg(long)]
         wait: bool,
         /// With --wait, give up after this many seconds.

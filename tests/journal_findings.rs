@@ -5,10 +5,11 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::journal::{aliases, file_catalog, journal_path, records, two_versions};
-use common::{BIN, TestDaemon};
+use common::{BIN, TestDaemon, bytes, can_switch_user, inbox_names, ok, stderr, stdout, write};
 use modelreg::registry::persist;
 
 fn pairs(p: &[(&str, u32)]) -> Vec<(String, u32)> {
@@ -149,4 +150,133 @@ fn a_dropped_torn_tail_is_a_problem_in_status() {
     let out = common::ok(&d, &["status"]);
     assert!(out.contains("dropped the last record"), "{out}");
     assert!(!out.contains("problems: none"), "{out}");
+}
+
+/// A settle period no test waits out: a version that appears came by a hand-over.
+const NO_SETTLE: &str = "settle: 1h\n";
+
+/// A daemon whose inbox settles fast: the inbox hand-over is what these tests take.
+fn quick_inbox() -> TestDaemon {
+    TestDaemon::start("settle: 100ms\n")
+}
+
+// The inbox hand-over (a folder, or metadata too large for one request) left the full
+// copy and its sidecar in the inbox after the version was registered.
+#[test]
+fn add_of_a_folder_leaves_nothing_in_the_inbox_once_registered() {
+    let d = quick_inbox();
+    let src = tempfile::tempdir().unwrap();
+    let folder = src.path().join("net");
+    std::fs::create_dir(&folder).unwrap();
+    write(&folder.join("w.bin"), &bytes(1, 4096));
+    // No --wait: the answer is the version all the same.
+    let out = ok(&d, &["add", folder.to_str().unwrap(), "--metric", "acc=0.5"]);
+    assert!(out.contains("net v1"), "{out}");
+    assert_eq!(inbox_names(&d), Vec::<String>::new());
+    let v = d.get("net", "latest").unwrap();
+    assert_eq!(v.metrics["acc"], 0.5);
+    // A second version over the same name: the same.
+    write(&folder.join("w.bin"), &bytes(2, 4096));
+    let out = ok(&d, &["add", folder.to_str().unwrap(), "--wait"]);
+    assert!(out.contains("net v2"), "{out}");
+    assert_eq!(inbox_names(&d), Vec::<String>::new());
+    assert_eq!(d.versions("net").len(), 2);
+}
+
+#[test]
+fn add_with_metadata_too_large_for_a_request_leaves_nothing_in_the_inbox() {
+    let d = quick_inbox();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.pt");
+    write(&file, &bytes(3, 2048));
+    let (a, b) = ("a".repeat(40_000), "b".repeat(40_000));
+    let out = ok(
+        &d,
+        &[
+            "add",
+            file.to_str().unwrap(),
+            "--meta",
+            &format!("one={a}"),
+            "--meta",
+            &format!("two={b}"),
+        ],
+    );
+    assert!(out.contains("big v1"), "{out}");
+    assert_eq!(inbox_names(&d), Vec::<String>::new());
+    assert_eq!(d.get("big", "v1").unwrap().metadata["one"], a.as_str());
+}
+
+#[test]
+fn python_register_of_a_folder_leaves_nothing_in_the_inbox() {
+    let d = quick_inbox();
+    let src = tempfile::tempdir().unwrap();
+    let folder = src.path().join("pynet");
+    std::fs::create_dir(&folder).unwrap();
+    write(&folder.join("w.bin"), &bytes(4, 4096));
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, modelreg\n\
+             r = modelreg.ModelRegistry(socket=os.environ['SOCK'])\n\
+             v = r.register('pynet', os.environ['SRC'], metrics={'acc': 0.25}, progress=False)\n\
+             print(v.version)\n",
+        )
+        .env("SOCK", d.socket())
+        .env("SRC", &folder)
+        .env(
+            "PYTHONPATH",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "v1");
+    assert_eq!(inbox_names(&d), Vec::<String>::new());
+    assert_eq!(d.get("pynet", "v1").unwrap().metrics["acc"], 0.25);
+}
+
+// The CLI said only `cannot place INBOX/m.pt: Permission denied` where the Python client
+// says what was tried, which inbox, which user and what to do.
+#[test]
+fn add_refused_by_the_daemon_and_the_inbox_says_path_user_and_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "add_refused_by_the_daemon_and_the_inbox_says_path_user_and_what_to_do";
+    if !can_switch_user(test) {
+        return;
+    }
+    let d = TestDaemon::start(NO_SETTLE);
+    // Everyone reaches the socket; the inbox is root's alone.
+    let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(d.root.path(), 0o755).unwrap();
+    mode(&d.socket(), 0o666).unwrap();
+    mode(&d.inbox(), 0o755).unwrap();
+    let public = tempfile::tempdir().unwrap();
+    mode(public.path(), 0o755).unwrap();
+    let src = public.path().join("m.pt");
+    write(&src, &bytes(9, 1000));
+    mode(&src, 0o644).unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("add")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let inbox = d.inbox().display().to_string();
+    for needle in [
+        format!("{} was not registered", src.display()),
+        "refused the hand-over".into(),
+        format!("the inbox {inbox}"),
+        "not writable by user nobody (uid 65534)".into(),
+        "nothing was copied".into(),
+        "Register as the daemon's user or root".into(),
+    ] {
+        assert!(err.contains(&needle), "{needle:?} in {err}");
+    }
+    assert!(!err.contains("cannot place"), "{err}");
+    assert!(d.versions("m").is_empty());
+    assert_eq!(inbox_names(&d), Vec::<String>::new());
 }

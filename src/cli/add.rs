@@ -6,7 +6,8 @@
 //! the copy is whole the metrics sidecar is placed (written hidden, renamed), then the
 //! artifact is renamed into place, so the daemon never sees a half-written file and an
 //! interrupted copy leaves no sidecar that would update the current version's metrics;
-//! with `--wait` a `wait` request answers once that exact entry is registered.
+//! a `wait` request answers once that exact entry is registered (with `--wait`, within
+//! its timeout), and what was placed is then removed: nothing is left in the inbox.
 //!
 //! Before copying, the inbox's file system must have room for the artifact; on a
 //! terminal the size being copied is shown, and with `--wait` a progress bar of the
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::addcheck;
-use super::place::{copy_tree, hidden, place};
+use super::place::{Placed, copy_tree, hidden, place};
 use super::progress;
 
 use modelreg::client::{Client, ClientError};
@@ -232,17 +233,6 @@ fn check_room(
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub(super) enum Added {
-    /// Placed in the inbox; it becomes a version once it settles.
-    HandedOver {
-        /// The model.
-        name: String,
-        /// Its name in the inbox.
-        entry: String,
-        /// Its path in the inbox.
-        path: String,
-        /// The bytes copied.
-        bytes: u64,
-    },
     /// The `wait` answer.
     Registered {
         /// The version.
@@ -325,15 +315,13 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     // the inbox.
     let fits = serde_json::to_vec(&(&metrics, &metadata))
         .is_ok_and(|v| v.len() + 1024 < modelreg::protocol::MAX_REQUEST_BYTES);
+    let mut refused = None;
     if !is_dir && fits {
         match hand_over(c, a, &name, &metrics, &metadata) {
             // An older daemon, or one that lets this user register only by the inbox
             // (which then says, by the file system, whether this user may).
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some(ErrorCode::UnknownOp | ErrorCode::PermissionDenied)
-                ) => {}
+            Err(e) if e.code() == Some(ErrorCode::UnknownOp) => {}
+            Err(e) if e.code() == Some(ErrorCode::PermissionDenied) => refused = Some(e),
             r => return r,
         }
     }
@@ -345,6 +333,8 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
             inbox.display()
         )));
     }
+    // Before anything is copied: the copy would only fail with a bare "Permission denied".
+    addcheck::check_inbox_writable(a.path, &inbox, refused.as_ref())?;
     // Before anything is placed: a refused copy leaves no sidecar behind either.
     let size = source_size(a.path).map_err(|e| refuse(format!("{}: {e}", a.path.display())))?;
     let store = status.store.as_deref().map(Path::new);
@@ -408,14 +398,11 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
         },
         place_sidecar,
     )?;
-    let Some(timeout) = a.wait else {
-        return Ok(Added::HandedOver {
-            name,
-            entry,
-            path: dst.display().to_string(),
-            bytes: size,
-        });
-    };
+    // The copy is the inbox's until registered, then nobody's: removed once the
+    // version is there (or the wait failed), so no full copy is left behind. Awaited
+    // with or without --wait, as the descriptor hand-over's answer is.
+    let placed = Placed::note(&dst, sidecar_text.as_ref().map(|_| inbox.join(&sidecar)));
+    let timeout = a.wait.unwrap_or(Duration::from_secs(24 * 3600));
     // The daemon answers `wait` within its own timeout; leave it a margin to say so.
     c.set_read_timeout(timeout + Duration::from_secs(10))?;
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -427,6 +414,13 @@ pub(super) fn add(c: &mut Client, a: &AddArgs) -> Result<Added, ClientError> {
     let waited = c.wait(&name, &entry, Some(timeout_ms));
     if let Some(bar) = bar {
         bar.finish();
+    }
+    let removed = placed.remove();
+    if waited.is_err() && !removed.is_empty() {
+        super::print_error(&format!(
+            "removed what this command placed in the inbox ({}): nothing is left behind; `modelreg versions {name}` shows whether the daemon had registered it first",
+            removed.join(", ")
+        ));
     }
     waited.map(|w| registered(w, before))
 }
@@ -495,11 +489,6 @@ fn hand_over(
 /// Prints what `add` did: the version, or where it was handed over.
 pub(super) fn print_added(a: &Added) {
     match a {
-        Added::HandedOver { name, path, .. } => outln!(
-            "handed over as {}; it becomes a version of {} once it settles (`modelreg status` shows it)",
-            esc(path),
-            esc(name)
-        ),
         Added::Registered {
             waited: w,
             metrics_updated,

@@ -114,3 +114,66 @@ pub(super) fn check_folder_has_file(dir: &Path) -> Result<(), ClientError> {
         dir.display()
     )))
 }
+
+/// Refuses an inbox hand-over into an `inbox` this user may not write to, before anything
+/// is copied: what was tried (and, in `refused`, why the descriptor hand-over was not
+/// taken), which path, which user, the inbox's owner, group and mode, and what to do.
+pub(super) fn check_inbox_writable(
+    src: &Path,
+    inbox: &Path,
+    refused: Option<&ClientError>,
+) -> Result<(), ClientError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(c) = std::ffi::CString::new(inbox.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: `c` is a NUL-terminated path; faccessat only reads it. AT_EACCESS: the
+    // effective user, the one that would create the copy.
+    let r = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let why = std::io::Error::last_os_error();
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let user = modelreg::users::user_name(uid);
+    let (owner, group) = std::fs::metadata(inbox).map_or_else(
+        |_| (String::new(), "its group".to_string()),
+        |m| {
+            let g = modelreg::users::group_name(m.gid());
+            let shown = format!(
+                " (owner {}, group {g}, mode {:o})",
+                modelreg::users::user_name(m.uid()),
+                m.mode() & 0o7777
+            );
+            // Membership helps only where the group may write.
+            let g = match m.mode() & 0o030 == 0o030 {
+                true => g,
+                false => format!("{g}, once the inbox is group-writable (chmod g+wx)"),
+            };
+            (shown, g)
+        },
+    );
+    let tried = match refused {
+        Some(e) => format!("the daemon refused the hand-over ({e}) and "),
+        None => String::new(),
+    };
+    Err(ClientError::Remote(modelreg::protocol::ErrorBody {
+        code: modelreg::protocol::ErrorCode::PermissionDenied,
+        message: format!(
+            "{} was not registered: {tried}the inbox {}{owner} is not writable by user {user} \
+             (uid {uid}): {why}; nothing was copied. Register as the daemon's user or root, or \
+             as a member of the inbox's group {group}",
+            src.display(),
+            inbox.display()
+        ),
+    }))
+}

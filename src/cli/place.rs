@@ -81,3 +81,40 @@ pub(super) fn interrupt_cleanup(tmp: &Path) -> Option<signal_hook::iterator::Han
     });
     Some(handle)
 }
+
+/// What one inbox hand-over placed (the artifact, and the sidecar when one was
+/// written), known by inode, so that only these are removed once the version is
+/// registered: a later hand-over under the same name is another inode and stays.
+pub(super) struct Placed(Vec<(PathBuf, Option<(u64, u64)>)>);
+
+impl Placed {
+    /// Notes the inodes now at `artifact` and `sidecar`, just placed.
+    pub(super) fn note(artifact: &Path, sidecar: Option<PathBuf>) -> Placed {
+        use std::os::unix::fs::MetadataExt;
+        let id = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        };
+        // The sidecar first: removed before the artifact, it is never left alone in the
+        // inbox, where it would update the newest version's metrics.
+        let mut v: Vec<(PathBuf, Option<(u64, u64)>)> =
+            sidecar.into_iter().map(|p| (id(&p), p)).map(|(i, p)| (p, i)).collect();
+        v.push((artifact.to_path_buf(), id(artifact)));
+        Placed(v)
+    }
+
+    /// Removes each of them still there as placed; returns the paths removed.
+    pub(super) fn remove(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut removed = Vec::new();
+        for (p, id) in &self.0 {
+            let now = std::fs::symlink_metadata(p).ok();
+            if id.is_some() && now.as_ref().map(|m| (m.dev(), m.ino())) == *id {
+                remove_tmp(p);
+                removed.push(p.display().to_string());
+            }
+        }
+        removed
+    }
+}

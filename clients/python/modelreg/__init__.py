@@ -1048,6 +1048,7 @@ class ModelRegistry:
         # The copy goes to a hidden temporary first; the sidecar is placed only once the
         # copy is whole, right before the rename; an interrupted hand-over (Ctrl-C,
         # SIGTERM, a full disk) leaves neither (see _Handover).
+        placed: List[Path] = []
         try:
             with _Handover(tmp) as handover:
                 copy(src, tmp)
@@ -1060,7 +1061,9 @@ class ModelRegistry:
                             f"{name}.metrics.yaml",
                         )
                         handover.placed(self._place_text(inbox, sidecar_name, sidecar))
+                        placed.append(inbox / sidecar_name)
                     _rename_into_place(tmp, inbox / entry)
+                    placed.append(inbox / entry)
         except PermissionError as e:
             if isinstance(e, ModelRegistryError) or os.access(inbox, os.W_OK | os.X_OK):
                 raise
@@ -1071,8 +1074,18 @@ class ModelRegistry:
                 "register as the daemon's user or root, or as a member of the inbox's group",
                 "permission_denied",
             ) from e
-        with self._progress(name, progress):
-            answer = self.wait(name, entry, timeout=timeout)
+        # The copy is the inbox's until registered, then nobody's: removed once the
+        # version is there (or the wait failed), the sidecar first (never left alone,
+        # where it would update the newest version's metrics), so that no full copy is
+        # left behind. Only what this call placed (by inode) is removed.
+        ours = [(p, _inode(p)) for p in placed]
+        try:
+            with self._progress(name, progress):
+                answer = self.wait(name, entry, timeout=timeout)
+        finally:
+            for p, ino in ours:
+                if ino is not None and _inode(p) == ino:
+                    _remove(p)
         record = answer.version
         record.created = answer.created
         return record
@@ -1400,6 +1413,15 @@ class _Terminated(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(128 + signal.SIGTERM)
+
+
+def _inode(path: Path) -> Optional[Tuple[int, int]]:
+    """The (device, inode) at `path`, not following a link; None when there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _remove(path: Path) -> None:
