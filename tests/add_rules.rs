@@ -263,22 +263,12 @@ fn add_cut_off_by_the_daemon_says_the_version_may_or_may_not_exist() {
 
 #[test]
 fn python_register_refused_the_hand_over_and_the_inbox_says_both() {
-    use std::os::unix::fs::PermissionsExt;
     let test = "python_register_refused_the_hand_over_and_the_inbox_says_both";
     if !can_switch_user(test) {
         return;
     }
     let d = TestDaemon::start(NO_SETTLE);
-    // Everyone reaches the socket; the inbox is root's alone.
-    let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
-    mode(d.root.path(), 0o755).unwrap();
-    mode(&d.socket(), 0o666).unwrap();
-    mode(&d.inbox(), 0o755).unwrap();
-    let public = tempfile::tempdir().unwrap();
-    mode(public.path(), 0o755).unwrap();
-    let src = public.path().join("m.pt");
-    write(&src, &bytes(9, 1000));
-    mode(&src, 0o644).unwrap();
+    let (_public, src) = socket_open_inbox_closed(&d);
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .args(["/usr/bin/python3", "-c"])

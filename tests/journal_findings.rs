@@ -8,8 +8,13 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::journal::{aliases, file_catalog, journal_path, records, two_versions};
-use common::{BIN, TestDaemon, bytes, can_switch_user, inbox_names, ok, stderr, stdout, write};
+use common::journal::{
+    aliases, file_catalog, journal_path, records, two_versions, with_an_older_copy,
+};
+use common::{
+    BIN, TestDaemon, bytes, can_switch_user, inbox_names, ok, socket_open_inbox_closed, stderr,
+    stdout, write,
+};
 use modelreg::registry::persist;
 
 fn pairs(p: &[(&str, u32)]) -> Vec<(String, u32)> {
@@ -31,15 +36,9 @@ fn recover(d: &TestDaemon) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// m at v1 and v2; production at v1 in an older registry.yaml (returned), staging at v2
-/// written to registry.yaml after it, canary at v1 only in the journal.
-fn with_an_older_copy() -> (TestDaemon, String) {
-    let d = two_versions();
-    d.client().alias_set("m", "production", "v1").unwrap();
-    d.client().compact().unwrap();
-    let old = std::fs::read_to_string(d.registry_path()).unwrap();
-    d.client().alias_set("m", "staging", "v2").unwrap();
-    d.client().compact().unwrap();
+/// [`with_an_older_copy`], then canary at v1, only in the journal.
+fn with_an_older_copy_and_a_record() -> (TestDaemon, String) {
+    let (d, old) = with_an_older_copy();
     d.client().alias_set("m", "canary", "v1").unwrap();
     (d, old)
 }
@@ -49,7 +48,7 @@ fn with_an_older_copy() -> (TestDaemon, String) {
 // ("move the journal aside"), then refused again before naming `recover`.
 #[test]
 fn an_older_copy_written_into_registry_yaml_in_place_loses_nothing() {
-    let (mut d, old) = with_an_older_copy();
+    let (mut d, old) = with_an_older_copy_and_a_record();
     d.kill();
     // As cp does: open with O_TRUNC, write.
     std::fs::write(d.registry_path(), &old).unwrap();
@@ -66,7 +65,7 @@ fn an_older_copy_written_into_registry_yaml_in_place_loses_nothing() {
 // `modelreg recover`, which mends it and says what it did and what was lost.
 #[test]
 fn registry_yaml_and_its_copy_older_than_the_journal_are_mended_by_recover() {
-    let (mut d, old) = with_an_older_copy();
+    let (mut d, old) = with_an_older_copy_and_a_record();
     d.kill();
     std::fs::write(d.registry_path(), &old).unwrap();
     std::fs::write(persist::journal::base_path(&d.registry_path()), &old).unwrap();
@@ -170,7 +169,10 @@ fn add_of_a_folder_leaves_nothing_in_the_inbox_once_registered() {
     std::fs::create_dir(&folder).unwrap();
     write(&folder.join("w.bin"), &bytes(1, 4096));
     // No --wait: the answer is the version all the same.
-    let out = ok(&d, &["add", folder.to_str().unwrap(), "--metric", "acc=0.5"]);
+    let out = ok(
+        &d,
+        &["add", folder.to_str().unwrap(), "--metric", "acc=0.5"],
+    );
     assert!(out.contains("net v1"), "{out}");
     assert_eq!(inbox_names(&d), Vec::<String>::new());
     let v = d.get("net", "latest").unwrap();
@@ -239,22 +241,12 @@ fn python_register_of_a_folder_leaves_nothing_in_the_inbox() {
 // says what was tried, which inbox, which user and what to do.
 #[test]
 fn add_refused_by_the_daemon_and_the_inbox_says_path_user_and_what_to_do() {
-    use std::os::unix::fs::PermissionsExt;
     let test = "add_refused_by_the_daemon_and_the_inbox_says_path_user_and_what_to_do";
     if !can_switch_user(test) {
         return;
     }
     let d = TestDaemon::start(NO_SETTLE);
-    // Everyone reaches the socket; the inbox is root's alone.
-    let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
-    mode(d.root.path(), 0o755).unwrap();
-    mode(&d.socket(), 0o666).unwrap();
-    mode(&d.inbox(), 0o755).unwrap();
-    let public = tempfile::tempdir().unwrap();
-    mode(public.path(), 0o755).unwrap();
-    let src = public.path().join("m.pt");
-    write(&src, &bytes(9, 1000));
-    mode(&src, 0o644).unwrap();
+    let (_public, src) = socket_open_inbox_closed(&d);
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
         .arg("--socket")

@@ -9,7 +9,9 @@ mod common;
 
 use std::process::Command;
 
-use common::journal::{aliases, file_catalog, journal_path, records, two_versions};
+use common::journal::{
+    aliases, file_catalog, journal_path, records, two_versions, with_an_older_copy,
+};
 use common::{BIN, TestDaemon};
 use modelreg::registry::persist;
 
@@ -32,18 +34,6 @@ fn warned(d: &TestDaemon, needles: &[&str]) -> bool {
     d.log()
         .lines()
         .any(|l| l.contains("WARN") && needles.iter().all(|n| l.contains(n)))
-}
-
-/// Model m with production at v1 (in an older registry.yaml, returned) and then staging
-/// at v2, both written to registry.yaml (so the journal continues the newer one).
-fn with_an_older_copy() -> (TestDaemon, String) {
-    let d = two_versions();
-    d.client().alias_set("m", "production", "v1").unwrap();
-    d.client().compact().unwrap();
-    let old = std::fs::read_to_string(d.registry_path()).unwrap();
-    d.client().alias_set("m", "staging", "v2").unwrap();
-    d.client().compact().unwrap();
-    (d, old)
 }
 
 /// registry.yaml replaced the way `cp old registry.yaml.new; mv registry.yaml.new

@@ -98,8 +98,11 @@ impl Placed {
         };
         // The sidecar first: removed before the artifact, it is never left alone in the
         // inbox, where it would update the newest version's metrics.
-        let mut v: Vec<(PathBuf, Option<(u64, u64)>)> =
-            sidecar.into_iter().map(|p| (id(&p), p)).map(|(i, p)| (p, i)).collect();
+        let mut v: Vec<(PathBuf, Option<(u64, u64)>)> = sidecar
+            .into_iter()
+            .map(|p| (id(&p), p))
+            .map(|(i, p)| (p, i))
+            .collect();
         v.push((artifact.to_path_buf(), id(artifact)));
         Placed(v)
     }

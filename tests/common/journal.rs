@@ -18,6 +18,18 @@ pub fn two_versions() -> TestDaemon {
     d
 }
 
+/// Model m with production at v1 (in an older registry.yaml, returned) and then staging
+/// at v2, both written to registry.yaml (so the journal continues the newer one).
+pub fn with_an_older_copy() -> (TestDaemon, String) {
+    let d = two_versions();
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.client().compact().unwrap();
+    let old = std::fs::read_to_string(d.registry_path()).unwrap();
+    d.client().alias_set("m", "staging", "v2").unwrap();
+    d.client().compact().unwrap();
+    (d, old)
+}
+
 /// Where each alias of m points, from the catalog the daemon committed.
 pub fn aliases(d: &TestDaemon) -> Vec<(String, u32)> {
     d.catalog().models["m"]

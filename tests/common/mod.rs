@@ -469,6 +469,23 @@ pub fn can_switch_user(test: &str) -> bool {
     ok
 }
 
+/// Opens `d`'s socket to everyone and leaves its inbox writable by root alone (0755);
+/// returns a folder anyone may read holding `m.pt` (0644), for a hand-over by another
+/// user that the daemon refuses and the inbox cannot take either.
+pub fn socket_open_inbox_closed(d: &TestDaemon) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(d.root.path(), 0o755).unwrap();
+    mode(&d.socket(), 0o666).unwrap();
+    mode(&d.inbox(), 0o755).unwrap();
+    let public = tempfile::tempdir().unwrap();
+    mode(public.path(), 0o755).unwrap();
+    let src = public.path().join("m.pt");
+    write(&src, &bytes(9, 1000));
+    mode(&src, 0o644).unwrap();
+    (public, src)
+}
+
 /// A command's stdout as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -146,7 +146,7 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(len(r["files"]), 2)
         self.assertEqual(r["path"], r["dir"])
 
-    def test_a_folder_registered_again_replaces_the_one_still_in_the_inbox(self) -> None:
+    def test_a_folder_registered_again_leaves_nothing_in_the_inbox(self) -> None:
         folder = self.work / "again"
         folder.mkdir()
         weights(folder / "w.bin", 21)
@@ -155,7 +155,8 @@ class ClientTest(unittest.TestCase):
         r2 = self.reg.register("again", folder)
         self.assertEqual((r1.version, r2.version), ("v1", "v2"))
         inbox = Path(self.reg.status()["inbox"])
-        self.assertEqual([n for n in os.listdir(inbox) if "again" in n], ["again"])
+        # Each copy (and its sidecar) is removed once its version is registered.
+        self.assertEqual([n for n in os.listdir(inbox) if "again" in n], [])
 
     def test_errors(self) -> None:
         self.reg.register("e", weights(self.work / "e.pt", 1), metrics={"accuracy": 0.5})
@@ -210,13 +211,13 @@ class ClientTest(unittest.TestCase):
         w = self.work / "js"
         w.mkdir()
         weights(w / "w.pt", 1)
-        self.reg.register("js", w, metrics={"accuracy": 0.5})
-        os.replace(inbox / "js.metrics.yaml", inbox / "js.metrics.json")
-        # (The registered folder leaves the inbox: a folder cannot be replaced over one.)
-        shutil.rmtree(inbox / "js")
+        # A user's sidecar waiting under the JSON spelling (its artifact not there yet).
+        (inbox / "js.metrics.json").write_text('{"metrics": {"accuracy": 0.5}}\n')
         v = self.reg.register("js", w, metrics={"accuracy": 0.9}, timeout=30)
         self.assertFalse((inbox / "js.metrics.yaml").exists())
         self.assertEqual(v.metrics["accuracy"], 0.9)
+        # What register placed is gone once registered.
+        self.assertEqual([n for n in os.listdir(inbox) if n.startswith("js")], [])
 
     def test_bad_arguments_are_refused_before_anything_is_copied(self) -> None:
         inbox = Path(self.reg.status()["inbox"])
