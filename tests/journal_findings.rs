@@ -138,7 +138,7 @@ fn a_dropped_torn_tail_is_a_problem_in_status() {
         .append(true)
         .open(journal_path(&d))
         .unwrap();
-    std::io::Write::write_all(&mut f, b"\0REC\x40\0\0\001234567{\"seq\":9").unwrap();
+    std::io::Write::write_all(&mut f, b"\0REC\x40\0\0\x0001234567{\"seq\":9").unwrap();
     drop(f);
     d.spawn();
     let line = d.wait_problem_text("registry.journal");
