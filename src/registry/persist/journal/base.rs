@@ -118,7 +118,7 @@ pub fn base_newer(
         .filter(|c| c.journal_seq >= from)?;
     tracing::warn!(
         registry = %registry.display(),
-        "{} (up to journal record {seq}) is older than the journal (from record {from}): replaced by an older copy? \
+        "{} (up to journal record {seq}) is older than the journal (from record {from}): replaced by, or overwritten with, an older copy? \
          Using its last copy {} (up to record {}) and the journal's later records instead",
         registry.display(),
         base.display(),
