@@ -118,6 +118,48 @@ struct Inner {
     /// While the Hugging Face cache view is checked model by model (first start, a
     /// reload, the view deleted): how many models are still to check.
     hf_cache_checking: Option<usize>,
+    /// Stored files found changed in place, by (device, inode): each is one problem
+    /// naming every version whose file it is, kept until none is left or `verify` finds
+    /// the file right again.
+    damaged: BTreeMap<(u64, u64), DamagedFile>,
+}
+
+/// A damaged stored file (see `Inner::damaged`).
+#[derive(Debug, Clone)]
+struct DamagedFile {
+    model: String,
+    /// The versions sharing the inode: number, the file's path in the version, full path.
+    sharers: Vec<(u32, String, String)>,
+    /// What is wrong and what was done.
+    reason: String,
+    /// The path its problem is keyed by (the first sharer's, when it was last shown).
+    shown: String,
+}
+
+impl DamagedFile {
+    /// The problem's text: the first sharer by model, version and file (and path), then
+    /// every other version whose file is the same inode.
+    fn message(&self) -> String {
+        let mut names = self
+            .sharers
+            .iter()
+            .map(|(n, rel, _)| format!("{} v{n} {rel}", self.model));
+        let first = names.next().unwrap_or_default();
+        let path = self.sharers.first().map_or("", |s| s.2.as_str());
+        let others: Vec<String> = names.collect();
+        let also = if others.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", the same file (one inode, hard-linked by dedup) as {}",
+                others.join(", ")
+            )
+        };
+        format!(
+            "stored file {first} ({path}){also} damaged: {}; run `modelreg verify`",
+            self.reason
+        )
+    }
 }
 
 /// The current time as RFC 3339 UTC, to the second.
@@ -187,6 +229,75 @@ impl StatusBoard {
             tracing::info!(path, "problem resolved");
             drop(g);
             self.changed.notify_one();
+        }
+    }
+
+    /// Records that the stored file of `model` on inode `inode`, shared by `sharers`
+    /// (number, path in the version, full path), is damaged (`reason`): one problem
+    /// naming every version whose file it is. With no sharer, nothing is recorded.
+    pub fn set_damaged(
+        &self,
+        inode: (u64, u64),
+        model: &str,
+        sharers: Vec<(u32, String, String)>,
+        reason: &str,
+    ) {
+        let Some(first) = sharers.first() else { return };
+        let file = DamagedFile {
+            model: model.to_string(),
+            shown: first.2.clone(),
+            sharers,
+            reason: reason.to_string(),
+        };
+        let old = self.lock().damaged.insert(inode, file.clone());
+        if let Some(old) = old.filter(|o| o.shown != file.shown) {
+            self.clear_problem(&old.shown);
+        }
+        self.set_problem(&file.shown, &file.message());
+    }
+
+    /// Keeps in each damaged file's problem only the versions `stays(model, number)`
+    /// says are still stored, and clears the problems of those with none left (`rm`, gc).
+    pub fn damaged_keep(&self, stays: impl Fn(&str, u32) -> bool) {
+        // (the problem's old key, the file as it is now: no sharer left when gone)
+        let mut changed: Vec<(String, DamagedFile)> = Vec::new();
+        self.lock().damaged.retain(|_, d| {
+            let before = d.sharers.len();
+            d.sharers.retain(|(n, _, _)| stays(&d.model, *n));
+            if d.sharers.len() != before {
+                let old = std::mem::take(&mut d.shown);
+                d.shown = d.sharers.first().map(|s| s.2.clone()).unwrap_or_default();
+                changed.push((old, d.clone()));
+            }
+            !d.sharers.is_empty()
+        });
+        for (old, d) in changed {
+            if old != d.shown {
+                self.clear_problem(&old);
+            }
+            if !d.sharers.is_empty() {
+                self.set_problem(&d.shown, &d.message());
+            }
+        }
+    }
+
+    /// After a `verify` of the models `checked` says: clears the damaged files of those
+    /// models none of whose sharers' paths `still_bad` names (the file was put right).
+    pub fn damaged_verified(
+        &self,
+        checked: impl Fn(&str) -> bool,
+        still_bad: impl Fn(&str) -> bool,
+    ) {
+        let mut cleared = Vec::new();
+        self.lock().damaged.retain(|_, d| {
+            let fine = checked(&d.model) && !d.sharers.iter().any(|(_, _, p)| still_bad(p));
+            if fine {
+                cleared.push(d.shown.clone());
+            }
+            !fine
+        });
+        for shown in cleared {
+            self.clear_problem(&shown);
         }
     }
 

@@ -11,6 +11,49 @@ pub use crate::protocol::{ProblemKind, VerifyProblem, VerifyReport};
 use crate::registry::Catalog;
 use crate::store;
 
+/// A stored file (found damaged) and every stored version whose file is that inode: dedup
+/// hard-links equal files of a model, so one damaged inode is the damaged file of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sharers {
+    /// The model.
+    pub model: String,
+    /// The file's (device, inode).
+    pub inode: (u64, u64),
+    /// Each version whose file it is: number, the file's path in the version, full path.
+    pub versions: Vec<(u32, String, String)>,
+}
+
+/// The sharers of the stored file at `path` (in `store`, under `root`): `None` when it is
+/// not a file of a stored version the catalog names, or cannot be looked at. Only files
+/// recorded with the same content are looked at: dedup links nothing else.
+pub fn sharers(root: &Path, store_dir: &Path, catalog: &Catalog, path: &Path) -> Option<Sharers> {
+    use std::os::unix::fs::MetadataExt;
+    let mut parts = path.strip_prefix(store_dir).ok()?.iter();
+    let model = parts.next()?.to_str()?.to_string();
+    let number = crate::registry::parse_version_number(parts.next()?.to_str()?)?;
+    let m = catalog.models.get(&model)?;
+    let v = m.stored().find(|v| v.number == number)?;
+    let sha = &v.files.iter().find(|f| root.join(&f.path) == path)?.sha256;
+    let meta = fs::symlink_metadata(path).ok()?;
+    let inode = (meta.dev(), meta.ino());
+    let mut versions = Vec::new();
+    for v in m.stored() {
+        let dir = store::version_dir(store_dir, &model, v.number);
+        for f in v.files.iter().filter(|f| &f.sha256 == sha) {
+            let p = root.join(&f.path);
+            if fs::symlink_metadata(&p).is_ok_and(|m| (m.dev(), m.ino()) == inode) {
+                let rel = p.strip_prefix(&dir).unwrap_or(&p).display().to_string();
+                versions.push((v.number, rel, p.display().to_string()));
+            }
+        }
+    }
+    Some(Sharers {
+        model,
+        inode,
+        versions,
+    })
+}
+
 /// Only checks that the files exist with the recorded size (cheap; used at start-up).
 pub fn missing_files(root: &Path, catalog: &Catalog) -> Vec<VerifyProblem> {
     let mut out = Vec::new();
@@ -114,6 +157,10 @@ pub fn verify(
         }
     };
     for name in models {
+        if name == store::trash::TRASH {
+            // Folders of removed versions being deleted (store::trash): not the catalog's.
+            continue;
+        }
         if name == store::STAGING {
             // Staging folders of registrations not finished (removed or completed at the
             // daemon's next start; under a running daemon, a copy in progress).

@@ -184,6 +184,26 @@ fn print_json<T: serde::Serialize>(v: &T) {
     outln!("{}", modelreg::display::escape_json_for_terminal(&text));
 }
 
+/// Sets how long to wait for the answer to `cmd` where the 60 s default could cut short an
+/// operation that succeeds: a change is answered once durable, which the daemon itself
+/// gives up on only after [`CHANGE_CONFIRM`](modelreg::protocol::CHANGE_CONFIRM) (a `gc`
+/// of thousands of versions may take a while), and `verify` re-hashes the whole store.
+/// Reporting a timeout of our own there would call a change that was made a failure.
+fn wait_long_enough(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
+    use std::time::Duration;
+    let wait = match cmd {
+        Command::Alias { .. }
+        | Command::Rollback { .. }
+        | Command::Deprecate { .. }
+        | Command::Rm { .. }
+        | Command::Gc { .. }
+        | Command::Compact { .. } => modelreg::protocol::CHANGE_CONFIRM + Duration::from_secs(10),
+        Command::Verify { .. } => Duration::from_secs(24 * 3600),
+        _ => return Ok(()),
+    };
+    c.set_read_timeout(wait)
+}
+
 /// Prints `answer` as JSON with `--json`, else with `render`.
 fn show<T: serde::Serialize>(json: bool, answer: &T, render: impl FnOnce(&T)) {
     if json {
@@ -194,6 +214,7 @@ fn show<T: serde::Serialize>(json: bool, answer: &T, render: impl FnOnce(&T)) {
 }
 
 fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
+    wait_long_enough(c, cmd)?;
     match cmd {
         Command::Serve | Command::Recover => unreachable!("handled in main"),
         Command::Add {
@@ -388,7 +409,8 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
                 if !r.aliases_dropped.is_empty() {
                     out!("; aliases dropped: {}", esc(&r.aliases_dropped.join(", ")));
                 }
-                outln!();
+                // Counted once per inode, and nothing for files a kept version shares.
+                outln!("; freed {}", modelreg::status::human_bytes(r.freed));
             },
         ),
         Command::Gc {

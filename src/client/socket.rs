@@ -1,7 +1,7 @@
 //! The control socket's side of [`Client`](super::Client): one Unix stream, a JSON line
 //! each way, descriptors passed with SCM_RIGHTS.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -76,7 +76,21 @@ impl Socket {
         };
         self.writer.write_all(&buf[sent..]).map_err(io)?;
         let mut answer = String::new();
-        let n = self.reader.read_line(&mut answer).map_err(io)?;
+        let n = match self.reader.read_line(&mut answer) {
+            Ok(n) => n,
+            // The read timeout ran out: said as such, not as "Resource temporarily
+            // unavailable", and without claiming the request failed.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                let secs = (self.reader.get_ref().read_timeout().ok().flatten())
+                    .map_or(0, |t| t.as_secs());
+                return Err(ClientError::Protocol(format!(
+                    "no answer from {} within {secs} s; the daemon may still carry the \
+                     request out (see `modelreg status` and the daemon's log)",
+                    self.path.display()
+                )));
+            }
+            Err(e) => return Err(io(e)),
+        };
         if n == 0 {
             return Err(ClientError::Protocol(
                 "the daemon closed the connection".into(),

@@ -264,6 +264,7 @@ impl Registrar {
             let snap = snapshot.clone();
             let staged = batch.staged;
             let deletions = batch.deletions;
+            let removed_any = !deletions.is_empty();
             let store_dir = self.config.store.clone();
             let best = self.config.best.clone();
             let board = self.board.clone();
@@ -292,6 +293,7 @@ impl Registrar {
             let (log, cfg) = (self.shared.events().cloned(), self.config.clone());
             let written = tokio::task::spawn_blocking(move || {
                 let t0 = std::time::Instant::now();
+                let mut trashed = Vec::new();
                 let ((r, fresh, whole), events) = match &record {
                     None => ((Ok(()), true, whole), None),
                     // The record's events are made durable in the same round (events.rs).
@@ -318,12 +320,14 @@ impl Registrar {
                     // Before the files of removed versions go: the view never shows them gone.
                     let names: Vec<String> = links.iter().map(|(n, _)| n.clone()).collect();
                     hf.after_commit(hf_on, &before, &snap, &names, refresh_all, &best);
-                    // Files of removed versions go only now that the tombstone is durable;
-                    // start-up finishes a deletion a crash interrupted.
-                    for (name, n) in &deletions {
-                        if let Err(e) = store::retire(&store_dir, name, *n) {
-                            tracing::error!("{e}");
-                        }
+                    // Files of removed versions go only now that the tombstone is durable,
+                    // and not on this path: each folder is renamed into the trash, which a
+                    // worker empties after the answer (store::trash); start-up finishes a
+                    // removal a crash interrupted.
+                    let (moved, errors) = store::trash::move_to_trash(&store_dir, &deletions);
+                    trashed = moved;
+                    for e in errors {
+                        tracing::error!("{e}");
                     }
                     // Each link on its own: one that cannot be made (a name too long,
                     // a full disk) is a problem in `status`, and the others still move.
@@ -347,12 +351,13 @@ impl Registrar {
                         }
                     }
                 }
-                (r, fresh, whole, staged, journal, published, events)
+                (r, fresh, whole, staged, journal, published, events, trashed)
             })
             .await;
             match written {
-                Ok((r, fresh, whole, staged, journal, published, events)) => {
+                Ok((r, fresh, whole, staged, journal, published, events, trashed)) => {
                     self.writeback.journal = journal;
+                    self.empty_trash(trashed);
                     for name in &published {
                         self.index.published(name);
                     }
@@ -366,6 +371,16 @@ impl Registrar {
                                 self.board.clear_problem(&self.journal_shown());
                             }
                             let previous = self.shared.publish(snapshot);
+                            if removed_any {
+                                // A damaged file's problem names only versions still stored.
+                                let now = self.shared.catalog();
+                                self.board.damaged_keep(|m, n| {
+                                    now.models
+                                        .get(m)
+                                        .and_then(|m| m.find(n))
+                                        .is_some_and(|v| v.removed.is_none())
+                                });
+                            }
                             self.keep_spare(previous, batch.changed.clone());
                             if let (Some(log), Some(p)) = (self.shared.events(), events) {
                                 log.commit(p);

@@ -119,6 +119,7 @@ impl Registrar {
             .board
             .start_handover(&job.name, job.files.size(), &shown);
         let board = self.board.clone();
+        let (config, shared) = (self.config.clone(), self.shared.clone());
         tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             let done = copying.progress.clone();
@@ -136,7 +137,8 @@ impl Registrar {
             drop(copying);
             // Stored files found changed in place (see plan.rs).
             for (path, why) in damaged.take() {
-                board.set_problem(&path.display().to_string(), &why);
+                let at = (config.root.as_path(), config.store.as_path());
+                super::report_damaged(&board, at, &shared.catalog(), &path, &why);
             }
             let copied = Copied {
                 name: name.clone(),

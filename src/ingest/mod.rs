@@ -31,6 +31,7 @@ mod plan;
 mod snapshot;
 mod writeback;
 
+pub use changes::report_damaged;
 pub use commit::link_targets;
 pub use copy::{JobResult, NewVersion, SidecarRead};
 pub use handover::Copied;
@@ -210,6 +211,9 @@ impl Registrar {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<RegistrarMsg>, shutdown: Shutdown) {
         let mut stopping = false;
         let mut live = true;
+        // What a crash or a shutdown left in the trash goes first (listed now, before any
+        // removal of this run adds to it).
+        self.empty_trash(crate::store::trash::leftovers(&self.config.store));
         loop {
             if stopping && self.in_flight == 0 {
                 break;

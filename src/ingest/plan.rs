@@ -135,6 +135,7 @@ impl Registrar {
         self.busy.insert(s.name.clone());
         let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
         let board = self.board.clone();
+        let (config, shared) = (self.config.clone(), self.shared.clone());
         tokio::spawn(async move {
             let name = job.name.clone();
             let _permit = sem.acquire_owned().await;
@@ -168,7 +169,8 @@ impl Registrar {
             // Stored files whose bytes were found changed in place: shown until restart
             // (a WARN in the log too), as `verify` would report them.
             for (path, why) in damaged.take() {
-                board.set_problem(&path.display().to_string(), &why);
+                let at = (config.root.as_path(), config.store.as_path());
+                super::report_damaged(&board, at, &shared.catalog(), &path, &why);
             }
             if let JobResult::Done { new, .. } = &result {
                 board.count_dedup(new.iter().map(|v| v.dedup_saved).sum());

@@ -345,6 +345,10 @@ pub struct Removed {
     pub removed: bool,
     /// The aliases that pointed to it and were dropped (`force`).
     pub aliases_dropped: Vec<String>,
+    /// The bytes its removal frees: each of its files counted once per inode, and only
+    /// when no version that stays shares it (dedup hard-links equal files).
+    #[serde(default)]
+    pub freed: u64,
 }
 
 /// One version in a `gc` answer.
@@ -354,7 +358,7 @@ pub struct GcVersion {
     pub name: String,
     /// The version (`vN`).
     pub version: String,
-    /// Its bytes.
+    /// Its bytes (files it shares with other versions included; see `bytes`).
     pub size: u64,
 }
 
@@ -365,7 +369,8 @@ pub struct GcReport {
     pub dry_run: bool,
     /// What was (or would be) removed.
     pub versions: Vec<GcVersion>,
-    /// The bytes freed (or that would be).
+    /// The bytes freed (or that would be): each removed file counted once per inode, and
+    /// only when no version that stays shares it (dedup hard-links equal files).
     pub bytes: u64,
 }
 
@@ -447,6 +452,7 @@ impl ChangeAnswer {
                 version: v(version),
                 removed: true,
                 aliases_dropped,
+                freed: 0,
             }),
         }
     }

@@ -24,6 +24,11 @@ use crate::registry::RegistryError;
 /// answer and the connection is closed (the rest of the line cannot be resynchronised).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// How long the daemon waits for the registrar to make a change durable before it
+/// answers that the change was not confirmed. A client waits a little longer than this
+/// for a change's answer, so that it reports what the daemon says, never its own timeout.
+pub const CHANGE_CONFIRM: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Machine-readable error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -169,7 +169,7 @@ async fn send_change(ctx: &Context, change: Change, uid: Option<u32>) -> Respons
     if ctx.registrar.send(msg).is_err() {
         return Response::err(ErrorCode::ShuttingDown, "the daemon is shutting down");
     }
-    match tokio::time::timeout(Duration::from_secs(120), rx).await {
+    match tokio::time::timeout(crate::protocol::CHANGE_CONFIRM, rx).await {
         Ok(Ok(Ok(answer))) => Response::answer(&answer),
         Ok(Ok(Err(e))) => e.into(),
         Ok(Err(_)) => Response::err(
@@ -178,7 +178,10 @@ async fn send_change(ctx: &Context, change: Change, uid: Option<u32>) -> Respons
         ),
         Err(_) => Response::err(
             ErrorCode::Internal,
-            "the change was not confirmed within 120 s (see the daemon's log)",
+            format!(
+                "the change was not confirmed within {} s (see the daemon's log)",
+                crate::protocol::CHANGE_CONFIRM.as_secs()
+            ),
         ),
     }
 }
@@ -277,14 +280,43 @@ async fn verify(ctx: &Context, name: Option<String>) -> Response {
         return e.into();
     }
     let cfg = ctx.config();
+    let only = name.clone();
     let report = tokio::task::spawn_blocking(move || {
-        crate::verify::verify(&cfg.root, &cfg.store, &catalog, name.as_deref())
+        crate::verify::verify(&cfg.root, &cfg.store, &catalog, only.as_deref())
     })
     .await;
     match report {
-        Ok(r) => Response::answer(&r),
+        Ok(r) => {
+            damaged_in_status(ctx, &r, name.as_deref());
+            Response::answer(&r)
+        }
         Err(e) => Response::err(ErrorCode::Internal, format!("verify failed: {e}")),
     }
+}
+
+/// What `verify` found of changed stored files lasts in `status`: each as one problem
+/// naming every version sharing its inode; one it finds right again (every version
+/// sharing it verified) is cleared.
+fn damaged_in_status(ctx: &Context, r: &crate::verify::VerifyReport, only: Option<&str>) {
+    use crate::verify::ProblemKind;
+    let cfg = ctx.config();
+    let catalog = ctx.shared.catalog();
+    let bad: std::collections::BTreeSet<&str> = (r.problems.iter())
+        .filter(|p| matches!(p.kind, ProblemKind::Modified | ProblemKind::Unreadable))
+        .map(|p| p.path.as_str())
+        .collect();
+    for p in r.problems.iter().filter(|p| bad.contains(p.path.as_str())) {
+        // "m v1: expected ..." -> "expected ...": the problem names the versions itself.
+        let found = p
+            .detail
+            .split_once(": ")
+            .map_or(p.detail.as_str(), |(_, d)| d);
+        let reason = format!("`modelreg verify` found: {found}");
+        let at = (cfg.root.as_path(), cfg.store.as_path());
+        crate::ingest::report_damaged(&ctx.board, at, &catalog, p.path.as_ref(), &reason);
+    }
+    ctx.board
+        .damaged_verified(|m| only.is_none_or(|o| o == m), |path| bad.contains(path));
 }
 
 #[cfg(test)]

@@ -111,50 +111,29 @@ pub(super) fn identity(f: &File) -> Option<(u64, u64)> {
 pub struct Damaged(Arc<Mutex<Vec<(PathBuf, String)>>>);
 
 impl Damaged {
-    /// Records that the stored file `path` (in the store `store`), recorded with content
-    /// `sha256`, no longer holds it (`verdict` says how it was found out).
-    pub(super) fn report(&self, store: &Path, path: &Path, sha256: &str, verdict: &Verdict) {
+    /// Records that the stored file `path`, recorded with content `sha256`, no longer
+    /// holds it (`verdict` says how it was found out). What is recorded is the reason; the
+    /// job's owner names the file and every version sharing it (`verify::sharers`).
+    pub(super) fn report(&self, path: &Path, sha256: &str, verdict: &Verdict) {
         let how = match verdict {
             Verdict::Same => return,
             Verdict::DiffersAt(at) => format!("its bytes differ from that content at byte {at}"),
             Verdict::Unreadable(why) => format!("it cannot be read ({why})"),
         };
-        let detail = format!(
-            "stored file {} damaged: recorded with sha256 {sha256}, but {how}; a new version \
-             with that content was given a copy of its own instead of a link to it; run \
-             `modelreg verify`",
-            which_file(store, path)
+        let reason = format!(
+            "recorded with sha256 {sha256}, but {how}; a new version with that content was \
+             given a copy of its own instead of a link to it"
         );
-        tracing::debug!(file = %path.display(), "{detail}");
+        tracing::debug!(file = %path.display(), "stored file damaged: {reason}");
         let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if !list.iter().any(|(p, _)| p == path) {
-            list.push((path.to_path_buf(), detail));
+            list.push((path.to_path_buf(), reason));
         }
     }
 
-    /// Takes what was reported so far.
+    /// Takes what was reported so far: (path, reason).
     pub fn take(&self) -> Vec<(PathBuf, String)> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-/// A stored file as the status problem names it: `MODEL vN FILE` (`path`) when it lies
-/// in a version folder of `store`, else its path alone.
-fn which_file(store: &Path, path: &Path) -> String {
-    let rel = path.strip_prefix(store).ok();
-    let mut parts = rel.into_iter().flat_map(|r| r.iter());
-    match (parts.next(), parts.next()) {
-        (Some(model), Some(version)) => {
-            let file: PathBuf = parts.collect();
-            format!(
-                "{} {} {} ({})",
-                model.to_string_lossy(),
-                version.to_string_lossy(),
-                file.display(),
-                path.display()
-            )
-        }
-        _ => path.display().to_string(),
     }
 }
 

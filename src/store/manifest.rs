@@ -210,30 +210,42 @@ pub fn highest_in_store_since(
 /// is lost.
 pub fn retire(store: &Path, name: &str, n: u32) -> Result<()> {
     let dir = version_dir(store, name, n);
+    if bury(store, name, n)? {
+        sync_dir(&store.join(name).join(TOMBSTONES))?;
+    }
+    discard(&dir)
+}
+
+/// Keeps version `n`'s manifest (or a minimal one) as its tombstone
+/// `<name>/.removed/v<N>.json`, leaving the rest of its folder where it is; returns
+/// whether a tombstone was made (the folder is there and had none yet). Not fsynced: the
+/// caller syncs `.removed` once for all it buried (the catalog's record, durable before
+/// any of this, already keeps the number taken).
+pub(super) fn bury(store: &Path, name: &str, n: u32) -> Result<bool> {
+    let dir = version_dir(store, name, n);
     let graves = store.join(name).join(TOMBSTONES);
     let grave = graves.join(format!("v{n}.json"));
     check_no_link(store, &dir)?;
     check_no_link(store, &graves)?;
-    if dir.exists() && !grave.exists() {
-        if !graves.is_dir() {
-            fs::create_dir_all(&graves).map_err(|e| Error::io("create folder", &graves, e))?;
-            set_folder_mode(&graves)?;
-        }
-        let manifest = dir.join(MANIFEST);
-        match fs::rename(&manifest, &grave) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Stored before manifests existed: the number is what matters.
-                let m = Manifest::minimal(name, n);
-                let text =
-                    serde_json::to_vec_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
-                fs::write(&grave, text).map_err(|e| Error::io("write", &grave, e))?;
-                fs::set_permissions(&grave, fs::Permissions::from_mode(0o400))
-                    .map_err(|e| Error::io("make read-only", &grave, e))?;
-            }
-            Err(e) => return Err(Error::io("keep tombstone", &grave, e)),
-        }
-        sync_dir(&graves)?;
+    if !dir.exists() || grave.exists() {
+        return Ok(false);
     }
-    discard(&dir)
+    if !graves.is_dir() {
+        fs::create_dir_all(&graves).map_err(|e| Error::io("create folder", &graves, e))?;
+        set_folder_mode(&graves)?;
+    }
+    let manifest = dir.join(MANIFEST);
+    match fs::rename(&manifest, &grave) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Stored before manifests existed: the number is what matters.
+            let m = Manifest::minimal(name, n);
+            let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
+            fs::write(&grave, text).map_err(|e| Error::io("write", &grave, e))?;
+            fs::set_permissions(&grave, fs::Permissions::from_mode(0o400))
+                .map_err(|e| Error::io("make read-only", &grave, e))?;
+        }
+        Err(e) => return Err(Error::io("keep tombstone", &grave, e)),
+    }
+    Ok(true)
 }

@@ -22,7 +22,8 @@
 //! `links` (never through a link; latest, best and alias links), `dedup` (a file already
 //! stored for the model is hard-linked, not kept twice, and when found before copying,
 //! only read), `compare` (its bytes compared with the stored file's first; damaged stored
-//! files reported); here, the layout and
+//! files reported), `trash` (removed versions' folders moved aside at once, deleted by a
+//! worker); here, the layout and
 //! the modes every folder and file of the store gets.
 
 use std::fs;
@@ -41,6 +42,7 @@ mod manifest;
 mod rebuild;
 mod seal;
 mod staging;
+pub mod trash;
 
 pub use compare::Damaged;
 pub use copy::hash_file;

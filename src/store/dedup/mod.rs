@@ -228,7 +228,7 @@ pub(super) fn link_if_stored(
         {
             return Ok(Some((sha256, size)));
         }
-        stored.damaged.report(store, path, recorded, &verdict);
+        stored.damaged.report(path, recorded, &verdict);
     }
     // Equal samples, other bytes (or the link failed): copied from the start after all.
     done.fetch_sub(size, Ordering::Relaxed);
@@ -316,7 +316,7 @@ pub fn link_duplicates(store: &Path, staged: &Staged, stored: &Stored) -> Result
         let linked = match from_store.map(|p| (p, link_over(p, &dst, f.size))) {
             Some((_, Ok(linked))) => linked,
             Some((p, Err(verdict))) => {
-                stored.damaged.report(store, p, &f.sha256, &verdict);
+                stored.damaged.report(p, &f.sha256, &verdict);
                 earlier(&dst)
             }
             None => earlier(&dst),
