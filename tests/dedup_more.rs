@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::*;
@@ -13,24 +13,6 @@ use common::*;
 const FILE: usize = 256 * 1024;
 /// Between the start and middle samples: only a full comparison sees a change here.
 const UNSAMPLED: u64 = 100_000;
-
-/// Flips one byte of the stored file `path` in place, as a disk fault or a stray writer
-/// would, keeping its mode, owner and recorded SHA-256 as they were.
-fn damage_in_place(path: &Path, at: u64) {
-    let mode = std::fs::metadata(path).unwrap().permissions().mode();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
 
 fn ino(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().ino()

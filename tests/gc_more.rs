@@ -148,22 +148,6 @@ fn gc_counts_each_freed_inode_once_and_nothing_a_kept_version_shares() {
     assert_eq!(k["bytes"], FILE as u64, "only y; x stays with v3: {k}");
 }
 
-/// Flips one byte of the stored file `path` in place (a disk fault), keeping its mode.
-fn damage_in_place(path: &Path) {
-    let mode = std::fs::metadata(path).unwrap().permissions().mode();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, 100_000).unwrap();
-    f.write_all_at(&[b[0] ^ 0xff], 100_000).unwrap();
-    drop(f);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// The `damaged` problems of `status`: (path, message).
 fn damaged(d: &TestDaemon) -> Vec<(String, String)> {
     (d.status().problems.into_iter())
@@ -180,7 +164,7 @@ fn damaged_sharers() -> (TestDaemon, Vec<u8>) {
     for content in [&x, &y, &x, &z] {
         register(&d, "tok", content);
     }
-    damage_in_place(&d.root.path().join("models/tok/v1/w.bin"));
+    damage_in_place(&d.root.path().join("models/tok/v1/w.bin"), 100_000);
     (d, x)
 }
 

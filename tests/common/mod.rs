@@ -637,3 +637,22 @@ pub fn python_json(script: &str, arg: &str) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Flips one byte of the stored file `path` in place, as a disk fault or a stray writer
+/// would, keeping its mode, owner and recorded SHA-256 as they were.
+pub fn damage_in_place(path: &Path, at: u64) {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
