@@ -24,6 +24,7 @@
 //! - 3 [`query`]    search: `where` expressions, tags, sort and paging for list and versions.
 //! - 3 [`extract`]  facts read from a version's headers (safetensors, GGUF, ONNX, torch zip, HF folders), provenance.
 //! - 3 [`catalogdb`] team mode's shared catalog in PostgreSQL: numbered versions, aliases, the change log.
+//! - 3 [`blobs`]    the team blob store: content-addressed files on S3 or a shared folder, verified.
 //! - 3 [`tokens`]   HTTP API tokens: kept as SHA-256 hashes in tokens.yaml, checked in constant time.
 //! - 2 [`registry`] the catalog, its rules (selectors, changes, errors) and registry.yaml.
 //! - 1 [`config`]   settings: embedded default, file, validation, live settings.
@@ -38,6 +39,7 @@
 //! - 0 [`shutdown`] a cloneable shutdown signal.
 //! - 0 [`error`]    error types that carry path, position and cause.
 
+pub mod blobs;
 pub mod catalogdb;
 pub mod client;
 pub mod config;

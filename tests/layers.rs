@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("inbox", 3),
     ("tokens", 3),
     ("events", 3),
+    ("blobs", 3),
     ("extract", 3),
     ("catalogdb", 3),
     ("status", 4),

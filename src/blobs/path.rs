@@ -1,0 +1,223 @@
+//! The folder backend: blobs as files under a folder the hosts share, written to a hidden temp file, hashed, fsynced, renamed into place.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::error::{BlobError, BlobResult};
+use super::local::{Reader, TempDest, blocking, hash_file};
+use super::{BlobInfo, BlobOptions, PutOutcome, Upload, Verification, sha256_of_key};
+use crate::fsutil::sync_dir;
+
+/// Bytes read and written at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Blobs under a shared folder: `<folder>/sha256/ab/ab12...`.
+#[derive(Debug, Clone)]
+pub(super) struct PathBlobs {
+    root: PathBuf,
+    describe: String,
+    read_back: bool,
+}
+
+impl PathBlobs {
+    /// The folder must exist (a share not mounted must not be filled on the local disk).
+    pub fn open(setting: &str, root: &Path, options: &BlobOptions) -> BlobResult<Self> {
+        if !root.is_dir() {
+            return Err(BlobError::Config {
+                given: setting.to_string(),
+                reason: format!("{} is not a folder (is the share mounted?)", root.display()),
+            });
+        }
+        Ok(PathBlobs {
+            root: root.to_path_buf(),
+            describe: format!("folder {}", root.display()),
+            read_back: options.read_back,
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// The blob's file.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub async fn put_file(
+        &self,
+        src: &Path,
+        sha256: &str,
+        size: u64,
+        rel: &str,
+    ) -> BlobResult<PutOutcome> {
+        let this = self.clone();
+        let (src, sha256, rel) = (src.to_path_buf(), sha256.to_string(), rel.to_string());
+        blocking(move || this.put_blocking(&src, &sha256, size, &rel)).await
+    }
+
+    fn put_blocking(
+        &self,
+        src: &Path,
+        sha256: &str,
+        size: u64,
+        rel: &str,
+    ) -> BlobResult<PutOutcome> {
+        let dst = self.file(rel);
+        let key = dst.display().to_string();
+        if std::fs::metadata(&dst).is_ok_and(|m| m.len() == size) {
+            return Ok(PutOutcome {
+                key,
+                upload: Upload::AlreadyPresent,
+                bytes_sent: 0,
+                verified: Verification::SizeOnly,
+            });
+        }
+        let mut reader = Reader::open(src, size, &self.describe, &key)?;
+        let dir = dst.parent().expect("a blob file has a folder");
+        std::fs::create_dir_all(dir).map_err(|e| BlobError::local("create folder", dir, e))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{sha256}.put-"))
+            .tempfile_in(dir)
+            .map_err(|e| BlobError::local("create temp file in", dir, e))?;
+        loop {
+            let part = reader.next_part(CHUNK)?;
+            if part.is_empty() {
+                break;
+            }
+            tmp.write_all(&part)
+                .map_err(|e| BlobError::local("write", tmp.path(), e))?;
+        }
+        let sent = reader.read();
+        let actual = reader.sha256();
+        // Dropping `tmp` deletes it: a mismatch leaves nothing in the folder.
+        let mismatch = |step, actual: String| BlobError::Mismatch {
+            store: self.describe.clone(),
+            step,
+            key: key.clone(),
+            expected: sha256.to_string(),
+            actual,
+        };
+        if actual != sha256 {
+            return Err(mismatch("upload", actual));
+        }
+        let file = tmp.as_file();
+        file.sync_all()
+            .map_err(|e| BlobError::local("fsync", tmp.path(), e))?;
+        let mut verified = Verification::Written;
+        if self.read_back {
+            // What a network file system gives back, not what this host's cache holds.
+            let (again, _) = hash_file(tmp.path())?;
+            if again != sha256 {
+                return Err(mismatch("read back", again));
+            }
+            verified = Verification::ReadBack;
+        }
+        // Read-only: a blob is never written in place.
+        file.set_permissions(std::fs::Permissions::from_mode(0o444))
+            .map_err(|e| BlobError::local("make read-only", tmp.path(), e))?;
+        tmp.persist(&dst)
+            .map_err(|e| BlobError::local("rename into place", &dst, e.error))?;
+        sync_dir(dir).map_err(|e| {
+            BlobError::local("fsync folder", dir, std::io::Error::other(e.to_string()))
+        })?;
+        Ok(PutOutcome {
+            key,
+            upload: Upload::Uploaded,
+            bytes_sent: sent,
+            verified,
+        })
+    }
+
+    pub async fn fetch(&self, sha256: &str, rel: &str, dest: &Path) -> BlobResult<u64> {
+        let (src, describe) = (self.file(rel), self.describe.clone());
+        let (sha256, dest) = (sha256.to_string(), dest.to_path_buf());
+        blocking(move || {
+            let key = src.display().to_string();
+            let mut input = match std::fs::File::open(&src) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(BlobError::NotFound {
+                        store: describe,
+                        key,
+                    });
+                }
+                Err(e) => return Err(BlobError::local("open", &src, e)),
+            };
+            let mut out = TempDest::new(&dest)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match std::io::Read::read(&mut input, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(BlobError::local("read", &src, e)),
+                };
+                out.write(&buf[..n])?;
+            }
+            out.finish(&sha256, &describe, &key)
+        })
+        .await
+    }
+
+    pub fn size(&self, rel: &str) -> BlobResult<Option<u64>> {
+        let file = self.file(rel);
+        match std::fs::metadata(&file) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BlobError::local("stat", &file, e)),
+        }
+    }
+
+    pub fn delete(&self, rel: &str) -> BlobResult<()> {
+        let file = self.file(rel);
+        match std::fs::remove_file(&file) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlobError::local("delete", &file, e)),
+        }
+    }
+
+    pub async fn list(&self) -> BlobResult<Vec<BlobInfo>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let top = root.join("sha256");
+            for fan in read_dir(&top)? {
+                for file in read_dir(&fan)? {
+                    let rel = file.strip_prefix(&root).unwrap_or(&file);
+                    // Hidden temp files of uploads in progress do not parse as keys.
+                    let Some(sha256) = sha256_of_key(&rel.to_string_lossy()) else {
+                        continue;
+                    };
+                    let Ok(meta) = std::fs::metadata(&file) else {
+                        continue; // deleted meanwhile
+                    };
+                    out.push(BlobInfo {
+                        key: file.display().to_string(),
+                        sha256,
+                        size: meta.len(),
+                        last_modified: meta
+                            .modified()
+                            .map_err(|e| BlobError::local("stat", &file, e))?,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// The entries of a folder; none when it does not exist (no blob stored yet).
+fn read_dir(dir: &Path) -> BlobResult<Vec<PathBuf>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| BlobError::local("list", dir, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(BlobError::local("list", dir, e)),
+    }
+}

@@ -1,0 +1,279 @@
+//! A real Garage S3 server for tests: one node in a temp folder, on free loopback ports, stopped in Drop.
+//!
+//! The binary: `$MODELREG_GARAGE`, else the one `.ci/run` installs
+//! ([`CACHED`]), else `garage` on PATH. A missing binary is a test failure that says how
+//! to install it, never a skip.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where `.ci/run` installs Garage (outside the clone, kept between runs).
+pub const CACHED: &str = "/root/.cache/modelreg-tools/garage-2.5.0/bin/garage";
+/// The region the server is configured with (SigV4 signs it).
+pub const REGION: &str = "garage";
+/// The bucket every test server has.
+pub const BUCKET: &str = "modelreg-test";
+
+/// One Garage node: its temp folder (config, metadata, data, log), ports, credentials.
+pub struct Garage {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`, the S3 API.
+    pub endpoint: String,
+    /// The access key id allowed on [`BUCKET`].
+    pub key_id: String,
+    /// Its secret.
+    pub secret: String,
+}
+
+/// The Garage binary, or a panic that says how to install it.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MODELREG_GARAGE") {
+        return PathBuf::from(p);
+    }
+    if Path::new(CACHED).is_file() {
+        return PathBuf::from(CACHED);
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("garage"))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    panic!(
+        "Garage (an S3 server) is needed by this test and was not found: set MODELREG_GARAGE, \
+         or run .ci/run, which installs it into {CACHED} with \
+         `cargo install garage@2.5.0 --locked --no-default-features --features sqlite,bundled-libs \
+         --root /root/.cache/modelreg-tools/garage-2.5.0` (about 10 minutes on 2 cores)"
+    );
+}
+
+/// A port free on 127.0.0.1 now (the kernel's pick; the listener is closed at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Garage {
+    /// Starts a node, lays it out (one zone, 1 GB), creates [`BUCKET`] and a key that may
+    /// read and write it. Panics with the server's log when any step fails.
+    pub fn start() -> Garage {
+        let bin = binary();
+        let dir = tempfile::Builder::new()
+            .prefix("modelreg-garage-")
+            .tempdir()
+            .unwrap();
+        let (rpc, s3) = (free_port(), free_port());
+        let secret = random_hex(32);
+        let root = dir.path().display().to_string();
+        let config = format!(
+            r#"metadata_dir = "{root}/meta"
+data_dir = "{root}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{REGION}"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+"#
+        );
+        std::fs::write(dir.path().join("garage.toml"), config).unwrap();
+        let mut g = Garage {
+            dir,
+            bin,
+            child: None,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            key_id: String::new(),
+            secret: String::new(),
+        };
+        g.spawn();
+        let id = g.ok(&["node", "id", "-q"]);
+        let id = id.trim().split('@').next().unwrap().to_string();
+        g.ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]);
+        g.ok(&["layout", "apply", "--version", "1"]);
+        // The new layout takes a moment to be in force: bucket creation is retried.
+        g.retry(&["bucket", "create", BUCKET]);
+        let key = g.ok(&["key", "create", "modelreg-test-key"]);
+        let field = |name: &str| {
+            key.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap_or_else(|| panic!("no {name} in `garage key create`'s output:\n{key}"))
+                .to_string()
+        };
+        g.key_id = field("Key ID:");
+        g.secret = field("Secret key:");
+        g.ok(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            BUCKET,
+            "--key",
+            &g.key_id.clone(),
+        ]);
+        g.wait_for_s3();
+        g
+    }
+
+    /// Starts `garage server` in its own process group and waits (polling `status`, with
+    /// a deadline) until it answers.
+    fn spawn(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.config())
+            .arg("server")
+            .env("RUST_LOG", "garage=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.cli(&["status"]).status.success() {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("garage server exited ({st}) at start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "garage did not answer `status` within 60 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the S3 port accepts connections.
+    fn wait_for_s3(&self) {
+        let addr = self.endpoint.trim_start_matches("http://").to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "garage's S3 API ({addr}) not listening within 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server (its whole process group) and waits for it: S3 is unreachable
+    /// until [`Garage::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling the process group this harness created.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        self.wait_for_s3();
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("garage.toml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("garage.log")
+    }
+
+    /// The server's log so far (its last 4 KB).
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let start = text.len().saturating_sub(4096);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text[start..].to_string()
+    }
+
+    /// `garage -c CFG ARGS`, its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.config())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `garage ARGS`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "garage {args:?} failed: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `garage ARGS` retried for up to 30 s.
+    fn retry(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.cli(args);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "garage {args:?} kept failing for 30 s: {}\nserver log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("garage server log:\n{}", self.log());
+        }
+        self.stop();
+    }
+}
+
+/// `n` random bytes from the kernel as hex (no rand crate in the tests).
+fn random_hex(n: usize) -> String {
+    use std::io::Read;
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
