@@ -118,6 +118,31 @@ pub struct PutOutcome {
     pub verified: Verification,
 }
 
+impl PutOutcome {
+    /// A blob found there already: nothing sent, its size checked.
+    fn already_present(key: String) -> Self {
+        PutOutcome {
+            key,
+            upload: Upload::AlreadyPresent,
+            bytes_sent: 0,
+            verified: Verification::SizeOnly,
+        }
+    }
+}
+
+/// One [`BlobStore::put_file`], as the backends get it.
+#[derive(Debug, Clone)]
+struct PutJob {
+    /// The file to send.
+    src: std::path::PathBuf,
+    /// The SHA-256 its bytes must have.
+    sha256: String,
+    /// Its size.
+    size: u64,
+    /// Its key after the prefix ([`rel_key`]).
+    rel: String,
+}
+
 /// A blob found by [`BlobStore::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobInfo {
@@ -195,10 +220,15 @@ impl BlobStore {
     /// refused, and nothing is left in the store. Returns once the stored blob is
     /// verified ([`Verification`]): only then may a catalog name it.
     pub async fn put_file(&self, path: &Path, sha256: &str, size: u64) -> BlobResult<PutOutcome> {
-        let rel = rel_key(sha256)?;
+        let job = PutJob {
+            rel: rel_key(sha256)?,
+            src: path.to_path_buf(),
+            sha256: sha256.to_string(),
+            size,
+        };
         match &self.backend {
-            Backend::S3(s) => s.put_file(path, sha256, size, &rel).await,
-            Backend::Path(p) => p.put_file(path, sha256, size, &rel).await,
+            Backend::S3(s) => s.put_file(&job).await,
+            Backend::Path(p) => p.put_file(job).await,
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{BlobError, BlobResult};
 use super::local::{Reader, TempDest, blocking, hash_file};
-use super::{BlobInfo, BlobOptions, PutOutcome, Upload, Verification, sha256_of_key};
+use super::{BlobInfo, BlobOptions, PutJob, PutOutcome, Upload, Verification, sha256_of_key};
 use crate::fsutil::sync_dir;
 
 /// Bytes read and written at a time.
@@ -45,34 +45,23 @@ impl PathBlobs {
         self.root.join(rel)
     }
 
-    pub async fn put_file(
-        &self,
-        src: &Path,
-        sha256: &str,
-        size: u64,
-        rel: &str,
-    ) -> BlobResult<PutOutcome> {
+    pub async fn put_file(&self, job: PutJob) -> BlobResult<PutOutcome> {
         let this = self.clone();
-        let (src, sha256, rel) = (src.to_path_buf(), sha256.to_string(), rel.to_string());
-        blocking(move || this.put_blocking(&src, &sha256, size, &rel)).await
+        blocking(move || this.put_blocking(&job)).await
     }
 
-    fn put_blocking(
-        &self,
-        src: &Path,
-        sha256: &str,
-        size: u64,
-        rel: &str,
-    ) -> BlobResult<PutOutcome> {
+    fn put_blocking(&self, job: &PutJob) -> BlobResult<PutOutcome> {
+        let PutJob {
+            src,
+            sha256,
+            size,
+            rel,
+        } = job;
+        let (sha256, size) = (sha256.as_str(), *size);
         let dst = self.file(rel);
         let key = dst.display().to_string();
         if std::fs::metadata(&dst).is_ok_and(|m| m.len() == size) {
-            return Ok(PutOutcome {
-                key,
-                upload: Upload::AlreadyPresent,
-                bytes_sent: 0,
-                verified: Verification::SizeOnly,
-            });
+            return Ok(PutOutcome::already_present(key));
         }
         let mut reader = Reader::open(src, size, &self.describe, &key)?;
         let dir = dst.parent().expect("a blob file has a folder");

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{BlobError, BlobResult};
 use super::local::{Reader, TempDest, blocking, read_part};
-use super::{BlobInfo, BlobOptions, PutOutcome, Upload, Verification, sha256_of_key};
+use super::{BlobInfo, BlobOptions, PutJob, PutOutcome, Upload, Verification, sha256_of_key};
 use crate::fsutil::hex;
 
 /// Bytes handed at a time to the blocking task that writes or hashes a download.
@@ -161,24 +161,12 @@ impl S3Blobs {
         }
     }
 
-    pub async fn put_file(
-        &self,
-        src: &Path,
-        sha256: &str,
-        size: u64,
-        rel: &str,
-    ) -> BlobResult<PutOutcome> {
-        let key = self.key(rel);
+    pub async fn put_file(&self, job: &PutJob) -> BlobResult<PutOutcome> {
+        let (src, sha256, size) = (&job.src, job.sha256.as_str(), job.size);
+        let key = self.key(&job.rel);
         let location = ObjectPath::from(key.as_str());
-        match self.size(rel).await? {
-            Some(s) if s == size => {
-                return Ok(PutOutcome {
-                    key,
-                    upload: Upload::AlreadyPresent,
-                    bytes_sent: 0,
-                    verified: Verification::SizeOnly,
-                });
-            }
+        match self.size(&job.rel).await? {
+            Some(s) if s == size => return Ok(PutOutcome::already_present(key)),
             Some(s) => tracing::warn!(
                 "blob store {}: {key} holds {s} bytes, not {size}: uploading it again",
                 self.describe
