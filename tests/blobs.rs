@@ -319,6 +319,42 @@ async fn an_unreachable_server_is_an_error_naming_it_soon_and_work_resumes_after
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_is_an_error_naming_it_within_the_timeouts_and_work_resumes() {
+    let g = Garage::start();
+    let work = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(
+        &format!("s3://{BUCKET}/hung"),
+        &BlobOptions {
+            request_timeout: Duration::from_secs(4),
+            stall_timeout: Duration::from_secs(2),
+            ..options(&g)
+        },
+    )
+    .unwrap();
+    let (a, sha_a) = file(work.path(), "a", 12, 2 * MIB);
+    store.put_file(&a, &sha_a, 2 * MIB as u64).await.unwrap();
+
+    // Connections are accepted (the kernel's backlog), nothing is answered.
+    g.freeze(true);
+    let t0 = Instant::now();
+    let put = store.put_file(&a, &sha_a, 2 * MIB as u64).await;
+    let fetch = store.fetch(&sha_a, &work.path().join("a2")).await;
+    let took = t0.elapsed();
+    g.freeze(false);
+    for e in [put.unwrap_err(), fetch.unwrap_err()] {
+        let text = e.to_string();
+        assert!(matches!(e, BlobError::Store { .. }), "{text}");
+        assert!(text.contains(&g.endpoint), "{text}");
+    }
+    println!("S3 hung: put and fetch failed in {took:?}");
+    // Not a performance bound: a hung server must not hang the caller.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(!work.path().join("a2").exists());
+
+    store.fetch(&sha_a, &work.path().join("a2")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_sees_blobs_older_than_asked_and_delete_removes_them() {
     let g = Garage::start();
     let work = tempfile::tempdir().unwrap();

@@ -191,6 +191,36 @@ root_domain = ".s3.garage.localhost"
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: while frozen its ports still
+    /// accept connections (the kernel's backlog) but nothing is answered — a hung server.
+    pub fn freeze(&self, frozen: bool) {
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        let Some(child) = &self.child else { return };
+        // SAFETY: signalling the process group this harness created.
+        unsafe { libc::kill(-(child.id() as i32), sig) };
+        // kill() only queues the signal: wait until every thread is stopped (state T in
+        // /proc), or the next request may still be answered.
+        let tasks = format!("/proc/{}/task", child.id());
+        let all_stopped = || {
+            std::fs::read_dir(&tasks).unwrap().all(|t| {
+                let stat =
+                    std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+                // The state follows the command name's closing parenthesis.
+                let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+                (state == Some('T')) == frozen
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_stopped() {
+            assert!(
+                Instant::now() < deadline,
+                "garage not {} within 10 s",
+                if frozen { "stopped" } else { "continued" }
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Starts the server again on the same ports and data.
     pub fn restart(&mut self) {
         self.stop();
