@@ -416,3 +416,44 @@ async fn read_back_verification_reads_the_whole_blob() {
     let put = store.put_file(&src, &sha, 20 * MIB as u64).await.unwrap();
     assert_eq!(put.verified, Verification::ReadBack);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_variables_name_the_endpoint_region_and_credentials() {
+    let g = Garage::start();
+    // The variables are the process's: set them for a child run of this test binary (so
+    // no other test here sees them), which runs the ignored test below with them alone.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "configured_by_aws_variables_only",
+            "--include-ignored",
+        ])
+        .args(["--nocapture", "--test-threads", "1"])
+        .env("AWS_ENDPOINT_URL", &g.endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", &g.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &g.secret)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(raw_keys(&raw(&g), "env").await.len(), 1);
+}
+
+/// Run by the test above with the AWS_* variables set: nothing else names the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the_aws_variables_name_the_endpoint_region_and_credentials"]
+async fn configured_by_aws_variables_only() {
+    let store = BlobStore::open(&format!("s3://{BUCKET}/env"), &BlobOptions::default()).unwrap();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    assert!(store.describe().contains(&endpoint), "{}", store.describe());
+    let work = tempfile::tempdir().unwrap();
+    let (src, sha) = file(work.path(), "m", 13, 1000);
+    let put = store.put_file(&src, &sha, 1000).await.unwrap();
+    assert_eq!(put.upload, Upload::Uploaded);
+    store.fetch(&sha, &work.path().join("back")).await.unwrap();
+}

@@ -65,15 +65,27 @@ impl S3Blobs {
             .with_connect_timeout(options.connect_timeout)
             .with_timeout(options.request_timeout)
             .with_read_timeout(options.stall_timeout);
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_checksum_algorithm(Checksum::SHA256)
+        // The timeouts first, then the AWS_* variables (as from_env reads them: a client
+        // setting there, e.g. a proxy, must not be wiped by the timeouts), then `options`.
+        let mut b = AmazonS3Builder::new()
             .with_client_options(client)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
                 max_retries: options.max_retries,
                 retry_timeout: options.retry_timeout,
             });
+        for (name, value) in std::env::vars() {
+            if let Some(key) = name
+                .starts_with("AWS_")
+                .then(|| name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>().ok())
+                .flatten()
+            {
+                b = b.with_config(key, value);
+            }
+        }
+        b = b
+            .with_bucket_name(bucket)
+            .with_checksum_algorithm(Checksum::SHA256);
         if let Some(v) = &options.endpoint {
             b = b.with_endpoint(v);
         }
