@@ -1,7 +1,8 @@
 //! The `modelreg` binary: parses arguments and dispatches to the daemon or the client.
 //!
 //! `serve` is [`daemon::serve`]; every other subcommand is a client of the daemon's
-//! socket, or of its HTTP API with `--url` (`cli`), except `verify --offline` and `recover`, which read the root directly.
+//! socket, or of its HTTP API with `--url` (`cli`), except `verify --offline`, `recover` and `migrate`, which read the root directly,
+//! and `verify --catalog`, which reads the team catalog and blob store.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -306,9 +307,39 @@ enum Command {
         /// Read the root directly instead of asking the daemon (the daemon must be stopped).
         #[arg(long)]
         offline: bool,
+        /// Check a team catalog (PostgreSQL: postgres://... or host=... dbname=...)
+        /// against its blob store (--blobs) instead: every file it names must be there
+        /// with its size and SHA-256 (each blob is read back in full).
+        #[arg(
+            long,
+            value_name = "POSTGRES_URL",
+            requires = "blobs",
+            conflicts_with = "offline"
+        )]
+        catalog: Option<String>,
+        /// With --catalog: the blob store, s3://bucket/prefix (endpoint and keys from the
+        /// AWS_* variables) or a shared folder.
+        #[arg(long, value_name = "STORE", requires = "catalog")]
+        blobs: Option<String>,
+        /// With --catalog: only look each blob up (present, its size) without reading it.
+        #[arg(long, requires = "catalog")]
+        size_only: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Move this registry to the team backends (docs/team.md): every stored file uploaded
+    /// to the blob store and verified, then the catalog written to PostgreSQL with its
+    /// version numbers, tombstones, aliases and their history. Safe to run again: what is
+    /// there already is skipped; a catalog holding other data for a model is refused.
+    Migrate {
+        /// The team catalog: postgres://USER@HOST/DB or host=... dbname=...
+        #[arg(long, value_name = "POSTGRES_URL")]
+        to: String,
+        /// The blob store: s3://bucket/prefix (endpoint and keys from the AWS_* variables)
+        /// or a shared folder.
+        #[arg(long, value_name = "STORE")]
+        blobs: String,
     },
     /// Rebuild registry.yaml from the store (the daemon must be stopped): every version
     /// folder's manifest, and tombstones of removed versions, are added back; what the
@@ -425,22 +456,34 @@ fn main() -> ExitCode {
         },
         // These read the root on this machine: a URL asked for another machine's daemon,
         // which they cannot reach.
-        Command::Verify { offline: true, .. } | Command::Recover if cli.url.is_some() => {
+        Command::Verify { offline: true, .. } | Command::Recover | Command::Migrate { .. }
+            if cli.url.is_some() =>
+        {
             eprintln!(
                 "modelreg: `{}` works on the root on the daemon's machine, not over --url / $MODELREG_URL; run it there (unset MODELREG_URL)",
-                if matches!(cli.command, Command::Recover) {
-                    "recover"
-                } else {
-                    "verify --offline"
+                match cli.command {
+                    Command::Recover => "recover",
+                    Command::Migrate { .. } => "migrate",
+                    _ => "verify --offline",
                 }
             );
             ExitCode::from(EXIT_ERROR)
         }
         Command::Verify {
             ref name,
+            catalog: Some(ref catalog),
+            blobs: Some(ref blobs),
+            size_only,
+            json,
+            ..
+        } => cli::verify_team(catalog, blobs, name.as_deref(), size_only, json),
+        Command::Verify {
+            ref name,
             offline: true,
             json,
+            ..
         } => cli::verify_offline(&cli, name.as_deref(), json),
+        Command::Migrate { ref to, ref blobs } => cli::migrate(&cli, to, blobs),
         Command::Recover => cli::recover_offline(&cli),
         ref cmd => cli::client_command(&cli, cmd),
     }

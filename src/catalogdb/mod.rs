@@ -8,7 +8,8 @@
 //! [`CHANNEL`] with it. A host rebuilds its catalog from [`CatalogDb::snapshot`] (one
 //! REPEATABLE READ transaction, consistent with a change seq) and keeps it current with
 //! [`CatalogDb::changes_since`] whenever its listener wakes. The schema is in
-//! `migrations/` and docs/team.md; [`migrate`] applies it on connect.
+//! `migrations/` and docs/team.md; [`migrate`] applies it on connect. `modelreg migrate`
+//! brings a local registry in with [`CatalogDb::import_model`].
 //!
 //! Failures: connecting is bounded by [`Options::connect_timeout`], each operation by
 //! [`Options::op_timeout`]; a lost connection is an error naming the server
@@ -16,12 +17,14 @@
 //! connects again. No TLS yet: a Unix socket or a private network (docs/team.md).
 
 mod error;
+mod import;
 mod listen;
 pub mod migrate;
 mod read;
 mod write;
 
 pub use error::{CatalogDbError, describe};
+pub use import::{ImportConflict, ImportPlan, Imported, plan_import};
 pub use listen::{ChangeListener, listen};
 pub use read::{Change, ChangeKind, Snapshot};
 pub use write::Recorded;

@@ -156,7 +156,7 @@ async fn read_only<'a>(
 }
 
 /// Every model (or only `only`) with its versions, aliases and alias history.
-async fn read_models(
+pub(super) async fn read_models(
     c: &impl GenericClient,
     server: &str,
     only: Option<&str>,

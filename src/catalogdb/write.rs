@@ -312,7 +312,7 @@ impl CatalogDb {
 
 /// A READ COMMITTED transaction: each statement sees what committed before it, and the
 /// row locks make the writes serial where they meet.
-async fn begin<'a>(
+pub(super) async fn begin<'a>(
     client: &'a mut Client,
     server: &str,
 ) -> Result<Transaction<'a>, CatalogDbError> {
@@ -322,7 +322,7 @@ async fn begin<'a>(
         .map_err(sql(server, "starting a transaction"))
 }
 
-async fn commit(tx: Transaction<'_>, server: &str) -> Result<(), CatalogDbError> {
+pub(super) async fn commit(tx: Transaction<'_>, server: &str) -> Result<(), CatalogDbError> {
     tx.commit().await.map_err(sql(server, "committing"))
 }
 
@@ -361,7 +361,7 @@ async fn live_version(
     super::read::version_of(server, model, number, row.get(1))
 }
 
-fn refused(server: &str, what: String) -> CatalogDbError {
+pub(super) fn refused(server: &str, what: String) -> CatalogDbError {
     CatalogDbError::Refused {
         server: server.to_string(),
         what,
@@ -370,7 +370,7 @@ fn refused(server: &str, what: String) -> CatalogDbError {
 
 /// Appends one alias move to alias_history.
 #[allow(clippy::too_many_arguments)]
-async fn history(
+pub(super) async fn history(
     tx: &Transaction<'_>,
     server: &str,
     model: &str,
@@ -399,7 +399,7 @@ async fn history(
 /// `log_head`, whose row lock is then held until commit, so seqs commit in order;
 /// inserts the change and events; notifies [`CHANNEL`] (delivered at commit).
 #[allow(clippy::too_many_arguments)]
-async fn log_change(
+pub(super) async fn log_change(
     tx: &Transaction<'_>,
     server: &str,
     host: &str,

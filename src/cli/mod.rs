@@ -32,6 +32,7 @@ mod add;
 mod addcheck;
 mod diff;
 mod events;
+mod migrate;
 mod place;
 mod progress;
 mod recover;
@@ -39,9 +40,12 @@ mod render;
 mod search;
 mod show;
 mod upload;
+mod verify_team;
 
 pub(crate) use diff::ColorChoice;
+pub(crate) use migrate::migrate;
 pub(crate) use recover::recover_offline;
+pub(crate) use verify_team::verify_team;
 
 use render::*;
 
@@ -216,7 +220,9 @@ fn show<T: serde::Serialize>(json: bool, answer: &T, render: impl FnOnce(&T)) {
 fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
     wait_long_enough(c, cmd)?;
     match cmd {
-        Command::Serve | Command::Recover => unreachable!("handled in main"),
+        Command::Serve | Command::Recover | Command::Migrate { .. } => {
+            unreachable!("handled in main")
+        }
         Command::Add {
             path,
             name,
