@@ -294,19 +294,33 @@ fn running_migrate_again_writes_nothing_and_a_later_run_adds_only_what_is_new() 
     assert_eq!(team.psql(head), seq, "a second run wrote changes");
     assert_eq!(team.psql("SELECT count(*) FROM alias_history"), rows);
 
-    // The daemon ran on (a migration made before the cut-over): v5, production moved.
+    // The daemon runs on (a migration made before the cut-over): v5, production moved;
+    // migrate takes the catalog as the daemon committed it, and says what it leaves.
     d.spawn();
     write_renamed(&d.inbox(), "resnet.pt", &bytes(9, 4000));
     d.wait_versions("resnet", 5);
     ok(&d, &["alias", "set", "resnet", "production", "v5"]);
-    d.stop();
-    let out = succeeds(&team.migrate(&root, &team.blobs));
+    let o = team.migrate(&root, &team.blobs);
+    let out = succeeds(&o);
+    assert!(
+        stderr(&o).contains("a daemon is running on this root")
+            && stderr(&o).contains("what it registers from now on is not migrated"),
+        "{}",
+        stderr(&o)
+    );
     assert!(
         out.contains("resnet: 1 version(s) added (v5), 4 already there, highest v5, 1 alias move(s) added, aliases production=v5; 3 file(s): 1 uploaded"),
         "{out}"
     );
     assert!(out.contains("1 file(s) uploaded"), "{out}");
     assert!(out.contains("bert: already in the catalog"), "{out}");
+    // The cut-over: stopped, migrated once more: nothing new.
+    d.stop();
+    let out = succeeds(&team.migrate(&root, &team.blobs));
+    assert!(
+        out.contains("resnet: already in the catalog (5 version(s))"),
+        "{out}"
+    );
     assert_same_catalog(&local_catalog(&root), &team.snapshot());
 }
 
