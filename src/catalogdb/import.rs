@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use super::CatalogDb;
 use super::error::{CatalogDbError, sql};
 use super::read::read_models;
-use super::write::{begin, commit, history, log_change, refused};
+use super::write::{begin, commit, history, insert_files, insert_tombstone, log_change, refused};
 use crate::registry::{AliasMove, Model, Stamp, Version};
 
 /// What importing one model changes in the catalog ([`plan_import`]).
@@ -318,28 +318,9 @@ async fn insert_version(
     .await
     .map_err(sql(server, format!("inserting {model} v{number}")))?;
     match &v.removed {
-        None => {
-            for f in &v.files {
-                let size = i64::try_from(f.size).unwrap_or(i64::MAX);
-                tx.execute(
-                    "INSERT INTO files (model, number, path, sha256, size) VALUES ($1, $2, $3, $4, $5)",
-                    &[&model, &n, &f.path, &f.sha256, &size],
-                )
-                .await
-                .map_err(sql(server, format!("inserting file {} of {model} v{number}", f.path)))?;
-            }
-        }
-        Some(mark) => {
-            let uid = mark.uid.map(i64::from);
-            tx.execute(
-                "INSERT INTO tombstones (model, number, at, reason, uid, host) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&model, &n, &mark.at, &mark.reason, &uid, &host],
-            )
-            .await
-            .map_err(sql(server, format!("writing the tombstone of {model} v{number}")))?;
-        }
+        None => insert_files(tx, server, model, v).await,
+        Some(mark) => insert_tombstone(tx, server, model, number, mark, host).await,
     }
-    Ok(())
 }
 
 #[cfg(test)]

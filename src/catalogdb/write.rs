@@ -32,44 +32,43 @@ impl CatalogDb {
         events: &[serde_json::Value],
         build: impl FnOnce(u32) -> Version,
     ) -> Result<Recorded, CatalogDbError> {
-        self.run("recording a version", async |client: &mut Client, server: &str| {
-            let tx = begin(client, server).await?;
-            // One statement creates the model or raises its highest number; the row stays
-            // locked until commit, so a racing host waits here and then takes the next
-            // number; a rollback gives the number back with everything else.
-            let row = tx
-                .query_one(
-                    "INSERT INTO models AS m (name, highest) VALUES ($1, 1)
+        self.run(
+            "recording a version",
+            async |client: &mut Client, server: &str| {
+                let tx = begin(client, server).await?;
+                // One statement creates the model or raises its highest number; the row stays
+                // locked until commit, so a racing host waits here and then takes the next
+                // number; a rollback gives the number back with everything else.
+                let row = tx
+                    .query_one(
+                        "INSERT INTO models AS m (name, highest) VALUES ($1, 1)
                      ON CONFLICT (name) DO UPDATE SET highest = m.highest + 1
                      RETURNING highest",
-                    &[&model],
-                )
-                .await
-                .map_err(sql(server, format!("allocating a version number of {model}")))?;
-            let n: i32 = row.get(0);
-            let number = n as u32;
-            let mut version = build(number);
-            version.number = number;
-            let record = serde_json::to_value(&version).expect("a version serialises");
-            tx.execute(
-                "INSERT INTO versions (model, number, host, record) VALUES ($1, $2, $3, $4)",
-                &[&model, &n, &host, &record],
-            )
-            .await
-            .map_err(sql(server, format!("inserting {model} v{number}")))?;
-            for f in &version.files {
-                let size = i64::try_from(f.size).unwrap_or(i64::MAX);
+                        &[&model],
+                    )
+                    .await
+                    .map_err(sql(
+                        server,
+                        format!("allocating a version number of {model}"),
+                    ))?;
+                let n: i32 = row.get(0);
+                let number = n as u32;
+                let mut version = build(number);
+                version.number = number;
+                let record = serde_json::to_value(&version).expect("a version serialises");
                 tx.execute(
-                    "INSERT INTO files (model, number, path, sha256, size) VALUES ($1, $2, $3, $4, $5)",
-                    &[&model, &n, &f.path, &f.sha256, &size],
+                    "INSERT INTO versions (model, number, host, record) VALUES ($1, $2, $3, $4)",
+                    &[&model, &n, &host, &record],
                 )
                 .await
-                .map_err(sql(server, format!("inserting file {} of {model} v{number}", f.path)))?;
-            }
-            let seq = log_change(&tx, server, host, "version", model, Some(n), None, events).await?;
-            commit(tx, server).await?;
-            Ok(Recorded { number, seq })
-        })
+                .map_err(sql(server, format!("inserting {model} v{number}")))?;
+                insert_files(&tx, server, model, &version).await?;
+                let seq =
+                    log_change(&tx, server, host, "version", model, Some(n), None, events).await?;
+                commit(tx, server).await?;
+                Ok(Recorded { number, seq })
+            },
+        )
         .await
     }
 
@@ -283,13 +282,7 @@ impl CatalogDb {
             tx.execute("DELETE FROM files WHERE model = $1 AND number = $2", &[&model, &n])
                 .await
                 .map_err(sql(server, format!("forgetting the files of {model} v{number}")))?;
-            let uid = mark.uid.map(i64::from);
-            tx.execute(
-                "INSERT INTO tombstones (model, number, at, reason, uid, host) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&model, &n, &mark.at, &mark.reason, &uid, &host],
-            )
-            .await
-            .map_err(sql(server, format!("writing the tombstone of {model} v{number}")))?;
+            insert_tombstone(&tx, server, model, number, mark, host).await?;
             let gone = tx
                 .query(
                     "DELETE FROM aliases WHERE model = $1 AND number = $2 RETURNING alias",
@@ -324,6 +317,48 @@ pub(super) async fn begin<'a>(
 
 pub(super) async fn commit(tx: Transaction<'_>, server: &str) -> Result<(), CatalogDbError> {
     tx.commit().await.map_err(sql(server, "committing"))
+}
+
+/// The `files` rows of live `version` of `model`.
+pub(super) async fn insert_files(
+    tx: &Transaction<'_>,
+    server: &str,
+    model: &str,
+    version: &Version,
+) -> Result<(), CatalogDbError> {
+    let (n, number) = (version.number as i32, version.number);
+    for f in &version.files {
+        let size = i64::try_from(f.size).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO files (model, number, path, sha256, size) VALUES ($1, $2, $3, $4, $5)",
+            &[&model, &n, &f.path, &f.sha256, &size],
+        )
+        .await
+        .map_err(sql(
+            server,
+            format!("inserting file {} of {model} v{number}", f.path),
+        ))?;
+    }
+    Ok(())
+}
+
+/// The tombstone of removed version `number` of `model`: who, why, when, from which host.
+pub(super) async fn insert_tombstone(
+    tx: &Transaction<'_>,
+    server: &str,
+    model: &str,
+    number: u32,
+    mark: &Mark,
+    host: &str,
+) -> Result<(), CatalogDbError> {
+    let uid = mark.uid.map(i64::from);
+    tx.execute(
+        "INSERT INTO tombstones (model, number, at, reason, uid, host) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&model, &(number as i32), &mark.at, &mark.reason, &uid, &host],
+    )
+    .await
+    .map_err(sql(server, format!("writing the tombstone of {model} v{number}")))?;
+    Ok(())
 }
 
 /// Locks `model`'s row for this transaction, or refuses an unknown model.

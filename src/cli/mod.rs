@@ -485,7 +485,12 @@ pub(crate) fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitC
             name,
         ))
     };
-    match run() {
+    exit_with_report(run(), json)
+}
+
+/// Prints a verification's report (or why it could not be made); non-zero unless clean.
+pub(crate) fn exit_with_report(report: Result<VerifyReport, String>, json: bool) -> ExitCode {
+    match report {
         Ok(report) if print_report(&report, json) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(EXIT_ERROR),
         Err(e) => {

@@ -7,9 +7,6 @@ use modelreg::blobs::{BlobError, BlobOptions, BlobStore};
 use modelreg::catalogdb::{CatalogDb, Options};
 use modelreg::verify::{ProblemKind, VerifyProblem, VerifyReport};
 
-use super::{print_error, print_report};
-use crate::EXIT_ERROR;
-
 /// One file of a live version, as the catalog names it.
 struct Named {
     what: String,
@@ -87,14 +84,7 @@ pub(crate) fn verify_team(
             Ok(report)
         })
     };
-    match run() {
-        Ok(report) if print_report(&report, json) => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(EXIT_ERROR),
-        Err(e) => {
-            print_error(&e);
-            ExitCode::from(EXIT_ERROR)
-        }
-    }
+    super::exit_with_report(run(), json)
 }
 
 /// The blob's size, checked as far as asked; or what is wrong with it. An error reaching
