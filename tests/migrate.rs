@@ -451,3 +451,44 @@ fn verify_finds_a_blob_deleted_or_damaged_behind_the_catalogs_back() {
         "--size-only",
     ]));
 }
+
+#[test]
+fn a_migration_that_fails_midway_leaves_whole_models_and_a_rerun_completes_it() {
+    let d = local_registry();
+    let root = d.root.path();
+    let local = local_catalog(root);
+    let team = Team::start();
+    // resnet v2's stored file damaged (same size): its upload is refused, after bert
+    // (models go in name order) is in the catalog whole.
+    let v2 = &local.models["resnet"].versions[1].files[0];
+    let stored = root.join(&v2.path);
+    let good = std::fs::read(&stored).unwrap();
+    let mut bad = good.clone();
+    bad[10] ^= 0xff;
+    std::fs::set_permissions(&stored, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&stored, &bad).unwrap();
+    let o = team.migrate(root, &team.blobs);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("resnet v2: {}: ", v2.path))
+            && e.contains(&format!("expected {}", v2.sha256))
+            && e.contains("nothing of resnet is in the catalog yet"),
+        "{e}"
+    );
+    assert!(
+        stdout(&o).contains("bert: 1 version(s) added"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(team.psql("SELECT name FROM models ORDER BY name"), "bert");
+
+    // Repaired, run again: bert skipped, the rest added.
+    std::fs::write(&stored, &good).unwrap();
+    let out = succeeds(&team.migrate(root, &team.blobs));
+    assert!(out.contains("bert: already in the catalog"), "{out}");
+    assert!(out.contains("resnet: 4 version(s) added"), "{out}");
+    assert!(out.contains("3 already there"), "{out}");
+    assert_same_catalog(&local, &team.snapshot());
+    succeeds(&team.run(&["verify", "--catalog", &team.url, "--blobs", &team.blobs]));
+}
