@@ -1,7 +1,8 @@
 //! A real Garage S3 server for tests: one node in a temp folder, on free loopback ports, stopped in Drop.
 //!
-//! The binary: `$MODELREG_GARAGE`, else the one `.ci/run` installs
-//! ([`CACHED`]), else `garage` on PATH. A missing binary is a test failure that says how
+//! The binary: `$MODELREG_GARAGE`, else a release build an earlier `.ci/run` installed
+//! ([`CACHED_RELEASE`], faster), else the one `.ci/run` installs ([`CACHED`]), else
+//! `garage` on PATH. A missing binary is a test failure that says how
 //! to install it, never a skip.
 
 #![allow(dead_code)]
@@ -11,8 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Where `.ci/run` installs Garage (outside the clone, kept between runs).
-pub const CACHED: &str = "/root/.cache/modelreg-tools/garage-2.5.0/bin/garage";
+/// Where `.ci/run` installs Garage (outside the clone, kept between runs): a debug build,
+/// cheaper to build.
+pub const CACHED: &str = "/root/.cache/modelreg-tools/garage-2.5.0-debug/bin/garage";
+/// Where earlier `.ci/run`s installed a release build of the same Garage (as good, faster).
+pub const CACHED_RELEASE: &str = "/root/.cache/modelreg-tools/garage-2.5.0/bin/garage";
 /// The region the server is configured with (SigV4 signs it).
 pub const REGION: &str = "garage";
 /// The bucket every test server has.
@@ -36,8 +40,11 @@ pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("MODELREG_GARAGE") {
         return PathBuf::from(p);
     }
-    if Path::new(CACHED).is_file() {
-        return PathBuf::from(CACHED);
+    if let Some(p) = [CACHED_RELEASE, CACHED]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+    {
+        return PathBuf::from(p);
     }
     if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -50,7 +57,8 @@ pub fn binary() -> PathBuf {
         "Garage (an S3 server) is needed by this test and was not found: set MODELREG_GARAGE, \
          or run .ci/run, which installs it into {CACHED} with \
          `cargo install garage@2.5.0 --locked --no-default-features --features sqlite,bundled-libs \
-         --root /root/.cache/modelreg-tools/garage-2.5.0` (about 10 minutes on 2 cores)"
+         --debug --config 'profile.dev.debug=0' --root /root/.cache/modelreg-tools/garage-2.5.0-debug` \
+         (about 6 minutes of CPU)"
     );
 }
 
