@@ -69,6 +69,7 @@ pub mod status;
 pub mod store;
 pub mod suggest;
 pub mod systemd;
+pub mod team;
 pub mod tokens;
 pub mod users;
 pub mod verify;

@@ -53,6 +53,9 @@ pub enum RegistrarMsg<J> {
     RefreshLinks,
     /// registry.yaml may have been deleted while running: write it again if so.
     CheckRegistry,
+    /// Team mode: models as the shared catalog holds them, changed by other hosts
+    /// (`None`: gone from it), to merge into this host's catalog.
+    Remote(Vec<(String, Option<crate::registry::Model>)>),
 }
 
 /// A file handed over on the socket (`register`), or a folder uploaded over HTTP, to

@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("layout", 5),
     ("hfcache", 5),
     ("dashboard", 5),
+    ("team", 5),
     ("watcher", 6),
     ("ingest", 6),
     ("server", 7),

@@ -214,6 +214,12 @@ impl CatalogDb {
     }
 }
 
+/// The server a connection string names, as messages name it (host or socket, database,
+/// user; never the password), or why the string is refused; nothing is contacted.
+pub fn server_of(url: &str, options: Options) -> Result<String, CatalogDbError> {
+    Target::parse(url, options).map(|t| t.server)
+}
+
 /// `socket /run/postgresql/.s.PGSQL.5432, database modelreg, user modelreg`, or
 /// `db1.example:5432, ...`: where the messages say the server is.
 fn server_name(config: &Config) -> String {

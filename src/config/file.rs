@@ -44,6 +44,8 @@ pub(super) struct RawConfig {
     events: Option<super::events::RawEvents>,
     hooks: Option<Vec<super::deliver::RawHook>>,
     webhooks: Option<Vec<super::deliver::RawWebhook>>,
+    catalog: Option<String>,
+    blobs: Option<String>,
 }
 
 impl RawConfig {
@@ -79,6 +81,8 @@ impl RawConfig {
             },
             hooks: self.hooks.or(base.hooks),
             webhooks: self.webhooks.or(base.webhooks),
+            catalog: self.catalog.or(base.catalog),
+            blobs: self.blobs.or(base.blobs),
         }
     }
 }
@@ -329,6 +333,7 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
         events: super::events::validate(&shown, raw.events)?,
         hooks,
         webhooks,
+        team: super::team::validate(&shown, raw.catalog, raw.blobs)?,
     })
 }
 
@@ -391,9 +396,9 @@ mod tests {
             .as_object()
             .unwrap()
             .iter()
-            // `http`, `hooks` and `webhooks` are off by default: the embedded file only
+            // `http`, `hooks`, `webhooks` and team mode are off by default: the embedded file only
             // shows them commented out.
-            .filter(|(k, v)| v.is_null() && !["http", "hooks", "webhooks"].contains(&k.as_str()))
+            .filter(|(k, v)| v.is_null() && !["http", "hooks", "webhooks", "catalog", "blobs"].contains(&k.as_str()))
             .map(|(k, _)| k)
             .collect();
         assert!(unset.is_empty(), "the embedded default lacks {unset:?}");

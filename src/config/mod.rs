@@ -17,6 +17,7 @@ mod events;
 mod file;
 mod http;
 mod settings;
+mod team;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub use http::{
     DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_UPLOAD, HttpConfig, TlsFiles,
 };
 pub use settings::Settings;
+pub use team::TeamConfig;
 
 /// The default settings, identical to the repository's `config/modelreg.yaml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/modelreg.yaml");
@@ -119,6 +121,8 @@ pub struct Config {
     pub hooks: Vec<HookConfig>,
     /// Webhook endpoints posted events (`webhooks:`, docs/events.md).
     pub webhooks: Vec<WebhookConfig>,
+    /// Team mode (`catalog:` and `blobs:`, docs/team.md); `None`: local mode.
+    pub team: Option<TeamConfig>,
 }
 
 impl Config {

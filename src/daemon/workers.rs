@@ -73,6 +73,30 @@ impl Workers {
         );
         registrar.set_layout(layout.clone());
         registrar.set_journal(journal, written);
+        let team = match &config.team {
+            Some(t) => Some(Arc::new(
+                crate::team::Team::open(&config, t).map_err(|e| Error::Config {
+                    path: config.source.to_string(),
+                    key: "catalog/blobs".into(),
+                    reason: e,
+                })?,
+            )),
+            None => None,
+        };
+        if let Some(team) = &team {
+            registrar.set_team(team.clone());
+            let reg = reg_tx.clone();
+            tokio::spawn(crate::team::follow(
+                team.clone(),
+                board.clone(),
+                move |models| {
+                    reg.send(crate::ingest::RegistrarMsg::Remote(models))
+                        .is_ok()
+                },
+                stop.clone(),
+            ));
+            tracing::info!(host = %team.host, "team mode: {}, {}", team.catalog_engine(), team.blobs_engine());
+        }
         let registrar = tokio::spawn(registrar.run(reg_rx, stop.clone()));
 
         let mut settler = Settler::new(
@@ -113,6 +137,7 @@ impl Workers {
             settler: settler_tx,
             registrar: reg_tx,
             started,
+            team,
         });
         let server = tokio::spawn(server::serve(listener, ctx.clone(), stop.clone()));
         Ok(Workers {

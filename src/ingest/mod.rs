@@ -29,6 +29,7 @@ mod handover;
 mod index;
 mod plan;
 mod snapshot;
+mod team;
 mod writeback;
 
 pub use changes::report_damaged;
@@ -132,6 +133,8 @@ pub struct Registrar {
     index: index::Index,
     /// The snapshot published before the current one, reused by the next commit.
     spare: snapshot::Spare,
+    /// Team mode's engines (docs/team.md); `None`: local mode.
+    team: Option<Arc<crate::team::Team>>,
 }
 
 #[derive(Debug, Default)]
@@ -186,7 +189,15 @@ impl Registrar {
             hf,
             index: index::Index::default(),
             spare: snapshot::Spare::default(),
+            team: None,
         }
+    }
+
+    /// Team mode: new versions are recorded in `team`'s engines before they are
+    /// committed here, alias changes go to its catalog first, and what other hosts
+    /// record is merged in (`RegistrarMsg::Remote`).
+    pub fn set_team(&mut self, team: Arc<crate::team::Team>) {
+        self.team = Some(team);
     }
 
     /// Makes commits durable in `journal` (opened at start, after its replay) instead of
@@ -243,10 +254,10 @@ impl Registrar {
                 m = rx.recv() => m,
             };
             let Some(msg) = msg else { break };
-            self.handle(msg, stopping);
+            self.handle_any(msg, stopping).await;
             // Group commit: take everything already waiting before writing once.
             while let Ok(m) = rx.try_recv() {
-                self.handle(m, stopping);
+                self.handle_any(m, stopping).await;
             }
             self.commit().await;
         }
@@ -265,6 +276,22 @@ impl Registrar {
             self.writeback.sooner(new.registry_write_interval);
         }
         self.config = new;
+    }
+
+    /// [`Registrar::handle`], except that in team mode a client's change is written to
+    /// the shared catalog first (one round trip, awaited here).
+    async fn handle_any(&mut self, msg: RegistrarMsg, stopping: bool) {
+        match (msg, self.team.clone()) {
+            (RegistrarMsg::Change { change, uid, reply }, Some(team)) if !stopping => {
+                let change = match self.team_change(team, change, uid).await {
+                    Some(result) => return self.batch.replies.push((reply, result)),
+                    // Not a change of the shared catalog (`compact`): made here.
+                    None => crate::messages::Change::Compact,
+                };
+                self.handle(RegistrarMsg::Change { change, uid, reply }, stopping);
+            }
+            (msg, _) => self.handle(msg, stopping),
+        }
     }
 
     fn handle(&mut self, msg: RegistrarMsg, stopping: bool) {
@@ -296,6 +323,11 @@ impl Registrar {
             RegistrarMsg::JobDone { name, result } => {
                 self.in_flight -= 1;
                 self.busy.remove(&name);
+                if let (Some(team), JobResult::Done { new, .. }) = (&self.team, &result) {
+                    for nv in new {
+                        team.applied(&name, nv.number);
+                    }
+                }
                 self.apply(name.clone(), result);
                 self.run_deferred(&name, stopping);
             }
@@ -315,6 +347,7 @@ impl Registrar {
                 self.batch.replies.push((reply, result));
             }
             RegistrarMsg::RefreshLinks => self.batch.refresh_all = true,
+            RegistrarMsg::Remote(models) => self.merge_remote(models),
             RegistrarMsg::CheckRegistry => self.check_files(),
         }
     }

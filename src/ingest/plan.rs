@@ -136,6 +136,7 @@ impl Registrar {
         let (sem, cancel, tx) = (self.jobs.clone(), self.cancel.clone(), self.self_tx.clone());
         let board = self.board.clone();
         let (config, shared) = (self.config.clone(), self.shared.clone());
+        let team = self.team.clone().map(|t| (t, self.config.clone()));
         tokio::spawn(async move {
             let name = job.name.clone();
             let _permit = sem.acquire_owned().await;
@@ -166,6 +167,14 @@ impl Registrar {
                 .await
                 .unwrap_or_else(|e| JobResult::Failed(format!("copy job panicked: {e}")));
             drop(copying);
+            // Team mode: uploaded and numbered by the shared catalog before the
+            // registrar commits it (team.rs).
+            let result = match &team {
+                Some((team, cfg)) => {
+                    super::team::record_job(team, cfg, &board, &name, result).await
+                }
+                None => result,
+            };
             // Stored files whose bytes were found changed in place: shown until restart
             // (a WARN in the log too), as `verify` would report them.
             for (path, why) in damaged.take() {

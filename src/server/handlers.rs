@@ -224,6 +224,18 @@ async fn get(
         Ok(f) => f,
         Err(e) => return e.into(),
     };
+    // Team mode: a version registered on another host has its files fetched here first
+    // (each checked against its SHA-256), so the paths handed out are real.
+    if let Some(team) = &ctx.team
+        && let Ok(v) = catalog.model(&name).and_then(|m| m.stored_version(&name, number))
+        && let Err(e) = team.fetch_version(&cfg.root, v).await
+    {
+        ctx.board.error(format!("get {name} v{number}: {e}"));
+        return Response::err(
+            ErrorCode::Internal,
+            format!("{name} v{number}: its files are not on this host and could not be fetched: {e}"),
+        );
+    }
     let answer = move || -> Result<_, RegistryError> {
         let m = catalog.model(&name)?;
         let v = m.stored_version(&name, number)?;
@@ -344,6 +356,7 @@ mod tests {
             tokens: Arc::new(
                 crate::tokens::Tokens::load(&root.path().join(crate::tokens::TOKENS_FILE)).unwrap(),
             ),
+            team: None,
         };
         (root, ctx)
     }

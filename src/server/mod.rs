@@ -63,6 +63,9 @@ pub struct Context {
     pub started: Instant,
     /// The HTTP API's tokens (`<root>/tokens.yaml`).
     pub tokens: Arc<crate::tokens::Tokens>,
+    /// Team mode's engines, for `get` of a version whose files are not here yet;
+    /// `None`: local mode.
+    pub team: Option<Arc<crate::team::Team>>,
 }
 
 impl Context {

@@ -1,0 +1,136 @@
+//! Following the team: LISTEN for changes, read what other hosts changed, hand the models to the registrar.
+//!
+//! At start (and after the listening connection is lost) it listens first, then reads
+//! what it must catch up on: the whole snapshot the first time, the change log after the
+//! last seq applied afterwards; then every wake-up reads the change log from there.
+//! Changes this host wrote are skipped (the registrar applied them itself); for the
+//! others the model each names is read again whole and handed over, so applying is the
+//! same whatever the kind of change. A failure is a `status` problem naming the catalog,
+//! retried with backoff; queries keep answering from the local catalog meanwhile.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Team;
+use crate::catalogdb::{CatalogDb, Options, listen};
+use crate::registry::Model;
+use crate::shutdown::Shutdown;
+use crate::status::StatusBoard;
+
+/// Changes read from the log at once.
+const BATCH: u32 = 1000;
+/// The longest wait between two attempts after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the follower hands the registrar: models as the shared catalog holds them
+/// (`None`: gone from it).
+pub type Remote = Vec<(String, Option<Model>)>;
+
+/// Follows the shared catalog until `stop`, handing what other hosts changed to `sink`
+/// (which returns false once the registrar is gone).
+pub async fn follow(
+    team: Arc<Team>,
+    board: Arc<StatusBoard>,
+    sink: impl Fn(Remote) -> bool + Send,
+    stop: Shutdown,
+) {
+    let engine = team.catalog_engine();
+    let mut last: Option<u64> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let round = tokio::select! {
+            _ = stop.wait() => return,
+            r = follow_once(&team, &board, &engine, &sink, &mut last, &stop) => r,
+        };
+        match round {
+            Ok(true) => return,
+            Ok(false) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!("following the team catalog: {e}; trying again in {backoff:?}");
+                board.set_problem(
+                    &engine,
+                    &format!(
+                        "following the team's catalog failed: {e}; changes of other hosts are not seen until it is back (retried with backoff)"
+                    ),
+                );
+                tokio::select! {
+                    _ = stop.wait() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One listening connection's life: `Ok(true)` when the registrar is gone, `Ok(false)`
+/// when the connection ended (listen again), `Err` on a failure.
+async fn follow_once(
+    team: &Team,
+    board: &StatusBoard,
+    engine: &str,
+    sink: &(impl Fn(Remote) -> bool + Send),
+    last: &mut Option<u64>,
+    stop: &Shutdown,
+) -> Result<bool, String> {
+    let options = Options::default();
+    // Listen before reading, so that nothing committed in between is missed.
+    let mut listener = listen(team.url(), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut db = CatalogDb::connect(team.url(), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    if last.is_none() {
+        let snap = db.snapshot().await.map_err(|e| e.to_string())?;
+        let models: Remote = snap
+            .models
+            .into_iter()
+            .map(|(k, m)| (k, Some(Arc::unwrap_or_clone(m))))
+            .collect();
+        if !models.is_empty() && !sink(models) {
+            return Ok(true);
+        }
+        *last = Some(snap.seq);
+    }
+    board.clear_problem(engine);
+    loop {
+        // Catch up first (what was missed while not listening), then wait.
+        loop {
+            let from = last.unwrap_or(0);
+            let changes = db
+                .changes_since(from, BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(newest) = changes.last().map(|c| c.seq) else {
+                break;
+            };
+            let names: BTreeSet<String> = changes
+                .iter()
+                .filter(|c| c.host != team.host)
+                .map(|c| c.model.clone())
+                .collect();
+            let mut models = Remote::new();
+            for name in names {
+                let m = db.model(&name).await.map_err(|e| e.to_string())?;
+                models.push((name, m));
+            }
+            if !models.is_empty() && !sink(models) {
+                return Ok(true);
+            }
+            *last = Some(newest);
+            if changes.len() < BATCH as usize {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = stop.wait() => return Ok(true),
+            seq = listener.next() => {
+                if seq.is_none() {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}

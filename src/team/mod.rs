@@ -1,0 +1,254 @@
+//! Team mode's engines as one host uses them: the shared catalog (PostgreSQL) and blob store, its host name, versions fetched on demand.
+//!
+//! A [`Team`] is opened at start from `catalog:` and `blobs:` (docs/team.md, "Running a
+//! team"). The registrar records each new version through it (files uploaded and
+//! verified first, then the catalog transaction that allocates the number); the
+//! follower ([`follow`]) brings what other hosts record into the local catalog; a `get`
+//! of a version whose files are not here yet fetches them ([`Team::fetch_version`]).
+//! Connections are made lazily and again after a loss: an engine that is down is an
+//! error of the operation that needed it, never a daemon that will not start.
+
+mod follow;
+
+pub use follow::follow;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::blobs::{BlobOptions, BlobStore};
+use crate::catalogdb::{CatalogDb, Options, Recorded};
+use crate::config::{Config, TeamConfig};
+use crate::registry::{Model, Stamp, Version};
+
+/// One host's handles on the team's engines (see the module docs).
+pub struct Team {
+    /// This daemon's name in the shared catalog (`host` of what it records): the
+    /// machine's host name and its root, so two daemons on one machine differ.
+    pub host: String,
+    url: String,
+    db: tokio::sync::Mutex<Option<CatalogDb>>,
+    server: String,
+    blobs: BlobStore,
+    /// Versions this host recorded whose copy job has not reached the registrar yet
+    /// (model, number): the follower must not take them for another host's.
+    pending: Mutex<BTreeSet<(String, u32)>>,
+}
+
+/// A team operation's failure, naming the engine (the key `status` shows it under).
+#[derive(Debug, Clone)]
+pub struct TeamError {
+    /// `catalog <server>` or `blobs <store>`: where the problem is.
+    pub engine: String,
+    /// What failed.
+    pub message: String,
+}
+
+impl std::fmt::Display for TeamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "team {}: {}", self.engine, self.message)
+    }
+}
+
+impl Team {
+    /// Opens the blob store (nothing contacted yet) and names the catalog's server; the
+    /// catalog is connected at its first use.
+    pub fn open(config: &Config, team: &TeamConfig) -> Result<Team, String> {
+        let blobs = BlobStore::open(&team.blobs, &BlobOptions::default())
+            .map_err(|e| format!("blobs: {e}"))?;
+        let server = crate::catalogdb::server_of(&team.catalog, Options::default())
+            .map_err(|e| format!("catalog: {e}"))?;
+        Ok(Team {
+            host: host_name(&config.root),
+            url: team.catalog.clone(),
+            db: tokio::sync::Mutex::new(None),
+            server,
+            blobs,
+            pending: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The catalog as messages and `status` name it.
+    pub fn catalog_engine(&self) -> String {
+        format!("catalog {}", self.server)
+    }
+
+    /// The blob store as messages and `status` name it.
+    pub fn blobs_engine(&self) -> String {
+        format!("blobs {}", self.blobs.describe())
+    }
+
+    /// The connection string of the catalog (for the follower's own connections).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn catalog_error(&self, e: impl std::fmt::Display) -> TeamError {
+        TeamError {
+            engine: self.catalog_engine(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Runs `op` on the registrar's connection, connecting first when there is none.
+    async fn with_db<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut CatalogDb) -> Result<T, crate::catalogdb::CatalogDbError>,
+    ) -> Result<T, TeamError> {
+        let mut db = self.db.lock().await;
+        if db.is_none() {
+            *db = Some(
+                CatalogDb::connect(&self.url, Options::default())
+                    .await
+                    .map_err(|e| self.catalog_error(e))?,
+            );
+        }
+        op(db.as_mut().expect("connected above"))
+            .await
+            .map_err(|e| self.catalog_error(e))
+    }
+
+    /// Uploads each of `files` (path, sha256, size) to the blob store, verified; a blob
+    /// already there is not sent again. Only after this may a catalog record name them.
+    pub async fn upload(&self, files: &[(PathBuf, String, u64)]) -> Result<(), TeamError> {
+        for (path, sha256, size) in files {
+            self.blobs
+                .put_file(path, sha256, *size)
+                .await
+                .map_err(|e| TeamError {
+                    engine: self.blobs_engine(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Records a new version of `model` in the shared catalog, which allocates its
+    /// number; `build(n)` makes its record. The number is noted as pending (this host's,
+    /// on its way to the registrar) before the transaction commits, so the follower
+    /// never mistakes it for another host's; [`Team::applied`] ends that.
+    pub async fn record_version(
+        &self,
+        model: &str,
+        build: impl FnOnce(u32) -> Version,
+    ) -> Result<u32, TeamError> {
+        let noted: Mutex<Option<u32>> = Mutex::new(None);
+        let host = self.host.clone();
+        let r = self
+            .with_db(async |db: &mut CatalogDb| {
+                db.record_version(model, &host, &[], |n| {
+                    self.pending_set()
+                        .insert((model.to_string(), n));
+                    *noted.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
+                    build(n)
+                })
+                .await
+            })
+            .await;
+        match r {
+            Ok(Recorded { number, .. }) => Ok(number),
+            Err(e) => {
+                // Rolled back (or unknown: then the follower will bring it as another
+                // host's would be, which is what it then is to this host).
+                if let Some(n) = *noted.lock().unwrap_or_else(|p| p.into_inner()) {
+                    self.pending_set().remove(&(model.to_string(), n));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn pending_set(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, u32)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether version `n` of `model` is this host's own, recorded and not yet applied.
+    pub fn is_pending(&self, model: &str, n: u32) -> bool {
+        self.pending_set().contains(&(model.to_string(), n))
+    }
+
+    /// The registrar applied (or gave up) this host's version `n` of `model`.
+    pub fn applied(&self, model: &str, n: u32) {
+        self.pending_set().remove(&(model.to_string(), n));
+    }
+
+    /// Points `alias` at `number` in the shared catalog (`by`: set, rollback).
+    pub async fn set_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        number: u32,
+        stamp: &Stamp,
+        by: &str,
+    ) -> Result<(), TeamError> {
+        let host = self.host.clone();
+        self.with_db(async |db: &mut CatalogDb| {
+            db.set_alias(model, alias, number, &host, stamp, by).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes `alias` in the shared catalog.
+    pub async fn remove_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        stamp: &Stamp,
+    ) -> Result<(), TeamError> {
+        let host = self.host.clone();
+        self.with_db(async |db: &mut CatalogDb| db.remove_alias(model, alias, &host, stamp).await)
+            .await
+            .map(|_| ())
+    }
+
+    /// Model `name` as the shared catalog holds it now.
+    pub async fn model(&self, name: &str) -> Result<Option<Model>, TeamError> {
+        self.with_db(async |db: &mut CatalogDb| db.model(name).await)
+            .await
+    }
+
+    /// Fetches every file of `v` that is not under `root` yet from the blob store to
+    /// the path its record names (`models/<name>/v<N>/...`), each checked against its
+    /// SHA-256 before it is renamed into place. Returns how many files were fetched.
+    pub async fn fetch_version(&self, root: &Path, v: &Version) -> Result<usize, TeamError> {
+        let mut fetched = 0;
+        for f in &v.files {
+            let dest = root.join(&f.path);
+            if std::fs::symlink_metadata(&dest).is_ok() {
+                continue;
+            }
+            let blobs_error = |message: String| TeamError {
+                engine: self.blobs_engine(),
+                message,
+            };
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    blobs_error(format!("creating {} for a fetch: {e}", dir.display()))
+                })?;
+            }
+            self.blobs
+                .fetch(&f.sha256, &dest)
+                .await
+                .map_err(|e| blobs_error(e.to_string()))?;
+            fetched += 1;
+        }
+        Ok(fetched)
+    }
+}
+
+/// `<host name>:<root>`: what this daemon records as its host (two daemons on one
+/// machine have different roots).
+fn host_name(root: &Path) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // when the name fits (the last byte is kept 0 for when it does not).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown-host".to_string()
+    };
+    format!("{host}:{}", root.display())
+}

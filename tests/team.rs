@@ -1,0 +1,192 @@
+//! Team mode end to end: real daemons, each with its own root, sharing one real
+//! PostgreSQL 15 (tests/common/postgres.rs, over its Unix socket) and one blob store in a
+//! shared folder, on one machine. What a host registers, every host lists and answers;
+//! a `get` of a version registered elsewhere fetches its files and checks them; an alias
+//! moved on one host is seen on the others; hosts racing on one model get dense numbers.
+//! Latencies are printed (run with --nocapture).
+
+mod common;
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{TestDaemon, bytes, ok, wait_until, write_renamed};
+use postgres::PgCluster;
+
+/// The shared engines of one test: a PostgreSQL cluster with database `team`, and a
+/// blob folder.
+struct Engines {
+    pg: PgCluster,
+    blobs: tempfile::TempDir,
+}
+
+impl Engines {
+    fn start() -> Engines {
+        let pg = PgCluster::start();
+        pg.create_database("team");
+        Engines {
+            pg,
+            blobs: tempfile::Builder::new()
+                .prefix("modelreg-blobs.")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// A host: a daemon in its own root, configured for the team.
+    fn host(&self) -> TestDaemon {
+        let config = format!(
+            "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n",
+            self.pg.url("team"),
+            self.blobs.path().display()
+        );
+        TestDaemon::start(&config)
+    }
+}
+
+/// The versions `d` lists for `name`: number -> sha256 of its (one) file.
+fn numbers(d: &TestDaemon, name: &str) -> BTreeMap<u32, String> {
+    d.versions(name)
+        .into_iter()
+        .map(|v| (v.number, v.files[0].sha256.clone()))
+        .collect()
+}
+
+#[test]
+fn a_version_registered_on_one_host_is_listed_and_fetched_on_another() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    let content = bytes(7, 300_000);
+    write_renamed(&a.inbox(), "resnet.pt", &content);
+    let on_a = a.wait_versions("resnet", 1);
+    assert_eq!(on_a[0].number, 1);
+
+    // B hears of it, and answers list, versions and get as A does.
+    wait_until(Duration::from_secs(10), "B to list resnet", || {
+        numbers(&b, "resnet").len() == 1
+    });
+    assert_eq!(numbers(&a, "resnet"), numbers(&b, "resnet"));
+    let listed = ok(&b, &["list"]);
+    assert!(listed.contains("resnet"), "{listed}");
+    // Its files are not on B yet: only the catalog was shared.
+    let stored_on_b = b.root.path().join("models/resnet/v1/resnet.pt");
+    assert!(!stored_on_b.exists());
+
+    // `get --path` on B fetches the file from the blob store, checks it, then answers.
+    let path = ok(&b, &["get", "resnet", "latest", "--path"]);
+    let path = Path::new(path.trim());
+    assert_eq!(path, stored_on_b);
+    assert_eq!(std::fs::read(path).unwrap(), content);
+    let info = b.get("resnet", "latest").unwrap();
+    assert_eq!(info.number, 1);
+    assert_eq!(info.files[0].sha256, on_a[0].files[0].sha256);
+    // The blob store holds it under its SHA-256.
+    let sha = &on_a[0].files[0].sha256;
+    let blob = team
+        .blobs
+        .path()
+        .join("sha256")
+        .join(&sha[..2])
+        .join(sha);
+    assert_eq!(std::fs::read(blob).unwrap(), content);
+    // B's registry.yaml, the local export of the shared catalog, names it too.
+    wait_until(Duration::from_secs(30), "B's registry.yaml to name v1", || {
+        std::fs::read_to_string(b.registry_path())
+            .is_ok_and(|t| t.contains("models/resnet/v1/resnet.pt"))
+    });
+}
+
+#[test]
+fn an_alias_moved_on_one_host_is_seen_on_another_within_a_second() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    for i in 1..=2u64 {
+        write_renamed(&a.inbox(), "bert.pt", &bytes(100 + i, 50_000));
+        a.wait_versions("bert", i as usize);
+    }
+    wait_until(Duration::from_secs(10), "B to list bert v1 and v2", || {
+        numbers(&b, "bert").len() == 2
+    });
+    let mut seen = Vec::new();
+    for (i, target) in [1u32, 2, 1, 2, 1].into_iter().enumerate() {
+        ok(&a, &["alias", "set", "bert", "production", &format!("v{target}")]);
+        let moved = Instant::now();
+        wait_until(
+            Duration::from_secs(10),
+            &format!("move {i}: B to see production at v{target}"),
+            || b.get("bert", "production").is_ok_and(|v| v.number == target),
+        );
+        seen.push(moved.elapsed());
+    }
+    seen.sort();
+    println!("alias move seen on the other host after: {seen:?}");
+    assert!(
+        seen[seen.len() / 2] < Duration::from_secs(1),
+        "the median alias move took {:?} to reach the other host",
+        seen[seen.len() / 2]
+    );
+    // And the history reads the same on both.
+    let history = |d: &TestDaemon| ok(d, &["history", "bert"]);
+    wait_until(Duration::from_secs(10), "B's history to match A's", || {
+        history(&a) == history(&b)
+    });
+}
+
+#[test]
+fn hosts_registering_one_model_at_once_get_dense_unique_numbers() {
+    let team = Engines::start();
+    let hosts = [team.host(), team.host(), team.host()];
+    const EACH: u64 = 6;
+    // Every host registers new bytes of `gpt` one after the other, all hosts at once,
+    // so their numbers are allocated in a race.
+    std::thread::scope(|s| {
+        for (h, d) in hosts.iter().enumerate() {
+            s.spawn(move || {
+                for i in 0..EACH {
+                    let content = bytes(1000 * h as u64 + i, 20_000);
+                    let sha = modelreg::store::sha256_hex(&content);
+                    write_renamed(&d.inbox(), "gpt.pt", &content);
+                    wait_until(
+                        Duration::from_secs(30),
+                        &format!("host {h} to register its version {i}"),
+                        || numbers(d, "gpt").values().any(|s| *s == sha),
+                    );
+                }
+            });
+        }
+    });
+    let total = 3 * EACH as usize;
+    for (h, d) in hosts.iter().enumerate() {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("host {h} to list all {total} versions"),
+            || numbers(d, "gpt").len() == total,
+        );
+    }
+    let on_first = numbers(&hosts[0], "gpt");
+    let expected: Vec<u32> = (1..=total as u32).collect();
+    assert_eq!(on_first.keys().copied().collect::<Vec<_>>(), expected);
+    // Each number names different bytes: none was given twice.
+    let distinct: std::collections::BTreeSet<&String> = on_first.values().collect();
+    assert_eq!(distinct.len(), total);
+    for d in &hosts[1..] {
+        assert_eq!(numbers(d, "gpt"), on_first, "every host lists the same versions");
+    }
+    // Each host stored what it registered under the number the shared catalog gave.
+    for (h, d) in hosts.iter().enumerate() {
+        for (n, sha) in &on_first {
+            let file = d.root.path().join(format!("models/gpt/v{n}/gpt.pt"));
+            if let Ok(bytes) = std::fs::read(&file) {
+                assert_eq!(&modelreg::store::sha256_hex(&bytes), sha, "host {h} v{n}");
+            }
+        }
+    }
+    println!(
+        "{} versions from 3 hosts: numbers {:?}",
+        total,
+        on_first.keys().collect::<Vec<_>>()
+    );
+}
