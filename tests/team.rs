@@ -85,18 +85,17 @@ fn a_version_registered_on_one_host_is_listed_and_fetched_on_another() {
     assert_eq!(info.files[0].sha256, on_a[0].files[0].sha256);
     // The blob store holds it under its SHA-256.
     let sha = &on_a[0].files[0].sha256;
-    let blob = team
-        .blobs
-        .path()
-        .join("sha256")
-        .join(&sha[..2])
-        .join(sha);
+    let blob = team.blobs.path().join("sha256").join(&sha[..2]).join(sha);
     assert_eq!(std::fs::read(blob).unwrap(), content);
     // B's registry.yaml, the local export of the shared catalog, names it too.
-    wait_until(Duration::from_secs(30), "B's registry.yaml to name v1", || {
-        std::fs::read_to_string(b.registry_path())
-            .is_ok_and(|t| t.contains("models/resnet/v1/resnet.pt"))
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "B's registry.yaml to name v1",
+        || {
+            std::fs::read_to_string(b.registry_path())
+                .is_ok_and(|t| t.contains("models/resnet/v1/resnet.pt"))
+        },
+    );
 }
 
 #[test]
@@ -112,12 +111,18 @@ fn an_alias_moved_on_one_host_is_seen_on_another_within_a_second() {
     });
     let mut seen = Vec::new();
     for (i, target) in [1u32, 2, 1, 2, 1].into_iter().enumerate() {
-        ok(&a, &["alias", "set", "bert", "production", &format!("v{target}")]);
+        ok(
+            &a,
+            &["alias", "set", "bert", "production", &format!("v{target}")],
+        );
         let moved = Instant::now();
         wait_until(
             Duration::from_secs(10),
             &format!("move {i}: B to see production at v{target}"),
-            || b.get("bert", "production").is_ok_and(|v| v.number == target),
+            || {
+                b.get("bert", "production")
+                    .is_ok_and(|v| v.number == target)
+            },
         );
         seen.push(moved.elapsed());
     }
@@ -173,7 +178,11 @@ fn hosts_registering_one_model_at_once_get_dense_unique_numbers() {
     let distinct: std::collections::BTreeSet<&String> = on_first.values().collect();
     assert_eq!(distinct.len(), total);
     for d in &hosts[1..] {
-        assert_eq!(numbers(d, "gpt"), on_first, "every host lists the same versions");
+        assert_eq!(
+            numbers(d, "gpt"),
+            on_first,
+            "every host lists the same versions"
+        );
     }
     // Each host stored what it registered under the number the shared catalog gave.
     for (h, d) in hosts.iter().enumerate() {
@@ -184,9 +193,66 @@ fn hosts_registering_one_model_at_once_get_dense_unique_numbers() {
             }
         }
     }
+    // How often a host staged a version under a number another host took first (its
+    // staging folder was renamed to the number the shared catalog gave).
+    let renumbered: usize = hosts
+        .iter()
+        .map(|d| {
+            d.log()
+                .matches("while another host took that number")
+                .count()
+        })
+        .sum();
     println!(
-        "{} versions from 3 hosts: numbers {:?}",
-        total,
+        "{total} versions from 3 hosts: numbers {:?}; {renumbered} staged under a number taken first by another host",
         on_first.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_registration_waits_while_the_catalog_is_down_and_is_recorded_once_it_is_back() {
+    let mut team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    write_renamed(&a.inbox(), "vit.pt", &bytes(1, 10_000));
+    a.wait_versions("vit", 1);
+    wait_until(Duration::from_secs(10), "B to list vit v1", || {
+        numbers(&b, "vit").len() == 1
+    });
+
+    team.pg.stop();
+    let second = bytes(2, 10_000);
+    write_renamed(&a.inbox(), "vit.pt", &second);
+    // Nothing half-registered: the entry waits, `status` names the engine.
+    let problem = a.wait_problem_text("registering vit failed");
+    println!("while PostgreSQL was stopped, A's status said: {problem}");
+    assert!(
+        problem.contains("catalog socket") && problem.contains("retried"),
+        "{problem}"
+    );
+    assert_eq!(numbers(&a, "vit").len(), 1, "nothing registered on A alone");
+    let waiting = ok(&a, &["status"]);
+    assert!(waiting.contains("vit"), "{waiting}");
+
+    team.pg.resume();
+    let sha = modelreg::store::sha256_hex(&second);
+    let back = Instant::now();
+    for (h, d) in [("A", &a), ("B", &b)] {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{h} to list vit v2"),
+            || numbers(d, "vit").get(&2) == Some(&sha),
+        );
+    }
+    println!(
+        "after PostgreSQL was back, both hosts listed v2 within {:?}",
+        back.elapsed()
+    );
+    assert_eq!(numbers(&a, "vit").len(), 2, "recorded once");
+    wait_until(Duration::from_secs(10), "A's problem to clear", || {
+        !a.problems_text().contains("registering vit failed")
+    });
+    assert_eq!(
+        std::fs::read(a.root.path().join("models/vit/v2/vit.pt")).unwrap(),
+        second
     );
 }

@@ -398,7 +398,10 @@ mod tests {
             .iter()
             // `http`, `hooks`, `webhooks` and team mode are off by default: the embedded file only
             // shows them commented out.
-            .filter(|(k, v)| v.is_null() && !["http", "hooks", "webhooks", "catalog", "blobs"].contains(&k.as_str()))
+            .filter(|(k, v)| {
+                v.is_null()
+                    && !["http", "hooks", "webhooks", "catalog", "blobs"].contains(&k.as_str())
+            })
             .map(|(k, _)| k)
             .collect();
         assert!(unset.is_empty(), "the embedded default lacks {unset:?}");

@@ -101,8 +101,14 @@ impl Config {
         keep("follow_symlinks", follow_symlinks != self.follow_symlinks);
         keep("log_format", log_json != self.log_json);
         // Team mode's connections and tasks are made once, at start.
-        keep("catalog", team.as_ref().map(|t| &t.catalog) != self.team.as_ref().map(|t| &t.catalog));
-        keep("blobs", team.as_ref().map(|t| &t.blobs) != self.team.as_ref().map(|t| &t.blobs));
+        keep(
+            "catalog",
+            team.as_ref().map(|t| &t.catalog) != self.team.as_ref().map(|t| &t.catalog),
+        );
+        keep(
+            "blobs",
+            team.as_ref().map(|t| &t.blobs) != self.team.as_ref().map(|t| &t.blobs),
+        );
         // The listener is bound once; its other settings are read per connection.
         let listen = |h: &Option<super::HttpConfig>| h.as_ref().map(|h| h.listen);
         let rebind = listen(&http) != listen(&self.http);

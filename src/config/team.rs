@@ -101,7 +101,9 @@ mod tests {
         assert!(e.contains("/r/c.yaml") && e.contains("blobs"), "{e}");
         let e = v(None, Some("/mnt/blobs")).unwrap_err().to_string();
         assert!(e.contains("catalog"), "{e}");
-        let t = v(Some("host=/tmp dbname=x"), Some("s3://b/p")).unwrap().unwrap();
+        let t = v(Some("host=/tmp dbname=x"), Some("s3://b/p"))
+            .unwrap()
+            .unwrap();
         assert_eq!(t.blobs, "s3://b/p");
     }
 
@@ -110,10 +112,17 @@ mod tests {
         let e = v(Some("mysql://u:secret@h/db"), Some("/b"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not a PostgreSQL") && !e.contains("secret"), "{e}");
-        let e = v(Some("postgres://h/db"), Some("s3:///p")).unwrap_err().to_string();
+        assert!(
+            e.contains("not a PostgreSQL") && !e.contains("secret"),
+            "{e}"
+        );
+        let e = v(Some("postgres://h/db"), Some("s3:///p"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no bucket"), "{e}");
-        let e = v(Some("postgres://h/db"), Some("blobs")).unwrap_err().to_string();
+        let e = v(Some("postgres://h/db"), Some("blobs"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("absolute folder"), "{e}");
     }
 }

@@ -74,13 +74,13 @@ impl Workers {
         registrar.set_layout(layout.clone());
         registrar.set_journal(journal, written);
         let team = match &config.team {
-            Some(t) => Some(Arc::new(
-                crate::team::Team::open(&config, t).map_err(|e| Error::Config {
+            Some(t) => Some(Arc::new(crate::team::Team::open(&config, t).map_err(
+                |e| Error::Config {
                     path: config.source.to_string(),
                     key: "catalog/blobs".into(),
                     reason: e,
-                })?,
-            )),
+                },
+            )?)),
             None => None,
         };
         if let Some(team) = &team {

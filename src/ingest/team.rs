@@ -122,7 +122,9 @@ async fn record_one(
             team.applied(name, number);
             return Err(TeamError {
                 engine: "store".into(),
-                message: format!("v{number} recorded, but its staged copy could not be renamed: {e}"),
+                message: format!(
+                    "v{number} recorded, but its staged copy could not be renamed: {e}"
+                ),
             });
         }
         tracing::info!(
@@ -137,7 +139,13 @@ async fn record_one(
 
 /// Renames staging folder `.staging/v<from>.<rest>` to `.staging/v<to>.<rest>`, points
 /// it at `v<to>` and rewrites its manifest with the new number.
-fn renumber(staged: &mut Staged, store_dir: &Path, name: &str, from: u32, to: u32) -> crate::error::Result<()> {
+fn renumber(
+    staged: &mut Staged,
+    store_dir: &Path,
+    name: &str,
+    from: u32,
+    to: u32,
+) -> crate::error::Result<()> {
     let file_name = staged
         .dir
         .file_name()

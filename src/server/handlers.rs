@@ -227,13 +227,17 @@ async fn get(
     // Team mode: a version registered on another host has its files fetched here first
     // (each checked against its SHA-256), so the paths handed out are real.
     if let Some(team) = &ctx.team
-        && let Ok(v) = catalog.model(&name).and_then(|m| m.stored_version(&name, number))
+        && let Ok(v) = catalog
+            .model(&name)
+            .and_then(|m| m.stored_version(&name, number))
         && let Err(e) = team.fetch_version(&cfg.root, v).await
     {
         ctx.board.error(format!("get {name} v{number}: {e}"));
         return Response::err(
             ErrorCode::Internal,
-            format!("{name} v{number}: its files are not on this host and could not be fetched: {e}"),
+            format!(
+                "{name} v{number}: its files are not on this host and could not be fetched: {e}"
+            ),
         );
     }
     let answer = move || -> Result<_, RegistryError> {

@@ -35,7 +35,8 @@ pub async fn follow(
     sink: impl Fn(Remote) -> bool + Send,
     stop: Shutdown,
 ) {
-    let engine = team.catalog_engine();
+    // Its own problem, beside the registrar's on the same engine.
+    let engine = format!("{} (following)", team.catalog_engine());
     let mut last: Option<u64> = None;
     let mut backoff = Duration::from_millis(200);
     loop {

@@ -137,8 +137,7 @@ impl Team {
         let r = self
             .with_db(async |db: &mut CatalogDb| {
                 db.record_version(model, &host, &[], |n| {
-                    self.pending_set()
-                        .insert((model.to_string(), n));
+                    self.pending_set().insert((model.to_string(), n));
                     *noted.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
                     build(n)
                 })
