@@ -7,7 +7,7 @@ use super::Registrar;
 use super::copy::{JobResult, NewVersion, SidecarRead};
 use super::writeback::durable;
 use crate::messages::{ChangeResult, Outcome, SettlerMsg};
-use crate::registry::{Delta, Model, SidecarRef, SourceRecord, StoredFile, Touched, Version};
+use crate::registry::{Delta, Model, SidecarRef, SourceRecord, Touched};
 use crate::status::now_rfc3339;
 use crate::store::{self, Staged};
 
@@ -109,7 +109,7 @@ impl Registrar {
                     nv.number
                 );
             }
-            let version = record_of(&cfg, &nv, fresh, &nv.staged.final_dir);
+            let version = super::facts::record_of(&cfg, &nv, fresh, &nv.staged.final_dir);
             let size: u64 = version.files.iter().map(|f| f.size).sum();
             let rate = size as f64 / nv.copy_secs.max(1e-3);
             tracing::info!(
@@ -474,48 +474,6 @@ impl Registrar {
                 });
             }
         }
-    }
-}
-
-/// The catalog record of new version `nv`, stored in `dir` (`models/<name>/v<N>`; its
-/// number is the one `dir` names): what registry.yaml and, in team mode, the shared
-/// catalog hold. `fresh` is the sidecar whose metrics and metadata it takes, if any.
-pub(super) fn record_of(
-    cfg: &crate::config::Config,
-    nv: &NewVersion,
-    fresh: Option<&SidecarRead>,
-    dir: &Path,
-) -> Version {
-    let rel = |p: &Path| cfg.relative(p).into_owned();
-    let fresh = fresh.filter(|s| s.fresh);
-    let facts = &nv.facts;
-    Version {
-        number: nv.number,
-        kind: nv.kind,
-        files: (nv.staged.files.iter())
-            .map(|f| StoredFile {
-                path: rel(&dir.join(&f.rel)),
-                sha256: f.sha256.clone(),
-                size: f.size,
-            })
-            .collect(),
-        source: rel(&cfg.inbox.join(&nv.entry)),
-        registered_at: nv.registered_at.clone(),
-        // The sidecar's metrics and the Trainer's it does not name (facts.rs).
-        metrics: facts.metrics.clone(),
-        metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
-        sidecar: fresh.map(|s| {
-            Box::new(SidecarRef {
-                path: rel(&cfg.inbox.join(&s.entry)),
-                sha256: s.sha256.clone(),
-            })
-        }),
-        metrics_history: vec![],
-        metric_sources: facts.metric_sources.clone(),
-        extracted: facts.extracted.clone(),
-        provenance: facts.provenance.clone(),
-        deprecated: None,
-        removed: None,
     }
 }
 

@@ -1,14 +1,16 @@
-//! What a new version records besides its files: facts read from its headers, Trainer metrics merged under the sidecar's, and provenance.
+//! What a new version records besides its files: facts read from its headers, Trainer metrics merged under the sidecar's, provenance; and its catalog record.
 //!
 //! Gathered by the copy job (inbox or hand-over) from the staged copy, which nobody else
 //! can write, after hashing and before the manifest is sealed: the manifest keeps them,
 //! so a catalog rebuilt from the store keeps them too.
 
+use std::path::Path;
+
 use crate::extract::{self, Origin};
 use crate::messages::HandedFiles;
 use crate::registry::compact::SortedMap;
 use crate::registry::file_metrics::{self, FileMetrics};
-use crate::registry::{Metadata, Metrics};
+use crate::registry::{Metadata, Metrics, SidecarRef, StoredFile, Version};
 use crate::store::Staged;
 
 /// What a version gets besides its files (see the module docs).
@@ -139,5 +141,47 @@ pub fn inbox_origin(
         mtime_ns,
         git,
         walk_up,
+    }
+}
+
+/// The catalog record of new version `nv`, stored in `dir` (`models/<name>/v<N>`; its
+/// number is the one `dir` names): what registry.yaml and, in team mode, the shared
+/// catalog hold. `fresh` is the sidecar whose metrics and metadata it takes, if any.
+pub(super) fn record_of(
+    cfg: &crate::config::Config,
+    nv: &super::copy::NewVersion,
+    fresh: Option<&super::copy::SidecarRead>,
+    dir: &Path,
+) -> Version {
+    let rel = |p: &Path| cfg.relative(p).into_owned();
+    let fresh = fresh.filter(|s| s.fresh);
+    let facts = &nv.facts;
+    Version {
+        number: nv.number,
+        kind: nv.kind,
+        files: (nv.staged.files.iter())
+            .map(|f| StoredFile {
+                path: rel(&dir.join(&f.rel)),
+                sha256: f.sha256.clone(),
+                size: f.size,
+            })
+            .collect(),
+        source: rel(&cfg.inbox.join(&nv.entry)),
+        registered_at: nv.registered_at.clone(),
+        // The sidecar's metrics and the Trainer's it does not name (facts.rs).
+        metrics: facts.metrics.clone(),
+        metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
+        sidecar: fresh.map(|s| {
+            Box::new(SidecarRef {
+                path: rel(&cfg.inbox.join(&s.entry)),
+                sha256: s.sha256.clone(),
+            })
+        }),
+        metrics_history: vec![],
+        metric_sources: facts.metric_sources.clone(),
+        extracted: facts.extracted.clone(),
+        provenance: facts.provenance.clone(),
+        deprecated: None,
+        removed: None,
     }
 }

@@ -111,7 +111,7 @@ async fn record_one(
     let number = team
         .record_version(name, |n| {
             let dir = store::version_dir(&cfg.store, name, n);
-            super::commit::record_of(cfg, nv, sidecar, &dir)
+            super::facts::record_of(cfg, nv, sidecar, &dir)
         })
         .await?;
     if number != nv.number {
@@ -235,17 +235,18 @@ impl Registrar {
             at: now_rfc3339(),
             uid,
         };
-        let name = match &change {
-            Change::AliasSet { name, .. }
-            | Change::AliasRemove { name, .. }
-            | Change::Rollback { name, .. } => name.clone(),
-            Change::Compact => return None,
-            Change::Deprecate { .. } | Change::Remove { .. } | Change::Gc { .. } => {
-                return Some(Err(RegistryError::NotSaved {
-                    reason: "deprecate, rm and gc are not shared between a team's hosts yet (docs/team.md): refused rather than done on this host alone".into(),
-                }));
-            }
+        if matches!(change, Change::Compact) {
+            return None;
+        }
+        let (Change::AliasSet { name, .. }
+        | Change::AliasRemove { name, .. }
+        | Change::Rollback { name, .. }) = &change
+        else {
+            return Some(Err(RegistryError::NotSaved {
+                reason: "deprecate, rm and gc are not shared between a team's hosts yet (docs/team.md): refused rather than done on this host alone".into(),
+            }));
         };
+        let name = name.clone();
         let model = match self.catalog.model(&name) {
             Ok(m) => m,
             Err(e) => return Some(Err(e)),
