@@ -254,6 +254,9 @@ pub(super) fn check_store_in_background(
 ) {
     let (board, root, catalog) = (board.clone(), config.root.clone(), catalog.clone());
     let store_dir = config.store.clone();
+    // In team mode a version whose files are not here was registered on another host
+    // and is fetched on demand (docs/team.md): not a problem.
+    let team = config.team.is_some();
     tokio::task::spawn_blocking(move || {
         // A store made by an older version under a loose umask: nobody but the
         // daemon's user may add, remove or rename anything in it.
@@ -266,7 +269,10 @@ pub(super) fn check_store_in_background(
         for (p, why) in store::linked_folders(&store_dir) {
             board.set_problem(&p.display().to_string(), &why);
         }
-        for p in crate::verify::missing_files(&root, &catalog) {
+        for p in crate::verify::missing_files(&root, &catalog)
+            .into_iter()
+            .filter(|_| !team)
+        {
             board.set_problem(&p.path, &format!("{}; run `modelreg verify`", p.detail));
         }
     });
