@@ -6,6 +6,8 @@
 //! Latencies are printed (run with --nocapture).
 
 mod common;
+#[path = "common/garage.rs"]
+mod garage;
 #[path = "common/postgres.rs"]
 mod postgres;
 
@@ -270,4 +272,40 @@ fn a_registration_waits_while_the_catalog_is_down_and_is_recorded_once_it_is_bac
         std::fs::read(a.root.path().join("models/vit/v2/vit.pt")).unwrap(),
         second
     );
+}
+
+#[test]
+fn hosts_sharing_an_s3_blob_store_fetch_each_others_versions() {
+    let pg = PgCluster::start();
+    pg.create_database("team");
+    let s3 = garage::Garage::start();
+    let env = [
+        ("AWS_ENDPOINT_URL", s3.endpoint.clone()),
+        ("AWS_REGION", garage::REGION.to_string()),
+        ("AWS_ACCESS_KEY_ID", s3.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret.clone()),
+    ];
+    let host = || {
+        let mut d = TestDaemon::new(&format!(
+            "settle: 300ms\ncatalog: \"{}\"\nblobs: s3://{}/team\n",
+            pg.url("team"),
+            garage::BUCKET
+        ));
+        d.spawn_with(&env, true);
+        d
+    };
+    let (a, b) = (host(), host());
+    let content = bytes(42, 3 << 20);
+    write_renamed(&a.inbox(), "llama.gguf", &content);
+    a.wait_versions("llama", 1);
+    wait_until(Duration::from_secs(10), "B to list llama", || {
+        numbers(&b, "llama").len() == 1
+    });
+    let fetched = Instant::now();
+    let path = ok(&b, &["get", "llama", "--path"]);
+    println!(
+        "B fetched 3 MiB from Garage and answered in {:?}",
+        fetched.elapsed()
+    );
+    assert_eq!(std::fs::read(path.trim()).unwrap(), content);
 }
