@@ -309,3 +309,45 @@ fn hosts_sharing_an_s3_blob_store_fetch_each_others_versions() {
     );
     assert_eq!(std::fs::read(path.trim()).unwrap(), content);
 }
+
+#[test]
+fn team_settings_that_cannot_work_stop_the_start_naming_the_file_and_key() {
+    for (config, key, says) in [
+        (
+            "catalog: postgres://h/db\n",
+            "blobs",
+            "`catalog:` is set but `blobs:` is not",
+        ),
+        (
+            "blobs: /mnt/blobs\n",
+            "catalog",
+            "`blobs:` is set but `catalog:` is not",
+        ),
+        (
+            "catalog: mysql://u:secret@h/db\nblobs: /b\n",
+            "catalog",
+            "not a PostgreSQL connection string",
+        ),
+        (
+            "catalog: postgres://h/db\nblobs: s3:///p\n",
+            "blobs",
+            "names no bucket",
+        ),
+        (
+            "catalog: postgres://h/db\nblobs: blobs\n",
+            "blobs",
+            "absolute folder path",
+        ),
+    ] {
+        let d = TestDaemon::new(config);
+        let out = d.serve_output();
+        let err = common::stderr(&out);
+        assert!(!out.status.success(), "{config}: started");
+        let file = d.root.path().join("config/modelreg.yaml");
+        assert!(
+            err.contains(&format!("{}: {key}: ", file.display())) && err.contains(says),
+            "{config}: {err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+    }
+}
