@@ -351,3 +351,30 @@ fn team_settings_that_cannot_work_stop_the_start_naming_the_file_and_key() {
         assert!(!err.contains("secret"), "{err}");
     }
 }
+
+#[test]
+fn a_file_handed_over_with_add_is_numbered_by_the_team_and_reaches_the_other_host() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    write_renamed(&b.inbox(), "t5.pt", &bytes(50, 5_000));
+    b.wait_versions("t5", 1);
+    wait_until(Duration::from_secs(10), "A to list t5 v1", || {
+        numbers(&a, "t5").len() == 1
+    });
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("t5.pt");
+    let content = bytes(51, 7_000);
+    std::fs::write(&file, &content).unwrap();
+    ok(&a, &["add", file.to_str().unwrap(), "--name", "t5"]);
+    assert!(
+        a.log().contains("from a hand-over"),
+        "add went through the hand-over"
+    );
+    let sha = modelreg::store::sha256_hex(&content);
+    assert_eq!(numbers(&a, "t5").get(&2), Some(&sha));
+    wait_until(Duration::from_secs(10), "B to list t5 v2", || {
+        numbers(&b, "t5").get(&2) == Some(&sha)
+    });
+    let path = ok(&b, &["get", "t5", "v2", "--path"]);
+    assert_eq!(std::fs::read(path.trim()).unwrap(), content);
+}

@@ -120,6 +120,7 @@ impl Registrar {
             .start_handover(&job.name, job.files.size(), &shown);
         let board = self.board.clone();
         let (config, shared) = (self.config.clone(), self.shared.clone());
+        let team = self.team.clone().map(|t| (t, self.config.clone()));
         tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             let done = copying.progress.clone();
@@ -135,6 +136,13 @@ impl Registrar {
                 (Err(refusal(ErrorCode::Internal, why)), None)
             });
             drop(copying);
+            // Team mode: uploaded and numbered by the shared catalog first (team.rs).
+            let result = match (&team, result) {
+                (Some((team, cfg)), Ok(new @ Outcome::New { .. })) => {
+                    record_in_team(team, cfg, &board, &name, sidecar.as_ref(), new).await
+                }
+                (_, result) => result,
+            };
             // Stored files found changed in place (see plan.rs).
             for (path, why) in damaged.take() {
                 let at = (config.root.as_path(), config.store.as_path());
@@ -183,16 +191,20 @@ impl Registrar {
             }) => {
                 self.board.count_dedup(dedup_saved);
                 let cfg = self.config.clone();
-                let files: Vec<StoredFile> = staged
-                    .files
-                    .iter()
-                    .map(|f| StoredFile {
-                        path: cfg.relative(&staged.final_dir.join(&f.rel)).into_owned(),
-                        sha256: f.sha256.clone(),
-                        size: f.size,
-                    })
-                    .collect();
-                let size: u64 = files.iter().map(|f| f.size).sum();
+                let version = record_of(
+                    &cfg,
+                    NewRecord {
+                        kind,
+                        staged: &staged,
+                        registered_at: &registered_at,
+                        source: &source,
+                        facts: &facts,
+                    },
+                    c.sidecar.as_ref(),
+                    &staged.final_dir,
+                    number,
+                );
+                let size: u64 = version.files.iter().map(|f| f.size).sum();
                 tracing::info!(
                     model = c.name,
                     version = format!("v{number}"),
@@ -201,30 +213,16 @@ impl Registrar {
                     c.name,
                     crate::status::human_bytes(size)
                 );
-                let version = Version {
-                    number,
-                    kind,
-                    files,
-                    source,
-                    registered_at,
-                    // The request's metrics and the Trainer's it does not name (facts.rs).
-                    metrics: facts.metrics,
-                    metadata: c.sidecar.as_ref().map(metadata).unwrap_or_default(),
-                    sidecar: None,
-                    metrics_history: vec![],
-                    metric_sources: facts.metric_sources,
-                    extracted: facts.extracted,
-                    provenance: facts.provenance,
-                    deprecated: None,
-                    removed: None,
-                };
                 let model = Arc::make_mut(
                     self.catalog
                         .models
                         .entry(c.name.clone())
                         .or_insert_with(|| Arc::new(Model::default())),
                 );
-                model.push(version);
+                super::team::insert_version(model, version);
+                if let Some(team) = &self.team {
+                    team.applied(&c.name, number);
+                }
                 // Noted for the batch's journal record.
                 self.batch.changed.version(&c.name, number);
                 self.batch.staged.push(staged);
@@ -306,6 +304,123 @@ impl Registrar {
 
 fn metrics(s: &Sidecar) -> crate::registry::Metrics {
     s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+/// What a new hand-over version's record is made of.
+struct NewRecord<'a> {
+    kind: Kind,
+    staged: &'a Staged,
+    registered_at: &'a str,
+    source: &'a str,
+    facts: &'a super::facts::Facts,
+}
+
+/// The catalog record of a hand-over's new version `number`, stored in `dir`.
+fn record_of(
+    cfg: &crate::config::Config,
+    new: NewRecord<'_>,
+    sidecar: Option<&Sidecar>,
+    dir: &std::path::Path,
+    number: u32,
+) -> Version {
+    let facts = new.facts;
+    Version {
+        number,
+        kind: new.kind,
+        files: (new.staged.files.iter())
+            .map(|f| StoredFile {
+                path: cfg.relative(&dir.join(&f.rel)).into_owned(),
+                sha256: f.sha256.clone(),
+                size: f.size,
+            })
+            .collect(),
+        source: new.source.to_string(),
+        registered_at: new.registered_at.to_string(),
+        // The request's metrics and the Trainer's it does not name (facts.rs).
+        metrics: facts.metrics.clone(),
+        metadata: sidecar.map(metadata).unwrap_or_default(),
+        sidecar: None,
+        metrics_history: vec![],
+        metric_sources: facts.metric_sources.clone(),
+        extracted: facts.extracted.clone(),
+        provenance: facts.provenance.clone(),
+        deprecated: None,
+        removed: None,
+    }
+}
+
+/// Team mode: the hand-over's staged version uploaded and recorded in the shared
+/// catalog, renamed when it gives another number; a failure discards it and refuses the
+/// hand-over naming the engine (nothing recorded anywhere; the client may try again).
+async fn record_in_team(
+    team: &crate::team::Team,
+    cfg: &crate::config::Config,
+    board: &crate::status::StatusBoard,
+    name: &str,
+    sidecar: Option<&Sidecar>,
+    mut new: Outcome,
+) -> Result<Outcome, ErrorBody> {
+    let Outcome::New {
+        number,
+        kind,
+        staged,
+        registered_at,
+        source,
+        facts,
+        ..
+    } = &mut new
+    else {
+        return Ok(new);
+    };
+    let files: Vec<(std::path::PathBuf, String, u64)> = (staged.files.iter())
+        .map(|f| (staged.dir.join(&f.rel), f.sha256.clone(), f.size))
+        .collect();
+    let recorded = match team.upload(&files).await {
+        Ok(()) => {
+            team.record_version(name, |n| {
+                let dir = store::version_dir(&cfg.store, name, n);
+                let parts = NewRecord {
+                    kind: *kind,
+                    staged,
+                    registered_at,
+                    source,
+                    facts,
+                };
+                record_of(cfg, parts, sidecar, &dir, n)
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let n = match recorded {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = store::discard(&staged.dir);
+            board.set_problem(
+                &e.engine,
+                &format!("registering {name} (a hand-over) failed: {}", e.message),
+            );
+            return Err(refusal(
+                ErrorCode::Internal,
+                format!("{e}; nothing was kept, try again"),
+            ));
+        }
+    };
+    board.clear_problem(&team.catalog_engine());
+    if n != *number {
+        if let Err(e) = super::team::renumber(staged, &cfg.store, name, *number, n) {
+            team.applied(name, n);
+            let _ = store::discard(&staged.dir);
+            return Err(refusal(
+                ErrorCode::Internal,
+                format!(
+                    "{name} v{n} recorded in the team's catalog, but its staged copy could not be renamed: {e}"
+                ),
+            ));
+        }
+        *number = n;
+    }
+    Ok(new)
 }
 
 fn metadata(s: &Sidecar) -> crate::registry::Metadata {

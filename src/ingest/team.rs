@@ -139,7 +139,7 @@ async fn record_one(
 
 /// Renames staging folder `.staging/v<from>.<rest>` to `.staging/v<to>.<rest>`, points
 /// it at `v<to>` and rewrites its manifest with the new number.
-fn renumber(
+pub(super) fn renumber(
     staged: &mut Staged,
     store_dir: &Path,
     name: &str,
