@@ -144,9 +144,53 @@ pub fn inbox_origin(
     }
 }
 
-/// The catalog record of new version `nv`, stored in `dir` (`models/<name>/v<N>`; its
-/// number is the one `dir` names): what registry.yaml and, in team mode, the shared
-/// catalog hold. `fresh` is the sidecar whose metrics and metadata it takes, if any.
+/// What a new version's catalog record is made of (an inbox job's or a hand-over's).
+pub(super) struct NewRecord<'a> {
+    pub(super) kind: crate::registry::Kind,
+    pub(super) files: &'a [crate::store::StagedFile],
+    pub(super) registered_at: &'a str,
+    /// The source as registry.yaml shows it.
+    pub(super) source: String,
+    pub(super) facts: &'a Facts,
+    pub(super) metadata: Metadata,
+    pub(super) sidecar: Option<Box<SidecarRef>>,
+}
+
+/// The catalog record of new version `number` stored in `dir` (`models/<name>/v<N>`):
+/// what registry.yaml and, in team mode, the shared catalog hold.
+pub(super) fn record(
+    cfg: &crate::config::Config,
+    r: NewRecord<'_>,
+    dir: &Path,
+    number: u32,
+) -> Version {
+    Version {
+        number,
+        kind: r.kind,
+        files: (r.files.iter())
+            .map(|f| StoredFile {
+                path: cfg.relative(&dir.join(&f.rel)).into_owned(),
+                sha256: f.sha256.clone(),
+                size: f.size,
+            })
+            .collect(),
+        source: r.source,
+        registered_at: r.registered_at.to_string(),
+        // The sidecar's (or request's) metrics and the Trainer's it does not name.
+        metrics: r.facts.metrics.clone(),
+        metadata: r.metadata,
+        sidecar: r.sidecar,
+        metrics_history: vec![],
+        metric_sources: r.facts.metric_sources.clone(),
+        extracted: r.facts.extracted.clone(),
+        provenance: r.facts.provenance.clone(),
+        deprecated: None,
+        removed: None,
+    }
+}
+
+/// The record of an inbox job's new version `nv` stored in `dir`; `fresh` is the
+/// sidecar whose metrics and metadata it takes, if any.
 pub(super) fn record_of(
     cfg: &crate::config::Config,
     nv: &super::copy::NewVersion,
@@ -155,21 +199,12 @@ pub(super) fn record_of(
 ) -> Version {
     let rel = |p: &Path| cfg.relative(p).into_owned();
     let fresh = fresh.filter(|s| s.fresh);
-    let facts = &nv.facts;
-    Version {
-        number: nv.number,
+    let r = NewRecord {
         kind: nv.kind,
-        files: (nv.staged.files.iter())
-            .map(|f| StoredFile {
-                path: rel(&dir.join(&f.rel)),
-                sha256: f.sha256.clone(),
-                size: f.size,
-            })
-            .collect(),
+        files: &nv.staged.files,
+        registered_at: &nv.registered_at,
         source: rel(&cfg.inbox.join(&nv.entry)),
-        registered_at: nv.registered_at.clone(),
-        // The sidecar's metrics and the Trainer's it does not name (facts.rs).
-        metrics: facts.metrics.clone(),
+        facts: &nv.facts,
         metadata: fresh.map(|s| s.metadata()).unwrap_or_default(),
         sidecar: fresh.map(|s| {
             Box::new(SidecarRef {
@@ -177,11 +212,6 @@ pub(super) fn record_of(
                 sha256: s.sha256.clone(),
             })
         }),
-        metrics_history: vec![],
-        metric_sources: facts.metric_sources.clone(),
-        extracted: facts.extracted.clone(),
-        provenance: facts.provenance.clone(),
-        deprecated: None,
-        removed: None,
-    }
+    };
+    record(cfg, r, dir, nv.number)
 }

@@ -22,7 +22,7 @@ use super::{JobResult, Registrar, RegistrarMsg};
 use crate::error::Error;
 use crate::messages::{ChangeResult, HandedFiles, Handover, HandoverResult};
 use crate::protocol::{ChangeAnswer, ErrorBody, ErrorCode};
-use crate::registry::{Kind, Model, StoredFile, Version};
+use crate::registry::{Kind, Model};
 use crate::sidecar::Sidecar;
 use crate::store::{self, Staged};
 
@@ -39,7 +39,7 @@ pub struct Copied {
 
 /// What the copy found.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     /// Bytes identical to this version: no new version.
     Same(u32),
     /// A new version, staged.
@@ -74,7 +74,7 @@ struct Job {
     extract: bool,
 }
 
-fn refusal(code: ErrorCode, message: String) -> ErrorBody {
+pub(super) fn refusal(code: ErrorCode, message: String) -> ErrorBody {
     ErrorBody { code, message }
 }
 
@@ -139,7 +139,8 @@ impl Registrar {
             // Team mode: uploaded and numbered by the shared catalog first (team.rs).
             let result = match (&team, result) {
                 (Some((team, cfg)), Ok(new @ Outcome::New { .. })) => {
-                    record_in_team(team, cfg, &board, &name, sidecar.as_ref(), new).await
+                    super::team::record_handover(team, cfg, &board, &name, sidecar.as_ref(), new)
+                        .await
                 }
                 (_, result) => result,
             };
@@ -191,19 +192,16 @@ impl Registrar {
             }) => {
                 self.board.count_dedup(dedup_saved);
                 let cfg = self.config.clone();
-                let version = record_of(
-                    &cfg,
-                    NewRecord {
-                        kind,
-                        staged: &staged,
-                        registered_at: &registered_at,
-                        source: &source,
-                        facts: &facts,
-                    },
-                    c.sidecar.as_ref(),
-                    &staged.final_dir,
-                    number,
-                );
+                let parts = super::facts::NewRecord {
+                    kind,
+                    files: &staged.files,
+                    registered_at: &registered_at,
+                    source,
+                    facts: &facts,
+                    metadata: c.sidecar.as_ref().map(metadata).unwrap_or_default(),
+                    sidecar: None,
+                };
+                let version = super::facts::record(&cfg, parts, &staged.final_dir, number);
                 let size: u64 = version.files.iter().map(|f| f.size).sum();
                 tracing::info!(
                     model = c.name,
@@ -306,124 +304,7 @@ fn metrics(s: &Sidecar) -> crate::registry::Metrics {
     s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
-/// What a new hand-over version's record is made of.
-struct NewRecord<'a> {
-    kind: Kind,
-    staged: &'a Staged,
-    registered_at: &'a str,
-    source: &'a str,
-    facts: &'a super::facts::Facts,
-}
-
-/// The catalog record of a hand-over's new version `number`, stored in `dir`.
-fn record_of(
-    cfg: &crate::config::Config,
-    new: NewRecord<'_>,
-    sidecar: Option<&Sidecar>,
-    dir: &std::path::Path,
-    number: u32,
-) -> Version {
-    let facts = new.facts;
-    Version {
-        number,
-        kind: new.kind,
-        files: (new.staged.files.iter())
-            .map(|f| StoredFile {
-                path: cfg.relative(&dir.join(&f.rel)).into_owned(),
-                sha256: f.sha256.clone(),
-                size: f.size,
-            })
-            .collect(),
-        source: new.source.to_string(),
-        registered_at: new.registered_at.to_string(),
-        // The request's metrics and the Trainer's it does not name (facts.rs).
-        metrics: facts.metrics.clone(),
-        metadata: sidecar.map(metadata).unwrap_or_default(),
-        sidecar: None,
-        metrics_history: vec![],
-        metric_sources: facts.metric_sources.clone(),
-        extracted: facts.extracted.clone(),
-        provenance: facts.provenance.clone(),
-        deprecated: None,
-        removed: None,
-    }
-}
-
-/// Team mode: the hand-over's staged version uploaded and recorded in the shared
-/// catalog, renamed when it gives another number; a failure discards it and refuses the
-/// hand-over naming the engine (nothing recorded anywhere; the client may try again).
-async fn record_in_team(
-    team: &crate::team::Team,
-    cfg: &crate::config::Config,
-    board: &crate::status::StatusBoard,
-    name: &str,
-    sidecar: Option<&Sidecar>,
-    mut new: Outcome,
-) -> Result<Outcome, ErrorBody> {
-    let Outcome::New {
-        number,
-        kind,
-        staged,
-        registered_at,
-        source,
-        facts,
-        ..
-    } = &mut new
-    else {
-        return Ok(new);
-    };
-    let files: Vec<(std::path::PathBuf, String, u64)> = (staged.files.iter())
-        .map(|f| (staged.dir.join(&f.rel), f.sha256.clone(), f.size))
-        .collect();
-    let recorded = match team.upload(&files).await {
-        Ok(()) => {
-            team.record_version(name, |n| {
-                let dir = store::version_dir(&cfg.store, name, n);
-                let parts = NewRecord {
-                    kind: *kind,
-                    staged,
-                    registered_at,
-                    source,
-                    facts,
-                };
-                record_of(cfg, parts, sidecar, &dir, n)
-            })
-            .await
-        }
-        Err(e) => Err(e),
-    };
-    let n = match recorded {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = store::discard(&staged.dir);
-            board.set_problem(
-                &e.engine,
-                &format!("registering {name} (a hand-over) failed: {}", e.message),
-            );
-            return Err(refusal(
-                ErrorCode::Internal,
-                format!("{e}; nothing was kept, try again"),
-            ));
-        }
-    };
-    board.clear_problem(&team.catalog_engine());
-    if n != *number {
-        if let Err(e) = super::team::renumber(staged, &cfg.store, name, *number, n) {
-            team.applied(name, n);
-            let _ = store::discard(&staged.dir);
-            return Err(refusal(
-                ErrorCode::Internal,
-                format!(
-                    "{name} v{n} recorded in the team's catalog, but its staged copy could not be renamed: {e}"
-                ),
-            ));
-        }
-        *number = n;
-    }
-    Ok(new)
-}
-
-fn metadata(s: &Sidecar) -> crate::registry::Metadata {
+pub(super) fn metadata(s: &Sidecar) -> crate::registry::Metadata {
     s.metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))

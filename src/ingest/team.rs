@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use super::Registrar;
 use super::copy::{JobResult, NewVersion};
+use super::handover::Outcome;
 use crate::config::Config;
 use crate::messages::{Change, ChangeResult};
 use crate::protocol::ChangeAnswer;
+use crate::protocol::ErrorBody;
 use crate::registry::{Changed, Model, RegistryError, Stamp, Version};
 use crate::status::{StatusBoard, now_rfc3339};
 use crate::store::{self, Staged};
@@ -166,6 +168,82 @@ pub(super) fn renumber(
         store::write_manifest(&staged.dir, &m)?;
     }
     Ok(())
+}
+
+/// Team mode: the hand-over's staged version uploaded and recorded in the shared
+/// catalog, renamed when it gives another number; a failure discards it and refuses the
+/// hand-over naming the engine (nothing recorded anywhere; the client may try again).
+pub(super) async fn record_handover(
+    team: &crate::team::Team,
+    cfg: &crate::config::Config,
+    board: &crate::status::StatusBoard,
+    name: &str,
+    sidecar: Option<&crate::sidecar::Sidecar>,
+    mut new: Outcome,
+) -> Result<Outcome, ErrorBody> {
+    let Outcome::New {
+        number,
+        kind,
+        staged,
+        registered_at,
+        source,
+        facts,
+        ..
+    } = &mut new
+    else {
+        return Ok(new);
+    };
+    let files: Vec<(std::path::PathBuf, String, u64)> = (staged.files.iter())
+        .map(|f| (staged.dir.join(&f.rel), f.sha256.clone(), f.size))
+        .collect();
+    let recorded = match team.upload(&files).await {
+        Ok(()) => {
+            team.record_version(name, |n| {
+                let dir = store::version_dir(&cfg.store, name, n);
+                let parts = super::facts::NewRecord {
+                    kind: *kind,
+                    files: &staged.files,
+                    registered_at,
+                    source: source.clone(),
+                    facts,
+                    metadata: sidecar.map(super::handover::metadata).unwrap_or_default(),
+                    sidecar: None,
+                };
+                super::facts::record(cfg, parts, &dir, n)
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let n = match recorded {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = store::discard(&staged.dir);
+            board.set_problem(
+                &e.engine,
+                &format!("registering {name} (a hand-over) failed: {}", e.message),
+            );
+            return Err(super::handover::refusal(
+                crate::protocol::ErrorCode::Internal,
+                format!("{e}; nothing was kept, try again"),
+            ));
+        }
+    };
+    board.clear_problem(&team.catalog_engine());
+    if n != *number {
+        if let Err(e) = renumber(staged, &cfg.store, name, *number, n) {
+            team.applied(name, n);
+            let _ = store::discard(&staged.dir);
+            return Err(super::handover::refusal(
+                crate::protocol::ErrorCode::Internal,
+                format!(
+                    "{name} v{n} recorded in the team's catalog, but its staged copy could not be renamed: {e}"
+                ),
+            ));
+        }
+        *number = n;
+    }
+    Ok(new)
 }
 
 impl Registrar {
