@@ -282,8 +282,16 @@ impl Registrar {
     /// the shared catalog first (one round trip, awaited here).
     async fn handle_any(&mut self, msg: RegistrarMsg, stopping: bool) {
         match (msg, self.team.clone()) {
-            (RegistrarMsg::Change { change, uid, reply }, Some(team)) if !stopping => {
-                let change = match self.team_change(team, change, uid).await {
+            (RegistrarMsg::Change { change, uid, reply }, Some(team)) => {
+                let result = if stopping {
+                    // Not made on this host alone, and no time left to share it.
+                    Some(Err(crate::registry::RegistryError::NotSaved {
+                        reason: "the daemon is shutting down".into(),
+                    }))
+                } else {
+                    self.team_change(team, change, uid).await
+                };
+                let change = match result {
                     Some(result) => return self.batch.replies.push((reply, result)),
                     // Not a change of the shared catalog (`compact`): made here.
                     None => crate::messages::Change::Compact,
