@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::journal::{
     aliases, file_catalog, journal_path, records, two_versions, with_an_older_copy,
@@ -271,4 +271,58 @@ fn add_refused_by_the_daemon_and_the_inbox_says_path_user_and_what_to_do() {
     assert!(!err.contains("cannot place"), "{err}");
     assert!(d.versions("m").is_empty());
     assert_eq!(inbox_names(&d), Vec::<String>::new());
+}
+
+// A registry.yaml cut short in place (a failed `cp`, a full disk) after a clean stop: the
+// start refused it, but had first copied it over its good last copy, so `recover` could
+// only rebuild the cut models from the store, their aliases lost.
+#[test]
+fn a_refused_start_leaves_registry_yamls_last_copy_as_it_was() {
+    let mut d = two_versions();
+    common::write_renamed(&d.inbox(), "a.pt", &bytes(9, 64));
+    d.wait_versions("a", 1);
+    d.client().alias_set("m", "production", "v1").unwrap();
+    d.client().compact().unwrap();
+    d.stop();
+    let base = persist::journal::base_path(&d.registry_path());
+    let good = std::fs::read(&base).unwrap();
+    assert_eq!(good, std::fs::read(d.registry_path()).unwrap());
+    // Cut before the model: the store holds versions registry.yaml no longer names.
+    let text = String::from_utf8(good.clone()).unwrap();
+    let cut = text.find("\n  m:").expect("model m in registry.yaml");
+    std::fs::write(d.registry_path(), format!("{}\n", &text[..cut])).unwrap();
+    let out = d.serve_output();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        good,
+        "the refused start changed registry.yaml's last copy"
+    );
+}
+
+// `modelreg recover | head -1`: the first line printed, the reader gone, recover ended
+// with 0 having mended nothing.
+#[test]
+fn recover_into_a_reader_that_stops_reading_still_mends_the_registry() {
+    let (mut d, old) = with_an_older_copy_and_a_record();
+    d.kill();
+    std::fs::write(d.registry_path(), &old).unwrap();
+    std::fs::write(persist::journal::base_path(&d.registry_path()), &old).unwrap();
+    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    let mut child = Command::new(BIN)
+        .args(["recover", "--root"])
+        .arg(d.root.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes before anything is read: every write of recover's meets a closed pipe.
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "recover failed: {status}");
+    d.spawn();
+    assert_eq!(
+        aliases(&d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
 }

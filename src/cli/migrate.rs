@@ -22,6 +22,7 @@ use crate::{Cli, EXIT_ERROR};
 
 /// `migrate --to URL --blobs STORE`.
 pub(crate) fn migrate(cli: &Cli, to: &str, blobs: &str) -> ExitCode {
+    super::finish_despite_closed_output();
     match run(cli, to, blobs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

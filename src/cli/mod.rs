@@ -56,11 +56,25 @@ pub(crate) fn emit(args: std::fmt::Arguments) {
     use std::io::Write;
     if let Err(e) = std::io::stdout().lock().write_fmt(args) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
+            if FINISH_DESPITE_CLOSED_OUTPUT.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
             std::process::exit(0);
         }
         eprintln!("modelreg: cannot write to stdout: {e}");
         std::process::exit(i32::from(EXIT_ERROR));
     }
+}
+
+/// Set by commands that change files as they report (`recover`, `migrate`): a reader
+/// that stops reading (`| head`) must not end them half-way with 0; the rest of their
+/// output is dropped and their work and exit status stay whole.
+static FINISH_DESPITE_CLOSED_OUTPUT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes a closed stdout drop the rest of the output instead of ending the command.
+pub(crate) fn finish_despite_closed_output() {
+    FINISH_DESPITE_CLOSED_OUTPUT.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Prints `modelreg: MESSAGE` on stderr, each line passed through

@@ -18,6 +18,7 @@ use crate::{Cli, EXIT_ERROR};
 /// records applied on what registry.yaml and the store hold, and a fresh journal started;
 /// what could not be applied is listed, record by record.
 pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
+    super::finish_despite_closed_output();
     let run = || -> Result<bool, String> {
         let (config, _lock) = super::lock_root(cli, "stop it before `recover`")?;
         let reg = &config.registry;

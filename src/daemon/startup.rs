@@ -81,6 +81,13 @@ pub(super) fn load_and_recover(config: &Config) -> Result<(Loaded, Timings)> {
     if !lost.is_empty() {
         return Err(lost_versions(config, &lost, "exists"));
     }
+    // Only now, the start accepted: a refused start must leave registry.yaml's last copy
+    // as it was (a registry.yaml cut short in place would otherwise be copied over the
+    // good copy before the audit refused it, and `recover` could only rebuild from the
+    // store).
+    if let Err(e) = persist::journal::keep_base(&config.registry) {
+        tracing::warn!("registry.yaml's last copy not made: {e}");
+    }
     Ok((
         loaded,
         Timings {
@@ -350,9 +357,6 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
         } else {
             tracing::info!(registry = %config.registry.display(), "wrote registry.yaml from the journal");
         }
-    }
-    if let Err(e) = persist::journal::keep_base(&config.registry) {
-        tracing::warn!("registry.yaml's last copy not made: {e}");
     }
     let written = if existed {
         written
