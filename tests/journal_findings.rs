@@ -326,3 +326,27 @@ fn recover_into_a_reader_that_stops_reading_still_mends_the_registry() {
         pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
     );
 }
+
+// `rm m v1`, then an older registry.yaml (naming v1 live) restored with its last copy:
+// `recover` brought v1 back as live with its files gone ("stored file ... is missing").
+#[test]
+fn recover_keeps_a_version_removed_after_the_restored_registry_yaml_removed() {
+    let mut d = two_versions();
+    d.client().compact().unwrap();
+    let old = std::fs::read_to_string(d.registry_path()).unwrap();
+    d.client().rm("m", "v1", None, false).unwrap();
+    // The journal now starts after the removal: the old copy no longer joins it.
+    d.client().compact().unwrap();
+    d.kill();
+    std::fs::write(d.registry_path(), &old).unwrap();
+    std::fs::write(persist::journal::base_path(&d.registry_path()), &old).unwrap();
+    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    let (ok, text) = recover(&d);
+    assert!(ok, "{text}");
+    assert!(text.contains("marked m/v1 removed"), "{text}");
+    let catalog = persist::load(&d.registry_path()).unwrap().unwrap();
+    let v1 = catalog.models["m"].find(1).expect("v1 still recorded");
+    assert!(v1.removed.is_some(), "v1 came back live:\n{text}");
+    d.spawn();
+    assert!(d.status().problems.is_empty(), "{:?}", d.status().problems);
+}

@@ -119,10 +119,19 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
                 esc(v)
             );
         }
+        for v in &report.removed {
+            outln!(
+                "marked {} removed: registry.yaml named it, the store holds only its tombstone",
+                esc(v)
+            );
+        }
         for v in &report.unreadable {
             super::print_error(&format!("not recovered (left untouched in the store): {v}"));
         }
-        let added = report.from_manifest.len() + report.hashed.len() + report.tombstones.len();
+        let added = report.from_manifest.len()
+            + report.hashed.len()
+            + report.tombstones.len()
+            + report.removed.len();
         if added == 0 && !from_base && salvaged.is_none() {
             outln!(
                 "{} names every version the store holds; nothing to recover",

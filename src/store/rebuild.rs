@@ -61,6 +61,9 @@ pub struct Rebuilt {
     pub tombstones: Vec<String>,
     /// Folders that could not be read, left out (and untouched).
     pub unreadable: Vec<String>,
+    /// Versions the catalog named live that the store holds only a tombstone of (removed
+    /// after the catalog's copy was made): marked removed.
+    pub removed: Vec<String>,
 }
 
 /// Adds to `catalog` every version the store holds that it lacks, from the manifests (or,
@@ -117,6 +120,28 @@ pub fn rebuild(store: &Path, catalog: &mut Catalog, rel: &dyn Fn(&Path) -> Strin
             model.versions.sort_by_key(|v| v.number);
         }
         model.highest = model.highest.max(n);
+    }
+    // A version named live whose folder is gone and whose tombstone the store holds was
+    // removed after this catalog's copy was made (an older registry.yaml restored): the
+    // tombstone wins, as it does for a version the catalog lacks.
+    for (name, model) in catalog.models.iter_mut() {
+        for (n, removed) in numbers_in_store(store, name) {
+            if !removed || version_dir(store, name, n).exists() {
+                continue;
+            }
+            let Some(i) =
+                (model.versions.iter()).position(|v| v.number == n && v.removed.is_none())
+            else {
+                continue;
+            };
+            let m = std::sync::Arc::make_mut(model);
+            std::sync::Arc::make_mut(&mut m.versions[i]).removed = Some(Box::new(Mark {
+                at: "unknown".into(),
+                reason: Some("removed after the registry.yaml recovered from was written".into()),
+                uid: None,
+            }));
+            report.removed.push(format!("{name}/v{n}"));
+        }
     }
     report
 }
