@@ -350,3 +350,28 @@ fn recover_keeps_a_version_removed_after_the_restored_registry_yaml_removed() {
     d.spawn();
     assert!(d.status().problems.is_empty(), "{:?}", d.status().problems);
 }
+
+// The newest version's file damaged in place, then its good bytes handed over again with
+// `modelreg add`: answered "identical to the newest version", nothing kept, and the
+// damaged file handed back as the newest.
+#[test]
+fn the_good_bytes_of_a_newest_version_damaged_in_place_are_kept_as_a_new_version() {
+    let d = TestDaemon::start("settle: 50ms\n");
+    let outside = d.root.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let file = outside.join("dd.bin");
+    let good = bytes(5, 4096);
+    write(&file, &good);
+    ok(&d, &["add", file.to_str().unwrap(), "--wait"]);
+    let stored = d.root.path().join("models/dd/v1/dd.bin");
+    common::damage_in_place(&stored, 1000);
+    let out = ok(&d, &["add", file.to_str().unwrap(), "--wait"]);
+    assert!(out.contains("dd v2"), "{out}");
+    let v2 = d.root.path().join("models/dd/v2/dd.bin");
+    assert_eq!(std::fs::read(&v2).unwrap(), good);
+    let problems = d.problems_text();
+    assert!(
+        problems.contains("dd v1"),
+        "the damage is not shown: {problems}"
+    );
+}

@@ -423,7 +423,20 @@ fn copy(
         .iter()
         .map(|f| (f.rel.clone(), f.sha256.clone()))
         .collect();
-    if let Some(k) = job.latest.as_ref().filter(|k| k.files == content) {
+    // The newest version's recorded hashes are what it held when stored; its bytes are
+    // compared too, so one damaged in place is not answered "identical" (the new bytes
+    // then become a version of their own, and the damage a problem).
+    if let Some(k) = job.latest.as_ref().filter(|k| {
+        k.files == content
+            && store::staged_equals_version(
+                &job.store,
+                &job.name,
+                k.number,
+                &staged.dir,
+                &content,
+                &job.stored.damaged(),
+            )
+    }) {
         let _ = store::discard(&staged.dir);
         return Ok(Outcome::Same(k.number));
     }

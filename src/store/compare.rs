@@ -99,6 +99,30 @@ pub(super) fn same_bytes(new: &File, stored: &File) -> Verdict {
     cmp.finish()
 }
 
+/// Whether every file `rels` of the staged folder `staged` holds the same bytes as the
+/// same file of version `number` of `name` in `store`: what a version's recorded hashes
+/// say it held is not what it holds once damaged in place, and an entry "identical to
+/// the newest version" must not be dropped for a damaged one. Each differing stored file
+/// is reported to `damaged` (recorded with `sha256`).
+pub fn staged_equals_version(
+    store: &Path,
+    name: &str,
+    number: u32,
+    staged: &Path,
+    rels: &[(String, String)],
+    damaged: &Damaged,
+) -> bool {
+    let dir = super::version_dir(store, name, number);
+    rels.iter().all(|(rel, sha256)| {
+        let (Ok(new), Ok(old)) = (File::open(staged.join(rel)), File::open(dir.join(rel))) else {
+            return false;
+        };
+        let verdict = same_bytes(&new, &old);
+        damaged.report(&dir.join(rel), sha256, &verdict);
+        verdict == Verdict::Same
+    })
+}
+
 /// The (device, inode) of an open file.
 pub(super) fn identity(f: &File) -> Option<(u64, u64)> {
     f.metadata().ok().map(|m| (m.dev(), m.ino()))

@@ -44,7 +44,7 @@ mod seal;
 mod staging;
 pub mod trash;
 
-pub use compare::Damaged;
+pub use compare::{Damaged, staged_equals_version};
 pub use copy::hash_file;
 pub use dedup::{Deduped, Stored, link_duplicates};
 pub use links::{check_no_link, linked_folders, refresh_links};
