@@ -36,6 +36,14 @@ fn recover(d: &TestDaemon) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `old` written into registry.yaml and its last copy (an operator restoring a backup of
+/// both, the daemon stopped), the start-up cache removed.
+fn restore_with_its_copy(d: &TestDaemon, old: &str) {
+    std::fs::write(d.registry_path(), old).unwrap();
+    std::fs::write(persist::journal::base_path(&d.registry_path()), old).unwrap();
+    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+}
+
 /// [`with_an_older_copy`], then canary at v1, only in the journal.
 fn with_an_older_copy_and_a_record() -> (TestDaemon, String) {
     let (d, old) = with_an_older_copy();
@@ -67,9 +75,7 @@ fn an_older_copy_written_into_registry_yaml_in_place_loses_nothing() {
 fn registry_yaml_and_its_copy_older_than_the_journal_are_mended_by_recover() {
     let (mut d, old) = with_an_older_copy_and_a_record();
     d.kill();
-    std::fs::write(d.registry_path(), &old).unwrap();
-    std::fs::write(persist::journal::base_path(&d.registry_path()), &old).unwrap();
-    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    restore_with_its_copy(&d, &old);
     let out = d.serve_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -306,9 +312,7 @@ fn a_refused_start_leaves_registry_yamls_last_copy_as_it_was() {
 fn recover_into_a_reader_that_stops_reading_still_mends_the_registry() {
     let (mut d, old) = with_an_older_copy_and_a_record();
     d.kill();
-    std::fs::write(d.registry_path(), &old).unwrap();
-    std::fs::write(persist::journal::base_path(&d.registry_path()), &old).unwrap();
-    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    restore_with_its_copy(&d, &old);
     let mut child = Command::new(BIN)
         .args(["recover", "--root"])
         .arg(d.root.path())
@@ -338,9 +342,7 @@ fn recover_keeps_a_version_removed_after_the_restored_registry_yaml_removed() {
     // The journal now starts after the removal: the old copy no longer joins it.
     d.client().compact().unwrap();
     d.kill();
-    std::fs::write(d.registry_path(), &old).unwrap();
-    std::fs::write(persist::journal::base_path(&d.registry_path()), &old).unwrap();
-    let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
+    restore_with_its_copy(&d, &old);
     let (ok, text) = recover(&d);
     assert!(ok, "{text}");
     assert!(text.contains("marked m/v1 removed"), "{text}");
