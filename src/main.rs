@@ -224,8 +224,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Register a file or folder from anywhere: it is copied into the inbox under a
-    /// hidden name (its metrics sidecar first) and renamed into place, as the Python
+    /// Register a file or folder from anywhere. A file is handed over open: the daemon
+    /// copies it from the descriptor this command passes, so neither the daemon's
+    /// permissions on its path nor a settle wait are involved. A folder (or metadata too
+    /// large for a request) is copied into the inbox under a hidden name (its metrics
+    /// sidecar first), renamed into place, and removed once registered. As the Python
     /// client does.
     Add {
         /// The file or folder to register.
