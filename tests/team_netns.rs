@@ -569,8 +569,16 @@ fn a_host_cut_off_inside_its_transaction_does_not_block_the_others() {
     for f in &failures {
         println!("  {f}");
     }
-    // h1's timed-out attempt was rolled back by the server: its number went to h2.
-    assert_eq!(number, 2);
+    // h1's timed-out attempt was rolled back by the server: its number went to h2 — to
+    // h2's first attempt even when that attempt's answer came too late for h2 (it had
+    // waited out its own 3 s for the lock h1 held): an unknown outcome that committed,
+    // after which h2's retry recorded v3 (docs/team.md: re-read before retrying). A CI
+    // run of 2026-11-28 saw exactly that.
+    assert!(
+        number == 2 || (number == 3 && !failures.is_empty()),
+        "h2 recorded v{number} after {} failed attempt(s)",
+        failures.len()
+    );
     let err = h1.join().unwrap().unwrap_err();
     println!("h1, cut off: {err}");
     assert!(err.is_connection_lost(), "{err}");
