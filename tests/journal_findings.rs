@@ -36,6 +36,14 @@ fn recover(d: &TestDaemon) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// m's aliases as the tests below set them: canary and production at v1, staging at v2.
+fn assert_three_aliases(d: &TestDaemon) {
+    assert_eq!(
+        aliases(d),
+        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
+    );
+}
+
 /// `old` written into registry.yaml and its last copy (an operator restoring a backup of
 /// both, the daemon stopped), the start-up cache removed.
 fn restore_with_its_copy(d: &TestDaemon, old: &str) {
@@ -62,10 +70,7 @@ fn an_older_copy_written_into_registry_yaml_in_place_loses_nothing() {
     std::fs::write(d.registry_path(), &old).unwrap();
     let _ = std::fs::remove_file(persist::cache_path(&d.registry_path()));
     d.spawn();
-    assert_eq!(
-        aliases(&d),
-        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
-    );
+    assert_three_aliases(&d);
     assert_eq!(file_catalog(&d).models["m"].aliases["staging"], 2);
 }
 
@@ -87,10 +92,7 @@ fn registry_yaml_and_its_copy_older_than_the_journal_are_mended_by_recover() {
     assert!(text.contains("lost: journal records"), "{text}");
     assert!(text.contains("kept as"), "{text}");
     d.spawn();
-    assert_eq!(
-        aliases(&d),
-        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
-    );
+    assert_three_aliases(&d);
 }
 
 // `recover` with a journal damaged before its end printed the daemon's "Not starting"
@@ -126,10 +128,7 @@ fn recover_mends_a_journal_damaged_before_its_end_and_lists_what_was_lost() {
     );
     d.spawn();
     // The third record carries m's whole alias state: nothing of it is lost.
-    assert_eq!(
-        aliases(&d),
-        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
-    );
+    assert_three_aliases(&d);
 }
 
 // A torn last record dropped at start was a log line only; `status` said "problems: none".
@@ -325,10 +324,7 @@ fn recover_into_a_reader_that_stops_reading_still_mends_the_registry() {
     let status = child.wait().unwrap();
     assert!(status.success(), "recover failed: {status}");
     d.spawn();
-    assert_eq!(
-        aliases(&d),
-        pairs(&[("canary", 1), ("production", 1), ("staging", 2)])
-    );
+    assert_three_aliases(&d);
 }
 
 // `rm m v1`, then an older registry.yaml (naming v1 live) restored with its last copy:
