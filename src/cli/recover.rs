@@ -104,6 +104,22 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             }
             None => None,
         };
+        // Changes the journal lost (replaced by an older copy, or emptied) that the event
+        // log still holds: applied on what the files and the store gave back.
+        let events_dir = config.events_dir();
+        let ahead = modelreg::events::after_record(&events_dir, catalog.journal_seq)
+            .map_err(|e| format!("read the event log {}: {e}", events_dir.display()))?;
+        let restored = (!ahead.is_empty()).then(|| {
+            let r = modelreg::events::restore(&mut catalog, &ahead);
+            outln!(
+                "applied {} of the {} event(s) of journal records after {} that {} holds (the journal had lost them)",
+                r.applied.len(),
+                ahead.len(),
+                ahead[0].commit - 1,
+                events_dir.display()
+            );
+            r
+        });
         for v in &report.from_manifest {
             outln!("recovered {} from its manifest", esc(v));
         }
@@ -132,7 +148,13 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             + report.hashed.len()
             + report.tombstones.len()
             + report.removed.len();
-        if added == 0 && !from_base && salvaged.is_none() {
+        if let Some(r) = &restored {
+            for l in &r.applied {
+                outln!("restored from the event log: {}", esc(l));
+            }
+            lost.extend(r.skipped.iter().cloned());
+        }
+        if added == 0 && !from_base && salvaged.is_none() && restored.is_none() {
             outln!(
                 "{} names every version the store holds; nothing to recover",
                 reg.display()
@@ -152,7 +174,7 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             reg.display(),
             added
         );
-        if salvaged.is_some() {
+        if salvaged.is_some() || restored.is_some() {
             // The old journal no longer continues the file just written: set aside for a
             // person to look at, and a fresh one started after it.
             let aside = journal_path.with_extension("journal.before-recover");
@@ -169,13 +191,17 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
         if let Err(e) = journal::keep_base(reg) {
             super::print_error(&format!("{base_shown} not updated: {e}"));
         }
-        if salvaged.is_none() && added > 0 && !from_base {
+        if restored.is_some() && added > 0 {
+            lost.push(
+                "the inbox fingerprints of the versions recovered from the store (the inbox is looked at again at start; an entry identical to its model's newest version makes no new version)".into(),
+            );
+        } else if salvaged.is_none() && added > 0 && !from_base {
             lost.push(
                 "for the versions recovered from the store, what the store does not hold: aliases and their history, deprecations, metric edits made after registration, and the inbox fingerprints (the inbox is looked at again at start; an entry identical to its model's newest version makes no new version)".into(),
             );
         }
-        if salvaged.is_some() && lost.is_empty() {
-            outln!("lost: nothing (every journal record applied)");
+        if (salvaged.is_some() || restored.is_some()) && lost.is_empty() {
+            outln!("lost: nothing (every journal record and event applied)");
         }
         for l in &lost {
             outln!("lost: {}", esc(l));

@@ -161,6 +161,11 @@ impl Config {
         file::validate(root, raw.or(base), source)
     }
 
+    /// The event log's folder: `events/` beside registry.yaml.
+    pub fn events_dir(&self) -> PathBuf {
+        self.registry.parent().unwrap_or(&self.root).join("events")
+    }
+
     /// A path under the root, shown relative to it when possible (for registry.yaml).
     pub fn relative<'a>(&self, p: &'a Path) -> std::borrow::Cow<'a, str> {
         match p.strip_prefix(&self.root) {

@@ -68,6 +68,7 @@ pub(super) fn load_and_recover(config: &Config) -> Result<(Loaded, Timings)> {
     let t0 = Instant::now();
     let loaded = load_catalog(config)?;
     let catalog = &loaded.catalog;
+    refuse_lost_records(config, &loaded)?;
     let took = t0.elapsed();
     let recovery = store::recover(&config.store, catalog)?;
     let recovered = t0.elapsed() - took;
@@ -106,15 +107,57 @@ pub(super) fn cursors_path(config: &Config) -> std::path::PathBuf {
         .join(crate::deliver::CURSORS_FILE)
 }
 
+/// Refuses the start when the event log holds events of more than one journal record
+/// that neither registry.yaml nor the journal holds. Only the commit a crash interrupted
+/// may have its events without its record (both are fsynced in one round, and nothing
+/// is answered before both are durable), so more means the journal lost records whose
+/// changes were answered: replaced by an older copy, or emptied. Starting would drop
+/// those events and the changes with them; `recover` brings them back from the log.
+fn refuse_lost_records(config: &Config, loaded: &Loaded) -> Result<()> {
+    let dir = config.events_dir();
+    let seq = loaded.catalog.journal_seq;
+    let read = |e| Error::io("read event log", &dir, e);
+    // The newest event's record first (read from the segment's end): past the record in
+    // flight at a crash is rare, and only then is the log read whole.
+    if events::newest_commit(&dir)
+        .map_err(read)?
+        .is_none_or(|c| c <= seq + 1)
+    {
+        return Ok(());
+    }
+    let ahead = events::after_record(&dir, seq).map_err(read)?;
+    if !events::journal_lost_records(&ahead, seq) {
+        return Ok(());
+    }
+    let (first, last) = (&ahead[0], &ahead[ahead.len() - 1]);
+    let journal = persist::journal_path(&config.registry);
+    let msg = format!(
+        "the event log {} holds {} event(s) of journal records {}..{} (the last: {}) that \
+         neither {} (up to record {}) nor the journal {} (up to record {seq}) holds: the \
+         journal was replaced by an older copy or emptied, and changes that were answered \
+         would be lost. Not starting. Run `modelreg recover --root {}` to apply them again \
+         from the event log (what cannot be applied is listed); to start afresh on \
+         purpose, move {} aside as well.",
+        dir.display(),
+        ahead.len(),
+        first.commit,
+        last.commit,
+        last.line().trim_start(),
+        config.registry.display(),
+        loaded.written,
+        journal.display(),
+        config.root.display(),
+        dir.display(),
+    );
+    tracing::error!("{msg}");
+    Err(Error::Other(msg))
+}
+
 /// Opens the event log beside registry.yaml (`events/`), dropping events of records the
 /// catalog does not hold, and appends the events of replayed journal records that have
 /// none (their record was durable, their events not: a crash between the two fsyncs).
 pub(super) fn open_events(config: &Config, loaded: &Loaded) -> Result<Arc<events::Log>> {
-    let dir = config
-        .registry
-        .parent()
-        .unwrap_or(&config.root)
-        .join("events");
+    let dir = config.events_dir();
     let retention = events::Retention::of(&config.events);
     let log = events::Log::open(&dir, &retention, loaded.catalog.journal_seq)?;
     let (before, records) = &loaded.replayed;

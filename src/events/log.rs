@@ -188,8 +188,9 @@ impl Log {
             if keep < r.events.len() {
                 tracing::warn!(
                     events = %path.display(),
-                    "dropped {} event(s) of journal record(s) after {journal_seq}, which were not made durable",
-                    r.events.len() - keep
+                    "dropped {} event(s) of journal record {}, the commit a crash interrupted (its record was not made durable, nothing of it was answered)",
+                    r.events.len() - keep,
+                    journal_seq + 1
                 );
             }
             let good = if keep == 0 { 0 } else { r.ends[keep - 1] };

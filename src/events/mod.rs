@@ -40,10 +40,12 @@
 
 mod derive;
 mod log;
+mod restore;
 mod segment;
 
 pub use derive::derive;
 pub use log::{Log, Pending, ReadError, Retention};
+pub use restore::{Restored, after_record, journal_lost_records, newest_commit, restore};
 
 use serde::{Deserialize, Serialize};
 

@@ -84,6 +84,12 @@ pub(super) fn read(path: &Path) -> std::io::Result<Read> {
 /// The seq of the last intact event of `path`, read from its end (its last 64 KiB):
 /// `None` when none is found there.
 pub(super) fn last_seq(path: &Path) -> std::io::Result<Option<u64>> {
+    Ok(last_event(path)?.map(|e| e.seq))
+}
+
+/// The last intact event of `path`, read from its end (its last 64 KiB): `None` when
+/// none is found there.
+pub(super) fn last_event(path: &Path) -> std::io::Result<Option<Event>> {
     use std::io::{Read as _, Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
@@ -94,8 +100,7 @@ pub(super) fn last_seq(path: &Path) -> std::io::Result<Option<u64>> {
     Ok(buf
         .split(|b| *b == b'\n')
         .rev()
-        .find_map(|l| serde_json::from_slice::<Event>(l).ok())
-        .map(|e| e.seq))
+        .find_map(|l| serde_json::from_slice::<Event>(l).ok()))
 }
 
 /// Where a damaged segment's copy is kept: `<name>.damaged` beside it (not a segment).

@@ -363,14 +363,36 @@ impl TestDaemon {
     }
 
     /// Runs `modelreg serve` on this root in the foreground (when it is expected to
-    /// refuse to start) and returns its output.
+    /// refuse to start) and returns its output. A daemon that starts after all is killed
+    /// after 30 s (its status then says so: not a success), rather than hang the test.
     pub fn serve_output(&self) -> Output {
-        Command::new(BIN)
+        let dir = tempfile::tempdir().unwrap();
+        let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+        let mut child = Command::new(BIN)
             .arg("serve")
             .arg("--root")
             .arg(self.root.path())
-            .output()
-            .expect("run modelreg serve")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("run modelreg serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: std::fs::read(&out).unwrap(),
+            stderr: std::fs::read(&err).unwrap(),
+        }
     }
 
     /// Runs the CLI against this daemon's socket.
