@@ -276,6 +276,22 @@ impl BlobStore {
         all.retain(|b| b.last_modified <= cutoff);
         Ok(all)
     }
+
+    /// Deletes what uploads cut short left behind, last written at least `older_than`
+    /// ago, and returns each one's name and size. A folder: the hidden temp files of
+    /// uploads whose host died mid-write (`sha256/ab/.ab12....put-XXXX`). S3: nothing;
+    /// an incomplete multipart upload is invisible to LIST and object_store cannot list
+    /// them, so a bucket lifecycle rule (`AbortIncompleteMultipartUpload`) or the
+    /// server's own cleanup removes them (docs/team.md, "Orphan blobs").
+    pub async fn collect_abandoned(&self, older_than: Duration) -> BlobResult<Vec<(String, u64)>> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match &self.backend {
+            Backend::S3(_) => Ok(Vec::new()),
+            Backend::Path(p) => p.collect_abandoned(cutoff).await,
+        }
+    }
 }
 
 /// `sha256/ab/ab12...`: the part of a key after the prefix. Refuses anything but 64

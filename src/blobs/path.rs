@@ -199,6 +199,41 @@ impl PathBlobs {
     }
 }
 
+impl PathBlobs {
+    /// Deletes the hidden temp files of uploads (`.<sha256>.put-XXXX`) last written
+    /// before `cutoff`: their host died mid-write (a live upload writes on).
+    pub async fn collect_abandoned(
+        &self,
+        cutoff: std::time::SystemTime,
+    ) -> BlobResult<Vec<(String, u64)>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for fan in read_dir(&root.join("sha256"))? {
+                for file in read_dir(&fan)? {
+                    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+                    if !name.is_some_and(|n| n.starts_with('.') && n.contains(".put-")) {
+                        continue;
+                    }
+                    let Ok(meta) = std::fs::symlink_metadata(&file) else {
+                        continue; // renamed into place or deleted meanwhile
+                    };
+                    if !meta.is_file() || meta.modified().map_or(true, |m| m > cutoff) {
+                        continue;
+                    }
+                    match std::fs::remove_file(&file) {
+                        Ok(()) => out.push((file.display().to_string(), meta.len())),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(BlobError::local("delete", &file, e)),
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 /// The entries of a folder; none when it does not exist (no blob stored yet).
 fn read_dir(dir: &Path) -> BlobResult<Vec<PathBuf>> {
     match std::fs::read_dir(dir) {

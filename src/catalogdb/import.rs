@@ -218,6 +218,8 @@ impl CatalogDb {
             "importing a model",
             async |client: &mut Client, server: &str| {
                 let tx = begin(client, server).await?;
+                // Its files rows are not decided on by a blob collector meanwhile.
+                super::orphans::share_blobs_lock(&tx, server).await?;
                 let locked = tx
                     .query_opt(
                         "SELECT highest FROM models WHERE name = $1 FOR UPDATE",

@@ -9,7 +9,9 @@
 //! REPEATABLE READ transaction, consistent with a change seq) and keeps it current with
 //! [`CatalogDb::changes_since`] whenever its listener wakes. The schema is in
 //! `migrations/` and docs/team.md; [`migrate`] applies it on connect. `modelreg migrate`
-//! brings a local registry in with [`CatalogDb::import_model`].
+//! brings a local registry in with [`CatalogDb::import_model`]. The blob collector asks
+//! which blobs no version names with [`CatalogDb::with_unnamed_blobs`], under a lock every
+//! recording transaction shares (`orphans.rs`).
 //!
 //! Failures: connecting is bounded by [`Options::connect_timeout`], each operation by
 //! [`Options::op_timeout`]; a lost connection is an error naming the server
@@ -20,12 +22,14 @@ mod error;
 mod import;
 mod listen;
 pub mod migrate;
+mod orphans;
 mod read;
 mod write;
 
 pub use error::{CatalogDbError, describe};
 pub use import::{ImportConflict, ImportPlan, Imported, plan_import};
 pub use listen::{ChangeListener, listen};
+pub use orphans::BLOBS_LOCK_KEY;
 pub use read::{Change, ChangeKind, Snapshot};
 pub use write::Recorded;
 

@@ -36,6 +36,8 @@ impl CatalogDb {
             "recording a version",
             async |client: &mut Client, server: &str| {
                 let tx = begin(client, server).await?;
+                // Its files rows are not decided on by a blob collector meanwhile.
+                super::orphans::share_blobs_lock(&tx, server).await?;
                 // One statement creates the model or raises its highest number; the row stays
                 // locked until commit, so a racing host waits here and then takes the next
                 // number; a rollback gives the number back with everything else.

@@ -297,6 +297,40 @@ pub(super) fn print_gc(r: &GcReport) {
     );
 }
 
+/// `status`'s team rows: the host, how current its catalog is, the orphan collector.
+fn team_rows(rows: &mut Vec<Vec<String>>, t: &modelreg::protocol::TeamStatus) {
+    rows.push(vec!["team host:".into(), t.host.clone()]);
+    let seq = t
+        .applied_seq
+        .map(|n| format!("change {n}"))
+        .unwrap_or_else(|| "nothing read yet".into());
+    let state = match (t.catalog_unreachable_secs, t.catalog_age_secs) {
+        (Some(down), Some(age)) => format!(
+            "unreachable for {down:.0}s; answers are the catalog as of {age:.0}s ago ({seq})"
+        ),
+        (Some(down), None) => format!("unreachable for {down:.0}s ({seq})"),
+        _ => format!("following, in step ({seq})"),
+    };
+    rows.push(vec![
+        "team catalog:".into(),
+        format!("{}: {state}", t.catalog),
+    ]);
+    let sweep = t
+        .last_sweep_secs_ago
+        .map(|s| format!(", last sweep {s:.0}s ago"))
+        .unwrap_or_default();
+    rows.push(vec![
+        "team blobs:".into(),
+        format!(
+            "{}: {} orphan(s) collected since start ({}), grace {}s{sweep}",
+            t.blobs,
+            t.orphans_collected,
+            modelreg::status::human_bytes(t.orphan_bytes_collected),
+            t.blobs_grace_secs
+        ),
+    ]);
+}
+
 pub(super) fn print_status(s: &StatusInfo) {
     outln!(
         "modelreg {} (pid {}), up {:.0}s",
@@ -334,6 +368,9 @@ pub(super) fn print_status(s: &StatusInfo) {
     ];
     if let Some(url) = &s.http {
         rows.push(vec!["http:".into(), url.clone()]);
+    }
+    if let Some(t) = &s.team {
+        team_rows(&mut rows, t);
     }
     if let Some(left) = s.hf_cache_checking {
         rows.push(vec![

@@ -46,6 +46,7 @@ pub(super) struct RawConfig {
     webhooks: Option<Vec<super::deliver::RawWebhook>>,
     catalog: Option<String>,
     blobs: Option<String>,
+    blobs_grace: Option<String>,
 }
 
 impl RawConfig {
@@ -83,6 +84,7 @@ impl RawConfig {
             webhooks: self.webhooks.or(base.webhooks),
             catalog: self.catalog.or(base.catalog),
             blobs: self.blobs.or(base.blobs),
+            blobs_grace: self.blobs_grace.or(base.blobs_grace),
         }
     }
 }
@@ -333,7 +335,7 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
         events: super::events::validate(&shown, raw.events)?,
         hooks,
         webhooks,
-        team: super::team::validate(&shown, raw.catalog, raw.blobs)?,
+        team: super::team::validate(&shown, raw.catalog, raw.blobs, raw.blobs_grace)?,
     })
 }
 
@@ -400,7 +402,15 @@ mod tests {
             // shows them commented out.
             .filter(|(k, v)| {
                 v.is_null()
-                    && !["http", "hooks", "webhooks", "catalog", "blobs"].contains(&k.as_str())
+                    && ![
+                        "http",
+                        "hooks",
+                        "webhooks",
+                        "catalog",
+                        "blobs",
+                        "blobs_grace",
+                    ]
+                    .contains(&k.as_str())
             })
             .map(|(k, _)| k)
             .collect();

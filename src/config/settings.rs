@@ -109,6 +109,10 @@ impl Config {
             "blobs",
             team.as_ref().map(|t| &t.blobs) != self.team.as_ref().map(|t| &t.blobs),
         );
+        keep(
+            "blobs_grace",
+            team.as_ref().map(|t| t.grace) != self.team.as_ref().map(|t| t.grace),
+        );
         // The listener is bound once; its other settings are read per connection.
         let listen = |h: &Option<super::HttpConfig>| h.as_ref().map(|h| h.listen);
         let rebind = listen(&http) != listen(&self.http);

@@ -1,10 +1,17 @@
-//! Team mode's two settings: `catalog:` (PostgreSQL) and `blobs:` (S3 or a shared folder), both or neither.
+//! Team mode's settings: `catalog:` (PostgreSQL) and `blobs:` (S3 or a shared folder), both or neither, and `blobs_grace:`.
 //!
 //! Only their form is checked here (the config layer contacts nothing): a connection
 //! string PostgreSQL's client would parse, and a blob store setting `src/blobs/` would
 //! open. Reaching the servers is the daemon's start-up (docs/team.md, "Running a team").
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
+
+/// How long an unrecorded blob is kept before it is collected, unless `blobs_grace:` says.
+pub const DEFAULT_BLOBS_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// The shortest `blobs_grace:` (tests use a few seconds; a real team keeps hours).
+const MIN_BLOBS_GRACE: Duration = Duration::from_secs(1);
 
 /// Where a team's hosts share their catalog and their files (`catalog:`, `blobs:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,20 +20,53 @@ pub struct TeamConfig {
     pub catalog: String,
     /// The blob store: `s3://bucket/prefix`, `file:///folder` or an absolute folder.
     pub blobs: String,
+    /// A blob no catalog row names is deleted once it is older than this
+    /// (`blobs_grace:`, 24h by default): an upload in flight, or uploaded and about to be
+    /// recorded, is younger (docs/team.md, "Orphan blobs").
+    pub grace: Duration,
 }
 
-/// Checks the two settings' form: both or neither (local mode), each of a known kind.
+/// Checks the settings' form: `catalog:` and `blobs:` both or neither (local mode), each
+/// of a known kind; `blobs_grace:` a duration, only with them.
 pub(super) fn validate(
     shown: &str,
     catalog: Option<String>,
     blobs: Option<String>,
+    grace: Option<String>,
 ) -> Result<Option<TeamConfig>> {
     let bad = |key: &str, reason: String| Error::Config {
         path: shown.to_string(),
         key: key.to_string(),
         reason,
     };
+    let grace_given = grace.is_some();
+    let grace = match grace {
+        None => DEFAULT_BLOBS_GRACE,
+        Some(g) => match humantime::parse_duration(g.trim()) {
+            Ok(d) if d >= MIN_BLOBS_GRACE => d,
+            Ok(_) => {
+                return Err(bad(
+                    "blobs_grace",
+                    format!(
+                        "{g} is too short: at least 1s (and longer than an upload and its record take; 24h by default)"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(bad(
+                    "blobs_grace",
+                    format!("`{g}` is not a duration ({e}); write e.g. 24h or 30m"),
+                ));
+            }
+        },
+    };
     let (catalog, blobs) = match (catalog, blobs) {
+        (None, None) if grace_given => {
+            return Err(bad(
+                "blobs_grace",
+                "is set but `catalog:` and `blobs:` are not: it applies to a team's blob store only".into(),
+            ));
+        }
         (None, None) => return Ok(None),
         (Some(_), None) => {
             return Err(bad(
@@ -69,7 +109,11 @@ pub(super) fn validate(
             ),
         ));
     }
-    Ok(Some(TeamConfig { catalog, blobs }))
+    Ok(Some(TeamConfig {
+        catalog,
+        blobs,
+        grace,
+    }))
 }
 
 /// `s` without a password, for a message.
@@ -91,7 +135,36 @@ mod tests {
     use super::*;
 
     fn v(c: Option<&str>, b: Option<&str>) -> Result<Option<TeamConfig>> {
-        validate("/r/c.yaml", c.map(String::from), b.map(String::from))
+        validate("/r/c.yaml", c.map(String::from), b.map(String::from), None)
+    }
+
+    #[test]
+    fn the_grace_is_a_duration_of_a_team_only() {
+        let g = |c: Option<&str>, g: &str| {
+            validate(
+                "/r/c.yaml",
+                c.map(String::from),
+                c.map(|_| "/b".to_string()),
+                Some(g.to_string()),
+            )
+        };
+        let t = g(Some("postgres://h/db"), "90s").unwrap().unwrap();
+        assert_eq!(t.grace, Duration::from_secs(90));
+        assert_eq!(
+            v(Some("postgres://h/db"), Some("/b"))
+                .unwrap()
+                .unwrap()
+                .grace,
+            DEFAULT_BLOBS_GRACE
+        );
+        for (c, bad, says) in [
+            (Some("postgres://h/db"), "soon", "not a duration"),
+            (Some("postgres://h/db"), "10ms", "too short"),
+            (None, "1h", "applies to a team"),
+        ] {
+            let e = g(c, bad).unwrap_err().to_string();
+            assert!(e.contains("blobs_grace") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -95,6 +95,11 @@ impl Workers {
                 },
                 stop.clone(),
             ));
+            tokio::spawn(crate::team::collect_orphans(
+                team.clone(),
+                board.clone(),
+                stop.clone(),
+            ));
             tracing::info!(host = %team.host, "team mode: {}, {}", team.catalog_engine(), team.blobs_engine());
         }
         let registrar = tokio::spawn(registrar.run(reg_rx, stop.clone()));

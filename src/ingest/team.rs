@@ -116,6 +116,7 @@ async fn record_one(
             super::facts::record_of(cfg, nv, sidecar, &dir)
         })
         .await?;
+    recheck_blobs(team, name, number, &files).await;
     if number != nv.number {
         let renamed = renumber(&mut nv.staged, &cfg.store, name, nv.number, number);
         if let Err(e) = renamed {
@@ -137,6 +138,24 @@ async fn record_one(
         nv.number = number;
     }
     Ok(())
+}
+
+/// After version `number` of `name` was recorded: its blobs are looked up again, and any
+/// that is gone uploaded again from the staged copy. A blob found present before the
+/// record (uploaded long ago by an attempt that never recorded it) may have been taken
+/// by the orphan collector just before the record committed: the collector decides and
+/// deletes under a lock the record shares, so once the record committed no collector
+/// deletes it any more, and this look finds any it deleted before (docs/team.md, "Orphan
+/// blobs"). Failing here (the store unreachable just then) leaves the version recorded
+/// with a blob missing: logged as an error naming it; `modelreg verify --catalog` finds
+/// it, and registering the same bytes again puts it back.
+async fn recheck_blobs(team: &Team, name: &str, number: u32, files: &[(PathBuf, String, u64)]) {
+    if let Err(e) = team.upload(files).await {
+        tracing::error!(
+            model = name,
+            "v{number} is recorded, but a blob of it could not be checked or stored again: {e}"
+        );
+    }
 }
 
 /// Renames staging folder `.staging/v<from>.<rest>` to `.staging/v<to>.<rest>`, points
@@ -230,6 +249,7 @@ pub(super) async fn record_handover(
         }
     };
     board.clear_problem(&team.catalog_engine());
+    recheck_blobs(team, name, n, &files).await;
     if n != *number {
         if let Err(e) = renumber(staged, &cfg.store, name, *number, n) {
             team.applied(name, n);

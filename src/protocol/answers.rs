@@ -192,6 +192,42 @@ pub struct StatusInfo {
     /// start or a reload: the models still to check. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_cache_checking: Option<usize>,
+    /// Team mode (`catalog:` and `blobs:`): how current this host's catalog is, and the
+    /// orphan blob collector. Absent in local mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<TeamStatus>,
+}
+
+/// The `team` part of `status` (docs/team.md, "When an engine is down").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeamStatus {
+    /// This daemon's name in the shared catalog (`<host name>:<root>`).
+    pub host: String,
+    /// The catalog's server (socket or host:port, database, user).
+    pub catalog: String,
+    /// The blob store (`s3://bucket/prefix at ENDPOINT` or `folder PATH`).
+    pub blobs: String,
+    /// The last change of the shared catalog this host applied (absent before the
+    /// first read of the catalog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_seq: Option<u64>,
+    /// How old what this host answers is: 0 while it follows the catalog (listening, in
+    /// step); while it cannot, the seconds since it last was in step. Absent before the
+    /// first read of the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_age_secs: Option<f64>,
+    /// While the follower cannot reach the catalog: for how long, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_unreachable_secs: Option<f64>,
+    /// Blobs no version names are collected once older than this (`blobs_grace:`).
+    pub blobs_grace_secs: f64,
+    /// Orphan blobs and upload leftovers this host collected since start.
+    pub orphans_collected: u64,
+    /// Their bytes.
+    pub orphan_bytes_collected: u64,
+    /// Seconds since this host's last sweep for orphans finished (absent before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sweep_secs_ago: Option<f64>,
 }
 
 /// How far one exec hook or webhook has got (a row of `status`, docs/events.md).

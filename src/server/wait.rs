@@ -223,5 +223,6 @@ pub(super) async fn status(ctx: &Context) -> Response {
         recent_changes: ctx.board.events(),
         deliveries,
         hf_cache_checking: ctx.board.hf_cache_checking(),
+        team: ctx.team.as_ref().map(|t| t.status()),
     })
 }

@@ -48,6 +48,7 @@ pub async fn follow(
             Ok(true) => return,
             Ok(false) => backoff = Duration::from_millis(200),
             Err(e) => {
+                team.note_unreachable();
                 tracing::warn!("following the team catalog: {e}; trying again in {backoff:?}");
                 board.set_problem(
                     &engine,
@@ -124,6 +125,9 @@ async fn follow_once(
             if changes.len() < BATCH as usize {
                 break;
             }
+        }
+        if let Some(seq) = *last {
+            team.note_in_step(seq);
         }
         tokio::select! {
             _ = stop.wait() => return Ok(true),

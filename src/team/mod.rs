@@ -9,12 +9,15 @@
 //! error of the operation that needed it, never a daemon that will not start.
 
 mod follow;
+mod orphans;
 
 pub use follow::follow;
+pub use orphans::{Swept, collect_orphans, sweep};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use crate::blobs::{BlobOptions, BlobStore};
 use crate::catalogdb::{CatalogDb, Options, Recorded};
@@ -30,9 +33,32 @@ pub struct Team {
     db: tokio::sync::Mutex<Option<CatalogDb>>,
     server: String,
     blobs: BlobStore,
+    /// Blobs no version names are collected once older than this (`blobs_grace:`).
+    pub grace: std::time::Duration,
+    /// What the follower and the collector report for `status`.
+    state: Mutex<State>,
     /// Versions this host recorded whose copy job has not reached the registrar yet
     /// (model, number): the follower must not take them for another host's.
     pending: Mutex<BTreeSet<(String, u32)>>,
+}
+
+/// What `status` tells of the team beyond problems: how current the follower is, the
+/// collector's totals.
+#[derive(Debug, Default)]
+struct State {
+    /// The last change seq the follower applied.
+    applied_seq: Option<u64>,
+    /// When the follower was last in step with the catalog (caught up, listening).
+    in_step_at: Option<Instant>,
+    /// Whether it is now (listening, no failure since).
+    following: bool,
+    /// Since when it has failed to reach the catalog.
+    unreachable_since: Option<Instant>,
+    /// Orphan blobs (and upload leftovers) collected since start, and their bytes.
+    collected: u64,
+    collected_bytes: u64,
+    /// When the last sweep finished.
+    last_sweep: Option<Instant>,
 }
 
 /// A team operation's failure, naming the engine (the key `status` shows it under).
@@ -64,6 +90,8 @@ impl Team {
             db: tokio::sync::Mutex::new(None),
             server,
             blobs,
+            grace: team.grace,
+            state: Mutex::new(State::default()),
             pending: Mutex::new(BTreeSet::new()),
         })
     }
@@ -155,6 +183,59 @@ impl Team {
                 Err(e)
             }
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The follower caught up with change `seq` and listens for the next.
+    fn note_in_step(&self, seq: u64) {
+        let mut st = self.state();
+        st.applied_seq = Some(seq);
+        st.in_step_at = Some(Instant::now());
+        st.following = true;
+        st.unreachable_since = None;
+    }
+
+    /// The follower failed to reach the catalog (answers age from now on).
+    fn note_unreachable(&self) {
+        let mut st = self.state();
+        if st.following {
+            st.in_step_at = Some(Instant::now());
+        }
+        st.following = false;
+        st.unreachable_since.get_or_insert_with(Instant::now);
+    }
+
+    /// What `status` shows of the team.
+    pub fn status(&self) -> crate::protocol::TeamStatus {
+        let st = self.state();
+        let secs = |t: Instant| t.elapsed().as_secs_f64();
+        crate::protocol::TeamStatus {
+            host: self.host.clone(),
+            catalog: self.server.clone(),
+            blobs: self.blobs.describe().to_string(),
+            applied_seq: st.applied_seq,
+            catalog_age_secs: st
+                .in_step_at
+                .map(|t| if st.following { 0.0 } else { secs(t) }),
+            catalog_unreachable_secs: st.unreachable_since.map(secs),
+            blobs_grace_secs: self.grace.as_secs_f64(),
+            orphans_collected: st.collected,
+            orphan_bytes_collected: st.collected_bytes,
+            last_sweep_secs_ago: st.last_sweep.map(secs),
+        }
+    }
+
+    /// Counts what a sweep of the orphan collector deleted.
+    fn note_sweep(&self, s: &Swept) {
+        let mut st = self.state();
+        for (_, size) in s.blobs.iter().chain(&s.abandoned) {
+            st.collected += 1;
+            st.collected_bytes += size;
+        }
+        st.last_sweep = Some(Instant::now());
     }
 
     fn pending_set(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, u32)>> {

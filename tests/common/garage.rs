@@ -235,6 +235,23 @@ root_domain = ".s3.garage.localhost"
         self.wait_for_s3();
     }
 
+    /// Bytes in the server's data folder: the blocks of objects and parts stored so far
+    /// (tests/team_failures.rs watches it grow to catch an upload under way).
+    pub fn data_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                    .into_iter()
+                    .flatten()
+                    .map(|e| e.map_or(0, |e| walk(&e.path())))
+                    .sum(),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            }
+        }
+        walk(&self.dir.path().join("data"))
+    }
+
     fn config(&self) -> PathBuf {
         self.dir.path().join("garage.toml")
     }
