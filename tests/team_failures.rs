@@ -192,7 +192,18 @@ fn wait_registered_once(d: &TestDaemon, name: &str, sha: &str) {
 #[test]
 fn a_host_killed_between_upload_and_record_registers_once_after_restart_and_its_orphan_is_collected()
  {
-    let team = Engines::start(false);
+    killed_between_upload_and_record(false);
+}
+
+#[test]
+fn the_same_with_s3() {
+    killed_between_upload_and_record(true);
+}
+
+/// A host killed with two uploads done and their records hanging on a frozen catalog;
+/// one of the two entries is given up while it is down.
+fn killed_between_upload_and_record(s3: bool) {
+    let team = Engines::start(s3);
     let mut a = team.host();
     team.spawn(&mut a);
     // The catalog hangs (frozen): each upload completes, and its record waits for an
@@ -359,13 +370,11 @@ fn a_host_killed_mid_upload_to_s3_registers_once_after_restart() {
     );
     assert_eq!(team.catalog_versions(), vec![]);
 
-    team.spawn(&mut a);
-    wait_registered_once(&a, "llama", &sha(&big));
-    assert_eq!(team.catalog_versions(), vec![("llama".to_string(), 1)]);
-    team.assert_every_named_blob_stored();
-    // The killed upload's parts are an incomplete multipart upload, invisible to LIST:
-    // the server's own cleanup (or a bucket lifecycle rule) removes it, as docs/team.md
-    // says to set up.
+    // The killed upload's parts are an incomplete multipart upload, invisible to LIST
+    // and so to the collector: the server's own cleanup (or a bucket lifecycle rule)
+    // removes it, as docs/team.md says to set up. (Once the same key is uploaded whole,
+    // Garage drops the older incomplete upload by itself, hence before the restart.)
+    std::thread::sleep(Duration::from_millis(1500));
     let out = g.cli(&[
         "bucket",
         "cleanup-incomplete-uploads",
@@ -379,7 +388,15 @@ fn a_host_killed_mid_upload_to_s3_registers_once_after_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("garage bucket cleanup-incomplete-uploads: {said}");
-    assert!(out.status.success(), "{said}");
+    assert!(
+        out.status.success() && said.contains("1 uploads deleted"),
+        "{said}"
+    );
+
+    team.spawn(&mut a);
+    wait_registered_once(&a, "llama", &sha(&big));
+    assert_eq!(team.catalog_versions(), vec![("llama".to_string(), 1)]);
+    team.assert_every_named_blob_stored();
 }
 
 /// Writes `name.pt` with fresh content into `d`'s inbox; returns (name, sha256).
