@@ -11,15 +11,28 @@
 //! registrations: a commit that touches an unsure model checks that model itself. The
 //! catch-up checks against the catalog of the last commit the view followed, never an
 //! older published one, so a change committed meanwhile is not undone.
+//!
+//! Removed versions are the exception to "before the commit is answered": taking a
+//! version out of the view costs ~5 ms (its snapshot folder, its blobs, its ref), so a
+//! `gc` of 2,000 versions held every other change for seconds. A commit that removes
+//! versions leaves their models' folders as they were and hands the removal to the
+//! view's worker thread ([`View::remove_then_trash`]), which brings those folders up to
+//! date and only then moves the removed versions' store folders into the store's trash
+//! and empties it: the view never points at a file already gone (a shared blob links to
+//! the lowest version holding it, often a removed one). A commit touching such a model
+//! meanwhile leaves it to the worker too. A crash in between leaves the removed
+//! versions' folders in place, which start-up finishes, and every model unsure, which
+//! the catch-up checks.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::folder::{There, apply, apply_step, make_dir, read_back, remove_any};
 use super::{HF_DIR, Plan, repo_folder, step};
 use crate::config::{BestPolicy, Config};
-use crate::registry::Catalog;
+use crate::registry::{Catalog, Model};
 use crate::status::StatusBoard;
 
 /// The view of one registry root; see the module docs. Written only under its lock, by
@@ -31,6 +44,19 @@ pub struct View {
     store_shown: String,
     board: Arc<StatusBoard>,
     state: Mutex<State>,
+    /// The worker thread's queue of removals (started with the first one).
+    removals: Mutex<Option<std::sync::mpsc::Sender<Removal>>>,
+}
+
+/// One commit's removed versions, for the worker: their models' folders are brought up
+/// to date, then the versions' store folders are moved into the trash and deleted.
+struct Removal {
+    /// (model, number) of each removed version.
+    versions: Vec<(String, u32)>,
+    /// The store (`models`).
+    store: PathBuf,
+    /// Set at shutdown: what is left is finished by the next start.
+    stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for View {
@@ -56,6 +82,16 @@ struct State {
     /// out from it step by step ([`step::advance`]) instead of from two whole plans.
     /// At most [`PLANS_KEPT`] models (a plan holds every file of every version).
     plans: HashMap<String, Plan>,
+    /// Models whose removed versions are left to the worker, each with what its folder
+    /// shows (the model before the removal; `None`: no folder) and that model's plan
+    /// when it was kept.
+    behind: HashMap<String, (Option<Arc<Model>>, Option<Plan>)>,
+    /// Models the worker is updating now, outside the lock: commits leave them alone.
+    working: BTreeSet<String>,
+    /// Models of `working` that a commit changed meanwhile: updated again, read back.
+    redo: BTreeSet<String>,
+    /// Whether the view is kept (`hf_cache`), as of the last commit.
+    enabled: bool,
 }
 
 /// How many models' last plans are kept.
@@ -75,7 +111,12 @@ impl View {
                 generation: 0,
                 latest: Arc::new(Catalog::default()),
                 plans: HashMap::new(),
+                behind: HashMap::new(),
+                working: BTreeSet::new(),
+                redo: BTreeSet::new(),
+                enabled: config.hf_cache,
             }),
+            removals: Mutex::new(None),
         }
     }
 
@@ -93,6 +134,8 @@ impl View {
     /// catch-up thread checks them. Disabled
     /// (`enabled` false) with `all`: the view is removed. Never fails: a model that
     /// cannot be updated is a problem in `status` (and a WARN) until an update succeeds.
+    /// The models of `removed` (versions this commit removed) are left as they are: the
+    /// caller hands the removal to [`View::remove_then_trash`].
     #[allow(clippy::too_many_arguments)]
     pub fn after_commit(
         self: &Arc<Self>,
@@ -102,13 +145,18 @@ impl View {
         names: &[String],
         all: bool,
         best: &BestPolicy,
+        removed: &[(String, u32)],
     ) {
         let shown = self.dir.display().to_string();
         let mut state = self.lock();
         state.best = best.clone();
         state.latest = after.clone();
+        state.enabled = enabled;
         if !enabled || all {
             state.plans.clear();
+            state.behind.clear();
+            let working = state.working.clone();
+            state.redo.extend(working);
         }
         if !enabled {
             if all {
@@ -143,8 +191,28 @@ impl View {
             }
             return;
         }
+        let removing: BTreeSet<&str> = removed.iter().map(|(n, _)| n.as_str()).collect();
+        let all_names = names;
+        let mut names: Vec<&String> = Vec::with_capacity(all_names.len());
+        for name in all_names {
+            if state.working.contains(name) {
+                // The worker is at it: it goes over it again, read back.
+                state.redo.insert(name.clone());
+            } else if removing.contains(name.as_str()) || state.behind.contains_key(name) {
+                // Left to the worker (a later change too: the worker brings the folder
+                // to the last commit), which starts from what the folder shows now.
+                if !state.unsure.contains(name) && !state.behind.contains_key(name) {
+                    let prev = state.plans.remove(name);
+                    let old = before.models.get(name).cloned();
+                    state.behind.insert(name.clone(), (old, prev));
+                }
+                state.plans.remove(name);
+            } else {
+                names.push(name);
+            }
+        }
         if !self.make_root() {
-            state.unsure.extend(names.iter().cloned());
+            state.unsure.extend(names.iter().map(|n| (*n).clone()));
             return;
         }
         for name in names {
@@ -162,6 +230,133 @@ impl View {
                     state.unsure.insert(name.clone());
                 }
             }
+        }
+    }
+
+    /// Hands the removal of `versions` (what the last commit removed; see the module
+    /// docs) to the worker thread, started with the first: their models' folders are
+    /// brought up to date, then the versions' store folders moved into `store`'s trash
+    /// and deleted. With the view off (or the thread not started), the versions are
+    /// moved into the trash and deleted at once. `stop` (shutdown) leaves the rest to
+    /// the next start.
+    pub fn remove_then_trash(
+        self: &Arc<Self>,
+        versions: Vec<(String, u32)>,
+        store: PathBuf,
+        stop: Arc<AtomicBool>,
+    ) {
+        if versions.is_empty() {
+            return;
+        }
+        let job = Removal {
+            versions,
+            store,
+            stop,
+        };
+        let mut queue = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Removal>();
+            let view = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("hfcache-removals".into())
+                .spawn(move || {
+                    for job in rx {
+                        view.remove(job);
+                    }
+                });
+            match spawned {
+                Ok(_) => *queue = Some(tx),
+                Err(e) => tracing::error!(
+                    "cannot start the Hugging Face cache view's removal thread: {e}; removals are done on the registrar's path"
+                ),
+            }
+        }
+        let job = match queue.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => job,
+        };
+        drop(queue);
+        self.remove(job);
+    }
+
+    /// The worker's part of a removal: the models' folders, then the trash.
+    fn remove(&self, job: Removal) {
+        hold_for_tests(&job.stop);
+        let t0 = std::time::Instant::now();
+        let models: BTreeSet<&str> = job.versions.iter().map(|(n, _)| n.as_str()).collect();
+        for name in &models {
+            if job.stop.load(Ordering::Relaxed) {
+                // Left in place: start-up finishes the removal, and checks the view.
+                return;
+            }
+            self.bring_up_to_date(name);
+        }
+        let (moved, errors) = crate::store::trash::move_to_trash(&job.store, &job.versions);
+        for e in errors {
+            tracing::error!("{e}");
+        }
+        tracing::debug!(took = ?t0.elapsed(), models = models.len(), "removed versions out of the Hugging Face cache view");
+        let (done, errors) = crate::store::trash::empty(&job.store, &moved, &job.stop);
+        for e in &errors {
+            tracing::error!("emptying the store's trash: {e}");
+        }
+        tracing::info!(
+            took = ?t0.elapsed(),
+            "deleted {done} removed version folder(s) from the store's trash ({} left)",
+            moved.len() - done
+        );
+    }
+
+    /// Brings `name`'s folder up to the last commit followed, outside the lock (a large
+    /// removal takes seconds; commits go on meanwhile and leave the model to this).
+    /// Nothing to do when a commit or the catch-up did it already.
+    fn bring_up_to_date(&self, name: &str) {
+        loop {
+            let (basis, catalog, best) = {
+                let mut state = self.lock();
+                if !state.enabled {
+                    return;
+                }
+                let basis = match state.behind.remove(name) {
+                    _ if state.unsure.contains(name) => None,
+                    Some(b) => Some(b),
+                    None => return,
+                };
+                state.working.insert(name.to_string());
+                (basis, state.latest.clone(), state.best.clone())
+            };
+            let (old, prev) = match basis {
+                Some((m, p)) => (Some(m), p),
+                None => (None, None),
+            };
+            let old = old.as_ref().map(|m| m.as_deref());
+            let plan = match self.make_root() {
+                true => self.sync_model(name, &catalog, old, prev, &best),
+                false => None,
+            };
+            let mut state = self.lock();
+            state.working.remove(name);
+            if state.redo.remove(name) {
+                // Changed meanwhile: over again, from what the folder shows.
+                state.unsure.insert(name.to_string());
+                continue;
+            }
+            match plan {
+                Some(plan) => {
+                    state.unsure.remove(name);
+                    if state.plans.len() >= PLANS_KEPT {
+                        state.plans.clear();
+                    }
+                    state.plans.insert(name.to_string(), plan);
+                }
+                None => {
+                    state.unsure.insert(name.to_string());
+                }
+            }
+            return;
         }
     }
 
@@ -188,7 +383,7 @@ impl View {
             let batch: Vec<String> = state
                 .unsure
                 .iter()
-                .filter(|n| !tried.contains(*n))
+                .filter(|n| !tried.contains(*n) && !state.working.contains(*n))
                 .take(8)
                 .cloned()
                 .collect();
@@ -334,6 +529,20 @@ impl View {
             }
         }
     }
+}
+
+/// Debug builds only (what the end-to-end tests run): while the file named by
+/// `MODELREG_DEBUG_HOLD_HF_REMOVALS` exists, the worker does not start on a removal, so
+/// that a test can see changes answered while the view still shows removed versions,
+/// without racing the clock.
+fn hold_for_tests(stop: &AtomicBool) {
+    #[cfg(debug_assertions)]
+    if let Some(gate) = std::env::var_os("MODELREG_DEBUG_HOLD_HF_REMOVALS") {
+        while Path::new(&gate).exists() && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    let _ = stop;
 }
 
 /// Removes the view under `dir` (`<root>/hf`): every `models--*` folder, then `dir`

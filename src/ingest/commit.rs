@@ -11,6 +11,10 @@ use crate::registry::{Delta, Model, SidecarRef, SourceRecord, Touched};
 use crate::status::now_rfc3339;
 use crate::store::{self, Staged};
 
+/// Removals of up to this many versions in one commit are taken out of the Hugging Face
+/// cache view before the answer (~5 ms a version); larger ones by the view's worker.
+const INLINE_REMOVALS: usize = 16;
+
 impl Registrar {
     /// Applies a finished job to the catalog (not yet written).
     pub(super) fn apply(&mut self, name: String, result: JobResult) {
@@ -265,6 +269,7 @@ impl Registrar {
             let recorded = record.is_some();
             let ours = self.writeback.ours.clone();
             let (log, cfg) = (self.shared.events().cloned(), self.config.clone());
+            let stop = self.cancel.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let t0 = std::time::Instant::now();
                 let mut trashed = Vec::new();
@@ -291,17 +296,27 @@ impl Registrar {
                             Err(e) => tracing::error!("{e}"),
                         }
                     }
+                    // A large removal with the view on is the view's worker's: taking
+                    // thousands of versions out of the view takes seconds, which every
+                    // other change would wait for (hfcache/sync.rs).
+                    let later = hf_on && deletions.len() > INLINE_REMOVALS;
+                    let removed: &[(String, u32)] = if later { &deletions } else { &[] };
                     // Before the files of removed versions go: the view never shows them gone.
                     let names: Vec<String> = links.iter().map(|(n, _)| n.clone()).collect();
-                    hf.after_commit(hf_on, &before, &snap, &names, refresh_all, &best);
+                    hf.after_commit(hf_on, &before, &snap, &names, refresh_all, &best, removed);
                     // Files of removed versions go only now that the tombstone is durable,
                     // and not on this path: each folder is renamed into the trash, which a
                     // worker empties after the answer (store::trash); start-up finishes a
-                    // removal a crash interrupted.
-                    let (moved, errors) = store::trash::move_to_trash(&store_dir, &deletions);
-                    trashed = moved;
-                    for e in errors {
-                        tracing::error!("{e}");
+                    // removal a crash interrupted. A removal left to the view's worker is
+                    // moved by it, once the view no longer shows the versions.
+                    if later {
+                        hf.remove_then_trash(deletions, store_dir.clone(), stop);
+                    } else {
+                        let (moved, errors) = store::trash::move_to_trash(&store_dir, &deletions);
+                        trashed = moved;
+                        for e in errors {
+                            tracing::error!("{e}");
+                        }
                     }
                     // Each link on its own: one that cannot be made (a name too long,
                     // a full disk) is a problem in `status`, and the others still move.
