@@ -58,12 +58,24 @@ pub(super) async fn wait(
     // Looking at a folder walks it (100k files take a while): off the async threads.
     let looked = {
         let (inbox, entry, follow) = (cfg.inbox.clone(), entry.to_string(), cfg.follow_symlinks);
-        tokio::task::spawn_blocking(move || {
-            crate::inbox::look(&inbox, &entry, follow).fingerprint()
-        })
-        .await
+        tokio::task::spawn_blocking(move || crate::inbox::look(&inbox, &entry, follow)).await
     };
-    let Ok(Some(fingerprint)) = looked else {
+    // What the entry is matters for the answer: one the daemon may not read (a file of
+    // mode 000 in a folder `add` copied) is named with why, not "not an artifact".
+    let looked = match looked {
+        Ok(crate::inbox::Look::Refused(reason)) => {
+            return Response::err(
+                ErrorCode::Blocked,
+                format!(
+                    "{} cannot be registered: {reason}; nothing was registered",
+                    path.display()
+                ),
+            );
+        }
+        Ok(look) => look.fingerprint(),
+        Err(_) => None,
+    };
+    let Some(fingerprint) = looked else {
         return Response::err(
             ErrorCode::EntryNotFound,
             format!("{} is not an artifact in the inbox", path.display()),
