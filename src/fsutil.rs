@@ -85,8 +85,12 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 /// F_SETLEASE): `Some(true)` when a read lease is refused with EAGAIN (some descriptor has
 /// it open for writing), `Some(false)` when it is granted (and released at once), `None`
 /// when leases cannot be taken here (the file belongs to another user and the caller
-/// lacks CAP_LEASE, the filesystem has none, it is not a regular file). `file` must be
-/// open read-only: a lease is refused on a descriptor open for writing.
+/// lacks CAP_LEASE, the filesystem has none, it is not a regular file). A descriptor
+/// itself open for reading and writing (a client's `open(p, 'r+b')` handed over) is not
+/// counted as a writer: a read lease is never granted on it, so a write lease is asked
+/// instead, which the kernel grants when that descriptor is the file's only opening for
+/// writing (and, where IMA counts readers, its only opening at all: then another
+/// reader reads as a writer here, which errs on the side of waiting).
 pub fn open_for_writing(file: &std::fs::File) -> Option<bool> {
     use std::os::fd::AsRawFd;
     // A writer opening the file in the instant the lease is held makes the kernel send
@@ -100,8 +104,12 @@ pub fn open_for_writing(file: &std::fs::File) -> Option<bool> {
     if !file.metadata().ok()?.is_file() {
         return None;
     }
+    let lease = match descriptor_writable(file) {
+        true => libc::F_WRLCK,
+        false => libc::F_RDLCK,
+    };
     // SAFETY: plain fcntl calls on a descriptor the caller keeps open.
-    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, lease) };
     if r == 0 {
         // SAFETY: as above; releasing before the fd closes keeps writers from waiting.
         unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
@@ -111,6 +119,15 @@ pub fn open_for_writing(file: &std::fs::File) -> Option<bool> {
         Some(libc::EAGAIN) => Some(true),
         _ => None,
     }
+}
+
+/// Whether `file` is open for writing itself (O_WRONLY or O_RDWR), as fcntl(2) F_GETFL
+/// tells it; false when that cannot be asked.
+pub fn descriptor_writable(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
 /// Renames `tmp` to `dst`. A folder already at `dst` (the inbox keeps what was handed

@@ -211,7 +211,38 @@ fn usable(file: &File) -> Result<std::fs::Metadata, String> {
     if flags & libc::O_PATH != 0 || flags & libc::O_ACCMODE == libc::O_WRONLY {
         return Err("is not open for reading (open it read-only)".into());
     }
+    if let Some(fs) = pseudo_file_system(file) {
+        return Err(format!(
+            "is a file of {fs}, whose size ({} bytes as reported) is not its content; copy it to a regular file first (cat FILE > copy) and add that",
+            meta.len()
+        ));
+    }
     Ok(meta)
+}
+
+/// The pseudo-file system `file` lies on (/sys, /proc, ...), whose files report a size
+/// that is not what reading them gives (a sysfs attribute says 4096): a copy checked
+/// against that size would read as "changed while copying".
+fn pseudo_file_system(file: &File) -> Option<&'static str> {
+    // SAFETY: fstatfs only writes the struct it is given.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between targets
+    let magic = st.f_type as i64;
+    [
+        (libc::SYSFS_MAGIC as i64, "sysfs (/sys)"),
+        (libc::PROC_SUPER_MAGIC as i64, "procfs (/proc)"),
+        (libc::DEBUGFS_MAGIC as i64, "debugfs"),
+        (libc::TRACEFS_MAGIC as i64, "tracefs"),
+        (libc::SECURITYFS_MAGIC as i64, "securityfs"),
+        (libc::CGROUP_SUPER_MAGIC as i64, "cgroupfs"),
+        (libc::CGROUP2_SUPER_MAGIC as i64, "cgroup2fs"),
+    ]
+    .into_iter()
+    .find(|(m, _)| *m == magic)
+    .map(|(_, name)| name)
 }
 
 /// The JSON text of a `register` line's `metrics` and `metadata`, as sent.
@@ -298,11 +329,19 @@ pub async fn register(
     // rest lost: refused, as the inbox waits for such a file (the same lease probe).
     // Where the kernel cannot tell (the daemon neither root nor the file's owner), the
     // client has asked it already (`modelreg add`, the Python client).
+    // A descriptor the client opened for reading and writing is its own opening, not
+    // another writer (the daemon only reads): `open_for_writing` asks past it.
     if crate::fsutil::open_for_writing(&file) == Some(true) {
+        let own = match crate::fsutil::descriptor_writable(&file) {
+            true => {
+                " (the descriptor handed over is open for reading and writing, which is accepted when it is the file's only opening; another one has the file open too)"
+            }
+            false => "",
+        };
         return Response::err(
             ErrorCode::SourceChanged,
             format!(
-                "the file handed over as {filename} is still open for writing by another process; add it once it is closed (nothing was registered)"
+                "the file handed over as {filename} is still open for writing by another process{own}; add it once it is closed (nothing was registered)"
             ),
         );
     }
