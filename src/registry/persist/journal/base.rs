@@ -127,6 +127,36 @@ pub fn base_newer(
     Some(c)
 }
 
+/// What to do when a journal record does not fit registry.yaml (which holds up to
+/// record `seq`): registry.yaml cut short (a full disk, an editor) or edited by hand.
+/// When its last copy is what the journal continues (every record after it applies to
+/// it), that copy is named with the commands that put it in place; otherwise a backup.
+/// Reads the last copy and replays the journal on it: only on this failure's path.
+pub fn fix_for_misfit(registry: &Path, scan: &Scan, seq: u64) -> String {
+    let base = base_path(registry);
+    let (reg, b) = (registry.display(), base.display());
+    let fits = match super::super::load(&base) {
+        Ok(Some(mut c)) if c.journal_seq >= seq && scan.base <= c.journal_seq => {
+            let from = c.journal_seq;
+            let all = scan
+                .records
+                .iter()
+                .filter(|(d, _)| d.seq > from)
+                .all(|(d, _)| d.apply(&mut c).is_ok());
+            all.then_some(from)
+        }
+        _ => None,
+    };
+    match fits {
+        Some(from) => format!(
+            "{reg} is not the catalog the journal continues (cut short, or edited?); its last              copy {b} (up to record {from}) is, and every later journal record fits it. Not              starting. To start from it (nothing acknowledged is lost): with the daemon              stopped, mv {reg} {reg}.damaged && cp -p {b} {reg}; then start the daemon again"
+        ),
+        None => format!(
+            "{reg} (up to record {seq}) is not the catalog the journal continues (cut short,              or edited?), and its last copy {b} is not either. Not starting. Restore a              registry.yaml that includes record {seq} (a backup's, with its journal), or move              the journal aside and run `modelreg recover`, which rebuilds from registry.yaml              and the store and lists what is lost"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::journal_with;

@@ -174,10 +174,12 @@ pub fn replay(c: &mut Catalog, scan: &Scan, path: &Path) -> Result<usize> {
     for (d, end) in &scan.records {
         if d.seq > c.journal_seq {
             d.apply(c).map_err(|why| {
+                let registry = path.with_extension("yaml");
                 Error::Other(format!(
-                    "{}: offset {start}: record {} does not fit the catalog: {why}",
+                    "{}: offset {start}: record {} does not fit the catalog: {why}. {}",
                     path.display(),
-                    d.seq
+                    d.seq,
+                    base::fix_for_misfit(&registry, scan, c.journal_seq)
                 ))
             })?;
             applied += 1;
