@@ -507,6 +507,17 @@ pub(super) fn print_added(a: &Added) {
                 esc(&v.version),
                 esc(&v.path)
             );
+            // The newest version it equals is hidden from latest and best: said, or the
+            // bytes would seem registered and served.
+            if !w.created && v.state == "deprecated" {
+                outln!(
+                    "note: {} {} is deprecated (hidden from latest and best); identical bytes make no new version and no command undoes a deprecation: to serve these bytes, name the version with `modelreg alias set {} ALIAS {}`",
+                    esc(&v.name),
+                    esc(&v.version),
+                    esc(&v.name),
+                    esc(&v.version)
+                );
+            }
         }
     }
 }

@@ -166,6 +166,8 @@ fn run_job_inner(
         );
     }
     let mut next = job.next.max(in_store + 1);
+    // Versions from here on are this job's own, staged, hashed just now.
+    let first_new = next;
     let registered_at = crate::status::now_rfc3339();
     let mut new = Vec::new();
     let mut unchanged = Vec::new();
@@ -275,10 +277,24 @@ fn run_job_inner(
             let _ = store::discard(&staged.dir);
             return JobResult::Changed;
         }
+        // A stored version's recorded hashes are what it held when stored; its bytes are
+        // compared too (as for a hand-over), so one damaged in place is not "identical":
+        // the entry then becomes a version of its own, and the damage a problem.
         let same = newest
             .iter()
             .chain(job.same_source.get(entry))
-            .find(|k| k.files == content)
+            .find(|k| {
+                k.files == content
+                    && (k.number >= first_new
+                        || store::staged_equals_version(
+                            &job.store,
+                            &job.name,
+                            k.number,
+                            &staged.dir,
+                            &content,
+                            &job.stored.damaged(),
+                        ))
+            })
             .map(|k| k.number);
         if let Some(number) = same {
             let _ = store::discard(&staged.dir);

@@ -22,6 +22,16 @@ impl<J> Settler<J> {
         let mut out: Vec<Waiting> = self
             .groups
             .iter()
+            // Settling only because its entries were deleted (`add FOLDER` removes its
+            // copy once registered): nothing of it is waiting; it goes at its deadline.
+            .filter(|(_, g)| {
+                !(matches!(g.state, State::Settling)
+                    && !g.entries.is_empty()
+                    && g.entries.iter().all(|e| {
+                        std::fs::symlink_metadata(self.inbox.join(e.as_str()))
+                            .is_err_and(|err| err.kind() == std::io::ErrorKind::NotFound)
+                    }))
+            })
             .map(|(name, g)| {
                 let mut since = g.entered;
                 // Quiet, but a file seen created has not been closed: `cp` reports its
