@@ -229,9 +229,10 @@ fn pseudo_file_system(file: &File) -> Option<&'static str> {
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
         return None;
     }
-    #[allow(clippy::unnecessary_cast)] // f_type's type differs between targets
+    #[allow(clippy::unnecessary_cast)] // f_type's and the constants' types differ between targets
     let magic = st.f_type as i64;
-    [
+    #[allow(clippy::unnecessary_cast)]
+    let known = [
         (libc::SYSFS_MAGIC as i64, "sysfs (/sys)"),
         (libc::PROC_SUPER_MAGIC as i64, "procfs (/proc)"),
         (libc::DEBUGFS_MAGIC as i64, "debugfs"),
@@ -239,10 +240,11 @@ fn pseudo_file_system(file: &File) -> Option<&'static str> {
         (libc::SECURITYFS_MAGIC as i64, "securityfs"),
         (libc::CGROUP_SUPER_MAGIC as i64, "cgroupfs"),
         (libc::CGROUP2_SUPER_MAGIC as i64, "cgroup2fs"),
-    ]
-    .into_iter()
-    .find(|(m, _)| *m == magic)
-    .map(|(_, name)| name)
+    ];
+    known
+        .into_iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| name)
 }
 
 /// The JSON text of a `register` line's `metrics` and `metadata`, as sent.
