@@ -1,5 +1,9 @@
 //! A real Garage S3 server for tests: one node in a temp folder, on free loopback ports, stopped in Drop.
 //!
+//! [`Garage::start_in`] runs it inside a network namespace of tests/common/netns.rs
+//! instead, its S3 API on that host's address (the other hosts reach it over the bridge),
+//! its RPC port on the namespace's loopback (for its own CLI, run there too).
+//!
 //! The binary: `$MODELREG_GARAGE`, else a release build an earlier `.ci/run` installed
 //! ([`CACHED_RELEASE`], faster), else the one `.ci/run` installs ([`CACHED`]), else
 //! `garage` on PATH. A missing binary is a test failure that says how
@@ -7,7 +11,7 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -27,30 +31,37 @@ pub struct Garage {
     dir: tempfile::TempDir,
     bin: PathBuf,
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`, the S3 API.
+    /// `http://127.0.0.1:PORT`, the S3 API (`http://ADDR:3900` in a namespace).
     pub endpoint: String,
+    /// The network namespace it runs in, when started with [`Garage::start_in`].
+    netns: Option<String>,
     /// The access key id allowed on [`BUCKET`].
     pub key_id: String,
     /// Its secret.
     pub secret: String,
 }
 
-/// The Garage binary, or a panic that says how to install it.
-pub fn binary() -> PathBuf {
+/// The Garage binary, when there is one (see the module docs for where it is looked for).
+pub fn find_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("MODELREG_GARAGE") {
-        return PathBuf::from(p);
+        return Some(PathBuf::from(p));
     }
     if let Some(p) = [CACHED_RELEASE, CACHED]
         .into_iter()
         .find(|p| Path::new(p).is_file())
     {
-        return PathBuf::from(p);
+        return Some(PathBuf::from(p));
     }
-    if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+    std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join("garage"))
             .find(|p| p.is_file())
-    }) {
+    })
+}
+
+/// The Garage binary, or a panic that says how to install it.
+pub fn binary() -> PathBuf {
+    if let Some(p) = find_binary() {
         return p;
     }
     panic!(
@@ -73,12 +84,27 @@ impl Garage {
     /// Starts a node, lays it out (one zone, 1 GB), creates [`BUCKET`] and a key that may
     /// read and write it. Panics with the server's log when any step fails.
     pub fn start() -> Garage {
+        Garage::start_on(None)
+    }
+
+    /// [`Garage::start`] inside network namespace `ns` (`ip netns exec`), the S3 API on
+    /// `addr:3900` only (the other hosts of the test bed reach it over the bridge; the
+    /// test process itself cannot), RPC on the namespace's own loopback, port 3901 (the
+    /// namespace has its ports to itself). Its CLI runs in the namespace too.
+    pub fn start_in(ns: &str, addr: Ipv4Addr) -> Garage {
+        Garage::start_on(Some((ns.to_string(), addr)))
+    }
+
+    fn start_on(netns: Option<(String, Ipv4Addr)>) -> Garage {
         let bin = binary();
         let dir = tempfile::Builder::new()
             .prefix("modelreg-garage-")
             .tempdir()
             .unwrap();
-        let (rpc, s3) = (free_port(), free_port());
+        let (rpc, s3, api) = match &netns {
+            Some((_, addr)) => (3901, 3900, addr.to_string()),
+            None => (free_port(), free_port(), "127.0.0.1".to_string()),
+        };
         let secret = random_hex(32);
         let root = dir.path().display().to_string();
         let config = format!(
@@ -92,7 +118,7 @@ rpc_secret = "{secret}"
 
 [s3_api]
 s3_region = "{REGION}"
-api_bind_addr = "127.0.0.1:{s3}"
+api_bind_addr = "{api}:{s3}"
 root_domain = ".s3.garage.localhost"
 "#
         );
@@ -101,7 +127,8 @@ root_domain = ".s3.garage.localhost"
             dir,
             bin,
             child: None,
-            endpoint: format!("http://127.0.0.1:{s3}"),
+            endpoint: format!("http://{api}:{s3}"),
+            netns: netns.map(|(ns, _)| ns),
             key_id: String::new(),
             secret: String::new(),
         };
@@ -145,7 +172,10 @@ root_domain = ".s3.garage.localhost"
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(&self.bin)
+        // `ip netns exec` execs garage: the child is still the server, so its process
+        // group and the signals below are the same.
+        let child = self
+            .command()
             .arg("-c")
             .arg(self.config())
             .arg("server")
@@ -174,18 +204,44 @@ root_domain = ".s3.garage.localhost"
         }
     }
 
-    /// Waits until the S3 port accepts connections.
+    /// The garage binary, run inside the namespace when there is one.
+    fn command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        }
+    }
+
+    /// Waits until the S3 port accepts connections (tried from inside the namespace,
+    /// when there is one: its address is not reachable from the test's own).
     fn wait_for_s3(&self) {
         let addr = self.endpoint.trim_start_matches("http://").to_string();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "garage's S3 API ({addr}) not listening within 30 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let ns = self.netns.clone();
+        let listening = std::thread::spawn(move || {
+            if let Some(ns) = ns {
+                enter_netns(&ns);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(&addr).is_err() {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            true
+        })
+        .join()
+        .unwrap();
+        assert!(
+            listening,
+            "garage's S3 API ({}) not listening within 30 s:\n{}",
+            self.endpoint,
+            self.log()
+        );
     }
 
     /// Kills the server (its whole process group) and waits for it: S3 is unreachable
@@ -272,7 +328,7 @@ root_domain = ".s3.garage.localhost"
 
     /// `garage -c CFG ARGS`, its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
+        self.command()
             .arg("-c")
             .arg(self.config())
             .args(args)
@@ -320,6 +376,16 @@ impl Drop for Garage {
         }
         self.stop();
     }
+}
+
+/// Enters network namespace `ns` (a file in /run/netns) on the calling thread.
+fn enter_netns(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // SAFETY: setns on a descriptor that stays open for the call; it affects this thread only.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns({path}): {}", std::io::Error::last_os_error());
 }
 
 /// `n` random bytes from the kernel as hex (no rand crate in the tests).
