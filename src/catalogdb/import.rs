@@ -228,7 +228,9 @@ impl CatalogDb {
                     .await
                     .map_err(sql(server, format!("locking model {name}")))?;
                 let have = match locked {
-                    Some(_) => read_models(&tx, server, Some(name)).await?.remove(name),
+                    Some(_) => read_models(&tx, server, Some(name), None)
+                        .await?
+                        .remove(name),
                     None => None,
                 };
                 let plan = plan_import(name, have.as_deref(), want)

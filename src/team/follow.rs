@@ -4,11 +4,12 @@
 //! what it must catch up on: the whole snapshot the first time, the change log after the
 //! last seq applied afterwards; then every wake-up reads the change log from there.
 //! Changes this host wrote are skipped (the registrar applied them itself); for the
-//! others the model each names is read again whole and handed over, so applying is the
-//! same whatever the kind of change. A failure is a `status` problem naming the catalog,
+//! others the model each names is read again, with the versions the changes name and its
+//! aliases and their history whole, and handed over, so applying is the same whatever
+//! the kind of change. A failure is a `status` problem naming the catalog,
 //! retried with backoff; queries keep answering from the local catalog meanwhile.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,14 +109,23 @@ async fn follow_once(
             let Some(newest) = changes.last().map(|c| c.seq) else {
                 break;
             };
-            let names: BTreeSet<String> = changes
-                .iter()
+            // Each model another host changed, with only the versions these changes name
+            // (any host's: the merge skips what this host holds or has pending), its
+            // aliases and their history whole: read back whole on every change, a model
+            // cost its followers time in proportion to its versions (tests/team_hosts.rs).
+            let mut wanted: BTreeMap<String, BTreeSet<u32>> = (changes.iter())
                 .filter(|c| c.host != team.host)
-                .map(|c| c.model.clone())
+                .map(|c| (c.model.clone(), BTreeSet::new()))
                 .collect();
+            for c in &changes {
+                if let (Some(numbers), Some(n)) = (wanted.get_mut(&c.model), c.number) {
+                    numbers.insert(n);
+                }
+            }
             let mut models = Remote::new();
-            for name in names {
-                let m = db.model(&name).await.map_err(|e| e.to_string())?;
+            for (name, numbers) in wanted {
+                let numbers: Vec<u32> = numbers.into_iter().collect();
+                let m = (db.model_versions(&name, &numbers).await).map_err(|e| e.to_string())?;
                 models.push((name, m));
             }
             if !models.is_empty() && !sink(models) {
