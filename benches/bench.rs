@@ -7,7 +7,7 @@
 //! `MODELREG_BENCH_QUICK=1 cargo bench` runs every scenario at a tenth of the size.
 //! `cargo bench -- ingest burst` runs only the named scenarios
 //! (ingest, dedup, burst, scale, queries, cli, startup, startup-memory, idle,
-//! connections, register, http, events, webhooks, search, extract).
+//! connections, register, http, events, webhooks, search, extract, team).
 
 use std::fs;
 use std::io::Write;
@@ -26,12 +26,22 @@ mod common;
 mod events_scenario;
 #[path = "scenarios/extract.rs"]
 mod extract_scenario;
+#[path = "../tests/common/garage.rs"]
+mod garage;
 #[path = "scenarios/http.rs"]
 mod http_scenario;
+#[path = "../tests/common/netns.rs"]
+mod netns;
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
 #[path = "scenarios/register.rs"]
 mod register;
 #[path = "scenarios/search.rs"]
 mod search_scenario;
+#[path = "scenarios/team.rs"]
+mod team_scenario;
+#[path = "../tests/common/teambed.rs"]
+mod teambed;
 #[path = "scenarios/webhooks.rs"]
 mod webhooks_scenario;
 
@@ -1174,6 +1184,9 @@ fn main() {
     }
     if which("extract") {
         extract_scenario::extract(&mut t, &scratch, quick);
+    }
+    if which("team") {
+        team_scenario::team(&mut t, &scratch, quick);
     }
     println!(
         "\nmodelreg bench: {cpus} CPUs, {uname}, {fs_type}{}",

@@ -13,13 +13,14 @@ use modelreg::protocol::Request;
 
 use super::{Daemon, Table, median, pct, write_big};
 
-/// One keep-alive HTTP/1.1 connection that reads answers by their Content-Length.
-struct KeepAlive {
+/// One keep-alive HTTP/1.1 connection that reads answers by their Content-Length (the
+/// `team` scenario's too).
+pub(super) struct KeepAlive {
     r: BufReader<TcpStream>,
 }
 
 impl KeepAlive {
-    fn connect(addr: &str) -> KeepAlive {
+    pub(super) fn connect(addr: &str) -> KeepAlive {
         let s = TcpStream::connect(addr).unwrap();
         s.set_nodelay(true).unwrap();
         KeepAlive {
@@ -28,7 +29,7 @@ impl KeepAlive {
     }
 
     /// GET `path`; returns the status and the body's length, the body read and dropped.
-    fn get(&mut self, path: &str) -> (u16, u64) {
+    pub(super) fn get(&mut self, path: &str) -> (u16, u64) {
         let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
         self.r.get_mut().write_all(req.as_bytes()).unwrap();
         answer(&mut self.r)
