@@ -190,8 +190,10 @@ fn a_descriptor_opened_for_reading_and_writing_by_the_client_itself_is_accepted(
     assert_eq!(d.versions("m").len(), 1);
 }
 
-#[test]
-fn a_registry_yaml_cut_short_under_a_journal_that_continues_it_names_its_last_copy() {
+/// Model m with a long alias history, registry.yaml cut short (by a full disk, as a
+/// tester's was) under a journal whose last move continues it, and the start refused
+/// naming the last copy: the daemon, the aliases it answered, registry.yaml's last copy.
+fn a_registry_yaml_cut_short() -> (TestDaemon, Vec<(String, u32)>, PathBuf) {
     use modelreg::registry::persist;
     let mut d = common::journal::two_versions();
     // An alias history long enough that a cut can fall inside it.
@@ -210,7 +212,7 @@ fn a_registry_yaml_cut_short_under_a_journal_that_continues_it_names_its_last_co
     let base = persist::journal::base_path(&reg);
     assert_eq!(std::fs::read(&base).unwrap(), full);
     // The longest cut that still reads as a registry.yaml the journal's record does not
-    // fit (registry.yaml cut short by a full disk, as a tester's was).
+    // fit.
     let cut = (1..full.len())
         .rev()
         .find(|&n| {
@@ -231,6 +233,14 @@ fn a_registry_yaml_cut_short_under_a_journal_that_continues_it_names_its_last_co
         said.contains("every later journal record fits it"),
         "{said}"
     );
+    assert!(said.contains("modelreg recover"), "{said}");
+    (d, want, base)
+}
+
+#[test]
+fn a_registry_yaml_cut_short_under_a_journal_that_continues_it_names_its_last_copy() {
+    let (mut d, want, base) = a_registry_yaml_cut_short();
+    let reg = d.registry_path();
     // The fix it names: registry.yaml aside, its last copy in its place.
     let aside = reg.with_extension("yaml.damaged");
     std::fs::rename(&reg, &aside).unwrap();
@@ -241,6 +251,23 @@ fn a_registry_yaml_cut_short_under_a_journal_that_continues_it_names_its_last_co
         .status()
         .unwrap();
     assert!(cp.success());
+    d.spawn();
+    assert_eq!(common::journal::aliases(&d), want, "an alias move was lost");
+    assert_eq!(d.versions("m").len(), 2);
+}
+
+// The other fix it names: `recover` failed with the start's own error ("does not fit").
+#[test]
+fn recover_mends_a_registry_yaml_cut_short_from_its_last_copy() {
+    let (mut d, want, _) = a_registry_yaml_cut_short();
+    let out = std::process::Command::new(common::BIN)
+        .args(["recover", "--root"])
+        .arg(d.root.path())
+        .output()
+        .unwrap();
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("started from its last copy"), "{said}");
     d.spawn();
     assert_eq!(common::journal::aliases(&d), want, "an alias move was lost");
     assert_eq!(d.versions("m").len(), 2);

@@ -33,7 +33,7 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
         let existed = yaml.is_some();
         // registry.yaml gone, or older than the journal: its last copy, when that one is
         // what the journal continues.
-        let (loaded, from_base) = match yaml {
+        let (loaded, mut from_base) = match yaml {
             Some(c) => match journal::base_newer(reg, Some(&c), scan.as_ref()) {
                 Some(newer) => (Some(newer), true),
                 None => (Some(c), false),
@@ -62,8 +62,23 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             };
         let mut catalog = loaded.clone().unwrap_or_default();
         let mut lost: Vec<String> = Vec::new();
-        if continues && let Some(s) = &scan {
-            journal::replay(&mut catalog, s, &journal_path).map_err(|e| e.to_string())?;
+        if continues
+            && let Some(s) = &scan
+            && let Err(e) = journal::replay(&mut catalog, s, &journal_path)
+        {
+            // registry.yaml cut short or edited: its last copy, when the journal fits it.
+            let seq = loaded.as_ref().map_or(0, |c| c.journal_seq);
+            match journal::base_continued(reg, s, seq).filter(|_| !from_base) {
+                Some((from, c)) => {
+                    outln!(
+                        "started from its last copy {} (up to journal record {from}): {e}",
+                        esc(&base_shown)
+                    );
+                    catalog = c;
+                    from_base = true;
+                }
+                None => return Err(e.to_string()),
+            }
         }
         let rel = |p: &Path| config.relative(p).into_owned();
         let report = modelreg::store::rebuild(&config.store, &mut catalog, &rel);

@@ -127,6 +127,24 @@ pub fn base_newer(
     Some(c)
 }
 
+/// registry.yaml's last copy with the journal's records after it applied, when the copy
+/// holds at least up to record `seq` (registry.yaml's) and every such record fits it:
+/// (the copy's last record, the catalog). For a registry.yaml the journal does not fit.
+pub fn base_continued(registry: &Path, scan: &Scan, seq: u64) -> Option<(u64, Catalog)> {
+    match super::super::load(&base_path(registry)) {
+        Ok(Some(mut c)) if c.journal_seq >= seq && scan.base <= c.journal_seq => {
+            let from = c.journal_seq;
+            let all = scan
+                .records
+                .iter()
+                .filter(|(d, _)| d.seq > from)
+                .all(|(d, _)| d.apply(&mut c).is_ok());
+            all.then_some((from, c))
+        }
+        _ => None,
+    }
+}
+
 /// What to do when a journal record does not fit registry.yaml (which holds up to
 /// record `seq`): registry.yaml cut short (a full disk, an editor) or edited by hand.
 /// When its last copy is what the journal continues (every record after it applies to
@@ -135,24 +153,13 @@ pub fn base_newer(
 pub fn fix_for_misfit(registry: &Path, scan: &Scan, seq: u64) -> String {
     let base = base_path(registry);
     let (reg, b) = (registry.display(), base.display());
-    let fits = match super::super::load(&base) {
-        Ok(Some(mut c)) if c.journal_seq >= seq && scan.base <= c.journal_seq => {
-            let from = c.journal_seq;
-            let all = scan
-                .records
-                .iter()
-                .filter(|(d, _)| d.seq > from)
-                .all(|(d, _)| d.apply(&mut c).is_ok());
-            all.then_some(from)
-        }
-        _ => None,
-    };
+    let fits = base_continued(registry, scan, seq).map(|(from, _)| from);
     match fits {
         Some(from) => format!(
-            "{reg} is not the catalog the journal continues (cut short, or edited?); its last              copy {b} (up to record {from}) is, and every later journal record fits it. Not              starting. To start from it (nothing acknowledged is lost): with the daemon              stopped, mv {reg} {reg}.damaged && cp -p {b} {reg}; then start the daemon again"
+            "{reg} is not the catalog the journal continues (cut short, or edited?); its last copy {b} (up to record {from}) is, and every later journal record fits it. Not starting. To start from it (nothing acknowledged is lost): with the daemon stopped, mv {reg} {reg}.damaged && cp -p {b} {reg}; then start the daemon again (or run `modelreg recover`, which starts from that copy and says so)"
         ),
         None => format!(
-            "{reg} (up to record {seq}) is not the catalog the journal continues (cut short,              or edited?), and its last copy {b} is not either. Not starting. Restore a              registry.yaml that includes record {seq} (a backup's, with its journal), or move              the journal aside and run `modelreg recover`, which rebuilds from registry.yaml              and the store and lists what is lost"
+            "{reg} (up to record {seq}) is not the catalog the journal continues (cut short, or edited?), and its last copy {b} is not either. Not starting. Restore a registry.yaml that includes record {seq} (a backup's, with its journal), or move the journal aside and run `modelreg recover`, which rebuilds from registry.yaml and the store and lists what is lost"
         ),
     }
 }

@@ -29,7 +29,7 @@ mod file;
 mod frame;
 mod salvage;
 
-pub use base::{base_joining, base_newer, base_path, keep_base};
+pub use base::{base_continued, base_joining, base_newer, base_path, keep_base};
 pub use file::Journal;
 pub use frame::{Damage, decode, describe_damaged, encode};
 use frame::{HEADER_LEN, MAGIC, MARKER, checksum};
