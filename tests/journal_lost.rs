@@ -126,7 +126,7 @@ fn an_older_journal_copied_back_refuses_the_start_and_recover_brings_back_every_
     let err = refused(&d);
     assert!(err.contains("modelreg recover"), "{err}");
     assert!(
-        err.contains("replaced by an older copy or emptied"),
+        err.contains("replaced by an older copy, emptied or deleted"),
         "{err}"
     );
     let (ok, text) = recover(&d);
@@ -196,4 +196,75 @@ fn a_journal_short_of_only_its_last_record_is_taken_for_the_commit_in_flight() {
             .deprecated
             .is_none()
     );
+}
+
+// The tester's case past the one-record limit: a journal emptied (`: >`) or deleted after
+// kill -9 is never a crash's doing (the daemon writes its header before any record, and a
+// clean stop keeps it), so even one answered change past registry.yaml — an alias set, an
+// `rm` whose tombstone the store holds — refuses the start; the daemon had started with v1
+// listed live and its files gone.
+#[test]
+fn an_emptied_or_deleted_journal_one_answered_change_short_refuses_the_start() {
+    for how in ["emptied", "deleted"] {
+        let mut d = two_versions();
+        d.client().compact().unwrap();
+        d.client().alias_set("m", "z", "v2").unwrap();
+        d.client().rm("m", "v1", Some("gone"), false).unwrap();
+        d.kill();
+        if how == "emptied" {
+            std::fs::write(journal_path(&d), b"").unwrap();
+        } else {
+            std::fs::remove_file(journal_path(&d)).unwrap();
+        }
+        let err = refused(&d);
+        assert!(err.contains("is missing or empty"), "{how}: {err}");
+        assert!(err.contains("modelreg recover"), "{how}: {err}");
+        let (ok, text) = recover(&d);
+        assert!(ok, "{how}: {text}");
+        d.spawn();
+        assert_eq!(aliases(&d), pairs(&[("z", 2)]), "{how}");
+        let c = d.catalog();
+        let v1 = c.models["m"].find(1).unwrap();
+        let mark = v1.removed.as_ref().expect("v1 removed");
+        assert_eq!(mark.reason.as_deref(), Some("gone"), "{how}");
+    }
+}
+
+// A tester followed the refusal's advice as root on a root owned by the daemon's user
+// (65534): `recover` blamed the lock file, and once that was removed it left the lock,
+// registry.yaml and the journal root's, so the service no longer started ("Permission
+// denied"). Now it refuses before writing anything, naming the owner and how to run it.
+#[test]
+fn recover_run_by_another_user_than_the_roots_owner_refuses_and_writes_nothing() {
+    if !common::can_switch_user("recover_run_by_another_user") {
+        return;
+    }
+    let mut d = TestDaemon::new("settle: 50ms\nregistry_write_interval: 1h\n");
+    d.give_to_nobody();
+    d.spawn_as_nobody();
+    write_renamed(&d.inbox(), "m.pt", &bytes(1, 128));
+    d.wait_versions("m", 1);
+    d.client().compact().unwrap();
+    d.client().alias_set("m", "z", "v1").unwrap();
+    d.kill();
+    std::fs::write(journal_path(&d), b"").unwrap();
+    let (ok, text) = recover(&d);
+    assert!(!ok, "{text}");
+    assert!(text.contains("uid 65534"), "{text}");
+    assert!(text.contains("Nothing was done"), "{text}");
+    assert!(text.contains("setpriv --reuid=65534"), "{text}");
+    // As the owner, as it says: it mends the root and the daemon starts as that user.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(["recover", "--root"])
+        .arg(d.root.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.spawn_as_nobody();
+    assert_eq!(aliases(&d), pairs(&[("z", 1)]));
 }

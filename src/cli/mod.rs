@@ -471,6 +471,7 @@ fn run_client(c: &mut Client, cmd: &Command) -> Result<(), ClientError> {
 /// daemon; refused with `instead` when a daemon is running there.
 pub(crate) fn lock_root(cli: &Cli, instead: &str) -> Result<(Config, daemon::RootLock), String> {
     let config = Config::load(&cli.root, cli.config.as_deref()).map_err(|e| e.to_string())?;
+    refuse_other_user(&config)?;
     match daemon::RootLock::acquire(&config.root) {
         Ok(lock) => Ok((config, lock)),
         Err(modelreg::error::Error::AlreadyRunning { pid, .. }) => Err(format!(
@@ -478,6 +479,35 @@ pub(crate) fn lock_root(cli: &Cli, instead: &str) -> Result<(Config, daemon::Roo
         )),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Refuses an offline command (`recover`, `verify --offline`) run by another user than
+/// the root's owner, the user the daemon runs as: what it creates (the root's lock,
+/// registry.yaml, the journal, their copies) would be that user's, and the daemon could
+/// then not open them (a tester ran `recover` as root on a root of uid 65534: the service
+/// no longer started, "Permission denied" on the lock, then the journal).
+fn refuse_other_user(config: &Config) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(&config.root) else {
+        return Ok(());
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() == me {
+        return Ok(());
+    }
+    let (uid, gid) = (m.uid(), m.gid());
+    Err(format!(
+        "{} belongs to {} (uid {uid}), the user the daemon runs as, and this command runs as \
+         {} (uid {me}): the files it writes (the root's lock, registry.yaml, the journal) \
+         would be {}'s and the daemon could not open them. Nothing was done. Run it as the \
+         root's owner: sudo -u '#{uid}' modelreg ..., or setpriv --reuid={uid} --regid={gid} \
+         --init-groups modelreg ...",
+        config.root.display(),
+        modelreg::users::user_name(uid),
+        modelreg::users::user_name(me),
+        modelreg::users::user_name(me),
+    ))
 }
 
 /// `verify --offline`: straight from the root, holding the root's lock so that no

@@ -193,13 +193,18 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
             // The old journal no longer continues the file just written: set aside for a
             // person to look at, and a fresh one started after it.
             let aside = journal_path.with_extension("journal.before-recover");
-            std::fs::rename(&journal_path, &aside)
-                .map_err(|e| format!("set {} aside: {e}", journal_path.display()))?;
+            let kept = match std::fs::rename(&journal_path, &aside) {
+                Ok(()) => format!("the journal is kept as {}", aside.display()),
+                // Deleted: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    "there was no journal".to_string()
+                }
+                Err(e) => return Err(format!("set {} aside: {e}", journal_path.display())),
+            };
             persist::Journal::open(&journal_path, None, catalog.journal_seq)
                 .map_err(|e| e.to_string())?;
             outln!(
-                "the journal is kept as {}; a fresh journal continues from record {}",
-                aside.display(),
+                "{kept}; a fresh journal continues from record {}",
                 catalog.journal_seq
             );
         }

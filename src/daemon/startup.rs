@@ -59,6 +59,9 @@ pub struct Loaded {
     /// A damaged last record of the journal, dropped at this start: the journal's path
     /// and what was dropped, for `status` (the journal's layer cannot see the board).
     pub dropped: Option<(PathBuf, String)>,
+    /// The journal was missing or empty (no header). A crash never leaves it so: the
+    /// daemon writes its header before any record, and a clean stop keeps it.
+    pub journal_absent: bool,
 }
 
 /// Loads the catalog and brings the store in line with it: a publication a crash
@@ -108,48 +111,62 @@ pub(super) fn cursors_path(config: &Config) -> std::path::PathBuf {
 }
 
 /// Refuses the start when the event log holds events of more than one journal record
-/// that neither registry.yaml nor the journal holds. Only the commit a crash interrupted
-/// may have its events without its record (both are fsynced in one round, and nothing
-/// is answered before both are durable), so more means the journal lost records whose
-/// changes were answered: replaced by an older copy, or emptied. Starting would drop
-/// those events and the changes with them; `recover` brings them back from the log.
+/// that neither registry.yaml nor the journal holds (of any, when the journal is missing
+/// or empty). Only the commit a crash interrupted may have its events without its record
+/// (both are fsynced in one round, and nothing is answered before both are durable), so
+/// more means the journal lost records whose changes were answered: replaced by an older
+/// copy, emptied or deleted. Starting would drop those events and the changes with them;
+/// `recover` brings them back from the log.
 fn refuse_lost_records(config: &Config, loaded: &Loaded) -> Result<()> {
     let dir = config.events_dir();
     let seq = loaded.catalog.journal_seq;
     let read = |e| Error::io("read event log", &dir, e);
     // The newest event's record first (read from the segment's end): past the record in
     // flight at a crash is rare, and only then is the log read whole.
+    let absent = loaded.journal_absent;
+    // The record in flight at a crash may have its events alone; with no journal at all
+    // (missing, or empty: never a crash's doing) not even that.
+    let in_flight = if absent { seq } else { seq + 1 };
     if events::newest_commit(&dir)
         .map_err(read)?
-        .is_none_or(|c| c <= seq + 1)
+        .is_none_or(|c| c <= in_flight)
     {
         return Ok(());
     }
     let ahead = events::after_record(&dir, seq).map_err(read)?;
-    if !events::journal_lost_records(&ahead, seq) {
+    if !events::journal_lost_records(&ahead, seq, absent) {
         return Ok(());
     }
     let (first, last) = (&ahead[0], &ahead[ahead.len() - 1]);
     let journal = persist::journal_path(&config.registry);
+    let journal_said = if absent {
+        format!("the journal {} is missing or empty", journal.display())
+    } else {
+        format!(
+            "neither does the journal {} (up to record {seq})",
+            journal.display()
+        )
+    };
     let msg = format!(
-        "the event log {} holds {} event(s) of journal records {}..{} (the last: {}) that \
-         neither {} (up to record {}) nor the journal {} (up to record {seq}) holds: the \
-         journal was replaced by an older copy or emptied, and changes that were answered \
-         would be lost. Not starting. Run `modelreg recover --root {}` to apply them again \
-         from the event log (what cannot be applied is listed); to start afresh on \
-         purpose, move {} aside as well.",
+        "the event log {} holds {} event(s) of journal records {}..{} (the last, event {}: \
+         {}) that {} does not hold (up to record {}), and {journal_said}: the journal was \
+         replaced by an older copy, emptied or deleted, and changes that were answered \
+         would be lost. Not starting. Run `modelreg recover --root {}` (as the daemon's \
+         user) to apply them again from the event log (what cannot be applied is listed); \
+         if registry.yaml and the journal were restored from a backup on purpose, restore \
+         {} from the same backup too, or move it aside to start from the backup as it is.",
         dir.display(),
         ahead.len(),
         first.commit,
         last.commit,
+        last.seq,
         last.line().trim_start(),
         config.registry.display(),
         loaded.written,
-        journal.display(),
         config.root.display(),
         dir.display(),
     );
-    tracing::error!("{msg}");
+    // Logged once by the daemon's exit, with the `modelreg:` line.
     Err(Error::Other(msg))
 }
 
@@ -412,6 +429,7 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
             persist::journal::describe_torn(&journal_path, t),
         )
     });
+    let journal_absent = scan.is_none();
     let journal = persist::Journal::open(&journal_path, scan, catalog.journal_seq)?;
     Ok(Loaded {
         catalog,
@@ -419,6 +437,7 @@ pub fn load_catalog(config: &Config) -> Result<Loaded> {
         written,
         replayed: (replayed_on, replayed),
         dropped,
+        journal_absent,
     })
 }
 

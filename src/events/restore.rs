@@ -67,9 +67,12 @@ pub fn newest_commit(dir: &Path) -> std::io::Result<Option<u64>> {
 
 /// Whether the events of records after `journal_seq` (from [`after_record`]) show that
 /// the journal lost records that were durable: events of more than one record after it
-/// (only the commit in flight at a crash may have its events without its record).
-pub fn journal_lost_records(ahead: &[Event], journal_seq: u64) -> bool {
-    ahead.iter().any(|e| e.commit > journal_seq + 1)
+/// (only the commit in flight at a crash may have its events without its record), or of
+/// any record when the journal is `absent` (missing or empty, which no crash leaves: its
+/// header is written before any record).
+pub fn journal_lost_records(ahead: &[Event], journal_seq: u64, absent: bool) -> bool {
+    let in_flight = if absent { journal_seq } else { journal_seq + 1 };
+    ahead.iter().any(|e| e.commit > in_flight)
 }
 
 /// What [`restore`] did, one line per event for the person running `recover`.
@@ -98,8 +101,35 @@ pub fn restore(c: &mut Catalog, events: &[Event]) -> Restored {
     if let Some(last) = events.last() {
         c.journal_seq = c.journal_seq.max(last.commit);
         c.event_seq = c.event_seq.max(last.seq);
+        drop_aliases_on_removed(c, last);
     }
     out
+}
+
+/// An alias left on a removed version (its removal's events not all in the log) is
+/// removed, its history saying so (`by: recover`), as the catalog rules never leave one.
+fn drop_aliases_on_removed(c: &mut Catalog, last: &Event) {
+    for m in c.models.values_mut() {
+        let gone: Vec<(String, u32)> = (m.aliases.iter())
+            .filter(|(_, n)| m.find(**n).is_none_or(|v| v.removed.is_some()))
+            .map(|(a, n)| (a.clone(), *n))
+            .collect();
+        if gone.is_empty() {
+            continue;
+        }
+        let m = Arc::make_mut(m);
+        for (a, n) in gone {
+            m.aliases.remove(&a);
+            m.alias_history.push(AliasMove {
+                alias: a,
+                from: Some(n),
+                to: None,
+                at: last.time.clone(),
+                uid: None,
+                by: "recover".into(),
+            });
+        }
+    }
 }
 
 /// Redoes one event's change on `c`.
@@ -139,8 +169,11 @@ fn apply(c: &mut Catalog, e: &Event) -> Result<(), String> {
         Kind::AliasSet | Kind::AliasMoved | Kind::AliasRolledBack | Kind::AliasRemoved => {
             let alias = e.alias.clone().ok_or("the event names no alias")?;
             let to = e.to;
+            // Held, not necessarily live: the store's rebuild marks a version removed
+            // before its later removal's event comes (which drops the alias again, see
+            // `drop_aliases_on_removed`).
             if let Some(n) = to {
-                live(m, n)?;
+                version(m, n)?;
             }
             if m.aliases.get(&alias).copied() == to {
                 return Ok(());
@@ -180,9 +213,10 @@ fn apply(c: &mut Catalog, e: &Event) -> Result<(), String> {
         Kind::Removed | Kind::Gc => {
             let n = number(e)?;
             let v = version(m, n)?;
-            if v.removed.is_none() {
-                // Its files went to the trash when it was removed: a version named live
-                // whose folder is gone is what `get` would find.
+            // Named live (its files went to the trash when it was removed), or marked
+            // removed by the store's rebuild, which knows neither when nor why: the
+            // event does.
+            if v.removed.as_ref().is_none_or(|r| r.at == "unknown") {
                 v.removed = Some(Box::new(stamp(&e.reason)));
             }
             for a in m
@@ -255,10 +289,14 @@ mod tests {
     #[test]
     fn only_more_than_the_record_in_flight_is_a_lost_record() {
         let one = [event(5, 7, Kind::AliasSet), event(5, 8, Kind::Deprecated)];
-        assert!(!journal_lost_records(&one, 4));
+        assert!(!journal_lost_records(&one, 4, false));
+        assert!(
+            journal_lost_records(&one, 4, true),
+            "no journal: no record in flight"
+        );
         let two = [event(5, 7, Kind::AliasSet), event(6, 8, Kind::Deprecated)];
-        assert!(journal_lost_records(&two, 4));
-        assert!(!journal_lost_records(&[], 4));
+        assert!(journal_lost_records(&two, 4, false));
+        assert!(!journal_lost_records(&[], 4, true));
     }
 
     #[test]
