@@ -89,14 +89,34 @@ pub(crate) fn recover_offline(cli: &Cli) -> ExitCode {
                 if let (Some(have), Some(first)) = (yaml_seq, first.or(Some(s.base + 1)))
                     && first > have + 1
                 {
-                    lost.push(format!(
-                        "journal records {}..{} (after registry.yaml's record {have}, before the \
-                         journal's first): in neither file; the versions they registered are \
-                         recovered from the store, their alias moves, deprecations and metric \
-                         edits are lost unless a later record carries the model",
-                        have + 1,
-                        first - 1
-                    ));
+                    // In neither file, but their changes are in the event log: applied.
+                    let dir = config.events_dir();
+                    let gap: Vec<_> = modelreg::events::after_record(&dir, have)
+                        .map_err(|e| format!("read the event log {}: {e}", dir.display()))?
+                        .into_iter()
+                        .filter(|e| e.commit < first)
+                        .collect();
+                    let r = modelreg::events::restore(&mut catalog, &gap);
+                    for l in &r.applied {
+                        outln!("restored from the event log: {}", esc(l));
+                    }
+                    lost.extend(r.skipped);
+                    let held: std::collections::BTreeSet<u64> =
+                        gap.iter().map(|e| e.commit).collect();
+                    if ((have + 1)..first).any(|n| !held.contains(&n)) {
+                        lost.push(format!(
+                            "of journal records {}..{} (after registry.yaml's record {have}, \
+                             before the journal's first; in neither file), those the event log \
+                             holds no event of ({} of {}): the versions they registered are \
+                             recovered from the store, any alias move, deprecation or metric \
+                             edit of theirs without an event is lost unless a later record \
+                             carries the model",
+                            have + 1,
+                            first - 1,
+                            ((have + 1)..first).filter(|n| !held.contains(n)).count(),
+                            first - have - 1
+                        ));
+                    }
                 }
                 for t in &damaged {
                     lost.push(format!(
