@@ -268,3 +268,32 @@ fn recover_run_by_another_user_than_the_roots_owner_refuses_and_writes_nothing()
     d.spawn_as_nobody();
     assert_eq!(aliases(&d), pairs(&[("z", 1)]));
 }
+
+// A retester's case: a journal copied back from just before one answered `rm` looked like
+// the commit in flight at a crash, and the start dropped the removal (v1 listed live, its
+// files gone). A removal is carried out only once its record is durable, so its folder
+// gone from the store tells the two apart.
+#[test]
+fn a_journal_one_rm_short_whose_removal_was_carried_out_refuses_the_start() {
+    let mut d = two_versions();
+    d.client().compact().unwrap();
+    let older = std::fs::read(journal_path(&d)).unwrap();
+    d.client().rm("m", "v1", Some("gone"), false).unwrap();
+    d.kill();
+    std::fs::write(journal_path(&d), &older).unwrap();
+    let err = refused(&d);
+    assert!(err.contains("the removal of m v1 was carried out"), "{err}");
+    assert!(err.contains("modelreg recover"), "{err}");
+    let (ok, text) = recover(&d);
+    assert!(ok, "{text}");
+    d.spawn();
+    let c = d.catalog();
+    let mark = c.models["m"]
+        .find(1)
+        .unwrap()
+        .removed
+        .clone()
+        .expect("v1 removed");
+    assert_eq!(mark.reason.as_deref(), Some("gone"));
+    assert_ne!(mark.at, "unknown");
+}

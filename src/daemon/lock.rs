@@ -176,10 +176,27 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("stat lock file", path, e))?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    if !m.is_file() || m.uid() != me {
+    if m.is_file() && m.uid() != me {
+        // Most often the daemon (or `recover`) started as another user than the one that
+        // runs it: removing the lock would let this one write root-owned files the real
+        // service cannot open (a tester's finding).
+        let owner = m.uid();
         return Err(Error::Other(format!(
-            "the lock file {} is not a regular file of the daemon's user (uid {me}): someone \
-             else made it. Remove it (the daemon makes a new one) and start again",
+            "the lock file {} belongs to {} (uid {owner}), not to the user this runs as, {} \
+             (uid {me}). If the daemon runs as uid {owner}, run this as that user (sudo -u \
+             '#{owner}' ..., or setpriv --reuid={owner} --regid={} --init-groups ...): run as \
+             another user it would leave files that user's daemon cannot open. Remove the \
+             lock only if the root is meant to change hands (and chown -R the root)",
+            path.display(),
+            crate::users::user_name(owner),
+            crate::users::user_name(me),
+            m.gid()
+        )));
+    }
+    if !m.is_file() {
+        return Err(Error::Other(format!(
+            "the lock file {} is not a regular file: someone else made it. Remove it (the \
+             daemon makes a new one) and start again",
             path.display()
         )));
     }

@@ -126,21 +126,42 @@ fn refuse_lost_records(config: &Config, loaded: &Loaded) -> Result<()> {
     let absent = loaded.journal_absent;
     // The record in flight at a crash may have its events alone; with no journal at all
     // (missing, or empty: never a crash's doing) not even that.
-    let in_flight = if absent { seq } else { seq + 1 };
     if events::newest_commit(&dir)
         .map_err(read)?
-        .is_none_or(|c| c <= in_flight)
+        .is_none_or(|c| c <= seq)
     {
         return Ok(());
     }
     let ahead = events::after_record(&dir, seq).map_err(read)?;
-    if !events::journal_lost_records(&ahead, seq, absent) {
+    // A removal is carried out (its folder renamed into the trash) only once its record
+    // is durable: a version the catalog holds live whose removal event is here and whose
+    // folder is gone was not in flight (a journal one record short, a tester's finding).
+    let carried_out = ahead.iter().find(|e| {
+        matches!(e.kind, events::Kind::Removed | events::Kind::Gc)
+            && e.version.is_some_and(|n| {
+                (loaded.catalog.models.get(&e.model))
+                    .and_then(|m| m.find(n))
+                    .is_some_and(|v| v.removed.is_none())
+                    && !store::version_dir(&config.store, &e.model, n).exists()
+            })
+    });
+    if !events::journal_lost_records(&ahead, seq, absent) && carried_out.is_none() {
         return Ok(());
     }
     let (first, last) = (&ahead[0], &ahead[ahead.len() - 1]);
     let journal = persist::journal_path(&config.registry);
     let journal_said = if absent {
         format!("the journal {} is missing or empty", journal.display())
+    } else if let Some(e) =
+        carried_out.filter(|_| !events::journal_lost_records(&ahead, seq, absent))
+    {
+        format!(
+            "neither does the journal {} (up to record {seq}), though the removal of {} v{} \
+             was carried out (its folder is gone from the store), so its record was durable",
+            journal.display(),
+            e.model,
+            e.version.unwrap_or(0)
+        )
     } else {
         format!(
             "neither does the journal {} (up to record {seq})",
