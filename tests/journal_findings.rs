@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::journal::{
-    aliases, file_catalog, journal_path, records, two_versions, with_an_older_copy,
+    aliases, file_catalog, journal_path, records, recover, two_versions, with_an_older_copy,
 };
 use common::{
     BIN, TestDaemon, bytes, can_switch_user, inbox_names, ok, socket_open_inbox_closed, stderr,
@@ -19,21 +19,6 @@ use modelreg::registry::persist;
 
 fn pairs(p: &[(&str, u32)]) -> Vec<(String, u32)> {
     p.iter().map(|(a, n)| (a.to_string(), *n)).collect()
-}
-
-/// `modelreg recover --root ROOT` on `d`'s root: its stdout and stderr.
-fn recover(d: &TestDaemon) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["recover", "--root"])
-        .arg(d.root.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// m's aliases as the tests below set them: canary and production at v1, staging at v2.

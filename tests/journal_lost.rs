@@ -8,23 +8,8 @@ mod common;
 
 use std::process::Command;
 
-use common::journal::{aliases, journal_path, two_versions};
+use common::journal::{aliases, journal_path, recover, two_versions};
 use common::{BIN, TestDaemon, bytes, write_renamed};
-
-/// `modelreg recover --root ROOT` on `d`'s root: whether it succeeded, and its output.
-fn recover(d: &TestDaemon) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["recover", "--root"])
-        .arg(d.root.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// The refused start's stderr (the daemon must not start: a test calling this hangs if
 /// it does).

@@ -260,13 +260,8 @@ fn a_registry_yaml_cut_short_under_a_journal_that_continues_it_names_its_last_co
 #[test]
 fn recover_mends_a_registry_yaml_cut_short_from_its_last_copy() {
     let (mut d, want, _) = a_registry_yaml_cut_short();
-    let out = std::process::Command::new(common::BIN)
-        .args(["recover", "--root"])
-        .arg(d.root.path())
-        .output()
-        .unwrap();
-    let said = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(out.status.success(), "{said}");
+    let (ok, said) = common::journal::recover(&d);
+    assert!(ok, "{said}");
     assert!(said.contains("started from its last copy"), "{said}");
     d.spawn();
     assert_eq!(common::journal::aliases(&d), want, "an alias move was lost");

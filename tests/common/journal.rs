@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use modelreg::registry::persist;
 
-use super::{TestDaemon, bytes, write_renamed};
+use super::{BIN, TestDaemon, bytes, write_renamed};
 
 /// A daemon whose registry.yaml waits an hour between rewrites (so changes stay in the
 /// journal), with model m at v1 and v2.
@@ -82,4 +82,20 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
+}
+
+/// `modelreg recover --root ROOT` on `d`'s root: whether it succeeded, and its stdout and
+/// stderr.
+pub fn recover(d: &TestDaemon) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["recover", "--root"])
+        .arg(d.root.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
