@@ -285,6 +285,10 @@ class RobustnessTest(unittest.TestCase):
     def test_ctrl_c_between_the_two_renames_waits_until_both_are_done(self) -> None:
         self.reg.register("between", weights(self.work / "between1.pt", 1), metrics={"accuracy": 0.5})
         real = os.replace
+        # A test run started in the background by a shell inherits SIGINT ignored, and
+        # Python then installs no KeyboardInterrupt handler: give it the usual one.
+        self.addCleanup(signal.signal, signal.SIGINT, signal.getsignal(signal.SIGINT))
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         before = signal.getsignal(signal.SIGINT)
 
         def interrupted(src, dst):
