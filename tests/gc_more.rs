@@ -14,17 +14,6 @@ use common::*;
 /// Bigger than dedup's three 64 KiB samples.
 const FILE: usize = 256 * 1024;
 
-/// Registers `content` as the next version of `name` (fd hand-over, no settle).
-fn register(d: &TestDaemon, name: &str, content: &[u8]) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("w.bin");
-    std::fs::write(&p, content).unwrap();
-    let f = std::fs::File::open(&p).unwrap();
-    d.client()
-        .register(name, "w.bin", &f, None, None)
-        .expect("register");
-}
-
 /// The store's trash and what it holds.
 fn trash(d: &TestDaemon) -> (PathBuf, Vec<String>) {
     let dir = d.root.path().join("models/.trash");
@@ -59,7 +48,7 @@ fn gc_and_a_change_beside_it_are_answered_while_the_removed_files_are_still_bein
     let gate = tempfile::NamedTempFile::new().unwrap();
     let d = held_daemon(gate.path());
     for seed in 0..30 {
-        register(&d, "m", &bytes(seed, 4096));
+        register_bytes(&d, "m", &bytes(seed, 4096));
     }
     // Answered although nothing can be deleted yet: the removal is the catalog's change.
     let out = ok(&d, &["gc", "m"]);
@@ -96,7 +85,7 @@ fn trash_left_by_a_killed_daemon_is_deleted_at_the_next_start_and_numbers_stay_t
     let gate = tempfile::NamedTempFile::new().unwrap();
     let mut d = held_daemon(gate.path());
     for seed in 0..5 {
-        register(&d, "m", &bytes(seed, 4096));
+        register_bytes(&d, "m", &bytes(seed, 4096));
     }
     ok(&d, &["gc", "m"]);
     assert_eq!(trash(&d).1.len(), 4);
@@ -107,7 +96,7 @@ fn trash_left_by_a_killed_daemon_is_deleted_at_the_next_start_and_numbers_stay_t
         trash(&d).1.is_empty()
     });
     // v1..v4 are tombstones for good: the next version is v6.
-    register(&d, "m", &bytes(99, 4096));
+    register_bytes(&d, "m", &bytes(99, 4096));
     let numbers: Vec<String> = d.versions("m").into_iter().map(|v| v.version).collect();
     assert_eq!(numbers, ["v1", "v2", "v3", "v4", "v5", "v6"]);
     ok(&d, &["verify", "m"]);
@@ -119,7 +108,7 @@ fn rm_frees_a_shared_file_only_with_its_last_version() {
     let (x, y) = (bytes(1, FILE), bytes(2, FILE));
     // v3 holds v1's bytes: dedup hard-links them (one inode).
     for content in [&x, &y, &x] {
-        register(&d, "r", content);
+        register_bytes(&d, "r", content);
     }
     let store = d.root.path().join("models/r");
     let ino = |n: u32| {
@@ -140,10 +129,10 @@ fn gc_counts_each_freed_inode_once_and_nothing_a_kept_version_shares() {
     let (x, y, z) = (bytes(1, FILE), bytes(2, FILE), bytes(3, FILE));
     // m: v1 and v3 share x; all three go. k: v1 shares x with the kept v3.
     for content in [&x, &y, &x, &z] {
-        register(&d, "m", content);
+        register_bytes(&d, "m", content);
     }
     for content in [&x, &y, &x] {
-        register(&d, "k", content);
+        register_bytes(&d, "k", content);
     }
     let would = json(&d, &["gc", "m", "--dry-run"]);
     assert_eq!(would["bytes"], 2 * FILE as u64, "{would}");
@@ -168,7 +157,7 @@ fn damaged_sharers() -> (TestDaemon, Vec<u8>) {
     let d = TestDaemon::quick();
     let (x, y, z) = (bytes(7, FILE), bytes(8, FILE), bytes(9, FILE));
     for content in [&x, &y, &x, &z] {
-        register(&d, "tok", content);
+        register_bytes(&d, "tok", content);
     }
     damage_in_place(&d.root.path().join("models/tok/v1/w.bin"), 100_000);
     (d, x)
@@ -178,7 +167,7 @@ fn damaged_sharers() -> (TestDaemon, Vec<u8>) {
 fn a_damaged_shared_file_is_one_problem_naming_each_version_until_the_last_is_removed() {
     let (d, x) = damaged_sharers();
     // Found by dedup (x registered again gets its own copy) and by verify alike.
-    register(&d, "tok", &x);
+    register_bytes(&d, "tok", &x);
     d.wait_problem_text("damaged");
     assert!(!d.cli(&["verify", "tok"]).status.success());
     let found = damaged(&d);

@@ -13,17 +13,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Registers `content` as the next version of `name` (fd hand-over, no settle).
-fn register(d: &TestDaemon, name: &str, content: &[u8]) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("w.bin");
-    std::fs::write(&p, content).unwrap();
-    let f = std::fs::File::open(&p).unwrap();
-    d.client()
-        .register(name, "w.bin", &f, None, None)
-        .expect("register");
-}
-
 /// The snapshot folders of `name` in the view.
 fn snapshots(d: &TestDaemon, name: &str) -> Vec<PathBuf> {
     let dir = d.root.path().join(format!("hf/models--{name}/snapshots"));
@@ -77,9 +66,9 @@ fn a_large_gc_with_the_view_on_leaves_the_views_removals_to_its_worker_and_chang
     for seed in 0..40u64 {
         let mut content = shared.clone();
         content.extend(bytes(100 + seed, 4096));
-        register(&d, "m", &content);
+        register_bytes(&d, "m", &content);
         if seed == 0 {
-            register(&d, "other", &shared);
+            register_bytes(&d, "other", &shared);
         }
     }
     assert_eq!(snapshots(&d, "m").len(), 40);

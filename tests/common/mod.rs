@@ -678,3 +678,14 @@ pub fn damage_in_place(path: &Path, at: u64) {
     drop(f);
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
+
+/// Registers `content` as the next version of `name` (fd hand-over, no settle).
+pub fn register_bytes(d: &TestDaemon, name: &str, content: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.bin");
+    std::fs::write(&p, content).unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    d.client()
+        .register(name, "w.bin", &f, None, None)
+        .expect("register");
+}
