@@ -12,8 +12,8 @@ use common::journal::{
     aliases, file_catalog, journal_path, records, recover, two_versions, with_an_older_copy,
 };
 use common::{
-    BIN, TestDaemon, bytes, can_switch_user, inbox_names, ok, socket_open_inbox_closed, stderr,
-    stdout, write,
+    BIN, TestDaemon, assert_good_v2_and_damaged_v1_shown, bytes, can_switch_user, inbox_names, ok,
+    socket_open_inbox_closed, stderr, stdout, write,
 };
 use modelreg::registry::persist;
 
@@ -356,11 +356,5 @@ fn the_good_bytes_of_a_newest_version_damaged_in_place_are_kept_as_a_new_version
     common::damage_in_place(&stored, 1000);
     let out = ok(&d, &["add", file.to_str().unwrap(), "--wait"]);
     assert!(out.contains("dd v2"), "{out}");
-    let v2 = d.root.path().join("models/dd/v2/dd.bin");
-    assert_eq!(std::fs::read(&v2).unwrap(), good);
-    let problems = d.problems_text();
-    assert!(
-        problems.contains("dd v1"),
-        "the damage is not shown: {problems}"
-    );
+    assert_good_v2_and_damaged_v1_shown(&d, &good);
 }

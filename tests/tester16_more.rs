@@ -286,13 +286,7 @@ fn the_good_bytes_of_a_damaged_newest_version_cp_d_into_the_inbox_become_a_new_v
     write(&d.inbox().join("dd.bin"), &good);
     let v = d.wait_versions("dd", 2);
     assert_eq!(v[1].version, "v2");
-    let v2 = d.root.path().join("models/dd/v2/dd.bin");
-    assert_eq!(std::fs::read(&v2).unwrap(), good);
-    let problems = d.problems_text();
-    assert!(
-        problems.contains("dd v1"),
-        "the damage is not shown: {problems}"
-    );
+    assert_good_v2_and_damaged_v1_shown(&d, &good);
 }
 
 // A sysfs attribute reports 4096 bytes and reads as a few: it was refused as "changed

@@ -689,3 +689,15 @@ pub fn register_bytes(d: &TestDaemon, name: &str, content: &[u8]) {
         .register(name, "w.bin", &f, None, None)
         .expect("register");
 }
+
+/// Model dd's v2 holds `good` (the good bytes handed over or dropped again after v1 was
+/// damaged in place), and `status` names the damage of v1.
+pub fn assert_good_v2_and_damaged_v1_shown(d: &TestDaemon, good: &[u8]) {
+    let v2 = d.root.path().join("models/dd/v2/dd.bin");
+    assert_eq!(std::fs::read(&v2).unwrap(), good);
+    let problems = d.problems_text();
+    assert!(
+        problems.contains("dd v1"),
+        "the damage is not shown: {problems}"
+    );
+}
