@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{TestDaemon, bytes, ok, wait_until, write_renamed};
+use common::{TestDaemon, bytes, http, ok, wait_until, write_renamed};
 use postgres::PgCluster;
 
 /// The shared engines of one test: a PostgreSQL cluster with database `team`, and a
@@ -40,8 +40,13 @@ impl Engines {
 
     /// A host: a daemon in its own root, configured for the team.
     fn host(&self) -> TestDaemon {
+        self.host_with("")
+    }
+
+    /// [`Engines::host`] with more settings (`extra`, whole YAML lines).
+    fn host_with(&self, extra: &str) -> TestDaemon {
         let config = format!(
-            "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n",
+            "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n{extra}",
             self.pg.url("team"),
             self.blobs.path().display()
         );
@@ -377,4 +382,77 @@ fn a_file_handed_over_with_add_is_numbered_by_the_team_and_reaches_the_other_hos
     });
     let path = ok(&b, &["get", "t5", "v2", "--path"]);
     assert_eq!(std::fs::read(path.trim()).unwrap(), content);
+}
+
+/// The HTTP API's download routes read through as `get` does: a host that never fetched
+/// a version registered elsewhere serves its file, a HEAD of it and its tar, each file
+/// fetched from the blob store and checked first (before, they answered `file_missing`).
+/// A blob the store lost is an error naming the file, and nothing is left at its path.
+#[test]
+fn the_http_file_routes_of_another_hosts_version_fetch_it_first() {
+    let team = Engines::start();
+    let a = team.host();
+    let b = team.host_with("http:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n");
+    let content = bytes(21, 200_000);
+    write_renamed(&a.inbox(), "bert.pt", &content);
+    a.wait_versions("bert", 1);
+    wait_until(Duration::from_secs(10), "B to list bert", || {
+        numbers(&b, "bert").len() == 1
+    });
+    let stored_on_b = b.root.path().join("models/bert/v1/bert.pt");
+    assert!(!stored_on_b.exists());
+    let addr = http::address(&b);
+
+    let head = http::request(
+        &addr,
+        "HEAD",
+        "/api/v1/models/bert/versions/latest/files/bert.pt",
+        &[],
+    );
+    assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&head.body));
+    assert_eq!(head.header("content-length"), Some("200000"));
+    let got = http::get(&addr, "/api/v1/models/bert/versions/v1/files/bert.pt");
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert!(
+        got.body == content,
+        "the bytes served are the registered ones"
+    );
+    assert_eq!(std::fs::read(&stored_on_b).unwrap(), content);
+
+    // A second version, asked for first as a tar.
+    let second = bytes(22, 5000);
+    write_renamed(&a.inbox(), "bert.pt", &second);
+    a.wait_versions("bert", 2);
+    wait_until(Duration::from_secs(10), "B to list bert v2", || {
+        numbers(&b, "bert").len() == 2
+    });
+    let tar = http::get(&addr, "/api/v1/models/bert/versions/v2/tar");
+    assert_eq!(tar.status, 200, "{}", String::from_utf8_lossy(&tar.body));
+    let needle = &second[..64];
+    assert!(
+        tar.body.windows(needle.len()).any(|w| w == needle),
+        "the tar holds v2's bytes"
+    );
+    assert_eq!(
+        std::fs::read(b.root.path().join("models/bert/v2/bert.pt")).unwrap(),
+        second
+    );
+
+    // A third whose blob is gone from the store: an error naming the file, no file left.
+    let third = bytes(23, 3000);
+    write_renamed(&a.inbox(), "bert.pt", &third);
+    let on_a = a.wait_versions("bert", 3);
+    wait_until(Duration::from_secs(10), "B to list bert v3", || {
+        numbers(&b, "bert").len() == 3
+    });
+    let sha = &on_a[2].files[0].sha256;
+    std::fs::remove_file(team.blobs.path().join("sha256").join(&sha[..2]).join(sha)).unwrap();
+    let lost = http::get(&addr, "/api/v1/models/bert/versions/v3/files/bert.pt");
+    assert_eq!(lost.status, 500, "{}", String::from_utf8_lossy(&lost.body));
+    let text = String::from_utf8_lossy(&lost.body);
+    assert!(
+        text.contains("bert.pt is not on this host and could not be fetched"),
+        "{text}"
+    );
+    assert!(!b.root.path().join("models/bert/v3/bert.pt").exists());
 }

@@ -11,7 +11,9 @@ use axum::response::Response;
 
 use super::api::{BestParams, path_error};
 use super::body::{self, Sink};
-use super::files::{Found, built, common_headers, disposition, find, open_stored};
+use super::files::{
+    Found, built, common_headers, disposition, fetch_if_missing, find, open_stored,
+};
 use super::tar::{self, Entry};
 use super::{ApiError, HttpState, range};
 use crate::protocol::ErrorCode;
@@ -47,6 +49,7 @@ pub(super) async fn archive(
     // `file_missing` as `get` answers it, not cut off halfway through.
     let store = s.ctx.config().store.clone();
     for f in &v.files {
+        fetch_if_missing(&s, &v.name, f).await?;
         open_stored(&store, f).await?;
     }
     let len = tar::archive_len(&entries, mtime);

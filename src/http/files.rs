@@ -143,6 +143,36 @@ impl Found {
     }
 }
 
+/// Team mode: a stored file that is not on this host yet (a version registered on
+/// another host, never asked for here) is fetched from the blob store first and checked
+/// against its SHA-256 (docs/team.md, Read-through), so the file routes, the tar route
+/// and the Hub routes answer on every host as `get` does. Outside team mode, or when the
+/// file is here, nothing is done.
+pub(super) async fn fetch_if_missing(
+    s: &HttpState,
+    name: &str,
+    f: &StoredFile,
+) -> Result<(), ApiError> {
+    let Some(team) = &s.ctx.team else {
+        return Ok(());
+    };
+    match team.fetch_file(&f.path, &f.sha256).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            s.ctx
+                .board
+                .error(format!("http: fetching {name} {}: {e}", f.rel));
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "{name}: {} is not on this host and could not be fetched: {e}",
+                    f.rel
+                ),
+            ))
+        }
+    }
+}
+
 /// Opens a stored file through no link (neither in the store's folders nor the file
 /// itself) and checks it is the regular file of the catalog's size: `file_missing`
 /// otherwise, as the socket answers for a file that is gone.
@@ -262,6 +292,7 @@ pub(super) async fn serve_file(
         }
     };
     // Opened (and checked) for HEAD too: HEAD must not promise what GET cannot give.
+    fetch_if_missing(s, &v.name, f).await?;
     let opened = open_stored(&s.ctx.config().store, f).await?;
     let b = b
         .status(status)

@@ -294,26 +294,34 @@ impl Team {
     pub async fn fetch_version(&self, root: &Path, v: &Version) -> Result<usize, TeamError> {
         let mut fetched = 0;
         for f in &v.files {
-            let dest = root.join(&f.path);
-            if std::fs::symlink_metadata(&dest).is_ok() {
-                continue;
+            if self.fetch_file(&root.join(&f.path), &f.sha256).await? {
+                fetched += 1;
             }
-            let blobs_error = |message: String| TeamError {
-                engine: self.blobs_engine(),
-                message,
-            };
-            if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    blobs_error(format!("creating {} for a fetch: {e}", dir.display()))
-                })?;
-            }
-            self.blobs
-                .fetch(&f.sha256, &dest)
-                .await
-                .map_err(|e| blobs_error(e.to_string()))?;
-            fetched += 1;
         }
         Ok(fetched)
+    }
+
+    /// Fetches the blob `sha256` to `dest` (a stored file's path, from the catalog) when
+    /// nothing is there yet: streamed into a temp file, checked against its SHA-256,
+    /// renamed into place. Returns whether it fetched. The HTTP file routes call this per
+    /// file, so serving one file of a large version does not fetch them all.
+    pub async fn fetch_file(&self, dest: &Path, sha256: &str) -> Result<bool, TeamError> {
+        if std::fs::symlink_metadata(dest).is_ok() {
+            return Ok(false);
+        }
+        let blobs_error = |message: String| TeamError {
+            engine: self.blobs_engine(),
+            message,
+        };
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| blobs_error(format!("creating {} for a fetch: {e}", dir.display())))?;
+        }
+        self.blobs
+            .fetch(sha256, dest)
+            .await
+            .map_err(|e| blobs_error(e.to_string()))?;
+        Ok(true)
     }
 }
 
