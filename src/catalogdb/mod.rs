@@ -31,7 +31,7 @@ pub use import::{ImportConflict, ImportPlan, Imported, plan_import};
 pub use listen::{ChangeListener, listen};
 pub use orphans::BLOBS_LOCK_KEY;
 pub use read::{Change, ChangeKind, Snapshot};
-pub use write::Recorded;
+pub use write::{Recorded, Removal};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -257,11 +257,8 @@ impl CatalogDb {
         .await
     }
 
-    /// Removes version `number` of `model`: its record gets `mark` as `removed`, its
-    /// state turns `removed`, its `files` rows go (its blobs may then be collected), a
-    /// tombstone says who, why and when, and aliases still pointing at it are removed
-    /// (history `by: rm --force`, as the local `rm --force` does; the host's rules refuse a
-    /// plain `rm` of an aliased version first). Returns the change seq.
+    /// Removes version `number` of `model` as `rm --force` does: [`Self::remove_versions`]
+    /// of that one version, its aliases dropped, no events.
     pub async fn remove_version(
         &mut self,
         model: &str,
@@ -269,40 +266,109 @@ impl CatalogDb {
         host: &str,
         mark: &Mark,
     ) -> Result<u64, CatalogDbError> {
+        let how = Removal {
+            by: "rm",
+            force: true,
+        };
+        self.remove_versions(model, &[number], host, mark, how, &[])
+            .await
+    }
+
+    /// Removes versions `numbers` of `model` in one transaction under the model's row
+    /// lock (an `rm`, or one model's share of a `gc`): each record gets `mark` as
+    /// `removed`, its state turns `removed`, its `files` rows go (a blob no other `files`
+    /// row names is then an orphan, collected after `blobs_grace`; one another version
+    /// shares stays), a tombstone says who, why and when. Aliases pointing at one of them
+    /// are the local rule's: removed with the move recorded (`by: "<by> --force"`) when
+    /// `how.force`, else the whole removal is refused naming them (another host set them
+    /// since this host decided). A version missing or already removed (by another host
+    /// since) refuses it too, naming who removed it and when. One `version_removed`
+    /// change per version; `events` (the daemon's event JSON) are logged with the last.
+    /// `highest` is left as it is: a removed number is never given again. Returns the
+    /// last change seq.
+    pub async fn remove_versions(
+        &mut self,
+        model: &str,
+        numbers: &[u32],
+        host: &str,
+        mark: &Mark,
+        how: Removal<'_>,
+        events: &[serde_json::Value],
+    ) -> Result<u64, CatalogDbError> {
         self.run("removing a version", async |client: &mut Client, server: &str| {
             let tx = begin(client, server).await?;
-            let n = number as i32;
-            let mut version = live_version(&tx, server, model, number).await?;
-            version.removed = Some(Box::new(mark.clone()));
-            let record = serde_json::to_value(&version).expect("a version serialises");
-            tx.execute(
-                "UPDATE versions SET state = 'removed', record = $3 WHERE model = $1 AND number = $2",
-                &[&model, &n, &record],
-            )
-            .await
-            .map_err(sql(server, format!("marking {model} v{number} removed")))?;
-            tx.execute("DELETE FROM files WHERE model = $1 AND number = $2", &[&model, &n])
+            let mut seq = 0;
+            for (i, &number) in numbers.iter().enumerate() {
+                let n = number as i32;
+                let mut version = live_version(&tx, server, model, number).await?;
+                let aliased: Vec<String> = tx
+                    .query(
+                        "SELECT alias FROM aliases WHERE model = $1 AND number = $2 ORDER BY alias",
+                        &[&model, &n],
+                    )
+                    .await
+                    .map_err(sql(server, format!("reading the aliases of {model} v{number}")))?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if !aliased.is_empty() && !how.force {
+                    let what = if how.by == "gc" {
+                        "gc keeps aliased versions: run gc again".to_string()
+                    } else {
+                        format!("move the alias first, or use `{} --force` to drop it", how.by)
+                    };
+                    return Err(refused(
+                        server,
+                        format!(
+                            "{model} v{number} is what alias(es) {} point to in the team's catalog (set since this host looked); {what}; nothing was removed",
+                            aliased.join(", ")
+                        ),
+                    ));
+                }
+                version.removed = Some(Box::new(mark.clone()));
+                let record = serde_json::to_value(&version).expect("a version serialises");
+                tx.execute(
+                    "UPDATE versions SET state = 'removed', record = $3 WHERE model = $1 AND number = $2",
+                    &[&model, &n, &record],
+                )
                 .await
-                .map_err(sql(server, format!("forgetting the files of {model} v{number}")))?;
-            insert_tombstone(&tx, server, model, number, mark, host).await?;
-            let gone = tx
-                .query(
-                    "DELETE FROM aliases WHERE model = $1 AND number = $2 RETURNING alias",
+                .map_err(sql(server, format!("marking {model} v{number} removed")))?;
+                tx.execute("DELETE FROM files WHERE model = $1 AND number = $2", &[&model, &n])
+                    .await
+                    .map_err(sql(server, format!("forgetting the files of {model} v{number}")))?;
+                insert_tombstone(&tx, server, model, number, mark, host).await?;
+                tx.execute(
+                    "DELETE FROM aliases WHERE model = $1 AND number = $2",
                     &[&model, &n],
                 )
                 .await
                 .map_err(sql(server, format!("removing the aliases of {model} v{number}")))?;
-            let stamp = Stamp { at: mark.at.clone(), uid: mark.uid };
-            for r in gone {
-                let alias: String = r.get(0);
-                history(&tx, server, model, &alias, Some(n), None, &stamp, "rm --force", host).await?;
+                let stamp = Stamp { at: mark.at.clone(), uid: mark.uid };
+                let by = format!("{} --force", how.by);
+                for alias in &aliased {
+                    history(&tx, server, model, alias, Some(n), None, &stamp, &by, host).await?;
+                }
+                let last = i + 1 == numbers.len();
+                let events = if last { events } else { &[] };
+                seq = log_change(&tx, server, host, "version_removed", model, Some(n), None, events)
+                    .await?;
             }
-            let seq = log_change(&tx, server, host, "version_removed", model, Some(n), None, &[]).await?;
             commit(tx, server).await?;
             Ok(seq)
         })
         .await
     }
+}
+
+/// How [`CatalogDb::remove_versions`] treats aliases: the operation's name for their
+/// history and refusals (`rm`, `gc`), and whether aliases on a removed version are
+/// dropped (`rm --force`) or refuse the removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal<'a> {
+    /// `rm` or `gc`.
+    pub by: &'a str,
+    /// Drop the aliases (else refuse).
+    pub force: bool,
 }
 
 /// A READ COMMITTED transaction: each statement sees what committed before it, and the
@@ -393,7 +459,19 @@ async fn live_version(
         .map_err(sql(server, format!("reading {model} v{number}")))?
         .ok_or_else(|| refused(server, format!("{model} has no version v{number}")))?;
     if row.get::<_, String>(0) != "live" {
-        return Err(refused(server, format!("{model} v{number} is removed")));
+        let by = tx
+            .query_opt(
+                "SELECT at, host FROM tombstones WHERE model = $1 AND number = $2",
+                &[&model, &(number as i32)],
+            )
+            .await
+            .map_err(sql(server, format!("reading the tombstone of {model} v{number}")))?
+            .map(|r| format!(" at {} by host {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+            .unwrap_or_default();
+        return Err(refused(
+            server,
+            format!("{model} v{number} is removed in the team's catalog{by}; nothing was changed"),
+        ));
     }
     super::read::version_of(server, model, number, row.get(1))
 }

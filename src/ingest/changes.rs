@@ -92,7 +92,7 @@ impl Registrar {
 
     /// Retention: per model, keep the newest `keep_last` stored versions, the best one and
     /// every aliased one; remove the rest (or, with `dry_run`, say what would go).
-    fn gc(&mut self, only: Option<&str>, dry_run: bool, stamp: &Stamp) -> ChangeResult {
+    pub(super) fn gc(&mut self, only: Option<&str>, dry_run: bool, stamp: &Stamp) -> ChangeResult {
         let names: Vec<String> = match only {
             Some(n) => {
                 self.catalog.model(n)?;
@@ -167,7 +167,7 @@ impl Registrar {
 /// version that stays has a file on that inode. A file already gone frees nothing. Only
 /// the stayers' files with a content of the going ones are looked at: dedup links equal
 /// content alone.
-fn freed_bytes(root: &Path, m: &Model, going: &BTreeSet<u32>) -> u64 {
+pub(super) fn freed_bytes(root: &Path, m: &Model, going: &BTreeSet<u32>) -> u64 {
     let mut inodes: HashMap<(u64, u64), u64> = HashMap::new();
     let mut contents: HashSet<&str> = HashSet::new();
     for v in m.stored().filter(|v| going.contains(&v.number)) {

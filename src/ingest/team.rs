@@ -18,10 +18,11 @@ use crate::config::Config;
 use crate::messages::{Change, ChangeResult};
 use crate::protocol::ChangeAnswer;
 use crate::protocol::ErrorBody;
-use crate::registry::{Changed, Model, RegistryError, Stamp, Version};
+use crate::catalogdb::Removal;
+use crate::registry::{Changed, Model, RegistryError, Stamp, Version, keep_last};
 use crate::status::{StatusBoard, now_rfc3339};
 use crate::store::{self, Staged};
-use crate::team::{Team, TeamError};
+use crate::team::{ChangeFailure, Team, TeamError};
 
 /// Puts `v` into `m` in number order (replacing one of the same number): another host's
 /// version may have arrived before this host's lower-numbered one.
@@ -267,10 +268,13 @@ pub(super) async fn record_handover(
 }
 
 impl Registrar {
-    /// Merges models as the shared catalog holds them: versions this catalog lacks
-    /// (metadata only: their files are fetched on demand), aliases, alias moves after
-    /// those it holds, the highest number. This host's own versions on their way to
-    /// the registrar are left to their job.
+    /// Merges models as the shared catalog holds them (or only some of their versions:
+    /// the follower reads those its changes name): versions this catalog lacks
+    /// (metadata only: their files are fetched on demand); on versions it holds, the
+    /// deprecation mark as the catalog has it and a removal, whose cached files
+    /// (`models/<name>/v<N>/`) go to the trash as a local `rm`'s do; aliases, alias
+    /// moves after those it holds. This host's own versions on their way to the
+    /// registrar are left to their job.
     pub(super) fn merge_remote(&mut self, models: Vec<(String, Option<Model>)>) {
         let Some(team) = self.team.clone() else {
             return;
@@ -284,12 +288,29 @@ impl Registrar {
                 if team.is_pending(&name, v.number) {
                     continue;
                 }
-                if let Err(i) = m.versions.binary_search_by_key(&v.number, |x| x.number) {
-                    m.versions.insert(i, v.clone());
-                    m.highest = m.highest.max(v.number);
-                    self.batch.changed.version(&name, v.number);
-                    touched = true;
+                match m.versions.binary_search_by_key(&v.number, |x| x.number) {
+                    Err(i) => {
+                        m.versions.insert(i, v.clone());
+                        m.highest = m.highest.max(v.number);
+                    }
+                    Ok(i) => {
+                        let held = &m.versions[i];
+                        // A tombstone is final; a sidecar edit (metrics) stays its host's.
+                        let removed = held.removed.is_none() && v.removed.is_some();
+                        if held.removed.is_some() || (!removed && held.deprecated == v.deprecated)
+                        {
+                            continue;
+                        }
+                        let held = Arc::make_mut(&mut m.versions[i]);
+                        held.deprecated = v.deprecated.clone();
+                        if removed {
+                            held.removed = v.removed.clone();
+                            self.batch.deletions.push((name.clone(), v.number));
+                        }
+                    }
                 }
+                self.batch.changed.version(&name, v.number);
+                touched = true;
             }
             // Local history is only appended to (the journal relies on it); the shared
             // catalog's moves past what it holds are the new ones.
@@ -318,11 +339,11 @@ impl Registrar {
         }
     }
 
-    /// A client's change in team mode: alias changes are decided by the catalog rules on
-    /// a copy of the model, written to the shared catalog, then what it holds is merged
-    /// and committed here; the answer waits for that commit. Other changes to versions
-    /// (deprecate, rm, gc) are not shared yet and are refused rather than made on one
-    /// host alone.
+    /// A client's change in team mode (`None`: not the shared catalog's, made here:
+    /// `compact`). Alias changes, `deprecate` and `rm` are decided by the catalog rules on
+    /// a copy of the model, written to the shared catalog (which refuses what another
+    /// host changed first), then the model as it holds it is merged and committed here;
+    /// the answer waits for that commit. `gc` does the same per model.
     pub(super) async fn team_change(
         &mut self,
         team: Arc<Team>,
@@ -333,64 +354,219 @@ impl Registrar {
             at: now_rfc3339(),
             uid,
         };
-        if matches!(change, Change::Compact) {
-            return None;
-        }
+        Some(match change {
+            Change::Compact => return None,
+            Change::Gc { name, dry_run } => {
+                self.team_gc(&team, name.as_deref(), dry_run, &stamp)
+                    .await
+            }
+            change => self.team_model_change(&team, change, &stamp).await,
+        })
+    }
+
+    /// One model's change (alias, deprecate, rm) in team mode: see [`Self::team_change`].
+    async fn team_model_change(
+        &mut self,
+        team: &Team,
+        change: Change,
+        stamp: &Stamp,
+    ) -> ChangeResult {
         let (Change::AliasSet { name, .. }
         | Change::AliasRemove { name, .. }
-        | Change::Rollback { name, .. }) = &change
+        | Change::Rollback { name, .. }
+        | Change::Deprecate { name, .. }
+        | Change::Remove { name, .. }) = &change
         else {
-            return Some(Err(RegistryError::NotSaved {
-                reason: "deprecate, rm and gc are not shared between a team's hosts yet (docs/team.md): refused rather than done on this host alone".into(),
-            }));
+            unreachable!("gc and compact are handled by team_change");
         };
         let name = name.clone();
-        let model = match self.catalog.model(&name) {
-            Ok(m) => m,
-            Err(e) => return Some(Err(e)),
+        let model = self.catalog.model(&name)?;
+        // What an `rm` frees here, while the version still counts as stored.
+        let freed = match &change {
+            Change::Remove { version, .. }
+                if model.find(*version).is_some_and(|v| v.removed.is_none()) =>
+            {
+                let going = std::collections::BTreeSet::from([*version]);
+                super::changes::freed_bytes(&self.config.root, model, &going)
+            }
+            _ => 0,
         };
+        let force = matches!(change, Change::Remove { force: true, .. });
         let mut trial = model.clone();
         let changed = match change {
             Change::AliasSet { alias, version, .. } => {
-                trial.set_alias(&name, &alias, version, &stamp)
+                trial.set_alias(&name, &alias, version, stamp)
             }
-            Change::AliasRemove { alias, .. } => trial.remove_alias(&name, &alias, &stamp),
-            Change::Rollback { alias, .. } => trial.roll_back(&name, &alias, &stamp),
-            _ => unreachable!("refused above"),
-        };
-        let changed = match changed {
-            Ok(c) => c,
-            Err(e) => return Some(Err(e)),
-        };
+            Change::AliasRemove { alias, .. } => trial.remove_alias(&name, &alias, stamp),
+            Change::Rollback { alias, .. } => trial.roll_back(&name, &alias, stamp),
+            Change::Deprecate {
+                version, reason, ..
+            } => trial.deprecate(&name, version, reason, stamp),
+            Change::Remove {
+                version,
+                reason,
+                force,
+                ..
+            } => trial.remove(&name, version, reason, force, stamp, "rm"),
+            Change::Gc { .. } | Change::Compact => unreachable!("not a model's change"),
+        }?;
         let Some(event) = changed.event(&name) else {
-            return Some(Ok(ChangeAnswer::of(&name, changed)));
+            return Ok(ChangeAnswer::of(&name, changed));
+        };
+        let mark = |n: u32, f: fn(&Version) -> Option<&crate::registry::Mark>| {
+            trial.find(n).and_then(f).cloned()
         };
         let written = match &changed {
             Changed::AliasSet { alias, to, .. } => {
-                team.set_alias(&name, alias, *to, &stamp, "set").await
+                team.set_alias(&name, alias, *to, stamp, "set").await
             }
             Changed::RolledBack { alias, to, .. } => {
-                team.set_alias(&name, alias, *to, &stamp, "rollback").await
+                team.set_alias(&name, alias, *to, stamp, "rollback").await
             }
-            Changed::AliasRemoved { alias, .. } => team.remove_alias(&name, alias, &stamp).await,
-            _ => unreachable!("alias changes only"),
+            Changed::AliasRemoved { alias, .. } => team.remove_alias(&name, alias, stamp).await,
+            Changed::Deprecated { version, .. } => {
+                let events = events_of(&name, model, &trial, &[*version]);
+                let mark = mark(*version, |v| v.deprecated.as_deref());
+                team.set_deprecated(&name, *version, mark, &events).await
+            }
+            Changed::Removed { version, .. } => {
+                let events = events_of(&name, model, &trial, &[*version]);
+                let mark = mark(*version, |v| v.removed.as_deref()).expect("removed above");
+                let how = Removal { by: "rm", force };
+                team.remove_versions(&name, &[*version], &mark, how, &events)
+                    .await
+            }
         };
         if let Err(e) = written {
-            self.board.set_problem(
-                &e.engine,
-                &format!("an alias change of {name} failed: {}", e.message),
-            );
-            return Some(Err(RegistryError::NotSaved {
-                reason: e.to_string(),
-            }));
+            return Err(self.not_written(&name, e));
         }
         self.board.clear_problem(&team.catalog_engine());
-        // What the shared catalog holds now: this move, and any other host's before it.
-        match team.model(&name).await {
-            Ok(m) => self.merge_remote(vec![(name.clone(), m)]),
-            Err(e) => tracing::warn!("{e}: the follower brings the change instead"),
-        }
+        self.merge_written(team, &name, trial).await;
         self.board.event(event);
-        Some(Ok(ChangeAnswer::of(&name, changed)))
+        let mut answer = ChangeAnswer::of(&name, changed);
+        if let ChangeAnswer::Removed(r) = &mut answer {
+            r.freed = freed;
+        }
+        Ok(answer)
     }
+
+    /// Retention in team mode: per model, what `gc` would remove here (the same plan as
+    /// local mode's, on this host's copy of the catalog), removed in the shared catalog
+    /// in one transaction per model, then merged here; `dry_run` only says what would go.
+    /// A model the catalog refuses (another host removed or aliased one of its versions
+    /// meanwhile) stops the run, naming what was done before it.
+    async fn team_gc(
+        &mut self,
+        team: &Team,
+        only: Option<&str>,
+        dry_run: bool,
+        stamp: &Stamp,
+    ) -> ChangeResult {
+        // What to remove, and the report, are local mode's.
+        let ChangeAnswer::Gc(report) = self.gc(only, true, stamp)? else {
+            unreachable!("gc answers a report");
+        };
+        if dry_run {
+            return Ok(ChangeAnswer::Gc(report));
+        }
+        let mut by_model: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for v in &report.versions {
+            let n = crate::registry::parse_version(&v.version).expect("gc names vN");
+            by_model.entry(v.name.clone()).or_default().push(n);
+        }
+        let mut done: Vec<String> = Vec::new();
+        for (name, numbers) in by_model {
+            let model = self.catalog.model(&name)?.clone();
+            let keep = keep_last(&self.config.retention, &name).unwrap_or_default();
+            let mut trial = model.clone();
+            for &n in &numbers {
+                let reason = Some(format!("gc: keep_last {keep}"));
+                trial.remove(&name, n, reason, false, stamp, "gc")?;
+            }
+            let events = events_of(&name, &model, &trial, &numbers);
+            let mark = (trial.find(numbers[0]).and_then(|v| v.removed.as_deref()).cloned())
+                .expect("removed above");
+            let how = Removal {
+                by: "gc",
+                force: false,
+            };
+            if let Err(e) = team
+                .remove_versions(&name, &numbers, &mark, how, &events)
+                .await
+            {
+                let before = if done.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (gc removed versions of {} before it)", done.join(", "))
+                };
+                let e = self.not_written(&name, e);
+                return Err(RegistryError::NotSaved {
+                    reason: format!("gc of {name}: {e}{before}"),
+                });
+            }
+            self.board.clear_problem(&team.catalog_engine());
+            self.merge_written(team, &name, trial).await;
+            self.board
+                .event(format!("gc removed {} version(s) of {name}", numbers.len()));
+            done.push(name);
+        }
+        Ok(ChangeAnswer::Gc(crate::protocol::GcReport {
+            dry_run: false,
+            ..report
+        }))
+    }
+
+    /// A change the shared catalog did not make, as the client's error: an engine's
+    /// failure is also a `status` problem; a refusal (another host changed the model
+    /// first) is not, and the follower brings what that host did.
+    fn not_written(&self, name: &str, e: ChangeFailure) -> RegistryError {
+        let e = match e {
+            ChangeFailure::Refused(e) => e,
+            ChangeFailure::Failed(e) => {
+                self.board.set_problem(
+                    &e.engine,
+                    &format!("a change of {name} failed: {}", e.message),
+                );
+                e
+            }
+        };
+        RegistryError::NotSaved {
+            reason: e.to_string(),
+        }
+    }
+
+    /// After this host wrote a change of `name` to the shared catalog: the model as the
+    /// catalog holds it now (this change, and any other host's before it) is merged
+    /// here. When it cannot be read back, `trial` (this host's copy with the change
+    /// made) is merged instead: the follower skips this host's own changes.
+    async fn merge_written(&mut self, team: &Team, name: &str, trial: Model) {
+        match team.model(name).await {
+            Ok(m) => self.merge_remote(vec![(name.to_string(), m)]),
+            Err(e) => {
+                tracing::warn!("{e}: reading {name} back failed; this host's change is applied as made");
+                self.merge_remote(vec![(name.to_string(), Some(trial))]);
+            }
+        }
+    }
+}
+
+/// The events a change of model `name` from `before` to `after` makes (versions
+/// `numbers` changed), as the daemon's event JSON: what the shared catalog's event log
+/// holds beside the change (each host's own log derives the same from its commit).
+fn events_of(name: &str, before: &Model, after: &Model, numbers: &[u32]) -> Vec<serde_json::Value> {
+    let catalog = |m: &Model| {
+        let mut c = crate::registry::Catalog::default();
+        c.models.insert(name.to_string(), Arc::new(m.clone()));
+        c
+    };
+    let (before, after) = (catalog(before), catalog(after));
+    let mut touched = crate::registry::Touched::default();
+    touched.model(name);
+    for &n in numbers {
+        touched.version(name, n);
+    }
+    let d = crate::registry::Delta::between(0, &before, &after, &touched);
+    (crate::events::derive(&before, &d).iter())
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect()
 }

@@ -20,9 +20,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::blobs::{BlobOptions, BlobStore};
-use crate::catalogdb::{CatalogDb, Options, Recorded};
+use crate::catalogdb::{CatalogDb, Options, Recorded, Removal};
 use crate::config::{Config, TeamConfig};
-use crate::registry::{Model, Stamp, Version};
+use crate::registry::{Mark, Model, Stamp, Version};
 
 /// One host's handles on the team's engines (see the module docs).
 pub struct Team {
@@ -68,6 +68,25 @@ pub struct TeamError {
     pub engine: String,
     /// What failed.
     pub message: String,
+}
+
+/// Why the shared catalog did not make a change a client asked for.
+#[derive(Debug, Clone)]
+pub enum ChangeFailure {
+    /// Its rules refused it: another host changed the model since this host looked
+    /// (removed the version, set an alias on it). The engine is fine: no `status` problem.
+    Refused(TeamError),
+    /// The engine failed (unreachable, an error): a `status` problem under its name.
+    Failed(TeamError),
+}
+
+impl ChangeFailure {
+    /// The error, whichever it is.
+    pub fn into_error(self) -> TeamError {
+        match self {
+            ChangeFailure::Refused(e) | ChangeFailure::Failed(e) => e,
+        }
+    }
 }
 
 impl std::fmt::Display for TeamError {
@@ -123,17 +142,31 @@ impl Team {
         &self,
         op: impl AsyncFnOnce(&mut CatalogDb) -> Result<T, crate::catalogdb::CatalogDbError>,
     ) -> Result<T, TeamError> {
+        self.change_db(op).await.map_err(ChangeFailure::into_error)
+    }
+
+    /// [`Self::with_db`], telling the catalog's refusals (its rules: another host changed
+    /// the model first) from the engine's failures.
+    async fn change_db<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut CatalogDb) -> Result<T, crate::catalogdb::CatalogDbError>,
+    ) -> Result<T, ChangeFailure> {
         let mut db = self.db.lock().await;
         if db.is_none() {
             *db = Some(
                 CatalogDb::connect(&self.url, Options::default())
                     .await
-                    .map_err(|e| self.catalog_error(e))?,
+                    .map_err(|e| ChangeFailure::Failed(self.catalog_error(e)))?,
             );
         }
         op(db.as_mut().expect("connected above"))
             .await
-            .map_err(|e| self.catalog_error(e))
+            .map_err(|e| match e {
+                crate::catalogdb::CatalogDbError::Refused { .. } => {
+                    ChangeFailure::Refused(self.catalog_error(e))
+                }
+                e => ChangeFailure::Failed(self.catalog_error(e)),
+            })
     }
 
     /// Uploads each of `files` (path, sha256, size) to the blob store, verified; a blob
@@ -260,9 +293,9 @@ impl Team {
         number: u32,
         stamp: &Stamp,
         by: &str,
-    ) -> Result<(), TeamError> {
+    ) -> Result<(), ChangeFailure> {
         let host = self.host.clone();
-        self.with_db(async |db: &mut CatalogDb| {
+        self.change_db(async |db: &mut CatalogDb| {
             db.set_alias(model, alias, number, &host, stamp, by).await
         })
         .await
@@ -275,11 +308,50 @@ impl Team {
         model: &str,
         alias: &str,
         stamp: &Stamp,
-    ) -> Result<(), TeamError> {
+    ) -> Result<(), ChangeFailure> {
         let host = self.host.clone();
-        self.with_db(async |db: &mut CatalogDb| db.remove_alias(model, alias, &host, stamp).await)
+        self.change_db(async |db: &mut CatalogDb| db.remove_alias(model, alias, &host, stamp).await)
             .await
             .map(|_| ())
+    }
+
+    /// Sets (or clears, `None`) the deprecation mark of live version `number` of
+    /// `model` in the shared catalog, under the model's row lock, with its `events`.
+    pub async fn set_deprecated(
+        &self,
+        model: &str,
+        number: u32,
+        mark: Option<Mark>,
+        events: &[serde_json::Value],
+    ) -> Result<(), ChangeFailure> {
+        let host = self.host.clone();
+        self.change_db(async |db: &mut CatalogDb| {
+            db.update_version(model, number, &host, events, |v| {
+                v.deprecated = mark.map(Box::new)
+            })
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes versions `numbers` of `model` in the shared catalog, in one transaction
+    /// (tombstones, `files` rows gone, aliases as `how` says), with its `events`.
+    pub async fn remove_versions(
+        &self,
+        model: &str,
+        numbers: &[u32],
+        mark: &Mark,
+        how: Removal<'_>,
+        events: &[serde_json::Value],
+    ) -> Result<(), ChangeFailure> {
+        let host = self.host.clone();
+        self.change_db(async |db: &mut CatalogDb| {
+            db.remove_versions(model, numbers, &host, mark, how, events)
+                .await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Model `name` as the shared catalog holds it now.
