@@ -465,8 +465,17 @@ async fn live_version(
                 &[&model, &(number as i32)],
             )
             .await
-            .map_err(sql(server, format!("reading the tombstone of {model} v{number}")))?
-            .map(|r| format!(" at {} by host {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+            .map_err(sql(
+                server,
+                format!("reading the tombstone of {model} v{number}"),
+            ))?
+            .map(|r| {
+                format!(
+                    " at {} by host {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1)
+                )
+            })
             .unwrap_or_default();
         return Err(refused(
             server,

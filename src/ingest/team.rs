@@ -14,11 +14,11 @@ use std::sync::Arc;
 use super::Registrar;
 use super::copy::{JobResult, NewVersion};
 use super::handover::Outcome;
+use crate::catalogdb::Removal;
 use crate::config::Config;
 use crate::messages::{Change, ChangeResult};
 use crate::protocol::ChangeAnswer;
 use crate::protocol::ErrorBody;
-use crate::catalogdb::Removal;
 use crate::registry::{Changed, Model, RegistryError, Stamp, Version, keep_last};
 use crate::status::{StatusBoard, now_rfc3339};
 use crate::store::{self, Staged};
@@ -297,8 +297,7 @@ impl Registrar {
                         let held = &m.versions[i];
                         // A tombstone is final; a sidecar edit (metrics) stays its host's.
                         let removed = held.removed.is_none() && v.removed.is_some();
-                        if held.removed.is_some() || (!removed && held.deprecated == v.deprecated)
-                        {
+                        if held.removed.is_some() || (!removed && held.deprecated == v.deprecated) {
                             continue;
                         }
                         let held = Arc::make_mut(&mut m.versions[i]);
@@ -357,8 +356,7 @@ impl Registrar {
         Some(match change {
             Change::Compact => return None,
             Change::Gc { name, dry_run } => {
-                self.team_gc(&team, name.as_deref(), dry_run, &stamp)
-                    .await
+                self.team_gc(&team, name.as_deref(), dry_run, &stamp).await
             }
             change => self.team_model_change(&team, change, &stamp).await,
         })
@@ -425,12 +423,12 @@ impl Registrar {
             }
             Changed::AliasRemoved { alias, .. } => team.remove_alias(&name, alias, stamp).await,
             Changed::Deprecated { version, .. } => {
-                let events = events_of(&name, model, &trial, &[*version]);
+                let events = events_of(&name, (model, &trial), &[*version], &stamp.at);
                 let mark = mark(*version, |v| v.deprecated.as_deref());
                 team.set_deprecated(&name, *version, mark, &events).await
             }
             Changed::Removed { version, .. } => {
-                let events = events_of(&name, model, &trial, &[*version]);
+                let events = events_of(&name, (model, &trial), &[*version], &stamp.at);
                 let mark = mark(*version, |v| v.removed.as_deref()).expect("removed above");
                 let how = Removal { by: "rm", force };
                 team.remove_versions(&name, &[*version], &mark, how, &events)
@@ -483,9 +481,12 @@ impl Registrar {
                 let reason = Some(format!("gc: keep_last {keep}"));
                 trial.remove(&name, n, reason, false, stamp, "gc")?;
             }
-            let events = events_of(&name, &model, &trial, &numbers);
-            let mark = (trial.find(numbers[0]).and_then(|v| v.removed.as_deref()).cloned())
-                .expect("removed above");
+            let events = events_of(&name, (&model, &trial), &numbers, &stamp.at);
+            let mark = (trial
+                .find(numbers[0])
+                .and_then(|v| v.removed.as_deref())
+                .cloned())
+            .expect("removed above");
             let how = Removal {
                 by: "gc",
                 force: false,
@@ -543,7 +544,9 @@ impl Registrar {
         match team.model(name).await {
             Ok(m) => self.merge_remote(vec![(name.to_string(), m)]),
             Err(e) => {
-                tracing::warn!("{e}: reading {name} back failed; this host's change is applied as made");
+                tracing::warn!(
+                    "{e}: reading {name} back failed; this host's change is applied as made"
+                );
                 self.merge_remote(vec![(name.to_string(), Some(trial))]);
             }
         }
@@ -552,8 +555,14 @@ impl Registrar {
 
 /// The events a change of model `name` from `before` to `after` makes (versions
 /// `numbers` changed), as the daemon's event JSON: what the shared catalog's event log
-/// holds beside the change (each host's own log derives the same from its commit).
-fn events_of(name: &str, before: &Model, after: &Model, numbers: &[u32]) -> Vec<serde_json::Value> {
+/// holds beside the change (each host's own log derives the same from its commit, and
+/// numbers it there), stamped `at`.
+fn events_of(
+    name: &str,
+    (before, after): (&Model, &Model),
+    numbers: &[u32],
+    at: &str,
+) -> Vec<serde_json::Value> {
     let catalog = |m: &Model| {
         let mut c = crate::registry::Catalog::default();
         c.models.insert(name.to_string(), Arc::new(m.clone()));
@@ -566,7 +575,10 @@ fn events_of(name: &str, before: &Model, after: &Model, numbers: &[u32]) -> Vec<
         touched.version(name, n);
     }
     let d = crate::registry::Delta::between(0, &before, &after, &touched);
-    (crate::events::derive(&before, &d).iter())
-        .filter_map(|e| serde_json::to_value(e).ok())
+    (crate::events::derive(&before, &d).into_iter())
+        .filter_map(|mut e| {
+            e.time = at.to_string();
+            serde_json::to_value(e).ok()
+        })
         .collect()
 }

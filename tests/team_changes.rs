@@ -1,0 +1,343 @@
+//! Team mode's changes to versions, end to end: `rm`, `deprecate` and `gc` asked on one
+//! host are written to the shared catalog (real PostgreSQL 15, tests/common/postgres.rs)
+//! and reach the other host (real daemons, a shared blob folder): a removed version is a
+//! tombstone on both, its cached files leave the other host's store, its number is never
+//! given again; a deprecated version is skipped by `latest` everywhere; `gc`'s removals
+//! let the orphan collector take blobs no live version names, never one another version
+//! shares; a change the catalog refuses (another host got there first) says so.
+//! Every wait polls with a deadline; nothing asserts a duration.
+
+mod common;
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{TestDaemon, bytes, fails, ok, register_bytes, wait_until};
+use postgres::PgCluster;
+
+/// How long a change may take to reach the other host before the test fails.
+const REACH: Duration = Duration::from_secs(20);
+
+/// The shared engines of one test: a PostgreSQL cluster with database `team`, and a
+/// blob folder.
+struct Engines {
+    pg: PgCluster,
+    blobs: tempfile::TempDir,
+}
+
+impl Engines {
+    fn start() -> Engines {
+        let pg = PgCluster::start();
+        pg.create_database("team");
+        Engines {
+            pg,
+            blobs: tempfile::Builder::new()
+                .prefix("modelreg-blobs.")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// A host: a daemon in its own root, configured for the team, with `extra` settings.
+    fn host(&self, extra: &str) -> TestDaemon {
+        let config = format!(
+            "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n{extra}",
+            self.pg.url("team"),
+            self.blobs.path().display()
+        );
+        TestDaemon::start(&config)
+    }
+
+    /// Where the blob folder keeps the blob of `content`.
+    fn blob(&self, content: &[u8]) -> PathBuf {
+        let sha = modelreg::store::sha256_hex(content);
+        self.blobs.path().join("sha256").join(&sha[..2]).join(sha)
+    }
+}
+
+/// The state (`live`, `deprecated`, `removed`) of each version `d` lists for `name`.
+fn states(d: &TestDaemon, name: &str) -> Vec<(u32, String)> {
+    d.versions(name)
+        .into_iter()
+        .map(|v| (v.number, v.state))
+        .collect()
+}
+
+/// Waits until `d` lists `name`'s versions in exactly these states.
+fn wait_states(d: &TestDaemon, who: &str, name: &str, want: &[(u32, &str)]) {
+    let want: Vec<(u32, String)> = want.iter().map(|(n, s)| (*n, s.to_string())).collect();
+    wait_until(REACH, &format!("{who} to list {name} as {want:?}"), || {
+        states(d, name) == want
+    });
+}
+
+/// The shared catalog's logged events of `kind`: `model version` a line, in order.
+fn catalog_events(team: &Engines, kind: &str) -> String {
+    team.pg.psql(
+        "team",
+        &format!(
+            "SELECT (event->>'model') || ' ' || (event->>'version') FROM events
+             WHERE event->>'kind' = '{kind}' ORDER BY seq"
+        ),
+    )
+}
+
+/// Model `name` as `d`'s registry.yaml (with its journal) holds it.
+fn exported(d: &TestDaemon, name: &str) -> modelreg::registry::Model {
+    let catalog = d.catalog();
+    (*catalog.models[name]).clone()
+}
+
+#[test]
+fn rm_on_one_host_is_a_tombstone_on_every_host_and_its_number_is_never_given_again() {
+    let team = Engines::start();
+    let (a, b) = (team.host(""), team.host(""));
+    let (first, second) = (bytes(1, 40_000), bytes(2, 40_000));
+    register_bytes(&a, "resnet", &first);
+    register_bytes(&a, "resnet", &second);
+    wait_states(&b, "B", "resnet", &[(1, "live"), (2, "live")]);
+    // B reads v2 through: its files are now cached in B's store.
+    let cached = PathBuf::from(ok(&b, &["get", "resnet", "v2", "--path"]).trim());
+    assert_eq!(std::fs::read(&cached).unwrap(), second);
+
+    let out = ok(&a, &["rm", "resnet", "v2", "--reason", "leaked eval data"]);
+    assert!(out.contains("v2"), "{out}");
+    wait_states(&a, "A", "resnet", &[(1, "live"), (2, "removed")]);
+    wait_states(&b, "B", "resnet", &[(1, "live"), (2, "removed")]);
+
+    // B's cached copy went to its trash (and its tombstone file beside the model), as a
+    // local rm's does: the read-through cache never serves it again.
+    let b_models = b.root.path().join("models/resnet");
+    wait_until(REACH, "B's cached v2 to leave its store", || {
+        !b_models.join("v2").exists() && b_models.join(".removed/v2.json").exists()
+    });
+    for (who, d) in [("A", &a), ("B", &b)] {
+        let err = fails(d, &["get", "resnet", "v2", "--path"]);
+        assert!(err.contains("removed"), "{who}: {err}");
+        assert_eq!(d.get("resnet", "latest").unwrap().number, 1, "{who}");
+    }
+
+    // registry.yaml, each host's export, says the same on both: the tombstone (who, why,
+    // when), the highest number.
+    wait_until(REACH, "B's registry.yaml to match A's", || {
+        exported(&a, "resnet") == exported(&b, "resnet")
+    });
+    let on_b = exported(&b, "resnet");
+    let mark = on_b.find(2).unwrap().removed.as_deref().unwrap().clone();
+    assert_eq!(mark.reason.as_deref(), Some("leaked eval data"));
+    assert_eq!(on_b.highest, 2);
+    assert_eq!(catalog_events(&team, "removed"), "resnet 2");
+
+    // The newest was removed: the next registration, on the other host, gets v3.
+    let third = bytes(3, 40_000);
+    register_bytes(&b, "resnet", &third);
+    wait_states(
+        &b,
+        "B",
+        "resnet",
+        &[(1, "live"), (2, "removed"), (3, "live")],
+    );
+    wait_states(
+        &a,
+        "A",
+        "resnet",
+        &[(1, "live"), (2, "removed"), (3, "live")],
+    );
+    let v3 = b.get("resnet", "latest").unwrap();
+    assert_eq!(v3.number, 3);
+    assert_eq!(v3.files[0].sha256, modelreg::store::sha256_hex(&third));
+}
+
+#[test]
+fn deprecate_on_one_host_makes_latest_skip_the_version_on_the_other() {
+    let team = Engines::start();
+    let (a, b) = (team.host(""), team.host(""));
+    register_bytes(&a, "bert", &bytes(10, 20_000));
+    register_bytes(&a, "bert", &bytes(11, 20_000));
+    wait_states(&b, "B", "bert", &[(1, "live"), (2, "live")]);
+    assert_eq!(a.get("bert", "latest").unwrap().number, 2);
+
+    ok(&b, &["deprecate", "bert", "v2", "--reason", "eval bug"]);
+    assert_eq!(b.get("bert", "latest").unwrap().number, 1);
+    wait_states(&a, "A", "bert", &[(1, "live"), (2, "deprecated")]);
+    assert_eq!(a.get("bert", "latest").unwrap().number, 1);
+    // Still reachable by number, on both; the mark reads the same.
+    assert_eq!(a.get("bert", "v2").unwrap().number, 2);
+    wait_until(REACH, "A's registry.yaml to match B's", || {
+        exported(&a, "bert") == exported(&b, "bert")
+    });
+    let mark = exported(&a, "bert").find(2).unwrap().deprecated.clone();
+    assert_eq!(mark.unwrap().reason.as_deref(), Some("eval bug"));
+    let history = ok(&a, &["events", "--model", "bert", "--kind", "deprecated"]);
+    assert!(history.contains("deprecated"), "{history}");
+    // The shared catalog logged the change's event with it.
+    assert_eq!(catalog_events(&team, "deprecated"), "bert 2");
+}
+
+#[test]
+fn gc_on_one_host_removes_on_both_and_only_blobs_no_live_version_names_are_collected() {
+    let team = Engines::start();
+    // gpt keeps its newest version; blobs nothing names go after 1 s.
+    let extra = "retention: {\"gpt\": 1}\nblobs_grace: 1s\n";
+    let (a, b) = (team.host(extra), team.host(extra));
+    let (alone, shared, newest) = (bytes(20, 30_000), bytes(21, 30_000), bytes(22, 30_000));
+    register_bytes(&a, "gpt", &alone);
+    register_bytes(&a, "gpt", &shared);
+    register_bytes(&a, "gpt", &newest);
+    // Another model's live version has the same bytes as gpt v2: one blob for both.
+    register_bytes(&a, "tiny", &shared);
+    wait_states(&b, "B", "gpt", &[(1, "live"), (2, "live"), (3, "live")]);
+    wait_states(&b, "B", "tiny", &[(1, "live")]);
+
+    let dry = ok(&b, &["gc", "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_str(&dry).unwrap();
+    let listed: Vec<&str> = dry["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["v1", "v2"], "{dry}");
+    assert_eq!(
+        states(&a, "gpt"),
+        [(1, "live".into()), (2, "live".into()), (3, "live".into())],
+        "a dry run removes nothing"
+    );
+
+    let out = ok(&b, &["gc"]);
+    assert!(out.contains("2 version(s)"), "{out}");
+    for (who, d) in [("A", &a), ("B", &b)] {
+        wait_states(
+            d,
+            who,
+            "gpt",
+            &[(1, "removed"), (2, "removed"), (3, "live")],
+        );
+        wait_states(d, who, "tiny", &[(1, "live")]);
+    }
+    let mark = exported(&a, "gpt")
+        .find(1)
+        .unwrap()
+        .removed
+        .clone()
+        .unwrap();
+    assert_eq!(mark.reason.as_deref(), Some("gc: keep_last 1"));
+    assert_eq!(catalog_events(&team, "gc"), "gpt 1\ngpt 2");
+    // A's own copies of v1 and v2 (it registered them) left its store.
+    let a_models = a.root.path().join("models/gpt");
+    wait_until(REACH, "A's v1 and v2 to leave its store", || {
+        !a_models.join("v1").exists() && !a_models.join("v2").exists()
+    });
+
+    // v1's blob, named by no version any more, is collected; v2's, which tiny v1 names
+    // too, stays, and so does v3's.
+    wait_until(REACH, "the orphaned blob of gpt v1 to be collected", || {
+        !team.blob(&alone).exists()
+    });
+    assert!(team.blob(&shared).exists(), "a blob a live version names");
+    assert!(team.blob(&newest).exists());
+    let path = ok(&b, &["get", "tiny", "v1", "--path"]);
+    assert_eq!(std::fs::read(path.trim()).unwrap(), shared);
+}
+
+/// A psql session holding `LOCK TABLE alias_history IN ACCESS EXCLUSIVE MODE` until
+/// dropped: every read of a model (the follower's, a host re-reading a model it
+/// changed) waits on it, while writes that move no alias go through. So a host does not
+/// hear of another host's change while the lock is held.
+struct HeldLock {
+    child: std::process::Child,
+}
+
+impl HeldLock {
+    fn take(pg: &PgCluster) -> HeldLock {
+        let mut child = Command::new(Path::new(postgres::BIN).join("psql"))
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(pg.socket_dir())
+            .args(["-U", "postgres", "-d", "team"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(
+                b"BEGIN;\nLOCK TABLE alias_history IN ACCESS EXCLUSIVE MODE;\nSELECT 'locked';\n",
+            )
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        HeldLock { child }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"COMMIT;\n");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rm_of_a_version_another_host_removed_first_is_refused_by_the_catalog_naming_it() {
+    let team = Engines::start();
+    let (a, b) = (team.host(""), team.host(""));
+    register_bytes(&a, "vit", &bytes(30, 10_000));
+    register_bytes(&a, "vit", &bytes(31, 10_000));
+    wait_states(&b, "B", "vit", &[(1, "live"), (2, "live")]);
+
+    // While B cannot hear of it, A removes v1 (its answer waits for the lock too: A
+    // reads the model back before answering).
+    let lock = HeldLock::take(&team.pg);
+    let a_rm = std::thread::scope(|s| {
+        let a_rm = s.spawn(|| ok(&a, &["rm", "vit", "v1", "--reason", "first"]));
+        wait_until(REACH, "the catalog to hold A's removal of v1", || {
+            team.pg.psql(
+                "team",
+                "SELECT state FROM versions WHERE model = 'vit' AND number = 1",
+            ) == "removed"
+        });
+        // B still holds v1 as live, so its own rules let the rm through: the catalog
+        // refuses it, naming who removed it first.
+        assert_eq!(states(&b, "vit")[0], (1, "live".to_string()));
+        let err = fails(&b, &["rm", "vit", "v1", "--reason", "second"]);
+        assert!(
+            err.contains("vit v1 is removed in the team's catalog")
+                && err.contains(&format!("by host {}", a_host(&a))),
+            "{err}"
+        );
+        drop(lock);
+        a_rm.join().unwrap()
+    });
+    assert!(a_rm.contains("v1"), "{a_rm}");
+    // A refusal is not the engine's problem; B then hears of A's removal (its reason).
+    assert!(
+        !b.problems_text().contains("catalog"),
+        "{}",
+        b.problems_text()
+    );
+    wait_states(&b, "B", "vit", &[(1, "removed"), (2, "live")]);
+    let mark = exported(&b, "vit")
+        .find(1)
+        .unwrap()
+        .removed
+        .clone()
+        .unwrap();
+    assert_eq!(mark.reason.as_deref(), Some("first"));
+    // A deprecation of it is refused on B by its own rules now.
+    let err = fails(&b, &["deprecate", "vit", "v1"]);
+    assert!(err.contains("removed"), "{err}");
+}
+
+/// The name host `d` records in the shared catalog (`<host name>:<root>`).
+fn a_host(d: &TestDaemon) -> String {
+    d.status().team.expect("team mode").host
+}
