@@ -453,6 +453,88 @@ async fn a_version_record_and_its_removal_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_several_versions_is_one_transaction_refused_whole_by_an_alias_without_force() {
+    let pg = PgCluster::start();
+    let url = database(&pg, "removals");
+    let mut db = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    for _ in 0..3 {
+        record(&mut db, "gpt", "host-a").await.unwrap();
+    }
+    // v2 shares v1's blob (content-addressed): its files row names the same sha256.
+    pg.psql(
+        "removals",
+        "UPDATE files SET sha256 = (SELECT sha256 FROM files WHERE number = 1) WHERE number = 2",
+    );
+    db.set_alias("gpt", "prod", 2, "host-b", &stamp("t"), "set")
+        .await
+        .unwrap();
+    let mark = Mark {
+        at: "2026-11-28T05:00:00Z".into(),
+        reason: Some("gc: keep_last 1".into()),
+        uid: None,
+    };
+    let gc = catalogdb::Removal {
+        by: "gc",
+        force: false,
+    };
+    let err = db
+        .remove_versions("gpt", &[1, 2], "host-a", &mark, gc, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gpt v2 is what alias(es) prod point to") && err.contains("run gc again"),
+        "{err}"
+    );
+    let live =
+        "SELECT string_agg(number::text, ',' ORDER BY number) FROM versions WHERE state = 'live'";
+    assert_eq!(
+        pg.psql("removals", live),
+        "1,2,3",
+        "refused whole: v1 stays too"
+    );
+
+    let event = serde_json::json!({"kind": "gc", "model": "gpt"});
+    db.remove_versions("gpt", &[1], "host-a", &mark, gc, &[event])
+        .await
+        .unwrap();
+    assert_eq!(pg.psql("removals", live), "2,3");
+    // v1's files rows went, v2's (the same blob) stay: the collector keeps that blob.
+    assert_eq!(
+        pg.psql(
+            "removals",
+            "SELECT string_agg(number::text, ',' ORDER BY number) FROM files"
+        ),
+        "2,3"
+    );
+    assert_eq!(pg.psql("removals", "SELECT count(*) FROM events"), "1");
+    // Forced, as `rm --force`: the alias goes, its move recorded as the local rule does.
+    let rm = catalogdb::Removal {
+        by: "rm",
+        force: true,
+    };
+    db.remove_versions("gpt", &[2], "host-b", &mark, rm, &[])
+        .await
+        .unwrap();
+    let model = db.model("gpt").await.unwrap().unwrap();
+    assert!(model.aliases.is_empty());
+    assert_eq!(model.alias_history.last().unwrap().by, "rm --force");
+    assert_eq!(model.highest, 3);
+    // Already removed: refused naming when and by which host.
+    let err = db
+        .remove_versions("gpt", &[2], "host-c", &mark, rm, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "gpt v2 is removed in the team's catalog at 2026-11-28T05:00:00Z by host host-b"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
     let mut pg = PgCluster::start();
     let url = database(&pg, "outage");

@@ -12,7 +12,7 @@
 //! What was collected is logged and shown in `status` (a recent change, and the team
 //! row's counters); a failure is a `status` problem of its own, retried next sweep. Why
 //! periodic and not `modelreg gc`: orphans come from crashes and outages nobody watches
-//! for, and `gc` is the local store's retention, refused in team mode for now.
+//! for, and from `rm` and `gc`, whose removed versions' blobs are left to it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
