@@ -181,15 +181,18 @@ fn deprecate_on_one_host_makes_latest_skip_the_version_on_the_other() {
 #[test]
 fn gc_on_one_host_removes_on_both_and_only_blobs_no_live_version_names_are_collected() {
     let team = Engines::start();
-    // gpt keeps its newest version; blobs nothing names go after 1 s.
-    let extra = "retention: {\"gpt\": 1}\nblobs_grace: 1s\n";
-    let (a, b) = (team.host(extra), team.host(extra));
+    // gpt keeps its newest version. B collects blobs nothing names after 1 s; it starts
+    // once A's uploads are done (a grace that short could take an upload's temp file
+    // stalled that long on a busy machine: docs/team.md, "Orphan blobs").
+    let retention = "retention: {\"gpt\": 1}\n";
+    let a = team.host(retention);
     let (alone, shared, newest) = (bytes(20, 30_000), bytes(21, 30_000), bytes(22, 30_000));
     register_bytes(&a, "gpt", &alone);
     register_bytes(&a, "gpt", &shared);
     register_bytes(&a, "gpt", &newest);
     // Another model's live version has the same bytes as gpt v2: one blob for both.
     register_bytes(&a, "tiny", &shared);
+    let b = team.host(&format!("{retention}blobs_grace: 1s\n"));
     wait_states(&b, "B", "gpt", &[(1, "live"), (2, "live"), (3, "live")]);
     wait_states(&b, "B", "tiny", &[(1, "live")]);
 
