@@ -69,7 +69,7 @@ async fn register_many(
     let mut db = CatalogDb::connect(&url, Options::default()).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..count {
-        got.push(record(&mut db, model, host).await.unwrap().number);
+        got.push(record(&mut db, model, host).await.unwrap().number());
     }
     got
 }
@@ -357,7 +357,7 @@ async fn a_version_record_and_its_removal_round_trip() {
         )
         .await
         .unwrap();
-    assert_eq!(recorded.number, 1);
+    assert_eq!(recorded.number(), 1);
     let snap = db.snapshot().await.unwrap();
     assert_eq!(
         *snap.models["llama"].versions[0], full,
@@ -437,7 +437,7 @@ async fn a_version_record_and_its_removal_round_trip() {
     );
     // The number stays taken: the next version is v3.
     let next = record(&mut db, "llama", "host-a").await.unwrap();
-    assert_eq!(next.number, 3);
+    assert_eq!(next.number(), 3);
     let err = db
         .set_alias("llama", "staging", 2, "host-b", &stamp("t"), "set")
         .await
@@ -563,7 +563,7 @@ async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
     );
     // The timed-out transaction never committed: its number is given to the next.
     let next = record(&mut db, "gpt", "host-a").await.unwrap();
-    assert_eq!(next.number, 2);
+    assert_eq!(next.number(), 2);
 
     let mut listener = catalogdb::listen(&url, options).await.unwrap();
     pg.stop();
@@ -590,7 +590,341 @@ async fn a_stopped_server_is_an_error_naming_it_and_a_restart_reconnects() {
     pg.resume();
     // The same handle connects again on its next operation; nothing was half-written.
     let again = record(&mut db, "gpt", "host-a").await.unwrap();
-    assert_eq!(again.number, 3, "the failed attempt left no number taken");
+    assert_eq!(again.number(), 3, "the failed attempt left no number taken");
     let mut fresh = CatalogDb::connect(&url, options).await.unwrap();
     assert_eq!(fresh.changes_since(0, 100).await.unwrap().len(), 3);
+}
+
+/// A version of `model` holding `files` (name in its folder, SHA-256 digit) as `host`
+/// records it at `at`.
+fn holding(model: &str, n: u32, host: &str, at: &str, files: &[(&str, u8)]) -> Version {
+    let mut v = version(model, n, host);
+    v.registered_at = at.into();
+    v.files = (files.iter())
+        .map(|(name, d)| StoredFile {
+            path: format!("models/{model}/v{n}/{name}"),
+            sha256: format!("{d:x}").repeat(64),
+            size: 10,
+        })
+        .collect();
+    v
+}
+
+/// Records a version of `model` holding `files`; what `record_version` answered.
+async fn record_files(
+    db: &mut CatalogDb,
+    model: &str,
+    host: &str,
+    at: &str,
+    files: &[(&str, u8)],
+) -> catalogdb::Recorded {
+    db.record_version(model, host, &[], |n| holding(model, n, host, at, files))
+        .await
+        .unwrap()
+}
+
+/// Every version number of `model` in the catalog, removed ones too.
+fn numbers(pg: &PgCluster, db: &str, model: &str) -> String {
+    pg.psql(
+        db,
+        &format!("SELECT string_agg(number::text, ',' ORDER BY number) FROM versions WHERE model = '{model}'"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_files_as_the_newest_version_record_nothing_and_answer_that_version() {
+    let pg = PgCluster::start();
+    let url = database(&pg, "same");
+    let mut a = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    let mut b = CatalogDb::connect(&url, Options::default()).await.unwrap();
+    let weights = [("model.safetensors", 1u8), ("config.json", 2)];
+    let first = record_files(&mut a, "bert", "host-a", "2026-11-28T05:00:00Z", &weights).await;
+    assert_eq!(first.number(), 1);
+    // The same files again, from this host (a retry) or another, listed in another
+    // order: nothing recorded, the answer is v1 as the catalog holds it.
+    let reversed = [("config.json", 2u8), ("model.safetensors", 1)];
+    for (db, host) in [(&mut a, "host-a"), (&mut b, "host-b")] {
+        let again = record_files(db, "bert", host, "2026-11-28T05:01:00Z", &reversed).await;
+        let catalogdb::Recorded::Existing(v) = &again else {
+            panic!("{host} recorded a second version: {again:?}");
+        };
+        assert_eq!(
+            (v.number, v.registered_at.as_str()),
+            (1, "2026-11-28T05:00:00Z")
+        );
+        assert_eq!(v.metadata["host"], serde_json::json!("host-a"));
+    }
+    assert_eq!(numbers(&pg, "same", "bert"), "1");
+    assert_eq!(
+        pg.psql("same", "SELECT highest FROM models"),
+        "1",
+        "the number went back"
+    );
+    assert_eq!(pg.psql("same", "SELECT count(*) FROM changes"), "1");
+    assert_eq!(pg.psql("same", "SELECT count(*) FROM files"), "2");
+    // One file differing (content or name): a new version.
+    let other = record_files(
+        &mut a,
+        "bert",
+        "host-a",
+        "t",
+        &[("model.safetensors", 1), ("config.json", 3)],
+    )
+    .await;
+    assert_eq!(other.number(), 2);
+    let renamed = record_files(
+        &mut a,
+        "bert",
+        "host-a",
+        "t",
+        &[("weights.safetensors", 1), ("config.json", 3)],
+    )
+    .await;
+    assert_eq!(renamed.number(), 3);
+    // Only the newest counts (as local mode): v1's files again are v4.
+    assert_eq!(
+        record_files(&mut b, "bert", "host-b", "t", &weights)
+            .await
+            .number(),
+        4
+    );
+    // A deprecated newest version is still the newest (local mode's too).
+    a.update_version("bert", 4, "host-a", &[], |v| {
+        v.deprecated = Some(Box::new(Mark {
+            at: "t".into(),
+            reason: None,
+            uid: None,
+        }));
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        record_files(&mut a, "bert", "host-a", "t", &weights).await,
+        catalogdb::Recorded::Existing(v) if v.number == 4
+    ));
+    // A removed one is not: the newest live one below it is compared.
+    let mark = Mark {
+        at: "t".into(),
+        reason: Some("bad".into()),
+        uid: None,
+    };
+    a.remove_version("bert", 4, "host-a", &mark).await.unwrap();
+    assert_eq!(
+        record_files(&mut a, "bert", "host-a", "t", &weights)
+            .await
+            .number(),
+        5
+    );
+    a.remove_version("bert", 5, "host-a", &mark).await.unwrap();
+    let back = record_files(
+        &mut a,
+        "bert",
+        "host-a",
+        "t",
+        &[("weights.safetensors", 1), ("config.json", 3)],
+    )
+    .await;
+    assert!(matches!(back, catalogdb::Recorded::Existing(v) if v.number == 3));
+    assert_eq!(numbers(&pg, "same", "bert"), "1,2,3,4,5");
+
+    // Two hosts recording the same new files at once: one version, both answered it.
+    let (x, y) = tokio::join!(
+        record_files(&mut a, "race", "host-a", "t", &[("x.pt", 9)]),
+        record_files(&mut b, "race", "host-b", "t", &[("x.pt", 9)]),
+    );
+    assert_eq!((x.number(), y.number()), (1, 1), "{x:?} {y:?}");
+    assert_eq!(numbers(&pg, "same", "race"), "1");
+}
+
+/// A Unix-socket proxy in front of the test cluster: it forwards everything, keeps a
+/// transcript (which side sent each chunk), and can lose a connection's answer to a
+/// COMMIT after the server committed (the client then has an unknown outcome).
+struct Proxy {
+    dir: tempfile::TempDir,
+    transcript: std::sync::Arc<std::sync::Mutex<Vec<(bool, Vec<u8>)>>>,
+    lose_commit_answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn start(pg: &PgCluster) -> Proxy {
+        use std::io::{Read, Write};
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5432")).unwrap();
+        let server = pg.socket_dir().join(".s.PGSQL.5432");
+        let transcript = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lose = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, lose_flag) = (transcript.clone(), lose.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let client = client.unwrap();
+                let upstream = UnixStream::connect(&server).unwrap();
+                // Set once the COMMIT to lose the answer of has been sent.
+                let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (mut c_in, mut c_out) = (client.try_clone().unwrap(), client);
+                let (mut s_in, mut s_out) = (upstream.try_clone().unwrap(), upstream);
+                let (log1, log2, lose1, cut1, cut2) = (
+                    log.clone(),
+                    log.clone(),
+                    lose_flag.clone(),
+                    cut.clone(),
+                    cut,
+                );
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buf[..n];
+                        if contains(chunk, b"COMMIT\0") && lose1.swap(false, Ordering::SeqCst) {
+                            cut1.store(true, Ordering::SeqCst);
+                        }
+                        log1.lock().unwrap().push((true, chunk.to_vec()));
+                        if s_out.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    let mut held = Vec::new();
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buf[..n];
+                        if cut2.load(Ordering::SeqCst) {
+                            // Kept from the client until the server says it committed;
+                            // then the connection is gone for the client.
+                            held.extend_from_slice(chunk);
+                            if contains(&held, b"COMMIT\0") {
+                                let _ = c_out.shutdown(std::net::Shutdown::Both);
+                                let _ = s_in.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            continue;
+                        }
+                        log2.lock().unwrap().push((false, chunk.to_vec()));
+                        if c_out.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Proxy {
+            dir,
+            transcript,
+            lose_commit_answer: lose,
+        }
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!(
+            "host={} user=postgres dbname={db}",
+            self.dir.path().display()
+        )
+    }
+
+    /// How many chunks the transcript holds (a mark to count from).
+    fn mark(&self) -> usize {
+        self.transcript.lock().unwrap().len()
+    }
+
+    /// The round trips since `mark`: each run of the client's chunks that follows an
+    /// answer (or the start) is one request the client sent before waiting; and those
+    /// from the one carrying `BEGIN` to the one carrying `COMMIT`, the transaction's.
+    fn round_trips_since(&self, mark: usize) -> (usize, usize) {
+        let t = self.transcript.lock().unwrap();
+        let mut bursts: Vec<Vec<u8>> = Vec::new();
+        let mut last_client = false;
+        for (from_client, chunk) in &t[mark..] {
+            if *from_client {
+                if last_client {
+                    bursts.last_mut().unwrap().extend_from_slice(chunk);
+                } else {
+                    bursts.push(chunk.clone());
+                }
+            }
+            last_client = *from_client;
+        }
+        let begin = bursts.iter().position(|b| contains(b, b"BEGIN\0"));
+        let commit = bursts.iter().rposition(|b| contains(b, b"COMMIT\0"));
+        let in_tx = match (begin, commit) {
+            (Some(b), Some(c)) => c + 1 - b,
+            _ => 0,
+        };
+        (bursts.len(), in_tx)
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// A current-thread runtime: the driver task cannot send a pipeline's first request
+// before the others are queued, so the transcript's runs are the client's waits.
+#[tokio::test]
+async fn a_registration_takes_two_round_trips_and_a_retry_after_a_lost_commit_answer_records_nothing()
+ {
+    let pg = PgCluster::start();
+    database(&pg, "trips");
+    let proxy = Proxy::start(&pg);
+    let mut db = CatalogDb::connect(&proxy.url("trips"), Options::default())
+        .await
+        .unwrap();
+    // The first registration on a connection prepares its statements.
+    let mark = proxy.mark();
+    record(&mut db, "resnet", "host-a").await.unwrap();
+    let (first, _) = proxy.round_trips_since(mark);
+    let mut per = Vec::new();
+    for _ in 0..5 {
+        let mark = proxy.mark();
+        record(&mut db, "resnet", "host-a").await.unwrap();
+        per.push(proxy.round_trips_since(mark));
+    }
+    println!(
+        "round trips per registration: the first on a connection {first}; then (all, from BEGIN to COMMIT) {per:?}"
+    );
+    assert!(per.iter().all(|&(all, tx)| all == 2 && tx == 2), "{per:?}");
+
+    // The server commits v7, and the answer to the COMMIT is lost with the connection.
+    proxy
+        .lose_commit_answer
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let files = [("model.pt", 7u8)];
+    let err = db
+        .record_version("resnet", "host-a", &[], |n| {
+            holding("resnet", n, "host-a", "2026-11-28T05:10:00Z", &files)
+        })
+        .await
+        .unwrap_err();
+    println!("the lost answer: {err}");
+    assert!(err.is_connection_lost(), "{err:?}");
+    assert_eq!(
+        numbers(&pg, "trips", "resnet"),
+        "1,2,3,4,5,6,7",
+        "committed"
+    );
+    // The registrar's retry (the same handle connects again): v7, not a v8.
+    let again = db
+        .record_version("resnet", "host-a", &[], |n| {
+            holding("resnet", n, "host-a", "2026-11-28T05:10:05Z", &files)
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, catalogdb::Recorded::Existing(v) if v.number == 7 && v.registered_at == "2026-11-28T05:10:00Z"),
+        "{again:?}"
+    );
+    assert_eq!(numbers(&pg, "trips", "resnet"), "1,2,3,4,5,6,7");
+    // Dense afterwards.
+    assert_eq!(
+        record(&mut db, "resnet", "host-a").await.unwrap().number(),
+        8
+    );
 }

@@ -456,3 +456,51 @@ fn the_http_file_routes_of_another_hosts_version_fetch_it_first() {
     );
     assert!(!b.root.path().join("models/bert/v3/bert.pt").exists());
 }
+
+#[test]
+fn bytes_another_host_registered_make_no_new_version_and_add_answers_as_in_local_mode() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    let content = bytes(60, 40_000);
+    let sha = modelreg::store::sha256_hex(&content);
+    write_renamed(&a.inbox(), "vit.pt", &content);
+    a.wait_versions("vit", 1);
+    wait_until(Duration::from_secs(10), "B to list vit v1", || {
+        numbers(&b, "vit").len() == 1
+    });
+    // B holds v1's record, not its bytes (never fetched): the same bytes dropped on B
+    // are found identical to the newest version by the shared catalog.
+    write_renamed(&b.inbox(), "vit.pt", &content);
+    wait_until(
+        Duration::from_secs(30),
+        "B to find vit.pt identical to v1",
+        || {
+            b.log()
+                .contains("content identical to v1 in the team's catalog")
+        },
+    );
+    // And handed over with `add`: the answer local mode gives identical bytes.
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("vit.pt");
+    std::fs::write(&file, &content).unwrap();
+    let out = ok(&b, &["add", file.to_str().unwrap(), "--name", "vit"]);
+    assert!(
+        out.contains("vit v1") && out.contains("(identical to the newest version: no new version)"),
+        "{out}"
+    );
+    assert!(b.status().waiting.is_empty(), "{:?}", b.status().waiting);
+    for d in [&a, &b] {
+        assert_eq!(numbers(d, "vit"), BTreeMap::from([(1, sha.clone())]));
+    }
+    assert_eq!(
+        team.pg.psql("team", "SELECT count(*) FROM versions"),
+        "1",
+        "one version in the shared catalog"
+    );
+    // Numbers stay dense: the next bytes are v2 on both.
+    write_renamed(&b.inbox(), "vit.pt", &bytes(61, 40_000));
+    b.wait_versions("vit", 2);
+    wait_until(Duration::from_secs(10), "A to list vit v2", || {
+        numbers(&a, "vit").len() == 2
+    });
+}

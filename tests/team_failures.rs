@@ -266,6 +266,70 @@ fn killed_between_upload_and_record(s3: bool) {
     team.assert_every_named_blob_stored();
 }
 
+#[test]
+fn a_host_killed_after_the_record_and_before_its_local_commit_registers_once_after_restart() {
+    let team = Engines::start(false);
+    let b = {
+        let mut b = team.host();
+        team.spawn(&mut b);
+        b
+    };
+    let mut a = team.host();
+    // Held after the record in PostgreSQL, before the local commit (a debug build's
+    // test hook, src/ingest/team.rs), while this file exists.
+    let scratch = tempfile::tempdir().unwrap();
+    let gate = scratch.path().join("hold");
+    std::fs::write(&gate, "").unwrap();
+    let hold = [(
+        "MODELREG_DEBUG_HOLD_AFTER_RECORD",
+        gate.display().to_string(),
+    )];
+    let env = |extra: &[(&'static str, String)]| {
+        let mut e = team.env();
+        e.extend_from_slice(extra);
+        e
+    };
+    a.spawn_with(&env(&hold), true);
+    let content = bytes(3, 250_000);
+    write_renamed(&a.inbox(), "kept.pt", &content);
+    common::wait_until(Duration::from_secs(30), "the record, held", || {
+        a.log().contains("held before the local commit")
+    });
+    assert_eq!(team.catalog_versions(), vec![("kept".to_string(), 1)]);
+    assert!(a.versions("kept").is_empty(), "not committed on A yet");
+    a.kill();
+    std::fs::remove_file(&gate).unwrap();
+
+    // Restarted, A registers the inbox entry again: the shared catalog's newest version
+    // holds those bytes, so that is the answer, not a second version.
+    a.spawn_with(&env(&hold), true);
+    common::wait_until(
+        Duration::from_secs(30),
+        "A to find kept.pt identical to v1",
+        || {
+            a.log()
+                .contains("content identical to v1 in the team's catalog")
+        },
+    );
+    wait_registered_once(&a, "kept", &sha(&content));
+    common::wait_until(Duration::from_secs(10), "B to list kept v1", || {
+        !b.versions("kept").is_empty()
+    });
+    wait_registered_once(&b, "kept", &sha(&content));
+    assert_eq!(team.catalog_versions(), vec![("kept".to_string(), 1)]);
+    let path = common::ok(&a, &["get", "kept", "v1", "--path"]);
+    assert_eq!(std::fs::read(path.trim()).unwrap(), content);
+    // Settled: nothing waits to be registered again, and numbers stay dense.
+    assert!(a.status().waiting.is_empty(), "{:?}", a.status().waiting);
+    write_renamed(&a.inbox(), "kept.pt", &bytes(4, 1000));
+    a.wait_versions("kept", 2);
+    assert_eq!(
+        team.catalog_versions(),
+        vec![("kept".to_string(), 1), ("kept".to_string(), 2)]
+    );
+    team.assert_every_named_blob_stored();
+}
+
 /// Waits until the store lists every one of `shas`.
 fn wait_until_listed(team: &Engines, shas: &[String], what: &str) {
     common::wait_until(

@@ -73,7 +73,7 @@ async fn record(
 ) -> Result<u32, CatalogDbError> {
     db.record_version(model, host, &[], |n| version(model, n, host, attempt))
         .await
-        .map(|r| r.number)
+        .map(|r| r.number())
 }
 
 /// `count` versions of `model` from `host`, started together with the others at

@@ -33,11 +33,12 @@ pub use orphans::BLOBS_LOCK_KEY;
 pub use read::{Change, ChangeKind, Snapshot};
 pub use write::{Recorded, Removal};
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 /// The channel every write `NOTIFY`s, its payload the change seq as decimal text.
 pub const CHANNEL: &str = "modelreg_changes";
@@ -65,6 +66,15 @@ impl Default for Options {
 pub struct CatalogDb {
     target: Target,
     client: Option<Client>,
+    /// Statements prepared on `client`, by their text: parsed and planned once per
+    /// connection, so that a statement sent inside a transaction costs one round trip
+    /// (a text query costs two: prepare, then execute), and so that statements can be
+    /// pipelined (sent together, answered together). Emptied with the connection.
+    prepared: HashMap<&'static str, Statement>,
+    /// An operation of [`CatalogDb::run_prepared`] began on `client` and did not end
+    /// (its future was dropped, or it panicked): the connection may be inside its
+    /// transaction, so the next operation connects afresh.
+    unfinished: bool,
     applied: Vec<i32>,
 }
 
@@ -155,6 +165,8 @@ impl CatalogDb {
         let mut db = CatalogDb {
             target: Target::parse(url, options)?,
             client: None,
+            prepared: HashMap::new(),
+            unfinished: false,
             applied: Vec::new(),
         };
         db.client().await?;
@@ -175,8 +187,10 @@ impl CatalogDb {
     /// The open connection, made again (and the schema checked again) when the last one
     /// was lost.
     async fn client(&mut self) -> Result<&mut Client, CatalogDbError> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+        if self.unfinished || self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = None;
+            self.unfinished = false;
+            self.prepared.clear();
             let (mut client, connection) = self.target.connect().await?;
             let server = self.target.server.clone();
             tokio::spawn(async move {
@@ -217,6 +231,103 @@ impl CatalogDb {
         }
     }
 }
+
+impl CatalogDb {
+    /// Like [`CatalogDb::run`], with `sqls` prepared on this connection first (each once
+    /// per connection; those missing are prepared together, in one round trip) and given
+    /// to `op` in the same order. `op` manages its own transaction (it may pipeline
+    /// `BEGIN` and `COMMIT` with its statements, see [`pipeline`]) and must end it on
+    /// every path it returns by; an `op` that never returns (dropped, or panicking) leaves
+    /// the connection to be dropped by the next operation.
+    async fn run_prepared<T>(
+        &mut self,
+        step: &str,
+        sqls: &[&'static str],
+        op: impl AsyncFnOnce(&Client, &[Statement], &str) -> Result<T, CatalogDbError>,
+    ) -> Result<T, CatalogDbError> {
+        let after = self.target.options.op_timeout;
+        let server = self.target.server.clone();
+        self.client().await?;
+        let (client, prepared) = (
+            self.client.as_ref().expect("connected above"),
+            &mut self.prepared,
+        );
+        self.unfinished = true;
+        let work = async {
+            let missing: Vec<&'static str> = (sqls.iter().copied())
+                .filter(|s| !prepared.contains_key(s))
+                .collect();
+            let made =
+                futures_util::future::try_join_all(missing.iter().map(|s| client.prepare(s)))
+                    .await
+                    .map_err(error::sql(
+                        &server,
+                        format!("preparing the statements of {step}"),
+                    ))?;
+            prepared.extend(missing.into_iter().zip(made));
+            let statements: Vec<Statement> = sqls.iter().map(|s| prepared[s].clone()).collect();
+            op(client, &statements, &server).await
+        };
+        match tokio::time::timeout(after, work).await {
+            Ok(r) => {
+                self.unfinished = false;
+                r
+            }
+            Err(_) => {
+                self.client = None;
+                Err(CatalogDbError::Timeout {
+                    server,
+                    step: step.to_string(),
+                    after,
+                })
+            }
+        }
+    }
+}
+
+/// Sends `requests` to the server in this order without waiting between them (one round
+/// trip for all: tokio-postgres sends a request when its future is first polled, and
+/// answers arrive in the order sent), then waits for every answer and returns them in
+/// that order. The server runs them one after the other, each seeing what the ones
+/// before it did (and, in READ COMMITTED, what committed before it started). Each is a prepared statement's query or a simple query
+/// (`BEGIN`, `COMMIT`): a text query would be prepared first and lose its place.
+pub(crate) async fn pipeline<'a>(
+    requests: Vec<Request<'a>>,
+) -> Vec<Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>> {
+    let mut pending: Vec<Request<'a>> = requests;
+    let mut done: Vec<Option<Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>>> =
+        (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        // In index order on every poll: the first poll sends them in that order.
+        let mut all = true;
+        for (i, f) in pending.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => done[i] = Some(r),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter()
+        .map(|r| r.expect("every request answered"))
+        .collect()
+}
+
+/// One request of a [`pipeline`]: a boxed future of its rows.
+pub(crate) type Request<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>>
+            + Send
+            + 'a,
+    >,
+>;
 
 /// The server a connection string names, as messages name it (host or socket, database,
 /// user; never the password), or why the string is refused; nothing is contacted.

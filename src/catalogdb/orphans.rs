@@ -26,17 +26,17 @@ use super::error::{CatalogDbError, sql};
 /// that name blobs, exclusive for the collector.
 pub const BLOBS_LOCK_KEY: i64 = 0x6d72_2d62_6c6f_6273;
 
+/// Takes [`BLOBS_LOCK_KEY`] (its one parameter) shared until the transaction ends.
+pub(super) const SHARE_BLOBS_LOCK: &str = "SELECT pg_advisory_xact_lock_shared($1)";
+
 /// Takes [`BLOBS_LOCK_KEY`] shared for the rest of transaction `tx` (see the module docs).
 pub(super) async fn share_blobs_lock(
     tx: &tokio_postgres::Transaction<'_>,
     server: &str,
 ) -> Result<(), CatalogDbError> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock_shared($1)",
-        &[&BLOBS_LOCK_KEY],
-    )
-    .await
-    .map_err(sql(server, "taking the blob lock (shared)"))?;
+    tx.execute(SHARE_BLOBS_LOCK, &[&BLOBS_LOCK_KEY])
+        .await
+        .map_err(sql(server, "taking the blob lock (shared)"))?;
     Ok(())
 }
 

@@ -5,19 +5,97 @@
 //! last statement before commit (which serialises the tails of all writes, so change
 //! seqs commit in order; it is held for one round trip).
 
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, Row, Statement, Transaction};
 
 use super::error::{CatalogDbError, sql};
-use super::{CHANNEL, CatalogDb};
+use super::{CHANNEL, CatalogDb, pipeline};
 use crate::registry::{Mark, Stamp, Version};
 
-/// What [`CatalogDb::record_version`] committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recorded {
-    /// The version number allocated.
-    pub number: u32,
-    /// The change seq that announces it.
-    pub seq: u64,
+/// What [`CatalogDb::record_version`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// A new version was recorded.
+    New {
+        /// The version number allocated.
+        number: u32,
+        /// The change seq that announces it.
+        seq: u64,
+    },
+    /// Nothing was recorded: the model's newest live version already holds exactly the
+    /// files of the version to record (see [`same_files`]). Its record as the catalog
+    /// holds it (its number, who registered it and when).
+    Existing(Box<Version>),
+}
+
+impl Recorded {
+    /// The version's number: the new one's, or the existing one's.
+    pub fn number(&self) -> u32 {
+        match self {
+            Recorded::New { number, .. } => *number,
+            Recorded::Existing(v) => v.number,
+        }
+    }
+}
+
+/// `record_version`'s statements, prepared once per connection, in the order its
+/// pipelines send them.
+const SHARE_BLOBS_LOCK: &str = super::orphans::SHARE_BLOBS_LOCK;
+/// Creates the model or raises its highest number, leaving its row locked until commit.
+const ALLOCATE: &str = "INSERT INTO models AS m (name, highest) VALUES ($1, 1)
+     ON CONFLICT (name) DO UPDATE SET highest = m.highest + 1
+     RETURNING highest";
+/// The model's newest live version (deprecated ones are live: as local mode's newest).
+const NEWEST_LIVE: &str = "SELECT number, record FROM versions
+     WHERE model = $1 AND state = 'live' ORDER BY number DESC LIMIT 1";
+const INSERT_VERSION: &str =
+    "INSERT INTO versions (model, number, host, record) VALUES ($1, $2, $3, $4)";
+/// Every file of a version in one statement.
+const INSERT_FILES: &str = "INSERT INTO files (model, number, path, sha256, size)
+     SELECT $1, $2, f.path, f.sha256, f.size
+     FROM unnest($3::text[], $4::text[], $5::bigint[]) AS f(path, sha256, size)";
+/// [`log_change`] and its events in one statement, so that it needs nothing from an
+/// earlier answer and can be pipelined: the seqs, the change row, the events, the
+/// notification.
+const LOG_VERSION: &str = "WITH h AS (
+         UPDATE log_head SET change_seq = change_seq + 1, event_seq = event_seq + $1
+         RETURNING change_seq, event_seq
+     ), c AS (
+         INSERT INTO changes (seq, host, kind, model, number, alias)
+         SELECT change_seq, $2, 'version', $3, $4, NULL FROM h RETURNING seq
+     ), e AS (
+         INSERT INTO events (seq, change_seq, event)
+         SELECT h.event_seq - $1 + u.i, c.seq, u.event
+         FROM h, c, unnest($6::jsonb[]) WITH ORDINALITY AS u(event, i)
+     )
+     SELECT c.seq FROM c, LATERAL (SELECT pg_notify($5, c.seq::text)) n";
+
+/// Whether versions `a` and `b` of `model` hold exactly the same files: the same names
+/// within their version folders (`.../<model>/v<N>/<name>`) with the same SHA-256s, as
+/// local mode compares a new version with the newest one. A path not laid out so is
+/// compared whole (and then never equals another version's).
+pub fn same_files(model: &str, a: &Version, b: &Version) -> bool {
+    fn content<'v>(model: &str, v: &'v Version) -> Vec<(&'v str, &'v str)> {
+        let mut files: Vec<(&str, &str)> = (v.files.iter())
+            .map(|f| (in_version(&f.path, model, v.number), f.sha256.as_str()))
+            .collect();
+        files.sort_unstable();
+        files
+    }
+    a.files.len() == b.files.len() && content(model, a) == content(model, b)
+}
+
+/// `path` after the first `<model>/v<number>/` that begins it or follows a `/`, or
+/// `path` whole.
+fn in_version<'a>(path: &'a str, model: &str, number: u32) -> &'a str {
+    let folder = format!("{model}/v{number}/");
+    let mut from = 0;
+    while let Some(i) = path[from..].find(&folder).map(|i| i + from) {
+        if i == 0 || path.as_bytes()[i - 1] == b'/' {
+            return &path[i + folder.len()..];
+        }
+        from = i + 1;
+    }
+    path
 }
 
 impl CatalogDb {
@@ -25,6 +103,18 @@ impl CatalogDb {
     /// `host`. The number is allocated inside this transaction: `build` is given it and
     /// returns the version's record (its stored paths name the number); its `files`
     /// become rows of `files`. `events` (the daemon's event JSON) are logged with it.
+    ///
+    /// Never the same registration twice: under the model's row lock, when the model's
+    /// newest live version holds exactly the files of the record `build` made
+    /// ([`same_files`]), nothing is recorded (the number goes back) and that version is
+    /// returned ([`Recorded::Existing`]), as local mode answers bytes identical to the
+    /// newest version. So a host that recorded a version and then failed to commit it
+    /// locally, or whose COMMIT's answer was lost, and tries again gets the version it
+    /// recorded; and so does a host registering bytes another host just registered.
+    ///
+    /// Two round trips while nothing is wrong, the row lock held for about one: `BEGIN`,
+    /// the blob lock, the allocation and the read of the newest version are sent
+    /// together; then the version, its files, its change (and events) and `COMMIT`.
     pub async fn record_version(
         &mut self,
         model: &str,
@@ -32,43 +122,95 @@ impl CatalogDb {
         events: &[serde_json::Value],
         build: impl FnOnce(u32) -> Version,
     ) -> Result<Recorded, CatalogDbError> {
-        self.run(
+        let sqls = [
+            SHARE_BLOBS_LOCK,
+            ALLOCATE,
+            NEWEST_LIVE,
+            INSERT_VERSION,
+            INSERT_FILES,
+            LOG_VERSION,
+        ];
+        self.run_prepared(
             "recording a version",
-            async |client: &mut Client, server: &str| {
-                let tx = begin(client, server).await?;
-                // Its files rows are not decided on by a blob collector meanwhile.
-                super::orphans::share_blobs_lock(&tx, server).await?;
-                // One statement creates the model or raises its highest number; the row stays
-                // locked until commit, so a racing host waits here and then takes the next
-                // number; a rollback gives the number back with everything else.
-                let row = tx
-                    .query_one(
-                        "INSERT INTO models AS m (name, highest) VALUES ($1, 1)
-                     ON CONFLICT (name) DO UPDATE SET highest = m.highest + 1
-                     RETURNING highest",
-                        &[&model],
-                    )
-                    .await
-                    .map_err(sql(
-                        server,
-                        format!("allocating a version number of {model}"),
-                    ))?;
-                let n: i32 = row.get(0);
+            &sqls,
+            async |client: &Client, st: &[Statement], server: &str| {
+                let [share, allocate, newest, insert_version, insert_files, log] = st else {
+                    unreachable!("six statements prepared")
+                };
+                // Its files rows are not decided on by a blob collector meanwhile (the
+                // blob lock, shared); then one statement creates the model or raises its
+                // highest number, and the row stays locked until commit, so a racing host
+                // waits there and then takes the next number; a rollback gives the number
+                // back with everything else. The newest version is read after the lock is
+                // held (a statement of its own: READ COMMITTED gives it what committed
+                // before it started, a racing host's version included).
+                let first = pipeline(vec![
+                    Box::pin(async { client.batch_execute("BEGIN").await.map(|()| Vec::new()) }),
+                    Box::pin(client.query(share, &[&super::BLOBS_LOCK_KEY])),
+                    Box::pin(client.query(allocate, &[&model])),
+                    Box::pin(client.query(newest, &[&model])),
+                ])
+                .await;
+                let steps = [
+                    "starting a transaction".to_string(),
+                    "taking the blob lock (shared)".to_string(),
+                    format!("allocating a version number of {model}"),
+                    format!("reading the newest version of {model}"),
+                ];
+                let rows = match first_failure(first, &steps, server) {
+                    Ok(rows) => rows,
+                    Err(e) => return Err(rolled_back(client, e).await),
+                };
+                let n: i32 = rows[2][0].get(0);
                 let number = n as u32;
+                let newest = match rows[3].first() {
+                    Some(r) => {
+                        let at: i32 = r.get(0);
+                        match super::read::version_of(server, model, at as u32, r.get(1)) {
+                            Ok(v) => Some(v),
+                            Err(e) => return Err(rolled_back(client, e).await),
+                        }
+                    }
+                    None => None,
+                };
                 let mut version = build(number);
                 version.number = number;
+                if let Some(existing) = newest.filter(|v| same_files(model, v, &version)) {
+                    client
+                        .batch_execute("ROLLBACK")
+                        .await
+                        .map_err(sql(server, "rolling back"))?;
+                    return Ok(Recorded::Existing(Box::new(existing)));
+                }
                 let record = serde_json::to_value(&version).expect("a version serialises");
-                tx.execute(
-                    "INSERT INTO versions (model, number, host, record) VALUES ($1, $2, $3, $4)",
-                    &[&model, &n, &host, &record],
-                )
-                .await
-                .map_err(sql(server, format!("inserting {model} v{number}")))?;
-                insert_files(&tx, server, model, &version).await?;
-                let seq =
-                    log_change(&tx, server, host, "version", model, Some(n), None, events).await?;
-                commit(tx, server).await?;
-                Ok(Recorded { number, seq })
+                let paths: Vec<&str> = version.files.iter().map(|f| f.path.as_str()).collect();
+                let shas: Vec<&str> = version.files.iter().map(|f| f.sha256.as_str()).collect();
+                let sizes: Vec<i64> = (version.files.iter())
+                    .map(|f| i64::try_from(f.size).unwrap_or(i64::MAX))
+                    .collect();
+                let count = events.len() as i64;
+                // The log head's lock is taken by the last statement before COMMIT, in
+                // the same round trip. A failure makes the server skip the rest of the
+                // transaction, and the COMMIT then ends it as a rollback.
+                let second = pipeline(vec![
+                    Box::pin(client.query(insert_version, &[&model, &n, &host, &record])),
+                    Box::pin(client.query(insert_files, &[&model, &n, &paths, &shas, &sizes])),
+                    Box::pin(client.query(log, &[&count, &host, &model, &n, &CHANNEL, &events])),
+                    Box::pin(async { client.batch_execute("COMMIT").await.map(|()| Vec::new()) }),
+                ])
+                .await;
+                let steps = [
+                    format!("inserting {model} v{number}"),
+                    format!("inserting the files of {model} v{number}"),
+                    format!("logging the change of {model}"),
+                    "committing".to_string(),
+                ];
+                let rows = first_failure(second, &steps, server)?;
+                let seq: i64 = rows[2][0].get(0);
+                Ok(Recorded::New {
+                    number,
+                    seq: seq as u64,
+                })
             },
         )
         .await
@@ -483,6 +625,42 @@ async fn live_version(
         ));
     }
     super::read::version_of(server, model, number, row.get(1))
+}
+
+/// A pipeline's rows, or the error of its first request that failed, named by its step
+/// (the requests after a failure fail too, or are skipped: only the first says why). A
+/// connection lost meanwhile fails every request still unanswered: the step then names
+/// them all, since the server may have run them (a lost answer to a COMMIT leaves the
+/// outcome unknown, see docs/team.md).
+fn first_failure(
+    answers: Vec<Result<Vec<Row>, tokio_postgres::Error>>,
+    steps: &[String],
+    server: &str,
+) -> Result<Vec<Vec<Row>>, CatalogDbError> {
+    let mut rows = Vec::with_capacity(answers.len());
+    for (i, a) in answers.into_iter().enumerate() {
+        match a {
+            Ok(r) => rows.push(r),
+            Err(e) if e.is_closed() && i + 1 < steps.len() => {
+                let step = format!(
+                    "{} (unanswered: the connection was lost)",
+                    steps[i..].join(", ")
+                );
+                return Err(sql(server, step)(e));
+            }
+            Err(e) => return Err(sql(server, steps[i].as_str())(e)),
+        }
+    }
+    Ok(rows)
+}
+
+/// Ends the transaction a failed step left open (nothing it did is kept) and gives back
+/// that step's error. A rollback that fails too leaves the connection to be dropped.
+async fn rolled_back(client: &Client, e: CatalogDbError) -> CatalogDbError {
+    if let Err(r) = client.batch_execute("ROLLBACK").await {
+        tracing::debug!("rolling back after {e}: {}", super::describe(&r));
+    }
+    e
 }
 
 pub(super) fn refused(server: &str, what: String) -> CatalogDbError {

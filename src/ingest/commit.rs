@@ -22,6 +22,7 @@ impl Registrar {
             JobResult::Done {
                 new,
                 unchanged,
+                in_catalog,
                 sidecar,
                 store_ahead,
                 listed,
@@ -39,6 +40,9 @@ impl Registrar {
                 // A copy went through: a full store (below) is no longer the case.
                 self.board
                     .clear_problem(&self.config.store.display().to_string());
+                for v in in_catalog {
+                    self.take_from_catalog(&name, v);
+                }
                 self.apply_done(&name, new, unchanged, sidecar.map(|s| *s));
                 Outcome::Done
             }

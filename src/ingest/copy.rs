@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use super::plan::Known;
 use crate::error::{Error, Result};
 use crate::inbox::{self, Look};
-use crate::registry::Kind;
+use crate::registry::{Kind, Version};
 use crate::sidecar::{self, MAX_SIDECAR_BYTES, Sidecar};
 use crate::store::{self, Staged};
 
@@ -108,6 +108,10 @@ pub enum JobResult {
     Done {
         new: Vec<NewVersion>,
         unchanged: Vec<(String, String, u32)>,
+        /// Team mode: versions of the shared catalog that entries in `unchanged` were
+        /// found identical to there (its newest live version), taken into the local
+        /// catalog when it lacks them (src/ingest/team.rs).
+        in_catalog: Vec<Version>,
         /// Boxed: the largest part, and rare.
         sidecar: Option<Box<SidecarRead>>,
         /// The highest number the store holds when it is above the catalog's: versions
@@ -379,6 +383,7 @@ fn run_job_inner(
     JobResult::Done {
         new,
         unchanged,
+        in_catalog: Vec::new(),
         sidecar: sidecar.map(Box::new),
         store_ahead: (in_store >= job.next).then_some(in_store),
         listed,

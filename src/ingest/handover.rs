@@ -42,6 +42,9 @@ pub struct Copied {
 pub(super) enum Outcome {
     /// Bytes identical to this version: no new version.
     Same(u32),
+    /// Team mode: bytes identical to the newest version of the shared catalog (which
+    /// this host may not hold yet): no new version.
+    InCatalog(Box<crate::registry::Version>),
     /// A new version, staged.
     New {
         number: u32,
@@ -169,6 +172,18 @@ impl Registrar {
         match c.result {
             Err(e) => {
                 let _ = c.reply.send(Err(e));
+            }
+            Ok(Outcome::InCatalog(v)) => {
+                let number = v.number;
+                tracing::info!(
+                    model = c.name,
+                    "hand-over identical to v{number} in the team's catalog (its newest version); no new version"
+                );
+                self.take_from_catalog(&c.name, *v);
+                if let Some(s) = &c.sidecar {
+                    self.update_metrics(&c.name, number, s);
+                }
+                self.answer_after_commit(c.reply, number, false);
             }
             Ok(Outcome::Same(number)) => {
                 tracing::info!(

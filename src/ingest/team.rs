@@ -22,7 +22,7 @@ use crate::protocol::ErrorBody;
 use crate::registry::{Changed, Model, RegistryError, Stamp, Version, keep_last};
 use crate::status::{StatusBoard, now_rfc3339};
 use crate::store::{self, Staged};
-use crate::team::{ChangeFailure, Team, TeamError};
+use crate::team::{ChangeFailure, Recorded, Team, TeamError};
 
 /// Puts `v` into `m` in number order (replacing one of the same number): another host's
 /// version may have arrived before this host's lower-numbered one.
@@ -36,7 +36,10 @@ pub(super) fn insert_version(m: &mut Model, v: Version) {
 
 /// Records a finished job's new versions in the team's engines (see the module docs).
 /// Versions recorded before a failure are kept (the shared catalog has them); the rest
-/// are discarded, and when none was recorded the job fails and is retried.
+/// are discarded, and when none was recorded the job fails and is retried. A version
+/// whose files the model's newest version in the shared catalog already holds is not
+/// recorded: its entry is registered as that version, as local mode does with bytes
+/// identical to the newest version.
 pub(super) async fn record_job(
     team: &Team,
     cfg: &Config,
@@ -46,7 +49,8 @@ pub(super) async fn record_job(
 ) -> JobResult {
     let JobResult::Done {
         new,
-        unchanged,
+        mut unchanged,
+        mut in_catalog,
         sidecar,
         store_ahead,
         listed,
@@ -62,7 +66,12 @@ pub(super) async fn record_job(
             continue;
         }
         match record_one(team, cfg, name, &mut nv, sidecar.as_deref()).await {
-            Ok(()) => kept.push(nv),
+            Ok(None) => kept.push(nv),
+            Ok(Some(existing)) => {
+                let _ = store::discard(&nv.staged.dir);
+                unchanged.push((nv.entry, nv.fingerprint, existing.number));
+                in_catalog.push(existing);
+            }
             Err(e) => {
                 let _ = store::discard(&nv.staged.dir);
                 failure = Some(e);
@@ -82,7 +91,7 @@ pub(super) async fn record_job(
                 e.message
             ),
         );
-        if kept.is_empty() {
+        if kept.is_empty() && unchanged.is_empty() {
             return JobResult::Failed(e.to_string());
         }
         board.error(format!(
@@ -92,6 +101,7 @@ pub(super) async fn record_job(
     JobResult::Done {
         new: kept,
         unchanged,
+        in_catalog,
         sidecar,
         store_ahead,
         listed,
@@ -99,24 +109,39 @@ pub(super) async fn record_job(
 }
 
 /// Uploads one staged version's files, records it, and renames its staging folder when
-/// the shared catalog gave another number than it was staged under.
+/// the shared catalog gave another number than it was staged under. `Some(version)`:
+/// nothing was recorded, the model's newest version in the shared catalog holds the same
+/// files (the staged copy is the caller's to discard).
 async fn record_one(
     team: &Team,
     cfg: &Config,
     name: &str,
     nv: &mut NewVersion,
     sidecar: Option<&super::copy::SidecarRead>,
-) -> Result<(), TeamError> {
+) -> Result<Option<Version>, TeamError> {
     let files: Vec<(PathBuf, String, u64)> = (nv.staged.files.iter())
         .map(|f| (nv.staged.dir.join(&f.rel), f.sha256.clone(), f.size))
         .collect();
     team.upload(&files).await?;
-    let number = team
+    let recorded = team
         .record_version(name, |n| {
             let dir = store::version_dir(&cfg.store, name, n);
             super::facts::record_of(cfg, nv, sidecar, &dir)
         })
         .await?;
+    let number = match recorded {
+        Recorded::New { number, .. } => number,
+        Recorded::Existing(v) => {
+            tracing::info!(
+                model = name,
+                entry = nv.entry,
+                "content identical to v{} in the team's catalog (its newest version); no new version",
+                v.number
+            );
+            return Ok(Some(*v));
+        }
+    };
+    hold_after_record(name, number).await;
     recheck_blobs(team, name, number, &files).await;
     if number != nv.number {
         let renamed = renumber(&mut nv.staged, &cfg.store, name, nv.number, number);
@@ -138,7 +163,29 @@ async fn record_one(
         );
         nv.number = number;
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Debug builds only (what the end-to-end tests run): while the file named by
+/// `MODELREG_DEBUG_HOLD_AFTER_RECORD` exists, a version recorded in the shared catalog
+/// waits before this host commits it, so that a test can kill the host in between
+/// (the version in PostgreSQL, not in this host's journal) without racing the clock.
+async fn hold_after_record(name: &str, number: u32) {
+    #[cfg(debug_assertions)]
+    if let Some(gate) = std::env::var_os("MODELREG_DEBUG_HOLD_AFTER_RECORD") {
+        let gate = std::path::PathBuf::from(gate);
+        if gate.exists() {
+            tracing::info!(
+                model = name,
+                "{name} v{number} recorded in the team's catalog; held before the local commit while {} exists",
+                gate.display()
+            );
+        }
+        while gate.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let _ = (name, number);
 }
 
 /// After version `number` of `name` was recorded: its blobs are looked up again, and any
@@ -236,7 +283,14 @@ pub(super) async fn record_handover(
         Err(e) => Err(e),
     };
     let n = match recorded {
-        Ok(n) => n,
+        Ok(Recorded::New { number, .. }) => number,
+        Ok(Recorded::Existing(v)) => {
+            // The newest version in the shared catalog holds these bytes: answered as
+            // local mode answers identical bytes (no new version).
+            let _ = store::discard(&staged.dir);
+            board.clear_problem(&team.catalog_engine());
+            return Ok(Outcome::InCatalog(v));
+        }
         Err(e) => {
             let _ = store::discard(&staged.dir);
             board.set_problem(
@@ -249,6 +303,7 @@ pub(super) async fn record_handover(
             ));
         }
     };
+    hold_after_record(name, n).await;
     board.clear_problem(&team.catalog_engine());
     recheck_blobs(team, name, n, &files).await;
     if n != *number {
@@ -268,6 +323,23 @@ pub(super) async fn record_handover(
 }
 
 impl Registrar {
+    /// Takes version `v` of model `name` as the shared catalog holds it into the local
+    /// catalog when it lacks that number (metadata only, like another host's version:
+    /// its files are fetched on demand): a registration found identical to it there. A
+    /// version this host recorded and then failed to commit comes back so too.
+    pub(super) fn take_from_catalog(&mut self, name: &str, v: Version) {
+        let m = Arc::make_mut(self.catalog.models.entry(name.to_string()).or_default());
+        if m.find(v.number).is_some() {
+            return;
+        }
+        let number = v.number;
+        insert_version(m, v);
+        self.batch.changed.version(name, number);
+        self.batch.changed.model(name);
+        self.batch.touched.insert(name.to_string());
+        self.batch.dirty = true;
+    }
+
     /// Merges models as the shared catalog holds them (or only some of their versions:
     /// the follower reads those its changes name): versions this catalog lacks
     /// (metadata only: their files are fetched on demand); on versions it holds, the

@@ -20,7 +20,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::blobs::{BlobOptions, BlobStore};
-use crate::catalogdb::{CatalogDb, Options, Recorded, Removal};
+pub use crate::catalogdb::Recorded;
+use crate::catalogdb::{CatalogDb, Options, Removal};
 use crate::config::{Config, TeamConfig};
 use crate::registry::{Mark, Model, Stamp, Version};
 
@@ -187,12 +188,14 @@ impl Team {
     /// Records a new version of `model` in the shared catalog, which allocates its
     /// number; `build(n)` makes its record. The number is noted as pending (this host's,
     /// on its way to the registrar) before the transaction commits, so the follower
-    /// never mistakes it for another host's; [`Team::applied`] ends that.
+    /// never mistakes it for another host's; [`Team::applied`] ends that. When the
+    /// model's newest live version already holds the same files, nothing is recorded and
+    /// that version is the answer ([`Recorded::Existing`]; nothing is pending then).
     pub async fn record_version(
         &self,
         model: &str,
         build: impl FnOnce(u32) -> Version,
-    ) -> Result<u32, TeamError> {
+    ) -> Result<Recorded, TeamError> {
         let noted: Mutex<Option<u32>> = Mutex::new(None);
         let host = self.host.clone();
         let r = self
@@ -205,14 +208,23 @@ impl Team {
                 .await
             })
             .await;
+        let unnote = || {
+            if let Some(n) = *noted.lock().unwrap_or_else(|p| p.into_inner()) {
+                self.pending_set().remove(&(model.to_string(), n));
+            }
+        };
         match r {
-            Ok(Recorded { number, .. }) => Ok(number),
+            Ok(r @ Recorded::New { .. }) => Ok(r),
+            Ok(r @ Recorded::Existing(_)) => {
+                // The number allocated went back with the rollback.
+                unnote();
+                Ok(r)
+            }
             Err(e) => {
                 // Rolled back (or unknown: then the follower will bring it as another
-                // host's would be, which is what it then is to this host).
-                if let Some(n) = *noted.lock().unwrap_or_else(|p| p.into_inner()) {
-                    self.pending_set().remove(&(model.to_string(), n));
-                }
+                // host's would be, which is what it then is to this host; and a retry
+                // of the same files finds it as the newest version).
+                unnote();
                 Err(e)
             }
         }
