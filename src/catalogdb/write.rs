@@ -112,9 +112,11 @@ impl CatalogDb {
     /// locally, or whose COMMIT's answer was lost, and tries again gets the version it
     /// recorded; and so does a host registering bytes another host just registered.
     ///
-    /// Two round trips while nothing is wrong, the row lock held for about one: `BEGIN`,
-    /// the blob lock, the allocation and the read of the newest version are sent
-    /// together; then the version, its files, its change (and events) and `COMMIT`.
+    /// Two round trips while nothing is wrong (statements prepared once per connection,
+    /// see `CatalogDb::run_prepared`): `BEGIN`, the blob lock, the allocation (which
+    /// takes the row lock) and the read of the newest version are sent together; then
+    /// the version, its files, its change (and events) and `COMMIT`. The row lock is
+    /// held from the first to the end of the second, whatever the number of files.
     pub async fn record_version(
         &mut self,
         model: &str,

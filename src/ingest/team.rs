@@ -91,7 +91,7 @@ pub(super) async fn record_job(
                 e.message
             ),
         );
-        if kept.is_empty() && unchanged.is_empty() {
+        if kept.is_empty() {
             return JobResult::Failed(e.to_string());
         }
         board.error(format!(
