@@ -299,7 +299,9 @@ pub(super) async fn record_handover(
             );
             return Err(super::handover::refusal(
                 crate::protocol::ErrorCode::Internal,
-                format!("{e}; nothing was kept, try again"),
+                format!(
+                    "{e}; nothing was kept on this host, try again (had the catalog recorded it before the failure, the retry answers that version)"
+                ),
             ));
         }
     };
