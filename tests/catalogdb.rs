@@ -736,12 +736,15 @@ async fn the_same_files_as_the_newest_version_record_nothing_and_answer_that_ver
     assert_eq!(numbers(&pg, "same", "race"), "1");
 }
 
+/// What a [`Proxy`] saw, in order: (sent by the client, the bytes).
+type Transcript = std::sync::Arc<std::sync::Mutex<Vec<(bool, Vec<u8>)>>>;
+
 /// A Unix-socket proxy in front of the test cluster: it forwards everything, keeps a
 /// transcript (which side sent each chunk), and can lose a connection's answer to a
 /// COMMIT after the server committed (the client then has an unknown outcome).
 struct Proxy {
     dir: tempfile::TempDir,
-    transcript: std::sync::Arc<std::sync::Mutex<Vec<(bool, Vec<u8>)>>>,
+    transcript: Transcript,
     lose_commit_answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -753,7 +756,7 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join(".s.PGSQL.5432")).unwrap();
         let server = pg.socket_dir().join(".s.PGSQL.5432");
-        let transcript = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let transcript: Transcript = Default::default();
         let lose = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (log, lose_flag) = (transcript.clone(), lose.clone());
         std::thread::spawn(move || {
