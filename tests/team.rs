@@ -510,3 +510,121 @@ fn bytes_another_host_registered_make_no_new_version_and_add_answers_as_in_local
         numbers(&a, "vit").len() == 2
     });
 }
+
+/// The permission bits of `p`.
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_fetched_version_has_the_modes_and_the_manifest_of_a_local_one() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    write_renamed(&a.inbox(), "m.pt", &bytes(31, 20_000));
+    let on_a = a.wait_versions("m", 1);
+    wait_until(Duration::from_secs(10), "B to list m", || {
+        numbers(&b, "m").len() == 1
+    });
+    ok(&b, &["get", "m", "v1", "--path"]);
+    let (dir_a, dir_b) = (
+        a.root.path().join("models/m/v1"),
+        b.root.path().join("models/m/v1"),
+    );
+    // The fetched file: read-only and readable by whom a locally stored one is (0444,
+    // not the temp file's 0600), in folders of the store's mode.
+    assert_eq!(mode_of(&dir_b.join("m.pt")), mode_of(&dir_a.join("m.pt")));
+    assert_eq!(mode_of(&dir_b.join("m.pt")), 0o444);
+    assert_eq!(mode_of(&dir_b), 0o755);
+    // Its manifest, as the registering host wrote its own.
+    let manifest = dir_b.join(".modelreg-version.json");
+    assert_eq!(mode_of(&manifest), 0o444);
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["name"], "m");
+    assert_eq!(m["version"], 1);
+    assert_eq!(m["files"][0]["rel"], "m.pt");
+    assert_eq!(m["files"][0]["sha256"], on_a[0].files[0].sha256.as_str());
+    // Nothing else was left in the folder (no temp files).
+    let mut names: Vec<String> = std::fs::read_dir(&dir_b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".modelreg-version.json", "m.pt"]);
+    // A restart leaves them as they are (it took write bits away from a 0600 file).
+    let mut b = b;
+    b.stop();
+    b.spawn();
+    assert_eq!(mode_of(&dir_b.join("m.pt")), 0o444);
+}
+
+#[test]
+fn latest_and_alias_links_of_another_hosts_model_exist_and_resolve_once_fetched() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    write_renamed(&a.inbox(), "x.pt", &bytes(41, 10_000));
+    a.wait_versions("x", 1);
+    ok(&a, &["alias", "set", "x", "production", "v1"]);
+    let model_b = b.root.path().join("models/x");
+    // Made without a fetch: pointing at v1, which is not here yet.
+    wait_until(
+        Duration::from_secs(10),
+        "B's latest and production links",
+        || {
+            ["latest", "production"]
+                .iter()
+                .all(|l| std::fs::read_link(model_b.join(l)).is_ok_and(|t| t == Path::new("v1")))
+        },
+    );
+    assert!(!model_b.join("v1").exists());
+    ok(&b, &["get", "x", "production", "--path"]);
+    // The stable paths README gives resolve once fetched.
+    for l in ["latest", "production"] {
+        assert_eq!(
+            std::fs::read(model_b.join(l).join("x.pt")).unwrap(),
+            bytes(41, 10_000)
+        );
+    }
+}
+
+#[test]
+fn verify_on_a_team_host_counts_versions_not_fetched_and_fails_on_damaged_ones() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    write_renamed(&a.inbox(), "y.pt", &bytes(51, 10_000));
+    write_renamed(&a.inbox(), "z.pt", &bytes(52, 10_000));
+    a.wait_versions("y", 1);
+    a.wait_versions("z", 1);
+    wait_until(Duration::from_secs(10), "B to list y and z", || {
+        numbers(&b, "y").len() == 1 && numbers(&b, "z").len() == 1
+    });
+    // Nothing fetched: healthy, two versions not fetched.
+    let out = ok(&b, &["verify"]);
+    assert!(
+        out.contains("not fetched: 2 version(s), 2 file(s)"),
+        "{out}"
+    );
+    assert!(!out.contains("MISSING"), "{out}");
+    // y fetched: one left not fetched, y's file checked.
+    let path = ok(&b, &["get", "y", "latest", "--path"]);
+    let out = ok(&b, &["verify"]);
+    assert!(
+        out.contains("not fetched: 1 version(s), 1 file(s)"),
+        "{out}"
+    );
+    assert!(out.contains("verified 2 version(s), 1 file(s)"), "{out}");
+    // A fetched file damaged here still fails.
+    let path = Path::new(path.trim());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::write(path, b"damaged").unwrap();
+    let o = b.cli(&["verify"]);
+    assert!(!o.status.success());
+    assert!(
+        common::stdout(&o).contains("MODIFIED"),
+        "{}",
+        common::stdout(&o)
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -92,8 +93,12 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| BlobError::local("run", "(blocking task)", std::io::Error::other(e)))?
 }
 
+/// The mode of a fetched file: the store's mode for a stored copy of a readable file
+/// (`store::stored_mode(0o644)`), read-only and readable by all.
+pub(super) const FETCHED_MODE: u32 = 0o444;
+
 /// A fetched blob on its way to `dest`: written to a hidden temp file in the same
-/// folder, hashed as written; [`TempDest::finish`] checks it, fsyncs it and renames it
+/// folder, hashed as written; [`TempDest::finish`] checks it, makes it [`FETCHED_MODE`], fsyncs it and renames it
 /// into place. Dropped unfinished (an error, a mismatch), the temp file is deleted:
 /// nothing is ever left at `dest`.
 pub(super) struct TempDest {
@@ -149,6 +154,14 @@ impl TempDest {
                 actual,
             });
         }
+        // Read-only and readable by all, as the store keeps a stored copy of a readable
+        // file (store::stored_mode): a fetched file is one of the store's files, and
+        // whoever may read a locally registered one may read it. Set before the fsync,
+        // so the mode is durable with the bytes (a private temp file's 0600 before).
+        self.tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(FETCHED_MODE))
+            .map_err(|e| BlobError::local("make read-only", self.tmp.path(), e))?;
         self.tmp
             .as_file()
             .sync_all()

@@ -233,7 +233,7 @@ impl BlobStore {
     }
 
     /// Fetches the blob into `dest`: written to a temp file in `dest`'s folder, its
-    /// SHA-256 checked, fsynced, then renamed into place. A blob whose bytes are not
+    /// SHA-256 checked, made read-only (0444), fsynced, then renamed into place. A blob whose bytes are not
     /// `sha256` is an error naming the key and both hashes, and nothing is left at
     /// `dest`. Returns its size.
     pub async fn fetch(&self, sha256: &str, dest: &Path) -> BlobResult<u64> {

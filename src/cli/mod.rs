@@ -527,6 +527,8 @@ pub(crate) fn verify_offline(cli: &Cli, name: Option<&str>, json: bool) -> ExitC
             &config.store,
             &catalog,
             name,
+            // Team mode: files not fetched here yet are not missing.
+            config.team.is_some(),
         ))
     };
     exit_with_report(run(), json)

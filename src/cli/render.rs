@@ -16,6 +16,14 @@ pub(super) fn print_report(r: &VerifyReport, json: bool) -> bool {
             r.files,
             human_size(r.bytes)
         );
+        if r.not_fetched > 0 {
+            outln!(
+                "not fetched: {} version(s), {} file(s) not on this host yet (team mode: \
+                 fetched from the blob store on demand; `verify --catalog --blobs` checks the store)",
+                r.not_fetched,
+                r.not_fetched_files
+            );
+        }
         for p in &r.problems {
             let kind = serde_json::to_value(p.kind)
                 .ok()

@@ -531,6 +531,14 @@ pub struct VerifyReport {
     pub files: usize,
     /// Bytes re-hashed.
     pub bytes: u64,
+    /// Team mode: versions with files not on this host yet (registered on another host,
+    /// never asked for here): their blobs the shared catalog names are fetched on
+    /// demand, so they are not problems. Always 0 outside team mode.
+    #[serde(default)]
+    pub not_fetched: usize,
+    /// Team mode: the files of those versions not on this host yet.
+    #[serde(default)]
+    pub not_fetched_files: usize,
     /// Everything that is not as the catalog says.
     pub problems: Vec<VerifyProblem>,
 }

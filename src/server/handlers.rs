@@ -230,7 +230,7 @@ async fn get(
         && let Ok(v) = catalog
             .model(&name)
             .and_then(|m| m.stored_version(&name, number))
-        && let Err(e) = team.fetch_version(&cfg.root, v).await
+        && let Err(e) = team.fetch_version(&cfg.root, &cfg.store, &name, v).await
     {
         ctx.board.error(format!("get {name} v{number}: {e}"));
         return Response::err(
@@ -297,8 +297,9 @@ async fn verify(ctx: &Context, name: Option<String>) -> Response {
     }
     let cfg = ctx.config();
     let only = name.clone();
+    let team = ctx.team.is_some();
     let report = tokio::task::spawn_blocking(move || {
-        crate::verify::verify(&cfg.root, &cfg.store, &catalog, only.as_deref())
+        crate::verify::verify(&cfg.root, &cfg.store, &catalog, only.as_deref(), team)
     })
     .await;
     match report {

@@ -74,7 +74,8 @@ pub fn linked_folders(store: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
-/// Makes `<store>/<name>/<link>` a symlink to `v<N>` for each `(link, Some(N))`, and
+/// Makes `<store>/<name>/<link>` a symlink to `v<N>` for each `(link, Some(N))` (the
+/// model's folder made first when it has none: `v<N>` may not be here yet), and
 /// removes links given as `(link, None)` and, with `prune`, any other symlink in the
 /// model's folder (aliases since removed; this lists the folder, so a caller that knows
 /// no link name went away passes `false`). Each link is replaced atomically: a new symlink under a
@@ -93,8 +94,20 @@ pub fn refresh_links(
         out.push((dir, Some(e)));
         return out;
     }
+    // Team mode: a model registered on another host, none of whose versions is fetched
+    // here yet, has no folder; its links are made all the same (pointing at `v<N>`
+    // folders a `get` fetches), so its stable paths exist on every host.
     if !dir.is_dir() {
-        return out;
+        if links.iter().all(|(_, t)| t.is_none()) || !store.is_dir() {
+            return out;
+        }
+        if let Err(e) = fs::create_dir(&dir)
+            .map_err(|e| Error::io("create the model folder", &dir, e))
+            .and_then(|()| super::set_folder_mode(&dir))
+        {
+            out.push((dir, Some(e)));
+            return out;
+        }
     }
     for (link, target) in links {
         let path = dir.join(link);

@@ -116,6 +116,37 @@ pub(super) fn create_manifest(dir: &Path, m: &Manifest) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes `m` as the manifest of the published version folder `dir` when it has none
+/// (team mode: a version registered on another host, once all its files are fetched
+/// here): written to a hidden temp file beside it with the mode [`create_manifest`]
+/// gives (the read bits its files share), fsynced, renamed into place, and the folder
+/// fsynced, so a reader never finds a partial manifest. Returns whether it wrote one.
+pub fn place_manifest(dir: &Path, m: &Manifest) -> Result<bool> {
+    let path = dir.join(MANIFEST);
+    if fs::symlink_metadata(&path).is_ok() {
+        return Ok(false);
+    }
+    let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Other(e.to_string()))?;
+    let mode = m.files.iter().fold(0o444, |acc, f| {
+        fs::metadata(dir.join(&f.rel)).map_or(0o400, |md| md.permissions().mode()) & acc
+    }) | 0o400;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!("{MANIFEST}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create a temp file in", dir, e))?;
+    tmp.write_all(&text)
+        .map_err(|e| Error::io("write", tmp.path(), e))?;
+    let f = tmp.as_file();
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("make read-only and fsync", tmp.path(), e))?;
+    tmp.persist(&path)
+        .map_err(|e| Error::io("rename into place", &path, e.error))?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
 /// The manifest at `path`: `Ok(None)` when there is none.
 pub fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
     match fs::read(path) {

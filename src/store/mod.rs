@@ -50,7 +50,8 @@ pub use dedup::{Deduped, Stored, link_duplicates};
 pub use links::{check_no_link, linked_folders, refresh_links};
 pub use manifest::{
     Listed, MANIFEST, MANIFEST_FORMAT, Manifest, TOMBSTONES, highest_in_store,
-    highest_in_store_since, numbers_in_store, read_manifest, retire, write_manifest,
+    highest_in_store_since, numbers_in_store, place_manifest, read_manifest, retire,
+    write_manifest,
 };
 pub use rebuild::{Rebuilt, audit, rebuild};
 pub use seal::{Beside, beside, seal};

@@ -24,6 +24,7 @@ pub use crate::catalogdb::Recorded;
 use crate::catalogdb::{CatalogDb, Options, Removal};
 use crate::config::{Config, TeamConfig};
 use crate::registry::{Mark, Model, Stamp, Version};
+use crate::store;
 
 /// One host's handles on the team's engines (see the module docs).
 pub struct Team {
@@ -372,22 +373,48 @@ impl Team {
             .await
     }
 
-    /// Fetches every file of `v` that is not under `root` yet from the blob store to
-    /// the path its record names (`models/<name>/v<N>/...`), each checked against its
-    /// SHA-256 before it is renamed into place. Returns how many files were fetched.
-    pub async fn fetch_version(&self, root: &Path, v: &Version) -> Result<usize, TeamError> {
+    /// Fetches every file of version `v` of `name` that is not under `root` yet from the
+    /// blob store to the path its record names (`models/<name>/v<N>/...`), each checked
+    /// against its SHA-256 before it is renamed into place, read-only (0444, the store's
+    /// mode for a stored copy of a readable file). Once every file is here, the version
+    /// folder under `store` gets its manifest (`.modelreg-version.json`, as a locally
+    /// registered version has; written once, atomically). Returns how many files were
+    /// fetched.
+    pub async fn fetch_version(
+        &self,
+        root: &Path,
+        store_dir: &Path,
+        name: &str,
+        v: &Version,
+    ) -> Result<usize, TeamError> {
         let mut fetched = 0;
         for f in &v.files {
             if self.fetch_file(&root.join(&f.path), &f.sha256).await? {
                 fetched += 1;
             }
         }
+        let dir = store::version_dir(store_dir, name, v.number);
+        let manifest = manifest_of(root, &dir, name, v);
+        let placed = tokio::task::spawn_blocking(move || store::place_manifest(&dir, &manifest))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = placed {
+            return Err(TeamError {
+                engine: self.blobs_engine(),
+                message: format!(
+                    "{name} v{}: its files are here, its manifest is not: {e}",
+                    v.number
+                ),
+            });
+        }
         Ok(fetched)
     }
 
     /// Fetches the blob `sha256` to `dest` (a stored file's path, from the catalog) when
     /// nothing is there yet: streamed into a temp file, checked against its SHA-256,
-    /// renamed into place. Returns whether it fetched. The HTTP file routes call this per
+    /// made read-only (0444), renamed into place; the folders it makes get the store's
+    /// folder mode (0755). Returns whether it fetched. The HTTP file routes call this per
     /// file, so serving one file of a large version does not fetch them all.
     pub async fn fetch_file(&self, dest: &Path, sha256: &str) -> Result<bool, TeamError> {
         if std::fs::symlink_metadata(dest).is_ok() {
@@ -398,7 +425,7 @@ impl Team {
             message,
         };
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir)
+            make_folders(dir)
                 .map_err(|e| blobs_error(format!("creating {} for a fetch: {e}", dir.display())))?;
         }
         self.blobs
@@ -406,6 +433,53 @@ impl Team {
             .await
             .map_err(|e| blobs_error(e.to_string()))?;
         Ok(true)
+    }
+}
+
+/// Creates `dir` and each of its missing parents with the store's folder mode (0755,
+/// whatever the umask), as the store makes its own folders.
+fn make_folders(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => store::set_folder_mode(d).map_err(std::io::Error::other)?,
+            // Made meanwhile by another fetch of the same version.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The manifest of version `v` of `name`, whose folder is `dir`: what a locally
+/// registered version's says, from the catalog's record (its files' paths relative to
+/// the folder).
+fn manifest_of(root: &Path, dir: &Path, name: &str, v: &Version) -> store::Manifest {
+    let files = (v.files.iter())
+        .map(|f| store::StagedFile {
+            rel: (root.join(&f.path).strip_prefix(dir))
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| f.path.clone()),
+            sha256: f.sha256.clone(),
+            size: f.size,
+        })
+        .collect();
+    store::Manifest {
+        format: store::MANIFEST_FORMAT,
+        name: name.to_string(),
+        version: v.number,
+        kind: v.kind,
+        registered_at: v.registered_at.clone(),
+        source: v.source.clone(),
+        files,
+        metrics: v.metrics.clone(),
+        metadata: v.metadata.clone(),
+        metric_sources: v.metric_sources.clone(),
+        extracted: v.extracted.clone(),
+        provenance: v.provenance.clone(),
     }
 }
 
