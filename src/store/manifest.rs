@@ -120,10 +120,12 @@ pub(super) fn create_manifest(dir: &Path, m: &Manifest) -> Result<PathBuf> {
 /// (team mode: a version registered on another host, once all its files are fetched
 /// here): written to a hidden temp file beside it with the mode [`create_manifest`]
 /// gives (the read bits its files share), fsynced, renamed into place, and the folder
-/// fsynced, so a reader never finds a partial manifest. Returns whether it wrote one.
+/// fsynced, so a reader never finds a partial manifest. Returns whether it wrote one
+/// (not when there is one, nor when `dir` is not a folder).
 pub fn place_manifest(dir: &Path, m: &Manifest) -> Result<bool> {
     let path = dir.join(MANIFEST);
-    if fs::symlink_metadata(&path).is_ok() {
+    // A version of no files has no folder to describe (nor a stored one to keep).
+    if fs::symlink_metadata(&path).is_ok() || !dir.is_dir() {
         return Ok(false);
     }
     let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Other(e.to_string()))?;
