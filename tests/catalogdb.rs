@@ -279,6 +279,7 @@ async fn an_alias_move_is_heard_by_a_listener_on_another_connection() {
         .remove_alias(
             "bert",
             "production",
+            None,
             "host-b",
             &stamp("2026-11-28T04:11:00Z"),
         )
@@ -295,7 +296,7 @@ async fn an_alias_move_is_heard_by_a_listener_on_another_connection() {
         (heard, ChangeKind::AliasRemoved)
     );
     let err = writer
-        .remove_alias("bert", "production", "host-b", &stamp("t"))
+        .remove_alias("bert", "production", None, "host-b", &stamp("t"))
         .await
         .unwrap_err()
         .to_string();

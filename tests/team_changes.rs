@@ -344,3 +344,181 @@ fn rm_of_a_version_another_host_removed_first_is_refused_by_the_catalog_naming_i
 fn a_host(d: &TestDaemon) -> String {
     d.status().team.expect("team mode").host
 }
+
+/// `name`'s alias `alias` as `d` answers it (`get name alias`): the version number.
+fn alias_on(d: &TestDaemon, name: &str, alias: &str) -> Option<u32> {
+    d.get(name, alias).ok().map(|v| v.number)
+}
+
+/// The shared catalog's history of alias `alias` of `name`: `from to by` a row, in order
+/// (`-` for none).
+fn catalog_history(team: &Engines, name: &str, alias: &str) -> Vec<String> {
+    let rows = team.pg.psql(
+        "team",
+        &format!(
+            "SELECT coalesce(from_number::text, '-') || ' ' || coalesce(to_number::text, '-')
+                    || ' ' || by
+             FROM alias_history WHERE model = '{name}' AND alias = '{alias}' ORDER BY id"
+        ),
+    );
+    rows.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn an_alias_move_whose_commit_got_no_answer_is_told_unknown_and_the_host_converges() {
+    let team = Engines::start();
+    let (a, b) = (team.host(""), team.host(""));
+    register_bytes(&a, "syncD", &bytes(40, 10_000));
+    register_bytes(&a, "syncD", &bytes(41, 10_000));
+    ok(&a, &["alias", "set", "syncD", "prod", "v1"]);
+    wait_until(REACH, "B to see prod -> v1 and v2", || {
+        alias_on(&b, "syncD", "prod") == Some(1) && b.versions("syncD").len() == 2
+    });
+
+    // A synchronous standby that never answers: every COMMIT waits for it (committed
+    // locally, not yet acknowledged). B's move waits so; its backend is then terminated
+    // in that wait, which makes the commit visible while B never hears of it.
+    team.pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = 'ghost'",
+    );
+    team.pg.psql("postgres", "SELECT pg_reload_conf()");
+    let out = std::thread::scope(|s| {
+        let set = s.spawn(|| b.cli(&["alias", "set", "syncD", "prod", "v2"]));
+        wait_until(REACH, "B's commit to wait for the standby", || {
+            !team
+                .pg
+                .psql(
+                    "team",
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                )
+                .is_empty()
+        });
+        team.pg.psql(
+            "team",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        );
+        set.join().unwrap()
+    });
+    team.pg
+        .psql("postgres", "ALTER SYSTEM RESET synchronous_standby_names");
+    team.pg.psql("postgres", "SELECT pg_reload_conf()");
+
+    // The catalog made it; B says it may have, never "not saved".
+    assert_eq!(
+        team.pg.psql(
+            "team",
+            "SELECT number FROM aliases WHERE model = 'syncD' AND alias = 'prod'"
+        ),
+        "2"
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("outcome unknown")
+            && err.contains("may have made")
+            && !err.contains("not saved"),
+        "{err}"
+    );
+    // Both hosts answer the catalog's prod, and B's history holds the move once.
+    for (who, d) in [("A", &a), ("B", &b)] {
+        wait_until(REACH, &format!("{who} to answer prod -> v2"), || {
+            alias_on(d, "syncD", "prod") == Some(2)
+        });
+    }
+    assert_eq!(
+        catalog_history(&team, "syncD", "prod"),
+        ["- 1 set", "1 2 set"]
+    );
+    wait_until(REACH, "B's registry to hold prod's two moves", || {
+        exported(&b, "syncD").alias_history.len() == 2
+    });
+    // Another change of this model on B (what used to bring the catalog back) leaves
+    // its history whole: the move is not recorded twice.
+    ok(&b, &["alias", "set", "syncD", "staging", "v1"]);
+    wait_until(REACH, "B to answer staging -> v1", || {
+        alias_on(&b, "syncD", "staging") == Some(1)
+    });
+    let m = exported(&b, "syncD");
+    let moves: Vec<(Option<u32>, Option<u32>)> =
+        m.alias_history.iter().map(|h| (h.from, h.to)).collect();
+    assert_eq!(
+        moves,
+        [(None, Some(1)), (Some(1), Some(2)), (None, Some(1))]
+    );
+}
+
+#[test]
+fn three_hosts_rolling_back_one_alias_at_once_move_it_once() {
+    let team = Engines::start();
+    let hosts = [team.host(""), team.host(""), team.host("")];
+    for i in 0..3 {
+        register_bytes(&hosts[0], "race2", &bytes(50 + i, 10_000));
+    }
+    for v in ["v1", "v2", "v3"] {
+        ok(&hosts[0], &["alias", "set", "race2", "rb", v]);
+    }
+    for (i, d) in hosts.iter().enumerate() {
+        wait_until(REACH, &format!("h{} to see rb -> v3", i + 1), || {
+            alias_on(d, "race2", "rb") == Some(3) && exported(d, "race2").alias_history.len() == 3
+        });
+    }
+
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = (hosts.iter())
+            .map(|d| s.spawn(|| d.cli(&["rollback", "race2", "rb"])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let told: Vec<String> = (outs.iter())
+        .map(|o| {
+            let (out, err) = (
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+            );
+            format!("{} {}{}", o.status.success(), out.trim(), err.trim())
+        })
+        .collect();
+    let succeeded: Vec<&String> = told.iter().filter(|t| t.starts_with("true")).collect();
+    // Each host saw rb at v3: the first rollback to commit moves it to v2, and the
+    // catalog refuses the others (their `from` is no longer true), naming the move.
+    assert_eq!(succeeded.len(), 1, "{told:#?}");
+    assert!(succeeded[0].contains("v3 -> v2"), "{told:#?}");
+    for t in told.iter().filter(|t| t.starts_with("false")) {
+        assert!(
+            t.contains("moved meanwhile") && t.contains("ask again"),
+            "{t}"
+        );
+    }
+    let history = catalog_history(&team, "race2", "rb");
+    assert_eq!(
+        history,
+        ["- 1 set", "1 2 set", "2 3 set", "3 2 rollback"],
+        "{told:#?}"
+    );
+    for (i, d) in hosts.iter().enumerate() {
+        wait_until(REACH, &format!("h{} to answer rb -> v2", i + 1), || {
+            alias_on(d, "race2", "rb") == Some(2) && exported(d, "race2").alias_history.len() == 4
+        });
+    }
+
+    // Two hosts setting one alias at once: the same holds (one move from v2, the other
+    // refused), and a move to where it already points is never a row.
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = (hosts[..2].iter())
+            .map(|d| s.spawn(|| d.cli(&["alias", "set", "race2", "rb", "v1"])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let ok_count = outs.iter().filter(|o| o.status.success()).count();
+    assert!(ok_count >= 1, "{outs:#?}");
+    let history = catalog_history(&team, "race2", "rb");
+    assert_eq!(history.len(), 5, "{history:?}");
+    assert!(
+        history.iter().all(|h| {
+            let mut w = h.split(' ');
+            w.next() != w.next()
+        }),
+        "{history:?}"
+    );
+}

@@ -117,6 +117,20 @@ impl CatalogDbError {
             _ => false,
         }
     }
+
+    /// Whether a write's outcome is unknown: it timed out (the COMMIT may have reached
+    /// the server), or the connection was lost while committing (a synchronous standby
+    /// that never answers and a backend terminated in that wait: the transaction is
+    /// committed on the primary, the client never hears it). The caller re-reads what it
+    /// wrote before saying either way. A connection lost before the COMMIT was sent
+    /// rolled the transaction back: that outcome is known.
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            CatalogDbError::Timeout { .. } => true,
+            CatalogDbError::Sql { step, .. } => step == "committing" && self.is_connection_lost(),
+            _ => false,
+        }
+    }
 }
 
 /// The driver's error in full: its kind, then the server's message with SQLSTATE, detail

@@ -221,7 +221,9 @@ impl CatalogDb {
     /// Points `alias` of `model` at live version `number` (set or moved), recording the
     /// move in alias_history with `stamp` and `by` (`set`, `rollback`). Returns where it
     /// pointed before and the change seq. The host's catalog rules refuse no-op and bad
-    /// moves first; this refuses what another host changed meanwhile (a removed version).
+    /// moves first; this refuses what another host changed meanwhile (a removed version)
+    /// and a move to where the alias already points (never a no-op row in the history).
+    /// [`Self::move_alias`] also refuses a move from somewhere else than the host saw.
     pub async fn set_alias(
         &mut self,
         model: &str,
@@ -231,16 +233,75 @@ impl CatalogDb {
         stamp: &Stamp,
         by: &str,
     ) -> Result<(Option<u32>, u64), CatalogDbError> {
-        self.run(
-            "setting an alias",
-            async |client: &mut Client, server: &str| {
-                let tx = begin(client, server).await?;
-                lock_model(&tx, server, model).await?;
-                let n = number as i32;
+        self.alias_change(model, alias, None, Some(number), host, stamp, by)
+            .await
+    }
+
+    /// [`Self::set_alias`], compare-and-set: `from` is where this host believes `alias`
+    /// points now (`None`: nowhere), and the transaction, under the model's row lock,
+    /// refuses the move when the catalog's alias points elsewhere (another host moved it
+    /// since this host looked), naming the host and time of that move. Two hosts moving
+    /// one alias at once: the first commits, the second is refused (its `from` is no
+    /// longer true) and asks again.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn move_alias(
+        &mut self,
+        model: &str,
+        alias: &str,
+        from: Option<u32>,
+        number: u32,
+        host: &str,
+        stamp: &Stamp,
+        by: &str,
+    ) -> Result<(Option<u32>, u64), CatalogDbError> {
+        self.alias_change(model, alias, Some(from), Some(number), host, stamp, by)
+            .await
+    }
+
+    /// Removes `alias` of `model`, recording the move. Returns where it pointed and the
+    /// change seq. `from`: where this host believes it points, compare-and-set as
+    /// [`Self::move_alias`] (`None`: wherever it points).
+    pub async fn remove_alias(
+        &mut self,
+        model: &str,
+        alias: &str,
+        from: Option<u32>,
+        host: &str,
+        stamp: &Stamp,
+    ) -> Result<(u32, u64), CatalogDbError> {
+        let (was, seq) =
+            (self.alias_change(model, alias, from.map(Some), None, host, stamp, "remove")).await?;
+        Ok((was.expect("a removal needs the alias to exist"), seq))
+    }
+
+    /// One alias change in one transaction under the model's row lock: `to` a live
+    /// version (`None`: removed), refused when `expected` (`Some`: where the host saw
+    /// it) is not where the alias points now, when it would change nothing, or when the
+    /// target is not live. Returns where it pointed and the change seq.
+    #[allow(clippy::too_many_arguments)]
+    async fn alias_change(
+        &mut self,
+        model: &str,
+        alias: &str,
+        expected: Option<Option<u32>>,
+        to: Option<u32>,
+        host: &str,
+        stamp: &Stamp,
+        by: &str,
+    ) -> Result<(Option<u32>, u64), CatalogDbError> {
+        let step = if to.is_some() {
+            "setting an alias"
+        } else {
+            "removing an alias"
+        };
+        self.run(step, async |client: &mut Client, server: &str| {
+            let tx = begin(client, server).await?;
+            lock_model(&tx, server, model).await?;
+            if let Some(number) = to {
                 let state: Option<String> = tx
                     .query_opt(
                         "SELECT state FROM versions WHERE model = $1 AND number = $2",
-                        &[&model, &n],
+                        &[&model, &(number as i32)],
                     )
                     .await
                     .map_err(sql(server, format!("reading {model} v{number}")))?
@@ -259,90 +320,68 @@ impl CatalogDb {
                         return Err(refused(server, format!("{model} has no version v{number}")));
                     }
                 }
-                let from: Option<i32> = tx
-                    .query_opt(
-                        "SELECT number FROM aliases WHERE model = $1 AND alias = $2",
-                        &[&model, &alias],
-                    )
-                    .await
-                    .map_err(sql(server, format!("reading alias {alias} of {model}")))?
-                    .map(|r| r.get(0));
-                tx.execute(
-                    "INSERT INTO aliases (model, alias, number) VALUES ($1, $2, $3)
-                 ON CONFLICT (model, alias) DO UPDATE SET number = EXCLUDED.number",
-                    &[&model, &alias, &n],
+            }
+            let from: Option<i32> = tx
+                .query_opt(
+                    "SELECT number FROM aliases WHERE model = $1 AND alias = $2",
+                    &[&model, &alias],
                 )
                 .await
-                .map_err(sql(server, format!("setting alias {alias} of {model}")))?;
-                history(&tx, server, model, alias, from, Some(n), stamp, by, host).await?;
-                let seq = log_change(
-                    &tx,
+                .map_err(sql(server, format!("reading alias {alias} of {model}")))?
+                .map(|r| r.get(0));
+            let now = from.map(|f| f as u32);
+            if let Some(seen) = expected
+                && seen != now
+            {
+                let last = last_move(&tx, server, model, alias).await?;
+                let now = now.map_or("nowhere".to_string(), |n| format!("v{n}"));
+                return Err(refused(
                     server,
-                    host,
-                    "alias_set",
-                    model,
-                    Some(n),
-                    Some(alias),
-                    &[],
-                )
-                .await?;
-                commit(tx, server).await?;
-                Ok((from.map(|f| f as u32), seq))
-            },
-        )
-        .await
-    }
-
-    /// Removes `alias` of `model`, recording the move. Returns where it pointed and the
-    /// change seq.
-    pub async fn remove_alias(
-        &mut self,
-        model: &str,
-        alias: &str,
-        host: &str,
-        stamp: &Stamp,
-    ) -> Result<(u32, u64), CatalogDbError> {
-        self.run(
-            "removing an alias",
-            async |client: &mut Client, server: &str| {
-                let tx = begin(client, server).await?;
-                lock_model(&tx, server, model).await?;
-                let from: i32 = tx
-                    .query_opt(
-                        "DELETE FROM aliases WHERE model = $1 AND alias = $2 RETURNING number",
+                    format!(
+                        "alias {alias} of {model} was moved meanwhile{last} (it points {now}, this host saw {}); ask again",
+                        seen.map_or("none".to_string(), |n| format!("v{n}"))
+                    ),
+                ));
+            }
+            match (now, to) {
+                (None, None) => {
+                    return Err(refused(server, format!("{model} has no alias {alias}")));
+                }
+                (Some(n), Some(t)) if n == t => {
+                    return Err(refused(
+                        server,
+                        format!("alias {alias} of {model} already points at v{t}: nothing to change"),
+                    ));
+                }
+                _ => {}
+            }
+            let to_i = to.map(|t| t as i32);
+            match to_i {
+                Some(n) => tx
+                    .execute(
+                        "INSERT INTO aliases (model, alias, number) VALUES ($1, $2, $3)
+                         ON CONFLICT (model, alias) DO UPDATE SET number = EXCLUDED.number",
+                        &[&model, &alias, &n],
+                    )
+                    .await
+                    .map_err(sql(server, format!("setting alias {alias} of {model}")))?,
+                None => tx
+                    .execute(
+                        "DELETE FROM aliases WHERE model = $1 AND alias = $2",
                         &[&model, &alias],
                     )
                     .await
-                    .map_err(sql(server, format!("removing alias {alias} of {model}")))?
-                    .ok_or_else(|| refused(server, format!("{model} has no alias {alias}")))?
-                    .get(0);
-                history(
-                    &tx,
-                    server,
-                    model,
-                    alias,
-                    Some(from),
-                    None,
-                    stamp,
-                    "remove",
-                    host,
-                )
-                .await?;
-                let seq = log_change(
-                    &tx,
-                    server,
-                    host,
-                    "alias_removed",
-                    model,
-                    Some(from),
-                    Some(alias),
-                    &[],
-                )
-                .await?;
-                commit(tx, server).await?;
-                Ok((from as u32, seq))
-            },
-        )
+                    .map_err(sql(server, format!("removing alias {alias} of {model}")))?,
+            };
+            history(&tx, server, model, alias, from, to_i, stamp, by, host).await?;
+            let (kind, number) = match to_i {
+                Some(n) => ("alias_set", Some(n)),
+                None => ("alias_removed", from),
+            };
+            let seq = log_change(&tx, server, host, kind, model, number, Some(alias), &[]).await?;
+            commit(tx, server).await?;
+            Ok((now, seq))
+        })
         .await
     }
 
@@ -670,6 +709,32 @@ pub(super) fn refused(server: &str, what: String) -> CatalogDbError {
         server: server.to_string(),
         what,
     }
+}
+
+/// ` (by host H at T, to vN)`: the last recorded move of `alias` of `model`, for a
+/// refusal that says who moved it (empty when there is none).
+async fn last_move(
+    tx: &Transaction<'_>,
+    server: &str,
+    model: &str,
+    alias: &str,
+) -> Result<String, CatalogDbError> {
+    let row = tx
+        .query_opt(
+            "SELECT host, at, to_number FROM alias_history
+             WHERE model = $1 AND alias = $2 ORDER BY id DESC LIMIT 1",
+            &[&model, &alias],
+        )
+        .await
+        .map_err(sql(
+            server,
+            format!("reading the last move of alias {alias} of {model}"),
+        ))?;
+    Ok(row.map_or(String::new(), |r| {
+        let (host, at, to): (String, String, Option<i32>) = (r.get(0), r.get(1), r.get(2));
+        let to = to.map_or("removed".to_string(), |n| format!("to v{n}"));
+        format!(" by host {host} at {at} ({to})")
+    }))
 }
 
 /// Appends one alias move to alias_history.

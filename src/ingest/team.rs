@@ -489,13 +489,18 @@ impl Registrar {
             trial.find(n).and_then(f).cloned()
         };
         let written = match &changed {
-            Changed::AliasSet { alias, to, .. } => {
-                team.set_alias(&name, alias, *to, stamp, "set").await
+            // Compare-and-set: where this host saw the alias, which the catalog refuses
+            // when another host moved it meanwhile (never two hosts' rollbacks of one
+            // move, never a no-op row in the history).
+            Changed::AliasSet {
+                alias, to, from, ..
+            } => team.set_alias(&name, alias, *from, *to, stamp, "set").await,
+            Changed::RolledBack { alias, to, from } => {
+                (team.set_alias(&name, alias, Some(*from), *to, stamp, "rollback")).await
             }
-            Changed::RolledBack { alias, to, .. } => {
-                team.set_alias(&name, alias, *to, stamp, "rollback").await
+            Changed::AliasRemoved { alias, was } => {
+                team.remove_alias(&name, alias, *was, stamp).await
             }
-            Changed::AliasRemoved { alias, .. } => team.remove_alias(&name, alias, stamp).await,
             Changed::Deprecated { version, .. } => {
                 let events = events_of(&name, (model, &trial), &[*version], &stamp.at);
                 let mark = mark(*version, |v| v.deprecated.as_deref());
@@ -510,6 +515,9 @@ impl Registrar {
             }
         };
         if let Err(e) = written {
+            if let ChangeFailure::Unknown(e) = e {
+                return Err(self.outcome_unknown(team, &name, &changed, e).await);
+            }
             return Err(self.not_written(&name, e));
         }
         self.board.clear_problem(&team.catalog_engine());
@@ -591,13 +599,61 @@ impl Registrar {
         }))
     }
 
+    /// A change whose commit got no answer (the catalog may have made it): the model is
+    /// read back from the catalog and merged here (this host converges to whatever the
+    /// catalog holds, as the follower would bring it), and the client is told the
+    /// outcome is unknown, with what this host now has for the alias or version changed.
+    async fn outcome_unknown(
+        &mut self,
+        team: &Team,
+        name: &str,
+        changed: &Changed,
+        e: crate::team::TeamError,
+    ) -> RegistryError {
+        self.board.set_problem(
+            &e.engine,
+            &format!("a change of {name} failed while committing: {}", e.message),
+        );
+        let now = match team.model(name).await {
+            Ok(m) => {
+                self.merge_remote(vec![(name.to_string(), m)]);
+                let held = self.catalog.models.get(name);
+                match changed {
+                    Changed::AliasSet { alias, .. }
+                    | Changed::RolledBack { alias, .. }
+                    | Changed::AliasRemoved { alias, .. } => {
+                        match held.and_then(|m| m.aliases.get(alias)) {
+                            Some(n) => format!(" (the catalog says {alias} -> v{n} now)"),
+                            None => format!(" (the catalog has no alias {alias} now)"),
+                        }
+                    }
+                    _ => " (this host re-read the model from the catalog)".to_string(),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{e}: reading {name} back after an unknown outcome failed; the follower brings it"
+                );
+                String::new()
+            }
+        };
+        RegistryError::OutcomeUnknown {
+            reason: e.to_string(),
+            now,
+        }
+    }
+
     /// A change the shared catalog did not make, as the client's error: an engine's
     /// failure is also a `status` problem; a refusal (another host changed the model
     /// first) is not, and the follower brings what that host did.
+    /// An unknown outcome (`gc`'s; a model change's goes through
+    /// [`Self::outcome_unknown`]) is said so, never "not saved": the follower brings what
+    /// the catalog made.
     fn not_written(&self, name: &str, e: ChangeFailure) -> RegistryError {
+        let unknown = matches!(e, ChangeFailure::Unknown(_));
         let e = match e {
             ChangeFailure::Refused(e) => e,
-            ChangeFailure::Failed(e) => {
+            ChangeFailure::Failed(e) | ChangeFailure::Unknown(e) => {
                 self.board.set_problem(
                     &e.engine,
                     &format!("a change of {name} failed: {}", e.message),
@@ -605,6 +661,12 @@ impl Registrar {
                 e
             }
         };
+        if unknown {
+            return RegistryError::OutcomeUnknown {
+                reason: e.to_string(),
+                now: String::new(),
+            };
+        }
         RegistryError::NotSaved {
             reason: e.to_string(),
         }
@@ -613,7 +675,8 @@ impl Registrar {
     /// After this host wrote a change of `name` to the shared catalog: the model as the
     /// catalog holds it now (this change, and any other host's before it) is merged
     /// here. When it cannot be read back, `trial` (this host's copy with the change
-    /// made) is merged instead: the follower skips this host's own changes.
+    /// made) is merged instead (the follower brings the same again later: merging is
+    /// idempotent).
     async fn merge_written(&mut self, team: &Team, name: &str, trial: Model) {
         match team.model(name).await {
             Ok(m) => self.merge_remote(vec![(name.to_string(), m)]),

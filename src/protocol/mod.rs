@@ -188,7 +188,9 @@ impl From<&RegistryError> for ErrorCode {
             RegistryError::NothingToRollBack { .. } => ErrorCode::NothingToRollBack,
             RegistryError::Aliased { .. } => ErrorCode::Aliased,
             RegistryError::FileMissing { .. } => ErrorCode::FileMissing,
-            RegistryError::NotSaved { .. } => ErrorCode::Internal,
+            RegistryError::NotSaved { .. } | RegistryError::OutcomeUnknown { .. } => {
+                ErrorCode::Internal
+            }
         }
     }
 }

@@ -148,6 +148,18 @@ pub enum RegistryError {
         /// Why the write failed.
         reason: String,
     },
+    /// Team mode: the shared catalog failed while committing a change (a timeout, the
+    /// connection lost in COMMIT), so it may have made it or not; the host re-read the
+    /// model (`now`: what it holds after that, when the re-read worked).
+    #[error(
+        "outcome unknown: {reason}; the catalog may have made the change{now}: ask again (`modelreg get`, `modelreg alias`) before repeating it"
+    )]
+    OutcomeUnknown {
+        /// Why the commit's answer never came.
+        reason: String,
+        /// ` (this host now has ...)`, or empty.
+        now: String,
+    },
 }
 
 /// `: why` of a mark, or nothing.

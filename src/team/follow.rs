@@ -109,12 +109,15 @@ async fn follow_once(
             let Some(newest) = changes.last().map(|c| c.seq) else {
                 break;
             };
-            // Each model another host changed, with only the versions these changes name
-            // (any host's: the merge skips what this host holds or has pending), its
+            // Each model these changes touch, with only the versions they name, its
             // aliases and their history whole: read back whole on every change, a model
             // cost its followers time in proportion to its versions (tests/team_hosts.rs).
+            // This host's own changes too: one whose commit got no answer (a timeout, a
+            // synchronous standby that never acknowledged) is in the catalog while the
+            // host was told it failed, and only this brings it. The merge is idempotent:
+            // it skips versions held or pending here, marks already as the catalog has
+            // them, alias moves already in the history.
             let mut wanted: BTreeMap<String, BTreeSet<u32>> = (changes.iter())
-                .filter(|c| c.host != team.host)
                 .map(|c| (c.model.clone(), BTreeSet::new()))
                 .collect();
             for c in &changes {

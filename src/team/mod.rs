@@ -80,13 +80,17 @@ pub enum ChangeFailure {
     Refused(TeamError),
     /// The engine failed (unreachable, an error): a `status` problem under its name.
     Failed(TeamError),
+    /// The engine failed while committing (a timeout, the connection lost in COMMIT):
+    /// the catalog may have made the change. A `status` problem too; the caller re-reads
+    /// the model and tells the client the outcome is unknown.
+    Unknown(TeamError),
 }
 
 impl ChangeFailure {
     /// The error, whichever it is.
     pub fn into_error(self) -> TeamError {
         match self {
-            ChangeFailure::Refused(e) | ChangeFailure::Failed(e) => e,
+            ChangeFailure::Refused(e) | ChangeFailure::Failed(e) | ChangeFailure::Unknown(e) => e,
         }
     }
 }
@@ -167,6 +171,7 @@ impl Team {
                 crate::catalogdb::CatalogDbError::Refused { .. } => {
                     ChangeFailure::Refused(self.catalog_error(e))
                 }
+                e if e.is_outcome_unknown() => ChangeFailure::Unknown(self.catalog_error(e)),
                 e => ChangeFailure::Failed(self.catalog_error(e)),
             })
     }
@@ -222,9 +227,9 @@ impl Team {
                 Ok(r)
             }
             Err(e) => {
-                // Rolled back (or unknown: then the follower will bring it as another
-                // host's would be, which is what it then is to this host; and a retry
-                // of the same files finds it as the newest version).
+                // Rolled back (or unknown: then the follower brings it, as it brings
+                // every change, this host's own included; and a retry of the same files
+                // finds it as the newest version).
                 unnote();
                 Err(e)
             }
@@ -298,34 +303,44 @@ impl Team {
         self.pending_set().remove(&(model.to_string(), n));
     }
 
-    /// Points `alias` at `number` in the shared catalog (`by`: set, rollback).
+    /// Moves `alias` from `from` (where this host saw it; `None`: it did not exist) to
+    /// `number` in the shared catalog (`by`: set, rollback); refused when another host
+    /// moved it meanwhile ([`CatalogDb::move_alias`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn set_alias(
         &self,
         model: &str,
         alias: &str,
+        from: Option<u32>,
         number: u32,
         stamp: &Stamp,
         by: &str,
     ) -> Result<(), ChangeFailure> {
         let host = self.host.clone();
         self.change_db(async |db: &mut CatalogDb| {
-            db.set_alias(model, alias, number, &host, stamp, by).await
+            db.move_alias(model, alias, from, number, &host, stamp, by)
+                .await
         })
         .await
         .map(|_| ())
     }
 
-    /// Removes `alias` in the shared catalog.
+    /// Removes `alias` in the shared catalog, refused unless it still points at `from`
+    /// (where this host saw it).
     pub async fn remove_alias(
         &self,
         model: &str,
         alias: &str,
+        from: u32,
         stamp: &Stamp,
     ) -> Result<(), ChangeFailure> {
         let host = self.host.clone();
-        self.change_db(async |db: &mut CatalogDb| db.remove_alias(model, alias, &host, stamp).await)
-            .await
-            .map(|_| ())
+        self.change_db(async |db: &mut CatalogDb| {
+            db.remove_alias(model, alias, Some(from), &host, stamp)
+                .await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Sets (or clears, `None`) the deprecation mark of live version `number` of
