@@ -10,6 +10,8 @@ mod common;
 mod garage;
 #[path = "common/postgres.rs"]
 mod postgres;
+#[path = "common/team_engines.rs"]
+mod team_engines;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,42 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestDaemon, bytes, http, ok, wait_until, write_renamed};
 use postgres::PgCluster;
-
-/// The shared engines of one test: a PostgreSQL cluster with database `team`, and a
-/// blob folder.
-struct Engines {
-    pg: PgCluster,
-    blobs: tempfile::TempDir,
-}
-
-impl Engines {
-    fn start() -> Engines {
-        let pg = PgCluster::start();
-        pg.create_database("team");
-        Engines {
-            pg,
-            blobs: tempfile::Builder::new()
-                .prefix("modelreg-blobs.")
-                .tempdir()
-                .unwrap(),
-        }
-    }
-
-    /// A host: a daemon in its own root, configured for the team.
-    fn host(&self) -> TestDaemon {
-        self.host_with("")
-    }
-
-    /// [`Engines::host`] with more settings (`extra`, whole YAML lines).
-    fn host_with(&self, extra: &str) -> TestDaemon {
-        let config = format!(
-            "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n{extra}",
-            self.pg.url("team"),
-            self.blobs.path().display()
-        );
-        TestDaemon::start(&config)
-    }
-}
+use team_engines::Engines;
 
 /// The versions `d` lists for `name`: number -> sha256 of its (one) file.
 fn numbers(d: &TestDaemon, name: &str) -> BTreeMap<u32, String> {

@@ -10,6 +10,8 @@
 mod common;
 #[path = "common/postgres.rs"]
 mod postgres;
+#[path = "common/team_engines.rs"]
+mod team_engines;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -18,46 +20,10 @@ use std::time::Duration;
 
 use common::{TestDaemon, bytes, fails, ok, register_bytes, wait_until};
 use postgres::PgCluster;
+use team_engines::Engines;
 
 /// How long a change may take to reach the other host before the test fails.
 const REACH: Duration = Duration::from_secs(20);
-
-/// The shared engines of one test: a PostgreSQL cluster with database `team`, and a
-/// blob folder.
-struct Engines {
-    pg: PgCluster,
-    blobs: tempfile::TempDir,
-}
-
-impl Engines {
-    fn start() -> Engines {
-        let pg = PgCluster::start();
-        pg.create_database("team");
-        Engines {
-            pg,
-            blobs: tempfile::Builder::new()
-                .prefix("modelreg-blobs.")
-                .tempdir()
-                .unwrap(),
-        }
-    }
-
-    /// A host: a daemon in its own root, configured for the team, with `extra` settings.
-    fn host(&self, extra: &str) -> TestDaemon {
-        let config = format!(
-            "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n{extra}",
-            self.pg.url("team"),
-            self.blobs.path().display()
-        );
-        TestDaemon::start(&config)
-    }
-
-    /// Where the blob folder keeps the blob of `content`.
-    fn blob(&self, content: &[u8]) -> PathBuf {
-        let sha = modelreg::store::sha256_hex(content);
-        self.blobs.path().join("sha256").join(&sha[..2]).join(sha)
-    }
-}
 
 /// The state (`live`, `deprecated`, `removed`) of each version `d` lists for `name`.
 fn states(d: &TestDaemon, name: &str) -> Vec<(u32, String)> {
@@ -95,7 +61,7 @@ fn exported(d: &TestDaemon, name: &str) -> modelreg::registry::Model {
 #[test]
 fn rm_on_one_host_is_a_tombstone_on_every_host_and_its_number_is_never_given_again() {
     let team = Engines::start();
-    let (a, b) = (team.host(""), team.host(""));
+    let (a, b) = (team.host(), team.host());
     let (first, second) = (bytes(1, 40_000), bytes(2, 40_000));
     register_bytes(&a, "resnet", &first);
     register_bytes(&a, "resnet", &second);
@@ -155,7 +121,7 @@ fn rm_on_one_host_is_a_tombstone_on_every_host_and_its_number_is_never_given_aga
 #[test]
 fn deprecate_on_one_host_makes_latest_skip_the_version_on_the_other() {
     let team = Engines::start();
-    let (a, b) = (team.host(""), team.host(""));
+    let (a, b) = (team.host(), team.host());
     register_bytes(&a, "bert", &bytes(10, 20_000));
     register_bytes(&a, "bert", &bytes(11, 20_000));
     wait_states(&b, "B", "bert", &[(1, "live"), (2, "live")]);
@@ -185,14 +151,14 @@ fn gc_on_one_host_removes_on_both_and_only_blobs_no_live_version_names_are_colle
     // once A's uploads are done (a grace that short could take an upload's temp file
     // stalled that long on a busy machine: docs/team.md, "Orphan blobs").
     let retention = "retention: {\"gpt\": 1}\n";
-    let a = team.host(retention);
+    let a = team.host_with(retention);
     let (alone, shared, newest) = (bytes(20, 30_000), bytes(21, 30_000), bytes(22, 30_000));
     register_bytes(&a, "gpt", &alone);
     register_bytes(&a, "gpt", &shared);
     register_bytes(&a, "gpt", &newest);
     // Another model's live version has the same bytes as gpt v2: one blob for both.
     register_bytes(&a, "tiny", &shared);
-    let b = team.host(&format!("{retention}blobs_grace: 1s\n"));
+    let b = team.host_with(&format!("{retention}blobs_grace: 1s\n"));
     wait_states(&b, "B", "gpt", &[(1, "live"), (2, "live"), (3, "live")]);
     wait_states(&b, "B", "tiny", &[(1, "live")]);
 
@@ -292,7 +258,7 @@ impl Drop for HeldLock {
 #[test]
 fn rm_of_a_version_another_host_removed_first_is_refused_by_the_catalog_naming_it() {
     let team = Engines::start();
-    let (a, b) = (team.host(""), team.host(""));
+    let (a, b) = (team.host(), team.host());
     register_bytes(&a, "vit", &bytes(30, 10_000));
     register_bytes(&a, "vit", &bytes(31, 10_000));
     wait_states(&b, "B", "vit", &[(1, "live"), (2, "live")]);
@@ -367,7 +333,7 @@ fn catalog_history(team: &Engines, name: &str, alias: &str) -> Vec<String> {
 #[test]
 fn an_alias_move_whose_commit_got_no_answer_is_told_unknown_and_the_host_converges() {
     let team = Engines::start();
-    let (a, b) = (team.host(""), team.host(""));
+    let (a, b) = (team.host(), team.host());
     register_bytes(&a, "syncD", &bytes(40, 10_000));
     register_bytes(&a, "syncD", &bytes(41, 10_000));
     ok(&a, &["alias", "set", "syncD", "prod", "v1"]);
@@ -451,7 +417,7 @@ fn an_alias_move_whose_commit_got_no_answer_is_told_unknown_and_the_host_converg
 #[test]
 fn three_hosts_rolling_back_one_alias_at_once_move_it_once() {
     let team = Engines::start();
-    let hosts = [team.host(""), team.host(""), team.host("")];
+    let hosts = [team.host(), team.host(), team.host()];
     for i in 0..3 {
         register_bytes(&hosts[0], "race2", &bytes(50 + i, 10_000));
     }
