@@ -54,8 +54,19 @@ pub enum RegistrarMsg<J> {
     /// registry.yaml may have been deleted while running: write it again if so.
     CheckRegistry,
     /// Team mode: models as the shared catalog holds them, changed by other hosts
-    /// (`None`: gone from it), to merge into this host's catalog.
-    Remote(Vec<(String, Option<crate::registry::Model>)>),
+    /// (`None`: gone from it), to merge into this host's catalog, and the events of the
+    /// changes read, to show once the merge is published.
+    Remote(Vec<(String, Option<crate::registry::Model>)>, RemoteEvents),
+}
+
+/// Team mode: what the follower read of the team's event log with a batch of changes.
+#[derive(Debug, Default)]
+pub struct RemoteEvents {
+    /// From the first snapshot: the oldest event the catalog keeps and the last given
+    /// as of the snapshot.
+    pub bounds: Option<(u64, u64)>,
+    /// The events of the changes read, in seq order.
+    pub events: Vec<crate::events::Event>,
 }
 
 /// A file handed over on the socket (`register`), or a folder uploaded over HTTP, to

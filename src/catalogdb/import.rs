@@ -202,6 +202,31 @@ fn describe_move(m: Option<&AliasMove>) -> String {
 }
 
 impl CatalogDb {
+    /// Numbers the catalog's events on after `seq` (a local registry's highest event
+    /// seq, `migrate` moving it): raises `log_head.event_seq` to `seq` while the
+    /// catalog's event log holds no event yet, so that the migrating host's subscribers
+    /// see the numbers go on rather than start again at 1 (the events up to `seq` are,
+    /// for the team's log, compacted away). Returns whether it raised it; a catalog
+    /// that already logged events (hosts work on it) is left alone, since raising it then
+    /// would leave a hole in its log.
+    pub async fn continue_events_after(&mut self, seq: u64) -> Result<bool, CatalogDbError> {
+        self.run(
+            "numbering events on",
+            async |client: &mut Client, server: &str| {
+                let n = client
+                    .execute(
+                        "UPDATE log_head SET event_seq = $1
+                         WHERE event_seq < $1 AND NOT EXISTS (SELECT 1 FROM events)",
+                        &[&(seq as i64)],
+                    )
+                    .await
+                    .map_err(sql(server, format!("numbering events on after {seq}")))?;
+                Ok(n == 1)
+            },
+        )
+        .await
+    }
+
     /// Imports local model `want` as `name`, recorded as coming from `host`: under the
     /// model's row lock, [`plan_import`] against what the catalog holds, then the missing
     /// versions (a removed one with its tombstone and no files rows), `highest`, the

@@ -30,7 +30,7 @@ pub use error::{CatalogDbError, describe};
 pub use import::{ImportConflict, ImportPlan, Imported, plan_import};
 pub use listen::{ChangeListener, listen};
 pub use orphans::BLOBS_LOCK_KEY;
-pub use read::{Change, ChangeKind, Snapshot};
+pub use read::{Change, ChangeKind, LoggedEvent, Snapshot};
 pub use write::{Recorded, Removal};
 
 use std::collections::HashMap;

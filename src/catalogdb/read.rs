@@ -49,9 +49,88 @@ pub struct Snapshot {
     pub seq: u64,
     /// Every model, as the in-memory catalog holds it (removed versions as tombstones).
     pub models: BTreeMap<String, Arc<Model>>,
+    /// The last event seq given as of change `seq` (`log_head.event_seq`).
+    pub event_seq: u64,
+    /// The oldest event seq the `events` table holds (`event_seq + 1` when it holds none:
+    /// a catalog `migrate` filled starts numbering after the local registry's events).
+    pub first_event: u64,
+}
+
+/// One row of the event log: the event's seq, the change that wrote it, the daemon's
+/// event JSON as the writing host made it (its `seq` and `commit` are the columns').
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    /// Its seq: gapless, team-wide, committed in order.
+    pub seq: u64,
+    /// The change seq of the transaction that wrote it.
+    pub change_seq: u64,
+    /// The event JSON.
+    pub event: serde_json::Value,
+}
+
+/// Rows of `SELECT seq, change_seq, event` as [`LoggedEvent`]s.
+fn logged(rows: &[tokio_postgres::Row]) -> Vec<LoggedEvent> {
+    (rows.iter())
+        .map(|r| LoggedEvent {
+            seq: r.get::<_, i64>(0) as u64,
+            change_seq: r.get::<_, i64>(1) as u64,
+            event: r.get(2),
+        })
+        .collect()
 }
 
 impl CatalogDb {
+    /// The events written by changes `after + 1 ..= upto`, in seq order: what a follower
+    /// that applied those changes may now show.
+    pub async fn events_of_changes(
+        &mut self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<LoggedEvent>, CatalogDbError> {
+        self.run(
+            "reading the event log",
+            async |client: &mut Client, server: &str| {
+                let rows = client
+                    .query(
+                        "SELECT seq, change_seq, event FROM events
+                     WHERE change_seq > $1 AND change_seq <= $2 ORDER BY seq",
+                        &[&(after as i64), &(upto as i64)],
+                    )
+                    .await
+                    .map_err(sql(
+                        server,
+                        format!("reading the events of changes {}..={upto}", after + 1),
+                    ))?;
+                Ok(logged(&rows))
+            },
+        )
+        .await
+    }
+
+    /// The events from seq `from` up to `upto`, at most `limit`, in seq order.
+    pub async fn events_from(
+        &mut self,
+        from: u64,
+        upto: u64,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, CatalogDbError> {
+        self.run(
+            "reading the event log",
+            async |client: &mut Client, server: &str| {
+                let rows = client
+                    .query(
+                        "SELECT seq, change_seq, event FROM events
+                     WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                        &[&(from as i64), &(upto as i64), &i64::from(limit)],
+                    )
+                    .await
+                    .map_err(sql(server, format!("reading the events from {from}")))?;
+                Ok(logged(&rows))
+            },
+        )
+        .await
+    }
+
     /// The changes after `seq`, at most `limit`, in seq order.
     pub async fn changes_since(
         &mut self,
@@ -109,12 +188,24 @@ impl CatalogDb {
                     .map_err(sql(server, "reading the change log's head"))?
                     .get(0);
                 let models = read_models(&tx, server, None, None).await?;
+                // The event log's bounds as of the same change seq.
+                let row = tx
+                    .query_one(
+                        "SELECT h.event_seq, coalesce((SELECT min(seq) FROM events), h.event_seq + 1)
+                         FROM log_head h",
+                        &[],
+                    )
+                    .await
+                    .map_err(sql(server, "reading the event log's bounds"))?;
+                let (event_seq, first_event): (i64, i64) = (row.get(0), row.get(1));
                 tx.commit()
                     .await
                     .map_err(sql(server, "ending the snapshot transaction"))?;
                 Ok(Snapshot {
                     seq: seq as u64,
                     models,
+                    event_seq: event_seq as u64,
+                    first_event: first_event as u64,
                 })
             },
         )

@@ -124,6 +124,21 @@ impl CatalogDb {
         events: &[serde_json::Value],
         build: impl FnOnce(u32) -> Version,
     ) -> Result<Recorded, CatalogDbError> {
+        self.record_version_with(model, host, build, |_| events.to_vec())
+            .await
+    }
+
+    /// [`Self::record_version`], its events made by `events` from the version `build`
+    /// made (numbered), in the same transaction: a registration's `registered` event
+    /// says what the record says (its metrics, metadata). Not called when nothing is
+    /// recorded ([`Recorded::Existing`]).
+    pub async fn record_version_with(
+        &mut self,
+        model: &str,
+        host: &str,
+        build: impl FnOnce(u32) -> Version,
+        events: impl FnOnce(&Version) -> Vec<serde_json::Value>,
+    ) -> Result<Recorded, CatalogDbError> {
         let sqls = [
             SHARE_BLOBS_LOCK,
             ALLOCATE,
@@ -184,6 +199,7 @@ impl CatalogDb {
                         .map_err(sql(server, "rolling back"))?;
                     return Ok(Recorded::Existing(Box::new(existing)));
                 }
+                let events = events(&version);
                 let record = serde_json::to_value(&version).expect("a version serialises");
                 let paths: Vec<&str> = version.files.iter().map(|f| f.path.as_str()).collect();
                 let shas: Vec<&str> = version.files.iter().map(|f| f.sha256.as_str()).collect();
@@ -233,8 +249,13 @@ impl CatalogDb {
         stamp: &Stamp,
         by: &str,
     ) -> Result<(Option<u32>, u64), CatalogDbError> {
-        self.alias_change(model, alias, None, Some(number), host, stamp, by)
-            .await
+        let change = AliasChange {
+            expected: None,
+            to: Some(number),
+            by,
+            events: &[],
+        };
+        self.alias_change(model, alias, host, stamp, change).await
     }
 
     /// [`Self::set_alias`], compare-and-set: `from` is where this host believes `alias`
@@ -242,7 +263,9 @@ impl CatalogDb {
     /// refuses the move when the catalog's alias points elsewhere (another host moved it
     /// since this host looked), naming the host and time of that move. Two hosts moving
     /// one alias at once: the first commits, the second is refused (its `from` is no
-    /// longer true) and asks again.
+    /// longer true) and asks again. `events` (the daemon's event JSON of the move, as
+    /// the host derived it from `from`: what the catalog does when it accepts) are
+    /// logged with it.
     #[allow(clippy::too_many_arguments)]
     pub async fn move_alias(
         &mut self,
@@ -253,9 +276,15 @@ impl CatalogDb {
         host: &str,
         stamp: &Stamp,
         by: &str,
+        events: &[serde_json::Value],
     ) -> Result<(Option<u32>, u64), CatalogDbError> {
-        self.alias_change(model, alias, Some(from), Some(number), host, stamp, by)
-            .await
+        let change = AliasChange {
+            expected: Some(from),
+            to: Some(number),
+            by,
+            events,
+        };
+        self.alias_change(model, alias, host, stamp, change).await
     }
 
     /// Removes `alias` of `model`, recording the move. Returns where it pointed and the
@@ -269,8 +298,27 @@ impl CatalogDb {
         host: &str,
         stamp: &Stamp,
     ) -> Result<(u32, u64), CatalogDbError> {
-        let (was, seq) =
-            (self.alias_change(model, alias, from.map(Some), None, host, stamp, "remove")).await?;
+        self.remove_alias_logged(model, alias, from, host, stamp, &[])
+            .await
+    }
+
+    /// [`Self::remove_alias`] with its `events` (the daemon's event JSON) logged.
+    pub async fn remove_alias_logged(
+        &mut self,
+        model: &str,
+        alias: &str,
+        from: Option<u32>,
+        host: &str,
+        stamp: &Stamp,
+        events: &[serde_json::Value],
+    ) -> Result<(u32, u64), CatalogDbError> {
+        let change = AliasChange {
+            expected: from.map(Some),
+            to: None,
+            by: "remove",
+            events,
+        };
+        let (was, seq) = self.alias_change(model, alias, host, stamp, change).await?;
         Ok((was.expect("a removal needs the alias to exist"), seq))
     }
 
@@ -278,17 +326,20 @@ impl CatalogDb {
     /// version (`None`: removed), refused when `expected` (`Some`: where the host saw
     /// it) is not where the alias points now, when it would change nothing, or when the
     /// target is not live. Returns where it pointed and the change seq.
-    #[allow(clippy::too_many_arguments)]
     async fn alias_change(
         &mut self,
         model: &str,
         alias: &str,
-        expected: Option<Option<u32>>,
-        to: Option<u32>,
         host: &str,
         stamp: &Stamp,
-        by: &str,
+        change: AliasChange<'_>,
     ) -> Result<(Option<u32>, u64), CatalogDbError> {
+        let AliasChange {
+            expected,
+            to,
+            by,
+            events,
+        } = change;
         let step = if to.is_some() {
             "setting an alias"
         } else {
@@ -378,7 +429,8 @@ impl CatalogDb {
                 Some(n) => ("alias_set", Some(n)),
                 None => ("alias_removed", from),
             };
-            let seq = log_change(&tx, server, host, kind, model, number, Some(alias), &[]).await?;
+            let seq =
+                log_change(&tx, server, host, kind, model, number, Some(alias), events).await?;
             commit(tx, server).await?;
             Ok((now, seq))
         })
@@ -541,6 +593,16 @@ impl CatalogDb {
         })
         .await
     }
+}
+
+/// One alias change as [`CatalogDb::alias_change`] makes it: `expected` (`Some`: where
+/// the host saw the alias, compare-and-set), `to` (`None`: removed), `by` (the
+/// history's operation), `events` logged with it.
+struct AliasChange<'a> {
+    expected: Option<Option<u32>>,
+    to: Option<u32>,
+    by: &'a str,
+    events: &'a [serde_json::Value],
 }
 
 /// How [`CatalogDb::remove_versions`] treats aliases: the operation's name for their

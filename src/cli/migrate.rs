@@ -72,6 +72,18 @@ fn run(cli: &Cli, to: &str, blobs: &str) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         refuse_conflicts(&mut db, &catalog).await?;
+        // The team's event log numbers on after this registry's: its subscribers (and
+        // its hooks' cursors) see the seqs go on, not start again at 1.
+        let raised = db
+            .continue_events_after(catalog.event_seq)
+            .await
+            .map_err(|e| e.to_string())?;
+        if raised {
+            outln!(
+                "events: the catalog's event log numbers on after {} (this registry's last event)",
+                catalog.event_seq
+            );
+        }
         let mut totals = Totals::default();
         for (name, model) in &catalog.models {
             let sent = upload(&store, &config.root, name, model, &mut totals).await?;

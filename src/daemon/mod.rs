@@ -54,7 +54,12 @@ pub async fn run(
     let http = crate::http::bind(&config).await?;
     let _lock = startup::lock_root(&config)?;
     let (loaded, took) = startup::load_and_recover(&config)?;
-    let events = startup::open_events(&config, &loaded)?;
+    // Team mode: the team's log is the shared catalog's; this host's own `events/` is
+    // left as it is (local mode's, should the host leave the team).
+    let events = match config.team {
+        Some(_) => None,
+        None => Some(startup::open_events(&config, &loaded)?),
+    };
     crate::deliver::check(&config)?;
     // A damaged cursor file stops the start, as registry.yaml does: no endpoint restarts
     // from a guess.
@@ -89,7 +94,6 @@ pub async fn run(
     startup::check_store_in_background(&config, &catalog, &board);
 
     let journal = (loaded.journal, loaded.written);
-    let delivered_log = events.clone();
     let workers = workers::Workers::start(
         settings,
         (catalog, journal),
@@ -99,9 +103,11 @@ pub async fn run(
         listener.socket,
         started,
     )?;
+    let source =
+        (workers.ctx.shared.source().cloned()).expect("the daemon's readers have a source");
     let deliveries = crate::deliver::start(
         workers.ctx.settings.clone(),
-        delivered_log,
+        source,
         workers.ctx.board.clone(),
         cursors,
     )?;

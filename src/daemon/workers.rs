@@ -38,14 +38,32 @@ impl Workers {
     pub(super) fn start(
         settings: Arc<Settings>,
         (catalog, (journal, written)): (Catalog, (persist::Journal, u64)),
-        events: Arc<crate::events::Log>,
+        events: Option<Arc<crate::events::Log>>,
         board: Arc<StatusBoard>,
         layout: Arc<Layout>,
         listener: tokio::net::UnixListener,
         started: Instant,
     ) -> Result<Workers> {
         let config = settings.current();
-        let shared = Arc::new(Shared::with_events(catalog.clone(), events));
+        let team = match &config.team {
+            Some(t) => Some(Arc::new(crate::team::Team::open(&config, t).map_err(
+                |e| Error::Config {
+                    path: config.source.to_string(),
+                    key: "catalog/blobs".into(),
+                    reason: e,
+                },
+            )?)),
+            None => None,
+        };
+        // Team mode: readers take the team's log (the registrar logs nothing of its own).
+        let source = match (&team, events) {
+            (Some(team), _) => crate::events::Source::Remote(team.events().clone()),
+            (None, Some(log)) => crate::events::Source::Local(log),
+            (None, None) => {
+                return Err(Error::Other("no event log was opened (local mode)".into()));
+            }
+        };
+        let shared = Arc::new(Shared::with_source(catalog.clone(), source));
         let (trigger, stop) = shutdown::channel();
         let (reg_tx, reg_rx) = mpsc::unbounded_channel();
         let (settler_tx, settler_rx) = mpsc::unbounded_channel();
@@ -73,24 +91,14 @@ impl Workers {
         );
         registrar.set_layout(layout.clone());
         registrar.set_journal(journal, written);
-        let team = match &config.team {
-            Some(t) => Some(Arc::new(crate::team::Team::open(&config, t).map_err(
-                |e| Error::Config {
-                    path: config.source.to_string(),
-                    key: "catalog/blobs".into(),
-                    reason: e,
-                },
-            )?)),
-            None => None,
-        };
         if let Some(team) = &team {
             registrar.set_team(team.clone());
             let reg = reg_tx.clone();
             tokio::spawn(crate::team::follow(
                 team.clone(),
                 board.clone(),
-                move |models| {
-                    reg.send(crate::ingest::RegistrarMsg::Remote(models))
+                move |models, events| {
+                    reg.send(crate::ingest::RegistrarMsg::Remote(models, events))
                         .is_ok()
                 },
                 stop.clone(),

@@ -1,8 +1,8 @@
 //! Exec hooks and webhooks: each event of the log handed to every configured endpoint, at least once, in order.
 //!
-//! One worker task per endpoint (`worker`), reading the event log ([`crate::events::Log`])
+//! One worker task per endpoint (`worker`), reading the event log ([`crate::events::Source`]: this host's own, or the team's)
 //! at its own pace from its durable cursor (`cursor`, `deliveries.yaml`) and waiting on
-//! [`Log::subscribe`] when it has caught up: the registrar never waits for a delivery,
+//! [`Source::subscribe`] when it has caught up: the registrar never waits for a delivery,
 //! and a slow or hanging endpoint delays only itself. An exec hook's run is `exec`, a
 //! webhook's POST `webhook`. A reload (SIGHUP) starts, stops and restarts workers for
 //! the entries added, removed and changed; the stop gives each attempt under way
@@ -23,7 +23,7 @@ pub use webhook::{hmac_sha256, signature};
 
 use crate::config::{Config, Delivering, HookConfig, Settings, WebhookConfig};
 use crate::error::{Error, Result};
-use crate::events::{Kind, Log};
+use crate::events::{Kind, Source};
 use crate::shutdown;
 use crate::status::StatusBoard;
 
@@ -131,7 +131,7 @@ const NICER: i32 = 10;
 /// inherit the lower priority: an unprivileged process cannot raise it back.
 pub fn start(
     settings: Arc<Settings>,
-    log: Arc<Log>,
+    log: Source,
     board: Arc<StatusBoard>,
     cursors: Cursors,
 ) -> Result<Deliveries> {
@@ -202,7 +202,7 @@ struct Running {
 
 async fn supervise(
     settings: Arc<Settings>,
-    log: Arc<Log>,
+    log: Source,
     board: Arc<StatusBoard>,
     cursors: Arc<Cursors>,
     stop: shutdown::Shutdown,

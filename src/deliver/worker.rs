@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::cursor::Cursors;
 use super::{Endpoint, exec, webhook};
 use crate::config::{Retry, StartAt};
-use crate::events::{Event, Filter, Kind, Log, ReadError};
+use crate::events::{Event, Filter, Kind, ReadError, Source};
 use crate::protocol::Delivery;
 use crate::shutdown::Shutdown;
 use crate::status::{StatusBoard, now_rfc3339};
@@ -29,7 +29,7 @@ enum Outcome {
 /// One endpoint's worker (see the module docs).
 pub(super) struct Worker {
     pub(super) endpoint: Endpoint,
-    pub(super) log: Arc<Log>,
+    pub(super) log: Source,
     pub(super) board: Arc<StatusBoard>,
     pub(super) cursors: Arc<Cursors>,
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
@@ -50,6 +50,12 @@ impl Worker {
                 .filter_map(|k| Kind::parse(k))
                 .collect(),
         };
+        // Team mode: the team's log's bounds are known once this host applied the
+        // catalog's first snapshot.
+        tokio::select! {
+            _ = self.log.ready() => {}
+            _ = self.stop.wait() => return,
+        }
         let mut next = match self.cursors.get(&name) {
             Some(c) => c + 1,
             None => {
@@ -174,13 +180,7 @@ impl Worker {
     /// Committed events from `next`: from memory when they are there, else from disk
     /// off the async threads.
     async fn read(&self, next: u64) -> Result<Vec<Event>, ReadError> {
-        if let Some(b) = self.log.read_recent(next, BATCH) {
-            return Ok(b);
-        }
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.read(next, BATCH))
-            .await
-            .map_err(|e| ReadError::Io(e.to_string()))?
+        self.log.read(next, BATCH).await
     }
 
     /// Sleeps `d`, or less when told to stop.

@@ -42,10 +42,12 @@ mod derive;
 mod log;
 mod restore;
 mod segment;
+mod source;
 
 pub use derive::derive;
 pub use log::{Log, Pending, ReadError, Retention};
 pub use restore::{Restored, after_record, journal_lost_records, newest_commit, restore};
+pub use source::{ReadFuture, Remote, Source};
 
 use serde::{Deserialize, Serialize};
 

@@ -103,12 +103,9 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let req = request(&q, &headers)?.normalized();
-    let Some(log) = s.ctx.shared.events().cloned() else {
-        return Err(ApiError::new(
-            ErrorCode::Internal,
-            "this daemon keeps no event log",
-        ));
-    };
+    let log = crate::server::subscription::source_ready(s.ctx.shared.source())
+        .await
+        .map_err(|(code, message)| ApiError::new(code, message))?;
     let mut sub = Subscription::open(req, log).map_err(|r| {
         r.error.map_or_else(
             || ApiError::new(ErrorCode::Internal, "no subscription"),

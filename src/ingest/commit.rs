@@ -419,6 +419,33 @@ impl Registrar {
         for (reply, result) in replies {
             let _ = reply.send(result);
         }
+        self.show_team_events();
+    }
+
+    /// Team mode: makes the events of changes merged and published here visible, in
+    /// seq order, stopping at a registration of this host's whose job has not committed
+    /// it yet (the follower may read it first): a reader that sees an event finds its
+    /// change on this host.
+    fn show_team_events(&mut self) {
+        let Some(team) = self.team.clone() else {
+            return;
+        };
+        if self.batch.dirty {
+            return;
+        }
+        if let Some((first, last)) = self.team_bounds.take() {
+            team.events().start(first, last);
+        }
+        let mut shown = Vec::new();
+        while let Some(e) = self.team_events.front() {
+            let waiting = e.kind == crate::events::Kind::Registered
+                && e.version.is_some_and(|n| team.is_pending(&e.model, n));
+            if waiting {
+                break;
+            }
+            shown.extend(self.team_events.pop_front());
+        }
+        team.events().publish(shown);
     }
 
     /// The journal record of this batch (numbering it, and the catalog with it), or

@@ -48,8 +48,11 @@ pub type RegistrarMsg = crate::messages::RegistrarMsg<JobResult>;
 pub struct Shared {
     catalog: RwLock<Arc<Catalog>>,
     published: tokio::sync::Notify,
-    /// The event log the registrar appends each commit's events to (none in unit tests).
+    /// The event log the registrar appends each commit's events to (none in unit tests,
+    /// and in team mode, whose log is the shared catalog's).
     events: Option<Arc<crate::events::Log>>,
+    /// Where readers take events from: `events`, or in team mode the team's log.
+    source: Option<crate::events::Source>,
 }
 
 impl Shared {
@@ -59,19 +62,40 @@ impl Shared {
             catalog: RwLock::new(Arc::new(catalog)),
             published: tokio::sync::Notify::new(),
             events: None,
+            source: None,
         }
     }
 
     /// A new holder of `catalog` whose commits append their events to `log`.
     pub fn with_events(catalog: Catalog, log: Arc<crate::events::Log>) -> Self {
         Shared {
+            source: Some(crate::events::Source::Local(log.clone())),
             events: Some(log),
             ..Shared::new(catalog)
         }
     }
 
-    /// The event log: read it, or subscribe to its last committed seq (see
-    /// [`crate::events`]). `None` only in unit tests.
+    /// A new holder of `catalog` whose readers take events from `source` (team mode: the
+    /// team's log; the registrar then logs none of its own).
+    pub fn with_source(catalog: Catalog, source: crate::events::Source) -> Self {
+        Shared {
+            events: match &source {
+                crate::events::Source::Local(log) => Some(log.clone()),
+                crate::events::Source::Remote(_) => None,
+            },
+            source: Some(source),
+            ..Shared::new(catalog)
+        }
+    }
+
+    /// Where readers (subscriptions, SSE, hooks, webhooks) take events from. `None` only
+    /// in unit tests.
+    pub fn source(&self) -> Option<&crate::events::Source> {
+        self.source.as_ref()
+    }
+
+    /// This host's own event log, which the registrar writes (see [`crate::events`]).
+    /// `None` in unit tests and in team mode (readers use [`Self::source`]).
     pub fn events(&self) -> Option<&Arc<crate::events::Log>> {
         self.events.as_ref()
     }
@@ -135,6 +159,11 @@ pub struct Registrar {
     spare: snapshot::Spare,
     /// Team mode's engines (docs/team.md); `None`: local mode.
     team: Option<Arc<crate::team::Team>>,
+    /// Team mode: events of changes merged here, shown once that merge is published
+    /// (and, for a registration of this host's, once its job committed it).
+    team_events: std::collections::VecDeque<crate::events::Event>,
+    /// Team mode: the event log's bounds from the first snapshot, set with its merge.
+    team_bounds: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -190,6 +219,8 @@ impl Registrar {
             index: index::Index::default(),
             spare: snapshot::Spare::default(),
             team: None,
+            team_events: Default::default(),
+            team_bounds: None,
         }
     }
 
@@ -355,7 +386,13 @@ impl Registrar {
                 self.batch.replies.push((reply, result));
             }
             RegistrarMsg::RefreshLinks => self.batch.refresh_all = true,
-            RegistrarMsg::Remote(models) => self.merge_remote(models),
+            RegistrarMsg::Remote(models, events) => {
+                self.merge_remote(models);
+                if events.bounds.is_some() {
+                    self.team_bounds = events.bounds;
+                }
+                self.team_events.extend(events.events);
+            }
             RegistrarMsg::CheckRegistry => self.check_files(),
         }
     }

@@ -22,7 +22,7 @@ use crate::protocol::ErrorBody;
 use crate::registry::{Changed, Model, RegistryError, Stamp, Version, keep_last};
 use crate::status::{StatusBoard, now_rfc3339};
 use crate::store::{self, Staged};
-use crate::team::{ChangeFailure, Recorded, Team, TeamError};
+use crate::team::{ChangeFailure, Recorded, Team, TeamError, events_of};
 
 /// Puts `v` into `m` in number order (replacing one of the same number): another host's
 /// version may have arrived before this host's lower-numbered one.
@@ -494,12 +494,18 @@ impl Registrar {
             // move, never a no-op row in the history).
             Changed::AliasSet {
                 alias, to, from, ..
-            } => team.set_alias(&name, alias, *from, *to, stamp, "set").await,
+            } => {
+                let events = events_of(&name, (model, &trial), &[], &stamp.at);
+                (team.set_alias(&name, alias, *from, *to, stamp, "set", &events)).await
+            }
             Changed::RolledBack { alias, to, from } => {
-                (team.set_alias(&name, alias, Some(*from), *to, stamp, "rollback")).await
+                let events = events_of(&name, (model, &trial), &[], &stamp.at);
+                let by = "rollback";
+                (team.set_alias(&name, alias, Some(*from), *to, stamp, by, &events)).await
             }
             Changed::AliasRemoved { alias, was } => {
-                team.remove_alias(&name, alias, *was, stamp).await
+                let events = events_of(&name, (model, &trial), &[], &stamp.at);
+                team.remove_alias(&name, alias, *was, stamp, &events).await
             }
             Changed::Deprecated { version, .. } => {
                 let events = events_of(&name, (model, &trial), &[*version], &stamp.at);
@@ -688,34 +694,4 @@ impl Registrar {
             }
         }
     }
-}
-
-/// The events a change of model `name` from `before` to `after` makes (versions
-/// `numbers` changed), as the daemon's event JSON: what the shared catalog's event log
-/// holds beside the change (each host's own log derives the same from its commit, and
-/// numbers it there), stamped `at`.
-fn events_of(
-    name: &str,
-    (before, after): (&Model, &Model),
-    numbers: &[u32],
-    at: &str,
-) -> Vec<serde_json::Value> {
-    let catalog = |m: &Model| {
-        let mut c = crate::registry::Catalog::default();
-        c.models.insert(name.to_string(), Arc::new(m.clone()));
-        c
-    };
-    let (before, after) = (catalog(before), catalog(after));
-    let mut touched = crate::registry::Touched::default();
-    touched.model(name);
-    for &n in numbers {
-        touched.version(name, n);
-    }
-    let d = crate::registry::Delta::between(0, &before, &after, &touched);
-    (crate::events::derive(&before, &d).into_iter())
-        .filter_map(|mut e| {
-            e.time = at.to_string();
-            serde_json::to_value(e).ok()
-        })
-        .collect()
 }

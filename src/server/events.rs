@@ -98,10 +98,13 @@ pub(super) async fn stream<R: AsyncBufRead + Unpin>(
 ) {
     // A subscription is long-lived by design: never the one closed to admit another.
     conn.set(Phase::Subscribed);
-    let Some(log) = ctx.shared.events().cloned() else {
-        let r = Response::err(ErrorCode::Internal, "this daemon keeps no event log");
-        let _ = write_answer(w, &r.to_line(), None).await;
-        return;
+    let log = match super::subscription::source_ready(ctx.shared.source()).await {
+        Ok(log) => log,
+        Err((code, message)) => {
+            let r = Response::err(code, message);
+            let _ = write_answer(w, &r.to_line(), None).await;
+            return;
+        }
     };
     let mut sub = match Subscription::open(req, log.clone()) {
         Ok(s) => s,

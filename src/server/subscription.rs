@@ -9,13 +9,12 @@
 //! plus one continues where it stopped.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::events::{Event, Filter, Kind, Log, ReadError};
+use crate::events::{Event, Filter, Kind, ReadError, Source};
 use crate::protocol::{ErrorCode, Request, Response, Since};
 use crate::shutdown::Shutdown;
 
@@ -96,7 +95,7 @@ impl Step {
 
 /// One subscription: where it is in the log and what it passes.
 pub struct Subscription {
-    log: Arc<Log>,
+    log: Source,
     watch: watch::Receiver<u64>,
     from: u64,
     until: u64,
@@ -114,7 +113,7 @@ pub struct Subscription {
 impl Subscription {
     /// The subscription `req` (an `events` request) asks for on `log`, or the error
     /// answer for a bad request.
-    pub fn open(req: Request, log: Arc<Log>) -> Result<Subscription, Response> {
+    pub fn open(req: Request, log: Source) -> Result<Subscription, Response> {
         // Subscribed before the log is looked at: no commit from here on is missed.
         let watch = log.subscribe();
         let Request::Events {
@@ -300,12 +299,31 @@ pub fn too_slow_message(secs: u64, resume: u64) -> String {
 
 /// Committed events from `from`, at most [`BATCH`]: from memory, else from disk on the
 /// blocking pool.
-async fn batch(log: &Arc<Log>, from: u64) -> Result<Vec<Event>, ReadError> {
-    if let Some(v) = log.read_recent(from, BATCH) {
-        return Ok(v);
-    }
-    let log = log.clone();
-    tokio::task::spawn_blocking(move || log.read(from, BATCH))
+async fn batch(log: &Source, from: u64) -> Result<Vec<Event>, ReadError> {
+    log.read(from, BATCH).await
+}
+
+/// How long a subscription waits for the team's event log to be known on a host that
+/// just started (its first snapshot of the catalog applied), before it is refused.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// The source of events of this daemon, once its bounds are known (team mode: waited
+/// for up to [`READY_WAIT`] after a start); else the error to answer.
+pub async fn source_ready(source: Option<&Source>) -> Result<Source, (ErrorCode, String)> {
+    let Some(source) = source.cloned() else {
+        return Err((ErrorCode::Internal, "this daemon keeps no event log".into()));
+    };
+    if tokio::time::timeout(READY_WAIT, source.ready())
         .await
-        .unwrap_or_else(|e| Err(ReadError::Io(e.to_string())))
+        .is_err()
+    {
+        return Err((
+            ErrorCode::Internal,
+            format!(
+                "{} is not read yet (this host has not reached the team's catalog since it started); try again",
+                source.describe()
+            ),
+        ));
+    }
+    Ok(source)
 }

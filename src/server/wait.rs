@@ -209,7 +209,7 @@ pub(super) async fn status(ctx: &Context) -> Response {
     let catalog = ctx.shared.catalog();
     let cfg = ctx.config();
     let (problems, recent_errors, registered, watch) = ctx.board.snapshot();
-    let last = ctx.shared.events().map_or(0, |l| l.last());
+    let last = ctx.shared.source().map_or(0, |l| l.last());
     let mut deliveries = ctx.board.deliveries();
     for d in &mut deliveries {
         d.pending = last.saturating_sub(d.delivered);

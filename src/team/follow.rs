@@ -28,12 +28,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// (`None`: gone from it).
 pub type Remote = Vec<(String, Option<Model>)>;
 
+/// What the follower hands the registrar with them: the events of the changes read.
+pub use crate::messages::RemoteEvents;
+
 /// Follows the shared catalog until `stop`, handing what other hosts changed to `sink`
 /// (which returns false once the registrar is gone).
 pub async fn follow(
     team: Arc<Team>,
     board: Arc<StatusBoard>,
-    sink: impl Fn(Remote) -> bool + Send,
+    sink: impl Fn(Remote, RemoteEvents) -> bool + Send,
     stop: Shutdown,
 ) {
     // Its own problem, beside the registrar's on the same engine.
@@ -73,7 +76,7 @@ async fn follow_once(
     team: &Team,
     board: &StatusBoard,
     engine: &str,
-    sink: &(impl Fn(Remote) -> bool + Send),
+    sink: &(impl Fn(Remote, RemoteEvents) -> bool + Send),
     last: &mut Option<u64>,
     stop: &Shutdown,
 ) -> Result<bool, String> {
@@ -92,7 +95,12 @@ async fn follow_once(
             .into_iter()
             .map(|(k, m)| (k, Some(Arc::unwrap_or_clone(m))))
             .collect();
-        if !models.is_empty() && !sink(models) {
+        // The event log's bounds as of the snapshot: shown once it is merged.
+        let events = RemoteEvents {
+            bounds: Some((snap.first_event, snap.event_seq)),
+            events: Vec::new(),
+        };
+        if !sink(models, events) {
             return Ok(true);
         }
         *last = Some(snap.seq);
@@ -131,7 +139,16 @@ async fn follow_once(
                 let m = (db.model_versions(&name, &numbers).await).map_err(|e| e.to_string())?;
                 models.push((name, m));
             }
-            if !models.is_empty() && !sink(models) {
+            // Their events, shown on this host once the registrar published the merge.
+            let rows = (db.events_of_changes(from, newest).await).map_err(|e| e.to_string())?;
+            let events = (rows.into_iter())
+                .map(super::event_of)
+                .collect::<Result<Vec<_>, _>>()?;
+            let events = RemoteEvents {
+                bounds: None,
+                events,
+            };
+            if !models.is_empty() && !sink(models, events) {
                 return Ok(true);
             }
             *last = Some(newest);

@@ -8,15 +8,17 @@
 //! Connections are made lazily and again after a loss: an engine that is down is an
 //! error of the operation that needed it, never a daemon that will not start.
 
+mod events;
 mod follow;
 mod orphans;
 
+pub use events::{TeamEvents, event_of};
 pub use follow::follow;
 pub use orphans::{Swept, collect_orphans, sweep};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::blobs::{BlobOptions, BlobStore};
@@ -42,6 +44,8 @@ pub struct Team {
     /// Versions this host recorded whose copy job has not reached the registrar yet
     /// (model, number): the follower must not take them for another host's.
     pending: Mutex<BTreeSet<(String, u32)>>,
+    /// The team's event log as this host shows it (docs/team.md, "Events").
+    events: Arc<TeamEvents>,
 }
 
 /// What `status` tells of the team beyond problems: how current the follower is, the
@@ -109,7 +113,9 @@ impl Team {
             .map_err(|e| format!("blobs: {e}"))?;
         let server = crate::catalogdb::server_of(&team.catalog, Options::default())
             .map_err(|e| format!("catalog: {e}"))?;
+        let events = Arc::new(TeamEvents::new(&team.catalog, format!("catalog {server}")));
         Ok(Team {
+            events,
             host: host_name(&config.root),
             url: team.catalog.clone(),
             db: tokio::sync::Mutex::new(None),
@@ -119,6 +125,11 @@ impl Team {
             state: Mutex::new(State::default()),
             pending: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// The team's event log as this host shows it.
+    pub fn events(&self) -> &Arc<TeamEvents> {
+        &self.events
     }
 
     /// The catalog as messages and `status` name it.
@@ -196,7 +207,8 @@ impl Team {
     /// on its way to the registrar) before the transaction commits, so the follower
     /// never mistakes it for another host's; [`Team::applied`] ends that. When the
     /// model's newest live version already holds the same files, nothing is recorded and
-    /// that version is the answer ([`Recorded::Existing`]; nothing is pending then).
+    /// that version is the answer ([`Recorded::Existing`]; nothing is pending then). Its
+    /// `registered` event is logged with it, from the record `build` made.
     pub async fn record_version(
         &self,
         model: &str,
@@ -206,12 +218,20 @@ impl Team {
         let host = self.host.clone();
         let r = self
             .with_db(async |db: &mut CatalogDb| {
-                db.record_version(model, &host, &[], |n| {
+                let build = |n| {
                     self.pending_set().insert((model.to_string(), n));
                     *noted.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
                     build(n)
-                })
-                .await
+                };
+                let events = |v: &Version| {
+                    let mut after = Model::default();
+                    after.versions.push(Arc::new(v.clone()));
+                    after.highest = v.number;
+                    let at =
+                        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+                    events_of(model, (&Model::default(), &after), &[v.number], &at)
+                };
+                db.record_version_with(model, &host, build, events).await
             })
             .await;
         let unnote = || {
@@ -305,7 +325,7 @@ impl Team {
 
     /// Moves `alias` from `from` (where this host saw it; `None`: it did not exist) to
     /// `number` in the shared catalog (`by`: set, rollback); refused when another host
-    /// moved it meanwhile ([`CatalogDb::move_alias`]).
+    /// moved it meanwhile ([`CatalogDb::move_alias`]); its `events` logged with it.
     #[allow(clippy::too_many_arguments)]
     pub async fn set_alias(
         &self,
@@ -315,10 +335,11 @@ impl Team {
         number: u32,
         stamp: &Stamp,
         by: &str,
+        events: &[serde_json::Value],
     ) -> Result<(), ChangeFailure> {
         let host = self.host.clone();
         self.change_db(async |db: &mut CatalogDb| {
-            db.move_alias(model, alias, from, number, &host, stamp, by)
+            db.move_alias(model, alias, from, number, &host, stamp, by, events)
                 .await
         })
         .await
@@ -326,17 +347,18 @@ impl Team {
     }
 
     /// Removes `alias` in the shared catalog, refused unless it still points at `from`
-    /// (where this host saw it).
+    /// (where this host saw it); its `events` logged with it.
     pub async fn remove_alias(
         &self,
         model: &str,
         alias: &str,
         from: u32,
         stamp: &Stamp,
+        events: &[serde_json::Value],
     ) -> Result<(), ChangeFailure> {
         let host = self.host.clone();
         self.change_db(async |db: &mut CatalogDb| {
-            db.remove_alias(model, alias, Some(from), &host, stamp)
+            db.remove_alias_logged(model, alias, Some(from), &host, stamp, events)
                 .await
         })
         .await
@@ -512,4 +534,34 @@ fn host_name(root: &Path) -> String {
         "unknown-host".to_string()
     };
     format!("{host}:{}", root.display())
+}
+
+/// The events a change of model `name` from `before` to `after` makes (versions
+/// `numbers` changed), as the daemon's event JSON, stamped `at`: what the shared
+/// catalog's event log holds beside the change, numbered there (team-wide) when it
+/// commits. Derived as a local commit's are ([`crate::events::derive`]).
+pub fn events_of(
+    name: &str,
+    (before, after): (&Model, &Model),
+    numbers: &[u32],
+    at: &str,
+) -> Vec<serde_json::Value> {
+    let catalog = |m: &Model| {
+        let mut c = crate::registry::Catalog::default();
+        c.models.insert(name.to_string(), Arc::new(m.clone()));
+        c
+    };
+    let (before, after) = (catalog(before), catalog(after));
+    let mut touched = crate::registry::Touched::default();
+    touched.model(name);
+    for &n in numbers {
+        touched.version(name, n);
+    }
+    let d = crate::registry::Delta::between(0, &before, &after, &touched);
+    (crate::events::derive(&before, &d).into_iter())
+        .filter_map(|mut e| {
+            e.time = at.to_string();
+            serde_json::to_value(e).ok()
+        })
+        .collect()
 }
