@@ -291,3 +291,29 @@ fn migrate_numbers_the_teams_events_on_after_the_local_registrys() {
         );
     }
 }
+
+#[test]
+fn with_the_catalog_down_a_stream_serves_what_the_host_applied_and_an_older_read_names_the_catalog_and_the_seq() {
+    let mut team = Engines::start();
+    let a = team.host();
+    register_bytes(&a, "vit", &bytes(1, 20_000));
+    register_bytes(&a, "vit", &bytes(2, 20_000));
+    wait_events(&a, "A", 2);
+    // B starts afterwards: it knows the bounds from its snapshot, holds no event in
+    // memory, and reads them from PostgreSQL.
+    let b = team.host();
+    assert_eq!(wait_events(&b, "B", 2).len(), 2);
+    team.pg.stop();
+    // A served both from memory: still served.
+    let on_a: Vec<u64> = read_all(&a, 1).iter().map(|e| e.seq).collect();
+    assert_eq!(on_a, vec![1, 2]);
+    // B holds none in memory (its earlier read went to PostgreSQL, which is down now):
+    // refused with an error naming the team's log, the catalog and where to resume.
+    let err = fails(&b, &["events", "--since", "1"]);
+    assert!(err.contains("team's event log"), "{err}");
+    assert!(err.contains("catalog socket"), "{err}");
+    assert!(err.contains("continue with since 1"), "{err}");
+    team.pg.resume();
+    let on_b: Vec<u64> = read_all(&b, 1).iter().map(|e| e.seq).collect();
+    assert_eq!(on_b, vec![1, 2]);
+}

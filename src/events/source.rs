@@ -1,7 +1,7 @@
 //! Where readers (the socket's `events`, SSE, hooks and webhooks) take events from: this
 //! host's own log ([`Log`], local mode), or in team mode the team's one log, kept in the
 //! shared catalog and shown on each host as far as that host has applied it (an
-//! implementation of [`Remote`], `crate::team`'s).
+//! implementation of [`Remote`], the team module's).
 
 use std::future::Future;
 use std::pin::Pin;
