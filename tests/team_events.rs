@@ -60,7 +60,10 @@ type Line = (u64, u64, Kind, String, Option<u32>, Option<String>);
 fn lines(es: &[Event]) -> Vec<Line> {
     es.iter()
         .map(|e| {
-            let alias = e.alias.clone().map(|a| format!("{a}:{:?}->{:?}", e.from, e.to));
+            let alias = e
+                .alias
+                .clone()
+                .map(|a| format!("{a}:{:?}->{:?}", e.from, e.to));
             (e.seq, e.commit, e.kind, e.model.clone(), e.version, alias)
         })
         .collect()
@@ -152,7 +155,9 @@ fn every_host_serves_the_catalogs_event_log_with_the_same_seqs_in_the_same_order
     // Registrations on A and on B, an alias move on A, a deprecation on B.
     register_bytes(&a, "resnet", &bytes(1, 30_000));
     register_bytes(&b, "resnet", &bytes(2, 30_000));
-    wait_until(REACH, "A to hold resnet v2", || a.versions("resnet").len() == 2);
+    wait_until(REACH, "A to hold resnet v2", || {
+        a.versions("resnet").len() == 2
+    });
     ok(&a, &["alias", "set", "resnet", "production", "v1"]);
     ok(&a, &["alias", "set", "resnet", "production", "v2"]);
     wait_until(REACH, "B to see production -> v2", || {
@@ -266,7 +271,10 @@ fn migrate_numbers_the_teams_events_on_after_the_local_registrys() {
         follow: false,
         heartbeat_ms: None,
     };
-    let head = d.client().events(&last, |_, _| true).expect("events --last 5");
+    let head = d
+        .client()
+        .events(&last, |_, _| true)
+        .expect("events --last 5");
     assert_eq!(head["last"], 3, "{head}");
     assert_eq!(head["first"], 4, "{head}");
     // Before 4 is compacted away from the team log's point of view.
@@ -286,14 +294,18 @@ fn migrate_numbers_the_teams_events_on_after_the_local_registrys() {
             got.iter().map(|e| (e.seq, e.kind, e.version)).collect();
         assert_eq!(
             kinds,
-            vec![(4, Kind::AliasMoved, Some(2)), (5, Kind::Registered, Some(3))],
+            vec![
+                (4, Kind::AliasMoved, Some(2)),
+                (5, Kind::Registered, Some(3))
+            ],
             "{who}"
         );
     }
 }
 
 #[test]
-fn with_the_catalog_down_a_stream_serves_what_the_host_applied_and_an_older_read_names_the_catalog_and_the_seq() {
+fn with_the_catalog_down_a_stream_serves_what_the_host_applied_and_an_older_read_names_the_catalog_and_the_seq()
+ {
     let mut team = Engines::start();
     let a = team.host();
     register_bytes(&a, "vit", &bytes(1, 20_000));

@@ -3,10 +3,10 @@
 //! At start (and after the listening connection is lost) it listens first, then reads
 //! what it must catch up on: the whole snapshot the first time, the change log after the
 //! last seq applied afterwards; then every wake-up reads the change log from there.
-//! Changes this host wrote are skipped (the registrar applied them itself); for the
-//! others the model each names is read again, with the versions the changes name and its
-//! aliases and their history whole, and handed over, so applying is the same whatever
-//! the kind of change. A failure is a `status` problem naming the catalog,
+//! For each change (this host's own too) the model it names is read again, with the
+//! versions the changes name and its aliases and their history whole, and handed over
+//! with the events those changes logged (`team::TeamEvents`, shown once merged), so
+//! applying is the same whatever the kind of change. A failure is a `status` problem naming the catalog,
 //! retried with backoff; queries keep answering from the local catalog meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,9 +141,16 @@ async fn follow_once(
             }
             // Their events, shown on this host once the registrar published the merge.
             let rows = (db.events_of_changes(from, newest).await).map_err(|e| e.to_string())?;
+            // One this modelreg cannot read (a newer kind) must not stop the following:
+            // it is left out with a WARN, and a reader that reaches its seq is told so
+            // by the read from PostgreSQL (never skipped silently).
             let events = (rows.into_iter())
-                .map(super::event_of)
-                .collect::<Result<Vec<_>, _>>()?;
+                .filter_map(|row| {
+                    super::event_of(row)
+                        .map_err(|e| tracing::warn!("team event log: {e}; not shown here"))
+                        .ok()
+                })
+                .collect();
             let events = RemoteEvents {
                 bounds: None,
                 events,
