@@ -508,3 +508,78 @@ fn three_hosts_rolling_back_one_alias_at_once_move_it_once() {
         "{history:?}"
     );
 }
+
+/// Metric `key` of version `number` of `name` as `d` lists it.
+fn metric(d: &TestDaemon, name: &str, number: u32, key: &str) -> Option<f64> {
+    let v = d.versions(name).into_iter().find(|v| v.number == number)?;
+    serde_json::to_value(&v.metrics).unwrap()[key].as_f64()
+}
+
+/// The version `best` by `accuracy` names on `d`.
+fn best(d: &TestDaemon, name: &str) -> String {
+    let out = ok(d, &["get", name, "best", "--metric", "accuracy", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    format!("v{}", v["number"])
+}
+
+/// A sidecar written on one host after its artifact was registered gives its metrics to
+/// the version on every host, not only its own (it stayed on that host, so `best`
+/// answered differently from host to host); so does `add` of the newest version's bytes
+/// with `--metric` on the other host. Each is one change of the shared catalog, with one
+/// `metrics_updated` event there.
+#[test]
+fn metrics_given_after_registration_on_one_host_reach_every_host() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    let first = bytes(11, 30_000);
+    common::write_renamed(&a.inbox(), "resnet.pt", &first);
+    wait_states(&b, "B", "resnet", &[(1, "live")]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("resnet.bin");
+    std::fs::write(&file, bytes(12, 30_000)).unwrap();
+    let file = file.display().to_string();
+    ok(&b, &["add", &file, "--name", "resnet"]);
+    wait_states(&a, "A", "resnet", &[(1, "live"), (2, "live")]);
+    // v2 is the newest on both: A's edited sidecar goes to it (local mode's rule), though
+    // B registered it.
+    common::write_renamed(
+        &a.inbox(),
+        "resnet.metrics.yaml",
+        common::sidecar(&[("accuracy", 0.91)]).as_bytes(),
+    );
+    wait_until(REACH, "B to hold v2's accuracy from A's sidecar", || {
+        metric(&b, "resnet", 2, "accuracy") == Some(0.91)
+    });
+    wait_until(REACH, "A to hold v2's accuracy", || {
+        metric(&a, "resnet", 2, "accuracy") == Some(0.91)
+    });
+    assert_eq!(metric(&b, "resnet", 1, "accuracy"), None);
+    assert_eq!(
+        (best(&a, "resnet"), best(&b, "resnet")),
+        ("v2".into(), "v2".into())
+    );
+
+    // `add` on A of v2's bytes (B's registration) with a metric: identical to the newest
+    // version, so no new version, and v2 gets it on B too.
+    ok(
+        &a,
+        &[
+            "add",
+            &file,
+            "--name",
+            "resnet",
+            "--metric",
+            "accuracy=0.97",
+        ],
+    );
+    wait_until(REACH, "B to hold v2's accuracy from A's add", || {
+        metric(&b, "resnet", 2, "accuracy") == Some(0.97)
+    });
+    assert_eq!(metric(&a, "resnet", 2, "accuracy"), Some(0.97));
+    assert_eq!(states(&a, "resnet").len(), 2, "no new version");
+    assert_eq!(exported(&a, "resnet"), exported(&b, "resnet"));
+    assert_eq!(
+        catalog_events(&team, "metrics_updated").trim(),
+        "resnet 2\nresnet 2"
+    );
+}

@@ -492,6 +492,93 @@ impl CatalogDb {
         .await
     }
 
+    /// Applies `change` to live version `number` of `model`, or to its newest live
+    /// version when `number` is `None` (a sidecar edited after its artifact was
+    /// registered: local mode's rule gives its metrics to the model's newest version),
+    /// under the model's row lock, so that "newest" is the catalog's even when another
+    /// host registered it and this host has not merged it yet. `change` returns whether it
+    /// changed anything; `events` gets the version before and after and returns the event
+    /// JSON logged with the change. `Ok(None)`: the model has no live version (`None`
+    /// asked), or nothing changed: nothing written. Else the version as written and the
+    /// change seq. A missing or removed `number` is refused, as is a `change` that touches
+    /// the files.
+    pub async fn update_live(
+        &mut self,
+        model: &str,
+        number: Option<u32>,
+        host: &str,
+        change: impl FnOnce(&mut Version) -> bool,
+        events: impl FnOnce(&Version, &Version) -> Vec<serde_json::Value>,
+    ) -> Result<Option<(Version, u64)>, CatalogDbError> {
+        self.run(
+            "updating a version's metrics",
+            async |client: &mut Client, server: &str| {
+                let tx = begin(client, server).await?;
+                let before = match number {
+                    Some(n) => live_version(&tx, server, model, n).await?,
+                    None => {
+                        let locked = tx
+                            .query_opt(
+                                "SELECT highest FROM models WHERE name = $1 FOR UPDATE",
+                                &[&model],
+                            )
+                            .await
+                            .map_err(sql(server, format!("locking model {model}")))?;
+                        let newest = match locked {
+                            Some(_) => tx.query_opt(NEWEST_LIVE, &[&model]).await.map_err(sql(
+                                server,
+                                format!("reading the newest version of {model}"),
+                            ))?,
+                            None => None,
+                        };
+                        let Some(row) = newest else {
+                            return Ok(None);
+                        };
+                        let n = row.get::<_, i32>(0) as u32;
+                        super::read::version_of(server, model, n, row.get(1))?
+                    }
+                };
+                let number = before.number;
+                let mut version = before.clone();
+                if !change(&mut version) {
+                    return Ok(None);
+                }
+                if version.files != before.files || version.removed.is_some() {
+                    return Err(refused(
+                        server,
+                        format!(
+                            "{model} v{number}: an update may not change its files or remove it"
+                        ),
+                    ));
+                }
+                version.number = number;
+                let record = serde_json::to_value(&version).expect("a version serialises");
+                let n = number as i32;
+                tx.execute(
+                    "UPDATE versions SET record = $3 WHERE model = $1 AND number = $2",
+                    &[&model, &n, &record],
+                )
+                .await
+                .map_err(sql(server, format!("updating {model} v{number}")))?;
+                let made = events(&before, &version);
+                let seq = log_change(
+                    &tx,
+                    server,
+                    host,
+                    "version_changed",
+                    model,
+                    Some(n),
+                    None,
+                    &made,
+                )
+                .await?;
+                commit(tx, server).await?;
+                Ok(Some((version, seq)))
+            },
+        )
+        .await
+    }
+
     /// Removes version `number` of `model` as `rm --force` does: [`Self::remove_versions`]
     /// of that one version, its aliases dropped, no events.
     pub async fn remove_version(

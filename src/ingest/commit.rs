@@ -168,14 +168,11 @@ impl Registrar {
         if let Some(s) = sidecar {
             let shown = cfg.inbox.join(&s.entry).display().to_string();
             self.board.clear_problem(&shown);
-            // A sidecar that only names where the artifact came from (`provenance:`) has
-            // no metrics or metadata to give an identical version.
-            let gives = !(s.parsed.source.is_some()
-                && s.parsed.metrics.is_empty()
-                && s.parsed.metadata.is_empty());
+            // In team mode the shared catalog made this change first (`team::record_job`),
+            // and the version as it holds it was taken above: this then changes nothing.
             if s.fresh
                 && !added
-                && gives
+                && s.gives()
                 && let Some(latest) = model
                     .versions
                     .iter_mut()

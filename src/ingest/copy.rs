@@ -99,6 +99,15 @@ impl SidecarRead {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
+
+    /// Whether it has something to give a version already registered: metrics or
+    /// metadata (a sidecar that only names where the artifact came from, `provenance:`,
+    /// has not).
+    pub(super) fn gives(&self) -> bool {
+        !(self.parsed.source.is_some()
+            && self.parsed.metrics.is_empty()
+            && self.parsed.metadata.is_empty())
+    }
 }
 
 /// What a job produced.

@@ -145,6 +145,15 @@ impl Registrar {
                     super::team::record_handover(team, cfg, &board, &name, sidecar.as_ref(), new)
                         .await
                 }
+                // Identical bytes with metrics given: to that version in the shared
+                // catalog first, so that every host sees them.
+                (Some((team, _)), Ok(same)) => match &sidecar {
+                    Some(s) if !s.metrics.is_empty() || !s.metadata.is_empty() => {
+                        let given = (metrics(s), metadata(s));
+                        super::team::share_handover_metrics(team, &board, &name, given, same).await
+                    }
+                    _ => Ok(same),
+                },
                 (_, result) => result,
             };
             // Stored files found changed in place (see plan.rs).
@@ -315,7 +324,7 @@ impl Registrar {
     }
 }
 
-fn metrics(s: &Sidecar) -> crate::registry::Metrics {
+pub(super) fn metrics(s: &Sidecar) -> crate::registry::Metrics {
     s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 

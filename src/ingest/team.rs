@@ -34,6 +34,27 @@ pub(super) fn insert_version(m: &mut Model, v: Version) {
     }
 }
 
+/// Whether `held` and `v` (one version, as this host and the shared catalog hold it)
+/// differ in what a sidecar edit changes.
+fn differs_in_metrics(held: &Version, v: &Version) -> bool {
+    held.metrics != v.metrics
+        || held.metadata != v.metadata
+        || held.metric_sources != v.metric_sources
+        || held.extracted != v.extracted
+        || held.sidecar != v.sidecar
+        || held.metrics_history != v.metrics_history
+}
+
+/// Takes from `v` what a sidecar edit changes ([`differs_in_metrics`]).
+fn take_metrics(held: &mut Version, v: &Version) {
+    held.metrics = v.metrics.clone();
+    held.metadata = v.metadata.clone();
+    held.metric_sources = v.metric_sources.clone();
+    held.extracted = v.extracted.clone();
+    held.sidecar = v.sidecar.clone();
+    held.metrics_history = v.metrics_history.clone();
+}
+
 /// Records a finished job's new versions in the team's engines (see the module docs).
 /// Versions recorded before a failure are kept (the shared catalog has them); the rest
 /// are discarded, and when none was recorded the job fails and is retried. A version
@@ -78,6 +99,20 @@ pub(super) async fn record_job(
             }
         }
     }
+    // A sidecar edited after its artifact was registered gives its metrics to the
+    // model's newest version (local mode's rule): in the shared catalog first, so that
+    // every host's `best` sees them; the version as the catalog then holds it is taken
+    // here with the job, and the local rule applied to it finds nothing more to change.
+    if kept.is_empty()
+        && failure.is_none()
+        && let Some(s) = sidecar.as_deref().filter(|s| s.fresh && s.gives())
+    {
+        match share_sidecar(team, cfg, name, s).await {
+            Ok(Some(v)) => in_catalog.push(v),
+            Ok(None) => {}
+            Err(e) => failure = Some(e),
+        }
+    }
     for engine in [team.catalog_engine(), team.blobs_engine()] {
         if failure.as_ref().is_none_or(|f| f.engine != engine) {
             board.clear_problem(&engine);
@@ -106,6 +141,43 @@ pub(super) async fn record_job(
         store_ahead,
         listed,
     }
+}
+
+/// Gives sidecar `s`'s metrics and metadata to the newest live version of `name` in the
+/// shared catalog, as [`Version::update_metrics`] does locally, with the sidecar noted as
+/// applied. Returns the version as the catalog now holds it (`None`: no live version
+/// there, or nothing changed).
+async fn share_sidecar(
+    team: &Team,
+    cfg: &Config,
+    name: &str,
+    s: &super::copy::SidecarRead,
+) -> Result<Option<Version>, TeamError> {
+    let at = now_rfc3339();
+    let applied = Some(Box::new(crate::registry::SidecarRef {
+        path: cfg.relative(&cfg.inbox.join(&s.entry)).into_owned(),
+        sha256: s.sha256.clone(),
+    }));
+    let (metrics, metadata) = (s.metrics(), s.metadata());
+    let shared = team
+        .update_metrics(name, None, &at, |v| {
+            let updated = v.update_metrics(metrics, metadata, &at);
+            let noted = v.sidecar != applied;
+            v.sidecar = applied;
+            updated || noted
+        })
+        .await
+        .map_err(ChangeFailure::into_error)?;
+    if let Some(v) = &shared {
+        tracing::info!(
+            model = name,
+            version = format!("v{}", v.number),
+            "metrics from {} given to v{} in the team's catalog",
+            cfg.inbox.join(&s.entry).display(),
+            v.number
+        );
+    }
+    Ok(shared)
 }
 
 /// Uploads one staged version's files, records it, and renames its staging folder when
@@ -324,6 +396,59 @@ pub(super) async fn record_handover(
     Ok(new)
 }
 
+/// Team mode: a hand-over identical to a version (`Same`, `InCatalog`) with metrics or
+/// metadata `given` applies them to that version in the shared catalog first, by the
+/// rule local mode applies ([`Version::update_metrics`]); the version as the catalog
+/// then holds it is answered (`InCatalog`), and the registrar's local rule finds nothing
+/// more to change. A failure refuses the hand-over naming the engine (nothing changed
+/// anywhere; the client may try again).
+pub(super) async fn share_handover_metrics(
+    team: &Team,
+    board: &StatusBoard,
+    name: &str,
+    (metrics, metadata): (crate::registry::Metrics, crate::registry::Metadata),
+    outcome: Outcome,
+) -> Result<Outcome, ErrorBody> {
+    let number = match &outcome {
+        Outcome::Same(n) => *n,
+        Outcome::InCatalog(v) => v.number,
+        Outcome::New { .. } => return Ok(outcome),
+    };
+    let at = now_rfc3339();
+    let shared = team
+        .update_metrics(name, Some(number), &at, |v| {
+            v.update_metrics(metrics, metadata, &at)
+        })
+        .await;
+    match shared {
+        Ok(Some(v)) => {
+            board.clear_problem(&team.catalog_engine());
+            Ok(Outcome::InCatalog(Box::new(v)))
+        }
+        Ok(None) => Ok(outcome),
+        Err(e) => {
+            let unknown = matches!(e, ChangeFailure::Unknown(_));
+            let e = e.into_error();
+            board.set_problem(
+                &e.engine,
+                &format!(
+                    "giving {name} v{number} a hand-over's metrics failed: {}",
+                    e.message
+                ),
+            );
+            let what = if unknown {
+                "the outcome is unknown (the catalog may have made the change); ask again"
+            } else {
+                "nothing was changed; try again"
+            };
+            Err(super::handover::refusal(
+                crate::protocol::ErrorCode::Internal,
+                format!("{e}: the metrics were not given to {name} v{number}: {what}"),
+            ))
+        }
+    }
+}
+
 impl Registrar {
     /// Takes version `v` of model `name` as the shared catalog holds it into the local
     /// catalog when it lacks that number (metadata only, like another host's version:
@@ -331,11 +456,17 @@ impl Registrar {
     /// version this host recorded and then failed to commit comes back so too.
     pub(super) fn take_from_catalog(&mut self, name: &str, v: Version) {
         let m = Arc::make_mut(self.catalog.models.entry(name.to_string()).or_default());
-        if m.find(v.number).is_some() {
-            return;
-        }
         let number = v.number;
-        insert_version(m, v);
+        match m.versions.binary_search_by_key(&number, |x| x.number) {
+            // Held: what a sidecar edit gives (the catalog may have just made one).
+            Ok(i) => {
+                if m.versions[i].removed.is_some() || !differs_in_metrics(&m.versions[i], &v) {
+                    return;
+                }
+                take_metrics(Arc::make_mut(&mut m.versions[i]), &v);
+            }
+            Err(_) => insert_version(m, v),
+        }
         self.batch.changed.version(name, number);
         self.batch.changed.model(name);
         self.batch.touched.insert(name.to_string());
@@ -369,13 +500,20 @@ impl Registrar {
                     }
                     Ok(i) => {
                         let held = &m.versions[i];
-                        // A tombstone is final; a sidecar edit (metrics) stays its host's.
+                        // A tombstone is final; a sidecar edit's metrics are the catalog's
+                        // (made there first by the host that read the sidecar).
                         let removed = held.removed.is_none() && v.removed.is_some();
-                        if held.removed.is_some() || (!removed && held.deprecated == v.deprecated) {
+                        let metrics = differs_in_metrics(held, v);
+                        if held.removed.is_some()
+                            || (!removed && held.deprecated == v.deprecated && !metrics)
+                        {
                             continue;
                         }
                         let held = Arc::make_mut(&mut m.versions[i]);
                         held.deprecated = v.deprecated.clone();
+                        if metrics {
+                            take_metrics(held, v);
+                        }
                         if removed {
                             held.removed = v.removed.clone();
                             self.batch.deletions.push((name.clone(), v.number));

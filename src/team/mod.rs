@@ -385,6 +385,34 @@ impl Team {
         .map(|_| ())
     }
 
+    /// Applies `change` (a sidecar's metrics and metadata, by [`Version::update_metrics`]'s
+    /// rule) to live version `number` of `model` in the shared catalog, or to its newest
+    /// live version (`None`: an edited sidecar), under the model's row lock, logging its
+    /// `metrics_updated` event stamped `at`. Returns the version as the catalog now holds
+    /// it; `None` when the model has no live version there or nothing changed.
+    pub async fn update_metrics(
+        &self,
+        model: &str,
+        number: Option<u32>,
+        at: &str,
+        change: impl FnOnce(&mut Version) -> bool,
+    ) -> Result<Option<Version>, ChangeFailure> {
+        let host = self.host.clone();
+        let events = |before: &Version, after: &Version| {
+            let one = |v: &Version| Model {
+                highest: v.number,
+                versions: vec![Arc::new(v.clone())],
+                ..Default::default()
+            };
+            events_of(model, (&one(before), &one(after)), &[after.number], at)
+        };
+        self.change_db(async |db: &mut CatalogDb| {
+            db.update_live(model, number, &host, change, events).await
+        })
+        .await
+        .map(|r| r.map(|(v, _)| v))
+    }
+
     /// Removes versions `numbers` of `model` in the shared catalog, in one transaction
     /// (tombstones, `files` rows gone, aliases as `how` says), with its `events`.
     pub async fn remove_versions(
