@@ -303,7 +303,8 @@ enum Command {
         json: bool,
     },
     /// Re-hash every stored file and report missing, modified or extra files; exit
-    /// non-zero when anything is wrong. Nothing is repaired.
+    /// non-zero when anything is wrong. Nothing is repaired (but the team blob store's
+    /// blobs, with --catalog --blobs --repair).
     Verify {
         /// Only this model.
         name: Option<String>,
@@ -327,6 +328,11 @@ enum Command {
         /// With --catalog: only look each blob up (present, its size) without reading it.
         #[arg(long, requires = "catalog")]
         size_only: bool,
+        /// With --catalog: upload each missing or damaged blob again from a copy in this
+        /// host's store (under --root) whose SHA-256 checks out; those with no good copy
+        /// here are reported (run it on a host that has one).
+        #[arg(long, requires = "catalog")]
+        repair: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -477,9 +483,18 @@ fn main() -> ExitCode {
             catalog: Some(ref catalog),
             blobs: Some(ref blobs),
             size_only,
+            repair,
             json,
             ..
-        } => cli::verify_team(catalog, blobs, name.as_deref(), size_only, json),
+        } => cli::verify_team(cli::TeamVerify {
+            catalog,
+            blobs,
+            only: name.as_deref(),
+            size_only,
+            repair,
+            root: &cli.root,
+            json,
+        }),
         Command::Verify {
             ref name,
             offline: true,

@@ -595,3 +595,63 @@ fn verify_on_a_team_host_counts_versions_not_fetched_and_fails_on_damaged_ones()
         common::stdout(&o)
     );
 }
+
+/// `modelreg --root ROOT verify --catalog .. --blobs .. [extra]` against `team`.
+fn verify_catalog(team: &Engines, root: &Path, extra: &[&str]) -> std::process::Output {
+    let url = team.pg.url("team");
+    let blobs = team.blobs.path().display().to_string();
+    std::process::Command::new(common::BIN)
+        .arg("--root")
+        .arg(root)
+        .args(["verify", "--catalog", &url, "--blobs", &blobs])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_blob_damaged_in_place_or_lost_is_repaired_from_a_host_that_holds_a_good_copy() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    let (damaged, lost) = (bytes(61, 20_000), bytes(62, 20_000));
+    write_renamed(&a.inbox(), "dmg.pt", &damaged);
+    write_renamed(&a.inbox(), "lost.pt", &lost);
+    a.wait_versions("dmg", 1);
+    a.wait_versions("lost", 1);
+    wait_until(Duration::from_secs(10), "B to list dmg and lost", || {
+        numbers(&b, "dmg").len() == 1 && numbers(&b, "lost").len() == 1
+    });
+    // Same size, other bytes: the presence check (a stat, a HEAD) cannot tell.
+    let blob = team.blob(&damaged);
+    common::damage_in_place(&blob, 100);
+    std::fs::remove_file(team.blob(&lost)).unwrap();
+
+    // B's fetch refuses it, saying the blob is damaged, its key, and how to repair it.
+    let err = common::fails(&b, &["get", "dmg", "latest", "--path"]);
+    assert!(err.contains("damaged"), "{err}");
+    assert!(err.contains(&blob.display().to_string()), "{err}");
+    assert!(err.contains("--repair"), "{err}");
+
+    // B has no good copy: nothing repaired, and it says to run it where there is one.
+    let o = verify_catalog(&team, b.root.path(), &["--repair"]);
+    let out = common::stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("not repaired: no good copy on this host"), "{out}");
+    assert!(!out.contains("REPAIRED"), "{out}");
+    assert_ne!(std::fs::read(&blob).unwrap(), damaged);
+
+    // A registered both: each is uploaded again from its store, read back and checked.
+    let o = verify_catalog(&team, a.root.path(), &["--repair"]);
+    let out = common::stdout(&o);
+    assert!(o.status.success(), "{out}{}", common::stderr(&o));
+    assert_eq!(out.matches("REPAIRED").count(), 2, "{out}");
+    assert!(out.contains("all stored files match the catalog"), "{out}");
+    assert_eq!(std::fs::read(&blob).unwrap(), damaged);
+    assert_eq!(std::fs::read(team.blob(&lost)).unwrap(), lost);
+    assert!(verify_catalog(&team, b.root.path(), &[]).status.success());
+    // And B now fetches both.
+    for (name, content) in [("dmg", &damaged), ("lost", &lost)] {
+        let path = ok(&b, &["get", name, "latest", "--path"]);
+        assert_eq!(&std::fs::read(path.trim()).unwrap(), content);
+    }
+}

@@ -141,6 +141,9 @@ struct PutJob {
     size: u64,
     /// Its key after the prefix ([`rel_key`]).
     rel: String,
+    /// Send it even when a blob with its key and size is there (a repair of one damaged
+    /// in place: same size, other bytes).
+    replace: bool,
 }
 
 /// A blob found by [`BlobStore::list`].
@@ -220,11 +223,29 @@ impl BlobStore {
     /// refused, and nothing is left in the store. Returns once the stored blob is
     /// verified ([`Verification`]): only then may a catalog name it.
     pub async fn put_file(&self, path: &Path, sha256: &str, size: u64) -> BlobResult<PutOutcome> {
+        self.put(path, sha256, size, false).await
+    }
+
+    /// [`Self::put_file`] without the presence check: the file is sent, verified as every
+    /// upload is, and replaces whatever the key holds. The repair of a blob damaged in
+    /// place (same size, other bytes), which `put_file` would take as present
+    /// (`verify --catalog --blobs --repair`).
+    pub async fn replace_file(
+        &self,
+        path: &Path,
+        sha256: &str,
+        size: u64,
+    ) -> BlobResult<PutOutcome> {
+        self.put(path, sha256, size, true).await
+    }
+
+    async fn put(&self, path: &Path, sha256: &str, size: u64, replace: bool) -> BlobResult<PutOutcome> {
         let job = PutJob {
             rel: rel_key(sha256)?,
             src: path.to_path_buf(),
             sha256: sha256.to_string(),
             size,
+            replace,
         };
         match &self.backend {
             Backend::S3(s) => s.put_file(&job).await,

@@ -56,11 +56,12 @@ impl PathBlobs {
             sha256,
             size,
             rel,
+            replace,
         } = job;
         let (sha256, size) = (sha256.as_str(), *size);
         let dst = self.file(rel);
         let key = dst.display().to_string();
-        if std::fs::metadata(&dst).is_ok_and(|m| m.len() == size) {
+        if !replace && std::fs::metadata(&dst).is_ok_and(|m| m.len() == size) {
             return Ok(PutOutcome::already_present(key));
         }
         let mut reader = Reader::open(src, size, &self.describe, &key)?;

@@ -178,7 +178,7 @@ impl S3Blobs {
         let key = self.key(&job.rel);
         let location = ObjectPath::from(key.as_str());
         match self.size(&job.rel).await? {
-            Some(s) if s == size => return Ok(PutOutcome::already_present(key)),
+            Some(s) if s == size && !job.replace => return Ok(PutOutcome::already_present(key)),
             Some(s) => tracing::warn!(
                 "blob store {}: {key} holds {s} bytes, not {size}: uploading it again",
                 self.describe

@@ -45,7 +45,7 @@ mod verify_team;
 pub(crate) use diff::ColorChoice;
 pub(crate) use migrate::migrate;
 pub(crate) use recover::recover_offline;
-pub(crate) use verify_team::verify_team;
+pub(crate) use verify_team::{TeamVerify, verify_team};
 
 use render::*;
 

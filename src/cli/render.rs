@@ -24,6 +24,9 @@ pub(super) fn print_report(r: &VerifyReport, json: bool) -> bool {
                 r.not_fetched_files
             );
         }
+        for p in &r.repaired {
+            outln!("REPAIRED    {}  ({})", esc(&p.path), esc(&p.detail));
+        }
         for p in &r.problems {
             let kind = serde_json::to_value(p.kind)
                 .ok()

@@ -541,4 +541,9 @@ pub struct VerifyReport {
     pub not_fetched_files: usize,
     /// Everything that is not as the catalog says.
     pub problems: Vec<VerifyProblem>,
+    /// `verify --catalog --blobs --repair`: the blobs that were missing or damaged and
+    /// were uploaded again from a good copy on this host (each as the problem it was,
+    /// its detail saying from where). Absent (empty) otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<VerifyProblem>,
 }

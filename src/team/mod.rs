@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::blobs::{BlobOptions, BlobStore};
+use crate::blobs::{BlobError, BlobOptions, BlobStore};
 pub use crate::catalogdb::Recorded;
 use crate::catalogdb::{CatalogDb, Options, Removal};
 use crate::config::{Config, TeamConfig};
@@ -37,6 +37,8 @@ pub struct Team {
     db: tokio::sync::Mutex<Option<CatalogDb>>,
     server: String,
     blobs: BlobStore,
+    /// The `blobs:` setting as given (for the repair command a damaged blob's error shows).
+    blobs_setting: String,
     /// Blobs no version names are collected once older than this (`blobs_grace:`).
     pub grace: std::time::Duration,
     /// What the follower and the collector report for `status`.
@@ -121,6 +123,7 @@ impl Team {
             db: tokio::sync::Mutex::new(None),
             server,
             blobs,
+            blobs_setting: team.blobs.clone(),
             grace: team.grace,
             state: Mutex::new(State::default()),
             pending: Mutex::new(BTreeSet::new()),
@@ -493,10 +496,16 @@ impl Team {
             make_folders(dir)
                 .map_err(|e| blobs_error(format!("creating {} for a fetch: {e}", dir.display())))?;
         }
-        self.blobs
-            .fetch(sha256, dest)
-            .await
-            .map_err(|e| blobs_error(e.to_string()))?;
+        self.blobs.fetch(sha256, dest).await.map_err(|e| match e {
+            BlobError::Mismatch { .. } | BlobError::Size { .. } => blobs_error(format!(
+                "{e}: the blob is damaged in the store; repair it on a host that holds a good \
+                 copy (the one that registered it, or one that fetched it before): \
+                 modelreg verify --catalog CATALOG --blobs {} --repair (docs/team.md, \
+                 \"Repairing a damaged blob\")",
+                self.blobs_setting
+            )),
+            e => blobs_error(e.to_string()),
+        })?;
         Ok(true)
     }
 }
