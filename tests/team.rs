@@ -655,3 +655,26 @@ fn a_blob_damaged_in_place_or_lost_is_repaired_from_a_host_that_holds_a_good_cop
         assert_eq!(&std::fs::read(path.trim()).unwrap(), content);
     }
 }
+
+#[test]
+fn a_fetch_that_fails_leaves_no_version_folder_behind() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    let content = bytes(63, 5_000);
+    write_renamed(&a.inbox(), "gone.pt", &content);
+    a.wait_versions("gone", 1);
+    wait_until(Duration::from_secs(10), "B to list gone", || {
+        numbers(&b, "gone").len() == 1
+    });
+    // The store gives nothing (as a store that is down would): the `get` fails.
+    let away = team.blobs.path().join("sha256.away");
+    std::fs::rename(team.blobs.path().join("sha256"), &away).unwrap();
+    let err = common::fails(&b, &["get", "gone", "latest", "--path"]);
+    assert!(err.contains("could not be fetched"), "{err}");
+    let dir = b.root.path().join("models/gone/v1");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    // Back: the `get` fetches it.
+    std::fs::rename(&away, team.blobs.path().join("sha256")).unwrap();
+    let path = ok(&b, &["get", "gone", "latest", "--path"]);
+    assert_eq!(std::fs::read(path.trim()).unwrap(), content);
+}

@@ -492,11 +492,20 @@ impl Team {
             engine: self.blobs_engine(),
             message,
         };
-        if let Some(dir) = dest.parent() {
-            make_folders(dir)
-                .map_err(|e| blobs_error(format!("creating {} for a fetch: {e}", dir.display())))?;
+        let made = match dest.parent() {
+            Some(dir) => make_folders(dir)
+                .map_err(|e| blobs_error(format!("creating {} for a fetch: {e}", dir.display())))?,
+            None => Vec::new(),
+        };
+        let fetched = self.blobs.fetch(sha256, dest).await;
+        if fetched.is_err() {
+            // Nothing left behind: the folders this fetch made (`v<N>/` and below), each
+            // only if still empty (another fetch of the version may have filled it).
+            for d in made.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
         }
-        self.blobs.fetch(sha256, dest).await.map_err(|e| match e {
+        fetched.map_err(|e| match e {
             BlobError::Mismatch { .. } | BlobError::Size { .. } => blobs_error(format!(
                 "{e}: the blob is damaged in the store; repair it on a host that holds a good \
                  copy (the one that registered it, or one that fetched it before): \
@@ -511,21 +520,26 @@ impl Team {
 }
 
 /// Creates `dir` and each of its missing parents with the store's folder mode (0755,
-/// whatever the umask), as the store makes its own folders.
-fn make_folders(dir: &Path) -> std::io::Result<()> {
+/// whatever the umask), as the store makes its own folders. Returns those it made,
+/// outermost first.
+fn make_folders(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
         .collect();
+    let mut made = Vec::new();
     for d in missing.into_iter().rev() {
         match std::fs::create_dir(d) {
-            Ok(()) => store::set_folder_mode(d).map_err(std::io::Error::other)?,
+            Ok(()) => {
+                made.push(d.to_path_buf());
+                store::set_folder_mode(d).map_err(std::io::Error::other)?
+            }
             // Made meanwhile by another fetch of the same version.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 /// The manifest of version `v` of `name`, whose folder is `dir`: what a locally
