@@ -678,3 +678,54 @@ fn a_fetch_that_fails_leaves_no_version_folder_behind() {
     let path = ok(&b, &["get", "gone", "latest", "--path"]);
     assert_eq!(std::fs::read(path.trim()).unwrap(), content);
 }
+
+#[test]
+fn a_get_fetching_while_another_hosts_rm_is_merged_answers_that_it_was_removed() {
+    let team = Engines::start();
+    let a = team.host();
+    // B's fetches wait (the debug-build hook) while `gate` exists.
+    let scratch = tempfile::tempdir().unwrap();
+    let gate = scratch.path().join("hold");
+    let mut b = TestDaemon::new(&format!(
+        "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n",
+        team.pg.url("team"),
+        team.blobs.path().display()
+    ));
+    b.spawn_with(
+        &[("MODELREG_DEBUG_HOLD_FETCH", gate.display().to_string())],
+        true,
+    );
+    write_renamed(&a.inbox(), "raced.pt", &bytes(64, 5_000));
+    a.wait_versions("raced", 1);
+    wait_until(Duration::from_secs(10), "B to list raced", || {
+        numbers(&b, "raced").len() == 1
+    });
+    std::fs::write(&gate, "").unwrap();
+    let get = std::process::Command::new(common::BIN)
+        .arg("--socket")
+        .arg(b.socket())
+        .args(["get", "raced", "v1", "--path"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "B's fetch to be held", || {
+        b.log().contains("held while")
+    });
+    // A removes it; B merges the removal while its fetch waits.
+    ok(&a, &["rm", "raced", "v1", "--reason", "bad data"]);
+    wait_until(Duration::from_secs(10), "B to merge the rm", || {
+        b.get("raced", "v1")
+            .is_err_and(|e| e.to_string().contains("removed"))
+    });
+    std::fs::remove_file(&gate).unwrap();
+    let out = get.wait_with_output().unwrap();
+    let err = common::stderr(&out);
+    assert!(!out.status.success(), "{}", common::stdout(&out));
+    assert!(
+        err.contains("raced v1 was removed at") && err.contains("bad data"),
+        "{err}"
+    );
+    let dir = b.root.path().join("models/raced/v1");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

@@ -226,19 +226,34 @@ async fn get(
     };
     // Team mode: a version registered on another host has its files fetched here first
     // (each checked against its SHA-256), so the paths handed out are real.
+    let mut catalog = catalog;
     if let Some(team) = &ctx.team
         && let Ok(v) = catalog
             .model(&name)
             .and_then(|m| m.stored_version(&name, number))
-        && let Err(e) = team.fetch_version(&cfg.root, &cfg.store, &name, v).await
     {
-        ctx.board.error(format!("get {name} v{number}: {e}"));
-        return Response::err(
-            ErrorCode::Internal,
-            format!(
-                "{name} v{number}: its files are not on this host and could not be fetched: {e}"
-            ),
-        );
+        let fetched = team.fetch_version(&cfg.root, &cfg.store, &name, v).await;
+        // Another host's `rm` merged while fetching: answered as a `get` of a removed
+        // version is (when, why), and what the fetch put back is deleted.
+        catalog = ctx.shared.catalog();
+        if let Err(removed) = catalog
+            .model(&name)
+            .and_then(|m| m.stored_version(&name, number))
+        {
+            let dir = crate::store::version_dir(&cfg.store, &name, number);
+            let store_dir = cfg.store.clone();
+            let _ = tokio::task::spawn_blocking(move || remove_fetched(&store_dir, &dir)).await;
+            return removed.into();
+        }
+        if let Err(e) = fetched {
+            ctx.board.error(format!("get {name} v{number}: {e}"));
+            return Response::err(
+                ErrorCode::Internal,
+                format!(
+                    "{name} v{number}: its files are not on this host and could not be fetched: {e}"
+                ),
+            );
+        }
     }
     let answer = move || -> Result<_, RegistryError> {
         let m = catalog.model(&name)?;
@@ -264,6 +279,26 @@ async fn get(
     match r {
         Ok(info) => Response::answer(&info),
         Err(e) => e.into(),
+    }
+}
+
+/// Deletes `dir`, the folder of a version removed while a `get` fetched its files into
+/// it (the removal's move to the trash may have run before the fetch made it again).
+/// Never through a link; one already gone (moved to the trash) is fine.
+fn remove_fetched(store_dir: &std::path::Path, dir: &std::path::Path) {
+    if crate::store::check_no_link(store_dir, dir).is_err() {
+        return;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::info!(
+            "{}: deleted what a fetch put back after its version was removed",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            "{}: the version was removed while a get fetched it; its folder could not be deleted: {e}",
+            dir.display()
+        ),
     }
 }
 

@@ -497,6 +497,7 @@ impl Team {
                 .map_err(|e| blobs_error(format!("creating {} for a fetch: {e}", dir.display())))?,
             None => Vec::new(),
         };
+        hold_fetch(dest).await;
         let fetched = self.blobs.fetch(sha256, dest).await;
         if fetched.is_err() {
             // Nothing left behind: the folders this fetch made (`v<N>/` and below), each
@@ -517,6 +518,28 @@ impl Team {
         })?;
         Ok(true)
     }
+}
+
+/// Debug builds only (what the end-to-end tests run): while the file named by
+/// `MODELREG_DEBUG_HOLD_FETCH` exists, a fetch waits after making its folders and before
+/// reading the blob, so that a test can merge another host's `rm` of the version in
+/// between without racing the clock.
+async fn hold_fetch(dest: &Path) {
+    #[cfg(debug_assertions)]
+    if let Some(gate) = std::env::var_os("MODELREG_DEBUG_HOLD_FETCH") {
+        let gate = PathBuf::from(gate);
+        if gate.exists() {
+            tracing::info!(
+                "fetch of {} held while {} exists",
+                dest.display(),
+                gate.display()
+            );
+        }
+        while gate.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let _ = dest;
 }
 
 /// Creates `dir` and each of its missing parents with the store's folder mode (0755,
