@@ -729,3 +729,42 @@ fn a_get_fetching_while_another_hosts_rm_is_merged_answers_that_it_was_removed()
     let dir = b.root.path().join("models/raced/v1");
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+#[test]
+fn with_the_catalog_down_errors_and_status_name_the_engine_and_each_failure_once() {
+    let mut team = Engines::start();
+    let a = team.host();
+    write_renamed(&a.inbox(), "once.pt", &bytes(65, 1_000));
+    a.wait_versions("once", 1);
+    team.pg.stop();
+    // Its server, as `status` names the catalog.
+    let server = a.status().team.expect("team status").catalog;
+    let named_once = |what: &str, text: &str| {
+        for line in text.lines() {
+            assert!(line.matches(&server).count() <= 1, "{what}: {line}");
+        }
+    };
+    write_renamed(&a.inbox(), "once.pt", &bytes(66, 1_000));
+    a.wait_problem_text("registering once failed");
+    // A second attempt (the settler's backoff: 2 s) fails the same way.
+    wait_until(Duration::from_secs(20), "a second attempt", || {
+        ok(&a, &["status"]).contains("attempt 2 failed")
+    });
+    let status = ok(&a, &["status"]);
+    named_once("status", &status);
+    let errors = a.status().recent_errors;
+    let registering: Vec<_> = (errors.iter())
+        .filter(|e| e.message.starts_with("registering once"))
+        .collect();
+    assert_eq!(registering.len(), 1, "{registering:#?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("other.pt");
+    std::fs::write(&f, bytes(67, 1_000)).unwrap();
+    let add = common::fails(&a, &["add", f.to_str().unwrap()]);
+    assert!(add.contains(&server), "{add}");
+    named_once("add", &add);
+    let alias = common::fails(&a, &["alias", "set", "once", "prod", "v1"]);
+    assert!(alias.contains(&server), "{alias}");
+    named_once("alias set", &alias);
+}

@@ -73,6 +73,7 @@ impl Registrar {
                 }
                 Outcome::Failed(e)
             }
+            JobResult::FailedInStatus(e) => Outcome::Failed(e),
             JobResult::Cancelled => Outcome::Failed("cancelled".into()),
             // Taken by `handed_over` before `apply`; never an inbox group's result.
             JobResult::HandedOver(_) => return,

@@ -135,6 +135,9 @@ pub enum JobResult {
     Changed,
     /// An error; nothing was kept. Retried with backoff.
     Failed(String),
+    /// [`JobResult::Failed`], already a `status` problem (a team engine's, which lists
+    /// it among the recent errors once): retried the same, not listed again.
+    FailedInStatus(String),
     /// Shutdown interrupted it; nothing was kept.
     Cancelled,
     /// A hand-over's copy ended (answered on its own, see `handover.rs`).

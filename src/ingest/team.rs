@@ -127,7 +127,8 @@ pub(super) async fn record_job(
             ),
         );
         if kept.is_empty() {
-            return JobResult::Failed(e.to_string());
+            // The problem just set lists it among the recent errors: once, not again.
+            return JobResult::FailedInStatus(e.to_string());
         }
         board.error(format!(
             "registering {name}: {e}; the versions recorded before it are kept"

@@ -102,8 +102,16 @@ impl ChangeFailure {
 }
 
 impl std::fmt::Display for TeamError {
+    /// `team <engine>: <message>`; just the message when it names the engine already
+    /// (the catalog's and the blob store's own errors do: "cannot connect to the catalog
+    /// database socket ...", "blob store folder ...: ..."), so it is named once.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "team {}: {}", self.engine, self.message)
+        let named = (self.engine.split_once(' ')).is_some_and(|(_, what)| self.message.contains(what));
+        if named {
+            write!(f, "team: {}", self.message)
+        } else {
+            write!(f, "team {}: {}", self.engine, self.message)
+        }
     }
 }
 
