@@ -310,6 +310,22 @@ fn team_settings_that_cannot_work_stop_the_start_naming_the_file_and_key() {
             "blobs",
             "absolute folder path",
         ),
+        // Refused by the daemon's start, before its socket (the settings' form is fine).
+        (
+            "catalog: postgres://h/db\nblobs: /nonexistent/modelreg-blobs\n",
+            "blobs",
+            "is not a folder (is the share mounted?)",
+        ),
+        (
+            "catalog: postgres://h/db\nblobs: /proc\n",
+            "blobs",
+            "this host cannot write in /proc",
+        ),
+        (
+            "catalog: \"postgres://u:secret@h/db?sslmode=require\"\nblobs: /tmp\n",
+            "catalog",
+            "sslmode=require: TLS to the catalog database is not supported yet",
+        ),
     ] {
         let d = TestDaemon::new(config);
         let out = d.serve_output();
@@ -321,6 +337,8 @@ fn team_settings_that_cannot_work_stop_the_start_naming_the_file_and_key() {
             "{config}: {err}"
         );
         assert!(!err.contains("secret"), "{err}");
+        assert!(!err.contains("modelreg started"), "{config}: bound first: {err}");
+        assert!(!d.socket().exists(), "{config}");
     }
 }
 

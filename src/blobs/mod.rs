@@ -207,6 +207,17 @@ impl BlobStore {
         }
     }
 
+    /// A folder store: that this host may write in it (a temp file made and deleted),
+    /// so that a daemon refuses at start a share mounted read-only or owned by another
+    /// user, rather than at its first registration. S3: nothing checked (no request is
+    /// made before the first use).
+    pub fn check_writable(&self) -> BlobResult<()> {
+        match &self.backend {
+            Backend::S3(_) => Ok(()),
+            Backend::Path(p) => p.check_writable(),
+        }
+    }
+
     /// The key of the blob with this SHA-256 (`<prefix>/sha256/ab/ab12...`; for a folder,
     /// its path).
     pub fn key(&self, sha256: &str) -> BlobResult<String> {

@@ -40,6 +40,21 @@ impl PathBlobs {
         &self.describe
     }
 
+    /// Makes and deletes a hidden temp file in the folder.
+    pub fn check_writable(&self) -> BlobResult<()> {
+        tempfile::Builder::new()
+            .prefix(".modelreg-write-check-")
+            .tempfile_in(&self.root)
+            .map(drop)
+            .map_err(|e| BlobError::Config {
+                given: self.root.display().to_string(),
+                reason: format!(
+                    "this host cannot write in {}: {e} (mounted read-only? owned by another user?)",
+                    self.root.display()
+                ),
+            })
+    }
+
     /// The blob's file.
     pub fn file(&self, rel: &str) -> PathBuf {
         self.root.join(rel)

@@ -49,6 +49,11 @@ pub async fn run(
     on_reload: Option<OnReload>,
 ) -> Result<()> {
     let started = Instant::now();
+    // Team settings this host cannot use (a blob folder not there or not writable, a
+    // catalog asking for TLS) stop the start before anything is bound or made.
+    if let Some(team) = &config.team {
+        crate::team::check_settings(&config, team)?;
+    }
     // Bound (and its certificate read) before anything is made in the root: a port in
     // use or a bad certificate stops the start with nothing left behind.
     let http = crate::http::bind(&config).await?;

@@ -115,6 +115,25 @@ impl std::fmt::Display for TeamError {
     }
 }
 
+/// Refuses, before the daemon binds its socket, team settings that cannot work on this
+/// host: a `catalog:` PostgreSQL's client cannot use (`sslmode=require`: TLS is not built
+/// yet), a `blobs:` folder that is not there or not writable. Each error names the
+/// settings file, the key and the reason, as the config layer's own checks do (those
+/// contact nothing and look at no folder; client commands load the same settings).
+pub fn check_settings(config: &Config, team: &TeamConfig) -> crate::error::Result<()> {
+    let bad = |key: &str, reason: String| crate::error::Error::Config {
+        path: config.source.to_string(),
+        key: key.to_string(),
+        reason,
+    };
+    crate::catalogdb::server_of(&team.catalog, Options::default())
+        .map_err(|e| bad("catalog", e.to_string()))?;
+    BlobStore::open(&team.blobs, &BlobOptions::default())
+        .and_then(|b| b.check_writable())
+        .map_err(|e| bad("blobs", e.to_string()))?;
+    Ok(())
+}
+
 impl Team {
     /// Opens the blob store (nothing contacted yet) and names the catalog's server; the
     /// catalog is connected at its first use.
