@@ -211,3 +211,20 @@ fn a_damaged_file_put_right_is_cleared_by_the_next_verify() {
     ok(&d, &["verify", "tok"]);
     assert_eq!(damaged(&d), vec![]);
 }
+
+#[test]
+fn a_retention_rule_written_as_keep_last_is_refused_showing_the_map_form() {
+    let d = TestDaemon::new("retention: {keep_last: 2}\n");
+    let out = d.serve_output();
+    let err = common::stderr(&out);
+    assert!(!out.status.success(), "started: {err}");
+    let file = d.root.path().join("config/modelreg.yaml");
+    assert!(
+        err.contains(&format!("{}: retention: ", file.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("`keep_last: 2`") && err.contains("retention: {\"*\": 2}"),
+        "{err}"
+    );
+}

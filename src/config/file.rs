@@ -14,6 +14,20 @@ use crate::error::{Error, ParseError, Result};
 /// The longest path a Unix socket address can hold (sun_path is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// `retention:` keys that are a rule's wording, not a model's name (`{keep_last: 2}`,
+/// the form other tools use): refused with the map form shown, rather than kept as the
+/// rule of a model of that name that gc never meets.
+const RETENTION_RULE_WORDS: &[&str] = &[
+    "keep_last",
+    "keep_latest",
+    "keep_newest",
+    "keep",
+    "keep_versions",
+    "max_versions",
+    "versions",
+    "default",
+];
+
 /// The settings file as written: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
 // Serialized only by a test, which looks for keys the embedded default leaves unset.
@@ -316,6 +330,17 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
             let r = raw.retention.unwrap_or_default();
             if let Some((m, _)) = r.iter().find(|(_, n)| **n == 0) {
                 return Err(bad("retention", format!("{m}: keep at least 1 version")));
+            }
+            if let Some((rule, n)) = r.iter().find(|(k, _)| RETENTION_RULE_WORDS.contains(&k.as_str())) {
+                return Err(bad(
+                    "retention",
+                    format!(
+                        "`{rule}: {n}` would be a rule for a model named {rule}: retention maps model \
+                         names to how many of their newest versions to keep, \"*\" for every model \
+                         not named; write retention: {{\"*\": {n}}} (or {{resnet18: {n}}} for one \
+                         model)"
+                    ),
+                ));
             }
             r
         },
