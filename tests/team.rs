@@ -337,7 +337,10 @@ fn team_settings_that_cannot_work_stop_the_start_naming_the_file_and_key() {
             "{config}: {err}"
         );
         assert!(!err.contains("secret"), "{err}");
-        assert!(!err.contains("modelreg started"), "{config}: bound first: {err}");
+        assert!(
+            !err.contains("modelreg started"),
+            "{config}: bound first: {err}"
+        );
         assert!(!d.socket().exists(), "{config}");
     }
 }
@@ -654,7 +657,10 @@ fn a_blob_damaged_in_place_or_lost_is_repaired_from_a_host_that_holds_a_good_cop
     let o = verify_catalog(&team, b.root.path(), &["--repair"]);
     let out = common::stdout(&o);
     assert!(!o.status.success(), "{out}");
-    assert!(out.contains("not repaired: no good copy on this host"), "{out}");
+    assert!(
+        out.contains("not repaired: no good copy on this host"),
+        "{out}"
+    );
     assert!(!out.contains("REPAIRED"), "{out}");
     assert_ne!(std::fs::read(&blob).unwrap(), damaged);
 

@@ -250,7 +250,13 @@ impl BlobStore {
         self.put(path, sha256, size, true).await
     }
 
-    async fn put(&self, path: &Path, sha256: &str, size: u64, replace: bool) -> BlobResult<PutOutcome> {
+    async fn put(
+        &self,
+        path: &Path,
+        sha256: &str,
+        size: u64,
+        replace: bool,
+    ) -> BlobResult<PutOutcome> {
         let job = PutJob {
             rel: rel_key(sha256)?,
             src: path.to_path_buf(),

@@ -95,7 +95,10 @@ pub(crate) fn verify_team(args: TeamVerify<'_>) -> ExitCode {
                     let was = match &found {
                         Ok(size) => (
                             ProblemKind::Modified,
-                            format!("the blob is {size} bytes, the catalog says {}", files[0].size),
+                            format!(
+                                "the blob is {size} bytes, the catalog says {}",
+                                files[0].size
+                            ),
                         ),
                         Err(problem) => problem.clone(),
                     };

@@ -331,7 +331,10 @@ pub(super) fn validate(root: &Path, raw: RawConfig, source: ConfigSource) -> Res
             if let Some((m, _)) = r.iter().find(|(_, n)| **n == 0) {
                 return Err(bad("retention", format!("{m}: keep at least 1 version")));
             }
-            if let Some((rule, n)) = r.iter().find(|(k, _)| RETENTION_RULE_WORDS.contains(&k.as_str())) {
+            if let Some((rule, n)) = r
+                .iter()
+                .find(|(k, _)| RETENTION_RULE_WORDS.contains(&k.as_str()))
+            {
                 return Err(bad(
                     "retention",
                     format!(

@@ -106,7 +106,8 @@ impl std::fmt::Display for TeamError {
     /// (the catalog's and the blob store's own errors do: "cannot connect to the catalog
     /// database socket ...", "blob store folder ...: ..."), so it is named once.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let named = (self.engine.split_once(' ')).is_some_and(|(_, what)| self.message.contains(what));
+        let named =
+            (self.engine.split_once(' ')).is_some_and(|(_, what)| self.message.contains(what));
         if named {
             write!(f, "team: {}", self.message)
         } else {
