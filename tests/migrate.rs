@@ -492,3 +492,59 @@ fn a_migration_that_fails_midway_leaves_whole_models_and_a_rerun_completes_it() 
     assert_same_catalog(&local, &team.snapshot());
     succeeds(&team.run(&["verify", "--catalog", &team.url, "--blobs", &team.blobs]));
 }
+
+#[test]
+fn verify_repair_uploads_a_blob_damaged_in_place_in_the_bucket_again_from_a_good_local_copy() {
+    use object_store::ObjectStoreExt as _;
+    let d = local_registry();
+    let root = d.root.path();
+    let local = local_catalog(root);
+    let team = Team::start();
+    succeeds(&team.migrate(root, &team.blobs));
+    // resnet v2's bytes (tiny v1 has the same) overwritten in the bucket: same size,
+    // one byte other, as a faulty disk or a stray client would leave them.
+    let v2 = &local.models["resnet"].versions[1].files[0];
+    let key = team.store(&team.blobs).key(&v2.sha256).unwrap();
+    let mut damaged = std::fs::read(root.join(&v2.path)).unwrap();
+    damaged[10] ^= 0xff;
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&team.garage.endpoint)
+        .with_allow_http(true)
+        .with_region(REGION)
+        .with_bucket_name(BUCKET)
+        .with_access_key_id(&team.garage.key_id)
+        .with_secret_access_key(&team.garage.secret)
+        .build()
+        .unwrap();
+    let location = object_store::path::Path::from(key.as_str());
+    block_on(s3.put(&location, damaged.into())).unwrap();
+    let verify = |root: &Path, extra: &[&str]| {
+        let root = root.to_str().unwrap();
+        let mut args = vec!["--root", root, "verify", "--catalog", &team.url];
+        args.extend_from_slice(&["--blobs", &team.blobs]);
+        args.extend_from_slice(extra);
+        team.run(&args)
+    };
+    let o = verify(root, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("MODIFIED"), "{}", stdout(&o));
+
+    // A root without the file: nothing to repair from.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = verify(elsewhere.path(), &["--repair"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("not on this host") && out.contains("not repaired"),
+        "{out}"
+    );
+
+    // The registry it was migrated from: uploaded again (not skipped as present).
+    let out = succeeds(&verify(root, &["--repair"]));
+    assert!(
+        out.contains(&format!("REPAIRED    {key}  (resnet v2 {}: ", v2.path)),
+        "{out}"
+    );
+    assert!(out.contains("tiny v1 "), "{out}");
+    succeeds(&verify(root, &[]));
+}

@@ -119,6 +119,15 @@ pub(crate) fn verify_team(args: TeamVerify<'_>) -> ExitCode {
                                         ),
                                     });
                                 }
+                            } else if let Err((kind, why)) = &found {
+                                found = Err((
+                                    *kind,
+                                    format!(
+                                        "{why} (uploaded again from {}, and still so when read back: \
+                                         is another client writing to the store?)",
+                                        from.display()
+                                    ),
+                                ));
                             }
                         }
                         Err(why_not) => {
