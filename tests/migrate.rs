@@ -2,7 +2,7 @@
 //! daemon moved to a real PostgreSQL 15 (tests/common/postgres.rs) and a real Garage S3
 //! server (tests/common/garage.rs) or a shared folder, compared field by field; a second
 //! run writes nothing; a catalog holding other data is refused; a blob deleted or
-//! damaged behind the catalog's back is found.
+//! damaged behind the catalog's back is found, and `--repair` uploads it again.
 
 mod common;
 #[path = "common/garage.rs"]
