@@ -711,7 +711,7 @@ fn a_get_fetching_while_another_hosts_rm_is_merged_answers_that_it_was_removed()
     let scratch = tempfile::tempdir().unwrap();
     let gate = scratch.path().join("hold");
     let mut b = TestDaemon::new(&format!(
-        "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n",
+        "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\nhttp:\n  listen: 127.0.0.1:0\n  anonymous_read: true\n",
         team.pg.url("team"),
         team.blobs.path().display()
     ));
@@ -739,8 +739,8 @@ fn a_get_fetching_while_another_hosts_rm_is_merged_answers_that_it_was_removed()
     // A removes it; B merges the removal while its fetch waits.
     ok(&a, &["rm", "raced", "v1", "--reason", "bad data"]);
     wait_until(Duration::from_secs(10), "B to merge the rm", || {
-        b.get("raced", "v1")
-            .is_err_and(|e| e.to_string().contains("removed"))
+        // Not a `get`, which would fetch, and wait on the gate too.
+        !(b.versions("raced").iter()).any(|v| v.number == 1 && v.state == "live")
     });
     std::fs::remove_file(&gate).unwrap();
     let out = get.wait_with_output().unwrap();
@@ -751,6 +751,36 @@ fn a_get_fetching_while_another_hosts_rm_is_merged_answers_that_it_was_removed()
         "{err}"
     );
     let dir = b.root.path().join("models/raced/v1");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    // The same race on the HTTP API's file route: 410 Gone, saying when and why.
+    write_renamed(&a.inbox(), "viaweb.pt", &bytes(68, 5_000));
+    a.wait_versions("viaweb", 1);
+    wait_until(Duration::from_secs(10), "B to list viaweb", || {
+        numbers(&b, "viaweb").len() == 1
+    });
+    std::fs::write(&gate, "").unwrap();
+    let addr = http::address(&b);
+    let download = std::thread::spawn(move || {
+        http::get(&addr, "/api/v1/models/viaweb/versions/v1/files/viaweb.pt")
+    });
+    wait_until(Duration::from_secs(10), "B's download to be held", || {
+        b.log().contains("viaweb.pt held while")
+    });
+    ok(&a, &["rm", "viaweb", "v1", "--reason", "leaked"]);
+    wait_until(Duration::from_secs(10), "B to merge the second rm", || {
+        // Not a `get`, which would fetch, and wait on the gate too.
+        !(b.versions("viaweb").iter()).any(|v| v.number == 1 && v.state == "live")
+    });
+    std::fs::remove_file(&gate).unwrap();
+    let got = download.join().unwrap();
+    let body = String::from_utf8_lossy(&got.body);
+    assert_eq!(got.status, 410, "{body}");
+    assert!(
+        body.contains("viaweb v1 was removed at") && body.contains("leaked"),
+        "{body}"
+    );
+    let dir = b.root.path().join("models/viaweb/v1");
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 

@@ -49,7 +49,7 @@ pub(super) async fn archive(
     // `file_missing` as `get` answers it, not cut off halfway through.
     let store = s.ctx.config().store.clone();
     for f in &v.files {
-        fetch_if_missing(&s, &v.name, f).await?;
+        fetch_if_missing(&s, &v.name, &v.version, f).await?;
         open_stored(&store, f).await?;
     }
     let len = tar::archive_len(&entries, mtime);

@@ -151,6 +151,7 @@ impl Found {
 pub(super) async fn fetch_if_missing(
     s: &HttpState,
     name: &str,
+    version: &str,
     f: &StoredFile,
 ) -> Result<(), ApiError> {
     let Some(team) = &s.ctx.team else {
@@ -158,6 +159,23 @@ pub(super) async fn fetch_if_missing(
     };
     match team.fetch_file(&f.path, &f.sha256).await {
         Ok(_) => Ok(()),
+        // Another host's `rm` merged while fetching: answered as a download of a removed
+        // version is (when, why), and what the fetch put back is deleted.
+        Err(_) if removed_now(s, name, version) => {
+            if let Some(n) = crate::registry::parse_version_number(version) {
+                crate::team::discard_fetched(&s.ctx.config().store, name, n).await;
+            }
+            let get = Request::Get {
+                name: name.to_string(),
+                selector: Some(version.to_string()),
+                metric: None,
+                mode: None,
+            };
+            Err(match super::api::ask(s, get).await {
+                Err(e) => e,
+                Ok(_) => ApiError::new(ErrorCode::Busy, "the catalog changed meanwhile; ask again"),
+            })
+        }
         Err(e) => {
             s.ctx
                 .board
@@ -171,6 +189,19 @@ pub(super) async fn fetch_if_missing(
             ))
         }
     }
+}
+
+/// Whether version `version` (`vN`) of `name` is removed (or gone) in the catalog as
+/// this host holds it now.
+fn removed_now(s: &HttpState, name: &str, version: &str) -> bool {
+    let Some(n) = crate::registry::parse_version_number(version) else {
+        return false;
+    };
+    let catalog = s.ctx.shared.catalog();
+    catalog
+        .model(name)
+        .and_then(|m| m.stored_version(name, n))
+        .is_err()
 }
 
 /// Opens a stored file through no link (neither in the store's folders nor the file
@@ -292,7 +323,7 @@ pub(super) async fn serve_file(
         }
     };
     // Opened (and checked) for HEAD too: HEAD must not promise what GET cannot give.
-    fetch_if_missing(s, &v.name, f).await?;
+    fetch_if_missing(s, &v.name, &v.version, f).await?;
     let opened = open_stored(&s.ctx.config().store, f).await?;
     let b = b
         .status(status)

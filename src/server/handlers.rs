@@ -240,9 +240,7 @@ async fn get(
             .model(&name)
             .and_then(|m| m.stored_version(&name, number))
         {
-            let dir = crate::store::version_dir(&cfg.store, &name, number);
-            let store_dir = cfg.store.clone();
-            let _ = tokio::task::spawn_blocking(move || remove_fetched(&store_dir, &dir)).await;
+            crate::team::discard_fetched(&cfg.store, &name, number).await;
             return removed.into();
         }
         if let Err(e) = fetched {
@@ -279,26 +277,6 @@ async fn get(
     match r {
         Ok(info) => Response::answer(&info),
         Err(e) => e.into(),
-    }
-}
-
-/// Deletes `dir`, the folder of a version removed while a `get` fetched its files into
-/// it (the removal's move to the trash may have run before the fetch made it again).
-/// Never through a link; one already gone (moved to the trash) is fine.
-fn remove_fetched(store_dir: &std::path::Path, dir: &std::path::Path) {
-    if crate::store::check_no_link(store_dir, dir).is_err() {
-        return;
-    }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => tracing::info!(
-            "{}: deleted what a fetch put back after its version was removed",
-            dir.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(
-            "{}: the version was removed while a get fetched it; its folder could not be deleted: {e}",
-            dir.display()
-        ),
     }
 }
 

@@ -548,6 +548,32 @@ impl Team {
     }
 }
 
+/// Deletes the folder of version `number` of `name` under `store_dir`: that of a version
+/// removed while a `get` or a download fetched its files into it (the removal's move to
+/// the trash may have run before the fetch made the folder again). Never through a link;
+/// one already gone (moved to the trash) is fine.
+pub async fn discard_fetched(store_dir: &Path, name: &str, number: u32) {
+    let store_dir = store_dir.to_path_buf();
+    let dir = store::version_dir(&store_dir, name, number);
+    let _ = tokio::task::spawn_blocking(move || {
+        if store::check_no_link(&store_dir, &dir).is_err() {
+            return;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(
+                "{}: deleted what a fetch put back after its version was removed",
+                dir.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                "{}: the version was removed while its files were fetched; its folder could not be deleted: {e}",
+                dir.display()
+            ),
+        }
+    })
+    .await;
+}
+
 /// Debug builds only (what the end-to-end tests run): while the file named by
 /// `MODELREG_DEBUG_HOLD_FETCH` exists, a fetch waits after making its folders and before
 /// reading the blob, so that a test can merge another host's `rm` of the version in
