@@ -158,10 +158,10 @@ pub(super) async fn fetch_if_missing(
         return Ok(());
     };
     match team.fetch_file(&f.path, &f.sha256).await {
-        Ok(_) => Ok(()),
-        // Another host's `rm` merged while fetching: answered as a download of a removed
-        // version is (when, why), and what the fetch put back is deleted.
-        Err(_) if removed_now(s, name, version) => {
+        // Another host's `rm` merged while fetching (the fetch failed, or put the file
+        // back after the removal's move to the trash): answered as a download of a
+        // removed version is (when, why), and what the fetch put back is deleted.
+        _ if removed_now(s, name, version) => {
             if let Some(n) = crate::registry::parse_version_number(version) {
                 crate::team::discard_fetched(&s.ctx.config().store, name, n).await;
             }
@@ -176,6 +176,7 @@ pub(super) async fn fetch_if_missing(
                 Ok(_) => ApiError::new(ErrorCode::Busy, "the catalog changed meanwhile; ask again"),
             })
         }
+        Ok(_) => Ok(()),
         Err(e) => {
             s.ctx
                 .board
