@@ -450,46 +450,14 @@ impl CatalogDb {
         events: &[serde_json::Value],
         change: impl FnOnce(&mut Version),
     ) -> Result<u64, CatalogDbError> {
-        self.run(
-            "updating a version",
-            async |client: &mut Client, server: &str| {
-                let tx = begin(client, server).await?;
-                let mut version = live_version(&tx, server, model, number).await?;
-                let files = version.files.clone();
-                change(&mut version);
-                if version.files != files || version.removed.is_some() {
-                    return Err(refused(
-                        server,
-                        format!(
-                            "{model} v{number}: an update may not change its files or remove it"
-                        ),
-                    ));
-                }
-                version.number = number;
-                let record = serde_json::to_value(&version).expect("a version serialises");
-                let n = number as i32;
-                tx.execute(
-                    "UPDATE versions SET record = $3 WHERE model = $1 AND number = $2",
-                    &[&model, &n, &record],
-                )
-                .await
-                .map_err(sql(server, format!("updating {model} v{number}")))?;
-                let seq = log_change(
-                    &tx,
-                    server,
-                    host,
-                    "version_changed",
-                    model,
-                    Some(n),
-                    None,
-                    events,
-                )
-                .await?;
-                commit(tx, server).await?;
-                Ok(seq)
-            },
-        )
-        .await
+        let change = |v: &mut Version| {
+            change(v);
+            true
+        };
+        let written = self
+            .update_live(model, Some(number), host, change, |_, _| events.to_vec())
+            .await?;
+        Ok(written.map_or(0, |(_, seq)| seq))
     }
 
     /// Applies `change` to live version `number` of `model`, or to its newest live
