@@ -25,11 +25,18 @@ pub struct Migration {
 
 /// Every migration this binary knows, in order. Add a file and a line; never edit a
 /// released one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "catalog",
-    sql: include_str!("../../migrations/0001_catalog.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "catalog",
+        sql: include_str!("../../migrations/0001_catalog.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "deliveries",
+        sql: include_str!("../../migrations/0002_deliveries.sql"),
+    },
+];
 
 /// The advisory lock key held while migrating: "modelreg" in ASCII, so that it does not
 /// collide with another application's keys on a shared server.

@@ -11,7 +11,8 @@
 //! `migrations/` and docs/team.md; [`migrate`] applies it on connect. `modelreg migrate`
 //! brings a local registry in with [`CatalogDb::import_model`]. The blob collector asks
 //! which blobs no version names with [`CatalogDb::with_unnamed_blobs`], under a lock every
-//! recording transaction shares (`orphans.rs`).
+//! recording transaction shares (`orphans.rs`). A hook or webhook is delivered by the one
+//! host holding its [`DeliveryLease`] (`lease.rs`), from its cursor in `deliveries`.
 //!
 //! Failures: connecting is bounded by [`Options::connect_timeout`], each operation by
 //! [`Options::op_timeout`]; a lost connection is an error naming the server
@@ -20,6 +21,7 @@
 
 mod error;
 mod import;
+mod lease;
 mod listen;
 pub mod migrate;
 mod orphans;
@@ -28,6 +30,7 @@ mod write;
 
 pub use error::{CatalogDbError, describe};
 pub use import::{ImportConflict, ImportPlan, Imported, plan_import};
+pub use lease::{DELIVERY_LOCK_CLASS, DeliveryLease};
 pub use listen::{ChangeListener, listen};
 pub use orphans::BLOBS_LOCK_KEY;
 pub use read::{Change, ChangeKind, LoggedEvent, Snapshot};
