@@ -464,6 +464,9 @@ pub(super) fn print_status(s: &StatusInfo) {
             if let Some(e) = &d.last_error {
                 line.push_str(&format!("; last error: {}", esc(e)));
             }
+            if let Some(by) = &d.delivered_by {
+                line.push_str(&format!("; delivered by {}", esc(by)));
+            }
             outln!("{line}");
         }
     }

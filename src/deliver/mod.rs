@@ -7,6 +7,10 @@
 //! webhook's POST `webhook`. A reload (SIGHUP) starts, stops and restarts workers for
 //! the entries added, removed and changed; the stop gives each attempt under way
 //! [`worker::GRACE`] and saves the cursors. docs/events.md is the reference.
+//!
+//! In team mode an endpoint named N is delivered by one host of the team at a time (the
+//! one holding N's lock in the catalog), from N's cursor in the catalog's `deliveries`
+//! table instead of `deliveries.yaml` (docs/team.md, "Hooks and webhooks in team mode").
 
 mod cursor;
 mod exec;
@@ -268,6 +272,10 @@ async fn supervise(
                 stop: wstop,
                 hooks: hooks.clone(),
                 kept: Default::default(),
+                team: config.team.as_ref().map(|t| worker::TeamDelivery {
+                    url: t.catalog.clone(),
+                    host: crate::team::host_name(&config.root),
+                }),
             };
             tracing::info!(endpoint = %name, "delivering to {}", endpoint.target());
             let task = tokio::spawn(w.run());

@@ -1,15 +1,22 @@
 //! One endpoint's worker: reads the event log from its cursor at its own pace, delivers
 //! each matching event in seq order with retries, moves the cursor, keeps its status row.
+//!
+//! In team mode the endpoint is delivered by one host of the team at a time: the worker
+//! delivers only while it holds the endpoint's lock in the catalog
+//! ([`DeliveryLease`]), from the cursor kept there, and stops when the lock's connection
+//! ends; otherwise it waits and tries again every [`TAKE_AGAIN`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::cursor::Cursors;
 use super::{Endpoint, exec, webhook};
+use crate::catalogdb::DeliveryLease;
 use crate::config::{Retry, StartAt};
 use crate::events::{Event, Filter, Kind, ReadError, Source};
 use crate::protocol::Delivery;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{self, Shutdown};
 use crate::status::{StatusBoard, now_rfc3339};
 
 /// How many events are read from the log at a time.
@@ -38,47 +45,51 @@ pub(super) struct Worker {
     pub(super) hooks: tokio::runtime::Handle,
     /// A webhook's connection, kept between its events.
     pub(super) kept: std::sync::Mutex<Option<webhook::Kept>>,
+    /// Team mode: the endpoint is delivered by one host of the team at a time, from
+    /// its cursor in the catalog (not `cursors`).
+    pub(super) team: Option<TeamDelivery>,
+}
+
+/// Team mode: where the endpoint's lock and cursor are, and this host's name in them.
+#[derive(Debug, Clone)]
+pub(super) struct TeamDelivery {
+    /// The catalog's connection string.
+    pub(super) url: String,
+    /// This host, as the catalog's `deliveries.host` names it.
+    pub(super) host: String,
+}
+
+/// How long a worker that did not get its endpoint's lock (or could not reach the
+/// catalog) waits before it tries again.
+const TAKE_AGAIN: Duration = Duration::from_secs(3);
+/// How often a team worker saves its moved cursor to the catalog.
+const TEAM_FLUSH: Duration = Duration::from_millis(200);
+
+/// How a team session of delivering ended.
+enum Ended {
+    /// The daemon is stopping (or the endpoint was changed or removed).
+    Stopped,
+    /// The lock's connection ended, or a save failed: the lock may be another's.
+    Lost(String),
 }
 
 impl Worker {
     /// Delivers until `stop`.
     pub(super) async fn run(self) {
-        let name = self.endpoint.name().to_string();
-        let filter = Filter {
-            models: self.endpoint.on().filter.models.clone(),
-            kinds: (self.endpoint.on().filter.kinds.iter())
-                .filter_map(|k| Kind::parse(k))
-                .collect(),
-        };
         // Team mode: the team's log's bounds are known once this host applied the
         // catalog's first snapshot.
         tokio::select! {
             _ = self.log.ready() => {}
             _ = self.stop.wait() => return,
         }
-        let mut next = match self.cursors.get(&name) {
+        if let Some(team) = self.team.clone() {
+            return self.run_team(&team).await;
+        }
+        let name = self.endpoint.name().to_string();
+        let next = match self.cursors.get(&name) {
             Some(c) => c + 1,
             None => {
-                let end = self.log.last() + 1;
-                let from = match self.endpoint.on().start {
-                    StartAt::Now => end,
-                    StartAt::Seq(0) => self.log.first(),
-                    StartAt::Seq(n) if n > end => {
-                        tracing::warn!(
-                            "{name}: `from: {n}` is past the event log's end (the next event is {end}): starting with it"
-                        );
-                        end
-                    }
-                    StartAt::Seq(n) => n,
-                };
-                // Said, since an edited or restored deliveries.yaml lands here too: the
-                // events before `from` are never delivered to this endpoint.
-                let before = from.saturating_sub(self.log.first());
-                if before > 0 && self.log.last() >= self.log.first() {
-                    tracing::warn!(
-                        "{name}: no delivery cursor in deliveries.yaml (a new endpoint, or the file edited or restored): starting at seq {from}; the {before} event(s) kept before it are not delivered to it (`from: 0` replays them)"
-                    );
-                }
+                let from = self.start_at("in deliveries.yaml");
                 // Saved at once, not batched: a crash before the next save would make
                 // "now" move past the events logged meanwhile (they would be lost).
                 self.cursors.set(&name, from.saturating_sub(1));
@@ -86,8 +97,17 @@ impl Worker {
                 from
             }
         };
-        let mut row = Delivery {
-            name: name.clone(),
+        let mut row = self.row(next);
+        self.board.set_delivery(row.clone());
+        let cursors = self.cursors.clone();
+        self.deliver_from(next, &mut row, &self.stop, &|seq| cursors.set(&name, seq))
+            .await;
+    }
+
+    /// The status row of an endpoint that delivered up to `next - 1`.
+    fn row(&self, next: u64) -> Delivery {
+        Delivery {
+            name: self.endpoint.name().to_string(),
             kind: self.endpoint.kind().into(),
             target: self.endpoint.target(),
             delivered: next.saturating_sub(1),
@@ -97,11 +117,189 @@ impl Worker {
             last_error_at: None,
             retrying_since: None,
             attempts: 0,
+            delivered_by: None,
+        }
+    }
+
+    /// Where an endpoint with no cursor (`where`: in which store) starts: its `from:`.
+    fn start_at(&self, store: &str) -> u64 {
+        let name = self.endpoint.name();
+        let end = self.log.last() + 1;
+        let from = match self.endpoint.on().start {
+            StartAt::Now => end,
+            StartAt::Seq(0) => self.log.first(),
+            StartAt::Seq(n) if n > end => {
+                tracing::warn!(
+                    "{name}: `from: {n}` is past the event log's end (the next event is {end}): starting with it"
+                );
+                end
+            }
+            StartAt::Seq(n) => n,
         };
+        // Said, since an edited or restored cursor store lands here too: the events
+        // before `from` are never delivered to this endpoint.
+        let before = from.saturating_sub(self.log.first());
+        if before > 0 && self.log.last() >= self.log.first() {
+            tracing::warn!(
+                "{name}: no delivery cursor {store} (a new endpoint, or the cursor edited or restored): starting at seq {from}; the {before} event(s) kept before it are not delivered to it (`from: 0` replays them)"
+            );
+        }
+        from
+    }
+
+    /// Team mode: delivers while this host holds the endpoint's lock in the catalog,
+    /// from the cursor kept there; waits and tries again while another host holds it or
+    /// the catalog cannot be reached (docs/team.md, "Hooks and webhooks in team mode").
+    async fn run_team(&self, team: &TeamDelivery) {
+        let name = self.endpoint.name().to_string();
+        let mut row = self.row(self.log.last() + 1);
+        let mut lease = match DeliveryLease::new(&team.url, &name, &team.host) {
+            Ok(l) => l,
+            Err(e) => {
+                row.delivered_by = Some(format!("no host from here: {e}"));
+                self.board.set_delivery(row);
+                return;
+            }
+        };
+        let mut waiting = String::new();
+        while !self.stop.is_triggered() {
+            let why = match self.take(&mut lease, &mut row).await {
+                Ok(Some(next)) => match self.session(&mut lease, next, &mut row).await {
+                    Ended::Stopped => break,
+                    Ended::Lost(why) => why,
+                },
+                Ok(None) => String::new(),
+                Err(e) => format!(
+                    "no host from here: {e}; trying again every {}s",
+                    TAKE_AGAIN.as_secs()
+                ),
+            };
+            if !why.is_empty() {
+                row.delivered_by = Some(why.clone());
+                if why != waiting {
+                    tracing::warn!(endpoint = %name, "{why}");
+                }
+            }
+            waiting = why;
+            self.board.set_delivery(row.clone());
+            self.pause(TAKE_AGAIN, &self.stop).await;
+        }
+        if lease.is_held() {
+            if let Err(e) = lease.save(row.delivered).await {
+                tracing::warn!(endpoint = %name, "{e}; the next host resumes from the cursor saved before");
+            }
+            lease.release().await;
+        }
+    }
+
+    /// Tries to take the lock: `Some(next)` (the seq to deliver from, read from the
+    /// catalog) when taken; `None` when another host holds it (`row` says which).
+    async fn take(
+        &self,
+        lease: &mut DeliveryLease,
+        row: &mut Delivery,
+    ) -> Result<Option<u64>, crate::catalogdb::CatalogDbError> {
+        if !lease.try_take().await? {
+            match lease.row().await? {
+                Some((seq, host)) => {
+                    row.delivered = seq;
+                    row.delivered_by = Some(host);
+                }
+                None => row.delivered_by = Some("another host".into()),
+            }
+            return Ok(None);
+        }
+        // Re-read: another host may have moved it since this one last delivered.
+        let next = match lease.row().await? {
+            Some((seq, _)) => seq + 1,
+            None => self.start_at("in the catalog's deliveries"),
+        };
+        // Saved at once: names this host as the one delivering, and a new endpoint's
+        // start is kept (see `run`).
+        lease.save(next.saturating_sub(1)).await?;
+        tracing::info!(endpoint = %row.name, "delivering from this host, from seq {next}");
+        Ok(Some(next))
+    }
+
+    /// Delivers from `next` while the lock is held: the cursor saved to the catalog
+    /// every [`TEAM_FLUSH`], and once more at the end when the lock is still held.
+    async fn session(&self, lease: &mut DeliveryLease, next: u64, row: &mut Delivery) -> Ended {
+        row.delivered = next.saturating_sub(1);
+        row.delivered_by = Some("this host".into());
         self.board.set_delivery(row.clone());
+        let mut lost = lease.lost();
+        // The catalog's cursor may be ahead of what this host has applied (another host
+        // delivered further): wait for it rather than read past the log's end.
+        let mut last = self.log.subscribe();
+        tokio::select! {
+            r = last.wait_for(|l| *l + 1 >= next) => if r.is_err() { return Ended::Stopped },
+            _ = self.stop.wait() => return Ended::Stopped,
+            _ = lost.wait_for(|l| *l) => return Ended::Lost("no host from here: the delivery lock's connection was lost".into()),
+        }
+        let (cut, session) = shutdown::channel();
+        let (finished, done) = shutdown::channel();
+        let moved = AtomicU64::new(next.saturating_sub(1));
+        let delivering = async {
+            self.deliver_from(next, row, &session, &|seq| {
+                moved.store(seq, Ordering::Relaxed)
+            })
+            .await;
+            finished.trigger();
+        };
+        let saving = async {
+            let mut saved = next.saturating_sub(1);
+            let why = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(TEAM_FLUSH) => {}
+                    _ = self.stop.wait() => break None,
+                    _ = done.wait() => break None,
+                    _ = lost.wait_for(|l| *l) => break Some("no host from here: the delivery lock's connection was lost".to_string()),
+                }
+                let seq = moved.load(Ordering::Relaxed);
+                if seq != saved {
+                    if let Err(e) = lease.save(seq).await {
+                        break Some(format!("no host from here: {e}"));
+                    }
+                    saved = seq;
+                }
+            };
+            cut.trigger();
+            why
+        };
+        let ((), why) = tokio::join!(delivering, saving);
+        let seq = moved.load(Ordering::Relaxed);
+        match why {
+            Some(why) => Ended::Lost(why),
+            None if self.stop.is_triggered() => {
+                if let Err(e) = lease.save(seq).await {
+                    tracing::warn!(endpoint = %row.name, "{e}; the next host resumes from the cursor saved before");
+                }
+                lease.release().await;
+                Ended::Stopped
+            }
+            None => Ended::Stopped,
+        }
+    }
+
+    /// Delivers from `next` until `stop`, telling `moved` each seq passed (delivered,
+    /// skipped or not matching).
+    async fn deliver_from(
+        &self,
+        mut next: u64,
+        row: &mut Delivery,
+        stop: &Shutdown,
+        moved: &(dyn Fn(u64) + Sync),
+    ) {
+        let name = self.endpoint.name().to_string();
+        let filter = Filter {
+            models: self.endpoint.on().filter.models.clone(),
+            kinds: (self.endpoint.on().filter.kinds.iter())
+                .filter_map(|k| Kind::parse(k))
+                .collect(),
+        };
         let mut last = self.log.subscribe();
         let problem = format!("deliveries.{name}");
-        while !self.stop.is_triggered() {
+        while !stop.is_triggered() {
             let batch = match self.read(next).await {
                 Ok(b) => b,
                 Err(ReadError::Compacted { first }) => {
@@ -139,7 +337,7 @@ impl Worker {
                 Err(ReadError::Io(e)) => {
                     self.board
                         .error(format!("{name}: {e}; trying again in 5 s"));
-                    self.pause(Duration::from_secs(5)).await;
+                    self.pause(Duration::from_secs(5), stop).await;
                     continue;
                 }
             };
@@ -149,18 +347,18 @@ impl Worker {
                 if self.log.last() >= next {
                     // Committed meanwhile; a short pause keeps a read that keeps coming
                     // back empty from spinning.
-                    self.pause(Duration::from_millis(10)).await;
+                    self.pause(Duration::from_millis(10), stop).await;
                     continue;
                 }
                 tokio::select! {
                     r = last.changed() => if r.is_err() { break },
-                    _ = self.stop.wait() => break,
+                    _ = stop.wait() => break,
                 }
                 continue;
             }
             for e in batch {
                 if filter.matches(&e) {
-                    match self.deliver(&e, &mut row).await {
+                    match self.deliver(&e, row, stop).await {
                         Outcome::Delivered => {}
                         Outcome::Skipped => row.skipped += 1,
                         Outcome::Stopped => return,
@@ -168,9 +366,9 @@ impl Worker {
                 }
                 next = e.seq + 1;
                 row.delivered = e.seq;
-                self.cursors.set(&name, e.seq);
+                moved(e.seq);
                 self.board.set_delivery(row.clone());
-                if self.stop.is_triggered() {
+                if stop.is_triggered() {
                     return;
                 }
             }
@@ -184,15 +382,15 @@ impl Worker {
     }
 
     /// Sleeps `d`, or less when told to stop.
-    async fn pause(&self, d: Duration) {
+    async fn pause(&self, d: Duration, stop: &Shutdown) {
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
-            _ = self.stop.wait() => {}
+            _ = stop.wait() => {}
         }
     }
 
     /// Delivers `e`, retrying per the endpoint's [`Retry`]; keeps `row` up to date.
-    async fn deliver(&self, e: &Event, row: &mut Delivery) -> Outcome {
+    async fn deliver(&self, e: &Event, row: &mut Delivery, stop: &Shutdown) -> Outcome {
         let mut json = serde_json::to_vec(e).unwrap_or_default();
         json.push(b'\n');
         let retry = self.endpoint.on().retry;
@@ -203,7 +401,7 @@ impl Worker {
             tokio::pin!(attempt);
             let r = tokio::select! {
                 r = &mut attempt => r,
-                _ = self.stop.wait() => match tokio::time::timeout(GRACE, &mut attempt).await {
+                _ = stop.wait() => match tokio::time::timeout(GRACE, &mut attempt).await {
                     Ok(r) => r,
                     Err(_) => {
                         // Dropping the attempt kills a hook's group: say what follows.
@@ -246,9 +444,9 @@ impl Worker {
             }
             tracing::warn!(endpoint = %row.name, seq = e.seq, "attempt {tries} failed: {why}");
             self.board.set_delivery(row.clone());
-            self.pause(backoff(&retry, tries, self.endpoint.jitter()))
+            self.pause(backoff(&retry, tries, self.endpoint.jitter()), stop)
                 .await;
-            if self.stop.is_triggered() {
+            if stop.is_triggered() {
                 return Outcome::Stopped;
             }
         }

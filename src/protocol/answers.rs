@@ -260,6 +260,10 @@ pub struct Delivery {
     /// failing).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// Team mode only: which host delivers it now (`this host`, or the host named in the
+    /// catalog's `deliveries` row), or why this one cannot tell (the catalog unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_by: Option<String>,
 }
 
 /// The `ping` answer.

@@ -650,7 +650,7 @@ fn manifest_of(root: &Path, dir: &Path, name: &str, v: &Version) -> store::Manif
 
 /// `<host name>:<root>`: what this daemon records as its host (two daemons on one
 /// machine have different roots).
-fn host_name(root: &Path) -> String {
+pub fn host_name(root: &Path) -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
     // when the name fits (the last byte is kept 0 for when it does not).
