@@ -166,3 +166,43 @@ fn when_the_delivering_host_is_killed_another_takes_over_without_skipping() {
         Some("this host")
     );
 }
+
+#[test]
+fn with_the_catalog_down_no_host_delivers_and_delivery_resumes_from_the_catalogs_cursor() {
+    let mut team = Engines::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seqs");
+    let a = team.host_with(&hook(&file, "a", "0"));
+    let b = team.host_with(&hook(&file, "b", "0"));
+    for i in 0..3u64 {
+        register_bytes(&a, "resnet", &bytes(60 + i, 5_000));
+    }
+    let before = wait_all_delivered(&team, &file);
+    wait_until(REACH, "the catalog's cursor to reach the end", || {
+        team.pg
+            .psql("team", "SELECT seq FROM deliveries WHERE name = 'record'")
+            .trim()
+            == before.to_string()
+    });
+    team.pg.stop();
+    // Both hosts say that no host delivers it from there, and why.
+    for (d, who) in [(&a, "A"), (&b, "B")] {
+        wait_until(REACH, &format!("{who} to say the catalog is down"), || {
+            let by = delivery_row(d, "record").delivered_by.unwrap_or_default();
+            by.starts_with("no host from here") && by.contains("catalog")
+        });
+    }
+    team.pg.resume();
+    for i in 0..3u64 {
+        register_bytes(&b, "bert", &bytes(70 + i, 5_000));
+    }
+    let last = wait_all_delivered(&team, &file);
+    assert!(last > before, "{last} {before}");
+    for (d, who) in [(&a, "A"), (&b, "B")] {
+        wait_until(REACH, &format!("{who}'s row to reach {last}"), || {
+            delivery_row(d, "record").delivered >= last
+        });
+    }
+    let seqs: Vec<u64> = lines(&file).iter().map(|l| l.0).collect();
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "once each, in order");
+}

@@ -184,12 +184,9 @@ impl Worker {
             self.board.set_delivery(row.clone());
             self.pause(TAKE_AGAIN, &self.stop).await;
         }
-        if lease.is_held() {
-            if let Err(e) = lease.save(row.delivered).await {
-                tracing::warn!(endpoint = %name, "{e}; the next host resumes from the cursor saved before");
-            }
-            lease.release().await;
-        }
+        // Stopped between taking the lock and delivering: the cursor was saved on
+        // taking it (nothing moved since).
+        lease.release().await;
     }
 
     /// Tries to take the lock: `Some(next)` (the seq to deliver from, read from the
@@ -270,14 +267,15 @@ impl Worker {
         let seq = moved.load(Ordering::Relaxed);
         match why {
             Some(why) => Ended::Lost(why),
-            None if self.stop.is_triggered() => {
+            None => {
+                // A clean stop (or reload): the cursor saved before the lock is freed,
+                // so that the next host resumes exactly here.
                 if let Err(e) = lease.save(seq).await {
                     tracing::warn!(endpoint = %row.name, "{e}; the next host resumes from the cursor saved before");
                 }
                 lease.release().await;
                 Ended::Stopped
             }
-            None => Ended::Stopped,
         }
     }
 
