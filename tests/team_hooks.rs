@@ -2,7 +2,9 @@
 //! tests/common/postgres.rs): a hook configured on every host of a team runs once per
 //! event, by the one host holding its lock; when that host is SIGKILLed mid-stream,
 //! another takes over from the cursor in the catalog: every event at least once, none
-//! skipped, in seq order from the takeover on. Every wait polls with a deadline; nothing
+//! skipped, in seq order from the takeover on; with the catalog down none delivers, and
+//! delivery resumes from the catalog's cursor; a reload that removes the hook from its
+//! host hands it over exactly where it stopped. Every wait polls with a deadline; nothing
 //! asserts a duration.
 
 mod common;
@@ -205,4 +207,45 @@ fn with_the_catalog_down_no_host_delivers_and_delivery_resumes_from_the_catalogs
     }
     let seqs: Vec<u64> = lines(&file).iter().map(|l| l.0).collect();
     assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "once each, in order");
+}
+
+#[test]
+fn a_reload_that_removes_the_hook_from_its_host_hands_it_over_exactly_where_it_stopped() {
+    let team = Engines::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seqs");
+    let mut a = team.host_with(&hook(&file, "a", "0.05"));
+    let mut b = team.host_with(&hook(&file, "b", "0.05"));
+    for i in 0..8u64 {
+        register_bytes(&a, "resnet", &bytes(80 + i, 5_000));
+    }
+    wait_until(REACH, "a few events delivered", || lines(&file).len() >= 2);
+    let holder = lines(&file)[0].1.clone();
+    let (from, to) = if holder == "a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    // The holder's settings without the hook: its worker stops cleanly, saving the
+    // cursor before it frees the lock.
+    from.write_config(&format!(
+        "settle: 300ms\ncatalog: \"{}\"\nblobs: {}\n",
+        team.pg.url("team"),
+        team.blobs.path().display()
+    ));
+    from.signal(libc::SIGHUP);
+    wait_until(REACH, "the holder's row to go", || {
+        !from.status().deliveries.iter().any(|r| r.name == "record")
+    });
+    for i in 0..3u64 {
+        register_bytes(to, "bert", &bytes(90 + i, 5_000));
+    }
+    let last = wait_all_delivered(&team, &file);
+    wait_until(REACH, "the other host's row to reach the end", || {
+        delivery_row(to, "record").delivered >= last
+    });
+    let got = lines(&file);
+    let seqs: Vec<u64> = got.iter().map(|l| l.0).collect();
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "once each: {got:?}");
+    assert!(got.iter().any(|l| l.1 != holder), "handed over: {got:?}");
 }
