@@ -73,9 +73,8 @@ fn hand_over(d: &TestDaemon, name: &str, bytes: &[u8], acc: f64) {
     let f = std::fs::File::open(&p).unwrap();
     let mut metrics = serde_json::Map::new();
     metrics.insert("acc".into(), serde_json::json!(acc));
-    d.client()
-        .register(name, "x.pt", &f, Some(metrics), None)
-        .expect("register");
+    let mut c = d.client();
+    handed_over(|| c.register(name, "x.pt", &f, Some(metrics.clone()), None)).expect("register");
 }
 
 fn assert_numbered(es: &[Event]) {
@@ -460,8 +459,7 @@ fn a_subscriber_that_does_not_read_holds_up_nothing_and_is_told_to_resume() {
             })
             .collect();
         let f = std::fs::File::open(&p).unwrap();
-        c.register("m", "x.pt", &f, Some(metrics), None)
-            .expect("register");
+        handed_over(|| c.register("m", "x.pt", &f, Some(metrics.clone()), None)).expect("register");
     }
     // Past WRITE_TIMEOUT (10 s) unread, the stream ends with the seq to resume from.
     std::thread::sleep(Duration::from_secs(12));
@@ -508,7 +506,7 @@ fn a_too_slow_stream_cut_inside_an_event_still_ends_with_a_whole_error_line() {
     for i in 0..2u64 {
         std::fs::write(&p, bytes(i, 100)).unwrap();
         let f = std::fs::File::open(&p).unwrap();
-        c.register("m", "x.pt", &f, None, None).expect("register");
+        handed_over(|| c.register("m", "x.pt", &f, None, None)).expect("register");
     }
     // ~3,000 events of ~200 bytes: several batches of 512, far more than the socket holds.
     for i in 0..3000 {

@@ -45,9 +45,8 @@ fn changes(d: &TestDaemon, n: usize) {
     let p = dir.path().join("x.pt");
     std::fs::write(&p, bytes(7, 100)).unwrap();
     let f = std::fs::File::open(&p).unwrap();
-    d.client()
-        .register("m", "x.pt", &f, None, None)
-        .expect("register");
+    let mut c = d.client();
+    handed_over(|| c.register("m", "x.pt", &f, None, None)).expect("register");
     let mut c = d.client();
     for i in 0..n {
         if i % 2 == 0 {

@@ -25,7 +25,7 @@ fn changes(d: &TestDaemon, flips: usize) {
     for i in 0..2u64 {
         std::fs::write(&p, bytes(i, 100)).unwrap();
         let f = std::fs::File::open(&p).unwrap();
-        c.register("m", "x.pt", &f, None, None).expect("register");
+        handed_over(|| c.register("m", "x.pt", &f, None, None)).expect("register");
     }
     for i in 0..flips {
         let v = if i % 2 == 0 { "v1" } else { "v2" };

@@ -23,9 +23,8 @@ fn hand_over(d: &TestDaemon, name: &str, bytes: &[u8]) {
     let p = dir.path().join("x.pt");
     std::fs::write(&p, bytes).unwrap();
     let f = std::fs::File::open(&p).unwrap();
-    d.client()
-        .register(name, "x.pt", &f, None, None)
-        .expect("register");
+    let mut c = d.client();
+    handed_over(|| c.register(name, "x.pt", &f, None, None)).expect("register");
 }
 
 /// The SSE blocks of `text`: each block's `(field, value)` lines, comments as `("", text)`.

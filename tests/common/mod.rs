@@ -616,6 +616,30 @@ pub fn error_of(answer: &serde_json::Value) -> (String, String) {
     )
 }
 
+/// Runs a `register` hand-over, asking again (for up to 5 s) while the daemon answers that
+/// another process has the file open for writing. In a test binary one thread may spawn a
+/// process (a daemon, a CLI) while another writes the file it is about to hand over: the
+/// child holds a copy of that write descriptor until it execs (where CLOEXEC closes it),
+/// and the daemon's lease probe rightly sees a writer. A test of that refusal itself calls
+/// `register` directly.
+pub fn handed_over<T>(
+    mut register: impl FnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match register() {
+            Err(ClientError::Remote(b))
+                if b.code == modelreg::protocol::ErrorCode::SourceChanged
+                    && b.message.contains("still open for writing")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Registers a version of `name` holding 64 bytes from `seed`, by handing the file over
 /// on the socket (`register`): one commit, answered once durable.
 pub fn register_seeded(d: &TestDaemon, name: &str, seed: u64) {
@@ -623,9 +647,8 @@ pub fn register_seeded(d: &TestDaemon, name: &str, seed: u64) {
     let p = dir.path().join("x.pt");
     std::fs::write(&p, bytes(seed, 64)).unwrap();
     let f = std::fs::File::open(&p).unwrap();
-    d.client()
-        .register(name, "x.pt", &f, None, None)
-        .expect("register");
+    let mut c = d.client();
+    handed_over(|| c.register(name, "x.pt", &f, None, None)).expect("register");
 }
 
 /// The `status` row of the hook or webhook `name`, waiting (10 s at most) for its worker
@@ -685,9 +708,8 @@ pub fn register_bytes(d: &TestDaemon, name: &str, content: &[u8]) {
     let p = dir.path().join("w.bin");
     std::fs::write(&p, content).unwrap();
     let f = std::fs::File::open(&p).unwrap();
-    d.client()
-        .register(name, "w.bin", &f, None, None)
-        .expect("register");
+    let mut c = d.client();
+    handed_over(|| c.register(name, "w.bin", &f, None, None)).expect("register");
 }
 
 /// Model dd's v2 holds `good` (the good bytes handed over or dropped again after v1 was
