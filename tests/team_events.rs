@@ -329,3 +329,43 @@ fn with_the_catalog_down_a_stream_serves_what_the_host_applied_and_an_older_read
     let on_b: Vec<u64> = read_all(&b, 1).iter().map(|e| e.seq).collect();
     assert_eq!(on_b, vec![1, 2]);
 }
+
+/// A subscriber that moves to a host a moment behind (it has not applied the last event
+/// yet) with `since` one past the last event it saw elsewhere waits for this host to
+/// catch up (and then has that event, and the stream goes on from there); it was refused as past the end (`400`), which an
+/// `EventSource` never retries. The host is held behind by stopping its process
+/// (SIGSTOP) while the other registers, and let go while the request waits.
+#[test]
+fn a_subscriber_moving_to_a_host_a_moment_behind_waits_for_it_rather_than_being_refused() {
+    let team = Engines::start();
+    let (a, b) = (team.host(), team.host());
+    register_seeded(&a, "mover", 0);
+    wait_events(&b, "B", 1);
+    for round in 1..=3u64 {
+        let pid = b.pid().to_string();
+        let signal = |s: &str| {
+            let st = std::process::Command::new("kill")
+                .args([s, &pid])
+                .status()
+                .unwrap();
+            assert!(st.success(), "kill {s} {pid}");
+        };
+        signal("-STOP");
+        register_seeded(&a, "mover", round);
+        let seen = wait_events(&a, "A", 1 + round as usize);
+        let last = seen.last().unwrap().seq;
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let next = req(last + 1, false);
+                tx.send(b.client().events(&next, |_, _| true)).unwrap()
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            signal("-CONT");
+        });
+        let answer = rx.recv().unwrap();
+        assert!(answer.is_ok(), "round {round}: {answer:?}");
+        let got = read_all(&b, last);
+        assert_eq!(lines(&got), lines(&seen[seen.len() - 1..]), "round {round}");
+    }
+}

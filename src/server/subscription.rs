@@ -173,10 +173,27 @@ impl Subscription {
     /// refused with its error alone (the socket: one error line; HTTP: a status and a
     /// JSON body an `EventSource` does not retry) rather than a stream that ends at once.
     /// The error is a [`Step::Compacted`], [`Step::Refused`] or [`Step::Failed`].
+    ///
+    /// Team mode: a `since` past what this host has applied may name an event another
+    /// host already showed (a subscriber moved to a host a moment behind, or a client
+    /// that registered and asks at once): the start waits up to [`READY_WAIT`] for this
+    /// host to apply up to it, and only then refuses it as past the end.
     pub async fn start(&mut self) -> Result<(), Step> {
         // Marked seen before reading, as in `next`: a commit from here on wakes it.
         self.watch.borrow_and_update();
-        match batch(&self.log, self.from).await {
+        let mut read = batch(&self.log, self.from).await;
+        if matches!(read, Err(ReadError::Ahead { .. })) && matches!(self.log, Source::Remote(_)) {
+            let behind = self.from.saturating_sub(1);
+            let mut applied = self.log.subscribe();
+            let caught = tokio::time::timeout(READY_WAIT, applied.wait_for(|l| *l >= behind));
+            if matches!(caught.await, Ok(Ok(_))) {
+                self.watch.borrow_and_update();
+                self.until = self.until.max(self.log.last());
+                self.head["last"] = json!(self.until);
+                read = batch(&self.log, self.from).await;
+            }
+        }
+        match read {
             Ok(v) => {
                 self.first_batch = Some(v);
                 Ok(())
