@@ -315,6 +315,40 @@ impl BlobStore {
         Ok(all)
     }
 
+    /// Where the store's marker is: [`MARKER`] beside `sha256/` (`<prefix>/modelreg-catalog.json`
+    /// or `<folder>/modelreg-catalog.json`).
+    pub fn marker_key(&self) -> String {
+        match &self.backend {
+            Backend::S3(s) => s.key(MARKER),
+            Backend::Path(p) => p.file(MARKER).display().to_string(),
+        }
+    }
+
+    /// The marker's bytes; `None` when the store has none (docs/team.md, "A blob store
+    /// belongs to one catalog").
+    pub async fn read_marker(&self) -> BlobResult<Option<Vec<u8>>> {
+        match &self.backend {
+            Backend::S3(s) => s.read_small(MARKER).await,
+            Backend::Path(p) => p.read_small(MARKER),
+        }
+    }
+
+    /// Writes the marker when the store has none, atomically (a folder: a temp file
+    /// fsynced, then linked into place only if no marker is there; S3: one PUT). Returns
+    /// `false` when a folder already had one (another host claimed it first: read it
+    /// again).
+    pub async fn write_marker(&self, bytes: &[u8]) -> BlobResult<bool> {
+        match &self.backend {
+            Backend::S3(s) => s.write_small(MARKER, bytes).await.map(|()| true),
+            Backend::Path(p) => p.write_new(MARKER, bytes),
+        }
+    }
+
+    /// Whether the store holds any blob (of any age).
+    pub async fn has_blobs(&self) -> BlobResult<bool> {
+        Ok(!self.list(Duration::ZERO).await?.is_empty())
+    }
+
     /// Deletes what uploads cut short left behind, last written at least `older_than`
     /// ago, and returns each one's name and size. A folder: the hidden temp files of
     /// uploads whose host died mid-write (`sha256/ab/.ab12....put-XXXX`). S3: nothing;
@@ -331,6 +365,10 @@ impl BlobStore {
         }
     }
 }
+
+/// The name of the marker that says which catalog the store belongs to, beside
+/// `sha256/`. Not a blob key, so never listed nor collected.
+pub const MARKER: &str = "modelreg-catalog.json";
 
 /// `sha256/ab/ab12...`: the part of a key after the prefix. Refuses anything but 64
 /// lower-case hex digits, so that no argument can name another key.

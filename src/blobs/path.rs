@@ -216,6 +216,42 @@ impl PathBlobs {
 }
 
 impl PathBlobs {
+    /// The bytes of file `rel` (a small one: the marker); `None` when there is none.
+    pub fn read_small(&self, rel: &str) -> BlobResult<Option<Vec<u8>>> {
+        let file = self.file(rel);
+        match std::fs::read(&file) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BlobError::local("read", &file, e)),
+        }
+    }
+
+    /// Writes file `rel` unless it exists: a hidden temp file written and fsynced, then
+    /// linked into place (never replacing one), the folder fsynced. `false`: one was there.
+    pub fn write_new(&self, rel: &str, bytes: &[u8]) -> BlobResult<bool> {
+        let file = self.file(rel);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{rel}.tmp-"))
+            .tempfile_in(&self.root)
+            .map_err(|e| BlobError::local("create temp file in", &self.root, e))?;
+        tmp.write_all(bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| BlobError::local("write", tmp.path(), e))?;
+        match tmp.persist_noclobber(&file) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(BlobError::local("rename into place", &file, e.error)),
+        }
+        sync_dir(&self.root).map_err(|e| {
+            BlobError::local(
+                "fsync folder",
+                &self.root,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        Ok(true)
+    }
+
     /// Deletes the hidden temp files of uploads (`.<sha256>.put-XXXX`) last written
     /// before `cutoff`: their host died mid-write (a live upload writes on).
     pub async fn collect_abandoned(

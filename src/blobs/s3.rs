@@ -408,6 +408,35 @@ impl S3Blobs {
         }
     }
 
+    /// The bytes of object `rel` (a small one: the marker); `None` when there is none.
+    pub async fn read_small(&self, rel: &str) -> BlobResult<Option<Vec<u8>>> {
+        let key = self.key(rel);
+        let location = ObjectPath::from(key.as_str());
+        match self.store.get(&location).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map(|b| Some(b.to_vec()))
+                .map_err(|e| self.error("GET", &key, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("GET", &key, e)),
+        }
+    }
+
+    /// Writes object `rel` (a small one: the marker) in one PUT.
+    pub async fn write_small(&self, rel: &str, bytes: &[u8]) -> BlobResult<()> {
+        let key = self.key(rel);
+        self.store
+            .put_opts(
+                &ObjectPath::from(key.as_str()),
+                PutPayload::from(bytes.to_vec()),
+                PutOptions::default(),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| self.error("PUT", &key, e))
+    }
+
     pub async fn list(&self) -> BlobResult<Vec<BlobInfo>> {
         let top = self.key("sha256");
         let mut listing = self.store.list(Some(&ObjectPath::from(top.as_str())));

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "deliveries",
         sql: include_str!("../../migrations/0002_deliveries.sql"),
     },
+    Migration {
+        version: 3,
+        name: "catalog_identity",
+        sql: include_str!("../../migrations/0003_catalog_identity.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating: "modelreg" in ASCII, so that it does not

@@ -36,6 +36,8 @@ pub use orphans::BLOBS_LOCK_KEY;
 pub use read::{Change, ChangeKind, LoggedEvent, Snapshot};
 pub use write::{Recorded, Removal};
 
+use error::sql as sql_err;
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
@@ -232,6 +234,45 @@ impl CatalogDb {
                 })
             }
         }
+    }
+}
+
+/// Which catalog this is (`catalog_identity`, migration 0003): what the team's blob
+/// store's marker names (docs/team.md, "A blob store belongs to one catalog").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The random id made with the schema.
+    pub id: String,
+    /// When, RFC 3339 UTC.
+    pub created_at: String,
+    /// Whether any version was ever recorded (a `versions` row, removed or not).
+    pub has_versions: bool,
+}
+
+impl CatalogDb {
+    /// The catalog's [`Identity`].
+    pub async fn identity(&mut self) -> Result<Identity, CatalogDbError> {
+        self.run(
+            "reading the catalog's identity",
+            async |client: &mut Client, server: &str| {
+                let row = client
+                    .query_one(
+                        "SELECT id::text,
+                                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                                EXISTS (SELECT 1 FROM versions) OR EXISTS (SELECT 1 FROM tombstones)
+                         FROM catalog_identity",
+                        &[],
+                    )
+                    .await
+                    .map_err(sql_err(server, "reading catalog_identity"))?;
+                Ok(Identity {
+                    id: row.get(0),
+                    created_at: row.get(1),
+                    has_versions: row.get(2),
+                })
+            },
+        )
+        .await
     }
 }
 

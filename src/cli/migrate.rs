@@ -16,6 +16,7 @@ use modelreg::blobs::{BlobOptions, BlobStore, Upload};
 use modelreg::catalogdb::{CatalogDb, Options, plan_import};
 use modelreg::registry::{Catalog, Model};
 use modelreg::status::human_bytes as human_size;
+use modelreg::team::Claimed;
 
 use super::print_error;
 use crate::{Cli, EXIT_ERROR};
@@ -72,6 +73,18 @@ fn run(cli: &Cli, to: &str, blobs: &str) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         refuse_conflicts(&mut db, &catalog).await?;
+        // The store is claimed for this catalog before anything is uploaded to it (a
+        // store of another catalog refused), so that a run cut short and run again finds
+        // its own marker rather than blobs its still empty catalog never recorded.
+        let id = db.identity().await.map_err(|e| e.to_string())?;
+        let server = db.server().to_string();
+        if modelreg::team::claim(&store, &id, &server, &host).await? == Claimed::Now {
+            outln!(
+                "blob store {}: claimed for this catalog ({})",
+                store.describe(),
+                store.marker_key()
+            );
+        }
         // The team's event log numbers on after this registry's: its subscribers (and
         // its hooks' cursors) see the seqs go on, not start again at 1.
         let raised = db

@@ -8,10 +8,12 @@
 //! Connections are made lazily and again after a loss: an engine that is down is an
 //! error of the operation that needed it, never a daemon that will not start.
 
+mod claim;
 mod events;
 mod follow;
 mod orphans;
 
+pub use claim::{Claimed, Marker, claim};
 pub use events::{TeamEvents, event_of};
 pub use follow::follow;
 pub use orphans::{Swept, collect_orphans, sweep};
@@ -48,6 +50,9 @@ pub struct Team {
     pending: Mutex<BTreeSet<(String, u32)>>,
     /// The team's event log as this host shows it (docs/team.md, "Events").
     events: Arc<TeamEvents>,
+    /// The blob store's marker was found naming this catalog (or written): checked
+    /// before the first upload or sweep, again after a failed check ([`claim`]).
+    claimed: tokio::sync::Mutex<bool>,
 }
 
 /// What `status` tells of the team beyond problems: how current the follower is, the
@@ -155,6 +160,7 @@ impl Team {
             grace: team.grace,
             state: Mutex::new(State::default()),
             pending: Mutex::new(BTreeSet::new()),
+            claimed: tokio::sync::Mutex::new(false),
         })
     }
 
@@ -218,9 +224,32 @@ impl Team {
             })
     }
 
+    /// Checks that the blob store belongs to this host's catalog, claiming it when it
+    /// names none ([`claim`]); once it did, not again. Before any upload or sweep: a
+    /// store of another catalog is neither written nor collected.
+    pub async fn check_claim(&self) -> Result<(), TeamError> {
+        let mut claimed = self.claimed.lock().await;
+        if *claimed {
+            return Ok(());
+        }
+        let id = self
+            .with_db(async |db: &mut CatalogDb| db.identity().await)
+            .await?;
+        claim(&self.blobs, &id, &self.server, &self.host)
+            .await
+            .map_err(|message| TeamError {
+                engine: self.blobs_engine(),
+                message,
+            })?;
+        *claimed = true;
+        Ok(())
+    }
+
     /// Uploads each of `files` (path, sha256, size) to the blob store, verified; a blob
     /// already there is not sent again. Only after this may a catalog record name them.
+    /// Refused when the store belongs to another catalog ([`Self::check_claim`]).
     pub async fn upload(&self, files: &[(PathBuf, String, u64)]) -> Result<(), TeamError> {
+        self.check_claim().await?;
         for (path, sha256, size) in files {
             self.blobs
                 .put_file(path, sha256, *size)

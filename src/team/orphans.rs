@@ -57,6 +57,17 @@ pub async fn collect_orphans(team: Arc<Team>, board: Arc<StatusBoard>, stop: Shu
             _ = tokio::time::sleep(next) => {}
         }
         next = every;
+        if let Err(e) = team.check_claim().await {
+            tracing::warn!("not collecting orphan blobs: {e}");
+            board.set_problem(
+                &engine,
+                &format!(
+                    "not collecting orphan blobs: {e} (checked again every {})",
+                    humantime::format_duration(every)
+                ),
+            );
+            continue;
+        }
         match sweep(&team).await {
             Ok(s) => {
                 board.clear_problem(&engine);
@@ -116,6 +127,8 @@ pub async fn sweep(team: &Team) -> Result<Swept, super::TeamError> {
         engine: team.blobs_engine(),
         message: e.to_string(),
     };
+    // A store of another catalog is never collected from (every blob would look unnamed).
+    team.check_claim().await?;
     let old = team.blobs.list(team.grace).await.map_err(blobs_error)?;
     let mut swept = Swept::default();
     if !old.is_empty() {
