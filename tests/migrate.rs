@@ -548,3 +548,40 @@ fn verify_repair_uploads_a_blob_damaged_in_place_in_the_bucket_again_from_a_good
     assert!(out.contains("tiny v1 "), "{out}");
     succeeds(&verify(root, &[]));
 }
+
+#[test]
+fn migrate_claims_the_store_before_uploading_and_refuses_one_claimed_by_another_catalog() {
+    let d = local_registry();
+    let root = d.root.path().to_path_buf();
+    let team = Team::start();
+    let out = succeeds(&team.migrate(&root, &team.blobs));
+    assert!(out.contains("claimed for this catalog"), "{out}");
+    let store = team.store(&team.blobs);
+    let marker = block_on(store.read_marker())
+        .unwrap()
+        .expect("the marker written in the bucket");
+    let m: serde_json::Value = serde_json::from_slice(&marker).unwrap();
+    let id = team.psql("SELECT id FROM catalog_identity");
+    assert_eq!(m["catalog_id"], id.trim(), "{m}");
+    assert_eq!(store.marker_key(), "team/modelreg-catalog.json");
+
+    // The same store given with another database: refused before anything is sent.
+    team.pg.create_database("other");
+    let o = team.migrate_to(&root, &team.pg.url("other"), &team.blobs);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("belongs to another catalog")
+            && e.contains(id.trim())
+            && e.contains("team/modelreg-catalog.json"),
+        "{e}"
+    );
+    assert_eq!(
+        team.pg
+            .psql("other", "SELECT count(*) FROM versions")
+            .trim(),
+        "0"
+    );
+    // And the store keeps naming the first catalog.
+    assert_eq!(block_on(store.read_marker()).unwrap().unwrap(), marker);
+}

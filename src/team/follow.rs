@@ -88,6 +88,12 @@ async fn follow_once(
     let mut db = CatalogDb::connect(team.url(), options)
         .await
         .map_err(|e| e.to_string())?;
+    // The store's marker checked (or written) as soon as the catalog answers, so that
+    // the first upload need not ask the catalog first (it may hang by then); a refusal
+    // is the registrations' and the collector's to report, each time they are tried.
+    if let Err(e) = team.check_claim().await {
+        tracing::warn!("the team's blob store: {e}");
+    }
     if last.is_none() {
         let snap = db.snapshot().await.map_err(|e| e.to_string())?;
         let models: Remote = snap

@@ -2,6 +2,8 @@
 //!
 //! Each daemon sweeps periodically (every half grace, between 1 s and 1 h; the first
 //! sweep soon after start, so a host restarted after a crash cleans up after itself):
+//! 0. check that the store belongs to this host's catalog (its marker, `claim.rs`): a
+//!    store of another catalog is never collected from, and `status` says so;
 //! 1. LIST the store for blobs last written at least `grace` ago (an upload in flight,
 //!    or uploaded and about to be recorded, is younger);
 //! 2. on a connection of its own, under the catalog's blob lock held exclusively (every
