@@ -91,6 +91,20 @@ const LIMIT: u32 = 300;
 /// How long the docs' `cargo build --release` may take (seconds).
 const BUILD_LIMIT: u32 = 1800;
 
+/// Takes out of `cmd`'s environment what `cargo test` sets for a test (CARGO,
+/// CARGO_MANIFEST_DIR, CARGO_PKG_*, ...): an operator's shell has none of it, and a nested
+/// cargo that inherits it finds build scripts that watch those names (ring's) changed, so
+/// the docs' `cargo build --release` and `cargo deb` rebuilt what .ci/run's background
+/// run of the same line had just built.
+fn as_in_a_shell(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO") && k != "CARGO_HOME" {
+            cmd.env_remove(&*k);
+        }
+    }
+}
+
 /// A systemd booted in its own namespaces; killed with everything in it on drop.
 struct Machine {
     unshare: Child,
@@ -191,8 +205,9 @@ impl Machine {
             "{cargo_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{}",
             std::env::var("PATH").unwrap_or_default()
         );
-        Command::new("nsenter")
-            .args(["-t", &self.pid.to_string(), "-a", &format!("--wd={REPO}")])
+        let mut cmd = Command::new("nsenter");
+        as_in_a_shell(&mut cmd);
+        cmd.args(["-t", &self.pid.to_string(), "-a", &format!("--wd={REPO}")])
             // Nothing in here may hang the suite.
             .args(["timeout", "-s", "KILL", &limit.to_string()])
             .args(argv)
@@ -646,7 +661,9 @@ fn debian_package_installs_and_starts_the_service() {
     }
     // The build line of docs/operations.md, run here on the machine itself (it writes
     // only target/).
-    let built = Command::new(env!("CARGO"))
+    let mut deb = Command::new(env!("CARGO"));
+    as_in_a_shell(&mut deb);
+    let built = deb
         .args(["deb", "--locked", "--quiet"])
         .current_dir(REPO)
         .status()
